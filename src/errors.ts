@@ -1,0 +1,90 @@
+/**
+ * Every error localrec throws is a {@link LocalrecError}. Each subclass has a fixed `name`, because
+ * errors cross the worker boundary through comlink, which keeps only `name`, `message` and `stack`:
+ * the type guards below therefore check `name`, never `instanceof`.
+ *
+ * @example
+ * ```ts
+ * try { rec.track({ type: 'view' }); }
+ * catch (e) { if (isValidationError(e)) console.log(e.message); } // "event.itemId is required for 'view' events"
+ * ```
+ */
+export class LocalrecError extends Error {
+  override name: string = 'LocalrecError';
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+  }
+}
+
+/** Input that does not fit the schema: an event, an option, a file. The message names the field. */
+export class ValidationError extends LocalrecError {
+  override name = 'ValidationError' as const;
+  /** Dotted path of the offending field, e.g. `event.quantity` or `options.k`. */
+  readonly field: string;
+  constructor(field: string, message: string) {
+    super(`${field}: ${message}`);
+    this.field = field;
+  }
+}
+
+/** IndexedDB (or SQLite on the server) failed or is unavailable. Stored data is left as it was. */
+export class StorageError extends LocalrecError {
+  override name = 'StorageError' as const;
+}
+
+/** The model could not be built, loaded, trained or scored (unknown item, no backend, bad weights). */
+export class ModelError extends LocalrecError {
+  override name = 'ModelError' as const;
+}
+
+/** The recommender was used after `close()` or before it finished starting. */
+export class ClosedError extends LocalrecError {
+  override name = 'ClosedError' as const;
+}
+
+/** A request to the aggregation server failed or was refused; `status` is the HTTP status (0 when offline). */
+export class NetworkError extends LocalrecError {
+  override name = 'NetworkError' as const;
+  readonly status: number;
+  constructor(message: string, status: number) {
+    super(message);
+    this.status = status;
+  }
+}
+
+/** Syncing would spend more privacy budget (ε) than the device is configured to allow. */
+export class PrivacyBudgetError extends LocalrecError {
+  override name = 'PrivacyBudgetError' as const;
+}
+
+/** The operation needs consent the shopper has not given. */
+export class ConsentError extends LocalrecError {
+  override name = 'ConsentError' as const;
+}
+
+const NAMES = [
+  'LocalrecError',
+  'ValidationError',
+  'StorageError',
+  'ModelError',
+  'ClosedError',
+  'NetworkError',
+  'PrivacyBudgetError',
+  'ConsentError',
+] as const;
+
+function hasName(e: unknown, name: string): boolean {
+  return typeof e === 'object' && e !== null && (e as { name?: unknown }).name === name;
+}
+
+/** True for any error thrown by localrec, including ones rebuilt after crossing the worker boundary. */
+export function isLocalrecError(e: unknown): e is LocalrecError {
+  return typeof e === 'object' && e !== null && (NAMES as readonly unknown[]).includes((e as { name?: unknown }).name);
+}
+export const isValidationError = (e: unknown): e is ValidationError => hasName(e, 'ValidationError');
+export const isStorageError = (e: unknown): e is StorageError => hasName(e, 'StorageError');
+export const isModelError = (e: unknown): e is ModelError => hasName(e, 'ModelError');
+export const isClosedError = (e: unknown): e is ClosedError => hasName(e, 'ClosedError');
+export const isNetworkError = (e: unknown): e is NetworkError => hasName(e, 'NetworkError');
+export const isPrivacyBudgetError = (e: unknown): e is PrivacyBudgetError => hasName(e, 'PrivacyBudgetError');
+export const isConsentError = (e: unknown): e is ConsentError => hasName(e, 'ConsentError');

@@ -1,0 +1,198 @@
+/** Public types of localrec. Everything here is plain data that can cross the worker boundary. */
+
+/** One product of the shop's catalog. */
+export interface CatalogItem {
+  /** Stable product id (SKU). 1–256 characters. */
+  id: string;
+  /** Optional human title, used in reasons ("Because you viewed …"). */
+  title?: string;
+  /** Optional category, used by offers and by cold-start popularity per category. */
+  category?: string;
+  /** Optional unit price in the shop's currency. */
+  price?: number;
+  /** Optional non-negative popularity hint (e.g. sales count) used before any model has learned. */
+  popularity?: number;
+}
+
+export interface Catalog {
+  items: CatalogItem[];
+}
+
+/** The kinds of behaviour localrec records. */
+export type EventType =
+  | 'view'
+  | 'search'
+  | 'add_to_cart'
+  | 'remove_from_cart'
+  | 'purchase'
+  | 'rating'
+  | 'offer_impression'
+  | 'offer_redeemed';
+
+interface EventBase {
+  /** Milliseconds since the epoch; defaults to `Date.now()` when the event is tracked. */
+  t?: number;
+}
+export interface ViewEvent extends EventBase {
+  type: 'view';
+  itemId: string;
+}
+export interface SearchEvent extends EventBase {
+  type: 'search';
+  query: string;
+  /** The item the shopper clicked in the results, if any. */
+  itemId?: string;
+}
+export interface CartEvent extends EventBase {
+  type: 'add_to_cart' | 'remove_from_cart';
+  itemId: string;
+  quantity?: number;
+}
+export interface PurchaseEvent extends EventBase {
+  type: 'purchase';
+  itemId: string;
+  quantity?: number;
+  /** Unit price paid. */
+  price?: number;
+}
+export interface RatingEvent extends EventBase {
+  type: 'rating';
+  itemId: string;
+  /** Rating on a 0–5 scale. */
+  value: number;
+}
+export interface OfferEvent extends EventBase {
+  type: 'offer_impression' | 'offer_redeemed';
+  offerId: string;
+}
+/** What `track()` accepts. */
+export type TrackEvent = ViewEvent | SearchEvent | CartEvent | PurchaseEvent | RatingEvent | OfferEvent;
+
+/** An event as stored in IndexedDB: validated, with its timestamp filled in. */
+export interface StoredEvent {
+  /** Auto-increment key, assigned by the store. */
+  id?: number;
+  t: number;
+  type: EventType;
+  itemId?: string;
+  query?: string;
+  quantity?: number;
+  price?: number;
+  value?: number;
+  offerId?: string;
+}
+
+/** Why an item was recommended: the shopper's past items that contributed most. */
+export interface Reason {
+  /** A sentence a shopper can read, e.g. "Because you viewed Red Mug and bought Tea Set". */
+  text: string;
+  /** The contributing past item ids, strongest first (empty for popularity-based picks). */
+  itemIds: string[];
+  /** `personal` when computed from the shopper's history, `popular` for cold start. */
+  kind: 'personal' | 'popular' | 'similar';
+}
+
+export interface Recommendation {
+  itemId: string;
+  score: number;
+  reason: Reason;
+}
+
+export interface RecommendOptions {
+  /** How many items, 1–1000. Default 10. */
+  k?: number;
+  /**
+   * Items to leave out: `'seen'` drops every item the shopper interacted with, `'purchased'` only
+   * bought ones, `'none'` keeps all, or an explicit list of ids. Default `'seen'`.
+   */
+  exclude?: 'seen' | 'purchased' | 'none' | string[];
+  /** Only recommend items of this category. */
+  category?: string;
+}
+
+export interface SimilarOptions {
+  /** How many items, 1–1000. Default 10. */
+  k?: number;
+}
+
+/** Progress of a long operation, reported through `onProgress`. */
+export interface Progress {
+  phase: 'loading' | 'training' | 'saving';
+  /** Steps done so far and in all (for training: epochs × batches). */
+  done: number;
+  total: number;
+  /** Mean training loss of the last completed step, when training. */
+  loss?: number;
+}
+
+export interface TrainOptions {
+  /** Passes over the local examples. Default 4. */
+  epochs?: number;
+  onProgress?: (p: Progress) => void;
+}
+
+export interface TrainResult {
+  steps: number;
+  examples: number;
+  /** Mean loss over the first and the last epoch. */
+  firstLoss: number;
+  lastLoss: number;
+  ms: number;
+  backend: BackendName;
+}
+
+export type BackendName = 'webgpu' | 'webgl' | 'wasm' | 'cpu';
+
+export interface Stats {
+  backend: BackendName;
+  /** Why that backend was chosen: `forced` by the option, or the probe's measured ms per backend. */
+  backendReason: string;
+  events: { total: number; byType: Partial<Record<EventType, number>>; oldest?: number; newest?: number };
+  model: {
+    items: number;
+    dim: number;
+    /** Global model version the local item table is based on (0 = initial, never synced). */
+    version: number;
+    trainedAt?: number;
+    trainSteps: number;
+    /** Events stored since the last training. */
+    pendingEvents: number;
+  };
+  /** Events accepted by `track()` but not yet written (they are written in batches). */
+  queued: number;
+  /** Events dropped before consent, or rejected. */
+  dropped: number;
+  storage: 'indexeddb' | 'memory';
+}
+
+export interface RetentionOptions {
+  /** Keep at most this many events; the oldest are removed first. Default 5,000. */
+  maxEvents?: number;
+  /** Remove events older than this many days. Default 365. */
+  maxAgeDays?: number;
+}
+
+export interface ModelOptions {
+  /** Embedding size. Default 32. */
+  dim?: number;
+  /** Half-life of an event's weight in the user vector, in days. Default 30. */
+  halfLifeDays?: number;
+  /** Seed for initialization and negative sampling. Default 1. */
+  seed?: number;
+}
+
+export interface RecommenderOptions {
+  catalog: Catalog;
+  /** Force a tfjs backend instead of probing. */
+  backend?: BackendName;
+  /** IndexedDB database name. Default `'localrec'`. */
+  dbName?: string;
+  retention?: RetentionOptions;
+  model?: ModelOptions;
+  /**
+   * Train by itself once this many new events are stored (0 turns auto-training off). Default 20.
+   */
+  autoTrainEvery?: number;
+  /** URL of the worker bundle; defaults to `worker.js` next to the main bundle. */
+  workerUrl?: string | URL;
+}
