@@ -1,0 +1,87 @@
+/**
+ * The `given` protocol on "lines" files: each line is `user item item …` (whitespace separated),
+ * one file for training and one for testing, used exactly as they are. Item order on a training
+ * line is taken as time order (the last item is the most recent).
+ */
+import { createInterface } from 'node:readline';
+import { basename } from 'node:path';
+import { ValidationError } from '../errors.js';
+import { openText } from './open-text.js';
+import type { Split } from './split.js';
+
+/**
+ * @example
+ * ```ts
+ * const split = await loadLinesSplit('train.txt', 'test.txt');
+ * ```
+ */
+export async function loadLinesSplit(trainPath: string, testPath: string): Promise<Split> {
+  const users = new Map<string, number>();
+  const items = new Map<string, number>();
+  const userIds: string[] = [];
+  const itemIds: string[] = [];
+  const intern = (m: Map<string, number>, ids: string[], id: string): number => {
+    let i = m.get(id);
+    if (i === undefined) m.set(id, (i = ids.push(id) - 1));
+    return i;
+  };
+  const train = new Map<number, number[]>();
+  const test = new Map<number, number[]>();
+  for (const [path, into, option] of [
+    [trainPath, train, 'options.train'],
+    [testPath, test, 'options.test'],
+  ] as const) {
+    const name = basename(path);
+    const rl = createInterface({ input: await openText(path, option), crlfDelay: Infinity });
+    let line = 0;
+    for await (const text of rl) {
+      line++;
+      const parts = text.trim().split(/\s+/);
+      if (parts.length === 1 && parts[0] === '') continue;
+      if (parts.length < 2 && into === train) {
+        throw new ValidationError(`${name}:${line}:2`, `expected 'user item item …', got only '${parts[0]}'`);
+      }
+      const u = intern(users, userIds, parts[0]);
+      let list = into.get(u);
+      if (!list) into.set(u, (list = []));
+      for (let c = 1; c < parts.length; c++) list.push(intern(items, itemIds, parts[c]));
+    }
+  }
+  const nUsers = userIds.length;
+  const ptr = new Int32Array(nUsers + 1);
+  const tItems: number[] = [];
+  const weight: number[] = [];
+  const recency: number[] = [];
+  const testPtr = new Int32Array(nUsers + 1);
+  const testItems: number[] = [];
+  const testUsers: number[] = [];
+  for (let u = 0; u < nUsers; u++) {
+    const seq = train.get(u) ?? [];
+    const at = new Map<number, number>();
+    const lastPos = new Map<number, number>();
+    seq.forEach((it, p) => {
+      if (!at.has(it)) at.set(it, at.size);
+      lastPos.set(it, p);
+    });
+    const base = tItems.length;
+    for (const it of at.keys()) {
+      tItems.push(it);
+      weight.push(0);
+      recency.push(seq.length - 1 - lastPos.get(it)!);
+    }
+    for (const it of seq) weight[base + at.get(it)!] += 1;
+    ptr[u + 1] = tItems.length;
+    const held = [...new Set(test.get(u) ?? [])];
+    testItems.push(...held);
+    testPtr[u + 1] = testItems.length;
+    if (held.length > 0) testUsers.push(u);
+  }
+  const w = Float32Array.from(weight);
+  return {
+    userIds,
+    itemIds,
+    train: { ptr, items: Int32Array.from(tItems), weight: w, count: w.slice(), recency: Float32Array.from(recency) },
+    test: { ptr: testPtr, items: Int32Array.from(testItems) },
+    testUsers: Int32Array.from(testUsers),
+  };
+}

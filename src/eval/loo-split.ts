@@ -1,0 +1,111 @@
+/**
+ * Leave-one-out split, the usual protocol for next-item evaluation on event logs.
+ *
+ * Rows are sorted by time with a stable sort (equal times keep file order); each user's distinct
+ * items are taken in order of first occurrence; a user with at least `minItems` (3) distinct items
+ * has the last one held out. Training keeps only the events before the held-out item's first
+ * occurrence, so no model sees the user's future.
+ */
+import type { EventLog } from './event-log.js';
+import type { Split } from './split.js';
+
+/**
+ * @example
+ * ```ts
+ * const split = looSplit(await loadCsv('ratings.csv', { user: 'userId', item: 'movieId', time: 'timestamp' }));
+ * split.testUsers.length; // users with ≥ 3 distinct items
+ * ```
+ */
+export function looSplit(log: EventLog, minItems = 3): Split {
+  const nUsers = log.userIds.length;
+  const nItems = log.itemIds.length;
+  const rows = log.user.length;
+  const { time } = log;
+  const order = Int32Array.from({ length: rows }, (_, i) => i);
+  // Tie-break on the file position: a stable sort by time, whatever the engine's sort is.
+  order.sort((a, b) => time[a] - time[b] || a - b);
+
+  // Bucket the time-ordered rows by user, keeping their order (counting sort).
+  const start = new Int32Array(nUsers + 1);
+  for (let r = 0; r < rows; r++) start[log.user[r] + 1]++;
+  for (let u = 0; u < nUsers; u++) start[u + 1] += start[u];
+  const fill = start.slice(0, nUsers);
+  const byUser = new Int32Array(rows);
+  for (const r of order) byUser[fill[log.user[r]]++] = r;
+
+  const ptr = new Int32Array(nUsers + 1);
+  const items: number[] = [];
+  const weight: number[] = [];
+  const count: number[] = [];
+  const lastTimeIndex: number[] = [];
+  const recency: number[] = [];
+  const testPtr = new Int32Array(nUsers + 1);
+  const testItems: number[] = [];
+  const testUsers: number[] = [];
+  const slot = new Int32Array(nItems).fill(-1);
+
+  for (let u = 0; u < nUsers; u++) {
+    const a = start[u];
+    const b = start[u + 1];
+    // Find the held-out item: the last distinct item by first occurrence.
+    let distinct = 0;
+    let heldAt = -1;
+    for (let p = a; p < b; p++) {
+      const it = log.item[byUser[p]];
+      if (slot[it] === -1) {
+        slot[it] = 0;
+        distinct++;
+        heldAt = p;
+      }
+    }
+    for (let p = a; p < b; p++) slot[log.item[byUser[p]]] = -1;
+    const holdOut = distinct >= minItems;
+    const end = holdOut ? heldAt : b;
+
+    const base = items.length;
+    let timeIndex = -1;
+    let prevTime = Number.NaN;
+    for (let p = a; p < end; p++) {
+      const r = byUser[p];
+      const it = log.item[r];
+      if (time[r] !== prevTime) {
+        timeIndex++;
+        prevTime = time[r];
+      }
+      let s = slot[it];
+      if (s === -1) {
+        s = slot[it] = items.length;
+        items.push(it);
+        weight.push(0);
+        count.push(0);
+        lastTimeIndex.push(0);
+      }
+      weight[s] += log.weight[r];
+      count[s] += 1;
+      lastTimeIndex[s] = timeIndex;
+    }
+    for (let s = base; s < items.length; s++) {
+      recency.push(timeIndex - lastTimeIndex[s]);
+      slot[items[s]] = -1;
+    }
+    ptr[u + 1] = items.length;
+    if (holdOut) {
+      testItems.push(log.item[byUser[heldAt]]);
+      testUsers.push(u);
+    }
+    testPtr[u + 1] = testItems.length;
+  }
+  return {
+    userIds: log.userIds,
+    itemIds: log.itemIds,
+    train: {
+      ptr,
+      items: Int32Array.from(items),
+      weight: Float32Array.from(weight),
+      count: Float32Array.from(count),
+      recency: Float32Array.from(recency),
+    },
+    test: { ptr: testPtr, items: Int32Array.from(testItems) },
+    testUsers: Int32Array.from(testUsers),
+  };
+}

@@ -1,0 +1,129 @@
+/**
+ * The models `localrec eval` can run, their hyper-parameters (one CLI flag each) and how a model
+ * spec like `sparse-ease:sparse-width=8:recency=1` overrides them for one model in one run.
+ */
+import { ValidationError } from '../errors.js';
+import { DenseEaseModel, SparseEaseModel } from './ease-model.js';
+import type { EvalModel } from './eval-model.js';
+import { CONFIDENCE_KINDS, checkWeighting, type HistoryWeighting } from './history-weighting.js';
+import { ItemKnnModel } from './item-knn-model.js';
+import { PopularModel } from './popular-model.js';
+
+export interface ParamSpec {
+  description: string;
+  default: string;
+  /** Parses a flag value; `field` names the option in errors. */
+  parse(value: string, field: string): string | number | boolean;
+}
+
+const num =
+  (lo: number, hi: number, integer = false, loOpen = false) =>
+  (v: string, field: string): number => {
+    const x = Number(v);
+    const ok = Number.isFinite(x) && (loOpen ? x > lo : x >= lo) && x <= hi && (!integer || Number.isInteger(x));
+    if (!ok) {
+      throw new ValidationError(field, `must be ${integer ? 'an integer' : 'a number'} in ${loOpen ? '(' : '['}${lo}, ${hi}], got '${v}'`);
+    }
+    return x;
+  };
+const oneOf =
+  (...allowed: string[]) =>
+  (v: string, field: string): string => {
+    if (!allowed.includes(v)) throw new ValidationError(field, `must be one of ${allowed.join(', ')}, got '${v}'`);
+    return v;
+  };
+const bool = (v: string, field: string): boolean => {
+  if (v === 'true' || v === '1') return true;
+  if (v === 'false' || v === '0') return false;
+  throw new ValidationError(field, `must be true or false, got '${v}'`);
+};
+
+/** Every model hyper-parameter, by flag name (without the leading `--`). */
+export const PARAMS: Record<string, ParamSpec> = {
+  'knn-neighbors': { description: 'item-kNN: neighbours kept per item', default: '100', parse: num(1, 1e6, true) },
+  'knn-shrink': { description: 'item-kNN: shrinkage added to the cosine denominator', default: '0', parse: num(0, 1e9) },
+  'ease-l2': { description: 'EASE: L2 penalty on the Gram diagonal', default: '100', parse: num(0, 1e12, false, true) },
+  'sparse-width': { description: 'sparse-ease: neighbours kept per item (8 bytes each)', default: '32', parse: num(1, 4096, true) },
+  'sparse-prune': { description: 'sparse-ease: keep per item its strongest outgoing (row) or incoming (col) weights', default: 'row', parse: oneOf('row', 'col') },
+  'sparse-positive': { description: 'sparse-ease: keep only positive weights', default: 'false', parse: bool },
+  recency: { description: 'history weight multiplier per step back in time (1 = off); ease, sparse-ease, localrec', default: '1', parse: num(0, 1, false, true) },
+  confidence: { description: `history confidence: ${CONFIDENCE_KINDS.join('|')}`, default: 'none', parse: oneOf(...CONFIDENCE_KINDS) },
+  solver: { description: 'EASE solve: auto|primal (items²)|dual (users²)', default: 'auto', parse: oneOf('auto', 'primal', 'dual') },
+};
+
+type Params = Record<string, string | number | boolean>;
+
+interface ModelEntry {
+  params: string[];
+  create(p: Params, seed: number): EvalModel;
+}
+
+const weighting = (p: Params, prefix = ''): HistoryWeighting =>
+  checkWeighting({ recencyDecay: p.recency as number, confidence: p.confidence as HistoryWeighting['confidence'] }, prefix || 'options');
+
+export const MODELS: Record<string, ModelEntry> = {
+  popular: { params: [], create: () => new PopularModel() },
+  itemknn: {
+    params: ['knn-neighbors', 'knn-shrink'],
+    create: (p) => new ItemKnnModel({ neighbors: p['knn-neighbors'] as number, shrink: p['knn-shrink'] as number }),
+  },
+  ease: {
+    params: ['ease-l2', 'recency', 'confidence', 'solver'],
+    create: (p) => new DenseEaseModel({ l2: p['ease-l2'] as number, weighting: weighting(p), solver: p.solver as 'auto' }),
+  },
+  'sparse-ease': {
+    params: ['ease-l2', 'sparse-width', 'sparse-prune', 'sparse-positive', 'recency', 'confidence', 'solver'],
+    create: (p) =>
+      new SparseEaseModel({
+        l2: p['ease-l2'] as number,
+        width: p['sparse-width'] as number,
+        prune: p['sparse-prune'] as 'row',
+        positiveOnly: p['sparse-positive'] as boolean,
+        weighting: weighting(p),
+        solver: p.solver as 'auto',
+      }),
+  },
+};
+
+/** Registers another model (e.g. the shipped factor model) with its own parameters. */
+export function registerModel(name: string, entry: ModelEntry, params: Record<string, ParamSpec> = {}): void {
+  MODELS[name] = entry;
+  Object.assign(PARAMS, params);
+}
+
+export interface ModelPlan {
+  /** Name in the output: the spec as written, so two variants in one run stay apart. */
+  label: string;
+  name: string;
+  params: Params;
+}
+
+/**
+ * Parses `--models` (comma separated specs `name[:param=value…]`) against the global flag values.
+ *
+ * @example
+ * ```ts
+ * planModels('popular,ease:recency=1', { recency: '0.5' }); // ease gets recency 1
+ * ```
+ */
+export function planModels(spec: string, flags: Record<string, string>): ModelPlan[] {
+  const plans: ModelPlan[] = [];
+  for (const raw of spec.split(',').map((s) => s.trim()).filter(Boolean)) {
+    const [name, ...over] = raw.split(':');
+    const entry = MODELS[name];
+    if (!entry) throw new ValidationError('options.models', `unknown model '${name}'; allowed: ${Object.keys(MODELS).join(', ')}`);
+    const params: Params = {};
+    for (const key of entry.params) params[key] = PARAMS[key].parse(flags[key] ?? PARAMS[key].default, `--${key}`);
+    for (const o of over) {
+      const eq = o.indexOf('=');
+      const key = eq > 0 ? o.slice(0, eq) : '';
+      if (!entry.params.includes(key)) {
+        throw new ValidationError('options.models', `'${raw}': '${o}' is not PARAM=VALUE with PARAM one of ${entry.params.join(', ') || '(none)'}`);
+      }
+      params[key] = PARAMS[key].parse(o.slice(eq + 1), `--models ${raw}`);
+    }
+    plans.push({ label: raw, name, params });
+  }
+  if (plans.length === 0) throw new ValidationError('options.models', 'no model given');
+  return plans;
+}

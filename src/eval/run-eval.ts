@@ -1,0 +1,82 @@
+/**
+ * The body of `localrec eval`, apart from commander so that tests can call it with plain options
+ * and capture the JSON lines.
+ */
+import { basename } from 'node:path';
+import { ValidationError } from '../errors.js';
+import { loadCsv, type CsvMapping } from './csv-loader.js';
+import { checkChoice, FORMATS, paramFlags, PROTOCOLS, type EvalCommandOptions } from './eval-command.js';
+import { loadLinesSplit } from './lines-split.js';
+import { looSplit } from './loo-split.js';
+import { MODELS, planModels } from './model-registry.js';
+import { PRESETS } from './presets.js';
+import { Progress, type ProgressSink } from './progress.js';
+import { parseFilter } from './row-filter.js';
+import { evaluateModel, type EvalResult } from './runner.js';
+import type { Split } from './split.js';
+
+/**
+ * @example
+ * ```ts
+ * const lines: string[] = [];
+ * await runEval({ format: 'lines', train: 'a.txt', test: 'b.txt', k: '10', seed: '1', models: 'popular', filter: [] },
+ *   { stdout: (s) => lines.push(s), stderr: { write: () => true } });
+ * ```
+ */
+export async function runEval(
+  opts: EvalCommandOptions,
+  io: { stdout: (line: string) => void; stderr: ProgressSink },
+): Promise<EvalResult[]> {
+  const format = checkChoice(opts.format, FORMATS, '--format');
+  const protocol = checkChoice(opts.protocol ?? (format === 'lines' ? 'given' : 'loo'), PROTOCOLS, '--protocol');
+  const k = Number(opts.k);
+  if (!Number.isInteger(k) || k < 1) throw new ValidationError('--k', `must be a positive integer, got '${opts.k}'`);
+  const seed = Number(opts.seed);
+  if (!Number.isInteger(seed)) throw new ValidationError('--seed', `must be an integer, got '${opts.seed}'`);
+  // Validate every model spec before spending minutes on loading.
+  const plans = planModels(opts.models, paramFlags(opts));
+  const progress = new Progress(io.stderr);
+
+  let split: Split;
+  let data: string;
+  const t0 = performance.now();
+  if (format === 'lines') {
+    if (protocol !== 'given') throw new ValidationError('--protocol', `--format lines supports only 'given', got '${protocol}'`);
+    if (!opts.train || !opts.test) throw new ValidationError(opts.train ? '--test' : '--train', 'is required with --format lines');
+    data = basename(opts.train);
+    split = await loadLinesSplit(opts.train, opts.test);
+  } else {
+    if (protocol !== 'loo') throw new ValidationError('--protocol', `--format ${format} supports only 'loo', got '${protocol}'`);
+    if (!opts.data) throw new ValidationError('--data', `is required with --format ${format}`);
+    data = basename(opts.data);
+    let mapping: CsvMapping;
+    if (format === 'retail') {
+      mapping = { ...PRESETS.retail };
+      if (opts.weight) mapping.weight = opts.weight;
+    } else {
+      if (!opts.user) throw new ValidationError('--user', 'is required with --format csv (the user id column)');
+      if (!opts.item) throw new ValidationError('--item', 'is required with --format csv (the item id column)');
+      mapping = { user: opts.user, item: opts.item };
+      if (opts.time) mapping.time = opts.time;
+      if (opts.weight) mapping.weight = opts.weight;
+    }
+    mapping.filters = [...(mapping.filters ?? []), ...opts.filter.map((c) => parseFilter(c, '--filter'))];
+    const log = await loadCsv(opts.data, mapping, (rows) => progress.update(`loading ${data} (${rows} rows)`, 0));
+    split = looSplit(log);
+  }
+  progress.log(
+    `${data}: ${split.userIds.length} users, ${split.itemIds.length} items, ${split.train.items.length} training pairs, ` +
+      `${split.testUsers.length} test users (${protocol}, loaded in ${Math.round(performance.now() - t0)} ms)`,
+  );
+
+  const results: EvalResult[] = [];
+  for (const plan of plans) {
+    const model = MODELS[plan.name].create(plan.params, seed);
+    const r = await evaluateModel(model, split, { k, data, onProgress: (stage, f) => progress.update(stage, f) });
+    progress.done();
+    const line: EvalResult = { ...r, model: plan.label, params: plan.params };
+    results.push(line);
+    io.stdout(`${JSON.stringify(line)}\n`);
+  }
+  return results;
+}
