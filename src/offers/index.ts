@@ -1,0 +1,24 @@
+/**
+ * Personalized offers chosen on the device: the pure modules the worker uses for `setOffers()` and
+ * `offers()`. Nothing here needs Node; WebCrypto comes from `globalThis.crypto.subtle`.
+ *
+ * @example
+ * ```ts
+ * const catalog = await verifyOfferCatalog(signed, shopPublicJwk);   // setOffers
+ * const products = indexProducts(items);
+ * const shown = chooseOffers({ catalog, products, events, affinity }, { k: 2, context, seed }); // offers
+ * ```
+ */
+export type * from './types.js';
+export { SignatureError, isSignatureError, type SignatureProblem } from './signature-error.js';
+export { canonicalJson } from './canonical-json.js';
+export { generateOfferKeys, signOfferCatalog, verifyOfferCatalog, type OfferKeyPair } from './signing.js';
+export { validateOfferCatalog, validateOffer } from './validate-catalog.js';
+export { offerHistory, isReturningShopper, type OfferStats } from './offer-history.js';
+export { ELIGIBILITY_RULES, whyIneligible, type EligibilityContext, type EligibilityRule } from './eligibility.js';
+export { indexProducts, inScope, scopeItemIds, type ProductIndex } from './product-index.js';
+export { scopeAffinity, type AffinitySource } from './affinity.js';
+export { offerEconomics, type OfferEconomics } from './offer-value.js';
+export { offerReason } from './reason.js';
+export { chooseOffers, scoreOffers, cartValue, type OffersInput, type ScoredOffer } from './policy.js';
+export { retailCategory, RETAIL_CATEGORIES } from './retail-categories.js';

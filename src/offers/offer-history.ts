@@ -1,0 +1,41 @@
+import type { StoredEvent } from '../types.js';
+
+/** What the shopper's device remembers about one offer. */
+export interface OfferStats {
+  impressions: number;
+  redemptions: number;
+  lastImpressionAt?: number;
+  lastRedeemedAt?: number;
+}
+
+/**
+ * Count impressions and redemptions per offer from the shopper's local events. Only this device's
+ * events are used: the shopper learns nothing about other shoppers.
+ *
+ * @example
+ * ```ts
+ * offerHistory([{ t: 5, type: 'offer_impression', offerId: 'mugs10' }]).get('mugs10');
+ * // { impressions: 1, redemptions: 0, lastImpressionAt: 5 }
+ * ```
+ */
+export function offerHistory(events: readonly StoredEvent[]): Map<string, OfferStats> {
+  const out = new Map<string, OfferStats>();
+  for (const e of events) {
+    if ((e.type !== 'offer_impression' && e.type !== 'offer_redeemed') || !e.offerId) continue;
+    let s = out.get(e.offerId);
+    if (!s) out.set(e.offerId, (s = { impressions: 0, redemptions: 0 }));
+    if (e.type === 'offer_impression') {
+      s.impressions++;
+      s.lastImpressionAt = Math.max(s.lastImpressionAt ?? -Infinity, e.t);
+    } else {
+      s.redemptions++;
+      s.lastRedeemedAt = Math.max(s.lastRedeemedAt ?? -Infinity, e.t);
+    }
+  }
+  return out;
+}
+
+/** A shopper is `returning` once the device has seen one of their purchases. */
+export function isReturningShopper(events: readonly StoredEvent[]): boolean {
+  return events.some((e) => e.type === 'purchase');
+}

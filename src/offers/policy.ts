@@ -1,0 +1,155 @@
+/**
+ * The on-device offer policy: keep the eligible offers, score each by expected value for this
+ * shopper, explore a little with Thompson sampling, and say why. Pure and deterministic: the same
+ * catalog, products, events, affinity, options and seed give the same answer.
+ */
+import { ValidationError } from '../errors.js';
+import { Random } from '../model/random.js';
+import type { StoredEvent } from '../types.js';
+import { scopeAffinity, type AffinitySource } from './affinity.js';
+import { sampleBeta } from './beta-sampler.js';
+import { whyIneligible, type EligibilityContext } from './eligibility.js';
+import { isReturningShopper, offerHistory } from './offer-history.js';
+import { offerEconomics } from './offer-value.js';
+import type { ProductIndex } from './product-index.js';
+import { offerReason } from './reason.js';
+import type { CartLine, Offer, OfferCatalog, OffersOptions, ShownOffer } from './types.js';
+
+/** What the policy needs besides the options. */
+export interface OffersInput {
+  /** A catalog that passed `verifyOfferCatalog`. */
+  catalog: OfferCatalog;
+  /** The shop's products, from `indexProducts(catalog.items)`. */
+  products: ProductIndex;
+  /** This shopper's stored events, oldest first (impressions and redemptions included). */
+  events: readonly StoredEvent[];
+  /** Probability of purchase per item or per offer scope, e.g. from the on-device model. */
+  affinity: AffinitySource;
+}
+
+/** An eligible offer with its score, as the policy sees it (exported for evaluation and tests). */
+export interface ScoredOffer {
+  offer: Offer;
+  /** Affinity from the caller, before local offer history. */
+  affinity: number;
+  /** Beta posterior on "buys in scope when shown": affinity as prior, local impressions/redemptions as data. */
+  alpha: number;
+  beta: number;
+  /** Net value per use (margin − discount − cost), and the expected value of showing it. */
+  net: number;
+  discountCost: number;
+  expectedValue: number;
+}
+
+/**
+ * How many pseudo-impressions the caller's affinity is worth against this shopper's own offer
+ * history. Large enough that two ignored impressions do not bury an offer the model is sure of,
+ * small enough that a shopper who keeps ignoring an offer stops seeing it.
+ */
+export const DEFAULT_PRIOR_STRENGTH = 10;
+const DEFAULTS = { k: 2, seed: 1, exploration: 0.1 } as const;
+
+/**
+ * Score every eligible offer; offers that lose money even when used (net ≤ 0) are left out.
+ * Sorted best first (expected value, then offer id so ties are stable).
+ */
+export function scoreOffers(input: OffersInput, options: OffersOptions = {}): ScoredOffer[] {
+  const ctx = eligibilityContext(input, options);
+  const strength = options.priorStrength ?? DEFAULT_PRIOR_STRENGTH;
+  const out: ScoredOffer[] = [];
+  for (const offer of input.catalog.offers) {
+    if (whyIneligible(offer, ctx) !== null) continue;
+    const econ = offerEconomics(offer, input.products);
+    if (!(econ.net > 0)) continue;
+    const p = scopeAffinity(offer, input.affinity, input.products);
+    const s = ctx.history.get(offer.id);
+    const shown = s?.impressions ?? 0;
+    const used = Math.min(s?.redemptions ?? 0, shown);
+    // Small floor so a zero affinity still gives a proper Beta for Thompson sampling.
+    const alpha = Math.max(strength * p, 1e-3) + used;
+    const beta = Math.max(strength * (1 - p), 1e-3) + (shown - used);
+    const mean = alpha / (alpha + beta);
+    out.push({ offer, affinity: p, alpha, beta, net: econ.net, discountCost: econ.discountCost, expectedValue: mean * econ.net });
+  }
+  return out.sort((a, b) => b.expectedValue - a.expectedValue || (a.offer.id < b.offer.id ? -1 : a.offer.id > b.offer.id ? 1 : 0));
+}
+
+/**
+ * Choose up to `k` offers for this shopper.
+ *
+ * Each slot goes to the remaining offer with the highest expected value
+ * (P(buy in scope) × (margin − discount)), except that with probability `exploration` the slot is
+ * filled by Thompson sampling instead: a purchase probability is drawn from each offer's Beta
+ * posterior and the best draw × net value wins; when that differs from the greedy pick it is
+ * marked `explore: true`. Fewer than `k` offers come back when fewer are eligible and worth it.
+ *
+ * @example
+ * ```ts
+ * const shown = chooseOffers(
+ *   { catalog, products: indexProducts(items), events, affinity: (id) => model.probability(id) },
+ *   { k: 2, context: { page: 'product', itemId: 'm1', now: Date.now() }, seed: 7 },
+ * );
+ * // [{ offerId: 'mugs10', title: '10% off mugs', discount: {…}, expectedValue: 1.9,
+ * //    reason: 'Because you viewed Red Mug', explore: false }, …]
+ * ```
+ */
+export function chooseOffers(input: OffersInput, options: OffersOptions = {}): ShownOffer[] {
+  const k = checkInt(options.k ?? DEFAULTS.k, 'options.k', 1, 20);
+  const exploration = checkRange(options.exploration ?? DEFAULTS.exploration, 'options.exploration', 0, 1);
+  const seed = options.seed ?? DEFAULTS.seed;
+  if (!Number.isFinite(seed)) throw new ValidationError('options.seed', `must be a finite number, got ${seed}`);
+  if (options.priorStrength !== undefined) checkRange(options.priorStrength, 'options.priorStrength', 0, 1e6);
+
+  const rng = new Random(seed);
+  const remaining = scoreOffers(input, options);
+  const context = options.context ?? {};
+  const shown: ShownOffer[] = [];
+  while (shown.length < k && remaining.length > 0) {
+    let pick = 0;
+    let explore = false;
+    if (rng.next() < exploration) {
+      let best = -Infinity;
+      remaining.forEach((s, i) => {
+        const draw = sampleBeta(rng, s.alpha, s.beta) * s.net;
+        if (draw > best) [best, pick] = [draw, i];
+      });
+      explore = pick !== 0;
+    }
+    const [s] = remaining.splice(pick, 1);
+    shown.push({
+      offerId: s!.offer.id,
+      title: s!.offer.title,
+      discount: s!.offer.discount,
+      expectedValue: round(s!.expectedValue),
+      reason: offerReason(s!.offer, input.events, input.products, context, explore),
+      explore,
+    });
+  }
+  return shown;
+}
+
+function eligibilityContext(input: OffersInput, options: OffersOptions): EligibilityContext {
+  const context = options.context ?? {};
+  const ctx: EligibilityContext = {
+    now: context.now ?? Date.now(),
+    history: offerHistory(input.events),
+    returning: isReturningShopper(input.events),
+  };
+  if (context.cart !== undefined) ctx.cartValue = cartValue(context.cart, input.products);
+  return ctx;
+}
+
+/** Sum of quantity × price over the cart; a line with no price uses the catalog price (or 0). */
+export function cartValue(cart: readonly CartLine[], products: ProductIndex): number {
+  return cart.reduce((sum, l) => sum + (l.quantity ?? 1) * (l.price ?? products.byId.get(l.itemId)?.price ?? 0), 0);
+}
+
+function checkInt(v: number, field: string, min: number, max: number): number {
+  if (!Number.isInteger(v) || v < min || v > max) throw new ValidationError(field, `must be an integer from ${min} to ${max}, got ${v}`);
+  return v;
+}
+function checkRange(v: number, field: string, min: number, max: number): number {
+  if (typeof v !== 'number' || !(v >= min && v <= max)) throw new ValidationError(field, `must be a number from ${min} to ${max}, got ${v}`);
+  return v;
+}
+const round = (x: number): number => Math.round(x * 10000) / 10000;

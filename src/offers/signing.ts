@@ -1,0 +1,126 @@
+/**
+ * Signing and verifying offer catalogs with ECDSA P-256 / SHA-256 through WebCrypto
+ * (`globalThis.crypto.subtle`), which browsers, workers and Node ≥ 20 all provide.
+ *
+ * What is signed is the canonical JSON ({@link canonicalJson}) of the envelope without its
+ * signature, `{ alg, catalog, kid? }`, so the algorithm and key id are covered too and a signature
+ * does not depend on key order or whitespace in the published file.
+ */
+import { base64urlDecode, base64urlEncode } from './base64url.js';
+import { canonicalJson } from './canonical-json.js';
+import { SignatureError } from './signature-error.js';
+import type { OfferCatalog, SignedOfferCatalog } from './types.js';
+import { validateOfferCatalog } from './validate-catalog.js';
+
+const ALGORITHM = { name: 'ECDSA', namedCurve: 'P-256' } as const;
+const SIGN_PARAMS = { name: 'ECDSA', hash: 'SHA-256' } as const;
+
+/** A key pair as JSON Web Keys, ready to be written to files. */
+export interface OfferKeyPair {
+  publicJwk: JsonWebKey;
+  privateJwk: JsonWebKey;
+}
+
+function subtle(): SubtleCrypto {
+  const s = globalThis.crypto?.subtle;
+  if (!s) throw new SignatureError('bad-key', 'WebCrypto (crypto.subtle) is not available; it needs a secure context (https or localhost)');
+  return s;
+}
+
+/**
+ * Make a new ECDSA P-256 key pair for signing offer catalogs. The private key stays on the shop's
+ * server; the public key is given to `setOffers`/`verifyOfferCatalog`.
+ *
+ * @example
+ * ```ts
+ * const { publicJwk, privateJwk } = await generateOfferKeys();
+ * ```
+ */
+export async function generateOfferKeys(): Promise<OfferKeyPair> {
+  const pair = await subtle().generateKey(ALGORITHM, true, ['sign', 'verify']);
+  const [publicJwk, privateJwk] = await Promise.all([
+    subtle().exportKey('jwk', pair.publicKey),
+    subtle().exportKey('jwk', pair.privateKey),
+  ]);
+  return { publicJwk, privateJwk };
+}
+
+/** The exact bytes the signature covers. */
+export function signedPayload(envelope: Omit<SignedOfferCatalog, 'signature'>): Uint8Array<ArrayBuffer> {
+  const { alg, kid, catalog } = envelope;
+  return new TextEncoder().encode(canonicalJson({ alg, kid, catalog }));
+}
+
+async function importKey(jwk: JsonWebKey, use: 'sign' | 'verify'): Promise<CryptoKey> {
+  if (typeof jwk !== 'object' || jwk === null || jwk.kty !== 'EC' || jwk.crv !== 'P-256') {
+    throw new SignatureError('bad-key', `the ${use === 'sign' ? 'private' : 'public'} key must be an EC P-256 JWK (kty 'EC', crv 'P-256')`);
+  }
+  if (use === 'sign' && typeof jwk.d !== 'string') throw new SignatureError('bad-key', "the signing key is a public key; sign with the private JWK (the one with 'd')");
+  // A private JWK also holds the public point; verify with only that part so either file works.
+  const material: JsonWebKey = use === 'verify' ? { kty: 'EC', crv: 'P-256', x: jwk.x, y: jwk.y, ext: true } : jwk;
+  try {
+    return await subtle().importKey('jwk', material, ALGORITHM, false, [use]);
+  } catch (cause) {
+    throw new SignatureError('bad-key', `the key could not be imported: ${(cause as Error).message}`, { cause });
+  }
+}
+
+/**
+ * Sign a catalog with the shop's private key. The catalog is validated first, so a shop cannot
+ * publish a catalog that devices would refuse.
+ *
+ * @example
+ * ```ts
+ * const signed = await signOfferCatalog(catalog, privateJwk, { kid: '2024-06' });
+ * await fetch('/offers.json', { method: 'PUT', body: JSON.stringify(signed) });
+ * ```
+ */
+export async function signOfferCatalog(catalog: OfferCatalog, privateJwk: JsonWebKey, options: { kid?: string } = {}): Promise<SignedOfferCatalog> {
+  const clean = validateOfferCatalog(catalog);
+  const envelope: Omit<SignedOfferCatalog, 'signature'> = { alg: 'ES256', catalog: clean };
+  if (options.kid !== undefined) envelope.kid = options.kid;
+  const key = await importKey(privateJwk, 'sign');
+  const sig = new Uint8Array(await subtle().sign(SIGN_PARAMS, key, signedPayload(envelope)));
+  return { ...envelope, signature: base64urlEncode(sig) };
+}
+
+/**
+ * Check a signed catalog against the shop's public key(s) and return the catalog when it verifies.
+ *
+ * Throws a `SignatureError` when the signature is missing (`problem: 'unsigned'`), malformed
+ * (`'malformed'`), or does not match under any key (`'mismatch'`: a changed field or the wrong
+ * key), and a `ValidationError` naming the field when a correctly signed catalog is not valid.
+ *
+ * @example
+ * ```ts
+ * const catalog = await verifyOfferCatalog(await (await fetch('/offers.json')).json(), publicJwk);
+ * ```
+ */
+export async function verifyOfferCatalog(signed: unknown, publicJwk: JsonWebKey | readonly JsonWebKey[]): Promise<OfferCatalog> {
+  if (typeof signed !== 'object' || signed === null || Array.isArray(signed)) {
+    throw new SignatureError('malformed', 'a signed offer catalog must be an object { alg, catalog, signature }');
+  }
+  const s = signed as Partial<Record<keyof SignedOfferCatalog, unknown>>;
+  if (s.signature === undefined || s.signature === null || s.signature === '') {
+    throw new SignatureError('unsigned', 'the offer catalog is not signed (no signature); only catalogs signed by the shop are accepted');
+  }
+  if (s.alg !== 'ES256') throw new SignatureError('malformed', `unsupported signature algorithm ${JSON.stringify(s.alg)}; expected 'ES256'`);
+  if (s.kid !== undefined && typeof s.kid !== 'string') throw new SignatureError('malformed', 'kid must be a string');
+  const sig = typeof s.signature === 'string' ? base64urlDecode(s.signature) : null;
+  if (!sig || sig.length !== 64) throw new SignatureError('malformed', 'the signature must be base64url of 64 bytes (ECDSA P-256, r ‖ s)');
+  if (typeof s.catalog !== 'object' || s.catalog === null) throw new SignatureError('malformed', 'the signed envelope has no catalog object');
+
+  let payload: Uint8Array<ArrayBuffer>;
+  try {
+    payload = signedPayload({ alg: 'ES256', kid: s.kid as string | undefined, catalog: s.catalog as OfferCatalog });
+  } catch (cause) {
+    throw new SignatureError('malformed', `the catalog is not plain JSON: ${(cause as Error).message}`, { cause });
+  }
+  const keys = Array.isArray(publicJwk) ? publicJwk : [publicJwk as JsonWebKey];
+  if (keys.length === 0) throw new SignatureError('bad-key', 'no public key given to verify the offer catalog');
+  for (const jwk of keys) {
+    const key = await importKey(jwk, 'verify');
+    if (await subtle().verify(SIGN_PARAMS, key, sig, payload)) return validateOfferCatalog(s.catalog);
+  }
+  throw new SignatureError('mismatch', 'the offer catalog signature does not match: it was changed after signing or signed with another key');
+}

@@ -1,0 +1,137 @@
+/**
+ * Types of personalized offers. Everything here is plain data that crosses the worker boundary and
+ * is serialized into the signed catalog, so there are no classes, functions or Dates.
+ */
+
+/** How much an offer takes off: a percentage of the in-scope spend, or a fixed amount. */
+export type OfferDiscount =
+  | {
+      kind: 'percent';
+      /** Percent off the in-scope items, (0, 100]. */
+      percent: number;
+      /** Optional ceiling on the discount per order, in the shop's currency. */
+      maxAmount?: number;
+    }
+  | {
+      kind: 'amount';
+      /** Fixed amount off the order, in the shop's currency, > 0. */
+      amount: number;
+    };
+
+/** Which products an offer applies to. */
+export type OfferScope =
+  | { kind: 'all' }
+  | { kind: 'items'; itemIds: string[] }
+  | { kind: 'categories'; categories: string[] };
+
+/** Who may see an offer: shoppers with no past purchase (`new`), with one (`returning`), or `all`. */
+export type OfferAudience = 'all' | 'new' | 'returning';
+
+/** Per-shopper frequency limits, checked against the shopper's local impression/redemption history. */
+export interface OfferLimits {
+  /** Never show the offer again once the shopper has redeemed it this many times. */
+  maxRedemptions?: number;
+  /** Never show the offer again once it has been shown this many times. */
+  maxImpressions?: number;
+  /** After a redemption, hide the offer for this many hours (cool-down). */
+  coolDownHours?: number;
+}
+
+/** The shop's estimate of what an in-scope purchase is worth, used to score offers. */
+export interface OfferHints {
+  /** Gross margin as a fraction of the price, [0, 1]. Default 0.3. */
+  margin?: number;
+  /** Typical in-scope spend of an order that uses the offer; default: mean catalog price in scope. */
+  typicalSpend?: number;
+  /** Extra fixed cost of a redemption to the shop (handling, fees), in currency. Default 0. */
+  cost?: number;
+}
+
+/** One offer published by the shop. */
+export interface Offer {
+  /** Stable id, 1–128 characters. */
+  id: string;
+  /** Title a shopper can read, e.g. "10% off mugs". */
+  title: string;
+  discount: OfferDiscount;
+  scope: OfferScope;
+  /** The order (or the cart, when known) must be worth at least this much. Default 0. */
+  minBasket?: number;
+  /** Validity window in milliseconds since the epoch; either end may be left open. */
+  validFrom?: number;
+  validUntil?: number;
+  audience?: OfferAudience;
+  limits?: OfferLimits;
+  hints?: OfferHints;
+}
+
+/** The offers of a shop, as published. `version` lets a device refuse an older catalog. */
+export interface OfferCatalog {
+  version: number;
+  /** When the shop issued the catalog, ms since the epoch. */
+  issuedAt: number;
+  /** ISO 4217 code of the amounts, e.g. `GBP`. */
+  currency: string;
+  offers: Offer[];
+}
+
+/** A catalog with the shop's ECDSA P-256 / SHA-256 signature over its canonical JSON. */
+export interface SignedOfferCatalog {
+  catalog: OfferCatalog;
+  /** Always `ES256` (ECDSA P-256 with SHA-256). */
+  alg: 'ES256';
+  /** Optional key id, to pick among several published keys. */
+  kid?: string;
+  /** base64url of the IEEE P1363 (r ‖ s, 64 bytes) signature, as WebCrypto produces it. */
+  signature: string;
+}
+
+/** One line of the cart, as the page knows it. */
+export interface CartLine {
+  itemId: string;
+  quantity?: number;
+  /** Unit price; falls back to the product catalog's price. */
+  price?: number;
+}
+
+/** Where the shopper is when offers are asked for. */
+export interface OfferContext {
+  cart?: CartLine[];
+  page?: 'home' | 'product' | 'category' | 'cart' | 'checkout' | 'search' | 'other';
+  /** The product on screen, on a product page. */
+  itemId?: string;
+  /** "Now", ms since the epoch; defaults to the newest event's time or 0. Set it in replays. */
+  now?: number;
+}
+
+/** What `offers()` accepts. */
+export interface OffersOptions {
+  /** How many offers, 1–20. Default 2. */
+  k?: number;
+  context?: OfferContext;
+  /** Seed for exploration. Same seed, events and catalog → same answer. Default 1. */
+  seed?: number;
+  /**
+   * Share of the k slots that may go to exploration (Thompson sampling), [0, 1]. Default 0.1:
+   * roughly one draw in ten replaces the best-scoring offer with the best sampled one.
+   */
+  exploration?: number;
+  /**
+   * How many impressions the caller's affinity counts for against the shopper's own offer history
+   * (the Beta prior's strength), ≥ 0. Default 10.
+   */
+  priorStrength?: number;
+}
+
+/** An offer chosen for this shopper, with why. */
+export interface ShownOffer {
+  offerId: string;
+  title: string;
+  discount: OfferDiscount;
+  /** Expected value to the shop of showing the offer, in currency (can be negative). */
+  expectedValue: number;
+  /** A sentence a shopper can read, e.g. "Because you viewed Red Mug". */
+  reason: string;
+  /** True when the slot was filled by exploration rather than by expected value. */
+  explore: boolean;
+}

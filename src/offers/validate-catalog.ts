@@ -1,0 +1,134 @@
+import { ValidationError } from '../errors.js';
+import type { Offer, OfferAudience, OfferCatalog, OfferDiscount, OfferHints, OfferLimits, OfferScope } from './types.js';
+
+/**
+ * Check that `input` is a well-formed {@link OfferCatalog} and return a clean copy holding only the
+ * known fields. Throws a `ValidationError` whose `field` is the dotted path of the first bad field,
+ * e.g. `catalog.offers[2].discount.percent`. Unknown fields are ignored (not copied), so a newer
+ * shop server can add fields without older devices refusing the catalog.
+ *
+ * @example
+ * ```ts
+ * validateOfferCatalog({ version: 1, issuedAt: 0, currency: 'GBP', offers: [] }); // ok
+ * validateOfferCatalog({ version: 1, issuedAt: 0, currency: 'GBP', offers: [{ id: 'x' }] });
+ * // throws ValidationError "catalog.offers[0].title: must be a non-empty string"
+ * ```
+ */
+export function validateOfferCatalog(input: unknown, field = 'catalog'): OfferCatalog {
+  const o = record(input, field);
+  const version = integer(o.version, `${field}.version`, 0);
+  const issuedAt = finite(o.issuedAt, `${field}.issuedAt`, 0);
+  const currency = string(o.currency, `${field}.currency`, 16);
+  if (!Array.isArray(o.offers)) throw new ValidationError(`${field}.offers`, 'must be an array');
+  const seen = new Set<string>();
+  const offers = o.offers.map((x, i) => {
+    const offer = validateOffer(x, `${field}.offers[${i}]`);
+    if (seen.has(offer.id)) throw new ValidationError(`${field}.offers[${i}].id`, `duplicate offer id '${offer.id}'`);
+    seen.add(offer.id);
+    return offer;
+  });
+  return { version, issuedAt, currency, offers };
+}
+
+/** Validate one offer; `field` is the path used in error messages. */
+export function validateOffer(input: unknown, field = 'offer'): Offer {
+  const o = record(input, field);
+  const offer: Offer = {
+    id: string(o.id, `${field}.id`, 128),
+    title: string(o.title, `${field}.title`, 200),
+    discount: discount(o.discount, `${field}.discount`),
+    scope: scope(o.scope, `${field}.scope`),
+  };
+  if (o.minBasket !== undefined) offer.minBasket = finite(o.minBasket, `${field}.minBasket`, 0);
+  if (o.validFrom !== undefined) offer.validFrom = finite(o.validFrom, `${field}.validFrom`, 0);
+  if (o.validUntil !== undefined) offer.validUntil = finite(o.validUntil, `${field}.validUntil`, 0);
+  if (offer.validFrom !== undefined && offer.validUntil !== undefined && offer.validUntil <= offer.validFrom) {
+    throw new ValidationError(`${field}.validUntil`, `must be after validFrom (${offer.validFrom})`);
+  }
+  if (o.audience !== undefined) offer.audience = audience(o.audience, `${field}.audience`);
+  if (o.limits !== undefined) offer.limits = limits(o.limits, `${field}.limits`);
+  if (o.hints !== undefined) offer.hints = hints(o.hints, `${field}.hints`);
+  return offer;
+}
+
+function discount(input: unknown, field: string): OfferDiscount {
+  const o = record(input, field);
+  if (o.kind === 'percent') {
+    const percent = finite(o.percent, `${field}.percent`, 0);
+    if (percent <= 0 || percent > 100) throw new ValidationError(`${field}.percent`, `must be in (0, 100], got ${percent}`);
+    const d: OfferDiscount = { kind: 'percent', percent };
+    if (o.maxAmount !== undefined) d.maxAmount = positive(o.maxAmount, `${field}.maxAmount`);
+    return d;
+  }
+  if (o.kind === 'amount') return { kind: 'amount', amount: positive(o.amount, `${field}.amount`) };
+  throw new ValidationError(`${field}.kind`, `must be 'percent' or 'amount', got ${show(o.kind)}`);
+}
+
+function scope(input: unknown, field: string): OfferScope {
+  const o = record(input, field);
+  if (o.kind === 'all') return { kind: 'all' };
+  if (o.kind === 'items') return { kind: 'items', itemIds: strings(o.itemIds, `${field}.itemIds`, 256) };
+  if (o.kind === 'categories') return { kind: 'categories', categories: strings(o.categories, `${field}.categories`, 256) };
+  throw new ValidationError(`${field}.kind`, `must be 'all', 'items' or 'categories', got ${show(o.kind)}`);
+}
+
+function audience(input: unknown, field: string): OfferAudience {
+  if (input === 'all' || input === 'new' || input === 'returning') return input;
+  throw new ValidationError(field, `must be 'all', 'new' or 'returning', got ${show(input)}`);
+}
+
+function limits(input: unknown, field: string): OfferLimits {
+  const o = record(input, field);
+  const l: OfferLimits = {};
+  if (o.maxRedemptions !== undefined) l.maxRedemptions = integer(o.maxRedemptions, `${field}.maxRedemptions`, 1);
+  if (o.maxImpressions !== undefined) l.maxImpressions = integer(o.maxImpressions, `${field}.maxImpressions`, 1);
+  if (o.coolDownHours !== undefined) l.coolDownHours = finite(o.coolDownHours, `${field}.coolDownHours`, 0);
+  return l;
+}
+
+function hints(input: unknown, field: string): OfferHints {
+  const o = record(input, field);
+  const h: OfferHints = {};
+  if (o.margin !== undefined) {
+    h.margin = finite(o.margin, `${field}.margin`, 0);
+    if (h.margin > 1) throw new ValidationError(`${field}.margin`, `must be a fraction in [0, 1], got ${h.margin}`);
+  }
+  if (o.typicalSpend !== undefined) h.typicalSpend = positive(o.typicalSpend, `${field}.typicalSpend`);
+  if (o.cost !== undefined) h.cost = finite(o.cost, `${field}.cost`, 0);
+  return h;
+}
+
+function record(v: unknown, field: string): Record<string, unknown> {
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new ValidationError(field, `must be an object, got ${show(v)}`);
+  return v as Record<string, unknown>;
+}
+function string(v: unknown, field: string, max: number): string {
+  if (typeof v !== 'string' || v.length === 0) throw new ValidationError(field, `must be a non-empty string, got ${show(v)}`);
+  if (v.length > max) throw new ValidationError(field, `must be at most ${max} characters, got ${v.length}`);
+  return v;
+}
+function strings(v: unknown, field: string, max: number): string[] {
+  if (!Array.isArray(v) || v.length === 0) throw new ValidationError(field, 'must be a non-empty array of strings');
+  return v.map((x, i) => string(x, `${field}[${i}]`, max));
+}
+function finite(v: unknown, field: string, min: number): number {
+  if (typeof v !== 'number' || !Number.isFinite(v)) throw new ValidationError(field, `must be a finite number, got ${show(v)}`);
+  if (v < min) throw new ValidationError(field, `must be ≥ ${min}, got ${v}`);
+  return v;
+}
+function positive(v: unknown, field: string): number {
+  const n = finite(v, field, 0);
+  if (n === 0) throw new ValidationError(field, 'must be > 0, got 0');
+  return n;
+}
+function integer(v: unknown, field: string, min: number): number {
+  const n = finite(v, field, min);
+  if (!Number.isInteger(n)) throw new ValidationError(field, `must be an integer, got ${n}`);
+  return n;
+}
+function show(v: unknown): string {
+  if (v === undefined) return 'nothing';
+  if (typeof v === 'string') return `'${v.length > 40 ? `${v.slice(0, 40)}…` : v}'`;
+  if (Array.isArray(v)) return 'an array';
+  return v === null ? 'null' : typeof v === 'object' ? 'an object' : String(v);
+}
