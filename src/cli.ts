@@ -14,7 +14,10 @@ program
 // Sub-commands register themselves here: `import('./x/y-command.js').then(m => m.register(program))`
 // would make --help incomplete, so each module exports `register(program)` and is imported eagerly
 // but keeps its heavy imports inside the action.
-const registrations: Array<Promise<{ register(p: Command): void }>> = [import('./eval/eval-command.js')];
+const registrations: Array<Promise<{ register(p: Command): void }>> = [
+  import('./eval/eval-command.js'),
+  import('./server/serve-command.js'),
+];
 
 export async function main(argv = process.argv): Promise<void> {
   for (const r of await Promise.all(registrations)) r.register(program);

@@ -1,0 +1,141 @@
+/**
+ * The HTTP API (hono). Versioned under /v1; every error is JSON `{ error, reason }` with a 4xx
+ * (5xx only for a bug or a storage failure, never for anything a client sends).
+ */
+import { Hono, type Context } from 'hono';
+import { bodyLimit } from 'hono/body-limit';
+import { getConnInfo } from '@hono/node-server/conninfo';
+import { serveStatic } from '@hono/node-server/serve-static';
+import { relative } from 'node:path';
+import { updateByteLength, WIRE_FORMAT_VERSION, UPDATE_BUDGET_BYTES } from '../federated/wire.js';
+import type { RateLimiter } from './rate-limit.js';
+import type { RoundCoordinator } from './rounds.js';
+import { REJECT_STATUS, type RejectReason } from './validate-update.js';
+
+export interface AppOptions {
+  rateLimiter?: RateLimiter;
+  /** Folder served at `/` (the demo shop), after the API routes. */
+  staticDir?: string;
+  /** Use the first X-Forwarded-For address as the client (only behind a trusted proxy). */
+  trustProxy?: boolean;
+  log: (line: string) => void;
+}
+
+function fail(c: Context, reason: RejectReason | 'not-found' | 'internal', error: string, status?: number): Response {
+  const s = status ?? (reason in REJECT_STATUS ? REJECT_STATUS[reason as RejectReason] : reason === 'not-found' ? 404 : 500);
+  return c.json({ error, reason }, s as 400);
+}
+
+function clientKey(c: Context, trustProxy: boolean): string {
+  if (trustProxy) {
+    const fwd = c.req.header('x-forwarded-for');
+    if (fwd) return fwd.split(',')[0]!.trim();
+  }
+  try {
+    return getConnInfo(c).remote.address ?? 'unknown';
+  } catch {
+    return 'unknown'; // in-process requests (app.request) have no socket
+  }
+}
+
+/**
+ * @example
+ * ```ts
+ * const app = createApp(rounds, { log: console.log });
+ * const res = await app.request('/v1/health');
+ * ```
+ */
+export function createApp(rounds: RoundCoordinator, opts: AppOptions): Hono {
+  const cfg = rounds.config;
+  const updateBytes = updateByteLength(cfg.itemCount, cfg.dim, cfg.bits, cfg.blockSize);
+  const app = new Hono();
+
+  app.onError((err, c) => {
+    opts.log(`internal error on ${c.req.method} ${c.req.path}: ${err.stack ?? err.message}`);
+    return fail(c, 'internal', 'internal server error');
+  });
+
+  app.get('/v1/health', (c) => c.json({ ok: true, version: rounds.version }));
+
+  app.get('/v1/config', (c) =>
+    c.json({
+      formatVersion: WIRE_FORMAT_VERSION,
+      dim: cfg.dim,
+      items: cfg.itemCount,
+      clip: cfg.clip,
+      noiseMultiplier: cfg.noiseMultiplier,
+      minClients: cfg.minClients,
+      maxStaleness: cfg.maxStaleness,
+      bits: cfg.bits,
+      blockSize: cfg.blockSize,
+      updateBytes,
+      updateBudgetBytes: UPDATE_BUDGET_BYTES,
+      aggregator: cfg.aggregator,
+      normTolerance: cfg.normTolerance,
+      normSlack: cfg.normSlack,
+      version: rounds.version,
+    }),
+  );
+
+  app.get('/v1/rounds/current', (c) =>
+    c.json({
+      version: rounds.version,
+      hash: rounds.hash,
+      publishedAt: new Date(rounds.publishedAt).toISOString(),
+      pending: rounds.pending,
+      minClients: cfg.minClients,
+      maxStaleness: cfg.maxStaleness,
+      oldestAcceptedBase: Math.max(0, rounds.version - cfg.maxStaleness),
+    }),
+  );
+
+  app.get('/v1/model', (c) => {
+    const q = c.req.query('encoding') ?? 'float32';
+    if (q !== 'float32' && q !== 'int8') return fail(c, 'malformed', `encoding must be 'float32' or 'int8', got '${q}'`, 400);
+    const etag = `"${rounds.hash}${q === 'int8' ? '-int8' : ''}"`;
+    c.header('X-Localrec-Model-Version', String(rounds.version));
+    c.header('X-Localrec-Model-Hash', rounds.hash);
+    c.header('ETag', etag);
+    c.header('Cache-Control', 'no-cache');
+    if (c.req.header('if-none-match') === etag) return c.body(null, 304);
+    const body = rounds.modelBytes(q);
+    c.header('Content-Type', 'application/octet-stream');
+    return c.body(body as Uint8Array<ArrayBuffer>, 200);
+  });
+
+  app.post(
+    '/v1/updates',
+    async (c, next) => {
+      if (opts.rateLimiter && !opts.rateLimiter.take(clientKey(c, opts.trustProxy ?? false))) {
+        c.header('Retry-After', '60');
+        return fail(c, 'rate-limited', 'too many updates from this client; retry later');
+      }
+      await next();
+    },
+    bodyLimit({
+      maxSize: updateBytes,
+      onError: (c) => fail(c, 'oversized', `update bodies are exactly ${updateBytes} bytes for this model`),
+    }),
+    async (c) => {
+      let body: Uint8Array;
+      try {
+        body = new Uint8Array(await c.req.arrayBuffer());
+      } catch {
+        return fail(c, 'malformed', 'could not read the request body');
+      }
+      const r = await rounds.submit(body);
+      if (!r.ok) return fail(c, r.reason, r.error);
+      return c.json({ accepted: true, id: r.id, version: r.version, pending: r.pending, minClients: cfg.minClients, published: r.published ?? null }, 202);
+    },
+  );
+
+  app.all('/v1/*', (c) => fail(c, 'not-found', `no such endpoint: ${c.req.method} ${c.req.path}`));
+
+  if (opts.staticDir) {
+    // serveStatic resolves `root` against the working directory.
+    const root = relative(process.cwd(), opts.staticDir) || '.';
+    app.use('/*', serveStatic({ root }));
+  }
+  app.notFound((c) => fail(c, 'not-found', `not found: ${c.req.path}`));
+  return app;
+}

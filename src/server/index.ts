@@ -1,0 +1,155 @@
+/**
+ * Node entry of the aggregation server: `startServer()` for tests, the demo and `localrec serve`.
+ */
+import { serve } from '@hono/node-server';
+import type { AddressInfo } from 'node:net';
+import { ValidationError } from '../errors.js';
+import { chooseBits, decodeModel, DEFAULT_BLOCK_SIZE, UPDATE_BUDGET_BYTES } from '../federated/wire.js';
+import type { ItemTable } from '../model/item-table.js';
+import { DEFAULT_FEDADAM, type AggregatorName, type FedAdamOptions } from './aggregate.js';
+import { createApp } from './app.js';
+import { MemoryStorage } from './memory-storage.js';
+import { RateLimiter, type RateLimitOptions } from './rate-limit.js';
+import { RoundCoordinator, type RoundConfig } from './rounds.js';
+import { SqliteStorage, type SqliteStorageOptions } from './sqlite-storage.js';
+import type { Storage } from './storage.js';
+
+export { createApp } from './app.js';
+export { MemoryStorage } from './memory-storage.js';
+export { SqliteStorage } from './sqlite-storage.js';
+export { RoundCoordinator } from './rounds.js';
+export { RateLimiter } from './rate-limit.js';
+export { REJECT_STATUS, normBound, checkUpdate } from './validate-update.js';
+export type { RejectReason } from './validate-update.js';
+export type { Storage, StoredVersion, NewUpdate, PendingUpdate } from './storage.js';
+
+export interface ServerOptions {
+  /** Default 8787; 0 picks a free port. */
+  port?: number;
+  /** Default 127.0.0.1. */
+  host?: string;
+  /** A storage adapter; otherwise SQLite under `dataDir`, or memory when `dataDir` is null. */
+  storage?: Storage;
+  /** Default `.data`; `null` keeps everything in memory. */
+  dataDir?: string | null;
+  sqlite?: SqliteStorageOptions;
+  /** Version 0 when the store is empty; when the store is not, it must have the same ids and dim. */
+  initialTable?: ItemTable;
+  minClients?: number;
+  clip?: number;
+  noiseMultiplier?: number;
+  maxStaleness?: number;
+  /** Bits per update coordinate; default the widest that keeps an update within 64 KiB. */
+  bits?: number;
+  blockSize?: number;
+  aggregator?: AggregatorName;
+  serverLearningRate?: number;
+  fedAdam?: Partial<FedAdamOptions>;
+  normTolerance?: number;
+  normSlack?: number;
+  /** Per-client limit on POST /v1/updates; `false` turns it off. Default 60/min, burst 20. */
+  rateLimit?: RateLimitOptions | false;
+  trustProxy?: boolean;
+  staticDir?: string;
+  now?: () => number;
+  log?: (line: string) => void;
+}
+
+export interface RunningServer {
+  /** e.g. `http://127.0.0.1:8787` */
+  url: string;
+  rounds: RoundCoordinator;
+  close(): Promise<void>;
+}
+
+function positive(name: string, v: number, integer = false): number {
+  if (!Number.isFinite(v) || v <= 0 || (integer && !Number.isInteger(v))) {
+    throw new ValidationError(`options.${name}`, `must be a ${integer ? 'positive integer' : 'positive number'}, got ${v}`);
+  }
+  return v;
+}
+
+/**
+ * Starts the aggregation server and resolves once it listens.
+ *
+ * @example
+ * ```ts
+ * const server = await startServer({ port: 0, dataDir: null, initialTable: createItemTable(ids, 16), minClients: 3 });
+ * await fetch(`${server.url}/v1/health`); // { ok: true, version: 0 }
+ * await server.close();
+ * ```
+ */
+export async function startServer(options: ServerOptions = {}): Promise<RunningServer> {
+  const log = options.log ?? ((line: string) => process.stderr.write(`localrec serve: ${line}\n`));
+  const now = options.now ?? Date.now;
+  const storage =
+    options.storage ?? (options.dataDir === null ? new MemoryStorage() : SqliteStorage.open(options.dataDir ?? '.data', options.sqlite));
+  try {
+    let shape = options.initialTable;
+    if (!shape) {
+      const latest = await storage.latest();
+      if (!latest) throw new ValidationError('options.initialTable', 'is required when the store is empty');
+      shape = decodeModel(latest.model).table;
+    }
+    const itemCount = shape.itemIds.length;
+    const blockSize = positive('blockSize', options.blockSize ?? DEFAULT_BLOCK_SIZE, true);
+    const bits = options.bits ?? chooseBits(itemCount, shape.dim, UPDATE_BUDGET_BYTES, blockSize);
+    if (!Number.isInteger(bits) || bits < 2 || bits > 8) {
+      throw new ValidationError('options.bits', `must be 2..8, got ${bits} (${itemCount} × ${shape.dim} does not fit ${UPDATE_BUDGET_BYTES} bytes even at 2 bits)`);
+    }
+    const noiseMultiplier = options.noiseMultiplier ?? 1;
+    if (!Number.isFinite(noiseMultiplier) || noiseMultiplier < 0) throw new ValidationError('options.noiseMultiplier', `must be ≥ 0, got ${noiseMultiplier}`);
+    const maxStaleness = options.maxStaleness ?? 2;
+    if (!Number.isInteger(maxStaleness) || maxStaleness < 0) throw new ValidationError('options.maxStaleness', `must be an integer ≥ 0, got ${maxStaleness}`);
+    const aggregator = options.aggregator ?? 'fedavg';
+    if (aggregator !== 'fedavg' && aggregator !== 'fedadam') throw new ValidationError('options.aggregator', `must be 'fedavg' or 'fedadam', got '${aggregator}'`);
+    const config: RoundConfig = {
+      itemCount,
+      dim: shape.dim,
+      bits,
+      blockSize,
+      clip: positive('clip', options.clip ?? 1),
+      noiseMultiplier,
+      normTolerance: options.normTolerance ?? 0.01,
+      normSlack: options.normSlack ?? 6,
+      minClients: positive('minClients', options.minClients ?? 10, true),
+      maxStaleness,
+      aggregator,
+      serverLearningRate: positive('serverLearningRate', options.serverLearningRate ?? 1),
+      fedAdam: { ...DEFAULT_FEDADAM, ...options.fedAdam },
+      now,
+      log,
+    };
+    const rounds = await RoundCoordinator.open(storage, options.initialTable, config);
+    const rateLimit = options.rateLimit ?? { perMinute: 60, burst: 20 };
+    const app = createApp(rounds, {
+      log,
+      ...(rateLimit ? { rateLimiter: new RateLimiter(rateLimit, now) } : {}),
+      ...(options.staticDir ? { staticDir: options.staticDir } : {}),
+      trustProxy: options.trustProxy ?? false,
+    });
+    const host = options.host ?? '127.0.0.1';
+    const { server, port } = await new Promise<{ server: ReturnType<typeof serve>; port: number }>((resolve, reject) => {
+      const s = serve({ fetch: app.fetch, port: options.port ?? 8787, hostname: host }, (info: AddressInfo) => resolve({ server: s, port: info.port }));
+      s.once('error', reject);
+    });
+    const url = `http://${host.includes(':') ? `[${host}]` : host}:${port}`;
+    let closed = false;
+    return {
+      url,
+      rounds,
+      async close() {
+        if (closed) return;
+        closed = true;
+        await new Promise<void>((resolve) => {
+          server.close(() => resolve());
+          (server as { closeAllConnections?: () => void }).closeAllConnections?.();
+        });
+        await storage.close();
+      },
+    };
+  } catch (e) {
+    await storage.close();
+    throw e;
+  }
+}

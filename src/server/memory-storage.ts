@@ -1,0 +1,53 @@
+/**
+ * In-memory {@link Storage}: for tests and throwaway demos. Same contract as SQLite except that
+ * nothing survives the process.
+ */
+import { StorageConflictError, type NewUpdate, type PendingUpdate, type Storage, type StoredVersion } from './storage.js';
+
+/**
+ * @example
+ * ```ts
+ * const server = await startServer({ storage: new MemoryStorage(), initialTable });
+ * ```
+ */
+export class MemoryStorage implements Storage {
+  private versions: StoredVersion[] = [];
+  private updates = new Map<number, PendingUpdate>();
+  private nonces = new Set<string>();
+  private nextId = 1;
+
+  async latest(): Promise<StoredVersion | undefined> {
+    return this.versions[this.versions.length - 1];
+  }
+
+  async versionHash(version: number): Promise<string | undefined> {
+    return this.versions[version]?.hash;
+  }
+
+  async addUpdate(u: NewUpdate): Promise<{ id: number } | 'replayed'> {
+    if (this.nonces.has(u.nonce)) return 'replayed';
+    this.nonces.add(u.nonce);
+    const id = this.nextId++;
+    this.updates.set(id, { ...u, body: u.body.slice(), id });
+    return { id };
+  }
+
+  async pending(): Promise<PendingUpdate[]> {
+    return [...this.updates.values()];
+  }
+
+  async pendingCount(): Promise<number> {
+    return this.updates.size;
+  }
+
+  async publish(next: StoredVersion, consumed: readonly number[]): Promise<void> {
+    if (next.version !== this.versions.length) {
+      throw new StorageConflictError(`cannot publish version ${next.version}: latest is ${this.versions.length - 1}`);
+    }
+    for (const id of consumed) if (!this.updates.has(id)) throw new StorageConflictError(`update ${id} is not pending`);
+    this.versions.push({ ...next, model: next.model.slice() });
+    for (const id of consumed) this.updates.delete(id);
+  }
+
+  async close(): Promise<void> {}
+}

@@ -1,0 +1,105 @@
+/**
+ * `localrec serve`: the federated aggregation server on SQLite.
+ *
+ * @example
+ * ```sh
+ * localrec serve --catalog shop/catalog.json --dim 16 --min-clients 10 --clip 1 --noise 1.0 --static examples/shop
+ * ```
+ */
+import type { Command } from 'commander';
+import { ValidationError } from '../errors.js';
+
+function num(name: string, integer = false) {
+  return (v: string): number => {
+    const n = Number(v);
+    if (v.trim() === '' || !Number.isFinite(n) || (integer && !Number.isInteger(n))) {
+      throw new ValidationError(`--${name}`, `must be ${integer ? 'an integer' : 'a number'}, got '${v}'`);
+    }
+    return n;
+  };
+}
+
+/** Reads a catalog file: `{ items: [{ id, popularity? }] }`, or a bare array of items or ids. */
+export async function readCatalogFile(path: string): Promise<{ ids: string[]; popularity: number[] }> {
+  const { readFile } = await import('node:fs/promises');
+  let raw: unknown;
+  try {
+    raw = JSON.parse(await readFile(path, 'utf8'));
+  } catch (e) {
+    throw new ValidationError('--catalog', `cannot read ${path} as JSON: ${(e as Error).message}`);
+  }
+  const items = Array.isArray(raw) ? raw : (raw as { items?: unknown })?.items;
+  if (!Array.isArray(items) || items.length === 0) throw new ValidationError('--catalog', `${path} must hold a non-empty "items" array`);
+  const ids: string[] = [];
+  const popularity: number[] = [];
+  const seen = new Set<string>();
+  items.forEach((it: unknown, i) => {
+    const id = typeof it === 'string' ? it : (it as { id?: unknown })?.id;
+    if (typeof id !== 'string' || id.length < 1 || id.length > 256) throw new ValidationError(`catalog.items[${i}].id`, 'must be a string of 1..256 characters');
+    if (seen.has(id)) throw new ValidationError(`catalog.items[${i}].id`, `'${id}' appears twice`);
+    seen.add(id);
+    ids.push(id);
+    const p = typeof it === 'object' && it !== null ? (it as { popularity?: unknown }).popularity : undefined;
+    popularity.push(typeof p === 'number' && Number.isFinite(p) && p >= 0 ? p : 0);
+  });
+  return { ids, popularity };
+}
+
+export function register(program: Command): void {
+  program
+    .command('serve')
+    .description('Run the federated aggregation server (HTTP API under /v1, SQLite storage).')
+    .option('--port <n>', 'port to listen on (0 = any free port)', num('port', true), 8787)
+    .option('--host <addr>', 'address to bind', '127.0.0.1')
+    .option('--data-dir <dir>', 'folder for the SQLite database', '.data')
+    .option('--catalog <file>', 'catalog JSON ({ items: [{ id, popularity? }] }); needed for a new data dir')
+    .option('--dim <n>', 'embedding size of the item table', num('dim', true), 32)
+    .option('--seed <n>', 'seed of the initial table', num('seed', true), 1)
+    .option('--min-clients <n>', 'updates per aggregation round', num('min-clients', true), 10)
+    .option('--clip <c>', 'L2 clip bound C of an update', num('clip'), 1)
+    .option('--noise <sigma>', 'noise multiplier σ (noise std σ·C per coordinate)', num('noise'), 1.0)
+    .option('--max-staleness <n>', 'oldest accepted base = current − n', num('max-staleness', true), 2)
+    .option('--bits <n>', 'bits per update coordinate (default: widest within 64 KiB)', num('bits', true))
+    .option('--aggregator <name>', 'fedavg or fedadam', 'fedavg')
+    .option('--rate-limit <perMinute>', 'updates per minute per client address (0 = off)', num('rate-limit'), 60)
+    .option('--static <dir>', 'serve this folder at / (the demo shop)')
+    .action(async (o: Record<string, unknown>) => {
+      const { startServer } = await import('./index.js');
+      const { createItemTable } = await import('../model/item-table.js');
+      let initialTable;
+      if (typeof o.catalog === 'string') {
+        const { ids, popularity } = await readCatalogFile(o.catalog);
+        initialTable = createItemTable(ids, o.dim as number, { seed: o.seed as number, popularity });
+      }
+      const perMinute = o.rateLimit as number;
+      const crash = process.env.LOCALREC_FAULT;
+      const server = await startServer({
+        port: o.port as number,
+        host: o.host as string,
+        dataDir: o.dataDir as string,
+        ...(initialTable ? { initialTable } : {}),
+        minClients: o.minClients as number,
+        clip: o.clip as number,
+        noiseMultiplier: o.noise as number,
+        maxStaleness: o.maxStaleness as number,
+        ...(o.bits !== undefined ? { bits: o.bits as number } : {}),
+        aggregator: o.aggregator as 'fedavg',
+        rateLimit: perMinute > 0 ? { perMinute, burst: Math.max(1, Math.ceil(perMinute / 3)) } : false,
+        ...(typeof o.static === 'string' ? { staticDir: o.static } : {}),
+        // Test-only: LOCALREC_FAULT=kill-before-publish-commit kills the process inside the publish
+        // transaction, to prove that a crash there loses nothing (test/unit/server-crash.test.ts).
+        ...(crash === 'kill-before-publish-commit'
+          ? { sqlite: { beforeCommit: (what: 'update' | 'publish') => void (what === 'publish' && process.kill(process.pid, 'SIGKILL')) } }
+          : {}),
+      });
+      const cfg = server.rounds.config;
+      process.stdout.write(
+        `localrec serve listening on ${server.url} (version ${server.rounds.version}, ${cfg.itemCount} items × ${cfg.dim}, ${cfg.bits}-bit updates, min ${cfg.minClients} clients)\n`,
+      );
+      const stop = () => {
+        void server.close().then(() => process.exit(0));
+      };
+      process.once('SIGINT', stop);
+      process.once('SIGTERM', stop);
+    });
+}

@@ -1,0 +1,193 @@
+/**
+ * SQLite {@link Storage} on better-sqlite3 (12.x; 13 crashes on Node 20), one file under the data
+ * directory, WAL journal with `synchronous = FULL`, so a commit is on disk before `addUpdate`
+ * resolves and a `kill -9` (or power loss) at any moment leaves either the whole transaction or
+ * none of it.
+ *
+ * Aggregated updates keep their nonce, base version, arrival time and the version they went into,
+ * but their body is dropped: the average is what the server needs, and keeping individual noised
+ * updates longer than a round would only be a liability.
+ */
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import Database from 'better-sqlite3';
+import { StorageError } from '../errors.js';
+import { StorageConflictError, type NewUpdate, type PendingUpdate, type Storage, type StoredVersion } from './storage.js';
+
+const SCHEMA_VERSION = '1';
+
+export interface SqliteStorageOptions {
+  /** Test-only fault injection: called inside a transaction, just before it commits. */
+  beforeCommit?: (what: 'update' | 'publish') => void;
+}
+
+/**
+ * @example
+ * ```ts
+ * const storage = SqliteStorage.open('.data');   // .data/localrec.sqlite
+ * ```
+ */
+export class SqliteStorage implements Storage {
+  readonly path: string;
+  private db: Database.Database;
+  private hooks: SqliteStorageOptions;
+  private st!: {
+    latest: Database.Statement;
+    hash: Database.Statement;
+    insertUpdate: Database.Statement;
+    pending: Database.Statement;
+    pendingCount: Database.Statement;
+    maxVersion: Database.Statement;
+    insertVersion: Database.Statement;
+    markAggregated: Database.Statement;
+  };
+
+  /** Opens (creating if needed) `<dataDir>/localrec.sqlite`. */
+  static open(dataDir: string, options: SqliteStorageOptions = {}): SqliteStorage {
+    try {
+      mkdirSync(dataDir, { recursive: true });
+    } catch (e) {
+      throw new StorageError(`cannot create data dir ${dataDir}: ${(e as Error).message}`);
+    }
+    return new SqliteStorage(join(dataDir, 'localrec.sqlite'), options);
+  }
+
+  constructor(path: string, options: SqliteStorageOptions = {}) {
+    this.path = path;
+    this.hooks = options;
+    try {
+      this.db = new Database(path);
+      this.db.pragma('journal_mode = WAL');
+      this.db.pragma('synchronous = FULL');
+      this.db.pragma('foreign_keys = ON');
+      this.db.exec(`
+        CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        CREATE TABLE IF NOT EXISTS versions (
+          version INTEGER PRIMARY KEY,
+          hash TEXT NOT NULL,
+          model BLOB NOT NULL,
+          optimizer BLOB,
+          created_at INTEGER NOT NULL,
+          update_count INTEGER NOT NULL
+        );
+        CREATE TABLE IF NOT EXISTS updates (
+          id INTEGER PRIMARY KEY AUTOINCREMENT,
+          nonce TEXT NOT NULL UNIQUE,
+          base_version INTEGER NOT NULL,
+          received_at INTEGER NOT NULL,
+          body BLOB,
+          aggregated_into INTEGER REFERENCES versions(version)
+        );
+        CREATE INDEX IF NOT EXISTS updates_pending ON updates(id) WHERE aggregated_into IS NULL;
+      `);
+      const v = this.db.prepare('SELECT value FROM meta WHERE key = ?').get('schema') as { value: string } | undefined;
+      if (!v) this.db.prepare('INSERT INTO meta (key, value) VALUES (?, ?)').run('schema', SCHEMA_VERSION);
+      else if (v.value !== SCHEMA_VERSION) throw new StorageError(`${path}: schema version ${v.value}, this server knows ${SCHEMA_VERSION}`);
+      this.prepare();
+    } catch (e) {
+      if (e instanceof StorageError) throw e;
+      throw new StorageError(`cannot open SQLite database ${path}: ${(e as Error).message}`);
+    }
+  }
+
+  private prepare(): void {
+    const db = this.db;
+    this.st = {
+      latest: db.prepare('SELECT * FROM versions ORDER BY version DESC LIMIT 1'),
+      hash: db.prepare('SELECT hash FROM versions WHERE version = ?'),
+      insertUpdate: db.prepare(
+        'INSERT INTO updates (nonce, base_version, received_at, body) VALUES (?, ?, ?, ?) ON CONFLICT (nonce) DO NOTHING',
+      ),
+      pending: db.prepare('SELECT id, nonce, base_version, received_at, body FROM updates WHERE aggregated_into IS NULL ORDER BY id'),
+      pendingCount: db.prepare('SELECT COUNT(*) AS n FROM updates WHERE aggregated_into IS NULL'),
+      maxVersion: db.prepare('SELECT MAX(version) AS v FROM versions'),
+      insertVersion: db.prepare(
+        'INSERT INTO versions (version, hash, model, optimizer, created_at, update_count) VALUES (?, ?, ?, ?, ?, ?)',
+      ),
+      markAggregated: db.prepare('UPDATE updates SET aggregated_into = ?, body = NULL WHERE id = ? AND aggregated_into IS NULL'),
+    };
+  }
+
+  private wrap<T>(what: string, fn: () => T): T {
+    try {
+      return fn();
+    } catch (e) {
+      if (e instanceof StorageError) throw e;
+      throw new StorageError(`SQLite ${what} failed: ${(e as Error).message}`, { cause: e });
+    }
+  }
+
+  async latest(): Promise<StoredVersion | undefined> {
+    return this.wrap('read latest version', () => {
+      const r = this.st.latest.get() as
+        | { version: number; hash: string; model: Buffer; optimizer: Buffer | null; created_at: number; update_count: number }
+        | undefined;
+      if (!r) return undefined;
+      return {
+        version: r.version,
+        hash: r.hash,
+        model: new Uint8Array(r.model),
+        optimizer: r.optimizer ? new Uint8Array(r.optimizer) : null,
+        createdAt: r.created_at,
+        updateCount: r.update_count,
+      };
+    });
+  }
+
+  async versionHash(version: number): Promise<string | undefined> {
+    return this.wrap('read version hash', () => (this.st.hash.get(version) as { hash: string } | undefined)?.hash);
+  }
+
+  async addUpdate(u: NewUpdate): Promise<{ id: number } | 'replayed'> {
+    return this.wrap('store update', () =>
+      this.db.transaction(() => {
+        const r = this.st.insertUpdate.run(u.nonce, u.baseVersion, u.receivedAt, Buffer.from(u.body.buffer, u.body.byteOffset, u.body.byteLength));
+        if (r.changes === 0) return 'replayed' as const;
+        this.hooks.beforeCommit?.('update');
+        return { id: Number(r.lastInsertRowid) };
+      })(),
+    );
+  }
+
+  async pending(): Promise<PendingUpdate[]> {
+    return this.wrap('read pending updates', () =>
+      (this.st.pending.all() as Array<{ id: number; nonce: string; base_version: number; received_at: number; body: Buffer }>).map((r) => ({
+        id: r.id,
+        nonce: r.nonce,
+        baseVersion: r.base_version,
+        receivedAt: r.received_at,
+        body: new Uint8Array(r.body.buffer, r.body.byteOffset, r.body.byteLength),
+      })),
+    );
+  }
+
+  async pendingCount(): Promise<number> {
+    return this.wrap('count pending updates', () => (this.st.pendingCount.get() as { n: number }).n);
+  }
+
+  async publish(next: StoredVersion, consumed: readonly number[]): Promise<void> {
+    this.wrap('publish version', () =>
+      this.db.transaction(() => {
+        const max = (this.st.maxVersion.get() as { v: number | null }).v;
+        const expected = max === null ? 0 : max + 1;
+        if (next.version !== expected) throw new StorageConflictError(`cannot publish version ${next.version}: next is ${expected}`);
+        this.st.insertVersion.run(
+          next.version,
+          next.hash,
+          Buffer.from(next.model.buffer, next.model.byteOffset, next.model.byteLength),
+          next.optimizer ? Buffer.from(next.optimizer.buffer, next.optimizer.byteOffset, next.optimizer.byteLength) : null,
+          next.createdAt,
+          next.updateCount,
+        );
+        for (const id of consumed) {
+          if (this.st.markAggregated.run(next.version, id).changes !== 1) throw new StorageConflictError(`update ${id} is not pending`);
+        }
+        this.hooks.beforeCommit?.('publish');
+      })(),
+    );
+  }
+
+  async close(): Promise<void> {
+    if (this.db.open) this.db.close();
+  }
+}

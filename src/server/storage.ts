@@ -1,0 +1,61 @@
+/**
+ * What the aggregation server persists, behind an interface small enough for a PostgreSQL adapter:
+ * published model versions (append-only) and accepted updates (pending until a round consumes them).
+ *
+ * Contract every adapter keeps:
+ * - `addUpdate` resolves only after the update is durable (the HTTP ack follows it);
+ * - `publish` is atomic: the new version row and the "aggregated into" marks on the consumed updates
+ *   commit together or not at all, and it fails with {@link StorageConflictError} unless the new
+ *   version is exactly latest + 1 and every consumed update is still pending (so several server
+ *   processes sharing one database cannot publish the same version twice);
+ * - nonces are unique for the life of the store (replay protection survives restarts).
+ */
+import { StorageError } from '../errors.js';
+
+export interface StoredVersion {
+  version: number;
+  /** Hex SHA-256 of `model`. */
+  hash: string;
+  /** Canonical float32 model encoding (src/federated/wire.ts). */
+  model: Uint8Array;
+  /** Server optimizer state (FedAdam moments) after this version, or null for FedAvg. */
+  optimizer: Uint8Array | null;
+  /** Milliseconds since the epoch. */
+  createdAt: number;
+  /** How many updates were averaged into it (0 for version 0). */
+  updateCount: number;
+}
+
+export interface NewUpdate {
+  /** Hex of the 16-byte nonce. */
+  nonce: string;
+  baseVersion: number;
+  receivedAt: number;
+  /** The update exactly as received (wire format). */
+  body: Uint8Array;
+}
+
+export interface PendingUpdate extends NewUpdate {
+  id: number;
+}
+
+export interface Storage {
+  /** The newest published version, or undefined when nothing was ever published. */
+  latest(): Promise<StoredVersion | undefined>;
+  /** Hash of a published version, or undefined when there is no such version. */
+  versionHash(version: number): Promise<string | undefined>;
+  /** Stores an accepted update durably; `'replayed'` when its nonce was seen before (nothing stored). */
+  addUpdate(u: NewUpdate): Promise<{ id: number } | 'replayed'>;
+  /** Updates not yet aggregated, oldest first. */
+  pending(): Promise<PendingUpdate[]>;
+  pendingCount(): Promise<number>;
+  /** Atomically appends `next` and marks `consumed` (update ids) as aggregated into it. */
+  publish(next: StoredVersion, consumed: readonly number[]): Promise<void>;
+  close(): Promise<void>;
+}
+
+/** Another writer published first or consumed the same updates; the caller reloads and retries. */
+export class StorageConflictError extends StorageError {
+  // Keeps the StorageError name so it crosses process and worker boundaries as a StorageError.
+  readonly conflict = true;
+}

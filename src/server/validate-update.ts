@@ -1,0 +1,140 @@
+/**
+ * Stateless checks on an uploaded update: decodes it and checks shape, configuration and norm.
+ * Checks that need server state (base version, staleness, replay, rate) live in the round
+ * coordinator and the app. Every rejection has a fixed `reason` and an HTTP status.
+ */
+import { decodeUpdate, dequantizeUpdate, levelsFor, WireFormatError, type QuantizedUpdate } from '../federated/wire.js';
+
+/** Every reason an update can be refused with, and its HTTP status. */
+export const REJECT_STATUS = {
+  malformed: 400,
+  oversized: 413,
+  'wrong-shape': 422,
+  'non-finite': 422,
+  'config-mismatch': 422,
+  'over-norm': 422,
+  'unknown-base': 409,
+  stale: 409,
+  replayed: 409,
+  'rate-limited': 429,
+} as const;
+
+export type RejectReason = keyof typeof REJECT_STATUS;
+
+export interface Rejection {
+  ok: false;
+  reason: RejectReason;
+  status: (typeof REJECT_STATUS)[RejectReason];
+  error: string;
+}
+
+export function reject(reason: RejectReason, error: string): Rejection {
+  return { ok: false, reason, status: REJECT_STATUS[reason], error };
+}
+
+/** What the server expects of every update (mirrors `GET /v1/config`). */
+export interface UpdatePolicy {
+  itemCount: number;
+  dim: number;
+  bits: number;
+  blockSize: number;
+  clip: number;
+  noiseMultiplier: number;
+  /** Relative slack on the clip bound (float32 rounding, client arithmetic). Default 0.01. */
+  normTolerance: number;
+  /** How many standard deviations of the noise's norm fluctuation to allow. Default 6. */
+  normSlack: number;
+}
+
+export interface CheckedUpdate {
+  ok: true;
+  update: QuantizedUpdate;
+  /** Dequantized values, `n·(dim+1)`: factors then biases. */
+  delta: Float32Array;
+  /** L2 norm of `delta`. */
+  norm: number;
+  /** The largest norm this update could have had while honest (see {@link normBound}). */
+  bound: number;
+}
+
+/**
+ * The largest L2 norm an honest update is expected to have. The server only sees
+ * `x + z + e`: the clipped delta x (‖x‖ ≤ C), noise z ~ N(0, (σC)²) per coordinate added on the
+ * device, and stochastic-rounding error e (mean 0, variance ≤ step²/4, step = scale/L, known from
+ * the block scales). With v_i = (σC)² + step_i²/4:
+ *
+ *   E‖x+z+e‖² ≤ C'² + Σ v_i,  sd(‖z+e‖²) ≈ √(2 Σ v_i²),  sd(2x·(z+e)) ≤ 2C'√max v_i
+ *
+ * and the bound is `√(C'² + Σv + k·√(2Σv²) + 2k·C'·√max v)` with C' = C(1 + tolerance), k =
+ * `normSlack`. With σ = 0 this is (almost) exactly the clip bound. With noise, a dishonest client can
+ * hide a signal of squared norm up to about k·√(2Σv²) inside the noise's fluctuation: for 132,000
+ * coordinates and σ = 1 that is ‖x‖ ≈ 60·C. The check stops gross scaling attacks, not subtle ones.
+ *
+ * @example
+ * ```ts
+ * normBound(update, policy); // ≈ σ·C·√(n·(dim+1)) for large tables
+ * ```
+ */
+export function normBound(u: QuantizedUpdate, p: Pick<UpdatePolicy, 'clip' | 'noiseMultiplier' | 'normTolerance' | 'normSlack'>): number {
+  const { itemCount: n, dim, blockSize, bits } = u.header;
+  const L = levelsFor(bits);
+  const noiseVar = (p.noiseMultiplier * p.clip) ** 2;
+  const nf = n * dim;
+  let sumV = 0;
+  let sumV2 = 0;
+  let maxV = 0;
+  let block = 0;
+  for (const len of [nf, n]) {
+    for (let start = 0; start < len; start += blockSize, block++) {
+      const count = Math.min(blockSize, len - start);
+      const step = u.scales[block]! / L;
+      const v = noiseVar + (step * step) / 4;
+      sumV += count * v;
+      sumV2 += count * v * v;
+      maxV = Math.max(maxV, v);
+    }
+  }
+  const c = p.clip * (1 + p.normTolerance);
+  const k = p.normSlack;
+  return Math.sqrt(c * c + sumV + k * Math.sqrt(2 * sumV2) + 2 * k * c * Math.sqrt(maxV));
+}
+
+/**
+ * Decodes and checks an update body against the policy.
+ *
+ * @example
+ * ```ts
+ * const r = checkUpdate(body, policy);
+ * if (!r.ok) return c.json({ error: r.error, reason: r.reason }, r.status);
+ * ```
+ */
+export function checkUpdate(body: Uint8Array, p: UpdatePolicy): CheckedUpdate | Rejection {
+  let update: QuantizedUpdate;
+  try {
+    update = decodeUpdate(body);
+  } catch (e) {
+    if (e instanceof WireFormatError) return reject(e.reason === 'non-finite' ? 'non-finite' : 'malformed', e.message);
+    throw e;
+  }
+  const h = update.header;
+  if (h.itemCount !== p.itemCount || h.dim !== p.dim) {
+    return reject('wrong-shape', `update is ${h.itemCount} items × ${h.dim}, the model is ${p.itemCount} × ${p.dim}`);
+  }
+  const mismatch: string[] = [];
+  if (h.bits !== p.bits) mismatch.push(`bits ${h.bits} ≠ ${p.bits}`);
+  if (h.blockSize !== p.blockSize) mismatch.push(`blockSize ${h.blockSize} ≠ ${p.blockSize}`);
+  if (h.clip !== Math.fround(p.clip)) mismatch.push(`clip ${h.clip} ≠ ${p.clip}`);
+  // Exact: less noise weakens the sender's guarantee, more noise would widen the norm allowance.
+  if (h.noiseMultiplier !== Math.fround(p.noiseMultiplier)) mismatch.push(`noiseMultiplier ${h.noiseMultiplier} ≠ ${p.noiseMultiplier}`);
+  if (mismatch.length) return reject('config-mismatch', `update does not follow the server config: ${mismatch.join(', ')}`);
+  const delta = dequantizeUpdate(update);
+  let s = 0;
+  for (let i = 0; i < delta.length; i++) s += delta[i]! * delta[i]!;
+  const norm = Math.sqrt(s);
+  if (!Number.isFinite(norm)) return reject('non-finite', 'update norm is not finite');
+  const bound = normBound(update, p);
+  if (norm > bound) {
+    return reject('over-norm', `update L2 norm ${norm.toPrecision(6)} exceeds the allowed ${bound.toPrecision(6)} (clip ${p.clip}, noise ${p.noiseMultiplier})`);
+  }
+  return { ok: true, update, delta, norm, bound };
+}
