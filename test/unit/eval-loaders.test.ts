@@ -1,0 +1,103 @@
+import assert from 'node:assert/strict';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { gzipSync } from 'node:zlib';
+import { isValidationError } from '../../src/errors.js';
+import { loadCsv } from '../../src/eval/csv-loader.js';
+import { loadLinesSplit } from '../../src/eval/lines-split.js';
+import { PRESETS } from '../../src/eval/presets.js';
+import { parseFilter, passes } from '../../src/eval/row-filter.js';
+
+const dir = mkdtempSync(join(tmpdir(), 'localrec-eval-'));
+const file = (name: string, body: string | Buffer): string => {
+  const p = join(dir, name);
+  writeFileSync(p, body);
+  return p;
+};
+
+const RATINGS = 'userId,movieId,rating,timestamp\n1,10,4.0,100\n1,11,3.5,90\n2,10,5,95\n';
+
+test('csv: maps columns by name, interns ids in file order', async () => {
+  const log = await loadCsv(file('r.csv', RATINGS), { user: 'userId', item: 'movieId', time: 'timestamp', weight: 'rating' });
+  assert.deepEqual(log.userIds, ['1', '2']);
+  assert.deepEqual(log.itemIds, ['10', '11']);
+  assert.deepEqual([...log.user], [0, 0, 1]);
+  assert.deepEqual([...log.item], [0, 1, 0]);
+  assert.deepEqual([...log.time], [100, 90, 95]);
+  assert.deepEqual([...log.weight], [4, 3.5, 5]);
+});
+
+test('csv: gzip is detected from the content, not the name', async () => {
+  const log = await loadCsv(file('r.bin', gzipSync(RATINGS)), { user: 'userId', item: 'movieId' });
+  assert.equal(log.user.length, 3);
+  assert.deepEqual([...log.weight], [1, 1, 1]);
+  assert.deepEqual([...log.time], [0, 0, 0]);
+});
+
+test('csv: a bad cell names file, line and column', async () => {
+  const p = file('bad.csv', 'userId,movieId,rating,timestamp\n1,10,4,100\n1,11,4,yesterday-ish\n');
+  await assert.rejects(
+    loadCsv(p, { user: 'userId', item: 'movieId', time: 'timestamp' }),
+    (e: unknown) => isValidationError(e) && e.field === 'bad.csv:3:timestamp' && /not a number or a date/.test(e.message),
+  );
+  const empty = file('empty-item.csv', 'userId,movieId\n1,10\n2,\n');
+  await assert.rejects(
+    loadCsv(empty, { user: 'userId', item: 'movieId' }),
+    (e: unknown) => isValidationError(e) && e.field === 'empty-item.csv:3:movieId',
+  );
+  const weight = file('w.csv', 'u,i,w\n1,2,3\n1,3,x\n');
+  await assert.rejects(loadCsv(weight, { user: 'u', item: 'i', weight: 'w' }), (e: unknown) => isValidationError(e) && e.field === 'w.csv:3:w');
+});
+
+test('csv: unknown column and missing file are clear errors', async () => {
+  await assert.rejects(
+    loadCsv(file('r2.csv', RATINGS), { user: 'user', item: 'movieId' }),
+    (e: unknown) => isValidationError(e) && e.field === 'options.user' && /header: userId, movieId/.test(e.message),
+  );
+  await assert.rejects(loadCsv(join(dir, 'nope.csv'), { user: 'u', item: 'i' }), (e: unknown) => isValidationError(e) && /ENOENT/.test(e.message));
+});
+
+test('csv: a ragged line is reported with its line number', async () => {
+  const p = file('ragged.csv', 'u,i\n1,2\n1,2,3\n');
+  await assert.rejects(loadCsv(p, { user: 'u', item: 'i' }), (e: unknown) => isValidationError(e) && e.field === 'ragged.csv:3');
+});
+
+test('filters: operators, and the retail preset keeps only real purchases', async () => {
+  assert.deepEqual(parseFilter('quantity>=2'), { column: 'quantity', op: '>=', value: '2' });
+  assert.equal(passes(parseFilter('invoice!^=C'), 'C536379'), false);
+  assert.equal(passes(parseFilter('invoice!^=C'), '536379'), true);
+  assert.equal(passes(parseFilter('customer_id!='), ''), false);
+  assert.equal(passes(parseFilter('q>0'), 'abc'), false);
+  assert.throws(() => parseFilter('quantity'), (e: unknown) => isValidationError(e) && /OP one of/.test(e.message));
+  assert.throws(() => parseFilter('q>x'), (e: unknown) => isValidationError(e) && /needs a number/.test(e.message));
+  const retail = [
+    'invoice,stock_code,description,quantity,timestamp,unit_price,customer_id,country',
+    '536365,85123A,"HEART, WHITE",6,1291191960,2.55,17850,United Kingdom',
+    'C536379,D,Discount,-1,1291196000,27.5,14527,United Kingdom',
+    '536380,22961,JAM,0,1291197000,1,14527,United Kingdom',
+    '536381,22961,JAM,24,1291198000,1,,United Kingdom',
+    '536382,22961,JAM,2,1291199000,1,14527,United Kingdom',
+  ].join('\n');
+  const log = await loadCsv(file('retail.csv.gz', gzipSync(retail)), { ...PRESETS.retail, weight: 'quantity' });
+  assert.deepEqual(log.userIds, ['17850', '14527']);
+  assert.deepEqual(log.itemIds, ['85123A', '22961']);
+  assert.deepEqual([...log.weight], [6, 2]);
+});
+
+test('lines: given split, dedup, recency by position, users only in test', async () => {
+  const train = file('train.txt', 'u1 a b a c\nu2 b\n\nu1 d\n');
+  const testFile = file('test.txt', 'u1 e b\nu3 a\n');
+  const s = await loadLinesSplit(train, testFile);
+  assert.deepEqual(s.userIds, ['u1', 'u2', 'u3']);
+  const u1 = [...s.train.items.subarray(s.train.ptr[0], s.train.ptr[1])].map((i) => s.itemIds[i]);
+  assert.deepEqual(u1, ['a', 'b', 'c', 'd']);
+  // Sequence a b a c d: last positions a=2, b=1, c=3, d=4 → steps back 2, 3, 1, 0.
+  assert.deepEqual([...s.train.recency.subarray(s.train.ptr[0], s.train.ptr[1])], [2, 3, 1, 0]);
+  assert.deepEqual([...s.train.count.subarray(s.train.ptr[0], s.train.ptr[1])], [2, 1, 1, 1]);
+  assert.deepEqual([...s.testUsers], [0, 2]);
+  assert.deepEqual([...s.test.items.subarray(s.test.ptr[0], s.test.ptr[1])].map((i) => s.itemIds[i]), ['e', 'b']);
+  assert.equal(s.train.ptr[3] - s.train.ptr[2], 0);
+  await assert.rejects(loadLinesSplit(file('t1.txt', 'u1 a\nu2\n'), testFile), (e: unknown) => isValidationError(e) && e.field === 't1.txt:2:2');
+});

@@ -1,0 +1,82 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { EventLogBuilder } from '../../src/eval/event-log.js';
+import { looSplit } from '../../src/eval/loo-split.js';
+import type { Split } from '../../src/eval/split.js';
+import { usersByItem } from '../../src/eval/split.js';
+
+function log(rows: Array<[string, string, number, number?]>) {
+  const b = new EventLogBuilder();
+  for (const [u, i, t, w] of rows) b.push(u, i, t, w ?? 1);
+  return b.build();
+}
+const trainOf = (s: Split, user: string) => {
+  const u = s.userIds.indexOf(user);
+  const a = s.train.ptr[u];
+  const b = s.train.ptr[u + 1];
+  return {
+    items: [...s.train.items.subarray(a, b)].map((i) => s.itemIds[i]),
+    count: [...s.train.count.subarray(a, b)],
+    weight: [...s.train.weight.subarray(a, b)],
+    recency: [...s.train.recency.subarray(a, b)],
+  };
+};
+const testOf = (s: Split, user: string) => {
+  const u = s.userIds.indexOf(user);
+  return [...s.test.items.subarray(s.test.ptr[u], s.test.ptr[u + 1])].map((i) => s.itemIds[i]);
+};
+
+const ROWS: Array<[string, string, number, number?]> = [
+  ['u1', 'a', 10, 2],
+  ['u1', 'b', 10],
+  ['u1', 'c', 20],
+  ['u2', 'x', 5],
+  ['u2', 'y', 5],
+  ['u1', 'a', 30, 5], // after the held-out item: must not reach training
+  ['u1', 'd', 25],
+  ['u3', 'q', 7],
+  ['u3', 'p', 7],
+  ['u3', 'r', 7],
+  ['u3', 'q', 7, 4],
+];
+
+test('loo: sorts by time, holds out the last new item, trains only on what came before it', () => {
+  const s = looSplit(log(ROWS));
+  assert.deepEqual(testOf(s, 'u1'), ['d']);
+  const u1 = trainOf(s, 'u1');
+  assert.deepEqual(u1.items, ['a', 'b', 'c']);
+  assert.deepEqual(u1.count, [1, 1, 1]);
+  assert.deepEqual(u1.weight, [2, 1, 1]);
+  // Training times 10, 10, 20: a and b are one step back, c is the latest.
+  assert.deepEqual(u1.recency, [1, 1, 0]);
+});
+
+test('loo: equal timestamps keep file order; fewer than 3 distinct items means no test', () => {
+  const s = looSplit(log(ROWS));
+  assert.deepEqual(testOf(s, 'u3'), ['r']);
+  // The repeat of q comes after r in file order, so it is the held-out item's future: left out.
+  assert.deepEqual(trainOf(s, 'u3'), { items: ['q', 'p'], count: [1, 1], weight: [1, 1], recency: [0, 0] });
+  assert.deepEqual(testOf(s, 'u2'), []);
+  assert.deepEqual(trainOf(s, 'u2').items, ['x', 'y']);
+  assert.deepEqual([...s.testUsers].map((u) => s.userIds[u]), ['u1', 'u3']);
+});
+
+test('loo: the result does not depend on how users interleave in the file', () => {
+  const shuffled = [ROWS[7], ROWS[0], ROWS[3], ROWS[8], ROWS[1], ROWS[2], ROWS[9], ROWS[4], ROWS[5], ROWS[10], ROWS[6]];
+  const a = looSplit(log(ROWS));
+  const b = looSplit(log(shuffled));
+  for (const u of ['u1', 'u2', 'u3']) {
+    assert.deepEqual(trainOf(a, u), trainOf(b, u));
+    assert.deepEqual(testOf(a, u), testOf(b, u));
+  }
+});
+
+test('usersByItem is the transpose of the training histories', () => {
+  const s = looSplit(log(ROWS));
+  const t = usersByItem(s);
+  const a = s.itemIds.indexOf('a');
+  assert.deepEqual([...t.users.subarray(t.ptr[a], t.ptr[a + 1])].map((u) => s.userIds[u]), ['u1']);
+  const d = s.itemIds.indexOf('d');
+  assert.equal(t.ptr[d + 1] - t.ptr[d], 0);
+  assert.equal(t.users.length, s.train.items.length);
+});
