@@ -89,7 +89,7 @@ export function register(program: Command): void {
         // Test-only: LOCALREC_FAULT=kill-before-publish-commit kills the process inside the publish
         // transaction, to prove that a crash there loses nothing (test/unit/server-crash.test.ts).
         ...(crash === 'kill-before-publish-commit'
-          ? { sqlite: { beforeCommit: (what: 'update' | 'publish') => void (what === 'publish' && process.kill(process.pid, 'SIGKILL')) } }
+          ? { sqlite: { beforeCommit: (what: string) => void (what === 'publish' && process.kill(process.pid, 'SIGKILL')) } }
           : {}),
       });
       const cfg = server.rounds.config;

@@ -18,7 +18,7 @@ const SCHEMA_VERSION = '1';
 
 export interface SqliteStorageOptions {
   /** Test-only fault injection: called inside a transaction, just before it commits. */
-  beforeCommit?: (what: 'update' | 'publish') => void;
+  beforeCommit?: (what: 'init' | 'update' | 'publish') => void;
 }
 
 /**
@@ -182,7 +182,7 @@ export class SqliteStorage implements Storage {
         for (const id of consumed) {
           if (this.st.markAggregated.run(next.version, id).changes !== 1) throw new StorageConflictError(`update ${id} is not pending`);
         }
-        this.hooks.beforeCommit?.('publish');
+        this.hooks.beforeCommit?.(next.version === 0 ? 'init' : 'publish');
       })(),
     );
   }

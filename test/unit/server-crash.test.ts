@@ -1,0 +1,145 @@
+/**
+ * kill -9 tests: the real `localrec serve` runs as a child process (through tsx) on a temporary data
+ * dir; it is SIGKILLed mid-traffic and mid-publish, restarted on the same dir, and the SQLite file is
+ * then read directly: every acknowledged update must be pending or aggregated, versions must be
+ * contiguous and each one whole (its bytes hash to its recorded hash and decode).
+ */
+import { strict as assert } from 'node:assert';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import Database from 'better-sqlite3';
+import { decodeModel, sha256, toHex } from '../../src/federated/wire.js';
+import { honestUpdate, IDS, pull } from './server-helpers.js';
+
+const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
+
+interface Child {
+  proc: ChildProcess;
+  url: string;
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+}
+
+async function serve(dataDir: string, catalog: string, env: Record<string, string> = {}): Promise<Child> {
+  const args = ['--import', 'tsx', 'src/cli.ts', 'serve', '--port', '0', '--data-dir', dataDir, '--catalog', catalog];
+  args.push('--dim', '4', '--min-clients', '3', '--noise', '0', '--max-staleness', '100', '--rate-limit', '0');
+  const proc = spawn(process.execPath, args, { cwd: ROOT, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((res) => proc.once('exit', (code, signal) => res({ code, signal })));
+  let err = '';
+  proc.stderr!.on('data', (d) => (err += d));
+  const url = await new Promise<string>((res, rej) => {
+    let out = '';
+    proc.stdout!.on('data', (d) => {
+      out += d;
+      const m = /listening on (http:\/\/127\.0\.0\.1:\d+)/.exec(out);
+      if (m) res(m[1]!);
+    });
+    void exited.then(() => rej(new Error(`server exited before listening: ${err}`)));
+  });
+  return { proc, url, exited };
+}
+
+async function stop(c: Child): Promise<void> {
+  c.proc.kill('SIGTERM');
+  await c.exited;
+}
+
+function nonceOf(body: Uint8Array): string {
+  return toHex(body.subarray(64, 80));
+}
+
+async function checkStore(dataDir: string, acked: string[]): Promise<{ versions: number; pending: number }> {
+  const db = new Database(join(dataDir, 'localrec.sqlite'), { readonly: true });
+  try {
+    const versions = db.prepare('SELECT version, hash, model FROM versions ORDER BY version').all() as Array<{ version: number; hash: string; model: Buffer }>;
+    versions.forEach((v, i) => assert.equal(v.version, i, 'versions are contiguous from 0'));
+    for (const v of versions) {
+      const bytes = new Uint8Array(v.model);
+      assert.equal(toHex(await sha256(bytes)), v.hash, `version ${v.version} is whole`);
+      assert.equal(decodeModel(bytes).table.version, v.version);
+    }
+    const get = db.prepare('SELECT aggregated_into, body IS NOT NULL AS has_body FROM updates WHERE nonce = ?');
+    for (const n of acked) {
+      const row = get.get(n) as { aggregated_into: number | null; has_body: number } | undefined;
+      assert.ok(row, `acknowledged update ${n} is in the store`);
+      assert.ok(row.aggregated_into !== null ? row.aggregated_into < versions.length : row.has_body === 1, `update ${n} is pending (with body) or aggregated into a published version`);
+    }
+    const pending = (db.prepare('SELECT COUNT(*) AS n FROM updates WHERE aggregated_into IS NULL').get() as { n: number }).n;
+    return { versions: versions.length, pending };
+  } finally {
+    db.close();
+  }
+}
+
+function setup(): { dir: string; dataDir: string; catalog: string } {
+  const dir = mkdtempSync(join(tmpdir(), 'localrec-crash-'));
+  const catalog = join(dir, 'catalog.json');
+  writeFileSync(catalog, JSON.stringify({ items: IDS.map((id, i) => ({ id, popularity: i })) }));
+  return { dir, dataDir: join(dir, 'data'), catalog };
+}
+
+test('kill -9 in the middle of concurrent uploads loses no acknowledged update', async () => {
+  const { dir, dataDir, catalog } = setup();
+  try {
+    const c = await serve(dataDir, catalog);
+    const v0 = await pull(c.url);
+    const bodies = Array.from({ length: 16 }, (_, i) => honestUpdate(v0, 1000 + i));
+    const acked: string[] = [];
+    let killed = false;
+    await Promise.allSettled(
+      bodies.map(async (b) => {
+        const res = await fetch(`${c.url}/v1/updates`, { method: 'POST', body: b as Uint8Array<ArrayBuffer> });
+        if (res.status === 202) acked.push(nonceOf(b));
+        if (acked.length >= 5 && !killed) {
+          killed = true;
+          c.proc.kill('SIGKILL');
+        }
+      }),
+    );
+    assert.equal((await c.exited).signal, 'SIGKILL');
+    assert.ok(acked.length >= 5);
+
+    const again = await serve(dataDir, catalog);
+    const round = (await (await fetch(`${again.url}/v1/rounds/current`)).json()) as { version: number; pending: number };
+    await stop(again);
+    const { versions, pending } = await checkStore(dataDir, acked);
+    assert.equal(round.version, versions - 1);
+    assert.equal(round.pending, pending);
+    assert.ok(pending < 3, 'a restart finishes any round that had enough updates');
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('kill -9 inside the publish transaction: last version stays whole, the round completes on restart', async () => {
+  const { dir, dataDir, catalog } = setup();
+  try {
+    const c = await serve(dataDir, catalog, { LOCALREC_FAULT: 'kill-before-publish-commit' });
+    const v0 = await pull(c.url);
+    const bodies = [1, 2, 3].map((s) => honestUpdate(v0, s));
+    const acked: string[] = [];
+    for (const b of bodies.slice(0, 2)) {
+      const res = await fetch(`${c.url}/v1/updates`, { method: 'POST', body: b as Uint8Array<ArrayBuffer> });
+      assert.equal(res.status, 202);
+      acked.push(nonceOf(b));
+    }
+    // The third update completes the round; the process dies inside the publish transaction.
+    await assert.rejects(fetch(`${c.url}/v1/updates`, { method: 'POST', body: bodies[2] as Uint8Array<ArrayBuffer> }));
+    assert.equal((await c.exited).signal, 'SIGKILL');
+    const before = await checkStore(dataDir, acked);
+    assert.equal(before.versions, 1, 'no half-written version 1');
+    assert.equal(before.pending, 3, 'the unacknowledged third update was committed before the publish began');
+
+    const again = await serve(dataDir, catalog);
+    const v1 = await pull(again.url);
+    await stop(again);
+    assert.equal(v1.table.version, 1);
+    const after = await checkStore(dataDir, [...acked, nonceOf(bodies[2]!)]);
+    assert.deepEqual(after, { versions: 2, pending: 0 });
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
