@@ -226,6 +226,9 @@ export interface AccountantState {
  * knows it took part, so no subsampling amplification applies to its own view unless the server
  * samples clients secretly); RDP adds up over releases.
  *
+ * The figures are for add/remove neighbours (the shopper's data vs. none: L2 sensitivity C). To
+ * state the replace-one guarantee (history A vs. history B: sensitivity 2C), record σ/2.
+ *
  * @example
  * ```ts
  * const acc = new RdpAccountant();

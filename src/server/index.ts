@@ -88,7 +88,7 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
     let shape = options.initialTable;
     if (!shape) {
       const latest = await storage.latest();
-      if (!latest) throw new ValidationError('options.initialTable', 'is required when the store is empty');
+      if (!latest) throw new ValidationError('options.initialTable', 'is required when the store is empty (with localrec serve: pass --catalog)');
       shape = decodeModel(latest.model).table;
     }
     const itemCount = shape.itemIds.length;
