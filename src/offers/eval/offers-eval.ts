@@ -1,0 +1,325 @@
+/**
+ * `localrec offers-eval`: replays the Online Retail data basket by basket, in time order, and asks
+ * three policies which offers they would show each customer just before each basket:
+ *
+ * - `personalized`: the on-device policy ({@link chooseOffers}) with an affinity built only from
+ *   what was known before that basket: the customer's own earlier baskets, plus category → offer
+ *   transition counts learned from every customer's earlier consecutive baskets;
+ * - `one-size-fits-all`: the offers whose scope appeared in the most earlier baskets, for everyone;
+ * - `random`: k eligible offers drawn at random.
+ *
+ * A hit is a basket containing an item in a shown offer's scope (and reaching its minimum basket).
+ * The customer redeems one offer per order, the one worth most to them; its discount is what the
+ * hit costs. All policies share the catalog, the eligibility rules and the caps. Pure (no I/O).
+ */
+import { Random } from '../../model/random.js';
+import type { CatalogItem, StoredEvent } from '../../types.js';
+import { whyIneligible, type EligibilityContext } from '../eligibility.js';
+import { isReturningShopper, offerHistory } from '../offer-history.js';
+import { chooseOffers } from '../policy.js';
+import { indexProducts, type ProductIndex } from '../product-index.js';
+import type { Offer, OfferCatalog } from '../types.js';
+import type { Basket, RetailData } from './retail-data.js';
+
+export type OfferGranularity = 'groups' | 'categories';
+export const POLICIES = ['personalized', 'one-size-fits-all', 'random'] as const;
+export type PolicyName = (typeof POLICIES)[number];
+
+export interface OffersEvalOptions {
+  /** Offers shown before each basket. */
+  k: number;
+  seed: number;
+  /** `groups`: one offer per popular product group (stock-code stem: all colours/sizes of a product); `categories`: one per derived category. */
+  granularity: OfferGranularity;
+  /** How many product groups get an offer (most-bought first), for `groups`. */
+  groups: number;
+  /** Percent off the in-scope spend. */
+  percent: number;
+  /** Exploration share passed to the personalized policy. */
+  exploration: number;
+  /** Half-life, in days, of a past basket's weight in the customer's own affinity. */
+  halfLifeDays: number;
+  onProgress?: (done: number, total: number) => void;
+}
+
+export const DEFAULT_EVAL_OPTIONS: OffersEvalOptions = {
+  k: 2,
+  seed: 1,
+  granularity: 'groups',
+  groups: 200,
+  percent: 10,
+  exploration: 0.1,
+  halfLifeDays: 90,
+};
+
+export interface PolicyResult {
+  policy: PolicyName;
+  granularity: OfferGranularity;
+  k: number;
+  offers: number;
+  baskets: number;
+  hits: number;
+  hitRate: number;
+  /** Baskets of customers who had bought before (the personalized policy has their history). */
+  repeatBaskets: number;
+  repeatHitRate: number;
+  discountSpent: number;
+  discountPerHit: number;
+  impressions: number;
+  exploreShare: number;
+  distinctOffersShown: number;
+  /** The offers shown most often, with how often. */
+  offersShown: Array<{ offerId: string; title: string; shown: number }>;
+}
+
+/** The offer catalog the replay uses, built from the data with the data's prices. */
+export interface RetailOffers {
+  catalog: OfferCatalog;
+  /** Which offer (if any) an item belongs to; every item is in at most one offer's scope. */
+  offerOfItem: ReadonlyMap<string, string>;
+}
+
+const MARGIN = 0.3;
+const MIN_BASKET = 10;
+const DAY_MS = 86_400_000;
+// Categories that are not products (postage, fees) or that no rule recognised get no offer.
+const NO_OFFER = new Set(['service', 'other']);
+
+/**
+ * One offer per product group or category, `percent`% off the in-scope spend. `typicalSpend` is
+ * the mean in-scope spend of the baskets that contain the scope, so the policy values offers in
+ * the data's prices.
+ */
+export function buildRetailOffers(data: RetailData, opts: Pick<OffersEvalOptions, 'granularity' | 'groups' | 'percent'>): RetailOffers {
+  const items = new Map(data.items.map((i) => [i.id, i]));
+  const keyOf = (id: string): string | undefined => {
+    const item = items.get(id);
+    if (!item || NO_OFFER.has(item.category ?? 'other')) return undefined;
+    return opts.granularity === 'categories' ? `cat-${item.category}` : `grp-${/^\d+/.exec(id)?.[0] ?? id}`;
+  };
+  const baskets = new Map<string, number>();
+  const spend = new Map<string, number>();
+  const members = new Map<string, Map<string, number>>();
+  for (const b of data.baskets) {
+    const inBasket = new Map<string, number>();
+    for (const l of b.lines) {
+      const key = keyOf(l.itemId);
+      if (!key) continue;
+      inBasket.set(key, (inBasket.get(key) ?? 0) + l.quantity * l.price);
+      let m = members.get(key);
+      if (!m) members.set(key, (m = new Map()));
+      m.set(l.itemId, (m.get(l.itemId) ?? 0) + 1);
+    }
+    for (const [key, s] of inBasket) {
+      baskets.set(key, (baskets.get(key) ?? 0) + 1);
+      spend.set(key, (spend.get(key) ?? 0) + s);
+    }
+  }
+  let keys = [...baskets.keys()].sort((a, b) => baskets.get(b)! - baskets.get(a)! || (a < b ? -1 : 1));
+  if (opts.granularity === 'groups') keys = keys.slice(0, opts.groups);
+  const offerOfItem = new Map<string, string>();
+  const offers: Offer[] = keys.map((key) => {
+    const ids = [...members.get(key)!.keys()].sort();
+    for (const id of ids) offerOfItem.set(id, key);
+    const name =
+      opts.granularity === 'categories'
+        ? key.slice(4)
+        : (items.get([...members.get(key)!].sort((a, b) => b[1] - a[1])[0]![0])?.title ?? key).toLowerCase() + (ids.length > 1 ? ' (all variants)' : '');
+    return {
+      id: key,
+      title: `${opts.percent}% off ${name}`,
+      discount: { kind: 'percent', percent: opts.percent },
+      scope: opts.granularity === 'categories' ? { kind: 'categories', categories: [key.slice(4)] } : { kind: 'items', itemIds: ids },
+      minBasket: MIN_BASKET,
+      limits: { maxRedemptions: 50, coolDownHours: 24 },
+      hints: { margin: MARGIN, typicalSpend: round2(spend.get(key)! / baskets.get(key)!) },
+    };
+  });
+  return { catalog: { version: 1, issuedAt: data.baskets[0]?.t ?? 0, currency: 'GBP', offers }, offerOfItem };
+}
+
+interface CustomerState {
+  purchases: StoredEvent[];
+  baskets: Array<{ t: number; offers: ReadonlySet<string>; categories: ReadonlySet<string> }>;
+  /** Offer impressions/redemptions per policy: each policy's caps see only its own history. */
+  offerEvents: Record<PolicyName, StoredEvent[]>;
+}
+
+/** What every customer's earlier baskets taught, updated only after a basket has been scored. */
+class GlobalSignal {
+  basketsSeen = 0;
+  readonly popularity = new Map<string, number>();
+  /** For consecutive baskets of one customer: category in the earlier → offers in the later. */
+  readonly fromCategory = new Map<string, number>();
+  readonly categoryToOffer = new Map<string, Map<string, number>>();
+
+  learn(offers: ReadonlySet<string>, previous: { categories: ReadonlySet<string> } | undefined): void {
+    this.basketsSeen++;
+    for (const o of offers) this.popularity.set(o, (this.popularity.get(o) ?? 0) + 1);
+    if (!previous) return;
+    for (const c of previous.categories) {
+      this.fromCategory.set(c, (this.fromCategory.get(c) ?? 0) + 1);
+      let m = this.categoryToOffer.get(c);
+      if (!m) this.categoryToOffer.set(c, (m = new Map()));
+      for (const o of offers) m.set(o, (m.get(o) ?? 0) + 1);
+    }
+  }
+
+  popularityOf(offerId: string): number {
+    return this.basketsSeen === 0 ? 0 : (this.popularity.get(offerId) ?? 0) / this.basketsSeen;
+  }
+
+  /** P(offer in next basket | categories of the last basket), averaged over those categories. */
+  transition(offerId: string, lastCategories: ReadonlySet<string>): number | undefined {
+    let sum = 0;
+    let n = 0;
+    for (const c of lastCategories) {
+      const from = this.fromCategory.get(c);
+      if (!from) continue;
+      sum += (this.categoryToOffer.get(c)?.get(offerId) ?? 0) / from;
+      n++;
+    }
+    return n > 0 ? sum / n : undefined;
+  }
+}
+
+/**
+ * The personalized affinity before a basket: a time-decayed share of the customer's own earlier
+ * baskets containing the offer's scope, shrunk toward the global transition estimate from their
+ * last basket (or toward global popularity for a first basket). Uses nothing at or after `now`.
+ */
+function personalAffinity(state: CustomerState | undefined, global: GlobalSignal, now: number, halfLifeDays: number): (offer: Offer) => number {
+  const PRIOR_BASKETS = 1;
+  if (!state || state.baskets.length === 0) return (offer) => global.popularityOf(offer.id);
+  const own = new Map<string, number>();
+  let weight = 0;
+  for (const b of state.baskets) {
+    const w = Math.pow(0.5, (now - b.t) / (halfLifeDays * DAY_MS));
+    weight += w;
+    for (const o of b.offers) own.set(o, (own.get(o) ?? 0) + w);
+  }
+  const last = state.baskets[state.baskets.length - 1]!.categories;
+  return (offer) => {
+    const prior = global.transition(offer.id, last) ?? global.popularityOf(offer.id);
+    return ((own.get(offer.id) ?? 0) + PRIOR_BASKETS * prior) / (weight + PRIOR_BASKETS);
+  };
+}
+
+/**
+ * Replay every basket in time order and score the three policies.
+ *
+ * @example
+ * ```ts
+ * const results = runOffersEval(await loadRetailData(path), { ...DEFAULT_EVAL_OPTIONS, k: 2 });
+ * for (const r of results) console.log(JSON.stringify(r));
+ * ```
+ */
+export function runOffersEval(data: RetailData, opts: OffersEvalOptions): PolicyResult[] {
+  const { catalog, offerOfItem } = buildRetailOffers(data, opts);
+  const products = indexProducts(data.items);
+  const category = new Map<string, string>(data.items.map((i: CatalogItem) => [i.id, i.category ?? 'other']));
+  const global = new GlobalSignal();
+  const customers = new Map<string, CustomerState>();
+  const rng = new Random(opts.seed);
+  const tally = Object.fromEntries(
+    POLICIES.map((p) => [p, { hits: 0, repeatBaskets: 0, repeatHits: 0, discount: 0, impressions: 0, explored: 0, shown: new Map<string, number>() }]),
+  ) as Record<PolicyName, { hits: number; repeatBaskets: number; repeatHits: number; discount: number; impressions: number; explored: number; shown: Map<string, number> }>;
+
+  data.baskets.forEach((basket, index) => {
+    if (index % 2000 === 0) opts.onProgress?.(index, data.baskets.length);
+    let state = customers.get(basket.customerId);
+    if (!state) customers.set(basket.customerId, (state = { purchases: [], baskets: [], offerEvents: { personalized: [], 'one-size-fits-all': [], random: [] } }));
+    const now = basket.t - 1;
+    const repeat = state.baskets.length > 0;
+    for (const policy of POLICIES) {
+      const events = [...state.purchases, ...state.offerEvents[policy]];
+      let shown: Array<{ offerId: string; explore: boolean }>;
+      if (policy === 'personalized') {
+        shown = chooseOffers(
+          { catalog, products, events, affinity: { scope: personalAffinity(state, global, now, opts.halfLifeDays) } },
+          { k: opts.k, seed: opts.seed * 1_000_003 + index, exploration: opts.exploration, context: { now } },
+        );
+      } else {
+        const ctx: EligibilityContext = { now, history: offerHistory(events), returning: isReturningShopper(events) };
+        const eligible = catalog.offers.filter((o) => whyIneligible(o, ctx) === null);
+        const picked =
+          policy === 'random'
+            ? rng.shuffle(eligible).slice(0, opts.k)
+            : eligible.sort((a, b) => (global.popularity.get(b.id) ?? 0) - (global.popularity.get(a.id) ?? 0) || (a.id < b.id ? -1 : 1)).slice(0, opts.k);
+        shown = picked.map((o) => ({ offerId: o.id, explore: false }));
+      }
+      const t = tally[policy];
+      const redeemed = redeem(basket, shown.map((s) => s.offerId), catalog, offerOfItem);
+      for (const s of shown) {
+        state.offerEvents[policy].push({ t: now, type: 'offer_impression', offerId: s.offerId });
+        t.shown.set(s.offerId, (t.shown.get(s.offerId) ?? 0) + 1);
+        if (s.explore) t.explored++;
+      }
+      t.impressions += shown.length;
+      if (repeat) t.repeatBaskets++;
+      if (redeemed) {
+        state.offerEvents[policy].push({ t: basket.t, type: 'offer_redeemed', offerId: redeemed.offerId });
+        t.hits++;
+        if (repeat) t.repeatHits++;
+        t.discount += redeemed.discount;
+      }
+    }
+    // Only now, after every policy has chosen, does this basket become past data.
+    const offers = new Set<string>();
+    const categories = new Set<string>();
+    for (const l of basket.lines) {
+      const o = offerOfItem.get(l.itemId);
+      if (o) offers.add(o);
+      categories.add(category.get(l.itemId) ?? 'other');
+      state.purchases.push({ t: basket.t, type: 'purchase', itemId: l.itemId, quantity: l.quantity, price: l.price });
+    }
+    global.learn(offers, state.baskets[state.baskets.length - 1]);
+    state.baskets.push({ t: basket.t, offers, categories });
+  });
+  opts.onProgress?.(data.baskets.length, data.baskets.length);
+
+  const titles = new Map(catalog.offers.map((o) => [o.id, o.title]));
+  return POLICIES.map((policy) => {
+    const t = tally[policy];
+    const n = data.baskets.length;
+    return {
+      policy,
+      granularity: opts.granularity,
+      k: opts.k,
+      offers: catalog.offers.length,
+      baskets: n,
+      hits: t.hits,
+      hitRate: round4(t.hits / Math.max(1, n)),
+      repeatBaskets: t.repeatBaskets,
+      repeatHitRate: round4(t.repeatHits / Math.max(1, t.repeatBaskets)),
+      discountSpent: round2(t.discount),
+      discountPerHit: round2(t.discount / Math.max(1, t.hits)),
+      impressions: t.impressions,
+      exploreShare: round4(t.explored / Math.max(1, t.impressions)),
+      distinctOffersShown: t.shown.size,
+      offersShown: [...t.shown]
+        .sort((a, b) => b[1] - a[1] || (a[0] < b[0] ? -1 : 1))
+        .slice(0, 5)
+        .map(([offerId, shown]) => ({ offerId, title: titles.get(offerId) ?? offerId, shown })),
+    };
+  });
+}
+
+/** The shown offer the customer would use on this basket (largest discount), if any applies. */
+function redeem(basket: Basket, shown: readonly string[], catalog: OfferCatalog, offerOfItem: ReadonlyMap<string, string>): { offerId: string; discount: number } | undefined {
+  const total = basket.lines.reduce((s, l) => s + l.quantity * l.price, 0);
+  let best: { offerId: string; discount: number } | undefined;
+  for (const id of shown) {
+    const offer = catalog.offers.find((o) => o.id === id)!;
+    if (total < (offer.minBasket ?? 0)) continue;
+    const spend = basket.lines.reduce((s, l) => (offerOfItem.get(l.itemId) === id ? s + l.quantity * l.price : s), 0);
+    if (spend <= 0) continue;
+    const d = offer.discount;
+    const discount = d.kind === 'amount' ? Math.min(d.amount, total) : Math.min((d.percent / 100) * spend, d.maxAmount ?? Infinity);
+    if (!best || discount > best.discount) best = { offerId: id, discount };
+  }
+  return best;
+}
+
+const round2 = (x: number): number => Math.round(x * 100) / 100;
+const round4 = (x: number): number => Math.round(x * 10000) / 10000;

@@ -1,0 +1,101 @@
+/**
+ * CLI for offers: `localrec offers keygen|sign` and `localrec offers-eval`. Node-only imports stay
+ * inside the actions so `localrec --help` loads nothing heavy.
+ */
+import type { Command } from 'commander';
+import { ValidationError } from '../errors.js';
+
+const GRANULARITIES = ['groups', 'categories'] as const;
+
+export function register(program: Command): void {
+  const offers = program.command('offers').description('Make signing keys and sign offer catalogs (ECDSA P-256).');
+
+  offers
+    .command('keygen')
+    .description('Write a new key pair: private.jwk (keep on the shop server) and public.jwk (give to setOffers).')
+    .requiredOption('--out <dir>', 'folder to write private.jwk and public.jwk into')
+    .action(async (o: { out: string }) => {
+      const { mkdir, writeFile } = await import('node:fs/promises');
+      const { join } = await import('node:path');
+      const { generateOfferKeys } = await import('./signing.js');
+      const { publicJwk, privateJwk } = await generateOfferKeys();
+      await mkdir(o.out, { recursive: true });
+      // 0600: the private key signs every catalog the devices will trust.
+      await writeFile(join(o.out, 'private.jwk'), `${JSON.stringify(privateJwk, null, 2)}\n`, { mode: 0o600 });
+      await writeFile(join(o.out, 'public.jwk'), `${JSON.stringify(publicJwk, null, 2)}\n`);
+      process.stderr.write(`wrote ${join(o.out, 'private.jwk')} and ${join(o.out, 'public.jwk')}\n`);
+    });
+
+  offers
+    .command('sign')
+    .description('Validate an offer catalog and sign it with the private key.')
+    .requiredOption('--key <file>', 'private key (JWK) from `offers keygen`')
+    .requiredOption('--catalog <file>', 'offer catalog JSON { version, issuedAt, currency, offers }')
+    .requiredOption('--out <file>', 'where to write the signed catalog')
+    .option('--kid <id>', 'key id to put in the signed envelope')
+    .action(async (o: { key: string; catalog: string; out: string; kid?: string }) => {
+      const { readFile, writeFile } = await import('node:fs/promises');
+      const { signOfferCatalog } = await import('./signing.js');
+      const key = await readJson(readFile, o.key, '--key');
+      const catalog = await readJson(readFile, o.catalog, '--catalog');
+      const signed = await signOfferCatalog(catalog as never, key as JsonWebKey, o.kid !== undefined ? { kid: o.kid } : {});
+      await writeFile(o.out, `${JSON.stringify(signed, null, 2)}\n`);
+      process.stderr.write(`signed ${signed.catalog.offers.length} offers → ${o.out}\n`);
+    });
+
+  program
+    .command('offers-eval')
+    .description('Replay Online Retail baskets in time order; compare personalized, one-size-fits-all and random offers (one JSON line each).')
+    .requiredOption('--data <file>', 'online-retail.csv.gz (or .csv)')
+    .option('--k <n>', 'offers shown before each basket (1–20)', '2')
+    .option('--seed <n>', 'seed for exploration and the random policy', '1')
+    .option('--granularity <g>', `offer scope: ${GRANULARITIES.join(' | ')}`, 'groups')
+    .option('--groups <n>', 'how many product groups get an offer (granularity groups)', '200')
+    .option('--percent <n>', 'percent off the in-scope spend', '10')
+    .option('--exploration <x>', 'exploration share of the personalized policy, 0–1', '0.1')
+    .action(async (o: { data: string; k: string; seed: string; granularity: string; groups: string; percent: string; exploration: string }) => {
+      const { loadRetailData } = await import('./eval/retail-data.js');
+      const { runOffersEval, DEFAULT_EVAL_OPTIONS } = await import('./eval/offers-eval.js');
+      if (!(GRANULARITIES as readonly string[]).includes(o.granularity)) {
+        throw new ValidationError('--granularity', `must be one of ${GRANULARITIES.join(', ')}, got '${o.granularity}'`);
+      }
+      const opts = {
+        ...DEFAULT_EVAL_OPTIONS,
+        k: int(o.k, '--k', 1, 20),
+        seed: int(o.seed, '--seed', 0, 2 ** 31),
+        granularity: o.granularity as (typeof GRANULARITIES)[number],
+        groups: int(o.groups, '--groups', 1, 100_000),
+        percent: num(o.percent, '--percent', 0.01, 100),
+        exploration: num(o.exploration, '--exploration', 0, 1),
+        onProgress: (done: number, total: number) => process.stderr.write(`replay ${done}/${total} baskets\n`),
+      };
+      const data = await loadRetailData(o.data, (n) => process.stderr.write(`read ${n} rows\n`));
+      process.stderr.write(`kept ${data.rows.kept}/${data.rows.read} rows, ${data.baskets.length} baskets, ${data.items.length} items\n`);
+      for (const r of runOffersEval(data, opts)) process.stdout.write(`${JSON.stringify(r)}\n`);
+    });
+}
+
+async function readJson(readFile: (p: string, enc: 'utf8') => Promise<string>, path: string, option: string): Promise<unknown> {
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch (cause) {
+    throw new ValidationError(option, `cannot read ${path}: ${(cause as Error).message}`);
+  }
+  try {
+    return JSON.parse(text);
+  } catch (cause) {
+    throw new ValidationError(option, `${path} is not JSON: ${(cause as Error).message}`);
+  }
+}
+
+function int(s: string, option: string, min: number, max: number): number {
+  const n = Number(s);
+  if (!Number.isInteger(n) || n < min || n > max) throw new ValidationError(option, `must be an integer from ${min} to ${max}, got '${s}'`);
+  return n;
+}
+function num(s: string, option: string, min: number, max: number): number {
+  const n = Number(s);
+  if (!Number.isFinite(n) || n < min || n > max) throw new ValidationError(option, `must be a number from ${min} to ${max}, got '${s}'`);
+  return n;
+}

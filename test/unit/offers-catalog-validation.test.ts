@@ -1,0 +1,80 @@
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+import { isValidationError } from '../../src/errors.js';
+import { validateOfferCatalog } from '../../src/offers/validate-catalog.js';
+
+const good = () => ({
+  version: 1,
+  issuedAt: 0,
+  currency: 'GBP',
+  offers: [
+    {
+      id: 'mugs10',
+      title: '10% off mugs',
+      discount: { kind: 'percent', percent: 10 },
+      scope: { kind: 'categories', categories: ['mug'] },
+      minBasket: 15,
+      validFrom: 100,
+      validUntil: 200,
+      audience: 'returning',
+      limits: { maxRedemptions: 2, maxImpressions: 10, coolDownHours: 24 },
+      hints: { margin: 0.4, typicalSpend: 12, cost: 0.1 },
+    },
+  ],
+});
+type Catalog = ReturnType<typeof good>;
+
+/** Break one field of a good catalog and return the field the ValidationError names. */
+function fieldOf(mutate: (c: Catalog & Record<string, unknown>) => void): string {
+  const c = good() as Catalog & Record<string, unknown>;
+  mutate(c);
+  try {
+    validateOfferCatalog(c);
+  } catch (e) {
+    assert.ok(isValidationError(e), `expected a ValidationError, got ${String(e)}`);
+    assert.ok(e.message.startsWith(`${e.field}: `), 'the message starts with the field');
+    return e.field;
+  }
+  assert.fail('the catalog was accepted');
+}
+const offer = (c: Catalog) => c.offers[0] as Record<string, unknown> & Catalog['offers'][number];
+
+describe('offer catalog validation', () => {
+  test('a complete catalog passes unchanged', () => {
+    assert.deepEqual(validateOfferCatalog(good()), good());
+  });
+
+  test('unknown fields are ignored and not copied (newer servers may add fields)', () => {
+    const c = good() as Catalog & { extra?: number };
+    c.extra = 1;
+    (offer(c) as Record<string, unknown>).badge = 'new';
+    assert.deepEqual(validateOfferCatalog(c), good());
+  });
+
+  test('errors name the offending field', () => {
+    assert.equal(fieldOf((c) => ((c as Record<string, unknown>).version = 'one')), 'catalog.version');
+    assert.equal(fieldOf((c) => ((c as Record<string, unknown>).currency = '')), 'catalog.currency');
+    assert.equal(fieldOf((c) => ((c as Record<string, unknown>).offers = {})), 'catalog.offers');
+    assert.equal(fieldOf((c) => delete (offer(c) as Record<string, unknown>).title), 'catalog.offers[0].title');
+    assert.equal(fieldOf((c) => (offer(c).discount.percent = 0)), 'catalog.offers[0].discount.percent');
+    assert.equal(fieldOf((c) => (offer(c).discount.percent = 101)), 'catalog.offers[0].discount.percent');
+    assert.equal(fieldOf((c) => (offer(c).discount.kind = 'bogo')), 'catalog.offers[0].discount.kind');
+    assert.equal(fieldOf((c) => (offer(c).scope = { kind: 'items', itemIds: [] } as never)), 'catalog.offers[0].scope.itemIds');
+    assert.equal(fieldOf((c) => (offer(c).scope.categories = ['mug', ''])), 'catalog.offers[0].scope.categories[1]');
+    assert.equal(fieldOf((c) => (offer(c).minBasket = -1)), 'catalog.offers[0].minBasket');
+    assert.equal(fieldOf((c) => (offer(c).validUntil = 50)), 'catalog.offers[0].validUntil');
+    assert.equal(fieldOf((c) => (offer(c).audience = 'vip')), 'catalog.offers[0].audience');
+    assert.equal(fieldOf((c) => (offer(c).limits.maxRedemptions = 1.5)), 'catalog.offers[0].limits.maxRedemptions');
+    assert.equal(fieldOf((c) => (offer(c).limits.coolDownHours = Number.NaN)), 'catalog.offers[0].limits.coolDownHours');
+    assert.equal(fieldOf((c) => (offer(c).hints.margin = 1.2)), 'catalog.offers[0].hints.margin');
+  });
+
+  test('a duplicate offer id names the second one', () => {
+    assert.equal(fieldOf((c) => c.offers.push({ ...offer(c) })), 'catalog.offers[1].id');
+  });
+
+  test('messages say what was expected and what came', () => {
+    assert.throws(() => validateOfferCatalog({ ...good(), offers: [{ ...good().offers[0], audience: 'vip' }] }), /audience: must be 'all', 'new' or 'returning', got 'vip'/);
+    assert.throws(() => validateOfferCatalog(null), (e: unknown) => isValidationError(e) && e.message === "catalog: must be an object, got null");
+  });
+});

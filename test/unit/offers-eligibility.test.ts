@@ -1,0 +1,85 @@
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+import { audience, coolDown, impressionCap, minimumBasket, redemptionCap, validityWindow, whyIneligible, type EligibilityContext } from '../../src/offers/eligibility.js';
+import { isReturningShopper, offerHistory } from '../../src/offers/offer-history.js';
+import type { Offer } from '../../src/offers/types.js';
+import type { StoredEvent } from '../../src/types.js';
+
+const HOUR = 3_600_000;
+const base: Offer = { id: 'o', title: 'O', discount: { kind: 'percent', percent: 10 }, scope: { kind: 'all' } };
+const ctx = (over: Partial<EligibilityContext> = {}): EligibilityContext => ({ now: 1_000 * HOUR, history: new Map(), returning: false, ...over });
+const historyOf = (events: Array<[number, 'offer_impression' | 'offer_redeemed']>): EligibilityContext['history'] =>
+  offerHistory(events.map(([t, type]) => ({ t, type, offerId: 'o' })));
+
+describe('eligibility rules', () => {
+  test('validityWindow: before validFrom, inside, and at/after validUntil', () => {
+    const offer = { ...base, validFrom: 10 * HOUR, validUntil: 20 * HOUR };
+    assert.equal(validityWindow(offer, ctx({ now: 9 * HOUR })), 'not yet valid');
+    assert.equal(validityWindow(offer, ctx({ now: 10 * HOUR })), null);
+    assert.equal(validityWindow(offer, ctx({ now: 20 * HOUR - 1 })), null);
+    assert.equal(validityWindow(offer, ctx({ now: 20 * HOUR })), 'expired');
+    assert.equal(validityWindow(base, ctx()), null, 'an open window is always valid');
+  });
+
+  test('audience: new-only, returning-only and all', () => {
+    assert.equal(audience({ ...base, audience: 'new' }, ctx({ returning: false })), null);
+    assert.equal(audience({ ...base, audience: 'new' }, ctx({ returning: true })), 'only for new shoppers');
+    assert.equal(audience({ ...base, audience: 'returning' }, ctx({ returning: false })), 'only for returning shoppers');
+    assert.equal(audience({ ...base, audience: 'returning' }, ctx({ returning: true })), null);
+    assert.equal(audience({ ...base, audience: 'all' }, ctx({ returning: true })), null);
+  });
+
+  test('returning means the device saw a purchase', () => {
+    const view: StoredEvent = { t: 1, type: 'view', itemId: 'a' };
+    assert.equal(isReturningShopper([view]), false);
+    assert.equal(isReturningShopper([view, { t: 2, type: 'purchase', itemId: 'a' }]), true);
+  });
+
+  test('minimumBasket: checked against a known cart, open when the cart is unknown', () => {
+    const offer = { ...base, minBasket: 20 };
+    assert.equal(minimumBasket(offer, ctx({ cartValue: 19.99 })), 'cart below the minimum basket of 20');
+    assert.equal(minimumBasket(offer, ctx({ cartValue: 20 })), null);
+    assert.equal(minimumBasket(offer, ctx()), null);
+  });
+
+  test('redemptionCap: hidden once redeemed maxRedemptions times', () => {
+    const offer = { ...base, limits: { maxRedemptions: 2 } };
+    assert.equal(redemptionCap(offer, ctx({ history: historyOf([[1, 'offer_redeemed']]) })), null);
+    assert.equal(redemptionCap(offer, ctx({ history: historyOf([[1, 'offer_redeemed'], [2, 'offer_redeemed']]) })), 'already redeemed 2 times');
+  });
+
+  test('impressionCap: hidden once shown maxImpressions times', () => {
+    const offer = { ...base, limits: { maxImpressions: 3 } };
+    const shown = (n: number) => historyOf(Array.from({ length: n }, (_, i) => [i, 'offer_impression'] as [number, 'offer_impression']));
+    assert.equal(impressionCap(offer, ctx({ history: shown(2) })), null);
+    assert.equal(impressionCap(offer, ctx({ history: shown(3) })), 'already shown 3 times');
+  });
+
+  test('coolDown: hidden for coolDownHours after the last redemption, then back', () => {
+    const offer = { ...base, limits: { coolDownHours: 24 } };
+    const history = historyOf([[100 * HOUR, 'offer_redeemed'], [50 * HOUR, 'offer_redeemed']]);
+    assert.match(coolDown(offer, ctx({ now: 123 * HOUR, history })) ?? '', /^cooling down until /);
+    assert.equal(coolDown(offer, ctx({ now: 124 * HOUR, history })), null);
+    assert.equal(coolDown(offer, ctx({ now: 101 * HOUR, history: historyOf([[100 * HOUR, 'offer_impression']]) })), null, 'impressions alone do not start a cool-down');
+  });
+
+  test('whyIneligible names the first failing rule, null when all pass', () => {
+    const offer = { ...base, audience: 'new' as const, limits: { maxImpressions: 1 } };
+    assert.deepEqual(whyIneligible(offer, ctx({ returning: true })), { rule: 'audience', why: 'only for new shoppers' });
+    assert.deepEqual(whyIneligible(offer, ctx({ history: historyOf([[1, 'offer_impression']]) })), { rule: 'impressionCap', why: 'already shown 1 times' });
+    assert.equal(whyIneligible(offer, ctx()), null);
+  });
+
+  test('offerHistory counts per offer and keeps the latest times', () => {
+    const h = offerHistory([
+      { t: 5, type: 'offer_impression', offerId: 'a' },
+      { t: 3, type: 'offer_impression', offerId: 'a' },
+      { t: 6, type: 'offer_redeemed', offerId: 'a' },
+      { t: 7, type: 'offer_impression', offerId: 'b' },
+      { t: 8, type: 'view', itemId: 'x' },
+    ]);
+    assert.deepEqual(h.get('a'), { impressions: 2, redemptions: 1, lastImpressionAt: 5, lastRedeemedAt: 6 });
+    assert.deepEqual(h.get('b'), { impressions: 1, redemptions: 0, lastImpressionAt: 7 });
+    assert.equal(h.size, 2);
+  });
+});
