@@ -1,0 +1,157 @@
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+import { isValidationError } from '../../src/errors.js';
+import { Random } from '../../src/model/random.js';
+import { scopeAffinity } from '../../src/offers/affinity.js';
+import { sampleBeta } from '../../src/offers/beta-sampler.js';
+import { offerEconomics } from '../../src/offers/offer-value.js';
+import { chooseOffers, scoreOffers, type OffersInput } from '../../src/offers/policy.js';
+import { indexProducts } from '../../src/offers/product-index.js';
+import type { Offer, OfferCatalog } from '../../src/offers/types.js';
+import type { StoredEvent } from '../../src/types.js';
+
+const HOUR = 3_600_000;
+const NOW = 10_000 * HOUR;
+const products = indexProducts([
+  { id: 'm1', title: 'Red Mug', category: 'mug', price: 8 },
+  { id: 'm2', title: 'Blue Mug', category: 'mug', price: 9 },
+  { id: 'b1', title: 'Jute Bag', category: 'bag', price: 5 },
+  { id: 'c1', title: 'Vanilla Candle', category: 'candle', price: 12 },
+  { id: 'k1', title: 'Birthday Card', category: 'card', price: 3 },
+]);
+const offer = (id: string, scope: Offer['scope'], extra: Partial<Offer> = {}): Offer => ({
+  id,
+  title: `10% off ${id}`,
+  discount: { kind: 'percent', percent: 10 },
+  scope,
+  hints: { margin: 0.4, typicalSpend: 20 },
+  ...extra,
+});
+const catalog: OfferCatalog = {
+  version: 1,
+  issuedAt: 0,
+  currency: 'GBP',
+  offers: [
+    offer('mugs', { kind: 'categories', categories: ['mug'] }),
+    offer('bags', { kind: 'categories', categories: ['bag'] }),
+    offer('candle', { kind: 'items', itemIds: ['c1'] }),
+    offer('cards', { kind: 'categories', categories: ['card'] }),
+  ],
+};
+const affinity = { m1: 0.3, m2: 0.1, b1: 0.2, c1: 0.05, k1: 0.01 };
+const input = (events: StoredEvent[] = [], over: Partial<OffersInput> = {}): OffersInput => ({ catalog, products, events, affinity, ...over });
+const ctx = { now: NOW };
+
+describe('offer policy', () => {
+  test('ranks by expected value = P(buy in scope) × (margin − discount) and explains the number', () => {
+    const shown = chooseOffers(input(), { k: 4, exploration: 0, context: ctx });
+    assert.deepEqual(shown.map((s) => s.offerId), ['mugs', 'bags', 'candle', 'cards']);
+    // mugs: P = 1 − 0.7 × 0.9 = 0.37; net per use = 0.4 × 20 − 0.1 × 20 = 6.
+    assert.ok(Math.abs(shown[0]!.expectedValue - 0.37 * 6) < 1e-4);
+    assert.ok(shown.every((s) => s.explore === false));
+    assert.deepEqual(Object.keys(shown[0]!).sort(), ['discount', 'expectedValue', 'explore', 'offerId', 'reason', 'title']);
+  });
+
+  test('an offer that loses money even when used (discount ≥ margin) is never shown', () => {
+    const lossy = { ...catalog, offers: [offer('mugs', { kind: 'categories', categories: ['mug'] }, { discount: { kind: 'percent', percent: 50 } })] };
+    assert.deepEqual(chooseOffers(input([], { catalog: lossy }), { k: 2, exploration: 1, context: ctx }), []);
+  });
+
+  test('offerEconomics: percent with a ceiling, fixed amount, and handling cost', () => {
+    const capped = offer('x', { kind: 'all' }, { discount: { kind: 'percent', percent: 20, maxAmount: 3 }, hints: { margin: 0.5, typicalSpend: 40, cost: 1 } });
+    assert.deepEqual(offerEconomics(capped, products), { typicalSpend: 40, value: 20, discountCost: 4, net: 16 });
+    const fixed = offer('y', { kind: 'categories', categories: ['mug'] }, { discount: { kind: 'amount', amount: 1 }, hints: {} });
+    // No hints: margin 0.3 on the mean catalog price of the scope, (8 + 9) / 2.
+    assert.deepEqual(offerEconomics(fixed, products), { typicalSpend: 8.5, value: 0.3 * 8.5, discountCost: 1, net: 0.3 * 8.5 - 1 });
+  });
+
+  test('affinity: per-item function, map and record agree; scope form is used as is', () => {
+    const mugs = catalog.offers[0]!;
+    const expected = 1 - 0.7 * 0.9;
+    assert.ok(Math.abs(scopeAffinity(mugs, affinity, products) - expected) < 1e-12);
+    assert.ok(Math.abs(scopeAffinity(mugs, new Map(Object.entries(affinity)), products) - expected) < 1e-12);
+    assert.ok(Math.abs(scopeAffinity(mugs, (id) => affinity[id as keyof typeof affinity] ?? 0, products) - expected) < 1e-12);
+    assert.equal(scopeAffinity(mugs, { scope: (o) => (o.id === 'mugs' ? 0.8 : 0) }, products), 0.8);
+    assert.equal(scopeAffinity(mugs, { m1: 7, m2: Number.NaN }, products), 1, 'values are clamped to [0, 1]');
+  });
+
+  test('ignored impressions lower an offer until another wins (local learning)', () => {
+    const ignored: StoredEvent[] = Array.from({ length: 30 }, (_, i) => ({ t: i, type: 'offer_impression', offerId: 'mugs' }));
+    assert.equal(chooseOffers(input(), { k: 1, exploration: 0, context: ctx })[0]!.offerId, 'mugs');
+    assert.equal(chooseOffers(input(ignored), { k: 1, exploration: 0, context: ctx })[0]!.offerId, 'bags');
+    const [before] = scoreOffers(input(), { context: ctx });
+    const redeemed = scoreOffers(input([...ignored.slice(0, 5), ...ignored.slice(0, 5).map((e) => ({ ...e, type: 'offer_redeemed' as const }))]), { context: ctx });
+    assert.ok(redeemed.find((s) => s.offer.id === 'mugs')!.expectedValue > before!.expectedValue, 'redemptions raise it');
+  });
+
+  test('caps: a redeemed-out offer and one cooling down are not shown; it returns after the cool-down', () => {
+    const capped: OfferCatalog = {
+      ...catalog,
+      offers: [offer('mugs', { kind: 'categories', categories: ['mug'] }, { limits: { maxRedemptions: 1 } }), offer('bags', { kind: 'categories', categories: ['bag'] }, { limits: { coolDownHours: 48 } })],
+    };
+    const events: StoredEvent[] = [
+      { t: NOW - 2 * HOUR, type: 'offer_redeemed', offerId: 'mugs' },
+      { t: NOW - 47 * HOUR, type: 'offer_redeemed', offerId: 'bags' },
+    ];
+    assert.deepEqual(chooseOffers(input(events, { catalog: capped }), { k: 2, exploration: 0, context: ctx }), []);
+    const later = chooseOffers(input(events, { catalog: capped }), { k: 2, exploration: 0, context: { now: NOW + HOUR } });
+    assert.deepEqual(later.map((s) => s.offerId), ['bags']);
+  });
+
+  test('minimum basket: a known cart below it hides the offer, the catalog price fills missing line prices', () => {
+    const min: OfferCatalog = { ...catalog, offers: [offer('mugs', { kind: 'categories', categories: ['mug'] }, { minBasket: 20 })] };
+    assert.deepEqual(chooseOffers(input([], { catalog: min }), { k: 1, context: { now: NOW, cart: [{ itemId: 'm1', quantity: 2 }] } }), []);
+    assert.equal(chooseOffers(input([], { catalog: min }), { k: 1, context: { now: NOW, cart: [{ itemId: 'm1', quantity: 3 }] } }).length, 1);
+  });
+
+  test('the same seed gives the same answer; other seeds differ somewhere', () => {
+    const events: StoredEvent[] = [{ t: 1, type: 'view', itemId: 'm1' }];
+    const opts = { k: 2, exploration: 0.5, context: ctx };
+    const a = chooseOffers(input(events), { ...opts, seed: 42 });
+    assert.deepEqual(chooseOffers(input(events), { ...opts, seed: 42 }), a);
+    const answers = new Set(Array.from({ length: 50 }, (_, s) => JSON.stringify(chooseOffers(input(events), { ...opts, seed: s }))));
+    assert.ok(answers.size > 1);
+  });
+
+  test('exploration share stays within bounds over many seeded draws', () => {
+    // Uncertain posteriors (weak prior) so Thompson draws often disagree with the greedy pick.
+    const draws = 2000;
+    const share = (exploration: number): number => {
+      let explored = 0;
+      for (let seed = 0; seed < draws; seed++) {
+        for (const s of chooseOffers(input(), { k: 2, seed, exploration, priorStrength: 2, context: ctx })) if (s.explore) explored++;
+      }
+      return explored / (2 * draws);
+    };
+    assert.equal(share(0), 0);
+    const s = share(0.2);
+    // Never more than the exploration share (plus sampling noise: 3σ ≈ 0.027), and clearly some.
+    assert.ok(s <= 0.2 + 0.027, `explore share ${s}`);
+    assert.ok(s >= 0.05, `explore share ${s}`);
+    assert.ok(share(1) > s, 'more exploration, more explore slots');
+  });
+
+  test('exploring is marked and explained without a made-up event', () => {
+    const explored = Array.from({ length: 200 }, (_, seed) => chooseOffers(input(), { k: 1, seed, exploration: 1, priorStrength: 2, context: ctx })[0]!).filter((s) => s.explore);
+    assert.ok(explored.length > 0);
+    for (const s of explored) assert.equal(s.reason, 'Something new to try');
+  });
+
+  test('option errors name the option and the allowed values', () => {
+    const err = (opts: object, field: string, allowed: RegExp) =>
+      assert.throws(() => chooseOffers(input(), opts), (e: unknown) => isValidationError(e) && e.field === field && allowed.test(e.message));
+    err({ k: 0 }, 'options.k', /integer from 1 to 20, got 0/);
+    err({ k: 2.5 }, 'options.k', /integer from 1 to 20/);
+    err({ exploration: 1.5 }, 'options.exploration', /from 0 to 1, got 1.5/);
+    err({ seed: Number.NaN }, 'options.seed', /finite number/);
+  });
+
+  test('Beta draws average a / (a + b)', () => {
+    const rng = new Random(3);
+    for (const [a, b] of [[2, 8], [0.5, 0.5], [30, 10]] as const) {
+      let sum = 0;
+      for (let i = 0; i < 4000; i++) sum += sampleBeta(rng, a, b);
+      assert.ok(Math.abs(sum / 4000 - a / (a + b)) < 0.02, `Beta(${a}, ${b}) mean ${sum / 4000}`);
+    }
+  });
+});

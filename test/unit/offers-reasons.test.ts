@@ -1,0 +1,50 @@
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+import { chooseOffers } from '../../src/offers/policy.js';
+import { indexProducts } from '../../src/offers/product-index.js';
+import { offerReason } from '../../src/offers/reason.js';
+import type { Offer, OfferCatalog } from '../../src/offers/types.js';
+import type { StoredEvent } from '../../src/types.js';
+
+const products = indexProducts([
+  { id: 'm1', title: 'Red Mug', category: 'mug', price: 8 },
+  { id: 'm2', title: 'Blue Mug', category: 'mug', price: 9 },
+  { id: 'b1', title: 'Jute Bag', category: 'bag', price: 5 },
+]);
+const mugs: Offer = { id: 'mugs', title: '10% off mugs', discount: { kind: 'percent', percent: 10 }, scope: { kind: 'categories', categories: ['mug'] } };
+const redMug: Offer = { ...mugs, id: 'red', scope: { kind: 'items', itemIds: ['m1'] } };
+
+describe('offer reasons reference real past events', () => {
+  test('the most recent in-scope event, with its verb and the product title', () => {
+    const events: StoredEvent[] = [
+      { t: 1, type: 'purchase', itemId: 'm2' },
+      { t: 2, type: 'view', itemId: 'b1' },
+      { t: 3, type: 'view', itemId: 'm1' },
+    ];
+    assert.equal(offerReason(mugs, events, products, {}, false), 'Because you viewed Red Mug');
+    assert.equal(offerReason(mugs, events.slice(0, 2), products, {}, false), 'Because you bought Blue Mug');
+    assert.equal(offerReason(mugs, [{ t: 1, type: 'add_to_cart', itemId: 'm2' }], products, {}, false), 'Because you added Blue Mug');
+  });
+
+  test('every reason that names a product names one the shopper really touched', () => {
+    const catalog: OfferCatalog = { version: 1, issuedAt: 0, currency: 'GBP', offers: [mugs, { ...mugs, id: 'bags', scope: { kind: 'categories', categories: ['bag'] } }] };
+    const events: StoredEvent[] = [
+      { t: 1, type: 'view', itemId: 'b1' },
+      { t: 2, type: 'purchase', itemId: 'm2' },
+    ];
+    const shown = chooseOffers({ catalog, products, events, affinity: { m1: 0.5, b1: 0.4 } }, { k: 2, context: { now: 10 } });
+    assert.deepEqual(shown.map((s) => s.reason), ['Because you bought Blue Mug', 'Because you viewed Jute Bag']);
+  });
+
+  test('an item never touched is not claimed: falls back to the page, the cart, or the same category', () => {
+    assert.equal(offerReason(redMug, [], products, { itemId: 'm1' }, false), 'For the Red Mug you are looking at');
+    assert.equal(offerReason(redMug, [], products, { cart: [{ itemId: 'm1' }] }, false), 'For the Red Mug in your cart');
+    assert.equal(offerReason(redMug, [{ t: 1, type: 'purchase', itemId: 'm2' }], products, {}, false), 'Like the Blue Mug you bought');
+  });
+
+  test('with no related event the reason is a plain statement, not an invented history', () => {
+    const events: StoredEvent[] = [{ t: 1, type: 'view', itemId: 'b1' }];
+    assert.equal(offerReason(mugs, events, products, {}, false), 'One of the shop’s current offers');
+    assert.equal(offerReason(mugs, events, products, {}, true), 'Something new to try');
+  });
+});
