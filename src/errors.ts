@@ -88,3 +88,33 @@ export const isClosedError = (e: unknown): e is ClosedError => hasName(e, 'Close
 export const isNetworkError = (e: unknown): e is NetworkError => hasName(e, 'NetworkError');
 export const isPrivacyBudgetError = (e: unknown): e is PrivacyBudgetError => hasName(e, 'PrivacyBudgetError');
 export const isConsentError = (e: unknown): e is ConsentError => hasName(e, 'ConsentError');
+
+const CLASSES: Record<string, new (message: string) => LocalrecError> = {
+  StorageError,
+  ModelError,
+  ClosedError,
+  PrivacyBudgetError,
+  ConsentError,
+  LocalrecError,
+};
+
+/**
+ * Turns an error that crossed the worker boundary (a plain `Error` carrying our `name`) back into
+ * an instance of the matching class, so that `instanceof` works on the page as well as the guards.
+ */
+export function reviveError(e: unknown): unknown {
+  if (typeof e !== 'object' || e === null) return e;
+  const { name, message, stack } = e as { name?: string; message?: string; stack?: string };
+  let out: LocalrecError | undefined;
+  if (name === 'ValidationError') {
+    const m = /^([^:]+): ([\s\S]*)$/.exec(message ?? '');
+    out = m ? new ValidationError(m[1]!, m[2]!) : new ValidationError('input', message ?? '');
+  } else if (name === 'NetworkError') {
+    out = new NetworkError(message ?? '', 0);
+  } else if (name && CLASSES[name]) {
+    out = new CLASSES[name]!(message ?? '');
+  }
+  if (!out) return e;
+  if (stack) out.stack = stack;
+  return out;
+}

@@ -163,6 +163,8 @@ export interface Stats {
   /** Events dropped before consent, or rejected. */
   dropped: number;
   storage: 'indexeddb' | 'memory';
+  /** The last background failure (auto-training, writing), if any. */
+  lastError?: string;
 }
 
 export interface RetentionOptions {

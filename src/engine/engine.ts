@@ -1,0 +1,372 @@
+import { ClosedError, ModelError, ValidationError } from '../errors.js';
+import { validateEvent } from '../events/schema.js';
+import { DEFAULT_RETENTION, openEventStore, type EventStore, type Retention } from '../events/store.js';
+import { selectBackend, type BackendChoice } from '../model/backend.js';
+import { validateCatalog } from '../model/catalog.js';
+import { checkItemTable, createItemTable, indexItems, type ItemTable } from '../model/item-table.js';
+import { buildProfile, type ProfileItem } from '../model/profile.js';
+import { contributions, Scorer, userVector, type Scored } from '../model/score.js';
+import { trainItemTable, type TrainConfig } from '../model/train.js';
+import type {
+  BackendName,
+  Catalog,
+  Recommendation,
+  RecommendOptions,
+  Reason,
+  SimilarOptions,
+  Stats,
+  StoredEvent,
+  TrainOptions,
+  TrainResult,
+} from '../types.js';
+
+/** What the engine needs to start; the same options as `createRecommender` minus the worker URL. */
+export interface EngineOptions {
+  catalog: Catalog;
+  backend?: BackendName;
+  /** Candidates the backend probe may pick from (default: all registered, best first). */
+  backendCandidates?: BackendName[];
+  dbName?: string;
+  retention?: Partial<Retention>;
+  model?: { dim?: number; halfLifeDays?: number; seed?: number };
+  autoTrainEvery?: number;
+  /** Training settings for `train()` (epochs come from TrainOptions when given). */
+  training?: Partial<TrainConfig>;
+  /** Clock, for tests. */
+  now?: () => number;
+  /** A ready store, for tests; otherwise IndexedDB (or memory when IndexedDB is unavailable). */
+  store?: EventStore;
+}
+
+/** What is persisted in the `meta` store under {@link MODEL_KEY}. */
+interface SavedModel {
+  version: number;
+  itemIds: string[];
+  dim: number;
+  factors: Float32Array;
+  bias: Float32Array;
+  trainedAt?: number;
+  trainSteps: number;
+  /** Key of the newest event the model was trained on. */
+  trainedThroughId: number;
+}
+
+export const MODEL_KEY = 'model';
+const FLUSH_DELAY_MS = 25;
+const FLUSH_MAX = 200;
+
+function intOption(v: unknown, name: string, min: number, max: number, dflt: number): number {
+  if (v === undefined) return dflt;
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) {
+    throw new ValidationError(name, `must be a whole number from ${min} to ${max}, got ${String(v)}`);
+  }
+  return v;
+}
+
+const ACTION_VERB: Record<ProfileItem['action'], string> = {
+  viewed: 'viewed',
+  'searched for': 'searched for',
+  'added to cart': 'added',
+  bought: 'bought',
+  rated: 'rated',
+};
+
+/**
+ * The worker-side orchestrator: event store, model, training and scoring. A plain class, so it
+ * runs in Node (tests, CLI) as well as behind comlink in the browser worker.
+ *
+ * @example
+ * ```ts
+ * const engine = await Engine.create({ catalog: { items: [{ id: 'a' }, { id: 'b' }] } });
+ * engine.enqueue([{ type: 'view', itemId: 'a' }]);
+ * await engine.flush();
+ * await engine.recommend({ k: 1 }); // [{ itemId: 'b', score: …, reason: { … } }]
+ * ```
+ */
+export class Engine {
+  private readonly rows: Map<string, number>;
+  private readonly titles: Map<string, string>;
+  private table!: ItemTable;
+  private saved!: Omit<SavedModel, 'factors' | 'bias' | 'itemIds' | 'dim' | 'version'>;
+  private scorer!: Scorer;
+  private queue: StoredEvent[] = [];
+  private flushTimer: ReturnType<typeof setTimeout> | undefined;
+  private flushing: Promise<void> = Promise.resolve();
+  private training: Promise<TrainResult> | undefined;
+  private closed = false;
+  private dropped = 0;
+  private lastError: Error | undefined;
+  private readonly now: () => number;
+  private readonly halfLifeDays: number;
+  private readonly autoTrainEvery: number;
+
+  private constructor(
+    private readonly catalog: Catalog,
+    private readonly store: EventStore,
+    private readonly backend: BackendChoice,
+    private readonly opts: EngineOptions,
+  ) {
+    this.rows = indexItems(catalog.items.map((i) => i.id));
+    this.titles = new Map(catalog.items.filter((i) => i.title).map((i) => [i.id, i.title!]));
+    this.now = opts.now ?? Date.now;
+    this.halfLifeDays = opts.model?.halfLifeDays ?? 30;
+    this.autoTrainEvery = intOption(opts.autoTrainEvery, 'options.autoTrainEvery', 0, 1_000_000, 20);
+  }
+
+  static async create(opts: EngineOptions): Promise<Engine> {
+    const catalog = validateCatalog(opts.catalog);
+    const dim = intOption(opts.model?.dim, 'options.model.dim', 1, 64, 32);
+    const hl = opts.model?.halfLifeDays ?? 30;
+    if (typeof hl !== 'number' || !(hl > 0) || !Number.isFinite(hl)) throw new ValidationError('options.model.halfLifeDays', `must be a number > 0, got ${String(hl)}`);
+    const retention: Retention = {
+      maxEvents: intOption(opts.retention?.maxEvents, 'options.retention.maxEvents', 1, 10_000_000, DEFAULT_RETENTION.maxEvents),
+      maxAgeDays: intOption(opts.retention?.maxAgeDays, 'options.retention.maxAgeDays', 1, 36_500, DEFAULT_RETENTION.maxAgeDays),
+    };
+    const backend = await selectBackend({ force: opts.backend, candidates: opts.backendCandidates });
+    const store = opts.store ?? (await openEventStore(opts.dbName ?? 'localrec', retention));
+    const engine = new Engine(catalog, store, backend, opts);
+    await engine.load(dim);
+    return engine;
+  }
+
+  /** Loads persisted weights, mapping rows by item id so a changed catalog keeps what it can. */
+  private async load(dim: number): Promise<void> {
+    const ids = this.catalog.items.map((i) => i.id);
+    const fresh = createItemTable(ids, dim, {
+      seed: this.opts.model?.seed ?? 1,
+      popularity: this.catalog.items.map((i) => i.popularity ?? 0),
+    });
+    const saved = await this.store.getMeta<SavedModel>(MODEL_KEY);
+    this.saved = { trainSteps: 0, trainedThroughId: 0 };
+    if (saved && saved.dim === dim) {
+      const old = indexItems(saved.itemIds);
+      try {
+        checkItemTable({ version: saved.version, itemIds: saved.itemIds, dim: saved.dim, factors: saved.factors, bias: saved.bias });
+        ids.forEach((id, r) => {
+          const o = old.get(id);
+          if (o === undefined) return;
+          fresh.factors.set(saved.factors.subarray(o * dim, o * dim + dim), r * dim);
+          fresh.bias[r] = saved.bias[o]!;
+        });
+        fresh.version = saved.version;
+        this.saved = { trainedAt: saved.trainedAt, trainSteps: saved.trainSteps, trainedThroughId: saved.trainedThroughId };
+      } catch (e) {
+        // Corrupt weights are not worth failing the shop's page for: start fresh, say why in stats.
+        this.lastError = e as Error;
+      }
+    }
+    this.table = fresh;
+    this.scorer = new Scorer(this.table);
+  }
+
+  private async persist(): Promise<void> {
+    const t = this.table;
+    const rec: SavedModel = { version: t.version, itemIds: t.itemIds, dim: t.dim, factors: t.factors, bias: t.bias, ...this.saved };
+    await this.store.setMeta(MODEL_KEY, rec);
+  }
+
+  private assertOpen(): void {
+    if (this.closed) throw new ClosedError('the recommender is closed');
+  }
+
+  /**
+   * Validates and queues events; they are written in one transaction shortly after (or at once
+   * when many are queued). Returns how many were accepted; invalid ones are counted in
+   * `stats().dropped` and the first error is thrown after the valid ones are queued.
+   */
+  enqueue(events: unknown[]): number {
+    this.assertOpen();
+    let firstError: unknown;
+    let accepted = 0;
+    const now = this.now();
+    for (const e of events) {
+      try {
+        this.queue.push(validateEvent(e, now));
+        accepted++;
+      } catch (err) {
+        this.dropped++;
+        firstError ??= err;
+      }
+    }
+    if (this.queue.length >= FLUSH_MAX) void this.flush().catch((e) => (this.lastError = e));
+    else if (this.queue.length && !this.flushTimer) {
+      this.flushTimer = setTimeout(() => void this.flush().catch((e) => (this.lastError = e)), FLUSH_DELAY_MS);
+    }
+    if (firstError) throw firstError;
+    return accepted;
+  }
+
+  /** Writes every queued event; resolves once they are in the store. */
+  flush(): Promise<void> {
+    if (this.flushTimer) clearTimeout(this.flushTimer);
+    this.flushTimer = undefined;
+    const batch = this.queue;
+    this.queue = [];
+    // Chained so that batches land in order and a failed batch does not block later ones.
+    const run = this.flushing.then(async () => {
+      if (batch.length === 0) return;
+      try {
+        await this.store.add(batch);
+      } catch (e) {
+        // Put the batch back so nothing is lost; the caller sees the StorageError.
+        this.queue = batch.concat(this.queue);
+        throw e;
+      }
+      this.maybeAutoTrain();
+    });
+    this.flushing = run.catch(() => undefined);
+    return run;
+  }
+
+  private maybeAutoTrain(): void {
+    if (this.autoTrainEvery === 0 || this.training || this.closed) return;
+    void this.store.countAfter(this.saved.trainedThroughId).then((pending) => {
+      if (pending >= this.autoTrainEvery && !this.training && !this.closed) {
+        this.train().catch((e) => (this.lastError = e));
+      }
+    });
+  }
+
+  private async profile(): Promise<{ profile: ProfileItem[]; events: StoredEvent[] }> {
+    await this.flush();
+    const events = await this.store.all();
+    return { profile: buildProfile(events, this.rows, { halfLifeDays: this.halfLifeDays, now: this.now() }), events };
+  }
+
+  private excludedRows(exclude: RecommendOptions['exclude'], profile: ProfileItem[], events: StoredEvent[]): Set<number> {
+    if (exclude === undefined || exclude === 'seen') return new Set(profile.map((p) => p.row));
+    if (exclude === 'none') return new Set();
+    if (exclude === 'purchased') {
+      return new Set(events.filter((e) => e.type === 'purchase' && this.rows.has(e.itemId!)).map((e) => this.rows.get(e.itemId!)!));
+    }
+    if (Array.isArray(exclude)) {
+      const s = new Set<number>();
+      exclude.forEach((id, i) => {
+        if (typeof id !== 'string') throw new ValidationError(`options.exclude[${i}]`, 'must be an item id string');
+        const r = this.rows.get(id);
+        if (r !== undefined) s.add(r);
+      });
+      return s;
+    }
+    throw new ValidationError('options.exclude', `must be 'seen', 'purchased', 'none' or an array of item ids; got ${JSON.stringify(exclude)}`);
+  }
+
+  private title(id: string): string {
+    return this.titles.get(id) ?? id;
+  }
+
+  private reason(row: number, profile: ProfileItem[]): Reason {
+    const top = contributions(this.table, profile, row)
+      .filter((c) => c.value > 0)
+      .slice(0, 2);
+    if (top.length === 0) return { kind: 'popular', text: 'Popular in this shop', itemIds: [] };
+    const parts = top.map((c) => `${ACTION_VERB[c.item.action]} ${this.title(this.table.itemIds[c.item.row]!)}`);
+    return { kind: 'personal', text: `Because you ${parts.join(' and ')}`, itemIds: top.map((c) => this.table.itemIds[c.item.row]!) };
+  }
+
+  /** Top-K items for this shopper, each with a readable reason. */
+  async recommend(options: RecommendOptions = {}): Promise<Recommendation[]> {
+    this.assertOpen();
+    const k = intOption(options.k, 'options.k', 1, 1000, 10);
+    if (options.category !== undefined && typeof options.category !== 'string') throw new ValidationError('options.category', 'must be a string');
+    const { profile, events } = await this.profile();
+    const exclude = this.excludedRows(options.exclude, profile, events);
+    const z = userVector(this.table, profile);
+    const cat = options.category;
+    const allowed = cat === undefined ? undefined : { key: `category:${cat}`, rows: () => this.catalog.items.flatMap((it, r) => (it.category === cat ? [r] : [])) };
+    const scored: Scored[] = await this.scorer.topK(z, k, exclude, allowed);
+    return scored.map((s) => ({ itemId: this.table.itemIds[s.row]!, score: s.score, reason: this.reason(s.row, profile) }));
+  }
+
+  /** Items whose embeddings are closest to `itemId`'s. */
+  async similar(itemId: string, options: SimilarOptions = {}): Promise<Recommendation[]> {
+    this.assertOpen();
+    if (typeof itemId !== 'string') throw new ValidationError('itemId', `must be a string, got ${typeof itemId}`);
+    const k = intOption(options.k, 'options.k', 1, 1000, 10);
+    const row = this.rows.get(itemId);
+    if (row === undefined) throw new ModelError(`item "${itemId}" is not in the catalog`);
+    const scored = await this.scorer.similar(row, k);
+    const text = `Similar to ${this.title(itemId)}`;
+    return scored.map((s) => ({ itemId: this.table.itemIds[s.row]!, score: s.score, reason: { kind: 'similar', text, itemIds: [itemId] } }));
+  }
+
+  /**
+   * Trains on the shopper's own events: each item, in time order, is a target for the items
+   * before it. Touches only the shopper's rows and sampled negatives; saves the weights after.
+   * Concurrent calls share one run.
+   */
+  train(options: TrainOptions = {}): Promise<TrainResult> {
+    this.assertOpen();
+    if (this.training) return this.training;
+    const epochs = intOption(options.epochs, 'options.epochs', 1, 1000, this.opts.training?.epochs ?? 4);
+    const run = (async () => {
+      const t0 = performance.now();
+      options.onProgress?.({ phase: 'loading', done: 0, total: 1 });
+      const through = await this.store.lastId();
+      const { profile } = await this.profile();
+      const seq = { rows: profile.map((p) => p.row), weights: profile.map((p) => p.weight) };
+      const stats = await trainItemTable(this.table, [seq], { ...this.opts.training, epochs, seed: (this.opts.model?.seed ?? 1) + this.saved.trainSteps }, options.onProgress);
+      options.onProgress?.({ phase: 'saving', done: 0, total: 1 });
+      this.saved = { trainedAt: this.now(), trainSteps: this.saved.trainSteps + stats.steps, trainedThroughId: Math.max(through, await this.store.lastId()) };
+      const old = this.scorer;
+      this.scorer = new Scorer(this.table);
+      old.dispose();
+      await this.persist();
+      options.onProgress?.({ phase: 'saving', done: 1, total: 1 });
+      return { steps: stats.steps, examples: stats.examples, firstLoss: stats.firstLoss, lastLoss: stats.lastLoss, ms: performance.now() - t0, backend: this.backend.backend };
+    })();
+    this.training = run;
+    const clear = () => {
+      this.training = undefined;
+    };
+    run.then(clear, clear);
+    return run;
+  }
+
+  async stats(): Promise<Stats> {
+    this.assertOpen();
+    await this.flush().catch(() => undefined);
+    const ev = await this.store.stats();
+    return {
+      backend: this.backend.backend,
+      backendReason: this.backend.reason,
+      events: ev,
+      model: {
+        items: this.table.itemIds.length,
+        dim: this.table.dim,
+        version: this.table.version,
+        trainedAt: this.saved.trainedAt,
+        trainSteps: this.saved.trainSteps,
+        pendingEvents: await this.store.countAfter(this.saved.trainedThroughId),
+      },
+      queued: this.queue.length,
+      dropped: this.dropped,
+      storage: this.store.kind,
+      ...(this.lastError ? { lastError: `${this.lastError.name}: ${this.lastError.message}` } : {}),
+    };
+  }
+
+  /** The current item table (a snapshot), e.g. for a federated update. */
+  itemTable(): ItemTable {
+    return this.table;
+  }
+
+  /** Writes what is queued, waits for training to finish, and releases the store and tensors. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    await this.flush().catch(() => undefined);
+    await this.training?.catch(() => undefined);
+    this.closed = true;
+    this.scorer.dispose();
+    this.store.close();
+  }
+
+  /** Deletes every event and the saved weights, and the database itself. */
+  async erase(): Promise<void> {
+    this.queue = [];
+    await this.training?.catch(() => undefined);
+    this.closed = true;
+    this.scorer.dispose();
+    await this.store.destroy();
+  }
+}

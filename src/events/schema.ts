@@ -1,0 +1,115 @@
+import { ValidationError } from '../errors.js';
+import type { EventType, StoredEvent } from '../types.js';
+
+/** Bumped whenever the stored event shape changes; the store upgrades older databases. */
+export const EVENT_SCHEMA_VERSION = 2;
+
+export const EVENT_TYPES: readonly EventType[] = [
+  'view',
+  'search',
+  'add_to_cart',
+  'remove_from_cart',
+  'purchase',
+  'rating',
+  'offer_impression',
+  'offer_redeemed',
+];
+
+const ITEM_EVENTS = new Set<EventType>(['view', 'add_to_cart', 'remove_from_cart', 'purchase', 'rating']);
+const MAX_ID = 256;
+const MAX_QUERY = 512;
+// Timestamps before 2000 or more than a day ahead are almost always unit mistakes (seconds vs ms).
+const MIN_T = Date.UTC(2000, 0, 1);
+const FUTURE_SLACK_MS = 24 * 3600 * 1000;
+
+function id(v: unknown, field: string): string {
+  if (typeof v !== 'string') throw new ValidationError(field, `must be a string, got ${describe(v)}`);
+  if (v.length === 0 || v.length > MAX_ID) {
+    throw new ValidationError(field, `must have 1 to ${MAX_ID} characters, got ${v.length}`);
+  }
+  return v;
+}
+
+function describe(v: unknown): string {
+  if (v === null) return 'null';
+  if (Array.isArray(v)) return 'an array';
+  if (typeof v === 'string') return `"${v.length > 40 ? v.slice(0, 40) + '…' : v}"`;
+  if (typeof v === 'number' || typeof v === 'boolean') return `${typeof v} ${String(v)}`;
+  return typeof v;
+}
+
+function num(v: unknown, field: string, min: number, max: number, integer = false): number {
+  if (typeof v !== 'number' || !Number.isFinite(v)) throw new ValidationError(field, `must be a finite number, got ${describe(v)}`);
+  if (integer && !Number.isInteger(v)) throw new ValidationError(field, `must be a whole number, got ${v}`);
+  if (v < min || v > max) throw new ValidationError(field, `must be from ${min} to ${max}, got ${v}`);
+  return v;
+}
+
+/**
+ * Validates one event as passed to `track()` and returns it in stored form. Throws a
+ * {@link ValidationError} whose `field` names the first offending field. Pure: safe on the main thread.
+ *
+ * @example
+ * ```ts
+ * validateEvent({ type: 'purchase', itemId: 'sku-1', quantity: 2 }, 1_700_000_000_000);
+ * // { type: 'purchase', itemId: 'sku-1', quantity: 2, t: 1700000000000 }
+ * validateEvent({ type: 'view' }); // throws ValidationError "event.itemId: must be a string, got undefined"
+ * ```
+ */
+export function validateEvent(input: unknown, now: number = Date.now()): StoredEvent {
+  if (typeof input !== 'object' || input === null || Array.isArray(input)) {
+    throw new ValidationError('event', `must be an object, got ${describe(input)}`);
+  }
+  const e = input as Record<string, unknown>;
+  const type = e.type as EventType;
+  if (!EVENT_TYPES.includes(type)) {
+    throw new ValidationError('event.type', `must be one of ${EVENT_TYPES.join(', ')}; got ${describe(e.type)}`);
+  }
+  const t = e.t === undefined ? now : num(e.t, 'event.t', MIN_T, now + FUTURE_SLACK_MS);
+  const out: StoredEvent = { t, type };
+  const known = new Set(['type', 't']);
+  if (ITEM_EVENTS.has(type)) {
+    out.itemId = id(e.itemId, 'event.itemId');
+    known.add('itemId');
+  }
+  switch (type) {
+    case 'search': {
+      if (typeof e.query !== 'string') throw new ValidationError('event.query', `must be a string, got ${describe(e.query)}`);
+      const q = e.query.trim();
+      if (q.length === 0 || q.length > MAX_QUERY) {
+        throw new ValidationError('event.query', `must have 1 to ${MAX_QUERY} non-blank characters`);
+      }
+      out.query = q;
+      if (e.itemId !== undefined) out.itemId = id(e.itemId, 'event.itemId');
+      known.add('query').add('itemId');
+      break;
+    }
+    case 'add_to_cart':
+    case 'remove_from_cart':
+      if (e.quantity !== undefined) out.quantity = num(e.quantity, 'event.quantity', 1, 1e6, true);
+      known.add('quantity');
+      break;
+    case 'purchase':
+      if (e.quantity !== undefined) out.quantity = num(e.quantity, 'event.quantity', 1, 1e6, true);
+      if (e.price !== undefined) out.price = num(e.price, 'event.price', 0, 1e9);
+      known.add('quantity').add('price');
+      break;
+    case 'rating':
+      out.value = num(e.value, 'event.value', 0, 5);
+      known.add('value');
+      break;
+    case 'offer_impression':
+    case 'offer_redeemed':
+      out.offerId = id(e.offerId, 'event.offerId');
+      known.add('offerId');
+      break;
+    default:
+      break;
+  }
+  // Unknown fields are refused rather than dropped: a typo like `itemID` must not silently store
+  // an event without its item.
+  for (const k of Object.keys(e)) {
+    if (!known.has(k)) throw new ValidationError(`event.${k}`, `is not a field of '${type}' events`);
+  }
+  return out;
+}

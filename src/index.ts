@@ -1,0 +1,41 @@
+// Browser entry: named re-exports only. No TensorFlow.js here; it lives in the worker bundle.
+export { createRecommender } from './recommender.js';
+export type { Recommender } from './recommender.js';
+export { validateEvent, EVENT_TYPES } from './events/schema.js';
+export {
+  LocalrecError,
+  ValidationError,
+  StorageError,
+  ModelError,
+  ClosedError,
+  NetworkError,
+  PrivacyBudgetError,
+  ConsentError,
+  isLocalrecError,
+  isValidationError,
+  isStorageError,
+  isModelError,
+  isClosedError,
+  isNetworkError,
+  isPrivacyBudgetError,
+  isConsentError,
+} from './errors.js';
+export type {
+  BackendName,
+  Catalog,
+  CatalogItem,
+  EventType,
+  Progress,
+  Reason,
+  Recommendation,
+  RecommenderOptions,
+  RecommendOptions,
+  RetentionOptions,
+  ModelOptions,
+  SimilarOptions,
+  Stats,
+  StoredEvent,
+  TrackEvent,
+  TrainOptions,
+  TrainResult,
+} from './types.js';

@@ -1,0 +1,102 @@
+import type { StoredEvent } from '../types.js';
+
+/** One item of a shopper's history, as the model sees it: row index and confidence weight. */
+export interface ProfileItem {
+  row: number;
+  /** Confidence after recency decay and saturation; 0 for items the shopper disliked or removed. */
+  weight: number;
+  /** The strongest thing the shopper did with the item, for reasons ("bought", "viewed", …). */
+  action: 'viewed' | 'searched for' | 'added to cart' | 'bought' | 'rated';
+  /** Time of the last event on the item. */
+  lastT: number;
+}
+
+export interface ProfileOptions {
+  /** Half-life of an event's weight, in days. */
+  halfLifeDays: number;
+  now: number;
+}
+
+/**
+ * Confidence of one event before recency decay: a purchase says more than an add-to-cart, which
+ * says more than a view; removing from the cart or a low rating takes confidence away.
+ */
+export function eventConfidence(e: StoredEvent): number {
+  switch (e.type) {
+    case 'view':
+      return 1;
+    case 'search':
+      return e.itemId ? 1.5 : 0;
+    case 'add_to_cart':
+      return 2;
+    case 'remove_from_cart':
+      return -1.5;
+    case 'purchase':
+      return 4 * (1 + 0.25 * Math.log(e.quantity ?? 1));
+    case 'rating':
+      return ((e.value ?? 0) - 2.5) * 1.5;
+    default:
+      return 0;
+  }
+}
+
+const ACTION_RANK: Record<ProfileItem['action'], number> = {
+  viewed: 0,
+  'searched for': 1,
+  rated: 2,
+  'added to cart': 3,
+  bought: 4,
+};
+
+function actionOf(e: StoredEvent): ProfileItem['action'] | undefined {
+  switch (e.type) {
+    case 'view':
+      return 'viewed';
+    case 'search':
+      return 'searched for';
+    case 'add_to_cart':
+      return 'added to cart';
+    case 'purchase':
+      return 'bought';
+    case 'rating':
+      return 'rated';
+    default:
+      return undefined;
+  }
+}
+
+/**
+ * Folds a shopper's events into one weight per item: confidence by kind, halved every
+ * `halfLifeDays`, summed per item (de-duplication), then saturated with log1p so that twenty views
+ * of one item do not drown everything else. Items not in `rows` (not in the catalog) are skipped.
+ *
+ * @example
+ * ```ts
+ * buildProfile([{ t: now, type: 'purchase', itemId: 'a' }], new Map([['a', 0]]), { halfLifeDays: 30, now });
+ * // [{ row: 0, weight: 1.609…, action: 'bought', lastT: now }]
+ * ```
+ */
+export function buildProfile(events: readonly StoredEvent[], rows: ReadonlyMap<string, number>, opts: ProfileOptions): ProfileItem[] {
+  const acc = new Map<number, { sum: number; action: ProfileItem['action']; lastT: number }>();
+  const halfLifeMs = opts.halfLifeDays * 24 * 3600 * 1000;
+  for (const e of events) {
+    if (!e.itemId) continue;
+    const row = rows.get(e.itemId);
+    if (row === undefined) continue;
+    const decay = Math.pow(0.5, Math.max(0, opts.now - e.t) / halfLifeMs);
+    const c = eventConfidence(e) * decay;
+    const a = actionOf(e);
+    const cur = acc.get(row);
+    if (!cur) {
+      acc.set(row, { sum: c, action: a ?? 'viewed', lastT: e.t });
+    } else {
+      cur.sum += c;
+      if (a && ACTION_RANK[a] > ACTION_RANK[cur.action]) cur.action = a;
+      if (e.t > cur.lastT) cur.lastT = e.t;
+    }
+  }
+  const out: ProfileItem[] = [];
+  for (const [row, v] of acc) out.push({ row, weight: Math.log1p(Math.max(0, v.sum)), action: v.action, lastT: v.lastT });
+  out.sort((a, b) => a.lastT - b.lastT || a.row - b.row);
+  return out;
+}

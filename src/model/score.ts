@@ -1,0 +1,126 @@
+import * as tf from './tf.js';
+import { ModelError } from '../errors.js';
+import type { ItemTable } from './item-table.js';
+import type { ProfileItem } from './profile.js';
+
+/**
+ * The user side of the model, computed on the device and never uploaded: the confidence-weighted
+ * mean of the embeddings of the shopper's items. All zeros for a shopper with no history, which
+ * leaves the item biases (popularity) to rank.
+ */
+export function userVector(table: ItemTable, profile: readonly ProfileItem[]): Float32Array {
+  const d = table.dim;
+  const z = new Float32Array(d);
+  let wsum = 0;
+  for (const p of profile) {
+    if (p.weight <= 0) continue;
+    wsum += p.weight;
+    for (let k = 0; k < d; k++) z[k] += p.weight * table.factors[p.row * d + k]!;
+  }
+  if (wsum > 0) for (let k = 0; k < d; k++) z[k] /= wsum;
+  return z;
+}
+
+export interface Scored {
+  row: number;
+  score: number;
+}
+
+/**
+ * Holds the item table on the active tfjs backend and answers top-K queries. Rebuild it (or call
+ * `update`) after training: the tensors are a snapshot.
+ */
+export class Scorer {
+  private V: tf.Tensor2D;
+  private b: tf.Tensor1D;
+  private Vn: tf.Tensor2D | undefined;
+  private masks = new Map<string, tf.Tensor1D>();
+  readonly n: number;
+  readonly dim: number;
+
+  constructor(private readonly table: ItemTable, private readonly temperature = 1) {
+    this.n = table.itemIds.length;
+    this.dim = table.dim;
+    this.V = tf.tensor2d(table.factors, [this.n, this.dim]);
+    this.b = tf.tensor1d(table.bias);
+  }
+
+  /**
+   * Top `k` rows by `b + V·z / temperature`, skipping `exclude`, optionally only rows where
+   * `allowed` (a cached 0/1 mask per key) is set.
+   */
+  async topK(z: Float32Array, k: number, exclude: ReadonlySet<number>, allowed?: { key: string; rows: () => Iterable<number> }): Promise<Scored[]> {
+    if (z.length !== this.dim) throw new ModelError(`user vector has ${z.length} values, expected ${this.dim}`);
+    const mask = allowed ? this.mask(allowed.key, allowed.rows) : undefined;
+    const want = Math.min(this.n, k + exclude.size);
+    const { values, indices } = tf.tidy(() => {
+      let s = tf.add(tf.mul(tf.reshape(tf.matMul(this.V, tf.tensor2d(z, [this.dim, 1])), [this.n]), 1 / this.temperature), this.b);
+      if (mask) s = tf.where(tf.cast(mask, 'bool'), s, tf.fill([this.n], -1e30));
+      return tf.topk(s, want);
+    });
+    return this.collect(values, indices, k, exclude, mask !== undefined);
+  }
+
+  /** Rows most similar to `row` by cosine similarity of their embeddings (the row itself excluded). */
+  async similar(row: number, k: number, exclude: ReadonlySet<number> = new Set()): Promise<Scored[]> {
+    if (!(row >= 0 && row < this.n)) throw new ModelError(`row ${row} is outside the table`);
+    if (!this.Vn) {
+      this.Vn = tf.tidy(() => tf.div(this.V, tf.add(tf.norm(this.V, 'euclidean', 1, true), 1e-8)) as tf.Tensor2D);
+    }
+    const skip = new Set(exclude).add(row);
+    const want = Math.min(this.n, k + skip.size);
+    const Vn = this.Vn;
+    const { values, indices } = tf.tidy(() => {
+      const q = tf.slice(Vn, [row, 0], [1, this.dim]);
+      return tf.topk(tf.reshape(tf.matMul(Vn, q, false, true), [this.n]), want);
+    });
+    return this.collect(values, indices, k, skip, false);
+  }
+
+  private async collect(values: tf.Tensor, indices: tf.Tensor, k: number, exclude: ReadonlySet<number>, masked: boolean): Promise<Scored[]> {
+    const [v, i] = await Promise.all([values.data(), indices.data()]);
+    tf.dispose([values, indices]);
+    const out: Scored[] = [];
+    for (let j = 0; j < i.length && out.length < k; j++) {
+      const row = i[j]!;
+      if (exclude.has(row)) continue;
+      if (masked && v[j]! <= -1e29) break;
+      out.push({ row, score: v[j]! });
+    }
+    return out;
+  }
+
+  private mask(key: string, rows: () => Iterable<number>): tf.Tensor1D {
+    let m = this.masks.get(key);
+    if (!m) {
+      const a = new Float32Array(this.n);
+      for (const r of rows()) a[r] = 1;
+      m = tf.tensor1d(a);
+      this.masks.set(key, m);
+    }
+    return m;
+  }
+
+  dispose(): void {
+    tf.dispose([this.V, this.b, ...(this.Vn ? [this.Vn] : []), ...this.masks.values()]);
+    this.masks.clear();
+  }
+
+  /** The table this scorer was built from. */
+  get source(): ItemTable {
+    return this.table;
+  }
+}
+
+/** Per-history-item contributions to one recommended row's score, strongest first. */
+export function contributions(table: ItemTable, profile: readonly ProfileItem[], row: number): Array<{ item: ProfileItem; value: number }> {
+  const d = table.dim;
+  const out: Array<{ item: ProfileItem; value: number }> = [];
+  for (const p of profile) {
+    if (p.weight <= 0 || p.row === row) continue;
+    let dot = 0;
+    for (let k = 0; k < d; k++) dot += table.factors[p.row * d + k]! * table.factors[row * d + k]!;
+    out.push({ item: p, value: p.weight * dot });
+  }
+  return out.sort((a, b) => b.value - a.value);
+}

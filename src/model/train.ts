@@ -1,0 +1,271 @@
+import * as tf from './tf.js';
+import { ModelError, ValidationError } from '../errors.js';
+import type { Progress } from '../types.js';
+import type { ItemTable } from './item-table.js';
+import { Random } from './random.js';
+
+/** One shopper's history as training data: rows in time order and their confidence weights. */
+export interface Sequence {
+  rows: ArrayLike<number>;
+  weights: ArrayLike<number>;
+}
+
+export interface TrainConfig {
+  /** Passes over all examples. Default 4. */
+  epochs: number;
+  /** Examples per step. Default 256. */
+  batchSize: number;
+  /** Uniformly sampled negatives shared by a step, on top of the other targets in the batch. Default 256. */
+  negatives: number;
+  /** Adagrad learning rate. Default 0.1. */
+  learningRate: number;
+  /** L2 penalty on the rows a step touches. Default 1e-4. */
+  l2: number;
+  /** How many earlier items form the context of a target. Default 20. */
+  maxContext: number;
+  /** Softmax temperature: logits are divided by it. Default 0.1 (embeddings are kept near unit scale). */
+  temperature: number;
+  seed: number;
+}
+
+export const DEFAULT_TRAIN_CONFIG: TrainConfig = {
+  epochs: 4,
+  batchSize: 256,
+  negatives: 256,
+  learningRate: 0.1,
+  l2: 1e-4,
+  maxContext: 20,
+  temperature: 1,
+  seed: 1,
+};
+
+export interface TrainStats {
+  steps: number;
+  examples: number;
+  firstLoss: number;
+  lastLoss: number;
+  /** Rows whose factors or bias changed. */
+  touchedRows: number;
+}
+
+/** Adagrad accumulators, one per factor and bias; keep it across calls to continue training smoothly. */
+export interface OptimizerState {
+  factors: Float32Array;
+  bias: Float32Array;
+}
+
+export function createOptimizerState(table: ItemTable, initial = 1e-6): OptimizerState {
+  return { factors: new Float32Array(table.factors.length).fill(initial), bias: new Float32Array(table.bias.length).fill(initial) };
+}
+
+export function checkTrainConfig(c: Partial<TrainConfig>, prefix = 'train'): TrainConfig {
+  const cfg = { ...DEFAULT_TRAIN_CONFIG, ...c };
+  const intIn = (k: keyof TrainConfig, min: number, max: number) => {
+    const v = cfg[k];
+    if (!Number.isInteger(v) || v < min || v > max) throw new ValidationError(`${prefix}.${k}`, `must be a whole number from ${min} to ${max}, got ${v}`);
+  };
+  const numIn = (k: keyof TrainConfig, min: number, max: number) => {
+    const v = cfg[k];
+    if (typeof v !== 'number' || !Number.isFinite(v) || v < min || v > max) throw new ValidationError(`${prefix}.${k}`, `must be a number from ${min} to ${max}, got ${v}`);
+  };
+  intIn('epochs', 1, 1000);
+  intIn('batchSize', 1, 8192);
+  intIn('negatives', 0, 100_000);
+  numIn('learningRate', 1e-6, 10);
+  numIn('l2', 0, 10);
+  intIn('maxContext', 1, 1000);
+  numIn('temperature', 1e-3, 100);
+  return cfg;
+}
+
+interface Example {
+  seq: number;
+  pos: number;
+}
+
+// Shapes are fixed per run so that WebGL/WebGPU compile each kernel once, not per step.
+const bucket = (x: number) => Math.max(64, Math.ceil(x / 256) * 256);
+
+/**
+ * Trains the item table in place with sampled softmax: the context of a target is the weighted
+ * mean of the embeddings of the items before it, and it must pick the target out of the batch's
+ * other targets plus uniformly sampled negatives.
+ *
+ * Each step gathers only the rows it touches into small dense tensors, takes gradients against
+ * those, and scatters the Adagrad update back: a `tf.gather` gradient against the whole table costs
+ * minutes per step on the CPU backend (DESIGN.md) and does not exist on the WASM backend.
+ *
+ * @example
+ * ```ts
+ * const table = createItemTable(ids, 32);
+ * const stats = await trainItemTable(table, [{ rows: [0, 3, 5], weights: [1, 1, 4] }], { epochs: 2 });
+ * stats.lastLoss < stats.firstLoss; // usually
+ * ```
+ */
+export async function trainItemTable(
+  table: ItemTable,
+  sequences: readonly Sequence[],
+  config: Partial<TrainConfig> = {},
+  onProgress?: (p: Progress) => void,
+  state: OptimizerState = createOptimizerState(table),
+): Promise<TrainStats> {
+  const cfg = checkTrainConfig(config);
+  const n = table.itemIds.length;
+  const d = table.dim;
+  if (n === 0) throw new ModelError('cannot train: the catalog has no items');
+  const rng = new Random(cfg.seed);
+  const examples: Example[] = [];
+  sequences.forEach((s, seq) => {
+    if (s.rows.length !== s.weights.length) throw new ModelError(`sequence ${seq}: ${s.rows.length} rows but ${s.weights.length} weights`);
+    for (let pos = 1; pos < s.rows.length; pos++) {
+      const r = s.rows[pos]!;
+      if (!(r >= 0 && r < n)) throw new ModelError(`sequence ${seq}: row ${r} is outside the table (0..${n - 1})`);
+      if (s.weights[pos]! > 0) examples.push({ seq, pos });
+    }
+  });
+  const stepsPerEpoch = Math.ceil(examples.length / cfg.batchSize);
+  const total = stepsPerEpoch * cfg.epochs;
+  const stats: TrainStats = { steps: 0, examples: examples.length, firstLoss: NaN, lastLoss: NaN, touchedRows: 0 };
+  if (examples.length === 0) return stats;
+
+  const B = Math.min(cfg.batchSize, examples.length);
+  const L = cfg.maxContext;
+  const C = bucket(B + cfg.negatives);
+  const local = new Int32Array(n).fill(-1);
+  const touched = new Uint8Array(n);
+  const ctxIdx = new Int32Array(B * L);
+  const ctxW = new Float32Array(B * L);
+  const candIdx = new Int32Array(C);
+  const labels = new Int32Array(B);
+  const exW = new Float32Array(B);
+
+  for (let epoch = 0; epoch < cfg.epochs; epoch++) {
+    rng.shuffle(examples);
+    let epochLoss = 0;
+    let epochSteps = 0;
+    for (let start = 0; start < examples.length; start += B) {
+      const batch = examples.slice(start, start + B);
+      const rows: number[] = [];
+      const use = (r: number) => {
+        if (local[r] === -1) {
+          local[r] = rows.length;
+          rows.push(r);
+        }
+        return local[r]!;
+      };
+      // Candidates first (targets, then negatives) so that a row's candidate column is unique.
+      const candCol = new Map<number, number>();
+      let c = 0;
+      ctxIdx.fill(0);
+      ctxW.fill(0);
+      exW.fill(0);
+      batch.forEach((ex, b) => {
+        const s = sequences[ex.seq]!;
+        const target = s.rows[ex.pos]!;
+        if (!candCol.has(target)) {
+          candCol.set(target, c);
+          candIdx[c++] = use(target);
+        }
+        labels[b] = candCol.get(target)!;
+        exW[b] = 1;
+        let wsum = 0;
+        const from = Math.max(0, ex.pos - L);
+        for (let j = from, k = 0; j < ex.pos; j++, k++) {
+          const w = Math.max(0, s.weights[j]!);
+          ctxIdx[b * L + k] = use(s.rows[j]!);
+          ctxW[b * L + k] = w;
+          wsum += w;
+        }
+        if (wsum > 0) for (let k = 0; k < L; k++) ctxW[b * L + k] /= wsum;
+        else exW[b] = 0; // no usable context: nothing to learn from this example
+      });
+      while (c < C) {
+        const r = rng.int(n);
+        if (candCol.has(r) && candCol.size < n) continue;
+        candCol.set(r, c);
+        candIdx[c++] = use(r);
+      }
+      if (rows.length === 0) continue;
+      const exWSum = exW.reduce((a, x) => a + x, 0);
+      if (exWSum === 0) {
+        for (const r of rows) local[r] = -1;
+        continue;
+      }
+      // Gathered here, in plain arrays, rather than with tf.gather: the gather gradient needs
+      // UnsortedSegmentSum, which the WASM backend lacks and the CPU backend runs very slowly.
+      const ctxV = new Float32Array(B * L * d);
+      for (let i = 0; i < B * L; i++) {
+        if (ctxW[i] === 0) continue;
+        const r = rows[ctxIdx[i]!]!;
+        ctxV.set(table.factors.subarray(r * d, r * d + d), i * d);
+      }
+      const candV = new Float32Array(C * d);
+      const candB = new Float32Array(C);
+      for (let j = 0; j < C; j++) {
+        const r = rows[candIdx[j]!]!;
+        candV.set(table.factors.subarray(r * d, r * d + d), j * d);
+        candB[j] = table.bias[r]!;
+      }
+
+      const { loss, gCtx, gCand, gBias } = tf.tidy(() => {
+        const tCtxW = tf.tensor3d(ctxW, [B, L, 1]);
+        const tOneHot = tf.oneHot(tf.tensor1d(labels, 'int32'), C);
+        const tExW = tf.tensor1d(exW);
+        const invTemp = 1 / cfg.temperature;
+        const f = (ctx: tf.Tensor, cand: tf.Tensor, bias: tf.Tensor) => {
+          const z = tf.sum(tf.mul(ctx, tCtxW), 1); // [B, d]
+          const logits = tf.add(tf.mul(tf.matMul(z, cand, false, true), invTemp), bias);
+          // Cross-entropy written out: tfjs 4.22's fused losses do not all have gradients on every backend.
+          const ce = tf.sub(tf.logSumExp(logits, 1), tf.sum(tf.mul(logits, tOneHot), 1));
+          const data = tf.div(tf.sum(tf.mul(ce, tExW)), exWSum);
+          const reg = tf.add(tf.sum(tf.square(cand)), tf.sum(tf.square(tf.mul(ctx, tf.cast(tf.greater(tCtxW, 0), 'float32')))));
+          return tf.add(data, tf.mul(reg, cfg.l2 / B)) as tf.Scalar;
+        };
+        const { value, grads } = tf.valueAndGrads(f)([tf.tensor3d(ctxV, [B, L, d]), tf.tensor2d(candV, [C, d]), tf.tensor1d(candB)]);
+        return { loss: value, gCtx: grads[0]!, gCand: grads[1]!, gBias: grads[2]! };
+      });
+      const [lossArr, gCtxArr, gCandArr, gBiasArr] = await Promise.all([loss.data(), gCtx.data(), gCand.data(), gBias.data()]);
+      tf.dispose([loss, gCtx, gCand, gBias]);
+      // Scatter: sum each row's gradient over every place it was used.
+      const gV = new Float32Array(rows.length * d);
+      const gB = new Float32Array(rows.length);
+      for (let i = 0; i < B * L; i++) {
+        if (ctxW[i] === 0) continue;
+        const li = ctxIdx[i]!;
+        for (let k = 0; k < d; k++) gV[li * d + k] += gCtxArr[i * d + k]!;
+      }
+      for (let j = 0; j < C; j++) {
+        const li = candIdx[j]!;
+        for (let k = 0; k < d; k++) gV[li * d + k] += gCandArr[j * d + k]!;
+        gB[li] += gBiasArr[j]!;
+      }
+      const lr = cfg.learningRate;
+      rows.forEach((r, i) => {
+        for (let k = 0; k < d; k++) {
+          const g = gV[i * d + k]!;
+          if (g === 0) continue;
+          const a = (state.factors[r * d + k] += g * g);
+          table.factors[r * d + k] -= (lr * g) / Math.sqrt(a);
+        }
+        const g = gB[i]!;
+        if (g !== 0) {
+          const a = (state.bias[r] += g * g);
+          table.bias[r] -= (lr * g) / Math.sqrt(a);
+        }
+        touched[r] = 1;
+        local[r] = -1;
+      });
+      const l = lossArr[0]!;
+      if (!Number.isFinite(l)) throw new ModelError(`training diverged at step ${stats.steps + 1} (loss ${l}); lower the learning rate`);
+      epochLoss += l;
+      epochSteps++;
+      stats.steps++;
+      onProgress?.({ phase: 'training', done: stats.steps, total, loss: l });
+    }
+    const mean = epochSteps ? epochLoss / epochSteps : NaN;
+    if (epoch === 0) stats.firstLoss = mean;
+    stats.lastLoss = mean;
+  }
+  stats.touchedRows = touched.reduce((a, x) => a + x, 0);
+  return stats;
+}

@@ -1,0 +1,19 @@
+// Node entry: the same engine, model and training code as the browser worker, plus Node-only
+// pieces (evaluation, aggregation server). Import from 'localrec/node'.
+import '@tensorflow/tfjs-backend-cpu';
+export { Engine } from './engine/engine.js';
+export type { EngineOptions } from './engine/engine.js';
+export { IdbEventStore, MemoryEventStore, openEventStore } from './events/store.js';
+export type { EventStore } from './events/store.js';
+export { validateEvent, EVENT_TYPES, EVENT_SCHEMA_VERSION } from './events/schema.js';
+export { validateCatalog } from './model/catalog.js';
+export { createItemTable, checkItemTable } from './model/item-table.js';
+export type { ItemTable } from './model/item-table.js';
+export { trainItemTable, DEFAULT_TRAIN_CONFIG } from './model/train.js';
+export type { Sequence, TrainConfig, TrainStats } from './model/train.js';
+export { Scorer, userVector } from './model/score.js';
+export { buildProfile } from './model/profile.js';
+export { selectBackend } from './model/backend.js';
+export { startServer } from './server/index.js';
+export * from './errors.js';
+export type * from './types.js';

@@ -1,0 +1,115 @@
+import * as Comlink from 'comlink';
+import { ClosedError, reviveError, ValidationError } from './errors.js';
+import { validateEvent } from './events/schema.js';
+import { validateCatalog } from './model/catalog.js';
+import type { WorkerApi } from './engine/worker.js';
+import type {
+  BackendName,
+  Recommendation,
+  RecommenderOptions,
+  RecommendOptions,
+  SimilarOptions,
+  Stats,
+  TrackEvent,
+  TrainOptions,
+  TrainResult,
+} from './types.js';
+
+/** The handle a page gets from {@link createRecommender}. Every method but `track` is async. */
+export interface Recommender {
+  /**
+   * Records one event. Validated here (a bad event throws a ValidationError naming the field, and
+   * nothing is sent), then posted to the worker, which stores it in IndexedDB in a batch.
+   */
+  track(event: TrackEvent): void;
+  /** Top-K items for this shopper, each with a reason. */
+  recommend(options?: RecommendOptions): Promise<Recommendation[]>;
+  /** Items similar to one item. */
+  similar(itemId: string, options?: SimilarOptions): Promise<Recommendation[]>;
+  /** Trains on the shopper's events now (it also runs by itself as events arrive). */
+  train(options?: TrainOptions): Promise<TrainResult>;
+  /** Backend, event counts, model state. */
+  stats(): Promise<Stats>;
+  /** Resolves once every tracked event is stored. */
+  flush(): Promise<void>;
+  /** Stores what is queued, stops the worker. The data stays on the device. */
+  close(): Promise<void>;
+  /** Deletes every event, the model weights and the database, then stops the worker. */
+  erase(): Promise<void>;
+}
+
+const BACKENDS: readonly BackendName[] = ['webgpu', 'webgl', 'wasm', 'cpu'];
+
+function revive<T>(p: Promise<T>): Promise<T> {
+  return p.catch((e: unknown) => {
+    throw reviveError(e);
+  });
+}
+
+/**
+ * Starts localrec on the page: spawns the module worker (TensorFlow.js, IndexedDB and training all
+ * live there), picks a backend, and loads saved weights.
+ *
+ * @example
+ * ```ts
+ * import { createRecommender } from 'localrec';
+ * const rec = await createRecommender({ catalog: { items: [{ id: 'sku-1', title: 'Red mug' }, { id: 'sku-2' }] } });
+ * rec.track({ type: 'view', itemId: 'sku-1' });
+ * const top = await rec.recommend({ k: 5 }); // [{ itemId: 'sku-2', score: 0.41, reason: { text: 'Popular in this shop', … } }]
+ * ```
+ */
+export async function createRecommender(options: RecommenderOptions): Promise<Recommender> {
+  if (typeof options !== 'object' || options === null) throw new ValidationError('options', 'must be an object with a `catalog`');
+  const catalog = validateCatalog(options.catalog);
+  if (options.backend !== undefined && !BACKENDS.includes(options.backend)) {
+    throw new ValidationError('options.backend', `must be one of ${BACKENDS.join(', ')}; got "${String(options.backend)}"`);
+  }
+  if (options.dbName !== undefined && (typeof options.dbName !== 'string' || options.dbName.length === 0)) {
+    throw new ValidationError('options.dbName', 'must be a non-empty string');
+  }
+  const url = options.workerUrl ?? new URL('./worker.js', import.meta.url);
+  const worker = new Worker(url, { type: 'module' });
+  const api = Comlink.wrap<WorkerApi>(worker);
+  const channel = new MessageChannel();
+  let closed = false;
+  const { workerUrl: _ignored, ...rest } = options;
+  try {
+    await revive(api.init({ ...rest, catalog }, Comlink.transfer(channel.port2, [channel.port2])));
+  } catch (e) {
+    worker.terminate();
+    throw e;
+  }
+  const open = () => {
+    if (closed) throw new ClosedError('the recommender is closed');
+  };
+  const stop = () => {
+    closed = true;
+    channel.port1.close();
+    api[Comlink.releaseProxy]();
+    worker.terminate();
+  };
+  return {
+    track(event: TrackEvent): void {
+      open();
+      // Validated here too so that the caller gets the error at the call site.
+      channel.port1.postMessage(validateEvent(event));
+    },
+    recommend: (o) => (open(), revive(api.recommend(o))),
+    similar: (id, o) => (open(), revive(api.similar(id, o))),
+    train(o: TrainOptions = {}) {
+      open();
+      const { onProgress, ...plain } = o;
+      return revive(api.train(plain, onProgress ? Comlink.proxy(onProgress) : undefined));
+    },
+    stats: () => (open(), revive(api.stats())),
+    flush: () => (open(), revive(api.flush())),
+    async close() {
+      if (closed) return;
+      await revive(api.close()).finally(stop);
+    },
+    async erase() {
+      open();
+      await revive(api.erase()).finally(stop);
+    },
+  };
+}
