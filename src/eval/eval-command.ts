@@ -33,7 +33,15 @@ export interface EvalCommandOptions {
   [param: string]: unknown;
 }
 
-export function register(program: Command): void {
+/** Where the command writes: JSON lines to `stdout`, progress to `stderr` (swappable for tests). */
+export interface EvalIo {
+  stdout: (line: string) => void;
+  stderr: { isTTY?: boolean; write(s: string): unknown };
+}
+
+const PROCESS_IO: EvalIo = { stdout: (s) => process.stdout.write(s), stderr: process.stderr };
+
+export function register(program: Command, io: EvalIo = PROCESS_IO): void {
   const cmd = program
     .command('eval')
     .description('Evaluate recommenders offline (HR, NDCG, Recall@k, coverage), one JSON line per model on stdout.')
@@ -53,10 +61,7 @@ export function register(program: Command): void {
   for (const [flag, spec] of Object.entries(PARAMS)) cmd.option(`--${flag} <value>`, spec.description, spec.default);
   cmd.action(async (opts: EvalCommandOptions) => {
     const { runEval } = await import('./run-eval.js');
-    await runEval(opts, {
-      stdout: (s) => process.stdout.write(s),
-      stderr: process.stderr,
-    });
+    await runEval(opts, io);
   });
 }
 

@@ -7,6 +7,7 @@ import { DenseEaseModel, SparseEaseModel } from './ease-model.js';
 import type { EvalModel } from './eval-model.js';
 import { CONFIDENCE_KINDS, checkWeighting, type HistoryWeighting } from './history-weighting.js';
 import { ItemKnnModel } from './item-knn-model.js';
+import { LocalrecModel } from './localrec-model.js';
 import { PopularModel } from './popular-model.js';
 
 export interface ParamSpec {
@@ -40,14 +41,23 @@ const bool = (v: string, field: string): boolean => {
 
 /** Every model hyper-parameter, by flag name (without the leading `--`). */
 export const PARAMS: Record<string, ParamSpec> = {
-  'knn-neighbors': { description: 'item-kNN: neighbours kept per item', default: '100', parse: num(1, 1e6, true) },
+  'knn-neighbors': { description: 'item-kNN: neighbours kept per item', default: '20', parse: num(1, 1e6, true) },
   'knn-shrink': { description: 'item-kNN: shrinkage added to the cosine denominator', default: '0', parse: num(0, 1e9) },
   'ease-l2': { description: 'EASE: L2 penalty on the Gram diagonal', default: '100', parse: num(0, 1e12, false, true) },
   'sparse-width': { description: 'sparse-ease: neighbours kept per item (8 bytes each)', default: '32', parse: num(1, 4096, true) },
   'sparse-prune': { description: 'sparse-ease: keep per item its strongest outgoing (row) or incoming (col) weights', default: 'row', parse: oneOf('row', 'col') },
   'sparse-positive': { description: 'sparse-ease: keep only positive weights', default: 'false', parse: bool },
-  recency: { description: 'history weight multiplier per step back in time (1 = off); ease, sparse-ease, localrec', default: '1', parse: num(0, 1, false, true) },
+  recency: { description: 'history weight multiplier per step back in time (1 = off); ease, sparse-ease, localrec', default: '0.5', parse: num(0, 1, false, true) },
   confidence: { description: `history confidence: ${CONFIDENCE_KINDS.join('|')}`, default: 'none', parse: oneOf(...CONFIDENCE_KINDS) },
+  'lr-dim': { description: 'localrec: embedding size (≤ 64)', default: '32', parse: num(1, 64, true) },
+  'lr-epochs': { description: 'localrec: passes over the training examples', default: '4', parse: num(1, 1000, true) },
+  'lr-batch': { description: 'localrec: examples per step', default: '256', parse: num(1, 8192, true) },
+  'lr-negatives': { description: 'localrec: sampled negatives per step', default: '256', parse: num(0, 100000, true) },
+  'lr-rate': { description: 'localrec: Adagrad learning rate', default: '0.1', parse: num(0, 10, false, true) },
+  'lr-l2': { description: 'localrec: L2 penalty on touched rows', default: '0.0001', parse: num(0, 10) },
+  'lr-context': { description: 'localrec: earlier items forming a target’s context', default: '20', parse: num(1, 1000, true) },
+  'lr-temperature': { description: 'localrec: softmax temperature', default: '1', parse: num(0.001, 100) },
+  backend: { description: 'localrec: TensorFlow.js backend, cpu|wasm (wasm lacks UnsortedSegmentSum, which training needs in tfjs 4.22)', default: 'cpu', parse: oneOf('cpu', 'wasm') },
   solver: { description: 'EASE solve: auto|primal (items²)|dual (users²)', default: 'auto', parse: oneOf('auto', 'primal', 'dual') },
 };
 
@@ -81,6 +91,23 @@ export const MODELS: Record<string, ModelEntry> = {
         positiveOnly: p['sparse-positive'] as boolean,
         weighting: weighting(p),
         solver: p.solver as 'auto',
+      }),
+  },
+  localrec: {
+    params: ['lr-dim', 'lr-epochs', 'lr-batch', 'lr-negatives', 'lr-rate', 'lr-l2', 'lr-context', 'lr-temperature', 'backend', 'recency', 'confidence'],
+    create: (p, seed) =>
+      new LocalrecModel({
+        dim: p['lr-dim'] as number,
+        epochs: p['lr-epochs'] as number,
+        batchSize: p['lr-batch'] as number,
+        negatives: p['lr-negatives'] as number,
+        learningRate: p['lr-rate'] as number,
+        l2: p['lr-l2'] as number,
+        maxContext: p['lr-context'] as number,
+        temperature: p['lr-temperature'] as number,
+        backend: p.backend as 'wasm',
+        seed,
+        weighting: weighting(p),
       }),
   },
 };

@@ -1,0 +1,97 @@
+/**
+ * localrec's shipped factor model in the evaluation: item embeddings + bias trained with sampled
+ * softmax (src/model/train.ts) on each user's training history, users scored on the device as
+ * `bias + V·z / temperature` with z the weighted mean of their items' embeddings
+ * (src/model/score.ts). TensorFlow.js is imported only when the model is fitted.
+ */
+import type { ItemTable } from '../model/item-table.js';
+import type { EvalModel } from './eval-model.js';
+import { weightedHistory, type HistoryWeighting } from './history-weighting.js';
+import type { Split } from './split.js';
+
+export interface LocalrecEvalOptions {
+  dim: number;
+  epochs: number;
+  batchSize: number;
+  negatives: number;
+  learningRate: number;
+  l2: number;
+  maxContext: number;
+  temperature: number;
+  backend: 'cpu' | 'wasm';
+  seed: number;
+  weighting: HistoryWeighting;
+}
+
+/**
+ * @example
+ * ```ts
+ * const m = new LocalrecModel({ dim: 32, epochs: 4, ..., backend: 'wasm', seed: 1, weighting });
+ * await m.fit(split, () => {});
+ * ```
+ */
+export class LocalrecModel implements EvalModel {
+  readonly name = 'localrec';
+  private table: ItemTable | undefined;
+  private split: Split | undefined;
+  private userVector: ((t: ItemTable, p: Array<{ row: number; weight: number; action: 'bought'; lastT: number }>) => Float32Array) | undefined;
+  constructor(private readonly o: LocalrecEvalOptions) {}
+
+  get bytesPerItem(): number {
+    return (this.o.dim + 1) * 4;
+  }
+
+  async fit(split: Split, onProgress: (f: number) => void): Promise<void> {
+    this.split = split;
+    const tf = await import('../model/tf.js');
+    if (this.o.backend === 'wasm') await import('@tensorflow/tfjs-backend-wasm');
+    await tf.setBackend(this.o.backend);
+    await tf.ready();
+    const { createItemTable } = await import('../model/item-table.js');
+    const { trainItemTable } = await import('../model/train.js');
+    const score = await import('../model/score.js');
+    this.userVector = score.userVector;
+    const n = split.itemIds.length;
+    const popularity = new Float32Array(n);
+    for (const i of split.train.items) popularity[i]++;
+    const table = createItemTable(split.itemIds, this.o.dim, { seed: this.o.seed, popularity });
+    const { ptr, items } = split.train;
+    const sequences = [];
+    for (let u = 0; u + 1 < ptr.length; u++) {
+      if (ptr[u + 1] - ptr[u] < 2) continue;
+      const rows = items.subarray(ptr[u], ptr[u + 1]);
+      sequences.push({ rows, weights: new Float32Array(rows.length).fill(1) });
+    }
+    await trainItemTable(
+      table,
+      sequences,
+      {
+        epochs: this.o.epochs,
+        batchSize: this.o.batchSize,
+        negatives: this.o.negatives,
+        learningRate: this.o.learningRate,
+        l2: this.o.l2,
+        maxContext: this.o.maxContext,
+        temperature: this.o.temperature,
+        seed: this.o.seed,
+      },
+      (p) => onProgress(p.total ? p.done / p.total : 0),
+    );
+    this.table = table;
+  }
+
+  score(user: number, out: Float32Array): void {
+    const t = this.table!;
+    const h = weightedHistory(this.split!.train, user, this.o.weighting);
+    const profile = Array.from(h.items, (row, e) => ({ row, weight: h.weights[e], action: 'bought' as const, lastT: 0 }));
+    const z = this.userVector!(t, profile);
+    const d = t.dim;
+    const inv = 1 / this.o.temperature;
+    // Same formula as Scorer.topK, in plain JS: one tensor round trip per user would dominate here.
+    for (let j = 0; j < t.itemIds.length; j++) {
+      let s = 0;
+      for (let k = 0; k < d; k++) s += t.factors[j * d + k] * z[k];
+      out[j] = t.bias[j] + s * inv;
+    }
+  }
+}

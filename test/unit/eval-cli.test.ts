@@ -1,0 +1,87 @@
+import assert from 'node:assert/strict';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { Command } from 'commander';
+import { isValidationError } from '../../src/errors.js';
+import { register, type EvalCommandOptions } from '../../src/eval/eval-command.js';
+import { planModels } from '../../src/eval/model-registry.js';
+import { runEval } from '../../src/eval/run-eval.js';
+import type { EvalResult } from '../../src/eval/runner.js';
+
+const dir = mkdtempSync(join(tmpdir(), 'localrec-cli-'));
+const write = (name: string, body: string) => {
+  const p = join(dir, name);
+  writeFileSync(p, body);
+  return p;
+};
+const TRAIN = write('train.txt', ['u1 a b c', 'u2 a b', 'u3 b c d', 'u4 c d', 'u5 a b d', 'u6 a c'].join('\n'));
+const TEST = write('test.txt', ['u2 c', 'u4 b', 'u6 b'].join('\n'));
+const EVENTS = write(
+  'events.csv',
+  ['user,item,t,qty', ...['1', '2', '3', '4', '5', '6'].flatMap((u, k) => ['a', 'b', 'c', 'd'].slice(0, 3 + (k % 2)).map((i, p) => `${u},${i},${p},${p + 1}`)), '7,a,0,-1'].join('\n'),
+);
+
+const base = (o: Partial<EvalCommandOptions>): EvalCommandOptions => ({ format: 'csv', filter: [], k: '10', seed: '1', models: 'popular', ...o });
+async function run(o: Partial<EvalCommandOptions>): Promise<{ results: EvalResult[]; lines: string[]; stderr: string }> {
+  const lines: string[] = [];
+  let stderr = '';
+  const results = await runEval(base(o), { stdout: (s) => lines.push(s), stderr: { isTTY: false, write: (s: string) => (stderr += s) } });
+  return { results, lines, stderr };
+}
+
+test('lines format, given protocol: one JSON line per model with every field', async () => {
+  const { lines, stderr } = await run({ format: 'lines', train: TRAIN, test: TEST, models: 'popular,itemknn,sparse-ease:sparse-width=2:ease-l2=1', k: '2' });
+  assert.equal(lines.length, 3);
+  const rows = lines.map((l) => JSON.parse(l) as EvalResult);
+  assert.deepEqual(rows.map((r) => r.model), ['popular', 'itemknn', 'sparse-ease:sparse-width=2:ease-l2=1']);
+  for (const r of rows) {
+    for (const key of ['model', 'data', 'users', 'items', 'testUsers', 'k', 'hr', 'ndcg', 'recall', 'coverage', 'ms', 'bytesPerItem']) assert.ok(key in r, key);
+    assert.equal(r.testUsers, 3);
+    assert.equal(r.items, 4);
+    assert.equal(r.k, 2);
+    assert.equal(r.data, 'train.txt');
+  }
+  assert.deepEqual(rows[2].params, { 'ease-l2': 1, 'sparse-width': 2, 'sparse-prune': 'row', 'sparse-positive': false, recency: 0.5, confidence: 'none', solver: 'auto' });
+  assert.equal(rows[2].bytesPerItem, 12);
+  // Not a terminal: plain progress lines, no carriage returns.
+  assert.match(stderr, /train\.txt: 6 users, 4 items/);
+  assert.doesNotMatch(stderr, /\r/);
+});
+
+test('csv format with filter and weight: loo split counts', async () => {
+  const { results } = await run({ data: EVENTS, user: 'user', item: 'item', time: 't', weight: 'qty', filter: ['qty>0'] });
+  assert.equal(results[0].users, 6); // user 7 filtered out
+  assert.equal(results[0].testUsers, 6);
+});
+
+test('option errors name the option and the allowed values', async () => {
+  const fails = async (o: Partial<EvalCommandOptions>, field: string, re: RegExp) =>
+    assert.rejects(run(o), (e: unknown) => isValidationError(e) && e.field === field && re.test(e.message), `${field} ${re}`);
+  await fails({ format: 'xml' }, '--format', /retail, csv, lines/);
+  await fails({ format: 'lines', train: TRAIN }, '--test', /required/);
+  await fails({ format: 'lines', train: TRAIN, test: TEST, protocol: 'loo' }, '--protocol', /only 'given'/);
+  await fails({ data: EVENTS }, '--user', /required/);
+  await fails({ data: EVENTS, user: 'user', item: 'item', k: '0' }, '--k', /positive integer/);
+  await fails({ data: EVENTS, user: 'user', item: 'item', models: 'popular,svd' }, 'options.models', /allowed: popular, itemknn/);
+  await fails({ data: EVENTS, user: 'user', item: 'itm' }, 'options.item', /header: user, item, t, qty/);
+  await fails({ data: join(dir, 'missing.csv'), user: 'u', item: 'i' }, 'options.data', /ENOENT/);
+  assert.throws(() => planModels('sparse-ease:width=3', {}), (e: unknown) => isValidationError(e) && /PARAM one of ease-l2, sparse-width/.test(e.message));
+  assert.throws(() => planModels('sparse-ease', { 'sparse-prune': 'diag' }), (e: unknown) => isValidationError(e) && e.field === '--sparse-prune' && /row, col/.test(e.message));
+  assert.throws(() => planModels('ease', { recency: '0' }), (e: unknown) => isValidationError(e) && e.field === '--recency');
+});
+
+test('commander: flags reach the models, --filter repeats', async () => {
+  const program = new Command().exitOverride();
+  const out: string[] = [];
+  register(program, { stdout: (s) => out.push(s), stderr: { write: () => true } });
+  await program.parseAsync(
+    ['eval', '--data', EVENTS, '--user', 'user', '--item', 'item', '--time', 't', '--filter', 'qty>0', '--filter', 'item!=d', '--models', 'itemknn', '--knn-neighbors', '1', '--k', '3'],
+    { from: 'user' },
+  );
+  const r = JSON.parse(out.join('')) as EvalResult;
+  assert.equal(r.items, 3); // item d filtered
+  assert.deepEqual(r.params, { 'knn-neighbors': 1, 'knn-shrink': 0 });
+  assert.equal(r.k, 3);
+});
