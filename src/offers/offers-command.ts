@@ -5,7 +5,7 @@
 import type { Command } from 'commander';
 import { ValidationError } from '../errors.js';
 
-const GRANULARITIES = ['groups', 'categories'] as const;
+const GRANULARITIES = ['items', 'groups', 'categories'] as const;
 
 export function register(program: Command): void {
   const offers = program.command('offers').description('Make signing keys and sign offer catalogs (ECDSA P-256).');
@@ -49,8 +49,8 @@ export function register(program: Command): void {
     .requiredOption('--data <file>', 'online-retail.csv.gz (or .csv)')
     .option('--k <n>', 'offers shown before each basket (1–20)', '2')
     .option('--seed <n>', 'seed for exploration and the random policy', '1')
-    .option('--granularity <g>', `offer scope: ${GRANULARITIES.join(' | ')}`, 'groups')
-    .option('--groups <n>', 'how many product groups get an offer (granularity groups)', '200')
+    .option('--granularity <g>', `offer scope: ${GRANULARITIES.join(' | ')}`, 'items')
+    .option('--groups <n>', 'how many products or product groups get an offer (granularity items or groups)', '200')
     .option('--percent <n>', 'percent off the in-scope spend', '10')
     .option('--exploration <x>', 'exploration share of the personalized policy, 0–1', '0.1')
     .action(async (o: { data: string; k: string; seed: string; granularity: string; groups: string; percent: string; exploration: string }) => {

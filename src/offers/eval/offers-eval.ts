@@ -21,7 +21,7 @@ import { indexProducts, type ProductIndex } from '../product-index.js';
 import type { Offer, OfferCatalog } from '../types.js';
 import type { Basket, RetailData } from './retail-data.js';
 
-export type OfferGranularity = 'groups' | 'categories';
+export type OfferGranularity = 'items' | 'groups' | 'categories';
 export const POLICIES = ['personalized', 'one-size-fits-all', 'random'] as const;
 export type PolicyName = (typeof POLICIES)[number];
 
@@ -29,9 +29,12 @@ export interface OffersEvalOptions {
   /** Offers shown before each basket. */
   k: number;
   seed: number;
-  /** `groups`: one offer per popular product group (stock-code stem: all colours/sizes of a product); `categories`: one per derived category. */
+  /**
+   * `items`: one offer per popular product (stock code); `groups`: one per popular product group
+   * (stock-code stem: all colours/sizes of a product); `categories`: one per derived category.
+   */
   granularity: OfferGranularity;
-  /** How many product groups get an offer (most-bought first), for `groups`. */
+  /** How many products or product groups get an offer (most-bought first), for `items` and `groups`. */
   groups: number;
   /** Percent off the in-scope spend. */
   percent: number;
@@ -45,7 +48,7 @@ export interface OffersEvalOptions {
 export const DEFAULT_EVAL_OPTIONS: OffersEvalOptions = {
   k: 2,
   seed: 1,
-  granularity: 'groups',
+  granularity: 'items',
   groups: 200,
   percent: 10,
   exploration: 0.1,
@@ -95,7 +98,8 @@ export function buildRetailOffers(data: RetailData, opts: Pick<OffersEvalOptions
   const keyOf = (id: string): string | undefined => {
     const item = items.get(id);
     if (!item || NO_OFFER.has(item.category ?? 'other')) return undefined;
-    return opts.granularity === 'categories' ? `cat-${item.category}` : `grp-${/^\d+/.exec(id)?.[0] ?? id}`;
+    if (opts.granularity === 'categories') return `cat-${item.category}`;
+    return opts.granularity === 'items' ? `itm-${id}` : `grp-${/^\d+/.exec(id)?.[0] ?? id}`;
   };
   const baskets = new Map<string, number>();
   const spend = new Map<string, number>();
@@ -116,9 +120,10 @@ export function buildRetailOffers(data: RetailData, opts: Pick<OffersEvalOptions
     }
   }
   let keys = [...baskets.keys()].sort((a, b) => baskets.get(b)! - baskets.get(a)! || (a < b ? -1 : 1));
-  if (opts.granularity === 'groups') keys = keys.slice(0, opts.groups);
+  if (opts.granularity !== 'categories') keys = keys.slice(0, opts.groups);
   const offerOfItem = new Map<string, string>();
   const offers: Offer[] = keys.map((key) => {
+    const typicalSpend = round2(spend.get(key)! / baskets.get(key)!);
     const ids = [...members.get(key)!.keys()].sort();
     for (const id of ids) offerOfItem.set(id, key);
     const name =
@@ -128,11 +133,13 @@ export function buildRetailOffers(data: RetailData, opts: Pick<OffersEvalOptions
     return {
       id: key,
       title: `${opts.percent}% off ${name}`,
-      discount: { kind: 'percent', percent: opts.percent },
+      // "10% off, up to £X": the ceiling is the discount on a typical order, so one wholesale-sized
+      // basket cannot take a discount many times the offer's typical cost.
+      discount: { kind: 'percent', percent: opts.percent, maxAmount: Math.max(0.01, round2((opts.percent / 100) * typicalSpend)) },
       scope: opts.granularity === 'categories' ? { kind: 'categories', categories: [key.slice(4)] } : { kind: 'items', itemIds: ids },
       minBasket: MIN_BASKET,
       limits: { maxRedemptions: 50, coolDownHours: 24 },
-      hints: { margin: MARGIN, typicalSpend: round2(spend.get(key)! / baskets.get(key)!) },
+      hints: { margin: MARGIN, typicalSpend },
     };
   });
   return { catalog: { version: 1, issuedAt: data.baskets[0]?.t ?? 0, currency: 'GBP', offers }, offerOfItem };
@@ -141,6 +148,8 @@ export function buildRetailOffers(data: RetailData, opts: Pick<OffersEvalOptions
 interface CustomerState {
   purchases: StoredEvent[];
   baskets: Array<{ t: number; offers: ReadonlySet<string>; categories: ReadonlySet<string> }>;
+  /** Every offer scope the customer has bought from. */
+  bought: Set<string>;
   /** Offer impressions/redemptions per policy: each policy's caps see only its own history. */
   offerEvents: Record<PolicyName, StoredEvent[]>;
 }
@@ -153,9 +162,17 @@ class GlobalSignal {
   readonly fromCategory = new Map<string, number>();
   readonly categoryToOffer = new Map<string, Map<string, number>>();
 
-  learn(offers: ReadonlySet<string>, previous: { categories: ReadonlySet<string> } | undefined): void {
+  /** For customers who had bought an offer's scope before: how often the next basket had it again. */
+  readonly repeatTries = new Map<string, number>();
+  readonly repeatHits = new Map<string, number>();
+
+  learn(offers: ReadonlySet<string>, previous: { categories: ReadonlySet<string> } | undefined, boughtBefore: ReadonlySet<string>): void {
     this.basketsSeen++;
     for (const o of offers) this.popularity.set(o, (this.popularity.get(o) ?? 0) + 1);
+    for (const o of boughtBefore) {
+      this.repeatTries.set(o, (this.repeatTries.get(o) ?? 0) + 1);
+      if (offers.has(o)) this.repeatHits.set(o, (this.repeatHits.get(o) ?? 0) + 1);
+    }
     if (!previous) return;
     for (const c of previous.categories) {
       this.fromCategory.set(c, (this.fromCategory.get(c) ?? 0) + 1);
@@ -163,6 +180,11 @@ class GlobalSignal {
       if (!m) this.categoryToOffer.set(c, (m = new Map()));
       for (const o of offers) m.set(o, (m.get(o) ?? 0) + 1);
     }
+  }
+
+  /** P(scope in the next basket | the customer bought it before), with a weak Beta(1, 3) prior. */
+  repeatRate(offerId: string): number {
+    return ((this.repeatHits.get(offerId) ?? 0) + 1) / ((this.repeatTries.get(offerId) ?? 0) + 4);
   }
 
   popularityOf(offerId: string): number {
@@ -185,11 +207,14 @@ class GlobalSignal {
 
 /**
  * The personalized affinity before a basket: a time-decayed share of the customer's own earlier
- * baskets containing the offer's scope, shrunk toward the global transition estimate from their
- * last basket (or toward global popularity for a first basket). Uses nothing at or after `now`.
+ * baskets containing the offer's scope, shrunk toward a global estimate learned from other
+ * customers' earlier baskets: the scope's repeat rate when the customer bought it before, else the
+ * transition estimate from the categories of their last basket (global popularity for a first
+ * basket). Uses nothing at or after `now`.
  */
 function personalAffinity(state: CustomerState | undefined, global: GlobalSignal, now: number, halfLifeDays: number): (offer: Offer) => number {
-  const PRIOR_BASKETS = 1;
+  // How many baskets' worth the global estimate counts for against the customer's own history.
+  const PRIOR_BASKETS = 0.5;
   if (!state || state.baskets.length === 0) return (offer) => global.popularityOf(offer.id);
   const own = new Map<string, number>();
   let weight = 0;
@@ -200,7 +225,7 @@ function personalAffinity(state: CustomerState | undefined, global: GlobalSignal
   }
   const last = state.baskets[state.baskets.length - 1]!.categories;
   return (offer) => {
-    const prior = global.transition(offer.id, last) ?? global.popularityOf(offer.id);
+    const prior = state.bought.has(offer.id) ? global.repeatRate(offer.id) : (global.transition(offer.id, last) ?? global.popularityOf(offer.id));
     return ((own.get(offer.id) ?? 0) + PRIOR_BASKETS * prior) / (weight + PRIOR_BASKETS);
   };
 }
@@ -228,7 +253,7 @@ export function runOffersEval(data: RetailData, opts: OffersEvalOptions): Policy
   data.baskets.forEach((basket, index) => {
     if (index % 2000 === 0) opts.onProgress?.(index, data.baskets.length);
     let state = customers.get(basket.customerId);
-    if (!state) customers.set(basket.customerId, (state = { purchases: [], baskets: [], offerEvents: { personalized: [], 'one-size-fits-all': [], random: [] } }));
+    if (!state) customers.set(basket.customerId, (state = { purchases: [], baskets: [], bought: new Set(), offerEvents: { personalized: [], 'one-size-fits-all': [], random: [] } }));
     const now = basket.t - 1;
     const repeat = state.baskets.length > 0;
     for (const policy of POLICIES) {
@@ -273,8 +298,9 @@ export function runOffersEval(data: RetailData, opts: OffersEvalOptions): Policy
       categories.add(category.get(l.itemId) ?? 'other');
       state.purchases.push({ t: basket.t, type: 'purchase', itemId: l.itemId, quantity: l.quantity, price: l.price });
     }
-    global.learn(offers, state.baskets[state.baskets.length - 1]);
+    global.learn(offers, state.baskets[state.baskets.length - 1], state.bought);
     state.baskets.push({ t: basket.t, offers, categories });
+    for (const o of offers) state.bought.add(o);
   });
   opts.onProgress?.(data.baskets.length, data.baskets.length);
 
