@@ -43,6 +43,10 @@ export interface OffersEvalOptions {
   /** Half-life, in days, of a past basket's weight in the customer's own affinity. */
   halfLifeDays: number;
   onProgress?: (done: number, total: number) => void;
+  /** Use this catalog instead of building one from the data (tests hold it fixed while changing baskets). */
+  offers?: RetailOffers;
+  /** Called for every basket and policy with what was shown before it and whether it hit (for tests and traces). */
+  onDecision?: (d: { index: number; customerId: string; policy: PolicyName; shown: string[]; redeemed?: string }) => void;
 }
 
 export const DEFAULT_EVAL_OPTIONS: OffersEvalOptions = {
@@ -240,7 +244,7 @@ function personalAffinity(state: CustomerState | undefined, global: GlobalSignal
  * ```
  */
 export function runOffersEval(data: RetailData, opts: OffersEvalOptions): PolicyResult[] {
-  const { catalog, offerOfItem } = buildRetailOffers(data, opts);
+  const { catalog, offerOfItem } = opts.offers ?? buildRetailOffers(data, opts);
   const products = indexProducts(data.items);
   const category = new Map<string, string>(data.items.map((i: CatalogItem) => [i.id, i.category ?? 'other']));
   const global = new GlobalSignal();
@@ -281,6 +285,7 @@ export function runOffersEval(data: RetailData, opts: OffersEvalOptions): Policy
         if (s.explore) t.explored++;
       }
       t.impressions += shown.length;
+      opts.onDecision?.({ index, customerId: basket.customerId, policy, shown: shown.map((s) => s.offerId), ...(redeemed ? { redeemed: redeemed.offerId } : {}) });
       if (repeat) t.repeatBaskets++;
       if (redeemed) {
         state.offerEvents[policy].push({ t: basket.t, type: 'offer_redeemed', offerId: redeemed.offerId });

@@ -1,0 +1,131 @@
+import assert from 'node:assert/strict';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, test } from 'node:test';
+import { gzipSync } from 'node:zlib';
+import { buildRetailOffers, DEFAULT_EVAL_OPTIONS, runOffersEval, type PolicyName } from '../../src/offers/eval/offers-eval.js';
+import { loadRetailData, type Basket, type RetailData } from '../../src/offers/eval/retail-data.js';
+
+const DAY = 86_400_000;
+const items: RetailData['items'] = [
+  { id: '100', title: 'RED MUG', category: 'mug', price: 2 },
+  { id: '200', title: 'JUMBO BAG', category: 'bag', price: 2 },
+  { id: '300', title: 'VANILLA CANDLE', category: 'candle', price: 5 },
+  { id: '400', title: 'BIRTHDAY CARD', category: 'card', price: 1 },
+  { id: 'POST', title: 'POSTAGE', category: 'service', price: 18 },
+];
+let invoice = 0;
+const basket = (customerId: string, day: number, lines: Array<[string, number]>): Basket => ({
+  invoice: String(++invoice),
+  customerId,
+  t: day * DAY,
+  lines: lines.map(([itemId, quantity]) => ({ itemId, quantity, price: items.find((i) => i.id === itemId)!.price! })),
+});
+/** Everyone buys bags; customer "mug" keeps buying mugs, customer "candle" keeps buying candles. */
+function data(): RetailData {
+  const baskets: Basket[] = [];
+  for (let d = 0; d < 30; d++) {
+    baskets.push(basket(`b${d}`, d, [['200', 10], ['POST', 1]]));
+    if (d % 3 === 0) baskets.push(basket('mug', d, [['100', 12]]));
+    if (d % 3 === 1) baskets.push(basket('candle', d, [['300', 4]]));
+  }
+  return { baskets, items, rows: { read: 0, kept: 0 } };
+}
+const opts = { ...DEFAULT_EVAL_OPTIONS, k: 1, exploration: 0, groups: 10 };
+
+describe('offers-eval', () => {
+  test('catalog: one offer per product with the data prices; postage gets none', () => {
+    const { catalog, offerOfItem } = buildRetailOffers(data(), { granularity: 'items', groups: 10, percent: 10 });
+    assert.deepEqual(catalog.offers.map((o) => o.id).sort(), ['itm-100', 'itm-200', 'itm-300']);
+    const mug = catalog.offers.find((o) => o.id === 'itm-100')!;
+    assert.deepEqual(mug.scope, { kind: 'items', itemIds: ['100'] });
+    assert.equal(mug.hints?.typicalSpend, 24); // 12 × £2 in every mug basket
+    assert.deepEqual(mug.discount, { kind: 'percent', percent: 10, maxAmount: 2.4 });
+    assert.equal(offerOfItem.get('POST'), undefined);
+    const cats = buildRetailOffers(data(), { granularity: 'categories', groups: 10, percent: 10 }).catalog;
+    assert.deepEqual(cats.offers.map((o) => o.scope), [{ kind: 'categories', categories: ['bag'] }, { kind: 'categories', categories: ['candle'] }, { kind: 'categories', categories: ['mug'] }]);
+  });
+
+  test('personalized shows each customer their own product; one-size-fits-all shows bags to everyone', () => {
+    const shownTo = new Map<string, Set<string>>();
+    const results = runOffersEval(data(), {
+      ...opts,
+      onDecision: (d) => {
+        if (d.policy !== 'personalized' || d.index < 5) return;
+        const s = shownTo.get(d.customerId) ?? new Set();
+        d.shown.forEach((o) => s.add(o));
+        shownTo.set(d.customerId, s);
+      },
+    });
+    assert.deepEqual([...shownTo.get('mug')!], ['itm-100']);
+    assert.deepEqual([...shownTo.get('candle')!], ['itm-300']);
+    const by = Object.fromEntries(results.map((r) => [r.policy, r])) as Record<PolicyName, (typeof results)[number]>;
+    assert.ok(by.personalized.hitRate > by['one-size-fits-all'].hitRate);
+    assert.equal(by['one-size-fits-all'].offersShown[0]!.offerId, 'itm-200');
+    // A mug hit costs 10% of £24 = £2.40, a bag hit 10% of £20 = £2: the per-hit figure is their mean.
+    assert.ok(by.personalized.discountPerHit >= 2 && by.personalized.discountPerHit <= 2.4);
+    assert.ok(Math.abs(by.personalized.discountSpent / by.personalized.hits - by.personalized.discountPerHit) < 0.005);
+  });
+
+  test('no look-ahead: changing the future changes no earlier decision', () => {
+    // The published catalog (and its prices) is held fixed: only the customers' baskets change.
+    const offers = buildRetailOffers(data(), { granularity: 'items', groups: 10, percent: 10 });
+    const trace = (d: RetailData) => {
+      const out: string[] = [];
+      runOffersEval(d, { ...opts, offers, exploration: 0.3, onDecision: (x) => out.push(`${x.index}:${x.policy}:${x.shown.join(',')}`) });
+      return out;
+    };
+    const original = data();
+    const cut = 40;
+    const altered: RetailData = {
+      ...original,
+      baskets: original.baskets.map((b, i) => (i < cut ? b : { ...b, lines: [{ itemId: '300', quantity: 50, price: 5 }, { itemId: '100', quantity: 99, price: 2 }] })),
+    };
+    const a = trace(original);
+    const b = trace(altered);
+    const before = (xs: string[]) => xs.filter((x) => Number(x.split(':')[0]) <= cut);
+    assert.deepEqual(before(b), before(a), 'decisions up to and including basket `cut` only use earlier baskets');
+    assert.notDeepEqual(b, a, 'the altered future does change later decisions');
+  });
+
+  test('the same seed reproduces the whole replay', () => {
+    const run = () => runOffersEval(data(), { ...opts, exploration: 0.3, seed: 9 });
+    assert.deepEqual(run(), run());
+  });
+});
+
+describe('loadRetailData', () => {
+  test('keeps customer rows with positive quantity and non-cancelled invoices; reads both header styles', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'offers-eval-'));
+    try {
+      const shared = join(dir, 'shared.csv.gz');
+      await writeFile(
+        shared,
+        gzipSync(
+          [
+            'invoice,stock_code,description,quantity,timestamp,unit_price,customer_id,country',
+            '1,85123A,WHITE HANGING HEART T-LIGHT HOLDER,6,1291191960,2.55,17850,United Kingdom',
+            '1,22423,REGENCY CAKESTAND 3 TIER,2,1291191960,12.75,17850,United Kingdom',
+            'C2,22423,REGENCY CAKESTAND 3 TIER,-1,1291191970,12.75,17850,United Kingdom',
+            '3,22423,REGENCY CAKESTAND 3 TIER,0,1291191980,12.75,17850,United Kingdom',
+            '4,22423,REGENCY CAKESTAND 3 TIER,1,1291191990,12.75,,United Kingdom',
+            '5,"85099B","JUMBO BAG RED RETROSPOT, LARGE",10,1291190000,1.95,13047,United Kingdom',
+          ].join('\n'),
+        ),
+      );
+      const d = await loadRetailData(shared);
+      assert.deepEqual(d.rows, { read: 6, kept: 3 });
+      assert.deepEqual(d.baskets.map((b) => [b.invoice, b.customerId, b.lines.length]), [['5', '13047', 1], ['1', '17850', 2]]);
+      assert.equal(d.items.find((i) => i.id === '85099B')?.category, 'bag');
+      assert.equal(d.items.find((i) => i.id === '85123A')?.category, 'candle');
+
+      const uci = join(dir, 'uci.csv');
+      await writeFile(uci, ['InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID,Country', '536365,71053,WHITE METAL LANTERN,6,2010-12-01T08:26:00Z,3.39,17850.0,United Kingdom'].join('\n'));
+      const u = await loadRetailData(uci);
+      assert.deepEqual(u.baskets, [{ invoice: '536365', customerId: '17850', t: Date.parse('2010-12-01T08:26:00Z'), lines: [{ itemId: '71053', quantity: 6, price: 3.39 }] }]);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});
