@@ -17,6 +17,7 @@ program
 const registrations: Array<Promise<{ register(p: Command): void }>> = [
   import('./eval/eval-command.js'),
   import('./server/serve-command.js'),
+  import('./offers/offers-command.js'),
 ];
 
 export async function main(argv = process.argv): Promise<void> {
