@@ -1,0 +1,68 @@
+/**
+ * `npm start`: builds the SDK when dist/ is missing or older than src/, then serves the demo shop
+ * and the aggregation server on one localhost address (default http://127.0.0.1:8787; PORT overrides).
+ */
+import { spawnSync } from 'node:child_process';
+import { existsSync, readdirSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { ROOT, startShop } from './shop-server.mjs';
+
+/** Newest modification time of any file under `dir`, in ms. */
+function newest(dir) {
+  let t = 0;
+  for (const e of readdirSync(dir, { withFileTypes: true })) {
+    const p = join(dir, e.name);
+    t = Math.max(t, e.isDirectory() ? newest(p) : statSync(p).mtimeMs);
+  }
+  return t;
+}
+
+function needsBuild() {
+  const outputs = ['index.js', 'worker.js', 'node.js'].map((f) => join(ROOT, 'dist', f));
+  if (outputs.some((f) => !existsSync(f))) return 'dist/ is missing';
+  const built = Math.min(...outputs.map((f) => statSync(f).mtimeMs));
+  return newest(join(ROOT, 'src')) > built ? 'src/ changed since the last build' : null;
+}
+
+const why = needsBuild();
+if (why) {
+  process.stdout.write(`${why}: running npm run build …\n`);
+  const r = spawnSync('npm', ['run', 'build'], { cwd: ROOT, stdio: 'inherit', shell: process.platform === 'win32' });
+  if (r.status !== 0) {
+    process.stderr.write('npm run build failed; see above.\n');
+    process.exit(r.status ?? 1);
+  }
+}
+
+const port = process.env.PORT === undefined ? 8787 : Number(process.env.PORT);
+if (!Number.isInteger(port) || port < 0 || port > 65535) {
+  process.stderr.write(`PORT must be a port number, got '${process.env.PORT}'\n`);
+  process.exit(1);
+}
+
+let shop;
+try {
+  shop = await startShop({ port });
+} catch (e) {
+  if (e?.code === 'EADDRINUSE') process.stderr.write(`port ${port} is in use; try PORT=8788 npm start\n`);
+  else process.stderr.write(`${e?.stack ?? e}\n`);
+  process.exit(1);
+}
+
+process.stdout.write(`\n  localrec demo shop:  ${shop.url}/\n  federated API:       ${shop.url}/v1/health\n  model store:         .data/shop (SQLite)\n\n  Ctrl-C to stop.\n\n`);
+
+let stopping = false;
+const stop = () => {
+  if (stopping) process.exit(1); // a second Ctrl-C does not wait
+  stopping = true;
+  process.stdout.write('stopping …\n');
+  shop.close().then(
+    () => process.exit(0),
+    (e) => {
+      process.stderr.write(`${e?.stack ?? e}\n`);
+      process.exit(1);
+    },
+  );
+};
+process.on('SIGINT', stop);
+process.on('SIGTERM', stop);
