@@ -55,8 +55,14 @@ export const workerApi = {
   },
   recommend: (o?: RecommendOptions) => ready().recommend(o),
   similar: (id: string, o?: SimilarOptions) => ready().similar(id, o),
-  train: (o: Omit<TrainOptions, 'onProgress'> = {}, onProgress?: (p: Progress) => void) =>
-    ready().train({ ...o, onProgress: onProgress ? (p) => void onProgress(p) : undefined }),
+  async train(o: Omit<TrainOptions, 'onProgress'> = {}, onProgress?: (p: Progress) => unknown) {
+    // Progress goes over the callback proxy's own port, not the one the result uses. Awaiting the
+    // last call before returning means the page has seen every report when train() resolves.
+    let last: unknown;
+    const result = await ready().train({ ...o, onProgress: onProgress ? (p) => void (last = onProgress(p)) : undefined });
+    await last;
+    return result;
+  },
   stats: () => ready().stats(),
   flush: () => ready().flush(),
   async close(): Promise<void> {

@@ -16,6 +16,17 @@ export const EVENT_TYPES: readonly EventType[] = [
 ];
 
 const ITEM_EVENTS = new Set<EventType>(['view', 'add_to_cart', 'remove_from_cart', 'purchase', 'rating']);
+/** Fields each kind of event may carry besides `type` and `t`. */
+const FIELDS: Record<EventType, readonly string[]> = {
+  view: ['itemId'],
+  search: ['query', 'itemId'],
+  add_to_cart: ['itemId', 'quantity'],
+  remove_from_cart: ['itemId', 'quantity'],
+  purchase: ['itemId', 'quantity', 'price'],
+  rating: ['itemId', 'value'],
+  offer_impression: ['offerId'],
+  offer_redeemed: ['offerId'],
+};
 const MAX_ID = 256;
 const MAX_QUERY = 512;
 // Timestamps before 2000 or more than a day ahead are almost always unit mistakes (seconds vs ms).
@@ -65,13 +76,17 @@ export function validateEvent(input: unknown, now: number = Date.now()): StoredE
   if (!EVENT_TYPES.includes(type)) {
     throw new ValidationError('event.type', `must be one of ${EVENT_TYPES.join(', ')}; got ${describe(e.type)}`);
   }
+  // Unknown fields are refused first, rather than dropped: a typo like `itemID` must not silently
+  // store an event without its item, and naming the typo is the most useful message.
+  const allowed = FIELDS[type];
+  for (const k of Object.keys(e)) {
+    if (k !== 'type' && k !== 't' && !allowed.includes(k)) {
+      throw new ValidationError(`event.${k}`, `is not a field of '${type}' events (allowed: type, t, ${allowed.join(', ')})`);
+    }
+  }
   const t = e.t === undefined ? now : num(e.t, 'event.t', MIN_T, now + FUTURE_SLACK_MS);
   const out: StoredEvent = { t, type };
-  const known = new Set(['type', 't']);
-  if (ITEM_EVENTS.has(type)) {
-    out.itemId = id(e.itemId, 'event.itemId');
-    known.add('itemId');
-  }
+  if (ITEM_EVENTS.has(type)) out.itemId = id(e.itemId, 'event.itemId');
   switch (type) {
     case 'search': {
       if (typeof e.query !== 'string') throw new ValidationError('event.query', `must be a string, got ${describe(e.query)}`);
@@ -81,35 +96,25 @@ export function validateEvent(input: unknown, now: number = Date.now()): StoredE
       }
       out.query = q;
       if (e.itemId !== undefined) out.itemId = id(e.itemId, 'event.itemId');
-      known.add('query').add('itemId');
       break;
     }
     case 'add_to_cart':
     case 'remove_from_cart':
       if (e.quantity !== undefined) out.quantity = num(e.quantity, 'event.quantity', 1, 1e6, true);
-      known.add('quantity');
       break;
     case 'purchase':
       if (e.quantity !== undefined) out.quantity = num(e.quantity, 'event.quantity', 1, 1e6, true);
       if (e.price !== undefined) out.price = num(e.price, 'event.price', 0, 1e9);
-      known.add('quantity').add('price');
       break;
     case 'rating':
       out.value = num(e.value, 'event.value', 0, 5);
-      known.add('value');
       break;
     case 'offer_impression':
     case 'offer_redeemed':
       out.offerId = id(e.offerId, 'event.offerId');
-      known.add('offerId');
       break;
     default:
       break;
-  }
-  // Unknown fields are refused rather than dropped: a typo like `itemID` must not silently store
-  // an event without its item.
-  for (const k of Object.keys(e)) {
-    if (!known.has(k)) throw new ValidationError(`event.${k}`, `is not a field of '${type}' events`);
   }
   return out;
 }

@@ -1,0 +1,154 @@
+/**
+ * The on-device loop in real Chromium: the built bundle, a real module Worker, real IndexedDB,
+ * training on the WASM and WebGPU (SwiftShader here) backends.
+ */
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import type { Browser, Page } from 'playwright-core';
+import { launch, openPage, serveRepo, type StaticServer } from './harness.js';
+
+let server: StaticServer;
+let browser: Browser;
+
+before(async () => {
+  server = await serveRepo();
+  browser = await launch();
+});
+after(async () => {
+  await browser?.close();
+  await server?.close();
+});
+
+const CATALOG = {
+  items: Array.from({ length: 60 }, (_, i) => ({
+    id: `sku-${i}`,
+    title: `Item ${i}`,
+    category: i % 2 ? 'mugs' : 'bags',
+    price: 2 + i,
+    popularity: 60 - i,
+  })),
+};
+
+async function sdkPage(): Promise<Page> {
+  const page = await openPage(browser, `${server.url}/test/browser/pages/sdk.html`);
+  await page.waitForFunction(() => (window as any).ready === true);
+  return page;
+}
+
+describe('SDK in Chromium', () => {
+  it('stores tracked events in IndexedDB from a worker, keeps them and the weights across a reload', async () => {
+    const page = await sdkPage();
+    const result = await page.evaluate(async (catalog) => {
+      const { createRecommender } = (window as any).localrec;
+      const rec = await createRecommender({ catalog, backend: 'wasm', dbName: 'reload-test', autoTrainEvery: 0 });
+      for (let i = 0; i < 12; i++) rec.track({ type: 'view', itemId: `sku-${i % 6}` });
+      rec.track({ type: 'purchase', itemId: 'sku-3', quantity: 2, price: 5 });
+      await rec.flush();
+      const trained = await rec.train({ epochs: 3 });
+      const recs = await rec.recommend({ k: 5 });
+      const stats = await rec.stats();
+      await rec.close();
+      // What the page can see of IndexedDB directly, without the SDK.
+      const dbs = await indexedDB.databases();
+      return { trained, recs, stats, dbs: dbs.map((d: IDBDatabaseInfo) => d.name) };
+    }, CATALOG);
+    assert.equal(result.stats.events.total, 13);
+    assert.equal(result.stats.events.byType.view, 12);
+    assert.equal(result.stats.storage, 'indexeddb');
+    assert.equal(result.stats.backend, 'wasm');
+    assert.ok(result.dbs.includes('reload-test'));
+    assert.ok(result.trained.steps > 0);
+    assert.equal(result.recs.length, 5);
+    for (const r of result.recs) assert.ok(!['sku-0', 'sku-1', 'sku-2', 'sku-3', 'sku-4', 'sku-5'].includes(r.itemId), 'seen items are excluded');
+
+    await page.reload();
+    await page.waitForFunction(() => (window as any).ready === true);
+    const again = await page.evaluate(async (catalog) => {
+      const { createRecommender } = (window as any).localrec;
+      const rec = await createRecommender({ catalog, backend: 'wasm', dbName: 'reload-test', autoTrainEvery: 0 });
+      const stats = await rec.stats();
+      const recs = await rec.recommend({ k: 5 });
+      await rec.erase();
+      return { stats, recs, dbs: (await indexedDB.databases()).map((d: IDBDatabaseInfo) => d.name) };
+    }, CATALOG);
+    assert.equal(again.stats.events.total, 13, 'events survive a reload');
+    assert.equal(again.stats.model.trainSteps, result.stats.model.trainSteps, 'weights survive a reload');
+    assert.deepEqual(
+      again.recs.map((r: any) => r.itemId),
+      result.recs.map((r: any) => r.itemId),
+      'the reloaded model ranks as the trained one did',
+    );
+    assert.ok(!again.dbs.includes('reload-test'), 'erase() deletes the database');
+    await page.close();
+  });
+
+  it('rejects bad events with a ValidationError naming the field, and loses nothing stored', async () => {
+    const page = await sdkPage();
+    const r = await page.evaluate(async (catalog) => {
+      const { createRecommender, isValidationError, ValidationError } = (window as any).localrec;
+      const rec = await createRecommender({ catalog, backend: 'cpu', dbName: 'bad-input', autoTrainEvery: 0 });
+      rec.track({ type: 'view', itemId: 'sku-1' });
+      await rec.flush();
+      const errors: Array<{ name: string; message: string; guard: boolean; cls: boolean }> = [];
+      for (const bad of [{ type: 'view' }, { type: 'purchase', itemId: 'sku-2', quantity: -1 }, { type: 'teleport', itemId: 'x' }, null, { type: 'view', itemID: 'sku-1' }]) {
+        try {
+          rec.track(bad);
+        } catch (e: any) {
+          errors.push({ name: e.name, message: e.message, guard: isValidationError(e), cls: e instanceof ValidationError });
+        }
+      }
+      let workerError: any;
+      try {
+        await rec.recommend({ k: 0 });
+      } catch (e: any) {
+        workerError = { name: e.name, message: e.message, cls: e instanceof ValidationError };
+      }
+      const stats = await rec.stats();
+      await rec.erase();
+      return { errors, workerError, total: stats.events.total };
+    }, CATALOG);
+    assert.equal(r.errors.length, 5);
+    assert.deepEqual(
+      r.errors.map((e) => e.message.split(':')[0]),
+      ['event.itemId', 'event.quantity', 'event.type', 'event', 'event.itemID'],
+    );
+    for (const e of r.errors) assert.ok(e.guard && e.cls && e.name === 'ValidationError');
+    assert.equal(r.workerError.name, 'ValidationError', 'errors from the worker keep their name');
+    assert.ok(r.workerError.cls, 'and are revived as the right class');
+    assert.match(r.workerError.message, /options\.k/);
+    assert.equal(r.total, 1, 'the stored event is still there');
+    await page.close();
+  });
+
+  it('trains on WebGPU and on WASM to the same recommendations', async () => {
+    const page = await sdkPage();
+    const run = (backend: string) =>
+      page.evaluate(
+        async ({ catalog, backend }) => {
+          const { createRecommender } = (window as any).localrec;
+          const rec = await createRecommender({ catalog, backend, dbName: `same-${backend}`, autoTrainEvery: 0, model: { seed: 7 } });
+          // Recent timestamps: events older than the retention window (365 days) are evicted on write.
+          const t0 = Date.now() - 3_600_000;
+          let n = 0;
+          for (const id of ['sku-1', 'sku-3', 'sku-5', 'sku-7', 'sku-9', 'sku-11', 'sku-13']) rec.track({ type: 'view', itemId: id, t: t0 + n++ * 1000 });
+          rec.track({ type: 'purchase', itemId: 'sku-5', t: t0 + n * 1000 });
+          await rec.flush();
+          const progress: number[] = [];
+          await rec.train({ epochs: 3, onProgress: (p: any) => p.phase === 'training' && progress.push(p.done) });
+          const recs = await rec.recommend({ k: 8, exclude: 'none' });
+          const stats = await rec.stats();
+          await rec.erase();
+          return { recs, backend: stats.backend, progress };
+        },
+        { catalog: CATALOG, backend },
+      );
+    const gpu = await run('webgpu');
+    const wasm = await run('wasm');
+    assert.equal(gpu.backend, 'webgpu');
+    assert.equal(wasm.backend, 'wasm');
+    assert.ok(gpu.progress.length > 0, 'progress is reported across the worker boundary');
+    assert.deepEqual(gpu.recs.map((r: any) => r.itemId), wasm.recs.map((r: any) => r.itemId));
+    gpu.recs.forEach((r: any, i: number) => assert.ok(Math.abs(r.score - wasm.recs[i].score) < 1e-3, `score ${i}: ${r.score} vs ${wasm.recs[i].score}`));
+    await page.close();
+  });
+});
