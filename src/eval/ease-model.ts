@@ -3,8 +3,7 @@
  * n² floats, not shippable) and `sparse-ease` keeps `width` neighbours per item (what would ship).
  * Both score the user's history with the same on-device weighting.
  */
-import { solveEaseRows } from '../model/sparse-ease.js';
-import { trainSparseEase } from '../model/sparse-ease.js';
+import { solveEaseRows, trainSparseEase } from '../model/sparse-ease.js';
 import { scoreSparse, sparseBytesPerItem, type SparseItemModel } from '../model/sparse-item-model.js';
 import type { EvalModel } from './eval-model.js';
 import { weightedHistory, type HistoryWeighting } from './history-weighting.js';
