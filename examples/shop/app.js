@@ -47,10 +47,19 @@ function esc(s) {
   return String(s).replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' })[c]);
 }
 
+let statusAt = 0;
 function setStatus(text, kind = 'info') {
   const el = $('status');
   el.textContent = text;
   el.dataset.kind = kind;
+  statusAt = Date.now();
+}
+
+/** The resting status line, once a notice has been up for a few seconds. */
+function restingStatus(s) {
+  if ($('status').dataset.kind === 'error' || Date.now() - statusAt < 6000) return;
+  $('status').textContent = `Personalized on this device · ${s.backend} backend · ${s.events.total} event${s.events.total === 1 ? '' : 's'} stored in this browser`;
+  $('status').dataset.kind = 'ok';
 }
 
 function fail(e) {
@@ -111,6 +120,7 @@ async function refresh() {
   renderModel(stats);
   renderPrivacy(stats);
   renderRounds();
+  restingStatus(stats);
 }
 
 async function train() {
@@ -255,7 +265,7 @@ function renderPrivacy(s) {
     return `<tr class="${n ? '' : 'zero'}" data-type="${type}"><th scope="row">${label}</th><td>${n}</td></tr>`;
   });
   rows.push(`<tr class="total"><th scope="row">Total events</th><td data-testid="privacy-total">${s.events.total}</td></tr>`);
-  rows.push(`<tr class="${s.model.trainSteps ? '' : 'zero'}"><th scope="row">Personal model weights</th><td>${s.model.trainSteps ? `${s.model.items} × ${s.model.dim}` : 'none'}</td></tr>`);
+  rows.push(`<tr class="${s.model.trainSteps ? '' : 'zero'}"><th scope="row">Model weights trained here</th><td>${s.model.trainSteps ? `${s.model.items} × ${s.model.dim}` : 'none'}</td></tr>`);
   $('privacy-counts').innerHTML = rows.join('');
   $('privacy-range').textContent = s.events.total
     ? `Oldest ${new Date(s.events.oldest).toLocaleString()}, newest ${new Date(s.events.newest).toLocaleString()}. Kept at most 5,000 events or 365 days.`
