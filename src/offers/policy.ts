@@ -5,13 +5,13 @@
  */
 import { ValidationError } from '../errors.js';
 import { Random } from '../model/random.js';
-import type { StoredEvent } from '../types.js';
+import type { CatalogItem, StoredEvent } from '../types.js';
 import { scopeAffinity, type AffinitySource } from './affinity.js';
 import { sampleBeta } from './beta-sampler.js';
 import { whyIneligible, type EligibilityContext } from './eligibility.js';
 import { isReturningShopper, offerHistory } from './offer-history.js';
 import { offerEconomics } from './offer-value.js';
-import type { ProductIndex } from './product-index.js';
+import { indexProducts, type ProductIndex } from './product-index.js';
 import { offerReason } from './reason.js';
 import type { CartLine, Offer, OfferCatalog, OffersOptions, ShownOffer } from './types.js';
 
@@ -19,8 +19,8 @@ import type { CartLine, Offer, OfferCatalog, OffersOptions, ShownOffer } from '.
 export interface OffersInput {
   /** A catalog that passed `verifyOfferCatalog`. */
   catalog: OfferCatalog;
-  /** The shop's products, from `indexProducts(catalog.items)`. */
-  products: ProductIndex;
+  /** The shop's products: `indexProducts(items)` once (faster), or the items themselves. */
+  products: ProductIndex | readonly CatalogItem[];
   /** This shopper's stored events, oldest first (impressions and redemptions included). */
   events: readonly StoredEvent[];
   /** Probability of purchase per item or per offer scope, e.g. from the on-device model. */
@@ -54,14 +54,15 @@ const DEFAULTS = { k: 2, seed: 1, exploration: 0.1 } as const;
  * Sorted best first (expected value, then offer id so ties are stable).
  */
 export function scoreOffers(input: OffersInput, options: OffersOptions = {}): ScoredOffer[] {
-  const ctx = eligibilityContext(input, options);
+  const products = productIndex(input.products);
+  const ctx = eligibilityContext(input.events, products, options);
   const strength = options.priorStrength ?? DEFAULT_PRIOR_STRENGTH;
   const out: ScoredOffer[] = [];
   for (const offer of input.catalog.offers) {
     if (whyIneligible(offer, ctx) !== null) continue;
-    const econ = offerEconomics(offer, input.products);
+    const econ = offerEconomics(offer, products);
     if (!(econ.net > 0)) continue;
-    const p = scopeAffinity(offer, input.affinity, input.products);
+    const p = scopeAffinity(offer, input.affinity, products);
     const s = ctx.history.get(offer.id);
     const shown = s?.impressions ?? 0;
     const used = Math.min(s?.redemptions ?? 0, shown);
@@ -101,7 +102,8 @@ export function chooseOffers(input: OffersInput, options: OffersOptions = {}): S
   if (options.priorStrength !== undefined) checkRange(options.priorStrength, 'options.priorStrength', 0, 1e6);
 
   const rng = new Random(seed);
-  const remaining = scoreOffers(input, options);
+  const products = productIndex(input.products);
+  const remaining = scoreOffers({ ...input, products }, options);
   const context = options.context ?? {};
   const shown: ShownOffer[] = [];
   while (shown.length < k && remaining.length > 0) {
@@ -121,21 +123,25 @@ export function chooseOffers(input: OffersInput, options: OffersOptions = {}): S
       title: s!.offer.title,
       discount: s!.offer.discount,
       expectedValue: round(s!.expectedValue),
-      reason: offerReason(s!.offer, input.events, input.products, context, explore),
+      reason: offerReason(s!.offer, input.events, products, context, explore),
       explore,
     });
   }
   return shown;
 }
 
-function eligibilityContext(input: OffersInput, options: OffersOptions): EligibilityContext {
+function productIndex(p: ProductIndex | readonly CatalogItem[]): ProductIndex {
+  return Array.isArray(p) ? indexProducts(p) : (p as ProductIndex);
+}
+
+function eligibilityContext(events: readonly StoredEvent[], products: ProductIndex, options: OffersOptions): EligibilityContext {
   const context = options.context ?? {};
   const ctx: EligibilityContext = {
     now: context.now ?? Date.now(),
-    history: offerHistory(input.events),
-    returning: isReturningShopper(input.events),
+    history: offerHistory(events),
+    returning: isReturningShopper(events),
   };
-  if (context.cart !== undefined) ctx.cartValue = cartValue(context.cart, input.products);
+  if (context.cart !== undefined) ctx.cartValue = cartValue(context.cart, products);
   return ctx;
 }
 

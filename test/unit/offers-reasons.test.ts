@@ -32,7 +32,8 @@ describe('offer reasons reference real past events', () => {
       { t: 1, type: 'view', itemId: 'b1' },
       { t: 2, type: 'purchase', itemId: 'm2' },
     ];
-    const shown = chooseOffers({ catalog, products, events, affinity: { m1: 0.5, b1: 0.4 } }, { k: 2, context: { now: 10 } });
+    // Products given as the plain item list (the policy indexes them itself).
+    const shown = chooseOffers({ catalog, products: products.items, events, affinity: { m1: 0.5, b1: 0.4 } }, { k: 2, context: { now: 10 } });
     assert.deepEqual(shown.map((s) => s.reason), ['Because you bought Blue Mug', 'Because you viewed Jute Bag']);
   });
 
