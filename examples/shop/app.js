@@ -140,7 +140,7 @@ async function train() {
     })
     .then((r) => {
       if (gen !== state.generation) return r;
-      $('loss-caption').textContent = `Last run: ${r.steps} steps on ${r.examples} examples in ${Math.round(r.ms)} ms, loss ${r.firstLoss.toFixed(3)} → ${r.lastLoss.toFixed(3)}.`;
+      $('loss-caption').textContent = r.steps === 0 ? 'Nothing to train on yet: open a few products first.' : `Last run: ${r.steps} steps on ${r.examples} examples in ${Math.round(r.ms)} ms, loss ${r.firstLoss.toFixed(3)} → ${r.lastLoss.toFixed(3)}.`;
       return r;
     })
     .finally(() => {
