@@ -58,7 +58,7 @@ function setStatus(text, kind = 'info') {
 /** The resting status line, once a notice has been up for a few seconds. */
 function restingStatus(s) {
   if ($('status').dataset.kind === 'error' || Date.now() - statusAt < 6000) return;
-  $('status').textContent = `Personalized on this device · ${s.backend} backend · ${s.events.total} event${s.events.total === 1 ? '' : 's'} stored in this browser`;
+  $('status').textContent = `Personalized on this device · ${s.backend} backend, started in ${state.startMs} ms · ${s.events.total} event${s.events.total === 1 ? '' : 's'} stored in this browser, none sent`;
   $('status').dataset.kind = 'ok';
 }
 
@@ -98,8 +98,9 @@ async function startRecommender() {
     // The page trains by itself (below) so that the model panel can chart the loss.
     autoTrainEvery: 0,
   });
-  const s = await state.rec.stats();
-  setStatus(`Ready in ${Math.round(performance.now() - t0)} ms · ${s.backend} backend · ${s.events.total} events on this device`, 'ok');
+  state.startMs = Math.round(performance.now() - t0);
+  // The resting status line (restingStatus) takes over at the next refresh.
+  statusAt = 0;
 }
 
 async function refresh() {
