@@ -130,7 +130,8 @@ export async function trainItemTable(
 
   const B = Math.min(cfg.batchSize, examples.length);
   const L = cfg.maxContext;
-  const C = bucket(B + cfg.negatives);
+  // With a small catalog every item is a candidate: the softmax is then exact.
+  const C = Math.min(n, bucket(B + cfg.negatives));
   const local = new Int32Array(n).fill(-1);
   const touched = new Uint8Array(n);
   const ctxIdx = new Int32Array(B * L);
@@ -181,7 +182,7 @@ export async function trainItemTable(
       });
       while (c < C) {
         const r = rng.int(n);
-        if (candCol.has(r) && candCol.size < n) continue;
+        if (candCol.has(r)) continue;
         candCol.set(r, c);
         candIdx[c++] = use(r);
       }

@@ -1,0 +1,103 @@
+import 'fake-indexeddb/auto';
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { openDB } from 'idb';
+import { IdbEventStore, MemoryEventStore, openEventStore, type EventStore } from '../../src/events/store.js';
+import type { StoredEvent } from '../../src/types.js';
+
+const DAY = 86_400_000;
+const now = Date.now();
+const ev = (itemId: string, t: number, type: StoredEvent['type'] = 'view'): StoredEvent => ({ type, itemId, t });
+
+let dbCounter = 0;
+const stores: Array<[string, () => Promise<EventStore>]> = [
+  ['IndexedDB', () => IdbEventStore.open(`store-test-${dbCounter++}`, { maxEvents: 5, maxAgeDays: 30 })],
+  ['memory', async () => new MemoryEventStore({ maxEvents: 5, maxAgeDays: 30 })],
+];
+
+for (const [kind, make] of stores) {
+  describe(`EventStore (${kind})`, () => {
+    it('adds in one batch and reads back in time order, by item, with stats', async () => {
+      const s = await make();
+      await s.add([ev('b', now - 2000), ev('a', now - 3000, 'purchase'), ev('a', now - 1000)]);
+      assert.deepEqual((await s.all()).map((e) => [e.itemId, e.t]), [['a', now - 3000], ['b', now - 2000], ['a', now - 1000]]);
+      assert.deepEqual((await s.byItem('a')).map((e) => e.type), ['purchase', 'view']);
+      const st = await s.stats();
+      assert.equal(st.total, 3);
+      assert.deepEqual(st.byType, { view: 2, purchase: 1 });
+      assert.equal(st.oldest, now - 3000);
+      assert.equal(st.newest, now - 1000);
+      assert.equal(await s.countAfter(0), 3);
+      const last = await s.lastId();
+      await s.add([ev('c', now)]);
+      assert.equal(await s.countAfter(last), 1);
+      await s.destroy();
+    });
+
+    it('applies retention: at most maxEvents, oldest first, and nothing older than maxAgeDays', async () => {
+      const s = await make();
+      await s.add([ev('old', now - 40 * DAY)]);
+      assert.equal(await s.count(), 0, 'too old on arrival');
+      const batch = Array.from({ length: 7 }, (_, i) => ev(`i${i}`, now - (10 - i) * 1000));
+      const { evicted } = await s.add(batch);
+      assert.equal(evicted, 2);
+      assert.deepEqual((await s.all()).map((e) => e.itemId), ['i2', 'i3', 'i4', 'i5', 'i6']);
+      await s.destroy();
+    });
+
+    it('keeps meta records (model weights) with typed arrays intact', async () => {
+      const s = await make();
+      await s.setMeta('model', { factors: new Float32Array([1, 2, 3]), version: 4 });
+      const m = await s.getMeta<{ factors: Float32Array; version: number }>('model');
+      assert.ok(m!.factors instanceof Float32Array);
+      assert.deepEqual([...m!.factors], [1, 2, 3]);
+      assert.equal(m!.version, 4);
+      await s.destroy();
+      assert.equal(await s.getMeta('model').catch(() => undefined), undefined);
+    });
+  });
+}
+
+describe('IndexedDB schema upgrade', () => {
+  it('upgrades a v1 database (events with a time index only) without losing events', async () => {
+    const name = 'upgrade-v1';
+    const v1 = await openDB(name, 1, {
+      upgrade(db) {
+        db.createObjectStore('events', { keyPath: 'id', autoIncrement: true }).createIndex('t', 't');
+      },
+    });
+    await v1.add('events', ev('a', now - 2000));
+    await v1.add('events', ev('b', now - 1000, 'purchase'));
+    v1.close();
+    const s = await IdbEventStore.open(name);
+    assert.deepEqual((await s.all()).map((e) => e.itemId), ['a', 'b']);
+    assert.deepEqual((await s.byItem('b')).map((e) => e.type), ['purchase'], 'the new itemId index covers old rows');
+    await s.setMeta('k', 1);
+    assert.equal(await s.getMeta('k'), 1, 'the meta store exists');
+    await s.destroy();
+  });
+
+  it('lets another tab upgrade while this one holds a connection', async () => {
+    const name = 'two-tabs';
+    const s = await IdbEventStore.open(name);
+    await s.add([ev('a', now)]);
+    // A newer schema in another tab: our `blocking` handler closes the old connection so it proceeds.
+    const newer = await openDB(name, 99, { upgrade() {} });
+    assert.equal(await newer.count('events'), 1);
+    newer.close();
+  });
+});
+
+describe('openEventStore', () => {
+  it('falls back to memory when IndexedDB cannot be opened', async () => {
+    const g = globalThis as { indexedDB?: unknown };
+    const saved = g.indexedDB;
+    g.indexedDB = undefined;
+    try {
+      const s = await openEventStore('x', { maxEvents: 10, maxAgeDays: 10 });
+      assert.equal(s.kind, 'memory');
+    } finally {
+      g.indexedDB = saved;
+    }
+  });
+});
