@@ -10,6 +10,7 @@ import type {
   RecommendOptions,
   SimilarOptions,
   Stats,
+  SyncResultInfo,
   TrackEvent,
   TrainOptions,
   TrainResult,
@@ -28,8 +29,17 @@ export interface Recommender {
   similar(itemId: string, options?: SimilarOptions): Promise<Recommendation[]>;
   /** Trains on the shopper's events now (it also runs by itself as events arrive). */
   train(options?: TrainOptions): Promise<TrainResult>;
-  /** Backend, event counts, model state. */
+  /** Backend, event counts, model state, privacy budget. */
   stats(): Promise<Stats>;
+  /**
+   * One federated round with `options.federated.serverUrl`: pulls the global model, trains on this
+   * shopper's events, uploads only a clipped, noised update. Throws a PrivacyBudgetError (before
+   * sending anything) once the ε budget would be exceeded, a NetworkError when the server is
+   * unreachable after retries or refuses the update.
+   */
+  sync(): Promise<SyncResultInfo>;
+  /** Every request the SDK sent: time, endpoint, bytes, kind, SHA-256 of the body, status. */
+  egressLog(): Promise<Array<{ t: number; method: string; endpoint: string; kind: string; bytes: number; bodySha256?: string; status: number }>>;
   /** Resolves once every tracked event is stored. */
   flush(): Promise<void>;
   /** Stores what is queued, stops the worker. The data stays on the device. */
@@ -102,6 +112,8 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
       return revive(api.train(plain, onProgress ? Comlink.proxy(onProgress) : undefined));
     },
     stats: () => (open(), revive(api.stats())),
+    sync: () => (open(), revive(api.sync())),
+    egressLog: () => (open(), revive(api.egressLog())),
     flush: () => (open(), revive(api.flush())),
     async close() {
       if (closed) return;

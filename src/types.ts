@@ -159,12 +159,38 @@ export interface Stats {
     pendingEvents: number;
   };
   /** Events accepted by `track()` but not yet written (they are written in batches). */
+  /** Privacy budget of federated learning on this device. */
+  privacy: { epsilon: number; delta: number; budget: number; syncs: number; federated: boolean };
   queued: number;
   /** Events dropped before consent, or rejected. */
   dropped: number;
   storage: 'indexeddb' | 'memory';
   /** The last background failure (auto-training, writing), if any. */
   lastError?: string;
+}
+
+/** What `sync()` did. */
+export interface SyncResultInfo {
+  /** Global model version the device now builds on. */
+  version: number;
+  /** False when the shopper had too little history to contribute (nothing was uploaded). */
+  sent: boolean;
+  uploadedBytes: number;
+  /** ε spent on this device after the sync, and the budget. */
+  epsilon: number;
+  budget: number;
+  /** Updates waiting at the server for the current round, and the version a completed round published. */
+  pending?: number;
+  published: number | null;
+}
+
+export interface FederatedOptions {
+  /** Aggregation server, e.g. `https://shop.example/localrec` (paths /v1/… are appended). */
+  serverUrl: string;
+  /** Largest total ε this device may spend on federated learning. Default 8. */
+  budget?: number;
+  /** δ of the (ε, δ) guarantee. Default 1e-5. */
+  delta?: number;
 }
 
 export interface RetentionOptions {
@@ -195,6 +221,8 @@ export interface RecommenderOptions {
    * Train by itself once this many new events are stored (0 turns auto-training off). Default 20.
    */
   autoTrainEvery?: number;
+  /** Federated learning; without it the model never leaves the device and `sync()` refuses. */
+  federated?: FederatedOptions;
   /** URL of the worker bundle; defaults to `worker.js` next to the main bundle. */
   workerUrl?: string | URL;
 }

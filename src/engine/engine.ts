@@ -7,6 +7,8 @@ import { checkItemTable, createItemTable, indexItems, type ItemTable } from '../
 import { buildProfile, type ProfileItem } from '../model/profile.js';
 import { contributions, Scorer, userVector, type Scored } from '../model/score.js';
 import { trainItemTable, type TrainConfig } from '../model/train.js';
+import { RdpAccountant, type AccountantState } from '../federated/dp.js';
+import { syncOnce, type EgressEntry, type FetchLike } from '../federated/sync.js';
 import type {
   BackendName,
   Catalog,
@@ -16,6 +18,7 @@ import type {
   SimilarOptions,
   Stats,
   StoredEvent,
+  SyncResultInfo,
   TrainOptions,
   TrainResult,
 } from '../types.js';
@@ -32,6 +35,10 @@ export interface EngineOptions {
   autoTrainEvery?: number;
   /** Training settings for `train()` (epochs come from TrainOptions when given). */
   training?: Partial<TrainConfig>;
+  /** Federated learning: where the aggregation server is, and this device's privacy budget. */
+  federated?: { serverUrl: string; budget?: number; delta?: number };
+  /** fetch to use for sync (tests, simulation); defaults to the global fetch. */
+  fetch?: FetchLike;
   /** Clock, for tests. */
   now?: () => number;
   /** A ready store, for tests; otherwise IndexedDB (or memory when IndexedDB is unavailable). */
@@ -52,6 +59,10 @@ interface SavedModel {
 }
 
 export const MODEL_KEY = 'model';
+export const PRIVACY_KEY = 'privacy';
+export const EGRESS_KEY = 'egress';
+/** The egress log keeps this many most recent requests. */
+const EGRESS_MAX = 1000;
 const FLUSH_DELAY_MS = 25;
 const FLUSH_MAX = 200;
 
@@ -323,6 +334,80 @@ export class Engine {
     return run;
   }
 
+  /**
+   * One federated round: pull the global model, train on this shopper's events, send a clipped,
+   * noised update, and continue from the global model plus the local training. Refuses with a
+   * PrivacyBudgetError, before anything is sent, once the device's ε budget would be exceeded.
+   */
+  async sync(): Promise<SyncResultInfo> {
+    this.assertOpen();
+    const fed = this.opts.federated;
+    if (!fed || typeof fed.serverUrl !== 'string' || !/^https?:\/\//.test(fed.serverUrl)) {
+      throw new ValidationError('options.federated.serverUrl', 'must be set to the aggregation server (http:// or https:// URL) to sync');
+    }
+    const budget = fed.budget ?? 8;
+    if (!(budget > 0) || !Number.isFinite(budget)) throw new ValidationError('options.federated.budget', `must be a number > 0, got ${String(budget)}`);
+    await this.training?.catch(() => undefined);
+    const { profile } = await this.profile();
+    const accountant = new RdpAccountant(await this.store.getMeta<AccountantState>(PRIVACY_KEY));
+    const egress: EgressEntry[] = [];
+    const through = await this.store.lastId();
+    try {
+      const r = await syncOnce({
+        serverUrl: fed.serverUrl,
+        fetch: this.opts.fetch,
+        accountant,
+        budget,
+        delta: fed.delta,
+        history: [{ itemIds: profile.map((p) => this.table.itemIds[p.row]!), weights: profile.map((p) => p.weight) }],
+        train: { ...this.opts.training, seed: (this.opts.model?.seed ?? 1) + this.saved.trainSteps },
+        onEgress: (e) => egress.push(e),
+        now: this.now,
+      });
+      if (r.global.dim !== this.table.dim) {
+        throw new ModelError(`the server's model has dim ${r.global.dim}, this device uses ${this.table.dim}: set options.model.dim to match`);
+      }
+      // Adopt the global model (plus this shopper's training) row by row, by item id: the server's
+      // catalog order need not match the page's, and items it lacks keep their local rows.
+      const rows = new Map(r.local.itemIds.map((id, i) => [id, i]));
+      const d = this.table.dim;
+      this.table.itemIds.forEach((id, i) => {
+        const g = rows.get(id);
+        if (g === undefined) return;
+        this.table.factors.set(r.local.factors.subarray(g * d, g * d + d), i * d);
+        this.table.bias[i] = r.local.bias[g]!;
+      });
+      this.table.version = r.global.version;
+      this.saved = { ...this.saved, trainedAt: this.now(), trainedThroughId: Math.max(this.saved.trainedThroughId, through) };
+      const old = this.scorer;
+      this.scorer = new Scorer(this.table);
+      old.dispose();
+      await this.persist();
+      return {
+        version: r.global.version,
+        sent: r.sent,
+        uploadedBytes: r.uploadedBytes,
+        epsilon: r.epsilon,
+        budget,
+        pending: r.server?.pending,
+        published: r.server?.published ?? null,
+      };
+    } finally {
+      // Whatever happened, what was sent (or tried) is logged and the ε spent is kept.
+      await this.store.setMeta(PRIVACY_KEY, accountant.toJSON());
+      if (egress.length) {
+        const log = (await this.store.getMeta<EgressEntry[]>(EGRESS_KEY)) ?? [];
+        await this.store.setMeta(EGRESS_KEY, log.concat(egress).slice(-EGRESS_MAX));
+      }
+    }
+  }
+
+  /** Every request the SDK sent, oldest first (at most the last 1,000). */
+  async egressLog(): Promise<EgressEntry[]> {
+    this.assertOpen();
+    return (await this.store.getMeta<EgressEntry[]>(EGRESS_KEY)) ?? [];
+  }
+
   async stats(): Promise<Stats> {
     this.assertOpen();
     await this.flush().catch(() => undefined);
@@ -339,11 +424,19 @@ export class Engine {
         trainSteps: this.saved.trainSteps,
         pendingEvents: await this.store.countAfter(this.saved.trainedThroughId),
       },
+      privacy: await this.privacyStats(),
       queued: this.queue.length,
       dropped: this.dropped,
       storage: this.store.kind,
       ...(this.lastError ? { lastError: `${this.lastError.name}: ${this.lastError.message}` } : {}),
     };
+  }
+
+  private async privacyStats(): Promise<Stats['privacy']> {
+    const state = await this.store.getMeta<AccountantState>(PRIVACY_KEY);
+    const acc = new RdpAccountant(state);
+    const fed = this.opts.federated;
+    return { epsilon: acc.epsilon(fed?.delta), delta: fed?.delta ?? 1e-5, budget: fed?.budget ?? 8, syncs: acc.releases, federated: fed !== undefined };
   }
 
   /** The current item table (a snapshot), e.g. for a federated update. */

@@ -9,6 +9,8 @@ import '@tensorflow/tfjs-backend-webgl';
 import '@tensorflow/tfjs-backend-webgpu';
 import { setWasmPaths } from '@tensorflow/tfjs-backend-wasm';
 import { Engine, type EngineOptions } from './engine.js';
+import * as tf from '../model/tf.js';
+import type { ItemTable } from '../model/item-table.js';
 import type { Progress, RecommendOptions, SimilarOptions, TrainOptions } from '../types.js';
 import { ClosedError } from '../errors.js';
 
@@ -19,6 +21,8 @@ let engine: Engine | undefined;
 let starting: Promise<Engine> | undefined;
 /** Events that arrived before the engine was ready; the page may track() right away. */
 let early: unknown[] = [];
+/** The item table uploaded by {@link workerApi.benchRawScore}, kept resident as the Scorer keeps its own. */
+let rawBench: { table: ItemTable; V: tf.Tensor2D } | undefined;
 
 function ready(): Engine {
   if (!engine) throw new ClosedError('the recommender has not started or is closed');
@@ -64,8 +68,44 @@ export const workerApi = {
     return result;
   },
   stats: () => ready().stats(),
+  sync: () => ready().sync(),
+  egressLog: () => ready().egressLog(),
+  /**
+   * Benchmark hook for `npm run bench` (bench/browser-bench.ts); not part of the public API and not
+   * reachable through `createRecommender()`. The baseline `recommend()` is compared with: raw tfjs
+   * on the engine's own item table and backend, no SDK code in between. The table is uploaded once
+   * and kept on the backend (as the Scorer does); each rep is `matMul(V, z)` with a fixed random user
+   * vector, `topk(k)`, and values and indices read back. Returns each rep's wall time in ms, measured
+   * inside the worker (after one untimed warm-up when `warmup`).
+   */
+  async benchRawScore(k = 10, reps = 1, warmup = true): Promise<{ backend: string; rows: number; dim: number; ms: number[] }> {
+    const table = ready().itemTable();
+    const n = table.itemIds.length;
+    const d = table.dim;
+    if (rawBench?.table !== table) {
+      rawBench?.V.dispose();
+      rawBench = { table, V: tf.tensor2d(table.factors, [n, d]) };
+    }
+    const V = rawBench.V;
+    const zv = new Float32Array(d).map((_, i) => Math.sin(i + 1));
+    const run = async () => {
+      const { values, indices } = tf.tidy(() => tf.topk(tf.reshape(tf.matMul(V, tf.tensor2d(zv, [d, 1])), [n]), Math.min(k, n)));
+      await Promise.all([values.data(), indices.data()]);
+      tf.dispose([values, indices]);
+    };
+    if (warmup) await run();
+    const ms: number[] = [];
+    for (let i = 0; i < reps; i++) {
+      const t0 = performance.now();
+      await run();
+      ms.push(performance.now() - t0);
+    }
+    return { backend: tf.getBackend(), rows: n, dim: d, ms };
+  },
   flush: () => ready().flush(),
   async close(): Promise<void> {
+    rawBench?.V.dispose();
+    rawBench = undefined;
     await engine?.close();
     engine = undefined;
     starting = undefined;

@@ -1,0 +1,208 @@
+/**
+ * One federated round from the device's side, as plain code that runs in the browser worker and in
+ * Node (simulation, tests): pull the global model, train on the shopper's own data, send a clipped,
+ * noised, quantized update. What leaves the device is exactly the documented update body; every
+ * request is reported to `onEgress` so the SDK can keep an egress log.
+ */
+import { NetworkError, ValidationError } from '../errors.js';
+import { cloneItemTable, type ItemTable } from '../model/item-table.js';
+import { trainItemTable, type Sequence, type TrainConfig } from '../model/train.js';
+import { buildClientUpdate } from './client-update.js';
+import { DEFAULT_DELTA, type RdpAccountant } from './dp.js';
+import { decodeModel, fromHex, sha256, toHex } from './wire.js';
+
+/** Server settings from `GET /v1/config` that the client needs. */
+export interface ServerConfig {
+  dim: number;
+  items: number;
+  clip: number;
+  noiseMultiplier: number;
+  bits: number;
+  blockSize: number;
+  version: number;
+  minClients: number;
+}
+
+/** One request the SDK sent, as kept in the egress log. */
+export interface EgressEntry {
+  t: number;
+  method: 'GET' | 'POST';
+  /** Path only, e.g. `/v1/updates`: the SDK never puts data in a query string. */
+  endpoint: string;
+  kind: 'config' | 'model' | 'update';
+  /** Bytes of the request body (0 for GET). */
+  bytes: number;
+  /** Hex SHA-256 of the request body, so an auditor can match what was logged with what was sent. */
+  bodySha256?: string;
+  status: number;
+}
+
+export type FetchLike = (input: string, init?: { method?: string; body?: Uint8Array; headers?: Record<string, string> }) => Promise<Response>;
+
+export interface SyncOptions {
+  serverUrl: string;
+  fetch?: FetchLike;
+  /** The device's privacy accountant; one sync is one release. */
+  accountant: RdpAccountant;
+  /** Largest total ε this device may spend (default 8). */
+  budget?: number;
+  delta?: number;
+  /** The global model the device holds, if any, with its hash (skips the download when unchanged). */
+  held?: { table: ItemTable; hash: string };
+  /**
+   * The shopper's own histories, as item ids in time order with confidence weights. Ids not in the
+   * global model are ignored.
+   */
+  history: Array<{ itemIds: string[]; weights: number[] }>;
+  train?: Partial<TrainConfig>;
+  onEgress?: (e: EgressEntry) => void;
+  /** Attempts for a request that fails with a network error or a 5xx (default 3), with backoff. */
+  attempts?: number;
+  /** First backoff delay in ms (doubles each retry; default 500). */
+  backoffMs?: number;
+  now?: () => number;
+}
+
+export interface SyncResult {
+  /** The global model this round was based on. */
+  global: ItemTable;
+  globalHash: string;
+  /** The global model plus this shopper's local training: what the device should score with. */
+  local: ItemTable;
+  /** Whether an update was sent (false when the shopper has nothing to learn from yet). */
+  sent: boolean;
+  uploadedBytes: number;
+  /** ε spent after this sync. */
+  epsilon: number;
+  /** The server's reply to the update, when one was sent. */
+  server?: { pending: number; minClients: number; published: number | null };
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+async function request(
+  o: SyncOptions,
+  kind: EgressEntry['kind'],
+  method: 'GET' | 'POST',
+  endpoint: string,
+  body?: Uint8Array,
+  headers?: Record<string, string>,
+): Promise<Response> {
+  const f = o.fetch ?? (globalThis.fetch as unknown as FetchLike);
+  const attempts = o.attempts ?? 3;
+  const now = o.now ?? Date.now;
+  const bodySha256 = body ? toHex(await sha256(body)) : undefined;
+  let lastError: unknown;
+  for (let i = 0; i < attempts; i++) {
+    if (i > 0) await sleep((o.backoffMs ?? 500) * 2 ** (i - 1));
+    let res: Response;
+    try {
+      res = await f(o.serverUrl.replace(/\/$/, '') + endpoint, { method, body, headers });
+    } catch (e) {
+      // Offline or refused: logged with status 0 (the body may or may not have left the device).
+      o.onEgress?.({ t: now(), method, endpoint, kind, bytes: body?.length ?? 0, bodySha256, status: 0 });
+      lastError = new NetworkError(`${method} ${endpoint} failed: ${(e as Error).message}`, 0);
+      continue;
+    }
+    o.onEgress?.({ t: now(), method, endpoint, kind, bytes: body?.length ?? 0, bodySha256, status: res.status });
+    if (res.status >= 500) {
+      lastError = new NetworkError(`${method} ${endpoint}: server error ${res.status}`, res.status);
+      continue;
+    }
+    if (res.status >= 400) {
+      let reason = '';
+      try {
+        const j = (await res.json()) as { error?: string; reason?: string };
+        reason = `${j.reason ?? ''}${j.error ? `: ${j.error}` : ''}`;
+      } catch {
+        // not JSON; the status says enough
+      }
+      throw new NetworkError(`${method} ${endpoint} refused (${res.status}) ${reason}`.trim(), res.status);
+    }
+    return res;
+  }
+  throw lastError;
+}
+
+function checkConfig(c: Partial<ServerConfig>): ServerConfig {
+  for (const k of ['dim', 'items', 'clip', 'noiseMultiplier', 'bits', 'blockSize', 'version', 'minClients'] as const) {
+    if (typeof c[k] !== 'number' || !Number.isFinite(c[k])) throw new ValidationError(`server config.${k}`, `must be a number, got ${String(c[k])}`);
+  }
+  return c as ServerConfig;
+}
+
+/** `GET /v1/config`. */
+export async function fetchServerConfig(o: SyncOptions): Promise<ServerConfig> {
+  const res = await request(o, 'config', 'GET', '/v1/config');
+  return checkConfig((await res.json()) as Partial<ServerConfig>);
+}
+
+/** `GET /v1/model`, or the held model when the server answers 304 (same hash). */
+export async function pullModel(o: SyncOptions): Promise<{ table: ItemTable; hash: string }> {
+  const headers: Record<string, string> | undefined = o.held ? { 'If-None-Match': `"${o.held.hash}"` } : undefined;
+  const res = await request(o, 'model', 'GET', '/v1/model', undefined, headers);
+  if (res.status === 304 && o.held) return o.held;
+  const bytes = new Uint8Array(await res.arrayBuffer());
+  const { table } = decodeModel(bytes);
+  const hash = res.headers.get('X-Localrec-Model-Hash') ?? toHex(await sha256(bytes));
+  return { table, hash };
+}
+
+/**
+ * Runs one federated round for this device. Refuses with a {@link PrivacyBudgetError} before
+ * anything is trained or sent when the round would push ε past the budget.
+ *
+ * @example
+ * ```ts
+ * const acc = new RdpAccountant();
+ * const r = await syncOnce({ serverUrl: 'http://127.0.0.1:8787', accountant: acc, history: [{ itemIds: ['a', 'b', 'c'], weights: [1, 1, 4] }] });
+ * r.sent; r.uploadedBytes; r.epsilon; // true, 51644, 4.73
+ * ```
+ */
+export async function syncOnce(o: SyncOptions): Promise<SyncResult> {
+  const budget = o.budget ?? 8;
+  const delta = o.delta ?? DEFAULT_DELTA;
+  const config = await fetchServerConfig(o);
+  // Checked before any training or upload: a device past its budget sends nothing.
+  o.accountant.assertCanSpend(config.noiseMultiplier, budget, delta);
+  const { table: global, hash } = await pullModel(o);
+  const rows = new Map(global.itemIds.map((id, i) => [id, i]));
+  const seqs: Sequence[] = [];
+  for (const h of o.history) {
+    const r: number[] = [];
+    const w: number[] = [];
+    h.itemIds.forEach((id, i) => {
+      const row = rows.get(id);
+      if (row !== undefined) {
+        r.push(row);
+        w.push(h.weights[i] ?? 1);
+      }
+    });
+    if (r.length >= 2) seqs.push({ rows: r, weights: w });
+  }
+  const local = cloneItemTable(global);
+  if (seqs.length === 0) {
+    return { global, globalHash: hash, local, sent: false, uploadedBytes: 0, epsilon: o.accountant.epsilon(delta) };
+  }
+  await trainItemTable(local, seqs, { epochs: 2, ...o.train });
+  const update = buildClientUpdate(global, local, {
+    baseHash: fromHex(hash),
+    clip: config.clip,
+    noiseMultiplier: config.noiseMultiplier,
+    bits: config.bits,
+    blockSize: config.blockSize,
+  });
+  // Recorded before sending: once the body may have left the device, the budget is spent.
+  o.accountant.record(config.noiseMultiplier);
+  const res = await request(o, 'update', 'POST', '/v1/updates', update.bytes, { 'Content-Type': 'application/octet-stream' });
+  const reply = (await res.json()) as { pending: number; minClients: number; published: number | null };
+  return {
+    global,
+    globalHash: hash,
+    local,
+    sent: true,
+    uploadedBytes: update.bytes.length,
+    epsilon: o.accountant.epsilon(delta),
+    server: { pending: reply.pending, minClients: reply.minClients, published: reply.published },
+  };
+}

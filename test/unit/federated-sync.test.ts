@@ -1,0 +1,142 @@
+/**
+ * The device side of federated learning against a real `localrec serve` app on loopback: what goes
+ * out, what the accountant records, and that rounds publish once enough devices took part.
+ */
+import 'fake-indexeddb/auto';
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import { Engine } from '../../src/engine/engine.js';
+import { MemoryEventStore } from '../../src/events/store.js';
+import { isNetworkError, isPrivacyBudgetError, isValidationError } from '../../src/errors.js';
+import { createItemTable } from '../../src/model/item-table.js';
+import { startServer, type RunningServer } from '../../src/server/index.js';
+import type { FetchLike } from '../../src/federated/sync.js';
+import '../../src/model/tf.js';
+
+const ids = Array.from({ length: 200 }, (_, i) => `sku-${i}`);
+const catalog = { items: ids.map((id, i) => ({ id, title: `Item ${i}`, popularity: 200 - i })) };
+let server: RunningServer;
+
+before(async () => {
+  server = await startServer({
+    port: 0,
+    dataDir: null,
+    initialTable: createItemTable(ids, 16, { seed: 1 }),
+    minClients: 3,
+    clip: 1,
+    noiseMultiplier: 1,
+    rateLimit: false,
+    log: () => {},
+  });
+});
+after(async () => {
+  await server?.close();
+});
+
+/** Records every request body and URL the device sends. */
+function capturingFetch(): { fetch: FetchLike; sent: Array<{ url: string; body?: Uint8Array }> } {
+  const sent: Array<{ url: string; body?: Uint8Array }> = [];
+  return {
+    sent,
+    fetch: (url, init) => {
+      sent.push({ url, body: init?.body });
+      return fetch(url, init as RequestInit);
+    },
+  };
+}
+
+async function device(history: string[], extra: { budget?: number; fetch?: FetchLike } = {}) {
+  const e = await Engine.create({
+    catalog,
+    backend: 'cpu',
+    autoTrainEvery: 0,
+    model: { dim: 16 },
+    store: new MemoryEventStore(),
+    federated: { serverUrl: server.url, budget: extra.budget },
+    fetch: extra.fetch,
+  });
+  e.enqueue(history.map((itemId, i) => ({ type: i % 3 === 2 ? 'purchase' : 'view', itemId, query: undefined })).map(({ query: _, ...ev }) => ev));
+  e.enqueue([{ type: 'search', query: 'secret query words' }]);
+  await e.flush();
+  return e;
+}
+
+describe('sync()', () => {
+  it('sends only the documented update: no item id, query or raw weights in any URL or body', async () => {
+    const cap = capturingFetch();
+    const history = ['sku-7', 'sku-42', 'sku-99', 'sku-150'];
+    const e = await device(history, { fetch: cap.fetch });
+    const r = await e.sync();
+    assert.equal(r.sent, true);
+    assert.ok(r.epsilon > 0 && r.epsilon < 8);
+    const posts = cap.sent.filter((s) => s.body);
+    assert.equal(posts.length, 1, 'one body leaves the device: the update');
+    assert.equal(posts[0]!.url, `${server.url}/v1/updates`);
+    const body = posts[0]!.body!;
+    assert.equal(r.uploadedBytes, body.length);
+    assert.deepEqual([...body.subarray(0, 4)], [0x4c, 0x52, 0x55, 0x31], 'LRU1 magic');
+    const text = Buffer.from(body).toString('latin1');
+    for (const needle of [...history, 'secret', 'query']) assert.ok(!text.includes(needle), `${needle} is not in the body`);
+    for (const s of cap.sent) assert.ok(!/sku-|secret|\?/.test(s.url.replace(server.url, '')), `URL ${s.url} carries no data`);
+    const log = await e.egressLog();
+    assert.deepEqual(log.map((l) => `${l.method} ${l.endpoint} ${l.status}`), ['GET /v1/config 200', 'GET /v1/model 200', 'POST /v1/updates 202']);
+    assert.equal(log[2]!.bytes, body.length);
+    assert.match(log[2]!.bodySha256!, /^[0-9a-f]{64}$/);
+    const st = await e.stats();
+    assert.equal(st.privacy.syncs, 1);
+    assert.ok(Math.abs(st.privacy.epsilon - r.epsilon) < 1e-9);
+    await e.close();
+  });
+
+  it('publishes a new global version once minClients devices have sent updates, and devices adopt it', async () => {
+    const start = (await (await fetch(`${server.url}/v1/health`)).json()) as { version: number };
+    const results = [];
+    // One device already sent in the previous test; with minClients 3, two more complete the round.
+    for (const h of [['sku-1', 'sku-2', 'sku-3'], ['sku-4', 'sku-5', 'sku-6']]) {
+      const e = await device(h);
+      results.push(await e.sync());
+      await e.close();
+    }
+    assert.equal(results.at(-1)!.published, start.version + 1);
+    const later = await device(['sku-9', 'sku-10']);
+    const r = await later.sync();
+    assert.equal(r.version, start.version + 1, 'the next device builds on the new version');
+    assert.equal((await later.stats()).model.version, start.version + 1);
+    await later.close();
+  });
+
+  it('refuses past the privacy budget before sending anything, and keeps the ε spent', async () => {
+    const cap = capturingFetch();
+    const e = await device(['sku-20', 'sku-21', 'sku-22'], { budget: 5, fetch: cap.fetch });
+    await e.sync(); // σ = 1: ε ≈ 4.73
+    const before = cap.sent.filter((s) => s.body).length;
+    await assert.rejects(e.sync(), (err) => isPrivacyBudgetError(err) && /budget ε = 5/.test((err as Error).message));
+    assert.equal(cap.sent.filter((s) => s.body).length, before, 'no update was sent');
+    assert.equal((await e.stats()).privacy.syncs, 1);
+    await e.close();
+  });
+
+  it('retries when the server is unreachable, logs each attempt, and loses no local data', async () => {
+    const e = await Engine.create({
+      catalog,
+      backend: 'cpu',
+      autoTrainEvery: 0,
+      model: { dim: 16 },
+      store: new MemoryEventStore(),
+      federated: { serverUrl: 'http://127.0.0.1:9' },
+      fetch: (url, init) => fetch(url, { ...(init as RequestInit) }),
+    });
+    e.enqueue([{ type: 'view', itemId: 'sku-1' }, { type: 'view', itemId: 'sku-2' }]);
+    await assert.rejects(e.sync(), (err) => isNetworkError(err));
+    const log = await e.egressLog();
+    assert.ok(log.length >= 3 && log.every((l) => l.status === 0 && l.endpoint === '/v1/config'));
+    assert.equal((await e.stats()).events.total, 2);
+    await e.close();
+  });
+
+  it('says what is missing when federated learning is not configured', async () => {
+    const e = await Engine.create({ catalog, backend: 'cpu', autoTrainEvery: 0, store: new MemoryEventStore() });
+    await assert.rejects(e.sync(), (err) => isValidationError(err) && /options\.federated\.serverUrl/.test((err as Error).message));
+    await e.close();
+  });
+});
