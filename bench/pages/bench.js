@@ -1,0 +1,186 @@
+// The in-page half of `npm run bench` (bench/browser-bench.ts drives it through playwright).
+// Plain JS, served as is: it loads the built SDK (/dist/index.js) exactly as a shop page would.
+import * as localrec from '/dist/index.js';
+import * as Comlink from '/node_modules/comlink/dist/esm/comlink.mjs';
+
+// The SDK owns its worker privately. To reach the benchmark-only hook `benchRawScore` in the same
+// worker (same tfjs instance, same backend, same item table), remember every Worker the page
+// creates and open a second comlink proxy on it; comlink ignores replies meant for the SDK's proxy.
+const workers = [];
+const NativeWorker = window.Worker;
+window.Worker = class extends NativeWorker {
+  constructor(url, opts) {
+    super(url, opts);
+    workers.push(this);
+  }
+};
+
+// Every long task on this page (main thread) since load; the worker's tasks are not main-thread tasks.
+const longTasks = [];
+new PerformanceObserver((list) => {
+  for (const e of list.getEntries()) longTasks.push({ start: e.startTime, ms: e.duration });
+}).observe({ type: 'longtask', buffered: true });
+
+function longTasksIn(t0, t1) {
+  const hit = longTasks.filter((t) => t.start + t.ms >= t0 && t.start <= t1);
+  return { count: hit.length, maxMs: hit.reduce((m, t) => Math.max(m, t.ms), 0), totalMs: hit.reduce((s, t) => s + t.ms, 0) };
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+/** Long-task entries are delivered after the task; give the observer a moment. */
+const settle = () => sleep(100);
+
+function summary(xs) {
+  const s = [...xs].sort((a, b) => a - b);
+  const q = (p) => s[Math.min(s.length - 1, Math.max(0, Math.ceil(p * s.length) - 1))];
+  return { n: s.length, min: s[0], p50: q(0.5), p90: q(0.9), p99: q(0.99), max: s[s.length - 1], mean: s.reduce((a, b) => a + b, 0) / s.length };
+}
+
+/** The smallest step performance.now() takes here (100 µs unless the page is cross-origin isolated). */
+function timerResolution() {
+  let best = Infinity;
+  for (let i = 0; i < 200; i++) {
+    const a = performance.now();
+    let b = a;
+    while (b === a) b = performance.now();
+    best = Math.min(best, b - a);
+  }
+  return best;
+}
+
+function apiOfLastWorker() {
+  return Comlink.wrap(workers[workers.length - 1]);
+}
+
+async function open(catalog, backend, dbName, extra = {}) {
+  // A previous run may have left the database behind when it failed half way.
+  await new Promise((r) => {
+    const q = indexedDB.deleteDatabase(dbName);
+    q.onsuccess = q.onerror = q.onblocked = () => r();
+  });
+  const t0 = performance.now();
+  const rec = await localrec.createRecommender({ catalog: { items: catalog }, backend, dbName, autoTrainEvery: 0, ...extra });
+  const t1 = performance.now();
+  await settle();
+  return { rec, initMs: t1 - t0, initLongTasks: longTasksIn(t0, t1) };
+}
+
+/** Checks that long tasks are observed at all here: an 80 ms busy loop must show up. */
+window.checkLongTaskObserver = async () => {
+  const t0 = performance.now();
+  while (performance.now() - t0 < 80);
+  const t1 = performance.now();
+  await settle();
+  return longTasksIn(t0, t1);
+};
+
+/** Main-thread cost of rec.track(): `calls` timed one by one, then the same number in a tight loop. */
+window.benchTrack = async ({ catalog, events, backend, calls, warmup }) => {
+  const { rec } = await open(catalog, backend, `bench-track-${backend}`, { retention: { maxEvents: 100_000 } });
+  // Without `t`: the SDK stamps the time, as on a live page.
+  const ev = (i) => {
+    const { t: _t, ...e } = events[i % events.length];
+    return e;
+  };
+  const prepared = Array.from({ length: warmup + 2 * calls }, (_, i) => ev(i));
+  for (let i = 0; i < warmup; i++) rec.track(prepared[i]);
+  await rec.flush();
+  const per = new Float64Array(calls);
+  for (let i = 0; i < calls; i++) {
+    const e = prepared[warmup + i];
+    const t0 = performance.now();
+    rec.track(e);
+    per[i] = performance.now() - t0;
+  }
+  await rec.flush();
+  const l0 = performance.now();
+  for (let i = 0; i < calls; i++) rec.track(prepared[warmup + calls + i]);
+  const loopMs = performance.now() - l0;
+  const f0 = performance.now();
+  await rec.flush();
+  const flushMs = performance.now() - f0;
+  const stats = await rec.stats();
+  await rec.erase();
+  return {
+    perCall: summary(per),
+    loopMeanMs: loopMs / calls,
+    stored: stats.events.total,
+    flushAfterLoopMs: flushMs,
+    crossOriginIsolated: self.crossOriginIsolated,
+    timerResolutionMs: timerResolution(),
+  };
+};
+
+/** train() over a store holding `events` (tracked, then flushed), with long tasks observed on this page. */
+window.benchTrain = async ({ catalog, events, backend, epochs }) => {
+  const { rec, initMs } = await open(catalog, backend, `bench-train-${backend}-${events.length}`, { retention: { maxEvents: 100_000 } });
+  const i0 = performance.now();
+  for (const e of events) rec.track(e);
+  const trackLoopMs = performance.now() - i0;
+  await rec.flush();
+  const ingestMs = performance.now() - i0;
+  await settle();
+  let progressCalls = 0;
+  const t0 = performance.now();
+  const result = await rec.train({ epochs, onProgress: () => void progressCalls++ });
+  const t1 = performance.now();
+  await settle();
+  const lt = longTasksIn(t0, t1);
+  const stats = await rec.stats();
+  await rec.erase();
+  return { initMs, trackLoopMs, ingestMs, wallMs: t1 - t0, result, progressCalls, longTasks: lt, stored: stats.events.total };
+};
+
+/**
+ * recommend() against raw tfjs matMul+topk on the same item table in the same worker, interleaved
+ * rep by rep so that both see the same machine load.
+ */
+window.benchRecommend = async ({ catalog, history, backend, k, minReps, maxReps, budgetMs }) => {
+  const { rec, initMs, initLongTasks } = await open(catalog, backend, `bench-rec-${backend}-${catalog.length}`);
+  for (const e of history) rec.track(e);
+  await rec.flush();
+  const api = apiOfLastWorker();
+  // Warm-up: shader compilation, first upload of the table, JIT.
+  const w0 = performance.now();
+  await rec.recommend({ k });
+  const firstRecommendMs = performance.now() - w0;
+  await rec.recommend({ k });
+  await api.benchRawScore(k, 1, true);
+  const recMs = [];
+  const rawMs = [];
+  const rawRoundTripMs = [];
+  const start = performance.now();
+  let rawBackend;
+  let shape;
+  let last;
+  for (let i = 0; i < maxReps && (i < minReps || performance.now() - start < budgetMs); i++) {
+    let t = performance.now();
+    last = await rec.recommend({ k });
+    recMs.push(performance.now() - t);
+    t = performance.now();
+    const raw = await api.benchRawScore(k, 1, false);
+    rawRoundTripMs.push(performance.now() - t);
+    rawMs.push(raw.ms[0]);
+    rawBackend = raw.backend;
+    shape = [raw.rows, raw.dim];
+  }
+  const stats = await rec.stats();
+  api[Comlink.releaseProxy]();
+  await rec.erase();
+  return {
+    initMs,
+    initLongTasks,
+    firstRecommendMs,
+    recommend: summary(recMs),
+    raw: summary(rawMs),
+    rawRoundTrip: summary(rawRoundTripMs),
+    rawBackend,
+    sdkBackend: stats.backend,
+    rows: shape[0],
+    dim: shape[1],
+    historyItems: new Set(history.map((e) => e.itemId)).size,
+    returned: last.length,
+  };
+};
+
+window.ready = true;
