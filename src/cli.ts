@@ -18,6 +18,7 @@ const registrations: Array<Promise<{ register(p: Command): void }>> = [
   import('./eval/eval-command.js'),
   import('./server/serve-command.js'),
   import('./offers/offers-command.js'),
+  import('./federated/simulate-command.js'),
 ];
 
 export async function main(argv = process.argv): Promise<void> {

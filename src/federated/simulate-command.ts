@@ -1,0 +1,194 @@
+/**
+ * `localrec simulate`: federated training of the shipped model with every user of a data set as a
+ * simulated device (real client code, real server), one JSON line per evaluated round on stdout,
+ * progress on stderr, and a last line with the final metrics and the ε spent.
+ *
+ * @example
+ * ```sh
+ * localrec simulate --data ../shared/data/online-retail/online-retail.csv.gz --format retail
+ * localrec simulate --data ratings.csv --format csv --user userId --item movieId --time timestamp --noise 2 --central
+ * ```
+ */
+import type { Command } from 'commander';
+import { basename } from 'node:path';
+import { ValidationError } from '../errors.js';
+
+export interface SimulateCommandOptions {
+  data?: string;
+  format: string;
+  user?: string;
+  item?: string;
+  time?: string;
+  weight?: string;
+  filter: string[];
+  rounds: string;
+  clientsPerRound: string;
+  clip: string;
+  noise: string;
+  budget: string;
+  delta: string;
+  dim: string;
+  minClients: string;
+  seed: string;
+  server: string;
+  central?: boolean;
+  centralEpochs: string;
+  evalEvery: string;
+  evalUsers: string;
+  k: string;
+  recency: string;
+  localEpochs: string;
+  localRate?: string;
+  localNegatives?: string;
+  localContext?: string;
+  aggregator: string;
+  serverLr: string;
+  init: string;
+}
+
+export interface SimulateIo {
+  stdout: (line: string) => void;
+  stderr: { isTTY?: boolean; write(s: string): unknown };
+}
+
+const PROCESS_IO: SimulateIo = { stdout: (s) => process.stdout.write(s), stderr: process.stderr };
+
+export function register(program: Command, io: SimulateIo = PROCESS_IO): void {
+  program
+    .command('simulate')
+    .description('Federated simulation: every user of a data set is a device running the real client against a real server; JSON lines on stdout.')
+    .option('--data <file>', 'event CSV (optionally gzipped)')
+    .option('--format <format>', 'input format: retail|csv', 'csv')
+    .option('--user <column>', 'csv: user id column')
+    .option('--item <column>', 'csv: item id column')
+    .option('--time <column>', 'csv: time column (number or date); file order when absent')
+    .option('--weight <column>', 'csv: confidence column')
+    .option('--filter <clause>', "csv: keep rows matching COLUMN OP VALUE (repeatable), e.g. 'quantity>0'", (v: string, p: string[]) => p.concat([v]), [])
+    .option('--rounds <n>', 'simulated rounds', '20')
+    .option('--clients-per-round <m>', 'devices sampled per round (seeded)', '100')
+    .option('--clip <C>', 'L2 clip bound of an update', '1')
+    .option('--noise <sigma>', 'noise multiplier σ (noise std σ·C per coordinate)', '1')
+    .option('--budget <epsilon>', "each device's ε budget (δ = --delta); 'none' for no limit (needed with --noise 0)", '8')
+    .option('--delta <delta>', 'δ of the (ε, δ) figures', '1e-5')
+    .option('--dim <d>', 'embedding size (16 keeps a 4,000-item update at 7 bits within 64 KiB)', '16')
+    .option('--min-clients <n>', 'server: updates per aggregation (k-anonymity floor)', '10')
+    .option('--seed <seed>', 'seed for device sampling, initialization and local training', '1')
+    .option('--server <where>', 'memory (in-process server on 127.0.0.1), sqlite (same, temp data dir) or a server URL', 'memory')
+    .option('--central', 'also train the same model centrally (no DP) and print the ratio')
+    .option('--central-epochs <n>', 'epochs of the central model', '4')
+    .option('--eval-every <n>', 'evaluate the global model every n rounds', '1')
+    .option('--eval-users <n>', 'test users sampled for intermediate evaluations (0 = all; the last line uses all)', '500')
+    .option('--k <k>', 'list length', '10')
+    .option('--recency <decay>', 'history weight per step back in time when scoring (as localrec eval)', '0.5')
+    .option('--local-epochs <n>', 'local training epochs on the device', '2')
+    .option('--local-rate <lr>', 'local Adagrad learning rate (default as the shipped model, 0.1)')
+    .option('--local-negatives <n>', 'local sampled negatives per step (default 256)')
+    .option('--local-context <n>', 'earlier items forming a target’s context (default 20; also used centrally)')
+    .option('--aggregator <name>', 'server: fedavg|fedadam', 'fedavg')
+    .option('--server-lr <lr>', 'server: FedAvg learning rate', '1')
+    .option('--init <init>', 'initial global model: popularity (biases from item counts the shop knows) | flat', 'popularity')
+    .action(async (opts: SimulateCommandOptions) => {
+      await runSimulate(opts, io);
+    });
+}
+
+const num = (name: string, v: string, ok: (x: number) => boolean, what: string): number => {
+  const x = Number(v);
+  if (!ok(x)) throw new ValidationError(name, `must be ${what}, got '${v}'`);
+  return x;
+};
+const posInt = (name: string, v: string) => num(name, v, (x) => Number.isInteger(x) && x > 0, 'a positive integer');
+
+/** The body of the command, apart from commander (tests call it with plain options). */
+export async function runSimulate(opts: SimulateCommandOptions, io: SimulateIo): Promise<void> {
+  const format = opts.format;
+  if (format !== 'retail' && format !== 'csv') throw new ValidationError('--format', `must be retail or csv, got '${format}'`);
+  if (!opts.data) throw new ValidationError('--data', 'is required');
+  const rounds = posInt('--rounds', opts.rounds);
+  const clientsPerRound = posInt('--clients-per-round', opts.clientsPerRound);
+  const clip = num('--clip', opts.clip, (x) => Number.isFinite(x) && x > 0, 'a number > 0');
+  const noiseMultiplier = num('--noise', opts.noise, (x) => Number.isFinite(x) && x >= 0, 'a number ≥ 0');
+  const budget = opts.budget === 'none' || opts.budget === 'Infinity' ? Infinity : num('--budget', opts.budget, (x) => Number.isFinite(x) && x > 0, "a number > 0 or 'none'");
+  if (noiseMultiplier === 0 && Number.isFinite(budget)) {
+    throw new ValidationError('--budget', "with --noise 0 no finite budget can be kept (ε is unbounded); pass --budget none to simulate without DP");
+  }
+  const delta = num('--delta', opts.delta, (x) => x > 0 && x < 1, 'in (0, 1)');
+  const dim = num('--dim', opts.dim, (x) => Number.isInteger(x) && x >= 1 && x <= 64, 'an integer from 1 to 64');
+  const minClients = posInt('--min-clients', opts.minClients);
+  const seed = num('--seed', opts.seed, Number.isInteger, 'an integer');
+  const k = posInt('--k', opts.k);
+  const evalEvery = posInt('--eval-every', opts.evalEvery);
+  const evalUsers = num('--eval-users', opts.evalUsers, (x) => Number.isInteger(x) && x >= 0, 'an integer ≥ 0');
+  const recencyDecay = num('--recency', opts.recency, (x) => x > 0 && x <= 1, 'in (0, 1]');
+  const centralEpochs = posInt('--central-epochs', opts.centralEpochs);
+  const aggregator = opts.aggregator;
+  if (aggregator !== 'fedavg' && aggregator !== 'fedadam') throw new ValidationError('--aggregator', `must be fedavg or fedadam, got '${aggregator}'`);
+  const serverLearningRate = num('--server-lr', opts.serverLr, (x) => Number.isFinite(x) && x > 0, 'a number > 0');
+  const init = opts.init;
+  if (init !== 'popularity' && init !== 'flat') throw new ValidationError('--init', `must be popularity or flat, got '${init}'`);
+  const localTrain: Record<string, number> = { epochs: posInt('--local-epochs', opts.localEpochs) };
+  if (opts.localRate !== undefined) localTrain.learningRate = num('--local-rate', opts.localRate, (x) => x > 0 && x <= 10, 'in (0, 10]');
+  if (opts.localNegatives !== undefined) localTrain.negatives = num('--local-negatives', opts.localNegatives, (x) => Number.isInteger(x) && x >= 0, 'an integer ≥ 0');
+  if (opts.localContext !== undefined) localTrain.maxContext = posInt('--local-context', opts.localContext);
+
+  const { loadCsv } = await import('../eval/csv-loader.js');
+  const { looSplit } = await import('../eval/loo-split.js');
+  const { PRESETS } = await import('../eval/presets.js');
+  const { parseFilter } = await import('../eval/row-filter.js');
+  const { Progress } = await import('../eval/progress.js');
+  const { simulate } = await import('./simulate.js');
+  type Mapping = Parameters<typeof loadCsv>[1];
+
+  let mapping: Mapping;
+  if (format === 'retail') {
+    mapping = { ...PRESETS.retail };
+    if (opts.weight) mapping.weight = opts.weight;
+  } else {
+    if (!opts.user) throw new ValidationError('--user', 'is required with --format csv (the user id column)');
+    if (!opts.item) throw new ValidationError('--item', 'is required with --format csv (the item id column)');
+    mapping = { user: opts.user, item: opts.item };
+    if (opts.time) mapping.time = opts.time;
+    if (opts.weight) mapping.weight = opts.weight;
+  }
+  mapping.filters = [...(mapping.filters ?? []), ...opts.filter.map((c) => parseFilter(c, '--filter'))];
+
+  const progress = new Progress(io.stderr);
+  const data = basename(opts.data);
+  const t0 = performance.now();
+  const log = await loadCsv(opts.data, mapping, (rows) => progress.update(`loading ${data} (${rows} rows)`, 0));
+  const split = looSplit(log);
+  progress.log(
+    `${data}: ${split.userIds.length} users (devices), ${split.itemIds.length} items, ${split.testUsers.length} test users (loo, loaded in ${Math.round(performance.now() - t0)} ms)`,
+  );
+  await simulate(split, {
+    rounds,
+    clientsPerRound,
+    clip,
+    noiseMultiplier,
+    budget,
+    delta,
+    dim,
+    minClients,
+    seed,
+    server: opts.server,
+    central: opts.central ? { epochs: centralEpochs } : false,
+    evalEvery,
+    evalUsers,
+    k,
+    weighting: { recencyDecay, confidence: 'none' },
+    localTrain,
+    aggregator,
+    serverLearningRate,
+    init,
+    data,
+    onLine: (line) => {
+      progress.done();
+      io.stdout(`${JSON.stringify(line)}\n`);
+    },
+    onProgress: (stage, f) => progress.update(stage, f),
+    log: (m) => {
+      if (!m.startsWith('server: published')) progress.log(m);
+    },
+  });
+  progress.done();
+}

@@ -1,0 +1,505 @@
+/**
+ * The federated simulation behind `localrec simulate`: every user of a data set is a simulated
+ * device running the REAL client round (`syncOnce`: pull, local training, clip, noise, quantize,
+ * POST) against a real aggregation server, each with its own Rényi-DP accountant and, as its only
+ * data, its own training history from the leave-one-out split (so held-out items are never seen).
+ * After every `evalEvery` rounds the current GLOBAL model is scored with the same protocol, metrics
+ * and user-side scoring as `localrec eval`'s `localrec` model.
+ *
+ * Pure apart from the server it talks to: the caller passes the split and receives plain objects.
+ */
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { isPrivacyBudgetError, ValidationError } from '../errors.js';
+import type { EvalModel } from '../eval/eval-model.js';
+import { NO_WEIGHTING, weightedHistory, type HistoryWeighting } from '../eval/history-weighting.js';
+import { evaluateModel } from '../eval/runner.js';
+import type { Split } from '../eval/split.js';
+import { createItemTable, type ItemTable } from '../model/item-table.js';
+import { Random } from '../model/random.js';
+import { userVector } from '../model/score.js';
+import type { TrainConfig } from '../model/train.js';
+import { DEFAULT_DELTA, RdpAccountant } from './dp.js';
+import { syncOnce, type FetchLike } from './sync.js';
+import { decodeModel, toHex, sha256 } from './wire.js';
+
+export interface SimulateOptions {
+  /** Simulated rounds; each samples `clientsPerRound` devices. */
+  rounds: number;
+  clientsPerRound: number;
+  /** Server settings (ignored with an external `server` URL: its own config rules). */
+  clip: number;
+  noiseMultiplier: number;
+  minClients: number;
+  aggregator?: 'fedavg' | 'fedadam';
+  serverLearningRate?: number;
+  /** Per-device ε budget (default 8); `Infinity` for none (needed with σ = 0). */
+  budget: number;
+  delta?: number;
+  dim: number;
+  seed: number;
+  /** `memory` (in-process server, default), `sqlite` (in-process, temp data dir) or an http(s) URL. */
+  server?: string;
+  /** Evaluate the global model every this many rounds (the last round always). Default 1. */
+  evalEvery?: number;
+  /** Test users sampled for intermediate evaluations (0 = all). The final one uses all. Default 500. */
+  evalUsers?: number;
+  k?: number;
+  /** How the device weights its history when scoring (same as `localrec eval --recency/--confidence`). */
+  weighting?: HistoryWeighting;
+  /** Softmax temperature used for scoring and training (default 1, as in `localrec eval`). */
+  temperature?: number;
+  /** Local training on the device (merged over syncOnce's `{ epochs: 2 }`). */
+  localTrain?: Partial<TrainConfig>;
+  /** Initial global model: popularity biases from training counts (default) or flat. */
+  init?: 'popularity' | 'flat';
+  /** Also train the same model centrally (no DP) for the comparison ratio. */
+  central?: boolean | { epochs?: number };
+  data?: string;
+  /** Receives each JSON line (an object), in order. */
+  onLine?: (line: SimRoundLine | SimFinalLine) => void;
+  onProgress?: (stage: string, fraction: number) => void;
+  log?: (message: string) => void;
+  /** Injected fetch (tests); default: global fetch to the server on loopback. */
+  fetch?: FetchLike;
+}
+
+export interface SimRoundLine {
+  round: number;
+  /** Global model version after the round. */
+  version: number;
+  hr: number;
+  ndcg: number;
+  /** Test users this evaluation scored. */
+  evalUsers: number;
+  /** Largest ε any device has spent (null when unbounded: σ = 0). */
+  epsilonMax: number | null;
+  /** Mean ε over the devices that sent at least one update (0 when none did). */
+  epsilonMean: number | null;
+  /** Mean ε over the whole population (devices that never sent count as 0). */
+  epsilonMeanAll: number | null;
+  /** Bytes of one update body: what one client uploads in one round (it sends at most one). */
+  bytesPerClientPerRound: number;
+  /** Updates sent, devices with nothing to train on, devices refusing for budget, in this round. */
+  updatesSent: number;
+  clientsWithNothing: number;
+  clientsSkippedForBudget: number;
+  /** Milliseconds since the simulation started (training, syncing and evaluation). */
+  wallMs: number;
+}
+
+export interface CentralResult {
+  hr: number;
+  ndcg: number;
+  ms: number;
+}
+
+export interface SimFinalLine {
+  final: true;
+  data: string;
+  devices: number;
+  items: number;
+  testUsers: number;
+  k: number;
+  rounds: number;
+  clientsPerRound: number;
+  clip: number;
+  noiseMultiplier: number;
+  budget: number | null;
+  delta: number;
+  dim: number;
+  minClients: number;
+  server: string;
+  /** Global model version at the end. */
+  version: number;
+  /** Metrics of the final global model on ALL test users. */
+  hr: number;
+  ndcg: number;
+  /** Same, for the initial model (version 0): what federated training has to beat. */
+  initialHr: number;
+  initialNdcg: number;
+  epsilonMax: number | null;
+  epsilonMean: number | null;
+  epsilonMeanAll: number | null;
+  /** Devices that sent at least one update. */
+  devicesParticipated: number;
+  updatesSent: number;
+  clientsWithNothing: number;
+  clientsSkippedForBudget: number;
+  bytesPerClientPerRound: number;
+  /** Bytes of the float32 global model a device downloads when the version changed. */
+  modelBytes: number;
+  wallMs: number;
+  central?: CentralResult;
+  /** Federated ÷ central, when `central` was asked for. */
+  ratio?: { hr: number; ndcg: number };
+}
+
+/** The result of {@link simulate}: every line it emitted, and the final global table. */
+export interface SimulateResult {
+  lines: SimRoundLine[];
+  final: SimFinalLine;
+  table: ItemTable;
+  accountants: RdpAccountant[];
+}
+
+const round5 = (x: number): number => Math.round(x * 1e5) / 1e5;
+const epsOut = (x: number): number | null => (Number.isFinite(x) ? round5(x) : null);
+
+/**
+ * Scores a fixed item table exactly as `LocalrecModel.score` does (src/eval/localrec-model.ts):
+ * `bias + V·z / temperature`, z the weighted mean of the user's training items' embeddings.
+ * `fit` does nothing: the table comes from the federation.
+ */
+export class TableModel implements EvalModel {
+  readonly name = 'localrec-federated';
+  constructor(
+    private readonly table: ItemTable,
+    private readonly weighting: HistoryWeighting,
+    private readonly temperature = 1,
+    private split?: Split,
+  ) {}
+
+  get bytesPerItem(): number {
+    return (this.table.dim + 1) * 4;
+  }
+
+  fit(split: Split): void {
+    this.split = split;
+  }
+
+  score(user: number, out: Float32Array): void {
+    const t = this.table;
+    const h = weightedHistory(this.split!.train, user, this.weighting);
+    const profile = Array.from(h.items, (row, e) => ({ row, weight: h.weights[e]!, action: 'bought' as const, lastT: 0 }));
+    const z = userVector(t, profile);
+    const d = t.dim;
+    const inv = 1 / this.temperature;
+    for (let j = 0; j < t.itemIds.length; j++) {
+      let s = 0;
+      for (let k = 0; k < d; k++) s += t.factors[j * d + k]! * z[k]!;
+      out[j] = t.bias[j]! + s * inv;
+    }
+  }
+}
+
+/** The split with only some test users (a seeded sample), for quick intermediate evaluations. */
+export function sampleTestUsers(split: Split, count: number, seed: number): Split {
+  if (!(count > 0) || count >= split.testUsers.length) return split;
+  const all = Array.from(split.testUsers);
+  new Random(seed).shuffle(all);
+  const users = Int32Array.from(all.slice(0, count)).sort();
+  return { ...split, testUsers: users };
+}
+
+/**
+ * Evaluates an item table on a split with the `localrec eval` loop (full ranking, training items
+ * masked, HR/NDCG@k).
+ */
+export async function evaluateTable(
+  table: ItemTable,
+  split: Split,
+  o: { k?: number; weighting?: HistoryWeighting; temperature?: number; data?: string } = {},
+): Promise<{ hr: number; ndcg: number; testUsers: number }> {
+  const r = await evaluateModel(new TableModel(table, o.weighting ?? NO_WEIGHTING, o.temperature ?? 1), split, { k: o.k ?? 10, data: o.data ?? '' });
+  return { hr: r.hr, ndcg: r.ndcg, testUsers: r.testUsers };
+}
+
+/** Item counts in the training part: the popularity hint the shop knows from its own sales. */
+export function trainPopularity(split: Split): Float32Array {
+  const pop = new Float32Array(split.itemIds.length);
+  for (const i of split.train.items) pop[i]!++;
+  return pop;
+}
+
+/** The model every device starts from: the same initialization as the central `localrec` model. */
+export function initialTable(split: Split, dim: number, seed: number, init: 'popularity' | 'flat' = 'popularity'): ItemTable {
+  return createItemTable(split.itemIds, dim, { seed, ...(init === 'popularity' ? { popularity: trainPopularity(split) } : {}) });
+}
+
+function positiveInt(name: string, v: number): number {
+  if (!Number.isInteger(v) || v < 1) throw new ValidationError(name, `must be a positive integer, got ${v}`);
+  return v;
+}
+
+interface ServerHandle {
+  url: string;
+  label: string;
+  close(): Promise<void>;
+}
+
+async function openServer(o: SimulateOptions, table: ItemTable, log: (m: string) => void): Promise<ServerHandle> {
+  const kind = o.server ?? 'memory';
+  if (/^https?:\/\//.test(kind)) return { url: kind, label: kind, close: async () => {} };
+  if (kind !== 'memory' && kind !== 'sqlite') throw new ValidationError('--server', `must be memory, sqlite or an http(s) URL, got '${kind}'`);
+  const { startServer } = await import('../server/index.js');
+  const dir = kind === 'sqlite' ? await mkdtemp(join(tmpdir(), 'localrec-sim-')) : null;
+  try {
+    const s = await startServer({
+      port: 0,
+      host: '127.0.0.1',
+      dataDir: dir,
+      initialTable: table,
+      minClients: o.minClients,
+      clip: o.clip,
+      noiseMultiplier: o.noiseMultiplier,
+      ...(o.aggregator ? { aggregator: o.aggregator } : {}),
+      ...(o.serverLearningRate !== undefined ? { serverLearningRate: o.serverLearningRate } : {}),
+      rateLimit: false,
+      log: (line) => log(`server: ${line}`),
+    });
+    return {
+      url: s.url,
+      label: kind,
+      close: async () => {
+        await s.close();
+        if (dir) await rm(dir, { recursive: true, force: true });
+      },
+    };
+  } catch (e) {
+    if (dir) await rm(dir, { recursive: true, force: true });
+    throw e;
+  }
+}
+
+/**
+ * Runs the simulation. Devices of a round sync one after another, each against the server's
+ * current version (the server publishes a new version whenever `minClients` updates are pending,
+ * so one simulated round may span several versions when clientsPerRound > minClients).
+ *
+ * @example
+ * ```ts
+ * const split = looSplit(await loadCsv(file, PRESETS.retail));
+ * const r = await simulate(split, { rounds: 20, clientsPerRound: 100, clip: 1, noiseMultiplier: 1, budget: 8, dim: 16, minClients: 10, seed: 1 });
+ * r.final.hr; r.final.epsilonMax; // ≤ 8
+ * ```
+ */
+export async function simulate(split: Split, o: SimulateOptions): Promise<SimulateResult> {
+  const t0 = performance.now();
+  positiveInt('rounds', o.rounds);
+  positiveInt('clientsPerRound', o.clientsPerRound);
+  positiveInt('dim', o.dim);
+  positiveInt('minClients', o.minClients);
+  if (!(o.budget > 0)) throw new ValidationError('budget', `must be > 0 (Infinity for none), got ${o.budget}`);
+  const delta = o.delta ?? DEFAULT_DELTA;
+  const k = o.k ?? 10;
+  const evalEvery = positiveInt('evalEvery', o.evalEvery ?? 1);
+  const weighting = o.weighting ?? { recencyDecay: 0.5, confidence: 'none' };
+  const temperature = o.temperature ?? 1;
+  const log = o.log ?? (() => {});
+  const progress = o.onProgress ?? (() => {});
+  const data = o.data ?? '';
+
+  const tf = await import('../model/tf.js');
+  await tf.setBackend('cpu');
+  await tf.ready();
+
+  const nUsers = split.userIds.length;
+  // Each device's own data: its training items, in order of first occurrence, weight 1 (exactly
+  // what the central `localrec` model trains on for this user).
+  const histories = Array.from({ length: nUsers }, (_, u) => {
+    const rows = split.train.items.subarray(split.train.ptr[u], split.train.ptr[u + 1]);
+    return { itemIds: Array.from(rows, (r) => split.itemIds[r]!), weights: Array.from(rows, () => 1) };
+  });
+  const accountants = Array.from({ length: nUsers }, () => new RdpAccountant());
+  const sentCount = new Int32Array(nUsers);
+
+  const start = initialTable(split, o.dim, o.seed, o.init ?? 'popularity');
+  const server = await openServer(o, start, log);
+  const lines: SimRoundLine[] = [];
+  try {
+    const fetchFn: FetchLike = o.fetch ?? ((url, init) => fetch(url, init as RequestInit));
+    // The global model the devices hold: passed as `held` so an unchanged version is a 304.
+    let held: { table: ItemTable; hash: string } | undefined;
+    const initialBytes = await (await fetchFn(`${server.url}/v1/model`)).arrayBuffer();
+    const modelBytes = initialBytes.byteLength;
+    held = { table: decodeModel(new Uint8Array(initialBytes)).table, hash: toHex(await sha256(new Uint8Array(initialBytes))) };
+    if (held.table.itemIds.length !== split.itemIds.length || held.table.itemIds.some((id, i) => id !== split.itemIds[i])) {
+      throw new ValidationError('--server', `the server's model has ${held.table.itemIds.length} items that do not match the data set's ${split.itemIds.length}`);
+    }
+    const initialEval = await evaluateTable(held.table, split, { k, weighting, temperature, data });
+    log(`version 0 (initial model): HR@${k} ${initialEval.hr}, NDCG@${k} ${initialEval.ndcg} on ${initialEval.testUsers} test users`);
+
+    const sampler = new Random(o.seed * 7919 + 17);
+    const evalSplit = sampleTestUsers(split, o.evalUsers ?? 500, o.seed);
+    let updateBytes = 0;
+    let version = 0;
+    let totals = { sent: 0, nothing: 0, skipped: 0 };
+    const epsStats = () => {
+      let max = 0;
+      let sum = 0;
+      let n = 0;
+      let sumAll = 0;
+      for (let u = 0; u < nUsers; u++) {
+        if (sentCount[u] === 0) continue;
+        const e = accountants[u]!.epsilon(delta);
+        max = Math.max(max, e);
+        sum += e;
+        sumAll += e;
+        n++;
+      }
+      return { max: epsOut(max), mean: epsOut(n ? sum / n : 0), meanAll: epsOut(sumAll / nUsers), participated: n };
+    };
+
+    const M = Math.min(o.clientsPerRound, nUsers);
+    const order = Array.from({ length: nUsers }, (_, u) => u);
+    for (let r = 1; r <= o.rounds; r++) {
+      // M distinct devices, seeded: a partial Fisher–Yates over all users.
+      for (let i = 0; i < M; i++) {
+        const j = i + sampler.int(nUsers - i);
+        [order[i], order[j]] = [order[j]!, order[i]!];
+      }
+      const c = { sent: 0, nothing: 0, skipped: 0 };
+      for (let i = 0; i < M; i++) {
+        const u = order[i]!;
+        try {
+          const res = await syncOnce({
+            serverUrl: server.url,
+            fetch: fetchFn,
+            accountant: accountants[u]!,
+            budget: o.budget,
+            delta,
+            held,
+            history: [histories[u]!],
+            train: { temperature, ...o.localTrain, seed: o.seed * 1_000_003 + r * 7_919 + u },
+            attempts: 1,
+          });
+          held = { table: res.global, hash: res.globalHash };
+          if (res.sent) {
+            c.sent++;
+            sentCount[u]++;
+            updateBytes = res.uploadedBytes;
+            if (res.server?.published != null) version = res.server.published;
+          } else c.nothing++;
+        } catch (e) {
+          if (!isPrivacyBudgetError(e)) throw e;
+          c.skipped++;
+        }
+        progress(`round ${r}/${o.rounds}`, (i + 1) / M);
+      }
+      totals = { sent: totals.sent + c.sent, nothing: totals.nothing + c.nothing, skipped: totals.skipped + c.skipped };
+      if (r % evalEvery !== 0 && r !== o.rounds) continue;
+      // Evaluate what the server publishes now (a device that syncs next would get it).
+      const cur = await pullCurrent(server.url, fetchFn, held);
+      held = cur;
+      version = cur.table.version;
+      const m = await evaluateTable(cur.table, evalSplit, { k, weighting, temperature, data });
+      const eps = epsStats();
+      const line: SimRoundLine = {
+        round: r,
+        version,
+        hr: m.hr,
+        ndcg: m.ndcg,
+        evalUsers: m.testUsers,
+        epsilonMax: eps.max,
+        epsilonMean: eps.mean,
+        epsilonMeanAll: eps.meanAll,
+        bytesPerClientPerRound: updateBytes,
+        updatesSent: c.sent,
+        clientsWithNothing: c.nothing,
+        clientsSkippedForBudget: c.skipped,
+        wallMs: Math.round(performance.now() - t0),
+      };
+      lines.push(line);
+      o.onLine?.(line);
+    }
+
+    progress('final evaluation', 0);
+    const fin = await evaluateTable(held.table, split, { k, weighting, temperature, data });
+    progress('final evaluation', 1);
+    const eps = epsStats();
+    let central: CentralResult | undefined;
+    if (o.central) {
+      const epochs = typeof o.central === 'object' && o.central.epochs ? o.central.epochs : 4;
+      central = await trainCentral(split, { dim: o.dim, seed: o.seed, epochs, weighting, temperature, k, data, localTrain: o.localTrain, onProgress: progress });
+    }
+    const final: SimFinalLine = {
+      final: true,
+      data,
+      devices: nUsers,
+      items: split.itemIds.length,
+      testUsers: fin.testUsers,
+      k,
+      rounds: o.rounds,
+      clientsPerRound: M,
+      clip: o.clip,
+      noiseMultiplier: o.noiseMultiplier,
+      budget: Number.isFinite(o.budget) ? o.budget : null,
+      delta,
+      dim: o.dim,
+      minClients: o.minClients,
+      server: server.label,
+      version: held.table.version,
+      hr: fin.hr,
+      ndcg: fin.ndcg,
+      initialHr: initialEval.hr,
+      initialNdcg: initialEval.ndcg,
+      epsilonMax: eps.max,
+      epsilonMean: eps.mean,
+      epsilonMeanAll: eps.meanAll,
+      devicesParticipated: eps.participated,
+      updatesSent: totals.sent,
+      clientsWithNothing: totals.nothing,
+      clientsSkippedForBudget: totals.skipped,
+      bytesPerClientPerRound: updateBytes,
+      modelBytes,
+      wallMs: Math.round(performance.now() - t0),
+    };
+    if (central) {
+      final.central = central;
+      final.ratio = { hr: central.hr > 0 ? round5(fin.hr / central.hr) : 0, ndcg: central.ndcg > 0 ? round5(fin.ndcg / central.ndcg) : 0 };
+    }
+    o.onLine?.(final);
+    return { lines, final, table: held.table, accountants };
+  } finally {
+    await server.close();
+  }
+}
+
+/** The server's current model (a 304 keeps the held one). */
+async function pullCurrent(url: string, f: FetchLike, held: { table: ItemTable; hash: string }): Promise<{ table: ItemTable; hash: string }> {
+  const res = await f(`${url}/v1/model`, { method: 'GET', headers: { 'If-None-Match': `"${held.hash}"` } });
+  if (res.status === 304) return held;
+  if (!res.ok) throw new ValidationError('server', `GET /v1/model answered ${res.status}`);
+  const bytes = new Uint8Array(await res.arrayBuffer());
+  return { table: decodeModel(bytes).table, hash: res.headers.get('X-Localrec-Model-Hash') ?? toHex(await sha256(bytes)) };
+}
+
+/**
+ * The same model trained centrally, without DP, on all training histories: `localrec eval`'s
+ * `localrec` model with the simulation's dim, seed, weighting and local training settings.
+ */
+export async function trainCentral(
+  split: Split,
+  o: {
+    dim: number;
+    seed: number;
+    epochs: number;
+    weighting: HistoryWeighting;
+    temperature: number;
+    k: number;
+    data: string;
+    localTrain?: Partial<TrainConfig> | undefined;
+    onProgress?: (stage: string, f: number) => void;
+  },
+): Promise<CentralResult> {
+  const { LocalrecModel } = await import('../eval/localrec-model.js');
+  const { DEFAULT_TRAIN_CONFIG } = await import('../model/train.js');
+  const lt = { ...DEFAULT_TRAIN_CONFIG, ...o.localTrain };
+  const model = new LocalrecModel({
+    dim: o.dim,
+    epochs: o.epochs,
+    batchSize: DEFAULT_TRAIN_CONFIG.batchSize,
+    negatives: DEFAULT_TRAIN_CONFIG.negatives,
+    learningRate: DEFAULT_TRAIN_CONFIG.learningRate,
+    l2: lt.l2,
+    maxContext: lt.maxContext,
+    temperature: o.temperature,
+    backend: 'cpu',
+    seed: o.seed,
+    weighting: o.weighting,
+  });
+  const r = await evaluateModel(model, split, { k: o.k, data: o.data, onProgress: (stage, f) => o.onProgress?.(`central ${stage}`, f) });
+  return { hr: r.hr, ndcg: r.ndcg, ms: r.ms };
+}
