@@ -1,0 +1,103 @@
+/**
+ * `localrec simulate` end to end on a small CSV: JSON lines on stdout, the documented fields on
+ * every round line and on the last line, and clear errors for bad options.
+ */
+import assert from 'node:assert/strict';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { runSimulate, type SimulateCommandOptions } from '../../src/federated/simulate-command.js';
+import { isValidationError } from '../../src/errors.js';
+import { Random } from '../../src/model/random.js';
+
+let dir: string;
+let csv: string;
+
+before(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'localrec-sim-test-'));
+  csv = join(dir, 'events.csv');
+  const rng = new Random(5);
+  const rows = ['user,item,t'];
+  for (let u = 0; u < 60; u++) {
+    const c = u % 3;
+    rng.shuffle(Array.from({ length: 8 }, (_, i) => c * 8 + i)).slice(0, 5).forEach((it, t) => rows.push(`u${u},i${it},${t}`));
+  }
+  await writeFile(csv, rows.join('\n') + '\n');
+});
+after(async () => {
+  await rm(dir, { recursive: true, force: true });
+});
+
+const opts = (o: Partial<SimulateCommandOptions> = {}): SimulateCommandOptions => ({
+  data: csv,
+  format: 'csv',
+  user: 'user',
+  item: 'item',
+  time: 't',
+  filter: [],
+  rounds: '3',
+  clientsPerRound: '20',
+  clip: '1',
+  noise: '1',
+  budget: '8',
+  delta: '1e-5',
+  dim: '8',
+  minClients: '10',
+  seed: '1',
+  server: 'memory',
+  centralEpochs: '2',
+  evalEvery: '1',
+  evalUsers: '0',
+  k: '10',
+  recency: '0.5',
+  localEpochs: '2',
+  localNegatives: '0',
+  aggregator: 'fedavg',
+  serverLr: '1',
+  init: 'popularity',
+  ...o,
+});
+
+const ROUND_FIELDS = ['round', 'version', 'hr', 'ndcg', 'epsilonMax', 'epsilonMean', 'bytesPerClientPerRound', 'clientsSkippedForBudget', 'wallMs'];
+const FINAL_FIELDS = ['final', 'hr', 'ndcg', 'epsilonMax', 'epsilonMean', 'bytesPerClientPerRound', 'clientsSkippedForBudget', 'wallMs', 'central', 'ratio', 'initialHr', 'updatesSent', 'modelBytes'];
+
+async function run(o: Partial<SimulateCommandOptions>): Promise<{ lines: Record<string, unknown>[]; err: string }> {
+  const out: string[] = [];
+  let err = '';
+  await runSimulate(opts(o), { stdout: (s) => out.push(s), stderr: { write: (s: string) => (err += s) } });
+  return { lines: out.join('').trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>), err };
+}
+
+describe('localrec simulate (command)', () => {
+  it('prints one JSON line per evaluated round and a last line with final metrics, ε, central and ratio', async () => {
+    const { lines, err } = await run({ central: true, server: 'sqlite' });
+    assert.equal(lines.length, 4);
+    for (const [i, l] of lines.slice(0, 3).entries()) {
+      for (const f of ROUND_FIELDS) assert.ok(f in l, `round line has ${f}`);
+      assert.equal(l.round, i + 1);
+    }
+    const last = lines.at(-1)!;
+    for (const f of FINAL_FIELDS) assert.ok(f in last, `last line has ${f}`);
+    assert.equal(last.final, true);
+    assert.equal(last.budget, 8);
+    assert.equal(last.server, 'sqlite');
+    assert.ok((last.epsilonMax as number) > 0 && (last.epsilonMax as number) <= 8);
+    const central = last.central as { hr: number; ndcg: number };
+    const ratio = last.ratio as { hr: number; ndcg: number };
+    if (central.hr > 0) assert.ok(Math.abs(ratio.hr - (last.hr as number) / central.hr) < 1e-3);
+    assert.ok((last.bytesPerClientPerRound as number) > 80, 'an update is a header plus codes');
+    assert.match(err, /60 users \(devices\)/, 'progress and the data summary go to stderr');
+  });
+
+  it('evaluates every --eval-every rounds and always the last', async () => {
+    const { lines } = await run({ rounds: '3', evalEvery: '2' });
+    assert.deepEqual(lines.map((l) => l.round ?? 'final'), [2, 3, 'final']);
+  });
+
+  it('refuses --noise 0 with a finite budget, and bad values, naming the option', async () => {
+    await assert.rejects(run({ noise: '0' }), (e: unknown) => isValidationError(e) && /--budget/.test((e as Error).message));
+    await assert.rejects(run({ rounds: '0' }), (e: unknown) => isValidationError(e) && /--rounds/.test((e as Error).message));
+    await assert.rejects(run({ server: 'ftp://x' }), (e: unknown) => isValidationError(e) && /--server/.test((e as Error).message));
+  });
+});
