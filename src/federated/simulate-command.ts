@@ -44,6 +44,7 @@ export interface SimulateCommandOptions {
   aggregator: string;
   serverLr: string;
   init: string;
+  writeCatalog?: string;
 }
 
 export interface SimulateIo {
@@ -87,6 +88,7 @@ export function register(program: Command, io: SimulateIo = PROCESS_IO): void {
     .option('--aggregator <name>', 'server: fedavg|fedadam', 'fedavg')
     .option('--server-lr <lr>', 'server: FedAvg learning rate', '1')
     .option('--init <init>', 'initial global model: popularity (biases from item counts the shop knows) | flat', 'popularity')
+    .option('--write-catalog <file>', "write the data set's catalog (ids, training counts) for `localrec serve --catalog` and exit; for --server URL")
     .action(async (opts: SimulateCommandOptions) => {
       await runSimulate(opts, io);
     });
@@ -136,7 +138,7 @@ export async function runSimulate(opts: SimulateCommandOptions, io: SimulateIo):
   const { PRESETS } = await import('../eval/presets.js');
   const { parseFilter } = await import('../eval/row-filter.js');
   const { Progress } = await import('../eval/progress.js');
-  const { simulate } = await import('./simulate.js');
+  const { simulate, catalogOf } = await import('./simulate.js');
   type Mapping = Parameters<typeof loadCsv>[1];
 
   let mapping: Mapping;
@@ -160,6 +162,12 @@ export async function runSimulate(opts: SimulateCommandOptions, io: SimulateIo):
   progress.log(
     `${data}: ${split.userIds.length} users (devices), ${split.itemIds.length} items, ${split.testUsers.length} test users (loo, loaded in ${Math.round(performance.now() - t0)} ms)`,
   );
+  if (opts.writeCatalog) {
+    const { writeFile } = await import('node:fs/promises');
+    await writeFile(opts.writeCatalog, JSON.stringify(catalogOf(split)));
+    progress.log(`wrote ${split.itemIds.length} items to ${opts.writeCatalog}`);
+    return;
+  }
   await simulate(split, {
     rounds,
     clientsPerRound,

@@ -312,19 +312,19 @@ export async function simulate(split: Split, o: SimulateOptions): Promise<Simula
     const fetchFn: FetchLike = o.fetch ?? ((url, init) => fetch(url, init as RequestInit));
     // The global model the devices hold: passed as `held` so an unchanged version is a 304.
     let held: { table: ItemTable; hash: string } | undefined;
+    const itemIndex = new Map(split.itemIds.map((id, i) => [id, i]));
     const initialBytes = await (await fetchFn(`${server.url}/v1/model`)).arrayBuffer();
     const modelBytes = initialBytes.byteLength;
     held = { table: decodeModel(new Uint8Array(initialBytes)).table, hash: toHex(await sha256(new Uint8Array(initialBytes))) };
-    if (held.table.itemIds.length !== split.itemIds.length || held.table.itemIds.some((id, i) => id !== split.itemIds[i])) {
-      throw new ValidationError('--server', `the server's model has ${held.table.itemIds.length} items that do not match the data set's ${split.itemIds.length}`);
-    }
-    const initialEval = await evaluateTable(held.table, split, { k, weighting, temperature, data });
+    const overlap = held.table.itemIds.filter((id) => itemIndex.has(id)).length;
+    if (overlap === 0) throw new ValidationError('--server', `the server's model has none of the data set's ${split.itemIds.length} items (start it with the catalog from --write-catalog)`);
+    if (overlap < split.itemIds.length) log(`the server's model has ${overlap} of the data set's ${split.itemIds.length} items; the others are never recommended`);
+    const initialEval = await evaluateTable(alignTo(held.table, split.itemIds), split, { k, weighting, temperature, data });
     log(`version 0 (initial model): HR@${k} ${initialEval.hr}, NDCG@${k} ${initialEval.ndcg} on ${initialEval.testUsers} test users`);
 
     const sampler = new Random(o.seed * 7919 + 17);
     const evalSplit = sampleTestUsers(split, o.evalUsers ?? 500, o.seed);
     let updateBytes = 0;
-    let version = 0;
     let totals = { sent: 0, nothing: 0, skipped: 0 };
     const epsStats = () => {
       let max = 0;
@@ -363,14 +363,14 @@ export async function simulate(split: Split, o: SimulateOptions): Promise<Simula
             held,
             history: [histories[u]!],
             train: { temperature, ...o.localTrain, seed: o.seed * 1_000_003 + r * 7_919 + u },
-            attempts: 1,
+            attempts: 3,
+            backoffMs: 50,
           });
           held = { table: res.global, hash: res.globalHash };
           if (res.sent) {
             c.sent++;
             sentCount[u]++;
             updateBytes = res.uploadedBytes;
-            if (res.server?.published != null) version = res.server.published;
           } else c.nothing++;
         } catch (e) {
           if (!isPrivacyBudgetError(e)) throw e;
@@ -383,12 +383,11 @@ export async function simulate(split: Split, o: SimulateOptions): Promise<Simula
       // Evaluate what the server publishes now (a device that syncs next would get it).
       const cur = await pullCurrent(server.url, fetchFn, held);
       held = cur;
-      version = cur.table.version;
-      const m = await evaluateTable(cur.table, evalSplit, { k, weighting, temperature, data });
+      const m = await evaluateTable(alignTo(cur.table, split.itemIds), evalSplit, { k, weighting, temperature, data });
       const eps = epsStats();
       const line: SimRoundLine = {
         round: r,
-        version,
+        version: cur.table.version,
         hr: m.hr,
         ndcg: m.ndcg,
         evalUsers: m.testUsers,
@@ -406,7 +405,7 @@ export async function simulate(split: Split, o: SimulateOptions): Promise<Simula
     }
 
     progress('final evaluation', 0);
-    const fin = await evaluateTable(held.table, split, { k, weighting, temperature, data });
+    const fin = await evaluateTable(alignTo(held.table, split.itemIds), split, { k, weighting, temperature, data });
     progress('final evaluation', 1);
     const eps = epsStats();
     let central: CentralResult | undefined;
@@ -455,6 +454,32 @@ export async function simulate(split: Split, o: SimulateOptions): Promise<Simula
   } finally {
     await server.close();
   }
+}
+
+/**
+ * The table with rows in `itemIds` order (the data set's), for evaluation against a server whose
+ * catalog is ordered differently or lacks items: a missing item gets zero factors and a bias that
+ * ranks it last. Returns the table itself when the order already matches.
+ */
+export function alignTo(t: ItemTable, itemIds: readonly string[]): ItemTable {
+  if (t.itemIds.length === itemIds.length && t.itemIds.every((id, i) => id === itemIds[i])) return t;
+  const rows = new Map(t.itemIds.map((id, i) => [id, i]));
+  const d = t.dim;
+  const factors = new Float32Array(itemIds.length * d);
+  const bias = new Float32Array(itemIds.length).fill(-1e9);
+  itemIds.forEach((id, i) => {
+    const r = rows.get(id);
+    if (r === undefined) return;
+    factors.set(t.factors.subarray(r * d, r * d + d), i * d);
+    bias[i] = t.bias[r]!;
+  });
+  return { version: t.version, itemIds: itemIds.slice(), dim: d, factors, bias };
+}
+
+/** The shop's catalog for `localrec serve --catalog`: the data set's items with their training counts. */
+export function catalogOf(split: Split): { items: Array<{ id: string; popularity: number }> } {
+  const pop = trainPopularity(split);
+  return { items: split.itemIds.map((id, i) => ({ id, popularity: pop[i]! })) };
 }
 
 /** The server's current model (a 304 keeps the held one). */
