@@ -20,8 +20,12 @@ export {
   isPrivacyBudgetError,
   isConsentError,
 } from './errors.js';
+export type { AuditReport, ExportFile } from './engine/audit-types.js';
+export type { EgressEntry } from './federated/sync.js';
 export type {
   BackendName,
+  FederatedOptions,
+  SyncResultInfo,
   Catalog,
   CatalogItem,
   EventType,

@@ -3,6 +3,7 @@ import { ClosedError, reviveError, ValidationError } from './errors.js';
 import { validateEvent } from './events/schema.js';
 import { validateCatalog } from './model/catalog.js';
 import type { WorkerApi } from './engine/worker.js';
+import type { AuditReport, ExportFile } from './engine/audit-types.js';
 import type {
   BackendName,
   Recommendation,
@@ -38,6 +39,15 @@ export interface Recommender {
    * unreachable after retries or refuses the update.
    */
   sync(): Promise<SyncResultInfo>;
+  /**
+   * Records the shopper's consent. Granting personalization starts storing events; withdrawing it
+   * erases everything stored. `federated: false` stops sync.
+   */
+  setConsent(consent: { personalization?: boolean; federated?: boolean }): Promise<void>;
+  /** What is stored, what left the device, ε spent, retention, consent history (docs/PRIVACY.md). */
+  audit(): Promise<AuditReport>;
+  /** Every event and record kept about the shopper, as JSON-ready data (GDPR Art. 20). */
+  export(): Promise<ExportFile>;
   /** Every request the SDK sent: time, endpoint, bytes, kind, SHA-256 of the body, status. */
   egressLog(): Promise<Array<{ t: number; method: string; endpoint: string; kind: string; bytes: number; bodySha256?: string; status: number }>>;
   /** Resolves once every tracked event is stored. */
@@ -77,14 +87,32 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
   if (options.dbName !== undefined && (typeof options.dbName !== 'string' || options.dbName.length === 0)) {
     throw new ValidationError('options.dbName', 'must be a non-empty string');
   }
+  if (options.consent !== undefined && options.consent !== 'required' && options.consent !== 'granted') {
+    throw new ValidationError('options.consent', `must be 'required' or 'granted'; got ${JSON.stringify(options.consent)}`);
+  }
+  const required = options.consent === 'required';
   const url = options.workerUrl ?? new URL('./worker.js', import.meta.url);
   const worker = new Worker(url, { type: 'module' });
   const api = Comlink.wrap<WorkerApi>(worker);
   const channel = new MessageChannel();
   let closed = false;
-  const { workerUrl: _ignored, ...rest } = options;
+  const { workerUrl: _ignored, consent: _consent, ...rest } = options;
+  const gpc = (globalThis.navigator as { globalPrivacyControl?: boolean } | undefined)?.globalPrivacyControl === true;
+  let consented = !required;
+  let dropped = 0;
   try {
-    await revive(api.init({ ...rest, catalog }, Comlink.transfer(channel.port2, [channel.port2])));
+    await revive(
+      api.init(
+        {
+          ...rest,
+          catalog,
+          consent: { personalization: !required, federated: !required },
+          globalPrivacyControl: gpc,
+          honorGlobalPrivacyControl: options.federated?.honorGlobalPrivacyControl,
+        },
+        Comlink.transfer(channel.port2, [channel.port2]),
+      ),
+    );
   } catch (e) {
     worker.terminate();
     throw e;
@@ -102,7 +130,13 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
     track(event: TrackEvent): void {
       open();
       // Validated here too so that the caller gets the error at the call site.
-      channel.port1.postMessage(validateEvent(event));
+      const valid = validateEvent(event);
+      if (!consented) {
+        // Before consent the event does not even leave the page's thread.
+        dropped++;
+        return;
+      }
+      channel.port1.postMessage(valid);
     },
     recommend: (o) => (open(), revive(api.recommend(o))),
     similar: (id, o) => (open(), revive(api.similar(id, o))),
@@ -111,7 +145,23 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
       const { onProgress, ...plain } = o;
       return revive(api.train(plain, onProgress ? Comlink.proxy(onProgress) : undefined));
     },
-    stats: () => (open(), revive(api.stats())),
+    async stats() {
+      open();
+      const s = await revive(api.stats());
+      return { ...s, dropped: s.dropped + dropped };
+    },
+    async setConsent(c) {
+      open();
+      if (typeof c !== 'object' || c === null) throw new ValidationError('consent', 'must be an object like { personalization: true, federated: false }');
+      await revive(api.setConsent(c));
+      if (c.personalization !== undefined) consented = c.personalization;
+    },
+    async audit() {
+      open();
+      const a = await revive(api.audit());
+      return { ...a, consent: { ...a.consent, droppedBeforeConsent: a.consent.droppedBeforeConsent + dropped } };
+    },
+    export: () => (open(), revive(api.exportData())),
     sync: () => (open(), revive(api.sync())),
     egressLog: () => (open(), revive(api.egressLog())),
     flush: () => (open(), revive(api.flush())),

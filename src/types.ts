@@ -191,6 +191,11 @@ export interface FederatedOptions {
   budget?: number;
   /** δ of the (ε, δ) guarantee. Default 1e-5. */
   delta?: number;
+  /**
+   * Global Privacy Control (`navigator.globalPrivacyControl`) turns sync off unless this is set to
+   * `false` — a decision for the host, which the audit reports. Default true.
+   */
+  honorGlobalPrivacyControl?: boolean;
 }
 
 export interface RetentionOptions {
@@ -221,6 +226,12 @@ export interface RecommenderOptions {
    * Train by itself once this many new events are stored (0 turns auto-training off). Default 20.
    */
   autoTrainEvery?: number;
+  /**
+   * `'required'`: nothing is stored, trained or sent until `setConsent({ personalization: true })`;
+   * tracked events are dropped (counted in `stats().dropped`). `'granted'` (default): the host
+   * already has consent.
+   */
+  consent?: 'required' | 'granted';
   /** Federated learning; without it the model never leaves the device and `sync()` refuses. */
   federated?: FederatedOptions;
   /** URL of the worker bundle; defaults to `worker.js` next to the main bundle. */

@@ -1,6 +1,8 @@
-import { ClosedError, ModelError, ValidationError } from '../errors.js';
+import { ClosedError, ConsentError, ModelError, ValidationError } from '../errors.js';
 import { validateEvent } from '../events/schema.js';
-import { DEFAULT_RETENTION, openEventStore, type EventStore, type Retention } from '../events/store.js';
+import { DEFAULT_RETENTION, MemoryEventStore, openEventStore, type EventStore, type Retention } from '../events/store.js';
+import { EVENT_SCHEMA_VERSION } from '../events/schema.js';
+import type { AuditReport, ExportFile } from './audit-types.js';
 import { selectBackend, type BackendChoice } from '../model/backend.js';
 import { validateCatalog } from '../model/catalog.js';
 import { checkItemTable, createItemTable, indexItems, type ItemTable } from '../model/item-table.js';
@@ -39,6 +41,16 @@ export interface EngineOptions {
   federated?: { serverUrl: string; budget?: number; delta?: number };
   /** fetch to use for sync (tests, simulation); defaults to the global fetch. */
   fetch?: FetchLike;
+  /**
+   * Consent at start. `personalization: false` keeps everything in memory and drops tracked
+   * events (nothing touches IndexedDB) until `setConsent({ personalization: true })`;
+   * `federated: false` makes `sync()` refuse. Default: both granted.
+   */
+  consent?: { personalization: boolean; federated: boolean };
+  /** The browser's Global Privacy Control signal (`navigator.globalPrivacyControl`). */
+  globalPrivacyControl?: boolean;
+  /** Honour GPC by turning federated sync off (default true); false only when the host decided otherwise. */
+  honorGlobalPrivacyControl?: boolean;
   /** Clock, for tests. */
   now?: () => number;
   /** A ready store, for tests; otherwise IndexedDB (or memory when IndexedDB is unavailable). */
@@ -61,6 +73,15 @@ interface SavedModel {
 export const MODEL_KEY = 'model';
 export const PRIVACY_KEY = 'privacy';
 export const EGRESS_KEY = 'egress';
+export const CONSENT_KEY = 'consent';
+
+/** One change of consent, as the audit reports it. */
+export interface ConsentRecord {
+  t: number;
+  personalization: boolean;
+  federated: boolean;
+  source: 'options' | 'setConsent';
+}
 /** The egress log keeps this many most recent requests. */
 const EGRESS_MAX = 1000;
 const FLUSH_DELAY_MS = 25;
@@ -110,10 +131,13 @@ export class Engine {
   private readonly now: () => number;
   private readonly halfLifeDays: number;
   private readonly autoTrainEvery: number;
+  private consent: { personalization: boolean; federated: boolean };
+  private consentHistory: ConsentRecord[] = [];
+  private droppedBeforeConsent = 0;
 
   private constructor(
     private readonly catalog: Catalog,
-    private readonly store: EventStore,
+    private store: EventStore,
     private readonly backend: BackendChoice,
     private readonly opts: EngineOptions,
   ) {
@@ -122,6 +146,8 @@ export class Engine {
     this.now = opts.now ?? Date.now;
     this.halfLifeDays = opts.model?.halfLifeDays ?? 30;
     this.autoTrainEvery = intOption(opts.autoTrainEvery, 'options.autoTrainEvery', 0, 1_000_000, 20);
+    this.consent = { personalization: opts.consent?.personalization ?? true, federated: opts.consent?.federated ?? true };
+    this.consentHistory.push({ t: this.now(), ...this.consent, source: 'options' });
   }
 
   static async create(opts: EngineOptions): Promise<Engine> {
@@ -134,10 +160,57 @@ export class Engine {
       maxAgeDays: intOption(opts.retention?.maxAgeDays, 'options.retention.maxAgeDays', 1, 36_500, DEFAULT_RETENTION.maxAgeDays),
     };
     const backend = await selectBackend({ force: opts.backend, candidates: opts.backendCandidates });
-    const store = opts.store ?? (await openEventStore(opts.dbName ?? 'localrec', retention));
+    // Before consent nothing may touch IndexedDB: the engine starts on a memory store that drops events.
+    const consented = opts.consent?.personalization ?? true;
+    const store = consented ? (opts.store ?? (await openEventStore(opts.dbName ?? 'localrec', retention))) : new MemoryEventStore(retention);
     const engine = new Engine(catalog, store, backend, opts);
+    engine.retention = retention;
+    engine.dim = dim;
     await engine.load(dim);
+    if (consented) await engine.mergeConsentHistory();
     return engine;
+  }
+
+  private retention!: Retention;
+  private dim!: number;
+
+  /** Appends this session's consent records to the stored history (only once consent allows storing). */
+  private async mergeConsentHistory(): Promise<void> {
+    const stored = (await this.store.getMeta<ConsentRecord[]>(CONSENT_KEY)) ?? [];
+    this.consentHistory = stored.concat(this.consentHistory);
+    await this.store.setMeta(CONSENT_KEY, this.consentHistory);
+  }
+
+  /**
+   * Records the shopper's choice. Granting personalization opens IndexedDB and starts storing
+   * events; withdrawing it erases everything stored and drops events again. Withdrawing federated
+   * consent stops `sync()`.
+   */
+  async setConsent(c: { personalization?: boolean; federated?: boolean }): Promise<void> {
+    this.assertOpen();
+    for (const k of ['personalization', 'federated'] as const) {
+      if (c[k] !== undefined && typeof c[k] !== 'boolean') throw new ValidationError(`consent.${k}`, `must be true or false, got ${String(c[k])}`);
+    }
+    const next = { personalization: c.personalization ?? this.consent.personalization, federated: c.federated ?? this.consent.federated };
+    const was = this.consent.personalization;
+    this.consent = next;
+    this.consentHistory.push({ t: this.now(), ...next, source: 'setConsent' });
+    if (next.personalization && !was) {
+      this.store = this.opts.store ?? (await openEventStore(this.opts.dbName ?? 'localrec', this.retention));
+      this.scorer.dispose();
+      await this.load(this.dim);
+      await this.mergeConsentHistory();
+    } else if (!next.personalization && was) {
+      await this.training?.catch(() => undefined);
+      this.queue = [];
+      await this.store.destroy();
+      this.store = new MemoryEventStore(this.retention);
+      this.scorer.dispose();
+      await this.load(this.dim);
+      // The withdrawal itself is remembered only in memory: nothing may be stored now.
+    } else if (next.personalization) {
+      await this.store.setMeta(CONSENT_KEY, this.consentHistory);
+    }
   }
 
   /** Loads persisted weights, mapping rows by item id so a changed catalog keeps what it can. */
@@ -187,6 +260,11 @@ export class Engine {
    */
   enqueue(events: unknown[]): number {
     this.assertOpen();
+    if (!this.consent.personalization) {
+      // Dropped unread: before consent not even validation results are kept.
+      this.droppedBeforeConsent += events.length;
+      return 0;
+    }
     let firstError: unknown;
     let accepted = 0;
     const now = this.now();
@@ -230,7 +308,7 @@ export class Engine {
   }
 
   private maybeAutoTrain(): void {
-    if (this.autoTrainEvery === 0 || this.training || this.closed) return;
+    if (this.autoTrainEvery === 0 || this.training || this.closed || !this.consent.personalization) return;
     void this.store.countAfter(this.saved.trainedThroughId).then((pending) => {
       if (pending >= this.autoTrainEvery && !this.training && !this.closed) {
         this.train().catch((e) => (this.lastError = e));
@@ -308,6 +386,7 @@ export class Engine {
    */
   train(options: TrainOptions = {}): Promise<TrainResult> {
     this.assertOpen();
+    if (!this.consent.personalization) return Promise.reject(new ConsentError('training needs consent to personalization (setConsent({ personalization: true }))'));
     if (this.training) return this.training;
     const epochs = intOption(options.epochs, 'options.epochs', 1, 1000, this.opts.training?.epochs ?? 4);
     const run = (async () => {
@@ -344,6 +423,12 @@ export class Engine {
     const fed = this.opts.federated;
     if (!fed || typeof fed.serverUrl !== 'string' || !/^https?:\/\//.test(fed.serverUrl)) {
       throw new ValidationError('options.federated.serverUrl', 'must be set to the aggregation server (http:// or https:// URL) to sync');
+    }
+    if (!this.consent.personalization || !this.consent.federated) {
+      throw new ConsentError('sync needs consent to personalization and to federated learning (setConsent({ federated: true }))');
+    }
+    if (this.gpcBlocksSync()) {
+      throw new ConsentError('sync is off: the browser sends Global Privacy Control and the host has not overridden it (options.federated.honorGlobalPrivacyControl)');
     }
     const budget = fed.budget ?? 8;
     if (!(budget > 0) || !Number.isFinite(budget)) throw new ValidationError('options.federated.budget', `must be a number > 0, got ${String(budget)}`);
@@ -402,6 +487,10 @@ export class Engine {
     }
   }
 
+  private gpcBlocksSync(): boolean {
+    return this.opts.globalPrivacyControl === true && this.opts.honorGlobalPrivacyControl !== false;
+  }
+
   /** Every request the SDK sent, oldest first (at most the last 1,000). */
   async egressLog(): Promise<EgressEntry[]> {
     this.assertOpen();
@@ -426,7 +515,7 @@ export class Engine {
       },
       privacy: await this.privacyStats(),
       queued: this.queue.length,
-      dropped: this.dropped,
+      dropped: this.dropped + this.droppedBeforeConsent,
       storage: this.store.kind,
       ...(this.lastError ? { lastError: `${this.lastError.name}: ${this.lastError.message}` } : {}),
     };
@@ -436,7 +525,79 @@ export class Engine {
     const state = await this.store.getMeta<AccountantState>(PRIVACY_KEY);
     const acc = new RdpAccountant(state);
     const fed = this.opts.federated;
-    return { epsilon: acc.epsilon(fed?.delta), delta: fed?.delta ?? 1e-5, budget: fed?.budget ?? 8, syncs: acc.releases, federated: fed !== undefined };
+    const federated = fed !== undefined && this.consent.federated && this.consent.personalization && !this.gpcBlocksSync();
+    return { epsilon: acc.epsilon(fed?.delta), delta: fed?.delta ?? 1e-5, budget: fed?.budget ?? 8, syncs: acc.releases, federated };
+  }
+
+  /**
+   * What a privacy team needs to check: what is stored, what left the device, ε spent, retention,
+   * consent history. Schema documented in docs/PRIVACY.md; `schema` is bumped on any change.
+   */
+  async audit(): Promise<AuditReport> {
+    this.assertOpen();
+    await this.flush().catch(() => undefined);
+    const events = await this.store.all();
+    const ev = await this.store.stats();
+    const model = await this.store.getMeta<SavedModel>(MODEL_KEY);
+    const egress = (await this.store.getMeta<EgressEntry[]>(EGRESS_KEY)) ?? [];
+    const privacy = await this.privacyStats();
+    const fed = this.opts.federated;
+    const gpc = this.opts.globalPrivacyControl === true;
+    return {
+      schema: 1,
+      generatedAt: this.now(),
+      storage: {
+        kind: this.store.kind,
+        database: this.store.kind === 'indexeddb' ? (this.opts.dbName ?? 'localrec') : null,
+        schemaVersion: EVENT_SCHEMA_VERSION,
+        stores: this.store.kind === 'indexeddb' ? ['events', 'meta'] : [],
+      },
+      events: {
+        total: ev.total,
+        byType: ev.byType,
+        oldest: ev.oldest ?? null,
+        newest: ev.newest ?? null,
+        bytes: new TextEncoder().encode(JSON.stringify(events)).length,
+      },
+      retention: { maxEvents: this.retention.maxEvents, maxAgeDays: this.retention.maxAgeDays },
+      model: model
+        ? { stored: true, version: model.version, items: model.itemIds.length, dim: model.dim, bytes: model.factors.byteLength + model.bias.byteLength, trainedAt: model.trainedAt ?? null }
+        : { stored: false, version: this.table.version, items: this.table.itemIds.length, dim: this.table.dim, bytes: 0, trainedAt: null },
+      egress: {
+        requests: egress.length,
+        bytesSent: egress.reduce((a, e) => a + e.bytes, 0),
+        log: egress,
+      },
+      privacy: {
+        federatedConfigured: fed !== undefined,
+        federatedActive: privacy.federated,
+        serverUrl: fed?.serverUrl ?? null,
+        epsilonSpent: privacy.epsilon,
+        epsilonBudget: privacy.budget,
+        delta: privacy.delta,
+        syncs: privacy.syncs,
+        globalPrivacyControl: gpc,
+        globalPrivacyControlHonored: gpc && this.opts.honorGlobalPrivacyControl !== false,
+      },
+      consent: { current: { ...this.consent }, history: this.consentHistory.slice(), droppedBeforeConsent: this.droppedBeforeConsent },
+    };
+  }
+
+  /** All of the shopper's data in a machine-readable file (GDPR Art. 20): every stored event and the records kept about them. */
+  async exportData(): Promise<ExportFile> {
+    this.assertOpen();
+    await this.flush().catch(() => undefined);
+    const model = await this.store.getMeta<SavedModel>(MODEL_KEY);
+    return {
+      format: 'localrec-export',
+      schema: 1,
+      exportedAt: this.now(),
+      events: await this.store.all(),
+      consentHistory: this.consentHistory.slice(),
+      egressLog: (await this.store.getMeta<EgressEntry[]>(EGRESS_KEY)) ?? [],
+      privacy: (await this.store.getMeta<AccountantState>(PRIVACY_KEY)) ?? null,
+      model: model ? { version: model.version, dim: model.dim, items: model.itemIds.length, trainedAt: model.trainedAt ?? null, trainSteps: model.trainSteps } : null,
+    };
   }
 
   /** The current item table (a snapshot), e.g. for a federated update. */

@@ -69,6 +69,9 @@ export const workerApi = {
   },
   stats: () => ready().stats(),
   sync: () => ready().sync(),
+  setConsent: (c: { personalization?: boolean; federated?: boolean }) => ready().setConsent(c),
+  audit: () => ready().audit(),
+  exportData: () => ready().exportData(),
   egressLog: () => ready().egressLog(),
   /**
    * Benchmark hook for `npm run bench` (bench/browser-bench.ts); not part of the public API and not

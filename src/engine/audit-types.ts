@@ -1,0 +1,40 @@
+import type { EventType, StoredEvent } from '../types.js';
+import type { AccountantState } from '../federated/dp.js';
+import type { EgressEntry } from '../federated/sync.js';
+import type { ConsentRecord } from './engine.js';
+
+/** `audit()`'s report. Stable: fields are only added, and `schema` changes when one changes meaning. */
+export interface AuditReport {
+  schema: 1;
+  generatedAt: number;
+  storage: { kind: 'indexeddb' | 'memory'; database: string | null; schemaVersion: number; stores: string[] };
+  events: { total: number; byType: Partial<Record<EventType, number>>; oldest: number | null; newest: number | null; bytes: number };
+  retention: { maxEvents: number; maxAgeDays: number };
+  model: { stored: boolean; version: number; items: number; dim: number; bytes: number; trainedAt: number | null };
+  egress: { requests: number; bytesSent: number; log: EgressEntry[] };
+  privacy: {
+    federatedConfigured: boolean;
+    /** Whether sync() may run now (configured, consented, not blocked by GPC). */
+    federatedActive: boolean;
+    serverUrl: string | null;
+    epsilonSpent: number;
+    epsilonBudget: number;
+    delta: number;
+    syncs: number;
+    globalPrivacyControl: boolean;
+    globalPrivacyControlHonored: boolean;
+  };
+  consent: { current: { personalization: boolean; federated: boolean }; history: ConsentRecord[]; droppedBeforeConsent: number };
+}
+
+/** `export()`'s file: everything localrec stored about the shopper. */
+export interface ExportFile {
+  format: 'localrec-export';
+  schema: 1;
+  exportedAt: number;
+  events: StoredEvent[];
+  consentHistory: ConsentRecord[];
+  egressLog: EgressEntry[];
+  privacy: AccountantState | null;
+  model: { version: number; dim: number; items: number; trainedAt: number | null; trainSteps: number } | null;
+}

@@ -1,0 +1,96 @@
+import 'fake-indexeddb/auto';
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { Engine } from '../../src/engine/engine.js';
+import { isConsentError } from '../../src/errors.js';
+import '../../src/model/tf.js';
+
+const catalog = { items: Array.from({ length: 20 }, (_, i) => ({ id: `p${i}`, popularity: 20 - i })) };
+let n = 0;
+const dbName = () => `privacy-test-${n++}`;
+const dbNames = async () => (await indexedDB.databases()).map((d) => d.name);
+
+describe('consent', () => {
+  it('before consent: nothing stored, nothing trained, nothing synced; recommendations still work', async () => {
+    const name = dbName();
+    const e = await Engine.create({ catalog, backend: 'cpu', dbName: name, consent: { personalization: false, federated: false }, federated: { serverUrl: 'http://127.0.0.1:9' } });
+    assert.equal(e.enqueue([{ type: 'view', itemId: 'p1' }, { type: 'view', itemId: 'p2' }]), 0);
+    await e.flush();
+    assert.ok(!(await dbNames()).includes(name), 'no database was created');
+    const s = await e.stats();
+    assert.equal(s.events.total, 0);
+    assert.equal(s.dropped, 2);
+    assert.equal(s.storage, 'memory');
+    await assert.rejects(e.train(), (err) => isConsentError(err));
+    await assert.rejects(e.sync(), (err) => isConsentError(err));
+    assert.deepEqual((await e.recommend({ k: 2 })).map((r) => r.itemId), ['p0', 'p1']);
+    const a = await e.audit();
+    assert.equal(a.consent.droppedBeforeConsent, 2);
+    assert.equal(a.storage.kind, 'memory');
+
+    await e.setConsent({ personalization: true });
+    assert.ok((await dbNames()).includes(name), 'consent opens the database');
+    e.enqueue([{ type: 'view', itemId: 'p3' }]);
+    await e.flush();
+    assert.equal((await e.stats()).events.total, 1);
+    const hist = (await e.audit()).consent.history;
+    assert.deepEqual(hist.map((h) => [h.source, h.personalization]), [['options', false], ['setConsent', true]]);
+
+    await e.setConsent({ personalization: false });
+    assert.ok(!(await dbNames()).includes(name), 'withdrawing consent erases the database');
+    assert.equal((await e.stats()).events.total, 0);
+    await e.close();
+  });
+
+  it('Global Privacy Control turns sync off unless the host overrides it, and the audit says so', async () => {
+    const gpc = await Engine.create({ catalog, backend: 'cpu', dbName: dbName(), globalPrivacyControl: true, federated: { serverUrl: 'http://127.0.0.1:9' } });
+    await assert.rejects(gpc.sync(), (err) => isConsentError(err) && /Global Privacy Control/.test((err as Error).message));
+    const a = await gpc.audit();
+    assert.equal(a.privacy.globalPrivacyControl, true);
+    assert.equal(a.privacy.globalPrivacyControlHonored, true);
+    assert.equal(a.privacy.federatedActive, false);
+    assert.equal(a.egress.requests, 0, 'nothing was sent');
+    await gpc.erase();
+
+    const overridden = await Engine.create({ catalog, backend: 'cpu', dbName: dbName(), globalPrivacyControl: true, honorGlobalPrivacyControl: false, federated: { serverUrl: 'http://127.0.0.1:9' } });
+    const b = await overridden.audit();
+    assert.equal(b.privacy.globalPrivacyControlHonored, false);
+    assert.equal(b.privacy.federatedActive, true);
+    await overridden.erase();
+  });
+});
+
+describe('audit and export', () => {
+  it('audit figures match what was stored; export holds every stored event and nothing else', async () => {
+    const name = dbName();
+    const e = await Engine.create({ catalog, backend: 'cpu', dbName: name, autoTrainEvery: 0, retention: { maxEvents: 100, maxAgeDays: 30 } });
+    const tracked = [
+      { type: 'view', itemId: 'p1' },
+      { type: 'purchase', itemId: 'p1', quantity: 2, price: 3 },
+      { type: 'search', query: 'mug' },
+    ];
+    e.enqueue(tracked);
+    await e.train({ epochs: 1 });
+    const a = await e.audit();
+    assert.equal(a.schema, 1);
+    assert.equal(a.events.total, 3);
+    assert.deepEqual(a.events.byType, { view: 1, purchase: 1, search: 1 });
+    assert.ok(a.events.bytes > 0);
+    assert.deepEqual(a.retention, { maxEvents: 100, maxAgeDays: 30 });
+    assert.deepEqual(a.storage, { kind: 'indexeddb', database: name, schemaVersion: 2, stores: ['events', 'meta'] });
+    assert.equal(a.model.stored, true);
+    assert.equal(a.model.bytes, 20 * 32 * 4 + 20 * 4);
+    assert.equal(a.egress.requests, 0);
+    assert.equal(a.privacy.federatedConfigured, false);
+
+    const x = await e.exportData();
+    assert.equal(x.format, 'localrec-export');
+    assert.deepEqual(
+      x.events.map(({ id: _id, t: _t, ...rest }) => rest),
+      tracked,
+    );
+    assert.equal(JSON.parse(JSON.stringify(x)).events.length, 3, 'JSON round trip');
+    await e.erase();
+    assert.ok(!(await dbNames()).includes(name), 'erase leaves no database');
+  });
+});
