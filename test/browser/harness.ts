@@ -26,12 +26,25 @@ export interface StaticServer {
   close(): Promise<void>;
 }
 
-/** Serves files under the repository root (the cwd of `npm test`). */
-export async function serveRepo(): Promise<StaticServer> {
+export function assertBuilt(): void {
   if (!existsSync('dist/index.js') || !existsSync('dist/worker.js')) {
     throw new Error('dist/ is missing: run `npm run build` first (npm test does)');
   }
+}
+
+/**
+ * Serves files under the repository root (the cwd of `npm test`). `headers` adds response headers
+ * per path, e.g. a Content-Security-Policy for one page and the worker it starts.
+ */
+export async function serveRepo(headers?: (path: string) => Record<string, string>): Promise<StaticServer> {
+  assertBuilt();
   const app = new Hono();
+  if (headers) {
+    app.use('/*', async (c, next) => {
+      await next();
+      for (const [k, v] of Object.entries(headers(c.req.path))) c.res.headers.set(k, v);
+    });
+  }
   app.use('/*', serveStatic({ root: './' }));
   return new Promise((resolve) => {
     const server = serve({ fetch: app.fetch, port: 0, hostname: '127.0.0.1' }, (info: AddressInfo) => {

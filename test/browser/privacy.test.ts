@@ -1,0 +1,157 @@
+/**
+ * What a privacy team signs off, checked in Chromium against a real `localrec serve` on loopback:
+ * consent, what leaves the page, GPC, export/erase, and a strict Content-Security-Policy.
+ */
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import type { Browser, Page, Request } from 'playwright-core';
+import { createItemTable } from '../../src/model/item-table.js';
+import { startServer, type RunningServer } from '../../src/server/index.js';
+import { assertBuilt, launch, openPage, serveRepo } from './harness.js';
+
+const ids = Array.from({ length: 120 }, (_, i) => `sku-${1000 + i}`);
+const CATALOG = { items: ids.map((id, i) => ({ id, title: `Item ${i}`, popularity: 120 - i })) };
+let server: RunningServer;
+let browser: Browser;
+
+before(async () => {
+  assertBuilt();
+  // The server also serves the repository, so the page and the API share an origin.
+  server = await startServer({
+    port: 0,
+    dataDir: null,
+    initialTable: createItemTable(ids, 16, { seed: 1 }),
+    minClients: 10,
+    rateLimit: false,
+    staticDir: '.',
+    log: () => {},
+  });
+  browser = await launch();
+});
+after(async () => {
+  await browser?.close();
+  await server?.close();
+});
+
+async function sdkPage(init?: string): Promise<Page> {
+  const page = await browser.newPage();
+  page.on('pageerror', (e) => process.stderr.write(`[page error] ${e.message}\n`));
+  await page.addInitScript('globalThis.__name = (f) => f;');
+  if (init) await page.addInitScript(init);
+  await page.goto(`${server.url}/test/browser/pages/sdk.html`);
+  await page.waitForFunction(() => (window as any).ready === true);
+  return page;
+}
+
+describe('privacy in Chromium', () => {
+  it('stores nothing before consent, and only the documented update leaves the page after it', async () => {
+    const page = await sdkPage();
+    const requests: Request[] = [];
+    page.on('request', (r) => requests.push(r));
+    const history = ['sku-1003', 'sku-1017', 'sku-1042', 'sku-1077'];
+    const r = await page.evaluate(
+      async ({ catalog, history, serverUrl }) => {
+        const { createRecommender } = (window as any).localrec;
+        const rec = await createRecommender({ catalog, backend: 'wasm', dbName: 'privacy-1', consent: 'required', autoTrainEvery: 0, model: { dim: 16 }, federated: { serverUrl } });
+        for (const itemId of history) rec.track({ type: 'view', itemId });
+        const before = (await indexedDB.databases()).map((d: IDBDatabaseInfo) => d.name);
+        const statsBefore = await rec.stats();
+        await rec.setConsent({ personalization: true, federated: true });
+        for (const itemId of history) rec.track({ type: 'view', itemId });
+        rec.track({ type: 'search', query: 'very private words' });
+        await rec.flush();
+        const sync = await rec.sync();
+        const audit = await rec.audit();
+        const exported = await rec.export();
+        const after = (await indexedDB.databases()).map((d: IDBDatabaseInfo) => d.name);
+        await rec.erase();
+        const erased = (await indexedDB.databases()).map((d: IDBDatabaseInfo) => d.name);
+        return { before, statsBefore, sync, audit, exported, after, erased };
+      },
+      { catalog: CATALOG, history, serverUrl: server.url },
+    );
+    assert.ok(!r.before.includes('privacy-1'), 'no database before consent');
+    assert.equal(r.statsBefore.events.total, 0);
+    assert.equal(r.statsBefore.dropped, 4);
+    assert.ok(r.after.includes('privacy-1'));
+    assert.ok(!r.erased.includes('privacy-1'), 'erase leaves no database');
+    assert.equal(r.sync.sent, true);
+
+    // Every request the page made after loading the SDK, as the browser saw it.
+    const api = requests.filter((q) => q.url().includes('/v1/'));
+    assert.deepEqual(api.map((q) => `${q.method()} ${new URL(q.url()).pathname}`), ['GET /v1/config', 'GET /v1/model', 'POST /v1/updates']);
+    for (const q of requests) {
+      const url = q.url();
+      const body = q.postDataBuffer()?.toString('latin1') ?? '';
+      for (const needle of [...history, 'private', 'words']) {
+        assert.ok(!url.includes(needle), `${needle} is not in ${url}`);
+        assert.ok(!body.includes(needle), `${needle} is not in the body of ${url}`);
+      }
+      assert.ok(!new URL(url).search, `no query string on ${url}`);
+    }
+    const update = api[2]!.postDataBuffer()!;
+    assert.equal(update.subarray(0, 4).toString('latin1'), 'LRU1');
+
+    // The audit's figures equal what the test observed.
+    assert.equal(r.audit.egress.requests, api.length);
+    assert.equal(r.audit.egress.bytesSent, update.length);
+    assert.deepEqual(r.audit.egress.log.map((l: any) => l.endpoint), ['/v1/config', '/v1/model', '/v1/updates']);
+    assert.equal(r.audit.events.total, 5);
+    assert.deepEqual(r.audit.events.byType, { view: 4, search: 1 });
+    assert.equal(r.audit.consent.droppedBeforeConsent, 4);
+    assert.ok(r.audit.privacy.epsilonSpent > 0 && r.audit.privacy.syncs === 1);
+
+    // Export: every stored event, nothing else.
+    assert.deepEqual(
+      r.exported.events.map((e: any) => e.itemId ?? e.query),
+      [...history, 'very private words'],
+    );
+    await page.close();
+  });
+
+  it('makes no sync request when the browser sends Global Privacy Control', async () => {
+    const page = await sdkPage(`Object.defineProperty(Navigator.prototype, 'globalPrivacyControl', { get: () => true });`);
+    const requests: string[] = [];
+    page.on('request', (q) => requests.push(q.url()));
+    const r = await page.evaluate(async ({ catalog, serverUrl }) => {
+      const { createRecommender } = (window as any).localrec;
+      const rec = await createRecommender({ catalog, backend: 'wasm', dbName: 'privacy-gpc', autoTrainEvery: 0, model: { dim: 16 }, federated: { serverUrl } });
+      rec.track({ type: 'view', itemId: 'sku-1001' });
+      rec.track({ type: 'view', itemId: 'sku-1002' });
+      let error = '';
+      try {
+        await rec.sync();
+      } catch (e: any) {
+        error = e.name;
+      }
+      const audit = await rec.audit();
+      await rec.erase();
+      return { error, gpc: audit.privacy.globalPrivacyControl, honored: audit.privacy.globalPrivacyControlHonored };
+    }, { catalog: CATALOG, serverUrl: server.url });
+    assert.deepEqual(r, { error: 'ConsentError', gpc: true, honored: true });
+    assert.equal(requests.filter((u) => u.includes('/v1/')).length, 0);
+    await page.close();
+  });
+
+  it('works under a strict Content-Security-Policy (no unsafe-eval; wasm-unsafe-eval for the WASM backend)', async () => {
+    const CSP = "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; worker-src 'self'; connect-src 'self'; style-src 'self'; object-src 'none'; base-uri 'none'";
+    const csp = await serveRepo(() => ({ 'Content-Security-Policy': CSP }));
+    try {
+      const page = await openPage(browser, `${csp.url}/test/browser/pages/csp.html`);
+      const violations: string[] = [];
+      page.on('console', (m) => {
+        if (/Content Security Policy/i.test(m.text())) violations.push(m.text());
+      });
+      const out = await page.waitForFunction(() => (window as any).result, undefined, { timeout: 60_000 });
+      const result = (await out.jsonValue()) as { ok: boolean; backend?: string; recs?: number; error?: string };
+      assert.deepEqual(violations, []);
+      assert.equal(result.error, undefined);
+      assert.equal(result.ok, true);
+      assert.equal(result.backend, 'wasm');
+      assert.equal(result.recs, 3);
+      await page.close();
+    } finally {
+      await csp.close();
+    }
+  });
+});
