@@ -226,38 +226,61 @@ function positiveInt(name: string, v: number): number {
 interface ServerHandle {
   url: string;
   label: string;
+  /** In-process servers answer through the hono app without sockets. */
+  fetch?: FetchLike;
   close(): Promise<void>;
 }
 
+/**
+ * The aggregation server for the run. `memory` and `sqlite` build the very app `localrec serve`
+ * runs (RoundCoordinator + createApp, with startServer's defaults) and call it in-process: no
+ * sockets, so thousands of devices cannot trip over keep-alive races on a loaded machine. An
+ * http(s) URL is a real server elsewhere (its own config rules).
+ */
 async function openServer(o: SimulateOptions, table: ItemTable, log: (m: string) => void): Promise<ServerHandle> {
   const kind = o.server ?? 'memory';
   if (/^https?:\/\//.test(kind)) return { url: kind, label: kind, close: async () => {} };
   if (kind !== 'memory' && kind !== 'sqlite') throw new ValidationError('--server', `must be memory, sqlite or an http(s) URL, got '${kind}'`);
-  const { startServer } = await import('../server/index.js');
+  const { createApp, MemoryStorage, SqliteStorage, RoundCoordinator } = await import('../server/index.js');
+  const { DEFAULT_FEDADAM } = await import('../server/aggregate.js');
+  const { chooseBits, DEFAULT_BLOCK_SIZE, UPDATE_BUDGET_BYTES } = await import('./wire.js');
   const dir = kind === 'sqlite' ? await mkdtemp(join(tmpdir(), 'localrec-sim-')) : null;
+  const storage = dir ? SqliteStorage.open(dir) : new MemoryStorage();
   try {
-    const s = await startServer({
-      port: 0,
-      host: '127.0.0.1',
-      dataDir: dir,
-      initialTable: table,
-      minClients: o.minClients,
+    const blockSize = DEFAULT_BLOCK_SIZE;
+    const bits = chooseBits(table.itemIds.length, table.dim, UPDATE_BUDGET_BYTES, blockSize);
+    if (!(bits >= 2 && bits <= 8)) throw new ValidationError('--dim', `${table.itemIds.length} items × ${table.dim} do not fit ${UPDATE_BUDGET_BYTES} bytes even at 2 bits`);
+    const serverLog = (line: string) => log(`server: ${line}`);
+    // Same settings and defaults as startServer (src/server/index.ts).
+    const rounds = await RoundCoordinator.open(storage, table, {
+      itemCount: table.itemIds.length,
+      dim: table.dim,
+      bits,
+      blockSize,
       clip: o.clip,
       noiseMultiplier: o.noiseMultiplier,
-      ...(o.aggregator ? { aggregator: o.aggregator } : {}),
-      ...(o.serverLearningRate !== undefined ? { serverLearningRate: o.serverLearningRate } : {}),
-      rateLimit: false,
-      log: (line) => log(`server: ${line}`),
+      normTolerance: 0.01,
+      normSlack: 6,
+      minClients: o.minClients,
+      maxStaleness: 2,
+      aggregator: o.aggregator ?? 'fedavg',
+      serverLearningRate: o.serverLearningRate ?? 1,
+      fedAdam: { ...DEFAULT_FEDADAM },
+      now: Date.now,
+      log: serverLog,
     });
+    const app = createApp(rounds, { log: serverLog });
     return {
-      url: s.url,
+      url: 'http://127.0.0.1',
       label: kind,
+      fetch: (url, init) => Promise.resolve(app.fetch(new Request(url, init as RequestInit))),
       close: async () => {
-        await s.close();
+        await storage.close();
         if (dir) await rm(dir, { recursive: true, force: true });
       },
     };
   } catch (e) {
+    await storage.close();
     if (dir) await rm(dir, { recursive: true, force: true });
     throw e;
   }
@@ -309,7 +332,7 @@ export async function simulate(split: Split, o: SimulateOptions): Promise<Simula
   const server = await openServer(o, start, log);
   const lines: SimRoundLine[] = [];
   try {
-    const fetchFn: FetchLike = o.fetch ?? ((url, init) => fetch(url, init as RequestInit));
+    const fetchFn: FetchLike = o.fetch ?? server.fetch ?? ((url, init) => fetch(url, init as RequestInit));
     // The global model the devices hold: passed as `held` so an unchanged version is a 304.
     let held: { table: ItemTable; hash: string } | undefined;
     const itemIndex = new Map(split.itemIds.map((id, i) => [id, i]));
