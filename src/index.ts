@@ -22,6 +22,8 @@ export {
 } from './errors.js';
 export type { AuditReport, ExportFile } from './engine/audit-types.js';
 export type { EgressEntry } from './federated/sync.js';
+export type { Offer, OfferCatalog, SignedOfferCatalog, ShownOffer, OffersOptions, OfferContext } from './offers/types.js';
+export { isSignatureError } from './offers/signature-error.js';
 export type {
   BackendName,
   FederatedOptions,

@@ -4,6 +4,7 @@ import { validateEvent } from './events/schema.js';
 import { validateCatalog } from './model/catalog.js';
 import type { WorkerApi } from './engine/worker.js';
 import type { AuditReport, ExportFile } from './engine/audit-types.js';
+import type { OffersOptions, ShownOffer, SignedOfferCatalog } from './offers/types.js';
 import type {
   BackendName,
   Recommendation,
@@ -44,6 +45,10 @@ export interface Recommender {
    * erases everything stored. `federated: false` stops sync.
    */
   setConsent(consent: { personalization?: boolean; federated?: boolean }): Promise<void>;
+  /** Installs the shop's signed offer catalog (checked against `options.offers.publicKey`). */
+  setOffers(signed: SignedOfferCatalog): Promise<{ offers: number }>;
+  /** The offers most worth showing this shopper, with reasons; `explore: true` marks exploration. */
+  offers(options?: OffersOptions): Promise<ShownOffer[]>;
   /** What is stored, what left the device, ε spent, retention, consent history (docs/PRIVACY.md). */
   audit(): Promise<AuditReport>;
   /** Every event and record kept about the shopper, as JSON-ready data (GDPR Art. 20). */
@@ -162,6 +167,8 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
       return { ...a, consent: { ...a.consent, droppedBeforeConsent: a.consent.droppedBeforeConsent + dropped } };
     },
     export: () => (open(), revive(api.exportData())),
+    setOffers: (signed) => (open(), revive(api.setOffers(signed))),
+    offers: (o) => (open(), revive(api.offers(o))),
     sync: () => (open(), revive(api.sync())),
     egressLog: () => (open(), revive(api.egressLog())),
     flush: () => (open(), revive(api.flush())),

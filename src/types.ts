@@ -232,6 +232,8 @@ export interface RecommenderOptions {
    * already has consent.
    */
   consent?: 'required' | 'granted';
+  /** Offers: the shop's public key(s) (JWK, ECDSA P-256) that `setOffers()` catalogs must be signed with. */
+  offers?: { publicKey: JsonWebKey | JsonWebKey[] };
   /** Federated learning; without it the model never leaves the device and `sync()` refuses. */
   federated?: FederatedOptions;
   /** URL of the worker bundle; defaults to `worker.js` next to the main bundle. */

@@ -3,6 +3,8 @@ import { validateEvent } from '../events/schema.js';
 import { DEFAULT_RETENTION, MemoryEventStore, openEventStore, type EventStore, type Retention } from '../events/store.js';
 import { EVENT_SCHEMA_VERSION } from '../events/schema.js';
 import type { AuditReport, ExportFile } from './audit-types.js';
+import { chooseOffers, indexProducts, verifyOfferCatalog, type ProductIndex } from '../offers/index.js';
+import type { OfferCatalog, OffersOptions, ShownOffer } from '../offers/types.js';
 import { selectBackend, type BackendChoice } from '../model/backend.js';
 import { validateCatalog } from '../model/catalog.js';
 import { checkItemTable, createItemTable, indexItems, type ItemTable } from '../model/item-table.js';
@@ -37,6 +39,8 @@ export interface EngineOptions {
   autoTrainEvery?: number;
   /** Training settings for `train()` (epochs come from TrainOptions when given). */
   training?: Partial<TrainConfig>;
+  /** Offers: the shop's public key(s) (JWK, ECDSA P-256) that signed offer catalogs must verify against. */
+  offers?: { publicKey: JsonWebKey | JsonWebKey[] };
   /** Federated learning: where the aggregation server is, and this device's privacy budget. */
   federated?: { serverUrl: string; budget?: number; delta?: number };
   /** fetch to use for sync (tests, simulation); defaults to the global fetch. */
@@ -74,6 +78,12 @@ export const MODEL_KEY = 'model';
 export const PRIVACY_KEY = 'privacy';
 export const EGRESS_KEY = 'egress';
 export const CONSENT_KEY = 'consent';
+export const OFFERS_KEY = 'offers';
+/**
+ * Offers need P(the shopper buys item i); the model gives a distribution over the next item. A
+ * basket holds several items, so the next-item probability is scaled by a typical basket size.
+ */
+const ITEMS_PER_BASKET = 5;
 
 /** One change of consent, as the audit reports it. */
 export interface ConsentRecord {
@@ -598,6 +608,48 @@ export class Engine {
       privacy: (await this.store.getMeta<AccountantState>(PRIVACY_KEY)) ?? null,
       model: model ? { version: model.version, dim: model.dim, items: model.itemIds.length, trainedAt: model.trainedAt ?? null, trainSteps: model.trainSteps } : null,
     };
+  }
+
+  private products: ProductIndex | undefined;
+
+  /**
+   * Installs the shop's signed offer catalog after checking its ECDSA P-256 signature against
+   * `options.offers.publicKey`. A missing, wrong or tampered signature is refused (SignatureError)
+   * and the previous catalog is kept.
+   */
+  async setOffers(signed: unknown): Promise<{ offers: number }> {
+    this.assertOpen();
+    const key = this.opts.offers?.publicKey;
+    if (!key) throw new ValidationError('options.offers.publicKey', "must be set to the shop's public key (JWK) to accept offer catalogs");
+    const catalog = await verifyOfferCatalog(signed, key);
+    // Kept in memory before consent; stored only once storing is allowed.
+    this.offerCatalog = catalog;
+    if (this.consent.personalization) await this.store.setMeta(OFFERS_KEY, catalog);
+    return { offers: catalog.offers.length };
+  }
+
+  private offerCatalog: OfferCatalog | undefined;
+
+  /** The offers most worth showing this shopper now, each with a reason (see docs/OFFERS.md). */
+  async offers(options: OffersOptions = {}): Promise<ShownOffer[]> {
+    this.assertOpen();
+    this.offerCatalog ??= await this.store.getMeta<OfferCatalog>(OFFERS_KEY);
+    if (!this.offerCatalog) return [];
+    const { profile, events } = await this.profile();
+    const scores = await this.scorer.scoreAll(userVector(this.table, profile));
+    let max = -Infinity;
+    for (const v of scores) max = Math.max(max, v);
+    let sum = 0;
+    const p = new Float32Array(scores.length);
+    for (let i = 0; i < scores.length; i++) sum += p[i] = Math.exp(scores[i]! - max);
+    this.products ??= indexProducts(this.catalog.items);
+    return chooseOffers(
+      { catalog: this.offerCatalog, products: this.products, events, affinity: (id) => {
+        const r = this.rows.get(id);
+        return r === undefined ? 0 : Math.min(1, (ITEMS_PER_BASKET * p[r]!) / sum);
+      } },
+      { ...options, context: { now: this.now(), ...options.context } },
+    );
   }
 
   /** The current item table (a snapshot), e.g. for a federated update. */

@@ -13,6 +13,7 @@ import * as tf from '../model/tf.js';
 import type { ItemTable } from '../model/item-table.js';
 import type { Progress, RecommendOptions, SimilarOptions, TrainOptions } from '../types.js';
 import { ClosedError } from '../errors.js';
+import type { OffersOptions } from '../offers/types.js';
 
 // The .wasm binaries are copied next to this bundle by the build.
 setWasmPaths(new URL('./', import.meta.url).href);
@@ -71,6 +72,8 @@ export const workerApi = {
   sync: () => ready().sync(),
   setConsent: (c: { personalization?: boolean; federated?: boolean }) => ready().setConsent(c),
   audit: () => ready().audit(),
+  setOffers: (signed: unknown) => ready().setOffers(signed),
+  offers: (o?: OffersOptions) => ready().offers(o),
   exportData: () => ready().exportData(),
   egressLog: () => ready().egressLog(),
   /**

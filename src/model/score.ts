@@ -61,6 +61,15 @@ export class Scorer {
     return this.collect(values, indices, k, exclude, mask !== undefined);
   }
 
+  /** `b + V·z / temperature` for every row, read back (for offers' scope affinities). */
+  async scoreAll(z: Float32Array): Promise<Float32Array> {
+    if (z.length !== this.dim) throw new ModelError(`user vector has ${z.length} values, expected ${this.dim}`);
+    const s = tf.tidy(() => tf.add(tf.mul(tf.reshape(tf.matMul(this.V, tf.tensor2d(z, [this.dim, 1])), [this.n]), 1 / this.temperature), this.b));
+    const out = (await s.data()) as Float32Array;
+    s.dispose();
+    return out;
+  }
+
   /** Rows most similar to `row` by cosine similarity of their embeddings (the row itself excluded). */
   async similar(row: number, k: number, exclude: ReadonlySet<number> = new Set()): Promise<Scored[]> {
     if (!(row >= 0 && row < this.n)) throw new ModelError(`row ${row} is outside the table`);
