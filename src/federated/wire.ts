@@ -332,7 +332,9 @@ function idsBytes(itemIds: readonly string[]): Uint8Array[] {
   });
 }
 
-const pad4 = (n: number): number => (n + 3) & ~3;
+// Arithmetic, not `(n + 3) & ~3`: bitwise operators wrap at 2^31, and a decoded uint32 id-section
+// length near 2^32 would wrap to a tiny offset (then a RangeError from DataView instead of a WireFormatError).
+const pad4 = (n: number): number => Math.ceil(n / 4) * 4;
 
 /**
  * Serializes an item table. `float32` is the canonical, exact form (its SHA-256 is the model hash);
