@@ -5,6 +5,7 @@
  *
  *   npm run bench                         # everything, all backends (a few minutes on 2 cores)
  *   npm run bench -- --backends wasm,cpu  # a subset
+ *   npm run bench -- --only track,bundle  # some measurements: bundle, track, train, recommend
  *   npm run bench -- --quick              # smaller sizes, for trying the script out
  *   npm run bench -- --build              # rebuild dist/ first (otherwise only when it is missing)
  *
@@ -32,6 +33,11 @@ const opt = (name: string) => {
 const quick = flag('quick');
 const backends = (opt('backends')?.split(',') ?? ALL) as Backend[];
 for (const b of backends) if (!ALL.includes(b)) throw new Error(`unknown backend ${b}; use ${ALL.join(',')}`);
+
+const PARTS = ['bundle', 'track', 'train', 'recommend'] as const;
+const only = opt('only')?.split(',') ?? [...PARTS];
+for (const p of only) if (!(PARTS as readonly string[]).includes(p)) throw new Error(`unknown part ${p}; use ${PARTS.join(',')}`);
+const want = (p: (typeof PARTS)[number]) => only.includes(p);
 
 const TRACK_CALLS = quick ? 1000 : 5000;
 const TRAIN_SIZES = quick ? [1000] : [1000, 10_000];
@@ -121,37 +127,43 @@ async function main(): Promise<void> {
 
   try {
     // 1. Bundle sizes.
-    const sizes = bundleSizes() as any;
-    emit({ name: 'bundle', backend: null, ...sizes, target: { indexGzipBytes: 10 * 1024 }, meetsTarget: sizes.index.gzip <= 10 * 1024 });
-    log(`bundle: index.js ${sizes.index.gzip} B gzip, worker.js ${sizes.worker.gzip} B gzip`);
+    if (want('bundle')) {
+      const sizes = bundleSizes() as any;
+      emit({ name: 'bundle', backend: null, ...sizes, target: { indexGzipBytes: 10 * 1024 }, meetsTarget: sizes.index.gzip <= 10 * 1024 });
+      log(`bundle: index.js ${sizes.index.gzip} B gzip, worker.js ${sizes.worker.gzip} B gzip`);
+    }
 
     // 2. Does the long-task observer see long tasks here at all? (Positive control for 4.)
-    const control = await phase('longtask-control', false, (p) => p.evaluate(() => (window as any).checkLongTaskObserver()));
-    emit({ name: 'longtask-observer-check', backend: null, busyLoopMs: 80, observed: control });
+    if (want('train')) {
+      const control = await phase('longtask-control', false, (p) => p.evaluate(() => (window as any).checkLongTaskObserver()));
+      emit({ name: 'longtask-observer-check', backend: null, busyLoopMs: 80, observed: control });
+    }
 
     // 3. track(): main-thread cost. The page is cross-origin isolated so performance.now() has
     //    5 µs resolution instead of 100 µs; the backend does not matter for the main thread.
     const catalog = data.catalog;
     const trackEvents = storeEvents(data, 1000, now).events;
-    log(`track(): ${TRACK_CALLS} calls …`);
-    const tr: any = await phase('track', true, (p) =>
-      p.evaluate((a) => (window as any).benchTrack(a), { catalog, events: trackEvents, backend: 'cpu', calls: TRACK_CALLS, warmup: 500 }),
-    );
-    emit(
-      round({
-        name: 'track',
-        backend: null,
-        calls: TRACK_CALLS,
-        ...(tr.error ? tr : { p50Ms: tr.perCall.p50, p99Ms: tr.perCall.p99, maxMs: tr.perCall.max, ...tr }),
-        target: { p99Ms: 0.1 },
-        ...(tr.error ? {} : { meetsTarget: tr.perCall.p99 < 0.1 }),
-      }) as Record<string, unknown>,
-    );
+    if (want('track')) {
+      log(`track(): ${TRACK_CALLS} calls …`);
+      const tr: any = await phase('track', true, (p) =>
+        p.evaluate((a) => (window as any).benchTrack(a), { catalog, events: trackEvents, backend: 'cpu', calls: TRACK_CALLS, warmup: 500 }),
+      );
+      emit(
+        round({
+          name: 'track',
+          backend: null,
+          calls: TRACK_CALLS,
+          ...(tr.error ? tr : { p50Ms: tr.perCall.p50, p99Ms: tr.perCall.p99, maxMs: tr.perCall.max, ...tr }),
+          target: { p99Ms: 0.1 },
+          ...(tr.error ? {} : { meetsTarget: tr.perCall.p99 < 0.1 }),
+        }) as Record<string, unknown>,
+      );
+    }
 
     const shopper = typicalShopper(data, now);
     for (const backend of backends) {
       // 4. train() over a store holding N events, long tasks on the page observed meanwhile.
-      for (const n of TRAIN_SIZES) {
+      for (const n of want('train') ? TRAIN_SIZES : []) {
         const s = storeEvents(data, n, now);
         log(`${backend}: train() over ${n} events (customer ${s.customer}, ${s.distinctItems} items) …`);
         const r: any = await phase(`train ${backend} ${n}`, false, (p) =>
@@ -187,7 +199,7 @@ async function main(): Promise<void> {
         if (!r.error) log(`${backend}: train ${n}: ${r.wallMs.toFixed(0)} ms, longest main-thread task ${r.longTasks.maxMs.toFixed(0)} ms`);
       }
       // 5. recommend() vs raw tfjs matMul+topk on the same table, same worker, same backend.
-      for (const items of CATALOG_SIZES) {
+      for (const items of want('recommend') ? CATALOG_SIZES : []) {
         log(`${backend}: recommend() on ${items} items …`);
         const cat = sizedCatalog(data, items);
         const slow = backend === 'webgpu' || backend === 'webgl';
@@ -197,7 +209,7 @@ async function main(): Promise<void> {
             history: shopper.events,
             backend,
             k: K,
-            minReps: 5,
+            minReps: slow ? 3 : 5,
             maxReps: quick ? 10 : 40,
             budgetMs: slow ? 8000 : 5000,
           }),
@@ -235,7 +247,7 @@ async function main(): Promise<void> {
         if (!r.error) log(`${backend}: recommend ${items}: ${r.recommend.p50.toFixed(2)} ms vs raw ${r.raw.p50.toFixed(2)} ms (×${(r.recommend.p50 / r.raw.p50).toFixed(2)})`);
       }
     }
-    emit({ name: 'run', backend: null, ...meta, quick, seconds: Math.round((Date.now() - started) / 1000) });
+    emit({ name: 'run', backend: null, ...meta, quick, only, backends, seconds: Math.round((Date.now() - started) / 1000) });
   } finally {
     await browser.close();
     await server.close();
