@@ -21,7 +21,9 @@ export function validateOfferCatalog(input: unknown, field = 'catalog'): OfferCa
   const currency = string(o.currency, `${field}.currency`, 16);
   if (!Array.isArray(o.offers)) throw new ValidationError(`${field}.offers`, 'must be an array');
   const seen = new Set<string>();
-  const offers = o.offers.map((x, i) => {
+  // Array.from, not map: map skips the holes of a sparse array (which structured clone keeps), and
+  // they would come back as holes in the "clean" copy instead of being refused.
+  const offers = Array.from(o.offers as unknown[], (x, i) => {
     const offer = validateOffer(x, `${field}.offers[${i}]`);
     if (seen.has(offer.id)) throw new ValidationError(`${field}.offers[${i}].id`, `duplicate offer id '${offer.id}'`);
     seen.add(offer.id);
@@ -109,7 +111,7 @@ function string(v: unknown, field: string, max: number): string {
 }
 function strings(v: unknown, field: string, max: number): string[] {
   if (!Array.isArray(v) || v.length === 0) throw new ValidationError(field, 'must be a non-empty array of strings');
-  return v.map((x, i) => string(x, `${field}[${i}]`, max));
+  return Array.from(v as unknown[], (x, i) => string(x, `${field}[${i}]`, max));
 }
 function finite(v: unknown, field: string, min: number): number {
   if (typeof v !== 'number' || !Number.isFinite(v)) throw new ValidationError(field, `must be a finite number, got ${show(v)}`);
