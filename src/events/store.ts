@@ -29,8 +29,12 @@ export interface EventStats {
  */
 export interface EventStore {
   readonly kind: 'indexeddb' | 'memory';
-  /** Adds events in one transaction, applies retention, returns how many events were evicted. */
-  add(events: StoredEvent[]): Promise<{ evicted: number }>;
+  /**
+   * Adds events in one transaction, applies retention, returns how many events were evicted.
+   * When the browser's storage quota is exceeded, the oldest events are evicted to make room and
+   * the add is retried once; `quotaEvicted` then says how many of `evicted` went for the quota.
+   */
+  add(events: StoredEvent[]): Promise<AddResult>;
   /** All events in time order (ties in insertion order). */
   all(): Promise<StoredEvent[]>;
   /** Events for one item, in time order. */
@@ -48,7 +52,25 @@ export interface EventStore {
   close(): void;
 }
 
+export interface AddResult {
+  /** Events removed by this call: retention (age, count) plus any quota eviction. */
+  evicted: number;
+  /** Present when the write hit the storage quota: the oldest events removed to make room. */
+  quotaEvicted?: number;
+}
+
 export const DEFAULT_RETENTION: Retention = { maxEvents: 5000, maxAgeDays: 365 };
+/**
+ * On a quota error, this share of the stored events (oldest first, at least as many as the batch
+ * being written) is evicted before the single retry.
+ */
+export const QUOTA_EVICT_FRACTION = 0.1;
+
+/** QuotaExceededError as browsers report it (Firefox used NS_ERROR_DOM_QUOTA_REACHED; legacy code 22). */
+export function isQuotaError(e: unknown): boolean {
+  const x = e as { name?: unknown; code?: unknown } | null;
+  return !!x && (x.name === 'QuotaExceededError' || x.name === 'NS_ERROR_DOM_QUOTA_REACHED' || x.code === 22);
+}
 const DAY_MS = 24 * 3600 * 1000;
 
 function statsOf(events: StoredEvent[]): EventStats {
@@ -82,16 +104,43 @@ function storageError(what: string, e: unknown): StorageError {
  */
 export class IdbEventStore implements EventStore {
   readonly kind = 'indexeddb' as const;
+  /** Undefined after another tab's schema upgrade (or the browser) closed the connection. */
+  private db: IDBPDatabase<LocalrecDB> | undefined;
+  private reopening: Promise<IDBPDatabase<LocalrecDB>> | undefined;
+  private closedByCaller = false;
   private constructor(
-    private readonly db: IDBPDatabase<LocalrecDB>,
     readonly name: string,
     private readonly retention: Retention,
   ) {}
 
   static async open(name: string, retention: Retention = DEFAULT_RETENTION): Promise<IdbEventStore> {
-    let db: IDBPDatabase<LocalrecDB>;
+    const store = new IdbEventStore(name, retention);
+    store.db = await store.connect();
+    return store;
+  }
+
+  /**
+   * Opens the database at this code's schema version. When another tab already upgraded it to a
+   * newer version, opens it at that version instead, as long as the stores and indexes this code
+   * needs are still there (upgrades are additive); otherwise a StorageError asks for a reload.
+   */
+  private async connect(): Promise<IDBPDatabase<LocalrecDB>> {
+    const lost = (db: IDBDatabase) => {
+      // Another tab wants a newer schema (or deletes the database): let it proceed instead of
+      // blocking it forever; the next call here reopens.
+      db.close();
+      this.db = undefined;
+    };
+    const handlers = {
+      blocking(_current: number, _blocked: number | null, event: IDBVersionChangeEvent) {
+        lost(event.target as IDBDatabase);
+      },
+      terminated: () => {
+        this.db = undefined;
+      },
+    };
     try {
-      db = await openDB<LocalrecDB>(name, EVENT_SCHEMA_VERSION, {
+      return await openDB<LocalrecDB>(this.name, EVENT_SCHEMA_VERSION, {
         upgrade(db, oldVersion, _newVersion, tx) {
           // Each step upgrades from the version before it, so any old database reaches the current one.
           if (oldVersion < 1) {
@@ -103,24 +152,94 @@ export class IdbEventStore implements EventStore {
             db.createObjectStore('meta');
           }
         },
-        blocking(_current, _blocked, event) {
-          // Another tab wants a newer schema: let it upgrade instead of blocking it forever.
-          (event.target as IDBDatabase).close();
-        },
+        ...handlers,
       });
     } catch (e) {
-      throw storageError(`opening IndexedDB database "${name}"`, e);
+      if ((e as { name?: string })?.name !== 'VersionError') throw storageError(`opening IndexedDB database "${this.name}"`, e);
     }
-    return new IdbEventStore(db, name, retention);
+    // A newer schema from another tab: open at its version and check that ours is contained in it.
+    let db: IDBPDatabase<LocalrecDB>;
+    try {
+      db = await openDB<LocalrecDB>(this.name, undefined, handlers);
+    } catch (e) {
+      throw storageError(`opening IndexedDB database "${this.name}"`, e);
+    }
+    const ok =
+      db.objectStoreNames.contains('events') &&
+      db.objectStoreNames.contains('meta') &&
+      (() => {
+        const idx = db.transaction('events').store.indexNames;
+        return idx.contains('t') && idx.contains('itemId');
+      })();
+    if (!ok) {
+      db.close();
+      throw new StorageError(`IndexedDB database "${this.name}" was upgraded to version ${db.version} by a newer localrec in another tab, without the stores this page needs: reload the page`);
+    }
+    return db;
   }
 
-  async add(events: StoredEvent[]): Promise<{ evicted: number }> {
+  /** The open connection, reopened when another tab's upgrade closed it. */
+  private async conn(): Promise<IDBPDatabase<LocalrecDB>> {
+    if (this.db) return this.db;
+    if (this.closedByCaller) throw new StorageError(`IndexedDB database "${this.name}" is closed`);
+    this.reopening ??= this.connect().then(
+      (db) => {
+        this.reopening = undefined;
+        return (this.db = db);
+      },
+      (e) => {
+        this.reopening = undefined;
+        throw e;
+      },
+    );
+    return this.reopening;
+  }
+
+  async add(events: StoredEvent[]): Promise<AddResult> {
     if (events.length === 0) return { evicted: 0 };
     try {
-      const tx = this.db.transaction('events', 'readwrite');
+      return await this.addOnce(events);
+    } catch (e) {
+      if (!isQuotaError(e)) throw storageError(`storing ${events.length} event(s)`, e);
+    }
+    // Over quota: the aborted transaction stored nothing. Evict the oldest events by policy in a
+    // transaction of their own, then retry once; a second failure reaches the caller.
+    let quotaEvicted: number;
+    try {
+      const db = await this.conn();
+      const stored = await db.count('events');
+      quotaEvicted = await this.evictOldest(Math.max(events.length, Math.ceil(stored * QUOTA_EVICT_FRACTION)));
+    } catch (e) {
+      throw storageError(`evicting old events after a quota error while storing ${events.length} event(s)`, e);
+    }
+    try {
+      const r = await this.addOnce(events);
+      return { evicted: r.evicted + quotaEvicted, quotaEvicted };
+    } catch (e) {
+      throw storageError(`storing ${events.length} event(s) after evicting the ${quotaEvicted} oldest for the storage quota`, e);
+    }
+  }
+
+  /** One readwrite transaction: add, then retention. Rejects with the transaction's own error (e.g. QuotaExceededError). */
+  private async addOnce(events: StoredEvent[]): Promise<{ evicted: number }> {
+    const tx = (await this.conn()).transaction('events', 'readwrite');
+    // Observed from the start, so that an abort never surfaces as an unhandled rejection.
+    const done = tx.done.then(
+      () => undefined,
+      (e: unknown) => e ?? new Error('transaction aborted'),
+    );
+    try {
       // Only IndexedDB requests are awaited inside the transaction, so it cannot auto-commit early.
       // Collected so that a failed add (e.g. QuotaExceededError) rejects here, not unhandled.
-      await Promise.all(events.map((e) => tx.store.add({ ...e })));
+      const adds: Promise<unknown>[] = [];
+      try {
+        for (const e of events) adds.push(tx.store.add({ ...e }));
+      } finally {
+        // When the transaction aborts under us (quota), the next add() throws synchronously: the
+        // requests already made must not be left as unhandled rejections.
+        void Promise.allSettled(adds);
+      }
+      await Promise.all(adds);
       let evicted = 0;
       const cutoff = Date.now() - this.retention.maxAgeDays * DAY_MS;
       let cursor = await tx.store.index('t').openCursor(IDBKeyRange.upperBound(cutoff, true));
@@ -138,33 +257,51 @@ export class IdbEventStore implements EventStore {
           c = await c.continue();
         }
       }
-      await tx.done;
+      const err = await done;
+      if (err) throw err;
       return { evicted };
     } catch (e) {
-      throw storageError(`storing ${events.length} event(s)`, e);
+      // A request that failed because its transaction aborted reports AbortError; the cause
+      // (QuotaExceededError) is the transaction's error.
+      const txError = await done;
+      throw txError ?? e;
     }
   }
 
+  /** Deletes up to `n` of the oldest events (by time) in one transaction; returns how many. */
+  private async evictOldest(n: number): Promise<number> {
+    const tx = (await this.conn()).transaction('events', 'readwrite');
+    let evicted = 0;
+    let c = await tx.store.index('t').openCursor();
+    while (c && evicted < n) {
+      await c.delete();
+      evicted++;
+      c = await c.continue();
+    }
+    await tx.done;
+    return evicted;
+  }
+
   async all(): Promise<StoredEvent[]> {
-    const evs = await this.db.getAllFromIndex('events', 't');
+    const evs = await (await this.conn()).getAllFromIndex('events', 't');
     return evs;
   }
 
   async byItem(itemId: string): Promise<StoredEvent[]> {
-    const evs = await this.db.getAllFromIndex('events', 'itemId', itemId);
+    const evs = await (await this.conn()).getAllFromIndex('events', 'itemId', itemId);
     return evs.sort((a, b) => a.t - b.t || (a.id ?? 0) - (b.id ?? 0));
   }
 
-  count(): Promise<number> {
-    return this.db.count('events');
+  async count(): Promise<number> {
+    return (await this.conn()).count('events');
   }
 
-  countAfter(id: number): Promise<number> {
-    return this.db.count('events', IDBKeyRange.lowerBound(id, true));
+  async countAfter(id: number): Promise<number> {
+    return (await this.conn()).count('events', IDBKeyRange.lowerBound(id, true));
   }
 
   async lastId(): Promise<number> {
-    const c = await this.db.transaction('events').store.openCursor(null, 'prev');
+    const c = await (await this.conn()).transaction('events').store.openCursor(null, 'prev');
     return c ? c.primaryKey : 0;
   }
 
@@ -172,25 +309,27 @@ export class IdbEventStore implements EventStore {
     return statsOf(await this.all());
   }
 
-  getMeta<T = MetaValue>(key: string): Promise<T | undefined> {
-    return this.db.get('meta', key) as Promise<T | undefined>;
+  async getMeta<T = MetaValue>(key: string): Promise<T | undefined> {
+    return (await (await this.conn()).get('meta', key)) as T | undefined;
   }
 
   async setMeta(key: string, value: MetaValue): Promise<void> {
     try {
-      await this.db.put('meta', value, key);
+      await (await this.conn()).put('meta', value, key);
     } catch (e) {
       throw storageError(`saving "${key}"`, e);
     }
   }
 
   async destroy(): Promise<void> {
-    this.db.close();
+    this.close();
     await deleteDB(this.name);
   }
 
   close(): void {
-    this.db.close();
+    this.closedByCaller = true;
+    this.db?.close();
+    this.db = undefined;
   }
 }
 

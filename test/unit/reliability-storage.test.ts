@@ -1,0 +1,255 @@
+/**
+ * IndexedDB faults on the device, with fake-indexeddb:
+ * - QuotaExceededError on write: the transaction aborts the way Chromium aborts it (the
+ *   transaction's error is a QuotaExceededError DOMException; fake-indexeddb's own `_abort` is used
+ *   to raise it), the store evicts the oldest events by policy, retries once and says so;
+ * - another tab upgrades the schema while this one holds a connection: this tab lets go, then
+ *   reopens on its next call and keeps working (or says clearly that it cannot);
+ * - the worker dies mid-training: a new Engine on the same database has every flushed event and
+ *   the last weights that were saved whole;
+ * - IndexedDB unavailable (private mode): memory fallback, and audit()/stats() say so.
+ */
+import 'fake-indexeddb/auto';
+import { strict as assert } from 'node:assert';
+import { after, describe, it } from 'node:test';
+import { openDB } from 'idb';
+import { Engine, MODEL_KEY } from '../../src/engine/engine.js';
+import { isStorageError } from '../../src/errors.js';
+import { IdbEventStore, QUOTA_EVICT_FRACTION } from '../../src/events/store.js';
+import type { StoredEvent } from '../../src/types.js';
+import '../../src/model/tf.js';
+
+const now = Date.now();
+const ev = (i: number): StoredEvent => ({ type: 'view', itemId: `p${i % 10}`, t: now - 100_000 + i });
+const faults: Record<string, number> = {};
+const count = (k: string) => (faults[k] = (faults[k] ?? 0) + 1);
+after(() => {
+  for (const [k, n] of Object.entries(faults)) process.stdout.write(`# fault ${k}: injected ${n}\n`);
+});
+
+// ---- quota fault injection -----------------------------------------------------------------
+let quotaFailures = 0;
+const proto = (globalThis as unknown as { IDBObjectStore: { prototype: { add: (...a: unknown[]) => unknown; name: string; transaction: unknown } } }).IDBObjectStore.prototype;
+const realAdd = proto.add;
+proto.add = function (this: { name: string; transaction: { _abort(name: string): void } }, ...args: unknown[]) {
+  const req = realAdd.apply(this, args);
+  if (quotaFailures > 0 && this.name === 'events') {
+    quotaFailures--;
+    count('QuotaExceededError on add');
+    this.transaction._abort('QuotaExceededError');
+  }
+  return req;
+};
+after(() => {
+  proto.add = realAdd;
+});
+
+describe('QuotaExceededError on write', () => {
+  it('evicts the oldest events by policy, keeps the rest, stores the batch and reports it', async () => {
+    const s = await IdbEventStore.open('quota-1');
+    await s.add(Array.from({ length: 50 }, (_, i) => ev(i)));
+    quotaFailures = 1;
+    const batch = [ev(100), ev(101), ev(102)];
+    const r = await s.add(batch);
+    const chunk = Math.max(batch.length, Math.ceil(50 * QUOTA_EVICT_FRACTION));
+    assert.deepEqual(r, { evicted: chunk, quotaEvicted: chunk });
+    const all = await s.all();
+    assert.equal(all.length, 50 - chunk + 3);
+    assert.deepEqual(all.map((e) => e.t), [...Array.from({ length: 50 - chunk }, (_, i) => ev(chunk + i).t), ev(100).t, ev(101).t, ev(102).t], 'exactly the oldest went');
+    await s.destroy();
+  });
+
+  it('a batch larger than the chunk evicts at least its own size', async () => {
+    const s = await IdbEventStore.open('quota-2');
+    await s.add(Array.from({ length: 20 }, (_, i) => ev(i)));
+    quotaFailures = 1;
+    const r = await s.add(Array.from({ length: 8 }, (_, i) => ev(200 + i)));
+    assert.equal(r.quotaEvicted, 8);
+    assert.equal(await s.count(), 20);
+    await s.destroy();
+  });
+
+  it('when the retry fails too, the caller gets a StorageError and the store holds the old events minus the evicted chunk', async () => {
+    const s = await IdbEventStore.open('quota-3');
+    await s.add(Array.from({ length: 30 }, (_, i) => ev(i)));
+    quotaFailures = 2;
+    await assert.rejects(s.add([ev(300)]), (e) => isStorageError(e) && /quota/.test((e as Error).message) && /QuotaExceededError/.test((e as Error).message));
+    const all = await s.all();
+    assert.equal(all.length, 27, 'the 3 oldest were evicted, the failed batch stored nothing');
+    assert.equal(all[0]!.t, ev(3).t);
+    assert.equal(await s.count(), 27);
+    // And the store still works once there is room.
+    assert.deepEqual(await s.add([ev(301)]), { evicted: 0 });
+    await s.destroy();
+  });
+
+  it('an Engine flushing into a full store keeps every new event (oldest evicted) and nothing is re-queued', async () => {
+    const catalog = { items: Array.from({ length: 10 }, (_, i) => ({ id: `p${i}` })) };
+    const e = await Engine.create({ catalog, backend: 'cpu', autoTrainEvery: 0, dbName: 'quota-engine' });
+    e.enqueue(Array.from({ length: 40 }, (_, i) => ({ type: 'view', itemId: `p${i % 10}`, t: now - 50_000 + i })));
+    await e.flush();
+    quotaFailures = 1;
+    e.enqueue([{ type: 'purchase', itemId: 'p3', t: now }]);
+    await e.flush();
+    const st = await e.stats();
+    assert.equal(st.queued, 0);
+    assert.equal(st.events.total, 40 - 4 + 1);
+    assert.equal(st.events.byType.purchase, 1);
+    await e.erase();
+  });
+
+  it('engine tells the page how many events the quota evicted (stats/audit)', { todo: 'src/engine/engine.ts ignores the { evicted, quotaEvicted } that store.add() returns; not in this change (engine is not mine to edit)' }, async () => {
+    const catalog = { items: [{ id: 'p0' }] };
+    const e = await Engine.create({ catalog, backend: 'cpu', autoTrainEvery: 0, dbName: 'quota-engine-2' });
+    e.enqueue([{ type: 'view', itemId: 'p0', t: now - 10 }]);
+    await e.flush();
+    quotaFailures = 1;
+    e.enqueue([{ type: 'view', itemId: 'p0', t: now }]);
+    await e.flush();
+    const st = (await e.stats()) as unknown as Record<string, unknown>;
+    await e.erase();
+    assert.ok(JSON.stringify(st).includes('quota'), 'stats mention the quota eviction');
+  });
+});
+
+describe('two tabs: a schema upgrade in one while the other holds a connection', () => {
+  it('the old tab lets go, then reopens on its next call and keeps reading and writing', async () => {
+    const name = 'tabs-recover';
+    const old = await IdbEventStore.open(name);
+    await old.add([ev(1), ev(2)]);
+    await old.setMeta('model', { w: 1 });
+    count('schema upgrade in another tab');
+    // The newer tab adds a store and an index: an additive upgrade, as every localrec upgrade is.
+    const newer = await openDB(name, 7, {
+      upgrade(db, _o, _n, tx) {
+        db.createObjectStore('offers-v3');
+        tx.objectStore('events').createIndex('type', 'type');
+      },
+    });
+    assert.equal(await newer.count('events'), 2, 'the upgrade was not blocked');
+    // The old tab's next calls reopen the database at the newer version.
+    assert.deepEqual((await old.all()).map((e) => e.t), [ev(1).t, ev(2).t]);
+    await old.add([ev(3)]);
+    assert.deepEqual(await old.getMeta('model'), { w: 1 });
+    assert.equal(await newer.count('events'), 3, 'both tabs see the same data');
+    // A second upgrade while the reopened connection is held: let go again, reopen again.
+    newer.close();
+    count('schema upgrade in another tab');
+    const newest = await openDB(name, 8, { upgrade(db) { db.createObjectStore('more'); } });
+    newest.close();
+    assert.equal(await old.count(), 3);
+    old.close();
+    await assert.rejects(old.count(), isStorageError, 'after close() calls fail with a StorageError, not an InvalidStateError');
+  });
+
+  it('when the newer schema dropped what this code needs, the old tab gets a clear StorageError', async () => {
+    const name = 'tabs-incompatible';
+    const old = await IdbEventStore.open(name);
+    await old.add([ev(1)]);
+    count('schema upgrade in another tab');
+    const newer = await openDB(name, 9, { upgrade(db) { db.deleteObjectStore('meta'); } });
+    newer.close();
+    await assert.rejects(old.all(), (e) => isStorageError(e) && /reload the page/.test((e as Error).message));
+  });
+
+  it('a page with the old code opening after the upgrade works on the newer database', async () => {
+    const name = 'tabs-late';
+    const first = await IdbEventStore.open(name);
+    await first.add([ev(1)]);
+    first.close();
+    const newer = await openDB(name, 5, { upgrade(db) { db.createObjectStore('extra'); } });
+    newer.close();
+    const late = await IdbEventStore.open(name);
+    assert.equal(await late.count(), 1);
+    await late.destroy();
+  });
+});
+
+describe('the worker terminated mid-training', () => {
+  it('a new Engine on the same database recovers every flushed event and the last weights saved whole', async () => {
+    const catalog = { items: Array.from({ length: 20 }, (_, i) => ({ id: `p${i}`, popularity: 20 - i })) };
+    const opts = { catalog, backend: 'cpu' as const, autoTrainEvery: 0, dbName: 'worker-dies', model: { dim: 8 } };
+    const a = await Engine.create(opts);
+    a.enqueue(Array.from({ length: 12 }, (_, i) => ({ type: 'view', itemId: `p${i}`, t: now - 20_000 + i })));
+    await a.train({ epochs: 2 });
+    const saved = await peekModel('worker-dies');
+    assert.ok(saved && saved.trainSteps > 0);
+    a.enqueue(Array.from({ length: 6 }, (_, i) => ({ type: 'purchase', itemId: `p${10 + i}`, t: now - 1000 + i })));
+    await a.flush();
+    // Training starts, changes the in-memory table, and the worker is killed before it saves:
+    // onProgress throwing mid-training stands in for terminate() (the run never reaches persist()).
+    count('worker killed mid-train');
+    let calls = 0;
+    await assert.rejects(
+      a.train({
+        epochs: 50,
+        onProgress: (p) => {
+          if (p.phase === 'training' && ++calls === 3) throw new Error('worker terminated');
+        },
+      }),
+      /worker terminated/,
+    );
+    assert.ok(calls >= 3, 'the kill landed mid-training');
+    const dirty = a.itemTable().factors.slice();
+    // The dead worker's connection is simply abandoned (never closed), as a terminated worker's is.
+    const b = await Engine.create(opts);
+    const st = await b.stats();
+    assert.equal(st.events.total, 18, 'every flushed event is back');
+    assert.equal(st.model.trainSteps, saved!.trainSteps, 'the last saved run');
+    assert.deepEqual(Array.from(b.itemTable().factors), Array.from(saved!.factors), 'weights are the last good ones, bit for bit');
+    assert.notDeepEqual(Array.from(dirty), Array.from(saved!.factors), 'the half-trained weights never reached the store');
+    assert.equal(st.model.pendingEvents, 6, 'the events after the last saved run are pending for the next one');
+    const r = await b.train({ epochs: 1 });
+    assert.ok(r.steps > 0);
+    assert.equal((await b.stats()).model.pendingEvents, 0);
+    await b.erase();
+  });
+});
+
+async function peekModel(dbName: string): Promise<{ trainSteps: number; factors: Float32Array } | undefined> {
+  const s = await IdbEventStore.open(dbName);
+  const m = await s.getMeta<{ trainSteps: number; factors: Float32Array }>(MODEL_KEY);
+  s.close();
+  return m;
+}
+
+describe('IndexedDB unavailable (private mode)', () => {
+  const g = globalThis as { indexedDB: IDBFactory };
+  const real = g.indexedDB;
+  const catalog = { items: [{ id: 'a' }, { id: 'b' }] };
+  for (const [kind, factory] of [
+    ['open() throws SecurityError', { open() { throw new DOMException('The operation is insecure.', 'SecurityError'); } }],
+    [
+      'open() fails with InvalidStateError (Firefox private windows)',
+      {
+        open() {
+          const req = { error: new DOMException('A mutation operation was attempted on a database that did not allow mutations.', 'InvalidStateError'), onerror: null as null | ((e: unknown) => void) } as unknown as IDBOpenDBRequest;
+          const listeners: Array<(e: unknown) => void> = [];
+          (req as unknown as { addEventListener: (t: string, f: (e: unknown) => void) => void }).addEventListener = (t, f) => void (t === 'error' && listeners.push(f));
+          (req as unknown as { removeEventListener: () => void }).removeEventListener = () => undefined;
+          setTimeout(() => listeners.forEach((f) => f({ target: req, preventDefault() {} })));
+          return req;
+        },
+      },
+    ],
+  ] as const) {
+    it(`${kind}: the engine runs on memory and audit() says so`, async () => {
+      count('IndexedDB unavailable');
+      g.indexedDB = factory as unknown as IDBFactory;
+      try {
+        const e = await Engine.create({ catalog, backend: 'cpu', autoTrainEvery: 0, dbName: 'private' });
+        e.enqueue([{ type: 'view', itemId: 'a' }]);
+        const audit = await e.audit();
+        assert.equal(audit.storage.kind, 'memory');
+        assert.equal(audit.storage.database, null);
+        assert.deepEqual(audit.storage.stores, []);
+        assert.equal(audit.events.total, 1, 'events still work, in memory');
+        assert.equal((await e.stats()).storage, 'memory');
+        assert.equal((await e.recommend({ k: 1 }))[0]!.itemId, 'b');
+        await e.erase();
+      } finally {
+        g.indexedDB = real;
+      }
+    });
+  }
+});
