@@ -10,10 +10,15 @@ const BACKEND = params.get('backend') || undefined;
 /** Train after this many new events (the page trains itself so that it can chart the loss). */
 const TRAIN_EVERY = Number(params.get('trainEvery') ?? 3);
 const POLL_MS = 4000;
+/** `?consent=required`: nothing is stored until the shopper accepts in the banner. */
+const CONSENT_REQUIRED = params.get('consent') === 'required';
+/** How many shoppers the "Simulate" button runs (the test uses a few). */
+const SHOPPERS = Number(params.get('shoppers') ?? 200);
 
 const $ = (id) => document.getElementById(id);
 const money = new Intl.NumberFormat('en-GB', { style: 'currency', currency: 'GBP' });
 const time = new Intl.DateTimeFormat(undefined, { hour: '2-digit', minute: '2-digit', second: '2-digit' });
+const clock = new Intl.DateTimeFormat('en-GB', { hour: '2-digit', minute: '2-digit', second: '2-digit' });
 const EVENT_LABELS = {
   view: 'Product views',
   search: 'Searches',
@@ -40,7 +45,17 @@ const state = {
   runs: 0,
   training: null,
   stats: null,
+  audit: null,
   renders: 0,
+  /** The shop's public key and signed offer catalog (from the server), when offers are available. */
+  offerKey: null,
+  signedOffers: null,
+  /** Offers already counted as shown in this page view (one impression each). */
+  impressed: new Set(),
+  appliedOffer: null,
+  lastSync: null,
+  autoSynced: false,
+  syncing: null,
 };
 
 function esc(s) {
@@ -58,7 +73,8 @@ function setStatus(text, kind = 'info') {
 /** The resting status line, once a notice has been up for a few seconds. */
 function restingStatus(s) {
   if ($('status').dataset.kind === 'error' || Date.now() - statusAt < 6000) return;
-  $('status').textContent = `Personalized on this device · ${s.backend} backend, started in ${state.startMs} ms · ${s.events.total} event${s.events.total === 1 ? '' : 's'} stored in this browser, none sent`;
+  const sent = state.audit?.egress.requests ?? 0;
+  $('status').textContent = `Personalized on this device · ${s.backend} backend, started in ${state.startMs} ms · ${s.events.total} event${s.events.total === 1 ? '' : 's'} stored in this browser, none sent · ${sent ? `${sent} federated request${sent === 1 ? '' : 's'} (model only), see Privacy` : 'no federated sync yet'}`;
   $('status').dataset.kind = 'ok';
 }
 
@@ -92,13 +108,28 @@ function scheduleRefresh() {
 async function startRecommender() {
   const t0 = performance.now();
   setStatus('Starting the on-device recommender (TensorFlow.js in a Web Worker)…');
+  state.impressed.clear();
+  state.autoSynced = false;
   state.rec = await createRecommender({
     catalog: { items: state.items },
     ...(BACKEND ? { backend: BACKEND } : {}),
     // The page trains by itself (below) so that the model panel can chart the loss.
     autoTrainEvery: 0,
+    // The aggregation server is behind this very address (/v1/…).
+    federated: { serverUrl: location.origin },
+    ...(CONSENT_REQUIRED ? { consent: 'required' } : { consent: 'granted' }),
+    ...(state.offerKey ? { offers: { publicKey: state.offerKey } } : {}),
   });
   state.startMs = Math.round(performance.now() - t0);
+  if (state.signedOffers) {
+    try {
+      await state.rec.setOffers(state.signedOffers);
+    } catch (e) {
+      state.signedOffers = null;
+      fail(e);
+    }
+  }
+  if (CONSENT_REQUIRED) showConsent(true);
   // The resting status line (restingStatus) takes over at the next refresh.
   statusAt = 0;
 }
@@ -114,14 +145,21 @@ async function refresh() {
     if (gen !== state.generation) return;
     stats = await rec.stats();
   }
-  const recs = await rec.recommend({ k: 8, exclude: 'seen' });
+  const [recs, audit, offers] = await Promise.all([
+    rec.recommend({ k: 8, exclude: 'seen' }),
+    rec.audit(),
+    state.signedOffers ? rec.offers({ k: 3, context: { cart: cartLines(), page: 'home' } }).catch((e) => (console.warn(e), [])) : [],
+  ]);
   if (gen !== state.generation) return;
   state.stats = stats;
+  state.audit = audit;
   renderRecs(recs);
+  renderOffers(offers);
   renderModel(stats);
-  renderPrivacy(stats);
+  renderPrivacy(stats, audit);
   renderRounds();
   restingStatus(stats);
+  document.body.dataset.audits = String(Number(document.body.dataset.audits ?? 0) + 1);
 }
 
 async function train() {
@@ -142,6 +180,7 @@ async function train() {
     .then((r) => {
       if (gen !== state.generation) return r;
       $('loss-caption').textContent = r.steps === 0 ? 'Nothing to train on yet: open a few products first.' : `Last run: ${r.steps} steps on ${r.examples} examples in ${Math.round(r.ms)} ms, loss ${r.firstLoss.toFixed(3)} → ${r.lastLoss.toFixed(3)}.`;
+      if (r.steps > 0) queueMicrotask(() => void autoSync());
       return r;
     })
     .finally(() => {
@@ -260,17 +299,310 @@ function renderModel(s) {
   drawLossChart($('loss-chart'), state.losses);
 }
 
-function renderPrivacy(s) {
+const bytes = (n) => (n < 1024 ? `${n} B` : n < 1024 * 1024 ? `${(n / 1024).toFixed(1)} KB` : `${(n / 1024 / 1024).toFixed(2)} MB`);
+const eps = (x) => (Math.round(x * 100) / 100).toFixed(2);
+const ENDPOINT_KIND = { config: 'read server settings', model: 'download global model', update: 'upload noised update' };
+
+/** The privacy panel: `rec.audit()` (docs/PRIVACY.md) written out for people. */
+function renderPrivacy(s, a) {
   const rows = Object.entries(EVENT_LABELS).map(([type, label]) => {
-    const n = s.events.byType[type] ?? 0;
+    const n = a.events.byType[type] ?? 0;
     return `<tr class="${n ? '' : 'zero'}" data-type="${type}"><th scope="row">${label}</th><td>${n}</td></tr>`;
   });
-  rows.push(`<tr class="total"><th scope="row">Total events</th><td data-testid="privacy-total">${s.events.total}</td></tr>`);
-  rows.push(`<tr class="${s.model.trainSteps ? '' : 'zero'}"><th scope="row">Model weights trained here</th><td>${s.model.trainSteps ? `${s.model.items} × ${s.model.dim}` : 'none'}</td></tr>`);
+  rows.push(`<tr class="total"><th scope="row">Total events</th><td data-testid="privacy-total">${a.events.total}</td></tr>`);
   $('privacy-counts').innerHTML = rows.join('');
-  $('privacy-range').textContent = s.events.total
-    ? `Oldest ${new Date(s.events.oldest).toLocaleString()}, newest ${new Date(s.events.newest).toLocaleString()}. Kept at most 5,000 events or 365 days.`
-    : 'Nothing stored.';
+  $('privacy-range').textContent = a.events.total
+    ? `Oldest ${new Date(a.events.oldest).toLocaleString()}, newest ${new Date(a.events.newest).toLocaleString()}.`
+    : a.storage.kind === 'memory'
+      ? 'Nothing stored: no consent yet, so events are not even kept in memory.'
+      : 'Nothing stored.';
+  $('a-storage').textContent = a.storage.kind === 'indexeddb' ? `IndexedDB “${a.storage.database}” (${a.storage.stores.join(', ')})` : 'nowhere (memory only, nothing persisted)';
+  $('a-events-bytes').textContent = bytes(a.events.bytes);
+  $('a-events-bytes').dataset.bytes = String(a.events.bytes);
+  $('a-model').textContent = a.model.stored
+    ? `${a.model.items} × ${a.model.dim}, ${bytes(a.model.bytes)}, global version ${a.model.version}${a.model.trainedAt ? `, trained ${time.format(a.model.trainedAt)}` : ''}`
+    : 'none stored';
+  $('a-retention').textContent = `${a.retention.maxEvents.toLocaleString()} events, ${a.retention.maxAgeDays} days`;
+
+  // What left: every request the SDK made, from its own log.
+  const log = a.egress.log;
+  $('a-egress-summary').textContent = log.length
+    ? `${a.egress.requests} request${a.egress.requests === 1 ? '' : 's'}, ${bytes(a.egress.bytesSent)} sent in all — only model updates, never an event. Newest first:`
+    : 'Nothing has left this device. (The page itself loads the catalog and polls the round status; those requests carry no data about you.)';
+  $('a-egress').innerHTML = log
+    .slice(-12)
+    .reverse()
+    .map(
+      (e) =>
+        `<tr data-kind="${esc(e.kind)}"><td>${esc(clock.format(e.t))}</td><td title="${esc(ENDPOINT_KIND[e.kind] ?? e.kind)}${e.bodySha256 ? ` · body SHA-256 ${esc(e.bodySha256)}` : ''}"><code>${esc(e.method)} ${esc(e.endpoint)}</code></td><td>${e.bytes ? bytes(e.bytes) : '—'}</td><td class="${e.status >= 200 && e.status < 400 ? 'ok' : 'bad'}">${e.status || 'offline'}</td></tr>`,
+    )
+    .join('');
+
+  // ε: spent against the budget.
+  const p = a.privacy;
+  const frac = p.epsilonBudget > 0 ? Math.min(1, p.epsilonSpent / p.epsilonBudget) : 0;
+  $('a-eps-bar').style.width = `${frac * 100}%`;
+  $('a-eps-bar').classList.toggle('full', frac >= 0.75);
+  $('a-eps').textContent = p.federatedConfigured
+    ? `ε ${eps(p.epsilonSpent)} of ${eps(p.epsilonBudget)} spent (δ = ${p.delta < 0.001 ? p.delta.toExponential(0) : p.delta}) in ${p.syncs} sync${p.syncs === 1 ? '' : 's'}. With this server’s noise (σ = ${state.serverConfig?.noiseMultiplier ?? '…'}) one sync costs about ε 4.7, so this device can sync ${p.syncs >= 2 ? 'no more' : p.syncs === 1 ? 'once more' : 'twice'}; then it refuses, for good.`
+    : 'Federated learning is not configured: nothing is ever sent.';
+  $('a-eps').dataset.epsilon = eps(p.epsilonSpent);
+
+  const c = a.consent;
+  const yes = (b) => (b ? 'yes' : 'no');
+  $('a-consent').textContent = `Personalization: ${yes(c.current.personalization)} · sharing model updates: ${yes(c.current.federated)} · sync ${p.federatedActive ? 'allowed' : 'off'}${c.droppedBeforeConsent ? ` · ${c.droppedBeforeConsent} event${c.droppedBeforeConsent === 1 ? '' : 's'} dropped before consent` : ''}`;
+  $('a-consent-history').innerHTML = c.history
+    .slice(-5)
+    .reverse()
+    .map((h) => `<li>${esc(time.format(h.t))}: personalization ${yes(h.personalization)}, updates ${yes(h.federated)} <span class="src">(${esc(h.source)})</span></li>`)
+    .join('');
+  $('a-gpc').textContent = p.globalPrivacyControl
+    ? p.globalPrivacyControlHonored
+      ? 'Your browser sends Global Privacy Control: this shop honours it, so nothing is sent (sync is off).'
+      : 'Your browser sends Global Privacy Control, but this shop chose to sync anyway.'
+    : 'Global Privacy Control: not sent by your browser.';
+  $('a-gpc').dataset.gpc = String(p.globalPrivacyControl);
+  $('sync-now').disabled = !p.federatedActive || !!state.syncing;
+}
+
+/** Downloads `rec.export()` as a JSON file. */
+async function exportData() {
+  if (!state.rec) return;
+  const file = await state.rec.export();
+  const blob = new Blob([JSON.stringify(file, null, 2)], { type: 'application/json' });
+  const a = Object.assign(document.createElement('a'), { href: URL.createObjectURL(blob), download: `localrec-export-${new Date().toISOString().slice(0, 19).replace(/[:T]/g, '-')}.json` });
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(a.href), 10_000);
+  setStatus(`Exported ${file.events.length} event${file.events.length === 1 ? '' : 's'}, the consent history and the egress log as JSON.`, 'ok');
+}
+
+// ---------------------------------------------------------------- consent
+
+function showConsent(show) {
+  $('consent-banner').hidden = !show;
+}
+
+async function chooseConsent(personalization, federated) {
+  if (!state.rec) return;
+  try {
+    await state.rec.setConsent({ personalization, federated });
+    showConsent(false);
+    setStatus(
+      personalization
+        ? federated
+          ? 'Thanks: personalization on; noised model updates may be shared.'
+          : 'Thanks: personalization on, on this device only; nothing will be sent.'
+        : 'Declined: nothing is stored; you see the shop’s bestsellers.',
+      'ok',
+    );
+    await refresh();
+  } catch (e) {
+    fail(e);
+  }
+}
+
+// ---------------------------------------------------------------- offers
+
+function cartLines() {
+  return [...state.cart].map(([itemId, quantity]) => ({ itemId, quantity, price: state.byId.get(itemId)?.price }));
+}
+
+function discountText(d) {
+  return d.kind === 'percent' ? `${d.percent}% off${d.maxAmount ? ` (up to ${money.format(d.maxAmount)})` : ''}` : `${money.format(d.amount)} off`;
+}
+
+function offerCard(o) {
+  const li = document.createElement('li');
+  li.className = `offer${o.explore ? ' explore' : ''}`;
+  li.dataset.offerId = o.offerId;
+  li.innerHTML = `
+    <p class="offer-discount">${esc(discountText(o.discount))}</p>
+    <h4 class="offer-title">${esc(o.title)}</h4>
+    <p class="reason reason-offer" data-testid="offer-reason">${esc(o.reason)}</p>
+    ${o.explore ? '<p class="explore-tag" title="Picked to learn what you like (a little exploration), not because it scored best">Trying something new</p>' : ''}
+    <p class="fine offer-value" title="What the policy expects the offer to be worth to the shop for you">expected value ${money.format(o.expectedValue)}</p>`;
+  const use = document.createElement('button');
+  use.type = 'button';
+  use.className = 'btn ghost small use-offer';
+  use.textContent = state.appliedOffer?.offerId === o.offerId ? 'Applied ✓' : 'Use offer';
+  use.disabled = state.appliedOffer?.offerId === o.offerId;
+  use.addEventListener('click', () => redeem(o));
+  li.append(use);
+  return li;
+}
+
+function impress(offers) {
+  // One impression per offer per page view: refreshes do not count again.
+  for (const o of offers) {
+    if (state.impressed.has(o.offerId)) continue;
+    state.impressed.add(o.offerId);
+    track({ type: 'offer_impression', offerId: o.offerId });
+  }
+}
+
+function renderOffers(offers) {
+  $('offers-section').hidden = !state.signedOffers;
+  $('offers').replaceChildren(...offers.map(offerCard));
+  if (state.signedOffers && offers.length === 0) $('offers').innerHTML = '<li class="fine">No offer fits you right now.</li>';
+  document.body.dataset.offers = offers.map((o) => o.offerId).join(',');
+  impress(offers);
+}
+
+function redeem(o) {
+  track({ type: 'offer_redeemed', offerId: o.offerId });
+  state.appliedOffer = o;
+  renderCart();
+  for (const b of document.querySelectorAll(`.offer[data-offer-id="${CSS.escape(o.offerId)}"] .use-offer`)) {
+    b.textContent = 'Applied ✓';
+    b.disabled = true;
+  }
+  setStatus(`Offer “${o.title}” applied to your cart. The shop checks it at checkout; it learns only that you used it.`, 'ok');
+}
+
+// ---------------------------------------------------------------- federated sync
+
+async function loadServerConfig() {
+  try {
+    state.serverConfig = await (await fetch('/v1/config')).json();
+  } catch {
+    // shown as unreachable by the rounds panel
+  }
+}
+
+function syncError(e) {
+  switch (e?.name) {
+    case 'PrivacyBudgetError':
+      return `Not sent: this device’s privacy budget is spent (${e.message}). It will not sync again — that is the point of a budget.`;
+    case 'NetworkError':
+      return e.status ? `The server refused the update (${e.status}): ${e.message}` : `Offline: the aggregation server could not be reached (${e.message}). Nothing was lost; try again later.`;
+    case 'ConsentError':
+      return `Sync is off: ${e.message}`;
+    default:
+      return `${e?.name ?? 'Error'}: ${e?.message ?? e}`;
+  }
+}
+
+async function sync(how = 'button') {
+  const rec = state.rec;
+  const gen = state.generation;
+  if (!rec || state.syncing) return;
+  $('sync-now').disabled = true;
+  $('sync-result').dataset.kind = 'busy';
+  $('sync-result').textContent = how === 'auto' ? 'Syncing after training (automatic, once)…' : 'Syncing: pulling the global model, training here, sending a noised update…';
+  state.syncing = (async () => {
+    await state.training?.catch(() => undefined);
+    return rec.sync();
+  })();
+  try {
+    const r = await state.syncing;
+    if (gen !== state.generation) return;
+    state.lastSync = r;
+    $('sync-result').dataset.kind = 'ok';
+    $('sync-result').textContent = r.sent
+      ? `${how === 'auto' ? 'Synced automatically' : 'Synced'} at ${time.format(Date.now())}: now on global version ${r.version}; uploaded ${bytes(r.uploadedBytes)} (one clipped, noised update, no events); ε ${eps(r.epsilon)} of ${eps(r.budget)} spent.${r.published != null ? ` It completed a round: version ${r.published} published.` : r.pending !== undefined ? ` ${r.pending} update${r.pending === 1 ? '' : 's'} now waiting at the server for the next round.` : ''}`
+      : `Pulled global version ${r.version} (nothing uploaded: too little history here to learn from yet); ε ${eps(r.epsilon)} of ${eps(r.budget)}.`;
+    document.body.dataset.syncs = String(Number(document.body.dataset.syncs ?? 0) + 1);
+  } catch (e) {
+    if (gen !== state.generation) return;
+    $('sync-result').dataset.kind = 'error';
+    $('sync-result').textContent = syncError(e);
+    document.body.dataset.syncErrors = String(Number(document.body.dataset.syncErrors ?? 0) + 1);
+  } finally {
+    state.syncing = null;
+  }
+  await pollRounds();
+  await refresh().catch(fail);
+}
+
+/** After a training run: one automatic sync per page view, only when allowed and never the device's last ε. */
+async function autoSync() {
+  const a = state.audit;
+  if (!$('auto-sync').checked || state.autoSynced || state.syncing || !a?.privacy.federatedActive) return;
+  if (a.privacy.syncs > 0) return; // leave the rest of the budget to "Sync now"
+  state.autoSynced = true;
+  await sync('auto');
+}
+
+// ---------------------------------------------------------------- simulated shoppers
+
+let simTimer;
+async function startSimulation() {
+  $('simulate').disabled = true;
+  try {
+    const res = await fetch('/demo/simulate', { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ shoppers: SHOPPERS }) });
+    const body = await res.json();
+    if (!res.ok && res.status !== 409) throw new Error(body.error ?? `HTTP ${res.status}`);
+    renderSimulation(body);
+  } catch (e) {
+    $('sim-status').textContent = `Could not start the simulation: ${e.message}`;
+    $('simulate').disabled = false;
+    return;
+  }
+  pollSimulation();
+}
+
+async function pollSimulation() {
+  clearTimeout(simTimer);
+  let s;
+  try {
+    s = await (await fetch('/demo/simulate/status')).json();
+  } catch (e) {
+    $('sim-status').textContent = `Lost the server: ${e.message}`;
+    $('simulate').disabled = false;
+    return;
+  }
+  renderSimulation(s);
+  if (s.running) simTimer = setTimeout(pollSimulation, 800);
+  else if (s.phase !== 'idle') void pollRounds();
+}
+
+const pct = (x) => `${(x * 100).toFixed(1)}%`;
+
+function renderSimulation(s) {
+  const running = s.running;
+  $('simulate').disabled = running;
+  $('simulate-cancel').hidden = !running;
+  $('sim-meter').hidden = s.phase === 'idle';
+  $('sim-bar').style.width = `${s.shoppers ? (100 * s.done) / s.shoppers : 0}%`;
+  document.body.dataset.sim = s.phase;
+  const el = $('sim-status');
+  el.dataset.phase = s.phase;
+  if (s.phase === 'idle') {
+    el.textContent = '';
+    return;
+  }
+  if (s.phase === 'loading') {
+    el.textContent = s.message ?? 'Reading purchase histories…';
+    return;
+  }
+  if (s.phase === 'failed') {
+    el.textContent = `Simulation failed: ${s.error}`;
+    return;
+  }
+  const secs = Math.round(s.elapsedMs / 1000);
+  const head =
+    `${s.done} of ${s.shoppers} shoppers synced in ${secs} s · global model version ${s.startVersion} → ${s.version}` +
+    ` · ${s.sent} updates${s.bytesPerUpdate ? ` of ${bytes(s.bytesPerUpdate)}` : ''}` +
+    (s.epsilonPerDevice ? ` · ε ${eps(s.epsilonPerDevice)} per device` : '') +
+    (s.failed ? ` · ${s.failed} failed (${s.lastError})` : '') +
+    (s.message ? ` · ${s.message}` : '');
+  if (running) {
+    el.textContent = head;
+    return;
+  }
+  const q = s.quality;
+  const verdict = !q || q.after === null
+    ? ''
+    : ` “Similar items” against what ${q.pairs.toLocaleString()} held-out purchases went on to buy: hit rate ${pct(q.before)} → ${pct(q.after)} (random picks: ${pct(q.random)}).` +
+      (q.after > q.before * 1.5 && q.after > q.random * 1.5
+        ? ' The shoppers taught the global model.'
+        : state.serverConfig?.noiseMultiplier === 0
+          ? ` Little change: ${s.shoppers} shoppers, each sending one clipped update, move the global model only a little.`
+          : ` That is about chance: with σ = ${state.serverConfig?.noiseMultiplier ?? 1} each update is mostly noise, and ${s.shoppers} shoppers are far too few for their average to beat it (quality under differential privacy needs many thousands of devices; docs/protocol.md).`);
+  const next = s.version > (state.stats?.model.version ?? 0) ? ` Press “Sync now” to pull version ${s.version} into this browser.` : '';
+  el.textContent = `${s.phase === 'done' ? 'Done' : s.phase === 'cancelled' ? 'Cancelled' : 'Stopped'}: ${head}.${verdict}${next}`;
 }
 
 // ---------------------------------------------------------------- federated rounds
@@ -323,6 +655,7 @@ function openProduct(id, via) {
     '<span class="fine">Rate it:</span>' +
     [1, 2, 3, 4, 5].map((v) => `<button type="button" class="star" data-value="${v}" aria-label="${v} star${v > 1 ? 's' : ''}">★</button>`).join('');
   $('similar').replaceChildren();
+  $('p-offer').replaceChildren();
   const dlg = $('product-modal');
   if (!dlg.open) dlg.showModal();
   dlg.scrollTop = 0;
@@ -334,6 +667,19 @@ function openProduct(id, via) {
       $('similar').replaceChildren(...alike.map((r) => card(state.byId.get(r.itemId), { reason: r.reason, compact: true })));
     })
     .catch(fail);
+  if (state.signedOffers) {
+    state.rec
+      .offers({ k: 1, context: { cart: cartLines(), page: 'product', itemId: id } })
+      .then((offers) => {
+        if (gen !== state.generation || state.open !== id) return;
+        const ol = document.createElement('ol');
+        ol.className = 'offer-row single';
+        ol.append(...offers.map(offerCard));
+        $('p-offer').replaceChildren(...(offers.length ? [ol] : []));
+        impress(offers);
+      })
+      .catch((e) => console.warn(e));
+  }
 }
 
 // ---------------------------------------------------------------- cart
@@ -385,6 +731,9 @@ function renderCart() {
   });
   $('cart-lines').replaceChildren(...(lines.length ? lines : [Object.assign(document.createElement('li'), { className: 'fine', textContent: 'Your cart is empty.' })]));
   $('cart-total').textContent = n ? `Total ${money.format(total)}` : '';
+  const o = state.appliedOffer;
+  $('cart-offer').hidden = !o;
+  if (o) $('cart-offer').textContent = `Offer applied: ${o.title} (${discountText(o.discount)}). The shop checks it at checkout.`;
   $('checkout').disabled = n === 0;
   $('cart-count').textContent = String(n);
 }
@@ -392,6 +741,7 @@ function renderCart() {
 function checkout() {
   for (const [id, q] of state.cart) track({ type: 'purchase', itemId: id, quantity: q, price: state.byId.get(id).price });
   state.cart.clear();
+  state.appliedOffer = null;
   renderCart();
   $('cart-drawer').close();
   setStatus('Thank you! The purchase is recorded on this device only.', 'ok');
@@ -423,6 +773,9 @@ async function erase() {
     await state.training?.catch(() => undefined);
     await rec.erase();
     state.cart.clear();
+    state.appliedOffer = null;
+    state.lastSync = null;
+    $('sync-result').textContent = 'This device has not synced yet.';
     state.losses = [];
     state.runs = 0;
     $('loss-caption').textContent = 'Training loss appears here after the first training run.';
@@ -505,6 +858,15 @@ function wire() {
     p.classList.add('flash');
   });
   $('erase').addEventListener('click', () => void erase());
+  $('export').addEventListener('click', () => void exportData().catch(fail));
+  $('show-consent').addEventListener('click', () => showConsent(true));
+  $('consent-accept').addEventListener('click', () => void chooseConsent(true, true));
+  $('consent-local').addEventListener('click', () => void chooseConsent(true, false));
+  $('consent-decline').addEventListener('click', () => void chooseConsent(false, false));
+  $('sync-now').addEventListener('click', () => void sync('button'));
+  $('simulate').addEventListener('click', () => void startSimulation());
+  $('simulate').textContent = `Simulate ${SHOPPERS} shopper${SHOPPERS === 1 ? '' : 's'}`;
+  $('simulate-cancel').addEventListener('click', () => void fetch('/demo/simulate/cancel', { method: 'POST' }).then(pollSimulation));
   $('train-now').addEventListener('click', () => {
     if (!state.rec || state.training) return;
     train()
@@ -513,6 +875,17 @@ function wire() {
   });
   // Keep "last training … s ago" honest.
   setInterval(() => state.stats && !state.training && ($('m-trained').textContent = ago(state.stats.model.trainedAt)), 5000);
+}
+
+/** The shop's signed offer catalog and its public key, from the shop's server. */
+async function loadOffers() {
+  try {
+    const [key, signed] = await Promise.all(['offers-key.json', 'offers.json'].map((f) => fetch(f).then((r) => (r.ok ? r.json() : Promise.reject(new Error(`${f}: HTTP ${r.status}`))))));
+    state.offerKey = key;
+    state.signedOffers = signed;
+  } catch (e) {
+    console.warn('no offers:', e);
+  }
 }
 
 async function main() {
@@ -527,6 +900,8 @@ async function main() {
   renderCart();
   void pollRounds();
   setInterval(() => void pollRounds(), POLL_MS);
+  await Promise.all([loadServerConfig(), loadOffers()]);
+  void pollSimulation();
   await startRecommender();
   await refresh();
   document.body.dataset.state = 'ready';
