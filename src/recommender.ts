@@ -1,7 +1,6 @@
 import * as Comlink from 'comlink';
 import { ClosedError, reviveError, ValidationError } from './errors.js';
 import { validateEvent } from './events/schema.js';
-import { validateCatalog } from './model/catalog.js';
 import type { WorkerApi } from './engine/worker.js';
 import type { AuditReport, ExportFile } from './engine/audit-types.js';
 import type { OffersOptions, ShownOffer, SignedOfferCatalog } from './offers/types.js';
@@ -85,7 +84,12 @@ function revive<T>(p: Promise<T>): Promise<T> {
  */
 export async function createRecommender(options: RecommenderOptions): Promise<Recommender> {
   if (typeof options !== 'object' || options === null) throw new ValidationError('options', 'must be an object with a `catalog`');
-  const catalog = validateCatalog(options.catalog);
+  // The catalog is validated in the worker (errors come back with the field named): validating a
+  // 100,000-item catalog here too would block the page for no gain.
+  const catalog = options.catalog;
+  if (typeof catalog !== 'object' || catalog === null || !Array.isArray((catalog as { items?: unknown }).items)) {
+    throw new ValidationError('options.catalog', 'must be an object with an `items` array');
+  }
   if (options.backend !== undefined && !BACKENDS.includes(options.backend)) {
     throw new ValidationError('options.backend', `must be one of ${BACKENDS.join(', ')}; got "${String(options.backend)}"`);
   }

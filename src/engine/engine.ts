@@ -205,6 +205,7 @@ export class Engine {
     const was = this.consent.personalization;
     this.consent = next;
     this.consentHistory.push({ t: this.now(), ...next, source: 'setConsent' });
+    this.eventCache = undefined;
     if (next.personalization && !was) {
       this.store = this.opts.store ?? (await openEventStore(this.opts.dbName ?? 'localrec', this.retention));
       this.scorer.dispose();
@@ -305,6 +306,7 @@ export class Engine {
     const run = this.flushing.then(async () => {
       if (batch.length === 0) return;
       try {
+        this.eventCache = undefined;
         await this.store.add(batch);
       } catch (e) {
         // Put the batch back so nothing is lost; the caller sees the StorageError.
@@ -326,9 +328,17 @@ export class Engine {
     });
   }
 
-  private async profile(): Promise<{ profile: ProfileItem[]; events: StoredEvent[] }> {
+  /** Stored events, read once and kept until the next write: recommend() must not scan IndexedDB each call. */
+  private eventCache: StoredEvent[] | undefined;
+
+  private async storedEvents(): Promise<StoredEvent[]> {
     await this.flush();
-    const events = await this.store.all();
+    this.eventCache ??= await this.store.all();
+    return this.eventCache;
+  }
+
+  private async profile(): Promise<{ profile: ProfileItem[]; events: StoredEvent[] }> {
+    const events = await this.storedEvents();
     return { profile: buildProfile(events, this.rows, { halfLifeDays: this.halfLifeDays, now: this.now() }), events };
   }
 
@@ -670,6 +680,7 @@ export class Engine {
   /** Deletes every event and the saved weights, and the database itself. */
   async erase(): Promise<void> {
     this.queue = [];
+    this.eventCache = undefined;
     await this.training?.catch(() => undefined);
     this.closed = true;
     this.scorer.dispose();

@@ -32,7 +32,6 @@ export interface Scored {
  */
 export class Scorer {
   private V: tf.Tensor2D;
-  private b: tf.Tensor1D;
   private Vn: tf.Tensor2D | undefined;
   private masks = new Map<string, tf.Tensor1D>();
   readonly n: number;
@@ -42,7 +41,23 @@ export class Scorer {
     this.n = table.itemIds.length;
     this.dim = table.dim;
     this.V = tf.tensor2d(table.factors, [this.n, this.dim]);
-    this.b = tf.tensor1d(table.bias);
+    // [V | b]: with z' = [z / temperature, 1], one matMul gives every score, bias included.
+    const aug = new Float32Array(this.n * (this.dim + 1));
+    for (let i = 0; i < this.n; i++) {
+      aug.set(table.factors.subarray(i * this.dim, (i + 1) * this.dim), i * (this.dim + 1));
+      aug[i * (this.dim + 1) + this.dim] = table.bias[i]!;
+    }
+    this.Vb = tf.tensor2d(aug, [this.n, this.dim + 1]);
+  }
+
+  private readonly Vb: tf.Tensor2D;
+
+  private zAug(z: Float32Array): tf.Tensor2D {
+    if (z.length !== this.dim) throw new ModelError(`user vector has ${z.length} values, expected ${this.dim}`);
+    const a = new Float32Array(this.dim + 1);
+    for (let k = 0; k < this.dim; k++) a[k] = z[k]! / this.temperature;
+    a[this.dim] = 1;
+    return tf.tensor2d(a, [this.dim + 1, 1]);
   }
 
   /**
@@ -50,11 +65,10 @@ export class Scorer {
    * `allowed` (a cached 0/1 mask per key) is set.
    */
   async topK(z: Float32Array, k: number, exclude: ReadonlySet<number>, allowed?: { key: string; rows: () => Iterable<number> }): Promise<Scored[]> {
-    if (z.length !== this.dim) throw new ModelError(`user vector has ${z.length} values, expected ${this.dim}`);
     const mask = allowed ? this.mask(allowed.key, allowed.rows) : undefined;
     const want = Math.min(this.n, k + exclude.size);
     const { values, indices } = tf.tidy(() => {
-      let s = tf.add(tf.mul(tf.reshape(tf.matMul(this.V, tf.tensor2d(z, [this.dim, 1])), [this.n]), 1 / this.temperature), this.b);
+      let s = tf.reshape(tf.matMul(this.Vb, this.zAug(z)), [this.n]);
       if (mask) s = tf.where(tf.cast(mask, 'bool'), s, tf.fill([this.n], -1e30));
       return tf.topk(s, want);
     });
@@ -63,8 +77,7 @@ export class Scorer {
 
   /** `b + V·z / temperature` for every row, read back (for offers' scope affinities). */
   async scoreAll(z: Float32Array): Promise<Float32Array> {
-    if (z.length !== this.dim) throw new ModelError(`user vector has ${z.length} values, expected ${this.dim}`);
-    const s = tf.tidy(() => tf.add(tf.mul(tf.reshape(tf.matMul(this.V, tf.tensor2d(z, [this.dim, 1])), [this.n]), 1 / this.temperature), this.b));
+    const s = tf.tidy(() => tf.reshape(tf.matMul(this.Vb, this.zAug(z)), [this.n]));
     const out = (await s.data()) as Float32Array;
     s.dispose();
     return out;
@@ -111,7 +124,7 @@ export class Scorer {
   }
 
   dispose(): void {
-    tf.dispose([this.V, this.b, ...(this.Vn ? [this.Vn] : []), ...this.masks.values()]);
+    tf.dispose([this.V, this.Vb, ...(this.Vn ? [this.Vn] : []), ...this.masks.values()]);
     this.masks.clear();
   }
 
