@@ -7,6 +7,7 @@ import { bodyLimit } from 'hono/body-limit';
 import { getConnInfo } from '@hono/node-server/conninfo';
 import { serveStatic } from '@hono/node-server/serve-static';
 import { relative } from 'node:path';
+import { isStorageError } from '../errors.js';
 import { updateByteLength, WIRE_FORMAT_VERSION, UPDATE_BUDGET_BYTES } from '../federated/wire.js';
 import type { RateLimiter } from './rate-limit.js';
 import type { RoundCoordinator } from './rounds.js';
@@ -51,6 +52,13 @@ export function createApp(rounds: RoundCoordinator, opts: AppOptions): Hono {
   const app = new Hono();
 
   app.onError((err, c) => {
+    if (isStorageError(err)) {
+      // A full disk, a read-only data dir, a locked or lost database: the client did nothing wrong and
+      // nothing was stored (the transaction rolled back), so say so and ask for a retry.
+      opts.log(`storage unavailable on ${c.req.method} ${c.req.path}: ${err.message}`);
+      c.header('Retry-After', '30');
+      return c.json({ error: `the server cannot store updates right now (${err.message}); nothing was stored, retry later`, reason: 'storage-unavailable' }, 503);
+    }
     opts.log(`internal error on ${c.req.method} ${c.req.path}: ${err.stack ?? err.message}`);
     return fail(c, 'internal', 'internal server error');
   });
