@@ -1,0 +1,242 @@
+/**
+ * Load benchmark for the aggregation server (`npm run bench:server`; not part of npm test).
+ *
+ * 1,000 simulated clients on loopback (127.0.0.1 only) each POST one valid update per round,
+ * all at once, for several rounds, together with a few invalid ones of every kind; the same run on
+ * the in-memory store and on SQLite, side by side. Update bodies are built before each round is
+ * timed (buildClientUpdate on a 4,000 × 16 table, σ = 1, the bits the server asks for). Reports
+ * updates/s, p50/p99 latency, rejections by reason, peak RSS, and acknowledged vs stored: every
+ * update that got 202 must be pending or aggregated into a published version (lost must be 0).
+ * JSON on stdout. Bounded: CLIENTS × ROUNDS requests per store, and a hard deadline.
+ *
+ *   npm run bench:server                       # 1,000 clients × 3 rounds
+ *   BENCH_CLIENTS=200 BENCH_ROUNDS=2 npm run bench:server
+ */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { Agent, request } from 'node:http';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { performance } from 'node:perf_hooks';
+import Database from 'better-sqlite3';
+import { buildClientUpdate, quantizeStochastic } from '../src/federated/client-update.js';
+import { decodeModel, encodeUpdate, fromHex, NONCE_BYTES, toHex } from '../src/federated/wire.js';
+import { cloneItemTable, createItemTable, type ItemTable } from '../src/model/item-table.js';
+import { Random } from '../src/model/random.js';
+import { MemoryStorage, SqliteStorage, startServer, type Storage } from '../src/server/index.js';
+
+const CLIENTS = Number(process.env.BENCH_CLIENTS ?? 1000);
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
+const ITEMS = 4000;
+const DIM = 16;
+const INVALID_EACH = 10; // per kind per round
+const DEADLINE_MS = Number(process.env.BENCH_DEADLINE_MS ?? 540_000);
+
+const deadline = setTimeout(() => {
+  process.stderr.write(`server-bench: deadline of ${DEADLINE_MS} ms reached, stopping\n`);
+  process.exit(2);
+}, DEADLINE_MS);
+deadline.unref();
+
+const ids = Array.from({ length: ITEMS }, (_, i) => `sku-${i}`);
+const initial = createItemTable(ids, DIM, { seed: 5, popularity: ids.map((_, i) => ITEMS - i) });
+
+function trained(base: ItemTable, seed: number): ItemTable {
+  const t = cloneItemTable(base);
+  const r = new Random(seed);
+  for (let i = 0; i < 400; i++) t.factors[r.int(t.factors.length)]! += 0.1 * r.normal();
+  for (let i = 0; i < 20; i++) t.bias[r.int(t.bias.length)]! += 0.1 * r.normal();
+  return t;
+}
+
+interface Shot {
+  body: Uint8Array;
+  kind: 'valid' | 'malformed' | 'wrong-shape' | 'config-mismatch' | 'unknown-base' | 'over-norm' | 'replayed';
+}
+
+function post(port: number, agent: Agent, body: Uint8Array): Promise<{ status: number; json: Record<string, unknown>; ms: number }> {
+  const t0 = performance.now();
+  return new Promise((resolve, reject) => {
+    const req = request(
+      { host: '127.0.0.1', port, path: '/v1/updates', method: 'POST', agent, headers: { 'content-type': 'application/octet-stream', 'content-length': body.length } },
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (c: Buffer) => chunks.push(c));
+        res.on('end', () => {
+          let json: Record<string, unknown> = {};
+          try {
+            json = JSON.parse(Buffer.concat(chunks).toString('utf8')) as Record<string, unknown>;
+          } catch {
+            /* non-JSON body: counted by status */
+          }
+          resolve({ status: res.statusCode ?? 0, json, ms: performance.now() - t0 });
+        });
+        res.on('error', reject);
+      },
+    );
+    req.on('error', reject);
+    req.end(body);
+  });
+}
+
+const pct = (xs: number[], p: number): number => {
+  if (!xs.length) return 0;
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))]!;
+};
+const mb = (b: number) => Math.round(b / 1048576);
+
+async function runStore(kind: 'memory' | 'sqlite'): Promise<Record<string, unknown>> {
+  const dir = kind === 'sqlite' ? mkdtempSync(join(tmpdir(), 'localrec-bench-')) : undefined;
+  const storage: Storage = dir ? SqliteStorage.open(dir) : new MemoryStorage();
+  const server = await startServer({ port: 0, host: '127.0.0.1', storage, initialTable: initial, minClients: CLIENTS, noiseMultiplier: 1, clip: 1, maxStaleness: 1, rateLimit: false, log: () => {} });
+  const port = Number(new URL(server.url).port);
+  const agent = new Agent({ keepAlive: true, maxSockets: CLIENTS });
+  const cfg = server.rounds.config;
+  const rng = new Random(99);
+  const uniform = () => rng.next();
+  const small = createItemTable(ids.slice(0, 100), DIM, { seed: 1 });
+  const acked = new Set<string>();
+  const latencies: number[] = [];
+  const rejected: Record<string, number> = {};
+  const sent: Record<string, number> = {};
+  let other = 0;
+  let errors = 0;
+  let accepted = 0;
+  let timedMs = 0;
+  let peakRss = process.memoryUsage().rss;
+  const sampler = setInterval(() => (peakRss = Math.max(peakRss, process.memoryUsage().rss)), 50);
+  let lastBodies: Uint8Array[] = [];
+  const rounds: Array<Record<string, unknown>> = [];
+  try {
+    for (let round = 0; round < ROUNDS; round++) {
+      const base = decodeModel(server.rounds.modelBytes('float32')).table;
+      const baseHash = fromHex(server.rounds.hash);
+      const opts = { baseHash, clip: cfg.clip, noiseMultiplier: cfg.noiseMultiplier, bits: cfg.bits, blockSize: cfg.blockSize, uniform };
+      const local = trained(base, round);
+      const shots: Shot[] = [];
+      const tb = performance.now();
+      for (let c = 0; c < CLIENTS; c++) shots.push({ kind: 'valid', body: buildClientUpdate(base, c % 50 === 0 ? trained(base, 1000 + c) : local, opts).bytes });
+      for (let i = 0; i < INVALID_EACH; i++) {
+        const garbage = new Uint8Array(64 + i * 97);
+        globalThis.crypto.getRandomValues(garbage);
+        shots.push({ kind: 'malformed', body: garbage });
+        shots.push({ kind: 'wrong-shape', body: buildClientUpdate(small, small, { ...opts, bits: 8 }).bytes });
+        shots.push({ kind: 'config-mismatch', body: buildClientUpdate(base, local, { ...opts, noiseMultiplier: 0.5 }).bytes });
+        const wrongHash = new Uint8Array(32).fill(i + 1);
+        shots.push({ kind: 'unknown-base', body: buildClientUpdate(base, local, { ...opts, baseHash: wrongHash }).bytes });
+        const d = new Float64Array(ITEMS * (DIM + 1)).map(() => 50 * (rng.next() - 0.5));
+        const { scales, codes } = quantizeStochastic(d, ITEMS, DIM, cfg.bits, cfg.blockSize, uniform);
+        const nonce = new Uint8Array(NONCE_BYTES);
+        globalThis.crypto.getRandomValues(nonce);
+        const h = { bits: cfg.bits, dim: DIM, itemCount: ITEMS, baseVersion: base.version, blockSize: cfg.blockSize, clip: cfg.clip, noiseMultiplier: cfg.noiseMultiplier, baseHash, nonce };
+        shots.push({ kind: 'over-norm', body: encodeUpdate({ header: h, scales, codes }) });
+        // A body from the previous round, sent again (the first round replays one of its own, sent after it).
+        if (lastBodies.length) shots.push({ kind: 'replayed', body: lastBodies[i]! });
+      }
+      const buildMs = performance.now() - tb;
+      // Everything at once, in a shuffled order, the last round's replays included.
+      for (let i = shots.length - 1; i > 0; i--) {
+        const j = rng.int(i + 1);
+        [shots[i], shots[j]] = [shots[j]!, shots[i]!];
+      }
+      const t0 = performance.now();
+      const results = await Promise.all(
+        shots.map(async (s) => {
+          sent[s.kind] = (sent[s.kind] ?? 0) + 1;
+          try {
+            const r = await post(port, agent, s.body);
+            if (s.kind === 'valid') latencies.push(r.ms);
+            if (r.status === 202) {
+              accepted++;
+              acked.add(toHex(s.body.subarray(64, 80)));
+            } else if (typeof r.json.reason === 'string') rejected[r.json.reason] = (rejected[r.json.reason] ?? 0) + 1;
+            else other++;
+            return r;
+          } catch {
+            errors++;
+            return undefined;
+          }
+        }),
+      );
+      const ms = performance.now() - t0;
+      timedMs += ms;
+      lastBodies = shots.filter((s) => s.kind === 'valid').map((s) => s.body);
+      rounds.push({
+        round,
+        requests: shots.length,
+        accepted: results.filter((r) => r?.status === 202).length,
+        ms: Math.round(ms),
+        buildMs: Math.round(buildMs),
+        versionAfter: server.rounds.version,
+        pendingAfter: server.rounds.pending,
+      });
+    }
+    clearInterval(sampler);
+    // Acknowledged vs stored.
+    let stored: number;
+    let missing = 0;
+    if (kind === 'sqlite') {
+      const db = new Database(join(dir!, 'localrec.sqlite'), { readonly: true });
+      const get = db.prepare('SELECT aggregated_into, body IS NOT NULL AS has_body FROM updates WHERE nonce = ?');
+      for (const n of acked) {
+        const r = get.get(n) as { aggregated_into: number | null; has_body: number } | undefined;
+        if (!r || (r.aggregated_into === null && !r.has_body)) missing++;
+      }
+      stored = (db.prepare('SELECT COUNT(*) AS n FROM updates').get() as { n: number }).n;
+      db.close();
+    } else {
+      const versions = (storage as unknown as { versions: Array<{ updateCount: number }> }).versions;
+      stored = versions.reduce((a, v) => a + v.updateCount, 0) + (await storage.pendingCount());
+      missing = Math.max(0, acked.size - stored);
+    }
+    return {
+      store: kind,
+      clients: CLIENTS,
+      rounds: ROUNDS,
+      table: `${ITEMS} × ${DIM}`,
+      bits: cfg.bits,
+      updateBytes: lastBodies[0]?.length ?? 0,
+      sent,
+      accepted,
+      acknowledged: acked.size,
+      stored,
+      lost: missing + (stored < acked.size ? acked.size - stored - missing : 0),
+      rejectedByReason: rejected,
+      otherFailures: other,
+      transportErrors: errors,
+      updatesPerSecond: Math.round((accepted / timedMs) * 1000),
+      latencyMs: { p50: Math.round(pct(latencies, 50)), p99: Math.round(pct(latencies, 99)), max: Math.round(pct(latencies, 100)) },
+      peakRssMiB: mb(peakRss),
+      versionsPublished: server.rounds.version,
+      perRound: rounds,
+    };
+  } finally {
+    clearInterval(sampler);
+    agent.destroy();
+    await server.close();
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+const memory = await runStore('memory');
+const sqlite = await runStore('sqlite');
+const ratio = (a: unknown, b: unknown) => Math.round(((a as number) / (b as number)) * 100) / 100;
+process.stdout.write(
+  JSON.stringify(
+    {
+      bench: 'server',
+      node: process.version,
+      memory,
+      sqlite,
+      sqliteVsMemory: {
+        updatesPerSecond: ratio(sqlite.updatesPerSecond, memory.updatesPerSecond),
+        p50: ratio((sqlite.latencyMs as { p50: number }).p50, (memory.latencyMs as { p50: number }).p50),
+        p99: ratio((sqlite.latencyMs as { p99: number }).p99, (memory.latencyMs as { p99: number }).p99),
+      },
+      lost: (memory.lost as number) + (sqlite.lost as number),
+    },
+    null,
+    2,
+  ) + '\n',
+);
+process.exit((memory.lost as number) + (sqlite.lost as number) === 0 ? 0 : 1);
