@@ -184,11 +184,28 @@ export class Engine {
   private retention!: Retention;
   private dim!: number;
 
-  /** Appends this session's consent records to the stored history (only once consent allows storing). */
+  /** Consent records not yet written: written with the next events (or the next consent change). */
+  private consentDirty = false;
+
+  /**
+   * Joins the stored consent history with this session's records. A session that merely starts
+   * with the same consent as last time adds nothing, and nothing is written until there is
+   * something else to store: opening the SDK alone leaves IndexedDB as it was.
+   */
   private async mergeConsentHistory(): Promise<void> {
     const stored = (await this.store.getMeta<ConsentRecord[]>(CONSENT_KEY)) ?? [];
-    this.consentHistory = stored.concat(this.consentHistory);
+    const last = stored.at(-1);
+    const fresh = this.consentHistory.filter(
+      (r, i) => !(i === 0 && r.source === 'options' && last && last.personalization === r.personalization && last.federated === r.federated),
+    );
+    this.consentHistory = stored.concat(fresh);
+    this.consentDirty = fresh.length > 0;
+  }
+
+  private async persistConsent(): Promise<void> {
+    if (!this.consentDirty || !this.consent.personalization) return;
     await this.store.setMeta(CONSENT_KEY, this.consentHistory);
+    this.consentDirty = false;
   }
 
   /**
@@ -211,6 +228,7 @@ export class Engine {
       this.scorer.dispose();
       await this.load(this.dim);
       await this.mergeConsentHistory();
+      await this.persistConsent();
     } else if (!next.personalization && was) {
       await this.training?.catch(() => undefined);
       this.queue = [];
@@ -220,7 +238,8 @@ export class Engine {
       await this.load(this.dim);
       // The withdrawal itself is remembered only in memory: nothing may be stored now.
     } else if (next.personalization) {
-      await this.store.setMeta(CONSENT_KEY, this.consentHistory);
+      this.consentDirty = true;
+      await this.persistConsent();
     }
   }
 
@@ -308,6 +327,7 @@ export class Engine {
       try {
         this.eventCache = undefined;
         await this.store.add(batch);
+        await this.persistConsent();
       } catch (e) {
         // Put the batch back so nothing is lost; the caller sees the StorageError.
         this.queue = batch.concat(this.queue);

@@ -60,6 +60,30 @@ describe('consent', () => {
   });
 });
 
+describe('what opening the SDK writes', () => {
+  it('nothing: starting (twice) with consent and no events leaves the stores empty; history is written with the first event', async () => {
+    const name = dbName();
+    for (let i = 0; i < 2; i++) {
+      const e = await Engine.create({ catalog, backend: 'cpu', dbName: name, autoTrainEvery: 0 });
+      await e.recommend();
+      await e.close();
+    }
+    const { IdbEventStore } = await import('../../src/events/store.js');
+    const s = await IdbEventStore.open(name);
+    assert.equal(await s.getMeta('consent'), undefined);
+    assert.equal(await s.count(), 0);
+    s.close();
+    const e = await Engine.create({ catalog, backend: 'cpu', dbName: name, autoTrainEvery: 0 });
+    e.enqueue([{ type: 'view', itemId: 'p1' }]);
+    await e.flush();
+    assert.equal((await e.audit()).consent.history.length, 1);
+    await e.close();
+    const again = await Engine.create({ catalog, backend: 'cpu', dbName: name, autoTrainEvery: 0 });
+    assert.equal((await again.audit()).consent.history.length, 1, 'the same consent on a later visit adds no record');
+    await again.erase();
+  });
+});
+
 describe('audit and export', () => {
   it('audit figures match what was stored; export holds every stored event and nothing else', async () => {
     const name = dbName();
