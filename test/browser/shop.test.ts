@@ -1,18 +1,21 @@
 /**
  * The demo shop end to end in Chromium, started the way `npm start` starts it: the real aggregation
  * server (SQLite in a temporary folder) and the shop on one address. Browses a few products, checks
- * that "Recommended for you" changes and gives reasons, erases, and saves a screenshot to
- * test-results/ (and to docs/img/shop.png, the README's picture, with UPDATE_SCREENSHOT=1).
+ * that "Recommended for you" changes and gives reasons, that offers come with reasons and can be
+ * used, that the page syncs (and the privacy panel's audit matches the requests the test saw and
+ * the events it made), that Export downloads those events, that simulated shoppers move the global
+ * model on, that a device past its ε budget refuses, erases, and checks the consent banner. Saves
+ * screenshots to test-results/ (and docs/img/shop.png, the README's picture, with UPDATE_SCREENSHOT=1).
  *
  * Needs `npm run build` first (npm test does it). Uses the WASM backend: software WebGPU is slow here.
  */
 import assert from 'node:assert/strict';
-import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import type { Browser, Page } from 'playwright-core';
-import { ROOT, startShop, type RunningShop } from '../../scripts/shop-server.mjs';
+import type { Browser, Page, Request } from 'playwright-core';
+import { RETAIL_DATA, ROOT, startShop, type RunningShop } from '../../scripts/shop-server.mjs';
 import { launch } from './harness.js';
 
 let shop: RunningShop;
@@ -21,7 +24,8 @@ let dataDir: string;
 
 before(async () => {
   dataDir = mkdtempSync(join(tmpdir(), 'localrec-shop-'));
-  shop = await startShop({ port: 0, dataDir, log: () => {} });
+  // Rounds of 3 so that a handful of simulated shoppers publishes new versions quickly.
+  shop = await startShop({ port: 0, dataDir, minClients: 3, log: () => {} });
   browser = await launch();
 });
 after(async () => {
@@ -57,6 +61,14 @@ describe('demo shop', () => {
     assert.equal((await fetch(`${shop.url}/dist/tfjs-backend-wasm.wasm`)).headers.get('content-type'), 'application/wasm');
     const reject = await fetch(`${shop.url}/v1/updates`, { method: 'POST', body: new Uint8Array(3) });
     assert.equal(reject.status, 400, 'a malformed update is rejected by the real server behind the shop');
+    // The signed offer catalog and the key that verifies it.
+    const key = await (await fetch(`${shop.url}/offers-key.json`)).json();
+    assert.equal(key.kty, 'EC');
+    assert.equal(key.d, undefined, 'the private key is never served');
+    const signed = await (await fetch(`${shop.url}/offers.json`)).json();
+    assert.equal(signed.alg, 'ES256');
+    assert.ok(signed.catalog.offers.length >= 5, JSON.stringify(signed.catalog.offers.map((o: { id: string }) => o.id)));
+    assert.equal((await (await fetch(`${shop.url}/demo/simulate/status`)).json()).phase, 'idle');
   });
 
   it('recommends, changes with browsing, shows reasons, erases', async () => {
@@ -66,8 +78,15 @@ describe('demo shop', () => {
     page.on('console', (m) => {
       if (m.type() === 'error') errors.push(m.text());
     });
-    await page.goto(`${shop.url}/?backend=wasm`);
+    await page.goto(`${shop.url}/?backend=wasm&shoppers=12`);
     await page.waitForSelector('body[data-state="ready"]', { timeout: 45_000 });
+    // From here on, every request the SDK's worker makes to the federated API. (Before "ready" the
+    // page read /v1/config for its own display; its polling of /v1/health and /v1/rounds/current
+    // carries nothing about the shopper and is not the SDK's.)
+    const sdkRequests: Request[] = [];
+    page.on('request', (r) => {
+      if (/\/v1\/(config|model|updates)$/.test(new URL(r.url()).pathname)) sdkRequests.push(r);
+    });
     assert.equal(await text(page, '#m-backend'), 'wasm');
 
     // Cold start: the shop's bestsellers, each saying so.
@@ -101,6 +120,26 @@ describe('demo shop', () => {
     const after = (await recsOf(page)).split(',');
     assert.ok(after.every((id) => ![ids[4], ids[9], ids[15], ids[22]].includes(id)), 'items already seen are not recommended');
 
+    // Offers for you: chosen on the device, each with a reason from this shopper's own events.
+    await page.waitForFunction(() => document.querySelector('#offers .offer-reason, #offers [data-testid="offer-reason"]')?.textContent?.startsWith('Because you '), null, { timeout: 15_000 });
+    const offers = await page.$$eval('#offers .offer', (els) =>
+      els.map((e) => ({ id: (e as HTMLElement).dataset.offerId!, reason: e.querySelector('[data-testid="offer-reason"]')?.textContent ?? '', explore: e.classList.contains('explore') })),
+    );
+    assert.ok(offers.length >= 1 && offers.every((o) => o.reason.length > 0), JSON.stringify(offers));
+    const titles = await page.$$eval('#grid .card .card-title', (els) => els.map((e) => e.textContent ?? ''));
+    assert.ok(
+      offers.some((o) => titles.some((t) => o.reason === `Because you viewed ${t}` || o.reason === `Because you added ${t}`)),
+      `an offer's reason names a product this shopper viewed: ${JSON.stringify(offers)}`,
+    );
+    const firstOffer = offers[0]!.id;
+    await page.click(`#offers .offer[data-offer-id="${firstOffer}"] .use-offer`);
+    await page.waitForSelector(`#offers .offer[data-offer-id="${firstOffer}"] .use-offer:disabled`);
+
+    // The automatic sync after training (once), then the privacy panel shows what left.
+    await page.waitForSelector('body[data-syncs="1"]', { timeout: 30_000 });
+    assert.match(await text(page, '#sync-result'), /^Synced automatically .*global version 0; uploaded [\d.]+ KB .*ε 4\.73 of 8\.00/);
+    await page.waitForFunction(() => document.querySelectorAll('#a-egress tr').length >= 3, null, { timeout: 10_000 });
+
     // The page trained on the events it tracked and charted the loss.
     await page.waitForSelector('#loss-chart path.chart-line', { timeout: 20_000 });
     await page.waitForFunction(() => Number(document.getElementById('m-events')?.textContent) >= 5, null, { timeout: 10_000 });
@@ -110,21 +149,95 @@ describe('demo shop', () => {
     await page.evaluate(() => window.scrollTo(0, 0));
     await screenshot(page, 'shop.png', true);
 
-    // Privacy panel: what is stored, by type; then erase (two clicks) and nothing is left.
+    // Privacy panel: the audit written out, and its figures equal what this test did and saw.
     await page.click('#open-privacy');
-    assert.equal(await text(page, '#privacy-counts tr[data-type="view"] td'), '4');
-    assert.equal(await text(page, '#privacy-counts tr[data-type="add_to_cart"] td'), '1');
-    assert.ok(Number(await text(page, '[data-testid="privacy-total"]')) >= 5);
+    await page.waitForFunction(() => document.querySelector('#privacy-counts tr[data-type="offer_redeemed"] td')?.textContent === '1', null, { timeout: 10_000 });
+    // Offers shown after a redemption are new impressions: wait until the shelf has settled, then
+    // read the whole table from one rendering.
+    let counts: Record<string, number> = {};
+    for (let i = 0; i < 20; i++) {
+      const offersNow = await page.evaluate(() => document.body.dataset.offers);
+      await page.waitForTimeout(400);
+      counts = await page.$$eval('#privacy-counts tr', (trs) =>
+        Object.fromEntries(trs.map((tr) => [(tr as HTMLElement).dataset.type ?? 'total', Number(tr.querySelector('td')?.textContent)])),
+      );
+      if (offersNow === (await page.evaluate(() => document.body.dataset.offers)) && counts.total === Object.entries(counts).reduce((a, [k, v]) => a + (k === 'total' ? 0 : v), 0)) break;
+    }
+    assert.equal(counts.view, 4);
+    assert.equal(counts.add_to_cart, 1);
+    assert.equal(counts.offer_redeemed, 1);
+    const impressions = counts.offer_impression!;
+    assert.ok(impressions >= offers.length, `offer impressions ${impressions} ≥ offers shown ${offers.length}`);
+    const total = counts.total!;
+    assert.equal(total, 4 + 1 + impressions + 1, `views + cart + impressions + redemption (searches: none): ${JSON.stringify(counts)}`);
+    assert.match(await text(page, '#a-storage'), /^IndexedDB “localrec”/);
+    assert.match(await text(page, '#a-gpc'), /not sent/);
+    assert.match(await text(page, '#a-consent'), /^Personalization: yes · sharing model updates: yes · sync allowed/);
+    const egressRows = await page.$$eval('#a-egress tr', (trs) => trs.map((tr) => [...tr.querySelectorAll('td')].map((td) => td.textContent ?? '')));
+    const sdkSeen = sdkRequests.map((r) => `${r.method()} ${new URL(r.url()).pathname}`);
+    assert.deepEqual(egressRows.map((r) => r[1]).reverse(), sdkSeen, 'the egress table lists exactly the requests the SDK made');
+    assert.ok(sdkSeen.includes('POST /v1/updates'), JSON.stringify(sdkSeen));
+    const updateBytes = sdkRequests.find((r) => r.method() === 'POST')!.postDataBuffer()!.length;
+    assert.match(await text(page, '#a-egress-summary'), new RegExp(`^${sdkSeen.length} requests, ${(updateBytes / 1024).toFixed(1)} KB sent in all`));
+    assert.equal(await page.getAttribute('#a-eps', 'data-epsilon'), '4.73');
+    assert.match(await text(page, '#a-eps'), /ε 4\.73 of 8\.00 spent \(δ = 1e-5\) in 1 sync\./);
+
+    // Export: a JSON file with exactly the events the test made, plus the egress log.
+    const [download] = await Promise.all([page.waitForEvent('download'), page.click('#export')]);
+    assert.match(download.suggestedFilename(), /^localrec-export-.*\.json$/);
+    const exported = JSON.parse(readFileSync((await download.path())!, 'utf8'));
+    assert.equal(exported.format, 'localrec-export');
+    const kinds = (t: string) => exported.events.filter((e: { type: string }) => e.type === t);
+    assert.deepEqual(kinds('view').map((e: { itemId: string }) => e.itemId), [ids[4], ids[9], ids[15], ids[22]]);
+    assert.deepEqual(kinds('add_to_cart').map((e: { itemId: string }) => e.itemId), [ids[15]]);
+    assert.deepEqual(kinds('offer_redeemed').map((e: { offerId: string }) => e.offerId), [firstOffer]);
+    assert.equal(exported.events.length, total);
+    assert.equal(exported.egressLog.length, sdkSeen.length);
+    await page.locator('#privacy-panel').screenshot({ path: join(ROOT, 'test-results', 'shop-privacy.png') });
+
+    // Simulated shoppers (real retail customers, each a device running syncOnce) move the global
+    // model on; "Sync now" then pulls the new version (the device's second and last sync at σ = 1).
+    await page.click('#simulate');
+    if (!existsSync(RETAIL_DATA)) {
+      await page.waitForFunction(() => document.body.dataset.sim === 'failed', null, { timeout: 10_000 });
+      assert.match(await text(page, '#sim-status'), /online-retail data is missing/);
+    } else {
+      await page.waitForFunction(() => document.body.dataset.sim === 'done', null, { timeout: 45_000 });
+      const sim = await text(page, '#sim-status');
+      assert.match(sim, /^Done: 12 of 12 shoppers synced in \d+ s · global model version 0 → [1-9]/, sim);
+      assert.match(sim, /hit rate [\d.]+% → [\d.]+% \(random picks: 3\.3%\)/, sim);
+      const published = (await (await fetch(`${shop.url}/v1/health`)).json()).version;
+      assert.ok(published >= 4, `12 shoppers with rounds of 3 (plus the page's update) publish ≥ 4 versions, got ${published}`);
+      await page.click('#sync-now');
+      await page.waitForSelector('body[data-syncs="2"]', { timeout: 30_000 });
+      assert.match(await text(page, '#sync-result'), new RegExp(`^Synced at .*now on global version ${published};`));
+      assert.match(await text(page, '#f-local'), new RegExp(`^version ${published}`));
+      // A third sync would pass ε = 8: refused before anything is sent, and the page says why.
+      const before = sdkRequests.filter((r) => r.method() === 'POST').length;
+      await page.click('#sync-now');
+      await page.waitForSelector('body[data-sync-errors="1"]', { timeout: 20_000 });
+      assert.match(await text(page, '#sync-result'), /^Not sent: this device’s privacy budget is spent/);
+      assert.equal(sdkRequests.filter((r) => r.method() === 'POST').length, before, 'nothing uploaded past the budget');
+      await page.waitForFunction(() => /in 2 syncs\./.test(document.getElementById('a-eps')?.textContent ?? ''), null, { timeout: 10_000 });
+    }
+
+    // Erase (two clicks): nothing is left.
     await page.click('#erase');
     await page.click('#erase');
     await page.waitForSelector('body[data-erased="1"]', { timeout: 20_000 });
-    await page.waitForFunction(() => document.querySelector('[data-testid="privacy-total"]')?.textContent === '0', null, { timeout: 10_000 });
-    assert.equal(await text(page, '#m-events'), '0');
+    // The fresh recommender starts from nothing; the only events it has are the impressions of the
+    // offers the page shows again right away.
+    await page.waitForFunction(() => document.querySelector('#privacy-counts tr[data-type="view"] td')?.textContent === '0', null, { timeout: 10_000 });
+    assert.equal(await text(page, '#privacy-counts tr[data-type="add_to_cart"] td'), '0');
+    assert.equal(await text(page, '#privacy-counts tr[data-type="offer_redeemed"] td'), '0');
     assert.equal(await text(page, '#cart-count'), '0');
+    assert.equal(await page.getAttribute('#a-eps', 'data-epsilon'), '0.00', 'the ε spent went with the erase');
+    assert.equal((await page.$$('#a-egress tr')).length, 0, 'and so did the egress log');
     const erased = await reasonsOf(page);
     assert.ok(erased.every((r) => r.kind === 'popular'), 'after erase the shelf is back to bestsellers');
     assert.match(await text(page, '#status'), /Erased/);
-    // The SDK's database was deleted and re-created empty by the new recommender.
+    // The SDK's database was deleted; the new recommender's holds no event of the erased shopper,
+    // no ε and no egress log.
     const stored = await page.evaluate(async () => {
       const db = await new Promise<IDBDatabase>((res, rej) => {
         const r = indexedDB.open('localrec');
@@ -132,21 +245,70 @@ describe('demo shop', () => {
         r.onerror = () => rej(r.error);
       });
       const names = [...db.objectStoreNames];
-      const counts = await Promise.all(
-        names.map(
-          (n) =>
-            new Promise<number>((res) => {
-              const q = db.transaction(n).objectStore(n).count();
-              q.onsuccess = () => res(q.result);
-            }),
+      // (No named helper: tsx would wrap it in a __name() call that the page does not have.)
+      const [events, meta] = await Promise.all(
+        (
+          [
+            ['events', 'getAll'],
+            ['meta', 'getAllKeys'],
+          ] as const
+        ).map(([n, what]) =>
+          names.includes(n)
+            ? new Promise<unknown[]>((res) => {
+                const q = db.transaction(n).objectStore(n)[what]();
+                q.onsuccess = () => res(q.result as unknown[]);
+              })
+            : Promise.resolve([] as unknown[]),
         ),
       );
+      const out = { stores: names, events: (events as Array<{ type: string }>).map((e) => e.type), meta: meta!.map(String) };
       db.close();
-      return Object.fromEntries(names.map((n, i) => [n, counts[i]]));
+      return out;
     });
-    assert.ok(Object.values(stored).every((n) => n === 0), `IndexedDB after erase: ${JSON.stringify(stored)}`);
+    assert.ok(stored.events.every((t) => t === 'offer_impression'), `events after erase: ${JSON.stringify(stored)}`);
+    assert.ok(!stored.meta.some((k) => ['privacy', 'egress'].includes(k)), `meta after erase: ${JSON.stringify(stored)}`);
+    // A model record may be back (the fresh page trains on its impressions: zero steps), but it is
+    // the initial one, not the synced version.
+    assert.equal(await text(page, '#m-steps'), '0');
+    assert.match(await text(page, '#f-local'), /^version 0/);
     await page.locator('#privacy-panel').screenshot({ path: join(ROOT, 'test-results', 'shop-privacy-erased.png') });
 
+    assert.deepEqual(errors, []);
+    await page.close();
+  });
+
+  it('asks for consent with ?consent=required and stores nothing before it', async () => {
+    const errors: string[] = [];
+    const page = await browser.newPage({ viewport: { width: 1400, height: 1000 } });
+    page.on('pageerror', (e) => errors.push(e.message));
+    const posts: string[] = [];
+    page.on('request', (r) => {
+      if (r.method() === 'POST') posts.push(r.url());
+    });
+    await page.goto(`${shop.url}/?backend=wasm&consent=required`);
+    await page.waitForSelector('body[data-state="ready"]', { timeout: 45_000 });
+    assert.equal(await page.isVisible('#consent-banner'), true);
+    const id = await page.$eval('#grid .card', (e) => (e as HTMLElement).dataset.itemId!);
+    await page.click(`#grid .card[data-item-id="${id}"] .card-hit`);
+    await page.waitForSelector('#product-modal[open] #similar .reason', { timeout: 15_000 });
+    await page.click('#product-modal .modal-close button');
+    await page.waitForFunction(() => /dropped before consent/.test(document.getElementById('a-consent')?.textContent ?? ''), null, { timeout: 10_000 });
+    // The view, and the impressions of the offers on screen, were dropped on the page.
+    const dropped = Number(/· (\d+) events? dropped before consent/.exec(await text(page, '#a-consent'))?.[1]);
+    assert.ok(dropped >= 1, await text(page, '#a-consent'));
+    assert.match(await text(page, '#a-consent'), /^Personalization: no · sharing model updates: no · sync off/);
+    assert.equal(await text(page, '[data-testid="privacy-total"]'), '0');
+    assert.match(await text(page, '#a-storage'), /^nowhere/);
+    assert.equal(await page.isDisabled('#sync-now'), true);
+    assert.deepEqual(await page.evaluate(async () => (await indexedDB.databases()).map((d) => d.name)), [], 'no database before consent');
+
+    await page.click('#consent-local');
+    await page.waitForSelector('#consent-banner', { state: 'hidden' });
+    await page.waitForFunction(() => (document.getElementById('a-consent')?.textContent ?? '').startsWith('Personalization: yes · sharing model updates: no · sync off'), null, { timeout: 10_000 });
+    assert.match(await text(page, '#a-storage'), /^IndexedDB “localrec”/);
+    assert.equal(await page.isDisabled('#sync-now'), true, 'no sync without consent to sharing updates');
+    assert.ok((await page.$$('#a-consent-history li')).length >= 1);
+    assert.deepEqual(posts, [], 'nothing was posted');
     assert.deepEqual(errors, []);
     await page.close();
   });
