@@ -234,9 +234,12 @@ function renderRecs(recs) {
   const ol = $('recs');
   ol.replaceChildren(...recs.map((r) => card(state.byId.get(r.itemId), { reason: r.reason })));
   const personal = recs.some((r) => r.reason.kind === 'personal');
+  const history = Object.entries(state.stats?.events.byType ?? {}).some(([t, n]) => n > 0 && !t.startsWith('offer_'));
   $('recs-hint').textContent = personal
     ? 'Computed in this browser from what you did here. Nothing about you is sent anywhere.'
-    : 'No history yet, so these are the shop’s bestsellers. Browse a little and watch them change.';
+    : history
+      ? 'What you did here does not single anything out yet, so these are the shop’s bestsellers.'
+      : 'No history yet, so these are the shop’s bestsellers. Browse a little and watch them change.';
   state.renders++;
   document.body.dataset.recsRenders = String(state.renders);
   document.body.dataset.recs = recs.map((r) => r.itemId).join(',');
@@ -418,7 +421,7 @@ function offerCard(o) {
   li.className = `offer${o.explore ? ' explore' : ''}`;
   li.dataset.offerId = o.offerId;
   li.innerHTML = `
-    <p class="offer-discount">${esc(discountText(o.discount))}</p>
+    <p class="offer-discount">${esc(o.discount.kind === 'percent' ? `${o.discount.percent}% off` : `${money.format(o.discount.amount)} off`)}${o.discount.maxAmount ? ` <span class="fine">up to ${esc(money.format(o.discount.maxAmount))}</span>` : ''}</p>
     <h4 class="offer-title">${esc(o.title)}</h4>
     <p class="reason reason-offer" data-testid="offer-reason">${esc(o.reason)}</p>
     ${o.explore ? '<p class="explore-tag" title="Picked to learn what you like (a little exploration), not because it scored best">Trying something new</p>' : ''}
@@ -776,6 +779,7 @@ async function erase() {
     state.appliedOffer = null;
     state.lastSync = null;
     $('sync-result').textContent = 'This device has not synced yet.';
+    delete $('sync-result').dataset.kind;
     state.losses = [];
     state.runs = 0;
     $('loss-caption').textContent = 'Training loss appears here after the first training run.';

@@ -131,6 +131,9 @@ describe('demo shop', () => {
       offers.some((o) => titles.some((t) => o.reason === `Because you viewed ${t}` || o.reason === `Because you added ${t}`)),
       `an offer's reason names a product this shopper viewed: ${JSON.stringify(offers)}`,
     );
+    // The README's picture: personal picks and offers with their reasons.
+    await page.evaluate(() => window.scrollTo(0, 0));
+    await screenshot(page, 'shop.png', true);
     const firstOffer = offers[0]!.id;
     await page.click(`#offers .offer[data-offer-id="${firstOffer}"] .use-offer`);
     await page.waitForSelector(`#offers .offer[data-offer-id="${firstOffer}"] .use-offer:disabled`);
@@ -146,8 +149,6 @@ describe('demo shop', () => {
     await page.waitForFunction(() => document.getElementById('f-health')?.textContent?.includes('online'), null, { timeout: 10_000 });
     assert.match(await text(page, '#f-version'), /^version 0/);
 
-    await page.evaluate(() => window.scrollTo(0, 0));
-    await screenshot(page, 'shop.png', true);
 
     // Privacy panel: the audit written out, and its figures equal what this test did and saw.
     await page.click('#open-privacy');
@@ -193,7 +194,10 @@ describe('demo shop', () => {
     assert.deepEqual(kinds('offer_redeemed').map((e: { offerId: string }) => e.offerId), [firstOffer]);
     assert.equal(exported.events.length, total);
     assert.equal(exported.egressLog.length, sdkSeen.length);
+    // The side panels scroll inside a sticky column; lay them out flat for the picture.
+    await page.evaluate(() => document.querySelector('.panels')!.setAttribute('style', 'position: static; max-height: none; overflow: visible'));
     await page.locator('#privacy-panel').screenshot({ path: join(ROOT, 'test-results', 'shop-privacy.png') });
+    await page.evaluate(() => document.querySelector('.panels')!.removeAttribute('style'));
 
     // Simulated shoppers (real retail customers, each a device running syncOnce) move the global
     // model on; "Sync now" then pulls the new version (the device's second and last sync at σ = 1).
@@ -271,6 +275,8 @@ describe('demo shop', () => {
     // the initial one, not the synced version.
     assert.equal(await text(page, '#m-steps'), '0');
     assert.match(await text(page, '#f-local'), /^version 0/);
+    await page.evaluate(() => document.querySelector('.panels')!.setAttribute('style', 'position: static; max-height: none; overflow: visible'));
+    await page.locator('#rounds-panel').screenshot({ path: join(ROOT, 'test-results', 'shop-rounds.png') });
     await page.locator('#privacy-panel').screenshot({ path: join(ROOT, 'test-results', 'shop-privacy-erased.png') });
 
     assert.deepEqual(errors, []);
