@@ -49,7 +49,7 @@ try {
   process.exit(1);
 }
 
-process.stdout.write(`\n  localrec demo shop:  ${shop.url}/\n  federated API:       ${shop.url}/v1/health\n  model store:         .data/shop (SQLite)\n\n  Ctrl-C to stop.\n\n`);
+process.stdout.write(`\n  localrec demo shop:  ${shop.url}/\n  federated API:       ${shop.url}/v1/health\n  signed offers:       ${shop.url}/offers.json (key in .data/shop/offer-keys.json)\n  consent banner:      ${shop.url}/?consent=required\n  model store:         .data/shop (SQLite)\n\n  Ctrl-C to stop.\n\n`);
 
 let stopping = false;
 const stop = () => {
