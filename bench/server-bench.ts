@@ -101,6 +101,7 @@ async function runStore(kind: 'memory' | 'sqlite'): Promise<Record<string, unkno
   const sent: Record<string, number> = {};
   let other = 0;
   let errors = 0;
+  const errorCodes: Record<string, number> = {};
   let accepted = 0;
   let timedMs = 0;
   let peakRss = process.memoryUsage().rss;
@@ -152,8 +153,10 @@ async function runStore(kind: 'memory' | 'sqlite'): Promise<Record<string, unkno
             } else if (typeof r.json.reason === 'string') rejected[r.json.reason] = (rejected[r.json.reason] ?? 0) + 1;
             else other++;
             return r;
-          } catch {
+          } catch (e) {
             errors++;
+            const code = (e as { code?: string }).code ?? (e as Error).message;
+            errorCodes[code] = (errorCodes[code] ?? 0) + 1;
             return undefined;
           }
         }),
@@ -203,7 +206,10 @@ async function runStore(kind: 'memory' | 'sqlite'): Promise<Record<string, unkno
       lost: missing + (stored < acked.size ? acked.size - stored - missing : 0),
       rejectedByReason: rejected,
       otherFailures: other,
+      // Requests that got no HTTP answer (connection reset or refused): not acknowledged, so not
+      // counted as lost, but a client would have to retry them.
       transportErrors: errors,
+      transportErrorCodes: errorCodes,
       updatesPerSecond: Math.round((accepted / timedMs) * 1000),
       latencyMs: { p50: Math.round(pct(latencies, 50)), p99: Math.round(pct(latencies, 99)), max: Math.round(pct(latencies, 100)) },
       peakRssMiB: mb(peakRss),
