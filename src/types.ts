@@ -161,6 +161,8 @@ export interface Stats {
   /** Events accepted by `track()` but not yet written (they are written in batches). */
   /** Privacy budget of federated learning on this device. */
   privacy: { epsilon: number; delta: number; budget: number; syncs: number; federated: boolean };
+  /** Events removed this session: by the retention policy, and to make room when storage was full. */
+  evicted: { retention: number; quota: number };
   queued: number;
   /** Events dropped before consent, or rejected. */
   dropped: number;

@@ -8,7 +8,15 @@ export interface AuditReport {
   schema: 1;
   generatedAt: number;
   storage: { kind: 'indexeddb' | 'memory'; database: string | null; schemaVersion: number; stores: string[] };
-  events: { total: number; byType: Partial<Record<EventType, number>>; oldest: number | null; newest: number | null; bytes: number };
+  events: {
+    total: number;
+    byType: Partial<Record<EventType, number>>;
+    oldest: number | null;
+    newest: number | null;
+    bytes: number;
+    /** Events removed since the SDK started on this page: by retention, and for the storage quota. */
+    evictedThisSession: { retention: number; quota: number };
+  };
   retention: { maxEvents: number; maxAgeDays: number };
   model: { stored: boolean; version: number; items: number; dim: number; bytes: number; trainedAt: number | null };
   egress: { requests: number; bytesSent: number; log: EgressEntry[] };

@@ -186,6 +186,8 @@ export class Engine {
 
   /** Consent records not yet written: written with the next events (or the next consent change). */
   private consentDirty = false;
+  private evictedByQuota = 0;
+  private evictedByRetention = 0;
 
   /**
    * Joins the stored consent history with this session's records. A session that merely starts
@@ -326,7 +328,10 @@ export class Engine {
       if (batch.length === 0) return;
       try {
         this.eventCache = undefined;
-        await this.store.add(batch);
+        const r = await this.store.add(batch);
+        // Retention and quota evictions are reported, never silent (stats().evicted, audit()).
+        this.evictedByQuota += r.quotaEvicted ?? 0;
+        this.evictedByRetention += r.evicted - (r.quotaEvicted ?? 0);
         await this.persistConsent();
       } catch (e) {
         // Put the batch back so nothing is lost; the caller sees the StorageError.
@@ -554,6 +559,7 @@ export class Engine {
         pendingEvents: await this.store.countAfter(this.saved.trainedThroughId),
       },
       privacy: await this.privacyStats(),
+      evicted: { retention: this.evictedByRetention, quota: this.evictedByQuota },
       queued: this.queue.length,
       dropped: this.dropped + this.droppedBeforeConsent,
       storage: this.store.kind,
@@ -598,6 +604,7 @@ export class Engine {
         oldest: ev.oldest ?? null,
         newest: ev.newest ?? null,
         bytes: new TextEncoder().encode(JSON.stringify(events)).length,
+        evictedThisSession: { retention: this.evictedByRetention, quota: this.evictedByQuota },
       },
       retention: { maxEvents: this.retention.maxEvents, maxAgeDays: this.retention.maxAgeDays },
       model: model
