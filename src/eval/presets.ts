@@ -2,6 +2,7 @@
  * Named CSV layouts, so common public data sets load with one flag. A preset is only a column
  * mapping plus filters; the evaluation itself knows nothing about any data set.
  */
+import { ValidationError } from '../errors.js';
 import type { CsvMapping } from './csv-loader.js';
 import { parseFilter } from './row-filter.js';
 
@@ -19,3 +20,37 @@ export const PRESETS = {
 } satisfies Record<string, CsvMapping>;
 
 export type PresetName = keyof typeof PRESETS;
+
+/** The CSV flags shared by `localrec eval` and `localrec simulate`. */
+export interface CsvFlags {
+  user?: string;
+  item?: string;
+  time?: string;
+  weight?: string;
+  filter: string[];
+}
+
+/**
+ * Turns `--format retail|csv` and the column flags into a CSV mapping, naming the missing flag.
+ *
+ * @example
+ * ```ts
+ * csvMappingFromFlags('csv', { user: 'userId', item: 'movieId', time: 'timestamp', filter: [] });
+ * // { user: 'userId', item: 'movieId', time: 'timestamp', filters: [] }
+ * ```
+ */
+export function csvMappingFromFlags(format: 'retail' | 'csv', opts: CsvFlags): CsvMapping {
+  let mapping: CsvMapping;
+  if (format === 'retail') {
+    mapping = { ...PRESETS.retail };
+    if (opts.weight) mapping.weight = opts.weight;
+  } else {
+    if (!opts.user) throw new ValidationError('--user', 'is required with --format csv (the user id column)');
+    if (!opts.item) throw new ValidationError('--item', 'is required with --format csv (the item id column)');
+    mapping = { user: opts.user, item: opts.item };
+    if (opts.time) mapping.time = opts.time;
+    if (opts.weight) mapping.weight = opts.weight;
+  }
+  mapping.filters = [...(mapping.filters ?? []), ...opts.filter.map((c) => parseFilter(c, '--filter'))];
+  return mapping;
+}

@@ -4,14 +4,13 @@
  */
 import { basename } from 'node:path';
 import { ValidationError } from '../errors.js';
-import { loadCsv, type CsvMapping } from './csv-loader.js';
+import { loadCsv } from './csv-loader.js';
 import { checkChoice, FORMATS, paramFlags, PROTOCOLS, type EvalCommandOptions } from './eval-command.js';
 import { loadLinesSplit } from './lines-split.js';
 import { looSplit } from './loo-split.js';
 import { MODELS, planModels } from './model-registry.js';
-import { PRESETS } from './presets.js';
+import { csvMappingFromFlags } from './presets.js';
 import { Progress, type ProgressSink } from './progress.js';
-import { parseFilter } from './row-filter.js';
 import { evaluateModel, type EvalResult } from './runner.js';
 import type { Split } from './split.js';
 
@@ -49,18 +48,7 @@ export async function runEval(
     if (protocol !== 'loo') throw new ValidationError('--protocol', `--format ${format} supports only 'loo', got '${protocol}'`);
     if (!opts.data) throw new ValidationError('--data', `is required with --format ${format}`);
     data = basename(opts.data);
-    let mapping: CsvMapping;
-    if (format === 'retail') {
-      mapping = { ...PRESETS.retail };
-      if (opts.weight) mapping.weight = opts.weight;
-    } else {
-      if (!opts.user) throw new ValidationError('--user', 'is required with --format csv (the user id column)');
-      if (!opts.item) throw new ValidationError('--item', 'is required with --format csv (the item id column)');
-      mapping = { user: opts.user, item: opts.item };
-      if (opts.time) mapping.time = opts.time;
-      if (opts.weight) mapping.weight = opts.weight;
-    }
-    mapping.filters = [...(mapping.filters ?? []), ...opts.filter.map((c) => parseFilter(c, '--filter'))];
+    const mapping = csvMappingFromFlags(format, opts);
     const log = await loadCsv(opts.data, mapping, (rows) => progress.update(`loading ${data} (${rows} rows)`, 0));
     split = looSplit(log);
   }

@@ -135,24 +135,11 @@ export async function runSimulate(opts: SimulateCommandOptions, io: SimulateIo):
 
   const { loadCsv } = await import('../eval/csv-loader.js');
   const { looSplit } = await import('../eval/loo-split.js');
-  const { PRESETS } = await import('../eval/presets.js');
-  const { parseFilter } = await import('../eval/row-filter.js');
+  const { csvMappingFromFlags } = await import('../eval/presets.js');
   const { Progress } = await import('../eval/progress.js');
   const { simulate, catalogOf } = await import('./simulate.js');
-  type Mapping = Parameters<typeof loadCsv>[1];
 
-  let mapping: Mapping;
-  if (format === 'retail') {
-    mapping = { ...PRESETS.retail };
-    if (opts.weight) mapping.weight = opts.weight;
-  } else {
-    if (!opts.user) throw new ValidationError('--user', 'is required with --format csv (the user id column)');
-    if (!opts.item) throw new ValidationError('--item', 'is required with --format csv (the item id column)');
-    mapping = { user: opts.user, item: opts.item };
-    if (opts.time) mapping.time = opts.time;
-    if (opts.weight) mapping.weight = opts.weight;
-  }
-  mapping.filters = [...(mapping.filters ?? []), ...opts.filter.map((c) => parseFilter(c, '--filter'))];
+  const mapping = csvMappingFromFlags(format, opts);
 
   const progress = new Progress(io.stderr);
   const data = basename(opts.data);
