@@ -126,6 +126,28 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
     worker.terminate();
     throw e;
   }
+  let pending: unknown[] = [];
+  let seq = 0;
+  let seen = 0;
+  const post = () => {
+    const batch = pending;
+    pending = [];
+    if (batch.length && !closed) channel.port1.postMessage({ seq: ++seq, events: batch });
+  };
+  /** Posts what is pending and, if anything was tracked since the last call, waits until the worker has it. */
+  const synced = async () => {
+    post();
+    if (seq > seen) {
+      const s = seq;
+      await api.barrier(s);
+      seen = Math.max(seen, s);
+    }
+  };
+  /** Runs a worker call after every event tracked so far has reached the worker. */
+  const call = <T>(f: () => Promise<T>): Promise<T> => {
+    open();
+    return revive(synced().then(f));
+  };
   const open = () => {
     if (closed) throw new ClosedError('the recommender is closed');
   };
@@ -145,43 +167,45 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
         dropped++;
         return;
       }
-      channel.port1.postMessage(valid);
+      // Events tracked in one task go to the worker in one message: a burst of track() calls
+      // (a page rendering a list of impressions) pays for one structured clone, not one each.
+      pending.push(valid);
+      if (pending.length === 1) queueMicrotask(post);
     },
-    recommend: (o) => (open(), revive(api.recommend(o))),
-    similar: (id, o) => (open(), revive(api.similar(id, o))),
+    recommend: (o) => call(() => api.recommend(o)),
+    similar: (id, o) => call(() => api.similar(id, o)),
     train(o: TrainOptions = {}) {
-      open();
       const { onProgress, ...plain } = o;
-      return revive(api.train(plain, onProgress ? Comlink.proxy(onProgress) : undefined));
+      return call(() => api.train(plain, onProgress ? Comlink.proxy(onProgress) : undefined));
     },
     async stats() {
-      open();
-      const s = await revive(api.stats());
+      const s = await call(() => api.stats());
       return { ...s, dropped: s.dropped + dropped };
     },
     async setConsent(c) {
       open();
       if (typeof c !== 'object' || c === null) throw new ValidationError('consent', 'must be an object like { personalization: true, federated: false }');
-      await revive(api.setConsent(c));
+      await call(() => api.setConsent(c));
       if (c.personalization !== undefined) consented = c.personalization;
     },
     async audit() {
-      open();
-      const a = await revive(api.audit());
+      const a = await call(() => api.audit());
       return { ...a, consent: { ...a.consent, droppedBeforeConsent: a.consent.droppedBeforeConsent + dropped } };
     },
-    export: () => (open(), revive(api.exportData())),
-    setOffers: (signed) => (open(), revive(api.setOffers(signed))),
-    offers: (o) => (open(), revive(api.offers(o))),
-    sync: () => (open(), revive(api.sync())),
-    egressLog: () => (open(), revive(api.egressLog())),
-    flush: () => (open(), revive(api.flush())),
+    export: () => call(() => api.exportData()),
+    setOffers: (signed) => call(() => api.setOffers(signed)),
+    offers: (o) => call(() => api.offers(o)),
+    sync: () => call(() => api.sync()),
+    egressLog: () => call(() => api.egressLog()),
+    flush: () => call(() => api.flush()),
     async close() {
       if (closed) return;
-      await revive(api.close()).finally(stop);
+      await revive(synced().then(() => api.close())).finally(stop);
     },
     async erase() {
+      // Pending events are dropped, not posted: they are about to be erased anyway.
       open();
+      pending = [];
       await revive(api.erase()).finally(stop);
     },
   };

@@ -30,8 +30,14 @@ function ready(): Engine {
   return engine;
 }
 
+/** Highest track batch number received, and calls waiting for a batch that is still in flight. */
+let received = 0;
+let waiting: Array<{ seq: number; resolve: () => void }> = [];
+
 function onTrack(ev: MessageEvent): void {
-  const events = Array.isArray(ev.data) ? ev.data : [ev.data];
+  const { seq, events } = ev.data as { seq: number; events: unknown[] };
+  received = Math.max(received, seq);
+  waiting = waiting.filter((w) => (w.seq <= received ? (w.resolve(), false) : true));
   if (!engine) {
     early.push(...events);
     return;
@@ -57,6 +63,15 @@ export const workerApi = {
         // counted in stats().dropped
       }
     }
+  },
+  /**
+   * Resolves once track batch `seq` has arrived. Track batches travel on their own MessagePort,
+   * and the order of messages across two ports is not guaranteed, so the page calls this before a
+   * call that must see the events it tracked.
+   */
+  barrier(seq: number): Promise<void> {
+    if (received >= seq) return Promise.resolve();
+    return new Promise((resolve) => waiting.push({ seq, resolve }));
   },
   recommend: (o?: RecommendOptions) => ready().recommend(o),
   similar: (id: string, o?: SimilarOptions) => ready().similar(id, o),

@@ -34,15 +34,15 @@ export function assertBuilt(): void {
 
 /**
  * Serves files under the repository root (the cwd of `npm test`). `headers` adds response headers
- * per path, e.g. a Content-Security-Policy for one page and the worker it starts.
+ * per request URL, e.g. a Content-Security-Policy, or cross-origin isolation for the benchmark.
  */
-export async function serveRepo(headers?: (path: string) => Record<string, string>): Promise<StaticServer> {
+export async function serveRepo(headers?: (url: URL) => Record<string, string>): Promise<StaticServer> {
   assertBuilt();
   const app = new Hono();
   if (headers) {
     app.use('/*', async (c, next) => {
       await next();
-      for (const [k, v] of Object.entries(headers(c.req.path))) c.res.headers.set(k, v);
+      for (const [k, v] of Object.entries(headers(new URL(c.req.url)))) c.res.headers.set(k, v);
     });
   }
   app.use('/*', serveStatic({ root: './' }));
