@@ -5,21 +5,15 @@
  * (src/model/score.ts). TensorFlow.js is imported only when the model is fitted.
  */
 import type { ItemTable } from '../model/item-table.js';
+import type { TrainConfig } from '../model/train.js';
 import type { EvalModel } from './eval-model.js';
 import { weightedHistory, type HistoryWeighting } from './history-weighting.js';
 import type { Split } from './split.js';
 
-export interface LocalrecEvalOptions {
+/** The shipped model's training settings, plus what the eval harness adds around them. */
+export interface LocalrecEvalOptions extends TrainConfig {
   dim: number;
-  epochs: number;
-  batchSize: number;
-  negatives: number;
-  learningRate: number;
-  l2: number;
-  maxContext: number;
-  temperature: number;
   backend: 'cpu' | 'wasm';
-  seed: number;
   weighting: HistoryWeighting;
 }
 
