@@ -241,35 +241,21 @@ async function openServer(o: SimulateOptions, table: ItemTable, log: (m: string)
   const kind = o.server ?? 'memory';
   if (/^https?:\/\//.test(kind)) return { url: kind, label: kind, close: async () => {} };
   if (kind !== 'memory' && kind !== 'sqlite') throw new ValidationError('--server', `must be memory, sqlite or an http(s) URL, got '${kind}'`);
-  const { createApp, MemoryStorage, SqliteStorage, RoundCoordinator } = await import('../server/index.js');
-  const { DEFAULT_FEDADAM } = await import('../server/aggregate.js');
-  const { chooseBits, DEFAULT_BLOCK_SIZE, UPDATE_BUDGET_BYTES } = await import('./wire.js');
+  const { createServer } = await import('../server/index.js');
   const dir = kind === 'sqlite' ? await mkdtemp(join(tmpdir(), 'localrec-sim-')) : null;
-  const storage = dir ? SqliteStorage.open(dir) : new MemoryStorage();
   try {
-    const blockSize = DEFAULT_BLOCK_SIZE;
-    const bits = chooseBits(table.itemIds.length, table.dim, UPDATE_BUDGET_BYTES, blockSize);
-    if (!(bits >= 2 && bits <= 8)) throw new ValidationError('--dim', `${table.itemIds.length} items × ${table.dim} do not fit ${UPDATE_BUDGET_BYTES} bytes even at 2 bits`);
-    const serverLog = (line: string) => log(`server: ${line}`);
-    // Same settings and defaults as startServer (src/server/index.ts).
-    const rounds = await RoundCoordinator.open(storage, table, {
-      itemCount: table.itemIds.length,
-      dim: table.dim,
-      bits,
-      blockSize,
+    // The very app `localrec serve` runs, with its option checks and defaults.
+    const { app, storage } = await createServer({
+      dataDir: dir,
+      initialTable: table,
       clip: o.clip,
       noiseMultiplier: o.noiseMultiplier,
-      normTolerance: 0.01,
-      normSlack: 6,
       minClients: o.minClients,
-      maxStaleness: 2,
       aggregator: o.aggregator ?? 'fedavg',
       serverLearningRate: o.serverLearningRate ?? 1,
-      fedAdam: { ...DEFAULT_FEDADAM },
-      now: Date.now,
-      log: serverLog,
+      rateLimit: false,
+      log: (line: string) => log(`server: ${line}`),
     });
-    const app = createApp(rounds, { log: serverLog });
     return {
       url: 'http://127.0.0.1',
       label: kind,
@@ -280,7 +266,6 @@ async function openServer(o: SimulateOptions, table: ItemTable, log: (m: string)
       },
     };
   } catch (e) {
-    await storage.close();
     if (dir) await rm(dir, { recursive: true, force: true });
     throw e;
   }

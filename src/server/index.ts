@@ -80,6 +80,53 @@ function positive(name: string, v: number, integer = false): number {
  * ```
  */
 export async function startServer(options: ServerOptions = {}): Promise<RunningServer> {
+  const { app, rounds, storage } = await createServer(options);
+  try {
+    const host = options.host ?? '127.0.0.1';
+    const { server, port } = await new Promise<{ server: ReturnType<typeof serve>; port: number }>((resolve, reject) => {
+      const s = serve({ fetch: app.fetch, port: options.port ?? 8787, hostname: host }, (info: AddressInfo) => resolve({ server: s, port: info.port }));
+      s.once('error', reject);
+    });
+    const url = `http://${host.includes(':') ? `[${host}]` : host}:${port}`;
+    let closed = false;
+    return {
+      url,
+      rounds,
+      async close() {
+        if (closed) return;
+        closed = true;
+        await new Promise<void>((resolve) => {
+          server.close(() => resolve());
+          (server as { closeAllConnections?: () => void }).closeAllConnections?.();
+        });
+        await storage.close();
+      },
+    };
+  } catch (e) {
+    await storage.close();
+    throw e;
+  }
+}
+
+/** The server's parts, built but not listening: for in-process use (simulation, tests) and startServer. */
+export interface ServerParts {
+  app: ReturnType<typeof createApp>;
+  rounds: RoundCoordinator;
+  storage: Storage;
+}
+
+/**
+ * Builds the app `localrec serve` runs (storage, round coordinator, HTTP routes) with every option
+ * checked and defaulted, without opening a socket: `app.fetch(request)` answers in-process.
+ *
+ * @example
+ * ```ts
+ * const { app, storage } = await createServer({ dataDir: null, initialTable: createItemTable(ids, 16) });
+ * await app.fetch(new Request('http://local/v1/health')); // 200 { ok: true, version: 0 }
+ * await storage.close();
+ * ```
+ */
+export async function createServer(options: ServerOptions = {}): Promise<ServerParts> {
   const log = options.log ?? ((line: string) => process.stderr.write(`localrec serve: ${line}\n`));
   const now = options.now ?? Date.now;
   const storage =
@@ -128,26 +175,7 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
       ...(options.staticDir ? { staticDir: options.staticDir } : {}),
       trustProxy: options.trustProxy ?? false,
     });
-    const host = options.host ?? '127.0.0.1';
-    const { server, port } = await new Promise<{ server: ReturnType<typeof serve>; port: number }>((resolve, reject) => {
-      const s = serve({ fetch: app.fetch, port: options.port ?? 8787, hostname: host }, (info: AddressInfo) => resolve({ server: s, port: info.port }));
-      s.once('error', reject);
-    });
-    const url = `http://${host.includes(':') ? `[${host}]` : host}:${port}`;
-    let closed = false;
-    return {
-      url,
-      rounds,
-      async close() {
-        if (closed) return;
-        closed = true;
-        await new Promise<void>((resolve) => {
-          server.close(() => resolve());
-          (server as { closeAllConnections?: () => void }).closeAllConnections?.();
-        });
-        await storage.close();
-      },
-    };
+    return { app, rounds, storage };
   } catch (e) {
     await storage.close();
     throw e;
