@@ -12,6 +12,8 @@ import { updateByteLength, WIRE_FORMAT_VERSION, UPDATE_BUDGET_BYTES } from '../f
 import type { RateLimiter } from './rate-limit.js';
 import type { RoundCoordinator } from './rounds.js';
 import { REJECT_STATUS, type RejectReason } from './validate-update.js';
+import { registerRedeem } from './redeem.js';
+import type { OfferCatalog } from '../offers/types.js';
 
 export interface AppOptions {
   rateLimiter?: RateLimiter;
@@ -19,6 +21,9 @@ export interface AppOptions {
   staticDir?: string;
   /** Use the first X-Forwarded-For address as the client (only behind a trusted proxy). */
   trustProxy?: boolean;
+  /** The shop's offer catalog (already verified): enables `POST /v1/offers/redeem`. */
+  offers?: OfferCatalog;
+  now?: () => number;
   log: (line: string) => void;
 }
 
@@ -136,6 +141,8 @@ export function createApp(rounds: RoundCoordinator, opts: AppOptions): Hono {
       return c.json({ accepted: true, id: r.id, version: r.version, pending: r.pending, minClients: cfg.minClients, published: r.published ?? null }, 202);
     },
   );
+
+  if (opts.offers) registerRedeem(app, opts.offers, opts.now ?? Date.now);
 
   app.all('/v1/*', (c) => fail(c, 'not-found', `no such endpoint: ${c.req.method} ${c.req.path}`));
 

@@ -13,6 +13,7 @@ import { RateLimiter, type RateLimitOptions } from './rate-limit.js';
 import { RoundCoordinator, type RoundConfig } from './rounds.js';
 import { SqliteStorage, type SqliteStorageOptions } from './sqlite-storage.js';
 import type { Storage } from './storage.js';
+import type { OfferCatalog } from '../offers/types.js';
 
 export { createApp } from './app.js';
 export { MemoryStorage } from './memory-storage.js';
@@ -51,6 +52,8 @@ export interface ServerOptions {
   rateLimit?: RateLimitOptions | false;
   trustProxy?: boolean;
   staticDir?: string;
+  /** The shop's offer catalog, already verified (`verifyOfferCatalog`): enables `POST /v1/offers/redeem`. */
+  offers?: OfferCatalog;
   now?: () => number;
   log?: (line: string) => void;
 }
@@ -174,6 +177,7 @@ export async function createServer(options: ServerOptions = {}): Promise<ServerP
       ...(rateLimit ? { rateLimiter: new RateLimiter(rateLimit, now) } : {}),
       ...(options.staticDir ? { staticDir: options.staticDir } : {}),
       trustProxy: options.trustProxy ?? false,
+      ...(options.offers ? { offers: options.offers, now } : {}),
     });
     return { app, rounds, storage };
   } catch (e) {

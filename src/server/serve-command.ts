@@ -63,6 +63,8 @@ export function register(program: Command): void {
     .option('--aggregator <name>', 'fedavg or fedadam', 'fedavg')
     .option('--rate-limit <perMinute>', 'updates per minute per client address (0 = off)', num('rate-limit'), 60)
     .option('--static <dir>', 'serve this folder at / (the demo shop)')
+    .option('--offers <file>', "signed offer catalog (localrec offers sign) to check redemptions against: POST /v1/offers/redeem")
+    .option('--offers-key <file>', 'public JWK the offer catalog must verify with (required with --offers)')
     .action(async (o: Record<string, unknown>) => {
       const { startServer } = await import('./index.js');
       const { createItemTable } = await import('../model/item-table.js');
@@ -70,6 +72,20 @@ export function register(program: Command): void {
       if (typeof o.catalog === 'string') {
         const { ids, popularity } = await readCatalogFile(o.catalog);
         initialTable = createItemTable(ids, o.dim as number, { seed: o.seed as number, popularity });
+      }
+      let offers;
+      if (typeof o.offers === 'string') {
+        if (typeof o.offersKey !== 'string') throw new ValidationError('--offers-key', 'is required with --offers (the public JWK the catalog was signed for)');
+        const { readFile } = await import('node:fs/promises');
+        const { verifyOfferCatalog } = await import('../offers/signing.js');
+        const read = async (file: string, flag: string) => {
+          try {
+            return JSON.parse(await readFile(file, 'utf8')) as unknown;
+          } catch (e) {
+            throw new ValidationError(flag, `cannot read ${file} as JSON: ${(e as Error).message}`);
+          }
+        };
+        offers = await verifyOfferCatalog(await read(o.offers, '--offers'), (await read(o.offersKey, '--offers-key')) as JsonWebKey);
       }
       const perMinute = o.rateLimit as number;
       const crash = process.env.LOCALREC_FAULT;
@@ -86,6 +102,7 @@ export function register(program: Command): void {
         aggregator: o.aggregator as 'fedavg',
         rateLimit: perMinute > 0 ? { perMinute, burst: Math.max(1, Math.ceil(perMinute / 3)) } : false,
         ...(typeof o.static === 'string' ? { staticDir: o.static } : {}),
+        ...(offers ? { offers } : {}),
         // Test-only: LOCALREC_FAULT=kill-before-publish-commit kills the process inside the publish
         // transaction, to prove that a crash there loses nothing (test/unit/server-crash.test.ts).
         ...(crash === 'kill-before-publish-commit'

@@ -1,0 +1,64 @@
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import { createItemTable } from '../../src/model/item-table.js';
+import { checkRedemption } from '../../src/server/redeem.js';
+import { createServer, type ServerParts } from '../../src/server/index.js';
+import type { OfferCatalog } from '../../src/offers/types.js';
+
+const NOW = Date.UTC(2026, 10, 1);
+const catalog: OfferCatalog = {
+  version: 4,
+  issuedAt: NOW,
+  currency: 'GBP',
+  offers: [
+    { id: 'mugs10', title: '10% off mugs', discount: { kind: 'percent', percent: 10, maxAmount: 3 }, scope: { kind: 'categories', categories: ['mug'] }, minBasket: 15 },
+    { id: 'two-off', title: '£2 off', discount: { kind: 'amount', amount: 2 }, scope: { kind: 'all' }, validFrom: NOW - 1000, validUntil: NOW + 1000, audience: 'returning', limits: { maxRedemptions: 1 } },
+  ],
+} as OfferCatalog;
+
+describe('checkRedemption', () => {
+  it('computes the discount: percent of the in-scope value up to the ceiling, or the fixed amount', () => {
+    assert.deepEqual(checkRedemption(catalog, { offerId: 'mugs10', orderValue: 30, scopeValue: 12 }, NOW), { valid: true, offerId: 'mugs10', discount: 1.2, currency: 'GBP' });
+    assert.deepEqual(checkRedemption(catalog, { offerId: 'mugs10', orderValue: 100 }, NOW), { valid: true, offerId: 'mugs10', discount: 3, currency: 'GBP' });
+    assert.deepEqual(checkRedemption(catalog, { offerId: 'two-off', orderValue: 1.5, returning: true }, NOW), { valid: true, offerId: 'two-off', discount: 1.5, currency: 'GBP' });
+  });
+
+  it('refuses each rule with its own reason', () => {
+    const reason = (r: Parameters<typeof checkRedemption>[1], now = NOW) => {
+      const v = checkRedemption(catalog, r, now);
+      return v.valid ? 'valid' : v.reason;
+    };
+    assert.equal(reason({ offerId: 'nope', orderValue: 50 }), 'unknown-offer');
+    assert.equal(reason({ offerId: 'mugs10', orderValue: 14.99 }), 'below-minimum');
+    assert.equal(reason({ offerId: 'two-off', orderValue: 50 }, NOW - 2000), 'not-yet-valid');
+    assert.equal(reason({ offerId: 'two-off', orderValue: 50 }, NOW + 1000), 'expired');
+    assert.equal(reason({ offerId: 'two-off', orderValue: 50, returning: false }), 'audience');
+    assert.equal(reason({ offerId: 'two-off', orderValue: 50, returning: true, previousRedemptions: 1 }), 'cap-reached');
+    assert.equal(reason({ offerId: 'two-off', orderValue: 50, returning: true, previousRedemptions: 0 }), 'valid');
+  });
+});
+
+describe('POST /v1/offers/redeem', () => {
+  let parts: ServerParts;
+  before(async () => {
+    parts = await createServer({ dataDir: null, initialTable: createItemTable(['a', 'b'], 4), offers: catalog, rateLimit: false, now: () => NOW, log: () => {} });
+  });
+  after(async () => {
+    await parts.storage.close();
+  });
+  const post = (body: unknown) =>
+    parts.app.fetch(new Request('http://local/v1/offers/redeem', { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: typeof body === 'string' ? body : JSON.stringify(body) }));
+
+  it('answers a verdict for a well-formed request and 400 naming the field for a bad one', async () => {
+    const ok = await post({ offerId: 'mugs10', orderValue: 20, scopeValue: 10 });
+    assert.equal(ok.status, 200);
+    assert.deepEqual(await ok.json(), { valid: true, offerId: 'mugs10', discount: 1, currency: 'GBP' });
+    const refused = await post({ offerId: 'mugs10', orderValue: 5 });
+    assert.equal(((await refused.json()) as { reason: string }).reason, 'below-minimum');
+    for (const [body, field] of [[{ orderValue: 3 }, 'offerId'], [{ offerId: 'x', orderValue: -1 }, 'orderValue'], [{ offerId: 'x', orderValue: 1, previousRedemptions: 0.5 }, 'previousRedemptions'], ['{not json', 'JSON']] as const) {
+      const res = await post(body);
+      assert.equal(res.status, 400);
+      assert.match(((await res.json()) as { error: string }).error, new RegExp(field));
+    }
+  });
+});
