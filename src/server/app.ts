@@ -4,6 +4,7 @@
  */
 import { Hono, type Context } from 'hono';
 import { bodyLimit } from 'hono/body-limit';
+import { cors } from 'hono/cors';
 import { getConnInfo } from '@hono/node-server/conninfo';
 import { serveStatic } from '@hono/node-server/serve-static';
 import { relative } from 'node:path';
@@ -21,6 +22,11 @@ export interface AppOptions {
   staticDir?: string;
   /** Use the first X-Forwarded-For address as the client (only behind a trusted proxy). */
   trustProxy?: boolean;
+  /**
+   * Page origins allowed to call the API from a browser when the server is on another origin than
+   * the shop (e.g. `https://shop.example`). No credentials are ever allowed: the SDK sends none.
+   */
+  corsOrigins?: string[];
   /** The shop's offer catalog (already verified): enables `POST /v1/offers/redeem`. */
   offers?: OfferCatalog;
   now?: () => number;
@@ -55,6 +61,20 @@ export function createApp(rounds: RoundCoordinator, opts: AppOptions): Hono {
   const cfg = rounds.config;
   const updateBytes = updateByteLength(cfg.itemCount, cfg.dim, cfg.bits, cfg.blockSize);
   const app = new Hono();
+  if (opts.corsOrigins?.length) {
+    app.use(
+      '/v1/*',
+      cors({
+        origin: opts.corsOrigins,
+        allowMethods: ['GET', 'POST'],
+        allowHeaders: ['Content-Type', 'If-None-Match'],
+        // The client names its base version by the hash it read from these headers.
+        exposeHeaders: ['X-Localrec-Model-Version', 'X-Localrec-Model-Hash', 'ETag'],
+        maxAge: 600,
+        credentials: false,
+      }),
+    );
+  }
 
   app.onError((err, c) => {
     if (isStorageError(err)) {

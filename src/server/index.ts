@@ -52,6 +52,8 @@ export interface ServerOptions {
   rateLimit?: RateLimitOptions | false;
   trustProxy?: boolean;
   staticDir?: string;
+  /** Page origins allowed to call the API cross-origin (CORS), e.g. `['https://shop.example']`. */
+  corsOrigins?: string[];
   /** The shop's offer catalog, already verified (`verifyOfferCatalog`): enables `POST /v1/offers/redeem`. */
   offers?: OfferCatalog;
   now?: () => number;
@@ -178,6 +180,7 @@ export async function createServer(options: ServerOptions = {}): Promise<ServerP
       ...(options.staticDir ? { staticDir: options.staticDir } : {}),
       trustProxy: options.trustProxy ?? false,
       ...(options.offers ? { offers: options.offers, now } : {}),
+      ...(options.corsOrigins ? { corsOrigins: options.corsOrigins } : {}),
     });
     return { app, rounds, storage };
   } catch (e) {

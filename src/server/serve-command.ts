@@ -63,6 +63,7 @@ export function register(program: Command): void {
     .option('--aggregator <name>', 'fedavg or fedadam', 'fedavg')
     .option('--rate-limit <perMinute>', 'updates per minute per client address (0 = off)', num('rate-limit'), 60)
     .option('--static <dir>', 'serve this folder at / (the demo shop)')
+    .option('--cors-origin <origin...>', 'page origins that may call the API from another origin (e.g. https://shop.example)')
     .option('--offers <file>', "signed offer catalog (localrec offers sign) to check redemptions against: POST /v1/offers/redeem")
     .option('--offers-key <file>', 'public JWK the offer catalog must verify with (required with --offers)')
     .action(async (o: Record<string, unknown>) => {
@@ -103,6 +104,7 @@ export function register(program: Command): void {
         rateLimit: perMinute > 0 ? { perMinute, burst: Math.max(1, Math.ceil(perMinute / 3)) } : false,
         ...(typeof o.static === 'string' ? { staticDir: o.static } : {}),
         ...(offers ? { offers } : {}),
+        ...(Array.isArray(o.corsOrigin) ? { corsOrigins: o.corsOrigin as string[] } : {}),
         // Test-only: LOCALREC_FAULT=kill-before-publish-commit kills the process inside the publish
         // transaction, to prove that a crash there loses nothing (test/unit/server-crash.test.ts).
         ...(crash === 'kill-before-publish-commit'
