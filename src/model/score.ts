@@ -31,7 +31,6 @@ export interface Scored {
  * `update`) after training: the tensors are a snapshot.
  */
 export class Scorer {
-  private V: tf.Tensor2D;
   private Vn: tf.Tensor2D | undefined;
   private masks = new Map<string, tf.Tensor1D>();
   readonly n: number;
@@ -40,7 +39,6 @@ export class Scorer {
   constructor(private readonly table: ItemTable, private readonly temperature = 1) {
     this.n = table.itemIds.length;
     this.dim = table.dim;
-    this.V = tf.tensor2d(table.factors, [this.n, this.dim]);
     // [V | b]: with z' = [z / temperature, 1], one matMul gives every score, bias included.
     const aug = new Float32Array(this.n * (this.dim + 1));
     for (let i = 0; i < this.n; i++) {
@@ -87,7 +85,11 @@ export class Scorer {
   async similar(row: number, k: number, exclude: ReadonlySet<number> = new Set()): Promise<Scored[]> {
     if (!(row >= 0 && row < this.n)) throw new ModelError(`row ${row} is outside the table`);
     if (!this.Vn) {
-      this.Vn = tf.tidy(() => tf.div(this.V, tf.add(tf.norm(this.V, 'euclidean', 1, true), 1e-8)) as tf.Tensor2D);
+      // Built on first use from the scoring table's factor columns: no second copy of V on the backend.
+      this.Vn = tf.tidy(() => {
+        const V = tf.slice(this.Vb, [0, 0], [this.n, this.dim]);
+        return tf.div(V, tf.add(tf.norm(V, 'euclidean', 1, true), 1e-8)) as tf.Tensor2D;
+      });
     }
     const skip = new Set(exclude).add(row);
     const want = Math.min(this.n, k + skip.size);
@@ -124,7 +126,7 @@ export class Scorer {
   }
 
   dispose(): void {
-    tf.dispose([this.V, this.Vb, ...(this.Vn ? [this.Vn] : []), ...this.masks.values()]);
+    tf.dispose([this.Vb, ...(this.Vn ? [this.Vn] : []), ...this.masks.values()]);
     this.masks.clear();
   }
 
