@@ -212,6 +212,11 @@ export interface ModelOptions {
   dim?: number;
   /** Half-life of an event's weight in the user vector, in days. Default 30. */
   halfLifeDays?: number;
+  /**
+   * Weight kept per later session (sessions are bursts of events 30+ minutes apart): what the
+   * shopper did this visit counts most. In (0, 1]; 1 turns it off. Default 0.5.
+   */
+  sessionDecay?: number;
   /** Seed for initialization and negative sampling. Default 1. */
   seed?: number;
 }

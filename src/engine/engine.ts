@@ -35,7 +35,7 @@ export interface EngineOptions {
   backendCandidates?: BackendName[];
   dbName?: string;
   retention?: Partial<Retention>;
-  model?: { dim?: number; halfLifeDays?: number; seed?: number };
+  model?: { dim?: number; halfLifeDays?: number; sessionDecay?: number; seed?: number };
   autoTrainEvery?: number;
   /** Training settings for `train()` (epochs come from TrainOptions when given). */
   training?: Partial<TrainConfig>;
@@ -75,6 +75,12 @@ interface SavedModel {
 }
 
 export const MODEL_KEY = 'model';
+/**
+ * Weight kept per later session. Measured with this profile code on online-retail (loo, HR@10 /
+ * NDCG@10): 1 → 0.120 / 0.067, 0.7 → 0.125 / 0.070, 0.5 → 0.126 / 0.072, 0.3 → 0.132 / 0.075;
+ * 0.5 leaves room for catalogs where older interests last longer (ratings data preferred 0.7–0.9).
+ */
+export const DEFAULT_SESSION_DECAY = 0.5;
 export const PRIVACY_KEY = 'privacy';
 export const EGRESS_KEY = 'egress';
 export const CONSENT_KEY = 'consent';
@@ -140,6 +146,7 @@ export class Engine {
   private lastError: Error | undefined;
   private readonly now: () => number;
   private readonly halfLifeDays: number;
+  private readonly sessionDecay: number;
   private readonly autoTrainEvery: number;
   private consent: { personalization: boolean; federated: boolean };
   private consentHistory: ConsentRecord[] = [];
@@ -155,6 +162,7 @@ export class Engine {
     this.titles = new Map(catalog.items.filter((i) => i.title).map((i) => [i.id, i.title!]));
     this.now = opts.now ?? Date.now;
     this.halfLifeDays = opts.model?.halfLifeDays ?? 30;
+    this.sessionDecay = opts.model?.sessionDecay ?? DEFAULT_SESSION_DECAY;
     this.autoTrainEvery = intOption(opts.autoTrainEvery, 'options.autoTrainEvery', 0, 1_000_000, 20);
     this.consent = { personalization: opts.consent?.personalization ?? true, federated: opts.consent?.federated ?? true };
     this.consentHistory.push({ t: this.now(), ...this.consent, source: 'options' });
@@ -165,6 +173,8 @@ export class Engine {
     const dim = intOption(opts.model?.dim, 'options.model.dim', 1, 64, 32);
     const hl = opts.model?.halfLifeDays ?? 30;
     if (typeof hl !== 'number' || !(hl > 0) || !Number.isFinite(hl)) throw new ValidationError('options.model.halfLifeDays', `must be a number > 0, got ${String(hl)}`);
+    const sd = opts.model?.sessionDecay ?? DEFAULT_SESSION_DECAY;
+    if (typeof sd !== 'number' || !(sd > 0 && sd <= 1)) throw new ValidationError('options.model.sessionDecay', `must be a number in (0, 1], got ${String(sd)}`);
     const retention: Retention = {
       maxEvents: intOption(opts.retention?.maxEvents, 'options.retention.maxEvents', 1, 10_000_000, DEFAULT_RETENTION.maxEvents),
       maxAgeDays: intOption(opts.retention?.maxAgeDays, 'options.retention.maxAgeDays', 1, 36_500, DEFAULT_RETENTION.maxAgeDays),
@@ -364,7 +374,7 @@ export class Engine {
 
   private async profile(): Promise<{ profile: ProfileItem[]; events: StoredEvent[] }> {
     const events = await this.storedEvents();
-    return { profile: buildProfile(events, this.rows, { halfLifeDays: this.halfLifeDays, now: this.now() }), events };
+    return { profile: buildProfile(events, this.rows, { halfLifeDays: this.halfLifeDays, now: this.now(), sessionDecay: this.sessionDecay }), events };
   }
 
   private excludedRows(exclude: RecommendOptions['exclude'], profile: ProfileItem[], events: StoredEvent[]): Set<number> {

@@ -15,7 +15,15 @@ export interface ProfileOptions {
   /** Half-life of an event's weight, in days. */
   halfLifeDays: number;
   now: number;
+  /**
+   * Extra factor per later session: an event is weighted by `sessionDecay^k` when k sessions
+   * (bursts of events more than 30 minutes apart) came after its own. 1 turns it off.
+   */
+  sessionDecay?: number;
 }
+
+/** Events further apart than this start a new session. */
+export const SESSION_GAP_MS = 30 * 60 * 1000;
 
 /**
  * Confidence of one event before recency decay: a purchase says more than an add-to-cart, which
@@ -79,11 +87,22 @@ function actionOf(e: StoredEvent): ProfileItem['action'] | undefined {
 export function buildProfile(events: readonly StoredEvent[], rows: ReadonlyMap<string, number>, opts: ProfileOptions): ProfileItem[] {
   const acc = new Map<number, { sum: number; action: ProfileItem['action']; lastT: number }>();
   const halfLifeMs = opts.halfLifeDays * 24 * 3600 * 1000;
+  const sessionDecay = opts.sessionDecay ?? 1;
+  // Session index of each event, counted back from the newest session (0 = the current one).
+  const sessionsAfter = new Map<StoredEvent, number>();
+  if (sessionDecay !== 1) {
+    const byTime = [...events].sort((a, b) => b.t - a.t);
+    let k = 0;
+    byTime.forEach((e, i) => {
+      if (i > 0 && byTime[i - 1]!.t - e.t > SESSION_GAP_MS) k++;
+      sessionsAfter.set(e, k);
+    });
+  }
   for (const e of events) {
     if (!e.itemId) continue;
     const row = rows.get(e.itemId);
     if (row === undefined) continue;
-    const decay = Math.pow(0.5, Math.max(0, opts.now - e.t) / halfLifeMs);
+    const decay = Math.pow(0.5, Math.max(0, opts.now - e.t) / halfLifeMs) * Math.pow(sessionDecay, sessionsAfter.get(e) ?? 0);
     const c = eventConfidence(e) * decay;
     const a = actionOf(e);
     const cur = acc.get(row);

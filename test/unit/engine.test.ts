@@ -83,6 +83,7 @@ describe('Engine', () => {
     await assert.rejects(Engine.create({ ...base, catalog: { items: [{ id: 'a' }, { id: 'a' }] } }), /options\.catalog\.items\[1\]\.id: duplicate id "a"/);
     await assert.rejects(Engine.create({ ...base, autoTrainEvery: -1 }), /options\.autoTrainEvery/);
     await assert.rejects(Engine.create({ ...base, model: { dim: 500 } }), /options\.model\.dim/);
+    await assert.rejects(Engine.create({ ...base, model: { sessionDecay: 0 } }), /options\.model\.sessionDecay: must be a number in \(0, 1\]/);
   });
 
   it('persists weights: a new engine on the same database does not retrain, and a changed catalog keeps known rows', async () => {

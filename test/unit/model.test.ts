@@ -51,6 +51,26 @@ describe('profile', () => {
   });
 });
 
+describe('profile session decay', () => {
+  it('weights an item by sessionDecay per later session (sessions = bursts 30+ minutes apart)', () => {
+    const min = 60_000;
+    const evs: StoredEvent[] = [
+      { type: 'view', itemId: 'i1', t: now - 300 * min }, // session 2 back
+      { type: 'view', itemId: 'i2', t: now - 100 * min }, // session 1 back
+      { type: 'view', itemId: 'i3', t: now - 10 * min }, // current session
+      { type: 'view', itemId: 'i4', t: now - 5 * min }, // current session (5 minutes after i3)
+    ];
+    const w = (sessionDecay: number) =>
+      Object.fromEntries(buildProfile(evs, rows, { halfLifeDays: 1e9, now, sessionDecay }).map((p) => [ids[p.row], p.weight]));
+    const off = w(1);
+    const half = w(0.5);
+    assert.ok(Math.abs(off.i1! - Math.log1p(1)) < 1e-9 && Math.abs(off.i4! - Math.log1p(1)) < 1e-9, 'off: all equal');
+    assert.ok(Math.abs(half.i3! - Math.log1p(1)) < 1e-9 && Math.abs(half.i4! - Math.log1p(1)) < 1e-9, 'current session: full weight');
+    assert.ok(Math.abs(half.i2! - Math.log1p(0.5)) < 1e-9, 'one session back: × 0.5');
+    assert.ok(Math.abs(half.i1! - Math.log1p(0.25)) < 1e-9, 'two sessions back: × 0.25');
+  });
+});
+
 describe('training', () => {
   it('lowers the loss and touches only the rows it needs', async () => {
     const big = Array.from({ length: 2000 }, (_, i) => `b${i}`);
