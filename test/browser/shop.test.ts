@@ -215,6 +215,8 @@ describe('demo shop', () => {
       await page.click('#sync-now');
       await page.waitForSelector('body[data-syncs="2"]', { timeout: 30_000 });
       assert.match(await text(page, '#sync-result'), new RegExp(`^Synced at .*now on global version ${published};`));
+      // The panel re-reads stats() after the sync result is shown: wait for it, then check it.
+      await page.waitForFunction((v) => document.getElementById('f-local')?.textContent?.startsWith(`version ${v}`), published, { timeout: 10_000 }).catch(() => undefined);
       assert.match(await text(page, '#f-local'), new RegExp(`^version ${published}`));
       // A third sync would pass ε = 8: refused before anything is sent, and the page says why.
       const before = sdkRequests.filter((r) => r.method() === 'POST').length;
@@ -274,6 +276,7 @@ describe('demo shop', () => {
     // A model record may be back (the fresh page trains on its impressions: zero steps), but it is
     // the initial one, not the synced version.
     assert.equal(await text(page, '#m-steps'), '0');
+    await page.waitForFunction(() => document.getElementById('f-local')?.textContent?.startsWith('version 0'), null, { timeout: 10_000 }).catch(() => undefined);
     assert.match(await text(page, '#f-local'), /^version 0/);
     await page.evaluate(() => document.querySelector('.panels')!.setAttribute('style', 'position: static; max-height: none; overflow: visible'));
     await page.locator('#rounds-panel').screenshot({ path: join(ROOT, 'test-results', 'shop-rounds.png') });
