@@ -9,6 +9,7 @@
  * localrec eval --train train.txt --test test.txt --format lines --k 20
  * ```
  */
+import type { CsvFlags } from './presets.js';
 import type { Command } from 'commander';
 import { ValidationError } from '../errors.js';
 import { PARAMS } from './model-registry.js';
@@ -16,14 +17,10 @@ import { PARAMS } from './model-registry.js';
 const FORMATS = ['retail', 'csv', 'lines'] as const;
 const PROTOCOLS = ['loo', 'given'] as const;
 
-export interface EvalCommandOptions {
+/** Column flags (`--user --item --time --weight --filter`) are shared with the other data commands. */
+export interface EvalCommandOptions extends CsvFlags {
   data?: string;
   format: string;
-  user?: string;
-  item?: string;
-  time?: string;
-  weight?: string;
-  filter: string[];
   train?: string;
   test?: string;
   k: string;

@@ -9,18 +9,15 @@
  * localrec simulate --data ratings.csv --format csv --user userId --item movieId --time timestamp --noise 2 --central
  * ```
  */
+import type { CsvFlags } from '../eval/presets.js';
 import type { Command } from 'commander';
 import { basename } from 'node:path';
 import { ValidationError } from '../errors.js';
 
-export interface SimulateCommandOptions {
+/** Column flags (`--user --item --time --weight --filter`) are shared with the other data commands. */
+export interface SimulateCommandOptions extends CsvFlags {
   data?: string;
   format: string;
-  user?: string;
-  item?: string;
-  time?: string;
-  weight?: string;
-  filter: string[];
   rounds: string;
   clientsPerRound: string;
   clip: string;

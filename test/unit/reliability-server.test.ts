@@ -23,10 +23,10 @@ import { dirname, join, resolve } from 'node:path';
 import { after, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import Database from 'better-sqlite3';
-import { decodeModel, sha256, toHex } from '../../src/federated/wire.js';
+import { toHex } from '../../src/federated/wire.js';
 import { Random } from '../../src/model/random.js';
 import { SqliteStorage, startServer } from '../../src/server/index.js';
-import { honestUpdate, IDS, initialTable, post, pull, quiet } from './server-helpers.js';
+import { checkStore, honestUpdate, IDS, initialTable, post, pull, quiet } from './server-helpers.js';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 const faults: Record<string, number> = {};
@@ -198,29 +198,6 @@ test('start-up on an unusable data dir: localrec serve exits with one clear line
   }
 });
 
-async function checkStore(dataDir: string, acked: Set<string>): Promise<{ versions: number; pending: number }> {
-  const db = new Database(join(dataDir, 'localrec.sqlite'), { readonly: true });
-  try {
-    const versions = db.prepare('SELECT version, hash, model FROM versions ORDER BY version').all() as Array<{ version: number; hash: string; model: Buffer }>;
-    versions.forEach((v, i) => assert.equal(v.version, i, 'versions are contiguous from 0'));
-    for (const v of versions) {
-      const bytes = new Uint8Array(v.model);
-      assert.equal(toHex(await sha256(bytes)), v.hash, `version ${v.version} is whole`);
-      assert.equal(decodeModel(bytes).table.version, v.version);
-    }
-    const get = db.prepare('SELECT aggregated_into, body IS NOT NULL AS has_body FROM updates WHERE nonce = ?');
-    for (const n of acked) {
-      const row = get.get(n) as { aggregated_into: number | null; has_body: number } | undefined;
-      assert.ok(row, `acknowledged update ${n} is in the store`);
-      assert.ok(row.aggregated_into !== null ? row.aggregated_into < versions.length : row.has_body === 1, `update ${n} is pending (with body) or aggregated into a published version`);
-    }
-    assert.equal((db.prepare('SELECT update_count AS n FROM versions WHERE version = 1').get() as { n: number }).n, 3);
-    const pending = (db.prepare('SELECT COUNT(*) AS n FROM updates WHERE aggregated_into IS NULL').get() as { n: number }).n;
-    return { versions: versions.length, pending };
-  } finally {
-    db.close();
-  }
-}
 
 test('kill -9 at seeded random moments of a stream of uploads and rounds: every acknowledged update survives, every version is whole', async () => {
   const dir = tmp();

@@ -1,6 +1,9 @@
-/** Shared by the server-*.test.ts files: a small catalog, model download, update construction. */
+/** Shared by the server test files: a small catalog, model download, update construction, crash checks. */
+import { strict as assert } from 'node:assert';
+import { join } from 'node:path';
+import Database from 'better-sqlite3';
 import { buildClientUpdate } from '../../src/federated/client-update.js';
-import { decodeModel, fromHex } from '../../src/federated/wire.js';
+import { decodeModel, fromHex, sha256, toHex } from '../../src/federated/wire.js';
 import { cloneItemTable, createItemTable, type ItemTable } from '../../src/model/item-table.js';
 import { Random } from '../../src/model/random.js';
 
@@ -52,3 +55,31 @@ export async function post(url: string, body: Uint8Array): Promise<{ status: num
 }
 
 export const quiet = (): void => {};
+
+/**
+ * Opens a server's SQLite store read-only after a crash and checks what must survive: versions are
+ * contiguous and whole (hash matches), and every acknowledged update is pending with its body or
+ * aggregated into a published version.
+ */
+export async function checkStore(dataDir: string, acked: Iterable<string>): Promise<{ versions: number; pending: number }> {
+  const db = new Database(join(dataDir, 'localrec.sqlite'), { readonly: true });
+  try {
+    const versions = db.prepare('SELECT version, hash, model FROM versions ORDER BY version').all() as Array<{ version: number; hash: string; model: Buffer }>;
+    versions.forEach((v, i) => assert.equal(v.version, i, 'versions are contiguous from 0'));
+    for (const v of versions) {
+      const bytes = new Uint8Array(v.model);
+      assert.equal(toHex(await sha256(bytes)), v.hash, `version ${v.version} is whole`);
+      assert.equal(decodeModel(bytes).table.version, v.version);
+    }
+    const get = db.prepare('SELECT aggregated_into, body IS NOT NULL AS has_body FROM updates WHERE nonce = ?');
+    for (const n of acked) {
+      const row = get.get(n) as { aggregated_into: number | null; has_body: number } | undefined;
+      assert.ok(row, `acknowledged update ${n} is in the store`);
+      assert.ok(row.aggregated_into !== null ? row.aggregated_into < versions.length : row.has_body === 1, `update ${n} is pending (with body) or aggregated into a published version`);
+    }
+    const pending = (db.prepare('SELECT COUNT(*) AS n FROM updates WHERE aggregated_into IS NULL').get() as { n: number }).n;
+    return { versions: versions.length, pending };
+  } finally {
+    db.close();
+  }
+}
