@@ -53,9 +53,21 @@ export function register(program: Command): void {
     .option('--groups <n>', 'how many products or product groups get an offer (granularity items or groups)', '200')
     .option('--percent <n>', 'percent off the in-scope spend', '10')
     .option('--exploration <x>', 'exploration share of the personalized policy, 0–1', '0.1')
-    .action(async (o: { data: string; k: string; seed: string; granularity: string; groups: string; percent: string; exploration: string }) => {
+    .option('--affinity <a>', 'personalized affinity: learned (online logistic regression) | history (hand-tuned blend)', 'learned')
+    .option('--objective <o>', 'personalized ranking: value (expected value to the shop) | reach (P(use) alone)', 'value')
+    .option('--prior-strength <s>', "pseudo-impressions the affinity is worth against the shopper's own offer history (policy default 10)")
+    .option('--features <list>', 'comma-separated subset of the learned affinity features (default: all)')
+    .action(async (o: { data: string; k: string; seed: string; granularity: string; groups: string; percent: string; exploration: string; affinity: string; features?: string; priorStrength?: string; objective: string }) => {
       const { loadRetailData } = await import('./eval/retail-data.js');
-      const { runOffersEval, DEFAULT_EVAL_OPTIONS } = await import('./eval/offers-eval.js');
+      const { runOffersEval, DEFAULT_EVAL_OPTIONS, AFFINITY_KINDS } = await import('./eval/offers-eval.js');
+      const { AFFINITY_FEATURES } = await import('./eval/learned-affinity.js');
+      if (!(AFFINITY_KINDS as readonly string[]).includes(o.affinity)) {
+        throw new ValidationError('--affinity', `must be one of ${AFFINITY_KINDS.join(', ')}, got '${o.affinity}'`);
+      }
+      if (o.objective !== 'value' && o.objective !== 'reach') throw new ValidationError('--objective', `must be value or reach, got '${o.objective}'`);
+      const features = o.features?.split(',').map((f) => f.trim()).filter((f) => f !== '');
+      const unknown = features?.find((f) => !(AFFINITY_FEATURES as readonly string[]).includes(f));
+      if (unknown !== undefined) throw new ValidationError('--features', `unknown feature '${unknown}'; known: ${AFFINITY_FEATURES.join(', ')}`);
       if (!(GRANULARITIES as readonly string[]).includes(o.granularity)) {
         throw new ValidationError('--granularity', `must be one of ${GRANULARITIES.join(', ')}, got '${o.granularity}'`);
       }
@@ -67,6 +79,10 @@ export function register(program: Command): void {
         groups: int(o.groups, '--groups', 1, 100_000),
         percent: num(o.percent, '--percent', 0.01, 100),
         exploration: num(o.exploration, '--exploration', 0, 1),
+        objective: o.objective as 'value' | 'reach',
+        affinity: o.affinity as (typeof AFFINITY_KINDS)[number],
+        ...(o.priorStrength !== undefined ? { priorStrength: num(o.priorStrength, '--prior-strength', 0, 1e6) } : {}),
+        ...(features ? { features: features as (typeof AFFINITY_FEATURES)[number][] } : {}),
         onProgress: (done: number, total: number) => process.stderr.write(`replay ${done}/${total} baskets\n`),
       };
       const data = await loadRetailData(o.data, (n) => process.stderr.write(`read ${n} rows\n`));

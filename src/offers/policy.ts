@@ -13,7 +13,7 @@ import { isReturningShopper, offerHistory } from './offer-history.js';
 import { offerEconomics } from './offer-value.js';
 import { indexProducts, type ProductIndex } from './product-index.js';
 import { offerReason } from './reason.js';
-import type { CartLine, Offer, OfferCatalog, OffersOptions, ShownOffer } from './types.js';
+import type { CartLine, Offer, OfferCatalog, OfferObjective, OffersOptions, ShownOffer } from './types.js';
 
 /** What the policy needs besides the options. */
 export interface OffersInput {
@@ -51,12 +51,14 @@ const DEFAULTS = { k: 2, seed: 1, exploration: 0.1 } as const;
 
 /**
  * Score every eligible offer; offers that lose money even when used (net ≤ 0) are left out.
- * Sorted best first (expected value, then offer id so ties are stable).
+ * Sorted best first (expected value — or P(use) with `objective: 'reach'` — then offer id so ties
+ * are stable).
  */
 export function scoreOffers(input: OffersInput, options: OffersOptions = {}): ScoredOffer[] {
   const products = productIndex(input.products);
   const ctx = eligibilityContext(input.events, products, options);
   const strength = options.priorStrength ?? DEFAULT_PRIOR_STRENGTH;
+  const objective = checkObjective(options.objective);
   const out: ScoredOffer[] = [];
   for (const offer of input.catalog.offers) {
     if (whyIneligible(offer, ctx) !== null) continue;
@@ -72,16 +74,24 @@ export function scoreOffers(input: OffersInput, options: OffersOptions = {}): Sc
     const mean = alpha / (alpha + beta);
     out.push({ offer, affinity: p, alpha, beta, net: econ.net, discountCost: econ.discountCost, expectedValue: mean * econ.net });
   }
-  return out.sort((a, b) => b.expectedValue - a.expectedValue || (a.offer.id < b.offer.id ? -1 : a.offer.id > b.offer.id ? 1 : 0));
+  const key = objective === 'reach' ? (s: ScoredOffer) => s.alpha / (s.alpha + s.beta) : (s: ScoredOffer) => s.expectedValue;
+  return out.sort((a, b) => key(b) - key(a) || (a.offer.id < b.offer.id ? -1 : a.offer.id > b.offer.id ? 1 : 0));
+}
+
+function checkObjective(o: OfferObjective | undefined): OfferObjective {
+  if (o === undefined) return 'value';
+  if (o !== 'value' && o !== 'reach') throw new ValidationError('options.objective', `must be 'value' or 'reach', got '${String(o)}'`);
+  return o;
 }
 
 /**
  * Choose up to `k` offers for this shopper.
  *
  * Each slot goes to the remaining offer with the highest expected value
- * (P(buy in scope) × (margin − discount)), except that with probability `exploration` the slot is
- * filled by Thompson sampling instead: a purchase probability is drawn from each offer's Beta
- * posterior and the best draw × net value wins; when that differs from the greedy pick it is
+ * (P(buy in scope) × (margin − discount)), or the highest P(buy in scope) with
+ * `objective: 'reach'`, except that with probability `exploration` the slot is filled by Thompson
+ * sampling instead: a purchase probability is drawn from each offer's Beta posterior and the best
+ * draw × net value (the draw alone for `reach`) wins; when that differs from the greedy pick it is
  * marked `explore: true`. Fewer than `k` offers come back when fewer are eligible and worth it.
  *
  * @example
@@ -100,6 +110,7 @@ export function chooseOffers(input: OffersInput, options: OffersOptions = {}): S
   const seed = options.seed ?? DEFAULTS.seed;
   if (!Number.isFinite(seed)) throw new ValidationError('options.seed', `must be a finite number, got ${seed}`);
   if (options.priorStrength !== undefined) checkRange(options.priorStrength, 'options.priorStrength', 0, 1e6);
+  const reach = checkObjective(options.objective) === 'reach';
 
   const rng = new Random(seed);
   const products = productIndex(input.products);
@@ -112,7 +123,7 @@ export function chooseOffers(input: OffersInput, options: OffersOptions = {}): S
     if (rng.next() < exploration) {
       let best = -Infinity;
       remaining.forEach((s, i) => {
-        const draw = sampleBeta(rng, s.alpha, s.beta) * s.net;
+        const draw = sampleBeta(rng, s.alpha, s.beta) * (reach ? 1 : s.net);
         if (draw > best) [best, pick] = [draw, i];
       });
       explore = pick !== 0;

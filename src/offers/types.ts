@@ -121,7 +121,16 @@ export interface OffersOptions {
    * (the Beta prior's strength), ≥ 0. Default 10.
    */
   priorStrength?: number;
+  /**
+   * What the ranking maximizes. `value` (default): expected value to the shop, P(use) × net value
+   * per use, so pricier scopes win ties in probability. `reach`: P(use) alone (offers with net
+   * value ≤ 0 are still never shown), for a shop that wants the offer used by as many shoppers as
+   * possible; cheaper everyday scopes then rank as high as their probability says.
+   */
+  objective?: OfferObjective;
 }
+
+export type OfferObjective = 'value' | 'reach';
 
 /** An offer chosen for this shopper, with why. */
 export interface ShownOffer {

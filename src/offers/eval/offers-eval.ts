@@ -18,10 +18,19 @@ import { whyIneligible, type EligibilityContext } from '../eligibility.js';
 import { isReturningShopper, offerHistory } from '../offer-history.js';
 import { chooseOffers } from '../policy.js';
 import { indexProducts, type ProductIndex } from '../product-index.js';
-import type { Offer, OfferCatalog } from '../types.js';
+import type { Offer, OfferCatalog, OfferObjective } from '../types.js';
+import { LearnedAffinity, type AffinityFeature, type HistoryBasket } from './learned-affinity.js';
 import type { Basket, RetailData } from './retail-data.js';
 
 export type OfferGranularity = 'items' | 'groups' | 'categories';
+/**
+ * Where the personalized policy's affinity comes from: `learned` ({@link LearnedAffinity}: online
+ * logistic regression over the shopper's repeat/recency features and global item → offer
+ * co-purchase and transition counts) or `history` (the earlier hand-tuned blend: the shopper's
+ * decayed share shrunk toward a repeat rate or a category transition estimate).
+ */
+export type AffinityKind = 'learned' | 'history';
+export const AFFINITY_KINDS: readonly AffinityKind[] = ['learned', 'history'];
 export const POLICIES = ['personalized', 'one-size-fits-all', 'random'] as const;
 export type PolicyName = (typeof POLICIES)[number];
 
@@ -40,8 +49,16 @@ export interface OffersEvalOptions {
   percent: number;
   /** Exploration share passed to the personalized policy. */
   exploration: number;
-  /** Half-life, in days, of a past basket's weight in the customer's own affinity. */
+  /** `priorStrength` passed to the personalized policy (the policy's default when absent). */
+  priorStrength?: number;
+  /** `objective` passed to the personalized policy (default `value`: expected value to the shop). */
+  objective?: OfferObjective;
+  /** Half-life, in days, of a past basket's weight in the customer's own affinity (`history`). */
   halfLifeDays: number;
+  /** Affinity of the personalized policy. */
+  affinity: AffinityKind;
+  /** Features of the `learned` affinity (default: all), for ablations. */
+  features?: readonly AffinityFeature[];
   onProgress?: (done: number, total: number) => void;
   /** Use this catalog instead of building one from the data (tests hold it fixed while changing baskets). */
   offers?: RetailOffers;
@@ -57,6 +74,7 @@ export const DEFAULT_EVAL_OPTIONS: OffersEvalOptions = {
   percent: 10,
   exploration: 0.1,
   halfLifeDays: 90,
+  affinity: 'learned',
 };
 
 export interface PolicyResult {
@@ -151,7 +169,7 @@ export function buildRetailOffers(data: RetailData, opts: Pick<OffersEvalOptions
 
 interface CustomerState {
   purchases: StoredEvent[];
-  baskets: Array<{ t: number; offers: ReadonlySet<string>; categories: ReadonlySet<string> }>;
+  baskets: Array<HistoryBasket & { categories: ReadonlySet<string> }>;
   /** Every offer scope the customer has bought from. */
   bought: Set<string>;
   /** Offer impressions/redemptions per policy: each policy's caps see only its own history. */
@@ -248,6 +266,8 @@ export function runOffersEval(data: RetailData, opts: OffersEvalOptions): Policy
   const products = indexProducts(data.items);
   const category = new Map<string, string>(data.items.map((i: CatalogItem) => [i.id, i.category ?? 'other']));
   const global = new GlobalSignal();
+  const learned = opts.affinity === 'learned' ? new LearnedAffinity(catalog.offers.map((o) => o.id), opts.features ? { features: opts.features } : {}) : undefined;
+  const offerIndex = new Map(catalog.offers.map((o, i) => [o.id, i]));
   const customers = new Map<string, CustomerState>();
   const rng = new Random(opts.seed);
   const tally = Object.fromEntries(
@@ -260,13 +280,17 @@ export function runOffersEval(data: RetailData, opts: OffersEvalOptions): Policy
     if (!state) customers.set(basket.customerId, (state = { purchases: [], baskets: [], bought: new Set(), offerEvents: { personalized: [], 'one-size-fits-all': [], random: [] } }));
     const now = basket.t - 1;
     const repeat = state.baskets.length > 0;
+    const prediction = learned?.predict(state.baskets, now);
+    const affinity = prediction
+      ? (offer: Offer) => prediction.p[offerIndex.get(offer.id) ?? -1] ?? 0
+      : personalAffinity(state, global, now, opts.halfLifeDays);
     for (const policy of POLICIES) {
       const events = [...state.purchases, ...state.offerEvents[policy]];
       let shown: Array<{ offerId: string; explore: boolean }>;
       if (policy === 'personalized') {
         shown = chooseOffers(
-          { catalog, products, events, affinity: { scope: personalAffinity(state, global, now, opts.halfLifeDays) } },
-          { k: opts.k, seed: opts.seed * 1_000_003 + index, exploration: opts.exploration, context: { now } },
+          { catalog, products, events, affinity: { scope: affinity } },
+          { k: opts.k, seed: opts.seed * 1_000_003 + index, exploration: opts.exploration, context: { now }, ...(opts.priorStrength !== undefined ? { priorStrength: opts.priorStrength } : {}), ...(opts.objective ? { objective: opts.objective } : {}) },
         );
       } else {
         const ctx: EligibilityContext = { now, history: offerHistory(events), returning: isReturningShopper(events) };
@@ -297,14 +321,17 @@ export function runOffersEval(data: RetailData, opts: OffersEvalOptions): Policy
     // Only now, after every policy has chosen, does this basket become past data.
     const offers = new Set<string>();
     const categories = new Set<string>();
+    const items = new Set<string>();
     for (const l of basket.lines) {
+      items.add(l.itemId);
       const o = offerOfItem.get(l.itemId);
       if (o) offers.add(o);
       categories.add(category.get(l.itemId) ?? 'other');
       state.purchases.push({ t: basket.t, type: 'purchase', itemId: l.itemId, quantity: l.quantity, price: l.price });
     }
     global.learn(offers, state.baskets[state.baskets.length - 1], state.bought);
-    state.baskets.push({ t: basket.t, offers, categories });
+    if (prediction) learned!.learn(prediction, state.baskets, { t: basket.t, offers, items });
+    state.baskets.push({ t: basket.t, offers, items, categories });
     for (const o of offers) state.bought.add(o);
   });
   opts.onProgress?.(data.baskets.length, data.baskets.length);
