@@ -56,10 +56,11 @@ export function register(program: Command): void {
     .option('--affinity <a>', 'personalized affinity: learned (online logistic regression) | history (hand-tuned blend)', 'learned')
     .option('--objective <o>', 'personalized ranking: value (expected value to the shop) | reach (P(use) alone)', 'value')
     .option('--prior-strength <s>', "pseudo-impressions the affinity is worth against the shopper's own offer history (policy default 10)")
+    .option('--bounds', 'also print one JSON line of upper bounds (clairvoyant, repeat-of-bought, best fixed personal list in hindsight)')
     .option('--features <list>', 'comma-separated subset of the learned affinity features (default: all)')
-    .action(async (o: { data: string; k: string; seed: string; granularity: string; groups: string; percent: string; exploration: string; affinity: string; features?: string; priorStrength?: string; objective: string }) => {
+    .action(async (o: { data: string; k: string; seed: string; granularity: string; groups: string; percent: string; exploration: string; affinity: string; features?: string; priorStrength?: string; objective: string; bounds?: boolean }) => {
       const { loadRetailData } = await import('./eval/retail-data.js');
-      const { runOffersEval, DEFAULT_EVAL_OPTIONS, AFFINITY_KINDS } = await import('./eval/offers-eval.js');
+      const { runOffersEval, offersBounds, buildRetailOffers, DEFAULT_EVAL_OPTIONS, AFFINITY_KINDS } = await import('./eval/offers-eval.js');
       const { AFFINITY_FEATURES } = await import('./eval/learned-affinity.js');
       if (!(AFFINITY_KINDS as readonly string[]).includes(o.affinity)) {
         throw new ValidationError('--affinity', `must be one of ${AFFINITY_KINDS.join(', ')}, got '${o.affinity}'`);
@@ -87,7 +88,9 @@ export function register(program: Command): void {
       };
       const data = await loadRetailData(o.data, (n) => process.stderr.write(`read ${n} rows\n`));
       process.stderr.write(`kept ${data.rows.kept}/${data.rows.read} rows, ${data.baskets.length} baskets, ${data.items.length} items\n`);
-      for (const r of runOffersEval(data, opts)) process.stdout.write(`${JSON.stringify(r)}\n`);
+      const offers = buildRetailOffers(data, opts);
+      for (const r of runOffersEval(data, { ...opts, offers })) process.stdout.write(`${JSON.stringify(r)}\n`);
+      if (o.bounds) process.stdout.write(`${JSON.stringify({ bounds: offersBounds(data, offers, opts.k) })}\n`);
     });
 }
 

@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
 import { gzipSync } from 'node:zlib';
-import { buildRetailOffers, DEFAULT_EVAL_OPTIONS, runOffersEval, type PolicyName } from '../../src/offers/eval/offers-eval.js';
+import { buildRetailOffers, DEFAULT_EVAL_OPTIONS, offersBounds, runOffersEval, type PolicyName } from '../../src/offers/eval/offers-eval.js';
 import { loadRetailData, type Basket, type RetailData } from '../../src/offers/eval/retail-data.js';
 
 const DAY = 86_400_000;
@@ -87,6 +87,44 @@ describe('offers-eval', () => {
     const before = (xs: string[]) => xs.filter((x) => Number(x.split(':')[0]) <= cut);
     assert.deepEqual(before(b), before(a), 'decisions up to and including basket `cut` only use earlier baskets');
     assert.notDeepEqual(b, a, 'the altered future does change later decisions');
+  });
+
+  test('both affinities (learned, history) personalize and never look ahead', () => {
+    const offers = buildRetailOffers(data(), { granularity: 'items', groups: 10, percent: 10 });
+    for (const affinity of ['learned', 'history'] as const) {
+      const trace = (d: RetailData) => {
+        const out: string[] = [];
+        const results = runOffersEval(d, { ...opts, offers, affinity, exploration: 0.3, onDecision: (x) => out.push(`${x.index}:${x.policy}:${x.shown.join(',')}`) });
+        return { out, results };
+      };
+      const original = trace(data());
+      const cut = 50;
+      const altered = trace({ ...data(), baskets: data().baskets.map((b, i) => (i < cut ? b : { ...b, lines: [{ itemId: '300', quantity: 50, price: 5 }] })) });
+      const before = (xs: string[]) => xs.filter((x) => Number(x.split(':')[0]) <= cut);
+      assert.deepEqual(before(altered.out), before(original.out), affinity);
+      const by = Object.fromEntries(original.results.map((r) => [r.policy, r])) as Record<PolicyName, (typeof original.results)[number]>;
+      assert.ok(by.personalized.repeatHitRate > by['one-size-fits-all'].repeatHitRate, `${affinity}: ${by.personalized.repeatHitRate}`);
+    }
+  });
+
+  test('bounds: clairvoyant, repeat-of-bought and best fixed personal list in hindsight', () => {
+    const lines = (itemId: string, quantity: number): Array<[string, number]> => [[itemId, quantity]];
+    const d: RetailData = {
+      items,
+      rows: { read: 0, kept: 0 },
+      baskets: [
+        basket('A', 1, lines('100', 10)), // mug £20
+        basket('B', 1, lines('400', 2)), // card £2: below the £10 minimum basket, no offer can hit
+        basket('A', 2, lines('200', 10)), // bag, new for A
+        basket('B', 2, lines('100', 10)), // mug, new for B
+        basket('A', 3, lines('100', 10)), // mug again
+        basket('A', 4, lines('300', 4)), // candle £20, new for A
+      ],
+    };
+    const offers = buildRetailOffers(d, { granularity: 'items', groups: 10, percent: 10 });
+    assert.deepEqual(offersBounds(d, offers, 1), { k: 1, baskets: 6, repeatBaskets: 4, anyOffer: 0.8333, repeatOfBought: 0.25, hindsightPersonal: 0.5, hindsightPersonalRepeat: 0.5 });
+    // k = 2: A's mug + bag cover 3 of A's 4 baskets; B's mug covers B's second.
+    assert.deepEqual(offersBounds(d, offers, 2), { k: 2, baskets: 6, repeatBaskets: 4, anyOffer: 0.8333, repeatOfBought: 0.25, hindsightPersonal: 0.6667, hindsightPersonalRepeat: 0.75 });
   });
 
   test('the same seed reproduces the whole replay', () => {

@@ -144,6 +144,31 @@ describe('offer policy', () => {
     err({ k: 2.5 }, 'options.k', /integer from 1 to 20/);
     err({ exploration: 1.5 }, 'options.exploration', /from 0 to 1, got 1.5/);
     err({ seed: Number.NaN }, 'options.seed', /finite number/);
+    err({ objective: 'clicks' }, 'options.objective', /'value' or 'reach', got 'clicks'/);
+  });
+
+  test("objective 'reach' ranks by P(use) alone; the default 'value' weighs in the value per use", () => {
+    // cards: P = 0.5, net = 0.4 × 4 − 0.4 = 1.2 → EV 0.6; candle: P = 0.3, net = 0.4 × 40 − 4 = 12 → EV 3.6.
+    const two: OfferCatalog = {
+      ...catalog,
+      offers: [
+        offer('cards', { kind: 'categories', categories: ['card'] }, { hints: { margin: 0.4, typicalSpend: 4 } }),
+        offer('candle', { kind: 'items', itemIds: ['c1'] }, { hints: { margin: 0.4, typicalSpend: 40 } }),
+      ],
+    };
+    const aff = { k1: 0.5, c1: 0.3 };
+    const pick = (objective?: 'value' | 'reach') =>
+      chooseOffers(input([], { catalog: two, affinity: aff }), { k: 2, exploration: 0, context: ctx, ...(objective ? { objective } : {}) }).map((s) => s.offerId);
+    assert.deepEqual(pick(), ['candle', 'cards']);
+    assert.deepEqual(pick('value'), ['candle', 'cards']);
+    assert.deepEqual(pick('reach'), ['cards', 'candle']);
+    // The reported expected value is the same number whichever objective ranked it.
+    const ev = (objective: 'value' | 'reach') => chooseOffers(input([], { catalog: two, affinity: aff }), { k: 2, exploration: 0, context: ctx, objective }).find((s) => s.offerId === 'cards')!.expectedValue;
+    assert.ok(Math.abs(ev('reach') - 0.5 * 1.2) < 1e-4);
+    assert.equal(ev('reach'), ev('value'));
+    // Offers that lose money are still never shown under 'reach'.
+    const lossy = { ...two, offers: [offer('cards', { kind: 'categories', categories: ['card'] }, { discount: { kind: 'percent', percent: 50 } })] };
+    assert.deepEqual(chooseOffers(input([], { catalog: lossy, affinity: aff }), { k: 2, exploration: 1, context: ctx, objective: 'reach' }), []);
   });
 
   test('Beta draws average a / (a + b)', () => {

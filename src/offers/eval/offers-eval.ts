@@ -363,6 +363,88 @@ export function runOffersEval(data: RetailData, opts: OffersEvalOptions): Policy
   });
 }
 
+/** Upper bounds on any policy's hit rate with this catalog (see {@link offersBounds}). */
+export interface OffersBounds {
+  k: number;
+  baskets: number;
+  repeatBaskets: number;
+  /** Share of baskets that contain some offer's scope and reach its minimum basket: a clairvoyant policy's hit rate. */
+  anyOffer: number;
+  /** Of returning customers' baskets, the share containing a scope the customer had bought before. */
+  repeatOfBought: number;
+  /**
+   * Hit rate when each customer is shown, every time, the k offers that in hindsight cover most of
+   * their own baskets (chosen greedily, knowing all their baskets): the best static personal list.
+   */
+  hindsightPersonal: number;
+  /** The same, on returning customers' baskets. */
+  hindsightPersonalRepeat: number;
+}
+
+/**
+ * How far personalization could go on this data, ignoring caps: what a clairvoyant policy, a
+ * policy that knows which earlier scopes come back, and the best per-customer fixed list chosen
+ * in hindsight would hit. These use the future by design; they are bounds, not policies.
+ */
+export function offersBounds(data: RetailData, offers: RetailOffers, k: number): OffersBounds {
+  const minOf = new Map(offers.catalog.offers.map((o) => [o.id, o.minBasket ?? 0]));
+  const byCustomer = new Map<string, Array<Set<string>>>();
+  let anyOffer = 0;
+  let repeatBaskets = 0;
+  let repeatOfBought = 0;
+  const bought = new Map<string, Set<string>>();
+  for (const basket of data.baskets) {
+    const total = basket.lines.reduce((s, l) => s + l.quantity * l.price, 0);
+    const hittable = new Set<string>();
+    const inBasket = new Set<string>();
+    for (const l of basket.lines) {
+      const o = offers.offerOfItem.get(l.itemId);
+      if (!o) continue;
+      inBasket.add(o);
+      if (total >= minOf.get(o)!) hittable.add(o);
+    }
+    if (hittable.size > 0) anyOffer++;
+    const before = bought.get(basket.customerId);
+    if (before) {
+      repeatBaskets++;
+      if ([...hittable].some((o) => before.has(o))) repeatOfBought++;
+      for (const o of inBasket) before.add(o);
+    } else bought.set(basket.customerId, new Set(inBasket));
+    let list = byCustomer.get(basket.customerId);
+    if (!list) byCustomer.set(basket.customerId, (list = []));
+    list.push(hittable);
+  }
+  let hits = 0;
+  let repeatHits = 0;
+  for (const baskets of byCustomer.values()) {
+    let left = baskets;
+    const chosen = new Set<string>();
+    for (let i = 0; i < k; i++) {
+      const count = new Map<string, number>();
+      for (const b of left) for (const o of b) count.set(o, (count.get(o) ?? 0) + 1);
+      const best = [...count].sort((a, b) => b[1] - a[1] || (a[0] < b[0] ? -1 : 1))[0];
+      if (!best) break;
+      chosen.add(best[0]);
+      left = left.filter((b) => !b.has(best[0]));
+    }
+    baskets.forEach((b, i) => {
+      if (![...b].some((o) => chosen.has(o))) return;
+      hits++;
+      if (i > 0) repeatHits++;
+    });
+  }
+  const n = Math.max(1, data.baskets.length);
+  return {
+    k,
+    baskets: data.baskets.length,
+    repeatBaskets,
+    anyOffer: round4(anyOffer / n),
+    repeatOfBought: round4(repeatOfBought / Math.max(1, repeatBaskets)),
+    hindsightPersonal: round4(hits / n),
+    hindsightPersonalRepeat: round4(repeatHits / Math.max(1, repeatBaskets)),
+  };
+}
+
 /** The shown offer the customer would use on this basket (largest discount), if any applies. */
 function redeem(basket: Basket, shown: readonly string[], catalog: OfferCatalog, offerOfItem: ReadonlyMap<string, string>): { offerId: string; discount: number } | undefined {
   const total = basket.lines.reduce((s, l) => s + l.quantity * l.price, 0);

@@ -1,0 +1,96 @@
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+import { Random } from '../../src/model/random.js';
+import { AFFINITY_FEATURES, LearnedAffinity, type HistoryBasket } from '../../src/offers/eval/learned-affinity.js';
+
+const DAY = 86_400_000;
+const OFFERS = ['mug', 'bag', 'candle', 'card'];
+const b = (day: number, offers: string[], items: string[] = offers): HistoryBasket => ({ t: day * DAY, offers: new Set(offers), items: new Set(items) });
+
+/** Replays shoppers' baskets in time order through the model: predict, then learn. */
+function replay(model: LearnedAffinity, baskets: Array<{ shopper: string; basket: HistoryBasket }>): Map<string, HistoryBasket[]> {
+  const histories = new Map<string, HistoryBasket[]>();
+  for (const { shopper, basket } of baskets) {
+    const history = histories.get(shopper) ?? [];
+    const pred = model.predict(history, basket.t - 1);
+    model.learn(pred, history, basket);
+    histories.set(shopper, [...history, basket]);
+  }
+  return histories;
+}
+const p = (model: LearnedAffinity, history: HistoryBasket[], now: number, offer: string): number => model.predict(history, now).p[OFFERS.indexOf(offer)]!;
+
+describe('LearnedAffinity', () => {
+  test('before any data it predicts popularity (zero history → the smallest probability), all in (0, 1)', () => {
+    const model = new LearnedAffinity(OFFERS);
+    const pred = model.predict([], 0);
+    assert.equal(pred.p.length, OFFERS.length);
+    assert.equal(pred.x.length, OFFERS.length);
+    assert.equal(pred.x[0]!.length, AFFINITY_FEATURES.length + 1);
+    for (const v of pred.p) assert.ok(v > 0 && v < 0.01, `p = ${v}`);
+  });
+
+  test('learns that shoppers repeat what they bought: a mug buyer gets a higher P(mug) than a bag buyer, and vice versa', () => {
+    const rng = new Random(4);
+    const model = new LearnedAffinity(OFFERS);
+    const stream: Array<{ shopper: string; basket: HistoryBasket }> = [];
+    // Half the shoppers are mug people, half bag people; each basket has their product 80% of the time.
+    for (let day = 0; day < 120; day++) {
+      for (let s = 0; s < 10; s++) {
+        const own = s % 2 === 0 ? 'mug' : 'bag';
+        const offers = rng.next() < 0.8 ? [own] : [];
+        if (rng.next() < 0.3) offers.push('card');
+        stream.push({ shopper: `s${s}`, basket: b(day, offers) });
+      }
+    }
+    replay(model, stream);
+    const mugPerson = [b(200, ['mug']), b(201, ['mug', 'card'])];
+    const bagPerson = [b(200, ['bag']), b(201, ['bag'])];
+    const now = 202 * DAY;
+    assert.ok(p(model, mugPerson, now, 'mug') > 2 * p(model, bagPerson, now, 'mug'));
+    assert.ok(p(model, bagPerson, now, 'bag') > 2 * p(model, mugPerson, now, 'bag'));
+    // Calibrated on this stream: a shopper's own product comes back 80% of the time.
+    assert.ok(Math.abs(p(model, mugPerson, now, 'mug') - 0.8) < 0.15, `P(mug) = ${p(model, mugPerson, now, 'mug')}`);
+    // Nobody ever bought candles: a candle offer stays unlikely for everyone.
+    assert.ok(p(model, mugPerson, now, 'candle') < 0.05);
+  });
+
+  test('item → offer transitions: an item in the last basket raises the offer other shoppers bought next', () => {
+    const model = new LearnedAffinity(OFFERS, { features: ['popularity', 'transition'], minItemCount: 1 });
+    const stream: Array<{ shopper: string; basket: HistoryBasket }> = [];
+    // Whoever buys teapot X (no offer of its own) buys a candle in their next basket; buyers of Y buy a card.
+    for (let s = 0; s < 40; s++) {
+      const first = s % 2 === 0 ? 'teapot-x' : 'teapot-y';
+      stream.push({ shopper: `s${s}`, basket: b(s, [], [first]) });
+      stream.push({ shopper: `s${s}`, basket: b(s + 1, [first === 'teapot-x' ? 'candle' : 'card']) });
+    }
+    replay(model, stream);
+    const boughtX = [b(100, [], ['teapot-x'])];
+    const boughtY = [b(100, [], ['teapot-y'])];
+    assert.ok(p(model, boughtX, 101 * DAY, 'candle') > p(model, boughtY, 101 * DAY, 'candle') + 0.2);
+    assert.ok(p(model, boughtY, 101 * DAY, 'card') > p(model, boughtX, 101 * DAY, 'card') + 0.2);
+  });
+
+  test('a feature subset has one weight per feature plus the intercept; unknown names are not features', () => {
+    const model = new LearnedAffinity(OFFERS, { features: ['timesBought', 'popularity'] });
+    assert.deepEqual(model.features, ['popularity', 'timesBought']); // always in AFFINITY_FEATURES order
+    assert.equal(model.weights.length, 3);
+    const pred = model.predict([b(1, ['mug']), b(2, ['mug'])], 3 * DAY);
+    assert.deepEqual([...pred.x[OFFERS.indexOf('mug')]!].slice(0, 1), [1]);
+    assert.ok(Math.abs(pred.x[OFFERS.indexOf('mug')]![2]! - Math.log(3)) < 1e-12); // log(1 + 2 baskets)
+    assert.equal(pred.x[OFFERS.indexOf('bag')]![2], 0);
+  });
+
+  test('predict does not change the model; only learn does, and only with the basket it is given', () => {
+    const model = new LearnedAffinity(OFFERS);
+    replay(model, [{ shopper: 'a', basket: b(1, ['mug']) }, { shopper: 'b', basket: b(2, ['bag']) }]);
+    const history = [b(1, ['mug'])];
+    const first = model.predict(history, 5 * DAY).p;
+    const again = model.predict(history, 5 * DAY).p;
+    assert.deepEqual([...again], [...first]);
+    const weights = [...model.weights];
+    model.learn(model.predict(history, 5 * DAY), history, b(5, ['mug']));
+    assert.notDeepEqual([...model.weights], weights);
+    assert.ok(model.predict(history, 6 * DAY).p[0]! > first[0]!, 'a repeat purchase raises P(mug) for a mug buyer');
+  });
+});
