@@ -57,7 +57,7 @@ export function register(program: Command): void {
     .option('--objective <o>', 'personalized ranking: value (expected value to the shop) | reach (P(use) alone)', 'value')
     .option('--prior-strength <s>', "pseudo-impressions the affinity is worth against the shopper's own offer history (policy default 10)")
     .option('--bounds', 'also print one JSON line of upper bounds (clairvoyant, repeat-of-bought, best fixed personal list in hindsight)')
-    .option('--features <list>', 'comma-separated subset of the learned affinity features (default: all)')
+    .option('--features <list>', 'comma-separated learned affinity features, or "all" (default: all but transition and coPurchase)')
     .action(async (o: { data: string; k: string; seed: string; granularity: string; groups: string; percent: string; exploration: string; affinity: string; features?: string; priorStrength?: string; objective: string; bounds?: boolean }) => {
       const { loadRetailData } = await import('./eval/retail-data.js');
       const { runOffersEval, offersBounds, buildRetailOffers, DEFAULT_EVAL_OPTIONS, AFFINITY_KINDS } = await import('./eval/offers-eval.js');
@@ -66,7 +66,7 @@ export function register(program: Command): void {
         throw new ValidationError('--affinity', `must be one of ${AFFINITY_KINDS.join(', ')}, got '${o.affinity}'`);
       }
       if (o.objective !== 'value' && o.objective !== 'reach') throw new ValidationError('--objective', `must be value or reach, got '${o.objective}'`);
-      const features = o.features?.split(',').map((f) => f.trim()).filter((f) => f !== '');
+      const features = o.features === 'all' ? [...AFFINITY_FEATURES] : o.features?.split(',').map((f) => f.trim()).filter((f) => f !== '');
       const unknown = features?.find((f) => !(AFFINITY_FEATURES as readonly string[]).includes(f));
       if (unknown !== undefined) throw new ValidationError('--features', `unknown feature '${unknown}'; known: ${AFFINITY_FEATURES.join(', ')}`);
       if (!(GRANULARITIES as readonly string[]).includes(o.granularity)) {

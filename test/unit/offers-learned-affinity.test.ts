@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { Random } from '../../src/model/random.js';
-import { AFFINITY_FEATURES, LearnedAffinity, type HistoryBasket } from '../../src/offers/eval/learned-affinity.js';
+import { AFFINITY_FEATURES, DEFAULT_AFFINITY_FEATURES, LearnedAffinity, type HistoryBasket } from '../../src/offers/eval/learned-affinity.js';
 
 const DAY = 86_400_000;
 const OFFERS = ['mug', 'bag', 'candle', 'card'];
@@ -26,7 +26,10 @@ describe('LearnedAffinity', () => {
     const pred = model.predict([], 0);
     assert.equal(pred.p.length, OFFERS.length);
     assert.equal(pred.x.length, OFFERS.length);
-    assert.equal(pred.x[0]!.length, AFFINITY_FEATURES.length + 1);
+    assert.equal(pred.x[0]!.length, DEFAULT_AFFINITY_FEATURES.length + 1);
+    assert.deepEqual(model.features, DEFAULT_AFFINITY_FEATURES);
+    assert.ok(!model.features.includes('transition') && !model.features.includes('coPurchase'));
+    assert.equal(new LearnedAffinity(OFFERS, { features: AFFINITY_FEATURES }).weights.length, AFFINITY_FEATURES.length + 1);
     for (const v of pred.p) assert.ok(v > 0 && v < 0.01, `p = ${v}`);
   });
 

@@ -2,8 +2,8 @@
  * A learned affinity for the offers replay: P(the shopper's next basket contains something in an
  * offer's scope), from a logistic regression over features of the shopper's own earlier baskets
  * (repeat purchases, recency) and of what every shopper's earlier baskets taught (popularity, recent
- * popularity, repeat rates, item → offer transitions between consecutive baskets, item → offer
- * co-purchase within a basket). The weights and the global counts are learned online: a basket is
+ * popularity, repeat rates; optionally item → offer transitions between consecutive baskets and
+ * item → offer co-purchase within a basket). The weights and the global counts are learned online: a basket is
  * scored first and only then learned from, so a prediction never sees its own basket or any later
  * one. This stands in for what the on-device model would have from the global model (the counts and
  * weights) plus the shopper's own events. Pure (no I/O).
@@ -48,6 +48,13 @@ export const AFFINITY_FEATURES = [
 ] as const;
 export type AffinityFeature = (typeof AFFINITY_FEATURES)[number];
 
+/**
+ * The default features: all but the item → offer tables (`transition`, `coPurchase`). On Online
+ * Retail those two moved the hit rate by less than 0.002 (0.373 with, 0.374 without) while costing
+ * an items × offers table each, which the global model would have to ship to every device.
+ */
+export const DEFAULT_AFFINITY_FEATURES: readonly AffinityFeature[] = AFFINITY_FEATURES.filter((f) => f !== 'transition' && f !== 'coPurchase');
+
 /** One earlier basket of a shopper, as the affinity sees it. */
 export interface HistoryBasket {
   t: number;
@@ -58,7 +65,7 @@ export interface HistoryBasket {
 }
 
 export interface LearnedAffinityOptions {
-  /** Features to use (default: all). */
+  /** Features to use (default: {@link DEFAULT_AFFINITY_FEATURES}). */
   features?: readonly AffinityFeature[];
   /** Adagrad step size. */
   learningRate?: number;
@@ -76,7 +83,8 @@ export interface AffinityPrediction {
 }
 
 /**
- * Online logistic regression over {@link AFFINITY_FEATURES}.
+ * Online logistic regression over {@link AFFINITY_FEATURES} (by default
+ * {@link DEFAULT_AFFINITY_FEATURES}), trained with Adagrad, one step per offer per basket.
  *
  * @example
  * ```ts
@@ -117,7 +125,8 @@ export class LearnedAffinity {
   constructor(offerIds: readonly string[], options: LearnedAffinityOptions = {}) {
     this.offerIds = [...offerIds];
     this.index = new Map(this.offerIds.map((id, i) => [id, i]));
-    this.features = options.features ? AFFINITY_FEATURES.filter((f) => options.features!.includes(f)) : AFFINITY_FEATURES;
+    const wanted = options.features ?? DEFAULT_AFFINITY_FEATURES;
+    this.features = AFFINITY_FEATURES.filter((f) => wanted.includes(f));
     this.use = new Set(this.features);
     this.rate = options.learningRate ?? 0.2;
     this.recentHalfLife = (options.recentHalfLifeDays ?? 14) * DAY_MS;

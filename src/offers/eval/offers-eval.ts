@@ -25,8 +25,8 @@ import type { Basket, RetailData } from './retail-data.js';
 export type OfferGranularity = 'items' | 'groups' | 'categories';
 /**
  * Where the personalized policy's affinity comes from: `learned` ({@link LearnedAffinity}: online
- * logistic regression over the shopper's repeat/recency features and global item → offer
- * co-purchase and transition counts) or `history` (the earlier hand-tuned blend: the shopper's
+ * logistic regression over the shopper's repeat/recency features and global popularity and repeat
+ * rates, optionally item → offer co-purchase and transition counts) or `history` (the earlier hand-tuned blend: the shopper's
  * decayed share shrunk toward a repeat rate or a category transition estimate).
  */
 export type AffinityKind = 'learned' | 'history';
@@ -57,7 +57,7 @@ export interface OffersEvalOptions {
   halfLifeDays: number;
   /** Affinity of the personalized policy. */
   affinity: AffinityKind;
-  /** Features of the `learned` affinity (default: all), for ablations. */
+  /** Features of the `learned` affinity (default: `DEFAULT_AFFINITY_FEATURES`), for ablations. */
   features?: readonly AffinityFeature[];
   onProgress?: (done: number, total: number) => void;
   /** Use this catalog instead of building one from the data (tests hold it fixed while changing baskets). */
