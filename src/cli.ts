@@ -8,7 +8,7 @@ import { Command } from 'commander';
 const program = new Command();
 program
   .name('localrec')
-  .description('On-device recommendations: evaluation, federated aggregation server, simulation.')
+  .description('On-device recommendations: evaluation, neighbour tables, federated aggregation server, simulation, offers.')
   .version('0.1.0');
 
 // Sub-commands register themselves here: `import('./x/y-command.js').then(m => m.register(program))`
@@ -16,6 +16,7 @@ program
 // but keeps its heavy imports inside the action.
 const registrations: Array<Promise<{ register(p: Command): void }>> = [
   import('./eval/eval-command.js'),
+  import('./eval/neighbors-command.js'),
   import('./server/serve-command.js'),
   import('./offers/offers-command.js'),
   import('./federated/simulate-command.js'),

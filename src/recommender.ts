@@ -48,6 +48,12 @@ export interface Recommender {
   setOffers(signed: SignedOfferCatalog): Promise<{ offers: number }>;
   /** The offers most worth showing this shopper, with reasons; `explore: true` marks exploration. */
   offers(options?: OffersOptions): Promise<ShownOffer[]>;
+  /**
+   * Installs a neighbour table file (`localrec neighbors` output) the host fetched itself, instead of
+   * `options.neighbors.url`. A file that does not decode is refused (ValidationError) and the table
+   * in use is kept.
+   */
+  setNeighbors(file: ArrayBuffer | ArrayBufferView): Promise<{ items: number; width: number; hash: string }>;
   /** What is stored, what left the device, ε spent, retention, consent history (docs/PRIVACY.md). */
   audit(): Promise<AuditReport>;
   /** Every event and record kept about the shopper, as JSON-ready data (GDPR Art. 20). */
@@ -100,6 +106,15 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
     throw new ValidationError('options.consent', `must be 'required' or 'granted'; got ${JSON.stringify(options.consent)}`);
   }
   const required = options.consent === 'required';
+  let neighbors: { url: string } | undefined;
+  if (options.neighbors !== undefined) {
+    const u = options.neighbors?.url;
+    if (typeof u !== 'string' && !(u instanceof URL)) throw new ValidationError('options.neighbors.url', 'must be the URL of the neighbour file (string or URL)');
+    // Resolved here: inside the worker a relative URL would resolve against the worker script.
+    const abs = new URL(u, globalThis.location?.href);
+    if (abs.protocol !== 'http:' && abs.protocol !== 'https:') throw new ValidationError('options.neighbors.url', `must be an http(s) URL, got ${abs.protocol}`);
+    neighbors = { url: abs.href };
+  }
   const url = options.workerUrl ?? new URL('./worker.js', import.meta.url);
   const worker = new Worker(url, { type: 'module' });
   const api = Comlink.wrap<WorkerApi>(worker);
@@ -115,6 +130,7 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
         {
           ...rest,
           catalog,
+          neighbors,
           consent: { personalization: !required, federated: !required },
           globalPrivacyControl: gpc,
           honorGlobalPrivacyControl: options.federated?.honorGlobalPrivacyControl,
@@ -195,6 +211,7 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
     export: () => call(() => api.exportData()),
     setOffers: (signed) => call(() => api.setOffers(signed)),
     offers: (o) => call(() => api.offers(o)),
+    setNeighbors: (file) => call(() => api.setNeighbors(file)),
     sync: () => call(() => api.sync()),
     egressLog: () => call(() => api.egressLog()),
     flush: () => call(() => api.flush()),

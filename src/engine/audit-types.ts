@@ -19,6 +19,8 @@ export interface AuditReport {
   };
   retention: { maxEvents: number; maxAgeDays: number };
   model: { stored: boolean; version: number; items: number; dim: number; bytes: number; trainedAt: number | null };
+  /** The shop's neighbour table in use (public data: nothing about the shopper), or null. */
+  neighbors: { stored: boolean; hash: string; items: number; width: number; bytes: number; source: string } | null;
   egress: { requests: number; bytesSent: number; log: EgressEntry[] };
   privacy: {
     federatedConfigured: boolean;

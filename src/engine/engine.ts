@@ -1,4 +1,4 @@
-import { ClosedError, ConsentError, ModelError, ValidationError } from '../errors.js';
+import { ClosedError, ConsentError, ModelError, NetworkError, ValidationError } from '../errors.js';
 import { validateEvent } from '../events/schema.js';
 import { DEFAULT_RETENTION, MemoryEventStore, openEventStore, type EventStore, type Retention } from '../events/store.js';
 import { EVENT_SCHEMA_VERSION } from '../events/schema.js';
@@ -10,6 +10,9 @@ import { validateCatalog } from '../model/catalog.js';
 import { checkItemTable, createItemTable, indexItems, type ItemTable } from '../model/item-table.js';
 import { buildProfile, type ProfileItem } from '../model/profile.js';
 import { contributions, Scorer, userVector, type Scored } from '../model/score.js';
+import { alignNeighbors, neighborContributions, neighborsOf, rankScores, topRows } from '../model/neighbors.js';
+import { decodeNeighborTable, neighborTableHash } from '../model/neighbors-wire.js';
+import type { SparseItemModel } from '../model/sparse-item-model.js';
 import { trainItemTable, type TrainConfig } from '../model/train.js';
 import { RdpAccountant, type AccountantState } from '../federated/dp.js';
 import { syncOnce, type EgressEntry, type FetchLike } from '../federated/sync.js';
@@ -35,7 +38,7 @@ export interface EngineOptions {
   backendCandidates?: BackendName[];
   dbName?: string;
   retention?: Partial<Retention>;
-  model?: { dim?: number; halfLifeDays?: number; sessionDecay?: number; seed?: number };
+  model?: { dim?: number; halfLifeDays?: number; sessionDecay?: number; stepDecay?: number; seed?: number };
   autoTrainEvery?: number;
   /** Training settings for `train()` (epochs come from TrainOptions when given). */
   training?: Partial<TrainConfig>;
@@ -43,6 +46,11 @@ export interface EngineOptions {
   offers?: { publicKey: JsonWebKey | JsonWebKey[] };
   /** Federated learning: where the aggregation server is, and this device's privacy budget. */
   federated?: { serverUrl: string; budget?: number; delta?: number };
+  /**
+   * The shop's published neighbour table (`localrec neighbors` output, an absolute http(s) URL):
+   * fetched once personalization is allowed, kept in IndexedDB, and used to rank.
+   */
+  neighbors?: { url: string };
   /** fetch to use for sync (tests, simulation); defaults to the global fetch. */
   fetch?: FetchLike;
   /**
@@ -85,6 +93,27 @@ export const PRIVACY_KEY = 'privacy';
 export const EGRESS_KEY = 'egress';
 export const CONSENT_KEY = 'consent';
 export const OFFERS_KEY = 'offers';
+export const NEIGHBORS_KEY = 'neighbors';
+
+/** A neighbour table as stored in the `meta` store under {@link NEIGHBORS_KEY}. */
+interface SavedNeighbors {
+  hash: string;
+  bytes: Uint8Array;
+  source: string;
+  savedAt: number;
+}
+
+/** The neighbour table in use, aligned to the catalog's rows. */
+interface ActiveNeighbors {
+  model: SparseItemModel;
+  hash: string;
+  /** Items in the published table (not only those in this catalog). */
+  items: number;
+  width: number;
+  bytes: number;
+  /** Where it came from: its URL, or `setNeighbors`. */
+  source: string;
+}
 /**
  * Offers need P(the shopper buys item i); the model gives a distribution over the next item. A
  * basket holds several items, so the next-item probability is scaled by a typical basket size.
@@ -147,6 +176,7 @@ export class Engine {
   private readonly now: () => number;
   private readonly halfLifeDays: number;
   private readonly sessionDecay: number;
+  private readonly stepDecay: number;
   private readonly autoTrainEvery: number;
   private consent: { personalization: boolean; federated: boolean };
   private consentHistory: ConsentRecord[] = [];
@@ -163,6 +193,7 @@ export class Engine {
     this.now = opts.now ?? Date.now;
     this.halfLifeDays = opts.model?.halfLifeDays ?? 30;
     this.sessionDecay = opts.model?.sessionDecay ?? DEFAULT_SESSION_DECAY;
+    this.stepDecay = opts.model?.stepDecay ?? 1;
     this.autoTrainEvery = intOption(opts.autoTrainEvery, 'options.autoTrainEvery', 0, 1_000_000, 20);
     this.consent = { personalization: opts.consent?.personalization ?? true, federated: opts.consent?.federated ?? true };
     this.consentHistory.push({ t: this.now(), ...this.consent, source: 'options' });
@@ -175,6 +206,8 @@ export class Engine {
     if (typeof hl !== 'number' || !(hl > 0) || !Number.isFinite(hl)) throw new ValidationError('options.model.halfLifeDays', `must be a number > 0, got ${String(hl)}`);
     const sd = opts.model?.sessionDecay ?? DEFAULT_SESSION_DECAY;
     if (typeof sd !== 'number' || !(sd > 0 && sd <= 1)) throw new ValidationError('options.model.sessionDecay', `must be a number in (0, 1], got ${String(sd)}`);
+    const st = opts.model?.stepDecay ?? 1;
+    if (typeof st !== 'number' || !(st > 0 && st <= 1)) throw new ValidationError('options.model.stepDecay', `must be a number in (0, 1], got ${String(st)}`);
     const retention: Retention = {
       maxEvents: intOption(opts.retention?.maxEvents, 'options.retention.maxEvents', 1, 10_000_000, DEFAULT_RETENTION.maxEvents),
       maxAgeDays: intOption(opts.retention?.maxAgeDays, 'options.retention.maxAgeDays', 1, 36_500, DEFAULT_RETENTION.maxAgeDays),
@@ -187,7 +220,11 @@ export class Engine {
     engine.retention = retention;
     engine.dim = dim;
     await engine.load(dim);
-    if (consented) await engine.mergeConsentHistory();
+    if (consented) {
+      await engine.mergeConsentHistory();
+      await engine.loadStoredNeighbors();
+      engine.startNeighborFetch();
+    }
     return engine;
   }
 
@@ -241,6 +278,8 @@ export class Engine {
       await this.load(this.dim);
       await this.mergeConsentHistory();
       await this.persistConsent();
+      if (this.neighbors) await this.saveNeighbors();
+      else this.startNeighborFetch();
     } else if (!next.personalization && was) {
       await this.training?.catch(() => undefined);
       this.queue = [];
@@ -289,6 +328,90 @@ export class Engine {
     const t = this.table;
     const rec: SavedModel = { version: t.version, itemIds: t.itemIds, dim: t.dim, factors: t.factors, bias: t.bias, ...this.saved };
     await this.store.setMeta(MODEL_KEY, rec);
+  }
+
+  private neighbors: ActiveNeighbors | undefined;
+  private neighborBytes: Uint8Array | undefined;
+  /** The fetch of `options.neighbors.url` while it runs; recommend() and similar() wait for it. */
+  private neighborsLoading: Promise<void> | undefined;
+
+  /**
+   * Installs a neighbour table file (`localrec neighbors` output). A file that does not decode is
+   * refused with a ValidationError and the table in use is kept. Stored when storing is allowed.
+   */
+  async setNeighbors(data: ArrayBuffer | ArrayBufferView): Promise<{ items: number; width: number; hash: string }> {
+    this.assertOpen();
+    if (!(data instanceof ArrayBuffer) && !ArrayBuffer.isView(data)) {
+      throw new ValidationError('neighbors', `must be an ArrayBuffer or a typed array holding a neighbour file, got ${data === null ? 'null' : typeof data}`);
+    }
+    const bytes = data instanceof ArrayBuffer ? new Uint8Array(data.slice(0)) : new Uint8Array(data.buffer.slice(data.byteOffset, data.byteOffset + data.byteLength));
+    const n = await this.installNeighbors(bytes, 'setNeighbors');
+    return { items: n.items, width: n.width, hash: n.hash };
+  }
+
+  private async installNeighbors(bytes: Uint8Array, source: string, hash?: string): Promise<ActiveNeighbors> {
+    const table = decodeNeighborTable(bytes);
+    const active: ActiveNeighbors = {
+      model: alignNeighbors(table, this.rows, this.catalog.items.length),
+      hash: hash ?? (await neighborTableHash(bytes)),
+      items: table.itemIds.length,
+      width: table.width,
+      bytes: bytes.length,
+      source,
+    };
+    this.neighbors = active;
+    this.neighborBytes = bytes;
+    await this.saveNeighbors();
+    return active;
+  }
+
+  private async saveNeighbors(): Promise<void> {
+    const n = this.neighbors;
+    if (!n || !this.neighborBytes || !this.consent.personalization) return;
+    const stored = await this.store.getMeta<SavedNeighbors>(NEIGHBORS_KEY);
+    if (stored?.hash === n.hash) return;
+    await this.store.setMeta(NEIGHBORS_KEY, { hash: n.hash, bytes: this.neighborBytes, source: n.source, savedAt: this.now() } satisfies SavedNeighbors);
+  }
+
+  private async loadStoredNeighbors(): Promise<void> {
+    const saved = await this.store.getMeta<SavedNeighbors>(NEIGHBORS_KEY);
+    if (!saved) return;
+    try {
+      await this.installNeighbors(saved.bytes, saved.source, saved.hash);
+    } catch (e) {
+      // A damaged stored table is not worth failing the page for: rank without it, say why in stats.
+      this.lastError = e as Error;
+    }
+  }
+
+  /** Fetches `options.neighbors.url` in the background (logged in the egress log like every request). */
+  private startNeighborFetch(): void {
+    const url = this.opts.neighbors?.url;
+    if (url === undefined || !this.consent.personalization || this.neighborsLoading) return;
+    this.neighborsLoading = (async () => {
+      const entry: EgressEntry = { t: this.now(), method: 'GET', endpoint: new URL(url).pathname, kind: 'neighbors', bytes: 0, status: 0 };
+      try {
+        const res = await (this.opts.fetch ?? fetch)(url, { method: 'GET' });
+        entry.status = res.status;
+        if (!res.ok) throw new NetworkError(`GET ${url}: HTTP ${res.status}`, res.status);
+        await this.installNeighbors(new Uint8Array(await res.arrayBuffer()), url);
+      } catch (e) {
+        this.lastError = e instanceof TypeError ? new NetworkError(`GET ${url}: ${e.message}`, 0) : (e as Error);
+      } finally {
+        await this.appendEgress([entry]).catch(() => undefined);
+      }
+    })();
+  }
+
+  private async appendEgress(entries: EgressEntry[]): Promise<void> {
+    if (entries.length === 0 || !this.consent.personalization) return;
+    const log = (await this.store.getMeta<EgressEntry[]>(EGRESS_KEY)) ?? [];
+    await this.store.setMeta(EGRESS_KEY, log.concat(entries).slice(-EGRESS_MAX));
+  }
+
+  private async neighborReady(): Promise<ActiveNeighbors | undefined> {
+    await this.neighborsLoading;
+    return this.neighbors;
   }
 
   private assertOpen(): void {
@@ -374,7 +497,7 @@ export class Engine {
 
   private async profile(): Promise<{ profile: ProfileItem[]; events: StoredEvent[] }> {
     const events = await this.storedEvents();
-    return { profile: buildProfile(events, this.rows, { halfLifeDays: this.halfLifeDays, now: this.now(), sessionDecay: this.sessionDecay }), events };
+    return { profile: buildProfile(events, this.rows, { halfLifeDays: this.halfLifeDays, now: this.now(), sessionDecay: this.sessionDecay, stepDecay: this.stepDecay }), events };
   }
 
   private excludedRows(exclude: RecommendOptions['exclude'], profile: ProfileItem[], events: StoredEvent[]): Set<number> {
@@ -408,7 +531,18 @@ export class Engine {
     return { kind: 'personal', text: `Because you ${parts.join(' and ')}`, itemIds: top.map((c) => this.table.itemIds[c.item.row]!) };
   }
 
-  /** Top-K items for this shopper, each with a readable reason. */
+  private neighborReason(nb: ActiveNeighbors, row: number, profile: ProfileItem[]): Reason {
+    const top = neighborContributions(nb.model, profile, row).slice(0, 2);
+    if (top.length === 0) return this.reason(row, profile);
+    const parts = top.map((c) => `${ACTION_VERB[c.item.action]} ${this.title(this.table.itemIds[c.item.row]!)}`);
+    return { kind: 'personal', text: `Because you ${parts.join(' and ')}`, itemIds: top.map((c) => this.table.itemIds[c.item.row]!) };
+  }
+
+  /**
+   * Top-K items for this shopper, each with a readable reason. With a neighbour table, items the
+   * shopper's history reaches score above 1 (1 + Σ weight × neighbour weight) and come first; the
+   * rest follow in the factor model's order, scaled into [0, 1).
+   */
   async recommend(options: RecommendOptions = {}): Promise<Recommendation[]> {
     this.assertOpen();
     const k = intOption(options.k, 'options.k', 1, 1000, 10);
@@ -418,18 +552,30 @@ export class Engine {
     const z = userVector(this.table, profile);
     const cat = options.category;
     const allowed = cat === undefined ? undefined : { key: `category:${cat}`, rows: () => this.catalog.items.flatMap((it, r) => (it.category === cat ? [r] : [])) };
+    const nb = await this.neighborReady();
+    if (nb && profile.some((p) => p.weight > 0)) {
+      // The shopper's history through the neighbour table first, the factor model's order after.
+      const ranked = new Float32Array(this.table.itemIds.length);
+      rankScores(nb.model, profile, await this.scorer.scoreAll(z), ranked);
+      const items = this.catalog.items;
+      const top = topRows(ranked, k, exclude, cat === undefined ? undefined : (r) => items[r]!.category === cat);
+      return top.map((s) => ({ itemId: this.table.itemIds[s.row]!, score: s.score, reason: s.score > 1 ? this.neighborReason(nb, s.row, profile) : this.reason(s.row, profile) }));
+    }
     const scored: Scored[] = await this.scorer.topK(z, k, exclude, allowed);
     return scored.map((s) => ({ itemId: this.table.itemIds[s.row]!, score: s.score, reason: this.reason(s.row, profile) }));
   }
 
-  /** Items whose embeddings are closest to `itemId`'s. */
+  /** Items most like `itemId`: its published neighbours, then the items with the closest embeddings. */
   async similar(itemId: string, options: SimilarOptions = {}): Promise<Recommendation[]> {
     this.assertOpen();
     if (typeof itemId !== 'string') throw new ValidationError('itemId', `must be a string, got ${typeof itemId}`);
     const k = intOption(options.k, 'options.k', 1, 1000, 10);
     const row = this.rows.get(itemId);
     if (row === undefined) throw new ModelError(`item "${itemId}" is not in the catalog`);
-    const scored = await this.scorer.similar(row, k);
+    const nb = await this.neighborReady();
+    // The published neighbours first (scored 1 + weight), then the nearest embeddings.
+    const scored: Scored[] = nb ? neighborsOf(nb.model, row).slice(0, k).map((s) => ({ row: s.row, score: 1 + s.score })) : [];
+    if (scored.length < k) scored.push(...(await this.scorer.similar(row, k - scored.length, new Set(scored.map((s) => s.row)))));
     const text = `Similar to ${this.title(itemId)}`;
     return scored.map((s) => ({ itemId: this.table.itemIds[s.row]!, score: s.score, reason: { kind: 'similar', text, itemIds: [itemId] } }));
   }
@@ -535,10 +681,7 @@ export class Engine {
     } finally {
       // Whatever happened, what was sent (or tried) is logged and the ε spent is kept.
       await this.store.setMeta(PRIVACY_KEY, accountant.toJSON());
-      if (egress.length) {
-        const log = (await this.store.getMeta<EgressEntry[]>(EGRESS_KEY)) ?? [];
-        await this.store.setMeta(EGRESS_KEY, log.concat(egress).slice(-EGRESS_MAX));
-      }
+      await this.appendEgress(egress);
     }
   }
 
@@ -567,6 +710,7 @@ export class Engine {
         trainedAt: this.saved.trainedAt,
         trainSteps: this.saved.trainSteps,
         pendingEvents: await this.store.countAfter(this.saved.trainedThroughId),
+        neighbors: this.neighbors ? { items: this.neighbors.items, width: this.neighbors.width, hash: this.neighbors.hash, source: this.neighbors.source } : null,
       },
       privacy: await this.privacyStats(),
       evicted: { retention: this.evictedByRetention, quota: this.evictedByQuota },
@@ -595,6 +739,7 @@ export class Engine {
     const events = await this.store.all();
     const ev = await this.store.stats();
     const model = await this.store.getMeta<SavedModel>(MODEL_KEY);
+    const storedNeighbors = await this.store.getMeta<SavedNeighbors>(NEIGHBORS_KEY);
     const egress = (await this.store.getMeta<EgressEntry[]>(EGRESS_KEY)) ?? [];
     const privacy = await this.privacyStats();
     const fed = this.opts.federated;
@@ -620,6 +765,9 @@ export class Engine {
       model: model
         ? { stored: true, version: model.version, items: model.itemIds.length, dim: model.dim, bytes: model.factors.byteLength + model.bias.byteLength, trainedAt: model.trainedAt ?? null }
         : { stored: false, version: this.table.version, items: this.table.itemIds.length, dim: this.table.dim, bytes: 0, trainedAt: null },
+      neighbors: this.neighbors
+        ? { stored: storedNeighbors?.hash === this.neighbors.hash, hash: this.neighbors.hash, items: this.neighbors.items, width: this.neighbors.width, bytes: this.neighbors.bytes, source: this.neighbors.source }
+        : null,
       egress: {
         requests: egress.length,
         bytesSent: egress.reduce((a, e) => a + e.bytes, 0),
@@ -708,6 +856,7 @@ export class Engine {
   async close(): Promise<void> {
     if (this.closed) return;
     await this.flush().catch(() => undefined);
+    await this.neighborsLoading;
     await this.training?.catch(() => undefined);
     this.closed = true;
     this.scorer.dispose();
@@ -719,6 +868,7 @@ export class Engine {
     this.queue = [];
     this.eventCache = undefined;
     await this.training?.catch(() => undefined);
+    await this.neighborsLoading;
     this.closed = true;
     this.scorer.dispose();
     await this.store.destroy();

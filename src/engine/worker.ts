@@ -88,6 +88,7 @@ export const workerApi = {
   setConsent: (c: { personalization?: boolean; federated?: boolean }) => ready().setConsent(c),
   audit: () => ready().audit(),
   setOffers: (signed: unknown) => ready().setOffers(signed),
+  setNeighbors: (data: ArrayBuffer | ArrayBufferView) => ready().setNeighbors(data),
   offers: (o?: OffersOptions) => ready().offers(o),
   exportData: () => ready().exportData(),
   egressLog: () => ready().egressLog(),

@@ -13,7 +13,7 @@ import { passes, type RowFilter } from './row-filter.js';
 export interface CsvMapping {
   user: string;
   item: string;
-  /** Time column: a number (e.g. unix seconds) or a date string Date.parse understands. */
+  /** Time column: unix seconds, or a date string Date.parse understands (read as unix seconds). */
   time?: string;
   /** Confidence column (e.g. quantity, rating): a finite number. */
   weight?: string;
@@ -69,7 +69,7 @@ export async function loadCsv(path: string, m: CsvMapping, onRows?: (rows: numbe
       if (cols.time >= 0) {
         const s = cell(record, cols.time, at);
         time = Number(s);
-        if (!Number.isFinite(time)) time = Date.parse(s);
+        if (!Number.isFinite(time)) time = Date.parse(s) / 1000;
         if (!Number.isFinite(time)) throw new ValidationError(at(cols.time), `'${s}' is not a number or a date`);
       }
       let weight = 1;

@@ -54,7 +54,7 @@ export function register(program: Command, io: EvalIo = PROCESS_IO): void {
     .option('--k <k>', 'list length', '10')
     .option('--protocol <protocol>', `${PROTOCOLS.join('|')} (default: loo for csv/retail, given for lines)`)
     .option('--seed <seed>', 'seed for models that sample', '1')
-    .option('--models <list>', 'comma-separated models, each `name[:param=value…]`: popular, itemknn, ease, sparse-ease, localrec', 'popular,itemknn,sparse-ease');
+    .option('--models <list>', 'comma-separated models, each `name[:param=value…]`: popular, itemknn, ease, sparse-ease, localrec (the SDK with a neighbour table), factors (the SDK’s factor model)', 'popular,itemknn,localrec');
   for (const [flag, spec] of Object.entries(PARAMS)) cmd.option(`--${flag} <value>`, spec.description, spec.default);
   cmd.action(async (opts: EvalCommandOptions) => {
     const { runEval } = await import('./run-eval.js');

@@ -55,8 +55,12 @@ export async function loadLinesSplit(trainPath: string, testPath: string): Promi
   const testPtr = new Int32Array(nUsers + 1);
   const testItems: number[] = [];
   const testUsers: number[] = [];
+  const evPtr = new Int32Array(nUsers + 1);
+  const evItems: number[] = [];
   for (let u = 0; u < nUsers; u++) {
     const seq = train.get(u) ?? [];
+    evItems.push(...seq);
+    evPtr[u + 1] = evItems.length;
     const at = new Map<number, number>();
     const lastPos = new Map<number, number>();
     seq.forEach((it, p) => {
@@ -81,6 +85,13 @@ export async function loadLinesSplit(trainPath: string, testPath: string): Promi
     userIds,
     itemIds,
     train: { ptr, items: Int32Array.from(tItems), weight: w, count: w.slice(), recency: Float32Array.from(recency) },
+    // A line's order is its time order: one second apart, so it reads as one session.
+    trainEvents: {
+      ptr: evPtr,
+      items: Int32Array.from(evItems),
+      time: Float64Array.from(evItems, (_, e) => e),
+      weight: new Float32Array(evItems.length).fill(1),
+    },
     test: { ptr: testPtr, items: Int32Array.from(testItems) },
     testUsers: Int32Array.from(testUsers),
   };

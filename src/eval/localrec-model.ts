@@ -25,7 +25,7 @@ export interface LocalrecEvalOptions extends TrainConfig {
  * ```
  */
 export class LocalrecModel implements EvalModel {
-  readonly name = 'localrec';
+  readonly name = 'factors';
   private table: ItemTable | undefined;
   private split: Split | undefined;
   private userVector: ((t: ItemTable, p: Array<{ row: number; weight: number; action: 'bought'; lastT: number }>) => Float32Array) | undefined;

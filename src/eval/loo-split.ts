@@ -21,6 +21,8 @@ export function looSplit(log: EventLog, minItems = 3): Split {
   const nItems = log.itemIds.length;
   const rows = log.user.length;
   const { time } = log;
+  // Without a time column every time is 0: the file position (one second apart) stands in.
+  const noTime = time.every((t) => t === 0);
   const order = Int32Array.from({ length: rows }, (_, i) => i);
   // Tie-break on the file position: a stable sort by time, whatever the engine's sort is.
   order.sort((a, b) => time[a] - time[b] || a - b);
@@ -43,6 +45,8 @@ export function looSplit(log: EventLog, minItems = 3): Split {
   const testItems: number[] = [];
   const testUsers: number[] = [];
   const slot = new Int32Array(nItems).fill(-1);
+  const evPtr = new Int32Array(nUsers + 1);
+  const evRows: number[] = [];
 
   for (let u = 0; u < nUsers; u++) {
     const a = start[u];
@@ -68,6 +72,7 @@ export function looSplit(log: EventLog, minItems = 3): Split {
     for (let p = a; p < end; p++) {
       const r = byUser[p];
       const it = log.item[r];
+      evRows.push(r);
       if (time[r] !== prevTime) {
         timeIndex++;
         prevTime = time[r];
@@ -89,6 +94,7 @@ export function looSplit(log: EventLog, minItems = 3): Split {
       slot[items[s]] = -1;
     }
     ptr[u + 1] = items.length;
+    evPtr[u + 1] = evRows.length;
     if (holdOut) {
       testItems.push(log.item[byUser[heldAt]]);
       testUsers.push(u);
@@ -104,6 +110,12 @@ export function looSplit(log: EventLog, minItems = 3): Split {
       weight: Float32Array.from(weight),
       count: Float32Array.from(count),
       recency: Float32Array.from(recency),
+    },
+    trainEvents: {
+      ptr: evPtr,
+      items: Int32Array.from(evRows, (r) => log.item[r]),
+      time: Float64Array.from(evRows, (r) => (noTime ? r : log.time[r])),
+      weight: Float32Array.from(evRows, (r) => log.weight[r]),
     },
     test: { ptr: testPtr, items: Int32Array.from(testItems) },
     testUsers: Int32Array.from(testUsers),

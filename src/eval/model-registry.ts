@@ -8,6 +8,7 @@ import type { EvalModel } from './eval-model.js';
 import { CONFIDENCE_KINDS, checkWeighting, type HistoryWeighting } from './history-weighting.js';
 import { ItemKnnModel } from './item-knn-model.js';
 import { LocalrecModel } from './localrec-model.js';
+import { NeighborModel, type EventKind } from './neighbor-model.js';
 import { PopularModel } from './popular-model.js';
 
 export interface ParamSpec {
@@ -43,21 +44,27 @@ const bool = (v: string, field: string): boolean => {
 export const PARAMS: Record<string, ParamSpec> = {
   'knn-neighbors': { description: 'item-kNN: neighbours kept per item', default: '20', parse: num(1, 1e6, true) },
   'knn-shrink': { description: 'item-kNN: shrinkage added to the cosine denominator', default: '0', parse: num(0, 1e9) },
-  'ease-l2': { description: 'EASE: L2 penalty on the Gram diagonal', default: '100', parse: num(0, 1e12, false, true) },
-  'sparse-width': { description: 'sparse-ease: neighbours kept per item (8 bytes each)', default: '32', parse: num(1, 4096, true) },
+  'ease-l2': { description: 'ease, sparse-ease, localrec: L2 penalty on the Gram diagonal', default: '100', parse: num(0, 1e12, false, true) },
+  'sparse-width': { description: 'sparse-ease, localrec: neighbours kept per item', default: '32', parse: num(1, 4096, true) },
   'sparse-prune': { description: 'sparse-ease: keep per item its strongest outgoing (row) or incoming (col) weights', default: 'row', parse: oneOf('row', 'col') },
   'sparse-positive': { description: 'sparse-ease: keep only positive weights', default: 'false', parse: bool },
-  recency: { description: 'history weight multiplier per step back in time (1 = off); ease, sparse-ease, localrec', default: '0.5', parse: num(0, 1, false, true) },
+  recency: { description: 'history weight multiplier per step back in time (1 = off); ease, sparse-ease, factors', default: '0.5', parse: num(0, 1, false, true) },
   confidence: { description: `history confidence: ${CONFIDENCE_KINDS.join('|')}`, default: 'none', parse: oneOf(...CONFIDENCE_KINDS) },
-  'lr-dim': { description: 'localrec: embedding size (≤ 64)', default: '32', parse: num(1, 64, true) },
-  'lr-epochs': { description: 'localrec: passes over the training examples', default: '4', parse: num(1, 1000, true) },
-  'lr-batch': { description: 'localrec: examples per step', default: '256', parse: num(1, 8192, true) },
-  'lr-negatives': { description: 'localrec: sampled negatives per step', default: '256', parse: num(0, 100000, true) },
-  'lr-rate': { description: 'localrec: Adagrad learning rate', default: '0.1', parse: num(0, 10, false, true) },
-  'lr-l2': { description: 'localrec: L2 penalty on touched rows', default: '0.0001', parse: num(0, 10) },
-  'lr-context': { description: 'localrec: earlier items forming a target’s context', default: '20', parse: num(1, 1000, true) },
-  'lr-temperature': { description: 'localrec: softmax temperature', default: '1', parse: num(0.001, 100) },
-  backend: { description: 'localrec: TensorFlow.js backend, cpu|wasm (wasm lacks UnsortedSegmentSum, which training needs in tfjs 4.22)', default: 'cpu', parse: oneOf('cpu', 'wasm') },
+  'min-support': { description: 'localrec: customers a published neighbour pair needs at least', default: '3', parse: num(1, 1e9, true) },
+  'neighbor-positive': { description: 'localrec: publish only positive neighbour weights', default: 'true', parse: bool },
+  'half-life': { description: 'localrec: days for an event’s weight to halve (device profile)', default: '30', parse: num(0, 1e6, false, true) },
+  'session-decay': { description: 'localrec: weight kept per later session (device profile)', default: '0.5', parse: num(0, 1, false, true) },
+  'step-decay': { description: 'localrec: weight kept per later distinct event time (device profile; 1 = off)', default: '1', parse: num(0, 1, false, true) },
+  event: { description: 'localrec: what a data row is on the device: view|purchase (weight = quantity)|rating (weight = stars)', default: 'purchase', parse: oneOf('view', 'purchase', 'rating') },
+  'lr-dim': { description: 'factors: embedding size (≤ 64)', default: '32', parse: num(1, 64, true) },
+  'lr-epochs': { description: 'factors: passes over the training examples', default: '4', parse: num(1, 1000, true) },
+  'lr-batch': { description: 'factors: examples per step', default: '256', parse: num(1, 8192, true) },
+  'lr-negatives': { description: 'factors: sampled negatives per step', default: '256', parse: num(0, 100000, true) },
+  'lr-rate': { description: 'factors: Adagrad learning rate', default: '0.1', parse: num(0, 10, false, true) },
+  'lr-l2': { description: 'factors: L2 penalty on touched rows', default: '0.0001', parse: num(0, 10) },
+  'lr-context': { description: 'factors: earlier items forming a target’s context', default: '20', parse: num(1, 1000, true) },
+  'lr-temperature': { description: 'factors: softmax temperature', default: '1', parse: num(0.001, 100) },
+  backend: { description: 'factors: TensorFlow.js backend, cpu|wasm (wasm lacks UnsortedSegmentSum, which training needs in tfjs 4.22)', default: 'cpu', parse: oneOf('cpu', 'wasm') },
   solver: { description: 'EASE solve: auto|primal (items²)|dual (users²)', default: 'auto', parse: oneOf('auto', 'primal', 'dual') },
 };
 
@@ -94,6 +101,21 @@ export const MODELS: Record<string, ModelEntry> = {
       }),
   },
   localrec: {
+    params: ['ease-l2', 'sparse-width', 'min-support', 'neighbor-positive', 'half-life', 'session-decay', 'step-decay', 'event', 'solver'],
+    create: (p) =>
+      new NeighborModel({
+        l2: p['ease-l2'] as number,
+        width: p['sparse-width'] as number,
+        minSupport: p['min-support'] as number,
+        positiveOnly: p['neighbor-positive'] as boolean,
+        halfLifeDays: p['half-life'] as number,
+        sessionDecay: p['session-decay'] as number,
+        stepDecay: p['step-decay'] as number,
+        event: p.event as EventKind,
+        solver: p.solver as 'auto',
+      }),
+  },
+  factors: {
     params: ['lr-dim', 'lr-epochs', 'lr-batch', 'lr-negatives', 'lr-rate', 'lr-l2', 'lr-context', 'lr-temperature', 'backend', 'recency', 'confidence'],
     create: (p, seed) =>
       new LocalrecModel({

@@ -19,10 +19,26 @@ export interface Histories {
   recency: Float32Array;
 }
 
+/**
+ * Every training event of every user in time order, CSR like {@link Histories} (user u owns
+ * ptr[u] .. ptr[u+1]-1): what a device would hold in its event store, for models that weight the
+ * history the way the SDK does (`buildProfile`).
+ */
+export interface TrainEvents {
+  ptr: Int32Array;
+  items: Int32Array;
+  /** Unix seconds (or, without a time column, the position in the file, one second apart). */
+  time: Float64Array;
+  /** The row's weight column (quantity, rating), 1 without one. */
+  weight: Float32Array;
+}
+
 export interface Split {
   userIds: string[];
   itemIds: string[];
   train: Histories;
+  /** The raw training events behind `train`. */
+  trainEvents: TrainEvents;
   /** Held-out items per user, CSR (empty for users who are not tested). */
   test: { ptr: Int32Array; items: Int32Array };
   /** Users with at least one held-out item, ascending. */

@@ -29,7 +29,7 @@ export interface EgressEntry {
   method: 'GET' | 'POST';
   /** Path only, e.g. `/v1/updates`: the SDK never puts data in a query string. */
   endpoint: string;
-  kind: 'config' | 'model' | 'update';
+  kind: 'config' | 'model' | 'update' | 'neighbors';
   /** Bytes of the request body (0 for GET). */
   bytes: number;
   /** Hex SHA-256 of the request body, so an auditor can match what was logged with what was sent. */

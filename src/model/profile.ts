@@ -20,6 +20,11 @@ export interface ProfileOptions {
    * (bursts of events more than 30 minutes apart) came after its own. 1 turns it off.
    */
   sessionDecay?: number;
+  /**
+   * Extra factor per later moment: an event is weighted by `stepDecay^k` when k distinct event
+   * times came after its own (a basket, or one rating). Sharper than sessions; 1 (default) turns it off.
+   */
+  stepDecay?: number;
 }
 
 /** Events further apart than this start a new session. */
@@ -88,21 +93,26 @@ export function buildProfile(events: readonly StoredEvent[], rows: ReadonlyMap<s
   const acc = new Map<number, { sum: number; action: ProfileItem['action']; lastT: number }>();
   const halfLifeMs = opts.halfLifeDays * 24 * 3600 * 1000;
   const sessionDecay = opts.sessionDecay ?? 1;
-  // Session index of each event, counted back from the newest session (0 = the current one).
+  const stepDecay = opts.stepDecay ?? 1;
+  // Per event: sessions and distinct event times after it (0 = the current session / moment).
   const sessionsAfter = new Map<StoredEvent, number>();
-  if (sessionDecay !== 1) {
+  const stepsAfter = new Map<StoredEvent, number>();
+  if (sessionDecay !== 1 || stepDecay !== 1) {
     const byTime = [...events].sort((a, b) => b.t - a.t);
     let k = 0;
+    let steps = 0;
     byTime.forEach((e, i) => {
       if (i > 0 && byTime[i - 1]!.t - e.t > SESSION_GAP_MS) k++;
+      if (i > 0 && byTime[i - 1]!.t !== e.t) steps++;
       sessionsAfter.set(e, k);
+      stepsAfter.set(e, steps);
     });
   }
   for (const e of events) {
     if (!e.itemId) continue;
     const row = rows.get(e.itemId);
     if (row === undefined) continue;
-    const decay = Math.pow(0.5, Math.max(0, opts.now - e.t) / halfLifeMs) * Math.pow(sessionDecay, sessionsAfter.get(e) ?? 0);
+    const decay = Math.pow(0.5, Math.max(0, opts.now - e.t) / halfLifeMs) * Math.pow(sessionDecay, sessionsAfter.get(e) ?? 0) * Math.pow(stepDecay, stepsAfter.get(e) ?? 0);
     const c = eventConfidence(e) * decay;
     const a = actionOf(e);
     const cur = acc.get(row);

@@ -31,6 +31,8 @@ function splitOf(train: Record<string, string[]>, held: Record<string, string[]>
     userIds,
     itemIds,
     train: { ptr: Int32Array.from(ptr), items: Int32Array.from(items), weight: ones, count: ones, recency: Float32Array.from(recency) },
+    // One event per history entry, a day apart, in history order.
+    trainEvents: { ptr: Int32Array.from(ptr), items: Int32Array.from(items), time: Float64Array.from(items, (_, e) => e * 86400), weight: ones },
     test: { ptr: Int32Array.from(tptr), items: Int32Array.from(titems) },
     testUsers: Int32Array.from(userIds.map((_, u) => u).filter((u) => tptr[u + 1] > tptr[u])),
   };

@@ -1,0 +1,111 @@
+/**
+ * `localrec neighbors`: builds the neighbour table a shop publishes for its shoppers' devices, from
+ * the shop's own order log (the same loaders and presets as `localrec eval`). Writes the `LRN1`
+ * file (docs/NEIGHBORS.md) and prints one JSON line describing it; progress goes to stderr.
+ *
+ * @example
+ * ```sh
+ * localrec neighbors --data orders.csv.gz --format retail --out public/neighbors.lrn
+ * ```
+ */
+import type { Command } from 'commander';
+import { ValidationError } from '../errors.js';
+import type { CsvFlags } from './presets.js';
+
+export interface NeighborsCommandOptions extends CsvFlags {
+  data?: string;
+  format: string;
+  out?: string;
+  width: string;
+  l2: string;
+  minSupport: string;
+}
+
+export interface NeighborsSummary {
+  out: string;
+  users: number;
+  items: number;
+  itemsWithNeighbors: number;
+  pairs: number;
+  droppedForSupport: number;
+  width: number;
+  l2: number;
+  minSupport: number;
+  bytes: number;
+  bytesPerItem: number;
+  sha256: string;
+  ms: number;
+}
+
+export function register(program: Command, io: { stdout: (s: string) => void; stderr: { isTTY?: boolean; write(s: string): unknown } } = { stdout: (s) => process.stdout.write(s), stderr: process.stderr }): void {
+  program
+    .command('neighbors')
+    .description("Build the neighbour table shoppers' devices rank with, from the shop's order log (one JSON line out).")
+    .option('--data <file>', 'order/event CSV, optionally gzipped')
+    .option('--format <format>', 'retail|csv', 'csv')
+    .option('--user <column>', 'csv: customer id column')
+    .option('--item <column>', 'csv: item id column')
+    .option('--time <column>', 'csv: time column')
+    .option('--weight <column>', 'csv: quantity column (not used for the table; accepted for symmetry with eval)')
+    .option('--filter <clause>', "csv: keep rows matching COLUMN OP VALUE (repeatable), e.g. 'quantity>0'", (v: string, p: string[]) => p.concat([v]), [])
+    .option('--out <file>', 'where to write the table (LRN1)')
+    .option('--width <n>', 'neighbours per item (6 bytes each on the wire)', '32')
+    .option('--l2 <x>', 'EASE L2 penalty', '100')
+    .option('--min-support <n>', 'customers a published pair needs at least', '3')
+    .action(async (opts: NeighborsCommandOptions) => {
+      await runNeighbors(opts, io);
+    });
+}
+
+/** The command body, apart from commander so tests can call it. */
+export async function runNeighbors(opts: NeighborsCommandOptions, io: { stdout: (s: string) => void; stderr: { isTTY?: boolean; write(s: string): unknown } }): Promise<NeighborsSummary> {
+  const { writeFile } = await import('node:fs/promises');
+  const { basename } = await import('node:path');
+  const { loadCsv } = await import('./csv-loader.js');
+  const { looSplit } = await import('./loo-split.js');
+  const { csvMappingFromFlags } = await import('./presets.js');
+  const { Progress } = await import('./progress.js');
+  const { buildNeighborTable } = await import('../model/build-neighbors.js');
+  const { encodeNeighborTable, neighborTableHash } = await import('../model/neighbors-wire.js');
+  if (opts.format !== 'retail' && opts.format !== 'csv') throw new ValidationError('--format', `must be retail or csv, got '${opts.format}'`);
+  if (!opts.data) throw new ValidationError('--data', 'is required (the order log)');
+  if (!opts.out) throw new ValidationError('--out', 'is required (where to write the table)');
+  const int = (v: string, flag: string, lo: number, hi: number): number => {
+    const x = Number(v);
+    if (!Number.isInteger(x) || x < lo || x > hi) throw new ValidationError(flag, `must be a whole number from ${lo} to ${hi}, got '${v}'`);
+    return x;
+  };
+  const width = int(opts.width, '--width', 1, 256);
+  const minSupport = int(opts.minSupport, '--min-support', 1, 1e9);
+  const l2 = Number(opts.l2);
+  if (!(l2 > 0) || !Number.isFinite(l2)) throw new ValidationError('--l2', `must be a number > 0, got '${opts.l2}'`);
+  const t0 = performance.now();
+  const progress = new Progress(io.stderr);
+  const name = basename(opts.data);
+  const log = await loadCsv(opts.data, csvMappingFromFlags(opts.format, opts), (rows) => progress.update(`loading ${name} (${rows} rows)`, 0));
+  // Nothing is held out: every customer's distinct items go into the table.
+  const all = looSplit(log, Number.MAX_SAFE_INTEGER);
+  const { table, report } = buildNeighborTable({ ptr: all.train.ptr, items: all.train.items, nItems: all.itemIds.length }, all.itemIds, {
+    l2,
+    width,
+    minSupport,
+    onProgress: (f) => progress.update('solving EASE', f),
+  });
+  progress.done();
+  const file = encodeNeighborTable(table);
+  await writeFile(opts.out, file);
+  const summary: NeighborsSummary = {
+    out: opts.out,
+    users: all.userIds.length,
+    ...report,
+    width,
+    l2,
+    minSupport,
+    bytes: file.length,
+    bytesPerItem: Math.round((file.length / table.itemIds.length) * 10) / 10,
+    sha256: await neighborTableHash(file),
+    ms: Math.round(performance.now() - t0),
+  };
+  io.stdout(`${JSON.stringify(summary)}\n`);
+  return summary;
+}

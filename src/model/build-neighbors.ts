@@ -1,0 +1,102 @@
+/**
+ * Builds the neighbour table a shop publishes: EASE (Steck 2019) on the shop's own order log,
+ * pruned to `width` neighbours per item, with a support floor so that no published pair rests on
+ * fewer than `minSupport` customers. Runs in Node (`localrec neighbors`, `localrec eval`).
+ */
+import { ValidationError } from '../errors.js';
+import type { NeighborTable } from './neighbors.js';
+import { trainSparseEase, type UserItemLists } from './sparse-ease.js';
+
+export interface BuildNeighborOptions {
+  /** EASE's L2 penalty on the Gram diagonal. Default 100. */
+  l2?: number;
+  /** Neighbours kept per item; 32 is 192 bytes per item on the wire. Default 32. */
+  width?: number;
+  /**
+   * A neighbour pair (i, j) is published only when at least this many customers have both items,
+   * and an item gets neighbours only when at least this many customers have it. Default 3.
+   */
+  minSupport?: number;
+  /** Keep only positive weights (the device ranks by positive scores only). Default true. */
+  positiveOnly?: boolean;
+  solver?: 'auto' | 'primal' | 'dual';
+  onProgress?: (fraction: number) => void;
+}
+
+export const DEFAULT_NEIGHBOR_OPTIONS = { l2: 100, width: 32, minSupport: 3 } as const;
+
+/** What the build dropped to honour the support floor. */
+export interface BuildNeighborReport {
+  items: number;
+  /** Items with at least one published neighbour. */
+  itemsWithNeighbors: number;
+  /** Published (item, neighbour) pairs. */
+  pairs: number;
+  /** Pairs EASE kept but fewer than minSupport customers share. */
+  droppedForSupport: number;
+}
+
+/**
+ * @example
+ * ```ts
+ * const { table } = buildNeighborTable({ ptr, items, nItems }, itemIds, { width: 32, minSupport: 3 });
+ * ```
+ */
+export function buildNeighborTable(
+  lists: UserItemLists,
+  itemIds: string[],
+  o: BuildNeighborOptions = {},
+): { table: NeighborTable; report: BuildNeighborReport } {
+  const l2 = o.l2 ?? DEFAULT_NEIGHBOR_OPTIONS.l2;
+  const width = o.width ?? DEFAULT_NEIGHBOR_OPTIONS.width;
+  const minSupport = o.minSupport ?? DEFAULT_NEIGHBOR_OPTIONS.minSupport;
+  if (!(l2 > 0) || !Number.isFinite(l2)) throw new ValidationError('neighbors.l2', `must be a number > 0, got ${l2}`);
+  if (!Number.isInteger(minSupport) || minSupport < 1) throw new ValidationError('neighbors.minSupport', `must be a whole number ≥ 1, got ${minSupport}`);
+  if (itemIds.length !== lists.nItems) throw new ValidationError('neighbors.itemIds', `has ${itemIds.length} ids for ${lists.nItems} items`);
+  const m = trainSparseEase(lists, { l2, width, prune: 'row', positiveOnly: o.positiveOnly ?? true, solver: o.solver ?? 'auto', onProgress: o.onProgress });
+  // Users of each item, ascending (the transpose of the lists), to count pair support.
+  const n = lists.nItems;
+  const cnt = new Int32Array(n + 1);
+  for (let e = 0; e < lists.items.length; e++) cnt[lists.items[e]! + 1]++;
+  for (let i = 0; i < n; i++) cnt[i + 1] += cnt[i]!;
+  const fill = cnt.slice(0, n);
+  const users = new Int32Array(lists.items.length);
+  for (let u = 0; u + 1 < lists.ptr.length; u++) for (let e = lists.ptr[u]!; e < lists.ptr[u + 1]!; e++) users[fill[lists.items[e]!]++] = u;
+  const support = (i: number, j: number): number => {
+    let a = cnt[i]!;
+    let b = cnt[j]!;
+    let c = 0;
+    while (a < cnt[i + 1]! && b < cnt[j + 1]!) {
+      const x = users[a]!;
+      const y = users[b]!;
+      if (x === y) {
+        c++;
+        a++;
+        b++;
+      } else if (x < y) a++;
+      else b++;
+    }
+    return c;
+  };
+  const index = new Int32Array(n * width).fill(-1);
+  const weight = new Float32Array(n * width);
+  const report: BuildNeighborReport = { items: n, itemsWithNeighbors: 0, pairs: 0, droppedForSupport: 0 };
+  for (let i = 0; i < n; i++) {
+    let out = 0;
+    // EASE keeps at most nItems − 1 neighbours, so its rows may be narrower than the table's.
+    for (let s = 0; s < m.width; s++) {
+      const j = m.index[i * m.width + s]!;
+      if (j < 0) break;
+      if (support(i, j) < minSupport) {
+        report.droppedForSupport++;
+        continue;
+      }
+      index[i * width + out] = j;
+      weight[i * width + out] = m.weight[i * m.width + s]!;
+      out++;
+    }
+    report.pairs += out;
+    if (out > 0) report.itemsWithNeighbors++;
+  }
+  return { table: { itemIds: itemIds.slice(), width, index, weight }, report };
+}

@@ -1,0 +1,201 @@
+/**
+ * The item-to-item side of the model as it runs on the device: a {@link NeighborTable} (for every
+ * item, a few dozen items it points to with a weight, built by `localrec neighbors` from the
+ * shop's order log and published like any static asset) scored against the shopper's own
+ * weighted history, which never leaves the device.
+ *
+ * `score(j) = Σᵢ h(i)·W[i, j]` over the shopper's profile items i. Items the history does not
+ * reach (score ≤ 0) are ranked after it by a fallback order: on the device, the federated factor
+ * model; in `localrec eval`, popularity. Both callers go through {@link rankScores}, so the
+ * evaluation measures the code that ships.
+ */
+import { ModelError, ValidationError } from '../errors.js';
+import type { SparseItemModel } from './sparse-item-model.js';
+
+/** The published neighbour table, in its own item order ('out' orientation: row i lists the items i votes for). */
+export interface NeighborTable {
+  itemIds: string[];
+  /** Slots per item; unused slots have index -1 and weight 0 and come last. */
+  width: number;
+  /** itemIds.length × width, row-major, indices into itemIds. */
+  index: Int32Array;
+  weight: Float32Array;
+}
+
+/** Widest table accepted (a 64-slot row is 384 bytes on the wire). */
+export const MAX_NEIGHBOR_WIDTH = 256;
+
+/**
+ * Checks shapes, index ranges, finiteness and that used slots come first; throws a
+ * ValidationError under `field` that says what is wrong.
+ */
+export function checkNeighborTable(t: NeighborTable, field = 'neighbors'): void {
+  const n = t.itemIds.length;
+  if (!Number.isInteger(t.width) || t.width < 1 || t.width > MAX_NEIGHBOR_WIDTH) {
+    throw new ValidationError(`${field}.width`, `must be an integer from 1 to ${MAX_NEIGHBOR_WIDTH}, got ${t.width}`);
+  }
+  if (t.index.length !== n * t.width) throw new ValidationError(`${field}.index`, `has ${t.index.length} slots, expected ${n} × ${t.width}`);
+  if (t.weight.length !== n * t.width) throw new ValidationError(`${field}.weight`, `has ${t.weight.length} slots, expected ${n} × ${t.width}`);
+  const seen = new Set<string>();
+  t.itemIds.forEach((id, i) => {
+    if (typeof id !== 'string' || id.length === 0) throw new ValidationError(`${field}.itemIds[${i}]`, 'must be a non-empty string');
+    if (seen.has(id)) throw new ValidationError(`${field}.itemIds[${i}]`, `duplicate id '${id}'`);
+    seen.add(id);
+  });
+  for (let i = 0; i < n; i++) {
+    let open = true;
+    for (let s = 0; s < t.width; s++) {
+      const k = i * t.width + s;
+      const j = t.index[k]!;
+      const w = t.weight[k]!;
+      if (j === -1) {
+        if (w !== 0) throw new ValidationError(`${field}.weight`, `item ${i} slot ${s} is unused but has weight ${w}`);
+        open = false;
+        continue;
+      }
+      if (!open) throw new ValidationError(`${field}.index`, `item ${i} slot ${s} follows an unused slot`);
+      if (!(j >= 0 && j < n) || j === i) throw new ValidationError(`${field}.index`, `item ${i} slot ${s} points to ${j}, outside 0..${n - 1} or to itself`);
+      if (!Number.isFinite(w)) throw new ValidationError(`${field}.weight`, `item ${i} slot ${s} is not finite`);
+    }
+  }
+}
+
+/**
+ * Re-indexes a published table into the page catalog's rows (`rows`: item id → row, `nRows`
+ * rows). Items and neighbours the catalog lacks are dropped; catalog items the table lacks get
+ * no neighbours.
+ *
+ * @example
+ * ```ts
+ * const m = alignNeighbors(table, new Map([['a', 0], ['b', 1]]), 2);
+ * ```
+ */
+export function alignNeighbors(t: NeighborTable, rows: ReadonlyMap<string, number>, nRows: number): SparseItemModel {
+  const { width } = t;
+  const index = new Int32Array(nRows * width).fill(-1);
+  const weight = new Float32Array(nRows * width);
+  const map = t.itemIds.map((id) => rows.get(id) ?? -1);
+  for (let i = 0; i < t.itemIds.length; i++) {
+    const r = map[i]!;
+    if (r < 0) continue;
+    let out = 0;
+    for (let s = 0; s < width; s++) {
+      const j = t.index[i * width + s]!;
+      if (j < 0) break;
+      const c = map[j]!;
+      if (c < 0) continue;
+      index[r * width + out] = c;
+      weight[r * width + out] = t.weight[i * width + s]!;
+      out++;
+    }
+  }
+  return { nItems: nRows, width, orientation: 'out', index, weight };
+}
+
+/** One weighted history entry: a row of the model and its weight (the profile's confidence × recency). */
+export interface WeightedRow {
+  row: number;
+  weight: number;
+}
+
+/**
+ * Writes the ranking score of every row into `out` (length m.nItems): rows the history reaches
+ * with a positive neighbour score get `1 + score`; every other row gets its fallback score mapped
+ * into [0, 1) (same order), so history always ranks first and the fallback breaks the rest.
+ *
+ * @example
+ * ```ts
+ * const out = new Float32Array(m.nItems);
+ * rankScores(m, [{ row: 3, weight: 1 }], popularity, out);
+ * ```
+ */
+export function rankScores(m: SparseItemModel, history: readonly WeightedRow[], fallback: ArrayLike<number>, out: Float32Array): void {
+  const n = m.nItems;
+  if (out.length !== n || fallback.length !== n) throw new ModelError(`rankScores: expected ${n} rows, got out ${out.length} and fallback ${fallback.length}`);
+  let lo = Infinity;
+  let hi = -Infinity;
+  for (let j = 0; j < n; j++) {
+    const f = fallback[j]!;
+    if (f < lo) lo = f;
+    if (f > hi) hi = f;
+  }
+  const span = hi > lo ? hi - lo : 1;
+  const s = neighborScores(m, history);
+  for (let j = 0; j < n; j++) {
+    const v = s[j]!;
+    out[j] = v > 0 ? 1 + v : (0.999 * (fallback[j]! - lo)) / span;
+  }
+}
+
+/** Σᵢ h(i)·W[i, j] for every row j, in double precision. */
+export function neighborScores(m: SparseItemModel, history: readonly WeightedRow[]): Float64Array {
+  const s = new Float64Array(m.nItems);
+  const { width, index, weight } = m;
+  for (const h of history) {
+    if (!(h.weight > 0)) continue;
+    const base = h.row * width;
+    for (let k = 0; k < width; k++) {
+      const j = index[base + k]!;
+      if (j < 0) break;
+      s[j] += h.weight * weight[base + k]!;
+    }
+  }
+  return s;
+}
+
+/**
+ * Top `k` rows of `scores`, skipping `exclude` and rows `allowed` rejects, best first (ties by row).
+ *
+ * @example
+ * ```ts
+ * topRows(Float32Array.of(0.1, 3, 2), 2, new Set([1])); // [{ row: 2, score: 2 }, { row: 0, score: 0.1 }]
+ * ```
+ */
+export function topRows(scores: ArrayLike<number>, k: number, exclude: ReadonlySet<number>, allowed?: (row: number) => boolean): Array<{ row: number; score: number }> {
+  const top: Array<{ row: number; score: number }> = [];
+  for (let j = 0; j < scores.length; j++) {
+    const v = scores[j]!;
+    if (exclude.has(j) || (allowed && !allowed(j))) continue;
+    if (top.length === k && v <= top[k - 1]!.score) continue;
+    let p = top.length < k ? top.length : k - 1;
+    if (top.length < k) top.push({ row: j, score: v });
+    while (p > 0 && top[p - 1]!.score < v) {
+      top[p] = top[p - 1]!;
+      p--;
+    }
+    top[p] = { row: j, score: v };
+  }
+  return top;
+}
+
+/** What each history entry added to `row`'s neighbour score, strongest first (positive only). */
+export function neighborContributions<T extends WeightedRow>(m: SparseItemModel, history: readonly T[], row: number): Array<{ item: T; value: number }> {
+  const out: Array<{ item: T; value: number }> = [];
+  for (const h of history) {
+    if (!(h.weight > 0)) continue;
+    const base = h.row * m.width;
+    for (let k = 0; k < m.width; k++) {
+      const j = m.index[base + k]!;
+      if (j < 0) break;
+      if (j === row) {
+        const v = h.weight * m.weight[base + k]!;
+        if (v > 0) out.push({ item: h, value: v });
+        break;
+      }
+    }
+  }
+  return out.sort((a, b) => b.value - a.value);
+}
+
+/** The items `row` points to with a positive weight, strongest first. */
+export function neighborsOf(m: SparseItemModel, row: number): Array<{ row: number; score: number }> {
+  if (!(row >= 0 && row < m.nItems)) throw new ModelError(`row ${row} is outside the neighbour table`);
+  const out: Array<{ row: number; score: number }> = [];
+  for (let k = 0; k < m.width; k++) {
+    const j = m.index[row * m.width + k]!;
+    if (j < 0) break;
+    const w = m.weight[row * m.width + k]!;
+    if (w > 0) out.push({ row: j, score: w });
+  }
+  return out.sort((a, b) => b.score - a.score || a.row - b.row);
+}

@@ -1,0 +1,247 @@
+import 'fake-indexeddb/auto';
+import assert from 'node:assert/strict';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, it } from 'node:test';
+import fc from 'fast-check';
+import { Engine, NEIGHBORS_KEY } from '../../src/engine/engine.js';
+import { runNeighbors } from '../../src/eval/neighbors-command.js';
+import { MemoryEventStore } from '../../src/events/store.js';
+import { isValidationError } from '../../src/errors.js';
+import { buildNeighborTable } from '../../src/model/build-neighbors.js';
+import { decodeNeighborTable, encodeNeighborTable, neighborTableHash } from '../../src/model/neighbors-wire.js';
+import { alignNeighbors, neighborContributions, neighborsOf, rankScores, topRows, type NeighborTable } from '../../src/model/neighbors.js';
+import type { FetchLike } from '../../src/federated/sync.js';
+import '../../src/model/tf.js';
+
+/** a → b (0.8), a → c (0.2); b → a (0.5); c → d (0.9); d: none. */
+const TABLE: NeighborTable = {
+  itemIds: ['a', 'b', 'c', 'd'],
+  width: 2,
+  index: Int32Array.of(1, 2, 0, -1, 3, -1, -1, -1),
+  weight: Float32Array.of(0.8, 0.2, 0.5, 0, 0.9, 0, 0, 0),
+};
+
+describe('neighbour file (LRN1)', () => {
+  it('round-trips ids, indices and weights; its hash is the SHA-256 of the bytes', async () => {
+    const t: NeighborTable = { ...TABLE, itemIds: ['a', 'bé', '杯', 'd d'] };
+    const bytes = encodeNeighborTable(t);
+    assert.equal(bytes.length, 20 + (2 + 1) + (2 + 3) + (2 + 3) + (2 + 3) + 8 * (2 + 4));
+    const back = decodeNeighborTable(bytes);
+    assert.deepEqual(back.itemIds, t.itemIds);
+    assert.deepEqual(Array.from(back.index), Array.from(t.index));
+    assert.deepEqual(Array.from(back.weight), Array.from(t.weight));
+    assert.match(await neighborTableHash(bytes), /^[0-9a-f]{64}$/);
+  });
+
+  it('uses 4-byte indices past 65,535 items', () => {
+    const n = 70_000;
+    const t: NeighborTable = { itemIds: Array.from({ length: n }, (_, i) => `i${i}`), width: 1, index: new Int32Array(n).fill(-1), weight: new Float32Array(n) };
+    t.index[0] = n - 1;
+    t.weight[0] = 1;
+    const bytes = encodeNeighborTable(t);
+    assert.equal(bytes[5], 4);
+    assert.equal(decodeNeighborTable(bytes).index[0], n - 1);
+  });
+
+  it('refuses broken files with a ValidationError that says what is wrong', () => {
+    const good = encodeNeighborTable(TABLE);
+    const cases: Array<[string, (b: Uint8Array) => Uint8Array, RegExp]> = [
+      ['short', (b) => b.subarray(0, 10), /shorter than the 20-byte header/],
+      ['magic', (b) => ((b[0] = 0x58), b), /magic is not LRN1/],
+      ['version', (b) => ((b[4] = 9), b), /format version 9/],
+      ['truncated', (b) => b.subarray(0, b.length - 1), /header describes/],
+      ['self-loop', (b) => (new DataView(b.buffer).setUint16(20 + 4 * 3, 0, true), b), /points to 0/],
+      ['out of range', (b) => (new DataView(b.buffer).setUint16(20 + 4 * 3, 7, true), b), /points to 7/],
+      ['gap', (b) => (new DataView(b.buffer).setUint16(20 + 4 * 3 + 2 * 7, 0, true), b), /follows an unused slot/],
+      ['nan', (b) => (new DataView(b.buffer).setFloat32(20 + 4 * 3 + 16, Number.NaN, true), b), /not finite/],
+    ];
+    for (const [name, mutate, re] of cases) {
+      assert.throws(() => decodeNeighborTable(mutate(good.slice())), (e: unknown) => isValidationError(e) && re.test((e as Error).message), name);
+    }
+  });
+
+  it('property: arbitrary bytes and mutations never throw anything but ValidationError', () => {
+    const good = encodeNeighborTable(TABLE);
+    const check = (b: Uint8Array) => {
+      try {
+        decodeNeighborTable(b);
+      } catch (e) {
+        assert.ok(isValidationError(e), `threw ${(e as Error).name}: ${(e as Error).message}`);
+      }
+    };
+    fc.assert(fc.property(fc.uint8Array({ maxLength: 200 }), (b) => check(b)), { numRuns: 500 });
+    fc.assert(
+      fc.property(fc.array(fc.tuple(fc.nat(good.length - 1), fc.integer({ min: 0, max: 255 })), { minLength: 1, maxLength: 6 }), (edits) => {
+        const b = good.slice();
+        for (const [at, v] of edits) b[at] = v;
+        check(b);
+      }),
+      { numRuns: 1000 },
+    );
+  });
+});
+
+describe('neighbour scoring', () => {
+  const m = alignNeighbors(TABLE, new Map(TABLE.itemIds.map((id, i) => [id, i])), 4);
+
+  it('ranks what the history reaches first (1 + Σ weight·w), the fallback order after, in [0, 1)', () => {
+    const out = new Float32Array(4);
+    rankScores(m, [{ row: 0, weight: 1 }], Float32Array.of(5, 1, 3, 4), out);
+    // a reaches b (0.8) and c (0.2); d only by fallback (4 of 1..5 → 0.999·3/4); a itself by fallback (top).
+    assert.ok(Math.abs(out[1]! - 1.8) < 1e-6 && Math.abs(out[2]! - 1.2) < 1e-6);
+    assert.ok(Math.abs(out[3]! - 0.999 * 0.75) < 1e-6 && Math.abs(out[0]! - 0.999) < 1e-6);
+    assert.deepEqual(topRows(out, 3, new Set([0])).map((s) => s.row), [1, 2, 3]);
+    assert.deepEqual(topRows(out, 2, new Set(), (r) => r !== 1).map((s) => s.row), [2, 0]);
+  });
+
+  it('explains a score by the history items that point to it, and lists an item’s own neighbours', () => {
+    const h = [{ row: 0, weight: 2 }, { row: 2, weight: 1 }];
+    assert.deepEqual(neighborContributions(m, h, 1).map((c) => [c.item.row, Math.round(c.value * 1e3) / 1e3]), [[0, 1.6]]);
+    assert.deepEqual(neighborContributions(m, h, 3).map((c) => c.item.row), [2]);
+    assert.deepEqual(neighborsOf(m, 0).map((s) => s.row), [1, 2]);
+    assert.deepEqual(neighborsOf(m, 3), []);
+  });
+
+  it('aligns a table to another catalog by id, dropping what the catalog lacks', () => {
+    const a = alignNeighbors(TABLE, new Map([['b', 0], ['a', 1], ['d', 2]]), 3);
+    // a (row 1) keeps b (row 0) only: c is not in this catalog. c's own neighbours vanish with it.
+    assert.deepEqual(Array.from(a.index), [1, -1, 0, -1, -1, -1]);
+    assert.deepEqual(Array.from(a.weight), [0.5, 0, 0.800000011920929, 0, 0, 0]);
+  });
+});
+
+describe('buildNeighborTable', () => {
+  // 6 customers: x and y bought together by 4, x and z by 1.
+  const lists = (() => {
+    const users = [[0, 1], [0, 1], [0, 1], [0, 1, 2], [2, 3], [2, 3]];
+    const ptr = [0];
+    const items: number[] = [];
+    for (const u of users) {
+      items.push(...u);
+      ptr.push(items.length);
+    }
+    return { ptr: Int32Array.from(ptr), items: Int32Array.from(items), nItems: 4 };
+  })();
+
+  it('keeps only pairs that at least minSupport customers share, and reports what it dropped', () => {
+    const loose = buildNeighborTable(lists, ['x', 'y', 'z', 'w'], { l2: 1, width: 3, minSupport: 1 });
+    const strict = buildNeighborTable(lists, ['x', 'y', 'z', 'w'], { l2: 1, width: 3, minSupport: 2 });
+    const pairs = (t: NeighborTable) => t.itemIds.flatMap((id, i) => neighborsOf(alignNeighbors(t, new Map(t.itemIds.map((d, k) => [d, k])), 4), i).map((s) => `${id}>${t.itemIds[s.row]}`));
+    assert.ok(pairs(loose.table).includes('x>y') && pairs(loose.table).includes('z>w'));
+    assert.ok(pairs(loose.table).includes('y>z') || pairs(loose.table).includes('x>z') || pairs(loose.table).includes('z>x'), 'a pair of support 1 exists without the floor');
+    for (const p of pairs(strict.table)) assert.ok(['x>y', 'y>x', 'z>w', 'w>z'].includes(p), `${p} has support ≥ 2`);
+    assert.ok(strict.report.droppedForSupport > 0);
+    assert.equal(strict.report.pairs + strict.report.droppedForSupport, loose.report.pairs);
+    for (const w of strict.table.weight) assert.ok(w >= 0, 'positive weights only by default');
+  });
+
+  it('refuses bad options by name', () => {
+    assert.throws(() => buildNeighborTable(lists, ['x', 'y', 'z', 'w'], { minSupport: 0 }), /neighbors.minSupport/);
+    assert.throws(() => buildNeighborTable(lists, ['x'], {}), /neighbors.itemIds/);
+  });
+});
+
+describe('`localrec neighbors`', () => {
+  it('writes a table that decodes and prints one JSON line describing it', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'localrec-nb-'));
+    const rows = ['customer,item,qty'];
+    for (let u = 0; u < 20; u++) {
+      rows.push(`c${u},mug,1`, `c${u},${u % 2 ? 'tea' : 'plate'},1`);
+      if (u % 4 === 0) rows.push(`c${u},spoon,1`);
+    }
+    writeFileSync(join(dir, 'orders.csv'), rows.join('\n'));
+    const out: string[] = [];
+    const summary = await runNeighbors(
+      { data: join(dir, 'orders.csv'), format: 'csv', user: 'customer', item: 'item', filter: ['qty>0'], out: join(dir, 'n.lrn'), width: '4', l2: '1', minSupport: '3' },
+      { stdout: (s) => out.push(s), stderr: { write: () => true } },
+    );
+    const t = decodeNeighborTable(readFileSync(join(dir, 'n.lrn')));
+    assert.deepEqual(t.itemIds.sort(), ['mug', 'plate', 'spoon', 'tea']);
+    assert.equal(JSON.parse(out[0]!).sha256, await neighborTableHash(readFileSync(join(dir, 'n.lrn'))));
+    assert.equal(summary.users, 20);
+    assert.equal(summary.bytes, readFileSync(join(dir, 'n.lrn')).length);
+    await assert.rejects(runNeighbors({ format: 'csv', filter: [], out: 'x', width: '4', l2: '1', minSupport: '3' }, { stdout: () => {}, stderr: { write: () => true } }), /--data/);
+    await assert.rejects(
+      runNeighbors({ data: join(dir, 'orders.csv'), format: 'csv', user: 'customer', item: 'item', filter: [], out: 'x', width: '0', l2: '1', minSupport: '3' }, { stdout: () => {}, stderr: { write: () => true } }),
+      /--width/,
+    );
+  });
+});
+
+describe('Engine with a neighbour table', () => {
+  const catalog = { items: ['a', 'b', 'c', 'd', 'e'].map((id, i) => ({ id, title: id.toUpperCase(), popularity: 50 - i, category: i % 2 ? 'odd' : 'even' })) };
+  const file = encodeNeighborTable({ ...TABLE, itemIds: ['a', 'b', 'c', 'd'] });
+  const base = { catalog, backend: 'cpu' as const, autoTrainEvery: 0 };
+
+  it('ranks by the history through the table, explains with past items, lists neighbours in similar(), keeps the table across a restart', async () => {
+    const store = new MemoryEventStore();
+    const e = await Engine.create({ ...base, store });
+    assert.deepEqual((await e.recommend({ k: 2 })).map((r) => r.reason.kind), ['popular', 'popular']);
+    const r = await e.setNeighbors(file);
+    assert.deepEqual({ items: r.items, width: r.width }, { items: 4, width: 2 });
+    e.enqueue([{ type: 'view', itemId: 'c' }]);
+    const recs = await e.recommend({ k: 3 });
+    // c → d: d first and explained by c; then the factor model's (popularity) order.
+    assert.equal(recs[0]!.itemId, 'd');
+    assert.ok(recs[0]!.score > 1);
+    assert.deepEqual(recs[0]!.reason, { kind: 'personal', text: 'Because you viewed C', itemIds: ['c'] });
+    assert.deepEqual(recs.slice(1).map((x) => x.itemId), ['a', 'b']);
+    assert.ok(recs.slice(1).every((x) => x.score < 1));
+    assert.deepEqual((await e.recommend({ k: 1, category: 'even' })).map((x) => x.itemId), ['a']);
+    const sim = await e.similar('a', { k: 3 });
+    assert.deepEqual(sim.slice(0, 2).map((s) => s.itemId), ['b', 'c']);
+    assert.equal(sim.length, 3);
+    assert.deepEqual((await e.stats()).model.neighbors, { items: 4, width: 2, hash: r.hash, source: 'setNeighbors' });
+    assert.equal((await e.audit()).neighbors?.stored, true);
+    await e.close();
+    const again = await Engine.create({ ...base, store });
+    assert.equal((await again.stats()).model.neighbors?.hash, r.hash);
+    assert.equal((await again.recommend({ k: 1 }))[0]!.itemId, 'd');
+    await again.close();
+  });
+
+  it('refuses a broken file and keeps the table in use', async () => {
+    const e = await Engine.create({ ...base, store: new MemoryEventStore() });
+    const { hash } = await e.setNeighbors(file);
+    const bad = file.slice();
+    bad[0] = 0;
+    await assert.rejects(e.setNeighbors(bad), (err: unknown) => isValidationError(err) && /magic/.test((err as Error).message));
+    await assert.rejects(e.setNeighbors('nope' as unknown as ArrayBuffer), /neighbors: must be an ArrayBuffer/);
+    assert.equal((await e.stats()).model.neighbors?.hash, hash);
+    await e.close();
+  });
+
+  it('fetches options.neighbors.url only once personalization is allowed, and logs the request', async () => {
+    const calls: Array<{ url: string; init?: { method?: string; body?: Uint8Array } }> = [];
+    const fetch: FetchLike = async (url, init) => {
+      calls.push({ url, init });
+      return new Response(file as Uint8Array<ArrayBuffer>, { status: 200 });
+    };
+    const store = new MemoryEventStore();
+    const e = await Engine.create({ ...base, store, fetch, neighbors: { url: 'https://shop.example/static/neighbors.lrn' }, consent: { personalization: false, federated: false } });
+    await e.recommend();
+    assert.equal(calls.length, 0, 'no request before consent');
+    await e.setConsent({ personalization: true });
+    e.enqueue([{ type: 'view', itemId: 'a' }]);
+    assert.equal((await e.recommend({ k: 1 }))[0]!.itemId, 'b');
+    assert.deepEqual(calls.map((c) => [c.url, c.init?.method, c.init?.body]), [['https://shop.example/static/neighbors.lrn', 'GET', undefined]]);
+    const log = await e.egressLog();
+    assert.deepEqual(log.map((x) => [x.method, x.endpoint, x.kind, x.bytes, x.status]), [['GET', '/static/neighbors.lrn', 'neighbors', 0, 200]]);
+    assert.ok((await store.getMeta(NEIGHBORS_KEY)) !== undefined);
+    await e.close();
+  });
+
+  it('a failed fetch leaves ranking to the factor model and says why in stats()', async () => {
+    const fetch: FetchLike = async () => new Response('gone', { status: 404 });
+    const e = await Engine.create({ ...base, store: new MemoryEventStore(), fetch, neighbors: { url: 'https://shop.example/n.lrn' } });
+    e.enqueue([{ type: 'view', itemId: 'c' }]);
+    const recs = await e.recommend({ k: 2 });
+    assert.deepEqual(recs.map((r) => r.itemId), ['a', 'b'], 'the factor model (popularity here) ranks, the seen item left out');
+    const s = await e.stats();
+    assert.equal(s.model.neighbors, null);
+    assert.match(s.lastError ?? '', /NetworkError: GET https:\/\/shop.example\/n.lrn: HTTP 404/);
+    await e.close();
+  });
+});
