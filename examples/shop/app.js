@@ -117,6 +117,9 @@ async function startRecommender() {
     autoTrainEvery: 0,
     // The aggregation server is behind this very address (/v1/…).
     federated: { serverUrl: location.origin },
+    // The shop's neighbour table (scripts/make-neighbors.ts, as `localrec neighbors` makes it from
+    // the shop's orders), a static file: "Recommended for you" ranks the shopper's history through it.
+    neighbors: { url: '/neighbors.lrn' },
     ...(CONSENT_REQUIRED ? { consent: 'required' } : { consent: 'granted' }),
     ...(state.offerKey ? { offers: { publicKey: state.offerKey } } : {}),
   });
@@ -295,6 +298,10 @@ function ago(t) {
 function renderModel(s) {
   $('m-backend').textContent = s.backend;
   $('m-backend-reason').textContent = `Why ${s.backend}: ${s.backendReason}. Storage: ${s.storage}.`;
+  const nb = s.model.neighbors;
+  $('m-neighbors').textContent = nb
+    ? `Ranking: your history through the shop’s neighbour table (${nb.items} products × ${nb.width} neighbours, ${nb.hash.slice(0, 8)}…), then the federated model.`
+    : 'Ranking: the federated model (no neighbour table loaded).';
   $('m-events').textContent = String(s.events.total);
   $('m-trained').textContent = state.training ? 'training…' : ago(s.model.trainedAt);
   $('m-steps').textContent = String(s.model.trainSteps);

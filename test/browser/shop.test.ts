@@ -78,8 +78,18 @@ describe('demo shop', () => {
     page.on('console', (m) => {
       if (m.type() === 'error') errors.push(m.text());
     });
+    // The SDK fetches the shop's neighbour table as it starts: a plain GET with nothing of the shopper.
+    const neighborRequests: Request[] = [];
+    page.on('request', (r) => {
+      if (new URL(r.url()).pathname === '/neighbors.lrn') neighborRequests.push(r);
+    });
     await page.goto(`${shop.url}/?backend=wasm&shoppers=12`);
     await page.waitForSelector('body[data-state="ready"]', { timeout: 45_000 });
+    await page.waitForFunction(() => /neighbour table \(300 products × 16 neighbours/.test(document.getElementById('m-neighbors')?.textContent ?? ''), null, { timeout: 15_000 });
+    assert.equal(neighborRequests.length, 1);
+    assert.equal(neighborRequests[0]!.method(), 'GET');
+    assert.equal(neighborRequests[0]!.postData(), null);
+    assert.equal(new URL(neighborRequests[0]!.url()).search, '');
     // From here on, every request the SDK's worker makes to the federated API. (Before "ready" the
     // page read /v1/config for its own display; its polling of /v1/health and /v1/rounds/current
     // carries nothing about the shopper and is not the SDK's.)
@@ -175,7 +185,7 @@ describe('demo shop', () => {
     assert.match(await text(page, '#a-gpc'), /not sent/);
     assert.match(await text(page, '#a-consent'), /^Personalization: yes · sharing model updates: yes · sync allowed/);
     const egressRows = await page.$$eval('#a-egress tr', (trs) => trs.map((tr) => [...tr.querySelectorAll('td')].map((td) => td.textContent ?? '')));
-    const sdkSeen = sdkRequests.map((r) => `${r.method()} ${new URL(r.url()).pathname}`);
+    const sdkSeen = [...neighborRequests, ...sdkRequests].map((r) => `${r.method()} ${new URL(r.url()).pathname}`);
     assert.deepEqual(egressRows.map((r) => r[1]).reverse(), sdkSeen, 'the egress table lists exactly the requests the SDK made');
     assert.ok(sdkSeen.includes('POST /v1/updates'), JSON.stringify(sdkSeen));
     const updateBytes = sdkRequests.find((r) => r.method() === 'POST')!.postDataBuffer()!.length;
@@ -238,12 +248,16 @@ describe('demo shop', () => {
     assert.equal(await text(page, '#privacy-counts tr[data-type="offer_redeemed"] td'), '0');
     assert.equal(await text(page, '#cart-count'), '0');
     assert.equal(await page.getAttribute('#a-eps', 'data-epsilon'), '0.00', 'the ε spent went with the erase');
-    assert.equal((await page.$$('#a-egress tr')).length, 0, 'and so did the egress log');
+    // The egress log went too: the fresh recommender's log holds only its own fetch of the shop's
+    // neighbour table (once the panel has re-read the audit), nothing of the erased shopper's syncs.
+    await page.waitForFunction(() => document.querySelectorAll('#a-egress tr').length <= 1, null, { timeout: 10_000 });
+    const egressAfter = await page.$$eval('#a-egress tr', (trs) => trs.map((tr) => tr.querySelectorAll('td')[1]?.textContent ?? ''));
+    assert.ok(egressAfter.every((e) => e === 'GET /neighbors.lrn'), `egress after erase: ${JSON.stringify(egressAfter)}`);
     const erased = await reasonsOf(page);
     assert.ok(erased.every((r) => r.kind === 'popular'), 'after erase the shelf is back to bestsellers');
     assert.match(await text(page, '#status'), /Erased/);
-    // The SDK's database was deleted; the new recommender's holds no event of the erased shopper,
-    // no ε and no egress log.
+    // The SDK's database was deleted; the new recommender's holds no event of the erased shopper and
+    // no ε (its egress log, checked above, holds only its own neighbour-table fetch).
     const stored = await page.evaluate(async () => {
       const db = await new Promise<IDBDatabase>((res, rej) => {
         const r = indexedDB.open('localrec');
@@ -272,7 +286,7 @@ describe('demo shop', () => {
       return out;
     });
     assert.ok(stored.events.every((t) => t === 'offer_impression'), `events after erase: ${JSON.stringify(stored)}`);
-    assert.ok(!stored.meta.some((k) => ['privacy', 'egress'].includes(k)), `meta after erase: ${JSON.stringify(stored)}`);
+    assert.ok(!stored.meta.includes('privacy'), `meta after erase: ${JSON.stringify(stored)}`);
     // A model record may be back (the fresh page trains on its impressions: zero steps), but it is
     // the initial one, not the synced version.
     assert.equal(await text(page, '#m-steps'), '0');
