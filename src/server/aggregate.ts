@@ -1,11 +1,25 @@
 /**
  * Server-side optimizers that turn a round's client deltas into the next global table:
- * FedAvg (McMahan et al. 2017) and FedAdam (Reddi et al. 2021, "Adaptive Federated Optimization").
+ * FedAvg (McMahan et al. 2017) and FedAdam (Reddi et al. 2021, "Adaptive Federated Optimization"),
+ * fed by the plain mean of the deltas or by a robust coordinate-wise estimate of it (trimmed mean,
+ * median; Yin et al. 2018, "Byzantine-Robust Distributed Learning").
  * Pure functions over flat `n·(dim+1)` vectors (factors row-major, then biases).
  */
 import type { ItemTable } from '../model/item-table.js';
 
 export type AggregatorName = 'fedavg' | 'fedadam';
+
+/**
+ * How a round's deltas are combined per coordinate before the optimizer step: `mean` (plain
+ * FedAvg/FedAdam), `trimmed-mean` (drop the ⌊β·M⌋ smallest and largest values of each coordinate,
+ * average the rest) or `median`.
+ */
+export type RobustName = 'mean' | 'trimmed-mean' | 'median';
+
+export const ROBUST_NAMES: readonly RobustName[] = ['mean', 'trimmed-mean', 'median'];
+
+/** Default trim fraction β of `trimmed-mean`: 10 % from each end of every coordinate. */
+export const DEFAULT_TRIM_FRACTION = 0.1;
 
 export interface FedAdamOptions {
   /** Server learning rate η. Default 0.01. */
@@ -32,6 +46,72 @@ export function meanDelta(deltas: readonly Float32Array[]): Float64Array {
   for (const d of deltas) for (let i = 0; i < len; i++) out[i] = out[i]! + d[i]!;
   for (let i = 0; i < len; i++) out[i] = out[i]! / deltas.length;
   return out;
+}
+
+/**
+ * How many values `combineDeltas` drops from EACH end of a coordinate for M deltas: ⌊β·M⌋ for
+ * `trimmed-mean`, ⌊(M − 1)/2⌋ for `median` (which keeps the middle one or two), 0 for `mean`.
+ * As long as at most this many of the M deltas are dishonest, every value kept lies between two
+ * honest values, so dishonest clients cannot move any coordinate beyond the honest range.
+ *
+ * @example
+ * ```ts
+ * trimCount('trimmed-mean', 100, 0.1); // 10
+ * trimCount('median', 100); // 49 (keeps the 50th and 51st)
+ * ```
+ */
+export function trimCount(robust: RobustName, m: number, trimFraction = DEFAULT_TRIM_FRACTION): number {
+  if (robust === 'median') return Math.max(0, Math.floor((m - 1) / 2));
+  if (robust === 'trimmed-mean') return Math.min(Math.floor(trimFraction * m + 1e-9), Math.max(0, Math.floor((m - 1) / 2)));
+  return 0;
+}
+
+/**
+ * Coordinate-wise trimmed mean: for every coordinate, sorts the M values, drops the `trim`
+ * smallest and the `trim` largest and averages the rest (double precision). `trim = 0` is the
+ * mean; `trim = ⌊(M − 1)/2⌋` is the median.
+ *
+ * @example
+ * ```ts
+ * trimmedMeanDelta([new Float32Array([1]), new Float32Array([2]), new Float32Array([100])], 1); // Float64Array [2]
+ * ```
+ */
+export function trimmedMeanDelta(deltas: readonly Float32Array[], trim: number): Float64Array {
+  const m = deltas.length;
+  const len = deltas[0]?.length ?? 0;
+  if (!Number.isInteger(trim) || trim < 0 || m - 2 * trim < 1) throw new RangeError(`cannot trim ${trim} from each end of ${m} values`);
+  if (trim === 0) return meanDelta(deltas);
+  const out = new Float64Array(len);
+  const keep = m - 2 * trim;
+  // Coordinates are processed in blocks: the block's values of all M deltas are copied into one
+  // buffer (contiguous reads), then each coordinate's column is sorted in a small scratch array.
+  const BLOCK = 256;
+  const buf = new Float32Array(m * BLOCK);
+  const col = new Float32Array(m);
+  for (let start = 0; start < len; start += BLOCK) {
+    const count = Math.min(BLOCK, len - start);
+    for (let k = 0; k < m; k++) buf.set(deltas[k]!.subarray(start, start + count), k * BLOCK);
+    for (let j = 0; j < count; j++) {
+      for (let k = 0; k < m; k++) col[k] = buf[k * BLOCK + j]!;
+      col.sort();
+      let s = 0;
+      for (let k = trim; k < m - trim; k++) s += col[k]!;
+      out[start + j] = s / keep;
+    }
+  }
+  return out;
+}
+
+/**
+ * The round's combined delta: mean, trimmed mean or median of the deltas, per coordinate.
+ *
+ * @example
+ * ```ts
+ * const step = combineDeltas(deltas, 'trimmed-mean', 0.1); // then applyFedAvg(current, step)
+ * ```
+ */
+export function combineDeltas(deltas: readonly Float32Array[], robust: RobustName, trimFraction = DEFAULT_TRIM_FRACTION): Float64Array {
+  return robust === 'mean' ? meanDelta(deltas) : trimmedMeanDelta(deltas, trimCount(robust, deltas.length, trimFraction));
 }
 
 function withStep(t: ItemTable, step: (i: number) => number): ItemTable {

@@ -104,6 +104,8 @@ export function createApp(rounds: RoundCoordinator, opts: AppOptions): Hono {
       updateBytes,
       updateBudgetBytes: UPDATE_BUDGET_BYTES,
       aggregator: cfg.aggregator,
+      robust: cfg.robust,
+      trimFraction: cfg.trimFraction,
       normTolerance: cfg.normTolerance,
       normSlack: cfg.normSlack,
       version: rounds.version,

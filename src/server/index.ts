@@ -1,12 +1,12 @@
 /**
  * Node entry of the aggregation server: `startServer()` for tests, the demo and `localrec serve`.
  */
-import { serve } from '@hono/node-server';
+import { createAdaptorServer } from '@hono/node-server';
 import type { AddressInfo } from 'node:net';
 import { ValidationError } from '../errors.js';
 import { chooseBits, decodeModel, DEFAULT_BLOCK_SIZE, UPDATE_BUDGET_BYTES } from '../federated/wire.js';
 import type { ItemTable } from '../model/item-table.js';
-import { DEFAULT_FEDADAM, type AggregatorName, type FedAdamOptions } from './aggregate.js';
+import { DEFAULT_FEDADAM, DEFAULT_TRIM_FRACTION, ROBUST_NAMES, trimCount, type AggregatorName, type FedAdamOptions, type RobustName } from './aggregate.js';
 import { createApp } from './app.js';
 import { MemoryStorage } from './memory-storage.js';
 import { RateLimiter, type RateLimitOptions } from './rate-limit.js';
@@ -22,6 +22,8 @@ export { RoundCoordinator } from './rounds.js';
 export { RateLimiter } from './rate-limit.js';
 export { REJECT_STATUS, normBound, checkUpdate } from './validate-update.js';
 export type { RejectReason } from './validate-update.js';
+export { combineDeltas, trimmedMeanDelta, trimCount, ROBUST_NAMES, DEFAULT_TRIM_FRACTION } from './aggregate.js';
+export type { AggregatorName, RobustName } from './aggregate.js';
 export type { Storage, StoredVersion, NewUpdate, PendingUpdate } from './storage.js';
 
 export interface ServerOptions {
@@ -29,6 +31,11 @@ export interface ServerOptions {
   port?: number;
   /** Default 127.0.0.1. */
   host?: string;
+  /**
+   * Length of the listen queue of connections the kernel has accepted and the server has not yet
+   * taken (Linux caps it at `net.core.somaxconn`). Default 4096; Node's own default is 511.
+   */
+  backlog?: number;
   /** A storage adapter; otherwise SQLite under `dataDir`, or memory when `dataDir` is null. */
   storage?: Storage;
   /** Default `.data`; `null` keeps everything in memory. */
@@ -44,6 +51,14 @@ export interface ServerOptions {
   bits?: number;
   blockSize?: number;
   aggregator?: AggregatorName;
+  /**
+   * How a round's updates are combined per coordinate: `mean` (default), `trimmed-mean` (drops the
+   * ⌊trimFraction·M⌋ lowest and highest values of every coordinate) or `median`. The robust ones
+   * bound what a few dishonest clients per round can do (see docs/RELIABILITY.md).
+   */
+  robust?: RobustName;
+  /** β of `trimmed-mean`, in [0, 0.5); ⌊β·minClients⌋ must be ≥ 1. Default 0.1. */
+  trimFraction?: number;
   serverLearningRate?: number;
   fedAdam?: Partial<FedAdamOptions>;
   normTolerance?: number;
@@ -67,6 +82,9 @@ export interface RunningServer {
   close(): Promise<void>;
 }
 
+/** See {@link ServerOptions.backlog}. */
+export const DEFAULT_BACKLOG = 4096;
+
 function positive(name: string, v: number, integer = false): number {
   if (!Number.isFinite(v) || v <= 0 || (integer && !Number.isInteger(v))) {
     throw new ValidationError(`options.${name}`, `must be a ${integer ? 'positive integer' : 'positive number'}, got ${v}`);
@@ -88,9 +106,11 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
   const { app, rounds, storage } = await createServer(options);
   try {
     const host = options.host ?? '127.0.0.1';
-    const { server, port } = await new Promise<{ server: ReturnType<typeof serve>; port: number }>((resolve, reject) => {
-      const s = serve({ fetch: app.fetch, port: options.port ?? 8787, hostname: host }, (info: AddressInfo) => resolve({ server: s, port: info.port }));
+    const backlog = positive('backlog', options.backlog ?? DEFAULT_BACKLOG, true);
+    const { server, port } = await new Promise<{ server: ReturnType<typeof createAdaptorServer>; port: number }>((resolve, reject) => {
+      const s = createAdaptorServer({ fetch: app.fetch, hostname: host });
       s.once('error', reject);
+      s.listen({ port: options.port ?? 8787, host, backlog }, () => resolve({ server: s, port: (s.address() as AddressInfo).port }));
     });
     const url = `http://${host.includes(':') ? `[${host}]` : host}:${port}`;
     let closed = false;
@@ -155,6 +175,16 @@ export async function createServer(options: ServerOptions = {}): Promise<ServerP
     if (!Number.isInteger(maxStaleness) || maxStaleness < 0) throw new ValidationError('options.maxStaleness', `must be an integer ≥ 0, got ${maxStaleness}`);
     const aggregator = options.aggregator ?? 'fedavg';
     if (aggregator !== 'fedavg' && aggregator !== 'fedadam') throw new ValidationError('options.aggregator', `must be 'fedavg' or 'fedadam', got '${aggregator}'`);
+    const minClients = positive('minClients', options.minClients ?? 10, true);
+    const robust = options.robust ?? 'mean';
+    if (!ROBUST_NAMES.includes(robust)) throw new ValidationError('options.robust', `must be ${ROBUST_NAMES.map((r) => `'${r}'`).join(', ')}, got '${robust}'`);
+    const trimFraction = options.trimFraction ?? DEFAULT_TRIM_FRACTION;
+    if (!Number.isFinite(trimFraction) || trimFraction < 0 || trimFraction >= 0.5) {
+      throw new ValidationError('options.trimFraction', `must be in [0, 0.5), got ${trimFraction}`);
+    }
+    if (robust === 'trimmed-mean' && trimCount(robust, minClients, trimFraction) < 1) {
+      throw new ValidationError('options.trimFraction', `${trimFraction} of ${minClients} updates (minClients) trims nothing; raise it to at least ${(1 / minClients).toPrecision(3)} or raise minClients`);
+    }
     const config: RoundConfig = {
       itemCount,
       dim: shape.dim,
@@ -164,9 +194,11 @@ export async function createServer(options: ServerOptions = {}): Promise<ServerP
       noiseMultiplier,
       normTolerance: options.normTolerance ?? 0.01,
       normSlack: options.normSlack ?? 6,
-      minClients: positive('minClients', options.minClients ?? 10, true),
+      minClients,
       maxStaleness,
       aggregator,
+      robust,
+      trimFraction,
       serverLearningRate: positive('serverLearningRate', options.serverLearningRate ?? 1),
       fedAdam: { ...DEFAULT_FEDADAM, ...options.fedAdam },
       now,

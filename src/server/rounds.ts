@@ -6,7 +6,7 @@
 import { ModelError, StorageError } from '../errors.js';
 import { decodeModel, decodeUpdate, dequantizeUpdate, encodeModel, fromHex, sha256, toHex } from '../federated/wire.js';
 import type { ItemTable } from '../model/item-table.js';
-import { applyFedAdam, applyFedAvg, DEFAULT_FEDADAM, meanDelta, type AggregatorName, type FedAdamOptions } from './aggregate.js';
+import { applyFedAdam, applyFedAvg, combineDeltas, DEFAULT_FEDADAM, trimCount, type AggregatorName, type FedAdamOptions, type RobustName } from './aggregate.js';
 import { StorageConflictError, type Storage, type StoredVersion } from './storage.js';
 import { checkUpdate, reject, type Rejection, type UpdatePolicy } from './validate-update.js';
 
@@ -16,6 +16,14 @@ export interface RoundConfig extends UpdatePolicy {
   /** Oldest accepted base: current version − maxStaleness. Default 2. */
   maxStaleness: number;
   aggregator: AggregatorName;
+  /**
+   * How the round's deltas are combined per coordinate before the FedAvg/FedAdam step: the mean
+   * (default), a trimmed mean or the median (robust to up to ⌊trimFraction·M⌋, resp. ⌊(M−1)/2⌋,
+   * dishonest updates in a round of M).
+   */
+  robust: RobustName;
+  /** β of `trimmed-mean`: the share of values dropped from each end of every coordinate. Default 0.1. */
+  trimFraction: number;
   /** FedAvg server learning rate. Default 1. */
   serverLearningRate: number;
   fedAdam: FedAdamOptions;
@@ -182,7 +190,10 @@ export class RoundCoordinator {
     });
   }
 
-  /** Averages every pending update into the next version and publishes it atomically. */
+  /**
+   * Combines every pending update (mean, trimmed mean or median, per `robust`) into the next
+   * version and publishes it atomically with the ids it consumed.
+   */
   private async aggregate(): Promise<number> {
     const pending = await this.storage.pending();
     if (pending.length < this.config.minClients) {
@@ -190,7 +201,7 @@ export class RoundCoordinator {
       return this.cur.version;
     }
     const deltas = pending.map((u) => dequantizeUpdate(decodeUpdate(u.body)));
-    const mean = meanDelta(deltas);
+    const mean = combineDeltas(deltas, this.config.robust, this.config.trimFraction);
     let next: ItemTable;
     let optimizer: Float32Array | null = null;
     if (this.config.aggregator === 'fedadam') {
@@ -226,7 +237,8 @@ export class RoundCoordinator {
     this.cur = { version: next.version, hash: stored.hash, table: next, model, optimizer, createdAt: stored.createdAt };
     this.hashes.set(next.version, stored.hash);
     this.pendingN = 0;
-    this.config.log(`published version ${next.version} from ${pending.length} updates (${stored.hash.slice(0, 12)})`);
+    const how = this.config.robust === 'mean' ? '' : `, ${this.config.robust} dropping ${trimCount(this.config.robust, pending.length, this.config.trimFraction)} per end`;
+    this.config.log(`published version ${next.version} from ${pending.length} updates${how} (${stored.hash.slice(0, 12)})`);
     return next.version;
   }
 }

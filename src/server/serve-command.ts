@@ -51,6 +51,7 @@ export function register(program: Command): void {
     .description('Run the federated aggregation server (HTTP API under /v1, SQLite storage).')
     .option('--port <n>', 'port to listen on (0 = any free port)', num('port', true), 8787)
     .option('--host <addr>', 'address to bind', '127.0.0.1')
+    .option('--backlog <n>', 'listen queue length (capped by the kernel, e.g. net.core.somaxconn)', num('backlog', true), 4096)
     .option('--data-dir <dir>', 'folder for the SQLite database', '.data')
     .option('--catalog <file>', 'catalog JSON ({ items: [{ id, popularity? }] }); needed for a new data dir')
     .option('--dim <n>', 'embedding size of the item table', num('dim', true), 32)
@@ -61,6 +62,8 @@ export function register(program: Command): void {
     .option('--max-staleness <n>', 'oldest accepted base = current − n', num('max-staleness', true), 2)
     .option('--bits <n>', 'bits per update coordinate (default: widest within 64 KiB)', num('bits', true))
     .option('--aggregator <name>', 'fedavg or fedadam', 'fedavg')
+    .option('--robust <name>', 'combine a round per coordinate by: mean, trimmed-mean or median', 'mean')
+    .option('--trim <fraction>', 'trimmed-mean: share of values dropped from each end of every coordinate, in [0, 0.5)', num('trim'), 0.1)
     .option('--rate-limit <perMinute>', 'updates per minute per client address (0 = off)', num('rate-limit'), 60)
     .option('--static <dir>', 'serve this folder at / (the demo shop)')
     .option('--cors-origin <origin...>', 'page origins that may call the API from another origin (e.g. https://shop.example)')
@@ -93,6 +96,7 @@ export function register(program: Command): void {
       const server = await startServer({
         port: o.port as number,
         host: o.host as string,
+        backlog: o.backlog as number,
         dataDir: o.dataDir as string,
         ...(initialTable ? { initialTable } : {}),
         minClients: o.minClients as number,
@@ -101,6 +105,8 @@ export function register(program: Command): void {
         maxStaleness: o.maxStaleness as number,
         ...(o.bits !== undefined ? { bits: o.bits as number } : {}),
         aggregator: o.aggregator as 'fedavg',
+        robust: o.robust as 'mean',
+        trimFraction: o.trim as number,
         rateLimit: perMinute > 0 ? { perMinute, burst: Math.max(1, Math.ceil(perMinute / 3)) } : false,
         ...(typeof o.static === 'string' ? { staticDir: o.static } : {}),
         ...(offers ? { offers } : {}),
@@ -113,7 +119,7 @@ export function register(program: Command): void {
       });
       const cfg = server.rounds.config;
       process.stdout.write(
-        `localrec serve listening on ${server.url} (version ${server.rounds.version}, ${cfg.itemCount} items × ${cfg.dim}, ${cfg.bits}-bit updates, min ${cfg.minClients} clients)\n`,
+        `localrec serve listening on ${server.url} (version ${server.rounds.version}, ${cfg.itemCount} items × ${cfg.dim}, ${cfg.bits}-bit updates, min ${cfg.minClients} clients, ${cfg.aggregator}${cfg.robust === 'mean' ? '' : ` on the ${cfg.robust}${cfg.robust === 'trimmed-mean' ? ` (β ${cfg.trimFraction})` : ''}`})\n`,
       );
       const stop = () => {
         void server.close().then(() => process.exit(0));
