@@ -12,7 +12,7 @@
  *   npm run bench:server                       # 1,000 clients × 3 rounds
  *   BENCH_CLIENTS=200 BENCH_ROUNDS=2 npm run bench:server
  */
-import { mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { Agent, request } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -30,6 +30,28 @@ const ITEMS = 4000;
 const DIM = 16;
 const INVALID_EACH = 10; // per kind per round
 const DEADLINE_MS = Number(process.env.BENCH_DEADLINE_MS ?? 540_000);
+/** The server's listen backlog (startServer's default when unset). */
+const BACKLOG = process.env.BENCH_BACKLOG ? Number(process.env.BENCH_BACKLOG) : undefined;
+/**
+ * `round` (default): every round's 1,000 clients connect afresh, as 1,000 devices syncing would;
+ * `shared`: one keep-alive pool across rounds, whose idle sockets the server may close (after its
+ * keep-alive timeout) while this process is busy building the next round's bodies.
+ */
+const AGENT = process.env.BENCH_AGENT === 'shared' ? 'shared' : 'round';
+
+/** Linux's TCP counters of the listen queue (system-wide; other processes may add to them). */
+function listenCounters(): { overflows: number; drops: number } | undefined {
+  if (!existsSync('/proc/net/netstat')) return undefined;
+  const lines = readFileSync('/proc/net/netstat', 'utf8').split('\n');
+  for (let i = 0; i + 1 < lines.length; i += 2) {
+    if (!lines[i]!.startsWith('TcpExt:')) continue;
+    const names = lines[i]!.split(/\s+/);
+    const values = lines[i + 1]!.split(/\s+/).map(Number);
+    const get = (n: string) => values[names.indexOf(n)] ?? NaN;
+    return { overflows: get('ListenOverflows'), drops: get('ListenDrops') };
+  }
+  return undefined;
+}
 
 const deadline = setTimeout(() => {
   process.stderr.write(`server-bench: deadline of ${DEADLINE_MS} ms reached, stopping\n`);
@@ -88,9 +110,22 @@ const mb = (b: number) => Math.round(b / 1048576);
 async function runStore(kind: 'memory' | 'sqlite'): Promise<Record<string, unknown>> {
   const dir = kind === 'sqlite' ? mkdtempSync(join(tmpdir(), 'localrec-bench-')) : undefined;
   const storage: Storage = dir ? SqliteStorage.open(dir) : new MemoryStorage();
-  const server = await startServer({ port: 0, host: '127.0.0.1', storage, initialTable: initial, minClients: CLIENTS, noiseMultiplier: 1, clip: 1, maxStaleness: 1, rateLimit: false, log: () => {} });
+  const server = await startServer({
+    port: 0,
+    host: '127.0.0.1',
+    ...(BACKLOG !== undefined ? { backlog: BACKLOG } : {}),
+    storage,
+    initialTable: initial,
+    minClients: CLIENTS,
+    noiseMultiplier: 1,
+    clip: 1,
+    maxStaleness: 1,
+    rateLimit: false,
+    log: () => {},
+  });
   const port = Number(new URL(server.url).port);
-  const agent = new Agent({ keepAlive: true, maxSockets: CLIENTS });
+  let agent = new Agent({ keepAlive: true, maxSockets: CLIENTS });
+  const listen0 = listenCounters();
   const cfg = server.rounds.config;
   const rng = new Random(99);
   const uniform = () => rng.next();
@@ -140,6 +175,10 @@ async function runStore(kind: 'memory' | 'sqlite'): Promise<Record<string, unkno
         const j = rng.int(i + 1);
         [shots[i], shots[j]] = [shots[j]!, shots[i]!];
       }
+      if (AGENT === 'round' && round > 0) {
+        agent.destroy();
+        agent = new Agent({ keepAlive: true, maxSockets: CLIENTS });
+      }
       const t0 = performance.now();
       const results = await Promise.all(
         shots.map(async (s) => {
@@ -175,6 +214,7 @@ async function runStore(kind: 'memory' | 'sqlite'): Promise<Record<string, unkno
       });
     }
     clearInterval(sampler);
+    const listen1 = listenCounters();
     // Acknowledged vs stored.
     let stored: number;
     let missing = 0;
@@ -210,6 +250,11 @@ async function runStore(kind: 'memory' | 'sqlite'): Promise<Record<string, unkno
       // counted as lost, but a client would have to retry them.
       transportErrors: errors,
       transportErrorCodes: errorCodes,
+      agent: AGENT,
+      backlog: BACKLOG ?? 'default',
+      // Connections the kernel could not queue for accept() during the run (SYN or handshake ACK
+      // dropped; the client retransmits, so this costs latency, and a reset only when it gives up).
+      ...(listen0 && listen1 ? { listenOverflows: listen1.overflows - listen0.overflows } : {}),
       updatesPerSecond: Math.round((accepted / timedMs) * 1000),
       latencyMs: { p50: Math.round(pct(latencies, 50)), p99: Math.round(pct(latencies, 99)), max: Math.round(pct(latencies, 100)) },
       peakRssMiB: mb(peakRss),

@@ -39,6 +39,8 @@ export interface SimulateCommandOptions extends CsvFlags {
   localNegatives?: string;
   localContext?: string;
   aggregator: string;
+  robust?: string;
+  trim?: string;
   serverLr: string;
   init: string;
   writeCatalog?: string;
@@ -83,6 +85,8 @@ export function register(program: Command, io: SimulateIo = PROCESS_IO): void {
     .option('--local-negatives <n>', 'local sampled negatives per step (default 256)')
     .option('--local-context <n>', 'earlier items forming a target’s context (default 20; also used centrally)')
     .option('--aggregator <name>', 'server: fedavg|fedadam', 'fedavg')
+    .option('--robust <name>', 'server: combine a round per coordinate by mean|trimmed-mean|median (default mean)')
+    .option('--trim <fraction>', 'server: trimmed-mean share dropped from each end, in [0, 0.5) (default 0.1)')
     .option('--server-lr <lr>', 'server: FedAvg learning rate', '1')
     .option('--init <init>', 'initial global model: popularity (biases from item counts the shop knows) | flat', 'popularity')
     .option('--write-catalog <file>', "write the data set's catalog (ids, training counts) for `localrec serve --catalog` and exit; for --server URL")
@@ -122,6 +126,9 @@ export async function runSimulate(opts: SimulateCommandOptions, io: SimulateIo):
   const centralEpochs = posInt('--central-epochs', opts.centralEpochs);
   const aggregator = opts.aggregator;
   if (aggregator !== 'fedavg' && aggregator !== 'fedadam') throw new ValidationError('--aggregator', `must be fedavg or fedadam, got '${aggregator}'`);
+  const robust = opts.robust ?? 'mean';
+  if (robust !== 'mean' && robust !== 'trimmed-mean' && robust !== 'median') throw new ValidationError('--robust', `must be mean, trimmed-mean or median, got '${robust}'`);
+  const trimFraction = opts.trim === undefined ? undefined : num('--trim', opts.trim, (x) => x >= 0 && x < 0.5, 'in [0, 0.5)');
   const serverLearningRate = num('--server-lr', opts.serverLr, (x) => Number.isFinite(x) && x > 0, 'a number > 0');
   const init = opts.init;
   if (init !== 'popularity' && init !== 'flat') throw new ValidationError('--init', `must be popularity or flat, got '${init}'`);
@@ -170,6 +177,8 @@ export async function runSimulate(opts: SimulateCommandOptions, io: SimulateIo):
     weighting: { recencyDecay, confidence: 'none' },
     localTrain,
     aggregator,
+    robust,
+    ...(trimFraction !== undefined ? { trimFraction } : {}),
     serverLearningRate,
     init,
     data,

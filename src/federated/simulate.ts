@@ -33,6 +33,10 @@ export interface SimulateOptions {
   noiseMultiplier: number;
   minClients: number;
   aggregator?: 'fedavg' | 'fedadam';
+  /** How the server combines a round per coordinate (default `mean`); see `createServer`. */
+  robust?: 'mean' | 'trimmed-mean' | 'median';
+  /** β of `trimmed-mean` (server default 0.1). */
+  trimFraction?: number;
   serverLearningRate?: number;
   /** Per-device ε budget (default 8); `Infinity` for none (needed with σ = 0). */
   budget: number;
@@ -252,6 +256,8 @@ async function openServer(o: SimulateOptions, table: ItemTable, log: (m: string)
       noiseMultiplier: o.noiseMultiplier,
       minClients: o.minClients,
       aggregator: o.aggregator ?? 'fedavg',
+      ...(o.robust ? { robust: o.robust } : {}),
+      ...(o.trimFraction !== undefined ? { trimFraction: o.trimFraction } : {}),
       serverLearningRate: o.serverLearningRate ?? 1,
       rateLimit: false,
       log: (line: string) => log(`server: ${line}`),
