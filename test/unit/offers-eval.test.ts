@@ -77,7 +77,7 @@ describe('offers-eval', () => {
       return out;
     };
     const original = data();
-    const cut = 40;
+    const cut = 20;
     const altered: RetailData = {
       ...original,
       baskets: original.baskets.map((b, i) => (i < cut ? b : { ...b, lines: [{ itemId: '300', quantity: 50, price: 5 }, { itemId: '100', quantity: 99, price: 2 }] })),
@@ -98,10 +98,11 @@ describe('offers-eval', () => {
         return { out, results };
       };
       const original = trace(data());
-      const cut = 50;
+      const cut = 20;
       const altered = trace({ ...data(), baskets: data().baskets.map((b, i) => (i < cut ? b : { ...b, lines: [{ itemId: '300', quantity: 50, price: 5 }] })) });
       const before = (xs: string[]) => xs.filter((x) => Number(x.split(':')[0]) <= cut);
       assert.deepEqual(before(altered.out), before(original.out), affinity);
+      assert.notDeepEqual(altered.out, original.out, `${affinity}: the altered future does change later decisions`);
       const by = Object.fromEntries(original.results.map((r) => [r.policy, r])) as Record<PolicyName, (typeof original.results)[number]>;
       assert.ok(by.personalized.repeatHitRate > by['one-size-fits-all'].repeatHitRate, `${affinity}: ${by.personalized.repeatHitRate}`);
     }
