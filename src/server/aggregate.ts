@@ -67,9 +67,40 @@ export function trimCount(robust: RobustName, m: number, trimFraction = DEFAULT_
 }
 
 /**
- * Coordinate-wise trimmed mean: for every coordinate, sorts the M values, drops the `trim`
- * smallest and the `trim` largest and averages the rest (double precision). `trim = 0` is the
- * mean; `trim = ⌊(M − 1)/2⌋` is the median.
+ * Rearranges `a[lo..hi]` so that `a[k]` holds the value a sort would put there, everything before it
+ * is ≤ and everything after it ≥ (Hoare's quickselect, median-of-three pivot; ties split evenly).
+ */
+function select(a: Float64Array, lo: number, hi: number, k: number): void {
+  while (hi > lo) {
+    const mid = (lo + hi) >>> 1;
+    let x: number;
+    if (a[mid]! < a[lo]!) ((x = a[mid]!), (a[mid] = a[lo]!), (a[lo] = x));
+    if (a[hi]! < a[lo]!) ((x = a[hi]!), (a[hi] = a[lo]!), (a[lo] = x));
+    if (a[hi]! < a[mid]!) ((x = a[hi]!), (a[hi] = a[mid]!), (a[mid] = x));
+    const pivot = a[mid]!;
+    let i = lo;
+    let j = hi;
+    while (i <= j) {
+      while (a[i]! < pivot) i++;
+      while (a[j]! > pivot) j--;
+      if (i <= j) {
+        x = a[i]!;
+        a[i] = a[j]!;
+        a[j] = x;
+        i++;
+        j--;
+      }
+    }
+    if (k <= j) hi = j;
+    else if (k >= i) lo = i;
+    else return;
+  }
+}
+
+/**
+ * Coordinate-wise trimmed mean: for every coordinate, drops the `trim` smallest and the `trim`
+ * largest of the M values and averages the rest (double precision). `trim = 0` is the mean;
+ * `trim = ⌊(M − 1)/2⌋` is the median. Two quickselects per coordinate, O(M) expected.
  *
  * @example
  * ```ts
@@ -84,16 +115,18 @@ export function trimmedMeanDelta(deltas: readonly Float32Array[], trim: number):
   const out = new Float64Array(len);
   const keep = m - 2 * trim;
   // Coordinates are processed in blocks: the block's values of all M deltas are copied into one
-  // buffer (contiguous reads), then each coordinate's column is sorted in a small scratch array.
+  // buffer (contiguous reads), then each coordinate's column is gathered into a scratch array.
   const BLOCK = 256;
   const buf = new Float32Array(m * BLOCK);
-  const col = new Float32Array(m);
+  const col = new Float64Array(m);
   for (let start = 0; start < len; start += BLOCK) {
     const count = Math.min(BLOCK, len - start);
     for (let k = 0; k < m; k++) buf.set(deltas[k]!.subarray(start, start + count), k * BLOCK);
     for (let j = 0; j < count; j++) {
       for (let k = 0; k < m; k++) col[k] = buf[k * BLOCK + j]!;
-      col.sort();
+      // col[0..trim) become the trim smallest, then col(m−1−trim..m) the trim largest of the rest.
+      select(col, 0, m - 1, trim);
+      select(col, trim, m - 1, m - 1 - trim);
       let s = 0;
       for (let k = trim; k < m - trim; k++) s += col[k]!;
       out[start + j] = s / keep;

@@ -50,7 +50,7 @@ function randomDeltas(r: Random, m: number, len: number): Float32Array[] {
   );
 }
 
-test('trimmedMeanDelta equals the sort-per-coordinate reference (every trim, M 1..33, lengths across the 256-coordinate blocks)', () => {
+test('trimmedMeanDelta equals the sort-per-coordinate reference (every trim for M 1..33, lengths across the 256-coordinate blocks; M up to 501)', () => {
   const r = new Random(2024);
   let cases = 0;
   for (let m = 1; m <= 33; m += 4) {
@@ -62,6 +62,22 @@ test('trimmedMeanDelta equals the sort-per-coordinate reference (every trim, M 1
         for (let j = 0; j < len; j++) assert.ok(Math.abs(got[j]! - want[j]!) <= 1e-9 * Math.max(1, Math.abs(want[j]!)), `m ${m} len ${len} trim ${trim} [${j}]: ${got[j]} vs ${want[j]}`);
         cases++;
       }
+    }
+  }
+  // Larger rounds (the selection's recursion), with already sorted, reversed and constant columns.
+  for (const m of [64, 200, 501]) {
+    const deltas = randomDeltas(r, m, 300);
+    for (let k = 0; k < m; k++) {
+      deltas[k]![0] = k; // sorted
+      deltas[k]![1] = m - k; // reversed
+      deltas[k]![2] = 3; // constant
+      deltas[k]![3] = k % 2; // two values
+    }
+    for (const trim of [1, Math.floor(m / 10), Math.floor((m - 1) / 2)]) {
+      const got = trimmedMeanDelta(deltas, trim);
+      const want = reference(deltas, trim);
+      for (let j = 0; j < 300; j++) assert.ok(Math.abs(got[j]! - want[j]!) <= 1e-9 * Math.max(1, Math.abs(want[j]!)), `m ${m} trim ${trim} [${j}]: ${got[j]} vs ${want[j]}`);
+      cases++;
     }
   }
   assert.ok(cases > 300);
