@@ -26,8 +26,9 @@ export type OfferGranularity = 'items' | 'groups' | 'categories';
 /**
  * Where the personalized policy's affinity comes from: `learned` ({@link LearnedAffinity}: online
  * logistic regression over the shopper's repeat/recency features and global popularity and repeat
- * rates, optionally item → offer co-purchase and transition counts) or `history` (the earlier hand-tuned blend: the shopper's
- * decayed share shrunk toward a repeat rate or a category transition estimate).
+ * rates, optionally item → offer co-purchase and transition counts) or `history` (the earlier
+ * hand-tuned blend: the shopper's decayed share shrunk toward a repeat rate or a category
+ * transition estimate).
  */
 export type AffinityKind = 'learned' | 'history';
 export const AFFINITY_KINDS: readonly AffinityKind[] = ['learned', 'history'];
@@ -290,7 +291,14 @@ export function runOffersEval(data: RetailData, opts: OffersEvalOptions): Policy
       if (policy === 'personalized') {
         shown = chooseOffers(
           { catalog, products, events, affinity: { scope: affinity } },
-          { k: opts.k, seed: opts.seed * 1_000_003 + index, exploration: opts.exploration, context: { now }, ...(opts.priorStrength !== undefined ? { priorStrength: opts.priorStrength } : {}), ...(opts.objective ? { objective: opts.objective } : {}) },
+          {
+            k: opts.k,
+            seed: opts.seed * 1_000_003 + index,
+            exploration: opts.exploration,
+            context: { now },
+            ...(opts.priorStrength !== undefined ? { priorStrength: opts.priorStrength } : {}),
+            ...(opts.objective ? { objective: opts.objective } : {}),
+          },
         );
       } else {
         const ctx: EligibilityContext = { now, history: offerHistory(events), returning: isReturningShopper(events) };
