@@ -41,7 +41,7 @@ async function evalQuiet(o: Record<string, unknown>): Promise<EvalResult[]> {
   return runEval({ format: 'csv', filter: [], k: '10', seed: '1', ...o } as never, { stdout: () => {}, stderr: { write: () => true } });
 }
 
-test('online-retail slice: retail preset, loo counts, item models beat popularity', { skip: !existsSync(RETAIL) && 'no shared data' }, async () => {
+test('online-retail slice: retail preset, loo counts, item models beat popularity, the shipped localrec beats item-kNN', { skip: !existsSync(RETAIL) && 'no shared data' }, async () => {
   const lines = await headLines(RETAIL, 40_001, true);
   const slice = join(dir, 'retail-slice.csv.gz');
   writeFileSync(slice, gzipSync(lines.join('\n')));
@@ -52,8 +52,8 @@ test('online-retail slice: retail preset, loo counts, item models beat popularit
     .filter((c) => c[6] !== '' && !c[0].startsWith('C') && Number(c[3]) > 0)
     .map((c) => ({ user: c[6], item: c[1] }));
   const expected = naiveCounts(kept);
-  const results = await evalQuiet({ data: slice, format: 'retail', models: 'popular,itemknn,sparse-ease' });
-  const [pop, knn, ease] = results;
+  const results = await evalQuiet({ data: slice, format: 'retail', models: 'popular,itemknn,sparse-ease,localrec' });
+  const [pop, knn, ease, shipped] = results;
   for (const r of results) {
     assert.equal(r.testUsers, expected.testUsers);
     assert.equal(r.items, expected.items);
@@ -63,15 +63,19 @@ test('online-retail slice: retail preset, loo counts, item models beat popularit
   assert.ok(knn.hr > pop.hr * 1.5, `itemknn ${knn.hr} vs popular ${pop.hr}`);
   assert.ok(ease.hr > knn.hr, `sparse-ease ${ease.hr} vs itemknn ${knn.hr}`);
   assert.ok(ease.ndcg > knn.ndcg);
+  // What the SDK ranks with (published neighbour table + the device's own profile code) does too.
+  assert.ok(shipped.hr > knn.hr && shipped.ndcg > knn.ndcg, `localrec ${shipped.hr}/${shipped.ndcg} vs itemknn ${knn.hr}/${knn.ndcg}`);
+  assert.ok(shipped.bytesPerItem <= 256, `localrec ships ${shipped.bytesPerItem} B/item`);
 });
 
-test('ml-latest-small slice: csv mapping, loo counts, sparse EASE beats popularity', { skip: !existsSync(ML) && 'no shared data' }, async () => {
+test('ml-latest-small slice: csv mapping, loo counts, sparse EASE and the shipped localrec beat popularity', { skip: !existsSync(ML) && 'no shared data' }, async () => {
   const lines = await headLines(ML, 15_001, false);
   const slice = join(dir, 'ratings-slice.csv');
   writeFileSync(slice, lines.join('\n'));
   const expected = naiveCounts(lines.slice(1).map((l) => ({ user: l.split(',')[0], item: l.split(',')[1] })));
-  const [pop, ease] = await evalQuiet({ data: slice, user: 'userId', item: 'movieId', time: 'timestamp', models: 'popular,sparse-ease' });
+  const [pop, ease, shipped] = await evalQuiet({ data: slice, user: 'userId', item: 'movieId', time: 'timestamp', models: 'popular,sparse-ease,localrec' });
   assert.equal(pop.testUsers, expected.testUsers);
   assert.equal(ease.items, expected.items);
   assert.ok(ease.hr > pop.hr, `sparse-ease ${ease.hr} vs popular ${pop.hr}`);
+  assert.ok(shipped.hr > pop.hr, `localrec ${shipped.hr} vs popular ${pop.hr}`);
 });
