@@ -10,7 +10,7 @@ import { validateCatalog } from '../model/catalog.js';
 import { checkItemTable, createItemTable, indexItems, type ItemTable } from '../model/item-table.js';
 import { buildProfile, type ProfileItem } from '../model/profile.js';
 import { contributions, Scorer, userVector, type Scored } from '../model/score.js';
-import { alignNeighbors, neighborContributions, neighborsOf, rankScores, topRows } from '../model/neighbors.js';
+import { alignNeighbors, neighborContributions, neighborsOf, reachedRows } from '../model/neighbors.js';
 import { decodeNeighborTable, neighborTableHash } from '../model/neighbors-wire.js';
 import type { SparseItemModel } from '../model/sparse-item-model.js';
 import { trainItemTable, type TrainConfig } from '../model/train.js';
@@ -554,12 +554,27 @@ export class Engine {
     const allowed = cat === undefined ? undefined : { key: `category:${cat}`, rows: () => this.catalog.items.flatMap((it, r) => (it.category === cat ? [r] : [])) };
     const nb = await this.neighborReady();
     if (nb && profile.some((p) => p.weight > 0)) {
-      // The shopper's history through the neighbour table first, the factor model's order after.
-      const ranked = new Float32Array(this.table.itemIds.length);
-      rankScores(nb.model, profile, await this.scorer.scoreAll(z), ranked);
+      // The order of rankScores (model/neighbors.ts, what `localrec eval` measures) without a dense
+      // pass: rows the history reaches through the table come first (1 + score); the factor
+      // model's top rows follow, its scores scaled into [0, 1) by the range over all rows.
       const items = this.catalog.items;
-      const top = topRows(ranked, k, exclude, cat === undefined ? undefined : (r) => items[r]!.category === cat);
-      return top.map((s) => ({ itemId: this.table.itemIds[s.row]!, score: s.score, reason: s.score > 1 ? this.neighborReason(nb, s.row, profile) : this.reason(s.row, profile) }));
+      const reached = [...reachedRows(nb.model, profile)]
+        .filter(([r]) => !exclude.has(r) && (cat === undefined || items[r]!.category === cat))
+        .map(([row, v]) => ({ row, score: 1 + v }))
+        .sort((a, b) => b.score - a.score || a.row - b.row)
+        .slice(0, k);
+      let rest: Scored[] = [];
+      if (reached.length < k) {
+        const skip = new Set(exclude);
+        for (const r of reached) skip.add(r.row);
+        const f = await this.scorer.topKRange(z, k - reached.length, skip, allowed);
+        const span = f.hi > f.lo ? f.hi - f.lo : 1;
+        rest = f.top.map((s) => ({ row: s.row, score: (0.999 * (s.score - f.lo)) / span }));
+      }
+      return [
+        ...reached.map((s) => ({ itemId: this.table.itemIds[s.row]!, score: s.score, reason: this.neighborReason(nb, s.row, profile) })),
+        ...rest.map((s) => ({ itemId: this.table.itemIds[s.row]!, score: s.score, reason: this.reason(s.row, profile) })),
+      ];
     }
     const scored: Scored[] = await this.scorer.topK(z, k, exclude, allowed);
     return scored.map((s) => ({ itemId: this.table.itemIds[s.row]!, score: s.score, reason: this.reason(s.row, profile) }));

@@ -127,6 +127,26 @@ export function rankScores(m: SparseItemModel, history: readonly WeightedRow[], 
   }
 }
 
+/**
+ * The rows the history reaches with a positive neighbour score, and their scores: the sparse form
+ * of {@link neighborScores}, for catalogs where a dense pass per query would cost more than the query.
+ */
+export function reachedRows(m: SparseItemModel, history: readonly WeightedRow[]): Map<number, number> {
+  const acc = new Map<number, number>();
+  const { width, index, weight } = m;
+  for (const h of history) {
+    if (!(h.weight > 0)) continue;
+    const base = h.row * width;
+    for (let k = 0; k < width; k++) {
+      const j = index[base + k]!;
+      if (j < 0) break;
+      acc.set(j, (acc.get(j) ?? 0) + h.weight * weight[base + k]!);
+    }
+  }
+  for (const [j, v] of acc) if (!(v > 0)) acc.delete(j);
+  return acc;
+}
+
 /** Σᵢ h(i)·W[i, j] for every row j, in double precision. */
 export function neighborScores(m: SparseItemModel, history: readonly WeightedRow[]): Float64Array {
   const s = new Float64Array(m.nItems);

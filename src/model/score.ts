@@ -73,6 +73,23 @@ export class Scorer {
     return this.collect(values, indices, k, exclude, mask !== undefined);
   }
 
+  /**
+   * {@link topK}, plus the lowest and highest score over all rows (to scale these scores into a
+   * range without reading every score back).
+   */
+  async topKRange(z: Float32Array, k: number, exclude: ReadonlySet<number>, allowed?: { key: string; rows: () => Iterable<number> }): Promise<{ top: Scored[]; lo: number; hi: number }> {
+    const mask = allowed ? this.mask(allowed.key, allowed.rows) : undefined;
+    const want = Math.min(this.n, k + exclude.size);
+    const { values, indices, range } = tf.tidy(() => {
+      const raw = tf.reshape(tf.matMul(this.Vb, this.zAug(z)), [this.n]);
+      const s = mask ? tf.where(tf.cast(mask, 'bool'), raw, tf.fill([this.n], -1e30)) : raw;
+      return { ...tf.topk(s, want), range: tf.stack([tf.min(raw), tf.max(raw)]) };
+    });
+    const [r, top] = await Promise.all([range.data(), this.collect(values, indices, k, exclude, mask !== undefined)]);
+    range.dispose();
+    return { top, lo: r[0]!, hi: r[1]! };
+  }
+
   /** `b + V·z / temperature` for every row, read back (for offers' scope affinities). */
   async scoreAll(z: Float32Array): Promise<Float32Array> {
     const s = tf.tidy(() => tf.reshape(tf.matMul(this.Vb, this.zAug(z)), [this.n]));

@@ -5,13 +5,15 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
-import { Engine, NEIGHBORS_KEY } from '../../src/engine/engine.js';
+import { Engine, MODEL_KEY, NEIGHBORS_KEY } from '../../src/engine/engine.js';
 import { runNeighbors } from '../../src/eval/neighbors-command.js';
 import { MemoryEventStore } from '../../src/events/store.js';
 import { isValidationError } from '../../src/errors.js';
 import { buildNeighborTable } from '../../src/model/build-neighbors.js';
 import { decodeNeighborTable, encodeNeighborTable, neighborTableHash } from '../../src/model/neighbors-wire.js';
-import { alignNeighbors, neighborContributions, neighborsOf, rankScores, topRows, type NeighborTable } from '../../src/model/neighbors.js';
+import { alignNeighbors, neighborContributions, neighborsOf, rankScores, reachedRows, topRows, type NeighborTable } from '../../src/model/neighbors.js';
+import { buildProfile } from '../../src/model/profile.js';
+import { Random } from '../../src/model/random.js';
 import type { FetchLike } from '../../src/federated/sync.js';
 import '../../src/model/tf.js';
 
@@ -210,6 +212,50 @@ describe('Engine with a neighbour table', () => {
     await assert.rejects(e.setNeighbors(bad), (err: unknown) => isValidationError(err) && /magic/.test((err as Error).message));
     await assert.rejects(e.setNeighbors('nope' as unknown as ArrayBuffer), /neighbors: must be an ArrayBuffer/);
     assert.equal((await e.stats()).model.neighbors?.hash, hash);
+    await e.close();
+  });
+
+  it('recommend() returns exactly the order of rankScores + topRows (what localrec eval measures), without a dense pass', async () => {
+    const n = 60;
+    const width = 5;
+    const rng = new Random(3);
+    const ids = Array.from({ length: n }, (_, i) => `x${i}`);
+    const index = new Int32Array(n * width);
+    const weight = new Float32Array(n * width);
+    for (let i = 0; i < n; i++) {
+      for (let s = 0; s < width; s++) {
+        index[i * width + s] = (i + 1 + Math.floor(rng.next() * (n - 1))) % n;
+        weight[i * width + s] = 0.05 + rng.next();
+      }
+    }
+    // A row may repeat a neighbour (the format allows it): both paths add the weights up.
+    const table: NeighborTable = { itemIds: ids, width, index, weight };
+    const cat = { items: ids.map((id, i) => ({ id, category: i % 3 === 0 ? 'a' : 'b' })) };
+    // Zero factors: the factor model's scores are its biases, known here.
+    const bias = Float32Array.from({ length: n }, () => rng.next());
+    const store = new MemoryEventStore();
+    await store.setMeta(MODEL_KEY, { version: 1, itemIds: ids, dim: 4, factors: new Float32Array(n * 4), bias, trainSteps: 0, trainedThroughId: 0 });
+    const t = Date.now();
+    const e = await Engine.create({ catalog: cat, store, backend: 'cpu', autoTrainEvery: 0, model: { dim: 4 }, now: () => t });
+    await e.setNeighbors(encodeNeighborTable(table));
+    const events = [3, 17, 17, 40, 8].map((i, k) => ({ type: k % 2 ? 'view' : 'add_to_cart', itemId: ids[i]!, t: t - (5 - k) * 60_000 }));
+    e.enqueue(events);
+    await e.flush();
+    const rows = new Map(ids.map((id, i) => [id, i]));
+    const profile = buildProfile(await store.all(), rows, { halfLifeDays: 30, now: t, sessionDecay: 0.5 });
+    const m = alignNeighbors(table, rows, n);
+    assert.ok(reachedRows(m, profile).size > 3 && reachedRows(m, profile).size < n - 10, `some rows reached, some by fallback: ${reachedRows(m, profile).size} of ${n}, profile ${JSON.stringify(profile)}`);
+    const dense = new Float32Array(n);
+    rankScores(m, profile, bias, dense);
+    const seen = new Set(profile.map((p) => p.row));
+    for (const k of [3, 12, 40]) {
+      const want = topRows(dense, k, seen).map((r) => ids[r.row]);
+      assert.deepEqual((await e.recommend({ k })).map((r) => r.itemId), want, `k = ${k}`);
+      const wantA = topRows(dense, k, seen, (r) => r % 3 === 0).map((r) => ids[r.row]);
+      assert.deepEqual((await e.recommend({ k, category: 'a' })).map((r) => r.itemId), wantA, `k = ${k}, category a`);
+    }
+    const got = await e.recommend({ k: 40 });
+    for (const r of got) assert.ok(Math.abs(r.score - dense[rows.get(r.itemId)!]!) < 1e-5, `${r.itemId}: ${r.score} vs ${dense[rows.get(r.itemId)!]}`);
     await e.close();
   });
 
