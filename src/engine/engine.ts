@@ -208,6 +208,16 @@ export class Engine {
     if (typeof sd !== 'number' || !(sd > 0 && sd <= 1)) throw new ValidationError('options.model.sessionDecay', `must be a number in (0, 1], got ${String(sd)}`);
     const st = opts.model?.stepDecay ?? 1;
     if (typeof st !== 'number' || !(st > 0 && st <= 1)) throw new ValidationError('options.model.stepDecay', `must be a number in (0, 1], got ${String(st)}`);
+    if (opts.neighbors !== undefined) {
+      const u = opts.neighbors?.url;
+      let ok = false;
+      try {
+        ok = typeof u === 'string' && /^https?:$/.test(new URL(u).protocol);
+      } catch {
+        ok = false;
+      }
+      if (!ok) throw new ValidationError('options.neighbors.url', `must be an absolute http(s) URL of the neighbour file, got ${JSON.stringify(u)}`);
+    }
     const retention: Retention = {
       maxEvents: intOption(opts.retention?.maxEvents, 'options.retention.maxEvents', 1, 10_000_000, DEFAULT_RETENTION.maxEvents),
       maxAgeDays: intOption(opts.retention?.maxAgeDays, 'options.retention.maxAgeDays', 1, 36_500, DEFAULT_RETENTION.maxAgeDays),

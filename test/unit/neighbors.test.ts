@@ -279,6 +279,16 @@ describe('Engine with a neighbour table', () => {
     await e.close();
   });
 
+  it('refuses a neighbour URL it cannot fetch, by name', async () => {
+    for (const url of ['/relative.lrn', 'ftp://shop.example/n.lrn', 42]) {
+      await assert.rejects(
+        Engine.create({ ...base, store: new MemoryEventStore(), neighbors: { url: url as string } }),
+        (e: unknown) => isValidationError(e) && /^options\.neighbors\.url: must be an absolute http\(s\) URL/.test((e as Error).message),
+        String(url),
+      );
+    }
+  });
+
   it('a failed fetch leaves ranking to the factor model and says why in stats()', async () => {
     const fetch: FetchLike = async () => new Response('gone', { status: 404 });
     const e = await Engine.create({ ...base, store: new MemoryEventStore(), fetch, neighbors: { url: 'https://shop.example/n.lrn' } });
