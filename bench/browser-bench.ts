@@ -13,13 +13,38 @@
  * benchmark hook, and warns (without rebuilding) when src/ is newer than dist/.
  */
 import { execSync } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { brotliCompressSync, constants as zc, gzipSync } from 'node:zlib';
 import type { Browser, Page } from 'playwright-core';
 import { launch, openPage } from '../test/browser/harness.js';
 import { loadRetail, sizedCatalog, storeEvents, typicalShopper } from './data.js';
 import { serveBench } from './server.js';
+import { encodeNeighborTable } from '../src/model/neighbors-wire.js';
+import { Random } from '../src/model/random.js';
+
+/**
+ * A neighbour table for a bench catalog: 32 random neighbours per item with positive weights, the
+ * shape `localrec neighbors` publishes. Written under dist/ (served, ignored by git).
+ */
+function benchNeighborFile(ids: string[]): string {
+  const width = 32;
+  const n = ids.length;
+  const rng = new Random(7);
+  const index = new Int32Array(n * width);
+  const weight = new Float32Array(n * width);
+  for (let i = 0; i < n; i++) {
+    for (let s = 0; s < width; s++) {
+      let j = Math.floor(rng.next() * (n - 1));
+      if (j >= i) j++;
+      index[i * width + s] = j;
+      weight[i * width + s] = 0.01 + rng.next();
+    }
+  }
+  const path = `dist/bench-neighbors-${n}.lrn`;
+  writeFileSync(path, encodeNeighborTable({ itemIds: ids, width, index, weight }));
+  return `/${path}`;
+}
 
 type Backend = 'wasm' | 'cpu' | 'webgl' | 'webgpu';
 const ALL: Backend[] = ['wasm', 'cpu', 'webgl', 'webgpu'];
@@ -207,6 +232,7 @@ async function main(): Promise<void> {
           p.evaluate((a) => (window as any).benchRecommend(a), {
             catalog: cat,
             history: shopper.events,
+            neighborsUrl: benchNeighborFile(cat.map((c) => c.id)),
             backend,
             k: K,
             minReps: slow ? 3 : 5,
@@ -235,6 +261,14 @@ async function main(): Promise<void> {
                   ratio: r.recommend.p50 / r.raw.p50,
                   ratioToRoundTrip: r.recommend.p50 / r.rawRoundTrip.p50,
                   meetsTarget: r.recommend.p50 / r.raw.p50 <= 1.5,
+                  withNeighbors: {
+                    what: 'recommend() with a 32-neighbour table loaded (setNeighbors), interleaved with the same raw baseline',
+                    p50Ms: r.withNeighbors.p50,
+                    p90Ms: r.withNeighbors.p90,
+                    rawP50Ms: r.withNeighborsRaw.p50,
+                    ratio: r.withNeighbors.p50 / r.withNeighborsRaw.p50,
+                    setNeighborsMs: r.setNeighborsMs,
+                  },
                   firstRecommendMs: r.firstRecommendMs,
                   initMs: r.initMs,
                   initLongTasks: r.initLongTasks,
@@ -244,7 +278,7 @@ async function main(): Promise<void> {
             target: { ratio: 1.5 },
           }) as Record<string, unknown>,
         );
-        if (!r.error) log(`${backend}: recommend ${items}: ${r.recommend.p50.toFixed(2)} ms vs raw ${r.raw.p50.toFixed(2)} ms (×${(r.recommend.p50 / r.raw.p50).toFixed(2)})`);
+        if (!r.error) log(`${backend}: recommend ${items}: ${r.recommend.p50.toFixed(2)} ms vs raw ${r.raw.p50.toFixed(2)} ms (×${(r.recommend.p50 / r.raw.p50).toFixed(2)}); with neighbours ${r.withNeighbors.p50.toFixed(2)} ms (×${(r.withNeighbors.p50 / r.withNeighborsRaw.p50).toFixed(2)})`);
       }
     }
     emit({ name: 'run', backend: null, ...meta, quick, only, backends, seconds: Math.round((Date.now() - started) / 1000) });

@@ -194,7 +194,7 @@ window.benchTrain = async ({ catalog, events, backend, epochs }) => {
  * recommend() against raw tfjs matMul+topk on the same item table in the same worker, interleaved
  * rep by rep so that both see the same machine load.
  */
-window.benchRecommend = async ({ catalog, history, backend, k, minReps, maxReps, budgetMs }) => {
+window.benchRecommend = async ({ catalog, history, neighborsUrl, backend, k, minReps, maxReps, budgetMs }) => {
   const { rec, initMs, initLongTasks } = await open(catalog, backend, `bench-rec-${backend}-${catalog.length}`);
   dbg('recommender ready', initMs);
   for (const e of history) rec.track(e);
@@ -227,9 +227,27 @@ window.benchRecommend = async ({ catalog, history, backend, k, minReps, maxReps,
     rawBackend = raw.backend;
     shape = [raw.rows, raw.dim];
   }
+  // The same, with the shop's neighbour table loaded: history through the table, factor order after.
+  const file = await (await fetch(neighborsUrl)).arrayBuffer();
+  let t = performance.now();
+  await rec.setNeighbors(file);
+  const setNeighborsMs = performance.now() - t;
+  await rec.recommend({ k });
+  const nbMs = [];
+  const nbRawMs = [];
+  const nbStart = performance.now();
+  for (let i = 0; i < maxReps && (i < minReps || performance.now() - nbStart < budgetMs); i++) {
+    t = performance.now();
+    await rec.recommend({ k });
+    nbMs.push(performance.now() - t);
+    nbRawMs.push((await api.benchRawScore(k, 1, false)).ms[0]);
+  }
   const stats = await rec.stats();
   await rec.erase();
   return {
+    withNeighbors: summary(nbMs),
+    withNeighborsRaw: summary(nbRawMs),
+    setNeighborsMs,
     initMs,
     initLongTasks,
     firstRecommendMs,

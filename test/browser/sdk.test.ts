@@ -103,9 +103,16 @@ describe('SDK in Chromium', () => {
       } catch (e: any) {
         workerError = { name: e.name, message: e.message, cls: e instanceof ValidationError };
       }
+      // A neighbour file that is not one: refused in the worker, by name, with nothing changed.
+      let neighborError: any;
+      try {
+        await rec.setNeighbors(new TextEncoder().encode('not a neighbour file at all'));
+      } catch (e: any) {
+        neighborError = { name: e.name, message: e.message, cls: e instanceof ValidationError };
+      }
       const stats = await rec.stats();
       await rec.erase();
-      return { errors, workerError, total: stats.events.total };
+      return { errors, workerError, neighborError, neighbors: stats.model.neighbors, total: stats.events.total };
     }, CATALOG);
     assert.equal(r.errors.length, 5);
     assert.deepEqual(
@@ -117,6 +124,8 @@ describe('SDK in Chromium', () => {
     assert.ok(r.workerError.cls, 'and are revived as the right class');
     assert.match(r.workerError.message, /options\.k/);
     assert.equal(r.total, 1, 'the stored event is still there');
+    assert.deepEqual(r.neighborError, { name: 'ValidationError', message: 'neighbors: not a localrec neighbour file (magic is not LRN1)', cls: true });
+    assert.equal(r.neighbors, null);
     await page.close();
   });
 
