@@ -13,7 +13,16 @@ export type * from './types.js';
 export { SignatureError, isSignatureError, type SignatureProblem } from './signature-error.js';
 export { canonicalJson } from './canonical-json.js';
 export { generateOfferKeys, signOfferCatalog, verifyOfferCatalog, type OfferKeyPair } from './signing.js';
-export { validateOfferCatalog, validateOffer } from './validate-catalog.js';
+export { validateOfferCatalog, validateOffer, validateAffinitySnapshot } from './validate-catalog.js';
+export {
+  AFFINITY_FEATURES,
+  SNAPSHOT_FEATURES,
+  affinityFeatureRows,
+  affinityProbabilities,
+  predictAffinity,
+  type HistoryBasket,
+} from './affinity-model.js';
+export { DEFAULT_BASKET_GAP_MS, offerScopeLookup, purchaseBaskets, type OfferScopeLookup, type PurchaseBasketsOptions } from './purchase-baskets.js';
 export { offerHistory, isReturningShopper, type OfferStats } from './offer-history.js';
 export { ELIGIBILITY_RULES, whyIneligible, type EligibilityContext, type EligibilityRule } from './eligibility.js';
 export { indexProducts, inScope, scopeItemIds, type ProductIndex } from './product-index.js';

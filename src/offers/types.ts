@@ -2,6 +2,8 @@
  * Types of personalized offers. Everything here is plain data that crosses the worker boundary and
  * is serialized into the signed catalog, so there are no classes, functions or Dates.
  */
+import type { AffinitySnapshot } from './affinity-model.js';
+export type { AffinityFeature, AffinityOfferStats, AffinitySnapshot } from './affinity-model.js';
 
 /** How much an offer takes off: a percentage of the in-scope spend, or a fixed amount. */
 export type OfferDiscount =
@@ -73,6 +75,12 @@ export interface OfferCatalog {
   /** ISO 4217 code of the amounts, e.g. `GBP`. */
   currency: string;
   offers: Offer[];
+  /**
+   * The shop's learned affinity model (weights and per-offer statistics, `localrec offers
+   * fit-affinity`). When present, the device scores each offer with it from the shopper's own
+   * purchase baskets instead of the recommendation model's scores. Signed with the rest.
+   */
+  affinity?: AffinitySnapshot;
 }
 
 /** A catalog with the shop's ECDSA P-256 / SHA-256 signature over its canonical JSON. */

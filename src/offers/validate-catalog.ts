@@ -1,4 +1,5 @@
 import { ValidationError } from '../errors.js';
+import { SNAPSHOT_FEATURES, TABLE_FEATURES, type AffinityFeature, type AffinityOfferStats, type AffinitySnapshot } from './affinity-model.js';
 import type { Offer, OfferAudience, OfferCatalog, OfferDiscount, OfferHints, OfferLimits, OfferScope } from './types.js';
 
 /**
@@ -29,7 +30,61 @@ export function validateOfferCatalog(input: unknown, field = 'catalog'): OfferCa
     seen.add(offer.id);
     return offer;
   });
-  return { version, issuedAt, currency, offers };
+  const catalog: OfferCatalog = { version, issuedAt, currency, offers };
+  if (o.affinity !== undefined) catalog.affinity = validateAffinitySnapshot(o.affinity, `${field}.affinity`, seen);
+  return catalog;
+}
+
+/**
+ * Validate a learned affinity snapshot (`catalog.affinity`) and return a clean copy. `offerIds`,
+ * when given, are the catalog's offers: the snapshot may not describe an offer the catalog lacks
+ * (it was fitted for another catalog).
+ *
+ * @example
+ * ```ts
+ * validateAffinitySnapshot({ features: ['popularity'], weights: [0, 1], offers: {} }); // ok
+ * validateAffinitySnapshot({ features: ['popularity'], weights: [0], offers: {} });
+ * // throws ValidationError "affinity.weights: must hold 2 numbers (intercept + 1 feature), got 1"
+ * ```
+ */
+export function validateAffinitySnapshot(input: unknown, field = 'affinity', offerIds?: ReadonlySet<string>): AffinitySnapshot {
+  const o = record(input, field);
+  if (!Array.isArray(o.features)) throw new ValidationError(`${field}.features`, `must be an array of feature names, got ${show(o.features)}`);
+  const features: AffinityFeature[] = [];
+  Array.from(o.features as unknown[], (f, j) => {
+    const at = `${field}.features[${j}]`;
+    if (typeof f !== 'string') throw new ValidationError(at, `must be a feature name, got ${show(f)}`);
+    if ((TABLE_FEATURES as readonly string[]).includes(f)) throw new ValidationError(at, `'${f}' needs item → offer tables, which a snapshot does not carry`);
+    if (!(SNAPSHOT_FEATURES as readonly string[]).includes(f)) throw new ValidationError(at, `unknown feature ${show(f)}; known: ${SNAPSHOT_FEATURES.join(', ')}`);
+    if (features.includes(f as AffinityFeature)) throw new ValidationError(at, `duplicate feature '${f}'`);
+    features.push(f as AffinityFeature);
+  });
+  if (!Array.isArray(o.weights) || o.weights.length !== features.length + 1) {
+    const got = Array.isArray(o.weights) ? `${o.weights.length}` : show(o.weights);
+    throw new ValidationError(`${field}.weights`, `must hold ${features.length + 1} numbers (intercept + ${features.length} feature${features.length === 1 ? '' : 's'}), got ${got}`);
+  }
+  const weights = Array.from(o.weights as unknown[], (w, j) => finite(w, `${field}.weights[${j}]`, -Infinity));
+  const stats = record(o.offers, `${field}.offers`);
+  const offers: Record<string, AffinityOfferStats> = {};
+  for (const id of Object.keys(stats)) {
+    const at = `${field}.offers[${JSON.stringify(id)}]`;
+    if (offerIds && !offerIds.has(id)) throw new ValidationError(at, 'no offer with this id in the catalog (the snapshot was fitted for another catalog)');
+    const s = record(stats[id], at);
+    // defineProperty: an offer id such as '__proto__' stays an ordinary key.
+    Object.defineProperty(offers, id, {
+      value: { popularity: share(s.popularity, `${at}.popularity`), recentPopularity: share(s.recentPopularity, `${at}.recentPopularity`), repeatRate: share(s.repeatRate, `${at}.repeatRate`) },
+      enumerable: true,
+      writable: true,
+      configurable: true,
+    });
+  }
+  return { features, weights, offers };
+}
+
+function share(v: unknown, field: string): number {
+  const n = finite(v, field, 0);
+  if (n > 1) throw new ValidationError(field, `must be a share in [0, 1], got ${n}`);
+  return n;
 }
 
 /** Validate one offer; `field` is the path used in error messages. */

@@ -9,60 +9,27 @@
  * weights) plus the shopper's own events. Pure (no I/O).
  */
 
+import {
+  AFFINITY_FEATURES,
+  affinityFeatureRows,
+  affinityProbabilities,
+  TABLE_FEATURES,
+  type AffinityFeature,
+  type AffinitySnapshot,
+  type HistoryBasket,
+} from '../affinity-model.js';
+
 const DAY_MS = 86_400_000;
 
-/** The feature set, in weight order; `features` in the options picks a subset (for ablations). */
-export const AFFINITY_FEATURES = [
-  /** logit of the share of all earlier baskets containing the scope. */
-  'popularity',
-  /** logit of the same share with a 14-day half-life (what is selling now: seasons, trends). */
-  'recentPopularity',
-  /** 1 when the shopper has bought before. */
-  'returning',
-  /** Share of the shopper's baskets containing the scope, 30-day and 180-day half-lives. */
-  'ownShare30',
-  'ownShare180',
-  /** log(1 + baskets of this shopper containing the scope). */
-  'timesBought',
-  /** The scope was in the shopper's last basket (and: that basket was less than a day ago). */
-  'inLastBasket',
-  'inLastBasketSameDay',
-  /** log(1 + days since the shopper last bought the scope), and the same over their mean gap between baskets. */
-  'daysSinceBought',
-  'gapRatio',
-  /** 1 when the shopper bought the scope before. */
-  'boughtBefore',
-  /** logit of P(scope again in the next basket | bought before), over all shoppers so far. */
-  'repeatRate',
-  /** recentPopularity for scopes bought before (a repeat that is also in season). */
-  'boughtAndRecent',
-  /** logit of the mean P(scope in next basket | item in previous basket) over the last basket's items. */
-  'transition',
-  /** logit of the mean P(scope in basket | item in basket) over every item the shopper bought. */
-  'coPurchase',
-  /** log(1 + shopper's baskets so far), and log(1 + days since their last basket). */
-  'basketsSoFar',
-  'daysSinceLastBasket',
-  /** The shopper's last basket was less than a day ago. */
-  'sameDay',
-] as const;
-export type AffinityFeature = (typeof AFFINITY_FEATURES)[number];
+// The features and their code live in ../affinity-model.ts (shared with the device); re-exported here.
+export { AFFINITY_FEATURES, type AffinityFeature, type HistoryBasket };
 
 /**
  * The default features: all but the item → offer tables (`transition`, `coPurchase`). On Online
  * Retail those two moved the hit rate by less than 0.002 (0.373 with, 0.374 without) while costing
  * an items × offers table each, which the global model would have to ship to every device.
  */
-export const DEFAULT_AFFINITY_FEATURES: readonly AffinityFeature[] = AFFINITY_FEATURES.filter((f) => f !== 'transition' && f !== 'coPurchase');
-
-/** One earlier basket of a shopper, as the affinity sees it. */
-export interface HistoryBasket {
-  t: number;
-  /** Offer ids whose scope the basket contains. */
-  offers: ReadonlySet<string>;
-  /** Item ids in the basket (any item, with or without an offer). */
-  items: ReadonlySet<string>;
-}
+export const DEFAULT_AFFINITY_FEATURES: readonly AffinityFeature[] = AFFINITY_FEATURES.filter((f) => !TABLE_FEATURES.includes(f));
 
 export interface LearnedAffinityOptions {
   /** Features to use (default: {@link DEFAULT_AFFINITY_FEATURES}). */
@@ -145,73 +112,53 @@ export class LearnedAffinity {
 
   /** P(scope in the next basket) for every offer, from the shopper's earlier baskets (oldest first). */
   predict(history: readonly HistoryBasket[], now: number): AffinityPrediction {
-    const n = this.offerIds.length;
-    const f = this.features;
-    const nb = history.length;
-    const last = history[nb - 1];
-    const a30 = new Float64Array(n);
-    const a180 = new Float64Array(n);
-    const count = new Float64Array(n);
-    const lastT = new Float64Array(n);
-    let w30 = 0;
-    let w180 = 0;
-    const itemsEver = new Set<string>();
-    for (const b of history) {
-      const d30 = Math.pow(0.5, (now - b.t) / (30 * DAY_MS));
-      const d180 = Math.pow(0.5, (now - b.t) / (180 * DAY_MS));
-      w30 += d30;
-      w180 += d180;
-      for (const id of b.offers) {
-        const o = this.index.get(id);
-        if (o === undefined) continue;
-        a30[o]! += d30;
-        a180[o]! += d180;
-        count[o]!++;
-        lastT[o] = b.t;
-      }
-      if (this.use.has('coPurchase')) for (const i of b.items) itemsEver.add(i);
+    const g = this.globals();
+    const last = history[history.length - 1];
+    let itemsEver: Set<string> | undefined;
+    if (this.use.has('coPurchase')) {
+      itemsEver = new Set<string>();
+      for (const b of history) for (const i of b.items ?? []) itemsEver.add(i);
     }
-    const transition = this.use.has('transition') && last ? this.meanRow(this.transitions, last.items) : undefined;
-    const coPurchase = this.use.has('coPurchase') && nb > 0 ? this.meanRow(this.coPurchases, itemsEver) : undefined;
-    const recentScale = this.recentTotal > 0 ? 1 / this.recentTotal : 0; // decay cancels in the ratio
-    const gapDays = last ? (now - last.t) / DAY_MS : 0;
-    const meanGap = nb > 1 ? (last!.t - history[0]!.t) / DAY_MS / (nb - 1) : 0;
+    const transition = this.use.has('transition') && last ? this.meanRow(this.transitions, last.items ?? []) : undefined;
+    const coPurchase = itemsEver && history.length > 0 ? this.meanRow(this.coPurchases, itemsEver) : undefined;
+    const x = affinityFeatureRows(this.features, { ...g, ...(transition ? { transition } : {}), ...(coPurchase ? { coPurchase } : {}) }, history, now);
+    return { p: affinityProbabilities(this.weights, x), x };
+  }
 
-    const p = new Float64Array(n);
-    const x: Float64Array[] = [];
+  /**
+   * What the device needs to compute the same probabilities as {@link predict} now: the weights
+   * and the per-offer global statistics, as plain JSON for `catalog.affinity`. Throws when the
+   * model uses the item → offer table features, which a snapshot does not carry.
+   */
+  snapshot(): AffinitySnapshot {
+    const tables = this.features.filter((f) => TABLE_FEATURES.includes(f));
+    if (tables.length > 0) throw new Error(`a published affinity snapshot cannot carry the item → offer table features (${tables.join(', ')}); fit without them`);
+    const g = this.globals();
+    const offers: AffinitySnapshot['offers'] = {};
+    this.offerIds.forEach((id, o) => {
+      Object.defineProperty(offers, id, {
+        value: { popularity: g.popularity[o]!, recentPopularity: g.recentPopularity[o]!, repeatRate: g.repeatRate[o]! },
+        enumerable: true,
+        writable: true,
+        configurable: true,
+      });
+    });
+    return { features: [...this.features], weights: [...this.weights], offers };
+  }
+
+  /** The global per-offer statistics as shares, in offer order (what a snapshot publishes). */
+  private globals(): { offerIds: readonly string[]; index: ReadonlyMap<string, number>; popularity: Float64Array; recentPopularity: Float64Array; repeatRate: Float64Array } {
+    const n = this.offerIds.length;
+    const popularity = new Float64Array(n);
+    const recentPopularity = new Float64Array(n);
+    const repeatRate = new Float64Array(n);
+    const recentScale = this.recentTotal > 0 ? 1 / this.recentTotal : 0; // decay cancels in the ratio
     for (let o = 0; o < n; o++) {
-      const bought = count[o]! > 0;
-      const recentPop = logit(this.recent[o]! * recentScale);
-      const row = new Float64Array(f.length + 1);
-      row[0] = 1;
-      for (let j = 0; j < f.length; j++) {
-        let v = 0;
-        switch (f[j]!) {
-          case 'popularity': v = logit(this.basketsSeen > 0 ? this.popularity[o]! / this.basketsSeen : 0); break;
-          case 'recentPopularity': v = recentPop; break;
-          case 'returning': v = nb > 0 ? 1 : 0; break;
-          case 'ownShare30': v = w30 > 0 ? a30[o]! / w30 : 0; break;
-          case 'ownShare180': v = w180 > 0 ? a180[o]! / w180 : 0; break;
-          case 'timesBought': v = Math.log1p(count[o]!); break;
-          case 'inLastBasket': v = last && last.offers.has(this.offerIds[o]!) ? 1 : 0; break;
-          case 'inLastBasketSameDay': v = last && gapDays < 1 && last.offers.has(this.offerIds[o]!) ? 1 : 0; break;
-          case 'daysSinceBought': v = bought ? Math.log1p((now - lastT[o]!) / DAY_MS) : 0; break;
-          case 'gapRatio': v = bought && meanGap > 0 ? Math.min(5, (now - lastT[o]!) / DAY_MS / meanGap) : 0; break;
-          case 'boughtBefore': v = bought ? 1 : 0; break;
-          case 'repeatRate': v = bought ? logit((this.repeatHits[o]! + 1) / (this.repeatTries[o]! + 4)) : 0; break;
-          case 'boughtAndRecent': v = bought ? recentPop : 0; break;
-          case 'transition': v = transition ? logit(transition[o]!) : 0; break;
-          case 'coPurchase': v = coPurchase ? logit(coPurchase[o]!) : 0; break;
-          case 'basketsSoFar': v = Math.log1p(nb); break;
-          case 'daysSinceLastBasket': v = nb > 0 ? Math.log1p(gapDays) : 0; break;
-          case 'sameDay': v = nb > 0 && gapDays < 1 ? 1 : 0; break;
-        }
-        row[j + 1] = v;
-      }
-      x.push(row);
-      p[o] = sigmoid(dot(this.weights, row));
+      popularity[o] = this.basketsSeen > 0 ? this.popularity[o]! / this.basketsSeen : 0;
+      recentPopularity[o] = this.recent[o]! * recentScale;
+      repeatRate[o] = (this.repeatHits[o]! + 1) / (this.repeatTries[o]! + 4);
     }
-    return { p, x };
+    return { offerIds: this.offerIds, index: this.index, popularity, recentPopularity, repeatRate };
   }
 
   /**
@@ -258,8 +205,8 @@ export class LearnedAffinity {
       this.repeatHits[o]! += inBasket[o]!;
     }
     const last = history[history.length - 1];
-    if (last) for (const item of last.items) this.count(this.transitions, item, inBasket);
-    for (const item of basket.items) this.count(this.coPurchases, item, inBasket);
+    if (last) for (const item of last.items ?? []) this.count(this.transitions, item, inBasket);
+    for (const item of basket.items ?? []) this.count(this.coPurchases, item, inBasket);
   }
 
   private count(table: Map<string, { from: number; to: Float64Array }>, item: string, inBasket: Uint8Array): void {
@@ -284,17 +231,4 @@ export class LearnedAffinity {
     for (let o = 0; o < out.length; o++) out[o]! /= used;
     return out;
   }
-}
-
-function logit(p: number): number {
-  const q = Math.min(1 - 1e-4, Math.max(1e-4, p));
-  return Math.log(q / (1 - q));
-}
-function sigmoid(z: number): number {
-  return 1 / (1 + Math.exp(-z));
-}
-function dot(a: Float64Array, b: Float64Array): number {
-  let s = 0;
-  for (let i = 0; i < a.length; i++) s += a[i]! * b[i]!;
-  return s;
 }
