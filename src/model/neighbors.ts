@@ -120,16 +120,13 @@ export function rankScores(m: SparseItemModel, history: readonly WeightedRow[], 
     if (f > hi) hi = f;
   }
   const span = hi > lo ? hi - lo : 1;
-  const s = neighborScores(m, history);
-  for (let j = 0; j < n; j++) {
-    const v = s[j]!;
-    out[j] = v > 0 ? 1 + v : (0.999 * (fallback[j]! - lo)) / span;
-  }
+  for (let j = 0; j < n; j++) out[j] = (0.999 * (fallback[j]! - lo)) / span;
+  for (const [j, v] of reachedRows(m, history)) out[j] = 1 + v;
 }
 
 /**
  * The rows the history reaches with a positive neighbour score, and their scores: the sparse form
- * of {@link neighborScores}, for catalogs where a dense pass per query would cost more than the query.
+ * of Σᵢ h(i)·W[i, j] (summed in double precision), kept only where positive.
  */
 export function reachedRows(m: SparseItemModel, history: readonly WeightedRow[]): Map<number, number> {
   const acc = new Map<number, number>();
@@ -147,21 +144,6 @@ export function reachedRows(m: SparseItemModel, history: readonly WeightedRow[])
   return acc;
 }
 
-/** Σᵢ h(i)·W[i, j] for every row j, in double precision. */
-export function neighborScores(m: SparseItemModel, history: readonly WeightedRow[]): Float64Array {
-  const s = new Float64Array(m.nItems);
-  const { width, index, weight } = m;
-  for (const h of history) {
-    if (!(h.weight > 0)) continue;
-    const base = h.row * width;
-    for (let k = 0; k < width; k++) {
-      const j = index[base + k]!;
-      if (j < 0) break;
-      s[j] += h.weight * weight[base + k]!;
-    }
-  }
-  return s;
-}
 
 /**
  * Top `k` rows of `scores`, skipping `exclude` and rows `allowed` rejects, best first (ties by row).
