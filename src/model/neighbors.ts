@@ -144,7 +144,6 @@ export function reachedRows(m: SparseItemModel, history: readonly WeightedRow[])
   return acc;
 }
 
-
 /**
  * Top `k` rows of `scores`, skipping `exclude` and rows `allowed` rejects, best first (ties by row).
  *
