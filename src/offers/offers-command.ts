@@ -1,5 +1,5 @@
 /**
- * CLI for offers: `localrec offers keygen|sign` and `localrec offers-eval`. Node-only imports stay
+ * CLI for offers: `localrec offers keygen|sign|fit-affinity` and `localrec offers-eval`. Node-only imports stay
  * inside the actions so `localrec --help` loads nothing heavy.
  */
 import type { Command } from 'commander';
@@ -43,6 +43,27 @@ export function register(program: Command): void {
       process.stderr.write(`signed ${signed.catalog.offers.length} offers → ${o.out}\n`);
     });
 
+  offers
+    .command('fit-affinity')
+    .description("Learn the offer affinity from the shop's orders and add it to a catalog (catalog.affinity); sign the result with `offers sign`.")
+    .requiredOption('--data <file>', 'orders as invoice lines, online-retail CSV (.csv or .csv.gz): invoice, stock code, description, quantity, time, price, customer')
+    .requiredOption('--catalog <file>', 'offer catalog JSON { version, issuedAt, currency, offers }')
+    .requiredOption('--out <file>', 'where to write the catalog with its affinity snapshot (unsigned)')
+    .action(async (o: { data: string; catalog: string; out: string }) => {
+      const { readFile, writeFile } = await import('node:fs/promises');
+      const { loadRetailData } = await import('./eval/retail-data.js');
+      const { fitAffinity } = await import('./eval/fit-affinity.js');
+      const { validateOfferCatalog } = await import('./validate-catalog.js');
+      const catalog = validateOfferCatalog(await readJson(readFile, o.catalog, '--catalog'));
+      const data = await loadRetailData(o.data);
+      if (data.baskets.length === 0) throw new ValidationError('--data', `${o.data} has no orders to learn from (rows read: ${data.rows.read}, kept: ${data.rows.kept})`);
+      const fit = fitAffinity(data, catalog);
+      await writeFile(o.out, `${JSON.stringify(fit.catalog, null, 2)}\n`);
+      process.stderr.write(
+        `learned from ${fit.baskets} orders of ${fit.customers} customers (${fit.basketsWithOffer} touch an offer) → ${o.out} (${fit.catalog.offers.length} offers, ${fit.catalog.affinity!.features.length} features)\n`,
+      );
+    });
+
   program
     .command('offers-eval')
     .description('Replay Online Retail baskets in time order; compare personalized, one-size-fits-all and random offers (one JSON line each).')
@@ -57,11 +78,13 @@ export function register(program: Command): void {
     .option('--objective <o>', 'personalized ranking: value (expected value to the shop) | reach (P(use) alone)', 'value')
     .option('--prior-strength <s>', "pseudo-impressions the affinity is worth against the shopper's own offer history (policy default 10)")
     .option('--bounds', 'also print one JSON line of upper bounds (clairvoyant, repeat-of-bought, best fixed personal list in hindsight)')
-    .option('--features <list>', 'comma-separated learned affinity features, or "all" (default: all but transition and coPurchase)')
-    .action(async (o: { data: string; k: string; seed: string; granularity: string; groups: string; percent: string; exploration: string; affinity: string; features?: string; priorStrength?: string; objective: string; bounds?: boolean }) => {
+    .option('--features <list>', 'comma-separated learned affinity features (default: all but transition and coPurchase, which a device snapshot cannot carry)')
+    .option('--publish-every-days <d>', 'learned: the shop re-publishes its affinity snapshot every d days (0: before every basket)', '1')
+    .option('--basket-gap-minutes <m>', "learned: the device groups a customer's purchases this close into one basket", '30')
+    .action(async (o: { data: string; k: string; seed: string; granularity: string; groups: string; percent: string; exploration: string; affinity: string; features?: string; priorStrength?: string; objective: string; bounds?: boolean; publishEveryDays: string; basketGapMinutes: string }) => {
       const { loadRetailData } = await import('./eval/retail-data.js');
       const { runOffersEval, offersBounds, buildRetailOffers, DEFAULT_EVAL_OPTIONS, AFFINITY_KINDS } = await import('./eval/offers-eval.js');
-      const { AFFINITY_FEATURES } = await import('./eval/learned-affinity.js');
+      const { AFFINITY_FEATURES, TABLE_FEATURES } = await import('./affinity-model.js');
       if (!(AFFINITY_KINDS as readonly string[]).includes(o.affinity)) {
         throw new ValidationError('--affinity', `must be one of ${AFFINITY_KINDS.join(', ')}, got '${o.affinity}'`);
       }
@@ -69,6 +92,10 @@ export function register(program: Command): void {
       const features = o.features === 'all' ? [...AFFINITY_FEATURES] : o.features?.split(',').map((f) => f.trim()).filter((f) => f !== '');
       const unknown = features?.find((f) => !(AFFINITY_FEATURES as readonly string[]).includes(f));
       if (unknown !== undefined) throw new ValidationError('--features', `unknown feature '${unknown}'; known: ${AFFINITY_FEATURES.join(', ')}`);
+      const table = features?.find((f) => (TABLE_FEATURES as readonly string[]).includes(f));
+      if (table !== undefined && o.affinity === 'learned') {
+        throw new ValidationError('--features', `'${table}' needs item → offer tables, which the published snapshot (what the device gets) does not carry`);
+      }
       if (!(GRANULARITIES as readonly string[]).includes(o.granularity)) {
         throw new ValidationError('--granularity', `must be one of ${GRANULARITIES.join(', ')}, got '${o.granularity}'`);
       }
@@ -84,6 +111,8 @@ export function register(program: Command): void {
         affinity: o.affinity as (typeof AFFINITY_KINDS)[number],
         ...(o.priorStrength !== undefined ? { priorStrength: num(o.priorStrength, '--prior-strength', 0, 1e6) } : {}),
         ...(features ? { features: features as (typeof AFFINITY_FEATURES)[number][] } : {}),
+        publishEveryDays: num(o.publishEveryDays, '--publish-every-days', 0, 3650),
+        basketGapMinutes: num(o.basketGapMinutes, '--basket-gap-minutes', 0, 1_000_000),
         onProgress: (done: number, total: number) => process.stderr.write(`replay ${done}/${total} baskets\n`),
       };
       const data = await loadRetailData(o.data, (n) => process.stderr.write(`read ${n} rows\n`));

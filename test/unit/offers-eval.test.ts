@@ -108,6 +108,52 @@ describe('offers-eval', () => {
     }
   });
 
+  test('learned (the device path): no look-ahead whatever the publishing period and basket grouping', () => {
+    const offers = buildRetailOffers(data(), { granularity: 'items', groups: 10, percent: 10 });
+    for (const [publishEveryDays, basketGapMinutes] of [[0, 0], [0, 30], [1, 30], [7, 30], [2, 3 * 24 * 60]] as const) {
+      const trace = (d: RetailData) => {
+        const out: string[] = [];
+        runOffersEval(d, { ...opts, offers, publishEveryDays, basketGapMinutes, exploration: 0.3, onDecision: (x) => out.push(`${x.index}:${x.policy}:${x.shown.join(',')}`) });
+        return out;
+      };
+      const cut = 20;
+      const original = trace(data());
+      const altered = trace({ ...data(), baskets: data().baskets.map((b, i) => (i < cut ? b : { ...b, lines: [{ itemId: '300', quantity: 50, price: 5 }] })) });
+      const before = (xs: string[]) => xs.filter((x) => Number(x.split(':')[0]) <= cut);
+      assert.deepEqual(before(altered), before(original), `publish every ${publishEveryDays} d, gap ${basketGapMinutes} min`);
+      assert.notDeepEqual(altered, original, `publish every ${publishEveryDays} d: the altered future does change later decisions`);
+    }
+  });
+
+  test('learned: the policy uses the published snapshot, so a snapshot never re-published does not personalize', () => {
+    const personalizedHits = (publishEveryDays: number) => {
+      const shownTo = new Map<string, Set<string>>();
+      const results = runOffersEval(data(), {
+        ...opts,
+        publishEveryDays,
+        onDecision: (d) => {
+          if (d.policy !== 'personalized' || d.index < 5) return;
+          const s = shownTo.get(d.customerId) ?? new Set();
+          d.shown.forEach((o) => s.add(o));
+          shownTo.set(d.customerId, s);
+        },
+      });
+      return { hitRate: results.find((r) => r.policy === 'personalized')!.hitRate, shownTo };
+    };
+    const daily = personalizedHits(1);
+    assert.deepEqual([...daily.shownTo.get('mug')!], ['itm-100']);
+    assert.deepEqual([...daily.shownTo.get('candle')!], ['itm-300']);
+    // Published once, before any basket (no statistics, initial weights): the affinity is the same
+    // for every offer and only the shopper's own offer history (the Beta posterior) moves it.
+    const stale = personalizedHits(10_000);
+    assert.ok(stale.shownTo.get('candle')!.size > 1, 'without the learned snapshot the candle buyer is shown other offers too');
+    // A first-time customer: the daily snapshot knows bags are popular; the stale one knows nothing
+    // and the pricier mug offer wins on value.
+    assert.deepEqual([...daily.shownTo.get('b10')!], ['itm-200']);
+    assert.deepEqual([...stale.shownTo.get('b10')!], ['itm-100']);
+    assert.ok(stale.hitRate < daily.hitRate, `stale ${stale.hitRate} vs daily ${daily.hitRate}`);
+  });
+
   test('bounds: clairvoyant, repeat-of-bought and best fixed personal list in hindsight', () => {
     const lines = (itemId: string, quantity: number): Array<[string, number]> => [[itemId, quantity]];
     const d: RetailData = {

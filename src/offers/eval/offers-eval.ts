@@ -3,8 +3,9 @@
  * three policies which offers they would show each customer just before each basket:
  *
  * - `personalized`: the on-device policy ({@link chooseOffers}) with an affinity built only from
- *   what was known before that basket: the customer's own earlier baskets, plus category → offer
- *   transition counts learned from every customer's earlier consecutive baskets;
+ *   what was known before that basket: by default what the device computes
+ *   ({@link predictAffinity} on the shop's latest published snapshot and the customer's earlier
+ *   purchase events grouped into baskets as the device groups them), or the `history` blend;
  * - `one-size-fits-all`: the offers whose scope appeared in the most earlier baskets, for everyone;
  * - `random`: k eligible offers drawn at random.
  *
@@ -18,17 +19,20 @@ import { whyIneligible, type EligibilityContext } from '../eligibility.js';
 import { isReturningShopper, offerHistory } from '../offer-history.js';
 import { chooseOffers } from '../policy.js';
 import { indexProducts, type ProductIndex } from '../product-index.js';
-import type { Offer, OfferCatalog, OfferObjective } from '../types.js';
+import type { AffinitySnapshot, Offer, OfferCatalog, OfferObjective } from '../types.js';
+import { predictAffinity } from '../affinity-model.js';
+import { DEFAULT_BASKET_GAP_MS, offerScopeLookup, purchaseBaskets } from '../purchase-baskets.js';
 import { LearnedAffinity, type AffinityFeature, type HistoryBasket } from './learned-affinity.js';
 import type { Basket, RetailData } from './retail-data.js';
 
 export type OfferGranularity = 'items' | 'groups' | 'categories';
 /**
- * Where the personalized policy's affinity comes from: `learned` ({@link LearnedAffinity}: online
- * logistic regression over the shopper's repeat/recency features and global popularity and repeat
- * rates, optionally item → offer co-purchase and transition counts) or `history` (the earlier
- * hand-tuned blend: the shopper's decayed share shrunk toward a repeat rate or a category
- * transition estimate).
+ * Where the personalized policy's affinity comes from: `learned` (what the device ships: the shop's
+ * {@link LearnedAffinity}, an online logistic regression over the shopper's repeat/recency features
+ * and global popularity and repeat rates, is published as a snapshot every `publishEveryDays`, and
+ * each basket's affinity is `predictAffinity(latest snapshot, the customer's earlier purchases
+ * grouped into baskets as the device groups them, now)`) or `history` (the earlier hand-tuned
+ * blend: the shopper's decayed share shrunk toward a repeat rate or a category transition estimate).
  */
 export type AffinityKind = 'learned' | 'history';
 export const AFFINITY_KINDS: readonly AffinityKind[] = ['learned', 'history'];
@@ -58,8 +62,20 @@ export interface OffersEvalOptions {
   halfLifeDays: number;
   /** Affinity of the personalized policy. */
   affinity: AffinityKind;
-  /** Features of the `learned` affinity (default: `DEFAULT_AFFINITY_FEATURES`), for ablations. */
+  /**
+   * Features of the `learned` affinity (default: `DEFAULT_AFFINITY_FEATURES`), for ablations. The
+   * item → offer table features (`transition`, `coPurchase`) cannot be published to a device, so
+   * the `learned` replay refuses them.
+   */
   features?: readonly AffinityFeature[];
+  /**
+   * `learned`: the shop publishes a new snapshot of its learner when a basket falls in a later
+   * period of this many days (periods counted from the epoch, UTC) than the last snapshot; 0 = a
+   * fresh snapshot before every basket. Default 1 (daily).
+   */
+  publishEveryDays?: number;
+  /** `learned`: the device's basket grouping, in minutes (purchases this close are one basket). Default 30. */
+  basketGapMinutes?: number;
   onProgress?: (done: number, total: number) => void;
   /** Use this catalog instead of building one from the data (tests hold it fixed while changing baskets). */
   offers?: RetailOffers;
@@ -76,6 +92,8 @@ export const DEFAULT_EVAL_OPTIONS: OffersEvalOptions = {
   exploration: 0.1,
   halfLifeDays: 90,
   affinity: 'learned',
+  publishEveryDays: 1,
+  basketGapMinutes: DEFAULT_BASKET_GAP_MS / 60_000,
 };
 
 export interface PolicyResult {
@@ -267,8 +285,16 @@ export function runOffersEval(data: RetailData, opts: OffersEvalOptions): Policy
   const products = indexProducts(data.items);
   const category = new Map<string, string>(data.items.map((i: CatalogItem) => [i.id, i.category ?? 'other']));
   const global = new GlobalSignal();
-  const learned = opts.affinity === 'learned' ? new LearnedAffinity(catalog.offers.map((o) => o.id), opts.features ? { features: opts.features } : {}) : undefined;
-  const offerIndex = new Map(catalog.offers.map((o, i) => [o.id, i]));
+  const offerIds = catalog.offers.map((o) => o.id);
+  const learned = opts.affinity === 'learned' ? new LearnedAffinity(offerIds, opts.features ? { features: opts.features } : {}) : undefined;
+  // The device side of `learned`: the latest published snapshot and the device's own baskets.
+  const publishMs = (opts.publishEveryDays ?? 1) * DAY_MS;
+  if (!(publishMs >= 0)) throw new RangeError(`publishEveryDays must be ≥ 0, got ${opts.publishEveryDays}`);
+  const gapMs = (opts.basketGapMinutes ?? DEFAULT_BASKET_GAP_MS / 60_000) * 60_000;
+  if (!(gapMs >= 0)) throw new RangeError(`basketGapMinutes must be ≥ 0, got ${opts.basketGapMinutes}`);
+  const offersOf = offerScopeLookup(catalog.offers, products);
+  let snapshot: AffinitySnapshot | undefined;
+  let publishedPeriod = -Infinity;
   const customers = new Map<string, CustomerState>();
   const rng = new Random(opts.seed);
   const tally = Object.fromEntries(
@@ -281,10 +307,16 @@ export function runOffersEval(data: RetailData, opts: OffersEvalOptions): Policy
     if (!state) customers.set(basket.customerId, (state = { purchases: [], baskets: [], bought: new Set(), offerEvents: { personalized: [], 'one-size-fits-all': [], random: [] } }));
     const now = basket.t - 1;
     const repeat = state.baskets.length > 0;
+    // The shop's learner scores the basket from its own (invoice) history, to learn from it after.
     const prediction = learned?.predict(state.baskets, now);
-    const affinity = prediction
-      ? (offer: Offer) => prediction.p[offerIndex.get(offer.id) ?? -1] ?? 0
-      : personalAffinity(state, global, now, opts.halfLifeDays);
+    let affinity: (offer: Offer) => number;
+    if (learned) {
+      // Re-publish when this basket is in a later period: the snapshot holds only earlier baskets.
+      const period = publishMs > 0 ? Math.floor(basket.t / publishMs) : index;
+      if (period !== publishedPeriod || !snapshot) [snapshot, publishedPeriod] = [learned.snapshot(), period];
+      const device = predictAffinity(snapshot, purchaseBaskets(state.purchases, offersOf, { gapMs, now }), now, offerIds);
+      affinity = (offer) => device.get(offer.id) ?? 0;
+    } else affinity = personalAffinity(state, global, now, opts.halfLifeDays);
     for (const policy of POLICIES) {
       const events = [...state.purchases, ...state.offerEvents[policy]];
       let shown: Array<{ offerId: string; explore: boolean }>;

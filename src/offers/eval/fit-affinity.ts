@@ -1,0 +1,65 @@
+/**
+ * Shop side of the learned affinity: fit {@link LearnedAffinity} on the shop's orders, oldest
+ * first (each order scored, then learned from, as in `offers-eval`), and return the snapshot a
+ * device needs (`catalog.affinity`). Pure (no I/O); `localrec offers fit-affinity` reads the files.
+ */
+import type { AffinitySnapshot } from '../affinity-model.js';
+import { offerScopeLookup } from '../purchase-baskets.js';
+import { indexProducts } from '../product-index.js';
+import type { OfferCatalog } from '../types.js';
+import { validateOfferCatalog } from '../validate-catalog.js';
+import { LearnedAffinity, type HistoryBasket, type LearnedAffinityOptions } from './learned-affinity.js';
+import type { RetailData } from './retail-data.js';
+
+export interface FitAffinityResult {
+  /** The catalog with `affinity` set (validated). */
+  catalog: OfferCatalog;
+  /** Orders learned from, and how many touched at least one offer's scope. */
+  baskets: number;
+  basketsWithOffer: number;
+  customers: number;
+}
+
+/**
+ * Learn the affinity from every order in `data` (already in time order, as `loadRetailData` gives
+ * it) for the offers of `catalog`, and put the snapshot into a copy of the catalog. An order's
+ * offers are those whose scope contains one of its items (same scope rules as the device).
+ *
+ * @example
+ * ```ts
+ * const { catalog } = fitAffinity(await loadRetailData('orders.csv.gz'), offers);
+ * await signOfferCatalog(catalog, privateJwk);
+ * ```
+ */
+export function fitAffinity(data: RetailData, catalogInput: OfferCatalog, options: Omit<LearnedAffinityOptions, 'features'> = {}): FitAffinityResult {
+  const catalog = validateOfferCatalog(catalogInput);
+  if (catalog.offers.length === 0) throw new RangeError('the catalog has no offers to fit an affinity for');
+  const model = new LearnedAffinity(
+    catalog.offers.map((o) => o.id),
+    options,
+  );
+  const offersOf = offerScopeLookup(catalog.offers, indexProducts(data.items));
+  const histories = new Map<string, HistoryBasket[]>();
+  let withOffer = 0;
+  for (const b of data.baskets) {
+    let history = histories.get(b.customerId);
+    if (!history) histories.set(b.customerId, (history = []));
+    const offers = new Set<string>();
+    const items = new Set<string>();
+    for (const l of b.lines) {
+      items.add(l.itemId);
+      for (const id of offersOf(l.itemId)) offers.add(id);
+    }
+    if (offers.size > 0) withOffer++;
+    const basket: HistoryBasket = { t: b.t, offers, items };
+    model.learn(model.predict(history, b.t - 1), history, basket);
+    history.push(basket);
+  }
+  const snapshot: AffinitySnapshot = model.snapshot();
+  return {
+    catalog: validateOfferCatalog({ ...catalog, affinity: snapshot }),
+    baskets: data.baskets.length,
+    basketsWithOffer: withOffer,
+    customers: histories.size,
+  };
+}

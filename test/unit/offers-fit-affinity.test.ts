@@ -1,0 +1,107 @@
+import assert from 'node:assert/strict';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { gzipSync } from 'node:zlib';
+import { Command } from 'commander';
+import { isValidationError } from '../../src/errors.js';
+import { predictAffinity } from '../../src/offers/affinity-model.js';
+import { fitAffinity } from '../../src/offers/eval/fit-affinity.js';
+import { loadRetailData } from '../../src/offers/eval/retail-data.js';
+import { register } from '../../src/offers/offers-command.js';
+import { verifyOfferCatalog } from '../../src/offers/signing.js';
+import type { OfferCatalog } from '../../src/offers/types.js';
+
+const T0 = 1_291_191_960; // seconds, as in the shared Online Retail file
+const CSV = [
+  'invoice,stock_code,description,quantity,timestamp,unit_price,customer_id,country',
+  `1,100,RED MUG,2,${T0},2.5,A,United Kingdom`,
+  `1,85099B,"JUMBO BAG RED RETROSPOT, LARGE",1,${T0},1.95,A,United Kingdom`,
+  `2,200,VANILLA CANDLE,1,${T0 + 86_400},3,B,United Kingdom`,
+  `C9,100,RED MUG,-1,${T0 + 86_500},2.5,B,United Kingdom`, // a cancellation: not an order
+  `3,100,RED MUG,1,${T0 + 2 * 86_400},2.5,A,United Kingdom`,
+  `4,85099B,"JUMBO BAG RED RETROSPOT, LARGE",3,${T0 + 3 * 86_400},1.95,C,United Kingdom`,
+].join('\n');
+const CATALOG: OfferCatalog = {
+  version: 7,
+  issuedAt: T0 * 1000,
+  currency: 'GBP',
+  offers: [
+    { id: 'mug', title: '10% off the red mug', discount: { kind: 'percent', percent: 10 }, scope: { kind: 'items', itemIds: ['100'] } },
+    { id: 'candle', title: '10% off candles', discount: { kind: 'percent', percent: 10 }, scope: { kind: 'items', itemIds: ['200'] } },
+    { id: 'bags', title: '£1 off bags', discount: { kind: 'amount', amount: 1 }, scope: { kind: 'categories', categories: ['bag'] } },
+    { id: 'lamps', title: '10% off lamps', discount: { kind: 'percent', percent: 10 }, scope: { kind: 'categories', categories: ['lamp'] } },
+  ],
+};
+
+describe('localrec offers fit-affinity', () => {
+  let dir: string;
+  const path = (name: string) => join(dir, name);
+  const cli = async (...args: string[]) => {
+    const program = new Command().exitOverride();
+    register(program);
+    await program.parseAsync(['node', 'localrec', ...args]);
+  };
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'fit-affinity-'));
+    await writeFile(path('orders.csv.gz'), gzipSync(CSV));
+    await writeFile(path('offers.json'), JSON.stringify(CATALOG));
+  });
+  after(() => rm(dir, { recursive: true, force: true }));
+
+  test('learns per-offer statistics from the orders and writes the catalog with its snapshot, unchanged otherwise', async () => {
+    await cli('offers', 'fit-affinity', '--data', path('orders.csv.gz'), '--catalog', path('offers.json'), '--out', path('with-affinity.json'));
+    const out = JSON.parse(await readFile(path('with-affinity.json'), 'utf8')) as OfferCatalog;
+    const { affinity, ...rest } = out;
+    assert.deepEqual(rest, CATALOG);
+    assert.ok(affinity);
+    // 4 orders (the cancellation is dropped): the mug is in orders 1 and 3, the candle in 2, a bag in 1 and 4.
+    assert.equal(affinity.offers.mug!.popularity, 2 / 4);
+    assert.equal(affinity.offers.candle!.popularity, 1 / 4);
+    assert.equal(affinity.offers.bags!.popularity, 2 / 4);
+    assert.equal(affinity.offers.lamps!.popularity, 0);
+    // Repeat: A's order 3 follows an order with the mug and a bag: the mug came back, the bag did not (Beta(1, 3) prior).
+    assert.equal(affinity.offers.mug!.repeatRate, (1 + 1) / (1 + 4));
+    assert.equal(affinity.offers.bags!.repeatRate, (0 + 1) / (1 + 4));
+    assert.equal(affinity.offers.candle!.repeatRate, 1 / 4);
+    // Recent popularity weighs the later orders more: the bag (orders 1 and 4) beats the mug (1 and 3).
+    assert.ok(affinity.offers.bags!.recentPopularity > affinity.offers.mug!.recentPopularity);
+    assert.equal(affinity.weights.length, affinity.features.length + 1);
+    assert.ok(!affinity.features.includes('transition') && !affinity.features.includes('coPurchase'));
+    // The same as fitting in process.
+    assert.deepEqual(out, fitAffinity(await loadRetailData(path('orders.csv.gz')), CATALOG).catalog);
+  });
+
+  test('then `offers sign` signs it, and a device verifies the catalog with the snapshot and can predict', async () => {
+    await cli('offers', 'fit-affinity', '--data', path('orders.csv.gz'), '--catalog', path('offers.json'), '--out', path('with-affinity.json'));
+    await cli('offers', 'keygen', '--out', path('keys'));
+    await cli('offers', 'sign', '--key', path('keys/private.jwk'), '--catalog', path('with-affinity.json'), '--out', path('signed.json'));
+    const signed = JSON.parse(await readFile(path('signed.json'), 'utf8')) as unknown;
+    const publicJwk = JSON.parse(await readFile(path('keys/public.jwk'), 'utf8')) as JsonWebKey;
+    const catalog = await verifyOfferCatalog(signed, publicJwk);
+    const fitted = JSON.parse(await readFile(path('with-affinity.json'), 'utf8')) as OfferCatalog;
+    assert.deepEqual(catalog.affinity, fitted.affinity);
+    const p = predictAffinity(catalog.affinity!, [], T0 * 1000 + 4 * 86_400_000, catalog.offers.map((o) => o.id));
+    assert.deepEqual([...p.keys()], ['mug', 'candle', 'bags', 'lamps']);
+    for (const v of p.values()) assert.ok(v > 0 && v < 1);
+    assert.ok(p.get('mug')! > p.get('lamps')!, 'an offer bought before beats one nobody bought');
+  });
+
+  test('bad input is refused naming the option', async () => {
+    await writeFile(path('empty.csv'), 'invoice,stock_code,description,quantity,timestamp,unit_price,customer_id,country\nC1,100,RED MUG,-1,1291191960,2.5,A,UK\n');
+    await assert.rejects(
+      cli('offers', 'fit-affinity', '--data', path('empty.csv'), '--catalog', path('offers.json'), '--out', path('x.json')),
+      (e: unknown) => isValidationError(e) && e.field === '--data' && /no orders to learn from/.test(e.message),
+    );
+    await writeFile(path('bad-catalog.json'), JSON.stringify({ ...CATALOG, offers: [{ id: 'x' }] }));
+    await assert.rejects(
+      cli('offers', 'fit-affinity', '--data', path('orders.csv.gz'), '--catalog', path('bad-catalog.json'), '--out', path('x.json')),
+      (e: unknown) => isValidationError(e) && e.field === 'catalog.offers[0].title',
+    );
+    await assert.rejects(
+      cli('offers', 'fit-affinity', '--data', path('orders.csv.gz'), '--catalog', path('missing.json'), '--out', path('x.json')),
+      (e: unknown) => isValidationError(e) && e.field === '--catalog' && /cannot read/.test(e.message),
+    );
+  });
+});
