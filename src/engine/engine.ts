@@ -3,7 +3,7 @@ import { validateEvent } from '../events/schema.js';
 import { DEFAULT_RETENTION, MemoryEventStore, openEventStore, type EventStore, type Retention } from '../events/store.js';
 import { EVENT_SCHEMA_VERSION } from '../events/schema.js';
 import type { AuditReport, ExportFile } from './audit-types.js';
-import { chooseOffers, indexProducts, verifyOfferCatalog, type ProductIndex } from '../offers/index.js';
+import { chooseOffers, indexProducts, offerScopeLookup, predictAffinity, purchaseBaskets, verifyOfferCatalog, type ProductIndex } from '../offers/index.js';
 import type { OfferCatalog, OffersOptions, ShownOffer } from '../offers/types.js';
 import { selectBackend, type BackendChoice } from '../model/backend.js';
 import { validateCatalog } from '../model/catalog.js';
@@ -855,6 +855,21 @@ export class Engine {
     this.assertOpen();
     this.offerCatalog ??= await this.store.getMeta<OfferCatalog>(OFFERS_KEY);
     if (!this.offerCatalog) return [];
+    this.products ??= indexProducts(this.catalog.items);
+    const now = options.context?.now ?? this.now();
+    const snapshot = this.offerCatalog.affinity;
+    if (snapshot) {
+      // The shop's learned affinity (docs/OFFERS.md): the same features and weights offers-eval
+      // measures, from this shopper's purchases grouped into baskets (30 minutes apart or less).
+      const catalog = this.offerCatalog;
+      const events = await this.storedEvents();
+      const baskets = purchaseBaskets(events, offerScopeLookup(catalog.offers, this.products), { now });
+      const p = predictAffinity(snapshot, baskets, now, catalog.offers.map((o) => o.id));
+      return chooseOffers(
+        { catalog, products: this.products, events, affinity: { scope: (offer) => p.get(offer.id) ?? 0 } },
+        { ...options, context: { ...options.context, now } },
+      );
+    }
     const { profile, events } = await this.profile();
     const scores = await this.scorer.scoreAll(userVector(this.table, profile));
     let max = -Infinity;
@@ -862,7 +877,6 @@ export class Engine {
     let sum = 0;
     const p = new Float32Array(scores.length);
     for (let i = 0; i < scores.length; i++) sum += p[i] = Math.exp(scores[i]! - max);
-    this.products ??= indexProducts(this.catalog.items);
     return chooseOffers(
       { catalog: this.offerCatalog, products: this.products, events, affinity: (id) => {
         const r = this.rows.get(id);

@@ -1,0 +1,129 @@
+import 'fake-indexeddb/auto';
+import assert from 'node:assert/strict';
+import { before, describe, it } from 'node:test';
+import { Engine } from '../../src/engine/engine.js';
+import { MemoryEventStore } from '../../src/events/store.js';
+import { Random } from '../../src/model/random.js';
+import { predictAffinity, type AffinitySnapshot, type HistoryBasket } from '../../src/offers/affinity-model.js';
+import { LearnedAffinity } from '../../src/offers/eval/learned-affinity.js';
+import { scoreOffers } from '../../src/offers/policy.js';
+import { generateOfferKeys, signOfferCatalog, type OfferKeyPair } from '../../src/offers/signing.js';
+import type { OfferCatalog } from '../../src/offers/types.js';
+import '../../src/model/tf.js';
+
+const DAY = 86_400_000;
+const MIN = 60_000;
+const NOW = Date.UTC(2024, 5, 1);
+const items = [
+  { id: 'p0', title: 'Jumbo Bag', category: 'bag', price: 20 },
+  ...Array.from({ length: 5 }, (_, i) => ({ id: `m${i}`, title: `Mug ${i}`, category: 'mug', price: 4 })),
+  ...Array.from({ length: 5 }, (_, i) => ({ id: `c${i}`, title: `Candle ${i}`, category: 'candle', price: 5 })),
+];
+// Same discount and value per use, so the ranking follows P(buy in scope) alone.
+const offer = (id: string, scope: OfferCatalog['offers'][number]['scope']): OfferCatalog['offers'][number] => ({
+  id,
+  title: `10% off ${id}`,
+  discount: { kind: 'percent', percent: 10 },
+  scope,
+  hints: { margin: 0.4, typicalSpend: 20 },
+});
+const offers = [offer('bag', { kind: 'items', itemIds: ['p0'] }), offer('mugs', { kind: 'categories', categories: ['mug'] }), offer('candles', { kind: 'categories', categories: ['candle'] })];
+
+/**
+ * The shop's learner on a stream where the bag is in most baskets (popular) and mugs/candles are
+ * bought by few shoppers, who come back for them: what `offers fit-affinity` would publish.
+ */
+function shopSnapshot(): AffinitySnapshot {
+  const model = new LearnedAffinity(offers.map((o) => o.id));
+  const rng = new Random(2);
+  const histories = new Map<string, HistoryBasket[]>();
+  for (let day = 0; day < 150; day++) {
+    for (let s = 0; s < 20; s++) {
+      if (rng.next() < 0.5) continue;
+      const basket = new Set<string>();
+      if (rng.next() < 0.6) basket.add('bag');
+      if (s % 5 === 0 && rng.next() < 0.8) basket.add('mugs');
+      if (s % 5 === 1 && rng.next() < 0.8) basket.add('candles');
+      const history = histories.get(`s${s}`) ?? [];
+      const b: HistoryBasket = { t: day * DAY + s * 1000, offers: basket };
+      model.learn(model.predict(history, b.t - 1), history, b);
+      histories.set(`s${s}`, [...history, b]);
+    }
+  }
+  return model.snapshot();
+}
+
+describe('Engine.offers with the shop’s learned affinity', () => {
+  let keys: OfferKeyPair;
+  let snapshot: AffinitySnapshot;
+  before(async () => {
+    keys = await generateOfferKeys();
+    snapshot = shopSnapshot();
+    // The premise: the bag is the merely popular offer.
+    assert.ok(snapshot.offers.bag!.popularity > 3 * snapshot.offers.mugs!.popularity, JSON.stringify(snapshot.offers));
+  });
+
+  // The store's retention runs on the wall clock; keep every event of this fixed-date test.
+  async function engine(catalog: OfferCatalog): Promise<Engine> {
+    const e = await Engine.create({ catalog: { items }, backend: 'cpu', autoTrainEvery: 0, store: new MemoryEventStore({ maxEvents: 10_000, maxAgeDays: 36_500 }), now: () => NOW, offers: { publicKey: keys.publicJwk } });
+    await e.setOffers(await signOfferCatalog(catalog, keys.privateJwk));
+    return e;
+  }
+  const catalog: () => OfferCatalog = () => ({ version: 1, issuedAt: 0, currency: 'GBP', offers, affinity: snapshot });
+
+  it('prefers the offer whose scope the shopper bought repeatedly over the merely popular one; a new shopper gets the popular one', async () => {
+    const e = await engine(catalog());
+    const fresh = await e.offers({ k: 1, exploration: 0 });
+    assert.deepEqual(fresh.map((o) => o.offerId), ['bag'], 'no purchases yet: popularity decides');
+
+    // Three trips, a week apart; the second checkout tracks three lines within five minutes.
+    e.enqueue([
+      { type: 'purchase', itemId: 'm1', t: NOW - 20 * DAY },
+      { type: 'purchase', itemId: 'm2', t: NOW - 13 * DAY },
+      { type: 'purchase', itemId: 'm3', t: NOW - 13 * DAY + 2 * MIN },
+      { type: 'purchase', itemId: 'c1', t: NOW - 13 * DAY + 5 * MIN },
+      { type: 'purchase', itemId: 'm4', t: NOW - 6 * DAY },
+      { type: 'view', itemId: 'p0', t: NOW - DAY },
+    ]);
+    const shown = await e.offers({ k: 3, exploration: 0 });
+    // Mugs (three trips) first, candles (once) next, the popular bag they never bought last.
+    assert.deepEqual(shown.map((o) => o.offerId), ['mugs', 'candles', 'bag']);
+    assert.match(shown[0]!.reason, /^Because you bought Mug 4/);
+
+    // What the engine computed is exactly predictAffinity on the three baskets (30-minute grouping).
+    const baskets: HistoryBasket[] = [
+      { t: NOW - 20 * DAY, offers: new Set(['mugs']) },
+      { t: NOW - 13 * DAY + 5 * MIN, offers: new Set(['mugs', 'candles']) },
+      { t: NOW - 6 * DAY, offers: new Set(['mugs']) },
+    ];
+    const p = predictAffinity(snapshot, baskets, NOW, offers.map((o) => o.id));
+    assert.ok(p.get('mugs')! > p.get('bag')! && p.get('mugs')! > p.get('candles')!, JSON.stringify([...p]));
+    const expected = scoreOffers({ catalog: catalog(), products: items, events: [], affinity: { scope: (o) => p.get(o.id)! } });
+    for (const s of shown) {
+      const want = expected.find((x) => x.offer.id === s.offerId)!.expectedValue;
+      assert.ok(Math.abs(s.expectedValue - want) < 1e-4, `${s.offerId}: ${s.expectedValue} vs ${want}`);
+    }
+    await e.erase();
+  });
+
+  it('purchases after `context.now` do not count (a replay asks as of an earlier time)', async () => {
+    const e = await engine(catalog());
+    e.enqueue([
+      { type: 'purchase', itemId: 'c1', t: NOW - 30 * DAY },
+      { type: 'purchase', itemId: 'c2', t: NOW - 20 * DAY },
+      { type: 'purchase', itemId: 'c3', t: NOW - 10 * DAY },
+    ]);
+    assert.deepEqual((await e.offers({ k: 1, exploration: 0 })).map((o) => o.offerId), ['candles']);
+    assert.deepEqual((await e.offers({ k: 1, exploration: 0, context: { now: NOW - 40 * DAY } })).map((o) => o.offerId), ['bag']);
+    await e.erase();
+  });
+
+  it('without a snapshot the catalog still works (the recommendation model’s scores, as before)', async () => {
+    const { affinity: _a, ...plain } = catalog();
+    const e = await engine(plain);
+    e.enqueue([{ type: 'purchase', itemId: 'm1', t: NOW - DAY }]);
+    const shown = await e.offers({ k: 3, exploration: 0 });
+    assert.deepEqual(shown.map((o) => o.offerId).sort(), ['bag', 'candles', 'mugs']);
+    await e.erase();
+  });
+});
