@@ -11,6 +11,12 @@
  *
  *   npm run bench:server                       # 1,000 clients × 3 rounds
  *   BENCH_CLIENTS=200 BENCH_ROUNDS=2 npm run bench:server
+ *   BENCH_AGENT=shared BENCH_BACKLOG=511 npm run bench:server   # the old bench client and Node's backlog
+ *
+ * Each round's clients connect afresh (a device's next sync is a new connection); `BENCH_AGENT=shared`
+ * keeps one keep-alive pool across rounds, which the server's idle timeout closes while this process
+ * builds the next round's bodies (the resets of docs/RELIABILITY.md). `listenOverflows` is Linux's
+ * ListenOverflows counter over the run.
  */
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { Agent, request } from 'node:http';
