@@ -24,6 +24,7 @@ export type { AuditReport, ExportFile } from './engine/audit-types.js';
 export type { EgressEntry } from './federated/sync.js';
 export type { Offer, OfferCatalog, SignedOfferCatalog, ShownOffer, OffersOptions, OfferContext } from './offers/types.js';
 export { isSignatureError } from './offers/signature-error.js';
+export type { AffinitySnapshot, AffinityOfferStats } from './offers/affinity-model.js';
 export type {
   BackendName,
   FederatedOptions,
