@@ -106,14 +106,14 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
     throw new ValidationError('options.consent', `must be 'required' or 'granted'; got ${JSON.stringify(options.consent)}`);
   }
   const required = options.consent === 'required';
-  let neighbors: { url: string } | undefined;
+  let neighbors: { url: string; timeoutMs?: number } | undefined;
   if (options.neighbors !== undefined) {
     const u = options.neighbors?.url;
     if (typeof u !== 'string' && !(u instanceof URL)) throw new ValidationError('options.neighbors.url', 'must be the URL of the neighbour file (string or URL)');
     // Resolved here: inside the worker a relative URL would resolve against the worker script.
     const abs = new URL(u, globalThis.location?.href);
     if (abs.protocol !== 'http:' && abs.protocol !== 'https:') throw new ValidationError('options.neighbors.url', `must be an http(s) URL, got ${abs.protocol}`);
-    neighbors = { url: abs.href };
+    neighbors = { url: abs.href, ...(options.neighbors.timeoutMs !== undefined ? { timeoutMs: options.neighbors.timeoutMs } : {}) };
   }
   const url = options.workerUrl ?? new URL('./worker.js', import.meta.url);
   const worker = new Worker(url, { type: 'module' });

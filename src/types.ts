@@ -257,7 +257,11 @@ export interface RecommenderOptions {
    * is allowed, kept in IndexedDB; with it `recommend()` ranks by the shopper's history through the
    * table and `similar()` lists the published neighbours. Relative URLs resolve against the page.
    */
-  neighbors?: { url: string | URL };
+  neighbors?: {
+    url: string | URL;
+    /** How long `recommend()` waits for the file before ranking without it, in ms. Default 15,000. */
+    timeoutMs?: number;
+  };
   /** URL of the worker bundle; defaults to `worker.js` next to the main bundle. */
   workerUrl?: string | URL;
 }

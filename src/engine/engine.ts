@@ -50,7 +50,7 @@ export interface EngineOptions {
    * The shop's published neighbour table (`localrec neighbors` output, an absolute http(s) URL):
    * fetched once personalization is allowed, kept in IndexedDB, and used to rank.
    */
-  neighbors?: { url: string };
+  neighbors?: { url: string; timeoutMs?: number };
   /** fetch to use for sync (tests, simulation); defaults to the global fetch. */
   fetch?: FetchLike;
   /**
@@ -94,6 +94,8 @@ export const EGRESS_KEY = 'egress';
 export const CONSENT_KEY = 'consent';
 export const OFFERS_KEY = 'offers';
 export const NEIGHBORS_KEY = 'neighbors';
+/** How long the worker waits for the neighbour file before ranking without it (options.neighbors.timeoutMs). */
+export const NEIGHBOR_FETCH_TIMEOUT_MS = 15_000;
 
 /** A neighbour table as stored in the `meta` store under {@link NEIGHBORS_KEY}. */
 interface SavedNeighbors {
@@ -217,6 +219,7 @@ export class Engine {
         ok = false;
       }
       if (!ok) throw new ValidationError('options.neighbors.url', `must be an absolute http(s) URL of the neighbour file, got ${JSON.stringify(u)}`);
+      intOption(opts.neighbors.timeoutMs, 'options.neighbors.timeoutMs', 1, 600_000, NEIGHBOR_FETCH_TIMEOUT_MS);
     }
     const retention: Retention = {
       maxEvents: intOption(opts.retention?.maxEvents, 'options.retention.maxEvents', 1, 10_000_000, DEFAULT_RETENTION.maxEvents),
@@ -377,7 +380,8 @@ export class Engine {
 
   private async saveNeighbors(): Promise<void> {
     const n = this.neighbors;
-    if (!n || !this.neighborBytes || !this.consent.personalization) return;
+    // After erase() or close() nothing may be written (a fetch may finish late).
+    if (!n || !this.neighborBytes || !this.consent.personalization || this.closed) return;
     const stored = await this.store.getMeta<SavedNeighbors>(NEIGHBORS_KEY);
     if (stored?.hash === n.hash) return;
     await this.store.setMeta(NEIGHBORS_KEY, { hash: n.hash, bytes: this.neighborBytes, source: n.source, savedAt: this.now() } satisfies SavedNeighbors);
@@ -400,21 +404,30 @@ export class Engine {
     if (url === undefined || !this.consent.personalization || this.neighborsLoading) return;
     this.neighborsLoading = (async () => {
       const entry: EgressEntry = { t: this.now(), method: 'GET', endpoint: new URL(url).pathname, kind: 'neighbors', bytes: 0, status: 0 };
+      // recommend() waits for this fetch, so it may not wait for ever.
+      const abort = new AbortController();
+      const timeoutMs = this.opts.neighbors?.timeoutMs ?? NEIGHBOR_FETCH_TIMEOUT_MS;
+      const timer = setTimeout(() => abort.abort(), timeoutMs);
       try {
-        const res = await (this.opts.fetch ?? fetch)(url, { method: 'GET' });
+        const res = await (this.opts.fetch ?? fetch)(url, { method: 'GET', signal: abort.signal });
         entry.status = res.status;
         if (!res.ok) throw new NetworkError(`GET ${url}: HTTP ${res.status}`, res.status);
         await this.installNeighbors(new Uint8Array(await res.arrayBuffer()), url);
       } catch (e) {
-        this.lastError = e instanceof TypeError ? new NetworkError(`GET ${url}: ${e.message}`, 0) : (e as Error);
+        this.lastError = abort.signal.aborted
+          ? new NetworkError(`GET ${url}: no answer within ${timeoutMs} ms`, 0)
+          : e instanceof TypeError
+            ? new NetworkError(`GET ${url}: ${e.message}`, 0)
+            : (e as Error);
       } finally {
+        clearTimeout(timer);
         await this.appendEgress([entry]).catch(() => undefined);
       }
     })();
   }
 
   private async appendEgress(entries: EgressEntry[]): Promise<void> {
-    if (entries.length === 0 || !this.consent.personalization) return;
+    if (entries.length === 0 || !this.consent.personalization || this.closed) return;
     const log = (await this.store.getMeta<EgressEntry[]>(EGRESS_KEY)) ?? [];
     await this.store.setMeta(EGRESS_KEY, log.concat(entries).slice(-EGRESS_MAX));
   }
@@ -907,7 +920,7 @@ export class Engine {
     this.queue = [];
     this.eventCache = undefined;
     await this.training?.catch(() => undefined);
-    await this.neighborsLoading;
+    // A neighbour fetch still in flight writes nothing once closed (saveNeighbors, appendEgress).
     this.closed = true;
     this.scorer.dispose();
     await this.store.destroy();

@@ -37,7 +37,7 @@ export interface EgressEntry {
   status: number;
 }
 
-export type FetchLike = (input: string, init?: { method?: string; body?: Uint8Array; headers?: Record<string, string> }) => Promise<Response>;
+export type FetchLike = (input: string, init?: { method?: string; body?: Uint8Array; headers?: Record<string, string>; signal?: AbortSignal }) => Promise<Response>;
 
 export interface SyncOptions {
   serverUrl: string;

@@ -289,6 +289,34 @@ describe('Engine with a neighbour table', () => {
     }
   });
 
+  it('a fetch that never answers is given up after timeoutMs; erase() during a fetch leaves nothing written', async () => {
+    const hang: FetchLike = (_url, init) =>
+      new Promise((_res, rej) => init?.signal?.addEventListener('abort', () => rej(new DOMException('aborted', 'AbortError'))));
+    const e = await Engine.create({ ...base, store: new MemoryEventStore(), fetch: hang, neighbors: { url: 'https://shop.example/slow.lrn', timeoutMs: 50 } });
+    e.enqueue([{ type: 'view', itemId: 'c' }]);
+    assert.deepEqual((await e.recommend({ k: 2 })).map((r) => r.itemId), ['a', 'b'], 'ranked without the table once the wait is over');
+    assert.match((await e.stats()).lastError ?? '', /NetworkError: GET https:\/\/shop.example\/slow.lrn: no answer within 50 ms/);
+    assert.deepEqual((await e.egressLog()).map((x) => [x.kind, x.status]), [['neighbors', 0]]);
+    await e.close();
+    await assert.rejects(Engine.create({ ...base, neighbors: { url: 'https://shop.example/n.lrn', timeoutMs: 0 } }), /options\.neighbors\.timeoutMs/);
+
+    // The file arrives after erase(): nothing of it, and no egress entry, may be written anywhere.
+    let release!: () => void;
+    const late: FetchLike = () => new Promise((res) => (release = () => res(new Response(file as Uint8Array<ArrayBuffer>, { status: 200 }))));
+    const store = new MemoryEventStore();
+    const writes: string[] = [];
+    const setMeta = store.setMeta.bind(store);
+    store.setMeta = async (key, value) => {
+      writes.push(key);
+      return setMeta(key, value);
+    };
+    const f = await Engine.create({ ...base, store, fetch: late, neighbors: { url: 'https://shop.example/late.lrn' } });
+    await f.erase();
+    release();
+    await new Promise((r) => setTimeout(r, 20));
+    assert.deepEqual(writes.filter((k) => k === NEIGHBORS_KEY || k === 'egress'), []);
+  });
+
   it('a failed fetch leaves ranking to the factor model and says why in stats()', async () => {
     const fetch: FetchLike = async () => new Response('gone', { status: 404 });
     const e = await Engine.create({ ...base, store: new MemoryEventStore(), fetch, neighbors: { url: 'https://shop.example/n.lrn' } });
