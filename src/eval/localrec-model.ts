@@ -11,7 +11,7 @@ import { weightedHistory, type HistoryWeighting } from './history-weighting.js';
 import type { Split } from './split.js';
 
 /** The shipped model's training settings, plus what the eval harness adds around them. */
-export interface LocalrecEvalOptions extends TrainConfig {
+export interface LocalrecEvalOptions extends Omit<TrainConfig, 'initialAccumulator'>, Partial<Pick<TrainConfig, 'initialAccumulator'>> {
   dim: number;
   backend: 'cpu' | 'wasm';
   weighting: HistoryWeighting;

@@ -36,6 +36,7 @@ export interface SimulateCommandOptions extends CsvFlags {
   recency: string;
   localEpochs: string;
   localRate?: string;
+  localAccumulator?: string;
   localNegatives?: string;
   localContext?: string;
   aggregator: string;
@@ -82,6 +83,7 @@ export function register(program: Command, io: SimulateIo = PROCESS_IO): void {
     .option('--recency <decay>', 'history weight per step back in time when scoring (as localrec eval)', '0.5')
     .option('--local-epochs <n>', 'local training epochs on the device', '2')
     .option('--local-rate <lr>', 'local Adagrad learning rate (default as the shipped model, 0.1)')
+    .option('--local-accumulator <a>', "local Adagrad's starting accumulator (default as the shipped model, 1e-6)")
     .option('--local-negatives <n>', 'local sampled negatives per step (default 256)')
     .option('--local-context <n>', 'earlier items forming a target’s context (default 20; also used centrally)')
     .option('--aggregator <name>', 'server: fedavg|fedadam', 'fedavg')
@@ -134,6 +136,7 @@ export async function runSimulate(opts: SimulateCommandOptions, io: SimulateIo):
   if (init !== 'popularity' && init !== 'flat') throw new ValidationError('--init', `must be popularity or flat, got '${init}'`);
   const localTrain: Record<string, number> = { epochs: posInt('--local-epochs', opts.localEpochs) };
   if (opts.localRate !== undefined) localTrain.learningRate = num('--local-rate', opts.localRate, (x) => x > 0 && x <= 10, 'in (0, 10]');
+  if (opts.localAccumulator !== undefined) localTrain.initialAccumulator = num('--local-accumulator', opts.localAccumulator, (x) => x >= 1e-12 && x <= 100, 'in [1e-12, 100]');
   if (opts.localNegatives !== undefined) localTrain.negatives = num('--local-negatives', opts.localNegatives, (x) => Number.isInteger(x) && x >= 0, 'an integer ≥ 0');
   if (opts.localContext !== undefined) localTrain.maxContext = posInt('--local-context', opts.localContext);
 

@@ -25,6 +25,12 @@ export interface TrainConfig {
   maxContext: number;
   /** Softmax temperature: logits are divided by it. Default 0.1 (embeddings are kept near unit scale). */
   temperature: number;
+  /**
+   * Adagrad's starting accumulator when training starts from a fresh optimizer state. Tiny (the
+   * default, 1e-6) makes the first step move every touched coordinate by about ±learningRate; larger
+   * values make early steps proportional to the gradient.
+   */
+  initialAccumulator: number;
   seed: number;
 }
 
@@ -36,6 +42,7 @@ export const DEFAULT_TRAIN_CONFIG: TrainConfig = {
   l2: 1e-4,
   maxContext: 20,
   temperature: 1,
+  initialAccumulator: 1e-6,
   seed: 1,
 };
 
@@ -72,6 +79,7 @@ export function checkTrainConfig(c: Partial<TrainConfig>, prefix = 'train'): Tra
   intIn('batchSize', 1, 8192);
   intIn('negatives', 0, 100_000);
   numIn('learningRate', 1e-6, 10);
+  numIn('initialAccumulator', 1e-12, 100);
   numIn('l2', 0, 10);
   intIn('maxContext', 1, 1000);
   numIn('temperature', 1e-3, 100);
@@ -107,9 +115,10 @@ export async function trainItemTable(
   sequences: readonly Sequence[],
   config: Partial<TrainConfig> = {},
   onProgress?: (p: Progress) => void,
-  state: OptimizerState = createOptimizerState(table),
+  state?: OptimizerState,
 ): Promise<TrainStats> {
   const cfg = checkTrainConfig(config);
+  state ??= createOptimizerState(table, cfg.initialAccumulator);
   const n = table.itemIds.length;
   const d = table.dim;
   if (n === 0) throw new ModelError('cannot train: the catalog has no items');

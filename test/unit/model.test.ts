@@ -132,6 +132,22 @@ describe('training', () => {
     await assert.rejects(trainItemTable(table, [], { epochs: 0 }), /train\.epochs/);
     await assert.rejects(trainItemTable(table, [], { learningRate: -1 }), /train\.learningRate/);
     await assert.rejects(trainItemTable(table, [{ rows: [0, 99], weights: [1, 1] }]), /row 99 is outside/);
+    await assert.rejects(trainItemTable(table, [], { initialAccumulator: 0 }), /train\.initialAccumulator/);
+  });
+
+  it('initialAccumulator: tiny moves the first step by about ±learningRate per coordinate, large makes it proportional to the gradient', async () => {
+    const step = async (initialAccumulator: number) => {
+      const t = createItemTable(ids, 8, { seed: 5 });
+      const before = t.factors.slice();
+      await trainItemTable(t, [{ rows: [0, 1, 2], weights: [1, 1, 1] }], { epochs: 1, negatives: 4, batchSize: 8, learningRate: 0.1, initialAccumulator, seed: 2 });
+      const moves = Array.from(t.factors, (v, i) => Math.abs(v - before[i]!)).filter((m) => m > 0);
+      return { max: Math.max(...moves), min: Math.min(...moves), nearLr: moves.filter((m) => m > 0.05).length / moves.length };
+    };
+    const signLike = await step(1e-6);
+    // One step: |Δ| = lr·|g|/√(g² + a) → ≈ lr for the coordinates with |g| ≫ √a (most of them) when a is tiny.
+    assert.ok(signLike.nearLr > 0.5 && signLike.max <= 0.1 + 1e-6, JSON.stringify(signLike));
+    const proportional = await step(100);
+    assert.ok(proportional.nearLr === 0 && proportional.max < 0.01 && proportional.max / proportional.min > 10, JSON.stringify(proportional));
   });
 });
 
