@@ -16,19 +16,16 @@
  * into a published version; versions contiguous, each one hashing to its recorded hash).
  */
 import { strict as assert } from 'node:assert';
-import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { after, test } from 'node:test';
-import { fileURLToPath } from 'node:url';
 import Database from 'better-sqlite3';
 import { toHex } from '../../src/federated/wire.js';
 import { Random } from '../../src/model/random.js';
 import { SqliteStorage, startServer } from '../../src/server/index.js';
-import { checkStore, honestUpdate, IDS, initialTable, post, pull, quiet } from './server-helpers.js';
+import { checkStore, honestUpdate, IDS, initialTable, post, pull, quiet, spawnServe, type ServeChild } from './server-helpers.js';
 
-const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 const faults: Record<string, number> = {};
 const count = (k: string, n = 1) => (faults[k] = (faults[k] ?? 0) + n);
 after(() => {
@@ -141,29 +138,10 @@ test('full disk during publish: the update is kept, the round is retried and com
 
 // ---- the real `localrec serve` --------------------------------------------------------------
 
-interface Child {
-  proc: ChildProcess;
-  url: string;
-  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
-  stderr: () => string;
-}
+type Child = ServeChild;
 
 function serve(dataDir: string, catalog: string): Promise<Child> {
-  const args = ['--import', 'tsx', 'src/cli.ts', 'serve', '--port', '0', '--data-dir', dataDir, '--catalog', catalog];
-  args.push('--dim', '4', '--min-clients', '3', '--noise', '0', '--max-staleness', '1000', '--rate-limit', '0');
-  const proc = spawn(process.execPath, args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((res) => proc.once('exit', (code, signal) => res({ code, signal })));
-  let err = '';
-  proc.stderr!.on('data', (d) => (err += d));
-  return new Promise<Child>((res, rej) => {
-    let out = '';
-    proc.stdout!.on('data', (d) => {
-      out += d;
-      const m = /listening on (http:\/\/127\.0\.0\.1:\d+)/.exec(out);
-      if (m) res({ proc, url: m[1]!, exited, stderr: () => err });
-    });
-    void exited.then((x) => rej(Object.assign(new Error(`server exited (${x.code}) before listening: ${err}`), { stderr: err, code: x.code })));
-  });
+  return spawnServe(dataDir, catalog, ['--dim', '4', '--min-clients', '3', '--noise', '0', '--max-staleness', '1000', '--rate-limit', '0']);
 }
 
 function catalogFile(dir: string): string {

@@ -5,40 +5,18 @@
  * contiguous and each one whole (its bytes hash to its recorded hash and decode).
  */
 import { strict as assert } from 'node:assert';
-import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { test } from 'node:test';
-import { fileURLToPath } from 'node:url';
 import { toHex } from '../../src/federated/wire.js';
-import { checkStore, honestUpdate, IDS, pull } from './server-helpers.js';
+import { checkStore, honestUpdate, IDS, pull, spawnServe, type ServeChild } from './server-helpers.js';
 
-const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 
-interface Child {
-  proc: ChildProcess;
-  url: string;
-  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
-}
+type Child = ServeChild;
 
-async function serve(dataDir: string, catalog: string, env: Record<string, string> = {}): Promise<Child> {
-  const args = ['--import', 'tsx', 'src/cli.ts', 'serve', '--port', '0', '--data-dir', dataDir, '--catalog', catalog];
-  args.push('--dim', '4', '--min-clients', '3', '--noise', '0', '--max-staleness', '100', '--rate-limit', '0');
-  const proc = spawn(process.execPath, args, { cwd: ROOT, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((res) => proc.once('exit', (code, signal) => res({ code, signal })));
-  let err = '';
-  proc.stderr!.on('data', (d) => (err += d));
-  const url = await new Promise<string>((res, rej) => {
-    let out = '';
-    proc.stdout!.on('data', (d) => {
-      out += d;
-      const m = /listening on (http:\/\/127\.0\.0\.1:\d+)/.exec(out);
-      if (m) res(m[1]!);
-    });
-    void exited.then(() => rej(new Error(`server exited before listening: ${err}`)));
-  });
-  return { proc, url, exited };
+function serve(dataDir: string, catalog: string, env: Record<string, string> = {}): Promise<Child> {
+  return spawnServe(dataDir, catalog, ['--dim', '4', '--min-clients', '3', '--noise', '0', '--max-staleness', '100', '--rate-limit', '0'], env);
 }
 
 async function stop(c: Child): Promise<void> {

@@ -1,6 +1,8 @@
-/** Shared by the server test files: a small catalog, model download, update construction, crash checks. */
+/** Shared by the server test files: a small catalog, model download, update construction, crash checks, a `localrec serve` child. */
 import { strict as assert } from 'node:assert';
-import { join } from 'node:path';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import Database from 'better-sqlite3';
 import { buildClientUpdate } from '../../src/federated/client-update.js';
 import { decodeModel, fromHex, sha256, toHex } from '../../src/federated/wire.js';
@@ -82,4 +84,37 @@ export async function checkStore(dataDir: string, acked: Iterable<string>): Prom
   } finally {
     db.close();
   }
+}
+
+const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
+
+/** A `localrec serve` child process, once it listens. */
+export interface ServeChild {
+  proc: ChildProcess;
+  url: string;
+  /** Its stdout up to the "listening on" line. */
+  out: string;
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  stderr: () => string;
+}
+
+/**
+ * Starts `localrec serve --port 0 --data-dir DIR --catalog FILE …flags` from the sources (tsx) and
+ * resolves when it listens; rejects (with `stderr` and `code`) when it exits first.
+ */
+export function spawnServe(dataDir: string, catalog: string, flags: string[], env: Record<string, string> = {}): Promise<ServeChild> {
+  const args = ['--import', 'tsx', 'src/cli.ts', 'serve', '--port', '0', '--data-dir', dataDir, '--catalog', catalog, ...flags];
+  const proc = spawn(process.execPath, args, { cwd: ROOT, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((res) => proc.once('exit', (code, signal) => res({ code, signal })));
+  let err = '';
+  proc.stderr!.on('data', (d) => (err += d));
+  return new Promise<ServeChild>((res, rej) => {
+    let out = '';
+    proc.stdout!.on('data', (d) => {
+      out += d;
+      const m = /listening on (http:\/\/127\.0\.0\.1:\d+)/.exec(out);
+      if (m) res({ proc, url: m[1]!, out, exited, stderr: () => err });
+    });
+    void exited.then((x) => rej(Object.assign(new Error(`server exited (${x.code}) before listening: ${err}`), { stderr: err, code: x.code })));
+  });
 }

@@ -6,12 +6,10 @@
  * and across a kill -9 inside the publish transaction.
  */
 import { strict as assert } from 'node:assert';
-import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { test } from 'node:test';
-import { fileURLToPath } from 'node:url';
 import Database from 'better-sqlite3';
 import { quantizeStochastic } from '../../src/federated/client-update.js';
 import { decodeUpdate, dequantizeUpdate, encodeUpdate, NONCE_BYTES, toHex } from '../../src/federated/wire.js';
@@ -20,9 +18,8 @@ import type { ItemTable } from '../../src/model/item-table.js';
 import { Random } from '../../src/model/random.js';
 import { meanDelta } from '../../src/server/aggregate.js';
 import { combineDeltas, createServer, startServer, trimCount, trimmedMeanDelta, type RobustName } from '../../src/server/index.js';
-import { checkStore, DIM, honestUpdate, IDS, initialTable, pull, quiet, type ServerView } from './server-helpers.js';
+import { checkStore, DIM, honestUpdate, IDS, initialTable, pull, quiet, spawnServe, type ServeChild, type ServerView } from './server-helpers.js';
 
-const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 
 /** The reference: sort each coordinate's values as numbers, average the kept middle. */
 function reference(deltas: Float32Array[], trim: number): Float64Array {
@@ -219,29 +216,10 @@ for (const store of ['memory', 'sqlite'] as const) {
 
 // ---- `localrec serve --robust`, killed inside the publish transaction ---------------------------
 
-interface Child {
-  proc: ChildProcess;
-  url: string;
-  out: string;
-  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
-}
+type Child = ServeChild;
 
 function serve(dataDir: string, catalog: string, extra: string[], env: Record<string, string> = {}): Promise<Child> {
-  const args = ['--import', 'tsx', 'src/cli.ts', 'serve', '--port', '0', '--data-dir', dataDir, '--catalog', catalog];
-  args.push('--dim', String(DIM), '--noise', '0', '--max-staleness', '10', '--rate-limit', '0', ...extra);
-  const proc = spawn(process.execPath, args, { cwd: ROOT, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((res) => proc.once('exit', (code, signal) => res({ code, signal })));
-  let err = '';
-  proc.stderr!.on('data', (d) => (err += d));
-  return new Promise<Child>((res, rej) => {
-    let out = '';
-    proc.stdout!.on('data', (d) => {
-      out += d;
-      const m = /listening on (http:\/\/127\.0\.0\.1:\d+)/.exec(out);
-      if (m) res({ proc, url: m[1]!, out, exited });
-    });
-    void exited.then((x) => rej(Object.assign(new Error(`server exited (${x.code}) before listening: ${err}`), { stderr: err, code: x.code })));
-  });
+  return spawnServe(dataDir, catalog, ['--dim', String(DIM), '--noise', '0', '--max-staleness', '10', '--rate-limit', '0', ...extra], env);
 }
 
 test('localrec serve --robust trimmed-mean --trim 0.25: killed inside the publish, the restart publishes base + the trimmed mean of the same 4 updates', async () => {
