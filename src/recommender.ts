@@ -111,7 +111,12 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
     const u = options.neighbors?.url;
     if (typeof u !== 'string' && !(u instanceof URL)) throw new ValidationError('options.neighbors.url', 'must be the URL of the neighbour file (string or URL)');
     // Resolved here: inside the worker a relative URL would resolve against the worker script.
-    const abs = new URL(u, globalThis.location?.href);
+    let abs: URL;
+    try {
+      abs = new URL(u, globalThis.location?.href);
+    } catch {
+      throw new ValidationError('options.neighbors.url', `is not a URL: ${JSON.stringify(String(u))}`);
+    }
     if (abs.protocol !== 'http:' && abs.protocol !== 'https:') throw new ValidationError('options.neighbors.url', `must be an http(s) URL, got ${abs.protocol}`);
     neighbors = { url: abs.href, ...(options.neighbors.timeoutMs !== undefined ? { timeoutMs: options.neighbors.timeoutMs } : {}) };
   }
