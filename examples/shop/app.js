@@ -157,6 +157,8 @@ async function refresh() {
   state.stats = stats;
   state.audit = audit;
   renderRecs(recs);
+  // How many browsing events (not offer impressions) the shelf was computed with (tests wait on it).
+  document.body.dataset.recsHistory = String(Object.entries(stats.events.byType).reduce((a, [t, n]) => a + (t.startsWith('offer_') ? 0 : n), 0));
   renderOffers(offers);
   renderModel(stats);
   renderPrivacy(stats, audit);

@@ -118,9 +118,11 @@ describe('demo shop', () => {
     }
     assert.equal(await text(page, '#cart-count'), '1');
 
-    // The shelf changes and now explains itself from this shopper's own history.
+    // The shelf changes and now explains itself from this shopper's own history: once it was
+    // computed with all of it (four views and the add to cart; it refreshes after each event, and
+    // with the neighbour table even the first view already gives personal picks).
     await page.waitForFunction(
-      (old) => document.body.dataset.recs !== old && document.querySelector('#recs .reason-personal') !== null,
+      (old) => document.body.dataset.recs !== old && Number(document.body.dataset.recsHistory) >= 5 && document.querySelector('#recs .reason-personal') !== null,
       before,
       { timeout: 20_000 },
     );
