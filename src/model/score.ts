@@ -63,14 +63,7 @@ export class Scorer {
    * `allowed` (a cached 0/1 mask per key) is set.
    */
   async topK(z: Float32Array, k: number, exclude: ReadonlySet<number>, allowed?: { key: string; rows: () => Iterable<number> }): Promise<Scored[]> {
-    const mask = allowed ? this.mask(allowed.key, allowed.rows) : undefined;
-    const want = Math.min(this.n, k + exclude.size);
-    const { values, indices } = tf.tidy(() => {
-      let s = tf.reshape(tf.matMul(this.Vb, this.zAug(z)), [this.n]);
-      if (mask) s = tf.where(tf.cast(mask, 'bool'), s, tf.fill([this.n], -1e30));
-      return tf.topk(s, want);
-    });
-    return this.collect(values, indices, k, exclude, mask !== undefined);
+    return (await this.rank(z, k, exclude, allowed, false)).top;
   }
 
   /**
@@ -78,16 +71,28 @@ export class Scorer {
    * range without reading every score back).
    */
   async topKRange(z: Float32Array, k: number, exclude: ReadonlySet<number>, allowed?: { key: string; rows: () => Iterable<number> }): Promise<{ top: Scored[]; lo: number; hi: number }> {
+    const { top, range } = await this.rank(z, k, exclude, allowed, true);
+    return { top, lo: range![0]!, hi: range![1]! };
+  }
+
+  /** The one scoring pass behind topK and topKRange; the range (min, max over all rows, unmasked) only when asked. */
+  private async rank(
+    z: Float32Array,
+    k: number,
+    exclude: ReadonlySet<number>,
+    allowed: { key: string; rows: () => Iterable<number> } | undefined,
+    withRange: boolean,
+  ): Promise<{ top: Scored[]; range?: Float32Array }> {
     const mask = allowed ? this.mask(allowed.key, allowed.rows) : undefined;
     const want = Math.min(this.n, k + exclude.size);
     const { values, indices, range } = tf.tidy(() => {
       const raw = tf.reshape(tf.matMul(this.Vb, this.zAug(z)), [this.n]);
       const s = mask ? tf.where(tf.cast(mask, 'bool'), raw, tf.fill([this.n], -1e30)) : raw;
-      return { ...tf.topk(s, want), range: tf.stack([tf.min(raw), tf.max(raw)]) };
+      return { ...tf.topk(s, want), range: withRange ? tf.stack([tf.min(raw), tf.max(raw)]) : undefined };
     });
-    const [r, top] = await Promise.all([range.data(), this.collect(values, indices, k, exclude, mask !== undefined)]);
-    range.dispose();
-    return { top, lo: r[0]!, hi: r[1]! };
+    const [r, top] = await Promise.all([range?.data(), this.collect(values, indices, k, exclude, mask !== undefined)]);
+    range?.dispose();
+    return { top, range: r as Float32Array | undefined };
   }
 
   /** `b + V·z / temperature` for every row, read back (for offers' scope affinities). */
