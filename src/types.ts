@@ -186,6 +186,11 @@ export interface SyncResultInfo {
   /** Updates waiting at the server for the current round, and the version a completed round published. */
   pending?: number;
   published: number | null;
+  /**
+   * Set when the server runs secure aggregation: the update went out masked, in a cohort of this
+   * many devices, and the server only learns the cohort's sum (docs/protocol.md).
+   */
+  cohortSize?: number;
 }
 
 export interface FederatedOptions {

@@ -715,6 +715,7 @@ export class Engine {
         budget,
         pending: r.server?.pending,
         published: r.server?.published ?? null,
+        ...(r.cohort ? { cohortSize: r.cohort.size } : {}),
       };
     } finally {
       // Whatever happened, what was sent (or tried) is logged and the ε spent is kept.

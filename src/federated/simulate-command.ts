@@ -43,6 +43,10 @@ export interface SimulateCommandOptions extends CsvFlags {
   robust?: string;
   trim?: string;
   serverLr: string;
+  secureAggregation?: boolean;
+  secaggBits?: string;
+  secaggRange?: string;
+  secaggDegree?: string;
   init: string;
   writeCatalog?: string;
 }
@@ -90,6 +94,10 @@ export function register(program: Command, io: SimulateIo = PROCESS_IO): void {
     .option('--robust <name>', 'server: combine a round per coordinate by mean|trimmed-mean|median (default mean)')
     .option('--trim <fraction>', 'server: trimmed-mean share dropped from each end, in [0, 0.5) (default 0.1)')
     .option('--server-lr <lr>', 'server: FedAvg learning rate', '1')
+    .option('--secure-aggregation', 'server and devices: cohorts of --min-clients with masked uploads and distributed noise (each device adds σC/√K)')
+    .option('--secagg-bits <b>', 'secure aggregation: bits per coordinate (default the widest within 64 KiB)')
+    .option('--secagg-range <r>', "secure aggregation: a cohort sum's coordinate must stay within ±r (default 8·C·max(1, σ))")
+    .option('--secagg-degree <d>', 'secure aggregation: mask neighbours per device, even (default min(16, K − 1 rounded up))')
     .option('--init <init>', 'initial global model: popularity (biases from item counts the shop knows) | flat', 'popularity')
     .option('--write-catalog <file>', "write the data set's catalog (ids, training counts) for `localrec serve --catalog` and exit; for --server URL")
     .action(async (opts: SimulateCommandOptions) => {
@@ -132,6 +140,17 @@ export async function runSimulate(opts: SimulateCommandOptions, io: SimulateIo):
   if (robust !== 'mean' && robust !== 'trimmed-mean' && robust !== 'median') throw new ValidationError('--robust', `must be mean, trimmed-mean or median, got '${robust}'`);
   const trimFraction = opts.trim === undefined ? undefined : num('--trim', opts.trim, (x) => x >= 0 && x < 0.5, 'in [0, 0.5)');
   const serverLearningRate = num('--server-lr', opts.serverLr, (x) => Number.isFinite(x) && x > 0, 'a number > 0');
+  let secureAggregation: boolean | { bits?: number; range?: number; degree?: number } = false;
+  if (opts.secureAggregation) {
+    const sa: { bits?: number; range?: number; degree?: number } = {};
+    if (opts.secaggBits !== undefined) sa.bits = num('--secagg-bits', opts.secaggBits, (x) => Number.isInteger(x) && x >= 2 && x <= 32, 'an integer 2..32');
+    if (opts.secaggRange !== undefined) sa.range = num('--secagg-range', opts.secaggRange, (x) => Number.isFinite(x) && x > 0, 'a number > 0');
+    if (opts.secaggDegree !== undefined) sa.degree = num('--secagg-degree', opts.secaggDegree, (x) => Number.isInteger(x) && x >= 2 && x % 2 === 0, 'an even integer ≥ 2');
+    secureAggregation = sa;
+    if (clientsPerRound % minClients !== 0) throw new ValidationError('--clients-per-round', `must be a multiple of --min-clients (${minClients}, the cohort size) with --secure-aggregation, got ${clientsPerRound}`);
+  } else if (opts.secaggBits !== undefined || opts.secaggRange !== undefined || opts.secaggDegree !== undefined) {
+    throw new ValidationError('--secagg-bits', '--secagg-* options need --secure-aggregation');
+  }
   const init = opts.init;
   if (init !== 'popularity' && init !== 'flat') throw new ValidationError('--init', `must be popularity or flat, got '${init}'`);
   const localTrain: Record<string, number> = { epochs: posInt('--local-epochs', opts.localEpochs) };
@@ -183,6 +202,7 @@ export async function runSimulate(opts: SimulateCommandOptions, io: SimulateIo):
     robust,
     ...(trimFraction !== undefined ? { trimFraction } : {}),
     serverLearningRate,
+    ...(secureAggregation ? { secureAggregation } : {}),
     init,
     data,
     onLine: (line) => {

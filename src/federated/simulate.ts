@@ -38,6 +38,12 @@ export interface SimulateOptions {
   /** β of `trimmed-mean` (server default 0.1). */
   trimFraction?: number;
   serverLearningRate?: number;
+  /**
+   * Secure aggregation with distributed noise (server option of the same name): cohorts of
+   * `minClients` devices, each adding N(0, (σC)²/K); `clientsPerRound` must be a multiple of K, and
+   * the devices of a round are drawn among those that can still send (budget left, data to send).
+   */
+  secureAggregation?: boolean | { bits?: number; range?: number; degree?: number };
   /** Per-device ε budget (default 8); `Infinity` for none (needed with σ = 0). */
   budget: number;
   delta?: number;
@@ -259,6 +265,7 @@ async function openServer(o: SimulateOptions, table: ItemTable, log: (m: string)
       ...(o.robust ? { robust: o.robust } : {}),
       ...(o.trimFraction !== undefined ? { trimFraction: o.trimFraction } : {}),
       serverLearningRate: o.serverLearningRate ?? 1,
+      ...(o.secureAggregation ? { secureAggregation: o.secureAggregation } : {}),
       rateLimit: false,
       log: (line: string) => log(`server: ${line}`),
     });
@@ -357,40 +364,79 @@ export async function simulate(split: Split, o: SimulateOptions): Promise<Simula
     };
 
     const M = Math.min(o.clientsPerRound, nUsers);
+    const secure = !!o.secureAggregation;
+    if (secure && M % o.minClients !== 0) {
+      throw new ValidationError('clientsPerRound', `must be a multiple of the cohort size (minClients ${o.minClients}) with secure aggregation, got ${M}`);
+    }
     const order = Array.from({ length: nUsers }, (_, u) => u);
+    const syncDevice = (u: number, r: number) =>
+      syncOnce({
+        serverUrl: server.url,
+        fetch: fetchFn,
+        accountant: accountants[u]!,
+        budget: o.budget,
+        delta,
+        held,
+        history: [histories[u]!],
+        train: { temperature, ...o.localTrain, seed: o.seed * 1_000_003 + r * 7_919 + u },
+        attempts: 3,
+        backoffMs: 50,
+        cohortPollMs: 2,
+      });
     for (let r = 1; r <= o.rounds; r++) {
-      // M distinct devices, seeded: a partial Fisher–Yates over all users.
-      for (let i = 0; i < M; i++) {
-        const j = i + sampler.int(nUsers - i);
-        [order[i], order[j]] = [order[j]!, order[i]!];
-      }
       const c = { sent: 0, nothing: 0, skipped: 0 };
-      for (let i = 0; i < M; i++) {
-        const u = order[i]!;
-        try {
-          const res = await syncOnce({
-            serverUrl: server.url,
-            fetch: fetchFn,
-            accountant: accountants[u]!,
-            budget: o.budget,
-            delta,
-            held,
-            history: [histories[u]!],
-            train: { temperature, ...o.localTrain, seed: o.seed * 1_000_003 + r * 7_919 + u },
-            attempts: 3,
-            backoffMs: 50,
-          });
-          held = { table: res.global, hash: res.globalHash };
-          if (res.sent) {
-            c.sent++;
-            sentCount[u]++;
-            updateBytes = res.uploadedBytes;
-          } else c.nothing++;
-        } catch (e) {
-          if (!isPrivacyBudgetError(e)) throw e;
-          c.skipped++;
+      if (secure) {
+        // Cohorts must fill: draw M devices among those that can send (budget left, ≥ 2 items).
+        const eligible = order.filter((u) => histories[u]!.itemIds.length >= 2 && accountants[u]!.epsilonAfter(o.noiseMultiplier, 1, 1, delta) <= o.budget);
+        if (eligible.length < M) {
+          log(`round ${r}: only ${eligible.length} devices can still send, fewer than ${M}; stopping`);
+          break;
         }
-        progress(`round ${r}/${o.rounds}`, (i + 1) / M);
+        for (let i = 0; i < M; i++) {
+          const j = i + sampler.int(eligible.length - i);
+          [eligible[i], eligible[j]] = [eligible[j]!, eligible[i]!];
+        }
+        for (let start = 0; start < M; start += o.minClients) {
+          const cohort = eligible.slice(start, start + o.minClients);
+          let done = start;
+          const results = await Promise.all(
+            cohort.map((u) =>
+              syncDevice(u, r).then((res) => {
+                progress(`round ${r}/${o.rounds}`, ++done / M);
+                return res;
+              }),
+            ),
+          );
+          results.forEach((res, i) => {
+            if (!res.sent) throw new ValidationError('simulation', `device ${cohort[i]} had nothing to send in a cohort`);
+            c.sent++;
+            sentCount[cohort[i]!]!++;
+            updateBytes = res.uploadedBytes;
+          });
+          held = await pullCurrent(server.url, fetchFn, held);
+        }
+      } else {
+        // M distinct devices, seeded: a partial Fisher–Yates over all users.
+        for (let i = 0; i < M; i++) {
+          const j = i + sampler.int(nUsers - i);
+          [order[i], order[j]] = [order[j]!, order[i]!];
+        }
+        for (let i = 0; i < M; i++) {
+          const u = order[i]!;
+          try {
+            const res = await syncDevice(u, r);
+            held = { table: res.global, hash: res.globalHash };
+            if (res.sent) {
+              c.sent++;
+              sentCount[u]++;
+              updateBytes = res.uploadedBytes;
+            } else c.nothing++;
+          } catch (e) {
+            if (!isPrivacyBudgetError(e)) throw e;
+            c.skipped++;
+          }
+          progress(`round ${r}/${o.rounds}`, (i + 1) / M);
+        }
       }
       totals = { sent: totals.sent + c.sent, nothing: totals.nothing + c.nothing, skipped: totals.skipped + c.skipped };
       if (r % evalEvery !== 0 && r !== o.rounds) continue;

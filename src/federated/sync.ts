@@ -7,8 +7,9 @@
 import { NetworkError, ValidationError } from '../errors.js';
 import { cloneItemTable, type ItemTable } from '../model/item-table.js';
 import { trainItemTable, type Sequence, type TrainConfig } from '../model/train.js';
-import { buildClientUpdate } from './client-update.js';
-import { DEFAULT_DELTA, type RdpAccountant } from './dp.js';
+import { buildClientUpdate, itemDelta } from './client-update.js';
+import { addGaussianNoise, clipL2, cryptoUniform, DEFAULT_DELTA, type RdpAccountant } from './dp.js';
+import { checkSecAggParams, encodeFixedPoint, encodeMaskedUpdate, maskValues, secAggKeyPair, type SecAggParams } from './secagg.js';
 import { decodeModel, fromHex, sha256, toHex } from './wire.js';
 
 /** Server settings from `GET /v1/config` that the client needs. */
@@ -21,6 +22,8 @@ export interface ServerConfig {
   blockSize: number;
   version: number;
   minClients: number;
+  /** Set when the server runs secure aggregation (uploads are masked, in cohorts). */
+  secureAggregation?: (SecAggParams & { timeoutMs?: number }) | null;
 }
 
 /** One request the SDK sent, as kept in the egress log. */
@@ -29,7 +32,8 @@ export interface EgressEntry {
   method: 'GET' | 'POST';
   /** Path only, e.g. `/v1/updates`: the SDK never puts data in a query string. */
   endpoint: string;
-  kind: 'config' | 'model' | 'update' | 'neighbors';
+  /** `cohort`: secure aggregation's join (the body is a fresh public key) and cohort polls. */
+  kind: 'config' | 'model' | 'update' | 'neighbors' | 'cohort';
   /** Bytes of the request body (0 for GET). */
   bytes: number;
   /** Hex SHA-256 of the request body, so an auditor can match what was logged with what was sent. */
@@ -60,6 +64,10 @@ export interface SyncOptions {
   attempts?: number;
   /** First backoff delay in ms (doubles each retry; default 500). */
   backoffMs?: number;
+  /** Secure aggregation: how often to ask whether the cohort is full (default 1000 ms). */
+  cohortPollMs?: number;
+  /** Secure aggregation: how long to wait for the cohort to fill (default the server's timeout). */
+  cohortWaitMs?: number;
   now?: () => number;
 }
 
@@ -76,6 +84,8 @@ export interface SyncResult {
   epsilon: number;
   /** The server's reply to the update, when one was sent. */
   server?: { pending: number; minClients: number; published: number | null };
+  /** Under secure aggregation: the cohort the masked update went to. */
+  cohort?: { id: string; index: number; size: number };
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -128,6 +138,7 @@ function checkConfig(c: Partial<ServerConfig>): ServerConfig {
   for (const k of ['dim', 'items', 'clip', 'noiseMultiplier', 'bits', 'blockSize', 'version', 'minClients'] as const) {
     if (typeof c[k] !== 'number' || !Number.isFinite(c[k])) throw new ValidationError(`server config.${k}`, `must be a number, got ${String(c[k])}`);
   }
+  if (c.secureAggregation != null) checkSecAggParams(c.secureAggregation, 'server config.secureAggregation');
   return c as ServerConfig;
 }
 
@@ -185,6 +196,7 @@ export async function syncOnce(o: SyncOptions): Promise<SyncResult> {
     return { global, globalHash: hash, local, sent: false, uploadedBytes: 0, epsilon: o.accountant.epsilon(delta) };
   }
   await trainItemTable(local, seqs, { epochs: 2, ...o.train });
+  if (config.secureAggregation) return sendMasked(o, config, config.secureAggregation, global, hash, local, delta);
   const update = buildClientUpdate(global, local, {
     baseHash: fromHex(hash),
     clip: config.clip,
@@ -204,5 +216,77 @@ export async function syncOnce(o: SyncOptions): Promise<SyncResult> {
     uploadedBytes: update.bytes.length,
     epsilon: o.accountant.epsilon(delta),
     server: { pending: reply.pending, minClients: reply.minClients, published: reply.published },
+  };
+}
+
+interface CohortView {
+  cohort: string;
+  size: number;
+  status: 'forming' | 'ready' | 'done' | 'aborted';
+  keys?: string[];
+  reason?: string;
+}
+
+/**
+ * Secure aggregation, the device's side (src/federated/secagg.ts): clip the delta to C, add its
+ * share N(0, (σC)²/K) of the cohort's noise, encode it in fixed point, join a cohort with a fresh
+ * ECDH key, wait until the cohort is full, mask with the shared secrets, upload.
+ */
+async function sendMasked(
+  o: SyncOptions,
+  config: ServerConfig,
+  sa: SecAggParams & { timeoutMs?: number },
+  global: ItemTable,
+  hash: string,
+  local: ItemTable,
+  delta: number,
+): Promise<SyncResult> {
+  const now = o.now ?? Date.now;
+  const K = sa.cohortSize;
+  const values = itemDelta(global, local);
+  clipL2(values, config.clip);
+  const uniform = cryptoUniform();
+  addGaussianNoise(values, (config.noiseMultiplier * config.clip) / Math.sqrt(K), uniform);
+  const encoded = encodeFixedPoint(values, sa.step, sa.bits, uniform);
+
+  const keys = await secAggKeyPair();
+  const joinRes = await request(o, 'cohort', 'POST', '/v1/secagg/join', keys.publicKey, { 'Content-Type': 'application/octet-stream' });
+  const joined = (await joinRes.json()) as { cohort: string; index: number; size: number };
+  if (joined.size !== K) throw new ValidationError('cohort.size', `is ${joined.size}, the server announced ${K}`);
+  const waitMs = o.cohortWaitMs ?? sa.timeoutMs ?? 600_000;
+  const pollMs = o.cohortPollMs ?? 1000;
+  const t0 = now();
+  let view: CohortView;
+  let polls = 0;
+  for (;;) {
+    const res = await request(o, 'cohort', 'GET', `/v1/secagg/cohorts/${encodeURIComponent(joined.cohort)}`);
+    view = (await res.json()) as CohortView;
+    if (view.status === 'ready') break;
+    if (view.status !== 'forming') throw new NetworkError(`cohort ${joined.cohort} is ${view.status}${view.reason ? `: ${view.reason}` : ''}; nothing was sent`, 0);
+    if (now() - t0 > waitMs) throw new NetworkError(`cohort ${joined.cohort} did not fill (${K} members) within ${waitMs} ms; nothing was sent`, 0);
+    // Poll every pollMs at first, then back off (×1.5, at most 15 s apart) while the cohort forms.
+    await sleep(Math.min(pollMs * 1.5 ** polls++, Math.max(pollMs, 15_000)));
+  }
+  const publicKeys = (view.keys ?? []).map(fromHex);
+  if (publicKeys.length !== K) throw new ValidationError('cohort.keys', `has ${publicKeys.length} keys, the cohort size is ${K}`);
+  if (toHex(publicKeys[joined.index] ?? new Uint8Array()) !== toHex(keys.publicKey)) {
+    throw new ValidationError('cohort.keys', `member ${joined.index} is not this device's key: the server changed the cohort`);
+  }
+  const cohortId = fromHex(joined.cohort);
+  const masked = await maskValues(encoded, { index: joined.index, cohortId, publicKeys, privateKey: keys.privateKey, params: sa });
+  const body = encodeMaskedUpdate({ cohortId, index: joined.index, cohortSize: K, bits: sa.bits, baseVersion: global.version, values: masked });
+  // Recorded before sending: once the body may have left the device, the budget is spent.
+  o.accountant.record(config.noiseMultiplier);
+  const res = await request(o, 'update', 'POST', '/v1/secagg/updates', body, { 'Content-Type': 'application/octet-stream' });
+  const reply = (await res.json()) as { pending: number; minClients: number; published: number | null };
+  return {
+    global,
+    globalHash: hash,
+    local,
+    sent: true,
+    uploadedBytes: body.length,
+    epsilon: o.accountant.epsilon(delta),
+    server: { pending: reply.pending, minClients: reply.minClients, published: reply.published },
+    cohort: { id: joined.cohort, index: joined.index, size: K },
   };
 }

@@ -15,6 +15,7 @@ import type { RoundCoordinator } from './rounds.js';
 import { REJECT_STATUS, type RejectReason } from './validate-update.js';
 import { registerRedeem } from './redeem.js';
 import type { OfferCatalog } from '../offers/types.js';
+import { maskedUpdateBytes, PUBLIC_KEY_BYTES } from '../federated/secagg.js';
 
 export interface AppOptions {
   rateLimiter?: RateLimiter;
@@ -59,7 +60,8 @@ function clientKey(c: Context, trustProxy: boolean): string {
  */
 export function createApp(rounds: RoundCoordinator, opts: AppOptions): Hono {
   const cfg = rounds.config;
-  const updateBytes = updateByteLength(cfg.itemCount, cfg.dim, cfg.bits, cfg.blockSize);
+  const sa = cfg.secureAggregation;
+  const updateBytes = sa ? maskedUpdateBytes(cfg.itemCount * (cfg.dim + 1), sa.bits) : updateByteLength(cfg.itemCount, cfg.dim, cfg.bits, cfg.blockSize);
   const app = new Hono();
   if (opts.corsOrigins?.length) {
     app.use(
@@ -108,6 +110,7 @@ export function createApp(rounds: RoundCoordinator, opts: AppOptions): Hono {
       trimFraction: cfg.trimFraction,
       normTolerance: cfg.normTolerance,
       normSlack: cfg.normSlack,
+      secureAggregation: sa ? { cohortSize: sa.cohortSize, bits: sa.bits, step: sa.step, degree: sa.degree, timeoutMs: sa.timeoutMs } : null,
       version: rounds.version,
     }),
   );
@@ -138,15 +141,57 @@ export function createApp(rounds: RoundCoordinator, opts: AppOptions): Hono {
     return c.body(body as Uint8Array<ArrayBuffer>, 200);
   });
 
+  const rateLimited = async (c: Context, next: () => Promise<void>) => {
+    if (opts.rateLimiter && !opts.rateLimiter.take(clientKey(c, opts.trustProxy ?? false))) {
+      c.header('Retry-After', '60');
+      return fail(c, 'rate-limited', 'too many updates from this client; retry later');
+    }
+    await next();
+  };
+  const readBody = async (c: Context): Promise<Uint8Array | null> => {
+    try {
+      return new Uint8Array(await c.req.arrayBuffer());
+    } catch {
+      return null;
+    }
+  };
+
+  app.post(
+    '/v1/secagg/join',
+    rateLimited,
+    bodyLimit({ maxSize: PUBLIC_KEY_BYTES, onError: (c) => fail(c, 'oversized', `a join body is one ${PUBLIC_KEY_BYTES}-byte P-256 public key`) }),
+    async (c) => {
+      const body = await readBody(c);
+      if (!body) return fail(c, 'malformed', 'could not read the request body');
+      const r = await rounds.joinCohort(body);
+      if (!r.ok) return fail(c, r.reason, r.error);
+      return c.json({ cohort: r.cohort.id, index: r.index, size: r.cohort.size, status: r.cohort.status }, 200);
+    },
+  );
+
+  app.get('/v1/secagg/cohorts/:id', (c) => {
+    if (!rounds.cohorts) return fail(c, 'wrong-mode', 'secure aggregation is off on this server');
+    const co = rounds.cohorts.get(c.req.param('id'));
+    if (!co) return fail(c, 'not-found', `no cohort ${c.req.param('id')}`);
+    c.header('Cache-Control', 'no-store');
+    return c.json(rounds.cohorts.view(co));
+  });
+
+  app.post(
+    '/v1/secagg/updates',
+    bodyLimit({ maxSize: updateBytes, onError: (c) => fail(c, 'oversized', `masked update bodies are exactly ${updateBytes} bytes for this model`) }),
+    async (c) => {
+      const body = await readBody(c);
+      if (!body) return fail(c, 'malformed', 'could not read the request body');
+      const r = await rounds.submitMasked(body);
+      if (!r.ok) return fail(c, r.reason, r.error);
+      return c.json({ accepted: true, id: r.id, version: r.version, pending: r.pending, minClients: cfg.minClients, published: r.published ?? null }, 202);
+    },
+  );
+
   app.post(
     '/v1/updates',
-    async (c, next) => {
-      if (opts.rateLimiter && !opts.rateLimiter.take(clientKey(c, opts.trustProxy ?? false))) {
-        c.header('Retry-After', '60');
-        return fail(c, 'rate-limited', 'too many updates from this client; retry later');
-      }
-      await next();
-    },
+    rateLimited,
     bodyLimit({
       maxSize: updateBytes,
       onError: (c) => fail(c, 'oversized', `update bodies are exactly ${updateBytes} bytes for this model`),

@@ -14,6 +14,8 @@ import { RoundCoordinator, type RoundConfig } from './rounds.js';
 import { SqliteStorage, type SqliteStorageOptions } from './sqlite-storage.js';
 import type { Storage } from './storage.js';
 import type { OfferCatalog } from '../offers/types.js';
+import { checkSecAggParams, chooseSecAggBits, type SecAggParams } from '../federated/secagg.js';
+import { DEFAULT_COHORT_TIMEOUT_MS } from './cohorts.js';
 
 export { createApp } from './app.js';
 export { MemoryStorage } from './memory-storage.js';
@@ -63,6 +65,14 @@ export interface ServerOptions {
   fedAdam?: Partial<FedAdamOptions>;
   normTolerance?: number;
   normSlack?: number;
+  /**
+   * Secure aggregation with distributed noise (docs/protocol.md, "Secure aggregation"): devices
+   * join cohorts of `minClients`, each adds N(0, (σC)²/K) and uploads a masked update, and the
+   * server only learns each cohort's sum. `true` takes the defaults: `bits` the widest that fits
+   * 64 KiB, `range` 8·C·max(1, σ) (a coordinate of a cohort's sum must stay within ±range; the
+   * fixed-point step is range / 2^(bits−1)), `degree` 16 mask neighbours, `timeoutMs` 10 minutes.
+   */
+  secureAggregation?: boolean | { bits?: number; range?: number; degree?: number; timeoutMs?: number };
   /** Per-client limit on POST /v1/updates; `false` turns it off. Default 60/min, burst 20. */
   rateLimit?: RateLimitOptions | false;
   trustProxy?: boolean;
@@ -185,12 +195,27 @@ export async function createServer(options: ServerOptions = {}): Promise<ServerP
     if (robust === 'trimmed-mean' && trimCount(robust, minClients, trimFraction) < 1) {
       throw new ValidationError('options.trimFraction', `${trimFraction} of ${minClients} updates (minClients) trims nothing; raise it to at least ${(1 / minClients).toPrecision(3)} or raise minClients`);
     }
+    const clip = positive('clip', options.clip ?? 1);
+    let secureAggregation: RoundConfig['secureAggregation'];
+    if (options.secureAggregation) {
+      const o = options.secureAggregation === true ? {} : options.secureAggregation;
+      if (robust !== 'mean') throw new ValidationError('options.robust', `must be 'mean' with secure aggregation (the server never sees single updates), got '${robust}'`);
+      const length = itemCount * (shape.dim + 1);
+      const saBits = o.bits ?? chooseSecAggBits(length, UPDATE_BUDGET_BYTES);
+      const range = positive('secureAggregation.range', o.range ?? 8 * clip * Math.max(1, noiseMultiplier));
+      if (minClients < 2) throw new ValidationError('options.minClients', `is the cohort size under secure aggregation and must be ≥ 2, got ${minClients}`);
+      const params: SecAggParams = checkSecAggParams(
+        { cohortSize: minClients, bits: saBits, step: range / 2 ** (saBits - 1), degree: o.degree ?? Math.min(16, 2 * Math.ceil((minClients - 1) / 2)) },
+        'options.secureAggregation',
+      );
+      secureAggregation = { ...params, timeoutMs: positive('secureAggregation.timeoutMs', o.timeoutMs ?? DEFAULT_COHORT_TIMEOUT_MS, true) };
+    }
     const config: RoundConfig = {
       itemCount,
       dim: shape.dim,
       bits,
       blockSize,
-      clip: positive('clip', options.clip ?? 1),
+      clip,
       noiseMultiplier,
       normTolerance: options.normTolerance ?? 0.01,
       normSlack: options.normSlack ?? 6,
@@ -201,6 +226,7 @@ export async function createServer(options: ServerOptions = {}): Promise<ServerP
       trimFraction,
       serverLearningRate: positive('serverLearningRate', options.serverLearningRate ?? 1),
       fedAdam: { ...DEFAULT_FEDADAM, ...options.fedAdam },
+      secureAggregation,
       now,
       log,
     };

@@ -9,6 +9,8 @@ import type { ItemTable } from '../model/item-table.js';
 import { applyFedAdam, applyFedAvg, combineDeltas, DEFAULT_FEDADAM, trimCount, type AggregatorName, type FedAdamOptions, type RobustName } from './aggregate.js';
 import { StorageConflictError, type Storage, type StoredVersion } from './storage.js';
 import { checkUpdate, reject, type Rejection, type UpdatePolicy } from './validate-update.js';
+import { decodeMaskedHeader, decodeMaskedUpdate, importPublicKey, unmaskSum, type SecAggParams } from '../federated/secagg.js';
+import { CohortRegistry, type Cohort } from './cohorts.js';
 
 export interface RoundConfig extends UpdatePolicy {
   /** Updates needed before a round is aggregated (a k-anonymity floor). Default 10. */
@@ -27,6 +29,12 @@ export interface RoundConfig extends UpdatePolicy {
   /** FedAvg server learning rate. Default 1. */
   serverLearningRate: number;
   fedAdam: FedAdamOptions;
+  /**
+   * Secure aggregation (src/federated/secagg.ts): devices upload masked updates in cohorts of
+   * `cohortSize` (= minClients) and the server only ever learns each cohort's sum. Plain updates
+   * are then refused, as are robust combiners (they need every update in the clear).
+   */
+  secureAggregation?: (SecAggParams & { timeoutMs: number }) | undefined;
   now: () => number;
   log: (line: string) => void;
 }
@@ -60,11 +68,16 @@ export class RoundCoordinator {
   private pendingN = 0;
   private hashes = new Map<number, string>();
   private queue: Promise<unknown> = Promise.resolve();
+  /** Cohorts of secure aggregation; null when the server takes plain updates. */
+  readonly cohorts: CohortRegistry | null;
 
   private constructor(
     readonly storage: Storage,
     readonly config: RoundConfig,
-  ) {}
+  ) {
+    const sa = config.secureAggregation;
+    this.cohorts = sa ? new CohortRegistry(sa, sa.timeoutMs, config.now) : null;
+  }
 
   /**
    * Loads the latest version from storage, or publishes `initialTable` as version 0 on an empty
@@ -161,6 +174,7 @@ export class RoundCoordinator {
    */
   async submit(body: Uint8Array): Promise<Accepted | Rejection> {
     // Decoding and the norm check are pure and need no lock.
+    if (this.cohorts) return reject('wrong-mode', 'this server runs secure aggregation: join a cohort (POST /v1/secagg/join) and upload a masked update to /v1/secagg/updates');
     const checked = checkUpdate(body, this.config);
     if (!checked.ok) return checked;
     const h = checked.update.header;
@@ -191,17 +205,109 @@ export class RoundCoordinator {
   }
 
   /**
+   * Secure aggregation, step 1: adds a device (its ECDH public key) to the cohort being formed.
+   *
+   * @example
+   * ```ts
+   * const r = await rounds.joinCohort(publicKey); // { ok: true, cohort: 'ab12…', index: 3, size: 100 }
+   * ```
+   */
+  async joinCohort(publicKey: Uint8Array): Promise<{ ok: true; cohort: Cohort; index: number } | Rejection> {
+    if (!this.cohorts) return reject('wrong-mode', 'this server takes plain updates (POST /v1/updates); secure aggregation is off');
+    try {
+      await importPublicKey(publicKey);
+    } catch (e) {
+      return reject('malformed', (e as Error).message);
+    }
+    const r = this.cohorts.join(publicKey);
+    if ('error' in r) return reject('replayed', r.error);
+    return { ok: true, cohort: r.cohort, index: r.index };
+  }
+
+  /**
+   * Secure aggregation, step 3: stores one member's masked upload (durably, before resolving); the
+   * cohort's last upload unmasks the sum and publishes the next version.
+   */
+  async submitMasked(body: Uint8Array): Promise<Accepted | Rejection> {
+    const cohorts = this.cohorts;
+    const sa = this.config.secureAggregation;
+    if (!cohorts || !sa) return reject('wrong-mode', 'this server takes plain updates (POST /v1/updates); secure aggregation is off');
+    let h: ReturnType<typeof decodeMaskedHeader>;
+    try {
+      h = decodeMaskedHeader(body);
+    } catch (e) {
+      return reject('malformed', (e as Error).message);
+    }
+    const length = this.config.itemCount * (this.config.dim + 1);
+    if (h.length !== length) return reject('wrong-shape', `the model has ${length} coordinates, the update ${h.length}`);
+    if (h.bits !== sa.bits) return reject('config-mismatch', `bits is ${h.bits}, the server uses ${sa.bits}`);
+    if (h.cohortSize !== sa.cohortSize) return reject('config-mismatch', `cohort size is ${h.cohortSize}, the server uses ${sa.cohortSize}`);
+    const id = toHex(h.cohortId);
+    return this.run(async (): Promise<Accepted | Rejection> => {
+      const c = cohorts.get(id);
+      if (!c) return reject('unknown-cohort', `no cohort ${id} (it ended more than an hour ago, or the server restarted)`);
+      if (c.status !== 'ready') return reject('unknown-cohort', `cohort ${id} is ${c.status}${c.abortReason ? ` (${c.abortReason})` : ''}; it takes no uploads`);
+      if (h.index >= c.size) return reject('wrong-shape', `member index ${h.index} is outside the cohort (0..${c.size - 1})`);
+      if (h.baseVersion > this.cur.version) return reject('unknown-base', `base version ${h.baseVersion} is newer than the current version ${this.cur.version}`);
+      const r = await this.storage.addUpdate({ nonce: `${id}:${h.index}`, baseVersion: h.baseVersion, receivedAt: this.config.now(), body });
+      if (r === 'replayed') return reject('replayed', `member ${h.index} of cohort ${id} already uploaded`);
+      this.pendingN++;
+      let published: number | undefined;
+      if (cohorts.markSubmitted(c, h.index)) {
+        try {
+          published = await this.aggregate();
+        } catch (e) {
+          this.config.log(`aggregation failed, will retry: ${(e as Error).message}`);
+        }
+      }
+      const out: Accepted = { ok: true, id: r.id, version: this.cur.version, pending: this.pendingN };
+      if (published !== undefined) out.published = published;
+      return out;
+    });
+  }
+
+  /**
    * Combines every pending update (mean, trimmed mean or median, per `robust`) into the next
-   * version and publishes it atomically with the ids it consumed.
+   * version and publishes it atomically with the ids it consumed. Under secure aggregation, every
+   * cohort whose K uploads are all pending is summed (the masks cancel) and published in turn.
    */
   private async aggregate(): Promise<number> {
     const pending = await this.storage.pending();
+    const sa = this.config.secureAggregation;
+    if (sa) {
+      const byCohort = new Map<string, typeof pending>();
+      for (const u of pending) {
+        const id = u.nonce.split(':')[0]!;
+        byCohort.set(id, [...(byCohort.get(id) ?? []), u]);
+      }
+      for (const [id, group] of byCohort) {
+        if (group.length !== sa.cohortSize) continue;
+        const sum = unmaskSum(
+          group.map((u) => decodeMaskedUpdate(u.body)),
+          sa.step,
+        );
+        for (let i = 0; i < sum.length; i++) sum[i] = sum[i]! / group.length;
+        await this.publishMean(sum, group, ` (secure aggregation, cohort ${id.slice(0, 12)})`);
+        const c = this.cohorts?.get(id);
+        if (c) this.cohorts!.finish(c, this.cur.version);
+      }
+      this.pendingN = await this.storage.pendingCount();
+      return this.cur.version;
+    }
     if (pending.length < this.config.minClients) {
       this.pendingN = pending.length;
       return this.cur.version;
     }
     const deltas = pending.map((u) => dequantizeUpdate(decodeUpdate(u.body)));
     const mean = combineDeltas(deltas, this.config.robust, this.config.trimFraction);
+    const how = this.config.robust === 'mean' ? '' : `, ${this.config.robust} dropping ${trimCount(this.config.robust, pending.length, this.config.trimFraction)} per end`;
+    await this.publishMean(mean, pending, how);
+    this.pendingN = 0;
+    return this.cur.version;
+  }
+
+  /** One optimizer step from the combined delta, published atomically with the updates it consumed. */
+  private async publishMean(mean: Float64Array, consumed: readonly { id: number }[], how: string): Promise<void> {
     let next: ItemTable;
     let optimizer: Float32Array | null = null;
     if (this.config.aggregator === 'fedadam') {
@@ -218,12 +324,12 @@ export class RoundCoordinator {
       model,
       optimizer: optimizer ? new Uint8Array(optimizer.buffer) : null,
       createdAt: this.config.now(),
-      updateCount: pending.length,
+      updateCount: consumed.length,
     };
     try {
       await this.storage.publish(
         stored,
-        pending.map((u) => u.id),
+        consumed.map((u) => u.id),
       );
     } catch (e) {
       if (e instanceof StorageConflictError) {
@@ -236,9 +342,6 @@ export class RoundCoordinator {
     }
     this.cur = { version: next.version, hash: stored.hash, table: next, model, optimizer, createdAt: stored.createdAt };
     this.hashes.set(next.version, stored.hash);
-    this.pendingN = 0;
-    const how = this.config.robust === 'mean' ? '' : `, ${this.config.robust} dropping ${trimCount(this.config.robust, pending.length, this.config.trimFraction)} per end`;
-    this.config.log(`published version ${next.version} from ${pending.length} updates${how} (${stored.hash.slice(0, 12)})`);
-    return next.version;
+    this.config.log(`published version ${next.version} from ${consumed.length} updates${how} (${stored.hash.slice(0, 12)})`);
   }
 }

@@ -64,6 +64,11 @@ export function register(program: Command): void {
     .option('--aggregator <name>', 'fedavg or fedadam', 'fedavg')
     .option('--robust <name>', 'combine a round per coordinate by: mean, trimmed-mean or median', 'mean')
     .option('--trim <fraction>', 'trimmed-mean: share of values dropped from each end of every coordinate, in [0, 0.5)', num('trim'), 0.1)
+    .option('--secure-aggregation', 'devices upload masked updates in cohorts of --min-clients, each adding σC/√K of the noise; the server only learns cohort sums')
+    .option('--secagg-bits <b>', 'secure aggregation: bits per coordinate (default: widest within 64 KiB)', num('secagg-bits', true))
+    .option('--secagg-range <r>', "secure aggregation: a cohort sum's coordinate must stay within ±r (default 8·C·max(1, σ))", num('secagg-range'))
+    .option('--secagg-degree <d>', 'secure aggregation: mask neighbours per device, even (default min(16, K − 1 rounded up))', num('secagg-degree', true))
+    .option('--cohort-timeout <seconds>', 'secure aggregation: time a cohort has to fill, then to collect every upload', num('cohort-timeout'), 600)
     .option('--rate-limit <perMinute>', 'updates per minute per client address (0 = off)', num('rate-limit'), 60)
     .option('--static <dir>', 'serve this folder at / (the demo shop)')
     .option('--cors-origin <origin...>', 'page origins that may call the API from another origin (e.g. https://shop.example)')
@@ -107,6 +112,20 @@ export function register(program: Command): void {
         aggregator: o.aggregator as 'fedavg',
         robust: o.robust as 'mean',
         trimFraction: o.trim as number,
+        ...(o.secureAggregation
+          ? {
+              secureAggregation: {
+                ...(o.secaggBits !== undefined ? { bits: o.secaggBits as number } : {}),
+                ...(o.secaggRange !== undefined ? { range: o.secaggRange as number } : {}),
+                ...(o.secaggDegree !== undefined ? { degree: o.secaggDegree as number } : {}),
+                timeoutMs: Math.round((o.cohortTimeout as number) * 1000),
+              },
+            }
+          : o.secaggBits !== undefined || o.secaggRange !== undefined || o.secaggDegree !== undefined
+            ? (() => {
+                throw new ValidationError('--secagg-bits', '--secagg-* options need --secure-aggregation');
+              })()
+            : {}),
         rateLimit: perMinute > 0 ? { perMinute, burst: Math.max(1, Math.ceil(perMinute / 3)) } : false,
         ...(typeof o.static === 'string' ? { staticDir: o.static } : {}),
         ...(offers ? { offers } : {}),
@@ -118,8 +137,10 @@ export function register(program: Command): void {
           : {}),
       });
       const cfg = server.rounds.config;
+      const sa = cfg.secureAggregation;
+      const uploads = sa ? `secure aggregation: cohorts of ${sa.cohortSize}, ${sa.bits}-bit masked updates, step ${sa.step.toPrecision(3)}, ${sa.degree} mask neighbours` : `${cfg.bits}-bit updates, min ${cfg.minClients} clients`;
       process.stdout.write(
-        `localrec serve listening on ${server.url} (version ${server.rounds.version}, ${cfg.itemCount} items × ${cfg.dim}, ${cfg.bits}-bit updates, min ${cfg.minClients} clients, ${cfg.aggregator}${cfg.robust === 'mean' ? '' : ` on the ${cfg.robust}${cfg.robust === 'trimmed-mean' ? ` (β ${cfg.trimFraction})` : ''}`})\n`,
+        `localrec serve listening on ${server.url} (version ${server.rounds.version}, ${cfg.itemCount} items × ${cfg.dim}, ${uploads}, ${cfg.aggregator}${cfg.robust === 'mean' ? '' : ` on the ${cfg.robust}${cfg.robust === 'trimmed-mean' ? ` (β ${cfg.trimFraction})` : ''}`})\n`,
       );
       const stop = () => {
         void server.close().then(() => process.exit(0));

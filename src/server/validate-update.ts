@@ -16,6 +16,8 @@ export const REJECT_STATUS = {
   'unknown-base': 409,
   stale: 409,
   replayed: 409,
+  'unknown-cohort': 409,
+  'wrong-mode': 409,
   'rate-limited': 429,
 } as const;
 

@@ -7,6 +7,8 @@ import { after, before, describe, it } from 'node:test';
 import type { Browser, Page, Request } from 'playwright-core';
 import { createItemTable } from '../../src/model/item-table.js';
 import { startServer, type RunningServer } from '../../src/server/index.js';
+import { RdpAccountant } from '../../src/federated/dp.js';
+import { syncOnce } from '../../src/federated/sync.js';
 import { assertBuilt, launch, openPage, serveRepo } from './harness.js';
 
 const ids = Array.from({ length: 120 }, (_, i) => `sku-${1000 + i}`);
@@ -107,6 +109,78 @@ describe('privacy in Chromium', () => {
       [...history, 'very private words'],
     );
     await page.close();
+  });
+
+  it('under secure aggregation only a public key, cohort polls and a masked update leave the page', async () => {
+    // A second server whose cohorts are 2 devices: this page and one Node client running the same
+    // client code (syncOnce). The page's WebCrypto does the ECDH, HKDF and AES-CTR masking.
+    const secure = await startServer({
+      port: 0,
+      dataDir: null,
+      initialTable: createItemTable(ids, 16, { seed: 1 }),
+      minClients: 2,
+      rateLimit: false,
+      secureAggregation: true,
+      staticDir: '.',
+      log: () => {},
+    });
+    const page = await browser.newPage();
+    try {
+      await page.addInitScript('globalThis.__name = (f) => f;');
+      await page.goto(`${secure.url}/test/browser/pages/sdk.html`);
+      await page.waitForFunction(() => (window as any).ready === true);
+      const requests: Request[] = [];
+      page.on('request', (q) => requests.push(q));
+      const history = ['sku-1005', 'sku-1023', 'sku-1051', 'sku-1088'];
+      const pageSync = page.evaluate(
+        async ({ catalog, history, serverUrl }) => {
+          const { createRecommender } = (window as any).localrec;
+          const rec = await createRecommender({ catalog, backend: 'wasm', dbName: 'privacy-secagg', autoTrainEvery: 0, model: { dim: 16 }, federated: { serverUrl } });
+          await rec.setConsent({ personalization: true, federated: true });
+          for (const itemId of history) rec.track({ type: 'view', itemId });
+          rec.track({ type: 'search', query: 'secret words' });
+          await rec.flush();
+          const sync = await rec.sync();
+          const audit = await rec.audit();
+          await rec.erase();
+          return { sync, kinds: audit.egress.log.map((l: any) => l.kind) };
+        },
+        { catalog: CATALOG, history, serverUrl: secure.url },
+      );
+      const other = syncOnce({
+        serverUrl: secure.url,
+        accountant: new RdpAccountant(),
+        history: [{ itemIds: ['sku-1002', 'sku-1009', 'sku-1010'], weights: [1, 1, 1] }],
+        cohortPollMs: 50,
+      });
+      const [r, o] = await Promise.all([pageSync, other]);
+      assert.equal(r.sync.sent, true);
+      assert.equal(r.sync.cohortSize, 2);
+      assert.ok(o.sent);
+      assert.equal(secure.rounds.version, 1, "the cohort's sum was published");
+
+      const api = requests.filter((q) => q.url().includes('/v1/'));
+      const paths = api.map((q) => `${q.method()} ${new URL(q.url()).pathname.replace(/[0-9a-f]{32}$/, ':id')}`);
+      assert.deepEqual(paths.slice(0, 3), ['GET /v1/config', 'GET /v1/model', 'POST /v1/secagg/join']);
+      assert.equal(paths.at(-1), 'POST /v1/secagg/updates');
+      assert.ok(paths.slice(3, -1).length >= 1 && paths.slice(3, -1).every((p) => p === 'GET /v1/secagg/cohorts/:id'), paths.join(', '));
+      const join = api[2]!.postDataBuffer()!;
+      assert.equal(join.length, 65);
+      assert.equal(join[0], 0x04, 'the join body is one uncompressed P-256 public key');
+      const update = api.at(-1)!.postDataBuffer()!;
+      assert.equal(update.subarray(0, 4).toString('latin1'), 'LRS1');
+      for (const q of requests) {
+        const body = q.postDataBuffer()?.toString('latin1') ?? '';
+        for (const needle of [...history, 'secret']) {
+          assert.ok(!q.url().includes(needle) && !body.includes(needle), `${needle} must not leave the page (${q.url()})`);
+        }
+        assert.ok(!new URL(q.url()).search, `no query string on ${q.url()}`);
+      }
+      assert.ok(r.kinds.includes('cohort') && r.kinds.includes('update'));
+    } finally {
+      await page.close();
+      await secure.close();
+    }
   });
 
   it('makes no sync request when the browser sends Global Privacy Control', async () => {

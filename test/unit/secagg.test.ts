@@ -1,0 +1,254 @@
+/**
+ * Secure aggregation (src/federated/secagg.ts, the server's cohorts, syncOnce's masked path):
+ * masks cancel exactly in the cohort's sum and nowhere else, the server publishes base + mean of
+ * the members' clipped deltas, and refuses what does not belong to a cohort.
+ */
+import { strict as assert } from 'node:assert';
+import { test } from 'node:test';
+import fc from 'fast-check';
+import {
+  addMod,
+  decodeFixedPoint,
+  decodeMaskedUpdate,
+  encodeFixedPoint,
+  encodeMaskedUpdate,
+  maskNeighbours,
+  maskValues,
+  packBits,
+  secAggKeyPair,
+  unmaskSum,
+  unpackBits,
+  type SecAggParams,
+} from '../../src/federated/secagg.js';
+import { itemDelta } from '../../src/federated/client-update.js';
+import { clipL2, RdpAccountant } from '../../src/federated/dp.js';
+import { syncOnce, type FetchLike } from '../../src/federated/sync.js';
+import { decodeModel, toHex } from '../../src/federated/wire.js';
+import { Random } from '../../src/model/random.js';
+import { createServer, MemoryStorage, RoundCoordinator } from '../../src/server/index.js';
+import { IDS, initialTable } from './server-helpers.js';
+
+test('packBits/unpackBits round-trip every width from 2 to 32 bits', () => {
+  fc.assert(
+    fc.property(fc.integer({ min: 2, max: 32 }), fc.array(fc.nat(), { maxLength: 50 }), (bits, raw) => {
+      const mod = 2 ** bits;
+      const v = Uint32Array.from(raw, (x) => x % mod);
+      const packed = packBits(v, bits);
+      assert.equal(packed.length, Math.ceil((v.length * bits) / 8));
+      assert.deepEqual(unpackBits(packed, v.length, bits), v);
+    }),
+  );
+});
+
+test('fixed point: exact on the grid, signed and wrapping modulo 2^b, unbiased in between', () => {
+  const enc = encodeFixedPoint(Float64Array.of(0.5, -0.25, 0), 0.25, 8, Math.random);
+  assert.deepEqual(Array.from(enc), [2, 255, 0]);
+  assert.deepEqual(Array.from(decodeFixedPoint(enc, 0.25, 8)), [0.5, -0.25, 0]);
+  // Two values that wrap alone but whose sum is in range decode to the right sum.
+  const a = encodeFixedPoint(Float64Array.of(40), 0.25, 8, Math.random); // 160 ≥ 128: reads negative alone
+  const b = encodeFixedPoint(Float64Array.of(-30), 0.25, 8, Math.random);
+  assert.equal(decodeFixedPoint(a, 0.25, 8)[0], -24);
+  assert.equal(decodeFixedPoint(addMod(a, b, 8), 0.25, 8)[0], 10);
+  // Stochastic rounding is unbiased: 0.1 on a grid of 0.25 averages to 0.1.
+  const r = new Random(3);
+  const many = encodeFixedPoint(new Float64Array(20_000).fill(0.1), 0.25, 16, () => r.next());
+  const mean = decodeFixedPoint(many, 0.25, 16).reduce((s, x) => s + x, 0) / many.length;
+  assert.ok(Math.abs(mean - 0.1) < 0.01, `mean ${mean}`);
+});
+
+test('mask neighbours form a symmetric graph of the asked degree', () => {
+  for (const [K, d] of [
+    [2, 2],
+    [5, 4],
+    [10, 4],
+    [100, 16],
+    [7, 16],
+  ] as const) {
+    const lists = Array.from({ length: K }, (_, i) => maskNeighbours(i, K, d));
+    lists.forEach((l, i) => {
+      assert.equal(l.length, Math.min(d, K - 1), `K ${K} member ${i}`);
+      assert.ok(!l.includes(i));
+      for (const j of l) assert.ok(lists[j]!.includes(i), `K ${K}: ${i}→${j} without ${j}→${i}`);
+    });
+  }
+});
+
+test('a cohort: every upload alone is masked, the masks cancel exactly in the sum of all K', async () => {
+  const K = 6;
+  const params: SecAggParams = { cohortSize: K, bits: 12, step: 1 / 256, degree: 4 };
+  const cohortId = new Uint8Array(16).fill(7);
+  const members = await Promise.all(Array.from({ length: K }, () => secAggKeyPair()));
+  const publicKeys = members.map((m) => m.publicKey);
+  const r = new Random(5);
+  const values = Array.from({ length: K }, () => Float64Array.from({ length: 300 }, () => r.normal() * 0.5));
+  const encoded = values.map((v) => encodeFixedPoint(v, params.step, params.bits, () => r.next()));
+  const masked = await Promise.all(encoded.map((e, index) => maskValues(e, { index, cohortId, publicKeys, privateKey: members[index]!.privateKey, params })));
+  for (let i = 0; i < K; i++) {
+    const same = masked[i]!.filter((x, j) => x === encoded[i]![j]).length;
+    assert.ok(same < 10, `member ${i}: ${same} of 300 coordinates left unmasked`);
+  }
+  // The wire round trip keeps everything.
+  const uploads = masked.map((values, index) => decodeMaskedUpdate(encodeMaskedUpdate({ cohortId, index, cohortSize: K, bits: params.bits, baseVersion: 0, values })));
+  const sum = unmaskSum(uploads, params.step);
+  const plain = unmaskSum(
+    encoded.map((values, index) => ({ cohortId, index, cohortSize: K, bits: params.bits, baseVersion: 0, values })),
+    params.step,
+  );
+  assert.deepEqual(sum, plain, 'masks must cancel exactly');
+  for (let j = 0; j < 300; j++) {
+    const truth = values.reduce((s, v) => s + v[j]!, 0);
+    assert.ok(Math.abs(sum[j]! - truth) <= K * params.step, `coordinate ${j}: ${sum[j]} vs ${truth}`);
+  }
+  // Any K − 1 of the uploads stay masked.
+  const partial = unmaskSum(uploads.slice(1), params.step);
+  const partialPlain = unmaskSum(
+    encoded.slice(1).map((values, index) => ({ cohortId, index, cohortSize: K, bits: params.bits, baseVersion: 0, values })),
+    params.step,
+  );
+  assert.ok(partial.filter((x, j) => x === partialPlain[j]).length < 10);
+  // A cohort that lists one key twice is refused.
+  await assert.rejects(
+    maskValues(encoded[0]!, { index: 0, cohortId, publicKeys: [publicKeys[0]!, publicKeys[0]!, ...publicKeys.slice(2)], privateKey: members[0]!.privateKey, params }),
+    /same public key twice/,
+  );
+});
+
+async function secureServer(minClients: number, noiseMultiplier = 0) {
+  const parts = await createServer({ dataDir: null, initialTable: initialTable(), minClients, clip: 1, noiseMultiplier, rateLimit: false, secureAggregation: true, log: () => {} });
+  const fetchFn: FetchLike = (url, init) => Promise.resolve(parts.app.fetch(new Request(url, init as RequestInit)));
+  return { ...parts, fetchFn };
+}
+
+function historyOf(seed: number): Array<{ itemIds: string[]; weights: number[] }> {
+  const r = new Random(seed);
+  return [{ itemIds: Array.from({ length: 6 }, () => IDS[r.int(IDS.length)]!), weights: [1, 1, 1, 1, 1, 1] }];
+}
+
+test('syncOnce with a secure-aggregation server: a cohort of 3 publishes base + mean of the clipped deltas', async () => {
+  const { app, storage, fetchFn } = await secureServer(3);
+  try {
+    const config = (await (await app.fetch(new Request('http://x/v1/config'))).json()) as { secureAggregation: SecAggParams; updateBytes: number };
+    assert.equal(config.secureAggregation.cohortSize, 3);
+    assert.equal(config.secureAggregation.bits, 32, 'a 40 × 4 table fits 64 KiB at 32 bits');
+    const egress: string[] = [];
+    const results = await Promise.all(
+      [1, 2, 3].map((s) =>
+        syncOnce({
+          serverUrl: 'http://x',
+          fetch: fetchFn,
+          accountant: new RdpAccountant(),
+          budget: Infinity,
+          history: historyOf(s),
+          train: { seed: s },
+          cohortPollMs: 1,
+          onEgress: (e) => egress.push(`${e.method} ${e.endpoint} ${e.kind}`),
+        }),
+      ),
+    );
+    assert.ok(results.every((r) => r.sent && r.uploadedBytes === config.updateBytes));
+    assert.ok(egress.includes('POST /v1/secagg/join cohort') && egress.includes('POST /v1/secagg/updates update'));
+    assert.ok(!egress.some((e) => e.startsWith('POST /v1/updates')), 'no plain update may leave a device');
+    const model = decodeModel(new Uint8Array(await (await app.fetch(new Request('http://x/v1/model'))).arrayBuffer())).table;
+    assert.equal(model.version, 1);
+    const base = results[0]!.global;
+    const deltas = results.map((r) => {
+      const d = itemDelta(base, r.local);
+      clipL2(d, 1);
+      return d;
+    });
+    const step = config.secureAggregation.step;
+    const nf = base.factors.length;
+    for (let i = 0; i < deltas[0]!.length; i++) {
+      const mean = (deltas[0]![i]! + deltas[1]![i]! + deltas[2]![i]!) / 3;
+      const got = i < nf ? model.factors[i]! - base.factors[i]! : model.bias[i - nf]! - base.bias[i - nf]!;
+      assert.ok(Math.abs(got - mean) <= step + 1e-6, `coordinate ${i}: ${got} vs ${mean}`);
+    }
+    assert.ok(deltas.some((d) => d.some((x) => Math.abs(x) > 1e-3)), 'the devices trained something');
+  } finally {
+    await storage.close();
+  }
+});
+
+test('secure-aggregation server: refuses plain updates, unknown cohorts, replays and bad keys; keys only once full', async () => {
+  const { app, storage } = await secureServer(3);
+  const call = (path: string, init?: { method: string; body: Uint8Array }) => Promise.resolve(app.fetch(new Request(`http://x${path}`, init as RequestInit)));
+  try {
+    const plain = await call('/v1/updates', { method: 'POST', body: new Uint8Array(100) });
+    assert.equal(plain.status, 409);
+    assert.equal(((await plain.json()) as { reason: string }).reason, 'wrong-mode');
+    const badKey = await call('/v1/secagg/join', { method: 'POST', body: new Uint8Array(65).fill(4) });
+    assert.equal(badKey.status, 400);
+    assert.match(((await badKey.json()) as { error: string }).error, /P-256/);
+    const a = await secAggKeyPair();
+    const j1 = (await (await call('/v1/secagg/join', { method: 'POST', body: a.publicKey })).json()) as { cohort: string; index: number };
+    assert.equal(j1.index, 0);
+    const again = await call('/v1/secagg/join', { method: 'POST', body: a.publicKey });
+    assert.equal(again.status, 409, 'the same key twice in one cohort');
+    const forming = (await (await call(`/v1/secagg/cohorts/${j1.cohort}`)).json()) as { status: string; keys?: string[] };
+    assert.equal(forming.status, 'forming');
+    assert.equal(forming.keys, undefined, 'no keys before the cohort is full');
+    // An upload for a cohort that is not collecting is refused, and nothing is stored.
+    const length = IDS.length * 5;
+    const body = encodeMaskedUpdate({ cohortId: new Uint8Array(16).fill(1), index: 0, cohortSize: 3, bits: 32, baseVersion: 0, values: new Uint32Array(length) });
+    const unknown = await call('/v1/secagg/updates', { method: 'POST', body });
+    assert.equal(unknown.status, 409);
+    assert.equal(((await unknown.json()) as { reason: string }).reason, 'unknown-cohort');
+    assert.equal(await storage.pendingCount(), 0);
+    // Fill the cohort; then member 0's upload is taken once and refused the second time.
+    for (let i = 0; i < 2; i++) await call('/v1/secagg/join', { method: 'POST', body: (await secAggKeyPair()).publicKey });
+    const ready = (await (await call(`/v1/secagg/cohorts/${j1.cohort}`)).json()) as { status: string; keys: string[] };
+    assert.equal(ready.status, 'ready');
+    assert.equal(ready.keys[0], toHex(a.publicKey));
+    const mine = encodeMaskedUpdate({ cohortId: Uint8Array.from(Buffer.from(j1.cohort, 'hex')), index: 0, cohortSize: 3, bits: 32, baseVersion: 0, values: new Uint32Array(length) });
+    assert.equal((await call('/v1/secagg/updates', { method: 'POST', body: mine })).status, 202);
+    const replay = await call('/v1/secagg/updates', { method: 'POST', body: mine });
+    assert.equal(replay.status, 409);
+    assert.equal(((await replay.json()) as { reason: string }).reason, 'replayed');
+    const wrongBits = encodeMaskedUpdate({ cohortId: Uint8Array.from(Buffer.from(j1.cohort, 'hex')), index: 1, cohortSize: 3, bits: 16, baseVersion: 0, values: new Uint32Array(length) });
+    assert.equal((await call('/v1/secagg/updates', { method: 'POST', body: wrongBits })).status, 422);
+  } finally {
+    await storage.close();
+  }
+});
+
+test('a complete cohort found pending at start (crash before publishing) is summed and published', async () => {
+  const storage = new MemoryStorage();
+  const base = initialTable();
+  const open = () =>
+    RoundCoordinator.open(storage, base, {
+      itemCount: IDS.length,
+      dim: base.dim,
+      bits: 8,
+      blockSize: 256,
+      clip: 1,
+      noiseMultiplier: 0,
+      normTolerance: 0.01,
+      normSlack: 6,
+      minClients: 2,
+      maxStaleness: 2,
+      aggregator: 'fedavg',
+      robust: 'mean',
+      trimFraction: 0.1,
+      serverLearningRate: 1,
+      fedAdam: { lr: 0.01, beta1: 0.9, beta2: 0.99, tau: 1e-3 },
+      secureAggregation: { cohortSize: 2, bits: 16, step: 1 / 1024, degree: 2, timeoutMs: 60_000 },
+      now: Date.now,
+      log: () => {},
+    });
+  await open();
+  const cohortId = new Uint8Array(16).fill(9);
+  const length = IDS.length * 5;
+  // Two members whose (unmasked, for the test) values are +0.5 and +0.25 on every coordinate.
+  for (const [index, v] of [
+    [0, 512],
+    [1, 256],
+  ] as const) {
+    const body = encodeMaskedUpdate({ cohortId, index, cohortSize: 2, bits: 16, baseVersion: 0, values: new Uint32Array(length).fill(v) });
+    await storage.addUpdate({ nonce: `${toHex(cohortId)}:${index}`, baseVersion: 0, receivedAt: 0, body });
+  }
+  const rc = await open();
+  assert.equal(rc.version, 1);
+  assert.equal(await storage.pendingCount(), 0);
+  const next = decodeModel(rc.modelBytes('float32')).table;
+  assert.ok(Math.abs(next.bias[0]! - base.bias[0]! - 0.375) < 1e-6);
+});
