@@ -7,6 +7,7 @@ import { describe, it } from 'node:test';
 import { PopularModel } from '../../src/eval/popular-model.js';
 import { evaluateModel } from '../../src/eval/runner.js';
 import { evaluateTable, simulate, TableModel } from '../../src/federated/simulate.js';
+import { maskedUpdateBytes } from '../../src/federated/secagg.js';
 import { BASE, clusteredSplit } from './simulate-helpers.js';
 
 describe('localrec simulate: learning', () => {
@@ -24,6 +25,22 @@ describe('localrec simulate: learning', () => {
     assert.ok(r.final.ndcg > pop.ndcg, `NDCG ${r.final.ndcg} vs popular ${pop.ndcg}`);
     assert.ok(r.lines.at(-1)!.hr > r.lines[0]!.hr || r.lines[0]!.hr > r.final.initialHr, 'quality moves up over rounds');
     assert.equal(r.final.epsilonMax, null, 'σ = 0: ε is unbounded, reported as null');
+  });
+
+  it('with secure aggregation (cohorts of minClients, masked uploads) it learns as well, and each sync costs the same ε', async () => {
+    const split = clusteredSplit();
+    const r = await simulate(split, { ...BASE, rounds: 6, clientsPerRound: 40, noiseMultiplier: 0, budget: Infinity, secureAggregation: true });
+    const pop = await evaluateModel(new PopularModel(), split, { k: 10, data: 'synthetic' });
+    assert.equal(r.final.updatesSent, 6 * 40);
+    assert.equal(r.final.version, (6 * 40) / 10, 'one version per cohort');
+    assert.equal(r.final.bytesPerClientPerRound, maskedUpdateBytes(40 * 9, 32), 'a 40 × 8 table travels at 32 bits per value');
+    assert.ok(r.final.hr > r.final.initialHr + 0.2, `HR ${r.final.hr} vs initial ${r.final.initialHr}`);
+    assert.ok(r.final.hr > pop.hr + 0.2, `HR ${r.final.hr} vs popular ${pop.hr}`);
+    // With noise: one masked sync at σ = 1 is one Gaussian release at σ = 1 for the accountant.
+    const noisy = await simulate(split, { ...BASE, rounds: 1, clientsPerRound: 20, noiseMultiplier: 1, budget: 8, secureAggregation: true });
+    assert.equal(noisy.final.updatesSent, 20);
+    assert.ok(Math.abs(noisy.final.epsilonMax! - 4.7285) < 1e-3, `ε ${noisy.final.epsilonMax}`);
+    await assert.rejects(simulate(split, { ...BASE, rounds: 1, clientsPerRound: 15, noiseMultiplier: 0, budget: Infinity, secureAggregation: true }), /multiple of the cohort size/);
   });
 
   it('scores a table exactly like evaluateModel over the same user-side formula', async () => {
