@@ -44,6 +44,7 @@ export interface SimulateCommandOptions extends CsvFlags {
   trim?: string;
   serverLr: string;
   secureAggregation?: boolean;
+  denoise?: string;
   secaggBits?: string;
   secaggRange?: string;
   secaggDegree?: string;
@@ -94,6 +95,7 @@ export function register(program: Command, io: SimulateIo = PROCESS_IO): void {
     .option('--robust <name>', 'server: combine a round per coordinate by mean|trimmed-mean|median (default mean)')
     .option('--trim <fraction>', 'server: trimmed-mean share dropped from each end, in [0, 0.5) (default 0.1)')
     .option('--server-lr <lr>', 'server: FedAvg learning rate', '1')
+    .option('--denoise <how>', "server: 'rows' shrinks each item row of a round's delta for the known noise (James–Stein; post-processing), or 'none'", 'none')
     .option('--secure-aggregation', 'server and devices: cohorts of --min-clients with masked uploads and distributed noise (each device adds σC/√K)')
     .option('--secagg-bits <b>', 'secure aggregation: bits per coordinate (default the widest within 64 KiB)')
     .option('--secagg-range <r>', "secure aggregation: a cohort sum's coordinate must stay within ±r (default 8·C·max(1, σ))")
@@ -151,6 +153,8 @@ export async function runSimulate(opts: SimulateCommandOptions, io: SimulateIo):
   } else if (opts.secaggBits !== undefined || opts.secaggRange !== undefined || opts.secaggDegree !== undefined) {
     throw new ValidationError('--secagg-bits', '--secagg-* options need --secure-aggregation');
   }
+  const denoise = opts.denoise ?? 'none';
+  if (denoise !== 'none' && denoise !== 'rows') throw new ValidationError('--denoise', `must be none or rows, got '${denoise}'`);
   const init = opts.init;
   if (init !== 'popularity' && init !== 'flat') throw new ValidationError('--init', `must be popularity or flat, got '${init}'`);
   const localTrain: Record<string, number> = { epochs: posInt('--local-epochs', opts.localEpochs) };
@@ -203,6 +207,7 @@ export async function runSimulate(opts: SimulateCommandOptions, io: SimulateIo):
     ...(trimFraction !== undefined ? { trimFraction } : {}),
     serverLearningRate,
     ...(secureAggregation ? { secureAggregation } : {}),
+    denoise,
     init,
     data,
     onLine: (line) => {

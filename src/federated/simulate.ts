@@ -38,6 +38,8 @@ export interface SimulateOptions {
   /** β of `trimmed-mean` (server default 0.1). */
   trimFraction?: number;
   serverLearningRate?: number;
+  /** Server: shrink each item row of a round's delta for the known noise (see `createServer`). */
+  denoise?: 'none' | 'rows';
   /**
    * Secure aggregation with distributed noise (server option of the same name): cohorts of
    * `minClients` devices, each adding N(0, (σC)²/K); `clientsPerRound` must be a multiple of K, and
@@ -265,6 +267,7 @@ async function openServer(o: SimulateOptions, table: ItemTable, log: (m: string)
       ...(o.robust ? { robust: o.robust } : {}),
       ...(o.trimFraction !== undefined ? { trimFraction: o.trimFraction } : {}),
       serverLearningRate: o.serverLearningRate ?? 1,
+      ...(o.denoise ? { denoise: o.denoise } : {}),
       ...(o.secureAggregation ? { secureAggregation: o.secureAggregation } : {}),
       rateLimit: false,
       log: (line: string) => log(`server: ${line}`),

@@ -192,3 +192,32 @@ export function applyFedAdam(
   const table = withStep(t, (i) => (o.lr * s[i]!) / (Math.sqrt(s[len + i]!) + o.tau));
   return { table, state: s };
 }
+
+/**
+ * Per-item positive-part James–Stein shrinkage of a round's combined delta (Stein 1961; James &
+ * Stein 1961): for every item, its d factors and its bias (d + 1 values) are scaled by
+ * max(0, 1 − (d + 1)·v / ‖row‖²), v the known noise variance per coordinate of the delta. Rows
+ * that carry nothing but noise (‖row‖² ≈ (d + 1)·v) go to about zero; rows whose signal dwarfs the
+ * noise are kept. It reads only the already-noised aggregate, so it is post-processing: it costs
+ * no privacy. Returns how many rows were left non-zero.
+ *
+ * @example
+ * ```ts
+ * const kept = shrinkRows(mean, table.itemIds.length, table.dim, (sigma * clip / K) ** 2);
+ * ```
+ */
+export function shrinkRows(delta: Float64Array, itemCount: number, dim: number, noiseVariance: number): number {
+  if (!(noiseVariance > 0)) return itemCount;
+  const nf = itemCount * dim;
+  const p = dim + 1;
+  let kept = 0;
+  for (let r = 0; r < itemCount; r++) {
+    let ss = delta[nf + r]! * delta[nf + r]!;
+    for (let k = 0; k < dim; k++) ss += delta[r * dim + k]! ** 2;
+    const f = ss > 0 ? Math.max(0, 1 - (p * noiseVariance) / ss) : 0;
+    if (f > 0) kept++;
+    for (let k = 0; k < dim; k++) delta[r * dim + k] = delta[r * dim + k]! * f;
+    delta[nf + r] = delta[nf + r]! * f;
+  }
+  return kept;
+}

@@ -111,6 +111,7 @@ export function createApp(rounds: RoundCoordinator, opts: AppOptions): Hono {
       normTolerance: cfg.normTolerance,
       normSlack: cfg.normSlack,
       secureAggregation: sa ? { cohortSize: sa.cohortSize, bits: sa.bits, step: sa.step, degree: sa.degree, timeoutMs: sa.timeoutMs } : null,
+      denoise: cfg.denoise ?? 'none',
       version: rounds.version,
     }),
   );

@@ -62,6 +62,12 @@ export interface ServerOptions {
   /** β of `trimmed-mean`, in [0, 0.5); ⌊β·minClients⌋ must be ≥ 1. Default 0.1. */
   trimFraction?: number;
   serverLearningRate?: number;
+  /**
+   * `rows` shrinks each item's row of a round's combined delta towards zero by the positive-part
+   * James–Stein factor for the known noise variance before the step (post-processing: no privacy
+   * cost; rows that hold only noise are dropped). Default `none`.
+   */
+  denoise?: 'none' | 'rows';
   fedAdam?: Partial<FedAdamOptions>;
   normTolerance?: number;
   normSlack?: number;
@@ -225,6 +231,11 @@ export async function createServer(options: ServerOptions = {}): Promise<ServerP
       robust,
       trimFraction,
       serverLearningRate: positive('serverLearningRate', options.serverLearningRate ?? 1),
+      denoise: (() => {
+        const d = options.denoise ?? 'none';
+        if (d !== 'none' && d !== 'rows') throw new ValidationError('options.denoise', `must be 'none' or 'rows', got '${String(d)}'`);
+        return d;
+      })(),
       fedAdam: { ...DEFAULT_FEDADAM, ...options.fedAdam },
       secureAggregation,
       now,

@@ -6,7 +6,7 @@
 import { ModelError, StorageError } from '../errors.js';
 import { decodeModel, decodeUpdate, dequantizeUpdate, encodeModel, fromHex, sha256, toHex } from '../federated/wire.js';
 import type { ItemTable } from '../model/item-table.js';
-import { applyFedAdam, applyFedAvg, combineDeltas, DEFAULT_FEDADAM, trimCount, type AggregatorName, type FedAdamOptions, type RobustName } from './aggregate.js';
+import { applyFedAdam, applyFedAvg, combineDeltas, shrinkRows, DEFAULT_FEDADAM, trimCount, type AggregatorName, type FedAdamOptions, type RobustName } from './aggregate.js';
 import { StorageConflictError, type Storage, type StoredVersion } from './storage.js';
 import { checkUpdate, reject, type Rejection, type UpdatePolicy } from './validate-update.js';
 import { decodeMaskedHeader, decodeMaskedUpdate, importPublicKey, unmaskSum, type SecAggParams } from '../federated/secagg.js';
@@ -28,6 +28,12 @@ export interface RoundConfig extends UpdatePolicy {
   trimFraction: number;
   /** FedAvg server learning rate. Default 1. */
   serverLearningRate: number;
+  /**
+   * `rows`: before the optimizer step, shrink each item's row of the combined delta by the
+   * positive-part James–Stein factor for the known DP noise variance ({@link shrinkRows});
+   * post-processing, so free in privacy terms. Default `none`.
+   */
+  denoise?: 'none' | 'rows';
   fedAdam: FedAdamOptions;
   /**
    * Secure aggregation (src/federated/secagg.ts): devices upload masked updates in cohorts of
@@ -308,6 +314,15 @@ export class RoundCoordinator {
 
   /** One optimizer step from the combined delta, published atomically with the updates it consumed. */
   private async publishMean(mean: Float64Array, consumed: readonly { id: number }[], how: string): Promise<void> {
+    if (this.config.denoise === 'rows' && this.config.noiseMultiplier > 0) {
+      // Variance per coordinate of the noise in the combined delta: the cohort's sum carries
+      // N(0, (σC)²), its mean (σC/K)²; K plain updates each carry (σC)², their mean (σC)²/K.
+      const m = consumed.length;
+      const sd = this.config.noiseMultiplier * this.config.clip;
+      const v = this.config.secureAggregation ? (sd / m) ** 2 : sd ** 2 / m;
+      const kept = shrinkRows(mean, this.config.itemCount, this.config.dim, v);
+      how += `, shrinkage left ${kept} of ${this.config.itemCount} rows non-zero`;
+    }
     let next: ItemTable;
     let optimizer: Float32Array | null = null;
     if (this.config.aggregator === 'fedadam') {

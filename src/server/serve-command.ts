@@ -64,6 +64,7 @@ export function register(program: Command): void {
     .option('--aggregator <name>', 'fedavg or fedadam', 'fedavg')
     .option('--robust <name>', 'combine a round per coordinate by: mean, trimmed-mean or median', 'mean')
     .option('--trim <fraction>', 'trimmed-mean: share of values dropped from each end of every coordinate, in [0, 0.5)', num('trim'), 0.1)
+    .option('--denoise <how>', "'rows': shrink each item row of a round's delta for the known noise before the step (James–Stein; no privacy cost), or 'none'", 'none')
     .option('--secure-aggregation', 'devices upload masked updates in cohorts of --min-clients, each adding σC/√K of the noise; the server only learns cohort sums')
     .option('--secagg-bits <b>', 'secure aggregation: bits per coordinate (default: widest within 64 KiB)', num('secagg-bits', true))
     .option('--secagg-range <r>', "secure aggregation: a cohort sum's coordinate must stay within ±r (default 8·C·max(1, σ))", num('secagg-range'))
@@ -112,6 +113,7 @@ export function register(program: Command): void {
         aggregator: o.aggregator as 'fedavg',
         robust: o.robust as 'mean',
         trimFraction: o.trim as number,
+        denoise: o.denoise as 'none',
         ...(o.secureAggregation
           ? {
               secureAggregation: {
