@@ -204,16 +204,26 @@ export async function syncOnce(o: SyncOptions): Promise<SyncResult> {
     bits: config.bits,
     blockSize: config.blockSize,
   });
+  return upload(o, config, '/v1/updates', update.bytes, { global, globalHash: hash, local }, delta);
+}
+
+/** Records the release in the accountant, then POSTs the update body; the sync's result. */
+async function upload(
+  o: SyncOptions,
+  config: ServerConfig,
+  endpoint: string,
+  body: Uint8Array,
+  models: Pick<SyncResult, 'global' | 'globalHash' | 'local'>,
+  delta: number,
+): Promise<SyncResult> {
   // Recorded before sending: once the body may have left the device, the budget is spent.
   o.accountant.record(config.noiseMultiplier);
-  const res = await request(o, 'update', 'POST', '/v1/updates', update.bytes, { 'Content-Type': 'application/octet-stream' });
+  const res = await request(o, 'update', 'POST', endpoint, body, { 'Content-Type': 'application/octet-stream' });
   const reply = (await res.json()) as { pending: number; minClients: number; published: number | null };
   return {
-    global,
-    globalHash: hash,
-    local,
+    ...models,
     sent: true,
-    uploadedBytes: update.bytes.length,
+    uploadedBytes: body.length,
     epsilon: o.accountant.epsilon(delta),
     server: { pending: reply.pending, minClients: reply.minClients, published: reply.published },
   };
@@ -275,18 +285,6 @@ async function sendMasked(
   const cohortId = fromHex(joined.cohort);
   const masked = await maskValues(encoded, { index: joined.index, cohortId, publicKeys, privateKey: keys.privateKey, params: sa });
   const body = encodeMaskedUpdate({ cohortId, index: joined.index, cohortSize: K, bits: sa.bits, baseVersion: global.version, values: masked });
-  // Recorded before sending: once the body may have left the device, the budget is spent.
-  o.accountant.record(config.noiseMultiplier);
-  const res = await request(o, 'update', 'POST', '/v1/secagg/updates', body, { 'Content-Type': 'application/octet-stream' });
-  const reply = (await res.json()) as { pending: number; minClients: number; published: number | null };
-  return {
-    global,
-    globalHash: hash,
-    local,
-    sent: true,
-    uploadedBytes: body.length,
-    epsilon: o.accountant.epsilon(delta),
-    server: { pending: reply.pending, minClients: reply.minClients, published: reply.published },
-    cohort: { id: joined.cohort, index: joined.index, size: K },
-  };
+  const result = await upload(o, config, '/v1/secagg/updates', body, { global, globalHash: hash, local }, delta);
+  return { ...result, cohort: { id: joined.cohort, index: joined.index, size: K } };
 }

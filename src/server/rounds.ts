@@ -7,7 +7,7 @@ import { ModelError, StorageError } from '../errors.js';
 import { decodeModel, decodeUpdate, dequantizeUpdate, encodeModel, fromHex, sha256, toHex } from '../federated/wire.js';
 import type { ItemTable } from '../model/item-table.js';
 import { applyFedAdam, applyFedAvg, combineDeltas, shrinkRows, DEFAULT_FEDADAM, trimCount, type AggregatorName, type FedAdamOptions, type RobustName } from './aggregate.js';
-import { StorageConflictError, type Storage, type StoredVersion } from './storage.js';
+import { StorageConflictError, type NewUpdate, type Storage, type StoredVersion } from './storage.js';
 import { checkUpdate, reject, type Rejection, type UpdatePolicy } from './validate-update.js';
 import { decodeMaskedHeader, decodeMaskedUpdate, importPublicKey, unmaskSum, type SecAggParams } from '../federated/secagg.js';
 import { CohortRegistry, type Cohort } from './cohorts.js';
@@ -192,22 +192,34 @@ export class RoundCoordinator {
       }
       const known = await this.hashOf(h.baseVersion);
       if (known !== toHex(h.baseHash)) return reject('unknown-base', `base hash does not match version ${h.baseVersion}`);
-      const r = await this.storage.addUpdate({ nonce: toHex(h.nonce), baseVersion: h.baseVersion, receivedAt: this.config.now(), body });
-      if (r === 'replayed') return reject('replayed', `nonce ${toHex(h.nonce)} was already used`);
-      this.pendingN++;
-      let published: number | undefined;
-      if (this.pendingN >= this.config.minClients) {
-        try {
-          published = await this.aggregate();
-        } catch (e) {
-          // The update itself is committed; the round is retried with the next update or restart.
-          this.config.log(`aggregation failed, will retry: ${(e as Error).message}`);
-        }
-      }
-      const out: Accepted = { ok: true, id: r.id, version: this.cur.version, pending: this.pendingN };
-      if (published !== undefined) out.published = published;
-      return out;
+      return this.store(
+        { nonce: toHex(h.nonce), baseVersion: h.baseVersion, receivedAt: this.config.now(), body },
+        `nonce ${toHex(h.nonce)} was already used`,
+        () => this.pendingN >= this.config.minClients,
+      );
     });
+  }
+
+  /**
+   * Stores an accepted update durably, then aggregates when `ready()` says a round is complete.
+   * Runs inside the queue.
+   */
+  private async store(u: NewUpdate, replayed: string, ready: () => boolean): Promise<Accepted | Rejection> {
+    const r = await this.storage.addUpdate(u);
+    if (r === 'replayed') return reject('replayed', replayed);
+    this.pendingN++;
+    let published: number | undefined;
+    if (ready()) {
+      try {
+        published = await this.aggregate();
+      } catch (e) {
+        // The update itself is committed; the round is retried with the next update or restart.
+        this.config.log(`aggregation failed, will retry: ${(e as Error).message}`);
+      }
+    }
+    const out: Accepted = { ok: true, id: r.id, version: this.cur.version, pending: this.pendingN };
+    if (published !== undefined) out.published = published;
+    return out;
   }
 
   /**
@@ -255,20 +267,11 @@ export class RoundCoordinator {
       if (c.status !== 'ready') return reject('unknown-cohort', `cohort ${id} is ${c.status}${c.abortReason ? ` (${c.abortReason})` : ''}; it takes no uploads`);
       if (h.index >= c.size) return reject('wrong-shape', `member index ${h.index} is outside the cohort (0..${c.size - 1})`);
       if (h.baseVersion > this.cur.version) return reject('unknown-base', `base version ${h.baseVersion} is newer than the current version ${this.cur.version}`);
-      const r = await this.storage.addUpdate({ nonce: `${id}:${h.index}`, baseVersion: h.baseVersion, receivedAt: this.config.now(), body });
-      if (r === 'replayed') return reject('replayed', `member ${h.index} of cohort ${id} already uploaded`);
-      this.pendingN++;
-      let published: number | undefined;
-      if (cohorts.markSubmitted(c, h.index)) {
-        try {
-          published = await this.aggregate();
-        } catch (e) {
-          this.config.log(`aggregation failed, will retry: ${(e as Error).message}`);
-        }
-      }
-      const out: Accepted = { ok: true, id: r.id, version: this.cur.version, pending: this.pendingN };
-      if (published !== undefined) out.published = published;
-      return out;
+      return this.store(
+        { nonce: `${id}:${h.index}`, baseVersion: h.baseVersion, receivedAt: this.config.now(), body },
+        `member ${h.index} of cohort ${id} already uploaded`,
+        () => cohorts.markSubmitted(c, h.index),
+      );
     });
   }
 
