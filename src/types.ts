@@ -205,6 +205,12 @@ export interface FederatedOptions {
    * `false` — a decision for the host, which the audit reports. Default true.
    */
   honorGlobalPrivacyControl?: boolean;
+  /**
+   * When the server runs secure aggregation: how long `sync()` waits for its cohort to fill before
+   * it gives up (a NetworkError; nothing is sent and no ε is spent). Default: the server's cohort
+   * timeout (10 minutes unless configured).
+   */
+  cohortWaitMs?: number;
 }
 
 export interface RetentionOptions {

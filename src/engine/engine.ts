@@ -45,7 +45,7 @@ export interface EngineOptions {
   /** Offers: the shop's public key(s) (JWK, ECDSA P-256) that signed offer catalogs must verify against. */
   offers?: { publicKey: JsonWebKey | JsonWebKey[] };
   /** Federated learning: where the aggregation server is, and this device's privacy budget. */
-  federated?: { serverUrl: string; budget?: number; delta?: number };
+  federated?: { serverUrl: string; budget?: number; delta?: number; cohortWaitMs?: number };
   /**
    * The shop's published neighbour table (`localrec neighbors` output, an absolute http(s) URL):
    * fetched once personalization is allowed, kept in IndexedDB, and used to rank.
@@ -671,6 +671,9 @@ export class Engine {
     }
     const budget = fed.budget ?? 8;
     if (!(budget > 0) || !Number.isFinite(budget)) throw new ValidationError('options.federated.budget', `must be a number > 0, got ${String(budget)}`);
+    if (fed.cohortWaitMs !== undefined && !(Number.isFinite(fed.cohortWaitMs) && fed.cohortWaitMs > 0)) {
+      throw new ValidationError('options.federated.cohortWaitMs', `must be a number of milliseconds > 0, got ${String(fed.cohortWaitMs)}`);
+    }
     await this.training?.catch(() => undefined);
     const { profile } = await this.profile();
     const accountant = new RdpAccountant(await this.store.getMeta<AccountantState>(PRIVACY_KEY));
@@ -687,6 +690,7 @@ export class Engine {
         train: { ...this.opts.training, seed: (this.opts.model?.seed ?? 1) + this.saved.trainSteps },
         onEgress: (e) => egress.push(e),
         now: this.now,
+        ...(fed.cohortWaitMs !== undefined ? { cohortWaitMs: fed.cohortWaitMs } : {}),
       });
       if (r.global.dim !== this.table.dim) {
         throw new ModelError(`the server's model has dim ${r.global.dim}, this device uses ${this.table.dim}: set options.model.dim to match`);

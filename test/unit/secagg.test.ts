@@ -252,3 +252,46 @@ test('a complete cohort found pending at start (crash before publishing) is summ
   const next = decodeModel(rc.modelBytes('float32')).table;
   assert.ok(Math.abs(next.bias[0]! - base.bias[0]! - 0.375) < 1e-6);
 });
+
+test('a cohort that does not fill in time is aborted: the waiting device sends nothing and spends no ε', async () => {
+  let t = 1_000_000;
+  const parts = await createServer({
+    dataDir: null,
+    initialTable: initialTable(),
+    minClients: 3,
+    clip: 1,
+    noiseMultiplier: 1,
+    rateLimit: false,
+    secureAggregation: { timeoutMs: 60_000 },
+    now: () => t,
+    log: () => {},
+  });
+  const fetchFn: FetchLike = (url, init) => Promise.resolve(parts.app.fetch(new Request(url, init as RequestInit)));
+  try {
+    const accountant = new RdpAccountant();
+    const egress: string[] = [];
+    // The device polls; meanwhile the clock passes the server's timeout and nobody else joins.
+    const pending = syncOnce({
+      serverUrl: 'http://x',
+      fetch: fetchFn,
+      accountant,
+      history: historyOf(4),
+      cohortPollMs: 1,
+      cohortWaitMs: 600_000, // longer than the server's timeout: the server aborts first
+      now: () => t,
+      onEgress: (e) => {
+        egress.push(`${e.method} ${e.endpoint}`);
+        if (e.endpoint.startsWith('/v1/secagg/cohorts/')) t += 30_000;
+      },
+    });
+    await assert.rejects(pending, (e: Error) => e.name === 'NetworkError' && /aborted/.test(e.message) && /nothing was sent/.test(e.message));
+    assert.equal(accountant.releases, 0, 'no ε spent');
+    assert.ok(!egress.some((e) => e.startsWith('POST /v1/secagg/updates')), egress.join(', '));
+    assert.equal(await parts.storage.pendingCount(), 0);
+    // The next device opens a fresh cohort.
+    const j = (await (await parts.app.fetch(new Request('http://x/v1/secagg/join', { method: 'POST', body: (await secAggKeyPair()).publicKey as Uint8Array<ArrayBuffer> }))).json()) as { index: number };
+    assert.equal(j.index, 0);
+  } finally {
+    await parts.storage.close();
+  }
+});
