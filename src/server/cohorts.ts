@@ -5,7 +5,8 @@
  * private keys stay on the devices.
  *
  * Cohorts live in memory. A cohort still forming or collecting when the server stops is lost: its
- * members' uploads stay masked forever (they reveal nothing and are never aggregated).
+ * members' uploads stay masked forever (they reveal nothing and are never aggregated); they are
+ * deleted from storage when the cohort is aborted, or at the next start.
  */
 import type { SecAggParams } from '../federated/secagg.js';
 import { COHORT_ID_BYTES } from '../federated/secagg.js';
@@ -20,8 +21,9 @@ export interface Cohort {
   /** Public keys in member order (index = position). */
   keys: Uint8Array[];
   keyHex: Set<string>;
-  /** Members whose upload was accepted. */
+  /** Members whose upload was accepted, and the storage ids of those uploads. */
   submitted: Set<number>;
+  updateIds: number[];
   status: CohortStatus;
   createdAt: number;
   /** When the cohort filled (keys handed out), or undefined while forming. */
@@ -44,6 +46,8 @@ export class CohortRegistry {
     readonly params: SecAggParams,
     readonly timeoutMs: number,
     private readonly now: () => number,
+    /** Called once for every cohort that is aborted (to discard the uploads it had collected). */
+    private readonly onAbort: (c: Cohort) => void = () => {},
   ) {}
 
   /**
@@ -56,7 +60,7 @@ export class CohortRegistry {
     if (!this.open) {
       const idBytes = new Uint8Array(COHORT_ID_BYTES);
       globalThis.crypto.getRandomValues(idBytes);
-      const c: Cohort = { id: toHex(idBytes), idBytes, size: this.params.cohortSize, keys: [], keyHex: new Set(), submitted: new Set(), status: 'forming', createdAt: this.now() };
+      const c: Cohort = { id: toHex(idBytes), idBytes, size: this.params.cohortSize, keys: [], keyHex: new Set(), submitted: new Set(), updateIds: [], status: 'forming', createdAt: this.now() };
       this.cohorts.set(c.id, c);
       this.open = c;
     }
@@ -78,9 +82,10 @@ export class CohortRegistry {
     return this.cohorts.get(id);
   }
 
-  /** Marks member `index` as uploaded; returns whether the whole cohort now has. */
-  markSubmitted(c: Cohort, index: number): boolean {
+  /** Marks member `index` as uploaded (storage id `id`); returns whether the whole cohort now has. */
+  markSubmitted(c: Cohort, index: number, id: number): boolean {
     c.submitted.add(index);
+    c.updateIds.push(id);
     return c.submitted.size === c.size;
   }
 
@@ -93,6 +98,7 @@ export class CohortRegistry {
     c.status = 'aborted';
     c.abortReason = reason;
     if (this.open === c) this.open = null;
+    this.onAbort(c);
   }
 
   /** Aborts cohorts that did not fill, or did not collect every upload, in time; forgets old ones. */

@@ -40,6 +40,10 @@ export class MemoryStorage implements Storage {
     return this.updates.size;
   }
 
+  async discard(ids: readonly number[]): Promise<void> {
+    for (const id of ids) this.updates.delete(id);
+  }
+
   async publish(next: StoredVersion, consumed: readonly number[]): Promise<void> {
     if (next.version !== this.versions.length) {
       throw new StorageConflictError(`cannot publish version ${next.version}: latest is ${this.versions.length - 1}`);

@@ -82,7 +82,19 @@ export class RoundCoordinator {
     readonly config: RoundConfig,
   ) {
     const sa = config.secureAggregation;
-    this.cohorts = sa ? new CohortRegistry(sa, sa.timeoutMs, config.now) : null;
+    this.cohorts = sa
+      ? new CohortRegistry(sa, sa.timeoutMs, config.now, (c) => {
+          // An aborted cohort's uploads can never be unmasked: delete them (in the queue, so never
+          // while a round is being read).
+          if (c.updateIds.length === 0) return;
+          const ids = c.updateIds.slice();
+          void this.run(async () => {
+            await this.storage.discard(ids);
+            this.pendingN = await this.storage.pendingCount();
+            this.config.log(`discarded ${ids.length} uploads of aborted cohort ${c.id.slice(0, 12)}: ${c.abortReason}`);
+          }).catch((e: Error) => this.config.log(`could not discard the uploads of cohort ${c.id.slice(0, 12)}: ${e.message}`));
+        })
+      : null;
   }
 
   /**
@@ -114,6 +126,14 @@ export class RoundCoordinator {
     }
     rc.pendingN = await storage.pendingCount();
     if (rc.pendingN >= config.minClients) await rc.run(() => rc.aggregate());
+    if (config.secureAggregation && rc.pendingN > 0) {
+      // Cohorts live in memory: what is still pending after a restart belongs to cohorts that can
+      // never complete (complete ones were just published). Their uploads are random bytes.
+      const dead = (await storage.pending()).map((u) => u.id);
+      await storage.discard(dead);
+      rc.pendingN = await storage.pendingCount();
+      config.log(`discarded ${dead.length} uploads of cohorts the restart ended`);
+    }
     return rc;
   }
 
@@ -204,12 +224,12 @@ export class RoundCoordinator {
    * Stores an accepted update durably, then aggregates when `ready()` says a round is complete.
    * Runs inside the queue.
    */
-  private async store(u: NewUpdate, replayed: string, ready: () => boolean): Promise<Accepted | Rejection> {
+  private async store(u: NewUpdate, replayed: string, ready: (id: number) => boolean): Promise<Accepted | Rejection> {
     const r = await this.storage.addUpdate(u);
     if (r === 'replayed') return reject('replayed', replayed);
     this.pendingN++;
     let published: number | undefined;
-    if (ready()) {
+    if (ready(r.id)) {
       try {
         published = await this.aggregate();
       } catch (e) {
@@ -270,7 +290,7 @@ export class RoundCoordinator {
       return this.store(
         { nonce: `${id}:${h.index}`, baseVersion: h.baseVersion, receivedAt: this.config.now(), body },
         `member ${h.index} of cohort ${id} already uploaded`,
-        () => cohorts.markSubmitted(c, h.index),
+        (id) => cohorts.markSubmitted(c, h.index, id),
       );
     });
   }
@@ -287,7 +307,9 @@ export class RoundCoordinator {
       const byCohort = new Map<string, typeof pending>();
       for (const u of pending) {
         const id = u.nonce.split(':')[0]!;
-        byCohort.set(id, [...(byCohort.get(id) ?? []), u]);
+        const group = byCohort.get(id);
+        if (group) group.push(u);
+        else byCohort.set(id, [u]);
       }
       for (const [id, group] of byCohort) {
         if (group.length !== sa.cohortSize) continue;

@@ -40,6 +40,7 @@ export class SqliteStorage implements Storage {
     maxVersion: Database.Statement;
     insertVersion: Database.Statement;
     markAggregated: Database.Statement;
+    discard: Database.Statement;
   };
 
   /** Opens (creating if needed) `<dataDir>/localrec.sqlite`. */
@@ -105,6 +106,7 @@ export class SqliteStorage implements Storage {
         'INSERT INTO versions (version, hash, model, optimizer, created_at, update_count) VALUES (?, ?, ?, ?, ?, ?)',
       ),
       markAggregated: db.prepare('UPDATE updates SET aggregated_into = ?, body = NULL WHERE id = ? AND aggregated_into IS NULL'),
+      discard: db.prepare('DELETE FROM updates WHERE id = ? AND aggregated_into IS NULL'),
     };
   }
 
@@ -163,6 +165,14 @@ export class SqliteStorage implements Storage {
 
   async pendingCount(): Promise<number> {
     return this.wrap('count pending updates', () => (this.st.pendingCount.get() as { n: number }).n);
+  }
+
+  async discard(ids: readonly number[]): Promise<void> {
+    this.wrap('discard updates', () =>
+      this.db.transaction(() => {
+        for (const id of ids) this.st.discard.run(id);
+      })(),
+    );
   }
 
   async publish(next: StoredVersion, consumed: readonly number[]): Promise<void> {

@@ -49,6 +49,12 @@ export interface Storage {
   /** Updates not yet aggregated, oldest first. */
   pending(): Promise<PendingUpdate[]>;
   pendingCount(): Promise<number>;
+  /**
+   * Deletes pending updates that can never be aggregated: the masked uploads of a secure-aggregation
+   * cohort that was aborted (without the rest of the cohort they are random bytes). Ids that are
+   * not pending are ignored.
+   */
+  discard(ids: readonly number[]): Promise<void>;
   /** Atomically appends `next` and marks `consumed` (update ids) as aggregated into it. */
   publish(next: StoredVersion, consumed: readonly number[]): Promise<void>;
   close(): Promise<void>;

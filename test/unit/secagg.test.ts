@@ -211,7 +211,7 @@ test('secure-aggregation server: refuses plain updates, unknown cohorts, replays
   }
 });
 
-test('a complete cohort found pending at start (crash before publishing) is summed and published', async () => {
+test('at start, a complete cohort found pending (crash before publishing) is published and an incomplete one discarded', async () => {
   const storage = new MemoryStorage();
   const base = initialTable();
   const open = () =>
@@ -246,9 +246,17 @@ test('a complete cohort found pending at start (crash before publishing) is summ
     const body = encodeMaskedUpdate({ cohortId, index, cohortSize: 2, bits: 16, baseVersion: 0, values: new Uint32Array(length).fill(v) });
     await storage.addUpdate({ nonce: `${toHex(cohortId)}:${index}`, baseVersion: 0, receivedAt: 0, body });
   }
+  // And one upload of another cohort that never completed: after a restart it can never be unmasked.
+  const other = new Uint8Array(16).fill(3);
+  await storage.addUpdate({
+    nonce: `${toHex(other)}:0`,
+    baseVersion: 0,
+    receivedAt: 0,
+    body: encodeMaskedUpdate({ cohortId: other, index: 0, cohortSize: 2, bits: 16, baseVersion: 0, values: new Uint32Array(length).fill(7) }),
+  });
   const rc = await open();
   assert.equal(rc.version, 1);
-  assert.equal(await storage.pendingCount(), 0);
+  assert.equal(await storage.pendingCount(), 0, 'the complete cohort was published, the incomplete one discarded');
   const next = decodeModel(rc.modelBytes('float32')).table;
   assert.ok(Math.abs(next.bias[0]! - base.bias[0]! - 0.375) < 1e-6);
 });
@@ -293,5 +301,54 @@ test('a cohort that does not fill in time is aborted: the waiting device sends n
     assert.equal(j.index, 0);
   } finally {
     await parts.storage.close();
+  }
+});
+
+test('a full cohort that does not collect every upload in time is aborted and its uploads are deleted', async () => {
+  let t = 5_000_000;
+  const parts = await createServer({ dataDir: null, initialTable: initialTable(), minClients: 2, clip: 1, noiseMultiplier: 0, rateLimit: false, secureAggregation: { timeoutMs: 1_000 }, now: () => t, log: () => {} });
+  const call = (path: string, body?: Uint8Array) =>
+    Promise.resolve(parts.app.fetch(new Request(`http://x${path}`, body ? { method: 'POST', body: body as Uint8Array<ArrayBuffer> } : {})));
+  try {
+    const j = (await (await call('/v1/secagg/join', (await secAggKeyPair()).publicKey)).json()) as { cohort: string };
+    await call('/v1/secagg/join', (await secAggKeyPair()).publicKey);
+    const length = IDS.length * 5;
+    const body = encodeMaskedUpdate({ cohortId: Uint8Array.from(Buffer.from(j.cohort, 'hex')), index: 0, cohortSize: 2, bits: 32, baseVersion: 0, values: new Uint32Array(length) });
+    assert.equal((await call('/v1/secagg/updates', body)).status, 202);
+    assert.equal(await parts.storage.pendingCount(), 1);
+    t += 2_000; // past the timeout; member 1 never uploads
+    const view = (await (await call(`/v1/secagg/cohorts/${j.cohort}`)).json()) as { status: string; reason: string; keys?: string[] };
+    assert.equal(view.status, 'aborted');
+    assert.match(view.reason, /1 of 2 members uploaded/);
+    assert.equal(view.keys, undefined);
+    // Any queued server step runs after the discard the abort queued.
+    const late = await parts.rounds.submitMasked(encodeMaskedUpdate({ cohortId: Uint8Array.from(Buffer.from(j.cohort, 'hex')), index: 1, cohortSize: 2, bits: 32, baseVersion: 0, values: new Uint32Array(length) }));
+    assert.equal(late.ok ? 'accepted' : late.reason, 'unknown-cohort', 'a late upload to an aborted cohort is refused');
+    assert.equal(await parts.storage.pendingCount(), 0, "the aborted cohort's upload is gone");
+    assert.equal(parts.rounds.version, 0);
+  } finally {
+    await parts.storage.close();
+  }
+});
+
+test('SqliteStorage.discard deletes pending updates only', async () => {
+  const { mkdtemp, rm } = await import('node:fs/promises');
+  const { tmpdir } = await import('node:os');
+  const { join } = await import('node:path');
+  const { SqliteStorage } = await import('../../src/server/sqlite-storage.js');
+  const dir = await mkdtemp(join(tmpdir(), 'localrec-discard-'));
+  const storage = SqliteStorage.open(dir);
+  try {
+    const a = await storage.addUpdate({ nonce: 'c:0', baseVersion: 0, receivedAt: 0, body: new Uint8Array([1]) });
+    const b = await storage.addUpdate({ nonce: 'c:1', baseVersion: 0, receivedAt: 0, body: new Uint8Array([2]) });
+    assert.ok(a !== 'replayed' && b !== 'replayed');
+    await storage.discard([a.id, 999]);
+    assert.deepEqual(
+      (await storage.pending()).map((u) => u.nonce),
+      ['c:1'],
+    );
+  } finally {
+    await storage.close();
+    await rm(dir, { recursive: true, force: true });
   }
 });
