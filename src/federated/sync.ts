@@ -215,10 +215,11 @@ async function upload(
   body: Uint8Array,
   models: Pick<SyncResult, 'global' | 'globalHash' | 'local'>,
   delta: number,
+  headers: Record<string, string> = {},
 ): Promise<SyncResult> {
   // Recorded before sending: once the body may have left the device, the budget is spent.
   o.accountant.record(config.noiseMultiplier);
-  const res = await request(o, 'update', 'POST', endpoint, body, { 'Content-Type': 'application/octet-stream' });
+  const res = await request(o, 'update', 'POST', endpoint, body, { 'Content-Type': 'application/octet-stream', ...headers });
   const reply = (await res.json()) as { pending: number; minClients: number; published: number | null };
   return {
     ...models,
@@ -261,7 +262,7 @@ async function sendMasked(
 
   const keys = await secAggKeyPair();
   const joinRes = await request(o, 'cohort', 'POST', '/v1/secagg/join', keys.publicKey, { 'Content-Type': 'application/octet-stream' });
-  const joined = (await joinRes.json()) as { cohort: string; index: number; size: number };
+  const joined = (await joinRes.json()) as { cohort: string; index: number; size: number; token: string };
   if (joined.size !== K) throw new ValidationError('cohort.size', `is ${joined.size}, the server announced ${K}`);
   const waitMs = o.cohortWaitMs ?? sa.timeoutMs ?? 600_000;
   const pollMs = o.cohortPollMs ?? 1000;
@@ -285,6 +286,6 @@ async function sendMasked(
   const cohortId = fromHex(joined.cohort);
   const masked = await maskValues(encoded, { index: joined.index, cohortId, publicKeys, privateKey: keys.privateKey, params: sa });
   const body = encodeMaskedUpdate({ cohortId, index: joined.index, cohortSize: K, bits: sa.bits, baseVersion: global.version, values: masked });
-  const result = await upload(o, config, '/v1/secagg/updates', body, { global, globalHash: hash, local }, delta);
+  const result = await upload(o, config, '/v1/secagg/updates', body, { global, globalHash: hash, local }, delta, { 'X-Localrec-Cohort-Token': String(joined.token) });
   return { ...result, cohort: { id: joined.cohort, index: joined.index, size: K } };
 }

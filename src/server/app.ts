@@ -69,7 +69,7 @@ export function createApp(rounds: RoundCoordinator, opts: AppOptions): Hono {
       cors({
         origin: opts.corsOrigins,
         allowMethods: ['GET', 'POST'],
-        allowHeaders: ['Content-Type', 'If-None-Match'],
+        allowHeaders: ['Content-Type', 'If-None-Match', 'X-Localrec-Cohort-Token'],
         // The client names its base version by the hash it read from these headers.
         exposeHeaders: ['X-Localrec-Model-Version', 'X-Localrec-Model-Hash', 'ETag'],
         maxAge: 600,
@@ -166,7 +166,8 @@ export function createApp(rounds: RoundCoordinator, opts: AppOptions): Hono {
       if (!body) return fail(c, 'malformed', 'could not read the request body');
       const r = await rounds.joinCohort(body);
       if (!r.ok) return fail(c, r.reason, r.error);
-      return c.json({ cohort: r.cohort.id, index: r.index, size: r.cohort.size, status: r.cohort.status }, 200);
+      c.header('Cache-Control', 'no-store');
+      return c.json({ cohort: r.cohort.id, index: r.index, size: r.cohort.size, status: r.cohort.status, token: r.token }, 200);
     },
   );
 
@@ -184,7 +185,7 @@ export function createApp(rounds: RoundCoordinator, opts: AppOptions): Hono {
     async (c) => {
       const body = await readBody(c);
       if (!body) return fail(c, 'malformed', 'could not read the request body');
-      const r = await rounds.submitMasked(body);
+      const r = await rounds.submitMasked(body, c.req.header('x-localrec-cohort-token') ?? '');
       if (!r.ok) return fail(c, r.reason, r.error);
       return c.json({ accepted: true, id: r.id, version: r.version, pending: r.pending, minClients: cfg.minClients, published: r.published ?? null }, 202);
     },

@@ -21,6 +21,8 @@ export interface Cohort {
   /** Public keys in member order (index = position). */
   keys: Uint8Array[];
   keyHex: Set<string>;
+  /** Per member, the random token its join was answered with; its upload must carry it. */
+  tokens: string[];
   /** Members whose upload was accepted, and the storage ids of those uploads. */
   submitted: Set<number>;
   updateIds: number[];
@@ -54,13 +56,13 @@ export class CohortRegistry {
    * Adds a member (its public key) to the cohort being formed, opening a new one when none is;
    * the cohort becomes `ready` when its K-th member joins. A key already in that cohort is refused.
    */
-  join(publicKey: Uint8Array): { cohort: Cohort; index: number } | { error: string } {
+  join(publicKey: Uint8Array): { cohort: Cohort; index: number; token: string } | { error: string } {
     this.sweep();
     const hex = toHex(publicKey);
     if (!this.open) {
       const idBytes = new Uint8Array(COHORT_ID_BYTES);
       globalThis.crypto.getRandomValues(idBytes);
-      const c: Cohort = { id: toHex(idBytes), idBytes, size: this.params.cohortSize, keys: [], keyHex: new Set(), submitted: new Set(), updateIds: [], status: 'forming', createdAt: this.now() };
+      const c: Cohort = { id: toHex(idBytes), idBytes, size: this.params.cohortSize, keys: [], keyHex: new Set(), tokens: [], submitted: new Set(), updateIds: [], status: 'forming', createdAt: this.now() };
       this.cohorts.set(c.id, c);
       this.open = c;
     }
@@ -68,13 +70,16 @@ export class CohortRegistry {
     if (c.keyHex.has(hex)) return { error: 'this public key already joined the cohort being formed; make a fresh key pair per round' };
     c.keys.push(publicKey.slice());
     c.keyHex.add(hex);
+    const token = new Uint8Array(16);
+    globalThis.crypto.getRandomValues(token);
+    c.tokens.push(toHex(token));
     const index = c.keys.length - 1;
     if (c.keys.length === c.size) {
       c.status = 'ready';
       c.readyAt = this.now();
       this.open = null;
     }
-    return { cohort: c, index };
+    return { cohort: c, index, token: c.tokens[index]! };
   }
 
   get(id: string): Cohort | undefined {

@@ -250,7 +250,7 @@ export class RoundCoordinator {
    * const r = await rounds.joinCohort(publicKey); // { ok: true, cohort: 'ab12…', index: 3, size: 100 }
    * ```
    */
-  async joinCohort(publicKey: Uint8Array): Promise<{ ok: true; cohort: Cohort; index: number } | Rejection> {
+  async joinCohort(publicKey: Uint8Array): Promise<{ ok: true; cohort: Cohort; index: number; token: string } | Rejection> {
     if (!this.cohorts) return reject('wrong-mode', 'this server takes plain updates (POST /v1/updates); secure aggregation is off');
     try {
       await importPublicKey(publicKey);
@@ -259,14 +259,15 @@ export class RoundCoordinator {
     }
     const r = this.cohorts.join(publicKey);
     if ('error' in r) return reject('replayed', r.error);
-    return { ok: true, cohort: r.cohort, index: r.index };
+    return { ok: true, cohort: r.cohort, index: r.index, token: r.token };
   }
 
   /**
    * Secure aggregation, step 3: stores one member's masked upload (durably, before resolving); the
-   * cohort's last upload unmasks the sum and publishes the next version.
+   * cohort's last upload unmasks the sum and publishes the next version. `token` is the one the
+   * member's join was answered with, so nobody else can fill its place.
    */
-  async submitMasked(body: Uint8Array): Promise<Accepted | Rejection> {
+  async submitMasked(body: Uint8Array, token: string): Promise<Accepted | Rejection> {
     const cohorts = this.cohorts;
     const sa = this.config.secureAggregation;
     if (!cohorts || !sa) return reject('wrong-mode', 'this server takes plain updates (POST /v1/updates); secure aggregation is off');
@@ -286,6 +287,7 @@ export class RoundCoordinator {
       if (!c) return reject('unknown-cohort', `no cohort ${id} (it ended more than an hour ago, or the server restarted)`);
       if (c.status !== 'ready') return reject('unknown-cohort', `cohort ${id} is ${c.status}${c.abortReason ? ` (${c.abortReason})` : ''}; it takes no uploads`);
       if (h.index >= c.size) return reject('wrong-shape', `member index ${h.index} is outside the cohort (0..${c.size - 1})`);
+      if (token !== c.tokens[h.index]) return reject('not-member', `the upload token is not the one member ${h.index} of cohort ${id} was given at join`);
       if (h.baseVersion > this.cur.version) return reject('unknown-base', `base version ${h.baseVersion} is newer than the current version ${this.cur.version}`);
       return this.store(
         { nonce: `${id}:${h.index}`, baseVersion: h.baseVersion, receivedAt: this.config.now(), body },

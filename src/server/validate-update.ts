@@ -17,6 +17,7 @@ export const REJECT_STATUS = {
   stale: 409,
   replayed: 409,
   'unknown-cohort': 409,
+  'not-member': 403,
   'wrong-mode': 409,
   'rate-limited': 429,
 } as const;

@@ -169,9 +169,10 @@ test('syncOnce with a secure-aggregation server: a cohort of 3 publishes base + 
   }
 });
 
-test('secure-aggregation server: refuses plain updates, unknown cohorts, replays and bad keys; keys only once full', async () => {
+test('secure-aggregation server: refuses plain updates, unknown cohorts, uploads without the member token, replays and bad keys; keys only once full', async () => {
   const { app, storage } = await secureServer(3);
-  const call = (path: string, init?: { method: string; body: Uint8Array }) => Promise.resolve(app.fetch(new Request(`http://x${path}`, init as RequestInit)));
+  const call = (path: string, init?: { method: string; body: Uint8Array; headers?: Record<string, string> }) =>
+    Promise.resolve(app.fetch(new Request(`http://x${path}`, init as RequestInit)));
   try {
     const plain = await call('/v1/updates', { method: 'POST', body: new Uint8Array(100) });
     assert.equal(plain.status, 409);
@@ -180,7 +181,8 @@ test('secure-aggregation server: refuses plain updates, unknown cohorts, replays
     assert.equal(badKey.status, 400);
     assert.match(((await badKey.json()) as { error: string }).error, /P-256/);
     const a = await secAggKeyPair();
-    const j1 = (await (await call('/v1/secagg/join', { method: 'POST', body: a.publicKey })).json()) as { cohort: string; index: number };
+    const j1 = (await (await call('/v1/secagg/join', { method: 'POST', body: a.publicKey })).json()) as { cohort: string; index: number; token: string };
+    assert.match(j1.token, /^[0-9a-f]{32}$/);
     assert.equal(j1.index, 0);
     const again = await call('/v1/secagg/join', { method: 'POST', body: a.publicKey });
     assert.equal(again.status, 409, 'the same key twice in one cohort');
@@ -195,17 +197,24 @@ test('secure-aggregation server: refuses plain updates, unknown cohorts, replays
     assert.equal(((await unknown.json()) as { reason: string }).reason, 'unknown-cohort');
     assert.equal(await storage.pendingCount(), 0);
     // Fill the cohort; then member 0's upload is taken once and refused the second time.
-    for (let i = 0; i < 2; i++) await call('/v1/secagg/join', { method: 'POST', body: (await secAggKeyPair()).publicKey });
+    const others: Array<{ token: string }> = [];
+    for (let i = 0; i < 2; i++) others.push((await (await call('/v1/secagg/join', { method: 'POST', body: (await secAggKeyPair()).publicKey })).json()) as { token: string });
     const ready = (await (await call(`/v1/secagg/cohorts/${j1.cohort}`)).json()) as { status: string; keys: string[] };
     assert.equal(ready.status, 'ready');
     assert.equal(ready.keys[0], toHex(a.publicKey));
     const mine = encodeMaskedUpdate({ cohortId: Uint8Array.from(Buffer.from(j1.cohort, 'hex')), index: 0, cohortSize: 3, bits: 32, baseVersion: 0, values: new Uint32Array(length) });
-    assert.equal((await call('/v1/secagg/updates', { method: 'POST', body: mine })).status, 202);
-    const replay = await call('/v1/secagg/updates', { method: 'POST', body: mine });
+    // Another member (or anyone who learned the cohort id) cannot take member 0's place.
+    const hijack = await call('/v1/secagg/updates', { method: 'POST', body: mine, headers: { 'X-Localrec-Cohort-Token': others[0]!.token } });
+    assert.equal(hijack.status, 403);
+    assert.equal(((await hijack.json()) as { reason: string }).reason, 'not-member');
+    assert.equal((await call('/v1/secagg/updates', { method: 'POST', body: mine })).status, 403, 'no token at all');
+    const withToken = { 'X-Localrec-Cohort-Token': j1.token };
+    assert.equal((await call('/v1/secagg/updates', { method: 'POST', body: mine, headers: withToken })).status, 202);
+    const replay = await call('/v1/secagg/updates', { method: 'POST', body: mine, headers: withToken });
     assert.equal(replay.status, 409);
     assert.equal(((await replay.json()) as { reason: string }).reason, 'replayed');
     const wrongBits = encodeMaskedUpdate({ cohortId: Uint8Array.from(Buffer.from(j1.cohort, 'hex')), index: 1, cohortSize: 3, bits: 16, baseVersion: 0, values: new Uint32Array(length) });
-    assert.equal((await call('/v1/secagg/updates', { method: 'POST', body: wrongBits })).status, 422);
+    assert.equal((await call('/v1/secagg/updates', { method: 'POST', body: wrongBits, headers: { 'X-Localrec-Cohort-Token': others[0]!.token } })).status, 422);
   } finally {
     await storage.close();
   }
@@ -307,14 +316,16 @@ test('a cohort that does not fill in time is aborted: the waiting device sends n
 test('a full cohort that does not collect every upload in time is aborted and its uploads are deleted', async () => {
   let t = 5_000_000;
   const parts = await createServer({ dataDir: null, initialTable: initialTable(), minClients: 2, clip: 1, noiseMultiplier: 0, rateLimit: false, secureAggregation: { timeoutMs: 1_000 }, now: () => t, log: () => {} });
-  const call = (path: string, body?: Uint8Array) =>
-    Promise.resolve(parts.app.fetch(new Request(`http://x${path}`, body ? { method: 'POST', body: body as Uint8Array<ArrayBuffer> } : {})));
+  const call = (path: string, body?: Uint8Array, token?: string) =>
+    Promise.resolve(
+      parts.app.fetch(new Request(`http://x${path}`, body ? { method: 'POST', body: body as Uint8Array<ArrayBuffer>, headers: token ? { 'X-Localrec-Cohort-Token': token } : {} } : {})),
+    );
   try {
-    const j = (await (await call('/v1/secagg/join', (await secAggKeyPair()).publicKey)).json()) as { cohort: string };
+    const j = (await (await call('/v1/secagg/join', (await secAggKeyPair()).publicKey)).json()) as { cohort: string; token: string };
     await call('/v1/secagg/join', (await secAggKeyPair()).publicKey);
     const length = IDS.length * 5;
     const body = encodeMaskedUpdate({ cohortId: Uint8Array.from(Buffer.from(j.cohort, 'hex')), index: 0, cohortSize: 2, bits: 32, baseVersion: 0, values: new Uint32Array(length) });
-    assert.equal((await call('/v1/secagg/updates', body)).status, 202);
+    assert.equal((await call('/v1/secagg/updates', body, j.token)).status, 202);
     assert.equal(await parts.storage.pendingCount(), 1);
     t += 2_000; // past the timeout; member 1 never uploads
     const view = (await (await call(`/v1/secagg/cohorts/${j.cohort}`)).json()) as { status: string; reason: string; keys?: string[] };
@@ -322,7 +333,10 @@ test('a full cohort that does not collect every upload in time is aborted and it
     assert.match(view.reason, /1 of 2 members uploaded/);
     assert.equal(view.keys, undefined);
     // Any queued server step runs after the discard the abort queued.
-    const late = await parts.rounds.submitMasked(encodeMaskedUpdate({ cohortId: Uint8Array.from(Buffer.from(j.cohort, 'hex')), index: 1, cohortSize: 2, bits: 32, baseVersion: 0, values: new Uint32Array(length) }));
+    const late = await parts.rounds.submitMasked(
+      encodeMaskedUpdate({ cohortId: Uint8Array.from(Buffer.from(j.cohort, 'hex')), index: 1, cohortSize: 2, bits: 32, baseVersion: 0, values: new Uint32Array(length) }),
+      'any',
+    );
     assert.equal(late.ok ? 'accepted' : late.reason, 'unknown-cohort', 'a late upload to an aborted cohort is refused');
     assert.equal(await parts.storage.pendingCount(), 0, "the aborted cohort's upload is gone");
     assert.equal(parts.rounds.version, 0);
