@@ -14,7 +14,7 @@ import { RoundCoordinator, type RoundConfig } from './rounds.js';
 import { SqliteStorage, type SqliteStorageOptions } from './sqlite-storage.js';
 import type { Storage } from './storage.js';
 import type { OfferCatalog } from '../offers/types.js';
-import { checkSecAggParams, chooseSecAggBits, type SecAggParams } from '../federated/secagg.js';
+import { checkSecAggParams, chooseSecAggBits, maskedUpdateBytes, type SecAggParams } from '../federated/secagg.js';
 import { DEFAULT_COHORT_TIMEOUT_MS } from './cohorts.js';
 
 export { createApp } from './app.js';
@@ -215,6 +215,18 @@ export async function createServer(options: ServerOptions = {}): Promise<ServerP
         'options.secureAggregation',
       );
       secureAggregation = { ...params, timeoutMs: positive('secureAggregation.timeoutMs', o.timeoutMs ?? DEFAULT_COHORT_TIMEOUT_MS, true) };
+      // Each member's rounding adds variance ≤ γ²/4 per value, K·γ²/4 to the sum, next to the DP
+      // noise (σC)² there. Say so when the rounding is a sizeable share of it.
+      const rounding = (params.cohortSize * params.step ** 2) / 4;
+      const dp = (noiseMultiplier * clip) ** 2;
+      if (dp > 0 && rounding > 0.1 * dp) {
+        let better = params.bits;
+        while (better < 32 && (params.cohortSize * (range / 2 ** (better - 1)) ** 2) / 4 > 0.1 * dp) better++;
+        log(
+          `secure aggregation: ${params.bits}-bit values add rounding noise of ${(rounding / dp).toFixed(2)}× the DP noise's variance to a cohort's sum; ` +
+            `--secagg-bits ${better} would bring it under 0.1× (uploads of ${maskedUpdateBytes(length, better)} bytes instead of ${maskedUpdateBytes(length, params.bits)})`,
+        );
+      }
     }
     const config: RoundConfig = {
       itemCount,

@@ -366,3 +366,19 @@ test('SqliteStorage.discard deletes pending updates only', async () => {
     await rm(dir, { recursive: true, force: true });
   }
 });
+
+test('the server says when fixed-point rounding is a sizeable share of the DP noise, and which --secagg-bits fixes it', async () => {
+  const lines: string[] = [];
+  const parts = await createServer({ dataDir: null, initialTable: initialTable(), minClients: 100, clip: 1, noiseMultiplier: 1, rateLimit: false, secureAggregation: { bits: 4 }, log: (l) => lines.push(l) });
+  await parts.storage.close();
+  // γ = 8 / 2^3 = 1: rounding variance 100 · 1 / 4 = 25× the DP noise's (σC)² = 1.
+  const warning = lines.find((l) => l.includes('rounding noise'));
+  assert.ok(warning, lines.join('\n'));
+  assert.match(warning, /25\.00× the DP noise/);
+  // γ = 8 / 2^(b−1): 100 · γ² / 4 ≤ 0.1 first holds at b = 8 (0.098).
+  assert.match(warning, /--secagg-bits 8 /);
+  const quiet: string[] = [];
+  const ok = await createServer({ dataDir: null, initialTable: initialTable(), minClients: 100, clip: 1, noiseMultiplier: 1, rateLimit: false, secureAggregation: { bits: 12 }, log: (l) => quiet.push(l) });
+  await ok.storage.close();
+  assert.ok(!quiet.some((l) => l.includes('rounding noise')));
+});
