@@ -149,6 +149,11 @@ export function createApp(rounds: RoundCoordinator, opts: AppOptions): Hono {
     }
     await next();
   };
+  /** 202 with the round's state for an accepted update, or the rejection. */
+  const answer = (c: Context, r: Awaited<ReturnType<RoundCoordinator['submit']>>) =>
+    r.ok
+      ? c.json({ accepted: true, id: r.id, version: r.version, pending: r.pending, minClients: cfg.minClients, published: r.published ?? null }, 202)
+      : fail(c, r.reason, r.error);
   const readBody = async (c: Context): Promise<Uint8Array | null> => {
     try {
       return new Uint8Array(await c.req.arrayBuffer());
@@ -185,9 +190,7 @@ export function createApp(rounds: RoundCoordinator, opts: AppOptions): Hono {
     async (c) => {
       const body = await readBody(c);
       if (!body) return fail(c, 'malformed', 'could not read the request body');
-      const r = await rounds.submitMasked(body, c.req.header('x-localrec-cohort-token') ?? '');
-      if (!r.ok) return fail(c, r.reason, r.error);
-      return c.json({ accepted: true, id: r.id, version: r.version, pending: r.pending, minClients: cfg.minClients, published: r.published ?? null }, 202);
+      return answer(c, await rounds.submitMasked(body, c.req.header('x-localrec-cohort-token') ?? ''));
     },
   );
 
@@ -199,15 +202,9 @@ export function createApp(rounds: RoundCoordinator, opts: AppOptions): Hono {
       onError: (c) => fail(c, 'oversized', `update bodies are exactly ${updateBytes} bytes for this model`),
     }),
     async (c) => {
-      let body: Uint8Array;
-      try {
-        body = new Uint8Array(await c.req.arrayBuffer());
-      } catch {
-        return fail(c, 'malformed', 'could not read the request body');
-      }
-      const r = await rounds.submit(body);
-      if (!r.ok) return fail(c, r.reason, r.error);
-      return c.json({ accepted: true, id: r.id, version: r.version, pending: r.pending, minClients: cfg.minClients, published: r.published ?? null }, 202);
+      const body = await readBody(c);
+      if (!body) return fail(c, 'malformed', 'could not read the request body');
+      return answer(c, await rounds.submit(body));
     },
   );
 
