@@ -292,7 +292,7 @@ export class RoundCoordinator {
       return this.store(
         { nonce: `${id}:${h.index}`, baseVersion: h.baseVersion, receivedAt: this.config.now(), body },
         `member ${h.index} of cohort ${id} already uploaded`,
-        (id) => cohorts.markSubmitted(c, h.index, id),
+        (updateId) => cohorts.markSubmitted(c, h.index, updateId),
       );
     });
   }
