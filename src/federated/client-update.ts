@@ -79,6 +79,29 @@ export function itemDelta(base: ItemTable, local: ItemTable): Float64Array {
 }
 
 /**
+ * The DP release of a device's training: `local − base` over the whole table, clipped to L2 ≤ C,
+ * plus N(0, std²) on every coordinate. `std` is σ·C for a plain update and σ·C/√K for a device's
+ * share of a secure-aggregation cohort's noise.
+ *
+ * @example
+ * ```ts
+ * const { values } = noisedDelta(base, trained, 1, 1); // clip 1, noise std 1
+ * ```
+ */
+export function noisedDelta(
+  base: ItemTable,
+  local: ItemTable,
+  clip: number,
+  std: number,
+  uniform: UniformSource,
+): { values: Float64Array; norm: number; scale: number } {
+  const values = itemDelta(base, local);
+  const { norm, scale } = clipL2(values, clip);
+  addGaussianNoise(values, std, uniform);
+  return { values, norm, scale };
+}
+
+/**
  * Unbiased stochastic rounding to `bits` per coordinate with one float32 scale (the block's largest
  * magnitude) per block: E[decoded] = value exactly, and the added error per coordinate is at most
  * one step (variance ≤ step²/4, step = scale / L). Nothing is clamped, so nothing is biased.
@@ -155,9 +178,7 @@ export function buildClientUpdate(base: ItemTable, local: ItemTable, opts: Clien
     throw new ValidationError('bits', `must be an integer 2..8, got ${bits} (a ${n} × ${dim} table may not fit the upload budget)`);
   }
   const uniform = opts.uniform ?? cryptoUniform();
-  const delta = itemDelta(base, local);
-  const { norm, scale } = clipL2(delta, opts.clip);
-  addGaussianNoise(delta, opts.noiseMultiplier * opts.clip, uniform);
+  const { values: delta, norm, scale } = noisedDelta(base, local, opts.clip, opts.noiseMultiplier * opts.clip, uniform);
   const { scales, codes } = quantizeStochastic(delta, n, dim, bits, blockSize, uniform);
   let nonce = opts.nonce;
   if (!nonce) {

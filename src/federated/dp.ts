@@ -276,10 +276,15 @@ export class RdpAccountant {
     return rdpToEpsilon(this.orders, this.rdp.map((r, i) => r + c[i]!), delta).epsilon;
   }
 
+  /** Whether one more release keeps ε within `budget`. */
+  canSpend(noiseMultiplier: number, budget: number, delta = DEFAULT_DELTA, samplingRate = 1): boolean {
+    return this.epsilonAfter(noiseMultiplier, samplingRate, 1, delta) <= budget;
+  }
+
   /** Throws {@link PrivacyBudgetError} if one more release would push ε past `budget`. */
   assertCanSpend(noiseMultiplier: number, budget: number, delta = DEFAULT_DELTA, samplingRate = 1): void {
-    const next = this.epsilonAfter(noiseMultiplier, samplingRate, 1, delta);
-    if (next > budget) {
+    if (!this.canSpend(noiseMultiplier, budget, delta, samplingRate)) {
+      const next = this.epsilonAfter(noiseMultiplier, samplingRate, 1, delta);
       throw new PrivacyBudgetError(
         `privacy budget exhausted: one more sync with noise multiplier ${noiseMultiplier} would bring ε to ${next.toFixed(3)} (δ = ${delta}), above the budget ε = ${budget}; ε spent so far ${this.epsilon(delta).toFixed(3)}`,
       );

@@ -30,6 +30,7 @@
  */
 import { ValidationError } from '../errors.js';
 import type { UniformSource } from './dp.js';
+import { toHex } from './wire.js';
 
 /** What the server announces in `GET /v1/config` under `secureAggregation`. */
 export interface SecAggParams {
@@ -347,7 +348,7 @@ export async function maskValues(
   if (!(o.index >= 0 && o.index < K)) throw new ValidationError('cohort.index', `must be 0..${K - 1}, got ${o.index}`);
   const seen = new Set<string>();
   for (const k of o.publicKeys) {
-    const hex = Array.from(k, (b) => b.toString(16).padStart(2, '0')).join('');
+    const hex = toHex(k);
     if (seen.has(hex)) throw new ValidationError('cohort.keys', 'holds the same public key twice: a cohort must have K distinct members');
     seen.add(hex);
   }

@@ -390,7 +390,7 @@ export async function simulate(split: Split, o: SimulateOptions): Promise<Simula
       const c = { sent: 0, nothing: 0, skipped: 0 };
       if (secure) {
         // Cohorts must fill: draw M devices among those that can send (budget left, ≥ 2 items).
-        const eligible = order.filter((u) => histories[u]!.itemIds.length >= 2 && accountants[u]!.epsilonAfter(o.noiseMultiplier, 1, 1, delta) <= o.budget);
+        const eligible = order.filter((u) => histories[u]!.itemIds.length >= 2 && accountants[u]!.canSpend(o.noiseMultiplier, o.budget, delta));
         if (eligible.length < M) {
           log(`round ${r}: only ${eligible.length} devices can still send, fewer than ${M}; stopping`);
           break;

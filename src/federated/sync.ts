@@ -7,10 +7,10 @@
 import { NetworkError, ValidationError } from '../errors.js';
 import { cloneItemTable, type ItemTable } from '../model/item-table.js';
 import { trainItemTable, type Sequence, type TrainConfig } from '../model/train.js';
-import { buildClientUpdate, itemDelta } from './client-update.js';
-import { addGaussianNoise, clipL2, cryptoUniform, DEFAULT_DELTA, type RdpAccountant } from './dp.js';
+import { buildClientUpdate, noisedDelta } from './client-update.js';
+import { cryptoUniform, DEFAULT_DELTA, type RdpAccountant } from './dp.js';
 import { checkSecAggParams, encodeFixedPoint, encodeMaskedUpdate, maskValues, secAggKeyPair, type SecAggParams } from './secagg.js';
-import { decodeModel, fromHex, sha256, toHex } from './wire.js';
+import { bytesEqual, decodeModel, fromHex, sha256, toHex } from './wire.js';
 
 /** Server settings from `GET /v1/config` that the client needs. */
 export interface ServerConfig {
@@ -254,10 +254,8 @@ async function sendMasked(
 ): Promise<SyncResult> {
   const now = o.now ?? Date.now;
   const K = sa.cohortSize;
-  const values = itemDelta(global, local);
-  clipL2(values, config.clip);
   const uniform = cryptoUniform();
-  addGaussianNoise(values, (config.noiseMultiplier * config.clip) / Math.sqrt(K), uniform);
+  const { values } = noisedDelta(global, local, config.clip, (config.noiseMultiplier * config.clip) / Math.sqrt(K), uniform);
   const encoded = encodeFixedPoint(values, sa.step, sa.bits, uniform);
 
   const keys = await secAggKeyPair();
@@ -280,7 +278,7 @@ async function sendMasked(
   }
   const publicKeys = (view.keys ?? []).map(fromHex);
   if (publicKeys.length !== K) throw new ValidationError('cohort.keys', `has ${publicKeys.length} keys, the cohort size is ${K}`);
-  if (toHex(publicKeys[joined.index] ?? new Uint8Array()) !== toHex(keys.publicKey)) {
+  if (!bytesEqual(publicKeys[joined.index] ?? new Uint8Array(), keys.publicKey)) {
     throw new ValidationError('cohort.keys', `member ${joined.index} is not this device's key: the server changed the cohort`);
   }
   const cohortId = fromHex(joined.cohort);

@@ -97,6 +97,9 @@ export function register(program: Command): void {
         };
         offers = await verifyOfferCatalog(await read(o.offers, '--offers'), (await read(o.offersKey, '--offers-key')) as JsonWebKey);
       }
+      if (!o.secureAggregation && (o.secaggBits !== undefined || o.secaggRange !== undefined || o.secaggDegree !== undefined)) {
+        throw new ValidationError('--secagg-bits', '--secagg-* options need --secure-aggregation');
+      }
       const perMinute = o.rateLimit as number;
       const crash = process.env.LOCALREC_FAULT;
       const server = await startServer({
@@ -123,11 +126,7 @@ export function register(program: Command): void {
                 timeoutMs: Math.round((o.cohortTimeout as number) * 1000),
               },
             }
-          : o.secaggBits !== undefined || o.secaggRange !== undefined || o.secaggDegree !== undefined
-            ? (() => {
-                throw new ValidationError('--secagg-bits', '--secagg-* options need --secure-aggregation');
-              })()
-            : {}),
+          : {}),
         rateLimit: perMinute > 0 ? { perMinute, burst: Math.max(1, Math.ceil(perMinute / 3)) } : false,
         ...(typeof o.static === 'string' ? { staticDir: o.static } : {}),
         ...(offers ? { offers } : {}),
