@@ -49,6 +49,7 @@ export interface SimulateCommandOptions extends CsvFlags {
   secaggRange?: string;
   secaggDegree?: string;
   init: string;
+  backend: string;
   writeCatalog?: string;
 }
 
@@ -100,6 +101,7 @@ export function register(program: Command, io: SimulateIo = PROCESS_IO): void {
     .option('--secagg-bits <b>', 'secure aggregation: bits per coordinate (default the widest within 64 KiB)')
     .option('--secagg-range <r>', "secure aggregation: a cohort sum's coordinate must stay within ±r (default 8·C·max(1, σ))")
     .option('--secagg-degree <d>', 'secure aggregation: mask neighbours per device, even (default min(16, K − 1 rounded up))')
+    .option('--backend <name>', 'TensorFlow.js backend for training and scoring: wasm|cpu (same figures; cpu is slower)', 'wasm')
     .option('--init <init>', 'initial global model: popularity (biases from item counts the shop knows) | flat', 'popularity')
     .option('--write-catalog <file>', "write the data set's catalog (ids, training counts) for `localrec serve --catalog` and exit; for --server URL")
     .action(async (opts: SimulateCommandOptions) => {
@@ -155,6 +157,8 @@ export async function runSimulate(opts: SimulateCommandOptions, io: SimulateIo):
   }
   const denoise = opts.denoise ?? 'none';
   if (denoise !== 'none' && denoise !== 'rows') throw new ValidationError('--denoise', `must be none or rows, got '${denoise}'`);
+  const backend = opts.backend;
+  if (backend !== 'wasm' && backend !== 'cpu') throw new ValidationError('--backend', `must be wasm or cpu, got '${backend}'`);
   const init = opts.init;
   if (init !== 'popularity' && init !== 'flat') throw new ValidationError('--init', `must be popularity or flat, got '${init}'`);
   const localTrain: Record<string, number> = { epochs: posInt('--local-epochs', opts.localEpochs) };
@@ -209,6 +213,7 @@ export async function runSimulate(opts: SimulateCommandOptions, io: SimulateIo):
     ...(secureAggregation ? { secureAggregation } : {}),
     denoise,
     init,
+    backend,
     data,
     onLine: (line) => {
       progress.done();

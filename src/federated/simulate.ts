@@ -64,6 +64,8 @@ export interface SimulateOptions {
   temperature?: number;
   /** Local training on the device (merged over syncOnce's `{ epochs: 2 }`). */
   localTrain?: Partial<TrainConfig>;
+  /** TensorFlow.js backend for local training, scoring and the central model: `wasm` (default) or `cpu` (same figures, slower). */
+  backend?: 'wasm' | 'cpu';
   /** Initial global model: popularity biases from training counts (default) or flat. */
   init?: 'popularity' | 'flat';
   /** Also train the same model centrally (no DP) for the comparison ratio. */
@@ -315,8 +317,11 @@ export async function simulate(split: Split, o: SimulateOptions): Promise<Simula
   const progress = o.onProgress ?? (() => {});
   const data = o.data ?? '';
 
+  const backend = o.backend ?? 'wasm';
+  if (backend !== 'wasm' && backend !== 'cpu') throw new ValidationError('backend', `must be wasm or cpu, got '${String(backend)}'`);
   const tf = await import('../model/tf.js');
-  await tf.setBackend('cpu');
+  if (backend === 'wasm') await import('@tensorflow/tfjs-backend-wasm');
+  await tf.setBackend(backend);
   await tf.ready();
 
   const nUsers = split.userIds.length;
@@ -474,7 +479,7 @@ export async function simulate(split: Split, o: SimulateOptions): Promise<Simula
     let central: CentralResult | undefined;
     if (o.central) {
       const epochs = typeof o.central === 'object' && o.central.epochs ? o.central.epochs : 4;
-      central = await trainCentral(split, { dim: o.dim, seed: o.seed, epochs, weighting, temperature, k, data, localTrain: o.localTrain, onProgress: progress });
+      central = await trainCentral(split, { dim: o.dim, seed: o.seed, epochs, weighting, temperature, k, data, localTrain: o.localTrain, backend, onProgress: progress });
     }
     const final: SimFinalLine = {
       final: true,
@@ -569,6 +574,7 @@ export async function trainCentral(
     k: number;
     data: string;
     localTrain?: Partial<TrainConfig> | undefined;
+    backend?: 'wasm' | 'cpu';
     onProgress?: (stage: string, f: number) => void;
   },
 ): Promise<CentralResult> {
@@ -584,7 +590,7 @@ export async function trainCentral(
     l2: lt.l2,
     maxContext: lt.maxContext,
     temperature: o.temperature,
-    backend: 'cpu',
+    backend: o.backend ?? 'wasm',
     seed: o.seed,
     weighting: o.weighting,
   });

@@ -218,20 +218,45 @@ export async function trainItemTable(
       }
 
       const { loss, gCtx, gCand, gBias } = tf.tidy(() => {
-        const tCtxW = tf.tensor3d(ctxW, [B, L, 1]);
+        // No op below broadcasts: the CPU backend's broadcasting binary ops index every element
+        // through generic strides and dominated training time. Row sums and the bias term are
+        // matMuls against ones, and the context mean is a batched matMul.
+        const tW = tf.tensor3d(ctxW, [B, 1, L]);
+        const onesB = tf.ones([B, 1]);
+        const onesC = tf.ones([C, 1]);
         const tOneHot = tf.oneHot(tf.tensor1d(labels, 'int32'), C);
         const tExW = tf.tensor1d(exW);
         const invTemp = 1 / cfg.temperature;
+        /** Logits [B, C]: (weighted mean of the context rows) · candidateᵀ / T + candidate bias. */
+        const logitsOf = (ctx: tf.Tensor, cand: tf.Tensor, bias: tf.Tensor) => {
+          const z = tf.reshape(tf.matMul(tW, ctx as tf.Tensor3D), [B, d]);
+          const zAug = tf.concat([tf.mul(z, invTemp), onesB], 1);
+          const candAug = tf.concat([cand, tf.reshape(bias, [C, 1])], 1);
+          return tf.matMul(zAug, candAug, false, true);
+        };
+        const rowSum = (x: tf.Tensor) => tf.reshape(tf.matMul(x as tf.Tensor2D, onesC), [B]);
+        // Σx² as square, then a matMul against ones (not dot(x, x): the WASM backend aborts on
+        // the gradient of a matMul whose two inputs are the same tensor).
+        const sumSquares = (x: tf.Tensor) => {
+          const sq = tf.reshape(tf.square(x), [1, -1]) as tf.Tensor2D;
+          return tf.reshape(tf.matMul(sq, tf.ones([sq.shape[1], 1])), []) as tf.Scalar;
+        };
+        const args = [tf.tensor3d(ctxV, [B, L, d]), tf.tensor2d(candV, [C, d]), tf.tensor1d(candB)] as const;
+        // log Σ exp is shifted by each row's largest logit, a constant for the gradient (the
+        // shift cancels in the derivative), so that exp never overflows.
+        const rowMax = tf.max(logitsOf(...args), 1);
+        const shift = tf.matMul(tf.reshape(rowMax, [B, 1]), tf.transpose(onesC));
         const f = (ctx: tf.Tensor, cand: tf.Tensor, bias: tf.Tensor) => {
-          const z = tf.sum(tf.mul(ctx, tCtxW), 1); // [B, d]
-          const logits = tf.add(tf.mul(tf.matMul(z, cand, false, true), invTemp), bias);
+          const logits = logitsOf(ctx, cand, bias);
+          const lse = tf.add(tf.log(rowSum(tf.exp(tf.sub(logits, shift)))), rowMax);
           // Cross-entropy written out: tfjs 4.22's fused losses do not all have gradients on every backend.
-          const ce = tf.sub(tf.logSumExp(logits, 1), tf.sum(tf.mul(logits, tOneHot), 1));
-          const data = tf.div(tf.sum(tf.mul(ce, tExW)), exWSum);
-          const reg = tf.add(tf.sum(tf.square(cand)), tf.sum(tf.square(tf.mul(ctx, tf.cast(tf.greater(tCtxW, 0), 'float32')))));
+          const ce = tf.sub(lse, rowSum(tf.mul(logits, tOneHot)));
+          const data = tf.div(tf.dot(ce, tExW), exWSum);
+          // Context rows without weight are all zero (never filled in ctxV), so they add nothing.
+          const reg = tf.add(sumSquares(cand), sumSquares(ctx));
           return tf.add(data, tf.mul(reg, cfg.l2 / B)) as tf.Scalar;
         };
-        const { value, grads } = tf.valueAndGrads(f)([tf.tensor3d(ctxV, [B, L, d]), tf.tensor2d(candV, [C, d]), tf.tensor1d(candB)]);
+        const { value, grads } = tf.valueAndGrads(f)([...args]);
         return { loss: value, gCtx: grads[0]!, gCand: grads[1]!, gBias: grads[2]! };
       });
       const [lossArr, gCtxArr, gCandArr, gBiasArr] = await Promise.all([loss.data(), gCtx.data(), gCand.data(), gBias.data()]);

@@ -56,6 +56,7 @@ const opts = (o: Partial<SimulateCommandOptions> = {}): SimulateCommandOptions =
   aggregator: 'fedavg',
   serverLr: '1',
   init: 'popularity',
+  backend: 'wasm',
   ...o,
 });
 
@@ -99,5 +100,6 @@ describe('localrec simulate (command)', () => {
     await assert.rejects(run({ noise: '0' }), (e: unknown) => isValidationError(e) && /--budget/.test((e as Error).message));
     await assert.rejects(run({ rounds: '0' }), (e: unknown) => isValidationError(e) && /--rounds/.test((e as Error).message));
     await assert.rejects(run({ server: 'ftp://x' }), (e: unknown) => isValidationError(e) && /--server/.test((e as Error).message));
+    await assert.rejects(run({ backend: 'webgpu' }), (e: unknown) => isValidationError(e) && /--backend/.test((e as Error).message));
   });
 });
