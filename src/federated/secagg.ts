@@ -341,20 +341,34 @@ export function decodeMaskedUpdate(bytes: Uint8Array): MaskedUpdate {
  */
 export async function maskValues(
   encoded: Uint32Array,
-  o: { index: number; cohortId: Uint8Array; publicKeys: readonly Uint8Array[]; privateKey: CryptoKey; params: SecAggParams },
+  o: {
+    index: number;
+    cohortId: Uint8Array;
+    /** All K keys in member order, or (what `?member=` answers) member index → key for this member and its mask neighbours. */
+    publicKeys: readonly Uint8Array[] | ReadonlyMap<number, Uint8Array>;
+    privateKey: CryptoKey;
+    params: SecAggParams;
+  },
 ): Promise<Uint32Array> {
-  const K = o.publicKeys.length;
-  if (K !== o.params.cohortSize) throw new ValidationError('cohort', `has ${K} keys, the server announced cohorts of ${o.params.cohortSize}`);
-  if (!(o.index >= 0 && o.index < K)) throw new ValidationError('cohort.index', `must be 0..${K - 1}, got ${o.index}`);
+  const K = o.params.cohortSize;
+  let keys: ReadonlyMap<number, Uint8Array>;
+  if (Array.isArray(o.publicKeys)) {
+    if (o.publicKeys.length !== K) throw new ValidationError('cohort', `has ${o.publicKeys.length} keys, the server announced cohorts of ${K}`);
+    keys = new Map(o.publicKeys.map((k, i) => [i, k] as const));
+  } else keys = o.publicKeys as ReadonlyMap<number, Uint8Array>;
+  if (!(Number.isInteger(o.index) && o.index >= 0 && o.index < K)) throw new ValidationError('cohort.index', `must be 0..${K - 1}, got ${o.index}`);
   const seen = new Set<string>();
-  for (const k of o.publicKeys) {
+  for (const [j, k] of keys) {
+    if (!(Number.isInteger(j) && j >= 0 && j < K)) throw new ValidationError('cohort.keys', `names member ${j}, outside 0..${K - 1}`);
     const hex = toHex(k);
     if (seen.has(hex)) throw new ValidationError('cohort.keys', 'holds the same public key twice: a cohort must have K distinct members');
     seen.add(hex);
   }
   const out = encoded.slice();
   for (const j of maskNeighbours(o.index, K, o.params.degree)) {
-    const peer = await importPublicKey(o.publicKeys[j]!);
+    const key = keys.get(j);
+    if (!key) throw new ValidationError('cohort.keys', `lacks the key of member ${j}, a mask neighbour of member ${o.index}`);
+    const peer = await importPublicKey(key);
     const mask = await pairMask(o.privateKey, peer, o.cohortId, out.length, o.params.bits);
     addMod(out, mask, o.params.bits, o.index < j ? 1 : -1);
   }

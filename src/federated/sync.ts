@@ -234,7 +234,8 @@ interface CohortView {
   cohort: string;
   size: number;
   status: 'forming' | 'ready' | 'done' | 'aborted';
-  keys?: string[];
+  /** Member index → hex key, for this member and its mask neighbours (`?member=`). */
+  memberKeys?: Record<string, string>;
   reason?: string;
 }
 
@@ -268,7 +269,8 @@ async function sendMasked(
   let view: CohortView;
   let polls = 0;
   for (;;) {
-    const res = await request(o, 'cohort', 'GET', `/v1/secagg/cohorts/${encodeURIComponent(joined.cohort)}`);
+    // Only this member's and its mask neighbours' keys: degree + 1 keys, whatever the cohort size.
+    const res = await request(o, 'cohort', 'GET', `/v1/secagg/cohorts/${encodeURIComponent(joined.cohort)}?member=${joined.index}`);
     view = (await res.json()) as CohortView;
     if (view.status === 'ready') break;
     if (view.status !== 'forming') throw new NetworkError(`cohort ${joined.cohort} is ${view.status}${view.reason ? `: ${view.reason}` : ''}; nothing was sent`, 0);
@@ -276,9 +278,8 @@ async function sendMasked(
     // Poll every pollMs at first, then back off (×1.5, at most 15 s apart) while the cohort forms.
     await sleep(Math.min(pollMs * 1.5 ** polls++, Math.max(pollMs, 15_000)));
   }
-  const publicKeys = (view.keys ?? []).map(fromHex);
-  if (publicKeys.length !== K) throw new ValidationError('cohort.keys', `has ${publicKeys.length} keys, the cohort size is ${K}`);
-  if (!bytesEqual(publicKeys[joined.index] ?? new Uint8Array(), keys.publicKey)) {
+  const publicKeys = new Map(Object.entries(view.memberKeys ?? {}).map(([j, hex]) => [Number(j), fromHex(hex)] as const));
+  if (!bytesEqual(publicKeys.get(joined.index) ?? new Uint8Array(), keys.publicKey)) {
     throw new ValidationError('cohort.keys', `member ${joined.index} is not this device's key: the server changed the cohort`);
   }
   const cohortId = fromHex(joined.cohort);

@@ -180,8 +180,14 @@ export function createApp(rounds: RoundCoordinator, opts: AppOptions): Hono {
     if (!rounds.cohorts) return fail(c, 'wrong-mode', 'secure aggregation is off on this server');
     const co = rounds.cohorts.get(c.req.param('id'));
     if (!co) return fail(c, 'not-found', `no cohort ${c.req.param('id')}`);
+    const m = c.req.query('member');
+    let member: number | undefined;
+    if (m !== undefined) {
+      member = /^\d{1,9}$/.test(m) ? Number(m) : NaN;
+      if (!(member < co.size)) return fail(c, 'malformed', `member must be a member index 0..${co.size - 1}, got '${m.slice(0, 20)}'`);
+    }
     c.header('Cache-Control', 'no-store');
-    return c.json(rounds.cohorts.view(co));
+    return c.json(rounds.cohorts.view(co, member));
   });
 
   app.post(

@@ -9,7 +9,7 @@
  * deleted from storage when the cohort is aborted, or at the next start.
  */
 import type { SecAggParams } from '../federated/secagg.js';
-import { COHORT_ID_BYTES } from '../federated/secagg.js';
+import { COHORT_ID_BYTES, maskNeighbours } from '../federated/secagg.js';
 import { toHex } from '../federated/wire.js';
 
 export type CohortStatus = 'forming' | 'ready' | 'done' | 'aborted';
@@ -20,6 +20,8 @@ export interface Cohort {
   size: number;
   /** Public keys in member order (index = position). */
   keys: Uint8Array[];
+  /** The same keys in hex, in member order, and as a set (to refuse a key twice). */
+  hexKeys: string[];
   keyHex: Set<string>;
   /** Per member, the random token its join was answered with; its upload must carry it. */
   tokens: string[];
@@ -62,13 +64,14 @@ export class CohortRegistry {
     if (!this.open) {
       const idBytes = new Uint8Array(COHORT_ID_BYTES);
       globalThis.crypto.getRandomValues(idBytes);
-      const c: Cohort = { id: toHex(idBytes), idBytes, size: this.params.cohortSize, keys: [], keyHex: new Set(), tokens: [], submitted: new Set(), updateIds: [], status: 'forming', createdAt: this.now() };
+      const c: Cohort = { id: toHex(idBytes), idBytes, size: this.params.cohortSize, keys: [], hexKeys: [], keyHex: new Set(), tokens: [], submitted: new Set(), updateIds: [], status: 'forming', createdAt: this.now() };
       this.cohorts.set(c.id, c);
       this.open = c;
     }
     const c = this.open;
     if (c.keyHex.has(hex)) return { error: 'this public key already joined the cohort being formed; make a fresh key pair per round' };
     c.keys.push(publicKey.slice());
+    c.hexKeys.push(hex);
     c.keyHex.add(hex);
     const token = new Uint8Array(16);
     globalThis.crypto.getRandomValues(token);
@@ -116,15 +119,26 @@ export class CohortRegistry {
     }
   }
 
-  /** Public view for `GET /v1/secagg/cohorts/:id`: keys only once the cohort is full. */
-  view(c: Cohort): { cohort: string; size: number; joined: number; submitted: number; status: CohortStatus; keys?: string[]; published?: number; reason?: string } {
+  /**
+   * Public view for `GET /v1/secagg/cohorts/:id`: keys only once the cohort is full. With
+   * `member`, only that member's key and its mask neighbours' (`memberKeys`, what the device needs:
+   * degree + 1 keys whatever K is); without, all K keys in member order (`keys`, for audits).
+   */
+  view(
+    c: Cohort,
+    member?: number,
+  ): { cohort: string; size: number; joined: number; submitted: number; status: CohortStatus; keys?: string[]; memberKeys?: Record<string, string>; published?: number; reason?: string } {
+    const keysOut = c.status !== 'forming' && c.status !== 'aborted';
     return {
       cohort: c.id,
       size: c.size,
       joined: c.keys.length,
       submitted: c.submitted.size,
       status: c.status,
-      ...(c.status !== 'forming' && c.status !== 'aborted' ? { keys: c.keys.map(toHex) } : {}),
+      ...(keysOut && member === undefined ? { keys: c.hexKeys.slice() } : {}),
+      ...(keysOut && member !== undefined
+        ? { memberKeys: Object.fromEntries([member, ...maskNeighbours(member, c.size, this.params.degree)].map((j) => [String(j), c.hexKeys[j]!])) }
+        : {}),
       ...(c.published !== undefined ? { published: c.published } : {}),
       ...(c.abortReason ? { reason: c.abortReason } : {}),
     };

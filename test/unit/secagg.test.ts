@@ -106,6 +106,13 @@ test('a cohort: every upload alone is masked, the masks cancel exactly in the su
     params.step,
   );
   assert.ok(partial.filter((x, j) => x === partialPlain[j]).length < 10);
+  // Masking needs only the member's mask neighbours' keys (what `?member=` hands out): same result.
+  const hood = (index: number) => new Map([index, ...maskNeighbours(index, K, params.degree)].map((j) => [j, publicKeys[j]!] as const));
+  assert.equal(hood(0).size, 5, 'degree 4: four of the five other members');
+  assert.deepEqual(await maskValues(encoded[0]!, { index: 0, cohortId, publicKeys: hood(0), privateKey: members[0]!.privateKey, params }), masked[0]);
+  const missing = hood(0);
+  missing.delete(maskNeighbours(0, K, params.degree)[2]!);
+  await assert.rejects(maskValues(encoded[0]!, { index: 0, cohortId, publicKeys: missing, privateKey: members[0]!.privateKey, params }), /lacks the key of member/);
   // A cohort that lists one key twice is refused.
   await assert.rejects(
     maskValues(encoded[0]!, { index: 0, cohortId, publicKeys: [publicKeys[0]!, publicKeys[0]!, ...publicKeys.slice(2)], privateKey: members[0]!.privateKey, params }),
@@ -202,6 +209,16 @@ test('secure-aggregation server: refuses plain updates, unknown cohorts, uploads
     const ready = (await (await call(`/v1/secagg/cohorts/${j1.cohort}`)).json()) as { status: string; keys: string[] };
     assert.equal(ready.status, 'ready');
     assert.equal(ready.keys[0], toHex(a.publicKey));
+    // A member asks for its own neighbourhood only: itself and its mask neighbours (here, all 3).
+    const hood = (await (await call(`/v1/secagg/cohorts/${j1.cohort}?member=0`)).json()) as { keys?: string[]; memberKeys: Record<string, string> };
+    assert.equal(hood.keys, undefined);
+    assert.deepEqual(Object.keys(hood.memberKeys).sort(), ['0', '1', '2']);
+    assert.equal(hood.memberKeys['0'], toHex(a.publicKey));
+    for (const bad of ['3', '-1', 'x', '1e1']) {
+      const r = await call(`/v1/secagg/cohorts/${j1.cohort}?member=${bad}`);
+      assert.equal(r.status, 400, `member=${bad}`);
+      assert.equal(((await r.json()) as { reason: string }).reason, 'malformed');
+    }
     const mine = encodeMaskedUpdate({ cohortId: Uint8Array.from(Buffer.from(j1.cohort, 'hex')), index: 0, cohortSize: 3, bits: 32, baseVersion: 0, values: new Uint32Array(length) });
     // Another member (or anyone who learned the cohort id) cannot take member 0's place.
     const hijack = await call('/v1/secagg/updates', { method: 'POST', body: mine, headers: { 'X-Localrec-Cohort-Token': others[0]!.token } });
@@ -381,4 +398,22 @@ test('the server says when fixed-point rounding is a sizeable share of the DP no
   const ok = await createServer({ dataDir: null, initialTable: initialTable(), minClients: 100, clip: 1, noiseMultiplier: 1, rateLimit: false, secureAggregation: { bits: 12 }, log: (l) => quiet.push(l) });
   await ok.storage.close();
   assert.ok(!quiet.some((l) => l.includes('rounding noise')));
+});
+
+test("a member's view of a full cohort holds degree + 1 keys, whatever the cohort size", async () => {
+  const { CohortRegistry } = await import('../../src/server/cohorts.js');
+  const reg = new CohortRegistry({ cohortSize: 40, bits: 8, step: 0.1, degree: 4 }, 60_000, () => 0);
+  const keys = await Promise.all(Array.from({ length: 40 }, () => secAggKeyPair()));
+  let cohort;
+  for (const k of keys) {
+    const r = reg.join(k.publicKey);
+    assert.ok(!('error' in r));
+    cohort = r.cohort;
+  }
+  const view = reg.view(cohort!, 5);
+  assert.equal(view.status, 'ready');
+  assert.equal(view.keys, undefined);
+  assert.deepEqual(Object.keys(view.memberKeys!).map(Number).sort((a, b) => a - b), [3, 4, 5, 6, 7]);
+  for (const [j, hex] of Object.entries(view.memberKeys!)) assert.equal(hex, toHex(keys[Number(j)]!.publicKey));
+  assert.equal(reg.view(cohort!).keys!.length, 40, 'without member: all keys, for audits');
 });
