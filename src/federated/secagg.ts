@@ -344,7 +344,7 @@ export async function maskValues(
   o: {
     index: number;
     cohortId: Uint8Array;
-    /** All K keys in member order, or (what `?member=` answers) member index → key for this member and its mask neighbours. */
+    /** All K keys in member order, or (what `GET /v1/secagg/cohorts/:id/members/:i` answers) member index → key for this member and its mask neighbours. */
     publicKeys: readonly Uint8Array[] | ReadonlyMap<number, Uint8Array>;
     privateKey: CryptoKey;
     params: SecAggParams;

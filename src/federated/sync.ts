@@ -234,7 +234,7 @@ interface CohortView {
   cohort: string;
   size: number;
   status: 'forming' | 'ready' | 'done' | 'aborted';
-  /** Member index → hex key, for this member and its mask neighbours (`?member=`). */
+  /** Member index → hex key, for this member and its mask neighbours (`GET /v1/secagg/cohorts/:id/members/:i`). */
   memberKeys?: Record<string, string>;
   reason?: string;
 }
@@ -270,7 +270,7 @@ async function sendMasked(
   let polls = 0;
   for (;;) {
     // Only this member's and its mask neighbours' keys: degree + 1 keys, whatever the cohort size.
-    const res = await request(o, 'cohort', 'GET', `/v1/secagg/cohorts/${encodeURIComponent(joined.cohort)}?member=${joined.index}`);
+    const res = await request(o, 'cohort', 'GET', `/v1/secagg/cohorts/${encodeURIComponent(joined.cohort)}/members/${joined.index}`);
     view = (await res.json()) as CohortView;
     if (view.status === 'ready') break;
     if (view.status !== 'forming') throw new NetworkError(`cohort ${joined.cohort} is ${view.status}${view.reason ? `: ${view.reason}` : ''}; nothing was sent`, 0);

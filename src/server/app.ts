@@ -176,19 +176,21 @@ export function createApp(rounds: RoundCoordinator, opts: AppOptions): Hono {
     },
   );
 
-  app.get('/v1/secagg/cohorts/:id', (c) => {
+  const cohortView = (c: Context, memberParam?: string) => {
     if (!rounds.cohorts) return fail(c, 'wrong-mode', 'secure aggregation is off on this server');
-    const co = rounds.cohorts.get(c.req.param('id'));
+    const co = rounds.cohorts.get(c.req.param('id') ?? '');
     if (!co) return fail(c, 'not-found', `no cohort ${c.req.param('id')}`);
-    const m = c.req.query('member');
     let member: number | undefined;
-    if (m !== undefined) {
-      member = /^\d{1,9}$/.test(m) ? Number(m) : NaN;
-      if (!(member < co.size)) return fail(c, 'malformed', `member must be a member index 0..${co.size - 1}, got '${m.slice(0, 20)}'`);
+    if (memberParam !== undefined) {
+      member = /^\d{1,9}$/.test(memberParam) ? Number(memberParam) : NaN;
+      if (!(member < co.size)) return fail(c, 'malformed', `member must be a member index 0..${co.size - 1}, got '${memberParam.slice(0, 20)}'`);
     }
     c.header('Cache-Control', 'no-store');
     return c.json(rounds.cohorts.view(co, member));
-  });
+  };
+  app.get('/v1/secagg/cohorts/:id', (c) => cohortView(c));
+  // A member's own view: its key and its mask neighbours' (a path, not a query: no request of the SDK carries a query string).
+  app.get('/v1/secagg/cohorts/:id/members/:member', (c) => cohortView(c, c.req.param('member')));
 
   app.post(
     '/v1/secagg/updates',

@@ -122,7 +122,7 @@ export class CohortRegistry {
   /**
    * Public view for `GET /v1/secagg/cohorts/:id`: keys only once the cohort is full. With
    * `member`, only that member's key and its mask neighbours' (`memberKeys`, what the device needs:
-   * degree + 1 keys whatever K is); without, all K keys in member order (`keys`, for audits).
+   * degree + 1 keys whatever K is); without one, all K keys in member order (`keys`, for audits).
    */
   view(
     c: Cohort,

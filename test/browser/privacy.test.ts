@@ -160,10 +160,10 @@ describe('privacy in Chromium', () => {
       assert.equal(secure.rounds.version, 1, "the cohort's sum was published");
 
       const api = requests.filter((q) => q.url().includes('/v1/'));
-      const paths = api.map((q) => `${q.method()} ${new URL(q.url()).pathname.replace(/[0-9a-f]{32}$/, ':id')}`);
+      const paths = api.map((q) => `${q.method()} ${new URL(q.url()).pathname.replace(/[0-9a-f]{32}(\/members\/\d+)?$/, (_, m) => (m ? ':id/members/:index' : ':id'))}`);
       assert.deepEqual(paths.slice(0, 3), ['GET /v1/config', 'GET /v1/model', 'POST /v1/secagg/join']);
       assert.equal(paths.at(-1), 'POST /v1/secagg/updates');
-      assert.ok(paths.slice(3, -1).length >= 1 && paths.slice(3, -1).every((p) => p === 'GET /v1/secagg/cohorts/:id'), paths.join(', '));
+      assert.ok(paths.slice(3, -1).length >= 1 && paths.slice(3, -1).every((p) => p === 'GET /v1/secagg/cohorts/:id/members/:index'), paths.join(', '));
       const join = api[2]!.postDataBuffer()!;
       assert.equal(join.length, 65);
       assert.equal(join[0], 0x04, 'the join body is one uncompressed P-256 public key');

@@ -106,7 +106,7 @@ test('a cohort: every upload alone is masked, the masks cancel exactly in the su
     params.step,
   );
   assert.ok(partial.filter((x, j) => x === partialPlain[j]).length < 10);
-  // Masking needs only the member's mask neighbours' keys (what `?member=` hands out): same result.
+  // Masking needs only the member's mask neighbours' keys (what `/v1/secagg/cohorts/:id/members/:i` hands out): same result.
   const hood = (index: number) => new Map([index, ...maskNeighbours(index, K, params.degree)].map((j) => [j, publicKeys[j]!] as const));
   assert.equal(hood(0).size, 5, 'degree 4: four of the five other members');
   assert.deepEqual(await maskValues(encoded[0]!, { index: 0, cohortId, publicKeys: hood(0), privateKey: members[0]!.privateKey, params }), masked[0]);
@@ -210,13 +210,13 @@ test('secure-aggregation server: refuses plain updates, unknown cohorts, uploads
     assert.equal(ready.status, 'ready');
     assert.equal(ready.keys[0], toHex(a.publicKey));
     // A member asks for its own neighbourhood only: itself and its mask neighbours (here, all 3).
-    const hood = (await (await call(`/v1/secagg/cohorts/${j1.cohort}?member=0`)).json()) as { keys?: string[]; memberKeys: Record<string, string> };
+    const hood = (await (await call(`/v1/secagg/cohorts/${j1.cohort}/members/0`)).json()) as { keys?: string[]; memberKeys: Record<string, string> };
     assert.equal(hood.keys, undefined);
     assert.deepEqual(Object.keys(hood.memberKeys).sort(), ['0', '1', '2']);
     assert.equal(hood.memberKeys['0'], toHex(a.publicKey));
     for (const bad of ['3', '-1', 'x', '1e1']) {
-      const r = await call(`/v1/secagg/cohorts/${j1.cohort}?member=${bad}`);
-      assert.equal(r.status, 400, `member=${bad}`);
+      const r = await call(`/v1/secagg/cohorts/${j1.cohort}/members/${bad}`);
+      assert.equal(r.status, 400, `members/${bad}`);
       assert.equal(((await r.json()) as { reason: string }).reason, 'malformed');
     }
     const mine = encodeMaskedUpdate({ cohortId: Uint8Array.from(Buffer.from(j1.cohort, 'hex')), index: 0, cohortSize: 3, bits: 32, baseVersion: 0, values: new Uint32Array(length) });
