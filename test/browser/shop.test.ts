@@ -165,12 +165,16 @@ describe('demo shop', () => {
     // Privacy panel: the audit written out, and its figures equal what this test did and saw.
     await page.click('#open-privacy');
     await page.waitForFunction(() => document.querySelector('#privacy-counts tr[data-type="offer_redeemed"] td')?.textContent === '1', null, { timeout: 10_000 });
-    // Offers shown after a redemption are new impressions: wait until the shelf has settled, then
-    // read the whole table from one rendering.
+    // Offers shown after a redemption are new impressions, and impressions are events that can start
+    // a training run whose refresh shows other offers: wait until no training runs and the shelf
+    // has settled, then read the whole table from one rendering.
     let counts: Record<string, number> = {};
+    const idle = () => page.waitForFunction(() => !(document.getElementById('train-now') as HTMLButtonElement).disabled, null, { timeout: 30_000 });
     for (let i = 0; i < 20; i++) {
+      await idle();
       const offersNow = await page.evaluate(() => document.body.dataset.offers);
       await page.waitForTimeout(400);
+      await idle();
       counts = await page.$$eval('#privacy-counts tr', (trs) =>
         Object.fromEntries(trs.map((tr) => [(tr as HTMLElement).dataset.type ?? 'total', Number(tr.querySelector('td')?.textContent)])),
       );
