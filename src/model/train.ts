@@ -245,7 +245,7 @@ export async function trainItemTable(
         // log Σ exp is shifted by each row's largest logit, a constant for the gradient (the
         // shift cancels in the derivative), so that exp never overflows.
         const rowMax = tf.max(logitsOf(...args), 1);
-        const shift = tf.matMul(tf.reshape(rowMax, [B, 1]), tf.transpose(onesC));
+        const shift = tf.matMul(tf.reshape(rowMax, [B, 1]), tf.ones([1, C]));
         const f = (ctx: tf.Tensor, cand: tf.Tensor, bias: tf.Tensor) => {
           const logits = logitsOf(ctx, cand, bias);
           const lse = tf.add(tf.log(rowSum(tf.exp(tf.sub(logits, shift)))), rowMax);

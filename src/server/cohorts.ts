@@ -20,8 +20,6 @@ export interface Cohort {
   size: number;
   /** Public keys in member order (index = position). */
   keys: Uint8Array[];
-  /** The same keys in hex, in member order, and as a set (to refuse a key twice). */
-  hexKeys: string[];
   keyHex: Set<string>;
   /** Per member, the random token its join was answered with; its upload must carry it. */
   tokens: string[];
@@ -64,14 +62,13 @@ export class CohortRegistry {
     if (!this.open) {
       const idBytes = new Uint8Array(COHORT_ID_BYTES);
       globalThis.crypto.getRandomValues(idBytes);
-      const c: Cohort = { id: toHex(idBytes), idBytes, size: this.params.cohortSize, keys: [], hexKeys: [], keyHex: new Set(), tokens: [], submitted: new Set(), updateIds: [], status: 'forming', createdAt: this.now() };
+      const c: Cohort = { id: toHex(idBytes), idBytes, size: this.params.cohortSize, keys: [], keyHex: new Set(), tokens: [], submitted: new Set(), updateIds: [], status: 'forming', createdAt: this.now() };
       this.cohorts.set(c.id, c);
       this.open = c;
     }
     const c = this.open;
     if (c.keyHex.has(hex)) return { error: 'this public key already joined the cohort being formed; make a fresh key pair per round' };
     c.keys.push(publicKey.slice());
-    c.hexKeys.push(hex);
     c.keyHex.add(hex);
     const token = new Uint8Array(16);
     globalThis.crypto.getRandomValues(token);
@@ -135,9 +132,9 @@ export class CohortRegistry {
       joined: c.keys.length,
       submitted: c.submitted.size,
       status: c.status,
-      ...(keysOut && member === undefined ? { keys: c.hexKeys.slice() } : {}),
+      ...(keysOut && member === undefined ? { keys: c.keys.map(toHex) } : {}),
       ...(keysOut && member !== undefined
-        ? { memberKeys: Object.fromEntries([member, ...maskNeighbours(member, c.size, this.params.degree)].map((j) => [String(j), c.hexKeys[j]!])) }
+        ? { memberKeys: Object.fromEntries([member, ...maskNeighbours(member, c.size, this.params.degree)].map((j) => [String(j), toHex(c.keys[j]!)])) }
         : {}),
       ...(c.published !== undefined ? { published: c.published } : {}),
       ...(c.abortReason ? { reason: c.abortReason } : {}),
