@@ -2,9 +2,10 @@
  * Builds the one thing a device uploads: its item-side model delta, clipped, noised and quantized.
  *
  * Pure (no I/O), so the browser worker, the simulation and the tests run the same code. The update
- * is dense: it has a value for every factor and every bias of the whole table, and noise of std σ·C
- * is added to every one of them, so rows the shopper never touched are indistinguishable from rows
- * they did touch (see docs/protocol.md, "Leakage").
+ * is dense: it has a value for every factor and every bias of the part of the table the server
+ * trains (by default the whole table; see {@link TrainedPart}), and noise of std σ·C is added to
+ * every one of them, so rows the shopper never touched are indistinguishable from rows they did
+ * touch (see docs/protocol.md, "Leakage").
  */
 import { ValidationError } from '../errors.js';
 import type { ItemTable } from '../model/item-table.js';
@@ -34,6 +35,8 @@ export interface ClientUpdateOptions {
   blockSize?: number;
   /** Uniform source for noise and stochastic rounding; default `crypto.getRandomValues`. */
   uniform?: UniformSource;
+  /** The part of the table the update covers (server config `trainRows`, `trainBiases`); default all of it. */
+  part?: TrainedPart;
   /** Nonce; default 16 bytes from `crypto.getRandomValues`. */
   nonce?: Uint8Array;
 }
@@ -62,26 +65,94 @@ function checkSameShape(base: ItemTable, local: ItemTable): void {
 }
 
 /**
- * The dense item-side delta `local − base`: all factors row-major, then all biases.
+ * The part of the item table that federated training updates (server config `trainRows` and
+ * `trainBiases`): the factors of the first `rows` rows and, when `biases`, their biases. The rest of
+ * the table stays as the shop published it.
+ */
+export interface TrainedPart {
+  rows: number;
+  biases: boolean;
+}
+
+/** The whole table: every row, factors and biases. */
+export function wholeTable(table: Pick<ItemTable, 'itemIds'>): TrainedPart {
+  return { rows: table.itemIds.length, biases: true };
+}
+
+/**
+ * Checks a trained part against a table of `itemCount` rows.
+ *
+ * @example
+ * ```ts
+ * checkTrainedPart({ rows: 2000, biases: false }, 3665); // ok
+ * ```
+ */
+export function checkTrainedPart(part: TrainedPart, itemCount: number, field = 'trainRows'): TrainedPart {
+  if (!Number.isInteger(part.rows) || part.rows < 1 || part.rows > itemCount) {
+    throw new ValidationError(field, `must be an integer from 1 to the table's ${itemCount} rows, got ${part.rows}`);
+  }
+  if (typeof part.biases !== 'boolean') throw new ValidationError('trainBiases', `must be true or false, got ${String(part.biases)}`);
+  return part;
+}
+
+/** Values a secure-aggregation update carries: the trained factors, then the trained biases. */
+export function trainedLength(part: TrainedPart, dim: number): number {
+  return part.rows * dim + (part.biases ? part.rows : 0);
+}
+
+/**
+ * The item-side delta `local − base` over the trained part: the factors of its rows, row-major,
+ * then (with `biasSection`, by default when the part trains biases) one value per row for the
+ * biases, zero when the part leaves them alone. A plain update always has the bias section (its
+ * wire format does), a masked one only when biases are trained.
  *
  * @example
  * ```ts
  * itemDelta(base, trained).length === base.itemIds.length * (base.dim + 1); // true
+ * itemDelta(base, trained, { rows: 10, biases: false }).length === 10 * base.dim; // true
  * ```
  */
-export function itemDelta(base: ItemTable, local: ItemTable): Float64Array {
+export function itemDelta(base: ItemTable, local: ItemTable, part: TrainedPart = wholeTable(base), biasSection = part.biases): Float64Array {
   checkSameShape(base, local);
-  const nf = base.factors.length;
-  const out = new Float64Array(nf + base.bias.length);
+  checkTrainedPart(part, base.itemIds.length);
+  const nf = part.rows * base.dim;
+  const out = new Float64Array(nf + (biasSection ? part.rows : 0));
   for (let i = 0; i < nf; i++) out[i] = local.factors[i]! - base.factors[i]!;
-  for (let i = 0; i < base.bias.length; i++) out[nf + i] = local.bias[i]! - base.bias[i]!;
+  if (biasSection && part.biases) for (let i = 0; i < part.rows; i++) out[nf + i] = local.bias[i]! - base.bias[i]!;
   return out;
 }
 
 /**
- * The DP release of a device's training: `local − base` over the whole table, clipped to L2 ≤ C,
- * plus N(0, std²) on every coordinate. `std` is σ·C for a plain update and σ·C/√K for a device's
- * share of a secure-aggregation cohort's noise.
+ * The inverse of {@link itemDelta} on the server: a combined delta over the trained part, laid out
+ * over the whole table (`itemCount·(dim+1)`: all factors, then all biases), zero where the part
+ * does not reach. A bias section the part does not train (a plain update always carries one) is
+ * dropped.
+ *
+ * @example
+ * ```ts
+ * expandDelta(mean, { rows: 2000, biases: false }, 3665, 16).length === 3665 * 17; // true
+ * ```
+ */
+export function expandDelta(values: Float64Array, part: TrainedPart, itemCount: number, dim: number): Float64Array {
+  const nf = part.rows * dim;
+  if (values.length !== nf && values.length !== nf + part.rows) {
+    throw new ValidationError('delta', `has ${values.length} values; ${part.rows} rows × ${dim} need ${nf} or ${nf + part.rows}`);
+  }
+  if (part.rows === itemCount && part.biases && values.length === nf + part.rows) return values;
+  const out = new Float64Array(itemCount * (dim + 1));
+  out.set(values.subarray(0, nf));
+  if (part.biases) {
+    if (values.length !== nf + part.rows) throw new ValidationError('delta', `has no bias section, and the trained part includes the biases`);
+    out.set(values.subarray(nf), itemCount * dim);
+  }
+  return out;
+}
+
+/**
+ * The DP release of a device's training: `local − base` over the trained part, clipped to L2 ≤ C,
+ * plus N(0, std²) on every coordinate (a bias section the part does not train gets noise only).
+ * `std` is σ·C for a plain update and σ·C/√K for a device's share of a secure-aggregation cohort's
+ * noise.
  *
  * @example
  * ```ts
@@ -94,8 +165,10 @@ export function noisedDelta(
   clip: number,
   std: number,
   uniform: UniformSource,
+  part: TrainedPart = wholeTable(base),
+  biasSection = part.biases,
 ): { values: Float64Array; norm: number; scale: number } {
-  const values = itemDelta(base, local);
+  const values = itemDelta(base, local, part, biasSection);
   const { norm, scale } = clipL2(values, clip);
   addGaussianNoise(values, std, uniform);
   return { values, norm, scale };
@@ -166,7 +239,9 @@ export function quantizeStochastic(
  * ```
  */
 export function buildClientUpdate(base: ItemTable, local: ItemTable, opts: ClientUpdateOptions): ClientUpdate {
-  const n = base.itemIds.length;
+  const part = opts.part ?? wholeTable(base);
+  // The update covers the part's rows: its header says so, and it always has their bias section.
+  const n = part.rows;
   const dim = base.dim;
   if (opts.baseHash?.length !== HASH_BYTES) throw new ValidationError('baseHash', `must be ${HASH_BYTES} bytes`);
   if (!Number.isFinite(opts.noiseMultiplier) || opts.noiseMultiplier < 0) {
@@ -178,7 +253,7 @@ export function buildClientUpdate(base: ItemTable, local: ItemTable, opts: Clien
     throw new ValidationError('bits', `must be an integer 2..8, got ${bits} (a ${n} × ${dim} table may not fit the upload budget)`);
   }
   const uniform = opts.uniform ?? cryptoUniform();
-  const { values: delta, norm, scale } = noisedDelta(base, local, opts.clip, opts.noiseMultiplier * opts.clip, uniform);
+  const { values: delta, norm, scale } = noisedDelta(base, local, opts.clip, opts.noiseMultiplier * opts.clip, uniform, part, true);
   const { scales, codes } = quantizeStochastic(delta, n, dim, bits, blockSize, uniform);
   let nonce = opts.nonce;
   if (!nonce) {

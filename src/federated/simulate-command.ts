@@ -45,6 +45,8 @@ export interface SimulateCommandOptions extends CsvFlags {
   serverLr: string;
   secureAggregation?: boolean;
   denoise?: string;
+  trainRows?: string;
+  freezeBiases?: boolean;
   secaggBits?: string;
   secaggRange?: string;
   secaggDegree?: string;
@@ -97,6 +99,8 @@ export function register(program: Command, io: SimulateIo = PROCESS_IO): void {
     .option('--trim <fraction>', 'server: trimmed-mean share dropped from each end, in [0, 0.5) (default 0.1)')
     .option('--server-lr <lr>', 'server: FedAvg learning rate', '1')
     .option('--denoise <how>', "server: 'rows' shrinks each item row of a round's delta for the known noise (James–Stein; post-processing), or 'none'", 'none')
+    .option('--train-rows <n>', 'server: federated training updates only the n most popular items (the rest keep their initial values); uploads shrink with it (default all)')
+    .option('--freeze-biases', "server: keep the initial popularity biases (the shop's own sales counts) and federate the factors only")
     .option('--secure-aggregation', 'server and devices: cohorts of --min-clients with masked uploads and distributed noise (each device adds σC/√K)')
     .option('--secagg-bits <b>', 'secure aggregation: bits per coordinate (default the widest within 64 KiB)')
     .option('--secagg-range <r>', "secure aggregation: a cohort sum's coordinate must stay within ±r (default 8·C·max(1, σ))")
@@ -157,6 +161,7 @@ export async function runSimulate(opts: SimulateCommandOptions, io: SimulateIo):
   }
   const denoise = opts.denoise ?? 'none';
   if (denoise !== 'none' && denoise !== 'rows') throw new ValidationError('--denoise', `must be none or rows, got '${denoise}'`);
+  const trainRows = opts.trainRows === undefined ? undefined : posInt('--train-rows', opts.trainRows);
   const backend = opts.backend;
   if (backend !== 'wasm' && backend !== 'cpu') throw new ValidationError('--backend', `must be wasm or cpu, got '${backend}'`);
   const init = opts.init;
@@ -212,6 +217,8 @@ export async function runSimulate(opts: SimulateCommandOptions, io: SimulateIo):
     serverLearningRate,
     ...(secureAggregation ? { secureAggregation } : {}),
     denoise,
+    ...(trainRows !== undefined ? { trainRows } : {}),
+    ...(opts.freezeBiases ? { trainBiases: false } : {}),
     init,
     backend,
     data,

@@ -41,6 +41,13 @@ export interface SimulateOptions {
   /** Server: shrink each item row of a round's delta for the known noise (see `createServer`). */
   denoise?: 'none' | 'rows';
   /**
+   * Server: federated training updates only the `trainRows` most popular items (by training count;
+   * the initial table is ordered that way when this is set). Default all.
+   */
+  trainRows?: number;
+  /** Server: `false` keeps the initial popularity biases and trains the factors only. Default true. */
+  trainBiases?: boolean;
+  /**
    * Secure aggregation with distributed noise (server option of the same name): cohorts of
    * `minClients` devices, each adding N(0, (σC)²/K); `clientsPerRound` must be a multiple of K, and
    * the devices of a round are drawn among those that can still send (budget left, data to send).
@@ -124,6 +131,9 @@ export interface SimFinalLine {
   delta: number;
   dim: number;
   minClients: number;
+  /** Rows federated training updates (the most popular items) and whether it trains their biases. */
+  trainRows: number;
+  trainBiases: boolean;
   server: string;
   /** Global model version at the end. */
   version: number;
@@ -227,9 +237,21 @@ export function trainPopularity(split: Split): Float32Array {
   return pop;
 }
 
-/** The model every device starts from: the same initialization as the central `localrec` model. */
-export function initialTable(split: Split, dim: number, seed: number, init: 'popularity' | 'flat' = 'popularity'): ItemTable {
-  return createItemTable(split.itemIds, dim, { seed, ...(init === 'popularity' ? { popularity: trainPopularity(split) } : {}) });
+/**
+ * The model every device starts from: the same initialization as the central `localrec` model.
+ * `order: 'popularity'` puts its rows in descending order of training count (ties in data set
+ * order), each item keeping the values it has in data set order, so the first rows are the ones a
+ * server with `trainRows` trains.
+ */
+export function initialTable(
+  split: Split,
+  dim: number,
+  seed: number,
+  init: 'popularity' | 'flat' = 'popularity',
+  order: 'data' | 'popularity' = 'data',
+): ItemTable {
+  const t = createItemTable(split.itemIds, dim, { seed, ...(init === 'popularity' ? { popularity: trainPopularity(split) } : {}) });
+  return order === 'data' ? t : alignTo(t, catalogOf(split).items.map((it) => it.id));
 }
 
 function positiveInt(name: string, v: number): number {
@@ -270,6 +292,8 @@ async function openServer(o: SimulateOptions, table: ItemTable, log: (m: string)
       ...(o.trimFraction !== undefined ? { trimFraction: o.trimFraction } : {}),
       serverLearningRate: o.serverLearningRate ?? 1,
       ...(o.denoise ? { denoise: o.denoise } : {}),
+      ...(o.trainRows !== undefined ? { trainRows: o.trainRows } : {}),
+      ...(o.trainBiases !== undefined ? { trainBiases: o.trainBiases } : {}),
       ...(o.secureAggregation ? { secureAggregation: o.secureAggregation } : {}),
       rateLimit: false,
       log: (line: string) => log(`server: ${line}`),
@@ -334,7 +358,7 @@ export async function simulate(split: Split, o: SimulateOptions): Promise<Simula
   const accountants = Array.from({ length: nUsers }, () => new RdpAccountant());
   const sentCount = new Int32Array(nUsers);
 
-  const start = initialTable(split, o.dim, o.seed, o.init ?? 'popularity');
+  const start = initialTable(split, o.dim, o.seed, o.init ?? 'popularity', o.trainRows !== undefined ? 'popularity' : 'data');
   const server = await openServer(o, start, log);
   const lines: SimRoundLine[] = [];
   try {
@@ -496,6 +520,8 @@ export async function simulate(split: Split, o: SimulateOptions): Promise<Simula
       delta,
       dim: o.dim,
       minClients: o.minClients,
+      trainRows: o.trainRows ?? split.itemIds.length,
+      trainBiases: o.trainBiases ?? true,
       server: server.label,
       version: held.table.version,
       hr: fin.hr,
@@ -544,10 +570,14 @@ export function alignTo(t: ItemTable, itemIds: readonly string[]): ItemTable {
   return { version: t.version, itemIds: itemIds.slice(), dim: d, factors, bias };
 }
 
-/** The shop's catalog for `localrec serve --catalog`: the data set's items with their training counts. */
+/**
+ * The shop's catalog for `localrec serve --catalog`: the data set's items with their training
+ * counts, most popular first (the order `serve --train-rows` takes its first rows in).
+ */
 export function catalogOf(split: Split): { items: Array<{ id: string; popularity: number }> } {
   const pop = trainPopularity(split);
-  return { items: split.itemIds.map((id, i) => ({ id, popularity: pop[i]! })) };
+  const rows = Array.from(split.itemIds.keys()).sort((a, b) => pop[b]! - pop[a]! || a - b);
+  return { items: rows.map((i) => ({ id: split.itemIds[i]!, popularity: pop[i]! })) };
 }
 
 /** The server's current model (a 304 keeps the held one). */

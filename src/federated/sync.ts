@@ -7,7 +7,7 @@
 import { NetworkError, ValidationError } from '../errors.js';
 import { cloneItemTable, type ItemTable } from '../model/item-table.js';
 import { trainItemTable, type Sequence, type TrainConfig } from '../model/train.js';
-import { buildClientUpdate, noisedDelta } from './client-update.js';
+import { buildClientUpdate, checkTrainedPart, noisedDelta, type TrainedPart } from './client-update.js';
 import { cryptoUniform, DEFAULT_DELTA, type RdpAccountant } from './dp.js';
 import { checkSecAggParams, encodeFixedPoint, encodeMaskedUpdate, maskValues, secAggKeyPair, type SecAggParams } from './secagg.js';
 import { bytesEqual, decodeModel, fromHex, sha256, toHex } from './wire.js';
@@ -24,6 +24,15 @@ export interface ServerConfig {
   minClients: number;
   /** Set when the server runs secure aggregation (uploads are masked, in cohorts). */
   secureAggregation?: (SecAggParams & { timeoutMs?: number }) | null;
+  /** Rows of the table federated training updates: the first `trainRows` (absent: all of them). */
+  trainRows?: number;
+  /** Whether federated training updates the biases (absent: true). */
+  trainBiases?: boolean;
+}
+
+/** The part of the table the server trains, from its config (older servers: the whole table). */
+export function trainedPart(config: ServerConfig): TrainedPart {
+  return { rows: config.trainRows ?? config.items, biases: config.trainBiases ?? true };
 }
 
 /** One request the SDK sent, as kept in the egress log. */
@@ -139,6 +148,9 @@ function checkConfig(c: Partial<ServerConfig>): ServerConfig {
     if (typeof c[k] !== 'number' || !Number.isFinite(c[k])) throw new ValidationError(`server config.${k}`, `must be a number, got ${String(c[k])}`);
   }
   if (c.secureAggregation != null) checkSecAggParams(c.secureAggregation, 'server config.secureAggregation');
+  if (c.trainRows !== undefined || c.trainBiases !== undefined) {
+    checkTrainedPart(trainedPart(c as ServerConfig), c.items!, 'server config.trainRows');
+  }
   return c as ServerConfig;
 }
 
@@ -203,6 +215,7 @@ export async function syncOnce(o: SyncOptions): Promise<SyncResult> {
     noiseMultiplier: config.noiseMultiplier,
     bits: config.bits,
     blockSize: config.blockSize,
+    part: trainedPart(config),
   });
   return upload(o, config, '/v1/updates', update.bytes, { global, globalHash: hash, local }, delta);
 }
@@ -256,7 +269,7 @@ async function sendMasked(
   const now = o.now ?? Date.now;
   const K = sa.cohortSize;
   const uniform = cryptoUniform();
-  const { values } = noisedDelta(global, local, config.clip, (config.noiseMultiplier * config.clip) / Math.sqrt(K), uniform);
+  const { values } = noisedDelta(global, local, config.clip, (config.noiseMultiplier * config.clip) / Math.sqrt(K), uniform, trainedPart(config));
   const encoded = encodeFixedPoint(values, sa.step, sa.bits, uniform);
 
   const keys = await secAggKeyPair();

@@ -5,6 +5,7 @@
  * median; Yin et al. 2018, "Byzantine-Robust Distributed Learning").
  * Pure functions over flat `n·(dim+1)` vectors (factors row-major, then biases).
  */
+import type { TrainedPart } from '../federated/client-update.js';
 import type { ItemTable } from '../model/item-table.js';
 
 export type AggregatorName = 'fedavg' | 'fedadam';
@@ -195,8 +196,9 @@ export function applyFedAdam(
 
 /**
  * Per-item positive-part James–Stein shrinkage of a round's combined delta (Stein 1961; James &
- * Stein 1961): for every item, its d factors and its bias (d + 1 values) are scaled by
- * max(0, 1 − (d + 1)·v / ‖row‖²), v the known noise variance per coordinate of the delta. Rows
+ * Stein 1961): for every trained item, its d factors and its bias (p = d + 1 values; p = d when the
+ * biases are not trained) are scaled by max(0, 1 − p·v / ‖row‖²), v the known noise variance per
+ * coordinate of the delta. Rows outside the trained part are left as they are (zero). Rows
  * that carry nothing but noise (‖row‖² ≈ (d + 1)·v) go to about zero; rows whose signal dwarfs the
  * noise are kept. It reads only the already-noised aggregate, so it is post-processing: it costs
  * no privacy. Returns how many rows were left non-zero.
@@ -206,12 +208,18 @@ export function applyFedAdam(
  * const kept = shrinkRows(mean, table.itemIds.length, table.dim, (sigma * clip / K) ** 2);
  * ```
  */
-export function shrinkRows(delta: Float64Array, itemCount: number, dim: number, noiseVariance: number): number {
-  if (!(noiseVariance > 0)) return itemCount;
+export function shrinkRows(
+  delta: Float64Array,
+  itemCount: number,
+  dim: number,
+  noiseVariance: number,
+  trained: TrainedPart = { rows: itemCount, biases: true },
+): number {
+  if (!(noiseVariance > 0)) return trained.rows;
   const nf = itemCount * dim;
-  const p = dim + 1;
+  const p = dim + (trained.biases ? 1 : 0);
   let kept = 0;
-  for (let r = 0; r < itemCount; r++) {
+  for (let r = 0; r < trained.rows; r++) {
     let ss = delta[nf + r]! * delta[nf + r]!;
     for (let k = 0; k < dim; k++) ss += delta[r * dim + k]! ** 2;
     const f = ss > 0 ? Math.max(0, 1 - (p * noiseVariance) / ss) : 0;

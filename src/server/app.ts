@@ -16,6 +16,7 @@ import { REJECT_STATUS, type RejectReason } from './validate-update.js';
 import { registerRedeem } from './redeem.js';
 import type { OfferCatalog } from '../offers/types.js';
 import { maskedUpdateBytes, PUBLIC_KEY_BYTES } from '../federated/secagg.js';
+import { trainedLength } from '../federated/client-update.js';
 
 export interface AppOptions {
   rateLimiter?: RateLimiter;
@@ -61,7 +62,7 @@ function clientKey(c: Context, trustProxy: boolean): string {
 export function createApp(rounds: RoundCoordinator, opts: AppOptions): Hono {
   const cfg = rounds.config;
   const sa = cfg.secureAggregation;
-  const updateBytes = sa ? maskedUpdateBytes(cfg.itemCount * (cfg.dim + 1), sa.bits) : updateByteLength(cfg.itemCount, cfg.dim, cfg.bits, cfg.blockSize);
+  const updateBytes = sa ? maskedUpdateBytes(trainedLength(cfg.trained, cfg.dim), sa.bits) : updateByteLength(cfg.trained.rows, cfg.dim, cfg.bits, cfg.blockSize);
   const app = new Hono();
   if (opts.corsOrigins?.length) {
     app.use(
@@ -97,6 +98,8 @@ export function createApp(rounds: RoundCoordinator, opts: AppOptions): Hono {
       formatVersion: WIRE_FORMAT_VERSION,
       dim: cfg.dim,
       items: cfg.itemCount,
+      trainRows: cfg.trained.rows,
+      trainBiases: cfg.trained.biases,
       clip: cfg.clip,
       noiseMultiplier: cfg.noiseMultiplier,
       minClients: cfg.minClients,

@@ -16,6 +16,7 @@ import type { Storage } from './storage.js';
 import type { OfferCatalog } from '../offers/types.js';
 import { checkSecAggParams, chooseSecAggBits, maskedUpdateBytes, type SecAggParams } from '../federated/secagg.js';
 import { DEFAULT_COHORT_TIMEOUT_MS } from './cohorts.js';
+import { checkTrainedPart, trainedLength } from '../federated/client-update.js';
 
 export { createApp } from './app.js';
 export { MemoryStorage } from './memory-storage.js';
@@ -69,6 +70,18 @@ export interface ServerOptions {
    */
   denoise?: 'none' | 'rows';
   fedAdam?: Partial<FedAdamOptions>;
+  /**
+   * Federated training updates only the first `trainRows` rows of the table (default all of them);
+   * updates then carry only those rows, so each one's clipped norm and the noise cover fewer values.
+   * Put the items worth training first (`localrec serve --catalog` orders a new table by popularity
+   * when this is set); the other rows keep their initial values.
+   */
+  trainRows?: number;
+  /**
+   * `false` leaves the biases as the initial table set them (the popularity the shop knows from its
+   * own sales) and trains only the factors. Default `true`.
+   */
+  trainBiases?: boolean;
   normTolerance?: number;
   normSlack?: number;
   /**
@@ -180,10 +193,11 @@ export async function createServer(options: ServerOptions = {}): Promise<ServerP
       shape = decodeModel(latest.model).table;
     }
     const itemCount = shape.itemIds.length;
+    const trained = checkTrainedPart({ rows: options.trainRows ?? itemCount, biases: options.trainBiases ?? true }, itemCount, 'options.trainRows');
     const blockSize = positive('blockSize', options.blockSize ?? DEFAULT_BLOCK_SIZE, true);
-    const bits = options.bits ?? chooseBits(itemCount, shape.dim, UPDATE_BUDGET_BYTES, blockSize);
+    const bits = options.bits ?? chooseBits(trained.rows, shape.dim, UPDATE_BUDGET_BYTES, blockSize);
     if (!Number.isInteger(bits) || bits < 2 || bits > 8) {
-      throw new ValidationError('options.bits', `must be 2..8, got ${bits} (${itemCount} × ${shape.dim} does not fit ${UPDATE_BUDGET_BYTES} bytes even at 2 bits)`);
+      throw new ValidationError('options.bits', `must be 2..8, got ${bits} (${trained.rows} × ${shape.dim} does not fit ${UPDATE_BUDGET_BYTES} bytes even at 2 bits)`);
     }
     const noiseMultiplier = options.noiseMultiplier ?? 1;
     if (!Number.isFinite(noiseMultiplier) || noiseMultiplier < 0) throw new ValidationError('options.noiseMultiplier', `must be ≥ 0, got ${noiseMultiplier}`);
@@ -206,7 +220,7 @@ export async function createServer(options: ServerOptions = {}): Promise<ServerP
     if (options.secureAggregation) {
       const o = options.secureAggregation === true ? {} : options.secureAggregation;
       if (robust !== 'mean') throw new ValidationError('options.robust', `must be 'mean' with secure aggregation (the server never sees single updates), got '${robust}'`);
-      const length = itemCount * (shape.dim + 1);
+      const length = trainedLength(trained, shape.dim);
       const saBits = o.bits ?? chooseSecAggBits(length, UPDATE_BUDGET_BYTES);
       const range = positive('secureAggregation.range', o.range ?? 8 * clip * Math.max(1, noiseMultiplier));
       if (minClients < 2) throw new ValidationError('options.minClients', `is the cohort size under secure aggregation and must be ≥ 2, got ${minClients}`);
@@ -231,6 +245,7 @@ export async function createServer(options: ServerOptions = {}): Promise<ServerP
     const config: RoundConfig = {
       itemCount,
       dim: shape.dim,
+      trained,
       bits,
       blockSize,
       clip,

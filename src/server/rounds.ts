@@ -11,8 +11,11 @@ import { StorageConflictError, type NewUpdate, type Storage, type StoredVersion 
 import { checkUpdate, reject, type Rejection, type UpdatePolicy } from './validate-update.js';
 import { decodeMaskedHeader, decodeMaskedUpdate, importPublicKey, unmaskSum, type SecAggParams } from '../federated/secagg.js';
 import { CohortRegistry, type Cohort } from './cohorts.js';
+import { expandDelta, trainedLength, type TrainedPart } from '../federated/client-update.js';
 
 export interface RoundConfig extends UpdatePolicy {
+  /** The part of the table federated training updates (server options `trainRows`, `trainBiases`). */
+  trained: TrainedPart;
   /** Updates needed before a round is aggregated (a k-anonymity floor). Default 10. */
   minClients: number;
   /** Oldest accepted base: current version − maxStaleness. Default 2. */
@@ -277,8 +280,8 @@ export class RoundCoordinator {
     } catch (e) {
       return reject('malformed', (e as Error).message);
     }
-    const length = this.config.itemCount * (this.config.dim + 1);
-    if (h.length !== length) return reject('wrong-shape', `the model has ${length} coordinates, the update ${h.length}`);
+    const length = trainedLength(this.config.trained, this.config.dim);
+    if (h.length !== length) return reject('wrong-shape', `the server trains ${length} coordinates, the update has ${h.length}`);
     if (h.bits !== sa.bits) return reject('config-mismatch', `bits is ${h.bits}, the server uses ${sa.bits}`);
     if (h.cohortSize !== sa.cohortSize) return reject('config-mismatch', `cohort size is ${h.cohortSize}, the server uses ${sa.cohortSize}`);
     const id = toHex(h.cohortId);
@@ -340,15 +343,17 @@ export class RoundCoordinator {
   }
 
   /** One optimizer step from the combined delta, published atomically with the updates it consumed. */
-  private async publishMean(mean: Float64Array, consumed: readonly { id: number }[], how: string): Promise<void> {
+  private async publishMean(combined: Float64Array, consumed: readonly { id: number }[], how: string): Promise<void> {
+    // Over the whole table; zero outside the trained part (and on the biases when they are frozen).
+    const mean = expandDelta(combined, this.config.trained, this.config.itemCount, this.config.dim);
     if (this.config.denoise === 'rows' && this.config.noiseMultiplier > 0) {
       // Variance per coordinate of the noise in the combined delta: the cohort's sum carries
       // N(0, (σC)²), its mean (σC/K)²; K plain updates each carry (σC)², their mean (σC)²/K.
       const m = consumed.length;
       const sd = this.config.noiseMultiplier * this.config.clip;
       const v = this.config.secureAggregation ? (sd / m) ** 2 : sd ** 2 / m;
-      const kept = shrinkRows(mean, this.config.itemCount, this.config.dim, v);
-      how += `, shrinkage left ${kept} of ${this.config.itemCount} rows non-zero`;
+      const kept = shrinkRows(mean, this.config.itemCount, this.config.dim, v, this.config.trained);
+      how += `, shrinkage left ${kept} of ${this.config.trained.rows} trained rows non-zero`;
     }
     let next: ItemTable;
     let optimizer: Float32Array | null = null;

@@ -65,6 +65,8 @@ export function register(program: Command): void {
     .option('--robust <name>', 'combine a round per coordinate by: mean, trimmed-mean or median', 'mean')
     .option('--trim <fraction>', 'trimmed-mean: share of values dropped from each end of every coordinate, in [0, 0.5)', num('trim'), 0.1)
     .option('--denoise <how>', "'rows': shrink each item row of a round's delta for the known noise before the step (James–Stein; no privacy cost), or 'none'", 'none')
+    .option('--train-rows <n>', "federated training updates only the catalog's first n items (list the most popular first; the rest keep their initial values); uploads shrink with it (default all)", num('train-rows', true))
+    .option('--freeze-biases', "keep the initial biases (the catalog's popularity, which the shop knows from its own sales) and federate the factors only")
     .option('--secure-aggregation', 'devices upload masked updates in cohorts of --min-clients, each adding σC/√K of the noise; the server only learns cohort sums')
     .option('--secagg-bits <b>', 'secure aggregation: bits per coordinate (default: widest within 64 KiB)', num('secagg-bits', true))
     .option('--secagg-range <r>', "secure aggregation: a cohort sum's coordinate must stay within ±r (default 8·C·max(1, σ))", num('secagg-range'))
@@ -117,6 +119,8 @@ export function register(program: Command): void {
         robust: o.robust as 'mean',
         trimFraction: o.trim as number,
         denoise: o.denoise as 'none',
+        ...(o.trainRows !== undefined ? { trainRows: o.trainRows as number } : {}),
+        ...(o.freezeBiases ? { trainBiases: false } : {}),
         ...(o.secureAggregation
           ? {
               secureAggregation: {

@@ -3,6 +3,7 @@
  * Checks that need server state (base version, staleness, replay, rate) live in the round
  * coordinator and the app. Every rejection has a fixed `reason` and an HTTP status.
  */
+import type { TrainedPart } from '../federated/client-update.js';
 import { decodeUpdate, dequantizeUpdate, levelsFor, WireFormatError, type QuantizedUpdate } from '../federated/wire.js';
 
 /** Every reason an update can be refused with, and its HTTP status. */
@@ -39,6 +40,8 @@ export function reject(reason: RejectReason, error: string): Rejection {
 export interface UpdatePolicy {
   itemCount: number;
   dim: number;
+  /** The part of the table updates cover (default the whole table): their header counts its rows. */
+  trained?: TrainedPart;
   bits: number;
   blockSize: number;
   clip: number;
@@ -52,7 +55,7 @@ export interface UpdatePolicy {
 export interface CheckedUpdate {
   ok: true;
   update: QuantizedUpdate;
-  /** Dequantized values, `n·(dim+1)`: factors then biases. */
+  /** Dequantized values, `rows·(dim+1)` (rows: the trained part's): factors then biases. */
   delta: Float32Array;
   /** L2 norm of `delta`. */
   norm: number;
@@ -120,8 +123,10 @@ export function checkUpdate(body: Uint8Array, p: UpdatePolicy): CheckedUpdate | 
     throw e;
   }
   const h = update.header;
-  if (h.itemCount !== p.itemCount || h.dim !== p.dim) {
-    return reject('wrong-shape', `update is ${h.itemCount} items × ${h.dim}, the model is ${p.itemCount} × ${p.dim}`);
+  const rows = p.trained?.rows ?? p.itemCount;
+  if (h.itemCount !== rows || h.dim !== p.dim) {
+    const what = rows === p.itemCount ? `the model is ${p.itemCount} × ${p.dim}` : `the server trains the first ${rows} of the model's ${p.itemCount} rows × ${p.dim}`;
+    return reject('wrong-shape', `update is ${h.itemCount} items × ${h.dim}, ${what}`);
   }
   const mismatch: string[] = [];
   if (h.bits !== p.bits) mismatch.push(`bits ${h.bits} ≠ ${p.bits}`);

@@ -244,6 +244,7 @@ test('at start, a complete cohort found pending (crash before publishing) is pub
     RoundCoordinator.open(storage, base, {
       itemCount: IDS.length,
       dim: base.dim,
+      trained: { rows: IDS.length, biases: true },
       bits: 8,
       blockSize: 256,
       clip: 1,

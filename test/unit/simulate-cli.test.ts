@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { runSimulate, type SimulateCommandOptions } from '../../src/federated/simulate-command.js';
 import { isValidationError } from '../../src/errors.js';
+import { updateByteLength } from '../../src/federated/wire.js';
 import { Random } from '../../src/model/random.js';
 
 let dir: string;
@@ -94,6 +95,20 @@ describe('localrec simulate (command)', () => {
   it('evaluates every --eval-every rounds and always the last', async () => {
     const { lines } = await run({ rounds: '3', evalEvery: '2' });
     assert.deepEqual(lines.map((l) => l.round ?? 'final'), [2, 3, 'final']);
+  });
+
+  it('--train-rows and --freeze-biases: the final line says so and uploads cover that part only; bad values are refused', async () => {
+    const whole = await run({ rounds: '1' });
+    const part = await run({ rounds: '1', trainRows: '10', freezeBiases: true });
+    const last = part.lines.at(-1)!;
+    assert.deepEqual([last.trainRows, last.trainBiases], [10, false]);
+    assert.deepEqual([whole.lines.at(-1)!.trainRows, whole.lines.at(-1)!.trainBiases], [24, true]);
+    assert.equal(last.version, 2, 'two rounds of 10 were published');
+    // 10 rows × 8 factors plus their bias section, against all 24 rows; 8 bits either way.
+    assert.equal(last.bytesPerClientPerRound, updateByteLength(10, 8, 8, 256));
+    assert.equal(whole.lines.at(-1)!.bytesPerClientPerRound, updateByteLength(24, 8, 8, 256));
+    await assert.rejects(run({ trainRows: '0' }), (e: unknown) => isValidationError(e) && /--train-rows/.test((e as Error).message));
+    await assert.rejects(run({ trainRows: '25' }), (e: unknown) => isValidationError(e) && /from 1 to the table's 24 rows/.test((e as Error).message));
   });
 
   it('refuses --noise 0 with a finite budget, and bad values, naming the option', async () => {
