@@ -16,7 +16,10 @@ import { ValidationError } from '../../src/errors.js';
 import { Random } from '../../src/model/random.js';
 import { shrinkRows } from '../../src/server/aggregate.js';
 import { createServer, type ServerOptions } from '../../src/server/index.js';
-import { DIM, IDS, initialTable, trained } from './server-helpers.js';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { DIM, IDS, initialTable, spawnServe, trained } from './server-helpers.js';
 
 const ROWS = 10;
 
@@ -183,4 +186,29 @@ test("simulate's popularity-ordered initial table: most popular rows first, each
   const back = alignTo(byPop, itemIds);
   assert.deepEqual(Array.from(back.factors), Array.from(byData.factors));
   assert.deepEqual(Array.from(back.bias), Array.from(byData.bias));
+});
+
+test('localrec serve --train-rows 10 --freeze-biases: /v1/config reports the part and the update size; --train-rows past the catalog is refused', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'localrec-part-'));
+  try {
+    const catalog = join(dir, 'catalog.json');
+    writeFileSync(catalog, JSON.stringify({ items: IDS.map((id, i) => ({ id, popularity: IDS.length - i })) }));
+    const flags = ['--dim', String(DIM), '--rate-limit', '0', '--freeze-biases'];
+    const c = await spawnServe(join(dir, 'data'), catalog, [...flags, '--train-rows', String(ROWS)]);
+    try {
+      const config = (await (await fetch(`${c.url}/v1/config`)).json()) as Record<string, number | boolean>;
+      assert.deepEqual([config.items, config.trainRows, config.trainBiases], [IDS.length, ROWS, false]);
+      const base = initialTable();
+      const bytes = buildClientUpdate(base, base, { baseHash: new Uint8Array(32), clip: 1, noiseMultiplier: 1, bits: config.bits as number, part: { rows: ROWS, biases: false } }).bytes;
+      assert.equal(config.updateBytes, bytes.length);
+    } finally {
+      c.proc.kill('SIGTERM');
+      await c.exited;
+    }
+    await assert.rejects(spawnServe(join(dir, 'other'), catalog, [...flags, '--train-rows', String(IDS.length + 1)]), (e: { stderr?: string }) =>
+      /trainRows: must be an integer from 1 to the table's 40 rows, got 41/.test(e.stderr ?? ''),
+    );
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
