@@ -73,8 +73,9 @@ export interface ServerOptions {
   /**
    * Federated training updates only the first `trainRows` rows of the table (default all of them);
    * updates then carry only those rows, so each one's clipped norm and the noise cover fewer values.
-   * Put the items worth training first (`localrec serve --catalog` orders a new table by popularity
-   * when this is set); the other rows keep their initial values.
+   * Put the items worth training first: `localrec serve --catalog` keeps the catalog's order, and
+   * `localrec simulate --write-catalog` lists the most popular first. The other rows keep their
+   * initial values. A store with pending updates of another trained part refuses to open.
    */
   trainRows?: number;
   /**

@@ -68,6 +68,29 @@ interface Current {
   int8?: Uint8Array;
 }
 
+/**
+ * Pending updates stored under another trained part (`trainRows`, `trainBiases`) cannot be combined
+ * with the current config: refuse to start, naming it, rather than drop them or fail at aggregation.
+ */
+async function checkPendingShape(storage: Storage, config: RoundConfig): Promise<void> {
+  const masked = !!config.secureAggregation;
+  const expected = masked ? trainedLength(config.trained, config.dim) : config.trained.rows;
+  for (const u of await storage.pending()) {
+    let got: number;
+    try {
+      got = masked ? decodeMaskedHeader(u.body).length : decodeUpdate(u.body).header.itemCount;
+    } catch {
+      continue; // an upload of the other mode: handled as before (see `open`)
+    }
+    if (got !== expected) {
+      throw new ModelError(
+        `the store holds pending updates of ${got} ${masked ? 'values' : 'rows'}, and this server trains ${expected} ` +
+          `(trainRows ${config.trained.rows}, trainBiases ${config.trained.biases}); restart with the --train-rows/--freeze-biases they were sent under, or use another data dir`,
+      );
+    }
+  }
+}
+
 function sameShape(a: ItemTable, b: ItemTable): boolean {
   return a.dim === b.dim && a.itemIds.length === b.itemIds.length && a.itemIds.every((id, i) => id === b.itemIds[i]);
 }
@@ -128,6 +151,7 @@ export class RoundCoordinator {
       throw new ModelError(`config says ${config.itemCount} × ${config.dim}, stored model is ${rc.cur.table.itemIds.length} × ${rc.cur.table.dim}`);
     }
     rc.pendingN = await storage.pendingCount();
+    if (rc.pendingN > 0) await checkPendingShape(storage, config);
     if (rc.pendingN >= config.minClients) await rc.run(() => rc.aggregate());
     if (config.secureAggregation && rc.pendingN > 0) {
       // Cohorts live in memory: what is still pending after a restart belongs to cohorts that can

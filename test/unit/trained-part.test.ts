@@ -212,3 +212,29 @@ test('localrec serve --train-rows 10 --freeze-biases: /v1/config reports the par
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('a store with pending updates of another trained part refuses to open, names it, and keeps them', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'localrec-part-store-'));
+  try {
+    const open = (trainRows: number) => createServer({ dataDir: dir, initialTable: initialTable(), clip: 1, noiseMultiplier: 0, minClients: 3, trainRows, rateLimit: false, log: () => {} });
+    const first = await open(ROWS);
+    const res = await first.app.fetch(new Request('http://x/v1/model'));
+    const base = decodeModel(new Uint8Array(await res.arrayBuffer())).table;
+    const baseHash = fromHex(res.headers.get('x-localrec-model-hash')!);
+    const bits = ((await (await first.app.fetch(new Request('http://x/v1/config'))).json()) as { bits: number }).bits;
+    for (const seed of [1, 2]) {
+      const body = buildClientUpdate(base, trained(base, seed), { baseHash, clip: 1, noiseMultiplier: 0, bits, part: { rows: ROWS, biases: true } }).bytes;
+      assert.equal((await first.app.fetch(new Request('http://x/v1/updates', { method: 'POST', body: body as Uint8Array<ArrayBuffer> }))).status, 202);
+    }
+    await first.storage.close();
+    await assert.rejects(open(ROWS + 5), /pending updates of 10 rows, and this server trains 15 \(trainRows 15, trainBiases true\)/);
+    const again = await open(ROWS);
+    try {
+      assert.equal(await again.storage.pendingCount(), 2, 'the refused start lost nothing');
+    } finally {
+      await again.storage.close();
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
