@@ -26,7 +26,7 @@ import { syncOnce, type FetchLike } from '../../src/federated/sync.js';
 import { decodeModel, toHex } from '../../src/federated/wire.js';
 import { Random } from '../../src/model/random.js';
 import { createServer, MemoryStorage, RoundCoordinator } from '../../src/server/index.js';
-import { IDS, initialTable } from './server-helpers.js';
+import { IDS, initialTable, shopperHistory } from './server-helpers.js';
 
 test('packBits/unpackBits round-trip every width from 2 to 32 bits', () => {
   fc.assert(
@@ -126,10 +126,7 @@ async function secureServer(minClients: number, noiseMultiplier = 0) {
   return { ...parts, fetchFn };
 }
 
-function historyOf(seed: number): Array<{ itemIds: string[]; weights: number[] }> {
-  const r = new Random(seed);
-  return [{ itemIds: Array.from({ length: 6 }, () => IDS[r.int(IDS.length)]!), weights: [1, 1, 1, 1, 1, 1] }];
-}
+const historyOf = (seed: number) => shopperHistory(seed, 6);
 
 test('syncOnce with a secure-aggregation server: a cohort of 3 publishes base + mean of the clipped deltas', async () => {
   const { app, storage, fetchFn } = await secureServer(3);

@@ -31,6 +31,12 @@ export async function pull(url: string): Promise<ServerView> {
   return { table, hash, config };
 }
 
+/** One shopper's history for `syncOnce`: `length` items drawn (seeded) from the whole catalog, weight 1. */
+export function shopperHistory(seed: number, length: number): Array<{ itemIds: string[]; weights: number[] }> {
+  const r = new Random(seed);
+  return [{ itemIds: Array.from({ length }, () => IDS[r.int(IDS.length)]!), weights: Array<number>(length).fill(1) }];
+}
+
 /** A locally "trained" table: the base plus a seeded random change of roughly `scale` per coordinate. */
 export function trained(base: ItemTable, seed: number, scale = 0.05): ItemTable {
   const t = cloneItemTable(base);

@@ -13,13 +13,12 @@ import { decodeModel, decodeUpdate, dequantizeUpdate, fromHex } from '../../src/
 import { initialTable as simInitialTable, alignTo, trainPopularity } from '../../src/federated/simulate.js';
 import type { Split } from '../../src/eval/split.js';
 import { ValidationError } from '../../src/errors.js';
-import { Random } from '../../src/model/random.js';
 import { shrinkRows } from '../../src/server/aggregate.js';
 import { createServer, type ServerOptions } from '../../src/server/index.js';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { DIM, IDS, initialTable, spawnServe, trained } from './server-helpers.js';
+import { DIM, IDS, initialTable, shopperHistory, spawnServe, trained } from './server-helpers.js';
 
 const ROWS = 10;
 
@@ -31,11 +30,8 @@ async function server(o: Partial<ServerOptions>) {
   return { ...parts, fetchFn, json, model };
 }
 
-function historyOf(seed: number): Array<{ itemIds: string[]; weights: number[] }> {
-  const r = new Random(seed);
-  // Items from the whole catalog, so local training moves rows inside and outside the trained part.
-  return [{ itemIds: Array.from({ length: 8 }, () => IDS[r.int(IDS.length)]!), weights: Array(8).fill(1) as number[] }];
-}
+// Items from the whole catalog, so local training moves rows inside and outside the trained part.
+const historyOf = (seed: number) => shopperHistory(seed, 8);
 
 test('itemDelta over a trained part: its rows only, a bias section only when asked, zero when the biases are frozen', () => {
   const base = initialTable();
