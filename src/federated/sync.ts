@@ -179,7 +179,7 @@ export async function pullModel(o: SyncOptions): Promise<{ table: ItemTable; has
  * ```ts
  * const acc = new RdpAccountant();
  * const r = await syncOnce({ serverUrl: 'http://127.0.0.1:8787', accountant: acc, history: [{ itemIds: ['a', 'b', 'c'], weights: [1, 1, 4] }] });
- * r.sent; r.uploadedBytes; r.epsilon; // true, 51644, 4.73
+ * r.sent; r.uploadedBytes; r.epsilon; // true, 51644, 4.38
  * ```
  */
 export async function syncOnce(o: SyncOptions): Promise<SyncResult> {

@@ -16,7 +16,7 @@
  */
 import { strict as assert } from 'node:assert';
 import { test } from 'node:test';
-import { DEFAULT_ORDERS, RdpAccountant, rdpGaussian, rdpToEpsilon } from '../../src/federated/dp.js';
+import { DEFAULT_ORDERS, gaussianDelta, gaussianEpsilon, logNormalCdf, RdpAccountant, rdpGaussian, rdpToEpsilon } from '../../src/federated/dp.js';
 import { PrivacyBudgetError } from '../../src/errors.js';
 
 const OPACUS_ORDERS = [...Array.from({ length: 99 }, (_, i) => 1 + (i + 1) / 10), ...Array.from({ length: 52 }, (_, i) => 12 + i)];
@@ -36,8 +36,10 @@ test('plain Gaussian mechanism: ε matches the hand-derived figures within 1%', 
     within1pct(rdpToEpsilon(OPACUS_ORDERS, rdp, 1e-5).epsilon, eps);
     const acc = new RdpAccountant();
     for (let i = 0; i < T; i++) acc.record(sigma);
-    within1pct(acc.epsilon(), eps); // the default grid is a superset: never worse, within 1%
-    assert.ok(acc.epsilon() <= eps * 1.0001); // figures above are rounded to 4 decimals
+    const bound = acc.epsilon(1e-5, 'improved');
+    within1pct(bound, eps); // the default grid is a superset: never worse, within 1%
+    assert.ok(bound <= eps * 1.0001); // figures above are rounded to 4 decimals
+    assert.ok(acc.epsilon() < bound, 'plain Gaussian releases: the exact composition is below the RDP bound');
   }
   within1pct(rdpToEpsilon(OPACUS_ORDERS, OPACUS_ORDERS.map((a) => a / 2), 1e-5, 'classic').epsilon, 5.2985);
 });
@@ -65,12 +67,86 @@ test('subsampling with q = 1 equals the plain mechanism, and RDP grows as q grow
 test('budget: refuses the release that would exceed ε, keeps state across JSON', () => {
   const acc = new RdpAccountant();
   assert.equal(acc.epsilon(), 0);
-  acc.record(1); // 4.73
-  acc.assertCanSpend(1, 8); // second release → 7.08 ≤ 8
-  acc.record(1);
+  acc.record(1); // 4.38 (exact; RDP 4.73)
+  acc.assertCanSpend(1, 8); // second release → 6.57 ≤ 8
+  acc.record(1); // a third would be 8.39
   assert.throws(() => acc.assertCanSpend(1, 8), (e: unknown) => e instanceof PrivacyBudgetError && /ε = 8/.test(e.message));
   const again = new RdpAccountant(JSON.parse(JSON.stringify(acc.toJSON())));
   assert.equal(again.releases, 2);
   assert.equal(again.epsilon(), acc.epsilon());
   assert.ok(DEFAULT_ORDERS.includes(256));
+});
+
+/**
+ * δ(ε) of the Gaussian mechanism straight from the definition: the hockey-stick divergence
+ * ∫ max(0, p(x) − e^ε q(x)) dx between N(0, s²) and N(1, s²), s = 1/μ, by Simpson's rule on a fine
+ * grid. Independent of the closed form it checks.
+ */
+function hockeyStick(epsilon: number, mu: number): number {
+  const s = 1 / mu;
+  const pdf = (x: number, m: number) => Math.exp(-((x - m) ** 2) / (2 * s * s)) / (s * Math.sqrt(2 * Math.PI));
+  const lo = -40 * s;
+  const hi = 1 + 40 * s;
+  const n = 400_000;
+  const h = (hi - lo) / n;
+  let sum = 0;
+  for (let i = 0; i <= n; i++) {
+    const x = lo + i * h;
+    const f = Math.max(0, pdf(x, 0) - Math.exp(epsilon) * pdf(x, 1));
+    sum += f * (i === 0 || i === n ? 1 : i % 2 ? 4 : 2);
+  }
+  return (sum * h) / 3;
+}
+
+test('exact Gaussian composition: the closed-form δ(ε) matches the hockey-stick integral, and 1-GDP at ε = 1 is δ = 0.1269 (Dong, Roth & Su 2019)', () => {
+  assert.ok(Math.abs(gaussianDelta(1, 1) - 0.1269) < 5e-5, `δ = ${gaussianDelta(1, 1)}`);
+  for (const [eps, mu] of [
+    [1, 1],
+    [4.377, 1],
+    [8, Math.sqrt(6) / 1.47],
+    [2, 0.5],
+    [8, Math.sqrt(9) / 1.8],
+  ] as const) {
+    const exact = hockeyStick(eps, mu);
+    const closed = gaussianDelta(eps, mu);
+    assert.ok(Math.abs(closed - exact) <= 1e-5 * exact + 1e-12, `ε ${eps}, μ ${mu}: closed form ${closed}, integral ${exact}`);
+  }
+  // ε solves δ(ε) = δ.
+  const e = gaussianEpsilon(1, 1e-5);
+  assert.ok(Math.abs(hockeyStick(e, 1) - 1e-5) < 1e-9, `δ at ε = ${e}`);
+  assert.equal(gaussianEpsilon(0, 1e-5), 0);
+  // log Φ in the far tail: Φ(−10) = 7.6199e-24, Φ(−30) = 4.9e-198 (tables); Φ(0) = 1/2.
+  assert.ok(Math.abs(logNormalCdf(-10) - Math.log(7.6198530241605e-24)) < 1e-6);
+  assert.ok(Math.abs(logNormalCdf(-30) - Math.log(4.906713927148187e-198)) < 1e-5);
+  assert.ok(Math.abs(logNormalCdf(0) - Math.log(0.5)) < 1e-7);
+  assert.ok(Math.abs(logNormalCdf(3) - Math.log(0.9986501019683699)) < 1e-7);
+});
+
+test('the accountant reports the exact ε while every release is plain Gaussian, the RDP bound once one is subsampled or the state predates it', () => {
+  const plain = new RdpAccountant();
+  for (let i = 0; i < 6; i++) plain.record(1.47);
+  assert.ok(Math.abs(plain.epsilon() - gaussianEpsilon(Math.sqrt(6) / 1.47)) < 1e-9);
+  assert.ok(plain.epsilon() <= 8.002 && plain.epsilon(1e-5, 'improved') > 8.5, `exact ${plain.epsilon()}, RDP ${plain.epsilon(1e-5, 'improved')}`);
+  // Mixed σ: μ² adds up.
+  const mixed = new RdpAccountant();
+  mixed.record(1);
+  mixed.record(2);
+  assert.ok(Math.abs(mixed.epsilon() - gaussianEpsilon(Math.sqrt(1 + 1 / 4))) < 1e-9);
+  // What canSpend decides follows the same figure.
+  assert.ok(plain.epsilonAfter(1.47) > plain.epsilon());
+  assert.equal(plain.canSpend(1.47, 8.5), plain.epsilonAfter(1.47) <= 8.5);
+  // A subsampled release: only the RDP bound holds.
+  const sub = new RdpAccountant();
+  sub.record(1);
+  sub.record(1, 0.01);
+  assert.equal(sub.toJSON().gaussianMu2, null);
+  assert.equal(sub.epsilon(), sub.epsilon(1e-5, 'improved'));
+  // JSON keeps it; a state saved before it existed (no gaussianMu2) falls back to the bound.
+  const again = new RdpAccountant(JSON.parse(JSON.stringify(plain.toJSON())));
+  assert.equal(again.epsilon(), plain.epsilon());
+  const { gaussianMu2: _dropped, ...old } = plain.toJSON();
+  const legacy = new RdpAccountant(old);
+  assert.equal(legacy.epsilon(), plain.epsilon(1e-5, 'improved'));
+  assert.equal(new RdpAccountant({ ...old, rdp: old.rdp.map(() => 0), releases: 0 }).epsilonAfter(1), gaussianEpsilon(1));
+  assert.throws(() => new RdpAccountant({ ...old, gaussianMu2: -1 }), /gaussianMu2 must be ≥ 0 or null, got -1/);
 });

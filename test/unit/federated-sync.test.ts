@@ -108,7 +108,7 @@ describe('sync()', () => {
   it('refuses past the privacy budget before sending anything, and keeps the ε spent', async () => {
     const cap = capturingFetch();
     const e = await device(['sku-20', 'sku-21', 'sku-22'], { budget: 5, fetch: cap.fetch });
-    await e.sync(); // σ = 1: ε ≈ 4.73
+    await e.sync(); // σ = 1: ε ≈ 4.38
     const before = cap.sent.filter((s) => s.body).length;
     await assert.rejects(e.sync(), (err) => isPrivacyBudgetError(err) && /budget ε = 5/.test((err as Error).message));
     assert.equal(cap.sent.filter((s) => s.body).length, before, 'no update was sent');
