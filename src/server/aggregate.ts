@@ -229,3 +229,50 @@ export function shrinkRows(
   }
   return kept;
 }
+
+/**
+ * One FedAvg step under `denoise: 'cumulative'`. The state (float32, stored as the version's
+ * optimizer state) holds the initial table X₀ (factors then biases, the layout of `mean`), the
+ * running sum S of every round's step lr·mean, unshrunk, and V, the noise variance per coordinate
+ * that S has gathered (Σ lr²·v over the rounds). The published table is X₀ + S with every trained
+ * row of S scaled by the positive-part James–Stein factor max(0, 1 − p·V / ‖row‖²) (as
+ * {@link shrinkRows}). Per-round shrinkage zeroes a row whose signal is weaker than one round's noise
+ * every round, so it never moves; in the sum, a consistent signal grows with the number of rounds
+ * and the noise only with its square root, so such a row moves once it has built up. It reads only
+ * the noised aggregates, so it is post-processing: no privacy cost.
+ *
+ * A state of another length (null at the first round, FedAdam moments, another table) starts a new
+ * sum from the current table.
+ *
+ * @example
+ * ```ts
+ * const { table, state, kept } = cumulativeStep(current, mean, current.optimizer, 400, (sigma * clip / K) ** 2, trained);
+ * ```
+ */
+export function cumulativeStep(
+  t: ItemTable,
+  mean: Float64Array,
+  state: Float32Array | null,
+  lr: number,
+  noiseVariance: number,
+  trained: TrainedPart = { rows: t.itemIds.length, biases: true },
+): { table: ItemTable; state: Float32Array; kept: number } {
+  const len = mean.length;
+  const nf = t.factors.length;
+  if (len !== nf + t.bias.length) throw new RangeError(`delta has ${len} values, the table ${nf + t.bias.length}`);
+  const s = new Float32Array(2 * len + 1);
+  if (state && state.length === s.length) s.set(state);
+  else {
+    s.set(t.factors, 0);
+    s.set(t.bias, nf);
+  }
+  for (let i = 0; i < len; i++) s[len + i] = s[len + i]! + lr * mean[i]!;
+  s[2 * len] = s[2 * len]! + lr * lr * noiseVariance;
+  const sum = Float64Array.from(s.subarray(len, 2 * len));
+  const kept = shrinkRows(sum, t.itemIds.length, t.dim, s[2 * len]!, trained);
+  const factors = new Float32Array(nf);
+  const bias = new Float32Array(t.bias.length);
+  for (let i = 0; i < nf; i++) factors[i] = s[i]! + sum[i]!;
+  for (let i = 0; i < bias.length; i++) bias[i] = s[nf + i]! + sum[nf + i]!;
+  return { table: { version: t.version + 1, itemIds: t.itemIds, dim: t.dim, factors, bias }, state: s, kept };
+}
