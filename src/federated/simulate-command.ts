@@ -45,6 +45,7 @@ export interface SimulateCommandOptions extends CsvFlags {
   serverLr: string;
   secureAggregation?: boolean;
   denoise?: string;
+  biasScale?: string;
   trainRows?: string;
   freezeBiases?: boolean;
   secaggBits?: string;
@@ -107,6 +108,7 @@ export function register(program: Command, io: SimulateIo = PROCESS_IO): void {
     .option('--secagg-degree <d>', 'secure aggregation: mask neighbours per device, even (default min(16, K − 1 rounded up))')
     .option('--backend <name>', 'TensorFlow.js backend for training and scoring: wasm|cpu (same figures; cpu is slower)', 'wasm')
     .option('--init <init>', 'initial global model: popularity (biases from item counts the shop knows) | flat', 'popularity')
+    .option('--bias-scale <a>', 'initial biases a·ln(1 + count) instead of ln(1 + count) / max; for --freeze-biases, 0.5–1 is the scale a trained model gives them')
     .option('--write-catalog <file>', "write the data set's catalog (ids, training counts) for `localrec serve --catalog` and exit; for --server URL")
     .action(async (opts: SimulateCommandOptions) => {
       await runSimulate(opts, io);
@@ -167,6 +169,8 @@ export async function runSimulate(opts: SimulateCommandOptions, io: SimulateIo):
   if (backend !== 'wasm' && backend !== 'cpu') throw new ValidationError('--backend', `must be wasm or cpu, got '${backend}'`);
   const init = opts.init;
   if (init !== 'popularity' && init !== 'flat') throw new ValidationError('--init', `must be popularity or flat, got '${init}'`);
+  const biasScale = opts.biasScale === undefined ? undefined : num('--bias-scale', opts.biasScale, (x) => Number.isFinite(x) && x > 0, 'a number > 0');
+  if (biasScale !== undefined && init !== 'popularity') throw new ValidationError('--bias-scale', 'needs --init popularity (it scales the popularity biases)');
   const localTrain: Record<string, number> = { epochs: posInt('--local-epochs', opts.localEpochs) };
   if (opts.localRate !== undefined) localTrain.learningRate = num('--local-rate', opts.localRate, (x) => x > 0 && x <= 10, 'in (0, 10]');
   if (opts.localAccumulator !== undefined) localTrain.initialAccumulator = num('--local-accumulator', opts.localAccumulator, (x) => x >= 1e-12 && x <= 100, 'in [1e-12, 100]');
@@ -221,6 +225,7 @@ export async function runSimulate(opts: SimulateCommandOptions, io: SimulateIo):
     ...(trainRows !== undefined ? { trainRows } : {}),
     ...(opts.freezeBiases ? { trainBiases: false } : {}),
     init,
+    ...(biasScale !== undefined ? { biasScale } : {}),
     backend,
     data,
     onLine: (line) => {

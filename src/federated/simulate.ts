@@ -75,6 +75,11 @@ export interface SimulateOptions {
   backend?: 'wasm' | 'cpu';
   /** Initial global model: popularity biases from training counts (default) or flat. */
   init?: 'popularity' | 'flat';
+  /**
+   * With `init: 'popularity'`: biases a·ln(1 + count) instead of ln(1 + count) / max (see
+   * `createItemTable`'s `popularityScale`). Matters most with `trainBiases: false`.
+   */
+  biasScale?: number;
   /** Also train the same model centrally (no DP) for the comparison ratio. */
   central?: boolean | { epochs?: number };
   data?: string;
@@ -134,6 +139,8 @@ export interface SimFinalLine {
   /** Rows federated training updates (the most popular items) and whether it trains their biases. */
   trainRows: number;
   trainBiases: boolean;
+  /** Initial biases a·ln(1 + count) (null: ln(1 + count) / max, the default). */
+  biasScale: number | null;
   server: string;
   /** Global model version at the end. */
   version: number;
@@ -249,8 +256,12 @@ export function initialTable(
   seed: number,
   init: 'popularity' | 'flat' = 'popularity',
   order: 'data' | 'popularity' = 'data',
+  biasScale?: number,
 ): ItemTable {
-  const t = createItemTable(split.itemIds, dim, { seed, ...(init === 'popularity' ? { popularity: trainPopularity(split) } : {}) });
+  const t = createItemTable(split.itemIds, dim, {
+    seed,
+    ...(init === 'popularity' ? { popularity: trainPopularity(split), ...(biasScale !== undefined ? { popularityScale: biasScale } : {}) } : {}),
+  });
   return order === 'data' ? t : alignTo(t, catalogOf(split).items.map((it) => it.id));
 }
 
@@ -358,7 +369,7 @@ export async function simulate(split: Split, o: SimulateOptions): Promise<Simula
   const accountants = Array.from({ length: nUsers }, () => new RdpAccountant());
   const sentCount = new Int32Array(nUsers);
 
-  const start = initialTable(split, o.dim, o.seed, o.init ?? 'popularity', o.trainRows !== undefined ? 'popularity' : 'data');
+  const start = initialTable(split, o.dim, o.seed, o.init ?? 'popularity', o.trainRows !== undefined ? 'popularity' : 'data', o.biasScale);
   const server = await openServer(o, start, log);
   const lines: SimRoundLine[] = [];
   try {
@@ -522,6 +533,7 @@ export async function simulate(split: Split, o: SimulateOptions): Promise<Simula
       minClients: o.minClients,
       trainRows: o.trainRows ?? split.itemIds.length,
       trainBiases: o.trainBiases ?? true,
+      biasScale: o.biasScale ?? null,
       server: server.label,
       version: held.table.version,
       hr: fin.hr,

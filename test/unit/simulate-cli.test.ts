@@ -108,6 +108,11 @@ describe('localrec simulate (command)', () => {
     assert.equal(last.bytesPerClientPerRound, updateByteLength(10, 8, 8, 256));
     assert.equal(whole.lines.at(-1)!.bytesPerClientPerRound, updateByteLength(24, 8, 8, 256));
     await assert.rejects(run({ trainRows: '0' }), (e: unknown) => isValidationError(e) && /--train-rows/.test((e as Error).message));
+    assert.equal(last.biasScale, null);
+    const scaled = await run({ rounds: '1', trainRows: '10', freezeBiases: true, biasScale: '0.5' });
+    assert.equal(scaled.lines.at(-1)!.biasScale, 0.5);
+    await assert.rejects(run({ biasScale: '0' }), (e: unknown) => isValidationError(e) && /--bias-scale: must be a number > 0, got '0'/.test((e as Error).message));
+    await assert.rejects(run({ biasScale: '1', init: 'flat' }), (e: unknown) => isValidationError(e) && /--bias-scale.*needs --init popularity/.test((e as Error).message));
     await assert.rejects(run({ trainRows: '25' }), (e: unknown) => isValidationError(e) && /from 1 to the table's 24 rows/.test((e as Error).message));
   });
 

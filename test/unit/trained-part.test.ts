@@ -14,6 +14,7 @@ import { initialTable as simInitialTable, alignTo, trainPopularity } from '../..
 import type { Split } from '../../src/eval/split.js';
 import { ValidationError } from '../../src/errors.js';
 import { shrinkRows } from '../../src/server/aggregate.js';
+import { createItemTable } from '../../src/model/item-table.js';
 import { createServer, type ServerOptions } from '../../src/server/index.js';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -182,6 +183,12 @@ test("simulate's popularity-ordered initial table: most popular rows first, each
   const back = alignTo(byPop, itemIds);
   assert.deepEqual(Array.from(back.factors), Array.from(byData.factors));
   assert.deepEqual(Array.from(back.bias), Array.from(byData.bias));
+  // biasScale a: biases a·ln(1 + count) instead of ln(1 + count) / ln(1 + 3); factors unchanged.
+  const scaled = simInitialTable(split, 4, 7, 'popularity', 'popularity', 0.5);
+  assert.deepEqual(Array.from(scaled.bias), [3, 3, 2, 1, 0].map((c) => Math.fround(0.5 * Math.log1p(c))));
+  assert.deepEqual(Array.from(byPop.bias), [3, 3, 2, 1, 0].map((c) => Math.fround(Math.log1p(c) / Math.log1p(3))));
+  assert.deepEqual(Array.from(scaled.factors), Array.from(byPop.factors));
+  assert.throws(() => createItemTable(itemIds, 4, { popularity: [1, 2, 3, 4, 5], popularityScale: 0 }), /popularityScale must be a finite number > 0, got 0/);
 });
 
 test('localrec serve --train-rows 10 --freeze-biases: /v1/config reports the part and the update size; --train-rows past the catalog is refused', async () => {
@@ -190,10 +197,13 @@ test('localrec serve --train-rows 10 --freeze-biases: /v1/config reports the par
     const catalog = join(dir, 'catalog.json');
     writeFileSync(catalog, JSON.stringify({ items: IDS.map((id, i) => ({ id, popularity: IDS.length - i })) }));
     const flags = ['--dim', String(DIM), '--rate-limit', '0', '--freeze-biases'];
-    const c = await spawnServe(join(dir, 'data'), catalog, [...flags, '--train-rows', String(ROWS)]);
+    const c = await spawnServe(join(dir, 'data'), catalog, [...flags, '--train-rows', String(ROWS), '--bias-scale', '0.5']);
     try {
       const config = (await (await fetch(`${c.url}/v1/config`)).json()) as Record<string, number | boolean>;
       assert.deepEqual([config.items, config.trainRows, config.trainBiases], [IDS.length, ROWS, false]);
+      // --bias-scale 0.5: the new table's biases are 0.5·ln(1 + popularity).
+      const served = decodeModel(new Uint8Array(await (await fetch(`${c.url}/v1/model`)).arrayBuffer())).table;
+      assert.deepEqual(Array.from(served.bias), IDS.map((_, i) => Math.fround(0.5 * Math.log1p(IDS.length - i))));
       const base = initialTable();
       const bytes = buildClientUpdate(base, base, { baseHash: new Uint8Array(32), clip: 1, noiseMultiplier: 1, bits: config.bits as number, part: { rows: ROWS, biases: false } }).bytes;
       assert.equal(config.updateBytes, bytes.length);
@@ -204,6 +214,7 @@ test('localrec serve --train-rows 10 --freeze-biases: /v1/config reports the par
     await assert.rejects(spawnServe(join(dir, 'other'), catalog, [...flags, '--train-rows', String(IDS.length + 1)]), (e: { stderr?: string }) =>
       /trainRows: must be an integer from 1 to the table's 40 rows, got 41/.test(e.stderr ?? ''),
     );
+    await assert.rejects(spawnServe(join(dir, 'third'), catalog, [...flags, '--bias-scale', '-1']), (e: { stderr?: string }) => /--bias-scale: must be a number > 0, got -1/.test(e.stderr ?? ''));
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
