@@ -99,7 +99,7 @@ export function register(program: Command, io: SimulateIo = PROCESS_IO): void {
     .option('--robust <name>', 'server: combine a round per coordinate by mean|trimmed-mean|median (default mean)')
     .option('--trim <fraction>', 'server: trimmed-mean share dropped from each end, in [0, 0.5) (default 0.1)')
     .option('--server-lr <lr>', 'server: FedAvg learning rate', '1')
-    .option('--denoise <how>', "server: 'rows' shrinks each item row of a round's delta for the known noise (James–Stein; post-processing), 'cumulative' shrinks the running sum of all rounds instead (fedavg), or 'none'", 'none')
+    .option('--denoise <how>', "server: 'rows' shrinks each item row of a round's delta for the known noise (James–Stein; post-processing), or 'none'", 'none')
     .option('--train-rows <n>', 'server: federated training updates only the n most popular items (the rest keep their initial values); uploads shrink with it (default all)')
     .option('--freeze-biases', "server: keep the initial popularity biases (the shop's own sales counts) and federate the factors only")
     .option('--secure-aggregation', 'server and devices: cohorts of --min-clients with masked uploads and distributed noise (each device adds σC/√K)')
@@ -162,8 +162,7 @@ export async function runSimulate(opts: SimulateCommandOptions, io: SimulateIo):
     throw new ValidationError('--secagg-bits', '--secagg-* options need --secure-aggregation');
   }
   const denoise = opts.denoise ?? 'none';
-  if (denoise !== 'none' && denoise !== 'rows' && denoise !== 'cumulative') throw new ValidationError('--denoise', `must be none, rows or cumulative, got '${denoise}'`);
-  if (denoise === 'cumulative' && aggregator !== 'fedavg') throw new ValidationError('--denoise', `cumulative works with --aggregator fedavg, not ${aggregator}`);
+  if (denoise !== 'none' && denoise !== 'rows') throw new ValidationError('--denoise', `must be none or rows, got '${denoise}'`);
   const trainRows = opts.trainRows === undefined ? undefined : posInt('--train-rows', opts.trainRows);
   const backend = opts.backend;
   if (backend !== 'wasm' && backend !== 'cpu') throw new ValidationError('--backend', `must be wasm or cpu, got '${backend}'`);

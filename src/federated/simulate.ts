@@ -38,8 +38,8 @@ export interface SimulateOptions {
   /** β of `trimmed-mean` (server default 0.1). */
   trimFraction?: number;
   serverLearningRate?: number;
-  /** Server: shrink each item row of a round's delta (`rows`) or of the running sum of all rounds (`cumulative`) for the known noise (see `createServer`). */
-  denoise?: 'none' | 'rows' | 'cumulative';
+  /** Server: shrink each item row of a round's delta for the known noise (see `createServer`). */
+  denoise?: 'none' | 'rows';
   /**
    * Server: federated training updates only the `trainRows` most popular items (by training count;
    * the initial table is ordered that way when this is set). Default all.

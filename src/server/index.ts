@@ -66,12 +66,9 @@ export interface ServerOptions {
   /**
    * `rows` shrinks each item's row of a round's combined delta towards zero by the positive-part
    * James–Stein factor for the known noise variance before the step (post-processing: no privacy
-   * cost; rows that hold only noise are dropped). `cumulative` (FedAvg only) keeps the running sum
-   * of all rounds' steps and publishes the initial table plus that sum shrunk the same way for the
-   * noise it has gathered, so a row too weak for one round moves once it has built up over several.
-   * Default `none`.
+   * cost; rows that hold only noise are dropped). Default `none`.
    */
-  denoise?: 'none' | 'rows' | 'cumulative';
+  denoise?: 'none' | 'rows';
   fedAdam?: Partial<FedAdamOptions>;
   /**
    * Federated training updates only the first `trainRows` rows of the table (default all of them);
@@ -264,8 +261,7 @@ export async function createServer(options: ServerOptions = {}): Promise<ServerP
       serverLearningRate: positive('serverLearningRate', options.serverLearningRate ?? 1),
       denoise: (() => {
         const d = options.denoise ?? 'none';
-        if (d !== 'none' && d !== 'rows' && d !== 'cumulative') throw new ValidationError('options.denoise', `must be 'none', 'rows' or 'cumulative', got '${String(d)}'`);
-        if (d === 'cumulative' && aggregator !== 'fedavg') throw new ValidationError('options.denoise', `'cumulative' works with the fedavg aggregator, not '${aggregator}'`);
+        if (d !== 'none' && d !== 'rows') throw new ValidationError('options.denoise', `must be 'none' or 'rows', got '${String(d)}'`);
         return d;
       })(),
       fedAdam: { ...DEFAULT_FEDADAM, ...options.fedAdam },

@@ -6,7 +6,7 @@
 import { ModelError, StorageError } from '../errors.js';
 import { decodeModel, decodeUpdate, dequantizeUpdate, encodeModel, fromHex, sha256, toHex } from '../federated/wire.js';
 import type { ItemTable } from '../model/item-table.js';
-import { applyFedAdam, applyFedAvg, combineDeltas, cumulativeStep, shrinkRows, DEFAULT_FEDADAM, trimCount, type AggregatorName, type FedAdamOptions, type RobustName } from './aggregate.js';
+import { applyFedAdam, applyFedAvg, combineDeltas, shrinkRows, DEFAULT_FEDADAM, trimCount, type AggregatorName, type FedAdamOptions, type RobustName } from './aggregate.js';
 import { StorageConflictError, type NewUpdate, type Storage, type StoredVersion } from './storage.js';
 import { checkUpdate, reject, type Rejection, type UpdatePolicy } from './validate-update.js';
 import { decodeMaskedHeader, decodeMaskedUpdate, importPublicKey, unmaskSum, type SecAggParams } from '../federated/secagg.js';
@@ -34,12 +34,9 @@ export interface RoundConfig extends UpdatePolicy {
   /**
    * `rows`: before the optimizer step, shrink each item's row of the combined delta by the
    * positive-part James–Stein factor for the known DP noise variance ({@link shrinkRows});
-   * post-processing, so free in privacy terms. `cumulative` (FedAvg only): keep the running sum of
-   * every round's step unshrunk and publish the initial table plus that sum shrunk row by row for
-   * the noise the sum has gathered ({@link cumulativeStep}): a row whose signal is too weak for one
-   * round can still build up over several. Default `none`.
+   * post-processing, so free in privacy terms. Default `none`.
    */
-  denoise?: 'none' | 'rows' | 'cumulative';
+  denoise?: 'none' | 'rows';
   fedAdam: FedAdamOptions;
   /**
    * Secure aggregation (src/federated/secagg.ts): devices upload masked updates in cohorts of
@@ -373,24 +370,18 @@ export class RoundCoordinator {
   private async publishMean(combined: Float64Array, consumed: readonly { id: number }[], how: string): Promise<void> {
     // Over the whole table; zero outside the trained part (and on the biases when they are frozen).
     const mean = expandDelta(combined, this.config.trained, this.config.itemCount, this.config.dim);
-    // Variance per coordinate of the noise in the combined delta: the cohort's sum carries
-    // N(0, (σC)²), its mean (σC/K)²; K plain updates each carry (σC)², their mean (σC)²/K.
-    const m = consumed.length;
-    const sd = this.config.noiseMultiplier * this.config.clip;
-    const v = this.config.secureAggregation ? (sd / m) ** 2 : sd ** 2 / m;
-    const denoise = this.config.noiseMultiplier > 0 ? (this.config.denoise ?? 'none') : 'none';
-    if (denoise === 'rows') {
+    if (this.config.denoise === 'rows' && this.config.noiseMultiplier > 0) {
+      // Variance per coordinate of the noise in the combined delta: the cohort's sum carries
+      // N(0, (σC)²), its mean (σC/K)²; K plain updates each carry (σC)², their mean (σC)²/K.
+      const m = consumed.length;
+      const sd = this.config.noiseMultiplier * this.config.clip;
+      const v = this.config.secureAggregation ? (sd / m) ** 2 : sd ** 2 / m;
       const kept = shrinkRows(mean, this.config.itemCount, this.config.dim, v, this.config.trained);
       how += `, shrinkage left ${kept} of ${this.config.trained.rows} trained rows non-zero`;
     }
     let next: ItemTable;
     let optimizer: Float32Array | null = null;
-    if (denoise === 'cumulative') {
-      const r = cumulativeStep(this.cur.table, mean, this.cur.optimizer, this.config.serverLearningRate, v, this.config.trained);
-      next = r.table;
-      optimizer = r.state;
-      how += `, cumulative shrinkage left ${r.kept} of ${this.config.trained.rows} trained rows moved`;
-    } else if (this.config.aggregator === 'fedadam') {
+    if (this.config.aggregator === 'fedadam') {
       const r = applyFedAdam(this.cur.table, mean, this.cur.optimizer, this.config.fedAdam ?? DEFAULT_FEDADAM);
       next = r.table;
       optimizer = r.state;

@@ -64,7 +64,7 @@ export function register(program: Command): void {
     .option('--aggregator <name>', 'fedavg or fedadam', 'fedavg')
     .option('--robust <name>', 'combine a round per coordinate by: mean, trimmed-mean or median', 'mean')
     .option('--trim <fraction>', 'trimmed-mean: share of values dropped from each end of every coordinate, in [0, 0.5)', num('trim'), 0.1)
-    .option('--denoise <how>', "'rows': shrink each item row of a round's delta for the known noise before the step (James–Stein; no privacy cost); 'cumulative': shrink the running sum of all rounds' steps instead (fedavg); or 'none'", 'none')
+    .option('--denoise <how>', "'rows': shrink each item row of a round's delta for the known noise before the step (James–Stein; no privacy cost), or 'none'", 'none')
     .option('--train-rows <n>', "federated training updates only the catalog's first n items (list the most popular first; the rest keep their initial values); uploads shrink with it (default all)", num('train-rows', true))
     .option('--bias-scale <a>', "a new data dir's initial biases: a·ln(1 + popularity) instead of ln(1 + popularity) / max; with --freeze-biases, 0.5–1 is the scale a trained model gives them", num('bias-scale', false))
     .option('--freeze-biases', "keep the initial biases (the catalog's popularity, which the shop knows from its own sales) and federate the factors only")
