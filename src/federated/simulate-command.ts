@@ -108,7 +108,7 @@ export function register(program: Command, io: SimulateIo = PROCESS_IO): void {
     .option('--secagg-degree <d>', 'secure aggregation: mask neighbours per device, even (default min(16, K − 1 rounded up))')
     .option('--backend <name>', 'TensorFlow.js backend for training and scoring: wasm|cpu (same figures; cpu is slower)', 'wasm')
     .option('--init <init>', 'initial global model: popularity (biases from item counts the shop knows) | flat', 'popularity')
-    .option('--bias-scale <a>', 'initial biases a·ln(1 + count) instead of ln(1 + count) / max; for --freeze-biases, 0.5–1 is the scale a trained model gives them')
+    .option('--bias-scale <a>', 'initial biases a·ln(1 + count) instead of ln(1 + count) / max; with --freeze-biases, about 0.5 is the scale a trained model gives them (docs/FEDERATED.md)')
     .option('--write-catalog <file>', "write the data set's catalog (ids, training counts) for `localrec serve --catalog` and exit; for --server URL")
     .action(async (opts: SimulateCommandOptions) => {
       await runSimulate(opts, io);

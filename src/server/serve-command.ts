@@ -66,7 +66,7 @@ export function register(program: Command): void {
     .option('--trim <fraction>', 'trimmed-mean: share of values dropped from each end of every coordinate, in [0, 0.5)', num('trim'), 0.1)
     .option('--denoise <how>', "'rows': shrink each item row of a round's delta for the known noise before the step (James–Stein; no privacy cost), or 'none'", 'none')
     .option('--train-rows <n>', "federated training updates only the catalog's first n items (list the most popular first; the rest keep their initial values); uploads shrink with it (default all)", num('train-rows', true))
-    .option('--bias-scale <a>', "a new data dir's initial biases: a·ln(1 + popularity) instead of ln(1 + popularity) / max; with --freeze-biases, 0.5–1 is the scale a trained model gives them", num('bias-scale', false))
+    .option('--bias-scale <a>', "a new data dir's initial biases: a·ln(1 + popularity) instead of ln(1 + popularity) / max; with --freeze-biases, about 0.5 is the scale a trained model gives them (docs/FEDERATED.md)", num('bias-scale', false))
     .option('--freeze-biases', "keep the initial biases (the catalog's popularity, which the shop knows from its own sales) and federate the factors only")
     .option('--secure-aggregation', 'devices upload masked updates in cohorts of --min-clients, each adding σC/√K of the noise; the server only learns cohort sums')
     .option('--secagg-bits <b>', 'secure aggregation: bits per coordinate (default: widest within 64 KiB)', num('secagg-bits', true))
@@ -82,9 +82,9 @@ export function register(program: Command): void {
       const { startServer } = await import('./index.js');
       const { createItemTable } = await import('../model/item-table.js');
       let initialTable;
+      if (o.biasScale !== undefined && !((o.biasScale as number) > 0)) throw new ValidationError('--bias-scale', `must be a number > 0, got ${String(o.biasScale)}`);
       if (typeof o.catalog === 'string') {
         const { ids, popularity } = await readCatalogFile(o.catalog);
-        if (o.biasScale !== undefined && !((o.biasScale as number) > 0)) throw new ValidationError('--bias-scale', `must be a number > 0, got ${String(o.biasScale)}`);
         initialTable = createItemTable(ids, o.dim as number, {
           seed: o.seed as number,
           popularity,
