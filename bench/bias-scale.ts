@@ -56,18 +56,16 @@ const slope = sxy / sxx;
 console.log(JSON.stringify({ data: which, fit: 'learned bias ~ ln(1 + count)', slope: +slope.toFixed(3), intercept: +(my - slope * mx).toFixed(3), r2: +((sxy * sxy) / (sxx * syy)).toFixed(3) }));
 
 const score = async (t: ItemTable) => evaluateTable(t, split, { weighting });
-const c = await score(central);
-console.log(JSON.stringify({ biases: 'learned', tail: 'learned', hr: c.hr, ndcg: c.ndcg }));
 const init = createItemTable(split.itemIds, dim, { seed: 1, popularity: pop });
 const top = new Set(catalogOf(split).items.slice(0, 1000).map((it) => split.itemIds.indexOf(it.id)));
-for (const a of [null, 0.25, 0.5, 1]) {
+for (const a of ['learned', null, 0.25, 0.5, 1] as const) {
   for (const tail of ['learned', 'random'] as const) {
     const t = cloneItemTable(central);
     for (let i = 0; i < n; i++) {
-      t.bias[i] = a === null ? init.bias[i]! : a * x[i]!;
+      if (a !== 'learned') t.bias[i] = a === null ? init.bias[i]! : a * x[i]!;
       if (tail === 'random' && !top.has(i)) t.factors.set(init.factors.subarray(i * dim, i * dim + dim), i * dim);
     }
     const m = await score(t);
-    console.log(JSON.stringify({ biases: a === null ? 'ln(1 + count) / max' : `${a}·ln(1 + count)`, tail, hr: m.hr, ndcg: m.ndcg }));
+    console.log(JSON.stringify({ biases: a === 'learned' ? 'learned' : a === null ? 'ln(1 + count) / max' : `${a}·ln(1 + count)`, tail, hr: m.hr, ndcg: m.ndcg }));
   }
 }
