@@ -1,16 +1,14 @@
 // Why `--freeze-biases` wants `--bias-scale`: trains the central factors model (dim 16, 4 epochs,
 // wasm; `localrec eval`'s `factors`), fits its learned biases against ln(1 + training count), then
 // scores the same factors with the biases replaced by what a server with frozen biases would serve:
-// the default ln(1 + count) / max, or a·ln(1 + count). With `--tail random` the factors past the
-// 1,000 most popular items are put back to their initial values, as `--train-rows 1000` leaves them.
+// the default ln(1 + count) / max, or a·ln(1 + count). Lines with `tail: random` put the factors past the
+// 1,000 most popular items back to their initial values, as `--train-rows 1000` leaves them.
 // Run: node --import tsx bench/bias-scale.ts [retail|ml]   (2–4 minutes on 2 cores; prints JSON lines)
 import { loadCsv } from '../src/eval/csv-loader.js';
 import { csvMappingFromFlags, PRESETS } from '../src/eval/presets.js';
 import { looSplit } from '../src/eval/loo-split.js';
-import { LocalrecModel } from '../src/eval/localrec-model.js';
-import { DEFAULT_TRAIN_CONFIG } from '../src/model/train.js';
 import { cloneItemTable, createItemTable, type ItemTable } from '../src/model/item-table.js';
-import { catalogOf, evaluateTable, trainPopularity } from '../src/federated/simulate.js';
+import { catalogOf, centralModel, evaluateTable, trainPopularity } from '../src/federated/simulate.js';
 
 const which = process.argv[2] ?? 'retail';
 if (which !== 'retail' && which !== 'ml') throw new Error(`data set must be retail or ml, got '${which}'`);
@@ -21,21 +19,9 @@ const split = looSplit(
 );
 const weighting = { recencyDecay: 0.5, confidence: 'none' } as const;
 const dim = 16;
-const model = new LocalrecModel({
-  dim,
-  epochs: 4,
-  batchSize: DEFAULT_TRAIN_CONFIG.batchSize,
-  negatives: DEFAULT_TRAIN_CONFIG.negatives,
-  learningRate: DEFAULT_TRAIN_CONFIG.learningRate,
-  l2: DEFAULT_TRAIN_CONFIG.l2,
-  maxContext: DEFAULT_TRAIN_CONFIG.maxContext,
-  temperature: 1,
-  backend: 'wasm',
-  seed: 1,
-  weighting,
-});
+const model = await centralModel({ dim, epochs: 4, temperature: 1, backend: 'wasm', seed: 1, weighting });
 await model.fit(split, () => {});
-const central = (model as unknown as { table: ItemTable }).table;
+const central = model.trainedTable!;
 
 // Least squares: learned bias ≈ slope·ln(1 + count) + intercept.
 const pop = trainPopularity(split);

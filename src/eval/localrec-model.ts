@@ -31,6 +31,11 @@ export class LocalrecModel implements EvalModel {
   private userVector: ((t: ItemTable, p: Array<{ row: number; weight: number; action: 'bought'; lastT: number }>) => Float32Array) | undefined;
   constructor(private readonly o: LocalrecEvalOptions) {}
 
+  /** The table `fit` trained (undefined before). */
+  get trainedTable(): ItemTable | undefined {
+    return this.table;
+  }
+
   get bytesPerItem(): number {
     return (this.o.dim + 1) * 4;
   }

@@ -601,29 +601,27 @@ async function pullCurrent(url: string, f: FetchLike, held: { table: ItemTable; 
   return { table: decodeModel(bytes).table, hash: res.headers.get('X-Localrec-Model-Hash') ?? toHex(await sha256(bytes)) };
 }
 
+/** What {@link centralModel} is built from: the simulation's model and training settings. */
+export interface CentralOptions {
+  dim: number;
+  seed: number;
+  epochs: number;
+  weighting: HistoryWeighting;
+  temperature: number;
+  localTrain?: Partial<TrainConfig> | undefined;
+  backend?: 'wasm' | 'cpu';
+}
+
 /**
- * The same model trained centrally, without DP, on all training histories: `localrec eval`'s
- * `localrec` model with the simulation's dim, seed, weighting and local training settings.
+ * The same model as the federation trains, to be trained centrally (without DP, on all training
+ * histories): `localrec eval`'s `factors` model with the simulation's dim, seed, weighting and
+ * local training settings. `fit` it, then read `trainedTable`.
  */
-export async function trainCentral(
-  split: Split,
-  o: {
-    dim: number;
-    seed: number;
-    epochs: number;
-    weighting: HistoryWeighting;
-    temperature: number;
-    k: number;
-    data: string;
-    localTrain?: Partial<TrainConfig> | undefined;
-    backend?: 'wasm' | 'cpu';
-    onProgress?: (stage: string, f: number) => void;
-  },
-): Promise<CentralResult> {
+export async function centralModel(o: CentralOptions): Promise<import('../eval/localrec-model.js').LocalrecModel> {
   const { LocalrecModel } = await import('../eval/localrec-model.js');
   const { DEFAULT_TRAIN_CONFIG } = await import('../model/train.js');
   const lt = { ...DEFAULT_TRAIN_CONFIG, ...o.localTrain };
-  const model = new LocalrecModel({
+  return new LocalrecModel({
     dim: o.dim,
     epochs: o.epochs,
     batchSize: DEFAULT_TRAIN_CONFIG.batchSize,
@@ -636,6 +634,14 @@ export async function trainCentral(
     seed: o.seed,
     weighting: o.weighting,
   });
+}
+
+/** {@link centralModel} trained on the split and scored with the simulation's protocol. */
+export async function trainCentral(
+  split: Split,
+  o: CentralOptions & { k: number; data: string; onProgress?: (stage: string, f: number) => void },
+): Promise<CentralResult> {
+  const model = await centralModel(o);
   const r = await evaluateModel(model, split, { k: o.k, data: o.data, onProgress: (stage, f) => o.onProgress?.(`central ${stage}`, f) });
   return { hr: r.hr, ndcg: r.ndcg, ms: r.ms };
 }
