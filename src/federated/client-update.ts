@@ -39,6 +39,12 @@ export interface ClientUpdateOptions {
   part?: TrainedPart;
   /** Nonce; default 16 bytes from `crypto.getRandomValues`. */
   nonce?: Uint8Array;
+  /**
+   * The update itself, when it is not `local − base` (the subspace aggregator's update,
+   * src/federated/subspace.ts): the part's factors, row-major, then one value per row for the
+   * biases. `local` is then ignored.
+   */
+  delta?: Float64Array;
 }
 
 export interface ClientUpdate {
@@ -152,7 +158,7 @@ export function expandDelta(values: Float64Array, part: TrainedPart, itemCount: 
  * The DP release of a device's training: `local − base` over the trained part, clipped to L2 ≤ C,
  * plus N(0, std²) on every coordinate (a bias section the part does not train gets noise only).
  * `std` is σ·C for a plain update and σ·C/√K for a device's share of a secure-aggregation cohort's
- * noise.
+ * noise. A given `delta` (same layout) replaces `local − base`.
  *
  * @example
  * ```ts
@@ -167,8 +173,14 @@ export function noisedDelta(
   uniform: UniformSource,
   part: TrainedPart = wholeTable(base),
   biasSection = part.biases,
+  delta?: Float64Array,
 ): { values: Float64Array; norm: number; scale: number } {
-  const values = itemDelta(base, local, part, biasSection);
+  let values: Float64Array;
+  if (delta) {
+    const want = part.rows * base.dim + (biasSection ? part.rows : 0);
+    if (delta.length !== want) throw new ValidationError('delta', `has ${delta.length} values; the trained part needs ${want}`);
+    values = Float64Array.from(delta);
+  } else values = itemDelta(base, local, part, biasSection);
   const { norm, scale } = clipL2(values, clip);
   addGaussianNoise(values, std, uniform);
   return { values, norm, scale };
@@ -253,7 +265,7 @@ export function buildClientUpdate(base: ItemTable, local: ItemTable, opts: Clien
     throw new ValidationError('bits', `must be an integer 2..8, got ${bits} (a ${n} × ${dim} table may not fit the upload budget)`);
   }
   const uniform = opts.uniform ?? cryptoUniform();
-  const { values: delta, norm, scale } = noisedDelta(base, local, opts.clip, opts.noiseMultiplier * opts.clip, uniform, part, true);
+  const { values: delta, norm, scale } = noisedDelta(base, local, opts.clip, opts.noiseMultiplier * opts.clip, uniform, part, true, opts.delta);
   const { scales, codes } = quantizeStochastic(delta, n, dim, bits, blockSize, uniform);
   let nonce = opts.nonce;
   if (!nonce) {

@@ -40,6 +40,7 @@ export interface SimulateCommandOptions extends CsvFlags {
   localNegatives?: string;
   localContext?: string;
   aggregator: string;
+  subspaceScale?: string;
   robust?: string;
   trim?: string;
   serverLr: string;
@@ -95,7 +96,8 @@ export function register(program: Command, io: SimulateIo = PROCESS_IO): void {
     .option('--local-accumulator <a>', "local Adagrad's starting accumulator (default as the shipped model, 1e-6)")
     .option('--local-negatives <n>', 'local sampled negatives per step (default 256)')
     .option('--local-context <n>', 'earlier items forming a target’s context (default 20; also used centrally)')
-    .option('--aggregator <name>', 'server: fedavg|fedadam', 'fedavg')
+    .option('--aggregator <name>', 'server: fedavg|fedadam (devices train locally) or subspace (federated subspace iteration: no local training; needs --freeze-biases; docs/FEDERATED.md)', 'fedavg')
+    .option('--subspace-scale <c>', 'server, --aggregator subspace: scale of the published factors, personalization against the biases (default 32)')
     .option('--robust <name>', 'server: combine a round per coordinate by mean|trimmed-mean|median (default mean)')
     .option('--trim <fraction>', 'server: trimmed-mean share dropped from each end, in [0, 0.5) (default 0.1)')
     .option('--server-lr <lr>', 'server: FedAvg learning rate', '1')
@@ -104,7 +106,7 @@ export function register(program: Command, io: SimulateIo = PROCESS_IO): void {
     .option('--freeze-biases', "server: keep the initial popularity biases (the shop's own sales counts) and federate the factors only")
     .option('--secure-aggregation', 'server and devices: cohorts of --min-clients with masked uploads and distributed noise (each device adds σC/√K)')
     .option('--secagg-bits <b>', 'secure aggregation: bits per coordinate (default the widest within 64 KiB)')
-    .option('--secagg-range <r>', "secure aggregation: a cohort sum's coordinate must stay within ±r (default 8·C·max(1, σ))")
+    .option('--secagg-range <r>', "secure aggregation: a cohort sum's coordinate must stay within ±r (default 8·C·max(1, σ); K·C + 8·C·max(1, σ) with --aggregator subspace)")
     .option('--secagg-degree <d>', 'secure aggregation: mask neighbours per device, even (default min(16, K − 1 rounded up))')
     .option('--backend <name>', 'TensorFlow.js backend for training and scoring: wasm|cpu (same figures; cpu is slower)', 'wasm')
     .option('--init <init>', 'initial global model: popularity (biases from item counts the shop knows) | flat', 'popularity')
@@ -145,7 +147,10 @@ export async function runSimulate(opts: SimulateCommandOptions, io: SimulateIo):
   const recencyDecay = num('--recency', opts.recency, (x) => x > 0 && x <= 1, 'in (0, 1]');
   const centralEpochs = posInt('--central-epochs', opts.centralEpochs);
   const aggregator = opts.aggregator;
-  if (aggregator !== 'fedavg' && aggregator !== 'fedadam') throw new ValidationError('--aggregator', `must be fedavg or fedadam, got '${aggregator}'`);
+  if (aggregator !== 'fedavg' && aggregator !== 'fedadam' && aggregator !== 'subspace') throw new ValidationError('--aggregator', `must be fedavg, fedadam or subspace, got '${aggregator}'`);
+  const subspaceScale = opts.subspaceScale === undefined ? undefined : num('--subspace-scale', opts.subspaceScale, (x) => Number.isFinite(x) && x > 0, 'a number > 0');
+  if (subspaceScale !== undefined && aggregator !== 'subspace') throw new ValidationError('--subspace-scale', `needs --aggregator subspace (got ${aggregator})`);
+  if (aggregator === 'subspace' && !opts.freezeBiases) throw new ValidationError('--aggregator', 'subspace needs --freeze-biases (it federates the factors only; the biases stay as the shop set them)');
   const robust = opts.robust ?? 'mean';
   if (robust !== 'mean' && robust !== 'trimmed-mean' && robust !== 'median') throw new ValidationError('--robust', `must be mean, trimmed-mean or median, got '${robust}'`);
   const trimFraction = opts.trim === undefined ? undefined : num('--trim', opts.trim, (x) => x >= 0 && x < 0.5, 'in [0, 0.5)');
@@ -216,6 +221,7 @@ export async function runSimulate(opts: SimulateCommandOptions, io: SimulateIo):
     weighting: { recencyDecay, confidence: 'none' },
     localTrain,
     aggregator,
+    ...(subspaceScale !== undefined ? { subspaceScale } : {}),
     robust,
     ...(trimFraction !== undefined ? { trimFraction } : {}),
     serverLearningRate,

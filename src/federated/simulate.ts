@@ -21,6 +21,7 @@ import { Random } from '../model/random.js';
 import { userVector } from '../model/score.js';
 import type { TrainConfig } from '../model/train.js';
 import { DEFAULT_DELTA, RdpAccountant } from './dp.js';
+import { DEFAULT_SUBSPACE_SCALE } from './subspace.js';
 import { syncOnce, type FetchLike } from './sync.js';
 import { decodeModel, toHex, sha256 } from './wire.js';
 
@@ -32,7 +33,10 @@ export interface SimulateOptions {
   clip: number;
   noiseMultiplier: number;
   minClients: number;
-  aggregator?: 'fedavg' | 'fedadam';
+  /** `subspace`: federated subspace iteration, no local training (src/federated/subspace.ts). */
+  aggregator?: 'fedavg' | 'fedadam' | 'subspace';
+  /** `subspace` only: scale of the published factors (server option of the same name; default 32). */
+  subspaceScale?: number;
   /** How the server combines a round per coordinate (default `mean`); see `createServer`. */
   robust?: 'mean' | 'trimmed-mean' | 'median';
   /** β of `trimmed-mean` (server default 0.1). */
@@ -141,6 +145,9 @@ export interface SimFinalLine {
   trainBiases: boolean;
   /** Initial biases a·ln(1 + count) (null: ln(1 + count) / max, the default). */
   biasScale: number | null;
+  /** The server's aggregator, and the scale of its factors under `subspace` (else null). */
+  aggregator: 'fedavg' | 'fedadam' | 'subspace';
+  subspaceScale: number | null;
   server: string;
   /** Global model version at the end. */
   version: number;
@@ -299,6 +306,7 @@ async function openServer(o: SimulateOptions, table: ItemTable, log: (m: string)
       noiseMultiplier: o.noiseMultiplier,
       minClients: o.minClients,
       aggregator: o.aggregator ?? 'fedavg',
+      ...(o.subspaceScale !== undefined ? { subspaceScale: o.subspaceScale } : {}),
       ...(o.robust ? { robust: o.robust } : {}),
       ...(o.trimFraction !== undefined ? { trimFraction: o.trimFraction } : {}),
       serverLearningRate: o.serverLearningRate ?? 1,
@@ -534,6 +542,8 @@ export async function simulate(split: Split, o: SimulateOptions): Promise<Simula
       trainRows: o.trainRows ?? split.itemIds.length,
       trainBiases: o.trainBiases ?? true,
       biasScale: o.biasScale ?? null,
+      aggregator: o.aggregator ?? 'fedavg',
+      subspaceScale: o.aggregator === 'subspace' ? (o.subspaceScale ?? DEFAULT_SUBSPACE_SCALE) : null,
       server: server.label,
       version: held.table.version,
       hr: fin.hr,

@@ -9,6 +9,7 @@ import { cloneItemTable, type ItemTable } from '../model/item-table.js';
 import { trainItemTable, type Sequence, type TrainConfig } from '../model/train.js';
 import { buildClientUpdate, checkTrainedPart, noisedDelta, type TrainedPart } from './client-update.js';
 import { cryptoUniform, DEFAULT_DELTA, type RdpAccountant } from './dp.js';
+import { subspaceUpdate } from './subspace.js';
 import { checkSecAggParams, encodeFixedPoint, encodeMaskedUpdate, maskValues, secAggKeyPair, type SecAggParams } from './secagg.js';
 import { bytesEqual, decodeModel, fromHex, sha256, toHex } from './wire.js';
 
@@ -28,6 +29,11 @@ export interface ServerConfig {
   trainRows?: number;
   /** Whether federated training updates the biases (absent: true). */
   trainBiases?: boolean;
+  /**
+   * The server's aggregator. `subspace`: the device sends a subspace-iteration step
+   * (src/federated/subspace.ts) instead of training locally. Absent or anything else: local training.
+   */
+  aggregator?: string;
 }
 
 /** The part of the table the server trains, from its config (older servers: the whole table). */
@@ -207,17 +213,30 @@ export async function syncOnce(o: SyncOptions): Promise<SyncResult> {
   if (seqs.length === 0) {
     return { global, globalHash: hash, local, sent: false, uploadedBytes: 0, epsilon: o.accountant.epsilon(delta) };
   }
-  await trainItemTable(local, seqs, { epochs: 2, ...o.train });
-  if (config.secureAggregation) return sendMasked(o, config, config.secureAggregation, global, hash, local, delta);
-  const update = buildClientUpdate(global, local, {
+  let update: Float64Array | undefined;
+  const part = trainedPart(config);
+  if (config.aggregator === 'subspace') {
+    // No local training: one subspace-iteration step from the history's weights. A history with
+    // nothing on the trained rows still takes part (noise only), so sending says nothing about it.
+    const history = seqs.flatMap((q) => Array.from(q.rows, (row, i) => ({ row, weight: q.weights[i] ?? 1 })));
+    const factorsOnly = subspaceUpdate(global, part, history, config.clip) ?? new Float64Array(part.rows * global.dim);
+    const withBias = !config.secureAggregation || part.biases;
+    update = withBias ? new Float64Array(factorsOnly.length + part.rows) : factorsOnly;
+    if (withBias) update.set(factorsOnly);
+  } else {
+    await trainItemTable(local, seqs, { epochs: 2, ...o.train });
+  }
+  if (config.secureAggregation) return sendMasked(o, config, config.secureAggregation, global, hash, local, delta, update);
+  const built = buildClientUpdate(global, local, {
     baseHash: fromHex(hash),
     clip: config.clip,
     noiseMultiplier: config.noiseMultiplier,
     bits: config.bits,
     blockSize: config.blockSize,
-    part: trainedPart(config),
+    part,
+    ...(update ? { delta: update } : {}),
   });
-  return upload(o, config, '/v1/updates', update.bytes, { global, globalHash: hash, local }, delta);
+  return upload(o, config, '/v1/updates', built.bytes, { global, globalHash: hash, local }, delta);
 }
 
 /** Records the release in the accountant, then POSTs the update body; the sync's result. */
@@ -265,11 +284,12 @@ async function sendMasked(
   hash: string,
   local: ItemTable,
   delta: number,
+  update?: Float64Array,
 ): Promise<SyncResult> {
   const now = o.now ?? Date.now;
   const K = sa.cohortSize;
   const uniform = cryptoUniform();
-  const { values } = noisedDelta(global, local, config.clip, (config.noiseMultiplier * config.clip) / Math.sqrt(K), uniform, trainedPart(config));
+  const { values } = noisedDelta(global, local, config.clip, (config.noiseMultiplier * config.clip) / Math.sqrt(K), uniform, trainedPart(config), undefined, update);
   const encoded = encodeFixedPoint(values, sa.step, sa.bits, uniform);
 
   const keys = await secAggKeyPair();

@@ -8,7 +8,13 @@
 import type { TrainedPart } from '../federated/client-update.js';
 import type { ItemTable } from '../model/item-table.js';
 
-export type AggregatorName = 'fedavg' | 'fedadam';
+/**
+ * `fedavg` and `fedadam` step from the mean of the devices' locally trained deltas; `subspace`
+ * orthonormalizes the mean of their subspace-iteration updates (src/federated/subspace.ts).
+ */
+export type AggregatorName = 'fedavg' | 'fedadam' | 'subspace';
+
+export const AGGREGATOR_NAMES: readonly AggregatorName[] = ['fedavg', 'fedadam', 'subspace'];
 
 /**
  * How a round's deltas are combined per coordinate before the optimizer step: `mean` (plain

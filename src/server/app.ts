@@ -109,6 +109,7 @@ export function createApp(rounds: RoundCoordinator, opts: AppOptions): Hono {
       updateBytes,
       updateBudgetBytes: UPDATE_BUDGET_BYTES,
       aggregator: cfg.aggregator,
+      ...(cfg.subspaceScale !== undefined ? { subspaceScale: cfg.subspaceScale } : {}),
       robust: cfg.robust,
       trimFraction: cfg.trimFraction,
       normTolerance: cfg.normTolerance,

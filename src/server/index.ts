@@ -6,7 +6,7 @@ import type { AddressInfo } from 'node:net';
 import { ValidationError } from '../errors.js';
 import { chooseBits, decodeModel, DEFAULT_BLOCK_SIZE, UPDATE_BUDGET_BYTES } from '../federated/wire.js';
 import type { ItemTable } from '../model/item-table.js';
-import { DEFAULT_FEDADAM, DEFAULT_TRIM_FRACTION, ROBUST_NAMES, trimCount, type AggregatorName, type FedAdamOptions, type RobustName } from './aggregate.js';
+import { AGGREGATOR_NAMES, DEFAULT_FEDADAM, DEFAULT_TRIM_FRACTION, ROBUST_NAMES, trimCount, type AggregatorName, type FedAdamOptions, type RobustName } from './aggregate.js';
 import { createApp } from './app.js';
 import { MemoryStorage } from './memory-storage.js';
 import { RateLimiter, type RateLimitOptions } from './rate-limit.js';
@@ -17,6 +17,7 @@ import type { OfferCatalog } from '../offers/types.js';
 import { checkSecAggParams, chooseSecAggBits, maskedUpdateBytes, type SecAggParams } from '../federated/secagg.js';
 import { DEFAULT_COHORT_TIMEOUT_MS } from './cohorts.js';
 import { checkTrainedPart, trainedLength } from '../federated/client-update.js';
+import { DEFAULT_SUBSPACE_SCALE, subspaceTable } from '../federated/subspace.js';
 
 export { createApp } from './app.js';
 export { MemoryStorage } from './memory-storage.js';
@@ -53,7 +54,14 @@ export interface ServerOptions {
   /** Bits per update coordinate; default the widest that keeps an update within 64 KiB. */
   bits?: number;
   blockSize?: number;
+  /**
+   * `fedavg` (default) or `fedadam` step from the devices' locally trained deltas; `subspace` runs
+   * federated subspace iteration instead (src/federated/subspace.ts: devices send a normalized
+   * power-iteration step, the server orthonormalizes the sum). `subspace` needs `trainBiases: false`.
+   */
   aggregator?: AggregatorName;
+  /** `subspace` only: scale of the published factors (personalization against the biases). Default 32. */
+  subspaceScale?: number;
   /**
    * How a round's updates are combined per coordinate: `mean` (default), `trimmed-mean` (drops the
    * ⌊trimFraction·M⌋ lowest and highest values of every coordinate) or `median`. The robust ones
@@ -205,7 +213,15 @@ export async function createServer(options: ServerOptions = {}): Promise<ServerP
     const maxStaleness = options.maxStaleness ?? 2;
     if (!Number.isInteger(maxStaleness) || maxStaleness < 0) throw new ValidationError('options.maxStaleness', `must be an integer ≥ 0, got ${maxStaleness}`);
     const aggregator = options.aggregator ?? 'fedavg';
-    if (aggregator !== 'fedavg' && aggregator !== 'fedadam') throw new ValidationError('options.aggregator', `must be 'fedavg' or 'fedadam', got '${aggregator}'`);
+    if (!AGGREGATOR_NAMES.includes(aggregator)) throw new ValidationError('options.aggregator', `must be ${AGGREGATOR_NAMES.map((a) => `'${a}'`).join(', ')}, got '${String(aggregator)}'`);
+    if (options.subspaceScale !== undefined && aggregator !== 'subspace') throw new ValidationError('options.subspaceScale', `applies to the subspace aggregator only (aggregator is '${aggregator}')`);
+    const subspaceScale = positive('subspaceScale', options.subspaceScale ?? DEFAULT_SUBSPACE_SCALE);
+    if (aggregator === 'subspace' && trained.biases) {
+      throw new ValidationError('options.trainBiases', "must be false with the subspace aggregator (the biases stay as the shop set them; with localrec serve: --freeze-biases)");
+    }
+    if (aggregator === 'subspace' && shape.dim >= trained.rows) {
+      throw new ValidationError('options.trainRows', `must exceed dim (${shape.dim}) with the subspace aggregator, got ${trained.rows}`);
+    }
     const minClients = positive('minClients', options.minClients ?? 10, true);
     const robust = options.robust ?? 'mean';
     if (!ROBUST_NAMES.includes(robust)) throw new ValidationError('options.robust', `must be ${ROBUST_NAMES.map((r) => `'${r}'`).join(', ')}, got '${robust}'`);
@@ -223,7 +239,12 @@ export async function createServer(options: ServerOptions = {}): Promise<ServerP
       if (robust !== 'mean') throw new ValidationError('options.robust', `must be 'mean' with secure aggregation (the server never sees single updates), got '${robust}'`);
       const length = trainedLength(trained, shape.dim);
       const saBits = o.bits ?? chooseSecAggBits(length, UPDATE_BUDGET_BYTES);
-      const range = positive('secureAggregation.range', o.range ?? 8 * clip * Math.max(1, noiseMultiplier));
+      // The sum of K clipped updates plus noise of std σC must fit in ±range. Local-training deltas
+      // spread over the whole table and mostly cancel, so 8σC covers them in practice; subspace
+      // updates pile up on the popular rows (up to C per device on one coordinate), so their
+      // default is the hard bound K·C plus the noise's 8σC.
+      const noiseRange = 8 * clip * Math.max(1, noiseMultiplier);
+      const range = positive('secureAggregation.range', o.range ?? (aggregator === 'subspace' ? minClients * clip + noiseRange : noiseRange));
       if (minClients < 2) throw new ValidationError('options.minClients', `is the cohort size under secure aggregation and must be ≥ 2, got ${minClients}`);
       const params: SecAggParams = checkSecAggParams(
         { cohortSize: minClients, bits: saBits, step: range / 2 ** (saBits - 1), degree: o.degree ?? Math.min(16, 2 * Math.ceil((minClients - 1) / 2)) },
@@ -259,6 +280,7 @@ export async function createServer(options: ServerOptions = {}): Promise<ServerP
       robust,
       trimFraction,
       serverLearningRate: positive('serverLearningRate', options.serverLearningRate ?? 1),
+      ...(aggregator === 'subspace' ? { subspaceScale } : {}),
       denoise: (() => {
         const d = options.denoise ?? 'none';
         if (d !== 'none' && d !== 'rows') throw new ValidationError('options.denoise', `must be 'none' or 'rows', got '${String(d)}'`);
@@ -269,7 +291,13 @@ export async function createServer(options: ServerOptions = {}): Promise<ServerP
       now,
       log,
     };
-    const rounds = await RoundCoordinator.open(storage, options.initialTable, config);
+    // Subspace mode publishes orthonormal factors from version 0 on: the initial table's trained
+    // block, orthonormalized (its other rows' factors zero), is where the iteration starts.
+    const initial =
+      aggregator === 'subspace' && options.initialTable
+        ? subspaceTable(options.initialTable, options.initialTable.factors.subarray(0, trained.rows * shape.dim), trained, subspaceScale)
+        : options.initialTable;
+    const rounds = await RoundCoordinator.open(storage, initial, config);
     const rateLimit = options.rateLimit ?? { perMinute: 60, burst: 20 };
     const app = createApp(rounds, {
       log,

@@ -12,6 +12,7 @@ import { checkUpdate, reject, type Rejection, type UpdatePolicy } from './valida
 import { decodeMaskedHeader, decodeMaskedUpdate, importPublicKey, unmaskSum, type SecAggParams } from '../federated/secagg.js';
 import { CohortRegistry, type Cohort } from './cohorts.js';
 import { expandDelta, trainedLength, type TrainedPart } from '../federated/client-update.js';
+import { DEFAULT_SUBSPACE_SCALE, subspaceTable } from '../federated/subspace.js';
 
 export interface RoundConfig extends UpdatePolicy {
   /** The part of the table federated training updates (server options `trainRows`, `trainBiases`). */
@@ -31,6 +32,8 @@ export interface RoundConfig extends UpdatePolicy {
   trimFraction: number;
   /** FedAvg server learning rate. Default 1. */
   serverLearningRate: number;
+  /** `subspace` aggregator: the published factors are this times orthonormal columns. */
+  subspaceScale?: number;
   /**
    * `rows`: before the optimizer step, shrink each item's row of the combined delta by the
    * positive-part James–Stein factor for the known DP noise variance ({@link shrinkRows});
@@ -381,7 +384,13 @@ export class RoundCoordinator {
     }
     let next: ItemTable;
     let optimizer: Float32Array | null = null;
-    if (this.config.aggregator === 'fedadam') {
+    if (this.config.aggregator === 'subspace') {
+      // One step of subspace iteration: the trained rows' block of the combined update, deflated
+      // against the biases and orthonormalized. Its scale (the mean over the cohort) does not matter.
+      const t = this.config.trained;
+      const base = this.cur.table;
+      next = { ...subspaceTable(base, mean.subarray(0, t.rows * base.dim), t, this.config.subspaceScale ?? DEFAULT_SUBSPACE_SCALE, base.version + 1), version: base.version + 1 };
+    } else if (this.config.aggregator === 'fedadam') {
       const r = applyFedAdam(this.cur.table, mean, this.cur.optimizer, this.config.fedAdam ?? DEFAULT_FEDADAM);
       next = r.table;
       optimizer = r.state;

@@ -61,7 +61,8 @@ export function register(program: Command): void {
     .option('--noise <sigma>', 'noise multiplier σ (noise std σ·C per coordinate)', num('noise'), 1.0)
     .option('--max-staleness <n>', 'oldest accepted base = current − n', num('max-staleness', true), 2)
     .option('--bits <n>', 'bits per update coordinate (default: widest within 64 KiB)', num('bits', true))
-    .option('--aggregator <name>', 'fedavg or fedadam', 'fedavg')
+    .option('--aggregator <name>', 'fedavg or fedadam (devices train locally), or subspace (federated subspace iteration: devices send one normalized power-iteration step; needs --freeze-biases; docs/FEDERATED.md)', 'fedavg')
+    .option('--subspace-scale <c>', '--aggregator subspace: scale of the published factors, personalization against the biases (default 32)', num('subspace-scale'))
     .option('--robust <name>', 'combine a round per coordinate by: mean, trimmed-mean or median', 'mean')
     .option('--trim <fraction>', 'trimmed-mean: share of values dropped from each end of every coordinate, in [0, 0.5)', num('trim'), 0.1)
     .option('--denoise <how>', "'rows': shrink each item row of a round's delta for the known noise before the step (James–Stein; no privacy cost), or 'none'", 'none')
@@ -70,7 +71,7 @@ export function register(program: Command): void {
     .option('--freeze-biases', "keep the initial biases (the catalog's popularity, which the shop knows from its own sales) and federate the factors only")
     .option('--secure-aggregation', 'devices upload masked updates in cohorts of --min-clients, each adding σC/√K of the noise; the server only learns cohort sums')
     .option('--secagg-bits <b>', 'secure aggregation: bits per coordinate (default: widest within 64 KiB)', num('secagg-bits', true))
-    .option('--secagg-range <r>', "secure aggregation: a cohort sum's coordinate must stay within ±r (default 8·C·max(1, σ))", num('secagg-range'))
+    .option('--secagg-range <r>', "secure aggregation: a cohort sum's coordinate must stay within ±r (default 8·C·max(1, σ); K·C + 8·C·max(1, σ) with --aggregator subspace)", num('secagg-range'))
     .option('--secagg-degree <d>', 'secure aggregation: mask neighbours per device, even (default min(16, K − 1 rounded up))', num('secagg-degree', true))
     .option('--cohort-timeout <seconds>', 'secure aggregation: time a cohort has to fill, then to collect every upload', num('cohort-timeout'), 600)
     .option('--rate-limit <perMinute>', 'updates per minute per client address (0 = off)', num('rate-limit'), 60)
@@ -105,6 +106,8 @@ export function register(program: Command): void {
         };
         offers = await verifyOfferCatalog(await read(o.offers, '--offers'), (await read(o.offersKey, '--offers-key')) as JsonWebKey);
       }
+      if (o.aggregator === 'subspace' && !o.freezeBiases) throw new ValidationError('--aggregator', 'subspace needs --freeze-biases (it federates the factors only; the biases stay as the shop set them)');
+      if (o.subspaceScale !== undefined && o.aggregator !== 'subspace') throw new ValidationError('--subspace-scale', `needs --aggregator subspace (got ${String(o.aggregator)})`);
       if (!o.secureAggregation && (o.secaggBits !== undefined || o.secaggRange !== undefined || o.secaggDegree !== undefined)) {
         throw new ValidationError('--secagg-bits', '--secagg-* options need --secure-aggregation');
       }
@@ -122,6 +125,7 @@ export function register(program: Command): void {
         maxStaleness: o.maxStaleness as number,
         ...(o.bits !== undefined ? { bits: o.bits as number } : {}),
         aggregator: o.aggregator as 'fedavg',
+        ...(o.subspaceScale !== undefined ? { subspaceScale: o.subspaceScale as number } : {}),
         robust: o.robust as 'mean',
         trimFraction: o.trim as number,
         denoise: o.denoise as 'none',

@@ -116,6 +116,18 @@ describe('localrec simulate (command)', () => {
     await assert.rejects(run({ trainRows: '25' }), (e: unknown) => isValidationError(e) && /from 1 to the table's 24 rows/.test((e as Error).message));
   });
 
+  it('--aggregator subspace: the final line names it and its scale; it needs --freeze-biases, and --subspace-scale needs it', async () => {
+    const r = await run({ rounds: '1', trainRows: '10', freezeBiases: true, aggregator: 'subspace', subspaceScale: '3' });
+    const last = r.lines.at(-1)!;
+    assert.deepEqual([last.aggregator, last.subspaceScale, last.trainBiases], ['subspace', 3, false]);
+    assert.equal(last.bytesPerClientPerRound, updateByteLength(10, 8, 8, 256), 'the same update format as local training');
+    assert.equal((await run({ rounds: '1' })).lines.at(-1)!.subspaceScale, null);
+    await assert.rejects(run({ aggregator: 'subspace' }), (e: unknown) => isValidationError(e) && /--aggregator: subspace needs --freeze-biases/.test((e as Error).message));
+    await assert.rejects(run({ subspaceScale: '3' }), (e: unknown) => isValidationError(e) && /--subspace-scale: needs --aggregator subspace/.test((e as Error).message));
+    await assert.rejects(run({ aggregator: 'subspace', freezeBiases: true, subspaceScale: '-1' }), (e: unknown) => isValidationError(e) && /--subspace-scale: must be a number > 0/.test((e as Error).message));
+    await assert.rejects(run({ aggregator: 'power' }), (e: unknown) => isValidationError(e) && /--aggregator: must be fedavg, fedadam or subspace, got 'power'/.test((e as Error).message));
+  });
+
   it('refuses --noise 0 with a finite budget, and bad values, naming the option', async () => {
     await assert.rejects(run({ noise: '0' }), (e: unknown) => isValidationError(e) && /--budget/.test((e as Error).message));
     await assert.rejects(run({ rounds: '0' }), (e: unknown) => isValidationError(e) && /--rounds/.test((e as Error).message));

@@ -220,6 +220,33 @@ test('localrec serve --train-rows 10 --freeze-biases: /v1/config reports the par
   }
 });
 
+test('localrec serve --aggregator subspace --subspace-scale 5: /v1/config says so, version 0 is scaled orthonormal factors; it needs --freeze-biases', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'localrec-subspace-'));
+  try {
+    const catalog = join(dir, 'catalog.json');
+    writeFileSync(catalog, JSON.stringify({ items: IDS.map((id, i) => ({ id, popularity: IDS.length - i })) }));
+    const flags = ['--dim', String(DIM), '--rate-limit', '0', '--train-rows', String(ROWS), '--aggregator', 'subspace'];
+    const c = await spawnServe(join(dir, 'data'), catalog, [...flags, '--freeze-biases', '--subspace-scale', '5', '--bias-scale', '0.5']);
+    try {
+      const config = (await (await fetch(`${c.url}/v1/config`)).json()) as Record<string, unknown>;
+      assert.deepEqual([config.aggregator, config.subspaceScale, config.trainBiases], ['subspace', 5, false]);
+      const served = decodeModel(new Uint8Array(await (await fetch(`${c.url}/v1/model`)).arrayBuffer())).table;
+      for (let j = 0; j < DIM; j++) {
+        let ss = 0;
+        for (let r = 0; r < ROWS; r++) ss += served.factors[r * DIM + j]! ** 2;
+        assert.ok(Math.abs(ss - 25) < 1e-3, `column ${j} has squared norm ${ss}, want 5²`);
+      }
+      assert.ok(served.factors.subarray(ROWS * DIM).every((x) => x === 0), 'rows past --train-rows have no factors');
+    } finally {
+      c.proc.kill('SIGTERM');
+      await c.exited;
+    }
+    await assert.rejects(spawnServe(join(dir, 'other'), catalog, flags), (e: { stderr?: string }) => /--aggregator: subspace needs --freeze-biases/.test(e.stderr ?? ''));
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test('a store with pending updates of another trained part refuses to open, names it, and keeps them', async () => {
   const dir = mkdtempSync(join(tmpdir(), 'localrec-part-store-'));
   try {

@@ -1,0 +1,214 @@
+/**
+ * Federated subspace iteration (`aggregator: 'subspace'`): the device's update is a normalized
+ * outer product of norm exactly C, the server publishes orthonormal factors orthogonal to the
+ * biases, and the whole loop (real client, real server, secure aggregation) learns.
+ */
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { PopularModel } from '../../src/eval/popular-model.js';
+import { evaluateModel } from '../../src/eval/runner.js';
+import { RdpAccountant } from '../../src/federated/dp.js';
+import { simulate } from '../../src/federated/simulate.js';
+import { biasDirection, orthonormalColumns, subspaceTable, subspaceUpdate } from '../../src/federated/subspace.js';
+import { syncOnce } from '../../src/federated/sync.js';
+import { createItemTable } from '../../src/model/item-table.js';
+import { Random } from '../../src/model/random.js';
+import { createServer } from '../../src/server/index.js';
+import { BASE, clusteredSplit } from './simulate-helpers.js';
+
+/** Column j·k dot products of a rows × dim row-major block. */
+function gram(Q: ArrayLike<number>, rows: number, dim: number, scale = 1): number[][] {
+  return Array.from({ length: dim }, (_, j) =>
+    Array.from({ length: dim }, (_, k) => {
+      let s = 0;
+      for (let i = 0; i < rows; i++) s += Q[i * dim + j]! * Q[i * dim + k]!;
+      return s / (scale * scale);
+    }),
+  );
+}
+
+function assertIdentity(G: number[][], tol: number, what: string): void {
+  G.forEach((row, j) => row.forEach((v, k) => assert.ok(Math.abs(v - (j === k ? 1 : 0)) < tol, `${what}: entry (${j}, ${k}) is ${v}`)));
+}
+
+function randomBlock(rows: number, dim: number, seed: number): Float64Array {
+  const r = new Random(seed);
+  return Float64Array.from({ length: rows * dim }, () => r.normal());
+}
+
+const norm = (v: ArrayLike<number>): number => Math.sqrt(Array.from(v).reduce((s, x) => s + x * x, 0));
+
+describe('subspace: orthonormalColumns', () => {
+  it('returns orthonormal columns orthogonal to p that span Y when Y is already orthogonal to p', () => {
+    const rows = 30;
+    const dim = 5;
+    const p = biasDirection({ bias: Float32Array.from({ length: rows }, (_, i) => Math.log1p(rows - i)) }, rows);
+    assert.ok(Math.abs(norm(p) - 1) < 1e-12, 'p is a unit vector');
+    const Q = orthonormalColumns(randomBlock(rows, dim, 1), rows, dim, p);
+    assertIdentity(gram(Q, rows, dim), 1e-12, 'QᵀQ');
+    for (let j = 0; j < dim; j++) {
+      let dot = 0;
+      for (let i = 0; i < rows; i++) dot += Q[i * dim + j]! * p[i]!;
+      assert.ok(Math.abs(dot) < 1e-12, `column ${j} · p = ${dot}`);
+    }
+    // Q Qᵀ Y = Y for Y inside the span: take Y = Q·M for a random M.
+    const M = randomBlock(dim, dim, 2);
+    const Y = new Float64Array(rows * dim);
+    for (let i = 0; i < rows; i++) for (let j = 0; j < dim; j++) for (let k = 0; k < dim; k++) Y[i * dim + j] += Q[i * dim + k]! * M[k * dim + j]!;
+    const Q2 = orthonormalColumns(Y, rows, dim, p);
+    for (let i = 0; i < rows; i++) {
+      for (let j = 0; j < dim; j++) {
+        let back = 0;
+        for (let k = 0; k < dim; k++) for (let l = 0; l < rows; l++) back += Q2[i * dim + k]! * Q2[l * dim + k]! * Y[l * dim + j]!;
+        assert.ok(Math.abs(back - Y[i * dim + j]!) < 1e-9, `Y[${i}, ${j}] is not in the span`);
+      }
+    }
+  });
+
+  it('still returns dim orthonormal columns when Y is rank-deficient (a zero and a repeated column)', () => {
+    const rows = 12;
+    const dim = 3;
+    const Y = new Float64Array(rows * dim);
+    for (let i = 0; i < rows; i++) {
+      Y[i * dim] = i + 1;
+      Y[i * dim + 1] = 2 * (i + 1); // parallel to column 0
+      Y[i * dim + 2] = 0; // nothing
+    }
+    const Q = orthonormalColumns(Y, rows, dim);
+    assertIdentity(gram(Q, rows, dim), 1e-12, 'QᵀQ');
+  });
+
+  it('names the problem on a wrong shape or too many columns', () => {
+    assert.throws(() => orthonormalColumns(new Float64Array(10), 4, 3), /has 10 values; 4 rows × 3 need 12/);
+    assert.throws(() => orthonormalColumns(new Float64Array(16), 4, 4, new Float64Array([1, 0, 0, 0])), /4 orthonormal columns do not fit in 4 rows \(one direction is the biases\)/);
+  });
+});
+
+describe('subspace: the device update', () => {
+  const ids = Array.from({ length: 10 }, (_, i) => `i${i}`);
+  const table = createItemTable(ids, 3, { seed: 4 });
+  const part = { rows: 6, biases: false };
+
+  it('is C · a(aᵀF) / ‖a(aᵀF)‖ over the trained rows, of norm exactly C', () => {
+    const history = [
+      { row: 1, weight: 1 },
+      { row: 4, weight: 2 },
+      { row: 1, weight: 0.5 }, // same item again: weights add up
+      { row: 8, weight: 3 }, // outside the trained rows: ignored
+      { row: 2, weight: 0 }, // no weight: ignored
+    ];
+    const u = subspaceUpdate(table, part, history, 2.5)!;
+    assert.equal(u.length, part.rows * 3);
+    assert.ok(Math.abs(norm(u) - 2.5) < 1e-12, `‖u‖ = ${norm(u)}`);
+    const a = new Map([
+      [1, 1.5],
+      [4, 2],
+    ]);
+    const p = [0, 1, 2].map((k) => 1.5 * table.factors[1 * 3 + k]! + 2 * table.factors[4 * 3 + k]!);
+    const scale = 2.5 / (Math.hypot(1.5, 2) * Math.hypot(...p));
+    for (let r = 0; r < part.rows; r++) {
+      for (let k = 0; k < 3; k++) {
+        const want = (a.get(r) ?? 0) * p[k]! * scale;
+        assert.ok(Math.abs(u[r * 3 + k]! - want) < 1e-12, `u[${r}, ${k}] = ${u[r * 3 + k]}, want ${want}`);
+      }
+    }
+  });
+
+  it('does not depend on the scale of the published factors or of the weights', () => {
+    const history = [
+      { row: 0, weight: 1 },
+      { row: 3, weight: 4 },
+    ];
+    const bigger = { ...table, factors: table.factors.map((x) => 7 * x) };
+    const u1 = subspaceUpdate(table, part, history, 1)!;
+    const u2 = subspaceUpdate(bigger, part, history.map((h) => ({ ...h, weight: h.weight * 3 })), 1)!;
+    u1.forEach((v, i) => assert.ok(Math.abs(v - u2[i]!) < 1e-6, `coordinate ${i}: ${v} vs ${u2[i]}`));
+  });
+
+  it('is null when the history has no weight on the trained rows', () => {
+    assert.equal(subspaceUpdate(table, part, [{ row: 7, weight: 1 }], 1), null);
+    assert.equal(subspaceUpdate(table, part, [{ row: 2, weight: -1 }], 1), null);
+    assert.equal(subspaceUpdate(table, part, [], 1), null);
+  });
+});
+
+describe('subspace: the published table', () => {
+  const ids = Array.from({ length: 20 }, (_, i) => `i${i}`);
+  const base = createItemTable(ids, 4, { seed: 2, popularity: ids.map((_, i) => 20 - i), popularityScale: 0.5 });
+  const part = { rows: 12, biases: false };
+
+  it('has scale · orthonormal factors on the trained rows, orthogonal to their biases, zeros elsewhere, biases kept', () => {
+    const t = subspaceTable(base, randomBlock(12, 4, 9), part, 8);
+    assertIdentity(gram(t.factors.subarray(0, 48), 12, 4, 8), 1e-5, 'QᵀQ of factors / 8');
+    const p = biasDirection(base, 12);
+    for (let j = 0; j < 4; j++) {
+      let dot = 0;
+      for (let i = 0; i < 12; i++) dot += t.factors[i * 4 + j]! * p[i]!;
+      assert.ok(Math.abs(dot) < 1e-4, `column ${j} · bias direction = ${dot}`);
+    }
+    assert.ok(t.factors.subarray(48).every((x) => x === 0), 'untrained rows have no factors');
+    assert.deepEqual(Array.from(t.bias), Array.from(base.bias));
+  });
+
+  it('refuses trained biases and a scale that is not a positive number', () => {
+    assert.throws(() => subspaceTable(base, randomBlock(12, 4, 9), { rows: 12, biases: true }, 8), /trainBiases: must be false with the subspace aggregator/);
+    assert.throws(() => subspaceTable(base, randomBlock(12, 4, 9), part, 0), /subspaceScale: must be a finite number > 0, got 0/);
+  });
+});
+
+describe('subspace: server and simulation', () => {
+  it('the server checks its options, starts from an orthonormal version 0 and tells devices the aggregator', async () => {
+    const ids = Array.from({ length: 30 }, (_, i) => `i${i}`);
+    const initialTable = createItemTable(ids, 4, { seed: 3, popularity: ids.map((_, i) => 30 - i), popularityScale: 0.5 });
+    await assert.rejects(createServer({ dataDir: null, initialTable, aggregator: 'subspace' }), /options\.trainBiases: must be false with the subspace aggregator/);
+    await assert.rejects(createServer({ dataDir: null, initialTable, subspaceScale: 4 }), /options\.subspaceScale: applies to the subspace aggregator only/);
+    await assert.rejects(createServer({ dataDir: null, initialTable, aggregator: 'subspace', trainBiases: false, trainRows: 4 }), /options\.trainRows: must exceed dim \(4\)/);
+    await assert.rejects(createServer({ dataDir: null, initialTable, aggregator: 'bogus' as 'fedavg' }), /options\.aggregator: must be 'fedavg', 'fedadam', 'subspace', got 'bogus'/);
+    const { app, storage } = await createServer({ dataDir: null, initialTable, aggregator: 'subspace', subspaceScale: 6, trainBiases: false, trainRows: 20, minClients: 2, rateLimit: false });
+    try {
+      const config = (await (await app.request('/v1/config')).json()) as { aggregator: string; subspaceScale: number };
+      assert.equal(config.aggregator, 'subspace');
+      assert.equal(config.subspaceScale, 6);
+      const { decodeModel } = await import('../../src/federated/wire.js');
+      const v0 = decodeModel(new Uint8Array(await (await app.request('/v1/model')).arrayBuffer())).table;
+      assertIdentity(gram(v0.factors.subarray(0, 80), 20, 4, 6), 1e-5, 'version 0');
+      assert.ok(v0.factors.subarray(80).every((x) => x === 0));
+      // Two devices sync: a new version, again orthonormal, and each spent one release.
+      const fetchApp = (url: string, init?: { method?: string; body?: Uint8Array; headers?: Record<string, string> }) => Promise.resolve(app.fetch(new Request(url, init as RequestInit)));
+      for (const [s, items] of [
+        [1, ['i0', 'i1', 'i2']],
+        [2, ['i3', 'i1', 'i25']],
+      ] as const) {
+        const acc = new RdpAccountant();
+        const r = await syncOnce({ serverUrl: 'http://127.0.0.1', fetch: fetchApp, accountant: acc, history: [{ itemIds: [...items], weights: items.map(() => 1) }], attempts: 1, train: { seed: s } });
+        assert.equal(r.sent, true);
+        assert.equal(acc.releases, 1);
+      }
+      const v1 = decodeModel(new Uint8Array(await (await app.request('/v1/model')).arrayBuffer())).table;
+      assert.equal(v1.version, 1);
+      assertIdentity(gram(v1.factors.subarray(0, 80), 20, 4, 6), 1e-5, 'version 1');
+      assert.deepEqual(Array.from(v1.bias), Array.from(v0.bias), 'biases stay');
+    } finally {
+      await storage.close();
+    }
+  });
+
+  it('learns the clusters with σ = 0, and with secure aggregation and noise it keeps the budget', async () => {
+    const split = clusteredSplit();
+    const o = { ...BASE, aggregator: 'subspace' as const, trainBiases: false, biasScale: 0.5, subspaceScale: 4 };
+    const r = await simulate(split, { ...o, rounds: 4, clientsPerRound: 40, noiseMultiplier: 0, budget: Infinity });
+    const pop = await evaluateModel(new PopularModel(), split, { k: 10, data: 'synthetic' });
+    assert.equal(r.final.aggregator, 'subspace');
+    assert.equal(r.final.subspaceScale, 4);
+    assert.ok(r.final.hr > pop.hr + 0.2, `HR ${r.final.hr} vs popular ${pop.hr}`);
+    assert.ok(r.final.hr > r.final.initialHr + 0.2, `HR ${r.final.hr} vs initial ${r.final.initialHr}`);
+    const noisy = await simulate(split, { ...o, rounds: 2, clientsPerRound: 20, noiseMultiplier: 1, budget: 8, secureAggregation: true });
+    assert.equal(noisy.final.updatesSent, 40);
+    assert.equal(noisy.final.version, 4, 'one version per cohort of 10');
+    // Two releases at σ = 1: μ = √2, exact ε at δ = 1e-5.
+    const acc = new RdpAccountant();
+    acc.record(1);
+    acc.record(1);
+    assert.ok(Math.abs(noisy.final.epsilonMax! - acc.epsilon(1e-5)) < 1e-4, `ε ${noisy.final.epsilonMax} vs ${acc.epsilon(1e-5)}`);
+  });
+});
