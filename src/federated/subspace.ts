@@ -10,9 +10,10 @@
  *
  *     U = C · a (aᵀQ) / ‖aᵀQ‖        (an outer product: rows × dim, ‖U‖ = C exactly)
  *
- * plus its DP noise. The sum over devices, Σ a aᵀQ up to each device's scale, is the co-occurrence
- * matrix times Q; orthonormalizing it is one step of subspace iteration, so after a few rounds Q
- * spans the leading eigenvectors of the co-occurrence (PureSVD's item factors). Scores on the
+ * plus its DP noise. The sum over devices is Σ w·a aᵀQ, the shoppers' item co-occurrence times Q
+ * with each shopper's term weighted (w = C/‖aᵀQ‖) so that it has norm C; orthonormalizing it is
+ * one step of subspace iteration, so after a few rounds Q spans the leading eigenvectors of that
+ * weighted co-occurrence (what PureSVD's item factors span, up to the weights). Scores on the
  * device are then `b + scale² · Q Qᵀ ã` (ã the history's weights over their sum), the usual
  * `b + V·z` with z the weighted mean of the history's factors: nothing changes on the scoring side.
  *

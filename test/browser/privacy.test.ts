@@ -9,6 +9,7 @@ import { createItemTable } from '../../src/model/item-table.js';
 import { startServer, type RunningServer } from '../../src/server/index.js';
 import { RdpAccountant } from '../../src/federated/dp.js';
 import { syncOnce } from '../../src/federated/sync.js';
+import { decodeModel } from '../../src/federated/wire.js';
 import { assertBuilt, launch, openPage, serveRepo } from './harness.js';
 
 const ids = Array.from({ length: 120 }, (_, i) => `sku-${1000 + i}`);
@@ -180,6 +181,68 @@ describe('privacy in Chromium', () => {
     } finally {
       await page.close();
       await secure.close();
+    }
+  });
+
+  it('against a subspace server the page sends one LRU1 step of the documented size, and the server publishes orthonormal factors', async () => {
+    const subspace = await startServer({
+      port: 0,
+      dataDir: null,
+      initialTable: createItemTable(ids, 16, { seed: 1, popularity: ids.map((_, i) => 120 - i), popularityScale: 0.5 }),
+      minClients: 1,
+      rateLimit: false,
+      aggregator: 'subspace',
+      subspaceScale: 8,
+      trainBiases: false,
+      trainRows: 60,
+      staticDir: '.',
+      log: () => {},
+    });
+    const page = await browser.newPage();
+    try {
+      await page.addInitScript('globalThis.__name = (f) => f;');
+      await page.goto(`${subspace.url}/test/browser/pages/sdk.html`);
+      await page.waitForFunction(() => (window as any).ready === true);
+      const requests: Request[] = [];
+      page.on('request', (q) => requests.push(q));
+      const history = ['sku-1004', 'sku-1019', 'sku-1033', 'sku-1090'];
+      const r = await page.evaluate(
+        async ({ catalog, history, serverUrl }) => {
+          const { createRecommender } = (window as any).localrec;
+          const rec = await createRecommender({ catalog, backend: 'wasm', dbName: 'privacy-subspace', autoTrainEvery: 0, model: { dim: 16 }, federated: { serverUrl } });
+          await rec.setConsent({ personalization: true, federated: true });
+          for (const itemId of history) rec.track({ type: 'view', itemId });
+          await rec.flush();
+          const sync = await rec.sync();
+          await rec.erase();
+          return { sync };
+        },
+        { catalog: CATALOG, history, serverUrl: subspace.url },
+      );
+      assert.equal(r.sync.sent, true);
+      assert.equal(subspace.rounds.version, 1, 'the one update completed a round');
+      const api = requests.filter((q) => q.url().includes('/v1/'));
+      assert.deepEqual(api.map((q) => `${q.method()} ${new URL(q.url()).pathname}`), ['GET /v1/config', 'GET /v1/model', 'POST /v1/updates']);
+      const config = (await (await fetch(`${subspace.url}/v1/config`)).json()) as { updateBytes: number; aggregator: string };
+      assert.equal(config.aggregator, 'subspace');
+      const update = api[2]!.postDataBuffer()!;
+      assert.equal(update.subarray(0, 4).toString('latin1'), 'LRU1');
+      assert.equal(update.length, config.updateBytes, 'the same fixed size as any update of 60 rows');
+      for (const q of requests) {
+        const body = q.postDataBuffer()?.toString('latin1') ?? '';
+        for (const needle of history) assert.ok(!q.url().includes(needle) && !body.includes(needle), `${needle} must not leave the page (${q.url()})`);
+      }
+      // Version 1: 60 rows of 8·orthonormal columns, the other rows without factors.
+      const t = decodeModel(new Uint8Array(await (await fetch(`${subspace.url}/v1/model`)).arrayBuffer())).table;
+      for (let j = 0; j < 16; j++) {
+        let ss = 0;
+        for (let i = 0; i < 60; i++) ss += t.factors[i * 16 + j]! ** 2;
+        assert.ok(Math.abs(ss - 64) < 1e-2, `column ${j}: squared norm ${ss}`);
+      }
+      assert.ok(t.factors.subarray(60 * 16).every((x) => x === 0));
+    } finally {
+      await page.close();
+      await subspace.close();
     }
   });
 
