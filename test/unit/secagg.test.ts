@@ -415,3 +415,24 @@ test("a member's view of a full cohort holds degree + 1 keys, whatever the cohor
   for (const [j, hex] of Object.entries(view.memberKeys!)) assert.equal(hex, toHex(keys[Number(j)]!.publicKey));
   assert.equal(reg.view(cohort!).keys!.length, 40, 'without member: all keys, for audits');
 });
+
+test("the default range is the hard bound K·C + 8·C·max(1, σ) when the bits make its rounding negligible or under subspace, else 8·C·max(1, σ)", async () => {
+  const stepOf = async (o: Parameters<typeof createServer>[0]) => {
+    const parts = await createServer({ dataDir: null, initialTable: initialTable(), minClients: 100, clip: 1, noiseMultiplier: 1, rateLimit: false, log: () => {}, ...o });
+    try {
+      return ((await (await parts.app.request('/v1/config')).json()) as { secureAggregation: { bits: number; step: number } }).secureAggregation;
+    } finally {
+      await parts.storage.close();
+    }
+  };
+  // 32 bits: γ = 108 / 2^31, rounding 100·γ²/4 ≈ 6·10⁻¹⁴, far under 1 % of (σC)² = 1.
+  const wide = await stepOf({ secureAggregation: true });
+  assert.equal(wide.bits, 32);
+  assert.equal(wide.step, 108 / 2 ** 31);
+  // 12 bits: the hard bound's rounding would be 100·(108/2048)²/4 ≈ 0.07 > 0.01, so 8σC.
+  assert.equal((await stepOf({ secureAggregation: { bits: 12 } })).step, 8 / 2048);
+  // Subspace updates never cancel: the hard bound whatever the bits.
+  assert.equal((await stepOf({ secureAggregation: { bits: 12 }, aggregator: 'subspace', trainBiases: false, trainRows: 20 })).step, 108 / 2048);
+  // An explicit range wins.
+  assert.equal((await stepOf({ secureAggregation: { range: 4 } })).step, 4 / 2 ** 31);
+});
