@@ -13,6 +13,8 @@ import type { CsvFlags } from '../eval/presets.js';
 import type { Command } from 'commander';
 import { basename } from 'node:path';
 import { ValidationError } from '../errors.js';
+import { AGGREGATOR_NAMES, isAggregatorName } from '../server/aggregate.js';
+import { checkSubspaceFlags } from './subspace.js';
 
 /** Column flags (`--user --item --time --weight --filter`) are shared with the other data commands. */
 export interface SimulateCommandOptions extends CsvFlags {
@@ -147,10 +149,11 @@ export async function runSimulate(opts: SimulateCommandOptions, io: SimulateIo):
   const recencyDecay = num('--recency', opts.recency, (x) => x > 0 && x <= 1, 'in (0, 1]');
   const centralEpochs = posInt('--central-epochs', opts.centralEpochs);
   const aggregator = opts.aggregator;
-  if (aggregator !== 'fedavg' && aggregator !== 'fedadam' && aggregator !== 'subspace') throw new ValidationError('--aggregator', `must be fedavg, fedadam or subspace, got '${aggregator}'`);
+  if (!isAggregatorName(aggregator)) {
+    throw new ValidationError('--aggregator', `must be ${AGGREGATOR_NAMES.slice(0, -1).join(', ')} or ${AGGREGATOR_NAMES.at(-1)}, got '${aggregator}'`);
+  }
   const subspaceScale = opts.subspaceScale === undefined ? undefined : num('--subspace-scale', opts.subspaceScale, (x) => Number.isFinite(x) && x > 0, 'a number > 0');
-  if (subspaceScale !== undefined && aggregator !== 'subspace') throw new ValidationError('--subspace-scale', `needs --aggregator subspace (got ${aggregator})`);
-  if (aggregator === 'subspace' && !opts.freezeBiases) throw new ValidationError('--aggregator', 'subspace needs --freeze-biases (it federates the factors only; the biases stay as the shop set them)');
+  checkSubspaceFlags(aggregator, !!opts.freezeBiases, subspaceScale);
   const robust = opts.robust ?? 'mean';
   if (robust !== 'mean' && robust !== 'trimmed-mean' && robust !== 'median') throw new ValidationError('--robust', `must be mean, trimmed-mean or median, got '${robust}'`);
   const trimFraction = opts.trim === undefined ? undefined : num('--trim', opts.trim, (x) => x >= 0 && x < 0.5, 'in [0, 0.5)');

@@ -30,6 +30,16 @@ import type { TrainedPart } from './client-update.js';
 export const DEFAULT_SUBSPACE_SCALE = 32;
 
 /**
+ * The command-line rules of the subspace aggregator, shared by `localrec serve` and `localrec
+ * simulate` so that the error names the flag: it needs `--freeze-biases`, and `--subspace-scale`
+ * needs it. (`createServer` checks the same on its options.)
+ */
+export function checkSubspaceFlags(aggregator: string, freezeBiases: boolean, subspaceScale: number | undefined): void {
+  if (aggregator === 'subspace' && !freezeBiases) throw new ValidationError('--aggregator', 'subspace needs --freeze-biases (it federates the factors only; the biases stay as the shop set them)');
+  if (subspaceScale !== undefined && aggregator !== 'subspace') throw new ValidationError('--subspace-scale', `needs --aggregator subspace (got ${aggregator})`);
+}
+
+/**
  * The unit vector along the trained rows' biases: the direction the factors are kept orthogonal
  * to. Zero (no deflation) when the biases are all zero.
  */

@@ -16,6 +16,10 @@ export type AggregatorName = 'fedavg' | 'fedadam' | 'subspace';
 
 export const AGGREGATOR_NAMES: readonly AggregatorName[] = ['fedavg', 'fedadam', 'subspace'];
 
+export function isAggregatorName(x: unknown): x is AggregatorName {
+  return (AGGREGATOR_NAMES as readonly unknown[]).includes(x);
+}
+
 /**
  * How a round's deltas are combined per coordinate before the optimizer step: `mean` (plain
  * FedAvg/FedAdam), `trimmed-mean` (drop the ⌊β·M⌋ smallest and largest values of each coordinate,

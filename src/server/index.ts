@@ -6,7 +6,7 @@ import type { AddressInfo } from 'node:net';
 import { ValidationError } from '../errors.js';
 import { chooseBits, decodeModel, DEFAULT_BLOCK_SIZE, UPDATE_BUDGET_BYTES } from '../federated/wire.js';
 import type { ItemTable } from '../model/item-table.js';
-import { AGGREGATOR_NAMES, DEFAULT_FEDADAM, DEFAULT_TRIM_FRACTION, ROBUST_NAMES, trimCount, type AggregatorName, type FedAdamOptions, type RobustName } from './aggregate.js';
+import { AGGREGATOR_NAMES, DEFAULT_FEDADAM, isAggregatorName, DEFAULT_TRIM_FRACTION, ROBUST_NAMES, trimCount, type AggregatorName, type FedAdamOptions, type RobustName } from './aggregate.js';
 import { createApp } from './app.js';
 import { MemoryStorage } from './memory-storage.js';
 import { RateLimiter, type RateLimitOptions } from './rate-limit.js';
@@ -215,7 +215,7 @@ export async function createServer(options: ServerOptions = {}): Promise<ServerP
     const maxStaleness = options.maxStaleness ?? 2;
     if (!Number.isInteger(maxStaleness) || maxStaleness < 0) throw new ValidationError('options.maxStaleness', `must be an integer ≥ 0, got ${maxStaleness}`);
     const aggregator = options.aggregator ?? 'fedavg';
-    if (!AGGREGATOR_NAMES.includes(aggregator)) throw new ValidationError('options.aggregator', `must be ${AGGREGATOR_NAMES.map((a) => `'${a}'`).join(', ')}, got '${String(aggregator)}'`);
+    if (!isAggregatorName(aggregator)) throw new ValidationError('options.aggregator', `must be ${AGGREGATOR_NAMES.map((a) => `'${a}'`).join(', ')}, got '${String(aggregator)}'`);
     if (options.subspaceScale !== undefined && aggregator !== 'subspace') throw new ValidationError('options.subspaceScale', `applies to the subspace aggregator only (aggregator is '${aggregator}')`);
     const subspaceScale = positive('subspaceScale', options.subspaceScale ?? DEFAULT_SUBSPACE_SCALE);
     if (aggregator === 'subspace' && trained.biases) {

@@ -106,8 +106,8 @@ export function register(program: Command): void {
         };
         offers = await verifyOfferCatalog(await read(o.offers, '--offers'), (await read(o.offersKey, '--offers-key')) as JsonWebKey);
       }
-      if (o.aggregator === 'subspace' && !o.freezeBiases) throw new ValidationError('--aggregator', 'subspace needs --freeze-biases (it federates the factors only; the biases stay as the shop set them)');
-      if (o.subspaceScale !== undefined && o.aggregator !== 'subspace') throw new ValidationError('--subspace-scale', `needs --aggregator subspace (got ${String(o.aggregator)})`);
+      const { checkSubspaceFlags } = await import('../federated/subspace.js');
+      checkSubspaceFlags(String(o.aggregator), !!o.freezeBiases, o.subspaceScale as number | undefined);
       if (!o.secureAggregation && (o.secaggBits !== undefined || o.secaggRange !== undefined || o.secaggDegree !== undefined)) {
         throw new ValidationError('--secagg-bits', '--secagg-* options need --secure-aggregation');
       }
