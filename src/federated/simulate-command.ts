@@ -45,7 +45,7 @@ export interface SimulateCommandOptions extends CsvFlags {
   subspaceScale?: string;
   robust?: string;
   trim?: string;
-  serverLr: string;
+  serverLr?: string;
   secureAggregation?: boolean;
   denoise?: string;
   biasScale?: string;
@@ -102,7 +102,7 @@ export function register(program: Command, io: SimulateIo = PROCESS_IO): void {
     .option('--subspace-scale <c>', 'server, --aggregator subspace: scale of the published factors, personalization against the biases (default 32)')
     .option('--robust <name>', 'server: combine a round per coordinate by mean|trimmed-mean|median (default mean)')
     .option('--trim <fraction>', 'server: trimmed-mean share dropped from each end, in [0, 0.5) (default 0.1)')
-    .option('--server-lr <lr>', 'server: FedAvg learning rate', '1')
+    .option('--server-lr <lr>', 'server, --aggregator fedavg: the step along the combined delta (default 1)')
     .option('--denoise <how>', "server: 'rows' shrinks each item row of a round's delta for the known noise (James–Stein; post-processing), or 'none'", 'none')
     .option('--train-rows <n>', 'server: federated training updates only the n most popular items (the rest keep their initial values); uploads shrink with it (default all)')
     .option('--freeze-biases', "server: keep the initial popularity biases (the shop's own sales counts) and federate the factors only")
@@ -157,7 +157,8 @@ export async function runSimulate(opts: SimulateCommandOptions, io: SimulateIo):
   const robust = opts.robust ?? 'mean';
   if (robust !== 'mean' && robust !== 'trimmed-mean' && robust !== 'median') throw new ValidationError('--robust', `must be mean, trimmed-mean or median, got '${robust}'`);
   const trimFraction = opts.trim === undefined ? undefined : num('--trim', opts.trim, (x) => x >= 0 && x < 0.5, 'in [0, 0.5)');
-  const serverLearningRate = num('--server-lr', opts.serverLr, (x) => Number.isFinite(x) && x > 0, 'a number > 0');
+  const serverLearningRate = opts.serverLr === undefined ? undefined : num('--server-lr', opts.serverLr, (x) => Number.isFinite(x) && x > 0, 'a number > 0');
+  if (serverLearningRate !== undefined && aggregator !== 'fedavg') throw new ValidationError('--server-lr', `applies to --aggregator fedavg only (got ${aggregator})`);
   let secureAggregation: boolean | { bits?: number; range?: number; degree?: number } = false;
   if (opts.secureAggregation) {
     const sa: { bits?: number; range?: number; degree?: number } = {};
@@ -227,7 +228,7 @@ export async function runSimulate(opts: SimulateCommandOptions, io: SimulateIo):
     ...(subspaceScale !== undefined ? { subspaceScale } : {}),
     robust,
     ...(trimFraction !== undefined ? { trimFraction } : {}),
-    serverLearningRate,
+    ...(serverLearningRate !== undefined ? { serverLearningRate } : {}),
     ...(secureAggregation ? { secureAggregation } : {}),
     denoise,
     ...(trainRows !== undefined ? { trainRows } : {}),

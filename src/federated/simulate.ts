@@ -22,7 +22,7 @@ import { userVector } from '../model/score.js';
 import type { TrainConfig } from '../model/train.js';
 import { DEFAULT_DELTA, RdpAccountant } from './dp.js';
 import { DEFAULT_SUBSPACE_SCALE } from './subspace.js';
-import { syncOnce, type FetchLike } from './sync.js';
+import { parseServerConfig, syncOnce, type FetchLike, type ServerConfig } from './sync.js';
 import { decodeModel, toHex, sha256 } from './wire.js';
 
 export interface SimulateOptions {
@@ -143,11 +143,19 @@ export interface SimFinalLine {
   /** Rows federated training updates (the most popular items) and whether it trains their biases. */
   trainRows: number;
   trainBiases: boolean;
-  /** Initial biases a·ln(1 + count) (null: ln(1 + count) / max, the default). */
+  /**
+   * Initial biases a·ln(1 + count) (null: ln(1 + count) / max, the default; also null with an
+   * external server, which made its own initial table).
+   */
   biasScale: number | null;
-  /** The server's aggregator, and the scale of its factors under `subspace` (else null). */
-  aggregator: 'fedavg' | 'fedadam' | 'subspace';
+  /**
+   * The server's aggregator (`fedavg`, `fedadam`, `subspace`, or whatever an external server
+   * names), and the scale of its factors under `subspace` (else null).
+   */
+  aggregator: string;
   subspaceScale: number | null;
+  /** Whether the server ran secure aggregation (cohorts of `minClients`). */
+  secureAggregation: boolean;
   server: string;
   /** Global model version at the end. */
   version: number;
@@ -280,9 +288,56 @@ function positiveInt(name: string, v: number): number {
 interface ServerHandle {
   url: string;
   label: string;
+  /** A server elsewhere (`--server URL`), whose config may differ from the options. */
+  external: boolean;
   /** In-process servers answer through the hono app without sockets. */
   fetch?: FetchLike;
   close(): Promise<void>;
+}
+
+/** The settings a run is ruled by, read from the server's `GET /v1/config`. */
+interface RunSettings {
+  clip: number;
+  noiseMultiplier: number;
+  minClients: number;
+  dim: number;
+  trainRows: number;
+  trainBiases: boolean;
+  aggregator: string;
+  subspaceScale: number | null;
+  /** Secure aggregation's cohort size, null without it. */
+  cohortSize: number | null;
+}
+
+function runSettings(c: ServerConfig): RunSettings {
+  const aggregator = c.aggregator ?? 'fedavg';
+  return {
+    clip: c.clip,
+    noiseMultiplier: c.noiseMultiplier,
+    minClients: c.minClients,
+    dim: c.dim,
+    trainRows: c.trainRows ?? c.items,
+    trainBiases: c.trainBiases ?? true,
+    aggregator,
+    subspaceScale: aggregator === 'subspace' ? (c.subspaceScale ?? DEFAULT_SUBSPACE_SCALE) : null,
+    cohortSize: c.secureAggregation ? c.secureAggregation.cohortSize : null,
+  };
+}
+
+/** Where an external server's settings differ from the options, as `name server (given x)`. */
+function settingsDiffer(o: SimulateOptions, items: number, r: RunSettings): string[] {
+  const given: Record<keyof RunSettings, unknown> = {
+    clip: o.clip,
+    noiseMultiplier: o.noiseMultiplier,
+    minClients: o.minClients,
+    dim: o.dim,
+    trainRows: o.trainRows ?? items,
+    trainBiases: o.trainBiases ?? true,
+    aggregator: o.aggregator ?? 'fedavg',
+    subspaceScale: (o.aggregator ?? 'fedavg') === 'subspace' ? (o.subspaceScale ?? DEFAULT_SUBSPACE_SCALE) : null,
+    cohortSize: o.secureAggregation ? o.minClients : null,
+  };
+  return (Object.keys(given) as (keyof RunSettings)[]).filter((key) => given[key] !== r[key]).map((key) => `${key} ${String(r[key])} (given ${String(given[key])})`);
 }
 
 /**
@@ -293,7 +348,7 @@ interface ServerHandle {
  */
 async function openServer(o: SimulateOptions, table: ItemTable, log: (m: string) => void): Promise<ServerHandle> {
   const kind = o.server ?? 'memory';
-  if (/^https?:\/\//.test(kind)) return { url: kind, label: kind, close: async () => {} };
+  if (/^https?:\/\//.test(kind)) return { url: kind, label: kind, external: true, close: async () => {} };
   if (kind !== 'memory' && kind !== 'sqlite') throw new ValidationError('--server', `must be memory, sqlite or an http(s) URL, got '${kind}'`);
   const { createServer } = await import('../server/index.js');
   const dir = kind === 'sqlite' ? await mkdtemp(join(tmpdir(), 'localrec-sim-')) : null;
@@ -309,7 +364,7 @@ async function openServer(o: SimulateOptions, table: ItemTable, log: (m: string)
       ...(o.subspaceScale !== undefined ? { subspaceScale: o.subspaceScale } : {}),
       ...(o.robust ? { robust: o.robust } : {}),
       ...(o.trimFraction !== undefined ? { trimFraction: o.trimFraction } : {}),
-      serverLearningRate: o.serverLearningRate ?? 1,
+      ...(o.serverLearningRate !== undefined ? { serverLearningRate: o.serverLearningRate } : {}),
       ...(o.denoise ? { denoise: o.denoise } : {}),
       ...(o.trainRows !== undefined ? { trainRows: o.trainRows } : {}),
       ...(o.trainBiases !== undefined ? { trainBiases: o.trainBiases } : {}),
@@ -320,6 +375,7 @@ async function openServer(o: SimulateOptions, table: ItemTable, log: (m: string)
     return {
       url: 'http://127.0.0.1',
       label: kind,
+      external: false,
       fetch: (url, init) => Promise.resolve(app.fetch(new Request(url, init as RequestInit))),
       close: async () => {
         await storage.close();
@@ -391,6 +447,14 @@ export async function simulate(split: Split, o: SimulateOptions): Promise<Simula
     const overlap = held.table.itemIds.filter((id) => itemIndex.has(id)).length;
     if (overlap === 0) throw new ValidationError('--server', `the server's model has none of the data set's ${split.itemIds.length} items (start it with the catalog from --write-catalog)`);
     if (overlap < split.itemIds.length) log(`the server's model has ${overlap} of the data set's ${split.itemIds.length} items; the others are never recommended`);
+    // The server's own config rules the run (an external server's may differ from the options).
+    const cfgRes = await fetchFn(`${server.url}/v1/config`);
+    if (!cfgRes.ok) throw new ValidationError('server', `GET /v1/config answered ${cfgRes.status}`);
+    const ruled = runSettings(parseServerConfig((await cfgRes.json()) as Partial<ServerConfig>));
+    if (server.external) {
+      const differ = settingsDiffer(o, split.itemIds.length, ruled);
+      if (differ.length) log(`the server at ${server.url} rules this run, not the options: ${differ.join(', ')}`);
+    }
     const initialEval = await evaluateTable(alignTo(held.table, split.itemIds), split, { k, weighting, temperature, data });
     log(`version 0 (initial model): HR@${k} ${initialEval.hr}, NDCG@${k} ${initialEval.ndcg} on ${initialEval.testUsers} test users`);
 
@@ -415,9 +479,9 @@ export async function simulate(split: Split, o: SimulateOptions): Promise<Simula
     };
 
     const M = Math.min(o.clientsPerRound, nUsers);
-    const secure = !!o.secureAggregation;
-    if (secure && M % o.minClients !== 0) {
-      throw new ValidationError('clientsPerRound', `must be a multiple of the cohort size (minClients ${o.minClients}) with secure aggregation, got ${M}`);
+    const cohortSize = ruled.cohortSize;
+    if (cohortSize !== null && M % cohortSize !== 0) {
+      throw new ValidationError('clientsPerRound', `must be a multiple of the server's cohort size (${cohortSize}) with secure aggregation, got ${M}`);
     }
     const order = Array.from({ length: nUsers }, (_, u) => u);
     const syncDevice = (u: number, r: number) =>
@@ -436,9 +500,9 @@ export async function simulate(split: Split, o: SimulateOptions): Promise<Simula
       });
     for (let r = 1; r <= o.rounds; r++) {
       const c = { sent: 0, nothing: 0, skipped: 0 };
-      if (secure) {
+      if (cohortSize !== null) {
         // Cohorts must fill: draw M devices among those that can send (budget left, ≥ 2 items).
-        const eligible = order.filter((u) => histories[u]!.itemIds.length >= 2 && accountants[u]!.canSpend(o.noiseMultiplier, o.budget, delta));
+        const eligible = order.filter((u) => histories[u]!.itemIds.length >= 2 && accountants[u]!.canSpend(ruled.noiseMultiplier, o.budget, delta));
         if (eligible.length < M) {
           log(`round ${r}: only ${eligible.length} devices can still send, fewer than ${M}; stopping`);
           break;
@@ -447,8 +511,8 @@ export async function simulate(split: Split, o: SimulateOptions): Promise<Simula
           const j = i + sampler.int(eligible.length - i);
           [eligible[i], eligible[j]] = [eligible[j]!, eligible[i]!];
         }
-        for (let start = 0; start < M; start += o.minClients) {
-          const cohort = eligible.slice(start, start + o.minClients);
+        for (let start = 0; start < M; start += cohortSize) {
+          const cohort = eligible.slice(start, start + cohortSize);
           let done = start;
           const results = await Promise.all(
             cohort.map((u) =>
@@ -522,7 +586,7 @@ export async function simulate(split: Split, o: SimulateOptions): Promise<Simula
     let central: CentralResult | undefined;
     if (o.central) {
       const epochs = typeof o.central === 'object' && o.central.epochs ? o.central.epochs : 4;
-      central = await trainCentral(split, { dim: o.dim, seed: o.seed, epochs, weighting, temperature, k, data, localTrain: o.localTrain, backend, onProgress: progress });
+      central = await trainCentral(split, { dim: ruled.dim, seed: o.seed, epochs, weighting, temperature, k, data, localTrain: o.localTrain, backend, onProgress: progress });
     }
     const final: SimFinalLine = {
       final: true,
@@ -533,17 +597,18 @@ export async function simulate(split: Split, o: SimulateOptions): Promise<Simula
       k,
       rounds: o.rounds,
       clientsPerRound: M,
-      clip: o.clip,
-      noiseMultiplier: o.noiseMultiplier,
+      clip: ruled.clip,
+      noiseMultiplier: ruled.noiseMultiplier,
       budget: Number.isFinite(o.budget) ? o.budget : null,
       delta,
-      dim: o.dim,
-      minClients: o.minClients,
-      trainRows: o.trainRows ?? split.itemIds.length,
-      trainBiases: o.trainBiases ?? true,
-      biasScale: o.biasScale ?? null,
-      aggregator: o.aggregator ?? 'fedavg',
-      subspaceScale: o.aggregator === 'subspace' ? (o.subspaceScale ?? DEFAULT_SUBSPACE_SCALE) : null,
+      dim: ruled.dim,
+      minClients: ruled.minClients,
+      trainRows: ruled.trainRows,
+      trainBiases: ruled.trainBiases,
+      biasScale: server.external ? null : (o.biasScale ?? null),
+      aggregator: ruled.aggregator,
+      subspaceScale: ruled.subspaceScale,
+      secureAggregation: cohortSize !== null,
       server: server.label,
       version: held.table.version,
       hr: fin.hr,

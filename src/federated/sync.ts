@@ -34,6 +34,8 @@ export interface ServerConfig {
    * (src/federated/subspace.ts) instead of training locally. Absent or anything else: local training.
    */
   aggregator?: string;
+  /** `subspace` only: the scale of the published factors. */
+  subspaceScale?: number;
 }
 
 /** The part of the table the server trains, from its config (older servers: the whole table). */
@@ -149,7 +151,8 @@ async function request(
   throw lastError;
 }
 
-function checkConfig(c: Partial<ServerConfig>): ServerConfig {
+/** Checks a `GET /v1/config` body; throws a {@link ValidationError} naming the first bad field. */
+export function parseServerConfig(c: Partial<ServerConfig>): ServerConfig {
   for (const k of ['dim', 'items', 'clip', 'noiseMultiplier', 'bits', 'blockSize', 'version', 'minClients'] as const) {
     if (typeof c[k] !== 'number' || !Number.isFinite(c[k])) throw new ValidationError(`server config.${k}`, `must be a number, got ${String(c[k])}`);
   }
@@ -163,7 +166,7 @@ function checkConfig(c: Partial<ServerConfig>): ServerConfig {
 /** `GET /v1/config`. */
 export async function fetchServerConfig(o: SyncOptions): Promise<ServerConfig> {
   const res = await request(o, 'config', 'GET', '/v1/config');
-  return checkConfig((await res.json()) as Partial<ServerConfig>);
+  return parseServerConfig((await res.json()) as Partial<ServerConfig>);
 }
 
 /** `GET /v1/model`, or the held model when the server answers 304 (same hash). */

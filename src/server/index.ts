@@ -70,6 +70,7 @@ export interface ServerOptions {
   robust?: RobustName;
   /** β of `trimmed-mean`, in [0, 0.5); ⌊β·minClients⌋ must be ≥ 1. Default 0.1. */
   trimFraction?: number;
+  /** `fedavg` only: the server's step along the combined delta (default 1). */
   serverLearningRate?: number;
   /**
    * `rows` shrinks each item's row of a round's combined delta towards zero by the positive-part
@@ -218,6 +219,9 @@ export async function createServer(options: ServerOptions = {}): Promise<ServerP
     if (!isAggregatorName(aggregator)) throw new ValidationError('options.aggregator', `must be ${AGGREGATOR_NAMES.map((a) => `'${a}'`).join(', ')}, got '${String(aggregator)}'`);
     if (options.subspaceScale !== undefined && aggregator !== 'subspace') throw new ValidationError('options.subspaceScale', `applies to the subspace aggregator only (aggregator is '${aggregator}')`);
     const subspaceScale = positive('subspaceScale', options.subspaceScale ?? DEFAULT_SUBSPACE_SCALE);
+    if (options.serverLearningRate !== undefined && aggregator !== 'fedavg') {
+      throw new ValidationError('options.serverLearningRate', `applies to the fedavg aggregator only (aggregator is '${aggregator}': fedadam has its own step sizes in options.fedAdam, subspace publishes scaled orthonormal factors)`);
+    }
     if (aggregator === 'subspace' && trained.biases) {
       throw new ValidationError('options.trainBiases', "must be false with the subspace aggregator (the biases stay as the shop set them; with localrec serve: --freeze-biases)");
     }

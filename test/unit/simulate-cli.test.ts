@@ -55,7 +55,6 @@ const opts = (o: Partial<SimulateCommandOptions> = {}): SimulateCommandOptions =
   localEpochs: '2',
   localNegatives: '0',
   aggregator: 'fedavg',
-  serverLr: '1',
   init: 'popularity',
   backend: 'wasm',
   ...o,
@@ -125,6 +124,9 @@ describe('localrec simulate (command)', () => {
     await assert.rejects(run({ aggregator: 'subspace' }), (e: unknown) => isValidationError(e) && /--aggregator: subspace needs --freeze-biases/.test((e as Error).message));
     await assert.rejects(run({ subspaceScale: '3' }), (e: unknown) => isValidationError(e) && /--subspace-scale: needs --aggregator subspace/.test((e as Error).message));
     await assert.rejects(run({ aggregator: 'subspace', freezeBiases: true, subspaceScale: '-1' }), (e: unknown) => isValidationError(e) && /--subspace-scale: must be a number > 0/.test((e as Error).message));
+    await assert.rejects(run({ aggregator: 'subspace', freezeBiases: true, serverLr: '2' }), (e: unknown) => isValidationError(e) && /--server-lr: applies to --aggregator fedavg only \(got subspace\)/.test((e as Error).message));
+    await assert.rejects(run({ aggregator: 'fedadam', serverLr: '2' }), (e: unknown) => isValidationError(e) && /--server-lr: applies to --aggregator fedavg only \(got fedadam\)/.test((e as Error).message));
+    await assert.rejects(run({ serverLr: '0' }), (e: unknown) => isValidationError(e) && /--server-lr: must be a number > 0, got '0'/.test((e as Error).message));
     await assert.rejects(run({ aggregator: 'power' }), (e: unknown) => isValidationError(e) && /--aggregator: must be fedavg, fedadam or subspace, got 'power'/.test((e as Error).message));
   });
 

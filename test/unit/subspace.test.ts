@@ -164,6 +164,8 @@ describe('subspace: server and simulation', () => {
     await assert.rejects(createServer({ dataDir: null, initialTable, subspaceScale: 4 }), /options\.subspaceScale: applies to the subspace aggregator only/);
     await assert.rejects(createServer({ dataDir: null, initialTable, aggregator: 'subspace', trainBiases: false, trainRows: 4 }), /options\.trainRows: must exceed dim \(4\)/);
     await assert.rejects(createServer({ dataDir: null, initialTable, aggregator: 'bogus' as 'fedavg' }), /options\.aggregator: must be 'fedavg', 'fedadam', 'subspace', got 'bogus'/);
+    await assert.rejects(createServer({ dataDir: null, initialTable, aggregator: 'subspace', trainBiases: false, trainRows: 20, serverLearningRate: 2 }), /options\.serverLearningRate: applies to the fedavg aggregator only \(aggregator is 'subspace'/);
+    await assert.rejects(createServer({ dataDir: null, initialTable, aggregator: 'fedadam', serverLearningRate: 2 }), /options\.serverLearningRate: applies to the fedavg aggregator only \(aggregator is 'fedadam'/);
     const { app, storage } = await createServer({ dataDir: null, initialTable, aggregator: 'subspace', subspaceScale: 6, trainBiases: false, trainRows: 20, minClients: 2, rateLimit: false });
     try {
       const config = (await (await app.request('/v1/config')).json()) as { aggregator: string; subspaceScale: number };
