@@ -8,7 +8,7 @@ import { Command } from 'commander';
 const program = new Command();
 program
   .name('localrec')
-  .description('On-device recommendations: evaluation, neighbour tables, federated aggregation server, simulation, offers.')
+  .description('On-device recommendations: evaluation, neighbour tables, federated aggregation server, simulation, privacy calibration, offers.')
   .version('0.1.0');
 
 // Sub-commands register themselves here: `import('./x/y-command.js').then(m => m.register(program))`
@@ -20,6 +20,7 @@ const registrations: Array<Promise<{ register(p: Command): void }>> = [
   import('./server/serve-command.js'),
   import('./offers/offers-command.js'),
   import('./federated/simulate-command.js'),
+  import('./federated/privacy-command.js'),
 ];
 
 export async function main(argv = process.argv): Promise<void> {

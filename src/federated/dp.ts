@@ -407,3 +407,76 @@ export class RdpAccountant {
     return { orders: this.orders.slice(), rdp: this.rdp.slice(), releases: this.count, gaussianMu2: this.mu2 };
   }
 }
+
+/** Syncs beyond which {@link syncsWithinBudget} stops counting. */
+export const MAX_COUNTED_SYNCS = 1_000_000;
+
+/**
+ * How many syncs (plain Gaussian releases at noise multiplier σ) a fresh device can make before its
+ * {@link RdpAccountant} refuses the next one for `budget`: the largest T with ε(T releases) ≤
+ * budget at δ, exactly as `sync()` decides it. Capped at {@link MAX_COUNTED_SYNCS}.
+ *
+ * @example
+ * ```ts
+ * syncsWithinBudget(1, 8);      // 2: each sync at σ = 1 costs ε ≈ 4.38 alone, three would be 8.5
+ * syncsWithinBudget(1.2005, 8); // 4
+ * ```
+ */
+export function syncsWithinBudget(noiseMultiplier: number, budget: number, delta = DEFAULT_DELTA): number {
+  if (!(noiseMultiplier >= 0) || !Number.isFinite(noiseMultiplier)) throw new ValidationError('noiseMultiplier', `must be a finite number ≥ 0, got ${noiseMultiplier}`);
+  if (!(budget > 0)) throw new ValidationError('budget', `must be a number > 0, got ${budget}`);
+  if (!(delta > 0 && delta < 1)) throw new ValidationError('delta', `must be in (0, 1), got ${delta}`);
+  if (noiseMultiplier === 0) return budget === Infinity ? MAX_COUNTED_SYNCS : 0;
+  const fits = (t: number) => t === 0 || new RdpAccountant().epsilonAfter(noiseMultiplier, 1, t, delta) <= budget;
+  // ε grows with T: find the last T that fits by doubling, then bisection.
+  let hi = 1;
+  while (fits(hi)) {
+    if (hi >= MAX_COUNTED_SYNCS) return MAX_COUNTED_SYNCS;
+    hi = Math.min(2 * hi, MAX_COUNTED_SYNCS);
+  }
+  let lo = hi === 1 ? 0 : hi / 2; // fits(lo), !fits(hi)
+  while (hi - lo > 1) {
+    const mid = Math.floor((lo + hi) / 2);
+    if (fits(mid)) lo = mid;
+    else hi = mid;
+  }
+  return lo;
+}
+
+/**
+ * The smallest noise multiplier σ, rounded up to `decimals` (default 4), at which a fresh device
+ * can make `syncs` syncs within `budget` (ε at δ): what `localrec serve --noise` should be for
+ * devices that take part in `syncs` rounds. Rounding up matters: at σ = 1.0396 three syncs spend
+ * ε = 8.0003, so a device with budget 8 refuses the third; 1.0397 lets all three through.
+ *
+ * @example
+ * ```ts
+ * noiseForSyncs(4, 8); // 1.2005 (δ = 1e-5)
+ * noiseForSyncs(1, 8); // 0.6003
+ * ```
+ */
+export function noiseForSyncs(syncs: number, budget: number, delta = DEFAULT_DELTA, decimals = 4): number {
+  if (!Number.isInteger(syncs) || syncs < 1 || syncs > MAX_COUNTED_SYNCS) throw new ValidationError('syncs', `must be an integer from 1 to ${MAX_COUNTED_SYNCS}, got ${syncs}`);
+  if (!(budget > 0) || !Number.isFinite(budget)) throw new ValidationError('budget', `must be a finite number > 0, got ${budget}`);
+  if (!(delta > 0 && delta < 1)) throw new ValidationError('delta', `must be in (0, 1), got ${delta}`);
+  if (!Number.isInteger(decimals) || decimals < 0 || decimals > 8) throw new ValidationError('decimals', `must be an integer from 0 to 8, got ${decimals}`);
+  const fits = (sigma: number) => new RdpAccountant().epsilonAfter(sigma, 1, syncs, delta) <= budget;
+  // ε falls as σ grows: bracket, bisect, then round up on the grid and step until it fits.
+  let hi = 1;
+  while (!fits(hi)) {
+    hi *= 2;
+    if (hi > 1e6) throw new ValidationError('budget', `ε = ${budget} cannot be met by ${syncs} syncs at any σ ≤ 10⁶ (δ = ${delta})`);
+  }
+  let lo = 0;
+  while (hi - lo > 1e-12 * hi) {
+    const mid = (lo + hi) / 2;
+    if (fits(mid)) hi = mid;
+    else lo = mid;
+  }
+  const unit = 10 ** decimals;
+  let sigma = Math.ceil(hi * unit - 1e-9) / unit;
+  while (!fits(sigma)) sigma = Math.round(sigma * unit + 1) / unit;
+  // The grid point below must not fit, else it is the answer (guards the rounding of hi).
+  while (sigma > 1 / unit && fits(Math.round(sigma * unit - 1) / unit)) sigma = Math.round(sigma * unit - 1) / unit;
+  return sigma;
+}

@@ -14,6 +14,7 @@ import type { Command } from 'commander';
 import { basename } from 'node:path';
 import { ValidationError } from '../errors.js';
 import { AGGREGATOR_NAMES, isAggregatorName } from '../server/aggregate.js';
+import { noiseForSyncs } from './dp.js';
 import { checkSubspaceFlags } from './subspace.js';
 
 /** Column flags (`--user --item --time --weight --filter`) are shared with the other data commands. */
@@ -80,7 +81,7 @@ export function register(program: Command, io: SimulateIo = PROCESS_IO): void {
     .option('--rounds <n>', 'simulated rounds', '20')
     .option('--clients-per-round <m>', 'devices sampled per round (seeded)', '100')
     .option('--clip <C>', 'L2 clip bound of an update', '1')
-    .option('--noise <sigma>', 'noise multiplier σ (noise std σ·C per coordinate)', '1')
+    .option('--noise <sigma>', "noise multiplier σ (noise std σ·C per coordinate); 'auto': the smallest σ at which a device can sync in every one of --rounds within --budget (localrec privacy --syncs)", '1')
     .option('--budget <epsilon>', "each device's ε budget (δ = --delta); 'none' for no limit (needed with --noise 0)", '8')
     .option('--delta <delta>', 'δ of the (ε, δ) figures', '1e-5')
     .option('--dim <d>', 'embedding size (16 keeps a 4,000-item update at 7 bits within 64 KiB)', '16')
@@ -134,12 +135,17 @@ export async function runSimulate(opts: SimulateCommandOptions, io: SimulateIo):
   const rounds = posInt('--rounds', opts.rounds);
   const clientsPerRound = posInt('--clients-per-round', opts.clientsPerRound);
   const clip = num('--clip', opts.clip, (x) => Number.isFinite(x) && x > 0, 'a number > 0');
-  const noiseMultiplier = num('--noise', opts.noise, (x) => Number.isFinite(x) && x >= 0, 'a number ≥ 0');
   const budget = opts.budget === 'none' || opts.budget === 'Infinity' ? Infinity : num('--budget', opts.budget, (x) => Number.isFinite(x) && x > 0, "a number > 0 or 'none'");
+  const delta = num('--delta', opts.delta, (x) => x > 0 && x < 1, 'in (0, 1)');
+  let noiseMultiplier: number;
+  if (opts.noise === 'auto') {
+    if (!Number.isFinite(budget)) throw new ValidationError('--noise', 'auto needs a finite --budget (it calibrates σ to it)');
+    noiseMultiplier = noiseForSyncs(rounds, budget, delta);
+    io.stderr.write(`--noise auto: σ = ${noiseMultiplier}, the smallest at which a device can sync in all ${rounds} rounds within ε = ${budget} (δ = ${delta})\n`);
+  } else noiseMultiplier = num('--noise', opts.noise, (x) => Number.isFinite(x) && x >= 0, "a number ≥ 0 or 'auto'");
   if (noiseMultiplier === 0 && Number.isFinite(budget)) {
     throw new ValidationError('--budget', "with --noise 0 no finite budget can be kept (ε is unbounded); pass --budget none to simulate without DP");
   }
-  const delta = num('--delta', opts.delta, (x) => x > 0 && x < 1, 'in (0, 1)');
   const dim = num('--dim', opts.dim, (x) => Number.isInteger(x) && x >= 1 && x <= 64, 'an integer from 1 to 64');
   const minClients = posInt('--min-clients', opts.minClients);
   const seed = num('--seed', opts.seed, Number.isInteger, 'an integer');

@@ -157,10 +157,22 @@ export function register(program: Command): void {
       process.stdout.write(
         `localrec serve listening on ${server.url} (version ${server.rounds.version}, ${cfg.itemCount} items × ${cfg.dim}, ${uploads}, ${cfg.aggregator}${cfg.robust === 'mean' ? '' : ` on the ${cfg.robust}${cfg.robust === 'trimmed-mean' ? ` (β ${cfg.trimFraction})` : ''}`})\n`,
       );
+      const { syncsWithinBudget } = await import('../federated/dp.js');
+      process.stdout.write(`${budgetNote(cfg.noiseMultiplier, cfg.noiseMultiplier > 0 ? syncsWithinBudget(cfg.noiseMultiplier, 8) : 0)}\n`);
       const stop = () => {
         void server.close().then(() => process.exit(0));
       };
       process.once('SIGINT', stop);
       process.once('SIGTERM', stop);
     });
+}
+
+/**
+ * The startup line on what the server's σ means for devices with the SDK's default budget
+ * (ε = 8, δ = 1e-5), given the syncs {@link syncsWithinBudget} allows at it.
+ */
+export function budgetNote(noiseMultiplier: number, syncs: number): string {
+  if (noiseMultiplier === 0) return 'σ = 0: updates carry no noise, so devices with a finite ε budget refuse to send';
+  const n = syncs === 0 ? 'cannot sync even once' : `can sync ${syncs} time${syncs === 1 ? '' : 's'}`;
+  return `at σ = ${noiseMultiplier} a device ${n} within ε = 8 (δ = 1e-5, the SDK's default budget)${syncs === 0 ? '; raise --noise' : ''}; \`localrec privacy --syncs T\` gives the σ for T syncs`;
 }

@@ -7,6 +7,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { noiseForSyncs } from '../../src/federated/dp.js';
 import { runSimulate, type SimulateCommandOptions } from '../../src/federated/simulate-command.js';
 import { isValidationError } from '../../src/errors.js';
 import { updateByteLength } from '../../src/federated/wire.js';
@@ -128,6 +129,16 @@ describe('localrec simulate (command)', () => {
     await assert.rejects(run({ aggregator: 'fedadam', serverLr: '2' }), (e: unknown) => isValidationError(e) && /--server-lr: applies to --aggregator fedavg only \(got fedadam\)/.test((e as Error).message));
     await assert.rejects(run({ serverLr: '0' }), (e: unknown) => isValidationError(e) && /--server-lr: must be a number > 0, got '0'/.test((e as Error).message));
     await assert.rejects(run({ aggregator: 'power' }), (e: unknown) => isValidationError(e) && /--aggregator: must be fedavg, fedadam or subspace, got 'power'/.test((e as Error).message));
+  });
+
+  it('--noise auto: the smallest σ at which every device can sync in all --rounds within --budget', async () => {
+    const r = await run({ noise: 'auto', rounds: '2', budget: '6' });
+    const last = r.lines.at(-1)!;
+    assert.equal(last.noiseMultiplier, noiseForSyncs(2, 6));
+    assert.ok((last.epsilonMax as number) <= 6);
+    assert.match(r.err, new RegExp(`--noise auto: σ = ${last.noiseMultiplier}, the smallest at which a device can sync in all 2 rounds within ε = 6`));
+    await assert.rejects(run({ noise: 'auto', budget: 'none' }), (e: unknown) => isValidationError(e) && /--noise: auto needs a finite --budget/.test((e as Error).message));
+    await assert.rejects(run({ noise: 'loud' }), (e: unknown) => isValidationError(e) && /--noise: must be a number ≥ 0 or 'auto', got 'loud'/.test((e as Error).message));
   });
 
   it('refuses --noise 0 with a finite budget, and bad values, naming the option', async () => {
