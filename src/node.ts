@@ -24,7 +24,7 @@ export * from './errors.js';
 export type * from './types.js';
 export { syncOnce, fetchServerConfig, pullModel } from './federated/sync.js';
 export type { SyncOptions, SyncResult, EgressEntry, ServerConfig } from './federated/sync.js';
-export { RdpAccountant } from './federated/dp.js';
+export { RdpAccountant, noiseForSyncs, syncsWithinBudget } from './federated/dp.js';
 export { buildClientUpdate } from './federated/client-update.js';
 export { encodeModel, decodeModel, encodeUpdate, decodeUpdate } from './federated/wire.js';
 export { generateOfferKeys, signOfferCatalog, verifyOfferCatalog, chooseOffers, indexProducts } from './offers/index.js';
