@@ -40,7 +40,7 @@ describe('localrec simulate: learning', () => {
     const noisy = await simulate(split, { ...BASE, rounds: 1, clientsPerRound: 20, noiseMultiplier: 1, budget: 8, secureAggregation: true });
     assert.equal(noisy.final.updatesSent, 20);
     assert.ok(Math.abs(noisy.final.epsilonMax! - 4.3772) < 1e-3, `ε ${noisy.final.epsilonMax}`);
-    await assert.rejects(simulate(split, { ...BASE, rounds: 1, clientsPerRound: 15, noiseMultiplier: 0, budget: Infinity, secureAggregation: true }), /multiple of the cohort size/);
+    await assert.rejects(simulate(split, { ...BASE, rounds: 1, clientsPerRound: 15, noiseMultiplier: 0, budget: Infinity, secureAggregation: true }), /clientsPerRound: must be a multiple of the server's cohort size \(10\) with secure aggregation, got 15/);
   });
 
   it('scores a table exactly like evaluateModel over the same user-side formula', async () => {
