@@ -68,7 +68,7 @@ export function register(program: Command, io: { stdout: (s: string) => void } =
     .description("Calibrate the server's noise multiplier against the devices' ε budget (the accountant sync() uses); one JSON line.")
     .option('--syncs <T>', 'syncs each device should be able to make: prints the smallest σ (4 decimals, rounded up) that allows them')
     .option('--noise <sigma>', 'a noise multiplier: prints how many syncs a device can make at it')
-    .option('--budget <epsilon>', "each device's ε budget (the SDK's default is 8)", '8')
+    .option('--budget <epsilon>', "each device's ε budget (the SDK's default)", '8')
     .option('--delta <delta>', 'δ of the (ε, δ) figures', '1e-5')
     .addHelpText(
       'after',
