@@ -162,7 +162,15 @@ export interface Stats {
   };
   /** Events accepted by `track()` but not yet written (they are written in batches). */
   /** Privacy budget of federated learning on this device. */
-  privacy: { epsilon: number; delta: number; budget: number; syncs: number; federated: boolean };
+  privacy: {
+    epsilon: number;
+    delta: number;
+    budget: number;
+    syncs: number;
+    /** Further syncs that fit the budget at the σ of the last one; null before the first sync. */
+    syncsLeft: number | null;
+    federated: boolean;
+  };
   /** Events removed this session: by the retention policy, and to make room when storage was full. */
   evicted: { retention: number; quota: number };
   queued: number;

@@ -350,13 +350,20 @@ function renderPrivacy(s, a) {
     )
     .join('');
 
-  // ε: spent against the budget.
+  // ε: spent against the budget, and what is left of it in syncs (known after the first sync,
+  // which tells the device the server's σ).
+  const syncsLeftText = (n) =>
+    n === null
+      ? `Each sync spends part of the budget; how much depends on this server’s noise (σ = ${state.serverConfig?.noiseMultiplier ?? '…'}).`
+      : n === 0
+        ? 'At this server’s noise this device can sync no more: it refuses, for good.'
+        : `At this server’s noise this device can sync ${n === 1 ? 'once' : `${n} times`} more; then it refuses, for good.`;
   const p = a.privacy;
   const frac = p.epsilonBudget > 0 ? Math.min(1, p.epsilonSpent / p.epsilonBudget) : 0;
   $('a-eps-bar').style.width = `${frac * 100}%`;
   $('a-eps-bar').classList.toggle('full', frac >= 0.75);
   $('a-eps').textContent = p.federatedConfigured
-    ? `ε ${eps(p.epsilonSpent)} of ${eps(p.epsilonBudget)} spent (δ = ${p.delta < 0.001 ? p.delta.toExponential(0) : p.delta}) in ${p.syncs} sync${p.syncs === 1 ? '' : 's'}. With this server’s noise (σ = ${state.serverConfig?.noiseMultiplier ?? '…'}) one sync costs about ε 4.7, so this device can sync ${p.syncs >= 2 ? 'no more' : p.syncs === 1 ? 'once more' : 'twice'}; then it refuses, for good.`
+    ? `ε ${eps(p.epsilonSpent)} of ${eps(p.epsilonBudget)} spent (δ = ${p.delta < 0.001 ? p.delta.toExponential(0) : p.delta}) in ${p.syncs} sync${p.syncs === 1 ? '' : 's'}. ${syncsLeftText(p.syncsLeft)}`
     : 'Federated learning is not configured: nothing is ever sent.';
   $('a-eps').dataset.epsilon = eps(p.epsilonSpent);
 

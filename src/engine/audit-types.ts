@@ -31,6 +31,8 @@ export interface AuditReport {
     epsilonBudget: number;
     delta: number;
     syncs: number;
+    /** Further syncs that fit the budget at the σ of the last one; null before the first sync. */
+    syncsLeft: number | null;
     globalPrivacyControl: boolean;
     globalPrivacyControlHonored: boolean;
   };

@@ -769,7 +769,9 @@ export class Engine {
     const acc = new RdpAccountant(state);
     const fed = this.opts.federated;
     const federated = fed !== undefined && this.consent.federated && this.consent.personalization && !this.gpcBlocksSync();
-    return { epsilon: acc.epsilon(fed?.delta), delta: fed?.delta ?? 1e-5, budget: fed?.budget ?? 8, syncs: acc.releases, federated };
+    const budget = fed?.budget ?? 8;
+    const delta = fed?.delta ?? 1e-5;
+    return { epsilon: acc.epsilon(delta), delta, budget, syncs: acc.releases, syncsLeft: acc.syncsLeft(budget, delta), federated };
   }
 
   /**
@@ -824,6 +826,7 @@ export class Engine {
         epsilonBudget: privacy.budget,
         delta: privacy.delta,
         syncs: privacy.syncs,
+        syncsLeft: privacy.syncsLeft,
         globalPrivacyControl: gpc,
         globalPrivacyControlHonored: gpc && this.opts.honorGlobalPrivacyControl !== false,
       },

@@ -298,6 +298,8 @@ export interface AccountantState {
    * states saved before it existed: then null unless there were no releases.
    */
   gaussianMu2?: number | null;
+  /** σ of the most recent release (null before the first; absent in states saved before it existed). */
+  lastNoiseMultiplier?: number | null;
 }
 
 /**
@@ -324,6 +326,7 @@ export class RdpAccountant {
   private rdp: number[];
   private count: number;
   private mu2: number | null;
+  private last: number | null;
 
   constructor(state?: AccountantState) {
     this.orders = state ? state.orders.slice() : DEFAULT_ORDERS.slice();
@@ -335,6 +338,9 @@ export class RdpAccountant {
     const mu2 = state?.gaussianMu2;
     if (mu2 !== undefined && mu2 !== null && !(mu2 >= 0)) throw new ValidationError('accountant.state', `gaussianMu2 must be ≥ 0 or null, got ${mu2}`);
     this.mu2 = mu2 === undefined ? (this.count === 0 ? 0 : null) : mu2;
+    const last = state?.lastNoiseMultiplier ?? null;
+    if (last !== null && !(last > 0 && Number.isFinite(last))) throw new ValidationError('accountant.state', `lastNoiseMultiplier must be a number > 0 or null, got ${last}`);
+    this.last = last;
   }
 
   /** RDP the given releases would add, per order. */
@@ -361,6 +367,7 @@ export class RdpAccountant {
     this.mu2 = this.mu2After(noiseMultiplier, samplingRate, steps);
     this.rdp = this.rdp.map((r, i) => r + c[i]!);
     this.count += steps;
+    if (steps > 0) this.last = noiseMultiplier;
   }
 
   /**
@@ -403,8 +410,21 @@ export class RdpAccountant {
     return this.count;
   }
 
+  /** σ of the most recent release, or null before the first. */
+  get lastNoiseMultiplier(): number | null {
+    return this.last;
+  }
+
+  /**
+   * How many more syncs fit within `budget` if they use the σ of the last one (the server's σ, as
+   * far as this device knows it); null before the first release.
+   */
+  syncsLeft(budget: number, delta = DEFAULT_DELTA): number | null {
+    return this.last === null ? null : syncsWithinBudget(this.last, budget, delta, this);
+  }
+
   toJSON(): AccountantState {
-    return { orders: this.orders.slice(), rdp: this.rdp.slice(), releases: this.count, gaussianMu2: this.mu2 };
+    return { orders: this.orders.slice(), rdp: this.rdp.slice(), releases: this.count, gaussianMu2: this.mu2, lastNoiseMultiplier: this.last };
   }
 }
 
@@ -412,9 +432,10 @@ export class RdpAccountant {
 export const MAX_COUNTED_SYNCS = 1_000_000;
 
 /**
- * How many syncs (plain Gaussian releases at noise multiplier σ) a fresh device can make before its
- * {@link RdpAccountant} refuses the next one for `budget`: the largest T with ε(T releases) ≤
- * budget at δ, exactly as `sync()` decides it. Capped at {@link MAX_COUNTED_SYNCS}.
+ * How many syncs (plain Gaussian releases at noise multiplier σ) a device can make before its
+ * {@link RdpAccountant} refuses the next one for `budget`: the largest T with ε(T more releases) ≤
+ * budget at δ, exactly as `sync()` decides it. From a fresh device, or from `from`'s releases so
+ * far. Capped at {@link MAX_COUNTED_SYNCS}.
  *
  * @example
  * ```ts
@@ -422,12 +443,13 @@ export const MAX_COUNTED_SYNCS = 1_000_000;
  * syncsWithinBudget(1.2005, 8); // 4
  * ```
  */
-export function syncsWithinBudget(noiseMultiplier: number, budget: number, delta = DEFAULT_DELTA): number {
+export function syncsWithinBudget(noiseMultiplier: number, budget: number, delta = DEFAULT_DELTA, from: RdpAccountant = new RdpAccountant()): number {
   if (!(noiseMultiplier >= 0) || !Number.isFinite(noiseMultiplier)) throw new ValidationError('noiseMultiplier', `must be a finite number ≥ 0, got ${noiseMultiplier}`);
   if (!(budget > 0)) throw new ValidationError('budget', `must be a number > 0, got ${budget}`);
   if (!(delta > 0 && delta < 1)) throw new ValidationError('delta', `must be in (0, 1), got ${delta}`);
   if (noiseMultiplier === 0) return budget === Infinity ? MAX_COUNTED_SYNCS : 0;
-  const fits = (t: number) => t === 0 || new RdpAccountant().epsilonAfter(noiseMultiplier, 1, t, delta) <= budget;
+  const fits = (t: number) => (t === 0 ? from.epsilon(delta) <= budget : from.epsilonAfter(noiseMultiplier, 1, t, delta) <= budget);
+  if (!fits(0)) return 0;
   // ε grows with T: find the last T that fits by doubling, then bisection.
   let hi = 1;
   while (fits(hi)) {

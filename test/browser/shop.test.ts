@@ -197,6 +197,7 @@ describe('demo shop', () => {
     const updateBytes = sdkRequests.find((r) => r.method() === 'POST')!.postDataBuffer()!.length;
     assert.match(await text(page, '#a-egress-summary'), new RegExp(`^${sdkSeen.length} requests, ${(updateBytes / 1024).toFixed(1)} KB sent in all`));
     assert.equal(await page.getAttribute('#a-eps', 'data-epsilon'), '4.38');
+    assert.match(await text(page, '#a-eps'), /in 1 sync\. At this server’s noise this device can sync once more;/, 'σ = 1: two syncs fit ε = 8');
     assert.match(await text(page, '#a-eps'), /ε 4\.38 of 8\.00 spent \(δ = 1e-5\) in 1 sync\./);
 
     // Export: a JSON file with exactly the events the test made, plus the egress log.
@@ -240,7 +241,7 @@ describe('demo shop', () => {
       await page.waitForSelector('body[data-sync-errors="1"]', { timeout: 20_000 });
       assert.match(await text(page, '#sync-result'), /^Not sent: this device’s privacy budget is spent/);
       assert.equal(sdkRequests.filter((r) => r.method() === 'POST').length, before, 'nothing uploaded past the budget');
-      await page.waitForFunction(() => /in 2 syncs\./.test(document.getElementById('a-eps')?.textContent ?? ''), null, { timeout: 10_000 });
+      await page.waitForFunction(() => /in 2 syncs\. At this server’s noise this device can sync no more/.test(document.getElementById('a-eps')?.textContent ?? ''), null, { timeout: 10_000 });
     }
 
     // Erase (two clicks): nothing is left.

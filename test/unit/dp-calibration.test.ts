@@ -68,6 +68,25 @@ describe('syncsWithinBudget', () => {
     for (let t = 1; t <= 12; t++) assert.ok(syncsWithinBudget(noiseForSyncs(t, 8), 8) >= t);
   });
 
+  it("counts from a device's releases so far, and the accountant keeps the last σ across a save", () => {
+    const acc = new RdpAccountant();
+    assert.equal(acc.lastNoiseMultiplier, null);
+    assert.equal(acc.syncsLeft(8), null);
+    acc.record(2);
+    acc.record(2);
+    assert.equal(acc.lastNoiseMultiplier, 2);
+    assert.equal(acc.syncsLeft(8), syncsWithinBudget(2, 8) - 2, 'σ = 2: 11 in all, 2 spent');
+    assert.equal(syncsWithinBudget(2, 8, 1e-5, acc), 9);
+    const again = new RdpAccountant(JSON.parse(JSON.stringify(acc.toJSON())));
+    assert.equal(again.lastNoiseMultiplier, 2);
+    assert.equal(again.syncsLeft(8), 9);
+    assert.equal(again.syncsLeft(1), 0, 'already past a smaller budget');
+    const old = acc.toJSON();
+    delete old.lastNoiseMultiplier;
+    assert.equal(new RdpAccountant(old).syncsLeft(8), null, 'a state saved before the field existed');
+    assert.throws(() => new RdpAccountant({ ...acc.toJSON(), lastNoiseMultiplier: -1 }), /lastNoiseMultiplier must be a number > 0 or null, got -1/);
+  });
+
   it('names what is wrong', () => {
     assert.throws(() => syncsWithinBudget(-1, 8), /noiseMultiplier: must be a finite number ≥ 0, got -1/);
     assert.throws(() => syncsWithinBudget(1, 0), /budget: must be a number > 0, got 0/);

@@ -85,6 +85,8 @@ describe('sync()', () => {
     const st = await e.stats();
     assert.equal(st.privacy.syncs, 1);
     assert.ok(Math.abs(st.privacy.epsilon - r.epsilon) < 1e-9);
+    assert.equal(st.privacy.syncsLeft, 1, 'σ = 1: the second of two syncs within ε = 8 is left');
+    assert.equal((await e.audit()).privacy.syncsLeft, 1);
     await e.close();
   });
 
@@ -108,7 +110,9 @@ describe('sync()', () => {
   it('refuses past the privacy budget before sending anything, and keeps the ε spent', async () => {
     const cap = capturingFetch();
     const e = await device(['sku-20', 'sku-21', 'sku-22'], { budget: 5, fetch: cap.fetch });
+    assert.equal((await e.stats()).privacy.syncsLeft, null, "before the first sync the device does not know the server's σ");
     await e.sync(); // σ = 1: ε ≈ 4.38
+    assert.equal((await e.stats()).privacy.syncsLeft, 0, 'a second sync at σ = 1 would pass ε = 5');
     const before = cap.sent.filter((s) => s.body).length;
     await assert.rejects(e.sync(), (err) => isPrivacyBudgetError(err) && /budget ε = 5/.test((err as Error).message));
     assert.equal(cap.sent.filter((s) => s.body).length, before, 'no update was sent');
