@@ -91,6 +91,13 @@ export function createApp(rounds: RoundCoordinator, opts: AppOptions): Hono {
     return fail(c, 'internal', 'internal server error');
   });
 
+  // On a store several processes share, readers first catch up with what the others published
+  // (at most once a second; a no-op on SQLite and memory).
+  app.use('/v1/*', async (c, next) => {
+    if (c.req.method === 'GET') await rounds.refresh();
+    await next();
+  });
+
   app.get('/v1/health', (c) => c.json({ ok: true, version: rounds.version }));
 
   app.get('/v1/config', (c) =>

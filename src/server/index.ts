@@ -12,6 +12,7 @@ import { MemoryStorage } from './memory-storage.js';
 import { RateLimiter, type RateLimitOptions } from './rate-limit.js';
 import { RoundCoordinator, type RoundConfig } from './rounds.js';
 import { SqliteStorage, type SqliteStorageOptions } from './sqlite-storage.js';
+import { isPostgresUrl, PostgresStorage, redactUrl } from './postgres-storage.js';
 import type { Storage } from './storage.js';
 import type { OfferCatalog } from '../offers/types.js';
 import { checkSecAggParams, chooseSecAggBits, maskedUpdateBytes, type SecAggParams } from '../federated/secagg.js';
@@ -22,6 +23,7 @@ import { DEFAULT_SUBSPACE_SCALE, subspaceTable } from '../federated/subspace.js'
 export { createApp } from './app.js';
 export { MemoryStorage } from './memory-storage.js';
 export { SqliteStorage } from './sqlite-storage.js';
+export { PostgresStorage, type PostgresStorageOptions } from './postgres-storage.js';
 export { RoundCoordinator } from './rounds.js';
 export { RateLimiter } from './rate-limit.js';
 export { REJECT_STATUS, normBound, checkUpdate } from './validate-update.js';
@@ -40,8 +42,14 @@ export interface ServerOptions {
    * taken (Linux caps it at `net.core.somaxconn`). Default 4096; Node's own default is 511.
    */
   backlog?: number;
-  /** A storage adapter; otherwise SQLite under `dataDir`, or memory when `dataDir` is null. */
+  /** A storage adapter; otherwise PostgreSQL at `database`, SQLite under `dataDir`, or memory when `dataDir` is null. */
   storage?: Storage;
+  /**
+   * A PostgreSQL URL (`postgres://user:password@host:port/database`): store versions and updates
+   * there instead of SQLite (`dataDir` is then not used), so that several server processes behind a
+   * load balancer can share them. Not with secure aggregation (its cohorts live in one process).
+   */
+  database?: string;
   /** Default `.data`; `null` keeps everything in memory. */
   dataDir?: string | null;
   sqlite?: SqliteStorageOptions;
@@ -195,8 +203,22 @@ export interface ServerParts {
 export async function createServer(options: ServerOptions = {}): Promise<ServerParts> {
   const log = options.log ?? ((line: string) => process.stderr.write(`localrec serve: ${line}\n`));
   const now = options.now ?? Date.now;
+  if (options.database !== undefined) {
+    if (options.storage) throw new ValidationError('options.database', 'give either a storage adapter (options.storage) or a database URL, not both');
+    if (typeof options.database !== 'string' || !isPostgresUrl(options.database)) {
+      throw new ValidationError('options.database', `must be a postgres:// or postgresql:// URL, got '${typeof options.database === 'string' ? redactUrl(options.database) : String(options.database)}'`);
+    }
+    if (options.secureAggregation) {
+      throw new ValidationError('options.secureAggregation', "cannot run on a PostgreSQL store: its cohorts live in one process's memory, and the store is for several processes; use SQLite (dataDir) for secure aggregation");
+    }
+  }
   const storage =
-    options.storage ?? (options.dataDir === null ? new MemoryStorage() : SqliteStorage.open(options.dataDir ?? '.data', options.sqlite));
+    options.storage ??
+    (options.database !== undefined
+      ? await PostgresStorage.open(options.database)
+      : options.dataDir === null
+        ? new MemoryStorage()
+        : SqliteStorage.open(options.dataDir ?? '.data', options.sqlite));
   try {
     let shape = options.initialTable;
     if (!shape) {

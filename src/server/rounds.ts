@@ -103,6 +103,8 @@ export class RoundCoordinator {
   private pendingN = 0;
   private hashes = new Map<number, string>();
   private queue: Promise<unknown> = Promise.resolve();
+  /** When {@link catchUp} last read a shared store (ms since the epoch). */
+  private lastCatchUp = 0;
   /** Cohorts of secure aggregation; null when the server takes plain updates. */
   readonly cohorts: CohortRegistry | null;
 
@@ -136,13 +138,24 @@ export class RoundCoordinator {
    * ```
    */
   static async open(storage: Storage, initialTable: ItemTable | undefined, config: RoundConfig): Promise<RoundCoordinator> {
+    if (storage.shared && config.secureAggregation) {
+      throw new StorageError('secure aggregation keeps its cohorts in one process\'s memory, so it cannot run on a store several processes share (PostgreSQL); use SQLite, or plain updates');
+    }
     const rc = new RoundCoordinator(storage, config);
     let latest = await storage.latest();
     if (!latest) {
       if (!initialTable) throw new StorageError('the store holds no model and no initial table (catalog) was given');
       const model = encodeModel({ ...initialTable, version: 0 });
-      latest = { version: 0, hash: toHex(await sha256(model)), model, optimizer: null, createdAt: config.now(), updateCount: 0 };
-      await storage.publish(latest, []);
+      const v0 = { version: 0, hash: toHex(await sha256(model)), model, optimizer: null, createdAt: config.now(), updateCount: 0 };
+      try {
+        await storage.publish(v0, []);
+        latest = v0;
+      } catch (e) {
+        // Another process sharing the store published version 0 first: adopt what it published.
+        if (!(e instanceof StorageConflictError)) throw e;
+        latest = await storage.latest();
+        if (!latest) throw e;
+      }
     }
     await rc.load(latest);
     if (initialTable && !sameShape(initialTable, rc.cur.table)) {
@@ -180,6 +193,30 @@ export class RoundCoordinator {
       createdAt: v.createdAt,
     };
     this.hashes.set(v.version, v.hash);
+  }
+
+  /**
+   * On a shared store (several processes), catches up with what the others did: adopts a version
+   * published since, and recounts the pending updates. Runs inside the queue; a no-op otherwise.
+   */
+  private async catchUp(): Promise<void> {
+    if (!this.storage.shared) return;
+    this.lastCatchUp = this.config.now();
+    if ((await this.storage.versionHash(this.cur.version + 1)) !== undefined) {
+      const latest = await this.storage.latest();
+      if (latest && latest.version > this.cur.version) await this.load(latest);
+    }
+    this.pendingN = await this.storage.pendingCount();
+  }
+
+  /**
+   * For readers (`GET /v1/model`, `/v1/config`, `/v1/rounds/current`, `/v1/health`): on a shared
+   * store, catches up when the last look is older than `maxAgeMs` (default 1 s), so a process whose
+   * peers publish keeps serving the current version.
+   */
+  async refresh(maxAgeMs = 1000): Promise<void> {
+    if (!this.storage.shared || this.config.now() - this.lastCatchUp < maxAgeMs) return;
+    await this.run(() => this.catchUp());
   }
 
   private run<T>(fn: () => Promise<T>): Promise<T> {
@@ -235,6 +272,7 @@ export class RoundCoordinator {
     if (!checked.ok) return checked;
     const h = checked.update.header;
     return this.run(async (): Promise<Accepted | Rejection> => {
+      await this.catchUp();
       const cur = this.cur.version;
       if (h.baseVersion > cur) return reject('unknown-base', `base version ${h.baseVersion} is newer than the current version ${cur}`);
       if (cur - h.baseVersion > this.config.maxStaleness) {
@@ -257,15 +295,26 @@ export class RoundCoordinator {
   private async store(u: NewUpdate, replayed: string, ready: (id: number) => boolean): Promise<Accepted | Rejection> {
     const r = await this.storage.addUpdate(u);
     if (r === 'replayed') return reject('replayed', replayed);
-    this.pendingN++;
+    // On a shared store the other processes' updates count towards the round too.
+    this.pendingN = this.storage.shared ? await this.storage.pendingCount() : this.pendingN + 1;
     let published: number | undefined;
     if (ready(r.id)) {
-      try {
-        published = await this.aggregate();
-      } catch (e) {
-        // The update itself is committed; the round is retried with the next update or restart.
-        this.config.log(`aggregation failed, will retry: ${(e as Error).message}`);
+      const before = this.cur.version;
+      for (let attempt = 1; ; attempt++) {
+        try {
+          await this.aggregate();
+          break;
+        } catch (e) {
+          // Another process sharing the store published first (this one has adopted its version):
+          // what it left pending may still make a round.
+          if (e instanceof StorageConflictError && attempt < 3 && this.pendingN >= this.config.minClients) continue;
+          // The update itself is committed; the round is retried with the next update or restart.
+          if (e instanceof StorageConflictError) this.config.log(`another process published version ${this.cur.version} first`);
+          else this.config.log(`aggregation failed, will retry: ${(e as Error).message}`);
+          break;
+        }
       }
+      if (this.cur.version > before) published = this.cur.version;
     }
     const out: Accepted = { ok: true, id: r.id, version: this.cur.version, pending: this.pendingN };
     if (published !== undefined) out.published = published;

@@ -53,6 +53,7 @@ export function register(program: Command): void {
     .option('--host <addr>', 'address to bind', '127.0.0.1')
     .option('--backlog <n>', 'listen queue length (capped by the kernel, e.g. net.core.somaxconn)', num('backlog', true), 4096)
     .option('--data-dir <dir>', 'folder for the SQLite database', '.data')
+    .option('--database <url>', 'store in PostgreSQL instead of SQLite (postgres://user:password@host:port/db), so several server processes behind a load balancer can share it; not with --secure-aggregation. Default: $LOCALREC_DATABASE_URL when set')
     .option('--catalog <file>', 'catalog JSON ({ items: [{ id, popularity? }] }); needed for a new data dir')
     .option('--dim <n>', 'embedding size of the item table', num('dim', true), 32)
     .option('--seed <n>', 'seed of the initial table', num('seed', true), 1)
@@ -80,7 +81,7 @@ export function register(program: Command): void {
     .option('--offers <file>', "signed offer catalog (localrec offers sign) to check redemptions against: POST /v1/offers/redeem")
     .option('--offers-key <file>', 'public JWK the offer catalog must verify with (required with --offers)')
     .action(async (o: Record<string, unknown>) => {
-      const { startServer } = await import('./index.js');
+      const { startServer, PostgresStorage, SqliteStorage } = await import('./index.js');
       const { createItemTable } = await import('../model/item-table.js');
       let initialTable;
       if (o.biasScale !== undefined && !((o.biasScale as number) > 0)) throw new ValidationError('--bias-scale', `must be a number > 0, got ${String(o.biasScale)}`);
@@ -111,6 +112,10 @@ export function register(program: Command): void {
       if (!o.secureAggregation && (o.secaggBits !== undefined || o.secaggRange !== undefined || o.secaggDegree !== undefined)) {
         throw new ValidationError('--secagg-bits', '--secagg-* options need --secure-aggregation');
       }
+      const database = (o.database as string | undefined) ?? (process.env.LOCALREC_DATABASE_URL || undefined);
+      if (database !== undefined && o.secureAggregation) {
+        throw new ValidationError('--database', 'PostgreSQL is for several server processes, and secure aggregation keeps its cohorts in one process: drop --database (SQLite under --data-dir) or --secure-aggregation');
+      }
       const perMinute = o.rateLimit as number;
       const crash = process.env.LOCALREC_FAULT;
       const server = await startServer({
@@ -118,6 +123,7 @@ export function register(program: Command): void {
         host: o.host as string,
         backlog: o.backlog as number,
         dataDir: o.dataDir as string,
+        ...(database !== undefined ? { database } : {}),
         ...(initialTable ? { initialTable } : {}),
         minClients: o.minClients as number,
         clip: o.clip as number,
@@ -156,6 +162,10 @@ export function register(program: Command): void {
       const uploads = sa ? `secure aggregation: cohorts of ${sa.cohortSize}, ${sa.bits}-bit masked updates, step ${sa.step.toPrecision(3)}, ${sa.degree} mask neighbours` : `${cfg.bits}-bit updates, min ${cfg.minClients} clients`;
       process.stdout.write(
         `localrec serve listening on ${server.url} (version ${server.rounds.version}, ${cfg.itemCount} items × ${cfg.dim}, ${uploads}, ${cfg.aggregator}${cfg.robust === 'mean' ? '' : ` on the ${cfg.robust}${cfg.robust === 'trimmed-mean' ? ` (β ${cfg.trimFraction})` : ''}`})\n`,
+      );
+      const storage = server.rounds.storage;
+      process.stdout.write(
+        `store: ${storage instanceof PostgresStorage ? `PostgreSQL ${storage.url} (shared: other processes may serve from it)` : storage instanceof SqliteStorage ? `SQLite ${storage.path}` : 'memory'}\n`,
       );
       const { syncsWithinBudget } = await import('../federated/dp.js');
       process.stdout.write(`${budgetNote(cfg.noiseMultiplier, cfg.noiseMultiplier > 0 ? syncsWithinBudget(cfg.noiseMultiplier, 8) : 0)}\n`);

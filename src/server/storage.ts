@@ -1,6 +1,7 @@
 /**
- * What the aggregation server persists, behind an interface small enough for a PostgreSQL adapter:
- * published model versions (append-only) and accepted updates (pending until a round consumes them).
+ * What the aggregation server persists, behind an interface small enough for several adapters
+ * (memory, SQLite, PostgreSQL): published model versions (append-only) and accepted updates (pending
+ * until a round consumes them).
  *
  * Contract every adapter keeps:
  * - `addUpdate` resolves only after the update is durable (the HTTP ack follows it);
@@ -40,6 +41,12 @@ export interface PendingUpdate extends NewUpdate {
 }
 
 export interface Storage {
+  /**
+   * True when several server processes may use the store at once (PostgreSQL). The round
+   * coordinator then re-reads the latest version and the pending count from it instead of trusting
+   * what it saw last, and refuses secure aggregation (its cohorts live in one process's memory).
+   */
+  readonly shared?: boolean;
   /** The newest published version, or undefined when nothing was ever published. */
   latest(): Promise<StoredVersion | undefined>;
   /** Hash of a published version, or undefined when there is no such version. */

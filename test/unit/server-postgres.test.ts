@@ -1,0 +1,213 @@
+/**
+ * PostgreSQL storage (`localrec serve --database postgres://…`) against a real PostgreSQL server
+ * started for these tests (pg-helpers.ts): the adapter's contract, restarts, and two server
+ * processes' worth of coordinators sharing one database without losing or double-counting an update.
+ */
+import { strict as assert } from 'node:assert';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import pg from 'pg';
+import { isStorageError, isValidationError } from '../../src/errors.js';
+import { createServer, PostgresStorage, startServer } from '../../src/server/index.js';
+import { StorageConflictError } from '../../src/server/storage.js';
+import { postgresUnavailable, startPostgres, type TestPostgres } from './pg-helpers.js';
+import { DIM, honestUpdate, initialTable, IDS, post, pull, quiet, spawnServe, type ServeChild } from './server-helpers.js';
+
+const skip = postgresUnavailable();
+const opts = { port: 0, minClients: 3, noiseMultiplier: 0, rateLimit: false as const, log: quiet };
+
+describe('PostgreSQL storage', { skip: skip ?? false }, () => {
+  let server: TestPostgres;
+  let n = 0;
+  /** A fresh database on the test server, so tests do not see each other's tables. */
+  const freshDatabase = async (): Promise<string> => {
+    const name = `t${++n}`;
+    const admin = new pg.Client({ connectionString: server.url });
+    await admin.connect();
+    try {
+      await admin.query(`CREATE DATABASE ${name}`);
+    } finally {
+      await admin.end();
+    }
+    return server.url.replace(/\/postgres$/, `/${name}`);
+  };
+
+  before(async () => {
+    server = await startPostgres();
+  });
+  after(async () => {
+    await server?.stop();
+  });
+
+  it('adapter: publish is compare-and-set on the version and on pending updates; nonces stay unique', async () => {
+    const s = await PostgresStorage.open(await freshDatabase());
+    try {
+      const v = (version: number) => ({ version, hash: `h${version}`, model: new Uint8Array([version, 7]), optimizer: version ? new Uint8Array([9]) : null, createdAt: 1_700_000_000_000 + version, updateCount: 0 });
+      assert.equal(await s.latest(), undefined);
+      await assert.rejects(s.publish(v(1), []), StorageConflictError);
+      await s.publish(v(0), []);
+      const a = await s.addUpdate({ nonce: 'aa', baseVersion: 0, receivedAt: 1, body: new Uint8Array([1, 2]) });
+      const b = await s.addUpdate({ nonce: 'bb', baseVersion: 0, receivedAt: 2, body: new Uint8Array([3]) });
+      assert.deepEqual(await s.addUpdate({ nonce: 'aa', baseVersion: 0, receivedAt: 3, body: new Uint8Array([4]) }), 'replayed');
+      assert.ok(a !== 'replayed' && b !== 'replayed');
+      assert.deepEqual(
+        (await s.pending()).map((u) => [u.id, u.nonce, u.baseVersion, u.receivedAt, [...u.body]]),
+        [
+          [a.id, 'aa', 0, 1, [1, 2]],
+          [b.id, 'bb', 0, 2, [3]],
+        ],
+      );
+      await assert.rejects(s.publish(v(1), [a.id, 999]), StorageConflictError);
+      await assert.rejects(s.publish(v(1), [a.id, a.id]), StorageConflictError, 'an id twice is refused');
+      assert.equal(await s.pendingCount(), 2, 'the failed publishes changed nothing');
+      assert.equal((await s.latest())!.version, 0);
+      await s.publish(v(1), [a.id]);
+      assert.equal(await s.pendingCount(), 1);
+      await assert.rejects(s.publish(v(2), [a.id]), StorageConflictError);
+      const latest = (await s.latest())!;
+      assert.deepEqual([latest.version, latest.hash, [...latest.model], [...latest.optimizer!], latest.createdAt], [1, 'h1', [1, 7], [9], 1_700_000_000_001]);
+      assert.equal(await s.versionHash(0), 'h0');
+      assert.equal(await s.versionHash(5), undefined);
+      await s.discard([b.id, a.id]); // a is aggregated: kept
+      assert.equal(await s.pendingCount(), 0);
+      assert.deepEqual(await s.addUpdate({ nonce: 'aa', baseVersion: 1, receivedAt: 4, body: new Uint8Array([5]) }), 'replayed', 'an aggregated nonce is still spent');
+    } finally {
+      await s.close();
+    }
+  });
+
+  it('localrec serve on PostgreSQL: pending updates, versions and nonces survive a restart', async () => {
+    const database = await freshDatabase();
+    let srv = await startServer({ ...opts, database, initialTable: initialTable() });
+    const v0 = await pull(srv.url);
+    const bodies = [1, 2, 3, 4].map((s) => honestUpdate(v0, s));
+    for (const b of bodies.slice(0, 2)) assert.equal((await post(srv.url, b)).status, 202);
+    await srv.close();
+
+    srv = await startServer({ ...opts, database, initialTable: initialTable() });
+    assert.equal(srv.rounds.pending, 2);
+    assert.equal((await post(srv.url, bodies[0]!)).json.reason, 'replayed');
+    assert.equal((await post(srv.url, bodies[2]!)).json.published, 1);
+    const v1bytes = new Uint8Array(await (await fetch(`${srv.url}/v1/model`)).arrayBuffer());
+    assert.equal((await post(srv.url, bodies[3]!)).status, 202);
+    await srv.close();
+
+    srv = await startServer({ ...opts, database }); // no catalog needed once the store has a model
+    try {
+      assert.equal(srv.rounds.version, 1);
+      assert.equal(srv.rounds.pending, 1);
+      assert.deepEqual(new Uint8Array(await (await fetch(`${srv.url}/v1/model`)).arrayBuffer()), v1bytes);
+    } finally {
+      await srv.close();
+    }
+    await assert.rejects(startServer({ ...opts, database, initialTable: initialTable(IDS.slice(1)) }), (e: unknown) => isStorageError(e) && /does not match the catalog/.test((e as Error).message));
+  });
+
+  it('two servers sharing one database: every accepted update goes into exactly one version, and each serves the latest', async () => {
+    const database = await freshDatabase();
+    // Staleness is not what this test is about: every update below stays acceptable.
+    const a = await startServer({ ...opts, maxStaleness: 1000, database, initialTable: initialTable() });
+    const b = await startServer({ ...opts, maxStaleness: 1000, database, initialTable: initialTable() });
+    try {
+      // Version 0 was published once (the second server adopted it).
+      assert.deepEqual((await pull(a.url)).hash, (await pull(b.url)).hash);
+      const v0 = await pull(a.url);
+      // Two updates to A and one to B make a round of 3, completed by B from A's pending updates.
+      assert.equal((await post(a.url, honestUpdate(v0, 1))).status, 202);
+      assert.equal((await post(a.url, honestUpdate(v0, 2))).status, 202);
+      const thirdBody = honestUpdate(v0, 3);
+      const third = await post(b.url, thirdBody);
+      assert.equal(third.json.published, 1, JSON.stringify(third.json));
+      // A nonce spent at B is spent at A.
+      assert.equal((await post(a.url, thirdBody)).json.reason, 'replayed');
+      // A takes an update based on B's version 1 (it catches up before checking the base).
+      const v1 = await pull(b.url);
+      assert.equal(v1.table.version, 1);
+      assert.equal((await post(a.url, honestUpdate(v1, 4))).status, 202);
+      // And, once its last look is a second old, serves version 1 to readers.
+      await new Promise((r) => setTimeout(r, 1100));
+      assert.equal((await pull(a.url)).table.version, 1);
+      assert.equal(((await (await fetch(`${a.url}/v1/rounds/current`)).json()) as { pending: number }).pending, 1);
+
+      // Then 30 more updates, posted concurrently, spread over both servers.
+      const bodies = Array.from({ length: 30 }, (_, i) => honestUpdate(v1, 100 + i));
+      const results = await Promise.all(bodies.map((body, i) => post(i % 2 ? a.url : b.url, body)));
+      const accepted = results.filter((r) => r.status === 202).length;
+      assert.equal(accepted, 30, JSON.stringify(results.filter((r) => r.status !== 202).map((r) => r.json)));
+      const db = new pg.Client({ connectionString: database });
+      await db.connect();
+      try {
+        const versions = (await db.query<{ version: number; update_count: number }>('SELECT version, update_count FROM localrec_versions ORDER BY version')).rows;
+        assert.deepEqual(versions.map((v) => v.version), versions.map((_, i) => i), 'versions 0, 1, 2, … without a gap or a repeat');
+        const updates = (await db.query<{ aggregated_into: number | null }>('SELECT aggregated_into FROM localrec_updates')).rows;
+        assert.equal(updates.length, 3 + 1 + accepted, 'every accepted update is stored once');
+        const into = new Map<number, number>();
+        for (const u of updates) if (u.aggregated_into !== null) into.set(u.aggregated_into, (into.get(u.aggregated_into) ?? 0) + 1);
+        for (const v of versions.slice(1)) assert.equal(into.get(v.version), v.update_count, `version ${v.version} consumed exactly the updates it counts`);
+        const pending = updates.filter((u) => u.aggregated_into === null).length;
+        assert.ok(pending < 3, `at most a partial round stays pending, got ${pending}`);
+        // A round takes every update pending when it runs, so with two servers it may hold more
+        // than minClients, never fewer (the k-anonymity floor), and none is counted twice.
+        for (const v of versions.slice(1)) assert.ok(v.update_count >= 3, `version ${v.version} averages ${v.update_count} updates`);
+        assert.equal(versions.reduce((t, v) => t + v.update_count, 0) + pending, 3 + 1 + 30);
+      } finally {
+        await db.end();
+      }
+    } finally {
+      await a.close();
+      await b.close();
+    }
+  });
+
+  it('localrec serve --database: two server processes on one database publish each round once', async () => {
+    const database = await freshDatabase();
+    const dir = mkdtempSync(join(tmpdir(), 'localrec-pg-serve-'));
+    const catalog = join(dir, 'catalog.json');
+    writeFileSync(catalog, JSON.stringify({ items: IDS.map((id, i) => ({ id, popularity: i })) }));
+    const flags = ['--database', database, '--dim', String(DIM), '--min-clients', '3', '--noise', '0', '--max-staleness', '1000', '--rate-limit', '0'];
+    const children: ServeChild[] = [];
+    try {
+      children.push(await spawnServe(join(dir, 'unused-a'), catalog, flags));
+      children.push(await spawnServe(join(dir, 'unused-b'), catalog, flags));
+      const [a, b] = children as [ServeChild, ServeChild];
+      const v0 = await pull(a.url);
+      const bodies = Array.from({ length: 12 }, (_, i) => honestUpdate(v0, 200 + i));
+      const results = await Promise.all(bodies.map((body, i) => post(i % 2 ? a.url : b.url, body)));
+      assert.deepEqual(results.map((r) => r.status), bodies.map(() => 202), JSON.stringify(results.map((r) => r.json)));
+      await new Promise((r) => setTimeout(r, 1100));
+      const [va, vb] = [await pull(a.url), await pull(b.url)];
+      assert.deepEqual(va.hash, vb.hash, 'both serve the same latest version');
+      assert.ok(va.table.version >= 1);
+      const db = new pg.Client({ connectionString: database });
+      await db.connect();
+      try {
+        const rows = (await db.query<{ n: string; into: number | null }>('SELECT COUNT(*) AS n, aggregated_into AS into FROM localrec_updates GROUP BY aggregated_into')).rows;
+        const total = rows.reduce((t, r) => t + Number(r.n), 0);
+        assert.equal(total, 12, 'every acknowledged update is in the database once');
+        const counted = (await db.query<{ s: string }>('SELECT COALESCE(SUM(update_count), 0) AS s FROM localrec_versions')).rows[0]!.s;
+        assert.equal(Number(counted) + Number(rows.find((r) => r.into === null)?.n ?? 0), 12, 'aggregated once or still pending');
+        assert.ok(!existsSync(join(dir, 'unused-a', 'localrec.sqlite')), 'no SQLite file was made');
+      } finally {
+        await db.end();
+      }
+      // --database with --secure-aggregation is refused before anything starts.
+      await assert.rejects(spawnServe(join(dir, 'unused-c'), catalog, [...flags, '--secure-aggregation']), (e: unknown) => /--database: PostgreSQL is for several server processes/.test((e as { stderr?: string }).stderr ?? ''));
+    } finally {
+      for (const c of children) {
+        c.proc.kill('SIGTERM');
+        await c.exited;
+      }
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('refuses secure aggregation and a URL that is not PostgreSQL, naming the option', async () => {
+    const database = await freshDatabase();
+    await assert.rejects(createServer({ database, initialTable: initialTable(), secureAggregation: true, log: quiet }), (e: unknown) => isValidationError(e) && /options\.secureAggregation: cannot run on a PostgreSQL store/.test((e as Error).message));
+    await assert.rejects(createServer({ database: 'mysql://x@y/z', initialTable: initialTable(), log: quiet }), (e: unknown) => isValidationError(e) && /options\.database: must be a postgres:\/\/ or postgresql:\/\/ URL, got 'mysql:/.test((e as Error).message));
+    // A server that is not there: a StorageError naming the URL without its password.
+    await assert.rejects(PostgresStorage.open('postgres://localrec:s3cret@127.0.0.1:1/none'), (e: unknown) => isStorageError(e) && /PostgreSQL create the schema failed \(postgres:\/\/localrec:\*\*\*@127\.0\.0\.1:1\/none\)/.test((e as Error).message) && !/s3cret/.test((e as Error).message));
+  });
+});
