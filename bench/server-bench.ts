@@ -3,7 +3,8 @@
  *
  * 1,000 simulated clients on loopback (127.0.0.1 only) each POST one valid update per round,
  * all at once, for several rounds, together with a few invalid ones of every kind; the same run on
- * the in-memory store and on SQLite, side by side. Update bodies are built before each round is
+ * the in-memory store, on SQLite and on PostgreSQL (a throwaway server started here, when its binaries
+ * are installed), side by side. Update bodies are built before each round is
  * timed (buildClientUpdate on a 4,000 × 16 table, σ = 1, the bits the server asks for). Reports
  * updates/s, p50/p99 latency, rejections by reason, peak RSS, and acknowledged vs stored: every
  * update that got 202 must be pending or aggregated into a published version (lost must be 0).
@@ -28,7 +29,9 @@ import { buildClientUpdate, quantizeStochastic } from '../src/federated/client-u
 import { decodeModel, encodeUpdate, fromHex, NONCE_BYTES, toHex } from '../src/federated/wire.js';
 import { cloneItemTable, createItemTable, type ItemTable } from '../src/model/item-table.js';
 import { Random } from '../src/model/random.js';
-import { MemoryStorage, SqliteStorage, startServer, type Storage } from '../src/server/index.js';
+import pg from 'pg';
+import { MemoryStorage, PostgresStorage, SqliteStorage, startServer, type Storage } from '../src/server/index.js';
+import { postgresBinDir, startPostgres, type TestPostgres } from '../test/unit/pg-helpers.js';
 
 const CLIENTS = Number(process.env.BENCH_CLIENTS ?? 1000);
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
@@ -113,9 +116,9 @@ const pct = (xs: number[], p: number): number => {
 };
 const mb = (b: number) => Math.round(b / 1048576);
 
-async function runStore(kind: 'memory' | 'sqlite'): Promise<Record<string, unknown>> {
+async function runStore(kind: 'memory' | 'sqlite' | 'postgres'): Promise<Record<string, unknown>> {
   const dir = kind === 'sqlite' ? mkdtempSync(join(tmpdir(), 'localrec-bench-')) : undefined;
-  const storage: Storage = dir ? SqliteStorage.open(dir) : new MemoryStorage();
+  const storage: Storage = dir ? SqliteStorage.open(dir) : kind === 'postgres' ? await PostgresStorage.open(pgServer!.url) : new MemoryStorage();
   const server = await startServer({
     port: 0,
     host: '127.0.0.1',
@@ -233,6 +236,20 @@ async function runStore(kind: 'memory' | 'sqlite'): Promise<Record<string, unkno
       }
       stored = (db.prepare('SELECT COUNT(*) AS n FROM updates').get() as { n: number }).n;
       db.close();
+    } else if (kind === 'postgres') {
+      const db = new pg.Client({ connectionString: pgServer!.url });
+      await db.connect();
+      try {
+        const rows = (await db.query<{ nonce: string; aggregated_into: number | null; has_body: boolean }>('SELECT nonce, aggregated_into, body IS NOT NULL AS has_body FROM localrec_updates')).rows;
+        const byNonce = new Map(rows.map((r) => [r.nonce, r]));
+        for (const n of acked) {
+          const r = byNonce.get(n);
+          if (!r || (r.aggregated_into === null && !r.has_body)) missing++;
+        }
+        stored = rows.length;
+      } finally {
+        await db.end();
+      }
     } else {
       const versions = (storage as unknown as { versions: Array<{ updateCount: number }> }).versions;
       stored = versions.reduce((a, v) => a + v.updateCount, 0) + (await storage.pendingCount());
@@ -275,9 +292,23 @@ async function runStore(kind: 'memory' | 'sqlite'): Promise<Record<string, unkno
   }
 }
 
+// PostgreSQL: a throwaway server started here (as the tests do) when its binaries are installed.
+const pgServer: TestPostgres | null = postgresBinDir() ? await startPostgres() : null;
 const memory = await runStore('memory');
 const sqlite = await runStore('sqlite');
+let postgres: Record<string, unknown> | null = null;
+try {
+  if (pgServer) postgres = await runStore('postgres');
+} finally {
+  await pgServer?.stop();
+}
 const ratio = (a: unknown, b: unknown) => Math.round(((a as number) / (b as number)) * 100) / 100;
+const vsMemory = (r: Record<string, unknown>) => ({
+  updatesPerSecond: ratio(r.updatesPerSecond, memory.updatesPerSecond),
+  p50: ratio((r.latencyMs as { p50: number }).p50, (memory.latencyMs as { p50: number }).p50),
+  p99: ratio((r.latencyMs as { p99: number }).p99, (memory.latencyMs as { p99: number }).p99),
+});
+const lost = (memory.lost as number) + (sqlite.lost as number) + ((postgres?.lost as number | undefined) ?? 0);
 process.stdout.write(
   JSON.stringify(
     {
@@ -285,15 +316,13 @@ process.stdout.write(
       node: process.version,
       memory,
       sqlite,
-      sqliteVsMemory: {
-        updatesPerSecond: ratio(sqlite.updatesPerSecond, memory.updatesPerSecond),
-        p50: ratio((sqlite.latencyMs as { p50: number }).p50, (memory.latencyMs as { p50: number }).p50),
-        p99: ratio((sqlite.latencyMs as { p99: number }).p99, (memory.latencyMs as { p99: number }).p99),
-      },
-      lost: (memory.lost as number) + (sqlite.lost as number),
+      postgres: postgres ?? 'skipped: PostgreSQL is not installed (apt-get install postgresql)',
+      sqliteVsMemory: vsMemory(sqlite),
+      ...(postgres ? { postgresVsMemory: vsMemory(postgres) } : {}),
+      lost,
     },
     null,
     2,
   ) + '\n',
 );
-process.exit((memory.lost as number) + (sqlite.lost as number) === 0 ? 0 : 1);
+process.exit(lost === 0 ? 0 : 1);

@@ -105,6 +105,8 @@ export class RoundCoordinator {
   private queue: Promise<unknown> = Promise.resolve();
   /** When {@link catchUp} last read a shared store (ms since the epoch). */
   private lastCatchUp = 0;
+  /** The catch-up readers are waiting for, if one is under way. */
+  private refreshing: Promise<void> | null = null;
   /** Cohorts of secure aggregation; null when the server takes plain updates. */
   readonly cohorts: CohortRegistry | null;
 
@@ -216,7 +218,9 @@ export class RoundCoordinator {
    */
   async refresh(maxAgeMs = 1000): Promise<void> {
     if (!this.storage.shared || this.config.now() - this.lastCatchUp < maxAgeMs) return;
-    await this.run(() => this.catchUp());
+    // Readers arriving together share one look at the store.
+    this.refreshing ??= this.run(() => this.catchUp()).finally(() => (this.refreshing = null));
+    await this.refreshing;
   }
 
   private run<T>(fn: () => Promise<T>): Promise<T> {

@@ -1,0 +1,78 @@
+/**
+ * Round coordinators on a store several processes share (`Storage.shared`, as PostgreSQL is): two
+ * servers on one in-memory store marked shared, so this runs without a database. What a coordinator
+ * must do there: count the other's pending updates toward a round, take updates based on the
+ * other's newer version, serve that version to readers, and look at the store once for readers
+ * that arrive together. (server-postgres.test.ts runs the same on a real PostgreSQL.)
+ */
+import { strict as assert } from 'node:assert';
+import { describe, it } from 'node:test';
+import { MemoryStorage, startServer } from '../../src/server/index.js';
+import { honestUpdate, initialTable, post, pull, quiet } from './server-helpers.js';
+
+class SharedMemory extends MemoryStorage {
+  readonly shared = true;
+  pendingCounts = 0;
+  override async pendingCount(): Promise<number> {
+    this.pendingCounts++;
+    return super.pendingCount();
+  }
+}
+
+describe('two coordinators on a shared store', () => {
+  it("complete each other's rounds, accept updates on the other's version, and serve it", async () => {
+    const storage = new SharedMemory();
+    let t = 1_000_000;
+    const now = () => t;
+    const common = { port: 0, storage, minClients: 3, noiseMultiplier: 0, maxStaleness: 0, rateLimit: false as const, now, log: quiet };
+    const a = await startServer({ ...common, initialTable: initialTable() });
+    const b = await startServer({ ...common, initialTable: initialTable() });
+    try {
+      const v0 = await pull(a.url);
+      assert.equal((await post(a.url, honestUpdate(v0, 1))).status, 202);
+      assert.equal((await post(a.url, honestUpdate(v0, 2))).status, 202);
+      const third = await post(b.url, honestUpdate(v0, 3));
+      assert.equal(third.json.published, 1, "B's round counts A's two updates");
+      assert.equal(third.json.pending, 0);
+      // A has not looked since: within a second it still serves version 0 …
+      assert.equal((await pull(a.url)).table.version, 0);
+      // … but an update on B's version 1 is checked against the store, not A's stale view (with
+      // maxStaleness 0, a base A did not know would be refused as newer than current).
+      const v1 = await pull(b.url);
+      const r = await post(a.url, honestUpdate(v1, 4));
+      assert.equal(r.status, 202, JSON.stringify(r.json));
+      assert.equal(r.json.version, 1);
+      // And an update on version 0 is now stale at A too.
+      assert.equal((await post(a.url, honestUpdate(v0, 5))).json.reason, 'stale');
+      t += 1500;
+      assert.equal((await pull(a.url)).table.version, 1, 'readers see version 1 once the last look is over a second old');
+    } finally {
+      await a.close();
+      await b.close();
+    }
+  });
+
+  it('readers that arrive together share one look at the store', async () => {
+    const storage = new SharedMemory();
+    let t = 1_000_000;
+    const a = await startServer({ port: 0, storage, minClients: 3, noiseMultiplier: 0, rateLimit: false, now: () => t, log: quiet, initialTable: initialTable() });
+    try {
+      t += 5000;
+      const before = storage.pendingCounts;
+      const answers = await Promise.all(Array.from({ length: 20 }, () => fetch(`${a.url}/v1/health`).then((res) => res.json())));
+      assert.ok(answers.every((x) => (x as { ok: boolean }).ok));
+      assert.equal(storage.pendingCounts - before, 1, '20 concurrent readers, one catch-up');
+      await fetch(`${a.url}/v1/health`);
+      assert.equal(storage.pendingCounts - before, 1, 'none within the second after it');
+    } finally {
+      await a.close();
+    }
+  });
+
+  it('refuses secure aggregation on a shared store', async () => {
+    await assert.rejects(
+      startServer({ port: 0, storage: new SharedMemory(), minClients: 3, rateLimit: false, log: quiet, initialTable: initialTable(), secureAggregation: true }),
+      /secure aggregation keeps its cohorts in one process's memory, so it cannot run on a store several processes share/,
+    );
+  });
+});
