@@ -170,7 +170,14 @@ export class RoundCoordinator {
     }
     rc.pendingN = await storage.pendingCount();
     if (rc.pendingN > 0) await checkPendingShape(storage, config);
-    if (rc.pendingN >= config.minClients) await rc.run(() => rc.aggregate());
+    if (rc.pendingN >= config.minClients) {
+      try {
+        await rc.run(() => rc.aggregate());
+      } catch (e) {
+        // On a shared store another process may have published that round meanwhile (adopted).
+        if (!(storage.shared && e instanceof StorageConflictError)) throw e;
+      }
+    }
     if (config.secureAggregation && rc.pendingN > 0) {
       // Cohorts live in memory: what is still pending after a restart belongs to cohorts that can
       // never complete (complete ones were just published). Their uploads are random bytes.

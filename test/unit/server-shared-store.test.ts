@@ -8,6 +8,7 @@
 import { strict as assert } from 'node:assert';
 import { describe, it } from 'node:test';
 import { MemoryStorage, startServer } from '../../src/server/index.js';
+import { StorageConflictError, type StoredVersion } from '../../src/server/storage.js';
 import { honestUpdate, initialTable, post, pull, quiet } from './server-helpers.js';
 
 class SharedMemory extends MemoryStorage {
@@ -66,6 +67,39 @@ describe('two coordinators on a shared store', () => {
       assert.equal(storage.pendingCounts - before, 1, 'none within the second after it');
     } finally {
       await a.close();
+    }
+  });
+
+  it("starts when another process takes the round it found pending, and the conflict retries in a submit", async () => {
+    class ConflictOnce extends SharedMemory {
+      conflicts = 0;
+      override async publish(next: StoredVersion, consumed: readonly number[]): Promise<void> {
+        if (next.version > 0 && this.conflicts > 0) {
+          this.conflicts--;
+          throw new StorageConflictError('another process published first (simulated)');
+        }
+        return super.publish(next, consumed);
+      }
+    }
+    const storage = new ConflictOnce();
+    const first = await startServer({ port: 0, storage, minClients: 5, noiseMultiplier: 0, rateLimit: false, log: quiet, initialTable: initialTable() });
+    const v0 = await pull(first.url);
+    for (const seed of [1, 2, 3]) assert.equal((await post(first.url, honestUpdate(v0, seed))).status, 202);
+    await first.close();
+    // A restart with minClients 3 finds a round pending; its publish conflicts: it starts anyway.
+    storage.conflicts = 1;
+    const logged: string[] = [];
+    const again = await startServer({ port: 0, storage, minClients: 3, noiseMultiplier: 0, rateLimit: false, log: (l) => logged.push(l), initialTable: initialTable() });
+    try {
+      assert.deepEqual([again.rounds.version, again.rounds.pending], [0, 3]);
+      // The next update's round conflicts once more and is retried at once: published.
+      storage.conflicts = 1;
+      const r = await post(again.url, honestUpdate(v0, 4));
+      assert.equal(r.json.published, 1, JSON.stringify(r.json));
+      assert.equal(r.json.pending, 0);
+      assert.equal((await storage.latest())!.updateCount, 4);
+    } finally {
+      await again.close();
     }
   });
 
