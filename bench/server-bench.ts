@@ -4,7 +4,8 @@
  * 1,000 simulated clients on loopback (127.0.0.1 only) each POST one valid update per round,
  * all at once, for several rounds, together with a few invalid ones of every kind; the same run on
  * the in-memory store, on SQLite and on PostgreSQL (a throwaway server started here, when its binaries
- * are installed), side by side. Update bodies are built before each round is
+ * are installed), side by side; then on PostgreSQL again with the server in 1 and in 2 `localrec
+ * serve` child processes sharing the database (requests alternate between them). Update bodies are built before each round is
  * timed (buildClientUpdate on a 4,000 × 16 table, σ = 1, the bits the server asks for). Reports
  * updates/s, p50/p99 latency, rejections by reason, peak RSS, and acknowledged vs stored: every
  * update that got 202 must be pending or aggregated into a published version (lost must be 0).
@@ -19,7 +20,7 @@
  * builds the next round's bodies (the resets of docs/RELIABILITY.md). `listenOverflows` is Linux's
  * ListenOverflows counter over the run.
  */
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { Agent, request } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -32,13 +33,14 @@ import { Random } from '../src/model/random.js';
 import pg from 'pg';
 import { MemoryStorage, PostgresStorage, SqliteStorage, startServer, type Storage } from '../src/server/index.js';
 import { postgresBinDir, startPostgres, type TestPostgres } from '../test/unit/pg-helpers.js';
+import { spawnServe, type ServeChild } from '../test/unit/server-helpers.js';
 
 const CLIENTS = Number(process.env.BENCH_CLIENTS ?? 1000);
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
 const ITEMS = 4000;
 const DIM = 16;
 const INVALID_EACH = 10; // per kind per round
-const DEADLINE_MS = Number(process.env.BENCH_DEADLINE_MS ?? 540_000);
+const DEADLINE_MS = Number(process.env.BENCH_DEADLINE_MS ?? 900_000);
 /** The server's listen backlog (startServer's default when unset). */
 const BACKLOG = process.env.BENCH_BACKLOG ? Number(process.env.BENCH_BACKLOG) : undefined;
 /**
@@ -67,6 +69,22 @@ const deadline = setTimeout(() => {
   process.exit(2);
 }, DEADLINE_MS);
 deadline.unref();
+
+// PostgreSQL: a throwaway server started here (as the tests do) when its binaries are installed.
+const pgServer: TestPostgres | null = postgresBinDir() ? await startPostgres() : null;
+let databases = 0;
+/** A fresh database on the throwaway server. */
+async function freshDatabase(): Promise<string> {
+  const name = `bench${++databases}`;
+  const admin = new pg.Client({ connectionString: pgServer!.url });
+  await admin.connect();
+  try {
+    await admin.query(`CREATE DATABASE ${name}`);
+  } finally {
+    await admin.end();
+  }
+  return pgServer!.url.replace(/\/postgres$/, `/${name}`);
+}
 
 const ids = Array.from({ length: ITEMS }, (_, i) => `sku-${i}`);
 const initial = createItemTable(ids, DIM, { seed: 5, popularity: ids.map((_, i) => ITEMS - i) });
@@ -116,9 +134,18 @@ const pct = (xs: number[], p: number): number => {
 };
 const mb = (b: number) => Math.round(b / 1048576);
 
-async function runStore(kind: 'memory' | 'sqlite' | 'postgres'): Promise<Record<string, unknown>> {
-  const dir = kind === 'sqlite' ? mkdtempSync(join(tmpdir(), 'localrec-bench-')) : undefined;
-  const storage: Storage = dir ? SqliteStorage.open(dir) : kind === 'postgres' ? await PostgresStorage.open(pgServer!.url) : new MemoryStorage();
+/** The server(s) under load: one in this process, or `localrec serve` child processes on one database. */
+interface Target {
+  ports: number[];
+  config: { clip: number; noiseMultiplier: number; bits: number; blockSize: number };
+  model(): Promise<{ table: ItemTable; hash: Uint8Array }>;
+  status(): Promise<{ version: number; pending: number }>;
+  /** Peak resident memory of the server(s), bytes; null when it is this process (sampled here). */
+  peakRss(): number | null;
+  close(): Promise<void>;
+}
+
+async function inProcessTarget(storage: Storage): Promise<Target> {
   const server = await startServer({
     port: 0,
     host: '127.0.0.1',
@@ -132,10 +159,70 @@ async function runStore(kind: 'memory' | 'sqlite' | 'postgres'): Promise<Record<
     rateLimit: false,
     log: () => {},
   });
-  const port = Number(new URL(server.url).port);
+  return {
+    ports: [Number(new URL(server.url).port)],
+    config: server.rounds.config,
+    model: async () => ({ table: decodeModel(server.rounds.modelBytes('float32')).table, hash: fromHex(server.rounds.hash) }),
+    status: async () => ({ version: server.rounds.version, pending: server.rounds.pending }),
+    peakRss: () => null,
+    close: () => server.close(),
+  };
+}
+
+/** `n` real `localrec serve --database` processes sharing the throwaway PostgreSQL; requests alternate between them. */
+async function processTarget(n: number, database: string, dir: string): Promise<Target> {
+  const catalog = join(dir, 'catalog.json');
+  writeFileSync(catalog, JSON.stringify({ items: ids.map((id, i) => ({ id, popularity: ITEMS - i })) }));
+  const flags = ['--database', database, '--dim', String(DIM), '--min-clients', String(CLIENTS), '--noise', '1', '--clip', '1', '--max-staleness', '1', '--rate-limit', '0'];
+  if (BACKLOG !== undefined) flags.push('--backlog', String(BACKLOG));
+  const children: ServeChild[] = [];
+  try {
+    for (let i = 0; i < n; i++) children.push(await spawnServe(join(dir, `unused-${i}`), catalog, flags));
+  } catch (e) {
+    for (const c of children) c.proc.kill('SIGKILL');
+    throw e;
+  }
+  const base = children[0]!.url;
+  const config = (await (await fetch(`${base}/v1/config`)).json()) as Target['config'];
+  // VmHWM: the peak resident set of each child so far.
+  const hwm = (pid: number) => Number(/VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? 0) * 1024;
+  let peak = 0;
+  return {
+    ports: children.map((c) => Number(new URL(c.url).port)),
+    config,
+    model: async () => {
+      const res = await fetch(`${base}/v1/model`);
+      return { table: decodeModel(new Uint8Array(await res.arrayBuffer())).table, hash: fromHex(res.headers.get('x-localrec-model-hash')!) };
+    },
+    status: async () => {
+      // A process looks at the store for readers at most once a second: let it.
+      if (n > 1) await new Promise((r) => setTimeout(r, 1100));
+      const r = (await (await fetch(`${base}/v1/rounds/current`)).json()) as { version: number; pending: number };
+      return { version: r.version, pending: r.pending };
+    },
+    peakRss: () => (peak = Math.max(peak, children.reduce((t, c) => t + hwm(c.proc.pid!), 0))),
+    close: async () => {
+      peak = Math.max(peak, children.reduce((t, c) => t + hwm(c.proc.pid!), 0));
+      for (const c of children) {
+        c.proc.kill('SIGTERM');
+        await c.exited;
+      }
+    },
+  };
+}
+
+async function runStore(kind: 'memory' | 'sqlite' | 'postgres' | 'postgres-processes', processes = 1): Promise<Record<string, unknown>> {
+  const dir = kind === 'sqlite' || kind === 'postgres-processes' ? mkdtempSync(join(tmpdir(), 'localrec-bench-')) : undefined;
+  // Each PostgreSQL run gets a fresh database on the throwaway server.
+  const database = kind.startsWith('postgres') ? await freshDatabase() : undefined;
+  const memoryStore = kind === 'memory' ? new MemoryStorage() : null;
+  const target =
+    kind === 'postgres-processes'
+      ? await processTarget(processes, database!, dir!)
+      : await inProcessTarget(memoryStore ?? (kind === 'sqlite' ? SqliteStorage.open(dir!) : await PostgresStorage.open(database!)));
   let agent = new Agent({ keepAlive: true, maxSockets: CLIENTS });
   const listen0 = listenCounters();
-  const cfg = server.rounds.config;
+  const cfg = target.config;
   const rng = new Random(99);
   const uniform = () => rng.next();
   const small = createItemTable(ids.slice(0, 100), DIM, { seed: 1 });
@@ -154,8 +241,7 @@ async function runStore(kind: 'memory' | 'sqlite' | 'postgres'): Promise<Record<
   const rounds: Array<Record<string, unknown>> = [];
   try {
     for (let round = 0; round < ROUNDS; round++) {
-      const base = decodeModel(server.rounds.modelBytes('float32')).table;
-      const baseHash = fromHex(server.rounds.hash);
+      const { table: base, hash: baseHash } = await target.model();
       const opts = { baseHash, clip: cfg.clip, noiseMultiplier: cfg.noiseMultiplier, bits: cfg.bits, blockSize: cfg.blockSize, uniform };
       const local = trained(base, round);
       const shots: Shot[] = [];
@@ -188,12 +274,13 @@ async function runStore(kind: 'memory' | 'sqlite' | 'postgres'): Promise<Record<
         agent.destroy();
         agent = new Agent({ keepAlive: true, maxSockets: CLIENTS });
       }
+      let next = 0;
       const t0 = performance.now();
       const results = await Promise.all(
         shots.map(async (s) => {
           sent[s.kind] = (sent[s.kind] ?? 0) + 1;
           try {
-            const r = await post(port, agent, s.body);
+            const r = await post(target.ports[(next++) % target.ports.length]!, agent, s.body);
             if (s.kind === 'valid') latencies.push(r.ms);
             if (r.status === 202) {
               accepted++;
@@ -212,14 +299,16 @@ async function runStore(kind: 'memory' | 'sqlite' | 'postgres'): Promise<Record<
       const ms = performance.now() - t0;
       timedMs += ms;
       lastBodies = shots.filter((s) => s.kind === 'valid').map((s) => s.body);
+      const st = await target.status();
+      target.peakRss();
       rounds.push({
         round,
         requests: shots.length,
         accepted: results.filter((r) => r?.status === 202).length,
         ms: Math.round(ms),
         buildMs: Math.round(buildMs),
-        versionAfter: server.rounds.version,
-        pendingAfter: server.rounds.pending,
+        versionAfter: st.version,
+        pendingAfter: st.pending,
       });
     }
     clearInterval(sampler);
@@ -236,8 +325,8 @@ async function runStore(kind: 'memory' | 'sqlite' | 'postgres'): Promise<Record<
       }
       stored = (db.prepare('SELECT COUNT(*) AS n FROM updates').get() as { n: number }).n;
       db.close();
-    } else if (kind === 'postgres') {
-      const db = new pg.Client({ connectionString: pgServer!.url });
+    } else if (database) {
+      const db = new pg.Client({ connectionString: database });
       await db.connect();
       try {
         const rows = (await db.query<{ nonce: string; aggregated_into: number | null; has_body: boolean }>('SELECT nonce, aggregated_into, body IS NOT NULL AS has_body FROM localrec_updates')).rows;
@@ -251,12 +340,16 @@ async function runStore(kind: 'memory' | 'sqlite' | 'postgres'): Promise<Record<
         await db.end();
       }
     } else {
-      const versions = (storage as unknown as { versions: Array<{ updateCount: number }> }).versions;
-      stored = versions.reduce((a, v) => a + v.updateCount, 0) + (await storage.pendingCount());
+      const mem = memoryStore!;
+      const versions = (mem as unknown as { versions: Array<{ updateCount: number }> }).versions;
+      stored = versions.reduce((a, v) => a + v.updateCount, 0) + (await mem.pendingCount());
       missing = Math.max(0, acked.size - stored);
     }
+    const childRss = target.peakRss();
+    const final = await target.status();
     return {
       store: kind,
+      ...(kind === 'postgres-processes' ? { processes } : {}),
       clients: CLIENTS,
       rounds: ROUNDS,
       table: `${ITEMS} × ${DIM}`,
@@ -280,25 +373,32 @@ async function runStore(kind: 'memory' | 'sqlite' | 'postgres'): Promise<Record<
       ...(listen0 && listen1 ? { listenOverflows: listen1.overflows - listen0.overflows } : {}),
       updatesPerSecond: Math.round((accepted / timedMs) * 1000),
       latencyMs: { p50: Math.round(pct(latencies, 50)), p99: Math.round(pct(latencies, 99)), max: Math.round(pct(latencies, 100)) },
-      peakRssMiB: mb(peakRss),
-      versionsPublished: server.rounds.version,
+      // In-process: this process (server and clients); child processes: the servers' peaks summed.
+      peakRssMiB: mb(childRss ?? peakRss),
+      versionsPublished: final.version,
       perRound: rounds,
     };
   } finally {
     clearInterval(sampler);
     agent.destroy();
-    await server.close();
+    await target.close();
     if (dir) rmSync(dir, { recursive: true, force: true });
   }
 }
 
-// PostgreSQL: a throwaway server started here (as the tests do) when its binaries are installed.
-const pgServer: TestPostgres | null = postgresBinDir() ? await startPostgres() : null;
-const memory = await runStore('memory');
-const sqlite = await runStore('sqlite');
+let memory: Record<string, unknown>;
+let sqlite: Record<string, unknown>;
 let postgres: Record<string, unknown> | null = null;
+let postgresProcesses: Record<string, unknown>[] = [];
 try {
-  if (pgServer) postgres = await runStore('postgres');
+  memory = await runStore('memory');
+  sqlite = await runStore('sqlite');
+  if (pgServer) {
+    postgres = await runStore('postgres');
+    // The same load on 1 and on 2 `localrec serve` processes sharing the database (off this
+    // process's event loop, so compare these two with each other, not with the in-process rows).
+    postgresProcesses = [await runStore('postgres-processes', 1), await runStore('postgres-processes', 2)];
+  }
 } finally {
   await pgServer?.stop();
 }
@@ -308,7 +408,7 @@ const vsMemory = (r: Record<string, unknown>) => ({
   p50: ratio((r.latencyMs as { p50: number }).p50, (memory.latencyMs as { p50: number }).p50),
   p99: ratio((r.latencyMs as { p99: number }).p99, (memory.latencyMs as { p99: number }).p99),
 });
-const lost = (memory.lost as number) + (sqlite.lost as number) + ((postgres?.lost as number | undefined) ?? 0);
+const lost = [memory, sqlite, ...(postgres ? [postgres] : []), ...postgresProcesses].reduce((t, r) => t + (r.lost as number), 0);
 process.stdout.write(
   JSON.stringify(
     {
@@ -317,8 +417,12 @@ process.stdout.write(
       memory,
       sqlite,
       postgres: postgres ?? 'skipped: PostgreSQL is not installed (apt-get install postgresql)',
+      postgresProcesses,
       sqliteVsMemory: vsMemory(sqlite),
       ...(postgres ? { postgresVsMemory: vsMemory(postgres) } : {}),
+      ...(postgresProcesses.length === 2
+        ? { twoProcessesVsOne: { updatesPerSecond: ratio(postgresProcesses[1]!.updatesPerSecond, postgresProcesses[0]!.updatesPerSecond) } }
+        : {}),
       lost,
     },
     null,
