@@ -23,6 +23,11 @@ const LOCK_KEY = 0x6c726563;
 export interface PostgresStorageOptions {
   /** Connections in the pool (default 4; the round coordinator runs one state change at a time). */
   maxConnections?: number;
+  /**
+   * Longest a statement may run, lock waits included, before PostgreSQL cancels it (default
+   * 30,000 ms): a stuck peer holding the publish lock then costs a 503 and a retry, not a hung server.
+   */
+  statementTimeoutMs?: number;
   /** Test-only fault injection: called inside the publish transaction, just before it commits. */
   beforeCommit?: (what: 'init' | 'publish') => void | Promise<void>;
 }
@@ -71,7 +76,9 @@ export class PostgresStorage implements Storage {
     if (!isPostgresUrl(url)) throw new StorageError(`not a PostgreSQL URL (postgres://user@host:port/database): ${redactUrl(url)}`);
     const max = options.maxConnections ?? 4;
     if (!Number.isInteger(max) || max < 1) throw new StorageError(`maxConnections must be an integer ≥ 1, got ${max}`);
-    const pool = new pg.Pool({ connectionString: url, max, connectionTimeoutMillis: 10_000 });
+    const timeout = options.statementTimeoutMs ?? 30_000;
+    if (!Number.isInteger(timeout) || timeout < 1) throw new StorageError(`statementTimeoutMs must be an integer ≥ 1, got ${timeout}`);
+    const pool = new pg.Pool({ connectionString: url, max, connectionTimeoutMillis: 10_000, statement_timeout: timeout });
     // An idle client that loses its connection emits 'error' on the pool; without a listener that
     // would crash the process. The next query gets a fresh connection (or fails with a StorageError).
     pool.on('error', () => undefined);

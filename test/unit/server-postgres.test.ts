@@ -78,6 +78,31 @@ describe('PostgreSQL storage', { skip: skip ?? false }, () => {
     }
   });
 
+  it('a publish stuck behind another holder of the lock fails after the statement timeout, changing nothing', async () => {
+    const database = await freshDatabase();
+    const s = await PostgresStorage.open(database, { statementTimeoutMs: 300 });
+    const holder = new pg.Client({ connectionString: database });
+    await holder.connect();
+    try {
+      await s.publish({ version: 0, hash: 'h0', model: new Uint8Array([0]), optimizer: null, createdAt: 0, updateCount: 0 }, []);
+      const u = await s.addUpdate({ nonce: 'cc', baseVersion: 0, receivedAt: 1, body: new Uint8Array([1]) });
+      assert.ok(u !== 'replayed');
+      await holder.query('SELECT pg_advisory_lock($1)', [0x6c726563]); // a peer stuck inside publish
+      await assert.rejects(
+        s.publish({ version: 1, hash: 'h1', model: new Uint8Array([1]), optimizer: null, createdAt: 1, updateCount: 1 }, [u.id]),
+        (e: unknown) => isStorageError(e) && !(e instanceof StorageConflictError) && /PostgreSQL publish version failed .*statement timeout/.test((e as Error).message),
+      );
+      assert.equal((await s.latest())!.version, 0);
+      assert.equal(await s.pendingCount(), 1);
+      await holder.query('SELECT pg_advisory_unlock($1)', [0x6c726563]);
+      await s.publish({ version: 1, hash: 'h1', model: new Uint8Array([1]), optimizer: null, createdAt: 1, updateCount: 1 }, [u.id]);
+      assert.equal(await s.pendingCount(), 0);
+    } finally {
+      await holder.end();
+      await s.close();
+    }
+  });
+
   it('localrec serve on PostgreSQL: pending updates, versions and nonces survive a restart', async () => {
     const database = await freshDatabase();
     let srv = await startServer({ ...opts, database, initialTable: initialTable() });
