@@ -14,7 +14,7 @@
  */
 import pg from 'pg';
 import { StorageError } from '../errors.js';
-import { StorageConflictError, type NewUpdate, type PendingUpdate, type Storage, type StoredVersion } from './storage.js';
+import { checkNextVersion, pendingFromRow, StorageConflictError, versionFromRow, versionParams, type NewUpdate, type PendingUpdate, type Storage, type StoredVersion, type UpdateRow, type VersionRow } from './storage.js';
 
 const SCHEMA_VERSION = '1';
 /** Key of the advisory lock that serializes schema creation and publishing ('lrec' in ASCII). */
@@ -47,8 +47,6 @@ export function redactUrl(url: string): string {
 export function isPostgresUrl(s: string): boolean {
   return /^postgres(ql)?:\/\//i.test(s);
 }
-
-type VersionRow = { version: number; hash: string; model: Buffer; optimizer: Buffer | null; created_at: string; update_count: number };
 
 /**
  * @example
@@ -153,16 +151,7 @@ export class PostgresStorage implements Storage {
 
   async latest(): Promise<StoredVersion | undefined> {
     const r = await this.q<VersionRow>('read latest version', 'SELECT * FROM localrec_versions ORDER BY version DESC LIMIT 1');
-    const row = r.rows[0];
-    if (!row) return undefined;
-    return {
-      version: row.version,
-      hash: row.hash,
-      model: new Uint8Array(row.model),
-      optimizer: row.optimizer ? new Uint8Array(row.optimizer) : null,
-      createdAt: Number(row.created_at),
-      updateCount: row.update_count,
-    };
+    return r.rows[0] ? versionFromRow(r.rows[0]) : undefined;
   }
 
   async versionHash(version: number): Promise<string | undefined> {
@@ -180,17 +169,8 @@ export class PostgresStorage implements Storage {
   }
 
   async pending(): Promise<PendingUpdate[]> {
-    const r = await this.q<{ id: string; nonce: string; base_version: number; received_at: string; body: Buffer }>(
-      'read pending updates',
-      'SELECT id, nonce, base_version, received_at, body FROM localrec_updates WHERE aggregated_into IS NULL ORDER BY id',
-    );
-    return r.rows.map((row) => ({
-      id: Number(row.id),
-      nonce: row.nonce,
-      baseVersion: row.base_version,
-      receivedAt: Number(row.received_at),
-      body: new Uint8Array(row.body.buffer, row.body.byteOffset, row.body.byteLength),
-    }));
+    const r = await this.q<UpdateRow>('read pending updates', 'SELECT id, nonce, base_version, received_at, body FROM localrec_updates WHERE aggregated_into IS NULL ORDER BY id');
+    return r.rows.map(pendingFromRow);
   }
 
   async pendingCount(): Promise<number> {
@@ -206,17 +186,8 @@ export class PostgresStorage implements Storage {
   async publish(next: StoredVersion, consumed: readonly number[]): Promise<void> {
     await this.tx('publish version', async (c) => {
       await c.query('SELECT pg_advisory_xact_lock($1)', [LOCK_KEY]);
-      const max = (await c.query<{ v: number | null }>('SELECT MAX(version) AS v FROM localrec_versions')).rows[0]!.v;
-      const expected = max === null ? 0 : max + 1;
-      if (next.version !== expected) throw new StorageConflictError(`cannot publish version ${next.version}: next is ${expected}`);
-      await c.query('INSERT INTO localrec_versions (version, hash, model, optimizer, created_at, update_count) VALUES ($1, $2, $3, $4, $5, $6)', [
-        next.version,
-        next.hash,
-        Buffer.from(next.model.buffer, next.model.byteOffset, next.model.byteLength),
-        next.optimizer ? Buffer.from(next.optimizer.buffer, next.optimizer.byteOffset, next.optimizer.byteLength) : null,
-        next.createdAt,
-        next.updateCount,
-      ]);
+      checkNextVersion((await c.query<{ v: number | null }>('SELECT MAX(version) AS v FROM localrec_versions')).rows[0]!.v, next.version);
+      await c.query('INSERT INTO localrec_versions (version, hash, model, optimizer, created_at, update_count) VALUES ($1, $2, $3, $4, $5, $6)', versionParams(next));
       if (consumed.length > 0) {
         const r = await c.query('UPDATE localrec_updates SET aggregated_into = $1, body = NULL WHERE id = ANY($2::bigint[]) AND aggregated_into IS NULL', [
           next.version,

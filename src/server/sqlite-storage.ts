@@ -12,7 +12,7 @@ import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { StorageError } from '../errors.js';
-import { StorageConflictError, type NewUpdate, type PendingUpdate, type Storage, type StoredVersion } from './storage.js';
+import { checkNextVersion, pendingFromRow, StorageConflictError, versionFromRow, versionParams, type NewUpdate, type PendingUpdate, type Storage, type StoredVersion, type UpdateRow, type VersionRow } from './storage.js';
 
 const SCHEMA_VERSION = '1';
 
@@ -121,18 +121,8 @@ export class SqliteStorage implements Storage {
 
   async latest(): Promise<StoredVersion | undefined> {
     return this.wrap('read latest version', () => {
-      const r = this.st.latest.get() as
-        | { version: number; hash: string; model: Buffer; optimizer: Buffer | null; created_at: number; update_count: number }
-        | undefined;
-      if (!r) return undefined;
-      return {
-        version: r.version,
-        hash: r.hash,
-        model: new Uint8Array(r.model),
-        optimizer: r.optimizer ? new Uint8Array(r.optimizer) : null,
-        createdAt: r.created_at,
-        updateCount: r.update_count,
-      };
+      const r = this.st.latest.get() as VersionRow | undefined;
+      return r ? versionFromRow(r) : undefined;
     });
   }
 
@@ -153,13 +143,7 @@ export class SqliteStorage implements Storage {
 
   async pending(): Promise<PendingUpdate[]> {
     return this.wrap('read pending updates', () =>
-      (this.st.pending.all() as Array<{ id: number; nonce: string; base_version: number; received_at: number; body: Buffer }>).map((r) => ({
-        id: r.id,
-        nonce: r.nonce,
-        baseVersion: r.base_version,
-        receivedAt: r.received_at,
-        body: new Uint8Array(r.body.buffer, r.body.byteOffset, r.body.byteLength),
-      })),
+      (this.st.pending.all() as UpdateRow[]).map(pendingFromRow),
     );
   }
 
@@ -178,17 +162,8 @@ export class SqliteStorage implements Storage {
   async publish(next: StoredVersion, consumed: readonly number[]): Promise<void> {
     this.wrap('publish version', () =>
       this.db.transaction(() => {
-        const max = (this.st.maxVersion.get() as { v: number | null }).v;
-        const expected = max === null ? 0 : max + 1;
-        if (next.version !== expected) throw new StorageConflictError(`cannot publish version ${next.version}: next is ${expected}`);
-        this.st.insertVersion.run(
-          next.version,
-          next.hash,
-          Buffer.from(next.model.buffer, next.model.byteOffset, next.model.byteLength),
-          next.optimizer ? Buffer.from(next.optimizer.buffer, next.optimizer.byteOffset, next.optimizer.byteLength) : null,
-          next.createdAt,
-          next.updateCount,
-        );
+        checkNextVersion((this.st.maxVersion.get() as { v: number | null }).v, next.version);
+        this.st.insertVersion.run(...versionParams(next));
         for (const id of consumed) {
           if (this.st.markAggregated.run(next.version, id).changes !== 1) throw new StorageConflictError(`update ${id} is not pending`);
         }

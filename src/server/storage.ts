@@ -67,6 +67,60 @@ export interface Storage {
   close(): Promise<void>;
 }
 
+/** A `versions` row as the SQL adapters read it (a BIGINT may arrive as a string). */
+export interface VersionRow {
+  version: number;
+  hash: string;
+  model: Uint8Array;
+  optimizer: Uint8Array | null;
+  created_at: number | string;
+  update_count: number;
+}
+
+/** An `updates` row as the SQL adapters read it (a BIGINT may arrive as a string). */
+export interface UpdateRow {
+  id: number | string;
+  nonce: string;
+  base_version: number;
+  received_at: number | string;
+  body: Uint8Array;
+}
+
+/** A stored version from its row (the model and optimizer bytes copied). */
+export function versionFromRow(r: VersionRow): StoredVersion {
+  return {
+    version: r.version,
+    hash: r.hash,
+    model: new Uint8Array(r.model),
+    optimizer: r.optimizer ? new Uint8Array(r.optimizer) : null,
+    createdAt: Number(r.created_at),
+    updateCount: r.update_count,
+  };
+}
+
+/** A pending update from its row (the body is a view, not a copy). */
+export function pendingFromRow(r: UpdateRow): PendingUpdate {
+  return {
+    id: Number(r.id),
+    nonce: r.nonce,
+    baseVersion: r.base_version,
+    receivedAt: Number(r.received_at),
+    body: new Uint8Array(r.body.buffer, r.body.byteOffset, r.body.byteLength),
+  };
+}
+
+/** The `versions` row's values for `next`, in column order: version, hash, model, optimizer, created_at, update_count. */
+export function versionParams(next: StoredVersion): [number, string, Buffer, Buffer | null, number, number] {
+  const bytes = (b: Uint8Array) => Buffer.from(b.buffer, b.byteOffset, b.byteLength);
+  return [next.version, next.hash, bytes(next.model), next.optimizer ? bytes(next.optimizer) : null, next.createdAt, next.updateCount];
+}
+
+/** Throws {@link StorageConflictError} unless `version` comes right after `max` (0 on an empty store). */
+export function checkNextVersion(max: number | null, version: number): void {
+  const expected = max === null ? 0 : max + 1;
+  if (version !== expected) throw new StorageConflictError(`cannot publish version ${version}: next is ${expected}`);
+}
+
 /** Another writer published first or consumed the same updates; the caller reloads and retries. */
 export class StorageConflictError extends StorageError {
   // Keeps the StorageError name so it crosses process and worker boundaries as a StorageError.
