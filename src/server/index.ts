@@ -114,6 +114,11 @@ export interface ServerOptions {
   secureAggregation?: boolean | { bits?: number; range?: number; degree?: number; timeoutMs?: number };
   /** Per-client limit on POST /v1/updates; `false` turns it off. Default 60/min, burst 20. */
   rateLimit?: RateLimitOptions | false;
+  /**
+   * Behind a reverse proxy or load balancer: rate-limit by the first `X-Forwarded-For` address
+   * instead of the connection's (which is the proxy's). Only when every request comes through a
+   * proxy that sets the header, else a client could pick its own key. Default false.
+   */
   trustProxy?: boolean;
   staticDir?: string;
   /** Page origins allowed to call the API cross-origin (CORS), e.g. `['https://shop.example']`. */

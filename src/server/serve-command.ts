@@ -48,7 +48,7 @@ export async function readCatalogFile(path: string): Promise<{ ids: string[]; po
 export function register(program: Command): void {
   program
     .command('serve')
-    .description('Run the federated aggregation server (HTTP API under /v1, SQLite storage).')
+    .description('Run the federated aggregation server (HTTP API under /v1, SQLite or PostgreSQL storage).')
     .option('--port <n>', 'port to listen on (0 = any free port)', num('port', true), 8787)
     .option('--host <addr>', 'address to bind', '127.0.0.1')
     .option('--backlog <n>', 'listen queue length (capped by the kernel, e.g. net.core.somaxconn)', num('backlog', true), 4096)
@@ -76,6 +76,7 @@ export function register(program: Command): void {
     .option('--secagg-degree <d>', 'secure aggregation: mask neighbours per device, even (default min(16, K − 1 rounded up))', num('secagg-degree', true))
     .option('--cohort-timeout <seconds>', 'secure aggregation: time a cohort has to fill, then to collect every upload', num('cohort-timeout'), 600)
     .option('--rate-limit <perMinute>', 'updates per minute per client address (0 = off)', num('rate-limit'), 60)
+    .option('--trust-proxy', "behind a reverse proxy or load balancer: the client address (for --rate-limit) is the first X-Forwarded-For entry, not the proxy's; only when every request comes through a proxy that sets it")
     .option('--static <dir>', 'serve this folder at / (the demo shop)')
     .option('--cors-origin <origin...>', 'page origins that may call the API from another origin (e.g. https://shop.example)')
     .option('--offers <file>', "signed offer catalog (localrec offers sign) to check redemptions against: POST /v1/offers/redeem")
@@ -148,6 +149,7 @@ export function register(program: Command): void {
             }
           : {}),
         rateLimit: perMinute > 0 ? { perMinute, burst: Math.max(1, Math.ceil(perMinute / 3)) } : false,
+        ...(o.trustProxy ? { trustProxy: true } : {}),
         ...(typeof o.static === 'string' ? { staticDir: o.static } : {}),
         ...(offers ? { offers } : {}),
         ...(Array.isArray(o.corsOrigin) ? { corsOrigins: o.corsOrigin as string[] } : {}),

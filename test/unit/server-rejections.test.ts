@@ -83,6 +83,34 @@ test('per-client rate limit answers 429 and refills with time', async () => {
   }
 });
 
+test('behind a proxy (trustProxy) the rate limit keys on X-Forwarded-For; otherwise the header is ignored', async () => {
+  const postFrom = async (url: string, body: Uint8Array, forwardedFor: string) => {
+    const res = await fetch(`${url}/v1/updates`, { method: 'POST', body: body as Uint8Array<ArrayBuffer>, headers: { 'content-type': 'application/octet-stream', 'x-forwarded-for': forwardedFor } });
+    return { status: res.status, json: (await res.json()) as Record<string, unknown> };
+  };
+  const limit = { perMinute: 1, burst: 1 };
+  const proxied = await startServer({ port: 0, dataDir: null, initialTable: initialTable(), minClients: 100, noiseMultiplier: 0, rateLimit: limit, trustProxy: true, log: quiet });
+  try {
+    const v0 = await pull(proxied.url);
+    // Two shoppers behind the same proxy connection each get their own allowance …
+    assert.equal((await postFrom(proxied.url, honestUpdate(v0, 1), '203.0.113.7, 10.0.0.1')).status, 202);
+    assert.equal((await postFrom(proxied.url, honestUpdate(v0, 2), '198.51.100.9')).status, 202);
+    // … and the first one's second update is over it.
+    expectReject(await postFrom(proxied.url, honestUpdate(v0, 3), '203.0.113.7'), 'rate-limited');
+  } finally {
+    await proxied.close();
+  }
+  const direct = await startServer({ port: 0, dataDir: null, initialTable: initialTable(), minClients: 100, noiseMultiplier: 0, rateLimit: limit, log: quiet });
+  try {
+    const v0 = await pull(direct.url);
+    assert.equal((await postFrom(direct.url, honestUpdate(v0, 1), '203.0.113.7')).status, 202);
+    // Without trustProxy a forged header buys nothing: the connection's address is the key.
+    expectReject(await postFrom(direct.url, honestUpdate(v0, 2), '198.51.100.9'), 'rate-limited');
+  } finally {
+    await direct.close();
+  }
+});
+
 test('property: no body crashes the server; every bad body gets a 4xx JSON reason', async () => {
   const server = await startServer({ port: 0, dataDir: null, initialTable: initialTable(), minClients: 1000, noiseMultiplier: 0, rateLimit: false, log: quiet });
   try {
