@@ -1,9 +1,12 @@
 import { strict as assert } from 'node:assert';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { test } from 'node:test';
 import fc from 'fast-check';
 import { buildClientUpdate } from '../../src/federated/client-update.js';
 import { createApp, REJECT_STATUS, startServer, type RejectReason } from '../../src/server/index.js';
-import { honestUpdate, initialTable, post, pull, quiet, trained, IDS, DIM } from './server-helpers.js';
+import { honestUpdate, initialTable, post, pull, quiet, spawnServe, trained, IDS, DIM } from './server-helpers.js';
 
 function expectReject(r: { status: number; json: Record<string, unknown> }, reason: RejectReason): void {
   assert.equal(r.json.reason, reason, JSON.stringify(r.json));
@@ -99,6 +102,21 @@ test('behind a proxy (trustProxy) the rate limit keys on X-Forwarded-For; otherw
     expectReject(await postFrom(proxied.url, honestUpdate(v0, 3), '203.0.113.7'), 'rate-limited');
   } finally {
     await proxied.close();
+  }
+  // The CLI flag reaches the server: `localrec serve --trust-proxy --rate-limit 1`.
+  const dir = mkdtempSync(join(tmpdir(), 'localrec-proxy-'));
+  const catalog = join(dir, 'catalog.json');
+  writeFileSync(catalog, JSON.stringify({ items: IDS.map((id, i) => ({ id, popularity: i })) }));
+  const child = await spawnServe(join(dir, 'data'), catalog, ['--dim', String(DIM), '--min-clients', '100', '--noise', '0', '--rate-limit', '1', '--trust-proxy']);
+  try {
+    const v0 = await pull(child.url);
+    assert.equal((await postFrom(child.url, honestUpdate(v0, 1), '203.0.113.7')).status, 202);
+    assert.equal((await postFrom(child.url, honestUpdate(v0, 2), '198.51.100.9')).status, 202);
+    expectReject(await postFrom(child.url, honestUpdate(v0, 3), '203.0.113.7'), 'rate-limited');
+  } finally {
+    child.proc.kill('SIGTERM');
+    await child.exited;
+    rmSync(dir, { recursive: true, force: true });
   }
   const direct = await startServer({ port: 0, dataDir: null, initialTable: initialTable(), minClients: 100, noiseMultiplier: 0, rateLimit: limit, log: quiet });
   try {
