@@ -100,6 +100,8 @@ export interface ServeChild {
   url: string;
   /** Its stdout up to the "listening on" line. */
   out: string;
+  /** All of its stdout so far (the lines after "listening on" too). */
+  stdout: () => string;
   exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
   stderr: () => string;
 }
@@ -119,7 +121,7 @@ export function spawnServe(dataDir: string, catalog: string, flags: string[], en
     proc.stdout!.on('data', (d) => {
       out += d;
       const m = /listening on (http:\/\/127\.0\.0\.1:\d+)/.exec(out);
-      if (m) res({ proc, url: m[1]!, out, exited, stderr: () => err });
+      if (m) res({ proc, url: m[1]!, out, exited, stderr: () => err, stdout: () => out });
     });
     void exited.then((x) => rej(Object.assign(new Error(`server exited (${x.code}) before listening: ${err}`), { stderr: err, code: x.code })));
   });

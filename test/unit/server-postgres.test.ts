@@ -197,6 +197,11 @@ describe('PostgreSQL storage', { skip: skip ?? false }, () => {
       children.push(await spawnServe(join(dir, 'unused-a'), catalog, flags));
       children.push(await spawnServe(join(dir, 'unused-b'), catalog, flags));
       const [a, b] = children as [ServeChild, ServeChild];
+      // The start-up lines name the store and what σ means for devices (printed just after
+      // "listening on"; wait for them, at most 10 s).
+      for (let i = 0; i < 100 && !/σ = 0: updates carry no noise/.test(a.stdout()); i++) await new Promise((r) => setTimeout(r, 100));
+      const startup = a.stdout();
+      assert.match(startup, new RegExp(`store: PostgreSQL ${database.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} \\(shared`));
       const v0 = await pull(a.url);
       const bodies = Array.from({ length: 12 }, (_, i) => honestUpdate(v0, 200 + i));
       const results = await Promise.all(bodies.map((body, i) => post(i % 2 ? a.url : b.url, body)));
