@@ -439,7 +439,7 @@ export const MAX_COUNTED_SYNCS = 1_000_000;
  *
  * @example
  * ```ts
- * syncsWithinBudget(1, 8);      // 2: each sync at σ = 1 costs ε ≈ 4.38 alone, three would be 8.5
+ * syncsWithinBudget(1, 8);      // 2: one sync at σ = 1 is ε ≈ 4.38, two 6.57, three 8.39
  * syncsWithinBudget(1.2005, 8); // 4
  * ```
  */
