@@ -16,6 +16,10 @@ import { join } from 'node:path';
 export interface TestPostgres {
   /** postgres://localrec@127.0.0.1:<port>/postgres */
   url: string;
+  /** Stops the server (fast shutdown: open connections are cut) but keeps its data. */
+  pause(): void;
+  /** Starts it again on the same port and data. */
+  resume(): void;
   stop(): Promise<void>;
 }
 
@@ -78,9 +82,12 @@ export async function startPostgres(): Promise<TestPostgres> {
   try {
     run('initdb', ['-D', data, '-A', 'trust', '-U', 'localrec', '-E', 'UTF8', '--no-sync', '--no-instructions']);
     const port = await freePort();
-    run('pg_ctl', ['-D', data, '-l', join(dir, 'log'), '-w', '-t', '60', '-o', `-p ${port} -k ${dir} -c listen_addresses=127.0.0.1 -c fsync=off`, 'start']);
+    const start = () => run('pg_ctl', ['-D', data, '-l', join(dir, 'log'), '-w', '-t', '60', '-o', `-p ${port} -k ${dir} -c listen_addresses=127.0.0.1 -c fsync=off`, 'start']);
+    start();
     return {
       url: `postgres://localrec@127.0.0.1:${port}/postgres`,
+      pause: () => void run('pg_ctl', ['-D', data, '-m', 'fast', '-w', 'stop']),
+      resume: () => void start(),
       stop: async () => {
         try {
           run('pg_ctl', ['-D', data, '-m', 'immediate', '-w', 'stop']);

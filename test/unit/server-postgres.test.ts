@@ -233,6 +233,42 @@ describe('PostgreSQL storage', { skip: skip ?? false }, () => {
     }
   });
 
+  it('the database going away costs 503s (nothing acknowledged is lost) and the server carries on when it is back', async () => {
+    const database = await freshDatabase();
+    const logged: string[] = [];
+    let t = 1_000_000;
+    const srv = await startServer({ ...opts, minClients: 100, database, initialTable: initialTable(), now: () => t, log: (l) => logged.push(l) });
+    let paused = false;
+    try {
+      const v0 = await pull(srv.url);
+      assert.equal((await post(srv.url, honestUpdate(v0, 1))).status, 202);
+      server.pause();
+      paused = true;
+      const down = await post(srv.url, honestUpdate(v0, 2));
+      assert.equal(down.status, 503, JSON.stringify(down.json));
+      assert.equal(down.json.reason, 'storage-unavailable');
+      assert.match(String(down.json.error), /nothing was stored, retry later/);
+      // The first statement of a submit on a shared store is the catch-up's look for a newer version.
+      assert.ok(logged.some((l) => /storage unavailable on POST \/v1\/updates: PostgreSQL read version hash failed \(postgres:\/\/localrec@127\.0\.0\.1:\d+\/t\d+\): .*ECONNREFUSED/.test(l)), logged.join('\n'));
+      // Readers get the same 503 once their once-a-second look is due, so a load balancer's
+      // health check takes the instance out.
+      t += 1500;
+      const health = await fetch(`${srv.url}/v1/health`);
+      assert.equal(health.status, 503);
+      server.resume();
+      paused = false;
+      // The device retries later (a new upload): stored now.
+      const again = await post(srv.url, honestUpdate(v0, 3));
+      assert.equal(again.status, 202, JSON.stringify(again.json));
+      assert.equal(again.json.pending, 2, 'the update acknowledged before the outage is still pending');
+      t += 1500;
+      assert.equal((await fetch(`${srv.url}/v1/health`)).status, 200);
+    } finally {
+      if (paused) server.resume();
+      await srv.close();
+    }
+  });
+
   it('refuses secure aggregation and a URL that is not PostgreSQL, naming the option', async () => {
     const database = await freshDatabase();
     await assert.rejects(createServer({ database, initialTable: initialTable(), secureAggregation: true, log: quiet }), (e: unknown) => isValidationError(e) && /options\.secureAggregation: cannot run on a PostgreSQL store/.test((e as Error).message));
