@@ -41,8 +41,9 @@ export interface ClientUpdateOptions {
   nonce?: Uint8Array;
   /**
    * The update itself, when it is not `local − base` (the subspace aggregator's update,
-   * src/federated/subspace.ts): the part's factors, row-major, then one value per row for the
-   * biases. `local` is then ignored.
+   * src/federated/subspace.ts): the part's factors, row-major, then, when the part trains them,
+   * one value per row for the biases. `local` is then ignored; a bias section the part does not
+   * train is added here (noise only), as for `local − base`.
    */
   delta?: Float64Array;
 }
@@ -177,9 +178,13 @@ export function noisedDelta(
 ): { values: Float64Array; norm: number; scale: number } {
   let values: Float64Array;
   if (delta) {
-    const want = part.rows * base.dim + (biasSection ? part.rows : 0);
-    if (delta.length !== want) throw new ValidationError('delta', `has ${delta.length} values; the trained part needs ${want}`);
-    values = Float64Array.from(delta);
+    // Laid out as itemDelta lays out local − base: the part's values, then the bias section (when
+    // there is one) zero where the part does not train the biases.
+    const nf = part.rows * base.dim;
+    const own = nf + (part.biases ? part.rows : 0);
+    if (delta.length !== own) throw new ValidationError('delta', `has ${delta.length} values; the trained part needs ${own}`);
+    values = new Float64Array(nf + (biasSection ? part.rows : 0));
+    values.set(delta.subarray(0, Math.min(own, values.length)));
   } else values = itemDelta(base, local, part, biasSection);
   const { norm, scale } = clipL2(values, clip);
   addGaussianNoise(values, std, uniform);

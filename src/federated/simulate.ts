@@ -309,6 +309,9 @@ interface RunSettings {
   cohortSize: number | null;
 }
 
+/** The factors' scale a server with this aggregator publishes at (null unless `subspace`). */
+const subspaceScaleOf = (aggregator: string, scale: number | undefined): number | null => (aggregator === 'subspace' ? (scale ?? DEFAULT_SUBSPACE_SCALE) : null);
+
 function runSettings(c: ServerConfig): RunSettings {
   const aggregator = c.aggregator ?? 'fedavg';
   return {
@@ -319,7 +322,7 @@ function runSettings(c: ServerConfig): RunSettings {
     trainRows: c.trainRows ?? c.items,
     trainBiases: c.trainBiases ?? true,
     aggregator,
-    subspaceScale: aggregator === 'subspace' ? (c.subspaceScale ?? DEFAULT_SUBSPACE_SCALE) : null,
+    subspaceScale: subspaceScaleOf(aggregator, c.subspaceScale),
     cohortSize: c.secureAggregation ? c.secureAggregation.cohortSize : null,
   };
 }
@@ -334,7 +337,7 @@ function settingsDiffer(o: SimulateOptions, items: number, r: RunSettings): stri
     trainRows: o.trainRows ?? items,
     trainBiases: o.trainBiases ?? true,
     aggregator: o.aggregator ?? 'fedavg',
-    subspaceScale: (o.aggregator ?? 'fedavg') === 'subspace' ? (o.subspaceScale ?? DEFAULT_SUBSPACE_SCALE) : null,
+    subspaceScale: subspaceScaleOf(o.aggregator ?? 'fedavg', o.subspaceScale),
     cohortSize: o.secureAggregation ? o.minClients : null,
   };
   return (Object.keys(given) as (keyof RunSettings)[]).filter((key) => given[key] !== r[key]).map((key) => `${key} ${String(r[key])} (given ${String(given[key])})`);

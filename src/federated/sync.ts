@@ -222,14 +222,11 @@ export async function syncOnce(o: SyncOptions): Promise<SyncResult> {
     // No local training: one subspace-iteration step from the history's weights. A history with
     // nothing on the trained rows still takes part (noise only), so sending says nothing about it.
     const history = seqs.flatMap((q) => Array.from(q.rows, (row, i) => ({ row, weight: q.weights[i] ?? 1 })));
-    const factorsOnly = subspaceUpdate(global, part, history, config.clip) ?? new Float64Array(part.rows * global.dim);
-    const withBias = !config.secureAggregation || part.biases;
-    update = withBias ? new Float64Array(factorsOnly.length + part.rows) : factorsOnly;
-    if (withBias) update.set(factorsOnly);
+    update = subspaceUpdate(global, part, history, config.clip) ?? new Float64Array(part.rows * global.dim);
   } else {
     await trainItemTable(local, seqs, { epochs: 2, ...o.train });
   }
-  if (config.secureAggregation) return sendMasked(o, config, config.secureAggregation, global, hash, local, delta, update);
+  if (config.secureAggregation) return sendMasked(o, config, config.secureAggregation, part, global, hash, local, delta, update);
   const built = buildClientUpdate(global, local, {
     baseHash: fromHex(hash),
     clip: config.clip,
@@ -283,6 +280,7 @@ async function sendMasked(
   o: SyncOptions,
   config: ServerConfig,
   sa: SecAggParams & { timeoutMs?: number },
+  part: TrainedPart,
   global: ItemTable,
   hash: string,
   local: ItemTable,
@@ -292,7 +290,7 @@ async function sendMasked(
   const now = o.now ?? Date.now;
   const K = sa.cohortSize;
   const uniform = cryptoUniform();
-  const { values } = noisedDelta(global, local, config.clip, (config.noiseMultiplier * config.clip) / Math.sqrt(K), uniform, trainedPart(config), undefined, update);
+  const { values } = noisedDelta(global, local, config.clip, (config.noiseMultiplier * config.clip) / Math.sqrt(K), uniform, part, undefined, update);
   const encoded = encodeFixedPoint(values, sa.step, sa.bits, uniform);
 
   const keys = await secAggKeyPair();

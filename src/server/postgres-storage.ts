@@ -193,7 +193,8 @@ export class PostgresStorage implements Storage {
           next.version,
           consumed.map(String),
         ]);
-        if (r.rowCount !== new Set(consumed).size || new Set(consumed).size !== consumed.length) {
+        const distinct = new Set(consumed).size;
+        if (distinct !== consumed.length || r.rowCount !== distinct) {
           throw new StorageConflictError(`${consumed.length - (r.rowCount ?? 0)} of the ${consumed.length} updates are no longer pending`);
         }
       }

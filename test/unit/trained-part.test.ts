@@ -54,6 +54,21 @@ test('itemDelta over a trained part: its rows only, a bias section only when ask
   }
 });
 
+test('a given delta (the subspace update) is laid out as local − base: a bias section the part does not train is zero', () => {
+  const base = initialTable();
+  const frozen = { rows: ROWS, biases: false };
+  const factors = Float64Array.from({ length: ROWS * DIM }, (_, i) => (i % 7) - 3);
+  // Plain uploads always carry a bias section: zeros (then noise, here 0) after the part's factors.
+  const plain = noisedDelta(base, base, 1e9, 0, () => 0.5, frozen, true, factors).values;
+  assert.deepEqual(Array.from(plain), [...factors, ...new Array<number>(ROWS).fill(0)]);
+  // Masked uploads carry only the part: the factors as given.
+  assert.deepEqual(Array.from(noisedDelta(base, base, 1e9, 0, () => 0.5, frozen, false, factors).values), Array.from(factors));
+  // With trained biases the given delta holds them, and they are kept.
+  const withBiases = Float64Array.from({ length: ROWS * (DIM + 1) }, (_, i) => i);
+  assert.deepEqual(Array.from(noisedDelta(base, base, 1e9, 0, () => 0.5, { rows: ROWS, biases: true }, true, withBiases).values), Array.from(withBiases));
+  assert.throws(() => noisedDelta(base, base, 1, 0, () => 0.5, frozen, true, withBiases), (e: unknown) => e instanceof ValidationError && new RegExp(`delta: has ${ROWS * (DIM + 1)} values; the trained part needs ${ROWS * DIM}`).test(e.message));
+});
+
 test('the clip covers the trained part only, and expandDelta puts it back in place with zeros elsewhere', () => {
   const base = initialTable();
   const local = trained(base, 4, 1);
