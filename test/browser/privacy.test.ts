@@ -36,12 +36,13 @@ after(async () => {
   await server?.close();
 });
 
-async function sdkPage(init?: string): Promise<Page> {
+/** The SDK test page, ready, from `base` (default the file's server). */
+async function sdkPage(init?: string, base = server.url): Promise<Page> {
   const page = await browser.newPage();
   page.on('pageerror', (e) => process.stderr.write(`[page error] ${e.message}\n`));
   await page.addInitScript('globalThis.__name = (f) => f;');
   if (init) await page.addInitScript(init);
-  await page.goto(`${server.url}/test/browser/pages/sdk.html`);
+  await page.goto(`${base}/test/browser/pages/sdk.html`);
   await page.waitForFunction(() => (window as any).ready === true);
   return page;
 }
@@ -125,11 +126,8 @@ describe('privacy in Chromium', () => {
       staticDir: '.',
       log: () => {},
     });
-    const page = await browser.newPage();
+    const page = await sdkPage(undefined, secure.url);
     try {
-      await page.addInitScript('globalThis.__name = (f) => f;');
-      await page.goto(`${secure.url}/test/browser/pages/sdk.html`);
-      await page.waitForFunction(() => (window as any).ready === true);
       const requests: Request[] = [];
       page.on('request', (q) => requests.push(q));
       const history = ['sku-1005', 'sku-1023', 'sku-1051', 'sku-1088'];
@@ -198,11 +196,8 @@ describe('privacy in Chromium', () => {
       staticDir: '.',
       log: () => {},
     });
-    const page = await browser.newPage();
+    const page = await sdkPage(undefined, subspace.url);
     try {
-      await page.addInitScript('globalThis.__name = (f) => f;');
-      await page.goto(`${subspace.url}/test/browser/pages/sdk.html`);
-      await page.waitForFunction(() => (window as any).ready === true);
       const requests: Request[] = [];
       page.on('request', (q) => requests.push(q));
       const history = ['sku-1004', 'sku-1019', 'sku-1033', 'sku-1090'];
