@@ -187,9 +187,9 @@ export function createApp(rounds: RoundCoordinator, opts: AppOptions): Hono {
     },
   );
 
-  const cohortView = (c: Context, memberParam?: string) => {
+  const cohortView = async (c: Context, memberParam?: string) => {
     if (!rounds.cohorts) return fail(c, 'wrong-mode', 'secure aggregation is off on this server');
-    const co = rounds.cohorts.get(c.req.param('id') ?? '');
+    const co = await rounds.cohort(c.req.param('id') ?? '');
     if (!co) return fail(c, 'not-found', `no cohort ${c.req.param('id')}`);
     let member: number | undefined;
     if (memberParam !== undefined) {
@@ -197,7 +197,7 @@ export function createApp(rounds: RoundCoordinator, opts: AppOptions): Hono {
       if (!(member < co.size)) return fail(c, 'malformed', `member must be a member index 0..${co.size - 1}, got '${memberParam.slice(0, 20)}'`);
     }
     c.header('Cache-Control', 'no-store');
-    return c.json(rounds.cohorts.view(co, member));
+    return c.json(await rounds.cohortView(co, member));
   };
   app.get('/v1/secagg/cohorts/:id', (c) => cohortView(c));
   // A member's own view: its key and its mask neighbours' (a path, not a query: no request of the SDK carries a query string).

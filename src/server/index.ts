@@ -47,7 +47,7 @@ export interface ServerOptions {
   /**
    * A PostgreSQL URL (`postgres://user:password@host:port/database`): store versions and updates
    * there instead of SQLite (`dataDir` is then not used), so that several server processes behind a
-   * load balancer can share them. Not with secure aggregation (its cohorts live in one process).
+   * load balancer can share them; with secure aggregation the cohorts live there too.
    */
   database?: string;
   /** Default `.data`; `null` keeps everything in memory. */
@@ -212,9 +212,6 @@ export async function createServer(options: ServerOptions = {}): Promise<ServerP
     if (options.storage) throw new ValidationError('options.database', 'give either a storage adapter (options.storage) or a database URL, not both');
     if (typeof options.database !== 'string' || !isPostgresUrl(options.database)) {
       throw new ValidationError('options.database', `must be a postgres:// or postgresql:// URL, got '${typeof options.database === 'string' ? redactUrl(options.database) : String(options.database)}'`);
-    }
-    if (options.secureAggregation) {
-      throw new ValidationError('options.secureAggregation', "cannot run on a PostgreSQL store: its cohorts live in one process's memory, and the store is for several processes; use SQLite (dataDir) for secure aggregation");
     }
   }
   const storage =

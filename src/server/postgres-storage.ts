@@ -7,18 +7,24 @@
  * - `publish` runs in one transaction that first takes a transaction-scoped advisory lock, so two
  *   processes publishing at once queue up; the second finds the version taken (or its updates
  *   consumed) and fails with {@link StorageConflictError}, rolling back everything it wrote;
- * - the schema is created under the same lock, so processes starting together do not race.
+ * - the schema is created under the same lock, so processes starting together do not race;
+ * - secure aggregation's cohorts live in two more tables ({@link PostgresStorage.cohortStore}), so
+ *   every process forms and collects the same cohorts.
  *
  * Aggregated updates keep their nonce (replay protection), base version and arrival time; their body
  * is dropped once averaged, as in SQLite.
  */
 import pg from 'pg';
 import { StorageError } from '../errors.js';
+import type { SecAggParams } from '../federated/secagg.js';
+import { KEEP_ENDED_MS, newCohortId, newMemberToken, timeoutReason, type AbortedCohort, type CohortInfo, type CohortStatus, type CohortStore, type MarkResult } from './cohorts.js';
 import { checkNextVersion, pendingFromRow, StorageConflictError, versionFromRow, versionParams, type NewUpdate, type PendingUpdate, type Storage, type StoredVersion, type UpdateRow, type VersionRow } from './storage.js';
 
 const SCHEMA_VERSION = '1';
 /** Key of the advisory lock that serializes schema creation and publishing ('lrec' in ASCII). */
 const LOCK_KEY = 0x6c726563;
+/** Key of the advisory lock that serializes cohort joins ('lrsa'), so two joins never open two cohorts. */
+const JOIN_LOCK_KEY = 0x6c727361;
 
 export interface PostgresStorageOptions {
   /** Connections in the pool (default 4; the round coordinator runs one state change at a time). */
@@ -103,6 +109,27 @@ export class PostgresStorage implements Storage {
             aggregated_into INTEGER REFERENCES localrec_versions(version)
           );
           CREATE INDEX IF NOT EXISTS localrec_updates_pending ON localrec_updates(id) WHERE aggregated_into IS NULL;
+          CREATE TABLE IF NOT EXISTS localrec_cohorts (
+            id TEXT PRIMARY KEY,
+            size INTEGER NOT NULL,
+            joined INTEGER NOT NULL,
+            submitted INTEGER NOT NULL,
+            status TEXT NOT NULL,
+            created_at BIGINT NOT NULL,
+            ready_at BIGINT,
+            published INTEGER,
+            reason TEXT
+          );
+          CREATE INDEX IF NOT EXISTS localrec_cohorts_live ON localrec_cohorts(created_at) WHERE status IN ('forming', 'ready');
+          CREATE TABLE IF NOT EXISTS localrec_cohort_members (
+            cohort TEXT NOT NULL REFERENCES localrec_cohorts(id) ON DELETE CASCADE,
+            idx INTEGER NOT NULL,
+            public_key BYTEA NOT NULL,
+            token TEXT NOT NULL,
+            update_id BIGINT,
+            PRIMARY KEY (cohort, idx),
+            UNIQUE (cohort, public_key)
+          );
         `);
         const v = await c.query<{ value: string }>('SELECT value FROM localrec_meta WHERE key = $1', ['schema']);
         if (v.rowCount === 0) await c.query('INSERT INTO localrec_meta (key, value) VALUES ($1, $2)', ['schema', SCHEMA_VERSION]);
@@ -202,9 +229,148 @@ export class PostgresStorage implements Storage {
     });
   }
 
+  /**
+   * Secure aggregation's cohorts in this database: a join takes a transaction-scoped advisory lock
+   * and the forming cohort's row, so joins from any process get consecutive member indexes in one
+   * cohort; an upload is recorded only while its cohort's row says `ready`; the timeout is checked
+   * by whichever process looks first.
+   */
+  cohortStore(params: SecAggParams, timeoutMs: number, now: () => number): CohortStore {
+    return new PostgresCohortStore(
+      (what, sql, values) => this.q(what, sql, values),
+      (what, fn) => this.tx(what, fn),
+      params,
+      timeoutMs,
+      now,
+    );
+  }
+
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
     await this.pool.end();
+  }
+}
+
+interface CohortRow {
+  id: string;
+  size: number;
+  joined: number;
+  submitted: number;
+  status: CohortStatus;
+  created_at: string | number;
+  ready_at: string | number | null;
+  published: number | null;
+  reason: string | null;
+}
+
+function cohortFromRow(r: CohortRow): CohortInfo {
+  const c: CohortInfo = { id: r.id, size: r.size, joined: r.joined, submitted: r.submitted, status: r.status, createdAt: Number(r.created_at) };
+  if (r.ready_at !== null) c.readyAt = Number(r.ready_at);
+  if (r.published !== null) c.published = r.published;
+  if (r.reason !== null) c.abortReason = r.reason;
+  return c;
+}
+
+type Query = <R extends pg.QueryResultRow>(what: string, sql: string, params?: unknown[]) => Promise<pg.QueryResult<R>>;
+type Transaction = <T>(what: string, fn: (c: pg.PoolClient) => Promise<T>) => Promise<T>;
+
+/** {@link CohortStore} on the `localrec_cohorts` and `localrec_cohort_members` tables. */
+class PostgresCohortStore implements CohortStore {
+  readonly durable = true;
+
+  constructor(
+    private readonly q: Query,
+    private readonly tx: Transaction,
+    private readonly params: SecAggParams,
+    private readonly timeoutMs: number,
+    private readonly now: () => number,
+  ) {}
+
+  join(publicKey: Uint8Array): Promise<{ cohort: CohortInfo; index: number; token: string } | { error: string }> {
+    const key = Buffer.from(publicKey.buffer, publicKey.byteOffset, publicKey.byteLength);
+    return this.tx('join a cohort', async (c) => {
+      await c.query('SELECT pg_advisory_xact_lock($1)', [JOIN_LOCK_KEY]);
+      // FOR UPDATE: a concurrent sweep that would abort this cohort waits for the join, then sees it.
+      let row = (await c.query<CohortRow>("SELECT * FROM localrec_cohorts WHERE status = 'forming' AND size = $1 ORDER BY created_at, id LIMIT 1 FOR UPDATE", [this.params.cohortSize])).rows[0];
+      if (!row) {
+        row = (
+          await c.query<CohortRow>("INSERT INTO localrec_cohorts (id, size, joined, submitted, status, created_at) VALUES ($1, $2, 0, 0, 'forming', $3) RETURNING *", [
+            newCohortId(),
+            this.params.cohortSize,
+            this.now(),
+          ])
+        ).rows[0]!;
+      }
+      const seen = await c.query('SELECT 1 FROM localrec_cohort_members WHERE cohort = $1 AND public_key = $2', [row.id, key]);
+      if (seen.rowCount) return { error: 'this public key already joined the cohort being formed; make a fresh key pair per round' };
+      const token = newMemberToken();
+      const index = row.joined;
+      await c.query('INSERT INTO localrec_cohort_members (cohort, idx, public_key, token) VALUES ($1, $2, $3, $4)', [row.id, index, key, token]);
+      const full = index + 1 === row.size;
+      const updated = (
+        await c.query<CohortRow>(
+          full ? "UPDATE localrec_cohorts SET joined = joined + 1, status = 'ready', ready_at = $2 WHERE id = $1 RETURNING *" : 'UPDATE localrec_cohorts SET joined = joined + 1 WHERE id = $1 RETURNING *',
+          full ? [row.id, this.now()] : [row.id],
+        )
+      ).rows[0]!;
+      return { cohort: cohortFromRow(updated), index, token };
+    });
+  }
+
+  async info(id: string): Promise<CohortInfo | undefined> {
+    const r = await this.q<CohortRow>('read a cohort', 'SELECT * FROM localrec_cohorts WHERE id = $1', [id]);
+    return r.rows[0] && cohortFromRow(r.rows[0]);
+  }
+
+  async keys(id: string, members?: readonly number[]): Promise<Map<number, Uint8Array>> {
+    const r = members
+      ? await this.q<{ idx: number; public_key: Uint8Array }>('read cohort keys', 'SELECT idx, public_key FROM localrec_cohort_members WHERE cohort = $1 AND idx = ANY($2::int[])', [id, [...members]])
+      : await this.q<{ idx: number; public_key: Uint8Array }>('read cohort keys', 'SELECT idx, public_key FROM localrec_cohort_members WHERE cohort = $1 ORDER BY idx', [id]);
+    return new Map(r.rows.map((row) => [row.idx, new Uint8Array(row.public_key)]));
+  }
+
+  async token(id: string, index: number): Promise<string | undefined> {
+    const r = await this.q<{ token: string }>('read a member token', 'SELECT token FROM localrec_cohort_members WHERE cohort = $1 AND idx = $2', [id, index]);
+    return r.rows[0]?.token;
+  }
+
+  markSubmitted(id: string, index: number, updateId: number): Promise<MarkResult> {
+    return this.tx('record a cohort upload', async (c) => {
+      // The cohort's row first (the lock order of sweep), then the member's.
+      const co = await c.query<{ submitted: number; size: number }>("UPDATE localrec_cohorts SET submitted = submitted + 1 WHERE id = $1 AND status = 'ready' RETURNING submitted, size", [id]);
+      if (!co.rowCount) return 'closed';
+      const m = await c.query('UPDATE localrec_cohort_members SET update_id = $3 WHERE cohort = $1 AND idx = $2 AND update_id IS NULL', [id, index, updateId]);
+      // Rolls the count back with the transaction. (Unreachable through the coordinator: the upload's
+      // nonce is unique per member, and the token check found the member.)
+      if (!m.rowCount) throw new StorageError(`member ${index} of cohort ${id} is unknown or has uploaded already`);
+      const { submitted, size } = co.rows[0]!;
+      return submitted === size ? 'complete' : 'recorded';
+    });
+  }
+
+  async finish(id: string, version: number): Promise<void> {
+    await this.q('finish a cohort', "UPDATE localrec_cohorts SET status = 'done', published = $2 WHERE id = $1 AND status = 'ready'", [id, version]);
+  }
+
+  sweep(): Promise<AbortedCohort[]> {
+    const t = this.now();
+    return this.tx('end timed-out cohorts', async (c) => {
+      const cut = t - this.timeoutMs;
+      // A full cohort that has every upload is being published, not late.
+      const late = await c.query<CohortRow>(
+        "SELECT * FROM localrec_cohorts WHERE (status = 'forming' AND created_at < $1) OR (status = 'ready' AND ready_at < $1 AND submitted < size) ORDER BY id FOR UPDATE",
+        [cut],
+      );
+      const aborted: AbortedCohort[] = [];
+      for (const row of late.rows) {
+        const reason = timeoutReason(cohortFromRow(row), this.timeoutMs);
+        await c.query("UPDATE localrec_cohorts SET status = 'aborted', reason = $2 WHERE id = $1", [row.id, reason]);
+        const ids = await c.query<{ update_id: string }>('SELECT update_id FROM localrec_cohort_members WHERE cohort = $1 AND update_id IS NOT NULL', [row.id]);
+        aborted.push({ id: row.id, reason, updateIds: ids.rows.map((r) => Number(r.update_id)) });
+      }
+      await c.query("DELETE FROM localrec_cohorts WHERE status IN ('done', 'aborted') AND COALESCE(ready_at, created_at) < $1", [t - KEEP_ENDED_MS]);
+      return aborted;
+    });
   }
 }

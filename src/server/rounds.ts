@@ -10,7 +10,7 @@ import { applyFedAdam, applyFedAvg, combineDeltas, shrinkRows, DEFAULT_FEDADAM, 
 import { StorageConflictError, type NewUpdate, type Storage, type StoredVersion } from './storage.js';
 import { checkUpdate, reject, type Rejection, type UpdatePolicy } from './validate-update.js';
 import { decodeMaskedHeader, decodeMaskedUpdate, importPublicKey, unmaskSum, type SecAggParams } from '../federated/secagg.js';
-import { CohortRegistry, type Cohort } from './cohorts.js';
+import { cohortView, MemoryCohortStore, type CohortInfo, type CohortStore, type CohortView } from './cohorts.js';
 import { expandDelta, trainedLength, type TrainedPart } from '../federated/client-update.js';
 import { DEFAULT_SUBSPACE_SCALE, subspaceTable } from '../federated/subspace.js';
 
@@ -107,27 +107,17 @@ export class RoundCoordinator {
   private lastCatchUp = 0;
   /** The catch-up readers are waiting for, if one is under way. */
   private refreshing: Promise<void> | null = null;
-  /** Cohorts of secure aggregation; null when the server takes plain updates. */
-  readonly cohorts: CohortRegistry | null;
+  /** When {@link sweepCohorts} last looked for timed-out cohorts (ms since the epoch). */
+  private lastSweep = -Infinity;
+  /** Cohorts of secure aggregation (in the store when it keeps them); null when the server takes plain updates. */
+  readonly cohorts: CohortStore | null;
 
   private constructor(
     readonly storage: Storage,
     readonly config: RoundConfig,
   ) {
     const sa = config.secureAggregation;
-    this.cohorts = sa
-      ? new CohortRegistry(sa, sa.timeoutMs, config.now, (c) => {
-          // An aborted cohort's uploads can never be unmasked: delete them (in the queue, so never
-          // while a round is being read).
-          if (c.updateIds.length === 0) return;
-          const ids = c.updateIds.slice();
-          void this.run(async () => {
-            await this.storage.discard(ids);
-            this.pendingN = await this.storage.pendingCount();
-            this.config.log(`discarded ${ids.length} uploads of aborted cohort ${c.id.slice(0, 12)}: ${c.abortReason}`);
-          }).catch((e: Error) => this.config.log(`could not discard the uploads of cohort ${c.id.slice(0, 12)}: ${e.message}`));
-        })
-      : null;
+    this.cohorts = sa ? (storage.cohortStore?.(sa, sa.timeoutMs, config.now) ?? new MemoryCohortStore(sa, sa.timeoutMs, config.now)) : null;
   }
 
   /**
@@ -140,8 +130,8 @@ export class RoundCoordinator {
    * ```
    */
   static async open(storage: Storage, initialTable: ItemTable | undefined, config: RoundConfig): Promise<RoundCoordinator> {
-    if (storage.shared && config.secureAggregation) {
-      throw new StorageError('secure aggregation keeps its cohorts in one process\'s memory, so it cannot run on a store several processes share (PostgreSQL); use SQLite, or plain updates');
+    if (storage.shared && config.secureAggregation && !storage.cohortStore) {
+      throw new StorageError('secure aggregation needs its cohorts in the store when several processes share it, and this store keeps none; use SQLite or PostgreSQL, or plain updates');
     }
     const rc = new RoundCoordinator(storage, config);
     let latest = await storage.latest();
@@ -178,9 +168,10 @@ export class RoundCoordinator {
         if (!(storage.shared && e instanceof StorageConflictError)) throw e;
       }
     }
-    if (config.secureAggregation && rc.pendingN > 0) {
-      // Cohorts live in memory: what is still pending after a restart belongs to cohorts that can
-      // never complete (complete ones were just published). Their uploads are random bytes.
+    if (rc.cohorts && !rc.cohorts.durable && rc.pendingN > 0) {
+      // Cohorts lived in memory: what is still pending after a restart belongs to cohorts that can
+      // never complete (complete ones were just published). Their uploads are random bytes. (In a
+      // store that keeps cohorts, they complete or time out whatever happens to this process.)
       const dead = (await storage.pending()).map((u) => u.id);
       await storage.discard(dead);
       rc.pendingN = await storage.pendingCount();
@@ -303,13 +294,20 @@ export class RoundCoordinator {
    * Stores an accepted update durably, then aggregates when `ready()` says a round is complete.
    * Runs inside the queue.
    */
-  private async store(u: NewUpdate, replayed: string, ready: (id: number) => boolean): Promise<Accepted | Rejection> {
+  private async store(u: NewUpdate, replayed: string, ready: (id: number) => boolean | Promise<boolean | Rejection>): Promise<Accepted | Rejection> {
     const r = await this.storage.addUpdate(u);
     if (r === 'replayed') return reject('replayed', replayed);
     // On a shared store the other processes' updates count towards the round too.
     this.pendingN = this.storage.shared ? await this.storage.pendingCount() : this.pendingN + 1;
     let published: number | undefined;
-    if (ready(r.id)) {
+    const complete = await ready(r.id);
+    if (complete !== true && complete !== false) {
+      // Refused after all (its cohort ended meanwhile): the update must not stay pending.
+      await this.storage.discard([r.id]);
+      this.pendingN = await this.storage.pendingCount();
+      return complete;
+    }
+    if (complete) {
       const before = this.cur.version;
       for (let attempt = 1; ; attempt++) {
         try {
@@ -340,16 +338,59 @@ export class RoundCoordinator {
    * const r = await rounds.joinCohort(publicKey); // { ok: true, cohort: 'ab12…', index: 3, size: 100 }
    * ```
    */
-  async joinCohort(publicKey: Uint8Array): Promise<{ ok: true; cohort: Cohort; index: number; token: string } | Rejection> {
+  async joinCohort(publicKey: Uint8Array): Promise<{ ok: true; cohort: CohortInfo; index: number; token: string } | Rejection> {
     if (!this.cohorts) return reject('wrong-mode', 'this server takes plain updates (POST /v1/updates); secure aggregation is off');
     try {
       await importPublicKey(publicKey);
     } catch (e) {
       return reject('malformed', (e as Error).message);
     }
-    const r = this.cohorts.join(publicKey);
+    await this.sweepCohorts();
+    const r = await this.cohorts.join(publicKey);
     if ('error' in r) return reject('replayed', r.error);
     return { ok: true, cohort: r.cohort, index: r.index, token: r.token };
+  }
+
+  /** A cohort's state (after ending those that timed out), or undefined when there is none by that id. */
+  async cohort(id: string): Promise<CohortInfo | undefined> {
+    if (!this.cohorts) return undefined;
+    await this.sweepCohorts();
+    return this.cohorts.info(id);
+  }
+
+  /** Body of `GET /v1/secagg/cohorts/:id[/members/:member]` for a cohort {@link cohort} returned. */
+  async cohortView(c: CohortInfo, member?: number): Promise<CohortView> {
+    const sa = this.config.secureAggregation;
+    if (!this.cohorts || !sa) throw new StorageError('secure aggregation is off on this server');
+    return cohortView(this.cohorts, c, sa.degree, member);
+  }
+
+  /**
+   * Ends cohorts that timed out and deletes the uploads they had collected (in the queue, so never
+   * while a round is being read). On a shared store it looks at most once a second.
+   */
+  private async sweepCohorts(): Promise<void> {
+    const cohorts = this.cohorts;
+    if (!cohorts) return;
+    const t = this.config.now();
+    if (this.storage.shared && t - this.lastSweep < 1000) return;
+    this.lastSweep = t;
+    let aborted;
+    try {
+      aborted = await cohorts.sweep();
+    } catch (e) {
+      this.config.log(`could not check cohorts for timeouts: ${(e as Error).message}`);
+      return;
+    }
+    for (const c of aborted) {
+      // An aborted cohort's uploads can never be unmasked.
+      if (c.updateIds.length === 0) continue;
+      void this.run(async () => {
+        await this.storage.discard(c.updateIds);
+        this.pendingN = await this.storage.pendingCount();
+        this.config.log(`discarded ${c.updateIds.length} uploads of aborted cohort ${c.id.slice(0, 12)}: ${c.reason}`);
+      }).catch((e: Error) => this.config.log(`could not discard the uploads of cohort ${c.id.slice(0, 12)}: ${e.message}`));
+    }
   }
 
   /**
@@ -372,17 +413,26 @@ export class RoundCoordinator {
     if (h.bits !== sa.bits) return reject('config-mismatch', `bits is ${h.bits}, the server uses ${sa.bits}`);
     if (h.cohortSize !== sa.cohortSize) return reject('config-mismatch', `cohort size is ${h.cohortSize}, the server uses ${sa.cohortSize}`);
     const id = toHex(h.cohortId);
+    await this.sweepCohorts();
     return this.run(async (): Promise<Accepted | Rejection> => {
-      const c = cohorts.get(id);
+      await this.catchUp();
+      const ended = (c: CohortInfo) => reject('unknown-cohort', `cohort ${id} is ${c.status}${c.abortReason ? ` (${c.abortReason})` : ''}; it takes no uploads`);
+      const c = await cohorts.info(id);
       if (!c) return reject('unknown-cohort', `no cohort ${id} (it ended more than an hour ago, or the server restarted)`);
-      if (c.status !== 'ready') return reject('unknown-cohort', `cohort ${id} is ${c.status}${c.abortReason ? ` (${c.abortReason})` : ''}; it takes no uploads`);
+      if (c.status !== 'ready') return ended(c);
       if (h.index >= c.size) return reject('wrong-shape', `member index ${h.index} is outside the cohort (0..${c.size - 1})`);
-      if (token !== c.tokens[h.index]) return reject('not-member', `the upload token is not the one member ${h.index} of cohort ${id} was given at join`);
+      if (token !== (await cohorts.token(id, h.index))) return reject('not-member', `the upload token is not the one member ${h.index} of cohort ${id} was given at join`);
       if (h.baseVersion > this.cur.version) return reject('unknown-base', `base version ${h.baseVersion} is newer than the current version ${this.cur.version}`);
       return this.store(
         { nonce: `${id}:${h.index}`, baseVersion: h.baseVersion, receivedAt: this.config.now(), body },
         `member ${h.index} of cohort ${id} already uploaded`,
-        (updateId) => cohorts.markSubmitted(c, h.index, updateId),
+        async (updateId) => {
+          const m = await cohorts.markSubmitted(id, h.index, updateId);
+          if (m !== 'closed') return m === 'complete';
+          // The cohort timed out (on another process) between the check above and now.
+          const now = await cohorts.info(id);
+          return now ? ended(now) : reject('unknown-cohort', `cohort ${id} ended while the upload was stored`);
+        },
       );
     });
   }
@@ -411,8 +461,7 @@ export class RoundCoordinator {
         );
         for (let i = 0; i < sum.length; i++) sum[i] = sum[i]! / group.length;
         await this.publishMean(sum, group, ` (secure aggregation, cohort ${id.slice(0, 12)})`);
-        const c = this.cohorts?.get(id);
-        if (c) this.cohorts!.finish(c, this.cur.version);
+        await this.cohorts?.finish(id, this.cur.version);
       }
       this.pendingN = await this.storage.pendingCount();
       return this.cur.version;

@@ -53,7 +53,7 @@ export function register(program: Command): void {
     .option('--host <addr>', 'address to bind', '127.0.0.1')
     .option('--backlog <n>', 'listen queue length (capped by the kernel, e.g. net.core.somaxconn)', num('backlog', true), 4096)
     .option('--data-dir <dir>', 'folder for the SQLite database', '.data')
-    .option('--database <url>', 'store in PostgreSQL instead of SQLite (postgres://user:password@host:port/db), so several server processes behind a load balancer can share it; not with --secure-aggregation. Default: $LOCALREC_DATABASE_URL when set')
+    .option('--database <url>', 'store in PostgreSQL instead of SQLite (postgres://user:password@host:port/db), so several server processes behind a load balancer can share it (with secure aggregation, its cohorts too). Default: $LOCALREC_DATABASE_URL when set')
     .option('--catalog <file>', 'catalog JSON ({ items: [{ id, popularity? }] }); needed for a new data dir')
     .option('--dim <n>', 'embedding size of the item table', num('dim', true), 32)
     .option('--seed <n>', 'seed of the initial table', num('seed', true), 1)
@@ -114,9 +114,6 @@ export function register(program: Command): void {
         throw new ValidationError('--secagg-bits', '--secagg-* options need --secure-aggregation');
       }
       const database = (o.database as string | undefined) ?? (process.env.LOCALREC_DATABASE_URL || undefined);
-      if (database !== undefined && o.secureAggregation) {
-        throw new ValidationError('--database', 'PostgreSQL is for several server processes, and secure aggregation keeps its cohorts in one process: drop --database (SQLite under --data-dir) or --secure-aggregation');
-      }
       const perMinute = o.rateLimit as number;
       const crash = process.env.LOCALREC_FAULT;
       const server = await startServer({

@@ -12,6 +12,8 @@
  * - nonces are unique for the life of the store (replay protection survives restarts).
  */
 import { StorageError } from '../errors.js';
+import type { SecAggParams } from '../federated/secagg.js';
+import type { CohortStore } from './cohorts.js';
 
 export interface StoredVersion {
   version: number;
@@ -44,9 +46,15 @@ export interface Storage {
   /**
    * True when several server processes may use the store at once (PostgreSQL). The round
    * coordinator then re-reads the latest version and the pending count from it instead of trusting
-   * what it saw last, and refuses secure aggregation (its cohorts live in one process's memory).
+   * what it saw last, and keeps secure aggregation's cohorts in the store ({@link cohortStore}).
    */
   readonly shared?: boolean;
+  /**
+   * Secure aggregation's cohorts kept in this store, so that every process sharing it forms and
+   * collects the same cohorts. A shared store must provide it to run secure aggregation; without
+   * it the cohorts live in the coordinator's memory (one process).
+   */
+  cohortStore?(params: SecAggParams, timeoutMs: number, now: () => number): CohortStore;
   /** The newest published version, or undefined when nothing was ever published. */
   latest(): Promise<StoredVersion | undefined>;
   /** Hash of a published version, or undefined when there is no such version. */

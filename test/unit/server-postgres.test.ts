@@ -10,10 +10,16 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import pg from 'pg';
 import { isStorageError, isValidationError } from '../../src/errors.js';
+import { encodeMaskedUpdate, type SecAggParams } from '../../src/federated/secagg.js';
+import { itemDelta } from '../../src/federated/client-update.js';
+import { clipL2, RdpAccountant } from '../../src/federated/dp.js';
+import { syncOnce, type FetchLike } from '../../src/federated/sync.js';
+import { fromHex } from '../../src/federated/wire.js';
 import { createServer, PostgresStorage, startServer } from '../../src/server/index.js';
+import { KEEP_ENDED_MS } from '../../src/server/cohorts.js';
 import { StorageConflictError } from '../../src/server/storage.js';
 import { postgresUnavailable, startPostgres, type TestPostgres } from './pg-helpers.js';
-import { DIM, honestUpdate, initialTable, IDS, post, pull, quiet, spawnServe, type ServeChild } from './server-helpers.js';
+import { DIM, honestUpdate, initialTable, IDS, post, pull, quiet, shopperHistory, spawnServe, type ServeChild } from './server-helpers.js';
 
 const skip = postgresUnavailable();
 const opts = { port: 0, minClients: 3, noiseMultiplier: 0, rateLimit: false as const, log: quiet };
@@ -222,8 +228,6 @@ describe('PostgreSQL storage', { skip: skip ?? false }, () => {
       } finally {
         await db.end();
       }
-      // --database with --secure-aggregation is refused before anything starts.
-      await assert.rejects(spawnServe(join(dir, 'unused-c'), catalog, [...flags, '--secure-aggregation']), (e: unknown) => /--database: PostgreSQL is for several server processes/.test((e as { stderr?: string }).stderr ?? ''));
     } finally {
       for (const c of children) {
         c.proc.kill('SIGTERM');
@@ -269,11 +273,157 @@ describe('PostgreSQL storage', { skip: skip ?? false }, () => {
     }
   });
 
-  it('refuses secure aggregation and a URL that is not PostgreSQL, naming the option', async () => {
-    const database = await freshDatabase();
-    await assert.rejects(createServer({ database, initialTable: initialTable(), secureAggregation: true, log: quiet }), (e: unknown) => isValidationError(e) && /options\.secureAggregation: cannot run on a PostgreSQL store/.test((e as Error).message));
+  it('refuses a URL that is not PostgreSQL, naming the option', async () => {
     await assert.rejects(createServer({ database: 'mysql://x@y/z', initialTable: initialTable(), log: quiet }), (e: unknown) => isValidationError(e) && /options\.database: must be a postgres:\/\/ or postgresql:\/\/ URL, got 'mysql:/.test((e as Error).message));
     // A server that is not there: a StorageError naming the URL without its password.
     await assert.rejects(PostgresStorage.open('postgres://localrec:s3cret@127.0.0.1:1/none'), (e: unknown) => isStorageError(e) && /PostgreSQL create the schema failed \(postgres:\/\/localrec:\*\*\*@127\.0\.0\.1:1\/none\)/.test((e as Error).message) && !/s3cret/.test((e as Error).message));
+  });
+  it('cohorts in PostgreSQL: joins through two stores fill one cohort at a time, uploads count only while it collects, a timeout ends it once', async () => {
+    const database = await freshDatabase();
+    const stores = [await PostgresStorage.open(database), await PostgresStorage.open(database)];
+    let t = 1_000_000;
+    const params: SecAggParams = { cohortSize: 4, bits: 16, step: 1 / 1024, degree: 2 };
+    const [c1, c2] = stores.map((s) => s.cohortStore(params, 60_000, () => t)) as [ReturnType<PostgresStorage['cohortStore']>, ReturnType<PostgresStorage['cohortStore']>];
+    try {
+      // Ten joins at once, alternating between the two "processes": two full cohorts and one of 2.
+      const keys = Array.from({ length: 10 }, (_, i) => new Uint8Array(65).fill(i + 1));
+      const joined = await Promise.all(keys.map((k, i) => (i % 2 ? c1 : c2).join(k)));
+      const byCohort = new Map<string, number[]>();
+      for (const j of joined) {
+        assert.ok(!('error' in j));
+        byCohort.set(j.cohort.id, [...(byCohort.get(j.cohort.id) ?? []), j.index]);
+      }
+      const sizes = [...byCohort.values()].map((ix) => ix.sort((a, b) => a - b));
+      assert.deepEqual(sizes.map((ix) => ix.length).sort(), [2, 4, 4]);
+      for (const ix of sizes) assert.deepEqual(ix, ix.map((_, i) => i), 'member indexes are 0..n-1, each once');
+      const [full1, full2] = [...byCohort].filter(([, ix]) => ix.length === 4).map(([id]) => id) as [string, string];
+      const forming = [...byCohort].find(([, ix]) => ix.length === 2)![0];
+      assert.equal((await c2.info(full1))!.status, 'ready');
+      assert.equal((await c1.info(forming))!.status, 'forming');
+      // A key already in the forming cohort is refused; every member's key and token read back.
+      const again = await c1.join(keys.find((_, i) => (joined[i] as { cohort: { id: string } }).cohort.id === forming)!);
+      assert.ok('error' in again && /already joined/.test(again.error));
+      for (const [i, j] of joined.entries()) {
+        if ('error' in j) continue;
+        assert.deepEqual([...(await c2.keys(j.cohort.id, [j.index])).get(j.index)!], [...keys[i]!]);
+        assert.equal(await c1.token(j.cohort.id, j.index), j.token);
+      }
+      assert.deepEqual([...(await c1.keys(full1)).keys()], [0, 1, 2, 3]);
+      // Uploads of a full cohort recorded through both stores at once: exactly one completes it.
+      const marks = await Promise.all([0, 1, 2, 3].map((i) => (i % 2 ? c1 : c2).markSubmitted(full1, i, 100 + i)));
+      assert.deepEqual(marks.slice().sort(), ['complete', 'recorded', 'recorded', 'recorded']);
+      await c1.finish(full1, 1);
+      assert.deepEqual(await c2.info(full1), { ...(await c1.info(full1))!, status: 'done', published: 1 });
+      assert.equal(await c2.markSubmitted(forming, 0, 200), 'closed', 'a forming cohort takes no uploads');
+      assert.deepEqual([await c1.markSubmitted(full2, 0, 300), await c2.markSubmitted(full2, 1, 301)], ['recorded', 'recorded']);
+      // Past the timeout: both stores sweep at once; each late cohort is aborted once, with its upload ids.
+      t += 60_001;
+      const swept = (await Promise.all([c1.sweep(), c2.sweep()])).flat();
+      assert.deepEqual(swept.map((a) => a.id).sort(), [full2, forming].sort());
+      const ready = swept.find((a) => a.id === full2)!;
+      assert.deepEqual(ready.updateIds.sort(), [300, 301]);
+      assert.match(ready.reason, /only 2 of 4 members uploaded within 60000 ms/);
+      assert.match(swept.find((a) => a.id === forming)!.reason, /only 2 of 4 members joined/);
+      assert.equal((await c1.info(full1))!.status, 'done', 'a published cohort is not aborted');
+      assert.equal(await c1.markSubmitted(full2, 2, 302), 'closed', 'an aborted cohort takes no uploads');
+      const fresh = await c2.join(new Uint8Array(65).fill(99));
+      assert.ok(!('error' in fresh) && fresh.index === 0 && fresh.cohort.id !== forming, 'the next join opens a new cohort');
+      // Ended cohorts are forgotten an hour later (their members with them).
+      t += KEEP_ENDED_MS;
+      await c1.sweep();
+      assert.equal(await c2.info(full1), undefined);
+      assert.equal((await c2.keys(full2)).size, 0);
+    } finally {
+      for (const s of stores) await s.close();
+    }
+  });
+
+  it('secure aggregation across two serve processes: devices whose every request alternates between them make cohorts that publish once', async () => {
+    const database = await freshDatabase();
+    const dir = mkdtempSync(join(tmpdir(), 'localrec-pg-secagg-'));
+    const catalog = join(dir, 'catalog.json');
+    writeFileSync(catalog, JSON.stringify({ items: IDS.map((id, i) => ({ id, popularity: i })) }));
+    const flags = ['--database', database, '--dim', String(DIM), '--min-clients', '3', '--noise', '0', '--max-staleness', '1000', '--rate-limit', '0', '--secure-aggregation'];
+    const children: ServeChild[] = [];
+    try {
+      children.push(await spawnServe(join(dir, 'unused-a'), catalog, flags));
+      children.push(await spawnServe(join(dir, 'unused-b'), catalog, flags));
+      const urls = children.map((c) => c.url);
+      // A load balancer that sends each request to the next process.
+      let turn = 0;
+      const balanced: FetchLike = (url, init) => fetch(url.replace('http://lb', urls[turn++ % 2]!), init as RequestInit);
+      const config = (await (await fetch(`${urls[0]}/v1/config`)).json()) as { secureAggregation: SecAggParams | null };
+      assert.equal(config.secureAggregation?.cohortSize, 3);
+      const v0 = await pull(urls[0]!);
+      const results = await Promise.all(
+        [1, 2, 3, 4, 5, 6].map((s) =>
+          syncOnce({ serverUrl: 'http://lb', fetch: balanced, accountant: new RdpAccountant(), budget: Infinity, history: shopperHistory(s, 6), train: { seed: s }, cohortPollMs: 20 }),
+        ),
+      );
+      assert.ok(results.every((r) => r.sent && r.cohort), JSON.stringify(results.map((r) => r.cohort)));
+      const cohorts = new Set(results.map((r) => r.cohort!.id));
+      assert.equal(cohorts.size, 2, 'six devices, cohorts of three');
+      // Both processes serve the version made of both cohorts (a reader looks at the store at most once a second).
+      await new Promise((r) => setTimeout(r, 1100));
+      const [va, vb] = [await pull(urls[0]!), await pull(urls[1]!)];
+      assert.equal(va.table.version, 2);
+      assert.deepEqual(vb.hash, va.hash, 'both serve it');
+      // Version 2 = version 0 + each cohort's mean clipped delta (no noise; FedAvg at rate 1).
+      const step = (await (await fetch(`${urls[1]}/v1/config`)).json()) as { secureAggregation: SecAggParams };
+      const nf = v0.table.factors.length;
+      const want = new Float64Array(nf + v0.table.bias.length);
+      for (const r of results) {
+        const d = itemDelta(v0.table, r.local);
+        clipL2(d, 1);
+        for (let i = 0; i < d.length; i++) want[i] += d[i]! / 3;
+      }
+      for (let i = 0; i < want.length; i++) {
+        const got = i < nf ? va.table.factors[i]! - v0.table.factors[i]! : va.table.bias[i - nf]! - v0.table.bias[i - nf]!;
+        assert.ok(Math.abs(got - want[i]!) <= 2 * step.secureAggregation.step + 1e-5, `coordinate ${i}: ${got} vs ${want[i]}`);
+      }
+      const db = new pg.Client({ connectionString: database });
+      await db.connect();
+      try {
+        const rows = (await db.query<{ id: string; status: string; published: number; submitted: number }>('SELECT id, status, published, submitted FROM localrec_cohorts ORDER BY published')).rows;
+        assert.deepEqual(rows.map((r) => [r.status, r.published, r.submitted]), [['done', 1, 3], ['done', 2, 3]]);
+        assert.deepEqual(new Set(rows.map((r) => r.id)), cohorts);
+        const versions = (await db.query<{ version: number; update_count: number }>('SELECT version, update_count FROM localrec_versions ORDER BY version')).rows;
+        assert.deepEqual(versions.map((v) => [v.version, v.update_count]), [[0, 0], [1, 3], [2, 3]], 'each cohort published once');
+        assert.equal(Number((await db.query<{ n: string }>('SELECT COUNT(*) AS n FROM localrec_updates WHERE aggregated_into IS NULL')).rows[0]!.n), 0);
+      } finally {
+        await db.end();
+      }
+    } finally {
+      for (const c of children) {
+        c.proc.kill('SIGTERM');
+        await c.exited;
+      }
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('secure aggregation on PostgreSQL: a restart keeps a collecting cohort and its uploads, and the cohort completes after it', async () => {
+    const database = await freshDatabase();
+    const start = () => startServer({ ...opts, minClients: 2, database, initialTable: initialTable(), secureAggregation: true });
+    let srv = await start();
+    const call = (path: string, body?: Uint8Array, token?: string) =>
+      fetch(`${srv.url}${path}`, body ? { method: 'POST', body: body as Uint8Array<ArrayBuffer>, headers: token ? { 'X-Localrec-Cohort-Token': token } : {} } : {});
+    try {
+      const { secAggKeyPair } = await import('../../src/federated/secagg.js');
+      const j = await Promise.all([0, 1].map(async () => (await (await call('/v1/secagg/join', (await secAggKeyPair()).publicKey)).json()) as { cohort: string; index: number; token: string }));
+      const bits = ((await (await call('/v1/config')).json()) as { secureAggregation: SecAggParams }).secureAggregation.bits;
+      const upload = (m: { cohort: string; index: number; token: string }) =>
+        call('/v1/secagg/updates', encodeMaskedUpdate({ cohortId: fromHex(m.cohort), index: m.index, cohortSize: 2, bits, baseVersion: 0, values: new Uint32Array(IDS.length * (DIM + 1)) }), m.token);
+      assert.equal((await upload(j[0]!)).status, 202);
+      await srv.close();
+      srv = await start();
+      assert.equal(srv.rounds.pending, 1, 'the upload of a cohort still collecting survives the restart');
+      assert.equal(((await (await call(`/v1/secagg/cohorts/${j[0]!.cohort}`)).json()) as { status: string; submitted: number }).submitted, 1);
+      const last = (await (await upload(j[1]!)).json()) as { published?: number };
+      assert.equal(last.published, 1);
+      assert.equal(((await (await call(`/v1/secagg/cohorts/${j[0]!.cohort}`)).json()) as { status: string }).status, 'done');
+    } finally {
+      await srv.close();
+    }
   });
 });

@@ -103,10 +103,10 @@ describe('two coordinators on a shared store', () => {
     }
   });
 
-  it('refuses secure aggregation on a shared store', async () => {
+  it('refuses secure aggregation on a shared store that cannot keep cohorts', async () => {
     await assert.rejects(
       startServer({ port: 0, storage: new SharedMemory(), minClients: 3, rateLimit: false, log: quiet, initialTable: initialTable(), secureAggregation: true }),
-      /secure aggregation keeps its cohorts in one process's memory, so it cannot run on a store several processes share/,
+      /secure aggregation needs its cohorts in the store when several processes share it, and this store keeps none/,
     );
   });
 });
