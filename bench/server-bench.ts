@@ -9,6 +9,10 @@
  * timed (buildClientUpdate on a 4,000 × 16 table, σ = 1, the bits the server asks for). Reports
  * updates/s, p50/p99 latency, rejections by reason, peak RSS, and acknowledged vs stored: every
  * update that got 202 must be pending or aggregated into a published version (lost must be 0).
+ * Then secure aggregation (`secureAggregation`; BENCH_SECAGG=0 skips it): ROUNDS cohorts of CLIENTS
+ * devices each join, read their neighbours' keys and upload a masked update, on SQLite, PostgreSQL
+ * in process, and 1 and 2 `serve` processes on PostgreSQL; joins, key reads and uploads per second,
+ * and acknowledged uploads not unmasked into a published version (`lost`, must be 0).
  * JSON on stdout. Bounded: CLIENTS × ROUNDS requests per store, and a hard deadline.
  *
  *   npm run bench:server                       # 1,000 clients × 3 rounds
@@ -27,6 +31,7 @@ import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import Database from 'better-sqlite3';
 import { buildClientUpdate, quantizeStochastic } from '../src/federated/client-update.js';
+import { encodeMaskedUpdate, secAggKeyPair } from '../src/federated/secagg.js';
 import { decodeModel, encodeUpdate, fromHex, NONCE_BYTES, toHex } from '../src/federated/wire.js';
 import { cloneItemTable, createItemTable, type ItemTable } from '../src/model/item-table.js';
 import { Random } from '../src/model/random.js';
@@ -102,11 +107,12 @@ interface Shot {
   kind: 'valid' | 'malformed' | 'wrong-shape' | 'config-mismatch' | 'unknown-base' | 'over-norm' | 'replayed';
 }
 
-function post(port: number, agent: Agent, body: Uint8Array): Promise<{ status: number; json: Record<string, unknown>; ms: number }> {
+/** One HTTP exchange on loopback: status, JSON body (or {}), milliseconds. */
+function call(port: number, agent: Agent, method: 'GET' | 'POST', path: string, body?: Uint8Array, headers: Record<string, string> = {}): Promise<{ status: number; json: Record<string, unknown>; ms: number }> {
   const t0 = performance.now();
   return new Promise((resolve, reject) => {
     const req = request(
-      { host: '127.0.0.1', port, path: '/v1/updates', method: 'POST', agent, headers: { 'content-type': 'application/octet-stream', 'content-length': body.length } },
+      { host: '127.0.0.1', port, path, method, agent, headers: body ? { 'content-type': 'application/octet-stream', 'content-length': body.length, ...headers } : headers },
       (res) => {
         const chunks: Buffer[] = [];
         res.on('data', (c: Buffer) => chunks.push(c));
@@ -115,7 +121,7 @@ function post(port: number, agent: Agent, body: Uint8Array): Promise<{ status: n
           try {
             json = JSON.parse(Buffer.concat(chunks).toString('utf8')) as Record<string, unknown>;
           } catch {
-            /* non-JSON body: counted by status */
+            /* counted by status */
           }
           resolve({ status: res.statusCode ?? 0, json, ms: performance.now() - t0 });
         });
@@ -145,8 +151,9 @@ interface Target {
   close(): Promise<void>;
 }
 
-async function inProcessTarget(storage: Storage): Promise<Target> {
+async function inProcessTarget(storage: Storage, secureAggregation = false): Promise<Target> {
   const server = await startServer({
+    secureAggregation,
     port: 0,
     host: '127.0.0.1',
     ...(BACKLOG !== undefined ? { backlog: BACKLOG } : {}),
@@ -170,11 +177,12 @@ async function inProcessTarget(storage: Storage): Promise<Target> {
 }
 
 /** `n` real `localrec serve --database` processes sharing the throwaway PostgreSQL; requests alternate between them. */
-async function processTarget(n: number, database: string, dir: string): Promise<Target> {
+async function processTarget(n: number, database: string, dir: string, secureAggregation = false): Promise<Target> {
   const catalog = join(dir, 'catalog.json');
   writeFileSync(catalog, JSON.stringify({ items: ids.map((id, i) => ({ id, popularity: ITEMS - i })) }));
   const flags = ['--database', database, '--dim', String(DIM), '--min-clients', String(CLIENTS), '--noise', '1', '--clip', '1', '--max-staleness', '1', '--rate-limit', '0'];
   if (BACKLOG !== undefined) flags.push('--backlog', String(BACKLOG));
+  if (secureAggregation) flags.push('--secure-aggregation');
   const children: ServeChild[] = [];
   try {
     for (let i = 0; i < n; i++) children.push(await spawnServe(join(dir, `unused-${i}`), catalog, flags));
@@ -280,7 +288,7 @@ async function runStore(kind: 'memory' | 'sqlite' | 'postgres' | 'postgres-proce
         shots.map(async (s) => {
           sent[s.kind] = (sent[s.kind] ?? 0) + 1;
           try {
-            const r = await post(target.ports[(next++) % target.ports.length]!, agent, s.body);
+            const r = await call(target.ports[(next++) % target.ports.length]!, agent, 'POST', '/v1/updates', s.body);
             if (s.kind === 'valid') latencies.push(r.ms);
             if (r.status === 202) {
               accepted++;
@@ -386,10 +394,89 @@ async function runStore(kind: 'memory' | 'sqlite' | 'postgres' | 'postgres-proce
   }
 }
 
+/**
+ * Secure aggregation under the same load: per round, one cohort of CLIENTS devices (K = CLIENTS)
+ * joins at once (fresh P-256 keys made before the clock starts), then every member reads its
+ * neighbours' keys, then every member uploads (all-zero masked values: the server cannot tell them
+ * from masked ones and does the same work). Requests alternate between the target's processes.
+ */
+async function runSecAgg(kind: 'sqlite' | 'postgres' | 'postgres-processes', processes = 1): Promise<Record<string, unknown>> {
+  const dir = kind !== 'postgres' ? mkdtempSync(join(tmpdir(), 'localrec-bench-')) : undefined;
+  const database = kind.startsWith('postgres') ? await freshDatabase() : undefined;
+  const target =
+    kind === 'postgres-processes' ? await processTarget(processes, database!, dir!, true) : await inProcessTarget(kind === 'sqlite' ? SqliteStorage.open(dir!) : await PostgresStorage.open(database!), true);
+  const agent = new Agent({ keepAlive: true, maxSockets: CLIENTS });
+  const sa = ((await (await fetch(`http://127.0.0.1:${target.ports[0]}/v1/config`)).json()) as { secureAggregation: { bits: number; cohortSize: number } }).secureAggregation;
+  let next = 0;
+  const port = () => target.ports[next++ % target.ports.length]!;
+  const perRound: Array<Record<string, unknown>> = [];
+  const failures: Record<string, number> = {};
+  const fail = (what: string) => (failures[what] = (failures[what] ?? 0) + 1);
+  let joinMs = 0;
+  let viewMs = 0;
+  let uploadMs = 0;
+  let uploadsAcked = 0;
+  const uploadLatency: number[] = [];
+  try {
+    for (let round = 0; round < ROUNDS; round++) {
+      const { table: base } = await target.model();
+      const keys = await Promise.all(Array.from({ length: CLIENTS }, async () => (await secAggKeyPair()).publicKey));
+      let t0 = performance.now();
+      const joins = await Promise.all(keys.map((k) => call(port(), agent, 'POST', '/v1/secagg/join', k)));
+      const jMs = performance.now() - t0;
+      const members = joins.filter((r) => r.status === 200).map((r) => r.json as { cohort: string; index: number; token: string });
+      if (members.length < CLIENTS) fail('join');
+      t0 = performance.now();
+      const views = await Promise.all(members.map((m) => call(port(), agent, 'GET', `/v1/secagg/cohorts/${m.cohort}/members/${m.index}`)));
+      const vMs = performance.now() - t0;
+      const ready = views.filter((v) => v.json.status === 'ready').length;
+      if (ready < members.length) fail('view not ready');
+      const length = ITEMS * (DIM + 1);
+      const bodies = members.map((m) => encodeMaskedUpdate({ cohortId: fromHex(m.cohort), index: m.index, cohortSize: sa.cohortSize, bits: sa.bits, baseVersion: base.version, values: new Uint32Array(length) }));
+      t0 = performance.now();
+      const ups = await Promise.all(members.map((m, i) => call(port(), agent, 'POST', '/v1/secagg/updates', bodies[i], { 'x-localrec-cohort-token': m.token })));
+      const uMs = performance.now() - t0;
+      const acked = ups.filter((u) => u.status === 202);
+      uploadsAcked += acked.length;
+      for (const u of acked) uploadLatency.push(u.ms);
+      if (acked.length < members.length) fail(`upload ${String(ups.find((u) => u.status !== 202)?.json.reason)}`);
+      joinMs += jMs;
+      viewMs += vMs;
+      uploadMs += uMs;
+      const st = await target.status();
+      perRound.push({ round, joined: members.length, ready, uploaded: acked.length, joinMs: Math.round(jMs), viewMs: Math.round(vMs), uploadMs: Math.round(uMs), versionAfter: st.version, pendingAfter: st.pending });
+    }
+    const final = await target.status();
+    return {
+      store: kind,
+      ...(kind === 'postgres-processes' ? { processes } : {}),
+      cohortSize: sa.cohortSize,
+      cohorts: ROUNDS,
+      bits: sa.bits,
+      uploadBytes: encodeMaskedUpdate({ cohortId: new Uint8Array(16), index: 0, cohortSize: sa.cohortSize, bits: sa.bits, baseVersion: 0, values: new Uint32Array(ITEMS * (DIM + 1)) }).length,
+      joinsPerSecond: Math.round(((CLIENTS * ROUNDS) / joinMs) * 1000),
+      keyReadsPerSecond: Math.round(((CLIENTS * ROUNDS) / viewMs) * 1000),
+      uploadsPerSecond: Math.round((uploadsAcked / uploadMs) * 1000),
+      uploadLatencyMs: { p50: Math.round(pct(uploadLatency, 50)), p99: Math.round(pct(uploadLatency, 99)) },
+      uploadsAcknowledged: uploadsAcked,
+      versionsPublished: final.version,
+      // Every acknowledged upload was unmasked into a published version (each cohort complete).
+      lost: uploadsAcked - final.version * sa.cohortSize - final.pending,
+      failures,
+      perRound,
+    };
+  } finally {
+    agent.destroy();
+    await target.close();
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  }
+}
+
 let memory: Record<string, unknown>;
 let sqlite: Record<string, unknown>;
 let postgres: Record<string, unknown> | null = null;
 let postgresProcesses: Record<string, unknown>[] = [];
+const secureAggregation: Record<string, unknown>[] = [];
 try {
   memory = await runStore('memory');
   sqlite = await runStore('sqlite');
@@ -398,6 +485,10 @@ try {
     // The same load on 1 and on 2 `localrec serve` processes sharing the database (off this
     // process's event loop, so compare these two with each other, not with the in-process rows).
     postgresProcesses = [await runStore('postgres-processes', 1), await runStore('postgres-processes', 2)];
+  }
+  if (process.env.BENCH_SECAGG !== '0') {
+    secureAggregation.push(await runSecAgg('sqlite'));
+    if (pgServer) secureAggregation.push(await runSecAgg('postgres'), await runSecAgg('postgres-processes', 1), await runSecAgg('postgres-processes', 2));
   }
 } finally {
   await pgServer?.stop();
@@ -408,7 +499,7 @@ const vsMemory = (r: Record<string, unknown>) => ({
   p50: ratio((r.latencyMs as { p50: number }).p50, (memory.latencyMs as { p50: number }).p50),
   p99: ratio((r.latencyMs as { p99: number }).p99, (memory.latencyMs as { p99: number }).p99),
 });
-const lost = [memory, sqlite, ...(postgres ? [postgres] : []), ...postgresProcesses].reduce((t, r) => t + (r.lost as number), 0);
+const lost = [memory, sqlite, ...(postgres ? [postgres] : []), ...postgresProcesses, ...secureAggregation].reduce((t, r) => t + (r.lost as number), 0);
 process.stdout.write(
   JSON.stringify(
     {
@@ -423,6 +514,7 @@ process.stdout.write(
       ...(postgresProcesses.length === 2
         ? { twoProcessesVsOne: { updatesPerSecond: ratio(postgresProcesses[1]!.updatesPerSecond, postgresProcesses[0]!.updatesPerSecond) } }
         : {}),
+      secureAggregation,
       lost,
     },
     null,
