@@ -417,24 +417,39 @@ async function runSecAgg(kind: 'sqlite' | 'postgres' | 'postgres-processes', pro
   let uploadMs = 0;
   let uploadsAcked = 0;
   const uploadLatency: number[] = [];
+  // A device retries a request that got no answer (connection reset or refused), as sync() does.
+  const retried: Record<string, number> = {};
+  const send = async (...args: Parameters<typeof call>): Promise<Awaited<ReturnType<typeof call>>> => {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await call(...args);
+      } catch (e) {
+        const code = (e as { code?: string }).code ?? (e as Error).message;
+        if (attempt === 5) throw e;
+        retried[code] = (retried[code] ?? 0) + 1;
+        await new Promise((r) => setTimeout(r, 100 * attempt));
+        args[0] = port();
+      }
+    }
+  };
   try {
     for (let round = 0; round < ROUNDS; round++) {
       const { table: base } = await target.model();
       const keys = await Promise.all(Array.from({ length: CLIENTS }, async () => (await secAggKeyPair()).publicKey));
       let t0 = performance.now();
-      const joins = await Promise.all(keys.map((k) => call(port(), agent, 'POST', '/v1/secagg/join', k)));
+      const joins = await Promise.all(keys.map((k) => send(port(), agent, 'POST', '/v1/secagg/join', k)));
       const jMs = performance.now() - t0;
       const members = joins.filter((r) => r.status === 200).map((r) => r.json as { cohort: string; index: number; token: string });
       if (members.length < CLIENTS) fail('join');
       t0 = performance.now();
-      const views = await Promise.all(members.map((m) => call(port(), agent, 'GET', `/v1/secagg/cohorts/${m.cohort}/members/${m.index}`)));
+      const views = await Promise.all(members.map((m) => send(port(), agent, 'GET', `/v1/secagg/cohorts/${m.cohort}/members/${m.index}`)));
       const vMs = performance.now() - t0;
       const ready = views.filter((v) => v.json.status === 'ready').length;
       if (ready < members.length) fail('view not ready');
       const length = ITEMS * (DIM + 1);
       const bodies = members.map((m) => encodeMaskedUpdate({ cohortId: fromHex(m.cohort), index: m.index, cohortSize: sa.cohortSize, bits: sa.bits, baseVersion: base.version, values: new Uint32Array(length) }));
       t0 = performance.now();
-      const ups = await Promise.all(members.map((m, i) => call(port(), agent, 'POST', '/v1/secagg/updates', bodies[i], { 'x-localrec-cohort-token': m.token })));
+      const ups = await Promise.all(members.map((m, i) => send(port(), agent, 'POST', '/v1/secagg/updates', bodies[i], { 'x-localrec-cohort-token': m.token })));
       const uMs = performance.now() - t0;
       const acked = ups.filter((u) => u.status === 202);
       uploadsAcked += acked.length;
@@ -463,6 +478,9 @@ async function runSecAgg(kind: 'sqlite' | 'postgres' | 'postgres-processes', pro
       // Every acknowledged upload was unmasked into a published version (each cohort complete).
       lost: uploadsAcked - final.version * sa.cohortSize - final.pending,
       failures,
+      // Requests retried after a connection reset (before any answer): a join retried after the
+      // server had taken it would be refused as a repeated key and show under failures.
+      transportRetries: retried,
       perRound,
     };
   } finally {

@@ -42,10 +42,20 @@ export interface SecAggParams {
   step: number;
   /** Mask neighbours per member (even, ≤ K − 1 rounded up to even; all others when K is small). */
   degree: number;
+  /**
+   * t: the fewest uploads the server may unmask a sum of (default K). Each device adds noise for a
+   * sum of t, N(0, (σC)²/t), so any t or more of them carry at least the noise the accountant
+   * charges. With t < K a cohort missing at most K − t uploads at the timeout is recovered: the
+   * members that did upload reveal the pairwise seeds they share with the missing ones, and the
+   * server removes those masks (see {@link unmaskRecovered}).
+   */
+  minSurvivors?: number;
 }
 
 /** Length of a cohort id on the wire (random bytes; hex in URLs). */
 export const COHORT_ID_BYTES = 16;
+/** A pair's mask seed (the AES-128 key of its mask stream), as a survivor reveals it for recovery. */
+export const PAIR_SEED_BYTES = 16;
 /** Raw uncompressed P-256 public key: 0x04 ‖ X ‖ Y. */
 export const PUBLIC_KEY_BYTES = 65;
 /** Header of a masked update (`LRS1`): see docs/protocol.md. */
@@ -75,7 +85,9 @@ export function checkSecAggParams(p: Partial<SecAggParams>, field = 'secureAggre
   if (!Number.isInteger(bits) || bits! < 2 || bits! > 32) throw new ValidationError(`${field}.bits`, `must be an integer 2..32, got ${String(bits)}`);
   if (typeof step !== 'number' || !Number.isFinite(step) || step <= 0) throw new ValidationError(`${field}.step`, `must be a positive number, got ${String(step)}`);
   if (!Number.isInteger(degree) || degree! < 2 || degree! % 2 !== 0) throw new ValidationError(`${field}.degree`, `must be an even integer ≥ 2, got ${String(degree)}`);
-  return { cohortSize: cohortSize!, bits: bits!, step, degree: degree! };
+  const t = p.minSurvivors ?? cohortSize!;
+  if (!Number.isInteger(t) || t < 2 || t > cohortSize!) throw new ValidationError(`${field}.minSurvivors`, `must be an integer 2..cohortSize (${cohortSize}), got ${String(p.minSurvivors)}`);
+  return { cohortSize: cohortSize!, bits: bits!, step, degree: degree!, minSurvivors: t };
 }
 
 /**
@@ -129,8 +141,34 @@ export async function importPublicKey(bytes: Uint8Array): Promise<CryptoKey> {
 const modMask = (bits: number): number => (bits === 32 ? 0xffffffff : 2 ** bits - 1);
 
 /**
- * The b-bit mask stream two members share: ECDH → HKDF-SHA-256 (salt = cohort id) → AES-128-CTR
- * over zeros, 4 bytes per coordinate, reduced modulo 2^b. Both ends compute the same stream.
+ * The seed of the mask stream two members share: ECDH → HKDF-SHA-256 (salt = cohort id), 128 bits,
+ * the AES key of {@link maskFromSeed}. Both ends compute the same seed; it is fresh per cohort (the
+ * key pairs are), so revealing it for recovery exposes nothing beyond that pair's mask in that cohort.
+ */
+export async function pairSeed(privateKey: CryptoKey, peer: CryptoKey, cohortId: Uint8Array): Promise<Uint8Array> {
+  const s = subtle();
+  const shared = await s.deriveBits({ name: 'ECDH', public: peer }, privateKey, 256);
+  const ikm = await s.importKey('raw', shared, 'HKDF', false, ['deriveBits']);
+  return new Uint8Array(await s.deriveBits({ name: 'HKDF', hash: 'SHA-256', salt: cohortId as Uint8Array<ArrayBuffer>, info: MASK_INFO }, ikm, PAIR_SEED_BYTES * 8));
+}
+
+/** The b-bit mask stream of a seed: AES-128-CTR over zeros, 4 bytes per coordinate, reduced modulo 2^b. */
+export async function maskFromSeed(seed: Uint8Array, length: number, bits: number): Promise<Uint32Array> {
+  if (seed.length !== PAIR_SEED_BYTES) throw new ValidationError('seed', `must be ${PAIR_SEED_BYTES} bytes, got ${seed.length}`);
+  const s = subtle();
+  const key = await s.importKey('raw', seed as Uint8Array<ArrayBuffer>, { name: 'AES-CTR' }, false, ['encrypt']);
+  const stream = await s.encrypt({ name: 'AES-CTR', counter: new Uint8Array(16), length: 64 }, key, new Uint8Array(length * 4));
+  const out = new Uint32Array(stream, 0, length);
+  if (bits < 32) {
+    const m = modMask(bits);
+    for (let i = 0; i < length; i++) out[i] = out[i]! & m;
+  }
+  return out;
+}
+
+/**
+ * The b-bit mask stream two members share ({@link maskFromSeed} of their {@link pairSeed}). Both
+ * ends compute the same stream.
  *
  * @example
  * ```ts
@@ -138,21 +176,42 @@ const modMask = (bits: number): number => (bits === 32 ? 0xffffffff : 2 ** bits 
  * ```
  */
 export async function pairMask(privateKey: CryptoKey, peer: CryptoKey, cohortId: Uint8Array, length: number, bits: number): Promise<Uint32Array> {
-  const s = subtle();
-  const shared = await s.deriveBits({ name: 'ECDH', public: peer }, privateKey, 256);
-  const ikm = await s.importKey('raw', shared, 'HKDF', false, ['deriveKey']);
-  const key = await s.deriveKey(
-    { name: 'HKDF', hash: 'SHA-256', salt: cohortId as Uint8Array<ArrayBuffer>, info: MASK_INFO },
-    ikm,
-    { name: 'AES-CTR', length: 128 },
-    false,
-    ['encrypt'],
-  );
-  const stream = await s.encrypt({ name: 'AES-CTR', counter: new Uint8Array(16), length: 64 }, key, new Uint8Array(length * 4));
-  const out = new Uint32Array(stream, 0, length);
-  if (bits < 32) {
-    const m = modMask(bits);
-    for (let i = 0; i < length; i++) out[i] = out[i]! & m;
+  return maskFromSeed(await pairSeed(privateKey, peer, cohortId), length, bits);
+}
+
+/** Member `index`'s mask neighbours among `dropped`, ascending: the seeds its recovery share holds, in that order. */
+export function droppedNeighbours(index: number, size: number, degree: number, dropped: readonly number[]): number[] {
+  const gone = new Set(dropped);
+  return maskNeighbours(index, size, degree)
+    .filter((j) => gone.has(j))
+    .sort((a, b) => a - b);
+}
+
+/**
+ * A surviving member's recovery share: the seeds it shares with each of its mask neighbours that
+ * did not upload ({@link droppedNeighbours} order), {@link PAIR_SEED_BYTES} bytes each. Refused
+ * when `dropped` holds this member itself (the server says it never got this member's upload).
+ *
+ * @example
+ * ```ts
+ * const share = await recoveryShare({ index, cohortId, publicKeys, privateKey, params, dropped: view.dropped });
+ * ```
+ */
+export async function recoveryShare(o: {
+  index: number;
+  cohortId: Uint8Array;
+  publicKeys: ReadonlyMap<number, Uint8Array>;
+  privateKey: CryptoKey;
+  params: SecAggParams;
+  dropped: readonly number[];
+}): Promise<Uint8Array> {
+  if (o.dropped.includes(o.index)) throw new ValidationError('cohort.dropped', `names this member (${o.index}), whose upload was sent: refusing to reveal its seeds`);
+  const need = droppedNeighbours(o.index, o.params.cohortSize, o.params.degree, o.dropped);
+  const out = new Uint8Array(need.length * PAIR_SEED_BYTES);
+  for (const [k, j] of need.entries()) {
+    const key = o.publicKeys.get(j);
+    if (!key) throw new ValidationError('cohort.keys', `lacks the key of member ${j}, a mask neighbour of member ${o.index}`);
+    out.set(await pairSeed(o.privateKey, await importPublicKey(key), o.cohortId), k * PAIR_SEED_BYTES);
   }
   return out;
 }
@@ -388,5 +447,36 @@ export function unmaskSum(updates: readonly MaskedUpdate[], step: number): Float
   if (!first) throw new RangeError('no updates to sum');
   const acc = new Uint32Array(first.values.length);
   for (const u of updates) addMod(acc, u.values, first.bits);
+  return decodeFixedPoint(acc, step, first.bits);
+}
+
+/**
+ * The server's side after dropouts: Σ of the surviving members' uploads modulo 2^b, minus the masks
+ * each survivor shared with a member that did not upload (regenerated from the survivors' recovery
+ * shares, {@link recoveryShare}), as real numbers. `shares` maps every survivor that has a dropped
+ * mask neighbour to its share.
+ */
+export async function unmaskRecovered(
+  updates: readonly MaskedUpdate[],
+  shares: ReadonlyMap<number, Uint8Array>,
+  dropped: readonly number[],
+  params: SecAggParams,
+  step: number,
+): Promise<Float64Array> {
+  const first = updates[0];
+  if (!first) throw new RangeError('no updates to sum');
+  const acc = new Uint32Array(first.values.length);
+  for (const u of updates) {
+    addMod(acc, u.values, first.bits);
+    const need = droppedNeighbours(u.index, params.cohortSize, params.degree, dropped);
+    if (need.length === 0) continue;
+    const share = shares.get(u.index);
+    if (!share || share.length !== need.length * PAIR_SEED_BYTES) throw new RangeError(`member ${u.index} has no recovery share for its ${need.length} dropped neighbours`);
+    for (const [k, i] of need.entries()) {
+      const mask = await maskFromSeed(share.subarray(k * PAIR_SEED_BYTES, (k + 1) * PAIR_SEED_BYTES), acc.length, first.bits);
+      // Member u added the mask when u < i and subtracted it when u > i: undo that.
+      addMod(acc, mask, first.bits, u.index < i ? -1 : 1);
+    }
+  }
   return decodeFixedPoint(acc, step, first.bits);
 }

@@ -10,7 +10,7 @@ import { trainItemTable, type Sequence, type TrainConfig } from '../model/train.
 import { buildClientUpdate, checkTrainedPart, noisedDelta, type TrainedPart } from './client-update.js';
 import { cryptoUniform, DEFAULT_DELTA, type RdpAccountant } from './dp.js';
 import { subspaceUpdate } from './subspace.js';
-import { checkSecAggParams, encodeFixedPoint, encodeMaskedUpdate, maskValues, secAggKeyPair, type SecAggParams } from './secagg.js';
+import { checkSecAggParams, droppedNeighbours, encodeFixedPoint, encodeMaskedUpdate, maskValues, recoveryShare, secAggKeyPair, type SecAggParams } from './secagg.js';
 import { bytesEqual, decodeModel, fromHex, sha256, toHex } from './wire.js';
 
 /** Server settings from `GET /v1/config` that the client needs. */
@@ -101,8 +101,14 @@ export interface SyncResult {
   epsilon: number;
   /** The server's reply to the update, when one was sent. */
   server?: { pending: number; minClients: number; published: number | null };
-  /** Under secure aggregation: the cohort the masked update went to. */
-  cohort?: { id: string; index: number; size: number };
+  /**
+   * Under secure aggregation: the cohort the masked update went to. With recovery on (the server's
+   * `minSurvivors` < K) the device stays until the cohort ends, and `outcome` says how: `published`
+   * (its sum is in a version, `recoveryShareSent` when this device helped recover it), `aborted`,
+   * or `left` (still open when the device stopped waiting, or the device refused the server's list
+   * of dropped members).
+   */
+  cohort?: { id: string; index: number; size: number; outcome?: 'published' | 'aborted' | 'left'; recoveryShareSent?: boolean; note?: string };
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -265,10 +271,12 @@ async function upload(
 interface CohortView {
   cohort: string;
   size: number;
-  status: 'forming' | 'ready' | 'done' | 'aborted';
+  status: 'forming' | 'ready' | 'recovering' | 'done' | 'aborted';
   /** Member index → hex key, for this member and its mask neighbours (`GET /v1/secagg/cohorts/:id/members/:i`). */
   memberKeys?: Record<string, string>;
   reason?: string;
+  /** While recovering: the members whose upload never came. */
+  dropped?: number[];
 }
 
 /**
@@ -290,7 +298,9 @@ async function sendMasked(
   const now = o.now ?? Date.now;
   const K = sa.cohortSize;
   const uniform = cryptoUniform();
-  const { values } = noisedDelta(global, local, config.clip, (config.noiseMultiplier * config.clip) / Math.sqrt(K), uniform, part, undefined, update);
+  // This device's share of the sum's noise: enough that any t = minSurvivors shares make N(0, (σC)²).
+  const t = sa.minSurvivors ?? K;
+  const { values } = noisedDelta(global, local, config.clip, (config.noiseMultiplier * config.clip) / Math.sqrt(t), uniform, part, undefined, update);
   const encoded = encodeFixedPoint(values, sa.step, sa.bits, uniform);
 
   const keys = await secAggKeyPair();
@@ -320,5 +330,57 @@ async function sendMasked(
   const masked = await maskValues(encoded, { index: joined.index, cohortId, publicKeys, privateKey: keys.privateKey, params: sa });
   const body = encodeMaskedUpdate({ cohortId, index: joined.index, cohortSize: K, bits: sa.bits, baseVersion: global.version, values: masked });
   const result = await upload(o, config, '/v1/secagg/updates', body, { global, globalHash: hash, local }, delta, { 'X-Localrec-Cohort-Token': String(joined.token) });
-  return { ...result, cohort: { id: joined.cohort, index: joined.index, size: K } };
+  const cohort: NonNullable<SyncResult['cohort']> = { id: joined.cohort, index: joined.index, size: K };
+  if (t < K) Object.assign(cohort, await stayForRecovery(o, sa, t, joined, cohortId, publicKeys, keys.privateKey, 2 * waitMs));
+  return { ...result, cohort };
+}
+
+/**
+ * With recovery on, a member that uploaded stays until its cohort ends: if some members never
+ * upload, the server lists them (`recovering`) and asks each survivor for the seeds it shares with
+ * its dropped mask neighbours, without which the survivors' sum cannot be unmasked. The share is
+ * given once, and only when the list is one the server may recover from (at most K − t members, not
+ * this one). Never throws: the update is already sent, whatever happens here.
+ */
+async function stayForRecovery(
+  o: SyncOptions,
+  sa: SecAggParams,
+  t: number,
+  joined: { cohort: string; index: number; token: string },
+  cohortId: Uint8Array,
+  publicKeys: ReadonlyMap<number, Uint8Array>,
+  privateKey: CryptoKey,
+  waitMs: number,
+): Promise<Pick<NonNullable<SyncResult['cohort']>, 'outcome' | 'recoveryShareSent' | 'note'>> {
+  const now = o.now ?? Date.now;
+  const pollMs = o.cohortPollMs ?? 1000;
+  const K = sa.cohortSize;
+  const t0 = now();
+  let sent = false;
+  try {
+    for (let polls = 0; ; polls++) {
+      const res = await request(o, 'cohort', 'GET', `/v1/secagg/cohorts/${encodeURIComponent(joined.cohort)}/members/${joined.index}`);
+      const view = (await res.json()) as CohortView;
+      if (view.status === 'done') return { outcome: 'published', recoveryShareSent: sent };
+      if (view.status === 'aborted') return { outcome: 'aborted', recoveryShareSent: sent, ...(view.reason ? { note: view.reason } : {}) };
+      if (view.status === 'recovering' && !sent) {
+        const dropped = view.dropped ?? [];
+        if (dropped.length > K - t || dropped.includes(joined.index) || dropped.some((j) => !(Number.isInteger(j) && j >= 0 && j < K))) {
+          return { outcome: 'left', recoveryShareSent: false, note: `refused to help recover: the server lists ${dropped.length} dropped members (at most ${K - t} allowed${dropped.includes(joined.index) ? ', and this device among them' : ''})` };
+        }
+        if (droppedNeighbours(joined.index, K, sa.degree, dropped).length > 0) {
+          const share = await recoveryShare({ index: joined.index, cohortId, publicKeys, privateKey, params: sa, dropped });
+          await request(o, 'cohort', 'POST', `/v1/secagg/cohorts/${encodeURIComponent(joined.cohort)}/members/${joined.index}/recovery`, share, {
+            'Content-Type': 'application/octet-stream',
+            'X-Localrec-Cohort-Token': joined.token,
+          });
+          sent = true;
+        }
+      }
+      if (now() - t0 > waitMs) return { outcome: 'left', recoveryShareSent: sent, note: `cohort still ${view.status} after ${waitMs} ms` };
+      await sleep(Math.min(pollMs * 1.5 ** polls, Math.max(pollMs, 15_000)));
+    }
+  } catch (e) {
+    return { outcome: 'left', recoveryShareSent: sent, note: (e as Error).message };
+  }
 }

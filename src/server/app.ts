@@ -15,7 +15,7 @@ import type { RoundCoordinator } from './rounds.js';
 import { REJECT_STATUS, type RejectReason } from './validate-update.js';
 import { registerRedeem } from './redeem.js';
 import type { OfferCatalog } from '../offers/types.js';
-import { maskedUpdateBytes, PUBLIC_KEY_BYTES } from '../federated/secagg.js';
+import { maskedUpdateBytes, PAIR_SEED_BYTES, PUBLIC_KEY_BYTES } from '../federated/secagg.js';
 import { trainedLength } from '../federated/client-update.js';
 
 export interface AppOptions {
@@ -121,7 +121,7 @@ export function createApp(rounds: RoundCoordinator, opts: AppOptions): Hono {
       trimFraction: cfg.trimFraction,
       normTolerance: cfg.normTolerance,
       normSlack: cfg.normSlack,
-      secureAggregation: sa ? { cohortSize: sa.cohortSize, bits: sa.bits, step: sa.step, degree: sa.degree, timeoutMs: sa.timeoutMs } : null,
+      secureAggregation: sa ? { cohortSize: sa.cohortSize, bits: sa.bits, step: sa.step, degree: sa.degree, minSurvivors: sa.minSurvivors ?? sa.cohortSize, timeoutMs: sa.timeoutMs } : null,
       denoise: cfg.denoise ?? 'none',
       version: rounds.version,
     }),
@@ -202,6 +202,22 @@ export function createApp(rounds: RoundCoordinator, opts: AppOptions): Hono {
   app.get('/v1/secagg/cohorts/:id', (c) => cohortView(c));
   // A member's own view: its key and its mask neighbours' (a path, not a query: no request of the SDK carries a query string).
   app.get('/v1/secagg/cohorts/:id/members/:member', (c) => cohortView(c, c.req.param('member')));
+
+  // Recovery: a surviving member's seeds with its dropped mask neighbours (16 bytes each, at most `degree`).
+  app.post(
+    '/v1/secagg/cohorts/:id/members/:member/recovery',
+    bodyLimit({ maxSize: (sa?.degree ?? 2) * PAIR_SEED_BYTES, onError: (c) => fail(c, 'oversized', `a recovery share is at most ${(sa?.degree ?? 2) * PAIR_SEED_BYTES} bytes`) }),
+    async (c) => {
+      const body = await readBody(c);
+      if (!body) return fail(c, 'malformed', 'could not read the request body');
+      const memberParam = c.req.param('member') ?? '';
+      const member = /^\d{1,9}$/.test(memberParam) ? Number(memberParam) : NaN;
+      const r = await rounds.submitRecovery(c.req.param('id') ?? '', member, c.req.header('x-localrec-cohort-token') ?? '', body);
+      if (!r.ok) return fail(c, r.reason, r.error);
+      c.header('Cache-Control', 'no-store');
+      return c.json({ accepted: true, recovered: r.recovered, needed: r.needed, published: r.published ?? null }, 202);
+    },
+  );
 
   app.post(
     '/v1/secagg/updates',

@@ -13,10 +13,10 @@
  * or by timing out.
  */
 import type { SecAggParams } from '../federated/secagg.js';
-import { COHORT_ID_BYTES, maskNeighbours } from '../federated/secagg.js';
+import { COHORT_ID_BYTES, droppedNeighbours, maskNeighbours, PAIR_SEED_BYTES } from '../federated/secagg.js';
 import { toHex } from '../federated/wire.js';
 
-export type CohortStatus = 'forming' | 'ready' | 'done' | 'aborted';
+export type CohortStatus = 'forming' | 'ready' | 'recovering' | 'done' | 'aborted';
 
 /** A cohort's state without its members' keys and tokens. */
 export interface CohortInfo {
@@ -34,6 +34,13 @@ export interface CohortInfo {
   /** The version published from this cohort's sum. */
   published?: number;
   abortReason?: string;
+  /** Recovery (status `recovering`, from then on): the members whose upload never came, ascending. */
+  dropped?: number[];
+  /** When recovery began. */
+  recoveryAt?: number;
+  /** Surviving members that have a dropped mask neighbour (whose recovery shares are needed), and how many gave theirs. */
+  needed?: number;
+  recovered?: number;
 }
 
 /** A cohort the timeout ended, with the storage ids of the uploads it had collected (to discard). */
@@ -45,6 +52,16 @@ export interface AbortedCohort {
 
 /** What {@link CohortStore.markSubmitted} found: the upload is recorded (the cohort now complete or not), or the cohort no longer collects. */
 export type MarkResult = 'recorded' | 'complete' | 'closed';
+
+/** What {@link CohortStore.addRecovery} found: recorded (recovery now complete or not), the cohort is not recovering, or this member owes no share (not a survivor with a dropped neighbour, or gave it already). */
+export type RecoveryResult = 'recorded' | 'complete' | 'closed' | 'refused';
+
+/** What {@link CohortStore.sweep} ended or moved on. */
+export interface SweepResult {
+  aborted: AbortedCohort[];
+  /** Cohorts that entered recovery needing no share (every dropped member's neighbours dropped too): ready to unmask. */
+  recovered: string[];
+}
 
 /**
  * Where cohorts live. Every method is atomic on its own: several server processes may call the same
@@ -66,13 +83,33 @@ export interface CohortStore {
   token(id: string, index: number): Promise<string | undefined>;
   /** Records member `index`'s upload (storage id `updateId`), only while the cohort is `ready`. */
   markSubmitted(id: string, index: number, updateId: number): Promise<MarkResult>;
-  /** Marks a complete cohort as published into `version`. */
+  /** Stores a surviving member's recovery share (only while the cohort is `recovering`, once per member that owes one). */
+  addRecovery(id: string, index: number, share: Uint8Array): Promise<RecoveryResult>;
+  /** The recovery shares given so far, by member index. */
+  recoveryShares(id: string): Promise<Map<number, Uint8Array>>;
+  /** Marks a complete (or recovered) cohort as published into `version`. */
   finish(id: string, version: number): Promise<void>;
   /**
-   * Aborts cohorts that did not fill, or did not collect every upload, within the timeout (measured
-   * from creation, then from filling); forgets ended ones after an hour. Returns those it aborted.
+   * At the timeout (measured from creation, then from filling, then from the start of recovery):
+   * aborts cohorts that did not fill; moves a full cohort that collected at least `minSurvivors`
+   * but not all uploads to `recovering` (its missing members listed in `dropped`), and aborts it
+   * when it collected fewer; aborts a recovery that did not get every share. Forgets ended cohorts
+   * after an hour.
    */
-  sweep(): Promise<AbortedCohort[]>;
+  sweep(): Promise<SweepResult>;
+}
+
+/** Survivors (members not in `dropped`) with at least one dropped mask neighbour. */
+export function sharesNeeded(size: number, degree: number, dropped: readonly number[]): number {
+  const gone = new Set(dropped);
+  let n = 0;
+  for (let j = 0; j < size; j++) if (!gone.has(j) && droppedNeighbours(j, size, degree, dropped).length > 0) n++;
+  return n;
+}
+
+/** Whether member `index` owes a recovery share of `bytes` bytes to a cohort recovering from `dropped`. */
+export function shareBytes(index: number, size: number, degree: number, dropped: readonly number[]): number {
+  return dropped.includes(index) ? 0 : droppedNeighbours(index, size, degree, dropped).length * PAIR_SEED_BYTES;
 }
 
 /** How long a cohort may take to fill, and then to collect every upload. Default 10 minutes each. */
@@ -95,10 +132,22 @@ export function newMemberToken(): string {
 }
 
 /** Why a cohort timed out, in the words `GET /v1/secagg/cohorts/:id` reports. */
-export function timeoutReason(c: Pick<CohortInfo, 'status' | 'joined' | 'submitted' | 'size'>, timeoutMs: number): string {
-  return c.status === 'forming'
-    ? `only ${c.joined} of ${c.size} members joined within ${timeoutMs} ms`
-    : `only ${c.submitted} of ${c.size} members uploaded within ${timeoutMs} ms`;
+export function timeoutReason(c: Pick<CohortInfo, 'status' | 'joined' | 'submitted' | 'size' | 'recovered' | 'needed'>, timeoutMs: number, minSurvivors = c.size): string {
+  if (c.status === 'forming') return `only ${c.joined} of ${c.size} members joined within ${timeoutMs} ms`;
+  if (c.status === 'recovering') return `only ${c.recovered} of the ${c.needed} recovery shares came within ${timeoutMs} ms`;
+  return `only ${c.submitted} of ${c.size} members uploaded within ${timeoutMs} ms${minSurvivors < c.size ? ` (recovery needs ${minSurvivors})` : ''}`;
+}
+
+/**
+ * The state a full cohort that timed out moves to: `recovering` when it has at least
+ * `minSurvivors` uploads (with its dropped members and the shares needed), else `aborted`.
+ */
+export function afterCollectTimeout(c: CohortInfo, submittedBy: Iterable<number>, params: SecAggParams, timeoutMs: number, now: number): Partial<CohortInfo> {
+  const t = params.minSurvivors ?? params.cohortSize;
+  if (c.submitted < t) return { status: 'aborted', abortReason: timeoutReason(c, timeoutMs, t) };
+  const got = new Set(submittedBy);
+  const dropped = Array.from({ length: c.size }, (_, i) => i).filter((i) => !got.has(i));
+  return { status: 'recovering', dropped, recoveryAt: now, needed: sharesNeeded(c.size, params.degree, dropped), recovered: 0 };
 }
 
 export type CohortView = {
@@ -111,6 +160,8 @@ export type CohortView = {
   memberKeys?: Record<string, string>;
   published?: number;
   reason?: string;
+  /** While recovering and after: the members whose upload never came. */
+  dropped?: number[];
 };
 
 /**
@@ -119,7 +170,7 @@ export type CohortView = {
  * keys whatever K is); without one, all K keys in member order (`keys`, for audits).
  */
 export async function cohortView(store: CohortStore, c: CohortInfo, degree: number, member?: number): Promise<CohortView> {
-  const keysOut = c.status !== 'forming' && c.status !== 'aborted';
+  const keysOut = c.status === 'ready' || c.status === 'recovering' || c.status === 'done';
   const out: CohortView = { cohort: c.id, size: c.size, joined: c.joined, submitted: c.submitted, status: c.status };
   if (keysOut && member === undefined) {
     const all = await store.keys(c.id);
@@ -132,6 +183,7 @@ export async function cohortView(store: CohortStore, c: CohortInfo, degree: numb
   }
   if (c.published !== undefined) out.published = c.published;
   if (c.abortReason) out.reason = c.abortReason;
+  if (c.dropped) out.dropped = c.dropped;
   return out;
 }
 
@@ -143,6 +195,7 @@ interface MemoryCohort extends CohortInfo {
   /** Members whose upload was accepted, and the storage ids of those uploads. */
   submittedBy: Set<number>;
   updateIds: number[];
+  shares: Map<number, Uint8Array>;
 }
 
 /** Cohorts in this process's memory (with the memory and SQLite stores: one server process). */
@@ -158,8 +211,8 @@ export class MemoryCohortStore implements CohortStore {
   ) {}
 
   private static info(c: MemoryCohort): CohortInfo {
-    const { keyList: _k, keyHex: _h, tokens: _t, submittedBy: _s, updateIds: _u, ...info } = c;
-    return { ...info };
+    const { keyList: _k, keyHex: _h, tokens: _t, submittedBy: _s, updateIds: _u, shares: _r, ...info } = c;
+    return { ...info, ...(info.dropped ? { dropped: info.dropped.slice() } : {}) };
   }
 
   async join(publicKey: Uint8Array): Promise<{ cohort: CohortInfo; index: number; token: string } | { error: string }> {
@@ -177,6 +230,7 @@ export class MemoryCohortStore implements CohortStore {
         tokens: [],
         submittedBy: new Set(),
         updateIds: [],
+        shares: new Map(),
       };
       this.cohorts.set(c.id, c);
       this.open = c;
@@ -224,6 +278,19 @@ export class MemoryCohortStore implements CohortStore {
     return c.submitted === c.size ? 'complete' : 'recorded';
   }
 
+  async addRecovery(id: string, index: number, share: Uint8Array): Promise<RecoveryResult> {
+    const c = this.cohorts.get(id);
+    if (!c || c.status !== 'recovering') return 'closed';
+    if (!c.submittedBy.has(index) || c.shares.has(index) || shareBytes(index, c.size, this.params.degree, c.dropped!) === 0) return 'refused';
+    c.shares.set(index, share.slice());
+    c.recovered = c.shares.size;
+    return c.recovered === c.needed ? 'complete' : 'recorded';
+  }
+
+  async recoveryShares(id: string): Promise<Map<number, Uint8Array>> {
+    return new Map(this.cohorts.get(id)?.shares ?? []);
+  }
+
   async finish(id: string, version: number): Promise<void> {
     const c = this.cohorts.get(id);
     if (!c) return;
@@ -231,20 +298,29 @@ export class MemoryCohortStore implements CohortStore {
     c.published = version;
   }
 
-  async sweep(): Promise<AbortedCohort[]> {
+  async sweep(): Promise<SweepResult> {
     const t = this.now();
-    const aborted: AbortedCohort[] = [];
+    const out: SweepResult = { aborted: [], recovered: [] };
+    const abort = (c: MemoryCohort, reason: string) => {
+      c.abortReason = reason;
+      c.status = 'aborted';
+      if (this.open === c) this.open = null;
+      out.aborted.push({ id: c.id, reason, updateIds: c.updateIds.slice() });
+    };
     for (const c of this.cohorts.values()) {
-      const late = (c.status === 'forming' && t - c.createdAt > this.timeoutMs) || (c.status === 'ready' && c.submitted < c.size && t - c.readyAt! > this.timeoutMs);
-      if (late) {
-        c.abortReason = timeoutReason(c, this.timeoutMs);
-        c.status = 'aborted';
-        if (this.open === c) this.open = null;
-        aborted.push({ id: c.id, reason: c.abortReason, updateIds: c.updateIds.slice() });
-      } else if ((c.status === 'done' || c.status === 'aborted') && t - (c.readyAt ?? c.createdAt) > KEEP_ENDED_MS) {
+      if (c.status === 'forming' && t - c.createdAt > this.timeoutMs) abort(c, timeoutReason(c, this.timeoutMs));
+      else if (c.status === 'ready' && c.submitted < c.size && t - c.readyAt! > this.timeoutMs) {
+        const next = afterCollectTimeout(c, c.submittedBy, this.params, this.timeoutMs, t);
+        if (next.status === 'aborted') abort(c, next.abortReason!);
+        else {
+          Object.assign(c, next);
+          if (c.needed === 0) out.recovered.push(c.id);
+        }
+      } else if (c.status === 'recovering' && t - c.recoveryAt! > this.timeoutMs) abort(c, timeoutReason(c, this.timeoutMs));
+      else if ((c.status === 'done' || c.status === 'aborted') && t - (c.recoveryAt ?? c.readyAt ?? c.createdAt) > KEEP_ENDED_MS) {
         this.cohorts.delete(c.id);
       }
     }
-    return aborted;
+    return out;
   }
 }

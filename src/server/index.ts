@@ -109,9 +109,11 @@ export interface ServerOptions {
    * 64 KiB, `range` K·C + 8·C·max(1, σ) when those bits make its rounding negligible (and always
    * with the subspace aggregator), else 8·C·max(1, σ) (a coordinate of a cohort's sum must stay
    * within ±range; the fixed-point step is range / 2^(bits−1)), `degree` 16 mask neighbours,
-   * `timeoutMs` 10 minutes.
+   * `timeoutMs` 10 minutes, `minSurvivors` K. With `minSurvivors` t < K each device adds
+   * N(0, (σC)²/t) instead, and a cohort that misses at most K − t uploads at the timeout is
+   * recovered from its survivors (their seeds with the missing members) instead of aborted.
    */
-  secureAggregation?: boolean | { bits?: number; range?: number; degree?: number; timeoutMs?: number };
+  secureAggregation?: boolean | { bits?: number; range?: number; degree?: number; timeoutMs?: number; minSurvivors?: number };
   /** Per-client limit on POST /v1/updates; `false` turns it off. Default 60/min, burst 20. */
   rateLimit?: RateLimitOptions | false;
   /**
@@ -275,14 +277,16 @@ export async function createServer(options: ServerOptions = {}): Promise<ServerP
       // variance (C·max(1, σ))²), and always for subspace updates, which pile up on the popular rows.
       // Otherwise 8σC: local-training deltas spread over the table and mostly cancel (retail,
       // K = 4,000: the sum's largest coordinate is 8.6 against 8σC = 11.8).
-      const noiseRange = 8 * clip * Math.max(1, noiseMultiplier);
+      // With t = minSurvivors < K every member adds (σC)²/t, so a full cohort's sum carries σC·√(K/t).
+      const t = o.minSurvivors ?? minClients;
+      const noiseRange = 8 * clip * Math.max(1, noiseMultiplier * Math.sqrt(minClients / t));
       const hardRange = minClients * clip + noiseRange;
       const hardRounding = (minClients * (hardRange / 2 ** (saBits - 1)) ** 2) / 4;
       const cheap = hardRounding <= 0.01 * (clip * Math.max(1, noiseMultiplier)) ** 2;
       const range = positive('secureAggregation.range', o.range ?? (aggregator === 'subspace' || cheap ? hardRange : noiseRange));
       if (minClients < 2) throw new ValidationError('options.minClients', `is the cohort size under secure aggregation and must be ≥ 2, got ${minClients}`);
       const params: SecAggParams = checkSecAggParams(
-        { cohortSize: minClients, bits: saBits, step: range / 2 ** (saBits - 1), degree: o.degree ?? Math.min(16, 2 * Math.ceil((minClients - 1) / 2)) },
+        { cohortSize: minClients, bits: saBits, step: range / 2 ** (saBits - 1), degree: o.degree ?? Math.min(16, 2 * Math.ceil((minClients - 1) / 2)), minSurvivors: t },
         'options.secureAggregation',
       );
       secureAggregation = { ...params, timeoutMs: positive('secureAggregation.timeoutMs', o.timeoutMs ?? DEFAULT_COHORT_TIMEOUT_MS, true) };

@@ -17,7 +17,7 @@
 import pg from 'pg';
 import { StorageError } from '../errors.js';
 import type { SecAggParams } from '../federated/secagg.js';
-import { KEEP_ENDED_MS, newCohortId, newMemberToken, timeoutReason, type AbortedCohort, type CohortInfo, type CohortStatus, type CohortStore, type MarkResult } from './cohorts.js';
+import { afterCollectTimeout, KEEP_ENDED_MS, newCohortId, newMemberToken, shareBytes, timeoutReason, type CohortInfo, type CohortStatus, type CohortStore, type MarkResult, type RecoveryResult, type SweepResult } from './cohorts.js';
 import { checkNextVersion, pendingFromRow, StorageConflictError, versionFromRow, versionParams, type NewUpdate, type PendingUpdate, type Storage, type StoredVersion, type UpdateRow, type VersionRow } from './storage.js';
 
 const SCHEMA_VERSION = '1';
@@ -118,7 +118,11 @@ export class PostgresStorage implements Storage {
             created_at BIGINT NOT NULL,
             ready_at BIGINT,
             published INTEGER,
-            reason TEXT
+            reason TEXT,
+            dropped INTEGER[],
+            recovery_at BIGINT,
+            needed INTEGER,
+            recovered INTEGER
           );
           CREATE INDEX IF NOT EXISTS localrec_cohorts_live ON localrec_cohorts(created_at) WHERE status IN ('forming', 'ready');
           CREATE TABLE IF NOT EXISTS localrec_cohort_members (
@@ -127,6 +131,7 @@ export class PostgresStorage implements Storage {
             public_key BYTEA NOT NULL,
             token TEXT NOT NULL,
             update_id BIGINT,
+            share BYTEA,
             PRIMARY KEY (cohort, idx),
             UNIQUE (cohort, public_key)
           );
@@ -262,6 +267,10 @@ interface CohortRow {
   ready_at: string | number | null;
   published: number | null;
   reason: string | null;
+  dropped: number[] | null;
+  recovery_at: string | number | null;
+  needed: number | null;
+  recovered: number | null;
 }
 
 function cohortFromRow(r: CohortRow): CohortInfo {
@@ -269,6 +278,10 @@ function cohortFromRow(r: CohortRow): CohortInfo {
   if (r.ready_at !== null) c.readyAt = Number(r.ready_at);
   if (r.published !== null) c.published = r.published;
   if (r.reason !== null) c.abortReason = r.reason;
+  if (r.dropped !== null) c.dropped = r.dropped;
+  if (r.recovery_at !== null) c.recoveryAt = Number(r.recovery_at);
+  if (r.needed !== null) c.needed = r.needed;
+  if (r.recovered !== null) c.recovered = r.recovered;
   return c;
 }
 
@@ -349,28 +362,61 @@ class PostgresCohortStore implements CohortStore {
     });
   }
 
-  async finish(id: string, version: number): Promise<void> {
-    await this.q('finish a cohort', "UPDATE localrec_cohorts SET status = 'done', published = $2 WHERE id = $1 AND status = 'ready'", [id, version]);
+  addRecovery(id: string, index: number, share: Uint8Array): Promise<RecoveryResult> {
+    return this.tx('record a recovery share', async (c) => {
+      const row = (await c.query<CohortRow>("SELECT * FROM localrec_cohorts WHERE id = $1 AND status = 'recovering' FOR UPDATE", [id])).rows[0];
+      if (!row) return 'closed';
+      if (shareBytes(index, row.size, this.params.degree, row.dropped ?? []) === 0) return 'refused';
+      const m = await c.query('UPDATE localrec_cohort_members SET share = $3 WHERE cohort = $1 AND idx = $2 AND update_id IS NOT NULL AND share IS NULL', [
+        id,
+        index,
+        Buffer.from(share.buffer, share.byteOffset, share.byteLength),
+      ]);
+      if (!m.rowCount) return 'refused';
+      const r = (await c.query<{ recovered: number; needed: number }>('UPDATE localrec_cohorts SET recovered = recovered + 1 WHERE id = $1 RETURNING recovered, needed', [id])).rows[0]!;
+      return r.recovered === r.needed ? 'complete' : 'recorded';
+    });
   }
 
-  sweep(): Promise<AbortedCohort[]> {
+  async recoveryShares(id: string): Promise<Map<number, Uint8Array>> {
+    const r = await this.q<{ idx: number; share: Uint8Array }>('read recovery shares', 'SELECT idx, share FROM localrec_cohort_members WHERE cohort = $1 AND share IS NOT NULL', [id]);
+    return new Map(r.rows.map((row) => [row.idx, new Uint8Array(row.share)]));
+  }
+
+  async finish(id: string, version: number): Promise<void> {
+    await this.q('finish a cohort', "UPDATE localrec_cohorts SET status = 'done', published = $2 WHERE id = $1 AND status IN ('ready', 'recovering')", [id, version]);
+  }
+
+  sweep(): Promise<SweepResult> {
     const t = this.now();
     return this.tx('end timed-out cohorts', async (c) => {
       const cut = t - this.timeoutMs;
       // A full cohort that has every upload is being published, not late.
       const late = await c.query<CohortRow>(
-        "SELECT * FROM localrec_cohorts WHERE (status = 'forming' AND created_at < $1) OR (status = 'ready' AND ready_at < $1 AND submitted < size) ORDER BY id FOR UPDATE",
+        "SELECT * FROM localrec_cohorts WHERE (status = 'forming' AND created_at < $1) OR (status = 'ready' AND ready_at < $1 AND submitted < size) OR (status = 'recovering' AND recovery_at < $1) ORDER BY id FOR UPDATE",
         [cut],
       );
-      const aborted: AbortedCohort[] = [];
+      const out: SweepResult = { aborted: [], recovered: [] };
+      const uploaded = async (id: string) =>
+        (await c.query<{ idx: number; update_id: string }>('SELECT idx, update_id FROM localrec_cohort_members WHERE cohort = $1 AND update_id IS NOT NULL', [id])).rows;
       for (const row of late.rows) {
-        const reason = timeoutReason(cohortFromRow(row), this.timeoutMs);
+        const info = cohortFromRow(row);
+        const members = await uploaded(row.id);
+        let reason = timeoutReason(info, this.timeoutMs);
+        if (row.status === 'ready') {
+          const next = afterCollectTimeout(info, members.map((m) => m.idx), this.params, this.timeoutMs, t);
+          if (next.status === 'recovering') {
+            await c.query("UPDATE localrec_cohorts SET status = 'recovering', dropped = $2, recovery_at = $3, needed = $4, recovered = 0 WHERE id = $1", [row.id, next.dropped, t, next.needed]);
+            if (next.needed === 0) out.recovered.push(row.id);
+            continue;
+          }
+          reason = next.abortReason!;
+        }
         await c.query("UPDATE localrec_cohorts SET status = 'aborted', reason = $2 WHERE id = $1", [row.id, reason]);
-        const ids = await c.query<{ update_id: string }>('SELECT update_id FROM localrec_cohort_members WHERE cohort = $1 AND update_id IS NOT NULL', [row.id]);
-        aborted.push({ id: row.id, reason, updateIds: ids.rows.map((r) => Number(r.update_id)) });
+        out.aborted.push({ id: row.id, reason, updateIds: members.map((m) => Number(m.update_id)) });
       }
-      await c.query("DELETE FROM localrec_cohorts WHERE status IN ('done', 'aborted') AND COALESCE(ready_at, created_at) < $1", [t - KEEP_ENDED_MS]);
-      return aborted;
+      await c.query("DELETE FROM localrec_cohorts WHERE status IN ('done', 'aborted') AND COALESCE(recovery_at, ready_at, created_at) < $1", [t - KEEP_ENDED_MS]);
+      return out;
     });
   }
 }

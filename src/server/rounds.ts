@@ -9,8 +9,8 @@ import type { ItemTable } from '../model/item-table.js';
 import { applyFedAdam, applyFedAvg, combineDeltas, shrinkRows, DEFAULT_FEDADAM, trimCount, type AggregatorName, type FedAdamOptions, type RobustName } from './aggregate.js';
 import { StorageConflictError, type NewUpdate, type Storage, type StoredVersion } from './storage.js';
 import { checkUpdate, reject, type Rejection, type UpdatePolicy } from './validate-update.js';
-import { decodeMaskedHeader, decodeMaskedUpdate, importPublicKey, unmaskSum, type SecAggParams } from '../federated/secagg.js';
-import { cohortView, MemoryCohortStore, type CohortInfo, type CohortStore, type CohortView } from './cohorts.js';
+import { decodeMaskedHeader, decodeMaskedUpdate, importPublicKey, unmaskRecovered, unmaskSum, type SecAggParams } from '../federated/secagg.js';
+import { cohortView, MemoryCohortStore, shareBytes, type CohortInfo, type CohortStore, type CohortView } from './cohorts.js';
 import { expandDelta, trainedLength, type TrainedPart } from '../federated/client-update.js';
 import { DEFAULT_SUBSPACE_SCALE, subspaceTable } from '../federated/subspace.js';
 
@@ -375,14 +375,18 @@ export class RoundCoordinator {
     const t = this.config.now();
     if (this.storage.shared && t - this.lastSweep < 1000) return;
     this.lastSweep = t;
-    let aborted;
+    let swept;
     try {
-      aborted = await cohorts.sweep();
+      swept = await cohorts.sweep();
     } catch (e) {
       this.config.log(`could not check cohorts for timeouts: ${(e as Error).message}`);
       return;
     }
-    for (const c of aborted) {
+    if (swept.recovered.length > 0) {
+      // Recovery that needs no share (every dropped member's neighbours dropped too): unmask now.
+      void this.run(() => this.aggregate()).catch((e: Error) => this.config.log(`could not aggregate recovered cohorts: ${e.message}`));
+    }
+    for (const c of swept.aborted) {
       // An aborted cohort's uploads can never be unmasked.
       if (c.updateIds.length === 0) continue;
       void this.run(async () => {
@@ -438,6 +442,43 @@ export class RoundCoordinator {
   }
 
   /**
+   * Secure aggregation, recovery: a surviving member's share of the seeds it had with its dropped
+   * mask neighbours (`GET /v1/secagg/cohorts/:id` lists them while the cohort is `recovering`). The
+   * last share needed unmasks the survivors' sum and publishes it. `token` is the member's join token.
+   */
+  async submitRecovery(id: string, member: number, token: string, share: Uint8Array): Promise<{ ok: true; recovered: number; needed: number; published?: number } | Rejection> {
+    const cohorts = this.cohorts;
+    const sa = this.config.secureAggregation;
+    if (!cohorts || !sa) return reject('wrong-mode', 'this server takes plain updates (POST /v1/updates); secure aggregation is off');
+    await this.sweepCohorts();
+    const c = await cohorts.info(id);
+    if (!c) return reject('unknown-cohort', `no cohort ${id}`);
+    if (c.status !== 'recovering') return reject('unknown-cohort', `cohort ${id} is ${c.status}${c.abortReason ? ` (${c.abortReason})` : ''}; it takes no recovery shares`);
+    if (!(Number.isInteger(member) && member >= 0 && member < c.size)) return reject('malformed', `member must be 0..${c.size - 1}, got ${member}`);
+    if (token !== (await cohorts.token(id, member))) return reject('not-member', `the token is not the one member ${member} of cohort ${id} was given at join`);
+    const bytes = shareBytes(member, c.size, sa.degree, c.dropped!);
+    if (bytes === 0) return reject('wrong-mode', `member ${member} owes no recovery share (it ${c.dropped!.includes(member) ? 'dropped' : 'has no dropped mask neighbour'})`);
+    if (share.length !== bytes) return reject('wrong-shape', `member ${member}'s share is ${bytes} bytes (one seed per dropped mask neighbour), got ${share.length}`);
+    const r = await cohorts.addRecovery(id, member, share);
+    if (r === 'closed') return reject('unknown-cohort', `cohort ${id} stopped recovering`);
+    if (r === 'refused') return reject('replayed', `member ${member} of cohort ${id} gave its share already, or never uploaded`);
+    const before = this.cur.version;
+    if (r === 'complete') {
+      await this.run(async () => {
+        try {
+          await this.aggregate();
+        } catch (e) {
+          // On a shared store another process may have published it first (adopted); otherwise the
+          // shares are stored and the next aggregation or restart finishes it.
+          if (!(e instanceof StorageConflictError)) this.config.log(`aggregation of recovered cohort ${id.slice(0, 12)} failed, will retry: ${(e as Error).message}`);
+        }
+      });
+    }
+    const now = (await cohorts.info(id)) ?? c;
+    return { ok: true, recovered: now.recovered ?? 0, needed: now.needed ?? 0, ...(this.cur.version > before ? { published: this.cur.version } : {}) };
+  }
+
+  /**
    * Combines every pending update (mean, trimmed mean or median, per `robust`) into the next
    * version and publishes it atomically with the ids it consumed. Under secure aggregation, every
    * cohort whose K uploads are all pending is summed (the masks cancel) and published in turn.
@@ -453,14 +494,31 @@ export class RoundCoordinator {
         if (group) group.push(u);
         else byCohort.set(id, [u]);
       }
+      const minSurvivors = sa.minSurvivors ?? sa.cohortSize;
       for (const [id, group] of byCohort) {
-        if (group.length !== sa.cohortSize) continue;
-        const sum = unmaskSum(
-          group.map((u) => decodeMaskedUpdate(u.body)),
-          sa.step,
-        );
+        let sum: Float64Array;
+        let how = ` (secure aggregation, cohort ${id.slice(0, 12)})`;
+        if (group.length === sa.cohortSize) {
+          sum = unmaskSum(
+            group.map((u) => decodeMaskedUpdate(u.body)),
+            sa.step,
+          );
+        } else {
+          // A cohort that lost members can be unmasked once it is recovering and every share is in.
+          if (group.length < minSurvivors || !this.cohorts) continue;
+          const c = await this.cohorts.info(id);
+          if (!c || c.status !== 'recovering' || c.recovered !== c.needed || group.length !== c.size - c.dropped!.length) continue;
+          sum = await unmaskRecovered(
+            group.map((u) => decodeMaskedUpdate(u.body)),
+            await this.cohorts.recoveryShares(id),
+            c.dropped!,
+            sa,
+            sa.step,
+          );
+          how = ` (secure aggregation, cohort ${id.slice(0, 12)}, recovered without ${c.dropped!.length} dropped members)`;
+        }
         for (let i = 0; i < sum.length; i++) sum[i] = sum[i]! / group.length;
-        await this.publishMean(sum, group, ` (secure aggregation, cohort ${id.slice(0, 12)})`);
+        await this.publishMean(sum, group, how);
         await this.cohorts?.finish(id, this.cur.version);
       }
       this.pendingN = await this.storage.pendingCount();
@@ -487,7 +545,9 @@ export class RoundCoordinator {
       // N(0, (σC)²), its mean (σC/K)²; K plain updates each carry (σC)², their mean (σC)²/K.
       const m = consumed.length;
       const sd = this.config.noiseMultiplier * this.config.clip;
-      const v = this.config.secureAggregation ? (sd / m) ** 2 : sd ** 2 / m;
+      // Under secure aggregation each of the m members added a share (σC)²/t (t = minSurvivors).
+      const sa = this.config.secureAggregation;
+      const v = sa ? sd ** 2 / ((sa.minSurvivors ?? sa.cohortSize) * m) : sd ** 2 / m;
       const kept = shrinkRows(mean, this.config.itemCount, this.config.dim, v, this.config.trained);
       how += `, shrinkage left ${kept} of ${this.config.trained.rows} trained rows non-zero`;
     }

@@ -8,14 +8,19 @@ import { test } from 'node:test';
 import fc from 'fast-check';
 import {
   addMod,
+  checkSecAggParams,
   decodeFixedPoint,
+  droppedNeighbours,
   decodeMaskedUpdate,
   encodeFixedPoint,
   encodeMaskedUpdate,
   maskNeighbours,
   maskValues,
   packBits,
+  PAIR_SEED_BYTES,
+  recoveryShare,
   secAggKeyPair,
+  unmaskRecovered,
   unmaskSum,
   unpackBits,
   type SecAggParams,
@@ -437,4 +442,148 @@ test("the default range is the hard bound K·C + 8·C·max(1, σ) when the bits 
   assert.equal((await stepOf({ secureAggregation: { bits: 12 }, aggregator: 'subspace', trainBiases: false, trainRows: 20 })).step, 108 / 2048);
   // An explicit range wins.
   assert.equal((await stepOf({ secureAggregation: { range: 4 } })).step, 4 / 2 ** 31);
+});
+
+test('recovery: with the seeds survivors share with dropped members, the survivors’ sum unmasks exactly; a device never reveals its own', async () => {
+  const K = 8;
+  const params: SecAggParams = { cohortSize: K, bits: 16, step: 1 / 256, degree: 4, minSurvivors: 5 };
+  const cohortId = new Uint8Array(16).fill(4);
+  const members = await Promise.all(Array.from({ length: K }, () => secAggKeyPair()));
+  const keys = new Map(members.map((m, i) => [i, m.publicKey] as const));
+  const r = new Random(11);
+  const values = Array.from({ length: K }, () => Float64Array.from({ length: 50 }, () => r.normal() * 0.3));
+  const encoded = values.map((v) => encodeFixedPoint(v, params.step, params.bits, () => r.next()));
+  const masked = await Promise.all(encoded.map((e, index) => maskValues(e, { index, cohortId, publicKeys: keys, privateKey: members[index]!.privateKey, params })));
+  // Members 2 and 3 (neighbours of each other: their shared mask is in nobody's upload) never upload.
+  const dropped = [2, 3];
+  const survivors = [0, 1, 4, 5, 6, 7];
+  const shares = new Map<number, Uint8Array>();
+  for (const j of survivors) {
+    const need = droppedNeighbours(j, K, params.degree, dropped);
+    const share = await recoveryShare({ index: j, cohortId, publicKeys: keys, privateKey: members[j]!.privateKey, params, dropped });
+    assert.equal(share.length, need.length * PAIR_SEED_BYTES);
+    if (need.length) shares.set(j, share);
+  }
+  assert.deepEqual([...shares.keys()], [0, 1, 4, 5], 'members 6 and 7 have no dropped neighbour at degree 4');
+  const uploads = survivors.map((index) => ({ cohortId, index, cohortSize: K, bits: params.bits, baseVersion: 0, values: masked[index]! }));
+  const sum = await unmaskRecovered(uploads, shares, dropped, params, params.step);
+  const plain = unmaskSum(
+    survivors.map((index) => ({ cohortId, index, cohortSize: K, bits: params.bits, baseVersion: 0, values: encoded[index]! })),
+    params.step,
+  );
+  assert.deepEqual([...sum], [...plain], 'exactly the survivors’ encoded sum');
+  // Without one survivor's share the sum stays masked (and is refused, not guessed).
+  const partial = new Map(shares);
+  partial.delete(4);
+  await assert.rejects(unmaskRecovered(uploads, partial, dropped, params, params.step), /member 4 has no recovery share/);
+  await assert.rejects(recoveryShare({ index: 2, cohortId, publicKeys: keys, privateKey: members[2]!.privateKey, params, dropped }), /names this member \(2\)/);
+  assert.throws(() => checkSecAggParams({ ...params, minSurvivors: 9 }), /minSurvivors: must be an integer 2\.\.cohortSize \(8\)/);
+});
+
+test('recovery through the server: a member that never uploads does not sink its cohort; the survivors give their seeds and the version is their mean', async () => {
+  let t = 2_000_000;
+  const parts = await createServer({ dataDir: null, initialTable: initialTable(), minClients: 4, clip: 1, noiseMultiplier: 0, rateLimit: false, secureAggregation: { timeoutMs: 60_000, minSurvivors: 3 }, now: () => t, log: () => {} });
+  const app = (url: string, init?: RequestInit) => Promise.resolve(parts.app.fetch(new Request(url, init)));
+  try {
+    const config = (await (await app('http://x/v1/config')).json()) as { secureAggregation: SecAggParams };
+    assert.equal(config.secureAggregation.minSurvivors, 3);
+    const egress: string[][] = [[], [], [], []];
+    const results = await Promise.allSettled(
+      [0, 1, 2, 3].map((s) =>
+        syncOnce({
+          serverUrl: 'http://x',
+          // Device 3 loses its connection when it uploads (once: no retry).
+          fetch: (url, init) => (s === 3 && url.endsWith('/v1/secagg/updates') ? Promise.reject(new Error('offline')) : app(url, init as RequestInit)),
+          attempts: s === 3 ? 1 : 3,
+          accountant: new RdpAccountant(),
+          budget: Infinity,
+          history: historyOf(s + 1),
+          train: { seed: s + 1 },
+          cohortPollMs: 1,
+          now: () => t,
+          onEgress: (e) => {
+            egress[s]!.push(`${e.method} ${e.endpoint} ${e.status}`);
+            // The clock moves while the survivors wait: past the collect timeout, recovery starts.
+            if (e.method === 'GET' && e.endpoint.startsWith('/v1/secagg/cohorts/') && egress[s]!.some((l) => l.startsWith('POST /v1/secagg/updates'))) t += 5_000;
+          },
+        }),
+      ),
+    );
+    assert.equal(results[3]!.status, 'rejected');
+    const done = results.slice(0, 3).map((r) => {
+      assert.equal(r.status, 'fulfilled', r.status === 'rejected' ? String(r.reason) : '');
+      return (r as PromiseFulfilledResult<Awaited<ReturnType<typeof syncOnce>>>).value;
+    });
+    for (const d of done) assert.deepEqual([d.cohort!.outcome, d.cohort!.recoveryShareSent], ['published', true], JSON.stringify(d.cohort));
+    for (const s of [0, 1, 2]) assert.ok(egress[s]!.some((l) => /^POST \/v1\/secagg\/cohorts\/[0-9a-f]+\/members\/\d\/recovery 202$/.test(l)), egress[s]!.join('\n'));
+    const model = decodeModel(new Uint8Array(await (await app('http://x/v1/model')).arrayBuffer())).table;
+    assert.equal(model.version, 1);
+    const base = done[0]!.global;
+    const nf = base.factors.length;
+    const deltas = done.map((r) => {
+      const d = itemDelta(base, r.local);
+      clipL2(d, 1);
+      return d;
+    });
+    for (let i = 0; i < deltas[0]!.length; i++) {
+      const mean = (deltas[0]![i]! + deltas[1]![i]! + deltas[2]![i]!) / 3;
+      const got = i < nf ? model.factors[i]! - base.factors[i]! : model.bias[i - nf]! - base.bias[i - nf]!;
+      assert.ok(Math.abs(got - mean) <= config.secureAggregation.step + 1e-6, `coordinate ${i}: ${got} vs ${mean}`);
+    }
+    const id = done[0]!.cohort!.id;
+    const view = (await (await app(`http://x/v1/secagg/cohorts/${id}`)).json()) as { status: string; dropped: number[]; published: number };
+    const missing = [0, 1, 2, 3].filter((i) => !done.some((d) => d.cohort!.index === i));
+    assert.deepEqual([view.status, view.dropped, view.published], ['done', missing, 1]);
+    assert.equal(await parts.storage.pendingCount(), 0);
+  } finally {
+    await parts.storage.close();
+  }
+});
+
+test('recovery shares: refused outside recovery, from a member that owes none, with the wrong length or token, and twice; too few uploads still abort', async () => {
+  let t = 3_000_000;
+  const parts = await createServer({ dataDir: null, initialTable: initialTable(), minClients: 4, clip: 1, noiseMultiplier: 0, rateLimit: false, secureAggregation: { timeoutMs: 1_000, minSurvivors: 3 }, now: () => t, log: () => {} });
+  const call = (path: string, body?: Uint8Array, token?: string) =>
+    Promise.resolve(parts.app.fetch(new Request(`http://x${path}`, body ? { method: 'POST', body: body as Uint8Array<ArrayBuffer>, headers: token ? { 'X-Localrec-Cohort-Token': token } : {} } : {})));
+  const reason = async (r: Response) => [r.status, ((await r.json()) as { reason: string }).reason];
+  try {
+    const bits = ((await (await call('/v1/config')).json()) as { secureAggregation: SecAggParams }).secureAggregation.bits;
+    const cohort = async () => {
+      const js = [];
+      for (let i = 0; i < 4; i++) js.push((await (await call('/v1/secagg/join', (await secAggKeyPair()).publicKey)).json()) as { cohort: string; index: number; token: string });
+      return js;
+    };
+    const upload = (m: { cohort: string; index: number; token: string }) =>
+      call('/v1/secagg/updates', encodeMaskedUpdate({ cohortId: Uint8Array.from(Buffer.from(m.cohort, 'hex')), index: m.index, cohortSize: 4, bits, baseVersion: 0, values: new Uint32Array(IDS.length * 5) }), m.token);
+    const js = await cohort();
+    const share = (m: { cohort: string; index: number }, n = 1) => call(`/v1/secagg/cohorts/${m.cohort}/members/${m.index}/recovery`, new Uint8Array(16 * n), undefined);
+    assert.deepEqual(await reason(await share(js[0]!)), [409, 'unknown-cohort'], 'not recovering yet');
+    for (const m of js.slice(0, 3)) assert.equal((await upload(m)).status, 202);
+    t += 1_500; // member 3 never uploads: recovery
+    const view = (await (await call(`/v1/secagg/cohorts/${js[0]!.cohort}`)).json()) as { status: string; dropped: number[] };
+    assert.deepEqual([view.status, view.dropped], ['recovering', [3]]);
+    assert.deepEqual(await reason(await upload(js[3]!)), [409, 'unknown-cohort'], 'a late upload is refused once recovery began');
+    const give = (m: { cohort: string; index: number; token: string }, bytes: number, token = m.token) => call(`/v1/secagg/cohorts/${m.cohort}/members/${m.index}/recovery`, new Uint8Array(bytes), token);
+    assert.deepEqual(await reason(await give(js[0]!, 16, js[1]!.token)), [403, 'not-member']);
+    assert.deepEqual(await reason(await give(js[0]!, 32)), [422, 'wrong-shape']);
+    assert.deepEqual(await reason(await give(js[3]!, 16)), [409, 'wrong-mode'], 'the dropped member owes nothing');
+    assert.equal((await give(js[0]!, 16)).status, 202);
+    assert.deepEqual(await reason(await give(js[0]!, 16)), [409, 'replayed']);
+    // The other shares never come: recovery times out, and the uploads are deleted.
+    t += 1_500;
+    const ended = (await (await call(`/v1/secagg/cohorts/${js[0]!.cohort}`)).json()) as { status: string; reason: string };
+    assert.deepEqual([ended.status, ended.reason], ['aborted', 'only 1 of the 3 recovery shares came within 1000 ms']);
+    // A cohort with fewer than minSurvivors uploads is aborted at the timeout, as without recovery.
+    const few = await cohort();
+    for (const m of few.slice(0, 2)) assert.equal((await upload(m)).status, 202);
+    t += 1_500;
+    const short = (await (await call(`/v1/secagg/cohorts/${few[0]!.cohort}`)).json()) as { status: string; reason: string };
+    assert.deepEqual([short.status, short.reason], ['aborted', 'only 2 of 4 members uploaded within 1000 ms (recovery needs 3)']);
+    // The discards are queued behind the server's other steps: give them a moment.
+    for (let i = 0; i < 100 && (await parts.storage.pendingCount()) > 0; i++) await new Promise((r) => setTimeout(r, 10));
+    assert.equal(await parts.storage.pendingCount(), 0, 'the uploads of both aborted cohorts are deleted');
+    assert.equal(parts.rounds.version, 0);
+  } finally {
+    await parts.storage.close();
+  }
 });

@@ -40,6 +40,37 @@ describe('PostgreSQL storage', { skip: skip ?? false }, () => {
     return server.url.replace(/\/postgres$/, `/${name}`);
   };
 
+  /** Runs `fn` with a client of `database`, closed after. */
+  const withClient = async <T>(database: string, fn: (db: pg.Client) => Promise<T>): Promise<T> => {
+    const db = new pg.Client({ connectionString: database });
+    await db.connect();
+    try {
+      return await fn(db);
+    } finally {
+      await db.end();
+    }
+  };
+
+  /** Runs `fn` with two `localrec serve --database` processes (rounds of 3, σ = 0, the test catalog, `extra` flags), stopped after. */
+  const withTwoServes = async (database: string, extra: string[], fn: (a: ServeChild, b: ServeChild, dir: string) => Promise<void>): Promise<void> => {
+    const dir = mkdtempSync(join(tmpdir(), 'localrec-pg-serve-'));
+    const catalog = join(dir, 'catalog.json');
+    writeFileSync(catalog, JSON.stringify({ items: IDS.map((id, i) => ({ id, popularity: i })) }));
+    const flags = ['--database', database, '--dim', String(DIM), '--min-clients', '3', '--noise', '0', '--max-staleness', '1000', '--rate-limit', '0', ...extra];
+    const children: ServeChild[] = [];
+    try {
+      children.push(await spawnServe(join(dir, 'unused-a'), catalog, flags));
+      children.push(await spawnServe(join(dir, 'unused-b'), catalog, flags));
+      await fn(children[0]!, children[1]!, dir);
+    } finally {
+      for (const c of children) {
+        c.proc.kill('SIGTERM');
+        await c.exited;
+      }
+      rmSync(dir, { recursive: true, force: true });
+    }
+  };
+
   before(async () => {
     server = await startPostgres();
   });
@@ -167,9 +198,7 @@ describe('PostgreSQL storage', { skip: skip ?? false }, () => {
       const results = await Promise.all(bodies.map((body, i) => post(i % 2 ? a.url : b.url, body)));
       const accepted = results.filter((r) => r.status === 202).length;
       assert.equal(accepted, 30, JSON.stringify(results.filter((r) => r.status !== 202).map((r) => r.json)));
-      const db = new pg.Client({ connectionString: database });
-      await db.connect();
-      try {
+      await withClient(database, async (db) => {
         const versions = (await db.query<{ version: number; update_count: number }>('SELECT version, update_count FROM localrec_versions ORDER BY version')).rows;
         assert.deepEqual(versions.map((v) => v.version), versions.map((_, i) => i), 'versions 0, 1, 2, … without a gap or a repeat');
         const updates = (await db.query<{ aggregated_into: number | null }>('SELECT aggregated_into FROM localrec_updates')).rows;
@@ -183,9 +212,7 @@ describe('PostgreSQL storage', { skip: skip ?? false }, () => {
         // than minClients, never fewer (the k-anonymity floor), and none is counted twice.
         for (const v of versions.slice(1)) assert.ok(v.update_count >= 3, `version ${v.version} averages ${v.update_count} updates`);
         assert.equal(versions.reduce((t, v) => t + v.update_count, 0) + pending, 3 + 1 + 30);
-      } finally {
-        await db.end();
-      }
+      });
     } finally {
       await a.close();
       await b.close();
@@ -194,15 +221,7 @@ describe('PostgreSQL storage', { skip: skip ?? false }, () => {
 
   it('localrec serve --database: two server processes on one database publish each round once', async () => {
     const database = await freshDatabase();
-    const dir = mkdtempSync(join(tmpdir(), 'localrec-pg-serve-'));
-    const catalog = join(dir, 'catalog.json');
-    writeFileSync(catalog, JSON.stringify({ items: IDS.map((id, i) => ({ id, popularity: i })) }));
-    const flags = ['--database', database, '--dim', String(DIM), '--min-clients', '3', '--noise', '0', '--max-staleness', '1000', '--rate-limit', '0'];
-    const children: ServeChild[] = [];
-    try {
-      children.push(await spawnServe(join(dir, 'unused-a'), catalog, flags));
-      children.push(await spawnServe(join(dir, 'unused-b'), catalog, flags));
-      const [a, b] = children as [ServeChild, ServeChild];
+    await withTwoServes(database, [], async (a, b, dir) => {
       // The start-up lines name the store and what σ means for devices (printed just after
       // "listening on"; wait for them, at most 10 s).
       for (let i = 0; i < 100 && !/σ = 0: updates carry no noise/.test(a.stdout()); i++) await new Promise((r) => setTimeout(r, 100));
@@ -216,25 +235,15 @@ describe('PostgreSQL storage', { skip: skip ?? false }, () => {
       const [va, vb] = [await pull(a.url), await pull(b.url)];
       assert.deepEqual(va.hash, vb.hash, 'both serve the same latest version');
       assert.ok(va.table.version >= 1);
-      const db = new pg.Client({ connectionString: database });
-      await db.connect();
-      try {
+      await withClient(database, async (db) => {
         const rows = (await db.query<{ n: string; into: number | null }>('SELECT COUNT(*) AS n, aggregated_into AS into FROM localrec_updates GROUP BY aggregated_into')).rows;
         const total = rows.reduce((t, r) => t + Number(r.n), 0);
         assert.equal(total, 12, 'every acknowledged update is in the database once');
         const counted = (await db.query<{ s: string }>('SELECT COALESCE(SUM(update_count), 0) AS s FROM localrec_versions')).rows[0]!.s;
         assert.equal(Number(counted) + Number(rows.find((r) => r.into === null)?.n ?? 0), 12, 'aggregated once or still pending');
         assert.ok(!existsSync(join(dir, 'unused-a', 'localrec.sqlite')), 'no SQLite file was made');
-      } finally {
-        await db.end();
-      }
-    } finally {
-      for (const c of children) {
-        c.proc.kill('SIGTERM');
-        await c.exited;
-      }
-      rmSync(dir, { recursive: true, force: true });
-    }
+      });
+    });
   });
 
   it('the database going away costs 503s (nothing acknowledged is lost) and the server carries on when it is back', async () => {
@@ -318,7 +327,7 @@ describe('PostgreSQL storage', { skip: skip ?? false }, () => {
       assert.deepEqual([await c1.markSubmitted(full2, 0, 300), await c2.markSubmitted(full2, 1, 301)], ['recorded', 'recorded']);
       // Past the timeout: both stores sweep at once; each late cohort is aborted once, with its upload ids.
       t += 60_001;
-      const swept = (await Promise.all([c1.sweep(), c2.sweep()])).flat();
+      const swept = (await Promise.all([c1.sweep(), c2.sweep()])).flatMap((r) => r.aborted);
       assert.deepEqual(swept.map((a) => a.id).sort(), [full2, forming].sort());
       const ready = swept.find((a) => a.id === full2)!;
       assert.deepEqual(ready.updateIds.sort(), [300, 301]);
@@ -338,17 +347,56 @@ describe('PostgreSQL storage', { skip: skip ?? false }, () => {
     }
   });
 
+  it('recovery in PostgreSQL: a cohort short of uploads moves to recovering once, shares through two stores complete it once, and a recovery that stalls is aborted', async () => {
+    const database = await freshDatabase();
+    const stores = [await PostgresStorage.open(database), await PostgresStorage.open(database)];
+    let t = 1_000_000;
+    const params: SecAggParams = { cohortSize: 5, bits: 16, step: 1 / 1024, degree: 2, minSurvivors: 3 };
+    const [c1, c2] = stores.map((s) => s.cohortStore(params, 60_000, () => t)) as [ReturnType<PostgresStorage['cohortStore']>, ReturnType<PostgresStorage['cohortStore']>];
+    let key = 0;
+    const fill = async () => {
+      let id = '';
+      for (let i = 0; i < 5; i++) {
+        const j = await (i % 2 ? c1 : c2).join(new Uint8Array(65).fill(++key));
+        assert.ok(!('error' in j));
+        id = j.cohort.id;
+      }
+      return id;
+    };
+    try {
+      const a = await fill(); // members 0–3 upload, 4 drops: recovered
+      const b = await fill(); // 2 of 5 upload: fewer than 3, aborted
+      const c = await fill(); // 0–3 upload, then nobody gives a share: recovery aborted
+      for (const [id, n] of [[a, 4], [b, 2], [c, 4]] as const) for (let i = 0; i < n; i++) assert.equal(await (i % 2 ? c1 : c2).markSubmitted(id, i, 1000 * key + i), 'recorded');
+      t += 60_001;
+      const first = await Promise.all([c1.sweep(), c2.sweep()]);
+      assert.deepEqual(first.flatMap((r) => r.aborted.map((x) => [x.id, x.reason])), [[b, 'only 2 of 5 members uploaded within 60000 ms (recovery needs 3)']]);
+      assert.deepEqual(first.flatMap((r) => r.recovered), []);
+      const info = (await c2.info(a))!;
+      // At degree 2, member 4's mask neighbours are 3 and 0: their shares are needed.
+      assert.deepEqual([info.status, info.dropped, info.needed, info.recovered], ['recovering', [4], 2, 0]);
+      assert.equal(await c1.markSubmitted(a, 4, 1), 'closed', 'a late upload is not counted');
+      assert.equal(await c1.addRecovery(a, 2, new Uint8Array(16)), 'refused', 'member 2 has no dropped neighbour');
+      assert.equal(await c1.addRecovery(b, 0, new Uint8Array(16)), 'closed');
+      const shares = [new Uint8Array(16).fill(7), new Uint8Array(16).fill(9)];
+      const got = await Promise.all([c1.addRecovery(a, 0, shares[0]!), c2.addRecovery(a, 3, shares[1]!)]);
+      assert.deepEqual(got.sort(), ['complete', 'recorded']);
+      assert.equal(await c2.addRecovery(a, 0, shares[0]!), 'refused', 'once per member');
+      assert.deepEqual([...(await c1.recoveryShares(a))].sort(([x], [y]) => x - y).map(([i, sh]) => [i, [...sh]]), [[0, [...shares[0]!]], [3, [...shares[1]!]]]);
+      await c2.finish(a, 1);
+      assert.deepEqual([(await c1.info(a))!.status, (await c1.info(a))!.published], ['done', 1]);
+      t += 60_001;
+      const second = (await Promise.all([c1.sweep(), c2.sweep()])).flatMap((r) => r.aborted);
+      assert.deepEqual(second.map((x) => [x.id, x.reason, x.updateIds.length]), [[c, 'only 0 of the 2 recovery shares came within 60000 ms', 4]]);
+    } finally {
+      for (const s of stores) await s.close();
+    }
+  });
+
   it('secure aggregation across two serve processes: devices whose every request alternates between them make cohorts that publish once', async () => {
     const database = await freshDatabase();
-    const dir = mkdtempSync(join(tmpdir(), 'localrec-pg-secagg-'));
-    const catalog = join(dir, 'catalog.json');
-    writeFileSync(catalog, JSON.stringify({ items: IDS.map((id, i) => ({ id, popularity: i })) }));
-    const flags = ['--database', database, '--dim', String(DIM), '--min-clients', '3', '--noise', '0', '--max-staleness', '1000', '--rate-limit', '0', '--secure-aggregation'];
-    const children: ServeChild[] = [];
-    try {
-      children.push(await spawnServe(join(dir, 'unused-a'), catalog, flags));
-      children.push(await spawnServe(join(dir, 'unused-b'), catalog, flags));
-      const urls = children.map((c) => c.url);
+    await withTwoServes(database, ['--secure-aggregation'], async (a, b) => {
+      const urls = [a.url, b.url];
       // A load balancer that sends each request to the next process.
       let turn = 0;
       const balanced: FetchLike = (url, init) => fetch(url.replace('http://lb', urls[turn++ % 2]!), init as RequestInit);
@@ -381,25 +429,15 @@ describe('PostgreSQL storage', { skip: skip ?? false }, () => {
         const got = i < nf ? va.table.factors[i]! - v0.table.factors[i]! : va.table.bias[i - nf]! - v0.table.bias[i - nf]!;
         assert.ok(Math.abs(got - want[i]!) <= 2 * step.secureAggregation.step + 1e-5, `coordinate ${i}: ${got} vs ${want[i]}`);
       }
-      const db = new pg.Client({ connectionString: database });
-      await db.connect();
-      try {
+      await withClient(database, async (db) => {
         const rows = (await db.query<{ id: string; status: string; published: number; submitted: number }>('SELECT id, status, published, submitted FROM localrec_cohorts ORDER BY published')).rows;
         assert.deepEqual(rows.map((r) => [r.status, r.published, r.submitted]), [['done', 1, 3], ['done', 2, 3]]);
         assert.deepEqual(new Set(rows.map((r) => r.id)), cohorts);
         const versions = (await db.query<{ version: number; update_count: number }>('SELECT version, update_count FROM localrec_versions ORDER BY version')).rows;
         assert.deepEqual(versions.map((v) => [v.version, v.update_count]), [[0, 0], [1, 3], [2, 3]], 'each cohort published once');
         assert.equal(Number((await db.query<{ n: string }>('SELECT COUNT(*) AS n FROM localrec_updates WHERE aggregated_into IS NULL')).rows[0]!.n), 0);
-      } finally {
-        await db.end();
-      }
-    } finally {
-      for (const c of children) {
-        c.proc.kill('SIGTERM');
-        await c.exited;
-      }
-      rmSync(dir, { recursive: true, force: true });
-    }
+      });
+    });
   });
 
   it('secure aggregation on PostgreSQL: a restart keeps a collecting cohort and its uploads, and the cohort completes after it', async () => {
