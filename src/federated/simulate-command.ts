@@ -55,6 +55,8 @@ export interface SimulateCommandOptions extends CsvFlags {
   secaggBits?: string;
   secaggRange?: string;
   secaggDegree?: string;
+  secaggSurvivors?: string;
+  dropout?: string;
   init: string;
   backend: string;
   writeCatalog?: string;
@@ -111,6 +113,8 @@ export function register(program: Command, io: SimulateIo = PROCESS_IO): void {
     .option('--secagg-bits <b>', 'secure aggregation: bits per coordinate (default the widest within 64 KiB)')
     .option('--secagg-range <r>', "secure aggregation: a cohort sum's coordinate must stay within ±r (default K·C + 8·C·max(1, σ) when the bits make its rounding negligible or with --aggregator subspace, else 8·C·max(1, σ))")
     .option('--secagg-degree <d>', 'secure aggregation: mask neighbours per device, even (default min(16, K − 1 rounded up))')
+    .option('--secagg-survivors <t>', 'secure aggregation: a cohort missing at most K − t uploads is recovered from the rest (devices then add σC/√t each); default K (no recovery)')
+    .option('--dropout <p>', 'secure aggregation, in-process server: this share of each cohort loses its connection at upload (default 0)')
     .option('--backend <name>', 'TensorFlow.js backend for training and scoring: wasm|cpu (same figures; cpu is slower)', 'wasm')
     .option('--init <init>', 'initial global model: popularity (biases from item counts the shop knows) | flat', 'popularity')
     .option('--bias-scale <a>', 'initial biases a·ln(1 + count) instead of ln(1 + count) / max; with --freeze-biases, about 0.5 is the scale a trained model gives them (docs/FEDERATED.md)')
@@ -165,16 +169,17 @@ export async function runSimulate(opts: SimulateCommandOptions, io: SimulateIo):
   const trimFraction = opts.trim === undefined ? undefined : num('--trim', opts.trim, (x) => x >= 0 && x < 0.5, 'in [0, 0.5)');
   const serverLearningRate = opts.serverLr === undefined ? undefined : num('--server-lr', opts.serverLr, (x) => Number.isFinite(x) && x > 0, 'a number > 0');
   if (serverLearningRate !== undefined && aggregator !== 'fedavg') throw new ValidationError('--server-lr', `applies to --aggregator fedavg only (got ${aggregator})`);
-  let secureAggregation: boolean | { bits?: number; range?: number; degree?: number } = false;
+  let secureAggregation: boolean | { bits?: number; range?: number; degree?: number; minSurvivors?: number } = false;
   if (opts.secureAggregation) {
-    const sa: { bits?: number; range?: number; degree?: number } = {};
+    const sa: { bits?: number; range?: number; degree?: number; minSurvivors?: number } = {};
+    if (opts.secaggSurvivors !== undefined) sa.minSurvivors = num('--secagg-survivors', opts.secaggSurvivors, (x) => Number.isInteger(x) && x >= 2 && x <= minClients, `an integer 2..--min-clients (${minClients})`);
     if (opts.secaggBits !== undefined) sa.bits = num('--secagg-bits', opts.secaggBits, (x) => Number.isInteger(x) && x >= 2 && x <= 32, 'an integer 2..32');
     if (opts.secaggRange !== undefined) sa.range = num('--secagg-range', opts.secaggRange, (x) => Number.isFinite(x) && x > 0, 'a number > 0');
     if (opts.secaggDegree !== undefined) sa.degree = num('--secagg-degree', opts.secaggDegree, (x) => Number.isInteger(x) && x >= 2 && x % 2 === 0, 'an even integer ≥ 2');
     secureAggregation = sa;
     if (clientsPerRound % minClients !== 0) throw new ValidationError('--clients-per-round', `must be a multiple of --min-clients (${minClients}, the cohort size) with --secure-aggregation, got ${clientsPerRound}`);
-  } else if (opts.secaggBits !== undefined || opts.secaggRange !== undefined || opts.secaggDegree !== undefined) {
-    throw new ValidationError('--secagg-bits', '--secagg-* options need --secure-aggregation');
+  } else if (opts.secaggBits !== undefined || opts.secaggRange !== undefined || opts.secaggDegree !== undefined || opts.secaggSurvivors !== undefined || opts.dropout !== undefined) {
+    throw new ValidationError('--secagg-bits', '--secagg-* options and --dropout need --secure-aggregation');
   }
   const denoise = opts.denoise ?? 'none';
   if (denoise !== 'none' && denoise !== 'rows') throw new ValidationError('--denoise', `must be none or rows, got '${denoise}'`);
@@ -236,6 +241,7 @@ export async function runSimulate(opts: SimulateCommandOptions, io: SimulateIo):
     ...(trimFraction !== undefined ? { trimFraction } : {}),
     ...(serverLearningRate !== undefined ? { serverLearningRate } : {}),
     ...(secureAggregation ? { secureAggregation } : {}),
+    ...(opts.dropout !== undefined ? { dropout: num('--dropout', opts.dropout, (x) => x >= 0 && x < 1, 'a share in [0, 1)') } : {}),
     denoise,
     ...(trainRows !== undefined ? { trainRows } : {}),
     ...(opts.freezeBiases ? { trainBiases: false } : {}),

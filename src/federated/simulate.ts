@@ -56,7 +56,14 @@ export interface SimulateOptions {
    * `minClients` devices, each adding N(0, (σC)²/K); `clientsPerRound` must be a multiple of K, and
    * the devices of a round are drawn among those that can still send (budget left, data to send).
    */
-  secureAggregation?: boolean | { bits?: number; range?: number; degree?: number };
+  secureAggregation?: boolean | { bits?: number; range?: number; degree?: number; minSurvivors?: number };
+  /**
+   * Secure aggregation, in-process server only: the share of each cohort's devices (rounded) that
+   * lose their connection when they upload (after joining and masking), as shoppers who close the
+   * tab. With `minSurvivors` ≤ K − dropped the cohort is recovered; otherwise it is aborted. The
+   * server's clock jumps past the cohort timeout once every other member has uploaded. Default 0.
+   */
+  dropout?: number;
   /** Per-device ε budget (default 8); `Infinity` for none (needed with σ = 0). */
   budget: number;
   delta?: number;
@@ -173,6 +180,8 @@ export interface SimFinalLine {
   updatesSent: number;
   clientsWithNothing: number;
   clientsSkippedForBudget: number;
+  /** With `dropout`: devices that lost their connection at upload, and the cohorts recovered or aborted. */
+  dropouts?: { devices: number; cohortsRecovered: number; cohortsAborted: number };
   bytesPerClientPerRound: number;
   /** Bytes of the float32 global model a device downloads when the version changed. */
   modelBytes: number;
@@ -292,6 +301,8 @@ interface ServerHandle {
   external: boolean;
   /** In-process servers answer through the hono app without sockets. */
   fetch?: FetchLike;
+  /** In-process servers: moves the server's clock forward by `ms` (the simulation's dropouts). */
+  advanceClock?: (ms: number) => void;
   close(): Promise<void>;
 }
 
@@ -355,9 +366,11 @@ async function openServer(o: SimulateOptions, table: ItemTable, log: (m: string)
   if (kind !== 'memory' && kind !== 'sqlite') throw new ValidationError('--server', `must be memory, sqlite or an http(s) URL, got '${kind}'`);
   const { createServer } = await import('../server/index.js');
   const dir = kind === 'sqlite' ? await mkdtemp(join(tmpdir(), 'localrec-sim-')) : null;
+  let skew = 0;
   try {
     // The very app `localrec serve` runs, with its option checks and defaults.
     const { app, storage } = await createServer({
+      now: () => Date.now() + skew,
       dataDir: dir,
       initialTable: table,
       clip: o.clip,
@@ -380,6 +393,7 @@ async function openServer(o: SimulateOptions, table: ItemTable, log: (m: string)
       label: kind,
       external: false,
       fetch: (url, init) => Promise.resolve(app.fetch(new Request(url, init as RequestInit))),
+      advanceClock: (ms) => (skew += ms),
       close: async () => {
         await storage.close();
         if (dir) await rm(dir, { recursive: true, force: true });
@@ -453,7 +467,8 @@ export async function simulate(split: Split, o: SimulateOptions): Promise<Simula
     // The server's own config rules the run (an external server's may differ from the options).
     const cfgRes = await fetchFn(`${server.url}/v1/config`);
     if (!cfgRes.ok) throw new ValidationError('server', `GET /v1/config answered ${cfgRes.status}`);
-    const ruled = runSettings(parseServerConfig((await cfgRes.json()) as Partial<ServerConfig>));
+    const serverConfig = parseServerConfig((await cfgRes.json()) as Partial<ServerConfig>);
+    const ruled = runSettings(serverConfig);
     if (server.external) {
       const differ = settingsDiffer(o, split.itemIds.length, ruled);
       if (differ.length) log(`the server at ${server.url} rules this run, not the options: ${differ.join(', ')}`);
@@ -486,18 +501,21 @@ export async function simulate(split: Split, o: SimulateOptions): Promise<Simula
     if (cohortSize !== null && M % cohortSize !== 0) {
       throw new ValidationError('clientsPerRound', `must be a multiple of the server's cohort size (${cohortSize}) with secure aggregation, got ${M}`);
     }
+    const dropout = o.dropout ?? 0;
+    if (dropout > 0 && (cohortSize === null || !server.advanceClock)) throw new ValidationError('dropout', 'simulates devices that drop out of secure-aggregation cohorts, so it needs --secure-aggregation on the in-process server (memory or sqlite)');
+    const dropStats = { devices: 0, cohortsRecovered: 0, cohortsAborted: 0 };
     const order = Array.from({ length: nUsers }, (_, u) => u);
-    const syncDevice = (u: number, r: number) =>
+    const syncDevice = (u: number, r: number, f: FetchLike = fetchFn, attempts = 3) =>
       syncOnce({
         serverUrl: server.url,
-        fetch: fetchFn,
+        fetch: f,
         accountant: accountants[u]!,
         budget: o.budget,
         delta,
         held,
         history: [histories[u]!],
         train: { temperature, ...o.localTrain, seed: o.seed * 1_000_003 + r * 7_919 + u },
-        attempts: 3,
+        attempts,
         backoffMs: 50,
         cohortPollMs: 2,
       });
@@ -517,20 +535,44 @@ export async function simulate(split: Split, o: SimulateOptions): Promise<Simula
         for (let start = 0; start < M; start += cohortSize) {
           const cohort = eligible.slice(start, start + cohortSize);
           let done = start;
-          const results = await Promise.all(
+          // Dropouts: the first members of this (already shuffled) cohort lose their connection at
+          // upload. Once every other member's upload is in, the server's clock jumps past the
+          // cohort timeout, so recovery starts at once instead of after minutes of real time.
+          const drops = new Set(cohort.slice(0, Math.round(dropout * cohort.length)));
+          const expected = cohort.length - drops.size;
+          let uploaded = 0;
+          const isUpload = (url: string) => url.endsWith('/v1/secagg/updates');
+          const lost: FetchLike = (url, init) => (isUpload(url) ? Promise.reject(new Error('connection lost (simulated dropout)')) : fetchFn(url, init));
+          const counted: FetchLike = async (url, init) => {
+            const res = await fetchFn(url, init);
+            if (isUpload(url) && res.status === 202 && ++uploaded === expected && drops.size > 0) server.advanceClock!((serverConfig.secureAggregation?.timeoutMs ?? 600_000) + 1);
+            return res;
+          };
+          const settled = await Promise.allSettled(
             cohort.map((u) =>
-              syncDevice(u, r).then((res) => {
-                progress(`round ${r}/${o.rounds}`, ++done / M);
-                return res;
-              }),
+              (drops.has(u) ? syncDevice(u, r, lost, 1) : syncDevice(u, r, counted)).finally(() => progress(`round ${r}/${o.rounds}`, ++done / M)),
             ),
           );
-          results.forEach((res, i) => {
+          let outcome: string | undefined;
+          settled.forEach((s, i) => {
+            if (drops.has(cohort[i]!)) {
+              if (s.status === 'fulfilled') throw new ValidationError('simulation', `device ${cohort[i]} was to drop out but its upload went through`);
+              dropStats.devices++;
+              return;
+            }
+            if (s.status === 'rejected') throw s.reason;
+            const res = s.value;
             if (!res.sent) throw new ValidationError('simulation', `device ${cohort[i]} had nothing to send in a cohort`);
             c.sent++;
             sentCount[cohort[i]!]!++;
             updateBytes = res.uploadedBytes;
+            outcome ??= res.cohort?.outcome;
           });
+          if (drops.size > 0) {
+            if (outcome === 'published') dropStats.cohortsRecovered++;
+            else dropStats.cohortsAborted++;
+            log(`round ${r}: ${drops.size} of ${cohort.length} devices dropped out; cohort ${outcome === 'published' ? 'recovered' : (outcome ?? 'ended')}`);
+          }
           held = await pullCurrent(server.url, fetchFn, held);
         }
       } else {
@@ -625,6 +667,7 @@ export async function simulate(split: Split, o: SimulateOptions): Promise<Simula
       updatesSent: totals.sent,
       clientsWithNothing: totals.nothing,
       clientsSkippedForBudget: totals.skipped,
+      ...(dropout > 0 ? { dropouts: dropStats } : {}),
       bytesPerClientPerRound: updateBytes,
       modelBytes,
       wallMs: Math.round(performance.now() - t0),

@@ -43,6 +43,22 @@ describe('localrec simulate: learning', () => {
     await assert.rejects(simulate(split, { ...BASE, rounds: 1, clientsPerRound: 15, noiseMultiplier: 0, budget: Infinity, secureAggregation: true }), /clientsPerRound: must be a multiple of the server's cohort size \(10\) with secure aggregation, got 15/);
   });
 
+  it('with dropouts: cohorts that lose members within minSurvivors are recovered and still learn; beyond it they are aborted', async () => {
+    const split = clusteredSplit();
+    // Cohorts of 10, 2 of them drop at upload each time: 8 ≥ minSurvivors 8, so every cohort recovers.
+    const r = await simulate(split, { ...BASE, rounds: 6, clientsPerRound: 40, noiseMultiplier: 0, budget: Infinity, secureAggregation: { minSurvivors: 8 }, dropout: 0.2 });
+    const pop = await evaluateModel(new PopularModel(), split, { k: 10, data: 'synthetic' });
+    assert.deepEqual(r.final.dropouts, { devices: 6 * 4 * 2, cohortsRecovered: 6 * 4, cohortsAborted: 0 });
+    assert.equal(r.final.updatesSent, 6 * 40 - 6 * 4 * 2);
+    assert.equal(r.final.version, 6 * 4, 'one version per recovered cohort');
+    assert.ok(r.final.hr > pop.hr + 0.2, `HR ${r.final.hr} vs popular ${pop.hr}`);
+    // Three of ten drop, minSurvivors 8: no cohort can be recovered, nothing is published.
+    const lost = await simulate(split, { ...BASE, rounds: 1, clientsPerRound: 20, noiseMultiplier: 0, budget: Infinity, secureAggregation: { minSurvivors: 8 }, dropout: 0.3 });
+    assert.deepEqual(lost.final.dropouts, { devices: 6, cohortsRecovered: 0, cohortsAborted: 2 });
+    assert.equal(lost.final.version, 0);
+    await assert.rejects(simulate(split, { ...BASE, rounds: 1, clientsPerRound: 10, noiseMultiplier: 0, budget: Infinity, dropout: 0.1 }), /dropout: simulates devices that drop out of secure-aggregation cohorts/);
+  });
+
   it('scores a table exactly like evaluateModel over the same user-side formula', async () => {
     const split = clusteredSplit(40);
     const r = await simulate(split, { ...BASE, rounds: 1, clientsPerRound: 10, noiseMultiplier: 0, budget: Infinity });
