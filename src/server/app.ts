@@ -10,7 +10,7 @@ import { serveStatic } from '@hono/node-server/serve-static';
 import { relative } from 'node:path';
 import { isStorageError } from '../errors.js';
 import { updateByteLength, WIRE_FORMAT_VERSION, UPDATE_BUDGET_BYTES } from '../federated/wire.js';
-import type { RateLimiter } from './rate-limit.js';
+import type { RateLimit } from './rate-limit.js';
 import type { RoundCoordinator } from './rounds.js';
 import { REJECT_STATUS, type RejectReason } from './validate-update.js';
 import { registerRedeem } from './redeem.js';
@@ -19,7 +19,7 @@ import { maskedUpdateBytes, PAIR_SEED_BYTES, PUBLIC_KEY_BYTES } from '../federat
 import { trainedLength } from '../federated/client-update.js';
 
 export interface AppOptions {
-  rateLimiter?: RateLimiter;
+  rateLimiter?: RateLimit;
   /** Folder served at `/` (the demo shop), after the API routes. */
   staticDir?: string;
   /** Use the first X-Forwarded-For address as the client (only behind a trusted proxy). */
@@ -154,7 +154,7 @@ export function createApp(rounds: RoundCoordinator, opts: AppOptions): Hono {
   });
 
   const rateLimited = async (c: Context, next: () => Promise<void>) => {
-    if (opts.rateLimiter && !opts.rateLimiter.take(clientKey(c, opts.trustProxy ?? false))) {
+    if (opts.rateLimiter && !(await opts.rateLimiter.take(clientKey(c, opts.trustProxy ?? false)))) {
       c.header('Retry-After', '60');
       return fail(c, 'rate-limited', 'too many updates from this client; retry later');
     }

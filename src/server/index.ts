@@ -340,7 +340,7 @@ export async function createServer(options: ServerOptions = {}): Promise<ServerP
     const rateLimit = options.rateLimit ?? { perMinute: 60, burst: 20 };
     const app = createApp(rounds, {
       log,
-      ...(rateLimit ? { rateLimiter: new RateLimiter(rateLimit, now) } : {}),
+      ...(rateLimit ? { rateLimiter: (storage as Storage).rateLimiter?.(rateLimit, now) ?? new RateLimiter(rateLimit, now) } : {}),
       ...(options.staticDir ? { staticDir: options.staticDir } : {}),
       trustProxy: options.trustProxy ?? false,
       ...(options.offers ? { offers: options.offers, now } : {}),

@@ -14,9 +14,11 @@
  * Aggregated updates keep their nonce (replay protection), base version and arrival time; their body
  * is dropped once averaged, as in SQLite.
  */
+import { createHmac, randomBytes } from 'node:crypto';
 import pg from 'pg';
 import { StorageError } from '../errors.js';
 import type { SecAggParams } from '../federated/secagg.js';
+import type { RateLimit, RateLimitOptions } from './rate-limit.js';
 import { afterCollectTimeout, KEEP_ENDED_MS, newCohortId, newMemberToken, shareBytes, timeoutReason, type CohortInfo, type CohortStatus, type CohortStore, type MarkResult, type RecoveryResult, type SweepResult } from './cohorts.js';
 import { checkNextVersion, pendingFromRow, StorageConflictError, versionFromRow, versionParams, type NewUpdate, type PendingUpdate, type Storage, type StoredVersion, type UpdateRow, type VersionRow } from './storage.js';
 
@@ -66,6 +68,8 @@ export class PostgresStorage implements Storage {
   readonly shared = true;
   readonly url: string;
   private closed = false;
+  /** HMAC key for client addresses in `localrec_rate` (read at open). */
+  private clientKey = Buffer.alloc(0);
 
   private constructor(
     private readonly pool: pg.Pool,
@@ -124,6 +128,11 @@ export class PostgresStorage implements Storage {
             needed INTEGER,
             recovered INTEGER
           );
+          CREATE TABLE IF NOT EXISTS localrec_rate (
+            client TEXT PRIMARY KEY,
+            tokens DOUBLE PRECISION NOT NULL,
+            at BIGINT NOT NULL
+          );
           CREATE INDEX IF NOT EXISTS localrec_cohorts_live ON localrec_cohorts(created_at) WHERE status IN ('forming', 'ready');
           CREATE TABLE IF NOT EXISTS localrec_cohort_members (
             cohort TEXT NOT NULL REFERENCES localrec_cohorts(id) ON DELETE CASCADE,
@@ -139,6 +148,9 @@ export class PostgresStorage implements Storage {
         const v = await c.query<{ value: string }>('SELECT value FROM localrec_meta WHERE key = $1', ['schema']);
         if (v.rowCount === 0) await c.query('INSERT INTO localrec_meta (key, value) VALUES ($1, $2)', ['schema', SCHEMA_VERSION]);
         else if (v.rows[0]!.value !== SCHEMA_VERSION) throw new StorageError(`${s.url}: schema version ${v.rows[0]!.value}, this server knows ${SCHEMA_VERSION}`);
+        // The key the rate limit hashes client addresses with (one per database, shared by its processes).
+        await c.query('INSERT INTO localrec_meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING', ['client-key', randomBytes(32).toString('hex')]);
+        s.clientKey = Buffer.from((await c.query<{ value: string }>('SELECT value FROM localrec_meta WHERE key = $1', ['client-key'])).rows[0]!.value, 'hex');
       });
     } catch (e) {
       await pool.end().catch(() => undefined);
@@ -248,6 +260,38 @@ export class PostgresStorage implements Storage {
       timeoutMs,
       now,
     );
+  }
+
+  /**
+   * The per-client token buckets in `localrec_rate`, one atomic upsert per request, so the limit
+   * holds across every process on this database. Rows hold an HMAC of the client's address (keyed
+   * per database), never the address, and are deleted once their bucket is full again (after
+   * burst / rate: 20 s at the default 60 a minute, burst 20).
+   */
+  rateLimiter(options: RateLimitOptions, now: () => number): RateLimit {
+    const rate = options.perMinute / 60_000;
+    let lastPurge = -Infinity;
+    return {
+      take: async (key: string): Promise<boolean> => {
+        const t = now();
+        const client = createHmac('sha256', this.clientKey).update(key).digest('base64url');
+        // Refill since the last request, then take one token only when one is there.
+        const r = await this.q(
+          'rate-limit a client',
+          `INSERT INTO localrec_rate AS b (client, tokens, at) VALUES ($1, $2::float8 - 1, $3)
+           ON CONFLICT (client) DO UPDATE SET tokens = LEAST($2::float8, b.tokens + GREATEST(0, $3 - b.at) * $4::float8) - 1, at = $3
+           WHERE LEAST($2::float8, b.tokens + GREATEST(0, $3 - b.at) * $4::float8) >= 1
+           RETURNING tokens`,
+          [client, options.burst, t, rate],
+        );
+        if (t - lastPurge > 10_000) {
+          lastPurge = t;
+          // Buckets that are full again hold no debt: forget those clients.
+          void this.q('forget rate-limit buckets', 'DELETE FROM localrec_rate WHERE tokens + GREATEST(0, $1 - at) * $2::float8 >= $3::float8', [t, rate, options.burst]).catch(() => undefined);
+        }
+        return (r.rowCount ?? 0) > 0;
+      },
+    };
   }
 
   async close(): Promise<void> {

@@ -1,7 +1,14 @@
 /**
  * Per-client token buckets. A client is its remote address: updates carry no client id on purpose
- * (an id would link one shopper's updates across rounds).
+ * (an id would link one shopper's updates across rounds). {@link RateLimiter} keeps the buckets in
+ * this process; a store several processes share keeps them there (`Storage.rateLimiter`, the
+ * PostgreSQL adapter), so the limit holds across the instances behind a load balancer.
  */
+
+/** Takes a token from a client's bucket: true when the request may go on. */
+export interface RateLimit {
+  take(key: string): boolean | Promise<boolean>;
+}
 
 export interface RateLimitOptions {
   /** Sustained requests per minute per client. */
@@ -17,7 +24,7 @@ export interface RateLimitOptions {
  * rl.take('127.0.0.1'); // true until the bucket is empty
  * ```
  */
-export class RateLimiter {
+export class RateLimiter implements RateLimit {
   private buckets = new Map<string, { tokens: number; at: number }>();
   private static readonly MAX_CLIENTS = 100_000;
 

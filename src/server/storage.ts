@@ -14,6 +14,7 @@
 import { StorageError } from '../errors.js';
 import type { SecAggParams } from '../federated/secagg.js';
 import type { CohortStore } from './cohorts.js';
+import type { RateLimit, RateLimitOptions } from './rate-limit.js';
 
 export interface StoredVersion {
   version: number;
@@ -55,6 +56,11 @@ export interface Storage {
    * it the cohorts live in the coordinator's memory (one process).
    */
   cohortStore?(params: SecAggParams, timeoutMs: number, now: () => number): CohortStore;
+  /**
+   * Per-client rate limit kept in this store, so that it holds across every process sharing it.
+   * Without it each process limits the clients it sees by itself.
+   */
+  rateLimiter?(options: RateLimitOptions, now: () => number): RateLimit;
   /** The newest published version, or undefined when nothing was ever published. */
   latest(): Promise<StoredVersion | undefined>;
   /** Hash of a published version, or undefined when there is no such version. */

@@ -282,6 +282,44 @@ describe('PostgreSQL storage', { skip: skip ?? false }, () => {
     }
   });
 
+  it('the rate limit holds across processes: buckets live in the database, keyed by an HMAC of the address, never the address', async () => {
+    const database = await freshDatabase();
+    let t = 5_000_000;
+    const limited = { ...opts, minClients: 100, database, initialTable: initialTable(), rateLimit: { perMinute: 60, burst: 2 }, now: () => t };
+    const [a, b] = [await startServer(limited), await startServer(limited)];
+    try {
+      const v0 = await pull(a.url);
+      const statuses = [];
+      for (const [i, url] of [a.url, b.url, a.url, b.url].entries()) statuses.push((await post(url, honestUpdate(v0, 300 + i))).status);
+      assert.deepEqual(statuses, [202, 202, 429, 429], 'a burst of 2 for this client, whichever process it reaches');
+      t += 1_000; // one token a second comes back
+      assert.deepEqual([(await post(b.url, honestUpdate(v0, 310))).status, (await post(a.url, honestUpdate(v0, 311))).status], [202, 429]);
+      await withClient(database, async (db) => {
+        const rows = (await db.query<{ client: string }>('SELECT client FROM localrec_rate')).rows;
+        assert.equal(rows.length, 1, 'one bucket: one client');
+        assert.ok(!/127\.0\.0\.1|::1|::ffff/.test(rows[0]!.client), `the address is not stored: ${rows[0]!.client}`);
+        assert.match(rows[0]!.client, /^[A-Za-z0-9_-]{43}$/);
+        // A bucket that is full again is forgotten (at most every 10 s, after a request).
+        t += 30_000;
+        const store = await PostgresStorage.open(database);
+        try {
+          assert.equal(await store.rateLimiter({ perMinute: 60, burst: 2 }, () => t).take('203.0.113.9'), true);
+          let n = 2;
+          for (let i = 0; i < 100 && n > 1; i++) {
+            await new Promise((r) => setTimeout(r, 10));
+            n = Number((await db.query<{ n: string }>('SELECT COUNT(*) AS n FROM localrec_rate')).rows[0]!.n);
+          }
+          assert.equal(n, 1, "the first client's full bucket is gone, the new client's kept");
+        } finally {
+          await store.close();
+        }
+      });
+    } finally {
+      await a.close();
+      await b.close();
+    }
+  });
+
   it('refuses a URL that is not PostgreSQL, naming the option', async () => {
     await assert.rejects(createServer({ database: 'mysql://x@y/z', initialTable: initialTable(), log: quiet }), (e: unknown) => isValidationError(e) && /options\.database: must be a postgres:\/\/ or postgresql:\/\/ URL, got 'mysql:/.test((e as Error).message));
     // A server that is not there: a StorageError naming the URL without its password.
