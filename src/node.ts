@@ -19,7 +19,27 @@ export { encodeNeighborTable, decodeNeighborTable, neighborTableHash } from './m
 export { alignNeighbors, rankScores, reachedRows, neighborsOf, checkNeighborTable } from './model/neighbors.js';
 export type { NeighborTable } from './model/neighbors.js';
 export { selectBackend } from './model/backend.js';
-export { startServer } from './server/index.js';
+export { startServer, createServer, createApp, MemoryStorage, SqliteStorage, PostgresStorage, RoundCoordinator, RateLimiter, MemoryCohortStore, StorageConflictError, REJECT_STATUS } from './server/index.js';
+export type {
+  ServerOptions,
+  RunningServer,
+  ServerParts,
+  Storage,
+  StoredVersion,
+  NewUpdate,
+  PendingUpdate,
+  PostgresStorageOptions,
+  CohortStore,
+  CohortInfo,
+  CohortStatus,
+  MarkResult,
+  RecoveryResult,
+  SweepResult,
+  AbortedCohort,
+  RateLimit,
+  RateLimitOptions,
+  RejectReason,
+} from './server/index.js';
 export * from './errors.js';
 export type * from './types.js';
 export { syncOnce, fetchServerConfig, pullModel } from './federated/sync.js';

@@ -31,6 +31,10 @@ export type { RejectReason } from './validate-update.js';
 export { combineDeltas, trimmedMeanDelta, trimCount, ROBUST_NAMES, DEFAULT_TRIM_FRACTION } from './aggregate.js';
 export type { AggregatorName, RobustName } from './aggregate.js';
 export type { Storage, StoredVersion, NewUpdate, PendingUpdate } from './storage.js';
+export { StorageConflictError } from './storage.js';
+export { MemoryCohortStore, DEFAULT_COHORT_TIMEOUT_MS } from './cohorts.js';
+export type { CohortStore, CohortInfo, CohortStatus, MarkResult, RecoveryResult, SweepResult, AbortedCohort } from './cohorts.js';
+export type { RateLimit, RateLimitOptions } from './rate-limit.js';
 
 export interface ServerOptions {
   /** Default 8787; 0 picks a free port. */
