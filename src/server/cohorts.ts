@@ -56,11 +56,12 @@ export type MarkResult = 'recorded' | 'complete' | 'closed';
 /** What {@link CohortStore.addRecovery} found: recorded (recovery now complete or not), the cohort is not recovering, or this member owes no share (not a survivor with a dropped neighbour, or gave it already). */
 export type RecoveryResult = 'recorded' | 'complete' | 'closed' | 'refused';
 
-/** What {@link CohortStore.sweep} ended or moved on. */
+/**
+ * What {@link CohortStore.sweep} ended. (A cohort it moves to recovery always needs at least one
+ * share: the mask graph is connected, so some survivor neighbours some dropped member.)
+ */
 export interface SweepResult {
   aborted: AbortedCohort[];
-  /** Cohorts that entered recovery needing no share (every dropped member's neighbours dropped too): ready to unmask. */
-  recovered: string[];
 }
 
 /**
@@ -300,7 +301,7 @@ export class MemoryCohortStore implements CohortStore {
 
   async sweep(): Promise<SweepResult> {
     const t = this.now();
-    const out: SweepResult = { aborted: [], recovered: [] };
+    const out: SweepResult = { aborted: [] };
     const abort = (c: MemoryCohort, reason: string) => {
       c.abortReason = reason;
       c.status = 'aborted';
@@ -312,10 +313,7 @@ export class MemoryCohortStore implements CohortStore {
       else if (c.status === 'ready' && c.submitted < c.size && t - c.readyAt! > this.timeoutMs) {
         const next = afterCollectTimeout(c, c.submittedBy, this.params, this.timeoutMs, t);
         if (next.status === 'aborted') abort(c, next.abortReason!);
-        else {
-          Object.assign(c, next);
-          if (c.needed === 0) out.recovered.push(c.id);
-        }
+        else Object.assign(c, next);
       } else if (c.status === 'recovering' && t - c.recoveryAt! > this.timeoutMs) abort(c, timeoutReason(c, this.timeoutMs));
       else if ((c.status === 'done' || c.status === 'aborted') && t - (c.recoveryAt ?? c.readyAt ?? c.createdAt) > KEEP_ENDED_MS) {
         this.cohorts.delete(c.id);

@@ -133,7 +133,7 @@ export class PostgresStorage implements Storage {
             tokens DOUBLE PRECISION NOT NULL,
             at BIGINT NOT NULL
           );
-          CREATE INDEX IF NOT EXISTS localrec_cohorts_live ON localrec_cohorts(created_at) WHERE status IN ('forming', 'ready');
+          CREATE INDEX IF NOT EXISTS localrec_cohorts_open ON localrec_cohorts(created_at) WHERE status IN ('forming', 'ready', 'recovering');
           CREATE TABLE IF NOT EXISTS localrec_cohort_members (
             cohort TEXT NOT NULL REFERENCES localrec_cohorts(id) ON DELETE CASCADE,
             idx INTEGER NOT NULL,
@@ -440,7 +440,7 @@ class PostgresCohortStore implements CohortStore {
         "SELECT * FROM localrec_cohorts WHERE (status = 'forming' AND created_at < $1) OR (status = 'ready' AND ready_at < $1 AND submitted < size) OR (status = 'recovering' AND recovery_at < $1) ORDER BY id FOR UPDATE",
         [cut],
       );
-      const out: SweepResult = { aborted: [], recovered: [] };
+      const out: SweepResult = { aborted: [] };
       const uploaded = async (id: string) =>
         (await c.query<{ idx: number; update_id: string }>('SELECT idx, update_id FROM localrec_cohort_members WHERE cohort = $1 AND update_id IS NOT NULL', [id])).rows;
       for (const row of late.rows) {
@@ -451,7 +451,6 @@ class PostgresCohortStore implements CohortStore {
           const next = afterCollectTimeout(info, members.map((m) => m.idx), this.params, this.timeoutMs, t);
           if (next.status === 'recovering') {
             await c.query("UPDATE localrec_cohorts SET status = 'recovering', dropped = $2, recovery_at = $3, needed = $4, recovered = 0 WHERE id = $1", [row.id, next.dropped, t, next.needed]);
-            if (next.needed === 0) out.recovered.push(row.id);
             continue;
           }
           reason = next.abortReason!;

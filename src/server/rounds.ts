@@ -382,10 +382,6 @@ export class RoundCoordinator {
       this.config.log(`could not check cohorts for timeouts: ${(e as Error).message}`);
       return;
     }
-    if (swept.recovered.length > 0) {
-      // Recovery that needs no share (every dropped member's neighbours dropped too): unmask now.
-      void this.run(() => this.aggregate()).catch((e: Error) => this.config.log(`could not aggregate recovered cohorts: ${e.message}`));
-    }
     for (const c of swept.aborted) {
       // An aborted cohort's uploads can never be unmasked.
       if (c.updateIds.length === 0) continue;

@@ -409,7 +409,6 @@ describe('PostgreSQL storage', { skip: skip ?? false }, () => {
       t += 60_001;
       const first = await Promise.all([c1.sweep(), c2.sweep()]);
       assert.deepEqual(first.flatMap((r) => r.aborted.map((x) => [x.id, x.reason])), [[b, 'only 2 of 5 members uploaded within 60000 ms (recovery needs 3)']]);
-      assert.deepEqual(first.flatMap((r) => r.recovered), []);
       const info = (await c2.info(a))!;
       // At degree 2, member 4's mask neighbours are 3 and 0: their shares are needed.
       assert.deepEqual([info.status, info.dropped, info.needed, info.recovered], ['recovering', [4], 2, 0]);
