@@ -199,6 +199,14 @@ export interface SyncResultInfo {
    * many devices, and the server only learns the cohort's sum (docs/protocol.md).
    */
   cohortSize?: number;
+  /**
+   * When the server recovers cohorts that lose members (`minSurvivors` < K): sync() waits until the
+   * cohort ends and says how, `published`, `aborted` or `left` (still open when the device stopped
+   * waiting, or it refused the server's list of dropped members); `recoveryShareSent` when this
+   * device gave the seeds it shared with dropped members (docs/protocol.md, "Dropout recovery").
+   */
+  cohortOutcome?: 'published' | 'aborted' | 'left';
+  recoveryShareSent?: boolean;
 }
 
 export interface FederatedOptions {

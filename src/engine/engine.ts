@@ -720,6 +720,7 @@ export class Engine {
         pending: r.server?.pending,
         published: r.server?.published ?? null,
         ...(r.cohort ? { cohortSize: r.cohort.size } : {}),
+        ...(r.cohort?.outcome ? { cohortOutcome: r.cohort.outcome, recoveryShareSent: r.cohort.recoveryShareSent ?? false } : {}),
       };
     } finally {
       // Whatever happened, what was sent (or tried) is logged and the ε spent is kept.

@@ -182,6 +182,84 @@ describe('privacy in Chromium', () => {
     }
   });
 
+  it('when a cohort member drops out, the page gives only its 16-byte seeds with the dropped member and the survivors are published', async () => {
+    // Cohorts of 3 recovered from 2: this page, a Node device that uploads, and one that loses its
+    // connection at upload. Once both survivors are in, the server's clock jumps past the timeout.
+    let skew = 0;
+    const timeoutMs = 60_000;
+    const secure = await startServer({
+      port: 0,
+      dataDir: null,
+      initialTable: createItemTable(ids, 16, { seed: 1 }),
+      minClients: 3,
+      rateLimit: false,
+      secureAggregation: { minSurvivors: 2, timeoutMs },
+      now: () => Date.now() + skew,
+      staticDir: '.',
+      log: () => {},
+    });
+    const page = await sdkPage(undefined, secure.url);
+    try {
+      const requests: Request[] = [];
+      let uploads = 0;
+      const uploaded = () => {
+        if (++uploads === 2) skew += timeoutMs + 1;
+      };
+      page.on('request', (q) => requests.push(q));
+      page.on('requestfinished', (q) => {
+        if (q.url().endsWith('/v1/secagg/updates')) uploaded();
+      });
+      const history = ['sku-1005', 'sku-1023', 'sku-1051', 'sku-1088'];
+      const pageSync = page.evaluate(
+        async ({ catalog, history, serverUrl }) => {
+          const { createRecommender } = (window as any).localrec;
+          const rec = await createRecommender({ catalog, backend: 'wasm', dbName: 'privacy-recovery', autoTrainEvery: 0, model: { dim: 16 }, federated: { serverUrl } });
+          await rec.setConsent({ personalization: true, federated: true });
+          for (const itemId of history) rec.track({ type: 'view', itemId });
+          await rec.flush();
+          const sync = await rec.sync();
+          await rec.erase();
+          return sync;
+        },
+        { catalog: CATALOG, history, serverUrl: secure.url },
+      );
+      const device = (itemIds: string[], drop: boolean) =>
+        syncOnce({
+          serverUrl: secure.url,
+          fetch: (url, init) => (drop && url.endsWith('/v1/secagg/updates') ? Promise.reject(new Error('tab closed')) : fetch(url, init as RequestInit)),
+          attempts: drop ? 1 : 3,
+          accountant: new RdpAccountant(),
+          history: [{ itemIds, weights: itemIds.map(() => 1) }],
+          cohortPollMs: 50,
+          onEgress: (e) => {
+            if (e.endpoint === '/v1/secagg/updates' && e.status === 202) uploaded();
+          },
+        });
+      const [r, survivor, dropped] = await Promise.allSettled([pageSync, device(['sku-1002', 'sku-1009', 'sku-1010'], false), device(['sku-1030', 'sku-1031', 'sku-1040'], true)]);
+      assert.equal(dropped.status, 'rejected');
+      assert.equal(r.status, 'fulfilled', r.status === 'rejected' ? String(r.reason) : '');
+      assert.equal(survivor.status, 'fulfilled');
+      const sync = (r as PromiseFulfilledResult<any>).value;
+      assert.deepEqual([sync.sent, sync.cohortSize, sync.cohortOutcome, sync.recoveryShareSent], [true, 3, 'published', true]);
+      assert.equal(secure.rounds.version, 1, "the survivors' sum was published");
+
+      const api = requests.filter((q) => q.url().includes('/v1/'));
+      const recovery = api.filter((q) => /\/v1\/secagg\/cohorts\/[0-9a-f]{32}\/members\/\d\/recovery$/.test(q.url()));
+      assert.equal(recovery.length, 1, 'one recovery share');
+      assert.equal(recovery[0]!.postDataBuffer()!.length, 16, 'one 16-byte seed: the page has one dropped mask neighbour');
+      // Nothing else new leaves the page: the join, polls, the masked upload, the share.
+      const kinds = new Set(api.map((q) => `${q.method()} ${new URL(q.url()).pathname.replace(/[0-9a-f]{32}(\/members\/\d+)?(\/recovery)?$/, (_, m, rec) => `:id${m ? '/members/:index' : ''}${rec ?? ''}`)}`));
+      assert.deepEqual([...kinds].sort(), ['GET /v1/config', 'GET /v1/model', 'GET /v1/secagg/cohorts/:id/members/:index', 'POST /v1/secagg/cohorts/:id/members/:index/recovery', 'POST /v1/secagg/join', 'POST /v1/secagg/updates']);
+      for (const q of requests) {
+        const body = q.postDataBuffer()?.toString('latin1') ?? '';
+        for (const needle of history) assert.ok(!q.url().includes(needle) && !body.includes(needle), `${needle} must not leave the page (${q.url()})`);
+      }
+    } finally {
+      await page.close();
+      await secure.close();
+    }
+  });
+
   it('against a subspace server the page sends one LRU1 step of the documented size, and the server publishes orthonormal factors', async () => {
     const subspace = await startServer({
       port: 0,
