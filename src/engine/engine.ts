@@ -679,6 +679,12 @@ export class Engine {
     const accountant = new RdpAccountant(await this.store.getMeta<AccountantState>(PRIVACY_KEY));
     const egress: EgressEntry[] = [];
     const through = await this.store.lastId();
+    // Persists the accountant and the egress log so far (each entry once).
+    const checkpoint = async () => {
+      await this.store.setMeta(PRIVACY_KEY, accountant.toJSON());
+      const entries = egress.splice(0);
+      if (entries.length) await this.appendEgress(entries);
+    };
     try {
       const r = await syncOnce({
         serverUrl: fed.serverUrl,
@@ -689,6 +695,7 @@ export class Engine {
         history: [{ itemIds: profile.map((p) => this.table.itemIds[p.row]!), weights: profile.map((p) => p.weight) }],
         train: { ...this.opts.training, seed: (this.opts.model?.seed ?? 1) + this.saved.trainSteps },
         onEgress: (e) => egress.push(e),
+        onCheckpoint: checkpoint,
         now: this.now,
         ...(fed.cohortWaitMs !== undefined ? { cohortWaitMs: fed.cohortWaitMs } : {}),
       });
@@ -724,8 +731,7 @@ export class Engine {
       };
     } finally {
       // Whatever happened, what was sent (or tried) is logged and the ε spent is kept.
-      await this.store.setMeta(PRIVACY_KEY, accountant.toJSON());
-      await this.appendEgress(egress);
+      await checkpoint();
     }
   }
 

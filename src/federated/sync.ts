@@ -77,6 +77,13 @@ export interface SyncOptions {
   history: Array<{ itemIds: string[]; weights: number[] }>;
   train?: Partial<TrainConfig>;
   onEgress?: (e: EgressEntry) => void;
+  /**
+   * Called (and awaited) once the release is recorded in the accountant and before the update
+   * leaves, then again once it has been sent: the place to persist the accountant (and the egress
+   * log so far), so that a tab closed mid-sync (or while the device waits for its cohort) cannot
+   * lose the ε it spent. A rejection the first time stops the sync before anything is sent.
+   */
+  onCheckpoint?: () => void | Promise<void>;
   /** Attempts for a request that fails with a network error or a 5xx (default 3), with backoff. */
   attempts?: number;
   /** First backoff delay in ms (doubles each retry; default 500). */
@@ -255,8 +262,10 @@ async function upload(
   delta: number,
   headers: Record<string, string> = {},
 ): Promise<SyncResult> {
-  // Recorded before sending: once the body may have left the device, the budget is spent.
+  // Recorded (and persisted, by the caller) before sending: once the body may have left the
+  // device, the budget is spent.
   o.accountant.record(config.noiseMultiplier);
+  await o.onCheckpoint?.();
   const res = await request(o, 'update', 'POST', endpoint, body, { 'Content-Type': 'application/octet-stream', ...headers });
   const reply = (await res.json()) as { pending: number; minClients: number; published: number | null };
   return {
@@ -331,7 +340,11 @@ async function sendMasked(
   const body = encodeMaskedUpdate({ cohortId, index: joined.index, cohortSize: K, bits: sa.bits, baseVersion: global.version, values: masked });
   const result = await upload(o, config, '/v1/secagg/updates', body, { global, globalHash: hash, local }, delta, { 'X-Localrec-Cohort-Token': String(joined.token) });
   const cohort: NonNullable<SyncResult['cohort']> = { id: joined.cohort, index: joined.index, size: K };
-  if (t < K) Object.assign(cohort, await stayForRecovery(o, sa, t, joined, cohortId, publicKeys, keys.privateKey, 2 * waitMs));
+  if (t < K) {
+    // The device may wait minutes for its cohort: keep what the upload logged first.
+    await (async () => o.onCheckpoint?.())().catch(() => undefined);
+    Object.assign(cohort, await stayForRecovery(o, sa, t, joined, cohortId, publicKeys, keys.privateKey, 2 * waitMs));
+  }
   return { ...result, cohort };
 }
 

@@ -5,7 +5,8 @@
 import 'fake-indexeddb/auto';
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { Engine } from '../../src/engine/engine.js';
+import { Engine, PRIVACY_KEY } from '../../src/engine/engine.js';
+import type { AccountantState } from '../../src/federated/dp.js';
 import { MemoryEventStore } from '../../src/events/store.js';
 import { isNetworkError, isPrivacyBudgetError, isValidationError } from '../../src/errors.js';
 import { createItemTable } from '../../src/model/item-table.js';
@@ -117,6 +118,31 @@ describe('sync()', () => {
     await assert.rejects(e.sync(), (err) => isPrivacyBudgetError(err) && /budget ε = 5/.test((err as Error).message));
     assert.equal(cap.sent.filter((s) => s.body).length, before, 'no update was sent');
     assert.equal((await e.stats()).privacy.syncs, 1);
+    await e.close();
+  });
+
+  it('the ε and the egress so far are stored before the update leaves, so a tab closed mid-upload cannot lose them', async () => {
+    const store = new MemoryEventStore();
+    const seen: Array<{ releases: number; logged: number }> = [];
+    const e = await Engine.create({
+      catalog,
+      backend: 'cpu',
+      autoTrainEvery: 0,
+      model: { dim: 16 },
+      store,
+      federated: { serverUrl: server.url },
+      fetch: async (url, init) => {
+        // What a page closed at this instant would have left in its store.
+        if (url.endsWith('/v1/updates')) seen.push({ releases: (await store.getMeta<AccountantState>(PRIVACY_KEY))?.releases ?? 0, logged: (await e.egressLog()).length });
+        return fetch(url, init as RequestInit);
+      },
+    });
+    e.enqueue(['sku-30', 'sku-31', 'sku-32'].map((itemId) => ({ type: 'view', itemId })));
+    await e.flush();
+    await e.sync();
+    assert.deepEqual(seen, [{ releases: 1, logged: 2 }], 'the release and the config and model requests were stored before the upload');
+    const log = await e.egressLog();
+    assert.deepEqual(log.map((l) => l.endpoint), ['/v1/config', '/v1/model', '/v1/updates'], 'each request logged once');
     await e.close();
   });
 
