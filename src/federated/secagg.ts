@@ -179,6 +179,40 @@ export async function pairMask(privateKey: CryptoKey, peer: CryptoKey, cohortId:
   return maskFromSeed(await pairSeed(privateKey, peer, cohortId), length, bits);
 }
 
+/**
+ * The survivors' mask graph once `dropped` is removed, as connected components (each ascending).
+ * After recovery the server can unmask the sum of each component on its own, so every component
+ * must hold at least t = minSurvivors members for any sum it learns to carry the noise σC.
+ *
+ * @example
+ * ```ts
+ * survivorComponents(8, 2, [2, 6]); // [[0, 1, 7], [3, 4, 5]]: a ring of 8 cut in two places
+ * ```
+ */
+export function survivorComponents(size: number, degree: number, dropped: readonly number[]): number[][] {
+  const gone = new Set(dropped);
+  const seen = new Set<number>();
+  const out: number[][] = [];
+  for (let s = 0; s < size; s++) {
+    if (gone.has(s) || seen.has(s)) continue;
+    const comp: number[] = [];
+    const stack = [s];
+    seen.add(s);
+    while (stack.length) {
+      const i = stack.pop()!;
+      comp.push(i);
+      for (const j of maskNeighbours(i, size, degree)) {
+        if (!gone.has(j) && !seen.has(j)) {
+          seen.add(j);
+          stack.push(j);
+        }
+      }
+    }
+    out.push(comp.sort((a, b) => a - b));
+  }
+  return out;
+}
+
 /** Member `index`'s mask neighbours among `dropped`, ascending: the seeds its recovery share holds, in that order. */
 export function droppedNeighbours(index: number, size: number, degree: number, dropped: readonly number[]): number[] {
   const gone = new Set(dropped);

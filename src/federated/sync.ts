@@ -10,7 +10,7 @@ import { trainItemTable, type Sequence, type TrainConfig } from '../model/train.
 import { buildClientUpdate, checkTrainedPart, noisedDelta, type TrainedPart } from './client-update.js';
 import { cryptoUniform, DEFAULT_DELTA, type RdpAccountant } from './dp.js';
 import { subspaceUpdate } from './subspace.js';
-import { checkSecAggParams, droppedNeighbours, encodeFixedPoint, encodeMaskedUpdate, maskValues, recoveryShare, secAggKeyPair, type SecAggParams } from './secagg.js';
+import { checkSecAggParams, droppedNeighbours, encodeFixedPoint, encodeMaskedUpdate, maskValues, recoveryShare, secAggKeyPair, survivorComponents, type SecAggParams } from './secagg.js';
 import { bytesEqual, decodeModel, fromHex, sha256, toHex } from './wire.js';
 
 /** Server settings from `GET /v1/config` that the client needs. */
@@ -380,6 +380,12 @@ async function stayForRecovery(
         const dropped = view.dropped ?? [];
         if (dropped.length > K - t || dropped.includes(joined.index) || dropped.some((j) => !(Number.isInteger(j) && j >= 0 && j < K))) {
           return { outcome: 'left', recoveryShareSent: false, note: `refused to help recover: the server lists ${dropped.length} dropped members (at most ${K - t} allowed${dropped.includes(joined.index) ? ', and this device among them' : ''})` };
+        }
+        // After recovery the server could unmask this device's connected part of the survivors on
+        // its own: give nothing unless that part has at least t members.
+        const mine = survivorComponents(K, sa.degree, dropped).find((p) => p.includes(joined.index))!;
+        if (mine.length < t) {
+          return { outcome: 'left', recoveryShareSent: false, note: `refused to help recover: without the dropped members this device's part of the mask graph has ${mine.length} members, fewer than ${t}` };
         }
         if (droppedNeighbours(joined.index, K, sa.degree, dropped).length > 0) {
           const share = await recoveryShare({ index: joined.index, cohortId, publicKeys, privateKey, params: sa, dropped });

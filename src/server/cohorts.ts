@@ -13,7 +13,7 @@
  * or by timing out.
  */
 import type { SecAggParams } from '../federated/secagg.js';
-import { COHORT_ID_BYTES, droppedNeighbours, maskNeighbours, PAIR_SEED_BYTES } from '../federated/secagg.js';
+import { COHORT_ID_BYTES, droppedNeighbours, maskNeighbours, PAIR_SEED_BYTES, survivorComponents } from '../federated/secagg.js';
 import { toHex } from '../federated/wire.js';
 
 export type CohortStatus = 'forming' | 'ready' | 'recovering' | 'done' | 'aborted';
@@ -148,6 +148,10 @@ export function afterCollectTimeout(c: CohortInfo, submittedBy: Iterable<number>
   if (c.submitted < t) return { status: 'aborted', abortReason: timeoutReason(c, timeoutMs, t) };
   const got = new Set(submittedBy);
   const dropped = Array.from({ length: c.size }, (_, i) => i).filter((i) => !got.has(i));
+  // Recovery would let the server unmask each connected part of the survivors on its own: refuse
+  // when a part is smaller than t (its sum would carry less than the noise σC).
+  const smallest = Math.min(...survivorComponents(c.size, params.degree, dropped).map((p) => p.length));
+  if (smallest < t) return { status: 'aborted', abortReason: `${timeoutReason(c, timeoutMs, t)}; the missing members cut the mask graph, leaving a part of ${smallest} < ${t}` };
   return { status: 'recovering', dropped, recoveryAt: now, needed: sharesNeeded(c.size, params.degree, dropped), recovered: 0 };
 }
 

@@ -20,6 +20,7 @@ import {
   PAIR_SEED_BYTES,
   recoveryShare,
   secAggKeyPair,
+  survivorComponents,
   unmaskRecovered,
   unmaskSum,
   unpackBits,
@@ -583,6 +584,63 @@ test('recovery shares: refused outside recovery, from a member that owes none, w
     for (let i = 0; i < 100 && (await parts.storage.pendingCount()) > 0; i++) await new Promise((r) => setTimeout(r, 10));
     assert.equal(await parts.storage.pendingCount(), 0, 'the uploads of both aborted cohorts are deleted');
     assert.equal(parts.rounds.version, 0);
+  } finally {
+    await parts.storage.close();
+  }
+});
+
+test('recovery never isolates a device: the server aborts when the missing members cut the mask graph into parts smaller than t, and a device refuses such a list', async () => {
+  assert.deepEqual(survivorComponents(8, 2, [2, 6]), [
+    [0, 1, 7],
+    [3, 4, 5],
+  ]);
+  assert.deepEqual(survivorComponents(8, 4, [2, 6]), [[0, 1, 3, 4, 5, 7]], 'at degree 4 the ring holds together');
+  // Server side: a ring of 8 (degree 2) that loses members 2 and 6 has 6 ≥ t = 5 uploads, but in two parts of 3.
+  const { MemoryCohortStore } = await import('../../src/server/cohorts.js');
+  let t = 0;
+  const store = new MemoryCohortStore({ cohortSize: 8, bits: 16, step: 1 / 1024, degree: 2, minSurvivors: 5 }, 1_000, () => t);
+  let id = '';
+  for (let i = 0; i < 8; i++) {
+    const j = await store.join((await secAggKeyPair()).publicKey);
+    assert.ok(!('error' in j));
+    id = j.cohort.id;
+  }
+  for (const i of [0, 1, 3, 4, 5, 7]) await store.markSubmitted(id, i, 100 + i);
+  t += 1_001;
+  const swept = await store.sweep();
+  assert.deepEqual(swept.aborted.map((a) => [a.id, a.updateIds.length]), [[id, 6]]);
+  assert.match(swept.aborted[0]!.reason, /the missing members cut the mask graph, leaving a part of 3 < 5/);
+
+  // Device side: a server that claims both of a device's ring neighbours dropped gets nothing from it.
+  const parts = await createServer({ dataDir: null, initialTable: initialTable(), minClients: 4, clip: 1, noiseMultiplier: 0, rateLimit: false, secureAggregation: { minSurvivors: 2, degree: 2 }, log: () => {} });
+  const app = (url: string, init?: RequestInit) => Promise.resolve(parts.app.fetch(new Request(url, init)));
+  try {
+    const sent: string[] = [];
+    let uploaded = false;
+    // Device 0's view of the server is tampered with after its upload: its neighbours "dropped".
+    const lying: FetchLike = async (url, init) => {
+      const res = await app(url, init as RequestInit);
+      if (url.endsWith('/v1/secagg/updates')) uploaded = true;
+      if (init?.method === 'POST') sent.push(new URL(url).pathname);
+      const m = /\/members\/(\d+)$/.exec(url);
+      if (uploaded && m && (!init?.method || init.method === 'GET')) {
+        const me = Number(m[1]);
+        const view = (await res.json()) as Record<string, unknown>;
+        return new Response(JSON.stringify({ ...view, status: 'recovering', dropped: [(me + 1) % 4, (me + 3) % 4].sort() }), { status: 200, headers: { 'Content-Type': 'application/json' } });
+      }
+      return res;
+    };
+    const results = await Promise.all(
+      [0, 1, 2, 3].map((s) =>
+        syncOnce({ serverUrl: 'http://x', fetch: s === 0 ? lying : (url, init) => app(url, init as RequestInit), accountant: new RdpAccountant(), budget: Infinity, history: historyOf(s + 1), train: { seed: s + 1 }, cohortPollMs: 1 }),
+      ),
+    );
+    const liar = results[0]!.cohort!;
+    assert.equal(liar.outcome, 'left');
+    assert.equal(liar.recoveryShareSent, false);
+    assert.match(liar.note!, /this device's part of the mask graph has 1 members, fewer than 2/);
+    assert.ok(!sent.some((p) => p.endsWith('/recovery')), sent.join(', '));
+    assert.deepEqual(results.slice(1).map((r) => r.cohort!.outcome), ['published', 'published', 'published'], 'the honest cohort completed anyway');
   } finally {
     await parts.storage.close();
   }
