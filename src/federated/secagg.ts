@@ -9,8 +9,10 @@
  *
  * The protocol is pairwise masking (Bonawitz et al. 2017, "Practical Secure Aggregation for
  * Privacy-Preserving Machine Learning") on a sparse mask graph (Bell et al. 2020, "Secure
- * Single-Server Aggregation with (Poly)Logarithmic Overhead", the SecAgg+ of DESIGN.md), without
- * their dropout recovery: a cohort whose members do not all submit is aborted and reveals nothing.
+ * Single-Server Aggregation with (Poly)Logarithmic Overhead", the SecAgg+ of DESIGN.md), with a
+ * simpler dropout recovery than theirs: no secret sharing; when at most K − t members did not
+ * upload, the survivors reveal the pair seeds they had with them ({@link recoveryShare},
+ * {@link unmaskRecovered}); otherwise the cohort is aborted and reveals nothing.
  *
  * 1. Each member makes an ECDH P-256 key pair (WebCrypto; the private key never leaves the device)
  *    and sends the public key to join a cohort of K.
