@@ -36,7 +36,9 @@ export interface Recommender {
    * One federated round with `options.federated.serverUrl`: pulls the global model, trains on this
    * shopper's events, uploads only a clipped, noised update. Throws a PrivacyBudgetError (before
    * sending anything) once the ε budget would be exceeded, a NetworkError when the server is
-   * unreachable after retries or refuses the update.
+   * unreachable after retries or refuses the update. A call while a sync is under way gets that
+   * sync's result (one update, one release of ε). Under secure aggregation with dropout recovery
+   * it resolves when the cohort ends (`cohortOutcome`).
    */
   sync(): Promise<SyncResultInfo>;
   /**

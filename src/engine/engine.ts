@@ -169,6 +169,8 @@ export class Engine {
   private saved!: Omit<SavedModel, 'factors' | 'bias' | 'itemIds' | 'dim' | 'version'>;
   private scorer!: Scorer;
   private queue: StoredEvent[] = [];
+  /** The sync under way, if any (see {@link sync}). */
+  private syncing: Promise<SyncResultInfo> | null = null;
   private flushTimer: ReturnType<typeof setTimeout> | undefined;
   private flushing: Promise<void> = Promise.resolve();
   private training: Promise<TrainResult> | undefined;
@@ -656,9 +658,15 @@ export class Engine {
    * One federated round: pull the global model, train on this shopper's events, send a clipped,
    * noised update, and continue from the global model plus the local training. Refuses with a
    * PrivacyBudgetError, before anything is sent, once the device's ε budget would be exceeded.
+   * A call while a sync is under way gets that sync's result: it never spends ε twice.
    */
   async sync(): Promise<SyncResultInfo> {
     this.assertOpen();
+    this.syncing ??= this.syncRound().finally(() => (this.syncing = null));
+    return this.syncing;
+  }
+
+  private async syncRound(): Promise<SyncResultInfo> {
     const fed = this.opts.federated;
     if (!fed || typeof fed.serverUrl !== 'string' || !/^https?:\/\//.test(fed.serverUrl)) {
       throw new ValidationError('options.federated.serverUrl', 'must be set to the aggregation server (http:// or https:// URL) to sync');

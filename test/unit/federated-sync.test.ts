@@ -146,6 +146,18 @@ describe('sync()', () => {
     await e.close();
   });
 
+  it('a sync() called while one is under way shares its result: one update, one release', async () => {
+    const cap = capturingFetch();
+    const e = await device(['sku-40', 'sku-41', 'sku-42'], { fetch: cap.fetch });
+    const [a, b] = await Promise.all([e.sync(), e.sync()]);
+    assert.deepEqual(a, b);
+    assert.equal(cap.sent.filter((x) => x.url.endsWith('/v1/updates')).length, 1);
+    assert.equal((await e.stats()).privacy.syncs, 1);
+    await e.sync(); // once it is over, the next call is a new round
+    assert.equal((await e.stats()).privacy.syncs, 2);
+    await e.close();
+  });
+
   it('retries when the server is unreachable, logs each attempt, and loses no local data', async () => {
     const e = await Engine.create({
       catalog,
