@@ -24,7 +24,7 @@ export interface ServerConfig {
   version: number;
   minClients: number;
   /** Set when the server runs secure aggregation (uploads are masked, in cohorts). */
-  secureAggregation?: (SecAggParams & { timeoutMs?: number }) | null;
+  secureAggregation?: (SecAggParams & { timeoutMs?: number; uploadTimeoutMs?: number }) | null;
   /** Rows of the table federated training updates: the first `trainRows` (absent: all of them). */
   trainRows?: number;
   /** Whether federated training updates the biases (absent: true). */
@@ -296,7 +296,7 @@ interface CohortView {
 async function sendMasked(
   o: SyncOptions,
   config: ServerConfig,
-  sa: SecAggParams & { timeoutMs?: number },
+  sa: SecAggParams & { timeoutMs?: number; uploadTimeoutMs?: number },
   part: TrainedPart,
   global: ItemTable,
   hash: string,
@@ -343,7 +343,8 @@ async function sendMasked(
   if (t < K) {
     // The device may wait minutes for its cohort: keep what the upload logged first.
     await (async () => o.onCheckpoint?.())().catch(() => undefined);
-    Object.assign(cohort, await stayForRecovery(o, sa, t, joined, cohortId, publicKeys, keys.privateKey, 2 * waitMs));
+    // The server's upload deadline, then its recovery deadline, and a minute's slack.
+    Object.assign(cohort, await stayForRecovery(o, sa, t, joined, cohortId, publicKeys, keys.privateKey, 2 * (sa.uploadTimeoutMs ?? waitMs) + 60_000));
   }
   return { ...result, cohort };
 }

@@ -121,7 +121,7 @@ export function createApp(rounds: RoundCoordinator, opts: AppOptions): Hono {
       trimFraction: cfg.trimFraction,
       normTolerance: cfg.normTolerance,
       normSlack: cfg.normSlack,
-      secureAggregation: sa ? { cohortSize: sa.cohortSize, bits: sa.bits, step: sa.step, degree: sa.degree, minSurvivors: sa.minSurvivors ?? sa.cohortSize, timeoutMs: sa.timeoutMs } : null,
+      secureAggregation: sa ? { cohortSize: sa.cohortSize, bits: sa.bits, step: sa.step, degree: sa.degree, minSurvivors: sa.minSurvivors ?? sa.cohortSize, timeoutMs: sa.timeoutMs, uploadTimeoutMs: sa.uploadTimeoutMs ?? sa.timeoutMs } : null,
       denoise: cfg.denoise ?? 'none',
       version: rounds.version,
     }),

@@ -115,6 +115,20 @@ export function shareBytes(index: number, size: number, degree: number, dropped:
 
 /** How long a cohort may take to fill, and then to collect every upload. Default 10 minutes each. */
 export const DEFAULT_COHORT_TIMEOUT_MS = 10 * 60_000;
+
+/**
+ * A cohort's deadlines: `fillMs` from its creation to its K-th member; `uploadMs` from then to its
+ * last upload, and again from the start of a recovery to its last share. A number sets both.
+ */
+export interface CohortTimeouts {
+  fillMs: number;
+  uploadMs: number;
+}
+
+/** `{ fillMs, uploadMs }` from a number (both) or an object. */
+export function cohortTimeouts(t: number | CohortTimeouts): CohortTimeouts {
+  return typeof t === 'number' ? { fillMs: t, uploadMs: t } : t;
+}
 /** How long ended cohorts are still answered for (so late pollers learn the outcome). */
 export const KEEP_ENDED_MS = 60 * 60_000;
 
@@ -208,12 +222,15 @@ export class MemoryCohortStore implements CohortStore {
   readonly durable = false;
   private cohorts = new Map<string, MemoryCohort>();
   private open: MemoryCohort | null = null;
+  readonly timeouts: CohortTimeouts;
 
   constructor(
     readonly params: SecAggParams,
-    readonly timeoutMs: number,
+    timeouts: number | CohortTimeouts,
     private readonly now: () => number,
-  ) {}
+  ) {
+    this.timeouts = cohortTimeouts(timeouts);
+  }
 
   private static info(c: MemoryCohort): CohortInfo {
     const { keyList: _k, keyHex: _h, tokens: _t, submittedBy: _s, updateIds: _u, shares: _r, ...info } = c;
@@ -312,13 +329,14 @@ export class MemoryCohortStore implements CohortStore {
       if (this.open === c) this.open = null;
       out.aborted.push({ id: c.id, reason, updateIds: c.updateIds.slice() });
     };
+    const { fillMs, uploadMs } = this.timeouts;
     for (const c of this.cohorts.values()) {
-      if (c.status === 'forming' && t - c.createdAt > this.timeoutMs) abort(c, timeoutReason(c, this.timeoutMs));
-      else if (c.status === 'ready' && c.submitted < c.size && t - c.readyAt! > this.timeoutMs) {
-        const next = afterCollectTimeout(c, c.submittedBy, this.params, this.timeoutMs, t);
+      if (c.status === 'forming' && t - c.createdAt > fillMs) abort(c, timeoutReason(c, fillMs));
+      else if (c.status === 'ready' && c.submitted < c.size && t - c.readyAt! > uploadMs) {
+        const next = afterCollectTimeout(c, c.submittedBy, this.params, uploadMs, t);
         if (next.status === 'aborted') abort(c, next.abortReason!);
         else Object.assign(c, next);
-      } else if (c.status === 'recovering' && t - c.recoveryAt! > this.timeoutMs) abort(c, timeoutReason(c, this.timeoutMs));
+      } else if (c.status === 'recovering' && t - c.recoveryAt! > uploadMs) abort(c, timeoutReason(c, uploadMs));
       else if ((c.status === 'done' || c.status === 'aborted') && t - (c.recoveryAt ?? c.readyAt ?? c.createdAt) > KEEP_ENDED_MS) {
         this.cohorts.delete(c.id);
       }

@@ -113,11 +113,13 @@ export interface ServerOptions {
    * 64 KiB, `range` K·C + 8·C·max(1, σ) when those bits make its rounding negligible (and always
    * with the subspace aggregator), else 8·C·max(1, σ) (a coordinate of a cohort's sum must stay
    * within ±range; the fixed-point step is range / 2^(bits−1)), `degree` 16 mask neighbours,
-   * `timeoutMs` 10 minutes, `minSurvivors` K. With `minSurvivors` t < K each device adds
+   * `timeoutMs` 10 minutes (for a cohort to fill), `uploadTimeoutMs` the same (then for every upload,
+   * and for a recovery's shares: once the keys are out, devices need seconds, so a shop whose
+   * cohorts take hours to fill sets this short), `minSurvivors` K. With `minSurvivors` t < K each device adds
    * N(0, (σC)²/t) instead, and a cohort that misses at most K − t uploads at the timeout is
    * recovered from its survivors (their seeds with the missing members) instead of aborted.
    */
-  secureAggregation?: boolean | { bits?: number; range?: number; degree?: number; timeoutMs?: number; minSurvivors?: number };
+  secureAggregation?: boolean | { bits?: number; range?: number; degree?: number; timeoutMs?: number; uploadTimeoutMs?: number; minSurvivors?: number };
   /** Per-client limit on POST /v1/updates; `false` turns it off. Default 60/min, burst 20. */
   rateLimit?: RateLimitOptions | false;
   /**
@@ -293,7 +295,8 @@ export async function createServer(options: ServerOptions = {}): Promise<ServerP
         { cohortSize: minClients, bits: saBits, step: range / 2 ** (saBits - 1), degree: o.degree ?? Math.min(16, 2 * Math.ceil((minClients - 1) / 2)), minSurvivors: t },
         'options.secureAggregation',
       );
-      secureAggregation = { ...params, timeoutMs: positive('secureAggregation.timeoutMs', o.timeoutMs ?? DEFAULT_COHORT_TIMEOUT_MS, true) };
+      const fillMs = positive('secureAggregation.timeoutMs', o.timeoutMs ?? DEFAULT_COHORT_TIMEOUT_MS, true);
+      secureAggregation = { ...params, timeoutMs: fillMs, uploadTimeoutMs: positive('secureAggregation.uploadTimeoutMs', o.uploadTimeoutMs ?? fillMs, true) };
       // Each member's rounding adds variance ≤ γ²/4 per value, K·γ²/4 to the sum, next to the DP
       // noise (σC)² there. Say so when the rounding is a sizeable share of it.
       const rounding = (params.cohortSize * params.step ** 2) / 4;

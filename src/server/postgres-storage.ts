@@ -19,7 +19,7 @@ import pg from 'pg';
 import { StorageError } from '../errors.js';
 import type { SecAggParams } from '../federated/secagg.js';
 import type { RateLimit, RateLimitOptions } from './rate-limit.js';
-import { afterCollectTimeout, KEEP_ENDED_MS, newCohortId, newMemberToken, shareBytes, timeoutReason, type CohortInfo, type CohortStatus, type CohortStore, type MarkResult, type RecoveryResult, type SweepResult } from './cohorts.js';
+import { afterCollectTimeout, cohortTimeouts, KEEP_ENDED_MS, newCohortId, newMemberToken, shareBytes, timeoutReason, type CohortInfo, type CohortStatus, type CohortStore, type CohortTimeouts, type MarkResult, type RecoveryResult, type SweepResult } from './cohorts.js';
 import { checkNextVersion, pendingFromRow, StorageConflictError, versionFromRow, versionParams, type NewUpdate, type PendingUpdate, type Storage, type StoredVersion, type UpdateRow, type VersionRow } from './storage.js';
 
 const SCHEMA_VERSION = '1';
@@ -252,12 +252,12 @@ export class PostgresStorage implements Storage {
    * cohort; an upload is recorded only while its cohort's row says `ready`; the timeout is checked
    * by whichever process looks first.
    */
-  cohortStore(params: SecAggParams, timeoutMs: number, now: () => number): CohortStore {
+  cohortStore(params: SecAggParams, timeouts: number | CohortTimeouts, now: () => number): CohortStore {
     return new PostgresCohortStore(
       (what, sql, values) => this.q(what, sql, values),
       (what, fn) => this.tx(what, fn),
       params,
-      timeoutMs,
+      cohortTimeouts(timeouts),
       now,
     );
   }
@@ -340,7 +340,7 @@ class PostgresCohortStore implements CohortStore {
     private readonly q: Query,
     private readonly tx: Transaction,
     private readonly params: SecAggParams,
-    private readonly timeoutMs: number,
+    private readonly timeouts: CohortTimeouts,
     private readonly now: () => number,
   ) {}
 
@@ -434,11 +434,11 @@ class PostgresCohortStore implements CohortStore {
   sweep(): Promise<SweepResult> {
     const t = this.now();
     return this.tx('end timed-out cohorts', async (c) => {
-      const cut = t - this.timeoutMs;
+      const { fillMs, uploadMs } = this.timeouts;
       // A full cohort that has every upload is being published, not late.
       const late = await c.query<CohortRow>(
-        "SELECT * FROM localrec_cohorts WHERE (status = 'forming' AND created_at < $1) OR (status = 'ready' AND ready_at < $1 AND submitted < size) OR (status = 'recovering' AND recovery_at < $1) ORDER BY id FOR UPDATE",
-        [cut],
+        "SELECT * FROM localrec_cohorts WHERE (status = 'forming' AND created_at < $1) OR (status = 'ready' AND ready_at < $2 AND submitted < size) OR (status = 'recovering' AND recovery_at < $2) ORDER BY id FOR UPDATE",
+        [t - fillMs, t - uploadMs],
       );
       const out: SweepResult = { aborted: [] };
       const uploaded = async (id: string) =>
@@ -446,9 +446,9 @@ class PostgresCohortStore implements CohortStore {
       for (const row of late.rows) {
         const info = cohortFromRow(row);
         const members = await uploaded(row.id);
-        let reason = timeoutReason(info, this.timeoutMs);
+        let reason = timeoutReason(info, row.status === 'forming' ? fillMs : uploadMs);
         if (row.status === 'ready') {
-          const next = afterCollectTimeout(info, members.map((m) => m.idx), this.params, this.timeoutMs, t);
+          const next = afterCollectTimeout(info, members.map((m) => m.idx), this.params, uploadMs, t);
           if (next.status === 'recovering') {
             await c.query("UPDATE localrec_cohorts SET status = 'recovering', dropped = $2, recovery_at = $3, needed = $4, recovered = 0 WHERE id = $1", [row.id, next.dropped, t, next.needed]);
             continue;

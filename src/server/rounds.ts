@@ -46,7 +46,8 @@ export interface RoundConfig extends UpdatePolicy {
    * `cohortSize` (= minClients) and the server only ever learns each cohort's sum. Plain updates
    * are then refused, as are robust combiners (they need every update in the clear).
    */
-  secureAggregation?: (SecAggParams & { timeoutMs: number }) | undefined;
+  /** `timeoutMs`: a cohort's time to fill; `uploadTimeoutMs` (default `timeoutMs`): then to collect every upload, and a recovery's every share. */
+  secureAggregation?: (SecAggParams & { timeoutMs: number; uploadTimeoutMs?: number }) | undefined;
   now: () => number;
   log: (line: string) => void;
 }
@@ -117,7 +118,8 @@ export class RoundCoordinator {
     readonly config: RoundConfig,
   ) {
     const sa = config.secureAggregation;
-    this.cohorts = sa ? (storage.cohortStore?.(sa, sa.timeoutMs, config.now) ?? new MemoryCohortStore(sa, sa.timeoutMs, config.now)) : null;
+    const timeouts = sa && { fillMs: sa.timeoutMs, uploadMs: sa.uploadTimeoutMs ?? sa.timeoutMs };
+    this.cohorts = sa && timeouts ? (storage.cohortStore?.(sa, timeouts, config.now) ?? new MemoryCohortStore(sa, timeouts, config.now)) : null;
   }
 
   /**

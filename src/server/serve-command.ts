@@ -75,7 +75,8 @@ export function register(program: Command): void {
     .option('--secagg-range <r>', "secure aggregation: a cohort sum's coordinate must stay within ±r (default K·C + 8·C·max(1, σ) when the bits make its rounding negligible or with --aggregator subspace, else 8·C·max(1, σ))", num('secagg-range'))
     .option('--secagg-degree <d>', 'secure aggregation: mask neighbours per device, even (default min(16, K − 1 rounded up))', num('secagg-degree', true))
     .option('--secagg-survivors <t>', 'secure aggregation: a cohort missing at most K − t uploads at the timeout is recovered from the t or more that came (devices then add σC/√t each); default K (no recovery)', num('secagg-survivors', true))
-    .option('--cohort-timeout <seconds>', 'secure aggregation: time a cohort has to fill, then to collect every upload, then (with --secagg-survivors) to collect the recovery shares', num('cohort-timeout'), 600)
+    .option('--cohort-timeout <seconds>', 'secure aggregation: time a cohort has to fill (and, unless --upload-timeout is given, then to collect every upload and any recovery shares)', num('cohort-timeout'), 600)
+    .option('--upload-timeout <seconds>', 'secure aggregation: time a full cohort has to collect every upload, and a recovery its shares (default --cohort-timeout)', num('upload-timeout'))
     .option('--rate-limit <perMinute>', 'updates per minute per client address (0 = off)', num('rate-limit'), 60)
     .option('--trust-proxy', "behind a reverse proxy or load balancer: the client address (for --rate-limit) is the first X-Forwarded-For entry, not the proxy's; only when every request comes through a proxy that sets it")
     .option('--static <dir>', 'serve this folder at / (the demo shop)')
@@ -111,7 +112,7 @@ export function register(program: Command): void {
       }
       const { checkSubspaceFlags } = await import('../federated/subspace.js');
       checkSubspaceFlags(String(o.aggregator), !!o.freezeBiases, o.subspaceScale as number | undefined);
-      if (!o.secureAggregation && (o.secaggBits !== undefined || o.secaggRange !== undefined || o.secaggDegree !== undefined || o.secaggSurvivors !== undefined)) {
+      if (!o.secureAggregation && (o.secaggBits !== undefined || o.secaggRange !== undefined || o.secaggDegree !== undefined || o.secaggSurvivors !== undefined || o.uploadTimeout !== undefined)) {
         throw new ValidationError('--secagg-bits', '--secagg-* options need --secure-aggregation');
       }
       const database = (o.database as string | undefined) ?? (process.env.LOCALREC_DATABASE_URL || undefined);
@@ -144,6 +145,7 @@ export function register(program: Command): void {
                 ...(o.secaggDegree !== undefined ? { degree: o.secaggDegree as number } : {}),
                 ...(o.secaggSurvivors !== undefined ? { minSurvivors: o.secaggSurvivors as number } : {}),
                 timeoutMs: Math.round((o.cohortTimeout as number) * 1000),
+                ...(o.uploadTimeout !== undefined ? { uploadTimeoutMs: Math.round((o.uploadTimeout as number) * 1000) } : {}),
               },
             }
           : {}),

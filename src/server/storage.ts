@@ -13,7 +13,7 @@
  */
 import { StorageError } from '../errors.js';
 import type { SecAggParams } from '../federated/secagg.js';
-import type { CohortStore } from './cohorts.js';
+import type { CohortStore, CohortTimeouts } from './cohorts.js';
 import type { RateLimit, RateLimitOptions } from './rate-limit.js';
 
 export interface StoredVersion {
@@ -55,7 +55,7 @@ export interface Storage {
    * collects the same cohorts. A shared store must provide it to run secure aggregation; without
    * it the cohorts live in the coordinator's memory (one process).
    */
-  cohortStore?(params: SecAggParams, timeoutMs: number, now: () => number): CohortStore;
+  cohortStore?(params: SecAggParams, timeouts: number | CohortTimeouts, now: () => number): CohortStore;
   /**
    * Per-client rate limit kept in this store, so that it holds across every process sharing it.
    * Without it each process limits the clients it sees by itself.

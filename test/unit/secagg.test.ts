@@ -645,3 +645,30 @@ test('recovery never isolates a device: the server aborts when the missing membe
     await parts.storage.close();
   }
 });
+
+test('a cohort has its own deadlines to fill and to upload: a full cohort missing uploads recovers after the upload timeout, a forming one waits the fill timeout', async () => {
+  let t = 10_000_000;
+  const parts = await createServer({ dataDir: null, initialTable: initialTable(), minClients: 3, clip: 1, noiseMultiplier: 0, rateLimit: false, secureAggregation: { timeoutMs: 3_600_000, uploadTimeoutMs: 30_000, minSurvivors: 2 }, now: () => t, log: () => {} });
+  const call = (path: string, body?: Uint8Array, token?: string) =>
+    Promise.resolve(parts.app.fetch(new Request(`http://x${path}`, body ? { method: 'POST', body: body as Uint8Array<ArrayBuffer>, headers: token ? { 'X-Localrec-Cohort-Token': token } : {} } : {})));
+  try {
+    const config = ((await (await call('/v1/config')).json()) as { secureAggregation: { timeoutMs: number; uploadTimeoutMs: number; bits: number } }).secureAggregation;
+    assert.deepEqual([config.timeoutMs, config.uploadTimeoutMs], [3_600_000, 30_000]);
+    const js = [];
+    for (let i = 0; i < 3; i++) js.push((await (await call('/v1/secagg/join', (await secAggKeyPair()).publicKey)).json()) as { cohort: string; index: number; token: string });
+    const forming = (await (await call('/v1/secagg/join', (await secAggKeyPair()).publicKey)).json()) as { cohort: string };
+    for (const m of js.slice(0, 2)) {
+      const body = encodeMaskedUpdate({ cohortId: Uint8Array.from(Buffer.from(m.cohort, 'hex')), index: m.index, cohortSize: 3, bits: config.bits, baseVersion: 0, values: new Uint32Array(IDS.length * 5) });
+      assert.equal((await call('/v1/secagg/updates', body, m.token)).status, 202);
+    }
+    t += 30_001; // past the upload deadline, far from the fill deadline
+    const status = async (id: string) => ((await (await call(`/v1/secagg/cohorts/${id}`)).json()) as { status: string }).status;
+    assert.deepEqual([await status(js[0]!.cohort), await status(forming.cohort)], ['recovering', 'forming']);
+    t += 30_001; // the recovery's shares never come: it ends after another upload timeout
+    assert.deepEqual([await status(js[0]!.cohort), await status(forming.cohort)], ['aborted', 'forming']);
+    t += 3_600_000;
+    assert.equal(await status(forming.cohort), 'aborted');
+  } finally {
+    await parts.storage.close();
+  }
+});

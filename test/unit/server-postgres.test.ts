@@ -390,7 +390,8 @@ describe('PostgreSQL storage', { skip: skip ?? false }, () => {
     const stores = [await PostgresStorage.open(database), await PostgresStorage.open(database)];
     let t = 1_000_000;
     const params: SecAggParams = { cohortSize: 5, bits: 16, step: 1 / 1024, degree: 2, minSurvivors: 3 };
-    const [c1, c2] = stores.map((s) => s.cohortStore(params, 60_000, () => t)) as [ReturnType<PostgresStorage['cohortStore']>, ReturnType<PostgresStorage['cohortStore']>];
+    // An hour to fill, a minute to upload (and to recover).
+    const [c1, c2] = stores.map((s) => s.cohortStore(params, { fillMs: 3_600_000, uploadMs: 60_000 }, () => t)) as [ReturnType<PostgresStorage['cohortStore']>, ReturnType<PostgresStorage['cohortStore']>];
     let key = 0;
     const fill = async () => {
       let id = '';
@@ -405,6 +406,8 @@ describe('PostgreSQL storage', { skip: skip ?? false }, () => {
       const a = await fill(); // members 0–3 upload, 4 drops: recovered
       const b = await fill(); // 2 of 5 upload: fewer than 3, aborted
       const c = await fill(); // 0–3 upload, then nobody gives a share: recovery aborted
+      for (let i = 0; i < 2; i++) assert.ok(!('error' in (await c1.join(new Uint8Array(65).fill(200 + i))))); // a cohort still forming
+      const forming = (await c2.join(new Uint8Array(65).fill(210))) as { cohort: { id: string } };
       for (const [id, n] of [[a, 4], [b, 2], [c, 4]] as const) for (let i = 0; i < n; i++) assert.equal(await (i % 2 ? c1 : c2).markSubmitted(id, i, 1000 * key + i), 'recorded');
       t += 60_001;
       const first = await Promise.all([c1.sweep(), c2.sweep()]);
@@ -425,6 +428,10 @@ describe('PostgreSQL storage', { skip: skip ?? false }, () => {
       t += 60_001;
       const second = (await Promise.all([c1.sweep(), c2.sweep()])).flatMap((r) => r.aborted);
       assert.deepEqual(second.map((x) => [x.id, x.reason, x.updateIds.length]), [[c, 'only 0 of the 2 recovery shares came within 60000 ms', 4]]);
+      assert.deepEqual([(await c1.info(forming.cohort.id))!.status, (await c1.info(forming.cohort.id))!.joined], ['forming', 3], 'two minutes are nothing to the fill deadline');
+      t += 3_600_000;
+      const third = (await c1.sweep()).aborted;
+      assert.deepEqual(third.map((x) => [x.id, x.reason]), [[forming.cohort.id, 'only 3 of 5 members joined within 3600000 ms']]);
     } finally {
       for (const s of stores) await s.close();
     }
