@@ -545,7 +545,7 @@ export async function simulate(split: Split, o: SimulateOptions): Promise<Simula
           const lost: FetchLike = (url, init) => (isUpload(url) ? Promise.reject(new Error('connection lost (simulated dropout)')) : fetchFn(url, init));
           const counted: FetchLike = async (url, init) => {
             const res = await fetchFn(url, init);
-            if (isUpload(url) && res.status === 202 && ++uploaded === expected && drops.size > 0) server.advanceClock!((serverConfig.secureAggregation?.timeoutMs ?? 600_000) + 1);
+            if (isUpload(url) && res.status === 202 && ++uploaded === expected && drops.size > 0) server.advanceClock!((serverConfig.secureAggregation?.uploadTimeoutMs ?? serverConfig.secureAggregation?.timeoutMs ?? 600_000) + 1);
             return res;
           };
           const settled = await Promise.allSettled(
