@@ -61,7 +61,7 @@ export interface SimulateOptions {
    * Secure aggregation, in-process server only: the share of each cohort's devices (rounded) that
    * lose their connection when they upload (after joining and masking), as shoppers who close the
    * tab. With `minSurvivors` ≤ K − dropped the cohort is recovered; otherwise it is aborted. The
-   * server's clock jumps past the cohort timeout once every other member has uploaded. Default 0.
+   * server's clock jumps past the upload deadline once every other member has uploaded. Default 0.
    */
   dropout?: number;
   /** Per-device ε budget (default 8); `Infinity` for none (needed with σ = 0). */
