@@ -537,7 +537,7 @@ export async function simulate(split: Split, o: SimulateOptions): Promise<Simula
           let done = start;
           // Dropouts: the first members of this (already shuffled) cohort lose their connection at
           // upload. Once every other member's upload is in, the server's clock jumps past the
-          // cohort timeout, so recovery starts at once instead of after minutes of real time.
+          // upload deadline, so recovery starts at once instead of after minutes of real time.
           const drops = new Set(cohort.slice(0, Math.round(dropout * cohort.length)));
           const expected = cohort.length - drops.size;
           let uploaded = 0;

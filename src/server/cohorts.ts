@@ -108,7 +108,7 @@ export function sharesNeeded(size: number, degree: number, dropped: readonly num
   return n;
 }
 
-/** Whether member `index` owes a recovery share of `bytes` bytes to a cohort recovering from `dropped`. */
+/** The length of member `index`'s recovery share for a cohort recovering from `dropped` (0: it owes none). */
 export function shareBytes(index: number, size: number, degree: number, dropped: readonly number[]): number {
   return dropped.includes(index) ? 0 : droppedNeighbours(index, size, degree, dropped).length * PAIR_SEED_BYTES;
 }
@@ -129,6 +129,7 @@ export interface CohortTimeouts {
 export function cohortTimeouts(t: number | CohortTimeouts): CohortTimeouts {
   return typeof t === 'number' ? { fillMs: t, uploadMs: t } : t;
 }
+
 /** How long ended cohorts are still answered for (so late pollers learn the outcome). */
 export const KEEP_ENDED_MS = 60 * 60_000;
 

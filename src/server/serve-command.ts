@@ -74,7 +74,7 @@ export function register(program: Command): void {
     .option('--secagg-bits <b>', 'secure aggregation: bits per coordinate (default: widest within 64 KiB)', num('secagg-bits', true))
     .option('--secagg-range <r>', "secure aggregation: a cohort sum's coordinate must stay within ±r (default K·C + 8·C·max(1, σ) when the bits make its rounding negligible or with --aggregator subspace, else 8·C·max(1, σ))", num('secagg-range'))
     .option('--secagg-degree <d>', 'secure aggregation: mask neighbours per device, even (default min(16, K − 1 rounded up))', num('secagg-degree', true))
-    .option('--secagg-survivors <t>', 'secure aggregation: a cohort missing at most K − t uploads at the timeout is recovered from the t or more that came (devices then add σC/√t each); default K (no recovery)', num('secagg-survivors', true))
+    .option('--secagg-survivors <t>', 'secure aggregation: a cohort missing at most K − t uploads at the upload timeout is recovered from the t or more that came (devices then add σC/√t each); default K (no recovery)', num('secagg-survivors', true))
     .option('--cohort-timeout <seconds>', 'secure aggregation: time a cohort has to fill (and, unless --upload-timeout is given, then to collect every upload and any recovery shares)', num('cohort-timeout'), 600)
     .option('--upload-timeout <seconds>', 'secure aggregation: time a full cohort has to collect every upload, and a recovery its shares (default --cohort-timeout)', num('upload-timeout'))
     .option('--rate-limit <perMinute>', 'updates per minute per client address (0 = off)', num('rate-limit'), 60)
