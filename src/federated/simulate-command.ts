@@ -178,8 +178,10 @@ export async function runSimulate(opts: SimulateCommandOptions, io: SimulateIo):
     if (opts.secaggDegree !== undefined) sa.degree = num('--secagg-degree', opts.secaggDegree, (x) => Number.isInteger(x) && x >= 2 && x % 2 === 0, 'an even integer ≥ 2');
     secureAggregation = sa;
     if (clientsPerRound % minClients !== 0) throw new ValidationError('--clients-per-round', `must be a multiple of --min-clients (${minClients}, the cohort size) with --secure-aggregation, got ${clientsPerRound}`);
-  } else if (opts.secaggBits !== undefined || opts.secaggRange !== undefined || opts.secaggDegree !== undefined || opts.secaggSurvivors !== undefined || opts.dropout !== undefined) {
-    throw new ValidationError('--secagg-bits', '--secagg-* options and --dropout need --secure-aggregation');
+  } else {
+    const flags: Array<[string, unknown]> = [['--secagg-bits', opts.secaggBits], ['--secagg-range', opts.secaggRange], ['--secagg-degree', opts.secaggDegree], ['--secagg-survivors', opts.secaggSurvivors], ['--dropout', opts.dropout]];
+    const given = flags.find(([, v]) => v !== undefined);
+    if (given) throw new ValidationError(given[0], 'is a secure-aggregation option: it needs --secure-aggregation');
   }
   const denoise = opts.denoise ?? 'none';
   if (denoise !== 'none' && denoise !== 'rows') throw new ValidationError('--denoise', `must be none or rows, got '${denoise}'`);

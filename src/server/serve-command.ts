@@ -112,8 +112,10 @@ export function register(program: Command): void {
       }
       const { checkSubspaceFlags } = await import('../federated/subspace.js');
       checkSubspaceFlags(String(o.aggregator), !!o.freezeBiases, o.subspaceScale as number | undefined);
-      if (!o.secureAggregation && (o.secaggBits !== undefined || o.secaggRange !== undefined || o.secaggDegree !== undefined || o.secaggSurvivors !== undefined || o.uploadTimeout !== undefined)) {
-        throw new ValidationError('--secagg-bits', '--secagg-* options need --secure-aggregation');
+      if (!o.secureAggregation) {
+        const flags: Array<[string, unknown]> = [['--secagg-bits', o.secaggBits], ['--secagg-range', o.secaggRange], ['--secagg-degree', o.secaggDegree], ['--secagg-survivors', o.secaggSurvivors], ['--upload-timeout', o.uploadTimeout]];
+        const given = flags.find(([, v]) => v !== undefined);
+        if (given) throw new ValidationError(given[0], 'is a secure-aggregation option: it needs --secure-aggregation');
       }
       const database = (o.database as string | undefined) ?? (process.env.LOCALREC_DATABASE_URL || undefined);
       const perMinute = o.rateLimit as number;

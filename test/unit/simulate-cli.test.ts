@@ -128,6 +128,11 @@ describe('localrec simulate (command)', () => {
     await assert.rejects(run({ aggregator: 'subspace', freezeBiases: true, serverLr: '2' }), (e: unknown) => isValidationError(e) && /--server-lr: applies to --aggregator fedavg only \(got subspace\)/.test((e as Error).message));
     await assert.rejects(run({ aggregator: 'fedadam', serverLr: '2' }), (e: unknown) => isValidationError(e) && /--server-lr: applies to --aggregator fedavg only \(got fedadam\)/.test((e as Error).message));
     await assert.rejects(run({ serverLr: '0' }), (e: unknown) => isValidationError(e) && /--server-lr: must be a number > 0, got '0'/.test((e as Error).message));
+    // Secure-aggregation options without --secure-aggregation name themselves.
+    await assert.rejects(run({ dropout: '0.1' }), (e: unknown) => isValidationError(e) && /--dropout: is a secure-aggregation option: it needs --secure-aggregation/.test((e as Error).message));
+    await assert.rejects(run({ secaggSurvivors: '3' }), (e: unknown) => isValidationError(e) && /--secagg-survivors: is a secure-aggregation option/.test((e as Error).message));
+    await assert.rejects(run({ secureAggregation: true, secaggSurvivors: '1' }), (e: unknown) => isValidationError(e) && /--secagg-survivors: must be an integer 2\.\.--min-clients/.test((e as Error).message));
+    await assert.rejects(run({ secureAggregation: true, dropout: '1' }), (e: unknown) => isValidationError(e) && /--dropout: must be a share in \[0, 1\)/.test((e as Error).message));
     await assert.rejects(run({ aggregator: 'power' }), (e: unknown) => isValidationError(e) && /--aggregator: must be fedavg, fedadam or subspace, got 'power'/.test((e as Error).message));
   });
 
