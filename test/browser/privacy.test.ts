@@ -47,6 +47,23 @@ async function sdkPage(init?: string, base = server.url): Promise<Page> {
   return page;
 }
 
+/** In the page: a recommender with consent views `history`, syncs once with `serverUrl`, erases itself; the sync's result. */
+function syncInPage(page: Page, dbName: string, history: string[], serverUrl: string): Promise<any> {
+  return page.evaluate(
+    async ({ catalog, history, serverUrl, dbName }) => {
+      const { createRecommender } = (window as any).localrec;
+      const rec = await createRecommender({ catalog, backend: 'wasm', dbName, autoTrainEvery: 0, model: { dim: 16 }, federated: { serverUrl } });
+      await rec.setConsent({ personalization: true, federated: true });
+      for (const itemId of history) rec.track({ type: 'view', itemId });
+      await rec.flush();
+      const sync = await rec.sync();
+      await rec.erase();
+      return sync;
+    },
+    { catalog: CATALOG, history, serverUrl, dbName },
+  );
+}
+
 describe('privacy in Chromium', () => {
   it('stores nothing before consent, and only the documented update leaves the page after it', async () => {
     const page = await sdkPage();
@@ -210,19 +227,7 @@ describe('privacy in Chromium', () => {
         if (q.url().endsWith('/v1/secagg/updates')) uploaded();
       });
       const history = ['sku-1005', 'sku-1023', 'sku-1051', 'sku-1088'];
-      const pageSync = page.evaluate(
-        async ({ catalog, history, serverUrl }) => {
-          const { createRecommender } = (window as any).localrec;
-          const rec = await createRecommender({ catalog, backend: 'wasm', dbName: 'privacy-recovery', autoTrainEvery: 0, model: { dim: 16 }, federated: { serverUrl } });
-          await rec.setConsent({ personalization: true, federated: true });
-          for (const itemId of history) rec.track({ type: 'view', itemId });
-          await rec.flush();
-          const sync = await rec.sync();
-          await rec.erase();
-          return sync;
-        },
-        { catalog: CATALOG, history, serverUrl: secure.url },
-      );
+      const pageSync = syncInPage(page, 'privacy-recovery', history, secure.url);
       const device = (itemIds: string[], drop: boolean) =>
         syncOnce({
           serverUrl: secure.url,
@@ -279,20 +284,8 @@ describe('privacy in Chromium', () => {
       const requests: Request[] = [];
       page.on('request', (q) => requests.push(q));
       const history = ['sku-1004', 'sku-1019', 'sku-1033', 'sku-1090'];
-      const r = await page.evaluate(
-        async ({ catalog, history, serverUrl }) => {
-          const { createRecommender } = (window as any).localrec;
-          const rec = await createRecommender({ catalog, backend: 'wasm', dbName: 'privacy-subspace', autoTrainEvery: 0, model: { dim: 16 }, federated: { serverUrl } });
-          await rec.setConsent({ personalization: true, federated: true });
-          for (const itemId of history) rec.track({ type: 'view', itemId });
-          await rec.flush();
-          const sync = await rec.sync();
-          await rec.erase();
-          return { sync };
-        },
-        { catalog: CATALOG, history, serverUrl: subspace.url },
-      );
-      assert.equal(r.sync.sent, true);
+      const sync = await syncInPage(page, 'privacy-subspace', history, subspace.url);
+      assert.equal(sync.sent, true);
       assert.equal(subspace.rounds.version, 1, 'the one update completed a round');
       const api = requests.filter((q) => q.url().includes('/v1/'));
       assert.deepEqual(api.map((q) => `${q.method()} ${new URL(q.url()).pathname}`), ['GET /v1/config', 'GET /v1/model', 'POST /v1/updates']);
