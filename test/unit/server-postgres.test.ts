@@ -439,20 +439,22 @@ describe('PostgreSQL storage', { skip: skip ?? false }, () => {
 
   it('secure aggregation across two serve processes: devices whose every request alternates between them make cohorts that publish once', async () => {
     const database = await freshDatabase();
-    await withTwoServes(database, ['--secure-aggregation'], async (a, b) => {
+    await withTwoServes(database, ['--secure-aggregation', '--secagg-survivors', '2', '--upload-timeout', '60'], async (a, b) => {
       const urls = [a.url, b.url];
+      for (let i = 0; i < 100 && !/recovered from/.test(a.stdout()); i++) await new Promise((r) => setTimeout(r, 100));
+      assert.match(a.stdout(), /secure aggregation: cohorts of 3, .*, recovered from 2 survivors/);
       // A load balancer that sends each request to the next process.
       let turn = 0;
       const balanced: FetchLike = (url, init) => fetch(url.replace('http://lb', urls[turn++ % 2]!), init as RequestInit);
-      const config = (await (await fetch(`${urls[0]}/v1/config`)).json()) as { secureAggregation: SecAggParams | null };
-      assert.equal(config.secureAggregation?.cohortSize, 3);
+      const config = (await (await fetch(`${urls[0]}/v1/config`)).json()) as { secureAggregation: (SecAggParams & { uploadTimeoutMs: number }) | null };
+      assert.deepEqual([config.secureAggregation?.cohortSize, config.secureAggregation?.minSurvivors, config.secureAggregation?.uploadTimeoutMs], [3, 2, 60_000]);
       const v0 = await pull(urls[0]!);
       const results = await Promise.all(
         [1, 2, 3, 4, 5, 6].map((s) =>
           syncOnce({ serverUrl: 'http://lb', fetch: balanced, accountant: new RdpAccountant(), budget: Infinity, history: shopperHistory(s, 6), train: { seed: s }, cohortPollMs: 20 }),
         ),
       );
-      assert.ok(results.every((r) => r.sent && r.cohort), JSON.stringify(results.map((r) => r.cohort)));
+      assert.ok(results.every((r) => r.sent && r.cohort?.outcome === 'published'), JSON.stringify(results.map((r) => r.cohort)));
       const cohorts = new Set(results.map((r) => r.cohort!.id));
       assert.equal(cohorts.size, 2, 'six devices, cohorts of three');
       // Both processes serve the version made of both cohorts (a reader looks at the store at most once a second).
