@@ -116,7 +116,7 @@ export interface ServerOptions {
    * `timeoutMs` 10 minutes (for a cohort to fill), `uploadTimeoutMs` the same (then for every upload,
    * and for a recovery's shares: once the keys are out, devices need seconds, so a shop whose
    * cohorts take hours to fill sets this short), `minSurvivors` K. With `minSurvivors` t < K each device adds
-   * N(0, (σC)²/t) instead, and a cohort that misses at most K − t uploads at the timeout is
+   * N(0, (σC)²/t) instead, and a cohort that misses at most K − t uploads at the upload timeout is
    * recovered from its survivors (their seeds with the missing members) instead of aborted.
    */
   secureAggregation?: boolean | { bits?: number; range?: number; degree?: number; timeoutMs?: number; uploadTimeoutMs?: number; minSurvivors?: number };
@@ -285,6 +285,9 @@ export async function createServer(options: ServerOptions = {}): Promise<ServerP
       // K = 4,000: the sum's largest coordinate is 8.6 against 8σC = 11.8).
       // With t = minSurvivors < K every member adds (σC)²/t, so a full cohort's sum carries σC·√(K/t).
       const t = o.minSurvivors ?? minClients;
+      if (!Number.isInteger(t) || t < 2 || t > minClients) {
+        throw new ValidationError('options.secureAggregation.minSurvivors', `must be an integer 2..minClients (${minClients}, the cohort size), got ${String(o.minSurvivors)}`);
+      }
       const noiseRange = 8 * clip * Math.max(1, noiseMultiplier * Math.sqrt(minClients / t));
       const hardRange = minClients * clip + noiseRange;
       const hardRounding = (minClients * (hardRange / 2 ** (saBits - 1)) ** 2) / 4;

@@ -488,6 +488,12 @@ test('recovery through the server: a member that never uploads does not sink its
   try {
     const config = (await (await app('http://x/v1/config')).json()) as { secureAggregation: SecAggParams };
     assert.equal(config.secureAggregation.minSurvivors, 3);
+    for (const bad of [1, 5, 2.5]) {
+      await assert.rejects(
+        createServer({ dataDir: null, initialTable: initialTable(), minClients: 4, rateLimit: false, secureAggregation: { minSurvivors: bad }, log: () => {} }),
+        /options\.secureAggregation\.minSurvivors: must be an integer 2\.\.minClients \(4, the cohort size\)/,
+      );
+    }
     const egress: string[][] = [[], [], [], []];
     const results = await Promise.allSettled(
       [0, 1, 2, 3].map((s) =>
