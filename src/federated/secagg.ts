@@ -47,7 +47,7 @@ export interface SecAggParams {
   /**
    * t: the fewest uploads the server may unmask a sum of (default K). Each device adds noise for a
    * sum of t, N(0, (σC)²/t), so any t or more of them carry at least the noise the accountant
-   * charges. With t < K a cohort missing at most K − t uploads at the timeout is recovered: the
+   * charges. With t < K a cohort missing at most K − t uploads at the upload timeout is recovered: the
    * members that did upload reveal the pairwise seeds they share with the missing ones, and the
    * server removes those masks (see {@link unmaskRecovered}).
    */
