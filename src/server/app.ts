@@ -204,9 +204,10 @@ export function createApp(rounds: RoundCoordinator, opts: AppOptions): Hono {
   app.get('/v1/secagg/cohorts/:id/members/:member', (c) => cohortView(c, c.req.param('member')));
 
   // Recovery: a surviving member's seeds with its dropped mask neighbours (16 bytes each, at most `degree`).
+  const maxShare = (sa?.degree ?? 2) * PAIR_SEED_BYTES;
   app.post(
     '/v1/secagg/cohorts/:id/members/:member/recovery',
-    bodyLimit({ maxSize: (sa?.degree ?? 2) * PAIR_SEED_BYTES, onError: (c) => fail(c, 'oversized', `a recovery share is at most ${(sa?.degree ?? 2) * PAIR_SEED_BYTES} bytes`) }),
+    bodyLimit({ maxSize: maxShare, onError: (c) => fail(c, 'oversized', `a recovery share is at most ${maxShare} bytes`) }),
     async (c) => {
       const body = await readBody(c);
       if (!body) return fail(c, 'malformed', 'could not read the request body');

@@ -222,7 +222,7 @@ export async function createServer(options: ServerOptions = {}): Promise<ServerP
       throw new ValidationError('options.database', `must be a postgres:// or postgresql:// URL, got '${typeof options.database === 'string' ? redactUrl(options.database) : String(options.database)}'`);
     }
   }
-  const storage =
+  const storage: Storage =
     options.storage ??
     (options.database !== undefined
       ? await PostgresStorage.open(options.database)
@@ -350,7 +350,7 @@ export async function createServer(options: ServerOptions = {}): Promise<ServerP
     const rateLimit = options.rateLimit ?? { perMinute: 60, burst: 20 };
     const app = createApp(rounds, {
       log,
-      ...(rateLimit ? { rateLimiter: (storage as Storage).rateLimiter?.(rateLimit, now) ?? new RateLimiter(rateLimit, now) } : {}),
+      ...(rateLimit ? { rateLimiter: storage.rateLimiter?.(rateLimit, now) ?? new RateLimiter(rateLimit, now) } : {}),
       ...(options.staticDir ? { staticDir: options.staticDir } : {}),
       trustProxy: options.trustProxy ?? false,
       ...(options.offers ? { offers: options.offers, now } : {}),

@@ -95,6 +95,11 @@ async function checkPendingShape(storage: Storage, config: RoundConfig): Promise
   }
 }
 
+/** `cohort … is <status>`, with the reason when it was aborted: why it takes nothing more. */
+function cohortState(id: string, c: CohortInfo): string {
+  return `cohort ${id} is ${c.status}${c.abortReason ? ` (${c.abortReason})` : ''}`;
+}
+
 function sameShape(a: ItemTable, b: ItemTable): boolean {
   return a.dim === b.dim && a.itemIds.length === b.itemIds.length && a.itemIds.every((id, i) => id === b.itemIds[i]);
 }
@@ -118,8 +123,12 @@ export class RoundCoordinator {
     readonly config: RoundConfig,
   ) {
     const sa = config.secureAggregation;
-    const timeouts = sa && { fillMs: sa.timeoutMs, uploadMs: sa.uploadTimeoutMs ?? sa.timeoutMs };
-    this.cohorts = sa && timeouts ? (storage.cohortStore?.(sa, timeouts, config.now) ?? new MemoryCohortStore(sa, timeouts, config.now)) : null;
+    if (!sa) {
+      this.cohorts = null;
+      return;
+    }
+    const timeouts = { fillMs: sa.timeoutMs, uploadMs: sa.uploadTimeoutMs ?? sa.timeoutMs };
+    this.cohorts = storage.cohortStore?.(sa, timeouts, config.now) ?? new MemoryCohortStore(sa, timeouts, config.now);
   }
 
   /**
@@ -418,7 +427,7 @@ export class RoundCoordinator {
     await this.sweepCohorts();
     return this.run(async (): Promise<Accepted | Rejection> => {
       await this.catchUp();
-      const ended = (c: CohortInfo) => reject('unknown-cohort', `cohort ${id} is ${c.status}${c.abortReason ? ` (${c.abortReason})` : ''}; it takes no uploads`);
+      const ended = (c: CohortInfo) => reject('unknown-cohort', `${cohortState(id, c)}; it takes no uploads`);
       const c = await cohorts.info(id);
       if (!c) return reject('unknown-cohort', `no cohort ${id} (it ended more than an hour ago, or the server restarted)`);
       if (c.status !== 'ready') return ended(c);
@@ -451,7 +460,7 @@ export class RoundCoordinator {
     await this.sweepCohorts();
     const c = await cohorts.info(id);
     if (!c) return reject('unknown-cohort', `no cohort ${id}`);
-    if (c.status !== 'recovering') return reject('unknown-cohort', `cohort ${id} is ${c.status}${c.abortReason ? ` (${c.abortReason})` : ''}; it takes no recovery shares`);
+    if (c.status !== 'recovering') return reject('unknown-cohort', `${cohortState(id, c)}; it takes no recovery shares`);
     if (!(Number.isInteger(member) && member >= 0 && member < c.size)) return reject('malformed', `member must be 0..${c.size - 1}, got ${member}`);
     if (token !== (await cohorts.token(id, member))) return reject('not-member', `the token is not the one member ${member} of cohort ${id} was given at join`);
     const bytes = shareBytes(member, c.size, sa.degree, c.dropped!);

@@ -91,15 +91,17 @@ test('behind a proxy (trustProxy) the rate limit keys on X-Forwarded-For; otherw
     const res = await fetch(`${url}/v1/updates`, { method: 'POST', body: body as Uint8Array<ArrayBuffer>, headers: { 'content-type': 'application/octet-stream', 'x-forwarded-for': forwardedFor } });
     return { status: res.status, json: (await res.json()) as Record<string, unknown> };
   };
+  /** Two shoppers behind one proxy each get their own allowance of 1; the first one's second update is over it. */
+  const limitsEachShopper = async (url: string) => {
+    const v0 = await pull(url);
+    assert.equal((await postFrom(url, honestUpdate(v0, 1), '203.0.113.7, 10.0.0.1')).status, 202);
+    assert.equal((await postFrom(url, honestUpdate(v0, 2), '198.51.100.9')).status, 202);
+    expectReject(await postFrom(url, honestUpdate(v0, 3), '203.0.113.7'), 'rate-limited');
+  };
   const limit = { perMinute: 1, burst: 1 };
   const proxied = await startServer({ port: 0, dataDir: null, initialTable: initialTable(), minClients: 100, noiseMultiplier: 0, rateLimit: limit, trustProxy: true, log: quiet });
   try {
-    const v0 = await pull(proxied.url);
-    // Two shoppers behind the same proxy connection each get their own allowance …
-    assert.equal((await postFrom(proxied.url, honestUpdate(v0, 1), '203.0.113.7, 10.0.0.1')).status, 202);
-    assert.equal((await postFrom(proxied.url, honestUpdate(v0, 2), '198.51.100.9')).status, 202);
-    // … and the first one's second update is over it.
-    expectReject(await postFrom(proxied.url, honestUpdate(v0, 3), '203.0.113.7'), 'rate-limited');
+    await limitsEachShopper(proxied.url);
   } finally {
     await proxied.close();
   }
@@ -109,10 +111,7 @@ test('behind a proxy (trustProxy) the rate limit keys on X-Forwarded-For; otherw
   writeFileSync(catalog, JSON.stringify({ items: IDS.map((id, i) => ({ id, popularity: i })) }));
   const child = await spawnServe(join(dir, 'data'), catalog, ['--dim', String(DIM), '--min-clients', '100', '--noise', '0', '--rate-limit', '1', '--trust-proxy']);
   try {
-    const v0 = await pull(child.url);
-    assert.equal((await postFrom(child.url, honestUpdate(v0, 1), '203.0.113.7')).status, 202);
-    assert.equal((await postFrom(child.url, honestUpdate(v0, 2), '198.51.100.9')).status, 202);
-    expectReject(await postFrom(child.url, honestUpdate(v0, 3), '203.0.113.7'), 'rate-limited');
+    await limitsEachShopper(child.url);
   } finally {
     child.proc.kill('SIGTERM');
     await child.exited;
