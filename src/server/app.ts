@@ -12,6 +12,7 @@ import { isStorageError } from '../errors.js';
 import { updateByteLength, WIRE_FORMAT_VERSION, UPDATE_BUDGET_BYTES } from '../federated/wire.js';
 import type { RateLimit } from './rate-limit.js';
 import type { RoundCoordinator } from './rounds.js';
+import { defaultUploadTimeoutMs } from './cohorts.js';
 import { REJECT_STATUS, type RejectReason } from './validate-update.js';
 import { registerRedeem } from './redeem.js';
 import type { OfferCatalog } from '../offers/types.js';
@@ -121,7 +122,7 @@ export function createApp(rounds: RoundCoordinator, opts: AppOptions): Hono {
       trimFraction: cfg.trimFraction,
       normTolerance: cfg.normTolerance,
       normSlack: cfg.normSlack,
-      secureAggregation: sa ? { cohortSize: sa.cohortSize, bits: sa.bits, step: sa.step, degree: sa.degree, minSurvivors: sa.minSurvivors ?? sa.cohortSize, timeoutMs: sa.timeoutMs, uploadTimeoutMs: sa.uploadTimeoutMs ?? sa.timeoutMs } : null,
+      secureAggregation: sa ? { cohortSize: sa.cohortSize, bits: sa.bits, step: sa.step, degree: sa.degree, minSurvivors: sa.minSurvivors ?? sa.cohortSize, timeoutMs: sa.timeoutMs, uploadTimeoutMs: sa.uploadTimeoutMs ?? defaultUploadTimeoutMs(sa.timeoutMs) } : null,
       denoise: cfg.denoise ?? 'none',
       version: rounds.version,
     }),

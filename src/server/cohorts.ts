@@ -117,6 +117,16 @@ export function shareBytes(index: number, size: number, degree: number, dropped:
 export const DEFAULT_COHORT_TIMEOUT_MS = 10 * 60_000;
 
 /**
+ * The upload deadline when none is set: the fill deadline, but never more than
+ * {@link DEFAULT_COHORT_TIMEOUT_MS}. Once a cohort is full its members need seconds (fetch the keys,
+ * mask, one request), so a shop that gives cohorts hours to fill does not also wait hours for an
+ * upload that will never come before recovering or aborting.
+ */
+export function defaultUploadTimeoutMs(fillMs: number): number {
+  return Math.min(fillMs, DEFAULT_COHORT_TIMEOUT_MS);
+}
+
+/**
  * A cohort's deadlines: `fillMs` from its creation to its K-th member; `uploadMs` from then to its
  * last upload, and again from the start of a recovery to its last share. A number sets both.
  */

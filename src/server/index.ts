@@ -16,7 +16,7 @@ import { isPostgresUrl, PostgresStorage, redactUrl } from './postgres-storage.js
 import type { Storage } from './storage.js';
 import type { OfferCatalog } from '../offers/types.js';
 import { checkSecAggParams, chooseSecAggBits, maskedUpdateBytes, type SecAggParams } from '../federated/secagg.js';
-import { DEFAULT_COHORT_TIMEOUT_MS } from './cohorts.js';
+import { DEFAULT_COHORT_TIMEOUT_MS, defaultUploadTimeoutMs } from './cohorts.js';
 import { checkTrainedPart, trainedLength } from '../federated/client-update.js';
 import { DEFAULT_SUBSPACE_SCALE, subspaceTable } from '../federated/subspace.js';
 
@@ -32,7 +32,7 @@ export { combineDeltas, trimmedMeanDelta, trimCount, ROBUST_NAMES, DEFAULT_TRIM_
 export type { AggregatorName, RobustName } from './aggregate.js';
 export type { Storage, StoredVersion, NewUpdate, PendingUpdate } from './storage.js';
 export { StorageConflictError } from './storage.js';
-export { MemoryCohortStore, DEFAULT_COHORT_TIMEOUT_MS } from './cohorts.js';
+export { MemoryCohortStore, DEFAULT_COHORT_TIMEOUT_MS, defaultUploadTimeoutMs } from './cohorts.js';
 export type { CohortStore, CohortInfo, CohortStatus, MarkResult, RecoveryResult, SweepResult, AbortedCohort } from './cohorts.js';
 export type { RateLimit, RateLimitOptions } from './rate-limit.js';
 
@@ -113,9 +113,9 @@ export interface ServerOptions {
    * 64 KiB, `range` K·C + 8·C·max(1, σ) when those bits make its rounding negligible (and always
    * with the subspace aggregator), else 8·C·max(1, σ) (a coordinate of a cohort's sum must stay
    * within ±range; the fixed-point step is range / 2^(bits−1)), `degree` 16 mask neighbours,
-   * `timeoutMs` 10 minutes (for a cohort to fill), `uploadTimeoutMs` the same (then for every upload,
-   * and for a recovery's shares: once the keys are out, devices need seconds, so a shop whose
-   * cohorts take hours to fill sets this short), `minSurvivors` K. With `minSurvivors` t < K each device adds
+   * `timeoutMs` 10 minutes (for a cohort to fill), `uploadTimeoutMs` the same but never more than 10
+   * minutes (then for every upload, and for a recovery's shares: once the keys are out, devices need
+   * seconds), `minSurvivors` K. With `minSurvivors` t < K each device adds
    * N(0, (σC)²/t) instead, and a cohort that misses at most K − t uploads at the upload timeout is
    * recovered from its survivors (their seeds with the missing members) instead of aborted.
    */
@@ -299,7 +299,7 @@ export async function createServer(options: ServerOptions = {}): Promise<ServerP
         'options.secureAggregation',
       );
       const fillMs = positive('secureAggregation.timeoutMs', o.timeoutMs ?? DEFAULT_COHORT_TIMEOUT_MS, true);
-      secureAggregation = { ...params, timeoutMs: fillMs, uploadTimeoutMs: positive('secureAggregation.uploadTimeoutMs', o.uploadTimeoutMs ?? fillMs, true) };
+      secureAggregation = { ...params, timeoutMs: fillMs, uploadTimeoutMs: positive('secureAggregation.uploadTimeoutMs', o.uploadTimeoutMs ?? defaultUploadTimeoutMs(fillMs), true) };
       // Each member's rounding adds variance ≤ γ²/4 per value, K·γ²/4 to the sum, next to the DP
       // noise (σC)² there. Say so when the rounding is a sizeable share of it.
       const rounding = (params.cohortSize * params.step ** 2) / 4;

@@ -10,7 +10,7 @@ import { applyFedAdam, applyFedAvg, combineDeltas, shrinkRows, DEFAULT_FEDADAM, 
 import { StorageConflictError, type NewUpdate, type Storage, type StoredVersion } from './storage.js';
 import { checkUpdate, reject, type Rejection, type UpdatePolicy } from './validate-update.js';
 import { decodeMaskedHeader, decodeMaskedUpdate, importPublicKey, unmaskRecovered, unmaskSum, type SecAggParams } from '../federated/secagg.js';
-import { cohortView, MemoryCohortStore, shareBytes, type CohortInfo, type CohortStore, type CohortView } from './cohorts.js';
+import { cohortView, defaultUploadTimeoutMs, MemoryCohortStore, shareBytes, type CohortInfo, type CohortStore, type CohortView } from './cohorts.js';
 import { expandDelta, trainedLength, type TrainedPart } from '../federated/client-update.js';
 import { DEFAULT_SUBSPACE_SCALE, subspaceTable } from '../federated/subspace.js';
 
@@ -46,7 +46,7 @@ export interface RoundConfig extends UpdatePolicy {
    * `cohortSize` (= minClients) and the server only ever learns each cohort's sum. Plain updates
    * are then refused, as are robust combiners (they need every update in the clear).
    */
-  /** `timeoutMs`: a cohort's time to fill; `uploadTimeoutMs` (default `timeoutMs`): then to collect every upload, and a recovery's every share. */
+  /** `timeoutMs`: a cohort's time to fill; `uploadTimeoutMs` (default `timeoutMs`, at most 10 minutes): then to collect every upload, and a recovery's every share. */
   secureAggregation?: (SecAggParams & { timeoutMs: number; uploadTimeoutMs?: number }) | undefined;
   now: () => number;
   log: (line: string) => void;
@@ -127,7 +127,7 @@ export class RoundCoordinator {
       this.cohorts = null;
       return;
     }
-    const timeouts = { fillMs: sa.timeoutMs, uploadMs: sa.uploadTimeoutMs ?? sa.timeoutMs };
+    const timeouts = { fillMs: sa.timeoutMs, uploadMs: sa.uploadTimeoutMs ?? defaultUploadTimeoutMs(sa.timeoutMs) };
     this.cohorts = storage.cohortStore?.(sa, timeouts, config.now) ?? new MemoryCohortStore(sa, timeouts, config.now);
   }
 

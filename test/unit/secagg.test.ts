@@ -678,3 +678,29 @@ test('a cohort has its own deadlines to fill and to upload: a full cohort missin
     await parts.storage.close();
   }
 });
+
+test('without uploadTimeoutMs the upload deadline is the fill deadline, capped at 10 minutes', async () => {
+  for (const [fillMs, uploadMs] of [[120_000, 120_000], [600_000, 600_000], [4 * 3_600_000, 600_000]] as const) {
+    let t = 10_000_000;
+    const parts = await createServer({ dataDir: null, initialTable: initialTable(), minClients: 3, clip: 1, noiseMultiplier: 0, rateLimit: false, secureAggregation: { timeoutMs: fillMs, minSurvivors: 2 }, now: () => t, log: () => {} });
+    const call = (path: string, body?: Uint8Array, token?: string) =>
+      Promise.resolve(parts.app.fetch(new Request(`http://x${path}`, body ? { method: 'POST', body: body as Uint8Array<ArrayBuffer>, headers: token ? { 'X-Localrec-Cohort-Token': token } : {} } : {})));
+    try {
+      const config = ((await (await call('/v1/config')).json()) as { secureAggregation: { timeoutMs: number; uploadTimeoutMs: number; bits: number } }).secureAggregation;
+      assert.deepEqual([config.timeoutMs, config.uploadTimeoutMs], [fillMs, uploadMs], `fill ${fillMs}`);
+      const js = [];
+      for (let i = 0; i < 3; i++) js.push((await (await call('/v1/secagg/join', (await secAggKeyPair()).publicKey)).json()) as { cohort: string; index: number; token: string });
+      for (const m of js.slice(0, 2)) {
+        const body = encodeMaskedUpdate({ cohortId: Uint8Array.from(Buffer.from(m.cohort, 'hex')), index: m.index, cohortSize: 3, bits: config.bits, baseVersion: 0, values: new Uint32Array(IDS.length * 5) });
+        assert.equal((await call('/v1/secagg/updates', body, m.token)).status, 202);
+      }
+      const status = async () => ((await (await call(`/v1/secagg/cohorts/${js[0]!.cohort}`)).json()) as { status: string }).status;
+      t += uploadMs - 1_000;
+      assert.equal(await status(), 'ready', `fill ${fillMs}: still collecting uploads before the upload deadline`);
+      t += 2_000;
+      assert.equal(await status(), 'recovering', `fill ${fillMs}: recovering just after ${uploadMs} ms`);
+    } finally {
+      await parts.storage.close();
+    }
+  }
+});
