@@ -62,6 +62,15 @@ export class ConsentError extends LocalrecError {
   override name = 'ConsentError' as const;
 }
 
+/**
+ * The caller cancelled the operation (an `AbortSignal` it passed was aborted). Named `AbortError`
+ * like the DOM's, so code that checks `e.name === 'AbortError'` for `fetch` handles it too. The
+ * message says whether anything had left the device.
+ */
+export class AbortError extends LocalrecError {
+  override name = 'AbortError' as const;
+}
+
 const NAMES = [
   'LocalrecError',
   'ValidationError',
@@ -71,6 +80,7 @@ const NAMES = [
   'NetworkError',
   'PrivacyBudgetError',
   'ConsentError',
+  'AbortError',
 ] as const;
 
 function hasName(e: unknown, name: string): boolean {
@@ -88,6 +98,8 @@ export const isClosedError = (e: unknown): e is ClosedError => hasName(e, 'Close
 export const isNetworkError = (e: unknown): e is NetworkError => hasName(e, 'NetworkError');
 export const isPrivacyBudgetError = (e: unknown): e is PrivacyBudgetError => hasName(e, 'PrivacyBudgetError');
 export const isConsentError = (e: unknown): e is ConsentError => hasName(e, 'ConsentError');
+/** True for localrec's {@link AbortError} and for the DOM's (`DOMException` named `AbortError`). */
+export const isAbortError = (e: unknown): e is AbortError => hasName(e, 'AbortError');
 
 const CLASSES: Record<string, new (message: string) => LocalrecError> = {
   StorageError,
@@ -95,6 +107,7 @@ const CLASSES: Record<string, new (message: string) => LocalrecError> = {
   ClosedError,
   PrivacyBudgetError,
   ConsentError,
+  AbortError,
   LocalrecError,
 };
 

@@ -11,6 +11,7 @@ export {
   NetworkError,
   PrivacyBudgetError,
   ConsentError,
+  AbortError,
   isLocalrecError,
   isValidationError,
   isStorageError,
@@ -19,6 +20,7 @@ export {
   isNetworkError,
   isPrivacyBudgetError,
   isConsentError,
+  isAbortError,
 } from './errors.js';
 export type { AuditReport, ExportFile } from './engine/audit-types.js';
 export type { EgressEntry } from './federated/sync.js';
@@ -29,6 +31,8 @@ export type {
   BackendName,
   FederatedOptions,
   SyncResultInfo,
+  SyncControl,
+  SyncProgress,
   Catalog,
   CatalogItem,
   EventType,

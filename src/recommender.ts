@@ -1,5 +1,5 @@
 import * as Comlink from 'comlink';
-import { ClosedError, reviveError, ValidationError } from './errors.js';
+import { AbortError, ClosedError, reviveError, ValidationError } from './errors.js';
 import { validateEvent } from './events/schema.js';
 import type { WorkerApi } from './engine/worker.js';
 import type { AuditReport, ExportFile } from './engine/audit-types.js';
@@ -11,6 +11,7 @@ import type {
   RecommendOptions,
   SimilarOptions,
   Stats,
+  SyncControl,
   SyncResultInfo,
   TrackEvent,
   TrainOptions,
@@ -38,9 +39,11 @@ export interface Recommender {
    * sending anything) once the ε budget would be exceeded, a NetworkError when the server is
    * unreachable after retries or refuses the update. A call while a sync is under way gets that
    * sync's result (one update, one release of ε). Under secure aggregation with dropout recovery
-   * it resolves when the cohort ends (`cohortOutcome`).
+   * it resolves when the cohort ends (`cohortOutcome`). `onProgress` reports each phase (waiting for
+   * a cohort can take minutes: `{ phase: 'cohort', joined, size }`); `signal` cancels it (an
+   * AbortError before the upload, nothing sent or spent; see {@link SyncControl}).
    */
-  sync(): Promise<SyncResultInfo>;
+  sync(options?: SyncControl): Promise<SyncResultInfo>;
   /**
    * Records the shopper's consent. Granting personalization starts storing events; withdrawing it
    * erases everything stored. `federated: false` stops sync.
@@ -219,7 +222,21 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
     setOffers: (signed) => call(() => api.setOffers(signed)),
     offers: (o) => call(() => api.offers(o)),
     setNeighbors: (file) => call(() => api.setNeighbors(file)),
-    sync: () => call(() => api.sync()),
+    async sync(o: SyncControl = {}) {
+      open();
+      if (typeof o !== 'object' || o === null) throw new ValidationError('options', 'must be an object like { onProgress, signal }');
+      const { onProgress, signal } = o;
+      if (onProgress !== undefined && typeof onProgress !== 'function') throw new ValidationError('options.onProgress', `must be a function, got ${typeof onProgress}`);
+      if (signal?.aborted) throw new AbortError('sync cancelled before it started; no update was sent and no ε was spent');
+      // An AbortSignal cannot cross postMessage: the page forwards its abort to the worker.
+      const cancel = () => void api.cancelSync().catch(() => undefined);
+      signal?.addEventListener('abort', cancel, { once: true });
+      try {
+        return await call(() => api.sync(onProgress ? Comlink.proxy(onProgress) : undefined));
+      } finally {
+        signal?.removeEventListener('abort', cancel);
+      }
+    },
     egressLog: () => call(() => api.egressLog()),
     flush: () => call(() => api.flush()),
     async close() {

@@ -181,6 +181,37 @@ export interface Stats {
   lastError?: string;
 }
 
+/**
+ * Progress of `sync()`, reported through `onProgress`. Phases come in this order, each at least once
+ * when it happens: `config` (the server's settings), `model` (the global model, not downloaded again
+ * when unchanged), `training` (local training, or the subspace step), then under secure aggregation
+ * `cohort` once per poll while the cohort fills (`joined` of `size` members), `upload` (the one
+ * request that carries the update; `bytes`), and with dropout recovery `recovery` once per poll
+ * until the cohort ends (`submitted` of `size` uploads; `dropped` once the server lists members
+ * that never uploaded).
+ */
+export interface SyncProgress {
+  phase: 'config' | 'model' | 'training' | 'cohort' | 'upload' | 'recovery';
+  joined?: number;
+  submitted?: number;
+  size?: number;
+  dropped?: number;
+  bytes?: number;
+}
+
+/** Options of `sync()`. */
+export interface SyncControl {
+  onProgress?: (p: SyncProgress) => void;
+  /**
+   * Cancels the sync: before the upload it rejects with an `AbortError` and nothing was sent or
+   * spent (a cohort the device had joined sees it as a member that dropped out); once the update is
+   * on its way the ε is spent, the upload completes or fails as it would, and only the wait for
+   * the cohort's end is cut short (`cohortOutcome: 'left'`). A sync shared by several callers is
+   * cancelled for all of them.
+   */
+  signal?: AbortSignal;
+}
+
 /** What `sync()` did. */
 export interface SyncResultInfo {
   /** Global model version the device now builds on. */

@@ -510,9 +510,22 @@ async function sync(how = 'button') {
   $('sync-now').disabled = true;
   $('sync-result').dataset.kind = 'busy';
   $('sync-result').textContent = how === 'auto' ? 'Syncing after training (automatic, once)…' : 'Syncing: pulling the global model, training here, sending a noised update…';
+  // rec.sync() reports each phase; under secure aggregation the wait for a cohort can take minutes.
+  const onProgress = (p) => {
+    if (gen !== state.generation) return;
+    const what = {
+      config: 'reading the server’s settings',
+      model: 'pulling the global model',
+      training: 'training here on this device',
+      cohort: `waiting for a cohort of ${p.size} devices (${p.joined} joined)`,
+      upload: `sending one clipped, noised update (${bytes(p.bytes ?? 0)})`,
+      recovery: `waiting for the cohort’s other members (${p.submitted} of ${p.size} uploaded)`,
+    }[p.phase];
+    $('sync-result').textContent = `${how === 'auto' ? 'Syncing after training (automatic, once)' : 'Syncing'}: ${what}…`;
+  };
   state.syncing = (async () => {
     await state.training?.catch(() => undefined);
-    return rec.sync();
+    return rec.sync({ onProgress });
   })();
   try {
     const r = await state.syncing;

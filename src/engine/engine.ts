@@ -1,4 +1,4 @@
-import { ClosedError, ConsentError, ModelError, NetworkError, ValidationError } from '../errors.js';
+import { AbortError, ClosedError, ConsentError, ModelError, NetworkError, ValidationError } from '../errors.js';
 import { validateEvent } from '../events/schema.js';
 import { DEFAULT_RETENTION, MemoryEventStore, openEventStore, type EventStore, type Retention } from '../events/store.js';
 import { EVENT_SCHEMA_VERSION } from '../events/schema.js';
@@ -25,6 +25,8 @@ import type {
   SimilarOptions,
   Stats,
   StoredEvent,
+  SyncControl,
+  SyncProgress,
   SyncResultInfo,
   TrainOptions,
   TrainResult,
@@ -169,8 +171,10 @@ export class Engine {
   private saved!: Omit<SavedModel, 'factors' | 'bias' | 'itemIds' | 'dim' | 'version'>;
   private scorer!: Scorer;
   private queue: StoredEvent[] = [];
-  /** The sync under way, if any (see {@link sync}). */
+  /** The sync under way, if any (see {@link sync}), its cancel switch and its progress listeners. */
   private syncing: Promise<SyncResultInfo> | null = null;
+  private syncAbort: AbortController | null = null;
+  private readonly syncListeners = new Set<(p: SyncProgress) => void>();
   private flushTimer: ReturnType<typeof setTimeout> | undefined;
   private flushing: Promise<void> = Promise.resolve();
   private training: Promise<TrainResult> | undefined;
@@ -658,15 +662,43 @@ export class Engine {
    * One federated round: pull the global model, train on this shopper's events, send a clipped,
    * noised update, and continue from the global model plus the local training. Refuses with a
    * PrivacyBudgetError, before anything is sent, once the device's ε budget would be exceeded.
-   * A call while a sync is under way gets that sync's result: it never spends ε twice.
+   * A call while a sync is under way gets that sync's result: it never spends ε twice (and its
+   * `onProgress` hears the rest of that sync; its `signal` cancels it for every caller).
    */
-  async sync(): Promise<SyncResultInfo> {
+  async sync(o: SyncControl = {}): Promise<SyncResultInfo> {
     this.assertOpen();
-    this.syncing ??= this.syncRound().finally(() => (this.syncing = null));
-    return this.syncing;
+    if (o.onProgress !== undefined && typeof o.onProgress !== 'function') throw new ValidationError('options.onProgress', `must be a function, got ${typeof o.onProgress}`);
+    if (o.signal?.aborted) throw new AbortError('sync cancelled before it started; no update was sent and no ε was spent');
+    if (!this.syncing) {
+      const abort = new AbortController();
+      this.syncAbort = abort;
+      this.syncing = this.syncRound(abort.signal).finally(() => {
+        this.syncing = null;
+        this.syncAbort = null;
+        this.syncListeners.clear();
+      });
+    }
+    const syncing = this.syncing;
+    const listener = o.onProgress;
+    if (listener) this.syncListeners.add(listener);
+    const cancel = () => this.cancelSync();
+    o.signal?.addEventListener('abort', cancel, { once: true });
+    try {
+      return await syncing;
+    } finally {
+      o.signal?.removeEventListener('abort', cancel);
+      if (listener) this.syncListeners.delete(listener);
+    }
   }
 
-  private async syncRound(): Promise<SyncResultInfo> {
+  /** Cancels the sync under way, if any (see {@link SyncControl.signal}); true when there was one. */
+  cancelSync(): boolean {
+    if (!this.syncAbort) return false;
+    this.syncAbort.abort();
+    return true;
+  }
+
+  private async syncRound(signal: AbortSignal): Promise<SyncResultInfo> {
     const fed = this.opts.federated;
     if (!fed || typeof fed.serverUrl !== 'string' || !/^https?:\/\//.test(fed.serverUrl)) {
       throw new ValidationError('options.federated.serverUrl', 'must be set to the aggregation server (http:// or https:// URL) to sync');
@@ -704,6 +736,16 @@ export class Engine {
         train: { ...this.opts.training, seed: (this.opts.model?.seed ?? 1) + this.saved.trainSteps },
         onEgress: (e) => egress.push(e),
         onCheckpoint: checkpoint,
+        onProgress: (p) => {
+          for (const l of this.syncListeners) {
+            try {
+              l(p);
+            } catch {
+              // A page's progress callback that throws does not stop the sync.
+            }
+          }
+        },
+        signal,
         now: this.now,
         ...(fed.cohortWaitMs !== undefined ? { cohortWaitMs: fed.cohortWaitMs } : {}),
       });

@@ -11,7 +11,7 @@ import { setWasmPaths } from '@tensorflow/tfjs-backend-wasm';
 import { Engine, type EngineOptions } from './engine.js';
 import * as tf from '../model/tf.js';
 import type { ItemTable } from '../model/item-table.js';
-import type { Progress, RecommendOptions, SimilarOptions, TrainOptions } from '../types.js';
+import type { Progress, RecommendOptions, SimilarOptions, SyncProgress, TrainOptions } from '../types.js';
 import { ClosedError } from '../errors.js';
 import type { OffersOptions } from '../offers/types.js';
 
@@ -84,7 +84,17 @@ export const workerApi = {
     return result;
   },
   stats: () => ready().stats(),
-  sync: () => ready().sync(),
+  async sync(onProgress?: (p: SyncProgress) => unknown) {
+    // As train(): every progress report has reached the page when sync() resolves.
+    let last: unknown;
+    try {
+      return await ready().sync(onProgress ? { onProgress: (p) => void (last = onProgress(p)) } : {});
+    } finally {
+      await Promise.resolve(last).catch(() => undefined);
+    }
+  },
+  /** The page's AbortSignal fired: cancel the sync under way (AbortSignal cannot cross postMessage). */
+  cancelSync: () => ready().cancelSync(),
   setConsent: (c: { personalization?: boolean; federated?: boolean }) => ready().setConsent(c),
   audit: () => ready().audit(),
   setOffers: (signed: unknown) => ready().setOffers(signed),

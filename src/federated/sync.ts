@@ -4,7 +4,8 @@
  * noised, quantized update. What leaves the device is exactly the documented update body; every
  * request is reported to `onEgress` so the SDK can keep an egress log.
  */
-import { NetworkError, ValidationError } from '../errors.js';
+import { AbortError, NetworkError, ValidationError } from '../errors.js';
+import type { SyncProgress } from '../types.js';
 import { cloneItemTable, type ItemTable } from '../model/item-table.js';
 import { trainItemTable, type Sequence, type TrainConfig } from '../model/train.js';
 import { buildClientUpdate, checkTrainedPart, noisedDelta, type TrainedPart } from './client-update.js';
@@ -92,6 +93,14 @@ export interface SyncOptions {
   cohortPollMs?: number;
   /** Secure aggregation: how long to wait for the cohort to fill (default the server's timeout). */
   cohortWaitMs?: number;
+  /** Where the sync is ({@link SyncProgress}); called synchronously, so keep it cheap. */
+  onProgress?: (p: SyncProgress) => void;
+  /**
+   * Cancels the sync. Before the upload: rejects with an {@link AbortError}, nothing sent, no ε
+   * spent. The upload itself is never interrupted (once the release is recorded the body goes out
+   * whole or fails on its own); after it, only the wait for the cohort's end stops (`outcome: 'left'`).
+   */
+  signal?: AbortSignal;
   now?: () => number;
 }
 
@@ -118,7 +127,24 @@ export interface SyncResult {
   cohort?: { id: string; index: number; size: number; outcome?: 'published' | 'aborted' | 'left'; recoveryShareSent?: boolean; note?: string };
 }
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+/** Waits `ms`, or less when `signal` aborts first (the caller checks which). */
+function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal?.aborted) return resolve();
+    const done = () => {
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    signal?.addEventListener('abort', done, { once: true });
+  });
+}
+
+/** Throws an {@link AbortError} when the caller cancelled; `when` says where the sync stopped. */
+function checkAborted(o: SyncOptions, when: string): void {
+  if (o.signal?.aborted) throw new AbortError(`sync cancelled ${when}; no update was sent and no ε was spent`);
+}
 
 async function request(
   o: SyncOptions,
@@ -127,6 +153,7 @@ async function request(
   endpoint: string,
   body?: Uint8Array,
   headers?: Record<string, string>,
+  signal: AbortSignal | undefined = o.signal,
 ): Promise<Response> {
   const f = o.fetch ?? (globalThis.fetch as unknown as FetchLike);
   const attempts = o.attempts ?? 3;
@@ -134,13 +161,15 @@ async function request(
   const bodySha256 = body ? toHex(await sha256(body)) : undefined;
   let lastError: unknown;
   for (let i = 0; i < attempts; i++) {
-    if (i > 0) await sleep((o.backoffMs ?? 500) * 2 ** (i - 1));
+    if (i > 0) await sleep((o.backoffMs ?? 500) * 2 ** (i - 1), signal);
+    if (signal?.aborted) throw new AbortError(`sync cancelled before ${method} ${endpoint}`);
     let res: Response;
     try {
-      res = await f(o.serverUrl.replace(/\/$/, '') + endpoint, { method, body, headers });
+      res = await f(o.serverUrl.replace(/\/$/, '') + endpoint, { method, body, headers, ...(signal ? { signal } : {}) });
     } catch (e) {
       // Offline or refused: logged with status 0 (the body may or may not have left the device).
       o.onEgress?.({ t: now(), method, endpoint, kind, bytes: body?.length ?? 0, bodySha256, status: 0 });
+      if (signal?.aborted) throw new AbortError(`sync cancelled during ${method} ${endpoint}`);
       lastError = new NetworkError(`${method} ${endpoint} failed: ${(e as Error).message}`, 0);
       continue;
     }
@@ -207,10 +236,15 @@ export async function pullModel(o: SyncOptions): Promise<{ table: ItemTable; has
 export async function syncOnce(o: SyncOptions): Promise<SyncResult> {
   const budget = o.budget ?? 8;
   const delta = o.delta ?? DEFAULT_DELTA;
+  checkAborted(o, 'before it started');
+  o.onProgress?.({ phase: 'config' });
   const config = await fetchServerConfig(o);
   // Checked before any training or upload: a device past its budget sends nothing.
   o.accountant.assertCanSpend(config.noiseMultiplier, budget, delta);
+  o.onProgress?.({ phase: 'model' });
   const { table: global, hash } = await pullModel(o);
+  checkAborted(o, 'after the model was fetched');
+  o.onProgress?.({ phase: 'training' });
   const rows = new Map(global.itemIds.map((id, i) => [id, i]));
   const seqs: Sequence[] = [];
   for (const h of o.history) {
@@ -239,6 +273,7 @@ export async function syncOnce(o: SyncOptions): Promise<SyncResult> {
   } else {
     await trainItemTable(local, seqs, { epochs: 2, ...o.train });
   }
+  checkAborted(o, 'after local training');
   if (config.secureAggregation) return sendMasked(o, config, config.secureAggregation, part, global, hash, local, delta, update);
   const built = buildClientUpdate(global, local, {
     baseHash: fromHex(hash),
@@ -262,11 +297,14 @@ async function upload(
   delta: number,
   headers: Record<string, string> = {},
 ): Promise<SyncResult> {
+  checkAborted(o, 'before the upload');
   // Recorded (and persisted, by the caller) before sending: once the body may have left the
   // device, the budget is spent.
   o.accountant.record(config.noiseMultiplier);
   await o.onCheckpoint?.();
-  const res = await request(o, 'update', 'POST', endpoint, body, { 'Content-Type': 'application/octet-stream', ...headers });
+  o.onProgress?.({ phase: 'upload', bytes: body.length });
+  // Not cancellable: once the release is recorded the body goes out whole, or fails on its own.
+  const res = await request(o, 'update', 'POST', endpoint, body, { 'Content-Type': 'application/octet-stream', ...headers }, undefined);
   const reply = (await res.json()) as { pending: number; minClients: number; published: number | null };
   return {
     ...models,
@@ -281,6 +319,9 @@ interface CohortView {
   cohort: string;
   size: number;
   status: 'forming' | 'ready' | 'recovering' | 'done' | 'aborted';
+  /** Members that joined, and uploads counted so far. */
+  joined?: number;
+  submitted?: number;
   /** Member index → hex key, for this member and its mask neighbours (`GET /v1/secagg/cohorts/:id/members/:i`). */
   memberKeys?: Record<string, string>;
   reason?: string;
@@ -325,11 +366,13 @@ async function sendMasked(
     // Only this member's and its mask neighbours' keys: degree + 1 keys, whatever the cohort size.
     const res = await request(o, 'cohort', 'GET', `/v1/secagg/cohorts/${encodeURIComponent(joined.cohort)}/members/${joined.index}`);
     view = (await res.json()) as CohortView;
+    o.onProgress?.({ phase: 'cohort', joined: view.status === 'forming' ? (view.joined ?? 0) : K, size: K });
     if (view.status === 'ready') break;
     if (view.status !== 'forming') throw new NetworkError(`cohort ${joined.cohort} is ${view.status}${view.reason ? `: ${view.reason}` : ''}; nothing was sent`, 0);
     if (now() - t0 > waitMs) throw new NetworkError(`cohort ${joined.cohort} did not fill (${K} members) within ${waitMs} ms; nothing was sent`, 0);
     // Poll every pollMs at first, then back off (×1.5, at most 15 s apart) while the cohort forms.
-    await sleep(Math.min(pollMs * 1.5 ** polls++, Math.max(pollMs, 15_000)));
+    await sleep(Math.min(pollMs * 1.5 ** polls++, Math.max(pollMs, 15_000)), o.signal);
+    checkAborted(o, `while cohort ${joined.cohort} was forming (this device's place in it stays empty)`);
   }
   const publicKeys = new Map(Object.entries(view.memberKeys ?? {}).map(([j, hex]) => [Number(j), fromHex(hex)] as const));
   if (!bytesEqual(publicKeys.get(joined.index) ?? new Uint8Array(), keys.publicKey)) {
@@ -375,6 +418,7 @@ async function stayForRecovery(
     for (let polls = 0; ; polls++) {
       const res = await request(o, 'cohort', 'GET', `/v1/secagg/cohorts/${encodeURIComponent(joined.cohort)}/members/${joined.index}`);
       const view = (await res.json()) as CohortView;
+      o.onProgress?.({ phase: 'recovery', submitted: view.submitted ?? 0, size: K, ...(view.dropped ? { dropped: view.dropped.length } : {}) });
       if (view.status === 'done') return { outcome: 'published', recoveryShareSent: sent };
       if (view.status === 'aborted') return { outcome: 'aborted', recoveryShareSent: sent, ...(view.reason ? { note: view.reason } : {}) };
       if (view.status === 'recovering' && !sent) {
@@ -398,7 +442,8 @@ async function stayForRecovery(
         }
       }
       if (now() - t0 > waitMs) return { outcome: 'left', recoveryShareSent: sent, note: `cohort still ${view.status} after ${waitMs} ms` };
-      await sleep(Math.min(pollMs * 1.5 ** polls, Math.max(pollMs, 15_000)));
+      await sleep(Math.min(pollMs * 1.5 ** polls, Math.max(pollMs, 15_000)), o.signal);
+      if (o.signal?.aborted) return { outcome: 'left', recoveryShareSent: sent, note: `cancelled while the cohort was ${view.status}` };
     }
   } catch (e) {
     return { outcome: 'left', recoveryShareSent: sent, note: (e as Error).message };

@@ -156,10 +156,11 @@ describe('privacy in Chromium', () => {
           for (const itemId of history) rec.track({ type: 'view', itemId });
           rec.track({ type: 'search', query: 'secret words' });
           await rec.flush();
-          const sync = await rec.sync();
+          const progress: unknown[] = [];
+          const sync = await rec.sync({ onProgress: (p: unknown) => progress.push(p) });
           const audit = await rec.audit();
           await rec.erase();
-          return { sync, kinds: audit.egress.log.map((l: any) => l.kind) };
+          return { sync, progress, kinds: audit.egress.log.map((l: any) => l.kind) };
         },
         { catalog: CATALOG, history, serverUrl: secure.url },
       );
@@ -193,6 +194,36 @@ describe('privacy in Chromium', () => {
         assert.ok(!new URL(q.url()).search, `no query string on ${q.url()}`);
       }
       assert.ok(r.kinds.includes('cohort') && r.kinds.includes('update'));
+      // Progress came back from the worker, phase by phase, with the cohort filling.
+      const phases = r.progress.map((p: any) => p.phase).filter((p: string, i: number, all: string[]) => p !== all[i - 1]);
+      assert.deepEqual(phases, ['config', 'model', 'training', 'cohort', 'upload']);
+      assert.deepEqual(r.progress.filter((p: any) => p.phase === 'cohort').at(-1), { phase: 'cohort', joined: 2, size: 2 });
+      assert.deepEqual(r.progress.at(-1), { phase: 'upload', bytes: update.length });
+
+      // The page's AbortSignal reaches the worker: cancelled while its next cohort forms, the sync
+      // rejects with localrec's AbortError, nothing more than the join and polls left, no ε spent.
+      const sent = requests.length;
+      const cancelled = await page.evaluate(
+        async ({ catalog, history, serverUrl }) => {
+          const { createRecommender, AbortError } = (window as any).localrec;
+          const rec = await createRecommender({ catalog, backend: 'wasm', dbName: 'privacy-cancel', autoTrainEvery: 0, model: { dim: 16 }, federated: { serverUrl } });
+          await rec.setConsent({ personalization: true, federated: true });
+          for (const itemId of history) rec.track({ type: 'view', itemId });
+          const ctl = new AbortController();
+          let error: any;
+          await rec
+            .sync({ signal: ctl.signal, onProgress: (p: any) => p.phase === 'cohort' && ctl.abort() })
+            .catch((e: unknown) => (error = e));
+          const stats = await rec.stats();
+          await rec.erase();
+          return { name: error?.name, isClass: error instanceof AbortError, message: String(error?.message), epsilon: stats.privacy.epsilon };
+        },
+        { catalog: CATALOG, history, serverUrl: secure.url },
+      );
+      assert.deepEqual([cancelled.name, cancelled.isClass, cancelled.epsilon], ['AbortError', true, 0]);
+      assert.match(cancelled.message, /no update was sent and no ε was spent/);
+      const after = requests.slice(sent).filter((q) => q.url().includes('/v1/')).map((q) => `${q.method()} ${new URL(q.url()).pathname}`);
+      assert.ok(after.includes('POST /v1/secagg/join') && !after.includes('POST /v1/secagg/updates'), after.join(', '));
     } finally {
       await page.close();
       await secure.close();

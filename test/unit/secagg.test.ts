@@ -688,7 +688,7 @@ test('without uploadTimeoutMs the upload deadline is the fill deadline, capped a
     try {
       const config = ((await (await call('/v1/config')).json()) as { secureAggregation: { timeoutMs: number; uploadTimeoutMs: number; bits: number } }).secureAggregation;
       assert.deepEqual([config.timeoutMs, config.uploadTimeoutMs], [fillMs, uploadMs], `fill ${fillMs}`);
-      const js = [];
+      const js: Array<{ cohort: string; index: number; token: string }> = [];
       for (let i = 0; i < 3; i++) js.push((await (await call('/v1/secagg/join', (await secAggKeyPair()).publicKey)).json()) as { cohort: string; index: number; token: string });
       for (const m of js.slice(0, 2)) {
         const body = encodeMaskedUpdate({ cohortId: Uint8Array.from(Buffer.from(m.cohort, 'hex')), index: m.index, cohortSize: 3, bits: config.bits, baseVersion: 0, values: new Uint32Array(IDS.length * 5) });
