@@ -972,6 +972,10 @@ export class Engine {
   /** Writes what is queued, waits for training to finish, and releases the store and tensors. */
   async close(): Promise<void> {
     if (this.closed) return;
+    // A sync still waiting (for its cohort, or for the cohort's end) stops now; one past its upload
+    // keeps its ε, written before the store closes.
+    this.cancelSync();
+    await this.syncing?.catch(() => undefined);
     await this.flush().catch(() => undefined);
     await this.neighborsLoading;
     await this.training?.catch(() => undefined);
@@ -984,6 +988,9 @@ export class Engine {
   async erase(): Promise<void> {
     this.queue = [];
     this.eventCache = undefined;
+    // No sync may send anything, or write anything, once erasing has begun.
+    this.cancelSync();
+    await this.syncing?.catch(() => undefined);
     await this.training?.catch(() => undefined);
     // A neighbour fetch still in flight writes nothing once closed (saveNeighbors, appendEgress).
     this.closed = true;

@@ -165,3 +165,22 @@ describe('sync({ signal })', () => {
     await e.close();
   });
 });
+
+describe('close() and erase() during a sync', () => {
+  for (const how of ['close', 'erase'] as const) {
+    it(`${how}() while the sync waits for its cohort cancels it: AbortError, no update sent`, async () => {
+      const s = await server({ minSurvivors: 3 });
+      const rec = recording();
+      const e = await device(s, 6, rec.fetch);
+      const progress: SyncProgress[] = [];
+      const pending = e.sync({ onProgress: (p) => progress.push(p) });
+      await until(progress, (p) => p.phase === 'cohort');
+      await e[how]();
+      await assert.rejects(pending, isAbortError);
+      assert.ok(!rec.requests.some((r) => r.startsWith('POST /v1/secagg/updates')), rec.requests.join(', '));
+      const polls = rec.requests.length;
+      await new Promise((r) => setTimeout(r, 1_200));
+      assert.equal(rec.requests.length, polls, `no request after ${how}()`);
+    });
+  }
+});
