@@ -1,8 +1,9 @@
 // Quality against ε: runs the federated recipe of docs/FEDERATED.md ("Where it stands") through
 // `localrec simulate` once per privacy budget, each with the σ that spends exactly that budget in
 // the recipe's rounds (`--noise auto`), and prints one JSON line per run, beside two baselines from
-// the same data: the same model trained centrally without DP (and the recipe itself without noise)
-// and version 0 (the shop's popularity biases alone, what a device serves before any federation).
+// the same data: the same model trained centrally without DP, the recipe itself without noise, the
+// shop's popularity biases alone (what a shop serves without federated learning: factors all zero)
+// and version 0 (those biases with the random factors every device starts from).
 //
 //   node --import tsx bench/privacy-curve.ts [ml|retail] [--epsilons 1,2,4,8,16] [--runs 1]
 //   npm run bench:privacy -- retail --epsilons 2,8
@@ -13,6 +14,10 @@
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import { loadCsv } from '../src/eval/csv-loader.js';
+import { looSplit } from '../src/eval/loo-split.js';
+import { csvMappingFromFlags, PRESETS } from '../src/eval/presets.js';
+import { evaluateTable, initialTable } from '../src/federated/simulate.js';
 
 const RECIPES = {
   ml: {
@@ -73,6 +78,17 @@ function simulate(extra: string[]): Promise<Record<string, unknown>> {
   });
 }
 
+// Popularity alone: the recipe's frozen biases, 0.5·ln(1 + count), with every factor zero.
+const split = looSplit(
+  which === 'ml'
+    ? await loadCsv(recipe.data, csvMappingFromFlags('csv', { user: 'userId', item: 'movieId', time: 'timestamp', filter: [] }))
+    : await loadCsv(recipe.data, PRESETS.retail),
+);
+const popular = initialTable(split, 1, 1, 'popularity', 'data', 0.5);
+popular.factors.fill(0);
+const pop = await evaluateTable(popular, split);
+console.log(JSON.stringify({ data: which, model: 'popularity biases alone (no federated learning)', hr: pop.hr, ndcg: pop.ndcg }));
+
 const num = (r: Record<string, unknown>, k: string) => r[k] as number;
 const round = (x: number) => Math.round(x * 1e4) / 1e4;
 
@@ -80,7 +96,7 @@ const round = (x: number) => Math.round(x * 1e4) / 1e4;
 const ref = await simulate(['--noise', '0', '--budget', 'none', '--central']);
 const central = ref.central as { hr: number; ndcg: number };
 console.log(JSON.stringify({ data: which, model: 'central (no DP)', hr: central.hr, ndcg: central.ndcg }));
-console.log(JSON.stringify({ data: which, model: 'version 0 (popularity biases only)', hr: num(ref, 'initialHr'), ndcg: num(ref, 'initialNdcg') }));
+console.log(JSON.stringify({ data: which, model: 'version 0 (the biases and random factors devices start from)', hr: num(ref, 'initialHr'), ndcg: num(ref, 'initialNdcg') }));
 console.log(JSON.stringify({
   data: which, model: 'federated, σ = 0 (no DP)', epsilon: null, hr: num(ref, 'hr'), ndcg: num(ref, 'ndcg'),
   vsCentral: { hr: round(num(ref, 'hr') / central.hr), ndcg: round(num(ref, 'ndcg') / central.ndcg) }, wallMs: num(ref, 'wallMs'),

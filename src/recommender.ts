@@ -232,7 +232,13 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
       const cancel = () => void api.cancelSync().catch(() => undefined);
       signal?.addEventListener('abort', cancel, { once: true });
       try {
-        return await call(() => api.sync(onProgress ? Comlink.proxy(onProgress) : undefined));
+        // Checked again once tracked events have reached the worker: an abort while waiting for them
+        // would otherwise reach the worker before its sync began, and cancel nothing.
+        return await call(() =>
+          signal?.aborted
+            ? Promise.reject(new AbortError('sync cancelled before it started; no update was sent and no ε was spent'))
+            : api.sync(onProgress ? Comlink.proxy(onProgress) : undefined),
+        );
       } finally {
         signal?.removeEventListener('abort', cancel);
       }

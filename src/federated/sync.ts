@@ -162,14 +162,15 @@ async function request(
   let lastError: unknown;
   for (let i = 0; i < attempts; i++) {
     if (i > 0) await sleep((o.backoffMs ?? 500) * 2 ** (i - 1), signal);
-    if (signal?.aborted) throw new AbortError(`sync cancelled before ${method} ${endpoint}`);
+    // (The upload's request never gets the signal, so a cancel here is always before it.)
+    if (signal?.aborted) throw new AbortError(`sync cancelled before ${method} ${endpoint}; no update was sent and no ε was spent`);
     let res: Response;
     try {
       res = await f(o.serverUrl.replace(/\/$/, '') + endpoint, { method, body, headers, ...(signal ? { signal } : {}) });
     } catch (e) {
       // Offline or refused: logged with status 0 (the body may or may not have left the device).
       o.onEgress?.({ t: now(), method, endpoint, kind, bytes: body?.length ?? 0, bodySha256, status: 0 });
-      if (signal?.aborted) throw new AbortError(`sync cancelled during ${method} ${endpoint}`);
+      if (signal?.aborted) throw new AbortError(`sync cancelled during ${method} ${endpoint}; no update was sent and no ε was spent`);
       lastError = new NetworkError(`${method} ${endpoint} failed: ${(e as Error).message}`, 0);
       continue;
     }
@@ -366,7 +367,7 @@ async function sendMasked(
     // Only this member's and its mask neighbours' keys: degree + 1 keys, whatever the cohort size.
     const res = await request(o, 'cohort', 'GET', `/v1/secagg/cohorts/${encodeURIComponent(joined.cohort)}/members/${joined.index}`);
     view = (await res.json()) as CohortView;
-    o.onProgress?.({ phase: 'cohort', joined: view.status === 'forming' ? (view.joined ?? 0) : K, size: K });
+    if (view.status === 'forming' || view.status === 'ready') o.onProgress?.({ phase: 'cohort', joined: view.status === 'ready' ? K : (view.joined ?? 0), size: K });
     if (view.status === 'ready') break;
     if (view.status !== 'forming') throw new NetworkError(`cohort ${joined.cohort} is ${view.status}${view.reason ? `: ${view.reason}` : ''}; nothing was sent`, 0);
     if (now() - t0 > waitMs) throw new NetworkError(`cohort ${joined.cohort} did not fill (${K} members) within ${waitMs} ms; nothing was sent`, 0);
@@ -446,6 +447,6 @@ async function stayForRecovery(
       if (o.signal?.aborted) return { outcome: 'left', recoveryShareSent: sent, note: `cancelled while the cohort was ${view.status}` };
     }
   } catch (e) {
-    return { outcome: 'left', recoveryShareSent: sent, note: (e as Error).message };
+    return { outcome: 'left', recoveryShareSent: sent, note: o.signal?.aborted ? 'cancelled while waiting for the cohort to end' : (e as Error).message };
   }
 }
