@@ -5,7 +5,7 @@
 // shop's popularity biases alone (what a shop serves without federated learning: factors all zero)
 // and version 0 (those biases with the random factors every device starts from).
 //
-//   node --import tsx bench/privacy-curve.ts [ml|retail] [--epsilons 1,2,4,8,16] [--runs 1]
+//   node --import tsx bench/privacy-curve.ts [ml|retail] [--epsilons 1,2,4,8,16] [--runs 1] [--denoise none|directions]
 //   npm run bench:privacy -- retail --epsilons 2,8
 //
 // MovieLens (ml, the default): ~25 s per run on 2 cores, ~4 minutes for the defaults. Online-retail:
@@ -37,7 +37,7 @@ const COMMON = ['--aggregator', 'subspace', '--secure-aggregation', '--clip', '1
 
 const { values, positionals } = parseArgs({
   allowPositionals: true,
-  options: { epsilons: { type: 'string', default: '1,2,4,8,16' }, runs: { type: 'string', default: '1' } },
+  options: { epsilons: { type: 'string', default: '1,2,4,8,16' }, runs: { type: 'string', default: '1' }, denoise: { type: 'string', default: 'none' } },
 });
 const which = positionals[0] ?? 'ml';
 if (which !== 'ml' && which !== 'retail') throw new Error(`data set must be ml or retail, got '${which}'`);
@@ -46,6 +46,8 @@ const epsilons = values.epsilons.split(',').map((s) => {
   if (!(e > 0) || !Number.isFinite(e)) throw new Error(`--epsilons: each must be a positive number, got '${s}'`);
   return e;
 });
+const denoise = values.denoise;
+if (denoise !== 'none' && denoise !== 'directions') throw new Error(`--denoise must be none or directions, got '${denoise}'`);
 const runs = Number(values.runs);
 if (!Number.isInteger(runs) || runs < 1) throw new Error(`--runs must be a positive integer, got '${values.runs}'`);
 
@@ -103,9 +105,9 @@ console.log(JSON.stringify({
 }));
 for (const epsilon of epsilons) {
   for (let run = 1; run <= runs; run++) {
-    const r = await simulate(['--noise', 'auto', '--budget', String(epsilon)]);
+    const r = await simulate(['--noise', 'auto', '--budget', String(epsilon), '--denoise', denoise]);
     console.log(JSON.stringify({
-      data: which, model: 'federated', epsilon, run, sigma: num(r, 'noiseMultiplier'), rounds: num(r, 'rounds'), epsilonSpent: num(r, 'epsilonMax'),
+      data: which, model: 'federated', denoise, epsilon, run, sigma: num(r, 'noiseMultiplier'), rounds: num(r, 'rounds'), epsilonSpent: num(r, 'epsilonMax'),
       hr: num(r, 'hr'), ndcg: num(r, 'ndcg'), vsCentral: { hr: round(num(r, 'hr') / central.hr), ndcg: round(num(r, 'ndcg') / central.ndcg) },
       bytesPerClientPerRound: num(r, 'bytesPerClientPerRound'), wallMs: num(r, 'wallMs'),
     }));

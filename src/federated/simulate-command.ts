@@ -106,7 +106,7 @@ export function register(program: Command, io: SimulateIo = PROCESS_IO): void {
     .option('--robust <name>', 'server: combine a round per coordinate by mean|trimmed-mean|median (default mean)')
     .option('--trim <fraction>', 'server: trimmed-mean share dropped from each end, in [0, 0.5) (default 0.1)')
     .option('--server-lr <lr>', 'server, --aggregator fedavg: the step along the combined delta (default 1)')
-    .option('--denoise <how>', "server: 'rows' shrinks each item row of a round's delta for the known noise (James–Stein; post-processing), or 'none'", 'none')
+    .option('--denoise <how>', "server: 'rows' shrinks each item row of a round's delta for the known noise (James–Stein; post-processing); 'directions' (subspace) weights each published direction by how far it stands above the noise; or 'none'", 'none')
     .option('--train-rows <n>', 'server: federated training updates only the n most popular items (the rest keep their initial values); uploads shrink with it (default all)')
     .option('--freeze-biases', "server: keep the initial popularity biases (the shop's own sales counts) and federate the factors only")
     .option('--secure-aggregation', 'server and devices: cohorts of --min-clients with masked uploads and distributed noise (each device adds σC/√K)')
@@ -163,7 +163,7 @@ export async function runSimulate(opts: SimulateCommandOptions, io: SimulateIo):
     throw new ValidationError('--aggregator', `must be ${AGGREGATOR_NAMES.slice(0, -1).join(', ')} or ${AGGREGATOR_NAMES.at(-1)}, got '${aggregator}'`);
   }
   const subspaceScale = opts.subspaceScale === undefined ? undefined : num('--subspace-scale', opts.subspaceScale, (x) => Number.isFinite(x) && x > 0, 'a number > 0');
-  checkSubspaceFlags(aggregator, !!opts.freezeBiases, subspaceScale);
+  checkSubspaceFlags(aggregator, !!opts.freezeBiases, subspaceScale, opts.denoise);
   const robust = opts.robust ?? 'mean';
   if (robust !== 'mean' && robust !== 'trimmed-mean' && robust !== 'median') throw new ValidationError('--robust', `must be mean, trimmed-mean or median, got '${robust}'`);
   const trimFraction = opts.trim === undefined ? undefined : num('--trim', opts.trim, (x) => x >= 0 && x < 0.5, 'in [0, 0.5)');
@@ -184,7 +184,7 @@ export async function runSimulate(opts: SimulateCommandOptions, io: SimulateIo):
     if (given) throw new ValidationError(given[0], 'is a secure-aggregation option: it needs --secure-aggregation');
   }
   const denoise = opts.denoise ?? 'none';
-  if (denoise !== 'none' && denoise !== 'rows') throw new ValidationError('--denoise', `must be none or rows, got '${denoise}'`);
+  if (denoise !== 'none' && denoise !== 'rows' && denoise !== 'directions') throw new ValidationError('--denoise', `must be none, rows or directions, got '${denoise}'`);
   const trainRows = opts.trainRows === undefined ? undefined : posInt('--train-rows', opts.trainRows);
   const backend = opts.backend;
   if (backend !== 'wasm' && backend !== 'cpu') throw new ValidationError('--backend', `must be wasm or cpu, got '${backend}'`);

@@ -43,7 +43,7 @@ export interface SimulateOptions {
   trimFraction?: number;
   serverLearningRate?: number;
   /** Server: shrink each item row of a round's delta for the known noise (see `createServer`). */
-  denoise?: 'none' | 'rows';
+  denoise?: 'none' | 'rows' | 'directions';
   /**
    * Server: federated training updates only the `trainRows` most popular items (by training count;
    * the initial table is ordered that way when this is set). Default all.

@@ -89,7 +89,7 @@ export interface ServerOptions {
    * James–Stein factor for the known noise variance before the step (post-processing: no privacy
    * cost; rows that hold only noise are dropped). Default `none`.
    */
-  denoise?: 'none' | 'rows';
+  denoise?: 'none' | 'rows' | 'directions';
   fedAdam?: Partial<FedAdamOptions>;
   /**
    * Federated training updates only the first `trainRows` rows of the table (default all of them);
@@ -332,7 +332,8 @@ export async function createServer(options: ServerOptions = {}): Promise<ServerP
       ...(aggregator === 'subspace' ? { subspaceScale } : {}),
       denoise: (() => {
         const d = options.denoise ?? 'none';
-        if (d !== 'none' && d !== 'rows') throw new ValidationError('options.denoise', `must be 'none' or 'rows', got '${String(d)}'`);
+        if (d !== 'none' && d !== 'rows' && d !== 'directions') throw new ValidationError('options.denoise', `must be 'none', 'rows' or 'directions', got '${String(d)}'`);
+        if (d === 'directions' && aggregator !== 'subspace') throw new ValidationError('options.denoise', `'directions' needs the subspace aggregator, got '${aggregator}'`);
         return d;
       })(),
       fedAdam: { ...DEFAULT_FEDADAM, ...options.fedAdam },

@@ -12,7 +12,7 @@ import { checkUpdate, reject, type Rejection, type UpdatePolicy } from './valida
 import { decodeMaskedHeader, decodeMaskedUpdate, importPublicKey, unmaskRecovered, unmaskSum, type SecAggParams } from '../federated/secagg.js';
 import { cohortView, defaultUploadTimeoutMs, MemoryCohortStore, shareBytes, type CohortInfo, type CohortStore, type CohortView } from './cohorts.js';
 import { expandDelta, trainedLength, type TrainedPart } from '../federated/client-update.js';
-import { DEFAULT_SUBSPACE_SCALE, subspaceTable } from '../federated/subspace.js';
+import { DEFAULT_SUBSPACE_SCALE, MIN_DIRECTION_WEIGHT, subspaceTable } from '../federated/subspace.js';
 
 export interface RoundConfig extends UpdatePolicy {
   /** The part of the table federated training updates (server options `trainRows`, `trainBiases`). */
@@ -39,7 +39,7 @@ export interface RoundConfig extends UpdatePolicy {
    * positive-part James–Stein factor for the known DP noise variance ({@link shrinkRows});
    * post-processing, so free in privacy terms. Default `none`.
    */
-  denoise?: 'none' | 'rows';
+  denoise?: 'none' | 'rows' | 'directions';
   fedAdam: FedAdamOptions;
   /**
    * Secure aggregation (src/federated/secagg.ts): devices upload masked updates in cohorts of
@@ -547,15 +547,14 @@ export class RoundCoordinator {
   private async publishMean(combined: Float64Array, consumed: readonly { id: number }[], how: string): Promise<void> {
     // Over the whole table; zero outside the trained part (and on the biases when they are frozen).
     const mean = expandDelta(combined, this.config.trained, this.config.itemCount, this.config.dim);
-    if (this.config.denoise === 'rows' && this.config.noiseMultiplier > 0) {
-      // Variance per coordinate of the noise in the combined delta: the cohort's sum carries
-      // N(0, (σC)²), its mean (σC/K)²; K plain updates each carry (σC)², their mean (σC)²/K.
-      const m = consumed.length;
-      const sd = this.config.noiseMultiplier * this.config.clip;
-      // Under secure aggregation each of the m members added a share (σC)²/t (t = minSurvivors).
-      const sa = this.config.secureAggregation;
-      const v = sa ? sd ** 2 / ((sa.minSurvivors ?? sa.cohortSize) * m) : sd ** 2 / m;
-      const kept = shrinkRows(mean, this.config.itemCount, this.config.dim, v, this.config.trained);
+    // Variance per coordinate of the noise in the combined delta: the cohort's sum carries
+    // N(0, (σC)²), its mean (σC/K)²; K plain updates each carry (σC)², their mean (σC)²/K.
+    // Under secure aggregation each of the m members added a share (σC)²/t (t = minSurvivors).
+    const sd = this.config.noiseMultiplier * this.config.clip;
+    const sa = this.config.secureAggregation;
+    const noiseVar = sa ? sd ** 2 / ((sa.minSurvivors ?? sa.cohortSize) * consumed.length) : sd ** 2 / consumed.length;
+    if (this.config.denoise === 'rows' && noiseVar > 0) {
+      const kept = shrinkRows(mean, this.config.itemCount, this.config.dim, noiseVar, this.config.trained);
       how += `, shrinkage left ${kept} of ${this.config.trained.rows} trained rows non-zero`;
     }
     let next: ItemTable;
@@ -565,7 +564,13 @@ export class RoundCoordinator {
       // against the biases and orthonormalized. Its scale (the mean over the cohort) does not matter.
       const t = this.config.trained;
       const base = this.cur.table;
-      next = { ...subspaceTable(base, mean.subarray(0, t.rows * base.dim), t, this.config.subspaceScale ?? DEFAULT_SUBSPACE_SCALE, base.version + 1), version: base.version + 1 };
+      const shrink = this.config.denoise === 'directions' && noiseVar > 0 ? noiseVar : undefined;
+      const { directionWeights, ...table } = subspaceTable(base, mean.subarray(0, t.rows * base.dim), t, this.config.subspaceScale ?? DEFAULT_SUBSPACE_SCALE, base.version + 1, shrink);
+      next = { ...table, version: base.version + 1 };
+      if (directionWeights) {
+        const w = Array.from(directionWeights, (x) => x.toFixed(2));
+        how += `, direction weights ${w.join(' ')} (${directionWeights.filter((x) => x > MIN_DIRECTION_WEIGHT).length} of ${w.length} above the noise)`;
+      }
     } else if (this.config.aggregator === 'fedadam') {
       const r = applyFedAdam(this.cur.table, mean, this.cur.optimizer, this.config.fedAdam ?? DEFAULT_FEDADAM);
       next = r.table;

@@ -66,7 +66,7 @@ export function register(program: Command): void {
     .option('--subspace-scale <c>', '--aggregator subspace: scale of the published factors, personalization against the biases (default 32)', num('subspace-scale'))
     .option('--robust <name>', 'combine a round per coordinate by: mean, trimmed-mean or median', 'mean')
     .option('--trim <fraction>', 'trimmed-mean: share of values dropped from each end of every coordinate, in [0, 0.5)', num('trim'), 0.1)
-    .option('--denoise <how>', "'rows': shrink each item row of a round's delta for the known noise before the step (James–Stein; no privacy cost), or 'none'", 'none')
+    .option('--denoise <how>', "'rows': shrink each item row of a round's delta for the known noise before the step (James–Stein; no privacy cost); 'directions' (--aggregator subspace): weight each published direction by how far it stands above the noise, so that at a small ε the biases rank instead of noise; or 'none'", 'none')
     .option('--train-rows <n>', "federated training updates only the catalog's first n items (list the most popular first; the rest keep their initial values); uploads shrink with it (default all)", num('train-rows', true))
     .option('--bias-scale <a>', "a new data dir's initial biases: a·ln(1 + popularity) instead of ln(1 + popularity) / max; with --freeze-biases, about 0.5 is the scale a trained model gives them (docs/FEDERATED.md)", num('bias-scale', false))
     .option('--freeze-biases', "keep the initial biases (the catalog's popularity, which the shop knows from its own sales) and federate the factors only")
@@ -111,7 +111,7 @@ export function register(program: Command): void {
         offers = await verifyOfferCatalog(await read(o.offers, '--offers'), (await read(o.offersKey, '--offers-key')) as JsonWebKey);
       }
       const { checkSubspaceFlags } = await import('../federated/subspace.js');
-      checkSubspaceFlags(String(o.aggregator), !!o.freezeBiases, o.subspaceScale as number | undefined);
+      checkSubspaceFlags(String(o.aggregator), !!o.freezeBiases, o.subspaceScale as number | undefined, String(o.denoise));
       if (!o.secureAggregation) {
         const flags: Array<[string, unknown]> = [['--secagg-bits', o.secaggBits], ['--secagg-range', o.secaggRange], ['--secagg-degree', o.secaggDegree], ['--secagg-survivors', o.secaggSurvivors], ['--upload-timeout', o.uploadTimeout]];
         const given = flags.find(([, v]) => v !== undefined);

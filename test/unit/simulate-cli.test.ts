@@ -124,6 +124,7 @@ describe('localrec simulate (command)', () => {
     assert.equal((await run({ rounds: '1' })).lines.at(-1)!.subspaceScale, null);
     await assert.rejects(run({ aggregator: 'subspace' }), (e: unknown) => isValidationError(e) && /--aggregator: subspace needs --freeze-biases/.test((e as Error).message));
     await assert.rejects(run({ subspaceScale: '3' }), (e: unknown) => isValidationError(e) && /--subspace-scale: needs --aggregator subspace/.test((e as Error).message));
+    await assert.rejects(run({ denoise: 'directions' }), (e: unknown) => isValidationError(e) && /--denoise: directions needs --aggregator subspace \(got fedavg\)/.test((e as Error).message));
     await assert.rejects(run({ aggregator: 'subspace', freezeBiases: true, subspaceScale: '-1' }), (e: unknown) => isValidationError(e) && /--subspace-scale: must be a number > 0/.test((e as Error).message));
     await assert.rejects(run({ aggregator: 'subspace', freezeBiases: true, serverLr: '2' }), (e: unknown) => isValidationError(e) && /--server-lr: applies to --aggregator fedavg only \(got subspace\)/.test((e as Error).message));
     await assert.rejects(run({ aggregator: 'fedadam', serverLr: '2' }), (e: unknown) => isValidationError(e) && /--server-lr: applies to --aggregator fedavg only \(got fedadam\)/.test((e as Error).message));

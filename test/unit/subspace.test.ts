@@ -9,7 +9,7 @@ import { PopularModel } from '../../src/eval/popular-model.js';
 import { evaluateModel } from '../../src/eval/runner.js';
 import { RdpAccountant } from '../../src/federated/dp.js';
 import { simulate } from '../../src/federated/simulate.js';
-import { biasDirection, orthonormalColumns, subspaceTable, subspaceUpdate } from '../../src/federated/subspace.js';
+import { biasDirection, MIN_DIRECTION_WEIGHT, orthonormalColumns, shrinkDirections, subspaceTable, subspaceUpdate, symmetricEigen } from '../../src/federated/subspace.js';
 import { syncOnce } from '../../src/federated/sync.js';
 import { createItemTable } from '../../src/model/item-table.js';
 import { Random } from '../../src/model/random.js';
@@ -89,7 +89,7 @@ describe('subspace: the device update', () => {
   const table = createItemTable(ids, 3, { seed: 4 });
   const part = { rows: 6, biases: false };
 
-  it('is C · a(aᵀF) / ‖a(aᵀF)‖ over the trained rows, of norm exactly C', () => {
+  it('is C · a(aᵀQ) / ‖a(aᵀQ)‖ over the trained rows (Q: F with unit columns there), of norm exactly C', () => {
     const history = [
       { row: 1, weight: 1 },
       { row: 4, weight: 2 },
@@ -104,7 +104,8 @@ describe('subspace: the device update', () => {
       [1, 1.5],
       [4, 2],
     ]);
-    const p = [0, 1, 2].map((k) => 1.5 * table.factors[1 * 3 + k]! + 2 * table.factors[4 * 3 + k]!);
+    const col = [0, 1, 2].map((k) => Math.hypot(...Array.from({ length: part.rows }, (_, r) => table.factors[r * 3 + k]!)));
+    const p = [0, 1, 2].map((k) => (1.5 * table.factors[1 * 3 + k]! + 2 * table.factors[4 * 3 + k]!) / col[k]!);
     const scale = 2.5 / (Math.hypot(1.5, 2) * Math.hypot(...p));
     for (let r = 0; r < part.rows; r++) {
       for (let k = 0; k < 3; k++) {
@@ -112,6 +113,19 @@ describe('subspace: the device update', () => {
         assert.ok(Math.abs(u[r * 3 + k]! - want) < 1e-12, `u[${r}, ${k}] = ${u[r * 3 + k]}, want ${want}`);
       }
     }
+  });
+
+  it("does not depend on the scale of each published column (denoise: 'directions' weights are for scoring only)", () => {
+    const history = [
+      { row: 0, weight: 1 },
+      { row: 3, weight: 4 },
+      { row: 5, weight: 2 },
+    ];
+    const w = [1, 0.2, 0.01];
+    const weighted = { ...table, factors: table.factors.map((x, i) => x * w[i % 3]!) };
+    const u1 = subspaceUpdate(table, part, history, 1)!;
+    const u2 = subspaceUpdate(weighted, part, history, 1)!;
+    u1.forEach((v, i) => assert.ok(Math.abs(v - u2[i]!) < 1e-6, `coordinate ${i}: ${v} vs ${u2[i]}`));
   });
 
   it('does not depend on the scale of the published factors or of the weights', () => {
@@ -153,6 +167,92 @@ describe('subspace: the published table', () => {
   it('refuses trained biases and a scale that is not a positive number', () => {
     assert.throws(() => subspaceTable(base, randomBlock(12, 4, 9), { rows: 12, biases: true }, 8), /trainBiases: must be false with the subspace aggregator/);
     assert.throws(() => subspaceTable(base, randomBlock(12, 4, 9), part, 0), /subspaceScale: must be a finite number > 0, got 0/);
+  });
+});
+
+describe("subspace: denoise 'directions'", () => {
+  it('symmetricEigen: A·v = λ·v, orthonormal vectors, values descending', () => {
+    const two = symmetricEigen([2, 1, 1, 2], 2);
+    assert.deepEqual(Array.from(two.values, (x) => +x.toFixed(12)), [3, 1]);
+    assert.ok(Math.abs(Math.abs(two.vectors[0]!) - Math.SQRT1_2) < 1e-12 && Math.abs(two.vectors[0]! - two.vectors[2]!) < 1e-12, 'first vector ∝ (1, 1)');
+    const n = 9;
+    const B = randomBlock(n, n, 5);
+    const A = Float64Array.from({ length: n * n }, (_, i) => B[i]! + B[(i % n) * n + Math.floor(i / n)]!);
+    const { values, vectors } = symmetricEigen(A, n);
+    for (let k = 0; k < n; k++) {
+      if (k > 0) assert.ok(values[k]! <= values[k - 1]!, 'descending');
+      for (let i = 0; i < n; i++) {
+        let av = 0;
+        for (let j = 0; j < n; j++) av += A[i * n + j]! * vectors[j * n + k]!;
+        assert.ok(Math.abs(av - values[k]! * vectors[i * n + k]!) < 1e-9, `(A v${k})[${i}]`);
+      }
+    }
+    assertIdentity(gram(vectors, n, n), 1e-10, 'VᵀV');
+  });
+
+  it('shrinkDirections: pure noise keeps only the floor; a strong direction keeps most of its weight and its direction', () => {
+    const rows = 400;
+    const dim = 4;
+    const noise = randomBlock(rows, dim, 11); // variance 1 per value
+    const flat = shrinkDirections(noise, rows, dim, 1);
+    assert.ok(flat.weights.every((w) => w < 0.3), `weights of pure noise: ${Array.from(flat.weights)}`);
+    assert.ok(flat.weights.filter((w) => w === MIN_DIRECTION_WEIGHT).length >= 3, `most at the floor: ${Array.from(flat.weights)}`);
+    // Plus a rank-one signal u·vᵀ of norm 200 (the noise's whole norm is about 40).
+    const u = randomBlock(rows, 1, 12);
+    const nu = norm(u);
+    const v = [0.5, -0.5, 0.5, 0.5];
+    const Y = Float64Array.from(noise, (x, i) => x + (200 * u[Math.floor(i / dim)]! * v[i % dim]!) / nu);
+    const { directions, weights } = shrinkDirections(Y, rows, dim, 1);
+    assert.ok(weights[0]! > 0.9, `the signal's weight ${weights[0]}`);
+    assert.ok(Array.from(weights).slice(1).every((w) => w < 0.3), `the rest: ${Array.from(weights)}`);
+    let dot = 0;
+    let dd = 0;
+    for (let i = 0; i < rows; i++) {
+      dot += (directions[i * dim]! * u[i]!) / nu;
+      dd += directions[i * dim]! ** 2;
+    }
+    assert.ok(Math.abs(dot) / Math.sqrt(dd) > 0.99, `first direction · u = ${Math.abs(dot) / Math.sqrt(dd)}`);
+  });
+
+  it('subspaceTable with the noise variance: columns orthogonal, of norm scale·w, w the weights it returns', () => {
+    const ids = Array.from({ length: 50 }, (_, i) => `i${i}`);
+    const base = createItemTable(ids, 3, { seed: 2, popularity: ids.map((_, i) => 50 - i), popularityScale: 0.5 });
+    const part = { rows: 40, biases: false };
+    const u = randomBlock(40, 1, 3);
+    const Y = Float64Array.from(randomBlock(40, 3, 4), (x, i) => 0.05 * x + (i % 3 === 0 ? u[Math.floor(i / 3)]! : 0));
+    const t = subspaceTable(base, Y, part, 8, 1, 0.05 ** 2);
+    const w = t.directionWeights!;
+    assert.equal(w.length, 3);
+    assert.ok(w[0]! > 0.9 && w[1]! < 0.5 && w[2]! < 0.5, `weights ${Array.from(w)}`);
+    const G = gram(t.factors.subarray(0, 120), 40, 3, 8);
+    G.forEach((row, j) => row.forEach((g, k) => assert.ok(Math.abs(g - (j === k ? w[j]! ** 2 : 0)) < 1e-5, `FᵀF/64 (${j}, ${k}) = ${g}`)));
+    assert.equal(subspaceTable(base, Y, part, 8).directionWeights, undefined, 'without a noise variance: no weights');
+  });
+
+  it('a server with huge noise publishes factors at the floor weight: it ranks (almost) by its biases; the next devices still step on every direction', async () => {
+    const ids = Array.from({ length: 30 }, (_, i) => `i${i}`);
+    const initialTable = createItemTable(ids, 4, { seed: 3, popularity: ids.map((_, i) => 30 - i), popularityScale: 0.5 });
+    await assert.rejects(createServer({ dataDir: null, initialTable, denoise: 'directions' }), /options\.denoise: 'directions' needs the subspace aggregator, got 'fedavg'/);
+    const logs: string[] = [];
+    const { app, storage } = await createServer({ dataDir: null, initialTable, aggregator: 'subspace', subspaceScale: 6, trainBiases: false, trainRows: 20, minClients: 2, noiseMultiplier: 200, rateLimit: false, denoise: 'directions', log: (l) => logs.push(l) });
+    try {
+      const fetchApp = (url: string, init?: { method?: string; body?: Uint8Array; headers?: Record<string, string> }) => Promise.resolve(app.fetch(new Request(url, init as RequestInit)));
+      const sync = (s: number, items: string[]) =>
+        syncOnce({ serverUrl: 'http://127.0.0.1', fetch: fetchApp, accountant: new RdpAccountant(), budget: Infinity, history: [{ itemIds: items, weights: items.map(() => 1) }], attempts: 1, train: { seed: s } });
+      await sync(1, ['i0', 'i1', 'i2']);
+      await sync(2, ['i3', 'i1', 'i5']);
+      const { decodeModel } = await import('../../src/federated/wire.js');
+      const v1 = decodeModel(new Uint8Array(await (await app.request('/v1/model')).arrayBuffer())).table;
+      assert.equal(v1.version, 1);
+      const G = gram(v1.factors.subarray(0, 80), 20, 4, 6);
+      G.forEach((row, j) => row.forEach((g, k) => assert.ok(Math.abs(g - (j === k ? MIN_DIRECTION_WEIGHT ** 2 : 0)) < 1e-7, `FᵀF/36 (${j}, ${k}) = ${g}`)));
+      assert.ok(logs.some((l) => /direction weights 0\.01 0\.01 0\.01 0\.01 \(0 of 4 above the noise\)/.test(l)), logs.join('\n'));
+      // A device's next step is as long as ever (norm C): the directions are still there to step on.
+      const next = subspaceUpdate(v1, { rows: 20, biases: false }, [{ row: 0, weight: 1 }, { row: 4, weight: 1 }], 1)!;
+      assert.ok(Math.abs(norm(next) - 1) < 1e-9, `‖step‖ = ${norm(next)}`);
+    } finally {
+      await storage.close();
+    }
   });
 });
 
