@@ -257,7 +257,8 @@ export async function runSimulate(opts: SimulateCommandOptions, io: SimulateIo):
     },
     onProgress: (stage, f) => progress.update(stage, f),
     log: (m) => {
-      if (!m.startsWith('server: published')) progress.log(m);
+      // Published versions are in the JSON lines; with --denoise directions their weights are worth a look.
+      if (!m.startsWith('server: published') || m.includes('direction weights')) progress.log(m);
     },
   });
   progress.done();

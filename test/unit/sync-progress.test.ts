@@ -62,6 +62,18 @@ async function until(progress: SyncProgress[], pred: (p: SyncProgress) => boolea
   assert.ok(progress.some(pred), `no such progress report in ${JSON.stringify(progress)}`);
 }
 
+/** A device on a secure-aggregation server (cohorts of 3), its sync started and waiting for its cohort to fill. */
+async function waitingInCohort(minSurvivors: number, seed: number) {
+  const s = await server({ minSurvivors });
+  const rec = recording();
+  const e = await device(s, seed, rec.fetch);
+  const progress: SyncProgress[] = [];
+  const ctl = new AbortController();
+  const sync = e.sync({ onProgress: (p) => progress.push(p), signal: ctl.signal });
+  await until(progress, (p) => p.phase === 'cohort');
+  return { s, rec, e, progress, ctl, sync };
+}
+
 describe('sync({ onProgress })', () => {
   it('reports config, model, training and upload, in that order, on a plain server', async () => {
     const s = await server(false);
@@ -119,14 +131,8 @@ describe('sync({ signal })', () => {
   });
 
   it('cancelled while its cohort forms: AbortError for every caller, no update sent, no ε spent, the egress log says so', async () => {
-    const s = await server({ minSurvivors: 3 });
-    const rec = recording();
-    const e = await device(s, 4, rec.fetch);
-    const progress: SyncProgress[] = [];
-    const ctl = new AbortController();
-    const mine = e.sync({ onProgress: (p) => progress.push(p), signal: ctl.signal });
+    const { rec, e, progress, ctl, sync: mine } = await waitingInCohort(3, 4);
     const other = e.sync(); // a second caller shares the same sync
-    await until(progress, (p) => p.phase === 'cohort');
     ctl.abort();
     for (const p of [mine, other]) {
       await assert.rejects(p, (err: unknown) => isAbortError(err) && /while cohort [0-9a-f]+ was forming/.test((err as Error).message) && /no update was sent and no ε was spent/.test((err as Error).message));
@@ -145,13 +151,7 @@ describe('sync({ signal })', () => {
   });
 
   it('cancelled after its upload: resolves with the ε spent and cohortOutcome left', async () => {
-    const s = await server({ minSurvivors: 2 });
-    const rec = recording();
-    const e = await device(s, 5, rec.fetch);
-    const progress: SyncProgress[] = [];
-    const ctl = new AbortController();
-    const mine = e.sync({ onProgress: (p) => progress.push(p), signal: ctl.signal });
-    await until(progress, (p) => p.phase === 'cohort');
+    const { s, rec, e, progress, ctl, sync: mine } = await waitingInCohort(2, 5);
     // Two more members fill the cohort but never upload: the device uploads and then waits.
     for (let i = 0; i < 2; i++) await fetch(`${s.url}/v1/secagg/join`, { method: 'POST', body: (await secAggKeyPair()).publicKey as Uint8Array<ArrayBuffer> });
     await until(progress, (p) => p.phase === 'recovery');
@@ -169,12 +169,7 @@ describe('sync({ signal })', () => {
 describe('close() and erase() during a sync', () => {
   for (const how of ['close', 'erase'] as const) {
     it(`${how}() while the sync waits for its cohort cancels it: AbortError, no update sent`, async () => {
-      const s = await server({ minSurvivors: 3 });
-      const rec = recording();
-      const e = await device(s, 6, rec.fetch);
-      const progress: SyncProgress[] = [];
-      const pending = e.sync({ onProgress: (p) => progress.push(p) });
-      await until(progress, (p) => p.phase === 'cohort');
+      const { rec, e, sync: pending } = await waitingInCohort(3, 6);
       await e[how]();
       await assert.rejects(pending, isAbortError);
       assert.ok(!rec.requests.some((r) => r.startsWith('POST /v1/secagg/updates')), rec.requests.join(', '));
