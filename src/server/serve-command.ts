@@ -166,7 +166,7 @@ export function register(program: Command): void {
       const sa = cfg.secureAggregation;
       const uploads = sa ? `secure aggregation: cohorts of ${sa.cohortSize}, ${sa.bits}-bit masked updates, step ${sa.step.toPrecision(3)}, ${sa.degree} mask neighbours${(sa.minSurvivors ?? sa.cohortSize) < sa.cohortSize ? `, recovered from ${sa.minSurvivors} survivors` : ''}` : `${cfg.bits}-bit updates, min ${cfg.minClients} clients`;
       process.stdout.write(
-        `localrec serve listening on ${server.url} (version ${server.rounds.version}, ${cfg.itemCount} items × ${cfg.dim}, ${uploads}, ${cfg.aggregator}${cfg.robust === 'mean' ? '' : ` on the ${cfg.robust}${cfg.robust === 'trimmed-mean' ? ` (β ${cfg.trimFraction})` : ''}`})\n`,
+        `localrec serve listening on ${server.url} (version ${server.rounds.version}, ${cfg.itemCount} items × ${cfg.dim}, ${uploads}, ${cfg.aggregator}${cfg.robust === 'mean' ? '' : ` on the ${cfg.robust}${cfg.robust === 'trimmed-mean' ? ` (β ${cfg.trimFraction})` : ''}`}${cfg.denoise && cfg.denoise !== 'none' ? `, denoise ${cfg.denoise}` : ''})\n`,
       );
       const storage = server.rounds.storage;
       process.stdout.write(

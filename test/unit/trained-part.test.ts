@@ -235,16 +235,17 @@ test('localrec serve --train-rows 10 --freeze-biases: /v1/config reports the par
   }
 });
 
-test('localrec serve --aggregator subspace --subspace-scale 5: /v1/config says so, version 0 is scaled orthonormal factors; it needs --freeze-biases', async () => {
+test('localrec serve --aggregator subspace --subspace-scale 5 --denoise directions: /v1/config and the start-up line say so, version 0 is scaled orthonormal factors; it needs --freeze-biases', async () => {
   const dir = mkdtempSync(join(tmpdir(), 'localrec-subspace-'));
   try {
     const catalog = join(dir, 'catalog.json');
     writeFileSync(catalog, JSON.stringify({ items: IDS.map((id, i) => ({ id, popularity: IDS.length - i })) }));
     const flags = ['--dim', String(DIM), '--rate-limit', '0', '--train-rows', String(ROWS), '--aggregator', 'subspace'];
-    const c = await spawnServe(join(dir, 'data'), catalog, [...flags, '--freeze-biases', '--subspace-scale', '5', '--bias-scale', '0.5']);
+    const c = await spawnServe(join(dir, 'data'), catalog, [...flags, '--freeze-biases', '--subspace-scale', '5', '--bias-scale', '0.5', '--denoise', 'directions']);
     try {
       const config = (await (await fetch(`${c.url}/v1/config`)).json()) as Record<string, unknown>;
       assert.deepEqual([config.aggregator, config.subspaceScale, config.trainBiases], ['subspace', 5, false]);
+      assert.match(c.out, /, subspace, denoise directions\)/);
       const served = decodeModel(new Uint8Array(await (await fetch(`${c.url}/v1/model`)).arrayBuffer())).table;
       for (let j = 0; j < DIM; j++) {
         let ss = 0;
@@ -257,6 +258,7 @@ test('localrec serve --aggregator subspace --subspace-scale 5: /v1/config says s
       await c.exited;
     }
     await assert.rejects(spawnServe(join(dir, 'other'), catalog, flags), (e: { stderr?: string }) => /--aggregator: subspace needs --freeze-biases/.test(e.stderr ?? ''));
+    await assert.rejects(spawnServe(join(dir, 'other'), catalog, ['--denoise', 'directions']), (e: { stderr?: string }) => /--denoise: directions needs --aggregator subspace \(got fedavg\)/.test(e.stderr ?? ''));
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
