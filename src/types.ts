@@ -204,10 +204,10 @@ export interface SyncControl {
   onProgress?: (p: SyncProgress) => void;
   /**
    * Cancels the sync: before the upload it rejects with an `AbortError` and nothing was sent or
-   * spent (a cohort the device had joined sees it as a member that dropped out); once the update is
-   * on its way the ε is spent, the upload completes or fails as it would, and only the wait for
-   * the cohort's end is cut short (`cohortOutcome: 'left'`). A sync shared by several callers is
-   * cancelled for all of them.
+   * spent (a device waiting for its secure-aggregation cohort to fill gives its place back). Once
+   * the cohort is full, or the update is on its way, the upload goes ahead (the cohort's other
+   * members depend on it; the ε is spent) and only the wait for the cohort's end is cut short
+   * (`cohortOutcome: 'left'`). A sync shared by several callers is cancelled for all of them.
    */
   signal?: AbortSignal;
 }

@@ -97,8 +97,10 @@ export interface SyncOptions {
   onProgress?: (p: SyncProgress) => void;
   /**
    * Cancels the sync. Before the upload: rejects with an {@link AbortError}, nothing sent, no ε
-   * spent. The upload itself is never interrupted (once the release is recorded the body goes out
-   * whole or fails on its own); after it, only the wait for the cohort's end stops (`outcome: 'left'`).
+   * spent; a device waiting for its cohort to fill gives its place back first
+   * (`POST …/members/:i/leave`). Once its cohort is full the device uploads anyway (the other
+   * members' round depends on it), and the upload itself is never interrupted; after it, only the
+   * wait for the cohort's end stops (`outcome: 'left'`).
    */
   signal?: AbortSignal;
   now?: () => number;
@@ -153,8 +155,10 @@ async function request(
   endpoint: string,
   body?: Uint8Array,
   headers?: Record<string, string>,
-  signal: AbortSignal | undefined = o.signal,
+  /** Default `o.signal`; `null` for a request the caller must not cut short. */
+  cancel: AbortSignal | null = o.signal ?? null,
 ): Promise<Response> {
+  const signal = cancel ?? undefined;
   const f = o.fetch ?? (globalThis.fetch as unknown as FetchLike);
   const attempts = o.attempts ?? 3;
   const now = o.now ?? Date.now;
@@ -297,15 +301,16 @@ async function upload(
   models: Pick<SyncResult, 'global' | 'globalHash' | 'local'>,
   delta: number,
   headers: Record<string, string> = {},
+  cancellable = true,
 ): Promise<SyncResult> {
-  checkAborted(o, 'before the upload');
+  if (cancellable) checkAborted(o, 'before the upload');
   // Recorded (and persisted, by the caller) before sending: once the body may have left the
   // device, the budget is spent.
   o.accountant.record(config.noiseMultiplier);
   await o.onCheckpoint?.();
   o.onProgress?.({ phase: 'upload', bytes: body.length });
   // Not cancellable: once the release is recorded the body goes out whole, or fails on its own.
-  const res = await request(o, 'update', 'POST', endpoint, body, { 'Content-Type': 'application/octet-stream', ...headers }, undefined);
+  const res = await request(o, 'update', 'POST', endpoint, body, { 'Content-Type': 'application/octet-stream', ...headers }, null);
   const reply = (await res.json()) as { pending: number; minClients: number; published: number | null };
   return {
     ...models,
@@ -355,7 +360,9 @@ async function sendMasked(
   const encoded = encodeFixedPoint(values, sa.step, sa.bits, uniform);
 
   const keys = await secAggKeyPair();
-  const joinRes = await request(o, 'cohort', 'POST', '/v1/secagg/join', keys.publicKey, { 'Content-Type': 'application/octet-stream' });
+  // Not cancellable in flight: a join the server took but whose answer was dropped would hold a place
+  // this device could not give back. A cancel is seen right after it, and the place is given back.
+  const joinRes = await request(o, 'cohort', 'POST', '/v1/secagg/join', keys.publicKey, { 'Content-Type': 'application/octet-stream' }, null);
   const joined = (await joinRes.json()) as { cohort: string; index: number; size: number; token: string };
   if (joined.size !== K) throw new ValidationError('cohort.size', `is ${joined.size}, the server announced ${K}`);
   const waitMs = o.cohortWaitMs ?? sa.timeoutMs ?? 600_000;
@@ -363,18 +370,36 @@ async function sendMasked(
   const t0 = now();
   let view: CohortView;
   let polls = 0;
+  const member = `/v1/secagg/cohorts/${encodeURIComponent(joined.cohort)}/members/${joined.index}`;
+  /** Gives this device's place back while the cohort forms, so that it does not fill with a member that will never upload. Best effort. */
+  const leave = async (): Promise<string> => {
+    try {
+      await request({ ...o, attempts: 1 }, 'cohort', 'POST', `${member}/leave`, undefined, { 'X-Localrec-Cohort-Token': joined.token }, null);
+      return 'it left the cohort';
+    } catch (e) {
+      return `leaving the cohort failed (${(e as Error).message})`;
+    }
+  };
   for (;;) {
+    if (o.signal?.aborted) throw new AbortError(`sync cancelled while cohort ${joined.cohort} was forming; ${await leave()}; no update was sent and no ε was spent`);
     // Only this member's and its mask neighbours' keys: degree + 1 keys, whatever the cohort size.
-    const res = await request(o, 'cohort', 'GET', `/v1/secagg/cohorts/${encodeURIComponent(joined.cohort)}/members/${joined.index}`);
+    let res: Response;
+    try {
+      res = await request(o, 'cohort', 'GET', member);
+    } catch (e) {
+      if (o.signal?.aborted) throw new AbortError(`sync cancelled while cohort ${joined.cohort} was forming; ${await leave()}; no update was sent and no ε was spent`);
+      throw e;
+    }
     view = (await res.json()) as CohortView;
     if (view.status === 'forming' || view.status === 'ready') o.onProgress?.({ phase: 'cohort', joined: view.status === 'ready' ? K : (view.joined ?? 0), size: K });
     if (view.status === 'ready') break;
     if (view.status !== 'forming') throw new NetworkError(`cohort ${joined.cohort} is ${view.status}${view.reason ? `: ${view.reason}` : ''}; nothing was sent`, 0);
-    if (now() - t0 > waitMs) throw new NetworkError(`cohort ${joined.cohort} did not fill (${K} members) within ${waitMs} ms; nothing was sent`, 0);
+    if (now() - t0 > waitMs) throw new NetworkError(`cohort ${joined.cohort} did not fill (${K} members) within ${waitMs} ms; ${await leave()}; nothing was sent`, 0);
     // Poll every pollMs at first, then back off (×1.5, at most 15 s apart) while the cohort forms.
     await sleep(Math.min(pollMs * 1.5 ** polls++, Math.max(pollMs, 15_000)), o.signal);
-    checkAborted(o, `while cohort ${joined.cohort} was forming (this device's place in it stays empty)`);
   }
+  // From here on a cancel no longer stops the upload: the cohort is full, its keys are out, and the
+  // other members' round now depends on this device's upload (a missing one is a dropout).
   const publicKeys = new Map(Object.entries(view.memberKeys ?? {}).map(([j, hex]) => [Number(j), fromHex(hex)] as const));
   if (!bytesEqual(publicKeys.get(joined.index) ?? new Uint8Array(), keys.publicKey)) {
     throw new ValidationError('cohort.keys', `member ${joined.index} is not this device's key: the server changed the cohort`);
@@ -382,7 +407,7 @@ async function sendMasked(
   const cohortId = fromHex(joined.cohort);
   const masked = await maskValues(encoded, { index: joined.index, cohortId, publicKeys, privateKey: keys.privateKey, params: sa });
   const body = encodeMaskedUpdate({ cohortId, index: joined.index, cohortSize: K, bits: sa.bits, baseVersion: global.version, values: masked });
-  const result = await upload(o, config, '/v1/secagg/updates', body, { global, globalHash: hash, local }, delta, { 'X-Localrec-Cohort-Token': String(joined.token) });
+  const result = await upload(o, config, '/v1/secagg/updates', body, { global, globalHash: hash, local }, delta, { 'X-Localrec-Cohort-Token': String(joined.token) }, false);
   const cohort: NonNullable<SyncResult['cohort']> = { id: joined.cohort, index: joined.index, size: K };
   if (t < K) {
     // The device may wait minutes for its cohort: keep what the upload logged first.

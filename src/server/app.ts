@@ -204,6 +204,16 @@ export function createApp(rounds: RoundCoordinator, opts: AppOptions): Hono {
   // A member's own view: its key and its mask neighbours' (a path, not a query: no request of the SDK carries a query string).
   app.get('/v1/secagg/cohorts/:id/members/:member', (c) => cohortView(c, c.req.param('member')));
 
+  // A member leaves a cohort still forming (its sync was cancelled or gave up): its place is freed.
+  app.post('/v1/secagg/cohorts/:id/members/:member/leave', bodyLimit({ maxSize: 0, onError: (c) => fail(c, 'oversized', 'leaving a cohort takes no body') }), async (c) => {
+    const memberParam = c.req.param('member') ?? '';
+    const member = /^\d{1,9}$/.test(memberParam) ? Number(memberParam) : NaN;
+    const r = await rounds.leaveCohort(c.req.param('id') ?? '', member, c.req.header('x-localrec-cohort-token') ?? '');
+    if (!r.ok) return fail(c, r.reason, r.error);
+    c.header('Cache-Control', 'no-store');
+    return c.json({ left: true }, 200);
+  });
+
   // Recovery: a surviving member's seeds with its dropped mask neighbours (16 bytes each, at most `degree`).
   const maxShare = (sa?.degree ?? 2) * PAIR_SEED_BYTES;
   app.post(

@@ -77,6 +77,13 @@ export interface CohortStore {
    * cohort becomes `ready` when its K-th member joins. A key already in that cohort is refused.
    */
   join(publicKey: Uint8Array): Promise<{ cohort: CohortInfo; index: number; token: string } | { error: string }>;
+  /**
+   * Member `index` (proved by its join `token`) leaves a cohort that is still forming: its key and
+   * token are deleted and its place goes to the next device to join. `too-late` once the cohort is
+   * full (its keys are out: the member must upload, or count as dropped); `unknown` for a wrong
+   * token, a member that already left, or no such cohort.
+   */
+  leave(id: string, index: number, token: string): Promise<'left' | 'too-late' | 'unknown'>;
   info(id: string): Promise<CohortInfo | undefined>;
   /** Public keys by member index: of `members` when given, else of every member. */
   keys(id: string, members?: readonly number[]): Promise<Map<number, Uint8Array>>;
@@ -218,10 +225,10 @@ export async function cohortView(store: CohortStore, c: CohortInfo, degree: numb
 }
 
 interface MemoryCohort extends CohortInfo {
-  /** Public keys in member order (index = position). */
-  keyList: Uint8Array[];
+  /** Public keys in member order (index = position; a member that left leaves a hole until the next join fills it). */
+  keyList: Array<Uint8Array | undefined>;
   keyHex: Set<string>;
-  tokens: string[];
+  tokens: Array<string | undefined>;
   /** Members whose upload was accepted, and the storage ids of those uploads. */
   submittedBy: Set<number>;
   updateIds: number[];
@@ -270,16 +277,31 @@ export class MemoryCohortStore implements CohortStore {
     }
     const c = this.open;
     if (c.keyHex.has(hex)) return { error: 'this public key already joined the cohort being formed; make a fresh key pair per round' };
-    c.keyList.push(publicKey.slice());
+    // The lowest place a member left, else the next one.
+    const hole = c.keyList.findIndex((k) => k === undefined);
+    const index = hole >= 0 ? hole : c.keyList.length;
+    c.keyList[index] = publicKey.slice();
     c.keyHex.add(hex);
-    c.tokens.push(newMemberToken());
-    const index = c.joined++;
+    c.tokens[index] = newMemberToken();
+    c.joined++;
     if (c.joined === c.size) {
       c.status = 'ready';
       c.readyAt = this.now();
       this.open = null;
     }
     return { cohort: MemoryCohortStore.info(c), index, token: c.tokens[index]! };
+  }
+
+  async leave(id: string, index: number, token: string): Promise<'left' | 'too-late' | 'unknown'> {
+    const c = this.cohorts.get(id);
+    const key = c?.keyList[index];
+    if (!c || !key || c.tokens[index] !== token) return 'unknown';
+    if (c.status !== 'forming') return 'too-late';
+    c.keyHex.delete(toHex(key));
+    c.keyList[index] = undefined;
+    c.tokens[index] = undefined;
+    c.joined--;
+    return 'left';
   }
 
   async info(id: string): Promise<CohortInfo | undefined> {

@@ -362,9 +362,15 @@ class PostgresCohortStore implements CohortStore {
       const seen = await c.query('SELECT 1 FROM localrec_cohort_members WHERE cohort = $1 AND public_key = $2', [row.id, key]);
       if (seen.rowCount) return { error: 'this public key already joined the cohort being formed; make a fresh key pair per round' };
       const token = newMemberToken();
-      const index = row.joined;
+      // The lowest place a member left (see leave), else the next one: with `joined` members present
+      // the lowest free index is at most `joined`.
+      const free = await c.query<{ idx: number }>(
+        'SELECT g AS idx FROM generate_series(0, $2::int) AS g WHERE NOT EXISTS (SELECT 1 FROM localrec_cohort_members WHERE cohort = $1 AND idx = g) ORDER BY g LIMIT 1',
+        [row.id, row.joined],
+      );
+      const index = free.rows[0]!.idx;
       await c.query('INSERT INTO localrec_cohort_members (cohort, idx, public_key, token) VALUES ($1, $2, $3, $4)', [row.id, index, key, token]);
-      const full = index + 1 === row.size;
+      const full = row.joined + 1 === row.size;
       const updated = (
         await c.query<CohortRow>(
           full ? "UPDATE localrec_cohorts SET joined = joined + 1, status = 'ready', ready_at = $2 WHERE id = $1 RETURNING *" : 'UPDATE localrec_cohorts SET joined = joined + 1 WHERE id = $1 RETURNING *',
@@ -372,6 +378,20 @@ class PostgresCohortStore implements CohortStore {
         )
       ).rows[0]!;
       return { cohort: cohortFromRow(updated), index, token };
+    });
+  }
+
+  leave(id: string, index: number, token: string): Promise<'left' | 'too-late' | 'unknown'> {
+    return this.tx('leave a cohort', async (c) => {
+      // The join lock, then the cohort's row: no join or timeout sees the cohort half left.
+      await c.query('SELECT pg_advisory_xact_lock($1)', [JOIN_LOCK_KEY]);
+      const co = await c.query<{ status: string }>('SELECT status FROM localrec_cohorts WHERE id = $1 FOR UPDATE', [id]);
+      const member = await c.query('SELECT 1 FROM localrec_cohort_members WHERE cohort = $1 AND idx = $2 AND token = $3', [id, index, token]);
+      if (!co.rowCount || !member.rowCount) return 'unknown';
+      if (co.rows[0]!.status !== 'forming') return 'too-late';
+      await c.query('DELETE FROM localrec_cohort_members WHERE cohort = $1 AND idx = $2', [id, index]);
+      await c.query('UPDATE localrec_cohorts SET joined = joined - 1 WHERE id = $1', [id]);
+      return 'left';
     });
   }
 

@@ -449,6 +449,25 @@ export class RoundCoordinator {
   }
 
   /**
+   * Secure aggregation: member `member` (its join `token`) leaves a cohort that is still forming, as
+   * a device does when its sync is cancelled or gives up waiting; its place goes to the next device
+   * to join. Refused once the cohort is full: its keys are out, and a missing upload then counts as
+   * a dropout.
+   */
+  async leaveCohort(id: string, member: number, token: string): Promise<{ ok: true } | Rejection> {
+    const cohorts = this.cohorts;
+    if (!cohorts) return reject('wrong-mode', 'this server takes plain updates (POST /v1/updates); secure aggregation is off');
+    await this.sweepCohorts();
+    const c = await cohorts.info(id);
+    if (!c) return reject('unknown-cohort', `no cohort ${id}`);
+    if (!(Number.isInteger(member) && member >= 0 && member < c.size)) return reject('malformed', `member must be 0..${c.size - 1}, got ${member}`);
+    const r = await cohorts.leave(id, member, token);
+    if (r === 'unknown') return reject('not-member', `the token is not the one member ${member} of cohort ${id} was given at join, or that member left already`);
+    if (r === 'too-late') return reject('unknown-cohort', `${cohortState(id, (await cohorts.info(id)) ?? c)}; only a forming cohort can be left (once it is full its keys are out)`);
+    return { ok: true };
+  }
+
+  /**
    * Secure aggregation, recovery: a surviving member's share of the seeds it had with its dropped
    * mask neighbours (`GET /v1/secagg/cohorts/:id` lists them while the cohort is `recovering`). The
    * last share needed unmasks the survivors' sum and publishes it. `token` is the member's join token.

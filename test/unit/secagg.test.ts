@@ -32,7 +32,9 @@ import { syncOnce, type FetchLike } from '../../src/federated/sync.js';
 import { decodeModel, toHex } from '../../src/federated/wire.js';
 import { Random } from '../../src/model/random.js';
 import { createServer, MemoryStorage, RoundCoordinator } from '../../src/server/index.js';
-import { IDS, initialTable, shopperHistory } from './server-helpers.js';
+import { exerciseCohortLeave, IDS, initialTable, shopperHistory } from './server-helpers.js';
+import { MemoryCohortStore } from '../../src/server/cohorts.js';
+import { isAbortError } from '../../src/errors.js';
 
 test('packBits/unpackBits round-trip every width from 2 to 32 bits', () => {
   fc.assert(
@@ -702,5 +704,53 @@ test('without uploadTimeoutMs the upload deadline is the fill deadline, capped a
     } finally {
       await parts.storage.close();
     }
+  }
+});
+
+test('a member leaves a forming cohort (memory store): its place goes to the next device', async () => {
+  const store = new MemoryCohortStore({ cohortSize: 3, bits: 16, step: 1 / 1024, degree: 2 }, 60_000, () => 1_000_000);
+  await exerciseCohortLeave(store, store);
+});
+
+test('a device cancelled while its cohort forms gives its place back: three others then fill and publish that cohort', async () => {
+  const parts = await createServer({ dataDir: null, initialTable: initialTable(), minClients: 3, clip: 1, noiseMultiplier: 0, rateLimit: false, secureAggregation: { timeoutMs: 5_000 }, log: () => {} });
+  const app = (url: string, init?: { method?: string; body?: Uint8Array; headers?: Record<string, string>; signal?: AbortSignal }) => Promise.resolve(parts.app.fetch(new Request(url, init as RequestInit)));
+  const sent: string[] = [];
+  try {
+    const ctl = new AbortController();
+    const cancelled = syncOnce({
+      serverUrl: 'http://x',
+      fetch: (url, init) => {
+        sent.push(`${init?.method ?? 'GET'} ${new URL(url).pathname}`);
+        return app(url, init);
+      },
+      accountant: new RdpAccountant(),
+      budget: Infinity,
+      history: historyOf(1),
+      train: { seed: 1 },
+      cohortPollMs: 5,
+      onProgress: (p) => p.phase === 'cohort' && ctl.abort(),
+      signal: ctl.signal,
+    });
+    await assert.rejects(cancelled, (e: unknown) => isAbortError(e) && /it left the cohort; no update was sent/.test((e as Error).message));
+    assert.deepEqual(sent.filter((r) => r.startsWith('POST')).map((r) => r.replace(/[0-9a-f]{32}/, ':id')), ['POST /v1/secagg/join', 'POST /v1/secagg/cohorts/:id/members/0/leave']);
+    const results = await Promise.all([2, 3, 4].map((s) => syncOnce({ serverUrl: 'http://x', fetch: app, accountant: new RdpAccountant(), budget: Infinity, history: historyOf(s), train: { seed: s }, cohortPollMs: 5 })));
+    assert.deepEqual(results.map((r) => [r.sent, r.cohort!.size]), [[true, 3], [true, 3], [true, 3]]);
+    assert.equal(new Set(results.map((r) => r.cohort!.id)).size, 1, 'one cohort: the one the cancelled device left');
+    assert.deepEqual(results.map((r) => r.cohort!.index).sort(), [0, 1, 2]);
+    assert.equal(parts.rounds.version, 1, 'published');
+    // Leaving is refused with a reason once the cohort is full, and for a wrong token.
+    const c = results[0]!.cohort!;
+    const leave = (token: string) => app(`http://x/v1/secagg/cohorts/${c.id}/members/${c.index}/leave`, { method: 'POST', headers: { 'X-Localrec-Cohort-Token': token } });
+    const wrong = await leave('0'.repeat(32));
+    assert.equal(wrong.status, 403);
+    assert.match(((await wrong.json()) as { error: string }).error, /not the one member \d of cohort [0-9a-f]+ was given at join/);
+    const js: Array<{ cohort: string; index: number; token: string }> = [];
+    for (let i = 0; i < 3; i++) js.push((await (await app('http://x/v1/secagg/join', { method: 'POST', body: (await secAggKeyPair()).publicKey })).json()) as { cohort: string; index: number; token: string });
+    const late = await app(`http://x/v1/secagg/cohorts/${js[0]!.cohort}/members/0/leave`, { method: 'POST', headers: { 'X-Localrec-Cohort-Token': js[0]!.token } });
+    assert.equal(late.status, 409);
+    assert.match(((await late.json()) as { error: string }).error, /is ready; only a forming cohort can be left/);
+  } finally {
+    await parts.storage.close();
   }
 });

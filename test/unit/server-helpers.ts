@@ -8,6 +8,7 @@ import { buildClientUpdate } from '../../src/federated/client-update.js';
 import { decodeModel, fromHex, sha256, toHex } from '../../src/federated/wire.js';
 import { cloneItemTable, createItemTable, type ItemTable } from '../../src/model/item-table.js';
 import { Random } from '../../src/model/random.js';
+import type { CohortStore } from '../../src/server/cohorts.js';
 
 export const IDS = Array.from({ length: 40 }, (_, i) => `sku-${i}`);
 export const DIM = 4;
@@ -125,4 +126,37 @@ export function spawnServe(dataDir: string, catalog: string, flags: string[], en
     });
     void exited.then((x) => rej(Object.assign(new Error(`server exited (${x.code}) before listening: ${err}`), { stderr: err, code: x.code })));
   });
+}
+
+/**
+ * A member leaving a forming cohort, through two handles on one cohort store (two processes on
+ * PostgreSQL; the same store twice in memory), cohorts of 3: a wrong token changes nothing, the
+ * right one frees the place, the next join takes the lowest free index, and a full cohort cannot
+ * be left.
+ */
+export async function exerciseCohortLeave(a: CohortStore, b: CohortStore): Promise<void> {
+  const key = (n: number) => new Uint8Array(65).fill(n);
+  const joined = async (s: CohortStore, n: number) => {
+    const r = await s.join(key(n));
+    assert.ok(!('error' in r), JSON.stringify(r));
+    return r;
+  };
+  const m0 = await joined(a, 1);
+  const m1 = await joined(b, 2);
+  const id = m0.cohort.id;
+  assert.deepEqual([m0.index, m1.index, m1.cohort.id], [0, 1, id]);
+  assert.equal(await b.leave(id, 0, m1.token), 'unknown', "another member's token");
+  assert.equal(await b.leave(id, 0, m0.token), 'left');
+  assert.equal(await a.leave(id, 0, m0.token), 'unknown', 'left already');
+  assert.equal((await a.info(id))!.joined, 1);
+  assert.equal(await a.token(id, 0), undefined, 'its token is gone');
+  assert.deepEqual([...(await a.keys(id)).keys()], [1], 'its key is gone');
+  // The same key may join again (it left); it gets the free place 0, the next one place 2.
+  const again = await joined(a, 1);
+  const m2 = await joined(b, 3);
+  assert.deepEqual([again.cohort.id, again.index, m2.cohort.id, m2.index], [id, 0, id, 2]);
+  assert.equal(m2.cohort.status, 'ready');
+  assert.deepEqual([...(await b.keys(id)).entries()].map(([i, k]) => [i, k[0]]), [[0, 1], [1, 2], [2, 3]]);
+  assert.equal(await a.leave(id, 1, m1.token), 'too-late', 'a full cohort cannot be left');
+  assert.equal((await b.info(id))!.joined, 3);
 }

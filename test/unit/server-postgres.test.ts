@@ -19,7 +19,7 @@ import { createServer, PostgresStorage, startServer } from '../../src/server/ind
 import { KEEP_ENDED_MS } from '../../src/server/cohorts.js';
 import { StorageConflictError } from '../../src/server/storage.js';
 import { postgresUnavailable, startPostgres, type TestPostgres } from './pg-helpers.js';
-import { DIM, honestUpdate, initialTable, IDS, post, pull, quiet, shopperHistory, spawnServe, type ServeChild } from './server-helpers.js';
+import { DIM, exerciseCohortLeave, honestUpdate, initialTable, IDS, post, pull, quiet, shopperHistory, spawnServe, type ServeChild } from './server-helpers.js';
 
 const skip = postgresUnavailable();
 const opts = { port: 0, minClients: 3, noiseMultiplier: 0, rateLimit: false as const, log: quiet };
@@ -380,6 +380,18 @@ describe('PostgreSQL storage', { skip: skip ?? false }, () => {
       await c1.sweep();
       assert.equal(await c2.info(full1), undefined);
       assert.equal((await c2.keys(full2)).size, 0);
+    } finally {
+      for (const s of stores) await s.close();
+    }
+  });
+
+  it('leaving a forming cohort in PostgreSQL, through two stores: the place goes to the next join, a full cohort cannot be left', async () => {
+    const database = await freshDatabase();
+    const stores = [await PostgresStorage.open(database), await PostgresStorage.open(database)];
+    const params: SecAggParams = { cohortSize: 3, bits: 16, step: 1 / 1024, degree: 2 };
+    try {
+      const [a, b] = stores.map((s) => s.cohortStore(params, 60_000, () => 1_000_000)) as [ReturnType<PostgresStorage['cohortStore']>, ReturnType<PostgresStorage['cohortStore']>];
+      await exerciseCohortLeave(a, b);
     } finally {
       for (const s of stores) await s.close();
     }

@@ -138,6 +138,7 @@ describe('sync({ signal })', () => {
       await assert.rejects(p, (err: unknown) => isAbortError(err) && /while cohort [0-9a-f]+ was forming/.test((err as Error).message) && /no update was sent and no ε was spent/.test((err as Error).message));
     }
     assert.ok(rec.requests.includes('POST /v1/secagg/join'));
+    assert.ok(rec.requests.some((r) => /^POST \/v1\/secagg\/cohorts\/[0-9a-f]+\/members\/0\/leave$/.test(r)), `it gave its place back: ${rec.requests.join(', ')}`);
     assert.ok(!rec.requests.some((r) => r.startsWith('POST /v1/secagg/updates')), rec.requests.join(', '));
     assert.ok(!progress.some((p) => p.phase === 'upload'));
     assert.equal((await e.stats()).privacy.epsilon, 0);
@@ -147,6 +148,29 @@ describe('sync({ signal })', () => {
     const next = e.sync({ signal: again.signal });
     again.abort();
     await assert.rejects(next, isAbortError);
+    await e.close();
+  });
+
+  it('cancelled once its cohort is full: it uploads anyway (the other members depend on it), and says so with sent', async () => {
+    const s = await server({ minSurvivors: 3 });
+    const rec = recording();
+    const e = await device(s, 7, rec.fetch);
+    const progress: SyncProgress[] = [];
+    const ctl = new AbortController();
+    const sync = e.sync({
+      signal: ctl.signal,
+      onProgress: (p) => {
+        progress.push(p);
+        if (p.phase === 'cohort' && p.joined === p.size) ctl.abort();
+      },
+    });
+    await until(progress, (p) => p.phase === 'cohort');
+    for (let i = 0; i < 2; i++) await fetch(`${s.url}/v1/secagg/join`, { method: 'POST', body: (await secAggKeyPair()).publicKey as Uint8Array<ArrayBuffer> });
+    const r = await sync;
+    assert.ok(ctl.signal.aborted);
+    assert.equal(r.sent, true);
+    assert.equal(rec.requests.filter((x) => x === 'POST /v1/secagg/updates').length, 1);
+    assert.ok(!rec.requests.some((x) => x.endsWith('/leave')), 'a full cohort is not left');
     await e.close();
   });
 
