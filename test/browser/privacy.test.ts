@@ -201,7 +201,7 @@ describe('privacy in Chromium', () => {
       assert.deepEqual(r.progress.at(-1), { phase: 'upload', bytes: update.length });
 
       // The page's AbortSignal reaches the worker: cancelled while its next cohort forms, the sync
-      // rejects with localrec's AbortError, nothing more than the join and polls left, no ε spent.
+      // rejects with localrec's AbortError, nothing more than the join, polls and leave went out, no ε spent.
       const sent = requests.length;
       const cancelled = await page.evaluate(
         async ({ catalog, history, serverUrl }) => {
@@ -224,6 +224,7 @@ describe('privacy in Chromium', () => {
       assert.match(cancelled.message, /no update was sent and no ε was spent/);
       const after = requests.slice(sent).filter((q) => q.url().includes('/v1/')).map((q) => `${q.method()} ${new URL(q.url()).pathname}`);
       assert.ok(after.includes('POST /v1/secagg/join') && !after.includes('POST /v1/secagg/updates'), after.join(', '));
+      assert.ok(after.some((p) => /^POST \/v1\/secagg\/cohorts\/[0-9a-f]+\/members\/0\/leave$/.test(p)), `the page gave its place back: ${after.join(', ')}`);
     } finally {
       await page.close();
       await secure.close();
