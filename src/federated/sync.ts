@@ -4,7 +4,7 @@
  * noised, quantized update. What leaves the device is exactly the documented update body; every
  * request is reported to `onEgress` so the SDK can keep an egress log.
  */
-import { AbortError, NetworkError, ValidationError } from '../errors.js';
+import { AbortError, isNetworkError, NetworkError, ValidationError } from '../errors.js';
 import type { SyncProgress } from '../types.js';
 import { cloneItemTable, type ItemTable } from '../model/item-table.js';
 import { trainItemTable, type Sequence, type TrainConfig } from '../model/train.js';
@@ -371,32 +371,52 @@ async function sendMasked(
   let view: CohortView;
   let polls = 0;
   const member = `/v1/secagg/cohorts/${encodeURIComponent(joined.cohort)}/members/${joined.index}`;
-  /** Gives this device's place back while the cohort forms, so that it does not fill with a member that will never upload. Best effort. */
-  const leave = async (): Promise<string> => {
+  /**
+   * Gives this device's place back while the cohort forms, so that it does not fill with a member
+   * that will never upload. `full` when the cohort filled meanwhile (409): then the other members
+   * depend on this device, and it goes on to upload.
+   */
+  const leave = async (): Promise<'left' | 'full' | string> => {
     try {
       await request({ ...o, attempts: 1 }, 'cohort', 'POST', `${member}/leave`, undefined, { 'X-Localrec-Cohort-Token': joined.token }, null);
-      return 'it left the cohort';
+      return 'left';
     } catch (e) {
+      if (isNetworkError(e) && e.status === 409) return 'full';
       return `leaving the cohort failed (${(e as Error).message})`;
     }
   };
+  /** Set once a cancel (or the end of the wait) came after the cohort filled: from then on nothing stops the upload. */
+  let committed = false;
+  /** Throws unless the cohort filled meanwhile (then commits to uploading). */
+  const stop = async (error: (left: string) => Error): Promise<void> => {
+    const r = await leave();
+    if (r !== 'full') throw error(r === 'left' ? 'it left the cohort' : r);
+    committed = true;
+  };
+  const cancelled = (left: string) => new AbortError(`sync cancelled while cohort ${joined.cohort} was forming; ${left}; no update was sent and no ε was spent`);
   for (;;) {
-    if (o.signal?.aborted) throw new AbortError(`sync cancelled while cohort ${joined.cohort} was forming; ${await leave()}; no update was sent and no ε was spent`);
+    if (o.signal?.aborted && !committed) await stop(cancelled);
     // Only this member's and its mask neighbours' keys: degree + 1 keys, whatever the cohort size.
     let res: Response;
     try {
-      res = await request(o, 'cohort', 'GET', member);
+      res = await request(o, 'cohort', 'GET', member, undefined, undefined, committed ? null : undefined);
     } catch (e) {
-      if (o.signal?.aborted) throw new AbortError(`sync cancelled while cohort ${joined.cohort} was forming; ${await leave()}; no update was sent and no ε was spent`);
-      throw e;
+      if (!(o.signal?.aborted && !committed)) throw e;
+      await stop(cancelled);
+      continue;
     }
     view = (await res.json()) as CohortView;
     if (view.status === 'forming' || view.status === 'ready') o.onProgress?.({ phase: 'cohort', joined: view.status === 'ready' ? K : (view.joined ?? 0), size: K });
     if (view.status === 'ready') break;
     if (view.status !== 'forming') throw new NetworkError(`cohort ${joined.cohort} is ${view.status}${view.reason ? `: ${view.reason}` : ''}; nothing was sent`, 0);
-    if (now() - t0 > waitMs) throw new NetworkError(`cohort ${joined.cohort} did not fill (${K} members) within ${waitMs} ms; ${await leave()}; nothing was sent`, 0);
+    if (now() - t0 > waitMs) {
+      const late = (left: string) => new NetworkError(`cohort ${joined.cohort} did not fill (${K} members) within ${waitMs} ms; ${left}; nothing was sent`, 0);
+      if (committed) throw late('the server said it was full, yet it is still forming');
+      await stop(late);
+      continue;
+    }
     // Poll every pollMs at first, then back off (×1.5, at most 15 s apart) while the cohort forms.
-    await sleep(Math.min(pollMs * 1.5 ** polls++, Math.max(pollMs, 15_000)), o.signal);
+    await sleep(Math.min(pollMs * 1.5 ** polls++, Math.max(pollMs, 15_000)), committed ? undefined : o.signal);
   }
   // From here on a cancel no longer stops the upload: the cohort is full, its keys are out, and the
   // other members' round now depends on this device's upload (a missing one is a dropout).

@@ -754,3 +754,37 @@ test('a device cancelled while its cohort forms gives its place back: three othe
     await parts.storage.close();
   }
 });
+
+test('a cancel that comes as the cohort fills: leaving is refused (409) and the device uploads after all, since the others depend on it', async () => {
+  const parts = await createServer({ dataDir: null, initialTable: initialTable(), minClients: 3, clip: 1, noiseMultiplier: 0, rateLimit: false, secureAggregation: { timeoutMs: 60_000 }, log: () => {} });
+  const app = (url: string, init?: { method?: string; body?: Uint8Array; headers?: Record<string, string> }) => Promise.resolve(parts.app.fetch(new Request(url, init as RequestInit)));
+  const sent: string[] = [];
+  try {
+    const ctl = new AbortController();
+    const r = await syncOnce({
+      serverUrl: 'http://x',
+      fetch: async (url, init) => {
+        const path = new URL(url).pathname;
+        sent.push(`${init?.method ?? 'GET'} ${path.replace(/[0-9a-f]{32}/, ':id')}`);
+        // Two more devices join just before the leave arrives: the cohort is full by then.
+        if (path.endsWith('/leave')) for (let i = 0; i < 2; i++) await app('http://x/v1/secagg/join', { method: 'POST', body: (await secAggKeyPair()).publicKey });
+        return app(url, init);
+      },
+      accountant: new RdpAccountant(),
+      budget: Infinity,
+      history: historyOf(5),
+      train: { seed: 5 },
+      cohortPollMs: 5,
+      onProgress: (p) => p.phase === 'cohort' && ctl.abort(),
+      signal: ctl.signal,
+    });
+    assert.equal(r.sent, true);
+    assert.deepEqual(
+      sent.filter((x) => x.startsWith('POST')),
+      ['POST /v1/secagg/join', 'POST /v1/secagg/cohorts/:id/members/0/leave', 'POST /v1/secagg/updates'],
+    );
+    assert.equal((await parts.rounds.cohort(r.cohort!.id))!.submitted, 1);
+  } finally {
+    await parts.storage.close();
+  }
+});
