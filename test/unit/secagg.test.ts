@@ -712,28 +712,39 @@ test('a member leaves a forming cohort (memory store): its place goes to the nex
   await exerciseCohortLeave(store, store);
 });
 
+/**
+ * A device (`syncOnce` on `app`) that cancels its sync at its first cohort poll, and every request it
+ * sends as 'METHOD path' (cohort ids as :id); `before` runs ahead of each request reaching the server.
+ */
+function cancellingDevice(app: FetchLike, seed: number, before?: (path: string) => Promise<void>) {
+  const sent: string[] = [];
+  const ctl = new AbortController();
+  const result = syncOnce({
+    serverUrl: 'http://x',
+    fetch: async (url, init) => {
+      const path = new URL(url).pathname;
+      sent.push(`${init?.method ?? 'GET'} ${path.replace(/[0-9a-f]{32}/, ':id')}`);
+      await before?.(path);
+      return app(url, init);
+    },
+    accountant: new RdpAccountant(),
+    budget: Infinity,
+    history: historyOf(seed),
+    train: { seed },
+    cohortPollMs: 5,
+    onProgress: (p) => p.phase === 'cohort' && ctl.abort(),
+    signal: ctl.signal,
+  });
+  return { result, posts: () => sent.filter((x) => x.startsWith('POST')) };
+}
+
 test('a device cancelled while its cohort forms gives its place back: three others then fill and publish that cohort', async () => {
   const parts = await createServer({ dataDir: null, initialTable: initialTable(), minClients: 3, clip: 1, noiseMultiplier: 0, rateLimit: false, secureAggregation: { timeoutMs: 5_000 }, log: () => {} });
   const app = (url: string, init?: { method?: string; body?: Uint8Array; headers?: Record<string, string>; signal?: AbortSignal }) => Promise.resolve(parts.app.fetch(new Request(url, init as RequestInit)));
-  const sent: string[] = [];
   try {
-    const ctl = new AbortController();
-    const cancelled = syncOnce({
-      serverUrl: 'http://x',
-      fetch: (url, init) => {
-        sent.push(`${init?.method ?? 'GET'} ${new URL(url).pathname}`);
-        return app(url, init);
-      },
-      accountant: new RdpAccountant(),
-      budget: Infinity,
-      history: historyOf(1),
-      train: { seed: 1 },
-      cohortPollMs: 5,
-      onProgress: (p) => p.phase === 'cohort' && ctl.abort(),
-      signal: ctl.signal,
-    });
-    await assert.rejects(cancelled, (e: unknown) => isAbortError(e) && /it left the cohort; no update was sent/.test((e as Error).message));
-    assert.deepEqual(sent.filter((r) => r.startsWith('POST')).map((r) => r.replace(/[0-9a-f]{32}/, ':id')), ['POST /v1/secagg/join', 'POST /v1/secagg/cohorts/:id/members/0/leave']);
+    const cancelled = cancellingDevice(app, 1);
+    await assert.rejects(cancelled.result, (e: unknown) => isAbortError(e) && /it left the cohort; no update was sent/.test((e as Error).message));
+    assert.deepEqual(cancelled.posts(), ['POST /v1/secagg/join', 'POST /v1/secagg/cohorts/:id/members/0/leave']);
     const results = await Promise.all([2, 3, 4].map((s) => syncOnce({ serverUrl: 'http://x', fetch: app, accountant: new RdpAccountant(), budget: Infinity, history: historyOf(s), train: { seed: s }, cohortPollMs: 5 })));
     assert.deepEqual(results.map((r) => [r.sent, r.cohort!.size]), [[true, 3], [true, 3], [true, 3]]);
     assert.equal(new Set(results.map((r) => r.cohort!.id)).size, 1, 'one cohort: the one the cancelled device left');
@@ -758,31 +769,14 @@ test('a device cancelled while its cohort forms gives its place back: three othe
 test('a cancel that comes as the cohort fills: leaving is refused (409) and the device uploads after all, since the others depend on it', async () => {
   const parts = await createServer({ dataDir: null, initialTable: initialTable(), minClients: 3, clip: 1, noiseMultiplier: 0, rateLimit: false, secureAggregation: { timeoutMs: 60_000 }, log: () => {} });
   const app = (url: string, init?: { method?: string; body?: Uint8Array; headers?: Record<string, string> }) => Promise.resolve(parts.app.fetch(new Request(url, init as RequestInit)));
-  const sent: string[] = [];
   try {
-    const ctl = new AbortController();
-    const r = await syncOnce({
-      serverUrl: 'http://x',
-      fetch: async (url, init) => {
-        const path = new URL(url).pathname;
-        sent.push(`${init?.method ?? 'GET'} ${path.replace(/[0-9a-f]{32}/, ':id')}`);
-        // Two more devices join just before the leave arrives: the cohort is full by then.
-        if (path.endsWith('/leave')) for (let i = 0; i < 2; i++) await app('http://x/v1/secagg/join', { method: 'POST', body: (await secAggKeyPair()).publicKey });
-        return app(url, init);
-      },
-      accountant: new RdpAccountant(),
-      budget: Infinity,
-      history: historyOf(5),
-      train: { seed: 5 },
-      cohortPollMs: 5,
-      onProgress: (p) => p.phase === 'cohort' && ctl.abort(),
-      signal: ctl.signal,
+    // Two more devices join just before the leave arrives: the cohort is full by then.
+    const device = cancellingDevice(app, 5, async (path) => {
+      if (path.endsWith('/leave')) for (let i = 0; i < 2; i++) await app('http://x/v1/secagg/join', { method: 'POST', body: (await secAggKeyPair()).publicKey });
     });
+    const r = await device.result;
     assert.equal(r.sent, true);
-    assert.deepEqual(
-      sent.filter((x) => x.startsWith('POST')),
-      ['POST /v1/secagg/join', 'POST /v1/secagg/cohorts/:id/members/0/leave', 'POST /v1/secagg/updates'],
-    );
+    assert.deepEqual(device.posts(), ['POST /v1/secagg/join', 'POST /v1/secagg/cohorts/:id/members/0/leave', 'POST /v1/secagg/updates']);
     assert.equal((await parts.rounds.cohort(r.cohort!.id))!.submitted, 1);
   } finally {
     await parts.storage.close();
