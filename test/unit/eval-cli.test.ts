@@ -1,8 +1,8 @@
 import assert from 'node:assert/strict';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { test } from 'node:test';
+import { after, test } from 'node:test';
 import { Command } from 'commander';
 import { isValidationError } from '../../src/errors.js';
 import { register, type EvalCommandOptions } from '../../src/eval/eval-command.js';
@@ -11,6 +11,7 @@ import { runEval } from '../../src/eval/run-eval.js';
 import type { EvalResult } from '../../src/eval/runner.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'localrec-cli-'));
+after(() => rmSync(dir, { recursive: true, force: true }));
 const write = (name: string, body: string) => {
   const p = join(dir, name);
   writeFileSync(p, body);

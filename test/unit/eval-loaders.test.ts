@@ -1,8 +1,8 @@
 import assert from 'node:assert/strict';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { test } from 'node:test';
+import { after, test } from 'node:test';
 import { gzipSync } from 'node:zlib';
 import { isValidationError } from '../../src/errors.js';
 import { loadCsv } from '../../src/eval/csv-loader.js';
@@ -11,6 +11,7 @@ import { PRESETS } from '../../src/eval/presets.js';
 import { parseFilter, passes } from '../../src/eval/row-filter.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'localrec-eval-'));
+after(() => rmSync(dir, { recursive: true, force: true }));
 const file = (name: string, body: string | Buffer): string => {
   const p = join(dir, name);
   writeFileSync(p, body);

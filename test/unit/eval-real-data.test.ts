@@ -3,11 +3,11 @@
  * the split agrees with a naive re-count, and the models rank real baskets better than popularity.
  */
 import assert from 'node:assert/strict';
-import { createReadStream, existsSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { createReadStream, existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
-import { test } from 'node:test';
+import { after, test } from 'node:test';
 import { createGunzip, gzipSync } from 'node:zlib';
 import { runEval } from '../../src/eval/run-eval.js';
 import type { EvalResult } from '../../src/eval/runner.js';
@@ -16,6 +16,7 @@ const DATA = new URL('../../../shared/data/', import.meta.url).pathname;
 const RETAIL = join(DATA, 'online-retail/online-retail.csv.gz');
 const ML = join(DATA, 'ml-latest-small/ratings.csv');
 const dir = mkdtempSync(join(tmpdir(), 'localrec-real-'));
+after(() => rmSync(dir, { recursive: true, force: true }));
 
 async function headLines(path: string, n: number, gz: boolean): Promise<string[]> {
   const raw = createReadStream(path);

@@ -1,6 +1,6 @@
 import 'fake-indexeddb/auto';
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
@@ -169,6 +169,7 @@ describe('`localrec neighbors`', () => {
       runNeighbors({ data: join(dir, 'orders.csv'), format: 'csv', user: 'customer', item: 'item', filter: [], out: 'x', width: '0', l2: '1', minSupport: '3' }, { stdout: () => {}, stderr: { write: () => true } }),
       /--width/,
     );
+    rmSync(dir, { recursive: true, force: true });
   });
 });
 
