@@ -11,6 +11,7 @@ import { RdpAccountant } from '../../src/federated/dp.js';
 import { simulate } from '../../src/federated/simulate.js';
 import { biasDirection, MIN_DIRECTION_WEIGHT, orthonormalColumns, shrinkDirections, subspaceTable, subspaceUpdate, symmetricEigen } from '../../src/federated/subspace.js';
 import { syncOnce } from '../../src/federated/sync.js';
+import { buildClientUpdate } from '../../src/federated/client-update.js';
 import { createItemTable } from '../../src/model/item-table.js';
 import { Random } from '../../src/model/random.js';
 import { createServer } from '../../src/server/index.js';
@@ -229,26 +230,52 @@ describe("subspace: denoise 'directions'", () => {
     assert.equal(subspaceTable(base, Y, part, 8).directionWeights, undefined, 'without a noise variance: no weights');
   });
 
-  it('a server with huge noise publishes factors at the floor weight: it ranks (almost) by its biases; the next devices still step on every direction', async () => {
+  it('a server with huge noise publishes factors at or near the floor weight: it ranks (almost) by its biases; the next devices still step on every direction', async () => {
     const ids = Array.from({ length: 30 }, (_, i) => `i${i}`);
     const initialTable = createItemTable(ids, 4, { seed: 3, popularity: ids.map((_, i) => 30 - i), popularityScale: 0.5 });
     await assert.rejects(createServer({ dataDir: null, initialTable, denoise: 'directions' }), /options\.denoise: 'directions' needs the subspace aggregator, got 'fedavg'/);
     const logs: string[] = [];
     const { app, storage } = await createServer({ dataDir: null, initialTable, aggregator: 'subspace', subspaceScale: 6, trainBiases: false, trainRows: 20, minClients: 2, noiseMultiplier: 200, rateLimit: false, denoise: 'directions', log: (l) => logs.push(l) });
     try {
-      const fetchApp = (url: string, init?: { method?: string; body?: Uint8Array; headers?: Record<string, string> }) => Promise.resolve(app.fetch(new Request(url, init as RequestInit)));
-      const sync = (s: number, items: string[]) =>
-        syncOnce({ serverUrl: 'http://127.0.0.1', fetch: fetchApp, accountant: new RdpAccountant(), budget: Infinity, history: [{ itemIds: items, weights: items.map(() => 1) }], attempts: 1, train: { seed: s } });
-      await sync(1, ['i0', 'i1', 'i2']);
-      await sync(2, ['i3', 'i1', 'i5']);
-      const { decodeModel } = await import('../../src/federated/wire.js');
+      const { decodeModel, fromHex } = await import('../../src/federated/wire.js');
+      const res = await app.request('/v1/model');
+      const v0 = decodeModel(new Uint8Array(await res.arrayBuffer())).table;
+      const config = (await (await app.request('/v1/config')).json()) as { bits: number; blockSize: number };
+      const part = { rows: 20, biases: false };
+      // Two devices' updates as syncOnce builds them, with the noise drawn from a seeded source so that
+      // the test is exact. At σ = 200 the round is pure noise. Its top eigenvalue lands near the
+      // Marchenko–Pastur edge the server uses, above it about one draw in six (Tracy–Widom); at 19
+      // rows (20 less the bias direction) × 4 its 99th percentile is about (√19 + 2)² + 2.02·(√19 + 2)·
+      // (1/√19 + 1/2)^(1/3) = 52.0 against an edge of (√20 + 2)² = 41.9 (in units of ν²), a weight
+      // of √(1 − 41.9/52.0) = 0.44: a noise direction that gets past the edge stays under 0.45.
+      for (const [seed, rows] of [
+        [1, [0, 1, 2]],
+        [2, [3, 1, 5]],
+      ] as const) {
+        const rng = new Random(seed);
+        const body = buildClientUpdate(v0, v0, {
+          baseHash: fromHex(res.headers.get('X-Localrec-Model-Hash')!),
+          clip: 1,
+          noiseMultiplier: 200,
+          bits: config.bits,
+          blockSize: config.blockSize,
+          part,
+          delta: subspaceUpdate(v0, part, rows.map((row) => ({ row, weight: 1 })), 1)!,
+          uniform: () => 1 - rng.next(),
+        }).bytes;
+        assert.equal((await app.request('/v1/updates', { method: 'POST', body: body as Uint8Array<ArrayBuffer> })).status, 202);
+      }
       const v1 = decodeModel(new Uint8Array(await (await app.request('/v1/model')).arrayBuffer())).table;
       assert.equal(v1.version, 1);
       const G = gram(v1.factors.subarray(0, 80), 20, 4, 6);
-      G.forEach((row, j) => row.forEach((g, k) => assert.ok(Math.abs(g - (j === k ? MIN_DIRECTION_WEIGHT ** 2 : 0)) < 1e-7, `FᵀF/36 (${j}, ${k}) = ${g}`)));
-      assert.ok(logs.some((l) => /direction weights 0\.01 0\.01 0\.01 0\.01 \(0 of 4 above the noise\)/.test(l)), logs.join('\n'));
+      const w = G.map((row, j) => Math.sqrt(row[j]!));
+      G.forEach((row, j) => row.forEach((g, k) => j !== k && assert.ok(Math.abs(g) < 1e-7, `FᵀF/36 (${j}, ${k}) = ${g}: columns orthogonal`)));
+      assert.ok(w.every((x) => x >= MIN_DIRECTION_WEIGHT - 1e-6 && x < 0.45), `weights ${w}`);
+      assert.ok(w.filter((x) => Math.abs(x - MIN_DIRECTION_WEIGHT) < 1e-6).length >= 3, `at least three of four at the floor: ${w}`);
+      const line = logs.find((l) => l.includes('direction weights'));
+      assert.match(line ?? logs.join('\n'), /direction weights (0\.\d\d )?0\.01 0\.01 0\.01( 0\.01)? \([01] of 4 above the noise\)/);
       // A device's next step is as long as ever (norm C): the directions are still there to step on.
-      const next = subspaceUpdate(v1, { rows: 20, biases: false }, [{ row: 0, weight: 1 }, { row: 4, weight: 1 }], 1)!;
+      const next = subspaceUpdate(v1, part, [{ row: 0, weight: 1 }, { row: 4, weight: 1 }], 1)!;
       assert.ok(Math.abs(norm(next) - 1) < 1e-9, `‖step‖ = ${norm(next)}`);
     } finally {
       await storage.close();
