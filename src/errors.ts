@@ -71,6 +71,14 @@ export class AbortError extends LocalrecError {
   override name = 'AbortError' as const;
 }
 
+/**
+ * The {@link AbortError} of a sync cancelled before its upload: `when` says where it stopped (e.g.
+ * `before it started`), and the message says what that means for the shopper.
+ */
+export function syncCancelled(when: string): AbortError {
+  return new AbortError(`sync cancelled ${when}; no update was sent and no ε was spent`);
+}
+
 const NAMES = [
   'LocalrecError',
   'ValidationError',

@@ -1,5 +1,5 @@
 import * as Comlink from 'comlink';
-import { AbortError, ClosedError, reviveError, ValidationError } from './errors.js';
+import { ClosedError, reviveError, syncCancelled, ValidationError } from './errors.js';
 import { validateEvent } from './events/schema.js';
 import type { WorkerApi } from './engine/worker.js';
 import type { AuditReport, ExportFile } from './engine/audit-types.js';
@@ -227,7 +227,7 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
       if (typeof o !== 'object' || o === null) throw new ValidationError('options', 'must be an object like { onProgress, signal }');
       const { onProgress, signal } = o;
       if (onProgress !== undefined && typeof onProgress !== 'function') throw new ValidationError('options.onProgress', `must be a function, got ${typeof onProgress}`);
-      if (signal?.aborted) throw new AbortError('sync cancelled before it started; no update was sent and no ε was spent');
+      if (signal?.aborted) throw syncCancelled('before it started');
       // An AbortSignal cannot cross postMessage: the page forwards its abort to the worker.
       const cancel = () => void api.cancelSync().catch(() => undefined);
       signal?.addEventListener('abort', cancel, { once: true });
@@ -236,7 +236,7 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
         // would otherwise reach the worker before its sync began, and cancel nothing.
         return await call(() =>
           signal?.aborted
-            ? Promise.reject(new AbortError('sync cancelled before it started; no update was sent and no ε was spent'))
+            ? Promise.reject(syncCancelled('before it started'))
             : api.sync(onProgress ? Comlink.proxy(onProgress) : undefined),
         );
       } finally {

@@ -1,4 +1,4 @@
-import { AbortError, ClosedError, ConsentError, ModelError, NetworkError, ValidationError } from '../errors.js';
+import { ClosedError, ConsentError, ModelError, NetworkError, syncCancelled, ValidationError } from '../errors.js';
 import { validateEvent } from '../events/schema.js';
 import { DEFAULT_RETENTION, MemoryEventStore, openEventStore, type EventStore, type Retention } from '../events/store.js';
 import { EVENT_SCHEMA_VERSION } from '../events/schema.js';
@@ -668,7 +668,7 @@ export class Engine {
   async sync(o: SyncControl = {}): Promise<SyncResultInfo> {
     this.assertOpen();
     if (o.onProgress !== undefined && typeof o.onProgress !== 'function') throw new ValidationError('options.onProgress', `must be a function, got ${typeof o.onProgress}`);
-    if (o.signal?.aborted) throw new AbortError('sync cancelled before it started; no update was sent and no ε was spent');
+    if (o.signal?.aborted) throw syncCancelled('before it started');
     if (!this.syncing) {
       const abort = new AbortController();
       this.syncAbort = abort;

@@ -4,7 +4,7 @@
  * noised, quantized update. What leaves the device is exactly the documented update body; every
  * request is reported to `onEgress` so the SDK can keep an egress log.
  */
-import { AbortError, isNetworkError, NetworkError, ValidationError } from '../errors.js';
+import { AbortError, isNetworkError, NetworkError, syncCancelled, ValidationError } from '../errors.js';
 import type { SyncProgress } from '../types.js';
 import { cloneItemTable, type ItemTable } from '../model/item-table.js';
 import { trainItemTable, type Sequence, type TrainConfig } from '../model/train.js';
@@ -145,7 +145,7 @@ function sleep(ms: number, signal?: AbortSignal): Promise<void> {
 
 /** Throws an {@link AbortError} when the caller cancelled; `when` says where the sync stopped. */
 function checkAborted(o: SyncOptions, when: string): void {
-  if (o.signal?.aborted) throw new AbortError(`sync cancelled ${when}; no update was sent and no ε was spent`);
+  if (o.signal?.aborted) throw syncCancelled(when);
 }
 
 async function request(
@@ -167,14 +167,14 @@ async function request(
   for (let i = 0; i < attempts; i++) {
     if (i > 0) await sleep((o.backoffMs ?? 500) * 2 ** (i - 1), signal);
     // (The upload's request never gets the signal, so a cancel here is always before it.)
-    if (signal?.aborted) throw new AbortError(`sync cancelled before ${method} ${endpoint}; no update was sent and no ε was spent`);
+    if (signal?.aborted) throw syncCancelled(`before ${method} ${endpoint}`);
     let res: Response;
     try {
       res = await f(o.serverUrl.replace(/\/$/, '') + endpoint, { method, body, headers, ...(signal ? { signal } : {}) });
     } catch (e) {
       // Offline or refused: logged with status 0 (the body may or may not have left the device).
       o.onEgress?.({ t: now(), method, endpoint, kind, bytes: body?.length ?? 0, bodySha256, status: 0 });
-      if (signal?.aborted) throw new AbortError(`sync cancelled during ${method} ${endpoint}; no update was sent and no ε was spent`);
+      if (signal?.aborted) throw syncCancelled(`during ${method} ${endpoint}`);
       lastError = new NetworkError(`${method} ${endpoint} failed: ${(e as Error).message}`, 0);
       continue;
     }
@@ -321,6 +321,11 @@ async function upload(
   };
 }
 
+/** This member's path under the cohort API (`…/members/:i`; `/leave` and `/recovery` hang off it). */
+function memberPath(joined: { cohort: string; index: number }): string {
+  return `/v1/secagg/cohorts/${encodeURIComponent(joined.cohort)}/members/${joined.index}`;
+}
+
 interface CohortView {
   cohort: string;
   size: number;
@@ -370,7 +375,7 @@ async function sendMasked(
   const t0 = now();
   let view: CohortView;
   let polls = 0;
-  const member = `/v1/secagg/cohorts/${encodeURIComponent(joined.cohort)}/members/${joined.index}`;
+  const member = memberPath(joined);
   /**
    * Gives this device's place back while the cohort forms, so that it does not fill with a member
    * that will never upload. `full` when the cohort filled meanwhile (409): then the other members
@@ -393,7 +398,7 @@ async function sendMasked(
     if (r !== 'full') throw error(r === 'left' ? 'it left the cohort' : r);
     committed = true;
   };
-  const cancelled = (left: string) => new AbortError(`sync cancelled while cohort ${joined.cohort} was forming; ${left}; no update was sent and no ε was spent`);
+  const cancelled = (left: string) => syncCancelled(`while cohort ${joined.cohort} was forming; ${left}`);
   for (;;) {
     if (o.signal?.aborted && !committed) await stop(cancelled);
     // Only this member's and its mask neighbours' keys: degree + 1 keys, whatever the cohort size.
@@ -462,7 +467,7 @@ async function stayForRecovery(
   let sent = false;
   try {
     for (let polls = 0; ; polls++) {
-      const res = await request(o, 'cohort', 'GET', `/v1/secagg/cohorts/${encodeURIComponent(joined.cohort)}/members/${joined.index}`);
+      const res = await request(o, 'cohort', 'GET', memberPath(joined));
       const view = (await res.json()) as CohortView;
       o.onProgress?.({ phase: 'recovery', submitted: view.submitted ?? 0, size: K, ...(view.dropped ? { dropped: view.dropped.length } : {}) });
       if (view.status === 'done') return { outcome: 'published', recoveryShareSent: sent };
@@ -480,7 +485,7 @@ async function stayForRecovery(
         }
         if (droppedNeighbours(joined.index, K, sa.degree, dropped).length > 0) {
           const share = await recoveryShare({ index: joined.index, cohortId, publicKeys, privateKey, params: sa, dropped });
-          await request(o, 'cohort', 'POST', `/v1/secagg/cohorts/${encodeURIComponent(joined.cohort)}/members/${joined.index}/recovery`, share, {
+          await request(o, 'cohort', 'POST', `${memberPath(joined)}/recovery`, share, {
             'Content-Type': 'application/octet-stream',
             'X-Localrec-Cohort-Token': joined.token,
           });

@@ -188,13 +188,15 @@ export function createApp(rounds: RoundCoordinator, opts: AppOptions): Hono {
     },
   );
 
+  /** The `:member` path parameter as a member index (NaN when it is not a small non-negative integer). */
+  const memberIndex = (param: string) => (/^\d{1,9}$/.test(param) ? Number(param) : NaN);
   const cohortView = async (c: Context, memberParam?: string) => {
     if (!rounds.cohorts) return fail(c, 'wrong-mode', 'secure aggregation is off on this server');
     const co = await rounds.cohort(c.req.param('id') ?? '');
     if (!co) return fail(c, 'not-found', `no cohort ${c.req.param('id')}`);
     let member: number | undefined;
     if (memberParam !== undefined) {
-      member = /^\d{1,9}$/.test(memberParam) ? Number(memberParam) : NaN;
+      member = memberIndex(memberParam);
       if (!(member < co.size)) return fail(c, 'malformed', `member must be a member index 0..${co.size - 1}, got '${memberParam.slice(0, 20)}'`);
     }
     c.header('Cache-Control', 'no-store');
@@ -206,9 +208,7 @@ export function createApp(rounds: RoundCoordinator, opts: AppOptions): Hono {
 
   // A member leaves a cohort still forming (its sync was cancelled or gave up): its place is freed.
   app.post('/v1/secagg/cohorts/:id/members/:member/leave', bodyLimit({ maxSize: 0, onError: (c) => fail(c, 'oversized', 'leaving a cohort takes no body') }), async (c) => {
-    const memberParam = c.req.param('member') ?? '';
-    const member = /^\d{1,9}$/.test(memberParam) ? Number(memberParam) : NaN;
-    const r = await rounds.leaveCohort(c.req.param('id') ?? '', member, c.req.header('x-localrec-cohort-token') ?? '');
+    const r = await rounds.leaveCohort(c.req.param('id') ?? '', memberIndex(c.req.param('member') ?? ''), c.req.header('x-localrec-cohort-token') ?? '');
     if (!r.ok) return fail(c, r.reason, r.error);
     c.header('Cache-Control', 'no-store');
     return c.json({ left: true }, 200);
@@ -222,9 +222,7 @@ export function createApp(rounds: RoundCoordinator, opts: AppOptions): Hono {
     async (c) => {
       const body = await readBody(c);
       if (!body) return fail(c, 'malformed', 'could not read the request body');
-      const memberParam = c.req.param('member') ?? '';
-      const member = /^\d{1,9}$/.test(memberParam) ? Number(memberParam) : NaN;
-      const r = await rounds.submitRecovery(c.req.param('id') ?? '', member, c.req.header('x-localrec-cohort-token') ?? '', body);
+      const r = await rounds.submitRecovery(c.req.param('id') ?? '', memberIndex(c.req.param('member') ?? ''), c.req.header('x-localrec-cohort-token') ?? '', body);
       if (!r.ok) return fail(c, r.reason, r.error);
       c.header('Cache-Control', 'no-store');
       return c.json({ accepted: true, recovered: r.recovered, needed: r.needed, published: r.published ?? null }, 202);

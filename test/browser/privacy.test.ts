@@ -36,6 +36,21 @@ after(async () => {
   await server?.close();
 });
 
+/** A second server, also serving the repository, whose cohorts are `minClients` devices. */
+function secureServer(minClients: number, secureAggregation: true | { minSurvivors: number; timeoutMs: number }, now?: () => number): Promise<RunningServer> {
+  return startServer({
+    port: 0,
+    dataDir: null,
+    initialTable: createItemTable(ids, 16, { seed: 1 }),
+    minClients,
+    rateLimit: false,
+    secureAggregation,
+    ...(now ? { now } : {}),
+    staticDir: '.',
+    log: () => {},
+  });
+}
+
 /** The SDK test page, ready, from `base` (default the file's server). */
 async function sdkPage(init?: string, base = server.url): Promise<Page> {
   const page = await browser.newPage();
@@ -133,16 +148,7 @@ describe('privacy in Chromium', () => {
   it('under secure aggregation only a public key, cohort polls and a masked update leave the page', async () => {
     // A second server whose cohorts are 2 devices: this page and one Node client running the same
     // client code (syncOnce). The page's WebCrypto does the ECDH, HKDF and AES-CTR masking.
-    const secure = await startServer({
-      port: 0,
-      dataDir: null,
-      initialTable: createItemTable(ids, 16, { seed: 1 }),
-      minClients: 2,
-      rateLimit: false,
-      secureAggregation: true,
-      staticDir: '.',
-      log: () => {},
-    });
+    const secure = await secureServer(2, true);
     const page = await sdkPage(undefined, secure.url);
     try {
       const requests: Request[] = [];
@@ -236,17 +242,7 @@ describe('privacy in Chromium', () => {
     // connection at upload. Once both survivors are in, the server's clock jumps past the timeout.
     let skew = 0;
     const timeoutMs = 60_000;
-    const secure = await startServer({
-      port: 0,
-      dataDir: null,
-      initialTable: createItemTable(ids, 16, { seed: 1 }),
-      minClients: 3,
-      rateLimit: false,
-      secureAggregation: { minSurvivors: 2, timeoutMs },
-      now: () => Date.now() + skew,
-      staticDir: '.',
-      log: () => {},
-    });
+    const secure = await secureServer(3, { minSurvivors: 2, timeoutMs }, () => Date.now() + skew);
     const page = await sdkPage(undefined, secure.url);
     try {
       const requests: Request[] = [];
