@@ -62,6 +62,38 @@ export class ConsentError extends LocalrecError {
   override name = 'ConsentError' as const;
 }
 
+/** Why a signed offer catalog was refused. */
+export type SignatureProblem =
+  /** There is no signature at all (an unsigned catalog). */
+  | 'unsigned'
+  /** The envelope is not a signed catalog: wrong `alg`, signature not base64url, not an object. */
+  | 'malformed'
+  /** The signature does not match the catalog under any of the given keys (tampered or wrong key). */
+  | 'mismatch'
+  /** The key given to sign or verify is not a usable ECDSA P-256 JWK. */
+  | 'bad-key';
+
+const SIGNATURE_PROBLEMS: readonly string[] = ['unsigned', 'malformed', 'mismatch', 'bad-key'];
+
+/**
+ * An offer catalog was refused because its signature is missing, malformed or does not verify.
+ * `problem` says which; it survives the worker boundary like `name`.
+ *
+ * @example
+ * ```ts
+ * try { await rec.setOffers(signed); }
+ * catch (e) { if (isSignatureError(e)) console.warn(e.problem, e.message); } // "mismatch" "offer catalog signature does not match …"
+ * ```
+ */
+export class SignatureError extends LocalrecError {
+  override name = 'SignatureError' as const;
+  readonly problem: SignatureProblem;
+  constructor(problem: SignatureProblem, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.problem = problem;
+  }
+}
+
 /**
  * The caller cancelled the operation (an `AbortSignal` it passed was aborted). Named `AbortError`
  * like the DOM's, so code that checks `e.name === 'AbortError'` for `fetch` handles it too. The
@@ -89,6 +121,7 @@ const NAMES = [
   'PrivacyBudgetError',
   'ConsentError',
   'AbortError',
+  'SignatureError',
 ] as const;
 
 function hasName(e: unknown, name: string): boolean {
@@ -108,6 +141,24 @@ export const isPrivacyBudgetError = (e: unknown): e is PrivacyBudgetError => has
 export const isConsentError = (e: unknown): e is ConsentError => hasName(e, 'ConsentError');
 /** True for localrec's {@link AbortError} and for the DOM's (`DOMException` named `AbortError`). */
 export const isAbortError = (e: unknown): e is AbortError => hasName(e, 'AbortError');
+/** True for a {@link SignatureError}, including one rebuilt after crossing the worker boundary. */
+export const isSignatureError = (e: unknown): e is SignatureError => hasName(e, 'SignatureError');
+
+/**
+ * The fields beyond name, message and stack that a localrec error carries (ValidationError's
+ * `field`, NetworkError's `status`, SignatureError's `problem`). The worker adds them to a thrown
+ * error's message to the page (comlink copies only name, message and stack by itself), and
+ * {@link reviveError} puts them back.
+ */
+export function errorDetails(e: unknown): { field?: string; status?: number; problem?: string } {
+  if (!isLocalrecError(e)) return {};
+  const out: { field?: string; status?: number; problem?: string } = {};
+  const { field, status, problem } = e as { field?: unknown; status?: unknown; problem?: unknown };
+  if (typeof field === 'string') out.field = field;
+  if (typeof status === 'number') out.status = status;
+  if (typeof problem === 'string') out.problem = problem;
+  return out;
+}
 
 const CLASSES: Record<string, new (message: string) => LocalrecError> = {
   StorageError,
@@ -125,13 +176,19 @@ const CLASSES: Record<string, new (message: string) => LocalrecError> = {
  */
 export function reviveError(e: unknown): unknown {
   if (typeof e !== 'object' || e === null) return e;
-  const { name, message, stack } = e as { name?: string; message?: string; stack?: string };
+  const { name, message, stack, field, status, problem } = e as { name?: string; message?: string; stack?: string; field?: unknown; status?: unknown; problem?: unknown };
   let out: LocalrecError | undefined;
   if (name === 'ValidationError') {
-    const m = /^([^:]+): ([\s\S]*)$/.exec(message ?? '');
-    out = m ? new ValidationError(m[1]!, m[2]!) : new ValidationError('input', message ?? '');
+    const text = message ?? '';
+    if (typeof field === 'string' && text.startsWith(`${field}: `)) out = new ValidationError(field, text.slice(field.length + 2));
+    else {
+      const m = /^([^:]+): ([\s\S]*)$/.exec(text);
+      out = m ? new ValidationError(m[1]!, m[2]!) : new ValidationError('input', text);
+    }
   } else if (name === 'NetworkError') {
-    out = new NetworkError(message ?? '', 0);
+    out = new NetworkError(message ?? '', typeof status === 'number' ? status : 0);
+  } else if (name === 'SignatureError') {
+    out = new SignatureError(typeof problem === 'string' && SIGNATURE_PROBLEMS.includes(problem) ? (problem as SignatureProblem) : 'malformed', message ?? '');
   } else if (name && CLASSES[name]) {
     out = new CLASSES[name]!(message ?? '');
   }

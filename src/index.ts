@@ -21,12 +21,30 @@ export {
   isPrivacyBudgetError,
   isConsentError,
   isAbortError,
+  SignatureError,
+  isSignatureError,
 } from './errors.js';
+export type { SignatureProblem } from './errors.js';
 export type { AuditReport, ExportFile } from './engine/audit-types.js';
 export type { EgressEntry } from './federated/sync.js';
-export type { Offer, OfferCatalog, SignedOfferCatalog, ShownOffer, OffersOptions, OfferContext } from './offers/types.js';
-export { isSignatureError } from './offers/signature-error.js';
-export type { AffinitySnapshot, AffinityOfferStats } from './offers/affinity-model.js';
+export type { ConsentRecord } from './engine/engine.js';
+export type { AccountantState } from './federated/dp.js';
+export type {
+  Offer,
+  OfferCatalog,
+  SignedOfferCatalog,
+  ShownOffer,
+  OffersOptions,
+  OfferContext,
+  OfferDiscount,
+  OfferScope,
+  OfferAudience,
+  OfferLimits,
+  OfferHints,
+  OfferObjective,
+  CartLine,
+} from './offers/types.js';
+export type { AffinitySnapshot, AffinityOfferStats, AffinityFeature } from './offers/affinity-model.js';
 export type {
   BackendName,
   FederatedOptions,
@@ -47,6 +65,12 @@ export type {
   Stats,
   StoredEvent,
   TrackEvent,
+  ViewEvent,
+  SearchEvent,
+  CartEvent,
+  PurchaseEvent,
+  RatingEvent,
+  OfferEvent,
   TrainOptions,
   TrainResult,
 } from './types.js';

@@ -2,9 +2,9 @@
 // pieces (evaluation, aggregation server). Import from 'localrec/node'.
 import '@tensorflow/tfjs-backend-cpu';
 export { Engine } from './engine/engine.js';
-export type { EngineOptions } from './engine/engine.js';
+export type { EngineOptions, ConsentRecord } from './engine/engine.js';
 export { IdbEventStore, MemoryEventStore, openEventStore } from './events/store.js';
-export type { EventStore } from './events/store.js';
+export type { EventStore, Retention } from './events/store.js';
 export { validateEvent, EVENT_TYPES, EVENT_SCHEMA_VERSION } from './events/schema.js';
 export { validateCatalog } from './model/catalog.js';
 export { createItemTable, checkItemTable } from './model/item-table.js';
@@ -43,9 +43,10 @@ export type {
 export * from './errors.js';
 export type * from './types.js';
 export { syncOnce, fetchServerConfig, pullModel } from './federated/sync.js';
-export type { SyncOptions, SyncResult, EgressEntry, ServerConfig } from './federated/sync.js';
+export type { SyncOptions, SyncResult, EgressEntry, ServerConfig, FetchLike } from './federated/sync.js';
 export { RdpAccountant, noiseForSyncs, syncsWithinBudget } from './federated/dp.js';
 export { buildClientUpdate } from './federated/client-update.js';
 export { encodeModel, decodeModel, encodeUpdate, decodeUpdate } from './federated/wire.js';
 export { generateOfferKeys, signOfferCatalog, verifyOfferCatalog, chooseOffers, indexProducts } from './offers/index.js';
-export type { OfferCatalog, SignedOfferCatalog, ShownOffer, OffersOptions } from './offers/types.js';
+export type * from './offers/types.js';
+export type { AccountantState } from './federated/dp.js';

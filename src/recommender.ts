@@ -1,6 +1,7 @@
 import * as Comlink from 'comlink';
 import { ClosedError, reviveError, syncCancelled, ValidationError } from './errors.js';
 import { validateEvent } from './events/schema.js';
+import { knownKeys, OPTION_KEYS } from './options.js';
 import type { WorkerApi } from './engine/worker.js';
 import type { AuditReport, ExportFile } from './engine/audit-types.js';
 import type { OffersOptions, ShownOffer, SignedOfferCatalog } from './offers/types.js';
@@ -95,6 +96,7 @@ function revive<T>(p: Promise<T>): Promise<T> {
  */
 export async function createRecommender(options: RecommenderOptions): Promise<Recommender> {
   if (typeof options !== 'object' || options === null) throw new ValidationError('options', 'must be an object with a `catalog`');
+  knownKeys(options, 'options', OPTION_KEYS.recommender);
   // The catalog is validated in the worker (errors come back with the field named): validating a
   // 100,000-item catalog here too would block the page for no gain.
   const catalog = options.catalog;
@@ -152,6 +154,10 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
     worker.terminate();
     throw e;
   }
+  /** Worker calls not yet answered: close() and erase() let them finish before the worker stops. */
+  const inflight = new Set<Promise<unknown>>();
+  /** Set by the first close() or erase(): what it returns, and which one it was. */
+  let ending: { kind: 'close' | 'erase'; done: Promise<void> } | undefined;
   let pending: unknown[] = [];
   let seq = 0;
   let seen = 0;
@@ -172,10 +178,32 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
   /** Runs a worker call after every event tracked so far has reached the worker. */
   const call = <T>(f: () => Promise<T>): Promise<T> => {
     open();
-    return revive(synced().then(f));
+    const p = revive(synced().then(f));
+    const settled = p.catch(() => undefined);
+    inflight.add(settled);
+    void settled.then(() => inflight.delete(settled));
+    return p;
   };
   const open = () => {
     if (closed) throw new ClosedError('the recommender is closed');
+    if (ending) throw new ClosedError(`the recommender is ${ending.kind === 'close' ? 'closing' : 'erasing its data'}`);
+  };
+  /**
+   * Ends the session once: new calls are refused at once, a sync waiting for its cohort is
+   * cancelled, calls already made get their answers, then the worker does `last` and stops.
+   */
+  const end = (kind: 'close' | 'erase', last: () => Promise<void>): Promise<void> => {
+    if (ending) {
+      if (ending.kind === kind) return ending.done;
+      return Promise.reject(new ClosedError(`the recommender is already ${ending.kind === 'close' ? 'closing' : 'erasing its data'}`));
+    }
+    const done = (async () => {
+      void api.cancelSync().catch(() => undefined);
+      await Promise.all([...inflight]);
+      await revive(last());
+    })().finally(stop);
+    ending = { kind, done };
+    return done;
   };
   const stop = () => {
     closed = true;
@@ -247,13 +275,15 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
     flush: () => call(() => api.flush()),
     async close() {
       if (closed) return;
-      await revive(synced().then(() => api.close())).finally(stop);
+      // What was tracked is posted now, before the calls in flight settle.
+      post();
+      return end('close', () => synced().then(() => api.close()));
     },
     async erase() {
+      if (closed) throw new ClosedError('the recommender is closed');
       // Pending events are dropped, not posted: they are about to be erased anyway.
-      open();
       pending = [];
-      await revive(api.erase()).finally(stop);
+      return end('erase', () => api.erase());
     },
   };
 }

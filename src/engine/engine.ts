@@ -1,6 +1,7 @@
 import { ClosedError, ConsentError, ModelError, NetworkError, syncCancelled, ValidationError } from '../errors.js';
+import { describeValue, intOption, knownKeys, OPTION_KEYS } from '../options.js';
 import { validateEvent } from '../events/schema.js';
-import { DEFAULT_RETENTION, MemoryEventStore, openEventStore, type EventStore, type Retention } from '../events/store.js';
+import { DEFAULT_RETENTION, deleteEventDatabase, MemoryEventStore, openEventStore, type EventStore, type Retention } from '../events/store.js';
 import { EVENT_SCHEMA_VERSION } from '../events/schema.js';
 import type { AuditReport, ExportFile } from './audit-types.js';
 import { chooseOffers, indexProducts, offerScopeLookup, predictAffinity, purchaseBaskets, verifyOfferCatalog, type ProductIndex } from '../offers/index.js';
@@ -19,6 +20,7 @@ import { syncOnce, type EgressEntry, type FetchLike } from '../federated/sync.js
 import type {
   BackendName,
   Catalog,
+  FederatedOptions,
   Recommendation,
   RecommendOptions,
   Reason,
@@ -47,7 +49,7 @@ export interface EngineOptions {
   /** Offers: the shop's public key(s) (JWK, ECDSA P-256) that signed offer catalogs must verify against. */
   offers?: { publicKey: JsonWebKey | JsonWebKey[] };
   /** Federated learning: where the aggregation server is, and this device's privacy budget. */
-  federated?: { serverUrl: string; budget?: number; delta?: number; cohortWaitMs?: number };
+  federated?: FederatedOptions;
   /**
    * The shop's published neighbour table (`localrec neighbors` output, an absolute http(s) URL):
    * fetched once personalization is allowed, kept in IndexedDB, and used to rank.
@@ -136,12 +138,42 @@ const EGRESS_MAX = 1000;
 const FLUSH_DELAY_MS = 25;
 const FLUSH_MAX = 200;
 
-function intOption(v: unknown, name: string, min: number, max: number, dflt: number): number {
-  if (v === undefined) return dflt;
-  if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) {
-    throw new ValidationError(name, `must be a whole number from ${min} to ${max}, got ${String(v)}`);
+/** The keys {@link Engine.create} accepts: the page's options plus what the worker and tests add. */
+const ENGINE_KEYS = [...OPTION_KEYS.recommender.filter((k) => k !== 'workerUrl'), 'backendCandidates', 'training', 'fetch', 'globalPrivacyControl', 'honorGlobalPrivacyControl', 'now', 'store'];
+
+/** Checks `options.federated` once, at start: a bad budget or δ must not surface only at the first sync. */
+function checkFederated(fed: unknown): void {
+  if (fed === undefined) return;
+  const f = knownKeys(fed, 'options.federated', OPTION_KEYS.federated);
+  let url: URL | undefined;
+  try {
+    url = typeof f.serverUrl === 'string' ? new URL(f.serverUrl) : undefined;
+  } catch {
+    url = undefined;
   }
-  return v;
+  if (!url || !/^https?:$/.test(url.protocol)) {
+    throw new ValidationError('options.federated.serverUrl', `must be the aggregation server's http:// or https:// URL, got ${describeValue(f.serverUrl)}`);
+  }
+  if (f.budget !== undefined && !(typeof f.budget === 'number' && f.budget > 0 && Number.isFinite(f.budget))) {
+    throw new ValidationError('options.federated.budget', `must be a number > 0, got ${describeValue(f.budget)}`);
+  }
+  if (f.delta !== undefined && !(typeof f.delta === 'number' && f.delta > 0 && f.delta < 1)) {
+    throw new ValidationError('options.federated.delta', `must be a number in (0, 1), got ${describeValue(f.delta)}`);
+  }
+  if (f.cohortWaitMs !== undefined && !(typeof f.cohortWaitMs === 'number' && Number.isFinite(f.cohortWaitMs) && f.cohortWaitMs > 0)) {
+    throw new ValidationError('options.federated.cohortWaitMs', `must be a number of milliseconds > 0, got ${describeValue(f.cohortWaitMs)}`);
+  }
+  if (f.honorGlobalPrivacyControl !== undefined && typeof f.honorGlobalPrivacyControl !== 'boolean') {
+    throw new ValidationError('options.federated.honorGlobalPrivacyControl', `must be true or false, got ${describeValue(f.honorGlobalPrivacyControl)}`);
+  }
+}
+
+/**
+ * Key of the newest of `events` (the store's keys only grow): what a training run or a sync learned
+ * from. Events stored while it ran stay pending, so auto-training still counts them.
+ */
+function newestId(events: StoredEvent[]): number {
+  return events.reduce((m, e) => Math.max(m, e.id ?? 0), 0);
 }
 
 const ACTION_VERB: Record<ProfileItem['action'], string> = {
@@ -179,6 +211,8 @@ export class Engine {
   private flushing: Promise<void> = Promise.resolve();
   private training: Promise<TrainResult> | undefined;
   private closed = false;
+  /** close() has begun (the neighbour fetch it stops reports that, not a timeout). */
+  private closing = false;
   private dropped = 0;
   private lastError: Error | undefined;
   private readonly now: () => number;
@@ -208,15 +242,24 @@ export class Engine {
   }
 
   static async create(opts: EngineOptions): Promise<Engine> {
+    knownKeys(opts, 'options', ENGINE_KEYS);
     const catalog = validateCatalog(opts.catalog);
+    knownKeys(opts.model, 'options.model', OPTION_KEYS.model);
+    knownKeys(opts.retention, 'options.retention', OPTION_KEYS.retention);
+    knownKeys(opts.offers, 'options.offers', OPTION_KEYS.offers);
+    knownKeys(opts.consent, 'options.consent', OPTION_KEYS.consent);
+    checkFederated(opts.federated);
     const dim = intOption(opts.model?.dim, 'options.model.dim', 1, 64, 32);
+    const seed = opts.model?.seed;
+    if (seed !== undefined && !(typeof seed === 'number' && Number.isFinite(seed))) throw new ValidationError('options.model.seed', `must be a finite number, got ${describeValue(seed)}`);
     const hl = opts.model?.halfLifeDays ?? 30;
-    if (typeof hl !== 'number' || !(hl > 0) || !Number.isFinite(hl)) throw new ValidationError('options.model.halfLifeDays', `must be a number > 0, got ${String(hl)}`);
+    if (typeof hl !== 'number' || !(hl > 0) || !Number.isFinite(hl)) throw new ValidationError('options.model.halfLifeDays', `must be a number > 0, got ${describeValue(hl)}`);
     const sd = opts.model?.sessionDecay ?? DEFAULT_SESSION_DECAY;
-    if (typeof sd !== 'number' || !(sd > 0 && sd <= 1)) throw new ValidationError('options.model.sessionDecay', `must be a number in (0, 1], got ${String(sd)}`);
+    if (typeof sd !== 'number' || !(sd > 0 && sd <= 1)) throw new ValidationError('options.model.sessionDecay', `must be a number in (0, 1], got ${describeValue(sd)}`);
     const st = opts.model?.stepDecay ?? 1;
-    if (typeof st !== 'number' || !(st > 0 && st <= 1)) throw new ValidationError('options.model.stepDecay', `must be a number in (0, 1], got ${String(st)}`);
+    if (typeof st !== 'number' || !(st > 0 && st <= 1)) throw new ValidationError('options.model.stepDecay', `must be a number in (0, 1], got ${describeValue(st)}`);
     if (opts.neighbors !== undefined) {
+      knownKeys(opts.neighbors, 'options.neighbors', OPTION_KEYS.neighbors);
       const u = opts.neighbors?.url;
       let ok = false;
       try {
@@ -283,14 +326,22 @@ export class Engine {
    */
   async setConsent(c: { personalization?: boolean; federated?: boolean }): Promise<void> {
     this.assertOpen();
+    if (typeof c !== 'object' || c === null) throw new ValidationError('consent', `must be an object like { personalization: true, federated: false }, got ${describeValue(c)}`);
+    knownKeys(c, 'consent', OPTION_KEYS.consent);
     for (const k of ['personalization', 'federated'] as const) {
-      if (c[k] !== undefined && typeof c[k] !== 'boolean') throw new ValidationError(`consent.${k}`, `must be true or false, got ${String(c[k])}`);
+      if (c[k] !== undefined && typeof c[k] !== 'boolean') throw new ValidationError(`consent.${k}`, `must be true or false, got ${describeValue(c[k])}`);
     }
     const next = { personalization: c.personalization ?? this.consent.personalization, federated: c.federated ?? this.consent.federated };
     const was = this.consent.personalization;
     this.consent = next;
     this.consentHistory.push({ t: this.now(), ...next, source: 'setConsent' });
     this.eventCache = undefined;
+    if (!next.personalization || !next.federated) {
+      // A sync under way stops with the consent it needed: before its upload it sends nothing (an
+      // upload already in flight is never cut, so its ε stays spent and recorded).
+      this.cancelSync();
+      await this.syncing?.catch(() => undefined);
+    }
     if (next.personalization && !was) {
       this.store = this.opts.store ?? (await openEventStore(this.opts.dbName ?? 'localrec', this.retention));
       this.scorer.dispose();
@@ -299,6 +350,8 @@ export class Engine {
       await this.persistConsent();
       if (this.neighbors) await this.saveNeighbors();
       else this.startNeighborFetch();
+      // An offer catalog installed before consent was kept in memory only (setOffers).
+      if (this.offerCatalog) await this.store.setMeta(OFFERS_KEY, this.offerCatalog);
     } else if (!next.personalization && was) {
       await this.training?.catch(() => undefined);
       this.queue = [];
@@ -307,6 +360,10 @@ export class Engine {
       this.scorer.dispose();
       await this.load(this.dim);
       // The withdrawal itself is remembered only in memory: nothing may be stored now.
+    } else if (!next.personalization) {
+      // Withdrawn while this session never opened the database (it started without consent): what
+      // an earlier session stored under the same name is erased all the same.
+      await this.deleteStoredDatabase();
     } else if (next.personalization) {
       this.consentDirty = true;
       await this.persistConsent();
@@ -338,6 +395,12 @@ export class Engine {
         // Corrupt weights are not worth failing the shop's page for: start fresh, say why in stats.
         this.lastError = e as Error;
       }
+    } else if (saved) {
+      // Weights of another size cannot be mapped onto this model: it starts afresh (and replaces
+      // them at its first save). Said in stats(), so a changed `model.dim` is not a silent reset.
+      this.lastError = new ModelError(
+        `the stored model has dim ${saved.dim} but options.model.dim is ${dim}: starting from fresh weights (the stored ones are replaced at the next training or sync)`,
+      );
     }
     this.table = fresh;
     this.scorer = new Scorer(this.table);
@@ -353,6 +416,7 @@ export class Engine {
   private neighborBytes: Uint8Array | undefined;
   /** The fetch of `options.neighbors.url` while it runs; recommend() and similar() wait for it. */
   private neighborsLoading: Promise<void> | undefined;
+  private neighborAbort: AbortController | undefined;
 
   /**
    * Installs a neighbour table file (`localrec neighbors` output). A file that does not decode is
@@ -410,8 +474,9 @@ export class Engine {
     if (url === undefined || !this.consent.personalization || this.neighborsLoading) return;
     this.neighborsLoading = (async () => {
       const entry: EgressEntry = { t: this.now(), method: 'GET', endpoint: new URL(url).pathname, kind: 'neighbors', bytes: 0, status: 0 };
-      // recommend() waits for this fetch, so it may not wait for ever.
+      // recommend() waits for this fetch, so it may not wait for ever; close() and erase() end it.
       const abort = new AbortController();
+      this.neighborAbort = abort;
       const timeoutMs = this.opts.neighbors?.timeoutMs ?? NEIGHBOR_FETCH_TIMEOUT_MS;
       const timer = setTimeout(() => abort.abort(), timeoutMs);
       try {
@@ -421,7 +486,7 @@ export class Engine {
         await this.installNeighbors(new Uint8Array(await res.arrayBuffer()), url);
       } catch (e) {
         this.lastError = abort.signal.aborted
-          ? new NetworkError(`GET ${url}: no answer within ${timeoutMs} ms`, 0)
+          ? new NetworkError(this.closing ? `GET ${url}: stopped by close()` : `GET ${url}: no answer within ${timeoutMs} ms`, 0)
           : e instanceof TypeError
             ? new NetworkError(`GET ${url}: ${e.message}`, 0)
             : (e as Error);
@@ -574,6 +639,7 @@ export class Engine {
    */
   async recommend(options: RecommendOptions = {}): Promise<Recommendation[]> {
     this.assertOpen();
+    knownKeys(options, 'options', OPTION_KEYS.recommend);
     const k = intOption(options.k, 'options.k', 1, 1000, 10);
     if (options.category !== undefined && typeof options.category !== 'string') throw new ValidationError('options.category', 'must be a string');
     const { profile, events } = await this.profile();
@@ -613,6 +679,7 @@ export class Engine {
   async similar(itemId: string, options: SimilarOptions = {}): Promise<Recommendation[]> {
     this.assertOpen();
     if (typeof itemId !== 'string') throw new ValidationError('itemId', `must be a string, got ${typeof itemId}`);
+    knownKeys(options, 'options', OPTION_KEYS.similar);
     const k = intOption(options.k, 'options.k', 1, 1000, 10);
     const row = this.rows.get(itemId);
     if (row === undefined) throw new ModelError(`item "${itemId}" is not in the catalog`);
@@ -631,18 +698,20 @@ export class Engine {
    */
   train(options: TrainOptions = {}): Promise<TrainResult> {
     this.assertOpen();
+    knownKeys(options, 'options', OPTION_KEYS.train);
     if (!this.consent.personalization) return Promise.reject(new ConsentError('training needs consent to personalization (setConsent({ personalization: true }))'));
     if (this.training) return this.training;
     const epochs = intOption(options.epochs, 'options.epochs', 1, 1000, this.opts.training?.epochs ?? 4);
     const run = (async () => {
       const t0 = performance.now();
       options.onProgress?.({ phase: 'loading', done: 0, total: 1 });
-      const through = await this.store.lastId();
-      const { profile } = await this.profile();
+      const { profile, events } = await this.profile();
+      const through = newestId(events);
       const seq = { rows: profile.map((p) => p.row), weights: profile.map((p) => p.weight) };
       const stats = await trainItemTable(this.table, [seq], { ...this.opts.training, epochs, seed: (this.opts.model?.seed ?? 1) + this.saved.trainSteps }, options.onProgress);
       options.onProgress?.({ phase: 'saving', done: 0, total: 1 });
-      this.saved = { trainedAt: this.now(), trainSteps: this.saved.trainSteps + stats.steps, trainedThroughId: Math.max(through, await this.store.lastId()) };
+      // Events stored while it trained were not in its profile: they stay pending (auto-training sees them).
+      this.saved = { trainedAt: this.now(), trainSteps: this.saved.trainSteps + stats.steps, trainedThroughId: through };
       const old = this.scorer;
       this.scorer = new Scorer(this.table);
       old.dispose();
@@ -667,6 +736,7 @@ export class Engine {
    */
   async sync(o: SyncControl = {}): Promise<SyncResultInfo> {
     this.assertOpen();
+    knownKeys(o, 'options', OPTION_KEYS.sync);
     if (o.onProgress !== undefined && typeof o.onProgress !== 'function') throw new ValidationError('options.onProgress', `must be a function, got ${typeof o.onProgress}`);
     if (o.signal?.aborted) throw syncCancelled('before it started');
     if (!this.syncing) {
@@ -700,9 +770,8 @@ export class Engine {
 
   private async syncRound(signal: AbortSignal): Promise<SyncResultInfo> {
     const fed = this.opts.federated;
-    if (!fed || typeof fed.serverUrl !== 'string' || !/^https?:\/\//.test(fed.serverUrl)) {
-      throw new ValidationError('options.federated.serverUrl', 'must be set to the aggregation server (http:// or https:// URL) to sync');
-    }
+    // The options were checked at start (checkFederated): only their absence is left to refuse.
+    if (!fed) throw new ValidationError('options.federated.serverUrl', 'must be set to the aggregation server (http:// or https:// URL) to sync');
     if (!this.consent.personalization || !this.consent.federated) {
       throw new ConsentError('sync needs consent to personalization and to federated learning (setConsent({ federated: true }))');
     }
@@ -710,15 +779,11 @@ export class Engine {
       throw new ConsentError('sync is off: the browser sends Global Privacy Control and the host has not overridden it (options.federated.honorGlobalPrivacyControl)');
     }
     const budget = fed.budget ?? 8;
-    if (!(budget > 0) || !Number.isFinite(budget)) throw new ValidationError('options.federated.budget', `must be a number > 0, got ${String(budget)}`);
-    if (fed.cohortWaitMs !== undefined && !(Number.isFinite(fed.cohortWaitMs) && fed.cohortWaitMs > 0)) {
-      throw new ValidationError('options.federated.cohortWaitMs', `must be a number of milliseconds > 0, got ${String(fed.cohortWaitMs)}`);
-    }
     await this.training?.catch(() => undefined);
-    const { profile } = await this.profile();
+    const { profile, events } = await this.profile();
     const accountant = new RdpAccountant(await this.store.getMeta<AccountantState>(PRIVACY_KEY));
     const egress: EgressEntry[] = [];
-    const through = await this.store.lastId();
+    const through = newestId(events);
     // Persists the accountant and the egress log so far (each entry once).
     const checkpoint = async () => {
       await this.store.setMeta(PRIVACY_KEY, accountant.toJSON());
@@ -931,6 +996,8 @@ export class Engine {
   /** The offers most worth showing this shopper now, each with a reason (see docs/OFFERS.md). */
   async offers(options: OffersOptions = {}): Promise<ShownOffer[]> {
     this.assertOpen();
+    knownKeys(options, 'options', OPTION_KEYS.offersCall);
+    knownKeys(options.context, 'options.context', OPTION_KEYS.offerContext);
     this.offerCatalog ??= await this.store.getMeta<OfferCatalog>(OFFERS_KEY);
     if (!this.offerCatalog) return [];
     this.products ??= indexProducts(this.catalog.items);
@@ -975,6 +1042,9 @@ export class Engine {
     // A sync still waiting (for its cohort, or for the cohort's end) stops now; one past its upload
     // keeps its ε, written before the store closes.
     this.cancelSync();
+    // A neighbour file still downloading is not worth waiting for: the next session fetches it.
+    this.closing = true;
+    this.neighborAbort?.abort();
     await this.syncing?.catch(() => undefined);
     await this.flush().catch(() => undefined);
     await this.neighborsLoading;
@@ -990,11 +1060,23 @@ export class Engine {
     this.eventCache = undefined;
     // No sync may send anything, or write anything, once erasing has begun.
     this.cancelSync();
+    this.neighborAbort?.abort();
     await this.syncing?.catch(() => undefined);
     await this.training?.catch(() => undefined);
     // A neighbour fetch still in flight writes nothing once closed (saveNeighbors, appendEgress).
     this.closed = true;
     this.scorer.dispose();
     await this.store.destroy();
+    await this.deleteStoredDatabase();
+  }
+
+  /**
+   * Deletes the IndexedDB database this engine would use when its current store is not that
+   * database: before consent the engine runs on memory, but an earlier session with consent may
+   * have left the database behind, and erasing or withdrawing consent must remove it too.
+   */
+  private async deleteStoredDatabase(): Promise<void> {
+    if (this.store.kind === 'indexeddb' || this.opts.store) return;
+    await deleteEventDatabase(this.opts.dbName ?? 'localrec');
   }
 }

@@ -12,8 +12,23 @@ import { Engine, type EngineOptions } from './engine.js';
 import * as tf from '../model/tf.js';
 import type { ItemTable } from '../model/item-table.js';
 import type { Progress, RecommendOptions, SimilarOptions, SyncProgress, TrainOptions } from '../types.js';
-import { ClosedError } from '../errors.js';
+import { ClosedError, errorDetails } from '../errors.js';
 import type { OffersOptions } from '../offers/types.js';
+
+// Comlink sends a thrown error to the page as its name, message and stack; the page copies every
+// field it receives onto the Error it throws there. localrec's errors carry more (a ValidationError's
+// `field`, a NetworkError's HTTP `status`, a SignatureError's `problem`): add them, so that the
+// page's reviveError() rebuilds them whole.
+const builtinThrow = Comlink.transferHandlers.get('throw')!;
+Comlink.transferHandlers.set('throw', {
+  canHandle: builtinThrow.canHandle,
+  serialize(thrown: unknown) {
+    const [wire, transfer] = builtinThrow.serialize(thrown) as [{ isError: boolean; value: Record<string, unknown> }, Transferable[]];
+    if (wire.isError) Object.assign(wire.value, errorDetails((thrown as { value: unknown }).value));
+    return [wire, transfer];
+  },
+  deserialize: builtinThrow.deserialize,
+});
 
 // The .wasm binaries are copied next to this bundle by the build.
 setWasmPaths(new URL('./', import.meta.url).href);

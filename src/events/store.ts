@@ -390,3 +390,17 @@ export async function openEventStore(name: string, retention: Retention): Promis
     return new MemoryEventStore(retention);
   }
 }
+
+/**
+ * Deletes the database `name` without opening it (used when this session runs on memory but an
+ * earlier one may have stored data). Where IndexedDB is missing or refuses, nothing can have been
+ * stored there, so there is nothing to delete.
+ */
+export async function deleteEventDatabase(name: string): Promise<void> {
+  if (typeof indexedDB === 'undefined') return;
+  try {
+    await deleteDB(name);
+  } catch {
+    // IndexedDB refuses here (e.g. a private window): it could not have been written either.
+  }
+}

@@ -108,7 +108,7 @@ export interface OfferContext {
   page?: 'home' | 'product' | 'category' | 'cart' | 'checkout' | 'search' | 'other';
   /** The product on screen, on a product page. */
   itemId?: string;
-  /** "Now", ms since the epoch; defaults to the newest event's time or 0. Set it in replays. */
+  /** "Now", ms since the epoch (validity windows, cool-downs, recency); defaults to the clock. Set it in replays. */
   now?: number;
 }
 

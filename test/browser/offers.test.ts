@@ -42,13 +42,13 @@ it('setOffers() checks the signature in the worker; offers() follows what the sh
   await page.waitForFunction(() => (window as any).ready === true);
   const r = await page.evaluate(
     async ({ catalog, signed, tampered, publicJwk }) => {
-      const { createRecommender } = (window as any).localrec;
+      const { createRecommender, SignatureError } = (window as any).localrec;
       const rec = await createRecommender({ catalog, backend: 'wasm', dbName: 'offers-test', autoTrainEvery: 0, offers: { publicKey: publicJwk } });
       let refused = '';
       try {
         await rec.setOffers(tampered);
       } catch (e: any) {
-        refused = e.name;
+        refused = `${e.name} ${e.problem} ${e instanceof SignatureError}`;
       }
       const before = await rec.offers({ k: 2 });
       await rec.setOffers(signed);
@@ -60,7 +60,7 @@ it('setOffers() checks the signature in the worker; offers() follows what the sh
     },
     { catalog: CATALOG, signed, tampered, publicJwk: keys.publicJwk },
   );
-  assert.equal(r.refused, 'SignatureError');
+  assert.equal(r.refused, 'SignatureError mismatch true', 'the error keeps its class and its problem across the worker boundary');
   assert.deepEqual(r.before, [], 'no offers before a valid catalog');
   assert.equal(r.shown.length, 1);
   assert.equal(r.shown[0].offerId, 'bags10');

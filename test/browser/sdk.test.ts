@@ -85,8 +85,15 @@ describe('SDK in Chromium', () => {
   it('rejects bad events with a ValidationError naming the field, and loses nothing stored', async () => {
     const page = await sdkPage();
     const r = await page.evaluate(async (catalog) => {
-      const { createRecommender, isValidationError, ValidationError } = (window as any).localrec;
-      const rec = await createRecommender({ catalog, backend: 'cpu', dbName: 'bad-input', autoTrainEvery: 0 });
+      const { createRecommender, isValidationError, ValidationError, NetworkError } = (window as any).localrec;
+      let optionError = '';
+      try {
+        await createRecommender({ catalog, backend: 'cpu', dbName: 'bad-input', autoTrain: 5 });
+      } catch (e: any) {
+        optionError = `${e.name} ${e.message}`;
+      }
+      // The server is a static file server: /v1/config is not there (404).
+      const rec = await createRecommender({ catalog, backend: 'cpu', dbName: 'bad-input', autoTrainEvery: 0, federated: { serverUrl: `${location.origin}/no-server` } });
       rec.track({ type: 'view', itemId: 'sku-1' });
       await rec.flush();
       const errors: Array<{ name: string; message: string; guard: boolean; cls: boolean }> = [];
@@ -101,7 +108,7 @@ describe('SDK in Chromium', () => {
       try {
         await rec.recommend({ k: 0 });
       } catch (e: any) {
-        workerError = { name: e.name, message: e.message, cls: e instanceof ValidationError };
+        workerError = { name: e.name, message: e.message, field: e.field, cls: e instanceof ValidationError };
       }
       // A neighbour file that is not one: refused in the worker, by name, with nothing changed.
       let neighborError: any;
@@ -110,10 +117,30 @@ describe('SDK in Chromium', () => {
       } catch (e: any) {
         neighborError = { name: e.name, message: e.message, cls: e instanceof ValidationError };
       }
+      let syncError: any;
+      try {
+        await rec.sync();
+      } catch (e: any) {
+        syncError = { name: e.name, status: e.status, cls: e instanceof NetworkError };
+      }
       const stats = await rec.stats();
-      await rec.erase();
-      return { errors, workerError, neighborError, neighbors: stats.model.neighbors, total: stats.events.total };
+      // Calls made before erase() get their answers; calls after it began are refused at once.
+      const inFlight = rec.recommend({ k: 2 });
+      const erasing = [rec.erase(), rec.erase()];
+      let late = '';
+      try {
+        await rec.stats();
+      } catch (e: any) {
+        late = e.name;
+      }
+      const answered = (await inFlight).length;
+      await Promise.all(erasing);
+      return { optionError, errors, workerError, neighborError, syncError, late, answered, neighbors: stats.model.neighbors, total: stats.events.total };
     }, CATALOG);
+    assert.equal(r.optionError, 'ValidationError options.autoTrain: is not an option (known: catalog, backend, dbName, retention, model, autoTrainEvery, consent, offers, federated, neighbors, workerUrl)');
+    assert.deepEqual(r.syncError, { name: 'NetworkError', status: 404, cls: true }, 'the HTTP status survives the worker boundary');
+    assert.equal(r.late, 'ClosedError');
+    assert.equal(r.answered, 2);
     assert.equal(r.errors.length, 5);
     assert.deepEqual(
       r.errors.map((e) => e.message.split(':')[0]),
@@ -123,6 +150,7 @@ describe('SDK in Chromium', () => {
     assert.equal(r.workerError.name, 'ValidationError', 'errors from the worker keep their name');
     assert.ok(r.workerError.cls, 'and are revived as the right class');
     assert.match(r.workerError.message, /options\.k/);
+    assert.equal(r.workerError.field, 'options.k');
     assert.equal(r.total, 1, 'the stored event is still there');
     assert.deepEqual(r.neighborError, { name: 'ValidationError', message: 'neighbors: not a localrec neighbour file (magic is not LRN1)', cls: true });
     assert.equal(r.neighbors, null);

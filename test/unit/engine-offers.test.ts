@@ -126,4 +126,18 @@ describe('Engine.offers with the shop’s learned affinity', () => {
     assert.deepEqual(shown.map((o) => o.offerId).sort(), ['bag', 'candles', 'mugs']);
     await e.erase();
   });
+
+  it('a catalog installed before consent is stored once consent is given, and a later session has it', async () => {
+    const { affinity: _a, ...plain } = catalog();
+    const dbName = `offers-consent-${Date.now()}`;
+    const opts = { catalog: { items }, backend: 'cpu' as const, autoTrainEvery: 0, dbName, now: () => NOW, offers: { publicKey: keys.publicJwk } };
+    const first = await Engine.create({ ...opts, consent: { personalization: false, federated: false } });
+    await first.setOffers(await signOfferCatalog(plain, keys.privateJwk));
+    assert.equal((await first.offers({ k: 3, exploration: 0 })).length, 3, 'in memory before consent');
+    await first.setConsent({ personalization: true });
+    await first.close();
+    const later = await Engine.create(opts);
+    assert.deepEqual((await later.offers({ k: 3, exploration: 0 })).map((o) => o.offerId).sort(), ['bag', 'candles', 'mugs']);
+    await later.erase();
+  });
 });

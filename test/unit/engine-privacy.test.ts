@@ -42,6 +42,39 @@ describe('consent', () => {
     await e.close();
   });
 
+  for (const how of ['erase()', 'setConsent({ personalization: false })'] as const) {
+    it(`a session started without consent: ${how} deletes what an earlier session with consent stored`, async () => {
+      const name = dbName();
+      const earlier = await Engine.create({ catalog, backend: 'cpu', dbName: name, autoTrainEvery: 0 });
+      earlier.enqueue([{ type: 'purchase', itemId: 'p3' }, { type: 'view', itemId: 'p4' }]);
+      await earlier.close();
+      assert.ok((await dbNames()).includes(name));
+
+      const e = await Engine.create({ catalog, backend: 'cpu', dbName: name, consent: { personalization: false, federated: false } });
+      assert.ok((await dbNames()).includes(name), 'starting without consent leaves it alone (it is not opened)');
+      if (how === 'erase()') await e.erase();
+      else {
+        await e.setConsent({ personalization: false });
+        await e.close();
+      }
+      assert.ok(!(await dbNames()).includes(name), `${how} deleted the earlier session's database`);
+      const again = await Engine.create({ catalog, backend: 'cpu', dbName: name });
+      assert.equal((await again.stats()).events.total, 0);
+      await again.erase();
+    });
+  }
+
+  it('unknown consent keys are refused by name, and nothing changes', async () => {
+    const e = await Engine.create({ catalog, backend: 'cpu', dbName: dbName() });
+    e.enqueue([{ type: 'view', itemId: 'p1' }]);
+    await e.flush();
+    await assert.rejects(e.setConsent({ personalisation: false } as never), /consent\.personalisation: is not an option \(known: personalization, federated\)/);
+    await assert.rejects(e.setConsent(null as never), /consent: must be an object/);
+    assert.equal((await e.stats()).events.total, 1);
+    assert.equal((await e.audit()).consent.history.length, 1);
+    await e.erase();
+  });
+
   it('Global Privacy Control turns sync off unless the host overrides it, and the audit says so', async () => {
     const gpc = await Engine.create({ catalog, backend: 'cpu', dbName: dbName(), globalPrivacyControl: true, federated: { serverUrl: 'http://127.0.0.1:9' } });
     await assert.rejects(gpc.sync(), (err) => isConsentError(err) && /Global Privacy Control/.test((err as Error).message));

@@ -86,6 +86,95 @@ describe('Engine', () => {
     await assert.rejects(Engine.create({ ...base, model: { sessionDecay: 0 } }), /options\.model\.sessionDecay: must be a number in \(0, 1\]/);
   });
 
+  it('refuses unknown option keys by name (a typo never silently keeps a default), and values of the wrong type say their type', async () => {
+    const e = await Engine.create({ ...base, dbName: dbName() });
+    e.enqueue([{ type: 'view', itemId: 'p1' }]);
+    await assert.rejects(e.recommend({ count: 3 } as never), /options\.count: is not an option \(known: k, exclude, category\)/);
+    await assert.rejects(e.recommend(null as never), /options: must be an object, got null/);
+    await assert.rejects(e.recommend({ k: '5' } as never), /options\.k: must be a whole number from 1 to 1000, got "5"/);
+    await assert.rejects(e.similar('p1', { n: 2 } as never), /options\.n: is not an option/);
+    assert.throws(() => e.train({ epoch: 2 } as never), /options\.epoch: is not an option \(known: epochs, onProgress\)/);
+    await assert.rejects(e.sync({ onprogress: () => {} } as never), /options\.onprogress: is not an option/);
+    await assert.rejects(e.offers({ context: { when: 1 } } as never), /options\.context\.when: is not an option/);
+    assert.equal((await e.stats()).events.total, 1, 'the stored event is kept');
+    await e.erase();
+    const bad: Array<[Record<string, unknown>, RegExp]> = [
+      [{ autoTrain: 5 }, /options\.autoTrain: is not an option/],
+      [{ model: { dimension: 8 } }, /options\.model\.dimension: is not an option \(known: dim, halfLifeDays, sessionDecay, stepDecay, seed\)/],
+      [{ model: { seed: Number.NaN } }, /options\.model\.seed: must be a finite number, got NaN/],
+      [{ retention: { maxAge: 1 } }, /options\.retention\.maxAge: is not an option \(known: maxEvents, maxAgeDays\)/],
+      [{ retention: { maxEvents: '100' } }, /options\.retention\.maxEvents: must be a whole number from 1 to 10000000, got "100"/],
+      [{ neighbors: { url: 'http://x/n.lrn', timeout: 5 } }, /options\.neighbors\.timeout: is not an option/],
+      [{ consent: { personalisation: false, federated: false } }, /options\.consent\.personalisation: is not an option/],
+      [{ federated: { serverUrl: 'http://127.0.0.1:9', epsilon: 4 } }, /options\.federated\.epsilon: is not an option/],
+    ];
+    for (const [extra, re] of bad) await assert.rejects(Engine.create({ ...base, dbName: dbName(), ...extra } as never), re);
+  });
+
+  it('checks options.federated at start, before any request', async () => {
+    const requests: string[] = [];
+    const fetch = async (url: string) => {
+      requests.push(url);
+      throw new TypeError('offline');
+    };
+    const bad: Array<[Record<string, unknown>, RegExp]> = [
+      [{ serverUrl: 'http://127.0.0.1:9', delta: 5 }, /options\.federated\.delta: must be a number in \(0, 1\), got 5/],
+      [{ serverUrl: 'http://127.0.0.1:9', delta: 0 }, /options\.federated\.delta: must be a number in \(0, 1\), got 0/],
+      [{ serverUrl: 'http://127.0.0.1:9', budget: 0 }, /options\.federated\.budget: must be a number > 0, got 0/],
+      [{ serverUrl: 'http://127.0.0.1:9', budget: Number.NaN }, /options\.federated\.budget: must be a number > 0, got NaN/],
+      [{ serverUrl: 'http://127.0.0.1:9', cohortWaitMs: -1 }, /options\.federated\.cohortWaitMs/],
+      [{ serverUrl: 'ftp://shop.example' }, /options\.federated\.serverUrl: must be the aggregation server's http:\/\/ or https:\/\/ URL, got "ftp:\/\/shop\.example"/],
+      [{ budget: 8 }, /options\.federated\.serverUrl/],
+    ];
+    for (const [federated, re] of bad) await assert.rejects(Engine.create({ ...base, dbName: dbName(), federated, fetch } as never), re);
+    assert.deepEqual(requests, []);
+  });
+
+  it('a stored model of another dim is replaced, and stats() says so', async () => {
+    const name = dbName();
+    const e1 = await Engine.create({ ...base, dbName: name, model: { dim: 8 } });
+    e1.enqueue([{ type: 'view', itemId: 'p5' }, { type: 'purchase', itemId: 'p6' }]);
+    await e1.train({ epochs: 2 });
+    await e1.close();
+    const e2 = await Engine.create({ ...base, dbName: name, model: { dim: 16 } });
+    const s = await e2.stats();
+    assert.equal(s.model.trainSteps, 0);
+    assert.match(s.lastError ?? '', /ModelError: the stored model has dim 8 but options\.model\.dim is 16: starting from fresh weights/);
+    await e2.erase();
+  });
+
+  it('events stored while training runs stay pending: the run did not learn from them', async () => {
+    const e = await Engine.create({ ...base, dbName: dbName() });
+    e.enqueue([{ type: 'view', itemId: 'p5' }, { type: 'purchase', itemId: 'p6' }]);
+    let flushed: Promise<void> | undefined;
+    await e.train({
+      epochs: 3,
+      onProgress: (p) => {
+        if (p.phase !== 'training' || flushed) return;
+        e.enqueue([{ type: 'purchase', itemId: 'p7' }, { type: 'view', itemId: 'p8' }]);
+        flushed = e.flush();
+      },
+    });
+    await flushed;
+    assert.equal((await e.stats()).model.pendingEvents, 2);
+    await e.erase();
+  });
+
+  it('close() stops a neighbour download still in flight instead of waiting for its timeout', async () => {
+    let aborted = false;
+    // A server that never answers: only the abort ends this fetch.
+    const fetch = (_url: string, init?: { signal?: AbortSignal }) =>
+      new Promise<Response>((_resolve, reject) => {
+        init?.signal?.addEventListener('abort', () => {
+          aborted = true;
+          reject(new DOMException('aborted', 'AbortError'));
+        });
+      });
+    const e = await Engine.create({ ...base, dbName: dbName(), neighbors: { url: 'http://127.0.0.1:9/n.lrn', timeoutMs: 600_000 }, fetch: fetch as never });
+    await e.close();
+    assert.equal(aborted, true);
+  });
+
   it('persists weights: a new engine on the same database does not retrain, and a changed catalog keeps known rows', async () => {
     const name = dbName();
     const e1 = await Engine.create({ ...base, dbName: name });

@@ -203,3 +203,18 @@ describe('close() and erase() during a sync', () => {
     });
   }
 });
+
+describe('withdrawing consent during a sync', () => {
+  for (const withdrawn of [{ federated: false }, { personalization: false }]) {
+    it(`setConsent(${JSON.stringify(withdrawn)}) while the sync waits for its cohort cancels it: AbortError, no update sent, no ε`, async () => {
+      const { rec, e, sync: pending } = await waitingInCohort(3, 7);
+      await e.setConsent(withdrawn);
+      // setConsent resolves only once the sync has stopped: nothing can be uploaded after it.
+      await assert.rejects(pending, isAbortError);
+      assert.ok(!rec.requests.some((r) => r.startsWith('POST /v1/secagg/updates')), rec.requests.join(', '));
+      assert.ok(rec.requests.some((r) => r.endsWith('/leave')), `the cohort place is given back: ${rec.requests.join(', ')}`);
+      assert.equal((await e.stats()).privacy.epsilon, 0);
+      await e.close();
+    });
+  }
+});

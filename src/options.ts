@@ -1,0 +1,64 @@
+import { ValidationError } from './errors.js';
+
+/**
+ * Checking the options objects the public API takes. Pure and tiny, so the page's bundle can use
+ * it as well as the worker.
+ */
+
+/** A value as an error message shows it: strings quoted, so `"100"` is not mistaken for `100`. */
+export function describeValue(v: unknown): string {
+  if (v === null) return 'null';
+  if (Array.isArray(v)) return 'an array';
+  if (typeof v === 'string') return JSON.stringify(v.length > 40 ? v.slice(0, 40) + '…' : v);
+  if (typeof v === 'number' || typeof v === 'boolean') return String(v);
+  return `a ${typeof v}`;
+}
+
+/**
+ * Checks that `value` (the object at `path`) is a plain object with only the keys in `allowed`,
+ * and returns it (`{}` when it is undefined). Unknown keys are refused rather than ignored: a typo
+ * such as `personalisation: false` or `retention: { maxAge: 1 }` must not silently keep the default,
+ * least of all for a privacy control.
+ *
+ * @example
+ * ```ts
+ * knownKeys({ k: 3 }, 'options', ['k', 'exclude']);     // { k: 3 }
+ * knownKeys({ count: 3 }, 'options', ['k', 'exclude']); // throws "options.count: is not an option (known: k, exclude)"
+ * ```
+ */
+export function knownKeys(value: unknown, path: string, allowed: readonly string[]): Record<string, unknown> {
+  if (value === undefined) return {};
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) {
+    throw new ValidationError(path, `must be an object, got ${describeValue(value)}`);
+  }
+  for (const k of Object.keys(value)) {
+    if (!allowed.includes(k)) throw new ValidationError(`${path}.${k}`, `is not an option (known: ${allowed.join(', ')})`);
+  }
+  return value as Record<string, unknown>;
+}
+
+/** A whole number in [min, max] at `name`, or `dflt` when undefined. */
+export function intOption(v: unknown, name: string, min: number, max: number, dflt: number): number {
+  if (v === undefined) return dflt;
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) {
+    throw new ValidationError(name, `must be a whole number from ${min} to ${max}, got ${describeValue(v)}`);
+  }
+  return v;
+}
+
+/** The keys of each public options object, shared by the page and the worker. */
+export const OPTION_KEYS = {
+  recommender: ['catalog', 'backend', 'dbName', 'retention', 'model', 'autoTrainEvery', 'consent', 'offers', 'federated', 'neighbors', 'workerUrl'],
+  retention: ['maxEvents', 'maxAgeDays'],
+  model: ['dim', 'halfLifeDays', 'sessionDecay', 'stepDecay', 'seed'],
+  federated: ['serverUrl', 'budget', 'delta', 'honorGlobalPrivacyControl', 'cohortWaitMs'],
+  neighbors: ['url', 'timeoutMs'],
+  offers: ['publicKey'],
+  consent: ['personalization', 'federated'],
+  recommend: ['k', 'exclude', 'category'],
+  similar: ['k'],
+  train: ['epochs', 'onProgress'],
+  sync: ['onProgress', 'signal'],
+  offersCall: ['k', 'context', 'seed', 'exploration', 'priorStrength', 'objective'],
+  offerContext: ['cart', 'page', 'itemId', 'now'],
+} as const satisfies Record<string, readonly string[]>;
