@@ -21,6 +21,8 @@ export interface AuditReport {
   model: { stored: boolean; version: number; items: number; dim: number; bytes: number; trainedAt: number | null };
   /** The shop's neighbour table in use (public data: nothing about the shopper), or null. */
   neighbors: { stored: boolean; hash: string; items: number; width: number; bytes: number; source: string } | null;
+  /** The shop's signed offer catalog kept on the device (public data the shop published), or null. */
+  offers: { stored: true; version: number; offers: number; issuedAt: number } | null;
   egress: { requests: number; bytesSent: number; log: EgressEntry[] };
   privacy: {
     federatedConfigured: boolean;

@@ -907,6 +907,7 @@ export class Engine {
     const ev = await this.store.stats();
     const model = await this.store.getMeta<SavedModel>(MODEL_KEY);
     const storedNeighbors = await this.store.getMeta<SavedNeighbors>(NEIGHBORS_KEY);
+    const storedOffers = await this.store.getMeta<OfferCatalog>(OFFERS_KEY);
     const egress = (await this.store.getMeta<EgressEntry[]>(EGRESS_KEY)) ?? [];
     const privacy = await this.privacyStats();
     const fed = this.opts.federated;
@@ -935,6 +936,7 @@ export class Engine {
       neighbors: this.neighbors
         ? { stored: storedNeighbors?.hash === this.neighbors.hash, hash: this.neighbors.hash, items: this.neighbors.items, width: this.neighbors.width, bytes: this.neighbors.bytes, source: this.neighbors.source }
         : null,
+      offers: storedOffers ? { stored: true, version: storedOffers.version, offers: storedOffers.offers.length, issuedAt: storedOffers.issuedAt } : null,
       egress: {
         requests: egress.length,
         bytesSent: egress.reduce((a, e) => a + e.bytes, 0),

@@ -134,9 +134,11 @@ describe('Engine.offers with the shop’s learned affinity', () => {
     const first = await Engine.create({ ...opts, consent: { personalization: false, federated: false } });
     await first.setOffers(await signOfferCatalog(plain, keys.privateJwk));
     assert.equal((await first.offers({ k: 3, exploration: 0 })).length, 3, 'in memory before consent');
+    assert.equal((await first.audit()).offers, null, 'not stored before consent');
     await first.setConsent({ personalization: true });
     await first.close();
     const later = await Engine.create(opts);
+    assert.deepEqual((await later.audit()).offers, { stored: true, version: 1, offers: 3, issuedAt: 0 });
     assert.deepEqual((await later.offers({ k: 3, exploration: 0 })).map((o) => o.offerId).sort(), ['bag', 'candles', 'mugs']);
     await later.erase();
   });
