@@ -3,6 +3,8 @@
  * The `localrec` command. Each sub-command lives in its own module and is imported only when it
  * runs, so `localrec --help` stays fast and loads no TensorFlow.js or SQLite.
  */
+import { realpathSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import { Command } from 'commander';
 
 const program = new Command();
@@ -23,16 +25,42 @@ const registrations: Array<Promise<{ register(p: Command): void }>> = [
   import('./federated/privacy-command.js'),
 ];
 
+/** The sub-command that ran, so that an error can be told in its flags' words. */
+let ran: Command | undefined;
+program.hook('preAction', (_program, action) => {
+  ran = action;
+});
+
 export async function main(argv = process.argv): Promise<void> {
   for (const r of await Promise.all(registrations)) r.register(program);
   await program.parseAsync(argv);
 }
 
-const isEntry = import.meta.url === `file://${process.argv[1]}` || process.argv[1]?.endsWith('/localrec');
-if (isEntry) {
+/**
+ * The library names a bad option `options.minClients`; on the command line the user typed
+ * `--min-clients`. Rewrites the field when the sub-command has a flag for that option.
+ */
+export function inFlagTerms(message: string, command: Command | undefined): string {
+  const m = /^options\.([A-Za-z]+)(?=[:.[ ])/.exec(message);
+  const flag = m && command?.options.find((o) => o.attributeName() === m[1])?.long;
+  return flag ? flag + message.slice(m[0].length) : message;
+}
+
+/** True when this module is the program node runs (also through a symlink or a path with spaces). */
+function isEntry(): boolean {
+  const argv1 = process.argv[1];
+  if (!argv1) return false;
+  try {
+    return realpathSync(fileURLToPath(import.meta.url)) === realpathSync(argv1);
+  } catch {
+    return false;
+  }
+}
+
+if (isEntry()) {
   main().catch((e: unknown) => {
     const err = e as Error;
-    process.stderr.write(`localrec: ${err.name ?? 'Error'}: ${err.message}\n`);
+    process.stderr.write(`localrec: ${err.name ?? 'Error'}: ${inFlagTerms(String(err.message), ran)}\n`);
     process.exit(1);
   });
 }

@@ -88,6 +88,8 @@ export async function loadCsv(path: string, m: CsvMapping, onRows?: (rows: numbe
     throw new ValidationError(`options.data`, `cannot read '${path}': ${err.message ?? String(e)}`);
   }
   if (!cols) throw new ValidationError('options.data', `${name} is empty (no header line)`);
+  // A header alone (or only rows the filters drop) would "evaluate" to zeros and exit 0.
+  if (b.length === 0) throw new ValidationError('options.data', `${name} has no data rows${seen > 0 ? ` that pass the filters (${seen} read)` : ''}`);
   return b.build();
 }
 

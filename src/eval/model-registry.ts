@@ -156,6 +156,9 @@ export interface ModelPlan {
  * ```
  */
 export function planModels(spec: string, flags: Record<string, string>): ModelPlan[] {
+  // Every model flag given is checked, also when no listed model uses it: a bad value must not pass
+  // silently just because the run happens not to need it.
+  for (const [key, value] of Object.entries(flags)) if (key in PARAMS && value !== undefined) PARAMS[key].parse(value, `--${key}`);
   const plans: ModelPlan[] = [];
   for (const raw of spec.split(',').map((s) => s.trim()).filter(Boolean)) {
     const [name, ...over] = raw.split(':');

@@ -10,6 +10,7 @@
  */
 import type { Command } from 'commander';
 import { ValidationError } from '../errors.js';
+import { checkOutputFile } from '../output-file.js';
 import type { CsvFlags } from './presets.js';
 
 export interface NeighborsCommandOptions extends CsvFlags {
@@ -70,6 +71,7 @@ export async function runNeighbors(opts: NeighborsCommandOptions, io: { stdout: 
   if (opts.format !== 'retail' && opts.format !== 'csv') throw new ValidationError('--format', `must be retail or csv, got '${opts.format}'`);
   if (!opts.data) throw new ValidationError('--data', 'is required (the order log)');
   if (!opts.out) throw new ValidationError('--out', 'is required (where to write the table)');
+  checkOutputFile(opts.out, '--out');
   const int = (v: string, flag: string, lo: number, hi: number): number => {
     const x = Number(v);
     if (!Number.isInteger(x) || x < lo || x > hi) throw new ValidationError(flag, `must be a whole number from ${lo} to ${hi}, got '${v}'`);

@@ -42,6 +42,10 @@ export interface CsvFlags {
 export function csvMappingFromFlags(format: 'retail' | 'csv', opts: CsvFlags): CsvMapping {
   let mapping: CsvMapping;
   if (format === 'retail') {
+    // The preset fixes these columns: a flag for them would be silently ignored, so it is refused.
+    for (const [flag, v] of [['--user', opts.user], ['--item', opts.item], ['--time', opts.time]] as const) {
+      if (v !== undefined) throw new ValidationError(flag, `is set by --format retail (${PRESETS.retail.user}, ${PRESETS.retail.item}, ${PRESETS.retail.time}); use --format csv to choose the columns`);
+    }
     mapping = { ...PRESETS.retail };
     if (opts.weight) mapping.weight = opts.weight;
   } else {

@@ -13,6 +13,7 @@ import type { CsvFlags } from '../eval/presets.js';
 import type { Command } from 'commander';
 import { basename } from 'node:path';
 import { ValidationError } from '../errors.js';
+import { checkOutputFile } from '../output-file.js';
 import { AGGREGATOR_NAMES, isAggregatorName } from '../server/aggregate.js';
 import { noiseForSyncs } from './dp.js';
 import { checkSubspaceFlags } from './subspace.js';
@@ -198,6 +199,10 @@ export async function runSimulate(opts: SimulateCommandOptions, io: SimulateIo):
   if (opts.localNegatives !== undefined) localTrain.negatives = num('--local-negatives', opts.localNegatives, (x) => Number.isInteger(x) && x >= 0, 'an integer ≥ 0');
   if (opts.localContext !== undefined) localTrain.maxContext = posInt('--local-context', opts.localContext);
 
+  // Checked before the data set loads (that can take a minute): where the output goes, which server.
+  if (opts.writeCatalog) checkOutputFile(opts.writeCatalog, '--write-catalog');
+  if (opts.server !== undefined) await checkServerFlag(opts.server);
+
   const { loadCsv } = await import('../eval/csv-loader.js');
   const { looSplit } = await import('../eval/loo-split.js');
   const { csvMappingFromFlags } = await import('../eval/presets.js');
@@ -262,4 +267,18 @@ export async function runSimulate(opts: SimulateCommandOptions, io: SimulateIo):
     },
   });
   progress.done();
+}
+
+/** `--server`: memory, sqlite, or the URL of a running `localrec serve` that answers /v1/health. */
+async function checkServerFlag(server: string): Promise<void> {
+  if (server === 'memory' || server === 'sqlite') return;
+  if (!/^https?:\/\//.test(server)) throw new ValidationError('--server', `must be memory, sqlite or an http(s) URL, got '${server}'`);
+  let res: Response;
+  try {
+    res = await fetch(`${server.replace(/\/+$/, '')}/v1/health`, { signal: AbortSignal.timeout(10_000) });
+  } catch (e) {
+    const cause = (e as { cause?: { code?: string; message?: string } }).cause;
+    throw new ValidationError('--server', `cannot reach ${server} (${cause?.code ?? cause?.message ?? (e as Error).message})`);
+  }
+  if (!res.ok) throw new ValidationError('--server', `${server}/v1/health answered HTTP ${res.status}: is it a localrec server?`);
 }

@@ -4,6 +4,7 @@
  */
 import type { Command } from 'commander';
 import { ValidationError } from '../errors.js';
+import { checkOutputFile, checkOutputFolder } from '../output-file.js';
 
 const GRANULARITIES = ['items', 'groups', 'categories'] as const;
 
@@ -16,6 +17,7 @@ export function register(program: Command): void {
     .requiredOption('--out <dir>', 'folder to write private.jwk and public.jwk into')
     .action(async (o: { out: string }) => {
       const { mkdir, writeFile } = await import('node:fs/promises');
+      checkOutputFolder(o.out, '--out');
       const { join } = await import('node:path');
       const { generateOfferKeys } = await import('./signing.js');
       const { publicJwk, privateJwk } = await generateOfferKeys();
@@ -35,6 +37,7 @@ export function register(program: Command): void {
     .option('--kid <id>', 'key id to put in the signed envelope')
     .action(async (o: { key: string; catalog: string; out: string; kid?: string }) => {
       const { readFile, writeFile } = await import('node:fs/promises');
+      checkOutputFile(o.out, '--out');
       const { signOfferCatalog } = await import('./signing.js');
       const key = await readJson(readFile, o.key, '--key');
       const catalog = await readJson(readFile, o.catalog, '--catalog');
@@ -51,12 +54,12 @@ export function register(program: Command): void {
     .requiredOption('--out <file>', 'where to write the catalog with its affinity snapshot (unsigned)')
     .action(async (o: { data: string; catalog: string; out: string }) => {
       const { readFile, writeFile } = await import('node:fs/promises');
+      checkOutputFile(o.out, '--out');
       const { loadRetailData } = await import('./eval/retail-data.js');
       const { fitAffinity } = await import('./eval/fit-affinity.js');
       const { validateOfferCatalog } = await import('./validate-catalog.js');
       const catalog = validateOfferCatalog(await readJson(readFile, o.catalog, '--catalog'));
-      const data = await loadRetailData(o.data);
-      if (data.baskets.length === 0) throw new ValidationError('--data', `${o.data} has no orders to learn from (rows read: ${data.rows.read}, kept: ${data.rows.kept})`);
+      const data = await loadRetailData(o.data, undefined, '--data');
       const fit = fitAffinity(data, catalog);
       await writeFile(o.out, `${JSON.stringify(fit.catalog, null, 2)}\n`);
       process.stderr.write(
@@ -115,7 +118,7 @@ export function register(program: Command): void {
         basketGapMinutes: num(o.basketGapMinutes, '--basket-gap-minutes', 0, 1_000_000),
         onProgress: (done: number, total: number) => process.stderr.write(`replay ${done}/${total} baskets\n`),
       };
-      const data = await loadRetailData(o.data, (n) => process.stderr.write(`read ${n} rows\n`));
+      const data = await loadRetailData(o.data, (n) => process.stderr.write(`read ${n} rows\n`), '--data');
       process.stderr.write(`kept ${data.rows.kept}/${data.rows.read} rows, ${data.baskets.length} baskets, ${data.items.length} items\n`);
       const offers = buildRetailOffers(data, opts);
       for (const r of runOffersEval(data, { ...opts, offers })) process.stdout.write(`${JSON.stringify(r)}\n`);

@@ -71,6 +71,28 @@ test('option errors name the option and the allowed values', async () => {
   assert.throws(() => planModels('sparse-ease:width=3', {}), (e: unknown) => isValidationError(e) && /PARAM one of ease-l2, sparse-width/.test(e.message));
   assert.throws(() => planModels('sparse-ease', { 'sparse-prune': 'diag' }), (e: unknown) => isValidationError(e) && e.field === '--sparse-prune' && /row, col/.test(e.message));
   assert.throws(() => planModels('ease', { recency: '0' }), (e: unknown) => isValidationError(e) && e.field === '--recency');
+  // A flag no listed model uses is still checked; a column flag the retail preset fixes is refused.
+  assert.throws(() => planModels('popular', { 'knn-neighbors': '-5' }), (e: unknown) => isValidationError(e) && e.field === '--knn-neighbors');
+  await fails({ format: 'retail', data: EVENTS, user: 'user' }, '--user', /is set by --format retail/);
+  // A header alone (or only filtered rows) is an error, not a run that "scores" zeros.
+  await fails({ data: write('header-only.csv', 'user,item\n'), user: 'user', item: 'item' }, 'options.data', /header-only\.csv has no data rows$/);
+  await fails({ data: EVENTS, user: 'user', item: 'item', filter: ['qty>100'] }, 'options.data', /has no data rows that pass the filters \(22 read\)/);
+});
+
+test('the CLI names the flag the user typed, and runs from a path with a space or through a symlink', async () => {
+  const { inFlagTerms } = await import('../../src/cli.js');
+  const cmd = new Command('serve').option('--min-clients <n>', 'cohort size').option('--data-dir <dir>', 'where');
+  assert.equal(inFlagTerms("options.minClients: must be a positive integer, got 0", cmd), '--min-clients: must be a positive integer, got 0');
+  assert.equal(inFlagTerms('options.dataDir.x: nested', cmd), '--data-dir.x: nested');
+  assert.equal(inFlagTerms('options.noiseMultiplier: no such flag', cmd), 'options.noiseMultiplier: no such flag');
+  // Before, the entry check compared a hand-built file:// URL with argv[1]: a space (%20) or a
+  // symlink made the CLI exit 0 having done nothing.
+  const { execFileSync } = await import('node:child_process');
+  const { symlinkSync } = await import('node:fs');
+  const linked = join(dir, 'with space');
+  symlinkSync(process.cwd(), linked);
+  const out = execFileSync(process.execPath, ['--import', 'tsx', join(linked, 'src', 'cli.ts'), 'privacy', '--syncs', '4'], { encoding: 'utf8' });
+  assert.equal(JSON.parse(out).noiseMultiplier, 1.2005);
 });
 
 test('commander: flags reach the models, --filter repeats', async () => {
@@ -85,4 +107,15 @@ test('commander: flags reach the models, --filter repeats', async () => {
   assert.equal(r.items, 3); // item d filtered
   assert.deepEqual(r.params, { 'knn-neighbors': 1, 'knn-shrink': 0 });
   assert.equal(r.k, 3);
+});
+
+test('output paths are checked before the work: a missing folder, a folder given as a file, a file given as a folder', async () => {
+  const { checkOutputFile, checkOutputFolder } = await import('../../src/output-file.js');
+  const named = (field: string, re: RegExp) => (e: unknown) => isValidationError(e) && e.field === field && re.test(e.message);
+  assert.throws(() => checkOutputFile(join(dir, 'nope', 'n.lrn'), '--out'), named('--out', /folder '.*nope' does not exist/));
+  assert.throws(() => checkOutputFile(dir, '--out'), named('--out', /is a folder; give a file name/));
+  assert.throws(() => checkOutputFile(join(TRAIN, 'x.json'), '--write-catalog'), named('--write-catalog', /is not a folder/));
+  assert.throws(() => checkOutputFolder(TRAIN, '--out'), named('--out', /is a file, not a folder/));
+  checkOutputFile(join(dir, 'fine.json'), '--out');
+  checkOutputFolder(join(dir, 'new-folder'), '--out');
 });

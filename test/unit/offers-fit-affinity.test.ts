@@ -92,7 +92,7 @@ describe('localrec offers fit-affinity', () => {
     await writeFile(path('empty.csv'), 'invoice,stock_code,description,quantity,timestamp,unit_price,customer_id,country\nC1,100,RED MUG,-1,1291191960,2.5,A,UK\n');
     await assert.rejects(
       cli('offers', 'fit-affinity', '--data', path('empty.csv'), '--catalog', path('offers.json'), '--out', path('x.json')),
-      (e: unknown) => isValidationError(e) && e.field === '--data' && /no orders to learn from/.test(e.message),
+      (e: unknown) => isValidationError(e) && e.field === '--data' && /has no usable rows \(1 read/.test(e.message),
     );
     await writeFile(path('bad-catalog.json'), JSON.stringify({ ...CATALOG, offers: [{ id: 'x' }] }));
     await assert.rejects(

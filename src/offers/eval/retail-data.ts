@@ -2,10 +2,9 @@
  * Loads the UCI Online Retail invoice lines (gzip CSV) into baskets. Node only (node:fs, node:zlib):
  * used by `localrec offers-eval`, never by the browser modules.
  */
-import { createReadStream } from 'node:fs';
-import { createGunzip } from 'node:zlib';
 import { parse } from 'csv-parse';
 import { ValidationError } from '../../errors.js';
+import { openText } from '../../eval/open-text.js';
 import type { CatalogItem } from '../../types.js';
 import { retailCategory } from '../retail-categories.js';
 
@@ -53,10 +52,12 @@ const COLUMNS = {
  * const { baskets, items } = await loadRetailData('../shared/data/online-retail/online-retail.csv.gz');
  * ```
  */
-export async function loadRetailData(path: string, onProgress?: (rowsRead: number) => void): Promise<RetailData> {
-  const input = createReadStream(path);
+export async function loadRetailData(path: string, onProgress?: (rowsRead: number) => void, field = 'options.data'): Promise<RetailData> {
+  // openText: a missing or unreadable file is a ValidationError naming it, gzip is told by its bytes.
+  const input = await openText(path, field);
   const parser = parse({ columns: true, skip_empty_lines: true, relax_column_count: true });
-  (path.endsWith('.gz') ? input.pipe(createGunzip()) : input).pipe(parser);
+  input.on('error', (e) => parser.destroy(e));
+  input.pipe(parser);
 
   const byInvoice = new Map<string, Basket>();
   const titles = new Map<string, string>();
@@ -64,7 +65,15 @@ export async function loadRetailData(path: string, onProgress?: (rowsRead: numbe
   let read = 0;
   let kept = 0;
   let col: Record<keyof typeof COLUMNS, string> | undefined;
-  for await (const row of parser as AsyncIterable<Record<string, string>>) {
+  const rows = (async function* () {
+    try {
+      yield* parser as AsyncIterable<Record<string, string>>;
+    } catch (e) {
+      // A truncated gzip file, a CSV syntax error: named, not a stack trace.
+      throw e instanceof ValidationError ? e : new ValidationError(field, `cannot read '${path}': ${(e as Error).message}`);
+    }
+  })();
+  for await (const row of rows) {
     read++;
     if (read % 100_000 === 0) onProgress?.(read);
     col ??= resolveColumns(row, path);
@@ -84,6 +93,12 @@ export async function loadRetailData(path: string, onProgress?: (rowsRead: numbe
     let p = prices.get(itemId);
     if (!p) prices.set(itemId, (p = []));
     p.push(price);
+  }
+  if (kept === 0) {
+    throw new ValidationError(
+      field,
+      read === 0 ? `'${path}' has no data rows` : `'${path}' has no usable rows (${read} read; a kept row has a customer id, an invoice not starting with C, quantity > 0, an item, a price and a date)`,
+    );
   }
   const baskets = [...byInvoice.values()].sort((a, b) => a.t - b.t || (a.invoice < b.invoice ? -1 : 1));
   const items: CatalogItem[] = [...titles].map(([id, title]) => ({ id, title, category: retailCategory(title), price: median(prices.get(id)!) }));
