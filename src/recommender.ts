@@ -275,8 +275,8 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
     flush: () => call(() => api.flush()),
     async close() {
       if (closed) return;
-      // What was tracked is posted now, before the calls in flight settle.
-      post();
+      // What was tracked is posted now, before the calls in flight settle (not while erasing).
+      if (!ending) post();
       return end('close', () => synced().then(() => api.close()));
     },
     async erase() {
