@@ -11,7 +11,7 @@ import { relative } from 'node:path';
 import { isStorageError } from '../errors.js';
 import { updateByteLength, WIRE_FORMAT_VERSION, UPDATE_BUDGET_BYTES } from '../federated/wire.js';
 import type { RateLimit } from './rate-limit.js';
-import type { RoundCoordinator } from './rounds.js';
+import { noCohort, type RoundCoordinator } from './rounds.js';
 import { defaultUploadTimeoutMs } from './cohorts.js';
 import { REJECT_STATUS, type RejectReason } from './validate-update.js';
 import { registerRedeem } from './redeem.js';
@@ -23,7 +23,10 @@ export interface AppOptions {
   rateLimiter?: RateLimit;
   /** Folder served at `/` (the demo shop), after the API routes. */
   staticDir?: string;
-  /** Use the first X-Forwarded-For address as the client (only behind a trusted proxy). */
+  /**
+   * Use the last X-Forwarded-For address as the client: the one the trusted proxy in front of the
+   * server saw and appended (only behind such a proxy). Earlier entries come from the client.
+   */
   trustProxy?: boolean;
   /**
    * Page origins allowed to call the API from a browser when the server is on another origin than
@@ -41,10 +44,32 @@ function fail(c: Context, reason: RejectReason | 'not-found' | 'internal', error
   return c.json({ error, reason }, s as 400);
 }
 
+/**
+ * Whether an `If-None-Match` header matches `etag` (RFC 9110 §13.1.2): `*` matches any current
+ * representation; otherwise it is a list of entity tags, compared weakly (a `W/` prefix on either
+ * side is ignored: only the quoted opaque tags must be equal).
+ *
+ * @example
+ * ```ts
+ * noneMatch('W/"ab", "cd"', '"cd"'); // true
+ * ```
+ */
+export function noneMatch(header: string | undefined, etag: string): boolean {
+  if (header === undefined) return false;
+  if (header.trim() === '*') return true;
+  const opaque = (tag: string) => tag.replace(/^W\//, '');
+  const want = opaque(etag);
+  // An opaque tag is a quoted string that may hold commas, so the list is read tag by tag, not split.
+  for (const m of header.matchAll(/(?:W\/)?"[^"]*"/g)) if (opaque(m[0]) === want) return true;
+  return false;
+}
+
 function clientKey(c: Context, trustProxy: boolean): string {
   if (trustProxy) {
-    const fwd = c.req.header('x-forwarded-for');
-    if (fwd) return fwd.split(',')[0]!.trim();
+    // A proxy appends the address it saw to whatever X-Forwarded-For the client sent: only the
+    // last entry is the proxy's word; the first is whatever the client chose to put there.
+    const last = c.req.header('x-forwarded-for')?.split(',').pop()?.trim();
+    if (last) return last;
   }
   try {
     return getConnInfo(c).remote.address ?? 'unknown';
@@ -84,9 +109,10 @@ export function createApp(rounds: RoundCoordinator, opts: AppOptions): Hono {
     if (isStorageError(err)) {
       // A full disk, a read-only data dir, a locked or lost database: the client did nothing wrong and
       // nothing was stored (the transaction rolled back), so say so and ask for a retry.
+      // Its message (a database URL, a file path) is for the operator's log, never for the client.
       opts.log(`storage unavailable on ${c.req.method} ${c.req.path}: ${err.message}`);
       c.header('Retry-After', '30');
-      return c.json({ error: `the server cannot store updates right now (${err.message}); nothing was stored, retry later`, reason: 'storage-unavailable' }, 503);
+      return c.json({ error: 'the server cannot reach its storage right now; nothing was stored, retry later', reason: 'storage-unavailable' }, 503);
     }
     opts.log(`internal error on ${c.req.method} ${c.req.path}: ${err.stack ?? err.message}`);
     return fail(c, 'internal', 'internal server error');
@@ -148,12 +174,22 @@ export function createApp(rounds: RoundCoordinator, opts: AppOptions): Hono {
     c.header('X-Localrec-Model-Hash', rounds.hash);
     c.header('ETag', etag);
     c.header('Cache-Control', 'no-cache');
-    if (c.req.header('if-none-match') === etag) return c.body(null, 304);
+    if (noneMatch(c.req.header('if-none-match'), etag)) return c.body(null, 304);
     const body = rounds.modelBytes(q);
     c.header('Content-Type', 'application/octet-stream');
     return c.body(body as Uint8Array<ArrayBuffer>, 200);
   });
 
+  /**
+   * Answers `wrong-mode` when the route belongs to the other mode, before the rate limit and the
+   * body limit: the body size is the other mode's, so an outdated client would otherwise be told
+   * `oversized` instead of why.
+   */
+  const only = (mode: 'plain' | 'secure') => async (c: Context, next: () => Promise<void>) => {
+    if (mode === 'plain' && sa) return fail(c, 'wrong-mode', 'this server runs secure aggregation: join a cohort (POST /v1/secagg/join) and upload a masked update to /v1/secagg/updates');
+    if (mode === 'secure' && !sa) return fail(c, 'wrong-mode', 'this server takes plain updates (POST /v1/updates); secure aggregation is off');
+    await next();
+  };
   const rateLimited = async (c: Context, next: () => Promise<void>) => {
     if (opts.rateLimiter && !(await opts.rateLimiter.take(clientKey(c, opts.trustProxy ?? false)))) {
       c.header('Retry-After', '60');
@@ -176,6 +212,7 @@ export function createApp(rounds: RoundCoordinator, opts: AppOptions): Hono {
 
   app.post(
     '/v1/secagg/join',
+    only('secure'),
     rateLimited,
     bodyLimit({ maxSize: PUBLIC_KEY_BYTES, onError: (c) => fail(c, 'oversized', `a join body is one ${PUBLIC_KEY_BYTES}-byte P-256 public key`) }),
     async (c) => {
@@ -191,9 +228,12 @@ export function createApp(rounds: RoundCoordinator, opts: AppOptions): Hono {
   /** The `:member` path parameter as a member index (NaN when it is not a small non-negative integer). */
   const memberIndex = (param: string) => (/^\d{1,9}$/.test(param) ? Number(param) : NaN);
   const cohortView = async (c: Context, memberParam?: string) => {
-    if (!rounds.cohorts) return fail(c, 'wrong-mode', 'secure aggregation is off on this server');
-    const co = await rounds.cohort(c.req.param('id') ?? '');
-    if (!co) return fail(c, 'not-found', `no cohort ${c.req.param('id')}`);
+    const id = c.req.param('id') ?? '';
+    const co = await rounds.cohort(id);
+    if (!co) {
+      const r = noCohort(id);
+      return fail(c, r.reason, r.error);
+    }
     let member: number | undefined;
     if (memberParam !== undefined) {
       member = memberIndex(memberParam);
@@ -202,12 +242,12 @@ export function createApp(rounds: RoundCoordinator, opts: AppOptions): Hono {
     c.header('Cache-Control', 'no-store');
     return c.json(await rounds.cohortView(co, member));
   };
-  app.get('/v1/secagg/cohorts/:id', (c) => cohortView(c));
+  app.get('/v1/secagg/cohorts/:id', only('secure'), (c) => cohortView(c));
   // A member's own view: its key and its mask neighbours' (a path, not a query: no request of the SDK carries a query string).
-  app.get('/v1/secagg/cohorts/:id/members/:member', (c) => cohortView(c, c.req.param('member')));
+  app.get('/v1/secagg/cohorts/:id/members/:member', only('secure'), (c) => cohortView(c, c.req.param('member')));
 
   // A member leaves a cohort still forming (its sync was cancelled or gave up): its place is freed.
-  app.post('/v1/secagg/cohorts/:id/members/:member/leave', bodyLimit({ maxSize: 0, onError: (c) => fail(c, 'oversized', 'leaving a cohort takes no body') }), async (c) => {
+  app.post('/v1/secagg/cohorts/:id/members/:member/leave', only('secure'), bodyLimit({ maxSize: 0, onError: (c) => fail(c, 'oversized', 'leaving a cohort takes no body') }), async (c) => {
     const r = await rounds.leaveCohort(c.req.param('id') ?? '', memberIndex(c.req.param('member') ?? ''), c.req.header('x-localrec-cohort-token') ?? '');
     if (!r.ok) return fail(c, r.reason, r.error);
     c.header('Cache-Control', 'no-store');
@@ -218,6 +258,7 @@ export function createApp(rounds: RoundCoordinator, opts: AppOptions): Hono {
   const maxShare = (sa?.degree ?? 2) * PAIR_SEED_BYTES;
   app.post(
     '/v1/secagg/cohorts/:id/members/:member/recovery',
+    only('secure'),
     bodyLimit({ maxSize: maxShare, onError: (c) => fail(c, 'oversized', `a recovery share is at most ${maxShare} bytes`) }),
     async (c) => {
       const body = await readBody(c);
@@ -231,6 +272,7 @@ export function createApp(rounds: RoundCoordinator, opts: AppOptions): Hono {
 
   app.post(
     '/v1/secagg/updates',
+    only('secure'),
     bodyLimit({ maxSize: updateBytes, onError: (c) => fail(c, 'oversized', `masked update bodies are exactly ${updateBytes} bytes for this model`) }),
     async (c) => {
       const body = await readBody(c);
@@ -241,6 +283,7 @@ export function createApp(rounds: RoundCoordinator, opts: AppOptions): Hono {
 
   app.post(
     '/v1/updates',
+    only('plain'),
     rateLimited,
     bodyLimit({
       maxSize: updateBytes,

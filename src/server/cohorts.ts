@@ -38,6 +38,8 @@ export interface CohortInfo {
   dropped?: number[];
   /** When recovery began. */
   recoveryAt?: number;
+  /** When the cohort ended (`done` or `aborted`): it is forgotten {@link KEEP_ENDED_MS} later. */
+  endedAt?: number;
   /** Surviving members that have a dropped mask neighbour (whose recovery shares are needed), and how many gave theirs. */
   needed?: number;
   recovered?: number;
@@ -102,7 +104,7 @@ export interface CohortStore {
    * aborts cohorts that did not fill; moves a full cohort that collected at least `minSurvivors`
    * but not all uploads to `recovering` (its missing members listed in `dropped`), and aborts it
    * when it collected fewer; aborts a recovery that did not get every share. Forgets ended cohorts
-   * after an hour.
+   * an hour after they ended.
    */
   sweep(): Promise<SweepResult>;
 }
@@ -150,11 +152,30 @@ export function cohortTimeouts(t: number | CohortTimeouts): CohortTimeouts {
 /** How long ended cohorts are still answered for (so late pollers learn the outcome). */
 export const KEEP_ENDED_MS = 60 * 60_000;
 
+/**
+ * When an ended cohort ended. One that ended before `endedAt` was recorded (a PostgreSQL row written
+ * by an older server) falls back to its last recorded step, which may be earlier.
+ */
+export function endOf(c: Pick<CohortInfo, 'endedAt' | 'recoveryAt' | 'readyAt' | 'createdAt'>): number {
+  return c.endedAt ?? c.recoveryAt ?? c.readyAt ?? c.createdAt;
+}
+
 /** A fresh random cohort id (hex of {@link COHORT_ID_BYTES} bytes). */
 export function newCohortId(): string {
   const b = new Uint8Array(COHORT_ID_BYTES);
   globalThis.crypto.getRandomValues(b);
   return toHex(b);
+}
+
+const COHORT_ID = new RegExp(`^[0-9a-f]{${2 * COHORT_ID_BYTES}}$`);
+
+/**
+ * Whether `id` has the form {@link newCohortId} gives ids (lowercase hex of {@link COHORT_ID_BYTES}
+ * bytes). Ids from a URL are checked with it before they reach a store: anything else names no
+ * cohort, and some bytes (a NUL) are not even valid text to PostgreSQL.
+ */
+export function isCohortId(id: string): boolean {
+  return COHORT_ID.test(id);
 }
 
 /** A fresh random member token (hex of 16 bytes). */
@@ -351,6 +372,7 @@ export class MemoryCohortStore implements CohortStore {
     if (!c) return;
     c.status = 'done';
     c.published = version;
+    c.endedAt = this.now();
   }
 
   async sweep(): Promise<SweepResult> {
@@ -359,6 +381,7 @@ export class MemoryCohortStore implements CohortStore {
     const abort = (c: MemoryCohort, reason: string) => {
       c.abortReason = reason;
       c.status = 'aborted';
+      c.endedAt = t;
       if (this.open === c) this.open = null;
       out.aborted.push({ id: c.id, reason, updateIds: c.updateIds.slice() });
     };
@@ -370,7 +393,7 @@ export class MemoryCohortStore implements CohortStore {
         if (next.status === 'aborted') abort(c, next.abortReason!);
         else Object.assign(c, next);
       } else if (c.status === 'recovering' && t - c.recoveryAt! > uploadMs) abort(c, timeoutReason(c, uploadMs));
-      else if ((c.status === 'done' || c.status === 'aborted') && t - (c.recoveryAt ?? c.readyAt ?? c.createdAt) > KEEP_ENDED_MS) {
+      else if ((c.status === 'done' || c.status === 'aborted') && t - endOf(c) > KEEP_ENDED_MS) {
         this.cohorts.delete(c.id);
       }
     }

@@ -2,6 +2,7 @@
  * Node entry of the aggregation server: `startServer()` for tests, the demo and `localrec serve`.
  */
 import { createAdaptorServer } from '@hono/node-server';
+import type { Server, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { ValidationError } from '../errors.js';
 import { chooseBits, decodeModel, DEFAULT_BLOCK_SIZE, UPDATE_BUDGET_BYTES } from '../federated/wire.js';
@@ -123,14 +124,21 @@ export interface ServerOptions {
   /** Per-client limit on POST /v1/updates; `false` turns it off. Default 60/min, burst 20. */
   rateLimit?: RateLimitOptions | false;
   /**
-   * Behind a reverse proxy or load balancer: rate-limit by the first `X-Forwarded-For` address
-   * instead of the connection's (which is the proxy's). Only when every request comes through a
-   * proxy that sets the header, else a client could pick its own key. Default false.
+   * Behind a reverse proxy or load balancer: rate-limit by the last `X-Forwarded-For` address (the
+   * one the proxy saw and appended; earlier entries are the client's to forge) instead of the
+   * connection's (which is the proxy's). Only when every request comes through one proxy that
+   * appends to the header, else a client could pick its own key. Default false.
    */
   trustProxy?: boolean;
   staticDir?: string;
   /** Page origins allowed to call the API cross-origin (CORS), e.g. `['https://shop.example']`. */
   corsOrigins?: string[];
+  /**
+   * `close()` (and `localrec serve` on SIGTERM/SIGINT) stops accepting connections, lets the
+   * requests in flight finish for up to this many milliseconds, then cuts the connections still
+   * open. Default 5,000.
+   */
+  shutdownGraceMs?: number;
   /** The shop's offer catalog, already verified (`verifyOfferCatalog`): enables `POST /v1/offers/redeem`. */
   offers?: OfferCatalog;
   now?: () => number;
@@ -141,11 +149,54 @@ export interface RunningServer {
   /** e.g. `http://127.0.0.1:8787` */
   url: string;
   rounds: RoundCoordinator;
+  /**
+   * Graceful: stops accepting connections, answers the requests in flight (cut after
+   * `shutdownGraceMs`), lets the round coordinator finish what it queued, then closes the store.
+   */
   close(): Promise<void>;
 }
 
 /** See {@link ServerOptions.backlog}. */
 export const DEFAULT_BACKLOG = 4096;
+
+/** See {@link ServerOptions.shutdownGraceMs}. */
+export const DEFAULT_SHUTDOWN_GRACE_MS = 5000;
+
+/**
+ * Keeps track of the responses `server` has not finished, so that {@link closeGracefully} can tell
+ * their clients that the connection ends with them.
+ */
+function trackResponses(server: Server, closing: () => boolean): Set<ServerResponse> {
+  const open = new Set<ServerResponse>();
+  server.on('request', (_req, res: ServerResponse) => {
+    open.add(res);
+    // A request that came on a kept-alive connection after close() began is the connection's last.
+    if (closing() && !res.headersSent) res.setHeader('Connection', 'close');
+    res.once('close', () => open.delete(res));
+    // Its connection is idle once the response is out; Node's close() would otherwise wait for the
+    // keep-alive timeout before it lets go of it.
+    res.once('finish', () => {
+      if (closing()) setImmediate(() => server.closeIdleConnections());
+    });
+  });
+  return open;
+}
+
+/**
+ * Stops accepting connections and resolves once every connection is closed: idle ones at once,
+ * busy ones after their response (sent with `Connection: close`), and whatever is still open after
+ * `graceMs` cut.
+ */
+async function closeGracefully(server: Server, open: ReadonlySet<ServerResponse>, graceMs: number): Promise<void> {
+  const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+  for (const res of open) if (!res.headersSent) res.setHeader('Connection', 'close');
+  const force = setTimeout(() => server.closeAllConnections(), graceMs);
+  try {
+    await closed;
+  } finally {
+    clearTimeout(force);
+  }
+}
 
 function positive(name: string, v: number, integer = false): number {
   if (!Number.isFinite(v) || v <= 0 || (integer && !Number.isInteger(v))) {
@@ -169,24 +220,28 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
   try {
     const host = options.host ?? '127.0.0.1';
     const backlog = positive('backlog', options.backlog ?? DEFAULT_BACKLOG, true);
-    const { server, port } = await new Promise<{ server: ReturnType<typeof createAdaptorServer>; port: number }>((resolve, reject) => {
-      const s = createAdaptorServer({ fetch: app.fetch, hostname: host });
+    const graceMs = options.shutdownGraceMs ?? DEFAULT_SHUTDOWN_GRACE_MS;
+    if (!Number.isFinite(graceMs) || graceMs < 0) throw new ValidationError('options.shutdownGraceMs', `must be a number of milliseconds ≥ 0, got ${graceMs}`);
+    let closing: Promise<void> | null = null;
+    const { server, port } = await new Promise<{ server: Server; port: number }>((resolve, reject) => {
+      const s = createAdaptorServer({ fetch: app.fetch, hostname: host }) as Server;
       s.once('error', reject);
       s.listen({ port: options.port ?? 8787, host, backlog }, () => resolve({ server: s, port: (s.address() as AddressInfo).port }));
     });
+    const open = trackResponses(server, () => closing !== null);
     const url = `http://${host.includes(':') ? `[${host}]` : host}:${port}`;
-    let closed = false;
     return {
       url,
       rounds,
-      async close() {
-        if (closed) return;
-        closed = true;
-        await new Promise<void>((resolve) => {
-          server.close(() => resolve());
-          (server as { closeAllConnections?: () => void }).closeAllConnections?.();
-        });
-        await storage.close();
+      close() {
+        closing ??= (async () => {
+          await closeGracefully(server, open, graceMs);
+          // The requests are answered; what they queued (a round being published, a discard)
+          // finishes before the store closes.
+          await rounds.drain();
+          await storage.close();
+        })();
+        return closing;
       },
     };
   } catch (e) {

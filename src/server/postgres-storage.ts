@@ -133,6 +133,8 @@ export class PostgresStorage implements Storage {
             tokens DOUBLE PRECISION NOT NULL,
             at BIGINT NOT NULL
           );
+          -- Added after schema 1 shipped: a database created before gets it here (older rows keep NULL).
+          ALTER TABLE localrec_cohorts ADD COLUMN IF NOT EXISTS ended_at BIGINT;
           CREATE INDEX IF NOT EXISTS localrec_cohorts_open ON localrec_cohorts(created_at) WHERE status IN ('forming', 'ready', 'recovering');
           CREATE TABLE IF NOT EXISTS localrec_cohort_members (
             cohort TEXT NOT NULL REFERENCES localrec_cohorts(id) ON DELETE CASCADE,
@@ -315,6 +317,7 @@ interface CohortRow {
   recovery_at: string | number | null;
   needed: number | null;
   recovered: number | null;
+  ended_at: string | number | null;
 }
 
 function cohortFromRow(r: CohortRow): CohortInfo {
@@ -326,6 +329,7 @@ function cohortFromRow(r: CohortRow): CohortInfo {
   if (r.recovery_at !== null) c.recoveryAt = Number(r.recovery_at);
   if (r.needed !== null) c.needed = r.needed;
   if (r.recovered !== null) c.recovered = r.recovered;
+  if (r.ended_at !== null) c.endedAt = Number(r.ended_at);
   return c;
 }
 
@@ -448,7 +452,7 @@ class PostgresCohortStore implements CohortStore {
   }
 
   async finish(id: string, version: number): Promise<void> {
-    await this.q('finish a cohort', "UPDATE localrec_cohorts SET status = 'done', published = $2 WHERE id = $1 AND status IN ('ready', 'recovering')", [id, version]);
+    await this.q('finish a cohort', "UPDATE localrec_cohorts SET status = 'done', published = $2, ended_at = $3 WHERE id = $1 AND status IN ('ready', 'recovering')", [id, version, this.now()]);
   }
 
   sweep(): Promise<SweepResult> {
@@ -475,10 +479,11 @@ class PostgresCohortStore implements CohortStore {
           }
           reason = next.abortReason!;
         }
-        await c.query("UPDATE localrec_cohorts SET status = 'aborted', reason = $2 WHERE id = $1", [row.id, reason]);
+        await c.query("UPDATE localrec_cohorts SET status = 'aborted', reason = $2, ended_at = $3 WHERE id = $1", [row.id, reason, t]);
         out.aborted.push({ id: row.id, reason, updateIds: members.map((m) => Number(m.update_id)) });
       }
-      await c.query("DELETE FROM localrec_cohorts WHERE status IN ('done', 'aborted') AND COALESCE(recovery_at, ready_at, created_at) < $1", [t - KEEP_ENDED_MS]);
+      // Measured from the end (see endOf in cohorts.ts: rows an older server ended have no ended_at).
+      await c.query("DELETE FROM localrec_cohorts WHERE status IN ('done', 'aborted') AND COALESCE(ended_at, recovery_at, ready_at, created_at) < $1", [t - KEEP_ENDED_MS]);
       return out;
     });
   }

@@ -7,7 +7,14 @@
  * nothing here, so the shop learns only what the shopper chooses to redeem.
  */
 import type { Context, Hono } from 'hono';
+import { bodyLimit } from 'hono/body-limit';
 import type { Offer, OfferCatalog } from '../offers/types.js';
+
+/**
+ * Largest redeem body taken (bytes). A well-formed one is a few fields, under 300 bytes with a
+ * 128-character offer id; without a limit the body would be buffered whatever its size.
+ */
+export const MAX_REDEEM_BODY_BYTES = 4096;
 
 export interface RedeemRequest {
   offerId: string;
@@ -73,9 +80,13 @@ export function parseRedeemRequest(body: unknown): RedeemRequest | string {
   return b as unknown as RedeemRequest;
 }
 
-/** Adds `POST /v1/offers/redeem` to the app: 200 with the verdict (valid or not), 400 for a bad body. */
+/** Adds `POST /v1/offers/redeem` to the app: 200 with the verdict (valid or not), 400 for a bad body, 413 for one over {@link MAX_REDEEM_BODY_BYTES}. */
 export function registerRedeem(app: Hono, catalog: OfferCatalog, now: () => number): void {
-  app.post('/v1/offers/redeem', async (c: Context) => {
+  const limit = bodyLimit({
+    maxSize: MAX_REDEEM_BODY_BYTES,
+    onError: (c) => c.json({ error: `a redeem body is at most ${MAX_REDEEM_BODY_BYTES} bytes of JSON`, reason: 'oversized' }, 413),
+  });
+  app.post('/v1/offers/redeem', limit, async (c: Context) => {
     let body: unknown;
     try {
       body = await c.req.json();

@@ -4,13 +4,13 @@
  * at a time through a promise queue, so two requests never aggregate the same round.
  */
 import { ModelError, StorageError } from '../errors.js';
-import { decodeModel, decodeUpdate, dequantizeUpdate, encodeModel, fromHex, sha256, toHex } from '../federated/wire.js';
+import { decodeModel, decodeUpdate, decodeUpdateHeader, dequantizeUpdate, encodeModel, fromHex, sha256, toHex } from '../federated/wire.js';
 import type { ItemTable } from '../model/item-table.js';
 import { applyFedAdam, applyFedAvg, combineDeltas, shrinkRows, DEFAULT_FEDADAM, trimCount, type AggregatorName, type FedAdamOptions, type RobustName } from './aggregate.js';
 import { StorageConflictError, type NewUpdate, type Storage, type StoredVersion } from './storage.js';
 import { checkUpdate, reject, type Rejection, type UpdatePolicy } from './validate-update.js';
-import { decodeMaskedHeader, decodeMaskedUpdate, importPublicKey, unmaskRecovered, unmaskSum, type SecAggParams } from '../federated/secagg.js';
-import { cohortView, defaultUploadTimeoutMs, MemoryCohortStore, shareBytes, type CohortInfo, type CohortStore, type CohortView } from './cohorts.js';
+import { COHORT_ID_BYTES, decodeMaskedHeader, decodeMaskedUpdate, importPublicKey, unmaskRecovered, unmaskSum, type SecAggParams } from '../federated/secagg.js';
+import { cohortView, defaultUploadTimeoutMs, isCohortId, MemoryCohortStore, shareBytes, type CohortInfo, type CohortStore, type CohortView } from './cohorts.js';
 import { expandDelta, trainedLength, type TrainedPart } from '../federated/client-update.js';
 import { DEFAULT_SUBSPACE_SCALE, MIN_DIRECTION_WEIGHT, subspaceTable } from '../federated/subspace.js';
 
@@ -72,20 +72,45 @@ interface Current {
   int8?: Uint8Array;
 }
 
+/** What a stored upload is, from its header: a plain update (with its row count) or a masked one (its value count); null when neither decodes. */
+function storedUpload(body: Uint8Array): { masked: false; rows: number } | { masked: true; length: number } | null {
+  try {
+    return { masked: false, rows: decodeUpdateHeader(body).itemCount };
+  } catch {
+    // not a plain update: a masked one?
+  }
+  try {
+    return { masked: true, length: decodeMaskedHeader(body).length };
+  } catch {
+    return null;
+  }
+}
+
 /**
- * Pending updates stored under another trained part (`trainRows`, `trainBiases`) cannot be combined
- * with the current config: refuse to start, naming it, rather than drop them or fail at aggregation.
+ * Refuses to start on pending updates this config cannot aggregate, naming what they were sent
+ * under, rather than drop acknowledged updates or fail at every aggregation:
+ * - uploads of the other mode: plain updates under secure aggregation would be deleted as dead
+ *   cohorts' uploads (in memory) or never complete a cohort; masked uploads without it make every
+ *   aggregation fail;
+ * - updates of another trained part (`trainRows`, `trainBiases`).
  */
-async function checkPendingShape(storage: Storage, config: RoundConfig): Promise<void> {
+async function checkPending(storage: Storage, config: RoundConfig): Promise<void> {
   const masked = !!config.secureAggregation;
   const expected = masked ? trainedLength(config.trained, config.dim) : config.trained.rows;
-  for (const u of await storage.pending()) {
-    let got: number;
-    try {
-      got = masked ? decodeMaskedHeader(u.body).length : decodeUpdate(u.body).header.itemCount;
-    } catch {
-      continue; // an upload of the other mode: handled as before (see `open`)
-    }
+  const pending = (await storage.pending()).map((u) => storedUpload(u.body));
+  const otherMode = pending.filter((u) => u !== null && u.masked !== masked).length;
+  if (otherMode > 0) {
+    throw new ModelError(
+      masked
+        ? `the store holds ${otherMode} pending plain updates (sent without secure aggregation), and this server runs --secure-aggregation, which cannot aggregate them; ` +
+            'restart without --secure-aggregation until they are published (a round takes --min-clients updates), or use another data dir'
+        : `the store holds ${otherMode} pending masked uploads (sent under secure aggregation), and this server takes plain updates, which cannot unmask them; ` +
+            'restart with --secure-aggregation and the same --min-clients (it publishes the complete cohorts and deletes the uploads of the others: at once on SQLite, at their timeout on PostgreSQL), or use another data dir',
+    );
+  }
+  for (const u of pending) {
+    if (u === null) continue;
+    const got = u.masked ? u.length : u.rows;
     if (got !== expected) {
       throw new ModelError(
         `the store holds pending updates of ${got} ${masked ? 'values' : 'rows'}, and this server trains ${expected} ` +
@@ -93,6 +118,15 @@ async function checkPendingShape(storage: Storage, config: RoundConfig): Promise
       );
     }
   }
+}
+
+/**
+ * The refusal for a cohort id no cohort has (`unknown-cohort`), saying so when it is not even the
+ * form of one (quoted and cut short then: it came from a URL).
+ */
+export function noCohort(id: string): Rejection {
+  if (isCohortId(id)) return reject('unknown-cohort', `no cohort ${id}`);
+  return reject('unknown-cohort', `no cohort ${JSON.stringify(id.slice(0, 40))}: a cohort id is ${COHORT_ID_BYTES * 2} lowercase hex digits`);
 }
 
 /** `cohort … is <status>`, with the reason when it was aborted: why it takes nothing more. */
@@ -170,7 +204,7 @@ export class RoundCoordinator {
       throw new ModelError(`config says ${config.itemCount} × ${config.dim}, stored model is ${rc.cur.table.itemIds.length} × ${rc.cur.table.dim}`);
     }
     rc.pendingN = await storage.pendingCount();
-    if (rc.pendingN > 0) await checkPendingShape(storage, config);
+    if (rc.pendingN > 0) await checkPending(storage, config);
     if (rc.pendingN >= config.minClients) {
       try {
         await rc.run(() => rc.aggregate());
@@ -230,6 +264,18 @@ export class RoundCoordinator {
     // Readers arriving together share one look at the store.
     this.refreshing ??= this.run(() => this.catchUp()).finally(() => (this.refreshing = null));
     await this.refreshing;
+  }
+
+  /**
+   * Resolves once every state change queued so far has finished, and those they queued in turn
+   * (a sweep queues discards): what a shutdown waits for before it closes the store.
+   */
+  async drain(): Promise<void> {
+    let seen: Promise<unknown>;
+    do {
+      seen = this.queue;
+      await seen;
+    } while (seen !== this.queue);
   }
 
   private run<T>(fn: () => Promise<T>): Promise<T> {
@@ -364,7 +410,7 @@ export class RoundCoordinator {
 
   /** A cohort's state (after ending those that timed out), or undefined when there is none by that id. */
   async cohort(id: string): Promise<CohortInfo | undefined> {
-    if (!this.cohorts) return undefined;
+    if (!this.cohorts || !isCohortId(id)) return undefined;
     await this.sweepCohorts();
     return this.cohorts.info(id);
   }
@@ -457,9 +503,10 @@ export class RoundCoordinator {
   async leaveCohort(id: string, member: number, token: string): Promise<{ ok: true } | Rejection> {
     const cohorts = this.cohorts;
     if (!cohorts) return reject('wrong-mode', 'this server takes plain updates (POST /v1/updates); secure aggregation is off');
+    if (!isCohortId(id)) return noCohort(id);
     await this.sweepCohorts();
     const c = await cohorts.info(id);
-    if (!c) return reject('unknown-cohort', `no cohort ${id}`);
+    if (!c) return noCohort(id);
     if (!(Number.isInteger(member) && member >= 0 && member < c.size)) return reject('malformed', `member must be 0..${c.size - 1}, got ${member}`);
     const r = await cohorts.leave(id, member, token);
     if (r === 'unknown') return reject('not-member', `the token is not the one member ${member} of cohort ${id} was given at join, or that member left already`);
@@ -476,9 +523,10 @@ export class RoundCoordinator {
     const cohorts = this.cohorts;
     const sa = this.config.secureAggregation;
     if (!cohorts || !sa) return reject('wrong-mode', 'this server takes plain updates (POST /v1/updates); secure aggregation is off');
+    if (!isCohortId(id)) return noCohort(id);
     await this.sweepCohorts();
     const c = await cohorts.info(id);
-    if (!c) return reject('unknown-cohort', `no cohort ${id}`);
+    if (!c) return noCohort(id);
     if (c.status !== 'recovering') return reject('unknown-cohort', `${cohortState(id, c)}; it takes no recovery shares`);
     if (!(Number.isInteger(member) && member >= 0 && member < c.size)) return reject('malformed', `member must be 0..${c.size - 1}, got ${member}`);
     if (token !== (await cohorts.token(id, member))) return reject('not-member', `the token is not the one member ${member} of cohort ${id} was given at join`);

@@ -19,6 +19,16 @@ function num(name: string, integer = false) {
   };
 }
 
+/**
+ * `--rate-limit`: updates per minute per client, ≥ 0 (0 turns it off). A negative value would
+ * otherwise read as "off" too, silently, where the operator meant a limit.
+ */
+export function rateLimitFlag(v: string): number {
+  const n = num('rate-limit')(v);
+  if (n < 0) throw new ValidationError('--rate-limit', `must be a number of updates per minute ≥ 0 (0 turns the limit off), got '${v}'`);
+  return n;
+}
+
 /** Reads a catalog file: `{ items: [{ id, popularity? }] }`, or a bare array of items or ids. */
 export async function readCatalogFile(path: string): Promise<{ ids: string[]; popularity: number[] }> {
   const { readFile } = await import('node:fs/promises');
@@ -77,8 +87,8 @@ export function register(program: Command): void {
     .option('--secagg-survivors <t>', 'secure aggregation: a cohort missing at most K − t uploads at the upload timeout is recovered from the t or more that came (devices then add σC/√t each); default K (no recovery)', num('secagg-survivors', true))
     .option('--cohort-timeout <seconds>', 'secure aggregation: time a cohort has to fill (and, unless --upload-timeout is given, then up to 600 s to collect every upload and any recovery shares)', num('cohort-timeout'), 600)
     .option('--upload-timeout <seconds>', 'secure aggregation: time a full cohort has to collect every upload, and a recovery its shares (default --cohort-timeout, at most 600)', num('upload-timeout'))
-    .option('--rate-limit <perMinute>', 'updates per minute per client address (0 = off)', num('rate-limit'), 60)
-    .option('--trust-proxy', "behind a reverse proxy or load balancer: the client address (for --rate-limit) is the first X-Forwarded-For entry, not the proxy's; only when every request comes through a proxy that sets it")
+    .option('--rate-limit <perMinute>', 'updates per minute per client address (0 = off)', rateLimitFlag, 60)
+    .option('--trust-proxy', "behind a reverse proxy or load balancer: the client address (for --rate-limit) is the last X-Forwarded-For entry (the one the proxy appended), not the proxy's own; only when every request comes through such a proxy")
     .option('--static <dir>', 'serve this folder at / (the demo shop)')
     .option('--cors-origin <origin...>', 'page origins that may call the API from another origin (e.g. https://shop.example)')
     .option('--offers <file>', "signed offer catalog (localrec offers sign) to check redemptions against: POST /v1/offers/redeem")
@@ -174,8 +184,15 @@ export function register(program: Command): void {
       );
       const { syncsWithinBudget } = await import('../federated/dp.js');
       process.stdout.write(`${budgetNote(cfg.noiseMultiplier, cfg.noiseMultiplier > 0 ? syncsWithinBudget(cfg.noiseMultiplier, 8) : 0)}\n`);
+      // Graceful (see RunningServer.close): in-flight requests are answered before the store closes.
       const stop = () => {
-        void server.close().then(() => process.exit(0));
+        server.close().then(
+          () => process.exit(0),
+          (e: Error) => {
+            process.stderr.write(`localrec serve: shutting down: ${e.message}\n`);
+            process.exit(1);
+          },
+        );
       };
       process.once('SIGINT', stop);
       process.once('SIGTERM', stop);

@@ -9,12 +9,41 @@
  * updates longer than a round would only be a liability.
  */
 import { mkdirSync } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import Database from 'better-sqlite3';
 import { StorageError } from '../errors.js';
 import { checkNextVersion, pendingFromRow, StorageConflictError, versionFromRow, versionParams, type NewUpdate, type PendingUpdate, type Storage, type StoredVersion, type UpdateRow, type VersionRow } from './storage.js';
 
 const SCHEMA_VERSION = '1';
+
+/** Next to the database: the file whose exclusive lock says which process serves the data dir. */
+export const LOCK_FILE = 'localrec.lock';
+
+/**
+ * Takes the data dir's lock for this process's life: a small SQLite file under `locking_mode =
+ * EXCLUSIVE`, written once, so that SQLite holds its exclusive lock until the connection closes.
+ * The operating system drops it when the process dies (kill -9 included), and SQLite refuses it to
+ * a second connection, in this process or another, at once. Two servers on one data dir would
+ * each trust their own pending count and versions and diverge. The database itself stays in
+ * ordinary WAL mode, so a reader (a backup, `sqlite3`) can still open it while the server runs.
+ */
+function takeLock(dir: string): Database.Database {
+  const path = join(dir, LOCK_FILE);
+  let db: Database.Database | undefined;
+  try {
+    db = new Database(path, { timeout: 0 });
+    db.pragma('locking_mode = EXCLUSIVE');
+    db.exec('CREATE TABLE IF NOT EXISTS holder (k INTEGER PRIMARY KEY, pid INTEGER NOT NULL, since INTEGER NOT NULL)');
+    db.prepare('INSERT OR REPLACE INTO holder (k, pid, since) VALUES (1, ?, ?)').run(process.pid, Date.now());
+    return db;
+  } catch (e) {
+    db?.close();
+    if ((e as { code?: string }).code === 'SQLITE_BUSY') {
+      throw new StorageError(`the data dir ${dir} is in use by another localrec serve (it holds ${path}); stop it first, or give this one another --data-dir`);
+    }
+    throw new StorageError(`cannot lock the data dir ${dir} (${path}): ${(e as Error).message}`);
+  }
+}
 
 export interface SqliteStorageOptions {
   /** Test-only fault injection: called inside a transaction, just before it commits. */
@@ -30,6 +59,8 @@ export interface SqliteStorageOptions {
 export class SqliteStorage implements Storage {
   readonly path: string;
   private db: Database.Database;
+  /** The data dir's lock ({@link takeLock}), held until {@link close}. */
+  private lock: Database.Database;
   private hooks: SqliteStorageOptions;
   private st!: {
     latest: Database.Statement;
@@ -43,7 +74,11 @@ export class SqliteStorage implements Storage {
     discard: Database.Statement;
   };
 
-  /** Opens (creating if needed) `<dataDir>/localrec.sqlite`. */
+  /**
+   * Opens (creating if needed) `<dataDir>/localrec.sqlite`, taking the data dir's lock: a second
+   * storage on the same data dir, in this process or another, fails with a StorageError until
+   * this one is closed.
+   */
   static open(dataDir: string, options: SqliteStorageOptions = {}): SqliteStorage {
     try {
       mkdirSync(dataDir, { recursive: true });
@@ -56,8 +91,10 @@ export class SqliteStorage implements Storage {
   constructor(path: string, options: SqliteStorageOptions = {}) {
     this.path = path;
     this.hooks = options;
+    this.lock = takeLock(dirname(path));
+    let db: Database.Database | undefined;
     try {
-      this.db = new Database(path);
+      this.db = db = new Database(path);
       this.db.pragma('journal_mode = WAL');
       this.db.pragma('synchronous = FULL');
       this.db.pragma('foreign_keys = ON');
@@ -86,6 +123,8 @@ export class SqliteStorage implements Storage {
       else if (v.value !== SCHEMA_VERSION) throw new StorageError(`${path}: schema version ${v.value}, this server knows ${SCHEMA_VERSION}`);
       this.prepare();
     } catch (e) {
+      if (db?.open) db.close();
+      this.lock.close();
       if (e instanceof StorageError) throw e;
       throw new StorageError(`cannot open SQLite database ${path}: ${(e as Error).message}`);
     }
@@ -174,5 +213,7 @@ export class SqliteStorage implements Storage {
 
   async close(): Promise<void> {
     if (this.db.open) this.db.close();
+    // Only once the database is closed may another process take the data dir.
+    if (this.lock.open) this.lock.close();
   }
 }

@@ -64,6 +64,67 @@ export interface CheckedUpdate {
 }
 
 /**
+ * The largest noise an honest device adds to one coordinate, in units of its std σC. The SDK draws
+ * it by Box–Muller on 53-bit uniforms, which cannot go beyond √(−2·ln 2^−53) ≈ 8.572; a true
+ * Gaussian exceeds 8.6 with probability 8·10⁻¹⁸ per coordinate.
+ */
+export const MAX_NOISE_SDS = 8.6;
+
+/** How far the client's float32 rounding-up of a block's largest magnitude can raise its scale (relative). */
+const F32_SCALE_ROUNDING = 2 ** -22;
+
+/**
+ * Checks that the block scales are ones an honest quantizer could have written, before the norm
+ * bound trusts them. {@link normBound} allows each coordinate a rounding error of its block's step
+ * (scale / L), so a scale larger than the block's values would widen the bound for free: an
+ * all-zero block declaring a huge scale let a client send biases of +1000 under C = 1. Refused here:
+ *
+ * - a block with scale > 0 whose largest |q| is below L − 1: the client's quantizer
+ *   (`quantizeStochastic`, src/federated/client-update.ts) sets the scale to the block's largest
+ *   magnitude, which always rounds to L − 1 or L;
+ * - scales beyond the clipped delta plus noise: an honest block's scale is at most its largest
+ *   |x_i| plus {@link MAX_NOISE_SDS}·σC, and the largest |x_i| of all blocks together have an L2
+ *   norm of at most ‖x‖ ≤ C. So the excesses max(0, scale − 8.6σC) must have norm ≤ C(1 + tolerance).
+ *
+ * Returns the rejection, or null when the scales are plausible.
+ */
+export function checkScales(u: QuantizedUpdate, p: Pick<UpdatePolicy, 'clip' | 'noiseMultiplier' | 'normTolerance'>): Rejection | null {
+  const { itemCount: n, dim, blockSize, bits } = u.header;
+  const L = levelsFor(bits);
+  const nf = n * dim;
+  const noiseCap = MAX_NOISE_SDS * p.noiseMultiplier * p.clip;
+  let excess2 = 0;
+  let worst = -1;
+  let block = 0;
+  for (const [start, end, part] of [
+    [0, nf, 'factors'],
+    [nf, nf + n, 'biases'],
+  ] as const) {
+    for (let b0 = start; b0 < end; b0 += blockSize, block++) {
+      const s = u.scales[block]!;
+      if (s === 0) continue;
+      let maxQ = 0;
+      for (let i = b0, b1 = Math.min(end, b0 + blockSize); i < b1; i++) maxQ = Math.max(maxQ, Math.abs(u.codes[i]! - L));
+      if (maxQ < L - 1) {
+        return reject('over-norm', `block ${block} (${part}) declares scale ${s} but its largest |code − L| is ${maxQ}; a block's scale is its largest magnitude, which quantizes to ${L - 1} or ${L}`);
+      }
+      const e = Math.max(0, s / (1 + F32_SCALE_ROUNDING) - noiseCap);
+      excess2 += e * e;
+      if (worst < 0 || s > u.scales[worst]!) worst = block;
+    }
+  }
+  const c = p.clip * (1 + p.normTolerance);
+  if (excess2 > c * c) {
+    return reject(
+      'over-norm',
+      `the block scales (largest ${u.scales[worst]} in block ${worst}) exceed what an update clipped to ${p.clip} with noise ${p.noiseMultiplier} can hold: ` +
+        `their excess over ${MAX_NOISE_SDS}·σC has norm ${Math.sqrt(excess2).toPrecision(6)} > ${c.toPrecision(6)}`,
+    );
+  }
+  return null;
+}
+
+/**
  * The largest L2 norm an honest update is expected to have. The server only sees
  * `x + z + e`: the clipped delta x (‖x‖ ≤ C), noise z ~ N(0, (σC)²) per coordinate added on the
  * device, and stochastic-rounding error e (mean 0, variance ≤ step²/4, step = scale/L, known from
@@ -75,6 +136,8 @@ export interface CheckedUpdate {
  * `normSlack`. With σ = 0 this is (almost) exactly the clip bound. With noise, a dishonest client can
  * hide a signal of squared norm up to about k·√(2Σv²) inside the noise's fluctuation: for 132,000
  * coordinates and σ = 1 that is ‖x‖ ≈ 60·C. The check stops gross scaling attacks, not subtle ones.
+ * The steps come from the declared block scales: {@link checkScales} must pass first, or a client
+ * could widen the bound by declaring scales its values do not have.
  *
  * @example
  * ```ts
@@ -135,6 +198,8 @@ export function checkUpdate(body: Uint8Array, p: UpdatePolicy): CheckedUpdate | 
   // Exact: less noise weakens the sender's guarantee, more noise would widen the norm allowance.
   if (h.noiseMultiplier !== Math.fround(p.noiseMultiplier)) mismatch.push(`noiseMultiplier ${h.noiseMultiplier} ≠ ${p.noiseMultiplier}`);
   if (mismatch.length) return reject('config-mismatch', `update does not follow the server config: ${mismatch.join(', ')}`);
+  const scales = checkScales(update, p);
+  if (scales) return scales;
   const delta = dequantizeUpdate(update);
   let s = 0;
   for (let i = 0; i < delta.length; i++) s += delta[i]! * delta[i]!;

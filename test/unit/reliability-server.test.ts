@@ -76,7 +76,8 @@ for (const [kind, fault, heal, pattern] of [
   test(`${kind}: uploads get a clear 503 with a reason, the server keeps serving, and recovers when storage does`, async () => {
     const dir = tmp();
     const storage = SqliteStorage.open(dir);
-    const server = await startServer({ port: 0, storage, initialTable: bigTable(), minClients: 3, noiseMultiplier: 0, rateLimit: false, maxStaleness: 100, log: quiet });
+    const logged: string[] = [];
+    const server = await startServer({ port: 0, storage, initialTable: bigTable(), minClients: 3, noiseMultiplier: 0, rateLimit: false, maxStaleness: 100, log: (l) => logged.push(l) });
     try {
       const v0 = await pull(server.url);
       for (const s of [1, 2]) assert.equal((await post(server.url, honestUpdate(v0, s))).status, 202);
@@ -87,8 +88,12 @@ for (const [kind, fault, heal, pattern] of [
         const r = await post(server.url, b);
         assert.equal(r.status, 503, JSON.stringify(r.json));
         assert.equal(r.json.reason, 'storage-unavailable');
-        assert.match(String(r.json.error), pattern);
+        assert.match(String(r.json.error), /nothing was stored, retry later/);
+        // The cause is the operator's to read, in the log; the client never sees the file or the error.
+        assert.doesNotMatch(String(r.json.error), pattern);
+        assert.ok(!String(r.json.error).includes(dir), 'no data dir in the response');
       }
+      assert.ok(logged.some((l) => l.startsWith('storage unavailable on POST /v1/updates: SQLite') && pattern.test(l)), logged.join('\n'));
       // Reads still work while writes cannot.
       assert.equal((await fetch(`${server.url}/v1/health`)).status, 200);
       assert.equal((await pull(server.url)).table.version, 0);

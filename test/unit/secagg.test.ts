@@ -32,9 +32,9 @@ import { syncOnce, type FetchLike } from '../../src/federated/sync.js';
 import { decodeModel, toHex } from '../../src/federated/wire.js';
 import { Random } from '../../src/model/random.js';
 import { createServer, MemoryStorage, RoundCoordinator } from '../../src/server/index.js';
-import { exerciseCohortLeave, IDS, initialTable, shopperHistory } from './server-helpers.js';
-import { MemoryCohortStore } from '../../src/server/cohorts.js';
-import { isAbortError } from '../../src/errors.js';
+import { exerciseCohortLeave, honestUpdate, IDS, initialTable, shopperHistory } from './server-helpers.js';
+import { KEEP_ENDED_MS, MemoryCohortStore } from '../../src/server/cohorts.js';
+import { isAbortError, ModelError } from '../../src/errors.js';
 
 test('packBits/unpackBits round-trip every width from 2 to 32 bits', () => {
   fc.assert(
@@ -242,6 +242,67 @@ test('secure-aggregation server: refuses plain updates, unknown cohorts, uploads
   }
 });
 
+test("a request of the other mode answers 409 wrong-mode before its body is judged by the other mode's size", async () => {
+  // Masked uploads at 4 bits are smaller than this table's plain 8-bit updates.
+  const secure = await createServer({ dataDir: null, initialTable: initialTable(), minClients: 3, clip: 1, noiseMultiplier: 1, rateLimit: false, secureAggregation: { bits: 4 }, log: () => {} });
+  const plain = await createServer({ dataDir: null, initialTable: initialTable(), minClients: 3, clip: 1, noiseMultiplier: 1, rateLimit: false, log: () => {} });
+  const reason = async (res: Response) => [res.status, ((await res.json()) as { reason: string }).reason];
+  try {
+    const view = { table: decodeModel(plain.rounds.modelBytes('float32')).table, hash: Uint8Array.from(Buffer.from(plain.rounds.hash, 'hex')), config: plain.rounds.config };
+    const outdated = honestUpdate(view, 1);
+    const maskedBytes = ((await (await secure.app.request('/v1/config')).json()) as { updateBytes: number }).updateBytes;
+    assert.ok(outdated.length > maskedBytes, `a plain update (${outdated.length} bytes) is over the masked size (${maskedBytes})`);
+    assert.deepEqual(await reason(await secure.app.request('/v1/updates', { method: 'POST', body: outdated as Uint8Array<ArrayBuffer> })), [409, 'wrong-mode']);
+    // And the other way: a masked upload or a recovery share sent to a plain server.
+    const masked = encodeMaskedUpdate({ cohortId: new Uint8Array(16).fill(1), index: 0, cohortSize: 3, bits: 32, baseVersion: 0, values: new Uint32Array(IDS.length * 5) });
+    assert.ok(masked.length > outdated.length);
+    assert.deepEqual(await reason(await plain.app.request('/v1/secagg/updates', { method: 'POST', body: masked as Uint8Array<ArrayBuffer> })), [409, 'wrong-mode']);
+    assert.deepEqual(await reason(await plain.app.request(`/v1/secagg/cohorts/${'ab'.repeat(16)}/members/0/recovery`, { method: 'POST', body: new Uint8Array(256) as Uint8Array<ArrayBuffer> })), [409, 'wrong-mode']);
+    assert.deepEqual(await reason(await plain.app.request(`/v1/secagg/cohorts/${'ab'.repeat(16)}`)), [409, 'wrong-mode']);
+    assert.equal(await secure.storage.pendingCount(), 0);
+  } finally {
+    await secure.storage.close();
+    await plain.storage.close();
+  }
+});
+
+test('every cohort route answers an unknown cohort 409 unknown-cohort, and one that is not even an id (a NUL) never reaches the store', async () => {
+  const asked: string[] = [];
+  /** The memory cohort store, noting every id it is asked about. */
+  class Watched extends MemoryCohortStore {
+    override async info(id: string) {
+      asked.push(id);
+      return super.info(id);
+    }
+    override async leave(id: string, index: number, token: string) {
+      asked.push(id);
+      return super.leave(id, index, token);
+    }
+  }
+  class WatchedStorage extends MemoryStorage {
+    cohortStore(params: SecAggParams, timeouts: number | { fillMs: number; uploadMs: number }, now: () => number) {
+      return new Watched(params, timeouts, now);
+    }
+  }
+  const parts = await createServer({ storage: new WatchedStorage(), initialTable: initialTable(), minClients: 3, rateLimit: false, secureAggregation: true, log: () => {} });
+  const unknown = 'ab'.repeat(16);
+  const routes: Array<[string, string, Uint8Array?]> = [
+    ['GET', '/v1/secagg/cohorts/:id'],
+    ['GET', '/v1/secagg/cohorts/:id/members/0'],
+    ['POST', '/v1/secagg/cohorts/:id/members/0/leave'],
+    ['POST', '/v1/secagg/cohorts/:id/members/0/recovery', new Uint8Array(16)],
+  ];
+  for (const [method, route, body] of routes) {
+    for (const id of ['a%00b', 'AB'.repeat(16), 'ab'.repeat(17), 'x', unknown]) {
+      const res = await parts.app.request(route.replace(':id', id), { method, ...(body ? { body: body as Uint8Array<ArrayBuffer> } : {}) });
+      const json = (await res.json()) as { reason: string; error: string };
+      assert.deepEqual([res.status, json.reason], [409, 'unknown-cohort'], `${method} ${route} with ${id}: ${json.error}`);
+      if (id !== unknown) assert.match(json.error, /a cohort id is 32 lowercase hex digits/);
+    }
+  }
+  assert.deepEqual([...new Set(asked)], [unknown], 'the store only ever saw a well-formed id');
+});
+
 test('at start, a complete cohort found pending (crash before publishing) is published and an incomplete one discarded', async () => {
   const storage = new MemoryStorage();
   const base = initialTable();
@@ -291,6 +352,32 @@ test('at start, a complete cohort found pending (crash before publishing) is pub
   assert.equal(await storage.pendingCount(), 0, 'the complete cohort was published, the incomplete one discarded');
   const next = decodeModel(rc.modelBytes('float32')).table;
   assert.ok(Math.abs(next.bias[0]! - base.bias[0]! - 0.375) < 1e-6);
+});
+
+test('a store with pending updates of the other mode refuses to start, naming the mode they were sent in, and keeps them', async () => {
+  const storage = new MemoryStorage();
+  const start = (secureAggregation: boolean) => createServer({ storage, initialTable: initialTable(), minClients: 3, clip: 1, noiseMultiplier: 0, rateLimit: false, secureAggregation, log: () => {} });
+  // Plain → secure: two acknowledged plain updates would otherwise be deleted as dead cohorts' uploads.
+  const plain = await start(false);
+  const v0 = { table: decodeModel(plain.rounds.modelBytes('float32')).table, hash: Uint8Array.from(Buffer.from(plain.rounds.hash, 'hex')), config: plain.rounds.config };
+  for (const seed of [1, 2]) {
+    const res = await plain.app.request('/v1/updates', { method: 'POST', body: honestUpdate(v0, seed) as Uint8Array<ArrayBuffer> });
+    assert.equal(res.status, 202);
+  }
+  await assert.rejects(start(true), (e: unknown) => e instanceof ModelError && /2 pending plain updates \(sent without secure aggregation\).*restart without --secure-aggregation/.test(e.message));
+  assert.equal(await storage.pendingCount(), 2, 'the acknowledged updates are kept');
+  // They go into a round of the plain server; then a masked upload is pending.
+  assert.equal((await plain.app.request('/v1/updates', { method: 'POST', body: honestUpdate(v0, 3) as Uint8Array<ArrayBuffer> })).status, 202);
+  assert.equal(plain.rounds.version, 1);
+  const secure = await start(true);
+  const j = (await (await secure.app.request('/v1/secagg/join', { method: 'POST', body: (await secAggKeyPair()).publicKey as Uint8Array<ArrayBuffer> })).json()) as { cohort: string; token: string };
+  for (let i = 0; i < 2; i++) await secure.app.request('/v1/secagg/join', { method: 'POST', body: (await secAggKeyPair()).publicKey as Uint8Array<ArrayBuffer> });
+  const bits = secure.rounds.config.secureAggregation!.bits;
+  const masked = encodeMaskedUpdate({ cohortId: Uint8Array.from(Buffer.from(j.cohort, 'hex')), index: 0, cohortSize: 3, bits, baseVersion: 1, values: new Uint32Array(IDS.length * 5) });
+  assert.equal((await secure.app.request('/v1/secagg/updates', { method: 'POST', body: masked as Uint8Array<ArrayBuffer>, headers: { 'X-Localrec-Cohort-Token': j.token } })).status, 202);
+  // Secure → plain: a plain server would accept updates and fail every aggregation on the masked one.
+  await assert.rejects(start(false), (e: unknown) => e instanceof ModelError && /1 pending masked uploads \(sent under secure aggregation\).*restart with --secure-aggregation and the same --min-clients/.test(e.message));
+  assert.equal(await storage.pendingCount(), 1);
 });
 
 test('a cohort that does not fill in time is aborted: the waiting device sends nothing and spends no ε', async () => {
@@ -705,6 +792,41 @@ test('without uploadTimeoutMs the upload deadline is the fill deadline, capped a
       await parts.storage.close();
     }
   }
+});
+
+test('an ended cohort is kept an hour after it ended, however long it took to end (memory store)', async () => {
+  let t = 1_000_000;
+  const hour = 3_600_000;
+  const store = new MemoryCohortStore({ cohortSize: 2, bits: 16, step: 1 / 1024, degree: 2 }, { fillMs: 2 * hour, uploadMs: 60_000 }, () => t);
+  // Aborted: a cohort that did not fill in its two hours.
+  const unfilled = await store.join((await secAggKeyPair()).publicKey);
+  assert.ok(!('error' in unfilled));
+  t += 2 * hour + 1;
+  assert.deepEqual((await store.sweep()).aborted.map((a) => a.id), [unfilled.cohort.id]);
+  const ended = t;
+  assert.equal((await store.info(unfilled.cohort.id))?.endedAt, ended);
+  await store.sweep();
+  t = ended + KEEP_ENDED_MS - 1;
+  await store.sweep();
+  assert.equal((await store.info(unfilled.cohort.id))?.status, 'aborted', 'still answered just under an hour after it ended');
+  t = ended + KEEP_ENDED_MS + 1;
+  await store.sweep();
+  assert.equal(await store.info(unfilled.cohort.id), undefined, 'forgotten an hour after it ended');
+  // Done: published when it is finished.
+  const a = await store.join((await secAggKeyPair()).publicKey);
+  t += hour + 30 * 60_000;
+  const b = await store.join((await secAggKeyPair()).publicKey);
+  assert.ok(!('error' in a) && !('error' in b) && b.cohort.status === 'ready');
+  t += 30_000;
+  await store.finish(a.cohort.id, 1);
+  const done = t;
+  assert.equal((await store.info(a.cohort.id))?.endedAt, done);
+  t = done + KEEP_ENDED_MS - 1;
+  await store.sweep();
+  assert.equal((await store.info(a.cohort.id))?.status, 'done');
+  t = done + KEEP_ENDED_MS + 1;
+  await store.sweep();
+  assert.equal(await store.info(a.cohort.id), undefined);
 });
 
 test('a member leaves a forming cohort (memory store): its place goes to the next device', async () => {

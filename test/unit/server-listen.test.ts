@@ -7,10 +7,12 @@
 import { strict as assert } from 'node:assert';
 import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
+import { connect } from 'node:net';
 import { test } from 'node:test';
 import { ValidationError } from '../../src/errors.js';
-import { DEFAULT_BACKLOG, startServer } from '../../src/server/index.js';
-import { initialTable, quiet } from './server-helpers.js';
+import { DEFAULT_BACKLOG, MemoryStorage, startServer } from '../../src/server/index.js';
+import type { NewUpdate } from '../../src/server/storage.js';
+import { honestUpdate, initialTable, post, pull, quiet } from './server-helpers.js';
 
 function hasSs(): boolean {
   try {
@@ -54,4 +56,64 @@ test('startServer refuses a backlog that is not a positive integer', async () =>
   for (const backlog of [0, -1, 1.5, Number.NaN]) {
     await assert.rejects(startServer({ ...opts, backlog }), (e: unknown) => e instanceof ValidationError && /options\.backlog/.test(e.message));
   }
+});
+
+test('close() answers every upload in flight (202, stored), then drains the rounds and closes the store', async () => {
+  const N = 40;
+  let arrived = 0;
+  let allIn!: () => void;
+  const allArrived = new Promise<void>((r) => (allIn = r));
+  let release!: () => void;
+  const closeCalled = new Promise<void>((r) => (release = r));
+  let storeClosed = false;
+  /** Counts uploads as they reach the server (its rate limit) and holds them in the store until close() was called. */
+  class HeldStorage extends MemoryStorage {
+    rateLimiter() {
+      return { take: () => (++arrived === N && allIn(), true) };
+    }
+    override async addUpdate(u: NewUpdate) {
+      await closeCalled;
+      assert.equal(storeClosed, false, 'an upload is stored before the store closes');
+      return super.addUpdate(u);
+    }
+    override async close() {
+      storeClosed = true;
+    }
+  }
+  const storage = new HeldStorage();
+  const server = await startServer({ port: 0, storage, initialTable: initialTable(), minClients: 1000, noiseMultiplier: 0, rateLimit: { perMinute: 1e6, burst: 1e6 }, log: quiet });
+  const v0 = await pull(server.url);
+  const uploads = Array.from({ length: N }, (_, i) => post(server.url, honestUpdate(v0, i + 1)));
+  await allArrived;
+  const closed = server.close();
+  release();
+  const answers = await Promise.all(uploads);
+  await closed;
+  assert.deepEqual(answers.map((a) => a.status), Array<number>(N).fill(202));
+  assert.equal(await storage.pendingCount(), N, 'every acknowledged upload is stored');
+  assert.equal(storeClosed, true);
+  await assert.rejects(fetch(`${server.url}/v1/health`), 'no new connection is taken');
+});
+
+test('close() cuts a connection still open after shutdownGraceMs (a client that never finishes its body)', async () => {
+  await assert.rejects(startServer({ port: 0, dataDir: null, initialTable: initialTable(), shutdownGraceMs: -1, log: quiet }), (e: unknown) => e instanceof ValidationError && /options\.shutdownGraceMs/.test(e.message));
+  let arrived!: () => void;
+  const inFlight = new Promise<void>((r) => (arrived = r));
+  /** Says when the request reached the server (its rate limit, ahead of reading the body). */
+  class Watched extends MemoryStorage {
+    rateLimiter() {
+      return { take: () => (arrived(), true) };
+    }
+  }
+  const server = await startServer({ port: 0, storage: new Watched(), initialTable: initialTable(), shutdownGraceMs: 50, log: quiet });
+  const { port } = new URL(server.url);
+  const socket = connect(Number(port), '127.0.0.1');
+  const ended = new Promise<void>((r) => socket.once('close', () => r()));
+  socket.on('error', () => undefined);
+  await new Promise<void>((r) => socket.once('connect', () => r()));
+  // Headers and half the declared body: the request stays in flight.
+  socket.write(`POST /v1/updates HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: 100\r\n\r\n${'x'.repeat(50)}`);
+  await inFlight;
+  await server.close();
+  await ended;
 });

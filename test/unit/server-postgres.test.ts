@@ -375,13 +375,66 @@ describe('PostgreSQL storage', { skip: skip ?? false }, () => {
       assert.equal(await c1.markSubmitted(full2, 2, 302), 'closed', 'an aborted cohort takes no uploads');
       const fresh = await c2.join(new Uint8Array(65).fill(99));
       assert.ok(!('error' in fresh) && fresh.index === 0 && fresh.cohort.id !== forming, 'the next join opens a new cohort');
-      // Ended cohorts are forgotten an hour later (their members with them).
-      t += KEEP_ENDED_MS;
+      // Ended cohorts are forgotten an hour after they ended (their members with them).
+      t += KEEP_ENDED_MS + 1;
       await c1.sweep();
       assert.equal(await c2.info(full1), undefined);
       assert.equal((await c2.keys(full2)).size, 0);
     } finally {
       for (const s of stores) await s.close();
+    }
+  });
+
+  it('an ended cohort is kept an hour after it ended, on a database created before ended_at existed too', async () => {
+    const database = await freshDatabase();
+    // A database of the schema before: its cohorts table has no ended_at column.
+    const old = await PostgresStorage.open(database);
+    await old.close();
+    await withClient(database, (db) => db.query('ALTER TABLE localrec_cohorts DROP COLUMN ended_at'));
+    const storage = await PostgresStorage.open(database);
+    try {
+      const columns = await withClient(database, (db) => db.query<{ column_name: string }>("SELECT column_name FROM information_schema.columns WHERE table_name = 'localrec_cohorts' AND column_name = 'ended_at'"));
+      assert.equal(columns.rowCount, 1, 'opening adds the column');
+      let t = 1_000_000;
+      const hour = 3_600_000;
+      const store = storage.cohortStore({ cohortSize: 2, bits: 16, step: 1 / 1024, degree: 2 }, { fillMs: 2 * hour, uploadMs: 60_000 }, () => t);
+      const unfilled = await store.join(new Uint8Array(65).fill(1));
+      assert.ok(!('error' in unfilled));
+      t += 2 * hour + 1;
+      assert.deepEqual((await store.sweep()).aborted.map((a) => a.id), [unfilled.cohort.id]);
+      const ended = t;
+      assert.equal((await store.info(unfilled.cohort.id))?.endedAt, ended);
+      t = ended + KEEP_ENDED_MS - 1;
+      await store.sweep();
+      assert.equal((await store.info(unfilled.cohort.id))?.status, 'aborted', 'still answered just under an hour after it ended');
+      t = ended + KEEP_ENDED_MS + 1;
+      await store.sweep();
+      assert.equal(await store.info(unfilled.cohort.id), undefined, 'forgotten an hour after it ended');
+      // A published cohort ends when it is finished.
+      const a = await store.join(new Uint8Array(65).fill(2));
+      const b = await store.join(new Uint8Array(65).fill(3));
+      assert.ok(!('error' in a) && !('error' in b) && b.cohort.status === 'ready');
+      t += 30_000;
+      await store.finish(a.cohort.id, 1);
+      assert.equal((await store.info(a.cohort.id))?.endedAt, t);
+    } finally {
+      await storage.close();
+    }
+  });
+
+  it('a cohort id with a NUL answers 409 unknown-cohort and never reaches PostgreSQL (whose error named the database)', async () => {
+    const database = await freshDatabase();
+    const parts = await createServer({ database, initialTable: initialTable(), minClients: 3, rateLimit: false, secureAggregation: true, log: quiet });
+    try {
+      for (const path of ['/v1/secagg/cohorts/a%00b', '/v1/secagg/cohorts/a%00b/members/0']) {
+        const res = await parts.app.request(path);
+        const text = await res.text();
+        assert.equal(res.status, 409, text);
+        assert.equal((JSON.parse(text) as { reason: string }).reason, 'unknown-cohort');
+        assert.ok(!text.includes('127.0.0.1') && !text.includes('postgres'), text);
+      }
+    } finally {
+      await parts.storage.close();
     }
   });
 

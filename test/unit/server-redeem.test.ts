@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { createItemTable } from '../../src/model/item-table.js';
-import { checkRedemption } from '../../src/server/redeem.js';
+import { checkRedemption, MAX_REDEEM_BODY_BYTES } from '../../src/server/redeem.js';
 import { createServer, type ServerParts } from '../../src/server/index.js';
 import type { OfferCatalog } from '../../src/offers/types.js';
 
@@ -60,5 +60,26 @@ describe('POST /v1/offers/redeem', () => {
       assert.equal(res.status, 400);
       assert.match(((await res.json()) as { error: string }).error, new RegExp(field));
     }
+  });
+
+  it('answers 413 oversized for a body over 4 KB, declared or streamed, without reading it all', async () => {
+    const big = await post({ offerId: 'mugs10', orderValue: 20, note: 'x'.repeat(MAX_REDEEM_BODY_BYTES) });
+    assert.equal(big.status, 413);
+    assert.deepEqual(await big.json(), { error: `a redeem body is at most ${MAX_REDEEM_BODY_BYTES} bytes of JSON`, reason: 'oversized' });
+    // A body without a length that never ends: refused once the limit is passed.
+    let pulled = 0;
+    const endless = new ReadableStream<Uint8Array>({
+      pull(ctl) {
+        pulled++;
+        ctl.enqueue(new TextEncoder().encode(pulled === 1 ? '{"offerId":"mugs10","pad":"' : 'x'.repeat(1024)));
+      },
+    });
+    const streamed = await parts.app.fetch(new Request('http://local/v1/offers/redeem', { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: endless, duplex: 'half' } as RequestInit));
+    assert.equal(streamed.status, 413);
+    assert.equal(((await streamed.json()) as { reason: string }).reason, 'oversized');
+    assert.ok(pulled < 64, `read ${pulled} KB of an endless body`);
+    // Just under the limit is still read.
+    const padded = JSON.stringify({ offerId: 'mugs10', orderValue: 20 }).padEnd(MAX_REDEEM_BODY_BYTES, ' ');
+    assert.equal((await post(padded)).status, 200);
   });
 });

@@ -5,7 +5,11 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import fc from 'fast-check';
 import { buildClientUpdate } from '../../src/federated/client-update.js';
-import { createApp, REJECT_STATUS, startServer, type RejectReason } from '../../src/server/index.js';
+import { decodeModel, decodeUpdate, dequantizeUpdate, encodeUpdate, levelsFor } from '../../src/federated/wire.js';
+import { Command } from 'commander';
+import { StorageError, ValidationError } from '../../src/errors.js';
+import { rateLimitFlag, register } from '../../src/server/serve-command.js';
+import { checkUpdate, createApp, MemoryStorage, normBound, REJECT_STATUS, startServer, type RejectReason } from '../../src/server/index.js';
 import { honestUpdate, initialTable, post, pull, quiet, spawnServe, trained, IDS, DIM } from './server-helpers.js';
 
 function expectReject(r: { status: number; json: Record<string, unknown> }, reason: RejectReason): void {
@@ -70,6 +74,76 @@ test('noised honest updates pass the norm check; a scaled one hidden in noise-si
   }
 });
 
+test('block scales cannot widen the norm bound: a huge scale on an all-zero block does not let biases of +1000 through, and nothing publishes', async () => {
+  for (const noiseMultiplier of [0, 1]) {
+    const server = await startServer({ port: 0, dataDir: null, initialTable: initialTable(), minClients: 3, clip: 1, noiseMultiplier, rateLimit: false, log: quiet });
+    try {
+      const v0 = await pull(server.url);
+      const L = levelsFor(v0.config.bits);
+      const nf = IDS.length * DIM;
+      /** An honest update's header with every bias +1000 and factor block 0 declaring scale `huge` (its codes 0, or one at L − 1 when `oneCode`). */
+      const attack = (seed: number, huge: number, oneCode: boolean) => {
+        const u = decodeUpdate(honestUpdate(v0, seed));
+        u.codes.fill(L);
+        u.scales.fill(0);
+        u.scales[0] = huge;
+        if (oneCode) u.codes[0] = 2 * L - 1;
+        const biasBlock = Math.ceil(nf / u.header.blockSize);
+        u.scales[biasBlock] = 1000;
+        u.codes.fill(2 * L, nf);
+        return encodeUpdate(u);
+      };
+      const policy = { ...server.rounds.config };
+      for (const [seed, oneCode] of [[1, false], [2, true], [3, false]] as const) {
+        const body = attack(seed, 2e6, oneCode);
+        const u = decodeUpdate(body);
+        const delta = dequantizeUpdate(u);
+        assert.ok(Math.abs(delta[nf]! - 1000) < 1e-3, 'the update carries biases of +1000');
+        // The reproduction: the huge scale's rounding allowance alone would cover those biases.
+        const biasNorm = 1000 * Math.sqrt(IDS.length);
+        assert.ok(normBound(u, policy) > biasNorm, `σ = ${noiseMultiplier}: the declared scales raise the bound to ${normBound(u, policy)}`);
+        const r = await post(server.url, body);
+        expectReject(r, 'over-norm');
+        assert.match(String(r.json.error), oneCode ? /block scales .* exceed what an update clipped to 1/ : /block 0 \(factors\) declares scale 2000000 but its largest \|code − L\| is 0/);
+        const checked = checkUpdate(body, policy);
+        assert.equal(checked.ok, false);
+      }
+      assert.equal(server.rounds.version, 0, 'no version published');
+      assert.equal(server.rounds.pending, 0, 'nothing stored');
+      // Honest updates still pass and publish a version whose biases moved by at most C.
+      for (const s of [11, 12, 13]) assert.equal((await post(server.url, honestUpdate(v0, s))).status, 202);
+      const v1 = decodeModel(server.rounds.modelBytes('float32')).table;
+      assert.equal(v1.version, 1);
+      for (let i = 0; i < IDS.length; i++) assert.ok(Math.abs(v1.bias[i]! - v0.table.bias[i]!) <= 1 + 8.6 * noiseMultiplier, `bias ${i} moved ${v1.bias[i]! - v0.table.bias[i]!}`);
+    } finally {
+      await server.close();
+    }
+  }
+});
+
+test('a storage failure answers 503 with a generic reason; its message (a database URL) goes to the log only', async () => {
+  const secret = 'PostgreSQL store update failed (postgres://shop:***@db.internal:5433/localrec): relation "localrec_updates" does not exist';
+  class Failing extends MemoryStorage {
+    override async addUpdate(): Promise<never> {
+      throw new StorageError(secret);
+    }
+  }
+  const logged: string[] = [];
+  const server = await startServer({ port: 0, storage: new Failing(), initialTable: initialTable(), noiseMultiplier: 0, rateLimit: false, log: (l) => logged.push(l) });
+  try {
+    const v0 = await pull(server.url);
+    const res = await fetch(`${server.url}/v1/updates`, { method: 'POST', body: honestUpdate(v0, 1) as Uint8Array<ArrayBuffer> });
+    const text = await res.text();
+    assert.equal(res.status, 503);
+    assert.equal(res.headers.get('retry-after'), '30');
+    assert.deepEqual(JSON.parse(text), { error: 'the server cannot reach its storage right now; nothing was stored, retry later', reason: 'storage-unavailable' });
+    for (const leak of ['db.internal', '5433', 'postgres://', 'localrec_updates']) assert.ok(!text.includes(leak), `the response shows ${leak}`);
+    assert.deepEqual(logged, [`storage unavailable on POST /v1/updates: ${secret}`]);
+  } finally {
+    await server.close();
+  }
+});
+
 test('per-client rate limit answers 429 and refills with time', async () => {
   let now = 1_000_000;
   const server = await startServer({ port: 0, dataDir: null, initialTable: initialTable(), noiseMultiplier: 0, rateLimit: { perMinute: 6, burst: 2 }, now: () => now, log: quiet });
@@ -86,17 +160,21 @@ test('per-client rate limit answers 429 and refills with time', async () => {
   }
 });
 
-test('behind a proxy (trustProxy) the rate limit keys on X-Forwarded-For; otherwise the header is ignored', async () => {
+test('behind a proxy (trustProxy) the rate limit keys on the last X-Forwarded-For entry (a forged first one buys nothing); otherwise the header is ignored', async () => {
   const postFrom = async (url: string, body: Uint8Array, forwardedFor: string) => {
     const res = await fetch(`${url}/v1/updates`, { method: 'POST', body: body as Uint8Array<ArrayBuffer>, headers: { 'content-type': 'application/octet-stream', 'x-forwarded-for': forwardedFor } });
     return { status: res.status, json: (await res.json()) as Record<string, unknown> };
   };
-  /** Two shoppers behind one proxy each get their own allowance of 1; the first one's second update is over it. */
+  /**
+   * Two shoppers behind one proxy (which appends the address it saw) each get their own allowance
+   * of 1. The first one's second update is over it, though it forged another first entry.
+   */
   const limitsEachShopper = async (url: string) => {
     const v0 = await pull(url);
-    assert.equal((await postFrom(url, honestUpdate(v0, 1), '203.0.113.7, 10.0.0.1')).status, 202);
-    assert.equal((await postFrom(url, honestUpdate(v0, 2), '198.51.100.9')).status, 202);
-    expectReject(await postFrom(url, honestUpdate(v0, 3), '203.0.113.7'), 'rate-limited');
+    assert.equal((await postFrom(url, honestUpdate(v0, 1), '203.0.113.7')).status, 202);
+    assert.equal((await postFrom(url, honestUpdate(v0, 2), '10.0.0.1, 198.51.100.9')).status, 202);
+    expectReject(await postFrom(url, honestUpdate(v0, 3), '192.0.2.55, 203.0.113.7'), 'rate-limited');
+    expectReject(await postFrom(url, honestUpdate(v0, 4), '198.51.100.77,198.51.100.9'), 'rate-limited');
   };
   const limit = { perMinute: 1, burst: 1 };
   const proxied = await startServer({ port: 0, dataDir: null, initialTable: initialTable(), minClients: 100, noiseMultiplier: 0, rateLimit: limit, trustProxy: true, log: quiet });
@@ -126,6 +204,17 @@ test('behind a proxy (trustProxy) the rate limit keys on X-Forwarded-For; otherw
   } finally {
     await direct.close();
   }
+});
+
+test('localrec serve --rate-limit refuses a negative value, naming the flag, instead of turning the limit off', async () => {
+  assert.deepEqual(['0', '30', '0.5'].map(rateLimitFlag), [0, 30, 0.5]);
+  for (const bad of ['-5', '-0.5', 'x', '']) assert.throws(() => rateLimitFlag(bad), (e: unknown) => e instanceof ValidationError && e.message.startsWith('--rate-limit: must be'), bad);
+  // Through the command's parser: refused before any server starts.
+  const program = new Command().exitOverride();
+  register(program);
+  await assert.rejects(program.parseAsync(['node', 'localrec', 'serve', '--rate-limit', '-5']), (e: unknown) =>
+    e instanceof ValidationError && e.message === "--rate-limit: must be a number of updates per minute ≥ 0 (0 turns the limit off), got '-5'",
+  );
 });
 
 test('property: no body crashes the server; every bad body gets a 4xx JSON reason', async () => {

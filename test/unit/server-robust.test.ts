@@ -234,7 +234,7 @@ test('localrec serve --robust trimmed-mean --trim 0.25: killed inside the publis
       (e: { stderr: string; code: number }) => e,
     );
     assert.equal(bad.code, 1);
-    assert.match(bad.stderr, /^localrec: ValidationError: options\.robust/);
+    assert.match(bad.stderr, /^localrec: ValidationError: --robust/);
 
     const c = await serve(dataDir, catalog, flags, { LOCALREC_FAULT: 'kill-before-publish-commit' });
     assert.match(c.out, /fedavg on the trimmed-mean \(β 0\.25\)/);

@@ -38,6 +38,30 @@ test('endpoints: health, config, round status, model with version/hash headers, 
   }
 });
 
+test('If-None-Match: a list of entity tags, W/ prefixes and * all answer 304 when they name the current model (RFC 9110)', async () => {
+  const server = await startServer({ port: 0, dataDir: null, initialTable: initialTable(), minClients: 1, noiseMultiplier: 0, rateLimit: false, log: quiet });
+  try {
+    const model = (ifNoneMatch: string, encoding = '') => fetch(`${server.url}/v1/model${encoding}`, { headers: { 'if-none-match': ifNoneMatch } }).then((r) => r.status);
+    const etag = (await fetch(`${server.url}/v1/model`)).headers.get('etag')!;
+    const int8 = (await fetch(`${server.url}/v1/model?encoding=int8`)).headers.get('etag')!;
+    assert.equal(await model(etag), 304);
+    assert.equal(await model(`W/${etag}`), 304, 'weak comparison');
+    assert.equal(await model(`"0000", ${etag}`), 304, 'one of a list');
+    assert.equal(await model(`W/"0000",W/${etag}`), 304);
+    assert.equal(await model('*'), 304);
+    assert.equal(await model(`"0000", "a,b"`), 200, 'no tag matches (a comma inside a tag is part of it)');
+    assert.equal(await model(int8), 200, 'the int8 tag does not name the float32 model');
+    assert.equal(await model(`${etag}, ${int8}`, '?encoding=int8'), 304);
+    assert.equal(await model(etag.slice(1, -1)), 200, 'an unquoted tag is not an entity tag');
+    // A new version: the old tag no longer matches.
+    const v0 = await pull(server.url);
+    assert.equal((await post(server.url, honestUpdate(v0, 1))).status, 202);
+    assert.equal(await model(`W/${etag}`), 200);
+  } finally {
+    await server.close();
+  }
+});
+
 test('a round aggregates exactly when minClients updates arrived; the new version is base + mean delta', async () => {
   const server = await startServer({ port: 0, dataDir: null, initialTable: initialTable(), minClients: 3, noiseMultiplier: 0, rateLimit: false, log: quiet });
   try {

@@ -1,12 +1,13 @@
 import { strict as assert } from 'node:assert';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
+import Database from 'better-sqlite3';
 import { StorageError } from '../../src/errors.js';
 import { startServer, SqliteStorage } from '../../src/server/index.js';
 import { StorageConflictError } from '../../src/server/storage.js';
-import { honestUpdate, initialTable, post, pull, quiet, IDS } from './server-helpers.js';
+import { honestUpdate, initialTable, post, pull, quiet, spawnServe, DIM, IDS } from './server-helpers.js';
 
 const opts = { port: 0, minClients: 3, noiseMultiplier: 0, rateLimit: false as const, log: quiet };
 
@@ -86,6 +87,48 @@ test('SQLite adapter: publish is compare-and-set on the version and on pending u
     assert.equal(await s.versionHash(1), 'h');
   } finally {
     await s.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('SQLite: one data dir serves one process: a second storage on it fails naming the dir, until the first is closed; readers are not locked out', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'localrec-sqlite-'));
+  try {
+    const first = SqliteStorage.open(dir);
+    const inUse = (e: unknown) => e instanceof StorageError && e.message.includes(`the data dir ${dir} is in use by another localrec serve`);
+    assert.throws(() => SqliteStorage.open(dir), inUse);
+    await assert.rejects(startServer({ ...opts, dataDir: dir, initialTable: initialTable() }), inUse);
+    // The first storage is unaffected, and the database can still be read (a backup, sqlite3).
+    await first.publish({ version: 0, hash: 'h', model: new Uint8Array([1]), optimizer: null, createdAt: 0, updateCount: 0 }, []);
+    const reader = new Database(join(dir, 'localrec.sqlite'), { readonly: true });
+    assert.equal((reader.prepare('SELECT COUNT(*) AS n FROM versions').get() as { n: number }).n, 1);
+    reader.close();
+    await first.close();
+    const second = SqliteStorage.open(dir);
+    assert.equal((await second.latest())?.version, 0);
+    await second.close();
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('SQLite: a second localrec serve on a data dir in use exits with one line naming it', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'localrec-sqlite-'));
+  const catalog = join(dir, 'catalog.json');
+  writeFileSync(catalog, JSON.stringify({ items: IDS.map((id, i) => ({ id, popularity: i })) }));
+  const flags = ['--dim', String(DIM), '--min-clients', '3', '--noise', '0', '--rate-limit', '0'];
+  const first = await spawnServe(join(dir, 'data'), catalog, flags);
+  try {
+    const second = await spawnServe(join(dir, 'data'), catalog, flags).then(
+      () => assert.fail('a second serve on the same data dir started'),
+      (e: { stderr: string; code: number }) => e,
+    );
+    assert.equal(second.code, 1);
+    assert.match(second.stderr, new RegExp(`^localrec: StorageError: the data dir ${join(dir, 'data')} is in use by another localrec serve`));
+    assert.equal((await fetch(`${first.url}/v1/health`)).status, 200, 'the first one keeps serving');
+  } finally {
+    first.proc.kill('SIGTERM');
+    await first.exited;
     rmSync(dir, { recursive: true, force: true });
   }
 });

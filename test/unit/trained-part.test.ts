@@ -227,7 +227,7 @@ test('localrec serve --train-rows 10 --freeze-biases: /v1/config reports the par
       await c.exited;
     }
     await assert.rejects(spawnServe(join(dir, 'other'), catalog, [...flags, '--train-rows', String(IDS.length + 1)]), (e: { stderr?: string }) =>
-      /trainRows: must be an integer from 1 to the table's 40 rows, got 41/.test(e.stderr ?? ''),
+      /--train-rows: must be an integer from 1 to the table's 40 rows, got 41/.test(e.stderr ?? ''),
     );
     await assert.rejects(spawnServe(join(dir, 'third'), catalog, [...flags, '--bias-scale', '-1']), (e: { stderr?: string }) => /--bias-scale: must be a number > 0, got -1/.test(e.stderr ?? ''));
   } finally {
