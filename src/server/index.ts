@@ -294,9 +294,16 @@ export async function createServer(options: ServerOptions = {}): Promise<ServerP
     const itemCount = shape.itemIds.length;
     const trained = checkTrainedPart({ rows: options.trainRows ?? itemCount, biases: options.trainBiases ?? true }, itemCount, 'options.trainRows');
     const blockSize = positive('blockSize', options.blockSize ?? DEFAULT_BLOCK_SIZE, true);
+    if (options.bits !== undefined && !(Number.isInteger(options.bits) && options.bits >= 2 && options.bits <= 8)) {
+      throw new ValidationError('options.bits', `must be a whole number from 2 to 8, got ${options.bits}`);
+    }
     const bits = options.bits ?? chooseBits(trained.rows, shape.dim, UPDATE_BUDGET_BYTES, blockSize);
-    if (!Number.isInteger(bits) || bits < 2 || bits > 8) {
-      throw new ValidationError('options.bits', `must be 2..8, got ${bits} (${trained.rows} × ${shape.dim} does not fit ${UPDATE_BUDGET_BYTES} bytes even at 2 bits)`);
+    if (bits < 2) {
+      // Not the caller's bits: the table itself is too large for an upload.
+      throw new ValidationError(
+        options.trainRows !== undefined ? 'options.trainRows' : 'options.dim',
+        `${trained.rows} trained rows × dim ${shape.dim} do not fit an update of ${UPDATE_BUDGET_BYTES} bytes even at 2 bits: lower the dim or train fewer rows (trainRows, the most popular items first)`,
+      );
     }
     const noiseMultiplier = options.noiseMultiplier ?? 1;
     if (!Number.isFinite(noiseMultiplier) || noiseMultiplier < 0) throw new ValidationError('options.noiseMultiplier', `must be ≥ 0, got ${noiseMultiplier}`);

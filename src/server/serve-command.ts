@@ -6,6 +6,7 @@
  * localrec serve --catalog shop/catalog.json --dim 16 --min-clients 10 --clip 1 --noise 1.0 --static examples/shop
  * ```
  */
+import { statSync } from 'node:fs';
 import type { Command } from 'commander';
 import { ValidationError } from '../errors.js';
 
@@ -97,6 +98,7 @@ export function register(program: Command): void {
       const { startServer, PostgresStorage, SqliteStorage } = await import('./index.js');
       const { createItemTable } = await import('../model/item-table.js');
       let initialTable;
+      checkServeFlags(o);
       if (o.biasScale !== undefined && !((o.biasScale as number) > 0)) throw new ValidationError('--bias-scale', `must be a number > 0, got ${String(o.biasScale)}`);
       if (typeof o.catalog === 'string') {
         const { ids, popularity } = await readCatalogFile(o.catalog);
@@ -207,4 +209,27 @@ export function budgetNote(noiseMultiplier: number, syncs: number): string {
   if (noiseMultiplier === 0) return 'σ = 0: updates carry no noise, so devices with a finite ε budget refuse to send';
   const n = syncs === 0 ? 'cannot sync even once' : `can sync ${syncs} time${syncs === 1 ? '' : 's'}`;
   return `at σ = ${noiseMultiplier} a device ${n} within ε = 8 (δ = 1e-5, the SDK's default budget)${syncs === 0 ? '; raise --noise' : ''}; \`localrec privacy --syncs T\` gives the σ for T syncs`;
+}
+
+/**
+ * Ranges the server's own checks would report in its option names (`options.secureAggregation.timeoutMs`,
+ * in milliseconds), or not at all (a port out of range is a RangeError from Node): checked here in
+ * the flags' words and units.
+ */
+function checkServeFlags(o: Record<string, unknown>): void {
+  const port = o.port as number;
+  if (!(Number.isInteger(port) && port >= 0 && port <= 65535)) throw new ValidationError('--port', `must be 0..65535 (0 = any free port), got ${port}`);
+  const dim = o.dim as number;
+  if (!(Number.isInteger(dim) && dim >= 1 && dim <= 64)) throw new ValidationError('--dim', `must be a whole number from 1 to 64, got ${dim}`);
+  const noise = o.noise as number;
+  if (!(Number.isFinite(noise) && noise >= 0)) throw new ValidationError('--noise', `must be a number ≥ 0 (0 = no noise), got ${noise}`);
+  for (const flag of ['cohortTimeout', 'uploadTimeout'] as const) {
+    const v = o[flag] as number | undefined;
+    if (v !== undefined && !(Number.isFinite(v) && v >= 0.001)) {
+      throw new ValidationError(flag === 'cohortTimeout' ? '--cohort-timeout' : '--upload-timeout', `must be a number of seconds ≥ 0.001, got ${v}`);
+    }
+  }
+  if (typeof o.static === 'string' && !statSync(o.static, { throwIfNoEntry: false })?.isDirectory()) {
+    throw new ValidationError('--static', `${o.static} is not a folder`);
+  }
 }

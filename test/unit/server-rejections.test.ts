@@ -11,6 +11,7 @@ import { StorageError, ValidationError } from '../../src/errors.js';
 import { rateLimitFlag, register } from '../../src/server/serve-command.js';
 import { checkUpdate, createApp, MemoryStorage, normBound, REJECT_STATUS, startServer, type RejectReason } from '../../src/server/index.js';
 import { honestUpdate, initialTable, post, pull, quiet, spawnServe, trained, IDS, DIM } from './server-helpers.js';
+import { createItemTable } from '../../src/model/item-table.js';
 
 function expectReject(r: { status: number; json: Record<string, unknown> }, reason: RejectReason): void {
   assert.equal(r.json.reason, reason, JSON.stringify(r.json));
@@ -214,6 +215,27 @@ test('localrec serve --rate-limit refuses a negative value, naming the flag, ins
   register(program);
   await assert.rejects(program.parseAsync(['node', 'localrec', 'serve', '--rate-limit', '-5']), (e: unknown) =>
     e instanceof ValidationError && e.message === "--rate-limit: must be a number of updates per minute ≥ 0 (0 turns the limit off), got '-5'",
+  );
+});
+
+test('localrec serve checks its flags in their own words and units before starting anything', async () => {
+  const cases: Array<[string[], RegExp]> = [
+    [['--port', '70000'], /^--port: must be 0\.\.65535/],
+    [['--dim', '65'], /^--dim: must be a whole number from 1 to 64, got 65$/],
+    [['--noise', '-1'], /^--noise: must be a number ≥ 0/],
+    [['--secure-aggregation', '--cohort-timeout', '-5'], /^--cohort-timeout: must be a number of seconds ≥ 0\.001, got -5$/],
+    [['--static', '/no-such-folder-here'], /^--static: \/no-such-folder-here is not a folder$/],
+  ];
+  for (const [flags, re] of cases) {
+    const program = new Command().exitOverride();
+    register(program);
+    await assert.rejects(program.parseAsync(['node', 'localrec', 'serve', '--data-dir', join(tmpdir(), 'never-created'), ...flags]), (e: unknown) => e instanceof ValidationError && re.test(e.message), flags.join(' '));
+  }
+  // --bits: a bad value names the flag's range; a table too large for any width names what to change.
+  await assert.rejects(startServer({ port: 0, dataDir: null, initialTable: initialTable(), bits: 99, log: quiet }), (e: unknown) => e instanceof ValidationError && e.message === 'options.bits: must be a whole number from 2 to 8, got 99');
+  const huge = createItemTable(Array.from({ length: 9724 }, (_, i) => `m${i}`), 32, { seed: 1 });
+  await assert.rejects(startServer({ port: 0, dataDir: null, initialTable: huge, log: quiet }), (e: unknown) =>
+    e instanceof ValidationError && e.field === 'options.dim' && /9724 trained rows × dim 32 do not fit an update of 65536 bytes even at 2 bits/.test(e.message),
   );
 });
 
