@@ -83,7 +83,7 @@ export function register(program: Command): void {
     .option('--freeze-biases', "keep the initial biases (the catalog's popularity, which the shop knows from its own sales) and federate the factors only")
     .option('--secure-aggregation', 'devices upload masked updates in cohorts of --min-clients, each adding σC/√K of the noise; the server only learns cohort sums')
     .option('--secagg-bits <b>', 'secure aggregation: bits per coordinate (default: widest within 64 KiB)', num('secagg-bits', true))
-    .option('--secagg-range <r>', "secure aggregation: a cohort sum's coordinate must stay within ±r (default K·C + 8·C·max(1, σ) when the bits make its rounding negligible or with --aggregator subspace, else 8·C·max(1, σ))", num('secagg-range'))
+    .option('--secagg-range <r>', "secure aggregation: a cohort sum's coordinate must stay within ±r (default K·C + 8·C·max(1, σ·√(K/t)) when the bits make its rounding negligible or with --aggregator subspace, else 8·C·max(1, σ·√(K/t)); t = --secagg-survivors, K without it)", num('secagg-range'))
     .option('--secagg-degree <d>', 'secure aggregation: mask neighbours per device, even (default min(16, K − 1 rounded up))', num('secagg-degree', true))
     .option('--secagg-survivors <t>', 'secure aggregation: a cohort missing at most K − t uploads at the upload timeout is recovered from the t or more that came (devices then add σC/√t each); default K (no recovery)', num('secagg-survivors', true))
     .option('--cohort-timeout <seconds>', 'secure aggregation: time a cohort has to fill (and, unless --upload-timeout is given, then up to 600 s to collect every upload and any recovery shares)', num('cohort-timeout'), 600)

@@ -54,7 +54,7 @@ test('dequantize maps code L to 0 and the extremes to ±scale', () => {
   assert.deepEqual([...v], [-2, 0, 2, 0, 1, 0, 0.5, -0.5]);
 });
 
-test('measured: a 4,000-item update fits the 64 KiB budget (dim 32 → 3 bits, 51,644 bytes; dim 16 → 7 bits)', () => {
+test('measured: a 4,000-item update fits the 64 KiB budget (dim 32 → 3 bits, 51,644 bytes; dim 16 → 7 bits, 60,644 bytes)', () => {
   assert.equal(chooseBits(4000, 32), 3);
   assert.equal(updateByteLength(4000, 32, 3), 51_644);
   assert.equal(updateByteLength(4000, 32, 4), 68_144); // 4 bits would not fit
@@ -67,6 +67,13 @@ test('measured: a 4,000-item update fits the 64 KiB budget (dim 32 → 3 bits, 5
   assert.equal(bits, 3);
   assert.equal(bytes.length, 51_644);
   assert.ok(bytes.length <= UPDATE_BUDGET_BYTES);
+  assert.equal(updateByteLength(4000, 16, 7), 60_644);
+  const base16 = createItemTable(ids, 16, { seed: 3 });
+  const local16 = createItemTable(ids, 16, { seed: 4 });
+  const dim16 = buildClientUpdate(base16, local16, { baseHash: new Uint8Array(32), clip: 1, noiseMultiplier: 1 });
+  assert.equal(dim16.bits, 7);
+  assert.equal(dim16.bytes.length, 60_644);
+  assert.ok(dim16.bytes.length <= UPDATE_BUDGET_BYTES);
 });
 
 test('model round-trips exactly as float32 and within half a step as int8', async () => {
