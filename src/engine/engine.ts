@@ -84,6 +84,8 @@ interface SavedModel {
   trainSteps: number;
   /** Key of the newest event the model was trained on. */
   trainedThroughId: number;
+  /** Counts the saves, so that a tab does not overwrite weights another tab saved after it loaded (absent before). */
+  rev?: number;
 }
 
 export const MODEL_KEY = 'model';
@@ -126,13 +128,20 @@ interface ActiveNeighbors {
  */
 const ITEMS_PER_BASKET = 5;
 
-/** One change of consent, as the audit reports it. */
+/** One change of consent, as the audit reports it (`another-tab`: the shopper changed it in another tab). */
 export interface ConsentRecord {
   t: number;
   personalization: boolean;
   federated: boolean;
-  source: 'options' | 'setConsent';
+  source: 'options' | 'setConsent' | 'another-tab';
 }
+
+/** What one tab's engine tells the others on the same database. */
+type TabMessage =
+  | { type: 'events' }
+  | { type: 'model' }
+  | { type: 'erased' }
+  | { type: 'consent'; personalization: boolean; federated: boolean };
 /** The egress log keeps this many most recent requests. */
 const EGRESS_MAX = 1000;
 const FLUSH_DELAY_MS = 25;
@@ -282,6 +291,7 @@ export class Engine {
     engine.retention = retention;
     engine.dim = dim;
     await engine.load(dim);
+    engine.openChannel();
     if (consented) {
       await engine.mergeConsentHistory();
       await engine.loadStoredNeighbors();
@@ -292,6 +302,78 @@ export class Engine {
 
   private retention!: Retention;
   private dim!: number;
+
+  /**
+   * The shop's other tabs on this device run their own engines on the same database. They tell
+   * each other what they changed (`localrec:<dbName>`): an erase, a consent change, new events,
+   * new weights. Absent where BroadcastChannel is, and with an injected store (tests).
+   */
+  private channel: BroadcastChannel | undefined;
+  /** Messages from other tabs are handled one at a time, in order. */
+  private inbox: Promise<void> = Promise.resolve();
+  /** Another tab saved weights since this one loaded them: reload before using them. */
+  private modelStale = false;
+
+  private openChannel(): void {
+    if (this.opts.store || typeof BroadcastChannel === 'undefined') return;
+    const ch = new BroadcastChannel(`localrec:${this.opts.dbName ?? 'localrec'}`);
+    // Node: a channel must not keep the process alive (browsers have no unref).
+    (ch as { unref?: () => void }).unref?.();
+    ch.onmessage = (ev: MessageEvent) => {
+      this.inbox = this.inbox.then(() => this.fromOtherTab(ev.data as TabMessage)).catch((e) => {
+        this.lastError = e as Error;
+      });
+    };
+    this.channel = ch;
+  }
+
+  private tell(message: TabMessage): void {
+    try {
+      this.channel?.postMessage(message);
+    } catch {
+      // A closed channel (this engine is closing): nobody to tell.
+    }
+  }
+
+  private async fromOtherTab(m: TabMessage): Promise<void> {
+    if (this.closed) return;
+    switch (m?.type) {
+      case 'events':
+        this.eventCache = undefined;
+        (this.store as { existsAgain?: () => void }).existsAgain?.();
+        return;
+      case 'model':
+        this.modelStale = true;
+        (this.store as { existsAgain?: () => void }).existsAgain?.();
+        return;
+      case 'consent':
+        if (m.personalization !== this.consent.personalization || m.federated !== this.consent.federated) {
+          await this.applyConsent({ personalization: m.personalization, federated: m.federated }, 'another-tab');
+        }
+        return;
+      case 'erased':
+        await this.erasedElsewhere();
+        return;
+    }
+  }
+
+  /**
+   * Another tab erased the database: everything this tab holds from it goes too (queued events,
+   * the cached history, weights learned from it, a sync under way), so that nothing erased is
+   * written back or sent. The database comes back, empty, only with this tab's next write.
+   */
+  private async erasedElsewhere(): Promise<void> {
+    this.cancelSync();
+    await this.syncing?.catch(() => undefined);
+    await this.training?.catch(() => undefined);
+    this.queue = [];
+    this.eventCache = undefined;
+    this.offerCatalog = undefined;
+    this.consentDirty = true;
+    this.scorer.dispose();
+    this.resetModel();
+    (this.store as { reopenLazily?: () => void }).reopenLazily?.();
+  }
 
   /** Consent records not yet written: written with the next events (or the next consent change). */
   private consentDirty = false;
@@ -332,9 +414,19 @@ export class Engine {
       if (c[k] !== undefined && typeof c[k] !== 'boolean') throw new ValidationError(`consent.${k}`, `must be true or false, got ${describeValue(c[k])}`);
     }
     const next = { personalization: c.personalization ?? this.consent.personalization, federated: c.federated ?? this.consent.federated };
+    await this.applyConsent(next, 'setConsent');
+    // The shop's other tabs on this device follow (their engines share this database).
+    this.tell({ type: 'consent', ...next });
+  }
+
+  /**
+   * Moves to `next` consent: from `setConsent`, or from another tab's (`another-tab`: that tab has
+   * already erased or opened the database; this one only drops or opens its own handle and state).
+   */
+  private async applyConsent(next: { personalization: boolean; federated: boolean }, source: ConsentRecord['source']): Promise<void> {
     const was = this.consent.personalization;
     this.consent = next;
-    this.consentHistory.push({ t: this.now(), ...next, source: 'setConsent' });
+    this.consentHistory.push({ t: this.now(), ...next, source });
     this.eventCache = undefined;
     if (!next.personalization || !next.federated) {
       // A sync under way stops with the consent it needed: before its upload it sends nothing (an
@@ -355,7 +447,8 @@ export class Engine {
     } else if (!next.personalization && was) {
       await this.training?.catch(() => undefined);
       this.queue = [];
-      await this.store.destroy();
+      if (source === 'another-tab') this.store.close();
+      else await this.store.destroy();
       this.store = new MemoryEventStore(this.retention);
       this.scorer.dispose();
       await this.load(this.dim);
@@ -363,7 +456,7 @@ export class Engine {
     } else if (!next.personalization) {
       // Withdrawn while this session never opened the database (it started without consent): what
       // an earlier session stored under the same name is erased all the same.
-      await this.deleteStoredDatabase();
+      if (source !== 'another-tab') await this.deleteStoredDatabase();
     } else if (next.personalization) {
       this.consentDirty = true;
       await this.persistConsent();
@@ -373,12 +466,11 @@ export class Engine {
   /** Loads persisted weights, mapping rows by item id so a changed catalog keeps what it can. */
   private async load(dim: number): Promise<void> {
     const ids = this.catalog.items.map((i) => i.id);
-    const fresh = createItemTable(ids, dim, {
-      seed: this.opts.model?.seed ?? 1,
-      popularity: this.catalog.items.map((i) => i.popularity ?? 0),
-    });
+    const fresh = this.freshTable(dim);
     const saved = await this.store.getMeta<SavedModel>(MODEL_KEY);
     this.saved = { trainSteps: 0, trainedThroughId: 0 };
+    this.modelRev = saved?.rev ?? 0;
+    this.modelStale = false;
     if (saved && saved.dim === dim) {
       const old = indexItems(saved.itemIds);
       try {
@@ -406,10 +498,54 @@ export class Engine {
     this.scorer = new Scorer(this.table);
   }
 
+  /** The initial weights: popularity biases, seeded random factors. */
+  private freshTable(dim: number): ItemTable {
+    return createItemTable(
+      this.catalog.items.map((i) => i.id),
+      dim,
+      { seed: this.opts.model?.seed ?? 1, popularity: this.catalog.items.map((i) => i.popularity ?? 0) },
+    );
+  }
+
+  /** Back to the initial weights without reading the store (after another tab erased it). */
+  private resetModel(): void {
+    this.table = this.freshTable(this.dim);
+    this.saved = { trainSteps: 0, trainedThroughId: 0 };
+    this.modelRev = 0;
+    this.modelStale = false;
+    this.scorer = new Scorer(this.table);
+  }
+
+  /** Revision of the stored weights this engine's table builds on ({@link persist}). */
+  private modelRev = 0;
+
+  /**
+   * Saves the weights, unless another tab saved newer ones since this engine loaded its own (the
+   * stored revision moved on): then this tab's last training or sync is dropped and it reloads
+   * what is stored, rather than writing back an older table over the other tab's work.
+   */
   private async persist(): Promise<void> {
     const t = this.table;
-    const rec: SavedModel = { version: t.version, itemIds: t.itemIds, dim: t.dim, factors: t.factors, bias: t.bias, ...this.saved };
-    await this.store.setMeta(MODEL_KEY, rec);
+    const rec: SavedModel = { version: t.version, itemIds: t.itemIds, dim: t.dim, factors: t.factors, bias: t.bias, ...this.saved, rev: this.modelRev + 1 };
+    let conflict = false;
+    await this.store.updateMeta<SavedModel>(MODEL_KEY, (stored) => {
+      conflict = stored !== undefined && (stored.rev ?? 0) !== this.modelRev;
+      return conflict ? stored! : rec;
+    });
+    if (conflict) {
+      this.scorer.dispose();
+      await this.load(this.dim);
+      return;
+    }
+    this.modelRev = rec.rev!;
+    this.tell({ type: 'model' });
+  }
+
+  /** Reloads the weights when another tab saved newer ones (see {@link persist}). */
+  private async freshModel(): Promise<void> {
+    if (!this.modelStale || !this.consent.personalization) return;
+    this.scorer.dispose();
+    await this.load(this.dim);
   }
 
   private neighbors: ActiveNeighbors | undefined;
@@ -499,8 +635,8 @@ export class Engine {
 
   private async appendEgress(entries: EgressEntry[]): Promise<void> {
     if (entries.length === 0 || !this.consent.personalization || this.closed) return;
-    const log = (await this.store.getMeta<EgressEntry[]>(EGRESS_KEY)) ?? [];
-    await this.store.setMeta(EGRESS_KEY, log.concat(entries).slice(-EGRESS_MAX));
+    // One transaction: another tab appending at the same time must not lose its entries, nor ours.
+    await this.store.updateMeta<EgressEntry[]>(EGRESS_KEY, (log) => (log ?? []).concat(entries).slice(-EGRESS_MAX));
   }
 
   private async neighborReady(): Promise<ActiveNeighbors | undefined> {
@@ -556,6 +692,7 @@ export class Engine {
       try {
         this.eventCache = undefined;
         const r = await this.store.add(batch);
+        this.tell({ type: 'events' });
         // Retention and quota evictions are reported, never silent (stats().evicted, audit()).
         this.evictedByQuota += r.quotaEvicted ?? 0;
         this.evictedByRetention += r.evicted - (r.quotaEvicted ?? 0);
@@ -640,6 +777,7 @@ export class Engine {
   async recommend(options: RecommendOptions = {}): Promise<Recommendation[]> {
     this.assertOpen();
     knownKeys(options, 'options', OPTION_KEYS.recommend);
+    await this.freshModel();
     const k = intOption(options.k, 'options.k', 1, 1000, 10);
     if (options.category !== undefined && typeof options.category !== 'string') throw new ValidationError('options.category', 'must be a string');
     const { profile, events } = await this.profile();
@@ -705,6 +843,7 @@ export class Engine {
     const run = (async () => {
       const t0 = performance.now();
       options.onProgress?.({ phase: 'loading', done: 0, total: 1 });
+      await this.freshModel();
       const { profile, events } = await this.profile();
       const through = newestId(events);
       const seq = { rows: profile.map((p) => p.row), weights: profile.map((p) => p.weight) };
@@ -780,13 +919,26 @@ export class Engine {
     }
     const budget = fed.budget ?? 8;
     await this.training?.catch(() => undefined);
+    await this.freshModel();
     const { profile, events } = await this.profile();
     const accountant = new RdpAccountant(await this.store.getMeta<AccountantState>(PRIVACY_KEY));
     const egress: EgressEntry[] = [];
     const through = newestId(events);
-    // Persists the accountant and the egress log so far (each entry once).
+    // The release is recorded against the stored accountant in one transaction (recordRelease), never
+    // by writing this sync's copy back: another tab's sync may have spent since this one read it.
+    const delta = fed.delta;
+    const recordRelease = async (noiseMultiplier: number): Promise<RdpAccountant> => {
+      let after!: RdpAccountant;
+      await this.store.updateMeta<AccountantState>(PRIVACY_KEY, (stored) => {
+        after = new RdpAccountant(stored);
+        after.assertCanSpend(noiseMultiplier, budget, delta);
+        after.record(noiseMultiplier);
+        return after.toJSON();
+      });
+      return after;
+    };
+    // Persists the egress log so far (each entry once).
     const checkpoint = async () => {
-      await this.store.setMeta(PRIVACY_KEY, accountant.toJSON());
       const entries = egress.splice(0);
       if (entries.length) await this.appendEgress(entries);
     };
@@ -795,8 +947,9 @@ export class Engine {
         serverUrl: fed.serverUrl,
         fetch: this.opts.fetch,
         accountant,
+        recordRelease,
         budget,
-        delta: fed.delta,
+        delta,
         history: [{ itemIds: profile.map((p) => this.table.itemIds[p.row]!), weights: profile.map((p) => p.weight) }],
         train: { ...this.opts.training, seed: (this.opts.model?.seed ?? 1) + this.saved.trainSteps },
         onEgress: (e) => egress.push(e),
@@ -845,7 +998,7 @@ export class Engine {
         ...(r.cohort?.outcome ? { cohortOutcome: r.cohort.outcome, recoveryShareSent: r.cohort.recoveryShareSent ?? false } : {}),
       };
     } finally {
-      // Whatever happened, what was sent (or tried) is logged and the ε spent is kept.
+      // Whatever happened, what was sent (or tried) is logged (the ε spent was stored before the upload).
       await checkpoint();
     }
   }
@@ -1052,6 +1205,8 @@ export class Engine {
     await this.neighborsLoading;
     await this.training?.catch(() => undefined);
     this.closed = true;
+    this.channel?.close();
+    await this.inbox;
     this.scorer.dispose();
     this.store.close();
   }
@@ -1070,6 +1225,9 @@ export class Engine {
     this.scorer.dispose();
     await this.store.destroy();
     await this.deleteStoredDatabase();
+    // The shop's other tabs drop what they hold from the erased database (erasedElsewhere).
+    this.tell({ type: 'erased' });
+    this.channel?.close();
   }
 
   /**

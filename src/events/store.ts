@@ -47,6 +47,13 @@ export interface EventStore {
   stats(): Promise<EventStats>;
   getMeta<T = MetaValue>(key: string): Promise<T | undefined>;
   setMeta(key: string, value: MetaValue): Promise<void>;
+  /**
+   * Reads the meta record `key`, passes it to `update` and stores what it returns, in one
+   * transaction: another tab of the same device that updates the record at the same time cannot
+   * slip in between (the privacy accountant, the egress log). `update` must be synchronous; if it
+   * throws, nothing is written and the error is rethrown.
+   */
+  updateMeta<T>(key: string, update: (current: T | undefined) => T): Promise<T>;
   /** Deletes every event and every meta record, then the database itself. */
   destroy(): Promise<void>;
   close(): void;
@@ -108,6 +115,17 @@ export class IdbEventStore implements EventStore {
   private db: IDBPDatabase<LocalrecDB> | undefined;
   private reopening: Promise<IDBPDatabase<LocalrecDB>> | undefined;
   private closedByCaller = false;
+  /**
+   * Set when another tab deletes the database (its `erase()`, or consent withdrawn there): nothing
+   * may reopen it, which would bring back in a new database what this tab still holds in memory,
+   * until the engine has dropped that state and calls {@link allowReopen}.
+   */
+  private deletedElsewhere = false;
+  /**
+   * After such a deletion, once the engine has dropped its state: the database does not exist, so
+   * reads answer "empty" without creating it; the next write creates it (see {@link reopenLazily}).
+   */
+  private absent = false;
   private constructor(
     readonly name: string,
     private readonly retention: Retention,
@@ -125,15 +143,17 @@ export class IdbEventStore implements EventStore {
    * needs are still there (upgrades are additive); otherwise a StorageError asks for a reload.
    */
   private async connect(): Promise<IDBPDatabase<LocalrecDB>> {
-    const lost = (db: IDBDatabase) => {
+    const lost = (db: IDBDatabase, deleted: boolean) => {
       // Another tab wants a newer schema (or deletes the database): let it proceed instead of
-      // blocking it forever; the next call here reopens.
+      // blocking it forever. After an upgrade the next call here reopens; after a deletion only
+      // once the engine says so (allowReopen).
       db.close();
       this.db = undefined;
+      if (deleted) this.deletedElsewhere = true;
     };
     const handlers = {
-      blocking(_current: number, _blocked: number | null, event: IDBVersionChangeEvent) {
-        lost(event.target as IDBDatabase);
+      blocking(_current: number, blocked: number | null, event: IDBVersionChangeEvent) {
+        lost(event.target as IDBDatabase, blocked === null);
       },
       terminated: () => {
         this.db = undefined;
@@ -182,6 +202,7 @@ export class IdbEventStore implements EventStore {
   private async conn(): Promise<IDBPDatabase<LocalrecDB>> {
     if (this.db) return this.db;
     if (this.closedByCaller) throw new StorageError(`IndexedDB database "${this.name}" is closed`);
+    if (this.deletedElsewhere) throw new StorageError(`IndexedDB database "${this.name}" was erased in another tab`);
     this.reopening ??= this.connect().then(
       (db) => {
         this.reopening = undefined;
@@ -222,7 +243,7 @@ export class IdbEventStore implements EventStore {
 
   /** One readwrite transaction: add, then retention. Rejects with the transaction's own error (e.g. QuotaExceededError). */
   private async addOnce(events: StoredEvent[]): Promise<{ evicted: number }> {
-    const tx = (await this.conn()).transaction('events', 'readwrite');
+    const tx = (await this.connForWrite()).transaction('events', 'readwrite');
     // Observed from the start, so that an abort never surfaces as an unhandled rejection.
     const done = tx.done.then(
       () => undefined,
@@ -283,24 +304,29 @@ export class IdbEventStore implements EventStore {
   }
 
   async all(): Promise<StoredEvent[]> {
+    if (this.absent) return [];
     const evs = await (await this.conn()).getAllFromIndex('events', 't');
     return evs;
   }
 
   async byItem(itemId: string): Promise<StoredEvent[]> {
+    if (this.absent) return [];
     const evs = await (await this.conn()).getAllFromIndex('events', 'itemId', itemId);
     return evs.sort((a, b) => a.t - b.t || (a.id ?? 0) - (b.id ?? 0));
   }
 
   async count(): Promise<number> {
+    if (this.absent) return 0;
     return (await this.conn()).count('events');
   }
 
   async countAfter(id: number): Promise<number> {
+    if (this.absent) return 0;
     return (await this.conn()).count('events', IDBKeyRange.lowerBound(id, true));
   }
 
   async lastId(): Promise<number> {
+    if (this.absent) return 0;
     const c = await (await this.conn()).transaction('events').store.openCursor(null, 'prev');
     return c ? c.primaryKey : 0;
   }
@@ -310,15 +336,55 @@ export class IdbEventStore implements EventStore {
   }
 
   async getMeta<T = MetaValue>(key: string): Promise<T | undefined> {
+    if (this.absent) return undefined;
     return (await (await this.conn()).get('meta', key)) as T | undefined;
   }
 
   async setMeta(key: string, value: MetaValue): Promise<void> {
     try {
-      await (await this.conn()).put('meta', value, key);
+      await (await this.connForWrite()).put('meta', value, key);
     } catch (e) {
       throw storageError(`saving "${key}"`, e);
     }
+  }
+
+  async updateMeta<T>(key: string, update: (current: T | undefined) => T): Promise<T> {
+    const tx = (await this.connForWrite()).transaction('meta', 'readwrite');
+    let next: T;
+    try {
+      next = update((await tx.store.get(key)) as T | undefined);
+    } catch (e) {
+      tx.abort();
+      await tx.done.catch(() => undefined);
+      throw e;
+    }
+    try {
+      await tx.store.put(next, key);
+      await tx.done;
+    } catch (e) {
+      throw storageError(`saving "${key}"`, e);
+    }
+    return next;
+  }
+
+  /**
+   * After another tab deleted the database, once this tab has dropped what it held: reads see an
+   * empty database without creating one, and this tab's next write creates it anew.
+   */
+  reopenLazily(): void {
+    this.deletedElsewhere = false;
+    this.absent = true;
+  }
+
+  /** Another tab wrote to the database since it was deleted: it exists again, reads open it. */
+  existsAgain(): void {
+    this.absent = false;
+  }
+
+  /** For a write: a database deleted elsewhere is created anew from here on. */
+  private async connForWrite(): Promise<IDBPDatabase<LocalrecDB>> {
+    this.absent = false;
+    return this.conn();
   }
 
   async destroy(): Promise<void> {
@@ -373,6 +439,11 @@ export class MemoryEventStore implements EventStore {
   }
   async setMeta(key: string, value: MetaValue): Promise<void> {
     this.meta.set(key, structuredClone(value));
+  }
+  async updateMeta<T>(key: string, update: (current: T | undefined) => T): Promise<T> {
+    const next = update(structuredClone(this.meta.get(key)) as T | undefined);
+    this.meta.set(key, structuredClone(next));
+    return next;
   }
   async destroy(): Promise<void> {
     this.events = [];

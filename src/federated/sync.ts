@@ -85,6 +85,14 @@ export interface SyncOptions {
    * lose the ε it spent. A rejection the first time stops the sync before anything is sent.
    */
   onCheckpoint?: () => void | Promise<void>;
+  /**
+   * Records this sync's release durably, just before the update leaves, and returns the
+   * accountant as stored with it. A device whose accountant other writers share (the same shop open
+   * in two tabs) re-reads the stored state here, refuses with a PrivacyBudgetError if this release
+   * would pass the budget, and writes it with the release in one step; otherwise two tabs could
+   * each spend what is left, or one overwrite the other's record. Default: `accountant.record`.
+   */
+  recordRelease?: (noiseMultiplier: number) => Promise<RdpAccountant>;
   /** Attempts for a request that fails with a network error or a 5xx (default 3), with backoff. */
   attempts?: number;
   /** First backoff delay in ms (doubles each retry; default 500). */
@@ -306,7 +314,9 @@ async function upload(
   if (cancellable) checkAborted(o, 'before the upload');
   // Recorded (and persisted, by the caller) before sending: once the body may have left the
   // device, the budget is spent.
-  o.accountant.record(config.noiseMultiplier);
+  let spent = o.accountant;
+  if (o.recordRelease) spent = await o.recordRelease(config.noiseMultiplier);
+  else o.accountant.record(config.noiseMultiplier);
   await o.onCheckpoint?.();
   o.onProgress?.({ phase: 'upload', bytes: body.length });
   // Not cancellable: once the release is recorded the body goes out whole, or fails on its own.
@@ -316,7 +326,7 @@ async function upload(
     ...models,
     sent: true,
     uploadedBytes: body.length,
-    epsilon: o.accountant.epsilon(delta),
+    epsilon: spent.epsilon(delta),
     server: { pending: reply.pending, minClients: reply.minClients, published: reply.published },
   };
 }

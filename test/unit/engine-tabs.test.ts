@@ -1,0 +1,155 @@
+// Two tabs of the same shop on one device: two engines on the same IndexedDB database (fake-indexeddb),
+// each with its own memory, telling each other what they changed over BroadcastChannel, as two
+// workers of one origin do in a browser. The privacy budget, an erase and a consent withdrawal in one
+// tab must hold in the other.
+import 'fake-indexeddb/auto';
+import assert from 'node:assert/strict';
+import { after, describe, it } from 'node:test';
+import { Engine, MODEL_KEY } from '../../src/engine/engine.js';
+import { IdbEventStore } from '../../src/events/store.js';
+import { isPrivacyBudgetError } from '../../src/errors.js';
+import { createItemTable } from '../../src/model/item-table.js';
+import { startServer, type RunningServer } from '../../src/server/index.js';
+import '../../src/model/tf.js';
+
+const ids = Array.from({ length: 40 }, (_, i) => `sku-${i}`);
+const catalog = { items: ids.map((id, i) => ({ id, title: `Item ${i}`, popularity: 40 - i })) };
+let n = 0;
+const dbName = () => `tabs-test-${n++}`;
+const dbNames = async () => (await indexedDB.databases()).map((d) => d.name);
+/** Lets the other tab's engine handle what was broadcast (delivery is asynchronous). */
+const settle = () => new Promise((r) => setTimeout(r, 50));
+const servers: RunningServer[] = [];
+after(async () => {
+  await Promise.all(servers.map((s) => s.close()));
+});
+
+async function tabs(name: string, extra: Record<string, unknown> = {}): Promise<[Engine, Engine]> {
+  const open = () => Engine.create({ catalog, backend: 'cpu', dbName: name, autoTrainEvery: 0, model: { dim: 8 }, ...extra });
+  return [await open(), await open()];
+}
+
+describe('two tabs on one device', () => {
+  it('share one privacy budget: when only one more sync fits, two tabs syncing at once send one update and record it', async () => {
+    // σ = 1: one sync spends ε 4.38, two 6.57; a budget of 5 allows one.
+    const s = await startServer({ port: 0, dataDir: null, initialTable: createItemTable(ids, 8, { seed: 1 }), minClients: 100, clip: 1, noiseMultiplier: 1, rateLimit: false, log: () => {} });
+    servers.push(s);
+    const posts: string[] = [];
+    const fetch = (url: string, init?: RequestInit) => {
+      if (init?.method === 'POST') posts.push(new URL(url).pathname);
+      return globalThis.fetch(url, init);
+    };
+    const name = dbName();
+    const [a, b] = await tabs(name, { federated: { serverUrl: s.url, budget: 5 }, fetch });
+    a.enqueue(ids.slice(0, 6).map((itemId) => ({ type: 'view' as const, itemId })));
+    await a.flush();
+    await settle();
+    const results = await Promise.allSettled([a.sync(), b.sync()]);
+    const sent = results.filter((r) => r.status === 'fulfilled' && r.value.sent);
+    const refused = results.filter((r) => r.status === 'rejected' && isPrivacyBudgetError(r.reason));
+    assert.equal(sent.length, 1, JSON.stringify(results.map((r) => r.status)));
+    assert.equal(refused.length, 1);
+    assert.deepEqual(posts, ['/v1/updates'], 'one update left the device');
+    const stored = await a.stats();
+    assert.equal(stored.privacy.syncs, 1, 'the one release is recorded');
+    assert.ok(Math.abs(stored.privacy.epsilon - 4.377) < 0.01, String(stored.privacy.epsilon));
+    assert.equal((await b.stats()).privacy.syncs, 1);
+    // Both tabs' requests are in the one egress log (appends are transactions, none lost).
+    assert.equal((await a.egressLog()).filter((e) => e.kind === 'update').length, 1);
+    await a.close();
+    await b.close();
+  });
+
+  it('see each other’s events at once', async () => {
+    const [a, b] = await tabs(dbName());
+    assert.ok((await b.recommend({ k: 40, exclude: 'purchased' })).some((r) => r.itemId === 'sku-3'));
+    a.enqueue([{ type: 'purchase', itemId: 'sku-3' }]);
+    await a.flush();
+    await settle();
+    assert.ok(!(await b.recommend({ k: 40, exclude: 'purchased' })).some((r) => r.itemId === 'sku-3'), 'tab B knows what tab A stored');
+    await a.erase();
+    await b.close();
+  });
+
+  it('build on each other’s training instead of overwriting it', async () => {
+    const name = dbName();
+    const [a, b] = await tabs(name);
+    a.enqueue(['sku-1', 'sku-2', 'sku-5', 'sku-9'].map((itemId) => ({ type: 'view' as const, itemId })));
+    await a.flush();
+    const ta = await a.train({ epochs: 2 });
+    await settle();
+    const tb = await b.train({ epochs: 2 });
+    const probe = await IdbEventStore.open(name);
+    const stored = await probe.getMeta<{ trainSteps: number; rev: number }>(MODEL_KEY);
+    probe.close();
+    assert.equal(stored!.trainSteps, ta.steps + tb.steps, 'B trained from A’s saved weights');
+    assert.equal(stored!.rev, 2);
+    await a.erase();
+    await b.close();
+  });
+
+  it('a tab that missed the news does not write older weights over newer ones: it reloads them', async () => {
+    const name = dbName();
+    const [a, b] = await tabs(name);
+    // B hears nothing from A (as if A's message had not arrived yet when B saves).
+    (b as unknown as { channel: BroadcastChannel }).channel.onmessage = null;
+    a.enqueue(['sku-1', 'sku-2', 'sku-5'].map((itemId) => ({ type: 'view' as const, itemId })));
+    await a.flush();
+    const ta = await a.train({ epochs: 2 });
+    await b.train({ epochs: 1 });
+    const probe = await IdbEventStore.open(name);
+    const stored = await probe.getMeta<{ trainSteps: number; rev: number }>(MODEL_KEY);
+    probe.close();
+    assert.equal(stored!.trainSteps, ta.steps, 'A’s weights are still the ones stored');
+    assert.equal(stored!.rev, 1);
+    assert.equal((await b.stats()).model.trainSteps, ta.steps, 'B reloaded them');
+    await a.erase();
+    await b.close();
+  });
+
+  it('an erase in one tab: the other drops what it held, writes nothing back, and sends nothing learned from it', async () => {
+    const name = dbName();
+    const [a, b] = await tabs(name);
+    a.enqueue(['sku-1', 'sku-2', 'sku-5'].map((itemId) => ({ type: 'purchase' as const, itemId })));
+    await a.flush();
+    await b.train({ epochs: 1 });
+    assert.equal((await b.stats()).events.total, 3);
+    await a.erase();
+    await settle();
+    assert.ok(!(await dbNames()).includes(name), 'the database is gone');
+    const s = await b.stats();
+    assert.equal(s.events.total, 0);
+    assert.equal(s.model.trainSteps, 0, 'the weights learned from the erased events are gone too');
+    assert.ok((await b.recommend({ k: 40, exclude: 'purchased' })).some((r) => r.itemId === 'sku-1'), 'nothing is remembered as bought');
+    assert.ok(!(await dbNames()).includes(name), 'reading does not bring the database back');
+    // The shopper goes on in tab B: a new, empty database from its next event on.
+    b.enqueue([{ type: 'view', itemId: 'sku-7' }]);
+    await b.flush();
+    assert.equal((await b.stats()).events.total, 1);
+    await b.erase();
+  });
+
+  it('consent withdrawn in one tab: the other stops storing too, and nothing comes back', async () => {
+    const name = dbName();
+    const [a, b] = await tabs(name);
+    a.enqueue([{ type: 'view', itemId: 'sku-1' }]);
+    await a.flush();
+    await a.setConsent({ personalization: false });
+    await settle();
+    assert.equal(b.enqueue([{ type: 'view', itemId: 'sku-2' }]), 0, 'tab B drops events now');
+    await b.flush();
+    assert.ok(!(await dbNames()).includes(name));
+    const audit = await b.audit();
+    assert.equal(audit.storage.kind, 'memory');
+    assert.deepEqual(audit.consent.current, { personalization: false, federated: true });
+    assert.equal(audit.consent.history.at(-1)!.source, 'another-tab');
+    // Granted again in tab B: tab A follows.
+    await b.setConsent({ personalization: true });
+    await settle();
+    a.enqueue([{ type: 'view', itemId: 'sku-3' }]);
+    await a.flush();
+    assert.equal((await b.stats()).events.total, 1);
+    await a.close();
+    await b.erase();
+  });
+});
