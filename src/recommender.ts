@@ -136,8 +136,18 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
   const gpc = (globalThis.navigator as { globalPrivacyControl?: boolean } | undefined)?.globalPrivacyControl === true;
   let consented = !required;
   let dropped = 0;
+  // A worker script that cannot be loaded (a wrong workerUrl, a 404, a CSP without worker-src)
+  // reports only an `error` event: without this, init would wait for ever.
+  const failedToStart = new Promise<never>((_resolve, reject) => {
+    worker.addEventListener(
+      'error',
+      (ev) => reject(new ClosedError(`the localrec worker (${String(url)}) failed to start: ${ev.message || 'it could not be loaded (check workerUrl, that the file is served, and the page’s CSP worker-src)'}`)),
+      { once: true },
+    );
+  });
+  failedToStart.catch(() => undefined);
   try {
-    await revive(
+    await Promise.race([failedToStart, revive(
       api.init(
         {
           ...rest,
@@ -149,7 +159,7 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
         },
         Comlink.transfer(channel.port2, [channel.port2]),
       ),
-    );
+    )]);
   } catch (e) {
     worker.terminate();
     throw e;
@@ -205,8 +215,20 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
     ending = { kind, done };
     return done;
   };
+  // A page being hidden or unloaded may be the last chance to store what was just tracked: the
+  // worker otherwise waits a few milliseconds to batch writes, and a navigation can end it first.
+  const onHide = (ev: Event) => {
+    if (closed || ending) return;
+    if (ev.type === 'visibilitychange' && globalThis.document?.visibilityState !== 'hidden') return;
+    post();
+    void api.flush().catch(() => undefined);
+  };
+  globalThis.addEventListener?.('pagehide', onHide);
+  globalThis.document?.addEventListener?.('visibilitychange', onHide);
   const stop = () => {
     closed = true;
+    globalThis.removeEventListener?.('pagehide', onHide);
+    globalThis.document?.removeEventListener?.('visibilitychange', onHide);
     channel.port1.close();
     api[Comlink.releaseProxy]();
     worker.terminate();

@@ -92,6 +92,13 @@ describe('SDK in Chromium', () => {
       } catch (e: any) {
         optionError = `${e.name} ${e.message}`;
       }
+      let startError = '';
+      try {
+        await createRecommender({ catalog, backend: 'cpu', dbName: 'bad-input', workerUrl: '/no-such-worker.js' });
+      } catch (e: any) {
+        startError = `${e.name} ${e.message}`;
+      }
+      optionError += ` | ${startError}`;
       // The server is a static file server: /v1/config is not there (404).
       const rec = await createRecommender({ catalog, backend: 'cpu', dbName: 'bad-input', autoTrainEvery: 0, federated: { serverUrl: `${location.origin}/no-server` } });
       rec.track({ type: 'view', itemId: 'sku-1' });
@@ -137,7 +144,9 @@ describe('SDK in Chromium', () => {
       await Promise.all(erasing);
       return { optionError, errors, workerError, neighborError, syncError, late, answered, neighbors: stats.model.neighbors, total: stats.events.total };
     }, CATALOG);
-    assert.equal(r.optionError, 'ValidationError options.autoTrain: is not an option (known: catalog, backend, dbName, retention, model, autoTrainEvery, consent, offers, federated, neighbors, workerUrl)');
+    const [optionError, workerStart] = r.optionError.split(' | ');
+    assert.equal(optionError, 'ValidationError options.autoTrain: is not an option (known: catalog, backend, dbName, retention, model, autoTrainEvery, consent, offers, federated, neighbors, workerUrl)');
+    assert.match(workerStart, /^ClosedError the localrec worker \(.*\/no-such-worker\.js\) failed to start/, 'a worker that cannot load is an error, not a wait for ever');
     assert.deepEqual(r.syncError, { name: 'NetworkError', status: 404, cls: true }, 'the HTTP status survives the worker boundary');
     assert.equal(r.late, 'ClosedError');
     assert.equal(r.answered, 2);
