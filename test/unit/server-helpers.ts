@@ -8,7 +8,7 @@ import { buildClientUpdate } from '../../src/federated/client-update.js';
 import { decodeModel, fromHex, sha256, toHex } from '../../src/federated/wire.js';
 import { cloneItemTable, createItemTable, type ItemTable } from '../../src/model/item-table.js';
 import { Random } from '../../src/model/random.js';
-import type { CohortStore } from '../../src/server/cohorts.js';
+import { KEEP_ENDED_MS, type CohortStore } from '../../src/server/cohorts.js';
 
 export const IDS = Array.from({ length: 40 }, (_, i) => `sku-${i}`);
 export const DIM = 4;
@@ -159,4 +159,18 @@ export async function exerciseCohortLeave(a: CohortStore, b: CohortStore): Promi
   assert.deepEqual([...(await b.keys(id)).entries()].map(([i, k]) => [i, k[0]]), [[0, 1], [1, 2], [2, 3]]);
   assert.equal(await a.leave(id, 1, m1.token), 'too-late', 'a full cohort cannot be left');
   assert.equal((await b.info(id))!.joined, 3);
+}
+
+/**
+ * An ended cohort (`status`) is answered until an hour after it ended (`ended`), then forgotten;
+ * `setNow` moves the store's clock. The same check for the memory and PostgreSQL stores.
+ */
+export async function assertKeptAnHourAfterEnd(store: CohortStore, id: string, status: string, ended: number, setNow: (t: number) => void): Promise<void> {
+  assert.equal((await store.info(id))?.endedAt, ended);
+  setNow(ended + KEEP_ENDED_MS - 1);
+  await store.sweep();
+  assert.equal((await store.info(id))?.status, status, 'still answered just under an hour after it ended');
+  setNow(ended + KEEP_ENDED_MS + 1);
+  await store.sweep();
+  assert.equal(await store.info(id), undefined, 'forgotten an hour after it ended');
 }
