@@ -368,7 +368,7 @@ export class Engine {
     await this.training?.catch(() => undefined);
     this.queue = [];
     this.eventCache = undefined;
-    this.offerCatalog = undefined;
+    // The offer catalog and the neighbour table stay in memory: the shop's public data, not the shopper's.
     this.consentDirty = true;
     this.scorer.dispose();
     this.resetModel();
@@ -527,12 +527,15 @@ export class Engine {
   private async persist(): Promise<void> {
     const t = this.table;
     const rec: SavedModel = { version: t.version, itemIds: t.itemIds, dim: t.dim, factors: t.factors, bias: t.bias, ...this.saved, rev: this.modelRev + 1 };
-    let conflict = false;
-    await this.store.updateMeta<SavedModel>(MODEL_KEY, (stored) => {
-      conflict = stored !== undefined && (stored.rev ?? 0) !== this.modelRev;
-      return conflict ? stored! : rec;
-    });
-    if (conflict) {
+    const conflict = new Error('the stored weights moved on');
+    try {
+      await this.store.updateMeta<SavedModel>(MODEL_KEY, (stored) => {
+        // Thrown inside the transaction: nothing is written.
+        if (stored !== undefined && (stored.rev ?? 0) !== this.modelRev) throw conflict;
+        return rec;
+      });
+    } catch (e) {
+      if (e !== conflict) throw e;
       this.scorer.dispose();
       await this.load(this.dim);
       return;

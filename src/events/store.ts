@@ -50,8 +50,9 @@ export interface EventStore {
   /**
    * Reads the meta record `key`, passes it to `update` and stores what it returns, in one
    * transaction: another tab of the same device that updates the record at the same time cannot
-   * slip in between (the privacy accountant, the egress log). `update` must be synchronous; if it
-   * throws, nothing is written and the error is rethrown.
+   * slip in between (the privacy accountant, the egress log, the weights). `update` must be
+   * synchronous and must not modify the value it is given; if it throws, nothing is written and
+   * the error is rethrown.
    */
   updateMeta<T>(key: string, update: (current: T | undefined) => T): Promise<T>;
   /** Deletes every event and every meta record, then the database itself. */
@@ -441,7 +442,8 @@ export class MemoryEventStore implements EventStore {
     this.meta.set(key, structuredClone(value));
   }
   async updateMeta<T>(key: string, update: (current: T | undefined) => T): Promise<T> {
-    const next = update(structuredClone(this.meta.get(key)) as T | undefined);
+    // Not cloned on the way in: `update` must not modify what it is given (it returns a new value).
+    const next = update(this.meta.get(key) as T | undefined);
     this.meta.set(key, structuredClone(next));
     return next;
   }
