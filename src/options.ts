@@ -7,11 +7,11 @@ import { ValidationError } from './errors.js';
 
 /** A value as an error message shows it: strings quoted, so `"100"` is not mistaken for `100`. */
 export function describeValue(v: unknown): string {
-  if (v === null) return 'null';
+  if (v === null || v === undefined) return String(v);
   if (Array.isArray(v)) return 'an array';
   if (typeof v === 'string') return JSON.stringify(v.length > 40 ? v.slice(0, 40) + '…' : v);
   if (typeof v === 'number' || typeof v === 'boolean') return String(v);
-  return `a ${typeof v}`;
+  return typeof v === 'object' ? 'an object' : `a ${typeof v}`;
 }
 
 /**
