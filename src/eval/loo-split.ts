@@ -73,9 +73,11 @@ export function looSplit(log: EventLog, minItems = 3): Split {
       const r = byUser[p];
       const it = log.item[r];
       evRows.push(r);
-      if (time[r] !== prevTime) {
+      // Without a time column each row is its own step (the file position stands in, as for trainEvents).
+      const t = noTime ? r : time[r];
+      if (t !== prevTime) {
         timeIndex++;
-        prevTime = time[r];
+        prevTime = t;
       }
       let s = slot[it];
       if (s === -1) {

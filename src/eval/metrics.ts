@@ -10,14 +10,15 @@ export interface UserMetrics {
 
 /**
  * HR@k (any held-out item in the list), NDCG@k (binary gains, ideal DCG over min(|held|, k)
- * positions) and Recall@k (hits / |held|) for one user.
+ * positions) and Recall@k (hits / |held|) for one user. `list` is the top-k list, which may be
+ * shorter than k when fewer items could be ranked; `k` defaults to its length.
  *
  * @example
  * ```ts
  * rankMetrics(Int32Array.of(5, 7, 9), new Set([7])); // { hr: 1, ndcg: 1 / Math.log2(3), recall: 1 }
  * ```
  */
-export function rankMetrics(list: ArrayLike<number>, held: ReadonlySet<number>): UserMetrics {
+export function rankMetrics(list: ArrayLike<number>, held: ReadonlySet<number>, k: number = list.length): UserMetrics {
   if (held.size === 0) return { hr: 0, ndcg: 0, recall: 0 };
   let hits = 0;
   let dcg = 0;
@@ -28,7 +29,9 @@ export function rankMetrics(list: ArrayLike<number>, held: ReadonlySet<number>):
     }
   }
   let idcg = 0;
-  for (let p = 0; p < Math.min(held.size, Math.max(list.length, 1)); p++) idcg += 1 / Math.log2(p + 2);
+  // The ideal list puts every held-out item first, up to the cutoff k; a list shorter than k (fewer
+  // rankable items) is not a smaller ideal, or NDCG would be inflated.
+  for (let p = 0; p < Math.min(held.size, k); p++) idcg += 1 / Math.log2(p + 2);
   return { hr: hits > 0 ? 1 : 0, ndcg: dcg / idcg, recall: hits / held.size };
 }
 
@@ -38,11 +41,15 @@ export class MetricsAccumulator {
   private sum: UserMetrics = { hr: 0, ndcg: 0, recall: 0 };
   private readonly shown: Uint8Array;
   private distinct = 0;
-  constructor(readonly catalogSize: number) {
+  /** `k`: the cutoff, for NDCG's ideal list (a user's list may be shorter when few items are rankable). */
+  constructor(
+    readonly catalogSize: number,
+    readonly k?: number,
+  ) {
     this.shown = new Uint8Array(catalogSize);
   }
   add(list: ArrayLike<number>, held: ReadonlySet<number>): void {
-    const m = rankMetrics(list, held);
+    const m = rankMetrics(list, held, this.k ?? list.length);
     this.n++;
     this.sum.hr += m.hr;
     this.sum.ndcg += m.ndcg;

@@ -44,7 +44,7 @@ export async function evaluateModel(
   report(`${model.name} fit`, 1);
   const n = split.itemIds.length;
   const scores = new Float32Array(n);
-  const acc = new MetricsAccumulator(n);
+  const acc = new MetricsAccumulator(n, o.k);
   const { ptr, items } = split.train;
   const tu = split.testUsers;
   for (let t = 0; t < tu.length; t++) {

@@ -61,6 +61,13 @@ test('loo: equal timestamps keep file order; fewer than 3 distinct items means n
   assert.deepEqual([...s.testUsers].map((u) => s.userIds[u]), ['u1', 'u3']);
 });
 
+test('loo without a time column: the file position orders the history, one step per row (recency too)', () => {
+  const s = looSplit(log([['u', 'a', 0], ['u', 'b', 0], ['u', 'c', 0], ['u', 'd', 0], ['u', 'e', 0]]));
+  assert.deepEqual(s.test.items.length, 1);
+  assert.equal(s.itemIds[s.test.items[0]!], 'e');
+  assert.deepEqual(trainOf(s, 'u').recency, [3, 2, 1, 0], 'a is three rows back, d the latest');
+});
+
 test('loo: the result does not depend on how users interleave in the file', () => {
   const shuffled = [ROWS[7], ROWS[0], ROWS[3], ROWS[8], ROWS[1], ROWS[2], ROWS[9], ROWS[4], ROWS[5], ROWS[10], ROWS[6]];
   const a = looSplit(log(ROWS));

@@ -23,6 +23,8 @@ test('rankMetrics: several held-out items', () => {
   assert.equal(m.hr, 1);
   // More held items than k: ideal DCG is over k positions only, so a full list of hits scores 1.
   close(rankMetrics([1, 2], new Set([1, 2, 3, 4])).ndcg, 1);
+  // A list shorter than k (few rankable items) is not a smaller ideal: @10, one hit at rank 1 of 3 held.
+  close(rankMetrics([1], new Set([1, 2, 3]), 10).ndcg, 1 / (1 + 1 / Math.log2(3) + 1 / Math.log2(4)));
 });
 
 test('MetricsAccumulator averages over users and measures catalog coverage', () => {
