@@ -1143,6 +1143,11 @@ export class Engine {
     const key = this.opts.offers?.publicKey;
     if (!key) throw new ValidationError('options.offers.publicKey', "must be set to the shop's public key (JWK) to accept offer catalogs");
     const catalog = await verifyOfferCatalog(signed, key);
+    // A device never goes back to an older catalog (a replayed one could bring back withdrawn offers).
+    const installed = this.offerCatalog ?? (await this.store.getMeta<OfferCatalog>(OFFERS_KEY));
+    if (installed && catalog.version < installed.version) {
+      throw new ValidationError('catalog.version', `is ${catalog.version}, older than the installed catalog's ${installed.version}; the installed one is kept`);
+    }
     // Kept in memory before consent; stored only once storing is allowed.
     this.offerCatalog = catalog;
     if (this.consent.personalization) await this.store.setMeta(OFFERS_KEY, catalog);

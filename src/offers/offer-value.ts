@@ -33,7 +33,7 @@ export function offerEconomics(offer: Offer, products: ProductIndex): OfferEcono
   const typicalSpend = offer.hints?.typicalSpend ?? meanPrice(offer, products) ?? offer.minBasket ?? 0;
   const value = (offer.hints?.margin ?? DEFAULT_MARGIN) * typicalSpend;
   const d = offer.discount;
-  const discount = d.kind === 'amount' ? d.amount : Math.min((d.percent / 100) * typicalSpend, d.maxAmount ?? Infinity);
+  const discount = d.kind === 'amount' ? Math.min(d.amount, typicalSpend) : Math.min((d.percent / 100) * typicalSpend, d.maxAmount ?? Infinity);
   const discountCost = discount + (offer.hints?.cost ?? 0);
   return { typicalSpend, value, discountCost, net: value - discountCost };
 }

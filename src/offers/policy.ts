@@ -13,7 +13,7 @@ import { isReturningShopper, offerHistory } from './offer-history.js';
 import { offerEconomics } from './offer-value.js';
 import { indexProducts, type ProductIndex } from './product-index.js';
 import { offerReason } from './reason.js';
-import type { CartLine, Offer, OfferCatalog, OfferObjective, OffersOptions, ShownOffer } from './types.js';
+import type { CartLine, Offer, OfferCatalog, OfferContext, OfferObjective, OffersOptions, ShownOffer } from './types.js';
 
 /** What the policy needs besides the options. */
 export interface OffersInput {
@@ -56,7 +56,8 @@ const DEFAULTS = { k: 2, seed: 1, exploration: 0.1 } as const;
  */
 export function scoreOffers(input: OffersInput, options: OffersOptions = {}): ScoredOffer[] {
   const products = productIndex(input.products);
-  const ctx = eligibilityContext(input.events, products, options);
+  const now = checkContext(options.context);
+  const ctx = eligibilityContext(pastEvents(input.events, now), products, options.context?.cart, now);
   const strength = options.priorStrength ?? DEFAULT_PRIOR_STRENGTH;
   const objective = checkObjective(options.objective);
   const out: ScoredOffer[] = [];
@@ -114,7 +115,9 @@ export function chooseOffers(input: OffersInput, options: OffersOptions = {}): S
 
   const rng = new Random(seed);
   const products = productIndex(input.products);
-  const remaining = scoreOffers({ ...input, products }, options);
+  // What happened after `now` (a replay asks as of an earlier time) counts neither for the rules nor in a reason.
+  const events = pastEvents(input.events, checkContext(options.context));
+  const remaining = scoreOffers({ ...input, products, events }, options);
   const context = options.context ?? {};
   const shown: ShownOffer[] = [];
   while (shown.length < k && remaining.length > 0) {
@@ -134,7 +137,7 @@ export function chooseOffers(input: OffersInput, options: OffersOptions = {}): S
       title: s!.offer.title,
       discount: s!.offer.discount,
       expectedValue: round(s!.expectedValue),
-      reason: offerReason(s!.offer, input.events, products, context, explore),
+      reason: offerReason(s!.offer, events, products, context, explore),
       explore,
     });
   }
@@ -145,15 +148,47 @@ function productIndex(p: ProductIndex | readonly CatalogItem[]): ProductIndex {
   return Array.isArray(p) ? indexProducts(p) : (p as ProductIndex);
 }
 
-function eligibilityContext(events: readonly StoredEvent[], products: ProductIndex, options: OffersOptions): EligibilityContext {
-  const context = options.context ?? {};
-  const ctx: EligibilityContext = {
-    now: context.now ?? Date.now(),
-    history: offerHistory(events),
-    returning: isReturningShopper(events),
-  };
-  if (context.cart !== undefined) ctx.cartValue = cartValue(context.cart, products);
+function eligibilityContext(events: readonly StoredEvent[], products: ProductIndex, cart: readonly CartLine[] | undefined, now: number): EligibilityContext {
+  const ctx: EligibilityContext = { now, history: offerHistory(events), returning: isReturningShopper(events) };
+  if (cart !== undefined) ctx.cartValue = cartValue(cart, products);
   return ctx;
+}
+
+const PAGES: readonly string[] = ['home', 'product', 'category', 'cart', 'checkout', 'search', 'other'];
+
+/**
+ * Checks `options.context` and returns its "now" (default the clock). A `now` that is not a time
+ * would turn every validity window and cool-down off (comparisons with NaN are all false), and a
+ * cart line with a negative quantity or price would reach a minimum basket it does not reach.
+ */
+function checkContext(context: OfferContext | undefined): number {
+  if (context === undefined) return Date.now();
+  if (typeof context !== 'object' || context === null) throw new ValidationError('options.context', 'must be an object');
+  const now = context.now ?? Date.now();
+  if (typeof now !== 'number' || !Number.isFinite(now)) throw new ValidationError('options.context.now', `must be a time in ms since the epoch, got ${String(now)}`);
+  if (context.page !== undefined && !PAGES.includes(context.page)) throw new ValidationError('options.context.page', `must be one of ${PAGES.join(', ')}, got ${JSON.stringify(context.page)}`);
+  if (context.itemId !== undefined && typeof context.itemId !== 'string') throw new ValidationError('options.context.itemId', 'must be an item id (a string)');
+  if (context.cart !== undefined) {
+    if (!Array.isArray(context.cart)) throw new ValidationError('options.context.cart', 'must be an array of { itemId, quantity?, price? }');
+    (context.cart as unknown[]).forEach((l, i) => {
+      const at = `options.context.cart[${i}]`;
+      if (typeof l !== 'object' || l === null) throw new ValidationError(at, 'must be an object { itemId, quantity?, price? }');
+      const line = l as Record<string, unknown>;
+      if (typeof line.itemId !== 'string') throw new ValidationError(`${at}.itemId`, 'must be an item id (a string)');
+      if (line.quantity !== undefined && !(typeof line.quantity === 'number' && Number.isInteger(line.quantity) && line.quantity >= 1)) {
+        throw new ValidationError(`${at}.quantity`, `must be a whole number ≥ 1, got ${String(line.quantity)}`);
+      }
+      if (line.price !== undefined && !(typeof line.price === 'number' && Number.isFinite(line.price) && line.price >= 0)) {
+        throw new ValidationError(`${at}.price`, `must be a number ≥ 0, got ${String(line.price)}`);
+      }
+    });
+  }
+  return now;
+}
+
+/** The events up to `now`: a replay at an earlier time must not see what came after. */
+function pastEvents(events: readonly StoredEvent[], now: number): readonly StoredEvent[] {
+  return events.every((e) => e.t <= now) ? events : events.filter((e) => e.t <= now);
 }
 
 /** Sum of quantity × price over the cart; a line with no price uses the catalog price (or 0). */

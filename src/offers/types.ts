@@ -16,7 +16,7 @@ export type OfferDiscount =
     }
   | {
       kind: 'amount';
-      /** Fixed amount off the order, in the shop's currency, > 0. */
+      /** Fixed amount off the in-scope items (at most their value), in the shop's currency, > 0. */
       amount: number;
     };
 

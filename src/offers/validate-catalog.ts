@@ -20,6 +20,7 @@ export function validateOfferCatalog(input: unknown, field = 'catalog'): OfferCa
   const version = integer(o.version, `${field}.version`, 0);
   const issuedAt = finite(o.issuedAt, `${field}.issuedAt`, 0);
   const currency = string(o.currency, `${field}.currency`, 16);
+  if (!isCurrencyCode(currency)) throw new ValidationError(`${field}.currency`, `must be an ISO 4217 code such as GBP or EUR, got ${JSON.stringify(currency)}`);
   if (!Array.isArray(o.offers)) throw new ValidationError(`${field}.offers`, 'must be an array');
   const seen = new Set<string>();
   // Array.from, not map: map skips the holes of a sparse array (which structured clone keeps), and
@@ -188,4 +189,15 @@ function show(v: unknown): string {
   if (typeof v === 'string') return `'${v.length > 40 ? `${v.slice(0, 40)}…` : v}'`;
   if (Array.isArray(v)) return 'an array';
   return v === null ? 'null' : typeof v === 'object' ? 'an object' : String(v);
+}
+
+/** An ISO 4217 code the platform knows (three capital letters that Intl accepts as a currency). */
+function isCurrencyCode(c: string): boolean {
+  if (!/^[A-Z]{3}$/.test(c)) return false;
+  try {
+    new Intl.NumberFormat('en', { style: 'currency', currency: c });
+    return true;
+  } catch {
+    return false;
+  }
 }

@@ -20,22 +20,71 @@ export interface RedeemRequest {
   offerId: string;
   /** Value of the whole order. */
   orderValue: number;
-  /** Value of the order's items in the offer's scope (default: the whole order). */
+  /**
+   * Value of the order's items in the offer's scope; required unless the offer's scope is `all`
+   * (then the whole order). A discount applies to it and never exceeds it.
+   */
   scopeValue?: number;
-  /** Times this customer already redeemed the offer, from the shop's order history (default 0). */
+  /** Times this customer already redeemed the offer, from the shop's order history; required when the offer has `limits.maxRedemptions`. */
   previousRedemptions?: number;
-  /** Whether the customer bought before (for `audience`); unchecked when absent. */
+  /** When this customer last redeemed the offer (ms since the epoch); required when the offer has `limits.coolDownHours` and `previousRedemptions` > 0. */
+  lastRedeemedAt?: number;
+  /** Whether the customer bought before; required when the offer's audience is `new` or `returning`. */
   returning?: boolean;
-  /** Time of the order, ms since the epoch (default: now). */
+  /**
+   * Time of the order, ms since the epoch (default: the server's clock). The caller is the shop's
+   * own checkout backend, which may check an order placed earlier; it is trusted like every field.
+   */
   at?: number;
 }
 
 export type RedeemVerdict =
   | { valid: true; offerId: string; discount: number; currency: string }
-  | { valid: false; offerId: string; reason: 'unknown-offer' | 'not-yet-valid' | 'expired' | 'below-minimum' | 'audience' | 'cap-reached'; error: string };
+  | {
+      valid: false;
+      offerId: string;
+      reason: 'unknown-offer' | 'missing-facts' | 'not-yet-valid' | 'expired' | 'below-minimum' | 'not-in-scope' | 'audience' | 'cap-reached' | 'cooling-down';
+      error: string;
+    };
+
+/** Digits after the point of `currency`'s minor unit (2 for GBP, 0 for JPY; 2 when unknown). */
+export function currencyDigits(currency: string): number {
+  try {
+    return new Intl.NumberFormat('en', { style: 'currency', currency }).resolvedOptions().maximumFractionDigits ?? 2;
+  } catch {
+    return 2;
+  }
+}
 
 /**
- * Checks one redemption. Pure: the route below only parses the body and calls it.
+ * Rounds an amount to the currency's minor unit, half up. The small nudge keeps amounts such as
+ * 1.005, stored as 1.00499999…, from rounding down.
+ */
+export function roundToMinorUnit(amount: number, currency: string): number {
+  const f = 10 ** currencyDigits(currency);
+  return Math.round(amount * f + 1e-9) / f;
+}
+
+/**
+ * The facts about the order and the customer that `offer` needs, missing from `r`: an absent one
+ * must not loosen the check (no `returning` would let a new-customer offer through, no
+ * `scopeValue` would discount a whole order that holds nothing in scope).
+ */
+function missingFacts(offer: Offer, r: RedeemRequest): string[] {
+  const missing: string[] = [];
+  if (offer.scope.kind !== 'all' && r.scopeValue === undefined) missing.push(`scopeValue (the scope is ${offer.scope.kind})`);
+  if (offer.audience !== undefined && offer.audience !== 'all' && r.returning === undefined) missing.push(`returning (the offer is for ${offer.audience} customers)`);
+  if (offer.limits?.maxRedemptions !== undefined && r.previousRedemptions === undefined) missing.push('previousRedemptions (the offer has a redemption cap)');
+  if (offer.limits?.coolDownHours !== undefined && (r.previousRedemptions ?? 0) > 0 && r.lastRedeemedAt === undefined) {
+    missing.push('lastRedeemedAt (the offer has a cool-down and was redeemed before)');
+  }
+  return missing;
+}
+
+/**
+ * Checks one redemption. Pure: the route below only parses the body and calls it. Every fact is
+ * the shop's own (its order, its order history), so every fact is trusted; the ones an offer's
+ * rules need must be given (`missing-facts` otherwise).
  *
  * @example
  * ```ts
@@ -47,19 +96,27 @@ export function checkRedemption(catalog: OfferCatalog, r: RedeemRequest, now: nu
   const offer: Offer | undefined = catalog.offers.find((o) => o.id === r.offerId);
   const no = (reason: Extract<RedeemVerdict, { valid: false }>['reason'], error: string): RedeemVerdict => ({ valid: false, offerId: r.offerId, reason, error });
   if (!offer) return no('unknown-offer', `no offer "${r.offerId}" in catalog version ${catalog.version}`);
+  const missing = missingFacts(offer, r);
+  if (missing.length) return no('missing-facts', `offer "${offer.id}" needs ${missing.join(', ')}`);
   const at = r.at ?? now;
   if (offer.validFrom !== undefined && at < offer.validFrom) return no('not-yet-valid', `valid from ${new Date(offer.validFrom).toISOString()}`);
   if (offer.validUntil !== undefined && at >= offer.validUntil) return no('expired', `expired at ${new Date(offer.validUntil).toISOString()}`);
   if (offer.minBasket !== undefined && r.orderValue < offer.minBasket) return no('below-minimum', `the order must reach ${offer.minBasket}, it is ${r.orderValue}`);
-  if (r.returning !== undefined && offer.audience && offer.audience !== 'all' && (offer.audience === 'returning') !== r.returning) {
+  const base = offer.scope.kind === 'all' ? r.orderValue : Math.min(r.scopeValue!, r.orderValue);
+  if (!(base > 0)) return no('not-in-scope', `the order has nothing in the offer's scope (${offer.scope.kind})`);
+  if (offer.audience && offer.audience !== 'all' && (offer.audience === 'returning') !== r.returning) {
     return no('audience', `the offer is for ${offer.audience} customers`);
   }
   const cap = offer.limits?.maxRedemptions;
-  if (cap !== undefined && (r.previousRedemptions ?? 0) >= cap) return no('cap-reached', `at most ${cap} redemption(s) per customer`);
-  const base = Math.min(r.scopeValue ?? r.orderValue, r.orderValue);
+  if (cap !== undefined && r.previousRedemptions! >= cap) return no('cap-reached', `at most ${cap} redemption(s) per customer`);
+  const coolDown = offer.limits?.coolDownHours;
+  if (coolDown !== undefined && (r.previousRedemptions ?? 0) > 0 && at - r.lastRedeemedAt! < coolDown * 3_600_000) {
+    return no('cooling-down', `redeemed ${((at - r.lastRedeemedAt!) / 3_600_000).toFixed(1)} h ago; the offer has a ${coolDown} h cool-down`);
+  }
   const d = offer.discount;
-  const amount = d.kind === 'percent' ? Math.min((base * d.percent) / 100, d.maxAmount ?? Infinity) : Math.min(d.amount, r.orderValue);
-  return { valid: true, offerId: offer.id, discount: Math.round(amount * 100) / 100, currency: catalog.currency };
+  // Both kinds apply to the in-scope items and never exceed them.
+  const amount = d.kind === 'percent' ? Math.min((base * d.percent) / 100, d.maxAmount ?? Infinity) : Math.min(d.amount, base);
+  return { valid: true, offerId: offer.id, discount: roundToMinorUnit(amount, catalog.currency), currency: catalog.currency };
 }
 
 function finiteAtLeast0(v: unknown): v is number {
@@ -70,9 +127,12 @@ function finiteAtLeast0(v: unknown): v is number {
 export function parseRedeemRequest(body: unknown): RedeemRequest | string {
   if (typeof body !== 'object' || body === null || Array.isArray(body)) return 'the body must be a JSON object';
   const b = body as Record<string, unknown>;
+  const known = ['offerId', 'orderValue', 'scopeValue', 'previousRedemptions', 'lastRedeemedAt', 'returning', 'at'];
+  const unknown = Object.keys(b).find((k) => !known.includes(k));
+  if (unknown !== undefined) return `${unknown}: is not a field of a redeem request (known: ${known.join(', ')})`;
   if (typeof b.offerId !== 'string' || b.offerId.length === 0 || b.offerId.length > 128) return 'offerId: must be a string of 1 to 128 characters';
   if (!finiteAtLeast0(b.orderValue)) return 'orderValue: must be a finite number ≥ 0';
-  for (const k of ['scopeValue', 'at'] as const) if (b[k] !== undefined && !finiteAtLeast0(b[k])) return `${k}: must be a finite number ≥ 0`;
+  for (const k of ['scopeValue', 'at', 'lastRedeemedAt'] as const) if (b[k] !== undefined && !finiteAtLeast0(b[k])) return `${k}: must be a finite number ≥ 0`;
   if (b.previousRedemptions !== undefined && !(Number.isInteger(b.previousRedemptions) && (b.previousRedemptions as number) >= 0)) {
     return 'previousRedemptions: must be a whole number ≥ 0';
   }
@@ -95,6 +155,9 @@ export function registerRedeem(app: Hono, catalog: OfferCatalog, now: () => numb
     }
     const r = parseRedeemRequest(body);
     if (typeof r === 'string') return c.json({ error: r, reason: 'malformed' }, 400);
-    return c.json(checkRedemption(catalog, r, now()), 200);
+    const verdict = checkRedemption(catalog, r, now());
+    // A request without the facts the offer's rules need is the caller's mistake, not a refusal.
+    if (!verdict.valid && verdict.reason === 'missing-facts') return c.json({ error: verdict.error, reason: 'malformed' }, 400);
+    return c.json(verdict, 200);
   });
 }

@@ -127,6 +127,15 @@ describe('Engine.offers with the shop’s learned affinity', () => {
     await e.erase();
   });
 
+  it('never goes back to an older catalog; an invalid currency is refused', async () => {
+    const { affinity: _a, ...plain } = catalog();
+    const e = await engine({ ...plain, version: 5 });
+    await assert.rejects(e.setOffers(await signOfferCatalog({ ...plain, version: 4 }, keys.privateJwk)), /catalog\.version: is 4, older than the installed catalog's 5/);
+    assert.deepEqual(await e.setOffers(await signOfferCatalog({ ...plain, version: 5 }, keys.privateJwk)), { offers: 3 }, 'the same version again is fine');
+    await assert.rejects(signOfferCatalog({ ...plain, version: 6, currency: '£££' }, keys.privateJwk), /catalog\.currency: must be an ISO 4217 code/);
+    await e.erase();
+  });
+
   it('a catalog installed before consent is stored once consent is given, and a later session has it', async () => {
     const { affinity: _a, ...plain } = catalog();
     const dbName = `offers-consent-${Date.now()}`;

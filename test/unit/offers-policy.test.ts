@@ -52,6 +52,34 @@ describe('offer policy', () => {
     assert.deepEqual(Object.keys(shown[0]!).sort(), ['discount', 'expectedValue', 'explore', 'offerId', 'reason', 'title']);
   });
 
+  test('a context that is not one is refused by field: a bad now, cart line or page must not switch rules off', () => {
+    const bad: Array<[unknown, string]> = [
+      [{ now: Number.NaN }, 'options.context.now'],
+      [{ now: 'x' }, 'options.context.now'],
+      [{ now: NOW, page: 'nope' }, 'options.context.page'],
+      [{ now: NOW, cart: 'x' }, 'options.context.cart'],
+      [{ now: NOW, cart: [null] }, 'options.context.cart[0]'],
+      [{ now: NOW, cart: [{ itemId: 'm1', quantity: -2, price: -10 }] }, 'options.context.cart[0].quantity'],
+      [{ now: NOW, cart: [{ itemId: 'm1', quantity: 1, price: -10 }] }, 'options.context.cart[0].price'],
+      [{ now: NOW, cart: [{ itemId: 'm1', quantity: 1.5 }] }, 'options.context.cart[0].quantity'],
+    ];
+    for (const [context, field] of bad) {
+      assert.throws(() => chooseOffers(input(), { k: 2, context: context as never }), (e: unknown) => isValidationError(e) && e.field === field, field);
+    }
+  });
+
+  test('events after `now` (a replay at an earlier time) count neither for the rules nor in the reason', () => {
+    const once = { ...catalog, offers: [offer('mugs', { kind: 'categories', categories: ['mug'] }, { limits: { maxImpressions: 1 } }), offer('welcome', { kind: 'all' }, { audience: 'new' })] };
+    const later: StoredEvent[] = [
+      { type: 'purchase', itemId: 'b1', t: NOW + HOUR },
+      { type: 'offer_impression', offerId: 'mugs', t: NOW + 2 * HOUR },
+      { type: 'view', itemId: 'm1', t: NOW + 3 * HOUR },
+    ];
+    const shown = chooseOffers(input(later, { catalog: once }), { k: 2, exploration: 0, context: ctx });
+    assert.deepEqual(shown.map((s) => s.offerId).sort(), ['mugs', 'welcome'], 'not yet shown, not yet a returning shopper');
+    assert.ok(!shown.some((s) => /Red Mug/.test(s.reason)), 'a view that has not happened yet is no reason');
+  });
+
   test('an offer that loses money even when used (discount ≥ margin) is never shown', () => {
     const lossy = { ...catalog, offers: [offer('mugs', { kind: 'categories', categories: ['mug'] }, { discount: { kind: 'percent', percent: 50 } })] };
     assert.deepEqual(chooseOffers(input([], { catalog: lossy }), { k: 2, exploration: 1, context: ctx }), []);

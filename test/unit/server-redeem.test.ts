@@ -13,14 +13,33 @@ const catalog: OfferCatalog = {
   offers: [
     { id: 'mugs10', title: '10% off mugs', discount: { kind: 'percent', percent: 10, maxAmount: 3 }, scope: { kind: 'categories', categories: ['mug'] }, minBasket: 15 },
     { id: 'two-off', title: '£2 off', discount: { kind: 'amount', amount: 2 }, scope: { kind: 'all' }, validFrom: NOW - 1000, validUntil: NOW + 1000, audience: 'returning', limits: { maxRedemptions: 1 } },
+    { id: 'mugs-2', title: '£2 off mugs', discount: { kind: 'amount', amount: 2 }, scope: { kind: 'categories', categories: ['mug'] } },
+    { id: 'welcome', title: '£5 off a first order', discount: { kind: 'amount', amount: 5 }, scope: { kind: 'all' }, audience: 'new' },
+    { id: 'weekly', title: '5% off, once a day', discount: { kind: 'percent', percent: 5 }, scope: { kind: 'all' }, limits: { maxRedemptions: 5, coolDownHours: 24 } },
   ],
 } as OfferCatalog;
 
 describe('checkRedemption', () => {
   it('computes the discount: percent of the in-scope value up to the ceiling, or the fixed amount', () => {
     assert.deepEqual(checkRedemption(catalog, { offerId: 'mugs10', orderValue: 30, scopeValue: 12 }, NOW), { valid: true, offerId: 'mugs10', discount: 1.2, currency: 'GBP' });
-    assert.deepEqual(checkRedemption(catalog, { offerId: 'mugs10', orderValue: 100 }, NOW), { valid: true, offerId: 'mugs10', discount: 3, currency: 'GBP' });
-    assert.deepEqual(checkRedemption(catalog, { offerId: 'two-off', orderValue: 1.5, returning: true }, NOW), { valid: true, offerId: 'two-off', discount: 1.5, currency: 'GBP' });
+    assert.deepEqual(checkRedemption(catalog, { offerId: 'mugs10', orderValue: 100, scopeValue: 100 }, NOW), { valid: true, offerId: 'mugs10', discount: 3, currency: 'GBP' });
+    assert.deepEqual(checkRedemption(catalog, { offerId: 'two-off', orderValue: 1.5, returning: true, previousRedemptions: 0 }, NOW), { valid: true, offerId: 'two-off', discount: 1.5, currency: 'GBP' });
+    // A fixed amount off scoped items never exceeds their value.
+    assert.deepEqual(checkRedemption(catalog, { offerId: 'mugs-2', orderValue: 30, scopeValue: 1 }, NOW), { valid: true, offerId: 'mugs-2', discount: 1, currency: 'GBP' });
+    // Rounded to the currency's minor unit, half up (10 % of 10.05 is 1.005, stored as 1.00499…).
+    assert.equal((checkRedemption(catalog, { offerId: 'mugs10', orderValue: 20, scopeValue: 10.05 }, NOW) as { discount: number }).discount, 1.01);
+    assert.equal((checkRedemption({ ...catalog, currency: 'JPY' }, { offerId: 'weekly', orderValue: 1001, previousRedemptions: 0 }, NOW) as { discount: number }).discount, 50);
+  });
+
+  it('refuses a request without the facts the offer’s rules need, instead of loosening them', () => {
+    const needs = (r: Parameters<typeof checkRedemption>[1]) => {
+      const v = checkRedemption(catalog, r, NOW);
+      return v.valid ? 'valid' : `${v.reason}: ${v.error}`;
+    };
+    assert.equal(needs({ offerId: 'mugs10', orderValue: 30 }), 'missing-facts: offer "mugs10" needs scopeValue (the scope is categories)');
+    assert.equal(needs({ offerId: 'welcome', orderValue: 30 }), 'missing-facts: offer "welcome" needs returning (the offer is for new customers)');
+    assert.equal(needs({ offerId: 'weekly', orderValue: 30 }), 'missing-facts: offer "weekly" needs previousRedemptions (the offer has a redemption cap)');
+    assert.equal(needs({ offerId: 'weekly', orderValue: 30, previousRedemptions: 1 }), 'missing-facts: offer "weekly" needs lastRedeemedAt (the offer has a cool-down and was redeemed before)');
   });
 
   it('refuses each rule with its own reason', () => {
@@ -29,10 +48,15 @@ describe('checkRedemption', () => {
       return v.valid ? 'valid' : v.reason;
     };
     assert.equal(reason({ offerId: 'nope', orderValue: 50 }), 'unknown-offer');
-    assert.equal(reason({ offerId: 'mugs10', orderValue: 14.99 }), 'below-minimum');
-    assert.equal(reason({ offerId: 'two-off', orderValue: 50 }, NOW - 2000), 'not-yet-valid');
-    assert.equal(reason({ offerId: 'two-off', orderValue: 50 }, NOW + 1000), 'expired');
-    assert.equal(reason({ offerId: 'two-off', orderValue: 50, returning: false }), 'audience');
+    assert.equal(reason({ offerId: 'mugs10', orderValue: 14.99, scopeValue: 5 }), 'below-minimum');
+    assert.equal(reason({ offerId: 'mugs10', orderValue: 30, scopeValue: 0 }), 'not-in-scope');
+    assert.equal(reason({ offerId: 'mugs-2', orderValue: 30, scopeValue: 0 }), 'not-in-scope');
+    assert.equal(reason({ offerId: 'welcome', orderValue: 30, returning: true }), 'audience');
+    assert.equal(reason({ offerId: 'weekly', orderValue: 30, previousRedemptions: 1, lastRedeemedAt: NOW - 60_000 }), 'cooling-down');
+    assert.equal(reason({ offerId: 'weekly', orderValue: 30, previousRedemptions: 1, lastRedeemedAt: NOW - 24 * 3_600_000 }), 'valid');
+    assert.equal(reason({ offerId: 'two-off', orderValue: 50, returning: true, previousRedemptions: 0 }, NOW - 2000), 'not-yet-valid');
+    assert.equal(reason({ offerId: 'two-off', orderValue: 50, returning: true, previousRedemptions: 0 }, NOW + 1000), 'expired');
+    assert.equal(reason({ offerId: 'two-off', orderValue: 50, returning: false, previousRedemptions: 0 }), 'audience');
     assert.equal(reason({ offerId: 'two-off', orderValue: 50, returning: true, previousRedemptions: 1 }), 'cap-reached');
     assert.equal(reason({ offerId: 'two-off', orderValue: 50, returning: true, previousRedemptions: 0 }), 'valid');
   });
@@ -53,9 +77,16 @@ describe('POST /v1/offers/redeem', () => {
     const ok = await post({ offerId: 'mugs10', orderValue: 20, scopeValue: 10 });
     assert.equal(ok.status, 200);
     assert.deepEqual(await ok.json(), { valid: true, offerId: 'mugs10', discount: 1, currency: 'GBP' });
-    const refused = await post({ offerId: 'mugs10', orderValue: 5 });
+    const refused = await post({ offerId: 'mugs10', orderValue: 5, scopeValue: 5 });
     assert.equal(((await refused.json()) as { reason: string }).reason, 'below-minimum');
-    for (const [body, field] of [[{ orderValue: 3 }, 'offerId'], [{ offerId: 'x', orderValue: -1 }, 'orderValue'], [{ offerId: 'x', orderValue: 1, previousRedemptions: 0.5 }, 'previousRedemptions'], ['{not json', 'JSON']] as const) {
+    for (const [body, field] of [
+      [{ orderValue: 3 }, 'offerId'],
+      [{ offerId: 'x', orderValue: -1 }, 'orderValue'],
+      [{ offerId: 'x', orderValue: 1, previousRedemptions: 0.5 }, 'previousRedemptions'],
+      [{ offerId: 'mugs10', orderValue: 20, scope_value: 10 }, 'scope_value: is not a field'],
+      [{ offerId: 'mugs10', orderValue: 20 }, 'needs scopeValue'],
+      ['{not json', 'JSON'],
+    ] as const) {
       const res = await post(body);
       assert.equal(res.status, 400);
       assert.match(((await res.json()) as { error: string }).error, new RegExp(field));
@@ -79,7 +110,7 @@ describe('POST /v1/offers/redeem', () => {
     assert.equal(((await streamed.json()) as { reason: string }).reason, 'oversized');
     assert.ok(pulled < 64, `read ${pulled} KB of an endless body`);
     // Just under the limit is still read.
-    const padded = JSON.stringify({ offerId: 'mugs10', orderValue: 20 }).padEnd(MAX_REDEEM_BODY_BYTES, ' ');
+    const padded = JSON.stringify({ offerId: 'mugs10', orderValue: 20, scopeValue: 10 }).padEnd(MAX_REDEEM_BODY_BYTES, ' ');
     assert.equal((await post(padded)).status, 200);
   });
 });
