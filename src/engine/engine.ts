@@ -150,17 +150,20 @@ const FLUSH_MAX = 200;
 /** The keys {@link Engine.create} accepts: the page's options plus what the worker and tests add. */
 const ENGINE_KEYS = [...OPTION_KEYS.recommender.filter((k) => k !== 'workerUrl'), 'backendCandidates', 'training', 'fetch', 'globalPrivacyControl', 'honorGlobalPrivacyControl', 'now', 'store'];
 
+/** True for an absolute http:// or https:// URL (the worker has no page to resolve a relative one against). */
+function isHttpUrl(u: unknown): u is string {
+  try {
+    return typeof u === 'string' && /^https?:$/.test(new URL(u).protocol);
+  } catch {
+    return false;
+  }
+}
+
 /** Checks `options.federated` once, at start: a bad budget or δ must not surface only at the first sync. */
 function checkFederated(fed: unknown): void {
   if (fed === undefined) return;
   const f = knownKeys(fed, 'options.federated', OPTION_KEYS.federated);
-  let url: URL | undefined;
-  try {
-    url = typeof f.serverUrl === 'string' ? new URL(f.serverUrl) : undefined;
-  } catch {
-    url = undefined;
-  }
-  if (!url || !/^https?:$/.test(url.protocol)) {
+  if (!isHttpUrl(f.serverUrl)) {
     throw new ValidationError('options.federated.serverUrl', `must be the aggregation server's http:// or https:// URL, got ${describeValue(f.serverUrl)}`);
   }
   if (f.budget !== undefined && !(typeof f.budget === 'number' && f.budget > 0 && Number.isFinite(f.budget))) {
@@ -270,13 +273,7 @@ export class Engine {
     if (opts.neighbors !== undefined) {
       knownKeys(opts.neighbors, 'options.neighbors', OPTION_KEYS.neighbors);
       const u = opts.neighbors?.url;
-      let ok = false;
-      try {
-        ok = typeof u === 'string' && /^https?:$/.test(new URL(u).protocol);
-      } catch {
-        ok = false;
-      }
-      if (!ok) throw new ValidationError('options.neighbors.url', `must be an absolute http(s) URL of the neighbour file, got ${JSON.stringify(u)}`);
+      if (!isHttpUrl(u)) throw new ValidationError('options.neighbors.url', `must be an absolute http(s) URL of the neighbour file, got ${JSON.stringify(u)}`);
       intOption(opts.neighbors.timeoutMs, 'options.neighbors.timeoutMs', 1, 600_000, NEIGHBOR_FETCH_TIMEOUT_MS);
     }
     const retention: Retention = {
@@ -340,11 +337,11 @@ export class Engine {
     switch (m?.type) {
       case 'events':
         this.eventCache = undefined;
-        (this.store as { existsAgain?: () => void }).existsAgain?.();
+        this.store.existsAgain?.();
         return;
       case 'model':
         this.modelStale = true;
-        (this.store as { existsAgain?: () => void }).existsAgain?.();
+        this.store.existsAgain?.();
         return;
       case 'consent':
         if (m.personalization !== this.consent.personalization || m.federated !== this.consent.federated) {
@@ -372,7 +369,7 @@ export class Engine {
     this.consentDirty = true;
     this.scorer.dispose();
     this.resetModel();
-    (this.store as { reopenLazily?: () => void }).reopenLazily?.();
+    this.store.reopenLazily?.();
   }
 
   /** Consent records not yet written: written with the next events (or the next consent change). */

@@ -55,6 +55,13 @@ export interface EventStore {
    * the error is rethrown.
    */
   updateMeta<T>(key: string, update: (current: T | undefined) => T): Promise<T>;
+  /**
+   * IndexedDB only: after another tab deleted the database, once this tab dropped what it held,
+   * reads see it empty and the next write creates it anew ({@link IdbEventStore.reopenLazily}).
+   */
+  reopenLazily?(): void;
+  /** IndexedDB only: another tab wrote since the deletion, so the database exists again. */
+  existsAgain?(): void;
   /** Deletes every event and every meta record, then the database itself. */
   destroy(): Promise<void>;
   close(): void;
