@@ -58,7 +58,7 @@ export const OPTION_KEYS = {
   recommend: ['k', 'exclude', 'category'],
   similar: ['k'],
   train: ['epochs', 'onProgress'],
-  sync: ['onProgress', 'signal'],
+  sync: ['onProgress', 'signal', 'contribute'],
   offersCall: ['k', 'context', 'seed', 'exploration', 'priorStrength', 'objective'],
   offerContext: ['cart', 'page', 'itemId', 'now'],
 } as const satisfies Record<string, readonly string[]>;

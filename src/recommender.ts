@@ -1,7 +1,7 @@
 import * as Comlink from 'comlink';
 import { ClosedError, reviveError, syncCancelled, ValidationError } from './errors.js';
 import { validateEvent } from './events/schema.js';
-import { knownKeys, OPTION_KEYS } from './options.js';
+import { describeValue, knownKeys, OPTION_KEYS } from './options.js';
 import type { WorkerApi } from './engine/worker.js';
 import type { AuditReport, ExportFile } from './engine/audit-types.js';
 import type { OffersOptions, ShownOffer, SignedOfferCatalog } from './offers/types.js';
@@ -43,6 +43,8 @@ export interface Recommender {
    * it resolves when the cohort ends (`cohortOutcome`). `onProgress` reports each phase (waiting for
    * a cohort can take minutes: `{ phase: 'cohort', joined, size }`); `signal` cancels it (an
    * AbortError before the upload, nothing sent or spent; see {@link SyncControl}).
+   * `sync({ contribute: false })` only receives: the newest global model (nothing downloaded while
+   * the one held is current), no upload, no ε, so it still works once the budget is spent.
    */
   sync(options?: SyncControl): Promise<SyncResultInfo>;
   /**
@@ -274,9 +276,11 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
     setNeighbors: (file) => call(() => api.setNeighbors(file)),
     async sync(o: SyncControl = {}) {
       open();
-      if (typeof o !== 'object' || o === null) throw new ValidationError('options', 'must be an object like { onProgress, signal }');
-      const { onProgress, signal } = o;
+      if (typeof o !== 'object' || o === null) throw new ValidationError('options', 'must be an object like { onProgress, signal, contribute }');
+      knownKeys(o, 'options', OPTION_KEYS.sync);
+      const { onProgress, signal, contribute } = o;
       if (onProgress !== undefined && typeof onProgress !== 'function') throw new ValidationError('options.onProgress', `must be a function, got ${typeof onProgress}`);
+      if (contribute !== undefined && typeof contribute !== 'boolean') throw new ValidationError('options.contribute', `must be true or false, got ${describeValue(contribute)}`);
       if (signal?.aborted) throw syncCancelled('before it started');
       // An AbortSignal cannot cross postMessage: the page forwards its abort to the worker.
       const cancel = () => void api.cancelSync().catch(() => undefined);
@@ -287,7 +291,7 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
         return await call(() =>
           signal?.aborted
             ? Promise.reject(syncCancelled('before it started'))
-            : api.sync(onProgress ? Comlink.proxy(onProgress) : undefined),
+            : api.sync(onProgress ? Comlink.proxy(onProgress) : undefined, contribute),
         );
       } finally {
         signal?.removeEventListener('abort', cancel);

@@ -210,12 +210,23 @@ export interface SyncControl {
    * (`cohortOutcome: 'left'`). A sync shared by several callers is cancelled for all of them.
    */
   signal?: AbortSignal;
+  /**
+   * `false`: only receive. The sync fetches the newest global model (nothing is downloaded when the
+   * version the device holds is still current: the request carries its hash in `If-None-Match`),
+   * takes the same local step on it, and uploads nothing, so it spends no ε and works once the
+   * budget is spent: the shopper keeps getting what everyone else's updates taught the model.
+   * Default `true`. A receiving call while a contributing sync runs gets that sync's result; a
+   * contributing call while a receiving one runs waits for it, then syncs.
+   */
+  contribute?: boolean;
 }
 
 /** What `sync()` did. */
 export interface SyncResultInfo {
   /** Global model version the device now builds on. */
   version: number;
+  /** Whether the device took a global version it did not build on before (false after a 304, or when the same version came again). */
+  modelChanged: boolean;
   /** False when the shopper had too little history to contribute (nothing was uploaded). */
   sent: boolean;
   uploadedBytes: number;

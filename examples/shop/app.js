@@ -493,7 +493,7 @@ async function loadServerConfig() {
 function syncError(e) {
   switch (e?.name) {
     case 'PrivacyBudgetError':
-      return `Not sent: this device’s privacy budget is spent (${e.message}). It will not sync again — that is the point of a budget.`;
+      return `Not sent: this device’s privacy budget is spent (${e.message}). It will not send another update — that is the point of a budget.`;
     case 'NetworkError':
       return e.status ? `The server refused the update (${e.status}): ${e.message}` : `Offline: the aggregation server could not be reached (${e.message}). Nothing was lost; try again later.`;
     case 'ConsentError':
@@ -538,8 +538,20 @@ async function sync(how = 'button') {
     document.body.dataset.syncs = String(Number(document.body.dataset.syncs ?? 0) + 1);
   } catch (e) {
     if (gen !== state.generation) return;
+    let message = syncError(e);
+    if (e?.name === 'PrivacyBudgetError') {
+      // Past the budget the device still receives what everyone else taught the model: no upload, no ε.
+      try {
+        const r = await rec.sync({ contribute: false });
+        if (gen !== state.generation) return;
+        state.lastSync = r;
+        message += ` It still receives: now on global version ${r.version} (${r.modelChanged ? 'downloaded' : 'unchanged, the server answered 304'}), nothing sent.`;
+      } catch {
+        // The refusal above is what the shopper needs to read.
+      }
+    }
     $('sync-result').dataset.kind = 'error';
-    $('sync-result').textContent = syncError(e);
+    $('sync-result').textContent = message;
     document.body.dataset.syncErrors = String(Number(document.body.dataset.syncErrors ?? 0) + 1);
   } finally {
     state.syncing = null;

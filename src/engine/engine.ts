@@ -1,4 +1,4 @@
-import { ClosedError, ConsentError, ModelError, NetworkError, syncCancelled, ValidationError } from '../errors.js';
+import { ClosedError, ConsentError, ModelError, NetworkError, syncCancelled, ValidationError, PrivacyBudgetError } from '../errors.js';
 import { describeValue, intOption, knownKeys, OPTION_KEYS } from '../options.js';
 import { validateEvent } from '../events/schema.js';
 import { DEFAULT_RETENTION, deleteEventDatabase, MemoryEventStore, openEventStore, type EventStore, type Retention } from '../events/store.js';
@@ -16,7 +16,7 @@ import { decodeNeighborTable, neighborTableHash } from '../model/neighbors-wire.
 import type { SparseItemModel } from '../model/sparse-item-model.js';
 import { trainItemTable, type TrainConfig } from '../model/train.js';
 import { RdpAccountant, type AccountantState } from '../federated/dp.js';
-import { syncOnce, type EgressEntry, type FetchLike } from '../federated/sync.js';
+import { pullOnce, syncOnce, type EgressEntry, type FetchLike } from '../federated/sync.js';
 import type {
   BackendName,
   Catalog,
@@ -86,6 +86,8 @@ interface SavedModel {
   trainedThroughId: number;
   /** Counts the saves, so that a tab does not overwrite weights another tab saved after it loaded (absent before). */
   rev?: number;
+  /** Hash of the global model version the weights build on (set by a sync; absent before the first). */
+  globalHash?: string;
 }
 
 export const MODEL_KEY = 'model';
@@ -215,8 +217,14 @@ export class Engine {
   private saved!: Omit<SavedModel, 'factors' | 'bias' | 'itemIds' | 'dim' | 'version'>;
   private scorer!: Scorer;
   private queue: StoredEvent[] = [];
-  /** The sync under way, if any (see {@link sync}), its cancel switch and its progress listeners. */
+  /** The sync under way, if any (see {@link sync}), whether it uploads, its cancel switch and its progress listeners. */
   private syncing: Promise<SyncResultInfo> | null = null;
+  private syncContributes = false;
+  /**
+   * The global model as the server last sent it (this session only; public data): a contributing
+   * sync sends its hash in If-None-Match and reuses it on a 304 instead of downloading it again.
+   */
+  private heldGlobal: { table: ItemTable; hash: string } | undefined;
   private syncAbort: AbortController | null = null;
   private readonly syncListeners = new Set<(p: SyncProgress) => void>();
   private flushTimer: ReturnType<typeof setTimeout> | undefined;
@@ -479,7 +487,7 @@ export class Engine {
           fresh.bias[r] = saved.bias[o]!;
         });
         fresh.version = saved.version;
-        this.saved = { trainedAt: saved.trainedAt, trainSteps: saved.trainSteps, trainedThroughId: saved.trainedThroughId };
+        this.saved = { trainedAt: saved.trainedAt, trainSteps: saved.trainSteps, trainedThroughId: saved.trainedThroughId, ...(typeof saved.globalHash === 'string' ? { globalHash: saved.globalHash } : {}) };
       } catch (e) {
         // Corrupt weights are not worth failing the shop's page for: start fresh, say why in stats.
         this.lastError = e as Error;
@@ -506,6 +514,7 @@ export class Engine {
 
   /** Back to the initial weights without reading the store (after another tab erased it). */
   private resetModel(): void {
+    this.heldGlobal = undefined;
     this.table = this.freshTable(this.dim);
     this.saved = { trainSteps: 0, trainedThroughId: 0 };
     this.modelRev = 0;
@@ -850,7 +859,7 @@ export class Engine {
       const stats = await trainItemTable(this.table, [seq], { ...this.opts.training, epochs, seed: (this.opts.model?.seed ?? 1) + this.saved.trainSteps }, options.onProgress);
       options.onProgress?.({ phase: 'saving', done: 0, total: 1 });
       // Events stored while it trained were not in its profile: they stay pending (auto-training sees them).
-      this.saved = { trainedAt: this.now(), trainSteps: this.saved.trainSteps + stats.steps, trainedThroughId: through };
+      this.saved = { ...this.saved, trainedAt: this.now(), trainSteps: this.saved.trainSteps + stats.steps, trainedThroughId: through };
       const old = this.scorer;
       this.scorer = new Scorer(this.table);
       old.dispose();
@@ -872,16 +881,25 @@ export class Engine {
    * PrivacyBudgetError, before anything is sent, once the device's ε budget would be exceeded.
    * A call while a sync is under way gets that sync's result: it never spends ε twice (and its
    * `onProgress` hears the rest of that sync; its `signal` cancels it for every caller).
+   * `contribute: false` only receives ({@link pullRound}); a contributing call never takes a
+   * receiving sync's result for its own: it waits for it to end, then syncs.
    */
   async sync(o: SyncControl = {}): Promise<SyncResultInfo> {
     this.assertOpen();
     knownKeys(o, 'options', OPTION_KEYS.sync);
     if (o.onProgress !== undefined && typeof o.onProgress !== 'function') throw new ValidationError('options.onProgress', `must be a function, got ${typeof o.onProgress}`);
+    if (o.contribute !== undefined && typeof o.contribute !== 'boolean') throw new ValidationError('options.contribute', `must be true or false, got ${describeValue(o.contribute)}`);
+    const contribute = o.contribute ?? true;
+    if (o.signal?.aborted) throw syncCancelled('before it started');
+    // A sync that only receives cannot stand in for one that was asked to contribute: wait it out.
+    while (contribute && this.syncing && !this.syncContributes) await this.syncing.catch(() => undefined);
+    this.assertOpen();
     if (o.signal?.aborted) throw syncCancelled('before it started');
     if (!this.syncing) {
       const abort = new AbortController();
       this.syncAbort = abort;
-      this.syncing = this.syncRound(abort.signal).finally(() => {
+      this.syncContributes = contribute;
+      this.syncing = (contribute ? this.syncRound(abort.signal) : this.pullRound(abort.signal)).finally(() => {
         this.syncing = null;
         this.syncAbort = null;
         this.syncListeners.clear();
@@ -907,7 +925,8 @@ export class Engine {
     return true;
   }
 
-  private async syncRound(signal: AbortSignal): Promise<SyncResultInfo> {
+  /** The federated options, once consent and Global Privacy Control allow talking to the server. */
+  private syncAllowed(): NonNullable<EngineOptions['federated']> {
     const fed = this.opts.federated;
     // The options were checked at start (checkFederated): only their absence is left to refuse.
     if (!fed) throw new ValidationError('options.federated.serverUrl', 'must be set to the aggregation server (http:// or https:// URL) to sync');
@@ -917,6 +936,80 @@ export class Engine {
     if (this.gpcBlocksSync()) {
       throw new ConsentError('sync is off: the browser sends Global Privacy Control and the host has not overridden it (options.federated.honorGlobalPrivacyControl)');
     }
+    return fed;
+  }
+
+  /** Forwards a sync's progress to every listener; one that throws does not stop the sync. */
+  private readonly syncProgress = (p: SyncProgress): void => {
+    for (const l of this.syncListeners) {
+      try {
+        l(p);
+      } catch {
+        // A page's progress callback that throws does not stop the sync.
+      }
+    }
+  };
+
+  /**
+   * Takes the global model (plus this shopper's local step) as the device's table, row by row by
+   * item id: the server's catalog order need not match the page's, and items it lacks keep their
+   * local rows. Saves it.
+   */
+  private async adoptGlobal(r: { global: ItemTable; globalHash: string; local: ItemTable }, through: number): Promise<void> {
+    if (r.global.dim !== this.table.dim) {
+      throw new ModelError(`the server's model has dim ${r.global.dim}, this device uses ${this.table.dim}: set options.model.dim to match`);
+    }
+    const rows = new Map(r.local.itemIds.map((id, i) => [id, i]));
+    const d = this.table.dim;
+    this.table.itemIds.forEach((id, i) => {
+      const g = rows.get(id);
+      if (g === undefined) return;
+      this.table.factors.set(r.local.factors.subarray(g * d, g * d + d), i * d);
+      this.table.bias[i] = r.local.bias[g]!;
+    });
+    this.table.version = r.global.version;
+    this.heldGlobal = { table: r.global, hash: r.globalHash };
+    this.saved = { ...this.saved, trainedAt: this.now(), trainedThroughId: Math.max(this.saved.trainedThroughId, through), globalHash: r.globalHash };
+    const old = this.scorer;
+    this.scorer = new Scorer(this.table);
+    old.dispose();
+    await this.persist();
+  }
+
+  /**
+   * `sync({ contribute: false })`: the newest global model and the local step a sync takes on it,
+   * nothing uploaded, no ε spent (so it works past the budget). When the version the weights build
+   * on is still the newest, the server answers 304 and nothing is downloaded or changed.
+   */
+  private async pullRound(signal: AbortSignal): Promise<SyncResultInfo> {
+    const fed = this.syncAllowed();
+    const budget = fed.budget ?? 8;
+    await this.training?.catch(() => undefined);
+    await this.freshModel();
+    const { profile, events } = await this.profile();
+    const egress: EgressEntry[] = [];
+    try {
+      const r = await pullOnce({
+        serverUrl: fed.serverUrl,
+        fetch: this.opts.fetch,
+        history: [{ itemIds: profile.map((p) => this.table.itemIds[p.row]!), weights: profile.map((p) => p.weight) }],
+        train: { ...this.opts.training, seed: (this.opts.model?.seed ?? 1) + this.saved.trainSteps },
+        onEgress: (e) => egress.push(e),
+        onProgress: this.syncProgress,
+        signal,
+        now: this.now,
+        ...(this.saved.globalHash ? { knownHash: this.saved.globalHash } : {}),
+      });
+      if (r.changed) await this.adoptGlobal(r, newestId(events));
+      const accountant = new RdpAccountant(await this.store.getMeta<AccountantState>(PRIVACY_KEY));
+      return { version: this.table.version, sent: false, uploadedBytes: 0, epsilon: accountant.epsilon(fed.delta), budget, published: null, modelChanged: r.changed };
+    } finally {
+      if (egress.length) await this.appendEgress(egress);
+    }
+  }
+
+  private async syncRound(signal: AbortSignal): Promise<SyncResultInfo> {
+    const fed = this.syncAllowed();
     const budget = fed.budget ?? 8;
     await this.training?.catch(() => undefined);
     await this.freshModel();
@@ -942,10 +1035,12 @@ export class Engine {
       const entries = egress.splice(0);
       if (entries.length) await this.appendEgress(entries);
     };
+    const before = this.saved.globalHash;
     try {
       const r = await syncOnce({
         serverUrl: fed.serverUrl,
         fetch: this.opts.fetch,
+        ...(this.heldGlobal ? { held: this.heldGlobal } : {}),
         accountant,
         recordRelease,
         budget,
@@ -954,40 +1049,15 @@ export class Engine {
         train: { ...this.opts.training, seed: (this.opts.model?.seed ?? 1) + this.saved.trainSteps },
         onEgress: (e) => egress.push(e),
         onCheckpoint: checkpoint,
-        onProgress: (p) => {
-          for (const l of this.syncListeners) {
-            try {
-              l(p);
-            } catch {
-              // A page's progress callback that throws does not stop the sync.
-            }
-          }
-        },
+        onProgress: this.syncProgress,
         signal,
         now: this.now,
         ...(fed.cohortWaitMs !== undefined ? { cohortWaitMs: fed.cohortWaitMs } : {}),
       });
-      if (r.global.dim !== this.table.dim) {
-        throw new ModelError(`the server's model has dim ${r.global.dim}, this device uses ${this.table.dim}: set options.model.dim to match`);
-      }
-      // Adopt the global model (plus this shopper's training) row by row, by item id: the server's
-      // catalog order need not match the page's, and items it lacks keep their local rows.
-      const rows = new Map(r.local.itemIds.map((id, i) => [id, i]));
-      const d = this.table.dim;
-      this.table.itemIds.forEach((id, i) => {
-        const g = rows.get(id);
-        if (g === undefined) return;
-        this.table.factors.set(r.local.factors.subarray(g * d, g * d + d), i * d);
-        this.table.bias[i] = r.local.bias[g]!;
-      });
-      this.table.version = r.global.version;
-      this.saved = { ...this.saved, trainedAt: this.now(), trainedThroughId: Math.max(this.saved.trainedThroughId, through) };
-      const old = this.scorer;
-      this.scorer = new Scorer(this.table);
-      old.dispose();
-      await this.persist();
+      await this.adoptGlobal(r, through);
       return {
         version: r.global.version,
+        modelChanged: r.globalHash !== before,
         sent: r.sent,
         uploadedBytes: r.uploadedBytes,
         epsilon: r.epsilon,
@@ -997,6 +1067,9 @@ export class Engine {
         ...(r.cohort ? { cohortSize: r.cohort.size } : {}),
         ...(r.cohort?.outcome ? { cohortOutcome: r.cohort.outcome, recoveryShareSent: r.cohort.recoveryShareSent ?? false } : {}),
       };
+    } catch (e) {
+      if (e instanceof PrivacyBudgetError) throw new PrivacyBudgetError(`${e.message}. sync({ contribute: false }) still fetches the newest global model, sending nothing`);
+      throw e;
     } finally {
       // Whatever happened, what was sent (or tried) is logged (the ε spent was stored before the upload).
       await checkpoint();

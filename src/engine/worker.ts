@@ -99,11 +99,11 @@ export const workerApi = {
     return result;
   },
   stats: () => ready().stats(),
-  async sync(onProgress?: (p: SyncProgress) => unknown) {
+  async sync(onProgress?: (p: SyncProgress) => unknown, contribute?: boolean) {
     // As train(): every progress report has reached the page when sync() resolves.
     let last: unknown;
     try {
-      return await ready().sync(onProgress ? { onProgress: (p) => void (last = onProgress(p)) } : {});
+      return await ready().sync({ ...(onProgress ? { onProgress: (p: SyncProgress) => void (last = onProgress(p)) } : {}), ...(contribute !== undefined ? { contribute } : {}) });
     } finally {
       await Promise.resolve(last).catch(() => undefined);
     }

@@ -152,12 +152,15 @@ function sleep(ms: number, signal?: AbortSignal): Promise<void> {
 }
 
 /** Throws an {@link AbortError} when the caller cancelled; `when` says where the sync stopped. */
-function checkAborted(o: SyncOptions, when: string): void {
+function checkAborted(o: Pick<SyncOptions, 'signal'>, when: string): void {
   if (o.signal?.aborted) throw syncCancelled(when);
 }
 
+/** What {@link request} needs of the caller's options. */
+type RequestOptions = Pick<SyncOptions, 'serverUrl' | 'fetch' | 'attempts' | 'backoffMs' | 'onEgress' | 'signal' | 'now'>;
+
 async function request(
-  o: SyncOptions,
+  o: RequestOptions,
   kind: EgressEntry['kind'],
   method: 'GET' | 'POST',
   endpoint: string,
@@ -219,20 +222,91 @@ export function parseServerConfig(c: Partial<ServerConfig>): ServerConfig {
 }
 
 /** `GET /v1/config`. */
-export async function fetchServerConfig(o: SyncOptions): Promise<ServerConfig> {
+export async function fetchServerConfig(o: RequestOptions): Promise<ServerConfig> {
   const res = await request(o, 'config', 'GET', '/v1/config');
   return parseServerConfig((await res.json()) as Partial<ServerConfig>);
 }
 
 /** `GET /v1/model`, or the held model when the server answers 304 (same hash). */
-export async function pullModel(o: SyncOptions): Promise<{ table: ItemTable; hash: string }> {
-  const headers: Record<string, string> | undefined = o.held ? { 'If-None-Match': `"${o.held.hash}"` } : undefined;
+export async function pullModel(o: RequestOptions & Pick<SyncOptions, 'held'>): Promise<{ table: ItemTable; hash: string }> {
+  const r = await fetchModel(o, o.held?.hash);
+  if (r) return r;
+  if (!o.held) throw new NetworkError('GET /v1/model answered 304 to a device that sent no If-None-Match', 304);
+  return o.held;
+}
+
+/**
+ * `GET /v1/model` with `If-None-Match` when the device knows the hash of the version it holds:
+ * null when the server answers 304 (that version is still current), else the model and its hash.
+ */
+async function fetchModel(o: RequestOptions, knownHash: string | undefined): Promise<{ table: ItemTable; hash: string } | null> {
+  const headers: Record<string, string> | undefined = knownHash ? { 'If-None-Match': `"${knownHash}"` } : undefined;
   const res = await request(o, 'model', 'GET', '/v1/model', undefined, headers);
-  if (res.status === 304 && o.held) return o.held;
+  if (res.status === 304) return null;
   const bytes = new Uint8Array(await res.arrayBuffer());
   const { table } = decodeModel(bytes);
   const hash = res.headers.get('X-Localrec-Model-Hash') ?? toHex(await sha256(bytes));
   return { table, hash };
+}
+
+/** The histories' items that are in `global`, as its rows; histories with fewer than two known items drop out. */
+function historySequences(global: ItemTable, history: SyncOptions['history']): Sequence[] {
+  const rows = new Map(global.itemIds.map((id, i) => [id, i]));
+  const seqs: Sequence[] = [];
+  for (const h of history) {
+    const r: number[] = [];
+    const w: number[] = [];
+    h.itemIds.forEach((id, i) => {
+      const row = rows.get(id);
+      if (row !== undefined) {
+        r.push(row);
+        w.push(h.weights[i] ?? 1);
+      }
+    });
+    if (r.length >= 2) seqs.push({ rows: r, weights: w });
+  }
+  return seqs;
+}
+
+/** Options of {@link pullOnce}: a sync's, less everything about the upload and the budget. */
+export type PullOptions = RequestOptions &
+  Pick<SyncOptions, 'history' | 'train' | 'onProgress'> & {
+    /** Hash of the global version the device already adopted: the server then answers 304 while it is current. */
+    knownHash?: string;
+  };
+
+/** What {@link pullOnce} did: `changed: false` when the version the device holds is still the newest. */
+export type PullResult = { changed: false } | ({ changed: true } & Pick<SyncResult, 'global' | 'globalHash' | 'local'>);
+
+/**
+ * A sync that only receives: the newest global model, with the same local step a sync takes on it
+ * (local training unless the server runs the subspace aggregator), and nothing sent but the two
+ * GETs. It spends no ε, so it also works once the device's budget is spent; the device keeps
+ * benefiting from everyone else's updates without adding its own. A 304 (the `knownHash` version
+ * is still current) ends it after the model request, with nothing downloaded.
+ *
+ * @example
+ * ```ts
+ * const r = await pullOnce({ serverUrl, history, knownHash: lastHash });
+ * if (r.changed) adopt(r.local, r.globalHash);
+ * ```
+ */
+export async function pullOnce(o: PullOptions): Promise<PullResult> {
+  checkAborted(o, 'before it started');
+  o.onProgress?.({ phase: 'config' });
+  const config = await fetchServerConfig(o);
+  o.onProgress?.({ phase: 'model' });
+  const pulled = await fetchModel(o, o.knownHash);
+  if (!pulled) return { changed: false };
+  checkAborted(o, 'after the model was fetched');
+  const local = cloneItemTable(pulled.table);
+  const seqs = historySequences(pulled.table, o.history);
+  if (seqs.length > 0 && config.aggregator !== 'subspace') {
+    o.onProgress?.({ phase: 'training' });
+    await trainItemTable(local, seqs, { epochs: 2, ...o.train });
+    checkAborted(o, 'after local training');
+  }
+  return { changed: true, global: pulled.table, globalHash: pulled.hash, local };
 }
 
 /**
@@ -258,20 +332,7 @@ export async function syncOnce(o: SyncOptions): Promise<SyncResult> {
   const { table: global, hash } = await pullModel(o);
   checkAborted(o, 'after the model was fetched');
   o.onProgress?.({ phase: 'training' });
-  const rows = new Map(global.itemIds.map((id, i) => [id, i]));
-  const seqs: Sequence[] = [];
-  for (const h of o.history) {
-    const r: number[] = [];
-    const w: number[] = [];
-    h.itemIds.forEach((id, i) => {
-      const row = rows.get(id);
-      if (row !== undefined) {
-        r.push(row);
-        w.push(h.weights[i] ?? 1);
-      }
-    });
-    if (r.length >= 2) seqs.push({ rows: r, weights: w });
-  }
+  const seqs = historySequences(global, o.history);
   const local = cloneItemTable(global);
   if (seqs.length === 0) {
     return { global, globalHash: hash, local, sent: false, uploadedBytes: 0, epsilon: o.accountant.epsilon(delta) };

@@ -97,12 +97,14 @@ describe('privacy in Chromium', () => {
         rec.track({ type: 'search', query: 'very private words' });
         await rec.flush();
         const sync = await rec.sync();
+        // Only receiving: the model is unchanged, so the server answers 304 and nothing goes up.
+        const pulled = await rec.sync({ contribute: false });
         const audit = await rec.audit();
         const exported = await rec.export();
         const after = (await indexedDB.databases()).map((d: IDBDatabaseInfo) => d.name);
         await rec.erase();
         const erased = (await indexedDB.databases()).map((d: IDBDatabaseInfo) => d.name);
-        return { before, statsBefore, sync, audit, exported, after, erased };
+        return { before, statsBefore, sync, pulled, audit, exported, after, erased };
       },
       { catalog: CATALOG, history, serverUrl: server.url },
     );
@@ -112,10 +114,13 @@ describe('privacy in Chromium', () => {
     assert.ok(r.after.includes('privacy-1'));
     assert.ok(!r.erased.includes('privacy-1'), 'erase leaves no database');
     assert.equal(r.sync.sent, true);
+    assert.deepEqual([r.pulled.sent, r.pulled.modelChanged, r.pulled.uploadedBytes, r.pulled.epsilon], [false, false, 0, r.sync.epsilon]);
 
     // Every request the page made after loading the SDK, as the browser saw it.
     const api = requests.filter((q) => q.url().includes('/v1/'));
-    assert.deepEqual(api.map((q) => `${q.method()} ${new URL(q.url()).pathname}`), ['GET /v1/config', 'GET /v1/model', 'POST /v1/updates']);
+    assert.deepEqual(api.map((q) => `${q.method()} ${new URL(q.url()).pathname}`), ['GET /v1/config', 'GET /v1/model', 'POST /v1/updates', 'GET /v1/config', 'GET /v1/model']);
+    assert.equal((await api[4]!.response())?.status(), 304, 'the unchanged model was not downloaded again');
+    assert.match(api[4]!.headers()['if-none-match'] ?? '', /^"[0-9a-f]{64}"$/);
     for (const q of requests) {
       const url = q.url();
       const body = q.postDataBuffer()?.toString('latin1') ?? '';
@@ -131,7 +136,7 @@ describe('privacy in Chromium', () => {
     // The audit's figures equal what the test observed.
     assert.equal(r.audit.egress.requests, api.length);
     assert.equal(r.audit.egress.bytesSent, update.length);
-    assert.deepEqual(r.audit.egress.log.map((l: any) => l.endpoint), ['/v1/config', '/v1/model', '/v1/updates']);
+    assert.deepEqual(r.audit.egress.log.map((l: any) => l.endpoint), ['/v1/config', '/v1/model', '/v1/updates', '/v1/config', '/v1/model']);
     assert.equal(r.audit.events.total, 5);
     assert.deepEqual(r.audit.events.byType, { view: 4, search: 1 });
     assert.equal(r.audit.consent.droppedBeforeConsent, 4);

@@ -182,3 +182,109 @@ describe('sync()', () => {
     await e.close();
   });
 });
+
+describe('sync({ contribute: false }) and unchanged models', () => {
+  /** A server of its own, so the tests here decide when versions are published. */
+  async function ownServer(minClients: number): Promise<RunningServer> {
+    return startServer({ port: 0, dataDir: null, initialTable: createItemTable(ids, 16, { seed: 2 }), minClients, clip: 1, noiseMultiplier: 1, rateLimit: false, log: () => {} });
+  }
+  async function deviceOn(srv: RunningServer, history: string[], extra: { budget?: number; fetch?: FetchLike; store?: MemoryEventStore } = {}) {
+    const e = await Engine.create({
+      catalog,
+      backend: 'cpu',
+      autoTrainEvery: 0,
+      model: { dim: 16 },
+      store: extra.store ?? new MemoryEventStore(),
+      federated: { serverUrl: srv.url, ...(extra.budget ? { budget: extra.budget } : {}) },
+      fetch: extra.fetch,
+    });
+    if (history.length) {
+      e.enqueue(history.map((itemId) => ({ type: 'view', itemId })));
+      await e.flush();
+    }
+    return e;
+  }
+  const lines = async (e: Engine) => (await e.egressLog()).map((l) => `${l.method} ${l.endpoint} ${l.status}`);
+
+  it('past the budget a device still receives newer versions, sends nothing, spends nothing, and gets a 304 while it is current', async () => {
+    const srv = await ownServer(2);
+    try {
+      const cap = capturingFetch();
+      const store = new MemoryEventStore();
+      const e = await deviceOn(srv, ['sku-3', 'sku-4', 'sku-5'], { budget: 5, fetch: cap.fetch, store });
+      const first = await e.sync(); // σ = 1: ε 4.38, the budget (5) allows no second sync
+      assert.equal(first.modelChanged, true);
+      const spent = (await e.stats()).privacy.epsilon;
+      await assert.rejects(e.sync(), (err) => isPrivacyBudgetError(err) && /contribute: false/.test((err as Error).message));
+      // Another device completes the round: version 1 is published.
+      const other = await deviceOn(srv, ['sku-8', 'sku-9']);
+      assert.equal((await other.sync()).published, 1);
+      await other.close();
+      const posts = cap.sent.filter((s) => s.body).length;
+      const pulled = await e.sync({ contribute: false });
+      assert.deepEqual(
+        { version: pulled.version, modelChanged: pulled.modelChanged, sent: pulled.sent, uploadedBytes: pulled.uploadedBytes, published: pulled.published },
+        { version: 1, modelChanged: true, sent: false, uploadedBytes: 0, published: null },
+      );
+      assert.ok(Math.abs(pulled.epsilon - spent) < 1e-12, 'no ε spent');
+      assert.equal((await e.stats()).model.version, 1);
+      assert.equal((await e.stats()).privacy.syncs, 1);
+      const again = await e.sync({ contribute: false });
+      assert.equal(again.modelChanged, false);
+      assert.equal(again.version, 1);
+      assert.equal(cap.sent.filter((s) => s.body).length, posts, 'no body left the device');
+      assert.deepEqual((await lines(e)).slice(-4), ['GET /v1/config 200', 'GET /v1/model 200', 'GET /v1/config 200', 'GET /v1/model 304']);
+      await e.close();
+      // The hash is stored with the weights: after a reload the unchanged version is not downloaded again.
+      const reloaded = await deviceOn(srv, [], { budget: 5, store });
+      const r = await reloaded.sync({ contribute: false });
+      assert.equal(r.modelChanged, false);
+      assert.equal((await lines(reloaded)).at(-1), 'GET /v1/model 304');
+      assert.equal((await reloaded.stats()).model.version, 1);
+      await reloaded.close();
+    } finally {
+      await srv.close();
+    }
+  });
+
+  it('a second contributing sync in the same session does not download an unchanged model again', async () => {
+    const srv = await ownServer(50);
+    try {
+      const e = await deviceOn(srv, ['sku-11', 'sku-12', 'sku-13']);
+      const a = await e.sync();
+      const b = await e.sync();
+      assert.deepEqual([a.modelChanged, b.modelChanged, a.sent, b.sent], [true, false, true, true]);
+      assert.deepEqual(await lines(e), ['GET /v1/config 200', 'GET /v1/model 200', 'POST /v1/updates 202', 'GET /v1/config 200', 'GET /v1/model 304', 'POST /v1/updates 202']);
+      await e.close();
+    } finally {
+      await srv.close();
+    }
+  });
+
+  it('a contributing sync() called while a receiving one runs waits for it, then uploads', async () => {
+    const srv = await ownServer(50);
+    try {
+      const e = await deviceOn(srv, ['sku-14', 'sku-15', 'sku-16']);
+      const [pulled, synced] = await Promise.all([e.sync({ contribute: false }), e.sync()]);
+      assert.equal(pulled.sent, false);
+      assert.equal(synced.sent, true);
+      assert.equal((await e.stats()).privacy.syncs, 1);
+      assert.deepEqual(await lines(e), ['GET /v1/config 200', 'GET /v1/model 200', 'GET /v1/config 200', 'GET /v1/model 304', 'POST /v1/updates 202']);
+      // A receiving call while a contributing sync runs shares its result.
+      const [s2, p2] = await Promise.all([e.sync(), e.sync({ contribute: false })]);
+      assert.deepEqual(s2, p2);
+      assert.equal((await e.stats()).privacy.syncs, 2);
+      await e.close();
+    } finally {
+      await srv.close();
+    }
+  });
+
+  it('refuses a contribute that is not a boolean, by name', async () => {
+    const e = await device(['sku-1', 'sku-2']);
+    await assert.rejects(e.sync({ contribute: 'no' as unknown as boolean }), (err) => isValidationError(err) && /options\.contribute.*true or false.*"no"/.test((err as Error).message));
+    await assert.rejects(e.sync({ contribut: false } as never), (err) => isValidationError(err) && /contribut/.test((err as Error).message));
+    assert.equal((await e.egressLog()).length, 0, 'nothing was sent');
+    await e.close();
+  });
+});
