@@ -23,6 +23,8 @@ export interface AuditReport {
   neighbors: { stored: boolean; hash: string; items: number; width: number; bytes: number; source: string } | null;
   /** The shop's signed offer catalog kept on the device (public data the shop published), or null. */
   offers: { stored: true; version: number; offers: number; issuedAt: number } | null;
+  /** The global model as the server last sent it (public data, the same for every device), kept so that an unchanged one is not downloaded again; or null. */
+  globalModel: { stored: true; hash: string; bytes: number } | null;
   egress: { requests: number; bytesSent: number; log: EgressEntry[] };
   privacy: {
     federatedConfigured: boolean;

@@ -13,6 +13,7 @@ import { buildProfile, type ProfileItem } from '../model/profile.js';
 import { contributions, Scorer, userVector, type Scored } from '../model/score.js';
 import { alignNeighbors, neighborContributions, neighborsOf, reachedRows } from '../model/neighbors.js';
 import { decodeNeighborTable, neighborTableHash } from '../model/neighbors-wire.js';
+import { decodeModel, encodeModel, sha256, toHex } from '../federated/wire.js';
 import type { SparseItemModel } from '../model/sparse-item-model.js';
 import { trainItemTable, type TrainConfig } from '../model/train.js';
 import { RdpAccountant, type AccountantState } from '../federated/dp.js';
@@ -102,6 +103,14 @@ export const EGRESS_KEY = 'egress';
 export const CONSENT_KEY = 'consent';
 export const OFFERS_KEY = 'offers';
 export const NEIGHBORS_KEY = 'neighbors';
+/** The global model as the server last sent it, so that a sync after a reload gets a 304 instead of downloading it again. */
+export const GLOBAL_KEY = 'global';
+
+/** The global model as stored in the `meta` store under {@link GLOBAL_KEY}: its float32 wire encoding and that encoding's SHA-256. */
+interface SavedGlobal {
+  hash: string;
+  bytes: Uint8Array;
+}
 /** How long the worker waits for the neighbour file before ranking without it (options.neighbors.timeoutMs). */
 export const NEIGHBOR_FETCH_TIMEOUT_MS = 15_000;
 
@@ -968,12 +977,34 @@ export class Engine {
       this.table.bias[i] = r.local.bias[g]!;
     });
     this.table.version = r.global.version;
+    if (this.heldGlobal?.hash !== r.globalHash) {
+      // Public data (the same for every device), kept so that the next sync, after a reload too, only
+      // downloads the model when the server has published a new version.
+      await this.store.setMeta(GLOBAL_KEY, { hash: r.globalHash, bytes: encodeModel(r.global) } satisfies SavedGlobal);
+    }
     this.heldGlobal = { table: r.global, hash: r.globalHash };
     this.saved = { ...this.saved, trainedAt: this.now(), trainedThroughId: Math.max(this.saved.trainedThroughId, through), globalHash: r.globalHash };
     const old = this.scorer;
     this.scorer = new Scorer(this.table);
     old.dispose();
     await this.persist();
+  }
+
+  /**
+   * The global model a sync in an earlier session stored ({@link GLOBAL_KEY}), if its bytes still
+   * hash to what was stored with them and decode; otherwise undefined (the sync downloads the model).
+   */
+  private async storedGlobal(): Promise<{ table: ItemTable; hash: string } | undefined> {
+    const saved = await this.store.getMeta<SavedGlobal>(GLOBAL_KEY).catch(() => undefined);
+    if (!saved || typeof saved.hash !== 'string' || !(saved.bytes instanceof Uint8Array)) return undefined;
+    try {
+      if (toHex(await sha256(saved.bytes)) !== saved.hash) return undefined;
+      const held = { table: decodeModel(saved.bytes).table, hash: saved.hash };
+      this.heldGlobal = held;
+      return held;
+    } catch {
+      return undefined;
+    }
   }
 
   /**
@@ -1036,11 +1067,12 @@ export class Engine {
       if (entries.length) await this.appendEgress(entries);
     };
     const before = this.saved.globalHash;
+    const held = this.heldGlobal ?? (await this.storedGlobal());
     try {
       const r = await syncOnce({
         serverUrl: fed.serverUrl,
         fetch: this.opts.fetch,
-        ...(this.heldGlobal ? { held: this.heldGlobal } : {}),
+        ...(held ? { held } : {}),
         accountant,
         recordRelease,
         budget,
@@ -1133,6 +1165,7 @@ export class Engine {
     const ev = await this.store.stats();
     const model = await this.store.getMeta<SavedModel>(MODEL_KEY);
     const storedNeighbors = await this.store.getMeta<SavedNeighbors>(NEIGHBORS_KEY);
+    const storedGlobal = await this.store.getMeta<SavedGlobal>(GLOBAL_KEY);
     const storedOffers = await this.store.getMeta<OfferCatalog>(OFFERS_KEY);
     const egress = (await this.store.getMeta<EgressEntry[]>(EGRESS_KEY)) ?? [];
     const privacy = await this.privacyStats();
@@ -1163,6 +1196,7 @@ export class Engine {
         ? { stored: storedNeighbors?.hash === this.neighbors.hash, hash: this.neighbors.hash, items: this.neighbors.items, width: this.neighbors.width, bytes: this.neighbors.bytes, source: this.neighbors.source }
         : null,
       offers: storedOffers ? { stored: true, version: storedOffers.version, offers: storedOffers.offers.length, issuedAt: storedOffers.issuedAt } : null,
+      globalModel: storedGlobal ? { stored: true, hash: storedGlobal.hash, bytes: storedGlobal.bytes.byteLength } : null,
       egress: {
         requests: egress.length,
         bytesSent: egress.reduce((a, e) => a + e.bytes, 0),

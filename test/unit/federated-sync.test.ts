@@ -261,6 +261,38 @@ describe('sync({ contribute: false }) and unchanged models', () => {
     }
   });
 
+  it('after a reload a contributing sync reuses the stored global model on a 304; a damaged copy is downloaded again', async () => {
+    const srv = await ownServer(50);
+    try {
+      const store = new MemoryEventStore();
+      const e = await deviceOn(srv, ['sku-17', 'sku-18', 'sku-19'], { store });
+      await e.sync();
+      const audit = await e.audit();
+      assert.equal(audit.globalModel?.stored, true);
+      assert.match(audit.globalModel!.hash, /^[0-9a-f]{64}$/);
+      assert.ok(audit.globalModel!.bytes > 200 * 16 * 4, 'the whole table is kept');
+      await e.close();
+      const again = await deviceOn(srv, [], { store });
+      const r = await again.sync();
+      assert.deepEqual([r.sent, r.modelChanged], [true, false]);
+      assert.deepEqual((await lines(again)).slice(-3), ['GET /v1/config 200', 'GET /v1/model 304', 'POST /v1/updates 202']);
+      await again.close();
+      // A stored copy whose bytes no longer match its hash is not used: the model is downloaded.
+      // (Another device's store: this one has spent its budget, two syncs at σ = 1.)
+      const kept = (await store.getMeta<{ hash: string; bytes: Uint8Array }>('global'))!;
+      const bytes = kept.bytes.slice();
+      bytes[bytes.length - 1] ^= 1;
+      const damaged = new MemoryEventStore();
+      await damaged.setMeta('global', { hash: kept.hash, bytes });
+      const third = await deviceOn(srv, ['sku-17', 'sku-18'], { store: damaged });
+      await third.sync();
+      assert.deepEqual((await lines(third)).slice(-3), ['GET /v1/config 200', 'GET /v1/model 200', 'POST /v1/updates 202']);
+      await third.close();
+    } finally {
+      await srv.close();
+    }
+  });
+
   it('a contributing sync() called while a receiving one runs waits for it, then uploads', async () => {
     const srv = await ownServer(50);
     try {
