@@ -51,7 +51,7 @@ export const OPTION_KEYS = {
   recommender: ['catalog', 'backend', 'dbName', 'retention', 'model', 'autoTrainEvery', 'consent', 'offers', 'federated', 'neighbors', 'workerUrl'],
   retention: ['maxEvents', 'maxAgeDays'],
   model: ['dim', 'halfLifeDays', 'sessionDecay', 'stepDecay', 'seed'],
-  federated: ['serverUrl', 'budget', 'delta', 'honorGlobalPrivacyControl', 'cohortWaitMs'],
+  federated: ['serverUrl', 'budget', 'delta', 'honorGlobalPrivacyControl', 'cohortWaitMs', 'autoSyncHours'],
   neighbors: ['url', 'timeoutMs'],
   offers: ['publicKey'],
   consent: ['personalization', 'federated'],

@@ -170,6 +170,8 @@ export interface Stats {
     /** Further syncs that fit the budget at the σ of the last one; null before the first sync. */
     syncsLeft: number | null;
     federated: boolean;
+    /** With `options.federated.autoSyncHours`: the period, and when a sync (automatic or not) last succeeded and an automatic one was last started, in any tab. */
+    autoSync: { everyHours: number; lastSuccessAt: number | null; lastAttemptAt: number | null } | null;
   };
   /** Events removed this session: by the retention policy, and to make room when storage was full. */
   evicted: { retention: number; quota: number };
@@ -269,6 +271,15 @@ export interface FederatedOptions {
    * timeout (10 minutes unless configured).
    */
   cohortWaitMs?: number;
+  /**
+   * Sync by itself, at most once every this many hours across the shop's tabs and reloads, while a
+   * page is open and consent (and Global Privacy Control) allow it: a contributing `sync()` while the
+   * budget allows one more, then `sync({ contribute: false })`, which spends nothing. The first
+   * look comes 10 s after start-up (or after consent is given); a failure (offline, server down) is
+   * retried 15 minutes later at the soonest and shows in `stats().lastError`. Default 0: off, the
+   * page calls `sync()`.
+   */
+  autoSyncHours?: number;
 }
 
 export interface RetentionOptions {

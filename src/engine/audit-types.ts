@@ -37,6 +37,8 @@ export interface AuditReport {
     syncs: number;
     /** Further syncs that fit the budget at the σ of the last one; null before the first sync. */
     syncsLeft: number | null;
+    /** `options.federated.autoSyncHours`: the SDK syncs by itself at most once per this many hours; null when it only syncs when the page calls `sync()`. */
+    autoSyncHours: number | null;
     globalPrivacyControl: boolean;
     globalPrivacyControlHonored: boolean;
   };

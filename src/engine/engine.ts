@@ -106,6 +106,19 @@ export const NEIGHBORS_KEY = 'neighbors';
 /** The global model as the server last sent it, so that a sync after a reload gets a 304 instead of downloading it again. */
 export const GLOBAL_KEY = 'global';
 
+/** When the automatic syncs last ran ({@link FederatedOptions.autoSyncHours}), shared by the shop's tabs. */
+export const AUTO_SYNC_KEY = 'autoSync';
+interface AutoSyncState {
+  /** When a tab last started one (claimed in one transaction, so two tabs never both start one). */
+  lastAttemptAt: number;
+  /** When one last succeeded. */
+  lastSuccessAt?: number;
+}
+/** The first automatic sync of a session waits this long: not while the shop's page is still loading. */
+export const AUTO_SYNC_FIRST_DELAY_MS = 10_000;
+/** After a failed automatic sync (offline, server down), the next try comes this much later at the soonest. */
+export const AUTO_SYNC_RETRY_MS = 15 * 60_000;
+
 /** The global model as stored in the `meta` store under {@link GLOBAL_KEY}: its float32 wire encoding and that encoding's SHA-256. */
 interface SavedGlobal {
   hash: string;
@@ -188,6 +201,9 @@ function checkFederated(fed: unknown): void {
   }
   if (f.honorGlobalPrivacyControl !== undefined && typeof f.honorGlobalPrivacyControl !== 'boolean') {
     throw new ValidationError('options.federated.honorGlobalPrivacyControl', `must be true or false, got ${describeValue(f.honorGlobalPrivacyControl)}`);
+  }
+  if (f.autoSyncHours !== undefined && !(typeof f.autoSyncHours === 'number' && Number.isFinite(f.autoSyncHours) && f.autoSyncHours >= 0)) {
+    throw new ValidationError('options.federated.autoSyncHours', `must be a number of hours ≥ 0 (0: off), got ${describeValue(f.autoSyncHours)}`);
   }
 }
 
@@ -311,6 +327,7 @@ export class Engine {
       await engine.loadStoredNeighbors();
       engine.startNeighborFetch();
     }
+    engine.scheduleAutoSync(AUTO_SYNC_FIRST_DELAY_MS);
     return engine;
   }
 
@@ -439,6 +456,7 @@ export class Engine {
    */
   private async applyConsent(next: { personalization: boolean; federated: boolean }, source: ConsentRecord['source']): Promise<void> {
     const was = this.consent.personalization;
+    if (next.personalization && next.federated && !(this.consent.personalization && this.consent.federated)) this.scheduleAutoSync(AUTO_SYNC_FIRST_DELAY_MS);
     this.consent = next;
     this.consentHistory.push({ t: this.now(), ...next, source });
     this.eventCache = undefined;
@@ -908,7 +926,10 @@ export class Engine {
       const abort = new AbortController();
       this.syncAbort = abort;
       this.syncContributes = contribute;
-      this.syncing = (contribute ? this.syncRound(abort.signal) : this.pullRound(abort.signal)).finally(() => {
+      this.syncing = (contribute ? this.syncRound(abort.signal) : this.pullRound(abort.signal)).then(async (r) => {
+        await this.noteSynced();
+        return r;
+      }).finally(() => {
         this.syncing = null;
         this.syncAbort = null;
         this.syncListeners.clear();
@@ -1108,6 +1129,80 @@ export class Engine {
     }
   }
 
+  private autoSyncTimer: ReturnType<typeof setTimeout> | undefined;
+
+  /** The automatic sync's period in ms (`options.federated.autoSyncHours`), 0 when off. */
+  private get autoSyncMs(): number {
+    return (this.opts.federated?.autoSyncHours ?? 0) * 3_600_000;
+  }
+
+  /** (Re)arms the automatic sync's timer to look again in `delayMs`. Nothing when it is off or the engine has ended. */
+  private scheduleAutoSync(delayMs: number): void {
+    clearTimeout(this.autoSyncTimer);
+    this.autoSyncTimer = undefined;
+    if (this.autoSyncMs <= 0 || this.closed || this.closing) return;
+    const timer = setTimeout(() => {
+      this.autoSyncTimer = undefined;
+      this.autoSync().catch((e) => (this.lastError = e as Error));
+    }, Math.max(0, delayMs));
+    // Node (tests, simulation): the timer must not keep the process alive.
+    (timer as { unref?: () => void }).unref?.();
+    this.autoSyncTimer = timer;
+  }
+
+  /**
+   * One look at the automatic sync (`options.federated.autoSyncHours`): when consent allows it,
+   * no sync is under way, and none succeeded in the period (nor was tried in the last
+   * {@link AUTO_SYNC_RETRY_MS}) in any tab, it claims the slot and syncs: a contributing sync while
+   * the budget allows one more, a receiving one (`contribute: false`) once it does not. Failures
+   * land in `stats().lastError`. Re-arms the timer; resolves with what it ran, or null.
+   */
+  private async autoSync(): Promise<SyncResultInfo | null> {
+    const period = this.autoSyncMs;
+    if (period <= 0 || this.closed || this.closing) return null;
+    const retry = Math.min(period, AUTO_SYNC_RETRY_MS);
+    if (!this.consent.personalization || !this.consent.federated || this.gpcBlocksSync() || this.syncing) {
+      this.scheduleAutoSync(retry);
+      return null;
+    }
+    const now = this.now();
+    const notDue = new Error('not due');
+    let state: AutoSyncState | undefined;
+    try {
+      await this.store.updateMeta<AutoSyncState>(AUTO_SYNC_KEY, (s) => {
+        state = s;
+        if (s && (now - (s.lastSuccessAt ?? -Infinity) < period || now - s.lastAttemptAt < retry)) throw notDue;
+        return { ...s, lastAttemptAt: now };
+      });
+    } catch (e) {
+      if (e !== notDue) throw e;
+      // Look again when the period (or the retry delay after a failure) has run out.
+      const next = Math.max((state?.lastSuccessAt ?? -Infinity) + period, state!.lastAttemptAt + retry);
+      this.scheduleAutoSync(Math.min(period, Math.max(1_000, next - now)));
+      return null;
+    }
+    try {
+      const { syncsLeft } = await this.privacyStats();
+      // sync() records the success (noteSynced).
+      const r = await this.sync({ contribute: syncsLeft !== 0 });
+      this.scheduleAutoSync(period);
+      return r;
+    } catch (e) {
+      this.lastError = e as Error;
+      this.scheduleAutoSync(retry);
+      return null;
+    }
+  }
+
+  /** With automatic syncs on, a sync that succeeded (the page's own too) starts the period anew. */
+  private async noteSynced(): Promise<void> {
+    if (this.autoSyncMs <= 0) return;
+    const t = this.now();
+    await this.store.updateMeta<AutoSyncState>(AUTO_SYNC_KEY, (s) => ({ lastAttemptAt: s?.lastAttemptAt ?? t, lastSuccessAt: t })).catch((e) => {
+      this.lastError = e as Error;
+    });
+  }
+
   private gpcBlocksSync(): boolean {
     return this.opts.globalPrivacyControl === true && this.opts.honorGlobalPrivacyControl !== false;
   }
@@ -1151,7 +1246,17 @@ export class Engine {
     const federated = fed !== undefined && this.consent.federated && this.consent.personalization && !this.gpcBlocksSync();
     const budget = fed?.budget ?? 8;
     const delta = fed?.delta ?? 1e-5;
-    return { epsilon: acc.epsilon(delta), delta, budget, syncs: acc.releases, syncsLeft: acc.syncsLeft(budget, delta), federated };
+    const hours = fed?.autoSyncHours ?? 0;
+    const auto = hours > 0 ? await this.store.getMeta<AutoSyncState>(AUTO_SYNC_KEY) : undefined;
+    return {
+      epsilon: acc.epsilon(delta),
+      delta,
+      budget,
+      syncs: acc.releases,
+      syncsLeft: acc.syncsLeft(budget, delta),
+      federated,
+      autoSync: hours > 0 ? { everyHours: hours, lastSuccessAt: auto?.lastSuccessAt ?? null, lastAttemptAt: auto?.lastAttemptAt ?? null } : null,
+    };
   }
 
   /**
@@ -1211,6 +1316,7 @@ export class Engine {
         delta: privacy.delta,
         syncs: privacy.syncs,
         syncsLeft: privacy.syncsLeft,
+        autoSyncHours: privacy.autoSync?.everyHours ?? null,
         globalPrivacyControl: gpc,
         globalPrivacyControlHonored: gpc && this.opts.honorGlobalPrivacyControl !== false,
       },
@@ -1306,6 +1412,8 @@ export class Engine {
   /** Writes what is queued, waits for training to finish, and releases the store and tensors. */
   async close(): Promise<void> {
     if (this.closed) return;
+    clearTimeout(this.autoSyncTimer);
+    this.autoSyncTimer = undefined;
     // A sync still waiting (for its cohort, or for the cohort's end) stops now; one past its upload
     // keeps its ε, written before the store closes.
     this.cancelSync();
@@ -1325,6 +1433,8 @@ export class Engine {
 
   /** Deletes every event and the saved weights, and the database itself. */
   async erase(): Promise<void> {
+    clearTimeout(this.autoSyncTimer);
+    this.autoSyncTimer = undefined;
     this.queue = [];
     this.eventCache = undefined;
     // No sync may send anything, or write anything, once erasing has begun.

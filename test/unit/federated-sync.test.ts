@@ -320,3 +320,110 @@ describe('sync({ contribute: false }) and unchanged models', () => {
     await e.close();
   });
 });
+
+describe('automatic syncs (options.federated.autoSyncHours)', () => {
+  const HOUR = 3_600_000;
+  type Auto = { autoSync(): Promise<import('../../src/types.js').SyncResultInfo | null>; autoSyncTimer: unknown };
+  async function autoDevice(srv: { url: string }, o: { store?: MemoryEventStore; budget?: number; clock: { t: number }; fetch?: FetchLike; history?: string[] }) {
+    const e = await Engine.create({
+      catalog,
+      backend: 'cpu',
+      autoTrainEvery: 0,
+      model: { dim: 16 },
+      store: o.store ?? new MemoryEventStore(),
+      federated: { serverUrl: srv.url, autoSyncHours: 24, ...(o.budget ? { budget: o.budget } : {}) },
+      now: () => o.clock.t,
+      fetch: o.fetch,
+    });
+    e.enqueue((o.history ?? ['sku-51', 'sku-52', 'sku-53']).map((itemId) => ({ type: 'view', itemId })));
+    await e.flush();
+    return { e, auto: e as unknown as Auto };
+  }
+  const lines = async (e: Engine) => (await e.egressLog()).map((l) => `${l.method} ${l.endpoint} ${l.status}`);
+
+  it('contributes while the budget allows, at most once per period, then only receives', async () => {
+    const srv = await startServer({ port: 0, dataDir: null, initialTable: createItemTable(ids, 16, { seed: 3 }), minClients: 50, clip: 1, noiseMultiplier: 1, rateLimit: false, log: () => {} });
+    const clock = { t: 1_800_000_000_000 };
+    const { e, auto } = await autoDevice(srv, { clock, budget: 5 });
+    try {
+      assert.ok(auto.autoSyncTimer !== undefined, 'the first look is scheduled at start-up');
+      const first = await auto.autoSync();
+      assert.equal(first?.sent, true, 'a contributing sync while the budget allows one');
+      assert.deepEqual((await e.stats()).privacy.autoSync, { everyHours: 24, lastSuccessAt: clock.t, lastAttemptAt: clock.t });
+      clock.t += 23 * HOUR;
+      assert.equal(await auto.autoSync(), null, 'not again within the period');
+      assert.equal((await e.egressLog()).length, 3);
+      clock.t += 2 * HOUR;
+      const third = await auto.autoSync();
+      // σ = 1 at budget 5: one sync (ε 4.38) and no more, so the next automatic one only receives.
+      assert.deepEqual([third?.sent, third?.modelChanged], [false, false]);
+      assert.deepEqual((await lines(e)).slice(3), ['GET /v1/config 200', 'GET /v1/model 304']);
+      assert.equal((await e.stats()).privacy.syncs, 1);
+      assert.equal((await e.stats()).lastError, undefined);
+      assert.equal((await e.audit()).privacy.autoSyncHours, 24);
+      await e.close();
+      assert.equal(auto.autoSyncTimer, undefined, 'close() disarms it');
+    } finally {
+      await e.close();
+      await srv.close();
+    }
+  });
+
+  it('two tabs on one database: only one of them syncs in a period; the page’s own sync counts too', async () => {
+    const srv = await startServer({ port: 0, dataDir: null, initialTable: createItemTable(ids, 16, { seed: 3 }), minClients: 50, clip: 1, noiseMultiplier: 1, rateLimit: false, log: () => {} });
+    const clock = { t: 1_800_000_000_000 };
+    const store = new MemoryEventStore();
+    const a = await autoDevice(srv, { clock, store });
+    const b = await autoDevice(srv, { clock, store });
+    try {
+      const both = await Promise.all([a.auto.autoSync(), b.auto.autoSync()]);
+      assert.equal(both.filter((r) => r !== null).length, 1, 'one tab claimed the slot');
+      clock.t += 25 * HOUR;
+      await a.e.sync(); // the page syncs by itself: the automatic one waits a period from here
+      assert.equal(await b.auto.autoSync(), null);
+      assert.equal((await a.e.stats()).privacy.syncs, 2);
+    } finally {
+      await a.e.close();
+      await b.e.close();
+      await srv.close();
+    }
+  });
+
+  it('a failed automatic sync is kept in stats().lastError and retried 15 minutes later at the soonest; no consent, no sync', async () => {
+    const clock = { t: 1_800_000_000_000 };
+    let calls = 0;
+    const offline: FetchLike = async () => {
+      calls++;
+      throw new TypeError('Failed to fetch');
+    };
+    const { e, auto } = await autoDevice({ url: 'http://127.0.0.1:9' }, { clock, fetch: offline });
+    try {
+      assert.equal(await auto.autoSync(), null);
+      assert.match((await e.stats()).lastError ?? '', /^NetworkError: GET \/v1\/config failed/);
+      const tried = calls;
+      assert.ok(tried >= 1);
+      clock.t += 10 * 60_000;
+      assert.equal(await auto.autoSync(), null);
+      assert.equal(calls, tried, 'not retried within 15 minutes');
+      clock.t += 6 * 60_000;
+      await auto.autoSync();
+      assert.ok(calls > tried, 'retried after 15 minutes');
+      await e.setConsent({ federated: false });
+      clock.t += 30 * 60_000;
+      const before = calls;
+      assert.equal(await auto.autoSync(), null);
+      assert.equal(calls, before, 'without consent to federated learning it sends nothing');
+    } finally {
+      await e.close();
+    }
+  });
+
+  it('refuses an autoSyncHours that is not a number of hours ≥ 0, by name', async () => {
+    for (const bad of [-1, Number.NaN, '24', Infinity]) {
+      await assert.rejects(
+        Engine.create({ catalog, backend: 'cpu', store: new MemoryEventStore(), federated: { serverUrl: 'http://127.0.0.1:9', autoSyncHours: bad as number } }),
+        (err) => isValidationError(err) && /options\.federated\.autoSyncHours/.test((err as Error).message),
+      );
+    }
+  });
+});
