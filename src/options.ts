@@ -48,7 +48,7 @@ export function intOption(v: unknown, name: string, min: number, max: number, df
 
 /** The keys of each public options object, shared by the page and the worker. */
 export const OPTION_KEYS = {
-  recommender: ['catalog', 'backend', 'dbName', 'retention', 'model', 'autoTrainEvery', 'consent', 'offers', 'federated', 'neighbors', 'workerUrl'],
+  recommender: ['catalog', 'backend', 'dbName', 'retention', 'model', 'autoTrainEvery', 'consent', 'offers', 'federated', 'neighbors', 'workerUrl', 'workerTimeoutMs'],
   retention: ['maxEvents', 'maxAgeDays'],
   model: ['dim', 'halfLifeDays', 'sessionDecay', 'stepDecay', 'seed'],
   federated: ['serverUrl', 'budget', 'delta', 'honorGlobalPrivacyControl', 'cohortWaitMs', 'autoSyncHours'],

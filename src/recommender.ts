@@ -2,6 +2,9 @@ import * as Comlink from 'comlink';
 import { ClosedError, reviveError, syncCancelled, ValidationError } from './errors.js';
 import { validateEvent } from './events/schema.js';
 import { describeValue, knownKeys, OPTION_KEYS } from './options.js';
+
+/** Default of `options.workerTimeoutMs`: how long a ping to the worker may go unanswered while calls wait. */
+export const DEFAULT_WORKER_TIMEOUT_MS = 60_000;
 import type { WorkerApi } from './engine/worker.js';
 import type { AuditReport, ExportFile } from './engine/audit-types.js';
 import type { OffersOptions, ShownOffer, SignedOfferCatalog } from './offers/types.js';
@@ -115,6 +118,10 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
     throw new ValidationError('options.consent', `must be 'required' or 'granted'; got ${JSON.stringify(options.consent)}`);
   }
   const required = options.consent === 'required';
+  const workerTimeoutMs = options.workerTimeoutMs ?? DEFAULT_WORKER_TIMEOUT_MS;
+  if (typeof workerTimeoutMs !== 'number' || !Number.isFinite(workerTimeoutMs) || workerTimeoutMs < 0) {
+    throw new ValidationError('options.workerTimeoutMs', `must be a number of milliseconds ≥ 0 (0: no check), got ${describeValue(options.workerTimeoutMs)}`);
+  }
   let neighbors: { url: string; timeoutMs?: number } | undefined;
   if (options.neighbors !== undefined) {
     const u = options.neighbors?.url;
@@ -134,7 +141,7 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
   const api = Comlink.wrap<WorkerApi>(worker);
   const channel = new MessageChannel();
   let closed = false;
-  const { workerUrl: _ignored, consent: _consent, ...rest } = options;
+  const { workerUrl: _ignored, consent: _consent, workerTimeoutMs: _timeout, ...rest } = options;
   const gpc = (globalThis.navigator as { globalPrivacyControl?: boolean } | undefined)?.globalPrivacyControl === true;
   let consented = !required;
   let dropped = 0;
@@ -148,8 +155,59 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
     );
   });
   failedToStart.catch(() => undefined);
-  try {
-    await Promise.race([failedToStart, revive(
+  /** Worker calls not yet answered: close() and erase() let them finish before the worker stops. */
+  const inflight = new Set<Promise<unknown>>();
+  // The liveness check (options.workerTimeoutMs): a worker that ran out of memory or crashed ends
+  // without an event, and comlink's calls to it would wait for ever. While calls are waiting, the
+  // page pings the worker over the track port every few seconds; once a ping has gone unanswered
+  // for workerTimeoutMs, the worker is taken for dead and every waiting call rejects.
+  let deadError: ClosedError | undefined;
+  /** Stops the worker once it is taken for dead; `stop` once the recommender is built. */
+  let halt = () => {
+    closed = true;
+    worker.terminate();
+  };
+  let declareDead!: (e: ClosedError) => void;
+  const dead = new Promise<never>((_resolve, reject) => (declareDead = reject));
+  dead.catch(() => undefined);
+  const every = Math.min(5_000, Math.max(250, workerTimeoutMs / 4));
+  let watchdog: ReturnType<typeof setTimeout> | undefined;
+  let ping = 0;
+  /** When the oldest ping not yet answered was sent, and when the last check ran. */
+  let unansweredSince: number | undefined;
+  let lastCheck = 0;
+  channel.port1.onmessage = (ev: MessageEvent) => {
+    if (typeof (ev.data as { pong?: unknown })?.pong === 'number') unansweredSince = undefined;
+  };
+  const check = () => {
+    watchdog = undefined;
+    if (closed || deadError || inflight.size === 0) return;
+    const now = Date.now();
+    // A check that comes late (a hidden tab's throttled timers, a frozen page) judges nothing:
+    // the worker had no fair chance to answer. It starts over.
+    if (now - lastCheck > 2 * every + 1_000) unansweredSince = undefined;
+    lastCheck = now;
+    if (unansweredSince !== undefined && now - unansweredSince > workerTimeoutMs) {
+      deadError = new ClosedError(
+        `the localrec worker stopped responding (no answer for ${Math.round((now - unansweredSince) / 1000)} s; it may have run out of memory): create the recommender again`,
+      );
+      declareDead(deadError);
+      halt();
+      return;
+    }
+    unansweredSince ??= now;
+    channel.port1.postMessage({ ping: ++ping });
+    watchdog = setTimeout(check, every);
+  };
+  /** Starts the checks when a call begins waiting (they stop once nothing waits). */
+  const watch = () => {
+    if (workerTimeoutMs === 0 || watchdog !== undefined || deadError) return;
+    lastCheck = Date.now();
+    unansweredSince = undefined;
+    watchdog = setTimeout(check, 0);
+  };
+  // Starting is checked too: a worker that dies while it loads would otherwise leave this waiting.
+  const starting = Promise.race([failedToStart, dead, revive(
       api.init(
         {
           ...rest,
@@ -162,12 +220,16 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
         Comlink.transfer(channel.port2, [channel.port2]),
       ),
     )]);
+  const startingSettled = starting.catch(() => undefined);
+  inflight.add(startingSettled);
+  void startingSettled.then(() => inflight.delete(startingSettled));
+  watch();
+  try {
+    await starting;
   } catch (e) {
-    worker.terminate();
+    halt();
     throw e;
   }
-  /** Worker calls not yet answered: close() and erase() let them finish before the worker stops. */
-  const inflight = new Set<Promise<unknown>>();
   /** Set by the first close() or erase(): what it returns, and which one it was. */
   let ending: { kind: 'close' | 'erase'; done: Promise<void> } | undefined;
   let pending: unknown[] = [];
@@ -190,13 +252,15 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
   /** Runs a worker call after every event tracked so far has reached the worker. */
   const call = <T>(f: () => Promise<T>): Promise<T> => {
     open();
-    const p = revive(synced().then(f));
+    const p = Promise.race([revive(synced().then(f)), dead]);
     const settled = p.catch(() => undefined);
     inflight.add(settled);
     void settled.then(() => inflight.delete(settled));
+    watch();
     return p;
   };
   const open = () => {
+    if (deadError) throw new ClosedError(deadError.message);
     if (closed) throw new ClosedError('the recommender is closed');
     if (ending) throw new ClosedError(`the recommender is ${ending.kind === 'close' ? 'closing' : 'erasing its data'}`);
   };
@@ -212,7 +276,7 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
     const done = (async () => {
       void api.cancelSync().catch(() => undefined);
       await Promise.all([...inflight]);
-      await revive(last());
+      await Promise.race([revive(last()), dead]);
     })().finally(stop);
     ending = { kind, done };
     return done;
@@ -229,12 +293,16 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
   globalThis.document?.addEventListener?.('visibilitychange', onHide);
   const stop = () => {
     closed = true;
+    clearTimeout(watchdog);
+    watchdog = undefined;
+    channel.port1.onmessage = null;
     globalThis.removeEventListener?.('pagehide', onHide);
     globalThis.document?.removeEventListener?.('visibilitychange', onHide);
     channel.port1.close();
     api[Comlink.releaseProxy]();
     worker.terminate();
   };
+  halt = stop;
   return {
     track(event: TrackEvent): void {
       open();

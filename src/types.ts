@@ -344,4 +344,12 @@ export interface RecommenderOptions {
   };
   /** URL of the worker bundle; defaults to `worker.js` next to the main bundle. */
   workerUrl?: string | URL;
+  /**
+   * While calls are waiting for the worker, the page checks every few seconds that it still
+   * answers; a worker that leaves a check unanswered for this many ms is taken for dead (a worker
+   * that ran out of memory ends without any event), and every call waiting on it, and every later
+   * one, rejects with a ClosedError instead of hanging. Checks made late (a hidden, throttled tab)
+   * do not count. Default 60,000; 0 turns the check off.
+   */
+  workerTimeoutMs?: number;
 }

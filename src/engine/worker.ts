@@ -50,6 +50,11 @@ let received = 0;
 let waiting: Array<{ seq: number; resolve: () => void }> = [];
 
 function onTrack(ev: MessageEvent): void {
+  // The page's liveness check (createRecommender's workerTimeoutMs): answered at once.
+  if (typeof (ev.data as { ping?: unknown }).ping === 'number') {
+    (ev.target as MessagePort).postMessage({ pong: (ev.data as { ping: number }).ping });
+    return;
+  }
   const { seq, events } = ev.data as { seq: number; events: unknown[] };
   received = Math.max(received, seq);
   waiting = waiting.filter((w) => (w.seq <= received ? (w.resolve(), false) : true));

@@ -145,7 +145,7 @@ describe('SDK in Chromium', () => {
       return { optionError, errors, workerError, neighborError, syncError, late, answered, neighbors: stats.model.neighbors, total: stats.events.total };
     }, CATALOG);
     const [optionError, workerStart] = r.optionError.split(' | ');
-    assert.equal(optionError, 'ValidationError options.autoTrain: is not an option (known: catalog, backend, dbName, retention, model, autoTrainEvery, consent, offers, federated, neighbors, workerUrl)');
+    assert.equal(optionError, 'ValidationError options.autoTrain: is not an option (known: catalog, backend, dbName, retention, model, autoTrainEvery, consent, offers, federated, neighbors, workerUrl, workerTimeoutMs)');
     assert.match(workerStart, /^ClosedError the localrec worker \(.*\/no-such-worker\.js\) failed to start/, 'a worker that cannot load is an error, not a wait for ever');
     assert.deepEqual(r.syncError, { name: 'NetworkError', status: 404, cls: true }, 'the HTTP status survives the worker boundary');
     assert.equal(r.late, 'ClosedError');
@@ -163,6 +163,52 @@ describe('SDK in Chromium', () => {
     assert.equal(r.total, 1, 'the stored event is still there');
     assert.deepEqual(r.neighborError, { name: 'ValidationError', message: 'neighbors: not a localrec neighbour file (magic is not LRN1)', cls: true });
     assert.equal(r.neighbors, null);
+    await page.close();
+  });
+
+  it('a worker that ends without a word (as one out of memory does) fails the calls waiting on it instead of hanging them', async () => {
+    const page = await sdkPage();
+    const r = await page.evaluate(async (catalog) => {
+      const { createRecommender, ClosedError } = (window as any).localrec;
+      // Keeps a handle on the SDK's Worker, to end it from outside.
+      const Original = window.Worker;
+      let worker: Worker | undefined;
+      (window as any).Worker = class extends Original {
+        constructor(url: string | URL, options?: WorkerOptions) {
+          super(url, options);
+          worker = this;
+        }
+      };
+      const rec = await createRecommender({ catalog, backend: 'wasm', dbName: 'dying', autoTrainEvery: 0, workerUrl: '/test/browser/pages/dying-worker.js', workerTimeoutMs: 1000 });
+      (window as any).Worker = Original;
+      rec.track({ type: 'view', itemId: 'sku-3' });
+      const alive = (await rec.recommend({ k: 3 })).length;
+      worker!.postMessage({ die: true });
+      const failed = await rec.recommend({ k: 3 }).then(
+        () => null,
+        (e: any) => ({ name: e.name, message: e.message, cls: e instanceof ClosedError }),
+      );
+      let later = '';
+      try {
+        await rec.stats();
+      } catch (e: any) {
+        later = `${e.name}: ${e.message}`;
+      }
+      let badOption = '';
+      try {
+        await createRecommender({ catalog, backend: 'wasm', dbName: 'dying', workerTimeoutMs: -5 });
+      } catch (e: any) {
+        badOption = `${e.name}: ${e.message}`;
+      }
+      await rec.close(); // the worker is gone: closing is a no-op, not a wait
+      return { alive, failed, later, badOption };
+    }, CATALOG);
+    assert.equal(r.alive, 3);
+    assert.equal(r.failed?.name, 'ClosedError');
+    assert.ok(r.failed?.cls);
+    assert.match(r.failed!.message, /^the localrec worker stopped responding \(no answer for \d+ s; it may have run out of memory\): create the recommender again$/);
+    assert.match(r.later, /^ClosedError: the localrec worker stopped responding/);
+    assert.match(r.badOption, /^ValidationError: options\.workerTimeoutMs: must be a number of milliseconds ≥ 0 \(0: no check\), got -5$/);
     await page.close();
   });
 
