@@ -3,8 +3,6 @@ import { ClosedError, reviveError, syncCancelled, ValidationError } from './erro
 import { validateEvent } from './events/schema.js';
 import { describeValue, knownKeys, OPTION_KEYS } from './options.js';
 
-/** Default of `options.workerTimeoutMs`: how long a ping to the worker may go unanswered while calls wait. */
-export const DEFAULT_WORKER_TIMEOUT_MS = 60_000;
 import type { WorkerApi } from './engine/worker.js';
 import type { AuditReport, ExportFile } from './engine/audit-types.js';
 import type { OffersOptions, ShownOffer, SignedOfferCatalog } from './offers/types.js';
@@ -80,6 +78,8 @@ export interface Recommender {
 }
 
 const BACKENDS: readonly BackendName[] = ['webgpu', 'webgl', 'wasm', 'cpu'];
+/** Default of `options.workerTimeoutMs`: how long a ping to the worker may go unanswered while calls wait. */
+export const DEFAULT_WORKER_TIMEOUT_MS = 60_000;
 
 function revive<T>(p: Promise<T>): Promise<T> {
   return p.catch((e: unknown) => {
@@ -220,10 +220,14 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
         Comlink.transfer(channel.port2, [channel.port2]),
       ),
     )]);
-  const startingSettled = starting.catch(() => undefined);
-  inflight.add(startingSettled);
-  void startingSettled.then(() => inflight.delete(startingSettled));
-  watch();
+  /** Counts `p` as waiting on the worker until it settles (close() waits for it; the liveness check runs meanwhile). */
+  const waitOn = (p: Promise<unknown>): void => {
+    const settled = p.catch(() => undefined);
+    inflight.add(settled);
+    void settled.then(() => inflight.delete(settled));
+    watch();
+  };
+  waitOn(starting);
   try {
     await starting;
   } catch (e) {
@@ -253,10 +257,7 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
   const call = <T>(f: () => Promise<T>): Promise<T> => {
     open();
     const p = Promise.race([revive(synced().then(f)), dead]);
-    const settled = p.catch(() => undefined);
-    inflight.add(settled);
-    void settled.then(() => inflight.delete(settled));
-    watch();
+    waitOn(p);
     return p;
   };
   const open = () => {
@@ -276,7 +277,9 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
     const done = (async () => {
       void api.cancelSync().catch(() => undefined);
       await Promise.all([...inflight]);
-      await Promise.race([revive(last()), dead]);
+      const final = Promise.race([revive(last()), dead]);
+      waitOn(final);
+      await final;
     })().finally(stop);
     ending = { kind, done };
     return done;
