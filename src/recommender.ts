@@ -73,13 +73,25 @@ export interface Recommender {
   flush(): Promise<void>;
   /** Stores what is queued, stops the worker. The data stays on the device. */
   close(): Promise<void>;
-  /** Deletes every event, the model weights and the database, then stops the worker. */
+  /**
+   * Deletes every event, the model weights and the database, then stops the worker. After the
+   * worker was taken for dead (`workerTimeoutMs`) the page deletes the database itself.
+   */
   erase(): Promise<void>;
 }
 
 const BACKENDS: readonly BackendName[] = ['webgpu', 'webgl', 'wasm', 'cpu'];
 /** Default of `options.workerTimeoutMs`: how long a ping to the worker may go unanswered while calls wait. */
 export const DEFAULT_WORKER_TIMEOUT_MS = 60_000;
+
+/** Deletes an IndexedDB database from the page; other tabs' workers close theirs when asked (versionchange). */
+function deleteDatabase(name: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const req = indexedDB.deleteDatabase(name);
+    req.onsuccess = () => resolve();
+    req.onerror = () => reject(new ClosedError(`the localrec worker stopped, and deleting the database "${name}" from the page failed: ${req.error?.message ?? 'unknown error'}`));
+  });
+}
 
 function revive<T>(p: Promise<T>): Promise<T> {
   return p.catch((e: unknown) => {
@@ -119,8 +131,8 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
   }
   const required = options.consent === 'required';
   const workerTimeoutMs = options.workerTimeoutMs ?? DEFAULT_WORKER_TIMEOUT_MS;
-  if (typeof workerTimeoutMs !== 'number' || !Number.isFinite(workerTimeoutMs) || workerTimeoutMs < 0) {
-    throw new ValidationError('options.workerTimeoutMs', `must be a number of milliseconds ≥ 0 (0: no check), got ${describeValue(options.workerTimeoutMs)}`);
+  if (typeof workerTimeoutMs !== 'number' || !Number.isFinite(workerTimeoutMs) || !(workerTimeoutMs === 0 || workerTimeoutMs >= 1_000)) {
+    throw new ValidationError('options.workerTimeoutMs', `must be 0 (no check) or a number of milliseconds ≥ 1000, got ${describeValue(options.workerTimeoutMs)}`);
   }
   let neighbors: { url: string; timeoutMs?: number } | undefined;
   if (options.neighbors !== undefined) {
@@ -176,8 +188,16 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
   /** When the oldest ping not yet answered was sent, and when the last check ran. */
   let unansweredSince: number | undefined;
   let lastCheck = 0;
+  /**
+   * Whether the worker has ever answered: it answers once its script has loaded and init has begun,
+   * and how long a slow network takes to deliver the script is not the worker's fault (a script
+   * that fails to load is an `error` event: failedToStart). The clock runs from the first answer.
+   */
+  let answered = false;
   channel.port1.onmessage = (ev: MessageEvent) => {
-    if (typeof (ev.data as { pong?: unknown })?.pong === 'number') unansweredSince = undefined;
+    if (typeof (ev.data as { pong?: unknown })?.pong !== 'number') return;
+    unansweredSince = undefined;
+    answered = true;
   };
   const check = () => {
     watchdog = undefined;
@@ -185,7 +205,7 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
     const now = Date.now();
     // A check that comes late (a hidden tab's throttled timers, a frozen page) judges nothing:
     // the worker had no fair chance to answer. It starts over.
-    if (now - lastCheck > 2 * every + 1_000) unansweredSince = undefined;
+    if (now - lastCheck > 2 * every + 1_000 || !answered) unansweredSince = undefined;
     lastCheck = now;
     if (unansweredSince !== undefined && now - unansweredSince > workerTimeoutMs) {
       deadError = new ClosedError(
@@ -377,6 +397,9 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
       return end('close', () => synced().then(() => api.close()));
     },
     async erase() {
+      // The worker is gone (taken for dead): the shopper's request to erase still holds, so the page
+      // deletes the database itself.
+      if (deadError) return deleteDatabase(options.dbName ?? 'localrec');
       if (closed) throw new ClosedError('the recommender is closed');
       // Pending events are dropped, not posted: they are about to be erased anyway.
       pending = [];

@@ -170,7 +170,7 @@ export interface Stats {
     /** Further syncs that fit the budget at the σ of the last one; null before the first sync. */
     syncsLeft: number | null;
     federated: boolean;
-    /** With `options.federated.autoSyncHours`: the period, and when a sync (automatic or not) last succeeded and an automatic one was last started, in any tab. */
+    /** With `options.federated.autoSyncHours`: the period, when a sync that counts for it last succeeded (a contributing one, the page's own too, or an automatic receiving one) and when an automatic one was last started, in any tab. */
     autoSync: { everyHours: number; lastSuccessAt: number | null; lastAttemptAt: number | null } | null;
   };
   /** Events removed this session: by the retention policy, and to make room when storage was full. */
@@ -272,12 +272,14 @@ export interface FederatedOptions {
    */
   cohortWaitMs?: number;
   /**
-   * Sync by itself, at most once every this many hours across the shop's tabs and reloads, while a
-   * page is open and consent (and Global Privacy Control) allow it: a contributing `sync()` while the
-   * budget allows one more, then `sync({ contribute: false })`, which spends nothing. The first
-   * look comes 10 s after start-up (or after consent is given); a failure (offline, server down) is
-   * retried 15 minutes later at the soonest and shows in `stats().lastError`. Default 0: off, the
-   * page calls `sync()`.
+   * Sync by itself, at most once every this many hours (≥ 0.25) across the shop's tabs and reloads,
+   * while a page is open and consent (and Global Privacy Control) allow it: a contributing `sync()`
+   * while the budget allows one more, then `sync({ contribute: false })`, which spends nothing. The
+   * page's own contributing syncs count for the period. The first look comes 10 s after start-up (or
+   * after consent is given); a failure (offline, server down) is retried 15 minutes later at the
+   * soonest and shows in `stats().lastError`. Off without IndexedDB (private mode: nothing would
+   * hold the period across page loads) and, for the rest of the session, once another tab erased
+   * the shopper's data. Default 0: off, the page calls `sync()`.
    */
   autoSyncHours?: number;
 }
@@ -348,8 +350,10 @@ export interface RecommenderOptions {
    * While calls are waiting for the worker, the page checks every few seconds that it still
    * answers; a worker that leaves a check unanswered for this many ms is taken for dead (a worker
    * that ran out of memory ends without any event), and every call waiting on it, and every later
-   * one, rejects with a ClosedError instead of hanging. Checks made late (a hidden, throttled tab)
-   * do not count. Default 60,000; 0 turns the check off.
+   * one, rejects with a ClosedError instead of hanging (`erase()` then deletes the database from the
+   * page). Start-up is checked from the worker's first answer (how long the script takes to download
+   * does not count), and checks made late (a hidden, throttled tab) do not count. Default 60,000;
+   * 0 turns the check off; otherwise at least 1,000.
    */
   workerTimeoutMs?: number;
 }

@@ -55,4 +55,6 @@ export interface ExportFile {
   egressLog: EgressEntry[];
   privacy: AccountantState | null;
   model: { version: number; dim: number; items: number; trainedAt: number | null; trainSteps: number } | null;
+  /** With `federated.autoSyncHours`: when an automatic sync was last started and a sync last succeeded (it says when the shop was open). */
+  autoSync: { lastAttemptAt?: number; lastSuccessAt?: number } | null;
 }

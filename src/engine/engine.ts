@@ -110,7 +110,7 @@ export const GLOBAL_KEY = 'global';
 export const AUTO_SYNC_KEY = 'autoSync';
 interface AutoSyncState {
   /** When a tab last started one (claimed in one transaction, so two tabs never both start one). */
-  lastAttemptAt: number;
+  lastAttemptAt?: number;
   /** When one last succeeded. */
   lastSuccessAt?: number;
 }
@@ -118,6 +118,10 @@ interface AutoSyncState {
 export const AUTO_SYNC_FIRST_DELAY_MS = 10_000;
 /** After a failed automatic sync (offline, server down), the next try comes this much later at the soonest. */
 export const AUTO_SYNC_RETRY_MS = 15 * 60_000;
+/** The shortest period `autoSyncHours` may set (15 minutes). */
+export const AUTO_SYNC_MIN_HOURS = 0.25;
+/** Timers longer than 2³¹ − 1 ms fire at once: a longer wait is taken in steps of at most this. */
+const MAX_TIMER_MS = 2 ** 30;
 
 /** The global model as stored in the `meta` store under {@link GLOBAL_KEY}: its float32 wire encoding and that encoding's SHA-256. */
 interface SavedGlobal {
@@ -202,8 +206,8 @@ function checkFederated(fed: unknown): void {
   if (f.honorGlobalPrivacyControl !== undefined && typeof f.honorGlobalPrivacyControl !== 'boolean') {
     throw new ValidationError('options.federated.honorGlobalPrivacyControl', `must be true or false, got ${describeValue(f.honorGlobalPrivacyControl)}`);
   }
-  if (f.autoSyncHours !== undefined && !(typeof f.autoSyncHours === 'number' && Number.isFinite(f.autoSyncHours) && f.autoSyncHours >= 0)) {
-    throw new ValidationError('options.federated.autoSyncHours', `must be a number of hours ≥ 0 (0: off), got ${describeValue(f.autoSyncHours)}`);
+  if (f.autoSyncHours !== undefined && !(typeof f.autoSyncHours === 'number' && Number.isFinite(f.autoSyncHours) && (f.autoSyncHours === 0 || f.autoSyncHours >= AUTO_SYNC_MIN_HOURS))) {
+    throw new ValidationError('options.federated.autoSyncHours', `must be 0 (off) or a number of hours ≥ ${AUTO_SYNC_MIN_HOURS}, got ${describeValue(f.autoSyncHours)}`);
   }
 }
 
@@ -245,6 +249,8 @@ export class Engine {
   /** The sync under way, if any (see {@link sync}), whether it uploads, its cancel switch and its progress listeners. */
   private syncing: Promise<SyncResultInfo> | null = null;
   private syncContributes = false;
+  /** Counts cancelSync() calls: a call waiting for its turn is cancelled by one made while it waits. */
+  private cancels = 0;
   /**
    * The global model as the server last sent it (this session only; public data): a contributing
    * sync sends its hash in If-None-Match and reuses it on a 304 instead of downloading it again.
@@ -394,6 +400,10 @@ export class Engine {
    * written back or sent. The database comes back, empty, only with this tab's next write.
    */
   private async erasedElsewhere(): Promise<void> {
+    // The shopper erased their data in another tab: this tab syncs no more by itself this session.
+    clearTimeout(this.autoSyncTimer);
+    this.autoSyncTimer = undefined;
+    this.autoSyncStopped = true;
     this.cancelSync();
     await this.syncing?.catch(() => undefined);
     await this.training?.catch(() => undefined);
@@ -479,6 +489,9 @@ export class Engine {
     } else if (!next.personalization && was) {
       await this.training?.catch(() => undefined);
       this.queue = [];
+      // Nothing from before the withdrawal carries over, not even the model it last received (its
+      // hash in If-None-Match would link the sessions before and after at the server).
+      this.heldGlobal = undefined;
       if (source === 'another-tab') this.store.close();
       else await this.store.destroy();
       this.store = new MemoryEventStore(this.retention);
@@ -918,16 +931,22 @@ export class Engine {
     if (o.contribute !== undefined && typeof o.contribute !== 'boolean') throw new ValidationError('options.contribute', `must be true or false, got ${describeValue(o.contribute)}`);
     const contribute = o.contribute ?? true;
     if (o.signal?.aborted) throw syncCancelled('before it started');
+    if (this.closing) throw new ClosedError('the recommender is closing');
     // A sync that only receives cannot stand in for one that was asked to contribute: wait it out.
+    // A cancel meanwhile (the page's signal, close(), erase(), consent withdrawn) cancels this call too.
+    const cancels = this.cancels;
     while (contribute && this.syncing && !this.syncContributes) await this.syncing.catch(() => undefined);
     this.assertOpen();
-    if (o.signal?.aborted) throw syncCancelled('before it started');
+    if (this.closing) throw new ClosedError('the recommender is closing');
+    if (o.signal?.aborted || this.cancels !== cancels) throw syncCancelled('before it started');
     if (!this.syncing) {
       const abort = new AbortController();
       this.syncAbort = abort;
       this.syncContributes = contribute;
       this.syncing = (contribute ? this.syncRound(abort.signal) : this.pullRound(abort.signal)).then(async (r) => {
-        await this.noteSynced();
+        // A contributing sync (the page's own too) starts the automatic period anew; a receiving one
+        // does not, or a page that only receives would hold the automatic contribution off for good.
+        if (contribute) await this.noteSynced();
         return r;
       }).finally(() => {
         this.syncing = null;
@@ -936,12 +955,17 @@ export class Engine {
       });
     }
     const syncing = this.syncing;
+    const shared = this.syncContributes !== contribute;
     const listener = o.onProgress;
     if (listener) this.syncListeners.add(listener);
     const cancel = () => this.cancelSync();
     o.signal?.addEventListener('abort', cancel, { once: true });
     try {
       return await syncing;
+    } catch (e) {
+      // A receiving call that joined a contributing sync refused for the budget still receives.
+      if (shared && !contribute && e instanceof PrivacyBudgetError) return await this.sync({ ...o, contribute: false });
+      throw e;
     } finally {
       o.signal?.removeEventListener('abort', cancel);
       if (listener) this.syncListeners.delete(listener);
@@ -950,6 +974,7 @@ export class Engine {
 
   /** Cancels the sync under way, if any (see {@link SyncControl.signal}); true when there was one. */
   cancelSync(): boolean {
+    this.cancels++;
     if (!this.syncAbort) return false;
     this.syncAbort.abort();
     return true;
@@ -998,17 +1023,23 @@ export class Engine {
       this.table.bias[i] = r.local.bias[g]!;
     });
     this.table.version = r.global.version;
-    if (this.heldGlobal?.hash !== r.globalHash) {
-      // Public data (the same for every device), kept so that the next sync, after a reload too, only
-      // downloads the model when the server has published a new version.
-      await this.store.setMeta(GLOBAL_KEY, { hash: r.globalHash, bytes: encodeModel(r.global) } satisfies SavedGlobal);
-    }
+    const changed = this.heldGlobal?.hash !== r.globalHash;
     this.heldGlobal = { table: r.global, hash: r.globalHash };
     this.saved = { ...this.saved, trainedAt: this.now(), trainedThroughId: Math.max(this.saved.trainedThroughId, through), globalHash: r.globalHash };
     const old = this.scorer;
     this.scorer = new Scorer(this.table);
     old.dispose();
     await this.persist();
+    if (changed) {
+      // Public data (the same for every device), kept so that the next sync, after a reload too, only
+      // downloads the model when the server has published a new version. Only a cache: a failure to
+      // write it (storage full) costs the next sync a download, so it does not fail this one.
+      try {
+        await this.store.setMeta(GLOBAL_KEY, { hash: r.globalHash, bytes: encodeModel(r.global) } satisfies SavedGlobal);
+      } catch (e) {
+        this.lastError = e as Error;
+      }
+    }
   }
 
   /**
@@ -1130,6 +1161,8 @@ export class Engine {
   }
 
   private autoSyncTimer: ReturnType<typeof setTimeout> | undefined;
+  /** Set when another tab erased the shopper's data: no automatic sync for the rest of this session. */
+  private autoSyncStopped = false;
 
   /** The automatic sync's period in ms (`options.federated.autoSyncHours`), 0 when off. */
   private get autoSyncMs(): number {
@@ -1140,11 +1173,11 @@ export class Engine {
   private scheduleAutoSync(delayMs: number): void {
     clearTimeout(this.autoSyncTimer);
     this.autoSyncTimer = undefined;
-    if (this.autoSyncMs <= 0 || this.closed || this.closing) return;
+    if (this.autoSyncMs <= 0 || this.closed || this.closing || this.autoSyncStopped) return;
     const timer = setTimeout(() => {
       this.autoSyncTimer = undefined;
       this.autoSync().catch((e) => (this.lastError = e as Error));
-    }, Math.max(0, delayMs));
+    }, Math.min(MAX_TIMER_MS, Math.max(0, delayMs)));
     // Node (tests, simulation): the timer must not keep the process alive.
     (timer as { unref?: () => void }).unref?.();
     this.autoSyncTimer = timer;
@@ -1159,8 +1192,11 @@ export class Engine {
    */
   private async autoSync(): Promise<SyncResultInfo | null> {
     const period = this.autoSyncMs;
-    if (period <= 0 || this.closed || this.closing) return null;
+    if (period <= 0 || this.closed || this.closing || this.autoSyncStopped) return null;
     const retry = Math.min(period, AUTO_SYNC_RETRY_MS);
+    // Without IndexedDB (private mode) nothing would hold the period, or the budget, across page
+    // loads: every page would sync. Automatic syncs are off there; the page can still call sync().
+    if (this.store.kind === 'memory' && !this.opts.store) return null;
     if (!this.consent.personalization || !this.consent.federated || this.gpcBlocksSync() || this.syncing) {
       this.scheduleAutoSync(retry);
       return null;
@@ -1171,20 +1207,32 @@ export class Engine {
     try {
       await this.store.updateMeta<AutoSyncState>(AUTO_SYNC_KEY, (s) => {
         state = s;
-        if (s && (now - (s.lastSuccessAt ?? -Infinity) < period || now - s.lastAttemptAt < retry)) throw notDue;
+        if (s && (now - (s.lastSuccessAt ?? -Infinity) < period || now - (s.lastAttemptAt ?? -Infinity) < retry)) throw notDue;
         return { ...s, lastAttemptAt: now };
       });
     } catch (e) {
       if (e !== notDue) throw e;
       // Look again when the period (or the retry delay after a failure) has run out.
-      const next = Math.max((state?.lastSuccessAt ?? -Infinity) + period, state!.lastAttemptAt + retry);
+      const next = Math.max((state?.lastSuccessAt ?? -Infinity) + period, (state?.lastAttemptAt ?? -Infinity) + retry);
       this.scheduleAutoSync(Math.min(period, Math.max(1_000, next - now)));
       return null;
     }
     try {
+      if (this.closing || this.closed) return null;
       const { syncsLeft } = await this.privacyStats();
-      // sync() records the success (noteSynced).
-      const r = await this.sync({ contribute: syncsLeft !== 0 });
+      if (this.closing || this.closed) return null;
+      let r: SyncResultInfo;
+      try {
+        // A contributing sync records its success itself (noteSynced).
+        r = await this.sync({ contribute: syncsLeft !== 0 });
+        if (syncsLeft === 0) await this.noteSynced();
+      } catch (e) {
+        // The budget cannot pay for one more sync at the server's σ (not known until the first
+        // sync, and the server may have changed it): receive instead.
+        if (!(e instanceof PrivacyBudgetError)) throw e;
+        r = await this.sync({ contribute: false });
+        await this.noteSynced();
+      }
       this.scheduleAutoSync(period);
       return r;
     } catch (e) {
@@ -1198,7 +1246,7 @@ export class Engine {
   private async noteSynced(): Promise<void> {
     if (this.autoSyncMs <= 0) return;
     const t = this.now();
-    await this.store.updateMeta<AutoSyncState>(AUTO_SYNC_KEY, (s) => ({ lastAttemptAt: s?.lastAttemptAt ?? t, lastSuccessAt: t })).catch((e) => {
+    await this.store.updateMeta<AutoSyncState>(AUTO_SYNC_KEY, (s) => ({ ...s, lastSuccessAt: t })).catch((e) => {
       this.lastError = e as Error;
     });
   }
@@ -1338,6 +1386,7 @@ export class Engine {
       egressLog: (await this.store.getMeta<EgressEntry[]>(EGRESS_KEY)) ?? [],
       privacy: (await this.store.getMeta<AccountantState>(PRIVACY_KEY)) ?? null,
       model: model ? { version: model.version, dim: model.dim, items: model.itemIds.length, trainedAt: model.trainedAt ?? null, trainSteps: model.trainSteps } : null,
+      autoSync: (await this.store.getMeta<AutoSyncState>(AUTO_SYNC_KEY)) ?? null,
     };
   }
 
@@ -1435,6 +1484,8 @@ export class Engine {
   async erase(): Promise<void> {
     clearTimeout(this.autoSyncTimer);
     this.autoSyncTimer = undefined;
+    // No new sync may start (sync() and the automatic one check it) while erasing waits for what runs.
+    this.closing = true;
     this.queue = [];
     this.eventCache = undefined;
     // No sync may send anything, or write anything, once erasing has begun.

@@ -238,11 +238,11 @@ describe('privacy in Chromium', () => {
       assert.ok(after.some((p) => /^POST \/v1\/secagg\/cohorts\/[0-9a-f]+\/members\/0\/leave$/.test(p)), `the page gave its place back: ${after.join(', ')}`);
 
       // A worker that waits (for a cohort that does not fill) still answers the page's liveness
-      // checks: with workerTimeoutMs far below the wait, the sync ends with the cohort's own error.
+      // checks: with workerTimeoutMs well below the wait, the sync ends with the cohort's own error.
       const waited = await page.evaluate(
         async ({ catalog, history, serverUrl }) => {
           const { createRecommender } = (window as any).localrec;
-          const rec = await createRecommender({ catalog, backend: 'wasm', dbName: 'privacy-wait', autoTrainEvery: 0, model: { dim: 16 }, workerTimeoutMs: 300, federated: { serverUrl, cohortWaitMs: 2500 } });
+          const rec = await createRecommender({ catalog, backend: 'wasm', dbName: 'privacy-wait', autoTrainEvery: 0, model: { dim: 16 }, workerTimeoutMs: 1000, federated: { serverUrl, cohortWaitMs: 3000 } });
           await rec.setConsent({ personalization: true, federated: true });
           for (const itemId of history) rec.track({ type: 'view', itemId });
           const error = await rec.sync().then(() => null, (e: any) => `${e.name}: ${e.message}`);
@@ -252,7 +252,7 @@ describe('privacy in Chromium', () => {
         },
         { catalog: CATALOG, history, serverUrl: secure.url },
       );
-      assert.match(waited.error ?? '', /^NetworkError: cohort [0-9a-f]+ did not fill \(2 members\) within 2500 ms/);
+      assert.match(waited.error ?? '', /^NetworkError: cohort [0-9a-f]+ did not fill \(2 members\) within 3000 ms/);
       assert.equal(waited.epsilon, 0);
     } finally {
       await page.close();

@@ -196,19 +196,24 @@ describe('SDK in Chromium', () => {
       }
       let badOption = '';
       try {
-        await createRecommender({ catalog, backend: 'wasm', dbName: 'dying', workerTimeoutMs: -5 });
+        await createRecommender({ catalog, backend: 'wasm', dbName: 'dying', workerTimeoutMs: 200 });
       } catch (e: any) {
         badOption = `${e.name}: ${e.message}`;
       }
+      // The shopper's erase still holds without the worker: the page deletes the database itself.
+      const before = (await indexedDB.databases()).map((d) => d.name);
+      await rec.erase();
+      const after = (await indexedDB.databases()).map((d) => d.name);
       await rec.close(); // the worker is gone: closing is a no-op, not a wait
-      return { alive, failed, later, badOption };
+      return { alive, failed, later, badOption, before, after };
     }, CATALOG);
     assert.equal(r.alive, 3);
     assert.equal(r.failed?.name, 'ClosedError');
     assert.ok(r.failed?.cls);
     assert.match(r.failed!.message, /^the localrec worker stopped responding \(no answer for \d+ s; it may have run out of memory\): create the recommender again$/);
     assert.match(r.later, /^ClosedError: the localrec worker stopped responding/);
-    assert.match(r.badOption, /^ValidationError: options\.workerTimeoutMs: must be a number of milliseconds ≥ 0 \(0: no check\), got -5$/);
+    assert.match(r.badOption, /^ValidationError: options\.workerTimeoutMs: must be 0 \(no check\) or a number of milliseconds ≥ 1000, got 200$/);
+    assert.ok(r.before.includes('dying') && !r.after.includes('dying'), 'erase() after the worker died deleted the database');
     await page.close();
   });
 

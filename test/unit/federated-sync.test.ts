@@ -427,3 +427,169 @@ describe('automatic syncs (options.federated.autoSyncHours)', () => {
     }
   });
 });
+
+describe('sync edge cases: waiting calls, budget, caches, consent', () => {
+  const own = () => startServer({ port: 0, dataDir: null, initialTable: createItemTable(ids, 16, { seed: 4 }), minClients: 50, clip: 1, noiseMultiplier: 1, rateLimit: false, log: () => {} });
+  function counting(): { sent: string[]; fetch: FetchLike } {
+    const sent: string[] = [];
+    return { sent, fetch: (url, init) => (sent.push(`${init?.method ?? 'GET'} ${new URL(url).pathname}`), fetch(url, init as RequestInit)) };
+  }
+  async function dev(url: string, o: { fetch?: FetchLike; store?: MemoryEventStore; federated?: Record<string, unknown>; now?: () => number } = {}) {
+    const e = await Engine.create({
+      catalog,
+      backend: 'cpu',
+      autoTrainEvery: 0,
+      model: { dim: 16 },
+      store: o.store ?? new MemoryEventStore(),
+      federated: { serverUrl: url, ...o.federated },
+      fetch: o.fetch,
+      ...(o.now ? { now: o.now } : {}),
+    });
+    e.enqueue(['sku-61', 'sku-62', 'sku-63'].map((itemId) => ({ type: 'view', itemId })));
+    await e.flush();
+    return e;
+  }
+
+  it('a contributing call waiting behind a receiving one is cancelled by a cancel or close() made while it waits: nothing uploaded', async () => {
+    const srv = await own();
+    try {
+      for (const how of ['cancel', 'close'] as const) {
+        const c = counting();
+        const e = await dev(srv.url, { fetch: c.fetch });
+        const pull = e.sync({ contribute: false });
+        const contrib = e.sync();
+        await new Promise((r) => setImmediate(r));
+        const closing = how === 'close' ? e.close() : (e.cancelSync(), Promise.resolve());
+        const [a, b] = await Promise.allSettled([pull, contrib]);
+        await closing;
+        assert.equal(a.status, 'rejected');
+        assert.equal(b.status, 'rejected', `${how}: the waiting contributing call does not go ahead`);
+        assert.ok(!c.sent.includes('POST /v1/updates'), `${how}: nothing uploaded (${c.sent.join(', ')})`);
+        if (how === 'cancel') {
+          assert.equal((await e.stats()).privacy.syncs, 0);
+          await e.close();
+        }
+      }
+    } finally {
+      await srv.close();
+    }
+  });
+
+  it('a receiving call that joined a contributing sync refused for the budget still receives', async () => {
+    const srv = await own();
+    try {
+      const e = await dev(srv.url, { federated: { budget: 2 } }); // one sync at σ = 1 costs ε 4.38
+      const [contrib, pull] = await Promise.allSettled([e.sync(), e.sync({ contribute: false })]);
+      assert.ok(contrib.status === 'rejected' && isPrivacyBudgetError(contrib.reason));
+      assert.ok(pull.status === 'fulfilled' && pull.value.sent === false && pull.value.modelChanged === true);
+      await e.close();
+    } finally {
+      await srv.close();
+    }
+  });
+
+  it('an automatic sync receives when the budget cannot pay for one sync at the server’s σ', async () => {
+    const srv = await own();
+    try {
+      const c = counting();
+      const clock = { t: 1_800_000_000_000 };
+      const e = await dev(srv.url, { fetch: c.fetch, federated: { budget: 2, autoSyncHours: 24 }, now: () => clock.t });
+      const r = await (e as unknown as { autoSync(): Promise<{ sent: boolean; modelChanged: boolean } | null> }).autoSync();
+      assert.deepEqual([r?.sent, r?.modelChanged], [false, true]);
+      assert.equal((await e.stats()).lastError, undefined);
+      assert.deepEqual(c.sent, ['GET /v1/config', 'GET /v1/config', 'GET /v1/model']);
+      assert.equal((await e.stats()).privacy.autoSync?.lastSuccessAt, clock.t, 'the period starts from the receiving sync');
+      assert.equal((await e.exportData()).autoSync?.lastSuccessAt, clock.t, 'export() includes the automatic sync times');
+      await e.close();
+    } finally {
+      await srv.close();
+    }
+  });
+
+  it('close() while an automatic sync is claiming its slot: no request goes out after it', async () => {
+    const srv = await own();
+    try {
+      const c = counting();
+      const e = await dev(srv.url, { fetch: c.fetch, federated: { autoSyncHours: 24 } });
+      const p = (e as unknown as { autoSync(): Promise<unknown> }).autoSync();
+      await e.close();
+      assert.equal(await p, null);
+      await new Promise((r) => setTimeout(r, 200));
+      assert.deepEqual(c.sent, []);
+    } finally {
+      await srv.close();
+    }
+  });
+
+  it('a period longer than a timer can hold is waited out in steps (no TimeoutOverflowWarning, no busy loop)', async () => {
+    const warnings: string[] = [];
+    const onWarning = (w: Error) => warnings.push(w.name);
+    process.on('warning', onWarning);
+    try {
+      const store = new MemoryEventStore();
+      let claims = 0;
+      const update = store.updateMeta.bind(store);
+      store.updateMeta = ((k: string, f: never) => (k === 'autoSync' && claims++, update(k, f))) as typeof store.updateMeta;
+      const t = Date.now();
+      await store.setMeta('autoSync', { lastAttemptAt: t, lastSuccessAt: t });
+      const e = await Engine.create({ catalog, backend: 'cpu', autoTrainEvery: 0, store, federated: { serverUrl: 'http://127.0.0.1:9', autoSyncHours: 1000 }, fetch: async () => Promise.reject(new TypeError('offline')) });
+      assert.equal(await (e as unknown as { autoSync(): Promise<unknown> }).autoSync(), null, 'not due');
+      const after = claims;
+      await new Promise((r) => setTimeout(r, 300));
+      assert.equal(claims, after, 'the next look is not at once');
+      assert.ok(!warnings.includes('TimeoutOverflowWarning'));
+      await e.close();
+    } finally {
+      process.off('warning', onWarning);
+    }
+  });
+
+  it('refuses an automatic period under 15 minutes', async () => {
+    await assert.rejects(
+      Engine.create({ catalog, backend: 'cpu', store: new MemoryEventStore(), federated: { serverUrl: 'http://127.0.0.1:9', autoSyncHours: 0.1 } }),
+      (err) => isValidationError(err) && /options\.federated\.autoSyncHours: must be 0 \(off\) or a number of hours ≥ 0\.25, got 0\.1/.test((err as Error).message),
+    );
+  });
+
+  it('a failure to keep the global model (storage full) does not fail the sync that received it', async () => {
+    class FullStore extends MemoryEventStore {
+      override async setMeta(key: string, value: unknown): Promise<void> {
+        if (key === 'global') throw Object.assign(new Error('quota exceeded'), { name: 'QuotaExceededError' });
+        return super.setMeta(key, value);
+      }
+    }
+    const srv = await own();
+    try {
+      const e = await dev(srv.url, { store: new FullStore() });
+      const r = await e.sync();
+      assert.equal(r.sent, true);
+      const st = await e.stats();
+      assert.match(st.lastError ?? '', /quota exceeded/);
+      assert.equal((await e.audit()).model.stored, true, 'the weights were saved');
+      assert.equal((await e.audit()).globalModel, null);
+      await e.close();
+    } finally {
+      await srv.close();
+    }
+  });
+
+  it('after consent is withdrawn and given again, the model received before is not named in If-None-Match', async () => {
+    const srv = await own();
+    try {
+      const store = new MemoryEventStore();
+      const e = await dev(srv.url, { store });
+      await e.sync();
+      await e.setConsent({ personalization: false });
+      await e.setConsent({ personalization: true, federated: true });
+      e.enqueue(['sku-61', 'sku-62'].map((itemId) => ({ type: 'view', itemId })));
+      await e.flush();
+      const r = await e.sync();
+      assert.equal(r.modelChanged, true);
+      assert.deepEqual((await e.egressLog()).map((l) => `${l.method} ${l.endpoint} ${l.status}`), ['GET /v1/config 200', 'GET /v1/model 200', 'POST /v1/updates 202']);
+      assert.equal((await e.audit()).globalModel?.stored, true);
+      await e.close();
+    } finally {
+      await srv.close();
+    }
+  });
+});
