@@ -83,12 +83,27 @@ export interface Recommender {
 const BACKENDS: readonly BackendName[] = ['webgpu', 'webgl', 'wasm', 'cpu'];
 /** Default of `options.workerTimeoutMs`: how long a ping to the worker may go unanswered while calls wait. */
 export const DEFAULT_WORKER_TIMEOUT_MS = 60_000;
+/** Until the worker first answers (its script is still loading), the check waits at least this long. */
+export const STARTUP_ALLOWANCE_MS = 60_000;
 
-/** Deletes an IndexedDB database from the page; other tabs' workers close theirs when asked (versionchange). */
+/**
+ * Deletes the IndexedDB database from the page (the worker is gone), then tells the shop's other
+ * tabs, as the worker's own erase() does, so that they drop what they held from it. Their workers
+ * close their connections when asked (versionchange), which lets the deletion through.
+ */
 function deleteDatabase(name: string): Promise<void> {
+  // Without IndexedDB (private mode) nothing was stored.
+  if (typeof indexedDB === 'undefined') return Promise.resolve();
   return new Promise((resolve, reject) => {
     const req = indexedDB.deleteDatabase(name);
-    req.onsuccess = () => resolve();
+    req.onsuccess = () => {
+      if (typeof BroadcastChannel !== 'undefined') {
+        const ch = new BroadcastChannel(`localrec:${name}`);
+        ch.postMessage({ type: 'erased' });
+        ch.close();
+      }
+      resolve();
+    };
     req.onerror = () => reject(new ClosedError(`the localrec worker stopped, and deleting the database "${name}" from the page failed: ${req.error?.message ?? 'unknown error'}`));
   });
 }
@@ -130,6 +145,7 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
     throw new ValidationError('options.consent', `must be 'required' or 'granted'; got ${JSON.stringify(options.consent)}`);
   }
   const required = options.consent === 'required';
+  const dbName = options.dbName ?? 'localrec';
   const workerTimeoutMs = options.workerTimeoutMs ?? DEFAULT_WORKER_TIMEOUT_MS;
   if (typeof workerTimeoutMs !== 'number' || !Number.isFinite(workerTimeoutMs) || !(workerTimeoutMs === 0 || workerTimeoutMs >= 1_000)) {
     throw new ValidationError('options.workerTimeoutMs', `must be 0 (no check) or a number of milliseconds ≥ 1000, got ${describeValue(options.workerTimeoutMs)}`);
@@ -189,9 +205,9 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
   let unansweredSince: number | undefined;
   let lastCheck = 0;
   /**
-   * Whether the worker has ever answered: it answers once its script has loaded and init has begun,
-   * and how long a slow network takes to deliver the script is not the worker's fault (a script
-   * that fails to load is an `error` event: failedToStart). The clock runs from the first answer.
+   * Whether the worker has ever answered: it answers once its script has loaded and init has begun.
+   * Until then the check allows at least {@link STARTUP_ALLOWANCE_MS} (a slow network delivering a
+   * 300 KB script is not a dead worker; one that fails to load is an `error` event: failedToStart).
    */
   let answered = false;
   channel.port1.onmessage = (ev: MessageEvent) => {
@@ -205,9 +221,9 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
     const now = Date.now();
     // A check that comes late (a hidden tab's throttled timers, a frozen page) judges nothing:
     // the worker had no fair chance to answer. It starts over.
-    if (now - lastCheck > 2 * every + 1_000 || !answered) unansweredSince = undefined;
+    if (now - lastCheck > 2 * every + 1_000) unansweredSince = undefined;
     lastCheck = now;
-    if (unansweredSince !== undefined && now - unansweredSince > workerTimeoutMs) {
+    if (unansweredSince !== undefined && now - unansweredSince > (answered ? workerTimeoutMs : Math.max(workerTimeoutMs, STARTUP_ALLOWANCE_MS))) {
       deadError = new ClosedError(
         `the localrec worker stopped responding (no answer for ${Math.round((now - unansweredSince) / 1000)} s; it may have run out of memory): create the recommender again`,
       );
@@ -254,6 +270,8 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
     halt();
     throw e;
   }
+  /** Numbers the page's sync() calls, so that a cancel names the one it is for. */
+  let syncCalls = 0;
   /** Set by the first close() or erase(): what it returns, and which one it was. */
   let ending: { kind: 'close' | 'erase'; done: Promise<void> } | undefined;
   let pending: unknown[] = [];
@@ -299,7 +317,13 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
       await Promise.all([...inflight]);
       const final = Promise.race([revive(last()), dead]);
       waitOn(final);
-      await final;
+      try {
+        await final;
+      } catch (e) {
+        // The worker died on the way: an erase still holds, done from the page.
+        if (kind === 'erase' && deadError) return deleteDatabase(dbName);
+        throw e;
+      }
     })().finally(stop);
     ending = { kind, done };
     return done;
@@ -314,7 +338,11 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
   };
   globalThis.addEventListener?.('pagehide', onHide);
   globalThis.document?.addEventListener?.('visibilitychange', onHide);
+  let stopped = false;
   const stop = () => {
+    // Once only: the liveness check may have stopped the worker before close()/erase() end.
+    if (stopped) return;
+    stopped = true;
     closed = true;
     clearTimeout(watchdog);
     watchdog = undefined;
@@ -373,16 +401,20 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
       if (onProgress !== undefined && typeof onProgress !== 'function') throw new ValidationError('options.onProgress', `must be a function, got ${typeof onProgress}`);
       if (contribute !== undefined && typeof contribute !== 'boolean') throw new ValidationError('options.contribute', `must be true or false, got ${describeValue(contribute)}`);
       if (signal?.aborted) throw syncCancelled('before it started');
-      // An AbortSignal cannot cross postMessage: the page forwards its abort to the worker.
-      const cancel = () => void api.cancelSync().catch(() => undefined);
+      // An AbortSignal cannot cross postMessage: the page forwards its abort to the worker, naming
+      // this call, so that it cancels this call (and the sync it runs or joined), not another one.
+      const id = ++syncCalls;
+      const cancel = () => void api.cancelSync(id).catch(() => undefined);
       signal?.addEventListener('abort', cancel, { once: true });
       try {
-        // Checked again once tracked events have reached the worker: an abort while waiting for them
-        // would otherwise reach the worker before its sync began, and cancel nothing.
+        // Checked again once tracked events have reached the worker: an abort (or a close() or
+        // erase()) while waiting for them would otherwise reach the worker before its sync began.
         return await call(() =>
-          signal?.aborted
-            ? Promise.reject(syncCancelled('before it started'))
-            : api.sync(onProgress ? Comlink.proxy(onProgress) : undefined, contribute),
+          ending
+            ? Promise.reject(new ClosedError(`the recommender is ${ending.kind === 'close' ? 'closing' : 'erasing its data'}`))
+            : signal?.aborted
+              ? Promise.reject(syncCancelled('before it started'))
+              : api.sync(onProgress ? Comlink.proxy(onProgress) : undefined, contribute, id),
         );
       } finally {
         signal?.removeEventListener('abort', cancel);
@@ -399,7 +431,7 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
     async erase() {
       // The worker is gone (taken for dead): the shopper's request to erase still holds, so the page
       // deletes the database itself.
-      if (deadError) return deleteDatabase(options.dbName ?? 'localrec');
+      if (deadError) return deleteDatabase(dbName);
       if (closed) throw new ClosedError('the recommender is closed');
       // Pending events are dropped, not posted: they are about to be erased anyway.
       pending = [];

@@ -215,6 +215,15 @@ function checkFederated(fed: unknown): void {
  * Key of the newest of `events` (the store's keys only grow): what a training run or a sync learned
  * from. Events stored while it ran stay pending, so auto-training still counts them.
  */
+/** Resolves when `signal` aborts (never without one). */
+function whenAborted(signal: AbortSignal | undefined): Promise<void> {
+  return new Promise((resolve) => {
+    if (!signal) return;
+    if (signal.aborted) return resolve();
+    signal.addEventListener('abort', () => resolve(), { once: true });
+  });
+}
+
 function newestId(events: StoredEvent[]): number {
   return events.reduce((m, e) => Math.max(m, e.id ?? 0), 0);
 }
@@ -404,7 +413,7 @@ export class Engine {
     clearTimeout(this.autoSyncTimer);
     this.autoSyncTimer = undefined;
     this.autoSyncStopped = true;
-    this.cancelSync();
+    this.cancelAllSyncs();
     await this.syncing?.catch(() => undefined);
     await this.training?.catch(() => undefined);
     this.queue = [];
@@ -473,7 +482,7 @@ export class Engine {
     if (!next.personalization || !next.federated) {
       // A sync under way stops with the consent it needed: before its upload it sends nothing (an
       // upload already in flight is never cut, so its ε stays spent and recorded).
-      this.cancelSync();
+      this.cancelAllSyncs();
       await this.syncing?.catch(() => undefined);
     }
     if (next.personalization && !was) {
@@ -933,9 +942,12 @@ export class Engine {
     if (o.signal?.aborted) throw syncCancelled('before it started');
     if (this.closing) throw new ClosedError('the recommender is closing');
     // A sync that only receives cannot stand in for one that was asked to contribute: wait it out.
-    // A cancel meanwhile (the page's signal, close(), erase(), consent withdrawn) cancels this call too.
+    // This call's own signal cancels it meanwhile, and so does a cancel of every sync (close(),
+    // erase(), consent withdrawn); another caller's signal cancels only that caller's sync.
     const cancels = this.cancels;
-    while (contribute && this.syncing && !this.syncContributes) await this.syncing.catch(() => undefined);
+    while (contribute && this.syncing && !this.syncContributes && !o.signal?.aborted && this.cancels === cancels) {
+      await Promise.race([this.syncing.catch(() => undefined), whenAborted(o.signal)]);
+    }
     this.assertOpen();
     if (this.closing) throw new ClosedError('the recommender is closing');
     if (o.signal?.aborted || this.cancels !== cancels) throw syncCancelled('before it started');
@@ -972,9 +984,17 @@ export class Engine {
     }
   }
 
+  /**
+   * Cancels every sync: the one under way and any call waiting for its turn (close(), erase(),
+   * consent withdrawn, another tab's erase).
+   */
+  cancelAllSyncs(): void {
+    this.cancels++;
+    this.cancelSync();
+  }
+
   /** Cancels the sync under way, if any (see {@link SyncControl.signal}); true when there was one. */
   cancelSync(): boolean {
-    this.cancels++;
     if (!this.syncAbort) return false;
     this.syncAbort.abort();
     return true;
@@ -1164,8 +1184,13 @@ export class Engine {
   /** Set when another tab erased the shopper's data: no automatic sync for the rest of this session. */
   private autoSyncStopped = false;
 
-  /** The automatic sync's period in ms (`options.federated.autoSyncHours`), 0 when off. */
+  /**
+   * The automatic sync's period in ms (`options.federated.autoSyncHours`), 0 when off: also without
+   * IndexedDB (private mode), where nothing would hold the period, or the budget, across page loads
+   * and every page would sync. (Before consent the store is in memory too; that is not this case.)
+   */
   private get autoSyncMs(): number {
+    if (this.store.kind === 'memory' && !this.opts.store && this.consent.personalization) return 0;
     return (this.opts.federated?.autoSyncHours ?? 0) * 3_600_000;
   }
 
@@ -1194,9 +1219,6 @@ export class Engine {
     const period = this.autoSyncMs;
     if (period <= 0 || this.closed || this.closing || this.autoSyncStopped) return null;
     const retry = Math.min(period, AUTO_SYNC_RETRY_MS);
-    // Without IndexedDB (private mode) nothing would hold the period, or the budget, across page
-    // loads: every page would sync. Automatic syncs are off there; the page can still call sync().
-    if (this.store.kind === 'memory' && !this.opts.store) return null;
     if (!this.consent.personalization || !this.consent.federated || this.gpcBlocksSync() || this.syncing) {
       this.scheduleAutoSync(retry);
       return null;
@@ -1211,7 +1233,11 @@ export class Engine {
         return { ...s, lastAttemptAt: now };
       });
     } catch (e) {
-      if (e !== notDue) throw e;
+      if (e !== notDue) {
+        // Storage failed (for now): look again later rather than never this session.
+        this.scheduleAutoSync(retry);
+        throw e;
+      }
       // Look again when the period (or the retry delay after a failure) has run out.
       const next = Math.max((state?.lastSuccessAt ?? -Infinity) + period, (state?.lastAttemptAt ?? -Infinity) + retry);
       this.scheduleAutoSync(Math.min(period, Math.max(1_000, next - now)));
@@ -1294,7 +1320,7 @@ export class Engine {
     const federated = fed !== undefined && this.consent.federated && this.consent.personalization && !this.gpcBlocksSync();
     const budget = fed?.budget ?? 8;
     const delta = fed?.delta ?? 1e-5;
-    const hours = fed?.autoSyncHours ?? 0;
+    const hours = this.autoSyncMs > 0 ? (fed?.autoSyncHours ?? 0) : 0;
     const auto = hours > 0 ? await this.store.getMeta<AutoSyncState>(AUTO_SYNC_KEY) : undefined;
     return {
       epsilon: acc.epsilon(delta),
@@ -1465,7 +1491,7 @@ export class Engine {
     this.autoSyncTimer = undefined;
     // A sync still waiting (for its cohort, or for the cohort's end) stops now; one past its upload
     // keeps its ε, written before the store closes.
-    this.cancelSync();
+    this.cancelAllSyncs();
     // A neighbour file still downloading is not worth waiting for: the next session fetches it.
     this.closing = true;
     this.neighborAbort?.abort();
@@ -1489,7 +1515,7 @@ export class Engine {
     this.queue = [];
     this.eventCache = undefined;
     // No sync may send anything, or write anything, once erasing has begun.
-    this.cancelSync();
+    this.cancelAllSyncs();
     this.neighborAbort?.abort();
     await this.syncing?.catch(() => undefined);
     await this.training?.catch(() => undefined);

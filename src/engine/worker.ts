@@ -45,6 +45,9 @@ function ready(): Engine {
   return engine;
 }
 
+/** The page's sync calls in the worker, by the id the page gave them, with their cancel switches. */
+const syncCalls = new Map<number, AbortController>();
+
 /** Highest track batch number received, and calls waiting for a batch that is still in flight. */
 let received = 0;
 let waiting: Array<{ seq: number; resolve: () => void }> = [];
@@ -104,17 +107,37 @@ export const workerApi = {
     return result;
   },
   stats: () => ready().stats(),
-  async sync(onProgress?: (p: SyncProgress) => unknown, contribute?: boolean) {
+  async sync(onProgress?: (p: SyncProgress) => unknown, contribute?: boolean, callId?: number) {
     // As train(): every progress report has reached the page when sync() resolves.
     let last: unknown;
+    // The page's AbortSignal cannot cross postMessage: it sends cancelSync(callId), which aborts this.
+    const abort = new AbortController();
+    if (callId !== undefined) syncCalls.set(callId, abort);
     try {
-      return await ready().sync({ ...(onProgress ? { onProgress: (p: SyncProgress) => void (last = onProgress(p)) } : {}), ...(contribute !== undefined ? { contribute } : {}) });
+      return await ready().sync({
+        ...(onProgress ? { onProgress: (p: SyncProgress) => void (last = onProgress(p)) } : {}),
+        ...(contribute !== undefined ? { contribute } : {}),
+        signal: abort.signal,
+      });
     } finally {
+      if (callId !== undefined) syncCalls.delete(callId);
       await Promise.resolve(last).catch(() => undefined);
     }
   },
-  /** The page's AbortSignal fired: cancel the sync under way (AbortSignal cannot cross postMessage). */
-  cancelSync: () => ready().cancelSync(),
+  /**
+   * The page's AbortSignal for sync call `callId` fired: that call is cancelled (and with it the sync
+   * it runs or joined, for every caller, as an engine signal does). Without an id (close(), erase()):
+   * every sync, waiting calls included.
+   */
+  cancelSync(callId?: number): boolean {
+    if (callId === undefined) {
+      ready().cancelAllSyncs();
+      return true;
+    }
+    const abort = syncCalls.get(callId);
+    abort?.abort();
+    return abort !== undefined;
+  },
   setConsent: (c: { personalization?: boolean; federated?: boolean }) => ready().setConsent(c),
   audit: () => ready().audit(),
   setOffers: (signed: unknown) => ready().setOffers(signed),

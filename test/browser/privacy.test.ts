@@ -387,6 +387,24 @@ describe('privacy in Chromium', () => {
     await page.close();
   });
 
+  it('a sync() called in the same moment as erase() sends nothing: the shopper asked to erase', async () => {
+    const page = await sdkPage();
+    const requests: string[] = [];
+    page.on('request', (q) => requests.push(`${q.method()} ${new URL(q.url()).pathname}`));
+    const r = await page.evaluate(async ({ catalog, serverUrl }) => {
+      const { createRecommender } = (window as any).localrec;
+      const rec = await createRecommender({ catalog, backend: 'wasm', dbName: 'privacy-sync-erase', autoTrainEvery: 0, model: { dim: 16 }, federated: { serverUrl } });
+      for (const itemId of ['sku-1001', 'sku-1002', 'sku-1003']) rec.track({ type: 'view', itemId });
+      const syncing = rec.sync().then(() => 'synced', (e: any) => e.name);
+      await rec.erase();
+      return { sync: await syncing, databases: (await indexedDB.databases()).map((d: IDBDatabaseInfo) => d.name) };
+    }, { catalog: CATALOG, serverUrl: server.url });
+    assert.equal(r.sync, 'ClosedError');
+    assert.ok(!r.databases.includes('privacy-sync-erase'));
+    assert.deepEqual(requests.filter((q) => q.includes('/v1/')), [], 'no request reached the server');
+    await page.close();
+  });
+
   it('works under a strict Content-Security-Policy (no unsafe-eval; wasm-unsafe-eval for the WASM backend)', async () => {
     const CSP = "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; worker-src 'self'; connect-src 'self'; style-src 'self'; object-src 'none'; base-uri 'none'";
     const csp = await serveRepo(() => ({ 'Content-Security-Policy': CSP }));

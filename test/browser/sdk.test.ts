@@ -167,7 +167,21 @@ describe('SDK in Chromium', () => {
   });
 
   it('a worker that ends without a word (as one out of memory does) fails the calls waiting on it instead of hanging them', async () => {
-    const page = await sdkPage();
+    // Two tabs of one browser profile (one context), both with the shop, on the same database.
+    const context = await browser.newContext();
+    const tab = async () => {
+      const p = await context.newPage();
+      await p.addInitScript('globalThis.__name = (f) => f;');
+      p.on('pageerror', (e) => process.stderr.write(`[page error] ${e.message}\n`));
+      await p.goto(`${server.url}/test/browser/pages/sdk.html`);
+      await p.waitForFunction(() => (window as any).ready === true);
+      return p;
+    };
+    const page = await tab();
+    const other = await tab();
+    await other.evaluate(async (catalog) => {
+      (window as any).rec = await (window as any).localrec.createRecommender({ catalog, backend: 'wasm', dbName: 'dying', autoTrainEvery: 0 });
+    }, CATALOG);
     const r = await page.evaluate(async (catalog) => {
       const { createRecommender, ClosedError } = (window as any).localrec;
       // Keeps a handle on the SDK's Worker, to end it from outside.
@@ -214,7 +228,15 @@ describe('SDK in Chromium', () => {
     assert.match(r.later, /^ClosedError: the localrec worker stopped responding/);
     assert.match(r.badOption, /^ValidationError: options\.workerTimeoutMs: must be 0 \(no check\) or a number of milliseconds ≥ 1000, got 200$/);
     assert.ok(r.before.includes('dying') && !r.after.includes('dying'), 'erase() after the worker died deleted the database');
-    await page.close();
+    // The other tab heard of the erase (as from a worker's own erase()) and goes on, empty.
+    const otherStats = await other.evaluate(async () => {
+      const rec = (window as any).rec;
+      const s = await rec.stats();
+      await rec.close();
+      return { total: s.events.total };
+    });
+    assert.deepEqual(otherStats, { total: 0 });
+    await context.close();
   });
 
   it('trains on WebGPU and on WASM to the same recommendations', async () => {

@@ -450,22 +450,22 @@ describe('sync edge cases: waiting calls, budget, caches, consent', () => {
     return e;
   }
 
-  it('a contributing call waiting behind a receiving one is cancelled by a cancel or close() made while it waits: nothing uploaded', async () => {
+  it('a contributing call waiting behind a receiving one: cancelling every sync (or close()) cancels it too, nothing uploaded', async () => {
     const srv = await own();
     try {
-      for (const how of ['cancel', 'close'] as const) {
+      for (const how of ['cancel all', 'close'] as const) {
         const c = counting();
         const e = await dev(srv.url, { fetch: c.fetch });
         const pull = e.sync({ contribute: false });
         const contrib = e.sync();
         await new Promise((r) => setImmediate(r));
-        const closing = how === 'close' ? e.close() : (e.cancelSync(), Promise.resolve());
+        const closing = how === 'close' ? e.close() : (e.cancelAllSyncs(), Promise.resolve());
         const [a, b] = await Promise.allSettled([pull, contrib]);
         await closing;
         assert.equal(a.status, 'rejected');
         assert.equal(b.status, 'rejected', `${how}: the waiting contributing call does not go ahead`);
         assert.ok(!c.sent.includes('POST /v1/updates'), `${how}: nothing uploaded (${c.sent.join(', ')})`);
-        if (how === 'cancel') {
+        if (how === 'cancel all') {
           assert.equal((await e.stats()).privacy.syncs, 0);
           await e.close();
         }
@@ -473,6 +473,50 @@ describe('sync edge cases: waiting calls, budget, caches, consent', () => {
     } finally {
       await srv.close();
     }
+  });
+
+  it("one caller's signal cancels its own call only: not a call waiting behind it, nor the sync a waiting call waits for", async () => {
+    const srv = await own();
+    try {
+      const e = await dev(srv.url, { federated: { budget: 20 } });
+      // The receiving call's signal: it is cancelled, the contributing call waiting behind it goes ahead.
+      const first = new AbortController();
+      const pull = e.sync({ contribute: false, signal: first.signal });
+      const contrib = e.sync();
+      await new Promise((r) => setImmediate(r));
+      first.abort();
+      const [a, b] = await Promise.allSettled([pull, contrib]);
+      assert.ok(a.status === 'rejected' && (a.reason as Error).name === 'AbortError');
+      assert.ok(b.status === 'fulfilled' && b.value.sent === true, 'the other caller synced');
+      // The waiting call's signal: it is cancelled at once, the receiving sync it waited for is not.
+      const second = new AbortController();
+      const pull2 = e.sync({ contribute: false });
+      const contrib2 = e.sync({ signal: second.signal });
+      await new Promise((r) => setImmediate(r));
+      second.abort();
+      const [c, d] = await Promise.allSettled([pull2, contrib2]);
+      assert.ok(c.status === 'fulfilled' && c.value.sent === false, 'the receiving sync went on');
+      assert.ok(d.status === 'rejected' && (d.reason as Error).name === 'AbortError');
+      assert.equal((await e.stats()).privacy.syncs, 1);
+      await e.close();
+    } finally {
+      await srv.close();
+    }
+  });
+
+  it('a storage failure while claiming the automatic slot is reported and looked at again later', async () => {
+    class FlakyStore extends MemoryEventStore {
+      failures = 1;
+      override async updateMeta<T>(key: string, update: (current: T | undefined) => T): Promise<T> {
+        if (key === 'autoSync' && this.failures-- > 0) throw Object.assign(new Error('transaction aborted'), { name: 'StorageError' });
+        return super.updateMeta(key, update);
+      }
+    }
+    const e = await Engine.create({ catalog, backend: 'cpu', autoTrainEvery: 0, store: new FlakyStore(), federated: { serverUrl: 'http://127.0.0.1:9', autoSyncHours: 24 }, fetch: async () => Promise.reject(new TypeError('offline')) });
+    const auto = e as unknown as { autoSync(): Promise<unknown>; autoSyncTimer: unknown };
+    await assert.rejects(auto.autoSync(), /transaction aborted/);
+    assert.ok(auto.autoSyncTimer !== undefined, 'the next look is scheduled');
+    await e.close();
   });
 
   it('a receiving call that joined a contributing sync refused for the budget still receives', async () => {
