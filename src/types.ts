@@ -209,7 +209,8 @@ export interface SyncControl {
    * spent (a device waiting for its secure-aggregation cohort to fill gives its place back). Once
    * the cohort is full, or the update is on its way, the upload goes ahead (the cohort's other
    * members depend on it; the ε is spent) and only the wait for the cohort's end is cut short
-   * (`cohortOutcome: 'left'`). A sync shared by several callers is cancelled for all of them.
+   * (`cohortOutcome: 'left'`). A sync shared by several callers is cancelled for all of them; a
+   * contributing call still waiting for a receiving sync to end is cancelled alone.
    */
   signal?: AbortSignal;
   /**
