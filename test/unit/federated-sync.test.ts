@@ -34,6 +34,16 @@ after(async () => {
   await server?.close();
 });
 
+/** Runs `f` against a server of its own (so the test decides when versions are published), closed after. */
+async function withOwnServer(o: { seed?: number; minClients?: number }, f: (srv: RunningServer) => Promise<void>): Promise<void> {
+  const srv = await startServer({ port: 0, dataDir: null, initialTable: createItemTable(ids, 16, { seed: o.seed ?? 2 }), minClients: o.minClients ?? 50, clip: 1, noiseMultiplier: 1, rateLimit: false, log: () => {} });
+  try {
+    await f(srv);
+  } finally {
+    await srv.close();
+  }
+}
+
 /** Records every request body and URL the device sends. */
 function capturingFetch(): { fetch: FetchLike; sent: Array<{ url: string; body?: Uint8Array }> } {
   const sent: Array<{ url: string; body?: Uint8Array }> = [];
@@ -184,10 +194,6 @@ describe('sync()', () => {
 });
 
 describe('sync({ contribute: false }) and unchanged models', () => {
-  /** A server of its own, so the tests here decide when versions are published. */
-  async function ownServer(minClients: number): Promise<RunningServer> {
-    return startServer({ port: 0, dataDir: null, initialTable: createItemTable(ids, 16, { seed: 2 }), minClients, clip: 1, noiseMultiplier: 1, rateLimit: false, log: () => {} });
-  }
   async function deviceOn(srv: RunningServer, history: string[], extra: { budget?: number; fetch?: FetchLike; store?: MemoryEventStore } = {}) {
     const e = await Engine.create({
       catalog,
@@ -207,8 +213,7 @@ describe('sync({ contribute: false }) and unchanged models', () => {
   const lines = async (e: Engine) => (await e.egressLog()).map((l) => `${l.method} ${l.endpoint} ${l.status}`);
 
   it('past the budget a device still receives newer versions, sends nothing, spends nothing, and gets a 304 while it is current', async () => {
-    const srv = await ownServer(2);
-    try {
+    await withOwnServer({ minClients: 2 }, async (srv) => {
       const cap = capturingFetch();
       const store = new MemoryEventStore();
       const e = await deviceOn(srv, ['sku-3', 'sku-4', 'sku-5'], { budget: 5, fetch: cap.fetch, store });
@@ -242,28 +247,22 @@ describe('sync({ contribute: false }) and unchanged models', () => {
       assert.equal((await lines(reloaded)).at(-1), 'GET /v1/model 304');
       assert.equal((await reloaded.stats()).model.version, 1);
       await reloaded.close();
-    } finally {
-      await srv.close();
-    }
+    });
   });
 
   it('a second contributing sync in the same session does not download an unchanged model again', async () => {
-    const srv = await ownServer(50);
-    try {
+    await withOwnServer({ minClients: 50 }, async (srv) => {
       const e = await deviceOn(srv, ['sku-11', 'sku-12', 'sku-13']);
       const a = await e.sync();
       const b = await e.sync();
       assert.deepEqual([a.modelChanged, b.modelChanged, a.sent, b.sent], [true, false, true, true]);
       assert.deepEqual(await lines(e), ['GET /v1/config 200', 'GET /v1/model 200', 'POST /v1/updates 202', 'GET /v1/config 200', 'GET /v1/model 304', 'POST /v1/updates 202']);
       await e.close();
-    } finally {
-      await srv.close();
-    }
+    });
   });
 
   it('after a reload a contributing sync reuses the stored global model on a 304; a damaged copy is downloaded again', async () => {
-    const srv = await ownServer(50);
-    try {
+    await withOwnServer({ minClients: 50 }, async (srv) => {
       const store = new MemoryEventStore();
       const e = await deviceOn(srv, ['sku-17', 'sku-18', 'sku-19'], { store });
       await e.sync();
@@ -288,14 +287,11 @@ describe('sync({ contribute: false }) and unchanged models', () => {
       await third.sync();
       assert.deepEqual((await lines(third)).slice(-3), ['GET /v1/config 200', 'GET /v1/model 200', 'POST /v1/updates 202']);
       await third.close();
-    } finally {
-      await srv.close();
-    }
+    });
   });
 
   it('a contributing sync() called while a receiving one runs waits for it, then uploads', async () => {
-    const srv = await ownServer(50);
-    try {
+    await withOwnServer({ minClients: 50 }, async (srv) => {
       const e = await deviceOn(srv, ['sku-14', 'sku-15', 'sku-16']);
       const [pulled, synced] = await Promise.all([e.sync({ contribute: false }), e.sync()]);
       assert.equal(pulled.sent, false);
@@ -307,9 +303,7 @@ describe('sync({ contribute: false }) and unchanged models', () => {
       assert.deepEqual(s2, p2);
       assert.equal((await e.stats()).privacy.syncs, 2);
       await e.close();
-    } finally {
-      await srv.close();
-    }
+    });
   });
 
   it('refuses a contribute that is not a boolean, by name', async () => {
@@ -342,51 +336,51 @@ describe('automatic syncs (options.federated.autoSyncHours)', () => {
   const lines = async (e: Engine) => (await e.egressLog()).map((l) => `${l.method} ${l.endpoint} ${l.status}`);
 
   it('contributes while the budget allows, at most once per period, then only receives', async () => {
-    const srv = await startServer({ port: 0, dataDir: null, initialTable: createItemTable(ids, 16, { seed: 3 }), minClients: 50, clip: 1, noiseMultiplier: 1, rateLimit: false, log: () => {} });
-    const clock = { t: 1_800_000_000_000 };
-    const { e, auto } = await autoDevice(srv, { clock, budget: 5 });
-    try {
-      assert.ok(auto.autoSyncTimer !== undefined, 'the first look is scheduled at start-up');
-      const first = await auto.autoSync();
-      assert.equal(first?.sent, true, 'a contributing sync while the budget allows one');
-      assert.deepEqual((await e.stats()).privacy.autoSync, { everyHours: 24, lastSuccessAt: clock.t, lastAttemptAt: clock.t });
-      clock.t += 23 * HOUR;
-      assert.equal(await auto.autoSync(), null, 'not again within the period');
-      assert.equal((await e.egressLog()).length, 3);
-      clock.t += 2 * HOUR;
-      const third = await auto.autoSync();
-      // σ = 1 at budget 5: one sync (ε 4.38) and no more, so the next automatic one only receives.
-      assert.deepEqual([third?.sent, third?.modelChanged], [false, false]);
-      assert.deepEqual((await lines(e)).slice(3), ['GET /v1/config 200', 'GET /v1/model 304']);
-      assert.equal((await e.stats()).privacy.syncs, 1);
-      assert.equal((await e.stats()).lastError, undefined);
-      assert.equal((await e.audit()).privacy.autoSyncHours, 24);
-      await e.close();
-      assert.equal(auto.autoSyncTimer, undefined, 'close() disarms it');
-    } finally {
-      await e.close();
-      await srv.close();
-    }
+    await withOwnServer({ seed: 3 }, async (srv) => {
+      const clock = { t: 1_800_000_000_000 };
+      const { e, auto } = await autoDevice(srv, { clock, budget: 5 });
+      try {
+        assert.ok(auto.autoSyncTimer !== undefined, 'the first look is scheduled at start-up');
+        const first = await auto.autoSync();
+        assert.equal(first?.sent, true, 'a contributing sync while the budget allows one');
+        assert.deepEqual((await e.stats()).privacy.autoSync, { everyHours: 24, lastSuccessAt: clock.t, lastAttemptAt: clock.t });
+        clock.t += 23 * HOUR;
+        assert.equal(await auto.autoSync(), null, 'not again within the period');
+        assert.equal((await e.egressLog()).length, 3);
+        clock.t += 2 * HOUR;
+        const third = await auto.autoSync();
+        // σ = 1 at budget 5: one sync (ε 4.38) and no more, so the next automatic one only receives.
+        assert.deepEqual([third?.sent, third?.modelChanged], [false, false]);
+        assert.deepEqual((await lines(e)).slice(3), ['GET /v1/config 200', 'GET /v1/model 304']);
+        assert.equal((await e.stats()).privacy.syncs, 1);
+        assert.equal((await e.stats()).lastError, undefined);
+        assert.equal((await e.audit()).privacy.autoSyncHours, 24);
+        await e.close();
+        assert.equal(auto.autoSyncTimer, undefined, 'close() disarms it');
+      } finally {
+        await e.close();
+      }
+    });
   });
 
   it('two tabs on one database: only one of them syncs in a period; the page’s own sync counts too', async () => {
-    const srv = await startServer({ port: 0, dataDir: null, initialTable: createItemTable(ids, 16, { seed: 3 }), minClients: 50, clip: 1, noiseMultiplier: 1, rateLimit: false, log: () => {} });
-    const clock = { t: 1_800_000_000_000 };
-    const store = new MemoryEventStore();
-    const a = await autoDevice(srv, { clock, store });
-    const b = await autoDevice(srv, { clock, store });
-    try {
-      const both = await Promise.all([a.auto.autoSync(), b.auto.autoSync()]);
-      assert.equal(both.filter((r) => r !== null).length, 1, 'one tab claimed the slot');
-      clock.t += 25 * HOUR;
-      await a.e.sync(); // the page syncs by itself: the automatic one waits a period from here
-      assert.equal(await b.auto.autoSync(), null);
-      assert.equal((await a.e.stats()).privacy.syncs, 2);
-    } finally {
-      await a.e.close();
-      await b.e.close();
-      await srv.close();
-    }
+    await withOwnServer({ seed: 3 }, async (srv) => {
+      const clock = { t: 1_800_000_000_000 };
+      const store = new MemoryEventStore();
+      const a = await autoDevice(srv, { clock, store });
+      const b = await autoDevice(srv, { clock, store });
+      try {
+        const both = await Promise.all([a.auto.autoSync(), b.auto.autoSync()]);
+        assert.equal(both.filter((r) => r !== null).length, 1, 'one tab claimed the slot');
+        clock.t += 25 * HOUR;
+        await a.e.sync(); // the page syncs by itself: the automatic one waits a period from here
+        assert.equal(await b.auto.autoSync(), null);
+        assert.equal((await a.e.stats()).privacy.syncs, 2);
+      } finally {
+        await a.e.close();
+        await b.e.close();
+      }
+    });
   });
 
   it('a failed automatic sync is kept in stats().lastError and retried 15 minutes later at the soonest; no consent, no sync', async () => {
@@ -429,7 +423,6 @@ describe('automatic syncs (options.federated.autoSyncHours)', () => {
 });
 
 describe('sync edge cases: waiting calls, budget, caches, consent', () => {
-  const own = () => startServer({ port: 0, dataDir: null, initialTable: createItemTable(ids, 16, { seed: 4 }), minClients: 50, clip: 1, noiseMultiplier: 1, rateLimit: false, log: () => {} });
   function counting(): { sent: string[]; fetch: FetchLike } {
     const sent: string[] = [];
     return { sent, fetch: (url, init) => (sent.push(`${init?.method ?? 'GET'} ${new URL(url).pathname}`), fetch(url, init as RequestInit)) };
@@ -451,8 +444,7 @@ describe('sync edge cases: waiting calls, budget, caches, consent', () => {
   }
 
   it('a contributing call waiting behind a receiving one: cancelling every sync (or close()) cancels it too, nothing uploaded', async () => {
-    const srv = await own();
-    try {
+    await withOwnServer({ seed: 4 }, async (srv) => {
       for (const how of ['cancel all', 'close'] as const) {
         const c = counting();
         const e = await dev(srv.url, { fetch: c.fetch });
@@ -470,14 +462,11 @@ describe('sync edge cases: waiting calls, budget, caches, consent', () => {
           await e.close();
         }
       }
-    } finally {
-      await srv.close();
-    }
+    });
   });
 
   it("one caller's signal cancels its own call only: not a call waiting behind it, nor the sync a waiting call waits for", async () => {
-    const srv = await own();
-    try {
+    await withOwnServer({ seed: 4 }, async (srv) => {
       const e = await dev(srv.url, { federated: { budget: 20 } });
       // The receiving call's signal: it is cancelled, the contributing call waiting behind it goes ahead.
       const first = new AbortController();
@@ -499,9 +488,7 @@ describe('sync edge cases: waiting calls, budget, caches, consent', () => {
       assert.ok(d.status === 'rejected' && (d.reason as Error).name === 'AbortError');
       assert.equal((await e.stats()).privacy.syncs, 1);
       await e.close();
-    } finally {
-      await srv.close();
-    }
+    });
   });
 
   it('a storage failure while claiming the automatic slot is reported and looked at again later', async () => {
@@ -520,21 +507,17 @@ describe('sync edge cases: waiting calls, budget, caches, consent', () => {
   });
 
   it('a receiving call that joined a contributing sync refused for the budget still receives', async () => {
-    const srv = await own();
-    try {
+    await withOwnServer({ seed: 4 }, async (srv) => {
       const e = await dev(srv.url, { federated: { budget: 2 } }); // one sync at σ = 1 costs ε 4.38
       const [contrib, pull] = await Promise.allSettled([e.sync(), e.sync({ contribute: false })]);
       assert.ok(contrib.status === 'rejected' && isPrivacyBudgetError(contrib.reason));
       assert.ok(pull.status === 'fulfilled' && pull.value.sent === false && pull.value.modelChanged === true);
       await e.close();
-    } finally {
-      await srv.close();
-    }
+    });
   });
 
   it('an automatic sync receives when the budget cannot pay for one sync at the server’s σ', async () => {
-    const srv = await own();
-    try {
+    await withOwnServer({ seed: 4 }, async (srv) => {
       const c = counting();
       const clock = { t: 1_800_000_000_000 };
       const e = await dev(srv.url, { fetch: c.fetch, federated: { budget: 2, autoSyncHours: 24 }, now: () => clock.t });
@@ -545,14 +528,11 @@ describe('sync edge cases: waiting calls, budget, caches, consent', () => {
       assert.equal((await e.stats()).privacy.autoSync?.lastSuccessAt, clock.t, 'the period starts from the receiving sync');
       assert.equal((await e.exportData()).autoSync?.lastSuccessAt, clock.t, 'export() includes the automatic sync times');
       await e.close();
-    } finally {
-      await srv.close();
-    }
+    });
   });
 
   it('close() while an automatic sync is claiming its slot: no request goes out after it', async () => {
-    const srv = await own();
-    try {
+    await withOwnServer({ seed: 4 }, async (srv) => {
       const c = counting();
       const e = await dev(srv.url, { fetch: c.fetch, federated: { autoSyncHours: 24 } });
       const p = (e as unknown as { autoSync(): Promise<unknown> }).autoSync();
@@ -560,9 +540,7 @@ describe('sync edge cases: waiting calls, budget, caches, consent', () => {
       assert.equal(await p, null);
       await new Promise((r) => setTimeout(r, 200));
       assert.deepEqual(c.sent, []);
-    } finally {
-      await srv.close();
-    }
+    });
   });
 
   it('a period longer than a timer can hold is waited out in steps (no TimeoutOverflowWarning, no busy loop)', async () => {
@@ -602,8 +580,7 @@ describe('sync edge cases: waiting calls, budget, caches, consent', () => {
         return super.setMeta(key, value);
       }
     }
-    const srv = await own();
-    try {
+    await withOwnServer({ seed: 4 }, async (srv) => {
       const e = await dev(srv.url, { store: new FullStore() });
       const r = await e.sync();
       assert.equal(r.sent, true);
@@ -612,14 +589,11 @@ describe('sync edge cases: waiting calls, budget, caches, consent', () => {
       assert.equal((await e.audit()).model.stored, true, 'the weights were saved');
       assert.equal((await e.audit()).globalModel, null);
       await e.close();
-    } finally {
-      await srv.close();
-    }
+    });
   });
 
   it('after consent is withdrawn and given again, the model received before is not named in If-None-Match', async () => {
-    const srv = await own();
-    try {
+    await withOwnServer({ seed: 4 }, async (srv) => {
       const store = new MemoryEventStore();
       const e = await dev(srv.url, { store });
       await e.sync();
@@ -632,8 +606,6 @@ describe('sync edge cases: waiting calls, budget, caches, consent', () => {
       assert.deepEqual((await e.egressLog()).map((l) => `${l.method} ${l.endpoint} ${l.status}`), ['GET /v1/config 200', 'GET /v1/model 200', 'POST /v1/updates 202']);
       assert.equal((await e.audit()).globalModel?.stored, true);
       await e.close();
-    } finally {
-      await srv.close();
-    }
+    });
   });
 });
