@@ -1085,25 +1085,21 @@ export class Engine {
    * on is still the newest, the server answers 304 and nothing is downloaded or changed.
    */
   private async pullRound(signal: AbortSignal): Promise<SyncResultInfo> {
-    const fed = this.syncAllowed();
-    const budget = fed.budget ?? 8;
-    await this.training?.catch(() => undefined);
-    await this.freshModel();
-    const { profile, events } = await this.profile();
+    const { fed, budget, through, history, train } = await this.syncStart();
     const egress: EgressEntry[] = [];
     try {
       const r = await pullOnce({
         serverUrl: fed.serverUrl,
         fetch: this.opts.fetch,
-        history: [{ itemIds: profile.map((p) => this.table.itemIds[p.row]!), weights: profile.map((p) => p.weight) }],
-        train: { ...this.opts.training, seed: (this.opts.model?.seed ?? 1) + this.saved.trainSteps },
+        history,
+        train,
         onEgress: (e) => egress.push(e),
         onProgress: this.syncProgress,
         signal,
         now: this.now,
         ...(this.saved.globalHash ? { knownHash: this.saved.globalHash } : {}),
       });
-      if (r.changed) await this.adoptGlobal(r, newestId(events));
+      if (r.changed) await this.adoptGlobal(r, through);
       const accountant = new RdpAccountant(await this.store.getMeta<AccountantState>(PRIVACY_KEY));
       return { version: this.table.version, sent: false, uploadedBytes: 0, epsilon: accountant.epsilon(fed.delta), budget, published: null, modelChanged: r.changed };
     } finally {
@@ -1111,15 +1107,28 @@ export class Engine {
     }
   }
 
-  private async syncRound(signal: AbortSignal): Promise<SyncResultInfo> {
+  /**
+   * What both kinds of sync start from: the federated options (consent checked), training settled,
+   * the weights as stored, and the shopper's history with the key of its newest event.
+   */
+  private async syncStart() {
     const fed = this.syncAllowed();
-    const budget = fed.budget ?? 8;
     await this.training?.catch(() => undefined);
     await this.freshModel();
     const { profile, events } = await this.profile();
+    return {
+      fed,
+      budget: fed.budget ?? 8,
+      through: newestId(events),
+      history: [{ itemIds: profile.map((p) => this.table.itemIds[p.row]!), weights: profile.map((p) => p.weight) }],
+      train: { ...this.opts.training, seed: (this.opts.model?.seed ?? 1) + this.saved.trainSteps },
+    };
+  }
+
+  private async syncRound(signal: AbortSignal): Promise<SyncResultInfo> {
+    const { fed, budget, through, history, train } = await this.syncStart();
     const accountant = new RdpAccountant(await this.store.getMeta<AccountantState>(PRIVACY_KEY));
     const egress: EgressEntry[] = [];
-    const through = newestId(events);
     // The release is recorded against the stored accountant in one transaction (recordRelease), never
     // by writing this sync's copy back: another tab's sync may have spent since this one read it.
     const delta = fed.delta;
@@ -1149,8 +1158,8 @@ export class Engine {
         recordRelease,
         budget,
         delta,
-        history: [{ itemIds: profile.map((p) => this.table.itemIds[p.row]!), weights: profile.map((p) => p.weight) }],
-        train: { ...this.opts.training, seed: (this.opts.model?.seed ?? 1) + this.saved.trainSteps },
+        history,
+        train,
         onEgress: (e) => egress.push(e),
         onCheckpoint: checkpoint,
         onProgress: this.syncProgress,
