@@ -56,6 +56,25 @@ function capturingFetch(): { fetch: FetchLike; sent: Array<{ url: string; body?:
   };
 }
 
+/** A device on `url` (the server's base URL) that viewed `history`, with the options given. */
+async function deviceAt(url: string, history: string[], o: { store?: MemoryEventStore; federated?: Record<string, unknown>; fetch?: FetchLike; now?: () => number } = {}): Promise<Engine> {
+  const e = await Engine.create({
+    catalog,
+    backend: 'cpu',
+    autoTrainEvery: 0,
+    model: { dim: 16 },
+    store: o.store ?? new MemoryEventStore(),
+    federated: { serverUrl: url, ...o.federated },
+    fetch: o.fetch,
+    ...(o.now ? { now: o.now } : {}),
+  });
+  if (history.length) {
+    e.enqueue(history.map((itemId) => ({ type: 'view', itemId })));
+    await e.flush();
+  }
+  return e;
+}
+
 async function device(history: string[], extra: { budget?: number; fetch?: FetchLike } = {}) {
   const e = await Engine.create({
     catalog,
@@ -194,22 +213,8 @@ describe('sync()', () => {
 });
 
 describe('sync({ contribute: false }) and unchanged models', () => {
-  async function deviceOn(srv: RunningServer, history: string[], extra: { budget?: number; fetch?: FetchLike; store?: MemoryEventStore } = {}) {
-    const e = await Engine.create({
-      catalog,
-      backend: 'cpu',
-      autoTrainEvery: 0,
-      model: { dim: 16 },
-      store: extra.store ?? new MemoryEventStore(),
-      federated: { serverUrl: srv.url, ...(extra.budget ? { budget: extra.budget } : {}) },
-      fetch: extra.fetch,
-    });
-    if (history.length) {
-      e.enqueue(history.map((itemId) => ({ type: 'view', itemId })));
-      await e.flush();
-    }
-    return e;
-  }
+  const deviceOn = (srv: RunningServer, history: string[], extra: { budget?: number; fetch?: FetchLike; store?: MemoryEventStore } = {}) =>
+    deviceAt(srv.url, history, { ...extra, federated: extra.budget ? { budget: extra.budget } : {} });
   const lines = async (e: Engine) => (await e.egressLog()).map((l) => `${l.method} ${l.endpoint} ${l.status}`);
 
   it('past the budget a device still receives newer versions, sends nothing, spends nothing, and gets a 304 while it is current', async () => {
@@ -319,18 +324,12 @@ describe('automatic syncs (options.federated.autoSyncHours)', () => {
   const HOUR = 3_600_000;
   type Auto = { autoSync(): Promise<import('../../src/types.js').SyncResultInfo | null>; autoSyncTimer: unknown };
   async function autoDevice(srv: { url: string }, o: { store?: MemoryEventStore; budget?: number; clock: { t: number }; fetch?: FetchLike; history?: string[] }) {
-    const e = await Engine.create({
-      catalog,
-      backend: 'cpu',
-      autoTrainEvery: 0,
-      model: { dim: 16 },
-      store: o.store ?? new MemoryEventStore(),
-      federated: { serverUrl: srv.url, autoSyncHours: 24, ...(o.budget ? { budget: o.budget } : {}) },
+    const e = await deviceAt(srv.url, o.history ?? ['sku-51', 'sku-52', 'sku-53'], {
+      ...(o.store ? { store: o.store } : {}),
+      ...(o.fetch ? { fetch: o.fetch } : {}),
+      federated: { autoSyncHours: 24, ...(o.budget ? { budget: o.budget } : {}) },
       now: () => o.clock.t,
-      fetch: o.fetch,
     });
-    e.enqueue((o.history ?? ['sku-51', 'sku-52', 'sku-53']).map((itemId) => ({ type: 'view', itemId })));
-    await e.flush();
     return { e, auto: e as unknown as Auto };
   }
   const lines = async (e: Engine) => (await e.egressLog()).map((l) => `${l.method} ${l.endpoint} ${l.status}`);
@@ -427,21 +426,8 @@ describe('sync edge cases: waiting calls, budget, caches, consent', () => {
     const sent: string[] = [];
     return { sent, fetch: (url, init) => (sent.push(`${init?.method ?? 'GET'} ${new URL(url).pathname}`), fetch(url, init as RequestInit)) };
   }
-  async function dev(url: string, o: { fetch?: FetchLike; store?: MemoryEventStore; federated?: Record<string, unknown>; now?: () => number } = {}) {
-    const e = await Engine.create({
-      catalog,
-      backend: 'cpu',
-      autoTrainEvery: 0,
-      model: { dim: 16 },
-      store: o.store ?? new MemoryEventStore(),
-      federated: { serverUrl: url, ...o.federated },
-      fetch: o.fetch,
-      ...(o.now ? { now: o.now } : {}),
-    });
-    e.enqueue(['sku-61', 'sku-62', 'sku-63'].map((itemId) => ({ type: 'view', itemId })));
-    await e.flush();
-    return e;
-  }
+  const dev = (url: string, o: { fetch?: FetchLike; store?: MemoryEventStore; federated?: Record<string, unknown>; now?: () => number } = {}) =>
+    deviceAt(url, ['sku-61', 'sku-62', 'sku-63'], o);
 
   it('a contributing call waiting behind a receiving one: cancelling every sync (or close()) cancels it too, nothing uploaded', async () => {
     await withOwnServer({ seed: 4 }, async (srv) => {
