@@ -2,7 +2,6 @@ import * as Comlink from 'comlink';
 import { ClosedError, reviveError, syncCancelled, ValidationError } from './errors.js';
 import { validateEvent } from './events/schema.js';
 import { describeValue, knownKeys, OPTION_KEYS } from './options.js';
-
 import type { WorkerApi } from './engine/worker.js';
 import type { AuditReport, ExportFile } from './engine/audit-types.js';
 import type { OffersOptions, ShownOffer, SignedOfferCatalog } from './offers/types.js';
