@@ -218,8 +218,9 @@ export interface SyncControl {
    * version the device holds is still current: the request carries its hash in `If-None-Match`),
    * takes the same local step on it, and uploads nothing, so it spends no ε and works once the
    * budget is spent: the shopper keeps getting what everyone else's updates taught the model.
-   * Default `true`. A receiving call while a contributing sync runs gets that sync's result; a
-   * contributing call while a receiving one runs waits for it, then syncs.
+   * Default `true`. A receiving call while a contributing sync runs gets that sync's result (or,
+   * when it is refused for the budget, receives on its own); a contributing call while a receiving
+   * one runs waits for it, then syncs.
    */
   contribute?: boolean;
 }
@@ -352,9 +353,9 @@ export interface RecommenderOptions {
    * answers; a worker that leaves a check unanswered for this many ms is taken for dead (a worker
    * that ran out of memory ends without any event), and every call waiting on it, and every later
    * one, rejects with a ClosedError instead of hanging (`erase()` then deletes the database from the
-   * page). Start-up is checked from the worker's first answer (how long the script takes to download
-   * does not count), and checks made late (a hidden, throttled tab) do not count. Default 60,000;
-   * 0 turns the check off; otherwise at least 1,000.
+   * page). Start-up is checked too, but until the worker first answers (its script may still be
+   * downloading) it gets at least 60 s; checks made late (a hidden, throttled tab) do not count.
+   * Default 60,000; 0 turns the check off; otherwise at least 1,000.
    */
   workerTimeoutMs?: number;
 }
