@@ -311,16 +311,19 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
       if (ending.kind === kind) return ending.done;
       return Promise.reject(new ClosedError(`the recommender is already ${ending.kind === 'close' ? 'closing' : 'erasing its data'}`));
     }
+    // The worker may be taken for dead at any point of this: then an erase still holds (done from
+    // the page), and a close has nothing left to do.
+    const afterDeath = (): Promise<void> => (kind === 'erase' ? deleteDatabase(dbName) : Promise.resolve());
     const done = (async () => {
       void api.cancelSync().catch(() => undefined);
       await Promise.all([...inflight]);
-      const final = Promise.race([revive(last()), dead]);
+      if (deadError) return afterDeath();
+      const final = Promise.race([revive(Promise.resolve().then(last)), dead]);
       waitOn(final);
       try {
         await final;
       } catch (e) {
-        // The worker died on the way: an erase still holds, done from the page.
-        if (kind === 'erase' && deadError) return deleteDatabase(dbName);
+        if (deadError) return afterDeath();
         throw e;
       }
     })().finally(stop);
@@ -403,7 +406,10 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
       // An AbortSignal cannot cross postMessage: the page forwards its abort to the worker, naming
       // this call, so that it cancels this call (and the sync it runs or joined), not another one.
       const id = ++syncCalls;
-      const cancel = () => void api.cancelSync(id).catch(() => undefined);
+      const cancel = () => {
+        // (Once the worker is stopped its proxy is released: nothing left to cancel.)
+        if (!stopped) void api.cancelSync(id).catch(() => undefined);
+      };
       signal?.addEventListener('abort', cancel, { once: true });
       try {
         // Checked again once tracked events have reached the worker: an abort (or a close() or

@@ -945,8 +945,9 @@ export class Engine {
     // This call's own signal cancels it meanwhile, and so does a cancel of every sync (close(),
     // erase(), consent withdrawn); another caller's signal cancels only that caller's sync.
     const cancels = this.cancels;
+    const aborted = whenAborted(o.signal);
     while (contribute && this.syncing && !this.syncContributes && !o.signal?.aborted && this.cancels === cancels) {
-      await Promise.race([this.syncing.catch(() => undefined), whenAborted(o.signal)]);
+      await Promise.race([this.syncing.catch(() => undefined), aborted]);
     }
     this.assertOpen();
     if (this.closing) throw new ClosedError('the recommender is closing');

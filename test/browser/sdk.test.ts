@@ -219,7 +219,22 @@ describe('SDK in Chromium', () => {
       await rec.erase();
       const after = (await indexedDB.databases()).map((d) => d.name);
       await rec.close(); // the worker is gone: closing is a no-op, not a wait
-      return { alive, failed, later, badOption, before, after };
+      // The worker dies while erase() waits for a call still in flight: the erase still holds.
+      (window as any).Worker = class extends Original {
+        constructor(url: string | URL, options?: WorkerOptions) {
+          super(url, options);
+          worker = this;
+        }
+      };
+      const second = await createRecommender({ catalog, backend: 'wasm', dbName: 'dying-2', autoTrainEvery: 0, workerUrl: '/test/browser/pages/dying-worker.js', workerTimeoutMs: 1000 });
+      (window as any).Worker = Original;
+      second.track({ type: 'view', itemId: 'sku-4' });
+      await second.flush();
+      const inFlight = second.stats().then(() => 'answered', (e: any) => e.name);
+      worker!.postMessage({ die: true });
+      const erased = await second.erase().then(() => 'erased', (e: any) => `${e.name}: ${e.message}`);
+      const afterSecond = (await indexedDB.databases()).map((d) => d.name);
+      return { alive, failed, later, badOption, before, after, inFlight: await inFlight, erased, afterSecond };
     }, CATALOG);
     assert.equal(r.alive, 3);
     assert.equal(r.failed?.name, 'ClosedError');
@@ -228,6 +243,10 @@ describe('SDK in Chromium', () => {
     assert.match(r.later, /^ClosedError: the localrec worker stopped responding/);
     assert.match(r.badOption, /^ValidationError: options\.workerTimeoutMs: must be 0 \(no check\) or a number of milliseconds ≥ 1000, got 200$/);
     assert.ok(r.before.includes('dying') && !r.after.includes('dying'), 'erase() after the worker died deleted the database');
+    assert.equal(r.erased, 'erased', 'an erase() the worker died under still erases');
+    assert.ok(!r.afterSecond.includes('dying-2'));
+    // stats() goes out after the death (a call is posted once its turn comes), so it is never answered.
+    assert.equal(r.inFlight, 'ClosedError');
     // The other tab heard of the erase (as from a worker's own erase()) and goes on, empty.
     const otherStats = await other.evaluate(async () => {
       const rec = (window as any).rec;
