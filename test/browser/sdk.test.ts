@@ -184,20 +184,27 @@ describe('SDK in Chromium', () => {
     }, CATALOG);
     const r = await page.evaluate(async (catalog) => {
       const { createRecommender, ClosedError } = (window as any).localrec;
-      // Keeps a handle on the SDK's Worker, to end it from outside.
-      const Original = window.Worker;
-      let worker: Worker | undefined;
-      (window as any).Worker = class extends Original {
-        constructor(url: string | URL, options?: WorkerOptions) {
-          super(url, options);
-          worker = this;
+      /** A recommender on the dying worker, and a way to end that worker from outside (the SDK's Worker is captured as it is made). */
+      const onDyingWorker = async (dbName: string) => {
+        const Original = window.Worker;
+        let worker: Worker | undefined;
+        (window as any).Worker = class extends Original {
+          constructor(url: string | URL, options?: WorkerOptions) {
+            super(url, options);
+            worker = this;
+          }
+        };
+        try {
+          const rec = await createRecommender({ catalog, backend: 'wasm', dbName, autoTrainEvery: 0, workerUrl: '/test/browser/pages/dying-worker.js', workerTimeoutMs: 1000 });
+          return { rec, kill: () => worker!.postMessage({ die: true }) };
+        } finally {
+          (window as any).Worker = Original;
         }
       };
-      const rec = await createRecommender({ catalog, backend: 'wasm', dbName: 'dying', autoTrainEvery: 0, workerUrl: '/test/browser/pages/dying-worker.js', workerTimeoutMs: 1000 });
-      (window as any).Worker = Original;
+      const { rec, kill } = await onDyingWorker('dying');
       rec.track({ type: 'view', itemId: 'sku-3' });
       const alive = (await rec.recommend({ k: 3 })).length;
-      worker!.postMessage({ die: true });
+      kill();
       const failed = await rec.recommend({ k: 3 }).then(
         () => null,
         (e: any) => ({ name: e.name, message: e.message, cls: e instanceof ClosedError }),
@@ -220,18 +227,11 @@ describe('SDK in Chromium', () => {
       const after = (await indexedDB.databases()).map((d) => d.name);
       await rec.close(); // the worker is gone: closing is a no-op, not a wait
       // The worker dies while erase() waits for a call still in flight: the erase still holds.
-      (window as any).Worker = class extends Original {
-        constructor(url: string | URL, options?: WorkerOptions) {
-          super(url, options);
-          worker = this;
-        }
-      };
-      const second = await createRecommender({ catalog, backend: 'wasm', dbName: 'dying-2', autoTrainEvery: 0, workerUrl: '/test/browser/pages/dying-worker.js', workerTimeoutMs: 1000 });
-      (window as any).Worker = Original;
+      const { rec: second, kill: killSecond } = await onDyingWorker('dying-2');
       second.track({ type: 'view', itemId: 'sku-4' });
       await second.flush();
       const inFlight = second.stats().then(() => 'answered', (e: any) => e.name);
-      worker!.postMessage({ die: true });
+      killSecond();
       const erased = await second.erase().then(() => 'erased', (e: any) => `${e.name}: ${e.message}`);
       const afterSecond = (await indexedDB.databases()).map((d) => d.name);
       return { alive, failed, later, badOption, before, after, inFlight: await inFlight, erased, afterSecond };
