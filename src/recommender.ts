@@ -414,13 +414,11 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
       try {
         // Checked again once tracked events have reached the worker: an abort (or a close() or
         // erase()) while waiting for them would otherwise reach the worker before its sync began.
-        return await call(() =>
-          ending
-            ? Promise.reject(new ClosedError(`the recommender is ${ending.kind === 'close' ? 'closing' : 'erasing its data'}`))
-            : signal?.aborted
-              ? Promise.reject(syncCancelled('before it started'))
-              : api.sync(onProgress ? Comlink.proxy(onProgress) : undefined, contribute, id),
-        );
+        return await call(async () => {
+          open();
+          if (signal?.aborted) throw syncCancelled('before it started');
+          return api.sync(onProgress ? Comlink.proxy(onProgress) : undefined, contribute, id);
+        });
       } finally {
         signal?.removeEventListener('abort', cancel);
       }

@@ -211,10 +211,6 @@ function checkFederated(fed: unknown): void {
   }
 }
 
-/**
- * Key of the newest of `events` (the store's keys only grow): what a training run or a sync learned
- * from. Events stored while it ran stay pending, so auto-training still counts them.
- */
 /** Resolves when `signal` aborts (never without one). */
 function whenAborted(signal: AbortSignal | undefined): Promise<void> {
   return new Promise((resolve) => {
@@ -224,6 +220,10 @@ function whenAborted(signal: AbortSignal | undefined): Promise<void> {
   });
 }
 
+/**
+ * Key of the newest of `events` (the store's keys only grow): what a training run or a sync learned
+ * from. Events stored while it ran stay pending, so auto-training still counts them.
+ */
 function newestId(events: StoredEvent[]): number {
   return events.reduce((m, e) => Math.max(m, e.id ?? 0), 0);
 }
@@ -258,7 +258,7 @@ export class Engine {
   /** The sync under way, if any (see {@link sync}), whether it uploads, its cancel switch and its progress listeners. */
   private syncing: Promise<SyncResultInfo> | null = null;
   private syncContributes = false;
-  /** Counts cancelSync() calls: a call waiting for its turn is cancelled by one made while it waits. */
+  /** Counts cancelAllSyncs() calls: a call waiting for its turn is cancelled by one made while it waits. */
   private cancels = 0;
   /**
    * The global model as the server last sent it (this session only; public data): a contributing
@@ -410,8 +410,7 @@ export class Engine {
    */
   private async erasedElsewhere(): Promise<void> {
     // The shopper erased their data in another tab: this tab syncs no more by itself this session.
-    clearTimeout(this.autoSyncTimer);
-    this.autoSyncTimer = undefined;
+    this.disarmAutoSync();
     this.autoSyncStopped = true;
     this.cancelAllSyncs();
     await this.syncing?.catch(() => undefined);
@@ -1204,10 +1203,15 @@ export class Engine {
     return (this.opts.federated?.autoSyncHours ?? 0) * 3_600_000;
   }
 
-  /** (Re)arms the automatic sync's timer to look again in `delayMs`. Nothing when it is off or the engine has ended. */
-  private scheduleAutoSync(delayMs: number): void {
+  /** Stops the automatic sync's timer, if it is armed. */
+  private disarmAutoSync(): void {
     clearTimeout(this.autoSyncTimer);
     this.autoSyncTimer = undefined;
+  }
+
+  /** (Re)arms the automatic sync's timer to look again in `delayMs`. Nothing when it is off or the engine has ended. */
+  private scheduleAutoSync(delayMs: number): void {
+    this.disarmAutoSync();
     if (this.autoSyncMs <= 0 || this.closed || this.closing || this.autoSyncStopped) return;
     const timer = setTimeout(() => {
       this.autoSyncTimer = undefined;
@@ -1497,8 +1501,7 @@ export class Engine {
   /** Writes what is queued, waits for training to finish, and releases the store and tensors. */
   async close(): Promise<void> {
     if (this.closed) return;
-    clearTimeout(this.autoSyncTimer);
-    this.autoSyncTimer = undefined;
+    this.disarmAutoSync();
     // A sync still waiting (for its cohort, or for the cohort's end) stops now; one past its upload
     // keeps its ε, written before the store closes.
     this.cancelAllSyncs();
@@ -1518,8 +1521,7 @@ export class Engine {
 
   /** Deletes every event and the saved weights, and the database itself. */
   async erase(): Promise<void> {
-    clearTimeout(this.autoSyncTimer);
-    this.autoSyncTimer = undefined;
+    this.disarmAutoSync();
     // No new sync may start (sync() and the automatic one check it) while erasing waits for what runs.
     this.closing = true;
     this.queue = [];
