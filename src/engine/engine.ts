@@ -385,7 +385,7 @@ export class Engine {
     if (this.closed) return;
     switch (m?.type) {
       case 'events':
-        this.eventCache = undefined;
+        this.dropEventCache();
         this.store.existsAgain?.();
         return;
       case 'model':
@@ -415,8 +415,9 @@ export class Engine {
     this.cancelAllSyncs();
     await this.syncing?.catch(() => undefined);
     await this.training?.catch(() => undefined);
+    this.dataEpoch++;
     this.queue = [];
-    this.eventCache = undefined;
+    this.dropEventCache();
     // The offer catalog and the neighbour table stay in memory: the shop's public data, not the shopper's.
     this.consentDirty = true;
     this.scorer.dispose();
@@ -477,7 +478,9 @@ export class Engine {
     if (next.personalization && next.federated && !(this.consent.personalization && this.consent.federated)) this.scheduleAutoSync(AUTO_SYNC_FIRST_DELAY_MS);
     this.consent = next;
     this.consentHistory.push({ t: this.now(), ...next, source });
-    this.eventCache = undefined;
+    // Events taken for writing before a withdrawal are not written after it (flush checks this).
+    if (!next.personalization && was) this.dataEpoch++;
+    this.dropEventCache();
     if (!next.personalization || !next.federated) {
       // A sync under way stops with the consent it needed: before its upload it sends nothing (an
       // upload already in flight is never cut, so its ε stays spent and recorded).
@@ -743,11 +746,13 @@ export class Engine {
     this.flushTimer = undefined;
     const batch = this.queue;
     this.queue = [];
+    const epoch = this.dataEpoch;
     // Chained so that batches land in order and a failed batch does not block later ones.
     const run = this.flushing.then(async () => {
-      if (batch.length === 0) return;
+      // Taken before a consent withdrawal or an erase: those events are gone with the rest.
+      if (batch.length === 0 || epoch !== this.dataEpoch) return;
       try {
-        this.eventCache = undefined;
+        this.dropEventCache();
         const r = await this.store.add(batch);
         this.tell({ type: 'events' });
         // Retention and quota evictions are reported, never silent (stats().evicted, audit()).
@@ -755,8 +760,9 @@ export class Engine {
         this.evictedByRetention += r.evicted - (r.quotaEvicted ?? 0);
         await this.persistConsent();
       } catch (e) {
-        // Put the batch back so nothing is lost; the caller sees the StorageError.
-        this.queue = batch.concat(this.queue);
+        // Put the batch back so nothing is lost (unless the shopper's data was erased meanwhile,
+        // which is what closed the store under it); the caller sees the StorageError.
+        if (epoch === this.dataEpoch) this.queue = batch.concat(this.queue);
         throw e;
       }
       this.maybeAutoTrain();
@@ -776,11 +782,27 @@ export class Engine {
 
   /** Stored events, read once and kept until the next write: recommend() must not scan IndexedDB each call. */
   private eventCache: StoredEvent[] | undefined;
+  /** Bumped with every {@link dropEventCache}: a read that started before it is not kept. */
+  private cacheGen = 0;
+  /**
+   * Bumped when the shopper's data is erased (consent withdrawn, erase(), another tab's erase):
+   * a batch of events taken for writing before then is dropped, not written to the next store.
+   */
+  private dataEpoch = 0;
+
+  private dropEventCache(): void {
+    this.eventCache = undefined;
+    this.cacheGen++;
+  }
 
   private async storedEvents(): Promise<StoredEvent[]> {
     await this.flush();
-    this.eventCache ??= await this.store.all();
-    return this.eventCache;
+    if (this.eventCache) return this.eventCache;
+    const gen = this.cacheGen;
+    const events = await this.store.all();
+    // A write (or an erase) while it was read: this caller gets what it asked for, nobody keeps it.
+    if (gen === this.cacheGen) this.eventCache = events;
+    return events;
   }
 
   private async profile(): Promise<{ profile: ProfileItem[]; events: StoredEvent[] }> {
@@ -1524,8 +1546,9 @@ export class Engine {
     this.disarmAutoSync();
     // No new sync may start (sync() and the automatic one check it) while erasing waits for what runs.
     this.closing = true;
+    this.dataEpoch++;
     this.queue = [];
-    this.eventCache = undefined;
+    this.dropEventCache();
     // No sync may send anything, or write anything, once erasing has begun.
     this.cancelAllSyncs();
     this.neighborAbort?.abort();

@@ -2,6 +2,7 @@ import 'fake-indexeddb/auto';
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { Engine } from '../../src/engine/engine.js';
+import { IdbEventStore } from '../../src/events/store.js';
 import { isConsentError } from '../../src/errors.js';
 import '../../src/model/tf.js';
 
@@ -63,6 +64,45 @@ describe('consent', () => {
       await again.erase();
     });
   }
+
+  it('events being written when consent is withdrawn are erased with the rest, not kept in memory', async () => {
+    const e = await Engine.create({ catalog, backend: 'cpu', autoTrainEvery: 0, dbName: dbName() });
+    e.enqueue([{ type: 'view', itemId: 'p7' }]);
+    const first = e.flush(); // this batch is on its way into IndexedDB...
+    e.enqueue([{ type: 'purchase', itemId: 'p9' }]);
+    const second = e.flush(); // ...and this one queued behind it
+    await Promise.allSettled([first, second, e.setConsent({ personalization: false })]);
+    const s = await e.stats();
+    assert.equal(s.storage, 'memory');
+    assert.equal(s.events.total, 0, 'nothing from before the withdrawal is kept');
+    assert.equal(s.queued, 0);
+    assert.deepEqual((await e.exportData()).events, []);
+    assert.ok((await e.recommend({ k: 3 })).every((r) => r.reason.kind === 'popular'), 'no reason built on erased events');
+    await e.close();
+  });
+
+  it('a history read under way when consent is withdrawn is not reused afterwards', async () => {
+    const store = await IdbEventStore.open(dbName());
+    let readStarted!: () => void;
+    const reading = new Promise<void>((r) => (readStarted = r));
+    const all = store.all.bind(store);
+    store.all = () => {
+      const p = all();
+      readStarted();
+      return p;
+    };
+    const e = await Engine.create({ catalog, backend: 'cpu', autoTrainEvery: 0, store });
+    e.enqueue([{ type: 'purchase', itemId: 'p7' }, { type: 'view', itemId: 'p9' }]);
+    await e.flush();
+    const inFlight = e.recommend({ k: 3 }); // a widget asks while...
+    await reading;
+    await e.setConsent({ personalization: false }); // ...the shopper withdraws consent
+    await inFlight;
+    const after = await e.recommend({ k: 20 });
+    assert.ok(after.every((r) => r.reason.kind === 'popular'), 'no personal reasons from the erased history');
+    assert.ok(after.some((r) => r.itemId === 'p7') && after.some((r) => r.itemId === 'p9'), 'the erased history no longer excludes what it saw');
+    await e.close();
+  });
 
   it('unknown consent keys are refused by name, and nothing changes', async () => {
     const e = await Engine.create({ catalog, backend: 'cpu', dbName: dbName() });

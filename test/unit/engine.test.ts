@@ -59,6 +59,31 @@ describe('Engine', () => {
     await e.erase();
   });
 
+  it('an event tracked while another call reads the history is seen by the next recommend()', async () => {
+    const store = await IdbEventStore.open(dbName());
+    let readStarted!: () => void;
+    const reading = new Promise<void>((r) => (readStarted = r));
+    const all = store.all.bind(store);
+    store.all = () => {
+      const p = all();
+      readStarted();
+      return p;
+    };
+    const e = await Engine.create({ ...base, store });
+    e.enqueue([{ type: 'view', itemId: 'p5' }]);
+    await e.flush();
+    const first = e.recommend({ k: 30 }); // reads the stored history...
+    await reading;
+    e.enqueue([{ type: 'view', itemId: 'p0' }]); // ...while the shopper views p0
+    const second = await e.recommend({ k: 30 });
+    await first;
+    const third = await e.recommend({ k: 30 });
+    assert.ok(!second.some((r) => r.itemId === 'p0'), 'track() then recommend(): p0 is seen');
+    assert.ok(!third.some((r) => r.itemId === 'p0'), 'the older read is not kept as the history');
+    assert.equal((await e.stats()).events.total, 2);
+    await e.erase();
+  });
+
   it('similar() ranks by embedding cosine and never returns the item itself', async () => {
     const e = await Engine.create({ ...base, dbName: dbName() });
     const sim = await e.similar('p3', { k: 4 });
