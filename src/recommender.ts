@@ -30,7 +30,11 @@ export interface Recommender {
   recommend(options?: RecommendOptions): Promise<Recommendation[]>;
   /** Items similar to one item. */
   similar(itemId: string, options?: SimilarOptions): Promise<Recommendation[]>;
-  /** Trains on the shopper's events now (it also runs by itself as events arrive). */
+  /**
+   * Trains on the shopper's events now (it also runs by itself as events arrive). A call while a
+   * run is under way joins it when it asks for the same epochs or none (its `onProgress` hears the
+   * rest of that run); one asking for other epochs trains after it.
+   */
   train(options?: TrainOptions): Promise<TrainResult>;
   /** Backend, event counts, model state, privacy budget. */
   stats(): Promise<Stats>;
@@ -373,8 +377,11 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
     },
     recommend: (o) => call(() => api.recommend(o)),
     similar: (id, o) => call(() => api.similar(id, o)),
-    train(o: TrainOptions = {}) {
+    async train(o: TrainOptions = {}) {
+      open();
+      if (typeof o !== 'object' || o === null) throw new ValidationError('options', 'must be an object like { epochs, onProgress }');
       const { onProgress, ...plain } = o;
+      if (onProgress !== undefined && typeof onProgress !== 'function') throw new ValidationError('options.onProgress', `must be a function, got ${typeof onProgress}`);
       return call(() => api.train(plain, onProgress ? Comlink.proxy(onProgress) : undefined));
     },
     async stats() {

@@ -126,8 +126,13 @@ export interface Progress {
 }
 
 export interface TrainOptions {
-  /** Passes over the local examples. Default 4. */
+  /**
+   * Passes over the local examples (1–1000). Default 4. A call made while a run is under way (an
+   * automatic one, or another caller's) joins that run when `epochs` is left out or equal to its
+   * epochs; otherwise it waits for that run and then trains with its own.
+   */
   epochs?: number;
+  /** Progress of the run (the joined one's, from the moment of joining). A callback that throws does not stop it. */
   onProgress?: (p: Progress) => void;
 }
 

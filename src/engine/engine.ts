@@ -20,6 +20,7 @@ import { RdpAccountant, type AccountantState } from '../federated/dp.js';
 import { pullOnce, syncOnce, type EgressEntry, type FetchLike } from '../federated/sync.js';
 import type {
   BackendName,
+  Progress,
   Catalog,
   FederatedOptions,
   Recommendation,
@@ -310,6 +311,8 @@ export class Engine {
     knownKeys(opts.consent, 'options.consent', OPTION_KEYS.consent);
     checkFederated(opts.federated);
     const dim = intOption(opts.model?.dim, 'options.model.dim', 1, 64, 32);
+    // Checked here too (the constructor reads it), before anything opens IndexedDB.
+    intOption(opts.autoTrainEvery, 'options.autoTrainEvery', 0, 1_000_000, 20);
     const seed = opts.model?.seed;
     if (seed !== undefined && !(typeof seed === 'number' && Number.isFinite(seed))) throw new ValidationError('options.model.seed', `must be a finite number, got ${describeValue(seed)}`);
     const hl = opts.model?.halfLifeDays ?? 30;
@@ -528,8 +531,10 @@ export class Engine {
     this.modelRev = saved?.rev ?? 0;
     this.modelStale = false;
     if (saved && saved.dim === dim) {
-      const old = indexItems(saved.itemIds);
       try {
+        if (!Array.isArray(saved.itemIds) || !saved.itemIds.every((id) => typeof id === 'string')) throw new ModelError('item table: itemIds is not a list of item ids');
+        if (!(saved.factors instanceof Float32Array) || !(saved.bias instanceof Float32Array)) throw new ModelError('item table: factors and bias must be Float32Arrays');
+        const old = indexItems(saved.itemIds);
         checkItemTable({ version: saved.version, itemIds: saved.itemIds, dim: saved.dim, factors: saved.factors, bias: saved.bias });
         ids.forEach((id, r) => {
           const o = old.get(id);
@@ -911,39 +916,77 @@ export class Engine {
   /**
    * Trains on the shopper's own events: each item, in time order, is a target for the items
    * before it. Touches only the shopper's rows and sampled negatives; saves the weights after.
-   * Concurrent calls share one run.
+   * A call while a run is under way (an automatic one, or another caller's) joins it when it asks
+   * for the same epochs (or none): it gets that run's result and its `onProgress` hears the rest of
+   * it. A call that asks for other epochs waits for that run to end, then trains with its own.
+   * A progress callback that throws does not stop the run.
    */
-  train(options: TrainOptions = {}): Promise<TrainResult> {
+  async train(options: TrainOptions = {}): Promise<TrainResult> {
     this.assertOpen();
+    if (typeof options !== 'object' || options === null) throw new ValidationError('options', `must be an object like { epochs, onProgress }, got ${describeValue(options)}`);
     knownKeys(options, 'options', OPTION_KEYS.train);
-    if (!this.consent.personalization) return Promise.reject(new ConsentError('training needs consent to personalization (setConsent({ personalization: true }))'));
-    if (this.training) return this.training;
+    if (options.onProgress !== undefined && typeof options.onProgress !== 'function') throw new ValidationError('options.onProgress', `must be a function, got ${typeof options.onProgress}`);
     const epochs = intOption(options.epochs, 'options.epochs', 1, 1000, this.opts.training?.epochs ?? 4);
+    const listener = options.onProgress;
+    for (;;) {
+      if (!this.consent.personalization) throw new ConsentError('training needs consent to personalization (setConsent({ personalization: true }))');
+      if (!this.training) break;
+      if (options.epochs === undefined || options.epochs === this.trainingEpochs) {
+        if (listener) this.trainListeners.add(listener);
+        try {
+          return await this.training;
+        } finally {
+          if (listener) this.trainListeners.delete(listener);
+        }
+      }
+      await this.training.catch(() => undefined);
+      this.assertOpen();
+    }
+    if (listener) this.trainListeners.add(listener);
+    const report = this.trainProgress;
     const run = (async () => {
       const t0 = performance.now();
-      options.onProgress?.({ phase: 'loading', done: 0, total: 1 });
+      report({ phase: 'loading', done: 0, total: 1 });
       await this.freshModel();
       const { profile, events } = await this.profile();
       const through = newestId(events);
       const seq = { rows: profile.map((p) => p.row), weights: profile.map((p) => p.weight) };
-      const stats = await trainItemTable(this.table, [seq], { ...this.opts.training, epochs, seed: (this.opts.model?.seed ?? 1) + this.saved.trainSteps }, options.onProgress);
-      options.onProgress?.({ phase: 'saving', done: 0, total: 1 });
+      const stats = await trainItemTable(this.table, [seq], { ...this.opts.training, epochs, seed: (this.opts.model?.seed ?? 1) + this.saved.trainSteps }, report);
+      report({ phase: 'saving', done: 0, total: 1 });
       // Events stored while it trained were not in its profile: they stay pending (auto-training sees them).
       this.saved = { ...this.saved, trainedAt: this.now(), trainSteps: this.saved.trainSteps + stats.steps, trainedThroughId: through };
       const old = this.scorer;
       this.scorer = new Scorer(this.table);
       old.dispose();
       await this.persist();
-      options.onProgress?.({ phase: 'saving', done: 1, total: 1 });
+      report({ phase: 'saving', done: 1, total: 1 });
       return { steps: stats.steps, examples: stats.examples, firstLoss: stats.firstLoss, lastLoss: stats.lastLoss, ms: performance.now() - t0, backend: this.backend.backend };
     })();
     this.training = run;
+    this.trainingEpochs = epochs;
     const clear = () => {
       this.training = undefined;
+      this.trainListeners.clear();
     };
     run.then(clear, clear);
     return run;
   }
+
+  /** The epochs of the run under way (a call asking for others waits for it). */
+  private trainingEpochs = 0;
+  /** The progress callbacks of every caller of the run under way. */
+  private readonly trainListeners = new Set<(p: Progress) => void>();
+
+  /** Forwards a training run's progress to every listener; one that throws does not stop the run. */
+  private readonly trainProgress = (p: Progress): void => {
+    for (const l of this.trainListeners) {
+      try {
+        l(p);
+      } catch {
+        // A page's progress callback that throws does not stop training.
+      }
+    }
+  };
 
   /**
    * One federated round: pull the global model, train on this shopper's events, send a clipped,

@@ -102,9 +102,12 @@ export const workerApi = {
     // Progress goes over the callback proxy's own port, not the one the result uses. Awaiting the
     // last call before returning means the page has seen every report when train() resolves.
     let last: unknown;
-    const result = await ready().train({ ...o, onProgress: onProgress ? (p) => void (last = onProgress(p)) : undefined });
-    await last;
-    return result;
+    try {
+      return await ready().train({ ...o, ...(onProgress ? { onProgress: (p: Progress) => void (last = onProgress(p)) } : {}) });
+    } finally {
+      // A page callback that threw does not fail the run (its weights are saved): as the engine.
+      await Promise.resolve(last).catch(() => undefined);
+    }
   },
   stats: () => ready().stats(),
   async sync(onProgress?: (p: SyncProgress) => unknown, contribute?: boolean, callId?: number) {

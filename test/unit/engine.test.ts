@@ -84,6 +84,63 @@ describe('Engine', () => {
     await e.erase();
   });
 
+  it('train() during a run: the same epochs join it and hear its progress, other epochs train after it', async () => {
+    const e = await Engine.create({ ...base, store: new MemoryEventStore() });
+    e.enqueue([{ type: 'view', itemId: 'p1' }, { type: 'view', itemId: 'p2' }, { type: 'purchase', itemId: 'p3' }, { type: 'view', itemId: 'p4' }]);
+    const heard: string[] = [];
+    const first = e.train({ epochs: 2 });
+    const joined = e.train({ onProgress: (p) => heard.push(p.phase) });
+    const own: string[] = [];
+    const longer = e.train({ epochs: 6, onProgress: (p) => own.push(p.phase) });
+    const [a, b, c] = await Promise.all([first, joined, longer]);
+    assert.equal(b, a, 'a call without epochs gets the running run\'s result');
+    assert.ok(heard.includes('training') && heard.at(-1) === 'saving', `the joined call hears the run's progress, got ${heard.join(',')}`);
+    assert.equal(c.steps, a.steps * 3, 'epochs 6 ran after the 2-epoch run, with its own epochs');
+    assert.equal(own.filter((p) => p === 'loading').length, 1, 'and its progress is its own run\'s only');
+    assert.equal((await e.stats()).model.trainSteps, a.steps + c.steps);
+    await e.close();
+  });
+
+  it('train(): a progress callback that throws does not stop the run; bad options are refused by name, as a rejected promise', async () => {
+    const e = await Engine.create({ ...base, store: new MemoryEventStore() });
+    e.enqueue([{ type: 'view', itemId: 'p1' }, { type: 'purchase', itemId: 'p2' }, { type: 'view', itemId: 'p3' }]);
+    let calls = 0;
+    const r = await e.train({
+      epochs: 3,
+      onProgress: () => {
+        calls++;
+        throw new Error('render failed');
+      },
+    });
+    assert.ok(calls > 3, 'the callback was called for every report');
+    assert.equal((await e.stats()).model.trainSteps, r.steps, 'the run finished and was recorded');
+    const refused = e.train({ epochs: 0 });
+    assert.ok(refused instanceof Promise, 'bad options reject, they do not throw');
+    await assert.rejects(refused, /options\.epochs: must be a whole number from 1 to 1000, got 0/);
+    await assert.rejects(e.train({ onProgress: 5 as never }), (err) => isValidationError(err) && /options\.onProgress: must be a function, got number/.test(err.message));
+    const running = e.train({ epochs: 1 });
+    await assert.rejects(e.train({ epochs: -5 }), /options\.epochs/, 'checked before joining a run');
+    await running;
+    await e.close();
+  });
+
+  it('a damaged stored model record does not stop the engine from starting', async () => {
+    for (const bad of [{ dim: 32 }, { dim: 32, itemIds: null }, { dim: 32, itemIds: 'ab' }, { dim: 32, itemIds: ['p0'], factors: [1], bias: [0] }]) {
+      const store = new MemoryEventStore();
+      await store.setMeta(MODEL_KEY, bad);
+      const e = await Engine.create({ ...base, store });
+      assert.match((await e.stats()).lastError ?? '', /ModelError: item table/, JSON.stringify(bad));
+      assert.equal((await e.recommend({ k: 1 }))[0]!.itemId, 'p0', 'fresh weights: popularity');
+      await e.close();
+    }
+  });
+
+  it('a refused autoTrainEvery leaves IndexedDB untouched', async () => {
+    const name = dbName();
+    await assert.rejects(Engine.create({ ...base, autoTrainEvery: -1, dbName: name }), /options\.autoTrainEvery: must be a whole number from 0 to 1000000, got -1/);
+    assert.ok(!(await indexedDB.databases()).some((d) => d.name === name), 'no database was created');
+  });
+
   it('similar() ranks by embedding cosine and never returns the item itself', async () => {
     const e = await Engine.create({ ...base, dbName: dbName() });
     const sim = await e.similar('p3', { k: 4 });
@@ -118,7 +175,7 @@ describe('Engine', () => {
     await assert.rejects(e.recommend(null as never), /options: must be an object, got null/);
     await assert.rejects(e.recommend({ k: '5' } as never), /options\.k: must be a whole number from 1 to 1000, got "5"/);
     await assert.rejects(e.similar('p1', { n: 2 } as never), /options\.n: is not an option/);
-    assert.throws(() => e.train({ epoch: 2 } as never), /options\.epoch: is not an option \(known: epochs, onProgress\)/);
+    await assert.rejects(e.train({ epoch: 2 } as never), /options\.epoch: is not an option \(known: epochs, onProgress\)/);
     await assert.rejects(e.sync({ onprogress: () => {} } as never), /options\.onprogress: is not an option/);
     await assert.rejects(e.offers({ context: { when: 1 } } as never), /options\.context\.when: is not an option/);
     assert.equal((await e.stats()).events.total, 1, 'the stored event is kept');
