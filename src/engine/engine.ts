@@ -169,6 +169,7 @@ export interface ConsentRecord {
 type TabMessage =
   | { type: 'events' }
   | { type: 'model' }
+  | { type: 'offers' }
   | { type: 'erased' }
   | { type: 'consent'; personalization: boolean; federated: boolean };
 /** The egress log keeps this many most recent requests. */
@@ -395,6 +396,11 @@ export class Engine {
         this.modelStale = true;
         this.store.existsAgain?.();
         return;
+      case 'offers':
+        // Another tab installed a newer catalog: read it at the next offers() or setOffers().
+        this.offerCatalog = undefined;
+        this.store.existsAgain?.();
+        return;
       case 'consent':
         if (m.personalization !== this.consent.personalization || m.federated !== this.consent.federated) {
           await this.applyConsent({ personalization: m.personalization, federated: m.federated }, 'another-tab');
@@ -498,8 +504,10 @@ export class Engine {
       await this.persistConsent();
       if (this.neighbors) await this.saveNeighbors();
       else this.startNeighborFetch();
-      // An offer catalog installed before consent was kept in memory only (setOffers).
-      if (this.offerCatalog) await this.store.setMeta(OFFERS_KEY, this.offerCatalog);
+      // An offer catalog installed before consent was kept in memory only (setOffers): stored now,
+      // unless the database holds a newer one (the device never goes back to an older catalog).
+      const held = this.offerCatalog;
+      if (held) this.offerCatalog = await this.store.updateMeta<OfferCatalog>(OFFERS_KEY, (cur) => (cur && cur.version > held.version ? cur : held));
     } else if (!next.personalization && was) {
       await this.training?.catch(() => undefined);
       this.queue = [];
@@ -1507,14 +1515,20 @@ export class Engine {
     const key = this.opts.offers?.publicKey;
     if (!key) throw new ValidationError('options.offers.publicKey', "must be set to the shop's public key (JWK) to accept offer catalogs");
     const catalog = await verifyOfferCatalog(signed, key);
-    // A device never goes back to an older catalog (a replayed one could bring back withdrawn offers).
-    const installed = this.offerCatalog ?? (await this.store.getMeta<OfferCatalog>(OFFERS_KEY));
-    if (installed && catalog.version < installed.version) {
-      throw new ValidationError('catalog.version', `is ${catalog.version}, older than the installed catalog's ${installed.version}; the installed one is kept`);
-    }
+    this.assertOpen();
+    // A device never goes back to an older catalog (a replayed one could bring back withdrawn
+    // offers): checked against the one held here and, in the same transaction as the write, the
+    // stored one (another tab, or a concurrent call, may have installed a newer one).
+    const check = (installed: OfferCatalog | undefined): OfferCatalog => {
+      const floor = Math.max(installed?.version ?? -Infinity, this.offerCatalog?.version ?? -Infinity);
+      if (catalog.version < floor) throw new ValidationError('catalog.version', `is ${catalog.version}, older than the installed catalog's ${floor}; the installed one is kept`);
+      return catalog;
+    };
     // Kept in memory before consent; stored only once storing is allowed.
+    if (this.consent.personalization) await this.store.updateMeta<OfferCatalog>(OFFERS_KEY, check);
+    else check(undefined);
     this.offerCatalog = catalog;
-    if (this.consent.personalization) await this.store.setMeta(OFFERS_KEY, catalog);
+    if (this.consent.personalization) this.tell({ type: 'offers' });
     return { offers: catalog.offers.length };
   }
 

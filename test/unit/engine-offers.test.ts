@@ -151,4 +151,42 @@ describe('Engine.offers with the shop’s learned affinity', () => {
     assert.deepEqual((await later.offers({ k: 3, exploration: 0 })).map((o) => o.offerId).sort(), ['bag', 'candles', 'mugs']);
     await later.erase();
   });
+  it('granting consent keeps a newer stored catalog over an older one installed before consent', async () => {
+    const { affinity: _a, ...plain } = catalog();
+    const dbName = `offers-downgrade-${Date.now()}`;
+    const opts = { catalog: { items }, backend: 'cpu' as const, autoTrainEvery: 0, dbName, now: () => NOW, offers: { publicKey: keys.publicJwk } };
+    const first = await Engine.create(opts);
+    await first.setOffers(await signOfferCatalog({ ...plain, version: 5, offers: [offers[1]!] }, keys.privateJwk));
+    await first.close();
+    // A later session starts without consent and is handed a replayed, older catalog.
+    const second = await Engine.create({ ...opts, consent: { personalization: false, federated: false } });
+    await second.setOffers(await signOfferCatalog({ ...plain, version: 3, offers: [offers[0]!] }, keys.privateJwk));
+    await second.setConsent({ personalization: true });
+    assert.deepEqual((await second.audit()).offers, { stored: true, version: 5, offers: 1, issuedAt: 0 });
+    assert.deepEqual((await second.offers({ k: 2, exploration: 0 })).map((o) => o.offerId), ['mugs'], 'this session follows the stored, newer one');
+    await second.erase();
+  });
+
+  it('two tabs, and two calls at once: the older catalog is refused, the newer one stays installed', async () => {
+    const { affinity: _a, ...plain } = catalog();
+    const dbName = `offers-tabs-${Date.now()}`;
+    const opts = { catalog: { items }, backend: 'cpu' as const, autoTrainEvery: 0, dbName, now: () => NOW, offers: { publicKey: keys.publicJwk } };
+    const a = await Engine.create(opts);
+    const b = await Engine.create(opts);
+    await a.setOffers(await signOfferCatalog({ ...plain, version: 1, offers: [offers[0]!] }, keys.privateJwk));
+    await b.setOffers(await signOfferCatalog({ ...plain, version: 5, offers: [offers[1]!] }, keys.privateJwk));
+    await assert.rejects(a.setOffers(await signOfferCatalog({ ...plain, version: 3, offers: [offers[2]!] }, keys.privateJwk)), /catalog\.version: is 3, older than the installed catalog's 5/);
+    await new Promise((r) => setTimeout(r, 20)); // b's message reaches a
+    assert.deepEqual((await a.offers({ k: 2, exploration: 0 })).map((o) => o.offerId), ['mugs'], 'tab a shows the catalog tab b installed');
+    await a.close();
+    const c = await Engine.create(opts);
+    const v7 = await signOfferCatalog({ ...plain, version: 7, offers: [offers[2]!] }, keys.privateJwk);
+    const v6 = await signOfferCatalog({ ...plain, version: 6, offers: [offers[0]!] }, keys.privateJwk);
+    const results = await Promise.allSettled([c.setOffers(v7), c.setOffers(v6)]);
+    assert.deepEqual(results.map((r) => r.status), ['fulfilled', 'rejected']);
+    assert.equal((await b.audit()).offers?.version, 7);
+    assert.deepEqual((await c.offers({ k: 2, exploration: 0 })).map((o) => o.offerId), ['candles']);
+    await c.close();
+    await b.erase();
+  });
 });
