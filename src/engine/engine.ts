@@ -1535,10 +1535,13 @@ export class Engine {
   private offerCatalog: OfferCatalog | undefined;
 
   /** The offers most worth showing this shopper now, each with a reason (see docs/OFFERS.md). */
-  async offers(options: OffersOptions = {}): Promise<ShownOffer[]> {
+  async offers(given: OffersOptions = {}): Promise<ShownOffer[]> {
     this.assertOpen();
-    knownKeys(options, 'options', OPTION_KEYS.offersCall);
-    knownKeys(options.context, 'options.context', OPTION_KEYS.offerContext);
+    knownKeys(given, 'options', OPTION_KEYS.offersCall);
+    knownKeys(given.context, 'options.context', OPTION_KEYS.offerContext);
+    // Without a seed each call explores afresh: a fixed default would make the same first draws,
+    // and so the same explore decisions, on every call (with the default 0.1, never exploring).
+    const options = given.seed === undefined ? { ...given, seed: randomSeed() } : given;
     this.offerCatalog ??= await this.store.getMeta<OfferCatalog>(OFFERS_KEY);
     if (!this.offerCatalog) return [];
     this.products ??= indexProducts(this.catalog.items);
@@ -1630,4 +1633,9 @@ export class Engine {
     if (this.store.kind === 'indexeddb' || this.opts.store) return;
     await deleteEventDatabase(this.opts.dbName ?? 'localrec');
   }
+}
+
+/** A fresh exploration seed from the platform's CSPRNG (offers() without `seed`). */
+function randomSeed(): number {
+  return crypto.getRandomValues(new Uint32Array(1))[0]!;
 }

@@ -14,17 +14,28 @@ export function register(program: Command): void {
   offers
     .command('keygen')
     .description('Write a new key pair: private.jwk (keep on the shop server) and public.jwk (give to setOffers).')
-    .requiredOption('--out <dir>', 'folder to write private.jwk and public.jwk into')
+    .requiredOption('--out <dir>', 'folder to write private.jwk and public.jwk into (refused if either exists)')
     .action(async (o: { out: string }) => {
-      const { mkdir, writeFile } = await import('node:fs/promises');
+      const { access, mkdir, writeFile } = await import('node:fs/promises');
       checkOutputFolder(o.out, '--out');
       const { join } = await import('node:path');
+      const files = [join(o.out, 'private.jwk'), join(o.out, 'public.jwk')];
+      // Never replace a key pair: every device trusts the old public key, so catalogs signed with a
+      // new private key would be refused everywhere (and an existing file keeps its permissions).
+      for (const f of files) {
+        const exists = await access(f).then(
+          () => true,
+          () => false,
+        );
+        if (exists) throw new ValidationError('--out', `${f} already exists; keygen never overwrites a key (move it away first, or choose another folder)`);
+      }
       const { generateOfferKeys } = await import('./signing.js');
       const { publicJwk, privateJwk } = await generateOfferKeys();
       await mkdir(o.out, { recursive: true });
-      // 0600: the private key signs every catalog the devices will trust.
-      await writeFile(join(o.out, 'private.jwk'), `${JSON.stringify(privateJwk, null, 2)}\n`, { mode: 0o600 });
-      await writeFile(join(o.out, 'public.jwk'), `${JSON.stringify(publicJwk, null, 2)}\n`);
+      // 0600, created here ('wx' fails rather than open a file that appeared meanwhile): the private
+      // key signs every catalog the devices will trust.
+      await writeFile(files[0]!, `${JSON.stringify(privateJwk, null, 2)}\n`, { mode: 0o600, flag: 'wx' });
+      await writeFile(files[1]!, `${JSON.stringify(publicJwk, null, 2)}\n`, { flag: 'wx' });
       process.stderr.write(`wrote ${join(o.out, 'private.jwk')} and ${join(o.out, 'public.jwk')}\n`);
     });
 

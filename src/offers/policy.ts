@@ -58,7 +58,7 @@ export function scoreOffers(input: OffersInput, options: OffersOptions = {}): Sc
   const products = productIndex(input.products);
   const now = checkContext(options.context);
   const ctx = eligibilityContext(pastEvents(input.events, now), products, options.context?.cart, now);
-  const strength = options.priorStrength ?? DEFAULT_PRIOR_STRENGTH;
+  const strength = checkRange(options.priorStrength ?? DEFAULT_PRIOR_STRENGTH, 'options.priorStrength', 0, 1e6);
   const objective = checkObjective(options.objective);
   const out: ScoredOffer[] = [];
   for (const offer of input.catalog.offers) {
@@ -110,7 +110,6 @@ export function chooseOffers(input: OffersInput, options: OffersOptions = {}): S
   const exploration = checkRange(options.exploration ?? DEFAULTS.exploration, 'options.exploration', 0, 1);
   const seed = options.seed ?? DEFAULTS.seed;
   if (!Number.isFinite(seed)) throw new ValidationError('options.seed', `must be a finite number, got ${seed}`);
-  if (options.priorStrength !== undefined) checkRange(options.priorStrength, 'options.priorStrength', 0, 1e6);
   const reach = checkObjective(options.objective) === 'reach';
 
   const rng = new Random(seed);

@@ -117,7 +117,11 @@ export interface OffersOptions {
   /** How many offers, 1–20. Default 2. */
   k?: number;
   context?: OfferContext;
-  /** Seed for exploration. Same seed, events and catalog → same answer. Default 1. */
+  /**
+   * Seed for exploration. Same seed, events and catalog → same answer. `rec.offers()` without one
+   * draws a fresh seed per call (so exploration happens at the `exploration` rate); the pure
+   * `chooseOffers` defaults to 1.
+   */
   seed?: number;
   /**
    * Share of the k slots that may go to exploration (Thompson sampling), [0, 1]. Default 0.1:

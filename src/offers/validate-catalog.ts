@@ -98,8 +98,8 @@ export function validateOffer(input: unknown, field = 'offer'): Offer {
     scope: scope(o.scope, `${field}.scope`),
   };
   if (o.minBasket !== undefined) offer.minBasket = finite(o.minBasket, `${field}.minBasket`, 0);
-  if (o.validFrom !== undefined) offer.validFrom = finite(o.validFrom, `${field}.validFrom`, 0);
-  if (o.validUntil !== undefined) offer.validUntil = finite(o.validUntil, `${field}.validUntil`, 0);
+  if (o.validFrom !== undefined) offer.validFrom = time(o.validFrom, `${field}.validFrom`);
+  if (o.validUntil !== undefined) offer.validUntil = time(o.validUntil, `${field}.validUntil`);
   if (offer.validFrom !== undefined && offer.validUntil !== undefined && offer.validUntil <= offer.validFrom) {
     throw new ValidationError(`${field}.validUntil`, `must be after validFrom (${offer.validFrom})`);
   }
@@ -140,7 +140,12 @@ function limits(input: unknown, field: string): OfferLimits {
   const l: OfferLimits = {};
   if (o.maxRedemptions !== undefined) l.maxRedemptions = integer(o.maxRedemptions, `${field}.maxRedemptions`, 1);
   if (o.maxImpressions !== undefined) l.maxImpressions = integer(o.maxImpressions, `${field}.maxImpressions`, 1);
-  if (o.coolDownHours !== undefined) l.coolDownHours = finite(o.coolDownHours, `${field}.coolDownHours`, 0);
+  if (o.coolDownHours !== undefined) {
+    l.coolDownHours = finite(o.coolDownHours, `${field}.coolDownHours`, 0);
+    if (l.coolDownHours > MAX_COOL_DOWN_HOURS) {
+      throw new ValidationError(`${field}.coolDownHours`, `must be at most ${MAX_COOL_DOWN_HOURS} (100 years), got ${l.coolDownHours}; for an offer redeemed once only, use maxRedemptions: 1`);
+    }
+  }
   return l;
 }
 
@@ -174,6 +179,16 @@ function finite(v: unknown, field: string, min: number): number {
   if (v < min) throw new ValidationError(field, `must be ≥ ${min}, got ${v}`);
   return v;
 }
+/** The latest time a Date holds (ms since 1970): later validity times could not even be printed. */
+const MAX_TIME_MS = 8.64e15;
+/** 100 years: a longer cool-down is a "once only" cap (maxRedemptions: 1), and would overflow a Date. */
+const MAX_COOL_DOWN_HOURS = 876_000;
+/** A time in ms since 1970 (UTC) that a Date can hold. */
+function time(v: unknown, field: string): number {
+  const t = finite(v, field, 0);
+  if (t > MAX_TIME_MS) throw new ValidationError(field, `must be a time in ms since 1970 up to ${MAX_TIME_MS} (year 275760), got ${t}`);
+  return t;
+}
 function positive(v: unknown, field: string): number {
   const n = finite(v, field, 0);
   if (n === 0) throw new ValidationError(field, 'must be > 0, got 0');
@@ -191,9 +206,14 @@ function show(v: unknown): string {
   return v === null ? 'null' : typeof v === 'object' ? 'an object' : String(v);
 }
 
-/** An ISO 4217 code the platform knows (three capital letters that Intl accepts as a currency). */
+/**
+ * An ISO 4217 code the platform knows: in `Intl.supportedValuesOf('currency')` where it exists
+ * (Intl accepts any three capital letters as a currency), else one Intl accepts.
+ */
 function isCurrencyCode(c: string): boolean {
   if (!/^[A-Z]{3}$/.test(c)) return false;
+  const supported = (Intl as { supportedValuesOf?: (key: string) => string[] }).supportedValuesOf;
+  if (supported) return supported('currency').includes(c);
   try {
     new Intl.NumberFormat('en', { style: 'currency', currency: c });
     return true;

@@ -75,8 +75,12 @@ function missingFacts(offer: Offer, r: RedeemRequest): string[] {
   if (offer.scope.kind !== 'all' && r.scopeValue === undefined) missing.push(`scopeValue (the scope is ${offer.scope.kind})`);
   if (offer.audience !== undefined && offer.audience !== 'all' && r.returning === undefined) missing.push(`returning (the offer is for ${offer.audience} customers)`);
   if (offer.limits?.maxRedemptions !== undefined && r.previousRedemptions === undefined) missing.push('previousRedemptions (the offer has a redemption cap)');
-  if (offer.limits?.coolDownHours !== undefined && (r.previousRedemptions ?? 0) > 0 && r.lastRedeemedAt === undefined) {
-    missing.push('lastRedeemedAt (the offer has a cool-down and was redeemed before)');
+  if (offer.limits?.coolDownHours !== undefined && r.lastRedeemedAt === undefined) {
+    // Without either fact the check cannot tell a first redemption from one inside the cool-down.
+    if (r.previousRedemptions === undefined) {
+      if (offer.limits.maxRedemptions === undefined) missing.push('previousRedemptions or lastRedeemedAt (the offer has a cool-down)');
+    }
+    else if (r.previousRedemptions > 0) missing.push('lastRedeemedAt (the offer has a cool-down and was redeemed before)');
   }
   return missing;
 }
@@ -110,8 +114,10 @@ export function checkRedemption(catalog: OfferCatalog, r: RedeemRequest, now: nu
   const cap = offer.limits?.maxRedemptions;
   if (cap !== undefined && r.previousRedemptions! >= cap) return no('cap-reached', `at most ${cap} redemption(s) per customer`);
   const coolDown = offer.limits?.coolDownHours;
-  if (coolDown !== undefined && (r.previousRedemptions ?? 0) > 0 && at - r.lastRedeemedAt! < coolDown * 3_600_000) {
-    return no('cooling-down', `redeemed ${((at - r.lastRedeemedAt!) / 3_600_000).toFixed(1)} h ago; the offer has a ${coolDown} h cool-down`);
+  // A given last redemption counts whatever previousRedemptions says: a fact left out or
+  // contradicting another never loosens a rule.
+  if (coolDown !== undefined && r.lastRedeemedAt !== undefined && at - r.lastRedeemedAt < coolDown * 3_600_000) {
+    return no('cooling-down', `redeemed ${((at - r.lastRedeemedAt) / 3_600_000).toFixed(1)} h ago; the offer has a ${coolDown} h cool-down`);
   }
   const d = offer.discount;
   // Both kinds apply to the in-scope items and never exceed them.

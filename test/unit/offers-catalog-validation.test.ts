@@ -67,6 +67,21 @@ describe('offer catalog validation', () => {
     assert.equal(fieldOf((c) => (offer(c).limits.maxRedemptions = 1.5)), 'catalog.offers[0].limits.maxRedemptions');
     assert.equal(fieldOf((c) => (offer(c).limits.coolDownHours = Number.NaN)), 'catalog.offers[0].limits.coolDownHours');
     assert.equal(fieldOf((c) => (offer(c).hints.margin = 1.2)), 'catalog.offers[0].hints.margin');
+    // Values that would later break a Date (the policy, the redeem check) are refused here.
+    assert.equal(fieldOf((c) => (offer(c).validFrom = 1e16)), 'catalog.offers[0].validFrom');
+    assert.equal(fieldOf((c) => (offer(c).validUntil = 8.64e15 + 1)), 'catalog.offers[0].validUntil');
+    assert.equal(fieldOf((c) => (offer(c).limits.coolDownHours = 1e10)), 'catalog.offers[0].limits.coolDownHours');
+    // Intl takes any three capital letters as a currency; the platform's list does not.
+    assert.equal(fieldOf((c) => (c.currency = 'QQQ')), 'catalog.currency');
+  });
+
+  test('the limits of times and cool-downs are the ones a Date holds, and say so', () => {
+    const c = good();
+    offer(c).validUntil = 8.64e15;
+    offer(c).limits.coolDownHours = 876_000;
+    assert.equal(validateOfferCatalog(c).offers[0]!.validUntil, 8.64e15);
+    assert.throws(() => validateOfferCatalog({ ...good(), offers: [{ ...good().offers[0], limits: { coolDownHours: 1e10 } }] }), /coolDownHours: must be at most 876000 \(100 years\), got 10000000000; for an offer redeemed once only, use maxRedemptions: 1/);
+    for (const ok of ['GBP', 'EUR', 'JPY', 'USD', 'CHF']) assert.equal(validateOfferCatalog({ ...good(), currency: ok }).currency, ok);
   });
 
   test('a duplicate offer id names the second one', () => {

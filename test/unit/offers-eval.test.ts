@@ -174,6 +174,24 @@ describe('offers-eval', () => {
     assert.deepEqual(offersBounds(d, offers, 2), { k: 2, baskets: 6, repeatBaskets: 4, anyOffer: 0.8333, repeatOfBought: 0.25, hindsightPersonal: 0.6667, hindsightPersonalRepeat: 0.75 });
   });
 
+  test('an amount discount never exceeds the in-scope spend of the basket', () => {
+    const d: RetailData = {
+      items,
+      rows: { read: 0, kept: 0 },
+      baskets: [basket('A', 1, [['100', 1], ['300', 4]])], // a £2 mug and £20 of candles
+    };
+    const offers = {
+      catalog: { version: 1, issuedAt: 0, currency: 'GBP', offers: [{ id: 'mug5', title: '£5 off mugs', discount: { kind: 'amount' as const, amount: 5 }, scope: { kind: 'items' as const, itemIds: ['100'] }, hints: { margin: 0.9, typicalSpend: 50 } }] },
+      offerOfItem: new Map([['100', 'mug5']]),
+    };
+    const policies = runOffersEval(d, { ...opts, affinity: 'history', offers });
+    assert.equal(policies.length, 3);
+    for (const p of policies) {
+      assert.equal(p.hits, 1, `${p.policy}: the only offer is shown and used`);
+      assert.equal(p.discountSpent, 2, `${p.policy}: £5 off a £2 mug is £2`);
+    }
+  });
+
   test('the same seed reproduces the whole replay', () => {
     const run = () => runOffersEval(data(), { ...opts, exploration: 0.3, seed: 9 });
     assert.deepEqual(run(), run());

@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -76,6 +76,11 @@ describe('localrec offers fit-affinity', () => {
   test('then `offers sign` signs it, and a device verifies the catalog with the snapshot and can predict', async () => {
     await cli('offers', 'fit-affinity', '--data', path('orders.csv.gz'), '--catalog', path('offers.json'), '--out', path('with-affinity.json'));
     await cli('offers', 'keygen', '--out', path('keys'));
+    // A second keygen into the same folder would replace the key every device trusts: refused.
+    const first = await readFile(path('keys/private.jwk'), 'utf8');
+    assert.equal((await stat(path('keys/private.jwk'))).mode & 0o777, 0o600);
+    await assert.rejects(cli('offers', 'keygen', '--out', path('keys')), (e: unknown) => isValidationError(e) && e.field === '--out' && /private\.jwk already exists; keygen never overwrites a key/.test(e.message));
+    assert.equal(await readFile(path('keys/private.jwk'), 'utf8'), first, 'the key is unchanged');
     await cli('offers', 'sign', '--key', path('keys/private.jwk'), '--catalog', path('with-affinity.json'), '--out', path('signed.json'));
     const signed = JSON.parse(await readFile(path('signed.json'), 'utf8')) as unknown;
     const publicJwk = JSON.parse(await readFile(path('keys/public.jwk'), 'utf8')) as JsonWebKey;

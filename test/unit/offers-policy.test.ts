@@ -173,6 +173,9 @@ describe('offer policy', () => {
     err({ exploration: 1.5 }, 'options.exploration', /from 0 to 1, got 1.5/);
     err({ seed: Number.NaN }, 'options.seed', /finite number/);
     err({ objective: 'clicks' }, 'options.objective', /'value' or 'reach', got 'clicks'/);
+    err({ priorStrength: -1 }, 'options.priorStrength', /from 0 to 1000000, got -1/);
+    // scoreOffers (exported on its own) checks it too: a NaN gave NaN posteriors and a meaningless order.
+    assert.throws(() => scoreOffers(input(), { priorStrength: Number.NaN }), (e: unknown) => isValidationError(e) && e.field === 'options.priorStrength');
   });
 
   test("objective 'reach' ranks by P(use) alone; the default 'value' weighs in the value per use", () => {

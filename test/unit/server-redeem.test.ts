@@ -16,6 +16,7 @@ const catalog: OfferCatalog = {
     { id: 'mugs-2', title: '£2 off mugs', discount: { kind: 'amount', amount: 2 }, scope: { kind: 'categories', categories: ['mug'] } },
     { id: 'welcome', title: '£5 off a first order', discount: { kind: 'amount', amount: 5 }, scope: { kind: 'all' }, audience: 'new' },
     { id: 'weekly', title: '5% off, once a day', discount: { kind: 'percent', percent: 5 }, scope: { kind: 'all' }, limits: { maxRedemptions: 5, coolDownHours: 24 } },
+    { id: 'daily', title: '£1 off, once a day', discount: { kind: 'amount', amount: 1 }, scope: { kind: 'all' }, limits: { coolDownHours: 24 } },
   ],
 } as OfferCatalog;
 
@@ -40,6 +41,9 @@ describe('checkRedemption', () => {
     assert.equal(needs({ offerId: 'welcome', orderValue: 30 }), 'missing-facts: offer "welcome" needs returning (the offer is for new customers)');
     assert.equal(needs({ offerId: 'weekly', orderValue: 30 }), 'missing-facts: offer "weekly" needs previousRedemptions (the offer has a redemption cap)');
     assert.equal(needs({ offerId: 'weekly', orderValue: 30, previousRedemptions: 1 }), 'missing-facts: offer "weekly" needs lastRedeemedAt (the offer has a cool-down and was redeemed before)');
+    // A cool-down alone (no cap): the check cannot tell a first redemption without one of them.
+    assert.equal(needs({ offerId: 'daily', orderValue: 30 }), 'missing-facts: offer "daily" needs previousRedemptions or lastRedeemedAt (the offer has a cool-down)');
+    assert.equal(needs({ offerId: 'daily', orderValue: 30, previousRedemptions: 0 }), 'valid');
   });
 
   it('refuses each rule with its own reason', () => {
@@ -54,6 +58,10 @@ describe('checkRedemption', () => {
     assert.equal(reason({ offerId: 'welcome', orderValue: 30, returning: true }), 'audience');
     assert.equal(reason({ offerId: 'weekly', orderValue: 30, previousRedemptions: 1, lastRedeemedAt: NOW - 60_000 }), 'cooling-down');
     assert.equal(reason({ offerId: 'weekly', orderValue: 30, previousRedemptions: 1, lastRedeemedAt: NOW - 24 * 3_600_000 }), 'valid');
+    // A given last redemption counts, whatever else is (or is not) said.
+    assert.equal(reason({ offerId: 'daily', orderValue: 30, lastRedeemedAt: NOW - 3_600_000 }), 'cooling-down');
+    assert.equal(reason({ offerId: 'daily', orderValue: 30, previousRedemptions: 0, lastRedeemedAt: NOW - 3_600_000 }), 'cooling-down');
+    assert.equal(reason({ offerId: 'daily', orderValue: 30, lastRedeemedAt: NOW - 25 * 3_600_000 }), 'valid');
     assert.equal(reason({ offerId: 'two-off', orderValue: 50, returning: true, previousRedemptions: 0 }, NOW - 2000), 'not-yet-valid');
     assert.equal(reason({ offerId: 'two-off', orderValue: 50, returning: true, previousRedemptions: 0 }, NOW + 1000), 'expired');
     assert.equal(reason({ offerId: 'two-off', orderValue: 50, returning: false, previousRedemptions: 0 }), 'audience');

@@ -495,7 +495,7 @@ function redeem(basket: Basket, shown: readonly string[], catalog: OfferCatalog,
     const spend = basket.lines.reduce((s, l) => (offerOfItem.get(l.itemId) === id ? s + l.quantity * l.price : s), 0);
     if (spend <= 0) continue;
     const d = offer.discount;
-    const discount = d.kind === 'amount' ? Math.min(d.amount, total) : Math.min((d.percent / 100) * spend, d.maxAmount ?? Infinity);
+    const discount = d.kind === 'amount' ? Math.min(d.amount, spend) : Math.min((d.percent / 100) * spend, d.maxAmount ?? Infinity);
     if (!best || discount > best.discount) best = { offerId: id, discount };
   }
   return best;
