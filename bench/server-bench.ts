@@ -406,7 +406,7 @@ async function runSecAgg(kind: 'sqlite' | 'postgres' | 'postgres-processes', pro
   const target =
     kind === 'postgres-processes' ? await processTarget(processes, database!, dir!, true) : await inProcessTarget(kind === 'sqlite' ? SqliteStorage.open(dir!) : await PostgresStorage.open(database!), true);
   const agent = new Agent({ keepAlive: true, maxSockets: CLIENTS });
-  const sa = ((await (await fetch(`http://127.0.0.1:${target.ports[0]}/v1/config`)).json()) as { secureAggregation: { bits: number; cohortSize: number } }).secureAggregation;
+  const sa = ((await (await fetch(`http://127.0.0.1:${target.ports[0]}/v1/config`)).json()) as { secureAggregation: { bits: number; cohortSize: number; step: number } }).secureAggregation;
   let next = 0;
   const port = () => target.ports[next++ % target.ports.length]!;
   const perRound: Array<Record<string, unknown>> = [];
@@ -447,7 +447,7 @@ async function runSecAgg(kind: 'sqlite' | 'postgres' | 'postgres-processes', pro
       const ready = views.filter((v) => v.json.status === 'ready').length;
       if (ready < members.length) fail('view not ready');
       const length = ITEMS * (DIM + 1);
-      const bodies = members.map((m) => encodeMaskedUpdate({ cohortId: fromHex(m.cohort), index: m.index, cohortSize: sa.cohortSize, bits: sa.bits, baseVersion: base.version, values: new Uint32Array(length) }));
+      const bodies = members.map((m) => encodeMaskedUpdate({ cohortId: fromHex(m.cohort), index: m.index, cohortSize: sa.cohortSize, bits: sa.bits, step: sa.step, baseVersion: base.version, values: new Uint32Array(length) }));
       t0 = performance.now();
       const ups = await Promise.all(members.map((m, i) => send(port(), agent, 'POST', '/v1/secagg/updates', bodies[i], { 'x-localrec-cohort-token': m.token })));
       const uMs = performance.now() - t0;
@@ -468,7 +468,7 @@ async function runSecAgg(kind: 'sqlite' | 'postgres' | 'postgres-processes', pro
       cohortSize: sa.cohortSize,
       cohorts: ROUNDS,
       bits: sa.bits,
-      uploadBytes: encodeMaskedUpdate({ cohortId: new Uint8Array(16), index: 0, cohortSize: sa.cohortSize, bits: sa.bits, baseVersion: 0, values: new Uint32Array(ITEMS * (DIM + 1)) }).length,
+      uploadBytes: encodeMaskedUpdate({ cohortId: new Uint8Array(16), index: 0, cohortSize: sa.cohortSize, bits: sa.bits, step: sa.step, baseVersion: 0, values: new Uint32Array(ITEMS * (DIM + 1)) }).length,
       joinsPerSecond: Math.round(((CLIENTS * ROUNDS) / joinMs) * 1000),
       keyReadsPerSecond: Math.round(((CLIENTS * ROUNDS) / viewMs) * 1000),
       uploadsPerSecond: Math.round((uploadsAcked / uploadMs) * 1000),

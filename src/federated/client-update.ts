@@ -288,6 +288,7 @@ export function buildClientUpdate(base: ItemTable, local: ItemTable, opts: Clien
       noiseMultiplier: opts.noiseMultiplier,
       baseHash: opts.baseHash,
       nonce,
+      ...(part.biases ? {} : { frozenBiases: true }),
     },
     scales,
     codes,

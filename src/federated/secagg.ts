@@ -371,14 +371,20 @@ export interface MaskedUpdate {
   index: number;
   cohortSize: number;
   bits: number;
+  /**
+   * The fixed-point step γ the values were encoded with (the server's `secureAggregation.step`),
+   * sent as a float32: the server refuses an upload of another step, and a restart refuses pending
+   * uploads of another step, rather than unmask a sum at the wrong scale.
+   */
+  step: number;
   baseVersion: number;
   /** Masked, encoded coordinates (b bits each): factors row-major, then biases. */
   values: Uint32Array;
 }
 
 /**
- * `LRS1` body: magic, format 1, bits, 2 reserved bytes, cohort id (16), index, cohort size,
- * coordinate count, base version (u32 LE each), then the packed values.
+ * `LRS1` body: magic, format 1, bits, 2 reserved bytes (0), cohort id (16), index, cohort size,
+ * coordinate count, base version (u32 LE each), the step γ (float32 LE), then the packed values.
  */
 export function encodeMaskedUpdate(u: MaskedUpdate): Uint8Array {
   if (u.cohortId.length !== COHORT_ID_BYTES) throw new ValidationError('cohortId', `must be ${COHORT_ID_BYTES} bytes`);
@@ -392,7 +398,7 @@ export function encodeMaskedUpdate(u: MaskedUpdate): Uint8Array {
   dv.setUint32(28, u.cohortSize, true);
   dv.setUint32(32, u.values.length, true);
   dv.setUint32(36, u.baseVersion, true);
-  // bytes 40..43 reserved (0)
+  dv.setFloat32(40, u.step, true);
   packBits(u.values, u.bits, out.subarray(MASKED_HEADER_BYTES));
   return out;
 }
@@ -404,16 +410,23 @@ export function decodeMaskedHeader(bytes: Uint8Array): Omit<MaskedUpdate, 'value
   if (bytes[4] !== 1) throw new ValidationError('update', `unsupported masked-update format ${bytes[4]}`);
   const bits = bytes[5]!;
   if (bits < 2 || bits > 32) throw new ValidationError('update', `bits must be 2..32, got ${bits}`);
+  if (bytes[6] !== 0 || bytes[7] !== 0) throw new ValidationError('update', 'reserved header bytes 6–7 are not zero');
   const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const length = dv.getUint32(32, true);
   if (bytes.length !== maskedUpdateBytes(length, bits)) {
     throw new ValidationError('update', `${length} coordinates at ${bits} bits take ${maskedUpdateBytes(length, bits)} bytes; got ${bytes.length} (length-mismatch)`);
   }
+  const step = dv.getFloat32(40, true);
+  if (!(step > 0 && Number.isFinite(step))) throw new ValidationError('update', `the fixed-point step must be a positive float32, got ${step}`);
+  // One encoding per update: the bits past the last value are zero.
+  const used = (length * bits) % 8;
+  if (used !== 0 && bytes[bytes.length - 1]! >> used !== 0) throw new ValidationError('update', 'padding bits in the last byte are not zero');
   return {
     cohortId: bytes.slice(8, 8 + COHORT_ID_BYTES),
     index: dv.getUint32(24, true),
     cohortSize: dv.getUint32(28, true),
     bits,
+    step,
     length,
     baseVersion: dv.getUint32(36, true),
   };

@@ -502,7 +502,7 @@ async function sendMasked(
   }
   const cohortId = fromHex(joined.cohort);
   const masked = await maskValues(encoded, { index: joined.index, cohortId, publicKeys, privateKey: keys.privateKey, params: sa });
-  const body = encodeMaskedUpdate({ cohortId, index: joined.index, cohortSize: K, bits: sa.bits, baseVersion: global.version, values: masked });
+  const body = encodeMaskedUpdate({ cohortId, index: joined.index, cohortSize: K, bits: sa.bits, step: sa.step, baseVersion: global.version, values: masked });
   const result = await upload(o, config, '/v1/secagg/updates', body, { global, globalHash: hash, local }, delta, { 'X-Localrec-Cohort-Token': String(joined.token) }, false);
   const cohort: NonNullable<SyncResult['cohort']> = { id: joined.cohort, index: joined.index, size: K };
   if (t < K) {

@@ -75,6 +75,12 @@ export interface UpdateHeader {
   baseHash: Uint8Array;
   /** 16 random bytes; the server refuses a nonce it has seen. */
   nonce: Uint8Array;
+  /**
+   * The device kept the biases frozen (the server's `trainBiases: false`): the bias section is
+   * zero delta plus noise. Flag byte 28; the server refuses an update whose flag differs from its
+   * config, and a restart refuses pending updates sent under the other setting.
+   */
+  frozenBiases?: boolean;
 }
 
 /** A decoded (still quantized) update. */
@@ -167,6 +173,7 @@ export function encodeUpdate(u: QuantizedUpdate): Uint8Array {
   dv.setFloat32(20, h.clip, true);
   dv.setFloat32(24, h.noiseMultiplier, true);
   dv.setUint32(28, 0, true);
+  out[28] = h.frozenBiases ? 1 : 0;
   out.set(h.baseHash, 32);
   out.set(h.nonce, 64);
   let p = UPDATE_HEADER_BYTES;
@@ -221,7 +228,8 @@ export function decodeUpdateHeader(bytes: Uint8Array): UpdateHeader {
   checkMagic(bytes, UPDATE_MAGIC, 'update');
   need(bytes, UPDATE_HEADER_BYTES, 'update', 'header');
   const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  if (dv.getUint32(28, true) !== 0) throw new WireFormatError('update', 'bad-header', 'reserved bytes 28..31 must be zero');
+  if (bytes[28]! > 1) throw new WireFormatError('update', 'bad-header', `flags byte 28 must be 0 or 1 (biases frozen), got ${bytes[28]}`);
+  if (bytes[29] !== 0 || bytes[30] !== 0 || bytes[31] !== 0) throw new WireFormatError('update', 'bad-header', 'reserved bytes 29..31 must be zero');
   const header: UpdateHeader = {
     bits: bytes[5]!,
     dim: dv.getUint16(6, true),
@@ -232,6 +240,7 @@ export function decodeUpdateHeader(bytes: Uint8Array): UpdateHeader {
     noiseMultiplier: dv.getFloat32(24, true),
     baseHash: bytes.slice(32, 64),
     nonce: bytes.slice(64, 80),
+    ...(bytes[28] === 1 ? { frozenBiases: true } : {}),
   };
   checkHeader(header);
   return header;

@@ -105,7 +105,9 @@ export interface ServerOptions {
    * own sales) and trains only the factors. Default `true`.
    */
   trainBiases?: boolean;
+  /** Relative tolerance on the clip bound in the norm check (float rounding of honest updates), [0, 1). Default 0.01. */
   normTolerance?: number;
+  /** How many standard deviations of the noise's norm fluctuation the norm check allows, (0, 100]. Default 6. */
   normSlack?: number;
   /**
    * Secure aggregation with distributed noise (docs/protocol.md, "Secure aggregation"): devices
@@ -322,6 +324,11 @@ export async function createServer(options: ServerOptions = {}): Promise<ServerP
     if (aggregator === 'subspace' && shape.dim >= trained.rows) {
       throw new ValidationError('options.trainRows', `must exceed dim (${shape.dim}) with the subspace aggregator, got ${trained.rows}`);
     }
+    // Both widen the norm check: a NaN (every comparison false) or a huge value would turn it off.
+    const normTolerance = options.normTolerance ?? 0.01;
+    if (typeof normTolerance !== 'number' || !(normTolerance >= 0 && normTolerance < 1)) throw new ValidationError('options.normTolerance', `must be a number in [0, 1), got ${normTolerance}`);
+    const normSlack = options.normSlack ?? 6;
+    if (typeof normSlack !== 'number' || !(normSlack > 0 && normSlack <= 100)) throw new ValidationError('options.normSlack', `must be a number in (0, 100], got ${normSlack}`);
     const minClients = positive('minClients', options.minClients ?? 10, true);
     const robust = options.robust ?? 'mean';
     if (!ROBUST_NAMES.includes(robust)) throw new ValidationError('options.robust', `must be ${ROBUST_NAMES.map((r) => `'${r}'`).join(', ')}, got '${robust}'`);
@@ -383,8 +390,8 @@ export async function createServer(options: ServerOptions = {}): Promise<ServerP
       blockSize,
       clip,
       noiseMultiplier,
-      normTolerance: options.normTolerance ?? 0.01,
-      normSlack: options.normSlack ?? 6,
+      normTolerance,
+      normSlack,
       minClients,
       maxStaleness,
       aggregator,

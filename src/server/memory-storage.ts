@@ -41,7 +41,13 @@ export class MemoryStorage implements Storage {
   }
 
   async discard(ids: readonly number[]): Promise<void> {
-    for (const id of ids) this.updates.delete(id);
+    // As in the SQL stores, where the row (and so its nonce) is deleted.
+    for (const id of ids) {
+      const u = this.updates.get(id);
+      if (!u) continue;
+      this.updates.delete(id);
+      this.nonces.delete(u.nonce);
+    }
   }
 
   async publish(next: StoredVersion, consumed: readonly number[]): Promise<void> {

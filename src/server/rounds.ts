@@ -72,15 +72,21 @@ interface Current {
   int8?: Uint8Array;
 }
 
-/** What a stored upload is, from its header: a plain update (with its row count) or a masked one (its value count); null when neither decodes. */
-function storedUpload(body: Uint8Array): { masked: false; rows: number } | { masked: true; length: number } | null {
+type StoredUpload =
+  | { masked: false; rows: number; frozenBiases: boolean }
+  | { masked: true; length: number; cohortSize: number; bits: number; step: number };
+
+/** What a stored upload is, from its header: a plain update or a masked one, with what it was sent under; null when neither decodes. */
+function storedUpload(body: Uint8Array): StoredUpload | null {
   try {
-    return { masked: false, rows: decodeUpdateHeader(body).itemCount };
+    const h = decodeUpdateHeader(body);
+    return { masked: false, rows: h.itemCount, frozenBiases: !!h.frozenBiases };
   } catch {
     // not a plain update: a masked one?
   }
   try {
-    return { masked: true, length: decodeMaskedHeader(body).length };
+    const h = decodeMaskedHeader(body);
+    return { masked: true, length: h.length, cohortSize: h.cohortSize, bits: h.bits, step: h.step };
   } catch {
     return null;
   }
@@ -108,13 +114,22 @@ async function checkPending(storage: Storage, config: RoundConfig): Promise<void
             'restart with --secure-aggregation and the same --min-clients (it publishes the complete cohorts and deletes the uploads of the others: at once on SQLite, at their timeout on PostgreSQL), or use another data dir',
     );
   }
+  const sa = config.secureAggregation;
   for (const u of pending) {
     if (u === null) continue;
     const got = u.masked ? u.length : u.rows;
-    if (got !== expected) {
+    if (got !== expected || (!u.masked && u.frozenBiases === config.trained.biases)) {
+      const sent = u.masked ? `${got} values` : `${got} rows with biases ${u.frozenBiases ? 'frozen' : 'trained'}`;
       throw new ModelError(
-        `the store holds pending updates of ${got} ${masked ? 'values' : 'rows'}, and this server trains ${expected} ` +
+        `the store holds pending updates of ${sent}, and this server trains ${expected} ${masked ? 'values' : 'rows'} ` +
           `(trainRows ${config.trained.rows}, trainBiases ${config.trained.biases}); restart with the --train-rows/--freeze-biases they were sent under, or use another data dir`,
+      );
+    }
+    // A masked sum is unmasked at the cohort size and decoded at the step it was encoded with.
+    if (u.masked && sa && (u.cohortSize !== sa.cohortSize || u.bits !== sa.bits || u.step !== Math.fround(sa.step))) {
+      throw new ModelError(
+        `the store holds pending masked uploads sent for cohorts of ${u.cohortSize} at ${u.bits} bits, step ${u.step}, and this server uses ${sa.cohortSize} at ${sa.bits} bits, step ${Math.fround(sa.step)}; ` +
+          'restart with the --min-clients, --noise, --secagg-bits and --secagg-range they were sent under until they are published, or use another data dir',
       );
     }
   }
@@ -354,10 +369,20 @@ export class RoundCoordinator {
   private async store(u: NewUpdate, replayed: string, ready: (id: number) => boolean | Promise<boolean | Rejection>): Promise<Accepted | Rejection> {
     const r = await this.storage.addUpdate(u);
     if (r === 'replayed') return reject('replayed', replayed);
-    // On a shared store the other processes' updates count towards the round too.
-    this.pendingN = this.storage.shared ? await this.storage.pendingCount() : this.pendingN + 1;
+    let complete: boolean | Rejection;
+    try {
+      // On a shared store the other processes' updates count towards the round too.
+      this.pendingN = this.storage.shared ? await this.storage.pendingCount() : this.pendingN + 1;
+      complete = await ready(r.id);
+    } catch (e) {
+      // The storage failed after the insert (the 503 then says nothing was stored, and the device
+      // retries with the same nonce): take the update out again, or its retry would be "replayed"
+      // and, under secure aggregation, the upload would stay pending outside its cohort for good.
+      await this.storage.discard([r.id]).catch(() => undefined);
+      this.pendingN = await this.storage.pendingCount().catch(() => this.pendingN);
+      throw e;
+    }
     let published: number | undefined;
-    const complete = await ready(r.id);
     if (complete !== true && complete !== false) {
       // Refused after all (its cohort ended meanwhile): the update must not stay pending.
       await this.storage.discard([r.id]);
@@ -469,6 +494,7 @@ export class RoundCoordinator {
     if (h.length !== length) return reject('wrong-shape', `the server trains ${length} coordinates, the update has ${h.length}`);
     if (h.bits !== sa.bits) return reject('config-mismatch', `bits is ${h.bits}, the server uses ${sa.bits}`);
     if (h.cohortSize !== sa.cohortSize) return reject('config-mismatch', `cohort size is ${h.cohortSize}, the server uses ${sa.cohortSize}`);
+    if (h.step !== Math.fround(sa.step)) return reject('config-mismatch', `the fixed-point step is ${h.step}, the server uses ${Math.fround(sa.step)} (secureAggregation.step in /v1/config)`);
     const id = toHex(h.cohortId);
     await this.sweepCohorts();
     return this.run(async (): Promise<Accepted | Rejection> => {

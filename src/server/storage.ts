@@ -72,8 +72,9 @@ export interface Storage {
   pendingCount(): Promise<number>;
   /**
    * Deletes pending updates that can never be aggregated: the masked uploads of a secure-aggregation
-   * cohort that was aborted (without the rest of the cohort they are random bytes). Ids that are
-   * not pending are ignored.
+   * cohort that was aborted (without the rest of the cohort they are random bytes), or an update
+   * whose acceptance failed half-way (its storage failed after the insert). Their nonces are free
+   * again. Ids that are not pending are ignored.
    */
   discard(ids: readonly number[]): Promise<void>;
   /** Atomically appends `next` and marks `consumed` (update ids) as aggregated into it. */

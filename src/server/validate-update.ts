@@ -197,6 +197,8 @@ export function checkUpdate(body: Uint8Array, p: UpdatePolicy): CheckedUpdate | 
   if (h.clip !== Math.fround(p.clip)) mismatch.push(`clip ${h.clip} ≠ ${p.clip}`);
   // Exact: less noise weakens the sender's guarantee, more noise would widen the norm allowance.
   if (h.noiseMultiplier !== Math.fround(p.noiseMultiplier)) mismatch.push(`noiseMultiplier ${h.noiseMultiplier} ≠ ${p.noiseMultiplier}`);
+  const frozen = p.trained ? !p.trained.biases : false;
+  if (!!h.frozenBiases !== frozen) mismatch.push(`biases ${h.frozenBiases ? 'frozen' : 'trained'} ≠ ${frozen ? 'frozen' : 'trained'} (trainBiases ${!frozen})`);
   if (mismatch.length) return reject('config-mismatch', `update does not follow the server config: ${mismatch.join(', ')}`);
   const scales = checkScales(update, p);
   if (scales) return scales;

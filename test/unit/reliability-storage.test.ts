@@ -172,7 +172,8 @@ describe('the worker terminated mid-training', () => {
   it('a new Engine on the same database recovers every flushed event and the last weights saved whole', async () => {
     const catalog = { items: Array.from({ length: 20 }, (_, i) => ({ id: `p${i}`, popularity: 20 - i })) };
     const opts = { catalog, backend: 'cpu' as const, autoTrainEvery: 0, dbName: 'worker-dies', model: { dim: 8 } };
-    const a = await Engine.create(opts);
+    const store = await IdbEventStore.open('worker-dies');
+    const a = await Engine.create({ ...opts, store });
     a.enqueue(Array.from({ length: 12 }, (_, i) => ({ type: 'view', itemId: `p${i}`, t: now - 20_000 + i })));
     await a.train({ epochs: 2 });
     const saved = await peekModel('worker-dies');
@@ -180,19 +181,21 @@ describe('the worker terminated mid-training', () => {
     a.enqueue(Array.from({ length: 6 }, (_, i) => ({ type: 'purchase', itemId: `p${10 + i}`, t: now - 1000 + i })));
     await a.flush();
     // Training starts, changes the in-memory table, and the worker is killed before it saves:
-    // onProgress throwing mid-training stands in for terminate() (the run never reaches persist()).
+    // the save failing stands in for terminate() (the run never writes its weights).
     count('worker killed mid-train');
     let calls = 0;
+    const updateMeta = store.updateMeta.bind(store);
+    store.updateMeta = (key, update) => (key === MODEL_KEY ? Promise.reject(new Error('worker terminated')) : updateMeta(key, update));
     await assert.rejects(
       a.train({
         epochs: 50,
         onProgress: (p) => {
-          if (p.phase === 'training' && ++calls === 3) throw new Error('worker terminated');
+          if (p.phase === 'training') calls++;
         },
       }),
       /worker terminated/,
     );
-    assert.ok(calls >= 3, 'the kill landed mid-training');
+    assert.ok(calls >= 3, 'the kill landed after training had changed the table');
     const dirty = a.itemTable().factors.slice();
     // The dead worker's connection is simply abandoned (never closed), as a terminated worker's is.
     const b = await Engine.create(opts);

@@ -32,9 +32,12 @@ import { syncOnce, type FetchLike } from '../../src/federated/sync.js';
 import { decodeModel, toHex } from '../../src/federated/wire.js';
 import { Random } from '../../src/model/random.js';
 import { createServer, MemoryStorage, RoundCoordinator } from '../../src/server/index.js';
-import { assertKeptAnHourAfterEnd, exerciseCohortLeave, honestUpdate, IDS, initialTable, shopperHistory } from './server-helpers.js';
-import { MemoryCohortStore } from '../../src/server/cohorts.js';
-import { isAbortError, ModelError } from '../../src/errors.js';
+import { assertKeptAnHourAfterEnd, DIM, exerciseCohortLeave, honestUpdate, IDS, initialTable, shopperHistory } from './server-helpers.js';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { MemoryCohortStore, type CohortStore } from '../../src/server/cohorts.js';
+import { isAbortError, ModelError, StorageError } from '../../src/errors.js';
 
 test('packBits/unpackBits round-trip every width from 2 to 32 bits', () => {
   fc.assert(
@@ -96,10 +99,10 @@ test('a cohort: every upload alone is masked, the masks cancel exactly in the su
     assert.ok(same < 10, `member ${i}: ${same} of 300 coordinates left unmasked`);
   }
   // The wire round trip keeps everything.
-  const uploads = masked.map((values, index) => decodeMaskedUpdate(encodeMaskedUpdate({ cohortId, index, cohortSize: K, bits: params.bits, baseVersion: 0, values })));
+  const uploads = masked.map((values, index) => decodeMaskedUpdate(encodeMaskedUpdate({ cohortId, index, cohortSize: K, bits: params.bits, step: params.step, baseVersion: 0, values })));
   const sum = unmaskSum(uploads, params.step);
   const plain = unmaskSum(
-    encoded.map((values, index) => ({ cohortId, index, cohortSize: K, bits: params.bits, baseVersion: 0, values })),
+    encoded.map((values, index) => ({ cohortId, index, cohortSize: K, bits: params.bits, step: params.step, baseVersion: 0, values })),
     params.step,
   );
   assert.deepEqual(sum, plain, 'masks must cancel exactly');
@@ -110,7 +113,7 @@ test('a cohort: every upload alone is masked, the masks cancel exactly in the su
   // Any K − 1 of the uploads stay masked.
   const partial = unmaskSum(uploads.slice(1), params.step);
   const partialPlain = unmaskSum(
-    encoded.slice(1).map((values, index) => ({ cohortId, index, cohortSize: K, bits: params.bits, baseVersion: 0, values })),
+    encoded.slice(1).map((values, index) => ({ cohortId, index, cohortSize: K, bits: params.bits, step: params.step, baseVersion: 0, values })),
     params.step,
   );
   assert.ok(partial.filter((x, j) => x === partialPlain[j]).length < 10);
@@ -182,7 +185,8 @@ test('syncOnce with a secure-aggregation server: a cohort of 3 publishes base + 
 });
 
 test('secure-aggregation server: refuses plain updates, unknown cohorts, uploads without the member token, replays and bad keys; keys only once full', async () => {
-  const { app, storage } = await secureServer(3);
+  const { app, storage, rounds } = await secureServer(3);
+  const step = rounds.config.secureAggregation!.step;
   const call = (path: string, init?: { method: string; body: Uint8Array; headers?: Record<string, string> }) =>
     Promise.resolve(app.fetch(new Request(`http://x${path}`, init as RequestInit)));
   try {
@@ -203,7 +207,7 @@ test('secure-aggregation server: refuses plain updates, unknown cohorts, uploads
     assert.equal(forming.keys, undefined, 'no keys before the cohort is full');
     // An upload for a cohort that is not collecting is refused, and nothing is stored.
     const length = IDS.length * 5;
-    const body = encodeMaskedUpdate({ cohortId: new Uint8Array(16).fill(1), index: 0, cohortSize: 3, bits: 32, baseVersion: 0, values: new Uint32Array(length) });
+    const body = encodeMaskedUpdate({ cohortId: new Uint8Array(16).fill(1), index: 0, cohortSize: 3, bits: 32, step: step, baseVersion: 0, values: new Uint32Array(length) });
     const unknown = await call('/v1/secagg/updates', { method: 'POST', body });
     assert.equal(unknown.status, 409);
     assert.equal(((await unknown.json()) as { reason: string }).reason, 'unknown-cohort');
@@ -224,7 +228,7 @@ test('secure-aggregation server: refuses plain updates, unknown cohorts, uploads
       assert.equal(r.status, 400, `members/${bad}`);
       assert.equal(((await r.json()) as { reason: string }).reason, 'malformed');
     }
-    const mine = encodeMaskedUpdate({ cohortId: Uint8Array.from(Buffer.from(j1.cohort, 'hex')), index: 0, cohortSize: 3, bits: 32, baseVersion: 0, values: new Uint32Array(length) });
+    const mine = encodeMaskedUpdate({ cohortId: Uint8Array.from(Buffer.from(j1.cohort, 'hex')), index: 0, cohortSize: 3, bits: 32, step: step, baseVersion: 0, values: new Uint32Array(length) });
     // Another member (or anyone who learned the cohort id) cannot take member 0's place.
     const hijack = await call('/v1/secagg/updates', { method: 'POST', body: mine, headers: { 'X-Localrec-Cohort-Token': others[0]!.token } });
     assert.equal(hijack.status, 403);
@@ -235,7 +239,7 @@ test('secure-aggregation server: refuses plain updates, unknown cohorts, uploads
     const replay = await call('/v1/secagg/updates', { method: 'POST', body: mine, headers: withToken });
     assert.equal(replay.status, 409);
     assert.equal(((await replay.json()) as { reason: string }).reason, 'replayed');
-    const wrongBits = encodeMaskedUpdate({ cohortId: Uint8Array.from(Buffer.from(j1.cohort, 'hex')), index: 1, cohortSize: 3, bits: 16, baseVersion: 0, values: new Uint32Array(length) });
+    const wrongBits = encodeMaskedUpdate({ cohortId: Uint8Array.from(Buffer.from(j1.cohort, 'hex')), index: 1, cohortSize: 3, bits: 16, step: step, baseVersion: 0, values: new Uint32Array(length) });
     assert.equal((await call('/v1/secagg/updates', { method: 'POST', body: wrongBits, headers: { 'X-Localrec-Cohort-Token': others[0]!.token } })).status, 422);
   } finally {
     await storage.close();
@@ -254,7 +258,7 @@ test("a request of the other mode answers 409 wrong-mode before its body is judg
     assert.ok(outdated.length > maskedBytes, `a plain update (${outdated.length} bytes) is over the masked size (${maskedBytes})`);
     assert.deepEqual(await reason(await secure.app.request('/v1/updates', { method: 'POST', body: outdated as Uint8Array<ArrayBuffer> })), [409, 'wrong-mode']);
     // And the other way: a masked upload or a recovery share sent to a plain server.
-    const masked = encodeMaskedUpdate({ cohortId: new Uint8Array(16).fill(1), index: 0, cohortSize: 3, bits: 32, baseVersion: 0, values: new Uint32Array(IDS.length * 5) });
+    const masked = encodeMaskedUpdate({ cohortId: new Uint8Array(16).fill(1), index: 0, cohortSize: 3, bits: 32, step: 1, baseVersion: 0, values: new Uint32Array(IDS.length * 5) });
     assert.ok(masked.length > outdated.length);
     assert.deepEqual(await reason(await plain.app.request('/v1/secagg/updates', { method: 'POST', body: masked as Uint8Array<ArrayBuffer> })), [409, 'wrong-mode']);
     assert.deepEqual(await reason(await plain.app.request(`/v1/secagg/cohorts/${'ab'.repeat(16)}/members/0/recovery`, { method: 'POST', body: new Uint8Array(256) as Uint8Array<ArrayBuffer> })), [409, 'wrong-mode']);
@@ -336,7 +340,7 @@ test('at start, a complete cohort found pending (crash before publishing) is pub
     [0, 512],
     [1, 256],
   ] as const) {
-    const body = encodeMaskedUpdate({ cohortId, index, cohortSize: 2, bits: 16, baseVersion: 0, values: new Uint32Array(length).fill(v) });
+    const body = encodeMaskedUpdate({ cohortId, index, cohortSize: 2, bits: 16, step: 1 / 1024, baseVersion: 0, values: new Uint32Array(length).fill(v) });
     await storage.addUpdate({ nonce: `${toHex(cohortId)}:${index}`, baseVersion: 0, receivedAt: 0, body });
   }
   // And one upload of another cohort that never completed: after a restart it can never be unmasked.
@@ -345,7 +349,7 @@ test('at start, a complete cohort found pending (crash before publishing) is pub
     nonce: `${toHex(other)}:0`,
     baseVersion: 0,
     receivedAt: 0,
-    body: encodeMaskedUpdate({ cohortId: other, index: 0, cohortSize: 2, bits: 16, baseVersion: 0, values: new Uint32Array(length).fill(7) }),
+    body: encodeMaskedUpdate({ cohortId: other, index: 0, cohortSize: 2, bits: 16, step: 1 / 1024, baseVersion: 0, values: new Uint32Array(length).fill(7) }),
   });
   const rc = await open();
   assert.equal(rc.version, 1);
@@ -373,11 +377,118 @@ test('a store with pending updates of the other mode refuses to start, naming th
   const j = (await (await secure.app.request('/v1/secagg/join', { method: 'POST', body: (await secAggKeyPair()).publicKey as Uint8Array<ArrayBuffer> })).json()) as { cohort: string; token: string };
   for (let i = 0; i < 2; i++) await secure.app.request('/v1/secagg/join', { method: 'POST', body: (await secAggKeyPair()).publicKey as Uint8Array<ArrayBuffer> });
   const bits = secure.rounds.config.secureAggregation!.bits;
-  const masked = encodeMaskedUpdate({ cohortId: Uint8Array.from(Buffer.from(j.cohort, 'hex')), index: 0, cohortSize: 3, bits, baseVersion: 1, values: new Uint32Array(IDS.length * 5) });
+  const masked = encodeMaskedUpdate({ cohortId: Uint8Array.from(Buffer.from(j.cohort, 'hex')), index: 0, cohortSize: 3, bits, step: secure.rounds.config.secureAggregation!.step, baseVersion: 1, values: new Uint32Array(IDS.length * 5) });
   assert.equal((await secure.app.request('/v1/secagg/updates', { method: 'POST', body: masked as Uint8Array<ArrayBuffer>, headers: { 'X-Localrec-Cohort-Token': j.token } })).status, 202);
   // Secure → plain: a plain server would accept updates and fail every aggregation on the masked one.
   await assert.rejects(start(false), (e: unknown) => e instanceof ModelError && /1 pending masked uploads \(sent under secure aggregation\).*restart with --secure-aggregation and the same --min-clients/.test(e.message));
   assert.equal(await storage.pendingCount(), 1);
+});
+
+test('a restart with another cohort size or step refuses pending masked uploads (it would drop them, or publish them at the wrong scale), and keeps them', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'localrec-secagg-restart-'));
+  try {
+    // A cohort of 3 uploaded everything; its publish failed (a full disk), so its uploads stay pending.
+    const first = await createServer({
+      dataDir: dir, initialTable: initialTable(), minClients: 3, noiseMultiplier: 1, secureAggregation: true, rateLimit: false,
+      sqlite: { beforeCommit: (what) => { if (what === 'publish') throw new Error('database or disk is full'); } },
+      log: () => {},
+    });
+    const sa = first.rounds.config.secureAggregation!;
+    const delta = new Float64Array(IDS.length * (DIM + 1));
+    for (let i = IDS.length * DIM; i < delta.length; i++) delta[i] = 0.1; // every bias +0.1
+    const members = [];
+    for (let i = 0; i < 3; i++) members.push((await (await first.app.request('/v1/secagg/join', { method: 'POST', body: (await secAggKeyPair()).publicKey as Uint8Array<ArrayBuffer> })).json()) as { cohort: string; index: number; token: string });
+    for (const m of members) {
+      // (Unmasked: masks would cancel in the sum anyway.)
+      const body = encodeMaskedUpdate({ cohortId: Uint8Array.from(Buffer.from(m.cohort, 'hex')), index: m.index, cohortSize: 3, bits: sa.bits, step: sa.step, baseVersion: 0, values: encodeFixedPoint(delta, sa.step, sa.bits, () => 0.5) });
+      assert.equal((await first.app.request('/v1/secagg/updates', { method: 'POST', body: body as Uint8Array<ArrayBuffer>, headers: { 'X-Localrec-Cohort-Token': m.token } })).status, 202);
+    }
+    assert.equal(await first.storage.pendingCount(), 3);
+    await first.storage.close();
+    const start = (o: { noiseMultiplier: number; minClients: number }) => createServer({ dataDir: dir, initialTable: initialTable(), secureAggregation: true, rateLimit: false, log: () => {}, ...o });
+    await assert.rejects(start({ noiseMultiplier: 3, minClients: 3 }), /pending masked uploads sent for cohorts of 3 at \d+ bits, step [\d.e-]+, and this server uses 3 at \d+ bits, step [\d.e-]+; restart with the --min-clients, --noise/);
+    await assert.rejects(start({ noiseMultiplier: 1, minClients: 4 }), /sent for cohorts of 3 .* this server uses 4 /);
+    // The same config as they were sent under publishes them, at their scale.
+    const again = await start({ noiseMultiplier: 1, minClients: 3 });
+    try {
+      assert.equal(again.rounds.version, 1);
+      assert.equal(await again.storage.pendingCount(), 0);
+      const moved = decodeModel(again.rounds.modelBytes('float32')).table.bias[0]! - initialTable().bias[0]!;
+      assert.ok(Math.abs(moved - 0.1) < 1e-3, `the biases moved by the cohort's mean, +0.1: ${moved}`);
+    } finally {
+      await again.storage.close();
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('masked uploads: the step must be the server\'s (422 config-mismatch), reserved bytes and padding bits zero (400 malformed)', async () => {
+  const { app, storage, rounds } = await secureServer(3);
+  try {
+    const sa = rounds.config.secureAggregation!;
+    const m = (await (await app.request('/v1/secagg/join', { method: 'POST', body: (await secAggKeyPair()).publicKey as Uint8Array<ArrayBuffer> })).json()) as { cohort: string; index: number; token: string };
+    const length = IDS.length * (DIM + 1);
+    const body = (step: number, bits = sa.bits) => encodeMaskedUpdate({ cohortId: Uint8Array.from(Buffer.from(m.cohort, 'hex')), index: 0, cohortSize: 3, bits, step, baseVersion: 0, values: new Uint32Array(length) });
+    const post = async (b: Uint8Array) => {
+      const r = await app.request('/v1/secagg/updates', { method: 'POST', body: b as Uint8Array<ArrayBuffer>, headers: { 'X-Localrec-Cohort-Token': m.token } });
+      return [r.status, ((await r.json()) as { reason: string; error: string }).reason];
+    };
+    assert.deepEqual(await post(body(sa.step * 2)), [422, 'config-mismatch']);
+    const reserved = body(sa.step);
+    reserved[6] = 1;
+    assert.deepEqual(await post(reserved), [400, 'malformed']);
+    const zeroStep = body(sa.step);
+    new DataView(zeroStep.buffer).setFloat32(40, 0, true);
+    assert.deepEqual(await post(zeroStep), [400, 'malformed']);
+    assert.equal(await storage.pendingCount(), 0, 'nothing refused was stored');
+    // Padding: a length whose bits do not fill the last byte.
+    const odd = encodeMaskedUpdate({ cohortId: new Uint8Array(16), index: 0, cohortSize: 3, bits: 3, step: 1, baseVersion: 0, values: new Uint32Array(3) });
+    assert.doesNotThrow(() => decodeMaskedUpdate(odd));
+    odd[odd.length - 1]! |= 0x80;
+    assert.throws(() => decodeMaskedUpdate(odd), /padding bits in the last byte are not zero/);
+  } finally {
+    await storage.close();
+  }
+});
+
+test('a storage failure after the upload was inserted (its cohort could not record it) takes it out again: the 503 is true, and the retry is taken', async () => {
+  let failNext = false;
+  // The cohorts in a store of their own, whose record of an upload fails once (as a PostgreSQL
+  // connection can between the insert and the cohort's update).
+  class FlakyStorage extends MemoryStorage {
+    cohortStore(params: SecAggParams, timeouts: number, now: () => number): CohortStore {
+      const inner = new MemoryCohortStore(params, timeouts, now);
+      const markSubmitted = inner.markSubmitted.bind(inner);
+      inner.markSubmitted = async (...a: Parameters<CohortStore['markSubmitted']>) => {
+        if (failNext) {
+          failNext = false;
+          throw new StorageError('record a cohort upload failed: Connection terminated unexpectedly');
+        }
+        return markSubmitted(...a);
+      };
+      return inner;
+    }
+  }
+  const storage = new FlakyStorage();
+  const { app, rounds } = await createServer({ storage, initialTable: initialTable(), minClients: 3, clip: 1, noiseMultiplier: 0, secureAggregation: true, rateLimit: false, log: () => {} });
+  const sa = rounds.config.secureAggregation!;
+  const members: Array<{ cohort: string; index: number; token: string }> = [];
+  for (let i = 0; i < 3; i++) members.push((await (await app.request('/v1/secagg/join', { method: 'POST', body: (await secAggKeyPair()).publicKey as Uint8Array<ArrayBuffer> })).json()) as { cohort: string; index: number; token: string });
+  const upload = async (m: (typeof members)[number]) => {
+    const body = encodeMaskedUpdate({ cohortId: Uint8Array.from(Buffer.from(m.cohort, 'hex')), index: m.index, cohortSize: 3, bits: sa.bits, step: sa.step, baseVersion: 0, values: new Uint32Array(IDS.length * (DIM + 1)) });
+    const r = await app.request('/v1/secagg/updates', { method: 'POST', body: body as Uint8Array<ArrayBuffer>, headers: { 'X-Localrec-Cohort-Token': m.token } });
+    return [r.status, ((await r.json()) as { reason?: string }).reason ?? 'accepted'];
+  };
+  failNext = true;
+  assert.deepEqual(await upload(members[0]!), [503, 'storage-unavailable']);
+  assert.equal(await storage.pendingCount(), 0, 'nothing stored, as the 503 says');
+  assert.deepEqual(await upload(members[0]!), [202, 'accepted'], 'the retry is taken, not "replayed"');
+  assert.deepEqual(await upload(members[1]!), [202, 'accepted']);
+  assert.deepEqual(await upload(members[2]!), [202, 'accepted']);
+  assert.equal(rounds.version, 1, 'the cohort completes and is published');
+  assert.equal(await storage.pendingCount(), 0);
+  await storage.close();
 });
 
 test('a cohort that does not fill in time is aborted: the waiting device sends nothing and spends no ε', async () => {
@@ -434,7 +545,7 @@ test('a full cohort that does not collect every upload in time is aborted and it
     const j = (await (await call('/v1/secagg/join', (await secAggKeyPair()).publicKey)).json()) as { cohort: string; token: string };
     await call('/v1/secagg/join', (await secAggKeyPair()).publicKey);
     const length = IDS.length * 5;
-    const body = encodeMaskedUpdate({ cohortId: Uint8Array.from(Buffer.from(j.cohort, 'hex')), index: 0, cohortSize: 2, bits: 32, baseVersion: 0, values: new Uint32Array(length) });
+    const body = encodeMaskedUpdate({ cohortId: Uint8Array.from(Buffer.from(j.cohort, 'hex')), index: 0, cohortSize: 2, bits: 32, step: parts.rounds.config.secureAggregation!.step, baseVersion: 0, values: new Uint32Array(length) });
     assert.equal((await call('/v1/secagg/updates', body, j.token)).status, 202);
     assert.equal(await parts.storage.pendingCount(), 1);
     t += 2_000; // past the timeout; member 1 never uploads
@@ -444,7 +555,7 @@ test('a full cohort that does not collect every upload in time is aborted and it
     assert.equal(view.keys, undefined);
     // Any queued server step runs after the discard the abort queued.
     const late = await parts.rounds.submitMasked(
-      encodeMaskedUpdate({ cohortId: Uint8Array.from(Buffer.from(j.cohort, 'hex')), index: 1, cohortSize: 2, bits: 32, baseVersion: 0, values: new Uint32Array(length) }),
+      encodeMaskedUpdate({ cohortId: Uint8Array.from(Buffer.from(j.cohort, 'hex')), index: 1, cohortSize: 2, bits: 32, step: parts.rounds.config.secureAggregation!.step, baseVersion: 0, values: new Uint32Array(length) }),
       'any',
     );
     assert.equal(late.ok ? 'accepted' : late.reason, 'unknown-cohort', 'a late upload to an aborted cohort is refused');
@@ -555,10 +666,10 @@ test('recovery: with the seeds survivors share with dropped members, the survivo
     if (need.length) shares.set(j, share);
   }
   assert.deepEqual([...shares.keys()], [0, 1, 4, 5], 'members 6 and 7 have no dropped neighbour at degree 4');
-  const uploads = survivors.map((index) => ({ cohortId, index, cohortSize: K, bits: params.bits, baseVersion: 0, values: masked[index]! }));
+  const uploads = survivors.map((index) => ({ cohortId, index, cohortSize: K, bits: params.bits, step: params.step, baseVersion: 0, values: masked[index]! }));
   const sum = await unmaskRecovered(uploads, shares, dropped, params, params.step);
   const plain = unmaskSum(
-    survivors.map((index) => ({ cohortId, index, cohortSize: K, bits: params.bits, baseVersion: 0, values: encoded[index]! })),
+    survivors.map((index) => ({ cohortId, index, cohortSize: K, bits: params.bits, step: params.step, baseVersion: 0, values: encoded[index]! })),
     params.step,
   );
   assert.deepEqual([...sum], [...plain], 'exactly the survivors’ encoded sum');
@@ -650,7 +761,7 @@ test('recovery shares: refused outside recovery, from a member that owes none, w
       return js;
     };
     const upload = (m: { cohort: string; index: number; token: string }) =>
-      call('/v1/secagg/updates', encodeMaskedUpdate({ cohortId: Uint8Array.from(Buffer.from(m.cohort, 'hex')), index: m.index, cohortSize: 4, bits, baseVersion: 0, values: new Uint32Array(IDS.length * 5) }), m.token);
+      call('/v1/secagg/updates', encodeMaskedUpdate({ cohortId: Uint8Array.from(Buffer.from(m.cohort, 'hex')), index: m.index, cohortSize: 4, bits, step: parts.rounds.config.secureAggregation!.step, baseVersion: 0, values: new Uint32Array(IDS.length * 5) }), m.token);
     const js = await cohort();
     const share = (m: { cohort: string; index: number }, n = 1) => call(`/v1/secagg/cohorts/${m.cohort}/members/${m.index}/recovery`, new Uint8Array(16 * n), undefined);
     assert.deepEqual(await reason(await share(js[0]!)), [409, 'unknown-cohort'], 'not recovering yet');
@@ -753,7 +864,7 @@ test('a cohort has its own deadlines to fill and to upload: a full cohort missin
     for (let i = 0; i < 3; i++) js.push((await (await call('/v1/secagg/join', (await secAggKeyPair()).publicKey)).json()) as { cohort: string; index: number; token: string });
     const forming = (await (await call('/v1/secagg/join', (await secAggKeyPair()).publicKey)).json()) as { cohort: string };
     for (const m of js.slice(0, 2)) {
-      const body = encodeMaskedUpdate({ cohortId: Uint8Array.from(Buffer.from(m.cohort, 'hex')), index: m.index, cohortSize: 3, bits: config.bits, baseVersion: 0, values: new Uint32Array(IDS.length * 5) });
+      const body = encodeMaskedUpdate({ cohortId: Uint8Array.from(Buffer.from(m.cohort, 'hex')), index: m.index, cohortSize: 3, bits: config.bits, step: parts.rounds.config.secureAggregation!.step, baseVersion: 0, values: new Uint32Array(IDS.length * 5) });
       assert.equal((await call('/v1/secagg/updates', body, m.token)).status, 202);
     }
     t += 30_001; // past the upload deadline, far from the fill deadline
@@ -780,7 +891,7 @@ test('without uploadTimeoutMs the upload deadline is the fill deadline, capped a
       const js: Array<{ cohort: string; index: number; token: string }> = [];
       for (let i = 0; i < 3; i++) js.push((await (await call('/v1/secagg/join', (await secAggKeyPair()).publicKey)).json()) as { cohort: string; index: number; token: string });
       for (const m of js.slice(0, 2)) {
-        const body = encodeMaskedUpdate({ cohortId: Uint8Array.from(Buffer.from(m.cohort, 'hex')), index: m.index, cohortSize: 3, bits: config.bits, baseVersion: 0, values: new Uint32Array(IDS.length * 5) });
+        const body = encodeMaskedUpdate({ cohortId: Uint8Array.from(Buffer.from(m.cohort, 'hex')), index: m.index, cohortSize: 3, bits: config.bits, step: parts.rounds.config.secureAggregation!.step, baseVersion: 0, values: new Uint32Array(IDS.length * 5) });
         assert.equal((await call('/v1/secagg/updates', body, m.token)).status, 202);
       }
       const status = async () => ((await (await call(`/v1/secagg/cohorts/${js[0]!.cohort}`)).json()) as { status: string }).status;

@@ -553,9 +553,9 @@ describe('PostgreSQL storage', { skip: skip ?? false }, () => {
     try {
       const { secAggKeyPair } = await import('../../src/federated/secagg.js');
       const j = await Promise.all([0, 1].map(async () => (await (await call('/v1/secagg/join', (await secAggKeyPair()).publicKey)).json()) as { cohort: string; index: number; token: string }));
-      const bits = ((await (await call('/v1/config')).json()) as { secureAggregation: SecAggParams }).secureAggregation.bits;
+      const { bits, step } = ((await (await call('/v1/config')).json()) as { secureAggregation: SecAggParams }).secureAggregation;
       const upload = (m: { cohort: string; index: number; token: string }) =>
-        call('/v1/secagg/updates', encodeMaskedUpdate({ cohortId: fromHex(m.cohort), index: m.index, cohortSize: 2, bits, baseVersion: 0, values: new Uint32Array(IDS.length * (DIM + 1)) }), m.token);
+        call('/v1/secagg/updates', encodeMaskedUpdate({ cohortId: fromHex(m.cohort), index: m.index, cohortSize: 2, bits, step, baseVersion: 0, values: new Uint32Array(IDS.length * (DIM + 1)) }), m.token);
       assert.equal((await upload(j[0]!)).status, 202);
       await srv.close();
       srv = await start();

@@ -75,6 +75,20 @@ test('noised honest updates pass the norm check; a scaled one hidden in noise-si
   }
 });
 
+test('the norm check cannot be configured away: normTolerance and normSlack are checked, naming the option', async () => {
+  const { createServer } = await import('../../src/server/index.js');
+  for (const [normTolerance, normSlack, field] of [
+    [Number.NaN, 6, 'normTolerance'],
+    [-0.1, 6, 'normTolerance'],
+    [1, 6, 'normTolerance'],
+    [0.01, Number.NaN, 'normSlack'],
+    [0.01, -100, 'normSlack'],
+    [0.01, 1e9, 'normSlack'],
+  ] as const) {
+    await assert.rejects(createServer({ dataDir: null, initialTable: initialTable(), normTolerance, normSlack, log: quiet }), (e: unknown) => e instanceof ValidationError && e.field === `options.${field}`, `${normTolerance} ${normSlack}`);
+  }
+});
+
 test('block scales cannot widen the norm bound: a huge scale on an all-zero block does not let biases of +1000 through, and nothing publishes', async () => {
   for (const noiseMultiplier of [0, 1]) {
     const server = await startServer({ port: 0, dataDir: null, initialTable: initialTable(), minClients: 3, clip: 1, noiseMultiplier, rateLimit: false, log: quiet });

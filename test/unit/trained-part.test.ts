@@ -264,10 +264,34 @@ test('localrec serve --aggregator subspace --subspace-scale 5 --denoise directio
   }
 });
 
+test('a plain update says whether the device kept the biases frozen; one that disagrees with the server is refused', async () => {
+  const open = (trainBiases: boolean) => createServer({ dataDir: null, initialTable: initialTable(), clip: 1, noiseMultiplier: 0, minClients: 3, trainRows: ROWS, trainBiases, rateLimit: false, log: () => {} });
+  for (const serverBiases of [true, false]) {
+    const srv = await open(serverBiases);
+    try {
+      const res = await srv.app.fetch(new Request('http://x/v1/model'));
+      const base = decodeModel(new Uint8Array(await res.arrayBuffer())).table;
+      const baseHash = fromHex(res.headers.get('x-localrec-model-hash')!);
+      const bits = ((await (await srv.app.fetch(new Request('http://x/v1/config'))).json()) as { bits: number }).bits;
+      const post = async (biases: boolean, patch?: (b: Uint8Array) => void) => {
+        const body = buildClientUpdate(base, trained(base, 1), { baseHash, clip: 1, noiseMultiplier: 0, bits, part: { rows: ROWS, biases } }).bytes;
+        patch?.(body);
+        const r = await srv.app.fetch(new Request('http://x/v1/updates', { method: 'POST', body: body as Uint8Array<ArrayBuffer> }));
+        return [r.status, ((await r.json()) as { reason?: string }).reason ?? 'accepted'];
+      };
+      assert.deepEqual(await post(!serverBiases), [422, 'config-mismatch'], `server trainBiases ${serverBiases}`);
+      assert.deepEqual(await post(serverBiases, (b) => (b[28] = 2)), [400, 'malformed'], 'a flags byte other than 0 or 1');
+      assert.deepEqual(await post(serverBiases), [202, 'accepted']);
+    } finally {
+      await srv.storage.close();
+    }
+  }
+});
+
 test('a store with pending updates of another trained part refuses to open, names it, and keeps them', async () => {
   const dir = mkdtempSync(join(tmpdir(), 'localrec-part-store-'));
   try {
-    const open = (trainRows: number) => createServer({ dataDir: dir, initialTable: initialTable(), clip: 1, noiseMultiplier: 0, minClients: 3, trainRows, rateLimit: false, log: () => {} });
+    const open = (trainRows: number, trainBiases = true) => createServer({ dataDir: dir, initialTable: initialTable(), clip: 1, noiseMultiplier: 0, minClients: 3, trainRows, trainBiases, rateLimit: false, log: () => {} });
     const first = await open(ROWS);
     const res = await first.app.fetch(new Request('http://x/v1/model'));
     const base = decodeModel(new Uint8Array(await res.arrayBuffer())).table;
@@ -278,7 +302,9 @@ test('a store with pending updates of another trained part refuses to open, name
       assert.equal((await first.app.fetch(new Request('http://x/v1/updates', { method: 'POST', body: body as Uint8Array<ArrayBuffer> }))).status, 202);
     }
     await first.storage.close();
-    await assert.rejects(open(ROWS + 5), /pending updates of 10 rows, and this server trains 15 \(trainRows 15, trainBiases true\)/);
+    await assert.rejects(open(ROWS + 5), /pending updates of 10 rows with biases trained, and this server trains 15 rows \(trainRows 15, trainBiases true\)/);
+    // Frozen biases: their bias section is noise; applied to the shop's biases it would move them.
+    await assert.rejects(open(ROWS, false), /pending updates of 10 rows with biases trained, and this server trains 10 rows \(trainRows 10, trainBiases false\); restart with the --train-rows\/--freeze-biases they were sent under/);
     const again = await open(ROWS);
     try {
       assert.equal(await again.storage.pendingCount(), 2, 'the refused start lost nothing');
