@@ -498,6 +498,7 @@ export class Engine {
     }
     if (next.personalization && !was) {
       this.store = this.opts.store ?? (await openEventStore(this.opts.dbName ?? 'localrec', this.retention));
+      this.dropEventCache();
       this.scorer.dispose();
       await this.load(this.dim);
       await this.mergeConsentHistory();
@@ -517,6 +518,7 @@ export class Engine {
       if (source === 'another-tab') this.store.close();
       else await this.store.destroy();
       this.store = new MemoryEventStore(this.retention);
+      this.dropEventCache();
       this.scorer.dispose();
       await this.load(this.dim);
       // The withdrawal itself is remembered only in memory: nothing may be stored now.
@@ -812,9 +814,11 @@ export class Engine {
     await this.flush();
     if (this.eventCache) return this.eventCache;
     const gen = this.cacheGen;
-    const events = await this.store.all();
-    // A write (or an erase) while it was read: this caller gets what it asked for, nobody keeps it.
-    if (gen === this.cacheGen) this.eventCache = events;
+    const store = this.store;
+    const events = await store.all();
+    // A write, an erase or a change of store (consent) while it was read: this caller gets what it
+    // asked for, nobody keeps it.
+    if (gen === this.cacheGen && store === this.store) this.eventCache = events;
     return events;
   }
 
@@ -949,6 +953,8 @@ export class Engine {
       }
       await this.training.catch(() => undefined);
       this.assertOpen();
+      // close() or erase() began while this call waited: it must not start a run they do not wait for.
+      if (this.closing) throw new ClosedError('the recommender is closing');
     }
     if (listener) this.trainListeners.add(listener);
     const report = this.trainProgress;
@@ -1543,14 +1549,15 @@ export class Engine {
     // and so the same explore decisions, on every call (with the default 0.1, never exploring).
     const options = given.seed === undefined ? { ...given, seed: randomSeed() } : given;
     this.offerCatalog ??= await this.store.getMeta<OfferCatalog>(OFFERS_KEY);
-    if (!this.offerCatalog) return [];
+    // This call's catalog: another tab's install may drop the held one while this call awaits.
+    const catalog = this.offerCatalog;
+    if (!catalog) return [];
     this.products ??= indexProducts(this.catalog.items);
     const now = options.context?.now ?? this.now();
-    const snapshot = this.offerCatalog.affinity;
+    const snapshot = catalog.affinity;
     if (snapshot) {
       // The shop's learned affinity (docs/OFFERS.md): the same features and weights offers-eval
       // measures, from this shopper's purchases grouped into baskets (30 minutes apart or less).
-      const catalog = this.offerCatalog;
       const events = await this.storedEvents();
       const baskets = purchaseBaskets(events, offerScopeLookup(catalog.offers, this.products), { now });
       const p = predictAffinity(snapshot, baskets, now, catalog.offers.map((o) => o.id));
@@ -1567,7 +1574,7 @@ export class Engine {
     const p = new Float32Array(scores.length);
     for (let i = 0; i < scores.length; i++) sum += p[i] = Math.exp(scores[i]! - max);
     return chooseOffers(
-      { catalog: this.offerCatalog, products: this.products, events, affinity: (id) => {
+      { catalog, products: this.products, events, affinity: (id) => {
         const r = this.rows.get(id);
         return r === undefined ? 0 : Math.min(1, (ITEMS_PER_BASKET * p[r]!) / sum);
       } },

@@ -232,6 +232,8 @@ export function gaussianDelta(epsilon: number, mu: number): number {
  */
 export function gaussianEpsilon(mu: number, delta = DEFAULT_DELTA): number {
   if (!(delta > 0 && delta < 1)) throw new ValidationError('delta', `must be in (0, 1), got ${delta}`);
+  // NaN: nothing is known about the releases, so nothing is promised.
+  if (Number.isNaN(mu)) return Infinity;
   if (!(mu > 0)) return 0;
   if (!Number.isFinite(mu)) return Infinity;
   if (gaussianDelta(0, mu) <= delta) return 0;
@@ -346,6 +348,8 @@ export class RdpAccountant {
   /** RDP the given releases would add, per order. */
   private cost(noiseMultiplier: number, samplingRate: number, steps: number): number[] {
     if (!Number.isInteger(steps) || steps < 0) throw new ValidationError('steps', `must be an integer ≥ 0, got ${steps}`);
+    // A NaN would make ε read 0 for good (μ² NaN); a negative σ is no noise multiplier at all.
+    if (typeof noiseMultiplier !== 'number' || !(noiseMultiplier >= 0)) throw new ValidationError('noiseMultiplier', `must be a number ≥ 0, got ${noiseMultiplier}`);
     return this.orders.map((a) => steps * rdpGaussian(noiseMultiplier, a, samplingRate));
   }
 

@@ -377,7 +377,12 @@ async function upload(
   // device, the budget is spent.
   let spent = o.accountant;
   if (o.recordRelease) spent = await o.recordRelease(config.noiseMultiplier);
-  else o.accountant.record(config.noiseMultiplier);
+  else {
+    // Checked again, with nothing awaited between check and record: another sync on the same
+    // accountant may have spent the budget since the check at the start.
+    o.accountant.assertCanSpend(config.noiseMultiplier, o.budget ?? 8, delta);
+    o.accountant.record(config.noiseMultiplier);
+  }
   await o.onCheckpoint?.();
   o.onProgress?.({ phase: 'upload', bytes: body.length });
   // Not cancellable: once the release is recorded the body goes out whole, or fails on its own.

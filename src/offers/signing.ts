@@ -76,7 +76,7 @@ async function importKey(jwk: JsonWebKey, use: 'sign' | 'verify'): Promise<Crypt
  * ```
  */
 export async function signOfferCatalog(catalog: OfferCatalog, privateJwk: JsonWebKey, options: { kid?: string } = {}): Promise<SignedOfferCatalog> {
-  const clean = validateOfferCatalog(catalog);
+  const clean = validateOfferCatalog(catalog, 'catalog', { strictCurrency: true });
   const envelope: Omit<SignedOfferCatalog, 'signature'> = { alg: 'ES256', catalog: clean };
   if (options.kid !== undefined) envelope.kid = options.kid;
   const key = await importKey(privateJwk, 'sign');

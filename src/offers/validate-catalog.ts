@@ -15,12 +15,14 @@ import type { Offer, OfferAudience, OfferCatalog, OfferDiscount, OfferHints, Off
  * // throws ValidationError "catalog.offers[0].title: must be a non-empty string"
  * ```
  */
-export function validateOfferCatalog(input: unknown, field = 'catalog'): OfferCatalog {
+export function validateOfferCatalog(input: unknown, field = 'catalog', options: { strictCurrency?: boolean } = {}): OfferCatalog {
   const o = record(input, field);
   const version = integer(o.version, `${field}.version`, 0);
   const issuedAt = finite(o.issuedAt, `${field}.issuedAt`, 0);
   const currency = string(o.currency, `${field}.currency`, 16);
-  if (!isCurrencyCode(currency)) throw new ValidationError(`${field}.currency`, `must be an ISO 4217 code such as GBP or EUR, got ${JSON.stringify(currency)}`);
+  if (!isCurrencyCode(currency, options.strictCurrency ?? false)) {
+    throw new ValidationError(`${field}.currency`, `must be an ISO 4217 code such as GBP or EUR, got ${JSON.stringify(currency)}${options.strictCurrency ? ' (not in this platform\'s list of currencies)' : ''}`);
+  }
   if (!Array.isArray(o.offers)) throw new ValidationError(`${field}.offers`, 'must be an array');
   const seen = new Set<string>();
   // Array.from, not map: map skips the holes of a sparse array (which structured clone keeps), and
@@ -207,13 +209,15 @@ function show(v: unknown): string {
 }
 
 /**
- * An ISO 4217 code the platform knows: in `Intl.supportedValuesOf('currency')` where it exists
- * (Intl accepts any three capital letters as a currency), else one Intl accepts.
+ * Three capital letters Intl accepts as a currency (which is any three capital letters). `strict`
+ * (signing, on the shop's server): also in `Intl.supportedValuesOf('currency')` where it exists, so a
+ * typo such as QQQ is caught there; devices keep the loose check, since a browser with an older ICU
+ * may not list a recent code the server signed.
  */
-function isCurrencyCode(c: string): boolean {
+function isCurrencyCode(c: string, strict: boolean): boolean {
   if (!/^[A-Z]{3}$/.test(c)) return false;
   const supported = (Intl as { supportedValuesOf?: (key: string) => string[] }).supportedValuesOf;
-  if (supported) return supported('currency').includes(c);
+  if (strict && supported && !supported('currency').includes(c)) return false;
   try {
     new Intl.NumberFormat('en', { style: 'currency', currency: c });
     return true;

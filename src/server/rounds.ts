@@ -129,7 +129,7 @@ async function checkPending(storage: Storage, config: RoundConfig): Promise<void
     if (u.masked && sa && (u.cohortSize !== sa.cohortSize || u.bits !== sa.bits || u.step !== Math.fround(sa.step))) {
       throw new ModelError(
         `the store holds pending masked uploads sent for cohorts of ${u.cohortSize} at ${u.bits} bits, step ${u.step}, and this server uses ${sa.cohortSize} at ${sa.bits} bits, step ${Math.fround(sa.step)}; ` +
-          'restart with the --min-clients, --noise, --secagg-bits and --secagg-range they were sent under until they are published, or use another data dir',
+          'restart with the settings they were sent under (--min-clients, --secagg-bits, and for the step --clip, --noise, --secagg-survivors, --secagg-range, --aggregator) until they are published, or use another data dir',
       );
     }
   }

@@ -150,3 +150,18 @@ test('the accountant reports the exact ε while every release is plain Gaussian,
   assert.equal(new RdpAccountant({ ...old, rdp: old.rdp.map(() => 0), releases: 0 }).epsilonAfter(1), gaussianEpsilon(1));
   assert.throws(() => new RdpAccountant({ ...old, gaussianMu2: -1 }), /gaussianMu2 must be ≥ 0 or null, got -1/);
 });
+
+test('a NaN or negative noise multiplier is refused by name; it can never make ε read 0', () => {
+  const acc = new RdpAccountant();
+  acc.record(1);
+  acc.record(1);
+  const before = acc.epsilon();
+  for (const bad of [Number.NaN, -1]) {
+    assert.throws(() => acc.record(bad), /noiseMultiplier: must be a number ≥ 0/);
+    assert.throws(() => acc.canSpend(bad, 100), /noiseMultiplier: must be a number ≥ 0/);
+    assert.throws(() => acc.epsilonAfter(bad), /noiseMultiplier: must be a number ≥ 0/);
+  }
+  assert.equal(acc.releases, 2, 'nothing recorded');
+  assert.equal(acc.epsilon(), before);
+  assert.equal(gaussianEpsilon(Number.NaN), Infinity, 'an unknown μ promises nothing');
+});

@@ -144,6 +144,7 @@ describe('Engine.offers with the shop’s learned affinity', () => {
     await assert.rejects(e.setOffers(await signOfferCatalog({ ...plain, version: 4 }, keys.privateJwk)), /catalog\.version: is 4, older than the installed catalog's 5/);
     assert.deepEqual(await e.setOffers(await signOfferCatalog({ ...plain, version: 5 }, keys.privateJwk)), { offers: 3 }, 'the same version again is fine');
     await assert.rejects(signOfferCatalog({ ...plain, version: 6, currency: '£££' }, keys.privateJwk), /catalog\.currency: must be an ISO 4217 code/);
+    await assert.rejects(signOfferCatalog({ ...plain, version: 6, currency: 'QQQ' }, keys.privateJwk), /catalog\.currency: .*not in this platform's list of currencies/);
     await e.erase();
   });
 
@@ -200,6 +201,33 @@ describe('Engine.offers with the shop’s learned affinity', () => {
     assert.equal((await b.audit()).offers?.version, 7);
     assert.deepEqual((await c.offers({ k: 2, exploration: 0 })).map((o) => o.offerId), ['candles']);
     await c.close();
+    await b.erase();
+  });
+  it("another tab's new catalog arriving while offers() runs does not break that call", async () => {
+    const { affinity: _a, ...plain } = catalog();
+    const dbName = `offers-msg-${Date.now()}`;
+    const opts = { catalog: { items }, backend: 'cpu' as const, autoTrainEvery: 0, dbName, now: () => NOW, offers: { publicKey: keys.publicJwk } };
+    const a = await Engine.create(opts);
+    const b = await Engine.create(opts);
+    await a.setOffers(await signOfferCatalog({ ...plain, version: 1, offers: [offers[0]!] }, keys.privateJwk));
+    await a.offers({ k: 1, exploration: 0 }); // the catalog is held in memory
+    const v5 = await signOfferCatalog({ ...plain, version: 5, offers }, keys.privateJwk);
+    // Tab b installs v5 while tab a's offers() reads its history.
+    const store = (a as unknown as { store: { all: () => Promise<unknown[]> } }).store;
+    const all = store.all.bind(store);
+    let installed: Promise<unknown> | undefined;
+    store.all = async () => {
+      const r = await all();
+      installed ??= b.setOffers(v5).then(() => new Promise((res) => setTimeout(res, 20)));
+      await installed;
+      return r;
+    };
+    a.enqueue([{ type: 'view', itemId: 'm1', t: NOW - DAY }]); // (so that this call reads the history)
+    const shown = await a.offers({ k: 2, exploration: 0 });
+    assert.ok(installed, 'tab b installed its catalog during the call');
+    assert.deepEqual(shown.map((o) => o.offerId), ['bag'], 'this call answers from the catalog it started with');
+    assert.equal((await a.offers({ k: 3, exploration: 0 })).length, 3, 'the next call has v5');
+    await a.close();
     await b.erase();
   });
 });

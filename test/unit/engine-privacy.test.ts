@@ -104,6 +104,19 @@ describe('consent', () => {
     await e.close();
   });
 
+  it('a history read that starts while a withdrawal waits for training is not kept either', async () => {
+    const e = await Engine.create({ catalog, backend: 'cpu', autoTrainEvery: 0, dbName: dbName() });
+    e.enqueue([{ type: 'purchase', itemId: 'p7' }, { type: 'view', itemId: 'p9' }, { type: 'view', itemId: 'p3' }]);
+    await e.flush();
+    const training = e.train({ epochs: 20 }); // the withdrawal waits for it...
+    const withdraw = e.setConsent({ personalization: false });
+    const during = e.recommend({ k: 3 }); // ...while a widget reads the (still stored) history
+    await Promise.allSettled([training, withdraw, during]);
+    const after = await e.recommend({ k: 20 });
+    assert.ok(after.every((r) => r.reason.kind === 'popular'), 'no personal reasons from the erased history');
+    await e.close();
+  });
+
   it('unknown consent keys are refused by name, and nothing changes', async () => {
     const e = await Engine.create({ catalog, backend: 'cpu', dbName: dbName() });
     e.enqueue([{ type: 'view', itemId: 'p1' }]);

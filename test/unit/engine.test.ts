@@ -124,6 +124,25 @@ describe('Engine', () => {
     await e.close();
   });
 
+  it('a train() waiting for a run of other epochs does not start one once close() or erase() began', async () => {
+    for (const how of ['erase', 'close'] as const) {
+      const name = dbName();
+      const e = await Engine.create({ ...base, dbName: name });
+      e.enqueue([{ type: 'purchase', itemId: 'p7' }, { type: 'view', itemId: 'p9' }, { type: 'view', itemId: 'p3' }]);
+      await e.flush();
+      const running = e.train({ epochs: 2 });
+      const phases: string[] = [];
+      const queued = e.train({ epochs: 3, onProgress: (p) => phases.push(p.phase) });
+      const end = how === 'erase' ? e.erase() : e.close();
+      const r = await Promise.allSettled([running, queued, end]);
+      assert.equal(r[0].status, 'fulfilled', how);
+      assert.ok(r[1].status === 'rejected' && /ClosedError: the recommender is closing/.test(String(r[1].reason)), `${how}: ${String((r[1] as PromiseRejectedResult).reason)}`);
+      assert.equal(r[2].status, 'fulfilled', how);
+      assert.deepEqual(phases, [], `${how}: the queued call trained nothing`);
+      if (how === 'erase') assert.ok(!(await indexedDB.databases()).some((d) => d.name === name), 'the erased database is not written again');
+    }
+  });
+
   it('a damaged stored model record does not stop the engine from starting', async () => {
     for (const bad of [{ dim: 32 }, { dim: 32, itemIds: null }, { dim: 32, itemIds: 'ab' }, { dim: 32, itemIds: ['p0'], factors: [1], bias: [0] }]) {
       const store = new MemoryEventStore();

@@ -187,6 +187,22 @@ describe('sync()', () => {
     await e.close();
   });
 
+  it('syncOnce (the Node API) on one accountant: two concurrent calls never spend past the budget', async () => {
+    const { syncOnce } = await import('../../src/federated/sync.js');
+    const { RdpAccountant } = await import('../../src/federated/dp.js');
+    await withOwnServer({ minClients: 50 }, async (srv) => {
+      const acc = new RdpAccountant();
+      acc.record(1); // ε 4.38; budget 8 allows one more release at σ = 1 (6.57), not two (8.39)
+      const o = { serverUrl: srv.url, accountant: acc, budget: 8, history: [{ itemIds: ids.slice(0, 4), weights: [1, 1, 1, 1] }], train: { epochs: 1 } };
+      const r = await Promise.allSettled([syncOnce(o), syncOnce(o)]);
+      assert.deepEqual(r.map((x) => x.status).sort(), ['fulfilled', 'rejected']);
+      const refused = r.find((x) => x.status === 'rejected') as PromiseRejectedResult;
+      assert.ok(isPrivacyBudgetError(refused.reason), String(refused.reason));
+      assert.equal(acc.releases, 2);
+      assert.ok(acc.epsilon() <= 8, `ε ${acc.epsilon()}`);
+    });
+  });
+
   it('retries when the server is unreachable, logs each attempt, and loses no local data', async () => {
     const e = await Engine.create({
       catalog,

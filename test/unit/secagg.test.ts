@@ -406,7 +406,7 @@ test('a restart with another cohort size or step refuses pending masked uploads 
     assert.equal(await first.storage.pendingCount(), 3);
     await first.storage.close();
     const start = (o: { noiseMultiplier: number; minClients: number }) => createServer({ dataDir: dir, initialTable: initialTable(), secureAggregation: true, rateLimit: false, log: () => {}, ...o });
-    await assert.rejects(start({ noiseMultiplier: 3, minClients: 3 }), /pending masked uploads sent for cohorts of 3 at \d+ bits, step [\d.e-]+, and this server uses 3 at \d+ bits, step [\d.e-]+; restart with the --min-clients, --noise/);
+    await assert.rejects(start({ noiseMultiplier: 3, minClients: 3 }), /pending masked uploads sent for cohorts of 3 at \d+ bits, step [\d.e-]+, and this server uses 3 at \d+ bits, step [\d.e-]+; restart with the settings they were sent under \(--min-clients, --secagg-bits, and for the step --clip, --noise/);
     await assert.rejects(start({ noiseMultiplier: 1, minClients: 4 }), /sent for cohorts of 3 .* this server uses 4 /);
     // The same config as they were sent under publishes them, at their scale.
     const again = await start({ noiseMultiplier: 1, minClients: 3 });
