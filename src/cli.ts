@@ -41,10 +41,33 @@ export async function main(argv = process.argv): Promise<void> {
  * `--min-clients`. Rewrites the field when the sub-command has a flag for that option.
  */
 export function inFlagTerms(message: string, command: Command | undefined): string {
-  const m = /^options\.([A-Za-z]+)(?=[:.[ ])/.exec(message);
-  const flag = m && command?.options.find((o) => o.attributeName() === m[1])?.long;
-  return flag ? flag + message.slice(m[0].length) : message;
+  // The longest dotted path first: options.secureAggregation.degree is --secagg-degree.
+  const m = /^options\.([A-Za-z]+(?:\.[A-Za-z]+)*)(?=[:[ ])/.exec(message);
+  if (!m) return message;
+  const parts = m[1]!.split('.');
+  for (let n = parts.length; n > 0; n--) {
+    const path = parts.slice(0, n).join('.');
+    const attribute = FLAG_FOR_OPTION[path] ?? path;
+    const flag = command?.options.find((o) => o.attributeName() === attribute)?.long;
+    if (flag) return flag + message.slice('options.'.length + path.length);
+  }
+  return message;
 }
+
+/** Library option paths whose flag is named otherwise (the flag's attribute name). */
+const FLAG_FOR_OPTION: Readonly<Record<string, string>> = {
+  'secureAggregation.bits': 'secaggBits',
+  'secureAggregation.range': 'secaggRange',
+  'secureAggregation.degree': 'secaggDegree',
+  'secureAggregation.minSurvivors': 'secaggSurvivors',
+  'secureAggregation.timeoutMs': 'cohortTimeout',
+  'secureAggregation.uploadTimeoutMs': 'uploadTimeout',
+  trimFraction: 'trim',
+  noiseMultiplier: 'noise',
+  serverLearningRate: 'serverLr',
+  trainBiases: 'freezeBiases',
+  corsOrigins: 'corsOrigin',
+};
 
 /** True when this module is the program node runs (also through a symlink or a path with spaces). */
 function isEntry(): boolean {

@@ -168,6 +168,7 @@ export async function runSimulate(opts: SimulateCommandOptions, io: SimulateIo):
   const robust = opts.robust ?? 'mean';
   if (robust !== 'mean' && robust !== 'trimmed-mean' && robust !== 'median') throw new ValidationError('--robust', `must be mean, trimmed-mean or median, got '${robust}'`);
   const trimFraction = opts.trim === undefined ? undefined : num('--trim', opts.trim, (x) => x >= 0 && x < 0.5, 'in [0, 0.5)');
+  if (trimFraction !== undefined && robust !== 'trimmed-mean') throw new ValidationError('--trim', `applies to --robust trimmed-mean only (got ${robust})`);
   const serverLearningRate = opts.serverLr === undefined ? undefined : num('--server-lr', opts.serverLr, (x) => Number.isFinite(x) && x > 0, 'a number > 0');
   if (serverLearningRate !== undefined && aggregator !== 'fedavg') throw new ValidationError('--server-lr', `applies to --aggregator fedavg only (got ${aggregator})`);
   let secureAggregation: boolean | { bits?: number; range?: number; degree?: number; minSurvivors?: number } = false;
@@ -199,7 +200,14 @@ export async function runSimulate(opts: SimulateCommandOptions, io: SimulateIo):
   if (opts.localNegatives !== undefined) localTrain.negatives = num('--local-negatives', opts.localNegatives, (x) => Number.isInteger(x) && x >= 0, 'an integer ≥ 0');
   if (opts.localContext !== undefined) localTrain.maxContext = posInt('--local-context', opts.localContext);
 
-  // Checked before the data set loads (that can take a minute): where the output goes, which server.
+  const dropout = opts.dropout === undefined ? undefined : num('--dropout', opts.dropout, (x) => x >= 0 && x < 1, 'a share in [0, 1)');
+  // Checked before the data set loads (that can take a minute): the server's rules between the
+  // round options (in-process servers; a --server URL has its own config), where the output goes,
+  // which server.
+  if (opts.server === undefined || opts.server === 'memory' || opts.server === 'sqlite') {
+    const { checkRoundOptions } = await import('../server/index.js');
+    checkRoundOptions({ minClients, robust, ...(trimFraction !== undefined ? { trimFraction } : {}), secureAggregation: !!opts.secureAggregation });
+  }
   if (opts.writeCatalog) checkOutputFile(opts.writeCatalog, '--write-catalog');
   if (opts.server !== undefined) await checkServerFlag(opts.server);
 
@@ -248,7 +256,7 @@ export async function runSimulate(opts: SimulateCommandOptions, io: SimulateIo):
     ...(trimFraction !== undefined ? { trimFraction } : {}),
     ...(serverLearningRate !== undefined ? { serverLearningRate } : {}),
     ...(secureAggregation ? { secureAggregation } : {}),
-    ...(opts.dropout !== undefined ? { dropout: num('--dropout', opts.dropout, (x) => x >= 0 && x < 1, 'a share in [0, 1)') } : {}),
+    ...(dropout !== undefined ? { dropout } : {}),
     denoise,
     ...(trainRows !== undefined ? { trainRows } : {}),
     ...(opts.freezeBiases ? { trainBiases: false } : {}),

@@ -103,6 +103,7 @@ export function register(program: Command): void {
         throw new ValidationError('--affinity', `must be one of ${AFFINITY_KINDS.join(', ')}, got '${o.affinity}'`);
       }
       if (o.objective !== 'value' && o.objective !== 'reach') throw new ValidationError('--objective', `must be value or reach, got '${o.objective}'`);
+      if (o.features !== undefined && o.affinity !== 'learned') throw new ValidationError('--features', `applies to --affinity learned only (got ${o.affinity})`);
       const features = o.features === 'all' ? [...AFFINITY_FEATURES] : o.features?.split(',').map((f) => f.trim()).filter((f) => f !== '');
       const unknown = features?.find((f) => !(AFFINITY_FEATURES as readonly string[]).includes(f));
       if (unknown !== undefined) throw new ValidationError('--features', `unknown feature '${unknown}'; known: ${AFFINITY_FEATURES.join(', ')}`);

@@ -260,6 +260,28 @@ export interface ServerParts {
 }
 
 /**
+ * The rules between `minClients`, `robust`, `trimFraction` and `secureAggregation` that
+ * {@link createServer} checks, on their own: `localrec simulate` checks them before it loads a data
+ * set (which can take a minute). Throws a `ValidationError` naming the option.
+ */
+export function checkRoundOptions(o: Pick<ServerOptions, 'robust' | 'trimFraction' | 'secureAggregation'> & { minClients: number }): { robust: RobustName; trimFraction: number } {
+  const robust = o.robust ?? 'mean';
+  if (!ROBUST_NAMES.includes(robust)) throw new ValidationError('options.robust', `must be ${ROBUST_NAMES.map((r) => `'${r}'`).join(', ')}, got '${robust}'`);
+  const trimFraction = o.trimFraction ?? DEFAULT_TRIM_FRACTION;
+  if (!Number.isFinite(trimFraction) || trimFraction < 0 || trimFraction >= 0.5) {
+    throw new ValidationError('options.trimFraction', `must be in [0, 0.5), got ${trimFraction}`);
+  }
+  if (robust === 'trimmed-mean' && trimCount(robust, o.minClients, trimFraction) < 1) {
+    throw new ValidationError('options.trimFraction', `${trimFraction} of ${o.minClients} updates (minClients) trims nothing; raise it to at least ${(1 / o.minClients).toPrecision(3)} or raise minClients`);
+  }
+  if (o.secureAggregation) {
+    if (robust !== 'mean') throw new ValidationError('options.robust', `must be 'mean' with secure aggregation (the server never sees single updates), got '${robust}'`);
+    if (o.minClients < 2) throw new ValidationError('options.minClients', `is the cohort size under secure aggregation and must be ≥ 2, got ${o.minClients}`);
+  }
+  return { robust, trimFraction };
+}
+
+/**
  * Builds the app `localrec serve` runs (storage, round coordinator, HTTP routes) with every option
  * checked and defaulted, without opening a socket: `app.fetch(request)` answers in-process.
  *
@@ -324,26 +346,28 @@ export async function createServer(options: ServerOptions = {}): Promise<ServerP
     if (aggregator === 'subspace' && shape.dim >= trained.rows) {
       throw new ValidationError('options.trainRows', `must exceed dim (${shape.dim}) with the subspace aggregator, got ${trained.rows}`);
     }
+    // An origin the browser sends is scheme://host[:port] exactly: 'https://shop.example/' (a
+    // trailing slash) would match nothing and turn CORS off without a word.
+    for (const [i, origin] of (options.corsOrigins ?? []).entries()) {
+      let ok = false;
+      try {
+        ok = typeof origin === 'string' && new URL(origin).origin === origin && origin !== 'null';
+      } catch {
+        ok = false;
+      }
+      if (!ok) throw new ValidationError(`options.corsOrigins[${i}]`, `must be an origin such as https://shop.example (scheme, host and port; no path, no trailing slash), got ${JSON.stringify(origin)}`);
+    }
     // Both widen the norm check: a NaN (every comparison false) or a huge value would turn it off.
     const normTolerance = options.normTolerance ?? 0.01;
     if (typeof normTolerance !== 'number' || !(normTolerance >= 0 && normTolerance < 1)) throw new ValidationError('options.normTolerance', `must be a number in [0, 1), got ${normTolerance}`);
     const normSlack = options.normSlack ?? 6;
     if (typeof normSlack !== 'number' || !(normSlack > 0 && normSlack <= 100)) throw new ValidationError('options.normSlack', `must be a number in (0, 100], got ${normSlack}`);
     const minClients = positive('minClients', options.minClients ?? 10, true);
-    const robust = options.robust ?? 'mean';
-    if (!ROBUST_NAMES.includes(robust)) throw new ValidationError('options.robust', `must be ${ROBUST_NAMES.map((r) => `'${r}'`).join(', ')}, got '${robust}'`);
-    const trimFraction = options.trimFraction ?? DEFAULT_TRIM_FRACTION;
-    if (!Number.isFinite(trimFraction) || trimFraction < 0 || trimFraction >= 0.5) {
-      throw new ValidationError('options.trimFraction', `must be in [0, 0.5), got ${trimFraction}`);
-    }
-    if (robust === 'trimmed-mean' && trimCount(robust, minClients, trimFraction) < 1) {
-      throw new ValidationError('options.trimFraction', `${trimFraction} of ${minClients} updates (minClients) trims nothing; raise it to at least ${(1 / minClients).toPrecision(3)} or raise minClients`);
-    }
+    const { robust, trimFraction } = checkRoundOptions({ ...options, minClients });
     const clip = positive('clip', options.clip ?? 1);
     let secureAggregation: RoundConfig['secureAggregation'];
     if (options.secureAggregation) {
       const o = options.secureAggregation === true ? {} : options.secureAggregation;
-      if (robust !== 'mean') throw new ValidationError('options.robust', `must be 'mean' with secure aggregation (the server never sees single updates), got '${robust}'`);
       const length = trainedLength(trained, shape.dim);
       const saBits = o.bits ?? chooseSecAggBits(length, UPDATE_BUDGET_BYTES);
       // The sum of K clipped updates plus noise of std σC must fit in ±range, or it wraps around
@@ -362,7 +386,6 @@ export async function createServer(options: ServerOptions = {}): Promise<ServerP
       const hardRounding = (minClients * (hardRange / 2 ** (saBits - 1)) ** 2) / 4;
       const cheap = hardRounding <= 0.01 * (clip * Math.max(1, noiseMultiplier)) ** 2;
       const range = positive('secureAggregation.range', o.range ?? (aggregator === 'subspace' || cheap ? hardRange : noiseRange));
-      if (minClients < 2) throw new ValidationError('options.minClients', `is the cohort size under secure aggregation and must be ≥ 2, got ${minClients}`);
       const params: SecAggParams = checkSecAggParams(
         { cohortSize: minClients, bits: saBits, step: range / 2 ** (saBits - 1), degree: o.degree ?? Math.min(16, 2 * Math.ceil((minClients - 1) / 2)), minSurvivors: t },
         'options.secureAggregation',

@@ -94,11 +94,19 @@ export function register(program: Command): void {
     .option('--cors-origin <origin...>', 'page origins that may call the API from another origin (e.g. https://shop.example)')
     .option('--offers <file>', "signed offer catalog (localrec offers sign) to check redemptions against: POST /v1/offers/redeem")
     .option('--offers-key <file>', 'public JWK the offer catalog must verify with (required with --offers)')
-    .action(async (o: Record<string, unknown>) => {
+    .action(async (o: Record<string, unknown>, command: Command) => {
       const { startServer, PostgresStorage, SqliteStorage } = await import('./index.js');
       const { createItemTable } = await import('../model/item-table.js');
       let initialTable;
       checkServeFlags(o);
+      const typed = (attribute: string) => command.getOptionValueSource(attribute) === 'cli';
+      if (typeof o.catalog !== 'string') {
+        // Without a catalog the model comes from the store, which keeps its own shape and biases.
+        const flag = (['dim', 'seed', 'biasScale'] as const).find(typed);
+        if (flag) throw new ValidationError(flag === 'biasScale' ? '--bias-scale' : `--${flag}`, "builds the initial model from --catalog: without --catalog the stored model is served as it is (its dim, seed and biases are its own)");
+      }
+      if (typed('trim') && o.robust !== 'trimmed-mean') throw new ValidationError('--trim', `applies to --robust trimmed-mean only (got ${String(o.robust)})`);
+      if (typeof o.database === 'string' && typed('dataDir')) throw new ValidationError('--data-dir', 'is the SQLite folder: with --database the server uses PostgreSQL; give one or the other');
       if (o.biasScale !== undefined && !((o.biasScale as number) > 0)) throw new ValidationError('--bias-scale', `must be a number > 0, got ${String(o.biasScale)}`);
       if (typeof o.catalog === 'string') {
         const { ids, popularity } = await readCatalogFile(o.catalog);
@@ -129,7 +137,8 @@ export function register(program: Command): void {
         const given = flags.find(([, v]) => v !== undefined);
         if (given) throw new ValidationError(given[0], 'is a secure-aggregation option: it needs --secure-aggregation');
       }
-      const database = (o.database as string | undefined) ?? (process.env.LOCALREC_DATABASE_URL || undefined);
+      // An explicit --data-dir wins over LOCALREC_DATABASE_URL from the environment.
+      const database = (o.database as string | undefined) ?? (typed('dataDir') ? undefined : process.env.LOCALREC_DATABASE_URL || undefined);
       const perMinute = o.rateLimit as number;
       const crash = process.env.LOCALREC_FAULT;
       const server = await startServer({

@@ -63,6 +63,9 @@ test('option errors name the option and the allowed values', async () => {
   await fails({ format: 'xml' }, '--format', /retail, csv, lines/);
   await fails({ format: 'lines', train: TRAIN }, '--test', /required/);
   await fails({ format: 'lines', train: TRAIN, test: TEST, protocol: 'loo' }, '--protocol', /only 'given'/);
+  // The other format's flag would be ignored: refused by name.
+  await fails({ format: 'lines', train: TRAIN, test: TEST, data: EVENTS }, '--data', /is for --format retail\|csv; --format lines reads --train and --test/);
+  await fails({ data: EVENTS, user: 'user', item: 'item', train: TRAIN }, '--train', /is for --format lines; --format csv reads --data/);
   await fails({ data: EVENTS }, '--user', /required/);
   await fails({ data: EVENTS, user: 'user', item: 'item', k: '0' }, '--k', /positive integer/);
   await fails({ data: EVENTS, user: 'user', item: 'item', models: 'popular,svd' }, 'options.models', /allowed: popular, itemknn/);
@@ -85,6 +88,12 @@ test('the CLI names the flag the user typed, and runs from a path with a space o
   assert.equal(inFlagTerms("options.minClients: must be a positive integer, got 0", cmd), '--min-clients: must be a positive integer, got 0');
   assert.equal(inFlagTerms('options.dataDir.x: nested', cmd), '--data-dir.x: nested');
   assert.equal(inFlagTerms('options.noiseMultiplier: no such flag', cmd), 'options.noiseMultiplier: no such flag');
+  // Options whose flag has another name, nested ones included (not "--secure-aggregation.degree").
+  const serve = new Command('serve').option('--secure-aggregation').option('--secagg-degree <d>').option('--trim <b>').option('--noise <s>');
+  assert.equal(inFlagTerms('options.secureAggregation.degree: must be an even integer ≥ 2, got 3', serve), '--secagg-degree: must be an even integer ≥ 2, got 3');
+  assert.equal(inFlagTerms('options.trimFraction: must be in [0, 0.5), got 0.6', serve), '--trim: must be in [0, 0.5), got 0.6');
+  assert.equal(inFlagTerms('options.noiseMultiplier: must be ≥ 0, got -1', serve), '--noise: must be ≥ 0, got -1');
+  assert.equal(inFlagTerms('options.secureAggregation.timeoutMs: x', serve), '--secure-aggregation.timeoutMs: x', 'no --cohort-timeout here: the nearest flag');
   // Before, the entry check compared a hand-built file:// URL with argv[1]: a space (%20) or a
   // symlink made the CLI exit 0 having done nothing.
   const { execFileSync } = await import('node:child_process');

@@ -112,7 +112,8 @@ export interface ServeChild {
  * resolves when it listens; rejects (with `stderr` and `code`) when it exits first.
  */
 export function spawnServe(dataDir: string, catalog: string, flags: string[], env: Record<string, string> = {}): Promise<ServeChild> {
-  const args = ['--import', 'tsx', 'src/cli.ts', 'serve', '--port', '0', '--data-dir', dataDir, '--catalog', catalog, ...flags];
+  // (--data-dir is SQLite's: serve refuses it next to --database.)
+  const args = ['--import', 'tsx', 'src/cli.ts', 'serve', '--port', '0', ...(flags.includes('--database') ? [] : ['--data-dir', dataDir]), '--catalog', catalog, ...flags];
   const proc = spawn(process.execPath, args, { cwd: ROOT, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((res) => proc.once('exit', (code, signal) => res({ code, signal })));
   let err = '';

@@ -239,11 +239,21 @@ test('localrec serve checks its flags in their own words and units before starti
     [['--noise', '-1'], /^--noise: must be a number ≥ 0/],
     [['--secure-aggregation', '--cohort-timeout', '-5'], /^--cohort-timeout: must be a number of seconds ≥ 0\.001, got -5$/],
     [['--static', '/no-such-folder-here'], /^--static: \/no-such-folder-here is not a folder$/],
+    // Flags that would be ignored are refused: without --catalog the stored model is served as is.
+    [['--seed', '7'], /^--seed: builds the initial model from --catalog: without --catalog the stored model is served as it is/],
+    [['--bias-scale', '0.5'], /^--bias-scale: builds the initial model from --catalog/],
+    [['--database', 'postgres://x@y/z'], /^--data-dir: is the SQLite folder: with --database the server uses PostgreSQL; give one or the other$/],
   ];
   for (const [flags, re] of cases) {
     const program = new Command().exitOverride();
     register(program);
     await assert.rejects(program.parseAsync(['node', 'localrec', 'serve', '--data-dir', join(tmpdir(), 'never-created'), ...flags]), (e: unknown) => e instanceof ValidationError && re.test(e.message), flags.join(' '));
+  }
+  // A CORS origin with a path or a trailing slash would match no browser's Origin: refused by name.
+  for (const origin of ['https://shop.example/', 'shop.example', '*']) {
+    await assert.rejects(startServer({ port: 0, dataDir: null, initialTable: initialTable(), corsOrigins: ['https://ok.example', origin], log: quiet }), (e: unknown) =>
+      e instanceof ValidationError && e.field === 'options.corsOrigins[1]' && /must be an origin such as https:\/\/shop\.example/.test(e.message),
+    );
   }
   // --bits: a bad value names the flag's range; a table too large for any width names what to change.
   await assert.rejects(startServer({ port: 0, dataDir: null, initialTable: initialTable(), bits: 99, log: quiet }), (e: unknown) => e instanceof ValidationError && e.message === 'options.bits: must be a whole number from 2 to 8, got 99');

@@ -1,5 +1,5 @@
 import { strict as assert } from 'node:assert';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
@@ -129,6 +129,22 @@ test('SQLite: a second localrec serve on a data dir in use exits with one line n
   } finally {
     first.proc.kill('SIGTERM');
     await first.exited;
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('an explicit --data-dir wins over LOCALREC_DATABASE_URL from the environment', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'localrec-sqlite-env-'));
+  const catalog = join(dir, 'catalog.json');
+  writeFileSync(catalog, JSON.stringify({ items: IDS.map((id, i) => ({ id, popularity: i })) }));
+  // Nothing listens on port 1: had the variable won, the start would fail.
+  const c = await spawnServe(join(dir, 'data'), catalog, ['--dim', String(DIM), '--rate-limit', '0'], { LOCALREC_DATABASE_URL: 'postgres://u:p@127.0.0.1:1/db' });
+  try {
+    assert.ok(existsSync(join(dir, 'data', 'localrec.sqlite')), 'the store is the SQLite file in --data-dir');
+    assert.equal((await fetch(`${c.url}/v1/health`)).status, 200);
+  } finally {
+    c.proc.kill('SIGTERM');
+    await c.exited;
     rmSync(dir, { recursive: true, force: true });
   }
 });

@@ -135,6 +135,14 @@ describe('localrec simulate (command)', () => {
     await assert.rejects(run({ secureAggregation: true, secaggSurvivors: '1' }), (e: unknown) => isValidationError(e) && /--secagg-survivors: must be an integer 2\.\.--min-clients/.test((e as Error).message));
     await assert.rejects(run({ secureAggregation: true, dropout: '1' }), (e: unknown) => isValidationError(e) && /--dropout: must be a share in \[0, 1\)/.test((e as Error).message));
     await assert.rejects(run({ aggregator: 'power' }), (e: unknown) => isValidationError(e) && /--aggregator: must be fedavg, fedadam or subspace, got 'power'/.test((e as Error).message));
+    // The server's rules between the round options are checked before the data set loads (a missing
+    // file would fail the load: these fail first).
+    const data = '/no/such/ratings.csv';
+    await assert.rejects(run({ data, secureAggregation: true, dropout: '2' }), /--dropout: must be a share in \[0, 1\), got '2'/);
+    await assert.rejects(run({ data, secureAggregation: true, robust: 'median' }), /options\.robust: must be 'mean' with secure aggregation/);
+    await assert.rejects(run({ data, secureAggregation: true, minClients: '1', clientsPerRound: '1' }), /options\.minClients: is the cohort size under secure aggregation and must be ≥ 2, got 1/);
+    await assert.rejects(run({ data, trim: '0.3' }), /--trim: applies to --robust trimmed-mean only \(got mean\)/);
+    await assert.rejects(run({ data, robust: 'trimmed-mean', trim: '0.01', minClients: '5', clientsPerRound: '5' }), /options\.trimFraction: 0\.01 of 5 updates \(minClients\) trims nothing/);
   });
 
   it('--noise auto: the smallest σ at which every device can sync in all --rounds within --budget', async () => {
