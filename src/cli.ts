@@ -65,7 +65,7 @@ const FLAG_FOR_OPTION: Readonly<Record<string, string>> = {
   trimFraction: 'trim',
   noiseMultiplier: 'noise',
   serverLearningRate: 'serverLr',
-  trainBiases: 'freezeBiases',
+  'secureAggregation.cohortSize': 'minClients',
   corsOrigins: 'corsOrigin',
 };
 

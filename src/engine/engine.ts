@@ -940,6 +940,8 @@ export class Engine {
     if (options.onProgress !== undefined && typeof options.onProgress !== 'function') throw new ValidationError('options.onProgress', `must be a function, got ${typeof options.onProgress}`);
     const epochs = intOption(options.epochs, 'options.epochs', 1, 1000, this.opts.training?.epochs ?? 4);
     const listener = options.onProgress;
+    // close() or erase() has begun: no run they would not wait for (nor one on data being erased).
+    if (this.closing) throw new ClosedError('the recommender is closing');
     for (;;) {
       if (!this.consent.personalization) throw new ConsentError('training needs consent to personalization (setConsent({ personalization: true }))');
       if (!this.training) break;

@@ -40,7 +40,10 @@ export async function runEval(
   let data: string;
   const t0 = performance.now();
   // A flag of the other format would be ignored without a word.
-  if (format === 'lines' && opts.data) throw new ValidationError('--data', 'is for --format retail|csv; --format lines reads --train and --test');
+  if (format === 'lines') {
+    const csvFlag = (['data', 'user', 'item', 'time', 'weight'] as const).find((f) => opts[f] !== undefined) ?? (opts.filter?.length ? 'filter' : undefined);
+    if (csvFlag) throw new ValidationError(`--${csvFlag}`, 'is for --format retail|csv; --format lines reads --train and --test');
+  }
   if (format !== 'lines' && (opts.train || opts.test)) throw new ValidationError(opts.train ? '--train' : '--test', `is for --format lines; --format ${format} reads --data`);
   if (format === 'lines') {
     if (protocol !== 'given') throw new ValidationError('--protocol', `--format lines supports only 'given', got '${protocol}'`);

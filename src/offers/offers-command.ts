@@ -95,7 +95,7 @@ export function register(program: Command): void {
     .option('--features <list>', 'comma-separated learned affinity features (default: all but transition and coPurchase, which a device snapshot cannot carry)')
     .option('--publish-every-days <d>', 'learned: the shop re-publishes its affinity snapshot every d days (0: before every basket)', '1')
     .option('--basket-gap-minutes <m>', "learned: the device groups a customer's purchases this close into one basket", '30')
-    .action(async (o: { data: string; k: string; seed: string; granularity: string; groups: string; percent: string; exploration: string; affinity: string; features?: string; priorStrength?: string; objective: string; bounds?: boolean; publishEveryDays: string; basketGapMinutes: string }) => {
+    .action(async (o: { data: string; k: string; seed: string; granularity: string; groups: string; percent: string; exploration: string; affinity: string; features?: string; priorStrength?: string; objective: string; bounds?: boolean; publishEveryDays: string; basketGapMinutes: string }, command: Command) => {
       const { loadRetailData } = await import('./eval/retail-data.js');
       const { runOffersEval, offersBounds, buildRetailOffers, DEFAULT_EVAL_OPTIONS, AFFINITY_KINDS } = await import('./eval/offers-eval.js');
       const { AFFINITY_FEATURES, TABLE_FEATURES } = await import('./affinity-model.js');
@@ -103,7 +103,11 @@ export function register(program: Command): void {
         throw new ValidationError('--affinity', `must be one of ${AFFINITY_KINDS.join(', ')}, got '${o.affinity}'`);
       }
       if (o.objective !== 'value' && o.objective !== 'reach') throw new ValidationError('--objective', `must be value or reach, got '${o.objective}'`);
-      if (o.features !== undefined && o.affinity !== 'learned') throw new ValidationError('--features', `applies to --affinity learned only (got ${o.affinity})`);
+      if (o.affinity !== 'learned') {
+        // These shape the learned affinity only: with the other one they would do nothing.
+        const flag = (['features', 'publishEveryDays', 'basketGapMinutes'] as const).find((f) => command.getOptionValueSource(f) === 'cli');
+        if (flag) throw new ValidationError(`--${flag.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`, `applies to --affinity learned only (got ${o.affinity})`);
+      }
       const features = o.features === 'all' ? [...AFFINITY_FEATURES] : o.features?.split(',').map((f) => f.trim()).filter((f) => f !== '');
       const unknown = features?.find((f) => !(AFFINITY_FEATURES as readonly string[]).includes(f));
       if (unknown !== undefined) throw new ValidationError('--features', `unknown feature '${unknown}'; known: ${AFFINITY_FEATURES.join(', ')}`);

@@ -260,6 +260,28 @@ export interface ServerParts {
 }
 
 /**
+ * Why `origin` can never equal an `Origin` header a browser sends (so CORS would stay off for it
+ * without a word), or null when it can. http(s) origins are compared with their serialization
+ * (lower-case host, no default port, no path); other schemes (capacitor://localhost,
+ * chrome-extension://id) need only scheme://host.
+ */
+function corsOriginProblem(origin: unknown): string | null {
+  if (typeof origin !== 'string' || origin === '') return 'not a string';
+  const scheme = /^([a-z][a-z0-9+.-]*):\/\/([^/?#]+)(.*)$/.exec(origin);
+  if (!scheme) return 'no scheme://host';
+  if (scheme[1] !== 'http' && scheme[1] !== 'https') return scheme[3] === '' ? null : 'a path or trailing slash';
+  let url: URL;
+  try {
+    url = new URL(origin);
+  } catch {
+    return 'not a URL';
+  }
+  if (url.origin === origin) return null;
+  if (scheme[3] !== '') return 'a path or trailing slash';
+  return `browsers send it as ${url.origin}`;
+}
+
+/**
  * The rules between `minClients`, `robust`, `trimFraction` and `secureAggregation` that
  * {@link createServer} checks, on their own: `localrec simulate` checks them before it loads a data
  * set (which can take a minute). Throws a `ValidationError` naming the option.
@@ -276,7 +298,7 @@ export function checkRoundOptions(o: Pick<ServerOptions, 'robust' | 'trimFractio
   }
   if (o.secureAggregation) {
     if (robust !== 'mean') throw new ValidationError('options.robust', `must be 'mean' with secure aggregation (the server never sees single updates), got '${robust}'`);
-    if (o.minClients < 2) throw new ValidationError('options.minClients', `is the cohort size under secure aggregation and must be ≥ 2, got ${o.minClients}`);
+    if (o.minClients < 2 || o.minClients > 100_000) throw new ValidationError('options.minClients', `is the cohort size under secure aggregation: an integer 2..100000, got ${o.minClients}`);
   }
   return { robust, trimFraction };
 }
@@ -349,13 +371,8 @@ export async function createServer(options: ServerOptions = {}): Promise<ServerP
     // An origin the browser sends is scheme://host[:port] exactly: 'https://shop.example/' (a
     // trailing slash) would match nothing and turn CORS off without a word.
     for (const [i, origin] of (options.corsOrigins ?? []).entries()) {
-      let ok = false;
-      try {
-        ok = typeof origin === 'string' && new URL(origin).origin === origin && origin !== 'null';
-      } catch {
-        ok = false;
-      }
-      if (!ok) throw new ValidationError(`options.corsOrigins[${i}]`, `must be an origin such as https://shop.example (scheme, host and port; no path, no trailing slash), got ${JSON.stringify(origin)}`);
+      const why = corsOriginProblem(origin);
+      if (why) throw new ValidationError(`options.corsOrigins[${i}]`, `must be an origin as browsers send it, such as https://shop.example: ${why}, got ${JSON.stringify(origin)}`);
     }
     // Both widen the norm check: a NaN (every comparison false) or a huge value would turn it off.
     const normTolerance = options.normTolerance ?? 0.01;

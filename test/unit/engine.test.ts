@@ -141,6 +141,13 @@ describe('Engine', () => {
       assert.deepEqual(phases, [], `${how}: the queued call trained nothing`);
       if (how === 'erase') assert.ok(!(await indexedDB.databases()).some((d) => d.name === name), 'the erased database is not written again');
     }
+    // A call made once erase() began, with no run to wait for, does not start one either.
+    const e = await Engine.create({ ...base, dbName: dbName() });
+    e.enqueue([{ type: 'purchase', itemId: 'p7' }, { type: 'view', itemId: 'p9' }]);
+    await e.flush();
+    const end = e.erase();
+    await assert.rejects(e.train({ epochs: 3 }), /the recommender is closing/);
+    await end;
   });
 
   it('a damaged stored model record does not stop the engine from starting', async () => {

@@ -66,6 +66,8 @@ test('option errors name the option and the allowed values', async () => {
   // The other format's flag would be ignored: refused by name.
   await fails({ format: 'lines', train: TRAIN, test: TEST, data: EVENTS }, '--data', /is for --format retail\|csv; --format lines reads --train and --test/);
   await fails({ data: EVENTS, user: 'user', item: 'item', train: TRAIN }, '--train', /is for --format lines; --format csv reads --data/);
+  await fails({ format: 'lines', train: TRAIN, test: TEST, user: 'uid' }, '--user', /is for --format retail\|csv/);
+  await fails({ format: 'lines', train: TRAIN, test: TEST, filter: ['q>0'] }, '--filter', /is for --format retail\|csv/);
   await fails({ data: EVENTS }, '--user', /required/);
   await fails({ data: EVENTS, user: 'user', item: 'item', k: '0' }, '--k', /positive integer/);
   await fails({ data: EVENTS, user: 'user', item: 'item', models: 'popular,svd' }, 'options.models', /allowed: popular, itemknn/);
@@ -94,6 +96,7 @@ test('the CLI names the flag the user typed, and runs from a path with a space o
   assert.equal(inFlagTerms('options.trimFraction: must be in [0, 0.5), got 0.6', serve), '--trim: must be in [0, 0.5), got 0.6');
   assert.equal(inFlagTerms('options.noiseMultiplier: must be ≥ 0, got -1', serve), '--noise: must be ≥ 0, got -1');
   assert.equal(inFlagTerms('options.secureAggregation.timeoutMs: x', serve), '--secure-aggregation.timeoutMs: x', 'no --cohort-timeout here: the nearest flag');
+  assert.equal(inFlagTerms('options.secureAggregation.cohortSize: must be an integer 2..100000, got 200000', serve.option('--min-clients <n>')), '--min-clients: must be an integer 2..100000, got 200000');
   // Before, the entry check compared a hand-built file:// URL with argv[1]: a space (%20) or a
   // symlink made the CLI exit 0 having done nothing.
   const { execFileSync } = await import('node:child_process');

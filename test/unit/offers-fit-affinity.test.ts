@@ -99,6 +99,10 @@ describe('localrec offers fit-affinity', () => {
       cli('offers-eval', '--data', path('orders.csv.gz'), '--affinity', 'history', '--features', 'popularity'),
       (e: unknown) => isValidationError(e) && e.field === '--features' && /applies to --affinity learned only \(got history\)/.test(e.message),
     );
+    await assert.rejects(
+      cli('offers-eval', '--data', path('orders.csv.gz'), '--affinity', 'history', '--publish-every-days', '7'),
+      (e: unknown) => isValidationError(e) && e.field === '--publish-every-days' && /applies to --affinity learned only/.test(e.message),
+    );
     await writeFile(path('empty.csv'), 'invoice,stock_code,description,quantity,timestamp,unit_price,customer_id,country\nC1,100,RED MUG,-1,1291191960,2.5,A,UK\n');
     await assert.rejects(
       cli('offers', 'fit-affinity', '--data', path('empty.csv'), '--catalog', path('offers.json'), '--out', path('x.json')),

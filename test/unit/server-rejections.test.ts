@@ -250,11 +250,20 @@ test('localrec serve checks its flags in their own words and units before starti
     await assert.rejects(program.parseAsync(['node', 'localrec', 'serve', '--data-dir', join(tmpdir(), 'never-created'), ...flags]), (e: unknown) => e instanceof ValidationError && re.test(e.message), flags.join(' '));
   }
   // A CORS origin with a path or a trailing slash would match no browser's Origin: refused by name.
-  for (const origin of ['https://shop.example/', 'shop.example', '*']) {
-    await assert.rejects(startServer({ port: 0, dataDir: null, initialTable: initialTable(), corsOrigins: ['https://ok.example', origin], log: quiet }), (e: unknown) =>
-      e instanceof ValidationError && e.field === 'options.corsOrigins[1]' && /must be an origin such as https:\/\/shop\.example/.test(e.message),
-    );
+  for (const [origin, why] of [
+    ['https://shop.example/', 'a path or trailing slash'],
+    ['shop.example', 'no scheme://host'],
+    ['*', 'no scheme://host'],
+    ['https://Shop.example', 'browsers send it as https://shop.example'],
+    ['https://shop.example:443', 'browsers send it as https://shop.example'],
+  ]) {
+    await assert.rejects(startServer({ port: 0, dataDir: null, initialTable: initialTable(), corsOrigins: ['https://ok.example', origin!], log: quiet }), (e: unknown) =>
+      e instanceof ValidationError && e.field === 'options.corsOrigins[1]' && e.message.includes(`must be an origin as browsers send it, such as https://shop.example: ${why}`),
+    `${origin}`);
   }
+  // Origins of apps and extensions are sent as written (their URL origin is "null").
+  const apps = await startServer({ port: 0, dataDir: null, initialTable: initialTable(), corsOrigins: ['capacitor://localhost', 'chrome-extension://abcdef', 'http://127.0.0.1:8080'], log: quiet });
+  await apps.close();
   // --bits: a bad value names the flag's range; a table too large for any width names what to change.
   await assert.rejects(startServer({ port: 0, dataDir: null, initialTable: initialTable(), bits: 99, log: quiet }), (e: unknown) => e instanceof ValidationError && e.message === 'options.bits: must be a whole number from 2 to 8, got 99');
   const huge = createItemTable(Array.from({ length: 9724 }, (_, i) => `m${i}`), 32, { seed: 1 });

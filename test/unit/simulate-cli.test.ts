@@ -140,7 +140,7 @@ describe('localrec simulate (command)', () => {
     const data = '/no/such/ratings.csv';
     await assert.rejects(run({ data, secureAggregation: true, dropout: '2' }), /--dropout: must be a share in \[0, 1\), got '2'/);
     await assert.rejects(run({ data, secureAggregation: true, robust: 'median' }), /options\.robust: must be 'mean' with secure aggregation/);
-    await assert.rejects(run({ data, secureAggregation: true, minClients: '1', clientsPerRound: '1' }), /options\.minClients: is the cohort size under secure aggregation and must be ≥ 2, got 1/);
+    await assert.rejects(run({ data, secureAggregation: true, minClients: '1', clientsPerRound: '1' }), /options\.minClients: is the cohort size under secure aggregation: an integer 2..100000, got 1/);
     await assert.rejects(run({ data, trim: '0.3' }), /--trim: applies to --robust trimmed-mean only \(got mean\)/);
     await assert.rejects(run({ data, robust: 'trimmed-mean', trim: '0.01', minClients: '5', clientsPerRound: '5' }), /options\.trimFraction: 0\.01 of 5 updates \(minClients\) trims nothing/);
   });
