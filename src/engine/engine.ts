@@ -15,7 +15,7 @@ import { alignNeighbors, neighborContributions, neighborsOf, reachedRows } from 
 import { decodeNeighborTable, neighborTableHash } from '../model/neighbors-wire.js';
 import { decodeModel, encodeModel, sha256, toHex } from '../federated/wire.js';
 import type { SparseItemModel } from '../model/sparse-item-model.js';
-import { trainItemTable, type TrainConfig } from '../model/train.js';
+import { checkTrainConfig, DEFAULT_TRAIN_CONFIG, trainItemTable, type TrainConfig } from '../model/train.js';
 import { RdpAccountant, type AccountantState } from '../federated/dp.js';
 import { pullOnce, syncOnce, type EgressEntry, type FetchLike } from '../federated/sync.js';
 import type {
@@ -314,6 +314,7 @@ export class Engine {
     const dim = intOption(opts.model?.dim, 'options.model.dim', 1, 64, 32);
     // Checked here too (the constructor reads it), before anything opens IndexedDB.
     intOption(opts.autoTrainEvery, 'options.autoTrainEvery', 0, 1_000_000, 20);
+    if (opts.training !== undefined) checkTrainConfig(opts.training, 'options.training');
     const seed = opts.model?.seed;
     if (seed !== undefined && !(typeof seed === 'number' && Number.isFinite(seed))) throw new ValidationError('options.model.seed', `must be a finite number, got ${describeValue(seed)}`);
     const hl = opts.model?.halfLifeDays ?? 30;
@@ -566,7 +567,12 @@ export class Engine {
       );
     }
     this.table = fresh;
-    this.scorer = new Scorer(this.table);
+    this.scorer = this.newScorer();
+  }
+
+  /** A scorer of the current table, at the temperature the table is trained with (as `localrec eval` scores it). */
+  private newScorer(): Scorer {
+    return new Scorer(this.table, this.opts.training?.temperature ?? DEFAULT_TRAIN_CONFIG.temperature);
   }
 
   /** The initial weights: popularity biases, seeded random factors. */
@@ -585,7 +591,7 @@ export class Engine {
     this.saved = { trainSteps: 0, trainedThroughId: 0 };
     this.modelRev = 0;
     this.modelStale = false;
-    this.scorer = new Scorer(this.table);
+    this.scorer = this.newScorer();
   }
 
   /** Revision of the stored weights this engine's table builds on ({@link persist}). */
@@ -972,7 +978,7 @@ export class Engine {
       // Events stored while it trained were not in its profile: they stay pending (auto-training sees them).
       this.saved = { ...this.saved, trainedAt: this.now(), trainSteps: this.saved.trainSteps + stats.steps, trainedThroughId: through };
       const old = this.scorer;
-      this.scorer = new Scorer(this.table);
+      this.scorer = this.newScorer();
       old.dispose();
       await this.persist();
       report({ phase: 'saving', done: 1, total: 1 });
@@ -1128,7 +1134,7 @@ export class Engine {
     this.heldGlobal = { table: r.global, hash: r.globalHash };
     this.saved = { ...this.saved, trainedAt: this.now(), trainedThroughId: Math.max(this.saved.trainedThroughId, through), globalHash: r.globalHash };
     const old = this.scorer;
-    this.scorer = new Scorer(this.table);
+    this.scorer = this.newScorer();
     old.dispose();
     await this.persist();
     if (changed) {

@@ -76,7 +76,8 @@ export async function loadCsv(path: string, m: CsvMapping, onRows?: (rows: numbe
       if (cols.weight >= 0) {
         const s = cell(record, cols.weight, at);
         weight = Number(s);
-        if (!Number.isFinite(weight)) throw new ValidationError(at(cols.weight), `'${s}' is not a finite number`);
+        // Stored as float32: a value beyond its range would turn into Infinity there.
+        if (!Number.isFinite(Math.fround(weight))) throw new ValidationError(at(cols.weight), `'${s}' is not a finite number (within ±3.4e38)`);
       }
       b.push(user, item, time, weight);
     }

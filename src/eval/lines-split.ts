@@ -75,7 +75,9 @@ export async function loadLinesSplit(trainPath: string, testPath: string): Promi
     }
     for (const it of seq) weight[base + at.get(it)!] += 1;
     ptr[u + 1] = tItems.length;
-    const held = [...new Set(test.get(u) ?? [])];
+    // Every model masks the user's training items, so a held-out item that is also on the training
+    // line could never be hit: it is not a test of next-item prediction, and it is left out.
+    const held = [...new Set(test.get(u) ?? [])].filter((it) => !at.has(it));
     testItems.push(...held);
     testPtr[u + 1] = testItems.length;
     if (held.length > 0) testUsers.push(u);

@@ -32,7 +32,8 @@ export function rankMetrics(list: ArrayLike<number>, held: ReadonlySet<number>, 
   // The ideal list puts every held-out item first, up to the cutoff k; a list shorter than k (fewer
   // rankable items) is not a smaller ideal, or NDCG would be inflated.
   for (let p = 0; p < Math.min(held.size, k); p++) idcg += 1 / Math.log2(p + 2);
-  return { hr: hits > 0 ? 1 : 0, ndcg: dcg / idcg, recall: hits / held.size };
+  // (k = 0, an empty list without an explicit cutoff: nothing was ranked, NDCG 0 rather than 0/0.)
+  return { hr: hits > 0 ? 1 : 0, ndcg: idcg > 0 ? dcg / idcg : 0, recall: hits / held.size };
 }
 
 /** Running means of per-user metrics plus catalog coverage (distinct items recommended / catalog size). */

@@ -3,6 +3,7 @@
  * spec like `sparse-ease:sparse-width=8:recency=1` overrides them for one model in one run.
  */
 import { ValidationError } from '../errors.js';
+import { MAX_NEIGHBOR_WIDTH } from '../model/neighbors.js';
 import { DenseEaseModel, SparseEaseModel } from './ease-model.js';
 import type { EvalModel } from './eval-model.js';
 import { CONFIDENCE_KINDS, checkWeighting, type HistoryWeighting } from './history-weighting.js';
@@ -173,6 +174,10 @@ export function planModels(spec: string, flags: Record<string, string>): ModelPl
         throw new ValidationError('options.models', `'${raw}': '${o}' is not PARAM=VALUE with PARAM one of ${entry.params.join(', ') || '(none)'}`);
       }
       params[key] = PARAMS[key].parse(o.slice(eq + 1), `--models ${raw}`);
+    }
+    // The neighbour file holds at most 256 per item: checked now, not after the models before it ran.
+    if (name === 'localrec' && (params['sparse-width'] as number) > MAX_NEIGHBOR_WIDTH) {
+      throw new ValidationError(over.some((o) => o.startsWith('sparse-width=')) ? `--models ${raw}` : '--sparse-width', `localrec's neighbour table holds at most ${MAX_NEIGHBOR_WIDTH} neighbours per item, got ${String(params['sparse-width'])}`);
     }
     plans.push({ label: raw, name, params });
   }

@@ -4,7 +4,7 @@
  * fewer than `minSupport` customers. Runs in Node (`localrec neighbors`, `localrec eval`).
  */
 import { ValidationError } from '../errors.js';
-import type { NeighborTable } from './neighbors.js';
+import { MAX_NEIGHBOR_WIDTH, type NeighborTable } from './neighbors.js';
 import { trainSparseEase, type UserItemLists } from './sparse-ease.js';
 
 export interface BuildNeighborOptions {
@@ -53,6 +53,9 @@ export function buildNeighborTable(
   if (!(l2 > 0) || !Number.isFinite(l2)) throw new ValidationError('neighbors.l2', `must be a number > 0, got ${l2}`);
   if (!Number.isInteger(minSupport) || minSupport < 1) throw new ValidationError('neighbors.minSupport', `must be a whole number ≥ 1, got ${minSupport}`);
   if (itemIds.length !== lists.nItems) throw new ValidationError('neighbors.itemIds', `has ${itemIds.length} ids for ${lists.nItems} items`);
+  if (!Number.isInteger(width) || width < 1 || width > MAX_NEIGHBOR_WIDTH) throw new ValidationError('neighbors.width', `must be an integer from 1 to ${MAX_NEIGHBOR_WIDTH}, got ${width}`);
+  // One customer counts once: repeat orders of the same item must not pass the support floor alone.
+  lists = distinctPerUser(lists);
   const m = trainSparseEase(lists, { l2, width, prune: 'row', positiveOnly: o.positiveOnly ?? true, solver: o.solver ?? 'auto', onProgress: o.onProgress });
   // Users of each item, ascending (the transpose of the lists), to count pair support.
   const n = lists.nItems;
@@ -99,4 +102,25 @@ export function buildNeighborTable(
     if (out > 0) report.itemsWithNeighbors++;
   }
   return { table: { itemIds: itemIds.slice(), width, index, weight }, report };
+}
+
+/** The lists with each user's repeated items kept once (the lists themselves when none repeats). */
+function distinctPerUser(lists: UserItemLists): UserItemLists {
+  const last = new Int32Array(lists.nItems).fill(-1);
+  const items: number[] = [];
+  const ptr = new Int32Array(lists.ptr.length);
+  let repeats = 0;
+  for (let u = 0; u + 1 < lists.ptr.length; u++) {
+    for (let e = lists.ptr[u]!; e < lists.ptr[u + 1]!; e++) {
+      const it = lists.items[e]!;
+      if (last[it] === u) {
+        repeats++;
+        continue;
+      }
+      last[it] = u;
+      items.push(it);
+    }
+    ptr[u + 1] = items.length;
+  }
+  return repeats === 0 ? lists : { ptr, items: Int32Array.from(items), nItems: lists.nItems };
 }

@@ -81,6 +81,7 @@ export function decodeNeighborTable(input: ArrayBuffer | ArrayBufferView): Neigh
   const version = dv.getUint8(4);
   if (version !== NEIGHBOR_FORMAT_VERSION) bad(`format version ${version} is not supported (this SDK reads ${NEIGHBOR_FORMAT_VERSION})`);
   const ib = dv.getUint8(5);
+  if (dv.getUint16(6, true) !== 0) bad('reserved header bytes 6–7 are not zero');
   const n = dv.getUint32(8, true);
   const width = dv.getUint32(12, true);
   const idBytes = dv.getUint32(16, true);
@@ -90,7 +91,8 @@ export function decodeNeighborTable(input: ArrayBuffer | ArrayBufferView): Neigh
   const slots = n * width;
   const expected = HEADER + idBytes + slots * (ib + 4);
   if (bytes.length !== expected) bad(`file is ${bytes.length} bytes, the header describes ${expected}`);
-  const dec = new TextDecoder('utf-8', { fatal: true });
+  // ignoreBOM: an id that starts with U+FEFF keeps it (it would no longer match the catalog).
+  const dec = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
   const itemIds: string[] = [];
   let p = HEADER;
   const idEnd = HEADER + idBytes;

@@ -42,6 +42,7 @@ export function checkNeighborTable(t: NeighborTable, field = 'neighbors'): void 
     if (seen.has(id)) throw new ValidationError(`${field}.itemIds[${i}]`, `duplicate id '${id}'`);
     seen.add(id);
   });
+  const seenIn = new Int32Array(n).fill(-1);
   for (let i = 0; i < n; i++) {
     let open = true;
     for (let s = 0; s < t.width; s++) {
@@ -55,6 +56,9 @@ export function checkNeighborTable(t: NeighborTable, field = 'neighbors'): void 
       }
       if (!open) throw new ValidationError(`${field}.index`, `item ${i} slot ${s} follows an unused slot`);
       if (!(j >= 0 && j < n) || j === i) throw new ValidationError(`${field}.index`, `item ${i} slot ${s} points to ${j}, outside 0..${n - 1} or to itself`);
+      // Twice in one row, it would be listed twice by similar() and counted twice in scores.
+      if (seenIn[j] === i) throw new ValidationError(`${field}.index`, `item ${i} lists neighbour ${j} twice`);
+      seenIn[j] = i;
       if (!Number.isFinite(w)) throw new ValidationError(`${field}.weight`, `item ${i} slot ${s} is not finite`);
     }
   }

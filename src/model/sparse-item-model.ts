@@ -24,7 +24,8 @@ export interface SparseItemModel {
  * weight per slot.
  */
 export function sparseBytesPerItem(m: SparseItemModel): number {
-  return m.width * ((m.nItems <= 65536 ? 2 : 4) + 4);
+  // As the file: 2-byte indices up to 65,535 items (0xFFFF marks an unused slot).
+  return m.width * ((m.nItems <= 0xffff ? 2 : 4) + 4);
 }
 
 /** A history entry the user side feeds to scoring: item index and its weight (confidence × recency). */

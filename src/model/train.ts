@@ -23,7 +23,7 @@ export interface TrainConfig {
   l2: number;
   /** How many earlier items form the context of a target. Default 20. */
   maxContext: number;
-  /** Softmax temperature: logits are divided by it. Default 0.1 (embeddings are kept near unit scale). */
+  /** Softmax temperature: logits are divided by it (and scores, by the engine's scorer and `localrec eval`). Default 1. */
   temperature: number;
   /**
    * Adagrad's starting accumulator when training starts from a fresh optimizer state. Tiny (the
@@ -126,6 +126,11 @@ export async function trainItemTable(
   const examples: Example[] = [];
   sequences.forEach((s, seq) => {
     if (s.rows.length !== s.weights.length) throw new ModelError(`sequence ${seq}: ${s.rows.length} rows but ${s.weights.length} weights`);
+    // A non-finite weight makes the context mean NaN, which would be written into the table.
+    for (let i = 0; i < s.weights.length; i++) {
+      const w = s.weights[i]!;
+      if (!(Number.isFinite(w) && w >= 0)) throw new ModelError(`sequence ${seq}: weight ${i} is ${w}; weights are finite numbers ≥ 0`);
+    }
     for (let pos = 1; pos < s.rows.length; pos++) {
       const r = s.rows[pos]!;
       if (!(r >= 0 && r < n)) throw new ModelError(`sequence ${seq}: row ${r} is outside the table (0..${n - 1})`);
@@ -274,6 +279,9 @@ export async function trainItemTable(
         for (let k = 0; k < d; k++) gV[li * d + k] += gCandArr[j * d + k]!;
         gB[li] += gBiasArr[j]!;
       }
+      // Checked before the step is applied: a diverged step must not write NaN into the table.
+      const l = lossArr[0]!;
+      if (!Number.isFinite(l)) throw new ModelError(`training diverged at step ${stats.steps + 1} (loss ${l}); lower the learning rate`);
       const lr = cfg.learningRate;
       rows.forEach((r, i) => {
         for (let k = 0; k < d; k++) {
@@ -290,8 +298,6 @@ export async function trainItemTable(
         touched[r] = 1;
         local[r] = -1;
       });
-      const l = lossArr[0]!;
-      if (!Number.isFinite(l)) throw new ModelError(`training diverged at step ${stats.steps + 1} (loss ${l}); lower the learning rate`);
       epochLoss += l;
       epochSteps++;
       stats.steps++;

@@ -150,6 +150,17 @@ describe('Engine', () => {
     await end;
   });
 
+  it('scores at the temperature it trains with (as localrec eval does); a bad training temperature is refused at start', async () => {
+    const temperatureOf = (e: Engine) => (e as unknown as { scorer: { temperature: number } }).scorer.temperature;
+    const e = await Engine.create({ ...base, store: new MemoryEventStore(), training: { temperature: 0.1 } });
+    assert.equal(temperatureOf(e), 0.1, 'after start');
+    e.enqueue([{ type: 'view', itemId: 'p1' }, { type: 'purchase', itemId: 'p2' }, { type: 'view', itemId: 'p3' }]);
+    await e.train({ epochs: 1 });
+    assert.equal(temperatureOf(e), 0.1, 'after training');
+    await e.close();
+    await assert.rejects(Engine.create({ ...base, store: new MemoryEventStore(), training: { temperature: 0 } }), /options\.training\.temperature: must be a number from 0\.001 to 100, got 0/);
+  });
+
   it('a damaged stored model record does not stop the engine from starting', async () => {
     for (const bad of [{ dim: 32 }, { dim: 32, itemIds: null }, { dim: 32, itemIds: 'ab' }, { dim: 32, itemIds: ['p0'], factors: [1], bias: [0] }]) {
       const store = new MemoryEventStore();

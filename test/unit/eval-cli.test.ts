@@ -78,6 +78,10 @@ test('option errors name the option and the allowed values', async () => {
   assert.throws(() => planModels('ease', { recency: '0' }), (e: unknown) => isValidationError(e) && e.field === '--recency');
   // A flag no listed model uses is still checked; a column flag the retail preset fixes is refused.
   assert.throws(() => planModels('popular', { 'knn-neighbors': '-5' }), (e: unknown) => isValidationError(e) && e.field === '--knn-neighbors');
+  // localrec's neighbour file holds at most 256 per item: refused when planned, before any model runs.
+  assert.throws(() => planModels('popular,localrec:sparse-width=300', {}), (e: unknown) => isValidationError(e) && e.field === '--models localrec:sparse-width=300' && /at most 256 neighbours per item, got 300/.test(e.message));
+  assert.throws(() => planModels('localrec', { 'sparse-width': '300' }), (e: unknown) => isValidationError(e) && e.field === '--sparse-width');
+  assert.equal(planModels('sparse-ease', { 'sparse-width': '300' })[0]!.params['sparse-width'], 300, 'sparse-ease itself may be wider');
   await fails({ format: 'retail', data: EVENTS, user: 'user' }, '--user', /is set by --format retail/);
   // A header alone (or only filtered rows) is an error, not a run that "scores" zeros.
   await fails({ data: write('header-only.csv', 'user,item\n'), user: 'user', item: 'item' }, 'options.data', /header-only\.csv has no data rows$/);

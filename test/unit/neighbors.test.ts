@@ -224,12 +224,17 @@ describe('Engine with a neighbour table', () => {
     const index = new Int32Array(n * width);
     const weight = new Float32Array(n * width);
     for (let i = 0; i < n; i++) {
+      const picked = new Set<number>();
       for (let s = 0; s < width; s++) {
-        index[i * width + s] = (i + 1 + Math.floor(rng.next() * (n - 1))) % n;
+        // Distinct neighbours per row (a file that repeats one is refused).
+        let j: number;
+        do j = (i + 1 + Math.floor(rng.next() * (n - 1))) % n;
+        while (picked.has(j));
+        picked.add(j);
+        index[i * width + s] = j;
         weight[i * width + s] = 0.05 + rng.next();
       }
     }
-    // A row may repeat a neighbour (the format allows it): both paths add the weights up.
     const table: NeighborTable = { itemIds: ids, width, index, weight };
     const cat = { items: ids.map((id, i) => ({ id, category: i % 3 === 0 ? 'a' : 'b' })) };
     // Zero factors: the factor model's scores are its biases, known here.

@@ -1,0 +1,77 @@
+/**
+ * Edge cases of the model and evaluation code found by review (stop 21): each was a silent wrong
+ * result before.
+ */
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, it } from 'node:test';
+import { loadCsv } from '../../src/eval/csv-loader.js';
+import { rankMetrics } from '../../src/eval/metrics.js';
+import { buildNeighborTable } from '../../src/model/build-neighbors.js';
+import { checkItemTable, createItemTable } from '../../src/model/item-table.js';
+import { checkNeighborTable, type NeighborTable } from '../../src/model/neighbors.js';
+import { decodeNeighborTable, encodeNeighborTable } from '../../src/model/neighbors-wire.js';
+import { emptySparseModel, sparseBytesPerItem } from '../../src/model/sparse-item-model.js';
+import { trainItemTable } from '../../src/model/train.js';
+import '../../src/model/tf.js';
+
+const table = (index: number[], weight: number[], itemIds = ['a', 'b', 'c']): NeighborTable => ({ itemIds, width: 2, index: Int32Array.from(index), weight: Float32Array.from(weight) });
+
+describe('neighbour tables', () => {
+  it('one customer counts once towards min-support, however often their lists repeat an item', () => {
+    // Customer 0 bought a and b three times each (three orders, not de-duplicated); 1 and 2 bought c and d.
+    const lists = { ptr: Int32Array.of(0, 6, 8, 10), items: Int32Array.of(0, 1, 0, 1, 0, 1, 2, 3, 2, 3), nItems: 4 };
+    const { report } = buildNeighborTable(lists, ['a', 'b', 'c', 'd'], { l2: 1, width: 2, minSupport: 3 });
+    assert.equal(report.pairs, 0, 'no pair has three customers behind it');
+    // Two customers with a and b, at support 2: the pair is published.
+    const two = { ptr: Int32Array.of(0, 4, 6), items: Int32Array.of(0, 1, 0, 1, 0, 1), nItems: 2 };
+    assert.equal(buildNeighborTable(two, ['a', 'b'], { l2: 1, width: 1, minSupport: 2 }).report.pairs, 2);
+    assert.throws(() => buildNeighborTable(two, ['a', 'b'], { width: 300 }), /neighbors\.width: must be an integer from 1 to 256, got 300/);
+  });
+
+  it('a row listing the same neighbour twice is refused (it would be shown twice and counted twice)', () => {
+    assert.throws(() => checkNeighborTable(table([1, 1, 0, -1, 0, -1], [0.5, 0.5, 0.3, 0, 0.2, 0])), /item 0 lists neighbour 1 twice/);
+    assert.doesNotThrow(() => checkNeighborTable(table([1, 2, 0, -1, 0, -1], [0.5, 0.5, 0.3, 0, 0.2, 0])));
+  });
+
+  it('the file keeps ids that start with U+FEFF, and refuses non-zero reserved bytes', () => {
+    const t = table([1, -1, 0, -1, -1, -1], [0.5, 0, 0.5, 0, 0, 0], ['\uFEFFsku1', 'sku2', 'sku1']);
+    const bytes = encodeNeighborTable(t);
+    assert.deepEqual(decodeNeighborTable(bytes).itemIds, t.itemIds);
+    const bad = bytes.slice();
+    bad[6] = 0xff;
+    assert.throws(() => decodeNeighborTable(bad), /reserved header bytes 6–7 are not zero/);
+  });
+
+  it('reports the file size of 65,536 items with 4-byte indices, as the file stores them', () => {
+    assert.equal(sparseBytesPerItem(emptySparseModel(65_535, 1, 'out')), 6);
+    assert.equal(sparseBytesPerItem(emptySparseModel(65_536, 1, 'out')), 8);
+  });
+});
+
+describe('training and evaluation', () => {
+  it('a non-finite history weight is refused before anything is written to the table', async () => {
+    const t = createItemTable(['a', 'b', 'c', 'd'], 4, { seed: 1 });
+    const before = t.factors.slice();
+    await assert.rejects(trainItemTable(t, [{ rows: [0, 1, 2], weights: [1, Infinity, 1] }], { epochs: 1 }), /sequence 0: weight 1 is Infinity; weights are finite numbers ≥ 0/);
+    assert.deepEqual(t.factors, before);
+    assert.doesNotThrow(() => checkItemTable(t));
+  });
+
+  it('NDCG of an empty list is 0, not NaN', () => {
+    assert.deepEqual(rankMetrics([], new Set([7])), { hr: 0, ndcg: 0, recall: 0 });
+  });
+
+  it('a CSV weight beyond float32 is refused by cell instead of becoming Infinity', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'model-edges-'));
+    try {
+      const f = join(dir, 'w.csv');
+      writeFileSync(f, 'u,i,w\n1,a,2\n1,b,1e39\n');
+      await assert.rejects(loadCsv(f, { user: 'u', item: 'i', weight: 'w' }), /'1e39' is not a finite number \(within ±3\.4e38\)/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
