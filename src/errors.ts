@@ -128,8 +128,12 @@ function hasName(e: unknown, name: string): boolean {
   return typeof e === 'object' && e !== null && (e as { name?: unknown }).name === name;
 }
 
-/** True for any error thrown by localrec, including ones rebuilt after crossing the worker boundary. */
+/**
+ * True for any error thrown by localrec, including ones rebuilt after crossing the worker boundary;
+ * not for the platform's own `DOMException` named `AbortError` (a host's cancelled `fetch`).
+ */
 export function isLocalrecError(e: unknown): e is LocalrecError {
+  if (typeof DOMException !== 'undefined' && e instanceof DOMException) return false;
   return typeof e === 'object' && e !== null && (NAMES as readonly unknown[]).includes((e as { name?: unknown }).name);
 }
 export const isValidationError = (e: unknown): e is ValidationError => hasName(e, 'ValidationError');

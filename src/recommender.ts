@@ -117,6 +117,12 @@ function revive<T>(p: Promise<T>): Promise<T> {
   });
 }
 
+/** `o` after checking its keys (undefined passes): what a method's options may hold. */
+function checkedKeys<T>(o: T, keys: readonly string[]): T {
+  if (o !== undefined) knownKeys(o, 'options', keys);
+  return o;
+}
+
 /**
  * Starts localrec on the page: spawns the module worker (TensorFlow.js, IndexedDB and training all
  * live there), picks a backend, and loads saved weights.
@@ -155,6 +161,8 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
   }
   let neighbors: { url: string; timeoutMs?: number } | undefined;
   if (options.neighbors !== undefined) {
+    // Checked here: the object is rebuilt below, and the worker would never see a typo'd key.
+    knownKeys(options.neighbors, 'options.neighbors', OPTION_KEYS.neighbors);
     const u = options.neighbors?.url;
     if (typeof u !== 'string' && !(u instanceof URL)) throw new ValidationError('options.neighbors.url', 'must be the URL of the neighbour file (string or URL)');
     // Resolved here: inside the worker a relative URL would resolve against the worker script.
@@ -176,6 +184,18 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
   const gpc = (globalThis.navigator as { globalPrivacyControl?: boolean } | undefined)?.globalPrivacyControl === true;
   let consented = !required;
   let dropped = 0;
+  /** setConsent() calls granting personalization that are under way, and what was tracked meanwhile. */
+  let granting = 0;
+  let heldForConsent: unknown[] = [];
+  // A consent change made in another tab reaches this tab's worker (its engine follows it); the
+  // page's own gate follows it here, on the same channel, or this tab would drop every event.
+  const tabs = typeof BroadcastChannel === 'undefined' ? undefined : new BroadcastChannel(`localrec:${dbName}`);
+  if (tabs) {
+    tabs.onmessage = (ev: MessageEvent) => {
+      const m = ev.data as { type?: unknown; personalization?: unknown };
+      if (m?.type === 'consent' && typeof m.personalization === 'boolean') consented = m.personalization;
+    };
+  }
   // A worker script that cannot be loaded (a wrong workerUrl, a 404, a CSP without worker-src)
   // reports only an `error` event: without this, init would wait for ever.
   const failedToStart = new Promise<never>((_resolve, reject) => {
@@ -196,6 +216,7 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
   /** Stops the worker once it is taken for dead; `stop` once the recommender is built. */
   let halt = () => {
     closed = true;
+    tabs?.close();
     worker.terminate();
   };
   let declareDead!: (e: ClosedError) => void;
@@ -296,7 +317,12 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
   };
   /** Runs a worker call after every event tracked so far has reached the worker. */
   const call = <T>(f: () => Promise<T>): Promise<T> => {
-    open();
+    // Every method but track() is async: a closed recommender rejects, it does not throw.
+    try {
+      open();
+    } catch (e) {
+      return Promise.reject(e);
+    }
     const p = Promise.race([revive(synced().then(f)), dead]);
     waitOn(p);
     return p;
@@ -353,6 +379,7 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
     clearTimeout(watchdog);
     watchdog = undefined;
     channel.port1.onmessage = null;
+    tabs?.close();
     globalThis.removeEventListener?.('pagehide', onHide);
     globalThis.document?.removeEventListener?.('visibilitychange', onHide);
     channel.port1.close();
@@ -366,8 +393,10 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
       // Validated here too so that the caller gets the error at the call site.
       const valid = validateEvent(event);
       if (!consented) {
-        // Before consent the event does not even leave the page's thread.
-        dropped++;
+        // While the shopper's grant is being applied, what they do is kept on the page until it
+        // is; before consent the event does not even leave the page's thread.
+        if (granting) heldForConsent.push(valid);
+        else dropped++;
         return;
       }
       // Events tracked in one task go to the worker in one message: a burst of track() calls
@@ -375,11 +404,14 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
       pending.push(valid);
       if (pending.length === 1) queueMicrotask(post);
     },
-    recommend: (o) => call(() => api.recommend(o)),
-    similar: (id, o) => call(() => api.similar(id, o)),
+    // Option keys are checked on the page too: a value that cannot be copied to the worker (a
+    // function, an AbortSignal) under a wrong key would fail there as a DataCloneError.
+    recommend: (o) => call(() => api.recommend(checkedKeys(o, OPTION_KEYS.recommend))),
+    similar: (id, o) => call(() => api.similar(id, checkedKeys(o, OPTION_KEYS.similar))),
     async train(o: TrainOptions = {}) {
       open();
       if (typeof o !== 'object' || o === null) throw new ValidationError('options', 'must be an object like { epochs, onProgress }');
+      knownKeys(o, 'options', OPTION_KEYS.train);
       const { onProgress, ...plain } = o;
       if (onProgress !== undefined && typeof onProgress !== 'function') throw new ValidationError('options.onProgress', `must be a function, got ${typeof onProgress}`);
       return call(() => api.train(plain, onProgress ? Comlink.proxy(onProgress) : undefined));
@@ -391,8 +423,21 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
     async setConsent(c) {
       open();
       if (typeof c !== 'object' || c === null) throw new ValidationError('consent', 'must be an object like { personalization: true, federated: false }');
-      await call(() => api.setConsent(c));
-      if (c.personalization !== undefined) consented = c.personalization;
+      const grant = c.personalization === true && !consented;
+      if (grant) granting++;
+      try {
+        await call(() => api.setConsent(c));
+        if (c.personalization !== undefined) consented = c.personalization;
+      } finally {
+        if (grant && --granting === 0) {
+          const held = heldForConsent;
+          heldForConsent = [];
+          if (consented && !closed && !ending) {
+            pending.push(...held);
+            post();
+          } else dropped += held.length;
+        }
+      }
     },
     async audit() {
       const a = await call(() => api.audit());
@@ -400,7 +445,7 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
     },
     export: () => call(() => api.exportData()),
     setOffers: (signed) => call(() => api.setOffers(signed)),
-    offers: (o) => call(() => api.offers(o)),
+    offers: (o) => call(() => api.offers(checkedKeys(o, OPTION_KEYS.offersCall))),
     setNeighbors: (file) => call(() => api.setNeighbors(file)),
     async sync(o: SyncControl = {}) {
       open();
@@ -409,6 +454,9 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
       const { onProgress, signal, contribute } = o;
       if (onProgress !== undefined && typeof onProgress !== 'function') throw new ValidationError('options.onProgress', `must be a function, got ${typeof onProgress}`);
       if (contribute !== undefined && typeof contribute !== 'boolean') throw new ValidationError('options.contribute', `must be true or false, got ${describeValue(contribute)}`);
+      if (signal !== undefined && !(typeof AbortSignal !== 'undefined' && signal instanceof AbortSignal)) {
+        throw new ValidationError('options.signal', `must be an AbortSignal, got ${describeValue(signal)}`);
+      }
       if (signal?.aborted) throw syncCancelled('before it started');
       // An AbortSignal cannot cross postMessage: the page forwards its abort to the worker, naming
       // this call, so that it cancels this call (and the sync it runs or joined), not another one.

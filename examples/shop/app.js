@@ -403,10 +403,22 @@ function showConsent(show) {
   $('consent-banner').hidden = !show;
 }
 
+/** The model panel as on a fresh device: what it showed came from data that is now gone. */
+function forgetModelPanel() {
+  state.lastSync = null;
+  $('sync-result').textContent = 'This device has not synced yet.';
+  delete $('sync-result').dataset.kind;
+  state.losses = [];
+  state.runs = 0;
+  $('loss-caption').textContent = 'Training loss appears here after the first training run.';
+}
+
 async function chooseConsent(personalization, federated) {
   if (!state.rec) return;
   try {
     await state.rec.setConsent({ personalization, federated });
+    // Declining erases what was stored and the personal model: the panel forgets them too.
+    if (!personalization) forgetModelPanel();
     showConsent(false);
     setStatus(
       personalization
@@ -704,7 +716,11 @@ function openProduct(id, via) {
   if (!dlg.open) dlg.showModal();
   dlg.scrollTop = 0;
   const gen = state.generation;
-  state.rec
+  // The recommender may not exist yet (still starting) or no more (being erased): the dialog shows
+  // the product, without similar items or an offer.
+  const rec = state.rec;
+  if (!rec) return;
+  rec
     .similar(id, { k: 6 })
     .then((alike) => {
       if (gen !== state.generation || state.open !== id) return;
@@ -712,7 +728,7 @@ function openProduct(id, via) {
     })
     .catch(fail);
   if (state.signedOffers) {
-    state.rec
+    rec
       .offers({ k: 1, context: { cart: cartLines(), page: 'product', itemId: id } })
       .then((offers) => {
         if (gen !== state.generation || state.open !== id) return;
@@ -818,12 +834,7 @@ async function erase() {
     await rec.erase();
     state.cart.clear();
     state.appliedOffer = null;
-    state.lastSync = null;
-    $('sync-result').textContent = 'This device has not synced yet.';
-    delete $('sync-result').dataset.kind;
-    state.losses = [];
-    state.runs = 0;
-    $('loss-caption').textContent = 'Training loss appears here after the first training run.';
+    forgetModelPanel();
     renderCart();
     await startRecommender();
     setStatus('Erased: every event and the personal model are gone from this device.', 'ok');

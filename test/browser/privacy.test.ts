@@ -363,6 +363,67 @@ describe('privacy in Chromium', () => {
     }
   });
 
+  it('consent given in one tab opens the other tab\'s gate; what is tracked while a grant is applied is kept; calls after close() reject', async () => {
+    const context = await browser.newContext();
+    const tab = async (): Promise<Page> => {
+      const page = await context.newPage();
+      await page.addInitScript('globalThis.__name = (f) => f;');
+      await page.goto(`${server.url}/test/browser/pages/sdk.html`);
+      await page.waitForFunction(() => (window as any).ready === true);
+      return page;
+    };
+    try {
+      const [a, b] = [await tab(), await tab()];
+      const start = (page: Page) =>
+        page.evaluate(async ({ catalog }) => {
+          const { createRecommender } = (window as any).localrec;
+          (window as any).rec = await createRecommender({ catalog, backend: 'wasm', dbName: 'consent-tabs', consent: 'required', autoTrainEvery: 0, model: { dim: 16 } });
+        }, { catalog: CATALOG });
+      await start(a);
+      await start(b);
+      // Tab a: the shopper accepts, and clicks on before the grant has been applied.
+      const inA = await a.evaluate(async () => {
+        const rec = (window as any).rec;
+        const granted = rec.setConsent({ personalization: true });
+        rec.track({ type: 'view', itemId: 'sku-1003' });
+        await granted;
+        await rec.flush();
+        const s = await rec.stats();
+        return { total: s.events.total, dropped: s.dropped };
+      });
+      assert.deepEqual(inA, { total: 1, dropped: 0 }, 'the view made while the grant was applied is stored');
+      // Tab b hears of it (its worker and its page gate): its events are stored too.
+      await b.waitForFunction(async () => (await (window as any).rec.audit()).consent.personalization === true, null, { timeout: 10_000 });
+      const inB = await b.evaluate(async () => {
+        const rec = (window as any).rec;
+        rec.track({ type: 'view', itemId: 'sku-1017' });
+        rec.track({ type: 'view', itemId: 'sku-1042' });
+        await rec.flush();
+        const s = await rec.stats();
+        return { total: s.events.total, dropped: s.dropped };
+      });
+      assert.deepEqual(inB, { total: 3, dropped: 0 }, 'tab b stores its events once consent was given in tab a');
+      // Options a worker could not receive are refused by name; a closed recommender rejects.
+      const after = await b.evaluate(async () => {
+        const rec = (window as any).rec;
+        const bad = await rec.recommend({ k: 2, filter: () => true }).then(() => 'resolved', (e: Error) => `${e.name}: ${e.message}`);
+        await rec.close();
+        let how = 'no error';
+        try {
+          await rec.recommend({ k: 2 }).catch((e: Error) => (how = `rejected ${e.name}`));
+        } catch (e) {
+          how = `threw ${(e as Error).name}`;
+        }
+        return { bad, how };
+      });
+      assert.equal(after.bad, 'ValidationError: options.filter: is not an option (known: k, exclude, category)');
+      assert.equal(after.how, 'rejected ClosedError');
+      await a.evaluate(() => (window as any).rec.erase());
+    } finally {
+      await context.close();
+    }
+  });
+
   it('makes no sync request when the browser sends Global Privacy Control', async () => {
     const page = await sdkPage(`Object.defineProperty(Navigator.prototype, 'globalPrivacyControl', { get: () => true });`);
     const requests: string[] = [];

@@ -323,3 +323,12 @@ test('property: an Engine fed random valid/invalid batches stores exactly the va
     { seed: SEED, numRuns: 30 },
   );
 });
+
+test("isLocalrecError: localrec's AbortError yes, the platform's own AbortError (a host's cancelled fetch) no", async () => {
+  const { AbortError, isAbortError } = await import('../../src/errors.js');
+  const ours = new AbortError('sync cancelled');
+  const theirs = new DOMException('The operation was aborted.', 'AbortError');
+  assert.equal(isLocalrecError(ours), true);
+  assert.equal(isLocalrecError(theirs), false);
+  assert.ok(isAbortError(ours) && isAbortError(theirs), 'isAbortError takes both, as documented');
+});
