@@ -163,6 +163,16 @@ describe('Engine.offers with the shop’s learned affinity', () => {
     assert.deepEqual((await later.offers({ k: 3, exploration: 0 })).map((o) => o.offerId).sort(), ['bag', 'candles', 'mugs']);
     await later.erase();
   });
+  /** Two tabs' engines on one database (catalog without a snapshot); tab a installed version 1 (the bag offer). */
+  async function twoTabs(prefix: string) {
+    const { affinity: _a, ...plain } = catalog();
+    const opts = { catalog: { items }, backend: 'cpu' as const, autoTrainEvery: 0, dbName: `${prefix}-${Date.now()}`, now: () => NOW, offers: { publicKey: keys.publicJwk } };
+    const a = await Engine.create(opts);
+    const b = await Engine.create(opts);
+    await a.setOffers(await signOfferCatalog({ ...plain, version: 1, offers: [offers[0]!] }, keys.privateJwk));
+    return { plain, opts, a, b };
+  }
+
   it('granting consent keeps a newer stored catalog over an older one installed before consent', async () => {
     const { affinity: _a, ...plain } = catalog();
     const dbName = `offers-downgrade-${Date.now()}`;
@@ -180,12 +190,7 @@ describe('Engine.offers with the shop’s learned affinity', () => {
   });
 
   it('two tabs, and two calls at once: the older catalog is refused, the newer one stays installed', async () => {
-    const { affinity: _a, ...plain } = catalog();
-    const dbName = `offers-tabs-${Date.now()}`;
-    const opts = { catalog: { items }, backend: 'cpu' as const, autoTrainEvery: 0, dbName, now: () => NOW, offers: { publicKey: keys.publicJwk } };
-    const a = await Engine.create(opts);
-    const b = await Engine.create(opts);
-    await a.setOffers(await signOfferCatalog({ ...plain, version: 1, offers: [offers[0]!] }, keys.privateJwk));
+    const { plain, opts, a, b } = await twoTabs('offers-tabs');
     await b.setOffers(await signOfferCatalog({ ...plain, version: 5, offers: [offers[1]!] }, keys.privateJwk));
     await assert.rejects(a.setOffers(await signOfferCatalog({ ...plain, version: 3, offers: [offers[2]!] }, keys.privateJwk)), /catalog\.version: is 3, older than the installed catalog's 5/);
     await new Promise((r) => setTimeout(r, 20)); // b's message reaches a
@@ -203,13 +208,9 @@ describe('Engine.offers with the shop’s learned affinity', () => {
     await c.close();
     await b.erase();
   });
+
   it("another tab's new catalog arriving while offers() runs does not break that call", async () => {
-    const { affinity: _a, ...plain } = catalog();
-    const dbName = `offers-msg-${Date.now()}`;
-    const opts = { catalog: { items }, backend: 'cpu' as const, autoTrainEvery: 0, dbName, now: () => NOW, offers: { publicKey: keys.publicJwk } };
-    const a = await Engine.create(opts);
-    const b = await Engine.create(opts);
-    await a.setOffers(await signOfferCatalog({ ...plain, version: 1, offers: [offers[0]!] }, keys.privateJwk));
+    const { plain, a, b } = await twoTabs('offers-msg');
     await a.offers({ k: 1, exploration: 0 }); // the catalog is held in memory
     const v5 = await signOfferCatalog({ ...plain, version: 5, offers }, keys.privateJwk);
     // Tab b installs v5 while tab a's offers() reads its history.

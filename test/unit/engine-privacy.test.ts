@@ -2,8 +2,8 @@ import 'fake-indexeddb/auto';
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { Engine } from '../../src/engine/engine.js';
-import { IdbEventStore } from '../../src/events/store.js';
 import { isConsentError } from '../../src/errors.js';
+import { storeSignallingReads } from './engine-helpers.js';
 import '../../src/model/tf.js';
 
 const catalog = { items: Array.from({ length: 20 }, (_, i) => ({ id: `p${i}`, popularity: 20 - i })) };
@@ -82,15 +82,7 @@ describe('consent', () => {
   });
 
   it('a history read under way when consent is withdrawn is not reused afterwards', async () => {
-    const store = await IdbEventStore.open(dbName());
-    let readStarted!: () => void;
-    const reading = new Promise<void>((r) => (readStarted = r));
-    const all = store.all.bind(store);
-    store.all = () => {
-      const p = all();
-      readStarted();
-      return p;
-    };
+    const { store, reading } = await storeSignallingReads(dbName());
     const e = await Engine.create({ catalog, backend: 'cpu', autoTrainEvery: 0, store });
     e.enqueue([{ type: 'purchase', itemId: 'p7' }, { type: 'view', itemId: 'p9' }]);
     await e.flush();

@@ -4,6 +4,7 @@ import { describe, it } from 'node:test';
 import { Engine, MODEL_KEY } from '../../src/engine/engine.js';
 import { IdbEventStore, MemoryEventStore } from '../../src/events/store.js';
 import { isValidationError } from '../../src/errors.js';
+import { storeSignallingReads } from './engine-helpers.js';
 import '../../src/model/tf.js';
 
 const catalog = {
@@ -60,15 +61,7 @@ describe('Engine', () => {
   });
 
   it('an event tracked while another call reads the history is seen by the next recommend()', async () => {
-    const store = await IdbEventStore.open(dbName());
-    let readStarted!: () => void;
-    const reading = new Promise<void>((r) => (readStarted = r));
-    const all = store.all.bind(store);
-    store.all = () => {
-      const p = all();
-      readStarted();
-      return p;
-    };
+    const { store, reading } = await storeSignallingReads(dbName());
     const e = await Engine.create({ ...base, store });
     e.enqueue([{ type: 'view', itemId: 'p5' }]);
     await e.flush();
