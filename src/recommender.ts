@@ -187,15 +187,15 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
   /** setConsent() calls granting personalization that are under way, and what was tracked meanwhile. */
   let granting = 0;
   let heldForConsent: unknown[] = [];
-  // A consent change made in another tab reaches this tab's worker (its engine follows it); the
-  // page's own gate follows it here, on the same channel, or this tab would drop every event.
-  const tabs = typeof BroadcastChannel === 'undefined' ? undefined : new BroadcastChannel(`localrec:${dbName}`);
-  if (tabs) {
-    tabs.onmessage = (ev: MessageEvent) => {
-      const m = ev.data as { type?: unknown; personalization?: unknown };
-      if (m?.type === 'consent' && typeof m.personalization === 'boolean') consented = m.personalization;
-    };
-  }
+  // The page's gate follows the worker's consent: its own setConsent() replies, and every change
+  // the engine applies (another tab's too, or this tab would drop every event) told over the track
+  // port. Each carries the engine's count of changes: the latest wins, whichever port is faster.
+  let gateVersion = 0;
+  const gate = (personalization: boolean, version: number) => {
+    if (version <= gateVersion) return;
+    gateVersion = version;
+    consented = personalization;
+  };
   // A worker script that cannot be loaded (a wrong workerUrl, a 404, a CSP without worker-src)
   // reports only an `error` event: without this, init would wait for ever.
   const failedToStart = new Promise<never>((_resolve, reject) => {
@@ -216,7 +216,6 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
   /** Stops the worker once it is taken for dead; `stop` once the recommender is built. */
   let halt = () => {
     closed = true;
-    tabs?.close();
     worker.terminate();
   };
   let declareDead!: (e: ClosedError) => void;
@@ -235,7 +234,9 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
    */
   let answered = false;
   channel.port1.onmessage = (ev: MessageEvent) => {
-    if (typeof (ev.data as { pong?: unknown })?.pong !== 'number') return;
+    const m = ev.data as { pong?: unknown; consent?: unknown; v?: unknown };
+    if (typeof m?.consent === 'boolean' && typeof m.v === 'number') gate(m.consent, m.v);
+    if (typeof m?.pong !== 'number') return;
     unansweredSince = undefined;
     answered = true;
   };
@@ -379,7 +380,6 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
     clearTimeout(watchdog);
     watchdog = undefined;
     channel.port1.onmessage = null;
-    tabs?.close();
     globalThis.removeEventListener?.('pagehide', onHide);
     globalThis.document?.removeEventListener?.('visibilitychange', onHide);
     channel.port1.close();
@@ -426,13 +426,14 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
       const grant = c.personalization === true && !consented;
       if (grant) granting++;
       try {
-        await call(() => api.setConsent(c));
-        if (c.personalization !== undefined) consented = c.personalization;
+        const state = await call(() => api.setConsent(c));
+        gate(state.personalization, state.version);
       } finally {
         if (grant && --granting === 0) {
           const held = heldForConsent;
           heldForConsent = [];
-          if (consented && !closed && !ending) {
+          // Granted: sent (a close() under way posts them before it ends); else dropped and counted.
+          if (consented && !closed && ending?.kind !== 'erase') {
             pending.push(...held);
             post();
           } else dropped += held.length;
@@ -445,7 +446,11 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
     },
     export: () => call(() => api.exportData()),
     setOffers: (signed) => call(() => api.setOffers(signed)),
-    offers: (o) => call(() => api.offers(checkedKeys(o, OPTION_KEYS.offersCall))),
+    offers: (o) =>
+      call(() => {
+        knownKeys(checkedKeys(o, OPTION_KEYS.offersCall)?.context, 'options.context', OPTION_KEYS.offerContext);
+        return api.offers(o);
+      }),
     setNeighbors: (file) => call(() => api.setNeighbors(file)),
     async sync(o: SyncControl = {}) {
       open();
@@ -454,7 +459,8 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
       const { onProgress, signal, contribute } = o;
       if (onProgress !== undefined && typeof onProgress !== 'function') throw new ValidationError('options.onProgress', `must be a function, got ${typeof onProgress}`);
       if (contribute !== undefined && typeof contribute !== 'boolean') throw new ValidationError('options.contribute', `must be true or false, got ${describeValue(contribute)}`);
-      if (signal !== undefined && !(typeof AbortSignal !== 'undefined' && signal instanceof AbortSignal)) {
+      // (Duck-typed: an AbortSignal from another realm, an iframe's, is one too.)
+      if (signal !== undefined && !(typeof signal === 'object' && signal !== null && typeof signal.aborted === 'boolean' && typeof signal.addEventListener === 'function')) {
         throw new ValidationError('options.signal', `must be an AbortSignal, got ${describeValue(signal)}`);
       }
       if (signal?.aborted) throw syncCancelled('before it started');

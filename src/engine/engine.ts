@@ -73,6 +73,11 @@ export interface EngineOptions {
   now?: () => number;
   /** A ready store, for tests; otherwise IndexedDB (or memory when IndexedDB is unavailable). */
   store?: EventStore;
+  /**
+   * Told after every consent change is applied, this tab's or another tab's: whether events are
+   * stored now, and a number that grows with each change (the worker tells the page's gate).
+   */
+  onConsent?: (personalization: boolean, version: number) => void;
 }
 
 /** What is persisted in the `meta` store under {@link MODEL_KEY}. */
@@ -178,7 +183,7 @@ const FLUSH_DELAY_MS = 25;
 const FLUSH_MAX = 200;
 
 /** The keys {@link Engine.create} accepts: the page's options plus what the worker and tests add. */
-const ENGINE_KEYS = [...OPTION_KEYS.recommender.filter((k) => k !== 'workerUrl'), 'backendCandidates', 'training', 'fetch', 'globalPrivacyControl', 'honorGlobalPrivacyControl', 'now', 'store'];
+const ENGINE_KEYS = [...OPTION_KEYS.recommender.filter((k) => k !== 'workerUrl'), 'backendCandidates', 'training', 'fetch', 'globalPrivacyControl', 'honorGlobalPrivacyControl', 'now', 'store', 'onConsent'];
 
 /** True for an absolute http:// or https:// URL (the worker has no page to resolve a relative one against). */
 function isHttpUrl(u: unknown): u is string {
@@ -479,11 +484,36 @@ export class Engine {
     this.tell({ type: 'consent', ...next });
   }
 
+  /** Whether events are stored now, and how many consent changes have been applied (see `onConsent`). */
+  consentState(): { personalization: boolean; version: number } {
+    return { personalization: this.consent.personalization, version: this.consentVersion };
+  }
+
+  private consentVersion = 0;
+
+  private consentApplied(): void {
+    this.consentVersion++;
+    try {
+      this.opts.onConsent?.(this.consent.personalization, this.consentVersion);
+    } catch {
+      // A listener that throws changes nothing here.
+    }
+  }
+
   /**
    * Moves to `next` consent: from `setConsent`, or from another tab's (`another-tab`: that tab has
    * already erased or opened the database; this one only drops or opens its own handle and state).
    */
   private async applyConsent(next: { personalization: boolean; federated: boolean }, source: ConsentRecord['source']): Promise<void> {
+    try {
+      await this.applyConsentSteps(next, source);
+    } finally {
+      // Whatever became of the steps, this.consent is `next` (or a later change's): say so.
+      this.consentApplied();
+    }
+  }
+
+  private async applyConsentSteps(next: { personalization: boolean; federated: boolean }, source: ConsentRecord['source']): Promise<void> {
     const was = this.consent.personalization;
     if (next.personalization && next.federated && !(this.consent.personalization && this.consent.federated)) this.scheduleAutoSync(AUTO_SYNC_FIRST_DELAY_MS);
     this.consent = next;

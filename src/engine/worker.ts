@@ -75,7 +75,8 @@ function onTrack(ev: MessageEvent): void {
 export const workerApi = {
   async init(options: Omit<EngineOptions, 'store' | 'now'>, trackPort: MessagePort): Promise<void> {
     trackPort.onmessage = onTrack;
-    starting ??= Engine.create(options);
+    // The page's consent gate follows this engine's consent, told over the (ordered) track port.
+    starting ??= Engine.create({ ...options, onConsent: (consent, v) => trackPort.postMessage({ consent, v }) });
     engine = await starting;
     const pending = early;
     early = [];
@@ -141,7 +142,10 @@ export const workerApi = {
     abort?.abort();
     return abort !== undefined;
   },
-  setConsent: (c: { personalization?: boolean; federated?: boolean }) => ready().setConsent(c),
+  async setConsent(c: { personalization?: boolean; federated?: boolean }) {
+    await ready().setConsent(c);
+    return ready().consentState();
+  },
   audit: () => ready().audit(),
   setOffers: (signed: unknown) => ready().setOffers(signed),
   setNeighbors: (data: ArrayBuffer | ArrayBufferView) => ready().setNeighbors(data),

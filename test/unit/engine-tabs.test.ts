@@ -60,6 +60,23 @@ describe('two tabs on one device', () => {
     await b.close();
   });
 
+  it('tell their page every consent change they apply, another tab\'s too, numbered so the latest wins', async () => {
+    const heard: Array<[string, boolean, number]> = [];
+    const name = dbName();
+    const open = (tab: string) => Engine.create({ catalog, backend: 'cpu', dbName: name, autoTrainEvery: 0, model: { dim: 8 }, onConsent: (p, v) => heard.push([tab, p, v]) });
+    const [a, b] = [await open('a'), await open('b')];
+    await a.setConsent({ personalization: false });
+    await settle();
+    assert.deepEqual(heard, [['a', false, 1], ['b', false, 1]], 'the withdrawal in a reached b, and both told their page');
+    assert.deepEqual(b.consentState(), { personalization: false, version: 1 });
+    await b.setConsent({ personalization: true });
+    await settle();
+    assert.deepEqual(heard.slice(2), [['b', true, 2], ['a', true, 2]]);
+    assert.deepEqual(a.consentState(), { personalization: true, version: 2 });
+    await a.close();
+    await b.erase();
+  });
+
   it('see each other’s events at once', async () => {
     const [a, b] = await tabs(dbName());
     assert.ok((await b.recommend({ k: 40, exclude: 'purchased' })).some((r) => r.itemId === 'sku-3'));
