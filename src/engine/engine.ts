@@ -176,7 +176,7 @@ type TabMessage =
   | { type: 'model' }
   | { type: 'offers' }
   | { type: 'erased' }
-  | { type: 'consent'; personalization: boolean; federated: boolean };
+  | { type: 'consent'; personalization: boolean; federated: boolean; at?: number };
 /** The egress log keeps this many most recent requests. */
 const EGRESS_MAX = 1000;
 const FLUSH_DELAY_MS = 25;
@@ -408,6 +408,10 @@ export class Engine {
         this.store.existsAgain?.();
         return;
       case 'consent':
+        // The latest request wins in every tab: a change asked for before this tab's own last one
+        // (the two tabs changed consent at the same moment) is not applied over it.
+        if (typeof m.at === 'number' && m.at < this.consentAt) return;
+        if (typeof m.at === 'number') this.consentAt = m.at;
         if (m.personalization !== this.consent.personalization || m.federated !== this.consent.federated) {
           await this.applyConsent({ personalization: m.personalization, federated: m.federated }, 'another-tab');
         }
@@ -479,10 +483,16 @@ export class Engine {
       if (c[k] !== undefined && typeof c[k] !== 'boolean') throw new ValidationError(`consent.${k}`, `must be true or false, got ${describeValue(c[k])}`);
     }
     const next = { personalization: c.personalization ?? this.consent.personalization, federated: c.federated ?? this.consent.federated };
+    // When the shopper asked: another tab's change asked for earlier does not undo this one.
+    const at = Math.max(this.now(), this.consentAt);
+    this.consentAt = at;
     await this.applyConsent(next, 'setConsent');
     // The shop's other tabs on this device follow (their engines share this database).
-    this.tell({ type: 'consent', ...next });
+    this.tell({ type: 'consent', ...next, at });
   }
+
+  /** When the consent this tab follows was asked for (its own setConsent's, or another tab's). */
+  private consentAt = -Infinity;
 
   /** Whether events are stored now, and how many consent changes have been applied (see `onConsent`). */
   consentState(): { personalization: boolean; version: number } {

@@ -77,6 +77,28 @@ describe('two tabs on one device', () => {
     await b.erase();
   });
 
+  it('two tabs changing consent at the same moment end in the same state: the later request wins', async () => {
+    for (let round = 0; round < 6; round++) {
+      let clock = Date.UTC(2026, 0, 1);
+      const name = dbName();
+      const open = () => Engine.create({ catalog, backend: 'cpu', dbName: name, autoTrainEvery: 0, model: { dim: 8 }, now: () => clock });
+      const [a, b] = [await open(), await open()];
+      // a asks first, b a moment later, for the opposite; both run at once. (Federated consent:
+      // a personalization withdrawal also erases the database under the other tab's grant.)
+      const want = round % 2 === 0;
+      const first = a.setConsent({ federated: !want });
+      clock += 1000;
+      const second = b.setConsent({ federated: want });
+      await Promise.all([first, second]);
+      await settle();
+      await settle();
+      const federated = async (e: Engine) => (await e.audit()).consent.current.federated;
+      assert.deepEqual([await federated(a), await federated(b)], [want, want], `round ${round}: b's later request holds in both tabs`);
+      await a.close();
+      await b.erase();
+    }
+  });
+
   it('see each other’s events at once', async () => {
     const [a, b] = await tabs(dbName());
     assert.ok((await b.recommend({ k: 40, exclude: 'purchased' })).some((r) => r.itemId === 'sku-3'));
