@@ -17,7 +17,7 @@ import { decodeModel, encodeModel, sha256, toHex } from '../federated/wire.js';
 import type { SparseItemModel } from '../model/sparse-item-model.js';
 import { checkTrainConfig, DEFAULT_TRAIN_CONFIG, trainItemTable, type TrainConfig } from '../model/train.js';
 import { RdpAccountant, type AccountantState } from '../federated/dp.js';
-import { pullOnce, syncOnce, type EgressEntry, type FetchLike } from '../federated/sync.js';
+import { PRIVATE_FETCH, pullOnce, syncOnce, type EgressEntry, type FetchLike } from '../federated/sync.js';
 import type {
   BackendName,
   Progress,
@@ -438,6 +438,8 @@ export class Engine {
     this.queue = [];
     this.dropEventCache();
     // The offer catalog and the neighbour table stay in memory: the shop's public data, not the shopper's.
+    // Of the consent records only the one in force is kept: the erased history is not written back.
+    this.consentHistory = this.consentHistory.slice(-1);
     this.consentDirty = true;
     this.scorer.dispose();
     this.resetModel();
@@ -554,8 +556,10 @@ export class Engine {
       await this.training?.catch(() => undefined);
       this.queue = [];
       // Nothing from before the withdrawal carries over, not even the model it last received (its
-      // hash in If-None-Match would link the sessions before and after at the server).
+      // hash in If-None-Match would link the sessions before and after at the server), nor the
+      // consent records before the withdrawal's own.
       this.heldGlobal = undefined;
+      this.consentHistory = this.consentHistory.slice(-1);
       if (source === 'another-tab') this.store.close();
       else await this.store.destroy();
       this.store = new MemoryEventStore(this.retention);
@@ -730,14 +734,16 @@ export class Engine {
     const url = this.opts.neighbors?.url;
     if (url === undefined || !this.consent.personalization || this.neighborsLoading) return;
     this.neighborsLoading = (async () => {
-      const entry: EgressEntry = { t: this.now(), method: 'GET', endpoint: new URL(url).pathname, kind: 'neighbors', bytes: 0, status: 0 };
+      // Logged as requested (a query string included), as the browser's network panel shows it.
+      const parsed = new URL(url);
+      const entry: EgressEntry = { t: this.now(), method: 'GET', endpoint: parsed.pathname + parsed.search, kind: 'neighbors', bytes: 0, status: 0 };
       // recommend() waits for this fetch, so it may not wait for ever; close() and erase() end it.
       const abort = new AbortController();
       this.neighborAbort = abort;
       const timeoutMs = this.opts.neighbors?.timeoutMs ?? NEIGHBOR_FETCH_TIMEOUT_MS;
       const timer = setTimeout(() => abort.abort(), timeoutMs);
       try {
-        const res = await (this.opts.fetch ?? fetch)(url, { method: 'GET', signal: abort.signal });
+        const res = await (this.opts.fetch ?? fetch)(url, { method: 'GET', signal: abort.signal, ...PRIVATE_FETCH });
         entry.status = res.status;
         if (!res.ok) throw new NetworkError(`GET ${url}: HTTP ${res.status}`, res.status);
         await this.installNeighbors(new Uint8Array(await res.arrayBuffer()), url);

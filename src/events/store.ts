@@ -208,12 +208,17 @@ export class IdbEventStore implements EventStore {
 
   /** The open connection, reopened when another tab's upgrade closed it. */
   private async conn(): Promise<IDBPDatabase<LocalrecDB>> {
-    if (this.db) return this.db;
     if (this.closedByCaller) throw new StorageError(`IndexedDB database "${this.name}" is closed`);
+    if (this.db) return this.db;
     if (this.deletedElsewhere) throw new StorageError(`IndexedDB database "${this.name}" was erased in another tab`);
     this.reopening ??= this.connect().then(
       (db) => {
         this.reopening = undefined;
+        // close() came while it reconnected: the new connection is not kept (nor used).
+        if (this.closedByCaller) {
+          db.close();
+          throw new StorageError(`IndexedDB database "${this.name}" is closed`);
+        }
         return (this.db = db);
       },
       (e) => {
@@ -270,7 +275,7 @@ export class IdbEventStore implements EventStore {
       }
       await Promise.all(adds);
       let evicted = 0;
-      const cutoff = Date.now() - this.retention.maxAgeDays * DAY_MS;
+      const cutoff = ageCutoff(this.retention);
       let cursor = await tx.store.index('t').openCursor(IDBKeyRange.upperBound(cutoff, true));
       while (cursor) {
         await cursor.delete();
@@ -290,6 +295,13 @@ export class IdbEventStore implements EventStore {
       if (err) throw err;
       return { evicted };
     } catch (e) {
+      // One transaction: an add that threw (a value that cannot be stored) must not leave the ones
+      // before it committed, or a retry of the batch would store them twice.
+      try {
+        tx.abort();
+      } catch {
+        // Already finished or aborted (quota).
+      }
       // A request that failed because its transaction aborted reports AbortError; the cause
       // (QuotaExceededError) is the transaction's error.
       const txError = await done;
@@ -313,13 +325,14 @@ export class IdbEventStore implements EventStore {
 
   async all(): Promise<StoredEvent[]> {
     if (this.absent) return [];
-    const evs = await (await this.conn()).getAllFromIndex('events', 't');
-    return evs;
+    // Events past the age limit are deleted at the next write; until then they are not read either.
+    return (await this.conn()).getAllFromIndex('events', 't', IDBKeyRange.lowerBound(ageCutoff(this.retention)));
   }
 
   async byItem(itemId: string): Promise<StoredEvent[]> {
     if (this.absent) return [];
-    const evs = await (await this.conn()).getAllFromIndex('events', 'itemId', itemId);
+    const cutoff = ageCutoff(this.retention);
+    const evs = (await (await this.conn()).getAllFromIndex('events', 'itemId', itemId)).filter((e) => e.t >= cutoff);
     return evs.sort((a, b) => a.t - b.t || (a.id ?? 0) - (b.id ?? 0));
   }
 
@@ -419,16 +432,18 @@ export class MemoryEventStore implements EventStore {
     for (const e of events) this.events.push({ ...e, id: this.nextId++ });
     this.events.sort((a, b) => a.t - b.t || a.id! - b.id!);
     const before = this.events.length;
-    const cutoff = Date.now() - this.retention.maxAgeDays * DAY_MS;
+    const cutoff = ageCutoff(this.retention);
     this.events = this.events.filter((e) => e.t >= cutoff);
     if (this.events.length > this.retention.maxEvents) this.events = this.events.slice(-this.retention.maxEvents);
     return { evicted: before - this.events.length };
   }
   async all(): Promise<StoredEvent[]> {
-    return this.events.map((e) => ({ ...e }));
+    const cutoff = ageCutoff(this.retention);
+    return this.events.filter((e) => e.t >= cutoff).map((e) => ({ ...e }));
   }
   async byItem(itemId: string): Promise<StoredEvent[]> {
-    return this.events.filter((e) => e.itemId === itemId).map((e) => ({ ...e }));
+    const cutoff = ageCutoff(this.retention);
+    return this.events.filter((e) => e.itemId === itemId && e.t >= cutoff).map((e) => ({ ...e }));
   }
   async count(): Promise<number> {
     return this.events.length;
@@ -437,13 +452,16 @@ export class MemoryEventStore implements EventStore {
     return this.events.filter((e) => e.id! > id).length;
   }
   async lastId(): Promise<number> {
-    return this.nextId - 1;
+    // As IndexedDB: the newest stored event's key, 0 when none is stored.
+    return this.events.reduce((m, e) => Math.max(m, e.id!), 0);
   }
   async stats(): Promise<EventStats> {
-    return statsOf(this.events);
+    return statsOf(await this.all());
   }
   async getMeta<T = MetaValue>(key: string): Promise<T | undefined> {
-    return this.meta.get(key) as T | undefined;
+    // A copy, as IndexedDB gives: changing what was read does not change what is stored.
+    const v = this.meta.get(key);
+    return (v === undefined ? undefined : structuredClone(v)) as T | undefined;
   }
   async setMeta(key: string, value: MetaValue): Promise<void> {
     this.meta.set(key, structuredClone(value));
@@ -483,4 +501,9 @@ export async function deleteEventDatabase(name: string): Promise<void> {
   } catch {
     // IndexedDB refuses here (e.g. a private window): it could not have been written either.
   }
+}
+
+/** The oldest event time `retention` keeps (ms since 1970). */
+function ageCutoff(retention: Retention): number {
+  return Date.now() - retention.maxAgeDays * DAY_MS;
 }

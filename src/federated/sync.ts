@@ -59,7 +59,17 @@ export interface EgressEntry {
   status: number;
 }
 
-export type FetchLike = (input: string, init?: { method?: string; body?: Uint8Array; headers?: Record<string, string>; signal?: AbortSignal }) => Promise<Response>;
+export type FetchLike = (
+  input: string,
+  init?: { method?: string; body?: Uint8Array; headers?: Record<string, string>; signal?: AbortSignal; credentials?: 'omit'; cache?: 'no-store' },
+) => Promise<Response>;
+
+/**
+ * What every request of the SDK carries besides its own fields: no cookies or HTTP auth (the shop's
+ * session must not ride along when the server shares the shop's origin), and no HTTP cache (a
+ * cached model would make the browser send its own If-None-Match, after an erase too).
+ */
+export const PRIVATE_FETCH = { credentials: 'omit', cache: 'no-store' } as const;
 
 export interface SyncOptions {
   serverUrl: string;
@@ -181,7 +191,7 @@ async function request(
     if (signal?.aborted) throw syncCancelled(`before ${method} ${endpoint}`);
     let res: Response;
     try {
-      res = await f(o.serverUrl.replace(/\/$/, '') + endpoint, { method, body, headers, ...(signal ? { signal } : {}) });
+      res = await f(o.serverUrl.replace(/\/$/, '') + endpoint, { method, body, headers, ...PRIVATE_FETCH, ...(signal ? { signal } : {}) });
     } catch (e) {
       // Offline or refused: logged with status 0 (the body may or may not have left the device).
       o.onEgress?.({ t: now(), method, endpoint, kind, bytes: body?.length ?? 0, bodySha256, status: 0 });

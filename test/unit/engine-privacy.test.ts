@@ -109,6 +109,20 @@ describe('consent', () => {
     await e.close();
   });
 
+  it('the consent records from before a withdrawal are erased with the rest, not written back at the next grant', async () => {
+    const name = dbName();
+    const e = await Engine.create({ catalog, backend: 'cpu', autoTrainEvery: 0, dbName: name, consent: { personalization: false, federated: false } });
+    await e.setConsent({ personalization: true });
+    e.enqueue([{ type: 'view', itemId: 'p1' }]);
+    await e.flush();
+    assert.equal((await e.audit()).consent.history.length, 2);
+    await e.setConsent({ personalization: false });
+    await e.setConsent({ personalization: true });
+    const history = (await e.audit()).consent.history;
+    assert.deepEqual(history.map((h) => [h.source, h.personalization]), [['setConsent', false], ['setConsent', true]], 'the withdrawal and the new grant only');
+    await e.erase();
+  });
+
   it('unknown consent keys are refused by name, and nothing changes', async () => {
     const e = await Engine.create({ catalog, backend: 'cpu', dbName: dbName() });
     e.enqueue([{ type: 'view', itemId: 'p1' }]);

@@ -101,3 +101,53 @@ describe('openEventStore', () => {
     }
   });
 });
+
+describe('review fixes (stop 21)', () => {
+  const now = Date.now();
+  const ev = (itemId: string, t: number): StoredEvent => ({ type: 'view', itemId, t });
+
+  it('a batch with an event IndexedDB cannot store is stored not at all, so a retry stores no copies', async () => {
+    const s = await IdbEventStore.open('review-f1');
+    const batch = [ev('a', now - 10), { ...ev('b', now), id: undefined } as unknown as StoredEvent, ev('c', now)];
+    for (let i = 0; i < 3; i++) await assert.rejects(s.add(batch), /storing 3 event\(s\) failed/);
+    assert.deepEqual(await s.all(), []);
+    await s.destroy();
+  });
+
+  it('close() while the store reconnects (after another tab upgraded) holds: nothing is written after it', async () => {
+    const a = await IdbEventStore.open('review-f2');
+    (await openDB('review-f2', 3, { upgrade() {} })).close(); // another tab upgrades: a lets go
+    const reading = a.count(); // starts the reconnect
+    a.close();
+    await reading.catch(() => undefined);
+    await assert.rejects(a.add([ev('after-close', now)]), /is closed/);
+  });
+
+  it('events past the age limit are not read before the next write deletes them (both stores)', async () => {
+    for (const s of [await IdbEventStore.open('review-age', { maxEvents: 100, maxAgeDays: 1 }), new MemoryEventStore({ maxEvents: 100, maxAgeDays: 1 })]) {
+      await s.add([ev('fresh', now)]);
+      // An event that aged past the limit since it was written (written here directly, as time passing would leave it).
+      if (s instanceof IdbEventStore) {
+        const db = await openDB('review-age');
+        await db.add('events', { ...ev('old', now - 3 * 86_400_000) });
+        db.close();
+      } else {
+        (s as unknown as { events: StoredEvent[] }).events.unshift({ ...ev('old', now - 3 * 86_400_000), id: 99 });
+      }
+      assert.deepEqual((await s.all()).map((e) => e.itemId), ['fresh'], s.kind);
+      assert.deepEqual((await s.byItem('old')).map((e) => e.itemId), [], s.kind);
+      assert.equal((await s.stats()).total, 1, s.kind);
+      if (s instanceof IdbEventStore) await s.destroy();
+    }
+  });
+
+  it('the memory store answers as IndexedDB does: lastId 0 when empty, getMeta a copy', async () => {
+    const m = new MemoryEventStore({ maxEvents: 5, maxAgeDays: 1 });
+    await m.add([ev('old', now - 3 * 86_400_000)]); // evicted at once
+    assert.equal(await m.count(), 0);
+    assert.equal(await m.lastId(), 0);
+    await m.setMeta('k', { x: 1 });
+    (await m.getMeta<{ x: number }>('k'))!.x = 99;
+    assert.deepEqual(await m.getMeta('k'), { x: 1 });
+  });
+});

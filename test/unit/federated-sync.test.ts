@@ -45,12 +45,12 @@ async function withOwnServer(o: { seed?: number; minClients?: number }, f: (srv:
 }
 
 /** Records every request body and URL the device sends. */
-function capturingFetch(): { fetch: FetchLike; sent: Array<{ url: string; body?: Uint8Array }> } {
-  const sent: Array<{ url: string; body?: Uint8Array }> = [];
+function capturingFetch(): { fetch: FetchLike; sent: Array<{ url: string; body?: Uint8Array; credentials?: string; cache?: string }> } {
+  const sent: Array<{ url: string; body?: Uint8Array; credentials?: string; cache?: string }> = [];
   return {
     sent,
     fetch: (url, init) => {
-      sent.push({ url, body: init?.body });
+      sent.push({ url, body: init?.body, credentials: init?.credentials, cache: init?.cache });
       return fetch(url, init as RequestInit);
     },
   };
@@ -108,6 +108,9 @@ describe('sync()', () => {
     const text = Buffer.from(body).toString('latin1');
     for (const needle of [...history, 'secret', 'query']) assert.ok(!text.includes(needle), `${needle} is not in the body`);
     for (const s of cap.sent) assert.ok(!/sku-|secret|\?/.test(s.url.replace(server.url, '')), `URL ${s.url} carries no data`);
+    // No cookie of the shop's rides along (the server may share its origin), and no HTTP cache
+    // (the browser would send its own If-None-Match from it, after an erase too).
+    for (const s of cap.sent) assert.deepEqual([s.credentials, s.cache], ['omit', 'no-store'], s.url);
     const log = await e.egressLog();
     assert.deepEqual(log.map((l) => `${l.method} ${l.endpoint} ${l.status}`), ['GET /v1/config 200', 'GET /v1/model 200', 'POST /v1/updates 202']);
     assert.equal(log[2]!.bytes, body.length);
