@@ -14,12 +14,13 @@
 // ~40 s per federated run and ~30 s for the central model on 2 cores. Not part of `npm test`.
 import { parseArgs } from 'node:util';
 import { loadCsv } from '../src/eval/csv-loader.js';
-import { weightedHistory } from '../src/eval/history-weighting.js';
+import type { EvalModel } from '../src/eval/eval-model.js';
 import { looSplit } from '../src/eval/loo-split.js';
+import { evaluateModel } from '../src/eval/runner.js';
+import type { Split } from '../src/eval/split.js';
 import { noiseForSyncs } from '../src/federated/dp.js';
-import { alignTo, centralModel, simulate } from '../src/federated/simulate.js';
+import { alignTo, centralModel, simulate, TableModel } from '../src/federated/simulate.js';
 import type { ItemTable } from '../src/model/item-table.js';
-import { userVector } from '../src/model/score.js';
 
 const { values } = parseArgs({ options: { runs: { type: 'string', default: '5' } } });
 const runs = Number(values.runs);
@@ -59,51 +60,47 @@ function trending(u: number, days: number): Float32Array {
 }
 const trendCache = new Map<string, Float32Array>();
 
-function evaluate(table: ItemTable, days: number, weight: number): { hr: number; ndcg: number } {
-  let hr = 0;
-  let ndcg = 0;
-  const out = new Float32Array(n);
-  for (const u of split.testUsers) {
-    const h = weightedHistory(split.train, u, weighting);
-    const z = userVector(table, Array.from(h.items, (row, e) => ({ row, weight: h.weights[e]!, action: 'bought' as const, lastT: 0 })));
-    let tr: Float32Array | undefined;
-    if (weight > 0) {
-      const key = `${u}:${days}`;
-      tr = trendCache.get(key) ?? trending(u, days);
-      trendCache.set(key, tr);
-    }
-    for (let j = 0; j < n; j++) {
-      let s = 0;
-      for (let k = 0; k < table.dim; k++) s += table.factors[j * table.dim + k]! * z[k]!;
-      out[j] = table.bias[j]! + s + (tr ? weight * tr[j]! : 0);
-    }
-    for (let e = split.train.ptr[u]!; e < split.train.ptr[u + 1]!; e++) out[split.train.items[e]!] = -Infinity;
-    const target = split.test.items[split.test.ptr[u]!]!;
-    let rank = 0;
-    for (let j = 0; j < n; j++) if (out[j]! > out[target]!) rank++;
-    if (rank < 10) {
-      hr++;
-      ndcg += 1 / Math.log2(rank + 2);
-    }
+/** The table's `localrec eval` scoring (`TableModel`) plus w·ln(1 + the W-day count) per item. */
+class TrendingModel implements EvalModel {
+  readonly name = 'trending';
+  readonly bytesPerItem = 0;
+  private readonly inner: TableModel;
+  constructor(table: ItemTable, private readonly days: number, private readonly weight: number) {
+    this.inner = new TableModel(table, weighting);
   }
-  const r = (x: number) => Math.round((x / split.testUsers.length) * 1e4) / 1e4;
-  return { hr: r(hr), ndcg: r(ndcg) };
+  fit(s: Split): void {
+    this.inner.fit(s);
+  }
+  score(u: number, out: Float32Array): void {
+    this.inner.score(u, out);
+    if (this.weight === 0) return;
+    const key = `${u}:${this.days}`;
+    const tr = trendCache.get(key) ?? trending(u, this.days);
+    trendCache.set(key, tr);
+    for (let j = 0; j < n; j++) out[j]! += this.weight * tr[j]!;
+  }
 }
 
-function line(model: string, run: number, table: ItemTable): void {
-  const out: Record<string, unknown> = { model, run, plain: evaluate(table, 0, 0) };
-  for (const [days, weight] of GRID) out[`trend${days}d_w${weight}`] = evaluate(table, days, weight);
+async function evaluate(table: ItemTable, days: number, weight: number): Promise<{ hr: number; ndcg: number }> {
+  const r = await evaluateModel(new TrendingModel(table, days, weight), split, { k: 10, data: 'ml-latest-small' });
+  const round = (x: number) => Math.round(x * 1e4) / 1e4;
+  return { hr: round(r.hr), ndcg: round(r.ndcg) };
+}
+
+async function line(model: string, run: number, table: ItemTable): Promise<void> {
+  const out: Record<string, unknown> = { model, run, plain: await evaluate(table, 0, 0) };
+  for (const [days, weight] of GRID) out[`trend${days}d_w${weight}`] = await evaluate(table, days, weight);
   console.log(JSON.stringify(out));
 }
 
 const central = await centralModel({ dim: 8, seed: 1, epochs: 4, weighting, temperature: 1, backend: 'wasm' });
 await central.fit(split, () => {});
-line('central', 0, central.trainedTable!);
+await line('central', 0, central.trainedTable!);
 const noiseMultiplier = noiseForSyncs(3, 8);
 for (let run = 1; run <= runs; run++) {
   const sim = await simulate(split, {
     rounds: 3, clientsPerRound: 610, minClients: 610, clip: 1, noiseMultiplier, budget: 8, dim: 8, seed: 1, aggregator: 'subspace', subspaceScale: 32,
     secureAggregation: true, evalEvery: 3, trainRows: 100, trainBiases: false, biasScale: 0.5, denoise: 'directions', weighting, data: 'ml-latest-small',
   });
-  line(`federated (ε ${sim.final.epsilonMax}, σ ${noiseMultiplier})`, run, alignTo(sim.table, split.itemIds));
+  await line(`federated (ε ${sim.final.epsilonMax}, σ ${noiseMultiplier})`, run, alignTo(sim.table, split.itemIds));
 }

@@ -16,7 +16,7 @@ import { decodeNeighborTable, neighborTableHash } from '../model/neighbors-wire.
 import { decodeModel, encodeModel, sha256, toHex } from '../federated/wire.js';
 import type { SparseItemModel } from '../model/sparse-item-model.js';
 import { checkTrainConfig, DEFAULT_TRAIN_CONFIG, trainItemTable, type TrainConfig } from '../model/train.js';
-import { RdpAccountant, type AccountantState } from '../federated/dp.js';
+import { DEFAULT_BUDGET, RdpAccountant, type AccountantState } from '../federated/dp.js';
 import { PRIVATE_FETCH, pullOnce, syncOnce, type EgressEntry, type FetchLike } from '../federated/sync.js';
 import type {
   BackendName,
@@ -215,6 +215,17 @@ function checkFederated(fed: unknown): void {
   }
   if (f.autoSyncHours !== undefined && !(typeof f.autoSyncHours === 'number' && Number.isFinite(f.autoSyncHours) && (f.autoSyncHours === 0 || f.autoSyncHours >= AUTO_SYNC_MIN_HOURS))) {
     throw new ValidationError('options.federated.autoSyncHours', `must be 0 (off) or a number of hours ≥ ${AUTO_SYNC_MIN_HOURS}, got ${describeValue(f.autoSyncHours)}`);
+  }
+}
+
+/** Calls every listener with `p`; one that throws (a page's callback) does not stop the others or the work reporting. */
+function tellEach<T>(listeners: Iterable<(p: T) => void>, p: T): void {
+  for (const l of listeners) {
+    try {
+      l(p);
+    } catch {
+      // Ignored: progress is only reported.
+    }
   }
 }
 
@@ -1046,15 +1057,7 @@ export class Engine {
   private readonly trainListeners = new Set<(p: Progress) => void>();
 
   /** Forwards a training run's progress to every listener; one that throws does not stop the run. */
-  private readonly trainProgress = (p: Progress): void => {
-    for (const l of this.trainListeners) {
-      try {
-        l(p);
-      } catch {
-        // A page's progress callback that throws does not stop training.
-      }
-    }
-  };
+  private readonly trainProgress = (p: Progress): void => tellEach(this.trainListeners, p);
 
   /**
    * One federated round: pull the global model, train on this shopper's events, send a clipped,
@@ -1148,15 +1151,7 @@ export class Engine {
   }
 
   /** Forwards a sync's progress to every listener; one that throws does not stop the sync. */
-  private readonly syncProgress = (p: SyncProgress): void => {
-    for (const l of this.syncListeners) {
-      try {
-        l(p);
-      } catch {
-        // A page's progress callback that throws does not stop the sync.
-      }
-    }
-  };
+  private readonly syncProgress = (p: SyncProgress): void => tellEach(this.syncListeners, p);
 
   /**
    * Takes the global model (plus this shopper's local step) as the device's table, row by row by
@@ -1251,7 +1246,7 @@ export class Engine {
     const { profile, events } = await this.profile();
     return {
       fed,
-      budget: fed.budget ?? 8,
+      budget: fed.budget ?? DEFAULT_BUDGET,
       through: newestId(events),
       history: [{ itemIds: profile.map((p) => this.table.itemIds[p.row]!), weights: profile.map((p) => p.weight) }],
       train: { ...this.opts.training, seed: (this.opts.model?.seed ?? 1) + this.saved.trainSteps },
@@ -1465,7 +1460,7 @@ export class Engine {
     const acc = new RdpAccountant(state);
     const fed = this.opts.federated;
     const federated = fed !== undefined && this.consent.federated && this.consent.personalization && !this.gpcBlocksSync();
-    const budget = fed?.budget ?? 8;
+    const budget = fed?.budget ?? DEFAULT_BUDGET;
     const delta = fed?.delta ?? 1e-5;
     const hours = this.autoSyncMs > 0 ? (fed?.autoSyncHours ?? 0) : 0;
     const auto = hours > 0 ? await this.store.getMeta<AutoSyncState>(AUTO_SYNC_KEY) : undefined;

@@ -18,6 +18,8 @@ import { PrivacyBudgetError, ValidationError } from '../errors.js';
 
 /** Default δ for (ε, δ) figures. */
 export const DEFAULT_DELTA = 1e-5;
+/** The per-device ε budget when none is configured (`options.federated.budget`, `syncOnce`'s `budget`). */
+export const DEFAULT_BUDGET = 8;
 
 /**
  * Orders α at which RDP is tracked: Opacus' default grid (1.1 … 10.9 step 0.1, then 12 … 63)

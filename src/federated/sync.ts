@@ -9,7 +9,7 @@ import type { SyncProgress } from '../types.js';
 import { cloneItemTable, type ItemTable } from '../model/item-table.js';
 import { trainItemTable, type Sequence, type TrainConfig } from '../model/train.js';
 import { buildClientUpdate, checkTrainedPart, noisedDelta, type TrainedPart } from './client-update.js';
-import { cryptoUniform, DEFAULT_DELTA, type RdpAccountant } from './dp.js';
+import { cryptoUniform, DEFAULT_BUDGET, DEFAULT_DELTA, type RdpAccountant } from './dp.js';
 import { subspaceUpdate } from './subspace.js';
 import { checkSecAggParams, droppedNeighbours, encodeFixedPoint, encodeMaskedUpdate, maskValues, recoveryShare, secAggKeyPair, survivorComponents, type SecAggParams } from './secagg.js';
 import { bytesEqual, decodeModel, fromHex, sha256, toHex } from './wire.js';
@@ -331,7 +331,7 @@ export async function pullOnce(o: PullOptions): Promise<PullResult> {
  * ```
  */
 export async function syncOnce(o: SyncOptions): Promise<SyncResult> {
-  const budget = o.budget ?? 8;
+  const budget = o.budget ?? DEFAULT_BUDGET;
   const delta = o.delta ?? DEFAULT_DELTA;
   checkAborted(o, 'before it started');
   o.onProgress?.({ phase: 'config' });
@@ -390,7 +390,7 @@ async function upload(
   else {
     // Checked again, with nothing awaited between check and record: another sync on the same
     // accountant may have spent the budget since the check at the start.
-    o.accountant.assertCanSpend(config.noiseMultiplier, o.budget ?? 8, delta);
+    o.accountant.assertCanSpend(config.noiseMultiplier, o.budget ?? DEFAULT_BUDGET, delta);
     o.accountant.record(config.noiseMultiplier);
   }
   await o.onCheckpoint?.();

@@ -36,7 +36,7 @@ export function register(program: Command): void {
       // key signs every catalog the devices will trust.
       await writeFile(files[0]!, `${JSON.stringify(privateJwk, null, 2)}\n`, { mode: 0o600, flag: 'wx' });
       await writeFile(files[1]!, `${JSON.stringify(publicJwk, null, 2)}\n`, { flag: 'wx' });
-      process.stderr.write(`wrote ${join(o.out, 'private.jwk')} and ${join(o.out, 'public.jwk')}\n`);
+      process.stderr.write(`wrote ${files[0]} and ${files[1]}\n`);
     });
 
   offers
@@ -105,8 +105,8 @@ export function register(program: Command): void {
       if (o.objective !== 'value' && o.objective !== 'reach') throw new ValidationError('--objective', `must be value or reach, got '${o.objective}'`);
       if (o.affinity !== 'learned') {
         // These shape the learned affinity only: with the other one they would do nothing.
-        const flag = (['features', 'publishEveryDays', 'basketGapMinutes'] as const).find((f) => command.getOptionValueSource(f) === 'cli');
-        if (flag) throw new ValidationError(`--${flag.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`, `applies to --affinity learned only (got ${o.affinity})`);
+        const flag = command.options.find((f) => ['features', 'publishEveryDays', 'basketGapMinutes'].includes(f.attributeName()) && command.getOptionValueSource(f.attributeName()) === 'cli');
+        if (flag) throw new ValidationError(flag.long!, `applies to --affinity learned only (got ${o.affinity})`);
       }
       const features = o.features === 'all' ? [...AFFINITY_FEATURES] : o.features?.split(',').map((f) => f.trim()).filter((f) => f !== '');
       const unknown = features?.find((f) => !(AFFINITY_FEATURES as readonly string[]).includes(f));
