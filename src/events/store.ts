@@ -134,6 +134,12 @@ export class IdbEventStore implements EventStore {
    * reads answer "empty" without creating it; the next write creates it (see {@link reopenLazily}).
    */
   private absent = false;
+  /**
+   * True once a connection was made, until another tab's deletion was handled ({@link reopenLazily}):
+   * a reconnect that finds no database then knows another tab deleted it while this one had no
+   * connection to hear of it, and must not create it anew with what this tab still holds.
+   */
+  private mustExist = false;
   private constructor(
     readonly name: string,
     private readonly retention: Retention,
@@ -158,6 +164,11 @@ export class IdbEventStore implements EventStore {
       db.close();
       this.db = undefined;
       if (deleted) this.deletedElsewhere = true;
+      // After an upgrade, reconnect at once rather than at the next call: a tab without an open
+      // connection hears nothing of another tab deleting the database (its erase()), and its next
+      // write would create it anew with what it still holds from before the erase. (A failure here
+      // is the next call's to report: conn() tries again.)
+      else if (!this.closedByCaller) void this.conn().catch(() => undefined);
     };
     const handlers = {
       blocking(_current: number, blocked: number | null, event: IDBVersionChangeEvent) {
@@ -167,9 +178,22 @@ export class IdbEventStore implements EventStore {
         this.db = undefined;
       },
     };
+    const mustExist = this.mustExist;
+    let vanished = false;
+    const erasedElsewhere = () => {
+      this.deletedElsewhere = true;
+      return new StorageError(`IndexedDB database "${this.name}" was erased in another tab`);
+    };
     try {
-      return await openDB<LocalrecDB>(this.name, EVENT_SCHEMA_VERSION, {
+      const db = await openDB<LocalrecDB>(this.name, EVENT_SCHEMA_VERSION, {
         upgrade(db, oldVersion, _newVersion, tx) {
+          if (oldVersion === 0 && mustExist) {
+            // Aborting the upgrade of a database that did not exist leaves none behind.
+            vanished = true;
+            tx.done.catch(() => undefined); // (its rejection is the abort asked for here)
+            tx.abort();
+            return;
+          }
           // Each step upgrades from the version before it, so any old database reaches the current one.
           if (oldVersion < 1) {
             const events = db.createObjectStore('events', { keyPath: 'id', autoIncrement: true });
@@ -182,14 +206,29 @@ export class IdbEventStore implements EventStore {
         },
         ...handlers,
       });
+      this.mustExist = true;
+      return db;
     } catch (e) {
+      if (vanished) throw erasedElsewhere();
       if ((e as { name?: string })?.name !== 'VersionError') throw storageError(`opening IndexedDB database "${this.name}"`, e);
     }
     // A newer schema from another tab: open at its version and check that ours is contained in it.
     let db: IDBPDatabase<LocalrecDB>;
     try {
-      db = await openDB<LocalrecDB>(this.name, undefined, handlers);
+      db = await openDB<LocalrecDB>(this.name, undefined, {
+        ...handlers,
+        // Deleted between the two opens: not created here at version 1 without stores.
+        upgrade(_db, _oldVersion, _newVersion, tx) {
+          vanished = true;
+          tx.done.catch(() => undefined);
+          tx.abort();
+        },
+      });
     } catch (e) {
+      if (vanished) {
+        if (mustExist) throw erasedElsewhere();
+        return this.connect(); // (the first open creates it at this code's version)
+      }
       throw storageError(`opening IndexedDB database "${this.name}"`, e);
     }
     const ok =
@@ -203,6 +242,7 @@ export class IdbEventStore implements EventStore {
       db.close();
       throw new StorageError(`IndexedDB database "${this.name}" was upgraded to version ${db.version} by a newer localrec in another tab, without the stores this page needs: reload the page`);
     }
+    this.mustExist = true;
     return db;
   }
 
@@ -395,6 +435,7 @@ export class IdbEventStore implements EventStore {
   reopenLazily(): void {
     this.deletedElsewhere = false;
     this.absent = true;
+    this.mustExist = false;
   }
 
   /** Another tab wrote to the database since it was deleted: it exists again, reads open it. */

@@ -1,7 +1,7 @@
 import 'fake-indexeddb/auto';
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { openDB } from 'idb';
+import { deleteDB, openDB } from 'idb';
 import { IdbEventStore, MemoryEventStore, openEventStore, type EventStore } from '../../src/events/store.js';
 import type { StoredEvent } from '../../src/types.js';
 
@@ -121,6 +121,35 @@ describe('review fixes (stop 21)', () => {
     a.close();
     await reading.catch(() => undefined);
     await assert.rejects(a.add([ev('after-close', now)]), /is closed/);
+  });
+
+  it('after another tab upgraded the schema, an erase in a third tab still reaches this one: nothing it holds recreates the database', async () => {
+    const a = await IdbEventStore.open('review-s22');
+    await a.add([ev('before-erase', now)]);
+    (await openDB('review-s22', 3, { upgrade() {} })).close(); // another tab upgrades: a lets go
+    await deleteDB('review-s22'); // another tab erases
+    await assert.rejects(a.add([ev('queued-before-erase', now)]), /erased in another tab/);
+    const db = await openDB('review-s22');
+    assert.equal(db.objectStoreNames.contains('events') ? await db.count('events') : 0, 0, 'nothing from before the erase is stored');
+    db.close();
+    await deleteDB('review-s22');
+  });
+
+  it('a tab whose connection the browser dropped does not recreate a database erased meanwhile, until the engine has dropped its state', async () => {
+    const a = await IdbEventStore.open('review-s22b');
+    await a.add([ev('before-erase', now)]);
+    // The browser closed the connection (as its `terminated` handler hears): no versionchange reaches a.
+    const inner = a as unknown as { db?: { close(): void } };
+    inner.db!.close();
+    inner.db = undefined;
+    await deleteDB('review-s22b'); // another tab erases
+    await assert.rejects(a.add([ev('queued-before-erase', now)]), /erased in another tab/);
+    assert.ok(!(await indexedDB.databases()).some((d) => d.name === 'review-s22b'), 'no database was created');
+    a.reopenLazily(); // the engine dropped what it held (erasedElsewhere)
+    assert.equal(await a.count(), 0);
+    await a.add([ev('after-erase', now)]);
+    assert.deepEqual((await a.all()).map((e) => e.itemId), ['after-erase']);
+    await a.destroy();
   });
 
   it('events past the age limit are not read before the next write deletes them (both stores)', async () => {
