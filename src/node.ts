@@ -47,6 +47,6 @@ export type { SyncOptions, SyncResult, EgressEntry, ServerConfig, FetchLike } fr
 export { RdpAccountant, noiseForSyncs, syncsWithinBudget } from './federated/dp.js';
 export { buildClientUpdate } from './federated/client-update.js';
 export { encodeModel, decodeModel, encodeUpdate, decodeUpdate } from './federated/wire.js';
-export { generateOfferKeys, signOfferCatalog, verifyOfferCatalog, chooseOffers, indexProducts } from './offers/index.js';
+export { generateOfferKeys, signOfferCatalog, verifyOfferCatalog, validateOfferCatalog, canonicalJson, chooseOffers, indexProducts } from './offers/index.js';
 export type * from './offers/types.js';
 export type { AccountantState } from './federated/dp.js';
