@@ -1,4 +1,4 @@
-import { openDB, deleteDB, type DBSchema, type IDBPDatabase } from 'idb';
+import { openDB, deleteDB, type DBSchema, type IDBPDatabase, type IDBPTransaction } from 'idb';
 import { StorageError } from '../errors.js';
 import type { EventType, StoredEvent } from '../types.js';
 import { EVENT_SCHEMA_VERSION } from './schema.js';
@@ -410,10 +410,19 @@ export class IdbEventStore implements EventStore {
   }
 
   async updateMeta<T>(key: string, update: (current: T | undefined) => T): Promise<T> {
-    const tx = (await this.connForWrite()).transaction('meta', 'readwrite');
+    let tx: IDBPTransaction<LocalrecDB, ['meta'], 'readwrite'> | undefined;
+    let current: T | undefined;
+    try {
+      tx = (await this.connForWrite()).transaction('meta', 'readwrite');
+      tx.done.catch(() => undefined); // (a failure is reported below, from the request that failed)
+      current = (await tx.store.get(key)) as T | undefined;
+    } catch (e) {
+      throw e instanceof StorageError ? e : storageError(`reading "${key}"`, e);
+    }
+    // `update` runs in the same task as the read, so the transaction is still active for the put.
     let next: T;
     try {
-      next = update((await tx.store.get(key)) as T | undefined);
+      next = update(current);
     } catch (e) {
       tx.abort();
       await tx.done.catch(() => undefined);

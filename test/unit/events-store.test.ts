@@ -152,6 +152,14 @@ describe('review fixes (stop 21)', () => {
     await a.destroy();
   });
 
+  it('updateMeta reports a failing transaction as a StorageError naming the record', async () => {
+    const a = await IdbEventStore.open('review-s22c');
+    await a.updateMeta<number>('n', () => 1);
+    (a as unknown as { db: { close(): void } }).db.close(); // a connection that can no longer start transactions
+    await assert.rejects(a.updateMeta<number>('n', (n) => (n ?? 0) + 1), (e: Error) => e.name === 'StorageError' && /reading "n" failed: InvalidStateError/.test(e.message));
+    await deleteDB('review-s22c');
+  });
+
   it('events past the age limit are not read before the next write deletes them (both stores)', async () => {
     for (const s of [await IdbEventStore.open('review-age', { maxEvents: 100, maxAgeDays: 1 }), new MemoryEventStore({ maxEvents: 100, maxAgeDays: 1 })]) {
       await s.add([ev('fresh', now)]);
