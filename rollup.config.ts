@@ -52,7 +52,8 @@ const config: RollupOptions[] = [
   },
   {
     input: 'src/engine/worker.ts',
-    output: { file: 'dist/worker.js', format: 'es', sourcemap: true, inlineDynamicImports: true },
+    // No source map: it would be 12.7 MB, nearly all of it tfjs's own sources.
+    output: { file: 'dist/worker.js', format: 'es', sourcemap: false, inlineDynamicImports: true },
     plugins: [browserGradients(), ts(), nodeResolve({ browser: true, preferBuiltins: false }), commonjs(), terser(), copyWasm()],
     onwarn(w, warn) {
       // tfjs's bundled emscripten code uses eval-free `this` at top level and circular imports; both harmless.
