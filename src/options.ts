@@ -15,6 +15,18 @@ export function describeValue(v: unknown): string {
 }
 
 /**
+ * Checks `signal` at `name` is an AbortSignal (or undefined). Duck-typed: an AbortSignal from
+ * another realm (an iframe's) is one too.
+ */
+export function checkSignal(signal: unknown, name: string): void {
+  if (signal === undefined) return;
+  const s = signal as { aborted?: unknown; addEventListener?: unknown; removeEventListener?: unknown };
+  if (!(typeof signal === 'object' && signal !== null && typeof s.aborted === 'boolean' && typeof s.addEventListener === 'function' && typeof s.removeEventListener === 'function')) {
+    throw new ValidationError(name, `must be an AbortSignal, got ${describeValue(signal)}`);
+  }
+}
+
+/**
  * Checks that `value` (the object at `path`) is a plain object with only the keys in `allowed`,
  * and returns it (`{}` when it is undefined). Unknown keys are refused rather than ignored: a typo
  * such as `personalisation: false` or `retention: { maxAge: 1 }` must not silently keep the default,

@@ -1,7 +1,7 @@
 import * as Comlink from 'comlink';
 import { ClosedError, reviveError, syncCancelled, ValidationError } from './errors.js';
 import { validateEvent } from './events/schema.js';
-import { describeValue, knownKeys, OPTION_KEYS } from './options.js';
+import { checkSignal, describeValue, knownKeys, OPTION_KEYS } from './options.js';
 import type { WorkerApi } from './engine/worker.js';
 import type { AuditReport, ExportFile } from './engine/audit-types.js';
 import type { OffersOptions, ShownOffer, SignedOfferCatalog } from './offers/types.js';
@@ -151,7 +151,7 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
     throw new ValidationError('options.dbName', 'must be a non-empty string');
   }
   if (options.consent !== undefined && options.consent !== 'required' && options.consent !== 'granted') {
-    throw new ValidationError('options.consent', `must be 'required' or 'granted'; got ${JSON.stringify(options.consent)}`);
+    throw new ValidationError('options.consent', `must be 'required' or 'granted'; got ${describeValue(options.consent)}`);
   }
   const required = options.consent === 'required';
   const dbName = options.dbName ?? 'localrec';
@@ -459,10 +459,7 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
       const { onProgress, signal, contribute } = o;
       if (onProgress !== undefined && typeof onProgress !== 'function') throw new ValidationError('options.onProgress', `must be a function, got ${typeof onProgress}`);
       if (contribute !== undefined && typeof contribute !== 'boolean') throw new ValidationError('options.contribute', `must be true or false, got ${describeValue(contribute)}`);
-      // (Duck-typed: an AbortSignal from another realm, an iframe's, is one too.)
-      if (signal !== undefined && !(typeof signal === 'object' && signal !== null && typeof signal.aborted === 'boolean' && typeof signal.addEventListener === 'function')) {
-        throw new ValidationError('options.signal', `must be an AbortSignal, got ${describeValue(signal)}`);
-      }
+      checkSignal(signal, 'options.signal');
       if (signal?.aborted) throw syncCancelled('before it started');
       // An AbortSignal cannot cross postMessage: the page forwards its abort to the worker, naming
       // this call, so that it cancels this call (and the sync it runs or joined), not another one.

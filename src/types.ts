@@ -139,9 +139,9 @@ export interface TrainOptions {
 export interface TrainResult {
   steps: number;
   examples: number;
-  /** Mean loss over the first and the last epoch. */
-  firstLoss: number;
-  lastLoss: number;
+  /** Mean loss over the first and the last epoch; null when nothing was trained (`steps` 0: no history to learn from). */
+  firstLoss: number | null;
+  lastLoss: number | null;
   ms: number;
   backend: BackendName;
 }

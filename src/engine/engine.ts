@@ -1,10 +1,10 @@
 import { ClosedError, ConsentError, ModelError, NetworkError, syncCancelled, ValidationError, PrivacyBudgetError } from '../errors.js';
-import { describeValue, intOption, knownKeys, OPTION_KEYS } from '../options.js';
+import { checkSignal, describeValue, intOption, knownKeys, OPTION_KEYS } from '../options.js';
 import { validateEvent } from '../events/schema.js';
 import { DEFAULT_RETENTION, deleteEventDatabase, MemoryEventStore, openEventStore, type EventStore, type Retention } from '../events/store.js';
 import { EVENT_SCHEMA_VERSION } from '../events/schema.js';
 import type { AuditReport, ExportFile } from './audit-types.js';
-import { chooseOffers, indexProducts, offerScopeLookup, predictAffinity, purchaseBaskets, verifyOfferCatalog, type ProductIndex } from '../offers/index.js';
+import { checkContext, chooseOffers, indexProducts, offerScopeLookup, predictAffinity, purchaseBaskets, verifyOfferCatalog, type ProductIndex } from '../offers/index.js';
 import type { OfferCatalog, OffersOptions, ShownOffer } from '../offers/types.js';
 import { selectBackend, type BackendChoice } from '../model/backend.js';
 import { validateCatalog } from '../model/catalog.js';
@@ -326,6 +326,16 @@ export class Engine {
     knownKeys(opts.retention, 'options.retention', OPTION_KEYS.retention);
     knownKeys(opts.offers, 'options.offers', OPTION_KEYS.offers);
     knownKeys(opts.consent, 'options.consent', OPTION_KEYS.consent);
+    // Privacy switches take true or false only: 'false' (a string) would read as consent given.
+    for (const [name, v] of [
+      ['options.consent.personalization', opts.consent?.personalization],
+      ['options.consent.federated', opts.consent?.federated],
+      ['options.globalPrivacyControl', opts.globalPrivacyControl],
+      ['options.honorGlobalPrivacyControl', opts.honorGlobalPrivacyControl],
+    ] as const) {
+      if (v !== undefined && typeof v !== 'boolean') throw new ValidationError(name, `must be true or false, got ${describeValue(v)}`);
+    }
+    if (opts.dbName !== undefined && (typeof opts.dbName !== 'string' || opts.dbName.length === 0)) throw new ValidationError('options.dbName', `must be a non-empty string, got ${describeValue(opts.dbName)}`);
     checkFederated(opts.federated);
     const dim = intOption(opts.model?.dim, 'options.model.dim', 1, 64, 32);
     // Checked here too (the constructor reads it), before anything opens IndexedDB.
@@ -342,7 +352,7 @@ export class Engine {
     if (opts.neighbors !== undefined) {
       knownKeys(opts.neighbors, 'options.neighbors', OPTION_KEYS.neighbors);
       const u = opts.neighbors?.url;
-      if (!isHttpUrl(u)) throw new ValidationError('options.neighbors.url', `must be an absolute http(s) URL of the neighbour file, got ${JSON.stringify(u)}`);
+      if (!isHttpUrl(u)) throw new ValidationError('options.neighbors.url', `must be an absolute http(s) URL of the neighbour file, got ${describeValue(u)}`);
       intOption(opts.neighbors.timeoutMs, 'options.neighbors.timeoutMs', 1, 600_000, NEIGHBOR_FETCH_TIMEOUT_MS);
     }
     const retention: Retention = {
@@ -793,6 +803,7 @@ export class Engine {
    */
   enqueue(events: unknown[]): number {
     this.assertOpen();
+    if (!Array.isArray(events)) throw new ValidationError('events', `must be an array of events, got ${describeValue(events)}`);
     if (!this.consent.personalization) {
       // Dropped unread: before consent not even validation results are kept.
       this.droppedBeforeConsent += events.length;
@@ -905,7 +916,7 @@ export class Engine {
       });
       return s;
     }
-    throw new ValidationError('options.exclude', `must be 'seen', 'purchased', 'none' or an array of item ids; got ${JSON.stringify(exclude)}`);
+    throw new ValidationError('options.exclude', `must be 'seen', 'purchased', 'none' or an array of item ids; got ${describeValue(exclude)}`);
   }
 
   private title(id: string): string {
@@ -943,6 +954,8 @@ export class Engine {
     const exclude = this.excludedRows(options.exclude, profile, events);
     const z = userVector(this.table, profile);
     const cat = options.category;
+    // A category no item has recommends nothing (and costs no mask on the backend).
+    if (cat !== undefined && !this.catalog.items.some((it) => it.category === cat)) return [];
     const allowed = cat === undefined ? undefined : { key: `category:${cat}`, rows: () => this.catalog.items.flatMap((it, r) => (it.category === cat ? [r] : [])) };
     const nb = await this.neighborReady();
     if (nb && profile.some((p) => p.weight > 0)) {
@@ -979,7 +992,7 @@ export class Engine {
     knownKeys(options, 'options', OPTION_KEYS.similar);
     const k = intOption(options.k, 'options.k', 1, 1000, 10);
     const row = this.rows.get(itemId);
-    if (row === undefined) throw new ModelError(`item "${itemId}" is not in the catalog`);
+    if (row === undefined) throw new ModelError(`item ${describeValue(itemId)} is not in the catalog`);
     const nb = await this.neighborReady();
     // The published neighbours first (scored 1 + weight), then the nearest embeddings.
     const scored: Scored[] = nb ? neighborsOf(nb.model, row).slice(0, k).map((s) => ({ row: s.row, score: 1 + s.score })) : [];
@@ -1039,7 +1052,7 @@ export class Engine {
       old.dispose();
       await this.persist();
       report({ phase: 'saving', done: 1, total: 1 });
-      return { steps: stats.steps, examples: stats.examples, firstLoss: stats.firstLoss, lastLoss: stats.lastLoss, ms: performance.now() - t0, backend: this.backend.backend };
+      return { steps: stats.steps, examples: stats.examples, firstLoss: stats.steps > 0 ? stats.firstLoss : null, lastLoss: stats.steps > 0 ? stats.lastLoss : null, ms: performance.now() - t0, backend: this.backend.backend };
     })();
     this.training = run;
     this.trainingEpochs = epochs;
@@ -1073,6 +1086,7 @@ export class Engine {
     knownKeys(o, 'options', OPTION_KEYS.sync);
     if (o.onProgress !== undefined && typeof o.onProgress !== 'function') throw new ValidationError('options.onProgress', `must be a function, got ${typeof o.onProgress}`);
     if (o.contribute !== undefined && typeof o.contribute !== 'boolean') throw new ValidationError('options.contribute', `must be true or false, got ${describeValue(o.contribute)}`);
+    checkSignal(o.signal, 'options.signal');
     const contribute = o.contribute ?? true;
     if (o.signal?.aborted) throw syncCancelled('before it started');
     if (this.closing) throw new ClosedError('the recommender is closing');
@@ -1594,6 +1608,8 @@ export class Engine {
     this.assertOpen();
     knownKeys(given, 'options', OPTION_KEYS.offersCall);
     knownKeys(given.context, 'options.context', OPTION_KEYS.offerContext);
+    // Checked before `now` is used below (chooseOffers checks the rest of the options again).
+    checkContext(given.context);
     // Without a seed each call explores afresh: a fixed default would make the same first draws,
     // and so the same explore decisions, on every call (with the default 0.1, never exploring).
     const options = given.seed === undefined ? { ...given, seed: randomSeed() } : given;

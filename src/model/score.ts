@@ -26,6 +26,9 @@ export interface Scored {
   score: number;
 }
 
+/** Category masks a {@link Scorer} keeps on the backend at most (the least recently used go first). */
+export const MAX_MASKS = 32;
+
 /**
  * Holds the item table on the active tfjs backend and answers top-K queries. Rebuild it (or call
  * `update`) after training: the tensors are a snapshot.
@@ -136,14 +139,27 @@ export class Scorer {
     return out;
   }
 
+  /**
+   * The 0/1 row mask for `key`, kept for the next call with the same key: at most
+   * {@link MAX_MASKS}, the least recently used disposed first (each holds a value per item on the
+   * backend, and a page may ask for many categories). A mask is used only inside the synchronous
+   * scoring pass that asked for it, so one evicted later is no longer in use.
+   */
   private mask(key: string, rows: () => Iterable<number>): tf.Tensor1D {
     let m = this.masks.get(key);
-    if (!m) {
+    if (m) {
+      this.masks.delete(key);
+    } else {
       const a = new Float32Array(this.n);
       for (const r of rows()) a[r] = 1;
       m = tf.tensor1d(a);
-      this.masks.set(key, m);
+      for (const [old, t] of this.masks) {
+        if (this.masks.size < MAX_MASKS) break;
+        t.dispose();
+        this.masks.delete(old);
+      }
     }
+    this.masks.set(key, m);
     return m;
   }
 

@@ -4,6 +4,7 @@
  * catalog, products, events, affinity, options and seed give the same answer.
  */
 import { ValidationError } from '../errors.js';
+import { describeValue } from '../options.js';
 import { Random } from '../model/random.js';
 import type { CatalogItem, StoredEvent } from '../types.js';
 import { scopeAffinity, type AffinitySource } from './affinity.js';
@@ -160,12 +161,12 @@ const PAGES: readonly string[] = ['home', 'product', 'category', 'cart', 'checko
  * would turn every validity window and cool-down off (comparisons with NaN are all false), and a
  * cart line with a negative quantity or price would reach a minimum basket it does not reach.
  */
-function checkContext(context: OfferContext | undefined): number {
+export function checkContext(context: OfferContext | undefined): number {
   if (context === undefined) return Date.now();
   if (typeof context !== 'object' || context === null) throw new ValidationError('options.context', 'must be an object');
   const now = context.now ?? Date.now();
-  if (typeof now !== 'number' || !Number.isFinite(now)) throw new ValidationError('options.context.now', `must be a time in ms since the epoch, got ${String(now)}`);
-  if (context.page !== undefined && !PAGES.includes(context.page)) throw new ValidationError('options.context.page', `must be one of ${PAGES.join(', ')}, got ${JSON.stringify(context.page)}`);
+  if (typeof now !== 'number' || !Number.isFinite(now)) throw new ValidationError('options.context.now', `must be a time in ms since the epoch, got ${describeValue(now)}`);
+  if (context.page !== undefined && !PAGES.includes(context.page)) throw new ValidationError('options.context.page', `must be one of ${PAGES.join(', ')}, got ${describeValue(context.page)}`);
   if (context.itemId !== undefined && typeof context.itemId !== 'string') throw new ValidationError('options.context.itemId', 'must be an item id (a string)');
   if (context.cart !== undefined) {
     if (!Array.isArray(context.cart)) throw new ValidationError('options.context.cart', 'must be an array of { itemId, quantity?, price? }');

@@ -7,6 +7,7 @@
  * does not depend on key order or whitespace in the published file.
  */
 import { base64urlDecode, base64urlEncode } from './base64url.js';
+import { describeValue } from '../options.js';
 import { canonicalJson } from './canonical-json.js';
 import { SignatureError } from './signature-error.js';
 import type { OfferCatalog, SignedOfferCatalog } from './types.js';
@@ -104,7 +105,7 @@ export async function verifyOfferCatalog(signed: unknown, publicJwk: JsonWebKey 
   if (s.signature === undefined || s.signature === null || s.signature === '') {
     throw new SignatureError('unsigned', 'the offer catalog is not signed (no signature); only catalogs signed by the shop are accepted');
   }
-  if (s.alg !== 'ES256') throw new SignatureError('malformed', `unsupported signature algorithm ${JSON.stringify(s.alg)}; expected 'ES256'`);
+  if (s.alg !== 'ES256') throw new SignatureError('malformed', `unsupported signature algorithm ${describeValue(s.alg)}; expected 'ES256'`);
   if (s.kid !== undefined && typeof s.kid !== 'string') throw new SignatureError('malformed', 'kid must be a string');
   const sig = typeof s.signature === 'string' ? base64urlDecode(s.signature) : null;
   if (!sig || sig.length !== 64) throw new SignatureError('malformed', 'the signature must be base64url of 64 bytes (ECDSA P-256, r ‖ s)');

@@ -1,4 +1,5 @@
 import { ValidationError } from '../errors.js';
+import { describeValue } from '../options.js';
 import { SNAPSHOT_FEATURES, TABLE_FEATURES, type AffinityFeature, type AffinityOfferStats, type AffinitySnapshot } from './affinity-model.js';
 import type { Offer, OfferAudience, OfferCatalog, OfferDiscount, OfferHints, OfferLimits, OfferScope } from './types.js';
 
@@ -21,7 +22,7 @@ export function validateOfferCatalog(input: unknown, field = 'catalog', options:
   const issuedAt = finite(o.issuedAt, `${field}.issuedAt`, 0);
   const currency = string(o.currency, `${field}.currency`, 16);
   if (!isCurrencyCode(currency, options.strictCurrency ?? false)) {
-    throw new ValidationError(`${field}.currency`, `must be an ISO 4217 code such as GBP or EUR, got ${JSON.stringify(currency)}${options.strictCurrency ? ' (not in this platform\'s list of currencies)' : ''}`);
+    throw new ValidationError(`${field}.currency`, `must be an ISO 4217 code such as GBP or EUR, got ${describeValue(currency)}${options.strictCurrency ? ' (not in this platform\'s list of currencies)' : ''}`);
   }
   if (!Array.isArray(o.offers)) throw new ValidationError(`${field}.offers`, 'must be an array');
   const seen = new Set<string>();

@@ -1,0 +1,116 @@
+// Adversarial input to the Engine's public methods (the Node API; the page checks most of these
+// itself before they cross to the worker): each is refused with a ValidationError naming the field,
+// before anything starts, and nothing stored changes. Found by a fuzzing review (stop 22).
+import 'fake-indexeddb/auto';
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import * as tf from '@tensorflow/tfjs-core';
+import { Engine } from '../../src/engine/engine.js';
+import { MemoryEventStore } from '../../src/events/store.js';
+import { isValidationError } from '../../src/errors.js';
+import { MAX_MASKS } from '../../src/model/score.js';
+import { generateOfferKeys } from '../../src/offers/signing.js';
+import '../../src/model/tf.js';
+
+const catalog = {
+  items: [
+    { id: 'p1', title: 'Red mug', category: 'mugs', price: 4 },
+    { id: 'p2', title: 'Blue mug', category: 'mugs', price: 4 },
+    { id: 'p3', title: 'Lamp', category: 'lamps', price: 20 },
+  ],
+};
+let n = 0;
+const dbName = () => `engine-input-${n++}`;
+const refused = (field: string) => (e: unknown) => isValidationError(e) && (e as { field?: string }).field === field;
+
+describe('Engine input (stop 22 fuzzing review)', () => {
+  it('sync() refuses a signal that is not an AbortSignal, and sends nothing', async () => {
+    const sent: string[] = [];
+    const e = await Engine.create({
+      catalog, backend: 'cpu', store: new MemoryEventStore(), federated: { serverUrl: 'http://127.0.0.1:9' },
+      fetch: async (url: string) => {
+        sent.push(url);
+        return new Response('', { status: 503 });
+      },
+    });
+    for (const signal of [{ aborted: false }, {}, 5, 'abort'] as unknown[]) {
+      await assert.rejects(e.sync({ signal: signal as AbortSignal }), refused('options.signal'));
+    }
+    await new Promise((r) => setTimeout(r, 20));
+    assert.deepEqual(sent, [], 'no request left');
+    await e.close();
+  });
+
+  it('create() takes only true or false for consent and the Global Privacy Control switches, and a non-empty dbName', async () => {
+    const cases: Array<[Record<string, unknown>, string]> = [
+      [{ consent: { personalization: 'false' } }, 'options.consent.personalization'],
+      [{ consent: { federated: 0 } }, 'options.consent.federated'],
+      [{ globalPrivacyControl: 'true' }, 'options.globalPrivacyControl'],
+      [{ honorGlobalPrivacyControl: 1 }, 'options.honorGlobalPrivacyControl'],
+      [{ dbName: '' }, 'options.dbName'],
+      [{ dbName: 5 }, 'options.dbName'],
+    ];
+    for (const [extra, field] of cases) {
+      await assert.rejects(Engine.create({ catalog, backend: 'cpu', dbName: dbName(), ...extra } as never), refused(field), field);
+    }
+  });
+
+  it('enqueue() refuses what is not an array, with or without consent, and keeps its counters numbers', async () => {
+    for (const personalization of [false, true]) {
+      const store = new MemoryEventStore();
+      const e = await Engine.create({ catalog, backend: 'cpu', store, consent: { personalization, federated: false } });
+      if (personalization) e.enqueue([{ type: 'view', itemId: 'p1' }]);
+      for (const bad of [{ type: 'view', itemId: 'p1' }, null, undefined, 'abc', 5]) {
+        assert.throws(() => e.enqueue(bad as never), refused('events'));
+      }
+      await e.flush();
+      const s = await e.stats();
+      assert.equal(s.events.total, personalization ? 1 : 0, 'the valid event is kept, nothing else');
+      assert.ok(Number.isFinite((await e.audit()).consent.droppedBeforeConsent));
+      await e.close();
+    }
+  });
+
+  it('error messages describe values they cannot serialize (BigInt, cycles) instead of throwing a TypeError', async () => {
+    const e = await Engine.create({ catalog, backend: 'cpu', store: new MemoryEventStore(), offers: { publicKey: (await generateOfferKeys()).publicJwk } });
+    const cyclic: Record<string, unknown> = {};
+    cyclic.self = cyclic;
+    await assert.rejects(e.recommend({ exclude: 5n as never }), refused('options.exclude'));
+    await assert.rejects(e.recommend({ exclude: cyclic as never }), refused('options.exclude'));
+    await assert.rejects(e.offers({ context: { page: 5n as never } }), refused('options.context.page'));
+    await assert.rejects(e.offers({ context: { now: Symbol('now') as never } }), refused('options.context.now'));
+    await assert.rejects(e.setOffers({ alg: 5n, catalog: {}, signature: 'x' } as never), (err: Error) => err.name === 'SignatureError' && /algorithm a bigint/.test(err.message));
+    await assert.rejects(Engine.create({ catalog, backend: 'cpu', store: new MemoryEventStore(), neighbors: { url: 1n as never } }), refused('options.neighbors.url'));
+    // A huge unknown id is not copied whole into the message.
+    await assert.rejects(e.similar('x'.repeat(1_000_000)), (err: Error) => err.message.length < 200);
+    await e.close();
+  });
+
+  it('recommend() by category keeps a bounded number of masks on the backend, and an unknown category recommends nothing', async () => {
+    const e = await Engine.create({ catalog, backend: 'cpu', store: new MemoryEventStore() });
+    e.enqueue([{ type: 'view', itemId: 'p1' }]);
+    await e.recommend({ k: 2, category: 'mugs' });
+    const before = tf.memory().numTensors;
+    for (let i = 0; i < 200; i++) assert.deepEqual(await e.recommend({ k: 2, category: `c${i}` }), []);
+    assert.equal(tf.memory().numTensors, before, 'no tensor per unknown category');
+    // Known categories beyond the cap: the least recently used masks are disposed.
+    const many = { items: Array.from({ length: MAX_MASKS + 20 }, (_, i) => ({ id: `q${i}`, category: `k${i}` })) };
+    const f = await Engine.create({ catalog: many, backend: 'cpu', store: new MemoryEventStore() });
+    await f.recommend({ k: 1, category: 'k0' });
+    const start = tf.memory().numTensors;
+    for (let i = 0; i < MAX_MASKS + 20; i++) assert.equal((await f.recommend({ k: 1, category: `k${i}` }))[0]?.itemId, `q${i}`);
+    assert.ok(tf.memory().numTensors <= start + MAX_MASKS, `${tf.memory().numTensors - start} tensors more than after the first category`);
+    await e.close();
+    await f.close();
+  });
+
+  it('train() with nothing to learn reports null losses, not NaN', async () => {
+    const e = await Engine.create({ catalog, backend: 'cpu', store: new MemoryEventStore() });
+    e.enqueue([{ type: 'view', itemId: 'p1' }]);
+    const r = await e.train({ epochs: 1 });
+    assert.equal(r.steps, 0);
+    assert.equal(r.firstLoss, null);
+    assert.equal(r.lastLoss, null);
+    await e.close();
+  });
+});
