@@ -314,7 +314,7 @@ export interface ModelOptions {
    * HR@10 from 0.085 to 0.111 (docs/EVALUATION.md); on basket data it changes nothing.
    */
   stepDecay?: number;
-  /** Seed for initialization and negative sampling. Default 1. */
+  /** Seed for initialization and negative sampling: a whole number from 0 to 2³² − 1. Default 1. */
   seed?: number;
 }
 

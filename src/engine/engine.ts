@@ -341,8 +341,8 @@ export class Engine {
     // Checked here too (the constructor reads it), before anything opens IndexedDB.
     intOption(opts.autoTrainEvery, 'options.autoTrainEvery', 0, 1_000_000, 20);
     if (opts.training !== undefined) checkTrainConfig(opts.training, 'options.training');
-    const seed = opts.model?.seed;
-    if (seed !== undefined && !(typeof seed === 'number' && Number.isFinite(seed))) throw new ValidationError('options.model.seed', `must be a finite number, got ${describeValue(seed)}`);
+    // A whole 32-bit number: the generator keeps 32 bits, so 0.5 and 0, or 1 and 2³² + 1, were one seed.
+    intOption(opts.model?.seed, 'options.model.seed', 0, 0xffff_ffff, 1);
     const hl = opts.model?.halfLifeDays ?? 30;
     if (typeof hl !== 'number' || !(hl > 0) || !Number.isFinite(hl)) throw new ValidationError('options.model.halfLifeDays', `must be a number > 0, got ${describeValue(hl)}`);
     const sd = opts.model?.sessionDecay ?? DEFAULT_SESSION_DECAY;

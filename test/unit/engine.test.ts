@@ -213,7 +213,9 @@ describe('Engine', () => {
     const bad: Array<[Record<string, unknown>, RegExp]> = [
       [{ autoTrain: 5 }, /options\.autoTrain: is not an option/],
       [{ model: { dimension: 8 } }, /options\.model\.dimension: is not an option \(known: dim, halfLifeDays, sessionDecay, stepDecay, seed\)/],
-      [{ model: { seed: Number.NaN } }, /options\.model\.seed: must be a finite number, got NaN/],
+      [{ model: { seed: Number.NaN } }, /options\.model\.seed: must be a whole number from 0 to 4294967295, got NaN/],
+      [{ model: { seed: 0.5 } }, /options\.model\.seed: must be a whole number from 0 to 4294967295, got 0\.5/],
+      [{ model: { seed: 2 ** 32 + 1 } }, /options\.model\.seed: must be a whole number from 0 to 4294967295, got 4294967297/],
       [{ retention: { maxAge: 1 } }, /options\.retention\.maxAge: is not an option \(known: maxEvents, maxAgeDays\)/],
       [{ retention: { maxEvents: '100' } }, /options\.retention\.maxEvents: must be a whole number from 1 to 10000000, got "100"/],
       [{ neighbors: { url: 'http://x/n.lrn', timeout: 5 } }, /options\.neighbors\.timeout: is not an option/],
