@@ -326,6 +326,9 @@ export class Engine {
     knownKeys(opts.retention, 'options.retention', OPTION_KEYS.retention);
     knownKeys(opts.offers, 'options.offers', OPTION_KEYS.offers);
     knownKeys(opts.consent, 'options.consent', OPTION_KEYS.consent);
+    // First: the page passes federated.honorGlobalPrivacyControl on as honorGlobalPrivacyControl,
+    // and its error should name the option the page was given.
+    checkFederated(opts.federated);
     // Privacy switches take true or false only: 'false' (a string) would read as consent given.
     for (const [name, v] of [
       ['options.consent.personalization', opts.consent?.personalization],
@@ -336,7 +339,6 @@ export class Engine {
       if (v !== undefined && typeof v !== 'boolean') throw new ValidationError(name, `must be true or false, got ${describeValue(v)}`);
     }
     if (opts.dbName !== undefined && (typeof opts.dbName !== 'string' || opts.dbName.length === 0)) throw new ValidationError('options.dbName', `must be a non-empty string, got ${describeValue(opts.dbName)}`);
-    checkFederated(opts.federated);
     const dim = intOption(opts.model?.dim, 'options.model.dim', 1, 64, 32);
     // Checked here too (the constructor reads it), before anything opens IndexedDB.
     intOption(opts.autoTrainEvery, 'options.autoTrainEvery', 0, 1_000_000, 20);
@@ -364,6 +366,7 @@ export class Engine {
     const consented = opts.consent?.personalization ?? true;
     const store = consented ? (opts.store ?? (await openEventStore(opts.dbName ?? 'localrec', retention))) : new MemoryEventStore(retention);
     const engine = new Engine(catalog, store, backend, opts);
+    engine.watchStore(store);
     engine.retention = retention;
     engine.dim = dim;
     await engine.load(dim);
@@ -467,6 +470,21 @@ export class Engine {
     this.store.reopenLazily?.();
   }
 
+  /**
+   * The database was found deleted with no tab message about it (the browser cleared the site's
+   * data, or the tab had no connection when another tab erased it): drop what this tab holds from
+   * it, as for another tab's erase, in the same queue as the tab messages.
+   */
+  private watchStore(store: EventStore): void {
+    store.onVanished = () => {
+      this.inbox = this.inbox
+        .then(() => (this.closed || this.store !== store ? undefined : this.erasedElsewhere()))
+        .catch((e) => {
+          this.lastError = e as Error;
+        });
+    };
+  }
+
   /** Consent records not yet written: written with the next events (or the next consent change). */
   private consentDirty = false;
   private evictedByQuota = 0;
@@ -562,6 +580,7 @@ export class Engine {
     }
     if (next.personalization && !was) {
       this.store = this.opts.store ?? (await openEventStore(this.opts.dbName ?? 'localrec', this.retention));
+      this.watchStore(this.store);
       this.dropEventCache();
       this.scorer.dispose();
       await this.load(this.dim);

@@ -62,6 +62,8 @@ export interface EventStore {
   reopenLazily?(): void;
   /** IndexedDB only: another tab wrote since the deletion, so the database exists again. */
   existsAgain?(): void;
+  /** IndexedDB only: called when a reconnect finds the database deleted ({@link IdbEventStore.onVanished}). */
+  onVanished?: (() => void) | undefined;
   /** Deletes every event and every meta record, then the database itself. */
   destroy(): Promise<void>;
   close(): void;
@@ -135,11 +137,20 @@ export class IdbEventStore implements EventStore {
    */
   private absent = false;
   /**
-   * True once a connection was made, until another tab's deletion was handled ({@link reopenLazily}):
-   * a reconnect that finds no database then knows another tab deleted it while this one had no
-   * connection to hear of it, and must not create it anew with what this tab still holds.
+   * True once a connection was made, until a deletion was handled ({@link reopenLazily}): a
+   * reconnect that finds no database then knows it was deleted while this tab had no connection to
+   * hear of it (another tab's erase, or the browser clearing the site's data), and must not create
+   * it anew with what this tab still holds.
    */
   private mustExist = false;
+  /** Bumped by {@link reopenLazily}: a reconnect begun before it does not report a deletion already handled. */
+  private generation = 0;
+  /**
+   * Called (once per deletion, after the call that found it fails) when a reconnect finds the
+   * database gone: the engine drops what it holds from it, as for another tab's erase, and then
+   * calls {@link reopenLazily}. Without it the store refuses every call until then.
+   */
+  onVanished?: () => void;
   private constructor(
     readonly name: string,
     private readonly retention: Retention,
@@ -178,16 +189,20 @@ export class IdbEventStore implements EventStore {
         this.db = undefined;
       },
     };
-    const mustExist = this.mustExist;
+    const generation = this.generation;
+    // Read when the open answers, not before: a deletion handled meanwhile allows creating it.
+    const mustExist = () => this.mustExist && this.generation === generation;
     let vanished = false;
-    const erasedElsewhere = () => {
+    /** The database was deleted while this tab had no connection: refuse, and have the engine drop its state. */
+    const deleted = () => {
       this.deletedElsewhere = true;
-      return new StorageError(`IndexedDB database "${this.name}" was erased in another tab`);
+      queueMicrotask(() => this.onVanished?.());
+      return new StorageError(`IndexedDB database "${this.name}" was deleted (another tab erased it, or the browser cleared the site's data)`);
     };
     try {
       const db = await openDB<LocalrecDB>(this.name, EVENT_SCHEMA_VERSION, {
         upgrade(db, oldVersion, _newVersion, tx) {
-          if (oldVersion === 0 && mustExist) {
+          if (oldVersion === 0 && mustExist()) {
             // Aborting the upgrade of a database that did not exist leaves none behind.
             vanished = true;
             tx.done.catch(() => undefined); // (its rejection is the abort asked for here)
@@ -209,7 +224,10 @@ export class IdbEventStore implements EventStore {
       this.mustExist = true;
       return db;
     } catch (e) {
-      if (vanished) throw erasedElsewhere();
+      if (vanished) {
+        if (mustExist()) throw deleted();
+        return this.connect(); // (the deletion was handled meanwhile: created anew)
+      }
       if ((e as { name?: string })?.name !== 'VersionError') throw storageError(`opening IndexedDB database "${this.name}"`, e);
     }
     // A newer schema from another tab: open at its version and check that ours is contained in it.
@@ -226,7 +244,7 @@ export class IdbEventStore implements EventStore {
       });
     } catch (e) {
       if (vanished) {
-        if (mustExist) throw erasedElsewhere();
+        if (mustExist()) throw deleted();
         return this.connect(); // (the first open creates it at this code's version)
       }
       throw storageError(`opening IndexedDB database "${this.name}"`, e);
@@ -250,7 +268,7 @@ export class IdbEventStore implements EventStore {
   private async conn(): Promise<IDBPDatabase<LocalrecDB>> {
     if (this.closedByCaller) throw new StorageError(`IndexedDB database "${this.name}" is closed`);
     if (this.db) return this.db;
-    if (this.deletedElsewhere) throw new StorageError(`IndexedDB database "${this.name}" was erased in another tab`);
+    if (this.deletedElsewhere) throw new StorageError(`IndexedDB database "${this.name}" was deleted (another tab erased it, or the browser cleared the site's data)`);
     this.reopening ??= this.connect().then(
       (db) => {
         this.reopening = undefined;
@@ -445,6 +463,7 @@ export class IdbEventStore implements EventStore {
     this.deletedElsewhere = false;
     this.absent = true;
     this.mustExist = false;
+    this.generation++;
   }
 
   /** Another tab wrote to the database since it was deleted: it exists again, reads open it. */

@@ -49,6 +49,8 @@ describe('Engine input (stop 22 fuzzing review)', () => {
       [{ honorGlobalPrivacyControl: 1 }, 'options.honorGlobalPrivacyControl'],
       [{ dbName: '' }, 'options.dbName'],
       [{ dbName: 5 }, 'options.dbName'],
+      // As the page passes it on: the error names the option the page was given.
+      [{ federated: { serverUrl: 'http://127.0.0.1:9', honorGlobalPrivacyControl: 'no' }, honorGlobalPrivacyControl: 'no' }, 'options.federated.honorGlobalPrivacyControl'],
     ];
     for (const [extra, field] of cases) {
       await assert.rejects(Engine.create({ catalog, backend: 'cpu', dbName: dbName(), ...extra } as never), refused(field), field);
@@ -112,5 +114,29 @@ describe('Engine input (stop 22 fuzzing review)', () => {
     assert.equal(r.firstLoss, null);
     assert.equal(r.lastLoss, null);
     await e.close();
+  });
+});
+
+describe('Engine and a database deleted without a tab message (stop 22 diff review)', () => {
+  it('drops what it held from it and carries on: the browser cleared the site data while the connection was down', async () => {
+    const { deleteDB } = await import('idb');
+    const name = dbName();
+    const e = await Engine.create({ catalog, backend: 'cpu', dbName: name, autoTrainEvery: 0 });
+    e.enqueue([{ type: 'view', itemId: 'p1' }]);
+    await e.flush();
+    await e.recommend({ k: 2 }); // the history is cached
+    const inner = e as unknown as { store: { db?: { close(): void } }; inbox: Promise<void> };
+    inner.store.db!.close(); // the browser dropped the connection…
+    inner.store.db = undefined;
+    await deleteDB(name); // …and cleared the site's data
+    await assert.rejects(e.stats(), /was deleted \(another tab erased it, or the browser cleared the site's data\)/);
+    await new Promise((r) => setTimeout(r, 0));
+    await inner.inbox;
+    const recs = await e.recommend({ k: 3 });
+    assert.ok(!recs.some((r) => r.reason.kind !== 'popular'), 'nothing learned from the deleted history is used');
+    e.enqueue([{ type: 'view', itemId: 'p3' }]);
+    await e.flush();
+    assert.deepEqual((await e.exportData()).events.map((x) => x.itemId), ['p3'], 'the database holds only what came after');
+    await e.erase();
   });
 });
