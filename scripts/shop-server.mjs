@@ -262,6 +262,9 @@ export async function startShop(opts = {}) {
   const nodeEntry = join(DIST_DIR, 'node.js');
   if (!existsSync(nodeEntry)) throw new Error('dist/node.js is missing: run `npm run build` first');
   const mod = await import(pathToFileURL(nodeEntry).href);
+  // The simulated shoppers train with tfjs's CPU backend in this process: without this, tfjs prints
+  // its "install our node backend" banner into the shop's terminal at the first simulation.
+  (await import('@tensorflow/tfjs-core')).env().set('PROD', true);
   const { startServer, createItemTable } = mod;
   if (typeof startServer !== 'function') throw new Error('dist/node.js does not export startServer: run `npm run build` again');
   for (const name of ['generateOfferKeys', 'signOfferCatalog', 'syncOnce', 'RdpAccountant', 'decodeModel']) {

@@ -7,13 +7,24 @@ import { drawLossChart } from './loss-chart.js';
 const params = new URLSearchParams(location.search);
 /** `?backend=wasm` (or webgpu, webgl, cpu) forces a tfjs backend; otherwise the SDK probes. */
 const BACKEND = params.get('backend') || undefined;
-/** Train after this many new events (the page trains itself so that it can chart the loss). */
-const TRAIN_EVERY = Number(params.get('trainEvery') ?? 3);
+/** A whole number ≥ 1 from the URL, or the default (with a warning in the console). */
+function countParam(name, dflt) {
+  const raw = params.get(name);
+  if (raw === null) return dflt;
+  const n = Number(raw);
+  if (Number.isInteger(n) && n >= 1) return n;
+  console.warn(`?${name}=${raw} is not a whole number ≥ 1: using ${dflt}`);
+  return dflt;
+}
+/** Train after this many new browsing events (the page trains itself so that it can chart the loss). */
+const TRAIN_EVERY = countParam('trainEvery', 3);
 const POLL_MS = 4000;
 /** `?consent=required`: nothing is stored until the shopper accepts in the banner. */
 const CONSENT_REQUIRED = params.get('consent') === 'required';
 /** How many shoppers the "Simulate" button runs (the test uses a few). */
-const SHOPPERS = Number(params.get('shoppers') ?? 200);
+const SHOPPERS = countParam('shoppers', 200);
+/** `?consent=required` remembers the shopper's answer here (the host's job: the SDK asks it each page load). */
+const CONSENT_KEY = 'localrec-demo-consent';
 
 const $ = (id) => document.getElementById(id);
 const money = new Intl.NumberFormat('en-GB', { style: 'currency', currency: 'GBP' });
@@ -43,6 +54,8 @@ const state = {
   open: null,
   losses: [],
   runs: 0,
+  /** Browsing events (not offer impressions) there were at the last training run the page started. */
+  browsingTrained: 0,
   training: null,
   stats: null,
   audit: null,
@@ -74,6 +87,11 @@ function setStatus(text, kind = 'info') {
 function restingStatus(s) {
   if ($('status').dataset.kind === 'error' || Date.now() - statusAt < 6000) return;
   const sent = state.audit?.egress.requests ?? 0;
+  if (state.audit && !state.audit.consent.current.personalization) {
+    $('status').textContent = `Not personalized: no consent, so nothing is stored and you see the shop’s bestsellers · ${s.backend} backend, started in ${state.startMs} ms`;
+    $('status').dataset.kind = 'info';
+    return;
+  }
   $('status').textContent = `Personalized on this device · ${s.backend} backend, started in ${state.startMs} ms · ${s.events.total} event${s.events.total === 1 ? '' : 's'} stored in this browser, none sent · ${sent ? `${sent} federated request${sent === 1 ? '' : 's'} (model only), see Privacy` : 'no federated sync yet'}`;
   $('status').dataset.kind = 'ok';
 }
@@ -108,7 +126,6 @@ function scheduleRefresh() {
 async function startRecommender() {
   const t0 = performance.now();
   setStatus('Starting the on-device recommender (TensorFlow.js in a Web Worker)…');
-  state.impressed.clear();
   state.autoSynced = false;
   state.rec = await createRecommender({
     catalog: { items: state.items },
@@ -132,7 +149,12 @@ async function startRecommender() {
       fail(e);
     }
   }
-  if (CONSENT_REQUIRED) showConsent(true);
+  if (CONSENT_REQUIRED) {
+    // The shopper answered on an earlier visit: apply that answer instead of asking again.
+    const remembered = rememberedConsent();
+    if (remembered) await state.rec.setConsent(remembered);
+    showConsent(!remembered);
+  }
   // The resting status line (restingStatus) takes over at the next refresh.
   statusAt = 0;
 }
@@ -143,7 +165,11 @@ async function refresh() {
   if (!rec) return;
   let stats = await rec.stats();
   if (gen !== state.generation) return;
-  if (stats.model.pendingEvents >= TRAIN_EVERY && !state.training) {
+  // Browsing since the last training run (offers shown are events too, but nothing to learn from).
+  const browsing = Object.entries(stats.events.byType).reduce((a, [t, n]) => a + (t.startsWith('offer_') ? 0 : n), 0);
+  if (browsing < state.browsingTrained) state.browsingTrained = 0; // erased, or declined
+  if (stats.model.pendingEvents > 0 && browsing - state.browsingTrained >= TRAIN_EVERY && !state.training) {
+    state.browsingTrained = browsing;
     await train();
     if (gen !== state.generation) return;
     stats = await rec.stats();
@@ -212,7 +238,7 @@ function card(item, { reason, compact = false } = {}) {
   body.className = 'card-body';
   body.innerHTML = `
     <p class="card-cat">${esc(categoryLabel(item.category))}</p>
-    <h4 class="card-title">${esc(item.title)}</h4>
+    <h3 class="card-title">${esc(item.title)}</h3>
     <p class="card-price">${money.format(item.price)}</p>`;
   tile.append(body);
   li.append(tile);
@@ -356,11 +382,12 @@ function renderPrivacy(s, a) {
     n === null
       ? `Each sync spends part of the budget; how much depends on this server’s noise (σ = ${state.serverConfig?.noiseMultiplier ?? '…'}).`
       : n === 0
-        ? 'At this server’s noise this device can sync no more: it refuses, for good.'
+        ? 'At this server’s noise this device can send no more updates: it refuses, for good (“Sync now” still receives the newest global model).'
         : `At this server’s noise this device can sync ${n === 1 ? 'once' : `${n} times`} more; then it refuses, for good.`;
   const p = a.privacy;
   const frac = p.epsilonBudget > 0 ? Math.min(1, p.epsilonSpent / p.epsilonBudget) : 0;
   $('a-eps-bar').style.width = `${frac * 100}%`;
+  $('a-eps-meter').setAttribute('aria-valuenow', String(Math.round(frac * 100)));
   $('a-eps-bar').classList.toggle('full', frac >= 0.75);
   $('a-eps').textContent = p.federatedConfigured
     ? `ε ${eps(p.epsilonSpent)} of ${eps(p.epsilonBudget)} spent (δ = ${p.delta < 0.001 ? p.delta.toExponential(0) : p.delta}) in ${p.syncs} sync${p.syncs === 1 ? '' : 's'}. ${syncsLeftText(p.syncsLeft)}`
@@ -381,7 +408,9 @@ function renderPrivacy(s, a) {
       : 'Your browser sends Global Privacy Control, but this shop chose to sync anyway.'
     : 'Global Privacy Control: not sent by your browser.';
   $('a-gpc').dataset.gpc = String(p.globalPrivacyControl);
+  // Past the budget "Sync now" still receives the newest global model (the upload is refused).
   $('sync-now').disabled = !p.federatedActive || !!state.syncing;
+  $('sync-now').title = p.syncsLeft === 0 ? 'This device’s privacy budget is spent: it only receives the newest global model now.' : '';
 }
 
 /** Downloads `rec.export()` as a JSON file. */
@@ -403,6 +432,24 @@ function showConsent(show) {
   $('consent-banner').hidden = !show;
 }
 
+function rememberedConsent() {
+  try {
+    const c = JSON.parse(localStorage.getItem(CONSENT_KEY) ?? 'null');
+    return c && typeof c.personalization === 'boolean' && typeof c.federated === 'boolean' ? { personalization: c.personalization, federated: c.federated } : null;
+  } catch {
+    return null;
+  }
+}
+
+function rememberConsent(c) {
+  try {
+    if (c) localStorage.setItem(CONSENT_KEY, JSON.stringify(c));
+    else localStorage.removeItem(CONSENT_KEY);
+  } catch {
+    // Storage blocked: the banner asks again next time.
+  }
+}
+
 /** The model panel as on a fresh device: what it showed came from data that is now gone. */
 function forgetModelPanel() {
   state.lastSync = null;
@@ -417,6 +464,7 @@ async function chooseConsent(personalization, federated) {
   if (!state.rec) return;
   try {
     await state.rec.setConsent({ personalization, federated });
+    if (CONSENT_REQUIRED) rememberConsent({ personalization, federated });
     // Declining erases what was stored and the personal model: the panel forgets them too.
     if (!personalization) forgetModelPanel();
     showConsent(false);
@@ -450,7 +498,7 @@ function offerCard(o) {
   li.dataset.offerId = o.offerId;
   li.innerHTML = `
     <p class="offer-discount">${esc(o.discount.kind === 'percent' ? `${o.discount.percent}% off` : `${money.format(o.discount.amount)} off`)}${o.discount.maxAmount ? ` <span class="fine">up to ${esc(money.format(o.discount.maxAmount))}</span>` : ''}</p>
-    <h4 class="offer-title">${esc(o.title)}</h4>
+    <h3 class="offer-title">${esc(o.title)}</h3>
     <p class="reason reason-offer" data-testid="offer-reason">${esc(o.reason)}</p>
     ${o.explore ? '<p class="explore-tag" title="Picked to learn what you like (a little exploration), not because it scored best">Trying something new</p>' : ''}
     <p class="fine offer-value" title="What the policy expects the offer to be worth to the shop for you">expected value ${money.format(o.expectedValue)}</p>`;
@@ -481,6 +529,34 @@ function renderOffers(offers) {
   impress(offers);
 }
 
+/** The signed catalog's offer behind a shown one (its scope and minimum basket). */
+function catalogOffer(offerId) {
+  return state.signedOffers?.catalog?.offers?.find((o) => o.id === offerId);
+}
+
+function inOfferScope(offer, item) {
+  const s = offer.scope;
+  return s.kind === 'all' || (s.kind === 'categories' && s.categories.includes(item.category)) || (s.kind === 'items' && s.itemIds.includes(item.id));
+}
+
+/** What the applied offer takes off the cart as it is, or why it does not apply (yet). */
+function offerEffect(shown) {
+  const offer = catalogOffer(shown.offerId);
+  if (!offer) return { amount: 0, why: 'the shop no longer offers it' };
+  let basket = 0;
+  let inScope = 0;
+  for (const [id, q] of state.cart) {
+    const it = state.byId.get(id);
+    basket += q * it.price;
+    if (inOfferScope(offer, it)) inScope += q * it.price;
+  }
+  if (inScope === 0) return { amount: 0, why: offer.scope.kind === 'all' ? 'your cart is empty' : 'add an item it covers to your cart' };
+  if (offer.minBasket && basket < offer.minBasket) return { amount: 0, why: `it needs a basket of ${money.format(offer.minBasket)} (yours: ${money.format(basket)})` };
+  const d = offer.discount;
+  const amount = d.kind === 'percent' ? Math.min((inScope * d.percent) / 100, d.maxAmount ?? Infinity) : Math.min(d.amount, inScope);
+  return { amount: Math.round(amount * 100) / 100, why: null };
+}
+
 function redeem(o) {
   track({ type: 'offer_redeemed', offerId: o.offerId });
   state.appliedOffer = o;
@@ -489,7 +565,13 @@ function redeem(o) {
     b.textContent = 'Applied ✓';
     b.disabled = true;
   }
-  setStatus(`Offer “${o.title}” applied to your cart. The shop checks it at checkout; it learns only that you used it.`, 'ok');
+  const effect = offerEffect(o);
+  setStatus(
+    effect.why
+      ? `Offer “${o.title}” is on your cart, but it does not apply yet: ${effect.why}. The shop learns only that you used it.`
+      : `Offer “${o.title}” applied: ${money.format(effect.amount)} off your cart. The shop checks it at checkout; it learns only that you used it.`,
+    'ok',
+  );
 }
 
 // ---------------------------------------------------------------- federated sync
@@ -505,7 +587,7 @@ async function loadServerConfig() {
 function syncError(e) {
   switch (e?.name) {
     case 'PrivacyBudgetError':
-      return `Not sent: this device’s privacy budget is spent (${e.message}). It will not send another update — that is the point of a budget.`;
+      return 'Not sent: this device’s privacy budget is spent, so it will not send another update — that is the point of a budget.';
     case 'NetworkError':
       return e.status ? `The server refused the update (${e.status}): ${e.message}` : `Offline: the aggregation server could not be reached (${e.message}). Nothing was lost; try again later.`;
     case 'ConsentError':
@@ -621,7 +703,9 @@ function renderSimulation(s) {
   $('simulate').disabled = running;
   $('simulate-cancel').hidden = !running;
   $('sim-meter').hidden = s.phase === 'idle';
-  $('sim-bar').style.width = `${s.shoppers ? (100 * s.done) / s.shoppers : 0}%`;
+  const simPct = s.shoppers ? (100 * s.done) / s.shoppers : 0;
+  $('sim-bar').style.width = `${simPct}%`;
+  $('sim-meter').setAttribute('aria-valuenow', String(Math.round(simPct)));
   document.body.dataset.sim = s.phase;
   const el = $('sim-status');
   el.dataset.phase = s.phase;
@@ -687,7 +771,9 @@ function renderRounds() {
   $('f-health').innerHTML = `<span class="dot ${r.health.ok ? 'on' : 'off'}"></span>${r.health.ok ? 'online' : 'unhealthy'}`;
   const { version, pending, minClients, publishedAt, hash } = r.round;
   $('f-version').innerHTML = `version ${version} <span class="fine">· ${esc(hash.slice(0, 8))} · ${esc(new Date(publishedAt).toLocaleString())}</span>`;
-  $('f-bar').style.width = `${Math.min(100, (pending / minClients) * 100)}%`;
+  const roundPct = Math.min(100, (pending / minClients) * 100);
+  $('f-bar').style.width = `${roundPct}%`;
+  $('f-meter').setAttribute('aria-valuenow', String(Math.round(roundPct)));
   $('f-pending').textContent = `${pending} of ${minClients} updates needed for the next round (each one clipped and noised on its device).`;
 }
 
@@ -790,10 +876,15 @@ function renderCart() {
     return li;
   });
   $('cart-lines').replaceChildren(...(lines.length ? lines : [Object.assign(document.createElement('li'), { className: 'fine', textContent: 'Your cart is empty.' })]));
-  $('cart-total').textContent = n ? `Total ${money.format(total)}` : '';
   const o = state.appliedOffer;
+  const effect = o ? offerEffect(o) : null;
+  $('cart-total').textContent = n ? (effect && !effect.why ? `Total ${money.format(total - effect.amount)} (${money.format(total)} − ${money.format(effect.amount)} offer)` : `Total ${money.format(total)}`) : '';
   $('cart-offer').hidden = !o;
-  if (o) $('cart-offer').textContent = `Offer applied: ${o.title} (${discountText(o.discount)}). The shop checks it at checkout.`;
+  if (o) {
+    $('cart-offer').textContent = effect.why
+      ? `Offer: ${o.title} (${discountText(o.discount)}) does not apply yet: ${effect.why}.`
+      : `Offer applied: ${o.title} (${discountText(o.discount)}): −${money.format(effect.amount)}. The shop checks it at checkout.`;
+  }
   $('checkout').disabled = n === 0;
   $('cart-count').textContent = String(n);
 }
@@ -832,6 +923,8 @@ async function erase() {
   try {
     await state.training?.catch(() => undefined);
     await rec.erase();
+    // Everything is gone, the answer to the consent banner too: it asks again.
+    rememberConsent(null);
     state.cart.clear();
     state.appliedOffer = null;
     forgetModelPanel();

@@ -1065,7 +1065,8 @@ export class Engine {
       const stats = await trainItemTable(this.table, [seq], { ...this.opts.training, epochs, seed: (this.opts.model?.seed ?? 1) + this.saved.trainSteps }, report);
       report({ phase: 'saving', done: 0, total: 1 });
       // Events stored while it trained were not in its profile: they stay pending (auto-training sees them).
-      this.saved = { ...this.saved, trainedAt: this.now(), trainSteps: this.saved.trainSteps + stats.steps, trainedThroughId: through };
+      // A run with nothing to learn (no steps) changes no weight: it is not a training time to report.
+      this.saved = { ...this.saved, trainedAt: stats.steps > 0 ? this.now() : this.saved.trainedAt, trainSteps: this.saved.trainSteps + stats.steps, trainedThroughId: through };
       const old = this.scorer;
       this.scorer = this.newScorer();
       old.dispose();
@@ -1539,7 +1540,7 @@ export class Engine {
         byType: ev.byType,
         oldest: ev.oldest ?? null,
         newest: ev.newest ?? null,
-        bytes: new TextEncoder().encode(JSON.stringify(events)).length,
+        bytes: events.length ? new TextEncoder().encode(JSON.stringify(events)).length : 0,
         evictedThisSession: { retention: this.evictedByRetention, quota: this.evictedByQuota },
       },
       retention: { maxEvents: this.retention.maxEvents, maxAgeDays: this.retention.maxAgeDays },

@@ -242,7 +242,7 @@ describe('demo shop', () => {
       await page.waitForSelector('body[data-sync-errors="1"]', { timeout: 20_000 });
       assert.match(await text(page, '#sync-result'), /^Not sent: this device’s privacy budget is spent/);
       assert.equal(sdkRequests.filter((r) => r.method() === 'POST').length, before, 'nothing uploaded past the budget');
-      await page.waitForFunction(() => /in 2 syncs\. At this server’s noise this device can sync no more/.test(document.getElementById('a-eps')?.textContent ?? ''), null, { timeout: 10_000 });
+      await page.waitForFunction(() => /in 2 syncs\. At this server’s noise this device can send no more updates/.test(document.getElementById('a-eps')?.textContent ?? ''), null, { timeout: 10_000 });
     }
 
     // Erase (two clicks): nothing is left.
@@ -339,6 +339,14 @@ describe('demo shop', () => {
     assert.match(await text(page, '#a-storage'), /^IndexedDB “localrec”/);
     assert.equal(await page.isDisabled('#sync-now'), true, 'no sync without consent to sharing updates');
     assert.ok((await page.$$('#a-consent-history li')).length >= 1);
+
+    // The page remembers the answer (the host's job): after a reload the banner does not ask
+    // again, and the panel shows what is stored instead of "nothing stored".
+    await page.reload();
+    await page.waitForSelector('body[data-state="ready"]', { timeout: 45_000 });
+    await page.waitForFunction(() => (document.getElementById('a-consent')?.textContent ?? '').startsWith('Personalization: yes · sharing model updates: no'), null, { timeout: 10_000 });
+    assert.equal(await page.isVisible('#consent-banner'), false);
+    assert.match(await text(page, '#a-storage'), /^IndexedDB “localrec”/);
     assert.deepEqual(posts, [], 'nothing was posted');
     assert.deepEqual(errors, []);
     await page.close();

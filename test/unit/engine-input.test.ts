@@ -113,6 +113,8 @@ describe('Engine input (stop 22 fuzzing review)', () => {
     assert.equal(r.steps, 0);
     assert.equal(r.firstLoss, null);
     assert.equal(r.lastLoss, null);
+    assert.equal((await e.stats()).model.trainedAt, undefined, 'a run that changed no weight is not reported as a training');
+    assert.equal((await e.stats()).model.pendingEvents, 0, 'the events it looked at are no longer pending');
     await e.close();
   });
 });
