@@ -63,6 +63,11 @@ const state = {
   /** The shop's public key and signed offer catalog (from the server), when offers are available. */
   offerKey: null,
   signedOffers: null,
+  /**
+   * One exploration seed per page view: a refresh with nothing new shows the same offers instead of
+   * new random draws (without a seed every rec.offers() call explores afresh).
+   */
+  offerSeed: crypto.getRandomValues(new Uint32Array(1))[0],
   /** Offers already counted as shown in this page view (one impression each). */
   impressed: new Set(),
   appliedOffer: null,
@@ -177,7 +182,7 @@ async function refresh() {
   const [recs, audit, offers] = await Promise.all([
     rec.recommend({ k: 8, exclude: 'seen' }),
     rec.audit(),
-    state.signedOffers ? rec.offers({ k: 3, context: { cart: cartLines(), page: 'home' } }).catch((e) => (console.warn(e), [])) : [],
+    state.signedOffers ? rec.offers({ k: 3, seed: state.offerSeed, context: { cart: cartLines(), page: 'home' } }).catch((e) => (console.warn(e), [])) : [],
   ]);
   if (gen !== state.generation) return;
   state.stats = stats;
@@ -815,7 +820,7 @@ function openProduct(id, via) {
     .catch(fail);
   if (state.signedOffers) {
     rec
-      .offers({ k: 1, context: { cart: cartLines(), page: 'product', itemId: id } })
+      .offers({ k: 1, seed: state.offerSeed, context: { cart: cartLines(), page: 'product', itemId: id } })
       .then((offers) => {
         if (gen !== state.generation || state.open !== id) return;
         const ol = document.createElement('ol');

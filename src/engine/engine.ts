@@ -175,7 +175,7 @@ type TabMessage =
   | { type: 'events' }
   | { type: 'model' }
   | { type: 'offers' }
-  | { type: 'erased' }
+  | { type: 'erased'; at?: number }
   | { type: 'consent'; personalization: boolean; federated: boolean; at?: number };
 /** The egress log keeps this many most recent requests. */
 const EGRESS_MAX = 1000;
@@ -441,6 +441,8 @@ export class Engine {
         }
         return;
       case 'erased':
+        // Already handled: this tab found the database gone after that erase began (watchStore).
+        if (typeof m.at === 'number' && m.at <= this.deletionHandledAt) return;
         await this.erasedElsewhere();
         return;
     }
@@ -478,12 +480,19 @@ export class Engine {
   private watchStore(store: EventStore): void {
     store.onVanished = () => {
       this.inbox = this.inbox
-        .then(() => (this.closed || this.store !== store ? undefined : this.erasedElsewhere()))
+        .then(() => {
+          if (this.closed || this.store !== store) return;
+          this.deletionHandledAt = this.now();
+          return this.erasedElsewhere();
+        })
         .catch((e) => {
           this.lastError = e as Error;
         });
     };
   }
+
+  /** When this tab last handled a deletion it found itself (watchStore): older erase messages are about it. */
+  private deletionHandledAt = -Infinity;
 
   /** Consent records not yet written: written with the next events (or the next consent change). */
   private consentDirty = false;
@@ -600,7 +609,9 @@ export class Engine {
       // consent records before the withdrawal's own.
       this.heldGlobal = undefined;
       this.consentHistory = this.consentHistory.slice(-1);
-      if (source === 'another-tab') this.store.close();
+      // Another tab's withdrawal deleted the database; if this tab created it anew meanwhile (it
+      // found it gone before the message came), what it wrote goes too.
+      if (source === 'another-tab' && !this.store.createdAfterDeletion?.()) this.store.close();
       else await this.store.destroy();
       this.store = new MemoryEventStore(this.retention);
       this.dropEventCache();
@@ -1695,6 +1706,8 @@ export class Engine {
 
   /** Deletes every event and the saved weights, and the database itself. */
   async erase(): Promise<void> {
+    // When it began: a tab that already handled the deletion (it found the database gone) skips the message.
+    const erasedAt = this.now();
     this.disarmAutoSync();
     // No new sync may start (sync() and the automatic one check it) while erasing waits for what runs.
     this.closing = true;
@@ -1712,7 +1725,7 @@ export class Engine {
     await this.store.destroy();
     await this.deleteStoredDatabase();
     // The shop's other tabs drop what they hold from the erased database (erasedElsewhere).
-    this.tell({ type: 'erased' });
+    this.tell({ type: 'erased', at: erasedAt });
     this.channel?.close();
   }
 

@@ -62,6 +62,8 @@ export interface EventStore {
   reopenLazily?(): void;
   /** IndexedDB only: another tab wrote since the deletion, so the database exists again. */
   existsAgain?(): void;
+  /** IndexedDB only: see {@link IdbEventStore.createdAfterDeletion}. */
+  createdAfterDeletion?(): boolean;
   /** IndexedDB only: called when a reconnect finds the database deleted ({@link IdbEventStore.onVanished}). */
   onVanished?: (() => void) | undefined;
   /** Deletes every event and every meta record, then the database itself. */
@@ -145,6 +147,8 @@ export class IdbEventStore implements EventStore {
   private mustExist = false;
   /** Bumped by {@link reopenLazily}: a reconnect begun before it does not report a deletion already handled. */
   private generation = 0;
+  /** This store created the database anew after a deletion it was told of ({@link createdAfterDeletion}). */
+  private recreated = false;
   /**
    * Called (once per deletion, after the call that found it fails) when a reconnect finds the
    * database gone: the engine drops what it holds from it, as for another tab's erase, and then
@@ -189,26 +193,33 @@ export class IdbEventStore implements EventStore {
         this.db = undefined;
       },
     };
+    // Both taken when this call began: what it carries dates from then, so a database deleted since
+    // is not created anew for it, even if the deletion is handled while it waits.
     const generation = this.generation;
-    // Read when the open answers, not before: a deletion handled meanwhile allows creating it.
-    const mustExist = () => this.mustExist && this.generation === generation;
+    const mustExist = this.mustExist;
     let vanished = false;
     /** The database was deleted while this tab had no connection: refuse, and have the engine drop its state. */
     const deleted = () => {
+      if (this.generation !== generation) {
+        // Handled while this call waited (reopenLazily): only this call fails; later ones create it.
+        return new StorageError(`IndexedDB database "${this.name}" was deleted while this call reconnected: nothing of it was stored`);
+      }
       this.deletedElsewhere = true;
       queueMicrotask(() => this.onVanished?.());
       return new StorageError(`IndexedDB database "${this.name}" was deleted (another tab erased it, or the browser cleared the site's data)`);
     };
+    let createdNow = false;
     try {
       const db = await openDB<LocalrecDB>(this.name, EVENT_SCHEMA_VERSION, {
         upgrade(db, oldVersion, _newVersion, tx) {
-          if (oldVersion === 0 && mustExist()) {
+          if (oldVersion === 0 && mustExist) {
             // Aborting the upgrade of a database that did not exist leaves none behind.
             vanished = true;
             tx.done.catch(() => undefined); // (its rejection is the abort asked for here)
             tx.abort();
             return;
           }
+          if (oldVersion === 0) createdNow = true;
           // Each step upgrades from the version before it, so any old database reaches the current one.
           if (oldVersion < 1) {
             const events = db.createObjectStore('events', { keyPath: 'id', autoIncrement: true });
@@ -222,12 +233,10 @@ export class IdbEventStore implements EventStore {
         ...handlers,
       });
       this.mustExist = true;
+      if (createdNow && generation > 0) this.recreated = true;
       return db;
     } catch (e) {
-      if (vanished) {
-        if (mustExist()) throw deleted();
-        return this.connect(); // (the deletion was handled meanwhile: created anew)
-      }
+      if (vanished) throw deleted();
       if ((e as { name?: string })?.name !== 'VersionError') throw storageError(`opening IndexedDB database "${this.name}"`, e);
     }
     // A newer schema from another tab: open at its version and check that ours is contained in it.
@@ -244,7 +253,7 @@ export class IdbEventStore implements EventStore {
       });
     } catch (e) {
       if (vanished) {
-        if (mustExist()) throw deleted();
+        if (mustExist) throw deleted();
         return this.connect(); // (the first open creates it at this code's version)
       }
       throw storageError(`opening IndexedDB database "${this.name}"`, e);
@@ -464,6 +473,15 @@ export class IdbEventStore implements EventStore {
     this.absent = true;
     this.mustExist = false;
     this.generation++;
+  }
+
+  /**
+   * Whether this store created the database anew after a deletion it was told of: then another
+   * tab's consent withdrawal, which deleted it, may have come before this tab heard of it, and the
+   * engine deletes it again rather than leave behind what this tab wrote meanwhile.
+   */
+  createdAfterDeletion(): boolean {
+    return this.recreated;
   }
 
   /** Another tab wrote to the database since it was deleted: it exists again, reads open it. */

@@ -147,9 +147,14 @@ describe('demo shop', () => {
     // The README's picture: personal picks and offers with their reasons.
     await page.evaluate(() => window.scrollTo(0, 0));
     await screenshot(page, 'shop.png', true);
-    const firstOffer = offers[0]!.id;
-    await page.click(`#offers .offer[data-offer-id="${firstOffer}"] .use-offer`);
-    await page.waitForSelector(`#offers .offer[data-offer-id="${firstOffer}"] .use-offer:disabled`);
+    // The first offer on screen now (a refresh may have changed the list since it was read): one
+    // click in the page, so that the list cannot change between finding the button and clicking it.
+    const firstOffer = await page.evaluate(() => {
+      const o = document.querySelector<HTMLElement>('#offers .offer')!;
+      o.querySelector<HTMLButtonElement>('.use-offer')!.click();
+      return o.dataset.offerId!;
+    });
+    await page.waitForFunction((id) => document.getElementById('cart-offer')?.hidden === false && document.getElementById('status')?.textContent?.includes('Offer “'), firstOffer);
 
     // The automatic sync after training (once), then the privacy panel shows what left.
     await page.waitForSelector('body[data-syncs="1"]', { timeout: 30_000 });

@@ -141,4 +141,41 @@ describe('Engine and a database deleted without a tab message (stop 22 diff revi
     assert.deepEqual((await e.exportData()).events.map((x) => x.itemId), ['p3'], 'the database holds only what came after');
     await e.erase();
   });
+
+  /** An engine whose database was deleted while it had no connection, found gone and handled; then it wrote p3 and queued p4. */
+  async function handledVanish(): Promise<{ e: Engine; name: string; erasedAt: number; fromOtherTab: (m: unknown) => Promise<void> }> {
+    const { deleteDB } = await import('idb');
+    const name = dbName();
+    const e = await Engine.create({ catalog, backend: 'cpu', dbName: name, autoTrainEvery: 0 });
+    e.enqueue([{ type: 'view', itemId: 'p1' }]);
+    await e.flush();
+    const inner = e as unknown as { store: { db?: { close(): void } }; inbox: Promise<void>; fromOtherTab(m: unknown): Promise<void> };
+    inner.store.db!.close();
+    inner.store.db = undefined;
+    const erasedAt = Date.now();
+    await deleteDB(name); // another tab's erase, whose message is still on its way
+    await assert.rejects(e.stats(), /was deleted/);
+    await new Promise((r) => setTimeout(r, 0));
+    await inner.inbox;
+    e.enqueue([{ type: 'view', itemId: 'p3' }]);
+    await e.flush();
+    e.enqueue([{ type: 'view', itemId: 'p2' }]);
+    return { e, name, erasedAt, fromOtherTab: (m) => inner.fromOtherTab(m) };
+  }
+
+  it("another tab's erase message arriving after the tab handled that deletion itself drops nothing tracked since", async () => {
+    const { e, erasedAt, fromOtherTab } = await handledVanish();
+    await fromOtherTab({ type: 'erased', at: erasedAt });
+    await e.flush();
+    assert.deepEqual((await e.exportData()).events.map((x) => x.itemId), ['p3', 'p2']);
+    await e.erase();
+  });
+
+  it("another tab's consent withdrawal arriving after the tab recreated the database deletes it again", async () => {
+    const { e, name, fromOtherTab } = await handledVanish();
+    await fromOtherTab({ type: 'consent', personalization: false, federated: false, at: Date.now() + 1 });
+    assert.ok(!(await indexedDB.databases()).some((d) => d.name === name), 'nothing this tab wrote after the deletion is left');
+    assert.equal((await e.stats()).events.total, 0);
+    await e.close();
+  });
 });
