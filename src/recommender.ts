@@ -123,6 +123,20 @@ function checkedKeys<T>(o: T, keys: readonly string[]): T {
   return o;
 }
 
+/** `options.consent` as the engine takes it. */
+function consentOption(c: unknown): { personalization: boolean; federated: boolean } {
+  if (c === undefined || c === 'granted') return { personalization: true, federated: true };
+  if (c === 'required') return { personalization: false, federated: false };
+  if (typeof c === 'object' && c !== null && !Array.isArray(c)) {
+    const o = knownKeys(c, 'options.consent', OPTION_KEYS.consent);
+    for (const k of ['personalization', 'federated'] as const) {
+      if (typeof o[k] !== 'boolean') throw new ValidationError(`options.consent.${k}`, `must be true or false, got ${describeValue(o[k])}`);
+    }
+    return { personalization: o.personalization as boolean, federated: o.federated as boolean };
+  }
+  throw new ValidationError('options.consent', `must be 'required', 'granted' or { personalization, federated }; got ${describeValue(c)}`);
+}
+
 /**
  * Starts localrec on the page: spawns the module worker (TensorFlow.js, IndexedDB and training all
  * live there), picks a backend, and loads saved weights.
@@ -150,10 +164,7 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
   if (options.dbName !== undefined && (typeof options.dbName !== 'string' || options.dbName.length === 0)) {
     throw new ValidationError('options.dbName', 'must be a non-empty string');
   }
-  if (options.consent !== undefined && options.consent !== 'required' && options.consent !== 'granted') {
-    throw new ValidationError('options.consent', `must be 'required' or 'granted'; got ${describeValue(options.consent)}`);
-  }
-  const required = options.consent === 'required';
+  const initialConsent = consentOption(options.consent);
   const dbName = options.dbName ?? 'localrec';
   const workerTimeoutMs = options.workerTimeoutMs ?? DEFAULT_WORKER_TIMEOUT_MS;
   if (typeof workerTimeoutMs !== 'number' || !Number.isFinite(workerTimeoutMs) || !(workerTimeoutMs === 0 || workerTimeoutMs >= 1_000)) {
@@ -182,7 +193,7 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
   let closed = false;
   const { workerUrl: _ignored, consent: _consent, workerTimeoutMs: _timeout, ...rest } = options;
   const gpc = (globalThis.navigator as { globalPrivacyControl?: boolean } | undefined)?.globalPrivacyControl === true;
-  let consented = !required;
+  let consented = initialConsent.personalization;
   let dropped = 0;
   /** setConsent() calls granting personalization that are under way, and what was tracked meanwhile. */
   let granting = 0;
@@ -274,7 +285,7 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
           ...rest,
           catalog,
           neighbors,
-          consent: { personalization: !required, federated: !required },
+          consent: initialConsent,
           globalPrivacyControl: gpc,
           honorGlobalPrivacyControl: options.federated?.honorGlobalPrivacyControl,
         },

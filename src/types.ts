@@ -333,9 +333,11 @@ export interface RecommenderOptions {
   /**
    * `'required'`: nothing is stored, trained or sent until `setConsent({ personalization: true })`;
    * tracked events are dropped (counted in `stats().dropped`). `'granted'` (default): the host
-   * already has consent.
+   * already has consent. `{ personalization, federated }`: the answer the host remembered from an
+   * earlier visit (its consent banner's); the same answer as last time adds nothing to the consent
+   * history, where `'required'` followed by `setConsent()` would add two records per page load.
    */
-  consent?: 'required' | 'granted';
+  consent?: 'required' | 'granted' | { personalization: boolean; federated: boolean };
   /** Offers: the shop's public key(s) (JWK, ECDSA P-256) that `setOffers()` catalogs must be signed with. */
   offers?: { publicKey: JsonWebKey | JsonWebKey[] };
   /** Federated learning; without it the model never leaves the device and `sync()` refuses. */

@@ -142,7 +142,9 @@ async function startRecommender() {
     // The shop's neighbour table (scripts/make-neighbors.ts, as `localrec neighbors` makes it from
     // the shop's orders), a static file: "Recommended for you" ranks the shopper's history through it.
     neighbors: { url: '/neighbors.lrn' },
-    ...(CONSENT_REQUIRED ? { consent: 'required' } : { consent: 'granted' }),
+    // With ?consent=required, the answer remembered from an earlier visit, if any (the SDK asks the
+    // host at every page load; an answer equal to the stored one adds nothing to the history).
+    consent: CONSENT_REQUIRED ? (rememberedConsent() ?? 'required') : 'granted',
     ...(state.offerKey ? { offers: { publicKey: state.offerKey } } : {}),
   });
   state.startMs = Math.round(performance.now() - t0);
@@ -154,12 +156,7 @@ async function startRecommender() {
       fail(e);
     }
   }
-  if (CONSENT_REQUIRED) {
-    // The shopper answered on an earlier visit: apply that answer instead of asking again.
-    const remembered = rememberedConsent();
-    if (remembered) await state.rec.setConsent(remembered);
-    showConsent(!remembered);
-  }
+  if (CONSENT_REQUIRED) showConsent(!rememberedConsent());
   // The resting status line (restingStatus) takes over at the next refresh.
   statusAt = 0;
 }

@@ -346,12 +346,15 @@ describe('demo shop', () => {
     assert.ok((await page.$$('#a-consent-history li')).length >= 1);
 
     // The page remembers the answer (the host's job): after a reload the banner does not ask
-    // again, and the panel shows what is stored instead of "nothing stored".
+    // again, and the panel shows what is stored instead of "nothing stored". The same answer as
+    // last time adds nothing to the consent history.
+    const history = await page.$$eval('#a-consent-history li', (lis) => lis.map((li) => li.textContent));
     await page.reload();
     await page.waitForSelector('body[data-state="ready"]', { timeout: 45_000 });
     await page.waitForFunction(() => (document.getElementById('a-consent')?.textContent ?? '').startsWith('Personalization: yes · sharing model updates: no'), null, { timeout: 10_000 });
     assert.equal(await page.isVisible('#consent-banner'), false);
     assert.match(await text(page, '#a-storage'), /^IndexedDB “localrec”/);
+    assert.deepEqual(await page.$$eval('#a-consent-history li', (lis) => lis.map((li) => li.textContent)), history);
     assert.deepEqual(posts, [], 'nothing was posted');
     assert.deepEqual(errors, []);
     await page.close();
