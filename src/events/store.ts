@@ -109,6 +109,9 @@ function storageError(what: string, e: unknown): StorageError {
   return new StorageError(`${what} failed: ${err?.name ?? 'Error'}: ${err?.message ?? String(e)}`, { cause: e });
 }
 
+/** How long a store whose database another tab deleted waits for that tab's message before it tells the engine itself. */
+export const DELETION_GRACE_MS = 1000;
+
 /**
  * EventStore over IndexedDB (through `idb`). Schema history:
  * - v1: `events` (auto-increment key `id`) with a `t` index.
@@ -178,7 +181,18 @@ export class IdbEventStore implements EventStore {
       // once the engine says so (allowReopen).
       db.close();
       this.db = undefined;
-      if (deleted) this.deletedElsewhere = true;
+      if (deleted) {
+        this.deletedElsewhere = true;
+        // Another localrec tab's erase or withdrawal tells this tab's engine at once; a deletion no
+        // tab message follows (devtools, other code of the page's origin) would leave this store
+        // refusing every call: after a grace period the engine is told, as for a deletion found
+        // on reconnect (it skips that erase's message if it comes later still).
+        const generation = this.generation;
+        const t = setTimeout(() => {
+          if (this.deletedElsewhere && this.generation === generation && !this.closedByCaller) this.onVanished?.();
+        }, DELETION_GRACE_MS);
+        (t as { unref?: () => void }).unref?.();
+      }
       // After an upgrade, reconnect at once rather than at the next call: a tab without an open
       // connection hears nothing of another tab deleting the database (its erase()), and its next
       // write would create it anew with what it still holds from before the erase. (A failure here

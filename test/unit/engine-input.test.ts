@@ -179,3 +179,23 @@ describe('Engine and a database deleted without a tab message (stop 22 diff revi
     await e.close();
   });
 });
+
+describe('A database deleted while the tab is connected, with no tab message (stop 22)', () => {
+  it('the tab recovers after the grace period instead of refusing every call', async () => {
+    const { deleteDB } = await import('idb');
+    const { DELETION_GRACE_MS } = await import('../../src/events/store.js');
+    const name = dbName();
+    const e = await Engine.create({ catalog, backend: 'cpu', dbName: name, autoTrainEvery: 0 });
+    e.enqueue([{ type: 'view', itemId: 'p1' }]);
+    await e.flush();
+    await deleteDB(name); // devtools "Delete database", or other code of the origin: no localrec message
+    await assert.rejects(e.stats(), /was deleted/);
+    await new Promise((r) => setTimeout(r, DELETION_GRACE_MS + 100));
+    await (e as unknown as { inbox: Promise<void> }).inbox;
+    assert.equal((await e.stats()).events.total, 0);
+    e.enqueue([{ type: 'view', itemId: 'p2' }]);
+    await e.flush();
+    assert.deepEqual((await e.exportData()).events.map((x) => x.itemId), ['p2']);
+    await e.erase();
+  });
+});
