@@ -54,7 +54,8 @@ const state = {
   open: null,
   losses: [],
   runs: 0,
-  /** Browsing events (not offer impressions) there were at the last training run the page started. */
+  /** Browsing events (not offer impressions) this page tracked, and how many when it last trained. */
+  browsingTracked: 0,
   browsingTrained: 0,
   training: null,
   stats: null,
@@ -117,6 +118,7 @@ function track(event) {
     fail(e);
     return;
   }
+  if (!event.type.startsWith('offer_')) state.browsingTracked++;
   scheduleRefresh();
 }
 
@@ -167,11 +169,10 @@ async function refresh() {
   if (!rec) return;
   let stats = await rec.stats();
   if (gen !== state.generation) return;
-  // Browsing since the last training run (offers shown are events too, but nothing to learn from).
-  const browsing = Object.entries(stats.events.byType).reduce((a, [t, n]) => a + (t.startsWith('offer_') ? 0 : n), 0);
-  if (browsing < state.browsingTrained) state.browsingTrained = 0; // erased, or declined
-  if (stats.model.pendingEvents > 0 && browsing - state.browsingTrained >= TRAIN_EVERY && !state.training) {
-    state.browsingTrained = browsing;
+  // Browsing tracked on this page since the last training run (offers shown are events too, but
+  // nothing to learn from; the page counts its own calls: stored totals stop at the retention cap).
+  if (stats.model.pendingEvents > 0 && state.browsingTracked - state.browsingTrained >= TRAIN_EVERY && !state.training) {
+    state.browsingTrained = state.browsingTracked;
     await train();
     if (gen !== state.generation) return;
     stats = await rec.stats();
@@ -335,7 +336,7 @@ function renderModel(s) {
   $('m-events').textContent = String(s.events.total);
   $('m-trained').textContent = state.training ? 'training…' : ago(s.model.trainedAt);
   $('m-steps').textContent = String(s.model.trainSteps);
-  $('m-pending').textContent = `${s.model.pendingEvents} event${s.model.pendingEvents === 1 ? '' : 's'} (trains every ${TRAIN_EVERY})`;
+  $('m-pending').textContent = `${s.model.pendingEvents} event${s.model.pendingEvents === 1 ? '' : 's'} (trains every ${TRAIN_EVERY} browsing events)`;
   drawLossChart($('loss-chart'), state.losses);
 }
 
