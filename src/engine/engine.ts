@@ -1706,8 +1706,6 @@ export class Engine {
 
   /** Deletes every event and the saved weights, and the database itself. */
   async erase(): Promise<void> {
-    // When it began: a tab that already handled the deletion (it found the database gone) skips the message.
-    const erasedAt = this.now();
     this.disarmAutoSync();
     // No new sync may start (sync() and the automatic one check it) while erasing waits for what runs.
     this.closing = true;
@@ -1722,6 +1720,9 @@ export class Engine {
     // A neighbour fetch still in flight writes nothing once closed (saveNeighbors, appendEgress).
     this.closed = true;
     this.scorer.dispose();
+    // When the deletion began: a tab that found the database gone after it (watchStore) already
+    // handled it and skips the message.
+    const erasedAt = this.now();
     await this.store.destroy();
     await this.deleteStoredDatabase();
     // The shop's other tabs drop what they hold from the erased database (erasedElsewhere).
