@@ -92,6 +92,15 @@ describe('SDK in Chromium', () => {
       } catch (e: any) {
         optionError = `${e.name} ${e.message}`;
       }
+      const consentErrors: string[] = [];
+      for (const consent of ['maybe', { personalization: 'yes', federated: false }, { personalization: true }, { personalization: true, federated: false, ads: true }]) {
+        try {
+          await createRecommender({ catalog, backend: 'cpu', dbName: 'bad-input', consent });
+          consentErrors.push('accepted');
+        } catch (e: any) {
+          consentErrors.push(`${e.name} ${e.message}`);
+        }
+      }
       let startError = '';
       try {
         await createRecommender({ catalog, backend: 'cpu', dbName: 'bad-input', workerUrl: '/no-such-worker.js' });
@@ -142,8 +151,14 @@ describe('SDK in Chromium', () => {
       }
       const answered = (await inFlight).length;
       await Promise.all(erasing);
-      return { optionError, errors, workerError, neighborError, syncError, late, answered, neighbors: stats.model.neighbors, total: stats.events.total };
+      return { optionError, consentErrors, errors, workerError, neighborError, syncError, late, answered, neighbors: stats.model.neighbors, total: stats.events.total };
     }, CATALOG);
+    assert.deepEqual(r.consentErrors, [
+      "ValidationError options.consent: must be 'required', 'granted' or { personalization, federated }; got \"maybe\"",
+      'ValidationError options.consent.personalization: must be true or false, got "yes"',
+      'ValidationError options.consent.federated: must be true or false, got undefined',
+      'ValidationError options.consent.ads: is not an option (known: personalization, federated)',
+    ]);
     const [optionError, workerStart] = r.optionError.split(' | ');
     assert.equal(optionError, 'ValidationError options.autoTrain: is not an option (known: catalog, backend, dbName, retention, model, autoTrainEvery, consent, offers, federated, neighbors, workerUrl, workerTimeoutMs)');
     assert.match(workerStart, /^ClosedError the localrec worker \(.*\/no-such-worker\.js\) failed to start/, 'a worker that cannot load is an error, not a wait for ever');
