@@ -48,6 +48,8 @@ const state = {
   /** Bumped by erase(): answers from a closed recommender are dropped. */
   generation: 0,
   cart: new Map(),
+  /** Stars given in this page view, shown again when the product is reopened. */
+  ratings: new Map(),
   query: '',
   category: '',
   /** The product open in the modal. */
@@ -241,7 +243,7 @@ function card(item, { reason, compact = false } = {}) {
   body.className = 'card-body';
   body.innerHTML = `
     <p class="card-cat">${esc(categoryLabel(item.category))}</p>
-    <h3 class="card-title">${esc(item.title)}</h3>
+    <${compact ? 'h4' : 'h3'} class="card-title">${esc(item.title)}</${compact ? 'h4' : 'h3'}>
     <p class="card-price">${money.format(item.price)}</p>`;
   tile.append(body);
   li.append(tile);
@@ -798,7 +800,7 @@ function openProduct(id, via) {
   $('p-pop').textContent = `Bought ${item.popularity.toLocaleString()} times in the shop’s history · item ${item.id}`;
   $('p-rating').innerHTML =
     '<span class="fine">Rate it:</span>' +
-    [1, 2, 3, 4, 5].map((v) => `<button type="button" class="star" data-value="${v}" aria-label="${v} star${v > 1 ? 's' : ''}">★</button>`).join('');
+    [1, 2, 3, 4, 5].map((v) => `<button type="button" class="star${v <= (state.ratings.get(id) ?? 0) ? ' on' : ''}" data-value="${v}" aria-label="${v} star${v > 1 ? 's' : ''}" aria-pressed="${v === state.ratings.get(id)}">★</button>`).join('');
   $('similar').replaceChildren();
   $('p-offer').replaceChildren();
   const dlg = $('product-modal');
@@ -929,6 +931,7 @@ async function erase() {
     // Everything is gone, the answer to the consent banner too: it asks again.
     rememberConsent(null);
     state.cart.clear();
+    state.ratings.clear();
     state.appliedOffer = null;
     forgetModelPanel();
     renderCart();
@@ -990,7 +993,11 @@ function wire() {
     if (!star || !state.open) return;
     const value = Number(star.dataset.value);
     track({ type: 'rating', itemId: state.open, value });
-    for (const s of $('p-rating').querySelectorAll('.star')) s.classList.toggle('on', Number(s.dataset.value) <= value);
+    state.ratings.set(state.open, value);
+    for (const s of $('p-rating').querySelectorAll('.star')) {
+      s.classList.toggle('on', Number(s.dataset.value) <= value);
+      s.setAttribute('aria-pressed', String(Number(s.dataset.value) === value));
+    }
   });
   $('product-modal').addEventListener('close', () => (state.open = null));
   // A click on the backdrop closes a dialog.
