@@ -135,20 +135,25 @@ describe('review fixes (stop 21)', () => {
     await deleteDB('review-s22');
   });
 
-  it('a tab whose connection the browser dropped does not recreate a database erased meanwhile, until the engine has dropped its state', async () => {
-    const a = await IdbEventStore.open('review-s22b');
+  /** A store with one event whose connection the browser dropped (no versionchange reaches it), then its database deleted. */
+  async function deletedWithoutConnection(name: string): Promise<{ a: IdbEventStore; told: () => number }> {
+    const a = await IdbEventStore.open(name);
     await a.add([ev('before-erase', now)]);
-    // The browser closed the connection (as its `terminated` handler hears): no versionchange reaches a.
     const inner = a as unknown as { db?: { close(): void } };
     inner.db!.close();
     inner.db = undefined;
     let told = 0;
     a.onVanished = () => told++;
-    await deleteDB('review-s22b'); // another tab erases (or the browser cleared the site's data)
+    await deleteDB(name); // another tab erases (or the browser cleared the site's data)
+    return { a, told: () => told };
+  }
+
+  it('a tab whose connection the browser dropped does not recreate a database erased meanwhile, until the engine has dropped its state', async () => {
+    const { a, told } = await deletedWithoutConnection('review-s22b');
     await assert.rejects(a.add([ev('queued-before-erase', now)]), /was deleted \(another tab erased it, or the browser cleared the site's data\)/);
     assert.ok(!(await indexedDB.databases()).some((d) => d.name === 'review-s22b'), 'no database was created');
     await Promise.resolve();
-    assert.equal(told, 1, 'the engine is told, so that it drops what it holds and reopens');
+    assert.equal(told(), 1, 'the engine is told, so that it drops what it holds and reopens');
     a.reopenLazily(); // the engine dropped what it held (erasedElsewhere)
     assert.equal(await a.count(), 0);
     await a.add([ev('after-erase', now)]);
@@ -157,21 +162,14 @@ describe('review fixes (stop 21)', () => {
   });
 
   it('a reconnect still in flight when the deletion is handled does not refuse writes after it', async () => {
-    const a = await IdbEventStore.open('review-s22d');
-    await a.add([ev('before-erase', now)]);
-    const inner = a as unknown as { db?: { close(): void } };
-    inner.db!.close();
-    inner.db = undefined;
-    await deleteDB('review-s22d');
-    let told = 0;
-    a.onVanished = () => told++;
+    const { a, told } = await deletedWithoutConnection('review-s22d');
     const late = a.add([ev('queued-before-erase', now)]); // its reconnect is under way…
     a.reopenLazily(); // …when the engine has already dropped its state (another tab's message)
     await assert.rejects(late, /was deleted while this call reconnected: nothing of it was stored/);
     await a.add([ev('after-erase', now)]);
     assert.deepEqual((await a.all()).map((e) => e.itemId), ['after-erase'], 'what the late call carried, from before the erase, is not stored');
     await Promise.resolve();
-    assert.equal(told, 0, 'a deletion already handled is not reported again');
+    assert.equal(told(), 0, 'a deletion already handled is not reported again');
     await a.destroy();
   });
 
