@@ -120,7 +120,8 @@ function track(event) {
     fail(e);
     return;
   }
-  if (!event.type.startsWith('offer_')) state.browsingTracked++;
+  // (Before consent the SDK drops the event: nothing to train on.)
+  if (!event.type.startsWith('offer_') && state.audit?.consent.current.personalization !== false) state.browsingTracked++;
   scheduleRefresh();
 }
 
@@ -471,7 +472,10 @@ async function chooseConsent(personalization, federated) {
     await state.rec.setConsent({ personalization, federated });
     if (CONSENT_REQUIRED) rememberConsent({ personalization, federated });
     // Declining erases what was stored and the personal model: the panel forgets them too.
-    if (!personalization) forgetModelPanel();
+    if (!personalization) {
+      forgetModelPanel();
+      state.ratings.clear();
+    }
     showConsent(false);
     setStatus(
       personalization
@@ -993,7 +997,7 @@ function wire() {
     if (!star || !state.open) return;
     const value = Number(star.dataset.value);
     track({ type: 'rating', itemId: state.open, value });
-    state.ratings.set(state.open, value);
+    if (state.audit?.consent.current.personalization !== false) state.ratings.set(state.open, value);
     for (const s of $('p-rating').querySelectorAll('.star')) {
       s.classList.toggle('on', Number(s.dataset.value) <= value);
       s.setAttribute('aria-pressed', String(Number(s.dataset.value) === value));

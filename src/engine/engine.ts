@@ -437,7 +437,7 @@ export class Engine {
         if (typeof m.at === 'number' && m.at < this.consentAt) return;
         if (typeof m.at === 'number') this.consentAt = m.at;
         if (m.personalization !== this.consent.personalization || m.federated !== this.consent.federated) {
-          await this.applyConsent({ personalization: m.personalization, federated: m.federated }, 'another-tab');
+          await this.applyConsent({ personalization: m.personalization, federated: m.federated }, 'another-tab', typeof m.at === 'number' ? m.at : undefined);
         }
         return;
       case 'erased':
@@ -481,7 +481,8 @@ export class Engine {
     store.onVanished = () => {
       this.inbox = this.inbox
         .then(() => {
-          if (this.closed || this.store !== store) return;
+          // (Handled meanwhile, through another tab's message: nothing left to do.)
+          if (this.closed || this.store !== store || store.isDeleted?.() === false) return;
           this.deletionHandledAt = this.now();
           return this.erasedElsewhere();
         })
@@ -564,16 +565,17 @@ export class Engine {
    * Moves to `next` consent: from `setConsent`, or from another tab's (`another-tab`: that tab has
    * already erased or opened the database; this one only drops or opens its own handle and state).
    */
-  private async applyConsent(next: { personalization: boolean; federated: boolean }, source: ConsentRecord['source']): Promise<void> {
+  private async applyConsent(next: { personalization: boolean; federated: boolean }, source: ConsentRecord['source'], at?: number): Promise<void> {
     try {
-      await this.applyConsentSteps(next, source);
+      await this.applyConsentSteps(next, source, at);
     } finally {
       // Whatever became of the steps, this.consent is `next` (or a later change's): say so.
       this.consentApplied();
     }
   }
 
-  private async applyConsentSteps(next: { personalization: boolean; federated: boolean }, source: ConsentRecord['source']): Promise<void> {
+  /** `at`: when another tab asked for the change (its message's time), for `source` 'another-tab'. */
+  private async applyConsentSteps(next: { personalization: boolean; federated: boolean }, source: ConsentRecord['source'], at?: number): Promise<void> {
     const was = this.consent.personalization;
     if (next.personalization && next.federated && !(this.consent.personalization && this.consent.federated)) this.scheduleAutoSync(AUTO_SYNC_FIRST_DELAY_MS);
     this.consent = next;
@@ -609,9 +611,10 @@ export class Engine {
       // consent records before the withdrawal's own.
       this.heldGlobal = undefined;
       this.consentHistory = this.consentHistory.slice(-1);
-      // Another tab's withdrawal deleted the database; if this tab created it anew meanwhile (it
-      // found it gone before the message came), what it wrote goes too.
-      if (source === 'another-tab' && !this.store.createdAfterDeletion?.()) this.store.close();
+      // Another tab's withdrawal deleted the database; if this tab created it anew since (it found
+      // it gone before the message came), what it wrote goes too. (Were a third tab to grant
+      // consent again and write in that short while, its events would go with it.)
+      if (source === 'another-tab' && !(at !== undefined && this.store.createdAfterDeletion?.(at))) this.store.close();
       else await this.store.destroy();
       this.store = new MemoryEventStore(this.retention);
       this.dropEventCache();

@@ -63,7 +63,9 @@ export interface EventStore {
   /** IndexedDB only: another tab wrote since the deletion, so the database exists again. */
   existsAgain?(): void;
   /** IndexedDB only: see {@link IdbEventStore.createdAfterDeletion}. */
-  createdAfterDeletion?(): boolean;
+  createdAfterDeletion?(since: number): boolean;
+  /** IndexedDB only: see {@link IdbEventStore.isDeleted}. */
+  isDeleted?(): boolean;
   /** IndexedDB only: called when a reconnect finds the database deleted ({@link IdbEventStore.onVanished}). */
   onVanished?: (() => void) | undefined;
   /** Deletes every event and every meta record, then the database itself. */
@@ -150,8 +152,8 @@ export class IdbEventStore implements EventStore {
   private mustExist = false;
   /** Bumped by {@link reopenLazily}: a reconnect begun before it does not report a deletion already handled. */
   private generation = 0;
-  /** This store created the database anew after a deletion it was told of ({@link createdAfterDeletion}). */
-  private recreated = false;
+  /** When this store created the database anew after the last deletion it was told of ({@link createdAfterDeletion}). */
+  private recreatedAt: number | undefined;
   /**
    * Called (once per deletion, after the call that found it fails) when a reconnect finds the
    * database gone: the engine drops what it holds from it, as for another tab's erase, and then
@@ -247,7 +249,7 @@ export class IdbEventStore implements EventStore {
         ...handlers,
       });
       this.mustExist = true;
-      if (createdNow && generation > 0) this.recreated = true;
+      if (createdNow && generation > 0 && generation === this.generation) this.recreatedAt = Date.now();
       return db;
     } catch (e) {
       if (vanished) throw deleted();
@@ -292,9 +294,11 @@ export class IdbEventStore implements EventStore {
     if (this.closedByCaller) throw new StorageError(`IndexedDB database "${this.name}" is closed`);
     if (this.db) return this.db;
     if (this.deletedElsewhere) throw new StorageError(`IndexedDB database "${this.name}" was deleted (another tab erased it, or the browser cleared the site's data)`);
-    this.reopening ??= this.connect().then(
+    if (this.reopening) return this.reopening;
+    // (reopenLazily() lets go of a reconnect begun before it: later calls do not join its refusal.)
+    const reopening: Promise<IDBPDatabase<LocalrecDB>> = this.connect().then(
       (db) => {
-        this.reopening = undefined;
+        if (this.reopening === reopening) this.reopening = undefined;
         // close() came while it reconnected: the new connection is not kept (nor used).
         if (this.closedByCaller) {
           db.close();
@@ -303,11 +307,12 @@ export class IdbEventStore implements EventStore {
         return (this.db = db);
       },
       (e) => {
-        this.reopening = undefined;
+        if (this.reopening === reopening) this.reopening = undefined;
         throw e;
       },
     );
-    return this.reopening;
+    this.reopening = reopening;
+    return reopening;
   }
 
   async add(events: StoredEvent[]): Promise<AddResult> {
@@ -487,15 +492,23 @@ export class IdbEventStore implements EventStore {
     this.absent = true;
     this.mustExist = false;
     this.generation++;
+    this.recreatedAt = undefined;
+    this.reopening = undefined;
   }
 
   /**
-   * Whether this store created the database anew after a deletion it was told of: then another
-   * tab's consent withdrawal, which deleted it, may have come before this tab heard of it, and the
-   * engine deletes it again rather than leave behind what this tab wrote meanwhile.
+   * Whether this store created the database anew, after the last deletion it was told of, at or
+   * after `since` (ms since the epoch): then another tab's consent withdrawal, which deleted it at
+   * `since`, came before this tab heard of it, and the engine deletes it again rather than leave
+   * behind what this tab wrote meanwhile.
    */
-  createdAfterDeletion(): boolean {
-    return this.recreated;
+  createdAfterDeletion(since: number): boolean {
+    return this.recreatedAt !== undefined && this.recreatedAt >= since;
+  }
+
+  /** Whether the database was deleted and this store refuses calls until {@link reopenLazily}. */
+  isDeleted(): boolean {
+    return this.deletedElsewhere;
   }
 
   /** Another tab wrote to the database since it was deleted: it exists again, reads open it. */

@@ -171,9 +171,21 @@ describe('Engine and a database deleted without a tab message (stop 22 diff revi
     await e.erase();
   });
 
+  it('a deletion already handled (through a tab message) is not handled again when the store reports it late', async () => {
+    const e = await Engine.create({ catalog, backend: 'cpu', dbName: dbName(), autoTrainEvery: 0 });
+    e.enqueue([{ type: 'view', itemId: 'p1' }]);
+    await e.flush();
+    const inner = e as unknown as { store: { onVanished?: () => void }; inbox: Promise<void> };
+    inner.store.onVanished!(); // the grace timer of a deletion the engine has handled meanwhile
+    await inner.inbox;
+    assert.deepEqual((await e.exportData()).events.map((x) => x.itemId), ['p1'], 'nothing dropped: the store is not deleted');
+    await e.erase();
+  });
+
   it("another tab's consent withdrawal arriving after the tab recreated the database deletes it again", async () => {
-    const { e, name, fromOtherTab } = await handledVanish();
-    await fromOtherTab({ type: 'consent', personalization: false, federated: false, at: Date.now() + 1 });
+    const { e, name, erasedAt, fromOtherTab } = await handledVanish();
+    // The withdrawal was asked for (and deleted the database) before this tab recreated it.
+    await fromOtherTab({ type: 'consent', personalization: false, federated: false, at: erasedAt });
     assert.ok(!(await indexedDB.databases()).some((d) => d.name === name), 'nothing this tab wrote after the deletion is left');
     assert.equal((await e.stats()).events.total, 0);
     await e.close();

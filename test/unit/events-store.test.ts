@@ -173,6 +173,17 @@ describe('review fixes (stop 21)', () => {
     await a.destroy();
   });
 
+  it('a call made after the deletion was handled does not join the refusal of a reconnect begun before it', async () => {
+    const { a } = await deletedWithoutConnection('review-s22e');
+    const late = a.add([ev('queued-before-erase', now)]);
+    a.reopenLazily();
+    const after = a.add([ev('after-erase', now)]);
+    await assert.rejects(late, /was deleted while this call reconnected/);
+    await after;
+    assert.deepEqual((await a.all()).map((e) => e.itemId), ['after-erase']);
+    await a.destroy();
+  });
+
   it('updateMeta reports a failing transaction as a StorageError naming the record', async () => {
     const a = await IdbEventStore.open('review-s22c');
     await a.updateMeta<number>('n', () => 1);
