@@ -254,8 +254,8 @@ describe('demo shop', () => {
     await page.click('#erase');
     await page.click('#erase');
     await page.waitForSelector('body[data-erased="1"]', { timeout: 20_000 });
-    // The fresh recommender starts from nothing; the only events it has are the impressions of the
-    // offers the page shows again right away.
+    // The fresh recommender starts from nothing (offers shown again in this page view are not
+    // counted as new impressions).
     await page.waitForFunction(() => document.querySelector('#privacy-counts tr[data-type="view"] td')?.textContent === '0', null, { timeout: 10_000 });
     assert.equal(await text(page, '#privacy-counts tr[data-type="add_to_cart"] td'), '0');
     assert.equal(await text(page, '#privacy-counts tr[data-type="offer_redeemed"] td'), '0');
