@@ -58,6 +58,17 @@ export function intOption(v: unknown, name: string, min: number, max: number, df
   return v;
 }
 
+/** `true` or `false` at `name` (undefined allowed unless `required`): a string 'false' must not read as true. */
+export function boolOption(v: unknown, name: string, required = false): void {
+  if (v === undefined && !required) return;
+  if (typeof v !== 'boolean') throw new ValidationError(name, `must be true or false, got ${describeValue(v)}`);
+}
+
+/** A non-empty string at `name`, when given. */
+export function nameOption(v: unknown, name: string): void {
+  if (v !== undefined && (typeof v !== 'string' || v.length === 0)) throw new ValidationError(name, `must be a non-empty string, got ${describeValue(v)}`);
+}
+
 /** The keys of each public options object, shared by the page and the worker. */
 export const OPTION_KEYS = {
   recommender: ['catalog', 'backend', 'dbName', 'retention', 'model', 'autoTrainEvery', 'consent', 'offers', 'federated', 'neighbors', 'workerUrl', 'workerTimeoutMs'],

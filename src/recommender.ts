@@ -1,7 +1,7 @@
 import * as Comlink from 'comlink';
 import { ClosedError, reviveError, syncCancelled, ValidationError } from './errors.js';
 import { validateEvent } from './events/schema.js';
-import { checkSignal, describeValue, knownKeys, OPTION_KEYS } from './options.js';
+import { boolOption, checkSignal, describeValue, knownKeys, nameOption, OPTION_KEYS } from './options.js';
 import type { WorkerApi } from './engine/worker.js';
 import type { AuditReport, ExportFile } from './engine/audit-types.js';
 import type { OffersOptions, ShownOffer, SignedOfferCatalog } from './offers/types.js';
@@ -129,9 +129,8 @@ function consentOption(c: unknown): { personalization: boolean; federated: boole
   if (c === 'required') return { personalization: false, federated: false };
   if (typeof c === 'object' && c !== null && !Array.isArray(c)) {
     const o = knownKeys(c, 'options.consent', OPTION_KEYS.consent);
-    for (const k of ['personalization', 'federated'] as const) {
-      if (typeof o[k] !== 'boolean') throw new ValidationError(`options.consent.${k}`, `must be true or false, got ${describeValue(o[k])}`);
-    }
+    boolOption(o.personalization, 'options.consent.personalization', true);
+    boolOption(o.federated, 'options.consent.federated', true);
     return { personalization: o.personalization as boolean, federated: o.federated as boolean };
   }
   throw new ValidationError('options.consent', `must be 'required', 'granted' or { personalization, federated }; got ${describeValue(c)}`);
@@ -161,9 +160,7 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
   if (options.backend !== undefined && !BACKENDS.includes(options.backend)) {
     throw new ValidationError('options.backend', `must be one of ${BACKENDS.join(', ')}; got "${String(options.backend)}"`);
   }
-  if (options.dbName !== undefined && (typeof options.dbName !== 'string' || options.dbName.length === 0)) {
-    throw new ValidationError('options.dbName', 'must be a non-empty string');
-  }
+  nameOption(options.dbName, 'options.dbName');
   const initialConsent = consentOption(options.consent);
   const dbName = options.dbName ?? 'localrec';
   const workerTimeoutMs = options.workerTimeoutMs ?? DEFAULT_WORKER_TIMEOUT_MS;
@@ -469,7 +466,7 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
       knownKeys(o, 'options', OPTION_KEYS.sync);
       const { onProgress, signal, contribute } = o;
       if (onProgress !== undefined && typeof onProgress !== 'function') throw new ValidationError('options.onProgress', `must be a function, got ${typeof onProgress}`);
-      if (contribute !== undefined && typeof contribute !== 'boolean') throw new ValidationError('options.contribute', `must be true or false, got ${describeValue(contribute)}`);
+      boolOption(contribute, 'options.contribute');
       checkSignal(signal, 'options.signal');
       if (signal?.aborted) throw syncCancelled('before it started');
       // An AbortSignal cannot cross postMessage: the page forwards its abort to the worker, naming

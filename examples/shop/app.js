@@ -95,13 +95,18 @@ function setStatus(text, kind = 'info') {
 function restingStatus(s) {
   if ($('status').dataset.kind === 'error' || Date.now() - statusAt < 6000) return;
   const sent = state.audit?.egress.requests ?? 0;
-  if (state.audit && !state.audit.consent.current.personalization) {
+  if (declined()) {
     $('status').textContent = `Not personalized: no consent, so nothing is stored and you see the shop’s bestsellers · ${s.backend} backend, started in ${state.startMs} ms`;
     $('status').dataset.kind = 'info';
     return;
   }
   $('status').textContent = `Personalized on this device · ${s.backend} backend, started in ${state.startMs} ms · ${s.events.total} event${s.events.total === 1 ? '' : 's'} stored in this browser, none sent · ${sent ? `${sent} federated request${sent === 1 ? '' : 's'} (model only), see Privacy` : 'no federated sync yet'}`;
   $('status').dataset.kind = 'ok';
+}
+
+/** No consent to personalization (as the last audit says): the SDK drops what the page tracks. */
+function declined() {
+  return state.audit?.consent.current.personalization === false;
 }
 
 function fail(e) {
@@ -121,7 +126,7 @@ function track(event) {
     return;
   }
   // (Before consent the SDK drops the event: nothing to train on.)
-  if (!event.type.startsWith('offer_') && state.audit?.consent.current.personalization !== false) state.browsingTracked++;
+  if (!event.type.startsWith('offer_') && !declined()) state.browsingTracked++;
   scheduleRefresh();
 }
 
@@ -997,7 +1002,7 @@ function wire() {
     if (!star || !state.open) return;
     const value = Number(star.dataset.value);
     track({ type: 'rating', itemId: state.open, value });
-    if (state.audit?.consent.current.personalization !== false) state.ratings.set(state.open, value);
+    if (!declined()) state.ratings.set(state.open, value);
     for (const s of $('p-rating').querySelectorAll('.star')) {
       s.classList.toggle('on', Number(s.dataset.value) <= value);
       s.setAttribute('aria-pressed', String(Number(s.dataset.value) === value));

@@ -1,5 +1,5 @@
 import { ClosedError, ConsentError, ModelError, NetworkError, syncCancelled, ValidationError, PrivacyBudgetError } from '../errors.js';
-import { checkSignal, describeValue, intOption, knownKeys, OPTION_KEYS } from '../options.js';
+import { boolOption, checkSignal, describeValue, intOption, knownKeys, nameOption, OPTION_KEYS } from '../options.js';
 import { validateEvent } from '../events/schema.js';
 import { DEFAULT_RETENTION, deleteEventDatabase, MemoryEventStore, openEventStore, type EventStore, type Retention } from '../events/store.js';
 import { EVENT_SCHEMA_VERSION } from '../events/schema.js';
@@ -210,9 +210,7 @@ function checkFederated(fed: unknown): void {
   if (f.cohortWaitMs !== undefined && !(typeof f.cohortWaitMs === 'number' && Number.isFinite(f.cohortWaitMs) && f.cohortWaitMs > 0)) {
     throw new ValidationError('options.federated.cohortWaitMs', `must be a number of milliseconds > 0, got ${describeValue(f.cohortWaitMs)}`);
   }
-  if (f.honorGlobalPrivacyControl !== undefined && typeof f.honorGlobalPrivacyControl !== 'boolean') {
-    throw new ValidationError('options.federated.honorGlobalPrivacyControl', `must be true or false, got ${describeValue(f.honorGlobalPrivacyControl)}`);
-  }
+  boolOption(f.honorGlobalPrivacyControl, 'options.federated.honorGlobalPrivacyControl');
   if (f.autoSyncHours !== undefined && !(typeof f.autoSyncHours === 'number' && Number.isFinite(f.autoSyncHours) && (f.autoSyncHours === 0 || f.autoSyncHours >= AUTO_SYNC_MIN_HOURS))) {
     throw new ValidationError('options.federated.autoSyncHours', `must be 0 (off) or a number of hours ≥ ${AUTO_SYNC_MIN_HOURS}, got ${describeValue(f.autoSyncHours)}`);
   }
@@ -269,6 +267,8 @@ const ACTION_VERB: Record<ProfileItem['action'], string> = {
 export class Engine {
   private readonly rows: Map<string, number>;
   private readonly titles: Map<string, string>;
+  /** The catalog's categories (`recommend({ category })` of any other recommends nothing). */
+  private readonly categories: Set<string>;
   private table!: ItemTable;
   private saved!: Omit<SavedModel, 'factors' | 'bias' | 'itemIds' | 'dim' | 'version'>;
   private scorer!: Scorer;
@@ -310,6 +310,7 @@ export class Engine {
   ) {
     this.rows = indexItems(catalog.items.map((i) => i.id));
     this.titles = new Map(catalog.items.filter((i) => i.title).map((i) => [i.id, i.title!]));
+    this.categories = new Set(catalog.items.flatMap((i) => (i.category === undefined ? [] : [i.category])));
     this.now = opts.now ?? Date.now;
     this.halfLifeDays = opts.model?.halfLifeDays ?? 30;
     this.sessionDecay = opts.model?.sessionDecay ?? DEFAULT_SESSION_DECAY;
@@ -330,15 +331,11 @@ export class Engine {
     // and its error should name the option the page was given.
     checkFederated(opts.federated);
     // Privacy switches take true or false only: 'false' (a string) would read as consent given.
-    for (const [name, v] of [
-      ['options.consent.personalization', opts.consent?.personalization],
-      ['options.consent.federated', opts.consent?.federated],
-      ['options.globalPrivacyControl', opts.globalPrivacyControl],
-      ['options.honorGlobalPrivacyControl', opts.honorGlobalPrivacyControl],
-    ] as const) {
-      if (v !== undefined && typeof v !== 'boolean') throw new ValidationError(name, `must be true or false, got ${describeValue(v)}`);
-    }
-    if (opts.dbName !== undefined && (typeof opts.dbName !== 'string' || opts.dbName.length === 0)) throw new ValidationError('options.dbName', `must be a non-empty string, got ${describeValue(opts.dbName)}`);
+    boolOption(opts.consent?.personalization, 'options.consent.personalization');
+    boolOption(opts.consent?.federated, 'options.consent.federated');
+    boolOption(opts.globalPrivacyControl, 'options.globalPrivacyControl');
+    boolOption(opts.honorGlobalPrivacyControl, 'options.honorGlobalPrivacyControl');
+    nameOption(opts.dbName, 'options.dbName');
     const dim = intOption(opts.model?.dim, 'options.model.dim', 1, 64, 32);
     // Checked here too (the constructor reads it), before anything opens IndexedDB.
     intOption(opts.autoTrainEvery, 'options.autoTrainEvery', 0, 1_000_000, 20);
@@ -530,9 +527,8 @@ export class Engine {
     this.assertOpen();
     if (typeof c !== 'object' || c === null) throw new ValidationError('consent', `must be an object like { personalization: true, federated: false }, got ${describeValue(c)}`);
     knownKeys(c, 'consent', OPTION_KEYS.consent);
-    for (const k of ['personalization', 'federated'] as const) {
-      if (c[k] !== undefined && typeof c[k] !== 'boolean') throw new ValidationError(`consent.${k}`, `must be true or false, got ${describeValue(c[k])}`);
-    }
+    boolOption(c.personalization, 'consent.personalization');
+    boolOption(c.federated, 'consent.federated');
     const next = { personalization: c.personalization ?? this.consent.personalization, federated: c.federated ?? this.consent.federated };
     // When the shopper asked: another tab's change asked for earlier does not undo this one.
     const at = Math.max(this.now(), this.consentAt);
@@ -988,7 +984,7 @@ export class Engine {
     const z = userVector(this.table, profile);
     const cat = options.category;
     // A category no item has recommends nothing (and costs no mask on the backend).
-    if (cat !== undefined && !this.catalog.items.some((it) => it.category === cat)) return [];
+    if (cat !== undefined && !this.categories.has(cat)) return [];
     const allowed = cat === undefined ? undefined : { key: `category:${cat}`, rows: () => this.catalog.items.flatMap((it, r) => (it.category === cat ? [r] : [])) };
     const nb = await this.neighborReady();
     if (nb && profile.some((p) => p.weight > 0)) {
@@ -1119,7 +1115,7 @@ export class Engine {
     this.assertOpen();
     knownKeys(o, 'options', OPTION_KEYS.sync);
     if (o.onProgress !== undefined && typeof o.onProgress !== 'function') throw new ValidationError('options.onProgress', `must be a function, got ${typeof o.onProgress}`);
-    if (o.contribute !== undefined && typeof o.contribute !== 'boolean') throw new ValidationError('options.contribute', `must be true or false, got ${describeValue(o.contribute)}`);
+    boolOption(o.contribute, 'options.contribute');
     checkSignal(o.signal, 'options.signal');
     const contribute = o.contribute ?? true;
     if (o.signal?.aborted) throw syncCancelled('before it started');

@@ -222,7 +222,7 @@ export class IdbEventStore implements EventStore {
       }
       this.deletedElsewhere = true;
       queueMicrotask(() => this.onVanished?.());
-      return new StorageError(`IndexedDB database "${this.name}" was deleted (another tab erased it, or the browser cleared the site's data)`);
+      return this.deletedError();
     };
     let createdNow = false;
     try {
@@ -289,11 +289,15 @@ export class IdbEventStore implements EventStore {
     return db;
   }
 
+  private deletedError(): StorageError {
+    return new StorageError(`IndexedDB database "${this.name}" was deleted (another tab erased it, or the browser cleared the site's data)`);
+  }
+
   /** The open connection, reopened when another tab's upgrade closed it. */
   private async conn(): Promise<IDBPDatabase<LocalrecDB>> {
     if (this.closedByCaller) throw new StorageError(`IndexedDB database "${this.name}" is closed`);
     if (this.db) return this.db;
-    if (this.deletedElsewhere) throw new StorageError(`IndexedDB database "${this.name}" was deleted (another tab erased it, or the browser cleared the site's data)`);
+    if (this.deletedElsewhere) throw this.deletedError();
     if (this.reopening) return this.reopening;
     // (reopenLazily() lets go of a reconnect begun before it: later calls do not join its refusal.)
     const reopening: Promise<IDBPDatabase<LocalrecDB>> = this.connect().then(
