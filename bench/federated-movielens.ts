@@ -18,13 +18,11 @@
 //
 // ~25 s per central run and ~40 s per federated run on 2 cores. Not part of `npm test`.
 import { parseArgs } from 'node:util';
-import { loadCsv } from '../src/eval/csv-loader.js';
-import { looSplit } from '../src/eval/loo-split.js';
 import { rankMetrics } from '../src/eval/metrics.js';
 import { topK } from '../src/eval/top-k.js';
-import { noiseForSyncs } from '../src/federated/dp.js';
-import { alignTo, centralModel, simulate, TableModel } from '../src/federated/simulate.js';
+import { TableModel } from '../src/federated/simulate.js';
 import type { ItemTable } from '../src/model/item-table.js';
+import { loadMovieLens, noiseMultiplier, trainCentral, trainFederated, weighting } from './movielens-recipe.js';
 
 const { values } = parseArgs({
   options: {
@@ -42,8 +40,7 @@ const centralRuns = whole('central-runs', 0);
 const federatedRuns = whole('federated-runs', 0);
 const epochs = whole('epochs', 1);
 
-const split = looSplit(await loadCsv('../shared/data/ml-latest-small/ratings.csv', { user: 'userId', item: 'movieId', time: 'timestamp' }));
-const weighting = { recencyDecay: 0.5, confidence: 'none' as const };
+const split = await loadMovieLens();
 const n = split.itemIds.length;
 const users = split.testUsers;
 
@@ -75,22 +72,16 @@ const round = (x: number) => Math.round(x * 1e4) / 1e4;
 type Run = { hr: Float64Array; ndcg: Float64Array };
 const central: Run[] = [];
 for (let seed = 1; seed <= centralRuns; seed++) {
-  const m = await centralModel({ dim: 8, seed, epochs, weighting, temperature: 1, backend: 'wasm' });
-  await m.fit(split, () => {});
-  const r = perUser(m.trainedTable!);
+  const r = perUser(await trainCentral(split, seed, epochs));
   central.push(r);
   console.log(JSON.stringify({ model: 'central', dim: 8, epochs, seed, hr: round(mean(r.hr)), ndcg: round(mean(r.ndcg)) }));
 }
-const noiseMultiplier = noiseForSyncs(3, 8);
 const federated: Run[] = [];
 for (let run = 1; run <= federatedRuns; run++) {
-  const sim = await simulate(split, {
-    rounds: 3, clientsPerRound: 610, minClients: 610, clip: 1, noiseMultiplier, budget: 8, dim: 8, seed: 1, aggregator: 'subspace', subspaceScale: 32,
-    secureAggregation: true, evalEvery: 3, trainRows: 100, trainBiases: false, biasScale: 0.5, denoise: 'directions', weighting, data: 'ml-latest-small',
-  });
-  const r = perUser(alignTo(sim.table, split.itemIds));
+  const sim = await trainFederated(split);
+  const r = perUser(sim.table);
   federated.push(r);
-  console.log(JSON.stringify({ model: 'federated', run, epsilon: sim.final.epsilonMax, noiseMultiplier, hr: round(mean(r.hr)), ndcg: round(mean(r.ndcg)) }));
+  console.log(JSON.stringify({ model: 'federated', run, epsilon: sim.epsilon, noiseMultiplier, hr: round(mean(r.hr)), ndcg: round(mean(r.ndcg)) }));
 }
 
 // Deterministic resampling (mulberry32), so the interval is the same for the same runs.

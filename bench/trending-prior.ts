@@ -22,15 +22,14 @@
 //
 // ~40 s per federated run and ~30 s per central run on 2 cores (4 runs per R). Not part of `npm test`.
 import { parseArgs } from 'node:util';
-import { loadCsv } from '../src/eval/csv-loader.js';
 import type { EvalModel } from '../src/eval/eval-model.js';
 import type { EventLog } from '../src/eval/event-log.js';
 import { looSplit } from '../src/eval/loo-split.js';
 import { evaluateModel } from '../src/eval/runner.js';
 import type { Split } from '../src/eval/split.js';
-import { noiseForSyncs } from '../src/federated/dp.js';
-import { alignTo, centralModel, simulate, TableModel } from '../src/federated/simulate.js';
+import { TableModel } from '../src/federated/simulate.js';
 import type { ItemTable } from '../src/model/item-table.js';
+import { loadMovieLens, noiseMultiplier, trainCentral, trainFederated, weighting } from './movielens-recipe.js';
 
 const { values } = parseArgs({ options: { runs: { type: 'string', default: '5' } } });
 const runs = Number(values.runs);
@@ -40,9 +39,8 @@ const DAYS = [3, 7, 14, 30];
 const WEIGHTS = [0.25, 0.5, 1, 1.5];
 const GRID: Array<[days: number, weight: number]> = [[0, 0], ...DAYS.flatMap((d) => WEIGHTS.map((w): [number, number] => [d, w]))];
 const key = (days: number, weight: number) => (weight === 0 ? 'none' : `${days}d_w${weight}`);
-const weighting = { recencyDecay: 0.5, confidence: 'none' as const };
 
-const testSplit = looSplit(await loadCsv('../shared/data/ml-latest-small/ratings.csv', { user: 'userId', item: 'movieId', time: 'timestamp' }));
+const testSplit = await loadMovieLens();
 /** The training events alone as a log, split again: each user's last training item is the validation item. */
 function validationSplit(s: Split): Split {
   const te = s.trainEvents;
@@ -122,21 +120,7 @@ async function line(splitName: string, split: Split, model: string, run: number,
   return got;
 }
 
-const noiseMultiplier = noiseForSyncs(3, 8);
-async function trainCentral(split: Split, seed: number): Promise<ItemTable> {
-  const central = await centralModel({ dim: 8, seed, epochs: 4, weighting, temperature: 1, backend: 'wasm' });
-  await central.fit(split, () => {});
-  return central.trainedTable!;
-}
-async function trainFederated(split: Split): Promise<ItemTable> {
-  const sim = await simulate(split, {
-    rounds: 3, clientsPerRound: 610, minClients: 610, clip: 1, noiseMultiplier, budget: 8, dim: 8, seed: 1, aggregator: 'subspace', subspaceScale: 32,
-    secureAggregation: true, evalEvery: 3, trainRows: 100, trainBiases: false, biasScale: 0.5, denoise: 'directions', weighting, data: 'ml-latest-small',
-  });
-  return alignTo(sim.table, split.itemIds);
-}
-
-const MODELS = { central: (s: Split, run: number) => trainCentral(s, run), federated: (s: Split) => trainFederated(s) };
+const MODELS = { central: (s: Split, run: number) => trainCentral(s, run), federated: async (s: Split) => (await trainFederated(s)).table };
 const mean = (xs: Array<Map<string, Metrics>>, k: string): Metrics => ({
   hr: xs.reduce((a, m) => a + m.get(k)!.hr, 0) / xs.length,
   ndcg: xs.reduce((a, m) => a + m.get(k)!.ndcg, 0) / xs.length,

@@ -1,0 +1,37 @@
+// The MovieLens comparison of #4 as the benches run it (docs/FEDERATED.md, "Where it stands"): the
+// data split, the history weighting, the shipped federated recipe and its central reference.
+import { loadCsv } from '../src/eval/csv-loader.js';
+import { looSplit } from '../src/eval/loo-split.js';
+import type { Split } from '../src/eval/split.js';
+import { noiseForSyncs } from '../src/federated/dp.js';
+import { alignTo, centralModel, simulate } from '../src/federated/simulate.js';
+import type { ItemTable } from '../src/model/item-table.js';
+
+/** How `localrec eval` weights a history on MovieLens (recency 0.5, no confidence). */
+export const weighting = { recencyDecay: 0.5, confidence: 'none' as const };
+/** σ that spends exactly ε = 8 in the recipe's 3 rounds. */
+export const noiseMultiplier = noiseForSyncs(3, 8);
+
+/** ml-latest-small, leave-one-out. */
+export async function loadMovieLens(): Promise<Split> {
+  return looSplit(await loadCsv('../shared/data/ml-latest-small/ratings.csv', { user: 'userId', item: 'movieId', time: 'timestamp' }));
+}
+
+/** The central reference: `localrec eval`'s `factors` model, dim 8, trained on `split`. */
+export async function trainCentral(split: Split, seed: number, epochs = 4): Promise<ItemTable> {
+  const m = await centralModel({ dim: 8, seed, epochs, weighting, temperature: 1, backend: 'wasm' });
+  await m.fit(split, () => {});
+  return m.trainedTable!;
+}
+
+/**
+ * The shipped recipe: 100 rows × 8, T = 3 at ε = 8, secure aggregation over all 610 devices,
+ * frozen biases 0.5·ln(1 + count), `--denoise directions`; one fresh noise draw per call.
+ */
+export async function trainFederated(split: Split): Promise<{ table: ItemTable; epsilon: number | null }> {
+  const sim = await simulate(split, {
+    rounds: 3, clientsPerRound: 610, minClients: 610, clip: 1, noiseMultiplier, budget: 8, dim: 8, seed: 1, aggregator: 'subspace', subspaceScale: 32,
+    secureAggregation: true, evalEvery: 3, trainRows: 100, trainBiases: false, biasScale: 0.5, denoise: 'directions', weighting, data: 'ml-latest-small',
+  });
+  return { table: alignTo(sim.table, split.itemIds), epsilon: sim.final.epsilonMax };
+}
