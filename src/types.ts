@@ -211,7 +211,8 @@ export interface SyncControl {
   onProgress?: (p: SyncProgress) => void;
   /**
    * Cancels the sync: before the upload it rejects with an `AbortError` and nothing was sent or
-   * spent (a device waiting for its secure-aggregation cohort to fill gives its place back). Once
+   * spent (a device waiting for its secure-aggregation cohort to fill gives its place back; a
+   * cancel that lands while the release is being stored still stops the upload, with that ε spent). Once
    * the cohort is full, or the update is on its way, the upload goes ahead (the cohort's other
    * members depend on it; the ε is spent) and only the wait for the cohort's end is cut short
    * (`cohortOutcome: 'left'`). A sync shared by several callers is cancelled for all of them; a
@@ -236,7 +237,10 @@ export interface SyncResultInfo {
   version: number;
   /** Whether the device took a global version it did not build on before (false after a 304, or when the same version came again). */
   modelChanged: boolean;
-  /** False when the shopper had too little history to contribute (nothing was uploaded). */
+  /**
+   * False when the shopper had too little history to contribute: fewer than two distinct items
+   * (decided on the device's data alone; nothing was uploaded or spent).
+   */
   sent: boolean;
   uploadedBytes: number;
   /** ε spent on this device after the sync, and the budget. */
@@ -284,7 +288,8 @@ export interface FederatedOptions {
    * while the budget allows one more, then `sync({ contribute: false })`, which spends nothing. The
    * page's own contributing syncs count for the period. The first look comes 10 s after start-up (or
    * after consent is given); a failure (offline, server down) is retried 15 minutes later at the
-   * soonest and shows in `stats().lastError`. Off without IndexedDB (private mode: nothing would
+   * soonest and shows in `stats().lastError` (one that failed after its ε was spent, e.g. its
+   * answer was lost, waits the whole period instead). Off without IndexedDB (private mode: nothing would
    * hold the period across page loads) and, for the rest of the session, once another tab erased
    * the shopper's data. Default 0: off, the page calls `sync()`.
    */

@@ -217,6 +217,22 @@ function checkFederated(fed: unknown): void {
 }
 
 /** Calls every listener with `p`; one that throws (a page's callback) does not stop the others or the work reporting. */
+/**
+ * `log` with `entries` appended, each settled request replacing the `pending` entry logged for it
+ * just before it was sent (same method, endpoint and body hash), so that a request is one entry.
+ */
+export function settlePending(log: readonly EgressEntry[], entries: readonly EgressEntry[]): EgressEntry[] {
+  const out = log.slice();
+  for (const e of entries) {
+    let i = out.length - 1;
+    if (e.pending) i = -1;
+    else while (i >= 0 && !(out[i]!.pending && out[i]!.method === e.method && out[i]!.endpoint === e.endpoint && out[i]!.bodySha256 === e.bodySha256)) i--;
+    if (i >= 0) out[i] = e;
+    else out.push(e);
+  }
+  return out;
+}
+
 function tellEach<T>(listeners: Iterable<(p: T) => void>, p: T): void {
   for (const l of listeners) {
     try {
@@ -813,7 +829,7 @@ export class Engine {
   private async appendEgress(entries: EgressEntry[]): Promise<void> {
     if (entries.length === 0 || !this.consent.personalization || this.closed) return;
     // One transaction: another tab appending at the same time must not lose its entries, nor ours.
-    await this.store.updateMeta<EgressEntry[]>(EGRESS_KEY, (log) => (log ?? []).concat(entries).slice(-EGRESS_MAX));
+    await this.store.updateMeta<EgressEntry[]>(EGRESS_KEY, (log) => settlePending(log ?? [], entries).slice(-EGRESS_MAX));
   }
 
   private async neighborReady(): Promise<ActiveNeighbors | undefined> {
@@ -1203,9 +1219,7 @@ export class Engine {
    * local rows. Saves it.
    */
   private async adoptGlobal(r: { global: ItemTable; globalHash: string; local: ItemTable }, through: number): Promise<void> {
-    if (r.global.dim !== this.table.dim) {
-      throw new ModelError(`the server's model has dim ${r.global.dim}, this device uses ${this.table.dim}: set options.model.dim to match`);
-    }
+    this.checkServerModel(r.global);
     const rows = new Map(r.local.itemIds.map((id, i) => [id, i]));
     const d = this.table.dim;
     this.table.itemIds.forEach((id, i) => {
@@ -1233,6 +1247,13 @@ export class Engine {
       }
     }
   }
+
+  /** Refuses a server model this device cannot take (before a sync trains, spends or sends anything). */
+  private readonly checkServerModel = (global: ItemTable): void => {
+    if (global.dim !== this.table.dim) {
+      throw new ModelError(`the server's model has dim ${global.dim}, this device uses ${this.table.dim}: set options.model.dim to match`);
+    }
+  };
 
   /**
    * The global model a sync in an earlier session stored ({@link GLOBAL_KEY}), if its bytes still
@@ -1304,6 +1325,7 @@ export class Engine {
     // The release is recorded against the stored accountant in one transaction (recordRelease), never
     // by writing this sync's copy back: another tab's sync may have spent since this one read it.
     const delta = fed.delta;
+    let released = false;
     const recordRelease = async (noiseMultiplier: number): Promise<RdpAccountant> => {
       let after!: RdpAccountant;
       await this.store.updateMeta<AccountantState>(PRIVACY_KEY, (stored) => {
@@ -1312,6 +1334,7 @@ export class Engine {
         after.record(noiseMultiplier);
         return after.toJSON();
       });
+      released = true;
       return after;
     };
     // Persists the egress log so far (each entry once).
@@ -1337,6 +1360,7 @@ export class Engine {
         onProgress: this.syncProgress,
         signal,
         now: this.now,
+        checkModel: this.checkServerModel,
         ...(fed.cohortWaitMs !== undefined ? { cohortWaitMs: fed.cohortWaitMs } : {}),
       });
       await this.adoptGlobal(r, through);
@@ -1354,6 +1378,9 @@ export class Engine {
       };
     } catch (e) {
       if (e instanceof PrivacyBudgetError) throw new PrivacyBudgetError(`${e.message}. sync({ contribute: false }) still fetches the newest global model, sending nothing`);
+      // The release was spent (the update may have left): the automatic sync counts this period as
+      // done rather than retrying in 15 minutes, which would spend the budget on a failure that repeats.
+      if (released) await this.noteSynced();
       throw e;
     } finally {
       // Whatever happened, what was sent (or tried) is logged (the ε spent was stored before the upload).

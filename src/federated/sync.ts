@@ -56,7 +56,14 @@ export interface EgressEntry {
   bytes: number;
   /** Hex SHA-256 of the request body, so an auditor can match what was logged with what was sent. */
   bodySha256?: string;
+  /** HTTP status; 0 when no answer came (offline, refused, or still pending). */
   status: number;
+  /**
+   * An upload logged (and stored) just before it was sent; the entry for its first attempt
+   * replaces it once that settles. One left in the log means the page closed while the body was on
+   * the wire: it may or may not have reached the server.
+   */
+  pending?: true;
 }
 
 export type FetchLike = (
@@ -83,7 +90,8 @@ export interface SyncOptions {
   held?: { table: ItemTable; hash: string };
   /**
    * The shopper's own histories, as item ids in time order with confidence weights. Ids not in the
-   * global model are ignored.
+   * global model are ignored; a device uploads when some history has two distinct items
+   * ({@link hasHistory}), whatever the model knows of them.
    */
   history: Array<{ itemIds: string[]; weights: number[] }>;
   train?: Partial<TrainConfig>;
@@ -115,13 +123,18 @@ export interface SyncOptions {
   onProgress?: (p: SyncProgress) => void;
   /**
    * Cancels the sync. Before the upload: rejects with an {@link AbortError}, nothing sent, no ε
-   * spent; a device waiting for its cohort to fill gives its place back first
+   * spent (a cancel seen after the release was recorded stops the upload too, with that ε spent); a device waiting for its cohort to fill gives its place back first
    * (`POST …/members/:i/leave`). Once its cohort is full the device uploads anyway (the other
    * members' round depends on it), and the upload itself is never interrupted; after it, only the
    * wait for the cohort's end stops (`outcome: 'left'`).
    */
   signal?: AbortSignal;
   now?: () => number;
+  /**
+   * Checks the server's model before anything is trained, recorded or sent (the engine: its `dim`
+   * against the device's); throwing stops the sync with nothing spent.
+   */
+  checkModel?: (global: ItemTable) => void;
 }
 
 export interface SyncResult {
@@ -254,9 +267,26 @@ async function fetchModel(o: RequestOptions, knownHash: string | undefined): Pro
   const res = await request(o, 'model', 'GET', '/v1/model', undefined, headers);
   if (res.status === 304) return null;
   const bytes = new Uint8Array(await res.arrayBuffer());
-  const { table } = decodeModel(bytes);
-  const hash = res.headers.get('X-Localrec-Model-Hash') ?? toHex(await sha256(bytes));
-  return { table, hash };
+  const decoded = decodeModel(bytes);
+  // The hash is the body's own (the canonical float32 encoding's SHA-256), never the server's word
+  // for it: the device repeats it in If-None-Match and in every update's base, so a header chosen
+  // per device would tag that device's requests across syncs and reloads.
+  const hash = toHex(decoded.canonicalHash ?? (await sha256(bytes)));
+  const header = res.headers.get('X-Localrec-Model-Hash');
+  if (header !== null && header.toLowerCase() !== hash) {
+    throw new ValidationError('X-Localrec-Model-Hash', `is ${header.slice(0, 80)}, but the model sent hashes to ${hash}: the device refuses a model whose hash the server misstates`);
+  }
+  return { table: decoded.table, hash };
+}
+
+/**
+ * Whether the shopper has something to contribute, from local data alone: some history with at
+ * least two distinct items. Deliberately not "items the server's model knows": the server chooses
+ * that catalog, and a model of only items X and Y would turn "did the device upload" into "did this
+ * shopper touch both X and Y", a bit with no noise on it.
+ */
+export function hasHistory(history: SyncOptions['history']): boolean {
+  return history.some((h) => new Set(h.itemIds).size >= 2);
 }
 
 /** The histories' items that are in `global`, as its rows; histories with fewer than two known items drop out. */
@@ -341,12 +371,16 @@ export async function syncOnce(o: SyncOptions): Promise<SyncResult> {
   o.onProgress?.({ phase: 'model' });
   const { table: global, hash } = await pullModel(o);
   checkAborted(o, 'after the model was fetched');
+  o.checkModel?.(global);
   o.onProgress?.({ phase: 'training' });
-  const seqs = historySequences(global, o.history);
   const local = cloneItemTable(global);
-  if (seqs.length === 0) {
+  // Whether to upload is decided on the device's own data (hasHistory); a history the server's
+  // model knows too little of is sent as noise only (a zero delta), so the upload, and its ε, are
+  // the same as for any other shopper with a history.
+  if (!hasHistory(o.history)) {
     return { global, globalHash: hash, local, sent: false, uploadedBytes: 0, epsilon: o.accountant.epsilon(delta) };
   }
+  const seqs = historySequences(global, o.history);
   let update: Float64Array | undefined;
   const part = trainedPart(config);
   if (config.aggregator === 'subspace') {
@@ -354,7 +388,7 @@ export async function syncOnce(o: SyncOptions): Promise<SyncResult> {
     // nothing on the trained rows still takes part (noise only), so sending says nothing about it.
     const history = seqs.flatMap((q) => Array.from(q.rows, (row, i) => ({ row, weight: q.weights[i] ?? 1 })));
     update = subspaceUpdate(global, part, history, config.clip) ?? new Float64Array(part.rows * global.dim);
-  } else {
+  } else if (seqs.length > 0) {
     await trainItemTable(local, seqs, { epochs: 2, ...o.train });
   }
   checkAborted(o, 'after local training');
@@ -393,7 +427,14 @@ async function upload(
     o.accountant.assertCanSpend(config.noiseMultiplier, o.budget ?? DEFAULT_BUDGET, delta);
     o.accountant.record(config.noiseMultiplier);
   }
+  // A cancel (consent withdrawn, close()) that came while the release was being recorded still
+  // stops the upload: the ε is spent for nothing, which errs on the safe side.
+  if (cancellable) checkAborted(o, 'before the upload (its release was already recorded)');
+  // Logged, and persisted with the release, before it goes: a tab closed while the body is on the
+  // wire leaves this entry (`pending`), not a spent ε with no request in the log.
+  o.onEgress?.({ t: (o.now ?? Date.now)(), method: 'POST', endpoint, kind: 'update', bytes: body.length, bodySha256: toHex(await sha256(body)), status: 0, pending: true });
   await o.onCheckpoint?.();
+  if (cancellable) checkAborted(o, 'before the upload (its release was already recorded)');
   o.onProgress?.({ phase: 'upload', bytes: body.length });
   // Not cancellable: once the release is recorded the body goes out whole, or fails on its own.
   const res = await request(o, 'update', 'POST', endpoint, body, { 'Content-Type': 'application/octet-stream', ...headers }, null);
@@ -455,6 +496,8 @@ async function sendMasked(
   // this device could not give back. A cancel is seen right after it, and the place is given back.
   const joinRes = await request(o, 'cohort', 'POST', '/v1/secagg/join', keys.publicKey, { 'Content-Type': 'application/octet-stream' }, null);
   const joined = (await joinRes.json()) as { cohort: string; index: number; size: number; token: string };
+  // The wait for the cohort may be long: keep the join in the stored log meanwhile.
+  await (async () => o.onCheckpoint?.())().catch(() => undefined);
   if (joined.size !== K) throw new ValidationError('cohort.size', `is ${joined.size}, the server announced ${K}`);
   const waitMs = o.cohortWaitMs ?? sa.timeoutMs ?? 600_000;
   const pollMs = o.cohortPollMs ?? 1000;
@@ -576,6 +619,7 @@ async function stayForRecovery(
             'X-Localrec-Cohort-Token': joined.token,
           });
           sent = true;
+          await (async () => o.onCheckpoint?.())().catch(() => undefined);
         }
       }
       if (now() - t0 > waitMs) return { outcome: 'left', recoveryShareSent: sent, note: `cohort still ${view.status} after ${waitMs} ms` };

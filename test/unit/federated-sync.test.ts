@@ -155,7 +155,7 @@ describe('sync()', () => {
 
   it('the ε and the egress so far are stored before the update leaves, so a tab closed mid-upload cannot lose them', async () => {
     const store = new MemoryEventStore();
-    const seen: Array<{ releases: number; logged: number }> = [];
+    const seen: Array<{ releases: number; logged: Array<{ endpoint: string; status: number; pending?: true }> }> = [];
     const e = await Engine.create({
       catalog,
       backend: 'cpu',
@@ -165,16 +165,23 @@ describe('sync()', () => {
       federated: { serverUrl: server.url },
       fetch: async (url, init) => {
         // What a page closed at this instant would have left in its store.
-        if (url.endsWith('/v1/updates')) seen.push({ releases: (await store.getMeta<AccountantState>(PRIVACY_KEY))?.releases ?? 0, logged: (await e.egressLog()).length });
+        if (url.endsWith('/v1/updates')) {
+          const logged = (await e.egressLog()).map(({ endpoint, status, pending }) => ({ endpoint, status, ...(pending ? { pending } : {}) }));
+          seen.push({ releases: (await store.getMeta<AccountantState>(PRIVACY_KEY))?.releases ?? 0, logged });
+        }
         return fetch(url, init as RequestInit);
       },
     });
     e.enqueue(['sku-30', 'sku-31', 'sku-32'].map((itemId) => ({ type: 'view', itemId })));
     await e.flush();
     await e.sync();
-    assert.deepEqual(seen, [{ releases: 1, logged: 2 }], 'the release and the config and model requests were stored before the upload');
+    assert.deepEqual(
+      seen,
+      [{ releases: 1, logged: [{ endpoint: '/v1/config', status: 200 }, { endpoint: '/v1/model', status: 200 }, { endpoint: '/v1/updates', status: 0, pending: true }] }],
+      'the release, the config and model requests and the upload (pending) were stored before the upload',
+    );
     const log = await e.egressLog();
-    assert.deepEqual(log.map((l) => l.endpoint), ['/v1/config', '/v1/model', '/v1/updates'], 'each request logged once');
+    assert.deepEqual(log.map((l) => [l.endpoint, l.status, l.pending]), [['/v1/config', 200, undefined], ['/v1/model', 200, undefined], ['/v1/updates', 202, undefined]], 'each request logged once; the upload\'s answer replaced its pending entry');
     await e.close();
   });
 
@@ -228,6 +235,99 @@ describe('sync()', () => {
     const e = await Engine.create({ catalog, backend: 'cpu', autoTrainEvery: 0, store: new MemoryEventStore() });
     await assert.rejects(e.sync(), (err) => isValidationError(err) && /options\.federated\.serverUrl/.test((err as Error).message));
     await e.close();
+  });
+});
+
+describe('sync(): what a server that does not play fair can learn', () => {
+  it('refuses a model whose X-Localrec-Model-Hash header is not the body\'s hash (a per-device tag): nothing trained, spent or sent', async () => {
+    const cap = capturingFetch();
+    const tagging: FetchLike = async (url, init) => {
+      const res = await cap.fetch(url, init);
+      if (!url.endsWith('/v1/model') || res.status !== 200) return res;
+      const headers = new Headers(res.headers);
+      headers.set('X-Localrec-Model-Hash', 'deadbeef'.repeat(8));
+      return new Response(await res.arrayBuffer(), { status: 200, headers });
+    };
+    const e = await deviceAt(server.url, ['sku-60', 'sku-61', 'sku-62'], { fetch: tagging });
+    try {
+      await assert.rejects(e.sync(), (err: Error) => isValidationError(err) && /X-Localrec-Model-Hash.*deadbeef.*misstates/.test(err.message));
+      assert.equal((await e.stats()).privacy.syncs, 0, 'no ε spent');
+      assert.equal(cap.sent.filter((x) => x.url.endsWith('/v1/updates')).length, 0, 'nothing uploaded');
+      // An honest header (the body's own SHA-256, in any letter case) is taken.
+      const upper: FetchLike = async (url, init) => {
+        const res = await fetch(url, init as RequestInit);
+        if (!url.endsWith('/v1/model') || res.status !== 200) return res;
+        const headers = new Headers(res.headers);
+        headers.set('X-Localrec-Model-Hash', headers.get('X-Localrec-Model-Hash')!.toUpperCase());
+        return new Response(await res.arrayBuffer(), { status: 200, headers });
+      };
+      const f = await deviceAt(server.url, ['sku-60', 'sku-61', 'sku-62'], { fetch: upper });
+      assert.equal((await f.sync()).sent, true);
+      await f.close();
+    } finally {
+      await e.close();
+    }
+  });
+
+  it('uploads whether or not the server\'s model knows the shopper\'s items: the decision is the device\'s own (noise only, charged as usual)', async () => {
+    // A server whose catalog holds none of this shopper's items, and one that holds them all.
+    const other = Array.from({ length: 50 }, (_, i) => `other-${i}`);
+    const srv = await startServer({ port: 0, dataDir: null, initialTable: createItemTable(other, 16, { seed: 4 }), minClients: 50, clip: 1, noiseMultiplier: 1, rateLimit: false, log: () => {} });
+    try {
+      const sizes: number[] = [];
+      for (const url of [srv.url, server.url]) {
+        const cap = capturingFetch();
+        const e = await deviceAt(url, ['sku-70', 'sku-71', 'sku-72'], { fetch: cap.fetch });
+        const r = await e.sync();
+        assert.equal(r.sent, true, `uploads to ${url === srv.url ? 'the server that knows none of the items' : 'the server that knows them'}`);
+        assert.equal((await e.stats()).privacy.syncs, 1);
+        sizes.push(cap.sent.find((x) => x.url.endsWith('/v1/updates'))!.body!.length);
+        await e.close();
+      }
+      // One item is not a history to learn from, on any server: nothing sent, nothing spent.
+      const single = await deviceAt(server.url, ['sku-73', 'sku-73']);
+      assert.equal((await single.sync()).sent, false);
+      assert.equal((await single.stats()).privacy.syncs, 0);
+      await single.close();
+      assert.ok(sizes.every((n) => n > 0));
+    } finally {
+      await srv.close();
+    }
+  });
+
+  it('a server model of another dim is refused before anything is trained, spent or sent', async () => {
+    const cap = capturingFetch();
+    const e = await Engine.create({ catalog, backend: 'cpu', autoTrainEvery: 0, model: { dim: 8 }, store: new MemoryEventStore(), federated: { serverUrl: server.url }, fetch: cap.fetch });
+    try {
+      e.enqueue(['sku-80', 'sku-81', 'sku-82'].map((itemId) => ({ type: 'view', itemId })));
+      await e.flush();
+      await assert.rejects(e.sync(), /the server's model has dim 16, this device uses 8/);
+      assert.equal((await e.stats()).privacy.syncs, 0, 'no ε spent');
+      assert.deepEqual(cap.sent.map((x) => new URL(x.url).pathname), ['/v1/config', '/v1/model']);
+    } finally {
+      await e.close();
+    }
+  });
+
+  it('consent withdrawn while the release is being recorded still stops the upload (the ε stays spent)', async () => {
+    const store = new MemoryEventStore();
+    const cap = capturingFetch();
+    const e = await deviceAt(server.url, ['sku-90', 'sku-91', 'sku-92'], { store, fetch: cap.fetch });
+    const updateMeta = store.updateMeta.bind(store);
+    let withdrawn: Promise<void> | undefined;
+    store.updateMeta = (async (key: string, f: (v: unknown) => unknown) => {
+      const r = await updateMeta(key, f as never);
+      if (key === PRIVACY_KEY && !withdrawn) withdrawn = e.setConsent({ federated: false });
+      return r;
+    }) as typeof store.updateMeta;
+    try {
+      await assert.rejects(e.sync(), (err: Error) => err.name === 'AbortError' && /release was already recorded/.test(err.message));
+      await withdrawn;
+      assert.equal(cap.sent.filter((x) => x.url.endsWith('/v1/updates')).length, 0, 'nothing uploaded');
+      assert.equal((await store.getMeta<AccountantState>(PRIVACY_KEY))?.releases, 1, 'the release stays counted');
+    } finally {
+      await e.close();
+    }
   });
 });
 
@@ -428,6 +528,36 @@ describe('automatic syncs (options.federated.autoSyncHours)', () => {
     } finally {
       await e.close();
     }
+  });
+
+  it('an automatic sync that failed after spending its release waits a whole period, not 15 minutes', async () => {
+    await withOwnServer({ seed: 3 }, async (srv) => {
+      const clock = { t: 1_800_000_000_000 };
+      let uploads = 0;
+      // The server takes the update, but its answer never arrives.
+      const lost: FetchLike = async (url, init) => {
+        const res = await fetch(url, init as RequestInit);
+        if (!url.endsWith('/v1/updates')) return res;
+        uploads++;
+        throw new TypeError('Failed to fetch');
+      };
+      const { e, auto } = await autoDevice(srv, { clock, fetch: lost });
+      try {
+        assert.equal(await auto.autoSync(), null);
+        assert.match((await e.stats()).lastError ?? '', /POST \/v1\/updates failed/);
+        const spent = (await e.stats()).privacy.syncs;
+        assert.equal(spent, 1);
+        clock.t += 60 * 60_000;
+        assert.equal(await auto.autoSync(), null, 'not retried an hour later');
+        assert.equal((await e.stats()).privacy.syncs, spent, 'no second release');
+        clock.t += 24 * HOUR;
+        await auto.autoSync();
+        assert.equal((await e.stats()).privacy.syncs, spent + 1, 'tried again after the period');
+        assert.ok(uploads >= 2);
+      } finally {
+        await e.close();
+      }
+    });
   });
 
   it('refuses an autoSyncHours that is not a number of hours ≥ 0, by name', async () => {
