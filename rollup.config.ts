@@ -1,4 +1,4 @@
-import { copyFileSync, mkdirSync } from 'node:fs';
+import { chmodSync, copyFileSync, mkdirSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import type { Plugin, RollupOptions } from 'rollup';
@@ -39,6 +39,19 @@ function copyWasm(): Plugin {
   };
 }
 
+/**
+ * Makes dist/cli.js executable: npm sets the bit when it installs the package, but `npx localrec`
+ * in a checkout runs the file through a link made once, and a rebuild writes a new, 0644 file.
+ */
+function executableCli(): Plugin {
+  return {
+    name: 'localrec-executable-cli',
+    writeBundle() {
+      chmodSync('dist/cli.js', 0o755);
+    },
+  };
+}
+
 const ts = (compilerOptions: { sourceMap?: boolean } = {}) => typescript({ tsconfig: './tsconfig.build.json', outputToFilesystem: false, compilerOptions });
 
 // Node builds keep every dependency external; they resolve from node_modules at run time.
@@ -65,7 +78,7 @@ const config: RollupOptions[] = [
     input: { node: 'src/node.ts', cli: 'src/cli.ts' },
     output: { dir: 'dist', format: 'es', sourcemap: true, entryFileNames: '[name].js', chunkFileNames: 'chunks/[name]-[hash].js' },
     external,
-    plugins: [ts()],
+    plugins: [ts(), executableCli()],
   },
 ];
 export default config;

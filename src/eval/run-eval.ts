@@ -8,6 +8,7 @@ import { loadCsv } from './csv-loader.js';
 import { checkChoice, FORMATS, paramFlags, PROTOCOLS, type EvalCommandOptions } from './eval-command.js';
 import { loadLinesSplit } from './lines-split.js';
 import { looSplit } from './loo-split.js';
+import { MAX_K } from './top-k.js';
 import { MODELS, planModels } from './model-registry.js';
 import { csvMappingFromFlags } from './presets.js';
 import { Progress, type ProgressSink } from './progress.js';
@@ -29,11 +30,17 @@ export async function runEval(
   const format = checkChoice(opts.format, FORMATS, '--format');
   const protocol = checkChoice(opts.protocol ?? (format === 'lines' ? 'given' : 'loo'), PROTOCOLS, '--protocol');
   const k = Number(opts.k);
-  if (!Number.isInteger(k) || k < 1) throw new ValidationError('--k', `must be a positive integer, got '${opts.k}'`);
+  if (!Number.isInteger(k) || k < 1 || k > MAX_K) throw new ValidationError('--k', `must be an integer from 1 to ${MAX_K}, got '${opts.k}'`);
   const seed = Number(opts.seed);
   if (!Number.isInteger(seed)) throw new ValidationError('--seed', `must be an integer, got '${opts.seed}'`);
   // Validate every model spec before spending minutes on loading.
   const plans = planModels(opts.models, paramFlags(opts));
+  const rated = plans.find((p) => p.params.event === 'rating');
+  if (rated && (format === 'lines' || !opts.weight)) {
+    // Every row would weigh 1, i.e. a 1-star rating, which counts against the item: the history
+    // would push its items down and the figures would be popularity's, with nothing said.
+    throw new ValidationError(format === 'lines' ? '--models' : '--weight', `${rated.label} reads each row's weight as its stars; ${format === 'lines' ? '--format lines has no weights' : 'name the rating column with --weight'}`);
+  }
   const progress = new Progress(io.stderr);
 
   let split: Split;
@@ -57,6 +64,15 @@ export async function runEval(
     const mapping = csvMappingFromFlags(format, opts);
     const log = await loadCsv(opts.data, mapping, (rows) => progress.update(`loading ${data} (${rows} rows)`, 0));
     split = looSplit(log);
+  }
+  if (split.testUsers.length === 0) {
+    // Metrics over nobody would print zeros and exit 0, as if the models had been measured.
+    throw new ValidationError(
+      format === 'lines' ? '--test' : '--data',
+      format === 'lines'
+        ? `leaves no test users: every test item is unknown or already in that user's training history`
+        : `has no test users: leave-one-out needs a user with at least 3 distinct items (${split.userIds.length} users read)`,
+    );
   }
   progress.log(
     `${data}: ${split.userIds.length} users, ${split.itemIds.length} items, ${split.train.items.length} training pairs, ` +

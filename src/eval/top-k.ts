@@ -3,6 +3,9 @@
  * much cheaper than sorting all n items for every test user.
  */
 
+/** The largest k the CLI takes (`--k`): beyond it a ranking cut-off means little, and memory grows with k per test user. */
+export const MAX_K = 10_000;
+
 /**
  * Indices of the k largest finite scores, best first; ties go to the lower index so results are
  * repeatable. Items scored -Infinity (already seen) are never returned.

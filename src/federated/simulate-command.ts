@@ -13,6 +13,7 @@ import type { CsvFlags } from '../eval/presets.js';
 import type { Command } from 'commander';
 import { basename } from 'node:path';
 import { ValidationError } from '../errors.js';
+import { MAX_K } from '../eval/top-k.js';
 import { checkOutputFile } from '../output-file.js';
 import { AGGREGATOR_NAMES, isAggregatorName } from '../server/aggregate.js';
 import { noiseForSyncs } from './dp.js';
@@ -131,13 +132,15 @@ const num = (name: string, v: string, ok: (x: number) => boolean, what: string):
   return x;
 };
 const posInt = (name: string, v: string) => num(name, v, (x) => Number.isInteger(x) && x > 0, 'a positive integer');
+/** A whole number in [min, max]: the ranges the training and accounting code enforce, checked before the run. */
+const intIn = (name: string, v: string, min: number, max: number) => num(name, v, (x) => Number.isInteger(x) && x >= min && x <= max, `an integer from ${min} to ${max}`);
 
 /** The body of the command, apart from commander (tests call it with plain options). */
 export async function runSimulate(opts: SimulateCommandOptions, io: SimulateIo): Promise<void> {
   const format = opts.format;
   if (format !== 'retail' && format !== 'csv') throw new ValidationError('--format', `must be retail or csv, got '${format}'`);
   if (!opts.data) throw new ValidationError('--data', 'is required');
-  const rounds = posInt('--rounds', opts.rounds);
+  const rounds = intIn('--rounds', opts.rounds, 1, 1_000_000);
   const clientsPerRound = posInt('--clients-per-round', opts.clientsPerRound);
   const clip = num('--clip', opts.clip, (x) => Number.isFinite(x) && x > 0, 'a number > 0');
   const budget = opts.budget === 'none' || opts.budget === 'Infinity' ? Infinity : num('--budget', opts.budget, (x) => Number.isFinite(x) && x > 0, "a number > 0 or 'none'");
@@ -154,11 +157,11 @@ export async function runSimulate(opts: SimulateCommandOptions, io: SimulateIo):
   const dim = num('--dim', opts.dim, (x) => Number.isInteger(x) && x >= 1 && x <= 64, 'an integer from 1 to 64');
   const minClients = posInt('--min-clients', opts.minClients);
   const seed = num('--seed', opts.seed, Number.isInteger, 'an integer');
-  const k = posInt('--k', opts.k);
+  const k = intIn('--k', opts.k, 1, MAX_K);
   const evalEvery = posInt('--eval-every', opts.evalEvery);
   const evalUsers = num('--eval-users', opts.evalUsers, (x) => Number.isInteger(x) && x >= 0, 'an integer ≥ 0');
   const recencyDecay = num('--recency', opts.recency, (x) => x > 0 && x <= 1, 'in (0, 1]');
-  const centralEpochs = posInt('--central-epochs', opts.centralEpochs);
+  const centralEpochs = intIn('--central-epochs', opts.centralEpochs, 1, 1000);
   const aggregator = opts.aggregator;
   if (!isAggregatorName(aggregator)) {
     throw new ValidationError('--aggregator', `must be ${AGGREGATOR_NAMES.slice(0, -1).join(', ')} or ${AGGREGATOR_NAMES.at(-1)}, got '${aggregator}'`);
@@ -194,11 +197,11 @@ export async function runSimulate(opts: SimulateCommandOptions, io: SimulateIo):
   if (init !== 'popularity' && init !== 'flat') throw new ValidationError('--init', `must be popularity or flat, got '${init}'`);
   const biasScale = opts.biasScale === undefined ? undefined : num('--bias-scale', opts.biasScale, (x) => Number.isFinite(x) && x > 0, 'a number > 0');
   if (biasScale !== undefined && init !== 'popularity') throw new ValidationError('--bias-scale', 'needs --init popularity (it scales the popularity biases)');
-  const localTrain: Record<string, number> = { epochs: posInt('--local-epochs', opts.localEpochs) };
+  const localTrain: Record<string, number> = { epochs: intIn('--local-epochs', opts.localEpochs, 1, 1000) };
   if (opts.localRate !== undefined) localTrain.learningRate = num('--local-rate', opts.localRate, (x) => x > 0 && x <= 10, 'in (0, 10]');
   if (opts.localAccumulator !== undefined) localTrain.initialAccumulator = num('--local-accumulator', opts.localAccumulator, (x) => x >= 1e-12 && x <= 100, 'in [1e-12, 100]');
-  if (opts.localNegatives !== undefined) localTrain.negatives = num('--local-negatives', opts.localNegatives, (x) => Number.isInteger(x) && x >= 0, 'an integer ≥ 0');
-  if (opts.localContext !== undefined) localTrain.maxContext = posInt('--local-context', opts.localContext);
+  if (opts.localNegatives !== undefined) localTrain.negatives = intIn('--local-negatives', opts.localNegatives, 0, 100_000);
+  if (opts.localContext !== undefined) localTrain.maxContext = intIn('--local-context', opts.localContext, 1, 1000);
 
   const dropout = opts.dropout === undefined ? undefined : num('--dropout', opts.dropout, (x) => x >= 0 && x < 1, 'a share in [0, 1)');
   // Checked before the data set loads (that can take a minute): the server's rules between the

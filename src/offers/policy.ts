@@ -109,8 +109,8 @@ function checkObjective(o: OfferObjective | undefined): OfferObjective {
 export function chooseOffers(input: OffersInput, options: OffersOptions = {}): ShownOffer[] {
   const k = checkInt(options.k ?? DEFAULTS.k, 'options.k', 1, 20);
   const exploration = checkRange(options.exploration ?? DEFAULTS.exploration, 'options.exploration', 0, 1);
-  const seed = options.seed ?? DEFAULTS.seed;
-  if (!Number.isFinite(seed)) throw new ValidationError('options.seed', `must be a finite number, got ${seed}`);
+  // A whole 32-bit number: the generator keeps 32 bits, so 7.9 and 7, or 7 and 2³² + 7, were one seed.
+  const seed = checkInt(options.seed ?? DEFAULTS.seed, 'options.seed', 0, 0xffff_ffff);
   const reach = checkObjective(options.objective) === 'reach';
 
   const rng = new Random(seed);

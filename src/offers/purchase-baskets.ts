@@ -3,8 +3,8 @@
  * grouped by time, each mapped to the offers whose scope it touches. Pure: no Node, no DOM.
  *
  * The shop learns from orders (in Online Retail, invoice lines sharing a timestamp). A device has
- * no order id on its purchase events, so purchases less than {@link DEFAULT_BASKET_GAP_MS}
- * (30 minutes) after the previous purchase belong to the same basket: one checkout tracks its
+ * no order id on its purchase events, so purchases {@link DEFAULT_BASKET_GAP_MS} (30 minutes) or
+ * less after the previous purchase belong to the same basket: one checkout tracks its
  * lines within seconds, and two orders half an hour apart are, for "what will they buy next", one
  * shopping trip. A basket's time is its latest purchase.
  */
@@ -13,7 +13,7 @@ import type { HistoryBasket } from './affinity-model.js';
 import { inScope, type ProductIndex } from './product-index.js';
 import type { Offer } from './types.js';
 
-/** Purchases closer than this to the previous purchase are the same basket: 30 minutes. */
+/** Purchases this close to the previous purchase, or closer, are the same basket: 30 minutes. */
 export const DEFAULT_BASKET_GAP_MS = 30 * 60_000;
 
 /** item id → ids of the offers whose scope contains it; built once per catalog and product index. */

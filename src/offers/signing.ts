@@ -119,9 +119,21 @@ export async function verifyOfferCatalog(signed: unknown, publicJwk: JsonWebKey 
   }
   const keys = Array.isArray(publicJwk) ? publicJwk : [publicJwk as JsonWebKey];
   if (keys.length === 0) throw new SignatureError('bad-key', 'no public key given to verify the offer catalog');
+  // Any one key that verifies is enough: one that cannot be imported (a retired key pasted wrong)
+  // is skipped, and only when none imports is that the error.
+  let badKey: unknown;
+  let imported = 0;
   for (const jwk of keys) {
-    const key = await importKey(jwk, 'verify');
+    let key: CryptoKey;
+    try {
+      key = await importKey(jwk, 'verify');
+    } catch (e) {
+      badKey ??= e;
+      continue;
+    }
+    imported++;
     if (await subtle().verify(SIGN_PARAMS, key, sig, payload)) return validateOfferCatalog(s.catalog);
   }
+  if (imported === 0) throw badKey;
   throw new SignatureError('mismatch', 'the offer catalog signature does not match: it was changed after signing or signed with another key');
 }

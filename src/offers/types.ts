@@ -118,7 +118,7 @@ export interface OffersOptions {
   k?: number;
   context?: OfferContext;
   /**
-   * Seed for exploration. Same seed, events and catalog → same answer. `rec.offers()` without one
+   * Seed for exploration, a whole number from 0 to 2³² − 1. Same seed, events and catalog → same answer. `rec.offers()` without one
    * draws a fresh seed per call (so exploration happens at the `exploration` rate); the pure
    * `chooseOffers` defaults to 1.
    */

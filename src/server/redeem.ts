@@ -120,9 +120,21 @@ export function checkRedemption(catalog: OfferCatalog, r: RedeemRequest, now: nu
     return no('cooling-down', `redeemed ${((at - r.lastRedeemedAt) / 3_600_000).toFixed(1)} h ago; the offer has a ${coolDown} h cool-down`);
   }
   const d = offer.discount;
-  // Both kinds apply to the in-scope items and never exceed them.
-  const amount = d.kind === 'percent' ? Math.min((base * d.percent) / 100, d.maxAmount ?? Infinity) : Math.min(d.amount, base);
-  return { valid: true, offerId: offer.id, discount: roundToMinorUnit(amount, catalog.currency), currency: catalog.currency };
+  // Both kinds apply to the in-scope items and never exceed them, nor the offer's maximum: the
+  // amount is rounded to the minor unit first, then held under those caps (rounded down), so
+  // rounding never lifts it past one.
+  const ceiling = Math.min(base, d.kind === 'percent' ? (d.maxAmount ?? Infinity) : d.amount);
+  const raw = d.kind === 'percent' ? (base * d.percent) / 100 : d.amount;
+  const discount = Math.min(roundToMinorUnit(raw, catalog.currency), floorToMinorUnit(ceiling, catalog.currency));
+  if (!(discount > 0)) return no('not-in-scope', `the discount on this order's in-scope value (${base}) rounds to 0 ${catalog.currency}`);
+  return { valid: true, offerId: offer.id, discount, currency: catalog.currency };
+}
+
+/** `amount` rounded down to the currency's minor unit (a cap is never exceeded by rounding). */
+function floorToMinorUnit(amount: number, currency: string): number {
+  if (amount === Infinity) return Infinity;
+  const f = 10 ** currencyDigits(currency);
+  return Math.floor(amount * f + 1e-9) / f;
 }
 
 function finiteAtLeast0(v: unknown): v is number {

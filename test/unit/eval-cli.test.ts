@@ -69,7 +69,16 @@ test('option errors name the option and the allowed values', async () => {
   await fails({ format: 'lines', train: TRAIN, test: TEST, user: 'uid' }, '--user', /is for --format retail\|csv/);
   await fails({ format: 'lines', train: TRAIN, test: TEST, filter: ['q>0'] }, '--filter', /is for --format retail\|csv/);
   await fails({ data: EVENTS }, '--user', /required/);
-  await fails({ data: EVENTS, user: 'user', item: 'item', k: '0' }, '--k', /positive integer/);
+  await fails({ data: EVENTS, user: 'user', item: 'item', k: '0' }, '--k', /integer from 1 to 10000, got '0'/);
+  await fails({ data: EVENTS, user: 'user', item: 'item', k: '1e10' }, '--k', /integer from 1 to 10000, got '1e10'/);
+  // event=rating reads the weight as stars: without a weight column every row is a 1-star rating.
+  await fails({ data: EVENTS, user: 'user', item: 'item', models: 'popular,localrec:event=rating' }, '--weight', /localrec:event=rating reads each row's weight as its stars; name the rating column with --weight/);
+  await fails({ format: 'lines', train: TRAIN, test: TEST, models: 'localrec:event=rating' }, '--models', /--format lines has no weights/);
+  // Nobody to measure: an error, not zeros and exit 0.
+  const few = write('few.csv', ['user,item', 'u1,a', 'u1,b', 'u2,a'].join('\n'));
+  await fails({ data: few, user: 'user', item: 'item' }, '--data', /has no test users: leave-one-out needs a user with at least 3 distinct items \(2 users read\)/);
+  const seen = write('seen.txt', 'u1 a');
+  await fails({ format: 'lines', train: TRAIN, test: seen }, '--test', /leaves no test users/);
   await fails({ data: EVENTS, user: 'user', item: 'item', models: 'popular,svd' }, 'options.models', /allowed: popular, itemknn/);
   await fails({ data: EVENTS, user: 'user', item: 'itm' }, 'options.item', /header: user, item, t, qty/);
   await fails({ data: join(dir, 'missing.csv'), user: 'u', item: 'i' }, 'options.data', /ENOENT/);

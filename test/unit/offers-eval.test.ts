@@ -47,6 +47,27 @@ describe('offers-eval', () => {
     assert.deepEqual(cats.offers.map((o) => o.scope), [{ kind: 'categories', categories: ['bag'] }, { kind: 'categories', categories: ['candle'] }, { kind: 'categories', categories: ['mug'] }]);
   });
 
+  test('an earlier invoice with the same timestamp is hidden from every policy alike (its redemption does not cool the baselines down)', () => {
+    const d = data();
+    // Customer "twin" buys bags twice in the same second (two invoices, one timestamp).
+    const first = basket('twin', 12.5, [['200', 10]]);
+    const second = { ...basket('twin', 12.5, [['200', 10]]) };
+    const at = d.baskets.findIndex((b) => b.t > first.t);
+    d.baskets.splice(at, 0, first, second);
+    const atSecond = new Map<PolicyName, { shown: string[]; redeemed?: string }>();
+    runOffersEval(d, {
+      ...opts,
+      onDecision: (x) => {
+        if (x.index === at + 1) atSecond.set(x.policy, { shown: x.shown, ...(x.redeemed ? { redeemed: x.redeemed } : {}) });
+      },
+    });
+    // The first invoice redeemed the bag offer at that timestamp. The second, in the same second,
+    // does not see that redemption, as the personalized policy does not (chooseOffers drops what is
+    // after `now`): the baselines show the offer again instead of holding it back for its cool-down.
+    assert.deepEqual(atSecond.get('one-size-fits-all'), { shown: ['itm-200'], redeemed: 'itm-200' });
+    assert.deepEqual(atSecond.get('random'), { shown: ['itm-200'], redeemed: 'itm-200' });
+  });
+
   test('personalized shows each customer their own product; one-size-fits-all shows bags to everyone', () => {
     const shownTo = new Map<string, Set<string>>();
     const results = runOffersEval(data(), {

@@ -171,7 +171,11 @@ describe('offer policy', () => {
     err({ k: 0 }, 'options.k', /integer from 1 to 20, got 0/);
     err({ k: 2.5 }, 'options.k', /integer from 1 to 20/);
     err({ exploration: 1.5 }, 'options.exploration', /from 0 to 1, got 1.5/);
-    err({ seed: Number.NaN }, 'options.seed', /finite number/);
+    err({ seed: Number.NaN }, 'options.seed', /integer from 0 to 4294967295, got NaN/);
+    // The generator keeps 32 whole bits: 7.9 or 2³² + 7 would have been the seed 7 in disguise.
+    err({ seed: 7.9 }, 'options.seed', /integer from 0 to 4294967295, got 7.9/);
+    err({ seed: 2 ** 32 + 7 }, 'options.seed', /integer from 0 to 4294967295/);
+    err({ seed: -1 }, 'options.seed', /integer from 0 to 4294967295, got -1/);
     err({ objective: 'clicks' }, 'options.objective', /'value' or 'reach', got 'clicks'/);
     err({ priorStrength: -1 }, 'options.priorStrength', /from 0 to 1000000, got -1/);
     // scoreOffers (exported on its own) checks it too: a NaN gave NaN posteriors and a meaningless order.

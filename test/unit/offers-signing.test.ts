@@ -105,6 +105,15 @@ describe('offer catalog signing', () => {
     assert.equal((await refusal(verifyOfferCatalog('x', keys.publicJwk))).problem, 'malformed');
   });
 
+  test('a key list verifies with any key that imports: malformed ones are skipped, bad-key only when none imports', async () => {
+    const rsa = { kty: 'RSA', n: 'AQAB', e: 'AQAB' } as JsonWebKey;
+    const offCurve = { ...keys.publicJwk, x: keys.publicJwk.y, y: keys.publicJwk.x };
+    assert.equal((await verifyOfferCatalog(clone(signed), [rsa, offCurve, keys.publicJwk])).version, catalog.version);
+    assert.equal((await refusal(verifyOfferCatalog(clone(signed), [rsa, offCurve]))).problem, 'bad-key');
+    const other = await generateOfferKeys();
+    assert.equal((await refusal(verifyOfferCatalog(clone(signed), [rsa, other.publicJwk]))).problem, 'mismatch');
+  });
+
   test('signing with a public key is refused as bad-key', async () => {
     assert.equal((await refusal(signOfferCatalog(catalog, keys.publicJwk))).problem, 'bad-key');
   });

@@ -32,6 +32,22 @@ describe('checkRedemption', () => {
     assert.equal((checkRedemption({ ...catalog, currency: 'JPY' }, { offerId: 'weekly', orderValue: 1001, previousRedemptions: 0 }, NOW) as { discount: number }).discount, 50);
   });
 
+  it('rounding never lifts the discount past the in-scope value or maxAmount, and a discount that rounds to 0 is refused', () => {
+    const tiny = { ...catalog, offers: [{ id: 'capped', title: 'capped', discount: { kind: 'percent', percent: 10, maxAmount: 0.015 }, scope: { kind: 'all' } }, ...catalog.offers] } as OfferCatalog;
+    // 10 % of 1 is 0.10, held under maxAmount 0.015 rounded down: 0.01 (not 0.02).
+    assert.equal((checkRedemption(tiny, { offerId: 'capped', orderValue: 1 }, NOW) as { discount: number }).discount, 0.01);
+    // £2 off items worth 0.015: at most 0.01, never the 0.02 that rounding 0.015 half up gives.
+    assert.equal((checkRedemption(catalog, { offerId: 'mugs-2', orderValue: 30, scopeValue: 0.015 }, NOW) as { discount: number }).discount, 0.01);
+    // ¥1 minimum unit: £2 … ¥2 off an order of ¥0.5 would round up to ¥1 > the order.
+    const refusal = (c: OfferCatalog, r: Parameters<typeof checkRedemption>[1]) => {
+      const v = checkRedemption(c, r, NOW);
+      return v.valid ? `valid ${v.discount}` : `${v.reason}: ${v.error}`;
+    };
+    assert.equal(refusal({ ...catalog, currency: 'JPY' }, { offerId: 'mugs-2', orderValue: 30, scopeValue: 0.5 }), "not-in-scope: the discount on this order's in-scope value (0.5) rounds to 0 JPY");
+    // 10 % of 0.01 is 0.001: nothing to give.
+    assert.equal(refusal(catalog, { offerId: 'mugs10', orderValue: 20, scopeValue: 0.01 }), "not-in-scope: the discount on this order's in-scope value (0.01) rounds to 0 GBP");
+  });
+
   it('refuses a request without the facts the offer’s rules need, instead of loosening them', () => {
     const needs = (r: Parameters<typeof checkRedemption>[1]) => {
       const v = checkRedemption(catalog, r, NOW);

@@ -135,6 +135,17 @@ describe('localrec simulate (command)', () => {
     await assert.rejects(run({ secureAggregation: true, secaggSurvivors: '1' }), (e: unknown) => isValidationError(e) && /--secagg-survivors: must be an integer 2\.\.--min-clients/.test((e as Error).message));
     await assert.rejects(run({ secureAggregation: true, dropout: '1' }), (e: unknown) => isValidationError(e) && /--dropout: must be a share in \[0, 1\)/.test((e as Error).message));
     await assert.rejects(run({ aggregator: 'power' }), (e: unknown) => isValidationError(e) && /--aggregator: must be fedavg, fedadam or subspace, got 'power'/.test((e as Error).message));
+    // The training code's ranges, checked before the run (they failed after it, named train.epochs).
+    for (const [o, re] of [
+      [{ centralEpochs: '1e7' }, /--central-epochs: must be an integer from 1 to 1000, got '1e7'/],
+      [{ localEpochs: '1001' }, /--local-epochs: must be an integer from 1 to 1000/],
+      [{ localNegatives: '1e12' }, /--local-negatives: must be an integer from 0 to 100000/],
+      [{ localContext: '1e9' }, /--local-context: must be an integer from 1 to 1000/],
+      [{ k: '1e10' }, /--k: must be an integer from 1 to 10000/],
+      [{ rounds: '2000000' }, /--rounds: must be an integer from 1 to 1000000/],
+    ] as const) {
+      await assert.rejects(run(o), (e: unknown) => isValidationError(e) && re.test((e as Error).message), String(re));
+    }
     // The server's rules between the round options are checked before the data set loads (a missing
     // file would fail the load: these fail first).
     const data = '/no/such/ratings.csv';

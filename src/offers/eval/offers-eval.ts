@@ -318,14 +318,16 @@ export function runOffersEval(data: RetailData, opts: OffersEvalOptions): Policy
       affinity = (offer) => device.get(offer.id) ?? 0;
     } else affinity = personalAffinity(state, global, now, opts.halfLifeDays);
     for (const policy of POLICIES) {
-      const events = [...state.purchases, ...state.offerEvents[policy]];
+      // What the device would hold just before the basket: an earlier invoice with the same
+      // timestamp (122 of them) is not yet known to any policy (chooseOffers drops it too).
+      const events = [...state.purchases, ...state.offerEvents[policy]].filter((e) => e.t <= now);
       let shown: Array<{ offerId: string; explore: boolean }>;
       if (policy === 'personalized') {
         shown = chooseOffers(
           { catalog, products, events, affinity: { scope: affinity } },
           {
             k: opts.k,
-            seed: opts.seed * 1_000_003 + index,
+            seed: (opts.seed * 1_000_003 + index) >>> 0,
             exploration: opts.exploration,
             context: { now },
             ...(opts.priorStrength !== undefined ? { priorStrength: opts.priorStrength } : {}),
