@@ -248,7 +248,8 @@ export function createApp(rounds: RoundCoordinator, opts: AppOptions): Hono {
 
   // A member leaves a cohort still forming (its sync was cancelled or gave up): its place is freed.
   app.post('/v1/secagg/cohorts/:id/members/:member/leave', only('secure'), bodyLimit({ maxSize: 0, onError: (c) => fail(c, 'oversized', 'leaving a cohort takes no body') }), async (c) => {
-    const r = await rounds.leaveCohort(c.req.param('id') ?? '', memberIndex(c.req.param('member') ?? ''), c.req.header('x-localrec-cohort-token') ?? '');
+    const param = c.req.param('member') ?? '';
+    const r = await rounds.leaveCohort(c.req.param('id') ?? '', memberIndex(param), c.req.header('x-localrec-cohort-token') ?? '', param);
     if (!r.ok) return fail(c, r.reason, r.error);
     c.header('Cache-Control', 'no-store');
     return c.json({ left: true }, 200);
@@ -263,7 +264,8 @@ export function createApp(rounds: RoundCoordinator, opts: AppOptions): Hono {
     async (c) => {
       const body = await readBody(c);
       if (!body) return fail(c, 'malformed', 'could not read the request body');
-      const r = await rounds.submitRecovery(c.req.param('id') ?? '', memberIndex(c.req.param('member') ?? ''), c.req.header('x-localrec-cohort-token') ?? '', body);
+      const param = c.req.param('member') ?? '';
+      const r = await rounds.submitRecovery(c.req.param('id') ?? '', memberIndex(param), c.req.header('x-localrec-cohort-token') ?? '', body, param);
       if (!r.ok) return fail(c, r.reason, r.error);
       c.header('Cache-Control', 'no-store');
       return c.json({ accepted: true, recovered: r.recovered, needed: r.needed, published: r.published ?? null }, 202);

@@ -392,7 +392,10 @@ export class MemoryCohortStore implements CohortStore {
         const next = afterCollectTimeout(c, c.submittedBy, this.params, uploadMs, t);
         if (next.status === 'aborted') abort(c, next.abortReason!);
         else Object.assign(c, next);
-      } else if (c.status === 'recovering' && t - c.recoveryAt! > uploadMs) abort(c, timeoutReason(c, uploadMs));
+      } else if (c.status === 'recovering' && (c.recovered ?? 0) < (c.needed ?? 0) && t - c.recoveryAt! > uploadMs) {
+        // One whose shares all came is being published (or will be, on retry), not late.
+        abort(c, timeoutReason(c, uploadMs));
+      }
       else if ((c.status === 'done' || c.status === 'aborted') && t - endOf(c) > KEEP_ENDED_MS) {
         this.cohorts.delete(c.id);
       }

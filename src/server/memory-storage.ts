@@ -36,6 +36,11 @@ export class MemoryStorage implements Storage {
     return [...this.updates.values()];
   }
 
+  async pendingByNonce(nonce: string): Promise<PendingUpdate | undefined> {
+    for (const u of this.updates.values()) if (u.nonce === nonce) return u;
+    return undefined;
+  }
+
   async pendingCount(): Promise<number> {
     return this.updates.size;
   }

@@ -219,6 +219,11 @@ export class PostgresStorage implements Storage {
     return r.rows.map(pendingFromRow);
   }
 
+  async pendingByNonce(nonce: string): Promise<PendingUpdate | undefined> {
+    const r = await this.q<UpdateRow>('read a pending update', 'SELECT id, nonce, base_version, received_at, body FROM localrec_updates WHERE nonce = $1 AND aggregated_into IS NULL', [nonce]);
+    return r.rows[0] ? pendingFromRow(r.rows[0]) : undefined;
+  }
+
   async pendingCount(): Promise<number> {
     const r = await this.q<{ n: string }>('count pending updates', 'SELECT COUNT(*) AS n FROM localrec_updates WHERE aggregated_into IS NULL');
     return Number(r.rows[0]!.n);
@@ -419,13 +424,12 @@ class PostgresCohortStore implements CohortStore {
   markSubmitted(id: string, index: number, updateId: number): Promise<MarkResult> {
     return this.tx('record a cohort upload', async (c) => {
       // The cohort's row first (the lock order of sweep), then the member's.
-      const co = await c.query<{ submitted: number; size: number }>("UPDATE localrec_cohorts SET submitted = submitted + 1 WHERE id = $1 AND status = 'ready' RETURNING submitted, size", [id]);
+      const co = await c.query<{ submitted: number; size: number }>("SELECT submitted, size FROM localrec_cohorts WHERE id = $1 AND status = 'ready' FOR UPDATE", [id]);
       if (!co.rowCount) return 'closed';
       const m = await c.query('UPDATE localrec_cohort_members SET update_id = $3 WHERE cohort = $1 AND idx = $2 AND update_id IS NULL', [id, index, updateId]);
-      // Rolls the count back with the transaction. (Unreachable through the coordinator: the upload's
-      // nonce is unique per member, and the token check found the member.)
-      if (!m.rowCount) throw new StorageError(`member ${index} of cohort ${id} is unknown or has uploaded already`);
-      const { submitted, size } = co.rows[0]!;
+      // Recorded already (a retry of the same upload), as the memory store answers.
+      if (!m.rowCount) return 'closed';
+      const { submitted, size } = (await c.query<{ submitted: number; size: number }>('UPDATE localrec_cohorts SET submitted = submitted + 1 WHERE id = $1 RETURNING submitted, size', [id])).rows[0]!;
       return submitted === size ? 'complete' : 'recorded';
     });
   }
@@ -459,9 +463,10 @@ class PostgresCohortStore implements CohortStore {
     const t = this.now();
     return this.tx('end timed-out cohorts', async (c) => {
       const { fillMs, uploadMs } = this.timeouts;
-      // A full cohort that has every upload is being published, not late.
+      // A full cohort that has every upload, or a recovering one that has every share, is being
+      // published, not late.
       const late = await c.query<CohortRow>(
-        "SELECT * FROM localrec_cohorts WHERE (status = 'forming' AND created_at < $1) OR (status = 'ready' AND ready_at < $2 AND submitted < size) OR (status = 'recovering' AND recovery_at < $2) ORDER BY id FOR UPDATE",
+        "SELECT * FROM localrec_cohorts WHERE (status = 'forming' AND created_at < $1) OR (status = 'ready' AND ready_at < $2 AND submitted < size) OR (status = 'recovering' AND recovery_at < $2 AND recovered < needed) ORDER BY id FOR UPDATE",
         [t - fillMs, t - uploadMs],
       );
       const out: SweepResult = { aborted: [] };

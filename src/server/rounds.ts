@@ -4,7 +4,7 @@
  * at a time through a promise queue, so two requests never aggregate the same round.
  */
 import { ModelError, StorageError } from '../errors.js';
-import { decodeModel, decodeUpdate, decodeUpdateHeader, dequantizeUpdate, encodeModel, fromHex, sha256, toHex } from '../federated/wire.js';
+import { bytesEqual, decodeModel, decodeUpdate, decodeUpdateHeader, dequantizeUpdate, encodeModel, fromHex, sha256, toHex } from '../federated/wire.js';
 import type { ItemTable } from '../model/item-table.js';
 import { applyFedAdam, applyFedAvg, combineDeltas, shrinkRows, DEFAULT_FEDADAM, trimCount, type AggregatorName, type FedAdamOptions, type RobustName } from './aggregate.js';
 import { StorageConflictError, type NewUpdate, type Storage, type StoredVersion } from './storage.js';
@@ -220,7 +220,9 @@ export class RoundCoordinator {
     }
     rc.pendingN = await storage.pendingCount();
     if (rc.pendingN > 0) await checkPending(storage, config);
-    if (rc.pendingN >= config.minClients) {
+    // Under secure aggregation with durable cohorts, a recovered cohort has fewer uploads than
+    // minClients yet may be complete (every share in): aggregate() publishes what is complete.
+    if (rc.pendingN >= config.minClients || (rc.cohorts?.durable && rc.pendingN > 0)) {
       try {
         await rc.run(() => rc.aggregate());
       } catch (e) {
@@ -366,14 +368,23 @@ export class RoundCoordinator {
    * Stores an accepted update durably, then aggregates when `ready()` says a round is complete.
    * Runs inside the queue.
    */
-  private async store(u: NewUpdate, replayed: string, ready: (id: number) => boolean | Promise<boolean | Rejection>): Promise<Accepted | Rejection> {
-    const r = await this.storage.addUpdate(u);
-    if (r === 'replayed') return reject('replayed', replayed);
+  private async store(u: NewUpdate, replayed: string, ready: (id: number, again: boolean) => boolean | Promise<boolean | Rejection>): Promise<Accepted | Rejection> {
+    let r = await this.storage.addUpdate(u);
+    let again = false;
+    if (r === 'replayed') {
+      // The same body under the same nonce, still pending: the first attempt was stored but its
+      // answer never reached the device (or its storage failed half-way and the clean-up failed
+      // too). It is counted once, and answered as it would have been; anything else is a replay.
+      const prior = await this.storage.pendingByNonce(u.nonce);
+      if (!prior || !bytesEqual(prior.body, u.body)) return reject('replayed', replayed);
+      r = { id: prior.id };
+      again = true;
+    }
     let complete: boolean | Rejection;
     try {
       // On a shared store the other processes' updates count towards the round too.
-      this.pendingN = this.storage.shared ? await this.storage.pendingCount() : this.pendingN + 1;
-      complete = await ready(r.id);
+      this.pendingN = this.storage.shared || again ? await this.storage.pendingCount() : this.pendingN + 1;
+      complete = await ready(r.id, again);
     } catch (e) {
       // The storage failed after the insert (the 503 then says nothing was stored, and the device
       // retries with the same nonce): take the update out again, or its retry would be "replayed"
@@ -401,7 +412,10 @@ export class RoundCoordinator {
           if (e instanceof StorageConflictError && attempt < 3 && this.pendingN >= this.config.minClients) continue;
           // The update itself is committed; the round is retried with the next update or restart.
           if (e instanceof StorageConflictError) this.config.log(`another process published version ${this.cur.version} first`);
-          else this.config.log(`aggregation failed, will retry: ${(e as Error).message}`);
+          else {
+            this.aggregationOwed = true;
+            this.config.log(`aggregation failed, will retry: ${(e as Error).message}`);
+          }
           break;
         }
       }
@@ -455,6 +469,7 @@ export class RoundCoordinator {
     const cohorts = this.cohorts;
     if (!cohorts) return;
     const t = this.config.now();
+    this.retryAggregation(t);
     if (this.storage.shared && t - this.lastSweep < 1000) return;
     this.lastSweep = t;
     let swept;
@@ -473,6 +488,31 @@ export class RoundCoordinator {
         this.config.log(`discarded ${c.updateIds.length} uploads of aborted cohort ${c.id.slice(0, 12)}: ${c.reason}`);
       }).catch((e: Error) => this.config.log(`could not discard the uploads of cohort ${c.id.slice(0, 12)}: ${e.message}`));
     }
+  }
+
+  /** Set when an aggregation failed on a storage error: a complete round waits in the store. */
+  private aggregationOwed = false;
+  private lastRetry = -Infinity;
+
+  /**
+   * Retries an aggregation that failed (storage briefly unavailable) at most once a second, on the
+   * next request that sweeps cohorts: otherwise a complete cohort, or one whose recovery shares all
+   * came, would wait for another cohort to complete, or for a restart.
+   */
+  private retryAggregation(t: number): void {
+    if (!this.aggregationOwed || t - this.lastRetry < 1000) return;
+    this.lastRetry = t;
+    this.aggregationOwed = false;
+    void this.run(async () => {
+      try {
+        await this.catchUp();
+        await this.aggregate();
+      } catch (e) {
+        if (e instanceof StorageConflictError) return;
+        this.aggregationOwed = true;
+        this.config.log(`aggregation failed again, will retry: ${(e as Error).message}`);
+      }
+    }).catch(() => undefined);
   }
 
   /**
@@ -509,9 +549,15 @@ export class RoundCoordinator {
       return this.store(
         { nonce: `${id}:${h.index}`, baseVersion: h.baseVersion, receivedAt: this.config.now(), body },
         `member ${h.index} of cohort ${id} already uploaded`,
-        async (updateId) => {
+        async (updateId, again) => {
           const m = await cohorts.markSubmitted(id, h.index, updateId);
           if (m !== 'closed') return m === 'complete';
+          // A retry of an upload the cohort recorded already: accepted as it was (the cohort may be
+          // recovering, or complete with its aggregation owed).
+          if (again) {
+            const c = await cohorts.info(id);
+            if (c && (c.status === 'ready' || c.status === 'recovering')) return false;
+          }
           // The cohort timed out (on another process) between the check above and now.
           const now = await cohorts.info(id);
           return now ? ended(now) : reject('unknown-cohort', `cohort ${id} ended while the upload was stored`);
@@ -526,14 +572,14 @@ export class RoundCoordinator {
    * to join. Refused once the cohort is full: its keys are out, and a missing upload then counts as
    * a dropout.
    */
-  async leaveCohort(id: string, member: number, token: string): Promise<{ ok: true } | Rejection> {
+  async leaveCohort(id: string, member: number, token: string, memberParam: string = String(member)): Promise<{ ok: true } | Rejection> {
     const cohorts = this.cohorts;
     if (!cohorts) return reject('wrong-mode', 'this server takes plain updates (POST /v1/updates); secure aggregation is off');
     if (!isCohortId(id)) return noCohort(id);
     await this.sweepCohorts();
     const c = await cohorts.info(id);
     if (!c) return noCohort(id);
-    if (!(Number.isInteger(member) && member >= 0 && member < c.size)) return reject('malformed', `member must be 0..${c.size - 1}, got ${member}`);
+    if (!(Number.isInteger(member) && member >= 0 && member < c.size)) return reject('malformed', `member must be 0..${c.size - 1}, got '${memberParam.slice(0, 20)}'`);
     const r = await cohorts.leave(id, member, token);
     if (r === 'unknown') return reject('not-member', `the token is not the one member ${member} of cohort ${id} was given at join, or that member left already`);
     if (r === 'too-late') return reject('unknown-cohort', `${cohortState(id, (await cohorts.info(id)) ?? c)}; only a forming cohort can be left (once it is full its keys are out)`);
@@ -545,7 +591,7 @@ export class RoundCoordinator {
    * mask neighbours (`GET /v1/secagg/cohorts/:id` lists them while the cohort is `recovering`). The
    * last share needed unmasks the survivors' sum and publishes it. `token` is the member's join token.
    */
-  async submitRecovery(id: string, member: number, token: string, share: Uint8Array): Promise<{ ok: true; recovered: number; needed: number; published?: number } | Rejection> {
+  async submitRecovery(id: string, member: number, token: string, share: Uint8Array, memberParam: string = String(member)): Promise<{ ok: true; recovered: number; needed: number; published?: number } | Rejection> {
     const cohorts = this.cohorts;
     const sa = this.config.secureAggregation;
     if (!cohorts || !sa) return reject('wrong-mode', 'this server takes plain updates (POST /v1/updates); secure aggregation is off');
@@ -554,7 +600,7 @@ export class RoundCoordinator {
     const c = await cohorts.info(id);
     if (!c) return noCohort(id);
     if (c.status !== 'recovering') return reject('unknown-cohort', `${cohortState(id, c)}; it takes no recovery shares`);
-    if (!(Number.isInteger(member) && member >= 0 && member < c.size)) return reject('malformed', `member must be 0..${c.size - 1}, got ${member}`);
+    if (!(Number.isInteger(member) && member >= 0 && member < c.size)) return reject('malformed', `member must be 0..${c.size - 1}, got '${memberParam.slice(0, 20)}'`);
     if (token !== (await cohorts.token(id, member))) return reject('not-member', `the token is not the one member ${member} of cohort ${id} was given at join`);
     const bytes = shareBytes(member, c.size, sa.degree, c.dropped!);
     if (bytes === 0) return reject('wrong-mode', `member ${member} owes no recovery share (it ${c.dropped!.includes(member) ? 'dropped' : 'has no dropped mask neighbour'})`);
@@ -569,8 +615,12 @@ export class RoundCoordinator {
           await this.aggregate();
         } catch (e) {
           // On a shared store another process may have published it first (adopted); otherwise the
-          // shares are stored and the next aggregation or restart finishes it.
-          if (!(e instanceof StorageConflictError)) this.config.log(`aggregation of recovered cohort ${id.slice(0, 12)} failed, will retry: ${(e as Error).message}`);
+          // shares are stored, the sweep leaves a fully recovered cohort alone, and the next
+          // request that sweeps retries the aggregation (retryAggregation), as does a restart.
+          if (!(e instanceof StorageConflictError)) {
+            this.aggregationOwed = true;
+            this.config.log(`aggregation of recovered cohort ${id.slice(0, 12)} failed, will retry: ${(e as Error).message}`);
+          }
         }
       });
     }

@@ -68,6 +68,7 @@ export class SqliteStorage implements Storage {
     insertUpdate: Database.Statement;
     pending: Database.Statement;
     pendingCount: Database.Statement;
+    pendingByNonce: Database.Statement;
     maxVersion: Database.Statement;
     insertVersion: Database.Statement;
     markAggregated: Database.Statement;
@@ -140,6 +141,7 @@ export class SqliteStorage implements Storage {
       ),
       pending: db.prepare('SELECT id, nonce, base_version, received_at, body FROM updates WHERE aggregated_into IS NULL ORDER BY id'),
       pendingCount: db.prepare('SELECT COUNT(*) AS n FROM updates WHERE aggregated_into IS NULL'),
+      pendingByNonce: db.prepare('SELECT id, nonce, base_version, received_at, body FROM updates WHERE nonce = ? AND aggregated_into IS NULL'),
       maxVersion: db.prepare('SELECT MAX(version) AS v FROM versions'),
       insertVersion: db.prepare(
         'INSERT INTO versions (version, hash, model, optimizer, created_at, update_count) VALUES (?, ?, ?, ?, ?, ?)',
@@ -184,6 +186,13 @@ export class SqliteStorage implements Storage {
     return this.wrap('read pending updates', () =>
       (this.st.pending.all() as UpdateRow[]).map(pendingFromRow),
     );
+  }
+
+  async pendingByNonce(nonce: string): Promise<PendingUpdate | undefined> {
+    return this.wrap('read a pending update', () => {
+      const r = this.st.pendingByNonce.get(nonce) as UpdateRow | undefined;
+      return r ? pendingFromRow(r) : undefined;
+    });
   }
 
   async pendingCount(): Promise<number> {

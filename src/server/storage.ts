@@ -69,6 +69,8 @@ export interface Storage {
   addUpdate(u: NewUpdate): Promise<{ id: number } | 'replayed'>;
   /** Updates not yet aggregated, oldest first. */
   pending(): Promise<PendingUpdate[]>;
+  /** The pending update stored under `nonce`, if there is one (a retry of it is then no replay). */
+  pendingByNonce(nonce: string): Promise<PendingUpdate | undefined>;
   pendingCount(): Promise<number>;
   /**
    * Deletes pending updates that can never be aggregated: the masked uploads of a secure-aggregation

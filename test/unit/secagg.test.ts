@@ -236,7 +236,11 @@ test('secure-aggregation server: refuses plain updates, unknown cohorts, uploads
     assert.equal((await call('/v1/secagg/updates', { method: 'POST', body: mine })).status, 403, 'no token at all');
     const withToken = { 'X-Localrec-Cohort-Token': j1.token };
     assert.equal((await call('/v1/secagg/updates', { method: 'POST', body: mine, headers: withToken })).status, 202);
-    const replay = await call('/v1/secagg/updates', { method: 'POST', body: mine, headers: withToken });
+    // The same body again is the pending upload (its answer was lost): 202, counted once. Another
+    // body for member 0 is a replay.
+    assert.equal((await call('/v1/secagg/updates', { method: 'POST', body: mine, headers: withToken })).status, 202);
+    const other = encodeMaskedUpdate({ cohortId: Uint8Array.from(Buffer.from(j1.cohort, 'hex')), index: 0, cohortSize: 3, bits: 32, step: step, baseVersion: 0, values: new Uint32Array(length).fill(7) });
+    const replay = await call('/v1/secagg/updates', { method: 'POST', body: other, headers: withToken });
     assert.equal(replay.status, 409);
     assert.equal(((await replay.json()) as { reason: string }).reason, 'replayed');
     const wrongBits = encodeMaskedUpdate({ cohortId: Uint8Array.from(Buffer.from(j1.cohort, 'hex')), index: 1, cohortSize: 3, bits: 16, step: step, baseVersion: 0, values: new Uint32Array(length) });
@@ -487,6 +491,62 @@ test('a storage failure after the upload was inserted (its cohort could not reco
   assert.deepEqual(await upload(members[1]!), [202, 'accepted']);
   assert.deepEqual(await upload(members[2]!), [202, 'accepted']);
   assert.equal(rounds.version, 1, 'the cohort completes and is published');
+  assert.equal(await storage.pendingCount(), 0);
+  await storage.close();
+});
+
+test('the same masked upload again, still pending, is taken once: after a lost answer, or a failure whose clean-up failed too', async () => {
+  let failMark = false;
+  // The cohort's record of the upload fails once, and so does taking the upload out again (the
+  // database is down for both): the row stays pending outside its cohort.
+  class DownStorage extends MemoryStorage {
+    failDiscard = false;
+    override async discard(ids: readonly number[]) {
+      if (this.failDiscard) {
+        this.failDiscard = false;
+        throw new StorageError('discard updates failed: Connection terminated unexpectedly');
+      }
+      return super.discard(ids);
+    }
+    cohortStore(params: SecAggParams, timeouts: number, now: () => number): CohortStore {
+      const inner = new MemoryCohortStore(params, timeouts, now);
+      const markSubmitted = inner.markSubmitted.bind(inner);
+      inner.markSubmitted = async (...a: Parameters<CohortStore['markSubmitted']>) => {
+        if (failMark) {
+          failMark = false;
+          throw new StorageError('record a cohort upload failed: Connection terminated unexpectedly');
+        }
+        return markSubmitted(...a);
+      };
+      return inner;
+    }
+  }
+  const storage = new DownStorage();
+  const { app, rounds } = await createServer({ storage, initialTable: initialTable(), minClients: 3, clip: 1, noiseMultiplier: 0, secureAggregation: true, rateLimit: false, log: () => {} });
+  const sa = rounds.config.secureAggregation!;
+  const members: Array<{ cohort: string; index: number; token: string }> = [];
+  for (let i = 0; i < 3; i++) members.push((await (await app.request('/v1/secagg/join', { method: 'POST', body: (await secAggKeyPair()).publicKey as Uint8Array<ArrayBuffer> })).json()) as { cohort: string; index: number; token: string });
+  const bodyOf = (m: (typeof members)[number], fill = 0) =>
+    encodeMaskedUpdate({ cohortId: Uint8Array.from(Buffer.from(m.cohort, 'hex')), index: m.index, cohortSize: 3, bits: sa.bits, step: sa.step, baseVersion: 0, values: new Uint32Array(IDS.length * (DIM + 1)).fill(fill) });
+  const upload = async (m: (typeof members)[number], fill = 0) => {
+    const r = await app.request('/v1/secagg/updates', { method: 'POST', body: bodyOf(m, fill) as Uint8Array<ArrayBuffer>, headers: { 'X-Localrec-Cohort-Token': m.token } });
+    return [r.status, ((await r.json()) as { reason?: string }).reason ?? 'accepted'];
+  };
+  failMark = true;
+  storage.failDiscard = true;
+  assert.deepEqual(await upload(members[0]!), [503, 'storage-unavailable']);
+  assert.equal(await storage.pendingCount(), 1, 'the row could not be taken out');
+  assert.deepEqual(await upload(members[0]!), [202, 'accepted'], 'the retry finishes it, not "replayed"');
+  assert.equal((await rounds.cohort(members[0]!.cohort))!.submitted, 1);
+  // Its answer lost, member 1 sends the same body again: counted once. Another body under its nonce is a replay.
+  assert.deepEqual(await upload(members[1]!), [202, 'accepted']);
+  assert.deepEqual(await upload(members[1]!), [202, 'accepted']);
+  assert.deepEqual(await upload(members[1]!, 1), [409, 'replayed']);
+  assert.deepEqual([(await rounds.cohort(members[0]!.cohort))!.submitted, await storage.pendingCount()], [2, 2]);
+  assert.deepEqual(await upload(members[2]!), [202, 'accepted']);
+  assert.equal(rounds.version, 1, 'the cohort completes and is published');
+  // Once published, the cohort takes no uploads, the same body included.
+  assert.deepEqual(await upload(members[2]!), [409, 'unknown-cohort']);
   assert.equal(await storage.pendingCount(), 0);
   await storage.close();
 });
@@ -744,6 +804,52 @@ test('recovery through the server: a member that never uploads does not sink its
     assert.equal(await parts.storage.pendingCount(), 0);
   } finally {
     await parts.storage.close();
+  }
+});
+
+test('a recovered cohort whose publish hit a passing storage error is published on a later request, not aborted at the recovery deadline', async () => {
+  class Flaky extends MemoryStorage {
+    failNext = false;
+    override async publish(...a: Parameters<MemoryStorage['publish']>) {
+      if (this.failNext) {
+        this.failNext = false;
+        throw new StorageError('publish version failed: database or disk is full');
+      }
+      return super.publish(...a);
+    }
+  }
+  let t = 3_000_000;
+  const storage = new Flaky();
+  const logs: string[] = [];
+  const parts = await createServer({ storage, initialTable: initialTable(), minClients: 4, clip: 1, noiseMultiplier: 0, rateLimit: false, secureAggregation: { timeoutMs: 1_000, minSurvivors: 3 }, now: () => t, log: (l) => logs.push(l) });
+  const call = (path: string, body?: Uint8Array, token?: string) =>
+    Promise.resolve(parts.app.fetch(new Request(`http://x${path}`, body ? { method: 'POST', body: body as Uint8Array<ArrayBuffer>, headers: token ? { 'X-Localrec-Cohort-Token': token } : {} } : {})));
+  try {
+    const sa = ((await (await call('/v1/config')).json()) as { secureAggregation: SecAggParams }).secureAggregation;
+    const members: Array<{ cohort: string; index: number; token: string }> = [];
+    for (let i = 0; i < 4; i++) members.push((await (await call('/v1/secagg/join', (await secAggKeyPair()).publicKey)).json()) as { cohort: string; index: number; token: string });
+    const id = members[0]!.cohort;
+    for (const m of members.slice(0, 3)) {
+      const body = encodeMaskedUpdate({ cohortId: Uint8Array.from(Buffer.from(id, 'hex')), index: m.index, cohortSize: 4, bits: sa.bits, step: sa.step, baseVersion: 0, values: new Uint32Array(IDS.length * (DIM + 1)) });
+      assert.equal((await call('/v1/secagg/updates', body, m.token)).status, 202);
+    }
+    t += 1_500; // member 3 never uploads: the cohort recovers
+    assert.equal(((await (await call(`/v1/secagg/cohorts/${id}`)).json()) as { status: string }).status, 'recovering');
+    storage.failNext = true;
+    for (const m of members.slice(0, 3)) assert.equal((await call(`/v1/secagg/cohorts/${id}/members/${m.index}/recovery`, new Uint8Array(16), m.token)).status, 202);
+    assert.equal(parts.rounds.version, 0, 'the publish failed once');
+    assert.ok(logs.some((l) => /aggregation of recovered cohort .* failed, will retry/.test(l)));
+    t += 1_500; // past the recovery deadline: the next request sweeps, and retries the aggregation
+    await call(`/v1/secagg/cohorts/${id}`);
+    await parts.rounds.drain();
+    const view = (await (await call(`/v1/secagg/cohorts/${id}`)).json()) as { status: string; published?: number };
+    assert.deepEqual([view.status, view.published, parts.rounds.version, await storage.pendingCount()], ['done', 1, 1, 0]);
+    assert.ok(!logs.some((l) => /discarded/.test(l)), logs.join('\n'));
+    // A member index that is not a number is quoted as sent, not as NaN.
+    const bad = await call(`/v1/secagg/cohorts/${id}/members/-1/leave`, new Uint8Array(0), members[0]!.token);
+    assert.match(await bad.text(), /member must be 0\.\.3, got '-1'/);
+  } finally {
+    await storage.close();
   }
 });
 

@@ -20,6 +20,25 @@ function expectReject(r: { status: number; json: Record<string, unknown> }, reas
   assert.equal(typeof r.json.error, 'string');
 }
 
+test('the same update again while it is pending (its answer was lost) is taken once; another body under its nonce, or the same after aggregation, is replayed', async () => {
+  const server = await startServer({ port: 0, dataDir: null, initialTable: initialTable(), minClients: 2, noiseMultiplier: 0, rateLimit: false, log: quiet });
+  try {
+    const v0 = await pull(server.url);
+    const first = honestUpdate(v0, 1);
+    const a = await post(server.url, first);
+    const b = await post(server.url, first);
+    assert.deepEqual([a.status, b.status, a.json.pending, b.json.pending], [202, 202, 1, 1], 'counted once');
+    // The same nonce (header bytes 64..80) on another body is a replay.
+    const other = honestUpdate(v0, 2);
+    other.set(first.subarray(64, 80), 64);
+    expectReject(await post(server.url, other), 'replayed');
+    assert.equal((await post(server.url, honestUpdate(v0, 3))).status, 202); // the second update: version 1
+    expectReject(await post(server.url, first), 'replayed');
+  } finally {
+    await server.close();
+  }
+});
+
 test('every rejection reason answers its 4xx with { error, reason }', async () => {
   const server = await startServer({ port: 0, dataDir: null, initialTable: initialTable(), minClients: 1, noiseMultiplier: 0, rateLimit: false, log: quiet });
   try {

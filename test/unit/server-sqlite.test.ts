@@ -22,8 +22,14 @@ test('SQLite: pending updates, versions and nonces survive a restart', async () 
 
     server = await startServer({ ...opts, dataDir: dir, initialTable: initialTable() });
     assert.equal(server.rounds.pending, 2);
-    assert.equal((await post(server.url, bodies[0]!)).json.reason, 'replayed');
+    // The nonce survived the restart: another body under it is a replay; the same body again (its
+    // answer lost) is the pending update, counted once.
+    const sameNonce = honestUpdate(v0, 9);
+    sameNonce.set(bodies[0]!.subarray(64, 80), 64);
+    assert.equal((await post(server.url, sameNonce)).json.reason, 'replayed');
+    assert.deepEqual([(await post(server.url, bodies[0]!)).status, server.rounds.pending], [202, 2]);
     assert.equal((await post(server.url, bodies[2]!)).json.published, 1);
+    assert.equal((await post(server.url, bodies[0]!)).json.reason, 'replayed', 'once aggregated, the same body is a replay');
     const v1 = await pull(server.url);
     const v1bytes = new Uint8Array(await (await fetch(`${server.url}/v1/model`)).arrayBuffer());
     assert.equal((await post(server.url, bodies[3]!)).status, 202);
