@@ -1,5 +1,6 @@
 import type { EventType, StoredEvent } from '../types.js';
 import type { AccountantState } from '../federated/dp.js';
+import type { OfferLedger } from '../events/offer-ledger.js';
 import type { EgressEntry } from '../federated/sync.js';
 import type { ConsentRecord } from './engine.js';
 
@@ -57,4 +58,9 @@ export interface ExportFile {
   model: { version: number; dim: number; items: number; trainedAt: number | null; trainSteps: number } | null;
   /** With `federated.autoSyncHours`: when an automatic sync was last started and a sync last succeeded (it says when the shop was open). */
   autoSync: { lastAttemptAt?: number; lastSuccessAt?: number } | null;
+  /**
+   * What the device kept of offer impressions, redemptions and purchases that retention removed:
+   * counts and times per offer, and the latest purchase's time (so caps and the audience hold).
+   */
+  offerLedger: OfferLedger | null;
 }

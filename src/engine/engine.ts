@@ -2,6 +2,7 @@ import { ClosedError, ConsentError, ModelError, NetworkError, syncCancelled, Val
 import { boolOption, checkSignal, describeValue, intOption, knownKeys, nameOption, OPTION_KEYS } from '../options.js';
 import { validateEvent } from '../events/schema.js';
 import { DEFAULT_RETENTION, deleteEventDatabase, MemoryEventStore, openEventStore, type EventStore, type Retention } from '../events/store.js';
+import { OFFER_LEDGER_KEY, type OfferLedger } from '../events/offer-ledger.js';
 import { EVENT_SCHEMA_VERSION } from '../events/schema.js';
 import type { AuditReport, ExportFile } from './audit-types.js';
 import { checkContext, chooseOffers, indexProducts, offerScopeLookup, predictAffinity, purchaseBaskets, verifyOfferCatalog, type ProductIndex } from '../offers/index.js';
@@ -1626,6 +1627,7 @@ export class Engine {
       privacy: (await this.store.getMeta<AccountantState>(PRIVACY_KEY)) ?? null,
       model: model ? { version: model.version, dim: model.dim, items: model.itemIds.length, trainedAt: model.trainedAt ?? null, trainSteps: model.trainSteps } : null,
       autoSync: (await this.store.getMeta<AutoSyncState>(AUTO_SYNC_KEY)) ?? null,
+      offerLedger: (await this.store.getMeta<OfferLedger>(OFFER_LEDGER_KEY)) ?? null,
     };
   }
 
@@ -1676,6 +1678,9 @@ export class Engine {
     if (!catalog) return [];
     this.products ??= indexProducts(this.catalog.items);
     const now = options.context?.now ?? this.now();
+    // Caps, cool-downs and the audience also count what retention removed (src/events/offer-ledger.ts).
+    const ledger = await this.store.getMeta<OfferLedger>(OFFER_LEDGER_KEY);
+    const kept = ledger ? { ledger } : {};
     const snapshot = catalog.affinity;
     if (snapshot) {
       // The shop's learned affinity (docs/OFFERS.md): the same features and weights offers-eval
@@ -1684,7 +1689,7 @@ export class Engine {
       const baskets = purchaseBaskets(events, offerScopeLookup(catalog.offers, this.products), { now });
       const p = predictAffinity(snapshot, baskets, now, catalog.offers.map((o) => o.id));
       return chooseOffers(
-        { catalog, products: this.products, events, affinity: { scope: (offer) => p.get(offer.id) ?? 0 } },
+        { catalog, products: this.products, events, affinity: { scope: (offer) => p.get(offer.id) ?? 0 }, ...kept },
         { ...options, context: { ...options.context, now } },
       );
     }
@@ -1699,7 +1704,7 @@ export class Engine {
       { catalog, products: this.products, events, affinity: (id) => {
         const r = this.rows.get(id);
         return r === undefined ? 0 : Math.min(1, (ITEMS_PER_BASKET * p[r]!) / sum);
-      } },
+      }, ...kept },
       { ...options, context: { now: this.now(), ...options.context } },
     );
   }

@@ -2,6 +2,7 @@ import { openDB, deleteDB, type DBSchema, type IDBPDatabase, type IDBPTransactio
 import { StorageError } from '../errors.js';
 import type { EventType, StoredEvent } from '../types.js';
 import { EVENT_SCHEMA_VERSION } from './schema.js';
+import { foldIntoLedger, ledgerKeeps, OFFER_LEDGER_KEY, type OfferLedger } from './offer-ledger.js';
 
 /** A stored value of the `meta` store: model weights, counters, settings. */
 export type MetaValue = unknown;
@@ -346,7 +347,11 @@ export class IdbEventStore implements EventStore {
 
   /** One readwrite transaction: add, then retention. Rejects with the transaction's own error (e.g. QuotaExceededError). */
   private async addOnce(events: StoredEvent[]): Promise<{ evicted: number }> {
-    const tx = (await this.connForWrite()).transaction('events', 'readwrite');
+    // The meta store too: what retention removes of offer events and purchases goes into the offer
+    // ledger in the same transaction (src/events/offer-ledger.ts).
+    const tx = (await this.connForWrite()).transaction(['events', 'meta'], 'readwrite');
+    const store = tx.objectStore('events');
+    const kept: StoredEvent[] = [];
     // Observed from the start, so that an abort never surfaces as an unhandled rejection.
     const done = tx.done.then(
       () => undefined,
@@ -357,7 +362,7 @@ export class IdbEventStore implements EventStore {
       // Collected so that a failed add (e.g. QuotaExceededError) rejects here, not unhandled.
       const adds: Promise<unknown>[] = [];
       try {
-        for (const e of events) adds.push(tx.store.add({ ...e }));
+        for (const e of events) adds.push(store.add({ ...e }));
       } finally {
         // When the transaction aborts under us (quota), the next add() throws synchronously: the
         // requests already made must not be left as unhandled rejections.
@@ -366,20 +371,26 @@ export class IdbEventStore implements EventStore {
       await Promise.all(adds);
       let evicted = 0;
       const cutoff = ageCutoff(this.retention);
-      let cursor = await tx.store.index('t').openCursor(IDBKeyRange.upperBound(cutoff, true));
+      let cursor = await store.index('t').openCursor(IDBKeyRange.upperBound(cutoff, true));
       while (cursor) {
+        if (ledgerKeeps(cursor.value)) kept.push(cursor.value);
         await cursor.delete();
         evicted++;
         cursor = await cursor.continue();
       }
-      const over = (await tx.store.count()) - this.retention.maxEvents;
+      const over = (await store.count()) - this.retention.maxEvents;
       if (over > 0) {
-        let c = await tx.store.index('t').openCursor();
+        let c = await store.index('t').openCursor();
         for (let i = 0; i < over && c; i++) {
+          if (ledgerKeeps(c.value)) kept.push(c.value);
           await c.delete();
           evicted++;
           c = await c.continue();
         }
+      }
+      if (kept.length) {
+        const meta = tx.objectStore('meta');
+        await meta.put(foldIntoLedger((await meta.get(OFFER_LEDGER_KEY)) as OfferLedger | undefined, kept), OFFER_LEDGER_KEY);
       }
       const err = await done;
       if (err) throw err;
@@ -401,13 +412,20 @@ export class IdbEventStore implements EventStore {
 
   /** Deletes up to `n` of the oldest events (by time) in one transaction; returns how many. */
   private async evictOldest(n: number): Promise<number> {
-    const tx = (await this.conn()).transaction('events', 'readwrite');
+    const tx = (await this.conn()).transaction(['events', 'meta'], 'readwrite');
+    const kept: StoredEvent[] = [];
     let evicted = 0;
-    let c = await tx.store.index('t').openCursor();
+    let c = await tx.objectStore('events').index('t').openCursor();
     while (c && evicted < n) {
+      if (ledgerKeeps(c.value)) kept.push(c.value);
       await c.delete();
       evicted++;
       c = await c.continue();
+    }
+    if (kept.length) {
+      // Deleting frees room; this record grows with the number of offers, not of events.
+      const meta = tx.objectStore('meta');
+      await meta.put(foldIntoLedger((await meta.get(OFFER_LEDGER_KEY)) as OfferLedger | undefined, kept), OFFER_LEDGER_KEY);
     }
     await tx.done;
     return evicted;
@@ -551,8 +569,11 @@ export class MemoryEventStore implements EventStore {
     this.events.sort((a, b) => a.t - b.t || a.id! - b.id!);
     const before = this.events.length;
     const cutoff = ageCutoff(this.retention);
+    const removed = this.events.filter((e) => e.t < cutoff);
     this.events = this.events.filter((e) => e.t >= cutoff);
-    if (this.events.length > this.retention.maxEvents) this.events = this.events.slice(-this.retention.maxEvents);
+    if (this.events.length > this.retention.maxEvents) removed.push(...this.events.splice(0, this.events.length - this.retention.maxEvents));
+    const kept = removed.filter(ledgerKeeps);
+    if (kept.length) this.meta.set(OFFER_LEDGER_KEY, structuredClone(foldIntoLedger(this.meta.get(OFFER_LEDGER_KEY) as OfferLedger | undefined, kept)) as MetaValue);
     return { evicted: before - this.events.length };
   }
   async all(): Promise<StoredEvent[]> {

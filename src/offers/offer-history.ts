@@ -1,3 +1,4 @@
+import type { OfferLedger } from '../events/offer-ledger.js';
 import type { StoredEvent } from '../types.js';
 
 /** What the shopper's device remembers about one offer. */
@@ -18,8 +19,10 @@ export interface OfferStats {
  * // { impressions: 1, redemptions: 0, lastImpressionAt: 5 }
  * ```
  */
-export function offerHistory(events: readonly StoredEvent[]): Map<string, OfferStats> {
+export function offerHistory(events: readonly StoredEvent[], ledger?: OfferLedger): Map<string, OfferStats> {
   const out = new Map<string, OfferStats>();
+  // What retention removed first (src/events/offer-ledger.ts), then the events still stored.
+  for (const { offerId, ...s } of ledger?.offers ?? []) out.set(offerId, { ...s });
   for (const e of events) {
     if ((e.type !== 'offer_impression' && e.type !== 'offer_redeemed') || !e.offerId) continue;
     let s = out.get(e.offerId);
@@ -35,7 +38,7 @@ export function offerHistory(events: readonly StoredEvent[]): Map<string, OfferS
   return out;
 }
 
-/** A shopper is `returning` once the device has seen one of their purchases. */
-export function isReturningShopper(events: readonly StoredEvent[]): boolean {
-  return events.some((e) => e.type === 'purchase');
+/** A shopper is `returning` once the device has seen one of their purchases (one removed by retention included). */
+export function isReturningShopper(events: readonly StoredEvent[], ledger?: OfferLedger): boolean {
+  return ledger?.lastPurchaseAt !== undefined || events.some((e) => e.type === 'purchase');
 }

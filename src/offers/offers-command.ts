@@ -76,6 +76,12 @@ export function register(program: Command): void {
       process.stderr.write(
         `learned from ${fit.baskets} orders of ${fit.customers} customers (${fit.basketsWithOffer} touch an offer) → ${o.out} (${fit.catalog.offers.length} offers, ${fit.catalog.affinity!.features.length} features)\n`,
       );
+      if (fit.offersWithoutOrders.length) {
+        process.stderr.write(
+          `warning: no order touched ${fit.offersWithoutOrders.length} offer(s), learned as never bought: ${fit.offersWithoutOrders.slice(0, 10).join(', ')}${fit.offersWithoutOrders.length > 10 ? ', …' : ''}. ` +
+            `Categories are matched through the ones derived from the descriptions (${[...new Set(data.items.map((i) => i.category))].sort().slice(0, 12).join(', ')}, …): check the offers' category names\n`,
+        );
+      }
     });
 
   program

@@ -11,6 +11,7 @@ import { scopeAffinity, type AffinitySource } from './affinity.js';
 import { sampleBeta } from './beta-sampler.js';
 import { whyIneligible, type EligibilityContext } from './eligibility.js';
 import { isReturningShopper, offerHistory } from './offer-history.js';
+import type { OfferLedger } from '../events/offer-ledger.js';
 import { offerEconomics } from './offer-value.js';
 import { indexProducts, type ProductIndex } from './product-index.js';
 import { offerReason } from './reason.js';
@@ -26,6 +27,11 @@ export interface OffersInput {
   events: readonly StoredEvent[];
   /** Probability of purchase per item or per offer scope, e.g. from the on-device model. */
   affinity: AffinitySource;
+  /**
+   * What the device kept of offer events and purchases that retention removed (the store's
+   * `OFFER_LEDGER_KEY` record): caps, cool-downs and the new/returning audience still count them.
+   */
+  ledger?: OfferLedger;
 }
 
 /** An eligible offer with its score, as the policy sees it (exported for evaluation and tests). */
@@ -58,7 +64,7 @@ const DEFAULTS = { k: 2, seed: 1, exploration: 0.1 } as const;
 export function scoreOffers(input: OffersInput, options: OffersOptions = {}): ScoredOffer[] {
   const products = productIndex(input.products);
   const now = checkContext(options.context);
-  const ctx = eligibilityContext(pastEvents(input.events, now), products, options.context?.cart, now);
+  const ctx = eligibilityContext(pastEvents(input.events, now), products, options.context?.cart, now, input.ledger);
   const strength = checkRange(options.priorStrength ?? DEFAULT_PRIOR_STRENGTH, 'options.priorStrength', 0, 1e6);
   const objective = checkObjective(options.objective);
   const out: ScoredOffer[] = [];
@@ -148,8 +154,8 @@ function productIndex(p: ProductIndex | readonly CatalogItem[]): ProductIndex {
   return Array.isArray(p) ? indexProducts(p) : (p as ProductIndex);
 }
 
-function eligibilityContext(events: readonly StoredEvent[], products: ProductIndex, cart: readonly CartLine[] | undefined, now: number): EligibilityContext {
-  const ctx: EligibilityContext = { now, history: offerHistory(events), returning: isReturningShopper(events) };
+function eligibilityContext(events: readonly StoredEvent[], products: ProductIndex, cart: readonly CartLine[] | undefined, now: number, ledger?: OfferLedger): EligibilityContext {
+  const ctx: EligibilityContext = { now, history: offerHistory(events, ledger), returning: isReturningShopper(events, ledger) };
   if (cart !== undefined) ctx.cartValue = cartValue(cart, products);
   return ctx;
 }

@@ -232,3 +232,43 @@ describe('Engine.offers with the shop’s learned affinity', () => {
     await b.erase();
   });
 });
+
+describe('offer rules outlive event retention', () => {
+  it('a redeemed once-only offer, maxImpressions and the new-shopper audience still hold after retention removed the events they count', async () => {
+    const keys = await generateOfferKeys();
+    const catalog: OfferCatalog = {
+      version: 1,
+      issuedAt: 0,
+      currency: 'GBP',
+      offers: [
+        { ...offer('once', { kind: 'items', itemIds: ['p0'] }), limits: { maxRedemptions: 1 } },
+        { ...offer('shown-twice', { kind: 'items', itemIds: ['p0'] }), limits: { maxImpressions: 2 } },
+        { ...offer('welcome', { kind: 'items', itemIds: ['p0'] }), audience: 'new' },
+        offer('mugs', { kind: 'categories', categories: ['mug'] }),
+      ],
+    };
+    const store = new MemoryEventStore({ maxEvents: 20, maxAgeDays: 365 });
+    const e = await Engine.create({ catalog: { items }, backend: 'cpu', autoTrainEvery: 0, store, now: () => NOW, offers: { publicKey: keys.publicJwk } });
+    try {
+      await e.setOffers(await signOfferCatalog(catalog, keys.privateJwk));
+      e.enqueue([
+        { type: 'purchase', itemId: 'p0', t: NOW - 10 * DAY },
+        { type: 'offer_impression', offerId: 'once', t: NOW - 10 * DAY },
+        { type: 'offer_redeemed', offerId: 'once', t: NOW - 10 * DAY },
+        { type: 'offer_impression', offerId: 'shown-twice', t: NOW - 9 * DAY },
+        { type: 'offer_impression', offerId: 'shown-twice', t: NOW - 9 * DAY },
+      ]);
+      await e.flush();
+      const shown = async () => (await e.offers({ k: 4, exploration: 0, seed: 1 })).map((o) => o.offerId).sort();
+      assert.deepEqual(await shown(), ['mugs']);
+      // Twenty views push every one of those events out of the store.
+      e.enqueue(Array.from({ length: 20 }, (_, i) => ({ type: 'view', itemId: `m${i % 5}`, t: NOW - DAY + i })));
+      await e.flush();
+      assert.ok((await store.all()).every((x) => x.type === 'view'), 'the offer events and the purchase are gone');
+      assert.deepEqual(await shown(), ['mugs'], 'still capped, still shown twice, still a returning shopper');
+      assert.deepEqual((await e.exportData()).offerLedger?.offers.map((o) => [o.offerId, o.impressions, o.redemptions]), [['once', 1, 1], ['shown-twice', 2, 0]]);
+    } finally {
+      await e.close();
+    }
+  });
+});

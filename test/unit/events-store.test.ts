@@ -4,6 +4,7 @@ import { describe, it } from 'node:test';
 import { deleteDB, openDB } from 'idb';
 import { IdbEventStore, MemoryEventStore, openEventStore, type EventStore } from '../../src/events/store.js';
 import type { StoredEvent } from '../../src/types.js';
+import { OFFER_LEDGER_KEY, type OfferLedger } from '../../src/events/offer-ledger.js';
 
 const DAY = 86_400_000;
 const now = Date.now();
@@ -43,6 +44,36 @@ for (const [kind, make] of stores) {
       assert.equal(evicted, 2);
       assert.deepEqual((await s.all()).map((e) => e.itemId), ['i2', 'i3', 'i4', 'i5', 'i6']);
       await s.destroy();
+    });
+
+    it('what retention removes of offer events and purchases is kept in the offer ledger, in the same write', async () => {
+      const s = await make();
+      const offer = (type: 'offer_impression' | 'offer_redeemed', offerId: string, t: number): StoredEvent => ({ type, offerId, t });
+      await s.add([offer('offer_impression', 'once', now - 60 * DAY)]); // too old on arrival
+      await s.add([
+        offer('offer_impression', 'once', now - 9000),
+        offer('offer_redeemed', 'once', now - 8000),
+        ev('mug', now - 7000, 'purchase'),
+        ev('a', now - 6000),
+        offer('offer_impression', 'other', now - 5000),
+        ev('b', now - 4000),
+        ev('c', now - 3000),
+        ev('d', now - 2000),
+        ev('e', now - 1000),
+      ]);
+      assert.equal(await s.count(), 5);
+      assert.deepEqual(await s.getMeta(OFFER_LEDGER_KEY), {
+        offers: [
+          { offerId: 'once', impressions: 2, redemptions: 1, lastImpressionAt: now - 9000, lastRedeemedAt: now - 8000 },
+        ],
+        lastPurchaseAt: now - 7000,
+      });
+      // Later evictions add to it; views are not kept.
+      await s.add([ev('f', now), ev('g', now)]);
+      const ledger = (await s.getMeta<OfferLedger>(OFFER_LEDGER_KEY))!;
+      assert.deepEqual(ledger.offers.map((o) => [o.offerId, o.impressions, o.redemptions]), [['once', 2, 1], ['other', 1, 0]]);
+      await s.destroy();
+      assert.equal(await s.getMeta(OFFER_LEDGER_KEY).catch(() => undefined), undefined, 'erased with the rest');
     });
 
     it('keeps meta records (model weights) with typed arrays intact', async () => {

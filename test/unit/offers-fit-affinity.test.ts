@@ -70,7 +70,22 @@ describe('localrec offers fit-affinity', () => {
     assert.equal(affinity.weights.length, affinity.features.length + 1);
     assert.ok(!affinity.features.includes('transition') && !affinity.features.includes('coPurchase'));
     // The same as fitting in process.
-    assert.deepEqual(out, fitAffinity(await loadRetailData(path('orders.csv.gz')), CATALOG).catalog);
+    const fit = fitAffinity(await loadRetailData(path('orders.csv.gz')), CATALOG);
+    assert.deepEqual(out, fit.catalog);
+    // No order touched the lamps: said, since a device might see them bought (a category name the descriptions do not give).
+    assert.deepEqual(fit.offersWithoutOrders, ['lamps']);
+  });
+
+  test('warns, naming them, about offers no order touched', async () => {
+    const write = process.stderr.write.bind(process.stderr);
+    let err = '';
+    process.stderr.write = ((s: string) => ((err += s), true)) as typeof process.stderr.write;
+    try {
+      await cli('offers', 'fit-affinity', '--data', path('orders.csv.gz'), '--catalog', path('offers.json'), '--out', path('with-affinity-2.json'));
+    } finally {
+      process.stderr.write = write;
+    }
+    assert.match(err, /warning: no order touched 1 offer\(s\), learned as never bought: lamps\. Categories are matched through the ones derived from the descriptions \(bag, candle, mug/);
   });
 
   test('then `offers sign` signs it, and a device verifies the catalog with the snapshot and can predict', async () => {

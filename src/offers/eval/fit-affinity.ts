@@ -18,6 +18,13 @@ export interface FitAffinityResult {
   baskets: number;
   basketsWithOffer: number;
   customers: number;
+  /**
+   * Offers no order touched: learned as never bought, while a device matching its own purchases may
+   * see them bought. For a `categories` offer the usual cause is a category name: orders are matched
+   * through the categories derived from the CSV's descriptions (`retailCategory`), which may not be
+   * the shop's own names.
+   */
+  offersWithoutOrders: string[];
 }
 
 /**
@@ -41,6 +48,7 @@ export function fitAffinity(data: RetailData, catalogInput: OfferCatalog, option
   const offersOf = offerScopeLookup(catalog.offers, indexProducts(data.items));
   const histories = new Map<string, HistoryBasket[]>();
   let withOffer = 0;
+  const touched = new Set<string>();
   for (const b of data.baskets) {
     let history = histories.get(b.customerId);
     if (!history) histories.set(b.customerId, (history = []));
@@ -51,6 +59,7 @@ export function fitAffinity(data: RetailData, catalogInput: OfferCatalog, option
       for (const id of offersOf(l.itemId)) offers.add(id);
     }
     if (offers.size > 0) withOffer++;
+    for (const id of offers) touched.add(id);
     const basket: HistoryBasket = { t: b.t, offers, items };
     model.learn(model.predict(history, b.t - 1), history, basket);
     history.push(basket);
@@ -61,5 +70,6 @@ export function fitAffinity(data: RetailData, catalogInput: OfferCatalog, option
     baskets: data.baskets.length,
     basketsWithOffer: withOffer,
     customers: histories.size,
+    offersWithoutOrders: catalog.offers.filter((o) => !touched.has(o.id)).map((o) => o.id),
   };
 }
