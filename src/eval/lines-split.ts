@@ -34,7 +34,15 @@ export async function loadLinesSplit(trainPath: string, testPath: string): Promi
     const name = basename(path);
     const rl = createInterface({ input: await openText(path, option), crlfDelay: Infinity });
     let line = 0;
-    for await (const text of rl) {
+    // A truncated or damaged gzip file fails mid-read: named, not a bare zlib error.
+    const lines = (async function* () {
+      try {
+        yield* rl;
+      } catch (e) {
+        throw e instanceof ValidationError ? e : new ValidationError(option, `cannot read '${path}': ${(e as Error).message}`);
+      }
+    })();
+    for await (const text of lines) {
       line++;
       const parts = text.trim().split(/\s+/);
       if (parts.length === 1 && parts[0] === '') continue;

@@ -485,6 +485,10 @@ class PostgresCohortStore implements CohortStore {
           reason = next.abortReason!;
         }
         await c.query("UPDATE localrec_cohorts SET status = 'aborted', reason = $2, ended_at = $3 WHERE id = $1", [row.id, reason, t]);
+        // Its uploads can never be unmasked: deleted in this transaction, so that a crash (or a failed
+        // clean-up afterwards) cannot leave them pending with no open cohort to look at them again.
+        // Every upload with this cohort's nonce prefix goes, also one its cohort never recorded.
+        await c.query("DELETE FROM localrec_updates WHERE aggregated_into IS NULL AND (id = ANY($1::bigint[]) OR nonce LIKE $2)", [members.map((m) => m.update_id), `${row.id}:%`]);
         out.aborted.push({ id: row.id, reason, updateIds: members.map((m) => Number(m.update_id)) });
       }
       // Measured from the end (see endOf in cohorts.ts: rows an older server ended have no ended_at).

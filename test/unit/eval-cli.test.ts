@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { gzipSync } from 'node:zlib';
 import { after, test } from 'node:test';
 import { Command } from 'commander';
 import { isValidationError } from '../../src/errors.js';
@@ -77,6 +78,11 @@ test('option errors name the option and the allowed values', async () => {
   // Nobody to measure: an error, not zeros and exit 0.
   const few = write('few.csv', ['user,item', 'u1,a', 'u1,b', 'u2,a'].join('\n'));
   await fails({ data: few, user: 'user', item: 'item' }, '--data', /has no test users: leave-one-out needs a user with at least 3 distinct items \(2 users read\)/);
+  // A cut-off gzip file is named, not a bare zlib error.
+  const gz = gzipSync(Buffer.from(['u1 a b c', 'u2 a b', 'u3 b c d'].join('\n').repeat(50)));
+  const cut = join(dir, 'cut.txt.gz');
+  writeFileSync(cut, gz.subarray(0, gz.length - 12));
+  await fails({ format: 'lines', train: cut, test: TEST }, 'options.train', /cannot read '.*cut\.txt\.gz': unexpected end of file/);
   const seen = write('seen.txt', 'u1 a');
   await fails({ format: 'lines', train: TRAIN, test: seen }, '--test', /leaves no test users/);
   await fails({ data: EVENTS, user: 'user', item: 'item', models: 'popular,svd' }, 'options.models', /allowed: popular, itemknn/);

@@ -368,9 +368,16 @@ describe('PostgreSQL storage', { skip: skip ?? false }, () => {
       assert.deepEqual(await c2.info(full1), { ...(await c1.info(full1))!, status: 'done', published: 1 });
       assert.equal(await c2.markSubmitted(forming, 0, 200), 'closed', 'a forming cohort takes no uploads');
       assert.deepEqual([await c1.markSubmitted(full2, 0, 300), await c2.markSubmitted(full2, 1, 301)], ['recorded', 'recorded']);
+      // An upload of full2 stored but never recorded by its cohort (the process died in between),
+      // and an unrelated plain update: the abort deletes the first in its own transaction.
+      const body = new Uint8Array(8);
+      const orphan = await stores[0]!.addUpdate({ nonce: `${full2}:2`, baseVersion: 0, receivedAt: t, body });
+      await stores[0]!.addUpdate({ nonce: 'ab'.repeat(16), baseVersion: 0, receivedAt: t, body });
+      assert.ok(orphan !== 'replayed');
       // Past the timeout: both stores sweep at once; each late cohort is aborted once, with its upload ids.
       t += 60_001;
       const swept = (await Promise.all([c1.sweep(), c2.sweep()])).flatMap((r) => r.aborted);
+      assert.deepEqual((await stores[1]!.pending()).map((u) => u.nonce), ['ab'.repeat(16)], "the aborted cohort's upload went with the abort");
       assert.deepEqual(swept.map((a) => a.id).sort(), [full2, forming].sort());
       const ready = swept.find((a) => a.id === full2)!;
       assert.deepEqual(ready.updateIds.sort(), [300, 301]);
