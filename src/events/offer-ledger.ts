@@ -27,6 +27,17 @@ export interface OfferLedger {
   lastPurchaseAt?: number;
 }
 
+/** Counts one `offer_impression` or `offer_redeemed` event into `s` (the offer rules' tally). */
+export function countOfferEvent(s: Omit<LedgerOfferStats, 'offerId'>, e: StoredEvent): void {
+  if (e.type === 'offer_impression') {
+    s.impressions++;
+    s.lastImpressionAt = Math.max(s.lastImpressionAt ?? -Infinity, e.t);
+  } else if (e.type === 'offer_redeemed') {
+    s.redemptions++;
+    s.lastRedeemedAt = Math.max(s.lastRedeemedAt ?? -Infinity, e.t);
+  }
+}
+
 /** Whether retention removing `e` loses something the offer rules need. */
 export function ledgerKeeps(e: StoredEvent): boolean {
   return e.type === 'purchase' || ((e.type === 'offer_impression' || e.type === 'offer_redeemed') && typeof e.offerId === 'string');
@@ -53,13 +64,7 @@ export function foldIntoLedger(ledger: OfferLedger | undefined, removed: readonl
     if ((e.type !== 'offer_impression' && e.type !== 'offer_redeemed') || typeof e.offerId !== 'string') continue;
     let s = byId.get(e.offerId);
     if (!s) byId.set(e.offerId, (s = { offerId: e.offerId, impressions: 0, redemptions: 0 }));
-    if (e.type === 'offer_impression') {
-      s.impressions++;
-      s.lastImpressionAt = Math.max(s.lastImpressionAt ?? -Infinity, e.t);
-    } else {
-      s.redemptions++;
-      s.lastRedeemedAt = Math.max(s.lastRedeemedAt ?? -Infinity, e.t);
-    }
+    countOfferEvent(s, e);
   }
   return { offers: [...byId.values()], ...(lastPurchaseAt !== undefined ? { lastPurchaseAt } : {}) };
 }

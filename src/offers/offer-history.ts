@@ -1,4 +1,4 @@
-import type { OfferLedger } from '../events/offer-ledger.js';
+import { countOfferEvent, type OfferLedger } from '../events/offer-ledger.js';
 import type { StoredEvent } from '../types.js';
 
 /** What the shopper's device remembers about one offer. */
@@ -27,13 +27,7 @@ export function offerHistory(events: readonly StoredEvent[], ledger?: OfferLedge
     if ((e.type !== 'offer_impression' && e.type !== 'offer_redeemed') || !e.offerId) continue;
     let s = out.get(e.offerId);
     if (!s) out.set(e.offerId, (s = { impressions: 0, redemptions: 0 }));
-    if (e.type === 'offer_impression') {
-      s.impressions++;
-      s.lastImpressionAt = Math.max(s.lastImpressionAt ?? -Infinity, e.t);
-    } else {
-      s.redemptions++;
-      s.lastRedeemedAt = Math.max(s.lastRedeemedAt ?? -Infinity, e.t);
-    }
+    countOfferEvent(s, e);
   }
   return out;
 }

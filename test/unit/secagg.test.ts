@@ -456,35 +456,54 @@ test('masked uploads: the step must be the server\'s (422 config-mismatch), rese
   }
 });
 
-test('a storage failure after the upload was inserted (its cohort could not record it) takes it out again: the 503 is true, and the retry is taken', async () => {
-  let failNext = false;
-  // The cohorts in a store of their own, whose record of an upload fails once (as a PostgreSQL
-  // connection can between the insert and the cohort's update).
-  class FlakyStorage extends MemoryStorage {
-    cohortStore(params: SecAggParams, timeouts: number, now: () => number): CohortStore {
-      const inner = new MemoryCohortStore(params, timeouts, now);
-      const markSubmitted = inner.markSubmitted.bind(inner);
-      inner.markSubmitted = async (...a: Parameters<CohortStore['markSubmitted']>) => {
-        if (failNext) {
-          failNext = false;
-          throw new StorageError('record a cohort upload failed: Connection terminated unexpectedly');
-        }
-        return markSubmitted(...a);
-      };
-      return inner;
+/**
+ * Cohorts in a store of their own, whose record of an upload fails once when `failMark` is set (as
+ * a PostgreSQL connection can between the insert and the cohort's update), and whose `discard`
+ * fails once when `failDiscard` is set.
+ */
+class FlakyCohortStorage extends MemoryStorage {
+  failMark = false;
+  failDiscard = false;
+  override async discard(ids: readonly number[]) {
+    if (this.failDiscard) {
+      this.failDiscard = false;
+      throw new StorageError('discard updates failed: Connection terminated unexpectedly');
     }
+    return super.discard(ids);
   }
-  const storage = new FlakyStorage();
+  cohortStore(params: SecAggParams, timeouts: number, now: () => number): CohortStore {
+    const inner = new MemoryCohortStore(params, timeouts, now);
+    const markSubmitted = inner.markSubmitted.bind(inner);
+    inner.markSubmitted = async (...a: Parameters<CohortStore['markSubmitted']>) => {
+      if (this.failMark) {
+        this.failMark = false;
+        throw new StorageError('record a cohort upload failed: Connection terminated unexpectedly');
+      }
+      return markSubmitted(...a);
+    };
+    return inner;
+  }
+}
+
+/** A secure-aggregation server (cohorts of 3) on a {@link FlakyCohortStorage}, its 3 members joined, and their upload. */
+async function flakyCohortServer() {
+  const storage = new FlakyCohortStorage();
   const { app, rounds } = await createServer({ storage, initialTable: initialTable(), minClients: 3, clip: 1, noiseMultiplier: 0, secureAggregation: true, rateLimit: false, log: () => {} });
   const sa = rounds.config.secureAggregation!;
   const members: Array<{ cohort: string; index: number; token: string }> = [];
   for (let i = 0; i < 3; i++) members.push((await (await app.request('/v1/secagg/join', { method: 'POST', body: (await secAggKeyPair()).publicKey as Uint8Array<ArrayBuffer> })).json()) as { cohort: string; index: number; token: string });
-  const upload = async (m: (typeof members)[number]) => {
-    const body = encodeMaskedUpdate({ cohortId: Uint8Array.from(Buffer.from(m.cohort, 'hex')), index: m.index, cohortSize: 3, bits: sa.bits, step: sa.step, baseVersion: 0, values: new Uint32Array(IDS.length * (DIM + 1)) });
+  /** Member `m`'s masked upload (all values `fill`): [status, reason or 'accepted']. */
+  const upload = async (m: (typeof members)[number], fill = 0) => {
+    const body = encodeMaskedUpdate({ cohortId: Uint8Array.from(Buffer.from(m.cohort, 'hex')), index: m.index, cohortSize: 3, bits: sa.bits, step: sa.step, baseVersion: 0, values: new Uint32Array(IDS.length * (DIM + 1)).fill(fill) });
     const r = await app.request('/v1/secagg/updates', { method: 'POST', body: body as Uint8Array<ArrayBuffer>, headers: { 'X-Localrec-Cohort-Token': m.token } });
     return [r.status, ((await r.json()) as { reason?: string }).reason ?? 'accepted'];
   };
-  failNext = true;
+  return { storage, rounds, members, upload };
+}
+
+test('a storage failure after the upload was inserted (its cohort could not record it) takes it out again: the 503 is true, and the retry is taken', async () => {
+  const { storage, rounds, members, upload } = await flakyCohortServer();
+  storage.failMark = true;
   assert.deepEqual(await upload(members[0]!), [503, 'storage-unavailable']);
   assert.equal(await storage.pendingCount(), 0, 'nothing stored, as the 503 says');
   assert.deepEqual(await upload(members[0]!), [202, 'accepted'], 'the retry is taken, not "replayed"');
@@ -496,43 +515,10 @@ test('a storage failure after the upload was inserted (its cohort could not reco
 });
 
 test('the same masked upload again, still pending, is taken once: after a lost answer, or a failure whose clean-up failed too', async () => {
-  let failMark = false;
   // The cohort's record of the upload fails once, and so does taking the upload out again (the
   // database is down for both): the row stays pending outside its cohort.
-  class DownStorage extends MemoryStorage {
-    failDiscard = false;
-    override async discard(ids: readonly number[]) {
-      if (this.failDiscard) {
-        this.failDiscard = false;
-        throw new StorageError('discard updates failed: Connection terminated unexpectedly');
-      }
-      return super.discard(ids);
-    }
-    cohortStore(params: SecAggParams, timeouts: number, now: () => number): CohortStore {
-      const inner = new MemoryCohortStore(params, timeouts, now);
-      const markSubmitted = inner.markSubmitted.bind(inner);
-      inner.markSubmitted = async (...a: Parameters<CohortStore['markSubmitted']>) => {
-        if (failMark) {
-          failMark = false;
-          throw new StorageError('record a cohort upload failed: Connection terminated unexpectedly');
-        }
-        return markSubmitted(...a);
-      };
-      return inner;
-    }
-  }
-  const storage = new DownStorage();
-  const { app, rounds } = await createServer({ storage, initialTable: initialTable(), minClients: 3, clip: 1, noiseMultiplier: 0, secureAggregation: true, rateLimit: false, log: () => {} });
-  const sa = rounds.config.secureAggregation!;
-  const members: Array<{ cohort: string; index: number; token: string }> = [];
-  for (let i = 0; i < 3; i++) members.push((await (await app.request('/v1/secagg/join', { method: 'POST', body: (await secAggKeyPair()).publicKey as Uint8Array<ArrayBuffer> })).json()) as { cohort: string; index: number; token: string });
-  const bodyOf = (m: (typeof members)[number], fill = 0) =>
-    encodeMaskedUpdate({ cohortId: Uint8Array.from(Buffer.from(m.cohort, 'hex')), index: m.index, cohortSize: 3, bits: sa.bits, step: sa.step, baseVersion: 0, values: new Uint32Array(IDS.length * (DIM + 1)).fill(fill) });
-  const upload = async (m: (typeof members)[number], fill = 0) => {
-    const r = await app.request('/v1/secagg/updates', { method: 'POST', body: bodyOf(m, fill) as Uint8Array<ArrayBuffer>, headers: { 'X-Localrec-Cohort-Token': m.token } });
-    return [r.status, ((await r.json()) as { reason?: string }).reason ?? 'accepted'];
-  };
-  failMark = true;
+  const { storage, rounds, members, upload } = await flakyCohortServer();
+  storage.failMark = true;
   storage.failDiscard = true;
   assert.deepEqual(await upload(members[0]!), [503, 'storage-unavailable']);
   assert.equal(await storage.pendingCount(), 1, 'the row could not be taken out');
