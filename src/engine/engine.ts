@@ -2,7 +2,6 @@ import { ClosedError, ConsentError, ModelError, NetworkError, syncCancelled, Val
 import { boolOption, checkSignal, describeValue, intOption, knownKeys, nameOption, OPTION_KEYS } from '../options.js';
 import { validateEvent } from '../events/schema.js';
 import { DEFAULT_RETENTION, deleteEventDatabase, MemoryEventStore, openEventStore, type EventStore, type Retention } from '../events/store.js';
-import { OFFER_LEDGER_KEY, type OfferLedger } from '../events/offer-ledger.js';
 import { EVENT_SCHEMA_VERSION } from '../events/schema.js';
 import type { AuditReport, ExportFile } from './audit-types.js';
 import { checkContext, chooseOffers, indexProducts, offerScopeLookup, predictAffinity, purchaseBaskets, verifyOfferCatalog, type ProductIndex } from '../offers/index.js';
@@ -217,7 +216,6 @@ function checkFederated(fed: unknown): void {
   }
 }
 
-/** Calls every listener with `p`; one that throws (a page's callback) does not stop the others or the work reporting. */
 /**
  * `log` with `entries` appended, each settled request replacing the `pending` entry logged for it
  * just before it was sent (same method, endpoint and body hash), so that a request is one entry.
@@ -234,6 +232,7 @@ export function settlePending(log: readonly EgressEntry[], entries: readonly Egr
   return out;
 }
 
+/** Calls every listener with `p`; one that throws (a page's callback) does not stop the others or the work reporting. */
 function tellEach<T>(listeners: Iterable<(p: T) => void>, p: T): void {
   for (const l of listeners) {
     try {
@@ -1341,7 +1340,14 @@ export class Engine {
     // Persists the egress log so far (each entry once).
     const checkpoint = async () => {
       const entries = egress.splice(0);
-      if (entries.length) await this.appendEgress(entries);
+      if (!entries.length) return;
+      try {
+        await this.appendEgress(entries);
+      } catch (e) {
+        // Kept for the next checkpoint (the sync's own `finally` tries again).
+        egress.unshift(...entries);
+        throw e;
+      }
     };
     const before = this.saved.globalHash;
     const held = this.heldGlobal ?? (await this.storedGlobal());
@@ -1627,7 +1633,7 @@ export class Engine {
       privacy: (await this.store.getMeta<AccountantState>(PRIVACY_KEY)) ?? null,
       model: model ? { version: model.version, dim: model.dim, items: model.itemIds.length, trainedAt: model.trainedAt ?? null, trainSteps: model.trainSteps } : null,
       autoSync: (await this.store.getMeta<AutoSyncState>(AUTO_SYNC_KEY)) ?? null,
-      offerLedger: (await this.store.getMeta<OfferLedger>(OFFER_LEDGER_KEY)) ?? null,
+      offerLedger: (await this.store.offerLedger()) ?? null,
     };
   }
 
@@ -1678,14 +1684,19 @@ export class Engine {
     if (!catalog) return [];
     this.products ??= indexProducts(this.catalog.items);
     const now = options.context?.now ?? this.now();
-    // Caps, cool-downs and the audience also count what retention removed (src/events/offer-ledger.ts).
-    const ledger = await this.store.getMeta<OfferLedger>(OFFER_LEDGER_KEY);
-    const kept = ledger ? { ledger } : {};
+    // Caps, cool-downs and the audience also count what retention removed (src/events/offer-ledger.ts),
+    // read after the events (reading them writes what was queued, which may remove old ones). Another
+    // tab's write in between could count an event in both: the rules then err towards not showing.
+    const ledgerAfter = async () => {
+      const ledger = await this.store.offerLedger();
+      return ledger ? { ledger } : {};
+    };
     const snapshot = catalog.affinity;
     if (snapshot) {
       // The shop's learned affinity (docs/OFFERS.md): the same features and weights offers-eval
       // measures, from this shopper's purchases grouped into baskets (30 minutes apart or less).
       const events = await this.storedEvents();
+      const kept = await ledgerAfter();
       const baskets = purchaseBaskets(events, offerScopeLookup(catalog.offers, this.products), { now });
       const p = predictAffinity(snapshot, baskets, now, catalog.offers.map((o) => o.id));
       return chooseOffers(
@@ -1694,6 +1705,7 @@ export class Engine {
       );
     }
     const { profile, events } = await this.profile();
+    const kept = await ledgerAfter();
     const scores = await this.scorer.scoreAll(userVector(this.table, profile));
     let max = -Infinity;
     for (const v of scores) max = Math.max(max, v);

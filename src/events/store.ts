@@ -49,6 +49,12 @@ export interface EventStore {
   getMeta<T = MetaValue>(key: string): Promise<T | undefined>;
   setMeta(key: string, value: MetaValue): Promise<void>;
   /**
+   * The offer ledger (src/events/offer-ledger.ts) as it stands once retention has run: the stored
+   * record plus what the age limit already hides from reads but the next write has not yet removed
+   * (a shopper back after a year, before tracking anything). Read-only.
+   */
+  offerLedger(): Promise<OfferLedger | undefined>;
+  /**
    * Reads the meta record `key`, passes it to `update` and stores what it returns, in one
    * transaction: another tab of the same device that updates the record at the same time cannot
    * slip in between (the privacy accountant, the egress log, the weights). `update` must be
@@ -469,6 +475,19 @@ export class IdbEventStore implements EventStore {
     return (await (await this.conn()).get('meta', key)) as T | undefined;
   }
 
+  async offerLedger(): Promise<OfferLedger | undefined> {
+    if (this.absent) return undefined;
+    // One transaction: a write that removes events and folds them in cannot land between the reads.
+    const tx = (await this.conn()).transaction(['events', 'meta'], 'readonly');
+    const [stored, expired] = await Promise.all([
+      tx.objectStore('meta').get(OFFER_LEDGER_KEY) as Promise<OfferLedger | undefined>,
+      tx.objectStore('events').index('t').getAll(IDBKeyRange.upperBound(ageCutoff(this.retention), true)),
+    ]);
+    await tx.done;
+    const kept = expired.filter(ledgerKeeps);
+    return kept.length ? foldIntoLedger(stored, kept) : stored;
+  }
+
   async setMeta(key: string, value: MetaValue): Promise<void> {
     try {
       await (await this.connForWrite()).put('meta', value, key);
@@ -596,6 +615,12 @@ export class MemoryEventStore implements EventStore {
   }
   async stats(): Promise<EventStats> {
     return statsOf(await this.all());
+  }
+  async offerLedger(): Promise<OfferLedger | undefined> {
+    const stored = await this.getMeta<OfferLedger>(OFFER_LEDGER_KEY);
+    const cutoff = ageCutoff(this.retention);
+    const kept = this.events.filter((e) => e.t < cutoff && ledgerKeeps(e));
+    return kept.length ? foldIntoLedger(stored, kept) : stored;
   }
   async getMeta<T = MetaValue>(key: string): Promise<T | undefined> {
     // A copy, as IndexedDB gives: changing what was read does not change what is stored.

@@ -56,8 +56,10 @@ export interface EgressEntry {
   bytes: number;
   /** Hex SHA-256 of the request body, so an auditor can match what was logged with what was sent. */
   bodySha256?: string;
-  /** HTTP status; 0 when no answer came (offline, refused, or still pending). */
+  /** HTTP status; 0 when no answer came (offline, refused, still pending, or not sent). */
   status: number;
+  /** An upload logged before it was sent, then cancelled (consent withdrawn, close()) before it left; its ε is spent. */
+  notSent?: true;
   /**
    * An upload logged (and stored) just before it was sent; the entry for its first attempt
    * replaces it once that settles. One left in the log means the page closed while the body was on
@@ -174,6 +176,11 @@ function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   });
 }
 
+/** A cancel seen after the release was recorded: nothing was sent, but that ε is spent. */
+function releasedButCancelled(): AbortError {
+  return new AbortError('sync cancelled before the upload, after its release was recorded: no update was sent, but its ε is spent');
+}
+
 /** Throws an {@link AbortError} when the caller cancelled; `when` says where the sync stopped. */
 function checkAborted(o: Pick<SyncOptions, 'signal'>, when: string): void {
   if (o.signal?.aborted) throw syncCancelled(when);
@@ -268,10 +275,13 @@ async function fetchModel(o: RequestOptions, knownHash: string | undefined): Pro
   if (res.status === 304) return null;
   const bytes = new Uint8Array(await res.arrayBuffer());
   const decoded = decodeModel(bytes);
+  // The device asks for float32: an int8 body carries a hash the server wrote into it, which the
+  // device cannot check against the values.
+  if (decoded.encoding !== 'float32') throw new ValidationError('GET /v1/model', `answered a ${decoded.encoding} model; the device asked for float32`);
   // The hash is the body's own (the canonical float32 encoding's SHA-256), never the server's word
   // for it: the device repeats it in If-None-Match and in every update's base, so a header chosen
   // per device would tag that device's requests across syncs and reloads.
-  const hash = toHex(decoded.canonicalHash ?? (await sha256(bytes)));
+  const hash = toHex(await sha256(bytes));
   const header = res.headers.get('X-Localrec-Model-Hash');
   if (header !== null && header.toLowerCase() !== hash) {
     throw new ValidationError('X-Localrec-Model-Hash', `is ${header.slice(0, 80)}, but the model sent hashes to ${hash}: the device refuses a model whose hash the server misstates`);
@@ -429,12 +439,17 @@ async function upload(
   }
   // A cancel (consent withdrawn, close()) that came while the release was being recorded still
   // stops the upload: the ε is spent for nothing, which errs on the safe side.
-  if (cancellable) checkAborted(o, 'before the upload (its release was already recorded)');
+  if (cancellable && o.signal?.aborted) throw releasedButCancelled();
   // Logged, and persisted with the release, before it goes: a tab closed while the body is on the
   // wire leaves this entry (`pending`), not a spent ε with no request in the log.
-  o.onEgress?.({ t: (o.now ?? Date.now)(), method: 'POST', endpoint, kind: 'update', bytes: body.length, bodySha256: toHex(await sha256(body)), status: 0, pending: true });
+  const logged: EgressEntry = { t: (o.now ?? Date.now)(), method: 'POST', endpoint, kind: 'update', bytes: body.length, bodySha256: toHex(await sha256(body)), status: 0 };
+  o.onEgress?.({ ...logged, pending: true });
   await o.onCheckpoint?.();
-  if (cancellable) checkAborted(o, 'before the upload (its release was already recorded)');
+  if (cancellable && o.signal?.aborted) {
+    // Settles the pending entry: this body never left.
+    o.onEgress?.({ ...logged, notSent: true });
+    throw releasedButCancelled();
+  }
   o.onProgress?.({ phase: 'upload', bytes: body.length });
   // Not cancellable: once the release is recorded the body goes out whole, or fails on its own.
   const res = await request(o, 'update', 'POST', endpoint, body, { 'Content-Type': 'application/octet-stream', ...headers }, null);

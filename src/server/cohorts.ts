@@ -186,9 +186,22 @@ export function newMemberToken(): string {
 }
 
 /** Why a cohort timed out, in the words `GET /v1/secagg/cohorts/:id` reports. */
+/**
+ * How long a recovering cohort may take from the start of recovery: the upload timeout while
+ * shares are missing; {@link PUBLISH_GRACE} times that once every share came (its publish is being
+ * retried after a storage error).
+ */
+export function recoveryDeadline(c: Pick<CohortInfo, 'recovered' | 'needed'>, uploadMs: number): number {
+  return (c.recovered ?? 0) >= (c.needed ?? 0) ? PUBLISH_GRACE * uploadMs : uploadMs;
+}
+export const PUBLISH_GRACE = 4;
+
 export function timeoutReason(c: Pick<CohortInfo, 'status' | 'joined' | 'submitted' | 'size' | 'recovered' | 'needed'>, timeoutMs: number, minSurvivors = c.size): string {
   if (c.status === 'forming') return `only ${c.joined} of ${c.size} members joined within ${timeoutMs} ms`;
-  if (c.status === 'recovering') return `only ${c.recovered} of the ${c.needed} recovery shares came within ${timeoutMs} ms`;
+  if (c.status === 'recovering') {
+    if ((c.recovered ?? 0) >= (c.needed ?? 0)) return `all ${c.needed} recovery shares came, but the cohort could not be published within ${timeoutMs} ms`;
+    return `only ${c.recovered} of the ${c.needed} recovery shares came within ${timeoutMs} ms`;
+  }
   return `only ${c.submitted} of ${c.size} members uploaded within ${timeoutMs} ms${minSurvivors < c.size ? ` (recovery needs ${minSurvivors})` : ''}`;
 }
 
@@ -392,9 +405,10 @@ export class MemoryCohortStore implements CohortStore {
         const next = afterCollectTimeout(c, c.submittedBy, this.params, uploadMs, t);
         if (next.status === 'aborted') abort(c, next.abortReason!);
         else Object.assign(c, next);
-      } else if (c.status === 'recovering' && (c.recovered ?? 0) < (c.needed ?? 0) && t - c.recoveryAt! > uploadMs) {
-        // One whose shares all came is being published (or will be, on retry), not late.
-        abort(c, timeoutReason(c, uploadMs));
+      } else if (c.status === 'recovering' && t - c.recoveryAt! > recoveryDeadline(c, uploadMs)) {
+        // One whose shares all came is being published (or will be, on retry), not late, until
+        // a later deadline: a publish that keeps failing must not hold the cohort for good.
+        abort(c, timeoutReason(c, recoveryDeadline(c, uploadMs)));
       }
       else if ((c.status === 'done' || c.status === 'aborted') && t - endOf(c) > KEEP_ENDED_MS) {
         this.cohorts.delete(c.id);

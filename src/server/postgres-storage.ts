@@ -19,7 +19,7 @@ import pg from 'pg';
 import { StorageError } from '../errors.js';
 import type { SecAggParams } from '../federated/secagg.js';
 import type { RateLimit, RateLimitOptions } from './rate-limit.js';
-import { afterCollectTimeout, cohortTimeouts, KEEP_ENDED_MS, newCohortId, newMemberToken, shareBytes, timeoutReason, type CohortInfo, type CohortStatus, type CohortStore, type CohortTimeouts, type MarkResult, type RecoveryResult, type SweepResult } from './cohorts.js';
+import { afterCollectTimeout, cohortTimeouts, KEEP_ENDED_MS, newCohortId, newMemberToken, PUBLISH_GRACE, recoveryDeadline, shareBytes, timeoutReason, type CohortInfo, type CohortStatus, type CohortStore, type CohortTimeouts, type MarkResult, type RecoveryResult, type SweepResult } from './cohorts.js';
 import { checkNextVersion, pendingFromRow, StorageConflictError, versionFromRow, versionParams, type NewUpdate, type PendingUpdate, type Storage, type StoredVersion, type UpdateRow, type VersionRow } from './storage.js';
 
 const SCHEMA_VERSION = '1';
@@ -463,11 +463,11 @@ class PostgresCohortStore implements CohortStore {
     const t = this.now();
     return this.tx('end timed-out cohorts', async (c) => {
       const { fillMs, uploadMs } = this.timeouts;
-      // A full cohort that has every upload, or a recovering one that has every share, is being
-      // published, not late.
+      // A full cohort that has every upload is being published, not late; so is a recovering one
+      // that has every share, until PUBLISH_GRACE upload timeouts (recoveryDeadline).
       const late = await c.query<CohortRow>(
-        "SELECT * FROM localrec_cohorts WHERE (status = 'forming' AND created_at < $1) OR (status = 'ready' AND ready_at < $2 AND submitted < size) OR (status = 'recovering' AND recovery_at < $2 AND recovered < needed) ORDER BY id FOR UPDATE",
-        [t - fillMs, t - uploadMs],
+        "SELECT * FROM localrec_cohorts WHERE (status = 'forming' AND created_at < $1) OR (status = 'ready' AND ready_at < $2 AND submitted < size) OR (status = 'recovering' AND recovery_at < $2 AND (recovered < needed OR recovery_at < $3)) ORDER BY id FOR UPDATE",
+        [t - fillMs, t - uploadMs, t - PUBLISH_GRACE * uploadMs],
       );
       const out: SweepResult = { aborted: [] };
       const uploaded = async (id: string) =>
@@ -475,7 +475,7 @@ class PostgresCohortStore implements CohortStore {
       for (const row of late.rows) {
         const info = cohortFromRow(row);
         const members = await uploaded(row.id);
-        let reason = timeoutReason(info, row.status === 'forming' ? fillMs : uploadMs);
+        let reason = timeoutReason(info, row.status === 'forming' ? fillMs : row.status === 'recovering' ? recoveryDeadline(info, uploadMs) : uploadMs);
         if (row.status === 'ready') {
           const next = afterCollectTimeout(info, members.map((m) => m.idx), this.params, uploadMs, t);
           if (next.status === 'recovering') {
@@ -488,7 +488,8 @@ class PostgresCohortStore implements CohortStore {
         // Its uploads can never be unmasked: deleted in this transaction, so that a crash (or a failed
         // clean-up afterwards) cannot leave them pending with no open cohort to look at them again.
         // Every upload with this cohort's nonce prefix goes, also one its cohort never recorded.
-        await c.query("DELETE FROM localrec_updates WHERE aggregated_into IS NULL AND (id = ANY($1::bigint[]) OR nonce LIKE $2)", [members.map((m) => m.update_id), `${row.id}:%`]);
+        // (A range on the nonce rather than LIKE: it can use the nonce's unique index. ';' follows ':'.)
+        await c.query('DELETE FROM localrec_updates WHERE aggregated_into IS NULL AND (id = ANY($1::bigint[]) OR (nonce >= $2 AND nonce < $3))', [members.map((m) => m.update_id), `${row.id}:`, `${row.id};`]);
         out.aborted.push({ id: row.id, reason, updateIds: members.map((m) => Number(m.update_id)) });
       }
       // Measured from the end (see endOf in cohorts.ts: rows an older server ended have no ended_at).

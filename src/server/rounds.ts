@@ -389,14 +389,17 @@ export class RoundCoordinator {
       // The storage failed after the insert (the 503 then says nothing was stored, and the device
       // retries with the same nonce): take the update out again, or its retry would be "replayed"
       // and, under secure aggregation, the upload would stay pending outside its cohort for good.
-      await this.storage.discard([r.id]).catch(() => undefined);
+      // Not a row an earlier attempt stored (`again`): its cohort may have counted it already, and
+      // the next retry finishes it.
+      if (!again) await this.storage.discard([r.id]).catch(() => undefined);
       this.pendingN = await this.storage.pendingCount().catch(() => this.pendingN);
       throw e;
     }
     let published: number | undefined;
     if (complete !== true && complete !== false) {
-      // Refused after all (its cohort ended meanwhile): the update must not stay pending.
-      await this.storage.discard([r.id]);
+      // Refused after all (its cohort ended meanwhile): the update must not stay pending. (A row an
+      // earlier attempt stored is left to the cohort's own end: an aborted cohort deletes its uploads.)
+      if (!again) await this.storage.discard([r.id]);
       this.pendingN = await this.storage.pendingCount();
       return complete;
     }

@@ -76,6 +76,22 @@ for (const [kind, make] of stores) {
       assert.equal(await s.getMeta(OFFER_LEDGER_KEY).catch(() => undefined), undefined, 'erased with the rest');
     });
 
+    it('offerLedger() counts what the age limit already hides but no write has removed yet', async () => {
+      const s = await make();
+      const t = Date.now() - 29 * DAY;
+      await s.add([{ type: 'offer_redeemed', offerId: 'once', t }, ev('a', t, 'purchase')]);
+      assert.equal(await s.offerLedger(), undefined);
+      const realNow = Date.now;
+      Date.now = () => realNow() + 2 * DAY; // a shopper back two days later: both events past 30 days
+      try {
+        assert.equal((await s.all()).length, 0, 'hidden from reads');
+        assert.deepEqual(await s.offerLedger(), { offers: [{ offerId: 'once', impressions: 0, redemptions: 1, lastRedeemedAt: t }], lastPurchaseAt: t });
+      } finally {
+        Date.now = realNow;
+      }
+      await s.destroy();
+    });
+
     it('keeps meta records (model weights) with typed arrays intact', async () => {
       const s = await make();
       await s.setMeta('model', { factors: new Float32Array([1, 2, 3]), version: 4 });

@@ -5,13 +5,13 @@
 import 'fake-indexeddb/auto';
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { Engine, PRIVACY_KEY } from '../../src/engine/engine.js';
+import { EGRESS_KEY, Engine, PRIVACY_KEY, settlePending } from '../../src/engine/engine.js';
 import type { AccountantState } from '../../src/federated/dp.js';
 import { MemoryEventStore } from '../../src/events/store.js';
 import { isNetworkError, isPrivacyBudgetError, isValidationError } from '../../src/errors.js';
 import { createItemTable } from '../../src/model/item-table.js';
 import { startServer, type RunningServer } from '../../src/server/index.js';
-import type { FetchLike } from '../../src/federated/sync.js';
+import type { EgressEntry, FetchLike } from '../../src/federated/sync.js';
 import '../../src/model/tf.js';
 
 const ids = Array.from({ length: 200 }, (_, i) => `sku-${i}`);
@@ -321,13 +321,46 @@ describe('sync(): what a server that does not play fair can learn', () => {
       return r;
     }) as typeof store.updateMeta;
     try {
-      await assert.rejects(e.sync(), (err: Error) => err.name === 'AbortError' && /release was already recorded/.test(err.message));
+      await assert.rejects(e.sync(), (err: Error) => err.name === 'AbortError' && /after its release was recorded: no update was sent, but its ε is spent/.test(err.message));
       await withdrawn;
       assert.equal(cap.sent.filter((x) => x.url.endsWith('/v1/updates')).length, 0, 'nothing uploaded');
       assert.equal((await store.getMeta<AccountantState>(PRIVACY_KEY))?.releases, 1, 'the release stays counted');
     } finally {
       await e.close();
     }
+  });
+});
+
+describe('sync(): the egress log around the upload', () => {
+  it('a cancel that lands while the pending upload entry is stored: nothing sent, the entry settled as not sent, the error says the ε is spent', async () => {
+    const store = new MemoryEventStore();
+    const cap = capturingFetch();
+    const e = await deviceAt(server.url, ['sku-95', 'sku-96', 'sku-97'], { store, fetch: cap.fetch });
+    const updateMeta = store.updateMeta.bind(store);
+    let withdrawn: Promise<void> | undefined;
+    store.updateMeta = (async (key: string, f: (v: unknown) => unknown) => {
+      const r = await updateMeta(key, f as never);
+      if (key === EGRESS_KEY && !withdrawn && (r as EgressEntry[]).some((x) => x.pending)) withdrawn = e.setConsent({ federated: false });
+      return r;
+    }) as typeof store.updateMeta;
+    try {
+      await assert.rejects(e.sync(), /no update was sent, but its ε is spent/);
+      await withdrawn;
+      assert.equal(cap.sent.filter((x) => x.url.endsWith('/v1/updates')).length, 0);
+      const log = await e.egressLog();
+      assert.ok(!log.some((x) => x.pending), 'no pending entry left');
+      assert.deepEqual(log.map((x) => [x.endpoint, x.status, x.notSent]), [['/v1/config', 200, undefined], ['/v1/model', 200, undefined], ['/v1/updates', 0, true]]);
+    } finally {
+      await e.close();
+    }
+  });
+
+  it('settlePending: an answer replaces the pending entry of the same request; others are appended', () => {
+    const pending: EgressEntry = { t: 1, method: 'POST', endpoint: '/v1/updates', kind: 'update', bytes: 9, bodySha256: 'aa', status: 0, pending: true };
+    const other: EgressEntry = { ...pending, bodySha256: 'bb', status: 202, pending: undefined };
+    const done: EgressEntry = { ...pending, t: 2, status: 202, pending: undefined };
+    assert.deepEqual(settlePending([pending], [other, done]), [done, other]);
+    assert.deepEqual(settlePending([], [pending]), [pending]);
   });
 });
 

@@ -537,6 +537,19 @@ test('the same masked upload again, still pending, is taken once: after a lost a
   await storage.close();
 });
 
+test('a retry of an upload its cohort counted already, failing on the storage, leaves that upload in place: the cohort still completes', async () => {
+  const { storage, rounds, members, upload } = await flakyCohortServer();
+  assert.deepEqual(await upload(members[0]!), [202, 'accepted']);
+  storage.failMark = true; // the retry (its first answer was lost) hits a storage error
+  assert.deepEqual(await upload(members[0]!), [503, 'storage-unavailable']);
+  assert.equal(await storage.pendingCount(), 1, 'the counted upload is not deleted by the failed retry');
+  assert.deepEqual(await upload(members[0]!), [202, 'accepted']);
+  assert.deepEqual(await upload(members[1]!), [202, 'accepted']);
+  assert.deepEqual(await upload(members[2]!), [202, 'accepted']);
+  assert.equal(rounds.version, 1, 'the cohort completes and is published');
+  await storage.close();
+});
+
 test('a cohort that does not fill in time is aborted: the waiting device sends nothing and spends no ε', async () => {
   let t = 1_000_000;
   const parts = await createServer({
@@ -793,51 +806,68 @@ test('recovery through the server: a member that never uploads does not sink its
   }
 });
 
-test('a recovered cohort whose publish hit a passing storage error is published on a later request, not aborted at the recovery deadline', async () => {
-  class Flaky extends MemoryStorage {
-    failNext = false;
-    override async publish(...a: Parameters<MemoryStorage['publish']>) {
-      if (this.failNext) {
-        this.failNext = false;
-        throw new StorageError('publish version failed: database or disk is full');
+for (const lasting of [false, true]) {
+  test(
+    lasting
+      ? 'a recovered cohort whose publish keeps failing is aborted after PUBLISH_GRACE upload timeouts, saying so'
+      : 'a recovered cohort whose publish hit a passing storage error is published on a later request, not aborted at the recovery deadline',
+    async () => {
+      class Flaky extends MemoryStorage {
+        failures = 0;
+        override async publish(...a: Parameters<MemoryStorage['publish']>) {
+          if (this.failures > 0) {
+            this.failures--;
+            throw new StorageError('publish version failed: database or disk is full');
+          }
+          return super.publish(...a);
+        }
       }
-      return super.publish(...a);
-    }
-  }
-  let t = 3_000_000;
-  const storage = new Flaky();
-  const logs: string[] = [];
-  const parts = await createServer({ storage, initialTable: initialTable(), minClients: 4, clip: 1, noiseMultiplier: 0, rateLimit: false, secureAggregation: { timeoutMs: 1_000, minSurvivors: 3 }, now: () => t, log: (l) => logs.push(l) });
-  const call = (path: string, body?: Uint8Array, token?: string) =>
-    Promise.resolve(parts.app.fetch(new Request(`http://x${path}`, body ? { method: 'POST', body: body as Uint8Array<ArrayBuffer>, headers: token ? { 'X-Localrec-Cohort-Token': token } : {} } : {})));
-  try {
-    const sa = ((await (await call('/v1/config')).json()) as { secureAggregation: SecAggParams }).secureAggregation;
-    const members: Array<{ cohort: string; index: number; token: string }> = [];
-    for (let i = 0; i < 4; i++) members.push((await (await call('/v1/secagg/join', (await secAggKeyPair()).publicKey)).json()) as { cohort: string; index: number; token: string });
-    const id = members[0]!.cohort;
-    for (const m of members.slice(0, 3)) {
-      const body = encodeMaskedUpdate({ cohortId: Uint8Array.from(Buffer.from(id, 'hex')), index: m.index, cohortSize: 4, bits: sa.bits, step: sa.step, baseVersion: 0, values: new Uint32Array(IDS.length * (DIM + 1)) });
-      assert.equal((await call('/v1/secagg/updates', body, m.token)).status, 202);
-    }
-    t += 1_500; // member 3 never uploads: the cohort recovers
-    assert.equal(((await (await call(`/v1/secagg/cohorts/${id}`)).json()) as { status: string }).status, 'recovering');
-    storage.failNext = true;
-    for (const m of members.slice(0, 3)) assert.equal((await call(`/v1/secagg/cohorts/${id}/members/${m.index}/recovery`, new Uint8Array(16), m.token)).status, 202);
-    assert.equal(parts.rounds.version, 0, 'the publish failed once');
-    assert.ok(logs.some((l) => /aggregation of recovered cohort .* failed, will retry/.test(l)));
-    t += 1_500; // past the recovery deadline: the next request sweeps, and retries the aggregation
-    await call(`/v1/secagg/cohorts/${id}`);
-    await parts.rounds.drain();
-    const view = (await (await call(`/v1/secagg/cohorts/${id}`)).json()) as { status: string; published?: number };
-    assert.deepEqual([view.status, view.published, parts.rounds.version, await storage.pendingCount()], ['done', 1, 1, 0]);
-    assert.ok(!logs.some((l) => /discarded/.test(l)), logs.join('\n'));
-    // A member index that is not a number is quoted as sent, not as NaN.
-    const bad = await call(`/v1/secagg/cohorts/${id}/members/-1/leave`, new Uint8Array(0), members[0]!.token);
-    assert.match(await bad.text(), /member must be 0\.\.3, got '-1'/);
-  } finally {
-    await storage.close();
-  }
-});
+      let t = 3_000_000;
+      const storage = new Flaky();
+      const logs: string[] = [];
+      const parts = await createServer({ storage, initialTable: initialTable(), minClients: 4, clip: 1, noiseMultiplier: 0, rateLimit: false, secureAggregation: { timeoutMs: 1_000, minSurvivors: 3 }, now: () => t, log: (l) => logs.push(l) });
+      const call = (path: string, body?: Uint8Array, token?: string) =>
+        Promise.resolve(parts.app.fetch(new Request(`http://x${path}`, body ? { method: 'POST', body: body as Uint8Array<ArrayBuffer>, headers: token ? { 'X-Localrec-Cohort-Token': token } : {} } : {})));
+      try {
+        const sa = ((await (await call('/v1/config')).json()) as { secureAggregation: SecAggParams }).secureAggregation;
+        const members: Array<{ cohort: string; index: number; token: string }> = [];
+        for (let i = 0; i < 4; i++) members.push((await (await call('/v1/secagg/join', (await secAggKeyPair()).publicKey)).json()) as { cohort: string; index: number; token: string });
+        const id = members[0]!.cohort;
+        for (const m of members.slice(0, 3)) {
+          const body = encodeMaskedUpdate({ cohortId: Uint8Array.from(Buffer.from(id, 'hex')), index: m.index, cohortSize: 4, bits: sa.bits, step: sa.step, baseVersion: 0, values: new Uint32Array(IDS.length * (DIM + 1)) });
+          assert.equal((await call('/v1/secagg/updates', body, m.token)).status, 202);
+        }
+        t += 1_500; // member 3 never uploads: the cohort recovers
+        const view = async () => (await (await call(`/v1/secagg/cohorts/${id}`)).json()) as { status: string; published?: number; reason?: string };
+        assert.equal((await view()).status, 'recovering');
+        storage.failures = lasting ? Infinity : 1;
+        for (const m of members.slice(0, 3)) assert.equal((await call(`/v1/secagg/cohorts/${id}/members/${m.index}/recovery`, new Uint8Array(16), m.token)).status, 202);
+        assert.equal(parts.rounds.version, 0, 'the publish failed');
+        assert.ok(logs.some((l) => /aggregation of recovered cohort .* failed, will retry/.test(l)));
+        t += 1_500; // past the recovery deadline: the next request sweeps, and retries the aggregation
+        await view();
+        await parts.rounds.drain();
+        if (!lasting) {
+          assert.deepEqual([(await view()).status, (await view()).published, parts.rounds.version, await storage.pendingCount()], ['done', 1, 1, 0]);
+          assert.ok(!logs.some((l) => /discarded/.test(l)), logs.join('\n'));
+          // A member index that is not a number is quoted as sent, not as NaN.
+          const bad = await call(`/v1/secagg/cohorts/${id}/members/-1/leave`, new Uint8Array(0), members[0]!.token);
+          assert.match(await bad.text(), /member must be 0\.\.3, got '-1'/);
+          return;
+        }
+        assert.equal((await view()).status, 'recovering', 'still being retried');
+        assert.ok(logs.some((l) => /aggregation failed again, will retry/.test(l)));
+        t += 3_000; // 4.5 s after recovery began: past PUBLISH_GRACE (4) × the 1 s upload timeout
+        const ended = await view();
+        await parts.rounds.drain();
+        assert.deepEqual([ended.status, ended.reason], ['aborted', 'all 3 recovery shares came, but the cohort could not be published within 4000 ms']);
+        assert.deepEqual([parts.rounds.version, await storage.pendingCount()], [0, 0]);
+      } finally {
+        await storage.close();
+      }
+    },
+  );
+}
 
 test('recovery shares: refused outside recovery, from a member that owes none, with the wrong length or token, and twice; too few uploads still abort', async () => {
   let t = 3_000_000;
