@@ -238,6 +238,21 @@ describe('sync()', () => {
   });
 });
 
+/**
+ * Withdraws consent to federated learning right after the first meta write `when` picks (the
+ * release, or the pending upload entry), as a page's consent banner could at that instant.
+ */
+function withdrawConsentAfterWrite(store: MemoryEventStore, e: Engine, when: (key: string, stored: unknown) => boolean): { done: () => Promise<void> } {
+  const updateMeta = store.updateMeta.bind(store);
+  let withdrawn: Promise<void> | undefined;
+  store.updateMeta = (async (key: string, f: (v: unknown) => unknown) => {
+    const r = await updateMeta(key, f as never);
+    if (!withdrawn && when(key, r)) withdrawn = e.setConsent({ federated: false });
+    return r;
+  }) as typeof store.updateMeta;
+  return { done: async () => withdrawn };
+}
+
 describe('sync(): what a server that does not play fair can learn', () => {
   it('refuses a model whose X-Localrec-Model-Hash header is not the body\'s hash (a per-device tag): nothing trained, spent or sent', async () => {
     const cap = capturingFetch();
@@ -313,16 +328,10 @@ describe('sync(): what a server that does not play fair can learn', () => {
     const store = new MemoryEventStore();
     const cap = capturingFetch();
     const e = await deviceAt(server.url, ['sku-90', 'sku-91', 'sku-92'], { store, fetch: cap.fetch });
-    const updateMeta = store.updateMeta.bind(store);
-    let withdrawn: Promise<void> | undefined;
-    store.updateMeta = (async (key: string, f: (v: unknown) => unknown) => {
-      const r = await updateMeta(key, f as never);
-      if (key === PRIVACY_KEY && !withdrawn) withdrawn = e.setConsent({ federated: false });
-      return r;
-    }) as typeof store.updateMeta;
+    const withdrawn = withdrawConsentAfterWrite(store, e, (key) => key === PRIVACY_KEY);
     try {
       await assert.rejects(e.sync(), (err: Error) => err.name === 'AbortError' && /after its release was recorded: no update was sent, but its ε is spent/.test(err.message));
-      await withdrawn;
+      await withdrawn.done();
       assert.equal(cap.sent.filter((x) => x.url.endsWith('/v1/updates')).length, 0, 'nothing uploaded');
       assert.equal((await store.getMeta<AccountantState>(PRIVACY_KEY))?.releases, 1, 'the release stays counted');
     } finally {
@@ -336,16 +345,10 @@ describe('sync(): the egress log around the upload', () => {
     const store = new MemoryEventStore();
     const cap = capturingFetch();
     const e = await deviceAt(server.url, ['sku-95', 'sku-96', 'sku-97'], { store, fetch: cap.fetch });
-    const updateMeta = store.updateMeta.bind(store);
-    let withdrawn: Promise<void> | undefined;
-    store.updateMeta = (async (key: string, f: (v: unknown) => unknown) => {
-      const r = await updateMeta(key, f as never);
-      if (key === EGRESS_KEY && !withdrawn && (r as EgressEntry[]).some((x) => x.pending)) withdrawn = e.setConsent({ federated: false });
-      return r;
-    }) as typeof store.updateMeta;
+    const withdrawn = withdrawConsentAfterWrite(store, e, (key, stored) => key === EGRESS_KEY && (stored as EgressEntry[]).some((x) => x.pending));
     try {
       await assert.rejects(e.sync(), /no update was sent, but its ε is spent/);
-      await withdrawn;
+      await withdrawn.done();
       assert.equal(cap.sent.filter((x) => x.url.endsWith('/v1/updates')).length, 0);
       const log = await e.egressLog();
       assert.ok(!log.some((x) => x.pending), 'no pending entry left');
