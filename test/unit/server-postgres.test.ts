@@ -325,6 +325,33 @@ describe('PostgreSQL storage', { skip: skip ?? false }, () => {
     }
   });
 
+  it('a cohort published but never marked done (a crash between the two transactions) is marked done, with its version, by the next sweep', async () => {
+    const store = await PostgresStorage.open(await freshDatabase());
+    let t = 1_000_000;
+    const cohorts = store.cohortStore({ cohortSize: 2, bits: 16, step: 1 / 1024, degree: 2 }, 60_000, () => t);
+    try {
+      const joined = [await cohorts.join(new Uint8Array(65).fill(1)), await cohorts.join(new Uint8Array(65).fill(2))];
+      const id = (joined[0] as { cohort: { id: string } }).cohort.id;
+      const ids: number[] = [];
+      for (const i of [0, 1]) {
+        const r = await store.addUpdate({ nonce: `${id}:${i}`, baseVersion: 0, receivedAt: t, body: new Uint8Array(4) });
+        assert.ok(r !== 'replayed');
+        ids.push(r.id);
+        await cohorts.markSubmitted(id, i, r.id);
+      }
+      const version = (v: number) => ({ version: v, hash: `h${v}`, model: new Uint8Array(1), optimizer: null, createdAt: t, updateCount: 0 });
+      await store.publish(version(0), []);
+      await store.publish(version(1), ids); // … and the process dies before cohorts.finish()
+      assert.equal((await cohorts.info(id))!.status, 'ready');
+      t += 1_000;
+      await cohorts.sweep();
+      const after = (await cohorts.info(id))!;
+      assert.deepEqual([after.status, after.published], ['done', 1]);
+    } finally {
+      await store.close();
+    }
+  });
+
   it('refuses a URL that is not PostgreSQL, naming the option', async () => {
     await assert.rejects(createServer({ database: 'mysql://x@y/z', initialTable: initialTable(), log: quiet }), (e: unknown) => isValidationError(e) && /options\.database: must be a postgres:\/\/ or postgresql:\/\/ URL, got 'mysql:/.test((e as Error).message));
     // A server that is not there: a StorageError naming the URL without its password.
