@@ -6,7 +6,7 @@
  * @example
  * ```ts
  * try { rec.track({ type: 'view' }); }
- * catch (e) { if (isValidationError(e)) console.log(e.message); } // "event.itemId is required for 'view' events"
+ * catch (e) { if (isValidationError(e)) console.log(e.message); } // "event.itemId: must be a string, got undefined"
  * ```
  */
 export class LocalrecError extends Error {

@@ -13,7 +13,7 @@ import type { Offer, OfferAudience, OfferCatalog, OfferDiscount, OfferHints, Off
  * ```ts
  * validateOfferCatalog({ version: 1, issuedAt: 0, currency: 'GBP', offers: [] }); // ok
  * validateOfferCatalog({ version: 1, issuedAt: 0, currency: 'GBP', offers: [{ id: 'x' }] });
- * // throws ValidationError "catalog.offers[0].title: must be a non-empty string"
+ * // throws ValidationError "catalog.offers[0].title: must be a non-empty string, got nothing"
  * ```
  */
 export function validateOfferCatalog(input: unknown, field = 'catalog', options: { strictCurrency?: boolean } = {}): OfferCatalog {
