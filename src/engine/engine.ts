@@ -480,7 +480,6 @@ export class Engine {
     // Of the consent records only the one in force is kept: the erased history is not written back.
     this.consentHistory = this.consentHistory.slice(-1);
     this.consentDirty = true;
-    this.scorer.dispose();
     this.resetModel();
     this.store.reopenLazily?.();
   }
@@ -605,7 +604,6 @@ export class Engine {
       this.store = this.opts.store ?? (await openEventStore(this.opts.dbName ?? 'localrec', this.retention));
       this.watchStore(this.store);
       this.dropEventCache();
-      this.scorer.dispose();
       await this.load(this.dim);
       await this.mergeConsentHistory();
       await this.persistConsent();
@@ -626,11 +624,13 @@ export class Engine {
       // Another tab's withdrawal deleted the database; if this tab created it anew since (it found
       // it gone before the message came), what it wrote goes too. (Were a third tab to grant
       // consent again and write in that short while, its events would go with it.)
-      if (source === 'another-tab' && !(at !== undefined && this.store.createdAfterDeletion?.(at))) this.store.close();
-      else await this.store.destroy();
+      // The memory store first: a call reading meanwhile (a widget rendering as the banner's
+      // "reject" lands) finds it empty, not a database being closed under it.
+      const old = this.store;
       this.store = new MemoryEventStore(this.retention);
       this.dropEventCache();
-      this.scorer.dispose();
+      if (source === 'another-tab' && !(at !== undefined && old.createdAfterDeletion?.(at))) old.close();
+      else await old.destroy();
       await this.load(this.dim);
       // The withdrawal itself is remembered only in memory: nothing may be stored now.
     } else if (!next.personalization) {
@@ -676,8 +676,11 @@ export class Engine {
         `the stored model has dim ${saved.dim} but options.model.dim is ${dim}: starting from fresh weights (the stored ones are replaced at the next training or sync)`,
       );
     }
+    // The new scorer first, then the old one goes: a call scoring meanwhile never meets a disposed one.
+    const old = this.scorer as Scorer | undefined;
     this.table = fresh;
     this.scorer = this.newScorer();
+    old?.dispose();
   }
 
   /** A scorer of the current table, at the temperature the table is trained with (as `localrec eval` scores it). */
@@ -701,7 +704,9 @@ export class Engine {
     this.saved = { trainSteps: 0, trainedThroughId: 0 };
     this.modelRev = 0;
     this.modelStale = false;
+    const old = this.scorer;
     this.scorer = this.newScorer();
+    old.dispose();
   }
 
   /** Revision of the stored weights this engine's table builds on ({@link persist}). */
@@ -724,7 +729,6 @@ export class Engine {
       });
     } catch (e) {
       if (e !== conflict) throw e;
-      this.scorer.dispose();
       await this.load(this.dim);
       return;
     }
@@ -735,9 +739,13 @@ export class Engine {
   /** Reloads the weights when another tab saved newer ones (see {@link persist}). */
   private async freshModel(): Promise<void> {
     if (!this.modelStale || !this.consent.personalization) return;
-    this.scorer.dispose();
-    await this.load(this.dim);
+    // One reload for every caller at once (several widgets rendering after another tab trained).
+    this.reloading ??= this.load(this.dim).finally(() => {
+      this.reloading = undefined;
+    });
+    await this.reloading;
   }
+  private reloading: Promise<void> | undefined;
 
   private neighbors: ActiveNeighbors | undefined;
   private neighborBytes: Uint8Array | undefined;
@@ -833,7 +841,9 @@ export class Engine {
   }
 
   private async neighborReady(): Promise<ActiveNeighbors | undefined> {
-    await this.neighborsLoading;
+    // A table already in use (kept from an earlier session) ranks at once; only a device without one
+    // waits for the fetch (which replaces it when it brings a newer one).
+    if (!this.neighbors) await this.neighborsLoading;
     return this.neighbors;
   }
 
@@ -1038,6 +1048,7 @@ export class Engine {
     const k = intOption(options.k, 'options.k', 1, 1000, 10);
     const row = this.rows.get(itemId);
     if (row === undefined) throw new ModelError(`item ${describeValue(itemId)} is not in the catalog`);
+    await this.freshModel();
     const nb = await this.neighborReady();
     // The published neighbours first (scored 1 + weight), then the nearest embeddings.
     const scored: Scored[] = nb ? neighborsOf(nb.model, row).slice(0, k).map((s) => ({ row: s.row, score: 1 + s.score })) : [];
@@ -1084,11 +1095,23 @@ export class Engine {
     const run = (async () => {
       const t0 = performance.now();
       report({ phase: 'loading', done: 0, total: 1 });
-      await this.freshModel();
-      const { profile, events } = await this.profile();
-      const through = newestId(events);
-      const seq = { rows: profile.map((p) => p.row), weights: profile.map((p) => p.weight) };
-      const stats = await trainItemTable(this.table, [seq], { ...this.opts.training, epochs, seed: (this.opts.model?.seed ?? 1) + this.saved.trainSteps }, report);
+      let stats: Awaited<ReturnType<typeof trainItemTable>>;
+      let through: number;
+      // Trains the table in place. Another tab's newer weights loaded meanwhile (a recommend() call
+      // reloads them) replace that table, and what this run learned with it: trained again on the
+      // new one (a few times at most), so that the run's steps and its events are never counted for
+      // weights that were dropped.
+      for (let attempt = 1; ; attempt++) {
+        await this.freshModel();
+        const table = this.table;
+        const { profile, events } = await this.profile();
+        report({ phase: 'loading', done: 1, total: 1 });
+        through = newestId(events);
+        const seq = { rows: profile.map((p) => p.row), weights: profile.map((p) => p.weight) };
+        stats = await trainItemTable(table, [seq], { ...this.opts.training, epochs, seed: (this.opts.model?.seed ?? 1) + this.saved.trainSteps }, report);
+        if (this.table === table) break;
+        if (attempt === 3) throw new ModelError('training was overtaken three times by newer weights from another tab; the events stay pending for the next run');
+      }
       report({ phase: 'saving', done: 0, total: 1 });
       // Events stored while it trained were not in its profile: they stay pending (auto-training sees them).
       // A run with nothing to learn (no steps) changes no weight: it is not a training time to report.
@@ -1704,6 +1727,7 @@ export class Engine {
         { ...options, context: { ...options.context, now } },
       );
     }
+    await this.freshModel();
     const { profile, events } = await this.profile();
     const kept = await ledgerAfter();
     const scores = await this.scorer.scoreAll(userVector(this.table, profile));
@@ -1760,6 +1784,8 @@ export class Engine {
     this.neighborAbort?.abort();
     await this.syncing?.catch(() => undefined);
     await this.training?.catch(() => undefined);
+    // A write under way ends before the database goes (what it took is not written: dataEpoch).
+    await this.flushing;
     // A neighbour fetch still in flight writes nothing once closed (saveNeighbors, appendEgress).
     this.closed = true;
     this.scorer.dispose();

@@ -307,6 +307,9 @@ export async function trainItemTable(
     if (epoch === 0) stats.firstLoss = mean;
     stats.lastLoss = mean;
   }
+  // Batches with no usable context are skipped, so the steps can stop short of `total`: the last
+  // report says the phase is complete.
+  if (stats.steps > 0 && stats.steps < total) onProgress?.({ phase: 'training', done: total, total, loss: stats.lastLoss });
   stats.touchedRows = touched.reduce((a, x) => a + x, 0);
   return stats;
 }

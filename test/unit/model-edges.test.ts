@@ -75,3 +75,15 @@ describe('training and evaluation', () => {
     }
   });
 });
+
+describe('training progress', () => {
+  it('ends at total even when batches without usable context are skipped', async () => {
+    const t = createItemTable(Array.from({ length: 20 }, (_, i) => `p${i}`), 8, { seed: 1 });
+    const seen: Array<[number, number]> = [];
+    // An item the shopper removed (weight 0: no context for the next one), then four they viewed.
+    const st = await trainItemTable(t, [{ rows: [0, 1, 2, 3, 4], weights: [0, 1, 1, 1, 1] }], { epochs: 2, batchSize: 1 }, (p) => seen.push([p.done, p.total]));
+    assert.ok(st.steps > 0 && st.steps < seen.at(-1)![1], `${st.steps} steps of ${seen.at(-1)![1]} batches: some were skipped`);
+    assert.deepEqual(seen.at(-1), [seen.at(-1)![1], seen.at(-1)![1]], 'the last report is done = total');
+    assert.ok(seen.every(([done], i) => i === 0 || done >= seen[i - 1]![0]), 'never goes back');
+  });
+});

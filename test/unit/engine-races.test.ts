@@ -1,0 +1,98 @@
+/**
+ * Calls that overlap on one engine, or on two tabs of one database: a reload of another tab's
+ * weights, a consent withdrawal or an erase while a page's widgets are rendering.
+ */
+import 'fake-indexeddb/auto';
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { describe, it } from 'node:test';
+import { Engine } from '../../src/engine/engine.js';
+import * as tf from '../../src/model/tf.js';
+
+const catalog = { items: Array.from({ length: 50 }, (_, i) => ({ id: `p${i}`, title: `P${i}`, category: `c${i % 5}`, popularity: 50 - i })) };
+const open = (dbName: string) => Engine.create({ catalog, backend: 'cpu', dbName, autoTrainEvery: 0, model: { dim: 8 } });
+const settle = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const outcomes = async (calls: Promise<unknown>[]) =>
+  (await Promise.allSettled(calls)).map((r) => (r.status === 'fulfilled' ? 'ok' : `${(r.reason as Error).name}: ${(r.reason as Error).message}`));
+
+describe('overlapping calls', () => {
+  it('after another tab saved weights, calls rendering at once share one reload: none fails, no tensor is left behind', async () => {
+    const a = await open('races-reload');
+    const b = await open('races-reload');
+    try {
+      a.enqueue(Array.from({ length: 10 }, (_, i) => ({ type: 'view', itemId: `p${i}` })));
+      await a.flush();
+      await settle(50);
+      let first: number | undefined;
+      for (let round = 0; round < 4; round++) {
+        await a.train({ epochs: 1 });
+        await settle(50); // B hears that A saved
+        assert.deepEqual(await outcomes([b.recommend({ k: 3 }), b.recommend({ k: 3 }), b.similar('p1', { k: 3 }), b.recommend({ k: 3, category: 'c1' })]), ['ok', 'ok', 'ok', 'ok']);
+        // The scorers and their caches (embeddings for similar(), a category mask), the same every round.
+        first ??= tf.memory().numTensors;
+        assert.equal(tf.memory().numTensors, first, `round ${round}: no reload left a scorer behind`);
+      }
+    } finally {
+      await a.close();
+      await b.close();
+    }
+  });
+
+  it('consent withdrawn while widgets render: their calls answer from the emptied store, none fails', async () => {
+    for (const ticks of [0, 1, 3, 10]) {
+      const e = await open(`races-withdraw-${ticks}`);
+      try {
+        e.enqueue([{ type: 'view', itemId: 'p1' }]);
+        await e.flush();
+        const calls: Promise<unknown>[] = [e.setConsent({ personalization: false })];
+        for (let i = 0; i < ticks; i++) {
+          await new Promise((r) => setImmediate(r));
+          calls.push(e.similar('p2'), e.recommend({ k: 3 }), e.stats());
+        }
+        assert.ok((await outcomes(calls)).every((o) => o === 'ok'), `after ${ticks} ticks`);
+      } finally {
+        await e.close();
+      }
+    }
+  });
+
+  it('erase() while a write is under way: the write ends first, erase and flush both resolve', async () => {
+    for (const ticks of [0, 1, 2, 4]) {
+      const e = await Engine.create({ catalog, backend: 'cpu', dbName: `races-erase-${ticks}`, autoTrainEvery: 1, model: { dim: 8 } });
+      e.enqueue([{ type: 'view', itemId: 'p1' }, { type: 'view', itemId: 'p2' }]);
+      const flushed = e.flush();
+      for (let i = 0; i < ticks; i++) await new Promise((r) => setImmediate(r));
+      assert.deepEqual(await outcomes([e.erase(), flushed]), ['ok', 'ok'], `after ${ticks} ticks`);
+    }
+  });
+
+  it('a neighbour table kept from an earlier session ranks at once: recommend() does not wait for the refetch', async () => {
+    const shop = JSON.parse(readFileSync('examples/shop/catalog.json', 'utf8')) as { items: Array<{ id: string; title: string; category: string }> };
+    const items = shop.items.map((i) => ({ id: i.id, title: i.title, category: i.category }));
+    const bytes = readFileSync('examples/shop/neighbors.lrn');
+    let stalled = false;
+    let refetches = 0;
+    const fetch = async (_url: string, init?: { signal?: AbortSignal }) => {
+      if (!stalled) return new Response(bytes);
+      refetches++;
+      // A network that never answers (until the engine gives up on it).
+      return new Promise<Response>((_resolve, reject) => init?.signal?.addEventListener('abort', () => reject(new DOMException('aborted', 'AbortError'))));
+    };
+    const opts = { catalog: { items }, backend: 'cpu' as const, dbName: 'races-neighbors', autoTrainEvery: 0, model: { dim: 8 }, neighbors: { url: 'https://shop.example/n.lrn', timeoutMs: 60_000 }, fetch: fetch as never };
+    const first = await Engine.create(opts);
+    first.enqueue([{ type: 'view', itemId: items[0]!.id }]);
+    await first.recommend({ k: 3 });
+    const hash = (await first.stats()).model.neighbors?.hash;
+    await first.close();
+    stalled = true;
+    const second = await Engine.create(opts);
+    try {
+      assert.equal((await second.stats()).model.neighbors?.hash, hash, 'the stored table is in use');
+      const r = await Promise.race([second.recommend({ k: 3 }).then((x) => x.length), settle(5_000).then(() => 'waited for the refetch')]);
+      assert.equal(r, 3);
+      assert.equal(refetches, 1, 'the refetch is still under way');
+    } finally {
+      await second.close();
+    }
+  });
+});
