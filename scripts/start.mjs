@@ -5,7 +5,33 @@
 import { spawnSync } from 'node:child_process';
 import { existsSync, readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
+import Database from 'better-sqlite3';
 import { ROOT, startShop } from './shop-server.mjs';
+
+const DATA_DIR = join(ROOT, '.data', 'shop');
+/** The lock `localrec serve` holds on its data dir (LOCK_FILE in src/server/sqlite-storage.ts). */
+const LOCK = join(DATA_DIR, 'localrec.lock');
+const ALREADY_RUNNING = `another npm start (or localrec serve on .data/shop) is running from this checkout: stop it first (Ctrl-C in its terminal)\n`;
+
+/** Whether another process holds the shop's data dir: checked before building, which would replace dist/ under it. */
+function heldByAnother() {
+  if (!existsSync(LOCK)) return false;
+  let db;
+  try {
+    db = new Database(LOCK, { timeout: 0 });
+    db.exec('BEGIN EXCLUSIVE; COMMIT');
+    return false;
+  } catch (e) {
+    return e?.code === 'SQLITE_BUSY';
+  } finally {
+    db?.close();
+  }
+}
+
+if (heldByAnother()) {
+  process.stderr.write(ALREADY_RUNNING);
+  process.exit(1);
+}
 
 /** Newest modification time of any file under `dir`, in ms. */
 function newest(dir) {
@@ -45,6 +71,7 @@ try {
   shop = await startShop({ port });
 } catch (e) {
   if (e?.code === 'EADDRINUSE') process.stderr.write(`port ${port} is in use; try PORT=8788 npm start\n`);
+  else if (/is in use by another localrec serve/.test(String(e?.message))) process.stderr.write(ALREADY_RUNNING);
   else process.stderr.write(`${e?.stack ?? e}\n`);
   process.exit(1);
 }

@@ -1,6 +1,5 @@
 // The demo shop: a plain ES module over the built SDK. Every click goes through rec.track(); the
 // recommendations, the model and the privacy panel all come from the recommender in this browser.
-import { createRecommender } from '/dist/index.js';
 import { categoryLabel, paintTile } from './tiles.js';
 import { drawLossChart } from './loss-chart.js';
 
@@ -94,7 +93,8 @@ function setStatus(text, kind = 'info') {
 /** The resting status line, once a notice has been up for a few seconds. */
 function restingStatus(s) {
   if ($('status').dataset.kind === 'error' || Date.now() - statusAt < 6000) return;
-  const sent = state.audit?.egress.requests ?? 0;
+  // The SDK's requests to the aggregation server (the neighbour-table download is the shop's public file).
+  const sent = state.audit?.egress.log.filter((e) => FEDERATED_KINDS.has(e.kind)).length ?? 0;
   if (declined()) {
     $('status').textContent = `Not personalized: no consent, so nothing is stored and you see the shop’s bestsellers · ${s.backend} backend, started in ${state.startMs} ms`;
     $('status').dataset.kind = 'info';
@@ -138,10 +138,22 @@ function scheduleRefresh() {
 
 // ---------------------------------------------------------------- recommender
 
+/** The SDK, loaded once: a dynamic import, so that a missing build says so instead of hanging the page. */
+let sdk;
+async function loadSdk() {
+  try {
+    sdk ??= await import('/dist/index.js');
+  } catch (e) {
+    throw new Error(`the SDK (/dist/index.js) did not load (${e?.message ?? e}): run npm run build (or npm start), then reload`);
+  }
+  return sdk;
+}
+
 async function startRecommender() {
   const t0 = performance.now();
   setStatus('Starting the on-device recommender (TensorFlow.js in a Web Worker)…');
   state.autoSynced = false;
+  const { createRecommender } = await loadSdk();
   state.rec = await createRecommender({
     catalog: { items: state.items },
     ...(BACKEND ? { backend: BACKEND } : {}),
@@ -158,6 +170,9 @@ async function startRecommender() {
     ...(state.offerKey ? { offers: { publicKey: state.offerKey } } : {}),
   });
   state.startMs = Math.round(performance.now() - t0);
+  // For the console checks of docs/PRIVACY.md ("Verify it yourself": `await rec.audit()`). Demo only:
+  // a shop need not expose its recommender.
+  window.rec = state.rec;
   if (state.signedOffers) {
     try {
       await state.rec.setOffers(state.signedOffers);
@@ -350,7 +365,14 @@ function renderModel(s) {
 
 const bytes = (n) => (n < 1024 ? `${n} B` : n < 1024 * 1024 ? `${(n / 1024).toFixed(1)} KB` : `${(n / 1024 / 1024).toFixed(2)} MB`);
 const eps = (x) => (Math.round(x * 100) / 100).toFixed(2);
-const ENDPOINT_KIND = { config: 'read server settings', model: 'download global model', update: 'upload noised update' };
+const ENDPOINT_KIND = {
+  config: 'read server settings',
+  model: 'download global model',
+  update: 'upload noised update',
+  cohort: 'secure aggregation: join or poll a cohort',
+  neighbors: 'download the shop’s neighbour table (the same file for everyone)',
+};
+const FEDERATED_KINDS = new Set(['config', 'model', 'update', 'cohort']);
 
 /** The privacy panel: `rec.audit()` (docs/PRIVACY.md) written out for people. */
 function renderPrivacy(s, a) {
@@ -376,7 +398,7 @@ function renderPrivacy(s, a) {
   // What left: every request the SDK made, from its own log.
   const log = a.egress.log;
   $('a-egress-summary').textContent = log.length
-    ? `${a.egress.requests} request${a.egress.requests === 1 ? '' : 's'}, ${bytes(a.egress.bytesSent)} sent in all — only model updates, never an event. Newest first:`
+    ? `${a.egress.requests} request${a.egress.requests === 1 ? '' : 's'}, ${bytes(a.egress.bytesSent)} sent in all — model traffic and the shop’s neighbour table, never an event. Newest first:`
     : 'Nothing has left this device. (The page itself loads the catalog and polls the round status; those requests carry no data about you.)';
   $('a-egress').innerHTML = log
     .slice(-12)
@@ -480,6 +502,8 @@ async function chooseConsent(personalization, federated) {
     if (!personalization) {
       forgetModelPanel();
       state.ratings.clear();
+      // Offers on screen are recorded again (as impressions) once something may be stored.
+      state.impressed.clear();
     }
     showConsent(false);
     setStatus(
@@ -941,6 +965,7 @@ async function erase() {
     rememberConsent(null);
     state.cart.clear();
     state.ratings.clear();
+    state.impressed.clear();
     state.appliedOffer = null;
     forgetModelPanel();
     renderCart();

@@ -227,8 +227,14 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
     let closing: Promise<void> | null = null;
     const { server, port } = await new Promise<{ server: Server; port: number }>((resolve, reject) => {
       const s = createAdaptorServer({ fetch: app.fetch, hostname: host }) as Server;
-      s.once('error', reject);
-      s.listen({ port: options.port ?? 8787, host, backlog }, () => resolve({ server: s, port: (s.address() as AddressInfo).port }));
+      const wanted = options.port ?? 8787;
+      s.once('error', (e: NodeJS.ErrnoException) => {
+        // Named as the caller's options (the CLI shows them as --port / --host).
+        if (e.code === 'EADDRINUSE') reject(new ValidationError('options.port', `${wanted} on ${host} is in use (another localrec serve, or npm start?): pass another port`));
+        else if (e.code === 'ENOTFOUND' || e.code === 'EADDRNOTAVAIL' || e.code === 'EAI_AGAIN') reject(new ValidationError('options.host', `cannot listen on '${host}': ${e.message}`));
+        else reject(e);
+      });
+      s.listen({ port: wanted, host, backlog }, () => resolve({ server: s, port: (s.address() as AddressInfo).port }));
     });
     const open = trackResponses(server, () => closing !== null);
     const url = `http://${host.includes(':') ? `[${host}]` : host}:${port}`;

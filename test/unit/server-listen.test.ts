@@ -9,7 +9,7 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { test } from 'node:test';
-import { ValidationError } from '../../src/errors.js';
+import { isValidationError, ValidationError } from '../../src/errors.js';
 import { DEFAULT_BACKLOG, MemoryStorage, startServer } from '../../src/server/index.js';
 import type { NewUpdate } from '../../src/server/storage.js';
 import { honestUpdate, initialTable, post, pull, quiet } from './server-helpers.js';
@@ -116,4 +116,15 @@ test('close() cuts a connection still open after shutdownGraceMs (a client that 
   await inFlight;
   await server.close();
   await ended;
+});
+
+test('a port in use, or a host that cannot be bound, is refused naming the option (the CLI says --port / --host)', async () => {
+  const first = await startServer({ port: 0, dataDir: null, initialTable: initialTable(), log: () => {} });
+  try {
+    const port = Number(new URL(first.url).port);
+    await assert.rejects(startServer({ port, dataDir: null, initialTable: initialTable(), log: () => {} }), (e: unknown) => isValidationError(e) && e.field === 'options.port' && new RegExp(`^options\\.port: ${port} on 127\\.0\\.0\\.1 is in use`).test((e as Error).message));
+    await assert.rejects(startServer({ port: 0, host: '999.1.1.1', dataDir: null, initialTable: initialTable(), log: () => {} }), (e: unknown) => isValidationError(e) && e.field === 'options.host' && /cannot listen on '999\.1\.1\.1'/.test((e as Error).message));
+  } finally {
+    await first.close();
+  }
 });
