@@ -15,8 +15,22 @@ export interface BackendChoice {
 /** Sets a backend and waits until it is ready; false when it is not registered or fails to start. */
 async function tryBackend(name: BackendName): Promise<boolean> {
   if (!tf.findBackendFactory(name)) return false;
+  // Without a WebGPU adapter (most headless browsers, many GPUs) tfjs's own attempt logs a warning
+  // with a stack trace on every page load: asked first, quietly.
+  if (name === 'webgpu' && !(await hasWebGpuAdapter())) return false;
   try {
     return await tf.setBackend(name);
+  } catch {
+    return false;
+  }
+}
+
+/** Whether the platform offers a WebGPU adapter at all. */
+async function hasWebGpuAdapter(): Promise<boolean> {
+  const gpu = (globalThis.navigator as { gpu?: { requestAdapter(): Promise<unknown> } } | undefined)?.gpu;
+  if (!gpu) return false;
+  try {
+    return (await gpu.requestAdapter()) != null;
   } catch {
     return false;
   }
