@@ -502,8 +502,6 @@ async function chooseConsent(personalization, federated) {
     if (!personalization) {
       forgetModelPanel();
       state.ratings.clear();
-      // Offers on screen are recorded again (as impressions) once something may be stored.
-      state.impressed.clear();
     }
     showConsent(false);
     setStatus(
@@ -551,6 +549,8 @@ function offerCard(o) {
 }
 
 function impress(offers) {
+  // Without consent the SDK drops the event: not marked, so it is recorded once consent is given.
+  if (!state.audit?.consent.current.personalization) return;
   // One impression per offer per page view: refreshes do not count again.
   for (const o of offers) {
     if (state.impressed.has(o.offerId)) continue;
@@ -957,6 +957,7 @@ async function erase() {
   b.textContent = 'Erasing…';
   const rec = state.rec;
   state.rec = null;
+  window.rec = null;
   state.generation++;
   try {
     await state.training?.catch(() => undefined);

@@ -648,9 +648,7 @@ export class Engine {
     const ids = this.catalog.items.map((i) => i.id);
     const fresh = this.freshTable(dim);
     const saved = await this.store.getMeta<SavedModel>(MODEL_KEY);
-    this.saved = { trainSteps: 0, trainedThroughId: 0 };
-    this.modelRev = saved?.rev ?? 0;
-    this.modelStale = false;
+    let kept: Engine['saved'] = { trainSteps: 0, trainedThroughId: 0 };
     if (saved && saved.dim === dim) {
       try {
         if (!Array.isArray(saved.itemIds) || !saved.itemIds.every((id) => typeof id === 'string')) throw new ModelError('item table: itemIds is not a list of item ids');
@@ -664,7 +662,7 @@ export class Engine {
           fresh.bias[r] = saved.bias[o]!;
         });
         fresh.version = saved.version;
-        this.saved = { trainedAt: saved.trainedAt, trainSteps: saved.trainSteps, trainedThroughId: saved.trainedThroughId, ...(typeof saved.globalHash === 'string' ? { globalHash: saved.globalHash } : {}) };
+        kept = { trainedAt: saved.trainedAt, trainSteps: saved.trainSteps, trainedThroughId: saved.trainedThroughId, ...(typeof saved.globalHash === 'string' ? { globalHash: saved.globalHash } : {}) };
       } catch (e) {
         // Corrupt weights are not worth failing the shop's page for: start fresh, say why in stats.
         this.lastError = e as Error;
@@ -676,16 +674,29 @@ export class Engine {
         `the stored model has dim ${saved.dim} but options.model.dim is ${dim}: starting from fresh weights (the stored ones are replaced at the next training or sync)`,
       );
     }
-    // The new scorer first, then the old one goes: a call scoring meanwhile never meets a disposed one.
+    // The new scorer is built before anything is replaced (a lost WebGL context throws here and
+    // leaves the engine as it was, still stale), then swapped in with the table and its counters,
+    // and only then does the old one go: a call scoring meanwhile never meets a disposed one.
+    const scorer = this.scorerOf(fresh);
     const old = this.scorer as Scorer | undefined;
     this.table = fresh;
-    this.scorer = this.newScorer();
+    this.scorer = scorer;
+    this.saved = kept;
+    this.modelRev = saved?.rev ?? 0;
+    this.modelStale = false;
     old?.dispose();
+    // A close() or erase() that disposed the scorers while this reload read the store: this one goes too.
+    if (this.closed) scorer.dispose();
+  }
+
+  /** A scorer of `table`, at the temperature the table is trained with (as `localrec eval` scores it). */
+  private scorerOf(table: ItemTable): Scorer {
+    return new Scorer(table, this.opts.training?.temperature ?? DEFAULT_TRAIN_CONFIG.temperature);
   }
 
   /** A scorer of the current table, at the temperature the table is trained with (as `localrec eval` scores it). */
   private newScorer(): Scorer {
-    return new Scorer(this.table, this.opts.training?.temperature ?? DEFAULT_TRAIN_CONFIG.temperature);
+    return this.scorerOf(this.table);
   }
 
   /** The initial weights: popularity biases, seeded random factors. */
@@ -1111,6 +1122,8 @@ export class Engine {
         stats = await trainItemTable(table, [seq], { ...this.opts.training, epochs, seed: (this.opts.model?.seed ?? 1) + this.saved.trainSteps }, report);
         if (this.table === table) break;
         if (attempt === 3) throw new ModelError('training was overtaken three times by newer weights from another tab; the events stay pending for the next run');
+        // close() or erase() began meanwhile: they wait for this run, so it does not start again.
+        if (this.closing) throw new ClosedError('the recommender is closing; this run was overtaken by newer weights from another tab');
       }
       report({ phase: 'saving', done: 0, total: 1 });
       // Events stored while it trained were not in its profile: they stay pending (auto-training sees them).
@@ -1767,6 +1780,8 @@ export class Engine {
     this.closed = true;
     this.channel?.close();
     await this.inbox;
+    // A reload under way (another tab's weights) ends first: its scorer is disposed with this one.
+    await this.reloading?.catch(() => undefined);
     this.scorer.dispose();
     this.store.close();
   }
@@ -1788,6 +1803,8 @@ export class Engine {
     await this.flushing;
     // A neighbour fetch still in flight writes nothing once closed (saveNeighbors, appendEgress).
     this.closed = true;
+    // A reload under way (another tab's weights) ends first: its scorer is disposed with this one.
+    await this.reloading?.catch(() => undefined);
     this.scorer.dispose();
     // When the deletion began: a tab that found the database gone after it (watchStore) already
     // handled it and skips the message.

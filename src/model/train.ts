@@ -309,7 +309,8 @@ export async function trainItemTable(
   }
   // Batches with no usable context are skipped, so the steps can stop short of `total`: the last
   // report says the phase is complete.
-  if (stats.steps > 0 && stats.steps < total) onProgress?.({ phase: 'training', done: total, total, loss: stats.lastLoss });
+  // (No `loss`: it is a step's, and no step was taken here.)
+  if (stats.steps > 0 && stats.steps < total) onProgress?.({ phase: 'training', done: total, total });
   stats.touchedRows = touched.reduce((a, x) => a + x, 0);
   return stats;
 }

@@ -230,8 +230,9 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
       const wanted = options.port ?? 8787;
       s.once('error', (e: NodeJS.ErrnoException) => {
         // Named as the caller's options (the CLI shows them as --port / --host).
-        if (e.code === 'EADDRINUSE') reject(new ValidationError('options.port', `${wanted} on ${host} is in use (another localrec serve, or npm start?): pass another port`));
-        else if (e.code === 'ENOTFOUND' || e.code === 'EADDRNOTAVAIL' || e.code === 'EAI_AGAIN') reject(new ValidationError('options.host', `cannot listen on '${host}': ${e.message}`));
+        if (e.code === 'EACCES') reject(new ValidationError('options.port', `${wanted} on ${host} needs privileges this process lacks (ports below 1024): pick another port`));
+        else if (e.code === 'EADDRINUSE') reject(new ValidationError('options.port', `${wanted} on ${host} is in use (another localrec serve, or npm start?): pass another port`));
+        else if (e.code === 'ENOTFOUND' || e.code === 'EADDRNOTAVAIL' || e.code === 'EAI_AGAIN' || e.code === 'EAI_FAIL' || e.code === 'EAFNOSUPPORT') reject(new ValidationError('options.host', `cannot listen on '${host}': ${e.message}`));
         else reject(e);
       });
       s.listen({ port: wanted, host, backlog }, () => resolve({ server: s, port: (s.address() as AddressInfo).port }));
