@@ -4,6 +4,7 @@ import { validateEvent } from './events/schema.js';
 import { boolOption, checkSignal, describeValue, knownKeys, nameOption, OPTION_KEYS } from './options.js';
 import type { WorkerApi } from './engine/worker.js';
 import type { AuditReport, ExportFile } from './engine/audit-types.js';
+import type { EgressEntry } from './federated/sync.js';
 import type { OffersOptions, ShownOffer, SignedOfferCatalog } from './offers/types.js';
 import type {
   BackendName,
@@ -71,14 +72,16 @@ export interface Recommender {
   /** Every event and record kept about the shopper, as JSON-ready data (GDPR Art. 20). */
   export(): Promise<ExportFile>;
   /** Every request the SDK sent: time, endpoint, bytes, kind, SHA-256 of the body, status. */
-  egressLog(): Promise<Array<{ t: number; method: string; endpoint: string; kind: string; bytes: number; bodySha256?: string; status: number }>>;
+  egressLog(): Promise<EgressEntry[]>;
   /** Resolves once every tracked event is stored. */
   flush(): Promise<void>;
   /** Stores what is queued, stops the worker. The data stays on the device. */
   close(): Promise<void>;
   /**
    * Deletes every event, the model weights and the database, then stops the worker. After the
-   * worker was taken for dead (`workerTimeoutMs`) the page deletes the database itself.
+   * worker was taken for dead (`workerTimeoutMs`), or after `close()` (a single-page app that
+   * closed the SDK on leaving a route still honours "delete my data"), the page deletes the
+   * database itself, and the shop's other tabs drop what they hold.
    */
   erase(): Promise<void>;
 }
@@ -111,8 +114,16 @@ function deleteDatabase(name: string): Promise<void> {
   });
 }
 
-function revive<T>(p: Promise<T>): Promise<T> {
+/**
+ * The call's result, its errors as localrec's classes. An argument the browser cannot copy to the
+ * worker (a function, a Symbol, a reactive store's Proxy, a DOM node) fails in postMessage as a
+ * DataCloneError: a ValidationError naming `field` instead.
+ */
+function revive<T>(p: Promise<T>, field = 'options'): Promise<T> {
   return p.catch((e: unknown) => {
+    if ((e as { name?: unknown } | null)?.name === 'DataCloneError') {
+      throw new ValidationError(field, `cannot be copied to the worker (no functions, Symbols, Proxies such as a reactive store's objects, or DOM objects; plain data only): ${(e as Error).message}`);
+    }
     throw reviveError(e);
   });
 }
@@ -288,6 +299,7 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
         },
         Comlink.transfer(channel.port2, [channel.port2]),
       ),
+      'options (the catalog, or another option)',
     )]);
   /** Counts `p` as waiting on the worker until it settles (close() waits for it; the liveness check runs meanwhile). */
   const waitOn = (p: Promise<unknown>): void => {
@@ -325,14 +337,14 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
     }
   };
   /** Runs a worker call after every event tracked so far has reached the worker. */
-  const call = <T>(f: () => Promise<T>): Promise<T> => {
+  const call = <T>(f: () => Promise<T>, field?: string): Promise<T> => {
     // Every method but track() is async: a closed recommender rejects, it does not throw.
     try {
       open();
     } catch (e) {
       return Promise.reject(e);
     }
-    const p = Promise.race([revive(synced().then(f)), dead]);
+    const p = Promise.race([revive(synced().then(f), field), dead]);
     waitOn(p);
     return p;
   };
@@ -415,7 +427,7 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
     // Option keys are checked on the page too: a value that cannot be copied to the worker (a
     // function, an AbortSignal) under a wrong key would fail there as a DataCloneError.
     recommend: (o) => call(() => api.recommend(checkedKeys(o, OPTION_KEYS.recommend))),
-    similar: (id, o) => call(() => api.similar(id, checkedKeys(o, OPTION_KEYS.similar))),
+    similar: (id, o) => call(() => api.similar(id, checkedKeys(o, OPTION_KEYS.similar)), 'itemId or options'),
     async train(o: TrainOptions = {}) {
       open();
       if (typeof o !== 'object' || o === null) throw new ValidationError('options', 'must be an object like { epochs, onProgress }');
@@ -434,7 +446,7 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
       const grant = c.personalization === true && !consented;
       if (grant) granting++;
       try {
-        const state = await call(() => api.setConsent(c));
+        const state = await call(() => api.setConsent(c), 'consent');
         gate(state.personalization, state.version);
       } finally {
         if (grant && --granting === 0) {
@@ -453,13 +465,13 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
       return { ...a, consent: { ...a.consent, droppedBeforeConsent: a.consent.droppedBeforeConsent + dropped } };
     },
     export: () => call(() => api.exportData()),
-    setOffers: (signed) => call(() => api.setOffers(signed)),
+    setOffers: (signed) => call(() => api.setOffers(signed), 'catalog'),
     offers: (o) =>
       call(() => {
         knownKeys(checkedKeys(o, OPTION_KEYS.offersCall)?.context, 'options.context', OPTION_KEYS.offerContext);
         return api.offers(o);
       }),
-    setNeighbors: (file) => call(() => api.setNeighbors(file)),
+    setNeighbors: (file) => call(() => api.setNeighbors(file), 'neighbors'),
     async sync(o: SyncControl = {}) {
       open();
       if (typeof o !== 'object' || o === null) throw new ValidationError('options', 'must be an object like { onProgress, signal, contribute }');
@@ -501,7 +513,11 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
       // The worker is gone (taken for dead): the shopper's request to erase still holds, so the page
       // deletes the database itself.
       if (deadError) return deleteDatabase(dbName);
-      if (closed) throw new ClosedError('the recommender is closed');
+      if (closed || ending?.kind === 'close') {
+        // The worker has stopped (or is stopping): once it let go of the database, the page deletes it.
+        await ending?.done.catch(() => undefined);
+        return deleteDatabase(dbName);
+      }
       // Pending events are dropped, not posted: they are about to be erased anyway.
       pending = [];
       return end('erase', () => api.erase());

@@ -165,7 +165,6 @@ export interface Stats {
     /** The neighbour table ranking uses (see `options.neighbors`), or null without one. */
     neighbors: { items: number; width: number; hash: string; source: string } | null;
   };
-  /** Events accepted by `track()` but not yet written (they are written in batches). */
   /** Privacy budget of federated learning on this device. */
   privacy: {
     epsilon: number;
@@ -180,6 +179,7 @@ export interface Stats {
   };
   /** Events removed this session: by the retention policy, and to make room when storage was full. */
   evicted: { retention: number; quota: number };
+  /** Events accepted by `track()` but not yet written (they are written in batches). */
   queued: number;
   /** Events dropped before consent, or rejected. */
   dropped: number;

@@ -1031,7 +1031,9 @@ export class Engine {
       const items = this.catalog.items;
       const reached = [...reachedRows(nb.model, profile)]
         .filter(([r]) => !exclude.has(r) && (cat === undefined || items[r]!.category === cat))
-        .map(([row, v]) => ({ row, score: 1 + v }))
+        // Rounded to float32 as rankScores writes it (the array `localrec eval` ranks): two scores
+        // that differ below float32's precision tie, and break by row, on the device as in eval.
+        .map(([row, v]) => ({ row, score: Math.fround(1 + v) }))
         .sort((a, b) => b.score - a.score || a.row - b.row)
         .slice(0, k);
       let rest: Scored[] = [];

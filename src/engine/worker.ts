@@ -104,7 +104,8 @@ export const workerApi = {
     // last call before returning means the page has seen every report when train() resolves.
     let last: unknown;
     try {
-      return await ready().train({ ...o, ...(onProgress ? { onProgress: (p: Progress) => void (last = onProgress(p)) } : {}) });
+      // Each report's rejection (a page callback that threw) is handled at once, not only the last.
+      return await ready().train({ ...o, ...(onProgress ? { onProgress: (p: Progress) => void (last = Promise.resolve(onProgress(p)).catch(() => undefined)) } : {}) });
     } finally {
       // A page callback that threw does not fail the run (its weights are saved): as the engine.
       await Promise.resolve(last).catch(() => undefined);
@@ -119,7 +120,7 @@ export const workerApi = {
     if (callId !== undefined) syncCalls.set(callId, abort);
     try {
       return await ready().sync({
-        ...(onProgress ? { onProgress: (p: SyncProgress) => void (last = onProgress(p)) } : {}),
+        ...(onProgress ? { onProgress: (p: SyncProgress) => void (last = Promise.resolve(onProgress(p)).catch(() => undefined)) } : {}),
         ...(contribute !== undefined ? { contribute } : {}),
         signal: abort.signal,
       });

@@ -49,6 +49,8 @@ export async function loadCsv(path: string, m: CsvMapping, onRows?: (rows: numbe
           if (c === undefined) return -1;
           const i = header.indexOf(c);
           if (i < 0) throw new ValidationError(option, `column '${c}' is not in ${name} (header: ${header.join(', ')})`);
+          // Two columns of that name: which one is meant cannot be told.
+          if (header.indexOf(c, i + 1) >= 0) throw new ValidationError(option, `column '${c}' appears more than once in ${name} (header: ${header.join(', ')})`);
           return i;
         };
         cols = {
@@ -61,7 +63,8 @@ export async function loadCsv(path: string, m: CsvMapping, onRows?: (rows: numbe
         continue;
       }
       if (++seen % 65536 === 0) onRows?.(seen);
-      if (!cols.filters.every(([i, f]) => passes(f, record[i] ?? ''))) continue;
+      // Filters see the cell as the columns are read (trimmed): a customer id of spaces is empty.
+      if (!cols.filters.every(([i, f]) => passes(f, (record[i] ?? '').trim()))) continue;
       const at = (c: number): string => `${name}:${info.lines}:${header[c]}`;
       const user = cell(record, cols.user, at);
       const item = cell(record, cols.item, at);
@@ -69,7 +72,9 @@ export async function loadCsv(path: string, m: CsvMapping, onRows?: (rows: numbe
       if (cols.time >= 0) {
         const s = cell(record, cols.time, at);
         time = Number(s);
-        if (!Number.isFinite(time)) time = Date.parse(s) / 1000;
+        // A date without a zone is read as UTC, not as the machine's local time (the same file
+        // must give the same split on every machine).
+        if (!Number.isFinite(time)) time = Date.parse(/^\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}(:\d{2}(\.\d+)?)?$/.test(s) ? `${s.replace(' ', 'T')}Z` : s) / 1000;
         if (!Number.isFinite(time)) throw new ValidationError(at(cols.time), `'${s}' is not a number or a date`);
       }
       let weight = 1;

@@ -36,6 +36,12 @@ export const MAX_NEIGHBOR_ITEMS = 2_000_000;
  */
 export function encodeNeighborTable(t: NeighborTable): Uint8Array {
   checkNeighborTable(t);
+  // What decodeNeighborTable would refuse is refused here, not written to a file no device can read.
+  if (t.itemIds.length < 1 || t.itemIds.length > MAX_NEIGHBOR_ITEMS) throw new ValidationError('neighbors.itemIds', `must hold 1..${MAX_NEIGHBOR_ITEMS} items, got ${t.itemIds.length}`);
+  for (const [i, id] of t.itemIds.entries()) {
+    // A lone surrogate would be written as U+FFFD: another id than the catalog's (or a duplicate).
+    if (/[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/.test(id)) throw new ValidationError(`neighbors.itemIds[${i}]`, 'holds a lone UTF-16 surrogate, which UTF-8 cannot carry');
+  }
   const enc = new TextEncoder();
   const ids = t.itemIds.map((id) => enc.encode(id));
   for (const [i, b] of ids.entries()) if (b.length > 0xffff) throw new ValidationError(`neighbors.itemIds[${i}]`, 'is longer than 65,535 bytes');

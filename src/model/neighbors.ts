@@ -75,21 +75,33 @@ export function checkNeighborTable(t: NeighborTable, field = 'neighbors'): void 
  * ```
  */
 export function alignNeighbors(t: NeighborTable, rows: ReadonlyMap<string, number>, nRows: number): SparseItemModel {
-  const { width } = t;
+  const map = t.itemIds.map((id) => rows.get(id) ?? -1);
+  // The width is the longest row the catalog keeps, not the file's: a small file of wide rows
+  // aligned to a large catalog must not cost catalog × file width (a 3 KB file could ask for 200 MB).
+  let width = 0;
+  for (let i = 0; i < t.itemIds.length; i++) {
+    if (map[i]! < 0) continue;
+    let kept = 0;
+    for (let s = 0; s < t.width; s++) {
+      const j = t.index[i * t.width + s]!;
+      if (j < 0) break;
+      if (map[j]! >= 0) kept++;
+    }
+    width = Math.max(width, kept);
+  }
   const index = new Int32Array(nRows * width).fill(-1);
   const weight = new Float32Array(nRows * width);
-  const map = t.itemIds.map((id) => rows.get(id) ?? -1);
   for (let i = 0; i < t.itemIds.length; i++) {
     const r = map[i]!;
     if (r < 0) continue;
     let out = 0;
-    for (let s = 0; s < width; s++) {
-      const j = t.index[i * width + s]!;
+    for (let s = 0; s < t.width; s++) {
+      const j = t.index[i * t.width + s]!;
       if (j < 0) break;
       const c = map[j]!;
       if (c < 0) continue;
       index[r * width + out] = c;
-      weight[r * width + out] = t.weight[i * width + s]!;
+      weight[r * width + out] = t.weight[i * t.width + s]!;
       out++;
     }
   }

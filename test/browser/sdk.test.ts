@@ -139,6 +139,23 @@ describe('SDK in Chromium', () => {
       } catch (e: any) {
         syncError = { name: e.name, status: e.status, cls: e instanceof NetworkError };
       }
+      // Values the browser cannot copy to the worker (a function, a Symbol, a reactive store's
+      // Proxy): a ValidationError naming the argument, not a bare DataCloneError.
+      const cloneErrors: string[] = [];
+      for (const call of [() => rec.recommend({ exclude: ['sku-1', Symbol('x')] }), () => rec.similar(Symbol('x')), () => rec.setOffers({ f() {} }), () => rec.setConsent({ personalization: true, federated: () => false })]) {
+        try {
+          await call();
+          cloneErrors.push('accepted');
+        } catch (e: any) {
+          cloneErrors.push(`${e instanceof ValidationError} ${e.field}`);
+        }
+      }
+      let reactiveCatalog = '';
+      try {
+        await createRecommender({ catalog: new Proxy({ items: catalog.items }, {}), backend: 'cpu', dbName: 'bad-input-proxy' });
+      } catch (e: any) {
+        reactiveCatalog = `${e.name} ${e.field}`;
+      }
       const stats = await rec.stats();
       // Calls made before erase() get their answers; calls after it began are refused at once.
       const inFlight = rec.recommend({ k: 2 });
@@ -151,7 +168,13 @@ describe('SDK in Chromium', () => {
       }
       const answered = (await inFlight).length;
       await Promise.all(erasing);
-      return { optionError, consentErrors, errors, workerError, neighborError, syncError, late, answered, neighbors: stats.model.neighbors, total: stats.events.total };
+      // erase() after close(): the page deletes the database itself.
+      const again = await createRecommender({ catalog, backend: 'cpu', dbName: 'bad-input-closed', autoTrainEvery: 0 });
+      again.track({ type: 'view', itemId: 'sku-1' });
+      await again.close();
+      await again.erase();
+      const leftAfterClosedErase = (await indexedDB.databases()).some((d: IDBDatabaseInfo) => d.name === 'bad-input-closed');
+      return { optionError, consentErrors, errors, workerError, neighborError, syncError, cloneErrors, reactiveCatalog, leftAfterClosedErase, late, answered, neighbors: stats.model.neighbors, total: stats.events.total };
     }, CATALOG);
     assert.deepEqual(r.consentErrors, [
       "ValidationError options.consent: must be 'required', 'granted' or { personalization, federated }; got \"maybe\"",
@@ -163,6 +186,9 @@ describe('SDK in Chromium', () => {
     assert.equal(optionError, 'ValidationError options.autoTrain: is not an option (known: catalog, backend, dbName, retention, model, autoTrainEvery, consent, offers, federated, neighbors, workerUrl, workerTimeoutMs)');
     assert.match(workerStart, /^ClosedError the localrec worker \(.*\/no-such-worker\.js\) failed to start/, 'a worker that cannot load is an error, not a wait for ever');
     assert.deepEqual(r.syncError, { name: 'NetworkError', status: 404, cls: true }, 'the HTTP status survives the worker boundary');
+    assert.deepEqual(r.cloneErrors, ['true options', 'true itemId or options', 'true catalog', 'true consent']);
+    assert.equal(r.reactiveCatalog, 'ValidationError options (the catalog, or another option)');
+    assert.equal(r.leftAfterClosedErase, false, 'erase() after close() deletes the database');
     assert.equal(r.late, 'ClosedError');
     assert.equal(r.answered, 2);
     assert.equal(r.errors.length, 5);

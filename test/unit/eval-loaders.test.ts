@@ -104,3 +104,15 @@ test('lines: given split, dedup, recency by position, users only in test', async
   assert.equal(s.train.ptr[3] - s.train.ptr[2], 0);
   await assert.rejects(loadLinesSplit(file('t1.txt', 'u1 a\nu2\n'), testFile), (e: unknown) => isValidationError(e) && e.field === 't1.txt:2:2');
 });
+
+test('csv: filters see trimmed cells, a duplicate column name is refused, a date without a zone is UTC', async () => {
+  // A customer id of spaces is empty: the retail preset's `customer_id!=` drops the row.
+  const log = await loadCsv(file('ws.csv', 'customer_id,stock_code,timestamp\nc1,a,1\n   ,b,2\nc2,c,3\n'), { user: 'customer_id', item: 'stock_code', time: 'timestamp', filters: [parseFilter('customer_id!=')] });
+  assert.deepEqual(log.userIds, ['c1', 'c2']);
+  await assert.rejects(
+    loadCsv(file('dup.csv', 'user,item,item\nu,a,b\n'), { user: 'user', item: 'item' }),
+    (e: unknown) => isValidationError(e) && e.field === 'options.item' && /column 'item' appears more than once in dup\.csv/.test(e.message),
+  );
+  const dated = await loadCsv(file('dates.csv', 'u,i,t\nu,a,2010-12-01 08:26:00\nu,b,2010-12-01T08:26:00+01:00\n'), { user: 'u', item: 'i', time: 't' });
+  assert.deepEqual([...dated.time], [Date.UTC(2010, 11, 1, 8, 26) / 1000, Date.UTC(2010, 11, 1, 7, 26) / 1000]);
+});

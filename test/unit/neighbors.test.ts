@@ -109,8 +109,28 @@ describe('neighbour scoring', () => {
   it('aligns a table to another catalog by id, dropping what the catalog lacks', () => {
     const a = alignNeighbors(TABLE, new Map([['b', 0], ['a', 1], ['d', 2]]), 3);
     // a (row 1) keeps b (row 0) only: c is not in this catalog. c's own neighbours vanish with it.
-    assert.deepEqual(Array.from(a.index), [1, -1, 0, -1, -1, -1]);
-    assert.deepEqual(Array.from(a.weight), [0.5, 0, 0.800000011920929, 0, 0, 0]);
+    // The rows are as wide as the longest one kept (1), not the file's 2.
+    assert.equal(a.width, 1);
+    assert.deepEqual(Array.from(a.index), [1, 0, -1]);
+    assert.deepEqual(Array.from(a.weight), [0.5, 0.800000011920929, 0]);
+  });
+
+  it('the encoder refuses what the decoder would: no items, or an id with a lone surrogate', () => {
+    const one = (ids: string[]): NeighborTable => ({ itemIds: ids, width: 1, index: new Int32Array(ids.length).fill(-1), weight: new Float32Array(ids.length) });
+    assert.throws(() => encodeNeighborTable(one([])), (e: unknown) => isValidationError(e) && /neighbors\.itemIds: must hold 1\.\.2000000 items, got 0/.test((e as Error).message));
+    assert.throws(() => encodeNeighborTable(one(['ok', 'x\uD800'])), (e: unknown) => isValidationError(e) && /neighbors\.itemIds\[1\]: holds a lone UTF-16 surrogate/.test((e as Error).message));
+    assert.equal(decodeNeighborTable(encodeNeighborTable(one(['ok', 'x\uD83D\uDE00']))).itemIds[1], 'x\uD83D\uDE00', 'a surrogate pair is fine');
+  });
+
+  it('a small file of wide rows aligned to a large catalog costs what it keeps, not catalog × file width', () => {
+    const wide: NeighborTable = { itemIds: ['a', 'b'], width: 256, index: new Int32Array(512).fill(-1), weight: new Float32Array(512) };
+    wide.index[0] = 1;
+    wide.weight[0] = 0.5;
+    const rows = new Map(Array.from({ length: 100_000 }, (_, i) => [i === 0 ? 'a' : i === 1 ? 'b' : `x${i}`, i] as const));
+    const m = alignNeighbors(wide, rows, 100_000);
+    assert.equal(m.width, 1);
+    assert.equal(m.index.length, 100_000, '100,000 slots, not 25.6 million');
+    assert.deepEqual(neighborsOf(m, 0).map((s) => s.row), [1]);
   });
 });
 
@@ -203,6 +223,31 @@ describe('Engine with a neighbour table', () => {
     assert.equal((await again.stats()).model.neighbors?.hash, r.hash);
     assert.equal((await again.recommend({ k: 1 }))[0]!.itemId, 'd');
     await again.close();
+  });
+
+  it('near-ties (below float32 precision) break by row on the device as in eval', async () => {
+    const ids = ['a', 'b', 'c', 'd'];
+    const w1 = Math.fround(0.3);
+    const w2 = new Float32Array(Uint32Array.of(new Uint32Array(Float32Array.of(w1).buffer)[0]! + 1).buffer)[0]!; // the next float32 above
+    const table: NeighborTable = { itemIds: ids, width: 2, index: Int32Array.of(1, 2, -1, -1, -1, -1, -1, -1), weight: Float32Array.of(w1, w2, 0, 0, 0, 0, 0, 0) };
+    const store = new MemoryEventStore();
+    await store.setMeta(MODEL_KEY, { version: 1, itemIds: ids, dim: 4, factors: new Float32Array(16), bias: Float32Array.of(0.1, 0.2, 0.3, 0.4), trainSteps: 0, trainedThroughId: 0 });
+    const t = Date.now();
+    const e = await Engine.create({ catalog: { items: ids.map((id) => ({ id })) }, store, backend: 'cpu', autoTrainEvery: 0, model: { dim: 4 }, now: () => t });
+    try {
+      await e.setNeighbors(encodeNeighborTable(table));
+      e.enqueue([{ type: 'view', itemId: 'a', t: t - 60_000 }]);
+      await e.flush();
+      const rows = new Map(ids.map((id, i) => [id, i]));
+      const profile = buildProfile(await store.all(), rows, { halfLifeDays: 30, now: t, sessionDecay: 0.5 });
+      const dense = new Float32Array(4);
+      rankScores(alignNeighbors(table, rows, 4), profile, Float32Array.of(0.1, 0.2, 0.3, 0.4), dense);
+      const evalOrder = topRows(dense, 3, new Set([0])).map((r) => ids[r.row]);
+      assert.deepEqual((await e.recommend({ k: 3 })).map((r) => r.itemId), evalOrder);
+      assert.deepEqual(evalOrder.slice(0, 2), ['b', 'c'], 'a float32 tie, broken by row');
+    } finally {
+      await e.close();
+    }
   });
 
   it('refuses a broken file and keeps the table in use', async () => {
