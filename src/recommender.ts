@@ -195,7 +195,13 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
     neighbors = { url: abs.href, ...(options.neighbors.timeoutMs !== undefined ? { timeoutMs: options.neighbors.timeoutMs } : {}) };
   }
   const url = options.workerUrl ?? new URL('./worker.js', import.meta.url);
-  const worker = new Worker(url, { type: 'module' });
+  let worker: Worker;
+  try {
+    worker = new Worker(url, { type: 'module' });
+  } catch (e) {
+    // A cross-origin URL (or one the page may not load) throws here, before any error event.
+    throw new ClosedError(`the localrec worker (${String(url)}) could not be created: ${(e as Error).message}; a module worker must come from the page's own origin (serve worker.js with the page, or set workerUrl)`);
+  }
   const api = Comlink.wrap<WorkerApi>(worker);
   const channel = new MessageChannel();
   let closed = false;
@@ -471,7 +477,16 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
         knownKeys(checkedKeys(o, OPTION_KEYS.offersCall)?.context, 'options.context', OPTION_KEYS.offerContext);
         return api.offers(o);
       }),
-    setNeighbors: (file) => call(() => api.setNeighbors(file), 'neighbors'),
+    setNeighbors: (file) =>
+      call(() => {
+        // A view is sliced here and its copy moved (not cloned): structured clone would send the
+        // view's whole underlying buffer, however small the view.
+        if (ArrayBuffer.isView(file) && file.buffer instanceof ArrayBuffer) {
+          const own = file.buffer.slice(file.byteOffset, file.byteOffset + file.byteLength);
+          return api.setNeighbors(Comlink.transfer(own, [own]));
+        }
+        return api.setNeighbors(file);
+      }, 'neighbors'),
     async sync(o: SyncControl = {}) {
       open();
       if (typeof o !== 'object' || o === null) throw new ValidationError('options', 'must be an object like { onProgress, signal, contribute }');

@@ -62,7 +62,9 @@ function choleskyLower(a: Float64Array, n: number, onProgress: (f: number) => vo
       a[ri + j] = (a[ri + j] - dot(a, ri, rj, j)) / a[rj + j];
     }
     const d = a[ri + i] - dot(a, ri, ri, i);
-    if (!(d > 0)) throw new ModelError(`matrix is not positive definite (pivot ${i} = ${d})`);
+    // The Gram matrix plus λI is positive definite for any λ > 0 in exact arithmetic: a pivot that is
+    // not means λ is too small for float64 (items with identical buyers), i.e. the L2 setting.
+    if (!(d > 0)) throw new ModelError(`matrix is not positive definite (pivot ${i} = ${d}): the L2 penalty is too small for these counts; use a larger one (--l2 / ease-l2)`);
     a[ri + i] = Math.sqrt(d);
     if ((i & 255) === 0) onProgress(cube(i / n));
   }

@@ -107,7 +107,14 @@ describe('SDK in Chromium', () => {
       } catch (e: any) {
         startError = `${e.name} ${e.message}`;
       }
-      optionError += ` | ${startError}`;
+      // A worker from another origin cannot be created at all: a ClosedError saying so, not a bare SecurityError.
+      let crossOrigin = '';
+      try {
+        await createRecommender({ catalog, backend: 'cpu', dbName: 'bad-input', workerUrl: `http://localhost:${location.port}/dist/worker.js` });
+      } catch (e: any) {
+        crossOrigin = `${e.name} ${e.message}`;
+      }
+      optionError += ` | ${startError} | ${crossOrigin}`;
       // The server is a static file server: /v1/config is not there (404).
       const rec = await createRecommender({ catalog, backend: 'cpu', dbName: 'bad-input', autoTrainEvery: 0, federated: { serverUrl: `${location.origin}/no-server` } });
       rec.track({ type: 'view', itemId: 'sku-1' });
@@ -182,7 +189,8 @@ describe('SDK in Chromium', () => {
       'ValidationError options.consent.federated: must be true or false, got undefined',
       'ValidationError options.consent.ads: is not an option (known: personalization, federated)',
     ]);
-    const [optionError, workerStart] = r.optionError.split(' | ');
+    const [optionError, workerStart, crossOrigin] = r.optionError.split(' | ');
+    assert.match(crossOrigin!, /^ClosedError the localrec worker \(http:\/\/localhost:\d+\/dist\/worker\.js\) could not be created: .*must come from the page's own origin/);
     assert.equal(optionError, 'ValidationError options.autoTrain: is not an option (known: catalog, backend, dbName, retention, model, autoTrainEvery, consent, offers, federated, neighbors, workerUrl, workerTimeoutMs)');
     assert.match(workerStart, /^ClosedError the localrec worker \(.*\/no-such-worker\.js\) failed to start/, 'a worker that cannot load is an error, not a wait for ever');
     assert.deepEqual(r.syncError, { name: 'NetworkError', status: 404, cls: true }, 'the HTTP status survives the worker boundary');
