@@ -222,10 +222,10 @@ function checkFederated(fed: unknown): void {
  */
 export function settlePending(log: readonly EgressEntry[], entries: readonly EgressEntry[]): EgressEntry[] {
   const out = log.slice();
+  const settles = (e: EgressEntry, p: EgressEntry) => p.pending && p.method === e.method && p.endpoint === e.endpoint && p.bodySha256 === e.bodySha256;
   for (const e of entries) {
-    let i = out.length - 1;
-    if (e.pending) i = -1;
-    else while (i >= 0 && !(out[i]!.pending && out[i]!.method === e.method && out[i]!.endpoint === e.endpoint && out[i]!.bodySha256 === e.bodySha256)) i--;
+    let i = e.pending ? -1 : out.length - 1;
+    while (i >= 0 && !settles(e, out[i]!)) i--;
     if (i >= 0) out[i] = e;
     else out.push(e);
   }

@@ -61,10 +61,20 @@ export function foldIntoLedger(ledger: OfferLedger | undefined, removed: readonl
       lastPurchaseAt = Math.max(lastPurchaseAt ?? -Infinity, e.t);
       continue;
     }
-    if ((e.type !== 'offer_impression' && e.type !== 'offer_redeemed') || typeof e.offerId !== 'string') continue;
-    let s = byId.get(e.offerId);
-    if (!s) byId.set(e.offerId, (s = { offerId: e.offerId, impressions: 0, redemptions: 0 }));
+    if (!ledgerKeeps(e)) continue;
+    const offerId = e.offerId!;
+    let s = byId.get(offerId);
+    if (!s) byId.set(offerId, (s = { offerId, impressions: 0, redemptions: 0 }));
     countOfferEvent(s, e);
   }
   return { offers: [...byId.values()], ...(lastPurchaseAt !== undefined ? { lastPurchaseAt } : {}) };
+}
+
+/**
+ * The ledger as it stands once retention has run, when `expired` are the stored events past the
+ * age limit that no write has removed yet: `ledger` itself when none of them is one it keeps.
+ */
+export function ledgerWithExpired(ledger: OfferLedger | undefined, expired: readonly StoredEvent[]): OfferLedger | undefined {
+  const kept = expired.filter(ledgerKeeps);
+  return kept.length ? foldIntoLedger(ledger, kept) : ledger;
 }

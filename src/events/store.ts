@@ -2,7 +2,7 @@ import { openDB, deleteDB, type DBSchema, type IDBPDatabase, type IDBPTransactio
 import { StorageError } from '../errors.js';
 import type { EventType, StoredEvent } from '../types.js';
 import { EVENT_SCHEMA_VERSION } from './schema.js';
-import { foldIntoLedger, ledgerKeeps, OFFER_LEDGER_KEY, type OfferLedger } from './offer-ledger.js';
+import { foldIntoLedger, ledgerKeeps, ledgerWithExpired, OFFER_LEDGER_KEY, type OfferLedger } from './offer-ledger.js';
 
 /** A stored value of the `meta` store: model weights, counters, settings. */
 export type MetaValue = unknown;
@@ -394,10 +394,7 @@ export class IdbEventStore implements EventStore {
           c = await c.continue();
         }
       }
-      if (kept.length) {
-        const meta = tx.objectStore('meta');
-        await meta.put(foldIntoLedger((await meta.get(OFFER_LEDGER_KEY)) as OfferLedger | undefined, kept), OFFER_LEDGER_KEY);
-      }
+      await foldRemoved(tx, kept);
       const err = await done;
       if (err) throw err;
       return { evicted };
@@ -428,11 +425,8 @@ export class IdbEventStore implements EventStore {
       evicted++;
       c = await c.continue();
     }
-    if (kept.length) {
-      // Deleting frees room; this record grows with the number of offers, not of events.
-      const meta = tx.objectStore('meta');
-      await meta.put(foldIntoLedger((await meta.get(OFFER_LEDGER_KEY)) as OfferLedger | undefined, kept), OFFER_LEDGER_KEY);
-    }
+    // Deleting frees room; the ledger grows with the number of offers, not of events.
+    await foldRemoved(tx, kept);
     await tx.done;
     return evicted;
   }
@@ -484,8 +478,7 @@ export class IdbEventStore implements EventStore {
       tx.objectStore('events').index('t').getAll(IDBKeyRange.upperBound(ageCutoff(this.retention), true)),
     ]);
     await tx.done;
-    const kept = expired.filter(ledgerKeeps);
-    return kept.length ? foldIntoLedger(stored, kept) : stored;
+    return ledgerWithExpired(stored, expired);
   }
 
   async setMeta(key: string, value: MetaValue): Promise<void> {
@@ -617,10 +610,8 @@ export class MemoryEventStore implements EventStore {
     return statsOf(await this.all());
   }
   async offerLedger(): Promise<OfferLedger | undefined> {
-    const stored = await this.getMeta<OfferLedger>(OFFER_LEDGER_KEY);
     const cutoff = ageCutoff(this.retention);
-    const kept = this.events.filter((e) => e.t < cutoff && ledgerKeeps(e));
-    return kept.length ? foldIntoLedger(stored, kept) : stored;
+    return ledgerWithExpired(await this.getMeta<OfferLedger>(OFFER_LEDGER_KEY), this.events.filter((e) => e.t < cutoff));
   }
   async getMeta<T = MetaValue>(key: string): Promise<T | undefined> {
     // A copy, as IndexedDB gives: changing what was read does not change what is stored.
@@ -668,6 +659,16 @@ export async function deleteEventDatabase(name: string): Promise<void> {
 }
 
 /** The oldest event time `retention` keeps (ms since 1970). */
+/**
+ * Folds the offer events and purchases a retention pass of `tx` removed into the offer ledger, in
+ * that same transaction (nothing is written when there are none).
+ */
+async function foldRemoved(tx: IDBPTransaction<LocalrecDB, ['events', 'meta'], 'readwrite'>, removed: readonly StoredEvent[]): Promise<void> {
+  if (removed.length === 0) return;
+  const meta = tx.objectStore('meta');
+  await meta.put(foldIntoLedger((await meta.get(OFFER_LEDGER_KEY)) as OfferLedger | undefined, removed), OFFER_LEDGER_KEY);
+}
+
 function ageCutoff(retention: Retention): number {
   return Date.now() - retention.maxAgeDays * DAY_MS;
 }

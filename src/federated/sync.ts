@@ -176,6 +176,18 @@ function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   });
 }
 
+/**
+ * Persists what the sync logged so far where a failure must not stop it (after a request that has
+ * already gone: the join, the upload, a recovery share); the sync's own end tries again.
+ */
+async function checkpointQuietly(o: Pick<SyncOptions, 'onCheckpoint'>): Promise<void> {
+  try {
+    await o.onCheckpoint?.();
+  } catch {
+    // kept for the next checkpoint
+  }
+}
+
 /** A cancel seen after the release was recorded: nothing was sent, but that ε is spent. */
 function releasedButCancelled(): AbortError {
   return new AbortError('sync cancelled before the upload, after its release was recorded: no update was sent, but its ε is spent');
@@ -512,7 +524,7 @@ async function sendMasked(
   const joinRes = await request(o, 'cohort', 'POST', '/v1/secagg/join', keys.publicKey, { 'Content-Type': 'application/octet-stream' }, null);
   const joined = (await joinRes.json()) as { cohort: string; index: number; size: number; token: string };
   // The wait for the cohort may be long: keep the join in the stored log meanwhile.
-  await (async () => o.onCheckpoint?.())().catch(() => undefined);
+  await checkpointQuietly(o);
   if (joined.size !== K) throw new ValidationError('cohort.size', `is ${joined.size}, the server announced ${K}`);
   const waitMs = o.cohortWaitMs ?? sa.timeoutMs ?? 600_000;
   const pollMs = o.cohortPollMs ?? 1000;
@@ -580,7 +592,7 @@ async function sendMasked(
   const cohort: NonNullable<SyncResult['cohort']> = { id: joined.cohort, index: joined.index, size: K };
   if (t < K) {
     // The device may wait minutes for its cohort: keep what the upload logged first.
-    await (async () => o.onCheckpoint?.())().catch(() => undefined);
+    await checkpointQuietly(o);
     // The server's upload deadline, then its recovery deadline, and a minute's slack.
     Object.assign(cohort, await stayForRecovery(o, sa, t, joined, cohortId, publicKeys, keys.privateKey, 2 * (sa.uploadTimeoutMs ?? waitMs) + 60_000));
   }
@@ -634,7 +646,7 @@ async function stayForRecovery(
             'X-Localrec-Cohort-Token': joined.token,
           });
           sent = true;
-          await (async () => o.onCheckpoint?.())().catch(() => undefined);
+          await checkpointQuietly(o);
         }
       }
       if (now() - t0 > waitMs) return { outcome: 'left', recoveryShareSent: sent, note: `cohort still ${view.status} after ${waitMs} ms` };

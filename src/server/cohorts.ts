@@ -185,7 +185,6 @@ export function newMemberToken(): string {
   return toHex(b);
 }
 
-/** Why a cohort timed out, in the words `GET /v1/secagg/cohorts/:id` reports. */
 /**
  * How long a recovering cohort may take from the start of recovery: the upload timeout while
  * shares are missing; {@link PUBLISH_GRACE} times that once every share came (its publish is being
@@ -196,6 +195,7 @@ export function recoveryDeadline(c: Pick<CohortInfo, 'recovered' | 'needed'>, up
 }
 export const PUBLISH_GRACE = 4;
 
+/** Why a cohort timed out, in the words `GET /v1/secagg/cohorts/:id` reports. */
 export function timeoutReason(c: Pick<CohortInfo, 'status' | 'joined' | 'submitted' | 'size' | 'recovered' | 'needed'>, timeoutMs: number, minSurvivors = c.size): string {
   if (c.status === 'forming') return `only ${c.joined} of ${c.size} members joined within ${timeoutMs} ms`;
   if (c.status === 'recovering') {
@@ -405,10 +405,11 @@ export class MemoryCohortStore implements CohortStore {
         const next = afterCollectTimeout(c, c.submittedBy, this.params, uploadMs, t);
         if (next.status === 'aborted') abort(c, next.abortReason!);
         else Object.assign(c, next);
-      } else if (c.status === 'recovering' && t - c.recoveryAt! > recoveryDeadline(c, uploadMs)) {
+      } else if (c.status === 'recovering') {
         // One whose shares all came is being published (or will be, on retry), not late, until
         // a later deadline: a publish that keeps failing must not hold the cohort for good.
-        abort(c, timeoutReason(c, recoveryDeadline(c, uploadMs)));
+        const deadline = recoveryDeadline(c, uploadMs);
+        if (t - c.recoveryAt! > deadline) abort(c, timeoutReason(c, deadline));
       }
       else if ((c.status === 'done' || c.status === 'aborted') && t - endOf(c) > KEEP_ENDED_MS) {
         this.cohorts.delete(c.id);

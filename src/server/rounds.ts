@@ -555,14 +555,11 @@ export class RoundCoordinator {
         async (updateId, again) => {
           const m = await cohorts.markSubmitted(id, h.index, updateId);
           if (m !== 'closed') return m === 'complete';
+          const now = await cohorts.info(id);
           // A retry of an upload the cohort recorded already: accepted as it was (the cohort may be
           // recovering, or complete with its aggregation owed).
-          if (again) {
-            const c = await cohorts.info(id);
-            if (c && (c.status === 'ready' || c.status === 'recovering')) return false;
-          }
+          if (again && now && (now.status === 'ready' || now.status === 'recovering')) return false;
           // The cohort timed out (on another process) between the check above and now.
-          const now = await cohorts.info(id);
           return now ? ended(now) : reject('unknown-cohort', `cohort ${id} ended while the upload was stored`);
         },
       );
