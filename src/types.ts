@@ -181,7 +181,11 @@ export interface Stats {
   evicted: { retention: number; quota: number };
   /** Events accepted by `track()` but not yet written (they are written in batches). */
   queued: number;
-  /** Events dropped before consent, or rejected. */
+  /**
+   * Events dropped before consent, rejected by validation (including events older than
+   * `retention.maxAgeDays`), or never stored because more than `retention.maxEvents` waited while
+   * storage kept failing (the oldest go).
+   */
   dropped: number;
   storage: 'indexeddb' | 'memory';
   /** The last background failure (auto-training, writing), if any. */

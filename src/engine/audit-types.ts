@@ -26,6 +26,13 @@ export interface AuditReport {
   offers: { stored: true; version: number; offers: number; issuedAt: number } | null;
   /** The global model as the server last sent it (public data, the same for every device), kept so that an unchanged one is not downloaded again; or null. */
   globalModel: { stored: true; hash: string; bytes: number } | null;
+  /**
+   * What the device kept of offer events and purchases that retention removed (counts and times
+   * per offer, the latest purchase's time: docs/OFFERS.md), or null when nothing was removed.
+   */
+  offerLedger: { stored: true; offers: number; lastPurchaseAt: number | null; bytes: number } | null;
+  /** With `federated.autoSyncHours`: the stored times an automatic sync was last started and a sync last succeeded, or null. */
+  autoSync: { stored: true; lastAttemptAt: number | null; lastSuccessAt: number | null } | null;
   egress: { requests: number; bytesSent: number; log: EgressEntry[] };
   privacy: {
     federatedConfigured: boolean;

@@ -1,7 +1,7 @@
 import { ClosedError, ConsentError, ModelError, NetworkError, syncCancelled, ValidationError, PrivacyBudgetError } from '../errors.js';
 import { boolOption, checkSignal, describeValue, intOption, knownKeys, nameOption, OPTION_KEYS } from '../options.js';
 import { validateEvent } from '../events/schema.js';
-import { DEFAULT_RETENTION, deleteEventDatabase, MemoryEventStore, openEventStore, type EventStore, type Retention } from '../events/store.js';
+import { DAY_MS, DEFAULT_RETENTION, deleteEventDatabase, MemoryEventStore, openEventStore, quotaEvictedBy, type AddResult, type EventStore, type Retention } from '../events/store.js';
 import { EVENT_SCHEMA_VERSION } from '../events/schema.js';
 import type { AuditReport, ExportFile } from './audit-types.js';
 import { checkContext, chooseOffers, indexProducts, offerScopeLookup, predictAffinity, purchaseBaskets, verifyOfferCatalog, type ProductIndex } from '../offers/index.js';
@@ -379,6 +379,7 @@ export class Engine {
     const consented = opts.consent?.personalization ?? true;
     const store = consented ? (opts.store ?? (await openEventStore(opts.dbName ?? 'localrec', retention))) : new MemoryEventStore(retention);
     const engine = new Engine(catalog, store, backend, opts);
+    engine.noteFallback(store);
     engine.watchStore(store);
     engine.retention = retention;
     engine.dim = dim;
@@ -504,6 +505,11 @@ export class Engine {
     };
   }
 
+  /** A store that fell back to memory because IndexedDB refused to open: the reason goes to stats().lastError. */
+  private noteFallback(store: EventStore): void {
+    if (store instanceof MemoryEventStore && store.fallbackReason) this.lastError = store.fallbackReason;
+  }
+
   /** When this tab last handled a deletion it found itself (watchStore): older erase messages are about it. */
   private deletionHandledAt = -Infinity;
 
@@ -527,10 +533,21 @@ export class Engine {
     this.consentDirty = fresh.length > 0;
   }
 
+  /**
+   * Writes the consent history, merged with what is stored in one transaction: another tab of the
+   * same shopper writes its own records (its `setConsent`, this tab's `another-tab` record of it),
+   * and neither may overwrite the other's.
+   */
   private async persistConsent(): Promise<void> {
     if (!this.consentDirty || !this.consent.personalization) return;
-    await this.store.setMeta(CONSENT_KEY, this.consentHistory);
-    this.consentDirty = false;
+    const mine = this.consentHistory;
+    const written = mine.length;
+    const merged = await this.store.updateMeta<ConsentRecord[]>(CONSENT_KEY, (stored) => mergeConsentRecords(stored ?? [], mine.slice(0, written)));
+    // Replaced meanwhile (an erase, a withdrawal): that state rules. A change recorded meanwhile
+    // stays unwritten, for the next write.
+    if (this.consentHistory !== mine) return;
+    this.consentDirty = mine.length > written;
+    this.consentHistory = mergeConsentRecords(merged, mine);
   }
 
   /**
@@ -602,6 +619,7 @@ export class Engine {
     }
     if (next.personalization && !was) {
       this.store = this.opts.store ?? (await openEventStore(this.opts.dbName ?? 'localrec', this.retention));
+      this.noteFallback(this.store);
       this.watchStore(this.store);
       this.dropEventCache();
       await this.load(this.dim);
@@ -631,6 +649,9 @@ export class Engine {
       this.dropEventCache();
       if (source === 'another-tab' && !(at !== undefined && old.createdAfterDeletion?.(at))) old.close();
       else await old.destroy();
+      // This session ran on memory because IndexedDB refused to open (a transient error, a newer
+      // schema): what an earlier session stored there is erased all the same.
+      if (source !== 'another-tab' && old.kind === 'memory') await this.deleteStoredDatabase();
       await this.load(this.dim);
       // The withdrawal itself is remembered only in memory: nothing may be stored now.
     } else if (!next.personalization) {
@@ -878,9 +899,15 @@ export class Engine {
     let firstError: unknown;
     let accepted = 0;
     const now = this.now();
+    // Retention would delete an older event in the very write that stores it: refused, named.
+    const oldest = now - this.retention.maxAgeDays * DAY_MS;
     for (const e of events) {
       try {
-        this.queue.push(validateEvent(e, now));
+        const ev = validateEvent(e, now);
+        if (ev.t < oldest) {
+          throw new ValidationError('event.t', `is ${new Date(ev.t).toISOString()}, older than retention.maxAgeDays (${this.retention.maxAgeDays} days): it would be deleted as soon as it is stored`);
+        }
+        this.queue.push(ev);
         accepted++;
       } catch (err) {
         this.dropped++;
@@ -906,33 +933,54 @@ export class Engine {
     const run = this.flushing.then(async () => {
       // Taken before a consent withdrawal or an erase: those events are gone with the rest.
       if (batch.length === 0 || epoch !== this.dataEpoch) return;
+      let r: AddResult;
       try {
         this.dropEventCache();
-        const r = await this.store.add(batch);
-        this.tell({ type: 'events' });
-        // Retention and quota evictions are reported, never silent (stats().evicted, audit()).
-        this.evictedByQuota += r.quotaEvicted ?? 0;
-        this.evictedByRetention += r.evicted - (r.quotaEvicted ?? 0);
-        await this.persistConsent();
+        r = await this.store.add(batch);
       } catch (e) {
+        // Events the store removed for the quota before its retry failed are gone all the same.
+        this.evictedByQuota += quotaEvictedBy(e);
         // Put the batch back so nothing is lost (unless the shopper's data was erased meanwhile,
         // which is what closed the store under it); the caller sees the StorageError.
-        if (epoch === this.dataEpoch) this.queue = batch.concat(this.queue);
+        if (epoch === this.dataEpoch) this.requeue(batch);
         throw e;
       }
+      this.tell({ type: 'events' });
+      // Retention and quota evictions are reported, never silent (stats().evicted, audit()).
+      this.evictedByQuota += r.quotaEvicted ?? 0;
+      this.evictedByRetention += r.evicted - (r.quotaEvicted ?? 0);
+      // The batch is stored: a failure to write the consent records must not put it back (it
+      // would be stored twice). They stay marked unwritten and go with the next write.
+      await this.persistConsent().catch((e) => (this.lastError = e));
       this.maybeAutoTrain();
     });
     this.flushing = run.catch(() => undefined);
     return run;
   }
 
+  /**
+   * Puts a batch the store could not take back in front of the queue. While storage keeps failing
+   * (a site quota that stays full) the queue keeps at most `retention.maxEvents`, the newest, as
+   * the store would: older ones are counted in `stats().dropped`.
+   */
+  private requeue(batch: StoredEvent[]): void {
+    const all = batch.concat(this.queue);
+    const over = all.length - this.retention.maxEvents;
+    if (over > 0) this.dropped += over;
+    this.queue = over > 0 ? all.slice(over) : all;
+  }
+
   private maybeAutoTrain(): void {
     if (this.autoTrainEvery === 0 || this.training || this.closed || !this.consent.personalization) return;
-    void this.store.countAfter(this.saved.trainedThroughId).then((pending) => {
-      if (pending >= this.autoTrainEvery && !this.training && !this.closed) {
-        this.train().catch((e) => (this.lastError = e));
-      }
-    });
+    void this.store.countAfter(this.saved.trainedThroughId).then(
+      (pending) => {
+        if (pending >= this.autoTrainEvery && !this.training && !this.closed) {
+          this.train().catch((e) => (this.lastError = e));
+        }
+      },
+      // The database went away under the read (another tab's erase, closed): nothing to train.
+      (e) => (this.lastError = e),
+    );
   }
 
   /** Stored events, read once and kept until the next write: recommend() must not scan IndexedDB each call. */
@@ -951,7 +999,9 @@ export class Engine {
   }
 
   private async storedEvents(): Promise<StoredEvent[]> {
-    await this.flush();
+    // A write that fails (the quota) keeps its events queued and says so in stats().lastError:
+    // what is stored can still be read and ranked on.
+    await this.flush().catch((e) => (this.lastError = e));
     if (this.eventCache) return this.eventCache;
     const gen = this.cacheGen;
     const store = this.store;
@@ -1605,6 +1655,9 @@ export class Engine {
     const storedGlobal = await this.store.getMeta<SavedGlobal>(GLOBAL_KEY);
     const storedOffers = await this.store.getMeta<OfferCatalog>(OFFERS_KEY);
     const egress = (await this.store.getMeta<EgressEntry[]>(EGRESS_KEY)) ?? [];
+    // As export() gives it: with what the age limit already hides but the next write has not removed.
+    const ledger = await this.store.offerLedger();
+    const autoSync = await this.store.getMeta<AutoSyncState>(AUTO_SYNC_KEY);
     const privacy = await this.privacyStats();
     const fed = this.opts.federated;
     const gpc = this.opts.globalPrivacyControl === true;
@@ -1634,6 +1687,10 @@ export class Engine {
         : null,
       offers: storedOffers ? { stored: true, version: storedOffers.version, offers: storedOffers.offers.length, issuedAt: storedOffers.issuedAt } : null,
       globalModel: storedGlobal ? { stored: true, hash: storedGlobal.hash, bytes: storedGlobal.bytes.byteLength } : null,
+      offerLedger: ledger
+        ? { stored: true, offers: ledger.offers.length, lastPurchaseAt: ledger.lastPurchaseAt ?? null, bytes: new TextEncoder().encode(JSON.stringify(ledger)).length }
+        : null,
+      autoSync: autoSync ? { stored: true, lastAttemptAt: autoSync.lastAttemptAt ?? null, lastSuccessAt: autoSync.lastSuccessAt ?? null } : null,
       egress: {
         requests: egress.length,
         bytesSent: egress.reduce((a, e) => a + e.bytes, 0),
@@ -1827,6 +1884,20 @@ export class Engine {
     if (this.store.kind === 'indexeddb' || this.opts.store) return;
     await deleteEventDatabase(this.opts.dbName ?? 'localrec');
   }
+}
+
+/** The records of both lists, each once (same time, values and source), in time order (stable). */
+export function mergeConsentRecords(a: readonly ConsentRecord[], b: readonly ConsentRecord[]): ConsentRecord[] {
+  const key = (r: ConsentRecord) => `${r.t}|${r.personalization}|${r.federated}|${r.source}`;
+  const seen = new Set<string>();
+  const out: ConsentRecord[] = [];
+  for (const r of [...a, ...b]) {
+    const k = key(r);
+    if (seen.has(k)) continue;
+    seen.add(k);
+    out.push({ t: r.t, personalization: r.personalization, federated: r.federated, source: r.source });
+  }
+  return out.sort((x, y) => x.t - y.t);
 }
 
 /** A fresh exploration seed from the platform's CSPRNG (offers() without `seed`). */

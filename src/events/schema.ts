@@ -80,6 +80,8 @@ export function validateEvent(input: unknown, now: number = Date.now()): StoredE
   // store an event without its item, and naming the typo is the most useful message.
   const allowed = FIELDS[type];
   for (const k of Object.keys(e)) {
+    // A key set to undefined is no field at all (pages that build events generically).
+    if (e[k] === undefined) continue;
     if (k !== 'type' && k !== 't' && !allowed.includes(k)) {
       throw new ValidationError(`event.${k}`, `is not a field of '${type}' events (allowed: type, t, ${allowed.join(', ')})`);
     }

@@ -87,6 +87,15 @@ export interface AddResult {
   quotaEvicted?: number;
 }
 
+/**
+ * How many events a failed {@link EventStore.add} had already removed for the storage quota before
+ * its retry failed (0 for any other error): they are gone, and are counted as evicted.
+ */
+export function quotaEvictedBy(e: unknown): number {
+  const n = (e as { quotaEvicted?: unknown } | null)?.quotaEvicted;
+  return typeof n === 'number' && n > 0 ? n : 0;
+}
+
 export const DEFAULT_RETENTION: Retention = { maxEvents: 5000, maxAgeDays: 365 };
 /**
  * On a quota error, this share of the stored events (oldest first, at least as many as the batch
@@ -99,7 +108,7 @@ export function isQuotaError(e: unknown): boolean {
   const x = e as { name?: unknown; code?: unknown } | null;
   return !!x && (x.name === 'QuotaExceededError' || x.name === 'NS_ERROR_DOM_QUOTA_REACHED' || x.code === 22);
 }
-const DAY_MS = 24 * 3600 * 1000;
+export const DAY_MS = 24 * 3600 * 1000;
 
 function statsOf(events: StoredEvent[]): EventStats {
   const byType: Partial<Record<EventType, number>> = {};
@@ -329,9 +338,16 @@ export class IdbEventStore implements EventStore {
   async add(events: StoredEvent[]): Promise<AddResult> {
     if (events.length === 0) return { evicted: 0 };
     try {
-      return await this.addOnce(events);
+      const r = await this.addOnce(events);
+      this.overQuota = false;
+      return r;
     } catch (e) {
       if (!isQuotaError(e)) throw storageError(`storing ${events.length} event(s)`, e);
+      // Evicting did not make room last time (something else fills the site's quota): evicting
+      // again at every write would empty the history a tenth at a time and still store nothing.
+      if (this.overQuota) {
+        throw storageError(`storing ${events.length} event(s) (still over the storage quota after evicting old events; none are evicted again until a write succeeds)`, e);
+      }
     }
     // Over quota: the aborted transaction stored nothing. Evict the oldest events by policy in a
     // transaction of their own, then retry once; a second failure reaches the caller.
@@ -347,9 +363,14 @@ export class IdbEventStore implements EventStore {
       const r = await this.addOnce(events);
       return { evicted: r.evicted + quotaEvicted, quotaEvicted };
     } catch (e) {
-      throw storageError(`storing ${events.length} event(s) after evicting the ${quotaEvicted} oldest for the storage quota`, e);
+      if (isQuotaError(e)) this.overQuota = true;
+      // The evicted events are gone whatever the retry did: the caller counts them (quotaEvictedBy).
+      throw Object.assign(storageError(`storing ${events.length} event(s) after evicting the ${quotaEvicted} oldest for the storage quota`, e), { quotaEvicted });
     }
   }
+
+  /** Set when a write failed for the quota even after evicting; cleared by the next write that succeeds. */
+  private overQuota = false;
 
   /** One readwrite transaction: add, then retention. Rejects with the transaction's own error (e.g. QuotaExceededError). */
   private async addOnce(events: StoredEvent[]): Promise<{ evicted: number }> {
@@ -407,9 +428,11 @@ export class IdbEventStore implements EventStore {
         // Already finished or aborted (quota).
       }
       // A request that failed because its transaction aborted reports AbortError; the cause
-      // (QuotaExceededError) is the transaction's error.
+      // (QuotaExceededError) is the transaction's error. When the abort was ours (an add that
+      // threw: a value that cannot be stored), the transaction's AbortError says nothing: the
+      // add's own error does.
       const txError = await done;
-      throw txError ?? e;
+      throw txError && (txError as { name?: unknown }).name !== 'AbortError' ? txError : e;
     }
   }
 
@@ -574,7 +597,14 @@ export class MemoryEventStore implements EventStore {
   private events: StoredEvent[] = [];
   private meta = new Map<string, MetaValue>();
   private nextId = 1;
-  constructor(private readonly retention: Retention = DEFAULT_RETENTION) {}
+  /**
+   * @param fallbackReason Why IndexedDB could not be used when {@link openEventStore} fell back to
+   *   memory (the engine reports it in `stats().lastError`).
+   */
+  constructor(
+    private readonly retention: Retention = DEFAULT_RETENTION,
+    readonly fallbackReason?: Error,
+  ) {}
 
   async add(events: StoredEvent[]): Promise<{ evicted: number }> {
     for (const e of events) this.events.push({ ...e, id: this.nextId++ });
@@ -639,8 +669,8 @@ export async function openEventStore(name: string, retention: Retention): Promis
   if (typeof indexedDB === 'undefined') return new MemoryEventStore(retention);
   try {
     return await IdbEventStore.open(name, retention);
-  } catch {
-    return new MemoryEventStore(retention);
+  } catch (e) {
+    return new MemoryEventStore(retention, e instanceof Error ? e : storageError(`opening IndexedDB database "${name}"`, e));
   }
 }
 

@@ -211,3 +211,34 @@ describe('A database deleted while the tab is connected, with no tab message (st
     await e.erase();
   });
 });
+
+describe('track() input the store would lose at once, or that pages build generically (stop 24)', () => {
+  it('an event older than retention.maxAgeDays is refused naming event.t, not accepted and deleted in the same write', async () => {
+    const e = await Engine.create({ catalog, backend: 'cpu', dbName: dbName(), autoTrainEvery: 0, retention: { maxAgeDays: 30 } });
+    try {
+      const day = 24 * 3600 * 1000;
+      assert.throws(() => e.enqueue([{ type: 'purchase', itemId: 'p1', t: Date.now() - 31 * day }]), (err: unknown) => refused('event.t')(err) && /older than retention\.maxAgeDays \(30 days\)/.test((err as Error).message));
+      assert.equal(e.enqueue([{ type: 'purchase', itemId: 'p2', t: Date.now() - 29 * day }]), 1);
+      await e.flush();
+      const st = await e.stats();
+      assert.equal(st.events.total, 1);
+      assert.equal(st.dropped, 1, 'the refused one is counted');
+      assert.deepEqual(st.evicted, { retention: 0, quota: 0 });
+    } finally {
+      await e.erase();
+    }
+  });
+
+  it('a field set to undefined is no field: accepted, and not stored', async () => {
+    const e = await Engine.create({ catalog, backend: 'cpu', dbName: dbName(), autoTrainEvery: 0 });
+    try {
+      assert.equal(e.enqueue([{ type: 'view', itemId: 'p1', quantity: undefined, price: undefined, t: undefined }]), 1);
+      assert.throws(() => e.enqueue([{ type: 'view', itemId: 'p1', quantity: 2 }]), refused('event.quantity'), 'a value is still refused where the type has no such field');
+      await e.flush();
+      const [stored] = (await e.exportData()).events;
+      assert.deepEqual(Object.keys(stored!).sort(), ['id', 'itemId', 't', 'type']);
+    } finally {
+      await e.erase();
+    }
+  });
+});

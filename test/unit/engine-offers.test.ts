@@ -267,6 +267,10 @@ describe('offer rules outlive event retention', () => {
       assert.ok((await store.all()).every((x) => x.type === 'view'), 'the offer events and the purchase are gone');
       assert.deepEqual(await shown(), ['mugs'], 'still capped, still shown twice, still a returning shopper');
       assert.deepEqual((await e.exportData()).offerLedger?.offers.map((o) => [o.offerId, o.impressions, o.redemptions]), [['once', 1, 1], ['shown-twice', 2, 0]]);
+      // audit() lists the record in its inventory (what is stored), as export() gives its content.
+      const inv = (await e.audit()).offerLedger;
+      assert.deepEqual({ ...inv, bytes: undefined }, { stored: true, offers: 2, lastPurchaseAt: NOW - 10 * DAY, bytes: undefined });
+      assert.ok(inv!.bytes > 0);
     } finally {
       await e.close();
     }

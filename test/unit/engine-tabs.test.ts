@@ -191,4 +191,23 @@ describe('two tabs on one device', () => {
     await a.close();
     await b.erase();
   });
+  it('keep both tabs\' consent records: the other tab writing its own history does not overwrite the shopper\'s choice', async () => {
+    const name = dbName();
+    const [a, b] = await tabs(name);
+    a.enqueue([{ type: 'view', itemId: ids[0]! }]);
+    await a.flush();
+    await a.setConsent({ federated: false });
+    await settle();
+    // Tab b applied it ('another-tab') and writes its history with its next events.
+    b.enqueue([{ type: 'view', itemId: ids[1]! }]);
+    await b.flush();
+    await a.close();
+    await b.close();
+    const c = await Engine.create({ catalog, backend: 'cpu', dbName: name, autoTrainEvery: 0, model: { dim: 8 }, consent: { personalization: true, federated: false } });
+    const history = (await c.audit()).consent.history;
+    assert.ok(history.some((r) => r.source === 'setConsent' && r.federated === false), JSON.stringify(history));
+    assert.ok(history.some((r) => r.source === 'another-tab' && r.federated === false));
+    assert.deepEqual(history.map((r) => r.t), history.map((r) => r.t).sort((x, y) => x - y), 'in time order');
+    await c.erase();
+  });
 });

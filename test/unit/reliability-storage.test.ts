@@ -259,3 +259,121 @@ describe('IndexedDB unavailable (private mode)', () => {
     });
   }
 });
+
+// Found by a read-only review of the event store (stop 24).
+describe('storage failures lose nothing and store nothing twice', () => {
+  // p5 is never tracked: recommend() has something left to rank once the rest are seen.
+  const catalog = { items: Array.from({ length: 6 }, (_, i) => ({ id: `p${i}`, popularity: 6 - i })) };
+
+  it('a write that fails for the quota even after evicting evicts no more until a write succeeds; reads keep working', async () => {
+    const store = await IdbEventStore.open('quota-stuck');
+    const e = await Engine.create({ catalog, backend: 'cpu', autoTrainEvery: 0, store });
+    try {
+      e.enqueue(Array.from({ length: 100 }, (_, i) => ({ type: 'view', itemId: `p${i % 5}`, t: now - 100_000 + i })));
+      await e.flush();
+      // Every write from now on hits the quota (something else fills the site's storage).
+      quotaFailures = 1_000;
+      e.enqueue([{ type: 'purchase', itemId: 'p1', t: now }]);
+      await assert.rejects(e.flush(), (err) => isStorageError(err) && /after evicting the 10 oldest/.test((err as Error).message));
+      assert.equal(await store.count(), 90);
+      for (let i = 0; i < 3; i++) {
+        assert.equal((await e.recommend({ k: 1 })).length, 1, 'recommend() ranks on what is stored');
+        assert.equal(await store.count(), 90, 'no second eviction');
+      }
+      const st = await e.stats();
+      assert.deepEqual(st.evicted, { retention: 0, quota: 10 }, 'the evicted events are counted though the write failed');
+      assert.equal(st.queued, 1, 'the purchase waits in the queue');
+      assert.match(st.lastError ?? '', /still over the storage quota/);
+      // Room again: the queued purchase is written once.
+      quotaFailures = 0;
+      await e.flush();
+      assert.equal((await store.all()).filter((x) => x.type === 'purchase').length, 1);
+    } finally {
+      quotaFailures = 0;
+      await e.erase();
+    }
+  });
+
+  it('while storage keeps failing, the queue holds at most retention.maxEvents (the newest) and counts the rest as dropped', async () => {
+    const store = await IdbEventStore.open('quota-queue');
+    const e = await Engine.create({ catalog, backend: 'cpu', autoTrainEvery: 0, store, retention: { maxEvents: 10 } });
+    try {
+      quotaFailures = 1_000;
+      for (let round = 0; round < 3; round++) {
+        e.enqueue(Array.from({ length: 6 }, (_, i) => ({ type: 'view', itemId: `p${i % 5}`, t: now - 1000 + round * 10 + i })));
+        await e.flush().catch(() => undefined);
+      }
+      const st = await e.stats();
+      assert.equal(st.queued, 10);
+      assert.equal(st.dropped, 8);
+      quotaFailures = 0;
+      await e.flush();
+      // Rounds 1 and 2 of 6 events each at +10 + i and +20 + i: the 8 oldest of the 18 were dropped.
+      assert.deepEqual((await store.all()).map((x) => x.t - (now - 1000)), [12, 13, 14, 15, 20, 21, 22, 23, 24, 25]);
+    } finally {
+      quotaFailures = 0;
+      await e.erase();
+    }
+  });
+
+  it('a stored batch is not queued again when writing the consent records after it fails', async () => {
+    const store = await IdbEventStore.open('consent-write-fails');
+    const updateMeta = store.updateMeta.bind(store);
+    let failConsent = 0;
+    store.updateMeta = (key, update) => {
+      if (key === 'consent' && failConsent-- > 0) return Promise.reject(new DOMException('quota', 'QuotaExceededError'));
+      return updateMeta(key, update);
+    };
+    // The session's consent record (from the options) is written with the first events.
+    const e = await Engine.create({ catalog, backend: 'cpu', autoTrainEvery: 0, store, consent: { personalization: true, federated: true } });
+    try {
+      e.enqueue([{ type: 'purchase', itemId: 'p1', t: now }]);
+      failConsent = 1;
+      await e.flush();
+      await e.flush();
+      assert.deepEqual((await store.all()).map((x) => `${x.type}:${x.itemId}`), ['purchase:p1'], 'stored once');
+      assert.equal((await e.stats()).queued, 0);
+      assert.match((await e.stats()).lastError ?? '', /QuotaExceededError|quota/);
+      assert.equal(await store.getMeta('consent'), undefined);
+      // The consent record went with the next write instead.
+      e.enqueue([{ type: 'view', itemId: 'p2', t: now }]);
+      await e.flush();
+      assert.deepEqual(((await store.getMeta<{ source: string }[]>('consent')) ?? []).map((r) => r.source), ['options']);
+    } finally {
+      await e.erase();
+    }
+  });
+
+  it('a value IndexedDB cannot store is reported as itself, not as the AbortError of the transaction it aborted', async () => {
+    const s = await IdbEventStore.open('uncloneable');
+    try {
+      await assert.rejects(s.add([ev(1), { ...ev(2), itemId: (() => 1) as unknown as string }]), (err) => isStorageError(err) && /DataCloneError/.test((err as Error).message));
+      assert.equal(await s.count(), 0, 'nothing of the batch was stored');
+    } finally {
+      await s.destroy();
+    }
+  });
+  it('consent withdrawn in a session that fell back to memory (IndexedDB refused to open) still deletes what an earlier session stored', async () => {
+    const dbName = 'withdraw-on-memory';
+    const first = await Engine.create({ catalog, backend: 'cpu', autoTrainEvery: 0, dbName });
+    first.enqueue([{ type: 'purchase', itemId: 'p1', t: now }]);
+    await first.close();
+    const factory = Object.getPrototypeOf(indexedDB) as { open: (...a: unknown[]) => unknown };
+    const open = factory.open;
+    factory.open = function () {
+      factory.open = open;
+      throw new DOMException('disk hiccup', 'UnknownError');
+    };
+    const second = await Engine.create({ catalog, backend: 'cpu', autoTrainEvery: 0, dbName });
+    try {
+      const st = await second.stats();
+      assert.equal(st.storage, 'memory');
+      assert.match(st.lastError ?? '', /UnknownError: disk hiccup/, 'why it runs on memory is said');
+      await second.setConsent({ personalization: false });
+      assert.ok(!(await indexedDB.databases()).some((d) => d.name === dbName), 'the database is gone');
+    } finally {
+      factory.open = open;
+      await second.close();
+    }
+  });
+});
