@@ -8,7 +8,7 @@ import { checkContext, chooseOffers, indexProducts, offerScopeLookup, predictAff
 import type { OfferCatalog, OffersOptions, ShownOffer } from '../offers/types.js';
 import { selectBackend, type BackendChoice } from '../model/backend.js';
 import { validateCatalog } from '../model/catalog.js';
-import { checkItemTable, createItemTable, indexItems, type ItemTable } from '../model/item-table.js';
+import { checkItemTable, cloneItemTable, createItemTable, indexItems, type ItemTable } from '../model/item-table.js';
 import { buildProfile, type ProfileItem } from '../model/profile.js';
 import { contributions, Scorer, userVector, type Scored } from '../model/score.js';
 import { alignNeighbors, neighborContributions, neighborsOf, reachedRows } from '../model/neighbors.js';
@@ -136,6 +136,9 @@ interface SavedGlobal {
 }
 /** How long the worker waits for the neighbour file before ranking without it (options.neighbors.timeoutMs). */
 export const NEIGHBOR_FETCH_TIMEOUT_MS = 15_000;
+/** A failed fetch of the neighbour file is tried again after this long, then twice as long each time, up to {@link NEIGHBOR_RETRY_MAX_MS}. */
+export const NEIGHBOR_RETRY_MIN_MS = 60_000;
+export const NEIGHBOR_RETRY_MAX_MS = 3_600_000;
 
 /** A neighbour table as stored in the `meta` store under {@link NEIGHBORS_KEY}. */
 interface SavedNeighbors {
@@ -839,7 +842,27 @@ export class Engine {
   private startNeighborFetch(): void {
     const url = this.opts.neighbors?.url;
     if (url === undefined || !this.consent.personalization || this.neighborsLoading) return;
-    this.neighborsLoading = (async () => {
+    this.neighborsLoading = this.fetchNeighbors(url);
+  }
+
+  /**
+   * After a fetch of the neighbour file failed (offline, the shop's server down, a bad file): tries
+   * again once `neighborRetry` is due, in the background (no call waits for a retry).
+   */
+  private retryNeighborFetchIfDue(): void {
+    const url = this.opts.neighbors?.url;
+    const retry = this.neighborRetry;
+    if (url === undefined || !retry || this.neighborFetching || this.closing || !this.consent.personalization || this.now() < retry.at) return;
+    this.neighborsLoading = this.fetchNeighbors(url);
+  }
+
+  /** After a failed fetch of the neighbour file: when to try again (the wait doubles, 1 minute to 1 hour). */
+  private neighborRetry: { at: number; delayMs: number } | undefined;
+  private neighborFetching = false;
+
+  private fetchNeighbors(url: string): Promise<void> {
+    this.neighborFetching = true;
+    return (async () => {
       // Logged as requested (a query string included), as the browser's network panel shows it.
       const parsed = new URL(url);
       const entry: EgressEntry = { t: this.now(), method: 'GET', endpoint: parsed.pathname + parsed.search, kind: 'neighbors', bytes: 0, status: 0 };
@@ -853,7 +876,10 @@ export class Engine {
         entry.status = res.status;
         if (!res.ok) throw new NetworkError(`GET ${url}: HTTP ${res.status}`, res.status);
         await this.installNeighbors(new Uint8Array(await res.arrayBuffer()), url);
+        this.neighborRetry = undefined;
       } catch (e) {
+        const delayMs = this.neighborRetry ? Math.min(2 * this.neighborRetry.delayMs, NEIGHBOR_RETRY_MAX_MS) : NEIGHBOR_RETRY_MIN_MS;
+        this.neighborRetry = { at: this.now() + delayMs, delayMs };
         this.lastError = abort.signal.aborted
           ? new NetworkError(this.closing ? `GET ${url}: stopped by close()` : `GET ${url}: no answer within ${timeoutMs} ms`, 0)
           : e instanceof TypeError
@@ -861,6 +887,7 @@ export class Engine {
             : (e as Error);
       } finally {
         clearTimeout(timer);
+        this.neighborFetching = false;
         await this.appendEgress([entry]).catch(() => undefined);
       }
     })();
@@ -875,7 +902,11 @@ export class Engine {
   private async neighborReady(): Promise<ActiveNeighbors | undefined> {
     // A table already in use (kept from an earlier session) ranks at once; only a device without one
     // waits for the fetch (which replaces it when it brings a newer one).
-    if (!this.neighbors) await this.neighborsLoading;
+    // After a failed fetch, only the retry (when due) runs, in the background.
+    if (!this.neighbors) {
+      if (this.neighborRetry) this.retryNeighborFetchIfDue();
+      else await this.neighborsLoading;
+    }
     return this.neighbors;
   }
 
@@ -1160,10 +1191,12 @@ export class Engine {
       report({ phase: 'loading', done: 0, total: 1 });
       let stats: Awaited<ReturnType<typeof trainItemTable>>;
       let through: number;
-      // Trains the table in place. Another tab's newer weights loaded meanwhile (a recommend() call
-      // reloads them) replace that table, and what this run learned with it: trained again on the
-      // new one (a few times at most), so that the run's steps and its events are never counted for
-      // weights that were dropped.
+      // Trains a copy of the table, swapped in when the run ends: a run that fails part-way leaves
+      // the weights in use as they were, and recommend() meanwhile explains its ranking with the
+      // weights it ranks by. New weights taken meanwhile (another tab's, which a recommend() call
+      // reloads; a sync's global model) replace the table, and what this run learned from it is
+      // dropped: trained again on the new one (a few times at most), so that the run's steps and
+      // its events are never counted for weights that were dropped.
       for (let attempt = 1; ; attempt++) {
         await this.freshModel();
         const table = this.table;
@@ -1171,8 +1204,12 @@ export class Engine {
         report({ phase: 'loading', done: 1, total: 1 });
         through = newestId(events);
         const seq = { rows: profile.map((p) => p.row), weights: profile.map((p) => p.weight) };
-        stats = await trainItemTable(table, [seq], { ...this.opts.training, epochs, seed: (this.opts.model?.seed ?? 1) + this.saved.trainSteps }, report);
-        if (this.table === table) break;
+        const work = cloneItemTable(table);
+        stats = await trainItemTable(work, [seq], { ...this.opts.training, epochs, seed: (this.opts.model?.seed ?? 1) + this.saved.trainSteps }, report);
+        if (this.table === table) {
+          this.table = work;
+          break;
+        }
         if (attempt === 3) throw new ModelError('training was overtaken three times by newer weights from another tab; the events stay pending for the next run');
         // close() or erase() began meanwhile: they wait for this run, so it does not start again.
         if (this.closing) throw new ClosedError('the recommender is closing; this run was overtaken by newer weights from another tab');
@@ -1306,20 +1343,28 @@ export class Engine {
    * item id: the server's catalog order need not match the page's, and items it lacks keep their
    * local rows. Saves it.
    */
-  private async adoptGlobal(r: { global: ItemTable; globalHash: string; local: ItemTable }, through: number): Promise<void> {
+  private async adoptGlobal(r: { global: ItemTable; globalHash: string; local: ItemTable }, through: number, startTable: ItemTable): Promise<void> {
     this.checkServerModel(r.global);
+    // Weights taken while the sync was away (a training run that ended meanwhile, another tab's)
+    // are replaced, and with them what they had learned: only the sync's own history counts as
+    // trained, the events after it are pending again.
+    const replaced = this.table !== startTable;
     const rows = new Map(r.local.itemIds.map((id, i) => [id, i]));
-    const d = this.table.dim;
-    this.table.itemIds.forEach((id, i) => {
+    // A new table, not the old one changed in place: a training run under way on the old one (a
+    // page's train() while the sync waited on the network) sees the swap and trains again on this.
+    const next = cloneItemTable(this.table);
+    const d = next.dim;
+    next.itemIds.forEach((id, i) => {
       const g = rows.get(id);
       if (g === undefined) return;
-      this.table.factors.set(r.local.factors.subarray(g * d, g * d + d), i * d);
-      this.table.bias[i] = r.local.bias[g]!;
+      next.factors.set(r.local.factors.subarray(g * d, g * d + d), i * d);
+      next.bias[i] = r.local.bias[g]!;
     });
-    this.table.version = r.global.version;
+    next.version = r.global.version;
+    this.table = next;
     const changed = this.heldGlobal?.hash !== r.globalHash;
     this.heldGlobal = { table: r.global, hash: r.globalHash };
-    this.saved = { ...this.saved, trainedAt: this.now(), trainedThroughId: Math.max(this.saved.trainedThroughId, through), globalHash: r.globalHash };
+    this.saved = { ...this.saved, trainedAt: this.now(), trainedThroughId: replaced ? through : Math.max(this.saved.trainedThroughId, through), globalHash: r.globalHash };
     const old = this.scorer;
     this.scorer = this.newScorer();
     old.dispose();
@@ -1366,7 +1411,7 @@ export class Engine {
    * on is still the newest, the server answers 304 and nothing is downloaded or changed.
    */
   private async pullRound(signal: AbortSignal): Promise<SyncResultInfo> {
-    const { fed, budget, through, history, train } = await this.syncStart();
+    const { fed, budget, through, history, train, table } = await this.syncStart();
     const egress: EgressEntry[] = [];
     try {
       const r = await pullOnce({
@@ -1380,7 +1425,7 @@ export class Engine {
         now: this.now,
         ...(this.saved.globalHash ? { knownHash: this.saved.globalHash } : {}),
       });
-      if (r.changed) await this.adoptGlobal(r, through);
+      if (r.changed) await this.adoptGlobal(r, through, table);
       const accountant = new RdpAccountant(await this.store.getMeta<AccountantState>(PRIVACY_KEY));
       return { version: this.table.version, sent: false, uploadedBytes: 0, epsilon: accountant.epsilon(fed.delta), budget, published: null, modelChanged: r.changed };
     } finally {
@@ -1403,11 +1448,13 @@ export class Engine {
       through: newestId(events),
       history: [{ itemIds: profile.map((p) => this.table.itemIds[p.row]!), weights: profile.map((p) => p.weight) }],
       train: { ...this.opts.training, seed: (this.opts.model?.seed ?? 1) + this.saved.trainSteps },
+      /** The weights the sync starts from ({@link adoptGlobal} replaces them). */
+      table: this.table,
     };
   }
 
   private async syncRound(signal: AbortSignal): Promise<SyncResultInfo> {
-    const { fed, budget, through, history, train } = await this.syncStart();
+    const { fed, budget, through, history, train, table } = await this.syncStart();
     const accountant = new RdpAccountant(await this.store.getMeta<AccountantState>(PRIVACY_KEY));
     const egress: EgressEntry[] = [];
     // The release is recorded against the stored accountant in one transaction (recordRelease), never
@@ -1458,7 +1505,7 @@ export class Engine {
         checkModel: this.checkServerModel,
         ...(fed.cohortWaitMs !== undefined ? { cohortWaitMs: fed.cohortWaitMs } : {}),
       });
-      await this.adoptGlobal(r, through);
+      await this.adoptGlobal(r, through, table);
       return {
         version: r.global.version,
         modelChanged: r.globalHash !== before,

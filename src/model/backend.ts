@@ -37,16 +37,20 @@ async function hasWebGpuAdapter(): Promise<boolean> {
 }
 
 /**
- * The probe: scoring a table shaped like a real catalog, then top-K, read back. It is what
- * `recommend()` does, so the fastest backend here is the fastest one for the shopper.
+ * The probe: scoring a mid-size catalog's table (10,000 × 32 unless told otherwise), then top-K,
+ * read back. It is what `recommend()` does, so the fastest backend here is the fastest one for
+ * the shopper's scoring (training is not timed).
  */
 async function timeProbe(rows: number, dim: number, reps: number): Promise<number> {
   const V = tf.randomNormal([rows, dim]);
   const z = tf.randomNormal([dim, 1]);
   const run = async () => {
-    const { values } = tf.tidy(() => tf.topk(tf.reshape(tf.matMul(V, z), [rows]), 10));
-    await values.data();
-    values.dispose();
+    const { values, indices } = tf.tidy(() => tf.topk(tf.reshape(tf.matMul(V, z), [rows]), 10));
+    try {
+      await values.data();
+    } finally {
+      tf.dispose([values, indices]);
+    }
   };
   try {
     await run(); // warm-up: shader compilation, wasm instantiation

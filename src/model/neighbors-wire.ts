@@ -77,7 +77,13 @@ export function encodeNeighborTable(t: NeighborTable): Uint8Array {
  * ValidationError under `neighbors` that says what is wrong; nothing else is thrown.
  */
 export function decodeNeighborTable(input: ArrayBuffer | ArrayBufferView): NeighborTable {
-  const bytes = input instanceof ArrayBuffer ? new Uint8Array(input) : new Uint8Array(input.buffer, input.byteOffset, input.byteLength);
+  // By tag, not instanceof: an ArrayBuffer from another realm (a frame, a vm context) or a
+  // SharedArrayBuffer is as good as one of this realm's.
+  const tag = Object.prototype.toString.call(input);
+  let bytes: Uint8Array;
+  if (tag === '[object ArrayBuffer]' || tag === '[object SharedArrayBuffer]') bytes = new Uint8Array(input as ArrayBuffer);
+  else if (ArrayBuffer.isView(input)) bytes = new Uint8Array(input.buffer, input.byteOffset, input.byteLength);
+  else throw new ValidationError('neighbors', `must be an ArrayBuffer or a typed array of the file's bytes, got ${input === null ? 'null' : typeof input}`);
   const bad = (msg: string): never => {
     throw new ValidationError('neighbors', msg);
   };

@@ -170,6 +170,7 @@ export function reachedRows(m: SparseItemModel, history: readonly WeightedRow[])
  */
 export function topRows(scores: ArrayLike<number>, k: number, exclude: ReadonlySet<number>, allowed?: (row: number) => boolean): Array<{ row: number; score: number }> {
   const top: Array<{ row: number; score: number }> = [];
+  if (!(k > 0)) return top;
   for (let j = 0; j < scores.length; j++) {
     const v = scores[j]!;
     if (exclude.has(j) || (allowed && !allowed(j))) continue;

@@ -98,7 +98,9 @@ export function buildProfile(events: readonly StoredEvent[], rows: ReadonlyMap<s
   const sessionsAfter = new Map<StoredEvent, number>();
   const stepsAfter = new Map<StoredEvent, number>();
   if (sessionDecay !== 1 || stepDecay !== 1) {
-    const byTime = [...events].sort((a, b) => b.t - a.t);
+    // Only what the shopper did with items: an offer shown, or a search without a clicked item,
+    // neither starts a session nor counts as a later moment (localrec eval has no such events).
+    const byTime = events.filter((e) => e.itemId).sort((a, b) => b.t - a.t);
     let k = 0;
     let steps = 0;
     byTime.forEach((e, i) => {

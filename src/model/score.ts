@@ -10,9 +10,11 @@ import type { ProfileItem } from './profile.js';
  */
 export function userVector(table: ItemTable, profile: readonly ProfileItem[]): Float32Array {
   const d = table.dim;
+  const n = table.itemIds.length;
   const z = new Float32Array(d);
   let wsum = 0;
   for (const p of profile) {
+    if (!(Number.isInteger(p.row) && p.row >= 0 && p.row < n)) throw new ModelError(`profile row ${p.row} is outside the table (whole numbers 0..${n - 1})`);
     if (p.weight <= 0) continue;
     wsum += p.weight;
     for (let k = 0; k < d; k++) z[k] += p.weight * table.factors[p.row * d + k]!;

@@ -15,7 +15,12 @@ export interface TrainConfig {
   epochs: number;
   /** Examples per step. Default 256. */
   batchSize: number;
-  /** Uniformly sampled negatives shared by a step, on top of the other targets in the batch. Default 256. */
+  /**
+   * Uniformly sampled negatives shared by a step, on top of the other targets in the batch. Default
+   * 256. The step's candidates (targets + negatives) are rounded up to a multiple of 256 (at least
+   * 64, at most the catalog), so that few tensor shapes are compiled: a step may draw more negatives
+   * than this, never fewer.
+   */
   negatives: number;
   /** Adagrad learning rate. Default 0.1. */
   learningRate: number;
@@ -131,10 +136,12 @@ export async function trainItemTable(
       const w = s.weights[i]!;
       if (!(Number.isFinite(w) && w >= 0)) throw new ModelError(`sequence ${seq}: weight ${i} is ${w}; weights are finite numbers ≥ 0`);
     }
-    for (let pos = 1; pos < s.rows.length; pos++) {
+    // Every row, the first too (it is context for the next): one outside the table, or not a whole
+    // number, would be read as row 0 by the Int32Array it is gathered through.
+    for (let pos = 0; pos < s.rows.length; pos++) {
       const r = s.rows[pos]!;
-      if (!(r >= 0 && r < n)) throw new ModelError(`sequence ${seq}: row ${r} is outside the table (0..${n - 1})`);
-      if (s.weights[pos]! > 0) examples.push({ seq, pos });
+      if (!(Number.isInteger(r) && r >= 0 && r < n)) throw new ModelError(`sequence ${seq}: row ${r} is outside the table (whole numbers 0..${n - 1})`);
+      if (pos > 0 && s.weights[pos]! > 0) examples.push({ seq, pos });
     }
   });
   const stepsPerEpoch = Math.ceil(examples.length / cfg.batchSize);

@@ -7,10 +7,14 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { describe, it } from 'node:test';
 import { Engine } from '../../src/engine/engine.js';
+import { createItemTable } from '../../src/model/item-table.js';
+import type { FetchLike } from '../../src/federated/sync.js';
+import { startServer } from '../../src/server/index.js';
 import * as tf from '../../src/model/tf.js';
 
 const catalog = { items: Array.from({ length: 50 }, (_, i) => ({ id: `p${i}`, title: `P${i}`, category: `c${i % 5}`, popularity: 50 - i })) };
 const open = (dbName: string) => Engine.create({ catalog, backend: 'cpu', dbName, autoTrainEvery: 0, model: { dim: 8 } });
+type FetchInit = Parameters<FetchLike>[1];
 const settle = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const outcomes = async (calls: Promise<unknown>[]) =>
   (await Promise.allSettled(calls)).map((r) => (r.status === 'fulfilled' ? 'ok' : `${(r.reason as Error).name}: ${(r.reason as Error).message}`));
@@ -93,6 +97,42 @@ describe('overlapping calls', () => {
       assert.equal(refetches, 1, 'the refetch is still under way');
     } finally {
       await second.close();
+    }
+  });
+  it("a train() that ends while a sync waits on the network: the sync's model replaces its weights, and its events are pending again", async () => {
+    const ids = catalog.items.map((i) => i.id);
+    const srv = await startServer({ port: 0, dataDir: null, initialTable: createItemTable(ids, 8, { seed: 7 }), minClients: 50, clip: 1, noiseMultiplier: 1, rateLimit: false, log: () => {} });
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    let blocked!: () => void;
+    const atGate = new Promise<void>((r) => (blocked = r));
+    const fetch = async (url: string, init?: FetchInit) => {
+      if (new URL(url).pathname === '/v1/model') {
+        blocked();
+        await gate;
+      }
+      return globalThis.fetch(url, init as RequestInit);
+    };
+    const e = await Engine.create({ catalog, backend: 'cpu', dbName: 'races-train-during-sync', autoTrainEvery: 0, model: { dim: 8 }, federated: { serverUrl: srv.url }, fetch });
+    try {
+      e.enqueue(Array.from({ length: 6 }, (_, i) => ({ type: 'view', itemId: `p${i}` })));
+      await e.flush();
+      const pulling = e.sync({ contribute: false });
+      await atGate;
+      e.enqueue(Array.from({ length: 3 }, (_, i) => ({ type: 'view', itemId: `p${10 + i}` })));
+      const trained = await e.train({ epochs: 1 });
+      assert.ok(trained.steps > 0);
+      assert.equal((await e.stats()).model.pendingEvents, 0);
+      const trainedFactors = e.itemTable().factors.slice();
+      release();
+      const r = await pulling;
+      assert.equal(r.modelChanged, true);
+      assert.notDeepEqual(Array.from(e.itemTable().factors), Array.from(trainedFactors), "the run's weights were replaced");
+      assert.equal((await e.stats()).model.pendingEvents, 3, 'what only the replaced run learned is pending for the next one');
+    } finally {
+      release();
+      await e.erase();
+      await srv.close();
     }
   });
 });

@@ -7,15 +7,18 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
+import { runInNewContext } from 'node:vm';
 import { loadCsv } from '../../src/eval/csv-loader.js';
 import { rankMetrics } from '../../src/eval/metrics.js';
 import { buildNeighborTable } from '../../src/model/build-neighbors.js';
 import { checkItemTable, createItemTable } from '../../src/model/item-table.js';
-import { checkNeighborTable, type NeighborTable } from '../../src/model/neighbors.js';
+import { checkNeighborTable, topRows, type NeighborTable } from '../../src/model/neighbors.js';
+import { selectBackend } from '../../src/model/backend.js';
+import { userVector } from '../../src/model/score.js';
 import { decodeNeighborTable, encodeNeighborTable } from '../../src/model/neighbors-wire.js';
 import { emptySparseModel, sparseBytesPerItem } from '../../src/model/sparse-item-model.js';
 import { trainItemTable } from '../../src/model/train.js';
-import '../../src/model/tf.js';
+import * as tf from '../../src/model/tf.js';
 
 const table = (index: number[], weight: number[], itemIds = ['a', 'b', 'c']): NeighborTable => ({ itemIds, width: 2, index: Int32Array.from(index), weight: Float32Array.from(weight) });
 
@@ -85,5 +88,43 @@ describe('training progress', () => {
     assert.ok(st.steps > 0 && st.steps < seen.at(-1)![1], `${st.steps} steps of ${seen.at(-1)![1]} batches: some were skipped`);
     assert.deepEqual(seen.at(-1), [seen.at(-1)![1], seen.at(-1)![1]], 'the last report is done = total');
     assert.ok(seen.every(([done], i) => i === 0 || done >= seen[i - 1]![0]), 'never goes back');
+  });
+});
+
+// Found by a review of src/model/ (stop 24).
+describe('model inputs a caller can get wrong', () => {
+  it('trainItemTable refuses a row outside the table or not a whole number, the first row included', async () => {
+    const t = createItemTable(['a', 'b', 'c'], 4, { seed: 1 });
+    const before = Array.from(t.factors);
+    for (const rows of [[99, 1], [-5, 1], [0, 1.5], [1.5, 0], [0, NaN]]) {
+      await assert.rejects(trainItemTable(t, [{ rows, weights: rows.map(() => 1) }], { epochs: 1 }), /is outside the table/, JSON.stringify(rows));
+    }
+    assert.deepEqual(Array.from(t.factors), before, 'nothing written');
+  });
+
+  it('userVector refuses a profile row outside the table instead of returning NaN', () => {
+    const t = createItemTable(['a', 'b'], 4, { seed: 1 });
+    assert.throws(() => userVector(t, [{ row: 2, weight: 1, action: 'viewed', lastT: 0 }]), /profile row 2 is outside the table/);
+    assert.ok(userVector(t, [{ row: 1, weight: 1, action: 'viewed', lastT: 0 }]).every(Number.isFinite));
+  });
+
+  it('topRows with k = 0 is an empty list', () => {
+    assert.deepEqual(topRows(Float32Array.of(1, 2), 0, new Set()), []);
+  });
+
+  it('the backend probe leaves no tensor behind', async () => {
+    await selectBackend({ candidates: ['cpu'], probeRows: 100, probeDim: 4 });
+    const before = tf.memory().numTensors;
+    await selectBackend({ candidates: ['cpu'], probeRows: 100, probeDim: 4 });
+    assert.equal(tf.memory().numTensors, before);
+  });
+
+  it('decodeNeighborTable: null is a ValidationError; a buffer of another realm decodes', () => {
+    assert.throws(() => decodeNeighborTable(null as never), (e: unknown) => e instanceof Error && e.name === 'ValidationError' && /must be an ArrayBuffer or a typed array/.test(e.message));
+    const bytes = encodeNeighborTable(table([1, 2, 0, 2, 0, 1], [0.5, 0.25, 0.5, 0.25, 0.5, 0.25]));
+    const foreign = runInNewContext('new ArrayBuffer(n)', { n: bytes.byteLength }) as ArrayBuffer;
+    new Uint8Array(foreign).set(bytes);
+    assert.ok(!(foreign instanceof ArrayBuffer), 'really from another realm');
+    assert.deepEqual(decodeNeighborTable(foreign).itemIds, ['a', 'b', 'c']);
   });
 });

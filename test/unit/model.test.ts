@@ -69,6 +69,22 @@ describe('profile session decay', () => {
     assert.ok(Math.abs(half.i2! - Math.log1p(0.5)) < 1e-9, 'one session back: × 0.5');
     assert.ok(Math.abs(half.i1! - Math.log1p(0.25)) < 1e-9, 'two sessions back: × 0.25');
   });
+
+  it('offers shown and searches without an item neither start a session nor count as a later moment', () => {
+    const min = 60_000;
+    const views: StoredEvent[] = [
+      { type: 'view', itemId: 'i1', t: now - 100 * min },
+      { type: 'view', itemId: 'i2', t: now - 80 * min },
+    ];
+    // 40 minutes after the views (a session apart), and later moments.
+    const noise: StoredEvent[] = [
+      { type: 'offer_impression', offerId: 'o1', t: now - 40 * min },
+      { type: 'search', query: 'mugs', t: now - 30 * min },
+      { type: 'offer_impression', offerId: 'o1', t: now - 1 * min },
+    ];
+    const w = (evs: StoredEvent[]) => buildProfile(evs, rows, { halfLifeDays: 1e9, now, sessionDecay: 0.5, stepDecay: 0.9 }).map((p) => [ids[p.row], p.weight]);
+    assert.deepEqual(w([...views, ...noise]), w(views));
+  });
 });
 
 describe('training', () => {

@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
-import { Engine, MODEL_KEY, NEIGHBORS_KEY } from '../../src/engine/engine.js';
+import { Engine, MODEL_KEY, NEIGHBOR_RETRY_MAX_MS, NEIGHBOR_RETRY_MIN_MS, NEIGHBORS_KEY } from '../../src/engine/engine.js';
 import { runNeighbors } from '../../src/eval/neighbors-command.js';
 import { MemoryEventStore } from '../../src/events/store.js';
 import { isValidationError } from '../../src/errors.js';
@@ -366,6 +366,43 @@ describe('Engine with a neighbour table', () => {
     release();
     await new Promise((r) => setTimeout(r, 20));
     assert.deepEqual(writes.filter((k) => k === NEIGHBORS_KEY || k === 'egress'), []);
+  });
+
+  it('a failed fetch is tried again in the background after a minute, then after twice as long; no call waits for a retry', async () => {
+    let t = Date.now();
+    let answer = 503;
+    const calls: number[] = [];
+    const fetch: FetchLike = async () => {
+      calls.push(t);
+      return answer === 200 ? new Response(file as Uint8Array<ArrayBuffer>, { status: 200 }) : new Response('down', { status: answer });
+    };
+    const e = await Engine.create({ ...base, store: new MemoryEventStore(), fetch, now: () => t, neighbors: { url: 'https://shop.example/n.lrn' } });
+    try {
+      e.enqueue([{ type: 'view', itemId: 'a' }]);
+      await e.recommend({ k: 1 });
+      assert.equal(calls.length, 1);
+      t += NEIGHBOR_RETRY_MIN_MS - 1;
+      await e.recommend({ k: 1 });
+      assert.equal(calls.length, 1, 'not before the minute is up');
+      t += 1;
+      await e.recommend({ k: 1 });
+      await new Promise((r) => setTimeout(r, 20));
+      assert.equal(calls.length, 2, 'retried once due');
+      t += NEIGHBOR_RETRY_MIN_MS;
+      await e.recommend({ k: 1 });
+      assert.equal(calls.length, 2, 'the next wait is twice as long');
+      answer = 200;
+      t += NEIGHBOR_RETRY_MIN_MS;
+      await e.recommend({ k: 1 });
+      await new Promise((r) => setTimeout(r, 20));
+      assert.equal(calls.length, 3);
+      assert.notEqual((await e.stats()).model.neighbors, null, 'the table is in use once a retry brought it');
+      t += 10 * NEIGHBOR_RETRY_MAX_MS;
+      await e.recommend({ k: 1 });
+      assert.equal(calls.length, 3, 'no fetch once a table is in use');
+    } finally {
+      await e.close();
+    }
   });
 
   it('a failed fetch leaves ranking to the factor model and says why in stats()', async () => {
