@@ -71,7 +71,7 @@ export function nameOption(v: unknown, name: string): void {
 
 /** The keys of each public options object, shared by the page and the worker. */
 export const OPTION_KEYS = {
-  recommender: ['catalog', 'backend', 'dbName', 'retention', 'model', 'autoTrainEvery', 'consent', 'offers', 'federated', 'neighbors', 'workerUrl', 'workerTimeoutMs'],
+  recommender: ['catalog', 'backend', 'dbName', 'retention', 'model', 'autoTrainEvery', 'consent', 'offers', 'federated', 'neighbors', 'workerUrl', 'wasmPaths', 'workerTimeoutMs'],
   retention: ['maxEvents', 'maxAgeDays'],
   model: ['dim', 'halfLifeDays', 'sessionDecay', 'stepDecay', 'seed'],
   federated: ['serverUrl', 'budget', 'delta', 'honorGlobalPrivacyControl', 'cohortWaitMs', 'autoSyncHours'],

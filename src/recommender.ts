@@ -194,6 +194,21 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
     if (abs.protocol !== 'http:' && abs.protocol !== 'https:') throw new ValidationError('options.neighbors.url', `must be an http(s) URL, got ${abs.protocol}`);
     neighbors = { url: abs.href, ...(options.neighbors.timeoutMs !== undefined ? { timeoutMs: options.neighbors.timeoutMs } : {}) };
   }
+  let wasmPaths: string | undefined;
+  if (options.wasmPaths !== undefined) {
+    const w = options.wasmPaths;
+    if (typeof w !== 'string' && !(w instanceof URL)) throw new ValidationError('options.wasmPaths', `must be the URL of the folder serving the .wasm files (string or URL), got ${describeValue(w)}`);
+    try {
+      wasmPaths = new URL(w, globalThis.location?.href).href;
+    } catch {
+      throw new ValidationError('options.wasmPaths', `is not a URL: ${JSON.stringify(String(w))}`);
+    }
+    if (!wasmPaths.endsWith('/')) throw new ValidationError('options.wasmPaths', `must be a folder URL ending in '/', got ${JSON.stringify(wasmPaths)}`);
+  }
+  // Server-side rendering (Next, Nuxt, Astro) or plain Node: there is no worker to run the engine in.
+  if (typeof Worker === 'undefined') {
+    throw new ClosedError("createRecommender() runs in a browser page (it starts a Web Worker): call it on the client only (after hydration, in an effect), or use Engine from 'localrec/node' in Node");
+  }
   const url = options.workerUrl ?? new URL('./worker.js', import.meta.url);
   let worker: Worker;
   try {
@@ -205,7 +220,7 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
   const api = Comlink.wrap<WorkerApi>(worker);
   const channel = new MessageChannel();
   let closed = false;
-  const { workerUrl: _ignored, consent: _consent, workerTimeoutMs: _timeout, ...rest } = options;
+  const { workerUrl: _ignored, wasmPaths: _wasm, consent: _consent, workerTimeoutMs: _timeout, ...rest } = options;
   const gpc = (globalThis.navigator as { globalPrivacyControl?: boolean } | undefined)?.globalPrivacyControl === true;
   let consented = initialConsent.personalization;
   let dropped = 0;
@@ -304,6 +319,7 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
           honorGlobalPrivacyControl: options.federated?.honorGlobalPrivacyControl,
         },
         Comlink.transfer(channel.port2, [channel.port2]),
+        wasmPaths,
       ),
       'options (the catalog, or another option)',
     )]);

@@ -365,6 +365,13 @@ export interface RecommenderOptions {
   /** URL of the worker bundle; defaults to `worker.js` next to the main bundle. */
   workerUrl?: string | URL;
   /**
+   * URL of the folder that serves TensorFlow.js's WASM binaries (`tfjs-backend-wasm.wasm`,
+   * `-simd.wasm`, `-threaded-simd.wasm` from the package's `dist/`), ending in `/`. Default: the
+   * worker's own folder, where they sit in the package. Set it when a bundler emits the worker
+   * somewhere else without them (README, "Bundlers"). Relative URLs resolve against the page.
+   */
+  wasmPaths?: string | URL;
+  /**
    * While calls are waiting for the worker, the page checks every few seconds that it still
    * answers; a worker that leaves a check unanswered for this many ms is taken for dead (a worker
    * that ran out of memory ends without any event), and every call waiting on it, and every later

@@ -186,7 +186,7 @@ const FLUSH_DELAY_MS = 25;
 const FLUSH_MAX = 200;
 
 /** The keys {@link Engine.create} accepts: the page's options plus what the worker and tests add. */
-const ENGINE_KEYS = [...OPTION_KEYS.recommender.filter((k) => k !== 'workerUrl'), 'backendCandidates', 'training', 'fetch', 'globalPrivacyControl', 'honorGlobalPrivacyControl', 'now', 'store', 'onConsent'];
+const ENGINE_KEYS = [...OPTION_KEYS.recommender.filter((k) => k !== 'workerUrl' && k !== 'wasmPaths'), 'backendCandidates', 'training', 'fetch', 'globalPrivacyControl', 'honorGlobalPrivacyControl', 'now', 'store', 'onConsent'];
 
 /** True for an absolute http:// or https:// URL (the worker has no page to resolve a relative one against). */
 function isHttpUrl(u: unknown): u is string {

@@ -73,8 +73,10 @@ function onTrack(ev: MessageEvent): void {
 }
 
 export const workerApi = {
-  async init(options: Omit<EngineOptions, 'store' | 'now'>, trackPort: MessagePort): Promise<void> {
+  /** `wasmPaths`: the folder serving the .wasm files when they are not next to this bundle (options.wasmPaths). */
+  async init(options: Omit<EngineOptions, 'store' | 'now'>, trackPort: MessagePort, wasmPaths?: string): Promise<void> {
     trackPort.onmessage = onTrack;
+    if (wasmPaths !== undefined && !starting) setWasmPaths(wasmPaths);
     // The page's consent gate follows this engine's consent, told over the (ordered) track port.
     starting ??= Engine.create({ ...options, onConsent: (consent, v) => trackPort.postMessage({ consent, v }) });
     engine = await starting;

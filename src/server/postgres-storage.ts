@@ -15,7 +15,7 @@
  * is dropped once averaged, as in SQLite.
  */
 import { createHmac, randomBytes } from 'node:crypto';
-import pg from 'pg';
+import type pg from 'pg';
 import { StorageError } from '../errors.js';
 import type { SecAggParams } from '../federated/secagg.js';
 import type { RateLimit, RateLimitOptions } from './rate-limit.js';
@@ -86,7 +86,7 @@ export class PostgresStorage implements Storage {
     if (!Number.isInteger(max) || max < 1) throw new StorageError(`maxConnections must be an integer ≥ 1, got ${max}`);
     const timeout = options.statementTimeoutMs ?? 30_000;
     if (!Number.isInteger(timeout) || timeout < 1) throw new StorageError(`statementTimeoutMs must be an integer ≥ 1, got ${timeout}`);
-    const pool = new pg.Pool({ connectionString: url, max, connectionTimeoutMillis: 10_000, statement_timeout: timeout });
+    const pool = new (await loadPg()).Pool({ connectionString: url, max, connectionTimeoutMillis: 10_000, statement_timeout: timeout });
     // An idle client that loses its connection emits 'error' on the pool; without a listener that
     // would crash the process. The next query gets a fresh connection (or fails with a StorageError).
     pool.on('error', () => undefined);
@@ -336,6 +336,22 @@ function cohortFromRow(r: CohortRow): CohortInfo {
   if (r.recovered !== null) c.recovered = r.recovered;
   if (r.ended_at !== null) c.endedAt = Number(r.ended_at);
   return c;
+}
+
+/**
+ * node-postgres, loaded when a PostgreSQL store is opened: an optional peer dependency, needed only
+ * by shops that serve from PostgreSQL.
+ */
+async function loadPg(): Promise<typeof pg> {
+  try {
+    return (await import('pg')).default;
+  } catch (e) {
+    const err = e as { code?: string; message?: string };
+    if (err.code === 'ERR_MODULE_NOT_FOUND' || err.code === 'MODULE_NOT_FOUND') {
+      throw new StorageError('the PostgreSQL store needs the pg package, which is not installed: npm install pg@8', { cause: e });
+    }
+    throw new StorageError(`pg could not be loaded: ${err.message ?? String(e)}`, { cause: e });
+  }
 }
 
 type Query = <R extends pg.QueryResultRow>(what: string, sql: string, params?: unknown[]) => Promise<pg.QueryResult<R>>;

@@ -139,6 +139,15 @@ export function register(program: Command): void {
       }
       // An explicit --data-dir wins over LOCALREC_DATABASE_URL from the environment.
       const database = (o.database as string | undefined) ?? (typed('dataDir') ? undefined : process.env.LOCALREC_DATABASE_URL || undefined);
+      if (initialTable === undefined && database === undefined) {
+        // Refused before the store is opened: opening it would leave an empty database and a lock
+        // file behind in a folder that holds no model.
+        const { existsSync } = await import('node:fs');
+        const { join } = await import('node:path');
+        if (!existsSync(join(o.dataDir as string, 'localrec.sqlite'))) {
+          throw new ValidationError('--catalog', `is required: ${o.dataDir as string} holds no model yet, and the first start builds it from the catalog (localrec serve --catalog catalog.json)`);
+        }
+      }
       const perMinute = o.rateLimit as number;
       const crash = process.env.LOCALREC_FAULT;
       const server = await startServer({

@@ -9,12 +9,36 @@
  * updates longer than a round would only be a liability.
  */
 import { mkdirSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
-import Database from 'better-sqlite3';
+import type Database from 'better-sqlite3';
 import { StorageError } from '../errors.js';
 import { checkNextVersion, pendingFromRow, StorageConflictError, versionFromRow, versionParams, type NewUpdate, type PendingUpdate, type Storage, type StoredVersion, type UpdateRow, type VersionRow } from './storage.js';
 
 const SCHEMA_VERSION = '1';
+
+let sqliteModule: typeof Database | undefined;
+/**
+ * better-sqlite3, loaded when a SQLite store is first opened: it is an optional peer dependency (a
+ * native module compiled on install), so that a shop using only the browser SDK, or PostgreSQL,
+ * does not need it.
+ */
+function sqlite(): typeof Database {
+  if (sqliteModule) return sqliteModule;
+  try {
+    sqliteModule = createRequire(import.meta.url)('better-sqlite3') as typeof Database;
+  } catch (e) {
+    const err = e as { code?: string; message?: string };
+    if (err.code === 'MODULE_NOT_FOUND' && /better-sqlite3/.test(err.message ?? '')) {
+      throw new StorageError(
+        "the SQLite store needs the better-sqlite3 package, which is not installed: npm install better-sqlite3@12 (or serve from PostgreSQL: --database postgres://…)",
+        { cause: e },
+      );
+    }
+    throw new StorageError(`better-sqlite3 could not be loaded: ${err.message ?? String(e)}`, { cause: e });
+  }
+  return sqliteModule;
+}
 
 /** Next to the database: the file whose exclusive lock says which process serves the data dir. */
 export const LOCK_FILE = 'localrec.lock';
@@ -31,7 +55,7 @@ function takeLock(dir: string): Database.Database {
   const path = join(dir, LOCK_FILE);
   let db: Database.Database | undefined;
   try {
-    db = new Database(path, { timeout: 0 });
+    db = new (sqlite())(path, { timeout: 0 });
     db.pragma('locking_mode = EXCLUSIVE');
     db.exec('CREATE TABLE IF NOT EXISTS holder (k INTEGER PRIMARY KEY, pid INTEGER NOT NULL, since INTEGER NOT NULL)');
     db.prepare('INSERT OR REPLACE INTO holder (k, pid, since) VALUES (1, ?, ?)').run(process.pid, Date.now());
@@ -90,12 +114,14 @@ export class SqliteStorage implements Storage {
   }
 
   constructor(path: string, options: SqliteStorageOptions = {}) {
+    // The driver first: without it, say so (not as a failure to lock the folder).
+    sqlite();
     this.path = path;
     this.hooks = options;
     this.lock = takeLock(dirname(path));
     let db: Database.Database | undefined;
     try {
-      this.db = db = new Database(path);
+      this.db = db = new (sqlite())(path);
       this.db.pragma('journal_mode = WAL');
       this.db.pragma('synchronous = FULL');
       this.db.pragma('foreign_keys = ON');

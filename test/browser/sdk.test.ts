@@ -338,4 +338,25 @@ describe('SDK in Chromium', () => {
     gpu.recs.forEach((r: any, i: number) => assert.ok(Math.abs(r.score - wasm.recs[i].score) < 1e-3, `score ${i}: ${r.score} vs ${wasm.recs[i].score}`));
     await page.close();
   });
+  it('options.wasmPaths: the WASM backend loads its binaries from the folder given when they are not next to the worker', async () => {
+    const page = await sdkPage();
+    // As after a bundler emitted the worker without them: nothing is served next to the worker.
+    await page.route(`${server.url}/dist/*.wasm`, (route) => route.abort());
+    const result = await page.evaluate(async (catalog) => {
+      const { createRecommender } = (window as any).localrec;
+      const refused = await createRecommender({ catalog, wasmPaths: '/node_modules/@tensorflow/tfjs-backend-wasm/dist' }).then(
+        () => 'started',
+        (e: Error) => `${e.name}: ${e.message}`,
+      );
+      const rec = await createRecommender({ catalog, backend: 'wasm', dbName: 'wasm-paths', autoTrainEvery: 0, wasmPaths: '/node_modules/@tensorflow/tfjs-backend-wasm/dist/' });
+      const stats = await rec.stats();
+      const recs = await rec.recommend({ k: 3 });
+      await rec.erase();
+      return { refused, backend: stats.backend, recs: recs.length };
+    }, CATALOG);
+    assert.match(result.refused, /^ValidationError: options\.wasmPaths: must be a folder URL ending in '\/'/);
+    assert.equal(result.backend, 'wasm');
+    assert.equal(result.recs, 3);
+    await page.close();
+  });
 });

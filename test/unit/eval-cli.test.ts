@@ -150,3 +150,18 @@ test('output paths are checked before the work: a missing folder, a folder given
   checkOutputFile(join(dir, 'fine.json'), '--out');
   checkOutputFolder(join(dir, 'new-folder'), '--out');
 });
+
+test('serve without --catalog on a data dir that holds no model is refused naming --catalog, and leaves nothing behind', async () => {
+  const { spawnSync } = await import('node:child_process');
+  const { existsSync } = await import('node:fs');
+  const dir = mkdtempSync(join(tmpdir(), 'lr-serve-empty-'));
+  try {
+    const dataDir = join(dir, 'store');
+    const r = spawnSync(process.execPath, ['--import', 'tsx', 'src/cli.ts', 'serve', '--port', '0', '--data-dir', dataDir], { encoding: 'utf8', timeout: 60_000 });
+    assert.equal(r.status, 1, r.stderr);
+    assert.match(r.stderr, /ValidationError: --catalog: is required: .* holds no model yet/);
+    assert.equal(existsSync(dataDir), false, 'no database or lock file was created');
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
