@@ -198,8 +198,8 @@ export interface Stats {
  * when unchanged), `training` (local training, or the subspace step), then under secure aggregation
  * `cohort` once per poll while the cohort fills (`joined` of `size` members), `upload` (the one
  * request that carries the update; `bytes`), and with dropout recovery `recovery` once per poll
- * until the cohort ends (`submitted` of `size` uploads; `dropped` once the server lists members
- * that never uploaded).
+ * until the cohort ends (`submitted` of `size` uploads; `dropped` once the cohort recovers: how
+ * many members never uploaded, 0 when all did and only the self-masks come off).
  */
 export interface SyncProgress {
   phase: 'config' | 'model' | 'training' | 'cohort' | 'upload' | 'recovery';

@@ -30,8 +30,10 @@ Comlink.transferHandlers.set('throw', {
   deserialize: builtinThrow.deserialize,
 });
 
-// The .wasm binaries are copied next to this bundle by the build.
-setWasmPaths(new URL('./', import.meta.url).href);
+// The .wasm binaries are copied next to this bundle by the build. The folder is cut from the URL by
+// hand: a bundler's dev server (Vite) rewrites `new URL('./', import.meta.url)` to the package's
+// main file, which would send the .wasm requests to index.js's URL.
+setWasmPaths(import.meta.url.slice(0, import.meta.url.lastIndexOf('/') + 1));
 
 let engine: Engine | undefined;
 let starting: Promise<Engine> | undefined;

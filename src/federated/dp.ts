@@ -102,11 +102,24 @@ export function addGaussianNoise<T extends Float32Array | Float64Array>(v: T, st
 // ---------------------------------------------------------------------------------------------
 // Clipping
 
-/** L2 norm, accumulated in double precision. @example `l2Norm(new Float32Array([3, 4])) // 5` */
+/**
+ * L2 norm, accumulated in double precision; scaled by the largest |coordinate| when the squares
+ * would overflow, so a finite vector has a finite norm (Infinity only past Number.MAX_VALUE, NaN
+ * for a non-finite coordinate). @example `l2Norm(new Float32Array([3, 4])) // 5`
+ */
 export function l2Norm(v: ArrayLike<number>): number {
   let s = 0;
   for (let i = 0; i < v.length; i++) s += v[i]! * v[i]!;
-  return Math.sqrt(s);
+  if (Number.isFinite(s)) return Math.sqrt(s);
+  let m = 0;
+  for (let i = 0; i < v.length; i++) {
+    const a = Math.abs(v[i]!);
+    if (!Number.isFinite(a)) return a === Infinity ? Infinity : NaN;
+    if (a > m) m = a;
+  }
+  let t = 0;
+  for (let i = 0; i < v.length; i++) t += (v[i]! / m) ** 2;
+  return m * Math.sqrt(t);
 }
 
 /**
@@ -122,7 +135,9 @@ export function l2Norm(v: ArrayLike<number>): number {
 export function clipL2(v: Float32Array | Float64Array, clip: number): { norm: number; scale: number } {
   if (!Number.isFinite(clip) || clip <= 0) throw new ValidationError('clip', `must be a finite number > 0, got ${clip}`);
   const norm = l2Norm(v);
-  if (!Number.isFinite(norm)) throw new ValidationError('update', 'has a non-finite coordinate; refusing to clip');
+  if (!Number.isFinite(norm)) {
+    throw new ValidationError('update', v.every((x) => Number.isFinite(x)) ? 'has a norm beyond the largest double (the local model diverged); refusing to clip' : 'has a non-finite coordinate; refusing to clip');
+  }
   const scale = norm > clip ? clip / norm : 1;
   if (scale !== 1) for (let i = 0; i < v.length; i++) v[i] = v[i]! * scale;
   return { norm, scale };

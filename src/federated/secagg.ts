@@ -9,10 +9,16 @@
  *
  * The protocol is pairwise masking (Bonawitz et al. 2017, "Practical Secure Aggregation for
  * Privacy-Preserving Machine Learning") on a sparse mask graph (Bell et al. 2020, "Secure
- * Single-Server Aggregation with (Poly)Logarithmic Overhead", the SecAgg+ of DESIGN.md), with a
- * simpler dropout recovery than theirs: no secret sharing; when at most K − t members did not
- * upload, the survivors reveal the pair seeds they had with them ({@link recoveryShare},
- * {@link unmaskRecovered}); otherwise the cohort is aborted and reveals nothing.
+ * Single-Server Aggregation with (Poly)Logarithmic Overhead", the SecAgg+ of DESIGN.md). With
+ * dropout recovery on (t = minSurvivors < K) every upload is masked twice, as in their protocols: by
+ * the pairwise masks, and by a self-mask from a fresh seed b that the member Shamir-shares among its
+ * mask neighbours (threshold {@link selfMaskThreshold}), each share sealed to its holder (AES-GCM
+ * under a key of their own ECDH secret) inside the upload. Once uploads stop, each survivor answers
+ * once, for each mask neighbour: the pair seed when the server lists that neighbour as dropped, its
+ * share of the neighbour's b when it does not ({@link recoveryShare}); the server regenerates and
+ * removes what is needed ({@link unmaskRecovered}). A server that claims a member dropped while
+ * holding its upload gets that member's pair seeds but none of the shares of its b, so the upload
+ * stays masked. When more than K − t members are missing the cohort is aborted and reveals nothing.
  *
  * 1. Each member makes an ECDH P-256 key pair (WebCrypto; the private key never leaves the device)
  *    and sends the public key to join a cohort of K.
@@ -63,8 +69,16 @@ export const PUBLIC_KEY_BYTES = 65;
 /** Header of a masked update (`LRS1`): see docs/protocol.md. */
 export const MASKED_HEADER_BYTES = 44;
 
+/** A member's share of a neighbour's self-mask seed (Shamir over GF(2⁸), one byte per seed byte). */
+export const SELF_SHARE_BYTES = 16;
+/** A share sealed to its holder: AES-128-GCM of the {@link SELF_SHARE_BYTES} bytes plus its 16-byte tag. */
+export const SEALED_SHARE_BYTES = SELF_SHARE_BYTES + 16;
+/** Shares are points x = 1..255 of GF(2⁸): with recovery a member has at most this many mask neighbours. */
+export const MAX_RECOVERY_DEGREE = 255;
+
 const MASKED_MAGIC = [0x4c, 0x52, 0x53, 0x31]; // "LRS1"
 const MASK_INFO = new TextEncoder().encode('localrec secagg v1 mask');
+const SHARE_INFO = new TextEncoder().encode('localrec secagg v1 share');
 const ECDH = { name: 'ECDH', namedCurve: 'P-256' } as const;
 
 function subtle(): SubtleCrypto {
@@ -89,6 +103,9 @@ export function checkSecAggParams(p: Partial<SecAggParams>, field = 'secureAggre
   if (!Number.isInteger(degree) || degree! < 2 || degree! % 2 !== 0) throw new ValidationError(`${field}.degree`, `must be an even integer ≥ 2, got ${String(degree)}`);
   const t = p.minSurvivors ?? cohortSize!;
   if (!Number.isInteger(t) || t < 2 || t > cohortSize!) throw new ValidationError(`${field}.minSurvivors`, `must be an integer 2..cohortSize (${cohortSize}), got ${String(p.minSurvivors)}`);
+  if (t < cohortSize! && Math.min(degree!, cohortSize! - 1) > MAX_RECOVERY_DEGREE) {
+    throw new ValidationError(`${field}.degree`, `must be at most ${MAX_RECOVERY_DEGREE} with dropout recovery (minSurvivors < cohortSize: shares of the self-mask are points of GF(2⁸)), got ${degree}`);
+  }
   return { cohortSize: cohortSize!, bits: bits!, step, degree: degree!, minSurvivors: t };
 }
 
@@ -148,10 +165,146 @@ const modMask = (bits: number): number => (bits === 32 ? 0xffffffff : 2 ** bits 
  * key pairs are), so revealing it for recovery exposes nothing beyond that pair's mask in that cohort.
  */
 export async function pairSeed(privateKey: CryptoKey, peer: CryptoKey, cohortId: Uint8Array): Promise<Uint8Array> {
+  return pairDerive(privateKey, peer, cohortId, MASK_INFO);
+}
+
+/** HKDF-SHA-256 of the pair's ECDH secret (salt = cohort id) under `info`: 128 bits. */
+async function pairDerive(privateKey: CryptoKey, peer: CryptoKey, cohortId: Uint8Array, info: Uint8Array): Promise<Uint8Array> {
   const s = subtle();
   const shared = await s.deriveBits({ name: 'ECDH', public: peer }, privateKey, 256);
   const ikm = await s.importKey('raw', shared, 'HKDF', false, ['deriveBits']);
-  return new Uint8Array(await s.deriveBits({ name: 'HKDF', hash: 'SHA-256', salt: cohortId as Uint8Array<ArrayBuffer>, info: MASK_INFO }, ikm, PAIR_SEED_BYTES * 8));
+  return new Uint8Array(await s.deriveBits({ name: 'HKDF', hash: 'SHA-256', salt: cohortId as Uint8Array<ArrayBuffer>, info: info as Uint8Array<ArrayBuffer> }, ikm, 128));
+}
+
+/**
+ * The AES-128-GCM key two members seal self-mask shares to each other with: the same ECDH secret
+ * as their {@link pairSeed}, another HKDF label, so revealing the pair seed for recovery does not
+ * open the shares (which would hand the server a neighbour's self-mask).
+ */
+async function pairShareKey(privateKey: CryptoKey, peer: CryptoKey, cohortId: Uint8Array): Promise<CryptoKey> {
+  const raw = await pairDerive(privateKey, peer, cohortId, SHARE_INFO);
+  return subtle().importKey('raw', raw as Uint8Array<ArrayBuffer>, { name: 'AES-GCM' }, false, ['encrypt', 'decrypt']);
+}
+
+/** The GCM nonce of the share `from` seals to `to`: each pair key seals one share each way. */
+function shareIv(from: number, to: number): Uint8Array<ArrayBuffer> {
+  const iv = new Uint8Array(12);
+  const dv = new DataView(iv.buffer);
+  dv.setUint32(0, from, true);
+  dv.setUint32(4, to, true);
+  return iv;
+}
+
+// GF(2⁸) with the AES polynomial, for Shamir's scheme on each byte of a seed.
+const GF_EXP = new Uint8Array(510);
+const GF_LOG = new Uint8Array(256);
+{
+  let x = 1;
+  for (let i = 0; i < 255; i++) {
+    GF_EXP[i] = x;
+    GF_LOG[x] = i;
+    x ^= (x << 1) ^ (x & 0x80 ? 0x11b : 0); // × 3
+    x &= 0xff;
+  }
+  for (let i = 255; i < 510; i++) GF_EXP[i] = GF_EXP[i - 255]!;
+}
+const gfMul = (a: number, b: number): number => (a === 0 || b === 0 ? 0 : GF_EXP[GF_LOG[a]! + GF_LOG[b]!]!);
+const gfDiv = (a: number, b: number): number => (a === 0 ? 0 : GF_EXP[GF_LOG[a]! + 255 - GF_LOG[b]!]!);
+
+/**
+ * Shamir's scheme on each byte of `secret`: `n` shares, any `h` of which give it back and fewer say
+ * nothing about it. Share p is the point x = p + 1.
+ *
+ * @example
+ * ```ts
+ * const shares = splitSecret(seed, 5, 3); // 5 × 16 bytes; combineShares of any 3 gives seed
+ * ```
+ */
+export function splitSecret(secret: Uint8Array, n: number, h: number, random: (out: Uint8Array) => void = (out) => void crypto.getRandomValues(out)): Uint8Array[] {
+  if (!(Number.isInteger(n) && n >= 1 && n <= 255)) throw new RangeError(`shares: n must be 1..255, got ${n}`);
+  if (!(Number.isInteger(h) && h >= 1 && h <= n)) throw new RangeError(`shares: threshold must be 1..${n}, got ${h}`);
+  const coeffs = new Uint8Array(secret.length * (h - 1));
+  random(coeffs);
+  const out = Array.from({ length: n }, () => new Uint8Array(secret.length));
+  for (let b = 0; b < secret.length; b++) {
+    for (let p = 0; p < n; p++) {
+      const x = p + 1;
+      // Horner, highest coefficient first.
+      let y = 0;
+      for (let k = h - 2; k >= 0; k--) y = gfMul(y, x) ^ coeffs[b * (h - 1) + k]!;
+      out[p]![b] = gfMul(y, x) ^ secret[b]!;
+    }
+  }
+  return out;
+}
+
+/** The secret of {@link splitSecret} from shares at points `x` (distinct, 1..255): Lagrange at 0. */
+export function combineShares(points: ReadonlyArray<{ x: number; y: Uint8Array }>): Uint8Array {
+  const first = points[0];
+  if (!first) throw new RangeError('no shares to combine');
+  const out = new Uint8Array(first.y.length);
+  for (const [i, pi] of points.entries()) {
+    let l = 1;
+    for (const [j, pj] of points.entries()) {
+      if (i === j) continue;
+      if (pj.x === pi.x) throw new RangeError(`two shares at x = ${pi.x}`);
+      l = gfMul(l, gfDiv(pj.x, pj.x ^ pi.x));
+    }
+    for (let b = 0; b < out.length; b++) out[b] ^= gfMul(l, pi.y[b]!);
+  }
+  return out;
+}
+
+/**
+ * How many of a member's `n` mask neighbours must give back their shares of its self-mask seed:
+ * ⌈n/2⌉. The server needs every neighbour's pair seed to strip one upload's pairwise masks (each
+ * neighbour it tells "dropped") and this many shares (neighbours it tells "uploaded"): it would
+ * take this many colluding neighbours to do both. Recovery needs this many surviving neighbours of
+ * every survivor.
+ */
+export function selfMaskThreshold(n: number): number {
+  return Math.max(1, Math.ceil(n / 2));
+}
+
+/** Member `index`'s mask neighbours in ascending order: the order of its sealed shares and of its recovery share's parts. */
+export function sortedNeighbours(index: number, size: number, degree: number): number[] {
+  return maskNeighbours(index, size, degree).sort((a, b) => a - b);
+}
+
+/** Whether uploads carry a self-mask and sealed shares: with dropout recovery (minSurvivors < cohortSize). */
+export function usesSelfMask(p: SecAggParams): boolean {
+  return (p.minSurvivors ?? p.cohortSize) < p.cohortSize;
+}
+
+/**
+ * Adds member `index`'s self-mask (from a fresh random seed) to its masked values, and seals a
+ * Shamir share of the seed to each mask neighbour ({@link sortedNeighbours} order,
+ * {@link SEALED_SHARE_BYTES} each). The seed itself is not kept: only ⌈n/2⌉ neighbours together
+ * can give it back, and only after this member's upload counted.
+ */
+export async function addSelfMask(
+  masked: Uint32Array,
+  o: { index: number; cohortId: Uint8Array; publicKeys: ReadonlyMap<number, Uint8Array>; privateKey: CryptoKey; params: SecAggParams },
+): Promise<{ values: Uint32Array; sealed: Uint8Array }> {
+  const K = o.params.cohortSize;
+  const seed = crypto.getRandomValues(new Uint8Array(PAIR_SEED_BYTES));
+  const values = addMod(masked.slice(), await maskFromSeed(seed, masked.length, o.params.bits), o.params.bits);
+  const holders = sortedNeighbours(o.index, K, o.params.degree);
+  const shares = splitSecret(seed, holders.length, selfMaskThreshold(holders.length));
+  const sealed = new Uint8Array(holders.length * SEALED_SHARE_BYTES);
+  for (const [p, j] of holders.entries()) {
+    const key = o.publicKeys.get(j);
+    if (!key) throw new ValidationError('cohort.keys', `lacks the key of member ${j}, a mask neighbour of member ${o.index}`);
+    const aes = await pairShareKey(o.privateKey, await importPublicKey(key), o.cohortId);
+    const ct = await subtle().encrypt({ name: 'AES-GCM', iv: shareIv(o.index, j), additionalData: o.cohortId as Uint8Array<ArrayBuffer> }, aes, shares[p]! as Uint8Array<ArrayBuffer>);
+    sealed.set(new Uint8Array(ct), p * SEALED_SHARE_BYTES);
+  }
+  return { values, sealed };
+}
+
+/** Where member `holder`'s share sits among member `owner`'s sealed shares (its place in `owner`'s ascending neighbours), or −1. */
+export function sharePosition(owner: number, holder: number, size: number, degree: number): number {
+  return sortedNeighbours(owner, size, degree).indexOf(holder);
 }
 
 /** The b-bit mask stream of a seed: AES-128-CTR over zeros, 4 bytes per coordinate, reduced modulo 2^b. */
@@ -224,13 +377,18 @@ export function droppedNeighbours(index: number, size: number, degree: number, d
 }
 
 /**
- * A surviving member's recovery share: the seeds it shares with each of its mask neighbours that
- * did not upload ({@link droppedNeighbours} order), {@link PAIR_SEED_BYTES} bytes each. Refused
- * when `dropped` holds this member itself (the server says it never got this member's upload).
+ * A surviving member's recovery share: for each of its mask neighbours in ascending order, 16 bytes
+ * — the seed of their pair's mask when the server lists that neighbour in `dropped`, else this
+ * member's share of that neighbour's self-mask seed, opened from what the neighbour sealed to it
+ * (`sealed`: neighbour index → its {@link SEALED_SHARE_BYTES}-byte sealed share, as the member view
+ * hands them out). Never both for one neighbour: the server gets, for each member, either what
+ * strips its pairwise masks or what strips its self-mask, as it claims that member dropped or not.
+ * Refused when `dropped` holds this member itself (the server says it never got this member's
+ * upload), or a surviving neighbour's sealed share is missing or does not open.
  *
  * @example
  * ```ts
- * const share = await recoveryShare({ index, cohortId, publicKeys, privateKey, params, dropped: view.dropped });
+ * const share = await recoveryShare({ index, cohortId, publicKeys, privateKey, params, dropped: view.dropped, sealed });
  * ```
  */
 export async function recoveryShare(o: {
@@ -240,16 +398,53 @@ export async function recoveryShare(o: {
   privateKey: CryptoKey;
   params: SecAggParams;
   dropped: readonly number[];
+  sealed: ReadonlyMap<number, Uint8Array>;
 }): Promise<Uint8Array> {
   if (o.dropped.includes(o.index)) throw new ValidationError('cohort.dropped', `names this member (${o.index}), whose upload was sent: refusing to reveal its seeds`);
-  const need = droppedNeighbours(o.index, o.params.cohortSize, o.params.degree, o.dropped);
-  const out = new Uint8Array(need.length * PAIR_SEED_BYTES);
-  for (const [k, j] of need.entries()) {
+  const K = o.params.cohortSize;
+  const gone = new Set(o.dropped);
+  const neighbours = sortedNeighbours(o.index, K, o.params.degree);
+  const out = new Uint8Array(neighbours.length * PAIR_SEED_BYTES);
+  for (const [k, j] of neighbours.entries()) {
     const key = o.publicKeys.get(j);
     if (!key) throw new ValidationError('cohort.keys', `lacks the key of member ${j}, a mask neighbour of member ${o.index}`);
-    out.set(await pairSeed(o.privateKey, await importPublicKey(key), o.cohortId), k * PAIR_SEED_BYTES);
+    const peer = await importPublicKey(key);
+    if (gone.has(j)) {
+      out.set(await pairSeed(o.privateKey, peer, o.cohortId), k * PAIR_SEED_BYTES);
+      continue;
+    }
+    const ct = o.sealed.get(j);
+    if (!ct || ct.length !== SEALED_SHARE_BYTES) throw new ValidationError('cohort.sealed', `lacks the share member ${j} sealed to member ${o.index}: refusing to help recover`);
+    let share: ArrayBuffer;
+    try {
+      share = await subtle().decrypt({ name: 'AES-GCM', iv: shareIv(j, o.index), additionalData: o.cohortId as Uint8Array<ArrayBuffer> }, await pairShareKey(o.privateKey, peer, o.cohortId), ct as Uint8Array<ArrayBuffer>);
+    } catch {
+      throw new ValidationError('cohort.sealed', `the share member ${j} sealed to member ${o.index} does not open (altered, or not from that member): refusing to help recover`);
+    }
+    out.set(new Uint8Array(share), k * PAIR_SEED_BYTES);
   }
   return out;
+}
+
+/** The length of member `index`'s recovery share: 16 bytes per mask neighbour (0 for a member listed as dropped). */
+export function recoveryShareBytes(index: number, size: number, degree: number, dropped: readonly number[]): number {
+  return dropped.includes(index) ? 0 : maskNeighbours(index, size, degree).length * PAIR_SEED_BYTES;
+}
+
+/**
+ * Why a recovery from `dropped` would fail to unmask, or undefined when it can: every survivor
+ * needs {@link selfMaskThreshold} surviving neighbours to give back its self-mask seed.
+ */
+export function selfMaskUnrecoverable(size: number, degree: number, dropped: readonly number[]): string | undefined {
+  const gone = new Set(dropped);
+  for (let j = 0; j < size; j++) {
+    if (gone.has(j)) continue;
+    const n = maskNeighbours(j, size, degree);
+    const alive = n.filter((i) => !gone.has(i)).length;
+    const h = selfMaskThreshold(n.length);
+    if (alive < h) return `member ${j} kept ${alive} of its ${n.length} mask neighbours, and its self-mask needs ${h}`;
+  }
+  return undefined;
 }
 
 /**
@@ -355,9 +550,9 @@ export function unpackBits(bytes: Uint8Array, count: number, bits: number): Uint
   return out;
 }
 
-/** Bytes of a masked update for `length` coordinates at `bits` each. */
-export function maskedUpdateBytes(length: number, bits: number): number {
-  return MASKED_HEADER_BYTES + Math.ceil((length * bits) / 8);
+/** Bytes of a masked update for `length` coordinates at `bits` each (and `sealedShares` sealed shares). */
+export function maskedUpdateBytes(length: number, bits: number, sealedShares = 0): number {
+  return MASKED_HEADER_BYTES + Math.ceil((length * bits) / 8) + sealedShares * SEALED_SHARE_BYTES;
 }
 
 /** The widest b (≤ 32) whose masked update of `length` coordinates fits `budget` bytes, or 0. */
@@ -380,18 +575,31 @@ export interface MaskedUpdate {
   baseVersion: number;
   /** Masked, encoded coordinates (b bits each): factors row-major, then biases. */
   values: Uint32Array;
+  /**
+   * With dropout recovery: the shares of this member's self-mask seed, sealed to each mask
+   * neighbour in ascending order ({@link addSelfMask}), {@link SEALED_SHARE_BYTES} each (format 2).
+   */
+  sealed?: Uint8Array;
 }
 
 /**
- * `LRS1` body: magic, format 1, bits, 2 reserved bytes (0), cohort id (16), index, cohort size,
- * coordinate count, base version (u32 LE each), the step γ (float32 LE), then the packed values.
+ * `LRS1` body: magic, format (1; 2 with sealed shares), bits, 2 bytes (format 1: 0; format 2: the
+ * count of sealed shares, u16 LE), cohort id (16), index, cohort size, coordinate count, base
+ * version (u32 LE each), the step γ (float32 LE), the packed values, then (format 2) the sealed shares.
  */
 export function encodeMaskedUpdate(u: MaskedUpdate): Uint8Array {
   if (u.cohortId.length !== COHORT_ID_BYTES) throw new ValidationError('cohortId', `must be ${COHORT_ID_BYTES} bytes`);
-  const out = new Uint8Array(maskedUpdateBytes(u.values.length, u.bits));
+  const sealedShares = u.sealed ? u.sealed.length / SEALED_SHARE_BYTES : 0;
+  if (!Number.isInteger(sealedShares) || sealedShares > 0xffff) throw new ValidationError('sealed', `must be whole ${SEALED_SHARE_BYTES}-byte shares, at most 65535`);
+  const out = new Uint8Array(maskedUpdateBytes(u.values.length, u.bits, sealedShares));
   out.set(MASKED_MAGIC, 0);
-  out[4] = 1;
+  out[4] = u.sealed ? 2 : 1;
   out[5] = u.bits;
+  if (u.sealed) {
+    out[6] = sealedShares & 0xff;
+    out[7] = sealedShares >> 8;
+    out.set(u.sealed, out.length - u.sealed.length);
+  }
   out.set(u.cohortId, 8);
   const dv = new DataView(out.buffer);
   dv.setUint32(24, u.index, true);
@@ -399,28 +607,32 @@ export function encodeMaskedUpdate(u: MaskedUpdate): Uint8Array {
   dv.setUint32(32, u.values.length, true);
   dv.setUint32(36, u.baseVersion, true);
   dv.setFloat32(40, u.step, true);
-  packBits(u.values, u.bits, out.subarray(MASKED_HEADER_BYTES));
+  packBits(u.values, u.bits, out.subarray(MASKED_HEADER_BYTES, MASKED_HEADER_BYTES + Math.ceil((u.values.length * u.bits) / 8)));
   return out;
 }
 
-/** Header fields of an `LRS1` body, checked for shape only (the values are opaque to the server). */
-export function decodeMaskedHeader(bytes: Uint8Array): Omit<MaskedUpdate, 'values'> & { length: number } {
+/** Header fields of an `LRS1` body, checked for shape only (the values are opaque to the server); `sealedShares`: how many sealed shares follow the values (format 2). */
+export function decodeMaskedHeader(bytes: Uint8Array): Omit<MaskedUpdate, 'values' | 'sealed'> & { length: number; sealedShares: number } {
   if (bytes.length < MASKED_HEADER_BYTES) throw new ValidationError('update', `a masked update has a ${MASKED_HEADER_BYTES}-byte header; got ${bytes.length} bytes (truncated)`);
   for (let i = 0; i < 4; i++) if (bytes[i] !== MASKED_MAGIC[i]) throw new ValidationError('update', 'not a masked update (magic is not LRS1)');
-  if (bytes[4] !== 1) throw new ValidationError('update', `unsupported masked-update format ${bytes[4]}`);
+  const format = bytes[4];
+  if (format !== 1 && format !== 2) throw new ValidationError('update', `unsupported masked-update format ${format}`);
   const bits = bytes[5]!;
   if (bits < 2 || bits > 32) throw new ValidationError('update', `bits must be 2..32, got ${bits}`);
-  if (bytes[6] !== 0 || bytes[7] !== 0) throw new ValidationError('update', 'reserved header bytes 6–7 are not zero');
+  if (format === 1 && (bytes[6] !== 0 || bytes[7] !== 0)) throw new ValidationError('update', 'reserved header bytes 6–7 are not zero');
+  const sealedShares = format === 2 ? bytes[6]! | (bytes[7]! << 8) : 0;
+  if (format === 2 && sealedShares === 0) throw new ValidationError('update', 'a format-2 update carries at least one sealed share');
   const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const length = dv.getUint32(32, true);
-  if (bytes.length !== maskedUpdateBytes(length, bits)) {
-    throw new ValidationError('update', `${length} coordinates at ${bits} bits take ${maskedUpdateBytes(length, bits)} bytes; got ${bytes.length} (length-mismatch)`);
+  if (bytes.length !== maskedUpdateBytes(length, bits, sealedShares)) {
+    throw new ValidationError('update', `${length} coordinates at ${bits} bits${sealedShares ? ` and ${sealedShares} sealed shares` : ''} take ${maskedUpdateBytes(length, bits, sealedShares)} bytes; got ${bytes.length} (length-mismatch)`);
   }
   const step = dv.getFloat32(40, true);
   if (!(step > 0 && Number.isFinite(step))) throw new ValidationError('update', `the fixed-point step must be a positive float32, got ${step}`);
   // One encoding per update: the bits past the last value are zero.
   const used = (length * bits) % 8;
-  if (used !== 0 && bytes[bytes.length - 1]! >> used !== 0) throw new ValidationError('update', 'padding bits in the last byte are not zero');
+  const last = MASKED_HEADER_BYTES + Math.ceil((length * bits) / 8) - 1;
+  if (used !== 0 && bytes[last]! >> used !== 0) throw new ValidationError('update', 'padding bits in the last byte are not zero');
   return {
     cohortId: bytes.slice(8, 8 + COHORT_ID_BYTES),
     index: dv.getUint32(24, true),
@@ -429,13 +641,16 @@ export function decodeMaskedHeader(bytes: Uint8Array): Omit<MaskedUpdate, 'value
     step,
     length,
     baseVersion: dv.getUint32(36, true),
+    sealedShares,
   };
 }
 
 /** Full decode of an `LRS1` body. */
 export function decodeMaskedUpdate(bytes: Uint8Array): MaskedUpdate {
-  const h = decodeMaskedHeader(bytes);
-  return { ...h, values: unpackBits(bytes.subarray(MASKED_HEADER_BYTES), h.length, h.bits) };
+  const { sealedShares, ...h } = decodeMaskedHeader(bytes);
+  const valueBytes = Math.ceil((h.length * h.bits) / 8);
+  const values = unpackBits(bytes.subarray(MASKED_HEADER_BYTES, MASKED_HEADER_BYTES + valueBytes), h.length, h.bits);
+  return sealedShares ? { ...h, values, sealed: bytes.slice(MASKED_HEADER_BYTES + valueBytes) } : { ...h, values };
 }
 
 /**
@@ -500,10 +715,11 @@ export function unmaskSum(updates: readonly MaskedUpdate[], step: number): Float
 }
 
 /**
- * The server's side after dropouts: Σ of the surviving members' uploads modulo 2^b, minus the masks
- * each survivor shared with a member that did not upload (regenerated from the survivors' recovery
- * shares, {@link recoveryShare}), as real numbers. `shares` maps every survivor that has a dropped
- * mask neighbour to its share.
+ * The server's side with dropout recovery: Σ of the surviving members' uploads modulo 2^b, minus
+ * the masks each survivor shared with a member that did not upload (from the seeds in the
+ * survivors' recovery shares) and minus every survivor's self-mask (its seed put together from the
+ * shares its surviving neighbours gave back), as real numbers. `shares` maps every survivor to its
+ * recovery share ({@link recoveryShare}: 16 bytes per mask neighbour, ascending).
  */
 export async function unmaskRecovered(
   updates: readonly MaskedUpdate[],
@@ -514,18 +730,30 @@ export async function unmaskRecovered(
 ): Promise<Float64Array> {
   const first = updates[0];
   if (!first) throw new RangeError('no updates to sum');
+  const K = params.cohortSize;
+  const gone = new Set(dropped);
   const acc = new Uint32Array(first.values.length);
+  const part = (holder: number, of: number): Uint8Array => {
+    const share = shares.get(holder);
+    const p = sharePosition(holder, of, K, params.degree);
+    if (!share || p < 0 || share.length !== recoveryShareBytes(holder, K, params.degree, dropped)) {
+      throw new RangeError(`member ${holder} has no recovery share for its ${maskNeighbours(holder, K, params.degree).length} mask neighbours`);
+    }
+    return share.subarray(p * PAIR_SEED_BYTES, (p + 1) * PAIR_SEED_BYTES);
+  };
   for (const u of updates) {
     addMod(acc, u.values, first.bits);
-    const need = droppedNeighbours(u.index, params.cohortSize, params.degree, dropped);
-    if (need.length === 0) continue;
-    const share = shares.get(u.index);
-    if (!share || share.length !== need.length * PAIR_SEED_BYTES) throw new RangeError(`member ${u.index} has no recovery share for its ${need.length} dropped neighbours`);
-    for (const [k, i] of need.entries()) {
-      const mask = await maskFromSeed(share.subarray(k * PAIR_SEED_BYTES, (k + 1) * PAIR_SEED_BYTES), acc.length, first.bits);
+    const neighbours = sortedNeighbours(u.index, K, params.degree);
+    for (const i of neighbours.filter((j) => gone.has(j))) {
       // Member u added the mask when u < i and subtracted it when u > i: undo that.
-      addMod(acc, mask, first.bits, u.index < i ? -1 : 1);
+      addMod(acc, await maskFromSeed(part(u.index, i), acc.length, first.bits), first.bits, u.index < i ? -1 : 1);
     }
+    // Its self-mask: the seed from the shares its surviving neighbours opened (share x = their place + 1).
+    const points = neighbours.flatMap((i, p) => (gone.has(i) ? [] : [{ x: p + 1, y: part(i, u.index) }]));
+    const h = selfMaskThreshold(neighbours.length);
+    if (points.length < h) throw new RangeError(`member ${u.index}'s self-mask needs ${h} shares, ${points.length} came`);
+    const seed = combineShares(points.slice(0, h));
+    addMod(acc, await maskFromSeed(seed, acc.length, first.bits), first.bits, -1);
   }
   return decodeFixedPoint(acc, step, first.bits);
 }

@@ -11,7 +11,7 @@ import { trainItemTable, type Sequence, type TrainConfig } from '../model/train.
 import { buildClientUpdate, checkTrainedPart, noisedDelta, type TrainedPart } from './client-update.js';
 import { cryptoUniform, DEFAULT_BUDGET, DEFAULT_DELTA, type RdpAccountant } from './dp.js';
 import { subspaceUpdate } from './subspace.js';
-import { checkSecAggParams, droppedNeighbours, encodeFixedPoint, encodeMaskedUpdate, maskValues, recoveryShare, secAggKeyPair, survivorComponents, type SecAggParams } from './secagg.js';
+import { addSelfMask, checkSecAggParams, encodeFixedPoint, encodeMaskedUpdate, maskValues, recoveryShare, secAggKeyPair, survivorComponents, usesSelfMask, type SecAggParams } from './secagg.js';
 import { bytesEqual, decodeModel, fromHex, sha256, toHex } from './wire.js';
 
 /** Server settings from `GET /v1/config` that the client needs. */
@@ -492,6 +492,8 @@ interface CohortView {
   reason?: string;
   /** While recovering: the members whose upload never came. */
   dropped?: number[];
+  /** While recovering (`…/members/:i`): mask neighbour index → hex of the share of its self-mask seed it sealed to this member. */
+  sealed?: Record<string, string>;
 }
 
 /**
@@ -586,8 +588,12 @@ async function sendMasked(
     throw new ValidationError('cohort.keys', `member ${joined.index} is not this device's key: the server changed the cohort`);
   }
   const cohortId = fromHex(joined.cohort);
-  const masked = await maskValues(encoded, { index: joined.index, cohortId, publicKeys, privateKey: keys.privateKey, params: sa });
-  const body = encodeMaskedUpdate({ cohortId, index: joined.index, cohortSize: K, bits: sa.bits, step: sa.step, baseVersion: global.version, values: masked });
+  const mask = { index: joined.index, cohortId, publicKeys, privateKey: keys.privateKey, params: sa };
+  const masked = await maskValues(encoded, mask);
+  // With dropout recovery, a self-mask too, its seed shared among the mask neighbours: a server that
+  // claims this device dropped while holding its upload gets its pair seeds, never its self-mask.
+  const twice = usesSelfMask(sa) ? await addSelfMask(masked, mask) : { values: masked };
+  const body = encodeMaskedUpdate({ cohortId, index: joined.index, cohortSize: K, bits: sa.bits, step: sa.step, baseVersion: global.version, ...twice });
   const result = await upload(o, config, '/v1/secagg/updates', body, { global, globalHash: hash, local }, delta, { 'X-Localrec-Cohort-Token': String(joined.token) }, false);
   const cohort: NonNullable<SyncResult['cohort']> = { id: joined.cohort, index: joined.index, size: K };
   if (t < K) {
@@ -600,11 +606,12 @@ async function sendMasked(
 }
 
 /**
- * With recovery on, a member that uploaded stays until its cohort ends: if some members never
- * upload, the server lists them (`recovering`) and asks each survivor for the seeds it shares with
- * its dropped mask neighbours, without which the survivors' sum cannot be unmasked. The share is
- * given once, and only when the list is one the server may recover from (at most K − t members, not
- * this one). Never throws: the update is already sent, whatever happens here.
+ * With recovery on, a member that uploaded stays until its cohort ends: once uploads stop, the
+ * server lists the members whose upload never came (`recovering`, possibly none) and asks each
+ * survivor for its recovery share (for each mask neighbour, the pair seed or the share of its
+ * self-mask), without which the survivors' sum cannot be unmasked. The share is given once, and
+ * only when the list is one the server may recover from (at most K − t members, not this one).
+ * Never throws: the update is already sent, whatever happens here.
  */
 async function stayForRecovery(
   o: SyncOptions,
@@ -639,15 +646,16 @@ async function stayForRecovery(
         if (mine.length < t) {
           return { outcome: 'left', recoveryShareSent: false, note: `refused to help recover: without the dropped members this device's part of the mask graph has ${mine.length} members, fewer than ${t}` };
         }
-        if (droppedNeighbours(joined.index, K, sa.degree, dropped).length > 0) {
-          const share = await recoveryShare({ index: joined.index, cohortId, publicKeys, privateKey, params: sa, dropped });
-          await request(o, 'cohort', 'POST', `${memberPath(joined)}/recovery`, share, {
-            'Content-Type': 'application/octet-stream',
-            'X-Localrec-Cohort-Token': joined.token,
-          });
-          sent = true;
-          await checkpointQuietly(o);
-        }
+        // Once, for this list only: for each mask neighbour the pair seed (listed as dropped) or the
+        // share of its self-mask (not listed), never both. A failed request ends the wait (catch below).
+        const sealed = new Map(Object.entries(view.sealed ?? {}).map(([j, hex]) => [Number(j), fromHex(hex)] as const));
+        const share = await recoveryShare({ index: joined.index, cohortId, publicKeys, privateKey, params: sa, dropped, sealed });
+        await request(o, 'cohort', 'POST', `${memberPath(joined)}/recovery`, share, {
+          'Content-Type': 'application/octet-stream',
+          'X-Localrec-Cohort-Token': joined.token,
+        });
+        sent = true;
+        await checkpointQuietly(o);
       }
       if (now() - t0 > waitMs) return { outcome: 'left', recoveryShareSent: sent, note: `cohort still ${view.status} after ${waitMs} ms` };
       await sleep(Math.min(pollMs * 1.5 ** polls, Math.max(pollMs, 15_000)), o.signal);

@@ -16,7 +16,7 @@ import { defaultUploadTimeoutMs } from './cohorts.js';
 import { REJECT_STATUS, type RejectReason } from './validate-update.js';
 import { registerRedeem } from './redeem.js';
 import type { OfferCatalog } from '../offers/types.js';
-import { maskedUpdateBytes, PAIR_SEED_BYTES, PUBLIC_KEY_BYTES } from '../federated/secagg.js';
+import { maskedUpdateBytes, maskNeighbours, PAIR_SEED_BYTES, PUBLIC_KEY_BYTES, usesSelfMask } from '../federated/secagg.js';
 import { trainedLength } from '../federated/client-update.js';
 
 export interface AppOptions {
@@ -88,7 +88,9 @@ function clientKey(c: Context, trustProxy: boolean): string {
 export function createApp(rounds: RoundCoordinator, opts: AppOptions): Hono {
   const cfg = rounds.config;
   const sa = cfg.secureAggregation;
-  const updateBytes = sa ? maskedUpdateBytes(trainedLength(cfg.trained, cfg.dim), sa.bits) : updateByteLength(cfg.trained.rows, cfg.dim, cfg.bits, cfg.blockSize);
+  // With dropout recovery a masked update also carries one sealed share per mask neighbour.
+  const sealedShares = sa && usesSelfMask(sa) ? maskNeighbours(0, sa.cohortSize, sa.degree).length : 0;
+  const updateBytes = sa ? maskedUpdateBytes(trainedLength(cfg.trained, cfg.dim), sa.bits, sealedShares) : updateByteLength(cfg.trained.rows, cfg.dim, cfg.bits, cfg.blockSize);
   const app = new Hono();
   if (opts.corsOrigins?.length) {
     app.use(
@@ -255,7 +257,7 @@ export function createApp(rounds: RoundCoordinator, opts: AppOptions): Hono {
     return c.json({ left: true }, 200);
   });
 
-  // Recovery: a surviving member's seeds with its dropped mask neighbours (16 bytes each, at most `degree`).
+  // Recovery: a surviving member's pair seeds or self-mask shares, 16 bytes per mask neighbour (at most `degree`).
   const maxShare = (sa?.degree ?? 2) * PAIR_SEED_BYTES;
   app.post(
     '/v1/secagg/cohorts/:id/members/:member/recovery',

@@ -13,7 +13,7 @@
  * or by timing out.
  */
 import type { SecAggParams } from '../federated/secagg.js';
-import { COHORT_ID_BYTES, droppedNeighbours, maskNeighbours, PAIR_SEED_BYTES, survivorComponents } from '../federated/secagg.js';
+import { COHORT_ID_BYTES, maskNeighbours, recoveryShareBytes, SEALED_SHARE_BYTES, selfMaskUnrecoverable, sharePosition, survivorComponents, usesSelfMask } from '../federated/secagg.js';
 import { toHex } from '../federated/wire.js';
 
 export type CohortStatus = 'forming' | 'ready' | 'recovering' | 'done' | 'aborted';
@@ -40,7 +40,7 @@ export interface CohortInfo {
   recoveryAt?: number;
   /** When the cohort ended (`done` or `aborted`): it is forgotten {@link KEEP_ENDED_MS} later. */
   endedAt?: number;
-  /** Surviving members that have a dropped mask neighbour (whose recovery shares are needed), and how many gave theirs. */
+  /** Surviving members (each owes a recovery share), and how many gave theirs. */
   needed?: number;
   recovered?: number;
 }
@@ -91,8 +91,15 @@ export interface CohortStore {
   keys(id: string, members?: readonly number[]): Promise<Map<number, Uint8Array>>;
   /** The token member `index`'s join was answered with (its upload must carry it). */
   token(id: string, index: number): Promise<string | undefined>;
-  /** Records member `index`'s upload (storage id `updateId`), only while the cohort is `ready`. */
-  markSubmitted(id: string, index: number, updateId: number): Promise<MarkResult>;
+  /**
+   * Records member `index`'s upload (storage id `updateId`), only while the cohort is `ready`, with
+   * the shares of its self-mask it sealed to its mask neighbours (dropout recovery). With recovery
+   * on, the K-th upload moves the cohort to `recovering` with no member dropped (every self-mask
+   * must come off): the result is then `recorded`, not `complete`.
+   */
+  markSubmitted(id: string, index: number, updateId: number, sealed?: Uint8Array): Promise<MarkResult>;
+  /** The sealed shares of `members` (those that uploaded with some), by member index. */
+  sealedShares(id: string, members: readonly number[]): Promise<Map<number, Uint8Array>>;
   /** Stores a surviving member's recovery share (only while the cohort is `recovering`, once per member that owes one). */
   addRecovery(id: string, index: number, share: Uint8Array): Promise<RecoveryResult>;
   /** The recovery shares given so far, by member index. */
@@ -109,17 +116,19 @@ export interface CohortStore {
   sweep(): Promise<SweepResult>;
 }
 
-/** Survivors (members not in `dropped`) with at least one dropped mask neighbour. */
-export function sharesNeeded(size: number, degree: number, dropped: readonly number[]): number {
-  const gone = new Set(dropped);
-  let n = 0;
-  for (let j = 0; j < size; j++) if (!gone.has(j) && droppedNeighbours(j, size, degree, dropped).length > 0) n++;
-  return n;
+/** The recovery shares a cohort recovering from `dropped` needs: one from each survivor (every self-mask must come off). */
+export function sharesNeeded(size: number, dropped: readonly number[]): number {
+  return size - dropped.length;
 }
 
 /** The length of member `index`'s recovery share for a cohort recovering from `dropped` (0: it owes none). */
 export function shareBytes(index: number, size: number, degree: number, dropped: readonly number[]): number {
-  return dropped.includes(index) ? 0 : droppedNeighbours(index, size, degree, dropped).length * PAIR_SEED_BYTES;
+  return recoveryShareBytes(index, size, degree, dropped);
+}
+
+/** The state a cohort whose K uploads all came moves to with dropout recovery on: every survivor's self-mask must come off. */
+export function allUploaded(size: number, now: number): Partial<CohortInfo> {
+  return { status: 'recovering', dropped: [], recoveryAt: now, needed: sharesNeeded(size, []), recovered: 0 };
 }
 
 /** How long a cohort may take to fill, and then to collect every upload. Default 10 minutes each. */
@@ -218,7 +227,10 @@ export function afterCollectTimeout(c: CohortInfo, submittedBy: Iterable<number>
   // when a part is smaller than t (its sum would carry less than the noise σC).
   const smallest = Math.min(...survivorComponents(c.size, params.degree, dropped).map((p) => p.length));
   if (smallest < t) return { status: 'aborted', abortReason: `${timeoutReason(c, timeoutMs, t)}; the missing members cut the mask graph, leaving a part of ${smallest} < ${t}` };
-  return { status: 'recovering', dropped, recoveryAt: now, needed: sharesNeeded(c.size, params.degree, dropped), recovered: 0 };
+  // Each survivor's self-mask comes off only with enough of its neighbours' shares.
+  const stuck = selfMaskUnrecoverable(c.size, params.degree, dropped);
+  if (stuck) return { status: 'aborted', abortReason: `${timeoutReason(c, timeoutMs, t)}; ${stuck}` };
+  return { status: 'recovering', dropped, recoveryAt: now, needed: sharesNeeded(c.size, dropped), recovered: 0 };
 }
 
 export type CohortView = {
@@ -233,6 +245,8 @@ export type CohortView = {
   reason?: string;
   /** While recovering and after: the members whose upload never came. */
   dropped?: number[];
+  /** To a member, while recovering: each surviving mask neighbour's share of its self-mask sealed to that member (hex). */
+  sealed?: Record<string, string>;
 };
 
 /**
@@ -255,6 +269,18 @@ export async function cohortView(store: CohortStore, c: CohortInfo, degree: numb
   if (c.published !== undefined) out.published = c.published;
   if (c.abortReason) out.reason = c.abortReason;
   if (c.dropped) out.dropped = c.dropped;
+  if (c.status === 'recovering' && member !== undefined && c.dropped && !c.dropped.includes(member)) {
+    const gone = new Set(c.dropped);
+    const from = maskNeighbours(member, c.size, degree).filter((j) => !gone.has(j));
+    const all = await store.sealedShares(c.id, from);
+    const sealed: Record<string, string> = {};
+    for (const j of from) {
+      const p = sharePosition(j, member, c.size, degree);
+      const s = all.get(j);
+      if (s && p >= 0 && s.length >= (p + 1) * SEALED_SHARE_BYTES) sealed[String(j)] = toHex(s.subarray(p * SEALED_SHARE_BYTES, (p + 1) * SEALED_SHARE_BYTES));
+    }
+    out.sealed = sealed;
+  }
   return out;
 }
 
@@ -267,6 +293,8 @@ interface MemoryCohort extends CohortInfo {
   submittedBy: Set<number>;
   updateIds: number[];
   shares: Map<number, Uint8Array>;
+  /** Each uploader's self-mask shares, sealed to its mask neighbours (dropout recovery). */
+  sealed: Map<number, Uint8Array>;
 }
 
 /** Cohorts in this process's memory (with the memory and SQLite stores: one server process). */
@@ -285,7 +313,7 @@ export class MemoryCohortStore implements CohortStore {
   }
 
   private static info(c: MemoryCohort): CohortInfo {
-    const { keyList: _k, keyHex: _h, tokens: _t, submittedBy: _s, updateIds: _u, shares: _r, ...info } = c;
+    const { keyList: _k, keyHex: _h, tokens: _t, submittedBy: _s, updateIds: _u, shares: _r, sealed: _x, ...info } = c;
     return { ...info, ...(info.dropped ? { dropped: info.dropped.slice() } : {}) };
   }
 
@@ -305,6 +333,7 @@ export class MemoryCohortStore implements CohortStore {
         submittedBy: new Set(),
         updateIds: [],
         shares: new Map(),
+        sealed: new Map(),
       };
       this.cohorts.set(c.id, c);
       this.open = c;
@@ -358,13 +387,27 @@ export class MemoryCohortStore implements CohortStore {
     return this.cohorts.get(id)?.tokens[index];
   }
 
-  async markSubmitted(id: string, index: number, updateId: number): Promise<MarkResult> {
+  async markSubmitted(id: string, index: number, updateId: number, sealed?: Uint8Array): Promise<MarkResult> {
     const c = this.cohorts.get(id);
     if (!c || c.status !== 'ready' || c.submittedBy.has(index)) return 'closed';
     c.submittedBy.add(index);
     c.updateIds.push(updateId);
+    if (sealed) c.sealed.set(index, sealed.slice());
     c.submitted = c.submittedBy.size;
-    return c.submitted === c.size ? 'complete' : 'recorded';
+    if (c.submitted < c.size) return 'recorded';
+    if (!usesSelfMask(this.params)) return 'complete';
+    Object.assign(c, allUploaded(c.size, this.now()));
+    return 'recorded';
+  }
+
+  async sealedShares(id: string, members: readonly number[]): Promise<Map<number, Uint8Array>> {
+    const c = this.cohorts.get(id);
+    const out = new Map<number, Uint8Array>();
+    for (const j of members) {
+      const s = c?.sealed.get(j);
+      if (s) out.set(j, s);
+    }
+    return out;
   }
 
   async addRecovery(id: string, index: number, share: Uint8Array): Promise<RecoveryResult> {

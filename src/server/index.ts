@@ -16,7 +16,7 @@ import { SqliteStorage, type SqliteStorageOptions } from './sqlite-storage.js';
 import { isPostgresUrl, PostgresStorage, redactUrl } from './postgres-storage.js';
 import type { Storage } from './storage.js';
 import type { OfferCatalog } from '../offers/types.js';
-import { checkSecAggParams, chooseSecAggBits, maskedUpdateBytes, type SecAggParams } from '../federated/secagg.js';
+import { checkSecAggParams, chooseSecAggBits, maskedUpdateBytes, SEALED_SHARE_BYTES, type SecAggParams } from '../federated/secagg.js';
 import { DEFAULT_COHORT_TIMEOUT_MS, defaultUploadTimeoutMs } from './cohorts.js';
 import { checkTrainedPart, trainedLength } from '../federated/client-update.js';
 import { DEFAULT_SUBSPACE_SCALE, subspaceTable } from '../federated/subspace.js';
@@ -393,7 +393,11 @@ export async function createServer(options: ServerOptions = {}): Promise<ServerP
     if (options.secureAggregation) {
       const o = options.secureAggregation === true ? {} : options.secureAggregation;
       const length = trainedLength(trained, shape.dim);
-      const saBits = o.bits ?? chooseSecAggBits(length, UPDATE_BUDGET_BYTES);
+      const tEarly = o.minSurvivors ?? minClients;
+      const degree = o.degree ?? Math.min(16, 2 * Math.ceil((minClients - 1) / 2));
+      // With dropout recovery an upload also carries a sealed share of its self-mask per mask neighbour.
+      const sealedBytes = Number.isInteger(tEarly) && tEarly < minClients && Number.isInteger(degree) ? Math.min(degree, minClients - 1) * SEALED_SHARE_BYTES : 0;
+      const saBits = o.bits ?? chooseSecAggBits(length, UPDATE_BUDGET_BYTES - sealedBytes);
       // The sum of K clipped updates plus noise of std σC must fit in ±range, or it wraps around
       // silently. The hard bound is K·C (a device is at most C on any coordinate) plus 8σC for the
       // noise; it is the default whenever the bits make its rounding negligible (≤ 1 % of the
@@ -411,7 +415,7 @@ export async function createServer(options: ServerOptions = {}): Promise<ServerP
       const cheap = hardRounding <= 0.01 * (clip * Math.max(1, noiseMultiplier)) ** 2;
       const range = positive('secureAggregation.range', o.range ?? (aggregator === 'subspace' || cheap ? hardRange : noiseRange));
       const params: SecAggParams = checkSecAggParams(
-        { cohortSize: minClients, bits: saBits, step: range / 2 ** (saBits - 1), degree: o.degree ?? Math.min(16, 2 * Math.ceil((minClients - 1) / 2)), minSurvivors: t },
+        { cohortSize: minClients, bits: saBits, step: range / 2 ** (saBits - 1), degree, minSurvivors: t },
         'options.secureAggregation',
       );
       const fillMs = positive('secureAggregation.timeoutMs', o.timeoutMs ?? DEFAULT_COHORT_TIMEOUT_MS, true);

@@ -17,9 +17,9 @@
 import { createHmac, randomBytes } from 'node:crypto';
 import type pg from 'pg';
 import { StorageError } from '../errors.js';
-import type { SecAggParams } from '../federated/secagg.js';
+import { usesSelfMask, type SecAggParams } from '../federated/secagg.js';
 import type { RateLimit, RateLimitOptions } from './rate-limit.js';
-import { afterCollectTimeout, cohortTimeouts, KEEP_ENDED_MS, newCohortId, newMemberToken, PUBLISH_GRACE, recoveryDeadline, shareBytes, timeoutReason, type CohortInfo, type CohortStatus, type CohortStore, type CohortTimeouts, type MarkResult, type RecoveryResult, type SweepResult } from './cohorts.js';
+import { afterCollectTimeout, allUploaded, cohortTimeouts, KEEP_ENDED_MS, newCohortId, newMemberToken, PUBLISH_GRACE, recoveryDeadline, shareBytes, timeoutReason, type CohortInfo, type CohortStatus, type CohortStore, type CohortTimeouts, type MarkResult, type RecoveryResult, type SweepResult } from './cohorts.js';
 import { checkNextVersion, pendingFromRow, StorageConflictError, versionFromRow, versionParams, type NewUpdate, type PendingUpdate, type Storage, type StoredVersion, type UpdateRow, type VersionRow } from './storage.js';
 
 const SCHEMA_VERSION = '1';
@@ -146,6 +146,8 @@ export class PostgresStorage implements Storage {
             PRIMARY KEY (cohort, idx),
             UNIQUE (cohort, public_key)
           );
+          -- Dropout recovery: each upload's self-mask shares, sealed to its mask neighbours.
+          ALTER TABLE localrec_cohort_members ADD COLUMN IF NOT EXISTS sealed BYTEA;
         `);
         const v = await c.query<{ value: string }>('SELECT value FROM localrec_meta WHERE key = $1', ['schema']);
         if (v.rowCount === 0) await c.query('INSERT INTO localrec_meta (key, value) VALUES ($1, $2)', ['schema', SCHEMA_VERSION]);
@@ -437,17 +439,32 @@ class PostgresCohortStore implements CohortStore {
     return r.rows[0]?.token;
   }
 
-  markSubmitted(id: string, index: number, updateId: number): Promise<MarkResult> {
+  markSubmitted(id: string, index: number, updateId: number, sealed?: Uint8Array): Promise<MarkResult> {
     return this.tx('record a cohort upload', async (c) => {
       // The cohort's row first (the lock order of sweep), then the member's.
       const co = await c.query<{ submitted: number; size: number }>("SELECT submitted, size FROM localrec_cohorts WHERE id = $1 AND status = 'ready' FOR UPDATE", [id]);
       if (!co.rowCount) return 'closed';
-      const m = await c.query('UPDATE localrec_cohort_members SET update_id = $3 WHERE cohort = $1 AND idx = $2 AND update_id IS NULL', [id, index, updateId]);
+      const m = await c.query('UPDATE localrec_cohort_members SET update_id = $3, sealed = $4 WHERE cohort = $1 AND idx = $2 AND update_id IS NULL', [
+        id,
+        index,
+        updateId,
+        sealed ? Buffer.from(sealed.buffer, sealed.byteOffset, sealed.byteLength) : null,
+      ]);
       // Recorded already (a retry of the same upload), as the memory store answers.
       if (!m.rowCount) return 'closed';
       const { submitted, size } = (await c.query<{ submitted: number; size: number }>('UPDATE localrec_cohorts SET submitted = submitted + 1 WHERE id = $1 RETURNING submitted, size', [id])).rows[0]!;
-      return submitted === size ? 'complete' : 'recorded';
+      if (submitted < size) return 'recorded';
+      if (!usesSelfMask(this.params)) return 'complete';
+      // Dropout recovery: every self-mask must come off, so the full cohort recovers with no one dropped.
+      const next = allUploaded(size, this.now());
+      await c.query("UPDATE localrec_cohorts SET status = 'recovering', dropped = $2, recovery_at = $3, needed = $4, recovered = 0 WHERE id = $1", [id, next.dropped, next.recoveryAt, next.needed]);
+      return 'recorded';
     });
+  }
+
+  async sealedShares(id: string, members: readonly number[]): Promise<Map<number, Uint8Array>> {
+    const r = await this.q<{ idx: number; sealed: Uint8Array }>('read sealed shares', 'SELECT idx, sealed FROM localrec_cohort_members WHERE cohort = $1 AND idx = ANY($2::int[]) AND sealed IS NOT NULL', [id, [...members]]);
+    return new Map(r.rows.map((row) => [row.idx, new Uint8Array(row.sealed)]));
   }
 
   addRecovery(id: string, index: number, share: Uint8Array): Promise<RecoveryResult> {

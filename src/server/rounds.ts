@@ -9,7 +9,7 @@ import type { ItemTable } from '../model/item-table.js';
 import { applyFedAdam, applyFedAvg, combineDeltas, shrinkRows, DEFAULT_FEDADAM, trimCount, type AggregatorName, type FedAdamOptions, type RobustName } from './aggregate.js';
 import { StorageConflictError, type NewUpdate, type Storage, type StoredVersion } from './storage.js';
 import { checkUpdate, reject, type Rejection, type UpdatePolicy } from './validate-update.js';
-import { COHORT_ID_BYTES, decodeMaskedHeader, decodeMaskedUpdate, importPublicKey, unmaskRecovered, unmaskSum, type SecAggParams } from '../federated/secagg.js';
+import { COHORT_ID_BYTES, decodeMaskedHeader, decodeMaskedUpdate, importPublicKey, maskNeighbours, SEALED_SHARE_BYTES, unmaskRecovered, unmaskSum, usesSelfMask, type SecAggParams } from '../federated/secagg.js';
 import { cohortView, defaultUploadTimeoutMs, isCohortId, MemoryCohortStore, shareBytes, type CohortInfo, type CohortStore, type CohortView } from './cohorts.js';
 import { expandDelta, trainedLength, type TrainedPart } from '../federated/client-update.js';
 import { DEFAULT_SUBSPACE_SCALE, MIN_DIRECTION_WEIGHT, subspaceTable } from '../federated/subspace.js';
@@ -547,13 +547,18 @@ export class RoundCoordinator {
       if (!c) return reject('unknown-cohort', `no cohort ${id} (it ended more than an hour ago, or the server restarted)`);
       if (c.status !== 'ready') return ended(c);
       if (h.index >= c.size) return reject('wrong-shape', `member index ${h.index} is outside the cohort (0..${c.size - 1})`);
+      // With dropout recovery each upload carries its self-mask's shares, one per mask neighbour.
+      const owed = usesSelfMask(sa) ? maskNeighbours(h.index, c.size, sa.degree).length : 0;
+      if (h.sealedShares !== owed) {
+        return reject('wrong-shape', owed ? `member ${h.index} must seal a share of its self-mask to each of its ${owed} mask neighbours (format 2), the upload has ${h.sealedShares}` : `this server does not recover dropouts: uploads carry no sealed shares (format 1), this one has ${h.sealedShares}`);
+      }
       if (token !== (await cohorts.token(id, h.index))) return reject('not-member', `the upload token is not the one member ${h.index} of cohort ${id} was given at join`);
       if (h.baseVersion > this.cur.version) return reject('unknown-base', `base version ${h.baseVersion} is newer than the current version ${this.cur.version}`);
       return this.store(
         { nonce: `${id}:${h.index}`, baseVersion: h.baseVersion, receivedAt: this.config.now(), body },
         `member ${h.index} of cohort ${id} already uploaded`,
         async (updateId, again) => {
-          const m = await cohorts.markSubmitted(id, h.index, updateId);
+          const m = await cohorts.markSubmitted(id, h.index, updateId, owed ? body.slice(body.length - owed * SEALED_SHARE_BYTES) : undefined);
           if (m !== 'closed') return m === 'complete';
           const now = await cohorts.info(id);
           // A retry of an upload the cohort recorded already: accepted as it was (the cohort may be
@@ -603,8 +608,8 @@ export class RoundCoordinator {
     if (!(Number.isInteger(member) && member >= 0 && member < c.size)) return reject('malformed', `member must be 0..${c.size - 1}, got '${memberParam.slice(0, 20)}'`);
     if (token !== (await cohorts.token(id, member))) return reject('not-member', `the token is not the one member ${member} of cohort ${id} was given at join`);
     const bytes = shareBytes(member, c.size, sa.degree, c.dropped!);
-    if (bytes === 0) return reject('wrong-mode', `member ${member} owes no recovery share (it ${c.dropped!.includes(member) ? 'dropped' : 'has no dropped mask neighbour'})`);
-    if (share.length !== bytes) return reject('wrong-shape', `member ${member}'s share is ${bytes} bytes (one seed per dropped mask neighbour), got ${share.length}`);
+    if (bytes === 0) return reject('wrong-mode', `member ${member} owes no recovery share (it dropped)`);
+    if (share.length !== bytes) return reject('wrong-shape', `member ${member}'s share is ${bytes} bytes (16 per mask neighbour: a pair seed or a self-mask share), got ${share.length}`);
     const r = await cohorts.addRecovery(id, member, share);
     if (r === 'closed') return reject('unknown-cohort', `cohort ${id} stopped recovering`);
     if (r === 'refused') return reject('replayed', `member ${member} of cohort ${id} gave its share already, or never uploaded`);
@@ -612,15 +617,18 @@ export class RoundCoordinator {
     if (r === 'complete') {
       await this.run(async () => {
         try {
+          // On a shared store another process may have published since this one last looked (its
+          // own cohorts): build on that version, as an upload does.
+          await this.catchUp();
           await this.aggregate();
         } catch (e) {
-          // On a shared store another process may have published it first (adopted); otherwise the
-          // shares are stored, the sweep leaves a fully recovered cohort alone, and the next
-          // request that sweeps retries the aggregation (retryAggregation), as does a restart.
-          if (!(e instanceof StorageConflictError)) {
-            this.aggregationOwed = true;
-            this.config.log(`aggregation of recovered cohort ${id.slice(0, 12)} failed, will retry: ${(e as Error).message}`);
-          }
+          // The shares are stored, the sweep leaves a fully recovered cohort alone, and the next
+          // request that sweeps retries the aggregation (retryAggregation, which catches up first),
+          // as does a restart. A conflict (another process published meanwhile) is retried too: it
+          // may have published another cohort, not this one (when it was this one, the retry finds
+          // nothing pending of it).
+          this.aggregationOwed = true;
+          if (!(e instanceof StorageConflictError)) this.config.log(`aggregation of recovered cohort ${id.slice(0, 12)} failed, will retry: ${(e as Error).message}`);
         }
       });
     }
@@ -648,7 +656,7 @@ export class RoundCoordinator {
       for (const [id, group] of byCohort) {
         let sum: Float64Array;
         let how = ` (secure aggregation, cohort ${id.slice(0, 12)})`;
-        if (group.length === sa.cohortSize) {
+        if (group.length === sa.cohortSize && !usesSelfMask(sa)) {
           sum = unmaskSum(
             group.map((u) => decodeMaskedUpdate(u.body)),
             sa.step,
@@ -665,7 +673,7 @@ export class RoundCoordinator {
             sa,
             sa.step,
           );
-          how = ` (secure aggregation, cohort ${id.slice(0, 12)}, recovered without ${c.dropped!.length} dropped members)`;
+          how = ` (secure aggregation, cohort ${id.slice(0, 12)}, ${c.dropped!.length ? `recovered without ${c.dropped!.length} dropped members` : 'self-masks removed'})`;
         }
         for (let i = 0; i < sum.length; i++) sum[i] = sum[i]! / group.length;
         await this.publishMean(sum, group, how);

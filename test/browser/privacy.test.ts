@@ -260,7 +260,7 @@ describe('privacy in Chromium', () => {
     }
   });
 
-  it('when a cohort member drops out, the page gives only its 16-byte seeds with the dropped member and the survivors are published', async () => {
+  it('when a cohort member drops out, the page gives only its seed with the dropped member and its share of the survivor\'s self-mask, and the survivors are published', async () => {
     // Cohorts of 3 recovered from 2: this page, a Node device that uploads, and one that loses its
     // connection at upload. Once both survivors are in, the server's clock jumps past the timeout.
     let skew = 0;
@@ -302,7 +302,9 @@ describe('privacy in Chromium', () => {
       const api = requests.filter((q) => q.url().includes('/v1/'));
       const recovery = api.filter((q) => /\/v1\/secagg\/cohorts\/[0-9a-f]{32}\/members\/\d\/recovery$/.test(q.url()));
       assert.equal(recovery.length, 1, 'one recovery share');
-      assert.equal(recovery[0]!.postDataBuffer()!.length, 16, 'one 16-byte seed: the page has one dropped mask neighbour');
+      assert.equal(recovery[0]!.postDataBuffer()!.length, 32, 'per mask neighbour 16 bytes: the seed shared with the dropped one, the share of the survivor\'s self-mask');
+      const upload = api.find((q) => q.url().endsWith('/v1/secagg/updates'))!.postDataBuffer()!;
+      assert.deepEqual([upload[4], upload[6] | (upload[7]! << 8)], [2, 2], 'format 2: the upload seals a share of its self-mask to each of its 2 mask neighbours');
       // Nothing else new leaves the page: the join, polls, the masked upload, the share.
       const kinds = new Set(api.map((q) => `${q.method()} ${new URL(q.url()).pathname.replace(/[0-9a-f]{32}(\/members\/\d+)?(\/recovery)?$/, (_, m, rec) => `:id${m ? '/members/:index' : ''}${rec ?? ''}`)}`));
       assert.deepEqual([...kinds].sort(), ['GET /v1/config', 'GET /v1/model', 'GET /v1/secagg/cohorts/:id/members/:index', 'POST /v1/secagg/cohorts/:id/members/:index/recovery', 'POST /v1/secagg/join', 'POST /v1/secagg/updates']);

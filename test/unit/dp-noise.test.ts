@@ -55,3 +55,14 @@ test('uniforms are in [0, 1) and noise is added on every coordinate', () => {
   assert.deepEqual([...gaussianNoise(new Float64Array(3), 0)], [0, 0, 0]);
   assert.throws(() => gaussianNoise(new Float64Array(1), -1), /std/);
 });
+
+test('l2Norm of a finite vector whose squares overflow is finite (scaled), and clipL2 clips it; a non-finite coordinate is refused as such', () => {
+  const v = Float64Array.of(3e300, 4e300);
+  assert.ok(Math.abs(l2Norm(v) / 5e300 - 1) < 1e-12);
+  const { norm, scale } = clipL2(v, 1);
+  assert.ok(Math.abs(norm / 5e300 - 1) < 1e-12);
+  assert.ok(scale > 0 && Math.abs(l2Norm(v) - 1) < 1e-12, 'clipped to 1');
+  assert.throws(() => clipL2(Float64Array.of(1, NaN), 1), /non-finite coordinate/);
+  assert.throws(() => clipL2(Float64Array.of(1.7e308, 1.7e308, 1.7e308, 1.7e308, 1.7e308), 1), /beyond the largest double/);
+  assert.ok(Number.isNaN(l2Norm([1, NaN, 1e300 * 1e10])));
+});

@@ -8,10 +8,17 @@ import { test } from 'node:test';
 import fc from 'fast-check';
 import {
   addMod,
+  addSelfMask,
   checkSecAggParams,
+  combineShares,
   decodeFixedPoint,
-  droppedNeighbours,
   decodeMaskedUpdate,
+  maskFromSeed,
+  SEALED_SHARE_BYTES,
+  selfMaskThreshold,
+  sharePosition,
+  sortedNeighbours,
+  splitSecret,
   encodeFixedPoint,
   encodeMaskedUpdate,
   maskNeighbours,
@@ -38,6 +45,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { MemoryCohortStore, type CohortStore } from '../../src/server/cohorts.js';
 import { isAbortError, ModelError, StorageError } from '../../src/errors.js';
+
+/** What a device with dropout recovery seals to its mask neighbours, as opaque bytes (tests that drive the server by hand). */
+const junkSealed = (sa: SecAggParams, index: number) => new Uint8Array(maskNeighbours(index, sa.cohortSize, sa.degree).length * SEALED_SHARE_BYTES);
+/** The length of a recovery share: 16 bytes per mask neighbour. */
+const shareLength = (sa: SecAggParams, index: number) => maskNeighbours(index, sa.cohortSize, sa.degree).length * PAIR_SEED_BYTES;
 
 test('packBits/unpackBits round-trip every width from 2 to 32 bits', () => {
   fc.assert(
@@ -704,40 +716,113 @@ test("the default range is the hard bound K·C + 8·C·max(1, σ) when the bits 
   assert.equal((await stepOf({ secureAggregation: { range: 4 } })).step, 4 / 2 ** 31);
 });
 
-test('recovery: with the seeds survivors share with dropped members, the survivors’ sum unmasks exactly; a device never reveals its own', async () => {
+/** Every member of a cohort masks (pairwise and self-mask) its encoded values; what the server gets. */
+async function maskedCohort(params: SecAggParams, cohortId: Uint8Array, seed: number, length = 50) {
+  const K = params.cohortSize;
+  const members = await Promise.all(Array.from({ length: K }, () => secAggKeyPair()));
+  const keys = new Map(members.map((m, i) => [i, m.publicKey] as const));
+  const r = new Random(seed);
+  const encoded = Array.from({ length: K }, () => encodeFixedPoint(Float64Array.from({ length }, () => r.normal() * 0.3), params.step, params.bits, () => r.next()));
+  const uploads = await Promise.all(
+    encoded.map(async (e, index) => {
+      const o = { index, cohortId, publicKeys: keys, privateKey: members[index]!.privateKey, params };
+      const { values, sealed } = await addSelfMask(await maskValues(e, o), o);
+      return { cohortId, index, cohortSize: K, bits: params.bits, step: params.step, baseVersion: 0, values, sealed };
+    }),
+  );
+  /** What the server's member view hands member `j`: each surviving neighbour's share sealed to j. */
+  const sealedFor = (j: number, dropped: readonly number[]) =>
+    new Map(
+      maskNeighbours(j, K, params.degree)
+        .filter((i) => !dropped.includes(i))
+        .map((i) => {
+          const p = sharePosition(i, j, K, params.degree);
+          return [i, uploads[i]!.sealed.subarray(p * SEALED_SHARE_BYTES, (p + 1) * SEALED_SHARE_BYTES)] as const;
+        }),
+    );
+  const share = (j: number, dropped: readonly number[]) => recoveryShare({ index: j, cohortId, publicKeys: keys, privateKey: members[j]!.privateKey, params, dropped, sealed: sealedFor(j, dropped) });
+  return { members, keys, encoded, uploads, sealedFor, share };
+}
+
+test('Shamir shares of a seed: any threshold of them give it back, in any order; fewer do not', () => {
+  const secret = Uint8Array.from({ length: 16 }, (_, i) => (i * 37 + 11) & 0xff);
+  const shares = splitSecret(secret, 7, 4);
+  const at = (ps: number[]) => ps.map((p) => ({ x: p + 1, y: shares[p]! }));
+  for (const pick of [[0, 1, 2, 3], [6, 2, 4, 0], [1, 3, 5, 6], [0, 1, 2, 3, 4, 5, 6]]) assert.deepEqual([...combineShares(at(pick))], [...secret], String(pick));
+  assert.notDeepEqual([...combineShares(at([0, 1, 2]))], [...secret], 'three of a 4-threshold say nothing of it');
+  assert.deepEqual([...combineShares([{ x: 1, y: splitSecret(secret, 1, 1)[0]! }])], [...secret], 'threshold 1: the share is the secret');
+  assert.deepEqual([selfMaskThreshold(2), selfMaskThreshold(3), selfMaskThreshold(16)], [1, 2, 8]);
+  assert.throws(() => checkSecAggParams({ cohortSize: 1000, bits: 16, step: 1, degree: 256, minSurvivors: 900 }), /degree: must be at most 255 with dropout recovery/);
+});
+
+test('recovery: the survivors’ pair seeds and self-mask shares unmask exactly their sum; a device never reveals its own', async () => {
   const K = 8;
   const params: SecAggParams = { cohortSize: K, bits: 16, step: 1 / 256, degree: 4, minSurvivors: 5 };
   const cohortId = new Uint8Array(16).fill(4);
-  const members = await Promise.all(Array.from({ length: K }, () => secAggKeyPair()));
-  const keys = new Map(members.map((m, i) => [i, m.publicKey] as const));
-  const r = new Random(11);
-  const values = Array.from({ length: K }, () => Float64Array.from({ length: 50 }, () => r.normal() * 0.3));
-  const encoded = values.map((v) => encodeFixedPoint(v, params.step, params.bits, () => r.next()));
-  const masked = await Promise.all(encoded.map((e, index) => maskValues(e, { index, cohortId, publicKeys: keys, privateKey: members[index]!.privateKey, params })));
+  const c = await maskedCohort(params, cohortId, 11);
   // Members 2 and 3 (neighbours of each other: their shared mask is in nobody's upload) never upload.
   const dropped = [2, 3];
   const survivors = [0, 1, 4, 5, 6, 7];
   const shares = new Map<number, Uint8Array>();
   for (const j of survivors) {
-    const need = droppedNeighbours(j, K, params.degree, dropped);
-    const share = await recoveryShare({ index: j, cohortId, publicKeys: keys, privateKey: members[j]!.privateKey, params, dropped });
-    assert.equal(share.length, need.length * PAIR_SEED_BYTES);
-    if (need.length) shares.set(j, share);
+    const share = await c.share(j, dropped);
+    assert.equal(share.length, maskNeighbours(j, K, params.degree).length * PAIR_SEED_BYTES, 'a seed or a self-mask share per neighbour');
+    shares.set(j, share);
   }
-  assert.deepEqual([...shares.keys()], [0, 1, 4, 5], 'members 6 and 7 have no dropped neighbour at degree 4');
-  const uploads = survivors.map((index) => ({ cohortId, index, cohortSize: K, bits: params.bits, step: params.step, baseVersion: 0, values: masked[index]! }));
+  const uploads = survivors.map((i) => c.uploads[i]!);
   const sum = await unmaskRecovered(uploads, shares, dropped, params, params.step);
   const plain = unmaskSum(
-    survivors.map((index) => ({ cohortId, index, cohortSize: K, bits: params.bits, step: params.step, baseVersion: 0, values: encoded[index]! })),
+    survivors.map((index) => ({ cohortId, index, cohortSize: K, bits: params.bits, step: params.step, baseVersion: 0, values: c.encoded[index]! })),
     params.step,
   );
   assert.deepEqual([...sum], [...plain], 'exactly the survivors’ encoded sum');
+  // No dropout: the K uploads' pairwise masks cancel, and every self-mask comes off with the shares.
+  const all = new Map(await Promise.all([...Array(K).keys()].map(async (j) => [j, await c.share(j, [])] as const)));
+  const whole = await unmaskRecovered(c.uploads, all, [], params, params.step);
+  assert.deepEqual([...whole], [...unmaskSum(c.encoded.map((values, index) => ({ cohortId, index, cohortSize: K, bits: params.bits, step: params.step, baseVersion: 0, values })), params.step)]);
+  assert.notDeepEqual([...unmaskSum(c.uploads, params.step)], [...whole], 'without the shares the self-masks stay on the sum');
   // Without one survivor's share the sum stays masked (and is refused, not guessed).
   const partial = new Map(shares);
   partial.delete(4);
   await assert.rejects(unmaskRecovered(uploads, partial, dropped, params, params.step), /member 4 has no recovery share/);
-  await assert.rejects(recoveryShare({ index: 2, cohortId, publicKeys: keys, privateKey: members[2]!.privateKey, params, dropped }), /names this member \(2\)/);
+  await assert.rejects(c.share(2, dropped), /names this member \(2\)/);
+  // A share sealed to another member, or altered, does not open: the device gives nothing.
+  const wrong = c.sealedFor(0, dropped);
+  wrong.set(1, c.sealedFor(5, dropped).get(4)!);
+  await assert.rejects(recoveryShare({ index: 0, cohortId, publicKeys: c.keys, privateKey: c.members[0]!.privateKey, params, dropped, sealed: wrong }), /the share member 1 sealed to member 0 does not open/);
+  const missing = c.sealedFor(0, dropped);
+  missing.delete(1);
+  await assert.rejects(recoveryShare({ index: 0, cohortId, publicKeys: c.keys, privateKey: c.members[0]!.privateKey, params, dropped, sealed: missing }), /lacks the share member 1 sealed to member 0/);
   assert.throws(() => checkSecAggParams({ ...params, minSurvivors: 9 }), /minSurvivors: must be an integer 2\.\.cohortSize \(8\)/);
+});
+
+test('a server that claims a member dropped while holding its upload gets its pair seeds, never its self-mask: the upload stays masked', async () => {
+  const K = 8;
+  const params: SecAggParams = { cohortSize: K, bits: 16, step: 1 / 256, degree: 4, minSurvivors: 5 };
+  const cohortId = new Uint8Array(16).fill(9);
+  const c = await maskedCohort(params, cohortId, 23, 400);
+  const target = 3;
+  // Every neighbour of the target is told it dropped: each reveals its pair seed with it (once).
+  const told = new Map(await Promise.all(maskNeighbours(target, K, params.degree).map(async (j) => [j, await c.share(j, [target])] as const)));
+  const u = c.uploads[target]!;
+  const stripped = u.values.slice();
+  for (const [j, share] of told) {
+    const p = sharePosition(j, target, K, params.degree);
+    const mask = await maskFromSeed(share.subarray(p * PAIR_SEED_BYTES, (p + 1) * PAIR_SEED_BYTES), stripped.length, params.bits);
+    addMod(stripped, mask, params.bits, target < j ? -1 : 1);
+  }
+  // Before double masking this recovered the target's encoded values exactly. Now what is left is
+  // its values plus the self-mask: as far from them as a uniform draw.
+  const err = decodeFixedPoint(addMod(stripped.slice(), c.encoded[target]!, params.bits, -1), params.step, params.bits);
+  const close = [...err].filter((e) => Math.abs(e) < 1).length;
+  assert.ok(close < 20, `${close} of 400 coordinates within ±1 of the target's values (uniform: about 2)`);
+  // With the self-mask taken off too (what the server would need the shares for), they come back:
+  // the check above fails only because of the self-mask.
+  const honest = new Map(await Promise.all(maskNeighbours(target, K, params.degree).map(async (j) => [j, await c.share(j, [])] as const)));
+  const points = sortedNeighbours(target, K, params.degree).map((j, p) => ({ x: p + 1, y: honest.get(j)!.subarray(sharePosition(j, target, K, params.degree) * 16, (sharePosition(j, target, K, params.degree) + 1) * 16) }));
+  const seed = combineShares(points);
+  addMod(stripped, await maskFromSeed(seed, stripped.length, params.bits), params.bits, -1);
+  assert.deepEqual([...stripped], [...c.encoded[target]!]);
 });
 
 test('recovery through the server: a member that never uploads does not sink its cohort; the survivors give their seeds and the version is their mean', async () => {
@@ -834,14 +919,14 @@ for (const lasting of [false, true]) {
         for (let i = 0; i < 4; i++) members.push((await (await call('/v1/secagg/join', (await secAggKeyPair()).publicKey)).json()) as { cohort: string; index: number; token: string });
         const id = members[0]!.cohort;
         for (const m of members.slice(0, 3)) {
-          const body = encodeMaskedUpdate({ cohortId: Uint8Array.from(Buffer.from(id, 'hex')), index: m.index, cohortSize: 4, bits: sa.bits, step: sa.step, baseVersion: 0, values: new Uint32Array(IDS.length * (DIM + 1)) });
+          const body = encodeMaskedUpdate({ cohortId: Uint8Array.from(Buffer.from(id, 'hex')), index: m.index, cohortSize: 4, bits: sa.bits, step: sa.step, baseVersion: 0, values: new Uint32Array(IDS.length * (DIM + 1)), sealed: junkSealed(sa, m.index) });
           assert.equal((await call('/v1/secagg/updates', body, m.token)).status, 202);
         }
         t += 1_500; // member 3 never uploads: the cohort recovers
         const view = async () => (await (await call(`/v1/secagg/cohorts/${id}`)).json()) as { status: string; published?: number; reason?: string };
         assert.equal((await view()).status, 'recovering');
         storage.failures = lasting ? Infinity : 1;
-        for (const m of members.slice(0, 3)) assert.equal((await call(`/v1/secagg/cohorts/${id}/members/${m.index}/recovery`, new Uint8Array(16), m.token)).status, 202);
+        for (const m of members.slice(0, 3)) assert.equal((await call(`/v1/secagg/cohorts/${id}/members/${m.index}/recovery`, new Uint8Array(shareLength(sa, m.index)), m.token)).status, 202);
         assert.equal(parts.rounds.version, 0, 'the publish failed');
         assert.ok(logs.some((l) => /aggregation of recovered cohort .* failed, will retry/.test(l)));
         t += 1_500; // past the recovery deadline: the next request sweeps, and retries the aggregation
@@ -876,14 +961,15 @@ test('recovery shares: refused outside recovery, from a member that owes none, w
     Promise.resolve(parts.app.fetch(new Request(`http://x${path}`, body ? { method: 'POST', body: body as Uint8Array<ArrayBuffer>, headers: token ? { 'X-Localrec-Cohort-Token': token } : {} } : {})));
   const reason = async (r: Response) => [r.status, ((await r.json()) as { reason: string }).reason];
   try {
-    const bits = ((await (await call('/v1/config')).json()) as { secureAggregation: SecAggParams }).secureAggregation.bits;
+    const sa = ((await (await call('/v1/config')).json()) as { secureAggregation: SecAggParams }).secureAggregation;
+    const bits = sa.bits;
     const cohort = async () => {
       const js = [];
       for (let i = 0; i < 4; i++) js.push((await (await call('/v1/secagg/join', (await secAggKeyPair()).publicKey)).json()) as { cohort: string; index: number; token: string });
       return js;
     };
     const upload = (m: { cohort: string; index: number; token: string }) =>
-      call('/v1/secagg/updates', encodeMaskedUpdate({ cohortId: Uint8Array.from(Buffer.from(m.cohort, 'hex')), index: m.index, cohortSize: 4, bits, step: parts.rounds.config.secureAggregation!.step, baseVersion: 0, values: new Uint32Array(IDS.length * 5) }), m.token);
+      call('/v1/secagg/updates', encodeMaskedUpdate({ cohortId: Uint8Array.from(Buffer.from(m.cohort, 'hex')), index: m.index, cohortSize: 4, bits, step: parts.rounds.config.secureAggregation!.step, baseVersion: 0, values: new Uint32Array(IDS.length * 5), sealed: junkSealed(sa, m.index) }), m.token);
     const js = await cohort();
     const share = (m: { cohort: string; index: number }, n = 1) => call(`/v1/secagg/cohorts/${m.cohort}/members/${m.index}/recovery`, new Uint8Array(16 * n), undefined);
     assert.deepEqual(await reason(await share(js[0]!)), [409, 'unknown-cohort'], 'not recovering yet');
@@ -893,11 +979,18 @@ test('recovery shares: refused outside recovery, from a member that owes none, w
     assert.deepEqual([view.status, view.dropped], ['recovering', [3]]);
     assert.deepEqual(await reason(await upload(js[3]!)), [409, 'unknown-cohort'], 'a late upload is refused once recovery began');
     const give = (m: { cohort: string; index: number; token: string }, bytes: number, token = m.token) => call(`/v1/secagg/cohorts/${m.cohort}/members/${m.index}/recovery`, new Uint8Array(bytes), token);
-    assert.deepEqual(await reason(await give(js[0]!, 16, js[1]!.token)), [403, 'not-member']);
-    assert.deepEqual(await reason(await give(js[0]!, 32)), [422, 'wrong-shape']);
-    assert.deepEqual(await reason(await give(js[3]!, 16)), [409, 'wrong-mode'], 'the dropped member owes nothing');
-    assert.equal((await give(js[0]!, 16)).status, 202);
-    assert.deepEqual(await reason(await give(js[0]!, 16)), [409, 'replayed']);
+    const n = shareLength(sa, 0);
+    assert.deepEqual(await reason(await give(js[0]!, n, js[1]!.token)), [403, 'not-member']);
+    assert.deepEqual(await reason(await give(js[0]!, n - 16)), [422, 'wrong-shape']);
+    assert.deepEqual(await reason(await give(js[3]!, n)), [409, 'wrong-mode'], 'the dropped member owes nothing');
+    assert.equal((await give(js[0]!, n)).status, 202);
+    assert.deepEqual(await reason(await give(js[0]!, n)), [409, 'replayed']);
+    // A plain (format 1) upload has no shares of its self-mask: refused with recovery on.
+    const other = await cohort();
+    const plain = encodeMaskedUpdate({ cohortId: Uint8Array.from(Buffer.from(other[0]!.cohort, 'hex')), index: other[0]!.index, cohortSize: 4, bits, step: sa.step, baseVersion: 0, values: new Uint32Array(IDS.length * 5) });
+    const refusedPlain = await call('/v1/secagg/updates', plain, other[0]!.token);
+    assert.equal(refusedPlain.status, 422);
+    assert.match(((await refusedPlain.json()) as { error: string }).error, /must seal a share of its self-mask to each of its 3 mask neighbours \(format 2\), the upload has 0/);
     // The other shares never come: recovery times out, and the uploads are deleted.
     t += 1_500;
     const ended = (await (await call(`/v1/secagg/cohorts/${js[0]!.cohort}`)).json()) as { status: string; reason: string };
@@ -940,7 +1033,7 @@ test('recovery never isolates a device: the server aborts when the missing membe
   assert.match(swept.aborted[0]!.reason, /the missing members cut the mask graph, leaving a part of 3 < 5/);
 
   // Device side: a server that claims both of a device's ring neighbours dropped gets nothing from it.
-  const parts = await createServer({ dataDir: null, initialTable: initialTable(), minClients: 4, clip: 1, noiseMultiplier: 0, rateLimit: false, secureAggregation: { minSurvivors: 2, degree: 2 }, log: () => {} });
+  const parts = await createServer({ dataDir: null, initialTable: initialTable(), minClients: 4, clip: 1, noiseMultiplier: 0, rateLimit: false, secureAggregation: { minSurvivors: 2, degree: 2, timeoutMs: 60_000, uploadTimeoutMs: 300 }, log: () => {} });
   const app = (url: string, init?: RequestInit) => Promise.resolve(parts.app.fetch(new Request(url, init)));
   try {
     const sent: string[] = [];
@@ -968,7 +1061,11 @@ test('recovery never isolates a device: the server aborts when the missing membe
     assert.equal(liar.recoveryShareSent, false);
     assert.match(liar.note!, /this device's part of the mask graph has 1 members, fewer than 2/);
     assert.ok(!sent.some((p) => p.endsWith('/recovery')), sent.join(', '));
-    assert.deepEqual(results.slice(1).map((r) => r.cohort!.outcome), ['published', 'published', 'published'], 'the honest cohort completed anyway');
+    // All four uploaded, so every self-mask must come off: without device 0's share the others'
+    // recovery times out and the cohort is aborted (nothing about it is published).
+    assert.deepEqual(results.slice(1).map((r) => [r.cohort!.outcome, r.cohort!.recoveryShareSent]), [['aborted', true], ['aborted', true], ['aborted', true]]);
+    assert.match(results[1]!.cohort!.note ?? '', /only 3 of the 4 recovery shares came/);
+    assert.equal(parts.rounds.version, 0);
   } finally {
     await parts.storage.close();
   }
@@ -986,7 +1083,7 @@ test('a cohort has its own deadlines to fill and to upload: a full cohort missin
     for (let i = 0; i < 3; i++) js.push((await (await call('/v1/secagg/join', (await secAggKeyPair()).publicKey)).json()) as { cohort: string; index: number; token: string });
     const forming = (await (await call('/v1/secagg/join', (await secAggKeyPair()).publicKey)).json()) as { cohort: string };
     for (const m of js.slice(0, 2)) {
-      const body = encodeMaskedUpdate({ cohortId: Uint8Array.from(Buffer.from(m.cohort, 'hex')), index: m.index, cohortSize: 3, bits: config.bits, step: parts.rounds.config.secureAggregation!.step, baseVersion: 0, values: new Uint32Array(IDS.length * 5) });
+      const body = encodeMaskedUpdate({ cohortId: Uint8Array.from(Buffer.from(m.cohort, 'hex')), index: m.index, cohortSize: 3, bits: config.bits, step: parts.rounds.config.secureAggregation!.step, baseVersion: 0, values: new Uint32Array(IDS.length * 5), sealed: junkSealed(parts.rounds.config.secureAggregation!, m.index) });
       assert.equal((await call('/v1/secagg/updates', body, m.token)).status, 202);
     }
     t += 30_001; // past the upload deadline, far from the fill deadline
@@ -1013,7 +1110,7 @@ test('without uploadTimeoutMs the upload deadline is the fill deadline, capped a
       const js: Array<{ cohort: string; index: number; token: string }> = [];
       for (let i = 0; i < 3; i++) js.push((await (await call('/v1/secagg/join', (await secAggKeyPair()).publicKey)).json()) as { cohort: string; index: number; token: string });
       for (const m of js.slice(0, 2)) {
-        const body = encodeMaskedUpdate({ cohortId: Uint8Array.from(Buffer.from(m.cohort, 'hex')), index: m.index, cohortSize: 3, bits: config.bits, step: parts.rounds.config.secureAggregation!.step, baseVersion: 0, values: new Uint32Array(IDS.length * 5) });
+        const body = encodeMaskedUpdate({ cohortId: Uint8Array.from(Buffer.from(m.cohort, 'hex')), index: m.index, cohortSize: 3, bits: config.bits, step: parts.rounds.config.secureAggregation!.step, baseVersion: 0, values: new Uint32Array(IDS.length * 5), sealed: junkSealed(parts.rounds.config.secureAggregation!, m.index) });
         assert.equal((await call('/v1/secagg/updates', body, m.token)).status, 202);
       }
       const status = async () => ((await (await call(`/v1/secagg/cohorts/${js[0]!.cohort}`)).json()) as { status: string }).status;

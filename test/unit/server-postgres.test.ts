@@ -503,28 +503,37 @@ describe('PostgreSQL storage', { skip: skip ?? false }, () => {
       const a = await fill(); // members 0–3 upload, 4 drops: recovered
       const b = await fill(); // 2 of 5 upload: fewer than 3, aborted
       const c = await fill(); // 0–3 upload, then nobody gives a share: recovery aborted
+      const d = await fill(); // all 5 upload: recovering at once, no one dropped (every self-mask must come off)
       for (let i = 0; i < 2; i++) assert.ok(!('error' in (await c1.join(new Uint8Array(65).fill(200 + i))))); // a cohort still forming
       const forming = (await c2.join(new Uint8Array(65).fill(210))) as { cohort: { id: string } };
-      for (const [id, n] of [[a, 4], [b, 2], [c, 4]] as const) for (let i = 0; i < n; i++) assert.equal(await (i % 2 ? c1 : c2).markSubmitted(id, i, 1000 * key + i), 'recorded');
+      // Each upload's self-mask shares, sealed to its two mask neighbours (opaque to the store).
+      const sealedOf = (i: number) => new Uint8Array(2 * 32).fill(i + 1);
+      for (const [id, n] of [[a, 4], [b, 2], [c, 4], [d, 4]] as const) for (let i = 0; i < n; i++) assert.equal(await (i % 2 ? c1 : c2).markSubmitted(id, i, 1000 * key + i, sealedOf(i)), 'recorded');
+      assert.equal(await c1.markSubmitted(d, 4, 1000 * key + 4, sealedOf(4)), 'recorded', 'the K-th upload: recovering, not complete');
+      assert.deepEqual([(await c2.info(d))!.status, (await c2.info(d))!.dropped, (await c2.info(d))!.needed], ['recovering', [], 5]);
+      assert.deepEqual([...(await c2.sealedShares(a, [1, 3, 4]))].sort(([x], [y]) => x - y).map(([i, v]) => [i, v[0], v.length]), [[1, 2, 64], [3, 4, 64]], 'what each member sealed, for the views');
       t += 60_001;
       const first = await Promise.all([c1.sweep(), c2.sweep()]);
-      assert.deepEqual(first.flatMap((r) => r.aborted.map((x) => [x.id, x.reason])), [[b, 'only 2 of 5 members uploaded within 60000 ms (recovery needs 3)']]);
+      assert.deepEqual(
+        first.flatMap((r) => r.aborted.map((x) => [x.id, x.reason])).sort(),
+        [[b, 'only 2 of 5 members uploaded within 60000 ms (recovery needs 3)'], [d, 'only 0 of the 5 recovery shares came within 60000 ms']].sort(),
+      );
       const info = (await c2.info(a))!;
-      // At degree 2, member 4's mask neighbours are 3 and 0: their shares are needed.
-      assert.deepEqual([info.status, info.dropped, info.needed, info.recovered], ['recovering', [4], 2, 0]);
+      // Every survivor owes a share: pair seeds for member 4, self-mask shares for the others.
+      assert.deepEqual([info.status, info.dropped, info.needed, info.recovered], ['recovering', [4], 4, 0]);
       assert.equal(await c1.markSubmitted(a, 4, 1), 'closed', 'a late upload is not counted');
-      assert.equal(await c1.addRecovery(a, 2, new Uint8Array(16)), 'refused', 'member 2 has no dropped neighbour');
-      assert.equal(await c1.addRecovery(b, 0, new Uint8Array(16)), 'closed');
-      const shares = [new Uint8Array(16).fill(7), new Uint8Array(16).fill(9)];
-      const got = await Promise.all([c1.addRecovery(a, 0, shares[0]!), c2.addRecovery(a, 3, shares[1]!)]);
-      assert.deepEqual(got.sort(), ['complete', 'recorded']);
+      assert.equal(await c1.addRecovery(a, 4, new Uint8Array(32)), 'refused', 'member 4 dropped: it owes nothing');
+      assert.equal(await c1.addRecovery(b, 0, new Uint8Array(32)), 'closed');
+      const shares = [0, 1, 2, 3].map((i) => new Uint8Array(32).fill(7 + i));
+      const got = await Promise.all([0, 1, 2, 3].map((i) => (i % 2 ? c1 : c2).addRecovery(a, i, shares[i]!)));
+      assert.deepEqual(got.sort(), ['complete', 'recorded', 'recorded', 'recorded']);
       assert.equal(await c2.addRecovery(a, 0, shares[0]!), 'refused', 'once per member');
-      assert.deepEqual([...(await c1.recoveryShares(a))].sort(([x], [y]) => x - y).map(([i, sh]) => [i, [...sh]]), [[0, [...shares[0]!]], [3, [...shares[1]!]]]);
+      assert.deepEqual([...(await c1.recoveryShares(a))].sort(([x], [y]) => x - y).map(([i, sh]) => [i, [...sh]]), shares.map((sh, i) => [i, [...sh]]));
       await c2.finish(a, 1);
       assert.deepEqual([(await c1.info(a))!.status, (await c1.info(a))!.published], ['done', 1]);
       t += 60_001;
       const second = (await Promise.all([c1.sweep(), c2.sweep()])).flatMap((r) => r.aborted);
-      assert.deepEqual(second.map((x) => [x.id, x.reason, x.updateIds.length]), [[c, 'only 0 of the 2 recovery shares came within 60000 ms', 4]]);
+      assert.deepEqual(second.map((x) => [x.id, x.reason, x.updateIds.length]), [[c, 'only 0 of the 4 recovery shares came within 60000 ms', 4]]);
       assert.deepEqual([(await c1.info(forming.cohort.id))!.status, (await c1.info(forming.cohort.id))!.joined], ['forming', 3], 'two minutes are nothing to the fill deadline');
       t += 3_600_000;
       const third = (await c1.sweep()).aborted;
