@@ -79,6 +79,9 @@ export const MAX_RECOVERY_DEGREE = 255;
 const MASKED_MAGIC = [0x4c, 0x52, 0x53, 0x31]; // "LRS1"
 const MASK_INFO = new TextEncoder().encode('localrec secagg v1 mask');
 const SHARE_INFO = new TextEncoder().encode('localrec secagg v1 share');
+const CONFIRM_INFO = new TextEncoder().encode('localrec secagg v1 confirm');
+/** A confirmation tag one member sends a neighbour: HMAC-SHA-256 truncated to 16 bytes. */
+export const CONFIRM_TAG_BYTES = 16;
 const ECDH = { name: 'ECDH', namedCurve: 'P-256' } as const;
 
 function subtle(): SubtleCrypto {
@@ -243,6 +246,7 @@ export function combineShares(points: ReadonlyArray<{ x: number; y: Uint8Array }
   const first = points[0];
   if (!first) throw new RangeError('no shares to combine');
   const out = new Uint8Array(first.y.length);
+  for (const p of points) if (!(Number.isInteger(p.x) && p.x >= 1 && p.x <= 255)) throw new RangeError(`a share's point must be 1..255, got ${p.x}`);
   for (const [i, pi] of points.entries()) {
     let l = 1;
     for (const [j, pj] of points.entries()) {
@@ -300,6 +304,84 @@ export async function addSelfMask(
     sealed.set(new Uint8Array(ct), p * SEALED_SHARE_BYTES);
   }
   return { values, sealed };
+}
+
+/** Member `index`'s mask neighbours not in `dropped`, ascending: whom it confirms its list to, and from whom it needs a confirmation. */
+export function aliveNeighbours(index: number, size: number, degree: number, dropped: readonly number[]): number[] {
+  const gone = new Set(dropped);
+  return sortedNeighbours(index, size, degree).filter((j) => !gone.has(j));
+}
+
+/** The message a confirmation tag authenticates: who tells whom that it was shown this list of dropped members in this cohort. */
+async function confirmMessage(cohortId: Uint8Array, from: number, to: number, dropped: readonly number[]): Promise<Uint8Array<ArrayBuffer>> {
+  const list = [...new Set(dropped)].sort((a, b) => a - b);
+  const out = new Uint8Array(4 + cohortId.length + 8 + 4 * list.length);
+  out.set([0x4c, 0x52, 0x43, 0x31], 0); // "LRC1"
+  out.set(cohortId, 4);
+  const dv = new DataView(out.buffer);
+  dv.setUint32(4 + cohortId.length, from, true);
+  dv.setUint32(8 + cohortId.length, to, true);
+  list.forEach((j, k) => dv.setUint32(12 + cohortId.length + 4 * k, j, true));
+  return out;
+}
+
+async function pairConfirmKey(privateKey: CryptoKey, peer: CryptoKey, cohortId: Uint8Array): Promise<CryptoKey> {
+  const raw = await pairDerive(privateKey, peer, cohortId, CONFIRM_INFO);
+  return subtle().importKey('raw', raw as Uint8Array<ArrayBuffer>, { name: 'HMAC', hash: 'SHA-256' }, false, ['sign', 'verify']);
+}
+
+/**
+ * Member `index`'s confirmations of the list of dropped members it was shown: one tag per mask
+ * neighbour the list leaves alive ({@link aliveNeighbours} order), an HMAC under a key only the two
+ * of them hold. A member gives its recovery share only once every neighbour its list leaves alive
+ * has confirmed the same list ({@link checkConfirmations}): a server that shows neighbours
+ * different lists (to collect both a member's pair seeds and its self-mask shares) cannot forge
+ * the confirmations that would hide it.
+ */
+export async function confirmationTags(o: { index: number; cohortId: Uint8Array; publicKeys: ReadonlyMap<number, Uint8Array>; privateKey: CryptoKey; params: SecAggParams; dropped: readonly number[] }): Promise<Uint8Array> {
+  const to = aliveNeighbours(o.index, o.params.cohortSize, o.params.degree, o.dropped);
+  const out = new Uint8Array(to.length * CONFIRM_TAG_BYTES);
+  for (const [k, j] of to.entries()) {
+    const key = o.publicKeys.get(j);
+    if (!key) throw new ValidationError('cohort.keys', `lacks the key of member ${j}, a mask neighbour of member ${o.index}`);
+    const hmac = await pairConfirmKey(o.privateKey, await importPublicKey(key), o.cohortId);
+    const tag = await subtle().sign('HMAC', hmac, await confirmMessage(o.cohortId, o.index, j, o.dropped));
+    out.set(new Uint8Array(tag, 0, CONFIRM_TAG_BYTES), k * CONFIRM_TAG_BYTES);
+  }
+  return out;
+}
+
+/**
+ * Checks that every mask neighbour `dropped` leaves alive confirmed that same list to member
+ * `index` (`confirmations`: neighbour → its 16-byte tag for this member). Returns the neighbours
+ * still missing (wait for them); throws a ValidationError when a tag does not match (that
+ * neighbour was shown another list, or the tag is forged).
+ */
+export async function checkConfirmations(o: {
+  index: number;
+  cohortId: Uint8Array;
+  publicKeys: ReadonlyMap<number, Uint8Array>;
+  privateKey: CryptoKey;
+  params: SecAggParams;
+  dropped: readonly number[];
+  confirmations: ReadonlyMap<number, Uint8Array>;
+}): Promise<number[]> {
+  const missing: number[] = [];
+  for (const j of aliveNeighbours(o.index, o.params.cohortSize, o.params.degree, o.dropped)) {
+    const tag = o.confirmations.get(j);
+    if (!tag) {
+      missing.push(j);
+      continue;
+    }
+    const key = o.publicKeys.get(j);
+    if (!key) throw new ValidationError('cohort.keys', `lacks the key of member ${j}, a mask neighbour of member ${o.index}`);
+    const hmac = await pairConfirmKey(o.privateKey, await importPublicKey(key), o.cohortId);
+    const want = new Uint8Array(await subtle().sign('HMAC', hmac, await confirmMessage(o.cohortId, j, o.index, o.dropped)), 0, CONFIRM_TAG_BYTES);
+    let diff = tag.length ^ CONFIRM_TAG_BYTES;
+    for (let k = 0; k < CONFIRM_TAG_BYTES; k++) diff |= (tag[k] ?? 0) ^ want[k]!;
+    if (diff !== 0) throw new ValidationError('cohort.confirmations', `member ${j} did not confirm the list of dropped members this member was shown: refusing to help recover`);
+  }
+  return missing;
 }
 
 /** Where member `holder`'s share sits among member `owner`'s sealed shares (its place in `owner`'s ascending neighbours), or −1. */

@@ -11,7 +11,7 @@ import { trainItemTable, type Sequence, type TrainConfig } from '../model/train.
 import { buildClientUpdate, checkTrainedPart, noisedDelta, type TrainedPart } from './client-update.js';
 import { cryptoUniform, DEFAULT_BUDGET, DEFAULT_DELTA, type RdpAccountant } from './dp.js';
 import { subspaceUpdate } from './subspace.js';
-import { addSelfMask, checkSecAggParams, encodeFixedPoint, encodeMaskedUpdate, maskValues, recoveryShare, secAggKeyPair, survivorComponents, usesSelfMask, type SecAggParams } from './secagg.js';
+import { addSelfMask, checkConfirmations, checkSecAggParams, confirmationTags, encodeFixedPoint, encodeMaskedUpdate, maskValues, recoveryShare, secAggKeyPair, survivorComponents, usesSelfMask, type SecAggParams } from './secagg.js';
 import { bytesEqual, decodeModel, fromHex, sha256, toHex } from './wire.js';
 
 /** Server settings from `GET /v1/config` that the client needs. */
@@ -494,6 +494,8 @@ interface CohortView {
   dropped?: number[];
   /** While recovering (`…/members/:i`): mask neighbour index → hex of the share of its self-mask seed it sealed to this member. */
   sealed?: Record<string, string>;
+  /** While recovering (`…/members/:i`): mask neighbour index → hex of its confirmation tag for this member, once given. */
+  confirmations?: Record<string, string>;
 }
 
 /**
@@ -628,6 +630,8 @@ async function stayForRecovery(
   const K = sa.cohortSize;
   const t0 = now();
   let sent = false;
+  /** The list of dropped members this device confirmed (sorted, joined): it answers for no other. */
+  let confirmed: string | undefined;
   try {
     for (let polls = 0; ; polls++) {
       const res = await request(o, 'cohort', 'GET', memberPath(joined));
@@ -636,26 +640,44 @@ async function stayForRecovery(
       if (view.status === 'done') return { outcome: 'published', recoveryShareSent: sent };
       if (view.status === 'aborted') return { outcome: 'aborted', recoveryShareSent: sent, ...(view.reason ? { note: view.reason } : {}) };
       if (view.status === 'recovering' && !sent) {
-        const dropped = view.dropped ?? [];
-        if (dropped.length > K - t || dropped.includes(joined.index) || dropped.some((j) => !(Number.isInteger(j) && j >= 0 && j < K))) {
-          return { outcome: 'left', recoveryShareSent: false, note: `refused to help recover: the server lists ${dropped.length} dropped members (at most ${K - t} allowed${dropped.includes(joined.index) ? ', and this device among them' : ''})` };
+        const dropped = [...new Set(view.dropped ?? [])].sort((a, b) => a - b);
+        const listKey = dropped.join(',');
+        // One list per cohort: a server that shows this device another one later gets nothing more.
+        if (confirmed !== undefined && confirmed !== listKey) {
+          return { outcome: 'left', recoveryShareSent: false, note: `refused to help recover: the server changed the list of dropped members (was [${confirmed}], now [${listKey}])` };
         }
-        // After recovery the server could unmask this device's connected part of the survivors on
-        // its own: give nothing unless that part has at least t members.
-        const mine = survivorComponents(K, sa.degree, dropped).find((p) => p.includes(joined.index))!;
-        if (mine.length < t) {
-          return { outcome: 'left', recoveryShareSent: false, note: `refused to help recover: without the dropped members this device's part of the mask graph has ${mine.length} members, fewer than ${t}` };
+        if (confirmed === undefined) {
+          if (dropped.length > K - t || dropped.includes(joined.index) || dropped.some((j) => !(Number.isInteger(j) && j >= 0 && j < K))) {
+            return { outcome: 'left', recoveryShareSent: false, note: `refused to help recover: the server lists ${dropped.length} dropped members (at most ${K - t} allowed${dropped.includes(joined.index) ? ', and this device among them' : ''})` };
+          }
+          // After recovery the server could unmask this device's connected part of the survivors on
+          // its own: give nothing unless that part has at least t members.
+          const mine = survivorComponents(K, sa.degree, dropped).find((p) => p.includes(joined.index))!;
+          if (mine.length < t) {
+            return { outcome: 'left', recoveryShareSent: false, note: `refused to help recover: without the dropped members this device's part of the mask graph has ${mine.length} members, fewer than ${t}` };
+          }
+          // First tell each neighbour the list leaves alive which list this device was shown
+          // (tags only they can check): nobody answers before all of its neighbours saw the same.
+          const tags = await confirmationTags({ index: joined.index, cohortId, publicKeys, privateKey, params: sa, dropped });
+          await request(o, 'cohort', 'POST', `${memberPath(joined)}/confirm`, tags, { 'Content-Type': 'application/octet-stream', 'X-Localrec-Cohort-Token': joined.token });
+          confirmed = listKey;
+          await checkpointQuietly(o);
         }
-        // Once, for this list only: for each mask neighbour the pair seed (listed as dropped) or the
-        // share of its self-mask (not listed), never both. A failed request ends the wait (catch below).
-        const sealed = new Map(Object.entries(view.sealed ?? {}).map(([j, hex]) => [Number(j), fromHex(hex)] as const));
-        const share = await recoveryShare({ index: joined.index, cohortId, publicKeys, privateKey, params: sa, dropped, sealed });
-        await request(o, 'cohort', 'POST', `${memberPath(joined)}/recovery`, share, {
-          'Content-Type': 'application/octet-stream',
-          'X-Localrec-Cohort-Token': joined.token,
-        });
-        sent = true;
-        await checkpointQuietly(o);
+        const confirmations = new Map(Object.entries(view.confirmations ?? {}).map(([j, hex]) => [Number(j), fromHex(hex)] as const));
+        const missing = await checkConfirmations({ index: joined.index, cohortId, publicKeys, privateKey, params: sa, dropped, confirmations });
+        if (missing.length === 0) {
+          // Once, for this list only: for each mask neighbour the pair seed (listed as dropped) or
+          // the share of its self-mask (not listed), never both. A failed request ends the wait.
+          const sealed = new Map(Object.entries(view.sealed ?? {}).map(([j, hex]) => [Number(j), fromHex(hex)] as const));
+          const share = await recoveryShare({ index: joined.index, cohortId, publicKeys, privateKey, params: sa, dropped, sealed });
+          await request(o, 'cohort', 'POST', `${memberPath(joined)}/recovery`, share, {
+            'Content-Type': 'application/octet-stream',
+            'X-Localrec-Cohort-Token': joined.token,
+          });
+          sent = true;
+          await checkpointQuietly(o);
+          continue;
+        }
       }
       if (now() - t0 > waitMs) return { outcome: 'left', recoveryShareSent: sent, note: `cohort still ${view.status} after ${waitMs} ms` };
       await sleep(Math.min(pollMs * 1.5 ** polls, Math.max(pollMs, 15_000)), o.signal);

@@ -16,7 +16,7 @@ import { defaultUploadTimeoutMs } from './cohorts.js';
 import { REJECT_STATUS, type RejectReason } from './validate-update.js';
 import { registerRedeem } from './redeem.js';
 import type { OfferCatalog } from '../offers/types.js';
-import { maskedUpdateBytes, maskNeighbours, PAIR_SEED_BYTES, PUBLIC_KEY_BYTES, usesSelfMask } from '../federated/secagg.js';
+import { CONFIRM_TAG_BYTES, maskedUpdateBytes, maskNeighbours, PAIR_SEED_BYTES, PUBLIC_KEY_BYTES, usesSelfMask } from '../federated/secagg.js';
 import { trainedLength } from '../federated/client-update.js';
 
 export interface AppOptions {
@@ -256,6 +256,23 @@ export function createApp(rounds: RoundCoordinator, opts: AppOptions): Hono {
     c.header('Cache-Control', 'no-store');
     return c.json({ left: true }, 200);
   });
+
+  // Recovery, first: a surviving member confirms to each neighbour its list leaves alive which list it was shown (16-byte tags).
+  const maxConfirm = (sa?.degree ?? 2) * CONFIRM_TAG_BYTES;
+  app.post(
+    '/v1/secagg/cohorts/:id/members/:member/confirm',
+    only('secure'),
+    bodyLimit({ maxSize: maxConfirm, onError: (c) => fail(c, 'oversized', `confirmations are at most ${maxConfirm} bytes`) }),
+    async (c) => {
+      const body = await readBody(c);
+      if (!body) return fail(c, 'malformed', 'could not read the request body');
+      const param = c.req.param('member') ?? '';
+      const r = await rounds.submitConfirmation(c.req.param('id') ?? '', memberIndex(param), c.req.header('x-localrec-cohort-token') ?? '', body, param);
+      if (!r.ok) return fail(c, r.reason, r.error);
+      c.header('Cache-Control', 'no-store');
+      return c.json({ accepted: true }, 202);
+    },
+  );
 
   // Recovery: a surviving member's pair seeds or self-mask shares, 16 bytes per mask neighbour (at most `degree`).
   const maxShare = (sa?.degree ?? 2) * PAIR_SEED_BYTES;

@@ -13,7 +13,7 @@
  * or by timing out.
  */
 import type { SecAggParams } from '../federated/secagg.js';
-import { COHORT_ID_BYTES, maskNeighbours, recoveryShareBytes, SEALED_SHARE_BYTES, selfMaskUnrecoverable, sharePosition, survivorComponents, usesSelfMask } from '../federated/secagg.js';
+import { aliveNeighbours, COHORT_ID_BYTES, CONFIRM_TAG_BYTES, maskNeighbours, recoveryShareBytes, SEALED_SHARE_BYTES, selfMaskUnrecoverable, sharePosition, survivorComponents, usesSelfMask } from '../federated/secagg.js';
 import { toHex } from '../federated/wire.js';
 
 export type CohortStatus = 'forming' | 'ready' | 'recovering' | 'done' | 'aborted';
@@ -100,6 +100,10 @@ export interface CohortStore {
   markSubmitted(id: string, index: number, updateId: number, sealed?: Uint8Array): Promise<MarkResult>;
   /** The sealed shares of `members` (those that uploaded with some), by member index. */
   sealedShares(id: string, members: readonly number[]): Promise<Map<number, Uint8Array>>;
+  /** Stores a surviving member's confirmation tags (only while `recovering`, once per member that uploaded). */
+  addConfirmation(id: string, index: number, tags: Uint8Array): Promise<'recorded' | 'closed' | 'refused'>;
+  /** The confirmation tags of `members` given so far, by member index. */
+  confirmations(id: string, members: readonly number[]): Promise<Map<number, Uint8Array>>;
   /** Stores a surviving member's recovery share (only while the cohort is `recovering`, once per member that owes one). */
   addRecovery(id: string, index: number, share: Uint8Array): Promise<RecoveryResult>;
   /** The recovery shares given so far, by member index. */
@@ -247,6 +251,8 @@ export type CohortView = {
   dropped?: number[];
   /** To a member, while recovering: each surviving mask neighbour's share of its self-mask sealed to that member (hex). */
   sealed?: Record<string, string>;
+  /** To a member, while recovering: each surviving mask neighbour's confirmation tag for that member (hex), once given. */
+  confirmations?: Record<string, string>;
 };
 
 /**
@@ -280,6 +286,14 @@ export async function cohortView(store: CohortStore, c: CohortInfo, degree: numb
       if (s && p >= 0 && s.length >= (p + 1) * SEALED_SHARE_BYTES) sealed[String(j)] = toHex(s.subarray(p * SEALED_SHARE_BYTES, (p + 1) * SEALED_SHARE_BYTES));
     }
     out.sealed = sealed;
+    const tags = await store.confirmations(c.id, from);
+    const confirmations: Record<string, string> = {};
+    for (const j of from) {
+      const p = aliveNeighbours(j, c.size, degree, c.dropped).indexOf(member);
+      const t = tags.get(j);
+      if (t && p >= 0 && t.length >= (p + 1) * CONFIRM_TAG_BYTES) confirmations[String(j)] = toHex(t.subarray(p * CONFIRM_TAG_BYTES, (p + 1) * CONFIRM_TAG_BYTES));
+    }
+    out.confirmations = confirmations;
   }
   return out;
 }
@@ -295,6 +309,8 @@ interface MemoryCohort extends CohortInfo {
   shares: Map<number, Uint8Array>;
   /** Each uploader's self-mask shares, sealed to its mask neighbours (dropout recovery). */
   sealed: Map<number, Uint8Array>;
+  /** Each survivor's confirmation tags of the list of dropped members it was shown. */
+  confirms: Map<number, Uint8Array>;
 }
 
 /** Cohorts in this process's memory (with the memory and SQLite stores: one server process). */
@@ -313,7 +329,7 @@ export class MemoryCohortStore implements CohortStore {
   }
 
   private static info(c: MemoryCohort): CohortInfo {
-    const { keyList: _k, keyHex: _h, tokens: _t, submittedBy: _s, updateIds: _u, shares: _r, sealed: _x, ...info } = c;
+    const { keyList: _k, keyHex: _h, tokens: _t, submittedBy: _s, updateIds: _u, shares: _r, sealed: _x, confirms: _c, ...info } = c;
     return { ...info, ...(info.dropped ? { dropped: info.dropped.slice() } : {}) };
   }
 
@@ -334,6 +350,7 @@ export class MemoryCohortStore implements CohortStore {
         updateIds: [],
         shares: new Map(),
         sealed: new Map(),
+        confirms: new Map(),
       };
       this.cohorts.set(c.id, c);
       this.open = c;
@@ -401,13 +418,19 @@ export class MemoryCohortStore implements CohortStore {
   }
 
   async sealedShares(id: string, members: readonly number[]): Promise<Map<number, Uint8Array>> {
+    return pick(this.cohorts.get(id)?.sealed, members);
+  }
+
+  async addConfirmation(id: string, index: number, tags: Uint8Array): Promise<'recorded' | 'closed' | 'refused'> {
     const c = this.cohorts.get(id);
-    const out = new Map<number, Uint8Array>();
-    for (const j of members) {
-      const s = c?.sealed.get(j);
-      if (s) out.set(j, s);
-    }
-    return out;
+    if (!c || c.status !== 'recovering') return 'closed';
+    if (!c.submittedBy.has(index) || c.confirms.has(index)) return 'refused';
+    c.confirms.set(index, tags.slice());
+    return 'recorded';
+  }
+
+  async confirmations(id: string, members: readonly number[]): Promise<Map<number, Uint8Array>> {
+    return pick(this.cohorts.get(id)?.confirms, members);
   }
 
   async addRecovery(id: string, index: number, share: Uint8Array): Promise<RecoveryResult> {
@@ -460,4 +483,14 @@ export class MemoryCohortStore implements CohortStore {
     }
     return out;
   }
+}
+
+/** The entries of `members` in `from`. */
+function pick(from: ReadonlyMap<number, Uint8Array> | undefined, members: readonly number[]): Map<number, Uint8Array> {
+  const out = new Map<number, Uint8Array>();
+  for (const j of members) {
+    const v = from?.get(j);
+    if (v) out.set(j, v);
+  }
+  return out;
 }

@@ -148,6 +148,7 @@ export class PostgresStorage implements Storage {
           );
           -- Dropout recovery: each upload's self-mask shares, sealed to its mask neighbours.
           ALTER TABLE localrec_cohort_members ADD COLUMN IF NOT EXISTS sealed BYTEA;
+          ALTER TABLE localrec_cohort_members ADD COLUMN IF NOT EXISTS confirm BYTEA;
         `);
         const v = await c.query<{ value: string }>('SELECT value FROM localrec_meta WHERE key = $1', ['schema']);
         if (v.rowCount === 0) await c.query('INSERT INTO localrec_meta (key, value) VALUES ($1, $2)', ['schema', SCHEMA_VERSION]);
@@ -460,6 +461,24 @@ class PostgresCohortStore implements CohortStore {
       await c.query("UPDATE localrec_cohorts SET status = 'recovering', dropped = $2, recovery_at = $3, needed = $4, recovered = 0 WHERE id = $1", [id, next.dropped, next.recoveryAt, next.needed]);
       return 'recorded';
     });
+  }
+
+  addConfirmation(id: string, index: number, tags: Uint8Array): Promise<'recorded' | 'closed' | 'refused'> {
+    return this.tx('record confirmations', async (c) => {
+      const row = await c.query("SELECT 1 FROM localrec_cohorts WHERE id = $1 AND status = 'recovering' FOR UPDATE", [id]);
+      if (!row.rowCount) return 'closed';
+      const m = await c.query('UPDATE localrec_cohort_members SET confirm = $3 WHERE cohort = $1 AND idx = $2 AND update_id IS NOT NULL AND confirm IS NULL', [
+        id,
+        index,
+        Buffer.from(tags.buffer, tags.byteOffset, tags.byteLength),
+      ]);
+      return m.rowCount ? 'recorded' : 'refused';
+    });
+  }
+
+  async confirmations(id: string, members: readonly number[]): Promise<Map<number, Uint8Array>> {
+    const r = await this.q<{ idx: number; confirm: Uint8Array }>('read confirmations', 'SELECT idx, confirm FROM localrec_cohort_members WHERE cohort = $1 AND idx = ANY($2::int[]) AND confirm IS NOT NULL', [id, [...members]]);
+    return new Map(r.rows.map((row) => [row.idx, new Uint8Array(row.confirm)]));
   }
 
   async sealedShares(id: string, members: readonly number[]): Promise<Map<number, Uint8Array>> {

@@ -9,7 +9,7 @@ import type { ItemTable } from '../model/item-table.js';
 import { applyFedAdam, applyFedAvg, combineDeltas, shrinkRows, DEFAULT_FEDADAM, trimCount, type AggregatorName, type FedAdamOptions, type RobustName } from './aggregate.js';
 import { StorageConflictError, type NewUpdate, type Storage, type StoredVersion } from './storage.js';
 import { checkUpdate, reject, type Rejection, type UpdatePolicy } from './validate-update.js';
-import { COHORT_ID_BYTES, decodeMaskedHeader, decodeMaskedUpdate, importPublicKey, maskNeighbours, SEALED_SHARE_BYTES, unmaskRecovered, unmaskSum, usesSelfMask, type SecAggParams } from '../federated/secagg.js';
+import { aliveNeighbours, COHORT_ID_BYTES, CONFIRM_TAG_BYTES, decodeMaskedHeader, decodeMaskedUpdate, importPublicKey, maskNeighbours, SEALED_SHARE_BYTES, unmaskRecovered, unmaskSum, usesSelfMask, type SecAggParams } from '../federated/secagg.js';
 import { cohortView, defaultUploadTimeoutMs, isCohortId, MemoryCohortStore, shareBytes, type CohortInfo, type CohortStore, type CohortView } from './cohorts.js';
 import { expandDelta, trainedLength, type TrainedPart } from '../federated/client-update.js';
 import { DEFAULT_SUBSPACE_SCALE, MIN_DIRECTION_WEIGHT, subspaceTable } from '../federated/subspace.js';
@@ -588,6 +588,32 @@ export class RoundCoordinator {
     const r = await cohorts.leave(id, member, token);
     if (r === 'unknown') return reject('not-member', `the token is not the one member ${member} of cohort ${id} was given at join, or that member left already`);
     if (r === 'too-late') return reject('unknown-cohort', `${cohortState(id, (await cohorts.info(id)) ?? c)}; only a forming cohort can be left (once it is full its keys are out)`);
+    return { ok: true };
+  }
+
+  /**
+   * Secure aggregation, recovery, first step: a surviving member's confirmations, to each mask
+   * neighbour the list of dropped members leaves alive, of the list it was shown (16-byte tags the
+   * server cannot forge or check; it hands each to its neighbour in the member view). A member gives
+   * its recovery share only once all of its living neighbours confirmed the same list.
+   */
+  async submitConfirmation(id: string, member: number, token: string, tags: Uint8Array, memberParam: string = String(member)): Promise<{ ok: true } | Rejection> {
+    const cohorts = this.cohorts;
+    const sa = this.config.secureAggregation;
+    if (!cohorts || !sa) return reject('wrong-mode', 'this server takes plain updates (POST /v1/updates); secure aggregation is off');
+    if (!isCohortId(id)) return noCohort(id);
+    await this.sweepCohorts();
+    const c = await cohorts.info(id);
+    if (!c) return noCohort(id);
+    if (c.status !== 'recovering') return reject('unknown-cohort', `${cohortState(id, c)}; it takes no confirmations`);
+    if (!(Number.isInteger(member) && member >= 0 && member < c.size)) return reject('malformed', `member must be 0..${c.size - 1}, got '${memberParam.slice(0, 20)}'`);
+    if (token !== (await cohorts.token(id, member))) return reject('not-member', `the token is not the one member ${member} of cohort ${id} was given at join`);
+    if (c.dropped!.includes(member)) return reject('wrong-mode', `member ${member} dropped: it confirms nothing`);
+    const bytes = aliveNeighbours(member, c.size, sa.degree, c.dropped!).length * CONFIRM_TAG_BYTES;
+    if (tags.length !== bytes) return reject('wrong-shape', `member ${member}'s confirmations are ${bytes} bytes (16 per mask neighbour that did not drop), got ${tags.length}`);
+    const r = await cohorts.addConfirmation(id, member, tags);
+    if (r === 'closed') return reject('unknown-cohort', `cohort ${id} stopped recovering`);
+    if (r === 'refused') return reject('replayed', `member ${member} of cohort ${id} confirmed already, or never uploaded`);
     return { ok: true };
   }
 

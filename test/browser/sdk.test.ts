@@ -191,7 +191,7 @@ describe('SDK in Chromium', () => {
     ]);
     const [optionError, workerStart, crossOrigin] = r.optionError.split(' | ');
     assert.match(crossOrigin!, /^ClosedError the localrec worker \(http:\/\/localhost:\d+\/dist\/worker\.js\) could not be created: .*must come from the page's own origin/);
-    assert.equal(optionError, 'ValidationError options.autoTrain: is not an option (known: catalog, backend, dbName, retention, model, autoTrainEvery, consent, offers, federated, neighbors, workerUrl, workerTimeoutMs)');
+    assert.equal(optionError, 'ValidationError options.autoTrain: is not an option (known: catalog, backend, dbName, retention, model, autoTrainEvery, consent, offers, federated, neighbors, workerUrl, wasmPaths, workerTimeoutMs)');
     assert.match(workerStart, /^ClosedError the localrec worker \(.*\/no-such-worker\.js\) failed to start/, 'a worker that cannot load is an error, not a wait for ever');
     assert.deepEqual(r.syncError, { name: 'NetworkError', status: 404, cls: true }, 'the HTTP status survives the worker boundary');
     assert.deepEqual(r.cloneErrors, ['true options', 'true itemId or options', 'true catalog', 'true consent']);

@@ -9,6 +9,10 @@ import fc from 'fast-check';
 import {
   addMod,
   addSelfMask,
+  aliveNeighbours,
+  checkConfirmations,
+  confirmationTags,
+  CONFIRM_TAG_BYTES,
   checkSecAggParams,
   combineShares,
   decodeFixedPoint,
@@ -1061,14 +1065,69 @@ test('recovery never isolates a device: the server aborts when the missing membe
     assert.equal(liar.recoveryShareSent, false);
     assert.match(liar.note!, /this device's part of the mask graph has 1 members, fewer than 2/);
     assert.ok(!sent.some((p) => p.endsWith('/recovery')), sent.join(', '));
-    // All four uploaded, so every self-mask must come off: without device 0's share the others'
-    // recovery times out and the cohort is aborted (nothing about it is published).
-    assert.deepEqual(results.slice(1).map((r) => [r.cohort!.outcome, r.cohort!.recoveryShareSent]), [['aborted', true], ['aborted', true], ['aborted', true]]);
-    assert.match(results[1]!.cohort!.note ?? '', /only 3 of the 4 recovery shares came/);
+    // All four uploaded, so every self-mask must come off. Device 0 never confirmed a list to its
+    // ring neighbours 1 and 3, so they never answer either (they wait for its confirmation); 2,
+    // whose neighbours are 1 and 3, may (if their confirmations reach it before the deadline). The
+    // recovery times out and the cohort is aborted: nothing about it is published.
+    assert.deepEqual(results.slice(1).map((r) => r.cohort!.outcome), ['aborted', 'aborted', 'aborted']);
+    assert.deepEqual([results[1]!.cohort!.recoveryShareSent, results[3]!.cohort!.recoveryShareSent], [false, false]);
+    assert.match(results[1]!.cohort!.note ?? '', /only [01] of the 4 recovery shares came/);
     assert.equal(parts.rounds.version, 0);
   } finally {
     await parts.storage.close();
   }
+});
+
+test('a server that shows members different lists of dropped members (to get a member\'s pair seeds from some and its self-mask shares from others) cannot make the ones it needs answer', async () => {
+  // The split attack of a review: target 3 is told its neighbours 1 and 2 dropped (it would reveal
+  // its pair seeds with them); 1 and 2 are told nobody dropped (they would open their shares of 3's
+  // self-mask); 4 and 5 are told 3 dropped (they would reveal their pair seeds with 3). Every list
+  // passes the size and graph checks; only the confirmations stop it.
+  const K = 10;
+  const params: SecAggParams = { cohortSize: K, bits: 16, step: 1 / 256, degree: 4, minSurvivors: 8 };
+  const cohortId = new Uint8Array(16).fill(5);
+  const members = await Promise.all(Array.from({ length: K }, () => secAggKeyPair()));
+  const keys = new Map(members.map((m, i) => [i, m.publicKey] as const));
+  const shown = new Map<number, number[]>(Array.from({ length: K }, (_, i) => [i, i === 3 ? [1, 2] : i === 1 || i === 2 ? [] : [3]] as const));
+  // Every tag every member would send for the list it was shown, addressed as it addresses them.
+  const pool = new Map<number, Uint8Array[]>();
+  for (const [i, dropped] of shown) {
+    if (dropped.includes(i)) continue;
+    const tags = await confirmationTags({ index: i, cohortId, publicKeys: keys, privateKey: members[i]!.privateKey, params, dropped });
+    pool.set(i, Array.from({ length: tags.length / CONFIRM_TAG_BYTES }, (_, k) => tags.subarray(k * CONFIRM_TAG_BYTES, (k + 1) * CONFIRM_TAG_BYTES)));
+  }
+  /** Whether any tags the server holds would let member x answer for the list it was shown. */
+  const canAnswer = async (x: number): Promise<boolean> => {
+    const dropped = shown.get(x)!;
+    const choices = aliveNeighbours(x, K, params.degree, dropped).map((j) => pool.get(j) ?? []);
+    // Any tag from each neighbour, whoever it was meant for (the server routes as it likes).
+    const pick = async (k: number, chosen: Map<number, Uint8Array>): Promise<boolean> => {
+      const alive = aliveNeighbours(x, K, params.degree, dropped);
+      if (k === alive.length) {
+        try {
+          return (await checkConfirmations({ index: x, cohortId, publicKeys: keys, privateKey: members[x]!.privateKey, params, dropped, confirmations: chosen })).length === 0;
+        } catch {
+          return false;
+        }
+      }
+      for (const tag of choices[k]!) if (await pick(k + 1, new Map(chosen).set(alive[k]!, tag))) return true;
+      return false;
+    };
+    return pick(0, new Map());
+  };
+  // The target (its pair seeds with 1 and 2) and 1 and 2 (their shares of its self-mask) are stuck.
+  assert.deepEqual(await Promise.all([3, 1, 2].map(canAnswer)), [false, false, false]);
+  // Members shown one and the same list confirm each other: 6, 7, 8 (all told "3 dropped") could answer.
+  assert.deepEqual(await Promise.all([7, 8].map(canAnswer)), [true, true]);
+  // And when everyone is shown the same list, everyone can.
+  for (const i of shown.keys()) shown.set(i, [3]);
+  pool.clear();
+  for (const [i, dropped] of shown) {
+    if (dropped.includes(i)) continue;
+    const tags = await confirmationTags({ index: i, cohortId, publicKeys: keys, privateKey: members[i]!.privateKey, params, dropped });
+    pool.set(i, Array.from({ length: tags.length / CONFIRM_TAG_BYTES }, (_, k) => tags.subarray(k * CONFIRM_TAG_BYTES, (k + 1) * CONFIRM_TAG_BYTES)));
+  }
+  assert.deepEqual(await Promise.all([0, 1, 2, 4, 5, 6, 7, 8, 9].map(canAnswer)), Array(9).fill(true));
 });
 
 test('a cohort has its own deadlines to fill and to upload: a full cohort missing uploads recovers after the upload timeout, a forming one waits the fill timeout', async () => {
