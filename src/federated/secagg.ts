@@ -312,11 +312,19 @@ export function aliveNeighbours(index: number, size: number, degree: number, dro
   return sortedNeighbours(index, size, degree).filter((j) => !gone.has(j));
 }
 
-/** The message a confirmation tag authenticates: who tells whom that it was shown this list of dropped members in this cohort. */
-async function confirmMessage(cohortId: Uint8Array, from: number, to: number, dropped: readonly number[]): Promise<Uint8Array<ArrayBuffer>> {
+/**
+ * The two rounds of tags before a recovery share: `confirm` — "I was shown this list"; `ready` —
+ * "and every neighbour it leaves alive confirmed the same list to me". A member answers only once
+ * every neighbour its list leaves alive is ready on that list: consistency two steps out, which is
+ * what keeps the server from unmasking a sum of fewer than t (docs/protocol.md, "Dropout recovery").
+ */
+export type TagRound = 'confirm' | 'ready';
+
+/** The message a tag authenticates: who tells whom, in which round, about which list of dropped members in this cohort. */
+async function confirmMessage(cohortId: Uint8Array, from: number, to: number, dropped: readonly number[], round: TagRound = 'confirm'): Promise<Uint8Array<ArrayBuffer>> {
   const list = [...new Set(dropped)].sort((a, b) => a - b);
   const out = new Uint8Array(4 + cohortId.length + 8 + 4 * list.length);
-  out.set([0x4c, 0x52, 0x43, 0x31], 0); // "LRC1"
+  out.set([0x4c, 0x52, 0x43, round === 'confirm' ? 0x31 : 0x32], 0); // "LRC1" / "LRC2"
   out.set(cohortId, 4);
   const dv = new DataView(out.buffer);
   dv.setUint32(4 + cohortId.length, from, true);
@@ -338,14 +346,17 @@ async function pairConfirmKey(privateKey: CryptoKey, peer: CryptoKey, cohortId: 
  * different lists (to collect both a member's pair seeds and its self-mask shares) cannot forge
  * the confirmations that would hide it.
  */
-export async function confirmationTags(o: { index: number; cohortId: Uint8Array; publicKeys: ReadonlyMap<number, Uint8Array>; privateKey: CryptoKey; params: SecAggParams; dropped: readonly number[] }): Promise<Uint8Array> {
+export async function confirmationTags(
+  o: { index: number; cohortId: Uint8Array; publicKeys: ReadonlyMap<number, Uint8Array>; privateKey: CryptoKey; params: SecAggParams; dropped: readonly number[] },
+  round: TagRound = 'confirm',
+): Promise<Uint8Array> {
   const to = aliveNeighbours(o.index, o.params.cohortSize, o.params.degree, o.dropped);
   const out = new Uint8Array(to.length * CONFIRM_TAG_BYTES);
   for (const [k, j] of to.entries()) {
     const key = o.publicKeys.get(j);
     if (!key) throw new ValidationError('cohort.keys', `lacks the key of member ${j}, a mask neighbour of member ${o.index}`);
     const hmac = await pairConfirmKey(o.privateKey, await importPublicKey(key), o.cohortId);
-    const tag = await subtle().sign('HMAC', hmac, await confirmMessage(o.cohortId, o.index, j, o.dropped));
+    const tag = await subtle().sign('HMAC', hmac, await confirmMessage(o.cohortId, o.index, j, o.dropped, round));
     out.set(new Uint8Array(tag, 0, CONFIRM_TAG_BYTES), k * CONFIRM_TAG_BYTES);
   }
   return out;
@@ -357,15 +368,18 @@ export async function confirmationTags(o: { index: number; cohortId: Uint8Array;
  * still missing (wait for them); throws a ValidationError when a tag does not match (that
  * neighbour was shown another list, or the tag is forged).
  */
-export async function checkConfirmations(o: {
-  index: number;
-  cohortId: Uint8Array;
-  publicKeys: ReadonlyMap<number, Uint8Array>;
-  privateKey: CryptoKey;
-  params: SecAggParams;
-  dropped: readonly number[];
-  confirmations: ReadonlyMap<number, Uint8Array>;
-}): Promise<number[]> {
+export async function checkConfirmations(
+  o: {
+    index: number;
+    cohortId: Uint8Array;
+    publicKeys: ReadonlyMap<number, Uint8Array>;
+    privateKey: CryptoKey;
+    params: SecAggParams;
+    dropped: readonly number[];
+    confirmations: ReadonlyMap<number, Uint8Array>;
+  },
+  round: TagRound = 'confirm',
+): Promise<number[]> {
   const missing: number[] = [];
   for (const j of aliveNeighbours(o.index, o.params.cohortSize, o.params.degree, o.dropped)) {
     const tag = o.confirmations.get(j);
@@ -376,10 +390,15 @@ export async function checkConfirmations(o: {
     const key = o.publicKeys.get(j);
     if (!key) throw new ValidationError('cohort.keys', `lacks the key of member ${j}, a mask neighbour of member ${o.index}`);
     const hmac = await pairConfirmKey(o.privateKey, await importPublicKey(key), o.cohortId);
-    const want = new Uint8Array(await subtle().sign('HMAC', hmac, await confirmMessage(o.cohortId, j, o.index, o.dropped)), 0, CONFIRM_TAG_BYTES);
+    const want = new Uint8Array(await subtle().sign('HMAC', hmac, await confirmMessage(o.cohortId, j, o.index, o.dropped, round)), 0, CONFIRM_TAG_BYTES);
     let diff = tag.length ^ CONFIRM_TAG_BYTES;
     for (let k = 0; k < CONFIRM_TAG_BYTES; k++) diff |= (tag[k] ?? 0) ^ want[k]!;
-    if (diff !== 0) throw new ValidationError('cohort.confirmations', `member ${j} did not confirm the list of dropped members this member was shown: refusing to help recover`);
+    if (diff !== 0) {
+      throw new ValidationError(
+        round === 'confirm' ? 'cohort.confirmations' : 'cohort.ready',
+        `member ${j} did not ${round === 'confirm' ? 'confirm' : 'report ready on'} the list of dropped members this member was shown: refusing to help recover`,
+      );
+    }
   }
   return missing;
 }

@@ -496,6 +496,8 @@ interface CohortView {
   sealed?: Record<string, string>;
   /** While recovering (`…/members/:i`): mask neighbour index → hex of its confirmation tag for this member, once given. */
   confirmations?: Record<string, string>;
+  /** While recovering (`…/members/:i`): mask neighbour index → hex of its ready tag for this member, once given. */
+  ready?: Record<string, string>;
 }
 
 /**
@@ -632,9 +634,20 @@ async function stayForRecovery(
   let sent = false;
   /** The list of dropped members this device confirmed (sorted, joined): it answers for no other. */
   let confirmed: string | undefined;
+  /** Whether it told its neighbours that they all confirmed that list. */
+  let ready = false;
   try {
     for (let polls = 0; ; polls++) {
-      const res = await request(o, 'cohort', 'GET', memberPath(joined));
+      let res: Response;
+      try {
+        res = await request(o, 'cohort', 'GET', memberPath(joined));
+      } catch (e) {
+        // A server out of reach for a while (the request already retried): keep waiting until the
+        // deadline; the cohort needs this device's answer.
+        if (o.signal?.aborted || now() - t0 > waitMs || !(isNetworkError(e) && (e.status === 0 || e.status >= 500))) throw e;
+        await sleep(Math.min(pollMs * 1.5 ** polls, Math.max(pollMs, 15_000)), o.signal);
+        continue;
+      }
       const view = (await res.json()) as CohortView;
       o.onProgress?.({ phase: 'recovery', submitted: view.submitted ?? 0, size: K, ...(view.dropped ? { dropped: view.dropped.length } : {}) });
       if (view.status === 'done') return { outcome: 'published', recoveryShareSent: sent };
@@ -661,11 +674,21 @@ async function stayForRecovery(
           const tags = await confirmationTags({ index: joined.index, cohortId, publicKeys, privateKey, params: sa, dropped });
           await request(o, 'cohort', 'POST', `${memberPath(joined)}/confirm`, tags, { 'Content-Type': 'application/octet-stream', 'X-Localrec-Cohort-Token': joined.token });
           confirmed = listKey;
+          // Poll briskly again: the neighbours' confirmations come next.
+          polls = 0;
           await checkpointQuietly(o);
         }
-        const confirmations = new Map(Object.entries(view.confirmations ?? {}).map(([j, hex]) => [Number(j), fromHex(hex)] as const));
-        const missing = await checkConfirmations({ index: joined.index, cohortId, publicKeys, privateKey, params: sa, dropped, confirmations });
-        if (missing.length === 0) {
+        const tagsOf = (field: Record<string, string> | undefined) => new Map(Object.entries(field ?? {}).map(([j, hex]) => [Number(j), fromHex(hex)] as const));
+        const me = { index: joined.index, cohortId, publicKeys, privateKey, params: sa, dropped };
+        // Then, once every neighbour the list leaves alive confirmed the same list, say so to them
+        // ("ready"); answer only once all of them are ready too: lists agree two steps out, so the
+        // server cannot cut the graph into regions shown different lists and read a small one.
+        if (!ready && (await checkConfirmations({ ...me, confirmations: tagsOf(view.confirmations) })).length === 0) {
+          await request(o, 'cohort', 'POST', `${memberPath(joined)}/ready`, await confirmationTags(me, 'ready'), { 'Content-Type': 'application/octet-stream', 'X-Localrec-Cohort-Token': joined.token });
+          ready = true;
+          polls = 0;
+        }
+        if (ready && (await checkConfirmations({ ...me, confirmations: tagsOf(view.ready) }, 'ready')).length === 0) {
           // Once, for this list only: for each mask neighbour the pair seed (listed as dropped) or
           // the share of its self-mask (not listed), never both. A failed request ends the wait.
           const sealed = new Map(Object.entries(view.sealed ?? {}).map(([j, hex]) => [Number(j), fromHex(hex)] as const));

@@ -257,22 +257,25 @@ export function createApp(rounds: RoundCoordinator, opts: AppOptions): Hono {
     return c.json({ left: true }, 200);
   });
 
-  // Recovery, first: a surviving member confirms to each neighbour its list leaves alive which list it was shown (16-byte tags).
+  // Recovery, first: a surviving member confirms to each neighbour its list leaves alive which list
+  // it was shown, then that they all confirmed the same (`ready`): 16-byte tags per neighbour.
   const maxConfirm = (sa?.degree ?? 2) * CONFIRM_TAG_BYTES;
-  app.post(
-    '/v1/secagg/cohorts/:id/members/:member/confirm',
-    only('secure'),
-    bodyLimit({ maxSize: maxConfirm, onError: (c) => fail(c, 'oversized', `confirmations are at most ${maxConfirm} bytes`) }),
-    async (c) => {
-      const body = await readBody(c);
-      if (!body) return fail(c, 'malformed', 'could not read the request body');
-      const param = c.req.param('member') ?? '';
-      const r = await rounds.submitConfirmation(c.req.param('id') ?? '', memberIndex(param), c.req.header('x-localrec-cohort-token') ?? '', body, param);
-      if (!r.ok) return fail(c, r.reason, r.error);
-      c.header('Cache-Control', 'no-store');
-      return c.json({ accepted: true }, 202);
-    },
-  );
+  for (const round of ['confirm', 'ready'] as const) {
+    app.post(
+      `/v1/secagg/cohorts/:id/members/:member/${round}`,
+      only('secure'),
+      bodyLimit({ maxSize: maxConfirm, onError: (c) => fail(c, 'oversized', `${round} tags are at most ${maxConfirm} bytes`) }),
+      async (c) => {
+        const body = await readBody(c);
+        if (!body) return fail(c, 'malformed', 'could not read the request body');
+        const param = c.req.param('member') ?? '';
+        const r = await rounds.submitConfirmation(c.req.param('id') ?? '', memberIndex(param), c.req.header('x-localrec-cohort-token') ?? '', body, param, round);
+        if (!r.ok) return fail(c, r.reason, r.error);
+        c.header('Cache-Control', 'no-store');
+        return c.json({ accepted: true }, 202);
+      },
+    );
+  }
 
   // Recovery: a surviving member's pair seeds or self-mask shares, 16 bytes per mask neighbour (at most `degree`).
   const maxShare = (sa?.degree ?? 2) * PAIR_SEED_BYTES;

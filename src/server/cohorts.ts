@@ -13,7 +13,7 @@
  * or by timing out.
  */
 import type { SecAggParams } from '../federated/secagg.js';
-import { aliveNeighbours, COHORT_ID_BYTES, CONFIRM_TAG_BYTES, maskNeighbours, recoveryShareBytes, SEALED_SHARE_BYTES, selfMaskUnrecoverable, sharePosition, survivorComponents, usesSelfMask } from '../federated/secagg.js';
+import { aliveNeighbours, COHORT_ID_BYTES, CONFIRM_TAG_BYTES, maskNeighbours, recoveryShareBytes, type TagRound, SEALED_SHARE_BYTES, selfMaskUnrecoverable, sharePosition, survivorComponents, usesSelfMask } from '../federated/secagg.js';
 import { toHex } from '../federated/wire.js';
 
 export type CohortStatus = 'forming' | 'ready' | 'recovering' | 'done' | 'aborted';
@@ -55,8 +55,12 @@ export interface AbortedCohort {
 /** What {@link CohortStore.markSubmitted} found: the upload is recorded (the cohort now complete or not), or the cohort no longer collects. */
 export type MarkResult = 'recorded' | 'complete' | 'closed';
 
-/** What {@link CohortStore.addRecovery} found: recorded (recovery now complete or not), the cohort is not recovering, or this member owes no share (not a survivor with a dropped neighbour, or gave it already). */
-export type RecoveryResult = 'recorded' | 'complete' | 'closed' | 'refused';
+/**
+ * What {@link CohortStore.addRecovery} found: recorded (recovery now complete or not), the same
+ * share again (`again`: a retry after a lost answer), the cohort is not recovering, or this member
+ * owes no share (it dropped, or gave another one already).
+ */
+export type RecoveryResult = 'recorded' | 'complete' | 'again' | 'closed' | 'refused';
 
 /**
  * What {@link CohortStore.sweep} ended. (A cohort it moves to recovery always needs at least one
@@ -100,10 +104,13 @@ export interface CohortStore {
   markSubmitted(id: string, index: number, updateId: number, sealed?: Uint8Array): Promise<MarkResult>;
   /** The sealed shares of `members` (those that uploaded with some), by member index. */
   sealedShares(id: string, members: readonly number[]): Promise<Map<number, Uint8Array>>;
-  /** Stores a surviving member's confirmation tags (only while `recovering`, once per member that uploaded). */
-  addConfirmation(id: string, index: number, tags: Uint8Array): Promise<'recorded' | 'closed' | 'refused'>;
-  /** The confirmation tags of `members` given so far, by member index. */
-  confirmations(id: string, members: readonly number[]): Promise<Map<number, Uint8Array>>;
+  /**
+   * Stores a surviving member's tags of one round (only while `recovering`, once per member that
+   * uploaded; the same bytes again are `again`: a retry after a lost answer).
+   */
+  addConfirmation(id: string, index: number, tags: Uint8Array, round?: TagRound): Promise<'recorded' | 'again' | 'closed' | 'refused'>;
+  /** The tags of one round that `members` gave so far, by member index. */
+  confirmations(id: string, members: readonly number[], round?: TagRound): Promise<Map<number, Uint8Array>>;
   /** Stores a surviving member's recovery share (only while the cohort is `recovering`, once per member that owes one). */
   addRecovery(id: string, index: number, share: Uint8Array): Promise<RecoveryResult>;
   /** The recovery shares given so far, by member index. */
@@ -253,6 +260,8 @@ export type CohortView = {
   sealed?: Record<string, string>;
   /** To a member, while recovering: each surviving mask neighbour's confirmation tag for that member (hex), once given. */
   confirmations?: Record<string, string>;
+  /** To a member, while recovering: each surviving mask neighbour's ready tag for that member (hex), once given. */
+  ready?: Record<string, string>;
 };
 
 /**
@@ -286,14 +295,17 @@ export async function cohortView(store: CohortStore, c: CohortInfo, degree: numb
       if (s && p >= 0 && s.length >= (p + 1) * SEALED_SHARE_BYTES) sealed[String(j)] = toHex(s.subarray(p * SEALED_SHARE_BYTES, (p + 1) * SEALED_SHARE_BYTES));
     }
     out.sealed = sealed;
-    const tags = await store.confirmations(c.id, from);
-    const confirmations: Record<string, string> = {};
-    for (const j of from) {
-      const p = aliveNeighbours(j, c.size, degree, c.dropped).indexOf(member);
-      const t = tags.get(j);
-      if (t && p >= 0 && t.length >= (p + 1) * CONFIRM_TAG_BYTES) confirmations[String(j)] = toHex(t.subarray(p * CONFIRM_TAG_BYTES, (p + 1) * CONFIRM_TAG_BYTES));
+    for (const round of ['confirm', 'ready'] as const) {
+      const tags = await store.confirmations(c.id, from, round);
+      const mine: Record<string, string> = {};
+      for (const j of from) {
+        const p = aliveNeighbours(j, c.size, degree, c.dropped).indexOf(member);
+        const t = tags.get(j);
+        if (t && p >= 0 && t.length >= (p + 1) * CONFIRM_TAG_BYTES) mine[String(j)] = toHex(t.subarray(p * CONFIRM_TAG_BYTES, (p + 1) * CONFIRM_TAG_BYTES));
+      }
+      if (round === 'confirm') out.confirmations = mine;
+      else out.ready = mine;
     }
-    out.confirmations = confirmations;
   }
   return out;
 }
@@ -311,6 +323,8 @@ interface MemoryCohort extends CohortInfo {
   sealed: Map<number, Uint8Array>;
   /** Each survivor's confirmation tags of the list of dropped members it was shown. */
   confirms: Map<number, Uint8Array>;
+  /** Each survivor's ready tags (its neighbours confirmed the same list). */
+  readies: Map<number, Uint8Array>;
 }
 
 /** Cohorts in this process's memory (with the memory and SQLite stores: one server process). */
@@ -329,7 +343,7 @@ export class MemoryCohortStore implements CohortStore {
   }
 
   private static info(c: MemoryCohort): CohortInfo {
-    const { keyList: _k, keyHex: _h, tokens: _t, submittedBy: _s, updateIds: _u, shares: _r, sealed: _x, confirms: _c, ...info } = c;
+    const { keyList: _k, keyHex: _h, tokens: _t, submittedBy: _s, updateIds: _u, shares: _r, sealed: _x, confirms: _c, readies: _y, ...info } = c;
     return { ...info, ...(info.dropped ? { dropped: info.dropped.slice() } : {}) };
   }
 
@@ -351,6 +365,7 @@ export class MemoryCohortStore implements CohortStore {
         shares: new Map(),
         sealed: new Map(),
         confirms: new Map(),
+        readies: new Map(),
       };
       this.cohorts.set(c.id, c);
       this.open = c;
@@ -421,22 +436,28 @@ export class MemoryCohortStore implements CohortStore {
     return pick(this.cohorts.get(id)?.sealed, members);
   }
 
-  async addConfirmation(id: string, index: number, tags: Uint8Array): Promise<'recorded' | 'closed' | 'refused'> {
+  async addConfirmation(id: string, index: number, tags: Uint8Array, round: TagRound = 'confirm'): Promise<'recorded' | 'again' | 'closed' | 'refused'> {
     const c = this.cohorts.get(id);
     if (!c || c.status !== 'recovering') return 'closed';
-    if (!c.submittedBy.has(index) || c.confirms.has(index)) return 'refused';
-    c.confirms.set(index, tags.slice());
+    const held = round === 'confirm' ? c.confirms : c.readies;
+    const before = held.get(index);
+    if (before) return sameBytes(before, tags) ? 'again' : 'refused';
+    if (!c.submittedBy.has(index)) return 'refused';
+    held.set(index, tags.slice());
     return 'recorded';
   }
 
-  async confirmations(id: string, members: readonly number[]): Promise<Map<number, Uint8Array>> {
-    return pick(this.cohorts.get(id)?.confirms, members);
+  async confirmations(id: string, members: readonly number[], round: TagRound = 'confirm'): Promise<Map<number, Uint8Array>> {
+    const c = this.cohorts.get(id);
+    return pick(round === 'confirm' ? c?.confirms : c?.readies, members);
   }
 
   async addRecovery(id: string, index: number, share: Uint8Array): Promise<RecoveryResult> {
     const c = this.cohorts.get(id);
     if (!c || c.status !== 'recovering') return 'closed';
-    if (!c.submittedBy.has(index) || c.shares.has(index) || shareBytes(index, c.size, this.params.degree, c.dropped!) === 0) return 'refused';
+    const before = c.shares.get(index);
+    if (before) return sameBytes(before, share) ? 'again' : 'refused';
+    if (!c.submittedBy.has(index) || shareBytes(index, c.size, this.params.degree, c.dropped!) === 0) return 'refused';
     c.shares.set(index, share.slice());
     c.recovered = c.shares.size;
     return c.recovered === c.needed ? 'complete' : 'recorded';
@@ -493,4 +514,11 @@ function pick(from: ReadonlyMap<number, Uint8Array> | undefined, members: readon
     if (v) out.set(j, v);
   }
   return out;
+}
+
+/** Whether two byte strings are equal. */
+export function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
 }

@@ -17,9 +17,9 @@
 import { createHmac, randomBytes } from 'node:crypto';
 import type pg from 'pg';
 import { StorageError } from '../errors.js';
-import { usesSelfMask, type SecAggParams } from '../federated/secagg.js';
+import { usesSelfMask, type SecAggParams, type TagRound } from '../federated/secagg.js';
 import type { RateLimit, RateLimitOptions } from './rate-limit.js';
-import { afterCollectTimeout, allUploaded, cohortTimeouts, KEEP_ENDED_MS, newCohortId, newMemberToken, PUBLISH_GRACE, recoveryDeadline, shareBytes, timeoutReason, type CohortInfo, type CohortStatus, type CohortStore, type CohortTimeouts, type MarkResult, type RecoveryResult, type SweepResult } from './cohorts.js';
+import { afterCollectTimeout, allUploaded, cohortTimeouts, sameBytes, KEEP_ENDED_MS, newCohortId, newMemberToken, PUBLISH_GRACE, recoveryDeadline, shareBytes, timeoutReason, type CohortInfo, type CohortStatus, type CohortStore, type CohortTimeouts, type MarkResult, type RecoveryResult, type SweepResult } from './cohorts.js';
 import { checkNextVersion, pendingFromRow, StorageConflictError, versionFromRow, versionParams, type NewUpdate, type PendingUpdate, type Storage, type StoredVersion, type UpdateRow, type VersionRow } from './storage.js';
 
 const SCHEMA_VERSION = '1';
@@ -149,6 +149,7 @@ export class PostgresStorage implements Storage {
           -- Dropout recovery: each upload's self-mask shares, sealed to its mask neighbours.
           ALTER TABLE localrec_cohort_members ADD COLUMN IF NOT EXISTS sealed BYTEA;
           ALTER TABLE localrec_cohort_members ADD COLUMN IF NOT EXISTS confirm BYTEA;
+          ALTER TABLE localrec_cohort_members ADD COLUMN IF NOT EXISTS ready BYTEA;
         `);
         const v = await c.query<{ value: string }>('SELECT value FROM localrec_meta WHERE key = $1', ['schema']);
         if (v.rowCount === 0) await c.query('INSERT INTO localrec_meta (key, value) VALUES ($1, $2)', ['schema', SCHEMA_VERSION]);
@@ -463,22 +464,25 @@ class PostgresCohortStore implements CohortStore {
     });
   }
 
-  addConfirmation(id: string, index: number, tags: Uint8Array): Promise<'recorded' | 'closed' | 'refused'> {
+  addConfirmation(id: string, index: number, tags: Uint8Array, round: TagRound = 'confirm'): Promise<'recorded' | 'again' | 'closed' | 'refused'> {
+    const col = round === 'confirm' ? 'confirm' : 'ready';
     return this.tx('record confirmations', async (c) => {
       const row = await c.query("SELECT 1 FROM localrec_cohorts WHERE id = $1 AND status = 'recovering' FOR UPDATE", [id]);
       if (!row.rowCount) return 'closed';
-      const m = await c.query('UPDATE localrec_cohort_members SET confirm = $3 WHERE cohort = $1 AND idx = $2 AND update_id IS NOT NULL AND confirm IS NULL', [
-        id,
-        index,
-        Buffer.from(tags.buffer, tags.byteOffset, tags.byteLength),
-      ]);
-      return m.rowCount ? 'recorded' : 'refused';
+      const bytes = Buffer.from(tags.buffer, tags.byteOffset, tags.byteLength);
+      const m = await c.query(`UPDATE localrec_cohort_members SET ${col} = $3 WHERE cohort = $1 AND idx = $2 AND update_id IS NOT NULL AND ${col} IS NULL`, [id, index, bytes]);
+      if (m.rowCount) return 'recorded';
+      // The same tags again (a retry after a lost answer) are taken as given.
+      const before = await c.query<{ v: Uint8Array | null }>(`SELECT ${col} AS v FROM localrec_cohort_members WHERE cohort = $1 AND idx = $2`, [id, index]);
+      const v = before.rows[0]?.v;
+      return v && sameBytes(new Uint8Array(v), tags) ? 'again' : 'refused';
     });
   }
 
-  async confirmations(id: string, members: readonly number[]): Promise<Map<number, Uint8Array>> {
-    const r = await this.q<{ idx: number; confirm: Uint8Array }>('read confirmations', 'SELECT idx, confirm FROM localrec_cohort_members WHERE cohort = $1 AND idx = ANY($2::int[]) AND confirm IS NOT NULL', [id, [...members]]);
-    return new Map(r.rows.map((row) => [row.idx, new Uint8Array(row.confirm)]));
+  async confirmations(id: string, members: readonly number[], round: TagRound = 'confirm'): Promise<Map<number, Uint8Array>> {
+    const col = round === 'confirm' ? 'confirm' : 'ready';
+    const r = await this.q<{ idx: number; v: Uint8Array }>('read confirmations', `SELECT idx, ${col} AS v FROM localrec_cohort_members WHERE cohort = $1 AND idx = ANY($2::int[]) AND ${col} IS NOT NULL`, [id, [...members]]);
+    return new Map(r.rows.map((row) => [row.idx, new Uint8Array(row.v)]));
   }
 
   async sealedShares(id: string, members: readonly number[]): Promise<Map<number, Uint8Array>> {
@@ -496,7 +500,11 @@ class PostgresCohortStore implements CohortStore {
         index,
         Buffer.from(share.buffer, share.byteOffset, share.byteLength),
       ]);
-      if (!m.rowCount) return 'refused';
+      if (!m.rowCount) {
+        const before = await c.query<{ share: Uint8Array | null }>('SELECT share FROM localrec_cohort_members WHERE cohort = $1 AND idx = $2', [id, index]);
+        const v = before.rows[0]?.share;
+        return v && sameBytes(new Uint8Array(v), share) ? 'again' : 'refused';
+      }
       const r = (await c.query<{ recovered: number; needed: number }>('UPDATE localrec_cohorts SET recovered = recovered + 1 WHERE id = $1 RETURNING recovered, needed', [id])).rows[0]!;
       return r.recovered === r.needed ? 'complete' : 'recorded';
     });

@@ -9,7 +9,7 @@ import type { ItemTable } from '../model/item-table.js';
 import { applyFedAdam, applyFedAvg, combineDeltas, shrinkRows, DEFAULT_FEDADAM, trimCount, type AggregatorName, type FedAdamOptions, type RobustName } from './aggregate.js';
 import { StorageConflictError, type NewUpdate, type Storage, type StoredVersion } from './storage.js';
 import { checkUpdate, reject, type Rejection, type UpdatePolicy } from './validate-update.js';
-import { aliveNeighbours, COHORT_ID_BYTES, CONFIRM_TAG_BYTES, decodeMaskedHeader, decodeMaskedUpdate, importPublicKey, maskNeighbours, SEALED_SHARE_BYTES, unmaskRecovered, unmaskSum, usesSelfMask, type SecAggParams } from '../federated/secagg.js';
+import { aliveNeighbours, COHORT_ID_BYTES, CONFIRM_TAG_BYTES, decodeMaskedHeader, type TagRound, decodeMaskedUpdate, importPublicKey, maskNeighbours, SEALED_SHARE_BYTES, unmaskRecovered, unmaskSum, usesSelfMask, type SecAggParams } from '../federated/secagg.js';
 import { cohortView, defaultUploadTimeoutMs, isCohortId, MemoryCohortStore, shareBytes, type CohortInfo, type CohortStore, type CohortView } from './cohorts.js';
 import { expandDelta, trainedLength, type TrainedPart } from '../federated/client-update.js';
 import { DEFAULT_SUBSPACE_SCALE, MIN_DIRECTION_WEIGHT, subspaceTable } from '../federated/subspace.js';
@@ -597,7 +597,7 @@ export class RoundCoordinator {
    * server cannot forge or check; it hands each to its neighbour in the member view). A member gives
    * its recovery share only once all of its living neighbours confirmed the same list.
    */
-  async submitConfirmation(id: string, member: number, token: string, tags: Uint8Array, memberParam: string = String(member)): Promise<{ ok: true } | Rejection> {
+  async submitConfirmation(id: string, member: number, token: string, tags: Uint8Array, memberParam: string = String(member), round: TagRound = 'confirm'): Promise<{ ok: true } | Rejection> {
     const cohorts = this.cohorts;
     const sa = this.config.secureAggregation;
     if (!cohorts || !sa) return reject('wrong-mode', 'this server takes plain updates (POST /v1/updates); secure aggregation is off');
@@ -609,11 +609,12 @@ export class RoundCoordinator {
     if (!(Number.isInteger(member) && member >= 0 && member < c.size)) return reject('malformed', `member must be 0..${c.size - 1}, got '${memberParam.slice(0, 20)}'`);
     if (token !== (await cohorts.token(id, member))) return reject('not-member', `the token is not the one member ${member} of cohort ${id} was given at join`);
     if (c.dropped!.includes(member)) return reject('wrong-mode', `member ${member} dropped: it confirms nothing`);
+    const what = round === 'confirm' ? 'confirmations' : 'ready tags';
     const bytes = aliveNeighbours(member, c.size, sa.degree, c.dropped!).length * CONFIRM_TAG_BYTES;
-    if (tags.length !== bytes) return reject('wrong-shape', `member ${member}'s confirmations are ${bytes} bytes (16 per mask neighbour that did not drop), got ${tags.length}`);
-    const r = await cohorts.addConfirmation(id, member, tags);
+    if (tags.length !== bytes) return reject('wrong-shape', `member ${member}'s ${what} are ${bytes} bytes (16 per mask neighbour that did not drop), got ${tags.length}`);
+    const r = await cohorts.addConfirmation(id, member, tags, round);
     if (r === 'closed') return reject('unknown-cohort', `cohort ${id} stopped recovering`);
-    if (r === 'refused') return reject('replayed', `member ${member} of cohort ${id} confirmed already, or never uploaded`);
+    if (r === 'refused') return reject('replayed', `member ${member} of cohort ${id} gave other ${what} already, or never uploaded`);
     return { ok: true };
   }
 
@@ -638,7 +639,7 @@ export class RoundCoordinator {
     if (share.length !== bytes) return reject('wrong-shape', `member ${member}'s share is ${bytes} bytes (16 per mask neighbour: a pair seed or a self-mask share), got ${share.length}`);
     const r = await cohorts.addRecovery(id, member, share);
     if (r === 'closed') return reject('unknown-cohort', `cohort ${id} stopped recovering`);
-    if (r === 'refused') return reject('replayed', `member ${member} of cohort ${id} gave its share already, or never uploaded`);
+    if (r === 'refused') return reject('replayed', `member ${member} of cohort ${id} gave another share already, or never uploaded`);
     const before = this.cur.version;
     if (r === 'complete') {
       await this.run(async () => {

@@ -306,14 +306,17 @@ describe('privacy in Chromium', () => {
       const upload = api.find((q) => q.url().endsWith('/v1/secagg/updates'))!.postDataBuffer()!;
       assert.deepEqual([upload[4], upload[6] | (upload[7]! << 8)], [2, 2], 'format 2: the upload seals a share of its self-mask to each of its 2 mask neighbours');
       // Nothing else new leaves the page: the join, polls, the masked upload, the share.
-      const confirm = api.filter((q) => /\/v1\/secagg\/cohorts\/[0-9a-f]{32}\/members\/\d\/confirm$/.test(q.url()));
-      assert.deepEqual(confirm.map((q) => q.postDataBuffer()!.length), [16], 'one 16-byte confirmation, to the one neighbour that did not drop');
-      const kinds = new Set(api.map((q) => `${q.method()} ${new URL(q.url()).pathname.replace(/[0-9a-f]{32}(\/members\/\d+)?(\/recovery|\/confirm)?$/, (_, m, rec) => `:id${m ? '/members/:index' : ''}${rec ?? ''}`)}`));
+      for (const round of ['confirm', 'ready']) {
+        const sent = api.filter((q) => new RegExp(`/v1/secagg/cohorts/[0-9a-f]{32}/members/\\d/${round}$`).test(q.url()));
+        assert.deepEqual(sent.map((q) => q.postDataBuffer()!.length), [16], `one 16-byte ${round} tag, to the one neighbour that did not drop`);
+      }
+      const kinds = new Set(api.map((q) => `${q.method()} ${new URL(q.url()).pathname.replace(/[0-9a-f]{32}(\/members\/\d+)?(\/recovery|\/confirm|\/ready)?$/, (_, m, rec) => `:id${m ? '/members/:index' : ''}${rec ?? ''}`)}`));
       assert.deepEqual([...kinds].sort(), [
         'GET /v1/config',
         'GET /v1/model',
         'GET /v1/secagg/cohorts/:id/members/:index',
         'POST /v1/secagg/cohorts/:id/members/:index/confirm',
+        'POST /v1/secagg/cohorts/:id/members/:index/ready',
         'POST /v1/secagg/cohorts/:id/members/:index/recovery',
         'POST /v1/secagg/join',
         'POST /v1/secagg/updates',

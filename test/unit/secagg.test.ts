@@ -843,6 +843,7 @@ test('recovery through the server: a member that never uploads does not sink its
       );
     }
     const egress: string[][] = [[], [], [], []];
+    let jumped = false;
     const results = await Promise.allSettled(
       [0, 1, 2, 3].map((s) =>
         syncOnce({
@@ -858,8 +859,13 @@ test('recovery through the server: a member that never uploads does not sink its
           now: () => t,
           onEgress: (e) => {
             egress[s]!.push(`${e.method} ${e.endpoint} ${e.status}`);
-            // The clock moves while the survivors wait: past the collect timeout, recovery starts.
-            if (e.method === 'GET' && e.endpoint.startsWith('/v1/secagg/cohorts/') && egress[s]!.some((l) => l.startsWith('POST /v1/secagg/updates'))) t += 5_000;
+            // Once the three survivors' uploads are in, the clock jumps past the collect timeout:
+            // recovery starts (confirmations, ready, shares).
+            const up = (k: number) => egress[k]!.some((l) => l.startsWith('POST /v1/secagg/updates 202'));
+            if (!jumped && up(0) && up(1) && up(2)) {
+              jumped = true;
+              t += 60_001;
+            }
           },
         }),
       ),
@@ -983,12 +989,22 @@ test('recovery shares: refused outside recovery, from a member that owes none, w
     assert.deepEqual([view.status, view.dropped], ['recovering', [3]]);
     assert.deepEqual(await reason(await upload(js[3]!)), [409, 'unknown-cohort'], 'a late upload is refused once recovery began');
     const give = (m: { cohort: string; index: number; token: string }, bytes: number, token = m.token) => call(`/v1/secagg/cohorts/${m.cohort}/members/${m.index}/recovery`, new Uint8Array(bytes), token);
+    // Confirmation and ready tags: 16 bytes per neighbour left alive (1 and 2 here); the same bytes again are taken.
+    for (const round of ['confirm', 'ready']) {
+      const tags = (fill: number, bytes = 32) => call(`/v1/secagg/cohorts/${js[0]!.cohort}/members/0/${round}`, new Uint8Array(bytes).fill(fill), js[0]!.token);
+      assert.deepEqual(await reason(await tags(1, 48)), [422, 'wrong-shape'], round);
+      assert.equal((await tags(1)).status, 202);
+      assert.equal((await tags(1)).status, 202, `${round}: a retry after a lost answer`);
+      assert.deepEqual(await reason(await tags(2)), [409, 'replayed'], round);
+      assert.deepEqual(await reason(await call(`/v1/secagg/cohorts/${js[0]!.cohort}/members/3/${round}`, new Uint8Array(32), js[3]!.token)), [409, 'wrong-mode'], `${round}: a dropped member`);
+    }
     const n = shareLength(sa, 0);
     assert.deepEqual(await reason(await give(js[0]!, n, js[1]!.token)), [403, 'not-member']);
     assert.deepEqual(await reason(await give(js[0]!, n - 16)), [422, 'wrong-shape']);
     assert.deepEqual(await reason(await give(js[3]!, n)), [409, 'wrong-mode'], 'the dropped member owes nothing');
     assert.equal((await give(js[0]!, n)).status, 202);
-    assert.deepEqual(await reason(await give(js[0]!, n)), [409, 'replayed']);
+    assert.equal((await give(js[0]!, n)).status, 202, 'the same share again (a retry after a lost answer) is taken as given');
+    assert.deepEqual(await reason(await call(`/v1/secagg/cohorts/${js[0]!.cohort}/members/0/recovery`, new Uint8Array(n).fill(1), js[0]!.token)), [409, 'replayed'], 'another share is refused');
     // A plain (format 1) upload has no shares of its self-mask: refused with recovery on.
     const other = await cohort();
     const plain = encodeMaskedUpdate({ cohortId: Uint8Array.from(Buffer.from(other[0]!.cohort, 'hex')), index: other[0]!.index, cohortSize: 4, bits, step: sa.step, baseVersion: 0, values: new Uint32Array(IDS.length * 5) });
@@ -1037,8 +1053,18 @@ test('recovery never isolates a device: the server aborts when the missing membe
   assert.match(swept.aborted[0]!.reason, /the missing members cut the mask graph, leaving a part of 3 < 5/);
 
   // Device side: a server that claims both of a device's ring neighbours dropped gets nothing from it.
-  const parts = await createServer({ dataDir: null, initialTable: initialTable(), minClients: 4, clip: 1, noiseMultiplier: 0, rateLimit: false, secureAggregation: { minSurvivors: 2, degree: 2, timeoutMs: 60_000, uploadTimeoutMs: 300 }, log: () => {} });
-  const app = (url: string, init?: RequestInit) => Promise.resolve(parts.app.fetch(new Request(url, init)));
+  // The server's clock jumps past the recovery deadline once device 0 has refused (not before: a
+  // late upload under load must not turn into a dropout).
+  let skew = 0;
+  const parts = await createServer({ dataDir: null, initialTable: initialTable(), minClients: 4, clip: 1, noiseMultiplier: 0, rateLimit: false, secureAggregation: { minSurvivors: 2, degree: 2, timeoutMs: 60_000, uploadTimeoutMs: 60_000 }, now: () => Date.now() + skew, log: () => {} });
+  let uploads = 0;
+  let allUploaded!: () => void;
+  const fourUploads = new Promise<void>((r) => (allUploaded = r));
+  const app = async (url: string, init?: RequestInit) => {
+    const res = await parts.app.fetch(new Request(url, init));
+    if (url.endsWith('/v1/secagg/updates') && res.status === 202 && ++uploads === 4) allUploaded();
+    return res;
+  };
   try {
     const sent: string[] = [];
     let uploaded = false;
@@ -1055,11 +1081,12 @@ test('recovery never isolates a device: the server aborts when the missing membe
       }
       return res;
     };
-    const results = await Promise.all(
-      [0, 1, 2, 3].map((s) =>
-        syncOnce({ serverUrl: 'http://x', fetch: s === 0 ? lying : (url, init) => app(url, init as RequestInit), accountant: new RdpAccountant(), budget: Infinity, history: historyOf(s + 1), train: { seed: s + 1 }, cohortPollMs: 1 }),
-      ),
+    const syncs = [0, 1, 2, 3].map((s) =>
+      syncOnce({ serverUrl: 'http://x', fetch: s === 0 ? lying : (url, init) => app(url, init as RequestInit), accountant: new RdpAccountant(), budget: Infinity, history: historyOf(s + 1), train: { seed: s + 1 }, cohortPollMs: 1 }),
     );
+    await Promise.all([syncs[0], fourUploads]);
+    skew += 60_001;
+    const results = await Promise.all(syncs);
     const liar = results[0]!.cohort!;
     assert.equal(liar.outcome, 'left');
     assert.equal(liar.recoveryShareSent, false);
@@ -1128,6 +1155,82 @@ test('a server that shows members different lists of dropped members (to get a m
     pool.set(i, Array.from({ length: tags.length / CONFIRM_TAG_BYTES }, (_, k) => tags.subarray(k * CONFIRM_TAG_BYTES, (k + 1) * CONFIRM_TAG_BYTES)));
   }
   assert.deepEqual(await Promise.all([0, 1, 2, 4, 5, 6, 7, 8, 9].map(canAnswer)), Array(9).fill(true));
+});
+
+/**
+ * The "one cut on each side" attack of a third review: every member uploads; the server shows a
+ * segment of degree/2 + 2 members a list that cuts only its far side, and everyone else a list
+ * naming the segment's first degree/2 members. Every list passes the device's checks and each side
+ * confirms its own list, so with confirmations alone the server read the segment's sum (< t). It
+ * relays every tag that verifies (withholding the others, so nobody throws). `ready`: whether
+ * devices also wait for their neighbours' ready tags, as they do now.
+ */
+async function segmentAttack(K: number, degree: number, t: number, P: number, ready: boolean): Promise<string> {
+  const params = checkSecAggParams({ cohortSize: K, bits: 16, step: 1 / 256, degree, minSurvivors: t });
+  const mod = (a: number) => ((a % K) + K) % K;
+  const r = degree / 2;
+  const seg = Array.from({ length: r + 2 }, (_, k) => mod(P + k));
+  const inner = [...Array.from({ length: r - 1 }, (_, k) => mod(P - r + 1 + k)), ...Array.from({ length: r }, (_, k) => mod(seg.at(-1)! + 1 + k))].sort((a, b) => a - b);
+  const outer = seg.slice(0, r).sort((a, b) => a - b);
+  const shown = (i: number) => (seg.includes(i) ? inner : outer);
+  const cohortId = new Uint8Array(16).fill(K);
+  const kp = await Promise.all(Array.from({ length: K }, () => secAggKeyPair()));
+  const keys = new Map(kp.map((k, i) => [i, k.publicKey] as const));
+  const rnd = new Random(K + degree);
+  const D = 20;
+  const secrets = Array.from({ length: K }, () => encodeFixedPoint(Float64Array.from({ length: D }, () => rnd.normal()), params.step, params.bits, () => rnd.next()));
+  const me = (i: number) => ({ index: i, cohortId, publicKeys: keys, privateKey: kp[i]!.privateKey, params, dropped: shown(i) });
+  const up = await Promise.all(secrets.map(async (x, i) => addSelfMask(await maskValues(x, me(i)), me(i))));
+  for (let i = 0; i < K; i++) {
+    assert.ok(shown(i).length <= K - t && !shown(i).includes(i), `member ${i} accepts the size of its list`);
+    assert.ok(survivorComponents(K, degree, shown(i)).find((p) => p.includes(i))!.length >= t, `member ${i} accepts its part of the graph`);
+  }
+  /** The tags of `round` addressed to i by neighbours shown the same list (what verifies). */
+  const relay = async (i: number, round: 'confirm' | 'ready', gave: ReadonlySet<number>) => {
+    const out = new Map<number, Uint8Array>();
+    for (const j of aliveNeighbours(i, K, degree, shown(i))) {
+      if (!gave.has(j) || shown(j).join() !== shown(i).join()) continue;
+      const p = aliveNeighbours(j, K, degree, shown(j)).indexOf(i);
+      out.set(j, (await confirmationTags(me(j), round)).subarray(p * CONFIRM_TAG_BYTES, (p + 1) * CONFIRM_TAG_BYTES));
+    }
+    return out;
+  };
+  const everyone = new Set([...Array(K).keys()]);
+  const readyOnes = new Set<number>();
+  for (let i = 0; i < K; i++) if ((await checkConfirmations({ ...me(i), confirmations: await relay(i, 'confirm', everyone) })).length === 0) readyOnes.add(i);
+  const answers = new Map<number, Uint8Array>();
+  for (let i = 0; i < K; i++) {
+    const may = ready ? readyOnes.has(i) && (await checkConfirmations({ ...me(i), confirmations: await relay(i, 'ready', readyOnes) }, 'ready')).length === 0 : readyOnes.has(i);
+    if (!may) continue;
+    const sealed = new Map(aliveNeighbours(i, K, degree, shown(i)).map((j) => [j, up[j]!.sealed.subarray(sharePosition(j, i, K, degree) * SEALED_SHARE_BYTES, (sharePosition(j, i, K, degree) + 1) * SEALED_SHARE_BYTES)] as const));
+    answers.set(i, await recoveryShare({ ...me(i), sealed }));
+  }
+  const part = (holder: number, of: number) => answers.get(holder)!.subarray(sharePosition(holder, of, K, degree) * 16, (sharePosition(holder, of, K, degree) + 1) * 16);
+  const acc = new Uint32Array(D);
+  for (const a of seg) {
+    addMod(acc, up[a]!.values, params.bits);
+    const nb = sortedNeighbours(a, K, degree);
+    for (const c of nb.filter((c) => !seg.includes(c))) {
+      const seed = answers.has(a) && shown(a).includes(c) ? part(a, c) : answers.has(c) && shown(c).includes(a) ? part(c, a) : undefined;
+      if (!seed) return `the mask of ${a} with ${c} stays`;
+      addMod(acc, await maskFromSeed(seed, D, params.bits), params.bits, a < c ? -1 : 1);
+    }
+    const pts = nb.filter((d) => answers.has(d) && !shown(d).includes(a)).map((d) => ({ x: nb.indexOf(d) + 1, y: part(d, a) }));
+    if (pts.length < selfMaskThreshold(nb.length)) return `the self-mask of ${a} stays`;
+    addMod(acc, await maskFromSeed(combineShares(pts.slice(0, selfMaskThreshold(nb.length))), D, params.bits), params.bits, -1);
+  }
+  const want = new Uint32Array(D);
+  for (const a of seg) addMod(want, secrets[a]!, params.bits);
+  return acc.every((v, i) => v === want[i]) ? `read the sum of ${seg.length} < ${t}` : 'garbage';
+}
+
+test('a server that cuts the cohort into regions shown different lists cannot read a small region\'s sum: devices wait for their neighbours to be ready on the same list', async () => {
+  for (const [K, degree, t, P] of [[10, 2, 9, 3], [40, 16, 25, 12]] as const) {
+    // Without the ready round the attack works (the test is not vacuous) ...
+    assert.match(await segmentAttack(K, degree, t, P, false), /^read the sum of \d+ < \d+$/, `K = ${K}, degree ${degree}, confirmations only`);
+    // ... with it, some mask the server needs stays on.
+    assert.match(await segmentAttack(K, degree, t, P, true), /stays$/, `K = ${K}, degree ${degree}, with ready`);
+  }
 });
 
 test('a cohort has its own deadlines to fill and to upload: a full cohort missing uploads recovers after the upload timeout, a forming one waits the fill timeout', async () => {

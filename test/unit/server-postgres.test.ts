@@ -527,7 +527,16 @@ describe('PostgreSQL storage', { skip: skip ?? false }, () => {
       const shares = [0, 1, 2, 3].map((i) => new Uint8Array(32).fill(7 + i));
       const got = await Promise.all([0, 1, 2, 3].map((i) => (i % 2 ? c1 : c2).addRecovery(a, i, shares[i]!)));
       assert.deepEqual(got.sort(), ['complete', 'recorded', 'recorded', 'recorded']);
-      assert.equal(await c2.addRecovery(a, 0, shares[0]!), 'refused', 'once per member');
+      assert.equal(await c2.addRecovery(a, 0, shares[0]!), 'again', 'the same share again: a retry, taken as given');
+      assert.equal(await c2.addRecovery(a, 0, shares[1]!), 'refused', 'once per member');
+      // Confirmation and ready tags, per member and round, through either store; the same bytes again are a retry.
+      assert.equal(await c1.addConfirmation(a, 1, new Uint8Array(32).fill(3)), 'recorded');
+      assert.equal(await c2.addConfirmation(a, 1, new Uint8Array(32).fill(3)), 'again');
+      assert.equal(await c2.addConfirmation(a, 1, new Uint8Array(32).fill(4)), 'refused');
+      assert.equal(await c2.addConfirmation(a, 1, new Uint8Array(32).fill(5), 'ready'), 'recorded');
+      assert.equal(await c1.addConfirmation(a, 4, new Uint8Array(32), 'ready'), 'refused', 'member 4 never uploaded');
+      assert.deepEqual([...(await c1.confirmations(a, [0, 1, 2]))].map(([i, v]) => [i, v[0]]), [[1, 3]]);
+      assert.deepEqual([...(await c1.confirmations(a, [0, 1, 2], 'ready'))].map(([i, v]) => [i, v[0]]), [[1, 5]]);
       assert.deepEqual([...(await c1.recoveryShares(a))].sort(([x], [y]) => x - y).map(([i, sh]) => [i, [...sh]]), shares.map((sh, i) => [i, [...sh]]));
       await c2.finish(a, 1);
       assert.deepEqual([(await c1.info(a))!.status, (await c1.info(a))!.published], ['done', 1]);
