@@ -306,6 +306,17 @@ export async function addSelfMask(
   return { values, sealed };
 }
 
+/** A member during recovery: its place, its keys and its cohort's, and the list of dropped members it was shown. */
+export interface RecoveryMember {
+  index: number;
+  cohortId: Uint8Array;
+  /** Member index → public key, for this member and its mask neighbours. */
+  publicKeys: ReadonlyMap<number, Uint8Array>;
+  privateKey: CryptoKey;
+  params: SecAggParams;
+  dropped: readonly number[];
+}
+
 /** Member `index`'s mask neighbours not in `dropped`, ascending: whom it confirms its list to, and from whom it needs a confirmation. */
 export function aliveNeighbours(index: number, size: number, degree: number, dropped: readonly number[]): number[] {
   const gone = new Set(dropped);
@@ -346,10 +357,7 @@ async function pairConfirmKey(privateKey: CryptoKey, peer: CryptoKey, cohortId: 
  * different lists (to collect both a member's pair seeds and its self-mask shares) cannot forge
  * the confirmations that would hide it.
  */
-export async function confirmationTags(
-  o: { index: number; cohortId: Uint8Array; publicKeys: ReadonlyMap<number, Uint8Array>; privateKey: CryptoKey; params: SecAggParams; dropped: readonly number[] },
-  round: TagRound = 'confirm',
-): Promise<Uint8Array> {
+export async function confirmationTags(o: RecoveryMember, round: TagRound = 'confirm'): Promise<Uint8Array> {
   const to = aliveNeighbours(o.index, o.params.cohortSize, o.params.degree, o.dropped);
   const out = new Uint8Array(to.length * CONFIRM_TAG_BYTES);
   for (const [k, j] of to.entries()) {
@@ -368,18 +376,7 @@ export async function confirmationTags(
  * still missing (wait for them); throws a ValidationError when a tag does not match (that
  * neighbour was shown another list, or the tag is forged).
  */
-export async function checkConfirmations(
-  o: {
-    index: number;
-    cohortId: Uint8Array;
-    publicKeys: ReadonlyMap<number, Uint8Array>;
-    privateKey: CryptoKey;
-    params: SecAggParams;
-    dropped: readonly number[];
-    confirmations: ReadonlyMap<number, Uint8Array>;
-  },
-  round: TagRound = 'confirm',
-): Promise<number[]> {
+export async function checkConfirmations(o: RecoveryMember & { confirmations: ReadonlyMap<number, Uint8Array> }, round: TagRound = 'confirm'): Promise<number[]> {
   const missing: number[] = [];
   for (const j of aliveNeighbours(o.index, o.params.cohortSize, o.params.degree, o.dropped)) {
     const tag = o.confirmations.get(j);
@@ -492,15 +489,7 @@ export function droppedNeighbours(index: number, size: number, degree: number, d
  * const share = await recoveryShare({ index, cohortId, publicKeys, privateKey, params, dropped: view.dropped, sealed });
  * ```
  */
-export async function recoveryShare(o: {
-  index: number;
-  cohortId: Uint8Array;
-  publicKeys: ReadonlyMap<number, Uint8Array>;
-  privateKey: CryptoKey;
-  params: SecAggParams;
-  dropped: readonly number[];
-  sealed: ReadonlyMap<number, Uint8Array>;
-}): Promise<Uint8Array> {
+export async function recoveryShare(o: RecoveryMember & { sealed: ReadonlyMap<number, Uint8Array> }): Promise<Uint8Array> {
   if (o.dropped.includes(o.index)) throw new ValidationError('cohort.dropped', `names this member (${o.index}), whose upload was sent: refusing to reveal its seeds`);
   const K = o.params.cohortSize;
   const gone = new Set(o.dropped);

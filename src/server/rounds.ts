@@ -591,13 +591,8 @@ export class RoundCoordinator {
     return { ok: true };
   }
 
-  /**
-   * Secure aggregation, recovery, first step: a surviving member's confirmations, to each mask
-   * neighbour the list of dropped members leaves alive, of the list it was shown (16-byte tags the
-   * server cannot forge or check; it hands each to its neighbour in the member view). A member gives
-   * its recovery share only once all of its living neighbours confirmed the same list.
-   */
-  async submitConfirmation(id: string, member: number, token: string, tags: Uint8Array, memberParam: string = String(member), round: TagRound = 'confirm'): Promise<{ ok: true } | Rejection> {
+  /** The cohort `id`, recovering, and member `member` of it proved by its join `token`; or why not. */
+  private async recoveringMember(id: string, member: number, token: string, memberParam: string, what: string): Promise<{ c: CohortInfo; sa: SecAggParams; cohorts: CohortStore } | Rejection> {
     const cohorts = this.cohorts;
     const sa = this.config.secureAggregation;
     if (!cohorts || !sa) return reject('wrong-mode', 'this server takes plain updates (POST /v1/updates); secure aggregation is off');
@@ -605,9 +600,22 @@ export class RoundCoordinator {
     await this.sweepCohorts();
     const c = await cohorts.info(id);
     if (!c) return noCohort(id);
-    if (c.status !== 'recovering') return reject('unknown-cohort', `${cohortState(id, c)}; it takes no confirmations`);
+    if (c.status !== 'recovering') return reject('unknown-cohort', `${cohortState(id, c)}; it takes no ${what}`);
     if (!(Number.isInteger(member) && member >= 0 && member < c.size)) return reject('malformed', `member must be 0..${c.size - 1}, got '${memberParam.slice(0, 20)}'`);
     if (token !== (await cohorts.token(id, member))) return reject('not-member', `the token is not the one member ${member} of cohort ${id} was given at join`);
+    return { c, sa, cohorts };
+  }
+
+  /**
+   * Secure aggregation, recovery, first step: a surviving member's confirmations, to each mask
+   * neighbour the list of dropped members leaves alive, of the list it was shown (16-byte tags the
+   * server cannot forge or check; it hands each to its neighbour in the member view). A member gives
+   * its recovery share only once all of its living neighbours confirmed the same list.
+   */
+  async submitConfirmation(id: string, member: number, token: string, tags: Uint8Array, memberParam: string = String(member), round: TagRound = 'confirm'): Promise<{ ok: true } | Rejection> {
+    const found = await this.recoveringMember(id, member, token, memberParam, 'confirmations');
+    if (!('c' in found)) return found;
+    const { c, sa, cohorts } = found;
     if (c.dropped!.includes(member)) return reject('wrong-mode', `member ${member} dropped: it confirms nothing`);
     const what = round === 'confirm' ? 'confirmations' : 'ready tags';
     const bytes = aliveNeighbours(member, c.size, sa.degree, c.dropped!).length * CONFIRM_TAG_BYTES;
@@ -624,16 +632,9 @@ export class RoundCoordinator {
    * last share needed unmasks the survivors' sum and publishes it. `token` is the member's join token.
    */
   async submitRecovery(id: string, member: number, token: string, share: Uint8Array, memberParam: string = String(member)): Promise<{ ok: true; recovered: number; needed: number; published?: number } | Rejection> {
-    const cohorts = this.cohorts;
-    const sa = this.config.secureAggregation;
-    if (!cohorts || !sa) return reject('wrong-mode', 'this server takes plain updates (POST /v1/updates); secure aggregation is off');
-    if (!isCohortId(id)) return noCohort(id);
-    await this.sweepCohorts();
-    const c = await cohorts.info(id);
-    if (!c) return noCohort(id);
-    if (c.status !== 'recovering') return reject('unknown-cohort', `${cohortState(id, c)}; it takes no recovery shares`);
-    if (!(Number.isInteger(member) && member >= 0 && member < c.size)) return reject('malformed', `member must be 0..${c.size - 1}, got '${memberParam.slice(0, 20)}'`);
-    if (token !== (await cohorts.token(id, member))) return reject('not-member', `the token is not the one member ${member} of cohort ${id} was given at join`);
+    const found = await this.recoveringMember(id, member, token, memberParam, 'recovery shares');
+    if (!('c' in found)) return found;
+    const { c, sa, cohorts } = found;
     const bytes = shareBytes(member, c.size, sa.degree, c.dropped!);
     if (bytes === 0) return reject('wrong-mode', `member ${member} owes no recovery share (it dropped)`);
     if (share.length !== bytes) return reject('wrong-shape', `member ${member}'s share is ${bytes} bytes (16 per mask neighbour: a pair seed or a self-mask share), got ${share.length}`);
