@@ -37,7 +37,7 @@ const num = (name: string, v: string, ok: (x: number) => boolean, what: string):
 /** The body of the command, apart from commander (tests call it with plain options). */
 export async function runPrivacy(opts: PrivacyCommandOptions): Promise<PrivacyLine> {
   const { noiseForSyncs, RdpAccountant, syncsWithinBudget } = await import('./dp.js');
-  const budget = num('--budget', opts.budget, (x) => Number.isFinite(x) && x > 0, 'a number > 0');
+  const budget = num('--budget', opts.budget, (x) => Number.isFinite(x) && x > 0, 'a finite number > 0');
   const delta = num('--delta', opts.delta, (x) => x > 0 && x < 1, 'in (0, 1)');
   if ((opts.syncs === undefined) === (opts.noise === undefined)) {
     throw new ValidationError('--syncs', 'give exactly one of --syncs <T> (the smallest σ for T syncs per device) and --noise <σ> (the syncs σ allows)');

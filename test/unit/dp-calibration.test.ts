@@ -117,10 +117,11 @@ describe('localrec privacy', () => {
 
   it('asks for exactly one of --syncs and --noise, and names bad values', async () => {
     await assert.rejects(runPrivacy({ budget: '8', delta: '1e-5' }), /--syncs: give exactly one of --syncs <T>/);
+    await assert.rejects(runPrivacy({ budget: '1e999', delta: '1e-5', syncs: '4' }), /--budget: must be a finite number > 0, got '1e999'/);
     await assert.rejects(runPrivacy({ budget: '8', delta: '1e-5', syncs: '2', noise: '1' }), /--syncs: give exactly one/);
     await assert.rejects(runPrivacy({ budget: '8', delta: '1e-5', noise: 'abc' }), /--noise: must be a number > 0, got 'abc'/);
     await assert.rejects(runPrivacy({ budget: '8', delta: '1e-5', syncs: '0' }), /--syncs: must be an integer from 1 to 1000000, got '0'/);
-    await assert.rejects(runPrivacy({ budget: 'none', delta: '1e-5', syncs: '2' }), /--budget: must be a number > 0, got 'none'/);
+    await assert.rejects(runPrivacy({ budget: 'none', delta: '1e-5', syncs: '2' }), /--budget: must be a finite number > 0, got 'none'/);
     await assert.rejects(runPrivacy({ budget: '8', delta: '', syncs: '2' }), /--delta: must be in \(0, 1\), got ''/);
   });
 });
