@@ -167,16 +167,36 @@ const modMask = (bits: number): number => (bits === 32 ? 0xffffffff : 2 ** bits 
  * the AES key of {@link maskFromSeed}. Both ends compute the same seed; it is fresh per cohort (the
  * key pairs are), so revealing it for recovery exposes nothing beyond that pair's mask in that cohort.
  */
-export async function pairSeed(privateKey: CryptoKey, peer: CryptoKey, cohortId: Uint8Array): Promise<Uint8Array> {
-  return pairDerive(privateKey, peer, cohortId, MASK_INFO);
+export async function pairSeed(privateKey: CryptoKey, peer: CryptoKey, salt: Uint8Array): Promise<Uint8Array> {
+  return pairDerive(privateKey, peer, salt, MASK_INFO);
 }
 
-/** HKDF-SHA-256 of the pair's ECDH secret (salt = cohort id) under `info`: 128 bits. */
-async function pairDerive(privateKey: CryptoKey, peer: CryptoKey, cohortId: Uint8Array, info: Uint8Array): Promise<Uint8Array> {
+/**
+ * What every key two members derive is salted with: the cohort id and the cohort's parameters as
+ * this member was told them (K, degree, t, bits, γ as float32, the update's coordinate count, u32
+ * LE each). A server that tells members different parameters (one that recovery is off, another
+ * a smaller cohort) gets masks that do not cancel, seeds that strip nothing and tags that fail,
+ * instead of a mask graph its members disagree on.
+ */
+export function cohortSalt(cohortId: Uint8Array, params: SecAggParams, length: number): Uint8Array {
+  const out = new Uint8Array(cohortId.length + 24);
+  out.set(cohortId, 0);
+  const dv = new DataView(out.buffer, cohortId.length);
+  dv.setUint32(0, params.cohortSize, true);
+  dv.setUint32(4, params.degree, true);
+  dv.setUint32(8, params.minSurvivors ?? params.cohortSize, true);
+  dv.setUint32(12, params.bits, true);
+  dv.setFloat32(16, params.step, true);
+  dv.setUint32(20, length, true);
+  return out;
+}
+
+/** HKDF-SHA-256 of the pair's ECDH secret (salt = {@link cohortSalt}) under `info`: 128 bits. */
+async function pairDerive(privateKey: CryptoKey, peer: CryptoKey, salt: Uint8Array, info: Uint8Array): Promise<Uint8Array> {
   const s = subtle();
   const shared = await s.deriveBits({ name: 'ECDH', public: peer }, privateKey, 256);
   const ikm = await s.importKey('raw', shared, 'HKDF', false, ['deriveBits']);
-  return new Uint8Array(await s.deriveBits({ name: 'HKDF', hash: 'SHA-256', salt: cohortId as Uint8Array<ArrayBuffer>, info: info as Uint8Array<ArrayBuffer> }, ikm, 128));
+  return new Uint8Array(await s.deriveBits({ name: 'HKDF', hash: 'SHA-256', salt: salt as Uint8Array<ArrayBuffer>, info: info as Uint8Array<ArrayBuffer> }, ikm, 128));
 }
 
 /**
@@ -184,8 +204,8 @@ async function pairDerive(privateKey: CryptoKey, peer: CryptoKey, cohortId: Uint
  * as their {@link pairSeed}, another HKDF label, so revealing the pair seed for recovery does not
  * open the shares (which would hand the server a neighbour's self-mask).
  */
-async function pairShareKey(privateKey: CryptoKey, peer: CryptoKey, cohortId: Uint8Array): Promise<CryptoKey> {
-  const raw = await pairDerive(privateKey, peer, cohortId, SHARE_INFO);
+async function pairShareKey(privateKey: CryptoKey, peer: CryptoKey, salt: Uint8Array): Promise<CryptoKey> {
+  const raw = await pairDerive(privateKey, peer, salt, SHARE_INFO);
   return subtle().importKey('raw', raw as Uint8Array<ArrayBuffer>, { name: 'AES-GCM' }, false, ['encrypt', 'decrypt']);
 }
 
@@ -299,7 +319,7 @@ export async function addSelfMask(
   for (const [p, j] of holders.entries()) {
     const key = o.publicKeys.get(j);
     if (!key) throw new ValidationError('cohort.keys', `lacks the key of member ${j}, a mask neighbour of member ${o.index}`);
-    const aes = await pairShareKey(o.privateKey, await importPublicKey(key), o.cohortId);
+    const aes = await pairShareKey(o.privateKey, await importPublicKey(key), cohortSalt(o.cohortId, o.params, masked.length));
     const ct = await subtle().encrypt({ name: 'AES-GCM', iv: shareIv(o.index, j), additionalData: o.cohortId as Uint8Array<ArrayBuffer> }, aes, shares[p]! as Uint8Array<ArrayBuffer>);
     sealed.set(new Uint8Array(ct), p * SEALED_SHARE_BYTES);
   }
@@ -314,6 +334,8 @@ export interface RecoveryMember {
   publicKeys: ReadonlyMap<number, Uint8Array>;
   privateKey: CryptoKey;
   params: SecAggParams;
+  /** The update's coordinate count (part of what the pair keys are salted with: {@link cohortSalt}). */
+  length: number;
   dropped: readonly number[];
 }
 
@@ -344,8 +366,8 @@ async function confirmMessage(cohortId: Uint8Array, from: number, to: number, dr
   return out;
 }
 
-async function pairConfirmKey(privateKey: CryptoKey, peer: CryptoKey, cohortId: Uint8Array): Promise<CryptoKey> {
-  const raw = await pairDerive(privateKey, peer, cohortId, CONFIRM_INFO);
+async function pairConfirmKey(privateKey: CryptoKey, peer: CryptoKey, salt: Uint8Array): Promise<CryptoKey> {
+  const raw = await pairDerive(privateKey, peer, salt, CONFIRM_INFO);
   return subtle().importKey('raw', raw as Uint8Array<ArrayBuffer>, { name: 'HMAC', hash: 'SHA-256' }, false, ['sign', 'verify']);
 }
 
@@ -363,7 +385,7 @@ export async function confirmationTags(o: RecoveryMember, round: TagRound = 'con
   for (const [k, j] of to.entries()) {
     const key = o.publicKeys.get(j);
     if (!key) throw new ValidationError('cohort.keys', `lacks the key of member ${j}, a mask neighbour of member ${o.index}`);
-    const hmac = await pairConfirmKey(o.privateKey, await importPublicKey(key), o.cohortId);
+    const hmac = await pairConfirmKey(o.privateKey, await importPublicKey(key), cohortSalt(o.cohortId, o.params, o.length));
     const tag = await subtle().sign('HMAC', hmac, await confirmMessage(o.cohortId, o.index, j, o.dropped, round));
     out.set(new Uint8Array(tag, 0, CONFIRM_TAG_BYTES), k * CONFIRM_TAG_BYTES);
   }
@@ -386,7 +408,7 @@ export async function checkConfirmations(o: RecoveryMember & { confirmations: Re
     }
     const key = o.publicKeys.get(j);
     if (!key) throw new ValidationError('cohort.keys', `lacks the key of member ${j}, a mask neighbour of member ${o.index}`);
-    const hmac = await pairConfirmKey(o.privateKey, await importPublicKey(key), o.cohortId);
+    const hmac = await pairConfirmKey(o.privateKey, await importPublicKey(key), cohortSalt(o.cohortId, o.params, o.length));
     const want = new Uint8Array(await subtle().sign('HMAC', hmac, await confirmMessage(o.cohortId, j, o.index, o.dropped, round)), 0, CONFIRM_TAG_BYTES);
     let diff = tag.length ^ CONFIRM_TAG_BYTES;
     for (let k = 0; k < CONFIRM_TAG_BYTES; k++) diff |= (tag[k] ?? 0) ^ want[k]!;
@@ -425,11 +447,11 @@ export async function maskFromSeed(seed: Uint8Array, length: number, bits: numbe
  *
  * @example
  * ```ts
- * const m = await pairMask(mine.privateKey, theirPublicKey, cohortId, 62_305, 8);
+ * const m = await pairMask(mine.privateKey, theirPublicKey, cohortSalt(cohortId, params, 62_305), 62_305, 8);
  * ```
  */
-export async function pairMask(privateKey: CryptoKey, peer: CryptoKey, cohortId: Uint8Array, length: number, bits: number): Promise<Uint32Array> {
-  return maskFromSeed(await pairSeed(privateKey, peer, cohortId), length, bits);
+export async function pairMask(privateKey: CryptoKey, peer: CryptoKey, salt: Uint8Array, length: number, bits: number): Promise<Uint32Array> {
+  return maskFromSeed(await pairSeed(privateKey, peer, salt), length, bits);
 }
 
 /**
@@ -500,14 +522,14 @@ export async function recoveryShare(o: RecoveryMember & { sealed: ReadonlyMap<nu
     if (!key) throw new ValidationError('cohort.keys', `lacks the key of member ${j}, a mask neighbour of member ${o.index}`);
     const peer = await importPublicKey(key);
     if (gone.has(j)) {
-      out.set(await pairSeed(o.privateKey, peer, o.cohortId), k * PAIR_SEED_BYTES);
+      out.set(await pairSeed(o.privateKey, peer, cohortSalt(o.cohortId, o.params, o.length)), k * PAIR_SEED_BYTES);
       continue;
     }
     const ct = o.sealed.get(j);
     if (!ct || ct.length !== SEALED_SHARE_BYTES) throw new ValidationError('cohort.sealed', `lacks the share member ${j} sealed to member ${o.index}: refusing to help recover`);
     let share: ArrayBuffer;
     try {
-      share = await subtle().decrypt({ name: 'AES-GCM', iv: shareIv(j, o.index), additionalData: o.cohortId as Uint8Array<ArrayBuffer> }, await pairShareKey(o.privateKey, peer, o.cohortId), ct as Uint8Array<ArrayBuffer>);
+      share = await subtle().decrypt({ name: 'AES-GCM', iv: shareIv(j, o.index), additionalData: o.cohortId as Uint8Array<ArrayBuffer> }, await pairShareKey(o.privateKey, peer, cohortSalt(o.cohortId, o.params, o.length)), ct as Uint8Array<ArrayBuffer>);
     } catch {
       throw new ValidationError('cohort.sealed', `the share member ${j} sealed to member ${o.index} does not open (altered, or not from that member): refusing to help recover`);
     }
@@ -782,7 +804,7 @@ export async function maskValues(
     const key = keys.get(j);
     if (!key) throw new ValidationError('cohort.keys', `lacks the key of member ${j}, a mask neighbour of member ${o.index}`);
     const peer = await importPublicKey(key);
-    const mask = await pairMask(o.privateKey, peer, o.cohortId, out.length, o.params.bits);
+    const mask = await pairMask(o.privateKey, peer, cohortSalt(o.cohortId, o.params, out.length), out.length, o.params.bits);
     addMod(out, mask, o.params.bits, o.index < j ? 1 : -1);
   }
   return out;

@@ -604,7 +604,7 @@ async function sendMasked(
     // The device may wait minutes for its cohort: keep what the upload logged first.
     await checkpointQuietly(o);
     // The server's upload deadline, then its recovery deadline, and a minute's slack.
-    Object.assign(cohort, await stayForRecovery(o, sa, t, joined, cohortId, publicKeys, keys.privateKey, 2 * (sa.uploadTimeoutMs ?? waitMs) + 60_000));
+    Object.assign(cohort, await stayForRecovery(o, sa, t, joined, cohortId, publicKeys, keys.privateKey, encoded.length, 2 * (sa.uploadTimeoutMs ?? waitMs) + 60_000));
   }
   return { ...result, cohort };
 }
@@ -625,6 +625,7 @@ async function stayForRecovery(
   cohortId: Uint8Array,
   publicKeys: ReadonlyMap<number, Uint8Array>,
   privateKey: CryptoKey,
+  length: number,
   waitMs: number,
 ): Promise<Pick<NonNullable<SyncResult['cohort']>, 'outcome' | 'recoveryShareSent' | 'note'>> {
   const now = o.now ?? Date.now;
@@ -636,19 +637,30 @@ async function stayForRecovery(
   let confirmed: string | undefined;
   /** Whether it told its neighbours that they all confirmed that list. */
   let ready = false;
+  /** A server out of reach for a while (the request already retried): worth waiting for until the deadline, the cohort needs this device. */
+  const passing = (e: unknown) => !o.signal?.aborted && now() - t0 <= waitMs && ((isNetworkError(e) && (e.status === 0 || e.status >= 500)) || e instanceof SyntaxError);
+  /** POSTs one step of recovery until it is taken (the server takes the same bytes again) or the deadline passes. */
+  const post = async (step: 'confirm' | 'ready' | 'recovery', body: Uint8Array): Promise<void> => {
+    for (let k = 0; ; k++) {
+      try {
+        await request(o, 'cohort', 'POST', `${memberPath(joined)}/${step}`, body, { 'Content-Type': 'application/octet-stream', 'X-Localrec-Cohort-Token': joined.token });
+        return;
+      } catch (e) {
+        if (!passing(e)) throw e;
+        await sleep(Math.min(pollMs * 1.5 ** k, Math.max(pollMs, 15_000)), o.signal);
+      }
+    }
+  };
   try {
     for (let polls = 0; ; polls++) {
-      let res: Response;
+      let view: CohortView;
       try {
-        res = await request(o, 'cohort', 'GET', memberPath(joined));
+        view = (await (await request(o, 'cohort', 'GET', memberPath(joined))).json()) as CohortView;
       } catch (e) {
-        // A server out of reach for a while (the request already retried): keep waiting until the
-        // deadline; the cohort needs this device's answer.
-        if (o.signal?.aborted || now() - t0 > waitMs || !(isNetworkError(e) && (e.status === 0 || e.status >= 500))) throw e;
+        if (!passing(e)) throw e;
         await sleep(Math.min(pollMs * 1.5 ** polls, Math.max(pollMs, 15_000)), o.signal);
         continue;
       }
-      const view = (await res.json()) as CohortView;
       o.onProgress?.({ phase: 'recovery', submitted: view.submitted ?? 0, size: K, ...(view.dropped ? { dropped: view.dropped.length } : {}) });
       if (view.status === 'done') return { outcome: 'published', recoveryShareSent: sent };
       if (view.status === 'aborted') return { outcome: 'aborted', recoveryShareSent: sent, ...(view.reason ? { note: view.reason } : {}) };
@@ -671,20 +683,20 @@ async function stayForRecovery(
           }
           // First tell each neighbour the list leaves alive which list this device was shown
           // (tags only they can check): nobody answers before all of its neighbours saw the same.
-          const tags = await confirmationTags({ index: joined.index, cohortId, publicKeys, privateKey, params: sa, dropped });
-          await request(o, 'cohort', 'POST', `${memberPath(joined)}/confirm`, tags, { 'Content-Type': 'application/octet-stream', 'X-Localrec-Cohort-Token': joined.token });
+          const tags = await confirmationTags({ index: joined.index, cohortId, publicKeys, privateKey, params: sa, length, dropped });
+          await post('confirm', tags);
           confirmed = listKey;
           // Poll briskly again: the neighbours' confirmations come next.
           polls = 0;
           await checkpointQuietly(o);
         }
         const tagsOf = (field: Record<string, string> | undefined) => new Map(Object.entries(field ?? {}).map(([j, hex]) => [Number(j), fromHex(hex)] as const));
-        const me = { index: joined.index, cohortId, publicKeys, privateKey, params: sa, dropped };
+        const me = { index: joined.index, cohortId, publicKeys, privateKey, params: sa, length, dropped };
         // Then, once every neighbour the list leaves alive confirmed the same list, say so to them
         // ("ready"); answer only once all of them are ready too: lists agree two steps out, so the
         // server cannot cut the graph into regions shown different lists and read a small one.
         if (!ready && (await checkConfirmations({ ...me, confirmations: tagsOf(view.confirmations) })).length === 0) {
-          await request(o, 'cohort', 'POST', `${memberPath(joined)}/ready`, await confirmationTags(me, 'ready'), { 'Content-Type': 'application/octet-stream', 'X-Localrec-Cohort-Token': joined.token });
+          await post('ready', await confirmationTags(me, 'ready'));
           ready = true;
           polls = 0;
         }
@@ -692,11 +704,8 @@ async function stayForRecovery(
           // Once, for this list only: for each mask neighbour the pair seed (listed as dropped) or
           // the share of its self-mask (not listed), never both. A failed request ends the wait.
           const sealed = new Map(Object.entries(view.sealed ?? {}).map(([j, hex]) => [Number(j), fromHex(hex)] as const));
-          const share = await recoveryShare({ index: joined.index, cohortId, publicKeys, privateKey, params: sa, dropped, sealed });
-          await request(o, 'cohort', 'POST', `${memberPath(joined)}/recovery`, share, {
-            'Content-Type': 'application/octet-stream',
-            'X-Localrec-Cohort-Token': joined.token,
-          });
+          const share = await recoveryShare({ ...me, sealed });
+          await post('recovery', share);
           sent = true;
           await checkpointQuietly(o);
           continue;

@@ -13,6 +13,9 @@ import {
   checkConfirmations,
   confirmationTags,
   CONFIRM_TAG_BYTES,
+  cohortSalt,
+  importPublicKey,
+  pairSeed,
   checkSecAggParams,
   combineShares,
   decodeFixedPoint,
@@ -744,7 +747,7 @@ async function maskedCohort(params: SecAggParams, cohortId: Uint8Array, seed: nu
           return [i, uploads[i]!.sealed.subarray(p * SEALED_SHARE_BYTES, (p + 1) * SEALED_SHARE_BYTES)] as const;
         }),
     );
-  const share = (j: number, dropped: readonly number[]) => recoveryShare({ index: j, cohortId, publicKeys: keys, privateKey: members[j]!.privateKey, params, dropped, sealed: sealedFor(j, dropped) });
+  const share = (j: number, dropped: readonly number[]) => recoveryShare({ index: j, cohortId, publicKeys: keys, privateKey: members[j]!.privateKey, params, length, dropped, sealed: sealedFor(j, dropped) });
   return { members, keys, encoded, uploads, sealedFor, share };
 }
 
@@ -793,10 +796,10 @@ test('recovery: the survivors’ pair seeds and self-mask shares unmask exactly 
   // A share sealed to another member, or altered, does not open: the device gives nothing.
   const wrong = c.sealedFor(0, dropped);
   wrong.set(1, c.sealedFor(5, dropped).get(4)!);
-  await assert.rejects(recoveryShare({ index: 0, cohortId, publicKeys: c.keys, privateKey: c.members[0]!.privateKey, params, dropped, sealed: wrong }), /the share member 1 sealed to member 0 does not open/);
+  await assert.rejects(recoveryShare({ index: 0, cohortId, publicKeys: c.keys, privateKey: c.members[0]!.privateKey, params, length: 50, dropped, sealed: wrong }), /the share member 1 sealed to member 0 does not open/);
   const missing = c.sealedFor(0, dropped);
   missing.delete(1);
-  await assert.rejects(recoveryShare({ index: 0, cohortId, publicKeys: c.keys, privateKey: c.members[0]!.privateKey, params, dropped, sealed: missing }), /lacks the share member 1 sealed to member 0/);
+  await assert.rejects(recoveryShare({ index: 0, cohortId, publicKeys: c.keys, privateKey: c.members[0]!.privateKey, params, length: 50, dropped, sealed: missing }), /lacks the share member 1 sealed to member 0/);
   assert.throws(() => checkSecAggParams({ ...params, minSurvivors: 9 }), /minSurvivors: must be an integer 2\.\.cohortSize \(8\)/);
 });
 
@@ -827,6 +830,35 @@ test('a server that claims a member dropped while holding its upload gets its pa
   const seed = combineShares(points);
   addMod(stripped, await maskFromSeed(seed, stripped.length, params.bits), params.bits, -1);
   assert.deepEqual([...stripped], [...c.encoded[target]!]);
+});
+
+test('recovery survives a server outage: a device keeps polling and retries its confirmation, ready tags and share (the server takes the same bytes again) until its deadline', async () => {
+  const parts = await createServer({ dataDir: null, initialTable: initialTable(), minClients: 3, clip: 1, noiseMultiplier: 0, rateLimit: false, secureAggregation: { timeoutMs: 60_000, minSurvivors: 2 }, log: () => {} });
+  const app = (url: string, init?: RequestInit) => Promise.resolve(parts.app.fetch(new Request(url, init)));
+  try {
+    let down = 0;
+    const flaky: FetchLike = async (url, init) => {
+      // After the upload, every recovery step first meets an outage of 4 failed requests (more than one request's own retries).
+      if (/\/(confirm|ready|recovery)$/.test(url) && down < 12) {
+        down++;
+        if (down % 4 !== 0) throw new TypeError('fetch failed');
+        // The fourth reaches the server but its answer is lost: the retry sends the same bytes again.
+        await app(url, init as RequestInit);
+        throw new TypeError('connection reset');
+      }
+      return app(url, init as RequestInit);
+    };
+    const results = await Promise.all(
+      [0, 1, 2].map((s) =>
+        syncOnce({ serverUrl: 'http://x', fetch: s === 0 ? flaky : (url, init) => app(url, init as RequestInit), accountant: new RdpAccountant(), budget: Infinity, history: historyOf(s + 1), train: { seed: s + 1 }, cohortPollMs: 1, backoffMs: 1 }),
+      ),
+    );
+    assert.deepEqual(results.map((r) => [r.cohort!.outcome, r.cohort!.recoveryShareSent]), [['published', true], ['published', true], ['published', true]], JSON.stringify(results.map((r) => r.cohort)));
+    assert.equal(down, 12, 'each of the three steps met the outage');
+    assert.equal(parts.rounds.version, 1);
+  } finally {
+    await parts.storage.close();
+  }
 });
 
 test('recovery through the server: a member that never uploads does not sink its cohort; the survivors give their seeds and the version is their mean', async () => {
@@ -1105,6 +1137,33 @@ test('recovery never isolates a device: the server aborts when the missing membe
   }
 });
 
+test('a server that tells one member recovery is off (or another cohort size) cannot use the others\' seeds on its upload: the keys are salted with the parameters', async () => {
+  // A fourth review: the victim, told minSurvivors = K, adds no self-mask and never answers; the
+  // others, told t < K and shown "the victim dropped", reveal their pair seeds with it.
+  const K = 10;
+  const honest: SecAggParams = { cohortSize: K, bits: 16, step: 1 / 256, degree: 4, minSurvivors: 8 };
+  const cohortId = new Uint8Array(16).fill(6);
+  const members = await Promise.all(Array.from({ length: K }, () => secAggKeyPair()));
+  const keys = new Map(members.map((m, i) => [i, m.publicKey] as const));
+  const r = new Random(31);
+  const victim = 4;
+  const length = 200;
+  const x = encodeFixedPoint(Float64Array.from({ length }, () => r.normal()), honest.step, honest.bits, () => r.next());
+  for (const told of [{ ...honest, minSurvivors: K }, { ...honest, cohortSize: K + 1, minSurvivors: K + 1 }]) {
+    const upload = await maskValues(x, { index: victim, cohortId, publicKeys: keys, privateKey: members[victim]!.privateKey, params: told });
+    const stripped = upload.slice();
+    for (const j of maskNeighbours(victim, K, honest.degree)) {
+      const share = await recoveryShare({ index: j, cohortId, publicKeys: keys, privateKey: members[j]!.privateKey, params: honest, length, dropped: [victim], sealed: new Map() }).catch(() => undefined);
+      // Its other neighbours are alive, so without their sealed shares it refuses: take the seed the
+      // way the server would get it if it did answer (the pair seed under the neighbour's parameters).
+      const seed = share?.subarray(sharePosition(j, victim, K, honest.degree) * 16, (sharePosition(j, victim, K, honest.degree) + 1) * 16) ?? (await pairSeed(members[j]!.privateKey, await importPublicKey(members[victim]!.publicKey), cohortSalt(cohortId, honest, length)));
+      addMod(stripped, await maskFromSeed(seed, length, honest.bits), honest.bits, victim < j ? -1 : 1);
+    }
+    const close = [...decodeFixedPoint(addMod(stripped, x, honest.bits, -1), honest.step, honest.bits)].filter((e) => Math.abs(e) < 1).length;
+    assert.ok(close < 20, `told ${JSON.stringify({ K: told.cohortSize, t: told.minSurvivors })}: ${close} of ${length} coordinates within ±1 (uniform: about 2)`);
+  }
+});
+
 test('a server that shows members different lists of dropped members (to get a member\'s pair seeds from some and its self-mask shares from others) cannot make the ones it needs answer', async () => {
   // The split attack of a review: target 3 is told its neighbours 1 and 2 dropped (it would reveal
   // its pair seeds with them); 1 and 2 are told nobody dropped (they would open their shares of 3's
@@ -1120,7 +1179,7 @@ test('a server that shows members different lists of dropped members (to get a m
   const pool = new Map<number, Uint8Array[]>();
   for (const [i, dropped] of shown) {
     if (dropped.includes(i)) continue;
-    const tags = await confirmationTags({ index: i, cohortId, publicKeys: keys, privateKey: members[i]!.privateKey, params, dropped });
+    const tags = await confirmationTags({ index: i, cohortId, publicKeys: keys, privateKey: members[i]!.privateKey, params, length: 50, dropped });
     pool.set(i, Array.from({ length: tags.length / CONFIRM_TAG_BYTES }, (_, k) => tags.subarray(k * CONFIRM_TAG_BYTES, (k + 1) * CONFIRM_TAG_BYTES)));
   }
   /** Whether any tags the server holds would let member x answer for the list it was shown. */
@@ -1132,7 +1191,7 @@ test('a server that shows members different lists of dropped members (to get a m
       const alive = aliveNeighbours(x, K, params.degree, dropped);
       if (k === alive.length) {
         try {
-          return (await checkConfirmations({ index: x, cohortId, publicKeys: keys, privateKey: members[x]!.privateKey, params, dropped, confirmations: chosen })).length === 0;
+          return (await checkConfirmations({ index: x, cohortId, publicKeys: keys, privateKey: members[x]!.privateKey, params, length: 50, dropped, confirmations: chosen })).length === 0;
         } catch {
           return false;
         }
@@ -1151,7 +1210,7 @@ test('a server that shows members different lists of dropped members (to get a m
   pool.clear();
   for (const [i, dropped] of shown) {
     if (dropped.includes(i)) continue;
-    const tags = await confirmationTags({ index: i, cohortId, publicKeys: keys, privateKey: members[i]!.privateKey, params, dropped });
+    const tags = await confirmationTags({ index: i, cohortId, publicKeys: keys, privateKey: members[i]!.privateKey, params, length: 50, dropped });
     pool.set(i, Array.from({ length: tags.length / CONFIRM_TAG_BYTES }, (_, k) => tags.subarray(k * CONFIRM_TAG_BYTES, (k + 1) * CONFIRM_TAG_BYTES)));
   }
   assert.deepEqual(await Promise.all([0, 1, 2, 4, 5, 6, 7, 8, 9].map(canAnswer)), Array(9).fill(true));
@@ -1179,7 +1238,7 @@ async function segmentAttack(K: number, degree: number, t: number, P: number, re
   const rnd = new Random(K + degree);
   const D = 20;
   const secrets = Array.from({ length: K }, () => encodeFixedPoint(Float64Array.from({ length: D }, () => rnd.normal()), params.step, params.bits, () => rnd.next()));
-  const me = (i: number) => ({ index: i, cohortId, publicKeys: keys, privateKey: kp[i]!.privateKey, params, dropped: shown(i) });
+  const me = (i: number) => ({ index: i, cohortId, publicKeys: keys, privateKey: kp[i]!.privateKey, params, length: D, dropped: shown(i) });
   const up = await Promise.all(secrets.map(async (x, i) => addSelfMask(await maskValues(x, me(i)), me(i))));
   for (let i = 0; i < K; i++) {
     assert.ok(shown(i).length <= K - t && !shown(i).includes(i), `member ${i} accepts the size of its list`);
