@@ -1,6 +1,6 @@
 import * as Comlink from 'comlink';
 import { ClosedError, reviveError, syncCancelled, ValidationError } from './errors.js';
-import { validateEvent } from './events/schema.js';
+import { checkEventAge, DEFAULT_MAX_AGE_DAYS, validateEvent } from './events/schema.js';
 import { boolOption, checkSignal, describeValue, knownKeys, nameOption, OPTION_KEYS } from './options.js';
 import type { WorkerApi } from './engine/worker.js';
 import type { AuditReport, ExportFile } from './engine/audit-types.js';
@@ -194,6 +194,10 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
     if (abs.protocol !== 'http:' && abs.protocol !== 'https:') throw new ValidationError('options.neighbors.url', `must be an http(s) URL, got ${abs.protocol}`);
     neighbors = { url: abs.href, ...(options.neighbors.timeoutMs !== undefined ? { timeoutMs: options.neighbors.timeoutMs } : {}) };
   }
+  // Server-side rendering (Next, Nuxt, Astro) or plain Node: there is no worker to run the engine in.
+  if (typeof Worker === 'undefined') {
+    throw new ClosedError("createRecommender() runs in a browser page (it starts a Web Worker): call it on the client only (after hydration, in an effect), or use Engine from 'localrec/node' in Node");
+  }
   let wasmPaths: string | undefined;
   if (options.wasmPaths !== undefined) {
     const w = options.wasmPaths;
@@ -205,11 +209,11 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
     }
     if (!wasmPaths.endsWith('/')) throw new ValidationError('options.wasmPaths', `must be a folder URL ending in '/', got ${JSON.stringify(wasmPaths)}`);
   }
-  // Server-side rendering (Next, Nuxt, Astro) or plain Node: there is no worker to run the engine in.
-  if (typeof Worker === 'undefined') {
-    throw new ClosedError("createRecommender() runs in a browser page (it starts a Web Worker): call it on the client only (after hydration, in an effect), or use Engine from 'localrec/node' in Node");
-  }
   const url = options.workerUrl ?? new URL('./worker.js', import.meta.url);
+  // track() refuses events retention would delete at once, as the worker's engine does (an invalid
+  // setting is the worker's to refuse, at start).
+  const age = (options.retention as { maxAgeDays?: unknown } | undefined)?.maxAgeDays;
+  const maxAgeDays = typeof age === 'number' && Number.isInteger(age) && age >= 1 ? age : DEFAULT_MAX_AGE_DAYS;
   let worker: Worker;
   try {
     worker = new Worker(url, { type: 'module' });
@@ -434,6 +438,7 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
       open();
       // Validated here too so that the caller gets the error at the call site.
       const valid = validateEvent(event);
+      checkEventAge(valid, Date.now(), maxAgeDays);
       if (!consented) {
         // While the shopper's grant is being applied, what they do is kept on the page until it
         // is; before consent the event does not even leave the page's thread.

@@ -1,7 +1,7 @@
 import { ClosedError, ConsentError, ModelError, NetworkError, syncCancelled, ValidationError, PrivacyBudgetError } from '../errors.js';
 import { boolOption, checkSignal, describeValue, intOption, knownKeys, nameOption, OPTION_KEYS } from '../options.js';
-import { validateEvent } from '../events/schema.js';
-import { DAY_MS, DEFAULT_RETENTION, deleteEventDatabase, MemoryEventStore, openEventStore, quotaEvictedBy, type AddResult, type EventStore, type Retention } from '../events/store.js';
+import { checkEventAge, validateEvent } from '../events/schema.js';
+import { DEFAULT_RETENTION, deleteEventDatabase, MemoryEventStore, openEventStore, quotaEvictedBy, type AddResult, type EventStore, type Retention } from '../events/store.js';
 import { EVENT_SCHEMA_VERSION } from '../events/schema.js';
 import type { AuditReport, ExportFile } from './audit-types.js';
 import { checkContext, chooseOffers, indexProducts, offerScopeLookup, predictAffinity, purchaseBaskets, verifyOfferCatalog, type ProductIndex } from '../offers/index.js';
@@ -902,11 +902,10 @@ export class Engine {
   private async neighborReady(): Promise<ActiveNeighbors | undefined> {
     // A table already in use (kept from an earlier session) ranks at once; only a device without one
     // waits for the fetch (which replaces it when it brings a newer one).
-    // After a failed fetch, only the retry (when due) runs, in the background.
-    if (!this.neighbors) {
-      if (this.neighborRetry) this.retryNeighborFetchIfDue();
-      else await this.neighborsLoading;
-    }
+    // After a failed fetch only the retry (when due) runs, in the background, whether or not a
+    // table kept from an earlier session ranks meanwhile.
+    if (this.neighborRetry) this.retryNeighborFetchIfDue();
+    else if (!this.neighbors) await this.neighborsLoading;
     return this.neighbors;
   }
 
@@ -930,14 +929,11 @@ export class Engine {
     let firstError: unknown;
     let accepted = 0;
     const now = this.now();
-    // Retention would delete an older event in the very write that stores it: refused, named.
-    const oldest = now - this.retention.maxAgeDays * DAY_MS;
     for (const e of events) {
       try {
         const ev = validateEvent(e, now);
-        if (ev.t < oldest) {
-          throw new ValidationError('event.t', `is ${new Date(ev.t).toISOString()}, older than retention.maxAgeDays (${this.retention.maxAgeDays} days): it would be deleted as soon as it is stored`);
-        }
+        // Retention would delete an older event in the very write that stores it: refused, named.
+        checkEventAge(ev, now, this.retention.maxAgeDays);
         this.queue.push(ev);
         accepted++;
       } catch (err) {

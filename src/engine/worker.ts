@@ -70,7 +70,7 @@ function onTrack(ev: MessageEvent): void {
   try {
     engine.enqueue(events);
   } catch {
-    // Rejected events were already refused on the page; the count is in stats().dropped.
+    // Rejected events were already refused on the page (validation and age); the count is in stats().dropped.
   }
 }
 

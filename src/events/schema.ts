@@ -120,3 +120,16 @@ export function validateEvent(input: unknown, now: number = Date.now()): StoredE
   }
   return out;
 }
+
+/** `retention.maxAgeDays` when the page sets none: events older than this are not kept. */
+export const DEFAULT_MAX_AGE_DAYS = 365;
+
+/**
+ * Refuses an event older than `maxAgeDays` before `now` with a ValidationError naming `event.t`:
+ * retention would delete it in the very write that stores it. Pure: the page checks it too.
+ */
+export function checkEventAge(e: StoredEvent, now: number, maxAgeDays: number): void {
+  if (e.t < now - maxAgeDays * 24 * 3600 * 1000) {
+    throw new ValidationError('event.t', `is ${new Date(e.t).toISOString()}, older than retention.maxAgeDays (${maxAgeDays} days): it would be deleted as soon as it is stored`);
+  }
+}

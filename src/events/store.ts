@@ -1,7 +1,7 @@
 import { openDB, deleteDB, type DBSchema, type IDBPDatabase, type IDBPTransaction } from 'idb';
 import { StorageError } from '../errors.js';
 import type { EventType, StoredEvent } from '../types.js';
-import { EVENT_SCHEMA_VERSION } from './schema.js';
+import { DEFAULT_MAX_AGE_DAYS, EVENT_SCHEMA_VERSION } from './schema.js';
 import { foldIntoLedger, ledgerKeeps, ledgerWithExpired, OFFER_LEDGER_KEY, type OfferLedger } from './offer-ledger.js';
 
 /** A stored value of the `meta` store: model weights, counters, settings. */
@@ -96,7 +96,7 @@ export function quotaEvictedBy(e: unknown): number {
   return typeof n === 'number' && n > 0 ? n : 0;
 }
 
-export const DEFAULT_RETENTION: Retention = { maxEvents: 5000, maxAgeDays: 365 };
+export const DEFAULT_RETENTION: Retention = { maxEvents: 5000, maxAgeDays: DEFAULT_MAX_AGE_DAYS };
 /**
  * On a quota error, this share of the stored events (oldest first, at least as many as the batch
  * being written) is evicted before the single retry.
@@ -108,7 +108,7 @@ export function isQuotaError(e: unknown): boolean {
   const x = e as { name?: unknown; code?: unknown } | null;
   return !!x && (x.name === 'QuotaExceededError' || x.name === 'NS_ERROR_DOM_QUOTA_REACHED' || x.code === 22);
 }
-export const DAY_MS = 24 * 3600 * 1000;
+const DAY_MS = 24 * 3600 * 1000;
 
 function statsOf(events: StoredEvent[]): EventStats {
   const byType: Partial<Record<EventType, number>> = {};

@@ -488,14 +488,6 @@ export function survivorComponents(size: number, degree: number, dropped: readon
   return out;
 }
 
-/** Member `index`'s mask neighbours among `dropped`, ascending: the seeds its recovery share holds, in that order. */
-export function droppedNeighbours(index: number, size: number, degree: number, dropped: readonly number[]): number[] {
-  const gone = new Set(dropped);
-  return maskNeighbours(index, size, degree)
-    .filter((j) => gone.has(j))
-    .sort((a, b) => a - b);
-}
-
 /**
  * A surviving member's recovery share: for each of its mask neighbours in ascending order, 16 bytes
  * — the seed of their pair's mask when the server lists that neighbour in `dropped`, else this
@@ -689,13 +681,15 @@ export interface MaskedUpdate {
   values: Uint32Array;
   /**
    * With dropout recovery: the shares of this member's self-mask seed, sealed to each mask
-   * neighbour in ascending order ({@link addSelfMask}), {@link SEALED_SHARE_BYTES} each (format 2).
+   * neighbour in ascending order ({@link addSelfMask}), {@link SEALED_SHARE_BYTES} each (format 2;
+   * format 3 without).
    */
   sealed?: Uint8Array;
 }
 
 /**
- * `LRS1` body: magic, format (1; 2 with sealed shares), bits, 2 bytes (format 1: 0; format 2: the
+ * `LRS1` body: magic, format (3; 2 with sealed shares; 1, from SDKs whose pair keys were salted
+ * with the cohort id alone, is refused), bits, 2 bytes (format 3: 0; format 2: the
  * count of sealed shares, u16 LE), cohort id (16), index, cohort size, coordinate count, base
  * version (u32 LE each), the step γ (float32 LE), the packed values, then (format 2) the sealed shares.
  */
@@ -705,7 +699,7 @@ export function encodeMaskedUpdate(u: MaskedUpdate): Uint8Array {
   if (!Number.isInteger(sealedShares) || sealedShares > 0xffff) throw new ValidationError('sealed', `must be whole ${SEALED_SHARE_BYTES}-byte shares, at most 65535`);
   const out = new Uint8Array(maskedUpdateBytes(u.values.length, u.bits, sealedShares));
   out.set(MASKED_MAGIC, 0);
-  out[4] = u.sealed ? 2 : 1;
+  out[4] = u.sealed ? 2 : 3;
   out[5] = u.bits;
   if (u.sealed) {
     out[6] = sealedShares & 0xff;
@@ -728,10 +722,15 @@ export function decodeMaskedHeader(bytes: Uint8Array): Omit<MaskedUpdate, 'value
   if (bytes.length < MASKED_HEADER_BYTES) throw new ValidationError('update', `a masked update has a ${MASKED_HEADER_BYTES}-byte header; got ${bytes.length} bytes (truncated)`);
   for (let i = 0; i < 4; i++) if (bytes[i] !== MASKED_MAGIC[i]) throw new ValidationError('update', 'not a masked update (magic is not LRS1)');
   const format = bytes[4];
-  if (format !== 1 && format !== 2) throw new ValidationError('update', `unsupported masked-update format ${format}`);
+  if (format === 1) {
+    // Its pair masks were keyed by the cohort id alone (before cohortSalt): they would not cancel
+    // with the other members', and the cohort's sum would be noise.
+    throw new ValidationError('update', 'masked-update format 1 comes from an older localrec SDK whose masks do not cancel with this one\'s (pair keys are now salted with the cohort\'s parameters): update the page\'s SDK');
+  }
+  if (format !== 2 && format !== 3) throw new ValidationError('update', `unsupported masked-update format ${format}`);
   const bits = bytes[5]!;
   if (bits < 2 || bits > 32) throw new ValidationError('update', `bits must be 2..32, got ${bits}`);
-  if (format === 1 && (bytes[6] !== 0 || bytes[7] !== 0)) throw new ValidationError('update', 'reserved header bytes 6–7 are not zero');
+  if (format === 3 && (bytes[6] !== 0 || bytes[7] !== 0)) throw new ValidationError('update', 'reserved header bytes 6–7 are not zero');
   const sealedShares = format === 2 ? bytes[6]! | (bytes[7]! << 8) : 0;
   if (format === 2 && sealedShares === 0) throw new ValidationError('update', 'a format-2 update carries at least one sealed share');
   const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);

@@ -393,10 +393,14 @@ export async function createServer(options: ServerOptions = {}): Promise<ServerP
     if (options.secureAggregation) {
       const o = options.secureAggregation === true ? {} : options.secureAggregation;
       const length = trainedLength(trained, shape.dim);
-      const tEarly = o.minSurvivors ?? minClients;
+      const t = o.minSurvivors ?? minClients;
+      if (!Number.isInteger(t) || t < 2 || t > minClients) {
+        throw new ValidationError('options.secureAggregation.minSurvivors', `must be an integer 2..minClients (${minClients}, the cohort size), got ${String(o.minSurvivors)}`);
+      }
       const degree = o.degree ?? Math.min(16, 2 * Math.ceil((minClients - 1) / 2));
       // With dropout recovery an upload also carries a sealed share of its self-mask per mask neighbour.
-      const sealedBytes = Number.isInteger(tEarly) && tEarly < minClients && Number.isInteger(degree) ? Math.min(degree, minClients - 1) * SEALED_SHARE_BYTES : 0;
+      const sealedShares = t < minClients && Number.isInteger(degree) ? Math.min(degree, minClients - 1) : 0;
+      const sealedBytes = sealedShares * SEALED_SHARE_BYTES;
       const saBits = o.bits ?? chooseSecAggBits(length, UPDATE_BUDGET_BYTES - sealedBytes);
       // The sum of K clipped updates plus noise of std σC must fit in ±range, or it wraps around
       // silently. The hard bound is K·C (a device is at most C on any coordinate) plus 8σC for the
@@ -405,10 +409,6 @@ export async function createServer(options: ServerOptions = {}): Promise<ServerP
       // Otherwise 8σC: local-training deltas spread over the table and mostly cancel (retail,
       // K = 4,000: the sum's largest coordinate is 8.6 against 8σC = 11.8).
       // With t = minSurvivors < K every member adds (σC)²/t, so a full cohort's sum carries σC·√(K/t).
-      const t = o.minSurvivors ?? minClients;
-      if (!Number.isInteger(t) || t < 2 || t > minClients) {
-        throw new ValidationError('options.secureAggregation.minSurvivors', `must be an integer 2..minClients (${minClients}, the cohort size), got ${String(o.minSurvivors)}`);
-      }
       const noiseRange = 8 * clip * Math.max(1, noiseMultiplier * Math.sqrt(minClients / t));
       const hardRange = minClients * clip + noiseRange;
       const hardRounding = (minClients * (hardRange / 2 ** (saBits - 1)) ** 2) / 4;
@@ -429,7 +429,7 @@ export async function createServer(options: ServerOptions = {}): Promise<ServerP
         while (better < 32 && (params.cohortSize * (range / 2 ** (better - 1)) ** 2) / 4 > 0.1 * dp) better++;
         log(
           `secure aggregation: ${params.bits}-bit values add rounding noise of ${(rounding / dp).toFixed(2)}× the DP noise's variance to a cohort's sum; ` +
-            `--secagg-bits ${better} would bring it under 0.1× (uploads of ${maskedUpdateBytes(length, better)} bytes instead of ${maskedUpdateBytes(length, params.bits)})`,
+            `--secagg-bits ${better} would bring it under 0.1× (uploads of ${maskedUpdateBytes(length, better, sealedShares)} bytes instead of ${maskedUpdateBytes(length, params.bits, sealedShares)})`,
         );
       }
     }

@@ -351,7 +351,7 @@ async function loadPg(): Promise<typeof pg> {
     return (await import('pg')).default;
   } catch (e) {
     const err = e as { code?: string; message?: string };
-    if (err.code === 'ERR_MODULE_NOT_FOUND' || err.code === 'MODULE_NOT_FOUND') {
+    if ((err.code === 'ERR_MODULE_NOT_FOUND' || err.code === 'MODULE_NOT_FOUND') && /['"]pg['"]/.test(err.message ?? '')) {
       throw new StorageError('the PostgreSQL store needs the pg package, which is not installed: npm install pg@8', { cause: e });
     }
     throw new StorageError(`pg could not be loaded: ${err.message ?? String(e)}`, { cause: e });

@@ -120,7 +120,7 @@ describe('SDK in Chromium', () => {
       rec.track({ type: 'view', itemId: 'sku-1' });
       await rec.flush();
       const errors: Array<{ name: string; message: string; guard: boolean; cls: boolean }> = [];
-      for (const bad of [{ type: 'view' }, { type: 'purchase', itemId: 'sku-2', quantity: -1 }, { type: 'teleport', itemId: 'x' }, null, { type: 'view', itemID: 'sku-1' }]) {
+      for (const bad of [{ type: 'view' }, { type: 'purchase', itemId: 'sku-2', quantity: -1 }, { type: 'teleport', itemId: 'x' }, null, { type: 'view', itemID: 'sku-1' }, { type: 'view', itemId: 'sku-1', t: Date.now() - 400 * 86_400_000 }]) {
         try {
           rec.track(bad);
         } catch (e: any) {
@@ -199,11 +199,12 @@ describe('SDK in Chromium', () => {
     assert.equal(r.leftAfterClosedErase, false, 'erase() after close() deletes the database');
     assert.equal(r.late, 'ClosedError');
     assert.equal(r.answered, 2);
-    assert.equal(r.errors.length, 5);
+    assert.equal(r.errors.length, 6);
     assert.deepEqual(
       r.errors.map((e) => e.message.split(':')[0]),
-      ['event.itemId', 'event.quantity', 'event.type', 'event', 'event.itemID'],
+      ['event.itemId', 'event.quantity', 'event.type', 'event', 'event.itemID', 'event.t'],
     );
+    assert.match(r.errors[5]!.message, /older than retention\.maxAgeDays \(365 days\)/, 'retention would delete it at once: refused on the page');
     for (const e of r.errors) assert.ok(e.guard && e.cls && e.name === 'ValidationError');
     assert.equal(r.workerError.name, 'ValidationError', 'errors from the worker keep their name');
     assert.ok(r.workerError.cls, 'and are revived as the right class');

@@ -1037,9 +1037,15 @@ test('recovery shares: refused outside recovery, from a member that owes none, w
     assert.equal((await give(js[0]!, n)).status, 202);
     assert.equal((await give(js[0]!, n)).status, 202, 'the same share again (a retry after a lost answer) is taken as given');
     assert.deepEqual(await reason(await call(`/v1/secagg/cohorts/${js[0]!.cohort}/members/0/recovery`, new Uint8Array(n).fill(1), js[0]!.token)), [409, 'replayed'], 'another share is refused');
-    // A plain (format 1) upload has no shares of its self-mask: refused with recovery on.
+    // An upload without sealed shares (format 3) has no shares of its self-mask: refused with recovery on.
     const other = await cohort();
     const plain = encodeMaskedUpdate({ cohortId: Uint8Array.from(Buffer.from(other[0]!.cohort, 'hex')), index: other[0]!.index, cohortSize: 4, bits, step: sa.step, baseVersion: 0, values: new Uint32Array(IDS.length * 5) });
+    // An upload from an SDK before pair keys were salted (format 1) would not cancel: refused, saying why.
+    const old = plain.slice();
+    old[4] = 1;
+    const refusedOld = await call('/v1/secagg/updates', old, other[0]!.token);
+    assert.equal(refusedOld.status, 400);
+    assert.match(((await refusedOld.json()) as { error: string }).error, /format 1 comes from an older localrec SDK .* update the page's SDK/);
     const refusedPlain = await call('/v1/secagg/updates', plain, other[0]!.token);
     assert.equal(refusedPlain.status, 422);
     assert.match(((await refusedPlain.json()) as { error: string }).error, /must seal a share of its self-mask to each of its 3 mask neighbours \(format 2\), the upload has 0/);
