@@ -475,6 +475,11 @@ async function upload(
   };
 }
 
+/** A member view's `index → hex` record (keys, sealed shares, tags) as member index → bytes. */
+function byMember(field: Record<string, string> | undefined): Map<number, Uint8Array> {
+  return new Map(Object.entries(field ?? {}).map(([j, hex]) => [Number(j), fromHex(hex)] as const));
+}
+
 /** This member's path under the cohort API (`…/members/:i`; `/leave` and `/recovery` hang off it). */
 function memberPath(joined: { cohort: string; index: number }): string {
   return `/v1/secagg/cohorts/${encodeURIComponent(joined.cohort)}/members/${joined.index}`;
@@ -587,7 +592,7 @@ async function sendMasked(
   }
   // From here on a cancel no longer stops the upload: the cohort is full, its keys are out, and the
   // other members' round now depends on this device's upload (a missing one is a dropout).
-  const publicKeys = new Map(Object.entries(view.memberKeys ?? {}).map(([j, hex]) => [Number(j), fromHex(hex)] as const));
+  const publicKeys = byMember(view.memberKeys);
   if (!bytesEqual(publicKeys.get(joined.index) ?? new Uint8Array(), keys.publicKey)) {
     throw new ValidationError('cohort.keys', `member ${joined.index} is not this device's key: the server changed the cohort`);
   }
@@ -690,21 +695,19 @@ async function stayForRecovery(
           polls = 0;
           await checkpointQuietly(o);
         }
-        const tagsOf = (field: Record<string, string> | undefined) => new Map(Object.entries(field ?? {}).map(([j, hex]) => [Number(j), fromHex(hex)] as const));
         const me = { index: joined.index, cohortId, publicKeys, privateKey, params: sa, length, dropped };
         // Then, once every neighbour the list leaves alive confirmed the same list, say so to them
         // ("ready"); answer only once all of them are ready too: lists agree two steps out, so the
         // server cannot cut the graph into regions shown different lists and read a small one.
-        if (!ready && (await checkConfirmations({ ...me, confirmations: tagsOf(view.confirmations) })).length === 0) {
+        if (!ready && (await checkConfirmations({ ...me, confirmations: byMember(view.confirmations) })).length === 0) {
           await post('ready', await confirmationTags(me, 'ready'));
           ready = true;
           polls = 0;
         }
-        if (ready && (await checkConfirmations({ ...me, confirmations: tagsOf(view.ready) }, 'ready')).length === 0) {
+        if (ready && (await checkConfirmations({ ...me, confirmations: byMember(view.ready) }, 'ready')).length === 0) {
           // Once, for this list only: for each mask neighbour the pair seed (listed as dropped) or
           // the share of its self-mask (not listed), never both. A failed request ends the wait.
-          const sealed = new Map(Object.entries(view.sealed ?? {}).map(([j, hex]) => [Number(j), fromHex(hex)] as const));
-          const share = await recoveryShare({ ...me, sealed });
+          const share = await recoveryShare({ ...me, sealed: byMember(view.sealed) });
           await post('recovery', share);
           sent = true;
           await checkpointQuietly(o);

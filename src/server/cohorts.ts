@@ -14,7 +14,7 @@
  */
 import type { SecAggParams } from '../federated/secagg.js';
 import { aliveNeighbours, COHORT_ID_BYTES, CONFIRM_TAG_BYTES, maskNeighbours, recoveryShareBytes, type TagRound, SEALED_SHARE_BYTES, selfMaskUnrecoverable, sharePosition, survivorComponents, usesSelfMask } from '../federated/secagg.js';
-import { toHex } from '../federated/wire.js';
+import { bytesEqual, toHex } from '../federated/wire.js';
 
 export type CohortStatus = 'forming' | 'ready' | 'recovering' | 'done' | 'aborted';
 
@@ -130,11 +130,6 @@ export interface CohortStore {
 /** The recovery shares a cohort recovering from `dropped` needs: one from each survivor (every self-mask must come off). */
 export function sharesNeeded(size: number, dropped: readonly number[]): number {
   return size - dropped.length;
-}
-
-/** The length of member `index`'s recovery share for a cohort recovering from `dropped` (0: it owes none). */
-export function shareBytes(index: number, size: number, degree: number, dropped: readonly number[]): number {
-  return recoveryShareBytes(index, size, degree, dropped);
 }
 
 /** The state a cohort whose K uploads all came moves to with dropout recovery on: every survivor's self-mask must come off. */
@@ -285,27 +280,22 @@ export async function cohortView(store: CohortStore, c: CohortInfo, degree: numb
   if (c.abortReason) out.reason = c.abortReason;
   if (c.dropped) out.dropped = c.dropped;
   if (c.status === 'recovering' && member !== undefined && c.dropped && !c.dropped.includes(member)) {
-    const gone = new Set(c.dropped);
-    const from = maskNeighbours(member, c.size, degree).filter((j) => !gone.has(j));
-    const all = await store.sealedShares(c.id, from);
-    const sealed: Record<string, string> = {};
-    for (const j of from) {
-      const p = sharePosition(j, member, c.size, degree);
-      const s = all.get(j);
-      if (s && p >= 0 && s.length >= (p + 1) * SEALED_SHARE_BYTES) sealed[String(j)] = toHex(s.subarray(p * SEALED_SHARE_BYTES, (p + 1) * SEALED_SHARE_BYTES));
-    }
-    out.sealed = sealed;
-    for (const round of ['confirm', 'ready'] as const) {
-      const tags = await store.confirmations(c.id, from, round);
-      const mine: Record<string, string> = {};
+    const dropped = c.dropped;
+    const from = aliveNeighbours(member, c.size, degree, dropped);
+    /** What each of `from` addressed to `member`: the `bytes`-long record at its place in that neighbour's list. */
+    const addressed = (all: ReadonlyMap<number, Uint8Array>, bytes: number, place: (j: number) => number): Record<string, string> => {
+      const out: Record<string, string> = {};
       for (const j of from) {
-        const p = aliveNeighbours(j, c.size, degree, c.dropped).indexOf(member);
-        const t = tags.get(j);
-        if (t && p >= 0 && t.length >= (p + 1) * CONFIRM_TAG_BYTES) mine[String(j)] = toHex(t.subarray(p * CONFIRM_TAG_BYTES, (p + 1) * CONFIRM_TAG_BYTES));
+        const p = place(j);
+        const v = all.get(j);
+        if (v && p >= 0 && v.length >= (p + 1) * bytes) out[String(j)] = toHex(v.subarray(p * bytes, (p + 1) * bytes));
       }
-      if (round === 'confirm') out.confirmations = mine;
-      else out.ready = mine;
-    }
+      return out;
+    };
+    out.sealed = addressed(await store.sealedShares(c.id, from), SEALED_SHARE_BYTES, (j) => sharePosition(j, member, c.size, degree));
+    const tagPlace = (j: number) => aliveNeighbours(j, c.size, degree, dropped).indexOf(member);
+    out.confirmations = addressed(await store.confirmations(c.id, from, 'confirm'), CONFIRM_TAG_BYTES, tagPlace);
+    out.ready = addressed(await store.confirmations(c.id, from, 'ready'), CONFIRM_TAG_BYTES, tagPlace);
   }
   return out;
 }
@@ -441,7 +431,7 @@ export class MemoryCohortStore implements CohortStore {
     if (!c || c.status !== 'recovering') return 'closed';
     const held = round === 'confirm' ? c.confirms : c.readies;
     const before = held.get(index);
-    if (before) return sameBytes(before, tags) ? 'again' : 'refused';
+    if (before) return bytesEqual(before, tags) ? 'again' : 'refused';
     if (!c.submittedBy.has(index)) return 'refused';
     held.set(index, tags.slice());
     return 'recorded';
@@ -456,8 +446,8 @@ export class MemoryCohortStore implements CohortStore {
     const c = this.cohorts.get(id);
     if (!c || c.status !== 'recovering') return 'closed';
     const before = c.shares.get(index);
-    if (before) return sameBytes(before, share) ? 'again' : 'refused';
-    if (!c.submittedBy.has(index) || shareBytes(index, c.size, this.params.degree, c.dropped!) === 0) return 'refused';
+    if (before) return bytesEqual(before, share) ? 'again' : 'refused';
+    if (!c.submittedBy.has(index) || recoveryShareBytes(index, c.size, this.params.degree, c.dropped!) === 0) return 'refused';
     c.shares.set(index, share.slice());
     c.recovered = c.shares.size;
     return c.recovered === c.needed ? 'complete' : 'recorded';
@@ -514,11 +504,4 @@ function pick(from: ReadonlyMap<number, Uint8Array> | undefined, members: readon
     if (v) out.set(j, v);
   }
   return out;
-}
-
-/** Whether two byte strings are equal. */
-export function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
-  if (a.length !== b.length) return false;
-  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
-  return true;
 }

@@ -15,11 +15,12 @@
  * is dropped once averaged, as in SQLite.
  */
 import { createHmac, randomBytes } from 'node:crypto';
+import { bytesEqual } from '../federated/wire.js';
 import type pg from 'pg';
 import { StorageError } from '../errors.js';
-import { usesSelfMask, type SecAggParams, type TagRound } from '../federated/secagg.js';
+import { recoveryShareBytes, usesSelfMask, type SecAggParams, type TagRound } from '../federated/secagg.js';
 import type { RateLimit, RateLimitOptions } from './rate-limit.js';
-import { afterCollectTimeout, allUploaded, cohortTimeouts, sameBytes, KEEP_ENDED_MS, newCohortId, newMemberToken, PUBLISH_GRACE, recoveryDeadline, shareBytes, timeoutReason, type CohortInfo, type CohortStatus, type CohortStore, type CohortTimeouts, type MarkResult, type RecoveryResult, type SweepResult } from './cohorts.js';
+import { afterCollectTimeout, allUploaded, cohortTimeouts, KEEP_ENDED_MS, newCohortId, newMemberToken, PUBLISH_GRACE, recoveryDeadline, timeoutReason, type CohortInfo, type CohortStatus, type CohortStore, type CohortTimeouts, type MarkResult, type RecoveryResult, type SweepResult } from './cohorts.js';
 import { checkNextVersion, pendingFromRow, StorageConflictError, versionFromRow, versionParams, type NewUpdate, type PendingUpdate, type Storage, type StoredVersion, type UpdateRow, type VersionRow } from './storage.js';
 
 const SCHEMA_VERSION = '1';
@@ -475,7 +476,7 @@ class PostgresCohortStore implements CohortStore {
       // The same tags again (a retry after a lost answer) are taken as given.
       const before = await c.query<{ v: Uint8Array | null }>(`SELECT ${col} AS v FROM localrec_cohort_members WHERE cohort = $1 AND idx = $2`, [id, index]);
       const v = before.rows[0]?.v;
-      return v && sameBytes(new Uint8Array(v), tags) ? 'again' : 'refused';
+      return v && bytesEqual(new Uint8Array(v), tags) ? 'again' : 'refused';
     });
   }
 
@@ -494,7 +495,7 @@ class PostgresCohortStore implements CohortStore {
     return this.tx('record a recovery share', async (c) => {
       const row = (await c.query<CohortRow>("SELECT * FROM localrec_cohorts WHERE id = $1 AND status = 'recovering' FOR UPDATE", [id])).rows[0];
       if (!row) return 'closed';
-      if (shareBytes(index, row.size, this.params.degree, row.dropped ?? []) === 0) return 'refused';
+      if (recoveryShareBytes(index, row.size, this.params.degree, row.dropped ?? []) === 0) return 'refused';
       const m = await c.query('UPDATE localrec_cohort_members SET share = $3 WHERE cohort = $1 AND idx = $2 AND update_id IS NOT NULL AND share IS NULL', [
         id,
         index,
@@ -503,7 +504,7 @@ class PostgresCohortStore implements CohortStore {
       if (!m.rowCount) {
         const before = await c.query<{ share: Uint8Array | null }>('SELECT share FROM localrec_cohort_members WHERE cohort = $1 AND idx = $2', [id, index]);
         const v = before.rows[0]?.share;
-        return v && sameBytes(new Uint8Array(v), share) ? 'again' : 'refused';
+        return v && bytesEqual(new Uint8Array(v), share) ? 'again' : 'refused';
       }
       const r = (await c.query<{ recovered: number; needed: number }>('UPDATE localrec_cohorts SET recovered = recovered + 1 WHERE id = $1 RETURNING recovered, needed', [id])).rows[0]!;
       return r.recovered === r.needed ? 'complete' : 'recorded';

@@ -9,8 +9,8 @@ import type { ItemTable } from '../model/item-table.js';
 import { applyFedAdam, applyFedAvg, combineDeltas, shrinkRows, DEFAULT_FEDADAM, trimCount, type AggregatorName, type FedAdamOptions, type RobustName } from './aggregate.js';
 import { StorageConflictError, type NewUpdate, type Storage, type StoredVersion } from './storage.js';
 import { checkUpdate, reject, type Rejection, type UpdatePolicy } from './validate-update.js';
-import { aliveNeighbours, COHORT_ID_BYTES, CONFIRM_TAG_BYTES, decodeMaskedHeader, type TagRound, decodeMaskedUpdate, importPublicKey, maskNeighbours, SEALED_SHARE_BYTES, unmaskRecovered, unmaskSum, usesSelfMask, type SecAggParams } from '../federated/secagg.js';
-import { cohortView, defaultUploadTimeoutMs, isCohortId, MemoryCohortStore, shareBytes, type CohortInfo, type CohortStore, type CohortView } from './cohorts.js';
+import { aliveNeighbours, COHORT_ID_BYTES, CONFIRM_TAG_BYTES, decodeMaskedHeader, type TagRound, decodeMaskedUpdate, importPublicKey, maskNeighbours, recoveryShareBytes, SEALED_SHARE_BYTES, unmaskRecovered, unmaskSum, usesSelfMask, type SecAggParams } from '../federated/secagg.js';
+import { cohortView, defaultUploadTimeoutMs, isCohortId, MemoryCohortStore, type CohortInfo, type CohortStore, type CohortView } from './cohorts.js';
 import { expandDelta, trainedLength, type TrainedPart } from '../federated/client-update.js';
 import { DEFAULT_SUBSPACE_SCALE, MIN_DIRECTION_WEIGHT, subspaceTable } from '../federated/subspace.js';
 
@@ -635,7 +635,7 @@ export class RoundCoordinator {
     const found = await this.recoveringMember(id, member, token, memberParam, 'recovery shares');
     if (!('c' in found)) return found;
     const { c, sa, cohorts } = found;
-    const bytes = shareBytes(member, c.size, sa.degree, c.dropped!);
+    const bytes = recoveryShareBytes(member, c.size, sa.degree, c.dropped!);
     if (bytes === 0) return reject('wrong-mode', `member ${member} owes no recovery share (it dropped)`);
     if (share.length !== bytes) return reject('wrong-shape', `member ${member}'s share is ${bytes} bytes (16 per mask neighbour: a pair seed or a self-mask share), got ${share.length}`);
     const r = await cohorts.addRecovery(id, member, share);
