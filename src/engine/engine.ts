@@ -377,7 +377,9 @@ export class Engine {
       maxEvents: intOption(opts.retention?.maxEvents, 'options.retention.maxEvents', 1, 10_000_000, DEFAULT_RETENTION.maxEvents),
       maxAgeDays: intOption(opts.retention?.maxAgeDays, 'options.retention.maxAgeDays', 1, 36_500, DEFAULT_RETENTION.maxAgeDays),
     };
-    const backend = await selectBackend({ force: opts.backend, candidates: opts.backendCandidates });
+    // Probed on this catalog's scoring shape, items × (dim + 1): which backend scores fastest
+    // depends on it (wasm on small catalogs even beside a fast GPU, WebGPU on large ones).
+    const backend = await selectBackend({ force: opts.backend, candidates: opts.backendCandidates, probeRows: catalog.items.length, probeDim: dim + 1 });
     // Before consent nothing may touch IndexedDB: the engine starts on a memory store that drops events.
     const consented = opts.consent?.personalization ?? true;
     const store = consented ? (opts.store ?? (await openEventStore(opts.dbName ?? 'localrec', retention))) : new MemoryEventStore(retention);

@@ -7,6 +7,7 @@ import { buildProfile, eventConfidence } from '../../src/model/profile.js';
 import { contributions, Scorer, userVector } from '../../src/model/score.js';
 import { trainItemTable } from '../../src/model/train.js';
 import { selectBackend } from '../../src/model/backend.js';
+import { ValidationError } from '../../src/errors.js';
 import type { StoredEvent } from '../../src/types.js';
 
 const ids = Array.from({ length: 40 }, (_, i) => `i${i}`);
@@ -210,5 +211,15 @@ describe('backend selection', () => {
     assert.deepEqual([forced.backend, forced.reason, tf.getBackend()], ['cpu', 'forced', 'cpu']);
     await assert.rejects(selectBackend({ force: 'tpu' as never }), /options\.backend: must be one of/);
     await assert.rejects(selectBackend({ force: 'webgpu' }), /not available/);
+  });
+
+  it('probes the shape it is given, a catalog smaller than top-10 too; refuses a shape that is not one', async () => {
+    // The engine probes its own catalog (items × (dim + 1)): three items must not make topk(10) fail
+    // on every backend and read as "no backend could start".
+    const tiny = await selectBackend({ candidates: ['wasm', 'cpu'], probeRows: 3, probeDim: 5 });
+    assert.ok(['wasm', 'cpu'].includes(tiny.backend));
+    assert.equal(Object.keys(tiny.timings).length, 2);
+    await assert.rejects(selectBackend({ candidates: ['cpu'], probeRows: 0 }), (e: unknown) => e instanceof ValidationError && /probeRows: must be a whole number ≥ 1, got 0/.test(e.message));
+    await assert.rejects(selectBackend({ candidates: ['cpu'], probeDim: 2.5 }), (e: unknown) => e instanceof ValidationError && /probeDim/.test(e.message));
   });
 });
