@@ -180,9 +180,10 @@ async function inProcessTarget(storage: Storage, secureAggregation = false): Pro
 async function processTarget(n: number, database: string, dir: string, secureAggregation = false): Promise<Target> {
   const catalog = join(dir, 'catalog.json');
   writeFileSync(catalog, JSON.stringify({ items: ids.map((id, i) => ({ id, popularity: ITEMS - i })) }));
-  const flags = ['--database', database, '--dim', String(DIM), '--min-clients', String(CLIENTS), '--noise', '1', '--clip', '1', '--max-staleness', '1', '--rate-limit', '0'];
+  const flags = ['--database', database, '--dim', String(DIM), '--min-clients', String(CLIENTS), '--noise', '1', '--clip', '1', '--rate-limit', '0'];
   if (BACKLOG !== undefined) flags.push('--backlog', String(BACKLOG));
-  if (secureAggregation) flags.push('--secure-aggregation');
+  // --max-staleness is for plain uploads (serve refuses it with --secure-aggregation).
+  flags.push(...(secureAggregation ? ['--secure-aggregation'] : ['--max-staleness', '1']));
   const children: ServeChild[] = [];
   try {
     for (let i = 0; i < n; i++) children.push(await spawnServe(join(dir, `unused-${i}`), catalog, flags));

@@ -4,7 +4,7 @@ import { checkEventAge, validateEvent } from '../events/schema.js';
 import { DEFAULT_RETENTION, deleteEventDatabase, MemoryEventStore, openEventStore, quotaEvictedBy, type AddResult, type EventStore, type Retention } from '../events/store.js';
 import { EVENT_SCHEMA_VERSION } from '../events/schema.js';
 import type { AuditReport, ExportFile } from './audit-types.js';
-import { checkContext, chooseOffers, indexProducts, offerScopeLookup, predictAffinity, purchaseBaskets, verifyOfferCatalog, type ProductIndex } from '../offers/index.js';
+import { checkOffersOptions, chooseOffers, indexProducts, offerScopeLookup, predictAffinity, purchaseBaskets, verifyOfferCatalog, type ProductIndex } from '../offers/index.js';
 import type { OfferCatalog, OffersOptions, ShownOffer } from '../offers/types.js';
 import { selectBackend, type BackendChoice } from '../model/backend.js';
 import { validateCatalog } from '../model/catalog.js';
@@ -1043,7 +1043,12 @@ export class Engine {
 
   private async profile(): Promise<{ profile: ProfileItem[]; events: StoredEvent[] }> {
     const events = await this.storedEvents();
-    return { profile: buildProfile(events, this.rows, { halfLifeDays: this.halfLifeDays, now: this.now(), sessionDecay: this.sessionDecay, stepDecay: this.stepDecay }), events };
+    return { profile: this.profileOf(events, this.now()), events };
+  }
+
+  /** The shopper's profile from these events, decayed to `now`. */
+  private profileOf(events: readonly StoredEvent[], now: number): ProfileItem[] {
+    return buildProfile(events, this.rows, { halfLifeDays: this.halfLifeDays, now, sessionDecay: this.sessionDecay, stepDecay: this.stepDecay });
   }
 
   private excludedRows(exclude: RecommendOptions['exclude'], profile: ProfileItem[], events: StoredEvent[]): Set<number> {
@@ -1813,8 +1818,9 @@ export class Engine {
     this.assertOpen();
     knownKeys(given, 'options', OPTION_KEYS.offersCall);
     knownKeys(given.context, 'options.context', OPTION_KEYS.offerContext);
-    // Checked before `now` is used below (chooseOffers checks the rest of the options again).
-    checkContext(given.context);
+    // Checked before `now` is used below, and before a missing catalog answers [] (chooseOffers
+    // checks them again): a wrong call fails alike with or without offers to choose from.
+    checkOffersOptions(given);
     // Without a seed each call explores afresh: a fixed default would make the same first draws,
     // and so the same explore decisions, on every call (with the default 0.1, never exploring).
     const options = given.seed === undefined ? { ...given, seed: randomSeed() } : given;
@@ -1845,7 +1851,9 @@ export class Engine {
       );
     }
     await this.freshModel();
-    const { profile, events } = await this.profile();
+    // The profile as it stood at `now`: a call for an earlier time must not rank by what came after.
+    const events = await this.storedEvents();
+    const profile = this.profileOf(events.filter((e) => e.t <= now), now);
     const kept = await ledgerAfter();
     const scores = await this.scorer.scoreAll(userVector(this.table, profile));
     let max = -Infinity;
@@ -1858,7 +1866,7 @@ export class Engine {
         const r = this.rows.get(id);
         return r === undefined ? 0 : Math.min(1, (ITEMS_PER_BASKET * p[r]!) / sum);
       }, ...kept },
-      { ...options, context: { now: this.now(), ...options.context } },
+      { ...options, context: { ...options.context, now } },
     );
   }
 

@@ -13,7 +13,7 @@
  * the browser worker and in Node alike. Byte-by-byte layouts are in docs/protocol.md.
  */
 import { ValidationError } from '../errors.js';
-import type { ItemTable } from '../model/item-table.js';
+import { hasLoneSurrogate, type ItemTable } from '../model/item-table.js';
 
 export const WIRE_FORMAT_VERSION = 1;
 /** Bytes of the fixed update header that precedes the block scales. */
@@ -337,6 +337,7 @@ function idsBytes(itemIds: readonly string[]): Uint8Array[] {
   return itemIds.map((id, i) => {
     const b = utf8.encode(id);
     if (b.length < 1 || b.length > MAX_ID_BYTES) throw new ValidationError(`model.itemIds[${i}]`, `must be 1..${MAX_ID_BYTES} UTF-8 bytes, got ${b.length}`);
+    if (hasLoneSurrogate(id)) throw new ValidationError(`model.itemIds[${i}]`, 'holds a lone UTF-16 surrogate, which UTF-8 cannot carry');
     return b;
   });
 }

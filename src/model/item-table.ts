@@ -86,3 +86,11 @@ export function indexItems(itemIds: readonly string[]): Map<string, number> {
 export function cloneItemTable(t: ItemTable): ItemTable {
   return { version: t.version, itemIds: t.itemIds.slice(), dim: t.dim, factors: t.factors.slice(), bias: t.bias.slice() };
 }
+
+/**
+ * Whether a string holds a lone UTF-16 surrogate, which UTF-8 cannot carry: the wire formats would
+ * write it as U+FFFD, i.e. another id than the catalog's (or a duplicate of one).
+ */
+export function hasLoneSurrogate(s: string): boolean {
+  return /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/.test(s);
+}

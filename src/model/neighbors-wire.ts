@@ -18,6 +18,7 @@
  * The SHA-256 of the whole file is its version (`neighborTableHash`).
  */
 import { ValidationError } from '../errors.js';
+import { hasLoneSurrogate } from './item-table.js';
 import { checkNeighborTable, MAX_NEIGHBOR_WIDTH, type NeighborTable } from './neighbors.js';
 
 const MAGIC = [0x4c, 0x52, 0x4e, 0x31]; // "LRN1"
@@ -40,7 +41,7 @@ export function encodeNeighborTable(t: NeighborTable): Uint8Array {
   if (t.itemIds.length < 1 || t.itemIds.length > MAX_NEIGHBOR_ITEMS) throw new ValidationError('neighbors.itemIds', `must hold 1..${MAX_NEIGHBOR_ITEMS} items, got ${t.itemIds.length}`);
   for (const [i, id] of t.itemIds.entries()) {
     // A lone surrogate would be written as U+FFFD: another id than the catalog's (or a duplicate).
-    if (/[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/.test(id)) throw new ValidationError(`neighbors.itemIds[${i}]`, 'holds a lone UTF-16 surrogate, which UTF-8 cannot carry');
+    if (hasLoneSurrogate(id)) throw new ValidationError(`neighbors.itemIds[${i}]`, 'holds a lone UTF-16 surrogate, which UTF-8 cannot carry');
   }
   const enc = new TextEncoder();
   const ids = t.itemIds.map((id) => enc.encode(id));

@@ -31,7 +31,8 @@ function write(v: unknown, path: string): string {
       if (!Number.isFinite(v)) throw new TypeError(`${path}: ${v} cannot be represented in JSON`);
       return JSON.stringify(v);
     case 'object': {
-      if (Array.isArray(v)) return `[${v.map((x, i) => write(x === undefined ? null : x, `${path}[${i}]`)).join(',')}]`;
+      // Array.from visits holes too (map skips them, which wrote `[1,,3]`): a hole is null, as in JSON.stringify.
+      if (Array.isArray(v)) return `[${Array.from(v, (x, i) => write(x === undefined ? null : x, `${path}[${i}]`)).join(',')}]`;
       const obj = v as Record<string, unknown>;
       const keys = Object.keys(obj).filter((k) => obj[k] !== undefined).sort();
       return `{${keys.map((k) => `${JSON.stringify(k)}:${write(obj[k], `${path}.${k}`)}`).join(',')}}`;

@@ -29,5 +29,5 @@ export { indexProducts, inScope, scopeItemIds, type ProductIndex } from './produ
 export { scopeAffinity, type AffinitySource } from './affinity.js';
 export { offerEconomics, type OfferEconomics } from './offer-value.js';
 export { offerReason } from './reason.js';
-export { checkContext, chooseOffers, scoreOffers, cartValue, type OffersInput, type ScoredOffer } from './policy.js';
+export { checkContext, checkOffersOptions, chooseOffers, scoreOffers, cartValue, type OffersInput, type ScoredOffer } from './policy.js';
 export { retailCategory, RETAIL_CATEGORIES } from './retail-categories.js';

@@ -30,7 +30,12 @@ export interface OfferEconomics {
  * ```
  */
 export function offerEconomics(offer: Offer, products: ProductIndex): OfferEconomics {
-  const typicalSpend = offer.hints?.typicalSpend ?? meanPrice(offer, products) ?? offer.minBasket ?? 0;
+  // An order-wide offer ("£5 off orders over £50") is used only on an order worth at least its
+  // minimum basket, which is all in scope: one average product would price it below what it needs.
+  const mean = meanPrice(offer, products);
+  const typicalSpend =
+    offer.hints?.typicalSpend ??
+    (offer.scope.kind === 'all' ? Math.max(mean ?? 0, offer.minBasket ?? 0) : (mean ?? offer.minBasket ?? 0));
   const value = (offer.hints?.margin ?? DEFAULT_MARGIN) * typicalSpend;
   const d = offer.discount;
   const discount = d.kind === 'amount' ? Math.min(d.amount, typicalSpend) : Math.min((d.percent / 100) * typicalSpend, d.maxAmount ?? Infinity);

@@ -86,9 +86,25 @@ export function scoreOffers(input: OffersInput, options: OffersOptions = {}): Sc
   return out.sort((a, b) => key(b) - key(a) || (a.offer.id < b.offer.id ? -1 : a.offer.id > b.offer.id ? 1 : 0));
 }
 
+/**
+ * Checks the options of `chooseOffers` (and so of `rec.offers()`), the context too, naming the first
+ * one that is wrong: the engine calls it before it knows whether a catalog is installed, so that a
+ * wrong call fails the same way with or without offers to choose from.
+ */
+export function checkOffersOptions(options: OffersOptions): { k: number; exploration: number; seed: number; reach: boolean } {
+  const k = checkInt(options.k ?? DEFAULTS.k, 'options.k', 1, 20);
+  const exploration = checkRange(options.exploration ?? DEFAULTS.exploration, 'options.exploration', 0, 1);
+  // A whole 32-bit number: the generator keeps 32 bits, so 7.9 and 7, or 7 and 2³² + 7, were one seed.
+  const seed = checkInt(options.seed ?? DEFAULTS.seed, 'options.seed', 0, 0xffff_ffff);
+  const reach = checkObjective(options.objective) === 'reach';
+  checkRange(options.priorStrength ?? DEFAULT_PRIOR_STRENGTH, 'options.priorStrength', 0, 1e6);
+  checkContext(options.context);
+  return { k, exploration, seed, reach };
+}
+
 function checkObjective(o: OfferObjective | undefined): OfferObjective {
   if (o === undefined) return 'value';
-  if (o !== 'value' && o !== 'reach') throw new ValidationError('options.objective', `must be 'value' or 'reach', got '${String(o)}'`);
+  if (o !== 'value' && o !== 'reach') throw new ValidationError('options.objective', `must be 'value' or 'reach', got ${describeValue(o)}`);
   return o;
 }
 
@@ -113,11 +129,7 @@ function checkObjective(o: OfferObjective | undefined): OfferObjective {
  * ```
  */
 export function chooseOffers(input: OffersInput, options: OffersOptions = {}): ShownOffer[] {
-  const k = checkInt(options.k ?? DEFAULTS.k, 'options.k', 1, 20);
-  const exploration = checkRange(options.exploration ?? DEFAULTS.exploration, 'options.exploration', 0, 1);
-  // A whole 32-bit number: the generator keeps 32 bits, so 7.9 and 7, or 7 and 2³² + 7, were one seed.
-  const seed = checkInt(options.seed ?? DEFAULTS.seed, 'options.seed', 0, 0xffff_ffff);
-  const reach = checkObjective(options.objective) === 'reach';
+  const { k, exploration, seed, reach } = checkOffersOptions(options);
 
   const rng = new Random(seed);
   const products = productIndex(input.products);
@@ -182,10 +194,10 @@ export function checkContext(context: OfferContext | undefined): number {
       const line = l as Record<string, unknown>;
       if (typeof line.itemId !== 'string') throw new ValidationError(`${at}.itemId`, 'must be an item id (a string)');
       if (line.quantity !== undefined && !(typeof line.quantity === 'number' && Number.isInteger(line.quantity) && line.quantity >= 1)) {
-        throw new ValidationError(`${at}.quantity`, `must be a whole number ≥ 1, got ${String(line.quantity)}`);
+        throw new ValidationError(`${at}.quantity`, `must be a whole number ≥ 1, got ${describeValue(line.quantity)}`);
       }
       if (line.price !== undefined && !(typeof line.price === 'number' && Number.isFinite(line.price) && line.price >= 0)) {
-        throw new ValidationError(`${at}.price`, `must be a number ≥ 0, got ${String(line.price)}`);
+        throw new ValidationError(`${at}.price`, `must be a number ≥ 0, got ${describeValue(line.price)}`);
       }
     });
   }
@@ -203,11 +215,11 @@ export function cartValue(cart: readonly CartLine[], products: ProductIndex): nu
 }
 
 function checkInt(v: number, field: string, min: number, max: number): number {
-  if (!Number.isInteger(v) || v < min || v > max) throw new ValidationError(field, `must be an integer from ${min} to ${max}, got ${v}`);
+  if (!Number.isInteger(v) || v < min || v > max) throw new ValidationError(field, `must be an integer from ${min} to ${max}, got ${describeValue(v)}`);
   return v;
 }
 function checkRange(v: number, field: string, min: number, max: number): number {
-  if (typeof v !== 'number' || !(v >= min && v <= max)) throw new ValidationError(field, `must be a number from ${min} to ${max}, got ${v}`);
+  if (typeof v !== 'number' || !(v >= min && v <= max)) throw new ValidationError(field, `must be a number from ${min} to ${max}, got ${describeValue(v)}`);
   return v;
 }
 const round = (x: number): number => Math.round(x * 10000) / 10000;

@@ -2,6 +2,7 @@
  * Reasons a shopper can read, built only from things that really happened on this device (their
  * events, the cart, the page) — never an invented claim about other shoppers.
  */
+import { eventConfidence } from '../model/profile.js';
 import type { StoredEvent } from '../types.js';
 import { inScope, scopeItemIds, type ProductIndex } from './product-index.js';
 import type { Offer, OfferContext } from './types.js';
@@ -29,10 +30,11 @@ const VERBS: Partial<Record<StoredEvent['type'], string>> = {
  */
 export function offerReason(offer: Offer, events: readonly StoredEvent[], products: ProductIndex, context: OfferContext, explore: boolean): string {
   const title = (id: string): string => products.byId.get(id)?.title ?? id;
+  const cited = citable(events);
   for (let i = events.length - 1; i >= 0; i--) {
     const e = events[i]!;
     const verb = VERBS[e.type];
-    if (verb && e.itemId !== undefined && inScope(offer.scope, e.itemId, products)) return `Because you ${verb} ${title(e.itemId)}`;
+    if (verb && cited[i] && e.itemId !== undefined && inScope(offer.scope, e.itemId, products)) return `Because you ${verb} ${title(e.itemId)}`;
   }
   if (context.itemId !== undefined && inScope(offer.scope, context.itemId, products)) return `For the ${title(context.itemId)} you are looking at`;
   const inCart = context.cart?.find((l) => inScope(offer.scope, l.itemId, products));
@@ -43,8 +45,26 @@ export function offerReason(offer: Offer, events: readonly StoredEvent[], produc
       const e = events[i]!;
       const verb = VERBS[e.type];
       const c = e.itemId !== undefined ? products.byId.get(e.itemId)?.category : undefined;
-      if (verb && c !== undefined && cats.has(c)) return `Like the ${title(e.itemId!)} you ${verb === 'searched for' ? 'searched for' : verb}`;
+      if (verb && cited[i] && c !== undefined && cats.has(c)) return `Like the ${title(e.itemId!)} you ${verb === 'searched for' ? 'searched for' : verb}`;
     }
   }
   return explore ? 'Something new to try' : 'One of the shop’s current offers';
+}
+
+/**
+ * Which events a reason may cite: those that speak for the item, as the model counts them (a 1-star
+ * rating counts against it: "Because you rated …" would be wrong), and not an add to cart the
+ * shopper took back with a later `remove_from_cart` of the same item.
+ */
+function citable(events: readonly StoredEvent[]): boolean[] {
+  const out = new Array<boolean>(events.length).fill(false);
+  const removed = new Set<string>();
+  for (let i = events.length - 1; i >= 0; i--) {
+    const e = events[i]!;
+    if (e.itemId === undefined) continue;
+    if (e.type === 'remove_from_cart') removed.add(e.itemId);
+    else if (e.type === 'add_to_cart' && removed.has(e.itemId)) removed.delete(e.itemId);
+    else out[i] = eventConfidence(e) > 0;
+  }
+  return out;
 }

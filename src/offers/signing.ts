@@ -7,6 +7,7 @@
  * does not depend on key order or whitespace in the published file.
  */
 import { base64urlDecode, base64urlEncode } from './base64url.js';
+import { ValidationError } from '../errors.js';
 import { describeValue } from '../options.js';
 import { canonicalJson } from './canonical-json.js';
 import { SignatureError } from './signature-error.js';
@@ -79,7 +80,11 @@ async function importKey(jwk: JsonWebKey, use: 'sign' | 'verify'): Promise<Crypt
 export async function signOfferCatalog(catalog: OfferCatalog, privateJwk: JsonWebKey, options: { kid?: string } = {}): Promise<SignedOfferCatalog> {
   const clean = validateOfferCatalog(catalog, 'catalog', { strictCurrency: true });
   const envelope: Omit<SignedOfferCatalog, 'signature'> = { alg: 'ES256', catalog: clean };
-  if (options.kid !== undefined) envelope.kid = options.kid;
+  if (options.kid !== undefined) {
+    // Devices refuse a kid that is not a string: refused here, before anything is published.
+    if (typeof options.kid !== 'string') throw new ValidationError('options.kid', `must be a string, got ${describeValue(options.kid)}`);
+    envelope.kid = options.kid;
+  }
   const key = await importKey(privateJwk, 'sign');
   const sig = new Uint8Array(await subtle().sign(SIGN_PARAMS, key, signedPayload(envelope)));
   return { ...envelope, signature: base64urlEncode(sig) };

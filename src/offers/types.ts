@@ -43,7 +43,10 @@ export interface OfferLimits {
 export interface OfferHints {
   /** Gross margin as a fraction of the price, [0, 1]. Default 0.3. */
   margin?: number;
-  /** Typical in-scope spend of an order that uses the offer; default: mean catalog price in scope. */
+  /**
+   * Typical in-scope spend of an order that uses the offer; default: mean catalog price in scope
+   * (for scope `all`, at least `minBasket`: such an order is all in scope).
+   */
   typicalSpend?: number;
   /** Extra fixed cost of a redemption to the shop (handling, fees), in currency. Default 0. */
   cost?: number;

@@ -128,8 +128,9 @@ function discount(input: unknown, field: string): OfferDiscount {
 function scope(input: unknown, field: string): OfferScope {
   const o = record(input, field);
   if (o.kind === 'all') return { kind: 'all' };
-  if (o.kind === 'items') return { kind: 'items', itemIds: strings(o.itemIds, `${field}.itemIds`, 256) };
-  if (o.kind === 'categories') return { kind: 'categories', categories: strings(o.categories, `${field}.categories`, 256) };
+  // A repeated id or category would count its purchase probability twice in the scope's affinity.
+  if (o.kind === 'items') return { kind: 'items', itemIds: [...new Set(strings(o.itemIds, `${field}.itemIds`, 256))] };
+  if (o.kind === 'categories') return { kind: 'categories', categories: [...new Set(strings(o.categories, `${field}.categories`, 256))] };
   throw new ValidationError(`${field}.kind`, `must be 'all', 'items' or 'categories', got ${show(o.kind)}`);
 }
 

@@ -123,11 +123,16 @@ export function createApp(rounds: RoundCoordinator, opts: AppOptions): Hono {
   // On a store several processes share, readers first catch up with what the others published
   // (at most once a second; a no-op on SQLite and memory).
   app.use('/v1/*', async (c, next) => {
-    if (c.req.method === 'GET') await rounds.refresh();
+    if (c.req.method === 'GET' || c.req.method === 'HEAD') await rounds.refresh();
     await next();
   });
 
-  app.get('/v1/health', (c) => c.json({ ok: true, version: rounds.version }));
+  app.get('/v1/health', (c) => {
+    // The last look at a shared store failed (and the next is not due yet): 503, not 200 from memory.
+    const fault = rounds.storageFault;
+    if (fault !== undefined) throw fault;
+    return c.json({ ok: true, version: rounds.version });
+  });
 
   app.get('/v1/config', (c) =>
     c.json({

@@ -5,6 +5,7 @@ import { createAdaptorServer } from '@hono/node-server';
 import type { Server, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { ValidationError } from '../errors.js';
+import { describeValue } from '../options.js';
 import { chooseBits, decodeModel, DEFAULT_BLOCK_SIZE, UPDATE_BUDGET_BYTES } from '../federated/wire.js';
 import type { ItemTable } from '../model/item-table.js';
 import { AGGREGATOR_NAMES, DEFAULT_FEDADAM, isAggregatorName, DEFAULT_TRIM_FRACTION, ROBUST_NAMES, trimCount, type AggregatorName, type FedAdamOptions, type RobustName } from './aggregate.js';
@@ -200,9 +201,20 @@ async function closeGracefully(server: Server, open: ReadonlySet<ServerResponse>
   }
 }
 
+/** FedAdam's settings, each checked: a zero τ or a NaN rate publishes a table of NaN, which no device or restart can load. */
+function checkFedAdam(o: Partial<FedAdamOptions> | undefined): FedAdamOptions {
+  const f = { ...DEFAULT_FEDADAM, ...o };
+  positive('fedAdam.lr', f.lr);
+  positive('fedAdam.tau', f.tau);
+  for (const k of ['beta1', 'beta2'] as const) {
+    if (typeof f[k] !== 'number' || !(f[k] >= 0 && f[k] < 1)) throw new ValidationError(`options.fedAdam.${k}`, `must be a number in [0, 1), got ${describeValue(f[k])}`);
+  }
+  return f;
+}
+
 function positive(name: string, v: number, integer = false): number {
   if (!Number.isFinite(v) || v <= 0 || (integer && !Number.isInteger(v))) {
-    throw new ValidationError(`options.${name}`, `must be a ${integer ? 'positive integer' : 'positive number'}, got ${v}`);
+    throw new ValidationError(`options.${name}`, `must be a ${integer ? 'positive integer' : 'positive number'}, got ${describeValue(v)}`);
   }
   return v;
 }
@@ -456,7 +468,7 @@ export async function createServer(options: ServerOptions = {}): Promise<ServerP
         if (d === 'directions' && aggregator !== 'subspace') throw new ValidationError('options.denoise', `'directions' needs the subspace aggregator, got '${aggregator}'`);
         return d;
       })(),
-      fedAdam: { ...DEFAULT_FEDADAM, ...options.fedAdam },
+      fedAdam: checkFedAdam(options.fedAdam),
       secureAggregation,
       now,
       log,
@@ -469,6 +481,12 @@ export async function createServer(options: ServerOptions = {}): Promise<ServerP
         : options.initialTable;
     const rounds = await RoundCoordinator.open(storage, initial, config);
     const rateLimit = options.rateLimit ?? { perMinute: 60, burst: 20 };
+    if (rateLimit !== false) {
+      // A NaN rate would make every bucket NaN, which never runs out: nobody limited, nothing said.
+      if (typeof rateLimit !== 'object' || rateLimit === null) throw new ValidationError('options.rateLimit', `must be { perMinute, burst } or false, got ${describeValue(rateLimit)}`);
+      positive('rateLimit.perMinute', rateLimit.perMinute);
+      if (!(Number.isInteger(rateLimit.burst) && rateLimit.burst >= 1)) throw new ValidationError('options.rateLimit.burst', `must be a whole number ≥ 1, got ${describeValue(rateLimit.burst)}`);
+    }
     const app = createApp(rounds, {
       log,
       ...(rateLimit ? { rateLimiter: storage.rateLimiter?.(rateLimit, now) ?? new RateLimiter(rateLimit, now) } : {}),

@@ -211,8 +211,11 @@ export class RoundCoordinator {
     }
     await rc.load(latest);
     if (initialTable && !sameShape(initialTable, rc.cur.table)) {
+      const stored = rc.cur.table.itemIds;
+      const i = initialTable.itemIds.findIndex((id, j) => id !== stored[j]);
+      const differ = i >= 0 && i < stored.length ? `; item ${i} is '${stored[i]}' in the store and '${initialTable.itemIds[i]}' in the catalog (the ids or their order changed)` : '';
       throw new StorageError(
-        `the store holds a model of ${rc.cur.table.itemIds.length} items × ${rc.cur.table.dim}, which does not match the catalog (${initialTable.itemIds.length} items × ${initialTable.dim}); use another data dir`,
+        `the store holds a model of ${stored.length} items × ${rc.cur.table.dim}, which does not match the catalog (${initialTable.itemIds.length} items × ${initialTable.dim})${differ}; start without --catalog to serve the stored model, or use another data dir`,
       );
     }
     if (rc.cur.table.itemIds.length !== config.itemCount || rc.cur.table.dim !== config.dim) {
@@ -264,12 +267,28 @@ export class RoundCoordinator {
   private async catchUp(): Promise<void> {
     if (!this.storage.shared) return;
     this.lastCatchUp = this.config.now();
-    if ((await this.storage.versionHash(this.cur.version + 1)) !== undefined) {
-      const latest = await this.storage.latest();
-      if (latest && latest.version > this.cur.version) await this.load(latest);
+    try {
+      if ((await this.storage.versionHash(this.cur.version + 1)) !== undefined) {
+        const latest = await this.storage.latest();
+        if (latest && latest.version > this.cur.version) await this.load(latest);
+      }
+      this.pendingN = await this.storage.pendingCount();
+      this.lastLookError = undefined;
+    } catch (e) {
+      this.lastLookError = e;
+      throw e;
     }
-    this.pendingN = await this.storage.pendingCount();
   }
+
+  /**
+   * What the last look at a shared store failed with, until a look succeeds. Readers inside the
+   * second after a failed look are answered from memory; `/v1/health` answers with this instead,
+   * so that a load balancer sees the store is down however busy the other endpoints keep it.
+   */
+  get storageFault(): unknown {
+    return this.lastLookError;
+  }
+  private lastLookError: unknown = undefined;
 
   /**
    * For readers (`GET /v1/model`, `/v1/config`, `/v1/rounds/current`, `/v1/health`): on a shared
@@ -757,6 +776,10 @@ export class RoundCoordinator {
     } else {
       next = applyFedAvg(this.cur.table, mean, this.config.serverLearningRate);
     }
+    // Validated updates cannot make this, but a version no device (and no restart) can load must
+    // never be published: the updates stay pending and the round is retried.
+    const bad = firstNonFinite(next.factors) ?? firstNonFinite(next.bias);
+    if (bad !== undefined) throw new Error(`the aggregate of ${consumed.length} updates is not finite (${bad}); nothing was published, the updates stay pending`);
     const model = encodeModel(next);
     const stored: StoredVersion = {
       version: next.version,
@@ -784,4 +807,9 @@ export class RoundCoordinator {
     this.hashes.set(next.version, stored.hash);
     this.config.log(`published version ${next.version} from ${consumed.length} updates${how} (${stored.hash.slice(0, 12)})`);
   }
+}
+
+function firstNonFinite(a: Float32Array): string | undefined {
+  for (let i = 0; i < a.length; i++) if (!Number.isFinite(a[i]!)) return `value ${i} is ${a[i]}`;
+  return undefined;
 }

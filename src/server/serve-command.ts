@@ -9,6 +9,7 @@
 import { statSync } from 'node:fs';
 import type { Command } from 'commander';
 import { ValidationError } from '../errors.js';
+import { hasLoneSurrogate } from '../model/item-table.js';
 
 function num(name: string, integer = false) {
   return (v: string): number => {
@@ -47,6 +48,7 @@ export async function readCatalogFile(path: string): Promise<{ ids: string[]; po
   items.forEach((it: unknown, i) => {
     const id = typeof it === 'string' ? it : (it as { id?: unknown })?.id;
     if (typeof id !== 'string' || id.length < 1 || id.length > 256) throw new ValidationError(`catalog.items[${i}].id`, 'must be a string of 1..256 characters');
+    if (hasLoneSurrogate(id)) throw new ValidationError(`catalog.items[${i}].id`, 'holds a lone UTF-16 surrogate, which UTF-8 (and so the model file) cannot carry');
     if (seen.has(id)) throw new ValidationError(`catalog.items[${i}].id`, `'${id}' appears twice`);
     seen.add(id);
     ids.push(id);
@@ -117,6 +119,7 @@ export function register(program: Command): void {
         });
       }
       let offers;
+      if (typeof o.offersKey === 'string' && typeof o.offers !== 'string') throw new ValidationError('--offers-key', 'is the key the --offers catalog is checked against: give --offers too');
       if (typeof o.offers === 'string') {
         if (typeof o.offersKey !== 'string') throw new ValidationError('--offers-key', 'is required with --offers (the public JWK the catalog was signed for)');
         const { readFile } = await import('node:fs/promises');
@@ -133,9 +136,14 @@ export function register(program: Command): void {
       const { checkSubspaceFlags } = await import('../federated/subspace.js');
       checkSubspaceFlags(String(o.aggregator), !!o.freezeBiases, o.subspaceScale as number | undefined, String(o.denoise));
       if (!o.secureAggregation) {
-        const flags: Array<[string, unknown]> = [['--secagg-bits', o.secaggBits], ['--secagg-range', o.secaggRange], ['--secagg-degree', o.secaggDegree], ['--secagg-survivors', o.secaggSurvivors], ['--upload-timeout', o.uploadTimeout]];
+        const flags: Array<[string, unknown]> = [['--secagg-bits', o.secaggBits], ['--secagg-range', o.secaggRange], ['--secagg-degree', o.secaggDegree], ['--secagg-survivors', o.secaggSurvivors], ['--upload-timeout', o.uploadTimeout], ['--cohort-timeout', typed('cohortTimeout') ? o.cohortTimeout : undefined]];
         const given = flags.find(([, v]) => v !== undefined);
         if (given) throw new ValidationError(given[0], 'is a secure-aggregation option: it needs --secure-aggregation');
+      } else {
+        // Plain uploads only: under secure aggregation every upload is masked for a cohort of the
+        // current version, quantized at --secagg-bits.
+        if (typed('bits')) throw new ValidationError('--bits', 'sets the plain uploads’ quantization: with --secure-aggregation uploads are masked at --secagg-bits');
+        if (typed('maxStaleness')) throw new ValidationError('--max-staleness', 'applies to plain uploads: with --secure-aggregation every cohort trains on the version current when it formed');
       }
       // An explicit --data-dir wins over LOCALREC_DATABASE_URL from the environment.
       const database = (o.database as string | undefined) ?? (typed('dataDir') ? undefined : process.env.LOCALREC_DATABASE_URL || undefined);

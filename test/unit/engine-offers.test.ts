@@ -138,6 +138,34 @@ describe('Engine.offers with the shop’s learned affinity', () => {
     await e.erase();
   });
 
+  it('without a snapshot, purchases after `context.now` do not count either; `now: undefined` is the engine’s clock', async () => {
+    const { affinity: _a, ...plain } = catalog();
+    const before = [{ type: 'purchase' as const, itemId: 'm1', t: NOW - 10 * DAY }];
+    const at = { k: 3, exploration: 0, seed: 1, context: { now: NOW - 5 * DAY } };
+    const a = await engine(plain);
+    a.enqueue(before);
+    const b = await engine(plain);
+    b.enqueue([...before, ...['c1', 'c2', 'c3'].map((itemId, i) => ({ type: 'purchase' as const, itemId, t: NOW - DAY + i }))]);
+    // The same ranking and values as a shopper who never made the later purchases (before: the
+    // profile behind the affinity held them).
+    assert.deepEqual(await b.offers(at), await a.offers(at));
+    // An explicit `now: undefined` is no time given: the engine's clock, not the wall clock (which
+    // is two years past this offer's end).
+    const c = await engine({ ...plain, offers: [{ ...offers[0]!, validUntil: NOW + DAY }] });
+    assert.deepEqual((await c.offers({ exploration: 0, context: { now: undefined } })).map((o) => o.offerId), ['bag']);
+    for (const e of [a, b, c]) await e.erase();
+  });
+
+  it('checks the options of offers() before it knows whether a catalog is installed', async () => {
+    const e = await Engine.create({ catalog: { items }, backend: 'cpu', autoTrainEvery: 0, store: new MemoryEventStore({ maxEvents: 100, maxAgeDays: 36_500 }), now: () => NOW });
+    assert.deepEqual(await e.offers({ k: 2 }), [], 'no catalog: nothing to show');
+    await assert.rejects(e.offers({ k: 0 }), /options\.k: must be an integer from 1 to 20, got 0/);
+    await assert.rejects(e.offers({ exploration: 7 }), /options\.exploration: must be a number from 0 to 1, got 7/);
+    await assert.rejects(e.offers({ k: '2' as never }), /options\.k: must be an integer from 1 to 20, got "2"/);
+    await assert.rejects(e.offers({ objective: 'profit' as never }), /options\.objective: must be 'value' or 'reach', got "profit"/);
+    await e.close();
+  });
+
   it('never goes back to an older catalog; an invalid currency is refused', async () => {
     const { affinity: _a, ...plain } = catalog();
     const e = await engine({ ...plain, version: 5 });

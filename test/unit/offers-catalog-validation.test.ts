@@ -44,6 +44,15 @@ describe('offer catalog validation', () => {
     assert.deepEqual(validateOfferCatalog(good()), good());
   });
 
+  test('a scope naming an item or a category twice names it once (it counted twice in the affinity)', () => {
+    const c = good();
+    c.offers[0]!.scope = { kind: 'categories', categories: ['mug', 'mug', 'bag'] };
+    c.offers.push({ ...c.offers[0]!, id: 'm1', scope: { kind: 'items', itemIds: ['m1', 'm1', 'm1'] } } as never);
+    const v = validateOfferCatalog(c);
+    assert.deepEqual(v.offers[0]!.scope, { kind: 'categories', categories: ['mug', 'bag'] });
+    assert.deepEqual(v.offers[1]!.scope, { kind: 'items', itemIds: ['m1'] });
+  });
+
   test('unknown fields are ignored and not copied (newer servers may add fields)', () => {
     const c = good() as Catalog & { extra?: number };
     c.extra = 1;

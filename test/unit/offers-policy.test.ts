@@ -91,6 +91,13 @@ describe('offer policy', () => {
     const fixed = offer('y', { kind: 'categories', categories: ['mug'] }, { discount: { kind: 'amount', amount: 1 }, hints: {} });
     // No hints: margin 0.3 on the mean catalog price of the scope, (8 + 9) / 2.
     assert.deepEqual(offerEconomics(fixed, products), { typicalSpend: 8.5, value: 0.3 * 8.5, discountCost: 1, net: 0.3 * 8.5 - 1 });
+    // "£5 off orders over £50": such an order is worth at least £50, all in scope (it was priced as
+    // one average product, net < 0, and so never shown).
+    const orderWide = offer('z', { kind: 'all' }, { discount: { kind: 'amount', amount: 5 }, minBasket: 50, hints: {} });
+    assert.deepEqual(offerEconomics(orderWide, products), { typicalSpend: 50, value: 0.3 * 50, discountCost: 5, net: 0.3 * 50 - 5 });
+    // A narrower scope's in-scope spend is not bounded by the basket's minimum: its mean price stays.
+    const mugsOver50 = offer('w', { kind: 'categories', categories: ['mug'] }, { discount: { kind: 'amount', amount: 1 }, minBasket: 50, hints: {} });
+    assert.equal(offerEconomics(mugsOver50, products).typicalSpend, 8.5);
   });
 
   test('affinity: per-item function, map and record agree; scope form is used as is', () => {
@@ -176,7 +183,10 @@ describe('offer policy', () => {
     err({ seed: 7.9 }, 'options.seed', /integer from 0 to 4294967295, got 7.9/);
     err({ seed: 2 ** 32 + 7 }, 'options.seed', /integer from 0 to 4294967295/);
     err({ seed: -1 }, 'options.seed', /integer from 0 to 4294967295, got -1/);
-    err({ objective: 'clicks' }, 'options.objective', /'value' or 'reach', got 'clicks'/);
+    err({ objective: 'clicks' }, 'options.objective', /'value' or 'reach', got "clicks"$/);
+    // A string that looks like a number is shown as the string it is (it read "got 2").
+    err({ k: '2' }, 'options.k', /integer from 1 to 20, got "2"$/);
+    err({ exploration: '0.1' }, 'options.exploration', /from 0 to 1, got "0.1"$/);
     err({ priorStrength: -1 }, 'options.priorStrength', /from 0 to 1000000, got -1/);
     // scoreOffers (exported on its own) checks it too: a NaN gave NaN posteriors and a meaningless order.
     assert.throws(() => scoreOffers(input(), { priorStrength: Number.NaN }), (e: unknown) => isValidationError(e) && e.field === 'options.priorStrength');

@@ -26,6 +26,23 @@ describe('offer reasons reference real past events', () => {
     assert.equal(offerReason(mugs, [{ t: 1, type: 'add_to_cart', itemId: 'm2' }], products, {}, false), 'Because you added Blue Mug');
   });
 
+  test('events that speak against an item are not cited: a low rating, an add taken back', () => {
+    // A 1-star rating counts against the item in the model: no "Because you rated Red Mug".
+    assert.equal(offerReason(redMug, [{ t: 1, type: 'rating', itemId: 'm1', value: 1 }], products, {}, false), 'One of the shop’s current offers');
+    assert.equal(offerReason(redMug, [{ t: 1, type: 'rating', itemId: 'm1', value: 5 }], products, {}, false), 'Because you rated Red Mug');
+    // Nor as a same-category reason.
+    assert.equal(offerReason(redMug, [{ t: 1, type: 'rating', itemId: 'm2', value: 1 }], products, {}, false), 'One of the shop’s current offers');
+    // An add to cart removed later is no reason; the view before it still is; an add after the removal is.
+    const removed: StoredEvent[] = [
+      { t: 1, type: 'view', itemId: 'm1' },
+      { t: 2, type: 'add_to_cart', itemId: 'm1' },
+      { t: 3, type: 'remove_from_cart', itemId: 'm1' },
+    ];
+    assert.equal(offerReason(redMug, removed, products, {}, false), 'Because you viewed Red Mug');
+    assert.equal(offerReason(redMug, removed.slice(1), products, {}, false), 'One of the shop’s current offers');
+    assert.equal(offerReason(redMug, [...removed, { t: 4, type: 'add_to_cart', itemId: 'm1' }], products, {}, false), 'Because you added Red Mug');
+  });
+
   test('every reason that names a product names one the shopper really touched', () => {
     const catalog: OfferCatalog = { version: 1, issuedAt: 0, currency: 'GBP', offers: [mugs, { ...mugs, id: 'bags', scope: { kind: 'categories', categories: ['bag'] } }] };
     const events: StoredEvent[] = [

@@ -21,6 +21,16 @@ describe('retailCategory', () => {
       ['HOT WATER BOTTLE KEEP CALM', 'hot-water-bottle'],
       ['ASSORTED COLOUR BIRD ORNAMENT', 'decoration'],
       ['  doormat union flag ', 'doormat'],
+      // Whole words: a strawberry is no straw, a chair no hair, a chicken no chick, an Easter egg no egg cup.
+      ['STRAWBERRY CERAMIC TRINKET BOX', 'box'],
+      ['PAPER STRAWS', 'tableware'],
+      ['PINK HAIRY CHAIR', 'other'],
+      ['DAISY HAIR BAND', 'jewellery'],
+      ['HANGING METAL CHICKEN DECORATION', 'decoration'],
+      ['EASTER DECORATION NATURAL CHICK', 'easter'],
+      ['DECORATIVE EASTER EGG', 'easter'],
+      ['BLUE KNITTED EGG COSY', 'kitchen'],
+      ['EGG FRYING PAN BLUE', 'kitchen'],
     ];
     for (const [description, category] of cases) assert.equal(retailCategory(description), category, description);
   });

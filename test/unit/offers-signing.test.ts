@@ -78,6 +78,12 @@ describe('offer catalog signing', () => {
     assert.equal((await refusal(verifyOfferCatalog({ ...clone(signed), kid: 'k2' }, keys.publicJwk))).problem, 'mismatch');
   });
 
+  test('a kid that is not a string is refused at signing (every device would refuse the catalog)', async () => {
+    for (const kid of [123, null, { a: 1 }]) {
+      await assert.rejects(signOfferCatalog(catalog, keys.privateJwk, { kid: kid as never }), (e: unknown) => isValidationError(e) && e.field === 'options.kid' && /must be a string/.test(e.message), String(kid));
+    }
+  });
+
   test('the wrong key is refused', async () => {
     assert.equal((await refusal(verifyOfferCatalog(signed, other.publicJwk))).problem, 'mismatch');
   });
@@ -137,5 +143,11 @@ describe('canonicalJson', () => {
   test('refuses values JSON cannot carry', () => {
     assert.throws(() => canonicalJson({ a: Number.NaN }), /\$\.a: NaN/);
     assert.throws(() => canonicalJson({ a: 1n }), TypeError);
+  });
+  test('a hole in an array is null, as JSON.stringify writes it (it wrote `[1,,3]`, not JSON)', () => {
+    // eslint-disable-next-line no-sparse-arrays
+    const sparse = [1, , 3];
+    assert.equal(canonicalJson({ a: sparse }), '{"a":[1,null,3]}');
+    assert.equal(canonicalJson(sparse), JSON.stringify(sparse));
   });
 });

@@ -56,7 +56,9 @@ describe('PostgreSQL storage', { skip: skip ?? false }, () => {
     const dir = mkdtempSync(join(tmpdir(), 'localrec-pg-serve-'));
     const catalog = join(dir, 'catalog.json');
     writeFileSync(catalog, JSON.stringify({ items: IDS.map((id, i) => ({ id, popularity: i })) }));
-    const flags = ['--database', database, '--dim', String(DIM), '--min-clients', '3', '--noise', '0', '--max-staleness', '1000', '--rate-limit', '0', ...extra];
+    // --max-staleness is for plain uploads (serve refuses it with --secure-aggregation).
+    const staleness = extra.includes('--secure-aggregation') ? [] : ['--max-staleness', '1000'];
+    const flags = ['--database', database, '--dim', String(DIM), '--min-clients', '3', '--noise', '0', ...staleness, '--rate-limit', '0', ...extra];
     const children: ServeChild[] = [];
     try {
       children.push(await spawnServe(join(dir, 'unused-a'), catalog, flags));

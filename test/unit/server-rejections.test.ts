@@ -262,6 +262,11 @@ test('localrec serve checks its flags in their own words and units before starti
     [['--seed', '7'], /^--seed: builds the initial model from --catalog: without --catalog the stored model is served as it is/],
     [['--bias-scale', '0.5'], /^--bias-scale: builds the initial model from --catalog/],
     [['--database', 'postgres://x@y/z'], /^--data-dir: is the SQLite folder: with --database the server uses PostgreSQL; give one or the other$/],
+    // Flags of one mode given in the other would be ignored: refused.
+    [['--cohort-timeout', '5'], /^--cohort-timeout: is a secure-aggregation option: it needs --secure-aggregation$/],
+    [['--secure-aggregation', '--bits', '3'], /^--bits: sets the plain uploads’ quantization: with --secure-aggregation uploads are masked at --secagg-bits$/],
+    [['--secure-aggregation', '--max-staleness', '0'], /^--max-staleness: applies to plain uploads/],
+    [['--offers-key', '/no-such-key.jwk'], /^--offers-key: is the key the --offers catalog is checked against: give --offers too$/],
   ];
   for (const [flags, re] of cases) {
     const program = new Command().exitOverride();
@@ -283,6 +288,24 @@ test('localrec serve checks its flags in their own words and units before starti
   // Origins of apps and extensions are sent as written (their URL origin is "null").
   const apps = await startServer({ port: 0, dataDir: null, initialTable: initialTable(), corsOrigins: ['capacitor://localhost', 'chrome-extension://abcdef', 'http://127.0.0.1:8080'], log: quiet });
   await apps.close();
+  // FedAdam's and the rate limit's settings: a zero τ or a NaN rate published a table of NaN that
+  // no device and no restart could load; a NaN rate limit limited nobody.
+  for (const [fedAdam, re] of [
+    [{ tau: 0 }, /^options\.fedAdam\.tau: must be a positive number, got 0$/],
+    [{ lr: NaN }, /^options\.fedAdam\.lr: must be a positive number, got NaN$/],
+    [{ beta2: 1 }, /^options\.fedAdam\.beta2: must be a number in \[0, 1\), got 1$/],
+  ] as const) {
+    await assert.rejects(startServer({ port: 0, dataDir: null, initialTable: initialTable(), aggregator: 'fedadam', fedAdam, log: quiet }), (e: unknown) => e instanceof ValidationError && re.test(e.message), JSON.stringify(fedAdam));
+  }
+  for (const [rateLimit, re] of [
+    [{ perMinute: NaN, burst: 5 }, /^options\.rateLimit\.perMinute: must be a positive number, got NaN$/],
+    [{ perMinute: 60, burst: 0 }, /^options\.rateLimit\.burst: must be a whole number ≥ 1, got 0$/],
+  ] as const) {
+    await assert.rejects(startServer({ port: 0, dataDir: null, initialTable: initialTable(), rateLimit, log: quiet }), (e: unknown) => e instanceof ValidationError && re.test(e.message), JSON.stringify(rateLimit));
+  }
+  // An item id UTF-8 cannot carry would be stored as U+FFFD (another id): refused before anything is published.
+  await assert.rejects(startServer({ port: 0, dataDir: null, initialTable: createItemTable(['a', 'b\ud800', 'c'], 4, { seed: 1 }), log: quiet }), (e: unknown) =>
+    e instanceof ValidationError && e.message === 'model.itemIds[1]: holds a lone UTF-16 surrogate, which UTF-8 cannot carry');
   // --bits: a bad value names the flag's range; a table too large for any width names what to change.
   await assert.rejects(startServer({ port: 0, dataDir: null, initialTable: initialTable(), bits: 99, log: quiet }), (e: unknown) => e instanceof ValidationError && e.message === 'options.bits: must be a whole number from 2 to 8, got 99');
   const huge = createItemTable(Array.from({ length: 9724 }, (_, i) => `m${i}`), 32, { seed: 1 });

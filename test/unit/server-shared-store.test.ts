@@ -9,6 +9,7 @@ import { strict as assert } from 'node:assert';
 import { describe, it } from 'node:test';
 import { MemoryStorage, startServer } from '../../src/server/index.js';
 import { StorageConflictError, type StoredVersion } from '../../src/server/storage.js';
+import { StorageError } from '../../src/errors.js';
 import { honestUpdate, initialTable, post, pull, quiet } from './server-helpers.js';
 
 class SharedMemory extends MemoryStorage {
@@ -108,5 +109,47 @@ describe('two coordinators on a shared store', () => {
       startServer({ port: 0, storage: new SharedMemory(), minClients: 3, rateLimit: false, log: quiet, initialTable: initialTable(), secureAggregation: true }),
       /secure aggregation needs its cohorts in the store when several processes share it, and this store keeps none/,
     );
+  });
+});
+
+describe('health on a shared store that goes down', () => {
+  it('answers 503 until a look succeeds again, however busy the other readers keep the once-a-second look', async () => {
+    class Flaky extends MemoryStorage {
+      readonly shared = true;
+      down = false;
+      private check(): void {
+        if (this.down) throw new StorageError('connection refused');
+      }
+      override async versionHash(v: number) {
+        this.check();
+        return super.versionHash(v);
+      }
+      override async pendingCount() {
+        this.check();
+        return super.pendingCount();
+      }
+    }
+    const storage = new Flaky();
+    let t = 1_000_000;
+    const s = await startServer({ port: 0, storage, rateLimit: false, now: () => t, log: quiet, initialTable: initialTable() });
+    try {
+      assert.equal((await fetch(`${s.url}/v1/health`)).status, 200);
+      storage.down = true;
+      t += 1500;
+      // A device's GET makes the look, which fails; the health check right after is inside the same
+      // second, so it makes no look of its own (before the fix: 200 from memory).
+      assert.equal((await fetch(`${s.url}/v1/config`)).status, 503);
+      const h = await fetch(`${s.url}/v1/health`);
+      assert.equal(h.status, 503);
+      assert.equal(((await h.json()) as { reason: string }).reason, 'storage-unavailable');
+      // Readers are still served from memory meanwhile.
+      assert.equal((await fetch(`${s.url}/v1/config`)).status, 200);
+      storage.down = false;
+      assert.equal((await fetch(`${s.url}/v1/health`)).status, 503, 'no look yet since the failure');
+      t += 1500;
+      assert.equal((await fetch(`${s.url}/v1/health`)).status, 200, 'the next look succeeds');
+    } finally {
+      await s.close();
+    }
   });
 });
