@@ -4,7 +4,7 @@ import { checkEventAge, validateEvent } from '../events/schema.js';
 import { DEFAULT_RETENTION, deleteEventDatabase, MemoryEventStore, openEventStore, quotaEvictedBy, type AddResult, type EventStore, type Retention } from '../events/store.js';
 import { EVENT_SCHEMA_VERSION } from '../events/schema.js';
 import type { AuditReport, ExportFile } from './audit-types.js';
-import { checkOffersOptions, chooseOffers, indexProducts, offerScopeLookup, predictAffinity, purchaseBaskets, verifyOfferCatalog, type ProductIndex } from '../offers/index.js';
+import { checkOffersOptions, checkVerifyKeys, chooseOffers, indexProducts, offerScopeLookup, predictAffinity, purchaseBaskets, verifyOfferCatalog, type ProductIndex } from '../offers/index.js';
 import type { OfferCatalog, OffersOptions, ShownOffer } from '../offers/types.js';
 import { selectBackend, type BackendChoice } from '../model/backend.js';
 import { validateCatalog } from '../model/catalog.js';
@@ -345,6 +345,7 @@ export class Engine {
     knownKeys(opts.model, 'options.model', OPTION_KEYS.model);
     knownKeys(opts.retention, 'options.retention', OPTION_KEYS.retention);
     knownKeys(opts.offers, 'options.offers', OPTION_KEYS.offers);
+    if (opts.offers?.publicKey !== undefined) checkVerifyKeys(opts.offers.publicKey, 'options.offers.publicKey');
     knownKeys(opts.consent, 'options.consent', OPTION_KEYS.consent);
     // First: the page passes federated.honorGlobalPrivacyControl on as honorGlobalPrivacyControl,
     // and its error should name the option the page was given.

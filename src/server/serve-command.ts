@@ -210,6 +210,7 @@ export function register(program: Command): void {
       process.stdout.write(
         `store: ${storage instanceof PostgresStorage ? `PostgreSQL ${storage.url} (shared: other processes may serve from it)` : storage instanceof SqliteStorage ? `SQLite ${storage.path}` : 'memory'}\n`,
       );
+      if (offers) process.stdout.write(`offers: catalog version ${offers.version}, ${offers.offers.length} offers, signature verified; redemption checks at POST /v1/offers/redeem\n`);
       const { syncsWithinBudget } = await import('../federated/dp.js');
       process.stdout.write(`${budgetNote(cfg.noiseMultiplier, cfg.noiseMultiplier > 0 ? syncsWithinBudget(cfg.noiseMultiplier, 8) : 0)}\n`);
       // Graceful (see RunningServer.close): in-flight requests are answered before the store closes.

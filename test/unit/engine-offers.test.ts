@@ -156,6 +156,13 @@ describe('Engine.offers with the shop’s learned affinity', () => {
     for (const e of [a, b, c]) await e.erase();
   });
 
+  it('refuses a private key as options.offers.publicKey (the page would hand anyone the signing key)', async () => {
+    await assert.rejects(
+      Engine.create({ catalog: { items }, backend: 'cpu', autoTrainEvery: 0, store: new MemoryEventStore({ maxEvents: 100, maxAgeDays: 36_500 }), now: () => NOW, offers: { publicKey: keys.privateJwk } }),
+      /^ValidationError: options\.offers\.publicKey: is the private key \(it has 'd'\)/,
+    );
+  });
+
   it('checks the options of offers() before it knows whether a catalog is installed', async () => {
     const e = await Engine.create({ catalog: { items }, backend: 'cpu', autoTrainEvery: 0, store: new MemoryEventStore({ maxEvents: 100, maxAgeDays: 36_500 }), now: () => NOW });
     assert.deepEqual(await e.offers({ k: 2 }), [], 'no catalog: nothing to show');

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { before, describe, test } from 'node:test';
 import { canonicalJson } from '../../src/offers/canonical-json.js';
 import { isSignatureError, SignatureError } from '../../src/offers/signature-error.js';
-import { generateOfferKeys, signOfferCatalog, verifyOfferCatalog, type OfferKeyPair } from '../../src/offers/signing.js';
+import { checkVerifyKeys, generateOfferKeys, signOfferCatalog, verifyOfferCatalog, type OfferKeyPair } from '../../src/offers/signing.js';
 import type { OfferCatalog, SignedOfferCatalog } from '../../src/offers/types.js';
 import { isValidationError } from '../../src/errors.js';
 
@@ -56,8 +56,14 @@ describe('offer catalog signing', () => {
     assert.deepEqual(await verifyOfferCatalog(reordered, keys.publicJwk), catalog);
   });
 
-  test('verifying with the private JWK works too (it holds the public point)', async () => {
-    assert.deepEqual(await verifyOfferCatalog(signed, keys.privateJwk), catalog);
+  test('a private JWK is refused where the public one belongs (a page given it would let anyone sign offers)', async () => {
+    const err = await refusal(verifyOfferCatalog(signed, keys.privateJwk));
+    assert.equal(err.problem, 'bad-key');
+    assert.match(err.message, /is the private key \(it has 'd'\): verify with the public JWK/);
+    // Also among other keys, one of which verifies: named, not skipped.
+    assert.match((await refusal(verifyOfferCatalog(signed, [keys.publicJwk, keys.privateJwk]))).message, /the key at index 1 is the private key/);
+    assert.throws(() => checkVerifyKeys([keys.publicJwk, keys.privateJwk], 'options.offers.publicKey'), (e: unknown) => isValidationError(e) && e.field === 'options.offers.publicKey[1]');
+    assert.doesNotThrow(() => checkVerifyKeys(keys.publicJwk, 'options.offers.publicKey'));
   });
 
   test('a changed field is refused as a mismatch', async () => {

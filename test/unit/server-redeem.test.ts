@@ -138,3 +138,36 @@ describe('POST /v1/offers/redeem', () => {
     assert.equal((await post(padded)).status, 200);
   });
 });
+
+describe('localrec serve --offers', () => {
+  it('says the catalog was verified and where redemptions are checked; refuses the private key as --offers-key', async () => {
+    const { mkdtempSync, writeFileSync, rmSync } = await import('node:fs');
+    const { tmpdir } = await import('node:os');
+    const { join } = await import('node:path');
+    const { generateOfferKeys, signOfferCatalog } = await import('../../src/offers/signing.js');
+    const { spawnServe } = await import('./server-helpers.js');
+    const dir = mkdtempSync(join(tmpdir(), 'localrec-serve-offers-'));
+    try {
+      const keys = await generateOfferKeys();
+      const offers: OfferCatalog = { version: 3, issuedAt: 0, currency: 'GBP', offers: [{ id: 'mugs10', title: '10% off mugs', discount: { kind: 'percent', percent: 10 }, scope: { kind: 'items', itemIds: ['a'] } }] };
+      writeFileSync(join(dir, 'signed.json'), JSON.stringify(await signOfferCatalog(offers, keys.privateJwk)));
+      writeFileSync(join(dir, 'public.jwk'), JSON.stringify(keys.publicJwk));
+      writeFileSync(join(dir, 'private.jwk'), JSON.stringify(keys.privateJwk));
+      writeFileSync(join(dir, 'catalog.json'), JSON.stringify({ items: ['a', 'b', 'c'] }));
+      const flags = (key: string) => ['--dim', '4', '--offers', join(dir, 'signed.json'), '--offers-key', join(dir, key)];
+      const ok = await spawnServe(join(dir, 'data'), join(dir, 'catalog.json'), flags('public.jwk'));
+      try {
+        // The line follows the "listening on" one, maybe in a later chunk of stdout.
+        for (let i = 0; i < 200 && !/^offers: /m.test(ok.stdout()); i++) await new Promise((r) => setTimeout(r, 50));
+        assert.match(ok.stdout(), /^offers: catalog version 3, 1 offers, signature verified; redemption checks at POST \/v1\/offers\/redeem$/m);
+      } finally {
+        ok.proc.kill('SIGTERM');
+        await ok.exited;
+      }
+      await assert.rejects(spawnServe(join(dir, 'data2'), join(dir, 'catalog.json'), flags('private.jwk')), (e: unknown) =>
+        /is the private key \(it has 'd'\): verify with the public JWK/.test((e as { stderr: string }).stderr));
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
