@@ -262,8 +262,9 @@ export async function startShop(opts = {}) {
   const nodeEntry = join(DIST_DIR, 'node.js');
   if (!existsSync(nodeEntry)) throw new Error('dist/node.js is missing: run `npm run build` first');
   const mod = await import(pathToFileURL(nodeEntry).href);
-  // The simulated shoppers train with tfjs's CPU backend in this process: without this, tfjs prints
-  // its "install our node backend" banner into the shop's terminal at the first simulation.
+  // The simulated shoppers train in this process, on the wasm backend that localrec/node registers
+  // (tfjs's default once it is there). Should a backend fall back to the CPU one, tfjs would print
+  // its "install our node backend" banner into the shop's terminal: PROD keeps it quiet.
   (await import('@tensorflow/tfjs-core')).env().set('PROD', true);
   const { startServer, createItemTable } = mod;
   if (typeof startServer !== 'function') throw new Error('dist/node.js does not export startServer: run `npm run build` again');

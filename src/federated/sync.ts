@@ -4,10 +4,10 @@
  * noised, quantized update. What leaves the device is exactly the documented update body; every
  * request is reported to `onEgress` so the SDK can keep an egress log.
  */
-import { AbortError, isNetworkError, NetworkError, syncCancelled, ValidationError } from '../errors.js';
+import { AbortError, isNetworkError, ModelError, NetworkError, StorageError, syncCancelled, ValidationError } from '../errors.js';
 import type { SyncProgress } from '../types.js';
 import { cloneItemTable, type ItemTable } from '../model/item-table.js';
-import { trainItemTable, type Sequence, type TrainConfig } from '../model/train.js';
+import { checkTrainConfig, trainItemTable, type Sequence, type TrainConfig } from '../model/train.js';
 import { buildClientUpdate, checkTrainedPart, noisedDelta, type TrainedPart } from './client-update.js';
 import { cryptoUniform, DEFAULT_BUDGET, DEFAULT_DELTA, type RdpAccountant } from './dp.js';
 import { subspaceUpdate } from './subspace.js';
@@ -70,15 +70,17 @@ export interface EgressEntry {
 
 export type FetchLike = (
   input: string,
-  init?: { method?: string; body?: Uint8Array; headers?: Record<string, string>; signal?: AbortSignal; credentials?: 'omit'; cache?: 'no-store' },
+  init?: { method?: string; body?: Uint8Array; headers?: Record<string, string>; signal?: AbortSignal; credentials?: 'omit'; cache?: 'no-store'; redirect?: 'error' },
 ) => Promise<Response>;
 
 /**
  * What every request of the SDK carries besides its own fields: no cookies or HTTP auth (the shop's
  * session must not ride along when the server shares the shop's origin), and no HTTP cache (a
- * cached model would make the browser send its own If-None-Match, after an erase too).
+ * cached model would make the browser send its own If-None-Match, after an erase too), and no
+ * redirects (one would send the request, an update's body too, to another address than the one in
+ * the egress log).
  */
-export const PRIVATE_FETCH = { credentials: 'omit', cache: 'no-store' } as const;
+export const PRIVATE_FETCH = { credentials: 'omit', cache: 'no-store', redirect: 'error' } as const;
 
 export interface SyncOptions {
   serverUrl: string;
@@ -298,7 +300,35 @@ async function fetchModel(o: RequestOptions, knownHash: string | undefined): Pro
   if (header !== null && header.toLowerCase() !== hash) {
     throw new ValidationError('X-Localrec-Model-Hash', `is ${header.slice(0, 80)}, but the model sent hashes to ${hash}: the device refuses a model whose hash the server misstates`);
   }
+  checkModelMagnitude(decoded.table);
   return { table: decoded.table, hash };
+}
+
+/**
+ * Largest magnitude a factor or bias of a global model may have. Trained tables stay within a few
+ * tens (subspace factors are scaled orthonormal columns, ≤ the scale); a model with values near
+ * float32's limit is refused by every device alike, before any of them trains on it: training on it
+ * could overflow for some histories and not others.
+ */
+export const MAX_MODEL_MAGNITUDE = 1e6;
+
+function checkModelMagnitude(t: ItemTable): void {
+  const check = (a: Float32Array, what: string, per: number) => {
+    for (let i = 0; i < a.length; i++) {
+      if (!(Math.abs(a[i]!) <= MAX_MODEL_MAGNITUDE)) {
+        throw new ModelError(`the server's model holds ${a[i]!.toPrecision(3)} as ${what} of item ${JSON.stringify(t.itemIds[Math.floor(i / per)])}, beyond ±${MAX_MODEL_MAGNITUDE}: refused, nothing was trained or sent`);
+      }
+    }
+  };
+  check(t.factors, 'a factor', t.dim);
+  check(t.bias, 'the bias', 1);
+}
+
+/** Whether `local − global` is finite everywhere (a step that overflowed is not sent as it is). */
+function finiteStep(global: ItemTable, local: ItemTable): boolean {
+  for (let i = 0; i < local.factors.length; i++) if (!Number.isFinite(local.factors[i]! - global.factors[i]!)) return false;
+  for (let i = 0; i < local.bias.length; i++) if (!Number.isFinite(local.bias[i]! - global.bias[i]!)) return false;
+  return true;
 }
 
 /**
@@ -386,6 +416,9 @@ export async function syncOnce(o: SyncOptions): Promise<SyncResult> {
   const budget = o.budget ?? DEFAULT_BUDGET;
   const delta = o.delta ?? DEFAULT_DELTA;
   checkAborted(o, 'before it started');
+  // The device's own training settings, checked for every history alike: a failure in training
+  // further on is taken as the history's (sent as noise only), never as a wrong setting.
+  const train = checkTrainConfig({ epochs: 2, ...o.train });
   o.onProgress?.({ phase: 'config' });
   const config = await fetchServerConfig(o);
   // Checked before any training or upload: a device past its budget sends nothing.
@@ -395,7 +428,7 @@ export async function syncOnce(o: SyncOptions): Promise<SyncResult> {
   checkAborted(o, 'after the model was fetched');
   o.checkModel?.(global);
   o.onProgress?.({ phase: 'training' });
-  const local = cloneItemTable(global);
+  let local = cloneItemTable(global);
   // Whether to upload is decided on the device's own data (hasHistory); a history the server's
   // model knows too little of is sent as noise only (a zero delta), so the upload, and its ε, are
   // the same as for any other shopper with a history.
@@ -409,9 +442,21 @@ export async function syncOnce(o: SyncOptions): Promise<SyncResult> {
     // No local training: one subspace-iteration step from the history's weights. A history with
     // nothing on the trained rows still takes part (noise only), so sending says nothing about it.
     const history = seqs.flatMap((q) => Array.from(q.rows, (row, i) => ({ row, weight: q.weights[i] ?? 1 })));
-    update = subspaceUpdate(global, part, history, config.clip) ?? new Float64Array(part.rows * global.dim);
+    update = subspaceUpdate(global, part, history, config.clip) ?? undefined;
+    if (update && !update.every(Number.isFinite)) update = undefined;
+    update ??= new Float64Array(part.rows * global.dim);
   } else if (seqs.length > 0) {
-    await trainItemTable(local, seqs, { epochs: 2, ...o.train });
+    // From here on the history must not decide whether anything is sent: training that fails or
+    // overflows on it (a model on which some histories diverge, by accident or made so by the
+    // server) would otherwise turn "no upload" into "this shopper touched that item". Such a
+    // history is sent as noise only, like one the model knows nothing of.
+    let ok = true;
+    try {
+      await trainItemTable(local, seqs, train);
+    } catch {
+      ok = false;
+    }
+    if (!ok || !finiteStep(global, local)) local = cloneItemTable(global);
   }
   checkAborted(o, 'after local training');
   if (config.secureAggregation) return sendMasked(o, config, config.secureAggregation, part, global, hash, local, delta, update);
@@ -456,7 +501,13 @@ async function upload(
   // wire leaves this entry (`pending`), not a spent ε with no request in the log.
   const logged: EgressEntry = { t: (o.now ?? Date.now)(), method: 'POST', endpoint, kind: 'update', bytes: body.length, bodySha256: toHex(await sha256(body)), status: 0 };
   o.onEgress?.({ ...logged, pending: true });
-  await o.onCheckpoint?.();
+  try {
+    await o.onCheckpoint?.();
+  } catch (e) {
+    // The log could not be stored: nothing is sent, and the entry says so rather than `pending`.
+    o.onEgress?.({ ...logged, notSent: true });
+    throw new StorageError(`the egress log could not be stored before the upload, so nothing was sent; this sync's ε is spent: ${(e as Error).message}`, { cause: e });
+  }
   if (cancellable && o.signal?.aborted) {
     // Settles the pending entry: this body never left.
     o.onEgress?.({ ...logged, notSent: true });

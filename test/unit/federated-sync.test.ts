@@ -8,7 +8,10 @@ import { after, before, describe, it } from 'node:test';
 import { EGRESS_KEY, Engine, PRIVACY_KEY, settlePending } from '../../src/engine/engine.js';
 import type { AccountantState } from '../../src/federated/dp.js';
 import { MemoryEventStore } from '../../src/events/store.js';
-import { isNetworkError, isPrivacyBudgetError, isValidationError } from '../../src/errors.js';
+import { isModelError, isNetworkError, isPrivacyBudgetError, isValidationError } from '../../src/errors.js';
+import { RdpAccountant } from '../../src/federated/dp.js';
+import { syncOnce } from '../../src/federated/sync.js';
+import { encodeModel } from '../../src/federated/wire.js';
 import { createItemTable } from '../../src/model/item-table.js';
 import { startServer, type RunningServer } from '../../src/server/index.js';
 import type { EgressEntry, FetchLike } from '../../src/federated/sync.js';
@@ -45,12 +48,12 @@ async function withOwnServer(o: { seed?: number; minClients?: number }, f: (srv:
 }
 
 /** Records every request body and URL the device sends. */
-function capturingFetch(): { fetch: FetchLike; sent: Array<{ url: string; body?: Uint8Array; credentials?: string; cache?: string }> } {
-  const sent: Array<{ url: string; body?: Uint8Array; credentials?: string; cache?: string }> = [];
+function capturingFetch(): { fetch: FetchLike; sent: Array<{ url: string; body?: Uint8Array; credentials?: string; cache?: string; redirect?: string }> } {
+  const sent: Array<{ url: string; body?: Uint8Array; credentials?: string; cache?: string; redirect?: string }> = [];
   return {
     sent,
     fetch: (url, init) => {
-      sent.push({ url, body: init?.body, credentials: init?.credentials, cache: init?.cache });
+      sent.push({ url, body: init?.body, credentials: init?.credentials, cache: init?.cache, redirect: init?.redirect });
       return fetch(url, init as RequestInit);
     },
   };
@@ -110,7 +113,7 @@ describe('sync()', () => {
     for (const s of cap.sent) assert.ok(!/sku-|secret|\?/.test(s.url.replace(server.url, '')), `URL ${s.url} carries no data`);
     // No cookie of the shop's rides along (the server may share its origin), and no HTTP cache
     // (the browser would send its own If-None-Match from it, after an erase too).
-    for (const s of cap.sent) assert.deepEqual([s.credentials, s.cache], ['omit', 'no-store'], s.url);
+    for (const s of cap.sent) assert.deepEqual([s.credentials, s.cache, s.redirect], ['omit', 'no-store', 'error'], s.url);
     const log = await e.egressLog();
     assert.deepEqual(log.map((l) => `${l.method} ${l.endpoint} ${l.status}`), ['GET /v1/config 200', 'GET /v1/model 200', 'POST /v1/updates 202']);
     assert.equal(log[2]!.bytes, body.length);
@@ -337,6 +340,76 @@ describe('sync(): what a server that does not play fair can learn', () => {
     } finally {
       await e.close();
     }
+  });
+});
+
+describe('syncOnce: a model on which training could fail for some histories only', () => {
+  const n = 300;
+  const dim = 8;
+  const itemIds = Array.from({ length: n }, (_, i) => `sku-${i}`);
+  const config = { dim, items: n, clip: 1, noiseMultiplier: 1, bits: 4, blockSize: 256, version: 0, minClients: 10 };
+  /** A server answering with `model`; the paths it was asked for. */
+  const fakeServer = (model: Uint8Array) => {
+    const paths: string[] = [];
+    const f: FetchLike = async (url, init) => {
+      const path = new URL(url).pathname;
+      paths.push(`${init?.method ?? 'GET'} ${path}`);
+      if (path === '/v1/config') return new Response(JSON.stringify(config), { status: 200 });
+      if (path === '/v1/model') return new Response(model as Uint8Array<ArrayBuffer>, { status: 200 });
+      return new Response(JSON.stringify({ pending: 1, minClients: 10, published: null }), { status: 202 });
+    };
+    return { f, paths };
+  };
+  const history = (ids: string[], weights = ids.map(() => 1)) => [{ itemIds: ids, weights }];
+
+  it('a model with a value beyond ±1e6 is refused by every device alike, before training: nothing spent or sent', async () => {
+    const table = createItemTable(itemIds, dim, { seed: 1 });
+    // Finite in float32, but its squares overflow: training would fail only for histories holding sku-5.
+    for (let k = 0; k < dim; k++) table.factors[5 * dim + k] = 1e19;
+    const model = encodeModel(table);
+    for (const h of [['sku-100', 'sku-5', 'sku-200'], ['sku-100', 'sku-150', 'sku-200'], ['sku-1']]) {
+      const srv = fakeServer(model);
+      const accountant = new RdpAccountant();
+      await assert.rejects(syncOnce({ serverUrl: 'http://srv', fetch: srv.f, accountant, history: history(h) }), (e: unknown) =>
+        isModelError(e) && /the server's model holds 1\.00e\+19 as a factor of item "sku-5", beyond ±1000000: refused/.test((e as Error).message), h.join());
+      assert.deepEqual(srv.paths, ['GET /v1/config', 'GET /v1/model'], h.join());
+      assert.equal(accountant.releases, 0);
+    }
+  });
+
+  it('a history on which local training fails is sent as noise only, charged like any other (the upload must not say which)', async () => {
+    const table = createItemTable(itemIds, dim, { seed: 1 });
+    const model = encodeModel(table);
+    // A weight training refuses (it throws for this history only) stands for any failure that
+    // depends on the history: before, the sync threw after its GETs and the server saw no upload.
+    for (const weights of [[1, 1, 1], [1, -1, 1]]) {
+      const srv = fakeServer(model);
+      const accountant = new RdpAccountant();
+      const r = await syncOnce({ serverUrl: 'http://srv', fetch: srv.f, accountant, history: history(['sku-100', 'sku-5', 'sku-200'], weights) });
+      assert.equal(r.sent, true, JSON.stringify(weights));
+      assert.deepEqual(srv.paths, ['GET /v1/config', 'GET /v1/model', 'POST /v1/updates']);
+      assert.equal(accountant.releases, 1);
+      if (weights[1] === -1) assert.deepEqual([r.local.factors, r.local.bias], [r.global.factors, r.global.bias], 'the failed step is dropped: a zero delta');
+    }
+    // A training setting that is wrong is the device's config, the same for every history: refused
+    // before anything is trained or sent, not turned into noise.
+    const srv = fakeServer(model);
+    await assert.rejects(syncOnce({ serverUrl: 'http://srv', fetch: srv.f, accountant: new RdpAccountant(), history: history(['sku-100', 'sku-5']), train: { epochs: 0 } }), /train\.epochs/);
+    assert.ok(!srv.paths.includes('POST /v1/updates'));
+  });
+
+  it('an egress log that cannot be stored before the upload: nothing sent, the entry says not sent, the error says the ε is spent', async () => {
+    const srv = fakeServer(encodeModel(createItemTable(itemIds, dim, { seed: 1 })));
+    const entries: EgressEntry[] = [];
+    const accountant = new RdpAccountant();
+    await assert.rejects(
+      syncOnce({ serverUrl: 'http://srv', fetch: srv.f, accountant, history: history(['sku-1', 'sku-2']), onEgress: (e) => entries.push(e), onCheckpoint: async () => Promise.reject(new Error('QuotaExceededError (simulated)')) }),
+      (e: unknown) => (e as Error).name === 'StorageError' && /could not be stored before the upload, so nothing was sent; this sync's ε is spent: QuotaExceededError/.test((e as Error).message),
+    );
+    assert.ok(!srv.paths.includes('POST /v1/updates'));
+    assert.equal(accountant.releases, 1);
+    const last = entries.at(-1)!;
+    assert.deepEqual([last.endpoint, last.notSent, last.pending], ['/v1/updates', true, undefined]);
   });
 });
 
