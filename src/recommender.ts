@@ -24,7 +24,9 @@ import type {
 export interface Recommender {
   /**
    * Records one event. Validated here (a bad event throws a ValidationError naming the field, and
-   * nothing is sent), then posted to the worker, which stores it in IndexedDB in a batch.
+   * nothing is sent), then posted to the worker, which stores it in IndexedDB in a batch. After
+   * `close()` or `erase()`, or once the worker has died, it throws a `ClosedError` (synchronously,
+   * as it returns nothing to reject).
    */
   track(event: TrackEvent): void;
   /** Top-K items for this shopper, each with a reason. */
@@ -412,8 +414,11 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
   const onHide = (ev: Event) => {
     if (closed || ending) return;
     if (ev.type === 'visibilitychange' && globalThis.document?.visibilityState !== 'hidden') return;
-    post();
-    void api.flush().catch(() => undefined);
+    // The last batch and the order to write go together, on the track port: a flush sent over the
+    // comlink port could reach the worker before the batch (two ports keep no order between them).
+    const batch = pending;
+    pending = [];
+    if (!closed) channel.port1.postMessage({ seq: batch.length ? ++seq : seq, events: batch, flush: true });
   };
   globalThis.addEventListener?.('pagehide', onHide);
   globalThis.document?.addEventListener?.('visibilitychange', onHide);

@@ -179,7 +179,11 @@ export interface Stats {
   };
   /** Events removed this session: by the retention policy, and to make room when storage was full. */
   evicted: { retention: number; quota: number };
-  /** Events accepted by `track()` but not yet written (they are written in batches). */
+  /**
+   * Events accepted by `track()` that are still not written once `stats()` has tried to write the
+   * queue (it writes first, so that `events` counts what was tracked): non-zero only when that
+   * write failed (storage full, the database gone), and `lastError` says why.
+   */
   queued: number;
   /**
    * Events dropped before consent, rejected by validation (including events older than

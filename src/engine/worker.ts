@@ -60,7 +60,7 @@ function onTrack(ev: MessageEvent): void {
     (ev.target as MessagePort).postMessage({ pong: (ev.data as { ping: number }).ping });
     return;
   }
-  const { seq, events } = ev.data as { seq: number; events: unknown[] };
+  const { seq, events, flush } = ev.data as { seq: number; events: unknown[]; flush?: boolean };
   received = Math.max(received, seq);
   waiting = waiting.filter((w) => (w.seq <= received ? (w.resolve(), false) : true));
   if (!engine) {
@@ -72,6 +72,9 @@ function onTrack(ev: MessageEvent): void {
   } catch {
     // Rejected events were already refused on the page (validation and age); the count is in stats().dropped.
   }
+  // The page is being hidden or unloaded: write now rather than after the batching delay. A failed
+  // write keeps the events queued (and stats().lastError says why), as the delayed one would.
+  if (flush) void engine.flush().catch(() => undefined);
 }
 
 export const workerApi = {

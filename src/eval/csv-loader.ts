@@ -33,7 +33,9 @@ export async function loadCsv(path: string, m: CsvMapping, onRows?: (rows: numbe
   const name = basename(path);
   const input = await openText(path, 'options.data');
   const parser = input.pipe(
-    parse({ delimiter: m.delimiter ?? ',', info: true, skip_empty_lines: true, relax_quotes: true, bom: true }),
+    // Lengths are checked here, after blank records are skipped (csv-parse would refuse a line of
+    // spaces, or an Excel export's trailing `,,,`, as a record of the wrong length).
+    parse({ delimiter: m.delimiter ?? ',', info: true, skip_empty_lines: true, relax_quotes: true, bom: true, relax_column_count: true }),
   );
   input.on('error', (e) => parser.destroy(e));
   const b = new EventLogBuilder();
@@ -43,6 +45,8 @@ export async function loadCsv(path: string, m: CsvMapping, onRows?: (rows: numbe
   try {
     for await (const rec of parser as AsyncIterable<{ record: string[]; info: { lines: number } }>) {
       const { record, info } = rec;
+      if (record.every((c) => c.trim() === '')) continue;
+      if (cols && record.length !== header.length) throw new ValidationError(`${name}:${info.lines}`, `has ${record.length} fields, the header has ${header.length}`);
       if (!cols) {
         header = record.map((h) => h.trim());
         const find = (c: string | undefined, option: string): number => {
@@ -71,11 +75,7 @@ export async function loadCsv(path: string, m: CsvMapping, onRows?: (rows: numbe
       let time = 0;
       if (cols.time >= 0) {
         const s = cell(record, cols.time, at);
-        time = Number(s);
-        // A date without a zone is read as UTC, not as the machine's local time (the same file
-        // must give the same split on every machine).
-        if (!Number.isFinite(time)) time = Date.parse(/^\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}(:\d{2}(\.\d+)?)?$/.test(s) ? `${s.replace(' ', 'T')}Z` : s) / 1000;
-        if (!Number.isFinite(time)) throw new ValidationError(at(cols.time), `'${s}' is not a number or a date`);
+        time = parseTime(s, at(cols.time));
       }
       let weight = 1;
       if (cols.weight >= 0) {
@@ -103,4 +103,46 @@ function cell(record: string[], i: number, at: (c: number) => string): string {
   const v = (record[i] ?? '').trim();
   if (v === '') throw new ValidationError(at(i), 'is empty');
   return v;
+}
+
+/**
+ * A time cell as unix seconds: a number as it is; a date with its zone (`Z`, `+01:00`, `GMT`) as
+ * `Date.parse` reads it; a date without one read as UTC, never in the machine's time zone (the same
+ * file must give the same split everywhere, across a daylight-saving change too): ISO
+ * `YYYY-MM-DD[ T]H:MM[:SS[.fff]]` or `YYYY-MM-DD`, and `M/D/YYYY H:MM[:SS]` (month first, as
+ * `Date.parse` reads it, and as the original UCI Online Retail file writes it). Any other form
+ * without a zone is refused, naming the cell.
+ *
+ * @example
+ * ```ts
+ * parseTime('2010-12-01 8:26', 'f.csv:2:t'); // 1291191960
+ * parseTime('12/1/2010 8:26', 'f.csv:2:t');  // 1291191960
+ * ```
+ */
+export function parseTime(s: string, field: string): number {
+  const r = readTime(s);
+  if (r === 'zoneless') {
+    throw new ValidationError(field, `'${s}' has no time zone and is not in a form read as UTC (YYYY-MM-DD HH:MM[:SS], M/D/YYYY H:MM): it would be read in this machine's time zone; give unix seconds, ISO 8601, or a zone`);
+  }
+  if (!Number.isFinite(r)) throw new ValidationError(field, `'${s}' is not a number or a date`);
+  return r;
+}
+
+/** {@link parseTime} without the errors: unix seconds, NaN for no date at all, or `'zoneless'`. */
+export function readTime(s: string): number | 'zoneless' {
+  const n = Number(s);
+  if (s.trim() !== '' && Number.isFinite(n)) return n;
+  const utc = (y: string, mo: string, d: string, h = '0', mi = '0', sec = '0'): number => {
+    const [Y, M, D, H, I, S] = [y, mo, d, h, mi, sec].map(Number) as [number, number, number, number, number, number];
+    // Date.UTC rolls 2/30 over to 3/2: such a cell is a typo, not a date.
+    const back = new Date(Date.UTC(Y, M - 1, D));
+    if (back.getUTCFullYear() !== Y || back.getUTCMonth() !== M - 1 || back.getUTCDate() !== D || H > 23 || I > 59 || S >= 61) return NaN;
+    return Date.UTC(Y, M - 1, D, H, I, 0, 0) / 1000 + S;
+  };
+  const t = s.trim();
+  let m: RegExpMatchArray | null;
+  if ((m = /^(\d{4})-(\d{2})-(\d{2})(?:[ T](\d{1,2}):(\d{2})(?::(\d{2}(?:\.\d+)?))?)?$/.exec(t))) return utc(m[1]!, m[2]!, m[3]!, m[4], m[5], m[6]);
+  if ((m = /^(\d{1,2})\/(\d{1,2})\/(\d{4})(?:[ T](\d{1,2}):(\d{2})(?::(\d{2}))?)?$/.exec(t))) return utc(m[3]!, m[1]!, m[2]!, m[4], m[5], m[6]);
+  if (/(Z|[+-]\d{2}:?\d{2}|\b(GMT|UTC))$/i.test(t)) return Date.parse(t) / 1000;
+  return Number.isFinite(Date.parse(t)) ? 'zoneless' : NaN;
 }

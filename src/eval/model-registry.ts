@@ -22,7 +22,8 @@ export interface ParamSpec {
 const num =
   (lo: number, hi: number, integer = false, loOpen = false) =>
   (v: string, field: string): number => {
-    const x = Number(v);
+    // Number('') and Number('  ') are 0: an empty value is no number.
+    const x = v.trim() === '' ? NaN : Number(v);
     const ok = Number.isFinite(x) && (loOpen ? x > lo : x >= lo) && x <= hi && (!integer || Number.isInteger(x));
     if (!ok) {
       throw new ValidationError(field, `must be ${integer ? 'an integer' : 'a number'} in ${loOpen ? '(' : '['}${lo}, ${hi}], got '${v}'`);

@@ -35,7 +35,8 @@ export function parseFilter(clause: string, field = 'options.filter'): RowFilter
   }
   const column = clause.slice(0, best.at).trim();
   const value = clause.slice(best.at + best.op.length).trim();
-  if (['>', '>=', '<', '<='].includes(best.op) && !Number.isFinite(Number(value))) {
+  // Number('') is 0: `qty>` would have read as `qty>0`.
+  if (['>', '>=', '<', '<='].includes(best.op) && (value === '' || !Number.isFinite(Number(value)))) {
     throw new ValidationError(field, `'${clause}': ${best.op} needs a number, got '${value}'`);
   }
   return { column, op: best.op, value };

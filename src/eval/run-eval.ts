@@ -31,7 +31,7 @@ export async function runEval(
   const protocol = checkChoice(opts.protocol ?? (format === 'lines' ? 'given' : 'loo'), PROTOCOLS, '--protocol');
   const k = Number(opts.k);
   if (!Number.isInteger(k) || k < 1 || k > MAX_K) throw new ValidationError('--k', `must be an integer from 1 to ${MAX_K}, got '${opts.k}'`);
-  const seed = Number(opts.seed);
+  const seed = String(opts.seed ?? '').trim() === '' ? NaN : Number(opts.seed);
   if (!Number.isInteger(seed)) throw new ValidationError('--seed', `must be an integer, got '${opts.seed}'`);
   // Validate every model spec before spending minutes on loading.
   const plans = planModels(opts.models, paramFlags(opts));
@@ -70,7 +70,7 @@ export async function runEval(
     throw new ValidationError(
       format === 'lines' ? '--test' : '--data',
       format === 'lines'
-        ? `leaves no test users: every test item is unknown or already in that user's training history`
+        ? `leaves no test users: every test item is already in that user's training history`
         : `has no test users: leave-one-out needs a user with at least 3 distinct items (${split.userIds.length} users read)`,
     );
   }

@@ -8,6 +8,7 @@ import { isValidationError } from '../../src/errors.js';
 import { loadCsv } from '../../src/eval/csv-loader.js';
 import { loadLinesSplit } from '../../src/eval/lines-split.js';
 import { PRESETS } from '../../src/eval/presets.js';
+import { planModels } from '../../src/eval/model-registry.js';
 import { parseFilter, passes } from '../../src/eval/row-filter.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'localrec-eval-'));
@@ -73,6 +74,10 @@ test('filters: operators, and the retail preset keeps only real purchases', asyn
   assert.equal(passes(parseFilter('q>0'), 'abc'), false);
   assert.throws(() => parseFilter('quantity'), (e: unknown) => isValidationError(e) && /OP one of/.test(e.message));
   assert.throws(() => parseFilter('q>x'), (e: unknown) => isValidationError(e) && /needs a number/.test(e.message));
+  // An empty value is no number (Number('') is 0: `qty>` read as `qty>0`).
+  for (const c of ['qty>', 'qty>= ', 'qty<']) assert.throws(() => parseFilter(c), (e: unknown) => isValidationError(e) && /needs a number, got ''/.test(e.message), c);
+  // Model parameters too: `knn-shrink=` was 0.
+  assert.throws(() => planModels('itemknn:knn-shrink=', {}), (e: unknown) => isValidationError(e) && /must be a number in \[0, 1000000000\], got ''/.test(e.message));
   const retail = [
     'invoice,stock_code,description,quantity,timestamp,unit_price,customer_id,country',
     '536365,85123A,"HEART, WHITE",6,1291191960,2.55,17850,United Kingdom',
@@ -105,6 +110,13 @@ test('lines: given split, dedup, recency by position, users only in test', async
   await assert.rejects(loadLinesSplit(file('t1.txt', 'u1 a\nu2\n'), testFile), (e: unknown) => isValidationError(e) && e.field === 't1.txt:2:2');
 });
 
+test('csv: a line of spaces or of empty cells is skipped, like an empty one; a short record is named', async () => {
+  const log = await loadCsv(file('blank.csv', 'u,i,t\r\nu1,a,1\r\n   \r\nu1,b,2\r\n,,\r\nu2,c,3\r\n'), { user: 'u', item: 'i', time: 't' });
+  assert.deepEqual([log.userIds, [...log.time]], [['u1', 'u2'], [1, 2, 3]]);
+  await assert.rejects(loadCsv(file('short.csv', 'u,i,t\nu1,a,1\nu1,b\n'), { user: 'u', item: 'i', time: 't' }), (e: unknown) =>
+    isValidationError(e) && e.field === 'short.csv:3' && /has 2 fields, the header has 3/.test(e.message));
+});
+
 test('csv: filters see trimmed cells, a duplicate column name is refused, a date without a zone is UTC', async () => {
   // A customer id of spaces is empty: the retail preset's `customer_id!=` drops the row.
   const log = await loadCsv(file('ws.csv', 'customer_id,stock_code,timestamp\nc1,a,1\n   ,b,2\nc2,c,3\n'), { user: 'customer_id', item: 'stock_code', time: 'timestamp', filters: [parseFilter('customer_id!=')] });
@@ -115,4 +127,12 @@ test('csv: filters see trimmed cells, a duplicate column name is refused, a date
   );
   const dated = await loadCsv(file('dates.csv', 'u,i,t\nu,a,2010-12-01 08:26:00\nu,b,2010-12-01T08:26:00+01:00\n'), { user: 'u', item: 'i', time: 't' });
   assert.deepEqual([...dated.time], [Date.UTC(2010, 11, 1, 8, 26) / 1000, Date.UTC(2010, 11, 1, 7, 26) / 1000]);
+  // The UCI original's month-first form and a one-digit hour are UTC too (Date.parse read them in the
+  // machine's zone: a daylight-saving change could reorder events and hold out another item).
+  const us = await loadCsv(file('us.csv', 'u,i,t\nu,a,12/1/2010 8:26\nu,b,2010-12-01 8:26\nu,c,3/14/2010 2:30\n'), { user: 'u', item: 'i', time: 't' });
+  assert.deepEqual([...us.time], [Date.UTC(2010, 11, 1, 8, 26) / 1000, Date.UTC(2010, 11, 1, 8, 26) / 1000, Date.UTC(2010, 2, 14, 2, 30) / 1000]);
+  // Any other zoneless form would depend on the machine: refused, naming the cell.
+  await assert.rejects(loadCsv(file('local.csv', 'u,i,t\nu,a,Dec 1 2010 08:26\n'), { user: 'u', item: 'i', time: 't' }), (e: unknown) =>
+    isValidationError(e) && e.field === 'local.csv:2:t' && /has no time zone and is not in a form read as UTC/.test(e.message));
+  await assert.rejects(loadCsv(file('typo.csv', 'u,i,t\nu,a,2/30/2010 1:00\n'), { user: 'u', item: 'i', time: 't' }), /'2\/30\/2010 1:00' is not a number or a date/);
 });

@@ -4,6 +4,7 @@
  */
 import { parse } from 'csv-parse';
 import { ValidationError } from '../../errors.js';
+import { parseTime as parseTimeCell, readTime } from '../../eval/csv-loader.js';
 import { openText } from '../../eval/open-text.js';
 import type { CatalogItem } from '../../types.js';
 import { retailCategory } from '../retail-categories.js';
@@ -83,7 +84,7 @@ export async function loadRetailData(path: string, onProgress?: (rowsRead: numbe
     if (!customerId || invoice.startsWith('C') || !(quantity > 0)) continue;
     const itemId = (row[col.item] ?? '').trim();
     const price = Number(row[col.price]);
-    const t = parseTime(row[col.time] ?? '');
+    const t = parseTime(row[col.time] ?? '', `${path}: ${col.time}`);
     if (!itemId || !Number.isFinite(price) || !Number.isFinite(t)) continue;
     kept++;
     let b = byInvoice.get(invoice);
@@ -115,10 +116,13 @@ function resolveColumns(row: Record<string, string>, path: string): Record<keyof
   return out;
 }
 
-/** Unix seconds (the shared file) or a date string (the UCI original). */
-function parseTime(s: string): number {
-  const trimmed = s.trim();
-  return /^\d+(\.\d+)?$/.test(trimmed) ? Number(trimmed) * 1000 : Date.parse(trimmed);
+/**
+ * Milliseconds from unix seconds (the shared file) or a date string (the UCI original, read as UTC:
+ * `localrec eval`'s rules, src/eval/csv-loader.ts); NaN for a cell that is no time (the row is
+ * skipped). A date in a form that only the machine's time zone could read is refused.
+ */
+function parseTime(s: string, field: string): number {
+  return readTime(s) === 'zoneless' ? parseTimeCell(s, field) : (readTime(s) as number) * 1000;
 }
 
 function median(xs: number[]): number {
