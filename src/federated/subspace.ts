@@ -225,7 +225,8 @@ export function shrinkDirections(Y: ArrayLike<number>, rows: number, dim: number
  */
 export function subspaceTable(base: ItemTable, Y: ArrayLike<number>, part: TrainedPart, scale: number, seed = 1, noiseVar?: number): ItemTable & { directionWeights?: Float64Array } {
   if (part.biases) throw new ValidationError('trainBiases', 'must be false with the subspace aggregator (the biases stay as the shop set them)');
-  if (!(Number.isFinite(scale) && scale > 0)) throw new ValidationError('subspaceScale', `must be a finite number > 0, got ${scale}`);
+  // Factors are at most the scale in magnitude; devices refuse a model beyond MAX_MODEL_MAGNITUDE.
+  if (!(Number.isFinite(scale) && scale > 0 && scale <= 1e4)) throw new ValidationError('subspaceScale', `must be a number in (0, 10000], got ${scale}`);
   const d = base.dim;
   const p = biasDirection(base, part.rows);
   let Q: Float64Array;

@@ -12,7 +12,7 @@ import { buildClientUpdate, checkTrainedPart, noisedDelta, type TrainedPart } fr
 import { cryptoUniform, DEFAULT_BUDGET, DEFAULT_DELTA, type RdpAccountant } from './dp.js';
 import { subspaceUpdate } from './subspace.js';
 import { addSelfMask, checkConfirmations, checkSecAggParams, confirmationTags, encodeFixedPoint, encodeMaskedUpdate, maskValues, recoveryShare, secAggKeyPair, survivorComponents, usesSelfMask, type SecAggParams } from './secagg.js';
-import { bytesEqual, decodeModel, fromHex, sha256, toHex } from './wire.js';
+import { bytesEqual, decodeModel, fromHex, MAX_MODEL_MAGNITUDE, sha256, toHex } from './wire.js';
 
 /** Server settings from `GET /v1/config` that the client needs. */
 export interface ServerConfig {
@@ -305,13 +305,9 @@ async function fetchModel(o: RequestOptions, knownHash: string | undefined): Pro
 }
 
 /**
- * Largest magnitude a factor or bias of a global model may have. Trained tables stay within a few
- * tens (subspace factors are scaled orthonormal columns, ≤ the scale); a model with values near
- * float32's limit is refused by every device alike, before any of them trains on it: training on it
- * could overflow for some histories and not others.
+ * A model with values near float32's limit is refused by every device alike, before any of them
+ * trains on it: training on it could overflow for some histories and not others.
  */
-export const MAX_MODEL_MAGNITUDE = 1e6;
-
 function checkModelMagnitude(t: ItemTable): void {
   const check = (a: Float32Array, what: string, per: number) => {
     for (let i = 0; i < a.length; i++) {

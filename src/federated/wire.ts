@@ -16,6 +16,12 @@ import { ValidationError } from '../errors.js';
 import { hasLoneSurrogate, type ItemTable } from '../model/item-table.js';
 
 export const WIRE_FORMAT_VERSION = 1;
+/**
+ * Largest magnitude a factor or bias of a global model may have. Trained tables stay within a few
+ * tens (subspace factors are scaled orthonormal columns, at most the scale); devices refuse a model
+ * beyond it (src/federated/sync.ts) and the server does not publish one (src/server/rounds.ts).
+ */
+export const MAX_MODEL_MAGNITUDE = 1e6;
 /** Bytes of the fixed update header that precedes the block scales. */
 export const UPDATE_HEADER_BYTES = 80;
 /** Default number of consecutive coordinates that share one float32 quantization scale. */

@@ -378,6 +378,8 @@ export async function createServer(options: ServerOptions = {}): Promise<ServerP
     if (!isAggregatorName(aggregator)) throw new ValidationError('options.aggregator', `must be ${AGGREGATOR_NAMES.map((a) => `'${a}'`).join(', ')}, got '${String(aggregator)}'`);
     if (options.subspaceScale !== undefined && aggregator !== 'subspace') throw new ValidationError('options.subspaceScale', `applies to the subspace aggregator only (aggregator is '${aggregator}')`);
     const subspaceScale = positive('subspaceScale', options.subspaceScale ?? DEFAULT_SUBSPACE_SCALE);
+    // The published factors are at most this in magnitude; devices refuse a model beyond ±10⁶.
+    if (subspaceScale > 1e4) throw new ValidationError('options.subspaceScale', `must be at most 10000, got ${subspaceScale}`);
     if (options.serverLearningRate !== undefined && aggregator !== 'fedavg') {
       throw new ValidationError('options.serverLearningRate', `applies to the fedavg aggregator only (aggregator is '${aggregator}': fedadam has its own step sizes in options.fedAdam, subspace publishes scaled orthonormal factors)`);
     }

@@ -167,7 +167,8 @@ describe('subspace: the published table', () => {
 
   it('refuses trained biases and a scale that is not a positive number', () => {
     assert.throws(() => subspaceTable(base, randomBlock(12, 4, 9), { rows: 12, biases: true }, 8), /trainBiases: must be false with the subspace aggregator/);
-    assert.throws(() => subspaceTable(base, randomBlock(12, 4, 9), part, 0), /subspaceScale: must be a finite number > 0, got 0/);
+    assert.throws(() => subspaceTable(base, randomBlock(12, 4, 9), part, 0), /subspaceScale: must be a number in \(0, 10000\], got 0/);
+    assert.throws(() => subspaceTable(base, randomBlock(12, 4, 9), part, 2e4), /subspaceScale: must be a number in \(0, 10000\], got 20000/);
   });
 });
 

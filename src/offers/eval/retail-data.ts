@@ -122,7 +122,8 @@ function resolveColumns(row: Record<string, string>, path: string): Record<keyof
  * skipped). A date in a form that only the machine's time zone could read is refused.
  */
 function parseTime(s: string, field: string): number {
-  return readTime(s) === 'zoneless' ? parseTimeCell(s, field) : (readTime(s) as number) * 1000;
+  const t = readTime(s);
+  return t === 'zoneless' ? parseTimeCell(s, field) : t * 1000;
 }
 
 function median(xs: number[]): number {
