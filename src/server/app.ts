@@ -10,7 +10,7 @@ import { serveStatic } from '@hono/node-server/serve-static';
 import { relative } from 'node:path';
 import { isStorageError } from '../errors.js';
 import { updateByteLength, WIRE_FORMAT_VERSION, UPDATE_BUDGET_BYTES } from '../federated/wire.js';
-import type { RateLimit } from './rate-limit.js';
+import { rateLimitKey, type RateLimit } from './rate-limit.js';
 import { noCohort, type RoundCoordinator } from './rounds.js';
 import { defaultUploadTimeoutMs } from './cohorts.js';
 import { REJECT_STATUS, type RejectReason } from './validate-update.js';
@@ -198,7 +198,7 @@ export function createApp(rounds: RoundCoordinator, opts: AppOptions): Hono {
     await next();
   };
   const rateLimited = async (c: Context, next: () => Promise<void>) => {
-    if (opts.rateLimiter && !(await opts.rateLimiter.take(clientKey(c, opts.trustProxy ?? false)))) {
+    if (opts.rateLimiter && !(await opts.rateLimiter.take(rateLimitKey(clientKey(c, opts.trustProxy ?? false))))) {
       c.header('Retry-After', '60');
       return fail(c, 'rate-limited', 'too many updates from this client; retry later');
     }

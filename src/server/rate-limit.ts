@@ -54,3 +54,37 @@ export class RateLimiter implements RateLimit {
     return true;
   }
 }
+
+/**
+ * The rate limit's key for a client address: an IPv4 address as it is (an IPv4-mapped IPv6 one,
+ * `::ffff:203.0.113.7`, or a NAT64 one, `64:ff9b::203.0.113.7`, as its IPv4 address), an IPv6
+ * address by its /64 prefix. One IPv6 host
+ * usually holds a whole /64 and can pick a new address in it for every request: keyed on the full
+ * address, each would get a fresh burst. Anything else (not an address) is kept as it is.
+ *
+ * @example
+ * ```ts
+ * rateLimitKey('2001:db8:1:2::7');          // '2001:db8:1:2::/64'
+ * rateLimitKey('2001:0db8:1:2:aa:bb:cc:dd'); // '2001:db8:1:2::/64'
+ * rateLimitKey('::ffff:203.0.113.7');        // '203.0.113.7'
+ * ```
+ */
+export function rateLimitKey(address: string): string {
+  const a = address.trim().replace(/^\[|\]$/g, '').replace(/%.*$/, '');
+  // IPv4-mapped, and NAT64's well-known prefix (64:ff9b::/96), carry one IPv4 host each.
+  const mapped = /^(?:::ffff:|64:ff9b::)(\d{1,3}(?:\.\d{1,3}){3})$/i.exec(a);
+  if (mapped) return mapped[1]!;
+  if (!a.includes(':')) return address;
+  // An embedded IPv4 tail (::1.2.3.4) counts as two groups.
+  const v4 = /(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/.exec(a);
+  const text = v4 ? a.slice(0, v4.index) + (((+v4[1]! << 8) | +v4[2]!) >>> 0).toString(16) + ':' + (((+v4[3]! << 8) | +v4[4]!) >>> 0).toString(16) : a;
+  const halves = text.split('::');
+  if (halves.length > 2) return address;
+  const head = halves[0] ? halves[0].split(':') : [];
+  const tail = halves.length === 2 && halves[1] ? halves[1].split(':') : [];
+  const fill = halves.length === 2 ? 8 - head.length - tail.length : 0;
+  if (fill < 0) return address;
+  const groups = [...head, ...Array<string>(fill).fill('0'), ...tail];
+  if (groups.length !== 8 || !groups.every((g) => /^[0-9a-f]{1,4}$/i.test(g))) return address;
+  return `${groups.slice(0, 4).map((g) => parseInt(g, 16).toString(16)).join(':')}::/64`;
+}

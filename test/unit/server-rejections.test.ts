@@ -10,6 +10,7 @@ import { Command } from 'commander';
 import { StorageError, ValidationError } from '../../src/errors.js';
 import { rateLimitFlag, register } from '../../src/server/serve-command.js';
 import { checkUpdate, createApp, MemoryStorage, normBound, REJECT_STATUS, startServer, type RejectReason } from '../../src/server/index.js';
+import { rateLimitKey } from '../../src/server/rate-limit.js';
 import { honestUpdate, initialTable, post, pull, quiet, spawnServe, trained, IDS, DIM } from './server-helpers.js';
 import { createItemTable } from '../../src/model/item-table.js';
 
@@ -189,6 +190,30 @@ test('per-client rate limit answers 429 and refills with time', async () => {
     now += 10_000; // 6/min → one token per 10 s
     assert.equal((await post(server.url, honestUpdate(v0, 3))).status, 202);
     expectReject(await post(server.url, honestUpdate(v0, 4)), 'rate-limited');
+  } finally {
+    await server.close();
+  }
+});
+
+test('the rate limit keys an IPv6 client by its /64 (a host picking a new address per request gets no new burst), IPv4-mapped ones by their IPv4', async () => {
+  assert.equal(rateLimitKey('2001:db8:1:2::7'), '2001:db8:1:2::/64');
+  assert.equal(rateLimitKey('2001:0DB8:1:2:aa:bb:cc:dd'), '2001:db8:1:2::/64');
+  assert.notEqual(rateLimitKey('2001:db8:1:3::7'), rateLimitKey('2001:db8:1:2::7'));
+  assert.equal(rateLimitKey('::ffff:203.0.113.7'), '203.0.113.7');
+  assert.equal(rateLimitKey('64:ff9b::192.0.2.33'), '192.0.2.33');
+  assert.equal(rateLimitKey('[fe80::1%eth0]'), 'fe80:0:0:0::/64');
+  assert.equal(rateLimitKey('203.0.113.7'), '203.0.113.7');
+  for (const odd of ['unknown', '1:2:3:4:5:6:7:8:9', '2001:db8::1::2']) assert.equal(rateLimitKey(odd), odd);
+  // Through the server (behind a proxy, so the test can choose the address): two addresses of one
+  // /64 share one allowance; another /64 has its own.
+  const server = await startServer({ port: 0, dataDir: null, initialTable: initialTable(), minClients: 100, noiseMultiplier: 0, rateLimit: { perMinute: 1, burst: 1 }, trustProxy: true, log: quiet });
+  try {
+    const v0 = await pull(server.url);
+    const from = async (n: number, address: string) =>
+      (await fetch(`${server.url}/v1/updates`, { method: 'POST', body: honestUpdate(v0, n) as Uint8Array<ArrayBuffer>, headers: { 'content-type': 'application/octet-stream', 'x-forwarded-for': address } })).status;
+    assert.equal(await from(1, '2001:db8:1:2::1'), 202);
+    assert.equal(await from(2, '2001:db8:1:2:ffff::9'), 429);
+    assert.equal(await from(3, '2001:db8:1:3::1'), 202);
   } finally {
     await server.close();
   }
