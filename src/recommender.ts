@@ -241,7 +241,12 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
     if (version <= gateVersion) return;
     gateVersion = version;
     consented = personalization;
+    // The grant reached the page before setConsent's own reply (over the track port): what was
+    // held meanwhile goes ahead of what is tracked from now on, so the store keeps their order.
+    if (consented) releaseHeld?.();
   };
+  /** Sends the events held while a grant was applied (set once the batching below exists). */
+  let releaseHeld: (() => void) | undefined;
   // A worker script that cannot be loaded (a wrong workerUrl, a 404, a CSP without worker-src)
   // reports only an `error` event: without this, init would wait for ever.
   const failedToStart = new Promise<never>((_resolve, reject) => {
@@ -348,6 +353,12 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
   /** Set by the first close() or erase(): what it returns, and which one it was. */
   let ending: { kind: 'close' | 'erase'; done: Promise<void> } | undefined;
   let pending: unknown[] = [];
+  releaseHeld = () => {
+    if (!heldForConsent.length || closed || ending?.kind === 'erase') return;
+    pending.unshift(...heldForConsent);
+    heldForConsent = [];
+    queueMicrotask(post);
+  };
   let seq = 0;
   let seen = 0;
   const post = () => {
