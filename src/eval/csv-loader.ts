@@ -121,6 +121,9 @@ function cell(record: string[], i: number, at: (c: number) => string): string {
  */
 export function parseTime(s: string, field: string): number {
   const r = readTime(s);
+  // Unix seconds past 1e11 are after the year 5000: milliseconds, which would make every event its
+  // own session and every half-life decay vanish without a word.
+  if (typeof r === 'number' && r > 1e11) throw new ValidationError(field, `${s} looks like milliseconds (as seconds it is after the year 5000): give unix seconds`);
   if (r === 'zoneless') {
     throw new ValidationError(field, `'${s}' has no time zone and is not in a form read as UTC (YYYY-MM-DD HH:MM[:SS], M/D/YYYY H:MM): it would be read in this machine's time zone; give unix seconds, ISO 8601, or a zone`);
   }

@@ -135,4 +135,7 @@ test('csv: filters see trimmed cells, a duplicate column name is refused, a date
   await assert.rejects(loadCsv(file('local.csv', 'u,i,t\nu,a,Dec 1 2010 08:26\n'), { user: 'u', item: 'i', time: 't' }), (e: unknown) =>
     isValidationError(e) && e.field === 'local.csv:2:t' && /has no time zone and is not in a form read as UTC/.test(e.message));
   await assert.rejects(loadCsv(file('typo.csv', 'u,i,t\nu,a,2/30/2010 1:00\n'), { user: 'u', item: 'i', time: 't' }), /'2\/30\/2010 1:00' is not a number or a date/);
+  // Milliseconds would make every event its own session: refused, saying what it looks like.
+  await assert.rejects(loadCsv(file('ms.csv', 'u,i,t\nu,a,1291191960000\n'), { user: 'u', item: 'i', time: 't' }), (e: unknown) =>
+    isValidationError(e) && e.field === 'ms.csv:2:t' && /1291191960000 looks like milliseconds/.test(e.message));
 });
