@@ -1509,6 +1509,8 @@ export class Engine {
         checkModel: this.checkServerModel,
         ...(fed.cohortWaitMs !== undefined ? { cohortWaitMs: fed.cohortWaitMs } : {}),
       });
+      // Sent as noise only because training failed on this history: the host sees why, the server not.
+      if (r.localStepFailed) this.lastError = new ModelError(`sync: ${r.localStepFailed}; a noise-only update was sent in its place`);
       await this.adoptGlobal(r, through, table);
       return {
         version: r.global.version,

@@ -162,6 +162,12 @@ export interface SyncResult {
    * of dropped members).
    */
   cohort?: { id: string; index: number; size: number; outcome?: 'published' | 'aborted' | 'left'; recoveryShareSent?: boolean; note?: string };
+  /**
+   * Set when local training failed or overflowed on this history: why. The update sent in its
+   * place was noise only (a zero delta), so that the upload says nothing about the history; the
+   * host sees the reason here (the engine puts it in `stats().lastError`), the server does not.
+   */
+  localStepFailed?: string;
 }
 
 /** Waits `ms`, or less when `signal` aborts first (the caller checks which). */
@@ -433,39 +439,46 @@ export async function syncOnce(o: SyncOptions): Promise<SyncResult> {
   }
   const seqs = historySequences(global, o.history);
   let update: Float64Array | undefined;
+  let stepFailed: string | undefined;
   const part = trainedPart(config);
   if (config.aggregator === 'subspace') {
     // No local training: one subspace-iteration step from the history's weights. A history with
     // nothing on the trained rows still takes part (noise only), so sending says nothing about it.
     const history = seqs.flatMap((q) => Array.from(q.rows, (row, i) => ({ row, weight: q.weights[i] ?? 1 })));
     update = subspaceUpdate(global, part, history, config.clip) ?? undefined;
-    if (update && !update.every(Number.isFinite)) update = undefined;
+    if (update && !update.every(Number.isFinite)) {
+      update = undefined;
+      stepFailed = 'the subspace step is not finite';
+    }
     update ??= new Float64Array(part.rows * global.dim);
   } else if (seqs.length > 0) {
     // From here on the history must not decide whether anything is sent: training that fails or
     // overflows on it (a model on which some histories diverge, by accident or made so by the
     // server) would otherwise turn "no upload" into "this shopper touched that item". Such a
     // history is sent as noise only, like one the model knows nothing of.
-    let ok = true;
     try {
       await trainItemTable(local, seqs, train);
-    } catch {
-      ok = false;
+      if (!finiteStep(global, local)) stepFailed = 'the local step is not finite';
+    } catch (e) {
+      stepFailed = `local training failed: ${(e as Error).message}`;
     }
-    if (!ok || !finiteStep(global, local)) local = cloneItemTable(global);
+    if (stepFailed) local = cloneItemTable(global);
   }
   checkAborted(o, 'after local training');
-  if (config.secureAggregation) return sendMasked(o, config, config.secureAggregation, part, global, hash, local, delta, update);
-  const built = buildClientUpdate(global, local, {
-    baseHash: fromHex(hash),
-    clip: config.clip,
-    noiseMultiplier: config.noiseMultiplier,
-    bits: config.bits,
-    blockSize: config.blockSize,
-    part,
-    ...(update ? { delta: update } : {}),
-  });
-  return upload(o, config, '/v1/updates', built.bytes, { global, globalHash: hash, local }, delta);
+  const result = await (async () => {
+    if (config.secureAggregation) return sendMasked(o, config, config.secureAggregation, part, global, hash, local, delta, update);
+    const built = buildClientUpdate(global, local, {
+      baseHash: fromHex(hash),
+      clip: config.clip,
+      noiseMultiplier: config.noiseMultiplier,
+      bits: config.bits,
+      blockSize: config.blockSize,
+      part,
+      ...(update ? { delta: update } : {}),
+    });
+    return upload(o, config, '/v1/updates', built.bytes, { global, globalHash: hash, local }, delta);
+  })();
+  return stepFailed ? { ...result, localStepFailed: stepFailed } : result;
 }
 
 /** Records the release in the accountant, then POSTs the update body; the sync's result. */

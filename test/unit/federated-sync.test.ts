@@ -389,7 +389,10 @@ describe('syncOnce: a model on which training could fail for some histories only
       assert.equal(r.sent, true, JSON.stringify(weights));
       assert.deepEqual(srv.paths, ['GET /v1/config', 'GET /v1/model', 'POST /v1/updates']);
       assert.equal(accountant.releases, 1);
-      if (weights[1] === -1) assert.deepEqual([r.local.factors, r.local.bias], [r.global.factors, r.global.bias], 'the failed step is dropped: a zero delta');
+      if (weights[1] === -1) {
+        assert.deepEqual([r.local.factors, r.local.bias], [r.global.factors, r.global.bias], 'the failed step is dropped: a zero delta');
+        assert.match(r.localStepFailed!, /^local training failed: sequence 0: weight 1 is -1/, 'the device is told why');
+      } else assert.equal(r.localStepFailed, undefined);
     }
     // A training setting that is wrong is the device's config, the same for every history: refused
     // before anything is trained or sent, not turned into noise.
