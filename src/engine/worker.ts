@@ -73,7 +73,7 @@ function onTrack(ev: MessageEvent): void {
     // Rejected events were already refused on the page (validation and age); the count is in stats().dropped.
   }
   // The page is being hidden or unloaded: write now rather than after the batching delay. A failed
-  // write keeps the events queued (and stats().lastError says why), as the delayed one would.
+  // write keeps the events queued for the next one, as the delayed write would.
   if (flush) void engine.flush().catch(() => undefined);
 }
 

@@ -131,6 +131,13 @@ export function parseTime(s: string, field: string): number {
   return r;
 }
 
+/**
+ * A time of day followed by a zone `Date.parse` reads: `Z`, an offset (`+00`, `-05:00`, `+0100`),
+ * `GMT`/`UTC`/`UT` with or without an offset, or a North American abbreviation; then perhaps a
+ * parenthesised name, as `Date.prototype.toString` writes (`… GMT+0000 (Coordinated Universal Time)`).
+ */
+const ZONED = /\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?\s*(?:Z|[+-]\d{2}(?::?\d{2})?|(?:GMT|UTC|UT)(?:[+-]\d{2}:?\d{2})?|[ECMP][SD]T)(?:\s*\([^)]*\))?$/i;
+
 /** {@link parseTime} without the errors: unix seconds, NaN for no date at all, or `'zoneless'`. */
 export function readTime(s: string): number | 'zoneless' {
   const n = Number(s);
@@ -146,6 +153,6 @@ export function readTime(s: string): number | 'zoneless' {
   let m: RegExpMatchArray | null;
   if ((m = /^(\d{4})-(\d{2})-(\d{2})(?:[ T](\d{1,2}):(\d{2})(?::(\d{2}(?:\.\d+)?))?)?$/.exec(t))) return utc(m[1]!, m[2]!, m[3]!, m[4], m[5], m[6]);
   if ((m = /^(\d{1,2})\/(\d{1,2})\/(\d{4})(?:[ T](\d{1,2}):(\d{2})(?::(\d{2}))?)?$/.exec(t))) return utc(m[3]!, m[1]!, m[2]!, m[4], m[5], m[6]);
-  if (/(Z|[+-]\d{2}:?\d{2}|\b(GMT|UTC))$/i.test(t)) return Date.parse(t) / 1000;
+  if (ZONED.test(t)) return Date.parse(t) / 1000;
   return Number.isFinite(Date.parse(t)) ? 'zoneless' : NaN;
 }

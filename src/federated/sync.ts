@@ -4,7 +4,7 @@
  * noised, quantized update. What leaves the device is exactly the documented update body; every
  * request is reported to `onEgress` so the SDK can keep an egress log.
  */
-import { AbortError, isNetworkError, ModelError, NetworkError, StorageError, syncCancelled, ValidationError } from '../errors.js';
+import { AbortError, isModelError, isNetworkError, ModelError, NetworkError, StorageError, syncCancelled, ValidationError } from '../errors.js';
 import type { SyncProgress } from '../types.js';
 import { cloneItemTable, type ItemTable } from '../model/item-table.js';
 import { checkTrainConfig, trainItemTable, type Sequence, type TrainConfig } from '../model/train.js';
@@ -460,7 +460,11 @@ export async function syncOnce(o: SyncOptions): Promise<SyncResult> {
       await trainItemTable(local, seqs, train);
       if (!finiteStep(global, local)) stepFailed = 'the local step is not finite';
     } catch (e) {
-      stepFailed = `local training failed: ${(e as Error).message}`;
+      // What the history can cause is a ModelError (a loss that diverges, a weight refused). Any
+      // other failure (no backend, out of memory, a bug) is the device's, whatever the history:
+      // it ends the sync before anything is recorded or sent, as it would for every shopper.
+      if (!isModelError(e)) throw e;
+      stepFailed = `local training failed: ${e.message}`;
     }
     if (stepFailed) local = cloneItemTable(global);
   }

@@ -43,35 +43,52 @@ async function hasWebGpuAdapter(): Promise<boolean> {
  * size: on an NVIDIA H200 through Dawn, wasm scored 10,000 items in 0.4 ms and WebGPU in 3.0 ms,
  * while at 1,000,000 items WebGPU took 4.5 ms and wasm 34 ms (docs/BENCHMARKS.md, "On a real GPU").
  *
- * Stops early, returning the mean so far, once a timed run's mean exceeds `giveUpAboveMs`: a
- * backend already twice as slow as the best cannot win, and a software GPU takes seconds per run on
- * a large catalog.
+ * A backend that cannot win is cut short: after its first (warm-up) run when that alone took over
+ * 20 times the best mean so far (the margin leaves room for a GPU's shader compilation), else once
+ * its mean passes twice the best. A software GPU, or the CPU backend on a large catalog, costs one
+ * run rather than four. `values` is the table, filled once for every backend.
  */
-async function timeProbe(rows: number, dim: number, reps: number, giveUpAboveMs = Infinity): Promise<number> {
-  const V = tf.randomNormal([rows, dim]);
-  const z = tf.randomNormal([dim, 1]);
+async function timeProbe(values: Float32Array, rows: number, dim: number, reps: number, fastest = Infinity): Promise<number> {
+  const V = tf.tensor2d(values, [rows, dim]);
+  const z = tf.tensor2d(values.subarray(0, dim), [dim, 1]);
   const k = Math.min(10, rows);
   const run = async () => {
-    const { values, indices } = tf.tidy(() => tf.topk(tf.reshape(tf.matMul(V, z), [rows]), k));
+    const { values: top, indices } = tf.tidy(() => tf.topk(tf.reshape(tf.matMul(V, z), [rows]), k));
     try {
-      await Promise.all([values.data(), indices.data()]);
+      await Promise.all([top.data(), indices.data()]);
     } finally {
-      tf.dispose([values, indices]);
+      tf.dispose([top, indices]);
     }
   };
   try {
+    const w0 = performance.now();
     await run(); // warm-up: shader compilation, wasm instantiation
+    const warm = performance.now() - w0;
+    if (warm > 20 * fastest) return warm;
     const t0 = performance.now();
     let done = 0;
     while (done < reps) {
       await run();
       done++;
-      if ((performance.now() - t0) / done > giveUpAboveMs) break;
+      if ((performance.now() - t0) / done > 2 * fastest) break;
     }
     return (performance.now() - t0) / done;
   } finally {
     tf.dispose([V, z]);
   }
+}
+
+/** A probe table: values in [−1, 1) from a small generator (cheap to fill at a million rows). */
+function probeValues(n: number): Float32Array {
+  const out = new Float32Array(n);
+  let x = 0x9e3779b9;
+  for (let i = 0; i < n; i++) {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    out[i] = (x >>> 0) / 2147483648 - 1;
+  }
+  return out;
 }
 
 export interface SelectOptions {
@@ -91,8 +108,8 @@ export interface SelectOptions {
  * Picks the tfjs backend: the forced one if given, else every candidate that initializes is timed
  * on a scoring probe and the fastest wins (on a tie, the earlier candidate). Measured, not assumed:
  * in headless Chromium WebGPU may be SwiftShader (software) and slower than WASM, and on a real GPU
- * WASM still wins on small catalogs. The candidates are timed last to first, so that the CPU
- * backends (usually last) set the pace and a slow GPU backend's probe is cut short.
+ * WASM still wins on small catalogs. WASM is timed first where it is a candidate, so that it sets
+ * the pace and a slow backend's probe is cut short.
  *
  * @example
  * ```ts
@@ -114,11 +131,15 @@ export async function selectBackend(opts: SelectOptions = {}): Promise<BackendCh
   if (!(Number.isInteger(rows) && rows >= 1)) throw new ValidationError('probeRows', `must be a whole number ≥ 1, got ${String(rows)}`);
   if (!(Number.isInteger(dim) && dim >= 1)) throw new ValidationError('probeDim', `must be a whole number ≥ 1, got ${String(dim)}`);
   const timings: Partial<Record<BackendName, number>> = {};
+  const values = probeValues(rows * dim);
   let fastest = Infinity;
-  for (const name of [...candidates].reverse()) {
+  // wasm first, where it is a candidate: it starts everywhere and is rarely far from the best, so
+  // it sets the pace against which slower ones are cut short; then the order of preference.
+  const order = candidates.includes('wasm') ? ['wasm' as const, ...candidates.filter((c) => c !== 'wasm')] : [...candidates];
+  for (const name of order) {
     if (!(await tryBackend(name))) continue;
     try {
-      const ms = await timeProbe(rows, dim, 3, 2 * fastest);
+      const ms = await timeProbe(values, rows, dim, 3, fastest);
       timings[name] = ms;
       fastest = Math.min(fastest, ms);
     } catch {

@@ -123,6 +123,9 @@ export async function trainItemTable(
   state?: OptimizerState,
 ): Promise<TrainStats> {
   const cfg = checkTrainConfig(config);
+  // A backend that starts asynchronously (wasm, where it is registered first) must be up before
+  // the first op, or that op throws "has not yet been initialized".
+  await tf.ready();
   state ??= createOptimizerState(table, cfg.initialAccumulator);
   const n = table.itemIds.length;
   const d = table.dim;

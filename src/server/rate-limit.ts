@@ -71,9 +71,6 @@ export class RateLimiter implements RateLimit {
  */
 export function rateLimitKey(address: string): string {
   const a = address.trim().replace(/^\[|\]$/g, '').replace(/%.*$/, '');
-  // IPv4-mapped, and NAT64's well-known prefix (64:ff9b::/96), carry one IPv4 host each.
-  const mapped = /^(?:::ffff:|64:ff9b::)(\d{1,3}(?:\.\d{1,3}){3})$/i.exec(a);
-  if (mapped) return mapped[1]!;
   if (!a.includes(':')) return address;
   // An embedded IPv4 tail (::1.2.3.4) counts as two groups.
   const v4 = /(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/.exec(a);
@@ -86,5 +83,10 @@ export function rateLimitKey(address: string): string {
   if (fill < 0) return address;
   const groups = [...head, ...Array<string>(fill).fill('0'), ...tail];
   if (groups.length !== 8 || !groups.every((g) => /^[0-9a-f]{1,4}$/i.test(g))) return address;
-  return `${groups.slice(0, 4).map((g) => parseInt(g, 16).toString(16)).join(':')}::/64`;
+  const n = groups.map((g) => parseInt(g, 16));
+  // IPv4-mapped (::ffff:0:0/96) and NAT64's well-known prefix (64:ff9b::/96) carry one IPv4 host
+  // each, written dotted or in hex (`64:ff9b::cb00:7107`, as Node prints it).
+  const prefix = n.slice(0, 6).join(':');
+  if (prefix === '0:0:0:0:0:65535' || prefix === '100:65435:0:0:0:0') return `${n[6]! >> 8}.${n[6]! & 255}.${n[7]! >> 8}.${n[7]! & 255}`;
+  return `${n.slice(0, 4).map((g) => g.toString(16)).join(':')}::/64`;
 }

@@ -201,6 +201,9 @@ test('the rate limit keys an IPv6 client by its /64 (a host picking a new addres
   assert.notEqual(rateLimitKey('2001:db8:1:3::7'), rateLimitKey('2001:db8:1:2::7'));
   assert.equal(rateLimitKey('::ffff:203.0.113.7'), '203.0.113.7');
   assert.equal(rateLimitKey('64:ff9b::192.0.2.33'), '192.0.2.33');
+  // As Node and proxies print them: in hex.
+  assert.equal(rateLimitKey('64:ff9b::cb00:7107'), '203.0.113.7');
+  assert.equal(rateLimitKey('::ffff:cb00:7107'), '203.0.113.7');
   assert.equal(rateLimitKey('[fe80::1%eth0]'), 'fe80:0:0:0::/64');
   assert.equal(rateLimitKey('203.0.113.7'), '203.0.113.7');
   for (const odd of ['unknown', '1:2:3:4:5:6:7:8:9', '2001:db8::1::2']) assert.equal(rateLimitKey(odd), odd);
@@ -328,6 +331,9 @@ test('localrec serve checks its flags in their own words and units before starti
   ] as const) {
     await assert.rejects(startServer({ port: 0, dataDir: null, initialTable: initialTable(), rateLimit, log: quiet }), (e: unknown) => e instanceof ValidationError && re.test(e.message), JSON.stringify(rateLimit));
   }
+  // A first version every device would refuse (a bias beyond ±1e6) is refused before it is stored.
+  await assert.rejects(startServer({ port: 0, dataDir: null, initialTable: createItemTable(['a', 'b'], 4, { seed: 1, popularity: [1e6, 1], popularityScale: 1e5 }), log: quiet }), (e: unknown) =>
+    e instanceof ValidationError && /options\.initialTable: item "a" has a bias beyond ±1000000, which every device would refuse/.test(e.message));
   // An item id UTF-8 cannot carry would be stored as U+FFFD (another id): refused before anything is published.
   await assert.rejects(startServer({ port: 0, dataDir: null, initialTable: createItemTable(['a', 'b\ud800', 'c'], 4, { seed: 1 }), log: quiet }), (e: unknown) =>
     e instanceof ValidationError && e.message === 'model.itemIds[1]: holds a lone UTF-16 surrogate, which UTF-8 cannot carry');
