@@ -77,7 +77,10 @@ export interface Recommender {
   egressLog(): Promise<EgressEntry[]>;
   /** Resolves once every tracked event is stored. */
   flush(): Promise<void>;
-  /** Stores what is queued, stops the worker. The data stays on the device. */
+  /**
+   * Stores what is queued, stops the worker. The data stays on the device. During an `erase()` it
+   * resolves once the erase has ended (the worker stops either way).
+   */
   close(): Promise<void>;
   /**
    * Deletes every event, the model weights and the database, then stops the worker. After the
@@ -557,7 +560,11 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
     flush: () => call(() => api.flush()),
     async close() {
       if (closed) return;
-      // What was tracked is posted now, before the calls in flight settle (not while erasing).
+      // An erase under way ends with the worker stopped: close() waits for it (whatever its
+      // outcome, erase() reports that) instead of rejecting, so `void rec.close()` in a cleanup
+      // path needs no catch.
+      if (ending?.kind === 'erase') return ending.done.catch(() => undefined);
+      // What was tracked is posted now, before the calls in flight settle.
       if (!ending) post();
       return end('close', () => synced().then(() => api.close()));
     },

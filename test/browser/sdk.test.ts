@@ -166,7 +166,8 @@ describe('SDK in Chromium', () => {
       const stats = await rec.stats();
       // Calls made before erase() get their answers; calls after it began are refused at once.
       const inFlight = rec.recommend({ k: 2 });
-      const erasing = [rec.erase(), rec.erase()];
+      // A close() during the erase (a cleanup path) waits for it rather than rejecting.
+      const erasing = [rec.erase(), rec.erase(), rec.close()];
       let late = '';
       try {
         await rec.stats();
