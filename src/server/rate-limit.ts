@@ -70,8 +70,13 @@ export class RateLimiter implements RateLimit {
  * ```
  */
 export function rateLimitKey(address: string): string {
-  const a = address.trim().replace(/^\[|\]$/g, '').replace(/%.*$/, '');
-  if (!a.includes(':')) return address;
+  // A proxy may append the port it saw (`203.0.113.7:51234`, `[2001:db8::1]:443`): a port is no
+  // part of the client, and each connection would otherwise get a fresh bucket.
+  const trimmed = address.trim();
+  const v4port = /^(\d{1,3}(?:\.\d{1,3}){3}):\d+$/.exec(trimmed);
+  if (v4port) return v4port[1]!;
+  const a = trimmed.replace(/^\[([^\]]*)\](?::\d+)?$/, '$1').replace(/%.*$/, '');
+  if (!a.includes(':')) return a === trimmed ? address : a;
   // An embedded IPv4 tail (::1.2.3.4) counts as two groups.
   const v4 = /(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/.exec(a);
   const text = v4 ? a.slice(0, v4.index) + (((+v4[1]! << 8) | +v4[2]!) >>> 0).toString(16) + ':' + (((+v4[3]! << 8) | +v4[4]!) >>> 0).toString(16) : a;

@@ -206,6 +206,9 @@ test('the rate limit keys an IPv6 client by its /64 (a host picking a new addres
   assert.equal(rateLimitKey('::ffff:cb00:7107'), '203.0.113.7');
   assert.equal(rateLimitKey('[fe80::1%eth0]'), 'fe80:0:0:0::/64');
   assert.equal(rateLimitKey('203.0.113.7'), '203.0.113.7');
+  // A port a proxy appended is no part of the client.
+  assert.equal(rateLimitKey('203.0.113.7:51234'), '203.0.113.7');
+  assert.equal(rateLimitKey('[2001:db8:1:2::9]:443'), '2001:db8:1:2::/64');
   for (const odd of ['unknown', '1:2:3:4:5:6:7:8:9', '2001:db8::1::2']) assert.equal(rateLimitKey(odd), odd);
   // Through the server (behind a proxy, so the test can choose the address): two addresses of one
   // /64 share one allowance; another /64 has its own.
