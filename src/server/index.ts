@@ -372,6 +372,8 @@ export async function createServer(options: ServerOptions = {}): Promise<ServerP
     }
     const noiseMultiplier = options.noiseMultiplier ?? 1;
     if (!Number.isFinite(noiseMultiplier) || noiseMultiplier < 0) throw new ValidationError('options.noiseMultiplier', `must be ≥ 0, got ${noiseMultiplier}`);
+    // Update headers carry σ and C as float32: a value it cannot hold would make every update a mismatch.
+    if (noiseMultiplier > 1e6) throw new ValidationError('options.noiseMultiplier', `must be at most 1e6, got ${noiseMultiplier}`);
     const maxStaleness = options.maxStaleness ?? 2;
     if (!Number.isInteger(maxStaleness) || maxStaleness < 0) throw new ValidationError('options.maxStaleness', `must be an integer ≥ 0, got ${maxStaleness}`);
     const aggregator = options.aggregator ?? 'fedavg';
@@ -403,6 +405,7 @@ export async function createServer(options: ServerOptions = {}): Promise<ServerP
     const minClients = positive('minClients', options.minClients ?? 10, true);
     const { robust, trimFraction } = checkRoundOptions({ ...options, minClients });
     const clip = positive('clip', options.clip ?? 1);
+    if (clip < 1e-6 || clip > 1e6) throw new ValidationError('options.clip', `must be from 1e-6 to 1e6 (update headers carry it as float32), got ${clip}`);
     let secureAggregation: RoundConfig['secureAggregation'];
     if (options.secureAggregation) {
       const o = options.secureAggregation === true ? {} : options.secureAggregation;

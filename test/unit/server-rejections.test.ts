@@ -334,6 +334,10 @@ test('localrec serve checks its flags in their own words and units before starti
   ] as const) {
     await assert.rejects(startServer({ port: 0, dataDir: null, initialTable: initialTable(), rateLimit, log: quiet }), (e: unknown) => e instanceof ValidationError && re.test(e.message), JSON.stringify(rateLimit));
   }
+  // σ and C travel as float32 in every update header: values it cannot hold are refused at start
+  // (every update would have been refused as a mismatch).
+  await assert.rejects(startServer({ port: 0, dataDir: null, initialTable: initialTable(), clip: 1e-46, log: quiet }), /options\.clip: must be from 1e-6 to 1e6/);
+  await assert.rejects(startServer({ port: 0, dataDir: null, initialTable: initialTable(), noiseMultiplier: 1e39, log: quiet }), /options\.noiseMultiplier: must be at most 1e6/);
   // A first version every device would refuse (a bias beyond ±1e6) is refused before it is stored.
   await assert.rejects(startServer({ port: 0, dataDir: null, initialTable: createItemTable(['a', 'b'], 4, { seed: 1, popularity: [1e6, 1], popularityScale: 1e5 }), log: quiet }), (e: unknown) =>
     e instanceof ValidationError && /options\.initialTable: item "a" has a bias beyond ±1000000, which every device would refuse/.test(e.message));
