@@ -429,6 +429,9 @@ export async function syncOnce(o: SyncOptions): Promise<SyncResult> {
   const { table: global, hash } = await pullModel(o);
   checkAborted(o, 'after the model was fetched');
   o.checkModel?.(global);
+  // The two GETs are in the stored egress log before training, which may take a while: a tab
+  // closed meanwhile leaves a log that still lists every request it made.
+  await checkpointQuietly(o);
   o.onProgress?.({ phase: 'training' });
   let local = cloneItemTable(global);
   // Whether to upload is decided on the device's own data (hasHistory); a history the server's

@@ -401,6 +401,19 @@ describe('syncOnce: a model on which training could fail for some histories only
     assert.ok(!srv.paths.includes('POST /v1/updates'));
   });
 
+  it('the two GETs are stored in the egress log before training starts (a tab closed while training leaves them logged)', async () => {
+    const srv = fakeServer(encodeModel(createItemTable(itemIds, dim, { seed: 1 })));
+    const entries: EgressEntry[] = [];
+    const seen: string[] = [];
+    await syncOnce({
+      serverUrl: 'http://srv', fetch: srv.f, accountant: new RdpAccountant(), history: history(['sku-1', 'sku-2', 'sku-3']),
+      onEgress: (e) => entries.push(e),
+      onCheckpoint: async () => void seen.push(`checkpoint with ${entries.map((e) => e.endpoint).join(' ')}`),
+      onProgress: (p) => void seen.push(p.phase),
+    });
+    assert.deepEqual(seen.slice(0, 4), ['config', 'model', 'checkpoint with /v1/config /v1/model', 'training']);
+  });
+
   it('an egress log that cannot be stored before the upload: nothing sent, the entry says not sent, the error says the ε is spent', async () => {
     const srv = fakeServer(encodeModel(createItemTable(itemIds, dim, { seed: 1 })));
     const entries: EgressEntry[] = [];
