@@ -724,10 +724,15 @@ test("the default range is the hard bound K·C + 8·C·max(1, σ) when the bits 
 });
 
 /** Every member of a cohort masks (pairwise and self-mask) its encoded values; what the server gets. */
+/** K fresh member key pairs, and their public keys by index (as a cohort view holds them). */
+async function memberKeys(K: number) {
+  const members = await Promise.all(Array.from({ length: K }, () => secAggKeyPair()));
+  return { members, keys: new Map(members.map((m, i) => [i, m.publicKey] as const)) };
+}
+
 async function maskedCohort(params: SecAggParams, cohortId: Uint8Array, seed: number, length = 50) {
   const K = params.cohortSize;
-  const members = await Promise.all(Array.from({ length: K }, () => secAggKeyPair()));
-  const keys = new Map(members.map((m, i) => [i, m.publicKey] as const));
+  const { members, keys } = await memberKeys(K);
   const r = new Random(seed);
   const encoded = Array.from({ length: K }, () => encodeFixedPoint(Float64Array.from({ length }, () => r.normal() * 0.3), params.step, params.bits, () => r.next()));
   const uploads = await Promise.all(
@@ -1149,8 +1154,7 @@ test('a server that tells one member recovery is off (or another cohort size) ca
   const K = 10;
   const honest: SecAggParams = { cohortSize: K, bits: 16, step: 1 / 256, degree: 4, minSurvivors: 8 };
   const cohortId = new Uint8Array(16).fill(6);
-  const members = await Promise.all(Array.from({ length: K }, () => secAggKeyPair()));
-  const keys = new Map(members.map((m, i) => [i, m.publicKey] as const));
+  const { members, keys } = await memberKeys(K);
   const r = new Random(31);
   const victim = 4;
   const length = 200;
@@ -1178,8 +1182,7 @@ test('a server that shows members different lists of dropped members (to get a m
   const K = 10;
   const params: SecAggParams = { cohortSize: K, bits: 16, step: 1 / 256, degree: 4, minSurvivors: 8 };
   const cohortId = new Uint8Array(16).fill(5);
-  const members = await Promise.all(Array.from({ length: K }, () => secAggKeyPair()));
-  const keys = new Map(members.map((m, i) => [i, m.publicKey] as const));
+  const { members, keys } = await memberKeys(K);
   const shown = new Map<number, number[]>(Array.from({ length: K }, (_, i) => [i, i === 3 ? [1, 2] : i === 1 || i === 2 ? [] : [3]] as const));
   // Every tag every member would send for the list it was shown, addressed as it addresses them.
   const pool = new Map<number, Uint8Array[]>();
@@ -1239,8 +1242,7 @@ async function segmentAttack(K: number, degree: number, t: number, P: number, re
   const outer = seg.slice(0, r).sort((a, b) => a - b);
   const shown = (i: number) => (seg.includes(i) ? inner : outer);
   const cohortId = new Uint8Array(16).fill(K);
-  const kp = await Promise.all(Array.from({ length: K }, () => secAggKeyPair()));
-  const keys = new Map(kp.map((k, i) => [i, k.publicKey] as const));
+  const { members: kp, keys } = await memberKeys(K);
   const rnd = new Random(K + degree);
   const D = 20;
   const secrets = Array.from({ length: K }, () => encodeFixedPoint(Float64Array.from({ length: D }, () => rnd.normal()), params.step, params.bits, () => rnd.next()));
