@@ -12,7 +12,7 @@ import { buildClientUpdate, checkTrainedPart, noisedDelta, type TrainedPart } fr
 import { cryptoUniform, DEFAULT_BUDGET, DEFAULT_DELTA, type RdpAccountant } from './dp.js';
 import { subspaceUpdate } from './subspace.js';
 import { addSelfMask, checkConfirmations, checkSecAggParams, confirmationTags, encodeFixedPoint, encodeMaskedUpdate, maskValues, recoveryShare, secAggKeyPair, survivorComponents, usesSelfMask, type SecAggParams } from './secagg.js';
-import { bytesEqual, decodeModel, fromHex, MAX_MODEL_MAGNITUDE, sha256, toHex } from './wire.js';
+import { beyondModelMagnitude, bytesEqual, decodeModel, fromHex, MAX_MODEL_MAGNITUDE, sha256, toHex } from './wire.js';
 
 /** Server settings from `GET /v1/config` that the client needs. */
 export interface ServerConfig {
@@ -315,15 +315,10 @@ async function fetchModel(o: RequestOptions, knownHash: string | undefined): Pro
  * trains on it: training on it could overflow for some histories and not others.
  */
 function checkModelMagnitude(t: ItemTable): void {
-  const check = (a: Float32Array, what: string, per: number) => {
-    for (let i = 0; i < a.length; i++) {
-      if (!(Math.abs(a[i]!) <= MAX_MODEL_MAGNITUDE)) {
-        throw new ModelError(`the server's model holds ${a[i]!.toPrecision(3)} as ${what} of item ${JSON.stringify(t.itemIds[Math.floor(i / per)])}, beyond ±${MAX_MODEL_MAGNITUDE}: refused, nothing was trained or sent`);
-      }
-    }
-  };
-  check(t.factors, 'a factor', t.dim);
-  check(t.bias, 'the bias', 1);
+  const over = beyondModelMagnitude(t);
+  if (over) {
+    throw new ModelError(`the server's model holds ${over.value.toPrecision(3)} as ${over.what === 'factor' ? 'a factor' : 'the bias'} of item ${JSON.stringify(over.itemId)}, beyond ±${MAX_MODEL_MAGNITUDE}: refused, nothing was trained or sent`);
+  }
 }
 
 /** Whether `local − global` is finite everywhere (a step that overflowed is not sent as it is). */

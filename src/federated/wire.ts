@@ -22,6 +22,18 @@ export const WIRE_FORMAT_VERSION = 1;
  * beyond it (src/federated/sync.ts) and the server does not publish one (src/server/rounds.ts).
  */
 export const MAX_MODEL_MAGNITUDE = 1e6;
+
+/**
+ * The first value of a model beyond ±{@link MAX_MODEL_MAGNITUDE} (or not finite), factors before
+ * biases: which item, which part, the value. Undefined when every value is within the bound.
+ */
+export function beyondModelMagnitude(t: Pick<ItemTable, 'itemIds' | 'dim' | 'factors' | 'bias'>): { itemId: string; what: 'factor' | 'bias'; value: number } | undefined {
+  const over = (x: number) => !(Math.abs(x) <= MAX_MODEL_MAGNITUDE);
+  const f = t.factors.findIndex(over);
+  if (f >= 0) return { itemId: t.itemIds[Math.floor(f / t.dim)]!, what: 'factor', value: t.factors[f]! };
+  const b = t.bias.findIndex(over);
+  return b >= 0 ? { itemId: t.itemIds[b]!, what: 'bias', value: t.bias[b]! } : undefined;
+}
 /** Bytes of the fixed update header that precedes the block scales. */
 export const UPDATE_HEADER_BYTES = 80;
 /** Default number of consecutive coordinates that share one float32 quantization scale. */

@@ -64,12 +64,13 @@ const PRIVATE_KEY_TO_VERIFY = "is the private key (it has 'd'): verify with the 
  * list, a private key would otherwise be skipped quietly while another verifies.
  */
 export function checkVerifyKeys(keys: unknown, field: string): void {
-  const list = Array.isArray(keys) ? keys : [keys];
-  list.forEach((k, i) => {
-    if (typeof k === 'object' && k !== null && (k as JsonWebKey).d !== undefined) {
-      throw new ValidationError(Array.isArray(keys) ? `${field}[${i}]` : field, PRIVATE_KEY_TO_VERIFY);
-    }
-  });
+  const i = privateKeyAt(Array.isArray(keys) ? keys : [keys]);
+  if (i >= 0) throw new ValidationError(Array.isArray(keys) ? `${field}[${i}]` : field, PRIVATE_KEY_TO_VERIFY);
+}
+
+/** Index of the first private JWK (one with `d`) in a list of keys given to verify; −1 if none. */
+function privateKeyAt(keys: readonly unknown[]): number {
+  return keys.findIndex((k) => typeof k === 'object' && k !== null && (k as JsonWebKey).d !== undefined);
 }
 
 async function importKey(jwk: JsonWebKey, use: 'sign' | 'verify'): Promise<CryptoKey> {
@@ -77,7 +78,6 @@ async function importKey(jwk: JsonWebKey, use: 'sign' | 'verify'): Promise<Crypt
     throw new SignatureError('bad-key', `the ${use === 'sign' ? 'private' : 'public'} key must be an EC P-256 JWK (kty 'EC', crv 'P-256')`);
   }
   if (use === 'sign' && typeof jwk.d !== 'string') throw new SignatureError('bad-key', "the signing key is a public key; sign with the private JWK (the one with 'd')");
-  if (use === 'verify' && jwk.d !== undefined) throw new SignatureError('bad-key', PRIVATE_KEY_TO_VERIFY);
   const material: JsonWebKey = use === 'verify' ? { kty: 'EC', crv: 'P-256', x: jwk.x, y: jwk.y, ext: true } : jwk;
   try {
     return await subtle().importKey('jwk', material, ALGORITHM, false, [use]);
@@ -144,7 +144,7 @@ export async function verifyOfferCatalog(signed: unknown, publicJwk: JsonWebKey 
   const keys = Array.isArray(publicJwk) ? publicJwk : [publicJwk as JsonWebKey];
   if (keys.length === 0) throw new SignatureError('bad-key', 'no public key given to verify the offer catalog');
   // Before any key verifies: a private key among them must be noticed, not skipped.
-  const priv = keys.findIndex((k) => typeof k === 'object' && k !== null && k.d !== undefined);
+  const priv = privateKeyAt(keys);
   if (priv >= 0) throw new SignatureError('bad-key', `the key${keys.length > 1 ? ` at index ${priv}` : ''} ${PRIVATE_KEY_TO_VERIFY}`);
   // Any one key that verifies is enough: one that cannot be imported (a retired key pasted wrong)
   // is skipped, and only when none imports is that the error.

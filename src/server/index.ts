@@ -6,7 +6,7 @@ import type { Server, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { ValidationError } from '../errors.js';
 import { describeValue } from '../options.js';
-import { chooseBits, decodeModel, DEFAULT_BLOCK_SIZE, MAX_MODEL_MAGNITUDE, UPDATE_BUDGET_BYTES } from '../federated/wire.js';
+import { beyondModelMagnitude, chooseBits, decodeModel, DEFAULT_BLOCK_SIZE, MAX_MODEL_MAGNITUDE, UPDATE_BUDGET_BYTES } from '../federated/wire.js';
 import type { ItemTable } from '../model/item-table.js';
 import { AGGREGATOR_NAMES, DEFAULT_FEDADAM, isAggregatorName, DEFAULT_TRIM_FRACTION, ROBUST_NAMES, trimCount, type AggregatorName, type FedAdamOptions, type RobustName } from './aggregate.js';
 import { createApp } from './app.js';
@@ -487,10 +487,9 @@ export async function createServer(options: ServerOptions = {}): Promise<ServerP
     if (initial) {
       // Devices refuse a model beyond ±MAX_MODEL_MAGNITUDE: a first version they would all refuse
       // (an extreme --bias-scale or popularity) is refused here, before it is stored.
-      const big = [initial.factors, initial.bias].map((a) => a.findIndex((x) => !(Math.abs(x) <= MAX_MODEL_MAGNITUDE)));
-      if (big[0]! >= 0 || big[1]! >= 0) {
-        const [what, i] = big[1]! >= 0 ? ['bias', big[1]!] : ['factor', Math.floor(big[0]! / initial.dim)];
-        throw new ValidationError('options.initialTable', `item ${JSON.stringify(initial.itemIds[i])} has a ${what} beyond ±${MAX_MODEL_MAGNITUDE}, which every device would refuse: lower the bias scale (or the scale of the table)`);
+      const over = beyondModelMagnitude(initial);
+      if (over) {
+        throw new ValidationError('options.initialTable', `item ${JSON.stringify(over.itemId)} has a ${over.what} beyond ±${MAX_MODEL_MAGNITUDE}, which every device would refuse: lower the bias scale (or the scale of the table)`);
       }
     }
     const rounds = await RoundCoordinator.open(storage, initial, config);

@@ -4,7 +4,7 @@
  * at a time through a promise queue, so two requests never aggregate the same round.
  */
 import { ModelError, StorageError } from '../errors.js';
-import { bytesEqual, decodeModel, decodeUpdate, decodeUpdateHeader, dequantizeUpdate, encodeModel, fromHex, MAX_MODEL_MAGNITUDE, sha256, toHex } from '../federated/wire.js';
+import { bytesEqual, decodeModel, decodeUpdate, decodeUpdateHeader, dequantizeUpdate, beyondModelMagnitude, encodeModel, fromHex, MAX_MODEL_MAGNITUDE, sha256, toHex } from '../federated/wire.js';
 import type { ItemTable } from '../model/item-table.js';
 import { applyFedAdam, applyFedAvg, combineDeltas, shrinkRows, DEFAULT_FEDADAM, trimCount, type AggregatorName, type FedAdamOptions, type RobustName } from './aggregate.js';
 import { StorageConflictError, type NewUpdate, type Storage, type StoredVersion } from './storage.js';
@@ -779,8 +779,8 @@ export class RoundCoordinator {
     // A version no device would take (not finite, or beyond ±MAX_MODEL_MAGNITUDE: an extreme
     // server learning rate or scale) must never be published: the updates stay pending and the
     // round is retried.
-    const bad = outOfRange(next.factors) ?? outOfRange(next.bias);
-    if (bad !== undefined) throw new Error(`the aggregate of ${consumed.length} updates is out of range (${bad}, devices refuse beyond ±${MAX_MODEL_MAGNITUDE}); nothing was published, the updates stay pending: lower the server's learning rate or scale`);
+    const bad = beyondModelMagnitude(next);
+    if (bad) throw new Error(`the aggregate of ${consumed.length} updates is out of range (the ${bad.what} of item ${JSON.stringify(bad.itemId)} is ${bad.value}, devices refuse beyond ±${MAX_MODEL_MAGNITUDE}); nothing was published, the updates stay pending: lower the server's learning rate or scale`);
     const model = encodeModel(next);
     const stored: StoredVersion = {
       version: next.version,
@@ -810,7 +810,3 @@ export class RoundCoordinator {
   }
 }
 
-function outOfRange(a: Float32Array): string | undefined {
-  for (let i = 0; i < a.length; i++) if (!(Math.abs(a[i]!) <= MAX_MODEL_MAGNITUDE)) return `value ${i} is ${a[i]}`;
-  return undefined;
-}
