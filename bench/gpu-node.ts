@@ -37,13 +37,13 @@ import { looSplit } from '../src/eval/loo-split.js';
 import { MODELS, planModels } from '../src/eval/model-registry.js';
 import { PRESETS } from '../src/eval/presets.js';
 import { evaluateModel } from '../src/eval/runner.js';
-import type { Split } from '../src/eval/split.js';
+import { trainSequences, type Split } from '../src/eval/split.js';
 import { selectBackend } from '../src/model/backend.js';
 import { cloneItemTable, createItemTable, type ItemTable } from '../src/model/item-table.js';
 import { Random } from '../src/model/random.js';
 import { Scorer } from '../src/model/score.js';
 import * as tf from '../src/model/tf.js';
-import { trainItemTable, type Sequence } from '../src/model/train.js';
+import { trainItemTable } from '../src/model/train.js';
 
 type Backend = 'wasm' | 'cpu' | 'webgpu';
 const args = process.argv.slice(2);
@@ -92,17 +92,6 @@ async function use(b: Backend): Promise<void> {
   await tf.ready();
 }
 
-/** Training sequences from a split's training histories (users with at least two items). */
-function sequencesOf(split: Split, maxUsers = Infinity): Sequence[] {
-  const out: Sequence[] = [];
-  const { ptr, items } = split.train;
-  for (let u = 0; u + 1 < ptr.length && out.length < maxUsers; u++) {
-    if (ptr[u + 1]! - ptr[u]! < 2) continue;
-    const rows = items.subarray(ptr[u]!, ptr[u + 1]!);
-    out.push({ rows, weights: new Float32Array(rows.length).fill(1) });
-  }
-  return out;
-}
 
 function maxAbsDiff(a: Float32Array, b: Float32Array): number {
   let m = 0;
@@ -112,7 +101,7 @@ function maxAbsDiff(a: Float32Array, b: Float32Array): number {
 
 async function parity(split: Split): Promise<void> {
   // Two epochs over the first users' histories, from one starting table, on every backend.
-  const seqs = sequencesOf(split, quick ? 50 : 200);
+  const seqs = trainSequences(split, quick ? 50 : 200);
   const start = createItemTable(split.itemIds, 32, { seed: 3 });
   const trained: Partial<Record<Backend, ItemTable>> = {};
   for (const b of backends) {

@@ -8,7 +8,7 @@ import type { ItemTable } from '../model/item-table.js';
 import type { TrainConfig } from '../model/train.js';
 import type { EvalModel } from './eval-model.js';
 import { weightedHistory, type HistoryWeighting } from './history-weighting.js';
-import type { Split } from './split.js';
+import { trainSequences, type Split } from './split.js';
 
 /** The shipped model's training settings, plus what the eval harness adds around them. */
 export interface LocalrecEvalOptions extends Omit<TrainConfig, 'initialAccumulator'>, Partial<Pick<TrainConfig, 'initialAccumulator'>> {
@@ -54,16 +54,9 @@ export class LocalrecModel implements EvalModel {
     const popularity = new Float32Array(n);
     for (const i of split.train.items) popularity[i]++;
     const table = createItemTable(split.itemIds, this.o.dim, { seed: this.o.seed, popularity });
-    const { ptr, items } = split.train;
-    const sequences = [];
-    for (let u = 0; u + 1 < ptr.length; u++) {
-      if (ptr[u + 1] - ptr[u] < 2) continue;
-      const rows = items.subarray(ptr[u], ptr[u + 1]);
-      sequences.push({ rows, weights: new Float32Array(rows.length).fill(1) });
-    }
     await trainItemTable(
       table,
-      sequences,
+      trainSequences(split),
       {
         epochs: this.o.epochs,
         batchSize: this.o.batchSize,

@@ -73,3 +73,18 @@ export function usersByItem(s: Split): { ptr: Int32Array; users: Int32Array } {
   }
   return { ptr: cnt, users };
 }
+
+/**
+ * Each training user's history as a training sequence (rows in time order, weight 1), users with
+ * fewer than two items left out; at most `maxUsers` of them, first users first.
+ */
+export function trainSequences(s: Split, maxUsers = Infinity): Array<{ rows: Int32Array; weights: Float32Array }> {
+  const out: Array<{ rows: Int32Array; weights: Float32Array }> = [];
+  const { ptr, items } = s.train;
+  for (let u = 0; u + 1 < ptr.length && out.length < maxUsers; u++) {
+    if (ptr[u + 1]! - ptr[u]! < 2) continue;
+    const rows = items.subarray(ptr[u]!, ptr[u + 1]!);
+    out.push({ rows, weights: new Float32Array(rows.length).fill(1) });
+  }
+  return out;
+}
