@@ -79,7 +79,9 @@ export interface Recommender {
   flush(): Promise<void>;
   /**
    * Stores what is queued, stops the worker. The data stays on the device. During an `erase()` it
-   * resolves once the erase has ended (the worker stops either way).
+   * resolves once the erase has ended (the worker stops either way). When that last write fails
+   * (storage full), it rejects with a `StorageError` saying how many events were lost, after the
+   * worker has stopped.
    */
   close(): Promise<void>;
   /**

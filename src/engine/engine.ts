@@ -1,4 +1,4 @@
-import { ClosedError, ConsentError, ModelError, NetworkError, syncCancelled, ValidationError, PrivacyBudgetError } from '../errors.js';
+import { ClosedError, ConsentError, ModelError, NetworkError, StorageError, syncCancelled, ValidationError, PrivacyBudgetError } from '../errors.js';
 import { boolOption, checkSignal, describeValue, intOption, knownKeys, nameOption, OPTION_KEYS } from '../options.js';
 import { checkEventAge, validateEvent } from '../events/schema.js';
 import { DEFAULT_RETENTION, deleteEventDatabase, MemoryEventStore, openEventStore, quotaEvictedBy, type AddResult, type EventStore, type Retention } from '../events/store.js';
@@ -317,7 +317,7 @@ export class Engine {
   private readonly sessionDecay: number;
   private readonly stepDecay: number;
   private readonly autoTrainEvery: number;
-  private consent: { personalization: boolean; federated: boolean };
+  private consent: Consent;
   private consentHistory: ConsentRecord[] = [];
   private droppedBeforeConsent = 0;
 
@@ -563,15 +563,16 @@ export class Engine {
    */
   async setConsent(c: { personalization?: boolean; federated?: boolean }): Promise<void> {
     this.assertOpen();
+    if (this.closing) throw new ClosedError('the recommender is closing');
     if (typeof c !== 'object' || c === null) throw new ValidationError('consent', `must be an object like { personalization: true, federated: false }, got ${describeValue(c)}`);
     knownKeys(c, 'consent', OPTION_KEYS.consent);
     boolOption(c.personalization, 'consent.personalization');
     boolOption(c.federated, 'consent.federated');
-    const next = { personalization: c.personalization ?? this.consent.personalization, federated: c.federated ?? this.consent.federated };
     // When the shopper asked: another tab's change asked for earlier does not undo this one.
     const at = Math.max(this.now(), this.consentAt);
     this.consentAt = at;
-    await this.applyConsent(next, 'setConsent');
+    // What is left out stays as the change before this one (still under way, maybe) leaves it.
+    const next = await this.applyConsent((cur) => ({ personalization: c.personalization ?? cur.personalization, federated: c.federated ?? cur.federated }), 'setConsent');
     // The shop's other tabs on this device follow (their engines share this database).
     this.tell({ type: 'consent', ...next, at });
   }
@@ -599,14 +600,32 @@ export class Engine {
    * Moves to `next` consent: from `setConsent`, or from another tab's (`another-tab`: that tab has
    * already erased or opened the database; this one only drops or opens its own handle and state).
    */
-  private async applyConsent(next: { personalization: boolean; federated: boolean }, source: ConsentRecord['source'], at?: number): Promise<void> {
-    try {
-      await this.applyConsentSteps(next, source, at);
-    } finally {
-      // Whatever became of the steps, this.consent is `next` (or a later change's): say so.
-      this.consentApplied();
-    }
+  private applyConsent(
+    change: Consent | ((current: Consent) => Consent),
+    source: ConsentRecord['source'],
+    at?: number,
+  ): Promise<Consent> {
+    // One change at a time: a grant still opening the database when a withdrawal comes would
+    // otherwise install the store the withdrawal has just deleted.
+    const run = this.consentChain.then(async () => {
+      const next = typeof change === 'function' ? change(this.consent) : change;
+      try {
+        await this.applyConsentSteps(next, source, at);
+      } finally {
+        // Whatever became of the steps, this.consent is `next`: say so.
+        this.consentApplied();
+      }
+      return next;
+    });
+    this.consentChain = run.then(
+      () => undefined,
+      () => undefined,
+    );
+    return run;
   }
+
+  /** The consent change under way (and those queued behind it); settles, never rejects. */
+  private consentChain: Promise<void> = Promise.resolve();
 
   /** `at`: when another tab asked for the change (its message's time), for `source` 'another-tab'. */
   private async applyConsentSteps(next: { personalization: boolean; federated: boolean }, source: ConsentRecord['source'], at?: number): Promise<void> {
@@ -624,6 +643,8 @@ export class Engine {
       await this.syncing?.catch(() => undefined);
     }
     if (next.personalization && !was) {
+      // A store the caller gave, destroyed by an earlier withdrawal, is used again (empty).
+      this.opts.store?.reopen?.();
       this.store = this.opts.store ?? (await openEventStore(this.opts.dbName ?? 'localrec', this.retention));
       this.noteFallback(this.store);
       this.watchStore(this.store);
@@ -923,6 +944,8 @@ export class Engine {
    */
   enqueue(events: unknown[]): number {
     this.assertOpen();
+    // close() has written the queue (or is writing it): nothing accepted now would be written.
+    if (this.closing) throw new ClosedError('the recommender is closing: events are no longer taken');
     if (!Array.isArray(events)) throw new ValidationError('events', `must be an array of events, got ${describeValue(events)}`);
     if (!this.consent.personalization) {
       // Dropped unread: before consent not even validation results are kept.
@@ -1878,7 +1901,11 @@ export class Engine {
     return this.table;
   }
 
-  /** Writes what is queued, waits for training to finish, and releases the store and tensors. */
+  /**
+   * Writes what is queued, waits for training to finish, and releases the store and tensors. Events
+   * are refused from its start; a failed last write rejects it (a StorageError naming the events
+   * lost) once everything is released.
+   */
   async close(): Promise<void> {
     if (this.closed) return;
     this.disarmAutoSync();
@@ -1889,7 +1916,14 @@ export class Engine {
     this.closing = true;
     this.neighborAbort?.abort();
     await this.syncing?.catch(() => undefined);
-    await this.flush().catch(() => undefined);
+    // A consent change under way settles first: a grant opening the database installs its store,
+    // which is then closed below, not left open.
+    await this.consentChain;
+    // The last write: when it fails, what was queued is lost, and the caller hears of it (once
+    // everything is released).
+    let lost: unknown;
+    const queued = this.queue.length;
+    await this.flush().catch((e: unknown) => (lost = e));
     await this.neighborsLoading;
     await this.training?.catch(() => undefined);
     this.closed = true;
@@ -1899,6 +1933,9 @@ export class Engine {
     await this.reloading?.catch(() => undefined);
     this.scorer.dispose();
     this.store.close();
+    if (lost !== undefined) {
+      throw new StorageError(`close(): the last ${queued} queued event(s) could not be written and are lost: ${lost instanceof Error ? lost.message : String(lost)}`, { cause: lost });
+    }
   }
 
   /** Deletes every event and the saved weights, and the database itself. */
@@ -1913,6 +1950,8 @@ export class Engine {
     this.cancelAllSyncs();
     this.neighborAbort?.abort();
     await this.syncing?.catch(() => undefined);
+    // A grant under way has installed its store (destroyed below) before erasing goes on.
+    await this.consentChain;
     await this.training?.catch(() => undefined);
     // A write under way ends before the database goes (what it took is not written: dataEpoch).
     await this.flushing;
@@ -1937,10 +1976,19 @@ export class Engine {
    * have left the database behind, and erasing or withdrawing consent must remove it too.
    */
   private async deleteStoredDatabase(): Promise<void> {
-    if (this.store.kind === 'indexeddb' || this.opts.store) return;
+    // A store the caller gave (not the one in use: the session started without consent) holds
+    // what an earlier session stored in it.
+    if (this.opts.store) {
+      if (this.opts.store !== this.store) await this.opts.store.destroy();
+      return;
+    }
+    if (this.store.kind === 'indexeddb') return;
     await deleteEventDatabase(this.opts.dbName ?? 'localrec');
   }
 }
+
+/** The two consents an engine follows. */
+type Consent = { personalization: boolean; federated: boolean };
 
 /** The records of both lists, each once (same time, values and source), in time order (stable). */
 export function mergeConsentRecords(a: readonly ConsentRecord[], b: readonly ConsentRecord[]): ConsentRecord[] {

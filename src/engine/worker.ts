@@ -196,9 +196,13 @@ export const workerApi = {
   async close(): Promise<void> {
     rawBench?.V.dispose();
     rawBench = undefined;
-    await engine?.close();
-    engine = undefined;
-    starting = undefined;
+    try {
+      await engine?.close();
+    } finally {
+      // A close that reports a lost last write has still released everything.
+      engine = undefined;
+      starting = undefined;
+    }
   },
   async erase(): Promise<void> {
     await ready().erase();

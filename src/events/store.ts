@@ -77,6 +77,11 @@ export interface EventStore {
   onVanished?: (() => void) | undefined;
   /** Deletes every event and every meta record, then the database itself. */
   destroy(): Promise<void>;
+  /**
+   * IndexedDB only: after {@link destroy} or {@link close}, makes the store usable again, empty
+   * (the engine's consent granted anew on a store the caller gave it); does nothing to an open store.
+   */
+  reopen?(): void;
   close(): void;
 }
 
@@ -582,7 +587,23 @@ export class IdbEventStore implements EventStore {
   async destroy(): Promise<void> {
     this.close();
     await deleteDB(this.name);
+    this.destroyed = true;
   }
+
+  /**
+   * After {@link destroy} or {@link close}: usable again. After a destroy, reads see it empty without
+   * creating it and the next write creates it; after a close, the next call reconnects. Nothing
+   * changes on an open store.
+   */
+  reopen(): void {
+    if (!this.closedByCaller) return;
+    this.closedByCaller = false;
+    // Deleted by destroy(): known to be absent until the next write. Closed only: reconnects.
+    if (this.destroyed) this.reopenLazily();
+    this.destroyed = false;
+  }
+
+  private destroyed = false;
 
   close(): void {
     this.closedByCaller = true;

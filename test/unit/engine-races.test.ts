@@ -7,6 +7,8 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { describe, it } from 'node:test';
 import { Engine } from '../../src/engine/engine.js';
+import { StorageError } from '../../src/errors.js';
+import { IdbEventStore, MemoryEventStore } from '../../src/events/store.js';
 import { createItemTable } from '../../src/model/item-table.js';
 import type { FetchLike } from '../../src/federated/sync.js';
 import { startServer } from '../../src/server/index.js';
@@ -134,5 +136,86 @@ describe('overlapping calls', () => {
       await e.erase();
       await srv.close();
     }
+  });
+
+  it('close(): an event offered while it waits for training is refused, not accepted and lost', async () => {
+    const e = await open('races-close-track');
+    e.enqueue(Array.from({ length: 20 }, (_, i) => ({ type: 'view', itemId: `p${i}` })));
+    await e.flush();
+    const training = e.train({ epochs: 20 });
+    const closing = e.close();
+    await settle(5);
+    assert.throws(() => e.enqueue([{ type: 'purchase', itemId: 'p7' }]), { name: 'ClosedError', message: /closing/ });
+    await training.catch(() => undefined);
+    await closing;
+    const stored = await IdbEventStore.open('races-close-track');
+    try {
+      const all = await stored.all();
+      assert.equal(all.length, 20);
+      assert.ok(!all.some((ev) => ev.type === 'purchase'));
+    } finally {
+      await stored.destroy();
+    }
+  });
+
+  it('close(): a last write that fails is reported (the events are named lost), after everything is released', async () => {
+    class FailingStore extends MemoryEventStore {
+      fail = false;
+      override async add(...args: Parameters<MemoryEventStore['add']>) {
+        if (this.fail) throw new StorageError('quota exceeded (simulated)');
+        return super.add(...args);
+      }
+    }
+    const store = new FailingStore();
+    const e = await Engine.create({ catalog, backend: 'cpu', autoTrainEvery: 0, model: { dim: 8 }, store });
+    assert.equal(e.enqueue([{ type: 'purchase', itemId: 'p1' }, { type: 'view', itemId: 'p2' }]), 2);
+    store.fail = true;
+    await assert.rejects(e.close(), { name: 'StorageError', message: /close\(\): the last 2 queued event\(s\) could not be written and are lost: quota exceeded \(simulated\)/ });
+    assert.throws(() => e.enqueue([{ type: 'view', itemId: 'p3' }]), { name: 'ClosedError' });
+    await e.close(); // closed: nothing more to do
+  });
+
+  it('consent granted and withdrawn at once: applied in order, no deleted store installed, nothing left stored', async () => {
+    const e = await Engine.create({ catalog, backend: 'cpu', dbName: 'races-consent', autoTrainEvery: 0, model: { dim: 8 }, consent: { personalization: false, federated: false } });
+    try {
+      assert.deepEqual(await outcomes([e.setConsent({ personalization: true }), e.setConsent({ personalization: false })]), ['ok', 'ok']);
+      assert.deepEqual(e.consentState(), { personalization: false, version: 2 });
+      const s = await e.stats();
+      assert.equal(s.storage, 'memory');
+      assert.equal(e.enqueue([{ type: 'view', itemId: 'p1' }]), 0, 'withdrawn: events are dropped');
+      assert.deepEqual((await indexedDB.databases()).map((d) => d.name).filter((n) => n === 'races-consent'), []);
+      // A partial change queued behind another takes what that one left: federated alone keeps personalization.
+      await Promise.all([e.setConsent({ personalization: true }), e.setConsent({ federated: true })]);
+      assert.equal((await e.stats()).storage, 'indexeddb');
+      assert.deepEqual(e.consentState(), { personalization: true, version: 4 });
+    } finally {
+      await e.erase();
+    }
+  });
+
+  it('a store the caller gave: usable again after consent is withdrawn and granted; emptied by a withdrawal in a session that started without consent', async () => {
+    const idb = await IdbEventStore.open('races-injected');
+    const a = await Engine.create({ catalog, backend: 'cpu', autoTrainEvery: 0, model: { dim: 8 }, store: idb });
+    a.enqueue([{ type: 'view', itemId: 'p1' }]);
+    await a.flush();
+    await a.setConsent({ personalization: false });
+    await a.setConsent({ personalization: true });
+    assert.equal((await a.stats()).events.total, 0, 'the withdrawal erased what was stored');
+    a.enqueue([{ type: 'view', itemId: 'p2' }]);
+    await a.flush();
+    assert.deepEqual((await idb.all()).map((ev) => ev.itemId), ['p2']);
+    assert.equal((await a.recommend({ k: 1 })).length, 1);
+    await a.erase();
+
+    const mem = new MemoryEventStore();
+    const earlier = await Engine.create({ catalog, backend: 'cpu', autoTrainEvery: 0, model: { dim: 8 }, store: mem });
+    earlier.enqueue([{ type: 'purchase', itemId: 'p1' }]);
+    await earlier.close();
+    assert.equal((await mem.all()).length, 1);
+    const later = await Engine.create({ catalog, backend: 'cpu', autoTrainEvery: 0, model: { dim: 8 }, store: mem, consent: { personalization: false, federated: false } });
+    await later.setConsent({ personalization: false });
+    assert.equal((await mem.all()).length, 0, 'the earlier session\'s events are erased');
+    assert.equal(await mem.getMeta('consent'), undefined);
+    await later.close();
   });
 });
