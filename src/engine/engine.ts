@@ -1,4 +1,4 @@
-import { ClosedError, ConsentError, ModelError, NetworkError, StorageError, syncCancelled, ValidationError, PrivacyBudgetError } from '../errors.js';
+import { AbortError, ClosedError, ConsentError, ModelError, NetworkError, StorageError, syncCancelled, ValidationError, PrivacyBudgetError } from '../errors.js';
 import { boolOption, checkSignal, describeValue, intOption, knownKeys, nameOption, OPTION_KEYS } from '../options.js';
 import { checkEventAge, validateEvent } from '../events/schema.js';
 import { DEFAULT_RETENTION, deleteEventDatabase, MemoryEventStore, openEventStore, quotaEvictedBy, type AddResult, type EventStore, type Retention } from '../events/store.js';
@@ -105,6 +105,10 @@ export const MODEL_KEY = 'model';
  */
 export const DEFAULT_SESSION_DECAY = 0.5;
 export const PRIVACY_KEY = 'privacy';
+/** Meta key: the secure-aggregation cohorts this shopper's syncs joined, newest last (see claimCohort). */
+export const COHORTS_KEY = 'cohorts';
+/** Cohorts kept under {@link COHORTS_KEY}: far more than could form while one sync waits. */
+const MAX_COHORTS_KEPT = 64;
 export const EGRESS_KEY = 'egress';
 export const CONSENT_KEY = 'consent';
 export const OFFERS_KEY = 'offers';
@@ -1437,6 +1441,20 @@ export class Engine {
    * nothing uploaded, no ε spent (so it works past the budget). When the version the weights build
    * on is still the newest, the server answers 304 and nothing is downloaded or changed.
    */
+  /**
+   * Records (in one transaction, as other tabs do) that a sync of this shopper joined `cohort`;
+   * refuses when one already did: two tabs syncing at once may land in one cohort, where their
+   * identical updates would add up before the noise.
+   */
+  private claimCohort = async (cohort: string): Promise<void> => {
+    await this.store.updateMeta<string[]>(COHORTS_KEY, (joined) => {
+      if (joined?.includes(cohort)) {
+        throw new AbortError(`sync stopped: another tab of this shop joined cohort ${cohort} with the same history (two updates of one shopper in one cohort would spend more ε than recorded); no update was sent and no ε was spent`);
+      }
+      return [...(joined ?? []), cohort].slice(-MAX_COHORTS_KEPT);
+    });
+  };
+
   private async pullRound(signal: AbortSignal): Promise<SyncResultInfo> {
     const { fed, budget, through, history, train, table } = await this.syncStart();
     const egress: EgressEntry[] = [];
@@ -1520,6 +1538,7 @@ export class Engine {
         ...(held ? { held } : {}),
         accountant,
         recordRelease,
+        claimCohort: this.claimCohort,
         budget,
         delta,
         history,

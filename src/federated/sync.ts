@@ -115,6 +115,15 @@ export interface SyncOptions {
    * each spend what is left, or one overwrite the other's record. Default: `accountant.record`.
    */
   recordRelease?: (noiseMultiplier: number) => Promise<RdpAccountant>;
+  /**
+   * Secure aggregation: called once this device has joined cohort `cohort`, before it waits for
+   * the cohort to fill; rejects when another sync of the same shopper (another tab) joined that
+   * cohort. Two uploads of one history in one cohort add up before the noise (sensitivity 2C
+   * against σC), which the accountant, charging two releases at σ, would under-count. On a
+   * rejection the device leaves the cohort (or, once it is full, drops out of it) and sends
+   * nothing.
+   */
+  claimCohort?: (cohort: string) => Promise<void>;
   /** Attempts for a request that fails with a network error or a 5xx (default 3), with backoff. */
   attempts?: number;
   /** First backoff delay in ms (doubles each retry; default 500). */
@@ -628,6 +637,15 @@ async function sendMasked(
     committed = true;
   };
   const cancelled = (left: string) => syncCancelled(`while cohort ${joined.cohort} was forming; ${left}`);
+  if (o.claimCohort) {
+    try {
+      await o.claimCohort(joined.cohort);
+    } catch (e) {
+      // Whether the place was given back or the cohort filled meanwhile, nothing is sent into it.
+      await leave();
+      throw e;
+    }
+  }
   for (;;) {
     if (o.signal?.aborted && !committed) await stop(cancelled);
     // Only this member's and its mask neighbours' keys: degree + 1 keys, whatever the cohort size.

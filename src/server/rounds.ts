@@ -74,7 +74,7 @@ interface Current {
 
 type StoredUpload =
   | { masked: false; rows: number; frozenBiases: boolean }
-  | { masked: true; length: number; cohortSize: number; bits: number; step: number };
+  | { masked: true; length: number; cohortSize: number; bits: number; step: number; sealedShares: number };
 
 /** What a stored upload is, from its header: a plain update or a masked one, with what it was sent under; null when neither decodes. */
 function storedUpload(body: Uint8Array): StoredUpload | null {
@@ -86,7 +86,7 @@ function storedUpload(body: Uint8Array): StoredUpload | null {
   }
   try {
     const h = decodeMaskedHeader(body);
-    return { masked: true, length: h.length, cohortSize: h.cohortSize, bits: h.bits, step: h.step };
+    return { masked: true, length: h.length, cohortSize: h.cohortSize, bits: h.bits, step: h.step, sealedShares: h.sealedShares };
   } catch {
     return null;
   }
@@ -123,6 +123,15 @@ async function checkPending(storage: Storage, config: RoundConfig): Promise<void
       throw new ModelError(
         `the store holds pending updates of ${sent}, and this server trains ${expected} ${masked ? 'values' : 'rows'} ` +
           `(trainRows ${config.trained.rows}, trainBiases ${config.trained.biases}); restart with the --train-rows/--freeze-biases they were sent under, or use another data dir`,
+      );
+    }
+    // Uploads with a self-mask (dropout recovery on) are unmasked only through recovery; summed as
+    // plain masked uploads their self-masks would stay on (noise published as a model), and plain
+    // ones never become a recovering cohort (they would be discarded as incomplete).
+    if (u.masked && sa && u.sealedShares > 0 !== usesSelfMask(sa)) {
+      throw new ModelError(
+        `the store holds pending masked uploads sent ${u.sealedShares > 0 ? 'with' : 'without'} dropout recovery, and this server runs ${usesSelfMask(sa) ? 'with' : 'without'} it; ` +
+          `restart ${u.sealedShares > 0 ? 'with the --secagg-survivors' : 'without --secagg-survivors (or with it equal to --min-clients)'} they were sent under until they are published, or use another data dir`,
       );
     }
     // A masked sum is unmasked at the cohort size and decoded at the step it was encoded with.

@@ -869,3 +869,38 @@ describe('sync edge cases: waiting calls, budget, caches, consent', () => {
     });
   });
 });
+
+describe('sync() under secure aggregation: two tabs of one shopper', () => {
+  it('the second tab to join a cohort the first joined leaves it and sends nothing: one shopper, one update per cohort, one release recorded', async () => {
+    const srv = await startServer({ port: 0, dataDir: null, initialTable: createItemTable(ids, 16, { seed: 4 }), minClients: 3, clip: 1, noiseMultiplier: 1, rateLimit: false, secureAggregation: { timeoutMs: 30_000 }, log: () => {} });
+    const shared = new MemoryEventStore(); // the two tabs' one database
+    const tabA = await deviceAt(srv.url, ['sku-51', 'sku-52', 'sku-53'], { store: shared });
+    const tabB = await deviceAt(srv.url, [], { store: shared });
+    const others = [await deviceAt(srv.url, ['sku-60', 'sku-61']), await deviceAt(srv.url, ['sku-70', 'sku-71'])];
+    try {
+      // Both tabs join first (the cohort of three is then theirs and one more), the others after.
+      const joined = (e: Engine) => {
+        let done!: () => void;
+        const seen = new Promise<void>((r) => (done = r));
+        return { seen, sync: e.sync({ onProgress: (p) => p.phase === 'cohort' && done() }) };
+      };
+      const a = joined(tabA);
+      await a.seen;
+      const b = tabB.sync();
+      await assert.rejects(b, (e: Error) => e.name === 'AbortError' && /another tab of this shop joined cohort [0-9a-f]+ .*no update was sent and no ε was spent/.test(e.message));
+      const rest = await Promise.all([a.sync, ...others.map((e) => e.sync())]);
+      assert.deepEqual(rest.map((r) => [r.sent, r.cohortSize]), [[true, 3], [true, 3], [true, 3]]);
+      const round = (await (await fetch(`${srv.url}/v1/rounds/current`)).json()) as { version: number };
+      assert.equal(round.version, 1, 'the cohort the second tab left published');
+      const stored = await shared.getMeta<AccountantState>(PRIVACY_KEY);
+      assert.equal(stored?.releases, 1, "the shopper's one release");
+      assert.equal((await tabB.stats()).privacy.syncs, 1);
+      const posts = (await tabB.egressLog()).filter((l) => l.method === 'POST').map((l) => l.endpoint.replace(/[0-9a-f]{16,}/, ':id'));
+      assert.ok(posts.includes('/v1/secagg/join'), 'the log holds both tabs\' requests');
+      assert.equal(posts.filter((p) => p === '/v1/secagg/updates').length, 1, 'one upload for the shopper');
+    } finally {
+      for (const e of [tabA, tabB, ...others]) await e.close();
+      await srv.close();
+    }
+  });
+});

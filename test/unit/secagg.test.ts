@@ -431,6 +431,11 @@ test('a restart with another cohort size or step refuses pending masked uploads 
     const start = (o: { noiseMultiplier: number; minClients: number }) => createServer({ dataDir: dir, initialTable: initialTable(), secureAggregation: true, rateLimit: false, log: () => {}, ...o });
     await assert.rejects(start({ noiseMultiplier: 3, minClients: 3 }), /pending masked uploads sent for cohorts of 3 at \d+ bits, step [\d.e-]+, and this server uses 3 at \d+ bits, step [\d.e-]+; restart with the settings they were sent under \(--min-clients, --secagg-bits, and for the step --clip, --noise/);
     await assert.rejects(start({ noiseMultiplier: 1, minClients: 4 }), /sent for cohorts of 3 .* this server uses 4 /);
+    // Recovery turned on: these uploads carry no self-mask, and would never make a recovering cohort.
+    await assert.rejects(
+      createServer({ dataDir: dir, initialTable: initialTable(), secureAggregation: { minSurvivors: 2 }, rateLimit: false, log: () => {}, noiseMultiplier: 1, minClients: 3 }),
+      /pending masked uploads sent without dropout recovery, and this server runs with it; restart without --secagg-survivors/,
+    );
     // The same config as they were sent under publishes them, at their scale.
     const again = await start({ noiseMultiplier: 1, minClients: 3 });
     try {
@@ -440,6 +445,42 @@ test('a restart with another cohort size or step refuses pending masked uploads 
       assert.ok(Math.abs(moved - 0.1) < 1e-3, `the biases moved by the cohort's mean, +0.1: ${moved}`);
     } finally {
       await again.storage.close();
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('a restart without dropout recovery refuses pending self-masked uploads (summed plainly, their self-masks would be published as the model), and keeps them', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'localrec-secagg-selfmask-'));
+  // σ 0.5: the step is the same with and without recovery, so only the self-masks tell the two apart.
+  const common = { dataDir: dir, initialTable: initialTable(), minClients: 3, noiseMultiplier: 0.5, rateLimit: false as const, log: () => {} };
+  try {
+    const first = await createServer({ ...common, secureAggregation: { minSurvivors: 2 } });
+    const sa = first.rounds.config.secureAggregation!;
+    const members = [];
+    for (let i = 0; i < 3; i++) {
+      const keys = await secAggKeyPair();
+      const j = (await (await first.app.request('/v1/secagg/join', { method: 'POST', body: keys.publicKey as Uint8Array<ArrayBuffer> })).json()) as { cohort: string; index: number; token: string };
+      members.push({ ...j, keys });
+    }
+    for (const m of members) {
+      const view = (await (await first.app.request(`/v1/secagg/cohorts/${m.cohort}/members/${m.index}`)).json()) as { memberKeys: Record<string, string> };
+      const publicKeys = new Map(Object.entries(view.memberKeys).map(([k, v]) => [Number(k), Uint8Array.from(Buffer.from(v, 'hex'))] as const));
+      const mask = { index: m.index, cohortId: Uint8Array.from(Buffer.from(m.cohort, 'hex')), publicKeys, privateKey: m.keys.privateKey, params: sa };
+      const twice = await addSelfMask(await maskValues(encodeFixedPoint(new Float64Array(IDS.length * (DIM + 1)), sa.step, sa.bits, () => 0.5), mask), mask);
+      const body = encodeMaskedUpdate({ cohortId: mask.cohortId, index: m.index, cohortSize: 3, bits: sa.bits, step: sa.step, baseVersion: 0, ...twice });
+      assert.equal((await first.app.request('/v1/secagg/updates', { method: 'POST', body: body as Uint8Array<ArrayBuffer>, headers: { 'X-Localrec-Cohort-Token': m.token } })).status, 202);
+    }
+    await first.storage.close();
+    const plain = createServer({ ...common, secureAggregation: true });
+    await assert.rejects(plain, /pending masked uploads sent with dropout recovery, and this server runs without it; restart with the --secagg-survivors they were sent under/);
+    const { SqliteStorage } = await import('../../src/server/sqlite-storage.js');
+    const stored = SqliteStorage.open(dir);
+    try {
+      assert.equal(await stored.pendingCount(), 3, 'kept');
+    } finally {
+      await stored.close();
     }
   } finally {
     rmSync(dir, { recursive: true, force: true });
