@@ -103,7 +103,10 @@ export function checkSecAggParams(p: Partial<SecAggParams>, field = 'secureAggre
   if (!Number.isInteger(cohortSize) || cohortSize! < 2 || cohortSize! > 100_000) throw new ValidationError(`${field}.cohortSize`, `must be an integer 2..100000, got ${String(cohortSize)}`);
   if (!Number.isInteger(bits) || bits! < 2 || bits! > 32) throw new ValidationError(`${field}.bits`, `must be an integer 2..32, got ${String(bits)}`);
   if (typeof step !== 'number' || !Number.isFinite(step) || step <= 0) throw new ValidationError(`${field}.step`, `must be a positive number, got ${String(step)}`);
-  if (!Number.isInteger(degree) || degree! < 2 || degree! % 2 !== 0) throw new ValidationError(`${field}.degree`, `must be an even integer ≥ 2, got ${String(degree)}`);
+  // (Beyond cohortSize a degree adds no neighbour: the bound keeps a device from looping on one.)
+  if (!Number.isInteger(degree) || degree! < 2 || degree! % 2 !== 0 || degree! > 2 * cohortSize!) {
+    throw new ValidationError(`${field}.degree`, `must be an even integer from 2 to twice the cohort size (${2 * cohortSize!}), got ${String(degree)}`);
+  }
   const t = p.minSurvivors ?? cohortSize!;
   if (!Number.isInteger(t) || t < 2 || t > cohortSize!) throw new ValidationError(`${field}.minSurvivors`, `must be an integer 2..cohortSize (${cohortSize}), got ${String(p.minSurvivors)}`);
   if (t < cohortSize! && Math.min(degree!, cohortSize! - 1) > MAX_RECOVERY_DEGREE) {
@@ -125,7 +128,8 @@ export function checkSecAggParams(p: Partial<SecAggParams>, field = 'secureAggre
 export function maskNeighbours(index: number, size: number, degree: number): number[] {
   const out: number[] = [];
   const seen = new Set<number>([index]);
-  for (let s = 1; s <= degree / 2; s++) {
+  // Past half the cohort every member is a neighbour already.
+  for (let s = 1; s <= Math.min(degree / 2, Math.ceil(size / 2)); s++) {
     for (const j of [(index + s) % size, (index - s + size * s) % size]) {
       if (!seen.has(j)) {
         seen.add(j);

@@ -268,12 +268,24 @@ async function request(
   throw lastError;
 }
 
+/** Longest cohort fill or upload deadline a device accepts from a server config. */
+export const MAX_COHORT_TIMEOUT_MS = 86_400_000;
+
 /** Checks a `GET /v1/config` body; throws a {@link ValidationError} naming the first bad field. */
 export function parseServerConfig(c: Partial<ServerConfig>): ServerConfig {
   for (const k of ['dim', 'items', 'clip', 'noiseMultiplier', 'bits', 'blockSize', 'version', 'minClients'] as const) {
     if (typeof c[k] !== 'number' || !Number.isFinite(c[k])) throw new ValidationError(`server config.${k}`, `must be a number, got ${String(c[k])}`);
   }
-  if (c.secureAggregation != null) checkSecAggParams(c.secureAggregation, 'server config.secureAggregation');
+  if (c.secureAggregation != null) {
+    checkSecAggParams(c.secureAggregation, 'server config.secureAggregation');
+    // How long the device waits for its cohort: from the server, so bounded (a day at most).
+    for (const k of ['timeoutMs', 'uploadTimeoutMs'] as const) {
+      const v = c.secureAggregation[k];
+      if (v !== undefined && !(typeof v === 'number' && Number.isFinite(v) && v > 0 && v <= MAX_COHORT_TIMEOUT_MS)) {
+        throw new ValidationError(`server config.secureAggregation.${k}`, `must be a number of milliseconds from 1 to ${MAX_COHORT_TIMEOUT_MS} (a day), got ${String(v)}`);
+      }
+    }
+  }
   if (c.trainRows !== undefined || c.trainBiases !== undefined) {
     checkTrainedPart(trainedPart(c as ServerConfig), c.items!, 'server config.trainRows');
   }
@@ -757,9 +769,11 @@ async function stayForRecovery(
           return { outcome: 'left', recoveryShareSent: false, note: `refused to help recover: the server changed the list of dropped members (was [${confirmed}], now [${listKey}])` };
         }
         if (confirmed === undefined) {
-          if (dropped.length > K - t || dropped.includes(joined.index) || dropped.some((j) => !(Number.isInteger(j) && j >= 0 && j < K))) {
-            return { outcome: 'left', recoveryShareSent: false, note: `refused to help recover: the server lists ${dropped.length} dropped members (at most ${K - t} allowed${dropped.includes(joined.index) ? ', and this device among them' : ''})` };
-          }
+          const refuse = (why: string) => ({ outcome: 'left' as const, recoveryShareSent: false, note: `refused to help recover: ${why}` });
+          const outside = dropped.find((j) => !(Number.isInteger(j) && j >= 0 && j < K));
+          if (outside !== undefined) return refuse(`the server lists dropped member ${JSON.stringify(outside)}, not a member index (0..${K - 1})`);
+          if (dropped.includes(joined.index)) return refuse(`the server lists this device (member ${joined.index}) among the dropped members`);
+          if (dropped.length > K - t) return refuse(`the server lists ${dropped.length} dropped members (at most ${K - t} allowed)`);
           // After recovery the server could unmask this device's connected part of the survivors on
           // its own: give nothing unless that part has at least t members.
           const mine = survivorComponents(K, sa.degree, dropped).find((p) => p.includes(joined.index))!;

@@ -361,7 +361,13 @@ export class MemoryCohortStore implements CohortStore {
       this.open = c;
     }
     const c = this.open;
-    if (c.keyHex.has(hex)) return { error: 'this public key already joined the cohort being formed; make a fresh key pair per round' };
+    // The same key again while the cohort forms: a join whose answer was lost, retried. The device
+    // gets its place back (nobody else has seen the key yet), not a second one or a refusal that
+    // would leave its first place empty.
+    if (c.keyHex.has(hex)) {
+      const index = c.keyList.findIndex((k) => k !== undefined && toHex(k) === hex);
+      return { cohort: MemoryCohortStore.info(c), index, token: c.tokens[index]! };
+    }
     // The lowest place a member left, else the next one.
     const hole = c.keyList.findIndex((k) => k === undefined);
     const index = hole >= 0 ? hole : c.keyList.length;

@@ -5,6 +5,7 @@ import { createAdaptorServer } from '@hono/node-server';
 import type { Server, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { ValidationError } from '../errors.js';
+import { MAX_COHORT_TIMEOUT_MS } from '../federated/sync.js';
 import { describeValue } from '../options.js';
 import { beyondModelMagnitude, chooseBits, decodeModel, DEFAULT_BLOCK_SIZE, MAX_MODEL_MAGNITUDE, UPDATE_BUDGET_BYTES } from '../federated/wire.js';
 import type { ItemTable } from '../model/item-table.js';
@@ -435,8 +436,14 @@ export async function createServer(options: ServerOptions = {}): Promise<ServerP
         { cohortSize: minClients, bits: saBits, step: range / 2 ** (saBits - 1), degree, minSurvivors: t },
         'options.secureAggregation',
       );
-      const fillMs = positive('secureAggregation.timeoutMs', o.timeoutMs ?? DEFAULT_COHORT_TIMEOUT_MS, true);
-      secureAggregation = { ...params, timeoutMs: fillMs, uploadTimeoutMs: positive('secureAggregation.uploadTimeoutMs', o.uploadTimeoutMs ?? defaultUploadTimeoutMs(fillMs), true) };
+      // Devices refuse a deadline beyond a day (MAX_COHORT_TIMEOUT_MS): so does the server.
+      const deadline = (name: string, v: number) => {
+        positive(name, v, true);
+        if (v > MAX_COHORT_TIMEOUT_MS) throw new ValidationError(`options.${name}`, `must be at most ${MAX_COHORT_TIMEOUT_MS} ms (a day; devices refuse longer), got ${v}`);
+        return v;
+      };
+      const fillMs = deadline('secureAggregation.timeoutMs', o.timeoutMs ?? DEFAULT_COHORT_TIMEOUT_MS);
+      secureAggregation = { ...params, timeoutMs: fillMs, uploadTimeoutMs: deadline('secureAggregation.uploadTimeoutMs', o.uploadTimeoutMs ?? defaultUploadTimeoutMs(fillMs)) };
       // Each member's rounding adds variance ≤ γ²/4 per value, K·γ²/4 to the sum, next to the DP
       // noise (σC)² there. Say so when the rounding is a sizeable share of it.
       const rounding = (params.cohortSize * params.step ** 2) / 4;

@@ -389,8 +389,10 @@ class PostgresCohortStore implements CohortStore {
           ])
         ).rows[0]!;
       }
-      const seen = await c.query('SELECT 1 FROM localrec_cohort_members WHERE cohort = $1 AND public_key = $2', [row.id, key]);
-      if (seen.rowCount) return { error: 'this public key already joined the cohort being formed; make a fresh key pair per round' };
+      // The same key again while the cohort forms: a join whose answer was lost, retried (see
+      // MemoryCohortStore.join): its place and token again.
+      const seen = await c.query<{ idx: number; token: string }>('SELECT idx, token FROM localrec_cohort_members WHERE cohort = $1 AND public_key = $2', [row.id, key]);
+      if (seen.rowCount) return { cohort: cohortFromRow(row), index: seen.rows[0]!.idx, token: seen.rows[0]!.token };
       const token = newMemberToken();
       // The lowest place a member left (see leave), else the next one: with `joined` members present
       // the lowest free index is at most `joined`.

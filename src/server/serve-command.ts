@@ -252,8 +252,8 @@ function checkServeFlags(o: Record<string, unknown>): void {
   if (!(Number.isFinite(noise) && noise >= 0)) throw new ValidationError('--noise', `must be a number ≥ 0 (0 = no noise), got ${noise}`);
   for (const flag of ['cohortTimeout', 'uploadTimeout'] as const) {
     const v = o[flag] as number | undefined;
-    if (v !== undefined && !(Number.isFinite(v) && v >= 0.001)) {
-      throw new ValidationError(flag === 'cohortTimeout' ? '--cohort-timeout' : '--upload-timeout', `must be a number of seconds ≥ 0.001, got ${v}`);
+    if (v !== undefined && !(Number.isFinite(v) && v >= 0.001 && v <= 86_400)) {
+      throw new ValidationError(flag === 'cohortTimeout' ? '--cohort-timeout' : '--upload-timeout', `must be a number of seconds from 0.001 to 86400 (a day; devices refuse longer), got ${v}`);
     }
   }
   if (typeof o.static === 'string' && !statSync(o.static, { throwIfNoEntry: false })?.isDirectory()) {

@@ -42,8 +42,8 @@ import {
 } from '../../src/federated/secagg.js';
 import { itemDelta } from '../../src/federated/client-update.js';
 import { clipL2, RdpAccountant } from '../../src/federated/dp.js';
-import { syncOnce, type FetchLike } from '../../src/federated/sync.js';
-import { decodeModel, toHex } from '../../src/federated/wire.js';
+import { MAX_COHORT_TIMEOUT_MS, parseServerConfig, syncOnce, type FetchLike } from '../../src/federated/sync.js';
+import { decodeModel, encodeModel, toHex } from '../../src/federated/wire.js';
 import { Random } from '../../src/model/random.js';
 import { createServer, MemoryStorage, RoundCoordinator } from '../../src/server/index.js';
 import { assertKeptAnHourAfterEnd, DIM, exerciseCohortLeave, honestUpdate, IDS, initialTable, shopperHistory } from './server-helpers.js';
@@ -203,7 +203,7 @@ test('syncOnce with a secure-aggregation server: a cohort of 3 publishes base + 
   }
 });
 
-test('secure-aggregation server: refuses plain updates, unknown cohorts, uploads without the member token, replays and bad keys; keys only once full', async () => {
+test('secure-aggregation server: refuses plain updates, unknown cohorts, uploads without the member token, replays and bad keys; a join retried gets its place back; keys only once full', async () => {
   const { app, storage, rounds } = await secureServer(3);
   const step = rounds.config.secureAggregation!.step;
   const call = (path: string, init?: { method: string; body: Uint8Array; headers?: Record<string, string> }) =>
@@ -219,8 +219,12 @@ test('secure-aggregation server: refuses plain updates, unknown cohorts, uploads
     const j1 = (await (await call('/v1/secagg/join', { method: 'POST', body: a.publicKey })).json()) as { cohort: string; index: number; token: string };
     assert.match(j1.token, /^[0-9a-f]{32}$/);
     assert.equal(j1.index, 0);
+    // The same key again while the cohort forms (the first answer was lost): the same place, not a second one.
     const again = await call('/v1/secagg/join', { method: 'POST', body: a.publicKey });
-    assert.equal(again.status, 409, 'the same key twice in one cohort');
+    assert.equal(again.status, 200);
+    const j1again = (await again.json()) as { cohort: string; index: number; token: string };
+    assert.deepEqual([j1again.cohort, j1again.index, j1again.token], [j1.cohort, 0, j1.token]);
+    assert.equal(((await (await call(`/v1/secagg/cohorts/${j1.cohort}`)).json()) as { joined: number }).joined, 1, 'counted once');
     const forming = (await (await call(`/v1/secagg/cohorts/${j1.cohort}`)).json()) as { status: string; keys?: string[] };
     assert.equal(forming.status, 'forming');
     assert.equal(forming.keys, undefined, 'no keys before the cohort is full');
@@ -1489,4 +1493,53 @@ test('a cancel that comes as the cohort fills: leaving is refused (409) and the 
   } finally {
     await parts.storage.close();
   }
+});
+
+test("a server config's cohort parameters are bounded before use: a degree past twice the cohort, a deadline past a day or not a number", () => {
+  const config = (sa: Record<string, unknown>) => ({ dim: DIM, items: IDS.length, clip: 1, noiseMultiplier: 1, bits: 8, blockSize: 256, version: 0, minClients: 3, secureAggregation: { cohortSize: 3, bits: 8, step: 1 / 16, degree: 2, ...sa } });
+  assert.throws(() => parseServerConfig(config({ degree: 1e15 }) as never), /server config\.secureAggregation\.degree: must be an even integer from 2 to twice the cohort size \(6\), got 1000000000000000/);
+  assert.equal(parseServerConfig(config({ degree: 6 }) as never).secureAggregation!.degree, 6);
+  for (const timeoutMs of ['600000', MAX_COHORT_TIMEOUT_MS + 1, 0, Infinity]) {
+    assert.throws(() => parseServerConfig(config({ timeoutMs }) as never), /server config\.secureAggregation\.timeoutMs: must be a number of milliseconds from 1 to 86400000/);
+  }
+  assert.throws(() => parseServerConfig(config({ uploadTimeoutMs: -1 }) as never), /secureAggregation\.uploadTimeoutMs/);
+  // A degree above the cohort size adds no neighbour (everyone else already is one), and costs no loop.
+  assert.deepEqual(maskNeighbours(0, 3, 6).sort(), [1, 2]);
+  assert.deepEqual(maskNeighbours(1, 4, 8).sort(), [0, 2, 3]);
+});
+
+test('a device refusing to help recover says which rule the list of dropped members broke', async () => {
+  const sa = { cohortSize: 3, bits: 32, step: 1e-6, degree: 2, minSurvivors: 2, timeoutMs: 60_000, uploadTimeoutMs: 60_000 };
+  const cohort = 'ab'.repeat(16);
+  const others = [await secAggKeyPair(), await secAggKeyPair()];
+  const json = (o: unknown, status = 200) => new Response(JSON.stringify(o), { status, headers: { 'Content-Type': 'application/json' } });
+  const note = async (dropped: unknown[]) => {
+    let mine = '';
+    let uploaded = false;
+    const fetchFn: FetchLike = async (url, init) => {
+      const path = new URL(url).pathname;
+      if (path === '/v1/config') return json({ dim: DIM, items: IDS.length, clip: 1, noiseMultiplier: 1, bits: 8, blockSize: 256, version: 0, minClients: 3, secureAggregation: sa });
+      if (path === '/v1/model') return new Response(encodeModel(initialTable()) as Uint8Array<ArrayBuffer>);
+      if (path === '/v1/secagg/join') {
+        mine = toHex(init!.body!);
+        return json({ cohort, index: 0, size: 3, status: 'forming', token: 'ff'.repeat(16) });
+      }
+      if (path === '/v1/secagg/updates') {
+        uploaded = true;
+        return json({ pending: 1, minClients: 3, published: null }, 202);
+      }
+      if (path === `/v1/secagg/cohorts/${cohort}/members/0`) {
+        const memberKeys = { '0': mine, '1': toHex(others[0]!.publicKey), '2': toHex(others[1]!.publicKey) };
+        return json(uploaded ? { cohort, size: 3, joined: 3, submitted: 2, status: 'recovering', memberKeys, dropped } : { cohort, size: 3, joined: 3, submitted: 0, status: 'ready', memberKeys });
+      }
+      return json({ error: `unexpected ${path}` }, 404);
+    };
+    const r = await syncOnce({ serverUrl: 'http://x', fetch: fetchFn, accountant: new RdpAccountant(), budget: Infinity, history: shopperHistory(1, 6), cohortPollMs: 1 });
+    assert.equal(r.cohort?.outcome, 'left');
+    assert.equal(r.cohort?.recoveryShareSent, false);
+    return r.cohort?.note;
+  };
+  assert.equal(await note([7]), 'refused to help recover: the server lists dropped member 7, not a member index (0..2)');
+  assert.equal(await note([0]), 'refused to help recover: the server lists this device (member 0) among the dropped members');
+  assert.equal(await note([1, 2]), 'refused to help recover: the server lists 2 dropped members (at most 1 allowed)');
 });

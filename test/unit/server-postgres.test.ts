@@ -381,9 +381,12 @@ describe('PostgreSQL storage', { skip: skip ?? false }, () => {
       const forming = [...byCohort].find(([, ix]) => ix.length === 2)![0];
       assert.equal((await c2.info(full1))!.status, 'ready');
       assert.equal((await c1.info(forming))!.status, 'forming');
-      // A key already in the forming cohort is refused; every member's key and token read back.
-      const again = await c1.join(keys.find((_, i) => (joined[i] as { cohort: { id: string } }).cohort.id === forming)!);
-      assert.ok('error' in again && /already joined/.test(again.error));
+      // A key already in the forming cohort (a join retried) gets its place and token back; every member's key and token read back.
+      const first = keys.findIndex((_, i) => (joined[i] as { cohort: { id: string } }).cohort.id === forming);
+      const again = await c1.join(keys[first]!);
+      const had = joined[first] as { index: number; token: string };
+      assert.ok(!('error' in again) && again.cohort.id === forming && again.index === had.index && again.token === had.token);
+      assert.equal((await c1.info(forming))!.joined, 2, 'counted once');
       for (const [i, j] of joined.entries()) {
         if ('error' in j) continue;
         assert.deepEqual([...(await c2.keys(j.cohort.id, [j.index])).get(j.index)!], [...keys[i]!]);
