@@ -18,7 +18,11 @@
 // Prints one JSON line per (split, model, run) with HR@10 / NDCG@10 at every grid point, then a
 // summary line: each model's choice, its test means, and federated ÷ central.
 //
-//   node --import tsx bench/trending-prior.ts [--runs 5]
+//   node --import tsx bench/trending-prior.ts [--runs 5] [--grid trending|scale]
+//
+// `--grid scale` ("Stop 26") runs the same protocol over the factors' weight instead of a prior:
+// `bias + c·V·z` for c ∈ {0.25, 0.5, 0.75, 1 ("none"), 1.5, 2}, how much personalization counts
+// against popularity, chosen per model on validation.
 //
 // ~40 s per federated run and ~30 s per central run on 2 cores (4 runs per R). Not part of `npm test`.
 import { parseArgs } from 'node:util';
@@ -31,14 +35,20 @@ import { TableModel } from '../src/federated/simulate.js';
 import type { ItemTable } from '../src/model/item-table.js';
 import { loadMovieLens, noiseMultiplier, trainCentral, trainFederated, weighting } from './movielens-recipe.js';
 
-const { values } = parseArgs({ options: { runs: { type: 'string', default: '5' } } });
+const { values } = parseArgs({ options: { runs: { type: 'string', default: '5' }, grid: { type: 'string', default: 'trending' } } });
 const runs = Number(values.runs);
 if (!Number.isInteger(runs) || runs < 1) throw new Error(`--runs must be a whole number ≥ 1, got ${values.runs}`);
+if (values.grid !== 'trending' && values.grid !== 'scale') throw new Error(`--grid must be trending or scale, got ${values.grid}`);
 
+/** One setting: the prior's window and weight, and the factors' weight c. */
+type Setting = { days: number; weight: number; scale: number };
 const DAYS = [3, 7, 14, 30];
 const WEIGHTS = [0.25, 0.5, 1, 1.5];
-const GRID: Array<[days: number, weight: number]> = [[0, 0], ...DAYS.flatMap((d) => WEIGHTS.map((w): [number, number] => [d, w]))];
-const key = (days: number, weight: number) => (weight === 0 ? 'none' : `${days}d_w${weight}`);
+const GRID: Setting[] =
+  values.grid === 'scale'
+    ? [1, 0.25, 0.5, 0.75, 1.5, 2].map((scale) => ({ days: 0, weight: 0, scale }))
+    : [{ days: 0, weight: 0, scale: 1 }, ...DAYS.flatMap((days) => WEIGHTS.map((weight) => ({ days, weight, scale: 1 })))];
+const key = ({ days, weight, scale }: Setting) => (weight === 0 ? (scale === 1 ? 'none' : `c${scale}`) : `${days}d_w${weight}`);
 
 const testSplit = await loadMovieLens();
 /** The training events alone as a log, split again: each user's last training item is the validation item. */
@@ -86,14 +96,19 @@ const trending = new Map<Split, (u: number, days: number) => Float32Array>([
   [valSplit, trendingFor(valSplit)],
 ]);
 
-/** The table's `localrec eval` scoring (`TableModel`) plus w·ln(1 + the W-day count) per item. */
+/** The table's `localrec eval` scoring (`TableModel`, the factors weighted c) plus w·ln(1 + the W-day count) per item. */
 class TrendingModel implements EvalModel {
   readonly name = 'trending';
   readonly bytesPerItem = 0;
   private readonly inner: TableModel;
   private trend: (u: number, days: number) => Float32Array = () => new Float32Array(n);
-  constructor(table: ItemTable, private readonly days: number, private readonly weight: number) {
-    this.inner = new TableModel(table, weighting);
+  private readonly days: number;
+  private readonly weight: number;
+  constructor(table: ItemTable, s: Setting) {
+    this.days = s.days;
+    this.weight = s.weight;
+    // TableModel divides the factors' term by its temperature.
+    this.inner = new TableModel(table, weighting, 1 / s.scale);
   }
   fit(s: Split): void {
     this.inner.fit(s);
@@ -112,9 +127,9 @@ const round = (x: number) => Math.round(x * 1e4) / 1e4;
 /** Every grid point for one trained table on one split; prints the line and returns the figures. */
 async function line(splitName: string, split: Split, model: string, run: number, table: ItemTable): Promise<Map<string, Metrics>> {
   const got = new Map<string, Metrics>();
-  for (const [days, weight] of GRID) {
-    const r = await evaluateModel(new TrendingModel(table, days, weight), split, { k: 10, data: 'ml-latest-small' });
-    got.set(key(days, weight), { hr: r.hr, ndcg: r.ndcg });
+  for (const setting of GRID) {
+    const r = await evaluateModel(new TrendingModel(table, setting), split, { k: 10, data: 'ml-latest-small' });
+    got.set(key(setting), { hr: r.hr, ndcg: r.ndcg });
   }
   console.log(JSON.stringify({ split: splitName, model, run, ...Object.fromEntries([...got].map(([k, m]) => [k, { hr: round(m.hr), ndcg: round(m.ndcg) }])) }));
   return got;
@@ -130,8 +145,8 @@ for (const [name, train] of Object.entries(MODELS)) {
   const val: Array<Map<string, Metrics>> = [];
   for (let run = 1; run <= runs; run++) val.push(await line('validation', valSplit, name, run, await train(valSplit, run)));
   let choice = 'none';
-  for (const [days, weight] of GRID) {
-    const k = key(days, weight);
+  for (const setting of GRID) {
+    const k = key(setting);
     const a = mean(val, k);
     const b = mean(val, choice);
     if (a.hr > b.hr || (a.hr === b.hr && a.ndcg > b.ndcg)) choice = k;
