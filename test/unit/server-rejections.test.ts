@@ -287,7 +287,8 @@ test('localrec serve checks its flags in their own words and units before starti
     [['--port', '70000'], /^--port: must be 0\.\.65535/],
     [['--dim', '65'], /^--dim: must be a whole number from 1 to 64, got 65$/],
     [['--noise', '-1'], /^--noise: must be a number ≥ 0/],
-    [['--secure-aggregation', '--cohort-timeout', '-5'], /^--cohort-timeout: must be a number of seconds ≥ 0\.001, got -5$/],
+    [['--secure-aggregation', '--cohort-timeout', '-5'], /^--cohort-timeout: must be a number of seconds from 0\.001 to 86400 \(a day; devices refuse longer\), got -5$/],
+    [['--secure-aggregation', '--upload-timeout', '90000'], /^--upload-timeout: must be a number of seconds from 0\.001 to 86400 \(a day; devices refuse longer\), got 90000$/],
     [['--static', '/no-such-folder-here'], /^--static: \/no-such-folder-here is not a folder$/],
     // Flags that would be ignored are refused: without --catalog the stored model is served as is.
     [['--seed', '7'], /^--seed: builds the initial model from --catalog: without --catalog the stored model is served as it is/],
