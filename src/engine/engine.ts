@@ -267,7 +267,7 @@ function newestId(events: StoredEvent[]): number {
   return events.reduce((m, e) => Math.max(m, e.id ?? 0), 0);
 }
 
-const ACTION_VERB: Record<ProfileItem['action'], string> = {
+const ACTION_VERB: Record<NonNullable<ProfileItem['action']>, string> = {
   viewed: 'viewed',
   'searched for': 'searched for',
   'added to cart': 'added',
@@ -1102,18 +1102,21 @@ export class Engine {
   }
 
   private reason(row: number, profile: ProfileItem[]): Reason {
+    // Only what a reason may cite (not an add to cart taken back, nor a low rating).
     const top = contributions(this.table, profile, row)
-      .filter((c) => c.value > 0)
+      .filter((c) => c.value > 0 && c.item.action !== undefined)
       .slice(0, 2);
     if (top.length === 0) return { kind: 'popular', text: 'Popular in this shop', itemIds: [] };
-    const parts = top.map((c) => `${ACTION_VERB[c.item.action]} ${this.title(this.table.itemIds[c.item.row]!)}`);
+    const parts = top.map((c) => `${ACTION_VERB[c.item.action!]} ${this.title(this.table.itemIds[c.item.row]!)}`);
     return { kind: 'personal', text: `Because you ${parts.join(' and ')}`, itemIds: top.map((c) => this.table.itemIds[c.item.row]!) };
   }
 
   private neighborReason(nb: ActiveNeighbors, row: number, profile: ProfileItem[]): Reason {
-    const top = neighborContributions(nb.model, profile, row).slice(0, 2);
+    const top = neighborContributions(nb.model, profile, row)
+      .filter((c) => c.item.action !== undefined)
+      .slice(0, 2);
     if (top.length === 0) return this.reason(row, profile);
-    const parts = top.map((c) => `${ACTION_VERB[c.item.action]} ${this.title(this.table.itemIds[c.item.row]!)}`);
+    const parts = top.map((c) => `${ACTION_VERB[c.item.action!]} ${this.title(this.table.itemIds[c.item.row]!)}`);
     return { kind: 'personal', text: `Because you ${parts.join(' and ')}`, itemIds: top.map((c) => this.table.itemIds[c.item.row]!) };
   }
 

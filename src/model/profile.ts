@@ -5,8 +5,12 @@ export interface ProfileItem {
   row: number;
   /** Confidence after recency decay and saturation; 0 for items the shopper disliked or removed. */
   weight: number;
-  /** The strongest thing the shopper did with the item, for reasons ("bought", "viewed", …). */
-  action: 'viewed' | 'searched for' | 'added to cart' | 'bought' | 'rated';
+  /**
+   * The strongest thing the shopper did with the item that a reason may cite ("bought", "viewed",
+   * …; see {@link citableEvents}); undefined when there is none (an add to cart taken back, a low
+   * rating), and then no reason names the item.
+   */
+  action?: 'viewed' | 'searched for' | 'added to cart' | 'bought' | 'rated';
   /** Time of the last event on the item. */
   lastT: number;
 }
@@ -53,7 +57,7 @@ export function eventConfidence(e: StoredEvent): number {
   }
 }
 
-const ACTION_RANK: Record<ProfileItem['action'], number> = {
+const ACTION_RANK: Record<NonNullable<ProfileItem['action']>, number> = {
   viewed: 0,
   'searched for': 1,
   rated: 2,
@@ -79,6 +83,24 @@ function actionOf(e: StoredEvent): ProfileItem['action'] | undefined {
 }
 
 /**
+ * Which events (in time order) a reason may cite: those that speak for the item, as the model
+ * counts them (a 1-star rating counts against it: "Because you rated …" would be wrong), and not an
+ * add to cart the shopper took back with a later `remove_from_cart` of the same item.
+ */
+export function citableEvents(events: readonly StoredEvent[]): boolean[] {
+  const out = new Array<boolean>(events.length).fill(false);
+  const removed = new Set<string>();
+  for (let i = events.length - 1; i >= 0; i--) {
+    const e = events[i]!;
+    if (e.itemId === undefined) continue;
+    if (e.type === 'remove_from_cart') removed.add(e.itemId);
+    else if (e.type === 'add_to_cart' && removed.has(e.itemId)) removed.delete(e.itemId);
+    else out[i] = eventConfidence(e) > 0;
+  }
+  return out;
+}
+
+/**
  * Folds a shopper's events into one weight per item: confidence by kind, halved every
  * `halfLifeDays`, summed per item (de-duplication), then saturated with log1p so that twenty views
  * of one item do not drown everything else. Items not in `rows` (not in the catalog) are skipped.
@@ -91,6 +113,10 @@ function actionOf(e: StoredEvent): ProfileItem['action'] | undefined {
  */
 export function buildProfile(events: readonly StoredEvent[], rows: ReadonlyMap<string, number>, opts: ProfileOptions): ProfileItem[] {
   const acc = new Map<number, { sum: number; action: ProfileItem['action']; lastT: number }>();
+  // What reasons may cite, judged in time order (events may come in any order).
+  const chronological = events.map((e, i) => ({ e, i })).sort((a, b) => a.e.t - b.e.t || a.i - b.i);
+  const flags = citableEvents(chronological.map((x) => x.e));
+  const citable = new Set<StoredEvent>(chronological.filter((_, j) => flags[j]).map((x) => x.e));
   const halfLifeMs = opts.halfLifeDays * 24 * 3600 * 1000;
   const sessionDecay = opts.sessionDecay ?? 1;
   const stepDecay = opts.stepDecay ?? 1;
@@ -116,18 +142,18 @@ export function buildProfile(events: readonly StoredEvent[], rows: ReadonlyMap<s
     if (row === undefined) continue;
     const decay = Math.pow(0.5, Math.max(0, opts.now - e.t) / halfLifeMs) * Math.pow(sessionDecay, sessionsAfter.get(e) ?? 0) * Math.pow(stepDecay, stepsAfter.get(e) ?? 0);
     const c = eventConfidence(e) * decay;
-    const a = actionOf(e);
+    const a = citable.has(e) ? actionOf(e) : undefined;
     const cur = acc.get(row);
     if (!cur) {
-      acc.set(row, { sum: c, action: a ?? 'viewed', lastT: e.t });
+      acc.set(row, { sum: c, action: a, lastT: e.t });
     } else {
       cur.sum += c;
-      if (a && ACTION_RANK[a] > ACTION_RANK[cur.action]) cur.action = a;
+      if (a && (cur.action === undefined || ACTION_RANK[a] > ACTION_RANK[cur.action])) cur.action = a;
       if (e.t > cur.lastT) cur.lastT = e.t;
     }
   }
   const out: ProfileItem[] = [];
-  for (const [row, v] of acc) out.push({ row, weight: Math.log1p(Math.max(0, v.sum)), action: v.action, lastT: v.lastT });
+  for (const [row, v] of acc) out.push({ row, weight: Math.log1p(Math.max(0, v.sum)), ...(v.action ? { action: v.action } : {}), lastT: v.lastT });
   out.sort((a, b) => a.lastT - b.lastT || a.row - b.row);
   return out;
 }

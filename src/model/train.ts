@@ -151,6 +151,8 @@ export async function trainItemTable(
   const total = stepsPerEpoch * cfg.epochs;
   const stats: TrainStats = { steps: 0, examples: examples.length, firstLoss: NaN, lastLoss: NaN, touchedRows: 0 };
   if (examples.length === 0) return stats;
+  // A softmax over a single item has no gradient: nothing to learn (and no one-hot of depth 1).
+  if (n < 2) return stats;
 
   const B = Math.min(cfg.batchSize, examples.length);
   const L = cfg.maxContext;
@@ -196,12 +198,12 @@ export async function trainItemTable(
         let wsum = 0;
         const from = Math.max(0, ex.pos - L);
         for (let j = from, k = 0; j < ex.pos; j++, k++) {
-          const w = Math.max(0, s.weights[j]!);
           ctxIdx[b * L + k] = use(s.rows[j]!);
-          ctxW[b * L + k] = w;
-          wsum += w;
+          wsum += Math.max(0, s.weights[j]!);
         }
-        if (wsum > 0) for (let k = 0; k < L; k++) ctxW[b * L + k] /= wsum;
+        // Normalized in float64 before float32 storage: the mean is scale-free, and a weight above
+        // float32's range (finite, so accepted) would otherwise be stored as Infinity.
+        if (wsum > 0) for (let j = from, k = 0; j < ex.pos; j++, k++) ctxW[b * L + k] = Math.max(0, s.weights[j]!) / wsum;
         else exW[b] = 0; // no usable context: nothing to learn from this example
       });
       while (c < C) {
@@ -305,7 +307,8 @@ export async function trainItemTable(
           const a = (state.bias[r] += g * g);
           table.bias[r] -= (lr * g) / Math.sqrt(a);
         }
-        touched[r] = 1;
+        // Only rows that moved (a weight-0 context row gets no gradient).
+        if (g !== 0 || gV.subarray(i * d, (i + 1) * d).some((x) => x !== 0)) touched[r] = 1;
         local[r] = -1;
       });
       epochLoss += l;

@@ -2,7 +2,7 @@
  * Reasons a shopper can read, built only from things that really happened on this device (their
  * events, the cart, the page) — never an invented claim about other shoppers.
  */
-import { eventConfidence } from '../model/profile.js';
+import { citableEvents } from '../model/profile.js';
 import type { StoredEvent } from '../types.js';
 import { inScope, scopeItemIds, type ProductIndex } from './product-index.js';
 import type { Offer, OfferContext } from './types.js';
@@ -30,7 +30,7 @@ const VERBS: Partial<Record<StoredEvent['type'], string>> = {
  */
 export function offerReason(offer: Offer, events: readonly StoredEvent[], products: ProductIndex, context: OfferContext, explore: boolean): string {
   const title = (id: string): string => products.byId.get(id)?.title ?? id;
-  const cited = citable(events);
+  const cited = citableEvents(events);
   for (let i = events.length - 1; i >= 0; i--) {
     const e = events[i]!;
     const verb = VERBS[e.type];
@@ -49,22 +49,4 @@ export function offerReason(offer: Offer, events: readonly StoredEvent[], produc
     }
   }
   return explore ? 'Something new to try' : 'One of the shop’s current offers';
-}
-
-/**
- * Which events a reason may cite: those that speak for the item, as the model counts them (a 1-star
- * rating counts against it: "Because you rated …" would be wrong), and not an add to cart the
- * shopper took back with a later `remove_from_cart` of the same item.
- */
-function citable(events: readonly StoredEvent[]): boolean[] {
-  const out = new Array<boolean>(events.length).fill(false);
-  const removed = new Set<string>();
-  for (let i = events.length - 1; i >= 0; i--) {
-    const e = events[i]!;
-    if (e.itemId === undefined) continue;
-    if (e.type === 'remove_from_cart') removed.add(e.itemId);
-    else if (e.type === 'add_to_cart' && removed.has(e.itemId)) removed.delete(e.itemId);
-    else out[i] = eventConfidence(e) > 0;
-  }
-  return out;
 }

@@ -15,6 +15,8 @@ import { checkItemTable, createItemTable } from '../../src/model/item-table.js';
 import { checkNeighborTable, topRows, type NeighborTable } from '../../src/model/neighbors.js';
 import { selectBackend } from '../../src/model/backend.js';
 import { userVector } from '../../src/model/score.js';
+import { buildProfile } from '../../src/model/profile.js';
+import { cloneItemTable } from '../../src/model/item-table.js';
 import { decodeNeighborTable, encodeNeighborTable } from '../../src/model/neighbors-wire.js';
 import { emptySparseModel, sparseBytesPerItem } from '../../src/model/sparse-item-model.js';
 import { trainItemTable } from '../../src/model/train.js';
@@ -126,5 +128,68 @@ describe('model inputs a caller can get wrong', () => {
     new Uint8Array(foreign).set(bytes);
     assert.ok(!(foreign instanceof ArrayBuffer), 'really from another realm');
     assert.deepEqual(decodeNeighborTable(foreign).itemIds, ['a', 'b', 'c']);
+  });
+});
+
+describe('stop 26 review: reasons and training edges', () => {
+  const now = Date.UTC(2026, 0, 10);
+  const rows = new Map([['x', 0], ['y', 1], ['z', 2]]);
+
+  it("a profile item's action is what a reason may cite: not an add to cart taken back, nor a low rating; none when nothing is citable", () => {
+    const p = buildProfile(
+      [
+        { t: now - 3000, type: 'view', itemId: 'x' },
+        { t: now - 2000, type: 'add_to_cart', itemId: 'x' },
+        { t: now - 1000, type: 'remove_from_cart', itemId: 'x' },
+        { t: now - 3000, type: 'view', itemId: 'y' },
+        { t: now - 2500, type: 'view', itemId: 'y' },
+        { t: now - 2000, type: 'rating', itemId: 'y', value: 2 },
+        // Out of time order on purpose: the add comes after the removal, so it stands.
+        { t: now - 500, type: 'add_to_cart', itemId: 'z' },
+        { t: now - 900, type: 'remove_from_cart', itemId: 'z' },
+      ],
+      rows,
+      { halfLifeDays: 30, now },
+    );
+    const by = new Map(p.map((i) => [i.row, i]));
+    assert.equal(by.get(0)!.action, 'viewed');
+    assert.ok(by.get(0)!.weight > 0);
+    assert.equal(by.get(1)!.action, 'viewed');
+    assert.equal(by.get(2)!.action, 'added to cart');
+    const only = buildProfile([{ t: now - 10, type: 'add_to_cart', itemId: 'x' }, { t: now - 5, type: 'remove_from_cart', itemId: 'x' }, { t: now, type: 'add_to_cart', itemId: 'y' }, { t: now + 1, type: 'remove_from_cart', itemId: 'y' }, { t: now, type: 'add_to_cart', itemId: 'y' }], rows, { halfLifeDays: 30, now });
+    assert.equal(only.find((i) => i.row === 0)!.action, undefined, 'nothing citable on x');
+  });
+
+  it('a one-item catalog trains to nothing instead of a raw tfjs error', async () => {
+    const t = createItemTable(['only'], 4, { seed: 1 });
+    const before = cloneItemTable(t);
+    const s = await trainItemTable(t, [{ rows: [0, 0, 0], weights: [1, 1, 1] }], { epochs: 2 });
+    assert.deepEqual([s.steps, s.examples, s.touchedRows], [0, 2, 0]);
+    assert.deepEqual(t, before);
+  });
+
+  it('history weights are scale-free up to float64: 1e39 (beyond float32) trains as 1 does', async () => {
+    const base = createItemTable(['a', 'b', 'c'], 4, { seed: 1 });
+    const trained = async (w: number) => {
+      const t = cloneItemTable(base);
+      await trainItemTable(t, [{ rows: [0, 1, 2], weights: [w, w, w] }], { epochs: 1 });
+      return t;
+    };
+    const one = await trained(1);
+    for (const w of [1e30, 1e39]) assert.deepEqual(await trained(w), one, `weight ${w}`);
+  });
+
+  it('touchedRows counts only rows that moved (a weight-0 context row does not)', async () => {
+    const big = createItemTable(Array.from({ length: 1000 }, (_, i) => `i${i}`), 4, { seed: 1 });
+    const t = cloneItemTable(big);
+    const s = await trainItemTable(t, [{ rows: [5, 6, 7], weights: [0, 1, 1] }], { epochs: 1, negatives: 0, l2: 0 });
+    let changed = 0;
+    for (let r = 0; r < 1000; r++) {
+      let moved = t.bias[r] !== big.bias[r];
+      for (let k = 0; k < 4; k++) moved ||= t.factors[r * 4 + k] !== big.factors[r * 4 + k];
+      if (moved) changed++;
+    }
+    assert.equal(s.touchedRows, changed);
+    assert.deepEqual(t.factors.subarray(20, 24), big.factors.subarray(20, 24), 'row 5 (weight 0) did not move');
   });
 });
