@@ -2,31 +2,64 @@
  * Derives the demo shop's catalog from the UCI Online Retail data: a few hundred popular products,
  * spread over categories, with readable titles, a category, the median unit price and a sales count.
  *
- * Usage: node --import tsx scripts/make-catalog.ts [--input path.csv.gz] [--out examples/shop/catalog.json] [--items 300]
+ * Usage: node --import tsx scripts/make-catalog.ts [--input path.csv.gz] [--out examples/shop/catalog.json] [--items 300] [--max-share 0.08]
+ *
+ * The defaults are the checkout's own files (the same from any folder); paths given on the command
+ * line are relative to the current folder. After a new catalog, rerun scripts/make-neighbors.ts: the
+ * shop's neighbour table covers the catalog's products only.
  *
  * Only this small derived file is committed; the raw data stays in ../shared/data.
  */
 import { parse } from 'csv-parse';
-import { createReadStream } from 'node:fs';
+import { createReadStream, existsSync } from 'node:fs';
 import { writeFile, mkdir } from 'node:fs/promises';
-import { dirname, resolve } from 'node:path';
+import { dirname, isAbsolute, join, relative, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { createGunzip } from 'node:zlib';
 import { retailCategory } from '../src/offers/retail-categories.js';
 
-const { values: args } = parseArgs({
-  options: {
-    input: { type: 'string', default: '../shared/data/online-retail/online-retail.csv.gz' },
-    out: { type: 'string', default: 'examples/shop/catalog.json' },
-    items: { type: 'string', default: '300' },
-    // No category takes more than this share of the catalog, so the grid is not all bags and cards.
-    'max-share': { type: 'string', default: '0.08' },
-  },
-});
+/** The checkout: the default paths hang off it, so the script gives the same files from any folder. */
+const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+const USAGE = 'usage: node --import tsx scripts/make-catalog.ts [--input path.csv.gz] [--out examples/shop/catalog.json] [--items 300] [--max-share 0.08]';
 
+/** A path as the user would type it from here: relative below the current folder, else absolute. */
+function shown(path: string): string {
+  const r = relative(process.cwd(), path);
+  return r && !r.startsWith('..') && !isAbsolute(r) ? r : path;
+}
+
+/** A mistake in the command line or a missing file is the user's to fix: one line, no stack. */
+function die(message: string): never {
+  process.stderr.write(`make-catalog: ${message}\n`);
+  process.exit(1);
+}
+
+function readArgs() {
+  try {
+    return parseArgs({
+      options: {
+        input: { type: 'string', default: join(ROOT, '..', 'shared', 'data', 'online-retail', 'online-retail.csv.gz') },
+        out: { type: 'string', default: join(ROOT, 'examples', 'shop', 'catalog.json') },
+        items: { type: 'string', default: '300' },
+        // No category takes more than this share of the catalog, so the grid is not all bags and cards.
+        'max-share': { type: 'string', default: '0.08' },
+      },
+    }).values;
+  } catch (e) {
+    // parseArgs' own message goes on about positional arguments; the option and the usage say more.
+    const err = e as { code?: string; message?: string };
+    const bad = /'([^']+)'/.exec(err.message ?? '')?.[1];
+    die(err.code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION' && bad ? `unknown option ${bad}; ${USAGE}` : `${err.message ?? String(e)}; ${USAGE}`);
+  }
+}
+
+const args = readArgs();
 const WANT = Number(args.items);
-if (!Number.isInteger(WANT) || WANT < 1) throw new Error(`--items must be a positive integer, got ${args.items}`);
-const MAX_PER_CATEGORY = Math.max(1, Math.ceil(WANT * Number(args['max-share'])));
+if (!Number.isInteger(WANT) || WANT < 1) die(`--items must be a positive integer, got ${args.items}`);
+const SHARE = Number(args['max-share']);
+if (!(SHARE > 0 && SHARE <= 1)) die(`--max-share must be a number in (0, 1], got ${args['max-share']}`);
+const MAX_PER_CATEGORY = Math.max(1, Math.ceil(WANT * SHARE));
 
 // Words that stay lower case inside a title, and ones that stay upper case.
 const SMALL = new Set(['a', 'an', 'and', 'as', 'at', 'for', 'in', 'of', 'on', 'or', 'the', 'to', 'with', 'w']);
@@ -63,6 +96,7 @@ interface Acc {
 
 async function main(): Promise<void> {
   const input = resolve(args.input!);
+  if (!existsSync(input)) die(`--input: no such file ${input} (the UCI Online Retail data, as in ../shared/data/online-retail/)`);
   const byCode = new Map<string, Acc>();
   let rows = 0;
   const parser = createReadStream(input).pipe(createGunzip()).pipe(parse({ columns: true, skip_empty_lines: true }));
@@ -125,10 +159,11 @@ async function main(): Promise<void> {
   await writeFile(out, JSON.stringify(catalog, null, 1) + '\n');
   const cats = [...perCategory].sort((a, b) => b[1] - a[1]);
   process.stdout.write(
-    `read ${rows} rows, ${byCode.size} stock codes; wrote ${picked.length} items in ${cats.length} categories to ${args.out}\n` +
+    `read ${rows} rows, ${byCode.size} stock codes; wrote ${picked.length} items in ${cats.length} categories to ${shown(out)}\n` +
       cats.map(([c, n]) => `  ${c}: ${n}`).join('\n') +
       '\n',
   );
 }
 
-await main();
+// Anything else that goes wrong reading the data (a truncated gzip, a CSV error) is one line too.
+await main().catch((e: unknown) => die(e instanceof Error ? e.message : String(e)));

@@ -3,31 +3,85 @@
  * the UCI Online Retail orders of the products in examples/shop/catalog.json: the same loader,
  * preset and builder as the CLI, restricted to the demo catalog so the file stays small.
  *
- * Usage: node --import tsx scripts/make-neighbors.ts [--input path.csv.gz] [--out examples/shop/neighbors.lrn]
+ * Usage: node --import tsx scripts/make-neighbors.ts [--input path.csv.gz] [--catalog examples/shop/catalog.json] [--out examples/shop/neighbors.lrn] [--width 16] [--min-support 3]
+ *
+ * The defaults are the checkout's own files (the same from any folder); paths given on the command
+ * line are relative to the current folder. Rerun it after scripts/make-catalog.ts makes a new catalog.
  *
  * Only the derived table is committed; the raw data stays in ../shared/data.
  */
+import { existsSync } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
+import { dirname, isAbsolute, join, relative, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { loadCsv } from '../src/eval/csv-loader.js';
 import { PRESETS } from '../src/eval/presets.js';
 import { buildNeighborTable } from '../src/model/build-neighbors.js';
+import { MAX_NEIGHBOR_WIDTH } from '../src/model/neighbors.js';
 import { encodeNeighborTable, neighborTableHash } from '../src/model/neighbors-wire.js';
 
-const { values: args } = parseArgs({
-  options: {
-    input: { type: 'string', default: '../shared/data/online-retail/online-retail.csv.gz' },
-    catalog: { type: 'string', default: 'examples/shop/catalog.json' },
-    out: { type: 'string', default: 'examples/shop/neighbors.lrn' },
-    width: { type: 'string', default: '16' },
-    'min-support': { type: 'string', default: '3' },
-  },
-});
+/** The checkout: the default paths hang off it, so the script gives the same files from any folder. */
+const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+const USAGE = 'usage: node --import tsx scripts/make-neighbors.ts [--input path.csv.gz] [--catalog examples/shop/catalog.json] [--out examples/shop/neighbors.lrn] [--width 16] [--min-support 3]';
 
-const catalog = JSON.parse(await readFile(args.catalog!, 'utf8')) as { items: Array<{ id: string }> };
+/** A path as the user would type it from here: relative below the current folder, else absolute. */
+function shown(path: string): string {
+  const r = relative(process.cwd(), path);
+  return r && !r.startsWith('..') && !isAbsolute(r) ? r : path;
+}
+
+/** A mistake in the command line or a missing file is the user's to fix: one line, no stack. */
+function die(message: string): never {
+  process.stderr.write(`make-neighbors: ${message}\n`);
+  process.exit(1);
+}
+
+function readArgs() {
+  try {
+    return parseArgs({
+      options: {
+        input: { type: 'string', default: join(ROOT, '..', 'shared', 'data', 'online-retail', 'online-retail.csv.gz') },
+        catalog: { type: 'string', default: join(ROOT, 'examples', 'shop', 'catalog.json') },
+        out: { type: 'string', default: join(ROOT, 'examples', 'shop', 'neighbors.lrn') },
+        width: { type: 'string', default: '16' },
+        'min-support': { type: 'string', default: '3' },
+      },
+    }).values;
+  } catch (e) {
+    // parseArgs' own message goes on about positional arguments; the option and the usage say more.
+    const err = e as { code?: string; message?: string };
+    const bad = /'([^']+)'/.exec(err.message ?? '')?.[1];
+    die(err.code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION' && bad ? `unknown option ${bad}; ${USAGE}` : `${err.message ?? String(e)}; ${USAGE}`);
+  }
+}
+
+const args = readArgs();
+const input = resolve(args.input!);
+const catalogFile = resolve(args.catalog!);
+const out = resolve(args.out!);
+// Checked before the data is read (a few seconds), with the flags' own names.
+const width = Number(args.width);
+if (!Number.isInteger(width) || width < 1 || width > MAX_NEIGHBOR_WIDTH) die(`--width must be an integer from 1 to ${MAX_NEIGHBOR_WIDTH}, got ${args.width}`);
+const minSupport = Number(args['min-support']);
+if (!Number.isInteger(minSupport) || minSupport < 1) die(`--min-support must be a whole number ≥ 1, got ${args['min-support']}`);
+if (!existsSync(input)) die(`--input: no such file ${input} (the UCI Online Retail data, as in ../shared/data/online-retail/)`);
+
+if (!existsSync(catalogFile)) die(`--catalog: no such file ${catalogFile} (make it with scripts/make-catalog.ts)`);
+let catalog: { items: Array<{ id: string }> };
+try {
+  catalog = JSON.parse(await readFile(catalogFile, 'utf8')) as typeof catalog;
+  if (!Array.isArray(catalog?.items) || catalog.items.length === 0) throw new Error('holds no items');
+} catch (e) {
+  die(`--catalog: ${catalogFile}: ${e instanceof Error ? e.message : String(e)} (make it with scripts/make-catalog.ts)`);
+}
 const ids = catalog.items.map((i) => i.id);
 const row = new Map(ids.map((id, i) => [id, i]));
-const log = await loadCsv(args.input!, PRESETS.retail);
+// The loader names its input as the API does (options.data, or the preset's column option); here
+// both are --input.
+const log = await loadCsv(input, PRESETS.retail).catch((e: unknown) =>
+  die(e instanceof Error ? e.message.replace(/^options\.data\b/, '--input').replace(/^options\.(\w+)\b/, '--input (the retail columns: $1)') : String(e)),
+);
 // Each customer's distinct catalog products.
 const byUser = new Map<number, Set<number>>();
 for (let r = 0; r < log.user.length; r++) {
@@ -43,10 +97,7 @@ for (const s of byUser.values()) {
   items.push(...s);
   ptr.push(items.length);
 }
-const { table, report } = buildNeighborTable({ ptr: Int32Array.from(ptr), items: Int32Array.from(items), nItems: ids.length }, ids, {
-  width: Number(args.width),
-  minSupport: Number(args['min-support']),
-});
+const { table, report } = buildNeighborTable({ ptr: Int32Array.from(ptr), items: Int32Array.from(items), nItems: ids.length }, ids, { width, minSupport });
 const file = encodeNeighborTable(table);
-await writeFile(args.out!, file);
-console.log(JSON.stringify({ out: args.out, customers: byUser.size, ...report, bytes: file.length, sha256: await neighborTableHash(file) }));
+await writeFile(out, file).catch((e: unknown) => die(`--out: ${e instanceof Error ? e.message : String(e)}`));
+console.log(JSON.stringify({ out: shown(out), customers: byUser.size, ...report, bytes: file.length, sha256: await neighborTableHash(file) }));

@@ -36,6 +36,8 @@ export declare function similarHitRate(
 export interface SimulationStatus {
   phase: 'idle' | 'loading' | 'running' | 'done' | 'cancelled' | 'timeout' | 'failed';
   running: boolean;
+  /** Set when the simulation cannot run (the online-retail data is missing): why. */
+  unavailable?: string;
   run?: number;
   shoppers?: number;
   /** Customers with at least 3 of the shop's products (the pool the shoppers are drawn from). */

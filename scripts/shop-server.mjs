@@ -140,12 +140,13 @@ async function offerKeys(mod, dataDir, log) {
       log(`${file} could not be read (${e.message}); making a new key pair`);
     }
   }
-  const keys = await mod.generateOfferKeys();
+  // One key id, saved and served alike: the next start reads back the kid this one signs with.
+  const made = { ...(await mod.generateOfferKeys()), kid: `shop-${Date.now()}` };
   if (file) {
-    writeFileSync(file, JSON.stringify({ ...keys, kid: `shop-${Date.now()}` }, null, 1), { mode: 0o600 });
+    writeFileSync(file, JSON.stringify(made, null, 1), { mode: 0o600 });
     log(`made an offer signing key pair in ${file}`);
   }
-  return { ...keys, kid: `shop-${Date.now()}` };
+  return made;
 }
 
 // ---------------------------------------------------------------- simulated shoppers
@@ -308,6 +309,9 @@ export async function startShop(opts = {}) {
   const publicKey = { ...keys.publicJwk, kid: keys.kid };
 
   const simulation = new Simulation({ mod, api, ids, log, dataFile: opts.retailData ?? RETAIL_DATA, budget: opts.noiseMultiplier === 0 ? Infinity : 8 });
+  // Said once, at start, rather than as a failure when the button is clicked: the shop works without
+  // the data, only the simulation is off (the page learns it from /demo/simulate/status).
+  if (simulation.missingData()) log(`the online-retail data is missing (${simulation.dataFile}): the page's "Simulate shoppers" button is off without it`);
 
   const app = new Hono();
   app.get('/offers.json', (c) => c.json(signedOffers, 200, { 'Cache-Control': 'no-cache' }));
@@ -323,6 +327,8 @@ export async function startShop(opts = {}) {
     const shoppers = body?.shoppers ?? opts.simulateShoppers ?? 200;
     if (!Number.isInteger(shoppers) || shoppers < 1 || shoppers > 5000) return c.json({ error: 'shoppers must be an integer from 1 to 5000' }, 400);
     if (simulation.running) return c.json({ error: 'a simulation is already running', ...simulation.status() }, 409);
+    const missing = simulation.missingData();
+    if (missing) return c.json({ error: missing, ...simulation.status() }, 503);
     simulation.start({ shoppers });
     return c.json(simulation.status(), 202);
   });
@@ -417,10 +423,20 @@ class Simulation {
     this.runs = 0;
   }
 
+  /**
+   * Why the simulation cannot run (the retail data is not there), or null. Looked up on each call,
+   * a stat: data put in place while the shop runs is used without a restart.
+   */
+  missingData() {
+    return existsSync(this.dataFile) ? null : `the online-retail data is missing on the server (${this.dataFile}); the simulated shoppers replay its purchases`;
+  }
+
   status() {
     const s = this.state;
+    const missing = this.missingData();
     return {
       ...s,
+      ...(missing ? { unavailable: missing } : {}),
       running: this.running,
       serverVersion: this.api.rounds.version,
       serverPending: this.api.rounds.pending,
@@ -440,7 +456,8 @@ class Simulation {
     this.done = this.run(run, shoppers, deadlineMs)
       .catch((e) => {
         this.state = { ...this.state, phase: 'failed', error: e?.code === 'NO_DATA' ? e.message : String(e?.message ?? e), message: undefined };
-        this.log(`simulation failed: ${e?.stack ?? e}`);
+        // Missing data is expected (it is not in the repository): one line, not a stack.
+        this.log(`simulation failed: ${e?.code === 'NO_DATA' ? e.message : (e?.stack ?? e)}`);
       })
       .finally(() => {
         this.state.finishedAt = Date.now();

@@ -1,9 +1,11 @@
 /**
  * `npm start`: builds the SDK when dist/ is missing or older than src/, then serves the demo shop
- * and the aggregation server on one localhost address (default http://127.0.0.1:8787; PORT overrides).
+ * and the aggregation server on one localhost address (default http://127.0.0.1:8787; PORT overrides,
+ * PORT=0 takes any free port).
  */
 import { spawnSync } from 'node:child_process';
 import { existsSync, readdirSync, statSync } from 'node:fs';
+import { createServer } from 'node:net';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { ROOT, startShop } from './shop-server.mjs';
@@ -30,6 +32,40 @@ function heldByAnother() {
 
 if (heldByAnother()) {
   process.stderr.write(ALREADY_RUNNING);
+  process.exit(1);
+}
+
+const port = process.env.PORT === undefined ? 8787 : Number(process.env.PORT);
+if (!Number.isInteger(port) || port < 0 || port > 65535) {
+  process.stderr.write(`PORT must be a port number, got '${process.env.PORT}'\n`);
+  process.exit(1);
+}
+
+/** Why `port` cannot be listened on at the shop's address now (an error code), or null when it can. */
+function listenError(p) {
+  return new Promise((resolveProbe) => {
+    const probe = createServer();
+    probe.once('error', (e) => resolveProbe(e?.code ?? 'error'));
+    probe.listen({ port: p, host: '127.0.0.1', exclusive: true }, () => probe.close(() => resolveProbe(null)));
+  });
+}
+
+/** The busy-port hint: the next port that is free now, or PORT=0 (the shop then takes any free one). */
+async function busyPort(p) {
+  let next = 0;
+  for (let q = p + 1; q <= Math.min(p + 20, 65535); q++) {
+    if ((await listenError(q)) === null) {
+      next = q;
+      break;
+    }
+  }
+  return `port ${p} is in use; try PORT=${next} npm start${next ? ' (free now), or PORT=0 for any free port' : ' (any free port)'}\n`;
+}
+
+// Before building and making keys: a busy port would only fail after all that.
+// (Any other refusal, a privileged port say, is left to startShop to report.)
+if (port !== 0 && (await listenError(port)) === 'EADDRINUSE') {
+  process.stderr.write(await busyPort(port));
   process.exit(1);
 }
 
@@ -60,17 +96,12 @@ if (why) {
   }
 }
 
-const port = process.env.PORT === undefined ? 8787 : Number(process.env.PORT);
-if (!Number.isInteger(port) || port < 0 || port > 65535) {
-  process.stderr.write(`PORT must be a port number, got '${process.env.PORT}'\n`);
-  process.exit(1);
-}
-
 let shop;
 try {
   shop = await startShop({ port });
 } catch (e) {
-  if (e?.code === 'EADDRINUSE') process.stderr.write(`port ${port} is in use; try PORT=8788 npm start\n`);
+  // (Taken between the check above and now.)
+  if (e?.code === 'EADDRINUSE') process.stderr.write(await busyPort(port));
   else if (/is in use by another localrec serve/.test(String(e?.message))) process.stderr.write(ALREADY_RUNNING);
   else process.stderr.write(`${e?.stack ?? e}\n`);
   process.exit(1);

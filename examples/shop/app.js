@@ -18,11 +18,15 @@ function countParam(name, dflt) {
 /** Train after this many new browsing events (the page trains itself so that it can chart the loss). */
 const TRAIN_EVERY = countParam('trainEvery', 3);
 const POLL_MS = 4000;
-/** `?consent=required`: nothing is stored until the shopper accepts in the banner. */
+/** `?consent=required`: nothing is stored until the shopper accepts in the banner (a first visit without it starts as 'granted'). */
 const CONSENT_REQUIRED = params.get('consent') === 'required';
 /** How many shoppers the "Simulate" button runs (the test uses a few). */
 const SHOPPERS = countParam('shoppers', 200);
-/** `?consent=required` remembers the shopper's answer here (the host's job: the SDK asks it each page load). */
+/**
+ * The shopper's answer to the banner ("Change consent" on any page, the banner under
+ * `?consent=required`), kept here and passed back at every load: the host's job, since the SDK asks
+ * the host each page load. Without it a reload would undo "Only on this device".
+ */
 const CONSENT_KEY = 'localrec-demo-consent';
 
 const $ = (id) => document.getElementById(id);
@@ -144,7 +148,14 @@ async function loadSdk() {
   try {
     sdk ??= await import('/dist/index.js');
   } catch (e) {
-    throw new Error(`the SDK (/dist/index.js) did not load (${e?.message ?? e}): run npm run build (or npm start), then reload`);
+    // Not served at all (the folder alone, e.g. `localrec serve --static examples/shop`) or served
+    // but broken (a stale or half-finished build): each has its own fix.
+    const served = await fetch('/dist/index.js', { method: 'HEAD' }).then((r) => r.ok, () => false);
+    throw new Error(
+      served
+        ? `the SDK (/dist/index.js) did not load (${e?.message ?? e}): run npm run build, then reload`
+        : `this server does not serve the SDK build at /dist/ (${e?.message ?? e}): start the demo shop with npm start, which builds the SDK and serves it with the shop, then reload`,
+    );
   }
   return sdk;
 }
@@ -164,9 +175,10 @@ async function startRecommender() {
     // The shop's neighbour table (scripts/make-neighbors.ts, as `localrec neighbors` makes it from
     // the shop's orders), a static file: "Recommended for you" ranks the shopper's history through it.
     neighbors: { url: '/neighbors.lrn' },
-    // With ?consent=required, the answer remembered from an earlier visit, if any (the SDK asks the
-    // host at every page load; an answer equal to the stored one adds nothing to the history).
-    consent: CONSENT_REQUIRED ? (rememberedConsent() ?? 'required') : 'granted',
+    // The answer remembered from an earlier visit, on any page (the SDK asks the host at every page
+    // load; an answer equal to the stored one adds nothing to the history). Without one, the
+    // page's default: ask first with ?consent=required, else on.
+    consent: rememberedConsent() ?? (CONSENT_REQUIRED ? 'required' : 'granted'),
     ...(state.offerKey ? { offers: { publicKey: state.offerKey } } : {}),
   });
   state.startMs = Math.round(performance.now() - t0);
@@ -292,8 +304,12 @@ function renderRecs(recs) {
   ol.replaceChildren(...recs.map((r) => card(state.byId.get(r.itemId), { reason: r.reason })));
   const personal = recs.some((r) => r.reason.kind === 'personal');
   const history = Object.entries(state.stats?.events.byType ?? {}).some(([t, n]) => n > 0 && !t.startsWith('offer_'));
+  // What leaves follows the consent: never the events or the profile made from them; with sharing
+  // model updates on, a clipped, noised model update (the privacy panel lists each request).
   $('recs-hint').textContent = personal
-    ? 'Computed in this browser from what you did here. Nothing about you is sent anywhere.'
+    ? state.audit?.privacy.federatedActive
+      ? 'Computed in this browser from what you did here. Your events and the taste profile made from them stay on this device; only a clipped, noised model update is shared (see Privacy).'
+      : 'Computed in this browser from what you did here. Your events and the taste profile made from them stay on this device, and nothing is shared.'
     : history
       ? 'What you did here does not single anything out yet, so these are the shop’s bestsellers.'
       : 'No history yet, so these are the shop’s bestsellers. Browse a little and watch them change.';
@@ -497,7 +513,7 @@ async function chooseConsent(personalization, federated) {
   if (!state.rec) return;
   try {
     await state.rec.setConsent({ personalization, federated });
-    if (CONSENT_REQUIRED) rememberConsent({ personalization, federated });
+    rememberConsent({ personalization, federated });
     // Declining erases what was stored and the personal model: the panel forgets them too.
     if (!personalization) {
       forgetModelPanel();
@@ -616,7 +632,9 @@ function redeem(o) {
 
 async function loadServerConfig() {
   try {
-    state.serverConfig = await (await fetch('/v1/config')).json();
+    const res = await fetch('/v1/config');
+    // An error body is not a config (σ would read as undefined); the rounds panel says what is wrong.
+    if (res.ok) state.serverConfig = await res.json();
   } catch {
     // shown as unreachable by the rounds panel
   }
@@ -708,9 +726,12 @@ async function startSimulation() {
   $('simulate').disabled = true;
   try {
     const res = await fetch('/demo/simulate', { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ shoppers: SHOPPERS }) });
-    const body = await res.json();
-    if (!res.ok && res.status !== 409) throw new Error(body.error ?? `HTTP ${res.status}`);
+    const body = await res.json().catch(() => ({}));
+    // 409: one is running already (shown as it goes); 503 with `unavailable`: the data is missing,
+    // which the status line says and the button keeps (it stays off).
+    if (!res.ok && res.status !== 409 && !body.unavailable) throw new Error(body.error ?? `HTTP ${res.status}`);
     renderSimulation(body);
+    if (body.unavailable) return;
   } catch (e) {
     $('sim-status').textContent = `Could not start the simulation: ${e.message}`;
     $('simulate').disabled = false;
@@ -723,7 +744,16 @@ async function pollSimulation() {
   clearTimeout(simTimer);
   let s;
   try {
-    s = await (await fetch('/demo/simulate/status')).json();
+    const res = await fetch('/demo/simulate/status');
+    // A 404 is a server without the demo's endpoints (only npm start has them): no button then.
+    if (res.status === 404) {
+      $('simulate').disabled = true;
+      $('simulate-cancel').hidden = true;
+      $('sim-status').textContent = 'Not available here: this server has no /demo/simulate (start the demo shop with npm start).';
+      return;
+    }
+    if (!res.ok) throw new Error(`the server answered HTTP ${res.status}`);
+    s = await res.json();
   } catch (e) {
     $('sim-status').textContent = `Lost the server: ${e.message}`;
     $('simulate').disabled = false;
@@ -738,7 +768,9 @@ const pct = (x) => `${(x * 100).toFixed(1)}%`;
 
 function renderSimulation(s) {
   const running = s.running;
-  $('simulate').disabled = running;
+  // Without the retail data there is nothing to replay: the button stays off and says why.
+  $('simulate').disabled = running || !!s.unavailable;
+  $('simulate').title = s.unavailable ? 'Off: the online-retail data is missing on the server' : '';
   $('simulate-cancel').hidden = !running;
   $('sim-meter').hidden = s.phase === 'idle';
   const simPct = s.shoppers ? (100 * s.done) / s.shoppers : 0;
@@ -748,7 +780,7 @@ function renderSimulation(s) {
   const el = $('sim-status');
   el.dataset.phase = s.phase;
   if (s.phase === 'idle') {
-    el.textContent = '';
+    el.textContent = s.unavailable ? `Off: ${s.unavailable}.` : '';
     return;
   }
   if (s.phase === 'loading') {
@@ -786,12 +818,24 @@ function renderSimulation(s) {
 // ---------------------------------------------------------------- federated rounds
 
 let lastRounds = null;
+/** GET a JSON endpoint of the aggregation server: its status and body (null when not JSON). */
+async function getJson(path) {
+  const res = await fetch(path);
+  return { path, status: res.status, ok: res.ok, body: await res.json().catch(() => null) };
+}
+
 async function pollRounds() {
+  const at = Date.now();
   try {
-    const [health, round] = await Promise.all([fetch('/v1/health').then((r) => r.json()), fetch('/v1/rounds/current').then((r) => r.json())]);
-    lastRounds = { health, round, at: Date.now() };
+    const [health, round] = await Promise.all([getJson('/v1/health'), getJson('/v1/rounds/current')]);
+    // An error answer is not a round: say what the server said instead of reading fields off it.
+    const bad = [health, round].find((r) => !r.ok || !r.body);
+    if (bad?.status === 404) lastRounds = { error: `no aggregation server behind ${bad.path}, HTTP 404`, at };
+    else if (bad) lastRounds = { unhealthy: `${bad.path} answered HTTP ${bad.status}${bad.body?.error ? `: ${bad.body.error}` : ''}`, at };
+    else if (health.body.ok !== true || typeof round.body.hash !== 'string') lastRounds = { unhealthy: '/v1/health does not report ok', at };
+    else lastRounds = { health: health.body, round: round.body, at };
   } catch (e) {
-    lastRounds = { error: String(e?.message ?? e), at: Date.now() };
+    lastRounds = { error: String(e?.message ?? e), at };
   }
   renderRounds();
 }
@@ -806,7 +850,12 @@ function renderRounds() {
     $('f-pending').textContent = `Could not reach the aggregation server (${r.error}).`;
     return;
   }
-  $('f-health').innerHTML = `<span class="dot ${r.health.ok ? 'on' : 'off'}"></span>${r.health.ok ? 'online' : 'unhealthy'}`;
+  if (r.unhealthy) {
+    $('f-health').innerHTML = '<span class="dot off"></span>unhealthy';
+    $('f-pending').textContent = `The aggregation server answers, but not normally (${r.unhealthy}); checking again every few seconds.`;
+    return;
+  }
+  $('f-health').innerHTML = '<span class="dot on"></span>online';
   const { version, pending, minClients, publishedAt, hash } = r.round;
   $('f-version').innerHTML = `version ${version} <span class="fine">· ${esc(hash.slice(0, 8))} · ${esc(new Date(publishedAt).toLocaleString())}</span>`;
   const roundPct = Math.min(100, (pending / minClients) * 100);

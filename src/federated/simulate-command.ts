@@ -113,7 +113,7 @@ export function register(program: Command, io: SimulateIo = PROCESS_IO): void {
     .option('--freeze-biases', "server: keep the initial popularity biases (the shop's own sales counts) and federate the factors only")
     .option('--secure-aggregation', 'server and devices: cohorts of --min-clients with masked uploads and distributed noise (each device adds σC/√K)')
     .option('--secagg-bits <b>', 'secure aggregation: bits per coordinate (default the widest within 64 KiB)')
-    .option('--secagg-range <r>', "secure aggregation: a cohort sum's coordinate must stay within ±r (default K·C + 8·C·max(1, σ) when the bits make its rounding negligible or with --aggregator subspace, else 8·C·max(1, σ))")
+    .option('--secagg-range <r>', "secure aggregation: a cohort sum's coordinate must stay within ±r (default K·C + 8·C·max(1, σ·√(K/t)) when the bits make its rounding negligible or with --aggregator subspace, else 8·C·max(1, σ·√(K/t)); t = --secagg-survivors, K without it)")
     .option('--secagg-degree <d>', 'secure aggregation: mask neighbours per device, even (default min(16, K − 1 rounded up))')
     .option('--secagg-survivors <t>', 'secure aggregation: a cohort missing at most K − t uploads is recovered from the rest (devices then add σC/√t each); default K (no recovery)')
     .option('--dropout <p>', 'secure aggregation, in-process server: this share of each cohort loses its connection at upload (default 0)')

@@ -13,7 +13,7 @@ export function register(program: Command): void {
 
   offers
     .command('keygen')
-    .description('Write a new key pair: private.jwk (keep on the shop server) and public.jwk (give to setOffers).')
+    .description('Write a new key pair: private.jwk (keep on the shop server) and public.jwk (give to the page: createRecommender({ offers: { publicKey } }); setOffers takes the signed catalog).')
     .requiredOption('--out <dir>', 'folder to write private.jwk and public.jwk into (refused if either exists)')
     .action(async (o: { out: string }) => {
       const { access, mkdir, writeFile } = await import('node:fs/promises');

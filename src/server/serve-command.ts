@@ -92,7 +92,7 @@ export function register(program: Command): void {
     .option('--upload-timeout <seconds>', 'secure aggregation: time a full cohort has to collect every upload, and a recovery its shares (default --cohort-timeout, at most 600)', num('upload-timeout'))
     .option('--rate-limit <perMinute>', 'updates per minute per client address (0 = off)', rateLimitFlag, 60)
     .option('--trust-proxy', "behind a reverse proxy or load balancer: the client address (for --rate-limit) is the last X-Forwarded-For entry (the one the proxy appended), not the proxy's own; only when every request comes through such a proxy")
-    .option('--static <dir>', 'serve this folder at / (the demo shop)')
+    .option('--static <dir>', 'serve this folder at / (a static site; the demo shop needs `npm start` instead, which also serves the SDK build and its demo endpoints)')
     .option('--cors-origin <origin...>', 'page origins that may call the API from another origin (e.g. https://shop.example)')
     .option('--offers <file>', "signed offer catalog (localrec offers sign) to check redemptions against: POST /v1/offers/redeem")
     .option('--offers-key <file>', 'public JWK the offer catalog must verify with (required with --offers)')

@@ -4,7 +4,9 @@
  * that "Recommended for you" changes and gives reasons, that offers come with reasons and can be
  * used, that the page syncs (and the privacy panel's audit matches the requests the test saw and
  * the events it made), that Export downloads those events, that simulated shoppers move the global
- * model on, that a device past its ε budget refuses, erases, and checks the consent banner. Saves
+ * model on, that a device past its ε budget refuses, erases, and checks the consent banner (and that
+ * the answer holds across reloads on the default page too), and what the page says about a server
+ * without the SDK build, the demo endpoints or the retail data, or an unhealthy one. Saves
  * screenshots to test-results/ (and docs/img/shop.png, the README's picture, with UPDATE_SCREENSHOT=1).
  *
  * Needs `npm run build` first (npm test does it). Uses the WASM backend: software WebGPU is slow here.
@@ -67,6 +69,10 @@ describe('demo shop', () => {
     assert.equal(key.d, undefined, 'the private key is never served');
     const signed = await (await fetch(`${shop.url}/offers.json`)).json();
     assert.equal(signed.alg, 'ES256');
+    // The key id saved with the key pair is the one served and signed with (the next start reads it back).
+    const saved = JSON.parse(readFileSync(join(dataDir, 'offer-keys.json'), 'utf8'));
+    assert.equal(saved.kid, key.kid);
+    assert.equal(signed.kid, key.kid);
     assert.ok(signed.catalog.offers.length >= 5, JSON.stringify(signed.catalog.offers.map((o: { id: string }) => o.id)));
     assert.equal((await (await fetch(`${shop.url}/demo/simulate/status`)).json()).phase, 'idle');
   });
@@ -224,11 +230,12 @@ describe('demo shop', () => {
 
     // Simulated shoppers (real retail customers, each a device running syncOnce) move the global
     // model on; "Sync now" then pulls the new version (the device's second and last sync at σ = 1).
-    await page.click('#simulate');
     if (!existsSync(RETAIL_DATA)) {
-      await page.waitForFunction(() => document.body.dataset.sim === 'failed', null, { timeout: 10_000 });
+      // Without the data the button is off from the start and says why.
+      assert.equal(await page.isDisabled('#simulate'), true);
       assert.match(await text(page, '#sim-status'), /online-retail data is missing/);
     } else {
+      await page.click('#simulate');
       await page.waitForFunction(() => document.body.dataset.sim === 'done', null, { timeout: 45_000 });
       const sim = await text(page, '#sim-status');
       assert.match(sim, /^Done: 12 of 12 shoppers synced in \d+ s · global model version 0 → [1-9]/, sim);
@@ -358,5 +365,79 @@ describe('demo shop', () => {
     assert.deepEqual(posts, [], 'nothing was posted');
     assert.deepEqual(errors, []);
     await page.close();
+  });
+
+  it('remembers "Only on this device" on the default page too', async () => {
+    const errors: string[] = [];
+    const page = await browser.newPage({ viewport: { width: 1400, height: 1000 } });
+    page.on('pageerror', (e) => errors.push(e.message));
+    const posts: string[] = [];
+    page.on('request', (r) => {
+      if (r.method() === 'POST') posts.push(r.url());
+    });
+    const consentNow = () => text(page, '#a-consent');
+    // A first visit without ?consent=required starts granted, as before.
+    await page.goto(`${shop.url}/?backend=wasm`);
+    await page.waitForSelector('body[data-state="ready"]', { timeout: 45_000 });
+    assert.match(await consentNow(), /^Personalization: yes · sharing model updates: yes · sync allowed/);
+    assert.equal(await page.isVisible('#consent-banner'), false);
+    await page.click('#show-consent');
+    await page.click('#consent-local');
+    await page.waitForSelector('#consent-banner', { state: 'hidden' });
+    await page.waitForFunction(() => (document.getElementById('a-consent')?.textContent ?? '').startsWith('Personalization: yes · sharing model updates: no · sync off'), null, { timeout: 10_000 });
+    const history = await page.$$eval('#a-consent-history li', (lis) => lis.map((li) => li.textContent));
+    // After a reload the answer holds: the page passes it back instead of 'granted'.
+    await page.reload();
+    await page.waitForSelector('body[data-state="ready"]', { timeout: 45_000 });
+    await page.waitForFunction(() => (document.getElementById('a-consent')?.textContent ?? '').startsWith('Personalization: yes'), null, { timeout: 10_000 });
+    assert.match(await consentNow(), /^Personalization: yes · sharing model updates: no · sync off/);
+    assert.equal(await page.isDisabled('#sync-now'), true);
+    assert.equal(await page.isVisible('#consent-banner'), false);
+    assert.deepEqual(await page.$$eval('#a-consent-history li', (lis) => lis.map((li) => li.textContent)), history, 'the same answer again adds nothing');
+    assert.deepEqual(posts, [], 'nothing was posted');
+    assert.deepEqual(errors, []);
+    await page.close();
+  });
+
+  it('says what is wrong with a server that lacks the SDK build or the demo endpoints, or is unhealthy', async () => {
+    const page = await browser.newPage({ viewport: { width: 1400, height: 1000 } });
+    // As `localrec serve --static examples/shop` would answer, with a store that is failing.
+    await page.route('**/dist/**', (r) => r.fulfill({ status: 404, body: 'not found' }));
+    await page.route('**/demo/simulate/status', (r) => r.fulfill({ status: 404, body: 'not found' }));
+    await page.route('**/v1/rounds/current', (r) => r.fulfill({ status: 503, contentType: 'application/json', body: JSON.stringify({ error: 'the server cannot reach its storage right now', reason: 'storage-unavailable' }) }));
+    await page.goto(`${shop.url}/?backend=wasm`);
+    await page.waitForSelector('body[data-state="failed"]', { timeout: 20_000 });
+    assert.match(await text(page, '#status'), /does not serve the SDK build at \/dist\/.*npm start/);
+    await page.waitForFunction(() => /unhealthy/.test(document.getElementById('f-health')?.textContent ?? ''), null, { timeout: 10_000 });
+    assert.match(await text(page, '#f-pending'), /\/v1\/rounds\/current answered HTTP 503: the server cannot reach its storage/);
+    await page.waitForFunction(() => /Not available here/.test(document.getElementById('sim-status')?.textContent ?? ''), null, { timeout: 10_000 });
+    assert.equal(await page.isDisabled('#simulate'), true);
+    await page.close();
+  });
+
+  it('turns the simulation off without the retail data: one line at start, the button off', async () => {
+    const lines: string[] = [];
+    const missing = join(dataDir, 'no-such-online-retail.csv.gz');
+    const bare = await startShop({ port: 0, dataDir: null, retailData: missing, log: (l) => lines.push(l) });
+    try {
+      assert.deepEqual(
+        lines.filter((l) => l.includes(missing)),
+        [`the online-retail data is missing (${missing}): the page's "Simulate shoppers" button is off without it`],
+      );
+      const status = await (await fetch(`${bare.url}/demo/simulate/status`)).json();
+      assert.equal(status.phase, 'idle');
+      assert.match(status.unavailable, /online-retail data is missing/);
+      const res = await fetch(`${bare.url}/demo/simulate`, { method: 'POST' });
+      assert.equal(res.status, 503);
+      assert.match((await res.json()).error, /online-retail data is missing/);
+      assert.equal(bare.simulation.running, false, 'nothing started, so nothing fails later with a stack');
+      const page = await browser.newPage({ viewport: { width: 1400, height: 1000 } });
+      await page.goto(`${bare.url}/?backend=wasm`);
+      await page.waitForFunction(() => /online-retail data is missing/.test(document.getElementById('sim-status')?.textContent ?? ''), null, { timeout: 20_000 });
+      assert.equal(await page.isDisabled('#simulate'), true);
+      await page.close();
+    } finally {
+      await bare.close();
+    }
   });
 });
