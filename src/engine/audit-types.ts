@@ -63,8 +63,12 @@ export interface ExportFile {
   egressLog: EgressEntry[];
   privacy: AccountantState | null;
   model: { version: number; dim: number; items: number; trainedAt: number | null; trainSteps: number } | null;
-  /** With `federated.autoSyncHours`: when an automatic sync was last started and a sync last succeeded (it says when the shop was open). */
-  autoSync: { lastAttemptAt?: number; lastSuccessAt?: number } | null;
+  /**
+   * With `federated.autoSyncHours`: when an automatic sync was last started and a sync last
+   * succeeded (it says when the shop was open), and the earliest time the next may start (the
+   * period, or the retry delay, plus a random extra of up to half of it).
+   */
+  autoSync: { lastAttemptAt?: number; lastSuccessAt?: number; nextAt?: number } | null;
   /**
    * What the device kept of offer impressions, redemptions and purchases that retention removed:
    * counts and times per offer, and the latest purchase's time (so caps and the audience hold).

@@ -17,7 +17,7 @@ import { decodeModel, encodeModel, sha256, toHex } from '../federated/wire.js';
 import type { SparseItemModel } from '../model/sparse-item-model.js';
 import { checkTrainConfig, DEFAULT_TRAIN_CONFIG, trainItemTable, type TrainConfig } from '../model/train.js';
 import { DEFAULT_BUDGET, RdpAccountant, type AccountantState } from '../federated/dp.js';
-import { PRIVATE_FETCH, pullOnce, syncOnce, type EgressEntry, type FetchLike } from '../federated/sync.js';
+import { DROP_OUT, PRIVATE_FETCH, pullOnce, syncOnce, type EgressEntry, type FetchLike } from '../federated/sync.js';
 import type {
   BackendName,
   Progress,
@@ -123,6 +123,18 @@ interface AutoSyncState {
   lastAttemptAt?: number;
   /** When one last succeeded. */
   lastSuccessAt?: number;
+  /**
+   * The earliest time the next one may start: the period after the last success (or the retry
+   * delay after the last attempt) plus a random extra of up to half of it, drawn from the platform's
+   * CSPRNG, so that a server cannot tell from one sync's time when the same device's next comes.
+   * Absent in states saved before it existed: then exactly the period (or retry delay) after.
+   */
+  nextAt?: number;
+}
+
+/** `ms` plus a random extra of up to half of it (crypto.getRandomValues): see {@link AutoSyncState.nextAt}. */
+function withJitter(ms: number): number {
+  return ms * (1 + 0.5 * (randomSeed() / 2 ** 32));
 }
 /** The first automatic sync of a session waits this long: not while the shop's page is still loading. */
 export const AUTO_SYNC_FIRST_DELAY_MS = 10_000;
@@ -481,7 +493,7 @@ export class Engine {
     // The shopper erased their data in another tab: this tab syncs no more by itself this session.
     this.disarmAutoSync();
     this.autoSyncStopped = true;
-    this.cancelAllSyncs();
+    this.cancelAllSyncs(true);
     await this.syncing?.catch(() => undefined);
     await this.training?.catch(() => undefined);
     this.dataEpoch++;
@@ -643,7 +655,7 @@ export class Engine {
     if (!next.personalization || !next.federated) {
       // A sync under way stops with the consent it needed: before its upload it sends nothing (an
       // upload already in flight is never cut, so its ε stays spent and recorded).
-      this.cancelAllSyncs();
+      this.cancelAllSyncs(true);
       await this.syncing?.catch(() => undefined);
     }
     if (next.personalization && !was) {
@@ -1287,6 +1299,15 @@ export class Engine {
    * receiving sync's result for its own: it waits for it to end, then syncs.
    */
   async sync(o: SyncControl = {}): Promise<SyncResultInfo> {
+    return this.runSync(o, false);
+  }
+
+  /**
+   * {@link sync}; `receiveWhenSpent` (automatic syncs): a contributing sync the budget cannot pay
+   * for goes on as a receiving one with the config and model it fetched, instead of refusing (a
+   * second pair of requests would set the device apart).
+   */
+  private async runSync(o: SyncControl, receiveWhenSpent: boolean): Promise<SyncResultInfo> {
     this.assertOpen();
     knownKeys(o, 'options', OPTION_KEYS.sync);
     if (o.onProgress !== undefined && typeof o.onProgress !== 'function') throw new ValidationError('options.onProgress', `must be a function, got ${typeof o.onProgress}`);
@@ -1310,7 +1331,7 @@ export class Engine {
       const abort = new AbortController();
       this.syncAbort = abort;
       this.syncContributes = contribute;
-      this.syncing = (contribute ? this.syncRound(abort.signal) : this.pullRound(abort.signal)).then(async (r) => {
+      this.syncing = (contribute ? this.syncRound(abort.signal, receiveWhenSpent) : this.pullRound(abort.signal)).then(async (r) => {
         // A contributing sync (the page's own too) starts the automatic period anew; a receiving one
         // does not, or a page that only receives would hold the automatic contribution off for good.
         if (contribute) await this.noteSynced();
@@ -1343,15 +1364,19 @@ export class Engine {
    * Cancels every sync: the one under way and any call waiting for its turn (close(), erase(),
    * consent withdrawn, another tab's erase).
    */
-  cancelAllSyncs(): void {
+  cancelAllSyncs(dropOut = false): void {
     this.cancels++;
-    this.cancelSync();
+    this.cancelSync(dropOut);
   }
 
-  /** Cancels the sync under way, if any (see {@link SyncControl.signal}); true when there was one. */
-  cancelSync(): boolean {
+  /**
+   * Cancels the sync under way, if any (see {@link SyncControl.signal}); true when there was one.
+   * `dropOut` (an erase, a consent withdrawal): a device whose cohort has filled drops out of it
+   * rather than upload (DROP_OUT); a plain cancel lets it upload, as the other members wait on it.
+   */
+  cancelSync(dropOut = false): boolean {
     if (!this.syncAbort) return false;
-    this.syncAbort.abort();
+    this.syncAbort.abort(dropOut ? DROP_OUT : undefined);
     return true;
   }
 
@@ -1473,7 +1498,10 @@ export class Engine {
         now: this.now,
         ...(this.saved.globalHash ? { knownHash: this.saved.globalHash } : {}),
       });
-      if (r.changed) await this.adoptGlobal(r, through, table);
+      if (r.changed) {
+        if (r.localStepFailed) this.lastError = new ModelError(`sync: ${r.localStepFailed}; the global model is used as it came`);
+        await this.adoptGlobal(r, through, table);
+      }
       const accountant = new RdpAccountant(await this.store.getMeta<AccountantState>(PRIVACY_KEY));
       return { version: this.table.version, sent: false, uploadedBytes: 0, epsilon: accountant.epsilon(fed.delta), budget, published: null, modelChanged: r.changed };
     } finally {
@@ -1501,7 +1529,7 @@ export class Engine {
     };
   }
 
-  private async syncRound(signal: AbortSignal): Promise<SyncResultInfo> {
+  private async syncRound(signal: AbortSignal, receiveWhenSpent = false): Promise<SyncResultInfo> {
     const { fed, budget, through, history, train, table } = await this.syncStart();
     const accountant = new RdpAccountant(await this.store.getMeta<AccountantState>(PRIVACY_KEY));
     const egress: EgressEntry[] = [];
@@ -1542,6 +1570,7 @@ export class Engine {
         accountant,
         recordRelease,
         claimCohort: this.claimCohort,
+        whenBudgetSpent: receiveWhenSpent ? 'receive' : 'refuse',
         budget,
         delta,
         history,
@@ -1555,7 +1584,7 @@ export class Engine {
         ...(fed.cohortWaitMs !== undefined ? { cohortWaitMs: fed.cohortWaitMs } : {}),
       });
       // Sent as noise only because training failed on this history: the host sees why, the server not.
-      if (r.localStepFailed) this.lastError = new ModelError(`sync: ${r.localStepFailed}; a noise-only update was sent in its place`);
+      if (r.localStepFailed) this.lastError = new ModelError(`sync: ${r.localStepFailed}; ${r.budgetSpent ? 'the global model is used as it came' : 'a noise-only update was sent in its place'}`);
       await this.adoptGlobal(r, through, table);
       return {
         version: r.global.version,
@@ -1632,11 +1661,13 @@ export class Engine {
     const now = this.now();
     const notDue = new Error('not due');
     let state: AutoSyncState | undefined;
+    const dueAt = (s: AutoSyncState) => s.nextAt ?? Math.max((s.lastSuccessAt ?? -Infinity) + period, (s.lastAttemptAt ?? -Infinity) + retry);
     try {
       await this.store.updateMeta<AutoSyncState>(AUTO_SYNC_KEY, (s) => {
         state = s;
-        if (s && (now - (s.lastSuccessAt ?? -Infinity) < period || now - (s.lastAttemptAt ?? -Infinity) < retry)) throw notDue;
-        return { ...s, lastAttemptAt: now };
+        if (s && now < dueAt(s)) throw notDue;
+        // If this one fails, the next try comes after the retry delay (a success moves it on: noteSynced).
+        return { ...s, lastAttemptAt: now, nextAt: now + withJitter(retry) };
       });
     } catch (e) {
       if (e !== notDue) {
@@ -1645,8 +1676,7 @@ export class Engine {
         throw e;
       }
       // Look again when the period (or the retry delay after a failure) has run out.
-      const next = Math.max((state?.lastSuccessAt ?? -Infinity) + period, (state?.lastAttemptAt ?? -Infinity) + retry);
-      this.scheduleAutoSync(Math.min(period, Math.max(1_000, next - now)));
+      this.scheduleAutoSync(Math.min(period, Math.max(1_000, dueAt(state!) - now)));
       return null;
     }
     try {
@@ -1656,11 +1686,12 @@ export class Engine {
       let r: SyncResultInfo;
       try {
         // A contributing sync records its success itself (noteSynced).
-        r = await this.sync({ contribute: syncsLeft !== 0 });
+        // A budget that cannot pay at the server's σ (not known until the first sync, and the server
+        // may have changed it) makes it a receiving sync, on the same two requests.
+        r = await this.runSync({ contribute: syncsLeft !== 0 }, true);
         if (syncsLeft === 0) await this.noteSynced();
       } catch (e) {
-        // The budget cannot pay for one more sync at the server's σ (not known until the first
-        // sync, and the server may have changed it): receive instead.
+        // (Joined a page's contributing sync, which refused for the budget: receive now.)
         if (!(e instanceof PrivacyBudgetError)) throw e;
         r = await this.sync({ contribute: false });
         await this.noteSynced();
@@ -1678,7 +1709,7 @@ export class Engine {
   private async noteSynced(): Promise<void> {
     if (this.autoSyncMs <= 0) return;
     const t = this.now();
-    await this.store.updateMeta<AutoSyncState>(AUTO_SYNC_KEY, (s) => ({ ...s, lastSuccessAt: t })).catch((e) => {
+    await this.store.updateMeta<AutoSyncState>(AUTO_SYNC_KEY, (s) => ({ ...s, lastSuccessAt: t, nextAt: t + withJitter(this.autoSyncMs) })).catch((e) => {
       this.lastError = e as Error;
     });
   }
@@ -1969,7 +2000,7 @@ export class Engine {
     this.queue = [];
     this.dropEventCache();
     // No sync may send anything, or write anything, once erasing has begun.
-    this.cancelAllSyncs();
+    this.cancelAllSyncs(true);
     this.neighborAbort?.abort();
     await this.syncing?.catch(() => undefined);
     // A grant under way has installed its store (destroyed below) before erasing goes on.

@@ -4,7 +4,7 @@
  * noised, quantized update. What leaves the device is exactly the documented update body; every
  * request is reported to `onEgress` so the SDK can keep an egress log.
  */
-import { AbortError, isModelError, isNetworkError, ModelError, NetworkError, StorageError, syncCancelled, ValidationError } from '../errors.js';
+import { AbortError, isModelError, isNetworkError, ModelError, NetworkError, PrivacyBudgetError, StorageError, syncCancelled, ValidationError } from '../errors.js';
 import type { SyncProgress } from '../types.js';
 import { cloneItemTable, type ItemTable } from '../model/item-table.js';
 import { checkTrainConfig, trainItemTable, type Sequence, type TrainConfig } from '../model/train.js';
@@ -116,6 +116,13 @@ export interface SyncOptions {
    */
   recordRelease?: (noiseMultiplier: number) => Promise<RdpAccountant>;
   /**
+   * What a device whose budget cannot pay for this round does, once it has the model (the budget
+   * is checked then, so that such a device makes the same two requests as any other): `refuse`
+   * (default) throws a PrivacyBudgetError; `receive` goes on as a receiving sync ({@link pullOnce})
+   * and returns `sent: false, budgetSpent: true` (automatic syncs: no second pair of requests).
+   */
+  whenBudgetSpent?: 'refuse' | 'receive';
+  /**
    * Secure aggregation: called once this device has joined cohort `cohort`, before it waits for
    * the cohort to fill; rejects when another sync of the same shopper (another tab) joined that
    * cohort. Two uploads of one history in one cohort add up before the noise (sensitivity 2C
@@ -177,6 +184,8 @@ export interface SyncResult {
    * host sees the reason here (the engine puts it in `stats().lastError`), the server does not.
    */
   localStepFailed?: string;
+  /** Set (with `whenBudgetSpent: 'receive'`) when the budget could not pay for this round: nothing was sent. */
+  budgetSpent?: true;
 }
 
 /** Waits `ms`, or less when `signal` aborts first (the caller checks which). */
@@ -208,6 +217,19 @@ async function checkpointQuietly(o: Pick<SyncOptions, 'onCheckpoint'>): Promise<
 /** A cancel seen after the release was recorded: nothing was sent, but that ε is spent. */
 function releasedButCancelled(): AbortError {
   return new AbortError('sync cancelled before the upload, after its release was recorded: no update was sent, but its ε is spent');
+}
+
+/**
+ * The abort reason that makes a sync drop out of a full cohort instead of uploading (`signal.abort(DROP_OUT)`):
+ * the shopper erased their data or withdrew consent, which no server's "the cohort is full" may
+ * override. Any other cancel lets a device whose cohort has filled upload after all, since the
+ * other members' round depends on it.
+ */
+export const DROP_OUT = 'localrec:drop-out';
+
+/** Whether the caller cancelled with {@link DROP_OUT}. */
+function mustDropOut(o: Pick<SyncOptions, 'signal'>): boolean {
+  return o.signal?.aborted === true && o.signal.reason === DROP_OUT;
 }
 
 /** Throws an {@link AbortError} when the caller cancelled; `when` says where the sync stopped. */
@@ -276,8 +298,20 @@ export function parseServerConfig(c: Partial<ServerConfig>): ServerConfig {
   for (const k of ['dim', 'items', 'clip', 'noiseMultiplier', 'bits', 'blockSize', 'version', 'minClients'] as const) {
     if (typeof c[k] !== 'number' || !Number.isFinite(c[k])) throw new ValidationError(`server config.${k}`, `must be a number, got ${String(c[k])}`);
   }
+  // The bounds the server itself keeps (createServer): beyond them an honest update cannot be
+  // encoded (a clip near float32's limit overflows the quantization scales), and a failure to
+  // encode that depends on the history would tell the server something through whether the
+  // device goes on to upload.
+  if (!(c.clip! >= 1e-6 && c.clip! <= 1e6)) throw new ValidationError('server config.clip', `must be from 1e-6 to 1e6, got ${c.clip}`);
+  if (!(c.noiseMultiplier! >= 0 && c.noiseMultiplier! <= 1e6)) throw new ValidationError('server config.noiseMultiplier', `must be from 0 to 1e6, got ${c.noiseMultiplier}`);
   if (c.secureAggregation != null) {
-    checkSecAggParams(c.secureAggregation, 'server config.secureAggregation');
+    const sa = checkSecAggParams(c.secureAggregation, 'server config.secureAggregation');
+    // The same for masked values: a step so small that a clipped value plus its noise share
+    // overflows the fixed-point encoding. Every honest range holds at least one clipped update.
+    const range = sa.step * 2 ** (sa.bits - 1);
+    if (!(range >= c.clip!)) {
+      throw new ValidationError('server config.secureAggregation.step', `gives a range of ±${range} (step × 2^(bits−1)), less than the clip bound ${c.clip}: one update would not fit`);
+    }
     // How long the device waits for its cohort: from the server, so bounded (a day at most).
     for (const k of ['timeoutMs', 'uploadTimeoutMs'] as const) {
       const v = c.secureAggregation[k];
@@ -386,7 +420,7 @@ export type PullOptions = RequestOptions &
   };
 
 /** What {@link pullOnce} did: `changed: false` when the version the device holds is still the newest. */
-export type PullResult = { changed: false } | ({ changed: true } & Pick<SyncResult, 'global' | 'globalHash' | 'local'>);
+export type PullResult = { changed: false } | ({ changed: true } & Pick<SyncResult, 'global' | 'globalHash' | 'local' | 'localStepFailed'>);
 
 /**
  * A sync that only receives: the newest global model, with the same local step a sync takes on it
@@ -403,20 +437,39 @@ export type PullResult = { changed: false } | ({ changed: true } & Pick<SyncResu
  */
 export async function pullOnce(o: PullOptions): Promise<PullResult> {
   checkAborted(o, 'before it started');
+  // As in syncOnce: a wrong setting is an error before any request, never a history's failure.
+  const train = checkTrainConfig({ epochs: 2, ...o.train });
   o.onProgress?.({ phase: 'config' });
   const config = await fetchServerConfig(o);
   o.onProgress?.({ phase: 'model' });
   const pulled = await fetchModel(o, o.knownHash);
   if (!pulled) return { changed: false };
   checkAborted(o, 'after the model was fetched');
-  const local = cloneItemTable(pulled.table);
-  const seqs = historySequences(pulled.table, o.history);
-  if (seqs.length > 0 && config.aggregator !== 'subspace') {
-    o.onProgress?.({ phase: 'training' });
-    await trainItemTable(local, seqs, { epochs: 2, ...o.train });
-    checkAborted(o, 'after local training');
+  const { local, stepFailed } = await receivedLocal(o, config, pulled.table, train);
+  return { changed: true, global: pulled.table, globalHash: pulled.hash, local, ...(stepFailed ? { localStepFailed: stepFailed } : {}) };
+}
+
+/**
+ * A receiving sync's local step on the global model: local training (unless the server runs the
+ * subspace aggregator). Training that fails on this history (a ModelError) leaves the global model
+ * as it is, reported in `stepFailed`: a failure must not end the sync early, which would show in
+ * when the device next asks (an automatic sync retries sooner after a failure).
+ */
+async function receivedLocal(o: Pick<SyncOptions, 'history' | 'onProgress' | 'signal'>, config: ServerConfig, global: ItemTable, train: TrainConfig): Promise<{ local: ItemTable; stepFailed?: string }> {
+  const local = cloneItemTable(global);
+  const seqs = historySequences(global, o.history);
+  if (seqs.length === 0 || config.aggregator === 'subspace') return { local };
+  o.onProgress?.({ phase: 'training' });
+  let stepFailed: string | undefined;
+  try {
+    await trainItemTable(local, seqs, train);
+    if (!finiteStep(global, local)) stepFailed = 'the local step is not finite';
+  } catch (e) {
+    if (!isModelError(e)) throw e;
+    stepFailed = `local training failed: ${e.message}`;
   }
-  return { changed: true, global: pulled.table, globalHash: pulled.hash, local };
+  checkAborted(o, 'after local training');
+  return stepFailed ? { local: cloneItemTable(global), stepFailed } : { local };
 }
 
 /**
@@ -439,12 +492,22 @@ export async function syncOnce(o: SyncOptions): Promise<SyncResult> {
   const train = checkTrainConfig({ epochs: 2, ...o.train });
   o.onProgress?.({ phase: 'config' });
   const config = await fetchServerConfig(o);
-  // Checked before any training or upload: a device past its budget sends nothing.
-  o.accountant.assertCanSpend(config.noiseMultiplier, budget, delta);
   o.onProgress?.({ phase: 'model' });
   const { table: global, hash } = await pullModel(o);
   checkAborted(o, 'after the model was fetched');
   o.checkModel?.(global);
+  // Checked before any training or upload, but after the model: a device past its budget has then
+  // made the same two requests as any other sync. (Refused after the config alone, its lone
+  // request would single it out, and a server that sets σ per request could probe how much a
+  // device has spent.)
+  try {
+    o.accountant.assertCanSpend(config.noiseMultiplier, budget, delta);
+  } catch (e) {
+    if (!(e instanceof PrivacyBudgetError) || o.whenBudgetSpent !== 'receive') throw e;
+    await checkpointQuietly(o);
+    const { local, stepFailed } = await receivedLocal(o, config, global, train);
+    return { global, globalHash: hash, local, sent: false, uploadedBytes: 0, epsilon: o.accountant.epsilon(delta), budgetSpent: true, ...(stepFailed ? { localStepFailed: stepFailed } : {}) };
+  }
   // The two GETs are in the stored egress log before training, which may take a while: a tab
   // closed meanwhile leaves a log that still lists every request it made.
   await checkpointQuietly(o);
@@ -527,8 +590,9 @@ async function upload(
     o.accountant.record(config.noiseMultiplier);
   }
   // A cancel (consent withdrawn, close()) that came while the release was being recorded still
-  // stops the upload: the ε is spent for nothing, which errs on the safe side.
-  if (cancellable && o.signal?.aborted) throw releasedButCancelled();
+  // stops the upload: the ε is spent for nothing, which errs on the safe side. A full cohort's
+  // member uploads after a plain cancel, never after an erase or a withdrawal (DROP_OUT).
+  if ((cancellable && o.signal?.aborted) || mustDropOut(o)) throw releasedButCancelled();
   // Logged, and persisted with the release, before it goes: a tab closed while the body is on the
   // wire leaves this entry (`pending`), not a spent ε with no request in the log.
   const logged: EgressEntry = { t: (o.now ?? Date.now)(), method: 'POST', endpoint, kind: 'update', bytes: body.length, bodySha256: toHex(await sha256(body)), status: 0 };
@@ -646,8 +710,10 @@ async function sendMasked(
   const stop = async (error: (left: string) => Error): Promise<void> => {
     const r = await leave();
     if (r !== 'full') throw error(r === 'left' ? 'it left the cohort' : r);
+    if (mustDropOut(o)) throw error(droppedOut);
     committed = true;
   };
+  const droppedOut = 'the cohort had filled, and this device drops out of it (its data was erased or consent withdrawn)';
   const cancelled = (left: string) => syncCancelled(`while cohort ${joined.cohort} was forming; ${left}`);
   if (o.claimCohort) {
     try {
@@ -695,6 +761,8 @@ async function sendMasked(
   // claims this device dropped while holding its upload gets its pair seeds, never its self-mask.
   const twice = usesSelfMask(sa) ? await addSelfMask(masked, mask) : { values: masked };
   const body = encodeMaskedUpdate({ cohortId, index: joined.index, cohortSize: K, bits: sa.bits, step: sa.step, baseVersion: global.version, ...twice });
+  // Erased or withdrawn while the cohort was filling or its keys were read: nothing goes.
+  if (mustDropOut(o)) throw syncCancelled(`after cohort ${joined.cohort} filled; ${droppedOut}`);
   const result = await upload(o, config, '/v1/secagg/updates', body, { global, globalHash: hash, local }, delta, { 'X-Localrec-Cohort-Token': String(joined.token) }, false);
   const cohort: NonNullable<SyncResult['cohort']> = { id: joined.cohort, index: joined.index, size: K };
   if (t < K) {

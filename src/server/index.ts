@@ -432,6 +432,8 @@ export async function createServer(options: ServerOptions = {}): Promise<ServerP
       const hardRounding = (minClients * (hardRange / 2 ** (saBits - 1)) ** 2) / 4;
       const cheap = hardRounding <= 0.01 * (clip * Math.max(1, noiseMultiplier)) ** 2;
       const range = positive('secureAggregation.range', o.range ?? (aggregator === 'subspace' || cheap ? hardRange : noiseRange));
+      // Devices refuse a range that cannot hold one clipped update (parseServerConfig).
+      if (range < clip) throw new ValidationError('options.secureAggregation.range', `must be at least the clip bound (${clip}): one update must fit, got ${range}`);
       const params: SecAggParams = checkSecAggParams(
         { cohortSize: minClients, bits: saBits, step: range / 2 ** (saBits - 1), degree, minSurvivors: t },
         'options.secureAggregation',

@@ -460,6 +460,8 @@ describe('sync({ contribute: false }) and unchanged models', () => {
   const deviceOn = (srv: RunningServer, history: string[], extra: { budget?: number; fetch?: FetchLike; store?: MemoryEventStore } = {}) =>
     deviceAt(srv.url, history, { ...extra, federated: extra.budget ? { budget: extra.budget } : {} });
   const lines = async (e: Engine) => (await e.egressLog()).map((l) => `${l.method} ${l.endpoint} ${l.status}`);
+  /** When the next automatic sync may start, as stored: the period (or retry delay) plus a random extra of up to half of it. */
+  const nextAt = async (e: Engine) => (await e.exportData()).autoSync!.nextAt!;
 
   it('past the budget a device still receives newer versions, sends nothing, spends nothing, and gets a 304 while it is current', async () => {
     await withOwnServer({ minClients: 2 }, async (srv) => {
@@ -577,6 +579,8 @@ describe('automatic syncs (options.federated.autoSyncHours)', () => {
     return { e, auto: e as unknown as Auto };
   }
   const lines = async (e: Engine) => (await e.egressLog()).map((l) => `${l.method} ${l.endpoint} ${l.status}`);
+  /** When the next automatic sync may start, as stored: the period (or retry delay) plus a random extra of up to half of it. */
+  const nextAt = async (e: Engine) => (await e.exportData()).autoSync!.nextAt!;
 
   it('contributes while the budget allows, at most once per period, then only receives', async () => {
     await withOwnServer({ seed: 3 }, async (srv) => {
@@ -587,10 +591,14 @@ describe('automatic syncs (options.federated.autoSyncHours)', () => {
         const first = await auto.autoSync();
         assert.equal(first?.sent, true, 'a contributing sync while the budget allows one');
         assert.deepEqual((await e.stats()).privacy.autoSync, { everyHours: 24, lastSuccessAt: clock.t, lastAttemptAt: clock.t });
+        const due = await nextAt(e);
+        assert.ok(due >= clock.t + 24 * HOUR && due < clock.t + 36 * HOUR, `the next one a period and a random extra of up to half of it later: ${(due - clock.t) / HOUR} h`);
         clock.t += 23 * HOUR;
         assert.equal(await auto.autoSync(), null, 'not again within the period');
+        clock.t = due - 1;
+        assert.equal(await auto.autoSync(), null, 'nor before the random extra has run out');
         assert.equal((await e.egressLog()).length, 3);
-        clock.t += 2 * HOUR;
+        clock.t = due;
         const third = await auto.autoSync();
         // σ = 1 at budget 5: one sync (ε 4.38) and no more, so the next automatic one only receives.
         assert.deepEqual([third?.sent, third?.modelChanged], [false, false]);
@@ -639,10 +647,13 @@ describe('automatic syncs (options.federated.autoSyncHours)', () => {
       assert.match((await e.stats()).lastError ?? '', /^NetworkError: GET \/v1\/config failed/);
       const tried = calls;
       assert.ok(tried >= 1);
+      const start = clock.t;
+      const due = await nextAt(e);
+      assert.ok(due >= start + 15 * 60_000 && due < start + 22.5 * 60_000, `retry delay 15 min plus up to half of it: ${(due - start) / 60_000} min`);
       clock.t += 10 * 60_000;
       assert.equal(await auto.autoSync(), null);
       assert.equal(calls, tried, 'not retried within 15 minutes');
-      clock.t += 6 * 60_000;
+      clock.t = due;
       await auto.autoSync();
       assert.ok(calls > tried, 'retried after 15 minutes');
       await e.setConsent({ federated: false });
@@ -672,10 +683,12 @@ describe('automatic syncs (options.federated.autoSyncHours)', () => {
         assert.match((await e.stats()).lastError ?? '', /POST \/v1\/updates failed/);
         const spent = (await e.stats()).privacy.syncs;
         assert.equal(spent, 1);
+        const due = await nextAt(e);
+        assert.ok(due >= clock.t + 24 * HOUR, 'a whole period (and its random extra)');
         clock.t += 60 * 60_000;
         assert.equal(await auto.autoSync(), null, 'not retried an hour later');
         assert.equal((await e.stats()).privacy.syncs, spent, 'no second release');
-        clock.t += 24 * HOUR;
+        clock.t = due;
         await auto.autoSync();
         assert.equal((await e.stats()).privacy.syncs, spent + 1, 'tried again after the period');
         assert.ok(uploads >= 2);
@@ -784,7 +797,8 @@ describe('sync edge cases: waiting calls, budget, caches, consent', () => {
       const r = await (e as unknown as { autoSync(): Promise<{ sent: boolean; modelChanged: boolean } | null> }).autoSync();
       assert.deepEqual([r?.sent, r?.modelChanged], [false, true]);
       assert.equal((await e.stats()).lastError, undefined);
-      assert.deepEqual(c.sent, ['GET /v1/config', 'GET /v1/config', 'GET /v1/model']);
+      // The two requests of any sync: the budget is checked once the model is in, and the sync then receives.
+      assert.deepEqual(c.sent, ['GET /v1/config', 'GET /v1/model']);
       assert.equal((await e.stats()).privacy.autoSync?.lastSuccessAt, clock.t, 'the period starts from the receiving sync');
       assert.equal((await e.exportData()).autoSync?.lastSuccessAt, clock.t, 'export() includes the automatic sync times');
       await e.close();
@@ -901,6 +915,122 @@ describe('sync() under secure aggregation: two tabs of one shopper', () => {
     } finally {
       for (const e of [tabA, tabB, ...others]) await e.close();
       await srv.close();
+    }
+  });
+});
+
+describe('sync() under secure aggregation: erasing or withdrawing while the cohort forms', () => {
+  /** A server that answers every leave 409 ("the cohort is full") and then shows a ready cohort. */
+  async function fullOnLeave() {
+    const { secAggKeyPair } = await import('../../src/federated/secagg.js');
+    const { sha256, toHex } = await import('../../src/federated/wire.js');
+    const dim = 16;
+    const model = encodeModel(createItemTable(ids, dim, { seed: 3 }));
+    const hash = toHex(await sha256(model));
+    const others = [await secAggKeyPair(), await secAggKeyPair()];
+    const cohort = 'cd'.repeat(16);
+    let deviceKey = '';
+    let left = false;
+    const posts: string[] = [];
+    const fetch: FetchLike = async (url, init) => {
+      const path = new URL(url).pathname;
+      if (init?.method === 'POST') posts.push(path.replace(cohort, ':id'));
+      if (path === '/v1/config') return Response.json({ dim, items: ids.length, clip: 1, noiseMultiplier: 1, bits: 8, blockSize: 256, version: 0, minClients: 3, secureAggregation: { cohortSize: 3, bits: 32, step: 1 / 65536, degree: 2, minSurvivors: 3, timeoutMs: 60_000 } });
+      if (path === '/v1/model') return new Response(model as Uint8Array<ArrayBuffer>, { headers: { 'X-Localrec-Model-Hash': hash } });
+      if (path === '/v1/secagg/join') {
+        deviceKey = toHex(init!.body as Uint8Array);
+        return Response.json({ cohort, index: 0, size: 3, status: 'forming', token: 'ee'.repeat(16) });
+      }
+      if (path.endsWith('/leave')) {
+        left = true;
+        return Response.json({ error: `cohort ${cohort} is ready; only a forming cohort can be left`, reason: 'cohort-closed' }, { status: 409 });
+      }
+      if (path.endsWith('/members/0')) {
+        if (!left) return Response.json({ cohort, size: 3, status: 'forming', joined: 1 });
+        return Response.json({ cohort, size: 3, status: 'ready', joined: 3, memberKeys: { 0: deviceKey, 1: toHex(others[0]!.publicKey), 2: toHex(others[1]!.publicKey) } });
+      }
+      if (path === '/v1/secagg/updates') return Response.json({ pending: 1, minClients: 3, published: null }, { status: 202 });
+      return Response.json({ reason: 'not-found' }, { status: 404 });
+    };
+    return { fetch, posts };
+  }
+
+  for (const [what, act] of [
+    ['erase()', (e: Engine) => e.erase()],
+    ['setConsent({ federated: false })', (e: Engine) => e.setConsent({ federated: false })],
+    ['setConsent({ personalization: false })', (e: Engine) => e.setConsent({ personalization: false })],
+  ] as const) {
+    it(`${what} while the device waits: it drops out even when the server says the cohort is full; nothing is uploaded, no ε spent`, async () => {
+      const server = await fullOnLeave();
+      const store = new MemoryEventStore();
+      const e = await deviceAt('https://agg.example', ['sku-1', 'sku-5', 'sku-9'], { store, fetch: server.fetch });
+      let waiting!: () => void;
+      const joined = new Promise<void>((r) => (waiting = r));
+      const syncing = e.sync({ onProgress: (p) => p.phase === 'cohort' && waiting() });
+      await joined;
+      await act(e);
+      await assert.rejects(syncing, (err: Error) => err.name === 'AbortError' && /the cohort had filled, and this device drops out of it \(its data was erased or consent withdrawn\); no update was sent and no ε was spent/.test(err.message));
+      assert.deepEqual(server.posts, ['/v1/secagg/join', '/v1/secagg/cohorts/:id/members/0/leave']);
+      if (what !== 'erase()') {
+        assert.equal((await store.getMeta<AccountantState>(PRIVACY_KEY))?.releases ?? 0, 0);
+        await e.close();
+      }
+    });
+  }
+
+  it('a plain cancel (the page\'s signal) still uploads into a cohort the server says is full: the others wait on it', async () => {
+    const server = await fullOnLeave();
+    const e = await deviceAt('https://agg.example', ['sku-1', 'sku-5', 'sku-9'], { fetch: server.fetch });
+    const ctl = new AbortController();
+    try {
+      const r = await e.sync({ signal: ctl.signal, onProgress: (p) => p.phase === 'cohort' && ctl.abort() });
+      assert.equal(r.sent, true);
+      assert.deepEqual(server.posts, ['/v1/secagg/join', '/v1/secagg/cohorts/:id/members/0/leave', '/v1/secagg/updates']);
+    } finally {
+      await e.close();
+    }
+  });
+});
+
+describe('sync(): a device past its budget makes the same requests as any other', () => {
+  it('the page\'s sync refuses after the config and the model, and an automatic one receives on those two requests', async () => {
+    const { sha256, toHex } = await import('../../src/federated/wire.js');
+    const dim = 16;
+    const model = encodeModel(createItemTable(ids, dim, { seed: 3 }));
+    const hash = toHex(await sha256(model));
+    let sigma = 1;
+    const log: string[] = [];
+    const fetch: FetchLike = async (url, init) => {
+      const path = new URL(url).pathname;
+      log.push(`${init?.method} ${path}`);
+      if (path === '/v1/config') return Response.json({ dim, items: ids.length, clip: 1, noiseMultiplier: sigma, bits: 8, blockSize: 256, version: 0, minClients: 10 });
+      if (path === '/v1/model') return init?.headers?.['If-None-Match'] === `"${hash}"` ? new Response(null, { status: 304 }) : new Response(model as Uint8Array<ArrayBuffer>, { headers: { 'X-Localrec-Model-Hash': hash, ETag: `"${hash}"` } });
+      return Response.json({ pending: 1, minClients: 10, published: null }, { status: 202 });
+    };
+    const clock = { t: 1_800_000_000_000 };
+    const e = await deviceAt('https://agg.example', ['sku-1', 'sku-5', 'sku-9'], { fetch, federated: { autoSyncHours: 1 }, now: () => clock.t });
+    try {
+      const requests = async (f: () => Promise<unknown>) => {
+        log.length = 0;
+        const r = await f().then(
+          (v) => v as { sent: boolean } | null,
+          (err: Error) => err,
+        );
+        return { requests: log.slice(), r };
+      };
+      const first = await requests(() => e.sync());
+      assert.deepEqual(first.requests, ['GET /v1/config', 'GET /v1/model', 'POST /v1/updates']);
+      sigma = 0.7; // one more release at 0.7 passes ε = 8 after one at σ = 1 (4.38 spent)
+      const refused = await requests(() => e.sync());
+      assert.deepEqual(refused.requests, ['GET /v1/config', 'GET /v1/model']);
+      assert.ok(isPrivacyBudgetError(refused.r), String(refused.r));
+      clock.t += 2 * 3_600_000;
+      const auto = await requests(() => (e as unknown as { autoSync(): Promise<unknown> }).autoSync());
+      assert.deepEqual(auto.requests, ['GET /v1/config', 'GET /v1/model'], 'no second pair of requests');
+      assert.equal((auto.r as { sent: boolean }).sent, false);
+      assert.equal((await e.stats()).privacy.syncs, 1);
+    } finally {
+      await e.close();
     }
   });
 });

@@ -1495,7 +1495,7 @@ test('a cancel that comes as the cohort fills: leaving is refused (409) and the 
   }
 });
 
-test("a server config's cohort parameters are bounded before use: a degree past twice the cohort, a deadline past a day or not a number", () => {
+test("a server config's parameters are bounded before use: a degree past twice the cohort, a deadline past a day or not a number, a clip, σ or fixed-point range no honest update fits", async () => {
   const config = (sa: Record<string, unknown>) => ({ dim: DIM, items: IDS.length, clip: 1, noiseMultiplier: 1, bits: 8, blockSize: 256, version: 0, minClients: 3, secureAggregation: { cohortSize: 3, bits: 8, step: 1 / 16, degree: 2, ...sa } });
   assert.throws(() => parseServerConfig(config({ degree: 1e15 }) as never), /server config\.secureAggregation\.degree: must be an even integer from 2 to twice the cohort size \(6\), got 1000000000000000/);
   assert.equal(parseServerConfig(config({ degree: 6 }) as never).secureAggregation!.degree, 6);
@@ -1503,9 +1503,20 @@ test("a server config's cohort parameters are bounded before use: a degree past 
     assert.throws(() => parseServerConfig(config({ timeoutMs }) as never), /server config\.secureAggregation\.timeoutMs: must be a number of milliseconds from 1 to 86400000/);
   }
   assert.throws(() => parseServerConfig(config({ uploadTimeoutMs: -1 }) as never), /secureAggregation\.uploadTimeoutMs/);
+  // Bounds an honest server keeps: past them an update cannot be encoded, and a failure to encode
+  // that depends on the history would show in whether the device goes on to join.
+  assert.throws(() => parseServerConfig({ ...config({}), clip: 1e30 } as never), /server config\.clip: must be from 1e-6 to 1e6, got 1e\+30/);
+  assert.throws(() => parseServerConfig({ ...config({}), noiseMultiplier: 1e7 } as never), /server config\.noiseMultiplier: must be from 0 to 1e6/);
+  assert.throws(() => parseServerConfig(config({ step: 0.05 / Number.MAX_VALUE }) as never), /server config\.secureAggregation\.step: gives a range of ±.* less than the clip bound 1: one update would not fit/);
+  assert.equal(parseServerConfig(config({ step: 1 / 128 }) as never).secureAggregation!.step, 1 / 128, 'range 1 = C: fits');
   // A degree above the cohort size adds no neighbour (everyone else already is one), and costs no loop.
   assert.deepEqual(maskNeighbours(0, 3, 6).sort(), [1, 2]);
   assert.deepEqual(maskNeighbours(1, 4, 8).sort(), [0, 2, 3]);
+  // The server keeps the same bound on the range.
+  await assert.rejects(
+    createServer({ dataDir: null, initialTable: initialTable(), minClients: 3, clip: 2, noiseMultiplier: 1, rateLimit: false, secureAggregation: { range: 1 }, log: () => {} }),
+    /options\.secureAggregation\.range: must be at least the clip bound \(2\): one update must fit, got 1/,
+  );
 });
 
 test('a device refusing to help recover says which rule the list of dropped members broke', async () => {
