@@ -61,7 +61,12 @@ export class MemoryStorage implements Storage {
     }
     for (const id of consumed) if (!this.updates.has(id)) throw new StorageConflictError(`update ${id} is not pending`);
     this.versions.push({ ...next, model: next.model.slice() });
-    for (const id of consumed) this.updates.delete(id);
+    for (const id of consumed) {
+      // As the SQL stores: a masked upload's `cohort:member` nonce is forgotten once averaged.
+      const nonce = this.updates.get(id)!.nonce;
+      if (nonce.includes(':')) this.nonces.delete(nonce);
+      this.updates.delete(id);
+    }
   }
 
   async close(): Promise<void> {}

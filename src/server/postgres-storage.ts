@@ -70,7 +70,10 @@ export class PostgresStorage implements Storage {
   readonly url: string;
   private closed = false;
   /** HMAC key for client addresses in `localrec_rate` (read at open). */
-  private clientKey = Buffer.alloc(0);
+  /** The key client addresses are hashed with in this window ({@link clientKeyAt}). */
+  private clientKey: { window: number; key: Buffer } | undefined;
+  /** The timer that deletes refilled rate-limit buckets while no request comes. */
+  private purgeTimer: ReturnType<typeof setInterval> | undefined;
 
   private constructor(
     private readonly pool: pg.Pool,
@@ -155,9 +158,6 @@ export class PostgresStorage implements Storage {
         const v = await c.query<{ value: string }>('SELECT value FROM localrec_meta WHERE key = $1', ['schema']);
         if (v.rowCount === 0) await c.query('INSERT INTO localrec_meta (key, value) VALUES ($1, $2)', ['schema', SCHEMA_VERSION]);
         else if (v.rows[0]!.value !== SCHEMA_VERSION) throw new StorageError(`${s.url}: schema version ${v.rows[0]!.value}, this server knows ${SCHEMA_VERSION}`);
-        // The key the rate limit hashes client addresses with (one per database, shared by its processes).
-        await c.query('INSERT INTO localrec_meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING', ['client-key', randomBytes(32).toString('hex')]);
-        s.clientKey = Buffer.from((await c.query<{ value: string }>('SELECT value FROM localrec_meta WHERE key = $1', ['client-key'])).rows[0]!.value, 'hex');
       });
     } catch (e) {
       await pool.end().catch(() => undefined);
@@ -245,10 +245,12 @@ export class PostgresStorage implements Storage {
       checkNextVersion((await c.query<{ v: number | null }>('SELECT MAX(version) AS v FROM localrec_versions')).rows[0]!.v, next.version);
       await c.query('INSERT INTO localrec_versions (version, hash, model, optimizer, created_at, update_count) VALUES ($1, $2, $3, $4, $5, $6)', versionParams(next));
       if (consumed.length > 0) {
-        const r = await c.query('UPDATE localrec_updates SET aggregated_into = $1, body = NULL WHERE id = ANY($2::bigint[]) AND aggregated_into IS NULL', [
-          next.version,
-          consumed.map(String),
-        ]);
+        // As SqliteStorage: no body, no arrival time, no `cohort:member` nonce once averaged.
+        const r = await c.query(
+          `UPDATE localrec_updates SET aggregated_into = $1, body = NULL, received_at = 0, nonce = CASE WHEN position(':' in nonce) > 0 THEN 'averaged:' || id ELSE nonce END
+           WHERE id = ANY($2::bigint[]) AND aggregated_into IS NULL`,
+          [next.version, consumed.map(String)],
+        );
         const distinct = new Set(consumed).size;
         if (distinct !== consumed.length || r.rowCount !== distinct) {
           throw new StorageConflictError(`${consumed.length - (r.rowCount ?? 0)} of the ${consumed.length} updates are no longer pending`);
@@ -283,10 +285,20 @@ export class PostgresStorage implements Storage {
   rateLimiter(options: RateLimitOptions, now: () => number): RateLimit {
     const rate = options.perMinute / 60_000;
     let lastPurge = -Infinity;
+    const purge = (t: number) => {
+      lastPurge = t;
+      // Buckets that are full again hold no debt: forget those clients.
+      void this.q('forget rate-limit buckets', 'DELETE FROM localrec_rate WHERE tokens + GREATEST(0, $1 - at) * $2::float8 >= $3::float8', [t, rate, options.burst]).catch(() => undefined);
+    };
+    // Also while no request comes: the last clients' rows must not outlive their bucket's refill.
+    this.purgeTimer ??= setInterval(() => {
+      if (!this.closed) purge(now());
+    }, RATE_PURGE_MS);
+    this.purgeTimer.unref?.();
     return {
       take: async (key: string): Promise<boolean> => {
         const t = now();
-        const client = createHmac('sha256', this.clientKey).update(key).digest('base64url');
+        const client = createHmac('sha256', await this.clientKeyAt(t)).update(key).digest('base64url');
         // Refill since the last request, then take one token only when one is there.
         const r = await this.q(
           'rate-limit a client',
@@ -296,22 +308,48 @@ export class PostgresStorage implements Storage {
            RETURNING tokens`,
           [client, options.burst, t, rate],
         );
-        if (t - lastPurge > 10_000) {
-          lastPurge = t;
-          // Buckets that are full again hold no debt: forget those clients.
-          void this.q('forget rate-limit buckets', 'DELETE FROM localrec_rate WHERE tokens + GREATEST(0, $1 - at) * $2::float8 >= $3::float8', [t, rate, options.burst]).catch(() => undefined);
-        }
+        if (t - lastPurge > RATE_PURGE_MS) purge(t);
         return (r.rowCount ?? 0) > 0;
       },
     };
   }
 
+  /**
+   * The key client addresses are hashed with at time `t`: one per {@link CLIENT_KEY_WINDOW_MS}
+   * window, shared by every process on the database, and overwritten by the next window's, so a
+   * copy of the database taken later cannot tie a stored hash to an address by trying them all
+   * (2³² for IPv4), nor link one address's rows across windows.
+   */
+  private async clientKeyAt(t: number): Promise<Buffer> {
+    const window = Math.floor(t / CLIENT_KEY_WINDOW_MS);
+    if (this.clientKey?.window === window) return this.clientKey.key;
+    // First process in the window writes a fresh key (a stored one from an earlier window, or one
+    // of the form before windows, `hex` alone, is replaced); the others read it.
+    await this.q(
+      'rotate the rate-limit key',
+      `INSERT INTO localrec_meta (key, value) VALUES ('client-key', $1) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value
+       WHERE position(':' in localrec_meta.value) = 0 OR split_part(localrec_meta.value, ':', 1)::bigint < $2`,
+      [`${window}:${randomBytes(32).toString('hex')}`, window],
+    );
+    const value = (await this.q<{ value: string }>('read the rate-limit key', "SELECT value FROM localrec_meta WHERE key = 'client-key'")).rows[0]!.value;
+    const [stored, hex] = value.split(':') as [string, string];
+    // (A process whose clock runs behind uses the newer window's key until its own catches up.)
+    this.clientKey = { window: Math.max(window, Number(stored)), key: Buffer.from(hex, 'hex') };
+    return this.clientKey.key;
+  }
+
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    clearInterval(this.purgeTimer);
     await this.pool.end();
   }
 }
+
+/** How often refilled rate-limit buckets are deleted. */
+const RATE_PURGE_MS = 10_000;
+/** How long one key hashes client addresses for the rate limit before the next replaces it. */
+const CLIENT_KEY_WINDOW_MS = 10 * 60_000;
 
 interface CohortRow {
   id: string;

@@ -27,6 +27,9 @@ export interface RateLimitOptions {
 export class RateLimiter implements RateLimit {
   private buckets = new Map<string, { tokens: number; at: number }>();
   private static readonly MAX_CLIENTS = 100_000;
+  /** Buckets that have refilled are forgotten at most this often (with the address they are keyed by). */
+  private static readonly PURGE_MS = 10_000;
+  private lastPurge = -Infinity;
 
   constructor(
     private readonly opts: RateLimitOptions,
@@ -37,6 +40,12 @@ export class RateLimiter implements RateLimit {
   take(key: string): boolean {
     const t = this.now();
     const rate = this.opts.perMinute / 60_000;
+    // A client's address is kept only while its bucket holds debt (at most burst / rate, 20 s at
+    // the defaults), not for the life of the process.
+    if (t - this.lastPurge > RateLimiter.PURGE_MS) {
+      this.lastPurge = t;
+      for (const [k, v] of this.buckets) if (v.tokens + (t - v.at) * rate >= this.opts.burst) this.buckets.delete(k);
+    }
     let b = this.buckets.get(key);
     if (!b) {
       // Bound memory under address churn: forget buckets that have refilled (they hold no debt).

@@ -125,6 +125,9 @@ export class SqliteStorage implements Storage {
       this.db.pragma('journal_mode = WAL');
       this.db.pragma('synchronous = FULL');
       this.db.pragma('foreign_keys = ON');
+      // Deleted content is overwritten, not left in free pages: an averaged update's body (and a
+      // discarded one) must not stay readable in the file or its backups.
+      this.db.pragma('secure_delete = ON');
       this.db.exec(`
         CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
         CREATE TABLE IF NOT EXISTS versions (
@@ -172,7 +175,13 @@ export class SqliteStorage implements Storage {
       insertVersion: db.prepare(
         'INSERT INTO versions (version, hash, model, optimizer, created_at, update_count) VALUES (?, ?, ?, ?, ?, ?)',
       ),
-      markAggregated: db.prepare('UPDATE updates SET aggregated_into = ?, body = NULL WHERE id = ? AND aggregated_into IS NULL'),
+      // Averaged: the body goes, the arrival time too, and a masked upload's nonce (`cohort:member`)
+      // becomes one that names neither (the cohort refuses uploads once it ends; a plain update's
+      // random nonce is kept, against replays).
+      markAggregated: db.prepare(
+        `UPDATE updates SET aggregated_into = ?, body = NULL, received_at = 0, nonce = CASE WHEN instr(nonce, ':') > 0 THEN 'averaged:' || id ELSE nonce END
+         WHERE id = ? AND aggregated_into IS NULL`,
+      ),
       discard: db.prepare('DELETE FROM updates WHERE id = ? AND aggregated_into IS NULL'),
     };
   }

@@ -317,6 +317,18 @@ describe('PostgreSQL storage', { skip: skip ?? false }, () => {
             n = Number((await db.query<{ n: string }>('SELECT COUNT(*) AS n FROM localrec_rate')).rows[0]!.n);
           }
           assert.equal(n, 1, "the first client's full bucket is gone, the new client's kept");
+          // The hashing key is the window's, and the next window overwrites it: a later copy of the
+          // database cannot tie a hash to an address, nor link one address across windows.
+          const keyNow = async () => (await db.query<{ value: string }>("SELECT value FROM localrec_meta WHERE key = 'client-key'")).rows[0]!.value;
+          const first = await keyNow();
+          assert.match(first, /^\d+:[0-9a-f]{64}$/);
+          const before = (await db.query<{ client: string }>('SELECT client FROM localrec_rate')).rows[0]!.client;
+          t += 11 * 60_000;
+          assert.equal(await store.rateLimiter({ perMinute: 60, burst: 2 }, () => t).take('203.0.113.9'), true);
+          const second = await keyNow();
+          assert.ok(Number(second.split(':')[0]) > Number(first.split(':')[0]) && second.split(':')[1] !== first.split(':')[1], `${first} → ${second}`);
+          const clients = (await db.query<{ client: string }>('SELECT client FROM localrec_rate')).rows.map((r) => r.client);
+          assert.ok(clients.some((c) => c !== before), 'the same address hashes to another value in the next window');
         } finally {
           await store.close();
         }

@@ -1,0 +1,70 @@
+/**
+ * What the server keeps of an update once it is averaged (docs/SERVER.md "What the server keeps"):
+ * not its body (not even in the SQLite file's free pages), not its arrival time, and for a masked
+ * upload not which cohort member sent it.
+ */
+import assert from 'node:assert/strict';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import Database from 'better-sqlite3';
+import { encodeFixedPoint, encodeMaskedUpdate, secAggKeyPair } from '../../src/federated/secagg.js';
+import { decodeModel } from '../../src/federated/wire.js';
+import { createServer } from '../../src/server/index.js';
+import { DIM, honestUpdate, IDS, initialTable } from './server-helpers.js';
+
+/** How many of `body`'s 64-byte chunks appear anywhere in the data dir's SQLite files. */
+function bytesLeft(dir: string, body: Uint8Array): number {
+  const files = ['localrec.sqlite', 'localrec.sqlite-wal'].filter((f) => existsSync(join(dir, f))).map((f) => readFileSync(join(dir, f)));
+  let found = 0;
+  for (let o = 0; o + 64 <= body.length; o += 64) if (files.some((raw) => raw.includes(Buffer.from(body.subarray(o, o + 64))))) found += 64;
+  return found;
+}
+
+test('SQLite: an averaged update leaves no body bytes in the file, and its row no arrival time', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'localrec-retention-'));
+  try {
+    const parts = await createServer({ dataDir: dir, initialTable: initialTable(), minClients: 3, clip: 1, noiseMultiplier: 1, rateLimit: false, log: () => {} });
+    const view = { table: decodeModel(parts.rounds.modelBytes('float32')).table, hash: Uint8Array.from(Buffer.from(parts.rounds.hash, 'hex')), config: parts.rounds.config };
+    const bodies = [1, 2, 3].map((seed) => honestUpdate(view, seed));
+    for (const b of bodies) assert.equal((await parts.app.request('/v1/updates', { method: 'POST', body: b as Uint8Array<ArrayBuffer> })).status, 202);
+    assert.equal(parts.rounds.version, 1);
+    await parts.storage.close();
+    for (const b of bodies) assert.equal(bytesLeft(dir, b), 0, 'no 64-byte chunk of an averaged body is left in the file');
+    const db = new Database(join(dir, 'localrec.sqlite'), { readonly: true });
+    try {
+      assert.deepEqual(db.prepare('SELECT received_at, body IS NULL AS gone, aggregated_into FROM updates').all(), [0, 1, 2].map(() => ({ received_at: 0, gone: 1, aggregated_into: 1 })));
+    } finally {
+      db.close();
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('SQLite, secure aggregation: once a cohort is averaged, no stored row says which member sent which upload', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'localrec-retention-sa-'));
+  try {
+    const parts = await createServer({ dataDir: dir, initialTable: initialTable(), minClients: 3, noiseMultiplier: 1, secureAggregation: true, rateLimit: false, log: () => {} });
+    const sa = parts.rounds.config.secureAggregation!;
+    const members = [];
+    for (let i = 0; i < 3; i++) members.push((await (await parts.app.request('/v1/secagg/join', { method: 'POST', body: (await secAggKeyPair()).publicKey as Uint8Array<ArrayBuffer> })).json()) as { cohort: string; index: number; token: string });
+    for (const m of members) {
+      // (Unmasked: the masks would cancel in the sum anyway.)
+      const body = encodeMaskedUpdate({ cohortId: Uint8Array.from(Buffer.from(m.cohort, 'hex')), index: m.index, cohortSize: 3, bits: sa.bits, step: sa.step, baseVersion: 0, values: encodeFixedPoint(new Float64Array(IDS.length * (DIM + 1)).fill(0.01), sa.step, sa.bits, () => 0.5) });
+      assert.equal((await parts.app.request('/v1/secagg/updates', { method: 'POST', body: body as Uint8Array<ArrayBuffer>, headers: { 'X-Localrec-Cohort-Token': m.token } })).status, 202);
+    }
+    assert.equal(parts.rounds.version, 1);
+    await parts.storage.close();
+    const db = new Database(join(dir, 'localrec.sqlite'), { readonly: true });
+    try {
+      const rows = db.prepare('SELECT id, nonce, received_at FROM updates ORDER BY id').all() as Array<{ id: number; nonce: string; received_at: number }>;
+      assert.deepEqual(rows.map((r) => [r.nonce, r.received_at]), rows.map((r) => [`averaged:${r.id}`, 0]));
+    } finally {
+      db.close();
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
