@@ -410,7 +410,9 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
     // the page), and a close has nothing left to do.
     const afterDeath = (): Promise<void> => (kind === 'erase' ? deleteDatabase(dbName) : Promise.resolve());
     const done = (async () => {
-      void api.cancelSync().catch(() => undefined);
+      // An erase: a sync whose cohort has filled drops out of it rather than upload the history
+      // being erased (a close lets it upload: the cohort's other members wait on it).
+      void api.cancelSync(undefined, kind === 'erase').catch(() => undefined);
       await Promise.all([...inflight]);
       if (deadError) return afterDeath();
       const final = Promise.race([revive(Promise.resolve().then(last)), dead]);

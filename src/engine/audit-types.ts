@@ -31,8 +31,8 @@ export interface AuditReport {
    * per offer, the latest purchase's time: docs/OFFERS.md), or null when nothing was removed.
    */
   offerLedger: { stored: true; offers: number; lastPurchaseAt: number | null; bytes: number } | null;
-  /** With `federated.autoSyncHours`: the stored times an automatic sync was last started and a sync last succeeded, or null. */
-  autoSync: { stored: true; lastAttemptAt: number | null; lastSuccessAt: number | null } | null;
+  /** With `federated.autoSyncHours`: the stored times an automatic sync was last started and a sync last succeeded, and the earliest the next may start, or null. */
+  autoSync: { stored: true; lastAttemptAt: number | null; lastSuccessAt: number | null; nextAt: number | null } | null;
   egress: { requests: number; bytesSent: number; log: EgressEntry[] };
   privacy: {
     federatedConfigured: boolean;

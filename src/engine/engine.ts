@@ -1329,9 +1329,11 @@ export class Engine {
     if (o.signal?.aborted || this.cancels !== cancels) throw syncCancelled('before it started');
     if (!this.syncing) {
       const abort = new AbortController();
+      const dropOut = { requested: false };
       this.syncAbort = abort;
+      this.syncDropOut = dropOut;
       this.syncContributes = contribute;
-      this.syncing = (contribute ? this.syncRound(abort.signal, receiveWhenSpent) : this.pullRound(abort.signal)).then(async (r) => {
+      this.syncing = (contribute ? this.syncRound(abort.signal, receiveWhenSpent, () => dropOut.requested) : this.pullRound(abort.signal)).then(async (r) => {
         // A contributing sync (the page's own too) starts the automatic period anew; a receiving one
         // does not, or a page that only receives would hold the automatic contribution off for good.
         if (contribute) await this.noteSynced();
@@ -1339,6 +1341,7 @@ export class Engine {
       }).finally(() => {
         this.syncing = null;
         this.syncAbort = null;
+        this.syncDropOut = null;
         this.syncListeners.clear();
       });
     }
@@ -1376,9 +1379,15 @@ export class Engine {
    */
   cancelSync(dropOut = false): boolean {
     if (!this.syncAbort) return false;
+    // Kept apart from the signal's reason, which only the first abort sets: an erase that comes
+    // after a plain cancel (the page's signal) still makes the sync drop out.
+    if (dropOut && this.syncDropOut) this.syncDropOut.requested = true;
     this.syncAbort.abort(dropOut ? DROP_OUT : undefined);
     return true;
   }
+
+  /** The sync under way's drop-out switch (see {@link cancelSync}). */
+  private syncDropOut: { requested: boolean } | null = null;
 
   /** The federated options, once consent and Global Privacy Control allow talking to the server. */
   private syncAllowed(): NonNullable<EngineOptions['federated']> {
@@ -1465,24 +1474,26 @@ export class Engine {
   }
 
   /**
-   * `sync({ contribute: false })`: the newest global model and the local step a sync takes on it,
-   * nothing uploaded, no ε spent (so it works past the budget). When the version the weights build
-   * on is still the newest, the server answers 304 and nothing is downloaded or changed.
-   */
-  /**
    * Records (in one transaction, as other tabs do) that a sync of this shopper joined `cohort`;
    * refuses when one already did: two tabs syncing at once may land in one cohort, where their
    * identical updates would add up before the noise.
    */
-  private claimCohort = async (cohort: string): Promise<void> => {
+  private claimCohort = async (cohort: string): Promise<{ release(): Promise<void> }> => {
     await this.store.updateMeta<string[]>(COHORTS_KEY, (joined) => {
       if (joined?.includes(cohort)) {
         throw new AbortError(`sync stopped: another tab of this shop joined cohort ${cohort} with the same history (two updates of one shopper in one cohort would spend more ε than recorded); no update was sent and no ε was spent`);
       }
       return [...(joined ?? []), cohort].slice(-MAX_COHORTS_KEPT);
     });
+    // Only the sync that made the claim gives it back (it left the cohort while it formed).
+    return { release: () => this.store.updateMeta<string[]>(COHORTS_KEY, (joined) => (joined ?? []).filter((c) => c !== cohort)).then(() => undefined) };
   };
 
+  /**
+   * `sync({ contribute: false })`: the newest global model and the local step a sync takes on it,
+   * nothing uploaded, no ε spent (so it works past the budget). When the version the weights build
+   * on is still the newest, the server answers 304 and nothing is downloaded or changed.
+   */
   private async pullRound(signal: AbortSignal): Promise<SyncResultInfo> {
     const { fed, budget, through, history, train, table } = await this.syncStart();
     const egress: EgressEntry[] = [];
@@ -1529,7 +1540,7 @@ export class Engine {
     };
   }
 
-  private async syncRound(signal: AbortSignal, receiveWhenSpent = false): Promise<SyncResultInfo> {
+  private async syncRound(signal: AbortSignal, receiveWhenSpent = false, dropOut?: () => boolean): Promise<SyncResultInfo> {
     const { fed, budget, through, history, train, table } = await this.syncStart();
     const accountant = new RdpAccountant(await this.store.getMeta<AccountantState>(PRIVACY_KEY));
     const egress: EgressEntry[] = [];
@@ -1571,6 +1582,7 @@ export class Engine {
         recordRelease,
         claimCohort: this.claimCohort,
         whenBudgetSpent: receiveWhenSpent ? 'receive' : 'refuse',
+        ...(dropOut ? { dropOut } : {}),
         budget,
         delta,
         history,
@@ -1819,7 +1831,7 @@ export class Engine {
       offerLedger: ledger
         ? { stored: true, offers: ledger.offers.length, lastPurchaseAt: ledger.lastPurchaseAt ?? null, bytes: new TextEncoder().encode(JSON.stringify(ledger)).length }
         : null,
-      autoSync: autoSync ? { stored: true, lastAttemptAt: autoSync.lastAttemptAt ?? null, lastSuccessAt: autoSync.lastSuccessAt ?? null } : null,
+      autoSync: autoSync ? { stored: true, lastAttemptAt: autoSync.lastAttemptAt ?? null, lastSuccessAt: autoSync.lastSuccessAt ?? null, nextAt: autoSync.nextAt ?? null } : null,
       egress: {
         requests: egress.length,
         bytesSent: egress.reduce((a, e) => a + e.bytes, 0),
@@ -1972,8 +1984,10 @@ export class Engine {
     // A consent change under way settles first: a grant opening the database installs its store,
     // which is then closed below, not left open.
     await this.consentChain;
-    // The last write: when it fails, what was queued is lost, and the caller hears of it (once
+    // A write already under way ends first (a failed one puts its batch back in the queue), then
+    // the last write: when it fails, what was queued is lost, and the caller hears of it (once
     // everything is released).
+    await this.flushing;
     let lost: unknown;
     const queued = this.queue.length;
     await this.flush().catch((e: unknown) => (lost = e));

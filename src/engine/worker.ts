@@ -139,11 +139,12 @@ export const workerApi = {
   /**
    * The page's AbortSignal for sync call `callId` fired: that call is cancelled (and with it the sync
    * it runs or joined, for every caller, as an engine signal does). Without an id (close(), erase()):
-   * every sync, waiting calls included.
+   * every sync, waiting calls included; `dropOut` (erase()): a device whose cohort has filled drops
+   * out rather than upload (Engine.cancelSync).
    */
-  cancelSync(callId?: number): boolean {
+  cancelSync(callId?: number, dropOut = false): boolean {
     if (callId === undefined) {
-      ready().cancelAllSyncs();
+      ready().cancelAllSyncs(dropOut);
       return true;
     }
     const abort = syncCalls.get(callId);

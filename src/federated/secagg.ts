@@ -76,6 +76,9 @@ export const SEALED_SHARE_BYTES = SELF_SHARE_BYTES + 16;
 /** Shares are points x = 1..255 of GF(2⁸): with recovery a member has at most this many mask neighbours. */
 export const MAX_RECOVERY_DEGREE = 255;
 
+/** Longest cohort fill or upload deadline a device accepts from a server config (a day); the server refuses longer. */
+export const MAX_COHORT_TIMEOUT_MS = 86_400_000;
+
 const MASKED_MAGIC = [0x4c, 0x52, 0x53, 0x31]; // "LRS1"
 const MASK_INFO = new TextEncoder().encode('localrec secagg v1 mask');
 const SHARE_INFO = new TextEncoder().encode('localrec secagg v1 share');

@@ -11,7 +11,7 @@ import { checkTrainConfig, trainItemTable, type Sequence, type TrainConfig } fro
 import { buildClientUpdate, checkTrainedPart, noisedDelta, type TrainedPart } from './client-update.js';
 import { cryptoUniform, DEFAULT_BUDGET, DEFAULT_DELTA, type RdpAccountant } from './dp.js';
 import { subspaceUpdate } from './subspace.js';
-import { addSelfMask, checkConfirmations, checkSecAggParams, confirmationTags, encodeFixedPoint, encodeMaskedUpdate, maskValues, recoveryShare, secAggKeyPair, survivorComponents, usesSelfMask, type SecAggParams } from './secagg.js';
+import { addSelfMask, checkConfirmations, checkSecAggParams, confirmationTags, encodeFixedPoint, encodeMaskedUpdate, maskValues, MAX_COHORT_TIMEOUT_MS, recoveryShare, secAggKeyPair, survivorComponents, usesSelfMask, type SecAggParams } from './secagg.js';
 import { beyondModelMagnitude, bytesEqual, decodeModel, fromHex, MAX_MODEL_MAGNITUDE, sha256, toHex } from './wire.js';
 
 /** Server settings from `GET /v1/config` that the client needs. */
@@ -123,14 +123,21 @@ export interface SyncOptions {
    */
   whenBudgetSpent?: 'refuse' | 'receive';
   /**
+   * Once `signal` has aborted: true when the device must drop out of a full cohort rather than
+   * upload (an erase, a consent withdrawal), as `signal.abort(DROP_OUT)` says too. For a caller
+   * whose signal may have been aborted plainly first (a signal keeps its first reason).
+   */
+  dropOut?: () => boolean;
+  /**
    * Secure aggregation: called once this device has joined cohort `cohort`, before it waits for
    * the cohort to fill; rejects when another sync of the same shopper (another tab) joined that
    * cohort. Two uploads of one history in one cohort add up before the noise (sensitivity 2C
    * against σC), which the accountant, charging two releases at σ, would under-count. On a
    * rejection the device leaves the cohort (or, once it is full, drops out of it) and sends
-   * nothing.
+   * nothing. The claim is given back (`release`) when this device leaves the cohort while it
+   * forms, so that its next sync may join it again.
    */
-  claimCohort?: (cohort: string) => Promise<void>;
+  claimCohort?: (cohort: string) => Promise<{ release(): Promise<void> }>;
   /** Attempts for a request that fails with a network error or a 5xx (default 3), with backoff. */
   attempts?: number;
   /** First backoff delay in ms (doubles each retry; default 500). */
@@ -228,8 +235,8 @@ function releasedButCancelled(): AbortError {
 export const DROP_OUT = 'localrec:drop-out';
 
 /** Whether the caller cancelled with {@link DROP_OUT}. */
-function mustDropOut(o: Pick<SyncOptions, 'signal'>): boolean {
-  return o.signal?.aborted === true && o.signal.reason === DROP_OUT;
+function mustDropOut(o: Pick<SyncOptions, 'signal' | 'dropOut'>): boolean {
+  return o.signal?.aborted === true && (o.signal.reason === DROP_OUT || o.dropOut?.() === true);
 }
 
 /** Throws an {@link AbortError} when the caller cancelled; `when` says where the sync stopped. */
@@ -289,9 +296,6 @@ async function request(
   }
   throw lastError;
 }
-
-/** Longest cohort fill or upload deadline a device accepts from a server config. */
-export const MAX_COHORT_TIMEOUT_MS = 86_400_000;
 
 /** Checks a `GET /v1/config` body; throws a {@link ValidationError} naming the first bad field. */
 export function parseServerConfig(c: Partial<ServerConfig>): ServerConfig {
@@ -695,9 +699,13 @@ async function sendMasked(
    * that will never upload. `full` when the cohort filled meanwhile (409): then the other members
    * depend on this device, and it goes on to upload.
    */
+  /** This sync's claim on the cohort (claimCohort), given back when it leaves. */
+  let claim: { release(): Promise<void> } | undefined;
   const leave = async (): Promise<'left' | 'full' | string> => {
     try {
       await request({ ...o, attempts: 1 }, 'cohort', 'POST', `${member}/leave`, undefined, { 'X-Localrec-Cohort-Token': joined.token }, null);
+      // Out of the cohort: a later sync of this shopper may take a place in it.
+      await claim?.release().catch(() => undefined);
       return 'left';
     } catch (e) {
       if (isNetworkError(e) && e.status === 409) return 'full';
@@ -717,7 +725,7 @@ async function sendMasked(
   const cancelled = (left: string) => syncCancelled(`while cohort ${joined.cohort} was forming; ${left}`);
   if (o.claimCohort) {
     try {
-      await o.claimCohort(joined.cohort);
+      claim = await o.claimCohort(joined.cohort);
     } catch (e) {
       // Whether the place was given back or the cohort filled meanwhile, nothing is sent into it.
       await leave();

@@ -11,8 +11,10 @@
  * - secure aggregation's cohorts live in two more tables ({@link PostgresStorage.cohortStore}), so
  *   every process forms and collects the same cohorts.
  *
- * Aggregated updates keep their nonce (replay protection), base version and arrival time; their body
- * is dropped once averaged, as in SQLite.
+ * Aggregated updates keep what they keep in SQLite (base version, version, a plain update's nonce
+ * against replays); body, arrival time and a masked upload's `cohort:member` go once averaged.
+ * PostgreSQL keeps old row versions until VACUUM, and its WAL (and any archive of it) the bodies
+ * as written: docs/SERVER.md.
  */
 import { createHmac, randomBytes } from 'node:crypto';
 import { bytesEqual } from '../federated/wire.js';
@@ -21,7 +23,7 @@ import { StorageError } from '../errors.js';
 import { recoveryShareBytes, usesSelfMask, type SecAggParams, type TagRound } from '../federated/secagg.js';
 import type { RateLimit, RateLimitOptions } from './rate-limit.js';
 import { afterCollectTimeout, allUploaded, cohortTimeouts, KEEP_ENDED_MS, newCohortId, newMemberToken, PUBLISH_GRACE, recoveryDeadline, timeoutReason, type CohortInfo, type CohortStatus, type CohortStore, type CohortTimeouts, type MarkResult, type RecoveryResult, type SweepResult } from './cohorts.js';
-import { checkNextVersion, pendingFromRow, StorageConflictError, versionFromRow, versionParams, type NewUpdate, type PendingUpdate, type Storage, type StoredVersion, type UpdateRow, type VersionRow } from './storage.js';
+import { averagedNonceSql, checkNextVersion, pendingFromRow, StorageConflictError, versionFromRow, versionParams, type NewUpdate, type PendingUpdate, type Storage, type StoredVersion, type UpdateRow, type VersionRow } from './storage.js';
 
 const SCHEMA_VERSION = '1';
 /** Key of the advisory lock that serializes schema creation and publishing ('lrec' in ASCII). */
@@ -158,6 +160,11 @@ export class PostgresStorage implements Storage {
         const v = await c.query<{ value: string }>('SELECT value FROM localrec_meta WHERE key = $1', ['schema']);
         if (v.rowCount === 0) await c.query('INSERT INTO localrec_meta (key, value) VALUES ($1, $2)', ['schema', SCHEMA_VERSION]);
         else if (v.rows[0]!.value !== SCHEMA_VERSION) throw new StorageError(`${s.url}: schema version ${v.rows[0]!.value}, this server knows ${SCHEMA_VERSION}`);
+        // Written by earlier releases: the rate limit's key kept for good, and averaged updates'
+        // arrival times and `cohort:member` nonces (now cleared as they are averaged).
+        await c.query("DELETE FROM localrec_meta WHERE key = 'client-key'");
+        await c.query(`UPDATE localrec_updates SET received_at = 0, nonce = ${averagedNonceSql('position')}
+                       WHERE aggregated_into IS NOT NULL AND (received_at <> 0 OR position(':' in nonce) > 0 AND nonce NOT LIKE 'averaged:%')`);
       });
     } catch (e) {
       await pool.end().catch(() => undefined);
@@ -247,7 +254,7 @@ export class PostgresStorage implements Storage {
       if (consumed.length > 0) {
         // As SqliteStorage: no body, no arrival time, no `cohort:member` nonce once averaged.
         const r = await c.query(
-          `UPDATE localrec_updates SET aggregated_into = $1, body = NULL, received_at = 0, nonce = CASE WHEN position(':' in nonce) > 0 THEN 'averaged:' || id ELSE nonce END
+          `UPDATE localrec_updates SET aggregated_into = $1, body = NULL, received_at = 0, nonce = ${averagedNonceSql('position')}
            WHERE id = ANY($2::bigint[]) AND aggregated_into IS NULL`,
           [next.version, consumed.map(String)],
         );
@@ -323,15 +330,15 @@ export class PostgresStorage implements Storage {
   private async clientKeyAt(t: number): Promise<Buffer> {
     const window = Math.floor(t / CLIENT_KEY_WINDOW_MS);
     if (this.clientKey?.window === window) return this.clientKey.key;
-    // First process in the window writes a fresh key (a stored one from an earlier window, or one
-    // of the form before windows, `hex` alone, is replaced); the others read it.
+    // First process in the window writes a fresh key (replacing an earlier window's); the others
+    // read it.
     await this.q(
       'rotate the rate-limit key',
-      `INSERT INTO localrec_meta (key, value) VALUES ('client-key', $1) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value
-       WHERE position(':' in localrec_meta.value) = 0 OR split_part(localrec_meta.value, ':', 1)::bigint < $2`,
+      `INSERT INTO localrec_meta (key, value) VALUES ('${CLIENT_KEY}', $1) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value
+       WHERE split_part(localrec_meta.value, ':', 1)::bigint < $2`,
       [`${window}:${randomBytes(32).toString('hex')}`, window],
     );
-    const value = (await this.q<{ value: string }>('read the rate-limit key', "SELECT value FROM localrec_meta WHERE key = 'client-key'")).rows[0]!.value;
+    const value = (await this.q<{ value: string }>('read the rate-limit key', `SELECT value FROM localrec_meta WHERE key = '${CLIENT_KEY}'`)).rows[0]!.value;
     const [stored, hex] = value.split(':') as [string, string];
     // (A process whose clock runs behind uses the newer window's key until its own catches up.)
     this.clientKey = { window: Math.max(window, Number(stored)), key: Buffer.from(hex, 'hex') };
@@ -350,6 +357,12 @@ export class PostgresStorage implements Storage {
 const RATE_PURGE_MS = 10_000;
 /** How long one key hashes client addresses for the rate limit before the next replaces it. */
 const CLIENT_KEY_WINDOW_MS = 10 * 60_000;
+/**
+ * Meta key of the window's rate-limit key, `window:hex`. (Releases before windows kept one key for
+ * good under `client-key`, read as hex: a new name, so that such a process running beside this
+ * one, mid-upgrade, never reads `window:hex` as a key; the old row is deleted at open.)
+ */
+const CLIENT_KEY = 'client-key-window';
 
 interface CohortRow {
   id: string;

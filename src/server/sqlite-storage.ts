@@ -4,16 +4,18 @@
  * resolves and a `kill -9` (or power loss) at any moment leaves either the whole transaction or
  * none of it.
  *
- * Aggregated updates keep their nonce, base version, arrival time and the version they went into,
- * but their body is dropped: the average is what the server needs, and keeping individual noised
- * updates longer than a round would only be a liability.
+ * Aggregated updates keep their base version, the version they went into and (a plain update's)
+ * nonce, against replays; their body and arrival time are dropped, and a masked upload's
+ * `cohort:member` nonce replaced: the average is what the server needs, and keeping individual
+ * noised updates, or when and from which member they came, longer than a round would only be a
+ * liability. `secure_delete` keeps the dropped bodies out of the file's free pages.
  */
 import { mkdirSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import type Database from 'better-sqlite3';
 import { StorageError } from '../errors.js';
-import { checkNextVersion, pendingFromRow, StorageConflictError, versionFromRow, versionParams, type NewUpdate, type PendingUpdate, type Storage, type StoredVersion, type UpdateRow, type VersionRow } from './storage.js';
+import { averagedNonceSql, checkNextVersion, pendingFromRow, StorageConflictError, versionFromRow, versionParams, type NewUpdate, type PendingUpdate, type Storage, type StoredVersion, type UpdateRow, type VersionRow } from './storage.js';
 
 const SCHEMA_VERSION = '1';
 
@@ -151,6 +153,13 @@ export class SqliteStorage implements Storage {
       const v = this.db.prepare('SELECT value FROM meta WHERE key = ?').get('schema') as { value: string } | undefined;
       if (!v) this.db.prepare('INSERT INTO meta (key, value) VALUES (?, ?)').run('schema', SCHEMA_VERSION);
       else if (v.value !== SCHEMA_VERSION) throw new StorageError(`${path}: schema version ${v.value}, this server knows ${SCHEMA_VERSION}`);
+      // Written by earlier releases: averaged updates' arrival times and `cohort:member` nonces
+      // (now cleared as they are averaged), and, in the file's free pages, the bodies they deleted
+      // before secure_delete: cleared once, and the file rebuilt without free pages.
+      const old = this.db
+        .prepare(`UPDATE updates SET received_at = 0, nonce = ${averagedNonceSql('instr')} WHERE aggregated_into IS NOT NULL AND (received_at <> 0 OR (instr(nonce, ':') > 0 AND nonce NOT LIKE 'averaged:%'))`)
+        .run().changes;
+      if (old > 0) this.db.exec('VACUUM');
       this.prepare();
     } catch (e) {
       if (db?.open) db.close();
@@ -179,7 +188,7 @@ export class SqliteStorage implements Storage {
       // becomes one that names neither (the cohort refuses uploads once it ends; a plain update's
       // random nonce is kept, against replays).
       markAggregated: db.prepare(
-        `UPDATE updates SET aggregated_into = ?, body = NULL, received_at = 0, nonce = CASE WHEN instr(nonce, ':') > 0 THEN 'averaged:' || id ELSE nonce END
+        `UPDATE updates SET aggregated_into = ?, body = NULL, received_at = 0, nonce = ${averagedNonceSql('instr')}
          WHERE id = ? AND aggregated_into IS NULL`,
       ),
       discard: db.prepare('DELETE FROM updates WHERE id = ? AND aggregated_into IS NULL'),

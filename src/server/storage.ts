@@ -143,3 +143,13 @@ export class StorageConflictError extends StorageError {
   // Keeps the StorageError name so it crosses process and worker boundaries as a StorageError.
   readonly conflict = true;
 }
+
+/**
+ * The nonce an averaged update keeps (SQL): a masked upload's `cohort:member` becomes
+ * `averaged:<row id>` (the cohort refuses uploads once it ends); a plain update's random nonce
+ * stays, against replays. `find`: the dialect's substring function (`position` or `instr`).
+ */
+export function averagedNonceSql(find: 'position' | 'instr'): string {
+  const has = find === 'position' ? "position(':' in nonce) > 0" : "instr(nonce, ':') > 0";
+  return `CASE WHEN ${has} AND nonce NOT LIKE 'averaged:%' THEN 'averaged:' || id ELSE nonce END`;
+}

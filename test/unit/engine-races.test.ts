@@ -175,6 +175,31 @@ describe('overlapping calls', () => {
     await e.close(); // closed: nothing more to do
   });
 
+  it('close() right after a write that then fails: the failed batch is written again, or reported lost', async () => {
+    class SlowFailingStore extends MemoryEventStore {
+      failures = 1;
+      override async add(...args: Parameters<MemoryEventStore['add']>) {
+        await new Promise((r) => setTimeout(r, 30));
+        if (this.failures-- > 0) throw new StorageError('quota exceeded (simulated)');
+        return super.add(...args);
+      }
+    }
+    const store = new SlowFailingStore();
+    const e = await Engine.create({ catalog, backend: 'cpu', autoTrainEvery: 0, model: { dim: 8 }, store });
+    e.enqueue([{ type: 'purchase', itemId: 'p1' }, { type: 'view', itemId: 'p2' }]);
+    const first = e.flush(); // fails after 30 ms, while close() is under way
+    await e.close();
+    await assert.rejects(first, { name: 'StorageError' });
+    assert.deepEqual((await store.all()).map((ev) => ev.itemId), ['p1', 'p2'], 'close() wrote the batch the failed write put back');
+
+    const always = new SlowFailingStore();
+    always.failures = Infinity;
+    const f = await Engine.create({ catalog, backend: 'cpu', autoTrainEvery: 0, model: { dim: 8 }, store: always });
+    f.enqueue([{ type: 'view', itemId: 'p3' }]);
+    void f.flush().catch(() => undefined);
+    await assert.rejects(f.close(), { name: 'StorageError', message: /close\(\): the last 1 queued event\(s\) could not be written and are lost/ });
+  });
+
   it('consent granted and withdrawn at once: applied in order, no deleted store installed, nothing left stored', async () => {
     const e = await Engine.create({ catalog, backend: 'cpu', dbName: 'races-consent', autoTrainEvery: 0, model: { dim: 8 }, consent: { personalization: false, federated: false } });
     try {

@@ -919,6 +919,27 @@ describe('sync() under secure aggregation: two tabs of one shopper', () => {
   });
 });
 
+describe('sync() under secure aggregation: a cohort left while it forms can be joined again', () => {
+  it('a sync cancelled while its cohort forms gives its claim back: the next sync of the same shopper joins that cohort', async () => {
+    const srv = await startServer({ port: 0, dataDir: null, initialTable: createItemTable(ids, 16, { seed: 5 }), minClients: 3, clip: 1, noiseMultiplier: 1, rateLimit: false, secureAggregation: { timeoutMs: 30_000 }, log: () => {} });
+    const store = new MemoryEventStore();
+    const e = await deviceAt(srv.url, ['sku-51', 'sku-52', 'sku-53'], { store });
+    const others = [await deviceAt(srv.url, ['sku-60', 'sku-61']), await deviceAt(srv.url, ['sku-70', 'sku-71'])];
+    try {
+      const ctl = new AbortController();
+      await assert.rejects(e.sync({ signal: ctl.signal, onProgress: (p) => p.phase === 'cohort' && ctl.abort() }), /it left the cohort/);
+      assert.deepEqual(await store.getMeta('cohorts'), [], 'the claim is given back');
+      const rest = await Promise.all([e.sync(), ...others.map((o) => o.sync())]);
+      assert.deepEqual(rest.map((r) => r.sent), [true, true, true]);
+      assert.equal(((await (await fetch(`${srv.url}/v1/rounds/current`)).json()) as { version: number }).version, 1);
+      assert.equal(((await store.getMeta<string[]>('cohorts')) ?? []).length, 1, 'the cohort it uploaded to stays claimed');
+    } finally {
+      for (const d of [e, ...others]) await d.close();
+      await srv.close();
+    }
+  });
+});
+
 describe('sync() under secure aggregation: erasing or withdrawing while the cohort forms', () => {
   /** A server that answers every leave 409 ("the cohort is full") and then shows a ready cohort. */
   async function fullOnLeave() {
@@ -977,6 +998,19 @@ describe('sync() under secure aggregation: erasing or withdrawing while the coho
       }
     });
   }
+
+  it('erase() right after a plain cancel (as rec.erase() sends them): it still drops out, although the signal kept the first reason', async () => {
+    const server = await fullOnLeave();
+    const e = await deviceAt('https://agg.example', ['sku-1', 'sku-5', 'sku-9'], { fetch: server.fetch });
+    let waiting!: () => void;
+    const joined = new Promise<void>((r) => (waiting = r));
+    const syncing = e.sync({ onProgress: (p) => p.phase === 'cohort' && waiting() });
+    await joined;
+    e.cancelAllSyncs();
+    await e.erase();
+    await assert.rejects(syncing, (err: Error) => err.name === 'AbortError' && /drops out of it/.test(err.message));
+    assert.deepEqual(server.posts, ['/v1/secagg/join', '/v1/secagg/cohorts/:id/members/0/leave']);
+  });
 
   it('a plain cancel (the page\'s signal) still uploads into a cohort the server says is full: the others wait on it', async () => {
     const server = await fullOnLeave();

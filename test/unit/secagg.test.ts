@@ -7,6 +7,7 @@ import { strict as assert } from 'node:assert';
 import { test } from 'node:test';
 import fc from 'fast-check';
 import {
+  MAX_COHORT_TIMEOUT_MS,
   addMod,
   addSelfMask,
   aliveNeighbours,
@@ -42,7 +43,7 @@ import {
 } from '../../src/federated/secagg.js';
 import { itemDelta } from '../../src/federated/client-update.js';
 import { clipL2, RdpAccountant } from '../../src/federated/dp.js';
-import { MAX_COHORT_TIMEOUT_MS, parseServerConfig, syncOnce, type FetchLike } from '../../src/federated/sync.js';
+import { parseServerConfig, syncOnce, type FetchLike } from '../../src/federated/sync.js';
 import { decodeModel, encodeModel, toHex } from '../../src/federated/wire.js';
 import { Random } from '../../src/model/random.js';
 import { createServer, MemoryStorage, RoundCoordinator } from '../../src/server/index.js';

@@ -319,7 +319,8 @@ describe('PostgreSQL storage', { skip: skip ?? false }, () => {
           assert.equal(n, 1, "the first client's full bucket is gone, the new client's kept");
           // The hashing key is the window's, and the next window overwrites it: a later copy of the
           // database cannot tie a hash to an address, nor link one address across windows.
-          const keyNow = async () => (await db.query<{ value: string }>("SELECT value FROM localrec_meta WHERE key = 'client-key'")).rows[0]!.value;
+          const keyNow = async () => (await db.query<{ value: string }>("SELECT value FROM localrec_meta WHERE key = 'client-key-window'")).rows[0]!.value;
+          assert.equal((await db.query("SELECT 1 FROM localrec_meta WHERE key = 'client-key'")).rowCount, 0, 'the key kept for good by earlier releases is gone');
           const first = await keyNow();
           assert.match(first, /^\d+:[0-9a-f]{64}$/);
           const before = (await db.query<{ client: string }>('SELECT client FROM localrec_rate')).rows[0]!.client;

@@ -68,3 +68,34 @@ test('SQLite, secure aggregation: once a cohort is averaged, no stored row says 
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('SQLite: rows an earlier release kept (arrival times, cohort:member nonces of averaged updates) are cleared at open', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'localrec-retention-old-'));
+  try {
+    const { SqliteStorage } = await import('../../src/server/sqlite-storage.js');
+    const first = await createServer({ dataDir: dir, initialTable: initialTable(), minClients: 3, clip: 1, noiseMultiplier: 1, rateLimit: false, log: () => {} });
+    await first.storage.close();
+    // As an earlier release left them: averaged, with their arrival time and member nonce.
+    const raw = new Database(join(dir, 'localrec.sqlite'));
+    const insert = raw.prepare('INSERT INTO updates (nonce, base_version, received_at, body, aggregated_into) VALUES (?, 0, ?, NULL, 0)');
+    insert.run('ab'.repeat(16) + ':0', 1_800_000_000_123);
+    insert.run('cd'.repeat(16), 1_800_000_000_456);
+    raw.prepare("INSERT INTO updates (nonce, base_version, received_at, body) VALUES ('ef', 0, 1800000000789, x'01')").run();
+    raw.close();
+    const store = SqliteStorage.open(dir);
+    await store.close();
+    const db = new Database(join(dir, 'localrec.sqlite'), { readonly: true });
+    try {
+      const rows = db.prepare('SELECT id, nonce, received_at, aggregated_into FROM updates ORDER BY id').all() as Array<{ id: number; nonce: string; received_at: number; aggregated_into: number | null }>;
+      assert.deepEqual(
+        rows.map((r) => [r.nonce, r.received_at]),
+        [[`averaged:${rows[0]!.id}`, 0], ['cd'.repeat(16), 0], ['ef', 1_800_000_000_789]],
+        'averaged rows cleared (a plain nonce kept against replays); the pending one untouched',
+      );
+    } finally {
+      db.close();
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
