@@ -13,48 +13,21 @@
 import { parse } from 'csv-parse';
 import { createReadStream, existsSync } from 'node:fs';
 import { writeFile, mkdir } from 'node:fs/promises';
-import { dirname, isAbsolute, join, relative, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { parseArgs } from 'node:util';
+import { dirname, join, resolve } from 'node:path';
 import { createGunzip } from 'node:zlib';
 import { retailCategory } from '../src/offers/retail-categories.js';
+import { dieAs, ROOT, scriptArgs, shown } from './script-args.js';
 
-/** The checkout: the default paths hang off it, so the script gives the same files from any folder. */
-const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const USAGE = 'usage: node --import tsx scripts/make-catalog.ts [--input path.csv.gz] [--out examples/shop/catalog.json] [--items 300] [--max-share 0.08]';
+const die: (message: string) => never = dieAs('make-catalog');
 
-/** A path as the user would type it from here: relative below the current folder, else absolute. */
-function shown(path: string): string {
-  const r = relative(process.cwd(), path);
-  return r && !r.startsWith('..') && !isAbsolute(r) ? r : path;
-}
-
-/** A mistake in the command line or a missing file is the user's to fix: one line, no stack. */
-function die(message: string): never {
-  process.stderr.write(`make-catalog: ${message}\n`);
-  process.exit(1);
-}
-
-function readArgs() {
-  try {
-    return parseArgs({
-      options: {
-        input: { type: 'string', default: join(ROOT, '..', 'shared', 'data', 'online-retail', 'online-retail.csv.gz') },
-        out: { type: 'string', default: join(ROOT, 'examples', 'shop', 'catalog.json') },
-        items: { type: 'string', default: '300' },
-        // No category takes more than this share of the catalog, so the grid is not all bags and cards.
-        'max-share': { type: 'string', default: '0.08' },
-      },
-    }).values;
-  } catch (e) {
-    // parseArgs' own message goes on about positional arguments; the option and the usage say more.
-    const err = e as { code?: string; message?: string };
-    const bad = /'([^']+)'/.exec(err.message ?? '')?.[1];
-    die(err.code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION' && bad ? `unknown option ${bad}; ${USAGE}` : `${err.message ?? String(e)}; ${USAGE}`);
-  }
-}
-
-const args = readArgs();
+const args = scriptArgs(die, USAGE, {
+  input: join(ROOT, '..', 'shared', 'data', 'online-retail', 'online-retail.csv.gz'),
+  out: join(ROOT, 'examples', 'shop', 'catalog.json'),
+  items: '300',
+  // No category takes more than this share of the catalog, so the grid is not all bags and cards.
+  'max-share': '0.08',
+});
 const WANT = Number(args.items);
 if (!Number.isInteger(WANT) || WANT < 1) die(`--items must be a positive integer, got ${args.items}`);
 const SHARE = Number(args['max-share']);
@@ -95,7 +68,7 @@ interface Acc {
 }
 
 async function main(): Promise<void> {
-  const input = resolve(args.input!);
+  const input = resolve(args.input);
   if (!existsSync(input)) die(`--input: no such file ${input} (the UCI Online Retail data, as in ../shared/data/online-retail/)`);
   const byCode = new Map<string, Acc>();
   let rows = 0;
@@ -154,7 +127,7 @@ async function main(): Promise<void> {
     currency: 'GBP',
     items: picked.map(({ id, title, category, price, popularity }) => ({ id, title, category, price, popularity })),
   };
-  const out = resolve(args.out!);
+  const out = resolve(args.out);
   await mkdir(dirname(out), { recursive: true });
   await writeFile(out, JSON.stringify(catalog, null, 1) + '\n');
   const cats = [...perCategory].sort((a, b) => b[1] - a[1]);

@@ -12,54 +12,27 @@
  */
 import { existsSync } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
-import { dirname, isAbsolute, join, relative, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { parseArgs } from 'node:util';
+import { join, resolve } from 'node:path';
 import { loadCsv } from '../src/eval/csv-loader.js';
 import { PRESETS } from '../src/eval/presets.js';
 import { buildNeighborTable } from '../src/model/build-neighbors.js';
 import { MAX_NEIGHBOR_WIDTH } from '../src/model/neighbors.js';
 import { encodeNeighborTable, neighborTableHash } from '../src/model/neighbors-wire.js';
+import { dieAs, ROOT, scriptArgs, shown } from './script-args.js';
 
-/** The checkout: the default paths hang off it, so the script gives the same files from any folder. */
-const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const USAGE = 'usage: node --import tsx scripts/make-neighbors.ts [--input path.csv.gz] [--catalog examples/shop/catalog.json] [--out examples/shop/neighbors.lrn] [--width 16] [--min-support 3]';
+const die: (message: string) => never = dieAs('make-neighbors');
 
-/** A path as the user would type it from here: relative below the current folder, else absolute. */
-function shown(path: string): string {
-  const r = relative(process.cwd(), path);
-  return r && !r.startsWith('..') && !isAbsolute(r) ? r : path;
-}
-
-/** A mistake in the command line or a missing file is the user's to fix: one line, no stack. */
-function die(message: string): never {
-  process.stderr.write(`make-neighbors: ${message}\n`);
-  process.exit(1);
-}
-
-function readArgs() {
-  try {
-    return parseArgs({
-      options: {
-        input: { type: 'string', default: join(ROOT, '..', 'shared', 'data', 'online-retail', 'online-retail.csv.gz') },
-        catalog: { type: 'string', default: join(ROOT, 'examples', 'shop', 'catalog.json') },
-        out: { type: 'string', default: join(ROOT, 'examples', 'shop', 'neighbors.lrn') },
-        width: { type: 'string', default: '16' },
-        'min-support': { type: 'string', default: '3' },
-      },
-    }).values;
-  } catch (e) {
-    // parseArgs' own message goes on about positional arguments; the option and the usage say more.
-    const err = e as { code?: string; message?: string };
-    const bad = /'([^']+)'/.exec(err.message ?? '')?.[1];
-    die(err.code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION' && bad ? `unknown option ${bad}; ${USAGE}` : `${err.message ?? String(e)}; ${USAGE}`);
-  }
-}
-
-const args = readArgs();
-const input = resolve(args.input!);
-const catalogFile = resolve(args.catalog!);
-const out = resolve(args.out!);
+const args = scriptArgs(die, USAGE, {
+  input: join(ROOT, '..', 'shared', 'data', 'online-retail', 'online-retail.csv.gz'),
+  catalog: join(ROOT, 'examples', 'shop', 'catalog.json'),
+  out: join(ROOT, 'examples', 'shop', 'neighbors.lrn'),
+  width: '16',
+  'min-support': '3',
+});
+const input = resolve(args.input);
+const catalogFile = resolve(args.catalog);
+const out = resolve(args.out);
 // Checked before the data is read (a few seconds), with the flags' own names.
 const width = Number(args.width);
 if (!Number.isInteger(width) || width < 1 || width > MAX_NEIGHBOR_WIDTH) die(`--width must be an integer from 1 to ${MAX_NEIGHBOR_WIDTH}, got ${args.width}`);

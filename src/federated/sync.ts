@@ -454,6 +454,23 @@ export async function pullOnce(o: PullOptions): Promise<PullResult> {
 }
 
 /**
+ * Trains `local` (a copy of `global`) on the history. What the history can make fail (a ModelError:
+ * a loss that diverges, a weight refused) or overflow is returned as the reason, and `local` is then
+ * to be discarded; any other failure (no backend, out of memory, a bug) is the device's, whatever
+ * the history, and is thrown, ending the sync before anything is recorded or sent, as it would
+ * for every shopper.
+ */
+async function trainLocally(global: ItemTable, local: ItemTable, seqs: Sequence[], train: TrainConfig): Promise<string | undefined> {
+  try {
+    await trainItemTable(local, seqs, train);
+    return finiteStep(global, local) ? undefined : 'the local step is not finite';
+  } catch (e) {
+    if (!isModelError(e)) throw e;
+    return `local training failed: ${e.message}`;
+  }
+}
+
+/**
  * A receiving sync's local step on the global model: local training (unless the server runs the
  * subspace aggregator). Training that fails on this history (a ModelError) leaves the global model
  * as it is, reported in `stepFailed`: a failure must not end the sync early, which would show in
@@ -464,14 +481,7 @@ async function receivedLocal(o: Pick<SyncOptions, 'history' | 'onProgress' | 'si
   const seqs = historySequences(global, o.history);
   if (seqs.length === 0 || config.aggregator === 'subspace') return { local };
   o.onProgress?.({ phase: 'training' });
-  let stepFailed: string | undefined;
-  try {
-    await trainItemTable(local, seqs, train);
-    if (!finiteStep(global, local)) stepFailed = 'the local step is not finite';
-  } catch (e) {
-    if (!isModelError(e)) throw e;
-    stepFailed = `local training failed: ${e.message}`;
-  }
+  const stepFailed = await trainLocally(global, local, seqs, train);
   checkAborted(o, 'after local training');
   return stepFailed ? { local: cloneItemTable(global), stepFailed } : { local };
 }
@@ -542,16 +552,7 @@ export async function syncOnce(o: SyncOptions): Promise<SyncResult> {
     // overflows on it (a model on which some histories diverge, by accident or made so by the
     // server) would otherwise turn "no upload" into "this shopper touched that item". Such a
     // history is sent as noise only, like one the model knows nothing of.
-    try {
-      await trainItemTable(local, seqs, train);
-      if (!finiteStep(global, local)) stepFailed = 'the local step is not finite';
-    } catch (e) {
-      // What the history can cause is a ModelError (a loss that diverges, a weight refused). Any
-      // other failure (no backend, out of memory, a bug) is the device's, whatever the history:
-      // it ends the sync before anything is recorded or sent, as it would for every shopper.
-      if (!isModelError(e)) throw e;
-      stepFailed = `local training failed: ${e.message}`;
-    }
+    stepFailed = await trainLocally(global, local, seqs, train);
     if (stepFailed) local = cloneItemTable(global);
   }
   checkAborted(o, 'after local training');

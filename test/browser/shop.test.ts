@@ -52,6 +52,18 @@ async function screenshot(page: Page, name: string, docs = false): Promise<void>
 }
 
 describe('demo shop', () => {
+  /** A page whose script errors and POST requests are collected. */
+  async function watchedPage(): Promise<{ page: Page; errors: string[]; posts: string[] }> {
+    const errors: string[] = [];
+    const posts: string[] = [];
+    const page = await browser.newPage({ viewport: { width: 1400, height: 1000 } });
+    page.on('pageerror', (e) => errors.push(e.message));
+    page.on('request', (r) => {
+      if (r.method() === 'POST') posts.push(r.url());
+    });
+    return { page, errors, posts };
+  }
+
   it('serves the shop, the SDK and the federated API on one address', async () => {
     const health = await (await fetch(`${shop.url}/v1/health`)).json();
     assert.deepEqual(health, { ok: true, version: 0 });
@@ -321,13 +333,7 @@ describe('demo shop', () => {
   });
 
   it('asks for consent with ?consent=required and stores nothing before it', async () => {
-    const errors: string[] = [];
-    const page = await browser.newPage({ viewport: { width: 1400, height: 1000 } });
-    page.on('pageerror', (e) => errors.push(e.message));
-    const posts: string[] = [];
-    page.on('request', (r) => {
-      if (r.method() === 'POST') posts.push(r.url());
-    });
+    const { page, errors, posts } = await watchedPage();
     await page.goto(`${shop.url}/?backend=wasm&consent=required`);
     await page.waitForSelector('body[data-state="ready"]', { timeout: 45_000 });
     assert.equal(await page.isVisible('#consent-banner'), true);
@@ -368,13 +374,7 @@ describe('demo shop', () => {
   });
 
   it('remembers "Only on this device" on the default page too', async () => {
-    const errors: string[] = [];
-    const page = await browser.newPage({ viewport: { width: 1400, height: 1000 } });
-    page.on('pageerror', (e) => errors.push(e.message));
-    const posts: string[] = [];
-    page.on('request', (r) => {
-      if (r.method() === 'POST') posts.push(r.url());
-    });
+    const { page, errors, posts } = await watchedPage();
     const consentNow = () => text(page, '#a-consent');
     // A first visit without ?consent=required starts granted, as before.
     await page.goto(`${shop.url}/?backend=wasm`);
