@@ -1034,9 +1034,24 @@ export class Engine {
    */
   private requeue(batch: StoredEvent[]): void {
     const all = batch.concat(this.queue);
-    const over = all.length - this.retention.maxEvents;
-    if (over > 0) this.dropped += over;
-    this.queue = over > 0 ? all.slice(over) : all;
+    let over = all.length - this.retention.maxEvents;
+    if (over <= 0) {
+      this.queue = all;
+      return;
+    }
+    this.dropped += over;
+    // The oldest go, offer events and purchases last: the offer rules (caps, cool-downs, the
+    // audience) count them, and a queue that cannot be written has no ledger to fold them into.
+    const keep = new Array<boolean>(all.length).fill(true);
+    for (const pass of [false, true]) {
+      for (let i = 0; i < all.length && over > 0; i++) {
+        if (keep[i] && (pass || !OFFER_RULE_EVENTS.has(all[i]!.type))) {
+          keep[i] = false;
+          over--;
+        }
+      }
+    }
+    this.queue = all.filter((_, i) => keep[i]);
   }
 
   private maybeAutoTrain(): void {
@@ -1892,6 +1907,13 @@ export class Engine {
     const check = (installed: OfferCatalog | undefined): OfferCatalog => {
       const floor = Math.max(installed?.version ?? -Infinity, this.offerCatalog?.version ?? -Infinity);
       if (catalog.version < floor) throw new ValidationError('catalog.version', `is ${catalog.version}, older than the installed catalog's ${floor}; the installed one is kept`);
+      // At the same version, an earlier publication (yesterday's affinity, an offer since withdrawn
+      // without a new version) is refused too.
+      for (const held of [installed, this.offerCatalog]) {
+        if (held && held.version === catalog.version && catalog.issuedAt < held.issuedAt) {
+          throw new ValidationError('catalog.issuedAt', `is ${new Date(catalog.issuedAt).toISOString()}, before the installed catalog's (${new Date(held.issuedAt).toISOString()}) of the same version ${catalog.version}; the installed one is kept`);
+        }
+      }
       return catalog;
     };
     // Kept in memory before consent; stored only once storing is allowed.
@@ -1929,10 +1951,23 @@ export class Engine {
       return ledger ? { ledger } : {};
     };
     const snapshot = catalog.affinity;
+    const live = options.context?.now === undefined;
+    /**
+     * What the rules count: the stored events and those still queued (a write that failed for the
+     * quota keeps them there: a redemption must count for its cap all the same). Live (no
+     * `context.now`), an offer event or purchase stamped a little ahead of this device's clock (a
+     * page reporting its server's time) counts as now: a once-only offer is not shown again until
+     * the device's clock catches up.
+     */
+    const counted = (stored: StoredEvent[]): StoredEvent[] => {
+      const all = this.queue.length ? stored.concat(this.queue) : stored;
+      if (!live) return all;
+      return all.map((e) => (e.t > now && (e.type === 'offer_impression' || e.type === 'offer_redeemed' || e.type === 'purchase') ? { ...e, t: now } : e));
+    };
     if (snapshot) {
       // The shop's learned affinity (docs/OFFERS.md): the same features and weights offers-eval
       // measures, from this shopper's purchases grouped into baskets (30 minutes apart or less).
-      const events = await this.storedEvents();
+      const events = counted(await this.storedEvents());
       const kept = await ledgerAfter();
       const baskets = purchaseBaskets(events, offerScopeLookup(catalog.offers, this.products), { now });
       const p = predictAffinity(snapshot, baskets, now, catalog.offers.map((o) => o.id));
@@ -1943,8 +1978,9 @@ export class Engine {
     }
     await this.freshModel();
     // The profile as it stood at `now`: a call for an earlier time must not rank by what came after.
-    const events = await this.storedEvents();
-    const profile = this.profileOf(events.filter((e) => e.t <= now), now);
+    const stored = await this.storedEvents();
+    const profile = this.profileOf(stored.filter((e) => e.t <= now), now);
+    const events = counted(stored);
     const kept = await ledgerAfter();
     const scores = await this.scorer.scoreAll(userVector(this.table, profile));
     let max = -Infinity;
@@ -2053,6 +2089,9 @@ export class Engine {
     await deleteEventDatabase(this.opts.dbName ?? 'localrec');
   }
 }
+
+/** Events the offer rules count (caps, cool-downs, new vs returning). */
+const OFFER_RULE_EVENTS = new Set<StoredEvent['type']>(['offer_impression', 'offer_redeemed', 'purchase']);
 
 /** The two consents an engine follows. */
 type Consent = { personalization: boolean; federated: boolean };

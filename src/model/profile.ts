@@ -85,17 +85,23 @@ function actionOf(e: StoredEvent): ProfileItem['action'] | undefined {
 /**
  * Which events (in time order) a reason may cite: those that speak for the item, as the model
  * counts them (a 1-star rating counts against it: "Because you rated …" would be wrong), and not an
- * add to cart the shopper took back with a later `remove_from_cart` of the same item.
+ * add to cart the shopper took back with a later `remove_from_cart` of the same item, nor a rating
+ * of an item whose latest rating is low (revised down).
  */
 export function citableEvents(events: readonly StoredEvent[]): boolean[] {
   const out = new Array<boolean>(events.length).fill(false);
   const removed = new Set<string>();
+  /** Per item, whether its latest rating speaks for it: a rating revised down cites nothing. */
+  const latestRatingGood = new Map<string, boolean>();
   for (let i = events.length - 1; i >= 0; i--) {
     const e = events[i]!;
     if (e.itemId === undefined) continue;
     if (e.type === 'remove_from_cart') removed.add(e.itemId);
     else if (e.type === 'add_to_cart' && removed.has(e.itemId)) removed.delete(e.itemId);
-    else out[i] = eventConfidence(e) > 0;
+    else if (e.type === 'rating') {
+      if (!latestRatingGood.has(e.itemId)) latestRatingGood.set(e.itemId, eventConfidence(e) > 0);
+      out[i] = latestRatingGood.get(e.itemId)! && eventConfidence(e) > 0;
+    } else out[i] = eventConfidence(e) > 0;
   }
   return out;
 }

@@ -72,7 +72,9 @@ export function register(program: Command): void {
       const catalog = validateOfferCatalog(await readJson(readFile, o.catalog, '--catalog'));
       const data = await loadRetailData(o.data, undefined, '--data');
       const fit = fitAffinity(data, catalog);
-      await writeFile(o.out, `${JSON.stringify(fit.catalog, null, 2)}\n`);
+      // A new publication: issued now, so that devices holding the same version's earlier
+      // affinity take this one and refuse the earlier one replayed (setOffers).
+      await writeFile(o.out, `${JSON.stringify({ ...fit.catalog, issuedAt: Date.now() }, null, 2)}\n`);
       process.stderr.write(
         `learned from ${fit.baskets} orders of ${fit.customers} customers (${fit.basketsWithOffer} touch an offer) → ${o.out} (${fit.catalog.offers.length} offers, ${fit.catalog.affinity!.features.length} features)\n`,
       );

@@ -188,7 +188,10 @@ export function checkContext(context: OfferContext | undefined): number {
   if (context.itemId !== undefined && typeof context.itemId !== 'string') throw new ValidationError('options.context.itemId', 'must be an item id (a string)');
   if (context.cart !== undefined) {
     if (!Array.isArray(context.cart)) throw new ValidationError('options.context.cart', 'must be an array of { itemId, quantity?, price? }');
-    (context.cart as unknown[]).forEach((l, i) => {
+    // An index loop, not forEach: a hole in the array (`[, line]`) is a missing line, refused here.
+    const cart = context.cart as unknown[];
+    for (let i = 0; i < cart.length; i++) {
+      const l = cart[i];
       const at = `options.context.cart[${i}]`;
       if (typeof l !== 'object' || l === null) throw new ValidationError(at, 'must be an object { itemId, quantity?, price? }');
       const line = l as Record<string, unknown>;
@@ -199,7 +202,7 @@ export function checkContext(context: OfferContext | undefined): number {
       if (line.price !== undefined && !(typeof line.price === 'number' && Number.isFinite(line.price) && line.price >= 0)) {
         throw new ValidationError(`${at}.price`, `must be a number ≥ 0, got ${describeValue(line.price)}`);
       }
-    });
+    }
   }
   return now;
 }

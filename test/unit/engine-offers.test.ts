@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import { before, describe, it } from 'node:test';
 import { Engine } from '../../src/engine/engine.js';
 import { MemoryEventStore } from '../../src/events/store.js';
+import { StorageError } from '../../src/errors.js';
 import { Random } from '../../src/model/random.js';
 import { predictAffinity, type AffinitySnapshot, type HistoryBasket } from '../../src/offers/affinity-model.js';
 import { LearnedAffinity } from '../../src/offers/eval/learned-affinity.js';
@@ -309,5 +310,65 @@ describe('offer rules outlive event retention', () => {
     } finally {
       await e.close();
     }
+  });
+});
+
+describe('offer rules with events not yet stored, or stamped ahead; catalogs replayed at the same version (stop 26 review)', () => {
+  let keys: OfferKeyPair;
+  before(async () => {
+    keys = await generateOfferKeys();
+  });
+  const once: OfferCatalog['offers'][number] = { ...offer('once', { kind: 'categories', categories: ['mug'] }), limits: { maxRedemptions: 1, maxImpressions: 1 } };
+  class FullStore extends MemoryEventStore {
+    full = false;
+    override async add(...args: Parameters<MemoryEventStore['add']>) {
+      if (this.full) throw new StorageError('storing events: QuotaExceededError (simulated)');
+      return super.add(...args);
+    }
+  }
+  async function engine(store = new FullStore({ maxEvents: 10_000, maxAgeDays: 36_500 }), maxEvents?: number) {
+    const e = await Engine.create({ catalog: { items }, backend: 'cpu', autoTrainEvery: 0, store, now: () => NOW, offers: { publicKey: keys.publicJwk }, ...(maxEvents ? { retention: { maxEvents, maxAgeDays: 36_500 } } : {}) });
+    await e.setOffers(await signOfferCatalog({ version: 1, issuedAt: 0, currency: 'GBP', offers: [once] }, keys.privateJwk));
+    return { e, store };
+  }
+  const shown = async (e: Engine) => (await e.offers({ k: 1, exploration: 0, seed: 1 })).map((o) => o.offerId);
+
+  it('an impression and a redemption still queued (the store is full) count for the caps', async () => {
+    const { e, store } = await engine();
+    assert.deepEqual(await shown(e), ['once']);
+    store.full = true;
+    e.enqueue([{ type: 'offer_impression', offerId: 'once', t: NOW - 2000 }, { type: 'offer_redeemed', offerId: 'once', t: NOW - 1000 }]);
+    assert.deepEqual(await shown(e), []);
+    await e.close().catch(() => undefined);
+  });
+
+  it('a redemption stamped a little ahead of the device clock counts at once; a replay at an earlier time does not see it', async () => {
+    const { e } = await engine();
+    e.enqueue([{ type: 'offer_redeemed', offerId: 'once', t: NOW + 2 * MIN }]);
+    assert.deepEqual(await shown(e), [], 'live: counted now');
+    assert.deepEqual((await e.offers({ k: 1, exploration: 0, seed: 1, context: { now: NOW - DAY } })).map((o) => o.offerId), ['once'], 'as of yesterday: not yet redeemed');
+    await e.close();
+  });
+
+  it('a queue over its cap drops the oldest events, offer events and purchases last', async () => {
+    const store = new FullStore({ maxEvents: 3, maxAgeDays: 36_500 });
+    const { e } = await engine(store, 3);
+    store.full = true;
+    e.enqueue([{ type: 'offer_redeemed', offerId: 'once', t: NOW - 5000 }, ...[0, 1, 2, 3].map((i) => ({ type: 'view' as const, itemId: `m${i}`, t: NOW - 4000 + i }))]);
+    await e.flush().catch(() => undefined);
+    assert.deepEqual(await shown(e), [], 'the redemption kept its place in the queue');
+    assert.equal((await e.stats()).dropped, 2);
+    await e.close().catch(() => undefined);
+  });
+
+  it('setOffers refuses an earlier publication of the installed version (issuedAt), and takes a later one', async () => {
+    const e = await Engine.create({ catalog: { items }, backend: 'cpu', autoTrainEvery: 0, store: new MemoryEventStore(), now: () => NOW, offers: { publicKey: keys.publicJwk } });
+    const tuesday = { version: 5, issuedAt: NOW, currency: 'GBP', offers: [offer('kept', { kind: 'all' })] };
+    const monday = { ...tuesday, issuedAt: NOW - DAY, offers: [...tuesday.offers, offer('withdrawn', { kind: 'all' })] };
+    await e.setOffers(await signOfferCatalog(tuesday, keys.privateJwk));
+    await assert.rejects(e.setOffers(await signOfferCatalog(monday, keys.privateJwk)), /catalog\.issuedAt: is .*, before the installed catalog's .* of the same version 5; the installed one is kept/);
+    assert.deepEqual((await e.offers({ k: 5, exploration: 0, seed: 1 })).map((o) => o.offerId), ['kept']);
+    assert.deepEqual(await e.setOffers(await signOfferCatalog({ ...tuesday, issuedAt: NOW + DAY }, keys.privateJwk)), { offers: 1 });
+    await e.close();
   });
 });

@@ -156,6 +156,19 @@ describe('stop 26 review: reasons and training edges', () => {
     assert.ok(by.get(0)!.weight > 0);
     assert.equal(by.get(1)!.action, 'viewed');
     assert.equal(by.get(2)!.action, 'added to cart');
+    // A rating revised down: neither rating is cited, whichever came first.
+    const revised = buildProfile(
+      [
+        { t: now - 3000, type: 'rating', itemId: 'x', value: 4 },
+        { t: now - 1000, type: 'rating', itemId: 'x', value: 1 },
+        { t: now - 3000, type: 'rating', itemId: 'y', value: 1 },
+        { t: now - 1000, type: 'rating', itemId: 'y', value: 5 },
+      ],
+      rows,
+      { halfLifeDays: 30, now },
+    );
+    assert.equal(revised.find((i) => i.row === 0)?.action, undefined, 'x: 4 stars, then 1');
+    assert.equal(revised.find((i) => i.row === 1)?.action, 'rated', 'y: 1 star, then 5');
     const only = buildProfile([{ t: now - 10, type: 'add_to_cart', itemId: 'x' }, { t: now - 5, type: 'remove_from_cart', itemId: 'x' }, { t: now, type: 'add_to_cart', itemId: 'y' }, { t: now + 1, type: 'remove_from_cart', itemId: 'y' }, { t: now, type: 'add_to_cart', itemId: 'y' }], rows, { halfLifeDays: 30, now });
     assert.equal(only.find((i) => i.row === 0)!.action, undefined, 'nothing citable on x');
   });

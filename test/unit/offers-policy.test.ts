@@ -59,6 +59,8 @@ describe('offer policy', () => {
       [{ now: NOW, page: 'nope' }, 'options.context.page'],
       [{ now: NOW, cart: 'x' }, 'options.context.cart'],
       [{ now: NOW, cart: [null] }, 'options.context.cart[0]'],
+      // eslint-disable-next-line no-sparse-arrays
+      [{ now: NOW, cart: [, { itemId: 'm1' }] }, 'options.context.cart[0]'],
       [{ now: NOW, cart: [{ itemId: 'm1', quantity: -2, price: -10 }] }, 'options.context.cart[0].quantity'],
       [{ now: NOW, cart: [{ itemId: 'm1', quantity: 1, price: -10 }] }, 'options.context.cart[0].price'],
       [{ now: NOW, cart: [{ itemId: 'm1', quantity: 1.5 }] }, 'options.context.cart[0].quantity'],

@@ -31,6 +31,16 @@ describe('retailCategory', () => {
       ['DECORATIVE EASTER EGG', 'easter'],
       ['BLUE KNITTED EGG COSY', 'kitchen'],
       ['EGG FRYING PAN BLUE', 'kitchen'],
+      // An eclipse is no clip, a string no ring, charming no charm, a chestnut no chest, a street no tree.
+      ['HANGING ECLIPSE MOBILE', 'decoration'],
+      ['SET OF 6 STRINGS OF PEARLS', 'other'],
+      ['CHARMING PINK DOG', 'other'],
+      ['PORCHESTER CHEST', 'home-storage'],
+      ['CHESTNUT SQUIRREL DOORSTOP', 'home-storage'],
+      ['STREETLAMP ORNAMENT', 'decoration'],
+      ['HAIR CLIPS', 'jewellery'],
+      ['SILVER CHARMS', 'jewellery'],
+      ['CHRISTMAS TREE KNITTED', 'christmas'],
     ];
     for (const [description, category] of cases) assert.equal(retailCategory(description), category, description);
   });
