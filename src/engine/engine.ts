@@ -671,9 +671,10 @@ export class Engine {
       if (this.neighbors) await this.saveNeighbors();
       else this.startNeighborFetch();
       // An offer catalog installed before consent was kept in memory only (setOffers): stored now,
-      // unless the database holds a newer one (the device never goes back to an older catalog).
+      // unless the database holds a newer one (the device never goes back to an older catalog: a
+      // higher version, or a later publication of the same one).
       const held = this.offerCatalog;
-      if (held) this.offerCatalog = await this.store.updateMeta<OfferCatalog>(OFFERS_KEY, (cur) => (cur && cur.version > held.version ? cur : held));
+      if (held) this.offerCatalog = await this.store.updateMeta<OfferCatalog>(OFFERS_KEY, (cur) => (cur && newerCatalog(cur, held) ? cur : held));
     } else if (!next.personalization && was) {
       await this.training?.catch(() => undefined);
       this.queue = [];
@@ -1029,8 +1030,8 @@ export class Engine {
 
   /**
    * Puts a batch the store could not take back in front of the queue. While storage keeps failing
-   * (a site quota that stays full) the queue keeps at most `retention.maxEvents`, the newest, as
-   * the store would: older ones are counted in `stats().dropped`.
+   * (a site quota that stays full) the queue keeps at most `retention.maxEvents`: the oldest go
+   * first, offer events and purchases last (the offer rules count them), counted in `stats().dropped`.
    */
   private requeue(batch: StoredEvent[]): void {
     const all = batch.concat(this.queue);
@@ -1910,7 +1911,7 @@ export class Engine {
       // At the same version, an earlier publication (yesterday's affinity, an offer since withdrawn
       // without a new version) is refused too.
       for (const held of [installed, this.offerCatalog]) {
-        if (held && held.version === catalog.version && catalog.issuedAt < held.issuedAt) {
+        if (held && newerCatalog(held, catalog)) {
           throw new ValidationError('catalog.issuedAt', `is ${new Date(catalog.issuedAt).toISOString()}, before the installed catalog's (${new Date(held.issuedAt).toISOString()}) of the same version ${catalog.version}; the installed one is kept`);
         }
       }
@@ -2020,13 +2021,15 @@ export class Engine {
     // A consent change under way settles first: a grant opening the database installs its store,
     // which is then closed below, not left open.
     await this.consentChain;
-    // A write already under way ends first (a failed one puts its batch back in the queue), then
-    // the last write: when it fails, what was queued is lost, and the caller hears of it (once
-    // everything is released).
-    await this.flushing;
+    // Writes already under way end first (a failed one puts its batch back in the queue; another
+    // may start meanwhile, from the batching timer or a call that reads), then the last write:
+    // what it cannot store is lost, and the caller hears of it (once everything is released).
+    await this.writesSettled();
     let lost: unknown;
-    const queued = this.queue.length;
     await this.flush().catch((e: unknown) => (lost = e));
+    await this.writesSettled();
+    const queued = this.queue.length;
+    if (queued > 0) lost ??= new StorageError('the store did not take them');
     await this.neighborsLoading;
     await this.training?.catch(() => undefined);
     this.closed = true;
@@ -2039,6 +2042,11 @@ export class Engine {
     if (lost !== undefined) {
       throw new StorageError(`close(): the last ${queued} queued event(s) could not be written and are lost: ${lost instanceof Error ? lost.message : String(lost)}`, { cause: lost });
     }
+  }
+
+  /** Resolves once no write is under way (each may chain another: waited until none is left). */
+  private async writesSettled(): Promise<void> {
+    for (let seen: Promise<void> | undefined; seen !== this.flushing; ) await (seen = this.flushing);
   }
 
   /** Deletes every event and the saved weights, and the database itself. */
@@ -2088,6 +2096,11 @@ export class Engine {
     if (this.store.kind === 'indexeddb') return;
     await deleteEventDatabase(this.opts.dbName ?? 'localrec');
   }
+}
+
+/** Whether catalog `a` supersedes `b`: a higher version, or the same one issued later. */
+function newerCatalog(a: OfferCatalog, b: OfferCatalog): boolean {
+  return a.version > b.version || (a.version === b.version && a.issuedAt > b.issuedAt);
 }
 
 /** Events the offer rules count (caps, cool-downs, new vs returning). */

@@ -137,7 +137,7 @@ export interface SyncOptions {
    * nothing. The claim is given back (`release`) when this device leaves the cohort while it
    * forms, so that its next sync may join it again.
    */
-  claimCohort?: (cohort: string) => Promise<{ release(): Promise<void> }>;
+  claimCohort?: (cohort: string) => Promise<void | { release?(): Promise<void> }>;
   /** Attempts for a request that fails with a network error or a 5xx (default 3), with backoff. */
   attempts?: number;
   /** First backoff delay in ms (doubles each retry; default 500). */
@@ -695,18 +695,18 @@ async function sendMasked(
   let view: CohortView;
   let polls = 0;
   const member = memberPath(joined);
+  /** This sync's claim on the cohort (claimCohort), given back when it leaves. */
+  let claim: void | { release?(): Promise<void> } | undefined;
   /**
    * Gives this device's place back while the cohort forms, so that it does not fill with a member
    * that will never upload. `full` when the cohort filled meanwhile (409): then the other members
    * depend on this device, and it goes on to upload.
    */
-  /** This sync's claim on the cohort (claimCohort), given back when it leaves. */
-  let claim: { release(): Promise<void> } | undefined;
   const leave = async (): Promise<'left' | 'full' | string> => {
     try {
       await request({ ...o, attempts: 1 }, 'cohort', 'POST', `${member}/leave`, undefined, { 'X-Localrec-Cohort-Token': joined.token }, null);
       // Out of the cohort: a later sync of this shopper may take a place in it.
-      await claim?.release().catch(() => undefined);
+      await claim?.release?.().catch(() => undefined);
       return 'left';
     } catch (e) {
       if (isNetworkError(e) && e.status === 409) return 'full';

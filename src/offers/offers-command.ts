@@ -74,7 +74,8 @@ export function register(program: Command): void {
       const fit = fitAffinity(data, catalog);
       // A new publication: issued now, so that devices holding the same version's earlier
       // affinity take this one and refuse the earlier one replayed (setOffers).
-      await writeFile(o.out, `${JSON.stringify({ ...fit.catalog, issuedAt: Date.now() }, null, 2)}\n`);
+      // (Never before the input's own time: a device holding the input would refuse this one.)
+      await writeFile(o.out, `${JSON.stringify({ ...fit.catalog, issuedAt: Math.max(Date.now(), catalog.issuedAt + 1) }, null, 2)}\n`);
       process.stderr.write(
         `learned from ${fit.baskets} orders of ${fit.customers} customers (${fit.basketsWithOffer} touch an offer) → ${o.out} (${fit.catalog.offers.length} offers, ${fit.catalog.affinity!.features.length} features)\n`,
       );

@@ -20,6 +20,8 @@ export function validateOfferCatalog(input: unknown, field = 'catalog', options:
   const o = record(input, field);
   const version = integer(o.version, `${field}.version`, 0);
   const issuedAt = finite(o.issuedAt, `${field}.issuedAt`, 0);
+  // Compared between publications of one version (setOffers), and printed as a date.
+  if (issuedAt > MAX_TIME_MS) throw new ValidationError(`${field}.issuedAt`, `must be a time in ms since 1970 up to ${MAX_TIME_MS} (year 275760), got ${issuedAt}`);
   const currency = string(o.currency, `${field}.currency`, 16);
   if (!isCurrencyCode(currency, options.strictCurrency ?? false)) {
     throw new ValidationError(`${field}.currency`, `must be an ISO 4217 code such as GBP or EUR, got ${describeValue(currency)}${options.strictCurrency ? ' (not in this platform\'s list of currencies)' : ''}`);

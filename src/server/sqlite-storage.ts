@@ -82,6 +82,9 @@ export interface SqliteStorageOptions {
  * const storage = SqliteStorage.open('.data');   // .data/localrec.sqlite
  * ```
  */
+/** Meta key set once the file was rebuilt (VACUUM) with secure_delete on: no earlier body left in its free pages. */
+const VACUUMED_KEY = 'secure-delete-vacuumed';
+
 export class SqliteStorage implements Storage {
   readonly path: string;
   private db: Database.Database;
@@ -156,10 +159,15 @@ export class SqliteStorage implements Storage {
       // Written by earlier releases: averaged updates' arrival times and `cohort:member` nonces
       // (now cleared as they are averaged), and, in the file's free pages, the bodies they deleted
       // before secure_delete: cleared once, and the file rebuilt without free pages.
-      const old = this.db
+      this.db
         .prepare(`UPDATE updates SET received_at = 0, nonce = ${averagedNonceSql('instr')} WHERE aggregated_into IS NOT NULL AND (received_at <> 0 OR (instr(nonce, ':') > 0 AND nonce NOT LIKE 'averaged:%'))`)
-        .run().changes;
-      if (old > 0) this.db.exec('VACUUM');
+        .run();
+      // Until a VACUUM has succeeded once with secure_delete on (a failed one, for want of disk
+      // space, is tried again at the next start), free pages may hold bodies deleted before.
+      if (!this.db.prepare('SELECT 1 FROM meta WHERE key = ?').get(VACUUMED_KEY)) {
+        this.db.exec('VACUUM');
+        this.db.prepare('INSERT INTO meta (key, value) VALUES (?, ?)').run(VACUUMED_KEY, String(Date.now()));
+      }
       this.prepare();
     } catch (e) {
       if (db?.open) db.close();

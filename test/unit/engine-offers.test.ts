@@ -361,6 +361,21 @@ describe('offer rules with events not yet stored, or stamped ahead; catalogs rep
     await e.close().catch(() => undefined);
   });
 
+  it('an earlier publication held in memory before consent does not replace the later one stored, when consent is granted', async () => {
+    const opts = { catalog: { items }, backend: 'cpu' as const, autoTrainEvery: 0, dbName: 'offers-grant-issued', now: () => NOW, offers: { publicKey: keys.publicJwk } };
+    const tuesday = { version: 5, issuedAt: NOW, currency: 'GBP', offers: [offer('kept', { kind: 'all' })] };
+    const monday = { ...tuesday, issuedAt: NOW - DAY, offers: [...tuesday.offers, offer('withdrawn', { kind: 'all' })] };
+    const first = await Engine.create(opts);
+    await first.setOffers(await signOfferCatalog(tuesday, keys.privateJwk));
+    await first.close();
+    const second = await Engine.create({ ...opts, consent: { personalization: false, federated: false } });
+    await second.setOffers(await signOfferCatalog(monday, keys.privateJwk)); // nothing stored can be read yet
+    await second.setConsent({ personalization: true });
+    assert.deepEqual((await second.audit()).offers, { stored: true, version: 5, offers: 1, issuedAt: NOW });
+    assert.deepEqual((await second.offers({ k: 5, exploration: 0, seed: 1 })).map((o) => o.offerId), ['kept']);
+    await second.erase();
+  });
+
   it('setOffers refuses an earlier publication of the installed version (issuedAt), and takes a later one', async () => {
     const e = await Engine.create({ catalog: { items }, backend: 'cpu', autoTrainEvery: 0, store: new MemoryEventStore(), now: () => NOW, offers: { publicKey: keys.publicJwk } });
     const tuesday = { version: 5, issuedAt: NOW, currency: 'GBP', offers: [offer('kept', { kind: 'all' })] };

@@ -200,6 +200,26 @@ describe('overlapping calls', () => {
     await assert.rejects(f.close(), { name: 'StorageError', message: /close\(\): the last 1 queued event\(s\) could not be written and are lost/ });
   });
 
+  it('close() while one write runs and the batching timer starts another that fails: both batches end up stored', async () => {
+    class Store extends MemoryEventStore {
+      calls = 0;
+      override async add(...args: Parameters<MemoryEventStore['add']>) {
+        const n = ++this.calls;
+        await new Promise((r) => setTimeout(r, 60));
+        if (n === 2) throw new StorageError('quota exceeded (simulated)');
+        return super.add(...args);
+      }
+    }
+    const store = new Store();
+    const e = await Engine.create({ catalog, backend: 'cpu', autoTrainEvery: 0, model: { dim: 8 }, store });
+    e.enqueue([{ type: 'view', itemId: 'p1' }]);
+    const first = e.flush(); // slow, succeeds
+    e.enqueue([{ type: 'purchase', itemId: 'p2' }]); // the timer's write, 25 ms later, fails
+    await e.close();
+    await first;
+    assert.deepEqual((await store.all()).map((ev) => ev.itemId), ['p1', 'p2']);
+  });
+
   it('consent granted and withdrawn at once: applied in order, no deleted store installed, nothing left stored', async () => {
     const e = await Engine.create({ catalog, backend: 'cpu', dbName: 'races-consent', autoTrainEvery: 0, model: { dim: 8 }, consent: { personalization: false, federated: false } });
     try {

@@ -92,6 +92,7 @@ test('SQLite: rows an earlier release kept (arrival times, cohort:member nonces 
         [[`averaged:${rows[0]!.id}`, 0], ['cd'.repeat(16), 0], ['ef', 1_800_000_000_789]],
         'averaged rows cleared (a plain nonce kept against replays); the pending one untouched',
       );
+      assert.ok(db.prepare("SELECT value FROM meta WHERE key = 'secure-delete-vacuumed'").get(), 'rebuilt once with secure_delete on, and noted');
     } finally {
       db.close();
     }
