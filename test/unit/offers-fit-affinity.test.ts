@@ -50,11 +50,15 @@ describe('localrec offers fit-affinity', () => {
   });
   after(() => rm(dir, { recursive: true, force: true }));
 
-  test('learns per-offer statistics from the orders and writes the catalog with its snapshot, unchanged otherwise', async () => {
+  test('learns per-offer statistics from the orders and writes the catalog with its snapshot, issued now, unchanged otherwise', async () => {
+    const started = Date.now();
     await cli('offers', 'fit-affinity', '--data', path('orders.csv.gz'), '--catalog', path('offers.json'), '--out', path('with-affinity.json'));
     const out = JSON.parse(await readFile(path('with-affinity.json'), 'utf8')) as OfferCatalog;
-    const { affinity, ...rest } = out;
-    assert.deepEqual(rest, CATALOG);
+    const { affinity, issuedAt, ...rest } = out;
+    const { issuedAt: inputIssuedAt, ...input } = CATALOG;
+    assert.deepEqual(rest, input);
+    // A new publication of the same version: stamped when it was fitted, never before its input.
+    assert.ok(issuedAt > inputIssuedAt && issuedAt >= started && issuedAt <= Date.now(), `issuedAt ${issuedAt}`);
     assert.ok(affinity);
     // 4 orders (the cancellation is dropped): the mug is in orders 1 and 3, the candle in 2, a bag in 1 and 4.
     assert.equal(affinity.offers.mug!.popularity, 2 / 4);
@@ -71,7 +75,7 @@ describe('localrec offers fit-affinity', () => {
     assert.ok(!affinity.features.includes('transition') && !affinity.features.includes('coPurchase'));
     // The same as fitting in process.
     const fit = fitAffinity(await loadRetailData(path('orders.csv.gz')), CATALOG);
-    assert.deepEqual(out, fit.catalog);
+    assert.deepEqual(out, { ...fit.catalog, issuedAt });
     // No order touched the lamps: said, since a device might see them bought (a category name the descriptions do not give).
     assert.deepEqual(fit.offersWithoutOrders, ['lamps']);
   });
