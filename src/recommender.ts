@@ -577,6 +577,8 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
       // deletes the database itself.
       if (deadError) return deleteDatabase(dbName);
       if (closed || ending?.kind === 'close') {
+        // A sync the close let finish must not upload the history being erased: it drops out.
+        if (!closed && !deadError) void api.cancelSync(undefined, true).catch(() => undefined);
         // The worker has stopped (or is stopping): once it let go of the database, the page deletes it.
         await ending?.done.catch(() => undefined);
         return deleteDatabase(dbName);

@@ -690,15 +690,11 @@ async function sync(how = 'button') {
     if (gen !== state.generation) return;
     let message = syncError(e);
     if (e?.name === 'PrivacyBudgetError') {
-      // Past the budget the device still receives what everyone else taught the model: no upload, no ε.
-      try {
-        const r = await rec.sync({ contribute: false });
-        if (gen !== state.generation) return;
-        state.lastSync = r;
-        message += ` It still receives: now on global version ${r.version} (${r.modelChanged ? 'downloaded' : 'unchanged, the server answered 304'}), nothing sent.`;
-      } catch {
-        // The refusal above is what the shopper needs to read.
-      }
+      // Past the budget the device still receives what everyone else taught the model: the refused
+      // sync brought the newest version with it (a second, receiving sync here would be a second
+      // pair of requests, which would set this device apart at the server).
+      const version = /version (\d+)\)/.exec(e.message ?? '')?.[1];
+      if (version !== undefined) message += ` It still receives: now on global version ${version}, nothing sent.`;
     }
     $('sync-result').dataset.kind = 'error';
     $('sync-result').textContent = message;

@@ -138,6 +138,12 @@ function withJitter(ms: number): number {
 }
 /** The first automatic sync of a session waits this long: not while the shop's page is still loading. */
 export const AUTO_SYNC_FIRST_DELAY_MS = 10_000;
+/**
+ * Up to this much more, drawn from the platform's CSPRNG each time (and at most half the period):
+ * a first sync exactly 10 s after each page load, or after the consent click, would tell the server
+ * when the shopper opened the shop.
+ */
+export const AUTO_SYNC_FIRST_JITTER_MS = 30 * 60_000;
 /** After a failed automatic sync (offline, server down), the next try comes this much later at the soonest. */
 export const AUTO_SYNC_RETRY_MS = 15 * 60_000;
 /** The shortest period `autoSyncHours` may set (15 minutes). */
@@ -412,7 +418,7 @@ export class Engine {
       await engine.loadStoredNeighbors();
       engine.startNeighborFetch();
     }
-    engine.scheduleAutoSync(AUTO_SYNC_FIRST_DELAY_MS);
+    engine.scheduleAutoSync(engine.firstAutoSyncDelay());
     return engine;
   }
 
@@ -646,7 +652,7 @@ export class Engine {
   /** `at`: when another tab asked for the change (its message's time), for `source` 'another-tab'. */
   private async applyConsentSteps(next: { personalization: boolean; federated: boolean }, source: ConsentRecord['source'], at?: number): Promise<void> {
     const was = this.consent.personalization;
-    if (next.personalization && next.federated && !(this.consent.personalization && this.consent.federated)) this.scheduleAutoSync(AUTO_SYNC_FIRST_DELAY_MS);
+    if (next.personalization && next.federated && !(this.consent.personalization && this.consent.federated)) this.scheduleAutoSync(this.firstAutoSyncDelay());
     this.consent = next;
     this.consentHistory.push({ t: this.now(), ...next, source });
     // Events taken for writing before a withdrawal are not written after it (flush checks this).
@@ -1370,8 +1376,9 @@ export class Engine {
     try {
       return await syncing;
     } catch (e) {
-      // A receiving call that joined a contributing sync refused for the budget still receives.
-      if (shared && !contribute && e instanceof PrivacyBudgetError) return await this.sync({ ...o, contribute: false });
+      // A receiving call that joined a contributing sync refused for the budget gets what that sync
+      // received (no second pair of requests), or receives now when it received nothing.
+      if (shared && !contribute && e instanceof PrivacyBudgetError) return e instanceof BudgetRefusal ? e.received : await this.sync({ ...o, contribute: false });
       throw e;
     } finally {
       o.signal?.removeEventListener('abort', cancel);
@@ -1597,7 +1604,9 @@ export class Engine {
         accountant,
         recordRelease,
         claimCohort: this.claimCohort,
-        whenBudgetSpent: receiveWhenSpent ? 'receive' : 'refuse',
+        // Past the budget the sync receives on the two requests it made, whoever asked: a refusal
+        // the page then follows with a receiving sync would be a second pair that sets the device apart.
+        whenBudgetSpent: 'receive',
         ...(dropOut ? { dropOut } : {}),
         budget,
         delta,
@@ -1614,7 +1623,7 @@ export class Engine {
       // Sent as noise only because training failed on this history: the host sees why, the server not.
       if (r.localStepFailed) this.lastError = new ModelError(`sync: ${r.localStepFailed}; ${r.budgetSpent ? 'the global model is used as it came' : 'a noise-only update was sent in its place'}`);
       await this.adoptGlobal(r, through, table);
-      return {
+      const info: SyncResultInfo = {
         version: r.global.version,
         modelChanged: r.globalHash !== before,
         sent: r.sent,
@@ -1626,8 +1635,12 @@ export class Engine {
         ...(r.cohort ? { cohortSize: r.cohort.size } : {}),
         ...(r.cohort?.outcome ? { cohortOutcome: r.cohort.outcome, recoveryShareSent: r.cohort.recoveryShareSent ?? false } : {}),
       };
+      // A page's contributing sync is refused (the issue's contract), with the model it received.
+      if (r.budgetSpent !== undefined && !receiveWhenSpent) throw new BudgetRefusal(r.budgetSpent, info);
+      return info;
     } catch (e) {
-      if (e instanceof PrivacyBudgetError) throw new PrivacyBudgetError(`${e.message}. sync({ contribute: false }) still fetches the newest global model, sending nothing`);
+      if (e instanceof BudgetRefusal) throw e;
+      if (e instanceof PrivacyBudgetError) throw new PrivacyBudgetError(`${e.message}; nothing was sent. Past the budget, call sync({ contribute: false }) instead of sync(): it receives the newest global model, sending nothing`);
       // The release was spent (the update may have left): the automatic sync counts this period as
       // done rather than retrying in 15 minutes, which would spend the budget on a failure that repeats.
       if (released) await this.noteSynced();
@@ -1719,9 +1732,10 @@ export class Engine {
         r = await this.runSync({ contribute: syncsLeft !== 0 }, true);
         if (syncsLeft === 0) await this.noteSynced();
       } catch (e) {
-        // (Joined a page's contributing sync, which refused for the budget: receive now.)
+        // (Joined a page's contributing sync, which refused for the budget: what it received, or
+        // receive now when it received nothing.)
         if (!(e instanceof PrivacyBudgetError)) throw e;
-        r = await this.sync({ contribute: false });
+        r = e instanceof BudgetRefusal ? e.received : await this.sync({ contribute: false });
         await this.noteSynced();
       }
       this.scheduleAutoSync(period);
@@ -1731,6 +1745,11 @@ export class Engine {
       this.scheduleAutoSync(retry);
       return null;
     }
+  }
+
+  /** When a session's (or a new consent's) first look at the automatic sync comes: see {@link AUTO_SYNC_FIRST_JITTER_MS}. */
+  private firstAutoSyncDelay(): number {
+    return AUTO_SYNC_FIRST_DELAY_MS + (randomSeed() / 2 ** 32) * Math.min(AUTO_SYNC_FIRST_JITTER_MS, this.autoSyncMs / 2);
   }
 
   /** With automatic syncs on, a sync that succeeded (the page's own too) starts the period anew. */
@@ -2095,6 +2114,19 @@ export class Engine {
     }
     if (this.store.kind === 'indexeddb') return;
     await deleteEventDatabase(this.opts.dbName ?? 'localrec');
+  }
+}
+
+/**
+ * A contributing sync the budget could not pay for, refused after it received the newest global
+ * model on its two requests (kept, and in `received`): nothing was sent.
+ */
+class BudgetRefusal extends PrivacyBudgetError {
+  constructor(
+    why: string,
+    readonly received: SyncResultInfo,
+  ) {
+    super(`${why}; nothing was sent, and the newest global model was received with this sync (version ${received.version}). Past the budget, call sync({ contribute: false }) instead of sync(): it receives without being refused`);
   }
 }
 

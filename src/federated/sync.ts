@@ -191,8 +191,8 @@ export interface SyncResult {
    * host sees the reason here (the engine puts it in `stats().lastError`), the server does not.
    */
   localStepFailed?: string;
-  /** Set (with `whenBudgetSpent: 'receive'`) when the budget could not pay for this round: nothing was sent. */
-  budgetSpent?: true;
+  /** Set (with `whenBudgetSpent: 'receive'`) when the budget could not pay for this round: why; nothing was sent. */
+  budgetSpent?: string;
 }
 
 /** Waits `ms`, or less when `signal` aborts first (the caller checks which). */
@@ -256,6 +256,8 @@ async function request(
   headers?: Record<string, string>,
   /** Default `o.signal`; `null` for a request the caller must not cut short. */
   cancel: AbortSignal | null = o.signal ?? null,
+  /** Checked right before each attempt goes out (after every await): throws to send nothing. */
+  beforeSend?: () => void,
 ): Promise<Response> {
   const signal = cancel ?? undefined;
   const f = o.fetch ?? (globalThis.fetch as unknown as FetchLike);
@@ -267,6 +269,7 @@ async function request(
     if (i > 0) await sleep((o.backoffMs ?? 500) * 2 ** (i - 1), signal);
     // (The upload's request never gets the signal, so a cancel here is always before it.)
     if (signal?.aborted) throw syncCancelled(`before ${method} ${endpoint}`);
+    beforeSend?.();
     let res: Response;
     try {
       res = await f(o.serverUrl.replace(/\/$/, '') + endpoint, { method, body, headers, ...PRIVATE_FETCH, ...(signal ? { signal } : {}) });
@@ -520,7 +523,7 @@ export async function syncOnce(o: SyncOptions): Promise<SyncResult> {
     if (!(e instanceof PrivacyBudgetError) || o.whenBudgetSpent !== 'receive') throw e;
     await checkpointQuietly(o);
     const { local, stepFailed } = await receivedLocal(o, config, global, train);
-    return { global, globalHash: hash, local, sent: false, uploadedBytes: 0, epsilon: o.accountant.epsilon(delta), budgetSpent: true, ...(stepFailed ? { localStepFailed: stepFailed } : {}) };
+    return { global, globalHash: hash, local, sent: false, uploadedBytes: 0, epsilon: o.accountant.epsilon(delta), budgetSpent: e.message, ...(stepFailed ? { localStepFailed: stepFailed } : {}) };
   }
   // The two GETs are in the stored egress log before training, which may take a while: a tab
   // closed meanwhile leaves a log that still lists every request it made.
@@ -609,14 +612,19 @@ async function upload(
     o.onEgress?.({ ...logged, notSent: true });
     throw new StorageError(`the egress log could not be stored before the upload, so nothing was sent; this sync's ε is spent: ${(e as Error).message}`, { cause: e });
   }
-  if (cancellable && o.signal?.aborted) {
-    // Settles the pending entry: this body never left.
+  // An erase or a withdrawal (DROP_OUT) stops it up to the moment the body goes out, a plain cancel
+  // only until here. The pending entry is settled: this body never left.
+  const stopped = () => (cancellable && o.signal?.aborted) || mustDropOut(o);
+  const unsent = () => {
     o.onEgress?.({ ...logged, notSent: true });
-    throw releasedButCancelled();
-  }
+    return releasedButCancelled();
+  };
+  if (stopped()) throw unsent();
   o.onProgress?.({ phase: 'upload', bytes: body.length });
-  // Not cancellable: once the release is recorded the body goes out whole, or fails on its own.
-  const res = await request(o, 'update', 'POST', endpoint, body, { 'Content-Type': 'application/octet-stream', ...headers }, null);
+  // Not cancellable in flight: once the release is recorded the body goes out whole, or fails on its own.
+  const res = await request(o, 'update', 'POST', endpoint, body, { 'Content-Type': 'application/octet-stream', ...headers }, null, () => {
+    if (mustDropOut(o)) throw unsent();
+  });
   const reply = (await res.json()) as { pending: number; minClients: number; published: number | null };
   return {
     ...models,
