@@ -1012,6 +1012,46 @@ describe('sync() under secure aggregation: erasing or withdrawing while the coho
     assert.deepEqual(server.posts, ['/v1/secagg/join', '/v1/secagg/cohorts/:id/members/0/leave']);
   });
 
+  it('erase() while the upload is being logged, just before it goes: nothing goes', async () => {
+    const { secAggKeyPair } = await import('../../src/federated/secagg.js');
+    const { toHex } = await import('../../src/federated/wire.js');
+    const model = encodeModel(createItemTable(ids, 16, { seed: 1 }));
+    const other = await secAggKeyPair();
+    const sent: string[] = [];
+    let ownKey = '';
+    const cohort = 'ab'.repeat(16);
+    const fetch: FetchLike = async (url, init) => {
+      const path = new URL(url).pathname;
+      sent.push(`${init?.method ?? 'GET'} ${path.replace(cohort, ':id')}`);
+      if (path === '/v1/config') return Response.json({ dim: 16, items: ids.length, clip: 1, noiseMultiplier: 1, bits: 8, blockSize: 256, version: 0, minClients: 2, secureAggregation: { cohortSize: 2, bits: 16, step: 10 / 32768, degree: 2, minSurvivors: 2 } });
+      if (path === '/v1/model') return new Response(model as Uint8Array<ArrayBuffer>);
+      if (path === '/v1/secagg/join') {
+        ownKey = toHex(init!.body as Uint8Array);
+        return Response.json({ cohort, index: 0, size: 2, status: 'forming', token: 'cd'.repeat(16) });
+      }
+      if (path.endsWith('/members/0')) return Response.json({ cohort, size: 2, status: 'ready', joined: 2, memberKeys: { 0: ownKey, 1: toHex(other.publicKey) } });
+      return Response.json({ pending: 0, minClients: 2, published: null }, { status: 202 });
+    };
+    let e!: Engine;
+    let erasing: Promise<void> | undefined;
+    /** The shopper clicks "erase my data" while the upload's pending entry is being written. */
+    class Store extends MemoryEventStore {
+      override async updateMeta<T>(key: string, update: (current: T | undefined) => T): Promise<T> {
+        const r = await super.updateMeta(key, update);
+        const last = key === EGRESS_KEY ? (r as unknown as EgressEntry[]).at(-1) : undefined;
+        if (!erasing && last?.pending && last.kind === 'update') {
+          erasing = e.erase();
+          await new Promise((res) => setTimeout(res, 5));
+        }
+        return r;
+      }
+    }
+    e = await deviceAt('https://agg.example', ['sku-1', 'sku-5', 'sku-9'], { store: new Store(), fetch });
+    await assert.rejects(e.sync(), (err: Error) => err.name === 'AbortError' && /no update was sent/.test(err.message));
+    await erasing;
+    assert.ok(!sent.includes('POST /v1/secagg/updates'), sent.join(', '));
+  });
+
   it('a plain cancel (the page\'s signal) still uploads into a cohort the server says is full: the others wait on it', async () => {
     const server = await fullOnLeave();
     const e = await deviceAt('https://agg.example', ['sku-1', 'sku-5', 'sku-9'], { fetch: server.fetch });
@@ -1058,6 +1098,13 @@ describe('sync(): a device past its budget makes the same requests as any other'
       const refused = await requests(() => e.sync());
       assert.deepEqual(refused.requests, ['GET /v1/config', 'GET /v1/model']);
       assert.ok(isPrivacyBudgetError(refused.r), String(refused.r));
+      assert.match((refused.r as Error).message, /nothing was sent, and the newest global model was received with this sync \(version 0\)\. Past the budget, call sync\(\{ contribute: false \}\) instead of sync\(\)/);
+      // A receiving call joined to the refused one takes what it received: still two requests.
+      const joined = await requests(() => Promise.allSettled([e.sync(), e.sync({ contribute: false })]));
+      assert.deepEqual(joined.requests, ['GET /v1/config', 'GET /v1/model']);
+      const [page, receiver] = joined.r as unknown as [PromiseSettledResult<unknown>, PromiseSettledResult<{ sent: boolean }>];
+      assert.equal(page.status, 'rejected');
+      assert.equal(receiver.status === 'fulfilled' && receiver.value.sent, false);
       clock.t += 2 * 3_600_000;
       const auto = await requests(() => (e as unknown as { autoSync(): Promise<unknown> }).autoSync());
       assert.deepEqual(auto.requests, ['GET /v1/config', 'GET /v1/model'], 'no second pair of requests');
