@@ -1,6 +1,7 @@
 import { AbortError, ClosedError, ConsentError, ModelError, NetworkError, StorageError, syncCancelled, ValidationError, PrivacyBudgetError } from '../errors.js';
 import { boolOption, checkSignal, describeValue, intOption, knownKeys, nameOption, OPTION_KEYS } from '../options.js';
 import { checkEventAge, validateEvent } from '../events/schema.js';
+import { ledgerKeeps } from '../events/offer-ledger.js';
 import { DEFAULT_RETENTION, deleteEventDatabase, MemoryEventStore, openEventStore, quotaEvictedBy, type AddResult, type EventStore, type Retention } from '../events/store.js';
 import { EVENT_SCHEMA_VERSION } from '../events/schema.js';
 import type { AuditReport, ExportFile } from './audit-types.js';
@@ -134,7 +135,7 @@ interface AutoSyncState {
 
 /** `ms` plus a random extra of up to half of it (crypto.getRandomValues): see {@link AutoSyncState.nextAt}. */
 function withJitter(ms: number): number {
-  return ms * (1 + 0.5 * (randomSeed() / 2 ** 32));
+  return ms * (1 + 0.5 * randomUnit());
 }
 /** The first automatic sync of a session waits this long: not while the shop's page is still loading. */
 export const AUTO_SYNC_FIRST_DELAY_MS = 10_000;
@@ -1052,7 +1053,7 @@ export class Engine {
     const keep = new Array<boolean>(all.length).fill(true);
     for (const pass of [false, true]) {
       for (let i = 0; i < all.length && over > 0; i++) {
-        if (keep[i] && (pass || !OFFER_RULE_EVENTS.has(all[i]!.type))) {
+        if (keep[i] && (pass || !ledgerKeeps(all[i]!))) {
           keep[i] = false;
           over--;
         }
@@ -1749,7 +1750,7 @@ export class Engine {
 
   /** When a session's (or a new consent's) first look at the automatic sync comes: see {@link AUTO_SYNC_FIRST_JITTER_MS}. */
   private firstAutoSyncDelay(): number {
-    return AUTO_SYNC_FIRST_DELAY_MS + (randomSeed() / 2 ** 32) * Math.min(AUTO_SYNC_FIRST_JITTER_MS, this.autoSyncMs / 2);
+    return AUTO_SYNC_FIRST_DELAY_MS + randomUnit() * Math.min(AUTO_SYNC_FIRST_JITTER_MS, this.autoSyncMs / 2);
   }
 
   /** With automatic syncs on, a sync that succeeded (the page's own too) starts the period anew. */
@@ -1982,7 +1983,7 @@ export class Engine {
     const counted = (stored: StoredEvent[]): StoredEvent[] => {
       const all = this.queue.length ? stored.concat(this.queue) : stored;
       if (!live) return all;
-      return all.map((e) => (e.t > now && (e.type === 'offer_impression' || e.type === 'offer_redeemed' || e.type === 'purchase') ? { ...e, t: now } : e));
+      return all.map((e) => (e.t > now && ledgerKeeps(e) ? { ...e, t: now } : e));
     };
     if (snapshot) {
       // The shop's learned affinity (docs/OFFERS.md): the same features and weights offers-eval
@@ -2135,9 +2136,6 @@ function newerCatalog(a: OfferCatalog, b: OfferCatalog): boolean {
   return a.version > b.version || (a.version === b.version && a.issuedAt > b.issuedAt);
 }
 
-/** Events the offer rules count (caps, cool-downs, new vs returning). */
-const OFFER_RULE_EVENTS = new Set<StoredEvent['type']>(['offer_impression', 'offer_redeemed', 'purchase']);
-
 /** The two consents an engine follows. */
 type Consent = { personalization: boolean; federated: boolean };
 
@@ -2158,4 +2156,9 @@ export function mergeConsentRecords(a: readonly ConsentRecord[], b: readonly Con
 /** A fresh exploration seed from the platform's CSPRNG (offers() without `seed`). */
 function randomSeed(): number {
   return crypto.getRandomValues(new Uint32Array(1))[0]!;
+}
+
+/** A uniform draw in [0, 1) from the platform's CSPRNG (the automatic syncs' random delays). */
+function randomUnit(): number {
+  return randomSeed() / 2 ** 32;
 }

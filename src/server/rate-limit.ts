@@ -42,15 +42,12 @@ export class RateLimiter implements RateLimit {
     const rate = this.opts.perMinute / 60_000;
     // A client's address is kept only while its bucket holds debt (at most burst / rate, 20 s at
     // the defaults), not for the life of the process.
-    if (t - this.lastPurge > RateLimiter.PURGE_MS) {
-      this.lastPurge = t;
-      for (const [k, v] of this.buckets) if (v.tokens + (t - v.at) * rate >= this.opts.burst) this.buckets.delete(k);
-    }
+    if (t - this.lastPurge > RateLimiter.PURGE_MS) this.forgetRefilled(t, rate);
     let b = this.buckets.get(key);
     if (!b) {
-      // Bound memory under address churn: forget buckets that have refilled (they hold no debt).
+      // Bound memory under address churn (many new clients within one purge period).
       if (this.buckets.size >= RateLimiter.MAX_CLIENTS) {
-        for (const [k, v] of this.buckets) if (v.tokens + (t - v.at) * rate >= this.opts.burst) this.buckets.delete(k);
+        this.forgetRefilled(t, rate);
         if (this.buckets.size >= RateLimiter.MAX_CLIENTS) this.buckets.clear();
       }
       b = { tokens: this.opts.burst, at: t };
@@ -61,6 +58,12 @@ export class RateLimiter implements RateLimit {
     if (b.tokens < 1) return false;
     b.tokens -= 1;
     return true;
+  }
+
+  /** Forgets the buckets that have refilled by `t` (they hold no debt), and their addresses. */
+  private forgetRefilled(t: number, rate: number): void {
+    this.lastPurge = t;
+    for (const [k, v] of this.buckets) if (v.tokens + (t - v.at) * rate >= this.opts.burst) this.buckets.delete(k);
   }
 }
 

@@ -22,9 +22,28 @@ function bytesLeft(dir: string, body: Uint8Array): number {
   return found;
 }
 
-test('SQLite: an averaged update leaves no body bytes in the file, and its row no arrival time', async () => {
+/** Runs `f` on a fresh data dir, removed after. */
+async function inDataDir(f: (dir: string) => Promise<void>): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'localrec-retention-'));
   try {
+    await f(dir);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/** Reads the data dir's SQLite file as it was left (read-only), closed after. */
+function inDb<T>(dir: string, f: (db: Database.Database) => T): T {
+  const db = new Database(join(dir, 'localrec.sqlite'), { readonly: true });
+  try {
+    return f(db);
+  } finally {
+    db.close();
+  }
+}
+
+test('SQLite: an averaged update leaves no body bytes in the file, and its row no arrival time', () =>
+  inDataDir(async (dir) => {
     const parts = await createServer({ dataDir: dir, initialTable: initialTable(), minClients: 3, clip: 1, noiseMultiplier: 1, rateLimit: false, log: () => {} });
     const view = { table: decodeModel(parts.rounds.modelBytes('float32')).table, hash: Uint8Array.from(Buffer.from(parts.rounds.hash, 'hex')), config: parts.rounds.config };
     const bodies = [1, 2, 3].map((seed) => honestUpdate(view, seed));
@@ -32,20 +51,12 @@ test('SQLite: an averaged update leaves no body bytes in the file, and its row n
     assert.equal(parts.rounds.version, 1);
     await parts.storage.close();
     for (const b of bodies) assert.equal(bytesLeft(dir, b), 0, 'no 64-byte chunk of an averaged body is left in the file');
-    const db = new Database(join(dir, 'localrec.sqlite'), { readonly: true });
-    try {
-      assert.deepEqual(db.prepare('SELECT received_at, body IS NULL AS gone, aggregated_into FROM updates').all(), [0, 1, 2].map(() => ({ received_at: 0, gone: 1, aggregated_into: 1 })));
-    } finally {
-      db.close();
-    }
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
-});
+    const rows = inDb(dir, (db) => db.prepare('SELECT received_at, body IS NULL AS gone, aggregated_into FROM updates').all());
+    assert.deepEqual(rows, [0, 1, 2].map(() => ({ received_at: 0, gone: 1, aggregated_into: 1 })));
+  }));
 
-test('SQLite, secure aggregation: once a cohort is averaged, no stored row says which member sent which upload', async () => {
-  const dir = mkdtempSync(join(tmpdir(), 'localrec-retention-sa-'));
-  try {
+test('SQLite, secure aggregation: once a cohort is averaged, no stored row says which member sent which upload', () =>
+  inDataDir(async (dir) => {
     const parts = await createServer({ dataDir: dir, initialTable: initialTable(), minClients: 3, noiseMultiplier: 1, secureAggregation: true, rateLimit: false, log: () => {} });
     const sa = parts.rounds.config.secureAggregation!;
     const members = [];
@@ -57,21 +68,12 @@ test('SQLite, secure aggregation: once a cohort is averaged, no stored row says 
     }
     assert.equal(parts.rounds.version, 1);
     await parts.storage.close();
-    const db = new Database(join(dir, 'localrec.sqlite'), { readonly: true });
-    try {
-      const rows = db.prepare('SELECT id, nonce, received_at FROM updates ORDER BY id').all() as Array<{ id: number; nonce: string; received_at: number }>;
-      assert.deepEqual(rows.map((r) => [r.nonce, r.received_at]), rows.map((r) => [`averaged:${r.id}`, 0]));
-    } finally {
-      db.close();
-    }
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
-});
+    const rows = inDb(dir, (db) => db.prepare('SELECT id, nonce, received_at FROM updates ORDER BY id').all() as Array<{ id: number; nonce: string; received_at: number }>);
+    assert.deepEqual(rows.map((r) => [r.nonce, r.received_at]), rows.map((r) => [`averaged:${r.id}`, 0]));
+  }));
 
-test('SQLite: rows an earlier release kept (arrival times, cohort:member nonces of averaged updates) are cleared at open', async () => {
-  const dir = mkdtempSync(join(tmpdir(), 'localrec-retention-old-'));
-  try {
+test('SQLite: rows an earlier release kept (arrival times, cohort:member nonces of averaged updates) are cleared at open', () =>
+  inDataDir(async (dir) => {
     const { SqliteStorage } = await import('../../src/server/sqlite-storage.js');
     const first = await createServer({ dataDir: dir, initialTable: initialTable(), minClients: 3, clip: 1, noiseMultiplier: 1, rateLimit: false, log: () => {} });
     await first.storage.close();
@@ -84,19 +86,14 @@ test('SQLite: rows an earlier release kept (arrival times, cohort:member nonces 
     raw.close();
     const store = SqliteStorage.open(dir);
     await store.close();
-    const db = new Database(join(dir, 'localrec.sqlite'), { readonly: true });
-    try {
-      const rows = db.prepare('SELECT id, nonce, received_at, aggregated_into FROM updates ORDER BY id').all() as Array<{ id: number; nonce: string; received_at: number; aggregated_into: number | null }>;
-      assert.deepEqual(
-        rows.map((r) => [r.nonce, r.received_at]),
-        [[`averaged:${rows[0]!.id}`, 0], ['cd'.repeat(16), 0], ['ef', 1_800_000_000_789]],
-        'averaged rows cleared (a plain nonce kept against replays); the pending one untouched',
-      );
-      assert.ok(db.prepare("SELECT value FROM meta WHERE key = 'secure-delete-vacuumed'").get(), 'rebuilt once with secure_delete on, and noted');
-    } finally {
-      db.close();
-    }
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
-});
+    const { rows, vacuumed } = inDb(dir, (db) => ({
+      rows: db.prepare('SELECT id, nonce, received_at FROM updates ORDER BY id').all() as Array<{ id: number; nonce: string; received_at: number }>,
+      vacuumed: db.prepare("SELECT value FROM meta WHERE key = 'secure-delete-vacuumed'").get(),
+    }));
+    assert.deepEqual(
+      rows.map((r) => [r.nonce, r.received_at]),
+      [[`averaged:${rows[0]!.id}`, 0], ['cd'.repeat(16), 0], ['ef', 1_800_000_000_789]],
+      'averaged rows cleared (a plain nonce kept against replays); the pending one untouched',
+    );
+    assert.ok(vacuumed, 'rebuilt once with secure_delete on, and noted');
+  }));
