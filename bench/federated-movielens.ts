@@ -13,7 +13,7 @@
 // interval that resamples both the runs (each side) and the test users (paired: the same users
 // for both sides), 2,000 resamples.
 //
-//   node --import tsx bench/federated-movielens.ts [--central-runs 10] [--federated-runs 10] [--epochs 4]
+//   node --import tsx bench/federated-movielens.ts [--central-runs 10] [--federated-runs 10] [--epochs 4] [--same-time keep|drop]
 //   npm run bench:movielens -- --central-runs 20 --federated-runs 20
 //
 // ~25 s per central run and ~40 s per federated run on 2 cores. Not part of `npm test`.
@@ -29,6 +29,7 @@ const { values } = parseArgs({
     'central-runs': { type: 'string', default: '10' },
     'federated-runs': { type: 'string', default: '10' },
     epochs: { type: 'string', default: '4' },
+    'same-time': { type: 'string', default: 'keep' },
   },
 });
 function whole(flag: string, min: number): number {
@@ -40,7 +41,9 @@ const centralRuns = whole('central-runs', 0);
 const federatedRuns = whole('federated-runs', 0);
 const epochs = whole('epochs', 1);
 
-const split = await loadMovieLens();
+const sameTime = values['same-time'];
+if (sameTime !== 'keep' && sameTime !== 'drop') throw new Error(`--same-time must be keep or drop, got ${sameTime}`);
+const split = await loadMovieLens(sameTime);
 const n = split.itemIds.length;
 const users = split.testUsers;
 
@@ -120,4 +123,4 @@ function summary(metric: 'hr' | 'ndcg') {
   };
 }
 // (One side alone, e.g. `--federated-runs 0` to compare central settings: its lines are the result.)
-if (centralRuns > 0 && federatedRuns > 0) console.log(JSON.stringify({ summary: true, testUsers: users.length, centralRuns, federatedRuns, epochs, epsilon: 8, noiseMultiplier, hr: summary('hr'), ndcg: summary('ndcg') }));
+if (centralRuns > 0 && federatedRuns > 0) console.log(JSON.stringify({ summary: true, testUsers: users.length, sameTime, centralRuns, federatedRuns, epochs, epsilon: 8, noiseMultiplier, hr: summary('hr'), ndcg: summary('ndcg') }));

@@ -25,6 +25,7 @@ export interface EvalCommandOptions extends CsvFlags {
   test?: string;
   k: string;
   protocol?: string;
+  sameTime?: string;
   seed: string;
   models: string;
   [param: string]: unknown;
@@ -53,6 +54,7 @@ export function register(program: Command, io: EvalIo = PROCESS_IO): void {
     .option('--test <file>', 'lines: test file, same layout')
     .option('--k <k>', 'list length', '10')
     .option('--protocol <protocol>', `${PROTOCOLS.join('|')} (default: loo for csv/retail, given for lines)`)
+    .option('--same-time <mode>', "loo: events at the held-out item's timestamp before it in file order: keep (train on them, default) | drop (train on strictly earlier events)")
     .option('--seed <seed>', 'seed for models that sample', '1')
     .option('--models <list>', 'comma-separated models, each `name[:param=value…]`: popular, itemknn, ease, sparse-ease, localrec (the SDK with a neighbour table), factors (the SDK’s factor model)', 'popular,itemknn,localrec');
   for (const [flag, spec] of Object.entries(PARAMS)) cmd.option(`--${flag} <value>`, spec.description, spec.default);

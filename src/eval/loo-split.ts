@@ -5,9 +5,24 @@
  * items are taken in order of first occurrence; a user with at least `minItems` (3) distinct items
  * has the last one held out. Training keeps only the events before the held-out item's first
  * occurrence, so no model sees the user's future.
+ *
+ * Events that share the held-out item's timestamp (the lines of one invoice, ratings given in the
+ * same second) are `keep` (default): the ones before it in file order stay in training, the
+ * "complete this basket" task; or `drop`: training ends at the first event of that time, so the
+ * held-out item is predicted from strictly earlier events only (next visit), and a user left with
+ * fewer than `minItems − 1` distinct earlier items is not tested (all their events train).
  */
 import type { EventLog } from './event-log.js';
 import type { Split } from './split.js';
+
+/** What happens to events at the held-out item's timestamp; see {@link looSplit}. */
+export type SameTime = 'keep' | 'drop';
+export const SAME_TIME: readonly SameTime[] = ['keep', 'drop'];
+
+export interface LooOptions {
+  /** `keep` (default): concurrent events before the held-out one in file order train; `drop`: they do not. */
+  sameTime?: SameTime;
+}
 
 /**
  * @example
@@ -16,7 +31,9 @@ import type { Split } from './split.js';
  * split.testUsers.length; // users with ≥ 3 distinct items
  * ```
  */
-export function looSplit(log: EventLog, minItems = 3): Split {
+export function looSplit(log: EventLog, minItems = 3, opts: LooOptions = {}): Split {
+  const sameTime = opts.sameTime ?? 'keep';
+  if (!SAME_TIME.includes(sameTime)) throw new TypeError(`sameTime: must be 'keep' or 'drop', got ${String(sameTime)}`);
   const nUsers = log.userIds.length;
   const nItems = log.itemIds.length;
   const rows = log.user.length;
@@ -63,8 +80,26 @@ export function looSplit(log: EventLog, minItems = 3): Split {
       }
     }
     for (let p = a; p < b; p++) slot[log.item[byUser[p]]] = -1;
-    const holdOut = distinct >= minItems;
-    const end = holdOut ? heldAt : b;
+    let holdOut = distinct >= minItems;
+    let end = holdOut ? heldAt : b;
+    if (holdOut && sameTime === 'drop' && !noTime) {
+      // Back to the first event at the held-out item's time; enough distinct items must precede it.
+      const heldTime = time[byUser[heldAt]];
+      while (end > a && time[byUser[end - 1]] === heldTime) end--;
+      let before = 0;
+      for (let p = a; p < end; p++) {
+        const it = log.item[byUser[p]];
+        if (slot[it] === -1) {
+          slot[it] = 0;
+          before++;
+        }
+      }
+      for (let p = a; p < end; p++) slot[log.item[byUser[p]]] = -1;
+      if (before < minItems - 1) {
+        holdOut = false;
+        end = b;
+      }
+    }
 
     const base = items.length;
     let timeIndex = -1;

@@ -7,7 +7,7 @@ import { ValidationError } from '../errors.js';
 import { loadCsv } from './csv-loader.js';
 import { checkChoice, FORMATS, paramFlags, PROTOCOLS, type EvalCommandOptions } from './eval-command.js';
 import { loadLinesSplit } from './lines-split.js';
-import { looSplit } from './loo-split.js';
+import { looSplit, SAME_TIME } from './loo-split.js';
 import { MAX_K } from './top-k.js';
 import { MODELS, planModels } from './model-registry.js';
 import { csvMappingFromFlags } from './presets.js';
@@ -29,6 +29,8 @@ export async function runEval(
 ): Promise<EvalResult[]> {
   const format = checkChoice(opts.format, FORMATS, '--format');
   const protocol = checkChoice(opts.protocol ?? (format === 'lines' ? 'given' : 'loo'), PROTOCOLS, '--protocol');
+  const sameTime = opts.sameTime === undefined ? undefined : checkChoice(opts.sameTime, SAME_TIME, '--same-time');
+  if (sameTime !== undefined && protocol !== 'loo') throw new ValidationError('--same-time', `is for --protocol loo, got '${protocol}'`);
   const k = Number(opts.k);
   if (!Number.isInteger(k) || k < 1 || k > MAX_K) throw new ValidationError('--k', `must be an integer from 1 to ${MAX_K}, got '${opts.k}'`);
   const seed = String(opts.seed ?? '').trim() === '' ? NaN : Number(opts.seed);
@@ -63,7 +65,7 @@ export async function runEval(
     data = basename(opts.data);
     const mapping = csvMappingFromFlags(format, opts);
     const log = await loadCsv(opts.data, mapping, (rows) => progress.update(`loading ${data} (${rows} rows)`, 0));
-    split = looSplit(log);
+    split = looSplit(log, 3, { sameTime });
   }
   if (split.testUsers.length === 0) {
     // Metrics over nobody would print zeros and exit 0, as if the models had been measured.
@@ -76,7 +78,7 @@ export async function runEval(
   }
   progress.log(
     `${data}: ${split.userIds.length} users, ${split.itemIds.length} items, ${split.train.items.length} training pairs, ` +
-      `${split.testUsers.length} test users (${protocol}, loaded in ${Math.round(performance.now() - t0)} ms)`,
+      `${split.testUsers.length} test users (${protocol}${sameTime ? `, same-time ${sameTime}` : ''}, loaded in ${Math.round(performance.now() - t0)} ms)`,
   );
 
   const results: EvalResult[] = [];

@@ -13,6 +13,7 @@ import type { CsvFlags } from '../eval/presets.js';
 import type { Command } from 'commander';
 import { basename } from 'node:path';
 import { ValidationError } from '../errors.js';
+import { SAME_TIME, type SameTime } from '../eval/loo-split.js';
 import { MAX_K } from '../eval/top-k.js';
 import { checkOutputFile } from '../output-file.js';
 import { AGGREGATOR_NAMES, isAggregatorName } from '../server/aggregate.js';
@@ -32,6 +33,7 @@ export interface SimulateCommandOptions extends CsvFlags {
   dim: string;
   minClients: string;
   seed: string;
+  sameTime?: string;
   server: string;
   central?: boolean;
   centralEpochs: string;
@@ -91,6 +93,7 @@ export function register(program: Command, io: SimulateIo = PROCESS_IO): void {
     .option('--dim <d>', 'embedding size (16 keeps a 4,000-item update at 7 bits within 64 KiB)', '16')
     .option('--min-clients <n>', 'server: updates per aggregation (k-anonymity floor)', '10')
     .option('--seed <seed>', 'seed for device sampling, initialization and local training', '1')
+    .option('--same-time <mode>', "events at a test user's held-out timestamp before it in file order: keep (train on them, default) | drop (as localrec eval)")
     .option('--server <where>', 'memory (in-process server on 127.0.0.1), sqlite (same, temp data dir) or a server URL', 'memory')
     .option('--central', 'also train the same model centrally (no DP) and print the ratio')
     .option('--central-epochs <n>', 'epochs of the central model', '4')
@@ -160,6 +163,10 @@ export async function runSimulate(opts: SimulateCommandOptions, io: SimulateIo):
   const k = intIn('--k', opts.k, 1, MAX_K);
   const evalEvery = posInt('--eval-every', opts.evalEvery);
   const evalUsers = num('--eval-users', opts.evalUsers, (x) => Number.isInteger(x) && x >= 0, 'an integer ≥ 0');
+  if (opts.sameTime !== undefined && !(SAME_TIME as readonly string[]).includes(opts.sameTime)) {
+    throw new ValidationError('--same-time', `must be one of ${SAME_TIME.join(', ')}, got '${opts.sameTime}'`);
+  }
+  const sameTime = opts.sameTime as SameTime | undefined;
   const recencyDecay = num('--recency', opts.recency, (x) => x > 0 && x <= 1, 'in (0, 1]');
   const centralEpochs = intIn('--central-epochs', opts.centralEpochs, 1, 1000);
   const aggregator = opts.aggregator;
@@ -226,9 +233,9 @@ export async function runSimulate(opts: SimulateCommandOptions, io: SimulateIo):
   const data = basename(opts.data);
   const t0 = performance.now();
   const log = await loadCsv(opts.data, mapping, (rows) => progress.update(`loading ${data} (${rows} rows)`, 0));
-  const split = looSplit(log);
+  const split = looSplit(log, 3, { sameTime });
   progress.log(
-    `${data}: ${split.userIds.length} users (devices), ${split.itemIds.length} items, ${split.testUsers.length} test users (loo, loaded in ${Math.round(performance.now() - t0)} ms)`,
+    `${data}: ${split.userIds.length} users (devices), ${split.itemIds.length} items, ${split.testUsers.length} test users (loo${sameTime ? `, same-time ${sameTime}` : ''}, loaded in ${Math.round(performance.now() - t0)} ms)`,
   );
   if (opts.writeCatalog) {
     const { writeFile } = await import('node:fs/promises');

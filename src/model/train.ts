@@ -99,6 +99,18 @@ interface Example {
 // Shapes are fixed per run so that WebGL/WebGPU compile each kernel once, not per step.
 const bucket = (x: number) => Math.max(64, Math.ceil(x / 256) * 256);
 
+/** Longest stretch of training steps between two turns of the event loop. */
+const YIELD_EVERY_MS = 25;
+
+/**
+ * Resolves on a later turn of the event loop, after the messages already queued. A zero timeout,
+ * not `scheduler.yield()`: a yielded continuation runs ahead of the tasks already queued, so the
+ * page's messages would still wait for the whole run.
+ */
+export function yieldToEventLoop(): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, 0));
+}
+
 /**
  * Trains the item table in place with sampled softmax: the context of a target is the weighted
  * mean of the embeddings of the items before it, and it must pick the target out of the batch's
@@ -166,6 +178,7 @@ export async function trainItemTable(
   const labels = new Int32Array(B);
   const exW = new Float32Array(B);
 
+  let lastYield = performance.now();
   for (let epoch = 0; epoch < cfg.epochs; epoch++) {
     rng.shuffle(examples);
     let epochLoss = 0;
@@ -315,6 +328,13 @@ export async function trainItemTable(
       epochSteps++;
       stats.steps++;
       onProgress?.({ phase: 'training', done: stats.steps, total, loss: l });
+      // On wasm and cpu `data()` settles without leaving the task, so a run would hold the worker
+      // for its whole length: the page's calls, tracked events and liveness pings would wait
+      // behind it (and the page would declare a busy worker dead). Let them in between steps.
+      if (performance.now() - lastYield >= YIELD_EVERY_MS) {
+        await yieldToEventLoop();
+        lastYield = performance.now();
+      }
     }
     const mean = epochSteps ? epochLoss / epochSteps : NaN;
     if (epoch === 0) stats.firstLoss = mean;

@@ -340,6 +340,38 @@ describe('SDK in Chromium', () => {
     gpu.recs.forEach((r: any, i: number) => assert.ok(Math.abs(r.score - wasm.recs[i].score) < 1e-3, `score ${i}: ${r.score} vs ${wasm.recs[i].score}`));
     await page.close();
   });
+  it('a training run on WASM lets the page in between steps: calls are answered, events stored, the worker not taken for dead', async () => {
+    const page = await sdkPage();
+    const r = await page.evaluate(async (catalog) => {
+      const { createRecommender } = (window as any).localrec;
+      // workerTimeoutMs 1000: a worker that answers nothing for a second is declared dead.
+      const rec = await createRecommender({ catalog, backend: 'wasm', dbName: 'busy-training', autoTrainEvery: 0, workerTimeoutMs: 1000 });
+      const t0 = Date.now() - 3_600_000;
+      for (let i = 0; i < 1200; i++) rec.track({ type: 'view', itemId: `sku-${(i * 7) % 60}`, t: t0 + i * 1000 });
+      await rec.flush();
+      const steps: number[] = [];
+      let trainDone = false;
+      const training = rec.train({ epochs: 150, onProgress: (p: any) => p.phase === 'training' && steps.push(p.done) }).then((t: any) => {
+        trainDone = true;
+        return t;
+      });
+      while (steps.length === 0) await new Promise((res) => setTimeout(res, 5));
+      rec.track({ type: 'purchase', itemId: 'sku-5', quantity: 1, price: 7 });
+      const recs = await rec.recommend({ k: 3, exclude: 'none' });
+      const answeredDuringRun = !trainDone;
+      const stats = await rec.stats();
+      const storedDuringRun = !trainDone && stats.events.byType.purchase === 1;
+      const trained = await training;
+      await rec.erase();
+      return { answeredDuringRun, storedDuringRun, recs: recs.length, steps: trained.steps };
+    }, CATALOG);
+    assert.equal(r.recs, 3);
+    assert.ok(r.steps >= 100, `a run of ${r.steps} steps`);
+    assert.ok(r.answeredDuringRun, 'recommend() was answered before the run ended');
+    assert.ok(r.storedDuringRun, 'an event tracked during the run was stored before it ended');
+    await page.close();
+  });
+
   it('options.wasmPaths: the WASM backend loads its binaries from the folder given when they are not next to the worker', async () => {
     const page = await sdkPage();
     // As after a bundler emitted the worker without them: nothing is served next to the worker.

@@ -87,3 +87,38 @@ test('usersByItem is the transpose of the training histories', () => {
   assert.equal(t.ptr[d + 1] - t.ptr[d], 0);
   assert.equal(t.users.length, s.train.items.length);
 });
+
+test("loo sameTime 'drop': training ends before the held-out item's timestamp; too few earlier items means no test", () => {
+  const rows: Array<[string, string, number, number?]> = [
+    ['u1', 'a', 1],
+    ['u1', 'b', 2],
+    ['u1', 'c', 3],
+    ['u1', 'd', 3], // held out (last in file order at t = 3); c shares its time
+    ['u2', 'x', 1],
+    ['u2', 'y', 5],
+    ['u2', 'z', 5], // only x precedes t = 5: fewer than 2 earlier items, so u2 is not tested
+  ];
+  const keep = looSplit(log(rows));
+  assert.deepEqual(testOf(keep, 'u1'), ['d']);
+  assert.deepEqual(trainOf(keep, 'u1').items, ['a', 'b', 'c'], 'keep: c, at the held-out time, trains');
+  assert.deepEqual(testOf(keep, 'u2'), ['z']);
+
+  const drop = looSplit(log(rows), 3, { sameTime: 'drop' });
+  assert.deepEqual(testOf(drop, 'u1'), ['d']);
+  const u1 = trainOf(drop, 'u1');
+  assert.deepEqual(u1.items, ['a', 'b'], 'drop: c is neither trained on nor tested');
+  assert.deepEqual(u1.recency, [1, 0]);
+  const u1Index = drop.userIds.indexOf('u1');
+  assert.deepEqual([...drop.trainEvents.items.subarray(drop.trainEvents.ptr[u1Index], drop.trainEvents.ptr[u1Index + 1])].map((i) => drop.itemIds[i]), ['a', 'b']);
+  assert.deepEqual(testOf(drop, 'u2'), []);
+  assert.deepEqual(trainOf(drop, 'u2').items, ['x', 'y', 'z'], 'an untested user trains on everything');
+  assert.deepEqual([...drop.testUsers].map((u) => drop.userIds[u]), ['u1']);
+});
+
+test("loo sameTime 'drop' changes nothing where times are distinct, or absent (file order)", () => {
+  const distinct = ROWS.filter((r) => r[0] === 'u1');
+  assert.deepEqual(looSplit(log(distinct), 3, { sameTime: 'drop' }), looSplit(log(distinct)));
+  const noTime: Array<[string, string, number]> = [['u', 'a', 0], ['u', 'b', 0], ['u', 'c', 0]];
+  assert.deepEqual(looSplit(log(noTime), 3, { sameTime: 'drop' }), looSplit(log(noTime)));
+  assert.throws(() => looSplit(log(noTime), 3, { sameTime: 'strict' as never }), /sameTime: must be 'keep' or 'drop', got strict/);
+});
