@@ -11,10 +11,10 @@
  * Only this small derived file is committed; the raw data stays in ../shared/data.
  */
 import { parse } from 'csv-parse';
-import { createReadStream, existsSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { writeFile, mkdir } from 'node:fs/promises';
-import { dirname, join, resolve } from 'node:path';
-import { createGunzip } from 'node:zlib';
+import { basename, dirname, join, resolve } from 'node:path';
+import { openText } from '../src/eval/open-text.js';
 import { retailCategory } from '../src/offers/retail-categories.js';
 import { dieAs, ROOT, scriptArgs, shown } from './script-args.js';
 
@@ -72,22 +72,31 @@ async function main(): Promise<void> {
   if (!existsSync(input)) die(`--input: no such file ${input} (the UCI Online Retail data, as in ../shared/data/online-retail/)`);
   const byCode = new Map<string, Acc>();
   let rows = 0;
-  const parser = createReadStream(input).pipe(createGunzip()).pipe(parse({ columns: true, skip_empty_lines: true }));
-  for await (const r of parser as AsyncIterable<Record<string, string>>) {
-    rows++;
-    // The usual cleaning: known customer, not a cancellation, a real sale.
-    if (!r.customer_id || r.invoice!.startsWith('C')) continue;
-    const qty = Number(r.quantity);
-    const price = Number(r.unit_price);
-    if (!(qty > 0) || !(price > 0) || !r.description) continue;
-    const code = r.stock_code!.trim().toUpperCase();
-    let a = byCode.get(code);
-    if (!a) byCode.set(code, (a = { descriptions: new Map(), prices: [], lines: 0, customers: new Set() }));
-    const d = r.description.trim();
-    a.descriptions.set(d, (a.descriptions.get(d) ?? 0) + 1);
-    a.prices.push(price);
-    a.lines++;
-    a.customers.add(r.customer_id);
+  // openText tells gzip by its bytes, so a plain .csv reads too (gunzip on it failed with a stack).
+  const text = await openText(input, '--input');
+  const parser = text.pipe(parse({ columns: (header: string[]) => checkColumns(header, basename(input)), skip_empty_lines: true, bom: true }));
+  // pipe() does not forward errors: a read error must still end the loop below.
+  text.on('error', (e) => parser.destroy(e));
+  try {
+    for await (const r of parser as AsyncIterable<Record<string, string>>) {
+      rows++;
+      // The usual cleaning: known customer, not a cancellation, a real sale.
+      if (!r.customer_id || r.invoice!.startsWith('C')) continue;
+      const qty = Number(r.quantity);
+      const price = Number(r.unit_price);
+      if (!(qty > 0) || !(price > 0) || !r.description) continue;
+      const code = r.stock_code!.trim().toUpperCase();
+      let a = byCode.get(code);
+      if (!a) byCode.set(code, (a = { descriptions: new Map(), prices: [], lines: 0, customers: new Set() }));
+      const d = r.description.trim();
+      a.descriptions.set(d, (a.descriptions.get(d) ?? 0) + 1);
+      a.prices.push(price);
+      a.lines++;
+      a.customers.add(r.customer_id);
+    }
+  } catch (e) {
+    // A truncated gzip file, a row of the wrong length: named with the file, one line.
+    die(`--input: ${basename(input)}: ${e instanceof Error ? e.message : String(e)}`);
   }
 
   const products = [...byCode].map(([id, a]) => {
@@ -122,6 +131,10 @@ async function main(): Promise<void> {
     picked.push(p);
   }
 
+  // An empty catalog would give the demo shop nothing to show, and the next script nothing to build.
+  if (picked.length === 0) {
+    die(`--input: no product to write: ${rows} rows read, ${byCode.size} stock codes sold (a product needs sales with a customer id, an invoice not starting with C, quantity and price > 0, and a stock code starting with a digit in a known category)`);
+  }
   const catalog = {
     source: 'Derived from the UCI Online Retail data set (Chen, Sain & Guo 2012), CC BY 4.0, by scripts/make-catalog.ts',
     currency: 'GBP',
@@ -136,6 +149,16 @@ async function main(): Promise<void> {
       cats.map(([c, n]) => `  ${c}: ${n}`).join('\n') +
       '\n',
   );
+}
+
+const COLUMNS = ['invoice', 'stock_code', 'description', 'quantity', 'unit_price', 'customer_id'];
+
+/** The header as csv-parse's column names; a missing column is named (every row would be skipped). */
+function checkColumns(header: string[], name: string): string[] {
+  const names = header.map((h) => h.trim());
+  const missing = COLUMNS.find((c) => !names.includes(c));
+  if (missing) die(`--input: column '${missing}' is not in ${name} (header: ${names.join(', ')})`);
+  return names;
 }
 
 // Anything else that goes wrong reading the data (a truncated gzip, a CSV error) is one line too.

@@ -18,7 +18,8 @@ export function shown(path: string): string {
 /** A script's `die`: a mistake in the command line or a missing file is the user's to fix, so one line, no stack, exit 1. */
 export function dieAs(script: string): (message: string) => never {
   return (message) => {
-    process.stderr.write(`${script}: ${message}\n`);
+    // A JSON.parse message quotes the text around the mistake, line breaks and all.
+    process.stderr.write(`${script}: ${message.replace(/\r\n|\r|\n/g, '\\n')}\n`);
     process.exit(1);
   };
 }

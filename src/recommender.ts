@@ -1,5 +1,5 @@
 import * as Comlink from 'comlink';
-import { ClosedError, reviveError, syncCancelled, ValidationError } from './errors.js';
+import { ClosedError, reviveError, StorageError, syncCancelled, ValidationError } from './errors.js';
 import { checkEventAge, DEFAULT_MAX_AGE_DAYS, validateEvent } from './events/schema.js';
 import { boolOption, checkSignal, describeValue, knownKeys, nameOption, OPTION_KEYS } from './options.js';
 import type { WorkerApi } from './engine/worker.js';
@@ -109,7 +109,25 @@ function deleteDatabase(name: string): Promise<void> {
   if (typeof indexedDB === 'undefined') return Promise.resolve();
   return new Promise((resolve, reject) => {
     const req = indexedDB.deleteDatabase(name);
+    // As the worker's store does (store.ts, unlessBlocked): a connection that never closes (code
+    // other than localrec holding that name) would block this forever; refuse after a while instead.
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const refuseIn = (ms: number) => {
+      clearTimeout(timer);
+      timer = setTimeout(
+        () =>
+          reject(
+            new StorageError(
+              `deleting IndexedDB database "${name}" is blocked by another connection of this site (code other than localrec holding a database of that name open without closing it); its data stays until that connection closes, and the deletion, still queued, goes through then`,
+            ),
+          ),
+        ms,
+      );
+    };
+    refuseIn(8000); // queued behind a blocked request: no `blocked` event of its own
+    req.onblocked = () => refuseIn(3000);
     req.onsuccess = () => {
+      clearTimeout(timer);
       if (typeof BroadcastChannel !== 'undefined') {
         const ch = new BroadcastChannel(`localrec:${name}`);
         ch.postMessage({ type: 'erased' });
@@ -117,7 +135,10 @@ function deleteDatabase(name: string): Promise<void> {
       }
       resolve();
     };
-    req.onerror = () => reject(new ClosedError(`the localrec worker stopped, and deleting the database "${name}" from the page failed: ${req.error?.message ?? 'unknown error'}`));
+    req.onerror = () => {
+      clearTimeout(timer);
+      reject(new ClosedError(`the localrec worker stopped, and deleting the database "${name}" from the page failed: ${req.error?.message ?? 'unknown error'}`));
+    };
   });
 }
 
@@ -305,8 +326,12 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
     if (now - lastCheck > 2 * every + 1_000) unansweredSince = undefined;
     lastCheck = now;
     if (unansweredSince !== undefined && now - unansweredSince > (answered ? workerTimeoutMs : Math.max(workerTimeoutMs, STARTUP_ALLOWANCE_MS))) {
+      const silent = Math.round((now - unansweredSince) / 1000);
       deadError = new ClosedError(
-        `the localrec worker stopped responding (no answer for ${Math.round((now - unansweredSince) / 1000)} s; it may have run out of memory): create the recommender again`,
+        answered
+          ? `the localrec worker stopped responding (no answer for ${silent} s; it may have run out of memory): create the recommender again`
+          : // A script that loaded but never answered one ping is not localrec's worker (a bundler's URL of the wrong file).
+            `the localrec worker (${String(url)}) never answered since it started (${silent} s): is workerUrl localrec's worker script (dist/worker.js, \`localrec/worker\`)?`,
       );
       declareDead(deadError);
       halt();

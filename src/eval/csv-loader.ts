@@ -99,7 +99,8 @@ export async function loadCsv(path: string, m: CsvMapping, onRows?: (rows: numbe
   return b.build();
 }
 
-function cell(record: string[], i: number, at: (c: number) => string): string {
+/** A trimmed cell; an empty one is refused naming `file:line:column`. */
+export function cell(record: string[], i: number, at: (c: number) => string): string {
   const v = (record[i] ?? '').trim();
   if (v === '') throw new ValidationError(at(i), 'is empty');
   return v;

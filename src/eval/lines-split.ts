@@ -55,6 +55,8 @@ export async function loadLinesSplit(trainPath: string, testPath: string): Promi
       for (let c = 1; c < parts.length; c++) list.push(intern(items, itemIds, parts[c]));
     }
   }
+  // An empty training file would leave every test user without history (and the metrics of nobody).
+  if (train.size === 0) throw new ValidationError('options.train', `'${trainPath}' holds no training lines ('user item item …')`);
   const nUsers = userIds.length;
   const ptr = new Int32Array(nUsers + 1);
   const tItems: number[] = [];
@@ -85,7 +87,9 @@ export async function loadLinesSplit(trainPath: string, testPath: string): Promi
     ptr[u + 1] = tItems.length;
     // Every model masks the user's training items, so a held-out item that is also on the training
     // line could never be hit: it is not a test of next-item prediction, and it is left out.
-    const held = [...new Set(test.get(u) ?? [])].filter((it) => !at.has(it));
+    // A user with no training line has no history to rank from: every model would score them
+    // alike (by index, or by popularity), which says nothing of the models. Not tested.
+    const held = seq.length === 0 ? [] : [...new Set(test.get(u) ?? [])].filter((it) => !at.has(it));
     testItems.push(...held);
     testPtr[u + 1] = testItems.length;
     if (held.length > 0) testUsers.push(u);

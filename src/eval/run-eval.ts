@@ -43,6 +43,16 @@ export async function runEval(
     // would push its items down and the figures would be popularity's, with nothing said.
     throw new ValidationError(format === 'lines' ? '--models' : '--weight', `${rated.label} reads each row's weight as its stars; ${format === 'lines' ? '--format lines has no weights' : 'name the rating column with --weight'}`);
   }
+  const weighted = plans.find((p) => p.params.confidence === 'weight');
+  if (weighted && (format === 'lines' || !opts.weight)) {
+    // Every row would weigh 1: confidence=none under another name, with nothing said.
+    const inSpec = /:confidence=weight(:|$)/.test(weighted.label);
+    const what = inSpec ? weighted.label : `${weighted.label} with --confidence weight`;
+    throw new ValidationError(
+      format === 'lines' ? (inSpec ? '--models' : '--confidence') : '--weight',
+      `${what} weighs each row by its weight; ${format === 'lines' ? '--format lines has no weights' : 'name the weight column with --weight'}`,
+    );
+  }
   const progress = new Progress(io.stderr);
 
   let split: Split;

@@ -135,6 +135,62 @@ function storageError(what: string, e: unknown): StorageError {
 /** How long a store whose database another tab deleted waits for that tab's message before it tells the engine itself. */
 export const DELETION_GRACE_MS = 1000;
 
+/** How long an open or a deletion of the database may stay blocked by another connection before it is refused. */
+export const BLOCKED_GRACE_MS = 3000;
+/**
+ * How long one may wait without a word: a request queued behind another that is blocked gets no
+ * `blocked` event of its own (requests on one database run in turn).
+ */
+export const STALLED_MS = 8000;
+
+/** Thrown when another connection blocks an open or a deletion (see {@link unlessBlocked}). */
+class BlockedError extends StorageError {}
+
+/**
+ * Runs an IndexedDB open or deletion that another connection of the site can block. localrec's own
+ * tabs close on `versionchange`, so a blocker is other code holding the same database open; rather
+ * than wait on it forever, the call is refused once blocked for {@link BLOCKED_GRACE_MS}, or when it
+ * has had no answer for {@link STALLED_MS} (queued behind a blocked request). `run` calls `started`
+ * when the request is being served (an upgrade began: it is ours, however long it takes). The
+ * request itself stays queued in the browser: a late success is handed to `late` (a connection to close).
+ */
+function unlessBlocked<T>(run: (blocked: () => void, started: () => void) => Promise<T>, refusal: () => string, late?: (value: T) => void): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    let refused = false;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const refuseIn = (ms: number) => {
+      clearTimeout(timer);
+      timer = setTimeout(() => {
+        refused = true;
+        reject(new BlockedError(refusal()));
+      }, ms);
+    };
+    refuseIn(STALLED_MS);
+    let wasBlocked = false;
+    const blocked = () => {
+      if (wasBlocked || refused) return;
+      wasBlocked = true;
+      refuseIn(BLOCKED_GRACE_MS);
+    };
+    run(blocked, () => clearTimeout(timer)).then(
+      (v) => {
+        clearTimeout(timer);
+        if (refused) late?.(v);
+        else resolve(v);
+      },
+      (e: unknown) => {
+        clearTimeout(timer);
+        if (!refused) reject(e);
+      },
+    );
+  });
+}
+
+const blockedOpen = (name: string) => () =>
+  `opening IndexedDB database "${name}" failed: it is blocked by another connection of this site (code other than localrec holding a database of that name open without closing it)`;
+const blockedDeletion = (name: string) => () =>
+  `deleting IndexedDB database "${name}" is blocked by another connection of this site (code other than localrec holding a database of that name open without closing it); its data stays until that connection closes, and the deletion, still queued, goes through then`;
+
 /**
  * EventStore over IndexedDB (through `idb`). Schema history:
  * - v1: `events` (auto-increment key `id`) with a `t` index.
@@ -247,8 +303,10 @@ export class IdbEventStore implements EventStore {
     };
     let createdNow = false;
     try {
-      const db = await openDB<LocalrecDB>(this.name, EVENT_SCHEMA_VERSION, {
+      const db = await unlessBlocked((blocked, started) => openDB<LocalrecDB>(this.name, EVENT_SCHEMA_VERSION, {
+        blocked,
         upgrade(db, oldVersion, _newVersion, tx) {
+          started();
           if (oldVersion === 0 && mustExist) {
             // Aborting the upgrade of a database that did not exist leaves none behind.
             vanished = true;
@@ -268,12 +326,13 @@ export class IdbEventStore implements EventStore {
           }
         },
         ...handlers,
-      });
+      }), blockedOpen(this.name), (late) => late.close());
       this.mustExist = true;
       if (createdNow && generation > 0 && generation === this.generation) this.recreatedAt = Date.now();
       return db;
     } catch (e) {
       if (vanished) throw deleted();
+      if (e instanceof BlockedError) throw e;
       if ((e as { name?: string })?.name !== 'VersionError') throw storageError(`opening IndexedDB database "${this.name}"`, e);
     }
     // A newer schema from another tab: open at its version and check that ours is contained in it.
@@ -586,7 +645,7 @@ export class IdbEventStore implements EventStore {
 
   async destroy(): Promise<void> {
     this.close();
-    await deleteDB(this.name);
+    await unlessBlocked((blocked) => deleteDB(this.name, { blocked }), blockedDeletion(this.name));
     this.destroyed = true;
   }
 
@@ -703,8 +762,10 @@ export async function openEventStore(name: string, retention: Retention): Promis
 export async function deleteEventDatabase(name: string): Promise<void> {
   if (typeof indexedDB === 'undefined') return;
   try {
-    await deleteDB(name);
-  } catch {
+    await unlessBlocked((blocked) => deleteDB(name, { blocked }), blockedDeletion(name));
+  } catch (e) {
+    // A database some other connection holds open exists, with what it holds: not swallowed.
+    if (e instanceof BlockedError) throw e;
     // IndexedDB refuses here (e.g. a private window): it could not have been written either.
   }
 }

@@ -94,7 +94,7 @@ export function register(program: Command, io: SimulateIo = PROCESS_IO): void {
     .option('--min-clients <n>', 'server: updates per aggregation (k-anonymity floor)', '10')
     .option('--seed <seed>', 'seed for device sampling, initialization and local training', '1')
     .option('--same-time <mode>', "events at a test user's held-out timestamp before it in file order: keep (train on them, default) | drop (as localrec eval)")
-    .option('--server <where>', 'memory (in-process server on 127.0.0.1), sqlite (same, temp data dir) or a server URL', 'memory')
+    .option('--server <where>', "memory (the server's app, in memory, called in process: no sockets, no port), sqlite (the same with SQLite in a temp data dir) or the URL of a running `localrec serve`", 'memory')
     .option('--central', 'also train the same model centrally (no DP) and print the ratio')
     .option('--central-epochs <n>', 'epochs of the central model', '4')
     .option('--eval-every <n>', 'evaluate the global model every n rounds', '1')

@@ -419,14 +419,15 @@ async function openServer(o: SimulateOptions, table: ItemTable, log: (m: string)
  */
 export async function simulate(split: Split, o: SimulateOptions): Promise<SimulateResult> {
   const t0 = performance.now();
-  positiveInt('rounds', o.rounds);
-  positiveInt('clientsPerRound', o.clientsPerRound);
-  positiveInt('dim', o.dim);
-  positiveInt('minClients', o.minClients);
-  if (!(o.budget > 0)) throw new ValidationError('budget', `must be > 0 (Infinity for none), got ${o.budget}`);
+  // options.* names: the CLI shows them as the flags the user typed (src/cli.ts inFlagTerms).
+  positiveInt('options.rounds', o.rounds);
+  positiveInt('options.clientsPerRound', o.clientsPerRound);
+  positiveInt('options.dim', o.dim);
+  positiveInt('options.minClients', o.minClients);
+  if (!(o.budget > 0)) throw new ValidationError('options.budget', `must be > 0 (Infinity for none), got ${o.budget}`);
   const delta = o.delta ?? DEFAULT_DELTA;
   const k = o.k ?? 10;
-  const evalEvery = positiveInt('evalEvery', o.evalEvery ?? 1);
+  const evalEvery = positiveInt('options.evalEvery', o.evalEvery ?? 1);
   const weighting = o.weighting ?? { recencyDecay: 0.5, confidence: 'none' };
   const temperature = o.temperature ?? 1;
   const log = o.log ?? (() => {});
@@ -434,7 +435,7 @@ export async function simulate(split: Split, o: SimulateOptions): Promise<Simula
   const data = o.data ?? '';
 
   const backend = o.backend ?? 'wasm';
-  if (backend !== 'wasm' && backend !== 'cpu') throw new ValidationError('backend', `must be wasm or cpu, got '${String(backend)}'`);
+  if (backend !== 'wasm' && backend !== 'cpu') throw new ValidationError('options.backend', `must be wasm or cpu, got '${String(backend)}'`);
   const tf = await import('../model/tf.js');
   if (backend === 'wasm') await import('@tensorflow/tfjs-backend-wasm');
   await tf.setBackend(backend);
@@ -461,12 +462,13 @@ export async function simulate(split: Split, o: SimulateOptions): Promise<Simula
     const initialBytes = await (await fetchFn(`${server.url}/v1/model`)).arrayBuffer();
     const modelBytes = initialBytes.byteLength;
     held = { table: decodeModel(new Uint8Array(initialBytes)).table, hash: toHex(await sha256(new Uint8Array(initialBytes))) };
+    const initialVersion = held.table.version;
     const overlap = held.table.itemIds.filter((id) => itemIndex.has(id)).length;
     if (overlap === 0) throw new ValidationError('--server', `the server's model has none of the data set's ${split.itemIds.length} items (start it with the catalog from --write-catalog)`);
     if (overlap < split.itemIds.length) log(`the server's model has ${overlap} of the data set's ${split.itemIds.length} items; the others are never recommended`);
     // The server's own config rules the run (an external server's may differ from the options).
     const cfgRes = await fetchFn(`${server.url}/v1/config`);
-    if (!cfgRes.ok) throw new ValidationError('server', `GET /v1/config answered ${cfgRes.status}`);
+    if (!cfgRes.ok) throw new ValidationError('options.server', `GET /v1/config answered ${cfgRes.status}`);
     const serverConfig = parseServerConfig((await cfgRes.json()) as Partial<ServerConfig>);
     const ruled = runSettings(serverConfig);
     if (server.external) {
@@ -498,11 +500,31 @@ export async function simulate(split: Split, o: SimulateOptions): Promise<Simula
 
     const M = Math.min(o.clientsPerRound, nUsers);
     const cohortSize = ruled.cohortSize;
+    if (cohortSize !== null && nUsers < cohortSize) {
+      throw new ValidationError(server.external ? 'options.server' : 'options.minClients', `the data set has only ${nUsers} devices, fewer than ${server.external ? "the server's" : 'the'} secure-aggregation cohort size (${cohortSize})`);
+    }
     if (cohortSize !== null && M % cohortSize !== 0) {
-      throw new ValidationError('clientsPerRound', `must be a multiple of the server's cohort size (${cohortSize}) with secure aggregation, got ${M}`);
+      // Capped at the devices there are: say so, not a value the user never gave.
+      throw new ValidationError(
+        'options.clientsPerRound',
+        M < o.clientsPerRound
+          ? `is ${o.clientsPerRound}, but the data set has only ${nUsers} devices; with secure aggregation a round is whole cohorts of ${cohortSize}, e.g. ${M - (M % cohortSize)}`
+          : `must be a multiple of the server's cohort size (${cohortSize}) with secure aggregation, got ${M}`,
+      );
+    }
+    if (cohortSize !== null) {
+      // A cohort draws distinct devices that can send (≥ 2 distinct training items): with fewer
+      // than a round needs, the first round would stop before anything was sent.
+      const canSend = histories.filter((h) => new Set(h.itemIds).size >= 2).length;
+      if (canSend < M) {
+        throw new ValidationError(
+          canSend < cohortSize ? (server.external ? 'options.server' : 'options.minClients') : 'options.clientsPerRound',
+          `a round under secure aggregation needs ${M} devices that can send, but only ${canSend} of the data set's ${nUsers} have the 2 distinct training items an update needs`,
+        );
+      }
     }
     const dropout = o.dropout ?? 0;
-    if (dropout > 0 && (cohortSize === null || !server.advanceClock)) throw new ValidationError('dropout', 'simulates devices that drop out of secure-aggregation cohorts, so it needs --secure-aggregation on the in-process server (memory or sqlite)');
+    if (dropout > 0 && (cohortSize === null || !server.advanceClock)) throw new ValidationError('options.dropout', 'simulates devices that drop out of secure-aggregation cohorts, so it needs --secure-aggregation on the in-process server (memory or sqlite)');
     const dropStats = { devices: 0, cohortsRecovered: 0, cohortsAborted: 0 };
     const order = Array.from({ length: nUsers }, (_, u) => u);
     const syncDevice = (u: number, r: number, f: FetchLike = fetchFn, attempts = 3) =>
@@ -624,6 +646,13 @@ export async function simulate(split: Split, o: SimulateOptions): Promise<Simula
       o.onLine?.(line);
     }
 
+    if (held.table.version === initialVersion) {
+      // The figures below are the initial model's: said, not passed off as a trained one's.
+      log(
+        `warning: no round was published (the model is still version ${initialVersion}): the server publishes once ${ruled.minClients} updates are in, ` +
+          `and this run sent ${totals.sent}; the figures are the initial model's (lower --min-clients, or raise --clients-per-round or --rounds)`,
+      );
+    }
     progress('final evaluation', 0);
     const fin = await evaluateTable(alignTo(held.table, split.itemIds), split, { k, weighting, temperature, data });
     progress('final evaluation', 1);
@@ -717,7 +746,7 @@ export function catalogOf(split: Split): { items: Array<{ id: string; popularity
 async function pullCurrent(url: string, f: FetchLike, held: { table: ItemTable; hash: string }): Promise<{ table: ItemTable; hash: string }> {
   const res = await f(`${url}/v1/model`, { method: 'GET', headers: { 'If-None-Match': `"${held.hash}"` } });
   if (res.status === 304) return held;
-  if (!res.ok) throw new ValidationError('server', `GET /v1/model answered ${res.status}`);
+  if (!res.ok) throw new ValidationError('options.server', `GET /v1/model answered ${res.status}`);
   const bytes = new Uint8Array(await res.arrayBuffer());
   return { table: decodeModel(bytes).table, hash: res.headers.get('X-Localrec-Model-Hash') ?? toHex(await sha256(bytes)) };
 }

@@ -289,10 +289,14 @@ export function decodeUpdate(bytes: Uint8Array): QuantizedUpdate {
   const nScales = scaleCount(header.itemCount, header.dim, header.blockSize);
   const scales = new Float32Array(nScales);
   let p = UPDATE_HEADER_BYTES;
+  // Structural checks (negative scale, codes, padding) come before the non-finite one, in the
+  // order docs/protocol.md gives: a body that is both malformed and non-finite is malformed.
+  let nonFinite = -1;
   for (let i = 0; i < nScales; i++, p += 4) {
     const s = dv.getFloat32(p, true);
-    if (!Number.isFinite(s)) throw new WireFormatError('update', 'non-finite', `scale ${i} is not finite`);
-    if (s < 0) throw new WireFormatError('update', 'bad-code', `scale ${i} is negative`);
+    if (!Number.isFinite(s)) {
+      if (nonFinite < 0) nonFinite = i;
+    } else if (s < 0) throw new WireFormatError('update', 'bad-code', `scale ${i} is negative`);
     scales[i] = s;
   }
   const coords = header.itemCount * (header.dim + 1);
@@ -315,6 +319,7 @@ export function decodeUpdate(bytes: Uint8Array): QuantizedUpdate {
   }
   // Padding bits in the last byte must be zero, so that one update has exactly one encoding.
   if (acc !== 0) throw new WireFormatError('update', 'bad-code', 'padding bits in the last byte are not zero');
+  if (nonFinite >= 0) throw new WireFormatError('update', 'non-finite', `scale ${nonFinite} is not finite`);
   return { header, scales, codes };
 }
 

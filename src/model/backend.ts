@@ -13,15 +13,17 @@ export interface BackendChoice {
 }
 
 /** Sets a backend and waits until it is ready; false when it is not registered or fails to start. */
-async function tryBackend(name: BackendName): Promise<boolean> {
-  if (!tf.findBackendFactory(name)) return false;
+async function tryBackend(name: BackendName): Promise<true | string> {
+  if (!tf.findBackendFactory(name)) return 'not in this build';
   // Without a WebGPU adapter (most headless browsers, many GPUs) tfjs's own attempt logs a warning
   // with a stack trace on every page load: asked first, quietly.
-  if (name === 'webgpu' && !(await hasWebGpuAdapter())) return false;
+  if (name === 'webgpu' && !(await hasWebGpuAdapter())) return 'no WebGPU adapter';
+  // tfjs keeps an initialization's error to itself (a console warning): say what usually causes it.
+  const failed = name === 'wasm' ? 'did not start (are the tfjs-backend-wasm*.wasm files served next to the worker, or at options.wasmPaths?)' : 'did not start';
   try {
-    return await tf.setBackend(name);
+    return (await tf.setBackend(name)) ? true : failed;
   } catch {
-    return false;
+    return failed;
   }
 }
 
@@ -122,7 +124,8 @@ export async function selectBackend(opts: SelectOptions = {}): Promise<BackendCh
     if (!BACKEND_ORDER.includes(opts.force)) {
       throw new ValidationError('options.backend', `must be one of ${BACKEND_ORDER.join(', ')}; got "${String(opts.force)}"`);
     }
-    if (!(await tryBackend(opts.force))) throw new ModelError(`backend "${opts.force}" is not available here`);
+    const started = await tryBackend(opts.force);
+    if (started !== true) throw new ModelError(`backend "${opts.force}" is not available here: ${started}`);
     return { backend: opts.force, reason: 'forced', timings: {} };
   }
   const candidates = opts.candidates ?? BACKEND_ORDER;
@@ -136,19 +139,27 @@ export async function selectBackend(opts: SelectOptions = {}): Promise<BackendCh
   // wasm first, where it is a candidate: it starts everywhere and is rarely far from the best, so
   // it sets the pace against which slower ones are cut short; then the order of preference.
   const order = candidates.includes('wasm') ? ['wasm' as const, ...candidates.filter((c) => c !== 'wasm')] : [...candidates];
+  /** Candidates that could not be timed, and why (in the reason: a missing backend is news). */
+  const missing: string[] = [];
   for (const name of order) {
-    if (!(await tryBackend(name))) continue;
+    const started = await tryBackend(name);
+    if (started !== true) {
+      missing.push(`${name} ${started}`);
+      continue;
+    }
     try {
       const ms = await timeProbe(values, rows, dim, 3, fastest);
       timings[name] = ms;
       fastest = Math.min(fastest, ms);
     } catch {
       // A backend that starts but cannot run the probe is as good as absent.
+      missing.push(`${name} could not run the probe`);
     }
   }
   const ranked = (Object.entries(timings) as Array<[BackendName, number]>).sort((a, b) => a[1] - b[1] || candidates.indexOf(a[0]) - candidates.indexOf(b[0]));
-  if (ranked.length === 0) throw new ModelError('no TensorFlow.js backend could start (tried ' + candidates.join(', ') + ')');
+  if (ranked.length === 0) throw new ModelError(`no TensorFlow.js backend could start: ${missing.join('; ')}`);
   const best = ranked[0]![0];
   await tf.setBackend(best);
-  return { backend: best, reason: 'probed: ' + ranked.map(([n, ms]) => `${n} ${ms.toFixed(1)} ms`).join(', '), timings };
+  const reason = 'probed: ' + ranked.map(([n, ms]) => `${n} ${ms.toFixed(1)} ms`).join(', ') + (missing.length ? `; ${missing.join('; ')}` : '');
+  return { backend: best, reason, timings };
 }

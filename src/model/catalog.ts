@@ -2,6 +2,7 @@ import { ValidationError } from '../errors.js';
 import type { Catalog, CatalogItem } from '../types.js';
 
 const MAX_ITEMS = 1_000_000;
+const ITEM_FIELDS: readonly string[] = ['id', 'title', 'category', 'price', 'popularity'];
 
 /**
  * Checks the shop's catalog where it enters the public API. Throws a {@link ValidationError}
@@ -29,6 +30,10 @@ export function validateCatalog(catalog: unknown, field = 'options.catalog'): Ca
     const first = seen.get(it.id);
     if (first !== undefined) throw new ValidationError(`${f}.id`, `duplicate id "${it.id}" (first at items[${first}])`);
     seen.set(it.id, i);
+    // A misspelt field (`name` for `title`) would silently leave reasons showing the raw id.
+    for (const k of Object.keys(it)) {
+      if (!ITEM_FIELDS.includes(k)) throw new ValidationError(`${f}.${k}`, `is not a catalog item field (known: ${ITEM_FIELDS.join(', ')})`);
+    }
     const item: CatalogItem = { id: it.id };
     if (it.title !== undefined) {
       if (typeof it.title !== 'string') throw new ValidationError(`${f}.title`, 'must be a string');

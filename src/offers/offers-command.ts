@@ -51,7 +51,7 @@ export function register(program: Command): void {
       checkOutputFile(o.out, '--out');
       const { signOfferCatalog } = await import('./signing.js');
       const key = await readJson(readFile, o.key, '--key');
-      const catalog = await readJson(readFile, o.catalog, '--catalog');
+      const catalog = unsigned(await readJson(readFile, o.catalog, '--catalog'), o.catalog, '--catalog');
       const signed = await signOfferCatalog(catalog as never, key as JsonWebKey, o.kid !== undefined ? { kid: o.kid } : {});
       await writeFile(o.out, `${JSON.stringify(signed, null, 2)}\n`);
       process.stderr.write(`signed ${signed.catalog.offers.length} offers → ${o.out}\n`);
@@ -69,7 +69,7 @@ export function register(program: Command): void {
       const { loadRetailData } = await import('./eval/retail-data.js');
       const { fitAffinity } = await import('./eval/fit-affinity.js');
       const { validateOfferCatalog } = await import('./validate-catalog.js');
-      const catalog = validateOfferCatalog(await readJson(readFile, o.catalog, '--catalog'));
+      const catalog = validateOfferCatalog(unsigned(await readJson(readFile, o.catalog, '--catalog'), o.catalog, '--catalog'));
       const data = await loadRetailData(o.data, undefined, '--data');
       const fit = fitAffinity(data, catalog);
       // A new publication: issued now, so that devices holding the same version's earlier
@@ -127,6 +127,10 @@ export function register(program: Command): void {
       if (!(GRANULARITIES as readonly string[]).includes(o.granularity)) {
         throw new ValidationError('--granularity', `must be one of ${GRANULARITIES.join(', ')}, got '${o.granularity}'`);
       }
+      // One offer per derived category, however many: --groups would do nothing.
+      if (o.granularity === 'categories' && command.getOptionValueSource('groups') === 'cli') {
+        throw new ValidationError('--groups', `applies to --granularity items or groups only (got ${o.granularity})`);
+      }
       const opts = {
         ...DEFAULT_EVAL_OPTIONS,
         k: int(o.k, '--k', 1, 20),
@@ -161,8 +165,20 @@ async function readJson(readFile: (p: string, enc: 'utf8') => Promise<string>, p
   try {
     return JSON.parse(text);
   } catch (cause) {
-    throw new ValidationError(option, `${path} is not JSON: ${(cause as Error).message}`);
+    // V8 quotes the text around the mistake, line breaks and all: escaped, the error stays one line.
+    throw new ValidationError(option, `${path} is not JSON: ${(cause as Error).message.replace(/\r\n|\r|\n/g, '\\n')}`);
   }
+}
+
+/**
+ * The catalog itself, not `offers sign`'s output: an envelope would fail validation as a catalog
+ * with no version, which says nothing about the actual mistake.
+ */
+function unsigned(value: unknown, path: string, option: string): unknown {
+  if (typeof value === 'object' && value !== null && 'alg' in value && 'signature' in value) {
+    throw new ValidationError(option, `${path} is already signed (an { alg, catalog, signature } envelope); give the unsigned catalog (the envelope's "catalog" field)`);
+  }
+  return value;
 }
 
 function int(s: string, option: string, min: number, max: number): number {

@@ -1,9 +1,11 @@
 /**
  * Node entry of the aggregation server: `startServer()` for tests, the demo and `localrec serve`.
  */
-import { createAdaptorServer } from '@hono/node-server';
+import { createAdaptorServer, type Http2Bindings, type HttpBindings } from '@hono/node-server';
 import type { Server, ServerResponse } from 'node:http';
+import { existsSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
+import { join } from 'node:path';
 import { ValidationError } from '../errors.js';
 import { describeValue } from '../options.js';
 import { beyondModelMagnitude, chooseBits, decodeModel, DEFAULT_BLOCK_SIZE, MAX_MODEL_MAGNITUDE, UPDATE_BUDGET_BYTES } from '../federated/wire.js';
@@ -13,7 +15,7 @@ import { createApp } from './app.js';
 import { MemoryStorage } from './memory-storage.js';
 import { RateLimiter, type RateLimitOptions } from './rate-limit.js';
 import { RoundCoordinator, type RoundConfig } from './rounds.js';
-import { SqliteStorage, type SqliteStorageOptions } from './sqlite-storage.js';
+import { SQLITE_FILE, SqliteStorage, type SqliteStorageOptions } from './sqlite-storage.js';
 import { isPostgresUrl, PostgresStorage, redactUrl } from './postgres-storage.js';
 import type { Storage } from './storage.js';
 import type { OfferCatalog } from '../offers/types.js';
@@ -230,45 +232,63 @@ function positive(name: string, v: number, integer = false): number {
  * ```
  */
 export async function startServer(options: ServerOptions = {}): Promise<RunningServer> {
-  const { app, rounds, storage } = await createServer(options);
-  try {
-    const host = options.host ?? '127.0.0.1';
-    const backlog = positive('backlog', options.backlog ?? DEFAULT_BACKLOG, true);
-    const graceMs = options.shutdownGraceMs ?? DEFAULT_SHUTDOWN_GRACE_MS;
-    if (!Number.isFinite(graceMs) || graceMs < 0) throw new ValidationError('options.shutdownGraceMs', `must be a number of milliseconds ≥ 0, got ${graceMs}`);
-    let closing: Promise<void> | null = null;
-    const { server, port } = await new Promise<{ server: Server; port: number }>((resolve, reject) => {
-      const s = createAdaptorServer({ fetch: app.fetch, hostname: host }) as Server;
-      const wanted = options.port ?? 8787;
-      s.once('error', (e: NodeJS.ErrnoException) => {
-        // Named as the caller's options (the CLI shows them as --port / --host).
-        if (e.code === 'EACCES') reject(new ValidationError('options.port', `${wanted} on ${host} needs privileges this process lacks (ports below 1024): pick another port`));
-        else if (e.code === 'EADDRINUSE') reject(new ValidationError('options.port', `${wanted} on ${host} is in use (another localrec serve, or npm start?): pass another port`));
-        else if (e.code === 'ENOTFOUND' || e.code === 'EADDRNOTAVAIL' || e.code === 'EAI_AGAIN' || e.code === 'EAI_FAIL' || e.code === 'EAFNOSUPPORT') reject(new ValidationError('options.host', `cannot listen on '${host}': ${e.message}`));
-        else reject(e);
-      });
-      s.listen({ port: wanted, host, backlog }, () => resolve({ server: s, port: (s.address() as AddressInfo).port }));
+  // The listen options are checked, and the port bound, before the store is opened: a refused
+  // start (a port in use, a bad backlog) must not have stored a version 0 built from options that
+  // a corrected restart could then not change.
+  const host = options.host ?? '127.0.0.1';
+  if (typeof host !== 'string' || host === '') throw new ValidationError('options.host', `must be an address or host name to listen on, got ${describeValue(host)}`);
+  const wanted = options.port ?? 8787;
+  if (!(Number.isInteger(wanted) && wanted >= 0 && wanted <= 65535)) throw new ValidationError('options.port', `must be 0..65535 (0 = any free port), got ${describeValue(wanted)}`);
+  const backlog = positive('backlog', options.backlog ?? DEFAULT_BACKLOG, true);
+  const graceMs = options.shutdownGraceMs ?? DEFAULT_SHUTDOWN_GRACE_MS;
+  if (!Number.isFinite(graceMs) || graceMs < 0) throw new ValidationError('options.shutdownGraceMs', `must be a number of milliseconds ≥ 0, got ${graceMs}`);
+  // Requests that come while the server is still being built wait for it; if it fails, they get
+  // the 503 devices already retry on (nothing was stored).
+  let built!: (app: ServerParts['app'] | null) => void;
+  const ready = new Promise<ServerParts['app'] | null>((resolve) => (built = resolve));
+  const fetch = async (request: Request, env: HttpBindings | Http2Bindings): Promise<Response> => {
+    const app = await ready;
+    if (app) return app.fetch(request, env);
+    return Response.json({ error: 'the server failed to start; nothing was stored, retry later', reason: 'storage-unavailable' }, { status: 503, headers: { 'Retry-After': '30' } });
+  };
+  let closing: Promise<void> | null = null;
+  const { server, port } = await new Promise<{ server: Server; port: number }>((resolve, reject) => {
+    const s = createAdaptorServer({ fetch, hostname: host }) as Server;
+    s.once('error', (e: NodeJS.ErrnoException) => {
+      // Named as the caller's options (the CLI shows them as --port / --host).
+      if (e.code === 'EACCES') reject(new ValidationError('options.port', `${wanted} on ${host} needs privileges this process lacks (ports below 1024): pick another port`));
+      else if (e.code === 'EADDRINUSE') reject(new ValidationError('options.port', `${wanted} on ${host} is in use (another localrec serve, or npm start?): pass another port`));
+      else if (e.code === 'ENOTFOUND' || e.code === 'EADDRNOTAVAIL' || e.code === 'EAI_AGAIN' || e.code === 'EAI_FAIL' || e.code === 'EAFNOSUPPORT') reject(new ValidationError('options.host', `cannot listen on '${host}': ${e.message}`));
+      else reject(e);
     });
-    const open = trackResponses(server, () => closing !== null);
-    const url = `http://${host.includes(':') ? `[${host}]` : host}:${port}`;
-    return {
-      url,
-      rounds,
-      close() {
-        closing ??= (async () => {
-          await closeGracefully(server, open, graceMs);
-          // The requests are answered; what they queued (a round being published, a discard)
-          // finishes before the store closes.
-          await rounds.drain();
-          await storage.close();
-        })();
-        return closing;
-      },
-    };
+    s.listen({ port: wanted, host, backlog }, () => resolve({ server: s, port: (s.address() as AddressInfo).port }));
+  });
+  const open = trackResponses(server, () => closing !== null);
+  let parts: ServerParts;
+  try {
+    parts = await createServer(options);
   } catch (e) {
-    await storage.close();
+    built(null);
+    await closeGracefully(server, open, 0);
     throw e;
   }
+  const { app, rounds, storage } = parts;
+  built(app);
+  const url = `http://${host.includes(':') ? `[${host}]` : host}:${port}`;
+  return {
+    url,
+    rounds,
+    close() {
+      closing ??= (async () => {
+        await closeGracefully(server, open, graceMs);
+        // The requests are answered; what they queued (a round being published, a discard)
+        // finishes before the store closes.
+        await rounds.drain();
+        await storage.close();
+      })();
+      return closing;
+    },
+  };
 }
 
 /** The server's parts, built but not listening: for in-process use (simulation, tests) and startServer. */
@@ -342,172 +362,28 @@ export async function createServer(options: ServerOptions = {}): Promise<ServerP
       throw new ValidationError('options.database', `must be a postgres:// or postgresql:// URL, got '${typeof options.database === 'string' ? redactUrl(options.database) : String(options.database)}'`);
     }
   }
+  const noTable = () => new ValidationError('options.initialTable', 'is required when the store is empty (with localrec serve: pass --catalog)');
+  // Every option is checked before the store is opened: a refused start leaves no empty database
+  // behind (which the next start would take for a store). Without a table the shape is the stored
+  // model's, so a SQLite data dir must hold a database already.
+  let checked = options.initialTable ? checkOptions(options, options.initialTable, log, now) : undefined;
+  const dataDir = options.dataDir ?? '.data';
+  if (!checked && !options.storage && options.database === undefined && options.dataDir !== null && !existsSync(join(dataDir, SQLITE_FILE))) throw noTable();
   const storage: Storage =
     options.storage ??
     (options.database !== undefined
       ? await PostgresStorage.open(options.database)
       : options.dataDir === null
         ? new MemoryStorage()
-        : SqliteStorage.open(options.dataDir ?? '.data', options.sqlite));
+        : SqliteStorage.open(dataDir, options.sqlite));
   try {
-    let shape = options.initialTable;
-    if (!shape) {
+    if (!checked) {
       const latest = await storage.latest();
-      if (!latest) throw new ValidationError('options.initialTable', 'is required when the store is empty (with localrec serve: pass --catalog)');
-      shape = decodeModel(latest.model).table;
+      if (!latest) throw noTable();
+      checked = checkOptions(options, decodeModel(latest.model).table, log, now);
     }
-    const itemCount = shape.itemIds.length;
-    const trained = checkTrainedPart({ rows: options.trainRows ?? itemCount, biases: options.trainBiases ?? true }, itemCount, 'options.trainRows');
-    const blockSize = positive('blockSize', options.blockSize ?? DEFAULT_BLOCK_SIZE, true);
-    if (options.bits !== undefined && !(Number.isInteger(options.bits) && options.bits >= 2 && options.bits <= 8)) {
-      throw new ValidationError('options.bits', `must be a whole number from 2 to 8, got ${options.bits}`);
-    }
-    const bits = options.bits ?? chooseBits(trained.rows, shape.dim, UPDATE_BUDGET_BYTES, blockSize);
-    if (bits < 2) {
-      // Not the caller's bits: the table itself is too large for an upload.
-      throw new ValidationError(
-        options.trainRows !== undefined ? 'options.trainRows' : 'options.dim',
-        `${trained.rows} trained rows × dim ${shape.dim} do not fit an update of ${UPDATE_BUDGET_BYTES} bytes even at 2 bits: lower the dim or train fewer rows (trainRows, the most popular items first)`,
-      );
-    }
-    const noiseMultiplier = options.noiseMultiplier ?? 1;
-    if (!Number.isFinite(noiseMultiplier) || noiseMultiplier < 0) throw new ValidationError('options.noiseMultiplier', `must be ≥ 0, got ${noiseMultiplier}`);
-    // Update headers carry σ and C as float32: a value it cannot hold would make every update a mismatch.
-    if (noiseMultiplier > 1e6) throw new ValidationError('options.noiseMultiplier', `must be at most 1e6, got ${noiseMultiplier}`);
-    const maxStaleness = options.maxStaleness ?? 2;
-    if (!Number.isInteger(maxStaleness) || maxStaleness < 0) throw new ValidationError('options.maxStaleness', `must be an integer ≥ 0, got ${maxStaleness}`);
-    const aggregator = options.aggregator ?? 'fedavg';
-    if (!isAggregatorName(aggregator)) throw new ValidationError('options.aggregator', `must be ${AGGREGATOR_NAMES.map((a) => `'${a}'`).join(', ')}, got '${String(aggregator)}'`);
-    if (options.subspaceScale !== undefined && aggregator !== 'subspace') throw new ValidationError('options.subspaceScale', `applies to the subspace aggregator only (aggregator is '${aggregator}')`);
-    const subspaceScale = positive('subspaceScale', options.subspaceScale ?? DEFAULT_SUBSPACE_SCALE);
-    // The published factors are at most this in magnitude; devices refuse a model beyond ±10⁶.
-    if (subspaceScale > 1e4) throw new ValidationError('options.subspaceScale', `must be at most 10000, got ${subspaceScale}`);
-    if (options.serverLearningRate !== undefined && aggregator !== 'fedavg') {
-      throw new ValidationError('options.serverLearningRate', `applies to the fedavg aggregator only (aggregator is '${aggregator}': fedadam has its own step sizes in options.fedAdam, subspace publishes scaled orthonormal factors)`);
-    }
-    if (aggregator === 'subspace' && trained.biases) {
-      throw new ValidationError('options.trainBiases', "must be false with the subspace aggregator (the biases stay as the shop set them; with localrec serve: --freeze-biases)");
-    }
-    if (aggregator === 'subspace' && shape.dim >= trained.rows) {
-      throw new ValidationError('options.trainRows', `must exceed dim (${shape.dim}) with the subspace aggregator, got ${trained.rows}`);
-    }
-    // An origin the browser sends is scheme://host[:port] exactly: 'https://shop.example/' (a
-    // trailing slash) would match nothing and turn CORS off without a word.
-    for (const [i, origin] of (options.corsOrigins ?? []).entries()) {
-      const why = corsOriginProblem(origin);
-      if (why) throw new ValidationError(`options.corsOrigins[${i}]`, `must be an origin as browsers send it, such as https://shop.example: ${why}, got ${JSON.stringify(origin)}`);
-    }
-    // Both widen the norm check: a NaN (every comparison false) or a huge value would turn it off.
-    const normTolerance = options.normTolerance ?? 0.01;
-    if (typeof normTolerance !== 'number' || !(normTolerance >= 0 && normTolerance < 1)) throw new ValidationError('options.normTolerance', `must be a number in [0, 1), got ${normTolerance}`);
-    const normSlack = options.normSlack ?? 6;
-    if (typeof normSlack !== 'number' || !(normSlack > 0 && normSlack <= 100)) throw new ValidationError('options.normSlack', `must be a number in (0, 100], got ${normSlack}`);
-    const minClients = positive('minClients', options.minClients ?? 10, true);
-    const { robust, trimFraction } = checkRoundOptions({ ...options, minClients });
-    const clip = positive('clip', options.clip ?? 1);
-    if (clip < 1e-6 || clip > 1e6) throw new ValidationError('options.clip', `must be from 1e-6 to 1e6 (update headers carry it as float32), got ${clip}`);
-    let secureAggregation: RoundConfig['secureAggregation'];
-    if (options.secureAggregation) {
-      const o = options.secureAggregation === true ? {} : options.secureAggregation;
-      const length = trainedLength(trained, shape.dim);
-      const t = o.minSurvivors ?? minClients;
-      if (!Number.isInteger(t) || t < 2 || t > minClients) {
-        throw new ValidationError('options.secureAggregation.minSurvivors', `must be an integer 2..minClients (${minClients}, the cohort size), got ${String(o.minSurvivors)}`);
-      }
-      const degree = o.degree ?? Math.min(16, 2 * Math.ceil((minClients - 1) / 2));
-      // With dropout recovery an upload also carries a sealed share of its self-mask per mask neighbour.
-      const sealedShares = t < minClients && Number.isInteger(degree) ? Math.min(degree, minClients - 1) : 0;
-      const sealedBytes = sealedShares * SEALED_SHARE_BYTES;
-      const saBits = o.bits ?? chooseSecAggBits(length, UPDATE_BUDGET_BYTES - sealedBytes);
-      // The sum of K clipped updates plus noise of std σC must fit in ±range, or it wraps around
-      // silently. The hard bound is K·C (a device is at most C on any coordinate) plus 8σC for the
-      // noise; it is the default whenever the bits make its rounding negligible (≤ 1 % of the
-      // variance (C·max(1, σ))²), and always for subspace updates, which pile up on the popular rows.
-      // Otherwise 8σC: local-training deltas spread over the table and mostly cancel (retail,
-      // K = 4,000: the sum's largest coordinate is 8.6 against 8σC = 11.8).
-      // With t = minSurvivors < K every member adds (σC)²/t, so a full cohort's sum carries σC·√(K/t).
-      const noiseRange = 8 * clip * Math.max(1, noiseMultiplier * Math.sqrt(minClients / t));
-      const hardRange = minClients * clip + noiseRange;
-      const hardRounding = (minClients * (hardRange / 2 ** (saBits - 1)) ** 2) / 4;
-      const cheap = hardRounding <= 0.01 * (clip * Math.max(1, noiseMultiplier)) ** 2;
-      const range = positive('secureAggregation.range', o.range ?? (aggregator === 'subspace' || cheap ? hardRange : noiseRange));
-      // Devices refuse a range that cannot hold one clipped update (parseServerConfig).
-      if (range < clip) throw new ValidationError('options.secureAggregation.range', `must be at least the clip bound (${clip}): one update must fit, got ${range}`);
-      const params: SecAggParams = checkSecAggParams(
-        { cohortSize: minClients, bits: saBits, step: range / 2 ** (saBits - 1), degree, minSurvivors: t },
-        'options.secureAggregation',
-      );
-      // Devices refuse a deadline beyond a day (MAX_COHORT_TIMEOUT_MS): so does the server.
-      const deadline = (name: string, v: number) => {
-        positive(name, v, true);
-        if (v > MAX_COHORT_TIMEOUT_MS) throw new ValidationError(`options.${name}`, `must be at most ${MAX_COHORT_TIMEOUT_MS} ms (a day; devices refuse longer), got ${v}`);
-        return v;
-      };
-      const fillMs = deadline('secureAggregation.timeoutMs', o.timeoutMs ?? DEFAULT_COHORT_TIMEOUT_MS);
-      secureAggregation = { ...params, timeoutMs: fillMs, uploadTimeoutMs: deadline('secureAggregation.uploadTimeoutMs', o.uploadTimeoutMs ?? defaultUploadTimeoutMs(fillMs)) };
-      // Each member's rounding adds variance ≤ γ²/4 per value, K·γ²/4 to the sum, next to the DP
-      // noise (σC)² there. Say so when the rounding is a sizeable share of it.
-      const rounding = (params.cohortSize * params.step ** 2) / 4;
-      const dp = (noiseMultiplier * clip) ** 2;
-      if (dp > 0 && rounding > 0.1 * dp) {
-        let better = params.bits;
-        while (better < 32 && (params.cohortSize * (range / 2 ** (better - 1)) ** 2) / 4 > 0.1 * dp) better++;
-        log(
-          `secure aggregation: ${params.bits}-bit values add rounding noise of ${(rounding / dp).toFixed(2)}× the DP noise's variance to a cohort's sum; ` +
-            `--secagg-bits ${better} would bring it under 0.1× (uploads of ${maskedUpdateBytes(length, better, sealedShares)} bytes instead of ${maskedUpdateBytes(length, params.bits, sealedShares)})`,
-        );
-      }
-    }
-    const config: RoundConfig = {
-      itemCount,
-      dim: shape.dim,
-      trained,
-      bits,
-      blockSize,
-      clip,
-      noiseMultiplier,
-      normTolerance,
-      normSlack,
-      minClients,
-      maxStaleness,
-      aggregator,
-      robust,
-      trimFraction,
-      serverLearningRate: positive('serverLearningRate', options.serverLearningRate ?? 1),
-      ...(aggregator === 'subspace' ? { subspaceScale } : {}),
-      denoise: (() => {
-        const d = options.denoise ?? 'none';
-        if (d !== 'none' && d !== 'rows' && d !== 'directions') throw new ValidationError('options.denoise', `must be 'none', 'rows' or 'directions', got '${String(d)}'`);
-        if (d === 'directions' && aggregator !== 'subspace') throw new ValidationError('options.denoise', `'directions' needs the subspace aggregator, got '${aggregator}'`);
-        return d;
-      })(),
-      fedAdam: checkFedAdam(options.fedAdam),
-      secureAggregation,
-      now,
-      log,
-    };
-    // Subspace mode publishes orthonormal factors from version 0 on: the initial table's trained
-    // block, orthonormalized (its other rows' factors zero), is where the iteration starts.
-    const initial =
-      aggregator === 'subspace' && options.initialTable
-        ? subspaceTable(options.initialTable, options.initialTable.factors.subarray(0, trained.rows * shape.dim), trained, subspaceScale)
-        : options.initialTable;
-    if (initial) {
-      // Devices refuse a model beyond ±MAX_MODEL_MAGNITUDE: a first version they would all refuse
-      // (an extreme --bias-scale or popularity) is refused here, before it is stored.
-      const over = beyondModelMagnitude(initial);
-      if (over) {
-        throw new ValidationError('options.initialTable', `item ${JSON.stringify(over.itemId)} has a ${over.what} beyond ±${MAX_MODEL_MAGNITUDE}, which every device would refuse: lower the bias scale (or the scale of the table)`);
-      }
-    }
+    const { config, initial, rateLimit } = checked;
     const rounds = await RoundCoordinator.open(storage, initial, config);
-    const rateLimit = options.rateLimit ?? { perMinute: 60, burst: 20 };
-    if (rateLimit !== false) {
-      // A NaN rate would make every bucket NaN, which never runs out: nobody limited, nothing said.
-      if (typeof rateLimit !== 'object' || rateLimit === null) throw new ValidationError('options.rateLimit', `must be { perMinute, burst } or false, got ${describeValue(rateLimit)}`);
-      positive('rateLimit.perMinute', rateLimit.perMinute);
-      if (!(Number.isInteger(rateLimit.burst) && rateLimit.burst >= 1)) throw new ValidationError('options.rateLimit.burst', `must be a whole number ≥ 1, got ${describeValue(rateLimit.burst)}`);
-    }
     const app = createApp(rounds, {
       log,
       ...(rateLimit ? { rateLimiter: storage.rateLimiter?.(rateLimit, now) ?? new RateLimiter(rateLimit, now) } : {}),
@@ -521,4 +397,164 @@ export async function createServer(options: ServerOptions = {}): Promise<ServerP
     await storage.close();
     throw e;
   }
+}
+
+/**
+ * {@link createServer}'s options checked and defaulted for a table of `shape`'s size, without
+ * touching a store: the round config, the version 0 to store when the store is empty, and the
+ * rate limit. Throws a `ValidationError` naming the option.
+ */
+function checkOptions(options: ServerOptions, shape: ItemTable, log: (line: string) => void, now: () => number): { config: RoundConfig; initial: ItemTable | undefined; rateLimit: RateLimitOptions | false } {
+  const itemCount = shape.itemIds.length;
+  const trained = checkTrainedPart({ rows: options.trainRows ?? itemCount, biases: options.trainBiases ?? true }, itemCount, 'options.trainRows');
+  const blockSize = positive('blockSize', options.blockSize ?? DEFAULT_BLOCK_SIZE, true);
+  if (options.bits !== undefined && !(Number.isInteger(options.bits) && options.bits >= 2 && options.bits <= 8)) {
+    throw new ValidationError('options.bits', `must be a whole number from 2 to 8, got ${options.bits}`);
+  }
+  const bits = options.bits ?? chooseBits(trained.rows, shape.dim, UPDATE_BUDGET_BYTES, blockSize);
+  if (bits < 2) {
+    // Not the caller's bits: the table itself is too large for an upload.
+    throw new ValidationError(
+      options.trainRows !== undefined ? 'options.trainRows' : 'options.dim',
+      `${trained.rows} trained rows × dim ${shape.dim} do not fit an update of ${UPDATE_BUDGET_BYTES} bytes even at 2 bits: lower the dim or train fewer rows (trainRows, the most popular items first)`,
+    );
+  }
+  const noiseMultiplier = options.noiseMultiplier ?? 1;
+  if (!Number.isFinite(noiseMultiplier) || noiseMultiplier < 0) throw new ValidationError('options.noiseMultiplier', `must be ≥ 0, got ${noiseMultiplier}`);
+  // Update headers carry σ and C as float32: a value it cannot hold would make every update a mismatch.
+  if (noiseMultiplier > 1e6) throw new ValidationError('options.noiseMultiplier', `must be at most 1e6, got ${noiseMultiplier}`);
+  const maxStaleness = options.maxStaleness ?? 2;
+  if (!Number.isInteger(maxStaleness) || maxStaleness < 0) throw new ValidationError('options.maxStaleness', `must be an integer ≥ 0, got ${maxStaleness}`);
+  const aggregator = options.aggregator ?? 'fedavg';
+  if (!isAggregatorName(aggregator)) throw new ValidationError('options.aggregator', `must be ${AGGREGATOR_NAMES.map((a) => `'${a}'`).join(', ')}, got '${String(aggregator)}'`);
+  if (options.subspaceScale !== undefined && aggregator !== 'subspace') throw new ValidationError('options.subspaceScale', `applies to the subspace aggregator only (aggregator is '${aggregator}')`);
+  const subspaceScale = positive('subspaceScale', options.subspaceScale ?? DEFAULT_SUBSPACE_SCALE);
+  // The published factors are at most this in magnitude; devices refuse a model beyond ±10⁶.
+  if (subspaceScale > 1e4) throw new ValidationError('options.subspaceScale', `must be at most 10000, got ${subspaceScale}`);
+  if (options.serverLearningRate !== undefined && aggregator !== 'fedavg') {
+    throw new ValidationError('options.serverLearningRate', `applies to the fedavg aggregator only (aggregator is '${aggregator}': fedadam has its own step sizes in options.fedAdam, subspace publishes scaled orthonormal factors)`);
+  }
+  if (aggregator === 'subspace' && trained.biases) {
+    throw new ValidationError('options.trainBiases', "must be false with the subspace aggregator (the biases stay as the shop set them; with localrec serve: --freeze-biases)");
+  }
+  if (aggregator === 'subspace' && shape.dim >= trained.rows) {
+    throw new ValidationError('options.trainRows', `must exceed dim (${shape.dim}) with the subspace aggregator, got ${trained.rows}`);
+  }
+  // An origin the browser sends is scheme://host[:port] exactly: 'https://shop.example/' (a
+  // trailing slash) would match nothing and turn CORS off without a word.
+  for (const [i, origin] of (options.corsOrigins ?? []).entries()) {
+    const why = corsOriginProblem(origin);
+    if (why) throw new ValidationError(`options.corsOrigins[${i}]`, `must be an origin as browsers send it, such as https://shop.example: ${why}, got ${JSON.stringify(origin)}`);
+  }
+  // Both widen the norm check: a NaN (every comparison false) or a huge value would turn it off.
+  const normTolerance = options.normTolerance ?? 0.01;
+  if (typeof normTolerance !== 'number' || !(normTolerance >= 0 && normTolerance < 1)) throw new ValidationError('options.normTolerance', `must be a number in [0, 1), got ${normTolerance}`);
+  const normSlack = options.normSlack ?? 6;
+  if (typeof normSlack !== 'number' || !(normSlack > 0 && normSlack <= 100)) throw new ValidationError('options.normSlack', `must be a number in (0, 100], got ${normSlack}`);
+  const minClients = positive('minClients', options.minClients ?? 10, true);
+  const { robust, trimFraction } = checkRoundOptions({ ...options, minClients });
+  const clip = positive('clip', options.clip ?? 1);
+  if (clip < 1e-6 || clip > 1e6) throw new ValidationError('options.clip', `must be from 1e-6 to 1e6 (update headers carry it as float32), got ${clip}`);
+  let secureAggregation: RoundConfig['secureAggregation'];
+  if (options.secureAggregation) {
+    const o = options.secureAggregation === true ? {} : options.secureAggregation;
+    const length = trainedLength(trained, shape.dim);
+    const t = o.minSurvivors ?? minClients;
+    if (!Number.isInteger(t) || t < 2 || t > minClients) {
+      throw new ValidationError('options.secureAggregation.minSurvivors', `must be an integer 2..minClients (${minClients}, the cohort size), got ${String(o.minSurvivors)}`);
+    }
+    const degree = o.degree ?? Math.min(16, 2 * Math.ceil((minClients - 1) / 2));
+    // With dropout recovery an upload also carries a sealed share of its self-mask per mask neighbour.
+    const sealedShares = t < minClients && Number.isInteger(degree) ? Math.min(degree, minClients - 1) : 0;
+    const sealedBytes = sealedShares * SEALED_SHARE_BYTES;
+    const saBits = o.bits ?? chooseSecAggBits(length, UPDATE_BUDGET_BYTES - sealedBytes);
+    // The sum of K clipped updates plus noise of std σC must fit in ±range, or it wraps around
+    // silently. The hard bound is K·C (a device is at most C on any coordinate) plus 8σC for the
+    // noise; it is the default whenever the bits make its rounding negligible (≤ 1 % of the
+    // variance (C·max(1, σ))²), and always for subspace updates, which pile up on the popular rows.
+    // Otherwise 8σC: local-training deltas spread over the table and mostly cancel (retail,
+    // K = 4,000: the sum's largest coordinate is 8.6 against 8σC = 11.8).
+    // With t = minSurvivors < K every member adds (σC)²/t, so a full cohort's sum carries σC·√(K/t).
+    const noiseRange = 8 * clip * Math.max(1, noiseMultiplier * Math.sqrt(minClients / t));
+    const hardRange = minClients * clip + noiseRange;
+    const hardRounding = (minClients * (hardRange / 2 ** (saBits - 1)) ** 2) / 4;
+    const cheap = hardRounding <= 0.01 * (clip * Math.max(1, noiseMultiplier)) ** 2;
+    const range = positive('secureAggregation.range', o.range ?? (aggregator === 'subspace' || cheap ? hardRange : noiseRange));
+    // Devices refuse a range that cannot hold one clipped update (parseServerConfig).
+    if (range < clip) throw new ValidationError('options.secureAggregation.range', `must be at least the clip bound (${clip}): one update must fit, got ${range}`);
+    const params: SecAggParams = checkSecAggParams(
+      { cohortSize: minClients, bits: saBits, step: range / 2 ** (saBits - 1), degree, minSurvivors: t },
+      'options.secureAggregation',
+    );
+    // Devices refuse a deadline beyond a day (MAX_COHORT_TIMEOUT_MS): so does the server.
+    const deadline = (name: string, v: number) => {
+      positive(name, v, true);
+      if (v > MAX_COHORT_TIMEOUT_MS) throw new ValidationError(`options.${name}`, `must be at most ${MAX_COHORT_TIMEOUT_MS} ms (a day; devices refuse longer), got ${v}`);
+      return v;
+    };
+    const fillMs = deadline('secureAggregation.timeoutMs', o.timeoutMs ?? DEFAULT_COHORT_TIMEOUT_MS);
+    secureAggregation = { ...params, timeoutMs: fillMs, uploadTimeoutMs: deadline('secureAggregation.uploadTimeoutMs', o.uploadTimeoutMs ?? defaultUploadTimeoutMs(fillMs)) };
+    // Each member's rounding adds variance ≤ γ²/4 per value, K·γ²/4 to the sum, next to the DP
+    // noise (σC)² there. Say so when the rounding is a sizeable share of it.
+    const rounding = (params.cohortSize * params.step ** 2) / 4;
+    const dp = (noiseMultiplier * clip) ** 2;
+    if (dp > 0 && rounding > 0.1 * dp) {
+      let better = params.bits;
+      while (better < 32 && (params.cohortSize * (range / 2 ** (better - 1)) ** 2) / 4 > 0.1 * dp) better++;
+      log(
+        `secure aggregation: ${params.bits}-bit values add rounding noise of ${(rounding / dp).toFixed(2)}× the DP noise's variance to a cohort's sum; ` +
+          `--secagg-bits ${better} would bring it under 0.1× (uploads of ${maskedUpdateBytes(length, better, sealedShares)} bytes instead of ${maskedUpdateBytes(length, params.bits, sealedShares)})`,
+      );
+    }
+  }
+  const config: RoundConfig = {
+    itemCount,
+    dim: shape.dim,
+    trained,
+    bits,
+    blockSize,
+    clip,
+    noiseMultiplier,
+    normTolerance,
+    normSlack,
+    minClients,
+    maxStaleness,
+    aggregator,
+    robust,
+    trimFraction,
+    serverLearningRate: positive('serverLearningRate', options.serverLearningRate ?? 1),
+    ...(aggregator === 'subspace' ? { subspaceScale } : {}),
+    denoise: (() => {
+      const d = options.denoise ?? 'none';
+      if (d !== 'none' && d !== 'rows' && d !== 'directions') throw new ValidationError('options.denoise', `must be 'none', 'rows' or 'directions', got '${String(d)}'`);
+      if (d === 'directions' && aggregator !== 'subspace') throw new ValidationError('options.denoise', `'directions' needs the subspace aggregator, got '${aggregator}'`);
+      return d;
+    })(),
+    fedAdam: checkFedAdam(options.fedAdam),
+    secureAggregation,
+    now,
+    log,
+  };
+  // Subspace mode publishes orthonormal factors from version 0 on: the initial table's trained
+  // block, orthonormalized (its other rows' factors zero), is where the iteration starts.
+  const initial =
+    aggregator === 'subspace' && options.initialTable
+      ? subspaceTable(options.initialTable, options.initialTable.factors.subarray(0, trained.rows * shape.dim), trained, subspaceScale)
+      : options.initialTable;
+  if (initial) {
+    // Devices refuse a model beyond ±MAX_MODEL_MAGNITUDE: a first version they would all refuse
+    // (an extreme --bias-scale or popularity) is refused here, before it is stored.
+    const over = beyondModelMagnitude(initial);
+    if (over) {
+      throw new ValidationError('options.initialTable', `item ${JSON.stringify(over.itemId)} has a ${over.what} beyond ±${MAX_MODEL_MAGNITUDE}, which every device would refuse: lower the bias scale (or the scale of the table)`);
+    }
+  }
+  const rateLimit = options.rateLimit ?? { perMinute: 60, burst: 20 };
+  if (rateLimit !== false) {
+    // A NaN rate would make every bucket NaN, which never runs out: nobody limited, nothing said.
+    if (typeof rateLimit !== 'object' || rateLimit === null) throw new ValidationError('options.rateLimit', `must be { perMinute, burst } or false, got ${describeValue(rateLimit)}`);
+    positive('rateLimit.perMinute', rateLimit.perMinute);
+    if (!(Number.isInteger(rateLimit.burst) && rateLimit.burst >= 1)) throw new ValidationError('options.rateLimit.burst', `must be a whole number ≥ 1, got ${describeValue(rateLimit.burst)}`);
+  }
+  return { config, initial, rateLimit };
 }

@@ -10,6 +10,7 @@ import { statSync } from 'node:fs';
 import type { Command } from 'commander';
 import { ValidationError } from '../errors.js';
 import { hasLoneSurrogate } from '../model/item-table.js';
+import { describeValue } from '../options.js';
 
 function num(name: string, integer = false) {
   return (v: string): number => {
@@ -31,6 +32,11 @@ export function rateLimitFlag(v: string): number {
   return n;
 }
 
+/** `e`'s message on one line: Node's JSON errors quote the raw text, line breaks and all. */
+function oneLine(e: unknown): string {
+  return (e as Error).message.replace(/\s*[\r\n]+\s*/g, ' ');
+}
+
 /** Reads a catalog file: `{ items: [{ id, popularity? }] }`, or a bare array of items or ids. */
 export async function readCatalogFile(path: string): Promise<{ ids: string[]; popularity: number[] }> {
   const { readFile } = await import('node:fs/promises');
@@ -38,7 +44,7 @@ export async function readCatalogFile(path: string): Promise<{ ids: string[]; po
   try {
     raw = JSON.parse(await readFile(path, 'utf8'));
   } catch (e) {
-    throw new ValidationError('--catalog', `cannot read ${path} as JSON: ${(e as Error).message}`);
+    throw new ValidationError('--catalog', `cannot read ${path} as JSON: ${oneLine(e)}`);
   }
   const items = Array.isArray(raw) ? raw : (raw as { items?: unknown })?.items;
   if (!Array.isArray(items) || items.length === 0) throw new ValidationError('--catalog', `${path} must hold a non-empty "items" array`);
@@ -53,7 +59,11 @@ export async function readCatalogFile(path: string): Promise<{ ids: string[]; po
     seen.add(id);
     ids.push(id);
     const p = typeof it === 'object' && it !== null ? (it as { popularity?: unknown }).popularity : undefined;
-    popularity.push(typeof p === 'number' && Number.isFinite(p) && p >= 0 ? p : 0);
+    // Refused as the SDK's catalog check refuses it, not read as 0 (a bias the shop did not mean).
+    if (p !== undefined && !(typeof p === 'number' && Number.isFinite(p) && p >= 0)) {
+      throw new ValidationError(`catalog.items[${i}].popularity`, `must be a finite number ≥ 0, got ${describeValue(p)}`);
+    }
+    popularity.push(p ?? 0);
   });
   return { ids, popularity };
 }
@@ -128,7 +138,7 @@ export function register(program: Command): void {
           try {
             return JSON.parse(await readFile(file, 'utf8')) as unknown;
           } catch (e) {
-            throw new ValidationError(flag, `cannot read ${file} as JSON: ${(e as Error).message}`);
+            throw new ValidationError(flag, `cannot read ${file} as JSON: ${oneLine(e)}`);
           }
         };
         offers = await verifyOfferCatalog(await read(o.offers, '--offers'), (await read(o.offersKey, '--offers-key')) as JsonWebKey);
@@ -147,14 +157,13 @@ export function register(program: Command): void {
       }
       // An explicit --data-dir wins over LOCALREC_DATABASE_URL from the environment.
       const database = (o.database as string | undefined) ?? (typed('dataDir') ? undefined : process.env.LOCALREC_DATABASE_URL || undefined);
+      const noModel = () => new ValidationError('--catalog', `is required: ${database !== undefined ? 'the database' : (o.dataDir as string)} holds no model yet, and the first start builds it from the catalog (localrec serve --catalog catalog.json)`);
       if (initialTable === undefined && database === undefined) {
         // Refused before the store is opened: opening it would leave an empty database and a lock
         // file behind in a folder that holds no model.
         const { existsSync } = await import('node:fs');
         const { join } = await import('node:path');
-        if (!existsSync(join(o.dataDir as string, 'localrec.sqlite'))) {
-          throw new ValidationError('--catalog', `is required: ${o.dataDir as string} holds no model yet, and the first start builds it from the catalog (localrec serve --catalog catalog.json)`);
-        }
+        if (!existsSync(join(o.dataDir as string, 'localrec.sqlite'))) throw noModel();
       }
       const perMinute = o.rateLimit as number;
       const crash = process.env.LOCALREC_FAULT;
@@ -199,6 +208,11 @@ export function register(program: Command): void {
         ...(crash === 'kill-before-publish-commit'
           ? { sqlite: { beforeCommit: (what: string) => void (what === 'publish' && process.kill(process.pid, 'SIGKILL')) } }
           : {}),
+      }).catch((e: unknown) => {
+        // A store that is there but holds no model (a start that failed before storing one): the
+        // catalog is what is missing, said in the flag's words.
+        if (typeof o.catalog !== 'string' && e instanceof ValidationError && e.field === 'options.initialTable') throw noModel();
+        throw e;
       });
       const cfg = server.rounds.config;
       const sa = cfg.secureAggregation;
@@ -246,6 +260,8 @@ export function budgetNote(noiseMultiplier: number, syncs: number): string {
 function checkServeFlags(o: Record<string, unknown>): void {
   const port = o.port as number;
   if (!(Number.isInteger(port) && port >= 0 && port <= 65535)) throw new ValidationError('--port', `must be 0..65535 (0 = any free port), got ${port}`);
+  const backlog = o.backlog as number;
+  if (!(Number.isInteger(backlog) && backlog >= 1)) throw new ValidationError('--backlog', `must be a whole number ≥ 1, got ${backlog}`);
   const dim = o.dim as number;
   if (!(Number.isInteger(dim) && dim >= 1 && dim <= 64)) throw new ValidationError('--dim', `must be a whole number from 1 to 64, got ${dim}`);
   const noise = o.noise as number;

@@ -45,6 +45,9 @@ function sqlite(): typeof Database {
 /** Next to the database: the file whose exclusive lock says which process serves the data dir. */
 export const LOCK_FILE = 'localrec.lock';
 
+/** The database's file name in a data dir. */
+export const SQLITE_FILE = 'localrec.sqlite';
+
 /**
  * Takes the data dir's lock for this process's life: a small SQLite file under `locking_mode =
  * EXCLUSIVE`, written once, so that SQLite holds its exclusive lock until the connection closes.
@@ -115,7 +118,7 @@ export class SqliteStorage implements Storage {
     } catch (e) {
       throw new StorageError(`cannot create data dir ${dataDir}: ${(e as Error).message}`);
     }
-    return new SqliteStorage(join(dataDir, 'localrec.sqlite'), options);
+    return new SqliteStorage(join(dataDir, SQLITE_FILE), options);
   }
 
   constructor(path: string, options: SqliteStorageOptions = {}) {

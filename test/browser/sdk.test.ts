@@ -382,13 +382,25 @@ describe('SDK in Chromium', () => {
         () => 'started',
         (e: Error) => `${e.name}: ${e.message}`,
       );
+      // Without wasmPaths the binaries are missing: forced, refused saying so; probed, another backend, and the reason says why not wasm.
+      const forced = await createRecommender({ catalog, backend: 'wasm', dbName: 'wasm-missing', autoTrainEvery: 0 }).then(
+        () => 'started',
+        (e: Error) => `${e.name}: ${e.message}`,
+      );
+      const probedRec = await createRecommender({ catalog, dbName: 'wasm-missing', autoTrainEvery: 0 });
+      const probed = await probedRec.stats();
+      await probedRec.erase();
       const rec = await createRecommender({ catalog, backend: 'wasm', dbName: 'wasm-paths', autoTrainEvery: 0, wasmPaths: '/node_modules/@tensorflow/tfjs-backend-wasm/dist/' });
       const stats = await rec.stats();
       const recs = await rec.recommend({ k: 3 });
       await rec.erase();
-      return { refused, backend: stats.backend, recs: recs.length };
+      return { refused, forced, probed: { backend: probed.backend, reason: probed.backendReason }, backend: stats.backend, recs: recs.length };
     }, CATALOG);
     assert.match(result.refused, /^ValidationError: options\.wasmPaths: must be a folder URL ending in '\/'/);
+    const why = 'did not start (are the tfjs-backend-wasm*.wasm files served next to the worker, or at options.wasmPaths?)';
+    assert.equal(result.forced, `ModelError: backend "wasm" is not available here: ${why}`);
+    assert.notEqual(result.probed.backend, 'wasm');
+    assert.ok(result.probed.reason.startsWith('probed: ') && result.probed.reason.includes(`wasm ${why}`), result.probed.reason);
     assert.equal(result.backend, 'wasm');
     assert.equal(result.recs, 3);
     await page.close();

@@ -193,6 +193,11 @@ describe('Engine', () => {
     await assert.rejects(e.recommend({ exclude: 'everything' as never }), /options\.exclude/);
     await e.erase();
     await assert.rejects(Engine.create({ ...base, catalog: { items: [{ id: 'a' }, { id: 'a' }] } }), /options\.catalog\.items\[1\]\.id: duplicate id "a"/);
+    // A misspelt field is refused, not dropped (reasons would show the raw id for a `name`).
+    await assert.rejects(
+      Engine.create({ ...base, catalog: { items: [{ id: 'a', title: 'A' }, { id: 'b', name: 'Red mug' } as never] } }),
+      /^ValidationError: options\.catalog\.items\[1\]\.name: is not a catalog item field \(known: id, title, category, price, popularity\)$/,
+    );
     await assert.rejects(Engine.create({ ...base, autoTrainEvery: -1 }), /options\.autoTrainEvery/);
     await assert.rejects(Engine.create({ ...base, model: { dim: 500 } }), /options\.model\.dim/);
     await assert.rejects(Engine.create({ ...base, model: { sessionDecay: 0 } }), /options\.model\.sessionDecay: must be a number in \(0, 1\]/);

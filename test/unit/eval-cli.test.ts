@@ -75,6 +75,11 @@ test('option errors name the option and the allowed values', async () => {
   // event=rating reads the weight as stars: without a weight column every row is a 1-star rating.
   await fails({ data: EVENTS, user: 'user', item: 'item', models: 'popular,localrec:event=rating' }, '--weight', /localrec:event=rating reads each row's weight as its stars; name the rating column with --weight/);
   await fails({ format: 'lines', train: TRAIN, test: TEST, models: 'localrec:event=rating' }, '--models', /--format lines has no weights/);
+  // confidence=weight without a weight column: every row weighs 1, i.e. confidence=none.
+  await fails({ data: EVENTS, user: 'user', item: 'item', models: 'popular,ease:confidence=weight' }, '--weight', /ease:confidence=weight weighs each row by its weight; name the weight column with --weight/);
+  await fails({ data: EVENTS, user: 'user', item: 'item', models: 'ease', confidence: 'weight' }, '--weight', /ease with --confidence weight weighs each row by its weight/);
+  await fails({ format: 'lines', train: TRAIN, test: TEST, models: 'ease:confidence=weight' }, '--models', /--format lines has no weights/);
+  await fails({ format: 'lines', train: TRAIN, test: TEST, models: 'ease', confidence: 'weight' }, '--confidence', /--format lines has no weights/);
   // Nobody to measure: an error, not zeros and exit 0.
   const few = write('few.csv', ['user,item', 'u1,a', 'u1,b', 'u2,a'].join('\n'));
   await fails({ data: few, user: 'user', item: 'item' }, '--data', /has no test users: leave-one-out needs a user with at least 3 distinct items \(2 users read\)/);

@@ -103,11 +103,15 @@ test('lines: given split, dedup, recency by position, users only in test', async
   assert.deepEqual([...s.train.recency.subarray(s.train.ptr[0], s.train.ptr[1])], [2, 3, 1, 0]);
   assert.deepEqual([...s.train.count.subarray(s.train.ptr[0], s.train.ptr[1])], [2, 1, 1, 1]);
   // u2's only test item, b, is on its training line (every model masks it: it could never be hit):
-  // left out, and u2 is not tested; u1's b likewise.
-  assert.deepEqual([...s.testUsers], [0, 2]);
+  // left out, and u2 is not tested; u1's b likewise. u3 has no training line, no history to rank
+  // from (every model would rank alike for it): not tested either.
+  assert.deepEqual([...s.testUsers], [0]);
+  assert.equal(s.test.ptr[3] - s.test.ptr[2], 0);
   assert.deepEqual([...s.test.items.subarray(s.test.ptr[0], s.test.ptr[1])].map((i) => s.itemIds[i]), ['e']);
   assert.equal(s.train.ptr[3] - s.train.ptr[2], 0);
   await assert.rejects(loadLinesSplit(file('t1.txt', 'u1 a\nu2\n'), testFile), (e: unknown) => isValidationError(e) && e.field === 't1.txt:2:2');
+  // An empty training file: refused, not metrics of nobody (they printed HR 1).
+  await assert.rejects(loadLinesSplit(file('empty.txt', '\n'), testFile), /^ValidationError: options\.train: '.*empty\.txt' holds no training lines/);
 });
 
 test('csv: a line of spaces or of empty cells is skipped, like an empty one; a short record is named', async () => {

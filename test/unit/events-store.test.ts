@@ -135,6 +135,46 @@ describe('IndexedDB schema upgrade', () => {
   });
 });
 
+describe('a connection that neither closes nor answers (code other than localrec holding the database)', () => {
+  it('an open it blocks is refused after the grace period, and openEventStore falls back to memory', async () => {
+    const name = 'blocked-open';
+    const v1 = await openDB(name, 1, {
+      upgrade(db) {
+        db.createObjectStore('events', { keyPath: 'id', autoIncrement: true }).createIndex('t', 't');
+      },
+    });
+    v1.add('events', ev('a', now)).catch(() => undefined);
+    // v1 has no versionchange handler: it never closes, and the upgrade to this code's schema waits.
+    await assert.rejects(IdbEventStore.open(name), (e: Error) => {
+      assert.equal(e.name, 'StorageError');
+      assert.match(e.message, /^opening IndexedDB database "blocked-open" failed: it is blocked by another connection of this site \(code other than localrec holding a database of that name open without closing it\)$/);
+      return true;
+    });
+    // A second open, queued behind the first, hears no `blocked` of its own: refused for its silence.
+    const fallback = await openEventStore(name, { maxEvents: 10, maxAgeDays: 10 });
+    assert.equal(fallback.kind, 'memory');
+    assert.match((fallback as MemoryEventStore).fallbackReason?.message ?? '', /blocked by another connection/);
+    // Once the blocker closes, the queued upgrades go through (their late connections closed) and the events are there.
+    v1.close();
+    const s = await IdbEventStore.open(name);
+    assert.deepEqual((await s.all()).map((e) => e.itemId), ['a']);
+    await s.destroy();
+  });
+
+  it('a deletion it blocks is refused after the grace period, naming why; the data goes once it closes', async () => {
+    const name = 'blocked-delete';
+    const s = await IdbEventStore.open(name);
+    await s.add([ev('a', now)]);
+    const holder = await openDB(name); // the current version: no upgrade, and it ignores versionchange
+    await assert.rejects(s.destroy(), /^StorageError: deleting IndexedDB database "blocked-delete" is blocked by another connection of this site .*; its data stays until that connection closes, and the deletion, still queued, goes through then$/);
+    assert.equal(await holder.count('events'), 1, 'nothing is deleted while it is held');
+    holder.close();
+    await new Promise((r) => setTimeout(r, 50));
+    const names = (await indexedDB.databases()).map((d) => d.name);
+    assert.ok(!names.includes(name), 'the queued deletion went through once the holder closed');
+  });
+});
+
 describe('openEventStore', () => {
   it('falls back to memory when IndexedDB cannot be opened', async () => {
     const g = globalThis as { indexedDB?: unknown };

@@ -122,6 +122,11 @@ describe('localrec offers fit-affinity', () => {
       cli('offers-eval', '--data', path('orders.csv.gz'), '--affinity', 'history', '--publish-every-days', '7'),
       (e: unknown) => isValidationError(e) && e.field === '--publish-every-days' && /applies to --affinity learned only/.test(e.message),
     );
+    // One offer per category, however many: --groups would do nothing.
+    await assert.rejects(
+      cli('offers-eval', '--data', path('orders.csv.gz'), '--granularity', 'categories', '--groups', '5'),
+      (e: unknown) => isValidationError(e) && e.field === '--groups' && /applies to --granularity items or groups only \(got categories\)/.test(e.message),
+    );
     await writeFile(path('empty.csv'), 'invoice,stock_code,description,quantity,timestamp,unit_price,customer_id,country\nC1,100,RED MUG,-1,1291191960,2.5,A,UK\n');
     await assert.rejects(
       cli('offers', 'fit-affinity', '--data', path('empty.csv'), '--catalog', path('offers.json'), '--out', path('x.json')),
@@ -136,5 +141,21 @@ describe('localrec offers fit-affinity', () => {
       cli('offers', 'fit-affinity', '--data', path('orders.csv.gz'), '--catalog', path('missing.json'), '--out', path('x.json')),
       (e: unknown) => isValidationError(e) && e.field === '--catalog' && /cannot read/.test(e.message),
     );
+    // A JSON mistake is one line, though V8 quotes the text around it with its line breaks.
+    await cli('offers', 'keygen', '--out', path('keys-bad'));
+    await writeFile(path('broken.json'), '{\n  "version": oops,\n  "offers": []\n}\n');
+    await assert.rejects(
+      cli('offers', 'sign', '--key', path('keys-bad/private.jwk'), '--catalog', path('broken.json'), '--out', path('x.json')),
+      (e: unknown) => isValidationError(e) && e.field === '--catalog' && /broken\.json is not JSON: .*oops/.test(e.message) && !/[\r\n]/.test(e.message),
+    );
+    // offers sign's own output given again: said so, not "catalog.version: must be a finite number, got nothing".
+    await cli('offers', 'sign', '--key', path('keys-bad/private.jwk'), '--catalog', path('offers.json'), '--out', path('signed-once.json'));
+    for (const command of [['sign', '--key', path('keys-bad/private.jwk')], ['fit-affinity', '--data', path('orders.csv.gz')]]) {
+      await assert.rejects(
+        cli('offers', ...command, '--catalog', path('signed-once.json'), '--out', path('x.json')),
+        (e: unknown) => isValidationError(e) && e.field === '--catalog' && /signed-once\.json is already signed \(an \{ alg, catalog, signature \} envelope\); give the unsigned catalog/.test(e.message),
+        command[0],
+      );
+    }
   });
 });

@@ -48,7 +48,7 @@ import { decodeModel, encodeModel, toHex } from '../../src/federated/wire.js';
 import { Random } from '../../src/model/random.js';
 import { createServer, MemoryStorage, RoundCoordinator } from '../../src/server/index.js';
 import { assertKeptAnHourAfterEnd, DIM, exerciseCohortLeave, honestUpdate, IDS, initialTable, shopperHistory } from './server-helpers.js';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { MemoryCohortStore, type CohortStore } from '../../src/server/cohorts.js';
@@ -1066,6 +1066,14 @@ test('recovery shares: refused outside recovery, from a member that owes none, w
     const js = await cohort();
     const share = (m: { cohort: string; index: number }, n = 1) => call(`/v1/secagg/cohorts/${m.cohort}/members/${m.index}/recovery`, new Uint8Array(16 * n), undefined);
     assert.deepEqual(await reason(await share(js[0]!)), [409, 'unknown-cohort'], 'not recovering yet');
+    // A body over degree × 16 bytes is 413 oversized before anything else, as docs/protocol.md's rows say.
+    const rows = readFileSync(new URL('../../docs/protocol.md', import.meta.url), 'utf8').split('\n');
+    for (const round of ['confirm', 'ready', 'recovery']) {
+      const over = call(`/v1/secagg/cohorts/${js[0]!.cohort}/members/0/${round}`, new Uint8Array(sa.degree * 16 + 1), js[0]!.token);
+      assert.deepEqual(await reason(await over), [413, 'oversized'], round);
+      const row = rows.find((l) => l.startsWith(`| POST | \`/v1/secagg/cohorts/:id/members/:i/${round === 'ready' ? 'confirm' : round}\``));
+      assert.match(row ?? '', /`413 oversized` for a body over `degree` × 16 bytes \(checked first/, `${round}: documented`);
+    }
     for (const m of js.slice(0, 3)) assert.equal((await upload(m)).status, 202);
     t += 1_500; // member 3 never uploads: recovery
     const view = (await (await call(`/v1/secagg/cohorts/${js[0]!.cohort}`)).json()) as { status: string; dropped: number[] };

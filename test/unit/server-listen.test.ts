@@ -7,7 +7,7 @@
 import { strict as assert } from 'node:assert';
 import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
-import { connect } from 'node:net';
+import { connect, createServer as createNetServer, type AddressInfo } from 'node:net';
 import { test } from 'node:test';
 import { isValidationError, ValidationError } from '../../src/errors.js';
 import { DEFAULT_BACKLOG, MemoryStorage, startServer } from '../../src/server/index.js';
@@ -124,7 +124,54 @@ test('a port in use, or a host that cannot be bound, is refused naming the optio
     const port = Number(new URL(first.url).port);
     await assert.rejects(startServer({ port, dataDir: null, initialTable: initialTable(), log: () => {} }), (e: unknown) => isValidationError(e) && e.field === 'options.port' && new RegExp(`^options\\.port: ${port} on 127\\.0\\.0\\.1 is in use`).test((e as Error).message));
     await assert.rejects(startServer({ port: 0, host: '999.1.1.1', dataDir: null, initialTable: initialTable(), log: () => {} }), (e: unknown) => isValidationError(e) && e.field === 'options.host' && /cannot listen on '999\.1\.1\.1'/.test((e as Error).message));
+    // An empty host would listen on every interface (and name no URL): refused before anything starts.
+    await assert.rejects(startServer({ port: 0, host: '', dataDir: null, initialTable: initialTable(), log: () => {} }), (e: unknown) => isValidationError(e) && e.message === "options.host: must be an address or host name to listen on, got \"\"");
   } finally {
     await first.close();
+  }
+});
+
+test('the port is bound before the store is opened: a request that comes meanwhile waits for the server, or gets 503 when its start fails', async () => {
+  /** A free port (taken and let go: nothing else on this machine picks it in between, in practice). */
+  const freePort = () =>
+    new Promise<number>((resolve) => {
+      const s = createNetServer().listen(0, '127.0.0.1', () => {
+        const { port } = s.address() as AddressInfo;
+        s.close(() => resolve(port));
+      });
+    });
+  /** A store whose first read waits for `open` (as a slow database would), then fails with `fail`. */
+  const slowStore = (fail?: Error) => {
+    let open!: () => void;
+    const opened = new Promise<void>((r) => (open = r));
+    const storage = new (class extends MemoryStorage {
+      override async latest() {
+        await opened;
+        if (fail) throw fail;
+        return super.latest();
+      }
+    })();
+    return { storage, open };
+  };
+  for (const fail of [undefined, new Error('the store is down')]) {
+    const port = await freePort();
+    const { storage, open } = slowStore(fail);
+    const starting = startServer({ port, storage, initialTable: initialTable(), log: quiet }).then((server) => ({ server }), (error: Error) => ({ error }));
+    // The store is not open yet, yet the port answers once the server is built.
+    let answered = false;
+    const health = fetch(`http://127.0.0.1:${port}/v1/health`).then((r) => ((answered = true), r));
+    await new Promise((r) => setTimeout(r, 100));
+    assert.equal(answered, false, 'no answer before the server is built');
+    open();
+    const r = await health;
+    const started = await starting;
+    if ('server' in started) {
+      assert.equal(r.status, 200);
+      await started.server.close();
+    } else {
+      assert.equal(started.error, fail);
+      assert.deepEqual([r.status, ((await r.json()) as { reason: string }).reason, r.headers.get('retry-after')], [503, 'storage-unavailable', '30']);
+      await assert.rejects(fetch(`http://127.0.0.1:${port}/v1/health`), 'the port is let go');
+    }
   }
 });

@@ -8,7 +8,7 @@ import { buildClientUpdate } from '../../src/federated/client-update.js';
 import { decodeModel, decodeUpdate, dequantizeUpdate, encodeUpdate, levelsFor } from '../../src/federated/wire.js';
 import { Command } from 'commander';
 import { StorageError, ValidationError } from '../../src/errors.js';
-import { rateLimitFlag, register } from '../../src/server/serve-command.js';
+import { rateLimitFlag, readCatalogFile, register } from '../../src/server/serve-command.js';
 import { checkUpdate, createApp, MemoryStorage, normBound, REJECT_STATUS, startServer, type RejectReason } from '../../src/server/index.js';
 import { rateLimitKey } from '../../src/server/rate-limit.js';
 import { honestUpdate, initialTable, post, pull, quiet, spawnServe, trained, IDS, DIM } from './server-helpers.js';
@@ -58,6 +58,8 @@ test('every rejection reason answers its 4xx with { error, reason }', async () =
     const wrongShape = buildClientUpdate(fewer, trained(fewer, 2), { baseHash: v0.hash, clip: 1, noiseMultiplier: 0, bits: v0.config.bits });
     expectReject(await post(server.url, wrongShape.bytes), 'wrong-shape');
     expectReject(await post(server.url, patch(good, (dv) => dv.setFloat32(80, NaN, true))), 'non-finite');
+    // Malformed is checked before non-finite (docs/protocol.md): non-zero padding bits win.
+    expectReject(await post(server.url, patch(good, (dv) => (dv.setFloat32(80, NaN, true), dv.setUint8(good.length - 1, 0xff)))), 'malformed');
     expectReject(await post(server.url, honestUpdate(v0, 3, { clip: 2 })), 'config-mismatch');
     expectReject(await post(server.url, honestUpdate(v0, 3, { noiseMultiplier: 0.5 })), 'config-mismatch');
     // Clipped at 100, then relabelled as clipped at 1: the server sees the norm.
@@ -285,6 +287,8 @@ test('localrec serve --rate-limit refuses a negative value, naming the flag, ins
 test('localrec serve checks its flags in their own words and units before starting anything', async () => {
   const cases: Array<[string[], RegExp]> = [
     [['--port', '70000'], /^--port: must be 0\.\.65535/],
+    // Checked before the store is opened (it was checked only once version 0 was stored).
+    [['--backlog', '0'], /^--backlog: must be a whole number ≥ 1, got 0$/],
     [['--dim', '65'], /^--dim: must be a whole number from 1 to 64, got 65$/],
     [['--noise', '-1'], /^--noise: must be a number ≥ 0/],
     [['--secure-aggregation', '--cohort-timeout', '-5'], /^--cohort-timeout: must be a number of seconds from 0\.001 to 86400 \(a day; devices refuse longer\), got -5$/],
@@ -351,6 +355,24 @@ test('localrec serve checks its flags in their own words and units before starti
   await assert.rejects(startServer({ port: 0, dataDir: null, initialTable: huge, log: quiet }), (e: unknown) =>
     e instanceof ValidationError && e.field === 'options.dim' && /9724 trained rows × dim 32 do not fit an update of 65536 bytes even at 2 bits/.test(e.message),
   );
+});
+
+test('serve --catalog refuses a popularity the SDK would refuse (not read as 0), and says why a file is not JSON on one line', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'lr-serve-catalog-'));
+  try {
+    const file = join(dir, 'catalog.json');
+    for (const [raw, got] of [['"2035"', '"2035"'], ['-1', '-1'], ['null', 'null'], ['1e999', 'Infinity']]) {
+      writeFileSync(file, `{ "items": [{ "id": "a", "popularity": 3 }, { "id": "b", "popularity": ${raw} }] }`);
+      await assert.rejects(readCatalogFile(file), (e: unknown) =>
+        e instanceof ValidationError && e.field === 'catalog.items[1].popularity' && e.message === `catalog.items[1].popularity: must be a finite number ≥ 0, got ${got}`, raw);
+    }
+    writeFileSync(file, JSON.stringify({ items: [{ id: 'a', popularity: 3 }, { id: 'b' }, 'c'] }));
+    assert.deepEqual(await readCatalogFile(file), { ids: ['a', 'b', 'c'], popularity: [3, 0, 0] }, 'no popularity is 0');
+    writeFileSync(file, '{\n  "items": [\n    x\n  ]\n}\n');
+    await assert.rejects(readCatalogFile(file), (e: unknown) => e instanceof ValidationError && e.field === '--catalog' && /cannot read .* as JSON: /.test(e.message) && !/[\r\n]/.test(e.message));
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
 
 test('property: no body crashes the server; every bad body gets a 4xx JSON reason', async () => {

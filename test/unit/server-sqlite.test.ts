@@ -4,8 +4,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import Database from 'better-sqlite3';
-import { StorageError } from '../../src/errors.js';
-import { startServer, SqliteStorage } from '../../src/server/index.js';
+import { Command } from 'commander';
+import { StorageError, ValidationError } from '../../src/errors.js';
+import { createServer, startServer, SqliteStorage, type RobustName, type ServerOptions } from '../../src/server/index.js';
+import { register as registerServe } from '../../src/server/serve-command.js';
 import { StorageConflictError } from '../../src/server/storage.js';
 import { honestUpdate, initialTable, post, pull, quiet, spawnServe, DIM, IDS } from './server-helpers.js';
 
@@ -152,6 +154,52 @@ test('an explicit --data-dir wins over LOCALREC_DATABASE_URL from the environmen
   } finally {
     c.proc.kill('SIGTERM');
     await c.exited;
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('a refused start leaves nothing in the data dir: a bad option, backlog or a port in use stores no version 0 that a corrected start could not change', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'localrec-sqlite-refused-'));
+  const busy = await startServer({ port: 0, dataDir: null, initialTable: initialTable(), log: quiet });
+  try {
+    const data = join(dir, 'data');
+    const port = Number(new URL(busy.url).port);
+    const cases: Array<[ServerOptions, RegExp]> = [
+      [{ port: 0, robust: 'foo' as RobustName }, /^ValidationError: options\.robust: must be/],
+      [{ port: 0, rateLimit: { perMinute: 60, burst: 0 } }, /^ValidationError: options\.rateLimit\.burst:/],
+      [{ port: 0, backlog: 0 }, /^ValidationError: options\.backlog: must be a positive integer/],
+      [{ port: 0, shutdownGraceMs: -1 }, /^ValidationError: options\.shutdownGraceMs:/],
+      [{ port }, new RegExp(`^ValidationError: options\\.port: ${port} on 127\\.0\\.0\\.1 is in use`)],
+    ];
+    for (const [opts, re] of cases) {
+      await assert.rejects(startServer({ dataDir: data, initialTable: initialTable(IDS, 32), log: quiet, ...opts }), re, JSON.stringify(opts));
+      assert.equal(existsSync(data), false, `${JSON.stringify(opts)}: nothing created`);
+    }
+    // The corrected start is free to pick another shape.
+    const ok = await startServer({ port: 0, dataDir: data, initialTable: initialTable(IDS, 8), log: quiet });
+    assert.equal(ok.rounds.config.dim, 8);
+    await ok.close();
+  } finally {
+    await busy.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('a data dir without a model: createServer without a table creates nothing, and serve without --catalog names --catalog, on an empty database too', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'localrec-sqlite-nomodel-'));
+  try {
+    const fresh = join(dir, 'fresh');
+    await assert.rejects(createServer({ dataDir: fresh, log: quiet }), (e: unknown) => e instanceof ValidationError && e.field === 'options.initialTable');
+    assert.equal(existsSync(fresh), false, 'no database or lock file was created');
+    // An empty database (a start that failed before storing a model) holds no model either.
+    const empty = join(dir, 'empty');
+    await SqliteStorage.open(empty).close();
+    const program = new Command().exitOverride();
+    registerServe(program);
+    await assert.rejects(program.parseAsync(['node', 'localrec', 'serve', '--port', '0', '--data-dir', empty]), (e: unknown) =>
+      e instanceof ValidationError && e.message === `--catalog: is required: ${empty} holds no model yet, and the first start builds it from the catalog (localrec serve --catalog catalog.json)`,
+    );
+  } finally {
     rmSync(dir, { recursive: true, force: true });
   }
 });

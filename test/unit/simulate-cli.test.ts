@@ -8,7 +8,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { noiseForSyncs } from '../../src/federated/dp.js';
-import { runSimulate, type SimulateCommandOptions } from '../../src/federated/simulate-command.js';
+import { Command } from 'commander';
+import { register, runSimulate, type SimulateCommandOptions } from '../../src/federated/simulate-command.js';
 import { isValidationError } from '../../src/errors.js';
 import { updateByteLength } from '../../src/federated/wire.js';
 import { Random } from '../../src/model/random.js';
@@ -164,6 +165,44 @@ describe('localrec simulate (command)', () => {
     assert.match(r.err, new RegExp(`--noise auto: σ = ${last.noiseMultiplier}, the smallest at which a device can sync in all 2 rounds within ε = 6`));
     await assert.rejects(run({ noise: 'auto', budget: 'none' }), (e: unknown) => isValidationError(e) && /--noise: auto needs a finite --budget/.test((e as Error).message));
     await assert.rejects(run({ noise: 'loud' }), (e: unknown) => isValidationError(e) && /--noise: must be a number ≥ 0 or 'auto', got 'loud'/.test((e as Error).message));
+  });
+
+  it('says in flag terms when the data set has too few devices for secure aggregation, and warns when no round was published', async () => {
+    const { inFlagTerms } = await import('../../src/cli.js');
+    const program = new Command();
+    register(program);
+    const cmd = program.commands.find((c) => c.name() === 'simulate');
+    const refused = async (o: Partial<SimulateCommandOptions>, re: RegExp) => {
+      const e = await run(o).then(
+        () => assert.fail('not refused'),
+        (err: unknown) => err as Error,
+      );
+      assert.ok(isValidationError(e), String(e));
+      assert.match(inFlagTerms(e.message, cmd), re);
+    };
+    // 60 devices: 100 per round is capped at 60, which is no multiple of the cohort (it said "got 60", a value nobody gave).
+    await refused({ secureAggregation: true, minClients: '50', clientsPerRound: '100', rounds: '1' }, /^--clients-per-round: is 100, but the data set has only 60 devices; with secure aggregation a round is whole cohorts of 50, e\.g\. 50$/);
+    await refused({ secureAggregation: true, minClients: '70', clientsPerRound: '70', rounds: '1' }, /^--min-clients: the data set has only 60 devices, fewer than the secure-aggregation cohort size \(70\)$/);
+    // Devices with one training item cannot send: a cohort could never fill.
+    const few = join(dir, 'few.csv');
+    const rows = ['user,item,t'];
+    for (let u = 0; u < 30; u++) for (let t = 0; t < 5; t++) rows.push(`u${u},i${(u + t) % 8},${t}`);
+    for (let u = 30; u < 70; u++) rows.push(`u${u},i${u % 8},0`);
+    await writeFile(few, rows.join('\n') + '\n');
+    await refused({ data: few, secureAggregation: true, minClients: '10', clientsPerRound: '40', rounds: '1' }, /^--clients-per-round: a round under secure aggregation needs 40 devices that can send, but only 30 of the data set's 70 have the 2 distinct training items/);
+    await refused({ data: few, secureAggregation: true, minClients: '35', clientsPerRound: '35', rounds: '1' }, /^--min-clients: a round under secure aggregation needs 35 devices/);
+    // Without secure aggregation the updates of later rounds count too; a run that never publishes says so.
+    const { lines, err } = await run({ minClients: '100', clientsPerRound: '20', rounds: '1' });
+    assert.equal(lines.at(-1)!.version, 0);
+    assert.match(err, /warning: no round was published \(the model is still version 0\): the server publishes once 100 updates are in, and this run sent 20/);
+  });
+
+  it('--help says what --server memory is: the app called in process, no sockets', () => {
+    const program = new Command();
+    register(program);
+    const help = program.commands.find((c) => c.name() === 'simulate')!.helpInformation().replace(/\s+/g, ' ');
+    assert.match(help, /--server <where> memory \(the server's app, in memory, called in process: no sockets, no port\)/);
+    assert.doesNotMatch(help, /127\.0\.0\.1/);
   });
 
   it('refuses --noise 0 with a finite budget, and bad values, naming the option', async () => {

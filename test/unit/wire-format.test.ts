@@ -143,6 +143,11 @@ test('specific corruptions name their reason', () => {
   assert.equal(reason(mut((_, dv) => dv.setUint32(8, 0xffffffff, true))), 'truncated'); // declares a huge table: no allocation
   const lastScale = 80 + 4 * scaleCount(5, 3, 8);
   assert.equal(reason(mut((b) => (b[lastScale] = 0b111))), 'bad-code'); // code 7 > 2L = 6
+  // Malformed wins over non-finite (docs/protocol.md's order), whichever comes first in the body.
+  assert.equal(reason(mut((b, dv) => (dv.setFloat32(80, NaN, true), (b[b.length - 1] = 0xff)))), 'bad-code'); // padding
+  assert.equal(reason(mut((b, dv) => (dv.setFloat32(80, Infinity, true), (b[lastScale] = 0b111)))), 'bad-code'); // code
+  assert.equal(reason(mut((_, dv) => (dv.setFloat32(80, NaN, true), dv.setFloat32(84, -1, true)))), 'bad-code'); // negative scale
+  assert.equal(reason(mut((_, dv) => dv.setFloat32(84, -Infinity, true))), 'non-finite');
 });
 
 test('property: arbitrary bytes never make the decoders throw anything but WireFormatError', () => {

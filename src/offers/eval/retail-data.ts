@@ -2,9 +2,10 @@
  * Loads the UCI Online Retail invoice lines (gzip CSV) into baskets. Node only (node:fs, node:zlib):
  * used by `localrec offers-eval`, never by the browser modules.
  */
+import { basename } from 'node:path';
 import { parse } from 'csv-parse';
 import { ValidationError } from '../../errors.js';
-import { parseTime as parseTimeCell, readTime } from '../../eval/csv-loader.js';
+import { cell, parseTime } from '../../eval/csv-loader.js';
 import { openText } from '../../eval/open-text.js';
 import type { CatalogItem } from '../../types.js';
 import { retailCategory } from '../retail-categories.js';
@@ -46,7 +47,9 @@ const COLUMNS = {
 
 /**
  * Read the CSV, keep rows with a customer id, an invoice not starting with `C`, and quantity > 0,
- * and group them into baskets by invoice.
+ * and group them into baskets by invoice. Any other row must be whole: a row with the wrong number
+ * of fields, or an empty item, an unreadable quantity, time or price, or a negative price, is
+ * refused naming `file:line[:column]`, as `localrec eval` refuses it (src/eval/csv-loader.ts).
  *
  * @example
  * ```ts
@@ -54,9 +57,11 @@ const COLUMNS = {
  * ```
  */
 export async function loadRetailData(path: string, onProgress?: (rowsRead: number) => void, field = 'options.data'): Promise<RetailData> {
+  const name = basename(path);
   // openText: a missing or unreadable file is a ValidationError naming it, gzip is told by its bytes.
   const input = await openText(path, field);
-  const parser = parse({ columns: true, skip_empty_lines: true, relax_column_count: true });
+  // Lengths are checked below, after blank records are skipped, as `localrec eval` does.
+  const parser = parse({ info: true, skip_empty_lines: true, bom: true, relax_column_count: true });
   input.on('error', (e) => parser.destroy(e));
   input.pipe(parser);
 
@@ -65,40 +70,51 @@ export async function loadRetailData(path: string, onProgress?: (rowsRead: numbe
   const prices = new Map<string, number[]>();
   let read = 0;
   let kept = 0;
-  let col: Record<keyof typeof COLUMNS, string> | undefined;
-  const rows = (async function* () {
-    try {
-      yield* parser as AsyncIterable<Record<string, string>>;
-    } catch (e) {
-      // A truncated gzip file, a CSV syntax error: named, not a stack trace.
-      throw e instanceof ValidationError ? e : new ValidationError(field, `cannot read '${path}': ${(e as Error).message}`);
+  let header: string[] | undefined;
+  let col: Record<keyof typeof COLUMNS, number> | undefined;
+  try {
+    for await (const { record, info } of parser as AsyncIterable<{ record: string[]; info: { lines: number } }>) {
+      if (record.every((c) => c.trim() === '')) continue;
+      if (!header || !col) {
+        header = record.map((h) => h.trim());
+        col = resolveColumns(header, name, field);
+        continue;
+      }
+      if (record.length !== header.length) throw new ValidationError(`${name}:${info.lines}`, `has ${record.length} fields, the header has ${header.length}`);
+      read++;
+      if (read % 100_000 === 0) onProgress?.(read);
+      const at = (c: number): string => `${name}:${info.lines}:${header![c]}`;
+      const invoice = (record[col.invoice] ?? '').trim();
+      const customerId = (record[col.customer] ?? '').trim();
+      if (!customerId || invoice.startsWith('C')) continue;
+      const quantity = number(record, col.quantity, at);
+      if (quantity <= 0) continue;
+      const itemId = cell(record, col.item, at);
+      const t = parseTime(cell(record, col.time, at), at(col.time)) * 1000;
+      const price = number(record, col.price, at);
+      // A refund or write-off line, not a sale: its price would drag the product's median down.
+      if (price < 0) throw new ValidationError(at(col.price), `is negative (${price}); a unit price is 0 or more`);
+      kept++;
+      let b = byInvoice.get(invoice);
+      if (!b) byInvoice.set(invoice, (b = { invoice, customerId: customerId.replace(/\.0$/, ''), t, lines: [] }));
+      b.lines.push({ itemId, quantity, price });
+      if (!titles.has(itemId)) titles.set(itemId, (record[col.description] ?? '').trim());
+      let p = prices.get(itemId);
+      if (!p) prices.set(itemId, (p = []));
+      p.push(price);
     }
-  })();
-  for await (const row of rows) {
-    read++;
-    if (read % 100_000 === 0) onProgress?.(read);
-    col ??= resolveColumns(row, path);
-    const invoice = row[col.invoice] ?? '';
-    const customerId = (row[col.customer] ?? '').trim();
-    const quantity = Number(row[col.quantity]);
-    if (!customerId || invoice.startsWith('C') || !(quantity > 0)) continue;
-    const itemId = (row[col.item] ?? '').trim();
-    const price = Number(row[col.price]);
-    const t = parseTime(row[col.time] ?? '', `${path}: ${col.time}`);
-    if (!itemId || !Number.isFinite(price) || !Number.isFinite(t)) continue;
-    kept++;
-    let b = byInvoice.get(invoice);
-    if (!b) byInvoice.set(invoice, (b = { invoice, customerId: customerId.replace(/\.0$/, ''), t, lines: [] }));
-    b.lines.push({ itemId, quantity, price });
-    if (!titles.has(itemId)) titles.set(itemId, (row[col.description] ?? '').trim());
-    let p = prices.get(itemId);
-    if (!p) prices.set(itemId, (p = []));
-    p.push(price);
+  } catch (e) {
+    if (e instanceof ValidationError) throw e;
+    const err = e as { code?: string; lines?: number; message?: string };
+    // csv-parse errors carry the line: the same file:line form. A truncated gzip file is named.
+    if (err.code?.startsWith('CSV_')) throw new ValidationError(`${name}:${err.lines ?? '?'}`, err.message ?? String(e));
+    throw new ValidationError(field, `cannot read '${path}': ${err.message ?? String(e)}`);
   }
+  if (!header) throw new ValidationError(field, `'${path}' is empty (no header line)`);
   if (kept === 0) {
     throw new ValidationError(
       field,
-      read === 0 ? `'${path}' has no data rows` : `'${path}' has no usable rows (${read} read; a kept row has a customer id, an invoice not starting with C, quantity > 0, an item, a price and a date)`,
+      read === 0 ? `'${path}' has no data rows` : `'${path}' has no usable rows (${read} read; a kept row has a customer id, an invoice not starting with C and quantity > 0)`,
     );
   }
   const baskets = [...byInvoice.values()].sort((a, b) => a.t - b.t || (a.invoice < b.invoice ? -1 : 1));
@@ -106,24 +122,22 @@ export async function loadRetailData(path: string, onProgress?: (rowsRead: numbe
   return { baskets, items, rows: { read, kept } };
 }
 
-function resolveColumns(row: Record<string, string>, path: string): Record<keyof typeof COLUMNS, string> {
-  const out = {} as Record<keyof typeof COLUMNS, string>;
+function resolveColumns(header: string[], name: string, field: string): Record<keyof typeof COLUMNS, number> {
+  const out = {} as Record<keyof typeof COLUMNS, number>;
   for (const [key, names] of Object.entries(COLUMNS) as [keyof typeof COLUMNS, readonly string[]][]) {
-    const name = names.find((n) => n in row);
-    if (!name) throw new ValidationError(`${path}: column ${key}`, `missing; expected one of ${names.join(', ')}`);
-    out[key] = name;
+    const i = header.findIndex((h) => names.includes(h));
+    if (i < 0) throw new ValidationError(field, `no ${key} column in ${name}: expected one of ${names.join(', ')} (header: ${header.join(', ')})`);
+    out[key] = i;
   }
   return out;
 }
 
-/**
- * Milliseconds from unix seconds (the shared file) or a date string (the UCI original, read as UTC:
- * `localrec eval`'s rules, src/eval/csv-loader.ts); NaN for a cell that is no time (the row is
- * skipped). A date in a form that only the machine's time zone could read is refused.
- */
-function parseTime(s: string, field: string): number {
-  const t = readTime(s);
-  return t === 'zoneless' ? parseTimeCell(s, field) : t * 1000;
+/** A numeric cell; empty or unreadable is refused naming the cell, never read as NaN and skipped. */
+function number(record: string[], i: number, at: (c: number) => string): number {
+  const s = cell(record, i, at);
+  const n = Number(s);
+  if (!Number.isFinite(n)) throw new ValidationError(at(i), `'${s}' is not a number`);
+  return n;
 }
 
 function median(xs: number[]): number {
