@@ -124,7 +124,7 @@ function deleteDatabase(name: string): Promise<void> {
         ms,
       );
     };
-    refuseIn(8000); // queued behind a blocked request: no `blocked` event of its own
+    refuseIn(15_000); // queued behind a blocked request: no `blocked` event of its own (store.ts STALLED_MS)
     req.onblocked = () => refuseIn(3000);
     req.onsuccess = () => {
       clearTimeout(timer);

@@ -141,7 +141,7 @@ export const BLOCKED_GRACE_MS = 3000;
  * How long one may wait without a word: a request queued behind another that is blocked gets no
  * `blocked` event of its own (requests on one database run in turn).
  */
-export const STALLED_MS = 8000;
+export const STALLED_MS = 15_000;
 
 /** Thrown when another connection blocks an open or a deletion (see {@link unlessBlocked}). */
 class BlockedError extends StorageError {}
