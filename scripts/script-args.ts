@@ -5,6 +5,7 @@
 import { dirname, isAbsolute, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import { oneLine } from '../src/options.js';
 
 /** The checkout: the default paths hang off it, so a script gives the same files from any folder. */
 export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
@@ -18,8 +19,7 @@ export function shown(path: string): string {
 /** A script's `die`: a mistake in the command line or a missing file is the user's to fix, so one line, no stack, exit 1. */
 export function dieAs(script: string): (message: string) => never {
   return (message) => {
-    // A JSON.parse message quotes the text around the mistake, line breaks and all.
-    process.stderr.write(`${script}: ${message.replace(/\r\n|\r|\n/g, '\\n')}\n`);
+    process.stderr.write(`${script}: ${oneLine(message)}\n`);
     process.exit(1);
   };
 }

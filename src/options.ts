@@ -5,6 +5,11 @@ import { ValidationError } from './errors.js';
  * it as well as the worker.
  */
 
+/** `text` on one line (a CLI error is one line): Node's JSON errors quote the raw text, line breaks and all. */
+export function oneLine(text: string): string {
+  return text.replace(/\r\n|\r|\n/g, '\\n');
+}
+
 /** A value as an error message shows it: strings quoted, so `"100"` is not mistaken for `100`. */
 export function describeValue(v: unknown): string {
   if (v === null || v === undefined) return String(v);

@@ -1,5 +1,6 @@
 import * as Comlink from 'comlink';
-import { ClosedError, reviveError, StorageError, syncCancelled, ValidationError } from './errors.js';
+import { ClosedError, reviveError, syncCancelled, ValidationError } from './errors.js';
+import { blockedDeletion, unlessBlocked } from './events/blocked.js';
 import { checkEventAge, DEFAULT_MAX_AGE_DAYS, validateEvent } from './events/schema.js';
 import { boolOption, checkSignal, describeValue, knownKeys, nameOption, OPTION_KEYS } from './options.js';
 import type { WorkerApi } from './engine/worker.js';
@@ -107,39 +108,25 @@ export const STARTUP_ALLOWANCE_MS = 60_000;
 function deleteDatabase(name: string): Promise<void> {
   // Without IndexedDB (private mode) nothing was stored.
   if (typeof indexedDB === 'undefined') return Promise.resolve();
-  return new Promise((resolve, reject) => {
-    const req = indexedDB.deleteDatabase(name);
-    // As the worker's store does (store.ts, unlessBlocked): a connection that never closes (code
-    // other than localrec holding that name) would block this forever; refuse after a while instead.
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const refuseIn = (ms: number) => {
-      clearTimeout(timer);
-      timer = setTimeout(
-        () =>
-          reject(
-            new StorageError(
-              `deleting IndexedDB database "${name}" is blocked by another connection of this site (code other than localrec holding a database of that name open without closing it); its data stays until that connection closes, and the deletion, still queued, goes through then`,
-            ),
-          ),
-        ms,
-      );
-    };
-    refuseIn(15_000); // queued behind a blocked request: no `blocked` event of its own (store.ts STALLED_MS)
-    req.onblocked = () => refuseIn(3000);
-    req.onsuccess = () => {
-      clearTimeout(timer);
-      if (typeof BroadcastChannel !== 'undefined') {
-        const ch = new BroadcastChannel(`localrec:${name}`);
-        ch.postMessage({ type: 'erased' });
-        ch.close();
-      }
-      resolve();
-    };
-    req.onerror = () => {
-      clearTimeout(timer);
-      reject(new ClosedError(`the localrec worker stopped, and deleting the database "${name}" from the page failed: ${req.error?.message ?? 'unknown error'}`));
-    };
-  });
+  // As the worker's store does: a connection that never closes (code other than localrec holding
+  // that name) would block this for ever; refused after a while instead (a StorageError).
+  return unlessBlocked(
+    (blocked) =>
+      new Promise<void>((resolve, reject) => {
+        const req = indexedDB.deleteDatabase(name);
+        req.onblocked = blocked;
+        req.onsuccess = () => {
+          if (typeof BroadcastChannel !== 'undefined') {
+            const ch = new BroadcastChannel(`localrec:${name}`);
+            ch.postMessage({ type: 'erased' });
+            ch.close();
+          }
+          resolve();
+        };
+        req.onerror = () => reject(new ClosedError(`the localrec worker stopped, and deleting the database "${name}" from the page failed: ${req.error?.message ?? 'unknown error'}`));
+      }),
+    blockedDeletion(name),
+  );
 }
 
 /**

@@ -1,6 +1,7 @@
 import { openDB, deleteDB, type DBSchema, type IDBPDatabase, type IDBPTransaction } from 'idb';
 import { StorageError } from '../errors.js';
 import type { EventType, StoredEvent } from '../types.js';
+import { BlockedError, blockedDeletion, blockedOpen, unlessBlocked } from './blocked.js';
 import { DEFAULT_MAX_AGE_DAYS, EVENT_SCHEMA_VERSION } from './schema.js';
 import { foldIntoLedger, ledgerKeeps, ledgerWithExpired, OFFER_LEDGER_KEY, type OfferLedger } from './offer-ledger.js';
 
@@ -134,62 +135,6 @@ function storageError(what: string, e: unknown): StorageError {
 
 /** How long a store whose database another tab deleted waits for that tab's message before it tells the engine itself. */
 export const DELETION_GRACE_MS = 1000;
-
-/** How long an open or a deletion of the database may stay blocked by another connection before it is refused. */
-export const BLOCKED_GRACE_MS = 3000;
-/**
- * How long one may wait without a word: a request queued behind another that is blocked gets no
- * `blocked` event of its own (requests on one database run in turn).
- */
-export const STALLED_MS = 15_000;
-
-/** Thrown when another connection blocks an open or a deletion (see {@link unlessBlocked}). */
-class BlockedError extends StorageError {}
-
-/**
- * Runs an IndexedDB open or deletion that another connection of the site can block. localrec's own
- * tabs close on `versionchange`, so a blocker is other code holding the same database open; rather
- * than wait on it forever, the call is refused once blocked for {@link BLOCKED_GRACE_MS}, or when it
- * has had no answer for {@link STALLED_MS} (queued behind a blocked request). `run` calls `started`
- * when the request is being served (an upgrade began: it is ours, however long it takes). The
- * request itself stays queued in the browser: a late success is handed to `late` (a connection to close).
- */
-function unlessBlocked<T>(run: (blocked: () => void, started: () => void) => Promise<T>, refusal: () => string, late?: (value: T) => void): Promise<T> {
-  return new Promise<T>((resolve, reject) => {
-    let refused = false;
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const refuseIn = (ms: number) => {
-      clearTimeout(timer);
-      timer = setTimeout(() => {
-        refused = true;
-        reject(new BlockedError(refusal()));
-      }, ms);
-    };
-    refuseIn(STALLED_MS);
-    let wasBlocked = false;
-    const blocked = () => {
-      if (wasBlocked || refused) return;
-      wasBlocked = true;
-      refuseIn(BLOCKED_GRACE_MS);
-    };
-    run(blocked, () => clearTimeout(timer)).then(
-      (v) => {
-        clearTimeout(timer);
-        if (refused) late?.(v);
-        else resolve(v);
-      },
-      (e: unknown) => {
-        clearTimeout(timer);
-        if (!refused) reject(e);
-      },
-    );
-  });
-}
-
-const blockedOpen = (name: string) => () =>
-  `opening IndexedDB database "${name}" failed: it is blocked by another connection of this site (code other than localrec holding a database of that name open without closing it)`;
-const blockedDeletion = (name: string) => () =>
-  `deleting IndexedDB database "${name}" is blocked by another connection of this site (code other than localrec holding a database of that name open without closing it); its data stays until that connection closes, and the deletion, still queued, goes through then`;
 
 /**
  * EventStore over IndexedDB (through `idb`). Schema history:

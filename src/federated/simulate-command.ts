@@ -13,7 +13,8 @@ import type { CsvFlags } from '../eval/presets.js';
 import type { Command } from 'commander';
 import { basename } from 'node:path';
 import { ValidationError } from '../errors.js';
-import { SAME_TIME, type SameTime } from '../eval/loo-split.js';
+import { checkChoice } from '../eval/eval-command.js';
+import { SAME_TIME } from '../eval/loo-split.js';
 import { MAX_K } from '../eval/top-k.js';
 import { checkOutputFile } from '../output-file.js';
 import { AGGREGATOR_NAMES, isAggregatorName } from '../server/aggregate.js';
@@ -163,10 +164,7 @@ export async function runSimulate(opts: SimulateCommandOptions, io: SimulateIo):
   const k = intIn('--k', opts.k, 1, MAX_K);
   const evalEvery = posInt('--eval-every', opts.evalEvery);
   const evalUsers = num('--eval-users', opts.evalUsers, (x) => Number.isInteger(x) && x >= 0, 'an integer ≥ 0');
-  if (opts.sameTime !== undefined && !(SAME_TIME as readonly string[]).includes(opts.sameTime)) {
-    throw new ValidationError('--same-time', `must be one of ${SAME_TIME.join(', ')}, got '${opts.sameTime}'`);
-  }
-  const sameTime = opts.sameTime as SameTime | undefined;
+  const sameTime = opts.sameTime === undefined ? undefined : checkChoice(opts.sameTime, SAME_TIME, '--same-time');
   const recencyDecay = num('--recency', opts.recency, (x) => x > 0 && x <= 1, 'in (0, 1]');
   const centralEpochs = intIn('--central-epochs', opts.centralEpochs, 1, 1000);
   const aggregator = opts.aggregator;

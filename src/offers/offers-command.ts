@@ -4,6 +4,7 @@
  */
 import type { Command } from 'commander';
 import { ValidationError } from '../errors.js';
+import { oneLine } from '../options.js';
 import { checkOutputFile, checkOutputFolder } from '../output-file.js';
 
 const GRANULARITIES = ['items', 'groups', 'categories'] as const;
@@ -165,8 +166,7 @@ async function readJson(readFile: (p: string, enc: 'utf8') => Promise<string>, p
   try {
     return JSON.parse(text);
   } catch (cause) {
-    // V8 quotes the text around the mistake, line breaks and all: escaped, the error stays one line.
-    throw new ValidationError(option, `${path} is not JSON: ${(cause as Error).message.replace(/\r\n|\r|\n/g, '\\n')}`);
+    throw new ValidationError(option, `${path} is not JSON: ${oneLine((cause as Error).message)}`);
   }
 }
 

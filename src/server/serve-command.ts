@@ -10,7 +10,7 @@ import { statSync } from 'node:fs';
 import type { Command } from 'commander';
 import { ValidationError } from '../errors.js';
 import { hasLoneSurrogate } from '../model/item-table.js';
-import { describeValue } from '../options.js';
+import { describeValue, oneLine } from '../options.js';
 
 function num(name: string, integer = false) {
   return (v: string): number => {
@@ -32,11 +32,6 @@ export function rateLimitFlag(v: string): number {
   return n;
 }
 
-/** `e`'s message on one line: Node's JSON errors quote the raw text, line breaks and all. */
-function oneLine(e: unknown): string {
-  return (e as Error).message.replace(/\s*[\r\n]+\s*/g, ' ');
-}
-
 /** Reads a catalog file: `{ items: [{ id, popularity? }] }`, or a bare array of items or ids. */
 export async function readCatalogFile(path: string): Promise<{ ids: string[]; popularity: number[] }> {
   const { readFile } = await import('node:fs/promises');
@@ -44,7 +39,7 @@ export async function readCatalogFile(path: string): Promise<{ ids: string[]; po
   try {
     raw = JSON.parse(await readFile(path, 'utf8'));
   } catch (e) {
-    throw new ValidationError('--catalog', `cannot read ${path} as JSON: ${oneLine(e)}`);
+    throw new ValidationError('--catalog', `cannot read ${path} as JSON: ${oneLine((e as Error).message)}`);
   }
   const items = Array.isArray(raw) ? raw : (raw as { items?: unknown })?.items;
   if (!Array.isArray(items) || items.length === 0) throw new ValidationError('--catalog', `${path} must hold a non-empty "items" array`);
@@ -138,7 +133,7 @@ export function register(program: Command): void {
           try {
             return JSON.parse(await readFile(file, 'utf8')) as unknown;
           } catch (e) {
-            throw new ValidationError(flag, `cannot read ${file} as JSON: ${oneLine(e)}`);
+            throw new ValidationError(flag, `cannot read ${file} as JSON: ${oneLine((e as Error).message)}`);
           }
         };
         offers = await verifyOfferCatalog(await read(o.offers, '--offers'), (await read(o.offersKey, '--offers-key')) as JsonWebKey);
@@ -158,13 +153,6 @@ export function register(program: Command): void {
       // An explicit --data-dir wins over LOCALREC_DATABASE_URL from the environment.
       const database = (o.database as string | undefined) ?? (typed('dataDir') ? undefined : process.env.LOCALREC_DATABASE_URL || undefined);
       const noModel = () => new ValidationError('--catalog', `is required: ${database !== undefined ? 'the database' : (o.dataDir as string)} holds no model yet, and the first start builds it from the catalog (localrec serve --catalog catalog.json)`);
-      if (initialTable === undefined && database === undefined) {
-        // Refused before the store is opened: opening it would leave an empty database and a lock
-        // file behind in a folder that holds no model.
-        const { existsSync } = await import('node:fs');
-        const { join } = await import('node:path');
-        if (!existsSync(join(o.dataDir as string, 'localrec.sqlite'))) throw noModel();
-      }
       const perMinute = o.rateLimit as number;
       const crash = process.env.LOCALREC_FAULT;
       const server = await startServer({
@@ -209,8 +197,9 @@ export function register(program: Command): void {
           ? { sqlite: { beforeCommit: (what: string) => void (what === 'publish' && process.kill(process.pid, 'SIGKILL')) } }
           : {}),
       }).catch((e: unknown) => {
-        // A store that is there but holds no model (a start that failed before storing one): the
-        // catalog is what is missing, said in the flag's words.
+        // A data dir without a database (createServer refuses it before opening the store, which
+        // would leave an empty database behind), or a store that holds no model: the catalog is
+        // what is missing, said in the flag's words.
         if (typeof o.catalog !== 'string' && e instanceof ValidationError && e.field === 'options.initialTable') throw noModel();
         throw e;
       });
