@@ -105,14 +105,18 @@ for (const [kind, make] of stores) {
   });
 }
 
+/** A database as schema v1 left it: events with a time index only (no itemId index, no meta store). */
+const openV1 = (name: string) =>
+  openDB(name, 1, {
+    upgrade(db) {
+      db.createObjectStore('events', { keyPath: 'id', autoIncrement: true }).createIndex('t', 't');
+    },
+  });
+
 describe('IndexedDB schema upgrade', () => {
   it('upgrades a v1 database (events with a time index only) without losing events', async () => {
     const name = 'upgrade-v1';
-    const v1 = await openDB(name, 1, {
-      upgrade(db) {
-        db.createObjectStore('events', { keyPath: 'id', autoIncrement: true }).createIndex('t', 't');
-      },
-    });
+    const v1 = await openV1(name);
     await v1.add('events', ev('a', now - 2000));
     await v1.add('events', ev('b', now - 1000, 'purchase'));
     v1.close();
@@ -138,11 +142,7 @@ describe('IndexedDB schema upgrade', () => {
 describe('a connection that neither closes nor answers (code other than localrec holding the database)', () => {
   it('an open it blocks is refused after the grace period, and openEventStore falls back to memory', async () => {
     const name = 'blocked-open';
-    const v1 = await openDB(name, 1, {
-      upgrade(db) {
-        db.createObjectStore('events', { keyPath: 'id', autoIncrement: true }).createIndex('t', 't');
-      },
-    });
+    const v1 = await openV1(name);
     v1.add('events', ev('a', now)).catch(() => undefined);
     // v1 has no versionchange handler: it never closes, and the upgrade to this code's schema waits.
     await assert.rejects(IdbEventStore.open(name), (e: Error) => {
