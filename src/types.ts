@@ -46,6 +46,7 @@ export interface SearchEvent extends EventBase {
 export interface CartEvent extends EventBase {
   type: 'add_to_cart' | 'remove_from_cart';
   itemId: string;
+  /** Units added or taken out; an add without it is one unit, a removal without it takes the whole line out. */
   quantity?: number;
 }
 export interface PurchaseEvent extends EventBase {

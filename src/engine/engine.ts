@@ -5,8 +5,8 @@ import { ledgerKeeps } from '../events/offer-ledger.js';
 import { DEFAULT_RETENTION, deleteEventDatabase, MemoryEventStore, openEventStore, quotaEvictedBy, type AddResult, type EventStore, type Retention } from '../events/store.js';
 import { EVENT_SCHEMA_VERSION } from '../events/schema.js';
 import type { AuditReport, ExportFile } from './audit-types.js';
-import { checkOffersOptions, checkVerifyKeys, chooseOffers, indexProducts, offerScopeLookup, predictAffinity, purchaseBaskets, verifyOfferCatalog, type ProductIndex } from '../offers/index.js';
-import type { OfferCatalog, OffersOptions, ShownOffer } from '../offers/types.js';
+import { canonicalJson, checkOffersOptions, checkVerifyKeys, chooseOffers, indexProducts, offerScopeLookup, predictAffinity, purchaseBaskets, SignatureError, verifySignedCatalog, type ProductIndex } from '../offers/index.js';
+import type { OfferCatalog, OffersOptions, ShownOffer, SignedOfferCatalog } from '../offers/types.js';
 import { selectBackend, type BackendChoice } from '../model/backend.js';
 import { validateCatalog } from '../model/catalog.js';
 import { checkItemTable, cloneItemTable, createItemTable, indexItems, type ItemTable } from '../model/item-table.js';
@@ -209,7 +209,7 @@ const FLUSH_DELAY_MS = 25;
 const FLUSH_MAX = 200;
 
 /** The keys {@link Engine.create} accepts: the page's options plus what the worker and tests add. */
-const ENGINE_KEYS = [...OPTION_KEYS.recommender.filter((k) => k !== 'workerUrl' && k !== 'wasmPaths'), 'backendCandidates', 'training', 'fetch', 'globalPrivacyControl', 'honorGlobalPrivacyControl', 'now', 'store', 'onConsent'];
+const ENGINE_KEYS = [...OPTION_KEYS.recommender.filter((k) => k !== 'workerUrl' && k !== 'wasmPaths' && k !== 'workerTimeoutMs'), 'backendCandidates', 'training', 'fetch', 'globalPrivacyControl', 'honorGlobalPrivacyControl', 'now', 'store', 'onConsent'];
 
 /** True for an absolute http:// or https:// URL (the worker has no page to resolve a relative one against). */
 function isHttpUrl(u: unknown): u is string {
@@ -471,7 +471,7 @@ export class Engine {
         return;
       case 'offers':
         // Another tab installed a newer catalog: read it at the next offers() or setOffers().
-        this.offerCatalog = undefined;
+        this.dropOffers();
         this.store.existsAgain?.();
         return;
       case 'consent':
@@ -680,8 +680,12 @@ export class Engine {
       // An offer catalog installed before consent was kept in memory only (setOffers): stored now,
       // unless the database holds a newer one (the device never goes back to an older catalog: a
       // higher version, or a later publication of the same one).
-      const held = this.offerCatalog;
-      if (held) this.offerCatalog = await this.store.updateMeta<OfferCatalog>(OFFERS_KEY, (cur) => (cur && newerCatalog(cur, held) ? cur : held));
+      const held = this.offerSigned;
+      if (held) {
+        const kept = await this.store.updateMeta<StoredOffers>(OFFERS_KEY, (cur) => (storedClaim(cur) && newerCatalog(storedClaim(cur)!, held.catalog) ? cur! : held));
+        // The stored one is newer: read (and checked) at the next offers().
+        if (kept !== held) this.dropOffers();
+      }
     } else if (!next.personalization && was) {
       await this.training?.catch(() => undefined);
       this.queue = [];
@@ -1830,7 +1834,7 @@ export class Engine {
     const model = await this.store.getMeta<SavedModel>(MODEL_KEY);
     const storedNeighbors = await this.store.getMeta<SavedNeighbors>(NEIGHBORS_KEY);
     const storedGlobal = await this.store.getMeta<SavedGlobal>(GLOBAL_KEY);
-    const storedOffers = await this.store.getMeta<OfferCatalog>(OFFERS_KEY);
+    const storedOffers = storedClaim(await this.store.getMeta<StoredOffers>(OFFERS_KEY));
     const egress = (await this.store.getMeta<EgressEntry[]>(EGRESS_KEY)) ?? [];
     // As export() gives it: with what the age limit already hides but the next write has not removed.
     const ledger = await this.store.offerLedger();
@@ -1862,7 +1866,7 @@ export class Engine {
       neighbors: this.neighbors
         ? { stored: storedNeighbors?.hash === this.neighbors.hash, hash: this.neighbors.hash, items: this.neighbors.items, width: this.neighbors.width, bytes: this.neighbors.bytes, source: this.neighbors.source }
         : null,
-      offers: storedOffers ? { stored: true, version: storedOffers.version, offers: storedOffers.offers.length, issuedAt: storedOffers.issuedAt } : null,
+      offers: storedOffers ? { stored: true, version: storedOffers.version, offers: Array.isArray(storedOffers.offers) ? storedOffers.offers.length : 0, issuedAt: storedOffers.issuedAt } : null,
       globalModel: storedGlobal ? { stored: true, hash: storedGlobal.hash, bytes: storedGlobal.bytes.byteLength } : null,
       offerLedger: ledger
         ? { stored: true, offers: ledger.offers.length, lastPurchaseAt: ledger.lastPurchaseAt ?? null, bytes: new TextEncoder().encode(JSON.stringify(ledger)).length }
@@ -1920,12 +1924,13 @@ export class Engine {
     this.assertOpen();
     const key = this.opts.offers?.publicKey;
     if (!key) throw new ValidationError('options.offers.publicKey', "must be set to the shop's public key (JWK) to accept offer catalogs");
-    const catalog = await verifyOfferCatalog(signed, key);
+    const { catalog, envelope } = await verifySignedCatalog(signed, key);
     this.assertOpen();
     // A device never goes back to an older catalog (a replayed one could bring back withdrawn
     // offers): checked against the one held here and, in the same transaction as the write, the
     // stored one (another tab, or a concurrent call, may have installed a newer one).
-    const check = (installed: OfferCatalog | undefined): OfferCatalog => {
+    const check = (stored: StoredOffers | undefined): StoredOffers => {
+      const installed = storedClaim(stored);
       const floor = Math.max(installed?.version ?? -Infinity, this.offerCatalog?.version ?? -Infinity);
       if (catalog.version < floor) throw new ValidationError('catalog.version', `is ${catalog.version}, older than the installed catalog's ${floor}; the installed one is kept`);
       // At the same version, an earlier publication (yesterday's affinity, an offer since withdrawn
@@ -1935,17 +1940,51 @@ export class Engine {
           throw new ValidationError('catalog.issuedAt', `is ${new Date(catalog.issuedAt).toISOString()}, before the installed catalog's (${new Date(held.issuedAt).toISOString()}) of the same version ${catalog.version}; the installed one is kept`);
         }
       }
-      return catalog;
+      // Nor another catalog under the same version and issue time: either could be replayed over
+      // the other for ever (an offer withdrawn by re-signing an edited file would come back).
+      for (const held of [stored, this.offerSigned]) {
+        if (differentContent(held, envelope)) {
+          throw new ValidationError('catalog.issuedAt', `is that of the installed catalog (version ${catalog.version}, issued ${new Date(catalog.issuedAt).toISOString()}), whose offers differ: a changed catalog needs a later issuedAt or a higher version; the installed one is kept`);
+        }
+      }
+      return envelope;
     };
-    // Kept in memory before consent; stored only once storing is allowed.
-    if (this.consent.personalization) await this.store.updateMeta<OfferCatalog>(OFFERS_KEY, check);
+    // Kept in memory before consent; stored only once storing is allowed. What is stored is the
+    // signed envelope: a catalog read back from the database is checked again (offers()), so one
+    // edited in the browser's storage is not shown.
+    if (this.consent.personalization) await this.store.updateMeta<StoredOffers>(OFFERS_KEY, check);
     else check(undefined);
     this.offerCatalog = catalog;
+    this.offerSigned = envelope;
     if (this.consent.personalization) this.tell({ type: 'offers' });
     return { offers: catalog.offers.length };
   }
 
   private offerCatalog: OfferCatalog | undefined;
+  /** The envelope `offerCatalog` was verified from (stored once consent allows). */
+  private offerSigned: SignedOfferCatalog | undefined;
+
+  private dropOffers(): void {
+    this.offerCatalog = undefined;
+    this.offerSigned = undefined;
+  }
+
+  /**
+   * The stored catalog, its signature checked again with `options.offers.publicKey`: undefined
+   * when none is stored, no key is set, or it does not verify (edited in the browser's storage,
+   * signed with a key since retired, or stored in another form by an earlier release).
+   */
+  private async storedOffers(): Promise<{ catalog: OfferCatalog; envelope: SignedOfferCatalog } | undefined> {
+    const stored = await this.store.getMeta<StoredOffers>(OFFERS_KEY);
+    const key = this.opts.offers?.publicKey;
+    if (stored === undefined || !key) return undefined;
+    try {
+      return await verifySignedCatalog(stored, key);
+    } catch (e) {
+      if (e instanceof SignatureError || e instanceof ValidationError) return undefined;
+      throw e;
+    }
+  }
 
   /** The offers most worth showing this shopper now, each with a reason (see docs/OFFERS.md). */
   async offers(given: OffersOptions = {}): Promise<ShownOffer[]> {
@@ -1958,7 +1997,13 @@ export class Engine {
     // Without a seed each call explores afresh: a fixed default would make the same first draws,
     // and so the same explore decisions, on every call (with the default 0.1, never exploring).
     const options = given.seed === undefined ? { ...given, seed: randomSeed() } : given;
-    this.offerCatalog ??= await this.store.getMeta<OfferCatalog>(OFFERS_KEY);
+    if (!this.offerCatalog) {
+      const stored = await this.storedOffers();
+      if (stored && !this.offerCatalog) {
+        this.offerCatalog = stored.catalog;
+        this.offerSigned = stored.envelope;
+      }
+    }
     // This call's catalog: another tab's install may drop the held one while this call awaits.
     const catalog = this.offerCatalog;
     if (!catalog) return [];
@@ -1972,13 +2017,15 @@ export class Engine {
       return ledger ? { ledger } : {};
     };
     const snapshot = catalog.affinity;
-    const live = options.context?.now === undefined;
+    // Live: no `context.now`, or one no earlier than a minute before this device's clock (a page
+    // passing `Date.now()`, or its server's time); earlier, a replay asks as of that time.
+    const live = options.context?.now === undefined || now >= this.now() - LIVE_OFFERS_TOLERANCE_MS;
     /**
      * What the rules count: the stored events and those still queued (a write that failed for the
-     * quota keeps them there: a redemption must count for its cap all the same). Live (no
-     * `context.now`), an offer event or purchase stamped a little ahead of this device's clock (a
-     * page reporting its server's time) counts as now: a once-only offer is not shown again until
-     * the device's clock catches up.
+     * quota keeps them there: a redemption must count for its cap all the same). Live, an offer
+     * event or purchase stamped ahead of `now` (a page reporting its server's time) happened all
+     * the same and counts as now: a once-only offer is not shown again until the clocks catch up.
+     * In a replay, events after `now` are the future and do not count.
      */
     const counted = (stored: StoredEvent[]): StoredEvent[] => {
       const all = this.queue.length ? stored.concat(this.queue) : stored;
@@ -2128,6 +2175,38 @@ class BudgetRefusal extends PrivacyBudgetError {
     readonly received: SyncResultInfo,
   ) {
     super(`${why}; nothing was sent, and the newest global model was received with this sync (version ${received.version}). Past the budget, call sync({ contribute: false }) instead of sync(): it receives without being refused`);
+  }
+}
+
+/**
+ * How far before the device's clock an `offers({ context: { now } })` may ask and still be live
+ * (events stamped after it count as now) rather than a replay as of that time.
+ */
+const LIVE_OFFERS_TOLERANCE_MS = 60_000;
+
+/** What the offers record of the store holds: the signed envelope setOffers() verified. */
+type StoredOffers = SignedOfferCatalog;
+
+/**
+ * The version and issue time a stored record claims, unchecked (the floor under which a device
+ * refuses a catalog; reading them needs no signature check); undefined for a record of no known form.
+ */
+function storedClaim(r: StoredOffers | undefined): OfferCatalog | undefined {
+  const c = r?.catalog as Partial<OfferCatalog> | undefined;
+  return c && typeof c === 'object' && typeof c.version === 'number' && typeof c.issuedAt === 'number' ? (c as OfferCatalog) : undefined;
+}
+
+/**
+ * Whether `held` claims the version and issue time of `next` but holds another catalog (compared
+ * as the canonical JSON that is signed; a stored record that cannot be read that way does not count).
+ */
+function differentContent(held: StoredOffers | undefined, next: SignedOfferCatalog): boolean {
+  const claim = storedClaim(held);
+  if (!claim || claim.version !== next.catalog.version || claim.issuedAt !== next.catalog.issuedAt) return false;
+  try {
+    return canonicalJson(held!.catalog) !== canonicalJson(next.catalog);
+  } catch {
+    return false;
   }
 }
 

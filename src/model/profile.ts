@@ -85,21 +85,48 @@ function actionOf(e: StoredEvent): ProfileItem['action'] | undefined {
 /**
  * Which events (in time order) a reason may cite: those that speak for the item, as the model
  * counts them (a 1-star rating counts against it: "Because you rated …" would be wrong), and not an
- * add to cart the shopper took back with a later `remove_from_cart` of the same item, nor a rating
- * of an item whose latest rating is low (revised down).
+ * add to cart the shopper took back, nor a rating of an item whose latest rating is low (revised
+ * down). Carts are followed by quantity: a `remove_from_cart` takes back the latest adds of the item
+ * first, as many units as it says (all of them when it gives no quantity: the line was removed),
+ * and never an add that a purchase of the item has since settled; an add of which some units are
+ * still in the cart stays citable.
  */
 export function citableEvents(events: readonly StoredEvent[]): boolean[] {
   const out = new Array<boolean>(events.length).fill(false);
-  const removed = new Set<string>();
+  /** Per item, the adds not yet taken back or bought, latest last: event index and units left. */
+  const carts = new Map<string, Array<{ i: number; units: number }>>();
   /** Per item, whether its latest rating speaks for it: a rating revised down cites nothing. */
   const latestRatingGood = new Map<string, boolean>();
   for (let i = events.length - 1; i >= 0; i--) {
     const e = events[i]!;
+    if (e.type === 'rating' && e.itemId !== undefined && !latestRatingGood.has(e.itemId)) latestRatingGood.set(e.itemId, eventConfidence(e) > 0);
+  }
+  for (let i = 0; i < events.length; i++) {
+    const e = events[i]!;
     if (e.itemId === undefined) continue;
-    if (e.type === 'remove_from_cart') removed.add(e.itemId);
-    else if (e.type === 'add_to_cart' && removed.has(e.itemId)) removed.delete(e.itemId);
-    else if (e.type === 'rating') {
-      if (!latestRatingGood.has(e.itemId)) latestRatingGood.set(e.itemId, eventConfidence(e) > 0);
+    if (e.type === 'add_to_cart') {
+      out[i] = true;
+      const adds = carts.get(e.itemId) ?? [];
+      adds.push({ i, units: e.quantity ?? 1 });
+      carts.set(e.itemId, adds);
+    } else if (e.type === 'remove_from_cart') {
+      const adds = carts.get(e.itemId) ?? [];
+      let units = e.quantity ?? Infinity;
+      while (units > 0 && adds.length > 0) {
+        const last = adds[adds.length - 1]!;
+        const taken = Math.min(units, last.units);
+        last.units -= taken;
+        units -= taken;
+        if (last.units === 0) {
+          out[last.i] = false;
+          adds.pop();
+        }
+      }
+    } else if (e.type === 'purchase') {
+      // What was in the cart was bought: a later remove concerns a later add.
+      carts.delete(e.itemId);
+      out[i] = eventConfidence(e) > 0;
+    } else if (e.type === 'rating') {
       out[i] = latestRatingGood.get(e.itemId)! && eventConfidence(e) > 0;
     } else out[i] = eventConfidence(e) > 0;
   }

@@ -12,7 +12,7 @@
 export type * from './types.js';
 export { SignatureError, isSignatureError, type SignatureProblem } from './signature-error.js';
 export { canonicalJson } from './canonical-json.js';
-export { checkVerifyKeys, generateOfferKeys, signOfferCatalog, verifyOfferCatalog, type OfferKeyPair } from './signing.js';
+export { checkVerifyKeys, generateOfferKeys, signOfferCatalog, verifyOfferCatalog, verifySignedCatalog, type OfferKeyPair } from './signing.js';
 export { validateOfferCatalog, validateOffer, validateAffinitySnapshot } from './validate-catalog.js';
 export {
   AFFINITY_FEATURES,

@@ -122,6 +122,15 @@ export async function signOfferCatalog(catalog: OfferCatalog, privateJwk: JsonWe
  * ```
  */
 export async function verifyOfferCatalog(signed: unknown, publicJwk: JsonWebKey | readonly JsonWebKey[]): Promise<OfferCatalog> {
+  return (await verifySignedCatalog(signed, publicJwk)).catalog;
+}
+
+/**
+ * {@link verifyOfferCatalog}, also giving back the envelope exactly as it verified: `alg`, `kid`,
+ * the signed catalog read back from the verified bytes (before validation fills in anything) and
+ * the signature. A device stores that envelope, and checks it again when it reads it back.
+ */
+export async function verifySignedCatalog(signed: unknown, publicJwk: JsonWebKey | readonly JsonWebKey[]): Promise<{ catalog: OfferCatalog; envelope: SignedOfferCatalog }> {
   if (typeof signed !== 'object' || signed === null || Array.isArray(signed)) {
     throw new SignatureError('malformed', 'a signed offer catalog must be an object { alg, catalog, signature }');
   }
@@ -159,7 +168,15 @@ export async function verifyOfferCatalog(signed: unknown, publicJwk: JsonWebKey 
       continue;
     }
     imported++;
-    if (await subtle().verify(SIGN_PARAMS, key, sig, payload)) return validateOfferCatalog(s.catalog);
+    if (await subtle().verify(SIGN_PARAMS, key, sig, payload)) {
+      // Read back from the bytes that verified, not from `s.catalog`: the caller's object may have
+      // changed while this awaited (or be a getter that answers differently).
+      const text = new TextDecoder().decode(payload);
+      const signedCatalog = (JSON.parse(text) as { catalog: OfferCatalog }).catalog;
+      const catalog = validateOfferCatalog((JSON.parse(text) as { catalog: unknown }).catalog);
+      const envelope: SignedOfferCatalog = { alg: 'ES256', ...(s.kid !== undefined ? { kid: s.kid as string } : {}), catalog: signedCatalog, signature: s.signature as string };
+      return { catalog, envelope };
+    }
   }
   if (imported === 0) throw badKey;
   throw new SignatureError('mismatch', 'the offer catalog signature does not match: it was changed after signing or signed with another key');

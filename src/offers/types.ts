@@ -111,7 +111,10 @@ export interface OfferContext {
   page?: 'home' | 'product' | 'category' | 'cart' | 'checkout' | 'search' | 'other';
   /** The product on screen, on a product page. */
   itemId?: string;
-  /** "Now", ms since the epoch (validity windows, cool-downs, recency); defaults to the clock. Set it in replays. */
+  /**
+   * "Now", ms since the epoch (validity windows, cool-downs, recency); defaults to the clock. Set it
+   * in replays: more than a minute before the device's clock, events after it do not count.
+   */
   now?: number;
 }
 

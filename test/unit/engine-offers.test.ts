@@ -1,7 +1,7 @@
 import 'fake-indexeddb/auto';
 import assert from 'node:assert/strict';
 import { before, describe, it } from 'node:test';
-import { Engine } from '../../src/engine/engine.js';
+import { Engine, OFFERS_KEY } from '../../src/engine/engine.js';
 import { MemoryEventStore } from '../../src/events/store.js';
 import { StorageError } from '../../src/errors.js';
 import { Random } from '../../src/model/random.js';
@@ -9,7 +9,7 @@ import { predictAffinity, type AffinitySnapshot, type HistoryBasket } from '../.
 import { LearnedAffinity } from '../../src/offers/eval/learned-affinity.js';
 import { scoreOffers } from '../../src/offers/policy.js';
 import { generateOfferKeys, signOfferCatalog, type OfferKeyPair } from '../../src/offers/signing.js';
-import type { OfferCatalog } from '../../src/offers/types.js';
+import type { OfferCatalog, SignedOfferCatalog } from '../../src/offers/types.js';
 import '../../src/model/tf.js';
 
 const DAY = 86_400_000;
@@ -346,6 +346,10 @@ describe('offer rules with events not yet stored, or stamped ahead; catalogs rep
     const { e } = await engine();
     e.enqueue([{ type: 'offer_redeemed', offerId: 'once', t: NOW + 2 * MIN }]);
     assert.deepEqual(await shown(e), [], 'live: counted now');
+    // A page passing its own `Date.now()` (or its server's time) asks live too.
+    for (const now of [NOW, NOW - 1000, NOW + MIN]) {
+      assert.deepEqual((await e.offers({ k: 1, exploration: 0, seed: 1, context: { now } })).map((o) => o.offerId), [], `context.now ${now - NOW} ms from the device clock: counted now`);
+    }
     assert.deepEqual((await e.offers({ k: 1, exploration: 0, seed: 1, context: { now: NOW - DAY } })).map((o) => o.offerId), ['once'], 'as of yesterday: not yet redeemed');
     await e.close();
   });
@@ -385,5 +389,52 @@ describe('offer rules with events not yet stored, or stamped ahead; catalogs rep
     assert.deepEqual((await e.offers({ k: 5, exploration: 0, seed: 1 })).map((o) => o.offerId), ['kept']);
     assert.deepEqual(await e.setOffers(await signOfferCatalog({ ...tuesday, issuedAt: NOW + DAY }, keys.privateJwk)), { offers: 1 });
     await e.close();
+  });
+
+  it('setOffers refuses another catalog under the installed version and issuedAt (an edited file signed again); the same one again is taken', async () => {
+    const store = new MemoryEventStore();
+    const opts = { catalog: { items }, backend: 'cpu' as const, autoTrainEvery: 0, store, now: () => NOW, offers: { publicKey: keys.publicJwk } };
+    const first = { version: 5, issuedAt: NOW, currency: 'GBP', offers: [offer('kept', { kind: 'all' }), offer('withdrawn', { kind: 'all' })] };
+    const edited = { ...first, offers: [offer('kept', { kind: 'all' })] };
+    const e = await Engine.create(opts);
+    await e.setOffers(await signOfferCatalog(edited, keys.privateJwk));
+    const replay = await signOfferCatalog(first, keys.privateJwk);
+    const refused = /catalog\.issuedAt: is that of the installed catalog \(version 5, .*\), whose offers differ: a changed catalog needs a later issuedAt or a higher version; the installed one is kept/;
+    await assert.rejects(e.setOffers(replay), refused);
+    assert.deepEqual(await e.setOffers(await signOfferCatalog(edited, keys.privateJwk, { kid: 'again' })), { offers: 1 }, 'the same catalog signed again');
+    await e.close();
+    // Against the stored one too (a later visit holds nothing in memory).
+    const later = await Engine.create(opts);
+    await assert.rejects(later.setOffers(replay), refused);
+    assert.deepEqual((await later.offers({ k: 5, exploration: 0, seed: 1 })).map((o) => o.offerId), ['kept']);
+    await later.close();
+  });
+
+  it('a catalog read back from storage is checked again: one edited there, or signed with a key the page no longer lists, is not shown', async () => {
+    const store = new MemoryEventStore();
+    const other = await generateOfferKeys();
+    const opts = { catalog: { items }, backend: 'cpu' as const, autoTrainEvery: 0, store, now: () => NOW, offers: { publicKey: keys.publicJwk } };
+    const e = await Engine.create(opts);
+    await e.setOffers(await signOfferCatalog({ version: 1, issuedAt: NOW, currency: 'GBP', offers: [offer('mugs10', { kind: 'all' })] }, keys.privateJwk));
+    await e.close();
+    const shown = async (o: typeof opts) => {
+      const x = await Engine.create(o);
+      try {
+        return (await x.offers({ k: 5, exploration: 0, seed: 1 })).map((s) => `${s.offerId} ${s.title}`);
+      } finally {
+        await x.close();
+      }
+    };
+    assert.deepEqual(await shown(opts), ['mugs10 10% off mugs10'], 'as signed');
+    // The shopper edits the record in the browser's storage.
+    const stored = (await store.getMeta<SignedOfferCatalog>(OFFERS_KEY))!;
+    await store.setMeta(OFFERS_KEY, { ...stored, catalog: { ...stored.catalog, offers: [{ ...offer('free', { kind: 'all' }), title: '90% off everything', discount: { kind: 'percent', percent: 90 } }] } });
+    assert.deepEqual(await shown(opts), [], 'edited: not shown');
+    // A bare catalog (no envelope) is not taken either.
+    await store.setMeta(OFFERS_KEY, stored.catalog);
+    assert.deepEqual(await shown(opts), [], 'unsigned: not shown');
+    await store.setMeta(OFFERS_KEY, stored);
+    assert.deepEqual(await shown({ ...opts, offers: { publicKey: other.publicJwk } }), [], 'key no longer listed: not shown');
+    assert.deepEqual(await shown({ ...opts, offers: { publicKey: [other.publicJwk, keys.publicJwk] } as never }), ['mugs10 10% off mugs10'], 'listed among others: shown');
   });
 });

@@ -226,6 +226,9 @@ describe('Engine', () => {
       [{ neighbors: { url: 'http://x/n.lrn', timeout: 5 } }, /options\.neighbors\.timeout: is not an option/],
       [{ consent: { personalisation: false, federated: false } }, /options\.consent\.personalisation: is not an option/],
       [{ federated: { serverUrl: 'http://127.0.0.1:9', epsilon: 4 } }, /options\.federated\.epsilon: is not an option/],
+      // The page's worker options mean nothing to an engine without a worker: refused, not ignored.
+      [{ workerTimeoutMs: 5_000 }, /options\.workerTimeoutMs: is not an option/],
+      [{ workerUrl: '/worker.js' }, /options\.workerUrl: is not an option/],
     ];
     for (const [extra, re] of bad) await assert.rejects(Engine.create({ ...base, dbName: dbName(), ...extra } as never), re);
   });

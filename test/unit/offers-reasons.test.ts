@@ -43,6 +43,26 @@ describe('offer reasons reference real past events', () => {
     assert.equal(offerReason(redMug, [...removed, { t: 4, type: 'add_to_cart', itemId: 'm1' }], products, {}, false), 'Because you added Red Mug');
   });
 
+  test('carts are followed by quantity: a removal takes back as many units as it says, all without one', () => {
+    const add = (t: number, quantity?: number): StoredEvent => ({ t, type: 'add_to_cart', itemId: 'm1', ...(quantity ? { quantity } : {}) });
+    const remove = (t: number, quantity?: number): StoredEvent => ({ t, type: 'remove_from_cart', itemId: 'm1', ...(quantity ? { quantity } : {}) });
+    const none = 'One of the shop’s current offers';
+    const added = 'Because you added Red Mug';
+    // Two adds of one, one removal of two: the cart is empty.
+    assert.equal(offerReason(redMug, [add(1), add(2), remove(3, 2)], products, {}, false), none);
+    // A removal without a quantity removes the line, whatever was added.
+    assert.equal(offerReason(redMug, [add(1), add(2, 3), remove(3)], products, {}, false), none);
+    // One unit of three taken back: two are still in the cart.
+    assert.equal(offerReason(redMug, [add(1, 3), remove(2, 1)], products, {}, false), added);
+    // Two adds, one removal of one: the first add is still in the cart.
+    assert.equal(offerReason(redMug, [add(1), add(2), remove(3, 1)], products, {}, false), added);
+    // What was bought stays bought: a later removal concerns only a later add.
+    const bought: StoredEvent = { t: 3, type: 'purchase', itemId: 'm1' };
+    assert.equal(offerReason(redMug, [add(1), add(2), bought, remove(4)], products, {}, false), 'Because you bought Red Mug');
+    assert.equal(offerReason(redMug, [add(1), bought, add(4), remove(5)], products, {}, false), 'Because you bought Red Mug');
+    assert.equal(offerReason(redMug, [add(1), bought, add(4), add(5), remove(6, 1)], products, {}, false), added);
+  });
+
   test('every reason that names a product names one the shopper really touched', () => {
     const catalog: OfferCatalog = { version: 1, issuedAt: 0, currency: 'GBP', offers: [mugs, { ...mugs, id: 'bags', scope: { kind: 'categories', categories: ['bag'] } }] };
     const events: StoredEvent[] = [

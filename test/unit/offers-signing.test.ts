@@ -51,6 +51,22 @@ describe('offer catalog signing', () => {
     assert.equal(signed.kid, 'k1');
   });
 
+  test('the catalog returned is the one that verified, even if the object given changes while it is checked', async () => {
+    const mine = clone(signed);
+    const checking = verifyOfferCatalog(mine, keys.publicJwk);
+    mine.catalog.offers[0]!.discount = { kind: 'percent', percent: 100 };
+    mine.catalog.offers[0]!.title = '100% off everything';
+    assert.deepEqual(await checking, catalog);
+    // A getter that answers the signed value while the bytes are made (before the call returns),
+    // another one later.
+    const tricky = clone(signed);
+    let late = false;
+    Object.defineProperty(tricky.catalog.offers[1]!.discount, 'amount', { enumerable: true, get: () => (late ? 500 : 2) });
+    const checkingTricky = verifyOfferCatalog(tricky, keys.publicJwk);
+    late = true;
+    assert.deepEqual(await checkingTricky, catalog);
+  });
+
   test('key order in the published file does not matter (canonical JSON)', async () => {
     const reordered = { signature: signed.signature, kid: signed.kid, catalog: { offers: signed.catalog.offers.map((o) => Object.fromEntries(Object.entries(o).reverse())), currency: 'GBP', issuedAt: catalog.issuedAt, version: 3 }, alg: 'ES256' };
     assert.deepEqual(await verifyOfferCatalog(reordered, keys.publicJwk), catalog);
