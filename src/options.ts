@@ -83,7 +83,7 @@ export const OPTION_KEYS = {
   neighbors: ['url', 'timeoutMs'],
   offers: ['publicKey'],
   consent: ['personalization', 'federated'],
-  recommend: ['k', 'exclude', 'category'],
+  recommend: ['k', 'exclude', 'category', 'candidates'],
   similar: ['k'],
   train: ['epochs', 'onProgress'],
   sync: ['onProgress', 'signal', 'contribute'],

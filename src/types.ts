@@ -109,6 +109,13 @@ export interface RecommendOptions {
   exclude?: 'seen' | 'purchased' | 'none' | string[];
   /** Only recommend items of this category. */
   category?: string;
+  /**
+   * Only recommend among these items: the products of a category page or a search's results, to
+   * show them in this shopper's order (`k: ids.length` for all of them). Ids the catalog does not
+   * hold are skipped and each id counts once; `exclude` and `category` still apply (pass
+   * `exclude: 'none'` to keep items the shopper has seen). At most 10,000 ids.
+   */
+  candidates?: readonly string[];
 }
 
 export interface SimilarOptions {

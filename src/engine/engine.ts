@@ -11,7 +11,7 @@ import { selectBackend, type BackendChoice } from '../model/backend.js';
 import { validateCatalog } from '../model/catalog.js';
 import { checkItemTable, cloneItemTable, createItemTable, indexItems, type ItemTable } from '../model/item-table.js';
 import { buildProfile, type ProfileItem } from '../model/profile.js';
-import { contributions, Scorer, userVector, type Scored } from '../model/score.js';
+import { contributions, Scorer, userVector, type Allowed, type Scored } from '../model/score.js';
 import { alignNeighbors, neighborContributions, neighborsOf, reachedRows } from '../model/neighbors.js';
 import { decodeNeighborTable, neighborTableHash } from '../model/neighbors-wire.js';
 import { decodeModel, encodeModel, sha256, toHex } from '../federated/wire.js';
@@ -207,6 +207,9 @@ type TabMessage =
 const EGRESS_MAX = 1000;
 const FLUSH_DELAY_MS = 25;
 const FLUSH_MAX = 200;
+
+/** Most ids `recommend({ candidates })` takes (a page's category listing or search results). */
+const MAX_CANDIDATES = 10_000;
 
 /** The keys {@link Engine.create} accepts: the page's options plus what the worker and tests add. */
 const ENGINE_KEYS = [...OPTION_KEYS.recommender.filter((k) => k !== 'workerUrl' && k !== 'wasmPaths' && k !== 'workerTimeoutMs'), 'backendCandidates', 'training', 'fetch', 'globalPrivacyControl', 'honorGlobalPrivacyControl', 'now', 'store', 'onConsent'];
@@ -1118,6 +1121,21 @@ export class Engine {
     return buildProfile(events, this.rows, { halfLifeDays: this.halfLifeDays, now, sessionDecay: this.sessionDecay, stepDecay: this.stepDecay });
   }
 
+  /** The catalog rows of `recommend({ candidates })`, each once; undefined when not given. */
+  private candidateRows(candidates: unknown): Set<number> | undefined {
+    if (candidates === undefined) return undefined;
+    if (!Array.isArray(candidates)) throw new ValidationError('options.candidates', `must be an array of item ids, got ${describeValue(candidates)}`);
+    if (candidates.length > MAX_CANDIDATES) throw new ValidationError('options.candidates', `must hold at most ${MAX_CANDIDATES} item ids, got ${candidates.length}`);
+    const rows = new Set<number>();
+    for (let i = 0; i < candidates.length; i++) {
+      const id: unknown = candidates[i];
+      if (typeof id !== 'string') throw new ValidationError(`options.candidates[${i}]`, `must be an item id string, got ${describeValue(id)}`);
+      const r = this.rows.get(id);
+      if (r !== undefined) rows.add(r);
+    }
+    return rows;
+  }
+
   private excludedRows(exclude: RecommendOptions['exclude'], profile: ProfileItem[], events: StoredEvent[]): Set<number> {
     if (exclude === undefined || exclude === 'seen') return new Set(profile.map((p) => p.row));
     if (exclude === 'none') return new Set();
@@ -1170,21 +1188,30 @@ export class Engine {
     await this.freshModel();
     const k = intOption(options.k, 'options.k', 1, 1000, 10);
     if (options.category !== undefined && typeof options.category !== 'string') throw new ValidationError('options.category', 'must be a string');
+    const candidates = this.candidateRows(options.candidates);
     const { profile, events } = await this.profile();
     const exclude = this.excludedRows(options.exclude, profile, events);
     const z = userVector(this.table, profile);
     const cat = options.category;
-    // A category no item has recommends nothing (and costs no mask on the backend).
+    // A category no item has, or no candidate the catalog holds, recommends nothing (and costs no
+    // mask on the backend).
     if (cat !== undefined && !this.categories.has(cat)) return [];
-    const allowed = cat === undefined ? undefined : { key: `category:${cat}`, rows: () => this.catalog.items.flatMap((it, r) => (it.category === cat ? [r] : [])) };
+    if (candidates?.size === 0) return [];
+    const items = this.catalog.items;
+    const inCategory = (r: number) => cat === undefined || items[r]!.category === cat;
+    // A category's mask is kept for the next call; a list of candidates is the page's of the moment.
+    const allowed: Allowed | undefined = candidates
+      ? { rows: () => [...candidates].filter(inCategory) }
+      : cat === undefined
+        ? undefined
+        : { key: `category:${cat}`, rows: () => items.flatMap((it, r) => (it.category === cat ? [r] : [])) };
     const nb = await this.neighborReady();
     if (nb && profile.some((p) => p.weight > 0)) {
       // The order of rankScores (model/neighbors.ts, what `localrec eval` measures) without a dense
       // pass: rows the history reaches through the table come first (1 + score); the factor
       // model's top rows follow, its scores scaled into [0, 1) by the range over all rows.
-      const items = this.catalog.items;
       const reached = [...reachedRows(nb.model, profile)]
-        .filter(([r]) => !exclude.has(r) && (cat === undefined || items[r]!.category === cat))
+        .filter(([r]) => !exclude.has(r) && inCategory(r) && (!candidates || candidates.has(r)))
         // Rounded to float32 as rankScores writes it (the array `localrec eval` ranks): two scores
         // that differ below float32's precision tie, and break by row, on the device as in eval.
         .map(([row, v]) => ({ row, score: Math.fround(1 + v) }))

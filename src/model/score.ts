@@ -28,6 +28,19 @@ export interface Scored {
   score: number;
 }
 
+/** The rows a top-K query may return: a mask kept per `key` (a category), or one made for one call. */
+export interface Allowed {
+  key?: string;
+  rows: () => Iterable<number>;
+}
+
+/** A 0/1 mask over `n` rows, on the backend. */
+function maskOf(n: number, rows: () => Iterable<number>): tf.Tensor1D {
+  const a = new Float32Array(n);
+  for (const r of rows()) a[r] = 1;
+  return tf.tensor1d(a);
+}
+
 /** Category masks a {@link Scorer} keeps on the backend at most (the least recently used go first). */
 export const MAX_MASKS = 32;
 
@@ -64,10 +77,11 @@ export class Scorer {
   }
 
   /**
-   * Top `k` rows by `b + V·z / temperature`, skipping `exclude`, optionally only rows where
-   * `allowed` (a cached 0/1 mask per key) is set.
+   * Top `k` rows by `b + V·z / temperature`, skipping `exclude`, optionally only the rows `allowed`
+   * lists: a 0/1 mask kept per `key` for the next call, or, without a key, made for this call only
+   * (a page's one-off list of candidates must not push the categories' masks out).
    */
-  async topK(z: Float32Array, k: number, exclude: ReadonlySet<number>, allowed?: { key: string; rows: () => Iterable<number> }): Promise<Scored[]> {
+  async topK(z: Float32Array, k: number, exclude: ReadonlySet<number>, allowed?: Allowed): Promise<Scored[]> {
     return (await this.rank(z, k, exclude, allowed, false)).top;
   }
 
@@ -75,7 +89,7 @@ export class Scorer {
    * {@link topK}, plus the lowest and highest score over all rows (to scale these scores into a
    * range without reading every score back).
    */
-  async topKRange(z: Float32Array, k: number, exclude: ReadonlySet<number>, allowed?: { key: string; rows: () => Iterable<number> }): Promise<{ top: Scored[]; lo: number; hi: number }> {
+  async topKRange(z: Float32Array, k: number, exclude: ReadonlySet<number>, allowed?: Allowed): Promise<{ top: Scored[]; lo: number; hi: number }> {
     const { top, range } = await this.rank(z, k, exclude, allowed, true);
     return { top, lo: range![0]!, hi: range![1]! };
   }
@@ -85,16 +99,23 @@ export class Scorer {
     z: Float32Array,
     k: number,
     exclude: ReadonlySet<number>,
-    allowed: { key: string; rows: () => Iterable<number> } | undefined,
+    allowed: Allowed | undefined,
     withRange: boolean,
   ): Promise<{ top: Scored[]; range?: Float32Array }> {
-    const mask = allowed ? this.mask(allowed.key, allowed.rows) : undefined;
+    const once = allowed !== undefined && allowed.key === undefined;
+    const mask = allowed ? (allowed.key !== undefined ? this.mask(allowed.key, allowed.rows) : maskOf(this.n, allowed.rows)) : undefined;
     const want = Math.min(this.n, k + exclude.size);
-    const { values, indices, range } = tf.tidy(() => {
-      const raw = tf.reshape(tf.matMul(this.Vb, this.zAug(z)), [this.n]);
-      const s = mask ? tf.where(tf.cast(mask, 'bool'), raw, tf.fill([this.n], -1e30)) : raw;
-      return { ...tf.topk(s, want), range: withRange ? tf.stack([tf.min(raw), tf.max(raw)]) : undefined };
-    });
+    let ranked: { values: tf.Tensor; indices: tf.Tensor; range: tf.Tensor | undefined };
+    try {
+      ranked = tf.tidy(() => {
+        const raw = tf.reshape(tf.matMul(this.Vb, this.zAug(z)), [this.n]);
+        const s = mask ? tf.where(tf.cast(mask, 'bool'), raw, tf.fill([this.n], -1e30)) : raw;
+        return { ...tf.topk(s, want), range: withRange ? tf.stack([tf.min(raw), tf.max(raw)]) : undefined };
+      });
+    } finally {
+      if (once) mask!.dispose();
+    }
+    const { values, indices, range } = ranked;
     const [r, top] = await Promise.all([range?.data(), this.collect(values, indices, k, exclude, mask !== undefined)]);
     range?.dispose();
     return { top, range: r as Float32Array | undefined };
@@ -152,9 +173,7 @@ export class Scorer {
     if (m) {
       this.masks.delete(key);
     } else {
-      const a = new Float32Array(this.n);
-      for (const r of rows()) a[r] = 1;
-      m = tf.tensor1d(a);
+      m = maskOf(this.n, rows);
       for (const [old, t] of this.masks) {
         if (this.masks.size < MAX_MASKS) break;
         t.dispose();

@@ -431,7 +431,7 @@ describe('privacy in Chromium', () => {
         }
         return { bad, how };
       });
-      assert.equal(after.bad, 'ValidationError: options.filter: is not an option (known: k, exclude, category)');
+      assert.equal(after.bad, 'ValidationError: options.filter: is not an option (known: k, exclude, category, candidates)');
       assert.equal(after.how, 'rejected ClosedError');
       await a.evaluate(() => (window as any).rec.erase());
     } finally {

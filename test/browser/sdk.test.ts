@@ -68,9 +68,19 @@ describe('SDK in Chromium', () => {
       const rec = await createRecommender({ catalog, backend: 'wasm', dbName: 'reload-test', autoTrainEvery: 0 });
       const stats = await rec.stats();
       const recs = await rec.recommend({ k: 5 });
+      // A page's own list (a category listing), put in this shopper's order through the worker.
+      const page = ['sku-9', 'sku-2', 'not-in-catalog', 'sku-7', 'sku-11'];
+      const reranked = await rec.recommend({ k: page.length, candidates: page, exclude: 'none' });
+      const full = await rec.recommend({ k: 1000, exclude: 'none' });
       await rec.erase();
-      return { stats, recs, dbs: (await indexedDB.databases()).map((d: IDBDatabaseInfo) => d.name) };
+      return { stats, recs, reranked, full, page, dbs: (await indexedDB.databases()).map((d: IDBDatabaseInfo) => d.name) };
     }, CATALOG);
+    assert.deepEqual(
+      again.reranked.map((r: any) => r.itemId),
+      again.full.map((r: any) => r.itemId).filter((id: string) => again.page.includes(id)),
+      'candidates come back in the order of the full ranking',
+    );
+    assert.equal(again.reranked.length, 4);
     assert.equal(again.stats.events.total, 13, 'events survive a reload');
     assert.equal(again.stats.model.trainSteps, result.stats.model.trainSteps, 'weights survive a reload');
     assert.deepEqual(

@@ -60,6 +60,40 @@ describe('Engine', () => {
     await e.erase();
   });
 
+  it('recommend({ candidates }) puts a page\'s own list in the order recommend() gives it; unknown ids are skipped, bad lists refused by name', async () => {
+    const store = new MemoryEventStore();
+    const dim = 8;
+    const factors = new Float32Array(30 * dim);
+    for (let i = 0; i < 30; i++) factors[i * dim + (i < 15 ? 0 : 1)] = 1 + i / 100;
+    await store.setMeta(MODEL_KEY, { version: 2, itemIds: catalog.items.map((i) => i.id), dim, factors, bias: Float32Array.from({ length: 30 }, (_, i) => (30 - i) / 100), trainSteps: 0, trainedThroughId: 0 });
+    const e = await Engine.create({ ...base, store, model: { dim } });
+    e.enqueue([{ type: 'purchase', itemId: 'p20' }, { type: 'view', itemId: 'p21' }]);
+    const all = (await e.recommend({ k: 30, exclude: 'none' })).map((r) => r.itemId);
+    // A category page's items, in the shop's order, with a product the catalog does not hold yet and a repeat.
+    const page = ['p3', 'p25', 'p21', 'p9', 'new-sku', 'p28', 'p3'];
+    const known = new Set(page);
+    const inOrder = all.filter((id) => known.has(id));
+    assert.deepEqual((await e.recommend({ k: page.length, candidates: page, exclude: 'none' })).map((r) => r.itemId), inOrder);
+    assert.deepEqual(inOrder.slice(0, 3), ['p28', 'p25', 'p21'], 'the bags first for a shopper of bags');
+    // exclude and category still apply; k cuts the list.
+    assert.deepEqual((await e.recommend({ k: 2, candidates: page })).map((r) => r.itemId), ['p28', 'p25'], 'p21 was seen');
+    assert.deepEqual((await e.recommend({ k: 10, candidates: page, category: 'mugs' })).map((r) => r.itemId), inOrder.filter((id) => Number(id.slice(1)) < 15));
+    // The same scores as without the list.
+    const scores = new Map((await e.recommend({ k: 30, exclude: 'none' })).map((r) => [r.itemId, r.score]));
+    for (const r of await e.recommend({ k: 10, candidates: page, exclude: 'none' })) assert.equal(r.score, scores.get(r.itemId));
+    assert.deepEqual(await e.recommend({ candidates: [] }), []);
+    assert.deepEqual(await e.recommend({ candidates: ['nothing-known'] }), []);
+    await assert.rejects(e.recommend({ candidates: 'p3' as never }), /options\.candidates: must be an array of item ids, got "p3"/);
+    await assert.rejects(e.recommend({ candidates: ['p3', 7] as never }), /options\.candidates\[1\]: must be an item id string, got 7/);
+    await assert.rejects(e.recommend({ candidates: Array.from({ length: 10_001 }, (_, i) => `x${i}`) }), /options\.candidates: must hold at most 10000 item ids, got 10001/);
+    // Many one-off lists do not pile up masks on the backend.
+    const tf = await import('../../src/model/tf.js');
+    const before = tf.memory().numTensors;
+    for (let i = 0; i < 40; i++) await e.recommend({ k: 3, candidates: [`p${i % 30}`, `p${(i + 7) % 30}`] });
+    assert.equal(tf.memory().numTensors, before);
+    await e.erase();
+  });
+
   it('an event tracked while another call reads the history is seen by the next recommend()', async () => {
     const { store, reading } = await storeSignallingReads(dbName());
     const e = await Engine.create({ ...base, store });
@@ -206,7 +240,7 @@ describe('Engine', () => {
   it('refuses unknown option keys by name (a typo never silently keeps a default), and values of the wrong type say their type', async () => {
     const e = await Engine.create({ ...base, dbName: dbName() });
     e.enqueue([{ type: 'view', itemId: 'p1' }]);
-    await assert.rejects(e.recommend({ count: 3 } as never), /options\.count: is not an option \(known: k, exclude, category\)/);
+    await assert.rejects(e.recommend({ count: 3 } as never), /options\.count: is not an option \(known: k, exclude, category, candidates\)/);
     await assert.rejects(e.recommend(null as never), /options: must be an object, got null/);
     await assert.rejects(e.recommend({ k: '5' } as never), /options\.k: must be a whole number from 1 to 1000, got "5"/);
     await assert.rejects(e.similar('p1', { n: 2 } as never), /options\.n: is not an option/);

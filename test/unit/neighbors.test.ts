@@ -304,6 +304,13 @@ describe('Engine with a neighbour table', () => {
       assert.deepEqual((await e.recommend({ k })).map((r) => r.itemId), want, `k = ${k}`);
       const wantA = topRows(dense, k, seen, (r) => r % 3 === 0).map((r) => ids[r.row]);
       assert.deepEqual((await e.recommend({ k, category: 'a' })).map((r) => r.itemId), wantA, `k = ${k}, category a`);
+      // A page's own list (some reached through the table, some not, some seen): the same order.
+      const listed = (r: number) => r % 2 === 0 || r === 17;
+      const candidates = ids.filter((_, r) => listed(r));
+      const wantC = topRows(dense, k, seen, listed).map((r) => ids[r.row]);
+      assert.deepEqual((await e.recommend({ k, candidates })).map((r) => r.itemId), wantC, `k = ${k}, candidates`);
+      const wantCA = topRows(dense, k, seen, (r) => listed(r) && r % 3 === 0).map((r) => ids[r.row]);
+      assert.deepEqual((await e.recommend({ k, candidates, category: 'a' })).map((r) => r.itemId), wantCA, `k = ${k}, candidates in category a`);
     }
     const got = await e.recommend({ k: 40 });
     for (const r of got) assert.ok(Math.abs(r.score - dense[rows.get(r.itemId)!]!) < 1e-5, `${r.itemId}: ${r.score} vs ${dense[rows.get(r.itemId)!]}`);
