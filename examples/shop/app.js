@@ -55,6 +55,10 @@ const state = {
   ratings: new Map(),
   query: '',
   category: '',
+  /** The grid's order: the shop's, or this shopper's (recommend({ candidates }) over what is shown). */
+  order: 'shop',
+  /** Bumped by every grid render: a personal order computed for an earlier filter is dropped. */
+  gridGeneration: 0,
   /** The product open in the modal. */
   open: null,
   losses: [],
@@ -221,6 +225,8 @@ async function refresh() {
   state.stats = stats;
   state.audit = audit;
   renderRecs(recs);
+  // The personal order follows the history too.
+  if (state.order === 'you') renderGrid();
   // How many browsing events (not offer impressions) the shelf was computed with (tests wait on it).
   document.body.dataset.recsHistory = String(Object.entries(stats.events.byType).reduce((a, [t, n]) => a + (t.startsWith('offer_') ? 0 : n), 0));
   renderOffers(offers);
@@ -330,7 +336,29 @@ function matches(item, q) {
 
 function renderGrid() {
   const shown = state.items.filter((it) => (!state.category || it.category === state.category) && matches(it, state.query));
-  $('grid').replaceChildren(...shown.map((it) => card(it)));
+  const gen = ++state.gridGeneration;
+  const show = (items, order) => {
+    $('grid').replaceChildren(...items.map((it) => card(it)));
+    document.body.dataset.gridOrder = order;
+  };
+  if (state.order === 'you' && state.rec && shown.length > 0) {
+    // The page's own list, put in this shopper's order on the device (seen products stay listed);
+    // the grid changes once, when the order is known.
+    const generation = state.generation;
+    state.rec
+      .recommend({ candidates: shown.map((it) => it.id), k: Math.min(shown.length, 1000), exclude: 'none' })
+      .then((ranked) => {
+        if (gen !== state.gridGeneration || generation !== state.generation) return;
+        const byId = new Map(shown.map((it) => [it.id, it]));
+        const first = ranked.map((r) => byId.get(r.itemId)).filter(Boolean);
+        const placed = new Set(first.map((it) => it.id));
+        show([...first, ...shown.filter((it) => !placed.has(it.id))], 'you');
+      })
+      .catch((e) => {
+        console.warn('personal order:', e);
+        if (gen === state.gridGeneration) show(shown, 'shop');
+      });
+  } else show(shown, 'shop');
   const what = [state.category && categoryLabel(state.category), state.query && `“${state.query}”`].filter(Boolean).join(' · ');
   $('result-count').textContent = `${shown.length} product${shown.length === 1 ? '' : 's'}${what ? ` for ${what}` : ''}`;
   for (const chip of $('chips').children) chip.setAttribute('aria-pressed', String(chip.dataset.category === state.category));
@@ -1061,6 +1089,10 @@ function wire() {
     $('catalog-title').scrollIntoView({ behavior: 'smooth' });
   });
   $('category').addEventListener('change', (e) => setCategory(e.target.value));
+  $('order').addEventListener('change', (e) => {
+    state.order = e.target.value;
+    renderGrid();
+  });
   $('p-add').addEventListener('click', () => state.open && addToCart(state.open));
   $('p-buy').addEventListener('click', () => {
     if (!state.open) return;

@@ -150,6 +150,25 @@ describe('demo shop', () => {
     const after = (await recsOf(page)).split(',');
     assert.ok(after.every((id) => ![ids[4], ids[9], ids[15], ids[22]].includes(id)), 'items already seen are not recommended');
 
+    // The grid in this shopper's order (recommend({ candidates }) over the products shown): the
+    // same products, seen ones too, in another order; a category filter keeps to its products.
+    const gridIds = () => page.$$eval('#grid .card', (els) => els.map((e) => (e as HTMLElement).dataset.itemId!));
+    const shopOrder = await gridIds();
+    await page.selectOption('#order', 'you');
+    await page.waitForFunction(() => document.body.dataset.gridOrder === 'you', null, { timeout: 15_000 });
+    const mine = await gridIds();
+    assert.deepEqual([...mine].sort(), [...shopOrder].sort());
+    assert.notDeepEqual(mine, shopOrder);
+    const category = await page.$eval('#category option:nth-child(2)', (o) => (o as HTMLOptionElement).value);
+    await page.evaluate(() => (document.body.dataset.gridOrder = ''));
+    await page.selectOption('#category', category);
+    await page.waitForFunction(() => document.body.dataset.gridOrder === 'you', null, { timeout: 15_000 });
+    const inCategory = await page.$$eval('#grid .card .card-cat', (els) => els.map((e) => e.textContent));
+    assert.ok(inCategory.length > 0 && new Set(inCategory).size === 1, JSON.stringify(inCategory));
+    await page.selectOption('#category', '');
+    await page.selectOption('#order', 'shop');
+    assert.deepEqual(await gridIds(), shopOrder);
+
     // Offers for you: chosen on the device, each with a reason from this shopper's own events.
     // (Any of them: a slot may go to exploration, whose offer may have no such event.)
     await page.waitForFunction(() => [...document.querySelectorAll('#offers [data-testid="offer-reason"]')].some((e) => e.textContent?.startsWith('Because you ')), null, { timeout: 15_000 });
