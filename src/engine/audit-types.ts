@@ -8,7 +8,19 @@ import type { ConsentRecord } from './engine.js';
 export interface AuditReport {
   schema: 1;
   generatedAt: number;
-  storage: { kind: 'indexeddb' | 'memory'; database: string | null; schemaVersion: number; stores: string[] };
+  storage: {
+    kind: 'indexeddb' | 'memory';
+    database: string | null;
+    schemaVersion: number;
+    stores: string[];
+    /**
+     * A database an earlier visit stored under this name that this session has not opened (no
+     * consent yet, or IndexedDB refused to open it): what it holds is not in this report. Consent
+     * opens it; `setConsent({ personalization: false })` or `erase()` deletes it. Null when there
+     * is none (or the browser cannot list its databases).
+     */
+    notOpened: string | null;
+  };
   events: {
     total: number;
     byType: Partial<Record<EventType, number>>;
@@ -21,7 +33,7 @@ export interface AuditReport {
   retention: { maxEvents: number; maxAgeDays: number };
   model: { stored: boolean; version: number; items: number; dim: number; bytes: number; trainedAt: number | null };
   /** The shop's neighbour table in use (public data: nothing about the shopper), or null. */
-  neighbors: { stored: boolean; hash: string; items: number; width: number; bytes: number; source: string } | null;
+  neighbors: { stored: boolean; hash: string; items: number; width: number; bytes: number; source: string; savedAt: number | null } | null;
   /** The shop's signed offer catalog kept on the device (public data the shop published), or null. */
   offers: { stored: true; version: number; offers: number; issuedAt: number } | null;
   /** The global model as the server last sent it (public data, the same for every device), kept so that an unchanged one is not downloaded again; or null. */
@@ -33,7 +45,10 @@ export interface AuditReport {
   offerLedger: { stored: true; offers: number; lastPurchaseAt: number | null; bytes: number } | null;
   /** With `federated.autoSyncHours`: the stored times an automatic sync was last started and a sync last succeeded, and the earliest the next may start, or null. */
   autoSync: { stored: true; lastAttemptAt: number | null; lastSuccessAt: number | null; nextAt: number | null } | null;
-  egress: { requests: number; bytesSent: number; log: EgressEntry[] };
+  /** With secure aggregation: the server-assigned ids of the cohorts this shopper's syncs joined (at most 64), or null. */
+  cohorts: { stored: true; ids: string[] } | null;
+  /** `requests` and `bytesSent` count what was sent; `notSent`, uploads logged then cancelled before they left. */
+  egress: { requests: number; bytesSent: number; notSent: number; log: EgressEntry[] };
   privacy: {
     federatedConfigured: boolean;
     /** Whether sync() may run now (configured, consented, not blocked by GPC). */
@@ -74,4 +89,8 @@ export interface ExportFile {
    * counts and times per offer, and the latest purchase's time (so caps and the audience hold).
    */
   offerLedger: OfferLedger | null;
+  /** With secure aggregation: the ids of the cohorts this shopper's syncs joined (as in the egress log's paths). */
+  cohorts: string[];
+  /** As `audit().storage.notOpened`: an earlier visit's database this session did not open, whose contents are not in this file. */
+  notOpened: string | null;
 }

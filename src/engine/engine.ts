@@ -418,6 +418,8 @@ export class Engine {
     await engine.load(dim);
     engine.openChannel();
     if (consented) {
+      // Events past the age limit go now, not at the next write (a shopper back after a year).
+      await store.removeExpired?.().catch(() => undefined);
       await engine.mergeConsentHistory();
       await engine.loadStoredNeighbors();
       engine.startNeighborFetch();
@@ -507,6 +509,7 @@ export class Engine {
     await this.syncing?.catch(() => undefined);
     await this.training?.catch(() => undefined);
     this.dataEpoch++;
+    this.neighborAbort?.abort();
     this.queue = [];
     this.dropEventCache();
     // The offer catalog and the neighbour table stay in memory: the shop's public data, not the shopper's.
@@ -660,7 +663,11 @@ export class Engine {
     this.consent = next;
     this.consentHistory.push({ t: this.now(), ...next, source });
     // Events taken for writing before a withdrawal are not written after it (flush checks this).
-    if (!next.personalization && was) this.dataEpoch++;
+    if (!next.personalization && was) {
+      this.dataEpoch++;
+      // The shop's file may still be fetched again later, with consent: this request ends here.
+      this.neighborAbort?.abort();
+    }
     this.dropEventCache();
     if (!next.personalization || !next.federated) {
       // A sync under way stops with the consent it needed: before its upload it sends nothing (an
@@ -857,7 +864,8 @@ export class Engine {
     return { items: n.items, width: n.width, hash: n.hash };
   }
 
-  private async installNeighbors(bytes: Uint8Array, source: string, hash?: string): Promise<ActiveNeighbors> {
+  /** `epoch`: the data epoch the file was asked for in; it is stored only if that has not ended. */
+  private async installNeighbors(bytes: Uint8Array, source: string, hash?: string, epoch = this.dataEpoch): Promise<ActiveNeighbors> {
     const table = decodeNeighborTable(bytes);
     const active: ActiveNeighbors = {
       model: alignNeighbors(table, this.rows, this.catalog.items.length),
@@ -869,16 +877,17 @@ export class Engine {
     };
     this.neighbors = active;
     this.neighborBytes = bytes;
-    await this.saveNeighbors();
+    await this.saveNeighbors(epoch);
     return active;
   }
 
-  private async saveNeighbors(): Promise<void> {
+  private async saveNeighbors(epoch = this.dataEpoch): Promise<void> {
     const n = this.neighbors;
-    // After erase() or close() nothing may be written (a fetch may finish late).
-    if (!n || !this.neighborBytes || !this.consent.personalization || this.closed) return;
+    // After erase() or close() nothing may be written (a fetch may finish late); nor, from a fetch
+    // begun before a withdrawal or another tab's erase, into the database that follows it.
+    if (!n || !this.neighborBytes || !this.consent.personalization || this.closed || epoch !== this.dataEpoch) return;
     const stored = await this.store.getMeta<SavedNeighbors>(NEIGHBORS_KEY);
-    if (stored?.hash === n.hash) return;
+    if (stored?.hash === n.hash || epoch !== this.dataEpoch) return;
     await this.store.setMeta(NEIGHBORS_KEY, { hash: n.hash, bytes: this.neighborBytes, source: n.source, savedAt: this.now() } satisfies SavedNeighbors);
   }
 
@@ -918,9 +927,12 @@ export class Engine {
   private fetchNeighbors(url: string): Promise<void> {
     this.neighborFetching = true;
     return (async () => {
-      // Logged as requested (a query string included), as the browser's network panel shows it.
-      const parsed = new URL(url);
-      const entry: EgressEntry = { t: this.now(), method: 'GET', endpoint: parsed.pathname + parsed.search, kind: 'neighbors', bytes: 0, status: 0 };
+      // Logged as requested, host and query string included, as the browser's network panel shows
+      // it: the file may be on another host (a CDN) than the federated server.
+      const entry: EgressEntry = { t: this.now(), method: 'GET', endpoint: url, kind: 'neighbors', bytes: 0, status: 0 };
+      // A withdrawal or another tab's erase while this runs ends the era it belongs to: its log
+      // entry and the file are not written into the database that follows.
+      const epoch = this.dataEpoch;
       // recommend() waits for this fetch, so it may not wait for ever; close() and erase() end it.
       const abort = new AbortController();
       this.neighborAbort = abort;
@@ -930,20 +942,20 @@ export class Engine {
         const res = await (this.opts.fetch ?? fetch)(url, { method: 'GET', signal: abort.signal, ...PRIVATE_FETCH });
         entry.status = res.status;
         if (!res.ok) throw new NetworkError(`GET ${url}: HTTP ${res.status}`, res.status);
-        await this.installNeighbors(new Uint8Array(await res.arrayBuffer()), url);
+        await this.installNeighbors(new Uint8Array(await res.arrayBuffer()), url, undefined, epoch);
         this.neighborRetry = undefined;
       } catch (e) {
         const delayMs = this.neighborRetry ? Math.min(2 * this.neighborRetry.delayMs, NEIGHBOR_RETRY_MAX_MS) : NEIGHBOR_RETRY_MIN_MS;
         this.neighborRetry = { at: this.now() + delayMs, delayMs };
         this.lastError = abort.signal.aborted
-          ? new NetworkError(this.closing ? `GET ${url}: stopped by close()` : `GET ${url}: no answer within ${timeoutMs} ms`, 0)
+          ? new NetworkError(this.closing ? `GET ${url}: stopped by close()` : epoch !== this.dataEpoch ? `GET ${url}: stopped by the erasure of the shopper's data` : `GET ${url}: no answer within ${timeoutMs} ms`, 0)
           : e instanceof TypeError
             ? new NetworkError(`GET ${url}: ${e.message}`, 0)
             : (e as Error);
       } finally {
         clearTimeout(timer);
         this.neighborFetching = false;
-        await this.appendEgress([entry]).catch(() => undefined);
+        if (epoch === this.dataEpoch) await this.appendEgress([entry]).catch(() => undefined);
       }
     })();
   }
@@ -1856,6 +1868,8 @@ export class Engine {
   async audit(): Promise<AuditReport> {
     this.assertOpen();
     await this.flush().catch(() => undefined);
+    // What the age limit hides from reads is deleted now: the report lists what is stored.
+    await this.store.removeExpired?.().catch(() => undefined);
     const events = await this.store.all();
     const ev = await this.store.stats();
     const model = await this.store.getMeta<SavedModel>(MODEL_KEY);
@@ -1866,9 +1880,11 @@ export class Engine {
     // As export() gives it: with what the age limit already hides but the next write has not removed.
     const ledger = await this.store.offerLedger();
     const autoSync = await this.store.getMeta<AutoSyncState>(AUTO_SYNC_KEY);
+    const cohorts = await this.store.getMeta<string[]>(COHORTS_KEY);
     const privacy = await this.privacyStats();
     const fed = this.opts.federated;
     const gpc = this.opts.globalPrivacyControl === true;
+    const sent = egress.filter((e) => !e.notSent);
     return {
       schema: 1,
       generatedAt: this.now(),
@@ -1877,6 +1893,7 @@ export class Engine {
         database: this.store.kind === 'indexeddb' ? (this.opts.dbName ?? 'localrec') : null,
         schemaVersion: EVENT_SCHEMA_VERSION,
         stores: this.store.kind === 'indexeddb' ? ['events', 'meta'] : [],
+        notOpened: await this.unopenedDatabase(),
       },
       events: {
         total: ev.total,
@@ -1891,7 +1908,15 @@ export class Engine {
         ? { stored: true, version: model.version, items: model.itemIds.length, dim: model.dim, bytes: model.factors.byteLength + model.bias.byteLength, trainedAt: model.trainedAt ?? null }
         : { stored: false, version: this.table.version, items: this.table.itemIds.length, dim: this.table.dim, bytes: 0, trainedAt: null },
       neighbors: this.neighbors
-        ? { stored: storedNeighbors?.hash === this.neighbors.hash, hash: this.neighbors.hash, items: this.neighbors.items, width: this.neighbors.width, bytes: this.neighbors.bytes, source: this.neighbors.source }
+        ? {
+            stored: storedNeighbors?.hash === this.neighbors.hash,
+            hash: this.neighbors.hash,
+            items: this.neighbors.items,
+            width: this.neighbors.width,
+            bytes: this.neighbors.bytes,
+            source: this.neighbors.source,
+            savedAt: storedNeighbors?.hash === this.neighbors.hash ? (storedNeighbors.savedAt ?? null) : null,
+          }
         : null,
       offers: storedOffers ? { stored: true, version: storedOffers.version, offers: Array.isArray(storedOffers.offers) ? storedOffers.offers.length : 0, issuedAt: storedOffers.issuedAt } : null,
       globalModel: storedGlobal ? { stored: true, hash: storedGlobal.hash, bytes: storedGlobal.bytes.byteLength } : null,
@@ -1899,9 +1924,12 @@ export class Engine {
         ? { stored: true, offers: ledger.offers.length, lastPurchaseAt: ledger.lastPurchaseAt ?? null, bytes: new TextEncoder().encode(JSON.stringify(ledger)).length }
         : null,
       autoSync: autoSync ? { stored: true, lastAttemptAt: autoSync.lastAttemptAt ?? null, lastSuccessAt: autoSync.lastSuccessAt ?? null, nextAt: autoSync.nextAt ?? null } : null,
+      cohorts: cohorts?.length ? { stored: true, ids: cohorts.slice() } : null,
       egress: {
-        requests: egress.length,
-        bytesSent: egress.reduce((a, e) => a + e.bytes, 0),
+        // An upload cancelled before it left (`notSent`) is in the log, not in these totals.
+        requests: sent.length,
+        bytesSent: sent.reduce((a, e) => a + e.bytes, 0),
+        notSent: egress.length - sent.length,
         log: egress,
       },
       privacy: {
@@ -1925,6 +1953,7 @@ export class Engine {
   async exportData(): Promise<ExportFile> {
     this.assertOpen();
     await this.flush().catch(() => undefined);
+    await this.store.removeExpired?.().catch(() => undefined);
     const model = await this.store.getMeta<SavedModel>(MODEL_KEY);
     return {
       format: 'localrec-export',
@@ -1937,7 +1966,24 @@ export class Engine {
       model: model ? { version: model.version, dim: model.dim, items: model.itemIds.length, trainedAt: model.trainedAt ?? null, trainSteps: model.trainSteps } : null,
       autoSync: (await this.store.getMeta<AutoSyncState>(AUTO_SYNC_KEY)) ?? null,
       offerLedger: (await this.store.offerLedger()) ?? null,
+      cohorts: (await this.store.getMeta<string[]>(COHORTS_KEY)) ?? [],
+      notOpened: await this.unopenedDatabase(),
     };
+  }
+
+  /**
+   * The database an earlier visit stored under this name, when this session runs without it (no
+   * consent yet, or IndexedDB refused to open it): its contents are in neither audit() nor
+   * export(). Null when there is none, or the browser cannot list its databases.
+   */
+  private async unopenedDatabase(): Promise<string | null> {
+    if (this.store.kind === 'indexeddb' || this.opts.store || typeof indexedDB === 'undefined' || typeof indexedDB.databases !== 'function') return null;
+    const name = this.opts.dbName ?? 'localrec';
+    try {
+      return (await indexedDB.databases()).some((d) => d.name === name) ? name : null;
+    } catch {
+      return null;
+    }
   }
 
   private products: ProductIndex | undefined;

@@ -1,4 +1,4 @@
-import { openDB, deleteDB, type DBSchema, type IDBPDatabase, type IDBPTransaction } from 'idb';
+import { openDB, deleteDB, type DBSchema, type IDBPDatabase, type IDBPObjectStore, type IDBPTransaction } from 'idb';
 import { StorageError } from '../errors.js';
 import type { EventType, StoredEvent } from '../types.js';
 import { BlockedError, blockedDeletion, blockedOpen, unlessBlocked } from './blocked.js';
@@ -76,6 +76,12 @@ export interface EventStore {
   isDeleted?(): boolean;
   /** IndexedDB only: called when a reconnect finds the database deleted ({@link IdbEventStore.onVanished}). */
   onVanished?: (() => void) | undefined;
+  /**
+   * Deletes the events past the age limit now (the next write would; until then reads skip them),
+   * folding offer events and purchases into the offer ledger; writes nothing when none has expired.
+   * Returns how many went.
+   */
+  removeExpired?(): Promise<number>;
   /** Deletes every event and every meta record, then the database itself. */
   destroy(): Promise<void>;
   /**
@@ -405,15 +411,7 @@ export class IdbEventStore implements EventStore {
         void Promise.allSettled(adds);
       }
       await Promise.all(adds);
-      let evicted = 0;
-      const cutoff = ageCutoff(this.retention);
-      let cursor = await store.index('t').openCursor(IDBKeyRange.upperBound(cutoff, true));
-      while (cursor) {
-        if (ledgerKeeps(cursor.value)) kept.push(cursor.value);
-        await cursor.delete();
-        evicted++;
-        cursor = await cursor.continue();
-      }
+      let evicted = await deleteExpired(store, ageCutoff(this.retention), kept);
       const over = (await store.count()) - this.retention.maxEvents;
       if (over > 0) {
         let c = await store.index('t').openCursor();
@@ -463,9 +461,22 @@ export class IdbEventStore implements EventStore {
     return evicted;
   }
 
+  async removeExpired(): Promise<number> {
+    if (this.absent) return 0;
+    const cutoff = ageCutoff(this.retention);
+    // Read first: a database with nothing expired is not written to.
+    if ((await (await this.conn()).countFromIndex('events', 't', IDBKeyRange.upperBound(cutoff, true))) === 0) return 0;
+    const tx = (await this.connForWrite()).transaction(['events', 'meta'], 'readwrite');
+    const kept: StoredEvent[] = [];
+    const removed = await deleteExpired(tx.objectStore('events'), cutoff, kept);
+    await foldRemoved(tx, kept);
+    await tx.done;
+    return removed;
+  }
+
   async all(): Promise<StoredEvent[]> {
     if (this.absent) return [];
-    // Events past the age limit are deleted at the next write; until then they are not read either.
+    // Events past the age limit are deleted at the next write (or removeExpired()); until then they are not read either.
     return (await this.conn()).getAllFromIndex('events', 't', IDBKeyRange.lowerBound(ageCutoff(this.retention)));
   }
 
@@ -647,6 +658,15 @@ export class MemoryEventStore implements EventStore {
     const cutoff = ageCutoff(this.retention);
     return this.events.filter((e) => e.t >= cutoff).map((e) => ({ ...e }));
   }
+  async removeExpired(): Promise<number> {
+    const cutoff = ageCutoff(this.retention);
+    const removed = this.events.filter((e) => e.t < cutoff);
+    if (removed.length === 0) return 0;
+    this.events = this.events.filter((e) => e.t >= cutoff);
+    const kept = removed.filter(ledgerKeeps);
+    if (kept.length) this.meta.set(OFFER_LEDGER_KEY, structuredClone(foldIntoLedger(this.meta.get(OFFER_LEDGER_KEY) as OfferLedger | undefined, kept)) as MetaValue);
+    return removed.length;
+  }
   async byItem(itemId: string): Promise<StoredEvent[]> {
     const cutoff = ageCutoff(this.retention);
     return this.events.filter((e) => e.itemId === itemId && e.t >= cutoff).map((e) => ({ ...e }));
@@ -687,6 +707,22 @@ export class MemoryEventStore implements EventStore {
     this.meta.clear();
   }
   close(): void {}
+}
+
+/**
+ * Deletes the events stored before `cutoff` through the `t` index of `store` (inside a readwrite
+ * transaction that also holds `meta`), pushing those the offer ledger keeps onto `kept`.
+ */
+async function deleteExpired(store: IDBPObjectStore<LocalrecDB, ['events', 'meta'], 'events', 'readwrite'>, cutoff: number, kept: StoredEvent[]): Promise<number> {
+  let removed = 0;
+  let cursor = await store.index('t').openCursor(IDBKeyRange.upperBound(cutoff, true));
+  while (cursor) {
+    if (ledgerKeeps(cursor.value)) kept.push(cursor.value);
+    await cursor.delete();
+    removed++;
+    cursor = await cursor.continue();
+  }
+  return removed;
 }
 
 /** Opens IndexedDB, or falls back to memory when it is missing or refuses to open. */

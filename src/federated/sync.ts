@@ -48,7 +48,11 @@ export function trainedPart(config: ServerConfig): TrainedPart {
 export interface EgressEntry {
   t: number;
   method: 'GET' | 'POST';
-  /** Path only, e.g. `/v1/updates`: the SDK never puts data in a query string. */
+  /**
+   * The federated server's requests: the path only, e.g. `/v1/updates` (the server is
+   * `audit().privacy.serverUrl`; the SDK never puts data in a query string). The neighbour file:
+   * its whole URL, host included (it may be on another host, a CDN), as the page configured it.
+   */
   endpoint: string;
   /** `cohort`: secure aggregation's join (the body is a fresh public key) and cohort polls. */
   kind: 'config' | 'model' | 'update' | 'neighbors' | 'cohort';

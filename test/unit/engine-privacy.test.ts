@@ -1,8 +1,10 @@
 import 'fake-indexeddb/auto';
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { Engine } from '../../src/engine/engine.js';
+import { COHORTS_KEY, EGRESS_KEY, Engine } from '../../src/engine/engine.js';
+import { MemoryEventStore } from '../../src/events/store.js';
 import { isConsentError } from '../../src/errors.js';
+import { encodeNeighborTable } from '../../src/model/neighbors-wire.js';
 import { storeSignallingReads } from './engine-helpers.js';
 import '../../src/model/tf.js';
 
@@ -123,6 +125,49 @@ describe('consent', () => {
     await e.erase();
   });
 
+  it('a neighbour-file request begun before a withdrawal, or before another tab erased the data, writes nothing into the database that follows', async () => {
+    const items = { items: ['a', 'b', 'c'].map((id) => ({ id })) };
+    const file = encodeNeighborTable({ itemIds: ['a', 'b'], width: 1, index: Int32Array.of(1, 0), weight: Float32Array.of(0.5, 0.2) });
+    // A server that answers only when told to (and does not notice an abort).
+    const slow = () => {
+      const answers: Array<(r: Response) => void> = [];
+      const fetch = (() => new Promise<Response>((r) => answers.push(r))) as never;
+      return { fetch, answer: () => answers.splice(0).forEach((a) => a(new Response(file as Uint8Array<ArrayBuffer>))) };
+    };
+    const settle = () => new Promise((r) => setTimeout(r, 50));
+    // Withdrawal, then consent again, then the old request answers.
+    let t = 1_000_000_000_000;
+    const s1 = slow();
+    const name = dbName();
+    const e = await Engine.create({ catalog: items, backend: 'cpu', dbName: name, autoTrainEvery: 0, now: () => t, neighbors: { url: 'https://cdn.example/n.lrn' }, fetch: s1.fetch });
+    e.enqueue([{ type: 'view', itemId: 'a' }]);
+    await e.flush();
+    t += 60_000;
+    await e.setConsent({ personalization: false });
+    t += 60_000;
+    await e.setConsent({ personalization: true });
+    s1.answer();
+    await settle();
+    assert.deepEqual(await e.egressLog(), [], 'no entry from before the withdrawal');
+    assert.equal((await e.audit()).neighbors?.stored ?? false, false, 'the file it brought is not stored');
+    await e.erase();
+    // Another tab erases while this tab's request is out; this tab must not bring the database back.
+    const other = dbName();
+    const a = await Engine.create({ catalog: items, backend: 'cpu', dbName: other, autoTrainEvery: 0 });
+    a.enqueue([{ type: 'view', itemId: 'a' }]);
+    await a.flush();
+    const s2 = slow();
+    const b = await Engine.create({ catalog: items, backend: 'cpu', dbName: other, autoTrainEvery: 0, neighbors: { url: 'https://cdn.example/n.lrn' }, fetch: s2.fetch });
+    await settle();
+    await a.erase();
+    await settle();
+    s2.answer();
+    await settle();
+    assert.ok(!(await dbNames()).includes(other), 'the database stays deleted');
+    assert.deepEqual(await b.egressLog(), []);
+    await b.close();
+  });
+
   it('unknown consent keys are refused by name, and nothing changes', async () => {
     const e = await Engine.create({ catalog, backend: 'cpu', dbName: dbName() });
     e.enqueue([{ type: 'view', itemId: 'p1' }]);
@@ -193,7 +238,7 @@ describe('audit and export', () => {
     assert.deepEqual(a.events.byType, { view: 1, purchase: 1, search: 1 });
     assert.ok(a.events.bytes > 0);
     assert.deepEqual(a.retention, { maxEvents: 100, maxAgeDays: 30 });
-    assert.deepEqual(a.storage, { kind: 'indexeddb', database: name, schemaVersion: 2, stores: ['events', 'meta'] });
+    assert.deepEqual(a.storage, { kind: 'indexeddb', database: name, schemaVersion: 2, stores: ['events', 'meta'], notOpened: null });
     assert.equal(a.model.stored, true);
     assert.equal(a.model.bytes, 20 * 32 * 4 + 20 * 4);
     assert.equal(a.egress.requests, 0);
@@ -206,7 +251,73 @@ describe('audit and export', () => {
       tracked,
     );
     assert.equal(JSON.parse(JSON.stringify(x)).events.length, 3, 'JSON round trip');
+    assert.deepEqual([x.cohorts, x.notOpened], [[], null]);
     await e.erase();
     assert.ok(!(await dbNames()).includes(name), 'erase leaves no database');
+  });
+
+  it('an earlier visit\'s database this session has not opened (no consent yet) is named, not passed over as nothing', async () => {
+    const name = dbName();
+    const first = await Engine.create({ catalog, backend: 'cpu', dbName: name, autoTrainEvery: 0 });
+    first.enqueue([{ type: 'purchase', itemId: 'p3' }, { type: 'search', query: 'red shoes' }]);
+    await first.close();
+    const later = await Engine.create({ catalog, backend: 'cpu', dbName: name, autoTrainEvery: 0, consent: { personalization: false, federated: false } });
+    const a = await later.audit();
+    assert.deepEqual([a.storage.kind, a.storage.notOpened, a.events.total], ['memory', name, 0]);
+    assert.equal((await later.exportData()).notOpened, name);
+    // Consent opens it: its events are listed, and nothing is left unopened.
+    await later.setConsent({ personalization: true });
+    const b = await later.audit();
+    assert.deepEqual([b.storage.kind, b.storage.notOpened, b.events.total], ['indexeddb', null, 2]);
+    await later.erase();
+  });
+
+  it('events past the age limit are deleted when the SDK starts and before audit() and export() report, not at the next write', async () => {
+    const DAY = 86_400_000;
+    const name = dbName();
+    const opts = { catalog, backend: 'cpu' as const, dbName: name, autoTrainEvery: 0 };
+    const e = await Engine.create({ ...opts, retention: { maxEvents: 100, maxAgeDays: 30 } });
+    e.enqueue([{ type: 'view', itemId: 'p3', t: Date.now() - 20 * DAY }, { type: 'search', query: 'pregnancy test', t: Date.now() - 20 * DAY }, { type: 'view', itemId: 'p4' }]);
+    await e.flush();
+    await e.close();
+    // What is physically in the events store (IndexedDB, read and written around the SDK).
+    const { openDB } = await import('idb');
+    const raw = async <T>(f: (db: Awaited<ReturnType<typeof openDB>>) => Promise<T>): Promise<T> => {
+      const db = await openDB(name);
+      try {
+        return await f(db);
+      } finally {
+        db.close();
+      }
+    };
+    const stored = () => raw(async (db) => (await db.getAll('events')).map((x: { type: string }) => x.type));
+    assert.equal((await stored()).length, 3);
+    // A later visit under a 10-day limit: two events have expired.
+    const again = await Engine.create({ ...opts, retention: { maxEvents: 100, maxAgeDays: 10 } });
+    assert.deepEqual(await stored(), ['view'], 'deleted when the SDK started');
+    // One that expires while the session runs (put there directly, as the clock would make it).
+    await raw((db) => db.add('events', { t: Date.now() - 11 * DAY, type: 'search', query: 'old' }));
+    assert.equal((await again.audit()).events.total, 1);
+    assert.deepEqual(await stored(), ['view'], 'deleted before audit() reported');
+    await raw((db) => db.add('events', { t: Date.now() - 11 * DAY, type: 'search', query: 'old' }));
+    assert.deepEqual((await again.exportData()).events.map((x) => x.itemId), ['p4']);
+    assert.deepEqual(await stored(), ['view'], 'deleted before export()');
+    await again.erase();
+  });
+
+  it('audit(): an upload cancelled before it left is in the log but not counted as sent; cohorts joined are listed', async () => {
+    const store = new MemoryEventStore();
+    const e = await Engine.create({ catalog, backend: 'cpu', store, autoTrainEvery: 0 });
+    await store.setMeta(EGRESS_KEY, [
+      { t: 1, method: 'GET', endpoint: '/v1/config', kind: 'config', bytes: 0, status: 200 },
+      { t: 2, method: 'POST', endpoint: '/v1/updates', kind: 'update', bytes: 950, status: 0, notSent: true },
+      { t: 3, method: 'POST', endpoint: '/v1/updates', kind: 'update', bytes: 950, status: 202 },
+    ]);
+    await store.setMeta(COHORTS_KEY, ['c1', 'c2']);
+    const a = await e.audit();
+    assert.deepEqual([a.egress.requests, a.egress.bytesSent, a.egress.notSent, a.egress.log.length], [2, 950, 1, 3]);
+    assert.deepEqual(a.cohorts, { stored: true, ids: ['c1', 'c2'] });
+    assert.deepEqual((await e.exportData()).cohorts, ['c1', 'c2']);
+    await e.close();
   });
 });

@@ -332,7 +332,7 @@ describe('Engine with a neighbour table', () => {
     assert.equal((await e.recommend({ k: 1 }))[0]!.itemId, 'b');
     assert.deepEqual(calls.map((c) => [c.url, c.init?.method, c.init?.body]), [['https://shop.example/static/neighbors.lrn', 'GET', undefined]]);
     const log = await e.egressLog();
-    assert.deepEqual(log.map((x) => [x.method, x.endpoint, x.kind, x.bytes, x.status]), [['GET', '/static/neighbors.lrn', 'neighbors', 0, 200]]);
+    assert.deepEqual(log.map((x) => [x.method, x.endpoint, x.kind, x.bytes, x.status]), [['GET', 'https://shop.example/static/neighbors.lrn', 'neighbors', 0, 200]]);
     assert.ok((await store.getMeta(NEIGHBORS_KEY)) !== undefined);
     await e.close();
   });
