@@ -84,7 +84,7 @@ export const OPTION_KEYS = {
   offers: ['publicKey'],
   consent: ['personalization', 'federated'],
   recommend: ['k', 'exclude', 'category', 'candidates'],
-  similar: ['k'],
+  similar: ['k', 'exclude', 'category'],
   train: ['epochs', 'onProgress'],
   sync: ['onProgress', 'signal', 'contribute'],
   offersCall: ['k', 'context', 'seed', 'exploration', 'priorStrength', 'objective'],

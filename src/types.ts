@@ -121,6 +121,13 @@ export interface RecommendOptions {
 export interface SimilarOptions {
   /** How many items, 1–1000. Default 10. */
   k?: number;
+  /**
+   * Items to leave out besides the item itself, as in {@link RecommendOptions.exclude}: `'seen'`,
+   * `'purchased'`, an explicit list of ids (the cart's, say), or `'none'` (default).
+   */
+  exclude?: 'seen' | 'purchased' | 'none' | string[];
+  /** Only items of this category. */
+  category?: string;
 }
 
 /** Progress of a long operation, reported through `onProgress`. */

@@ -1252,13 +1252,28 @@ export class Engine {
     if (typeof itemId !== 'string') throw new ValidationError('itemId', `must be a string, got ${typeof itemId}`);
     knownKeys(options, 'options', OPTION_KEYS.similar);
     const k = intOption(options.k, 'options.k', 1, 1000, 10);
+    if (options.category !== undefined && typeof options.category !== 'string') throw new ValidationError('options.category', 'must be a string');
     const row = this.rows.get(itemId);
     if (row === undefined) throw new ModelError(`item ${describeValue(itemId)} is not in the catalog`);
     await this.freshModel();
+    // Only what is asked for reads the history ('seen', 'purchased').
+    const exclude =
+      options.exclude === undefined || options.exclude === 'none' || Array.isArray(options.exclude)
+        ? this.excludedRows(options.exclude ?? 'none', [], [])
+        : await this.profile().then(({ profile, events }) => this.excludedRows(options.exclude, profile, events));
+    const cat = options.category;
+    if (cat !== undefined && !this.categories.has(cat)) return [];
+    const items = this.catalog.items;
+    const allowed: Allowed | undefined = cat === undefined ? undefined : { key: `category:${cat}`, rows: () => items.flatMap((it, r) => (it.category === cat ? [r] : [])) };
     const nb = await this.neighborReady();
     // The published neighbours first (scored 1 + weight), then the nearest embeddings.
-    const scored: Scored[] = nb ? neighborsOf(nb.model, row).slice(0, k).map((s) => ({ row: s.row, score: 1 + s.score })) : [];
-    if (scored.length < k) scored.push(...(await this.scorer.similar(row, k - scored.length, new Set(scored.map((s) => s.row)))));
+    const scored: Scored[] = nb
+      ? neighborsOf(nb.model, row)
+          .filter((s) => !exclude.has(s.row) && (cat === undefined || items[s.row]!.category === cat))
+          .slice(0, k)
+          .map((s) => ({ row: s.row, score: 1 + s.score }))
+      : [];
+    if (scored.length < k) scored.push(...(await this.scorer.similar(row, k - scored.length, new Set([...exclude, ...scored.map((s) => s.row)]), allowed)));
     const text = `Similar to ${this.title(itemId)}`;
     return scored.map((s) => ({ itemId: this.table.itemIds[s.row]!, score: s.score, reason: { kind: 'similar', text, itemIds: [itemId] } }));
   }

@@ -129,8 +129,11 @@ export class Scorer {
     return out;
   }
 
-  /** Rows most similar to `row` by cosine similarity of their embeddings (the row itself excluded). */
-  async similar(row: number, k: number, exclude: ReadonlySet<number> = new Set()): Promise<Scored[]> {
+  /**
+   * Rows most similar to `row` by cosine similarity of their embeddings (the row itself excluded),
+   * skipping `exclude`, optionally only the rows `allowed` lists (as in {@link topK}).
+   */
+  async similar(row: number, k: number, exclude: ReadonlySet<number> = new Set(), allowed?: Allowed): Promise<Scored[]> {
     if (!(row >= 0 && row < this.n)) throw new ModelError(`row ${row} is outside the table`);
     if (!this.Vn) {
       // Built on first use from the scoring table's factor columns: no second copy of V on the backend.
@@ -142,11 +145,19 @@ export class Scorer {
     const skip = new Set(exclude).add(row);
     const want = Math.min(this.n, k + skip.size);
     const Vn = this.Vn;
-    const { values, indices } = tf.tidy(() => {
-      const q = tf.slice(Vn, [row, 0], [1, this.dim]);
-      return tf.topk(tf.reshape(tf.matMul(Vn, q, false, true), [this.n]), want);
-    });
-    return this.collect(values, indices, k, skip, false);
+    const once = allowed !== undefined && allowed.key === undefined;
+    const mask = allowed ? (allowed.key !== undefined ? this.mask(allowed.key, allowed.rows) : maskOf(this.n, allowed.rows)) : undefined;
+    let ranked: { values: tf.Tensor; indices: tf.Tensor };
+    try {
+      ranked = tf.tidy(() => {
+        const q = tf.slice(Vn, [row, 0], [1, this.dim]);
+        const raw = tf.reshape(tf.matMul(Vn, q, false, true), [this.n]);
+        return tf.topk(mask ? tf.where(tf.cast(mask, 'bool'), raw, tf.fill([this.n], -1e30)) : raw, want);
+      });
+    } finally {
+      if (once) mask!.dispose();
+    }
+    return this.collect(ranked.values, ranked.indices, k, skip, mask !== undefined);
   }
 
   private async collect(values: tf.Tensor, indices: tf.Tensor, k: number, exclude: ReadonlySet<number>, masked: boolean): Promise<Scored[]> {

@@ -5,6 +5,7 @@ import { Engine, MODEL_KEY } from '../../src/engine/engine.js';
 import { IdbEventStore, MemoryEventStore } from '../../src/events/store.js';
 import { isValidationError } from '../../src/errors.js';
 import { storeSignallingReads } from './engine-helpers.js';
+import { encodeNeighborTable } from '../../src/model/neighbors-wire.js';
 import '../../src/model/tf.js';
 
 const catalog = {
@@ -214,6 +215,39 @@ describe('Engine', () => {
     for (let i = 1; i < sim.length; i++) assert.ok(sim[i - 1]!.score >= sim[i]!.score);
     await assert.rejects(e.similar('nope'), /"nope" is not in the catalog/);
     await e.erase();
+  });
+
+  it('similar() leaves out what `exclude` names and keeps to `category`, with the neighbour table and without', async () => {
+    const store = new MemoryEventStore();
+    const dim = 8;
+    // Two clusters of embeddings, across the two categories (mugs p0–p14, bags p15–p29).
+    const factors = new Float32Array(30 * dim);
+    for (let i = 0; i < 30; i++) factors[i * dim + (i % 2)] = 1 + i / 100;
+    await store.setMeta(MODEL_KEY, { version: 2, itemIds: catalog.items.map((i) => i.id), dim, factors, bias: new Float32Array(30), trainSteps: 0, trainedThroughId: 0 });
+    const e = await Engine.create({ ...base, store, model: { dim } });
+    e.enqueue([{ type: 'view', itemId: 'p28' }, { type: 'purchase', itemId: 'p26' }]);
+    const all = (await e.similar('p4', { k: 29 })).map((r) => r.itemId);
+    assert.equal(all.length, 29, 'default: nothing but the item itself left out');
+    assert.deepEqual((await e.similar('p4', { k: 29, exclude: ['p2', 'p6'] })).map((r) => r.itemId), all.filter((id) => id !== 'p2' && id !== 'p6'));
+    assert.deepEqual((await e.similar('p4', { k: 29, exclude: 'seen' })).map((r) => r.itemId), all.filter((id) => id !== 'p28' && id !== 'p26'));
+    assert.deepEqual((await e.similar('p4', { k: 29, exclude: 'purchased' })).map((r) => r.itemId), all.filter((id) => id !== 'p26'));
+    const bags = (await e.similar('p4', { k: 5, category: 'bags' })).map((r) => r.itemId);
+    assert.deepEqual(bags, all.filter((id) => Number(id.slice(1)) >= 15).slice(0, 5));
+    assert.deepEqual(await e.similar('p4', { category: 'hats' }), []);
+    await assert.rejects(e.similar('p4', { exclude: 7 } as never), /options\.exclude: must be 'seen', 'purchased', 'none' or an array of item ids; got 7/);
+    await assert.rejects(e.similar('p4', { category: 3 } as never), /options\.category: must be a string/);
+    // With a neighbour table: its neighbours first, less what is excluded or of another category.
+    await e.setNeighbors(
+      encodeNeighborTable({ itemIds: ['p4', 'p26', 'p8', 'p20'], width: 3, index: Int32Array.of(1, 2, 3, -1, -1, -1, -1, -1, -1, -1, -1, -1), weight: Float32Array.of(0.9, 0.5, 0.3, 0, 0, 0, 0, 0, 0, 0, 0, 0) }),
+    );
+    assert.deepEqual((await e.similar('p4', { k: 3 })).map((r) => r.itemId), ['p26', 'p8', 'p20']);
+    const seenOut = (await e.similar('p4', { k: 3, exclude: 'seen' })).map((r) => r.itemId);
+    assert.deepEqual(seenOut.slice(0, 2), ['p8', 'p20']);
+    assert.ok(!seenOut.includes('p26') && !seenOut.includes('p28'));
+    const bagsNb = (await e.similar('p4', { k: 3, category: 'bags' })).map((r) => r.itemId);
+    assert.deepEqual(bagsNb.slice(0, 2), ['p26', 'p20']);
+    assert.ok(bagsNb.every((id) => Number(id.slice(1)) >= 15));
+    await e.close();
   });
 
   it('rejects bad events and bad options by name, keeping the good events of the same call', async () => {
