@@ -127,9 +127,10 @@ export function createApp(rounds: RoundCoordinator, opts: AppOptions): Hono {
     await next();
   });
 
-  app.get('/v1/health', (c) => {
-    // The last look at a shared store failed (and the next is not due yet): 503, not 200 from memory.
-    const fault = rounds.storageFault;
+  app.get('/v1/health', async (c) => {
+    // The last look at a shared store failed (and the next is not due yet), or the last write to
+    // any store (a full disk, a read-only file) and no write since: 503, not 200 from memory.
+    const fault = await rounds.checkStorage();
     if (fault !== undefined) throw fault;
     return c.json({ ok: true, version: rounds.version });
   });

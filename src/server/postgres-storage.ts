@@ -43,11 +43,46 @@ export interface PostgresStorageOptions {
   beforeCommit?: (what: 'init' | 'publish') => void | Promise<void>;
 }
 
-/** The URL with its password replaced, for messages and logs. */
+/**
+ * Query parameters {@link redactUrl} masks: node-postgres takes the password (`password`), the
+ * client key's passphrase (`sslpassword`) and the TLS files (`sslkey`, `sslcert`, `sslrootcert`)
+ * from the URL's query too; any parameter whose name says pass, key, secret or token is masked.
+ */
+const SECRET_PARAM = /pass|key|secret|token|^sslcert$|^sslrootcert$/i;
+
+/**
+ * The URL with its password replaced, in the user info and in the query, for messages and logs;
+ * the rest (user, host, port, database, other parameters such as `sslmode`) stays as it was written.
+ *
+ * @example
+ * ```ts
+ * redactUrl('postgres://u:pw@h/db?password=pw&sslmode=require'); // 'postgres://u:***@h/db?password=***&sslmode=require'
+ * ```
+ */
 export function redactUrl(url: string): string {
   try {
     const u = new URL(url);
     if (u.password) u.password = '***';
+    if (u.search.length > 1) {
+      // Parameter by parameter on the query as written (URLSearchParams would re-encode the others).
+      u.search = u.search
+        .slice(1)
+        .split('&')
+        .map((part) => {
+          const eq = part.indexOf('=');
+          const raw = eq < 0 ? part : part.slice(0, eq);
+          let name = raw;
+          try {
+            name = decodeURIComponent(raw.replace(/\+/g, ' '));
+          } catch {
+            // a malformed escape: match the name as written
+          }
+          return SECRET_PARAM.test(name) ? `${raw}=***` : part;
+        })
+        .join('&');
+    }
+    // Nothing node-postgres reads, but a password holding `#` would run on into it.
+    if (u.hash) u.hash = '***';
     return u.toString();
   } catch {
     return '(unparseable URL)';
@@ -171,6 +206,11 @@ export class PostgresStorage implements Storage {
       throw e;
     }
     return s;
+  }
+
+  /** See {@link Storage.probeWrite}: rewrites the schema row as it is (a new row version, written to the WAL). */
+  async probeWrite(): Promise<void> {
+    await this.q('probe a write', "UPDATE localrec_meta SET value = value WHERE key = 'schema'");
   }
 
   private fail(what: string, e: unknown): never {

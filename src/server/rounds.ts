@@ -3,7 +3,7 @@
  * and publishes the next version once `minClients` updates are pending. All state changes run one
  * at a time through a promise queue, so two requests never aggregate the same round.
  */
-import { ModelError, StorageError } from '../errors.js';
+import { isStorageError, ModelError, StorageError } from '../errors.js';
 import { bytesEqual, decodeModel, decodeUpdate, decodeUpdateHeader, dequantizeUpdate, beyondModelMagnitude, encodeModel, fromHex, MAX_MODEL_MAGNITUDE, sha256, toHex } from '../federated/wire.js';
 import type { ItemTable } from '../model/item-table.js';
 import { applyFedAdam, applyFedAvg, combineDeltas, shrinkRows, DEFAULT_FEDADAM, trimCount, type AggregatorName, type FedAdamOptions, type RobustName } from './aggregate.js';
@@ -290,14 +290,58 @@ export class RoundCoordinator {
   }
 
   /**
-   * What the last look at a shared store failed with, until a look succeeds. Readers inside the
-   * second after a failed look are answered from memory; `/v1/health` answers with this instead,
-   * so that a load balancer sees the store is down however busy the other endpoints keep it.
+   * What the last look at a shared store failed with, until a look succeeds, or else what the last
+   * write to the store (any store) failed with, until a write succeeds. Readers inside the second
+   * after a failed look are answered from memory, and reads may still work while writes cannot
+   * (a full disk); `/v1/health` answers with this instead ({@link checkStorage}), so that a load
+   * balancer sees the server cannot store however busy the other endpoints keep it.
    */
   get storageFault(): unknown {
-    return this.lastLookError;
+    return this.lastLookError ?? this.lastWriteError;
   }
   private lastLookError: unknown = undefined;
+  /** The storage error the last update, publish or discard failed with; cleared by the next that succeeds. */
+  private lastWriteError: unknown = undefined;
+  /** When a write last failed or the store's write probe last ran (ms since the epoch). */
+  private lastWriteCheck = -Infinity;
+  /** The write probe health checks are waiting for, if one is under way. */
+  private probing: Promise<void> | null = null;
+
+  /**
+   * Runs a write to the store, recording whether the store takes writes: a storage error (not a
+   * conflict with another process, which is the store working) is kept until a write succeeds.
+   */
+  private async write<T>(op: () => Promise<T>): Promise<T> {
+    try {
+      const out = await op();
+      // (A replay stored nothing: it says nothing about whether the store takes writes.)
+      if (out !== 'replayed') this.lastWriteError = undefined;
+      return out;
+    } catch (e) {
+      if (isStorageError(e) && !(e instanceof StorageConflictError)) {
+        this.lastWriteError = e;
+        this.lastWriteCheck = this.config.now();
+      }
+      throw e;
+    }
+  }
+
+  /**
+   * For `/v1/health`: {@link storageFault}, after, while a write fault stands, the store's write
+   * probe ({@link Storage.probeWrite}, at most once a second, not behind the queue), so that the
+   * fault ends once the store takes writes again even when no upload comes to prove it.
+   */
+  async checkStorage(): Promise<unknown> {
+    const probe = this.storage.probeWrite?.bind(this.storage);
+    if (this.lastWriteError !== undefined && probe && this.config.now() - this.lastWriteCheck >= 1000) {
+      this.lastWriteCheck = this.config.now();
+      this.probing ??= this.write(probe)
+        .catch(() => undefined)
+        .finally(() => (this.probing = null));
+    }
+    if (this.probing) await this.probing;
+    return this.storageFault;
+  }
 
   /**
    * For readers (`GET /v1/model`, `/v1/config`, `/v1/rounds/current`, `/v1/health`): on a shared
@@ -397,7 +441,7 @@ export class RoundCoordinator {
    * Runs inside the queue.
    */
   private async store(u: NewUpdate, replayed: string, ready: (id: number, again: boolean) => boolean | Promise<boolean | Rejection>): Promise<Accepted | Rejection> {
-    let r = await this.storage.addUpdate(u);
+    let r = await this.write(() => this.storage.addUpdate(u));
     let again = false;
     if (r === 'replayed') {
       // The same body under the same nonce, still pending: the first attempt was stored but its
@@ -419,7 +463,7 @@ export class RoundCoordinator {
       // and, under secure aggregation, the upload would stay pending outside its cohort for good.
       // Not a row an earlier attempt stored (`again`): its cohort may have counted it already, and
       // the next retry finishes it.
-      if (!again) await this.storage.discard([r.id]).catch(() => undefined);
+      if (!again) await this.write(() => this.storage.discard([r.id])).catch(() => undefined);
       this.pendingN = await this.storage.pendingCount().catch(() => this.pendingN);
       throw e;
     }
@@ -427,7 +471,7 @@ export class RoundCoordinator {
     if (complete !== true && complete !== false) {
       // Refused after all (its cohort ended meanwhile): the update must not stay pending. (A row an
       // earlier attempt stored is left to the cohort's own end: an aborted cohort deletes its uploads.)
-      if (!again) await this.storage.discard([r.id]);
+      if (!again) await this.write(() => this.storage.discard([r.id]));
       this.pendingN = await this.storage.pendingCount();
       return complete;
     }
@@ -514,7 +558,7 @@ export class RoundCoordinator {
       // An aborted cohort's uploads can never be unmasked.
       if (c.updateIds.length === 0) continue;
       void this.run(async () => {
-        await this.storage.discard(c.updateIds);
+        await this.write(() => this.storage.discard(c.updateIds));
         this.pendingN = await this.storage.pendingCount();
         this.config.log(`discarded ${c.updateIds.length} uploads of aborted cohort ${c.id.slice(0, 12)}: ${c.reason}`);
       }).catch((e: Error) => this.config.log(`could not discard the uploads of cohort ${c.id.slice(0, 12)}: ${e.message}`));
@@ -800,9 +844,11 @@ export class RoundCoordinator {
       updateCount: consumed.length,
     };
     try {
-      await this.storage.publish(
-        stored,
-        consumed.map((u) => u.id),
+      await this.write(() =>
+        this.storage.publish(
+          stored,
+          consumed.map((u) => u.id),
+        ),
       );
     } catch (e) {
       if (e instanceof StorageConflictError) {

@@ -8,13 +8,16 @@
  * nonce, against replays; their body and arrival time are dropped, and a masked upload's
  * `cohort:member` nonce replaced: the average is what the server needs, and keeping individual
  * noised updates, or when and from which member they came, longer than a round would only be a
- * liability. `secure_delete` keeps the dropped bodies out of the file's free pages.
+ * liability. `secure_delete` keeps the dropped bodies out of the file's free pages, and a
+ * checkpoint that truncates the WAL after every publish and discard ({@link SqliteStorage.checkpoint})
+ * keeps them out of `localrec.sqlite-wal`, whose frames still hold each body as it was written.
  */
 import { mkdirSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import type Database from 'better-sqlite3';
 import { StorageError } from '../errors.js';
+import { UPDATE_BUDGET_BYTES } from '../federated/wire.js';
 import { averagedNonceSql, checkNextVersion, pendingFromRow, StorageConflictError, versionFromRow, versionParams, type NewUpdate, type PendingUpdate, type Storage, type StoredVersion, type UpdateRow, type VersionRow } from './storage.js';
 
 const SCHEMA_VERSION = '1';
@@ -76,7 +79,7 @@ function takeLock(dir: string): Database.Database {
 
 export interface SqliteStorageOptions {
   /** Test-only fault injection: called inside a transaction, just before it commits. */
-  beforeCommit?: (what: 'init' | 'update' | 'publish') => void;
+  beforeCommit?: (what: 'init' | 'update' | 'publish' | 'probe') => void;
 }
 
 /**
@@ -105,7 +108,11 @@ export class SqliteStorage implements Storage {
     insertVersion: Database.Statement;
     markAggregated: Database.Statement;
     discard: Database.Statement;
+    probe: Database.Statement;
+    unprobe: Database.Statement;
   };
+  /** Set when the last checkpoint could not empty the WAL (a reader held it): tried again after the next write. */
+  private checkpointOwed = false;
 
   /**
    * Opens (creating if needed) `<dataDir>/localrec.sqlite`, taking the data dir's lock: a second
@@ -136,6 +143,9 @@ export class SqliteStorage implements Storage {
       // Deleted content is overwritten, not left in free pages: an averaged update's body (and a
       // discarded one) must not stay readable in the file or its backups.
       this.db.pragma('secure_delete = ON');
+      // The WAL holds every page as it was written, bodies included, until it is overwritten: it is
+      // emptied after each publish and discard (checkpoint), and never kept at its largest size.
+      this.db.pragma('journal_size_limit = 0');
       this.db.exec(`
         CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
         CREATE TABLE IF NOT EXISTS versions (
@@ -172,6 +182,8 @@ export class SqliteStorage implements Storage {
         this.db.prepare('INSERT INTO meta (key, value) VALUES (?, ?)').run(VACUUMED_KEY, String(Date.now()));
       }
       this.prepare();
+      // A WAL left by a crash may hold bodies averaged since the last checkpoint.
+      this.checkpoint();
     } catch (e) {
       if (db?.open) db.close();
       this.lock.close();
@@ -203,7 +215,31 @@ export class SqliteStorage implements Storage {
          WHERE id = ? AND aggregated_into IS NULL`,
       ),
       discard: db.prepare('DELETE FROM updates WHERE id = ? AND aggregated_into IS NULL'),
+      // (TEXT affinity leaves a blob a blob.)
+      probe: db.prepare("INSERT OR REPLACE INTO meta (key, value) VALUES ('write-probe', zeroblob(?))"),
+      unprobe: db.prepare("DELETE FROM meta WHERE key = 'write-probe'"),
     };
+  }
+
+  /**
+   * Copies the WAL into the database file and truncates it to nothing, so that the frames that held
+   * an averaged or discarded body (the WAL keeps every page as it was written) are gone from the
+   * WAL, and the pages `secure_delete` zeroed replace the old ones in the file. SQLite's checkpoint
+   * is crash-safe (the file is synced before the WAL is truncated). It does not wait: a reader in
+   * the middle of a read (a backup, `sqlite3`) keeps the frames it may still read, and the
+   * checkpoint is tried again after the next write. It never fails a write that has committed.
+   */
+  private checkpoint(): void {
+    const timeout = this.db.pragma('busy_timeout', { simple: true }) as number;
+    try {
+      this.db.pragma('busy_timeout = 0');
+      const [r] = this.db.pragma('wal_checkpoint(TRUNCATE)') as Array<{ busy: number; log: number; checkpointed: number }>;
+      this.checkpointOwed = !r || r.busy !== 0 || r.log !== 0;
+    } catch {
+      this.checkpointOwed = true;
+    } finally {
+      this.db.pragma(`busy_timeout = ${timeout}`);
+    }
   }
 
   private wrap<T>(what: string, fn: () => T): T {
@@ -227,7 +263,7 @@ export class SqliteStorage implements Storage {
   }
 
   async addUpdate(u: NewUpdate): Promise<{ id: number } | 'replayed'> {
-    return this.wrap('store update', () =>
+    const stored = this.wrap('store update', () =>
       this.db.transaction(() => {
         const r = this.st.insertUpdate.run(u.nonce, u.baseVersion, u.receivedAt, Buffer.from(u.body.buffer, u.body.byteOffset, u.body.byteLength));
         if (r.changes === 0) return 'replayed' as const;
@@ -235,6 +271,8 @@ export class SqliteStorage implements Storage {
         return { id: Number(r.lastInsertRowid) };
       })(),
     );
+    if (this.checkpointOwed) this.checkpoint();
+    return stored;
   }
 
   async pending(): Promise<PendingUpdate[]> {
@@ -260,6 +298,7 @@ export class SqliteStorage implements Storage {
         for (const id of ids) this.st.discard.run(id);
       })(),
     );
+    this.checkpoint();
   }
 
   async publish(next: StoredVersion, consumed: readonly number[]): Promise<void> {
@@ -271,6 +310,22 @@ export class SqliteStorage implements Storage {
           if (this.st.markAggregated.run(next.version, id).changes !== 1) throw new StorageConflictError(`update ${id} is not pending`);
         }
         this.hooks.beforeCommit?.(next.version === 0 ? 'init' : 'publish');
+      })(),
+    );
+    this.checkpoint();
+  }
+
+  /**
+   * Whether the store takes writes again (for `/v1/health` after a failed write): writes an
+   * update-sized row and deletes it in one transaction, which needs the room an upload needs (fresh
+   * pages, then WAL frames at commit) and fails as an upload would on a full disk or read-only file.
+   */
+  async probeWrite(): Promise<void> {
+    this.wrap('probe a write', () =>
+      this.db.transaction(() => {
+        this.st.probe.run(UPDATE_BUDGET_BYTES);
+        this.st.unprobe.run();
+        this.hooks.beforeCommit?.('probe');
       })(),
     );
   }

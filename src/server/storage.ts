@@ -81,6 +81,14 @@ export interface Storage {
   discard(ids: readonly number[]): Promise<void>;
   /** Atomically appends `next` and marks `consumed` (update ids) as aggregated into it. */
   publish(next: StoredVersion, consumed: readonly number[]): Promise<void>;
+  /**
+   * A small write that changes nothing the server reads, and fails with a StorageError when an
+   * update could not be stored either (full disk, read-only file, database gone). After a write
+   * failed, `/v1/health` answers 503 until a write succeeds; it runs this at most once a second
+   * meanwhile, so that it sees the store recover even when no upload comes (a load balancer sends
+   * none to an instance whose health check fails). Without it, only the next successful write ends the 503.
+   */
+  probeWrite?(): Promise<void>;
   close(): Promise<void>;
 }
 

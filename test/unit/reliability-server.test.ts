@@ -73,11 +73,16 @@ for (const [kind, fault, heal, pattern] of [
   ['full disk (SQLITE_FULL)', fillDisk, freeDisk, /full/],
   ['read-only database (SQLITE_READONLY)', (db: Database.Database) => db.pragma('query_only = ON'), (db: Database.Database) => db.pragma('query_only = OFF'), /readonly/],
 ] as const) {
-  test(`${kind}: uploads get a clear 503 with a reason, the server keeps serving, and recovers when storage does`, async () => {
+  test(`${kind}: uploads get a clear 503 with a reason, the server keeps serving, /v1/health says it cannot store, and it recovers when storage does`, async () => {
     const dir = tmp();
     const storage = SqliteStorage.open(dir);
     const logged: string[] = [];
-    const server = await startServer({ port: 0, storage, initialTable: bigTable(), minClients: 3, noiseMultiplier: 0, rateLimit: false, maxStaleness: 100, log: (l) => logged.push(l) });
+    let t = 1_000_000;
+    const server = await startServer({ port: 0, storage, initialTable: bigTable(), minClients: 3, noiseMultiplier: 0, rateLimit: false, maxStaleness: 100, now: () => t, log: (l) => logged.push(l) });
+    const health = async () => {
+      const res = await fetch(`${server.url}/v1/health`);
+      return { status: res.status, reason: ((await res.json()) as { reason?: string }).reason };
+    };
     try {
       const v0 = await pull(server.url);
       for (const s of [1, 2]) assert.equal((await post(server.url, honestUpdate(v0, s))).status, 202);
@@ -94,12 +99,18 @@ for (const [kind, fault, heal, pattern] of [
         assert.ok(!String(r.json.error).includes(dir), 'no data dir in the response');
       }
       assert.ok(logged.some((l) => l.startsWith('storage unavailable on POST /v1/updates: SQLite') && pattern.test(l)), logged.join('\n'));
-      // Reads still work while writes cannot.
-      assert.equal((await fetch(`${server.url}/v1/health`)).status, 200);
+      // The health check says the server cannot store (a load balancer takes it out), while reads still work.
+      assert.deepEqual(await health(), { status: 503, reason: 'storage-unavailable' });
       assert.equal((await pull(server.url)).table.version, 0);
       const cur = (await (await fetch(`${server.url}/v1/rounds/current`)).json()) as { pending: number };
       assert.equal(cur.pending, 2, 'the refused uploads were not counted');
+      t += 1500;
+      assert.deepEqual(await health(), { status: 503, reason: 'storage-unavailable' }, 'its write probe fails as an upload does');
       heal(rawDb(storage));
+      assert.equal((await health()).status, 503, 'no probe due yet');
+      t += 1500;
+      // The probe succeeds: healthy again without waiting for an upload (none would come through a balancer).
+      assert.deepEqual(await health(), { status: 200, reason: undefined });
       // The client retries the very same body: its nonce was never recorded, so it is accepted now.
       const again = await post(server.url, refused[0]!);
       assert.equal(again.status, 202);
@@ -115,7 +126,7 @@ for (const [kind, fault, heal, pattern] of [
 test('full disk during publish: the update is kept, the round is retried and completes once there is room', async () => {
   const dir = tmp();
   const storage = SqliteStorage.open(dir);
-  const server = await startServer({ port: 0, storage, initialTable: bigTable(), minClients: 2, noiseMultiplier: 0, rateLimit: false, maxStaleness: 100, log: quiet });
+  const server = await startServer({ port: 0, storage, initialTable: bigTable(), minClients: 2, noiseMultiplier: 0, rateLimit: false, maxStaleness: 100, now: () => 1_000_000, log: quiet });
   try {
     const v0 = await pull(server.url);
     assert.equal((await post(server.url, honestUpdate(v0, 1))).status, 202);
@@ -128,10 +139,12 @@ test('full disk during publish: the update is kept, the round is retried and com
     assert.ok(r.status === 202 || r.status === 503, `status ${r.status}: ${JSON.stringify(r.json)}`);
     assert.equal(r.status, 202, 'the update itself fits');
     assert.equal(r.json.published, null, 'publish failed for lack of room, the update is pending');
+    assert.equal((await fetch(`${server.url}/v1/health`)).status, 503, 'the failed publish is a failed write');
     freeDisk(db);
     const r2 = await post(server.url, honestUpdate(v0, 3));
     assert.equal(r2.status, 202);
     assert.equal(r2.json.published, 1, 'the retried round took all three updates');
+    assert.equal((await fetch(`${server.url}/v1/health`)).status, 200, 'the next write that succeeds ends the 503');
     assert.equal((db.prepare('SELECT update_count AS n FROM versions WHERE version = 1').get() as { n: number }).n, 3);
     const pending = (db.prepare('SELECT COUNT(*) AS n FROM updates WHERE aggregated_into IS NULL').get() as { n: number }).n;
     assert.equal(pending, 0, 'every stored update went into version 1');

@@ -7,7 +7,7 @@ import { strict as assert } from 'node:assert';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { after, before, describe, it } from 'node:test';
+import { after, before, describe, it, test } from 'node:test';
 import pg from 'pg';
 import { isStorageError, isValidationError } from '../../src/errors.js';
 import { encodeMaskedUpdate, type SecAggParams } from '../../src/federated/secagg.js';
@@ -16,6 +16,7 @@ import { clipL2, RdpAccountant } from '../../src/federated/dp.js';
 import { syncOnce, type FetchLike } from '../../src/federated/sync.js';
 import { fromHex } from '../../src/federated/wire.js';
 import { createServer, PostgresStorage, startServer } from '../../src/server/index.js';
+import { redactUrl } from '../../src/server/postgres-storage.js';
 import { KEEP_ENDED_MS } from '../../src/server/cohorts.js';
 import { StorageConflictError } from '../../src/server/storage.js';
 import { postgresUnavailable, startPostgres, type TestPostgres } from './pg-helpers.js';
@@ -23,6 +24,28 @@ import { assertKeptAnHourAfterEnd, DIM, exerciseCohortLeave, honestUpdate, initi
 
 const skip = postgresUnavailable();
 const opts = { port: 0, minClients: 3, noiseMultiplier: 0, rateLimit: false as const, log: quiet };
+
+// No PostgreSQL server needed.
+test('redactUrl masks a password given in the query (password, sslpassword) and the TLS key files, as well as in the user info, keeping the rest readable', async () => {
+  const cases: Array<[string, string]> = [
+    ['postgres://u@db.internal/shop?password=s3cret', 'postgres://u@db.internal/shop?password=***'],
+    ['postgres://u:s3cret@db.internal:5432/shop', 'postgres://u:***@db.internal:5432/shop'],
+    [
+      'postgres://u:s3cret@h:5432/shop?sslmode=require&sslpassword=s3cret&sslkey=/etc/k.pem&sslcert=/etc/c.pem&sslrootcert=/etc/ca.pem&application_name=shop%20a',
+      'postgres://u:***@h:5432/shop?sslmode=require&sslpassword=***&sslkey=***&sslcert=***&sslrootcert=***&application_name=shop%20a',
+    ],
+    // Any spelling node-postgres would read the same: case, a percent-escaped name, the parameter twice.
+    ['postgresql://u@h/shop?PASSWORD=s3cret&pass%77ord=s3cret&password=s3cret', 'postgresql://u@h/shop?PASSWORD=***&pass%77ord=***&password=***'],
+    ['postgres://u@h/shop?password=s3c#ret', 'postgres://u@h/shop?password=***#***'],
+    ['postgres://u@h/shop?sslmode=require', 'postgres://u@h/shop?sslmode=require'],
+  ];
+  for (const [url, want] of cases) assert.equal(redactUrl(url), want);
+  // The same URL in the error of a store that cannot connect (nothing listens on port 1).
+  await assert.rejects(PostgresStorage.open('postgres://u@127.0.0.1:1/shop?password=s3cret&sslmode=disable'), (e: unknown) => {
+    const m = (e as Error).message;
+    return isStorageError(e) && m.includes('postgres://u@127.0.0.1:1/shop?password=***&sslmode=disable') && !m.includes('s3cret');
+  });
+});
 
 describe('PostgreSQL storage', { skip: skip ?? false }, () => {
   let server: TestPostgres;

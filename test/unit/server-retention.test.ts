@@ -4,7 +4,7 @@
  * upload not which cohort member sent it.
  */
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
@@ -20,6 +20,16 @@ function bytesLeft(dir: string, body: Uint8Array): number {
   let found = 0;
   for (let o = 0; o + 64 <= body.length; o += 64) if (files.some((raw) => raw.includes(Buffer.from(body.subarray(o, o + 64))))) found += 64;
   return found;
+}
+
+/**
+ * Which of `bodies` can still be found in any file of the data dir (the database, its -wal and
+ * -shm, the lock), by a byte run no other row has: the update's nonce and the first 32 bytes of its
+ * payload.
+ */
+function bodiesIn(dir: string, bodies: readonly Uint8Array[]): number[] {
+  const files = readdirSync(dir).map((f) => readFileSync(join(dir, f)));
+  return bodies.flatMap((b, i) => (files.some((raw) => raw.includes(Buffer.from(b.subarray(64, 112)))) ? [i] : []));
 }
 
 /** Runs `f` on a fresh data dir, removed after. */
@@ -53,6 +63,44 @@ test('SQLite: an averaged update leaves no body bytes in the file, and its row n
     for (const b of bodies) assert.equal(bytesLeft(dir, b), 0, 'no 64-byte chunk of an averaged body is left in the file');
     const rows = inDb(dir, (db) => db.prepare('SELECT received_at, body IS NULL AS gone, aggregated_into FROM updates').all());
     assert.deepEqual(rows, [0, 1, 2].map(() => ({ received_at: 0, gone: 1, aggregated_into: 1 })));
+  }));
+
+test('SQLite: while the server runs, averaged bodies are in no file of the data dir (the WAL is emptied after each publish), a reader only delays that', () =>
+  inDataDir(async (dir) => {
+    // A shop-sized update (≈ 60 KB, overflow pages), as on a real server.
+    const ids = Array.from({ length: 4000 }, (_, i) => `item-${i}`);
+    const parts = await createServer({ dataDir: dir, initialTable: initialTable(ids, 16), minClients: 3, clip: 1, noiseMultiplier: 1, maxStaleness: 100, rateLimit: false, log: () => {} });
+    try {
+      const db = (parts.storage as unknown as { db: Database.Database }).db;
+      assert.equal(db.pragma('secure_delete', { simple: true }), 1, 'secure_delete is on for the connection that writes');
+      const view = { table: decodeModel(parts.rounds.modelBytes('float32')).table, hash: Uint8Array.from(Buffer.from(parts.rounds.hash, 'hex')), config: parts.rounds.config };
+      const bodies = Array.from({ length: 10 }, (_, i) => honestUpdate(view, i + 1));
+      const postAll = async (bs: Uint8Array[]) => {
+        for (const b of bs) assert.equal((await parts.app.request('/v1/updates', { method: 'POST', body: b as Uint8Array<ArrayBuffer> })).status, 202);
+      };
+      await postAll(bodies.slice(0, 8));
+      assert.equal(parts.rounds.version, 2);
+      // The pending ones are found (the scan works); the six averaged ones nowhere.
+      assert.deepEqual(bodiesIn(dir, bodies.slice(0, 8)), [6, 7]);
+
+      // A reader (a backup, sqlite3) in the middle of a read when a round publishes: the publish
+      // does not wait for it, and the WAL is emptied with the next write after it is done.
+      const reader = new Database(join(dir, 'localrec.sqlite'), { readonly: true });
+      try {
+        reader.prepare('BEGIN').run();
+        const before = (reader.prepare('SELECT COUNT(*) AS n FROM versions').get() as { n: number }).n;
+        await postAll(bodies.slice(8, 9));
+        assert.equal(parts.rounds.version, 3, 'published while the reader held its snapshot');
+        assert.equal((reader.prepare('SELECT COUNT(*) AS n FROM versions').get() as { n: number }).n, before, 'the reader still reads its snapshot');
+        reader.prepare('COMMIT').run();
+      } finally {
+        reader.close();
+      }
+      await postAll(bodies.slice(9, 10));
+      assert.deepEqual(bodiesIn(dir, bodies.slice(0, 10)), [9], 'only the pending update is left');
+    } finally {
+      await parts.storage.close();
+    }
   }));
 
 test('SQLite, secure aggregation: once a cohort is averaged, no stored row says which member sent which upload', () =>
