@@ -100,7 +100,7 @@ export interface Recommendation {
 }
 
 export interface RecommendOptions {
-  /** How many items, 1–1000. Default 10. */
+  /** How many items, 1–1000 (up to the number of `candidates` when more are given). Default 10. */
   k?: number;
   /**
    * Items to leave out: `'seen'` drops every item the shopper interacted with, `'purchased'` only

@@ -208,6 +208,9 @@ const EGRESS_MAX = 1000;
 const FLUSH_DELAY_MS = 25;
 const FLUSH_MAX = 200;
 
+/** Extra fallback rows recommend() reads to break float32 ties by row as `localrec eval` does. */
+const FALLBACK_TIE_ROWS = 16;
+
 /** Most ids `recommend({ candidates })` takes (a page's category listing or search results). */
 const MAX_CANDIDATES = 10_000;
 
@@ -1184,7 +1187,10 @@ export class Engine {
     const top = neighborContributions(nb.model, profile, row)
       .filter((c) => c.item.action !== undefined)
       .slice(0, 2);
-    if (top.length === 0) return this.reason(row, profile);
+    // Reached through the table only by items no reason may cite (an add to cart taken back): the
+    // pick is the history's all the same, but no past item is named (the factor model's
+    // contributions would name one that does not point to it).
+    if (top.length === 0) return { kind: 'personal', text: 'Based on your recent activity', itemIds: [] };
     const parts = top.map((c) => `${ACTION_VERB[c.item.action!]} ${this.title(this.table.itemIds[c.item.row]!)}`);
     return { kind: 'personal', text: `Because you ${parts.join(' and ')}`, itemIds: top.map((c) => this.table.itemIds[c.item.row]!) };
   }
@@ -1198,9 +1204,10 @@ export class Engine {
     this.assertOpen();
     knownKeys(options, 'options', OPTION_KEYS.recommend);
     await this.freshModel();
-    const k = intOption(options.k, 'options.k', 1, 1000, 10);
     if (options.category !== undefined && typeof options.category !== 'string') throw new ValidationError('options.category', 'must be a string');
     const candidates = this.candidateRows(options.candidates);
+    // A page's whole list may be put in order (`k: candidates.length`), up to MAX_CANDIDATES.
+    const k = intOption(options.k, 'options.k', 1, Math.max(1000, Array.isArray(options.candidates) ? options.candidates.length : 0), 10);
     const { profile, events } = await this.profile();
     const exclude = this.excludedRows(options.exclude, profile, events);
     const z = userVector(this.table, profile);
@@ -1233,9 +1240,16 @@ export class Engine {
       if (reached.length < k) {
         const skip = new Set(exclude);
         for (const r of reached) skip.add(r.row);
-        const f = await this.scorer.topKRange(z, k - reached.length, skip, allowed);
+        // A few rows more than needed: scaled and rounded to float32 as rankScores writes them, two
+        // neighbouring scores may tie and then break by row, as in eval (a tie running past the
+        // extra rows would need that many equal float32 scores at the cut).
+        const want = k - reached.length;
+        const f = await this.scorer.topKRange(z, want + FALLBACK_TIE_ROWS, skip, allowed);
         const span = f.hi > f.lo ? f.hi - f.lo : 1;
-        rest = f.top.map((s) => ({ row: s.row, score: (0.999 * (s.score - f.lo)) / span }));
+        rest = f.top
+          .map((s) => ({ row: s.row, score: Math.fround((0.999 * (s.score - f.lo)) / span) }))
+          .sort((a, b) => b.score - a.score || a.row - b.row)
+          .slice(0, want);
       }
       return [
         ...reached.map((s) => ({ itemId: this.table.itemIds[s.row]!, score: s.score, reason: this.neighborReason(nb, s.row, profile) })),

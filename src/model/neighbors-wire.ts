@@ -82,9 +82,15 @@ export function decodeNeighborTable(input: ArrayBuffer | ArrayBufferView): Neigh
   // SharedArrayBuffer is as good as one of this realm's.
   const tag = Object.prototype.toString.call(input);
   let bytes: Uint8Array;
-  if (tag === '[object ArrayBuffer]' || tag === '[object SharedArrayBuffer]') bytes = new Uint8Array(input as ArrayBuffer);
-  else if (ArrayBuffer.isView(input)) bytes = new Uint8Array(input.buffer, input.byteOffset, input.byteLength);
-  else throw new ValidationError('neighbors', `must be an ArrayBuffer or a typed array of the file's bytes, got ${input === null ? 'null' : typeof input}`);
+  try {
+    if (tag === '[object ArrayBuffer]' || tag === '[object SharedArrayBuffer]') bytes = new Uint8Array(input as ArrayBuffer);
+    else if (ArrayBuffer.isView(input)) bytes = new Uint8Array(input.buffer, input.byteOffset, input.byteLength);
+    else throw new ValidationError('neighbors', `must be an ArrayBuffer or a typed array of the file's bytes, got ${input === null ? 'null' : typeof input}`);
+  } catch (e) {
+    if (e instanceof ValidationError) throw e;
+    // A buffer transferred away (postMessage with transfer) is detached: no bytes to read.
+    throw new ValidationError('neighbors', `cannot read the file's bytes: ${(e as Error).message} (a buffer transferred to another worker or frame is detached)`);
+  }
   const bad = (msg: string): never => {
     throw new ValidationError('neighbors', msg);
   };

@@ -87,6 +87,11 @@ describe('Engine', () => {
     await assert.rejects(e.recommend({ candidates: 'p3' as never }), /options\.candidates: must be an array of item ids, got "p3"/);
     await assert.rejects(e.recommend({ candidates: ['p3', 7] as never }), /options\.candidates\[1\]: must be an item id string, got 7/);
     await assert.rejects(e.recommend({ candidates: Array.from({ length: 10_001 }, (_, i) => `x${i}`) }), /options\.candidates: must hold at most 10000 item ids, got 10001/);
+    // A page of more than 1,000 products is put in order whole (`k: ids.length`); k stays ≤ 1000 without one.
+    const bigPage = [...Array.from({ length: 1_500 }, (_, i) => `elsewhere-${i}`), ...page];
+    assert.deepEqual((await e.recommend({ candidates: bigPage, k: bigPage.length, exclude: 'none' })).map((r) => r.itemId), inOrder);
+    await assert.rejects(e.recommend({ k: 1_001 }), /options\.k: must be a whole number from 1 to 1000, got 1001/);
+    await assert.rejects(e.recommend({ candidates: page, k: 1_001 }), /options\.k: must be a whole number from 1 to 1000, got 1001/);
     // Many one-off lists do not pile up masks on the backend.
     const tf = await import('../../src/model/tf.js');
     const before = tf.memory().numTensors;

@@ -62,6 +62,10 @@ describe('neighbour file (LRN1)', () => {
     for (const [name, mutate, re] of cases) {
       assert.throws(() => decodeNeighborTable(mutate(good.slice())), (e: unknown) => isValidationError(e) && re.test((e as Error).message), name);
     }
+    // A buffer transferred away (to a worker) is detached: a ValidationError too, not a TypeError.
+    const gone = good.slice().buffer;
+    structuredClone(gone, { transfer: [gone] });
+    assert.throws(() => decodeNeighborTable(gone), (e: unknown) => isValidationError(e) && /detached/.test((e as Error).message));
   });
 
   it('property: arbitrary bytes and mutations never throw anything but ValidationError', () => {
@@ -245,6 +249,67 @@ describe('Engine with a neighbour table', () => {
       const evalOrder = topRows(dense, 3, new Set([0])).map((r) => ids[r.row]);
       assert.deepEqual((await e.recommend({ k: 3 })).map((r) => r.itemId), evalOrder);
       assert.deepEqual(evalOrder.slice(0, 2), ['b', 'c'], 'a float32 tie, broken by row');
+    } finally {
+      await e.close();
+    }
+  });
+
+  it('fallback rows whose scaled scores tie in float32 break by row on the device as in eval', async () => {
+    // Two rows the table does not reach, one float32 step apart in the factor model (its biases),
+    // whose scores scaled into [0, 1) are one float32 value.
+    const next = (x: number) => new Float32Array(Uint32Array.of(new Uint32Array(Float32Array.of(x).buffer)[0]! + 1).buffer)[0]!;
+    let x = Math.fround(40);
+    while (Math.fround((0.999 * (x + 50)) / 100) !== Math.fround((0.999 * (next(x) + 50)) / 100)) x = next(x);
+    const ids = ['lo', 'x', 'y', 'h', 'r'];
+    // Row 2 (y) has the higher raw score: the factor model alone ranks y before x.
+    const bias = Float32Array.of(-50, x, next(x), 0, 50);
+    const table: NeighborTable = { itemIds: ids, width: 1, index: Int32Array.of(-1, -1, -1, 4, -1), weight: Float32Array.of(0, 0, 0, 0.5, 0) };
+    const store = new MemoryEventStore();
+    await store.setMeta(MODEL_KEY, { version: 1, itemIds: ids, dim: 4, factors: new Float32Array(ids.length * 4), bias, trainSteps: 0, trainedThroughId: 0 });
+    const t = Date.now();
+    const e = await Engine.create({ catalog: { items: ids.map((id) => ({ id })) }, store, backend: 'cpu', autoTrainEvery: 0, model: { dim: 4 }, now: () => t });
+    try {
+      await e.setNeighbors(encodeNeighborTable(table));
+      e.enqueue([{ type: 'view', itemId: 'h', t: t - 1000 }]);
+      await e.flush();
+      const rows = new Map(ids.map((id, i) => [id, i]));
+      const profile = buildProfile(await store.all(), rows, { halfLifeDays: 30, now: t, sessionDecay: 0.5 });
+      const dense = new Float32Array(ids.length);
+      rankScores(alignNeighbors(table, rows, ids.length), profile, bias, dense);
+      assert.equal(dense[1], dense[2], 'a tie in what eval ranks');
+      const evalOrder = topRows(dense, 4, new Set([3])).map((r) => ids[r.row]);
+      assert.deepEqual(evalOrder, ['r', 'x', 'y', 'lo']);
+      assert.deepEqual((await e.recommend({ k: 4 })).map((r) => r.itemId), evalOrder);
+      assert.deepEqual((await e.recommend({ k: 2 })).map((r) => r.itemId), ['r', 'x'], 'the tie broken by row at the cut too');
+    } finally {
+      await e.close();
+    }
+  });
+
+  it('a pick the table reached only through items no reason may cite names no past item', async () => {
+    // mug → saucer only; tea points nowhere. The shopper views tea, adds the mug and takes it back:
+    // the mug still lifts the saucer, but "Because you viewed Tea" would be untrue.
+    const ids = ['tea', 'mug', 'saucer', 'spoon'];
+    const table: NeighborTable = { itemIds: ids, width: 1, index: Int32Array.of(-1, 2, -1, -1), weight: Float32Array.of(0, 0.8, 0, 0) };
+    const store = new MemoryEventStore();
+    // Factors under which tea would explain the saucer in the factor model.
+    const factors = new Float32Array(ids.length * 4);
+    factors[0] = 1;
+    factors[2 * 4] = 1;
+    await store.setMeta(MODEL_KEY, { version: 1, itemIds: ids, dim: 4, factors, bias: new Float32Array(ids.length), trainSteps: 0, trainedThroughId: 0 });
+    const t = Date.now();
+    const e = await Engine.create({ catalog: { items: ids.map((id) => ({ id, title: id.toUpperCase() })) }, store, backend: 'cpu', autoTrainEvery: 0, model: { dim: 4 }, now: () => t });
+    try {
+      await e.setNeighbors(encodeNeighborTable(table));
+      e.enqueue([
+        { type: 'view', itemId: 'tea', t: t - 3000 },
+        { type: 'add_to_cart', itemId: 'mug', t: t - 2000 },
+        { type: 'remove_from_cart', itemId: 'mug', t: t - 1000 },
+      ]);
+      const [first] = await e.recommend({ k: 1 });
+      assert.equal(first!.itemId, 'saucer');
+      assert.ok(first!.score > 1, 'ranked through the table');
+      assert.deepEqual(first!.reason, { kind: 'personal', text: 'Based on your recent activity', itemIds: [] });
     } finally {
       await e.close();
     }
