@@ -102,20 +102,11 @@ export class Scorer {
     allowed: Allowed | undefined,
     withRange: boolean,
   ): Promise<{ top: Scored[]; range?: Float32Array }> {
-    const once = allowed !== undefined && allowed.key === undefined;
-    const mask = allowed ? (allowed.key !== undefined ? this.mask(allowed.key, allowed.rows) : maskOf(this.n, allowed.rows)) : undefined;
     const want = Math.min(this.n, k + exclude.size);
-    let ranked: { values: tf.Tensor; indices: tf.Tensor; range: tf.Tensor | undefined };
-    try {
-      ranked = tf.tidy(() => {
-        const raw = tf.reshape(tf.matMul(this.Vb, this.zAug(z)), [this.n]);
-        const s = mask ? tf.where(tf.cast(mask, 'bool'), raw, tf.fill([this.n], -1e30)) : raw;
-        return { ...tf.topk(s, want), range: withRange ? tf.stack([tf.min(raw), tf.max(raw)]) : undefined };
-      });
-    } finally {
-      if (once) mask!.dispose();
-    }
-    const { values, indices, range } = ranked;
+    const { mask, values, indices, range } = this.masked(allowed, (m) => {
+      const raw = tf.reshape(tf.matMul(this.Vb, this.zAug(z)), [this.n]);
+      return { ...tf.topk(m ? tf.where(tf.cast(m, 'bool'), raw, tf.fill([this.n], -1e30)) : raw, want), range: withRange ? tf.stack([tf.min(raw), tf.max(raw)]) : undefined };
+    });
     const [r, top] = await Promise.all([range?.data(), this.collect(values, indices, k, exclude, mask !== undefined)]);
     range?.dispose();
     return { top, range: r as Float32Array | undefined };
@@ -145,19 +136,11 @@ export class Scorer {
     const skip = new Set(exclude).add(row);
     const want = Math.min(this.n, k + skip.size);
     const Vn = this.Vn;
-    const once = allowed !== undefined && allowed.key === undefined;
-    const mask = allowed ? (allowed.key !== undefined ? this.mask(allowed.key, allowed.rows) : maskOf(this.n, allowed.rows)) : undefined;
-    let ranked: { values: tf.Tensor; indices: tf.Tensor };
-    try {
-      ranked = tf.tidy(() => {
-        const q = tf.slice(Vn, [row, 0], [1, this.dim]);
-        const raw = tf.reshape(tf.matMul(Vn, q, false, true), [this.n]);
-        return tf.topk(mask ? tf.where(tf.cast(mask, 'bool'), raw, tf.fill([this.n], -1e30)) : raw, want);
-      });
-    } finally {
-      if (once) mask!.dispose();
-    }
-    return this.collect(ranked.values, ranked.indices, k, skip, mask !== undefined);
+    const { mask, values, indices } = this.masked(allowed, (m) => {
+      const raw = tf.reshape(tf.matMul(Vn, tf.slice(Vn, [row, 0], [1, this.dim]), false, true), [this.n]);
+      return tf.topk(m ? tf.where(tf.cast(m, 'bool'), raw, tf.fill([this.n], -1e30)) : raw, want);
+    });
+    return this.collect(values, indices, k, skip, mask !== undefined);
   }
 
   private async collect(values: tf.Tensor, indices: tf.Tensor, k: number, exclude: ReadonlySet<number>, masked: boolean): Promise<Scored[]> {
@@ -171,6 +154,20 @@ export class Scorer {
       out.push({ row, score: v[j]! });
     }
     return out;
+  }
+
+  /**
+   * Runs the scoring pass `pass` (inside tf.tidy) with the 0/1 mask of `allowed`, if any: the one
+   * kept for its key, or one made for this pass and disposed after it.
+   */
+  private masked<T extends { [key: string]: tf.TensorContainer }>(allowed: Allowed | undefined, pass: (mask: tf.Tensor1D | undefined) => T): T & { mask: tf.Tensor1D | undefined } {
+    const once = allowed !== undefined && allowed.key === undefined;
+    const mask = allowed ? (allowed.key !== undefined ? this.mask(allowed.key, allowed.rows) : maskOf(this.n, allowed.rows)) : undefined;
+    try {
+      return { ...tf.tidy(() => pass(mask)), mask };
+    } finally {
+      if (once) mask!.dispose();
+    }
   }
 
   /**
