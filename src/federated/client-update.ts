@@ -158,8 +158,8 @@ export function expandDelta(values: Float64Array, part: TrainedPart, itemCount: 
 /**
  * The DP release of a device's training: `local − base` over the trained part, clipped to L2 ≤ C,
  * plus N(0, std²) on every coordinate (a bias section the part does not train gets noise only).
- * `std` is σ·C for a plain update and σ·C/√K for a device's share of a secure-aggregation cohort's
- * noise. A given `delta` (same layout) replaces `local − base`.
+ * `std` is σ·C for a plain update and σ·C/√t for a device's share of a secure-aggregation cohort's
+ * noise (t = minSurvivors, K without dropout recovery: any t surviving shares sum to (σC)²). A given `delta` (same layout) replaces `local − base`.
  *
  * @example
  * ```ts

@@ -671,7 +671,7 @@ interface CohortView {
 
 /**
  * Secure aggregation, the device's side (src/federated/secagg.ts): clip the delta to C, add its
- * share N(0, (σC)²/K) of the cohort's noise, encode it in fixed point, join a cohort with a fresh
+ * share N(0, (σC)²/t) of the cohort's noise (t = minSurvivors, K without dropout recovery), encode it in fixed point, join a cohort with a fresh
  * ECDH key, wait until the cohort is full, mask with the shared secrets, upload.
  */
 async function sendMasked(

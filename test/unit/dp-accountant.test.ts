@@ -122,6 +122,27 @@ test('exact Gaussian composition: the closed-form δ(ε) matches the hockey-stic
   assert.ok(Math.abs(logNormalCdf(3) - Math.log(0.9986501019683699)) < 1e-7);
 });
 
+test('log Φ is accurate to about 1e-14 relative everywhere (40-digit mpmath values): the exact ε is not under-stated', () => {
+  // mpmath.log(mpmath.ncdf(x)) at mp.dps = 40, rounded to 20 digits.
+  const reference: Array<[number, number]> = [
+    [-38, -726.5572160188201301], [-30, -454.32124395634319711], [-20, -203.91715537109726394], [-10, -53.231285150512470578],
+    [-8.5, -39.197396428217669289], [-6, -20.736768949974705655], [-5, -15.064998393988725736], [-3, -6.6077262215103495433],
+    [-2.83, -6.0630034254651945831], [-2.8284, -6.0580037047858151265], [-2.82, -6.0317939653849810473], [-2, -3.7831843336820319488],
+    [-1.6, -2.9040780103022459323], [-1.5, -2.705944400823889807], [-1.42, -2.5535644849217311615], [-1.4143, -2.5429139890054768774], [-1.4142, -2.5427273827509199642], [-1, -1.8410216450092635058], [-0.5, -1.1759117615936186089], [-0.1, -0.77615459273027332557],
+    [0, -0.69314718055994530942], [0.3, -0.48141016158848120517], [1, -0.17275377902344988953], [2, -0.023012909328963488465],
+    [4, -0.00003167174337748926386], [8, -6.2209605742717860585e-16],
+  ];
+  for (const [x, want] of reference) {
+    const got = logNormalCdf(x);
+    assert.ok(Math.abs(got - want) <= 1e-14 * Math.abs(want), `log Φ(${x}) = ${got}, want ${want}`);
+  }
+  // A budget a hair below the true ε of a release is refused (the earlier fit, 1.2e-7 relative, took it).
+  // True ε of σ = 0.60024…, δ = 1e-10: 11.5749409702 (mpmath).
+  const acc = new RdpAccountant();
+  assert.equal(acc.canSpend(0.6002400960384154, 11.57494095, 1e-10), false);
+  assert.equal(acc.canSpend(0.6002400960384154, 11.574941, 1e-10), true);
+});
+
 test('the accountant reports the exact ε while every release is plain Gaussian, the RDP bound once one is subsampled or the state predates it', () => {
   const plain = new RdpAccountant();
   for (let i = 0; i < 6; i++) plain.record(1.47);
