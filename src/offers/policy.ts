@@ -13,7 +13,7 @@ import { whyIneligible, type EligibilityContext } from './eligibility.js';
 import { isReturningShopper, offerHistory } from './offer-history.js';
 import type { OfferLedger } from '../events/offer-ledger.js';
 import { offerEconomics } from './offer-value.js';
-import { indexProducts, type ProductIndex } from './product-index.js';
+import { indexProducts, inScope, type ProductIndex } from './product-index.js';
 import { offerReason } from './reason.js';
 import type { CartLine, Offer, OfferCatalog, OfferContext, OfferObjective, OffersOptions, ShownOffer } from './types.js';
 
@@ -54,6 +54,24 @@ export interface ScoredOffer {
  * small enough that a shopper who keeps ignoring an offer stops seeing it.
  */
 export const DEFAULT_PRIOR_STRENGTH = 10;
+
+/**
+ * What the page says about the shopper's intent right now, as a chance of buying in an offer's
+ * scope that the affinity is combined with (p ← 1 − (1 − p)(1 − q)): the product on screen
+ * (`context.itemId`) is in the scope, or a cart line is. The affinity comes from history, which a
+ * product opened a moment ago barely moves; without this a candle's page would show the same
+ * offers as the home page. Conservative round figures (a product page converts far less often than
+ * a cart), not fitted: offers-eval replays baskets without a page context.
+ */
+export const CONTEXT_AFFINITY = { onScreen: 0.2, inCart: 0.5 } as const;
+
+function withContext(p: number, offer: Offer, context: OfferContext | undefined, products: ProductIndex): number {
+  if (!context) return p;
+  let miss = 1 - p;
+  if (context.itemId !== undefined && inScope(offer.scope, context.itemId, products)) miss *= 1 - CONTEXT_AFFINITY.onScreen;
+  if (context.cart?.some((l) => inScope(offer.scope, l.itemId, products))) miss *= 1 - CONTEXT_AFFINITY.inCart;
+  return 1 - miss;
+}
 const DEFAULTS = { k: 2, seed: 1, exploration: 0.1 } as const;
 
 /**
@@ -72,7 +90,7 @@ export function scoreOffers(input: OffersInput, options: OffersOptions = {}): Sc
     if (whyIneligible(offer, ctx) !== null) continue;
     const econ = offerEconomics(offer, products);
     if (!(econ.net > 0)) continue;
-    const p = scopeAffinity(offer, input.affinity, products);
+    const p = withContext(scopeAffinity(offer, input.affinity, products), offer, options.context, products);
     const s = ctx.history.get(offer.id);
     const shown = s?.impressions ?? 0;
     const used = Math.min(s?.redemptions ?? 0, shown);

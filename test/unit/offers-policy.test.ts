@@ -52,6 +52,25 @@ describe('offer policy', () => {
     assert.deepEqual(Object.keys(shown[0]!).sort(), ['discount', 'expectedValue', 'explore', 'offerId', 'reason', 'title']);
   });
 
+  test('the product on screen and the cart lift their scopes: a candle page shows the candle offer first', () => {
+    const home = chooseOffers(input(), { k: 4, exploration: 0, context: ctx });
+    assert.deepEqual(home.map((s) => s.offerId), ['mugs', 'bags', 'candle', 'cards']);
+    // On the candle's page: P(candle) = 1 − 0.95 × (1 − 0.2) = 0.24, above bags' 0.2 and below mugs' 0.37.
+    const page = chooseOffers(input(), { k: 4, exploration: 0, context: { ...ctx, page: 'product', itemId: 'c1' } });
+    assert.deepEqual(page.map((s) => s.offerId), ['mugs', 'candle', 'bags', 'cards']);
+    const candle = scoreOffers(input(), { context: { ...ctx, itemId: 'c1' } }).find((s) => s.offer.id === 'candle')!;
+    assert.ok(Math.abs(candle.affinity - (1 - 0.95 * 0.8)) < 1e-12);
+    assert.equal(page.find((s) => s.offerId === 'candle')!.reason, 'For the Vanilla Candle you are looking at');
+    // A card in the cart: P(cards) = 1 − 0.99 × 0.5 = 0.505, first.
+    const cart = chooseOffers(input(), { k: 4, exploration: 0, context: { ...ctx, cart: [{ itemId: 'k1' }] } });
+    assert.equal(cart[0]!.offerId, 'cards');
+    // Both, on an offer whose scope holds both: combined as independent chances.
+    const both = scoreOffers(input(), { context: { ...ctx, itemId: 'm2', cart: [{ itemId: 'm1' }] } }).find((s) => s.offer.id === 'mugs')!;
+    assert.ok(Math.abs(both.affinity - (1 - 0.63 * 0.8 * 0.5)) < 1e-12);
+    // A product outside every scope changes nothing.
+    assert.deepEqual(scoreOffers(input(), { context: { ...ctx, itemId: 'nope' } }).map((s) => s.affinity), scoreOffers(input(), { context: ctx }).map((s) => s.affinity));
+  });
+
   test('a context that is not one is refused by field: a bad now, cart line or page must not switch rules off', () => {
     const bad: Array<[unknown, string]> = [
       [{ now: Number.NaN }, 'options.context.now'],
