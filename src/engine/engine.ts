@@ -512,7 +512,7 @@ export class Engine {
     await this.syncing?.catch(() => undefined);
     await this.training?.catch(() => undefined);
     this.dataEpoch++;
-    this.neighborAbort?.abort();
+    this.stopNeighborFetch();
     this.queue = [];
     this.dropEventCache();
     // The offer catalog and the neighbour table stay in memory: the shop's public data, not the shopper's.
@@ -668,8 +668,7 @@ export class Engine {
     // Events taken for writing before a withdrawal are not written after it (flush checks this).
     if (!next.personalization && was) {
       this.dataEpoch++;
-      // The shop's file may still be fetched again later, with consent: this request ends here.
-      this.neighborAbort?.abort();
+      this.stopNeighborFetch();
     }
     this.dropEventCache();
     if (!next.personalization || !next.federated) {
@@ -923,6 +922,16 @@ export class Engine {
     this.neighborsLoading = this.fetchNeighbors(url);
   }
 
+  /**
+   * Ends a neighbour fetch in flight when the era it was asked in ends (a withdrawal, another tab's
+   * erase; dataEpoch has moved on): it writes nothing, and the next fetch (the next grant of
+   * consent, or at once when consent stays) starts afresh instead of waiting for a retry.
+   */
+  private stopNeighborFetch(): void {
+    this.neighborAbort?.abort();
+    this.neighborsLoading = undefined;
+  }
+
   /** After a failed fetch of the neighbour file: when to try again (the wait doubles, 1 minute to 1 hour). */
   private neighborRetry: { at: number; delayMs: number } | undefined;
   private neighborFetching = false;
@@ -948,10 +957,13 @@ export class Engine {
         await this.installNeighbors(new Uint8Array(await res.arrayBuffer()), url, undefined, epoch);
         this.neighborRetry = undefined;
       } catch (e) {
+        // Stopped by a consent withdrawal or an erase, not failed: nothing to retry later (the next
+        // grant of consent fetches afresh: stopNeighborFetch).
+        if (epoch !== this.dataEpoch) return;
         const delayMs = this.neighborRetry ? Math.min(2 * this.neighborRetry.delayMs, NEIGHBOR_RETRY_MAX_MS) : NEIGHBOR_RETRY_MIN_MS;
         this.neighborRetry = { at: this.now() + delayMs, delayMs };
         this.lastError = abort.signal.aborted
-          ? new NetworkError(this.closing ? `GET ${url}: stopped by close()` : epoch !== this.dataEpoch ? `GET ${url}: stopped by the erasure of the shopper's data` : `GET ${url}: no answer within ${timeoutMs} ms`, 0)
+          ? new NetworkError(this.closing ? `GET ${url}: stopped by close()` : `GET ${url}: no answer within ${timeoutMs} ms`, 0)
           : e instanceof TypeError
             ? new NetworkError(`GET ${url}: ${e.message}`, 0)
             : (e as Error);
@@ -2293,9 +2305,13 @@ type StoredOffers = SignedOfferCatalog;
  * The version and issue time a stored record claims, unchecked (the floor under which a device
  * refuses a catalog; reading them needs no signature check); undefined for a record of no known form.
  */
-function storedClaim(r: StoredOffers | undefined): OfferCatalog | undefined {
-  const c = r?.catalog as Partial<OfferCatalog> | undefined;
-  return c && typeof c === 'object' && typeof c.version === 'number' && typeof c.issuedAt === 'number' ? (c as OfferCatalog) : undefined;
+function storedClaim(r: StoredOffers | OfferCatalog | undefined): OfferCatalog | undefined {
+  const claims = (c: unknown): c is OfferCatalog =>
+    typeof c === 'object' && c !== null && typeof (c as OfferCatalog).version === 'number' && typeof (c as OfferCatalog).issuedAt === 'number';
+  // The envelope; or, as an earlier release stored it, the verified catalog itself (still a floor,
+  // never shown: offers() shows only what verifies).
+  const inner = (r as StoredOffers | undefined)?.catalog;
+  return claims(inner) ? inner : claims(r) ? r : undefined;
 }
 
 /**

@@ -209,6 +209,7 @@ export type Conversion = 'improved' | 'classic';
  * evaluated by the modified Lentz method and kept in log space so that tail values do not underflow.
  */
 function logErfc(z: number): number {
+  if (z === Infinity) return -Infinity;
   if (z < 1) {
     let term = z;
     let sum = z;

@@ -140,13 +140,17 @@ export async function verifySignedCatalog(signed: unknown, publicJwk: JsonWebKey
   }
   if (s.alg !== 'ES256') throw new SignatureError('malformed', `unsupported signature algorithm ${describeValue(s.alg)}; expected 'ES256'`);
   if (s.kid !== undefined && typeof s.kid !== 'string') throw new SignatureError('malformed', 'kid must be a string');
-  const sig = typeof s.signature === 'string' ? base64urlDecode(s.signature) : null;
+  // Read once, here: the envelope given back is made of these, not of the caller's object after
+  // the awaits below (it may change meanwhile).
+  const kid = s.kid as string | undefined;
+  const signature = s.signature;
+  const sig = typeof signature === 'string' ? base64urlDecode(signature) : null;
   if (!sig || sig.length !== 64) throw new SignatureError('malformed', 'the signature must be base64url of 64 bytes (ECDSA P-256, r ‖ s)');
   if (typeof s.catalog !== 'object' || s.catalog === null) throw new SignatureError('malformed', 'the signed envelope has no catalog object');
 
   let payload: Uint8Array<ArrayBuffer>;
   try {
-    payload = signedPayload({ alg: 'ES256', kid: s.kid as string | undefined, catalog: s.catalog as OfferCatalog });
+    payload = signedPayload({ alg: 'ES256', kid, catalog: s.catalog as OfferCatalog });
   } catch (cause) {
     throw new SignatureError('malformed', `the catalog is not plain JSON: ${(cause as Error).message}`, { cause });
   }
@@ -174,7 +178,7 @@ export async function verifySignedCatalog(signed: unknown, publicJwk: JsonWebKey
       const text = new TextDecoder().decode(payload);
       const signedCatalog = (JSON.parse(text) as { catalog: OfferCatalog }).catalog;
       const catalog = validateOfferCatalog((JSON.parse(text) as { catalog: unknown }).catalog);
-      const envelope: SignedOfferCatalog = { alg: 'ES256', ...(s.kid !== undefined ? { kid: s.kid as string } : {}), catalog: signedCatalog, signature: s.signature as string };
+      const envelope: SignedOfferCatalog = { alg: 'ES256', ...(kid !== undefined ? { kid } : {}), catalog: signedCatalog, signature: signature as string };
       return { catalog, envelope };
     }
   }

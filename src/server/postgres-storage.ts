@@ -17,7 +17,7 @@
  * as written: docs/SERVER.md.
  */
 import { createHmac, randomBytes } from 'node:crypto';
-import { bytesEqual } from '../federated/wire.js';
+import { bytesEqual, UPDATE_BUDGET_BYTES } from '../federated/wire.js';
 import type pg from 'pg';
 import { StorageError } from '../errors.js';
 import { recoveryShareBytes, usesSelfMask, type SecAggParams, type TagRound } from '../federated/secagg.js';
@@ -208,9 +208,19 @@ export class PostgresStorage implements Storage {
     return s;
   }
 
-  /** See {@link Storage.probeWrite}: rewrites the schema row as it is (a new row version, written to the WAL). */
+  /**
+   * See {@link Storage.probeWrite}: in one transaction, writes an update-sized row (random bytes as
+   * large as the upload budget, which TOAST cannot compress away) and deletes it, so the write needs
+   * about the room an upload needs, not only a rewrite of a small row in a page already allocated.
+   */
   async probeWrite(): Promise<void> {
-    await this.q('probe a write', "UPDATE localrec_meta SET value = value WHERE key = 'schema'");
+    const key = `write-probe:${randomBytes(8).toString('hex')}`;
+    // base64 of random bytes: UPDATE_BUDGET_BYTES characters.
+    const value = randomBytes((UPDATE_BUDGET_BYTES * 3) / 4).toString('base64');
+    await this.tx('probe a write', async (c) => {
+      await c.query('INSERT INTO localrec_meta (key, value) VALUES ($1, $2)', [key, value]);
+      await c.query('DELETE FROM localrec_meta WHERE key = $1', [key]);
+    });
   }
 
   private fail(what: string, e: unknown): never {

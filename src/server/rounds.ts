@@ -312,19 +312,25 @@ export class RoundCoordinator {
    * conflict with another process, which is the store working) is kept until a write succeeds.
    */
   private async write<T>(op: () => Promise<T>): Promise<T> {
+    const failuresBefore = this.writeFailures;
     try {
       const out = await op();
-      // (A replay stored nothing: it says nothing about whether the store takes writes.)
-      if (out !== 'replayed') this.lastWriteError = undefined;
+      // (A replay stored nothing: it says nothing about whether the store takes writes. Nor does a
+      // write that began before a failure recorded meanwhile, such as the health probe beside a
+      // publish: it must not clear that newer failure.)
+      if (out !== 'replayed' && this.writeFailures === failuresBefore) this.lastWriteError = undefined;
       return out;
     } catch (e) {
       if (isStorageError(e) && !(e instanceof StorageConflictError)) {
+        this.writeFailures++;
         this.lastWriteError = e;
         this.lastWriteCheck = this.config.now();
       }
       throw e;
     }
   }
+  /** Storage failures of writes so far (see {@link write}). */
+  private writeFailures = 0;
 
   /**
    * For `/v1/health`: {@link storageFault}, after, while a write fault stands, the store's write

@@ -136,6 +136,9 @@ test('log Φ is accurate to about 1e-14 relative everywhere (40-digit mpmath val
     const got = logNormalCdf(x);
     assert.ok(Math.abs(got - want) <= 1e-14 * Math.abs(want), `log Φ(${x}) = ${got}, want ${want}`);
   }
+  assert.equal(logNormalCdf(-Infinity), -Infinity);
+  assert.equal(logNormalCdf(Infinity) + 0, 0);
+  assert.equal(gaussianDelta(1, 1e-310), 0);
   // A budget a hair below the true ε of a release is refused (the earlier fit, 1.2e-7 relative, took it).
   // True ε of σ = 0.60024…, δ = 1e-10: 11.5749409702 (mpmath).
   const acc = new RdpAccountant();

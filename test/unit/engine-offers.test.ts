@@ -437,4 +437,19 @@ describe('offer rules with events not yet stored, or stamped ahead; catalogs rep
     assert.deepEqual(await shown({ ...opts, offers: { publicKey: other.publicJwk } }), [], 'key no longer listed: not shown');
     assert.deepEqual(await shown({ ...opts, offers: { publicKey: [other.publicJwk, keys.publicJwk] } as never }), ['mugs10 10% off mugs10'], 'listed among others: shown');
   });
+
+  it('a catalog an earlier release stored bare (no envelope) is not shown, but still keeps an older catalog out', async () => {
+    const store = new MemoryEventStore();
+    const opts = { catalog: { items }, backend: 'cpu' as const, autoTrainEvery: 0, store, now: () => NOW, offers: { publicKey: keys.publicJwk } };
+    // What the earlier release wrote: the verified catalog itself, version 7.
+    await store.setMeta(OFFERS_KEY, { version: 7, issuedAt: NOW, currency: 'GBP', offers: [offer('current', { kind: 'all' })] });
+    const e = await Engine.create(opts);
+    assert.deepEqual((await e.audit()).offers, { stored: true, version: 7, offers: 1, issuedAt: NOW });
+    assert.deepEqual(await e.offers({ k: 5, exploration: 0, seed: 1 }), [], 'unsigned: not shown');
+    const older = await signOfferCatalog({ version: 3, issuedAt: NOW, currency: 'GBP', offers: [offer('withdrawn', { kind: 'all' })] }, keys.privateJwk);
+    await assert.rejects(e.setOffers(older), /catalog\.version: is 3, older than the installed catalog's 7/);
+    assert.deepEqual(await e.setOffers(await signOfferCatalog({ version: 8, issuedAt: NOW, currency: 'GBP', offers: [offer('next', { kind: 'all' })] }, keys.privateJwk)), { offers: 1 });
+    assert.deepEqual((await e.offers({ k: 5, exploration: 0, seed: 1 })).map((o) => o.offerId), ['next']);
+    await e.close();
+  });
 });

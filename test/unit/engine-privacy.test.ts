@@ -139,17 +139,24 @@ describe('consent', () => {
     let t = 1_000_000_000_000;
     const s1 = slow();
     const name = dbName();
-    const e = await Engine.create({ catalog: items, backend: 'cpu', dbName: name, autoTrainEvery: 0, now: () => t, neighbors: { url: 'https://cdn.example/n.lrn' }, fetch: s1.fetch });
+    let fetches = 0;
+    const counted = ((...args: never[]) => (fetches++, (s1.fetch as (...a: never[]) => Promise<Response>)(...args))) as never;
+    const e = await Engine.create({ catalog: items, backend: 'cpu', dbName: name, autoTrainEvery: 0, now: () => t, neighbors: { url: 'https://cdn.example/n.lrn' }, fetch: counted });
     e.enqueue([{ type: 'view', itemId: 'a' }]);
     await e.flush();
     t += 60_000;
     await e.setConsent({ personalization: false });
     t += 60_000;
+    const grantedAt = t;
     await e.setConsent({ personalization: true });
+    // The grant fetches afresh at once (no retry delay for a request the withdrawal stopped).
+    assert.equal(fetches, 2);
     s1.answer();
     await settle();
-    assert.deepEqual(await e.egressLog(), [], 'no entry from before the withdrawal');
-    assert.equal((await e.audit()).neighbors?.stored ?? false, false, 'the file it brought is not stored');
+    const log = await e.egressLog();
+    assert.deepEqual(log.map((x) => [x.t, x.status]), [[grantedAt, 200]], 'only the request made after the grant');
+    assert.equal((await e.stats()).model.neighbors?.items, 2, 'the table is in use');
+    assert.equal((await e.stats()).lastError, undefined, 'a stopped request is no error');
     await e.erase();
     // Another tab erases while this tab's request is out; this tab must not bring the database back.
     const other = dbName();

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { before, describe, test } from 'node:test';
 import { canonicalJson } from '../../src/offers/canonical-json.js';
 import { isSignatureError, SignatureError } from '../../src/offers/signature-error.js';
-import { checkVerifyKeys, generateOfferKeys, signOfferCatalog, verifyOfferCatalog, type OfferKeyPair } from '../../src/offers/signing.js';
+import { checkVerifyKeys, generateOfferKeys, signOfferCatalog, verifyOfferCatalog, verifySignedCatalog, type OfferKeyPair } from '../../src/offers/signing.js';
 import type { OfferCatalog, SignedOfferCatalog } from '../../src/offers/types.js';
 import { isValidationError } from '../../src/errors.js';
 
@@ -65,6 +65,14 @@ describe('offer catalog signing', () => {
     const checkingTricky = verifyOfferCatalog(tricky, keys.publicJwk);
     late = true;
     assert.deepEqual(await checkingTricky, catalog);
+    // The envelope given back (what a device stores) is the one that verified: it verifies again.
+    const changing = clone(signed);
+    const both = verifySignedCatalog(changing, keys.publicJwk);
+    changing.kid = 'k2';
+    changing.signature = 'x';
+    const { envelope } = await both;
+    assert.equal(envelope.kid, 'k1');
+    assert.deepEqual(await verifyOfferCatalog(envelope, keys.publicJwk), catalog);
   });
 
   test('key order in the published file does not matter (canonical JSON)', async () => {

@@ -123,6 +123,35 @@ for (const [kind, fault, heal, pattern] of [
   });
 }
 
+test('a write probe that succeeds does not clear a write failure recorded while it ran', async () => {
+  const dir = tmp();
+  const storage = SqliteStorage.open(dir);
+  let t = 1_000_000;
+  const server = await startServer({ port: 0, storage, initialTable: bigTable(), minClients: 3, noiseMultiplier: 0, rateLimit: false, maxStaleness: 100, now: () => t, log: quiet });
+  try {
+    const v0 = await pull(server.url);
+    fillDisk(rawDb(storage));
+    assert.equal((await post(server.url, honestUpdate(v0, 1))).status, 503);
+    // A probe that started before the next failure and answers after it (a slow round trip).
+    let release!: () => void;
+    let started = false;
+    const gate = new Promise<void>((r) => (release = r));
+    storage.probeWrite = async () => {
+      started = true;
+      await gate;
+    };
+    t += 1500;
+    const checking = fetch(`${server.url}/v1/health`);
+    while (!started) await new Promise((r) => setTimeout(r, 5));
+    assert.equal((await post(server.url, honestUpdate(v0, 2))).status, 503, 'the disk is still full');
+    release();
+    assert.equal((await checking).status, 503, 'the newer failure stands');
+  } finally {
+    await server.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test('full disk during publish: the update is kept, the round is retried and completes once there is room', async () => {
   const dir = tmp();
   const storage = SqliteStorage.open(dir);

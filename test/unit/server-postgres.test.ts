@@ -140,6 +140,23 @@ describe('PostgreSQL storage', { skip: skip ?? false }, () => {
     }
   });
 
+  it('the write probe behind /v1/health writes an update-sized row and leaves nothing behind', async () => {
+    const database = await freshDatabase();
+    const s = await PostgresStorage.open(database);
+    const db = new pg.Client({ connectionString: database });
+    await db.connect();
+    try {
+      const before = (await db.query("SELECT count(*)::int AS n FROM localrec_meta")).rows[0].n;
+      await s.probeWrite!();
+      await s.probeWrite!();
+      assert.equal((await db.query("SELECT count(*)::int AS n FROM localrec_meta")).rows[0].n, before);
+      assert.equal((await db.query("SELECT count(*)::int AS n FROM localrec_meta WHERE key LIKE 'write-probe%'")).rows[0].n, 0);
+    } finally {
+      await db.end();
+      await s.close();
+    }
+  });
+
   it('a publish stuck behind another holder of the lock fails after the statement timeout, changing nothing', async () => {
     const database = await freshDatabase();
     const s = await PostgresStorage.open(database, { statementTimeoutMs: 300 });
