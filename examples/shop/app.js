@@ -61,6 +61,10 @@ const state = {
   gridGeneration: 0,
   /** The product open in the modal. */
   open: null,
+  /** Where the product modal was opened from (its card), to give focus back when it closes. */
+  opener: null,
+  /** Where focus goes back when the cart drawer closes, if it was opened by "Buy now". */
+  cartReturn: null,
   losses: [],
   runs: 0,
   /** Browsing events (not offer impressions) this page tracked, and how many when it last trained. */
@@ -81,6 +85,8 @@ const state = {
   /** Offers already counted as shown in this page view (one impression each). */
   impressed: new Set(),
   appliedOffer: null,
+  /** The offers on the shelf, in order (an applied offer keeps its place there). */
+  shelfOffers: [],
   lastSync: null,
   autoSynced: false,
   syncing: null,
@@ -211,7 +217,6 @@ async function refresh() {
   // Browsing tracked on this page since the last training run (offers shown are events too, but
   // nothing to learn from; the page counts its own calls: stored totals stop at the retention cap).
   if (stats.model.pendingEvents > 0 && state.browsingTracked - state.browsingTrained >= TRAIN_EVERY && !state.training) {
-    state.browsingTrained = state.browsingTracked;
     await train();
     if (gen !== state.generation) return;
     stats = await rec.stats();
@@ -219,14 +224,14 @@ async function refresh() {
   const [recs, audit, offers] = await Promise.all([
     rec.recommend({ k: 8, exclude: 'seen' }),
     rec.audit(),
-    state.signedOffers ? rec.offers({ k: 3, seed: state.offerSeed, context: { cart: cartLines(), page: 'home' } }).catch((e) => (console.warn(e), [])) : [],
+    state.signedOffers ? rec.offers({ k: SHELF_OFFERS, seed: state.offerSeed, context: { cart: cartLines(), page: 'home' } }).catch((e) => (console.warn(e), [])) : [],
   ]);
   if (gen !== state.generation) return;
   state.stats = stats;
   state.audit = audit;
   renderRecs(recs);
-  // The personal order follows the history too.
-  if (state.order === 'you') renderGrid();
+  // (The grid's personal order is not recomputed here: a background refresh must not move the
+  // products under the pointer. It follows the shopper's own actions: renderGrid() below.)
   // How many browsing events (not offer impressions) the shelf was computed with (tests wait on it).
   document.body.dataset.recsHistory = String(Object.entries(stats.events.byType).reduce((a, [t, n]) => a + (t.startsWith('offer_') ? 0 : n), 0));
   renderOffers(offers);
@@ -241,6 +246,8 @@ async function train() {
   const rec = state.rec;
   const gen = state.generation;
   const run = ++state.runs;
+  // Every training run (this one, or "Train now") takes in what was browsed so far.
+  state.browsingTrained = state.browsingTracked;
   $('train-now').disabled = true;
   $('m-trained').textContent = 'training…';
   state.training = rec
@@ -305,9 +312,37 @@ function card(item, { reason, compact = false } = {}) {
   return li;
 }
 
+/**
+ * Gives keyboard focus to the card for `itemId` in `list` (its `part`: the card's link or its "Add to
+ * cart"), or, when that product is no longer listed, to the card now at `index`. False when the list
+ * is empty.
+ */
+function focusCard(list, { itemId, index = 0, part = '.card-hit' }, options) {
+  const cards = [...list.querySelectorAll(':scope > .card')];
+  const same = cards.find((c) => c.dataset.itemId === itemId) ?? cards[Math.min(index, cards.length - 1)];
+  const target = same?.querySelector(part) ?? same?.querySelector('.card-hit');
+  if (!target) return false;
+  target.focus(options);
+  return true;
+}
+
+/** Where focus is, when it is on a card of `list`: enough to find the same place after a re-render. */
+function focusedCard(list, el = document.activeElement) {
+  const c = el && list.contains(el) ? el.closest('.card') : null;
+  if (!c) return null;
+  return { list, itemId: c.dataset.itemId, index: [...list.children].indexOf(c), part: el.classList.contains('add') ? '.add' : '.card-hit' };
+}
+
+/** Replaces the cards of a list; focus on one of them stays on the same product (or the same place). */
+function replaceCards(list, cards) {
+  const at = focusedCard(list);
+  list.replaceChildren(...cards);
+  // (preventScroll: a refresh must not scroll the page back to a shelf the shopper scrolled away from.)
+  if (at) focusCard(list, at, { preventScroll: true });
+}
+
 function renderRecs(recs) {
-  const ol = $('recs');
-  ol.replaceChildren(...recs.map((r) => card(state.byId.get(r.itemId), { reason: r.reason })));
+  replaceCards($('recs'), recs.map((r) => card(state.byId.get(r.itemId), { reason: r.reason })));
   const personal = recs.some((r) => r.reason.kind === 'personal');
   const history = Object.entries(state.stats?.events.byType ?? {}).some(([t, n]) => n > 0 && !t.startsWith('offer_'));
   // What leaves follows the consent: never the events or the profile made from them; with sharing
@@ -334,11 +369,16 @@ function matches(item, q) {
     .every((w) => hay.includes(w));
 }
 
+/**
+ * The product grid. Called on the shopper's own actions only (the Order select, a category, a search;
+ * at start and after an erase), never by a background refresh: with "For you" a re-ranking would move
+ * the products under the pointer.
+ */
 function renderGrid() {
   const shown = state.items.filter((it) => (!state.category || it.category === state.category) && matches(it, state.query));
   const gen = ++state.gridGeneration;
   const show = (items, order) => {
-    $('grid').replaceChildren(...items.map((it) => card(it)));
+    replaceCards($('grid'), items.map((it) => card(it)));
     document.body.dataset.gridOrder = order;
   };
   if (state.order === 'you' && state.rec && shown.length > 0) {
@@ -403,7 +443,10 @@ function renderModel(s) {
   $('m-events').textContent = String(s.events.total);
   $('m-trained').textContent = state.training ? 'training…' : ago(s.model.trainedAt);
   $('m-steps').textContent = String(s.model.trainSteps);
-  $('m-pending').textContent = `${s.model.pendingEvents} event${s.model.pendingEvents === 1 ? '' : 's'} (trains every ${TRAIN_EVERY} browsing events)`;
+  // Browsing tracked here since the last training run (offers shown are events too, but not counted:
+  // they do not start a run). At most what the store holds untrained (a sync trains too).
+  const pending = Math.max(0, Math.min(state.browsingTracked - state.browsingTrained, s.model.pendingEvents));
+  $('m-pending').textContent = `${pending} browsing event${pending === 1 ? '' : 's'} (trains every ${TRAIN_EVERY})`;
   drawLossChart($('loss-chart'), state.losses);
 }
 
@@ -417,6 +460,8 @@ const ENDPOINT_KIND = {
   neighbors: 'download the shop’s neighbour table (the same file for everyone)',
 };
 const FEDERATED_KINDS = new Set(['config', 'model', 'update', 'cohort']);
+/** A URL on this page's own address as its path (the egress table keeps the whole URL in a title). */
+const ownPath = (url) => (url.startsWith(`${location.origin}/`) ? url.slice(location.origin.length) : url);
 
 /** The privacy panel: `rec.audit()` (docs/PRIVACY.md) written out for people. */
 function renderPrivacy(s, a) {
@@ -449,7 +494,7 @@ function renderPrivacy(s, a) {
     .reverse()
     .map(
       (e) =>
-        `<tr data-kind="${esc(e.kind)}"><td>${esc(clock.format(e.t))}</td><td title="${esc(ENDPOINT_KIND[e.kind] ?? e.kind)}${e.bodySha256 ? ` · body SHA-256 ${esc(e.bodySha256)}` : ''}"><code>${esc(e.method)} ${esc(e.endpoint)}</code></td><td>${e.bytes ? bytes(e.bytes) : '—'}</td><td class="${e.status >= 200 && e.status < 400 ? 'ok' : 'bad'}">${e.status || 'offline'}</td></tr>`,
+        `<tr data-kind="${esc(e.kind)}"><td>${esc(clock.format(e.t))}</td><td class="request" title="${esc(e.method)} ${esc(e.endpoint)}: ${esc(ENDPOINT_KIND[e.kind] ?? e.kind)}${e.bodySha256 ? ` · body SHA-256 ${esc(e.bodySha256)}` : ''}"><code>${esc(e.method)} ${esc(ownPath(e.endpoint))}</code></td><td>${e.bytes ? bytes(e.bytes) : '—'}</td><td class="${e.status >= 200 && e.status < 400 ? 'ok' : 'bad'}">${e.status || 'offline'}</td></tr>`,
     )
     .join('');
 
@@ -509,6 +554,39 @@ function showConsent(show) {
   $('consent-banner').hidden = !show;
 }
 
+/** Where focus goes once the banner is answered: the control that opened it ("Change consent", Erase). */
+let consentReturn = null;
+
+/**
+ * Shows the banner on request: it sits at the top of the page, so bring it into view (under the
+ * sticky top bar) and move focus into it; the answer gives focus back to `from`.
+ */
+function openConsent(from) {
+  const banner = $('consent-banner');
+  showConsent(true);
+  consentReturn = from ?? null;
+  const top = banner.getBoundingClientRect().top + window.scrollY - document.querySelector('.topbar').offsetHeight - 12;
+  const smooth = !matchMedia('(prefers-reduced-motion: reduce)').matches;
+  window.scrollTo({ top: Math.max(0, top), behavior: smooth ? 'smooth' : 'auto' });
+  banner.focus({ preventScroll: true });
+  banner.classList.remove('flash');
+  void banner.offsetWidth; // restart the animation
+  banner.classList.add('flash');
+}
+
+/** Hides the banner after an answer, without leaving keyboard focus on the hidden buttons (<body>). */
+function closeConsent() {
+  const banner = $('consent-banner');
+  const back = consentReturn;
+  consentReturn = null;
+  const had = banner.contains(document.activeElement) || document.activeElement === document.body;
+  showConsent(false);
+  if (!had) return;
+  if (back?.isConnected && !back.disabled && back.offsetParent !== null) back.focus();
+  // Shown at start (?consent=required): the shelf the answer changes, just below where it was.
+  else $('recs-section').focus({ preventScroll: true });
+}
+
 function rememberedConsent() {
   try {
     const c = JSON.parse(localStorage.getItem(CONSENT_KEY) ?? 'null');
@@ -546,8 +624,9 @@ async function chooseConsent(personalization, federated) {
     if (!personalization) {
       forgetModelPanel();
       state.ratings.clear();
+      state.browsingTrained = state.browsingTracked;
     }
-    showConsent(false);
+    closeConsent();
     setStatus(
       personalization
         ? federated
@@ -574,7 +653,8 @@ function discountText(d) {
 
 function offerCard(o) {
   const li = document.createElement('li');
-  li.className = `offer${o.explore ? ' explore' : ''}`;
+  const applied = state.appliedOffer?.offerId === o.offerId;
+  li.className = `offer${o.explore ? ' explore' : ''}${applied ? ' applied' : ''}`;
   li.dataset.offerId = o.offerId;
   li.innerHTML = `
     <p class="offer-discount">${esc(o.discount.kind === 'percent' ? `${o.discount.percent}% off` : `${money.format(o.discount.amount)} off`)}${o.discount.maxAmount ? ` <span class="fine">up to ${esc(money.format(o.discount.maxAmount))}</span>` : ''}</p>
@@ -585,9 +665,12 @@ function offerCard(o) {
   const use = document.createElement('button');
   use.type = 'button';
   use.className = 'btn ghost small use-offer';
-  use.textContent = state.appliedOffer?.offerId === o.offerId ? 'Applied ✓' : 'Use offer';
-  use.disabled = state.appliedOffer?.offerId === o.offerId;
-  use.addEventListener('click', () => redeem(o));
+  use.textContent = applied ? 'Applied ✓' : 'Use offer';
+  // aria-disabled, not disabled: the button the shopper just used keeps keyboard focus.
+  use.setAttribute('aria-disabled', String(applied));
+  use.addEventListener('click', () => {
+    if (state.appliedOffer?.offerId !== o.offerId) redeem(o);
+  });
   li.append(use);
   return li;
 }
@@ -603,12 +686,42 @@ function impress(offers) {
   }
 }
 
+/** How many offers the shelf shows. */
+const SHELF_OFFERS = 3;
+
 function renderOffers(offers) {
   $('offers-section').hidden = !state.signedOffers;
-  $('offers').replaceChildren(...offers.map(offerCard));
-  if (state.signedOffers && offers.length === 0) $('offers').innerHTML = '<li class="fine">No offer fits you right now.</li>';
-  document.body.dataset.offers = offers.map((o) => o.offerId).join(',');
-  impress(offers);
+  // The offer on the cart keeps its place on the shelf, marked applied, until checkout: it allows one
+  // redemption, so rec.offers() no longer picks it, and without it the next offer's button would
+  // slide under the pointer.
+  let shown = offers;
+  const applied = state.appliedOffer;
+  if (applied) {
+    shown = offers.filter((o) => o.offerId !== applied.offerId).slice(0, SHELF_OFFERS - 1);
+    const was = state.shelfOffers.indexOf(applied.offerId);
+    shown.splice(was >= 0 ? Math.min(was, shown.length) : shown.length, 0, applied);
+  }
+  const list = $('offers');
+  const focused = list.contains(document.activeElement) ? document.activeElement.closest('.offer')?.dataset.offerId : undefined;
+  list.replaceChildren(...shown.map(offerCard));
+  if (state.signedOffers && shown.length === 0) list.innerHTML = '<li class="fine">No offer fits you right now.</li>';
+  // Focus on an offer's button stays on that offer when it is still shown (else on the shelf's first).
+  if (focused !== undefined) (list.querySelector(`.offer[data-offer-id="${CSS.escape(focused)}"] .use-offer`) ?? list.querySelector('.use-offer'))?.focus({ preventScroll: true });
+  state.shelfOffers = shown.map((o) => o.offerId);
+  document.body.dataset.offers = state.shelfOffers.join(',');
+  impress(shown);
+}
+
+/** Marks the applied offer's cards (shelf and product page) as applied, and the others as usable. */
+function markApplied() {
+  for (const li of document.querySelectorAll('.offer[data-offer-id]')) {
+    const on = li.dataset.offerId === state.appliedOffer?.offerId;
+    li.classList.toggle('applied', on);
+    const b = li.querySelector('.use-offer');
+    if (!b) continue;
+    b.textContent = on ? 'Applied ✓' : 'Use offer';
+    b.setAttribute('aria-disabled', String(on));
+  }
 }
 
 /** The signed catalog's offer behind a shown one (its scope and minimum basket). */
@@ -643,10 +756,7 @@ function redeem(o) {
   track({ type: 'offer_redeemed', offerId: o.offerId });
   state.appliedOffer = o;
   renderCart();
-  for (const b of document.querySelectorAll(`.offer[data-offer-id="${CSS.escape(o.offerId)}"] .use-offer`)) {
-    b.textContent = 'Applied ✓';
-    b.disabled = true;
-  }
+  markApplied();
   const effect = offerEffect(o);
   setStatus(
     effect.why
@@ -890,9 +1000,15 @@ function renderRounds() {
 
 // ---------------------------------------------------------------- product page
 
-function openProduct(id, via) {
+function openProduct(id, via, from) {
   const item = state.byId.get(id);
   if (!item) return;
+  const dlg = $('product-modal');
+  // The card it was opened from (not a similar item inside the dialog): focus goes back there.
+  if (!dlg.open) {
+    const list = from?.closest('ol, ul');
+    state.opener = from ? { el: from, ...(list ? focusedCard(list, from) : {}) } : null;
+  }
   // A click on a search result is a search with the clicked item; every open is a view.
   if (via === 'search' && state.query) track({ type: 'search', query: state.query, itemId: id });
   track({ type: 'view', itemId: id });
@@ -909,7 +1025,6 @@ function openProduct(id, via) {
     [1, 2, 3, 4, 5].map((v) => `<button type="button" class="star${v <= (state.ratings.get(id) ?? 0) ? ' on' : ''}" data-value="${v}" aria-label="${v} star${v > 1 ? 's' : ''}" aria-pressed="${v === state.ratings.get(id)}">★</button>`).join('');
   $('similar').replaceChildren();
   $('p-offer').replaceChildren();
-  const dlg = $('product-modal');
   if (!dlg.open) dlg.showModal();
   dlg.scrollTop = 0;
   const gen = state.generation;
@@ -1012,8 +1127,10 @@ function checkout() {
 // ---------------------------------------------------------------- erase
 
 let eraseArmed;
+let erasing = false;
 async function erase() {
   const b = $('erase');
+  if (erasing) return;
   if (!eraseArmed) {
     b.textContent = 'Really erase? Click again';
     b.classList.add('armed');
@@ -1026,7 +1143,9 @@ async function erase() {
   }
   clearTimeout(eraseArmed);
   eraseArmed = undefined;
-  b.disabled = true;
+  // aria-disabled, not disabled: a disabled button drops keyboard focus to <body>.
+  erasing = true;
+  b.setAttribute('aria-disabled', 'true');
   b.textContent = 'Erasing…';
   const rec = state.rec;
   state.rec = null;
@@ -1041,17 +1160,35 @@ async function erase() {
     state.ratings.clear();
     state.impressed.clear();
     state.appliedOffer = null;
+    state.browsingTrained = state.browsingTracked;
     forgetModelPanel();
     renderCart();
     await startRecommender();
     setStatus('Erased: every event and the personal model are gone from this device.', 'ok');
     await refresh();
+    // The fresh recommender shows offers, and (with consent) counts them as shown: new events, which
+    // the privacy panel lists. Say so, so that "every event is gone" does not read as untrue.
+    const shown = state.impressed.size;
+    if (shown) {
+      setStatus(
+        `Erased: every event and the personal model are gone from this device. Since then the ${shown === 1 ? 'offer' : `${shown} offers`} on screen ${shown === 1 ? 'has' : 'have'} been recorded as shown (“Offers shown” under Privacy): new events, nothing of before.`,
+        'ok',
+      );
+    }
+    // A personal grid order came from the erased history: rank again with the fresh recommender.
+    if (state.order === 'you') renderGrid();
   } catch (e) {
     fail(e);
   } finally {
-    b.disabled = false;
+    erasing = false;
+    b.removeAttribute('aria-disabled');
     b.textContent = 'Erase everything';
     b.classList.remove('armed');
+    // Focus stays on the button (unless the shopper moved on); under ?consent=required the banner asks
+    // again, and gets it (given back here after the answer).
+    const here = document.activeElement === b || document.activeElement === document.body;
+    if (!$('consent-banner').hidden && here) openConsent(b);
+    else if (here) b.focus();
     document.body.dataset.erased = String(Number(document.body.dataset.erased ?? 0) + 1);
   }
 }
@@ -1065,7 +1202,7 @@ function wire() {
     if (!hit) return;
     const id = hit.closest('.card').dataset.itemId;
     const inGrid = hit.closest('#grid');
-    openProduct(id, inGrid && state.query ? 'search' : 'browse');
+    openProduct(id, inGrid && state.query ? 'search' : 'browse', hit);
   });
   let searchTimer;
   const search = $('search');
@@ -1111,7 +1248,20 @@ function wire() {
       s.setAttribute('aria-pressed', String(Number(s.dataset.value) === value));
     }
   });
-  $('product-modal').addEventListener('close', () => (state.open = null));
+  $('product-modal').addEventListener('close', () => {
+    state.open = null;
+    const back = state.opener;
+    state.opener = null;
+    // "Buy now" opened the cart: focus goes back to the card when the cart closes.
+    if ($('cart-drawer').open) state.cartReturn = back;
+    else returnFocus(back);
+  });
+  $('cart-drawer').addEventListener('close', () => {
+    const back = state.cartReturn;
+    state.cartReturn = null;
+    if (document.activeElement && document.activeElement !== document.body) return; // the browser gave it back
+    if (!returnFocus(back)) $('open-cart').focus();
+  });
   // A click on the backdrop closes a dialog.
   for (const dlg of [$('product-modal'), $('cart-drawer')]) {
     dlg.addEventListener('click', (e) => {
@@ -1130,7 +1280,7 @@ function wire() {
   });
   $('erase').addEventListener('click', () => void erase());
   $('export').addEventListener('click', () => void exportData().catch(fail));
-  $('show-consent').addEventListener('click', () => showConsent(true));
+  $('show-consent').addEventListener('click', (e) => openConsent(e.currentTarget));
   $('consent-accept').addEventListener('click', () => void chooseConsent(true, true));
   $('consent-local').addEventListener('click', () => void chooseConsent(true, false));
   $('consent-decline').addEventListener('click', () => void chooseConsent(false, false));
@@ -1146,6 +1296,20 @@ function wire() {
   });
   // Keep "last training … s ago" honest.
   setInterval(() => state.stats && !state.training && ($('m-trained').textContent = ago(state.stats.model.trainedAt)), 5000);
+}
+
+/**
+ * Gives focus back to where a dialog was opened from: the card itself, or (the shelves and the
+ * personal grid rebuild their cards) the same product's card in the same list, or the card now in its
+ * place. False when there is none.
+ */
+function returnFocus(back) {
+  if (!back) return false;
+  if (back.el?.isConnected && back.el.offsetParent !== null) {
+    back.el.focus();
+    return true;
+  }
+  return !!back.list?.isConnected && focusCard(back.list, back);
 }
 
 /** The shop's signed offer catalog and its public key, from the shop's server. */
@@ -1175,6 +1339,11 @@ async function main() {
   void pollSimulation();
   await startRecommender();
   await refresh();
+  // A reload may bring the Order select back as the shopper left it: rank once the recommender is up.
+  if ($('order').value !== state.order) {
+    state.order = $('order').value;
+    renderGrid();
+  }
   document.body.dataset.state = 'ready';
 }
 

@@ -133,6 +133,8 @@ describe('demo shop', () => {
       assert.ok(similar.length > 0 && similar.every((t) => t === `Similar to ${title}`), JSON.stringify(similar));
       if (id === ids[15]) await page.click('#p-add');
       await page.click('#product-modal .modal-close button');
+      // Focus goes back to the card the product was opened from.
+      await page.waitForFunction((i) => document.activeElement?.closest('#grid .card')?.getAttribute('data-item-id') === i, id, { timeout: 5_000 });
     }
     assert.equal(await text(page, '#cart-count'), '1');
 
@@ -159,6 +161,17 @@ describe('demo shop', () => {
     const mine = await gridIds();
     assert.deepEqual([...mine].sort(), [...shopOrder].sort());
     assert.notDeepEqual(mine, shopOrder);
+    // Ranked on the shopper's own actions only: a refresh (here the one after "Train now") leaves the
+    // cards where they are, so that nothing moves under the pointer.
+    await page.evaluate(() => ((document.querySelector('#grid .card') as HTMLElement).dataset.kept = '1'));
+    const trainIdle = () => page.waitForFunction(() => !(document.getElementById('train-now') as HTMLButtonElement).disabled, null, { timeout: 30_000 });
+    await trainIdle();
+    const rendersBefore = Number(await page.evaluate(() => document.body.dataset.recsRenders));
+    await page.click('#train-now');
+    await page.waitForFunction((n) => Number(document.body.dataset.recsRenders) > n, rendersBefore, { timeout: 30_000 });
+    await trainIdle();
+    assert.deepEqual(await gridIds(), mine, 'a refresh does not reorder the personal grid');
+    assert.equal(await page.$eval('#grid .card', (e) => (e as HTMLElement).dataset.kept), '1', 'nor rebuild its cards');
     const category = await page.$eval('#category option:nth-child(2)', (o) => (o as HTMLOptionElement).value);
     await page.evaluate(() => (document.body.dataset.gridOrder = ''));
     await page.selectOption('#category', category);
@@ -186,12 +199,22 @@ describe('demo shop', () => {
     await screenshot(page, 'shop.png', true);
     // The first offer on screen now (a refresh may have changed the list since it was read): one
     // click in the page, so that the list cannot change between finding the button and clicking it.
-    const firstOffer = await page.evaluate(() => {
+    const [firstOffer, auditsAtUse] = await page.evaluate(() => {
       const o = document.querySelector<HTMLElement>('#offers .offer')!;
       o.querySelector<HTMLButtonElement>('.use-offer')!.click();
-      return o.dataset.offerId!;
+      return [o.dataset.offerId!, Number(document.body.dataset.audits)] as const;
     });
     await page.waitForFunction((id) => document.getElementById('cart-offer')?.hidden === false && document.getElementById('status')?.textContent?.includes('Offer “'), firstOffer);
+    // After the refresh the redemption brings (the offer allows one, so rec.offers() no longer picks
+    // it), it keeps its place on the shelf, marked applied: no other offer slides under the pointer.
+    await page.waitForFunction((n) => Number(document.body.dataset.audits) > n, auditsAtUse, { timeout: 15_000 });
+    const usedCard = await page.$eval('#offers .offer', (e) => ({
+      id: (e as HTMLElement).dataset.offerId,
+      applied: e.classList.contains('applied'),
+      button: e.querySelector('.use-offer')?.textContent,
+      disabled: e.querySelector('.use-offer')?.getAttribute('aria-disabled'),
+    }));
+    assert.deepEqual(usedCard, { id: firstOffer, applied: true, button: 'Applied ✓', disabled: 'true' });
 
     // The automatic sync after training (once), then the privacy panel shows what left.
     await page.waitForSelector('body[data-syncs="1"]', { timeout: 30_000 });
@@ -234,9 +257,22 @@ describe('demo shop', () => {
     assert.match(await text(page, '#a-gpc'), /not sent/);
     assert.match(await text(page, '#a-consent'), /^Personalization: yes · sharing model updates: yes · sync allowed/);
     const egressRows = await page.$$eval('#a-egress tr', (trs) => trs.map((tr) => [...tr.querySelectorAll('td')].map((td) => td.textContent ?? '')));
-    // The neighbour file by its whole URL (it may be on another host), the federated API by path.
-    const sdkSeen = [...neighborRequests.map((r) => `${r.method()} ${r.url()}`), ...sdkRequests.map((r) => `${r.method()} ${new URL(r.url()).pathname}`)];
+    // The SDK logs the neighbour file by its whole URL (it may be on another host) and the federated
+    // API by path; the table shows a URL on the page's own address by its path, the whole one in the
+    // cell's title.
+    const sdkSeen = [...neighborRequests.map((r) => `${r.method()} ${new URL(r.url()).pathname}`), ...sdkRequests.map((r) => `${r.method()} ${new URL(r.url()).pathname}`)];
     assert.deepEqual(egressRows.map((r) => r[1]).reverse(), sdkSeen, 'the egress table lists exactly the requests the SDK made');
+    assert.ok(
+      (await page.getAttribute('#a-egress tr[data-kind="neighbors"] td.request', 'title'))?.startsWith(`GET ${shop.url}/neighbors.lrn: `),
+      'the whole URL in the title',
+    );
+    // Its Bytes and Status columns are in view (the table does not scroll sideways), and at phone
+    // width the page does not either.
+    assert.ok(await page.$eval('.egress-wrap', (e) => e.scrollWidth <= e.clientWidth), 'the egress table fits its panel');
+    await page.setViewportSize({ width: 390, height: 844 });
+    assert.deepEqual(await page.evaluate(() => [document.documentElement.scrollWidth, document.documentElement.clientWidth]), [390, 390], 'no sideways scroll at 390 px');
+    assert.ok(await page.$eval('.egress-wrap', (e) => e.scrollWidth <= e.clientWidth), 'the egress table fits at 390 px');
+    await page.setViewportSize({ width: 1400, height: 1000 });
     assert.ok(sdkSeen.includes('POST /v1/updates'), JSON.stringify(sdkSeen));
     const updateBytes = sdkRequests.find((r) => r.method() === 'POST')!.postDataBuffer()!.length;
     assert.match(await text(page, '#a-egress-summary'), new RegExp(`^${sdkSeen.length} requests, ${(updateBytes / 1024).toFixed(1)} KB sent in all`));
@@ -293,8 +329,14 @@ describe('demo shop', () => {
     await page.click('#erase');
     await page.click('#erase');
     await page.waitForSelector('body[data-erased="1"]', { timeout: 20_000 });
-    // The fresh recommender starts from nothing (offers shown again in this page view are not
-    // counted as new impressions).
+    assert.equal(await page.evaluate(() => document.activeElement?.id), 'erase', 'focus stays on the button');
+    // The fresh recommender starts from nothing, but the offers on screen are shown to it: new
+    // impressions, which the status line mentions (with their number) and the panel counts.
+    const erasedStatus = await text(page, '#status');
+    const again = /Since then the (?:offer|(\d+) offers) on screen ha(?:s|ve) been recorded as shown/.exec(erasedStatus);
+    assert.ok(again, erasedStatus);
+    const shownAgain = Number(again[1] ?? 1);
+    await page.waitForFunction((n) => document.querySelector('#privacy-counts tr[data-type="offer_impression"] td')?.textContent === String(n), shownAgain, { timeout: 10_000 });
     await page.waitForFunction(() => document.querySelector('#privacy-counts tr[data-type="view"] td')?.textContent === '0', null, { timeout: 10_000 });
     assert.equal(await text(page, '#privacy-counts tr[data-type="add_to_cart"] td'), '0');
     assert.equal(await text(page, '#privacy-counts tr[data-type="offer_redeemed"] td'), '0');
@@ -304,7 +346,7 @@ describe('demo shop', () => {
     // neighbour table (once the panel has re-read the audit), nothing of the erased shopper's syncs.
     await page.waitForFunction(() => document.querySelectorAll('#a-egress tr').length <= 1, null, { timeout: 10_000 });
     const egressAfter = await page.$$eval('#a-egress tr', (trs) => trs.map((tr) => tr.querySelectorAll('td')[1]?.textContent ?? ''));
-    assert.ok(egressAfter.every((e) => e === `GET ${shop.url}/neighbors.lrn`), `egress after erase: ${JSON.stringify(egressAfter)}`);
+    assert.ok(egressAfter.every((e) => e === 'GET /neighbors.lrn'), `egress after erase: ${JSON.stringify(egressAfter)}`);
     const erased = await reasonsOf(page);
     assert.ok(erased.every((r) => r.kind === 'popular'), 'after erase the shelf is back to bestsellers');
     assert.match(await text(page, '#status'), /Erased/);
@@ -347,6 +389,17 @@ describe('demo shop', () => {
     await page.evaluate(() => document.querySelector('.panels')!.setAttribute('style', 'position: static; max-height: none; overflow: visible'));
     await page.locator('#rounds-panel').screenshot({ path: join(ROOT, 'test-results', 'shop-rounds.png') });
     await page.locator('#privacy-panel').screenshot({ path: join(ROOT, 'test-results', 'shop-privacy-erased.png') });
+    await page.evaluate(() => document.querySelector('.panels')!.removeAttribute('style'));
+
+    // A product opened from "Recommended for you" with the keyboard: the view rebuilds the shelf while
+    // the dialog is open, so Escape gives focus to the card now in the opener's place, not to <body>.
+    const rendersAtOpen = Number(await page.evaluate(() => document.body.dataset.recsRenders));
+    await page.focus('#recs .card:nth-child(2) .card-hit');
+    await page.keyboard.press('Enter');
+    await page.waitForSelector('#product-modal[open]');
+    await page.waitForFunction((n) => Number(document.body.dataset.recsRenders) > n, rendersAtOpen, { timeout: 15_000 });
+    await page.keyboard.press('Escape');
+    await page.waitForFunction(() => document.activeElement?.matches('#recs .card:nth-child(2) .card-hit') === true, null, { timeout: 5_000 });
 
     assert.deepEqual(errors, []);
     await page.close();
@@ -373,6 +426,8 @@ describe('demo shop', () => {
 
     await page.click('#consent-local');
     await page.waitForSelector('#consent-banner', { state: 'hidden' });
+    // The answered banner does not leave focus on <body>: it goes to the shelf the answer changes.
+    assert.equal(await page.evaluate(() => document.activeElement?.id), 'recs-section');
     await page.waitForFunction(() => (document.getElementById('a-consent')?.textContent ?? '').startsWith('Personalization: yes · sharing model updates: no · sync off'), null, { timeout: 10_000 });
     assert.match(await text(page, '#a-storage'), /^IndexedDB “localrec”/);
     assert.equal(await page.isDisabled('#sync-now'), true, 'no sync without consent to sharing updates');
@@ -401,9 +456,22 @@ describe('demo shop', () => {
     await page.waitForSelector('body[data-state="ready"]', { timeout: 45_000 });
     assert.match(await consentNow(), /^Personalization: yes · sharing model updates: yes · sync allowed/);
     assert.equal(await page.isVisible('#consent-banner'), false);
+    // "Change consent" far down the page: the banner (at the top) comes into view with focus in it,
+    // and the answer gives focus back to the button.
+    await page.evaluate(() => window.scrollTo(0, document.documentElement.scrollHeight));
     await page.click('#show-consent');
+    await page.waitForFunction(
+      () => {
+        const b = document.getElementById('consent-banner')!;
+        const r = b.getBoundingClientRect();
+        return document.activeElement === b && r.top >= 0 && r.bottom <= window.innerHeight;
+      },
+      null,
+      { timeout: 5_000 },
+    );
     await page.click('#consent-local');
     await page.waitForSelector('#consent-banner', { state: 'hidden' });
+    assert.equal(await page.evaluate(() => document.activeElement?.id), 'show-consent');
     await page.waitForFunction(() => (document.getElementById('a-consent')?.textContent ?? '').startsWith('Personalization: yes · sharing model updates: no · sync off'), null, { timeout: 10_000 });
     const history = await page.$$eval('#a-consent-history li', (lis) => lis.map((li) => li.textContent));
     // After a reload the answer holds: the page passes it back instead of 'granted'.
