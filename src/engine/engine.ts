@@ -422,7 +422,7 @@ export class Engine {
     engine.openChannel();
     if (consented) {
       // Events past the age limit go now, not at the next write (a shopper back after a year).
-      await store.removeExpired?.().catch(() => undefined);
+      engine.evictedByRetention += (await store.applyRetention?.().catch(() => 0)) ?? 0;
       await engine.mergeConsentHistory();
       await engine.loadStoredNeighbors();
       engine.startNeighborFetch();
@@ -1909,8 +1909,9 @@ export class Engine {
   async audit(): Promise<AuditReport> {
     this.assertOpen();
     await this.flush().catch(() => undefined);
-    // What the age limit hides from reads is deleted now: the report lists what is stored.
-    await this.store.removeExpired?.().catch(() => undefined);
+    // What retention has due (the age limit hides it from reads; a lowered count limit) is deleted
+    // now: the report lists what is stored.
+    this.evictedByRetention += (await this.store.applyRetention?.().catch(() => 0)) ?? 0;
     const events = await this.store.all();
     const ev = await this.store.stats();
     const model = await this.store.getMeta<SavedModel>(MODEL_KEY);
@@ -1994,7 +1995,7 @@ export class Engine {
   async exportData(): Promise<ExportFile> {
     this.assertOpen();
     await this.flush().catch(() => undefined);
-    await this.store.removeExpired?.().catch(() => undefined);
+    this.evictedByRetention += (await this.store.applyRetention?.().catch(() => 0)) ?? 0;
     const model = await this.store.getMeta<SavedModel>(MODEL_KEY);
     return {
       format: 'localrec-export',

@@ -31,7 +31,8 @@ const MAX_ID = 256;
 const MAX_QUERY = 512;
 // Timestamps before 2000 or more than a day ahead are almost always unit mistakes (seconds vs ms).
 const MIN_T = Date.UTC(2000, 0, 1);
-const FUTURE_SLACK_MS = 24 * 3600 * 1000;
+/** How far ahead of the device's clock an event may be stamped (a page reporting its server's time). */
+export const FUTURE_SLACK_MS = 24 * 3600 * 1000;
 
 function id(v: unknown, field: string): string {
   if (typeof v !== 'string') throw new ValidationError(field, `must be a string, got ${describe(v)}`);
@@ -71,7 +72,9 @@ export function validateEvent(input: unknown, now: number = Date.now()): StoredE
   if (typeof input !== 'object' || input === null || Array.isArray(input)) {
     throw new ValidationError('event', `must be an object, got ${describe(input)}`);
   }
-  const e = input as Record<string, unknown>;
+  // Each field read once, from a copy: a getter that answers differently on a later read (a string
+  // for the check, an object for the store) cannot slip past, and nothing is read from a prototype.
+  const e = Object.assign(Object.create(null) as Record<string, unknown>, input);
   const type = e.type as EventType;
   if (!EVENT_TYPES.includes(type)) {
     throw new ValidationError('event.type', `must be one of ${EVENT_TYPES.join(', ')}; got ${describe(e.type)}`);

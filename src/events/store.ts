@@ -2,7 +2,7 @@ import { openDB, deleteDB, type DBSchema, type IDBPDatabase, type IDBPObjectStor
 import { StorageError } from '../errors.js';
 import type { EventType, StoredEvent } from '../types.js';
 import { BlockedError, blockedDeletion, blockedOpen, unlessBlocked } from './blocked.js';
-import { DEFAULT_MAX_AGE_DAYS, EVENT_SCHEMA_VERSION } from './schema.js';
+import { DEFAULT_MAX_AGE_DAYS, EVENT_SCHEMA_VERSION, FUTURE_SLACK_MS } from './schema.js';
 import { foldIntoLedger, ledgerKeeps, ledgerWithExpired, OFFER_LEDGER_KEY, type OfferLedger } from './offer-ledger.js';
 
 /** A stored value of the `meta` store: model weights, counters, settings. */
@@ -77,11 +77,12 @@ export interface EventStore {
   /** IndexedDB only: called when a reconnect finds the database deleted ({@link IdbEventStore.onVanished}). */
   onVanished?: (() => void) | undefined;
   /**
-   * Deletes the events past the age limit now (the next write would; until then reads skip them),
-   * folding offer events and purchases into the offer ledger; writes nothing when none has expired.
+   * Applies retention now, as the next write would: deletes the events past the age limit and, when
+   * more than `maxEvents` are stored (a lower limit than when they were written), the oldest beyond
+   * it, folding offer events and purchases into the offer ledger; writes nothing when nothing is due.
    * Returns how many went.
    */
-  removeExpired?(): Promise<number>;
+  applyRetention?(): Promise<number>;
   /** Deletes every event and every meta record, then the database itself. */
   destroy(): Promise<void>;
   /**
@@ -412,16 +413,7 @@ export class IdbEventStore implements EventStore {
       }
       await Promise.all(adds);
       let evicted = await deleteExpired(store, ageCutoff(this.retention), kept);
-      const over = (await store.count()) - this.retention.maxEvents;
-      if (over > 0) {
-        let c = await store.index('t').openCursor();
-        for (let i = 0; i < over && c; i++) {
-          if (ledgerKeeps(c.value)) kept.push(c.value);
-          await c.delete();
-          evicted++;
-          c = await c.continue();
-        }
-      }
+      evicted += await deleteOverCount(store, this.retention.maxEvents, kept);
       await foldRemoved(tx, kept);
       const err = await done;
       if (err) throw err;
@@ -461,14 +453,19 @@ export class IdbEventStore implements EventStore {
     return evicted;
   }
 
-  async removeExpired(): Promise<number> {
+  async applyRetention(): Promise<number> {
     if (this.absent) return 0;
+    const generation = this.generation;
     const cutoff = ageCutoff(this.retention);
-    // Read first: a database with nothing expired is not written to.
-    if ((await (await this.conn()).countFromIndex('events', 't', IDBKeyRange.upperBound(cutoff, true))) === 0) return 0;
-    const tx = (await this.connForWrite()).transaction(['events', 'meta'], 'readwrite');
+    const db = await this.conn();
+    // Read first: a database with nothing due is not written to.
+    const due = (await db.countFromIndex('events', 't', IDBKeyRange.upperBound(cutoff, true))) > 0 || (await db.count('events')) > this.retention.maxEvents;
+    // Nor one another tab deleted meanwhile (its erase must not leave an empty database behind):
+    // this is no write of the shopper's, so it never creates the database anew.
+    if (!due || this.absent || this.generation !== generation) return 0;
+    const tx = (await this.conn()).transaction(['events', 'meta'], 'readwrite');
     const kept: StoredEvent[] = [];
-    const removed = await deleteExpired(tx.objectStore('events'), cutoff, kept);
+    const removed = (await deleteExpired(tx.objectStore('events'), cutoff, kept)) + (await deleteOverCount(tx.objectStore('events'), this.retention.maxEvents, kept));
     await foldRemoved(tx, kept);
     await tx.done;
     return removed;
@@ -476,7 +473,7 @@ export class IdbEventStore implements EventStore {
 
   async all(): Promise<StoredEvent[]> {
     if (this.absent) return [];
-    // Events past the age limit are deleted at the next write (or removeExpired()); until then they are not read either.
+    // Events past the age limit are deleted at the next write (or applyRetention()); until then they are not read either.
     return (await this.conn()).getAllFromIndex('events', 't', IDBKeyRange.lowerBound(ageCutoff(this.retention)));
   }
 
@@ -645,27 +642,30 @@ export class MemoryEventStore implements EventStore {
   async add(events: StoredEvent[]): Promise<{ evicted: number }> {
     for (const e of events) this.events.push({ ...e, id: this.nextId++ });
     this.events.sort((a, b) => a.t - b.t || a.id! - b.id!);
+    return { evicted: this.retain() };
+  }
+  /** Retention as IndexedDB applies it (age limit, then the count limit in retentionOrder). */
+  private retain(): number {
     const before = this.events.length;
     const cutoff = ageCutoff(this.retention);
     const removed = this.events.filter((e) => e.t < cutoff);
     this.events = this.events.filter((e) => e.t >= cutoff);
-    if (this.events.length > this.retention.maxEvents) removed.push(...this.events.splice(0, this.events.length - this.retention.maxEvents));
+    const over = this.events.length - this.retention.maxEvents;
+    if (over > 0) {
+      const gone = new Set(retentionOrder(this.events.slice(), recentSince()).slice(0, over));
+      removed.push(...this.events.filter((e) => gone.has(e)));
+      this.events = this.events.filter((e) => !gone.has(e));
+    }
     const kept = removed.filter(ledgerKeeps);
     if (kept.length) this.meta.set(OFFER_LEDGER_KEY, structuredClone(foldIntoLedger(this.meta.get(OFFER_LEDGER_KEY) as OfferLedger | undefined, kept)) as MetaValue);
-    return { evicted: before - this.events.length };
+    return before - this.events.length;
   }
   async all(): Promise<StoredEvent[]> {
     const cutoff = ageCutoff(this.retention);
     return this.events.filter((e) => e.t >= cutoff).map((e) => ({ ...e }));
   }
-  async removeExpired(): Promise<number> {
-    const cutoff = ageCutoff(this.retention);
-    const removed = this.events.filter((e) => e.t < cutoff);
-    if (removed.length === 0) return 0;
-    this.events = this.events.filter((e) => e.t >= cutoff);
-    const kept = removed.filter(ledgerKeeps);
-    if (kept.length) this.meta.set(OFFER_LEDGER_KEY, structuredClone(foldIntoLedger(this.meta.get(OFFER_LEDGER_KEY) as OfferLedger | undefined, kept)) as MetaValue);
-    return removed.length;
+  async applyRetention(): Promise<number> {
+    return this.retain();
   }
   async byItem(itemId: string): Promise<StoredEvent[]> {
     const cutoff = ageCutoff(this.retention);
@@ -721,6 +721,52 @@ async function deleteExpired(store: IDBPObjectStore<LocalrecDB, ['events', 'meta
     await cursor.delete();
     removed++;
     cursor = await cursor.continue();
+  }
+  return removed;
+}
+
+/**
+ * The retention order of the count limit: oldest first by time, except within the last day, where
+ * events go in the order they were stored. A page may stamp events up to a day ahead of the device's
+ * clock (its server's time; FUTURE_SLACK_MS), so within that day time order is not the order things
+ * happened: ordered by time, events stamped ahead would outlast what the shopper does next, and an
+ * event could be evicted by the very write that stores it.
+ */
+function retentionOrder<E extends { t: number; id?: number }>(events: E[], recent: number): E[] {
+  const key = (e: E) => Math.min(e.t, recent);
+  return events.sort((a, b) => key(a) - key(b) || (a.id ?? 0) - (b.id ?? 0));
+}
+
+/** Where the last day, which the count limit orders by storage, begins. */
+function recentSince(): number {
+  return Date.now() - FUTURE_SLACK_MS;
+}
+
+/**
+ * Deletes the oldest events beyond `maxEvents` (in {@link retentionOrder}) through `store` (inside a
+ * readwrite transaction that also holds `meta`), pushing those the offer ledger keeps onto `kept`.
+ */
+async function deleteOverCount(store: IDBPObjectStore<LocalrecDB, ['events', 'meta'], 'events', 'readwrite'>, maxEvents: number, kept: StoredEvent[]): Promise<number> {
+  let over = (await store.count()) - maxEvents;
+  if (over <= 0) return 0;
+  const recent = recentSince();
+  let removed = 0;
+  // Those older than the last day, oldest first, straight off the index.
+  let c = await store.index('t').openCursor(IDBKeyRange.upperBound(recent, true));
+  while (c && over > 0) {
+    if (ledgerKeeps(c.value)) kept.push(c.value);
+    await c.delete();
+    removed++;
+    over--;
+    c = await c.continue();
+  }
+  if (over <= 0) return removed;
+  // Then the last day's: in the order they were stored.
+  const rest = retentionOrder(await store.index('t').getAll(IDBKeyRange.lowerBound(recent)), recent).slice(0, over);
+  for (const e of rest) {
+    if (ledgerKeeps(e)) kept.push(e);
+    await store.delete(e.id!);
+    removed++;
   }
   return removed;
 }

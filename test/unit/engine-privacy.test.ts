@@ -304,12 +304,20 @@ describe('audit and export', () => {
     assert.deepEqual(await stored(), ['view'], 'deleted when the SDK started');
     // One that expires while the session runs (put there directly, as the clock would make it).
     await raw((db) => db.add('events', { t: Date.now() - 11 * DAY, type: 'search', query: 'old' }));
-    assert.equal((await again.audit()).events.total, 1);
+    const report = await again.audit();
+    assert.equal(report.events.total, 1);
+    assert.deepEqual(report.events.evictedThisSession, { retention: 3, quota: 0 }, 'two at start, one before the report: counted');
     assert.deepEqual(await stored(), ['view'], 'deleted before audit() reported');
     await raw((db) => db.add('events', { t: Date.now() - 11 * DAY, type: 'search', query: 'old' }));
     assert.deepEqual((await again.exportData()).events.map((x) => x.itemId), ['p4']);
     assert.deepEqual(await stored(), ['view'], 'deleted before export()');
-    await again.erase();
+    await again.close();
+    // A later visit with a lower count limit: applied at start too.
+    await raw((db) => db.add('events', { t: Date.now() - 1000, type: 'view', itemId: 'p5' }));
+    const fewer = await Engine.create({ ...opts, retention: { maxEvents: 1, maxAgeDays: 10 } });
+    assert.equal((await stored()).length, 1);
+    assert.equal((await fewer.stats()).events.total, 1);
+    await fewer.erase();
   });
 
   it('audit(): an upload cancelled before it left is in the log but not counted as sent; cohorts joined are listed', async () => {

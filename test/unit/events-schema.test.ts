@@ -66,3 +66,23 @@ describe('validateEvent', () => {
     assert.throws(() => validateEvent({ type: 'view', itemID: 'a' }, NOW), /event\.itemID: is not a field of 'view' events/);
   });
 });
+
+describe('validateEvent reads each field once', () => {
+  it('a getter that answers a string to the check and an object later is stored as the string it answered', () => {
+    let reads = 0;
+    const tricky = {
+      type: 'search',
+      get query(): unknown {
+        return ++reads <= 1 ? ' shoes ' : { trim: () => ({ length: 3 }) };
+      },
+    };
+    assert.deepEqual(validateEvent(tricky, NOW), { t: NOW, type: 'search', query: 'shoes' });
+    assert.equal(reads, 1);
+  });
+
+  it('a field inherited from a polluted prototype is not read', () => {
+    const proto = { price: 5 };
+    const e = Object.assign(Object.create(proto) as Record<string, unknown>, { type: 'purchase', itemId: 'a' });
+    assert.deepEqual(validateEvent(e, NOW), { t: NOW, type: 'purchase', itemId: 'a' });
+  });
+});

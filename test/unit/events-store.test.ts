@@ -297,6 +297,55 @@ describe('review fixes (stop 21)', () => {
     }
   });
 
+  it('events a page stamped ahead of the clock do not outlast what the shopper does next: within the last day the count limit goes by storage order (both stores)', async () => {
+    const H = 3_600_000;
+    for (const s of [await IdbEventStore.open('review-ahead', { maxEvents: 3, maxAgeDays: 30 }), new MemoryEventStore({ maxEvents: 3, maxAgeDays: 30 })]) {
+      const t0 = Date.now();
+      await s.add([ev('ahead1', t0 + 20 * H), ev('ahead2', t0 + 20 * H), ev('ahead3', t0 + 20 * H)]);
+      assert.deepEqual(await s.add([ev('just-bought', t0, 'purchase')]), { evicted: 1 }, s.kind);
+      assert.deepEqual((await s.all()).map((e) => e.itemId).sort(), ['ahead2', 'ahead3', 'just-bought'], s.kind);
+      // Older than a day: oldest by time first, as before.
+      await s.add([ev('old', t0 - 3 * DAY)]);
+      assert.ok(!(await s.all()).some((e) => e.itemId === 'old'), s.kind);
+      if (s instanceof IdbEventStore) await s.destroy();
+    }
+  });
+
+  it('applyRetention() applies a lowered count limit and the age limit now, writes nothing when nothing is due, and never recreates a database deleted meanwhile', async () => {
+    const offer = (t: number): StoredEvent => ({ type: 'offer_redeemed', offerId: 'once', t });
+    for (const kind of ['IndexedDB', 'memory'] as const) {
+      const name = `review-retention-${kind}`;
+      const first = kind === 'IndexedDB' ? await IdbEventStore.open(name, { maxEvents: 100, maxAgeDays: 30 }) : new MemoryEventStore({ maxEvents: 100, maxAgeDays: 30 });
+      await first.add([offer(now - 9000), ...['a', 'b', 'c', 'd'].map((id, i) => ev(id, now - 8000 + i))]);
+      assert.equal(await first.applyRetention!(), 0, 'nothing due');
+      // A later session with a limit of 2 (the memory store: the same events under the lower limit).
+      let s: EventStore;
+      if (first instanceof IdbEventStore) {
+        first.close();
+        s = await IdbEventStore.open(name, { maxEvents: 2, maxAgeDays: 30 });
+      } else {
+        s = Object.assign(first, { retention: { maxEvents: 2, maxAgeDays: 30 } });
+      }
+      assert.equal(await s.applyRetention!(), 3, kind);
+      assert.deepEqual((await s.all()).map((e) => e.itemId), ['c', 'd'], kind);
+      // The redemption it removed went into the offer ledger.
+      assert.equal((await s.offerLedger())?.offers.find((o) => o.offerId === 'once')?.redemptions, 1, kind);
+      if (s instanceof IdbEventStore) {
+        // Another tab erases while the count is read: nothing is created anew.
+        const db = (s as unknown as { db: { countFromIndex: (...a: unknown[]) => Promise<number> } }).db;
+        const count = db.countFromIndex.bind(db);
+        db.countFromIndex = async (...a: unknown[]) => {
+          const n = await count(...a);
+          await deleteDB(name);
+          s.reopenLazily!();
+          return n + 1;
+        };
+        assert.equal(await s.applyRetention!(), 0);
+        assert.ok(!(await indexedDB.databases()).some((d) => d.name === name), 'the database stays deleted');
+      }
+    }
+  });
+
   it('the memory store answers as IndexedDB does: lastId 0 when empty, getMeta a copy', async () => {
     const m = new MemoryEventStore({ maxEvents: 5, maxAgeDays: 1 });
     await m.add([ev('old', now - 3 * 86_400_000)]); // evicted at once
