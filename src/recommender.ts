@@ -163,6 +163,23 @@ function consentOption(c: unknown): { personalization: boolean; federated: boole
 }
 
 /**
+ * A progress callback as the worker calls it: it answers at once, whatever the page's callback
+ * returns. The worker waits for each call's answer, so a callback returning a promise that never
+ * settles (an async one awaiting something that never comes) would hold train() or sync(), and
+ * close() and erase() behind them; its rejection or throw is the page's own business.
+ */
+function progressOnly<P>(f: (p: P) => unknown): (p: P) => void {
+  return (p) => {
+    try {
+      const r = f(p) as { then?: unknown } | undefined;
+      if (r && typeof r.then === 'function') (r as Promise<unknown>).then(undefined, () => undefined);
+    } catch {
+      // A throwing callback does not stop the run (as in the worker).
+    }
+  };
+}
+
+/**
  * Starts localrec on the page: spawns the module worker (TensorFlow.js, IndexedDB and training all
  * live there), picks a backend, and loads saved weights.
  *
@@ -246,6 +263,8 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
   /** setConsent() calls granting personalization that are under way, and what was tracked meanwhile. */
   let granting = 0;
   let heldForConsent: unknown[] = [];
+  /** setConsent() calls withdrawing personalization whose answer has not come back. */
+  let withdrawing = 0;
   // The page's gate follows the worker's consent: its own setConsent() replies, and every change
   // the engine applies (another tab's too, or this tab would drop every event) told over the track
   // port. Each carries the engine's count of changes: the latest wins, whichever port is faster.
@@ -474,7 +493,8 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
       // Validated here too so that the caller gets the error at the call site.
       const valid = validateEvent(event);
       checkEventAge(valid, Date.now(), maxAgeDays);
-      if (!consented) {
+      // (A withdrawal still on its way to the worker counts as done: what follows it is not posted.)
+      if (!consented || withdrawing > 0) {
         // While the shopper's grant is being applied, what they do is kept on the page until it
         // is; before consent the event does not even leave the page's thread.
         if (granting) heldForConsent.push(valid);
@@ -496,7 +516,7 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
       knownKeys(o, 'options', OPTION_KEYS.train);
       const { onProgress, ...plain } = o;
       if (onProgress !== undefined && typeof onProgress !== 'function') throw new ValidationError('options.onProgress', `must be a function, got ${typeof onProgress}`);
-      return call(() => api.train(plain, onProgress ? Comlink.proxy(onProgress) : undefined));
+      return call(() => api.train(plain, onProgress ? Comlink.proxy(progressOnly(onProgress)) : undefined));
     },
     async stats() {
       const s = await call(() => api.stats());
@@ -505,12 +525,17 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
     async setConsent(c) {
       open();
       if (typeof c !== 'object' || c === null) throw new ValidationError('consent', 'must be an object like { personalization: true, federated: false }');
-      const grant = c.personalization === true && !consented;
+      // A grant right after a withdrawal whose answer has not come back is a grant too: the worker
+      // applies them in order, so what the shopper does after it is held until it is applied.
+      const withdraw = c.personalization === false;
+      const grant = c.personalization === true && (!consented || withdrawing > 0);
+      if (withdraw) withdrawing++;
       if (grant) granting++;
       try {
         const state = await call(() => api.setConsent(c), 'consent');
         gate(state.personalization, state.version);
       } finally {
+        if (withdraw) withdrawing--;
         if (grant && --granting === 0) {
           const held = heldForConsent;
           heldForConsent = [];
@@ -566,7 +591,7 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
         return await call(async () => {
           open();
           if (signal?.aborted) throw syncCancelled('before it started');
-          return api.sync(onProgress ? Comlink.proxy(onProgress) : undefined, contribute, id);
+          return api.sync(onProgress ? Comlink.proxy(progressOnly(onProgress)) : undefined, contribute, id);
         });
       } finally {
         signal?.removeEventListener('abort', cancel);

@@ -100,7 +100,7 @@ export interface Recommendation {
 }
 
 export interface RecommendOptions {
-  /** How many items, 1–1000 (up to the number of `candidates` when more are given). Default 10. */
+  /** How many items, 1–1000 (up to the number of `candidates` when more are given). Default 10; with `candidates`, all of them. */
   k?: number;
   /**
    * Items to leave out: `'seen'` drops every item the shopper interacted with, `'purchased'` only
@@ -111,7 +111,7 @@ export interface RecommendOptions {
   category?: string;
   /**
    * Only recommend among these items: the products of a category page or a search's results, to
-   * show them in this shopper's order (`k: ids.length` for all of them). Ids the catalog does not
+   * show them in this shopper's order (all of them unless `k` says fewer). Ids the catalog does not
    * hold are skipped and each id counts once; `exclude` and `category` still apply (pass
    * `exclude: 'none'` to keep items the shopper has seen). At most 10,000 ids.
    */

@@ -386,7 +386,7 @@ function renderGrid() {
     // the grid changes once, when the order is known.
     const generation = state.generation;
     state.rec
-      .recommend({ candidates: shown.map((it) => it.id), k: Math.min(shown.length, 1000), exclude: 'none' })
+      .recommend({ candidates: shown.map((it) => it.id), exclude: 'none' })
       .then((ranked) => {
         if (gen !== state.gridGeneration || generation !== state.generation) return;
         const byId = new Map(shown.map((it) => [it.id, it]));

@@ -1218,8 +1218,10 @@ export class Engine {
     await this.freshModel();
     if (options.category !== undefined && typeof options.category !== 'string') throw new ValidationError('options.category', 'must be a string');
     const candidates = this.candidateRows(options.candidates);
-    // A page's whole list may be put in order (`k: candidates.length`), up to MAX_CANDIDATES.
-    const k = intOption(options.k, 'options.k', 1, Math.max(1000, Array.isArray(options.candidates) ? options.candidates.length : 0), 10);
+    // A page's whole list is put in order by default (and may be with `k: candidates.length`, up to
+    // MAX_CANDIDATES); without one, the top 10.
+    const listed = Array.isArray(options.candidates) ? options.candidates.length : undefined;
+    const k = intOption(options.k, 'options.k', 1, Math.max(1000, listed ?? 0), listed === undefined ? 10 : Math.max(1, listed));
     const { profile, events } = await this.profile();
     const exclude = this.excludedRows(options.exclude, profile, events);
     const z = userVector(this.table, profile);

@@ -34,6 +34,11 @@ Comlink.transferHandlers.set('throw', {
 // hand: a bundler's dev server (Vite) rewrites `new URL('./', import.meta.url)` to the package's
 // main file, which would send the .wasm requests to index.js's URL.
 setWasmPaths(import.meta.url.slice(0, import.meta.url.lastIndexOf('/') + 1));
+// In a cross-origin isolated page tfjs would pick its threaded WASM build, which starts its own
+// workers from the source text of a function in this bundle; minified, that text names variables of
+// the surrounding bundle, so those workers fail ("t is not defined") and take the recommender down
+// with them. The single-threaded builds run everywhere.
+tf.env().set('WASM_HAS_MULTITHREAD_SUPPORT', false);
 
 let engine: Engine | undefined;
 let starting: Promise<Engine> | undefined;

@@ -407,6 +407,18 @@ describe('privacy in Chromium', () => {
         return { total: s.events.total, dropped: s.dropped };
       });
       assert.deepEqual(inA, { total: 1, dropped: 0 }, 'the view made while the grant was applied is stored');
+      // The banner toggled twice in a row (no, then yes) before either answer came back: what the
+      // shopper does after the yes is kept too (it was posted into the withdrawal and lost).
+      const toggled = await a.evaluate(async () => {
+        const rec = (window as any).rec;
+        const no = rec.setConsent({ personalization: false });
+        const yes = rec.setConsent({ personalization: true });
+        rec.track({ type: 'view', itemId: 'sku-1005' });
+        await Promise.all([no, yes]);
+        await rec.flush();
+        return (await rec.stats()).events.total;
+      });
+      assert.equal(toggled, 1, 'the withdrawal erased the first view; the one after the grant is stored');
       // Tab b hears of it (its worker and its page gate): its events are stored too.
       await b.waitForFunction(async () => (await (window as any).rec.audit()).consent.personalization === true, null, { timeout: 10_000 });
       const inB = await b.evaluate(async () => {

@@ -35,6 +35,44 @@ async function sdkPage(): Promise<Page> {
   return page;
 }
 
+describe('SDK in a cross-origin isolated page (COOP + COEP: SharedArrayBuffer available)', () => {
+  it('starts, probes wasm among the backends, trains and recommends', async () => {
+    const isolated = await serveRepo(() => ({ 'Cross-Origin-Opener-Policy': 'same-origin', 'Cross-Origin-Embedder-Policy': 'require-corp' }));
+    const page = await openPage(browser, `${isolated.url}/test/browser/pages/sdk.html`);
+    // The threaded WASM build's workers failed here with "t is not defined": no error of the page's
+    // or its workers', and no request that failed but the page's favicon.
+    const errors: string[] = [];
+    page.on('console', (m) => {
+      if (m.type() === 'error' && !/^Failed to load resource/.test(m.text())) errors.push(m.text());
+    });
+    page.on('pageerror', (e) => errors.push(e.message));
+    page.on('response', (res) => {
+      if (res.status() >= 400 && !res.url().endsWith('/favicon.ico')) errors.push(`${res.status()} ${res.url()}`);
+    });
+    try {
+      await page.waitForFunction(() => (window as any).ready === true);
+      const r = await page.evaluate(async (catalog) => {
+        const { createRecommender } = (window as any).localrec;
+        const rec = await createRecommender({ catalog, backend: 'wasm', dbName: 'isolated', autoTrainEvery: 0 });
+        for (let i = 0; i < 6; i++) rec.track({ type: 'view', itemId: `sku-${i}` });
+        // A progress callback whose promise never settles must not hold train() (or close() after it).
+        let heard = 0;
+        const trained = await rec.train({ epochs: 1, onProgress: () => (heard++, new Promise(() => undefined)) });
+        const recs = await rec.recommend({ k: 3 });
+        const stats = await rec.stats();
+        await rec.erase();
+        return { isolated: crossOriginIsolated, trained: trained.steps, recs: recs.length, backend: stats.backend, heard };
+      }, CATALOG);
+      assert.deepEqual(r, { isolated: true, trained: r.trained, recs: 3, backend: 'wasm', heard: r.heard });
+      assert.ok(r.trained > 0 && r.heard > 0);
+      assert.deepEqual(errors, []);
+    } finally {
+      await page.close();
+      await isolated.close();
+    }
+  });
+});
+
 describe('SDK in Chromium', () => {
   it('stores tracked events in IndexedDB from a worker, keeps them and the weights across a reload', async () => {
     const page = await sdkPage();

@@ -83,6 +83,8 @@ describe('Engine', () => {
     const scores = new Map((await e.recommend({ k: 30, exclude: 'none' })).map((r) => [r.itemId, r.score]));
     for (const r of await e.recommend({ k: 10, candidates: page, exclude: 'none' })) assert.equal(r.score, scores.get(r.itemId));
     assert.deepEqual(await e.recommend({ candidates: [] }), []);
+    // Without k, the whole list comes back in order (an empty one too, as above).
+    assert.deepEqual((await e.recommend({ candidates: page, exclude: 'none' })).map((r) => r.itemId), inOrder);
     assert.deepEqual(await e.recommend({ candidates: ['nothing-known'] }), []);
     await assert.rejects(e.recommend({ candidates: 'p3' as never }), /options\.candidates: must be an array of item ids, got "p3"/);
     await assert.rejects(e.recommend({ candidates: ['p3', 7] as never }), /options\.candidates\[1\]: must be an item id string, got 7/);

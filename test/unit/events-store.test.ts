@@ -302,7 +302,7 @@ describe('review fixes (stop 21)', () => {
     for (const s of [await IdbEventStore.open('review-ahead', { maxEvents: 3, maxAgeDays: 30 }), new MemoryEventStore({ maxEvents: 3, maxAgeDays: 30 })]) {
       const t0 = Date.now();
       await s.add([ev('ahead1', t0 + 20 * H), ev('ahead2', t0 + 20 * H), ev('ahead3', t0 + 20 * H)]);
-      assert.deepEqual(await s.add([ev('just-bought', t0, 'purchase')]), { evicted: 1 }, s.kind);
+      assert.deepEqual(await s.add([{ type: 'purchase', itemId: 'just-bought', t: t0 }]), { evicted: 1 }, s.kind);
       assert.deepEqual((await s.all()).map((e) => e.itemId).sort(), ['ahead2', 'ahead3', 'just-bought'], s.kind);
       // Older than a day: oldest by time first, as before.
       await s.add([ev('old', t0 - 3 * DAY)]);
