@@ -146,6 +146,13 @@ export interface SyncOptions {
   attempts?: number;
   /** First backoff delay in ms (doubles each retry; default 500). */
   backoffMs?: number;
+  /**
+   * How long one attempt of a request may wait for its answer, body included (default 60 s, the
+   * {@link REQUEST_TIMEOUT_MS}): past it the attempt counts as a network failure (logged with
+   * status 0, retried as one). A server that never answers must not hold a sync, nor `close()`
+   * and `erase()` that wait for it, for ever.
+   */
+  requestTimeoutMs?: number;
   /** Secure aggregation: how often to ask whether the cohort is full (default 1000 ms). */
   cohortPollMs?: number;
   /** Secure aggregation: how long to wait for the cohort to fill (default the server's timeout). */
@@ -249,7 +256,10 @@ function checkAborted(o: Pick<SyncOptions, 'signal'>, when: string): void {
 }
 
 /** What {@link request} needs of the caller's options. */
-type RequestOptions = Pick<SyncOptions, 'serverUrl' | 'fetch' | 'attempts' | 'backoffMs' | 'onEgress' | 'signal' | 'now'>;
+type RequestOptions = Pick<SyncOptions, 'serverUrl' | 'fetch' | 'attempts' | 'backoffMs' | 'requestTimeoutMs' | 'onEgress' | 'signal' | 'now'>;
+
+/** Default {@link SyncOptions.requestTimeoutMs}: far above the server's longest poll (15 s). */
+export const REQUEST_TIMEOUT_MS = 60_000;
 
 async function request(
   o: RequestOptions,
@@ -275,13 +285,26 @@ async function request(
     if (signal?.aborted) throw syncCancelled(`before ${method} ${endpoint}`);
     beforeSend?.();
     let res: Response;
+    // Each attempt has its own deadline, the caller's cancel (when it may cut this request) ending
+    // it too. The deadline stays armed after the headers, so that a body that never ends is cut as
+    // well (aborting a request already read does nothing).
+    const attempt = new AbortController();
+    const timeoutMs = o.requestTimeoutMs ?? REQUEST_TIMEOUT_MS;
+    const deadline = setTimeout(() => attempt.abort(), timeoutMs);
+    (deadline as { unref?: () => void }).unref?.();
+    const cancelAttempt = () => attempt.abort();
+    signal?.addEventListener('abort', cancelAttempt, { once: true });
     try {
-      res = await f(o.serverUrl.replace(/\/$/, '') + endpoint, { method, body, headers, ...PRIVATE_FETCH, ...(signal ? { signal } : {}) });
+      res = await f(o.serverUrl.replace(/\/$/, '') + endpoint, { method, body, headers, ...PRIVATE_FETCH, signal: attempt.signal });
     } catch (e) {
+      clearTimeout(deadline);
+      signal?.removeEventListener('abort', cancelAttempt);
       // Offline or refused: logged with status 0 (the body may or may not have left the device).
       o.onEgress?.({ t: now(), method, endpoint, kind, bytes: body?.length ?? 0, bodySha256, status: 0 });
       if (signal?.aborted) throw syncCancelled(`during ${method} ${endpoint}`);
-      lastError = new NetworkError(`${method} ${endpoint} failed: ${(e as Error).message}`, 0);
+      lastError = attempt.signal.aborted
+        ? new NetworkError(`${method} ${endpoint}: no answer within ${timeoutMs / 1000} s`, 0)
+        : new NetworkError(`${method} ${endpoint} failed: ${(e as Error).message}`, 0);
       continue;
     }
     o.onEgress?.({ t: now(), method, endpoint, kind, bytes: body?.length ?? 0, bodySha256, status: res.status });

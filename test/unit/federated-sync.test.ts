@@ -234,6 +234,29 @@ describe('sync()', () => {
     await e.close();
   });
 
+  it('a server that never answers an attempt does not hold the sync: each attempt has a deadline, logged as status 0', async () => {
+    // GETs pass through to the real server; every POST (the upload) is left without an answer, and
+    // the fetch ignores aborts, as a stuck connection would (only the deadline's abort ends it).
+    const f: FetchLike = (url, init) => {
+      if (init?.method === 'POST') {
+        return new Promise((_, reject) => init.signal?.addEventListener('abort', () => reject(new DOMException('stalled', 'AbortError'))));
+      }
+      return fetch(url, init as RequestInit);
+    };
+    const accountant = new RdpAccountant();
+    const log: EgressEntry[] = [];
+    const t0 = Date.now();
+    await assert.rejects(
+      syncOnce({ serverUrl: server.url, fetch: f, accountant, history: [{ itemIds: ['sku-1', 'sku-2', 'sku-3'], weights: [1, 1, 1] }], requestTimeoutMs: 150, backoffMs: 10, onEgress: (e) => log.push(e) }),
+      (e: unknown) => isNetworkError(e) && /POST \/v1\/updates: no answer within 0\.15 s/.test((e as Error).message),
+    );
+    assert.ok(Date.now() - t0 < 30_000);
+    const posts = log.filter((l) => l.method === 'POST' && !l.pending);
+    assert.equal(posts.length, 3, 'three attempts');
+    assert.ok(posts.every((l) => l.status === 0));
+    assert.equal(accountant.releases, 1, 'the release was charged once, before the body left');
+  });
+
   it('says what is missing when federated learning is not configured', async () => {
     const e = await Engine.create({ catalog, backend: 'cpu', autoTrainEvery: 0, store: new MemoryEventStore() });
     await assert.rejects(e.sync(), (err) => isValidationError(err) && /options\.federated\.serverUrl/.test((err as Error).message));
