@@ -649,8 +649,15 @@ async function upload(
   if (stopped()) throw unsent();
   o.onProgress?.({ phase: 'upload', bytes: body.length });
   // Not cancellable in flight: once the release is recorded the body goes out whole, or fails on its own.
+  let attempted = false;
   const res = await request(o, 'update', 'POST', endpoint, body, { 'Content-Type': 'application/octet-stream', ...headers }, null, () => {
-    if (mustDropOut(o)) throw unsent();
+    if (mustDropOut(o)) {
+      // Before the first attempt nothing left; after one (a 5xx, no answer) the body may have
+      // reached the server: no retry, and nothing logged or said as "not sent".
+      if (!attempted) throw unsent();
+      throw new AbortError('sync cancelled between attempts of the upload: an earlier attempt may have reached the server (its ε is spent); no further attempt was made');
+    }
+    attempted = true;
   });
   const reply = (await res.json()) as { pending: number; minClients: number; published: number | null };
   return {

@@ -257,6 +257,26 @@ describe('sync()', () => {
     assert.equal(accountant.releases, 1, 'the release was charged once, before the body left');
   });
 
+  it('a drop-out between attempts of the upload is not logged as "not sent" once an attempt left', async () => {
+    const ctl = new AbortController();
+    let posts = 0;
+    // The first attempt reaches the server, whose answer is lost as a 503; then the shopper erases.
+    const f: FetchLike = async (url, init) => {
+      const res = await fetch(url, init as RequestInit);
+      if (init?.method !== 'POST') return res;
+      posts++;
+      ctl.abort();
+      return new Response('{}', { status: 503 });
+    };
+    const log: EgressEntry[] = [];
+    await assert.rejects(
+      syncOnce({ serverUrl: server.url, fetch: f, accountant: new RdpAccountant(), history: [{ itemIds: ['sku-1', 'sku-2', 'sku-3'], weights: [1, 1, 1] }], backoffMs: 10, signal: ctl.signal, dropOut: () => true, onEgress: (e) => log.push(e) }),
+      (e: unknown) => (e as Error).name === 'AbortError' && /an earlier attempt may have reached the server/.test((e as Error).message),
+    );
+    assert.equal(posts, 1, 'no further attempt');
+    assert.deepEqual(log.filter((l) => l.method === 'POST').map((l) => [l.status, l.notSent ?? false]), [[0, false], [503, false]], 'the pending entry, then the attempt: none says not sent');
+  });
+
   it('says what is missing when federated learning is not configured', async () => {
     const e = await Engine.create({ catalog, backend: 'cpu', autoTrainEvery: 0, store: new MemoryEventStore() });
     await assert.rejects(e.sync(), (err) => isValidationError(err) && /options\.federated\.serverUrl/.test((err as Error).message));
