@@ -422,7 +422,7 @@ export class Engine {
     engine.openChannel();
     if (consented) {
       // Events past the age limit go now, not at the next write (a shopper back after a year).
-      engine.evictedByRetention += (await store.applyRetention?.().catch(() => 0)) ?? 0;
+      await engine.retainNow();
       await engine.mergeConsentHistory();
       await engine.loadStoredNeighbors();
       engine.startNeighborFetch();
@@ -1148,6 +1148,19 @@ export class Engine {
     return buildProfile(events, this.rows, { halfLifeDays: this.halfLifeDays, now, sessionDecay: this.sessionDecay, stepDecay: this.stepDecay });
   }
 
+  /** The rows of category `cat`, as a mask the scorer keeps for the next call with it. */
+  private categoryMask(cat: string): Allowed {
+    return { key: `category:${cat}`, rows: () => this.catalog.items.flatMap((it, r) => (it.category === cat ? [r] : [])) };
+  }
+
+  /**
+   * Applies retention now (the age limit, a lowered count limit) rather than at the next write,
+   * counting what it removes with the session's other retention evictions.
+   */
+  private async retainNow(): Promise<void> {
+    this.evictedByRetention += (await this.store.applyRetention?.().catch(() => 0)) ?? 0;
+  }
+
   /** The catalog rows of `recommend({ candidates })`, each once; undefined when not given. */
   private candidateRows(candidates: unknown): Set<number> | undefined {
     if (candidates === undefined) return undefined;
@@ -1237,7 +1250,7 @@ export class Engine {
       ? { rows: () => [...candidates].filter(inCategory) }
       : cat === undefined
         ? undefined
-        : { key: `category:${cat}`, rows: () => items.flatMap((it, r) => (it.category === cat ? [r] : [])) };
+        : this.categoryMask(cat);
     const nb = await this.neighborReady();
     if (nb && profile.some((p) => p.weight > 0)) {
       // The order of rankScores (model/neighbors.ts, what `localrec eval` measures) without a dense
@@ -1292,7 +1305,7 @@ export class Engine {
     const cat = options.category;
     if (cat !== undefined && !this.categories.has(cat)) return [];
     const items = this.catalog.items;
-    const allowed: Allowed | undefined = cat === undefined ? undefined : { key: `category:${cat}`, rows: () => items.flatMap((it, r) => (it.category === cat ? [r] : [])) };
+    const allowed = cat === undefined ? undefined : this.categoryMask(cat);
     const nb = await this.neighborReady();
     // The published neighbours first (scored 1 + weight), then the nearest embeddings.
     const scored: Scored[] = nb
@@ -1913,7 +1926,7 @@ export class Engine {
     await this.flush().catch(() => undefined);
     // What retention has due (the age limit hides it from reads; a lowered count limit) is deleted
     // now: the report lists what is stored.
-    this.evictedByRetention += (await this.store.applyRetention?.().catch(() => 0)) ?? 0;
+    await this.retainNow();
     const events = await this.store.all();
     const ev = await this.store.stats();
     const model = await this.store.getMeta<SavedModel>(MODEL_KEY);
@@ -1997,7 +2010,7 @@ export class Engine {
   async exportData(): Promise<ExportFile> {
     this.assertOpen();
     await this.flush().catch(() => undefined);
-    this.evictedByRetention += (await this.store.applyRetention?.().catch(() => 0)) ?? 0;
+    await this.retainNow();
     const model = await this.store.getMeta<SavedModel>(MODEL_KEY);
     return {
       format: 'localrec-export',
