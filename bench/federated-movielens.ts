@@ -6,14 +6,15 @@
 // aggregation over all 610 devices, frozen biases 0.5·ln(1 + count), `--denoise directions`), one
 // fresh noise draw per run (`crypto.getRandomValues`). Central: `localrec eval`'s `factors` model,
 // dim 8, `--epochs` epochs (4, the reference of every earlier stop), seeds 1..R. Both are scored as
-// `localrec eval` scores them (`TableModel`), on all 610 test users, leave-one-out.
+// `localrec eval` scores them (`TableModel`), on all 610 test users, leave-one-out. `--rounds T`:
+// the federated recipe with T releases at the σ that spends ε = 8 in them (stop 29: T = 4).
 //
 // Prints one JSON line per run (HR@10 / NDCG@10), then a summary: each side's mean, the standard
 // deviation of its runs, and federated ÷ central of the means with a 95 % percentile bootstrap
 // interval that resamples both the runs (each side) and the test users (paired: the same users
 // for both sides), 2,000 resamples.
 //
-//   node --import tsx bench/federated-movielens.ts [--central-runs 10] [--federated-runs 10] [--epochs 4] [--same-time keep|drop]
+//   node --import tsx bench/federated-movielens.ts [--central-runs 10] [--federated-runs 10] [--epochs 4] [--same-time keep|drop] [--rounds 3]
 //   npm run bench:movielens -- --central-runs 20 --federated-runs 20
 //
 // ~25 s per central run and ~40 s per federated run on 2 cores. Not part of `npm test`.
@@ -22,7 +23,8 @@ import { rankMetrics } from '../src/eval/metrics.js';
 import { topK } from '../src/eval/top-k.js';
 import { TableModel } from '../src/federated/simulate.js';
 import type { ItemTable } from '../src/model/item-table.js';
-import { loadMovieLens, noiseMultiplier, trainCentral, trainFederated, weighting } from './movielens-recipe.js';
+import { noiseForSyncs } from '../src/federated/dp.js';
+import { loadMovieLens, trainCentral, trainFederated, weighting } from './movielens-recipe.js';
 
 const { values } = parseArgs({
   options: {
@@ -30,6 +32,7 @@ const { values } = parseArgs({
     'federated-runs': { type: 'string', default: '10' },
     epochs: { type: 'string', default: '4' },
     'same-time': { type: 'string', default: 'keep' },
+    rounds: { type: 'string', default: '3' },
   },
 });
 function whole(flag: string, min: number): number {
@@ -40,6 +43,8 @@ function whole(flag: string, min: number): number {
 const centralRuns = whole('central-runs', 0);
 const federatedRuns = whole('federated-runs', 0);
 const epochs = whole('epochs', 1);
+const rounds = whole('rounds', 1);
+const noiseMultiplier = noiseForSyncs(rounds, 8);
 
 const sameTime = values['same-time'];
 if (sameTime !== 'keep' && sameTime !== 'drop') throw new Error(`--same-time must be keep or drop, got ${sameTime}`);
@@ -81,7 +86,7 @@ for (let seed = 1; seed <= centralRuns; seed++) {
 }
 const federated: Run[] = [];
 for (let run = 1; run <= federatedRuns; run++) {
-  const sim = await trainFederated(split);
+  const sim = await trainFederated(split, rounds);
   const r = perUser(sim.table);
   federated.push(r);
   console.log(JSON.stringify({ model: 'federated', run, epsilon: sim.epsilon, noiseMultiplier, hr: round(mean(r.hr)), ndcg: round(mean(r.ndcg)) }));
@@ -123,4 +128,4 @@ function summary(metric: 'hr' | 'ndcg') {
   };
 }
 // (One side alone, e.g. `--federated-runs 0` to compare central settings: its lines are the result.)
-if (centralRuns > 0 && federatedRuns > 0) console.log(JSON.stringify({ summary: true, testUsers: users.length, sameTime, centralRuns, federatedRuns, epochs, epsilon: 8, noiseMultiplier, hr: summary('hr'), ndcg: summary('ndcg') }));
+if (centralRuns > 0 && federatedRuns > 0) console.log(JSON.stringify({ summary: true, testUsers: users.length, sameTime, centralRuns, federatedRuns, epochs, rounds, epsilon: 8, noiseMultiplier, hr: summary('hr'), ndcg: summary('ndcg') }));
