@@ -55,9 +55,10 @@ export interface ServerOptions {
   /**
    * A PostgreSQL URL (`postgres://user:password@host:port/database`): store versions and updates
    * there instead of SQLite (`dataDir` is then not used), so that several server processes behind a
-   * load balancer can share them; with secure aggregation the cohorts live there too.
+   * load balancer can share them; with secure aggregation the cohorts live there too. `undefined`
+   * (e.g. an unset environment variable) means none.
    */
-  database?: string;
+  database?: string | undefined;
   /** Default `.data`; `null` keeps everything in memory. */
   dataDir?: string | null;
   sqlite?: SqliteStorageOptions;
