@@ -64,6 +64,7 @@ export function looSplit(log: EventLog, minItems = 3, opts: LooOptions = {}): Sp
   const slot = new Int32Array(nItems).fill(-1);
   const evPtr = new Int32Array(nUsers + 1);
   const evRows: number[] = [];
+  const userOfEvent: number[] = [];
 
   for (let u = 0; u < nUsers; u++) {
     const a = start[u];
@@ -132,6 +133,7 @@ export function looSplit(log: EventLog, minItems = 3, opts: LooOptions = {}): Sp
     }
     ptr[u + 1] = items.length;
     evPtr[u + 1] = evRows.length;
+    while (userOfEvent.length < evRows.length) userOfEvent.push(u);
     if (holdOut) {
       testItems.push(log.item[byUser[heldAt]]);
       testUsers.push(u);
@@ -151,7 +153,9 @@ export function looSplit(log: EventLog, minItems = 3, opts: LooOptions = {}): Sp
     trainEvents: {
       ptr: evPtr,
       items: Int32Array.from(evRows, (r) => log.item[r]),
-      time: Float64Array.from(evRows, (r) => (noTime ? r : log.time[r])),
+      // Without a time column: the event's position among the user's own events, one second apart
+      // (the file position would put other users' rows between them and split sessions by them).
+      time: noTime ? Float64Array.from(evRows, (_, e) => e - evPtr[userOfEvent[e]!]!) : Float64Array.from(evRows, (r) => log.time[r]),
       weight: Float32Array.from(evRows, (r) => log.weight[r]),
     },
     test: { ptr: testPtr, items: Int32Array.from(testItems) },

@@ -27,7 +27,7 @@ export interface Histories {
 export interface TrainEvents {
   ptr: Int32Array;
   items: Int32Array;
-  /** Unix seconds (or, without a time column, the position in the file, one second apart). */
+  /** Unix seconds (or, without a time column, the event's position among its user's own events, one second apart). */
   time: Float64Array;
   /** The row's weight column (quantity, rating), 1 without one. */
   weight: Float32Array;

@@ -122,3 +122,21 @@ test("loo sameTime 'drop' changes nothing where times are distinct, or absent (f
   assert.deepEqual(looSplit(log(noTime), 3, { sameTime: 'drop' }), looSplit(log(noTime)));
   assert.throws(() => looSplit(log(noTime), 3, { sameTime: 'strict' as never }), /sameTime: must be 'keep' or 'drop', got strict/);
 });
+
+test('without a time column, a user\'s event times are their own positions, whatever other users\' rows lie between', () => {
+  const eventTimes = (s: Split, user: string) => {
+    const u = s.userIds.indexOf(user);
+    return [...s.trainEvents.time.subarray(s.trainEvents.ptr[u], s.trainEvents.ptr[u + 1])];
+  };
+  // The same sequence for u1, once with its rows together and once with 2,000 rows of u2 between
+  // them: more than the 1,800 s a session gap needs when the file position stood in for time.
+  const together: Array<[string, string, number, number?]> = [['u1', 'a', 0], ['u1', 'b', 0], ['u1', 'c', 0], ['u1', 'd', 0]];
+  const apart: Array<[string, string, number, number?]> = [['u1', 'a', 0]];
+  for (let i = 0; i < 2000; i++) apart.push(['u2', `x${i % 50}`, 0]);
+  apart.push(['u1', 'b', 0], ['u1', 'c', 0], ['u1', 'd', 0]);
+  const a = looSplit(log(together));
+  const b = looSplit(log(apart));
+  assert.deepEqual(eventTimes(a, 'u1'), [0, 1, 2]);
+  assert.deepEqual(eventTimes(b, 'u1'), [0, 1, 2]);
+  assert.deepEqual(trainOf(b, 'u1').recency, [2, 1, 0]);
+});
