@@ -80,7 +80,22 @@ function isEntry(): boolean {
   }
 }
 
+/**
+ * Handles errors writing to `stdout`. EPIPE means the reader has gone (`localrec eval … | head -n1`):
+ * nothing more can be said, so the command stops quietly with exit code 0, as other Unix tools do
+ * (Node ignores SIGPIPE, and an unhandled 'error' event would print a stack trace). Any other
+ * error is reported and the command fails.
+ */
+export function stopOnClosedStdout(stdout: NodeJS.WriteStream): void {
+  stdout.on('error', (e: NodeJS.ErrnoException) => {
+    if (e.code === 'EPIPE') process.exit(0);
+    process.stderr.write(`localrec: cannot write to stdout: ${e.message}\n`);
+    process.exit(1);
+  });
+}
+
 if (isEntry()) {
+  stopOnClosedStdout(process.stdout);
   main().catch((e: unknown) => {
     const err = e as Error;
     process.stderr.write(`localrec: ${err.name ?? 'Error'}: ${inFlagTerms(String(err.message), ran)}\n`);

@@ -20,6 +20,12 @@ export interface CsvMapping {
   /** Rows failing any filter are skipped before any cell is checked. */
   filters?: RowFilter[];
   delimiter?: string;
+  /**
+   * The `--format` preset that chose `user`, `item`, `time` and the first `filters` of them, not
+   * the user's flags: a column of theirs the file lacks is then the file's (or the format's)
+   * mistake, reported against `--data` and `--format`, not against a flag the preset refuses.
+   */
+  preset?: { name: string; filters: number };
 }
 
 /**
@@ -49,20 +55,26 @@ export async function loadCsv(path: string, m: CsvMapping, onRows?: (rows: numbe
       if (cols && record.length !== header.length) throw new ValidationError(`${name}:${info.lines}`, `has ${record.length} fields, the header has ${header.length}`);
       if (!cols) {
         header = record.map((h) => h.trim());
-        const find = (c: string | undefined, option: string): number => {
+        const find = (c: string | undefined, option: string, fromPreset = false): number => {
           if (c === undefined) return -1;
           const i = header.indexOf(c);
+          if (i < 0 && fromPreset && m.preset) {
+            throw new ValidationError(
+              'options.data',
+              `${name} has no column '${c}' that --format ${m.preset.name} reads (header: ${header.join(', ')}); use --format csv with --user/--item/--time`,
+            );
+          }
           if (i < 0) throw new ValidationError(option, `column '${c}' is not in ${name} (header: ${header.join(', ')})`);
           // Two columns of that name: which one is meant cannot be told.
           if (header.indexOf(c, i + 1) >= 0) throw new ValidationError(option, `column '${c}' appears more than once in ${name} (header: ${header.join(', ')})`);
           return i;
         };
         cols = {
-          user: find(m.user, 'options.user'),
-          item: find(m.item, 'options.item'),
-          time: find(m.time, 'options.time'),
+          user: find(m.user, 'options.user', true),
+          item: find(m.item, 'options.item', true),
+          time: find(m.time, 'options.time', true),
           weight: find(m.weight, 'options.weight'),
-          filters: (m.filters ?? []).map((f) => [find(f.column, 'options.filter'), f]),
+          filters: (m.filters ?? []).map((f, j) => [find(f.column, 'options.filter', j < (m.preset?.filters ?? 0)), f]),
         };
         continue;
       }

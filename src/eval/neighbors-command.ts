@@ -10,6 +10,7 @@
  */
 import type { Command } from 'commander';
 import { ValidationError } from '../errors.js';
+import { flagNumber } from '../number-flag.js';
 import { checkOutputFile } from '../output-file.js';
 import type { CsvFlags } from './presets.js';
 
@@ -71,15 +72,15 @@ export async function runNeighbors(opts: NeighborsCommandOptions, io: { stdout: 
   if (opts.format !== 'retail' && opts.format !== 'csv') throw new ValidationError('--format', `must be retail or csv, got '${opts.format}'`);
   if (!opts.data) throw new ValidationError('--data', 'is required (the order log)');
   if (!opts.out) throw new ValidationError('--out', 'is required (where to write the table)');
-  checkOutputFile(opts.out, '--out');
+  checkOutputFile(opts.out, '--out', { '--data': opts.data });
   const int = (v: string, flag: string, lo: number, hi: number): number => {
-    const x = Number(v);
+    const x = flagNumber(v);
     if (!Number.isInteger(x) || x < lo || x > hi) throw new ValidationError(flag, `must be a whole number from ${lo} to ${hi}, got '${v}'`);
     return x;
   };
   const width = int(opts.width, '--width', 1, 256);
   const minSupport = int(opts.minSupport, '--min-support', 1, 1e9);
-  const l2 = Number(opts.l2);
+  const l2 = flagNumber(opts.l2);
   if (!(l2 > 0) || !Number.isFinite(l2)) throw new ValidationError('--l2', `must be a number > 0, got '${opts.l2}'`);
   const t0 = performance.now();
   const progress = new Progress(io.stderr);

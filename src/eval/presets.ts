@@ -46,7 +46,7 @@ export function csvMappingFromFlags(format: 'retail' | 'csv', opts: CsvFlags): C
     for (const [flag, v] of [['--user', opts.user], ['--item', opts.item], ['--time', opts.time]] as const) {
       if (v !== undefined) throw new ValidationError(flag, `is set by --format retail (${PRESETS.retail.user}, ${PRESETS.retail.item}, ${PRESETS.retail.time}); use --format csv to choose the columns`);
     }
-    mapping = { ...PRESETS.retail };
+    mapping = { ...PRESETS.retail, preset: { name: 'retail', filters: PRESETS.retail.filters.length } };
     if (opts.weight) mapping.weight = opts.weight;
   } else {
     if (!opts.user) throw new ValidationError('--user', 'is required with --format csv (the user id column)');

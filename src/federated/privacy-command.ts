@@ -6,6 +6,7 @@
  */
 import type { Command } from 'commander';
 import { ValidationError } from '../errors.js';
+import { numberFlag } from '../number-flag.js';
 
 export interface PrivacyCommandOptions {
   budget: string;
@@ -28,11 +29,7 @@ export interface PrivacyLine {
   epsilonPerSync: number;
 }
 
-const num = (name: string, v: string, ok: (x: number) => boolean, what: string): number => {
-  const x = Number(v);
-  if (v.trim() === '' || !ok(x)) throw new ValidationError(name, `must be ${what}, got '${v}'`);
-  return x;
-};
+const num = numberFlag;
 
 /** The body of the command, apart from commander (tests call it with plain options). */
 export async function runPrivacy(opts: PrivacyCommandOptions): Promise<PrivacyLine> {

@@ -16,6 +16,7 @@ import { ValidationError } from '../errors.js';
 import { checkChoice } from '../eval/eval-command.js';
 import { SAME_TIME } from '../eval/loo-split.js';
 import { MAX_K } from '../eval/top-k.js';
+import { numberFlag } from '../number-flag.js';
 import { checkOutputFile } from '../output-file.js';
 import { AGGREGATOR_NAMES, isAggregatorName } from '../server/aggregate.js';
 import { noiseForSyncs } from './dp.js';
@@ -130,11 +131,8 @@ export function register(program: Command, io: SimulateIo = PROCESS_IO): void {
     });
 }
 
-const num = (name: string, v: string, ok: (x: number) => boolean, what: string): number => {
-  const x = Number(v);
-  if (!ok(x)) throw new ValidationError(name, `must be ${what}, got '${v}'`);
-  return x;
-};
+/** A numeric flag's value (an empty or blank one is refused, not read as 0). */
+const num = numberFlag;
 const posInt = (name: string, v: string) => num(name, v, (x) => Number.isInteger(x) && x > 0, 'a positive integer');
 /** A whole number in [min, max]: the ranges the training and accounting code enforce, checked before the run. */
 const intIn = (name: string, v: string, min: number, max: number) => num(name, v, (x) => Number.isInteger(x) && x >= min && x <= max, `an integer from ${min} to ${max}`);
@@ -216,7 +214,7 @@ export async function runSimulate(opts: SimulateCommandOptions, io: SimulateIo):
     const { checkRoundOptions } = await import('../server/index.js');
     checkRoundOptions({ minClients, robust, ...(trimFraction !== undefined ? { trimFraction } : {}), secureAggregation: !!opts.secureAggregation });
   }
-  if (opts.writeCatalog) checkOutputFile(opts.writeCatalog, '--write-catalog');
+  if (opts.writeCatalog) checkOutputFile(opts.writeCatalog, '--write-catalog', { '--data': opts.data });
   if (opts.server !== undefined) await checkServerFlag(opts.server);
 
   const { loadCsv } = await import('../eval/csv-loader.js');

@@ -4,6 +4,7 @@
  */
 import type { Command } from 'commander';
 import { ValidationError } from '../errors.js';
+import { flagNumber } from '../number-flag.js';
 import { oneLine } from '../options.js';
 import { checkOutputFile, checkOutputFolder } from '../output-file.js';
 
@@ -49,7 +50,8 @@ export function register(program: Command): void {
     .option('--kid <id>', 'key id to put in the signed envelope')
     .action(async (o: { key: string; catalog: string; out: string; kid?: string }) => {
       const { readFile, writeFile } = await import('node:fs/promises');
-      checkOutputFile(o.out, '--out');
+      // The key is lost for good if the signed catalog replaces it (keygen never overwrites one).
+      checkOutputFile(o.out, '--out', { '--key': o.key, '--catalog': o.catalog });
       const { signOfferCatalog } = await import('./signing.js');
       const key = await readJson(readFile, o.key, '--key');
       const catalog = unsigned(await readJson(readFile, o.catalog, '--catalog'), o.catalog, '--catalog');
@@ -66,7 +68,7 @@ export function register(program: Command): void {
     .requiredOption('--out <file>', 'where to write the catalog with its affinity snapshot (unsigned)')
     .action(async (o: { data: string; catalog: string; out: string }) => {
       const { readFile, writeFile } = await import('node:fs/promises');
-      checkOutputFile(o.out, '--out');
+      checkOutputFile(o.out, '--out', { '--data': o.data, '--catalog': o.catalog });
       const { loadRetailData } = await import('./eval/retail-data.js');
       const { fitAffinity } = await import('./eval/fit-affinity.js');
       const { validateOfferCatalog } = await import('./validate-catalog.js');
@@ -119,6 +121,8 @@ export function register(program: Command): void {
         if (flag) throw new ValidationError(flag.long!, `applies to --affinity learned only (got ${o.affinity})`);
       }
       const features = o.features === 'all' ? [...AFFINITY_FEATURES] : o.features?.split(',').map((f) => f.trim()).filter((f) => f !== '');
+      // An empty list would learn from the intercept alone: every offer scored alike, nothing said.
+      if (features?.length === 0) throw new ValidationError('--features', `is empty: name at least one feature (known: ${AFFINITY_FEATURES.join(', ')}), or 'all'; leave --features out for the default`);
       const unknown = features?.find((f) => !(AFFINITY_FEATURES as readonly string[]).includes(f));
       if (unknown !== undefined) throw new ValidationError('--features', `unknown feature '${unknown}'; known: ${AFFINITY_FEATURES.join(', ')}`);
       const table = features?.find((f) => (TABLE_FEATURES as readonly string[]).includes(f));
@@ -182,12 +186,12 @@ function unsigned(value: unknown, path: string, option: string): unknown {
 }
 
 function int(s: string, option: string, min: number, max: number): number {
-  const n = Number(s);
+  const n = flagNumber(s);
   if (!Number.isInteger(n) || n < min || n > max) throw new ValidationError(option, `must be an integer from ${min} to ${max}, got '${s}'`);
   return n;
 }
 function num(s: string, option: string, min: number, max: number): number {
-  const n = Number(s);
+  const n = flagNumber(s);
   if (!Number.isFinite(n) || n < min || n > max) throw new ValidationError(option, `must be a number from ${min} to ${max}, got '${s}'`);
   return n;
 }

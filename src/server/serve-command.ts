@@ -6,16 +6,19 @@
  * localrec serve --catalog shop/catalog.json --dim 16 --min-clients 10 --clip 1 --noise 1.0 --static examples/shop
  * ```
  */
-import { statSync } from 'node:fs';
+import { realpathSync, statSync } from 'node:fs';
+import { isAbsolute, relative, resolve, sep } from 'node:path';
 import type { Command } from 'commander';
 import { ValidationError } from '../errors.js';
 import { hasLoneSurrogate } from '../model/item-table.js';
+import { flagNumber } from '../number-flag.js';
+import { checkOutputFolder } from '../output-file.js';
 import { describeValue, oneLine } from '../options.js';
 
 function num(name: string, integer = false) {
   return (v: string): number => {
-    const n = Number(v);
-    if (v.trim() === '' || !Number.isFinite(n) || (integer && !Number.isInteger(n))) {
+    const n = flagNumber(v);
+    if (!Number.isFinite(n) || (integer && !Number.isInteger(n))) {
       throw new ValidationError(`--${name}`, `must be ${integer ? 'an integer' : 'a number'}, got '${v}'`);
     }
     return n;
@@ -114,6 +117,11 @@ export function register(program: Command): void {
       }
       if (typed('trim') && o.robust !== 'trimmed-mean') throw new ValidationError('--trim', `applies to --robust trimmed-mean only (got ${String(o.robust)})`);
       if (typeof o.database === 'string' && typed('dataDir')) throw new ValidationError('--data-dir', 'is the SQLite folder: with --database the server uses PostgreSQL; give one or the other');
+      // An explicit --data-dir wins over LOCALREC_DATABASE_URL from the environment.
+      const database = (o.database as string | undefined) ?? (typed('dataDir') ? undefined : process.env.LOCALREC_DATABASE_URL || undefined);
+      // A file there would fail as EEXIST (or ENOTDIR) from the store, not naming the flag.
+      if (database === undefined) checkOutputFolder(o.dataDir as string, '--data-dir');
+      if (database === undefined && typeof o.static === 'string') checkNotPublished(o.dataDir as string, o.static);
       if (o.biasScale !== undefined && !((o.biasScale as number) > 0)) throw new ValidationError('--bias-scale', `must be a number > 0, got ${String(o.biasScale)}`);
       if (typeof o.catalog === 'string') {
         const { ids, popularity } = await readCatalogFile(o.catalog);
@@ -150,8 +158,6 @@ export function register(program: Command): void {
         if (typed('bits')) throw new ValidationError('--bits', 'sets the plain uploads’ quantization: with --secure-aggregation uploads are masked at --secagg-bits');
         if (typed('maxStaleness')) throw new ValidationError('--max-staleness', 'applies to plain uploads: with --secure-aggregation every cohort trains on the version current when it formed');
       }
-      // An explicit --data-dir wins over LOCALREC_DATABASE_URL from the environment.
-      const database = (o.database as string | undefined) ?? (typed('dataDir') ? undefined : process.env.LOCALREC_DATABASE_URL || undefined);
       const noModel = () => new ValidationError('--catalog', `is required: ${database !== undefined ? 'the database' : (o.dataDir as string)} holds no model yet, and the first start builds it from the catalog (localrec serve --catalog catalog.json)`);
       const perMinute = o.rateLimit as number;
       const crash = process.env.LOCALREC_FAULT;
@@ -263,5 +269,27 @@ function checkServeFlags(o: Record<string, unknown>): void {
   }
   if (typeof o.static === 'string' && !statSync(o.static, { throwIfNoEntry: false })?.isDirectory()) {
     throw new ValidationError('--static', `${o.static} is not a folder`);
+  }
+}
+
+/** `path` resolved through the links of its nearest existing folder. */
+function realPath(path: string): string {
+  const abs = resolve(path);
+  try {
+    return realpathSync(abs);
+  } catch {
+    const parent = resolve(abs, '..');
+    return parent === abs ? abs : resolve(realPath(parent), relative(parent, abs));
+  }
+}
+
+/**
+ * Refuses a SQLite folder inside the `--static` folder: the server publishes every file under it,
+ * so the database of updates and versions would be downloadable by anyone.
+ */
+export function checkNotPublished(dataDir: string, staticDir: string): void {
+  const rel = relative(realPath(staticDir), realPath(dataDir));
+  if (rel === '' || (rel !== '..' && !rel.startsWith(`..${sep}`) && !isAbsolute(rel))) {
+    throw new ValidationError('--data-dir', `'${dataDir}' is inside the --static folder '${staticDir}', which the server publishes: the database would be downloadable; put it outside (e.g. --data-dir ../localrec-data)`);
   }
 }

@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
@@ -169,4 +169,98 @@ test('serve without --catalog on a data dir that holds no model is refused namin
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+});
+
+test('an output path that names an input file is refused before the work: same path, ./a and a, a symlink, a hard link', async () => {
+  const { checkNotAnInput, checkOutputFile } = await import('../../src/output-file.js');
+  const { linkSync, readFileSync, symlinkSync } = await import('node:fs');
+  const { relative } = await import('node:path');
+  const { runNeighbors } = await import('../../src/eval/neighbors-command.js');
+  const same = (flag: string, input: string) => (e: unknown) => isValidationError(e) && e.field === flag && new RegExp(`^${flag}: is the same file as ${input} \\(.*\\); refusing to overwrite an input$`).test(e.message);
+  const key = write('private.jwk', '{"kty":"EC"}');
+  assert.throws(() => checkOutputFile(key, '--out', { '--catalog': TRAIN, '--key': key }), same('--out', '--key'));
+  // The same file spelled otherwise: relative with ./, through a symlink, through a hard link.
+  assert.throws(() => checkNotAnInput(`./${relative(process.cwd(), key)}`, '--out', { '--key': key }), same('--out', '--key'));
+  const link = join(dir, 'key-link.jwk');
+  symlinkSync(key, link);
+  assert.throws(() => checkNotAnInput(link, '--out', { '--key': key }), same('--out', '--key'));
+  assert.throws(() => checkNotAnInput(key, '--out', { '--key': link }), same('--out', '--key'));
+  const hard = join(dir, 'key-hard.jwk');
+  linkSync(key, hard);
+  assert.throws(() => checkNotAnInput(hard, '--out', { '--key': key }), same('--out', '--key'));
+  // Other files, a new file and an absent input flag are fine.
+  checkOutputFile(join(dir, 'signed.json'), '--out', { '--key': key, '--catalog': undefined });
+  checkNotAnInput(TRAIN, '--out', { '--data': TEST });
+  // neighbors --out naming its --data: refused before the order log is read, and left as it was.
+  const log = write('same.csv', 'user,item\nu1,a\nu1,b\nu2,a\nu2,b\n');
+  await assert.rejects(
+    runNeighbors({ data: log, format: 'csv', user: 'user', item: 'item', filter: [], out: `${dir}/./same.csv`, width: '4', l2: '1', minSupport: '1' }, { stdout: () => {}, stderr: { write: () => true } }),
+    same('--out', '--data'),
+  );
+  assert.equal(readFileSync(log, 'utf8'), 'user,item\nu1,a\nu1,b\nu2,a\nu2,b\n');
+});
+
+test('piped into a reader that goes away (| head -n1), the CLI stops quietly with exit code 0', async () => {
+  const { spawn } = await import('node:child_process');
+  const csv = write('pipe.csv', ['user,item,t', ...Array.from({ length: 30 }, (_, u) => [0, 1, 2, 3].map((t) => `u${u},i${(u * 3 + t) % 12},${t}`)).flat()].join('\n'));
+  const child = spawn(process.execPath, ['--import', 'tsx', 'src/cli.ts', 'eval', '--data', csv, '--user', 'user', '--item', 'item', '--time', 't', '--models', 'popular,itemknn,ease'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  // The reading end closes before the first line: every write meets EPIPE (deterministic, unlike a race with head).
+  child.stdout.destroy();
+  let stderr = '';
+  child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+  const code = await new Promise<number | null>((done) => child.on('close', done));
+  assert.equal(code, 0, stderr);
+  assert.doesNotMatch(stderr, /EPIPE|Unhandled 'error' event|at .*\(/);
+});
+
+test('--format retail: a column the preset reads but the file lacks is blamed on --data and --format, not on --user', async () => {
+  const { runNeighbors } = await import('../../src/eval/neighbors-command.js');
+  const { inFlagTerms } = await import('../../src/cli.js');
+  const program = new Command();
+  register(program);
+  const fromPreset = (e: unknown) =>
+    isValidationError(e) &&
+    e.field === 'options.data' &&
+    inFlagTerms(e.message, program.commands.find((c) => c.name() === 'eval')) ===
+      "--data: events.csv has no column 'customer_id' that --format retail reads (header: user, item, t, qty); use --format csv with --user/--item/--time";
+  await assert.rejects(run({ format: 'retail', data: EVENTS }), fromPreset);
+  await assert.rejects(runNeighbors({ format: 'retail', data: EVENTS, filter: [], out: join(dir, 'n.lrn'), width: '4', l2: '1', minSupport: '1' }, { stdout: () => {}, stderr: { write: () => true } }), fromPreset);
+  // A preset's filter column, too; the user's own --weight and --filter columns are still theirs.
+  const noInvoice = write('no-invoice.csv', 'customer_id,stock_code,timestamp,quantity\n1,a,0,1\n');
+  await assert.rejects(run({ format: 'retail', data: noInvoice }), (e: unknown) => isValidationError(e) && e.field === 'options.data' && /has no column 'invoice' that --format retail reads/.test(e.message));
+  const retail = write('retail.csv', 'invoice,customer_id,stock_code,timestamp,quantity\n1,1,a,0,1\n');
+  await assert.rejects(run({ format: 'retail', data: retail, filter: ['price>0'] }), (e: unknown) => isValidationError(e) && e.field === 'options.filter' && /column 'price' is not in retail\.csv/.test(e.message));
+  await assert.rejects(run({ format: 'retail', data: retail, weight: 'qty' }), (e: unknown) => isValidationError(e) && e.field === 'options.weight' && /column 'qty' is not in retail\.csv/.test(e.message));
+});
+
+test('serve --data-dir naming a file, or a path under one, is refused naming the flag, before anything is created', async () => {
+  const { checkOutputFile, checkOutputFolder } = await import('../../src/output-file.js');
+  const { spawnSync } = await import('node:child_process');
+  const file = write('not-a-dir', 'x');
+  assert.throws(() => checkOutputFolder(join(file, 'store'), '--data-dir'), (e: unknown) => isValidationError(e) && e.field === '--data-dir' && /'.*not-a-dir\/store' is under '.*not-a-dir', which is a file, not a folder/.test(e.message));
+  assert.throws(() => checkOutputFile(join(file, 'a', 'b.json'), '--out'), (e: unknown) => isValidationError(e) && e.field === '--out' && /not-a-dir' is a file, not a folder/.test(e.message));
+  const r = spawnSync(process.execPath, ['--import', 'tsx', 'src/cli.ts', 'serve', '--port', '0', '--data-dir', file, '--catalog', write('cat.json', '["a","b"]')], { encoding: 'utf8', timeout: 60_000 });
+  assert.equal(r.status, 1, r.stderr);
+  assert.equal(r.stderr, `localrec: ValidationError: --data-dir: '${file}' is a file, not a folder\n`);
+});
+
+test('serve refuses a --data-dir inside the --static folder it publishes (the database would be downloadable)', async () => {
+  const { checkNotPublished } = await import('../../src/server/serve-command.js');
+  const { mkdirSync, symlinkSync } = await import('node:fs');
+  const site = join(dir, 'site');
+  mkdirSync(join(site, 'assets'), { recursive: true });
+  const inside = (e: unknown) => isValidationError(e) && e.field === '--data-dir' && /is inside the --static folder/.test(e.message);
+  assert.throws(() => checkNotPublished(join(site, '.data'), site), inside, 'not yet created, under the site');
+  assert.throws(() => checkNotPublished(site, site), inside, 'the site itself');
+  assert.throws(() => checkNotPublished(join(site, 'assets'), `${site}/./`), inside, 'another spelling of the site');
+  symlinkSync(join(site, 'assets'), join(dir, 'link-to-assets'));
+  assert.throws(() => checkNotPublished(join(dir, 'link-to-assets', 'db'), site), inside, 'through a link');
+  checkNotPublished(join(dir, 'site-data'), site); // a sibling whose name starts like the site
+  checkNotPublished(join(dir, '..data'), site);
+  checkNotPublished(dir, site); // the folder above
+  const { spawnSync } = await import('node:child_process');
+  const r = spawnSync(process.execPath, ['--import', 'tsx', 'src/cli.ts', 'serve', '--port', '0', '--static', site, '--data-dir', join(site, 'db'), '--catalog', write('cat2.json', '["a","b"]')], { encoding: 'utf8', timeout: 60_000 });
+  assert.equal(r.status, 1, r.stderr);
+  assert.match(r.stderr, /^localrec: ValidationError: --data-dir: '.*site\/db' is inside the --static folder/);
+  assert.equal(statSync(join(site, 'db'), { throwIfNoEntry: false }), undefined, 'nothing created');
 });

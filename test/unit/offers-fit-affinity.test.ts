@@ -112,6 +112,47 @@ describe('localrec offers fit-affinity', () => {
     assert.ok(p.get('mug')! > p.get('lamps')!, 'an offer bought before beats one nobody bought');
   });
 
+  test('an --out naming an input (the private key, the catalog, the orders) is refused before any work, and the input is left as it was', async () => {
+    const { symlink } = await import('node:fs/promises');
+    await cli('offers', 'keygen', '--out', path('keys-own'));
+    const key = path('keys-own/private.jwk');
+    const before = await readFile(key, 'utf8');
+    await symlink(key, path('key-link.jwk'));
+    const same = (flag: string) => (e: unknown) => isValidationError(e) && e.field === '--out' && new RegExp(`^--out: is the same file as ${flag} \\(.*\\); refusing to overwrite an input$`).test(e.message);
+    // The key would be lost for good (keygen never overwrites one, and every device trusts its public half).
+    for (const out of [key, path('keys-own/./private.jwk'), path('key-link.jwk')]) {
+      await assert.rejects(cli('offers', 'sign', '--key', key, '--catalog', path('offers.json'), '--out', out), same('--key'), out);
+    }
+    assert.equal(await readFile(key, 'utf8'), before, 'the private key is unchanged');
+    await assert.rejects(cli('offers', 'sign', '--key', key, '--catalog', path('offers.json'), '--out', path('offers.json')), same('--catalog'));
+    await assert.rejects(cli('offers', 'fit-affinity', '--data', path('orders.csv.gz'), '--catalog', path('offers.json'), '--out', path('offers.json')), same('--catalog'));
+    await assert.rejects(cli('offers', 'fit-affinity', '--data', path('orders.csv.gz'), '--catalog', path('offers.json'), '--out', path('orders.csv.gz')), same('--data'));
+    assert.deepEqual(JSON.parse(await readFile(path('offers.json'), 'utf8')), CATALOG);
+  });
+
+  test('offers-eval: an empty or blank number is refused naming the flag, not read as 0', async () => {
+    for (const flag of ['--k', '--seed', '--groups', '--percent', '--exploration', '--prior-strength', '--publish-every-days', '--basket-gap-minutes']) {
+      for (const blank of ['', ' ']) {
+        await assert.rejects(
+          cli('offers-eval', '--data', path('orders.csv.gz'), flag, blank),
+          (e: unknown) => isValidationError(e) && e.field === flag && new RegExp(`^${flag}: must be an? (integer|number) from .+, got '${blank}'$`).test(e.message),
+          `${flag} '${blank}'`,
+        );
+      }
+    }
+  });
+
+  test('offers-eval: an empty --features is refused, not run with no features (the intercept alone)', async () => {
+    // An empty list learned from the intercept alone: every offer scored alike.
+    for (const features of ['', ' , ']) {
+      await assert.rejects(
+        cli('offers-eval', '--data', path('orders.csv.gz'), '--features', features),
+        (e: unknown) => isValidationError(e) && e.field === '--features' && /^--features: is empty: name at least one feature \(known: .*popularity.*\), or 'all'/.test(e.message),
+        `--features '${features}'`,
+      );
+    }
+  });
+
   test('bad input is refused naming the option', async () => {
     // --features shapes the learned affinity only: with the hand-tuned one it would do nothing.
     await assert.rejects(

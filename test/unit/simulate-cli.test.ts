@@ -205,6 +205,44 @@ describe('localrec simulate (command)', () => {
     assert.doesNotMatch(help, /127\.0\.0\.1/);
   });
 
+  it('refuses an empty or blank numeric value naming its flag, not reading it as 0 (σ = 0, seed 0)', async () => {
+    // Number('') and Number(' ') are 0: --noise ' ' --budget none ran without DP; --noise '' was blamed on --budget.
+    const numeric: Array<[keyof SimulateCommandOptions, string]> = [
+      ['rounds', '--rounds'], ['clientsPerRound', '--clients-per-round'], ['clip', '--clip'], ['noise', '--noise'], ['budget', '--budget'], ['delta', '--delta'],
+      ['dim', '--dim'], ['minClients', '--min-clients'], ['seed', '--seed'], ['centralEpochs', '--central-epochs'], ['evalEvery', '--eval-every'],
+      ['evalUsers', '--eval-users'], ['k', '--k'], ['recency', '--recency'], ['localEpochs', '--local-epochs'], ['localRate', '--local-rate'],
+      ['localAccumulator', '--local-accumulator'], ['localNegatives', '--local-negatives'], ['localContext', '--local-context'], ['trainRows', '--train-rows'],
+      ['biasScale', '--bias-scale'], ['serverLr', '--server-lr'],
+    ];
+    for (const [key, flag] of numeric) {
+      for (const blank of ['', ' ']) {
+        await assert.rejects(run({ budget: 'none', [key]: blank }), (e: unknown) => isValidationError(e) && e.field === flag && new RegExp(`^${flag}: must be .+, got '${blank}'$`).test((e as Error).message), `${flag} '${blank}'`);
+      }
+    }
+    for (const [key, flag] of [['secaggBits', '--secagg-bits'], ['secaggRange', '--secagg-range'], ['secaggDegree', '--secagg-degree'], ['secaggSurvivors', '--secagg-survivors'], ['dropout', '--dropout']] as const) {
+      await assert.rejects(run({ secureAggregation: true, [key]: ' ' }), (e: unknown) => isValidationError(e) && e.field === flag, flag);
+    }
+    await assert.rejects(run({ aggregator: 'subspace', freezeBiases: true, subspaceScale: '' }), (e: unknown) => isValidationError(e) && e.field === '--subspace-scale');
+    await assert.rejects(run({ robust: 'trimmed-mean', trim: '' }), (e: unknown) => isValidationError(e) && e.field === '--trim');
+  });
+
+  it('--write-catalog naming the --data file is refused before the data set loads, and the file is left as it was', async () => {
+    const { copyFile, readFile, symlink } = await import('node:fs/promises');
+    const data = join(dir, 'own.csv');
+    await copyFile(csv, data);
+    const before = await readFile(data, 'utf8');
+    const link = join(dir, 'own-link.csv');
+    await symlink(data, link);
+    for (const out of [data, `${dir}/./own.csv`, link]) {
+      await assert.rejects(
+        run({ data, writeCatalog: out }),
+        (e: unknown) => isValidationError(e) && e.field === '--write-catalog' && /^--write-catalog: is the same file as --data \(.*own\.csv\); refusing to overwrite an input$/.test((e as Error).message),
+        out,
+      );
+    }
+    assert.equal(await readFile(data, 'utf8'), before);
+  });
+
   it('refuses --noise 0 with a finite budget, and bad values, naming the option', async () => {
     await assert.rejects(run({ noise: '0' }), (e: unknown) => isValidationError(e) && /--budget/.test((e as Error).message));
     await assert.rejects(run({ rounds: '0' }), (e: unknown) => isValidationError(e) && /--rounds/.test((e as Error).message));

@@ -1,0 +1,34 @@
+/**
+ * Reading a numeric command-line flag. `Number('')` and `Number(' ')` are 0, so a value left empty
+ * (`--noise ''`, an unset shell variable) would run as 0: σ = 0 is no differential privacy at all.
+ * Every numeric flag goes through {@link flagNumber}, which reads a blank value as NaN.
+ */
+import { ValidationError } from './errors.js';
+
+/**
+ * `Number(value)`, except that an empty or blank value is NaN rather than 0.
+ *
+ * @example
+ * ```ts
+ * flagNumber('1e-5'); // 0.00001
+ * flagNumber(' ');    // NaN (Number(' ') is 0)
+ * ```
+ */
+export function flagNumber(value: string): number {
+  return value.trim() === '' ? NaN : Number(value);
+}
+
+/**
+ * The number a flag gives, checked: a ValidationError naming `flag` unless the value is a number
+ * (not blank) that passes `ok`; `what` says what it must be.
+ *
+ * @example
+ * ```ts
+ * numberFlag('--noise', '', (x) => x >= 0, 'a number ≥ 0'); // throws "--noise: must be a number ≥ 0, got ''"
+ * ```
+ */
+export function numberFlag(flag: string, value: string, ok: (x: number) => boolean, what: string): number {
+  const x = flagNumber(value);
+  if (Number.isNaN(x) || !ok(x)) throw new ValidationError(flag, `must be ${what}, got '${value}'`);
+  return x;
+}
