@@ -46,7 +46,7 @@ export interface SecAggParams {
   cohortSize: number;
   /** b: each coordinate travels as b bits, arithmetic modulo 2^b (2..32). */
   bits: number;
-  /** γ: the fixed-point step; a coordinate of the SUM must stay within ±γ·2^(b−1). */
+  /** γ: the fixed-point step; a coordinate of the SUM must stay within −γ·2^(b−1) … γ·(2^(b−1) − 1). */
   step: number;
   /** Mask neighbours per member (even, ≤ K − 1 rounded up to even; all others when K is small). */
   degree: number;
@@ -560,7 +560,7 @@ export function selfMaskUnrecoverable(size: number, degree: number, dropped: rea
 
 /**
  * Fixed-point encoding modulo 2^b with unbiased stochastic rounding: E[decoded] = value. A single
- * value may wrap around; only the cohort's SUM has to stay within ±step·2^(b−1).
+ * value may wrap around; only the cohort's SUM has to stay within −step·2^(b−1) … step·(2^(b−1) − 1).
  *
  * @example
  * ```ts

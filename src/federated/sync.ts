@@ -342,9 +342,9 @@ export function parseServerConfig(c: Partial<ServerConfig>): ServerConfig {
     const sa = checkSecAggParams(c.secureAggregation, 'server config.secureAggregation');
     // The same for masked values: a step so small that a clipped value plus its noise share
     // overflows the fixed-point encoding. Every honest range holds at least one clipped update.
-    const range = sa.step * 2 ** (sa.bits - 1);
+    const range = sa.step * (2 ** (sa.bits - 1) - 1);
     if (!(range >= c.clip!)) {
-      throw new ValidationError('server config.secureAggregation.step', `gives a range of ±${range} (step × 2^(bits−1)), less than the clip bound ${c.clip}: one update would not fit`);
+      throw new ValidationError('server config.secureAggregation.step', `gives a range of ±${range} (step × (2^(bits−1) − 1)), less than the clip bound ${c.clip}: one update would not fit`);
     }
     // How long the device waits for its cohort: from the server, so bounded (a day at most).
     for (const k of ['timeoutMs', 'uploadTimeoutMs'] as const) {

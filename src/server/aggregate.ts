@@ -6,6 +6,8 @@
  * Pure functions over flat `n·(dim+1)` vectors (factors row-major, then biases).
  */
 import type { TrainedPart } from '../federated/client-update.js';
+import { logNormalCdf } from '../federated/dp.js';
+import { levelsFor, type QuantizedUpdate } from '../federated/wire.js';
 import type { ItemTable } from '../model/item-table.js';
 
 /**
@@ -75,6 +77,63 @@ export function trimCount(robust: RobustName, m: number, trimFraction = DEFAULT_
   if (robust === 'median') return Math.max(0, Math.floor((m - 1) / 2));
   if (robust === 'trimmed-mean') return Math.min(Math.floor(trimFraction * m + 1e-9), Math.max(0, Math.floor((m - 1) / 2)));
   return 0;
+}
+
+/**
+ * How much more variance the round's robust estimate carries than the plain mean of the same M
+ * values would, for independent Gaussian noise (the DP noise the denoisers remove): 1 for `mean`
+ * (`trim` 0), π/2 for the median, and for a trimmed mean dropping `trim` of M per end (β = trim/M)
+ * the asymptotic [(1 − 2β) − 2cφ(c) + 2βc²] / (1 − 2β)², c = Φ⁻¹(1 − β) (Huber, Robust Statistics,
+ * §3.3), which runs from 1 at β = 0 to π/2 as β → ½.
+ *
+ * @example
+ * ```ts
+ * robustVarianceFactor('trimmed-mean', 100, 10); // ≈ 1.06
+ * robustVarianceFactor('median', 100, 49); // π/2 ≈ 1.571
+ * ```
+ */
+export function robustVarianceFactor(robust: RobustName, m: number, trim: number): number {
+  if (robust === 'median') return Math.PI / 2;
+  if (robust === 'mean' || !(trim > 0) || !(m > 0)) return 1;
+  const beta = Math.min(trim / m, 0.5 - 1e-9);
+  // c with Φ(−c) = β, by bisection on the log-CDF (accurate in the far tail too).
+  const target = Math.log(beta);
+  let lo = 0;
+  let hi = 40;
+  for (let i = 0; i < 200 && hi - lo > 1e-12; i++) {
+    const mid = (lo + hi) / 2;
+    if (logNormalCdf(-mid) > target) lo = mid;
+    else hi = mid;
+  }
+  const c = (lo + hi) / 2;
+  const phi = Math.exp(-0.5 * c * c) / Math.sqrt(2 * Math.PI);
+  const kept = 1 - 2 * beta;
+  return (kept - 2 * c * phi + 2 * beta * c * c) / (kept * kept);
+}
+
+/**
+ * The variance stochastic rounding adds to a value of `u`'s factor section, averaged over it:
+ * a value rounded to a grid of step s = scale/L at fractional position p gets variance p(1 − p)s²,
+ * s²/6 on average over p. Post-processing like the DP noise, and next to it in the combined delta,
+ * so the denoisers count it too (at 3 bits it is a sixth of the DP noise's variance or more).
+ *
+ * @example
+ * ```ts
+ * const rounding = updates.reduce((a, u) => a + roundingVariance(u), 0) / updates.length ** 2; // in their mean
+ * ```
+ */
+export function roundingVariance(u: QuantizedUpdate): number {
+  const { itemCount, dim, blockSize, bits } = u.header;
+  const nf = itemCount * dim;
+  if (nf === 0) return 0;
+  const L = levelsFor(bits);
+  let sum = 0;
+  for (let b = 0; b * blockSize < nf; b++) {
+    const count = Math.min(blockSize, nf - b * blockSize);
+    const step = u.scales[b]! / L;
+    sum += (count * step * step) / 6;
+  }
+  return sum / nf;
 }
 
 /**

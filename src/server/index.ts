@@ -478,13 +478,15 @@ function checkOptions(options: ServerOptions, shape: ItemTable, log: (line: stri
     // With t = minSurvivors < K every member adds (σC)²/t, so a full cohort's sum carries σC·√(K/t).
     const noiseRange = 8 * clip * Math.max(1, noiseMultiplier * Math.sqrt(minClients / t));
     const hardRange = minClients * clip + noiseRange;
-    const hardRounding = (minClients * (hardRange / 2 ** (saBits - 1)) ** 2) / 4;
+    const hardRounding = (minClients * (hardRange / (2 ** (saBits - 1) - 1)) ** 2) / 4;
     const cheap = hardRounding <= 0.01 * (clip * Math.max(1, noiseMultiplier)) ** 2;
     const range = positive('secureAggregation.range', o.range ?? (aggregator === 'subspace' || cheap ? hardRange : noiseRange));
     // Devices refuse a range that cannot hold one clipped update (parseServerConfig).
     if (range < clip) throw new ValidationError('options.secureAggregation.range', `must be at least the clip bound (${clip}): one update must fit, got ${range}`);
     const params: SecAggParams = checkSecAggParams(
-      { cohortSize: minClients, bits: saBits, step: range / 2 ** (saBits - 1), degree, minSurvivors: t },
+      // γ = R / (2^(b−1) − 1): the fixed-point values run from −2^(b−1)·γ to (2^(b−1) − 1)·γ, so both
+      // ends of ±R are representable (with R / 2^(b−1) a sum of exactly +R wrapped around to −R).
+      { cohortSize: minClients, bits: saBits, step: range / (2 ** (saBits - 1) - 1), degree, minSurvivors: t },
       'options.secureAggregation',
     );
     // Devices refuse a deadline beyond a day (MAX_COHORT_TIMEOUT_MS): so does the server.
@@ -501,7 +503,7 @@ function checkOptions(options: ServerOptions, shape: ItemTable, log: (line: stri
     const dp = (noiseMultiplier * clip) ** 2;
     if (dp > 0 && rounding > 0.1 * dp) {
       let better = params.bits;
-      while (better < 32 && (params.cohortSize * (range / 2 ** (better - 1)) ** 2) / 4 > 0.1 * dp) better++;
+      while (better < 32 && (params.cohortSize * (range / (2 ** (better - 1) - 1)) ** 2) / 4 > 0.1 * dp) better++;
       log(
         `secure aggregation: ${params.bits}-bit values add rounding noise of ${(rounding / dp).toFixed(2)}× the DP noise's variance to a cohort's sum; ` +
           `--secagg-bits ${better} would bring it under 0.1× (uploads of ${maskedUpdateBytes(length, better, sealedShares)} bytes instead of ${maskedUpdateBytes(length, params.bits, sealedShares)})`,

@@ -6,7 +6,7 @@
 import { isStorageError, ModelError, StorageError } from '../errors.js';
 import { bytesEqual, decodeModel, decodeUpdate, decodeUpdateHeader, dequantizeUpdate, beyondModelMagnitude, encodeModel, fromHex, MAX_MODEL_MAGNITUDE, sha256, toHex } from '../federated/wire.js';
 import type { ItemTable } from '../model/item-table.js';
-import { applyFedAdam, applyFedAvg, combineDeltas, shrinkRows, DEFAULT_FEDADAM, trimCount, type AggregatorName, type FedAdamOptions, type RobustName } from './aggregate.js';
+import { applyFedAdam, applyFedAvg, combineDeltas, robustVarianceFactor, roundingVariance, shrinkRows, DEFAULT_FEDADAM, trimCount, type AggregatorName, type FedAdamOptions, type RobustName } from './aggregate.js';
 import { StorageConflictError, type NewUpdate, type Storage, type StoredVersion } from './storage.js';
 import { checkUpdate, reject, type Rejection, type UpdatePolicy } from './validate-update.js';
 import { aliveNeighbours, COHORT_ID_BYTES, CONFIRM_TAG_BYTES, decodeMaskedHeader, type TagRound, decodeMaskedUpdate, importPublicKey, maskNeighbours, recoveryShareBytes, SEALED_SHARE_BYTES, unmaskRecovered, unmaskSum, usesSelfMask, type SecAggParams } from '../federated/secagg.js';
@@ -782,7 +782,9 @@ export class RoundCoordinator {
           how = ` (secure aggregation, cohort ${id.slice(0, 12)}, ${c.dropped!.length ? `recovered without ${c.dropped!.length} dropped members` : 'self-masks removed'})`;
         }
         for (let i = 0; i < sum.length; i++) sum[i] = sum[i]! / group.length;
-        await this.publishMean(sum, group, how);
+        // Each member's fixed-point values were rounded stochastically to the step γ: variance
+        // γ²/6 on average per member, γ²/(6m) in the mean of m.
+        await this.publishMean(sum, group, how, { rounding: sa.step ** 2 / (6 * group.length), factor: 1 });
         await this.cohorts?.finish(id, this.cur.version);
       }
       this.pendingN = await this.storage.pendingCount();
@@ -792,24 +794,33 @@ export class RoundCoordinator {
       this.pendingN = pending.length;
       return this.cur.version;
     }
-    const deltas = pending.map((u) => dequantizeUpdate(decodeUpdate(u.body)));
+    const decoded = pending.map((u) => decodeUpdate(u.body));
+    const deltas = decoded.map(dequantizeUpdate);
     const mean = combineDeltas(deltas, this.config.robust, this.config.trimFraction);
-    const how = this.config.robust === 'mean' ? '' : `, ${this.config.robust} dropping ${trimCount(this.config.robust, pending.length, this.config.trimFraction)} per end`;
-    await this.publishMean(mean, pending, how);
+    const trim = trimCount(this.config.robust, pending.length, this.config.trimFraction);
+    const how = this.config.robust === 'mean' ? '' : `, ${this.config.robust} dropping ${trim} per end`;
+    // In the mean of K updates each one's rounding variance counts 1/K².
+    const rounding = decoded.reduce((a, u) => a + roundingVariance(u), 0) / decoded.length ** 2;
+    await this.publishMean(mean, pending, how, { rounding, factor: robustVarianceFactor(this.config.robust, pending.length, trim) });
     this.pendingN = 0;
     return this.cur.version;
   }
 
   /** One optimizer step from the combined delta, published atomically with the updates it consumed. */
-  private async publishMean(combined: Float64Array, consumed: readonly { id: number }[], how: string): Promise<void> {
+  private async publishMean(combined: Float64Array, consumed: readonly { id: number }[], how: string, noise: { rounding: number; factor: number }): Promise<void> {
     // Over the whole table; zero outside the trained part (and on the biases when they are frozen).
     const mean = expandDelta(combined, this.config.trained, this.config.itemCount, this.config.dim);
-    // Variance per coordinate of the noise in the combined delta: the cohort's sum carries
-    // N(0, (σC)²), its mean (σC/K)²; K plain updates each carry (σC)², their mean (σC)²/K.
-    // Under secure aggregation each of the m members added a share (σC)²/t (t = minSurvivors).
+    // Variance per coordinate of the noise in the combined delta, which the denoisers remove: the
+    // DP noise — K plain updates each carry (σC)², their mean (σC)²/K; under secure aggregation each
+    // of the m members added a share (σC)²/t (t = minSurvivors), the mean (σC)²/(t·m) — plus the
+    // rounding each value went through (`noise.rounding`, already in the mean's terms), the whole
+    // times the robust estimator's variance factor (`noise.factor`, 1 for the mean). Taking the
+    // noise smaller than it is lets pure-noise directions and rows through (a 2 % shortfall doubles
+    // how often the top noise direction passes the Marchenko–Pastur edge).
     const sd = this.config.noiseMultiplier * this.config.clip;
     const sa = this.config.secureAggregation;
-    const noiseVar = sa ? sd ** 2 / ((sa.minSurvivors ?? sa.cohortSize) * consumed.length) : sd ** 2 / consumed.length;
+    const dpVar = sa ? sd ** 2 / ((sa.minSurvivors ?? sa.cohortSize) * consumed.length) : sd ** 2 / consumed.length;
+    const noiseVar = dpVar > 0 ? noise.factor * (dpVar + noise.rounding) : 0;
     if (this.config.denoise === 'rows' && noiseVar > 0) {
       const kept = shrinkRows(mean, this.config.itemCount, this.config.dim, noiseVar, this.config.trained);
       how += `, shrinkage left ${kept} of ${this.config.trained.rows} trained rows non-zero`;

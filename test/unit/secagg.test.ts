@@ -716,11 +716,11 @@ test('the server says when fixed-point rounding is a sizeable share of the DP no
   const lines: string[] = [];
   const parts = await createServer({ dataDir: null, initialTable: initialTable(), minClients: 100, clip: 1, noiseMultiplier: 1, rateLimit: false, secureAggregation: { bits: 4 }, log: (l) => lines.push(l) });
   await parts.storage.close();
-  // γ = 8 / 2^3 = 1: rounding variance 100 · 1 / 4 = 25× the DP noise's (σC)² = 1.
+  // γ = 8 / (2^3 − 1) = 8/7: rounding variance 100 · (8/7)² / 4 = 32.65× the DP noise's (σC)² = 1.
   const warning = lines.find((l) => l.includes('rounding noise'));
   assert.ok(warning, lines.join('\n'));
-  assert.match(warning, /25\.00× the DP noise/);
-  // γ = 8 / 2^(b−1): 100 · γ² / 4 ≤ 0.1 first holds at b = 8 (0.098).
+  assert.match(warning, /32\.65× the DP noise/);
+  // γ = 8 / (2^(b−1) − 1): 100 · γ² / 4 ≤ 0.1 first holds at b = 8 (0.0992).
   assert.match(warning, /--secagg-bits 8 /);
   const quiet: string[] = [];
   const ok = await createServer({ dataDir: null, initialTable: initialTable(), minClients: 100, clip: 1, noiseMultiplier: 1, rateLimit: false, secureAggregation: { bits: 12 }, log: (l) => quiet.push(l) });
@@ -757,16 +757,17 @@ test("the default range is the hard bound K·C + 8·C·max(1, σ) when the bits 
       await parts.storage.close();
     }
   };
-  // 32 bits: γ = 108 / 2^31, rounding 100·γ²/4 ≈ 6·10⁻¹⁴, far under 1 % of (σC)² = 1.
+  // 32 bits: γ = 108 / (2^31 − 1) (both ends of ±R representable), rounding 100·γ²/4 ≈ 6·10⁻¹⁴,
+  // far under 1 % of (σC)² = 1.
   const wide = await stepOf({ secureAggregation: true });
   assert.equal(wide.bits, 32);
-  assert.equal(wide.step, 108 / 2 ** 31);
-  // 12 bits: the hard bound's rounding would be 100·(108/2048)²/4 ≈ 0.07 > 0.01, so 8σC.
-  assert.equal((await stepOf({ secureAggregation: { bits: 12 } })).step, 8 / 2048);
+  assert.equal(wide.step, 108 / (2 ** 31 - 1));
+  // 12 bits: the hard bound's rounding would be 100·(108/2047)²/4 ≈ 0.07 > 0.01, so 8σC.
+  assert.equal((await stepOf({ secureAggregation: { bits: 12 } })).step, 8 / 2047);
   // Subspace updates never cancel: the hard bound whatever the bits.
-  assert.equal((await stepOf({ secureAggregation: { bits: 12 }, aggregator: 'subspace', trainBiases: false, trainRows: 20 })).step, 108 / 2048);
+  assert.equal((await stepOf({ secureAggregation: { bits: 12 }, aggregator: 'subspace', trainBiases: false, trainRows: 20 })).step, 108 / 2047);
   // An explicit range wins.
-  assert.equal((await stepOf({ secureAggregation: { range: 4 } })).step, 4 / 2 ** 31);
+  assert.equal((await stepOf({ secureAggregation: { range: 4 } })).step, 4 / (2 ** 31 - 1));
 });
 
 /** Every member of a cohort masks (pairwise and self-mask) its encoded values; what the server gets. */
@@ -1517,7 +1518,9 @@ test("a server config's parameters are bounded before use: a degree past twice t
   assert.throws(() => parseServerConfig({ ...config({}), clip: 1e30 } as never), /server config\.clip: must be from 1e-6 to 1e6, got 1e\+30/);
   assert.throws(() => parseServerConfig({ ...config({}), noiseMultiplier: 1e7 } as never), /server config\.noiseMultiplier: must be from 0 to 1e6/);
   assert.throws(() => parseServerConfig(config({ step: 0.05 / Number.MAX_VALUE }) as never), /server config\.secureAggregation\.step: gives a range of ±.* less than the clip bound 1: one update would not fit/);
-  assert.equal(parseServerConfig(config({ step: 1 / 128 }) as never).secureAggregation!.step, 1 / 128, 'range 1 = C: fits');
+  assert.equal(parseServerConfig(config({ step: 1 / 127 }) as never).secureAggregation!.step, 1 / 127, 'range 127 steps = 1 = C: fits');
+  // 8 bits hold −128…127 steps: at γ = 1/128 the largest value is 127/128 < C, which cannot hold a clipped update.
+  assert.throws(() => parseServerConfig(config({ step: 1 / 128 }) as never), /server config\.secureAggregation\.step: gives a range of ±0\.99.* less than the clip bound 1/);
   // A degree above the cohort size adds no neighbour (everyone else already is one), and costs no loop.
   assert.deepEqual(maskNeighbours(0, 3, 6).sort(), [1, 2]);
   assert.deepEqual(maskNeighbours(1, 4, 8).sort(), [0, 2, 3]);
