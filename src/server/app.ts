@@ -15,6 +15,7 @@ import { noCohort, type RoundCoordinator } from './rounds.js';
 import { defaultUploadTimeoutMs } from './cohorts.js';
 import { REJECT_STATUS, type RejectReason } from './validate-update.js';
 import { registerRedeem } from './redeem.js';
+import { realPath, servable } from './static-files.js';
 import type { OfferCatalog } from '../offers/types.js';
 import { CONFIRM_TAG_BYTES, maskedUpdateBytes, maskNeighbours, PAIR_SEED_BYTES, PUBLIC_KEY_BYTES, usesSelfMask } from '../federated/secagg.js';
 import { trainedLength } from '../federated/client-update.js';
@@ -331,7 +332,11 @@ export function createApp(rounds: RoundCoordinator, opts: AppOptions): Hono {
   app.all('/v1/*', (c) => fail(c, 'not-found', `no such endpoint: ${c.req.method} ${c.req.path}`));
 
   if (opts.staticDir) {
-    // serveStatic resolves `root` against the working directory.
+    // Dotfiles, paths that do not decode and links out of the folder are answered as if absent
+    // (static-files.ts); the rest goes to serveStatic, which resolves `root` against the working
+    // directory.
+    const real = realPath(opts.staticDir);
+    app.use('/*', async (c, next) => (servable(real, c.req.path) ? next() : fail(c, 'not-found', `not found: ${c.req.path}`)));
     const root = relative(process.cwd(), opts.staticDir) || '.';
     app.use('/*', serveStatic({ root }));
   }

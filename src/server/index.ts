@@ -6,6 +6,7 @@ import type { Server, ServerResponse } from 'node:http';
 import { existsSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
+import { checkNotPublished } from './static-files.js';
 import { ValidationError } from '../errors.js';
 import { describeValue } from '../options.js';
 import { beyondModelMagnitude, chooseBits, decodeModel, DEFAULT_BLOCK_SIZE, MAX_MODEL_MAGNITUDE, UPDATE_BUDGET_BYTES } from '../federated/wire.js';
@@ -369,6 +370,9 @@ export async function createServer(options: ServerOptions = {}): Promise<ServerP
   // model's, so a SQLite data dir must hold a database already.
   let checked = options.initialTable ? checkOptions(options, options.initialTable, log, now) : undefined;
   const dataDir = options.dataDir ?? '.data';
+  if (options.staticDir !== undefined && !options.storage && options.database === undefined && options.dataDir !== null) {
+    checkNotPublished(dataDir, options.staticDir, { dataDir: 'options.dataDir', staticDir: 'options.staticDir' });
+  }
   if (!checked && !options.storage && options.database === undefined && options.dataDir !== null && !existsSync(join(dataDir, SQLITE_FILE))) throw noTable();
   const storage: Storage =
     options.storage ??

@@ -6,13 +6,13 @@
  * localrec serve --catalog shop/catalog.json --dim 16 --min-clients 10 --clip 1 --noise 1.0 --static examples/shop
  * ```
  */
-import { realpathSync, statSync } from 'node:fs';
-import { isAbsolute, relative, resolve, sep } from 'node:path';
+import { statSync } from 'node:fs';
 import type { Command } from 'commander';
 import { ValidationError } from '../errors.js';
 import { hasLoneSurrogate } from '../model/item-table.js';
 import { flagNumber } from '../number-flag.js';
 import { checkOutputFolder } from '../output-file.js';
+import { checkNotPublished } from './static-files.js';
 import { describeValue, oneLine } from '../options.js';
 
 function num(name: string, integer = false) {
@@ -272,24 +272,3 @@ function checkServeFlags(o: Record<string, unknown>): void {
   }
 }
 
-/** `path` resolved through the links of its nearest existing folder. */
-function realPath(path: string): string {
-  const abs = resolve(path);
-  try {
-    return realpathSync(abs);
-  } catch {
-    const parent = resolve(abs, '..');
-    return parent === abs ? abs : resolve(realPath(parent), relative(parent, abs));
-  }
-}
-
-/**
- * Refuses a SQLite folder inside the `--static` folder: the server publishes every file under it,
- * so the database of updates and versions would be downloadable by anyone.
- */
-export function checkNotPublished(dataDir: string, staticDir: string): void {
-  const rel = relative(realPath(staticDir), realPath(dataDir));
-  if (rel === '' || (rel !== '..' && !rel.startsWith(`..${sep}`) && !isAbsolute(rel))) {
-    throw new ValidationError('--data-dir', `'${dataDir}' is inside the --static folder '${staticDir}', which the server publishes: the database would be downloadable; put it outside (e.g. --data-dir ../localrec-data)`);
-  }
-}

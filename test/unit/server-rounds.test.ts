@@ -1,5 +1,5 @@
 import { strict as assert } from 'node:assert';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
@@ -140,5 +140,40 @@ test('--static serves a folder at / next to the API', async () => {
   } finally {
     await server.close();
     rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('--static keeps dotfiles, links out of the folder and the server\'s own database private', async () => {
+  const outside = mkdtempSync(join(tmpdir(), 'localrec-outside-'));
+  const dir = mkdtempSync(join(tmpdir(), 'localrec-static-'));
+  writeFileSync(join(outside, 'secret.txt'), 'OUTSIDE-CONTENT');
+  writeFileSync(join(dir, '.env'), 'SECRET=1');
+  mkdirSync(join(dir, '.git'));
+  writeFileSync(join(dir, '.git', 'config'), '[core]');
+  mkdirSync(join(dir, 'assets'));
+  writeFileSync(join(dir, 'assets', 'app.js'), 'ok');
+  symlinkSync(join(outside, 'secret.txt'), join(dir, 'link.txt'));
+  symlinkSync(outside, join(dir, 'linkdir'));
+  symlinkSync(join(dir, 'assets', 'app.js'), join(dir, 'inside-link.js'));
+  // In code as on the command line: a data dir inside the published folder is refused.
+  await assert.rejects(startServer({ port: 0, dataDir: join(dir, '.data'), initialTable: initialTable(), staticDir: dir, log: quiet }).then(async (s) => (await s.close(), s)), /options\.dataDir: '.*\.data' is inside the options\.staticDir folder/);
+  assert.equal(existsSync(join(dir, '.data')), false, 'nothing created');
+  const server = await startServer({ port: 0, dataDir: null, initialTable: initialTable(), staticDir: dir, log: quiet });
+  try {
+    const get = async (path: string) => {
+      const res = await fetch(`${server.url}${path}`);
+      return [res.status, await res.text()] as const;
+    };
+    assert.deepEqual(await get('/assets/app.js'), [200, 'ok']);
+    assert.deepEqual(await get('/inside-link.js'), [200, 'ok'], 'a link that stays inside is served');
+    for (const path of ['/.env', '/.git/config', '/%2eenv', '/assets/../.env', '/link.txt', '/linkdir/secret.txt', '/%E0%A4%A']) {
+      const [status, body] = await get(path);
+      assert.equal(status, 404, `${path}: ${status} ${body}`);
+      assert.ok(!body.includes('SECRET=1') && !body.includes('OUTSIDE-CONTENT') && !body.includes('[core]'), `${path}: ${body}`);
+    }
+  } finally {
+    await server.close();
+    rmSync(dir, { recursive: true, force: true });
+    rmSync(outside, { recursive: true, force: true });
   }
 });

@@ -1,0 +1,69 @@
+/**
+ * Guards for the folder the server publishes (`--static`, `staticDir`): every file under it is
+ * readable by anyone, so nothing private may be reachable through it — not the server's own SQLite
+ * database, not a dotfile (`.env`, `.git/`), not a file a symbolic link inside it points to outside.
+ */
+import { realpathSync } from 'node:fs';
+import { isAbsolute, join, relative, resolve, sep } from 'node:path';
+import { ValidationError } from '../errors.js';
+
+/** `path` resolved through the links of its nearest existing folder (it need not exist itself). */
+export function realPath(path: string): string {
+  const abs = resolve(path);
+  try {
+    return realpathSync(abs);
+  } catch {
+    const parent = resolve(abs, '..');
+    return parent === abs ? abs : join(realPath(parent), relative(parent, abs));
+  }
+}
+
+/** Whether `inner` is `outer` or lies under it (both absolute, resolved). */
+export function isWithin(inner: string, outer: string): boolean {
+  const rel = relative(outer, inner);
+  return rel === '' || (rel !== '..' && !rel.startsWith(`..${sep}`) && !isAbsolute(rel));
+}
+
+/**
+ * Refuses a SQLite folder inside the published folder: the database of updates and versions would
+ * be downloadable. `fields` name the two settings in the error (the CLI's flags by default).
+ *
+ * @example
+ * ```ts
+ * checkNotPublished('site/.data', 'site'); // throws "--data-dir: 'site/.data' is inside the --static folder 'site' …"
+ * ```
+ */
+export function checkNotPublished(dataDir: string, staticDir: string, fields = { dataDir: '--data-dir', staticDir: '--static' }): void {
+  if (isWithin(realPath(dataDir), realPath(staticDir))) {
+    throw new ValidationError(fields.dataDir, `'${dataDir}' is inside the ${fields.staticDir} folder '${staticDir}', which the server publishes: the database would be downloadable; put it outside (e.g. ../localrec-data)`);
+  }
+}
+
+/**
+ * Whether a request path may be served from `root` (a resolved real path): no segment that starts
+ * with a dot (dotfiles and dot-folders such as `.env`, `.git/`, `.data/` stay private), none that
+ * does not decode, and, when the file exists, its real path inside `root` (a symbolic link that
+ * leads out of the folder is not followed). Paths that name nothing are allowed through: the
+ * static handler answers them 404.
+ */
+export function servable(root: string, urlPath: string): boolean {
+  const segments: string[] = [];
+  for (const raw of urlPath.split('/')) {
+    if (raw === '') continue;
+    let s: string;
+    try {
+      s = decodeURIComponent(raw);
+    } catch {
+      return false;
+    }
+    if (s.startsWith('.') || s.includes('/') || s.includes('\\') || s.includes('\0')) return false;
+    segments.push(s);
+  }
+  const file = join(root, ...segments);
+  if (!isWithin(file, root)) return false;
+  try {
+    return isWithin(realpathSync(file), root);
+  } catch {
+    return true;
+  }
+}
