@@ -19,11 +19,15 @@ import { serve } from '@hono/node-server';
 import { serveStatic } from '@hono/node-server/serve-static';
 import { getConnInfo } from '@hono/node-server/conninfo';
 import { Hono } from 'hono';
+import { bodyLimit } from 'hono/body-limit';
 import { createReadStream, existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { createGunzip } from 'node:zlib';
 import { parse } from 'csv-parse';
-import { dirname, join, resolve } from 'node:path';
+import { basename, dirname, join, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
+
+/** The largest request body the `/v1/*` forwarder reads: an update's 64 KiB and room for its header. */
+const PROXY_BODY_LIMIT = 128 * 1024;
 
 export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 export const SHOP_DIR = join(ROOT, 'examples', 'shop');
@@ -317,7 +321,14 @@ export async function startShop(opts = {}) {
   app.get('/offers.json', (c) => c.json(signedOffers, 200, { 'Cache-Control': 'no-cache' }));
   app.get('/offers-key.json', (c) => c.json(publicKey, 200, { 'Cache-Control': 'no-cache' }));
   app.get('/demo/simulate/status', (c) => c.json(simulation.status(), 200, { 'Cache-Control': 'no-store' }));
-  app.post('/demo/simulate', async (c) => {
+  // The demo's own actions take JSON only: a cross-site page can send a text/plain or form POST
+  // without asking (no CORS preflight), but not an application/json one, so another site cannot
+  // start or cancel a simulation from a visitor's browser.
+  const jsonOnly = async (c, next) => {
+    if (!/^application\/json\s*(;|$)/i.test(c.req.header('content-type') ?? '')) return c.json({ error: 'send Content-Type: application/json' }, 415);
+    await next();
+  };
+  app.post('/demo/simulate', jsonOnly, async (c) => {
     let body = {};
     try {
       body = await c.req.json();
@@ -332,15 +343,19 @@ export async function startShop(opts = {}) {
     simulation.start({ shoppers });
     return c.json(simulation.status(), 202);
   });
-  app.post('/demo/simulate/cancel', (c) => {
+  app.post('/demo/simulate/cancel', jsonOnly, (c) => {
     simulation.cancel();
     return c.json(simulation.status());
   });
-  app.all('/v1/*', async (c) => {
+  // Bodies the API takes are at most an update (64 KiB and its header): read no more than this
+  // before forwarding (the API answers 413 with its own reason for anything over its limits).
+  app.all('/v1/*', bodyLimit({ maxSize: PROXY_BODY_LIMIT, onError: (c) => c.json({ error: `request bodies are at most ${PROXY_BODY_LIMIT} bytes`, reason: 'oversized' }, 413) }), async (c) => {
     const src = new URL(c.req.url);
     const headers = new Headers(c.req.raw.headers);
-    headers.delete('host');
-    headers.delete('connection');
+    // Hop-by-hop headers describe this connection, not the forwarded request (fetch() refuses
+    // most of them, which answered 500).
+    for (const h of ['host', 'connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'te', 'trailer', 'upgrade', 'expect', 'content-length']) headers.delete(h);
+    for (const h of (c.req.header('connection') ?? '').split(',')) if (h.trim()) headers.delete(h.trim());
     let remote = 'unknown';
     try {
       remote = getConnInfo(c).remote.address ?? 'unknown';
@@ -428,7 +443,8 @@ class Simulation {
    * a stat: data put in place while the shop runs is used without a restart.
    */
   missingData() {
-    return existsSync(this.dataFile) ? null : `the online-retail data is missing on the server (${this.dataFile}); the simulated shoppers replay its purchases`;
+    // The page sees the file's name only; the start-up log line has the whole path.
+    return existsSync(this.dataFile) ? null : `the online-retail data is missing on the server (${basename(this.dataFile)}); the simulated shoppers replay its purchases`;
   }
 
   status() {

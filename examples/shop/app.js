@@ -1287,7 +1287,7 @@ function wire() {
   $('sync-now').addEventListener('click', () => void sync('button'));
   $('simulate').addEventListener('click', () => void startSimulation());
   $('simulate').textContent = `Simulate ${SHOPPERS} shopper${SHOPPERS === 1 ? '' : 's'}`;
-  $('simulate-cancel').addEventListener('click', () => void fetch('/demo/simulate/cancel', { method: 'POST' }).then(pollSimulation));
+  $('simulate-cancel').addEventListener('click', () => void fetch('/demo/simulate/cancel', { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: '{}' }).then(pollSimulation));
   $('train-now').addEventListener('click', () => {
     if (!state.rec || state.training) return;
     train()

@@ -13,6 +13,7 @@
  */
 import assert from 'node:assert/strict';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { request as httpRequest } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -87,6 +88,28 @@ describe('demo shop', () => {
     assert.equal(signed.kid, key.kid);
     assert.ok(signed.catalog.offers.length >= 5, JSON.stringify(signed.catalog.offers.map((o: { id: string }) => o.id)));
     assert.equal((await (await fetch(`${shop.url}/demo/simulate/status`)).json()).phase, 'idle');
+    // Another site's page can POST text/plain or a form without a CORS preflight, not JSON: the
+    // demo's actions take JSON only.
+    for (const path of ['/demo/simulate', '/demo/simulate/cancel']) {
+      const res = await fetch(`${shop.url}${path}`, { method: 'POST', headers: { 'Content-Type': 'text/plain', Origin: 'https://elsewhere.example' }, body: '{"shoppers":5}' });
+      assert.equal(res.status, 415, path);
+    }
+    assert.equal((await (await fetch(`${shop.url}/demo/simulate/status`)).json()).phase, 'idle', 'nothing started');
+    // The /v1 forwarder: hop-by-hop headers are not passed on (fetch() refused them: 500), and a
+    // body over an update's size is refused before it is read whole.
+    const raw = (method: string, path: string, headers: Record<string, string>, chunks: Buffer[]) =>
+      new Promise<number>((done, fail) => {
+        const req = httpRequest(`${shop.url}${path}`, { method, headers }, (res) => {
+          res.resume();
+          done(res.statusCode!);
+        });
+        req.on('error', fail);
+        for (const c of chunks) req.write(c);
+        req.end();
+      });
+    assert.equal(await raw('GET', '/v1/health', { 'Keep-Alive': 'timeout=5', Connection: 'keep-alive, X-Hop', 'X-Hop': '1' }, []), 200);
+    assert.equal(await raw('POST', '/v1/updates', { 'Transfer-Encoding': 'chunked' }, [Buffer.alloc(2), Buffer.alloc(1)]), 400, 'a chunked malformed update reaches the server');
+    assert.equal(await raw('POST', '/v1/updates', {}, [Buffer.alloc(200 * 1024)]), 413);
   });
 
   it('recommends, changes with browsing, shows reasons, erases', async () => {
@@ -519,7 +542,7 @@ describe('demo shop', () => {
       const status = await (await fetch(`${bare.url}/demo/simulate/status`)).json();
       assert.equal(status.phase, 'idle');
       assert.match(status.unavailable, /online-retail data is missing/);
-      const res = await fetch(`${bare.url}/demo/simulate`, { method: 'POST' });
+      const res = await fetch(`${bare.url}/demo/simulate`, { method: 'POST', headers: { 'Content-Type': 'application/json' } });
       assert.equal(res.status, 503);
       assert.match((await res.json()).error, /online-retail data is missing/);
       assert.equal(bare.simulation.running, false, 'nothing started, so nothing fails later with a stack');
