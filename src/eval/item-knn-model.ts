@@ -1,7 +1,8 @@
 /**
  * Item-kNN baseline with cosine similarity on the binary user × item matrix:
  * sim(i, j) = |users(i) ∩ users(j)| / (√|users(i)|·√|users(j)| + shrink), each item keeping its
- * `neighbors` most similar items; a user's score for j sums sim(i, j) over their history.
+ * `neighbors` most similar items; a user's score for j sums sim(i, j) over their history, each
+ * history item weighted by `weighting` (plain by default).
  */
 import { pruneRow, scoreSparse, emptySparseModel, type SparseItemModel } from '../model/sparse-item-model.js';
 import type { EvalModel } from './eval-model.js';
@@ -12,6 +13,7 @@ export interface ItemKnnOptions {
   /** Neighbours kept per item. */
   neighbors: number;
   shrink: number;
+  /** How the user's history is weighted when scoring (default: plain, every item 1). */
   weighting?: HistoryWeighting;
 }
 

@@ -7,6 +7,7 @@ import { MAX_NEIGHBOR_WIDTH } from '../model/neighbors.js';
 import { DenseEaseModel, SparseEaseModel } from './ease-model.js';
 import type { EvalModel } from './eval-model.js';
 import { CONFIDENCE_KINDS, checkWeighting, type HistoryWeighting } from './history-weighting.js';
+import { IalsModel, MAX_IALS_DIM } from './ials-model.js';
 import { ItemKnnModel } from './item-knn-model.js';
 import { LocalrecModel } from './localrec-model.js';
 import { NeighborModel, type EventKind } from './neighbor-model.js';
@@ -50,8 +51,8 @@ export const PARAMS: Record<string, ParamSpec> = {
   'sparse-width': { description: 'sparse-ease, localrec: neighbours kept per item', default: '32', parse: num(1, 4096, true) },
   'sparse-prune': { description: 'sparse-ease: keep per item its strongest outgoing (row) or incoming (col) weights', default: 'row', parse: oneOf('row', 'col') },
   'sparse-positive': { description: 'sparse-ease: keep only positive weights', default: 'false', parse: bool },
-  recency: { description: 'history weight multiplier per step back in time (1 = off); ease, sparse-ease, factors', default: '0.5', parse: num(0, 1, false, true) },
-  confidence: { description: `history confidence: ${CONFIDENCE_KINDS.join('|')}`, default: 'none', parse: oneOf(...CONFIDENCE_KINDS) },
+  recency: { description: 'history weight multiplier per step back in time (1 = off); ease, sparse-ease, factors (itemknn, ials: only in the spec, e.g. itemknn:recency=0.5; 1 otherwise)', default: '0.5', parse: num(0, 1, false, true) },
+  confidence: { description: `history confidence: ${CONFIDENCE_KINDS.join('|')} (itemknn, ials: only in the spec)`, default: 'none', parse: oneOf(...CONFIDENCE_KINDS) },
   'min-support': { description: 'localrec: customers a published neighbour pair needs at least', default: '3', parse: num(1, 1e9, true) },
   'neighbor-positive': { description: 'localrec: publish only positive neighbour weights', default: 'true', parse: bool },
   'half-life': { description: 'localrec: days for an event’s weight to halve (device profile)', default: '30', parse: num(0, 1e6, false, true) },
@@ -67,6 +68,10 @@ export const PARAMS: Record<string, ParamSpec> = {
   'lr-context': { description: 'factors: earlier items forming a target’s context', default: '20', parse: num(1, 1000, true) },
   'lr-temperature': { description: 'factors: softmax temperature', default: '1', parse: num(0.001, 100) },
   backend: { description: 'factors: TensorFlow.js backend, wasm|cpu (same figures; wasm is about 6× faster in Node)', default: 'wasm', parse: oneOf('cpu', 'wasm') },
+  'ials-dim': { description: `ials: factors per user and item (≤ ${MAX_IALS_DIM})`, default: '64', parse: num(1, MAX_IALS_DIM, true) },
+  'ials-reg': { description: 'ials: L2 penalty on every user and item factor', default: '10', parse: num(0, 1e12, false, true) },
+  'ials-alpha': { description: 'ials: confidence of a training pair is 1 + alpha · history weight', default: '3', parse: num(0, 1e6) },
+  'ials-iters': { description: 'ials: alternations (a user and an item solve each)', default: '15', parse: num(1, 1000, true) },
   solver: { description: 'EASE solve: auto|primal (items²)|dual (users²)', default: 'auto', parse: oneOf('auto', 'primal', 'dual') },
 };
 
@@ -74,8 +79,16 @@ type Params = Record<string, string | number | boolean>;
 
 interface ModelEntry {
   params: string[];
+  /**
+   * Parameters the model takes only from its spec (`itemknn:recency=0.5`), with their default
+   * here: the global flag does not apply to them. The baselines keep the plain history unless asked.
+   */
+  specOnly?: Record<string, string>;
   create(p: Params, seed: number): EvalModel;
 }
+
+/** Plain history for the baselines unless their spec says otherwise. */
+const PLAIN_HISTORY = { recency: '1', confidence: 'none' };
 
 const weighting = (p: Params, prefix = ''): HistoryWeighting =>
   checkWeighting({ recencyDecay: p.recency as number, confidence: p.confidence as HistoryWeighting['confidence'] }, prefix || 'options');
@@ -83,8 +96,9 @@ const weighting = (p: Params, prefix = ''): HistoryWeighting =>
 export const MODELS: Record<string, ModelEntry> = {
   popular: { params: [], create: () => new PopularModel() },
   itemknn: {
-    params: ['knn-neighbors', 'knn-shrink'],
-    create: (p) => new ItemKnnModel({ neighbors: p['knn-neighbors'] as number, shrink: p['knn-shrink'] as number }),
+    params: ['knn-neighbors', 'knn-shrink', 'recency', 'confidence'],
+    specOnly: PLAIN_HISTORY,
+    create: (p) => new ItemKnnModel({ neighbors: p['knn-neighbors'] as number, shrink: p['knn-shrink'] as number, weighting: weighting(p) }),
   },
   ease: {
     params: ['ease-l2', 'recency', 'confidence', 'solver'],
@@ -134,6 +148,19 @@ export const MODELS: Record<string, ModelEntry> = {
         weighting: weighting(p),
       }),
   },
+  ials: {
+    params: ['ials-dim', 'ials-reg', 'ials-alpha', 'ials-iters', 'recency', 'confidence'],
+    specOnly: PLAIN_HISTORY,
+    create: (p, seed) =>
+      new IalsModel({
+        dim: p['ials-dim'] as number,
+        reg: p['ials-reg'] as number,
+        alpha: p['ials-alpha'] as number,
+        iters: p['ials-iters'] as number,
+        seed,
+        weighting: weighting(p),
+      }),
+  },
 };
 
 /** Registers another model (e.g. the shipped factor model) with its own parameters. */
@@ -155,6 +182,7 @@ export interface ModelPlan {
  * @example
  * ```ts
  * planModels('popular,ease:recency=1', { recency: '0.5' }); // ease gets recency 1
+ * planModels('itemknn,itemknn:recency=0.5', { recency: '0.5' }); // plain history, then recency 0.5 (spec only)
  * ```
  */
 export function planModels(spec: string, flags: Record<string, string>): ModelPlan[] {
@@ -167,7 +195,10 @@ export function planModels(spec: string, flags: Record<string, string>): ModelPl
     const entry = MODELS[name];
     if (!entry) throw new ValidationError('options.models', `unknown model '${name}'; allowed: ${Object.keys(MODELS).join(', ')}`);
     const params: Params = {};
-    for (const key of entry.params) params[key] = PARAMS[key].parse(flags[key] ?? PARAMS[key].default, `--${key}`);
+    for (const key of entry.params) {
+      const own = entry.specOnly?.[key];
+      params[key] = own !== undefined ? PARAMS[key].parse(own, `--models ${raw}`) : PARAMS[key].parse(flags[key] ?? PARAMS[key].default, `--${key}`);
+    }
     for (const o of over) {
       const eq = o.indexOf('=');
       const key = eq > 0 ? o.slice(0, eq) : '';

@@ -141,7 +141,7 @@ test('commander: flags reach the models, --filter repeats', async () => {
   );
   const r = JSON.parse(out.join('')) as EvalResult;
   assert.equal(r.items, 3); // item d filtered
-  assert.deepEqual(r.params, { 'knn-neighbors': 1, 'knn-shrink': 0 });
+  assert.deepEqual(r.params, { 'knn-neighbors': 1, 'knn-shrink': 0, recency: 1, confidence: 'none' });
   assert.equal(r.k, 3);
 });
 
@@ -245,7 +245,7 @@ test('serve --data-dir naming a file, or a path under one, is refused naming the
 });
 
 test('serve refuses a --data-dir inside the --static folder it publishes (the database would be downloadable)', async () => {
-  const { checkNotPublished } = await import('../../src/server/serve-command.js');
+  const { checkNotPublished } = await import('../../src/server/static-files.js');
   const { mkdirSync, symlinkSync } = await import('node:fs');
   const site = join(dir, 'site');
   mkdirSync(join(site, 'assets'), { recursive: true });
