@@ -28,6 +28,11 @@ export interface EvalCommandOptions extends CsvFlags {
   sameTime?: string;
   seed: string;
   models: string;
+  /**
+   * The model flags (`PARAMS`, dashed) the user typed, as opposed to their defaults: each must be
+   * used by a listed model, or it is refused (set by the CLI; absent, nothing is checked).
+   */
+  typedParams?: string[];
   [param: string]: unknown;
 }
 
@@ -60,7 +65,9 @@ export function register(program: Command, io: EvalIo = PROCESS_IO): void {
   for (const [flag, spec] of Object.entries(PARAMS)) cmd.option(`--${flag} <value>`, spec.description, spec.default);
   cmd.action(async (opts: EvalCommandOptions) => {
     const { runEval } = await import('./run-eval.js');
-    await runEval(opts, io);
+    // commander fills every model flag with its default: only the source says which were typed.
+    const typedParams = Object.keys(PARAMS).filter((flag) => cmd.getOptionValueSource(flag.replace(/-([a-z])/g, (_, c: string) => c.toUpperCase())) === 'cli');
+    await runEval({ ...opts, typedParams }, io);
   });
 }
 

@@ -38,6 +38,16 @@ export async function runEval(
   if (!Number.isInteger(seed)) throw new ValidationError('--seed', `must be an integer, got '${opts.seed}'`);
   // Validate every model spec before spending minutes on loading.
   const plans = planModels(opts.models, paramFlags(opts));
+  // A flag no listed model reads would be checked and then ignored: a typo in --models or a flag
+  // for another model, with nothing said.
+  for (const flag of opts.typedParams ?? []) {
+    if (!plans.some((p) => MODELS[p.name]!.params.includes(flag) && MODELS[p.name]!.specOnly?.[flag] === undefined)) {
+      const readers = Object.entries(MODELS).filter(([, m]) => m.params.includes(flag) && m.specOnly?.[flag] === undefined).map(([n]) => n);
+      const inSpec = Object.entries(MODELS).filter(([, m]) => m.specOnly?.[flag] !== undefined).map(([n]) => n);
+      const also = inSpec.length ? `; ${inSpec.join(', ')} take it in the spec only (${inSpec[0]}:${flag}=…)` : '';
+      throw new ValidationError(`--${flag}`, `no model in --models (${plans.map((p) => p.label).join(', ')}) uses it; it is for ${readers.join(', ')}${also}`);
+    }
+  }
   const rated = plans.find((p) => p.params.event === 'rating');
   if (rated && (format === 'lines' || !opts.weight)) {
     // Every row would weigh 1, i.e. a 1-star rating, which counts against the item: the history

@@ -131,6 +131,21 @@ test('the CLI names the flag the user typed, and runs from a path with a space o
   assert.equal(JSON.parse(out).noiseMultiplier, 1.2005);
 });
 
+test('commander: a model flag that no listed model uses is refused, naming the models that would', async () => {
+  const run = async (args: string[]) => {
+    const program = new Command().exitOverride();
+    const out: string[] = [];
+    register(program, { stdout: (s) => out.push(s), stderr: { write: () => true } });
+    await program.parseAsync(['eval', '--data', EVENTS, '--user', 'user', '--item', 'item', '--time', 't', ...args], { from: 'user' });
+    return out;
+  };
+  await assert.rejects(run(['--models', 'popular', '--ease-l2', '5']), (e: unknown) => isValidationError(e) && e.field === '--ease-l2' && /no model in --models \(popular\) uses it; it is for ease, sparse-ease, localrec/.test(e.message));
+  await assert.rejects(run(['--models', 'itemknn', '--recency', '0.3']), (e: unknown) => isValidationError(e) && e.field === '--recency' && /itemknn, ials take it in the spec only \(itemknn:recency=…\)/.test(e.message));
+  // Used by one of the listed models: fine; defaults are never "typed".
+  assert.equal((await run(['--models', 'popular,ease', '--ease-l2', '5'])).length, 2);
+  assert.equal((await run(['--models', 'popular'])).length, 1);
+});
+
 test('commander: flags reach the models, --filter repeats', async () => {
   const program = new Command().exitOverride();
   const out: string[] = [];
