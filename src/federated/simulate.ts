@@ -112,11 +112,15 @@ export interface SimRoundLine {
   evalUsers: number;
   /** Largest ε any device has spent (null when unbounded: σ = 0). */
   epsilonMax: number | null;
-  /** Mean ε over the devices that sent at least one update (0 when none did). */
+  /** Mean ε over the devices that spent any (sent, or dropped out at upload; 0 when none did). */
   epsilonMean: number | null;
   /** Mean ε over the whole population (devices that never sent count as 0). */
   epsilonMeanAll: number | null;
-  /** Bytes of one update body: what one client uploads in one round (it sends at most one). */
+  /**
+   * Bytes of one update body: what one client uploads in one round (it sends at most one). Under
+   * secure aggregation the body only: joining a cohort (65 B) and, with dropout recovery, its
+   * confirmation and share messages (16 B per mask neighbour each) come on top.
+   */
   bytesPerClientPerRound: number;
   /** Updates sent, devices with nothing to train on, devices refusing for budget, in this round. */
   updatesSent: number;
@@ -175,7 +179,7 @@ export interface SimFinalLine {
   epsilonMax: number | null;
   epsilonMean: number | null;
   epsilonMeanAll: number | null;
-  /** Devices that sent at least one update. */
+  /** Devices that spent privacy budget: sent at least one update, or dropped out while uploading one. */
   devicesParticipated: number;
   updatesSent: number;
   clientsWithNothing: number;
@@ -362,7 +366,8 @@ function settingsDiffer(o: SimulateOptions, items: number, r: RunSettings): stri
  */
 async function openServer(o: SimulateOptions, table: ItemTable, log: (m: string) => void): Promise<ServerHandle> {
   const kind = o.server ?? 'memory';
-  if (/^https?:\/\//.test(kind)) return { url: kind, label: kind, external: true, close: async () => {} };
+  // Paths are appended to it (`${url}/v1/model`): a trailing slash would make them `//v1/…`.
+  if (/^https?:\/\//.test(kind)) return { url: kind.replace(/\/+$/, ''), label: kind, external: true, close: async () => {} };
   if (kind !== 'memory' && kind !== 'sqlite') throw new ValidationError('--server', `must be memory, sqlite or an http(s) URL, got '${kind}'`);
   const { createServer } = await import('../server/index.js');
   const dir = kind === 'sqlite' ? await mkdtemp(join(tmpdir(), 'localrec-sim-')) : null;
@@ -488,7 +493,9 @@ export async function simulate(split: Split, o: SimulateOptions): Promise<Simula
       let n = 0;
       let sumAll = 0;
       for (let u = 0; u < nUsers; u++) {
-        if (sentCount[u] === 0) continue;
+        // Every device whose accountant holds a release: those that sent, and those that dropped
+        // out at upload (their update was noised and on its way, so its ε is spent).
+        if (accountants[u]!.releases === 0) continue;
         const e = accountants[u]!.epsilon(delta);
         max = Math.max(max, e);
         sum += e;
@@ -541,13 +548,41 @@ export async function simulate(split: Split, o: SimulateOptions): Promise<Simula
         backoffMs: 50,
         cohortPollMs: 2,
       });
+    /** One JSON line for round r: what the server publishes now (a device that syncs next would get it). */
+    const roundLine = async (r: number, c: { sent: number; nothing: number; skipped: number }) => {
+      const cur = await pullCurrent(server.url, fetchFn, held!);
+      held = cur;
+      const m = await evaluateTable(alignTo(cur.table, split.itemIds), evalSplit, { k, weighting, temperature, data });
+      const eps = epsStats();
+      const line: SimRoundLine = {
+        round: r,
+        version: cur.table.version,
+        hr: m.hr,
+        ndcg: m.ndcg,
+        evalUsers: m.testUsers,
+        epsilonMax: eps.max,
+        epsilonMean: eps.mean,
+        epsilonMeanAll: eps.meanAll,
+        bytesPerClientPerRound: updateBytes,
+        updatesSent: c.sent,
+        clientsWithNothing: c.nothing,
+        clientsSkippedForBudget: c.skipped,
+        wallMs: Math.round(performance.now() - t0),
+      };
+      lines.push(line);
+      o.onLine?.(line);
+    };
+    let roundsRun = 0;
+    let lastRound = { sent: 0, nothing: 0, skipped: 0 };
     for (let r = 1; r <= o.rounds; r++) {
       const c = { sent: 0, nothing: 0, skipped: 0 };
       if (cohortSize !== null) {
         // Cohorts must fill: draw M devices among those that can send (budget left, ≥ 2 items).
         const eligible = order.filter((u) => histories[u]!.itemIds.length >= 2 && accountants[u]!.canSpend(ruled.noiseMultiplier, o.budget, delta));
         if (eligible.length < M) {
-          log(`round ${r}: only ${eligible.length} devices can still send, fewer than ${M}; stopping`);
+          log(`round ${r}: only ${eligible.length} devices can still send, fewer than ${M}; stopping after ${roundsRun} of ${o.rounds} rounds`);
+          // The last round that ran gets its line, whatever --eval-every said.
+          if (roundsRun > 0 && lines.at(-1)?.round !== roundsRun) await roundLine(roundsRun, lastRound);
           break;
         }
         for (let i = 0; i < M; i++) {
@@ -557,10 +592,18 @@ export async function simulate(split: Split, o: SimulateOptions): Promise<Simula
         for (let start = 0; start < M; start += cohortSize) {
           const cohort = eligible.slice(start, start + cohortSize);
           let done = start;
-          // Dropouts: the first members of this (already shuffled) cohort lose their connection at
-          // upload. Once every other member's upload is in, the server's clock jumps past the
-          // upload deadline, so recovery starts at once instead of after minutes of real time.
-          const drops = new Set(cohort.slice(0, Math.round(dropout * cohort.length)));
+          // Dropouts: members at seeded random places of this cohort lose their connection at upload
+          // (not its first ones: the server numbers members in the order they join, which follows
+          // the cohort's, and a contiguous run of indices is the easiest case for recovery). Once
+          // every other member's upload is in, the server's clock jumps past the upload deadline,
+          // so recovery starts at once instead of after minutes of real time.
+          const pick = cohort.slice();
+          const dropCount = Math.round(dropout * cohort.length);
+          for (let i = 0; i < dropCount; i++) {
+            const j = i + sampler.int(pick.length - i);
+            [pick[i], pick[j]] = [pick[j]!, pick[i]!];
+          }
+          const drops = new Set(pick.slice(0, dropCount));
           const expected = cohort.length - drops.size;
           let uploaded = 0;
           const isUpload = (url: string) => url.endsWith('/v1/secagg/updates');
@@ -621,29 +664,10 @@ export async function simulate(split: Split, o: SimulateOptions): Promise<Simula
         }
       }
       totals = { sent: totals.sent + c.sent, nothing: totals.nothing + c.nothing, skipped: totals.skipped + c.skipped };
+      roundsRun = r;
+      lastRound = c;
       if (r % evalEvery !== 0 && r !== o.rounds) continue;
-      // Evaluate what the server publishes now (a device that syncs next would get it).
-      const cur = await pullCurrent(server.url, fetchFn, held);
-      held = cur;
-      const m = await evaluateTable(alignTo(cur.table, split.itemIds), evalSplit, { k, weighting, temperature, data });
-      const eps = epsStats();
-      const line: SimRoundLine = {
-        round: r,
-        version: cur.table.version,
-        hr: m.hr,
-        ndcg: m.ndcg,
-        evalUsers: m.testUsers,
-        epsilonMax: eps.max,
-        epsilonMean: eps.mean,
-        epsilonMeanAll: eps.meanAll,
-        bytesPerClientPerRound: updateBytes,
-        updatesSent: c.sent,
-        clientsWithNothing: c.nothing,
-        clientsSkippedForBudget: c.skipped,
-        wallMs: Math.round(performance.now() - t0),
-      };
-      lines.push(line);
-      o.onLine?.(line);
+      await roundLine(r, c);
     }
 
     if (held.table.version === initialVersion) {
@@ -657,6 +681,8 @@ export async function simulate(split: Split, o: SimulateOptions): Promise<Simula
     const fin = await evaluateTable(alignTo(held.table, split.itemIds), split, { k, weighting, temperature, data });
     progress('final evaluation', 1);
     const eps = epsStats();
+    // The federated run's time, before the central reference (which reports its own `ms`).
+    const wallMs = Math.round(performance.now() - t0);
     let central: CentralResult | undefined;
     if (o.central) {
       const epochs = typeof o.central === 'object' && o.central.epochs ? o.central.epochs : 4;
@@ -669,7 +695,7 @@ export async function simulate(split: Split, o: SimulateOptions): Promise<Simula
       items: split.itemIds.length,
       testUsers: fin.testUsers,
       k,
-      rounds: o.rounds,
+      rounds: roundsRun,
       clientsPerRound: M,
       clip: ruled.clip,
       noiseMultiplier: ruled.noiseMultiplier,
@@ -699,7 +725,7 @@ export async function simulate(split: Split, o: SimulateOptions): Promise<Simula
       ...(dropout > 0 ? { dropouts: dropStats } : {}),
       bytesPerClientPerRound: updateBytes,
       modelBytes,
-      wallMs: Math.round(performance.now() - t0),
+      wallMs,
     };
     if (central) {
       final.central = central;

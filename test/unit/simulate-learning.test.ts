@@ -59,6 +59,35 @@ describe('localrec simulate: learning', () => {
     await assert.rejects(simulate(split, { ...BASE, rounds: 1, clientsPerRound: 10, noiseMultiplier: 0, budget: Infinity, dropout: 0.1 }), /dropout: simulates devices that drop out of secure-aggregation cohorts/);
   });
 
+  it('dropouts fall at random places of a cohort, and the devices that dropped out count in the ε figures', async () => {
+    const split = clusteredSplit();
+    // Cohorts of 10 with 4 mask neighbours each, 3 dropping, 7 needed. The server numbers members
+    // in the order they join; dropping the first three (as before) is a run of neighbours on its
+    // ring, which recovery always survives. Dropped at random, some cohorts cannot be recovered.
+    const r = await simulate(split, { ...BASE, rounds: 1, clientsPerRound: 160, noiseMultiplier: 0, budget: Infinity, secureAggregation: { minSurvivors: 7, degree: 4 }, dropout: 0.3 });
+    assert.equal(r.final.dropouts!.devices, 16 * 3);
+    assert.equal(r.final.dropouts!.cohortsRecovered + r.final.dropouts!.cohortsAborted, 16);
+    assert.ok(r.final.dropouts!.cohortsAborted > 0 && r.final.dropouts!.cohortsRecovered > 0, JSON.stringify(r.final.dropouts));
+    // A device that dropped out at upload had already noised its update and spent its ε.
+    const noisy = await simulate(split, { ...BASE, rounds: 1, clientsPerRound: 20, noiseMultiplier: 1, budget: 8, secureAggregation: { minSurvivors: 8 }, dropout: 0.2 });
+    assert.equal(noisy.final.dropouts!.devices, 4);
+    const spent = noisy.accountants.map((a) => a.epsilon(1e-5));
+    assert.equal(spent.filter((e) => e > 0).length, 20);
+    assert.equal(noisy.final.devicesParticipated, 20, 'the 16 that sent and the 4 that dropped out');
+    assert.ok(Math.abs(noisy.final.epsilonMeanAll! - spent.reduce((a, b) => a + b, 0) / split.userIds.length) < 1e-4, `${noisy.final.epsilonMeanAll}`);
+    assert.ok(Math.abs(noisy.final.epsilonMean! - 4.3772) < 1e-3, `${noisy.final.epsilonMean}`);
+  });
+
+  it('a run that stops early (too few devices left for a cohort) reports the rounds it ran, with a line for the last', async () => {
+    const split = clusteredSplit();
+    // ε = 8 holds 2 syncs at σ = 1 (a third would bring it to 8.39): round 3 finds no device that
+    // can still send. Before, the final line said 6 rounds and no line had been written.
+    const r = await simulate(split, { ...BASE, rounds: 6, evalEvery: 5, clientsPerRound: 160, noiseMultiplier: 1, budget: 8, secureAggregation: true });
+    assert.equal(r.final.rounds, 2);
+    assert.deepEqual(r.lines.map((l) => l.round), [2]);
+    assert.equal(r.final.updatesSent, 2 * 160);
+  });
+
   it('scores a table exactly like evaluateModel over the same user-side formula', async () => {
     const split = clusteredSplit(40);
     const r = await simulate(split, { ...BASE, rounds: 1, clientsPerRound: 10, noiseMultiplier: 0, budget: Infinity });

@@ -43,6 +43,10 @@ describe('localrec simulate --server URL', () => {
       // Version 0 served in reverse order scores exactly like the same table in data-set order.
       const local = await simulate(split, { ...BASE, rounds: 1, clientsPerRound: 1, noiseMultiplier: 1, budget: 8, minClients: 10 });
       assert.equal(r.final.initialHr, local.final.initialHr);
+      // A trailing slash (as a browser shows a server's address) reaches the same server, not `//v1/…`.
+      const slashed = await simulate(split, { ...BASE, server: `${server.url}/`, rounds: 1, clientsPerRound: 10, noiseMultiplier: 1, budget: 8 });
+      assert.equal(slashed.final.updatesSent, 10);
+      assert.equal(slashed.final.version, 3);
     } finally {
       await server.close();
     }
