@@ -208,7 +208,8 @@ test('start-up on an unusable data dir: localrec serve exits with one clear line
     );
     count('unusable data dir at start-up');
     assert.equal(notDir.code, 1);
-    assert.match(notDir.stderr, /^localrec: StorageError: cannot create data dir .*ENOTDIR/);
+    // Refused before the store is touched, naming the flag (it was the store's ENOTDIR).
+    assert.match(notDir.stderr, /^localrec: ValidationError: --data-dir: '.*file\/data' is under '.*file', which is a file, not a folder\n$/);
     assert.doesNotMatch(notDir.stderr, /\n\s+at /, 'no stack trace');
     writeFileSync(join(dir, 'localrec.sqlite'), Buffer.alloc(4096, 0x5a));
     const corrupt = await serve(dir, catalog).then(
