@@ -6,37 +6,8 @@ import { ItemKnnModel } from '../../src/eval/item-knn-model.js';
 import { PopularModel } from '../../src/eval/popular-model.js';
 import { evaluateModel } from '../../src/eval/runner.js';
 import type { Split } from '../../src/eval/split.js';
+import { splitOf } from './eval-helpers.js';
 
-/** A split from item-id lists; history order is time order (last = most recent). */
-function splitOf(train: Record<string, string[]>, held: Record<string, string[]>): Split {
-  const itemIds = [...new Set([...Object.values(train).flat(), ...Object.values(held).flat()])].sort();
-  const userIds = [...new Set([...Object.keys(train), ...Object.keys(held)])];
-  const ptr = [0];
-  const items: number[] = [];
-  const recency: number[] = [];
-  const tptr = [0];
-  const titems: number[] = [];
-  for (const u of userIds) {
-    const h = train[u] ?? [];
-    h.forEach((it, p) => {
-      items.push(itemIds.indexOf(it));
-      recency.push(h.length - 1 - p);
-    });
-    ptr.push(items.length);
-    for (const it of held[u] ?? []) titems.push(itemIds.indexOf(it));
-    tptr.push(titems.length);
-  }
-  const ones = new Float32Array(items.length).fill(1);
-  return {
-    userIds,
-    itemIds,
-    train: { ptr: Int32Array.from(ptr), items: Int32Array.from(items), weight: ones, count: ones, recency: Float32Array.from(recency) },
-    // One event per history entry, a day apart, in history order.
-    trainEvents: { ptr: Int32Array.from(ptr), items: Int32Array.from(items), time: Float64Array.from(items, (_, e) => e * 86400), weight: ones },
-    test: { ptr: Int32Array.from(tptr), items: Int32Array.from(titems) },
-    testUsers: Int32Array.from(userIds.map((_, u) => u).filter((u) => tptr[u + 1] > tptr[u])),
-  };
-}
 
 const TINY = splitOf({ u1: ['a', 'b'], u2: ['a', 'b', 'c'], u3: ['c', 'd'], u4: ['a'] }, { u4: ['c'] });
 const scores = (m: { score(u: number, o: Float32Array): void }, s: Split, u: string) => {

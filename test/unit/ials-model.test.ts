@@ -5,36 +5,8 @@ import { IalsModel, type IalsOptions } from '../../src/eval/ials-model.js';
 import { MODELS, planModels } from '../../src/eval/model-registry.js';
 import { evaluateModel } from '../../src/eval/runner.js';
 import type { Split } from '../../src/eval/split.js';
+import { splitOf } from './eval-helpers.js';
 
-/** A split from item-id lists; history order is time order (last = most recent, one step apart). */
-function splitOf(train: Record<string, string[]>, held: Record<string, string[]>): Split {
-  const itemIds = [...new Set([...Object.values(train).flat(), ...Object.values(held).flat()])].sort();
-  const userIds = [...new Set([...Object.keys(train), ...Object.keys(held)])];
-  const ptr = [0];
-  const items: number[] = [];
-  const recency: number[] = [];
-  const tptr = [0];
-  const titems: number[] = [];
-  for (const u of userIds) {
-    const h = train[u] ?? [];
-    h.forEach((it, p) => {
-      items.push(itemIds.indexOf(it));
-      recency.push(h.length - 1 - p);
-    });
-    ptr.push(items.length);
-    for (const it of held[u] ?? []) titems.push(itemIds.indexOf(it));
-    tptr.push(titems.length);
-  }
-  const ones = new Float32Array(items.length).fill(1);
-  return {
-    userIds,
-    itemIds,
-    train: { ptr: Int32Array.from(ptr), items: Int32Array.from(items), weight: ones, count: ones, recency: Float32Array.from(recency) },
-    trainEvents: { ptr: Int32Array.from(ptr), items: Int32Array.from(items), time: Float64Array.from(items, (_, e) => e * 86400), weight: ones },
-    test: { ptr: Int32Array.from(tptr), items: Int32Array.from(titems) },
-    testUsers: Int32Array.from(userIds.map((_, u) => u).filter((u) => tptr[u + 1] > tptr[u])),
-  };
-}
 
 // Two groups (dim 2: one factor each): users a0..a5 buy from a1..a5, users b0..b5 from b1..b5 (each user all but one item
 // of their group). a0 and b0 are tested on their group's item they have not seen; z is held out
