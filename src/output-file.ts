@@ -69,21 +69,24 @@ export function checkNotAnInput(path: string, flag: string, inputs: InputFlags):
   }
 }
 
+/**
+ * `path` resolved through symbolic links, also when it does not exist (yet): the nearest existing
+ * folder's real path, then the rest of the names.
+ */
+export function realPath(path: string): string {
+  const abs = resolve(path);
+  try {
+    return realpathSync(abs);
+  } catch {
+    const parent = dirname(abs);
+    return parent === abs ? abs : join(realPath(parent), basename(abs));
+  }
+}
+
 /** Where `path` really is: its resolved path through any links, and device:inode when it exists. */
 function identify(path: string): { real: string; id?: string } {
-  const abs = resolve(path);
-  let real: string;
-  try {
-    real = realpathSync(abs);
-  } catch {
-    // Not there (yet): the folder's real path and the name.
-    try {
-      real = join(realpathSync(dirname(abs)), basename(abs));
-    } catch {
-      real = abs;
-    }
-  }
-  const st = stat(abs);
+  const st = stat(resolve(path));
+  const real = realPath(path);
   return st ? { real, id: `${st.dev}:${st.ino}` } : { real };
 }
 

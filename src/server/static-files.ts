@@ -4,19 +4,9 @@
  * database, not a dotfile (`.env`, `.git/`), not a file a symbolic link inside it points to outside.
  */
 import { realpathSync } from 'node:fs';
-import { isAbsolute, join, relative, resolve, sep } from 'node:path';
+import { isAbsolute, join, relative, sep } from 'node:path';
 import { ValidationError } from '../errors.js';
-
-/** `path` resolved through the links of its nearest existing folder (it need not exist itself). */
-export function realPath(path: string): string {
-  const abs = resolve(path);
-  try {
-    return realpathSync(abs);
-  } catch {
-    const parent = resolve(abs, '..');
-    return parent === abs ? abs : join(realPath(parent), relative(parent, abs));
-  }
-}
+import { realPath } from '../output-file.js';
 
 /** Whether `inner` is `outer` or lies under it (both absolute, resolved). */
 export function isWithin(inner: string, outer: string): boolean {
