@@ -82,12 +82,20 @@ function isEntry(): boolean {
 
 /**
  * Handles errors writing to `stdout`. EPIPE means the reader has gone (`localrec eval … | head -n1`):
- * nothing more can be said, so the command stops quietly with exit code 0, as other Unix tools do
- * (Node ignores SIGPIPE, and an unhandled 'error' event would print a stack trace). Any other
- * error is reported and the command fails.
+ * for a command that prints its results (`longRunning` false) nothing more can be said, so it stops
+ * quietly with exit code 0, as other Unix tools do (Node ignores SIGPIPE, and an unhandled 'error'
+ * event would print a stack trace). A server (`longRunning`) has more to do than print: it says so
+ * on stderr once and keeps serving; a supervisor would take an exit, code 0 or not, for a shutdown.
+ * Any other error is reported and a printing command fails.
  */
-export function stopOnClosedStdout(stdout: NodeJS.WriteStream): void {
+export function stopOnClosedStdout(stdout: NodeJS.WriteStream, longRunning = false): void {
+  let told = false;
   stdout.on('error', (e: NodeJS.ErrnoException) => {
+    if (longRunning) {
+      if (!told) process.stderr.write(`localrec: cannot write to stdout (${e.code ?? e.message}); carrying on without it\n`);
+      told = true;
+      return;
+    }
     if (e.code === 'EPIPE') process.exit(0);
     process.stderr.write(`localrec: cannot write to stdout: ${e.message}\n`);
     process.exit(1);
@@ -95,7 +103,8 @@ export function stopOnClosedStdout(stdout: NodeJS.WriteStream): void {
 }
 
 if (isEntry()) {
-  stopOnClosedStdout(process.stdout);
+  // The subcommand: the first argument that is not a flag (`localrec serve --port 1`).
+  stopOnClosedStdout(process.stdout, process.argv.slice(2).find((a) => !a.startsWith('-')) === 'serve');
   main().catch((e: unknown) => {
     const err = e as Error;
     process.stderr.write(`localrec: ${err.name ?? 'Error'}: ${inFlagTerms(String(err.message), ran)}\n`);

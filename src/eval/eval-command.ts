@@ -61,7 +61,7 @@ export function register(program: Command, io: EvalIo = PROCESS_IO): void {
     .option('--protocol <protocol>', `${PROTOCOLS.join('|')} (default: loo for csv/retail, given for lines)`)
     .option('--same-time <mode>', "loo: events at the held-out item's timestamp before it in file order: keep (train on them, default) | drop (train on strictly earlier events)")
     .option('--seed <seed>', 'seed for models that sample', '1')
-    .option('--models <list>', 'comma-separated models, each `name[:param=value…]`: popular, itemknn, ease, sparse-ease, localrec (the SDK with a neighbour table), factors (the SDK’s factor model)', 'popular,itemknn,localrec');
+    .option('--models <list>', 'comma-separated models, each `name[:param=value…]`: popular, itemknn, ease, sparse-ease, ials, localrec (the SDK with a neighbour table), factors (the SDK’s factor model)', 'popular,itemknn,localrec');
   for (const [flag, spec] of Object.entries(PARAMS)) cmd.option(`--${flag} <value>`, spec.description, spec.default);
   cmd.action(async (opts: EvalCommandOptions) => {
     const { runEval } = await import('./run-eval.js');

@@ -109,7 +109,8 @@ export function looSplit(log: EventLog, minItems = 3, opts: LooOptions = {}): Sp
       const r = byUser[p];
       const it = log.item[r];
       evRows.push(r);
-      // Without a time column each row is its own step (the file position stands in, as for trainEvents).
+      // Without a time column each row is its own step (the file position orders them; trainEvents
+      // then time the user's events by their own positions).
       const t = noTime ? r : time[r];
       if (t !== prevTime) {
         timeIndex++;

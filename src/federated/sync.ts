@@ -343,7 +343,9 @@ export function parseServerConfig(c: Partial<ServerConfig>): ServerConfig {
     // The same for masked values: a step so small that a clipped value plus its noise share
     // overflows the fixed-point encoding. Every honest range holds at least one clipped update.
     const range = sa.step * (2 ** (sa.bits - 1) - 1);
-    if (!(range >= c.clip!)) {
+    // The server sets step = range / (2^(bits−1) − 1): multiplied back, the range may come out an
+    // ulp or so under the clip it was set to; that still holds a clipped update to within rounding.
+    if (!(range >= c.clip! * (1 - 1e-9))) {
       throw new ValidationError('server config.secureAggregation.step', `gives a range of ±${range} (step × (2^(bits−1) − 1)), less than the clip bound ${c.clip}: one update would not fit`);
     }
     // How long the device waits for its cohort: from the server, so bounded (a day at most).

@@ -120,7 +120,7 @@ export interface ServerOptions {
    * server only learns each cohort's sum. `true` takes the defaults: `bits` the widest that fits
    * 64 KiB, `range` K·C + 8·C·max(1, σ) when those bits make its rounding negligible (and always
    * with the subspace aggregator), else 8·C·max(1, σ) (a coordinate of a cohort's sum must stay
-   * within ±range; the fixed-point step is range / 2^(bits−1)), `degree` 16 mask neighbours,
+   * within ±range; the fixed-point step is range / (2^(bits−1) − 1)), `degree` 16 mask neighbours,
    * `timeoutMs` 10 minutes (for a cohort to fill), `uploadTimeoutMs` the same but never more than 10
    * minutes (then for every upload, and for a recovery's shares: once the keys are out, devices need
    * seconds), `minSurvivors` K. With `minSurvivors` t < K each device adds

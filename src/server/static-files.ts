@@ -3,7 +3,7 @@
  * readable by anyone, so nothing private may be reachable through it — not the server's own SQLite
  * database, not a dotfile (`.env`, `.git/`), not a file a symbolic link inside it points to outside.
  */
-import { realpathSync } from 'node:fs';
+import { realpathSync, statSync } from 'node:fs';
 import { isAbsolute, join, relative, sep } from 'node:path';
 import { ValidationError } from '../errors.js';
 import { realPath } from '../output-file.js';
@@ -33,7 +33,7 @@ export function checkNotPublished(dataDir: string, staticDir: string, fields = {
  * Whether a request path may be served from `root` (a resolved real path): no segment that starts
  * with a dot (dotfiles and dot-folders such as `.env`, `.git/`, `.data/` stay private), none that
  * does not decode, and, when the file exists, its real path inside `root` (a symbolic link that
- * leads out of the folder is not followed). Paths that name nothing are allowed through: the
+ * leads out of the folder is not followed), for a folder its `index.html` too. Paths that name nothing are allowed through: the
  * static handler answers them 404.
  */
 export function servable(root: string, urlPath: string): boolean {
@@ -51,9 +51,21 @@ export function servable(root: string, urlPath: string): boolean {
   }
   const file = join(root, ...segments);
   if (!isWithin(file, root)) return false;
+  let real: string;
   try {
-    return isWithin(realpathSync(file), root);
+    real = realpathSync(file);
   } catch {
     return true;
   }
+  if (!isWithin(real, root)) return false;
+  // A folder is answered with its index page (serveStatic's `index.html`): that file must stay
+  // inside too.
+  if (statSync(real).isDirectory()) {
+    try {
+      return isWithin(realpathSync(join(real, 'index.html')), root);
+    } catch {
+      return true;
+    }
+  }
+  return true;
 }

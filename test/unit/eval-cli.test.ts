@@ -228,6 +228,40 @@ test('piped into a reader that goes away (| head -n1), the CLI stops quietly wit
   assert.doesNotMatch(stderr, /EPIPE|Unhandled 'error' event|at .*\(/);
 });
 
+test('serve whose stdout reader goes away keeps serving (an exit would read as a shutdown), and says so on stderr', async () => {
+  const { spawn } = await import('node:child_process');
+  const { createServer: netServer } = await import('node:net');
+  const port = await new Promise<number>((done) => {
+    const probe = netServer().listen(0, '127.0.0.1', () => {
+      const p = (probe.address() as { port: number }).port;
+      probe.close(() => done(p));
+    });
+  });
+  const data = mkdtempSync(join(dir, 'serve-epipe-'));
+  const child = spawn(process.execPath, ['--import', 'tsx', 'src/cli.ts', 'serve', '--port', String(port), '--data-dir', data, '--catalog', write('epipe-cat.json', '["a","b","c"]')], { stdio: ['ignore', 'pipe', 'pipe'] });
+  child.stdout.destroy();
+  let stderr = '';
+  child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+  let exited = false;
+  const closed = new Promise<number | null>((done) => child.on('close', (code) => ((exited = true), done(code))));
+  try {
+    let health = 0;
+    for (let i = 0; i < 300 && health !== 200 && !exited; i++) {
+      health = await fetch(`http://127.0.0.1:${port}/v1/health`).then((r) => r.status, () => 0);
+      if (health !== 200) await new Promise((r) => setTimeout(r, 100));
+    }
+    assert.equal(health, 200, stderr);
+    // The start-up lines (and their EPIPE) may come just after the port answers.
+    for (let i = 0; i < 100 && !/cannot write to stdout/.test(stderr); i++) await new Promise((r) => setTimeout(r, 100));
+    assert.match(stderr, /localrec: cannot write to stdout \(EPIPE\); carrying on without it/);
+    assert.equal((await fetch(`http://127.0.0.1:${port}/v1/health`)).status, 200, 'still serving');
+    assert.equal(exited, false, stderr);
+  } finally {
+    child.kill('SIGTERM');
+  }
+  assert.equal(await closed, 0, stderr);
+});
+
 test('--format retail: a column the preset reads but the file lacks is blamed on --data and --format, not on --user', async () => {
   const { runNeighbors } = await import('../../src/eval/neighbors-command.js');
   const { inFlagTerms } = await import('../../src/cli.js');

@@ -768,6 +768,15 @@ test("the default range is the hard bound K·C + 8·C·max(1, σ) when the bits 
   assert.equal((await stepOf({ secureAggregation: { bits: 12 }, aggregator: 'subspace', trainBiases: false, trainRows: 20 })).step, 108 / 2047);
   // An explicit range wins.
   assert.equal((await stepOf({ secureAggregation: { range: 4 } })).step, 4 / (2 ** 31 - 1));
+  // Both ends of ±R are values of the b-bit code: a cohort sum of exactly +R or −R comes back as
+  // itself (at γ = R/2^(b−1), +R encoded as 2^(b−1) wrapped around to −R).
+  for (const { bits, step, R } of [
+    { ...(await stepOf({ secureAggregation: { bits: 12 }, aggregator: 'subspace', trainBiases: false, trainRows: 20 })), R: 108 },
+    { ...(await stepOf({ secureAggregation: { range: 4, bits: 8 } })), R: 4 },
+  ]) {
+    const back = decodeFixedPoint(encodeFixedPoint(Float64Array.of(R, -R), step, bits, () => 0.5), step, bits);
+    assert.ok(Math.abs(back[0]! - R) < 1e-9 && Math.abs(back[1]! + R) < 1e-9, `${bits} bits, R = ${R}: ${Array.from(back)}`);
+  }
 });
 
 /** Every member of a cohort masks (pairwise and self-mask) its encoded values; what the server gets. */
@@ -1519,6 +1528,9 @@ test("a server config's parameters are bounded before use: a degree past twice t
   assert.throws(() => parseServerConfig({ ...config({}), noiseMultiplier: 1e7 } as never), /server config\.noiseMultiplier: must be from 0 to 1e6/);
   assert.throws(() => parseServerConfig(config({ step: 0.05 / Number.MAX_VALUE }) as never), /server config\.secureAggregation\.step: gives a range of ±.* less than the clip bound 1: one update would not fit/);
   assert.equal(parseServerConfig(config({ step: 1 / 127 }) as never).secureAggregation!.step, 1 / 127, 'range 127 steps = 1 = C: fits');
+  // The server's step is range / (2^(b−1) − 1): multiplied back it may miss the clip by an ulp
+  // (0.3 × 3 = 0.8999999999999999 at C = 0.9), which must not make every device refuse the server.
+  assert.equal(parseServerConfig({ ...config({ bits: 3, step: 0.9 / 3 }), clip: 0.9 } as never).secureAggregation!.bits, 3);
   // 8 bits hold −128…127 steps: at γ = 1/128 the largest value is 127/128 < C, which cannot hold a clipped update.
   assert.throws(() => parseServerConfig(config({ step: 1 / 128 }) as never), /server config\.secureAggregation\.step: gives a range of ±0\.99.* less than the clip bound 1/);
   // A degree above the cohort size adds no neighbour (everyone else already is one), and costs no loop.

@@ -9,6 +9,8 @@ import { createItemTable } from '../../src/model/item-table.js';
 import { Random } from '../../src/model/random.js';
 import { robustVarianceFactor, roundingVariance, trimCount } from '../../src/server/aggregate.js';
 import { createServer } from '../../src/server/index.js';
+import { simulate } from '../../src/federated/simulate.js';
+import { BASE, clusteredSplit } from './simulate-helpers.js';
 
 test('robustVarianceFactor: 1 for the mean, π/2 for the median, and a trimmed mean as its variance over many draws', () => {
   assert.equal(robustVarianceFactor('mean', 100, 0), 1);
@@ -113,4 +115,21 @@ test('3-bit plain updates of pure noise: --denoise directions publishes (almost)
   } finally {
     await storage.close();
   }
+});
+
+test('secure aggregation at 6 bits, noise far above the signal: the members\' fixed-point rounding is counted, (almost) no direction passes', async () => {
+  // σ = 50 against updates of norm 1: every round is noise, whose rounding at 6 bits is about half
+  // the DP noise's variance again (the server warns at 0.81× its γ²/4 bound). The noise comes from
+  // crypto.getRandomValues (the simulation runs the real client), so the bound is loose: with the
+  // rounding counted the top noise direction passes the edge about one version in ten (expected
+  // total 0.6 over 6; more than 4 has a chance of about 4 in 10,000); left out, 1–3 passed in five
+  // of six versions (10 in all).
+  const logs: string[] = [];
+  await simulate(clusteredSplit(), {
+    ...BASE, rounds: 6, clientsPerRound: 40, minClients: 40, noiseMultiplier: 50, budget: Infinity, aggregator: 'subspace', trainRows: 40,
+    trainBiases: false, biasScale: 0.5, subspaceScale: 6, denoise: 'directions', secureAggregation: { bits: 6 }, log: (l) => logs.push(l),
+  });
+  const above = logs.filter((l) => l.includes('direction weights')).map((l) => Number(/\((\d+) of 8 above the noise\)/.exec(l)![1]));
+  assert.equal(above.length, 6, logs.join('\n'));
+  assert.ok(above.reduce((a, b) => a + b, 0) <= 4, `directions above the noise per version: ${above.join(', ')}`);
 });

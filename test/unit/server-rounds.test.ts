@@ -155,6 +155,10 @@ test('--static keeps dotfiles, links out of the folder and the server\'s own dat
   symlinkSync(join(outside, 'secret.txt'), join(dir, 'link.txt'));
   symlinkSync(outside, join(dir, 'linkdir'));
   symlinkSync(join(dir, 'assets', 'app.js'), join(dir, 'inside-link.js'));
+  // A folder is answered with its index.html: a link there must not lead out either.
+  mkdirSync(join(dir, 'sub'));
+  symlinkSync(join(outside, 'secret.txt'), join(dir, 'sub', 'index.html'));
+  symlinkSync(join(outside, 'secret.txt'), join(dir, 'index.html'));
   // In code as on the command line: a data dir inside the published folder is refused.
   await assert.rejects(startServer({ port: 0, dataDir: join(dir, '.data'), initialTable: initialTable(), staticDir: dir, log: quiet }).then(async (s) => (await s.close(), s)), /options\.dataDir: '.*\.data' is inside the options\.staticDir folder/);
   assert.equal(existsSync(join(dir, '.data')), false, 'nothing created');
@@ -166,7 +170,7 @@ test('--static keeps dotfiles, links out of the folder and the server\'s own dat
     };
     assert.deepEqual(await get('/assets/app.js'), [200, 'ok']);
     assert.deepEqual(await get('/inside-link.js'), [200, 'ok'], 'a link that stays inside is served');
-    for (const path of ['/.env', '/.git/config', '/%2eenv', '/assets/../.env', '/link.txt', '/linkdir/secret.txt', '/%E0%A4%A']) {
+    for (const path of ['/.env', '/.git/config', '/%2eenv', '/assets/../.env', '/link.txt', '/linkdir/secret.txt', '/%E0%A4%A', '/', '/sub', '/sub/', '/sub/index.html']) {
       const [status, body] = await get(path);
       assert.equal(status, 404, `${path}: ${status} ${body}`);
       assert.ok(!body.includes('SECRET=1') && !body.includes('OUTSIDE-CONTENT') && !body.includes('[core]'), `${path}: ${body}`);
