@@ -186,7 +186,7 @@ export interface SyncResult {
   uploadedBytes: number;
   /** ε spent after this sync. */
   epsilon: number;
-  /** The server's reply to the update, when one was sent. */
+  /** The server's reply to the update, when one was sent and the answer was the documented JSON (absent otherwise: the update was still accepted). */
   server?: { pending: number; minClients: number; published: number | null };
   /**
    * Under secure aggregation: the cohort the masked update went to. With recovery on (the server's
@@ -661,14 +661,24 @@ async function upload(
     }
     attempted = true;
   });
-  const reply = (await res.json()) as { pending: number; minClients: number; published: number | null };
+  // The update is in (2xx): what the server adds about its round is a courtesy. An answer that is
+  // not the documented JSON (a proxy's page, an older server) leaves `server` out; it must not turn
+  // an accepted upload, whose ε is spent, into a failed sync.
+  const reply = await res.json().catch(() => undefined);
   return {
     ...models,
     sent: true,
     uploadedBytes: body.length,
     epsilon: spent.epsilon(delta),
-    server: { pending: reply.pending, minClients: reply.minClients, published: reply.published },
+    ...(isRoundReply(reply) ? { server: { pending: reply.pending, minClients: reply.minClients, published: reply.published } } : {}),
   };
+}
+
+/** Whether an upload's answer is the documented `{ pending, minClients, published }`. */
+function isRoundReply(x: unknown): x is { pending: number; minClients: number; published: number | null } {
+  if (typeof x !== 'object' || x === null) return false;
+  const r = x as Record<string, unknown>;
+  return Number.isFinite(r.pending) && Number.isFinite(r.minClients) && (r.published === null || Number.isFinite(r.published));
 }
 
 /** A member view's `index → hex` record (keys, sealed shares, tags) as member index → bytes. */

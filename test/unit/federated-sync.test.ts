@@ -277,6 +277,25 @@ describe('sync()', () => {
     assert.deepEqual(log.filter((l) => l.method === 'POST').map((l) => [l.status, l.notSent ?? false]), [[0, false], [503, false]], 'the pending entry, then the attempt: none says not sent');
   });
 
+  it('an accepted upload whose answer is not the documented JSON is still reported as sent (its ε is spent), without the round figures', async () => {
+    for (const body of ['OK', '{"pending":"many"}', '']) {
+      // The upload reaches the real server; its answer is replaced, as a proxy might.
+      const f: FetchLike = async (url, init) => {
+        const res = await fetch(url, init as RequestInit);
+        return init?.method === 'POST' ? new Response(body, { status: res.status }) : res;
+      };
+      const accountant = new RdpAccountant();
+      const r = await syncOnce({ serverUrl: server.url, fetch: f, accountant, history: [{ itemIds: ['sku-1', 'sku-2', 'sku-3'], weights: [1, 1, 1] }] });
+      assert.equal(r.sent, true, body);
+      assert.equal(r.server, undefined, body);
+      assert.equal(accountant.releases, 1, body);
+      assert.ok(r.epsilon > 0, body);
+    }
+    // The documented answer still comes through.
+    const r = await syncOnce({ serverUrl: server.url, accountant: new RdpAccountant(), history: [{ itemIds: ['sku-1', 'sku-2', 'sku-3'], weights: [1, 1, 1] }] });
+    assert.equal(typeof r.server?.pending, 'number');
+  });
+
   it('says what is missing when federated learning is not configured', async () => {
     const e = await Engine.create({ catalog, backend: 'cpu', autoTrainEvery: 0, store: new MemoryEventStore() });
     await assert.rejects(e.sync(), (err) => isValidationError(err) && /options\.federated\.serverUrl/.test((err as Error).message));
