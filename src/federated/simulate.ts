@@ -592,32 +592,37 @@ export async function simulate(split: Split, o: SimulateOptions): Promise<Simula
         for (let start = 0; start < M; start += cohortSize) {
           const cohort = eligible.slice(start, start + cohortSize);
           let done = start;
-          // Dropouts: members at seeded random places of this cohort lose their connection at upload
-          // (not its first ones: the server numbers members in the order they join, which follows
-          // the cohort's, and a contiguous run of indices is the easiest case for recovery). Once
-          // every other member's upload is in, the server's clock jumps past the upload deadline,
-          // so recovery starts at once instead of after minutes of real time.
-          const pick = cohort.slice();
+          // Dropouts: the members at seeded random places of the cohort's ring (the indices the server
+          // gives them as they join) lose their connection at upload. Chosen by the server's index,
+          // not by the order devices are started in: members are numbered in the order their joins
+          // arrive, which a busy machine reorders, and a contiguous run of indices (the first ones)
+          // is the easiest case for recovery. Once every other member's upload is in, the server's
+          // clock jumps past the upload deadline, so recovery starts at once instead of after
+          // minutes of real time.
           const dropCount = Math.round(dropout * cohort.length);
+          const places = Array.from({ length: cohort.length }, (_, i) => i);
           for (let i = 0; i < dropCount; i++) {
-            const j = i + sampler.int(pick.length - i);
-            [pick[i], pick[j]] = [pick[j]!, pick[i]!];
+            const j = i + sampler.int(places.length - i);
+            [places[i], places[j]] = [places[j]!, places[i]!];
           }
-          const drops = new Set(pick.slice(0, dropCount));
-          const expected = cohort.length - drops.size;
+          const dropPlaces = new Set(places.slice(0, dropCount));
+          const placeOf = new Map<number, number>();
+          const dropped = (u: number) => dropPlaces.has(placeOf.get(u) ?? -1);
+          const expected = cohort.length - dropCount;
           let uploaded = 0;
           const isUpload = (url: string) => url.endsWith('/v1/secagg/updates');
-          const lost: FetchLike = (url, init) => (isUpload(url) ? Promise.reject(new Error('connection lost (simulated dropout)')) : fetchFn(url, init));
-          const counted: FetchLike = async (url, init) => {
-            const res = await fetchFn(url, init);
-            if (isUpload(url) && res.status === 202 && ++uploaded === expected && drops.size > 0) server.advanceClock!((serverConfig.secureAggregation?.uploadTimeoutMs ?? serverConfig.secureAggregation?.timeoutMs ?? 600_000) + 1);
-            return res;
-          };
-          const settled = await Promise.allSettled(
-            cohort.map((u) =>
-              (drops.has(u) ? syncDevice(u, r, lost, 1) : syncDevice(u, r, counted)).finally(() => progress(`round ${r}/${o.rounds}`, ++done / M)),
-            ),
-          );
+          const deviceFetch =
+            (u: number): FetchLike =>
+            async (url, init) => {
+              if (isUpload(url) && dropped(u)) throw new Error('connection lost (simulated dropout)');
+              const res = await fetchFn(url, init);
+              if (url.endsWith('/v1/secagg/join') && res.ok) placeOf.set(u, ((await res.clone().json()) as { index: number }).index);
+              if (isUpload(url) && res.status === 202 && ++uploaded === expected && dropCount > 0) server.advanceClock!((serverConfig.secureAggregation?.uploadTimeoutMs ?? serverConfig.secureAggregation?.timeoutMs ?? 600_000) + 1);
+              return res;
+            };
+          const settled = await Promise.allSettled(cohort.map((u) => syncDevice(u, r, deviceFetch(u)).finally(() => progress(`round ${r}/${o.rounds}`, ++done / M))));
+          const drops = new Set(cohort.filter(dropped));
+          if (drops.size !== dropCount) throw new ValidationError('simulation', `${drops.size} devices of a cohort dropped out, ${dropCount} were to`);
           let outcome: string | undefined;
           settled.forEach((s, i) => {
             if (drops.has(cohort[i]!)) {

@@ -12,7 +12,7 @@ import { buildClientUpdate, checkTrainedPart, noisedDelta, type TrainedPart } fr
 import { cryptoUniform, DEFAULT_BUDGET, DEFAULT_DELTA, type RdpAccountant } from './dp.js';
 import { subspaceUpdate } from './subspace.js';
 import { addSelfMask, checkConfirmations, checkSecAggParams, confirmationTags, encodeFixedPoint, encodeMaskedUpdate, maskValues, MAX_COHORT_TIMEOUT_MS, recoveryShare, secAggKeyPair, survivorComponents, usesSelfMask, type SecAggParams } from './secagg.js';
-import { beyondModelMagnitude, bytesEqual, decodeModel, fromHex, MAX_MODEL_MAGNITUDE, sha256, toHex } from './wire.js';
+import { beyondModelMagnitude, bytesEqual, decodeModel, fromHex, MAX_ID_BYTES, MAX_MODEL_MAGNITUDE, sha256, toHex } from './wire.js';
 
 /** Server settings from `GET /v1/config` that the client needs. */
 export interface ServerConfig {
@@ -368,9 +368,13 @@ export async function fetchServerConfig(o: RequestOptions): Promise<ServerConfig
   return parseServerConfig((await res.json()) as Partial<ServerConfig>);
 }
 
-/** `GET /v1/model`, or the held model when the server answers 304 (same hash). */
-export async function pullModel(o: RequestOptions & Pick<SyncOptions, 'held'>): Promise<{ table: ItemTable; hash: string }> {
-  const r = await fetchModel(o, o.held?.hash);
+/**
+ * `GET /v1/model`, or the held model when the server answers 304 (same hash). With the server's
+ * `config` (from {@link fetchServerConfig}) the body is read only up to the size a model of its
+ * `items` × `dim` can have, and refused past it; without, it is read whole before it is checked.
+ */
+export async function pullModel(o: RequestOptions & Pick<SyncOptions, 'held'>, config?: Pick<ServerConfig, 'items' | 'dim'>): Promise<{ table: ItemTable; hash: string }> {
+  const r = await fetchModel(o, o.held?.hash, config);
   if (r) return r;
   if (!o.held) throw new NetworkError('GET /v1/model answered 304 to a device that sent no If-None-Match', 304);
   return o.held;
@@ -380,11 +384,15 @@ export async function pullModel(o: RequestOptions & Pick<SyncOptions, 'held'>): 
  * `GET /v1/model` with `If-None-Match` when the device knows the hash of the version it holds:
  * null when the server answers 304 (that version is still current), else the model and its hash.
  */
-async function fetchModel(o: RequestOptions, knownHash: string | undefined): Promise<{ table: ItemTable; hash: string } | null> {
+async function fetchModel(o: RequestOptions, knownHash: string | undefined, config: Pick<ServerConfig, 'items' | 'dim'> | undefined): Promise<{ table: ItemTable; hash: string } | null> {
   const headers: Record<string, string> | undefined = knownHash ? { 'If-None-Match': `"${knownHash}"` } : undefined;
   const res = await request(o, 'model', 'GET', '/v1/model', undefined, headers);
   if (res.status === 304) return null;
-  const bytes = new Uint8Array(await res.arrayBuffer());
+  // Read no more than the model the server's own config describes can take, so that a body of any
+  // size (a broken or hostile server) cannot fill the shopper's memory before decodeModel refuses it.
+  const bytes = config
+    ? await readCapped(res, maxModelBytes(config.items, config.dim), 'GET /v1/model', `a model of ${config.items} items × ${config.dim} (the server's /v1/config)`)
+    : new Uint8Array(await res.arrayBuffer());
   const decoded = decodeModel(bytes);
   // The device asks for float32: an int8 body carries a hash the server wrote into it, which the
   // device cannot check against the values.
@@ -478,7 +486,7 @@ export async function pullOnce(o: PullOptions): Promise<PullResult> {
   o.onProgress?.({ phase: 'config' });
   const config = await fetchServerConfig(o);
   o.onProgress?.({ phase: 'model' });
-  const pulled = await fetchModel(o, o.knownHash);
+  const pulled = await fetchModel(o, o.knownHash, config);
   if (!pulled) return { changed: false };
   checkAborted(o, 'after the model was fetched');
   const { local, stepFailed } = await receivedLocal(o, config, pulled.table, train);
@@ -519,6 +527,48 @@ async function receivedLocal(o: Pick<SyncOptions, 'history' | 'onProgress' | 'si
 }
 
 /**
+ * The largest float32 model body of `items` items × `dim`: its 20-byte header, every id at its
+ * longest (2 + MAX_ID_BYTES bytes), the padding, the factors and the biases.
+ */
+export function maxModelBytes(items: number, dim: number): number {
+  return 20 + items * (2 + MAX_ID_BYTES) + 3 + 4 * items * dim + 4 * items;
+}
+
+/**
+ * A response body, read up to `max` bytes: a declared `Content-Length` above it is refused before
+ * reading, and a body that runs past it is cut there (the rest is never read) and refused.
+ */
+async function readCapped(res: Response, max: number, what: string, bound: string): Promise<Uint8Array> {
+  const refuse = (size: string) => new ValidationError(what, `answered ${size}, more than the ${max} bytes ${bound} can take`);
+  const declared = res.headers.get('Content-Length');
+  if (declared !== null && Number(declared) > max) {
+    await res.body?.cancel().catch(() => {});
+    throw refuse(`${declared} bytes`);
+  }
+  if (!res.body) return new Uint8Array(await res.arrayBuffer());
+  const reader = res.body.getReader();
+  const chunks: Uint8Array[] = [];
+  let total = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    total += value.byteLength;
+    if (total > max) {
+      await reader.cancel().catch(() => {});
+      throw refuse(`a body that ran past ${max} bytes (the rest was not read)`);
+    }
+    chunks.push(value);
+  }
+  const out = new Uint8Array(total);
+  let at = 0;
+  for (const c of chunks) {
+    out.set(c, at);
+    at += c.byteLength;
+  }
+  return out;
+}
+
+/**
  * Runs one federated round for this device. Refuses with a {@link PrivacyBudgetError} before
  * anything is trained or sent when the round would push ε past the budget.
  *
@@ -539,7 +589,7 @@ export async function syncOnce(o: SyncOptions): Promise<SyncResult> {
   o.onProgress?.({ phase: 'config' });
   const config = await fetchServerConfig(o);
   o.onProgress?.({ phase: 'model' });
-  const { table: global, hash } = await pullModel(o);
+  const { table: global, hash } = await pullModel(o, config);
   checkAborted(o, 'after the model was fetched');
   o.checkModel?.(global);
   // Checked before any training or upload, but after the model: a device past its budget has then

@@ -10,7 +10,7 @@ import type { AccountantState } from '../../src/federated/dp.js';
 import { MemoryEventStore } from '../../src/events/store.js';
 import { isModelError, isNetworkError, isPrivacyBudgetError, isValidationError } from '../../src/errors.js';
 import { RdpAccountant } from '../../src/federated/dp.js';
-import { syncOnce } from '../../src/federated/sync.js';
+import { maxModelBytes, syncOnce } from '../../src/federated/sync.js';
 import { encodeModel } from '../../src/federated/wire.js';
 import { createItemTable } from '../../src/model/item-table.js';
 import { startServer, type RunningServer } from '../../src/server/index.js';
@@ -294,6 +294,34 @@ describe('sync()', () => {
     // The documented answer still comes through.
     const r = await syncOnce({ serverUrl: server.url, accountant: new RdpAccountant(), history: [{ itemIds: ['sku-1', 'sku-2', 'sku-3'], weights: [1, 1, 1] }] });
     assert.equal(typeof r.server?.pending, 'number');
+  });
+
+  it('a model body larger than the server\'s own config allows is refused, declared or streamed, without reading it all', async () => {
+    const config = (await (await fetch(`${server.url}/v1/config`)).json()) as { items: number; dim: number };
+    const cap = maxModelBytes(config.items, config.dim);
+    let produced = 0;
+    const endless = () =>
+      new ReadableStream<Uint8Array>({
+        pull(c) {
+          produced += 65_536;
+          c.enqueue(new Uint8Array(65_536));
+        },
+      });
+    for (const [label, answer] of [
+      ['declared', () => new Response(new Uint8Array(16), { headers: { 'Content-Length': String(cap + 1) } })],
+      ['streamed', () => new Response(endless())],
+    ] as const) {
+      produced = 0;
+      const f: FetchLike = async (url, init) => (String(url).endsWith('/v1/model') ? answer() : fetch(url, init as RequestInit));
+      const accountant = new RdpAccountant();
+      await assert.rejects(
+        syncOnce({ serverUrl: server.url, fetch: f, accountant, history: [{ itemIds: ['sku-1', 'sku-2', 'sku-3'], weights: [1, 1, 1] }] }),
+        (e: unknown) => isValidationError(e) && e.field === 'GET /v1/model' && new RegExp(`more than the ${cap} bytes a model of ${config.items} items × ${config.dim}`).test(e.message),
+        label,
+      );
+      assert.ok(produced <= cap + 2 * 65_536, `${label}: read ${produced} bytes against a cap of ${cap}`);
+      assert.equal(accountant.releases, 0, `${label}: nothing spent`);
+    }
   });
 
   it('says what is missing when federated learning is not configured', async () => {
