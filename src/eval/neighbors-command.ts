@@ -10,7 +10,7 @@
  */
 import type { Command } from 'commander';
 import { ValidationError } from '../errors.js';
-import { flagNumber } from '../number-flag.js';
+import { numberFlag } from '../number-flag.js';
 import { checkOutputFile } from '../output-file.js';
 import type { CsvFlags } from './presets.js';
 
@@ -73,15 +73,10 @@ export async function runNeighbors(opts: NeighborsCommandOptions, io: { stdout: 
   if (!opts.data) throw new ValidationError('--data', 'is required (the order log)');
   if (!opts.out) throw new ValidationError('--out', 'is required (where to write the table)');
   checkOutputFile(opts.out, '--out', { '--data': opts.data });
-  const int = (v: string, flag: string, lo: number, hi: number): number => {
-    const x = flagNumber(v);
-    if (!Number.isInteger(x) || x < lo || x > hi) throw new ValidationError(flag, `must be a whole number from ${lo} to ${hi}, got '${v}'`);
-    return x;
-  };
+  const int = (v: string, flag: string, lo: number, hi: number): number => numberFlag(flag, v, (x) => Number.isInteger(x) && x >= lo && x <= hi, `a whole number from ${lo} to ${hi}`);
   const width = int(opts.width, '--width', 1, 256);
   const minSupport = int(opts.minSupport, '--min-support', 1, 1e9);
-  const l2 = flagNumber(opts.l2);
-  if (!(l2 > 0) || !Number.isFinite(l2)) throw new ValidationError('--l2', `must be a number > 0, got '${opts.l2}'`);
+  const l2 = numberFlag('--l2', opts.l2, (x) => x > 0 && Number.isFinite(x), 'a number > 0');
   const t0 = performance.now();
   const progress = new Progress(io.stderr);
   const name = basename(opts.data);

@@ -4,7 +4,7 @@
  */
 import { basename } from 'node:path';
 import { ValidationError } from '../errors.js';
-import { flagNumber } from '../number-flag.js';
+import { numberFlag } from '../number-flag.js';
 import { loadCsv } from './csv-loader.js';
 import { checkChoice, FORMATS, paramFlags, PROTOCOLS, type EvalCommandOptions } from './eval-command.js';
 import { loadLinesSplit } from './lines-split.js';
@@ -32,10 +32,8 @@ export async function runEval(
   const protocol = checkChoice(opts.protocol ?? (format === 'lines' ? 'given' : 'loo'), PROTOCOLS, '--protocol');
   const sameTime = opts.sameTime === undefined ? undefined : checkChoice(opts.sameTime, SAME_TIME, '--same-time');
   if (sameTime !== undefined && protocol !== 'loo') throw new ValidationError('--same-time', `is for --protocol loo, got '${protocol}'`);
-  const k = flagNumber(opts.k);
-  if (!Number.isInteger(k) || k < 1 || k > MAX_K) throw new ValidationError('--k', `must be an integer from 1 to ${MAX_K}, got '${opts.k}'`);
-  const seed = flagNumber(String(opts.seed ?? ''));
-  if (!Number.isInteger(seed)) throw new ValidationError('--seed', `must be an integer, got '${opts.seed}'`);
+  const k = numberFlag('--k', opts.k, (x) => Number.isInteger(x) && x >= 1 && x <= MAX_K, `an integer from 1 to ${MAX_K}`);
+  const seed = numberFlag('--seed', String(opts.seed), Number.isInteger, 'an integer');
   // Validate every model spec before spending minutes on loading.
   const plans = planModels(opts.models, paramFlags(opts));
   // A flag no listed model reads would be checked and then ignored: a typo in --models or a flag

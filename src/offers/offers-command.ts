@@ -4,7 +4,7 @@
  */
 import type { Command } from 'commander';
 import { ValidationError } from '../errors.js';
-import { flagNumber } from '../number-flag.js';
+import { numberFlag } from '../number-flag.js';
 import { oneLine } from '../options.js';
 import { checkOutputFile, checkOutputFolder } from '../output-file.js';
 
@@ -186,12 +186,8 @@ function unsigned(value: unknown, path: string, option: string): unknown {
 }
 
 function int(s: string, option: string, min: number, max: number): number {
-  const n = flagNumber(s);
-  if (!Number.isInteger(n) || n < min || n > max) throw new ValidationError(option, `must be an integer from ${min} to ${max}, got '${s}'`);
-  return n;
+  return numberFlag(option, s, (n) => Number.isInteger(n) && n >= min && n <= max, `an integer from ${min} to ${max}`);
 }
 function num(s: string, option: string, min: number, max: number): number {
-  const n = flagNumber(s);
-  if (!Number.isFinite(n) || n < min || n > max) throw new ValidationError(option, `must be a number from ${min} to ${max}, got '${s}'`);
-  return n;
+  return numberFlag(option, s, (n) => Number.isFinite(n) && n >= min && n <= max, `a number from ${min} to ${max}`);
 }

@@ -10,19 +10,13 @@ import { statSync } from 'node:fs';
 import type { Command } from 'commander';
 import { ValidationError } from '../errors.js';
 import { hasLoneSurrogate } from '../model/item-table.js';
-import { flagNumber } from '../number-flag.js';
+import { numberFlag } from '../number-flag.js';
 import { checkOutputFolder } from '../output-file.js';
 import { checkNotPublished } from './static-files.js';
 import { describeValue, oneLine } from '../options.js';
 
 function num(name: string, integer = false) {
-  return (v: string): number => {
-    const n = flagNumber(v);
-    if (!Number.isFinite(n) || (integer && !Number.isInteger(n))) {
-      throw new ValidationError(`--${name}`, `must be ${integer ? 'an integer' : 'a number'}, got '${v}'`);
-    }
-    return n;
-  };
+  return (v: string): number => numberFlag(`--${name}`, v, (n) => Number.isFinite(n) && (!integer || Number.isInteger(n)), integer ? 'an integer' : 'a number');
 }
 
 /**
