@@ -4,7 +4,7 @@ import { loadCsv } from '../src/eval/csv-loader.js';
 import { looSplit, type SameTime } from '../src/eval/loo-split.js';
 import type { Split } from '../src/eval/split.js';
 import { noiseForSyncs } from '../src/federated/dp.js';
-import { alignTo, centralModel, simulate } from '../src/federated/simulate.js';
+import { alignTo, centralModel, initialTable, simulate } from '../src/federated/simulate.js';
 import type { ItemTable } from '../src/model/item-table.js';
 
 /** How `localrec eval` weights a history on MovieLens (recency 0.5, no confidence). */
@@ -15,6 +15,22 @@ export const noiseMultiplier = noiseForSyncs(3, 8);
 /** ml-latest-small, leave-one-out (`sameTime`: see `looSplit`; 23.0 % of its rows share a second with another of the user's). */
 export async function loadMovieLens(sameTime: SameTime = 'keep'): Promise<Split> {
   return looSplit(await loadCsv('../shared/data/ml-latest-small/ratings.csv', { user: 'userId', item: 'movieId', time: 'timestamp' }), 3, { sameTime });
+}
+
+/**
+ * What the subspace benches (subspace-extension, subspace-variants) start from: the recipe's
+ * version 0 over `split` (popularity order, biases 0.5·ln(1 + count), `dim` random factors) and the
+ * devices that send (two distinct films or more), each history in time order as rows of that table.
+ */
+export function subspaceStart(split: Split, dim: number): { init: ItemTable; histories: number[][] } {
+  const init = initialTable(split, dim, 1, 'popularity', 'popularity', 0.5);
+  const rowOf = new Map(init.itemIds.map((id, i) => [id, i]));
+  const histories: number[][] = [];
+  for (let u = 0; u < split.userIds.length; u++) {
+    const rows = Array.from(split.train.items.subarray(split.train.ptr[u], split.train.ptr[u + 1]), (i) => rowOf.get(split.itemIds[i]!)!);
+    if (new Set(rows).size >= 2) histories.push(rows);
+  }
+  return { init, histories };
 }
 
 /** The central reference: `localrec eval`'s `factors` model, dim 8, trained on `split`. */

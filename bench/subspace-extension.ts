@@ -19,11 +19,11 @@
 // Prints one JSON line per setting: HR@10 / NDCG@10, mean over the runs. ~2 s per run on 2 cores.
 import { parseArgs } from 'node:util';
 import { noiseForSyncs } from '../src/federated/dp.js';
-import { alignTo, evaluateTable, initialTable } from '../src/federated/simulate.js';
+import { alignTo, evaluateTable } from '../src/federated/simulate.js';
 import { subspaceTable } from '../src/federated/subspace.js';
 import type { ItemTable } from '../src/model/item-table.js';
 import { Random } from '../src/model/random.js';
-import { loadMovieLens, weighting } from './movielens-recipe.js';
+import { loadMovieLens, subspaceStart, weighting } from './movielens-recipe.js';
 
 const { values } = parseArgs({ options: { runs: { type: 'string', default: '6' }, rows: { type: 'string', default: '500' }, c: { type: 'string', default: '0.4' } } });
 const runs = Number(values.runs);
@@ -39,14 +39,7 @@ const T = 3;
 const SCALE = 32;
 const WINDOW = 10;
 const split = await loadMovieLens();
-const init = initialTable(split, DIM, 1, 'popularity', 'popularity', 0.5);
-const rowOf = new Map(init.itemIds.map((id, i) => [id, i]));
-// The devices that send (two distinct films or more), their histories as rows of the popularity-ordered table.
-const histories: number[][] = [];
-for (let u = 0; u < split.userIds.length; u++) {
-  const rows = Array.from(split.train.items.subarray(split.train.ptr[u], split.train.ptr[u + 1]), (i) => rowOf.get(split.itemIds[i]!)!);
-  if (new Set(rows).size >= 2) histories.push(rows);
-}
+const { init, histories } = subspaceStart(split, DIM);
 
 /** Σ over devices of their normalized step over rows [0, rows), on the published top-100 factors. */
 function step(table: ItemTable, rows: number): Float64Array {

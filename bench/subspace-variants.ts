@@ -15,11 +15,11 @@
 // HR@10 / NDCG@10 mean over the runs and the HR@10 standard deviation. ~1 s per run on 2 cores.
 import { parseArgs } from 'node:util';
 import { RdpAccountant, noiseForSyncs } from '../src/federated/dp.js';
-import { alignTo, evaluateTable, initialTable } from '../src/federated/simulate.js';
+import { alignTo, evaluateTable } from '../src/federated/simulate.js';
 import { biasDirection, orthonormalColumns, shrinkDirections, subspaceTable, symmetricEigen } from '../src/federated/subspace.js';
 import type { ItemTable } from '../src/model/item-table.js';
 import { Random } from '../src/model/random.js';
-import { loadMovieLens, weighting } from './movielens-recipe.js';
+import { loadMovieLens, subspaceStart, weighting } from './movielens-recipe.js';
 
 const { values } = parseArgs({ options: { runs: { type: 'string', default: '30' }, 'first-seed': { type: 'string', default: '1' }, only: { type: 'string' } } });
 const runs = Number(values.runs);
@@ -31,18 +31,9 @@ const DIM = 8;
 const TOP = 100;
 const SCALE = 32;
 const split = await loadMovieLens();
-const init = initialTable(split, DIM, 1, 'popularity', 'popularity', 0.5);
-const rowOf = new Map(init.itemIds.map((id, i) => [id, i]));
+const { init, histories } = subspaceStart(split, DIM);
 const part = { rows: TOP, biases: false };
 const p = biasDirection(init, TOP);
-
-// The devices that send (two distinct films or more): their histories in time order as rows of the
-// popularity-ordered table.
-const histories: number[][] = [];
-for (let u = 0; u < split.userIds.length; u++) {
-  const rows = Array.from(split.train.items.subarray(split.train.ptr[u], split.train.ptr[u + 1]), (i) => rowOf.get(split.itemIds[i]!)!);
-  if (new Set(rows).size >= 2) histories.push(rows);
-}
 const raters = new Float64Array(TOP);
 for (const h of histories) for (const r of h) if (r < TOP) raters[r]++;
 
