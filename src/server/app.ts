@@ -337,7 +337,7 @@ export function createApp(rounds: RoundCoordinator, opts: AppOptions): Hono {
     // (static-files.ts); the rest goes to serveStatic, which resolves `root` against the working
     // directory.
     const real = realPath(opts.staticDir);
-    app.use('/*', async (c, next) => (servable(real, c.req.path) ? next() : fail(c, 'not-found', `not found: ${c.req.path}`)));
+    app.use('/*', async (c, next) => ((await servable(real, c.req.path)) ? next() : fail(c, 'not-found', `not found: ${c.req.path}`)));
     const root = relative(process.cwd(), opts.staticDir) || '.';
     app.use('/*', serveStatic({ root }));
   }

@@ -3,7 +3,7 @@
  * readable by anyone, so nothing private may be reachable through it — not the server's own SQLite
  * database, not a dotfile (`.env`, `.git/`), not a file a symbolic link inside it points to outside.
  */
-import { realpathSync, statSync } from 'node:fs';
+import { realpath, stat } from 'node:fs/promises';
 import { isAbsolute, join, relative, sep } from 'node:path';
 import { ValidationError } from '../errors.js';
 import { realPath } from '../output-file.js';
@@ -36,7 +36,7 @@ export function checkNotPublished(dataDir: string, staticDir: string, fields = {
  * leads out of the folder is not followed), for a folder its `index.html` too. Paths that name nothing are allowed through: the
  * static handler answers them 404.
  */
-export function servable(root: string, urlPath: string): boolean {
+export async function servable(root: string, urlPath: string): Promise<boolean> {
   const segments: string[] = [];
   for (const raw of urlPath.split('/')) {
     if (raw === '') continue;
@@ -51,21 +51,15 @@ export function servable(root: string, urlPath: string): boolean {
   }
   const file = join(root, ...segments);
   if (!isWithin(file, root)) return false;
-  let real: string;
-  try {
-    real = realpathSync(file);
-  } catch {
-    return true;
-  }
+  // Asked on every static request: the event loop is not held for the file system.
+  const real = await realpath(file).catch(() => undefined);
+  if (real === undefined) return true;
   if (!isWithin(real, root)) return false;
   // A folder is answered with its index page (serveStatic's `index.html`): that file must stay
   // inside too.
-  if (statSync(real).isDirectory()) {
-    try {
-      return isWithin(realpathSync(join(real, 'index.html')), root);
-    } catch {
-      return true;
-    }
+  if ((await stat(real)).isDirectory()) {
+    const index = await realpath(join(real, 'index.html')).catch(() => undefined);
+    return index === undefined || isWithin(index, root);
   }
   return true;
 }
