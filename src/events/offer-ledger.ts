@@ -11,10 +11,22 @@ import type { StoredEvent } from '../types.js';
 /** Meta key of the {@link OfferLedger}. */
 export const OFFER_LEDGER_KEY = 'offer-ledger';
 
+/**
+ * Impressions of one offer less than this far apart are one showing: the offer policy counts a
+ * shopper's tries in visits (as its affinity is a chance per next basket), not in page views.
+ */
+export const SHOWING_GAP_MS = 30 * 60_000;
+
 /** Counts of one offer's removed events. */
 export interface LedgerOfferStats {
   offerId: string;
   impressions: number;
+  /**
+   * Impressions counted once per visit: one that comes {@link SHOWING_GAP_MS} or more after the
+   * offer's previous impression starts a new showing. Absent in ledgers written before it existed
+   * (then each impression counts as a showing).
+   */
+  showings?: number;
   redemptions: number;
   lastImpressionAt?: number;
   lastRedeemedAt?: number;
@@ -27,9 +39,14 @@ export interface OfferLedger {
   lastPurchaseAt?: number;
 }
 
-/** Counts one `offer_impression` or `offer_redeemed` event into `s` (the offer rules' tally). */
+/**
+ * Counts one `offer_impression` or `offer_redeemed` event into `s` (the offer rules' tally). Feed an
+ * offer's events oldest first: whether an impression starts a new showing depends on the one before.
+ */
 export function countOfferEvent(s: Omit<LedgerOfferStats, 'offerId'>, e: StoredEvent): void {
   if (e.type === 'offer_impression') {
+    const showings = s.showings ?? s.impressions;
+    s.showings = s.lastImpressionAt === undefined || e.t - s.lastImpressionAt >= SHOWING_GAP_MS ? showings + 1 : showings;
     s.impressions++;
     s.lastImpressionAt = Math.max(s.lastImpressionAt ?? -Infinity, e.t);
   } else if (e.type === 'offer_redeemed') {
@@ -56,7 +73,7 @@ export function ledgerKeeps(e: StoredEvent): boolean {
 export function foldIntoLedger(ledger: OfferLedger | undefined, removed: readonly StoredEvent[]): OfferLedger {
   const byId = new Map((ledger?.offers ?? []).map((o) => [o.offerId, { ...o }]));
   let lastPurchaseAt = ledger?.lastPurchaseAt;
-  for (const e of removed) {
+  for (const e of [...removed].sort((a, b) => a.t - b.t)) {
     if (e.type === 'purchase') {
       lastPurchaseAt = Math.max(lastPurchaseAt ?? -Infinity, e.t);
       continue;

@@ -92,7 +92,9 @@ export function scoreOffers(input: OffersInput, options: OffersOptions = {}): Sc
     if (!(econ.net > 0)) continue;
     const p = withContext(scopeAffinity(offer, input.affinity, products), offer, options.context, products);
     const s = ctx.history.get(offer.id);
-    const shown = s?.impressions ?? 0;
+    // Tries in visits, not page views: the affinity is a chance per next basket, and a shopper
+    // who sees an offer on ten pages of one visit and uses it has not turned it down nine times.
+    const shown = s?.showings ?? 0;
     const used = Math.min(s?.redemptions ?? 0, shown);
     // Small floor so a zero affinity still gives a proper Beta for Thompson sampling.
     const alpha = Math.max(strength * p, 1e-3) + used;
@@ -185,9 +187,23 @@ function productIndex(p: ProductIndex | readonly CatalogItem[]): ProductIndex {
 }
 
 function eligibilityContext(events: readonly StoredEvent[], products: ProductIndex, cart: readonly CartLine[] | undefined, now: number, ledger?: OfferLedger): EligibilityContext {
-  const ctx: EligibilityContext = { now, history: offerHistory(events, ledger), returning: isReturningShopper(events, ledger) };
+  const past = ledgerAsOf(ledger, now);
+  const ctx: EligibilityContext = { now, history: offerHistory(events, past), returning: isReturningShopper(events, past) };
   if (cart !== undefined) ctx.cartValue = cartValue(cart, products);
   return ctx;
+}
+
+/**
+ * The ledger as a replay at `now` may use it: an offer whose removed events include one after `now`
+ * (or a purchase after it) is left out whole, since its counts cannot be split at `now`. The ledger
+ * holds the oldest events retention removed, so this only matters for a replay before them.
+ */
+function ledgerAsOf(ledger: OfferLedger | undefined, now: number): OfferLedger | undefined {
+  if (!ledger) return undefined;
+  const after = (t: number | undefined) => t !== undefined && t > now;
+  const offers = ledger.offers.filter((o) => !after(o.lastImpressionAt) && !after(o.lastRedeemedAt));
+  if (offers.length === ledger.offers.length && !after(ledger.lastPurchaseAt)) return ledger;
+  return { offers, ...(ledger.lastPurchaseAt !== undefined && !after(ledger.lastPurchaseAt) ? { lastPurchaseAt: ledger.lastPurchaseAt } : {}) };
 }
 
 const PAGES: readonly string[] = ['home', 'product', 'category', 'cart', 'checkout', 'search', 'other'];

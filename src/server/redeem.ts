@@ -126,6 +126,7 @@ export function checkRedemption(catalog: OfferCatalog, r: RedeemRequest, now: nu
   const ceiling = Math.min(base, d.kind === 'percent' ? (d.maxAmount ?? Infinity) : d.amount);
   const raw = d.kind === 'percent' ? (base * d.percent) / 100 : d.amount;
   const discount = Math.min(roundToMinorUnit(raw, catalog.currency), floorToMinorUnit(ceiling, catalog.currency));
+  if (!Number.isFinite(discount)) return no('not-in-scope', `the discount on this order's in-scope value (${base}) is not a finite amount`);
   if (!(discount > 0)) return no('not-in-scope', `the discount on this order's in-scope value (${base}) rounds to 0 ${catalog.currency}`);
   return { valid: true, offerId: offer.id, discount, currency: catalog.currency };
 }
@@ -136,6 +137,9 @@ function floorToMinorUnit(amount: number, currency: string): number {
   const f = 10 ** currencyDigits(currency);
   return Math.floor(amount * f + 1e-9) / f;
 }
+
+/** The largest `orderValue` or `scopeValue` a redeem request may give. */
+export const MAX_MONEY = 1e12;
 
 function finiteAtLeast0(v: unknown): v is number {
   return typeof v === 'number' && Number.isFinite(v) && v >= 0;
@@ -149,8 +153,12 @@ export function parseRedeemRequest(body: unknown): RedeemRequest | string {
   const unknown = Object.keys(b).find((k) => !known.includes(k));
   if (unknown !== undefined) return `${unknown}: is not a field of a redeem request (known: ${known.join(', ')})`;
   if (typeof b.offerId !== 'string' || b.offerId.length === 0 || b.offerId.length > 128) return 'offerId: must be a string of 1 to 128 characters';
-  if (!finiteAtLeast0(b.orderValue)) return 'orderValue: must be a finite number ≥ 0';
-  for (const k of ['scopeValue', 'at', 'lastRedeemedAt'] as const) if (b[k] !== undefined && !finiteAtLeast0(b[k])) return `${k}: must be a finite number ≥ 0`;
+  // Money up to 10¹² (a trillion in the catalog's currency): beyond it a percentage of it could
+  // overflow, and no order is worth that much.
+  for (const k of ['orderValue', 'scopeValue'] as const) {
+    if ((k === 'orderValue' || b[k] !== undefined) && !(finiteAtLeast0(b[k]) && b[k] <= MAX_MONEY)) return `${k}: must be a number from 0 to ${MAX_MONEY}`;
+  }
+  for (const k of ['at', 'lastRedeemedAt'] as const) if (b[k] !== undefined && !finiteAtLeast0(b[k])) return `${k}: must be a finite number ≥ 0`;
   if (b.previousRedemptions !== undefined && !(Number.isInteger(b.previousRedemptions) && (b.previousRedemptions as number) >= 0)) {
     return 'previousRedemptions: must be a whole number ≥ 0';
   }

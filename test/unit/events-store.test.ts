@@ -64,7 +64,8 @@ for (const [kind, make] of stores) {
       assert.equal(await s.count(), 5);
       assert.deepEqual(await s.getMeta(OFFER_LEDGER_KEY), {
         offers: [
-          { offerId: 'once', impressions: 2, redemptions: 1, lastImpressionAt: now - 9000, lastRedeemedAt: now - 8000 },
+          // Two impressions 60 days apart: two showings (visits).
+          { offerId: 'once', impressions: 2, showings: 2, redemptions: 1, lastImpressionAt: now - 9000, lastRedeemedAt: now - 8000 },
         ],
         lastPurchaseAt: now - 7000,
       });

@@ -78,8 +78,22 @@ describe('eligibility rules', () => {
       { t: 7, type: 'offer_impression', offerId: 'b' },
       { t: 8, type: 'view', itemId: 'x' },
     ]);
-    assert.deepEqual(h.get('a'), { impressions: 2, redemptions: 1, lastImpressionAt: 5, lastRedeemedAt: 6 });
-    assert.deepEqual(h.get('b'), { impressions: 1, redemptions: 0, lastImpressionAt: 7 });
+    // Impressions minutes apart are one showing (one visit).
+    assert.deepEqual(h.get('a'), { impressions: 2, showings: 1, redemptions: 1, lastImpressionAt: 5, lastRedeemedAt: 6 });
+    assert.deepEqual(h.get('b'), { impressions: 1, showings: 1, redemptions: 0, lastImpressionAt: 7 });
     assert.equal(h.size, 2);
+  });
+
+  test('offerHistory counts a showing per visit: an impression 30 minutes or more after the previous one starts a new one, in time order whatever the input order', () => {
+    const MIN = 60_000;
+    const at = (t: number): StoredEvent => ({ t, type: 'offer_impression', offerId: 'a' });
+    // Visits at 0–20 min, 60 min, and 100–129 min (each impression within 30 min of the one before).
+    const h = offerHistory([at(60 * MIN), at(0), at(10 * MIN), at(20 * MIN), at(100 * MIN), at(115 * MIN), at(129 * MIN)]);
+    assert.deepEqual(h.get('a'), { impressions: 7, showings: 3, redemptions: 0, lastImpressionAt: 129 * MIN });
+    // A ledger written before showings existed counts each of its impressions as one; later events add to it.
+    const old = offerHistory([at(10 * 60 * MIN)], { offers: [{ offerId: 'a', impressions: 4, redemptions: 0, lastImpressionAt: 9 * 60 * MIN }] });
+    assert.deepEqual(old.get('a'), { impressions: 5, showings: 5, redemptions: 0, lastImpressionAt: 10 * 60 * MIN });
+    const near = offerHistory([at(9 * 60 * MIN + 5 * MIN)], { offers: [{ offerId: 'a', impressions: 4, showings: 2, redemptions: 0, lastImpressionAt: 9 * 60 * MIN }] });
+    assert.equal(near.get('a')!.showings, 2, 'within 30 minutes of the ledger\'s last impression: the same visit');
   });
 });

@@ -69,6 +69,33 @@ describe('offers-eval', () => {
     assert.deepEqual(atSecond.get('random'), { shown: ['itm-200'], redeemed: 'itm-200' });
   });
 
+  test('what an earlier invoice with the same timestamp holds changes no decision before its twin (any affinity, any publishing period)', () => {
+    const offers = buildRetailOffers(data(), { granularity: 'items', groups: 10, percent: 10 });
+    const withTwins = (firstItem: string) => {
+      const d = data();
+      // Customer "twin": an earlier basket, then two invoices in the same second; only the first's
+      // product differs between the two runs.
+      const old = basket('twin', 3.5, [['400', 20]]);
+      const first = basket('twin', 25.5, [[firstItem, 10]]);
+      const second = basket('twin', 25.5, [['200', 10]]);
+      d.baskets.splice(d.baskets.findIndex((b) => b.t > old.t), 0, old);
+      const at = d.baskets.findIndex((b) => b.t > first.t);
+      d.baskets.splice(at, 0, first, second);
+      return { d, second: at + 1 };
+    };
+    for (const [affinity, publishEveryDays] of [['history', 1], ['learned', 0], ['learned', 1]] as const) {
+      const atSecond = (firstItem: string) => {
+        const { d, second } = withTwins(firstItem);
+        const out: string[] = [];
+        runOffersEval(d, { ...opts, offers, affinity, publishEveryDays, onDecision: (x) => x.index === second && out.push(`${x.policy}:${x.shown.join(',')}`) });
+        return out;
+      };
+      const mug = atSecond('100');
+      assert.equal(mug.length, 3);
+      assert.deepEqual(atSecond('300'), mug, `${affinity}, publish every ${publishEveryDays} d`);
+    }
+  });
+
   test('personalized shows each customer their own product; one-size-fits-all shows bags to everyone', () => {
     const shownTo = new Map<string, Set<string>>();
     const results = runOffersEval(data(), {

@@ -101,6 +101,14 @@ describe('offer policy', () => {
     assert.ok(!shown.some((s) => /Red Mug/.test(s.reason)), 'a view that has not happened yet is no reason');
   });
 
+  test('the offer ledger (what retention removed) counts only as of `now`: an entry or a purchase after it is left out', () => {
+    const once = { ...catalog, offers: [offer('mugs', { kind: 'categories', categories: ['mug'] }, { limits: { maxRedemptions: 1 } }), offer('welcome', { kind: 'all' }, { audience: 'new' })] };
+    const ledger = { offers: [{ offerId: 'mugs', impressions: 1, redemptions: 1, lastImpressionAt: NOW - 2 * HOUR, lastRedeemedAt: NOW - HOUR }], lastPurchaseAt: NOW - HOUR };
+    const at = (now: number) => chooseOffers(input([], { catalog: once, ledger }), { k: 2, exploration: 0, context: { now } }).map((s) => s.offerId).sort();
+    assert.deepEqual(at(NOW), [], 'redeemed out; a returning shopper');
+    assert.deepEqual(at(NOW - 3 * HOUR), ['mugs', 'welcome'], 'before the ledger\'s events: neither redeemed nor returning');
+  });
+
   test('an offer that loses money even when used (discount ≥ margin) is never shown', () => {
     const lossy = { ...catalog, offers: [offer('mugs', { kind: 'categories', categories: ['mug'] }, { discount: { kind: 'percent', percent: 50 } })] };
     assert.deepEqual(chooseOffers(input([], { catalog: lossy }), { k: 2, exploration: 1, context: ctx }), []);
@@ -132,12 +140,33 @@ describe('offer policy', () => {
   });
 
   test('ignored impressions lower an offer until another wins (local learning)', () => {
-    const ignored: StoredEvent[] = Array.from({ length: 30 }, (_, i) => ({ t: i, type: 'offer_impression', offerId: 'mugs' }));
+    // Thirty visits an hour apart, each showing the offer, none using it.
+    const ignored: StoredEvent[] = Array.from({ length: 30 }, (_, i) => ({ t: i * HOUR, type: 'offer_impression', offerId: 'mugs' }));
     assert.equal(chooseOffers(input(), { k: 1, exploration: 0, context: ctx })[0]!.offerId, 'mugs');
     assert.equal(chooseOffers(input(ignored), { k: 1, exploration: 0, context: ctx })[0]!.offerId, 'bags');
     const [before] = scoreOffers(input(), { context: ctx });
     const redeemed = scoreOffers(input([...ignored.slice(0, 5), ...ignored.slice(0, 5).map((e) => ({ ...e, type: 'offer_redeemed' as const }))]), { context: ctx });
     assert.ok(redeemed.find((s) => s.offer.id === 'mugs')!.expectedValue > before!.expectedValue, 'redemptions raise it');
+  });
+
+  test('impressions count once per visit: an offer seen on many pages of a visit and used ranks above an identical one never shown', () => {
+    const twins: OfferCatalog = {
+      ...catalog,
+      offers: [offer('mugs', { kind: 'categories', categories: ['mug'] }), offer('mugs2', { kind: 'categories', categories: ['mug'] })],
+    };
+    const t0 = NOW - 5 * HOUR;
+    // One visit: the offer on 20 pages a minute apart, then used.
+    const visit: StoredEvent[] = [
+      ...Array.from({ length: 20 }, (_, i): StoredEvent => ({ t: t0 + i * 60_000, type: 'offer_impression', offerId: 'mugs' })),
+      { t: t0 + 21 * 60_000, type: 'offer_redeemed', offerId: 'mugs' },
+    ];
+    const scored = scoreOffers(input(visit, { catalog: twins }), { context: ctx });
+    const ev = (id: string) => scored.find((s) => s.offer.id === id)!.expectedValue;
+    assert.ok(ev('mugs') > ev('mugs2'), `used ${ev('mugs')} vs never shown ${ev('mugs2')}`);
+    // The same 20 impressions over 20 visits, never used, do sink it.
+    const ignored = Array.from({ length: 20 }, (_, i): StoredEvent => ({ t: t0 - i * HOUR, type: 'offer_impression', offerId: 'mugs' }));
+    const sunk = scoreOffers(input(ignored, { catalog: twins }), { context: ctx });
+    assert.ok(sunk.find((s) => s.offer.id === 'mugs')!.expectedValue < sunk.find((s) => s.offer.id === 'mugs2')!.expectedValue);
   });
 
   test('caps: a redeemed-out offer and one cooling down are not shown; it returns after the cool-down', () => {

@@ -21,6 +21,13 @@ const catalog: OfferCatalog = {
 } as OfferCatalog;
 
 describe('checkRedemption', () => {
+  it('never answers valid with a discount that is not a finite amount (called directly, past the request checks)', () => {
+    const all: OfferCatalog = { ...catalog, offers: [{ id: 'free', title: 'All free', discount: { kind: 'percent', percent: 100 }, scope: { kind: 'all' } }] } as OfferCatalog;
+    const v = checkRedemption(all, { offerId: 'free', orderValue: 1e307 }, NOW);
+    assert.equal(v.valid, false);
+    assert.equal(JSON.stringify(v).includes('null'), false);
+  });
+
   it('computes the discount: percent of the in-scope value up to the ceiling, or the fixed amount', () => {
     assert.deepEqual(checkRedemption(catalog, { offerId: 'mugs10', orderValue: 30, scopeValue: 12 }, NOW), { valid: true, offerId: 'mugs10', discount: 1.2, currency: 'GBP' });
     assert.deepEqual(checkRedemption(catalog, { offerId: 'mugs10', orderValue: 100, scopeValue: 100 }, NOW), { valid: true, offerId: 'mugs10', discount: 3, currency: 'GBP' });
@@ -106,6 +113,9 @@ describe('POST /v1/offers/redeem', () => {
     for (const [body, field] of [
       [{ orderValue: 3 }, 'offerId'],
       [{ offerId: 'x', orderValue: -1 }, 'orderValue'],
+      // 100 % of 10³⁰⁷ overflows: never a verdict with an infinite (JSON null) discount.
+      [{ offerId: 'x', orderValue: 1e307 }, 'orderValue: must be a number from 0 to 1000000000000'],
+      [{ offerId: 'x', orderValue: 1, scopeValue: 1e13 }, 'scopeValue'],
       [{ offerId: 'x', orderValue: 1, previousRedemptions: 0.5 }, 'previousRedemptions'],
       [{ offerId: 'mugs10', orderValue: 20, scope_value: 10 }, 'scope_value: is not a field'],
       [{ offerId: 'mugs10', orderValue: 20 }, 'needs scopeValue'],

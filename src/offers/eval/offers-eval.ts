@@ -301,8 +301,19 @@ export function runOffersEval(data: RetailData, opts: OffersEvalOptions): Policy
     POLICIES.map((p) => [p, { hits: 0, repeatBaskets: 0, repeatHits: 0, discount: 0, impressions: 0, explored: 0, shown: new Map<string, number>() }]),
   ) as Record<PolicyName, { hits: number; repeatBaskets: number; repeatHits: number; discount: number; impressions: number; explored: number; shown: Map<string, number> }>;
 
+  // What a basket teaches (the customer's purchases and baskets, the global counts, the learner)
+  // waits here until the replay reaches a later time: an invoice sharing a basket's timestamp (122
+  // of them) is not yet past data for it, for any policy or signal.
+  const pending: Array<{ t: number; commit: () => void }> = [];
+  const commitBefore = (t: number): void => {
+    let n = 0;
+    while (n < pending.length && pending[n]!.t < t) pending[n++]!.commit();
+    pending.splice(0, n);
+  };
+
   data.baskets.forEach((basket, index) => {
     if (index % 2000 === 0) opts.onProgress?.(index, data.baskets.length);
+    commitBefore(basket.t);
     let state = customers.get(basket.customerId);
     if (!state) customers.set(basket.customerId, (state = { purchases: [], baskets: [], bought: new Set(), offerEvents: { personalized: [], 'one-size-fits-all': [], random: [] } }));
     const now = basket.t - 1;
@@ -360,22 +371,30 @@ export function runOffersEval(data: RetailData, opts: OffersEvalOptions): Policy
         t.discount += redeemed.discount;
       }
     }
-    // Only now, after every policy has chosen, does this basket become past data.
-    const offers = new Set<string>();
-    const categories = new Set<string>();
-    const items = new Set<string>();
-    for (const l of basket.lines) {
-      items.add(l.itemId);
-      const o = offerOfItem.get(l.itemId);
-      if (o) offers.add(o);
-      categories.add(category.get(l.itemId) ?? 'other');
-      state.purchases.push({ t: basket.t, type: 'purchase', itemId: l.itemId, quantity: l.quantity, price: l.price });
-    }
-    global.learn(offers, state.baskets[state.baskets.length - 1], state.bought);
-    if (prediction) learned!.learn(prediction, state.baskets, { t: basket.t, offers, items });
-    state.baskets.push({ t: basket.t, offers, items, categories });
-    for (const o of offers) state.bought.add(o);
+    // Only after every policy has chosen, and once the replay has moved past its time, does this
+    // basket become past data.
+    const customer = state;
+    pending.push({
+      t: basket.t,
+      commit: () => {
+        const offers = new Set<string>();
+        const categories = new Set<string>();
+        const items = new Set<string>();
+        for (const l of basket.lines) {
+          items.add(l.itemId);
+          const o = offerOfItem.get(l.itemId);
+          if (o) offers.add(o);
+          categories.add(category.get(l.itemId) ?? 'other');
+          customer.purchases.push({ t: basket.t, type: 'purchase', itemId: l.itemId, quantity: l.quantity, price: l.price });
+        }
+        global.learn(offers, customer.baskets[customer.baskets.length - 1], customer.bought);
+        if (prediction) learned!.learn(prediction, customer.baskets, { t: basket.t, offers, items });
+        customer.baskets.push({ t: basket.t, offers, items, categories });
+        for (const o of offers) customer.bought.add(o);
+      },
+    });
   });
+  commitBefore(Infinity);
   opts.onProgress?.(data.baskets.length, data.baskets.length);
 
   const titles = new Map(catalog.offers.map((o) => [o.id, o.title]));
