@@ -4,13 +4,17 @@
  * `bias + V·z / temperature` with z the weighted mean of their items' embeddings
  * (src/model/score.ts). TensorFlow.js is imported only when the model is fitted.
  */
+import { ModelError } from '../errors.js';
 import type { ItemTable } from '../model/item-table.js';
 import type { TrainConfig } from '../model/train.js';
 import type { EvalModel } from './eval-model.js';
 import { weightedHistory, type HistoryWeighting } from './history-weighting.js';
 import { trainSequences, type Split } from './split.js';
 
-/** The shipped model's training settings, plus what the eval harness adds around them. */
+/**
+ * The shipped model's training settings, plus what the eval harness adds around them.
+ * `initialAccumulator` left out is training's default.
+ */
 export interface LocalrecEvalOptions extends Omit<TrainConfig, 'initialAccumulator'>, Partial<Pick<TrainConfig, 'initialAccumulator'>> {
   dim: number;
   backend: 'cpu' | 'wasm';
@@ -44,7 +48,9 @@ export class LocalrecModel implements EvalModel {
     this.split = split;
     const tf = await import('../model/tf.js');
     if (this.o.backend === 'wasm') await import('@tensorflow/tfjs-backend-wasm');
-    await tf.setBackend(this.o.backend);
+    // tfjs answers false, and keeps the backend it had, when this one fails to start (wasm without
+    // its binaries): the figures would then be the other backend's, printed under this one's name.
+    if (!(await tf.setBackend(this.o.backend))) throw new ModelError(`backend '${this.o.backend}' could not be started (tfjs kept '${tf.getBackend()}')`);
     await tf.ready();
     const { createItemTable } = await import('../model/item-table.js');
     const { trainItemTable } = await import('../model/train.js');
@@ -66,6 +72,7 @@ export class LocalrecModel implements EvalModel {
         maxContext: this.o.maxContext,
         temperature: this.o.temperature,
         seed: this.o.seed,
+        ...(this.o.initialAccumulator !== undefined ? { initialAccumulator: this.o.initialAccumulator } : {}),
       },
       (p) => onProgress(p.total ? p.done / p.total : 0),
     );

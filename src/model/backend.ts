@@ -40,10 +40,11 @@ async function hasWebGpuAdapter(): Promise<boolean> {
 
 /**
  * The probe: scoring a catalog's table (by default 10,000 × 32; the engine passes its own catalog's
- * shape), then top-K, read back. It is what `recommend()` does, so the fastest backend here is the
- * fastest one for the shopper's scoring (training is not timed). Which backend wins depends on the
- * size: on an NVIDIA H200 through Dawn, wasm scored 10,000 items in 0.4 ms and WebGPU in 3.0 ms,
- * while at 1,000,000 items WebGPU took 4.5 ms and wasm 34 ms (docs/BENCHMARKS.md, "On a real GPU").
+ * shape, of which at most {@link PROBE_MAX_ROWS} rows are timed), then top-K, read back. It is
+ * what `recommend()` does, so the fastest backend here is the fastest one for the shopper's
+ * scoring (training is not timed). Which backend wins depends on the size: on an NVIDIA H200
+ * through Dawn, wasm scored 10,000 items in 0.4 ms and WebGPU in 3.0 ms, while at 1,000,000 items
+ * WebGPU took 4.5 ms and wasm 34 ms (docs/BENCHMARKS.md, "On a real GPU").
  *
  * A backend that cannot win is cut short: after its first (warm-up) run when that alone took over
  * 20 times the best mean so far (the margin leaves room for a GPU's shader compilation), else once
@@ -93,6 +94,18 @@ function probeValues(n: number): Float32Array {
   return out;
 }
 
+/**
+ * Most rows the probe times; a larger catalog is timed on this many. The whole table would cost
+ * rows × dim × 4 bytes in JS and as much again on each backend while it is timed (260 MB each at
+ * 1,000,000 × 65); this is 1 MiB per dimension. Wasm's and the CPU's time grows with the rows, a
+ * GPU's is mostly a fixed readback cost (about 2.5 ms on an H200, where it overtakes wasm at about
+ * 100,000 items: docs/BENCHMARKS.md), so the ranking at this size is the ranking at any larger one,
+ * except for a GPU whose fixed cost is over what wasm takes for these rows (≈ 9 ms at 33 columns,
+ * by the benchmark's 33.6 ms per million at 32): it loses here, though it might have scored a
+ * bigger catalog faster.
+ */
+export const PROBE_MAX_ROWS = 262_144;
+
 export interface SelectOptions {
   /** Use this backend, no probing. */
   force?: BackendName;
@@ -100,7 +113,7 @@ export interface SelectOptions {
   candidates?: readonly BackendName[];
   /**
    * Shape of the probe; defaults to 10,000 × 32. The engine passes its catalog's: items × (dim + 1),
-   * the shape `recommend()` multiplies.
+   * the shape `recommend()` multiplies. Rows past {@link PROBE_MAX_ROWS} are not timed.
    */
   probeRows?: number;
   probeDim?: number;
@@ -134,7 +147,8 @@ export async function selectBackend(opts: SelectOptions = {}): Promise<BackendCh
   if (!(Number.isInteger(rows) && rows >= 1)) throw new ValidationError('probeRows', `must be a whole number ≥ 1, got ${String(rows)}`);
   if (!(Number.isInteger(dim) && dim >= 1)) throw new ValidationError('probeDim', `must be a whole number ≥ 1, got ${String(dim)}`);
   const timings: Partial<Record<BackendName, number>> = {};
-  const values = probeValues(rows * dim);
+  const timed = Math.min(rows, PROBE_MAX_ROWS);
+  const values = probeValues(timed * dim);
   let fastest = Infinity;
   // wasm first, where it is a candidate: it starts everywhere and is rarely far from the best, so
   // it sets the pace against which slower ones are cut short; then the order of preference.
@@ -148,7 +162,7 @@ export async function selectBackend(opts: SelectOptions = {}): Promise<BackendCh
       continue;
     }
     try {
-      const ms = await timeProbe(values, rows, dim, 3, fastest);
+      const ms = await timeProbe(values, timed, dim, 3, fastest);
       timings[name] = ms;
       fastest = Math.min(fastest, ms);
     } catch {

@@ -1,11 +1,13 @@
 /**
  * Builds the neighbour table a shop publishes: EASE (Steck 2019) on the shop's own order log,
  * pruned to `width` neighbours per item, with a support floor so that no published pair rests on
- * fewer than `minSupport` customers. Runs in Node (`localrec neighbors`, `localrec eval`).
+ * fewer than `minSupport` customers. The floor is applied before pruning: an item's slots go to its
+ * strongest supported neighbours. Runs in Node (`localrec neighbors`, `localrec eval`).
  */
 import { ValidationError } from '../errors.js';
 import { MAX_NEIGHBOR_WIDTH, type NeighborTable } from './neighbors.js';
 import { trainSparseEase, type UserItemLists } from './sparse-ease.js';
+import { pruneRow } from './sparse-item-model.js';
 
 export interface BuildNeighborOptions {
   /** EASE's L2 penalty on the Gram diagonal. Default 100. */
@@ -32,7 +34,12 @@ export interface BuildNeighborReport {
   itemsWithNeighbors: number;
   /** Published (item, neighbour) pairs. */
   pairs: number;
-  /** Pairs EASE kept but fewer than minSupport customers share. */
+  /**
+   * Pairs the floor kept out of the table: (item, neighbour) pairs among the item's `width`
+   * strongest without the floor, but shared by fewer than minSupport customers. Their slots go to
+   * the next strongest supported neighbours, so `pairs` is at least the count without the floor
+   * less this (more where a row had supported neighbours to spare).
+   */
   droppedForSupport: number;
 }
 
@@ -56,7 +63,6 @@ export function buildNeighborTable(
   if (!Number.isInteger(width) || width < 1 || width > MAX_NEIGHBOR_WIDTH) throw new ValidationError('neighbors.width', `must be an integer from 1 to ${MAX_NEIGHBOR_WIDTH}, got ${width}`);
   // One customer counts once: repeat orders of the same item must not pass the support floor alone.
   lists = distinctPerUser(lists);
-  const m = trainSparseEase(lists, { l2, width, prune: 'row', positiveOnly: o.positiveOnly ?? true, solver: o.solver ?? 'auto', onProgress: o.onProgress });
   // Users of each item, ascending (the transpose of the lists), to count pair support.
   const n = lists.nItems;
   const cnt = new Int32Array(n + 1);
@@ -65,35 +71,42 @@ export function buildNeighborTable(
   const fill = cnt.slice(0, n);
   const users = new Int32Array(lists.items.length);
   for (let u = 0; u + 1 < lists.ptr.length; u++) for (let e = lists.ptr[u]!; e < lists.ptr[u + 1]!; e++) users[fill[lists.items[e]!]++] = u;
-  const support = (i: number, j: number): number => {
-    let a = cnt[i]!;
-    let b = cnt[j]!;
-    let c = 0;
-    while (a < cnt[i + 1]! && b < cnt[j + 1]!) {
-      const x = users[a]!;
-      const y = users[b]!;
-      if (x === y) {
-        c++;
-        a++;
-        b++;
-      } else if (x < y) a++;
-      else b++;
+  const positiveOnly = o.positiveOnly ?? true;
+  // EASE keeps at most nItems − 1 neighbours, so its rows may be narrower than the table's.
+  const easeWidth = Math.min(width, Math.max(n - 1, 1));
+  const report: BuildNeighborReport = { items: n, itemsWithNeighbors: 0, pairs: 0, droppedForSupport: 0 };
+  /** Customers who have both i and j, for every j (all zero again after each row). */
+  const together = new Int32Array(n);
+  const unfilteredIndex = new Int32Array(easeWidth);
+  const unfilteredWeight = new Float32Array(easeWidth);
+  // The floor is applied to each item's whole row before it is pruned: pruning first would let
+  // unsupported pairs take slots that supported ones could fill.
+  const filter = (i: number, row: Float64Array): void => {
+    for (let a = cnt[i]!; a < cnt[i + 1]!; a++) {
+      const u = users[a]!;
+      for (let e = lists.ptr[u]!; e < lists.ptr[u + 1]!; e++) together[lists.items[e]!]++;
     }
-    return c;
+    // What the row would have published without the floor, for the report.
+    pruneRow(row, i, easeWidth, unfilteredIndex, unfilteredWeight, 0, positiveOnly);
+    for (let s = 0; s < easeWidth; s++) {
+      const j = unfilteredIndex[s]!;
+      if (j < 0) break;
+      if (together[j]! < minSupport) report.droppedForSupport++;
+    }
+    for (let j = 0; j < n; j++) if (together[j]! < minSupport) row[j] = 0;
+    for (let a = cnt[i]!; a < cnt[i + 1]!; a++) {
+      const u = users[a]!;
+      for (let e = lists.ptr[u]!; e < lists.ptr[u + 1]!; e++) together[lists.items[e]!] = 0;
+    }
   };
+  const m = trainSparseEase(lists, { l2, width, prune: 'row', positiveOnly, filter, solver: o.solver ?? 'auto', onProgress: o.onProgress });
   const index = new Int32Array(n * width).fill(-1);
   const weight = new Float32Array(n * width);
-  const report: BuildNeighborReport = { items: n, itemsWithNeighbors: 0, pairs: 0, droppedForSupport: 0 };
   for (let i = 0; i < n; i++) {
     let out = 0;
-    // EASE keeps at most nItems − 1 neighbours, so its rows may be narrower than the table's.
     for (let s = 0; s < m.width; s++) {
       const j = m.index[i * m.width + s]!;
       if (j < 0) break;
-      if (support(i, j) < minSupport) {
-        report.droppedForSupport++;
-        continue;
-      }
       index[i * width + out] = j;
       weight[i * width + out] = m.weight[i * m.width + s]!;
       out++;

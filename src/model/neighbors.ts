@@ -162,6 +162,7 @@ export function reachedRows(m: SparseItemModel, history: readonly WeightedRow[])
 
 /**
  * Top `k` rows of `scores`, skipping `exclude` and rows `allowed` rejects, best first (ties by row).
+ * A NaN score is skipped: it compares false with everything, so it would take a slot and break the order.
  *
  * @example
  * ```ts
@@ -173,7 +174,7 @@ export function topRows(scores: ArrayLike<number>, k: number, exclude: ReadonlyS
   if (!(k > 0)) return top;
   for (let j = 0; j < scores.length; j++) {
     const v = scores[j]!;
-    if (exclude.has(j) || (allowed && !allowed(j))) continue;
+    if (Number.isNaN(v) || exclude.has(j) || (allowed && !allowed(j))) continue;
     if (top.length === k && v <= top[k - 1]!.score) continue;
     let p = top.length < k ? top.length : k - 1;
     if (top.length < k) top.push({ row: j, score: v });

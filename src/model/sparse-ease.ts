@@ -28,6 +28,12 @@ export interface SparseEaseOptions {
   prune?: 'row' | 'col';
   /** Keep only positive weights. */
   positiveOnly?: boolean;
+  /**
+   * Called for every solved item i with its dense row (B[i, ·] for `row` pruning, B[·, i] for
+   * `col`; length nItems) before the row is pruned to `width`: an entry set to 0 is not kept, and
+   * the slot goes to the next strongest entry.
+   */
+  filter?: (i: number, row: Float64Array) => void;
   solver?: 'auto' | 'primal' | 'dual';
   onProgress?: (fraction: number) => void;
 }
@@ -159,6 +165,7 @@ export function trainSparseEase(x: UserItemLists, o: SparseEaseOptions): SparseI
     (i, p, diag) => {
       if (prune === 'row') for (let j = 0; j < n; j++) b[j] = diag[j] > 0 ? -p[j] / diag[j] : 0;
       else for (let j = 0; j < n; j++) b[j] = -p[j] / p[i];
+      o.filter?.(i, b);
       pruneRow(b, i, width, model.index, model.weight, i * width, o.positiveOnly ?? false);
     },
     { solver: o.solver ?? 'auto', ...(o.onProgress ? { onProgress: o.onProgress } : {}) },

@@ -20,8 +20,8 @@ export interface SparseItemModel {
 }
 
 /**
- * Bytes per item when shipped: a 16-bit neighbour index (32-bit past 65,536 items) and a 32-bit
- * weight per slot.
+ * Bytes per item when shipped: a 16-bit neighbour index (32-bit from 65,536 items on, i.e. past
+ * 65,535) and a 32-bit weight per slot.
  */
 export function sparseBytesPerItem(m: SparseItemModel): number {
   // As the file: 2-byte indices up to 65,535 items (0xFFFF marks an unused slot).

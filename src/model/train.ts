@@ -1,7 +1,7 @@
 import * as tf from './tf.js';
 import { ModelError, ValidationError } from '../errors.js';
 import type { Progress } from '../types.js';
-import type { ItemTable } from './item-table.js';
+import { checkItemTable, type ItemTable } from './item-table.js';
 import { Random } from './random.js';
 
 /** One shopper's history as training data: rows in time order and their confidence weights. */
@@ -17,9 +17,9 @@ export interface TrainConfig {
   batchSize: number;
   /**
    * Uniformly sampled negatives shared by a step, on top of the other targets in the batch. Default
-   * 256. The step's candidates (targets + negatives) are rounded up to a multiple of 256 (at least
-   * 64, at most the catalog), so that few tensor shapes are compiled: a step may draw more negatives
-   * than this, never fewer.
+   * 256. The step's candidates (targets + negatives) are rounded up to a multiple of 256, so that
+   * few tensor shapes are compiled: a step may draw more negatives than this, never fewer, except
+   * in a catalog smaller than that count, where every item is a candidate.
    */
   negatives: number;
   /** Adagrad learning rate. Default 0.1. */
@@ -28,7 +28,10 @@ export interface TrainConfig {
   l2: number;
   /** How many earlier items form the context of a target. Default 20. */
   maxContext: number;
-  /** Softmax temperature: logits are divided by it (and scores, by the engine's scorer and `localrec eval`). Default 1. */
+  /**
+   * Softmax temperature: the context · item dot product is divided by it, the bias is not (logits
+   * `z·v / T + b`); the engine's scorer and `localrec eval` score the same way. Default 1.
+   */
   temperature: number;
   /**
    * Adagrad's starting accumulator when training starts from a fresh optimizer state. Tiny (the
@@ -97,7 +100,8 @@ interface Example {
 }
 
 // Shapes are fixed per run so that WebGL/WebGPU compile each kernel once, not per step.
-const bucket = (x: number) => Math.max(64, Math.ceil(x / 256) * 256);
+// B ≥ 1, so a step has at least 256 candidates (or the whole catalog, when it is smaller).
+const bucket = (x: number) => Math.ceil(x / 256) * 256;
 
 /** Longest stretch of training steps between two turns of the event loop. */
 const YIELD_EVERY_MS = 25;
@@ -135,6 +139,15 @@ export async function trainItemTable(
   state?: OptimizerState,
 ): Promise<TrainStats> {
   const cfg = checkTrainConfig(config);
+  // A table of the wrong shape would be read past its end, and a non-finite value spreads through
+  // every context it is part of.
+  checkItemTable(table);
+  // Accumulators past the end would read as undefined and write NaN into the table.
+  if (state && (state.factors.length !== table.factors.length || state.bias.length !== table.bias.length)) {
+    throw new ModelError(
+      `optimizer state does not fit the table: ${state.factors.length} factor and ${state.bias.length} bias accumulators for ${table.factors.length} factors and ${table.bias.length} biases`,
+    );
+  }
   // A backend that starts asynchronously (wasm, where it is registered first) must be up before
   // the first op, or that op throws "has not yet been initialized".
   await tf.ready();

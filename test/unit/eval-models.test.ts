@@ -67,3 +67,52 @@ test('sparse EASE with all neighbours kept scores like dense EASE; pruning to 1 
   assert.equal(r1.bytesPerItem, 6);
   assert.ok(r1.hr >= 0 && r1.hr <= 1);
 });
+
+// Review of src/eval/localrec-model.ts: the backend asked for is the one the figures come from,
+// and every training setting it takes reaches training.
+test('factors model: a backend that does not start is a ModelError, not a silent fallback', async () => {
+  const tf = await import('../../src/model/tf.js');
+  const { LocalrecModel } = await import('../../src/eval/localrec-model.js');
+  // Registered, but fails to start (as the wasm backend does without its .wasm files): tfjs answers false.
+  tf.registerBackend('broken-for-test', async () => {
+    throw new Error('no binaries');
+  });
+  const warn = console.warn;
+  console.warn = () => {}; // tfjs logs the failed start with its stack
+  try {
+    const m = new LocalrecModel({ ...factorsOptions, backend: 'broken-for-test' as never });
+    await assert.rejects(m.fit(smallSplit(), () => {}), (e: unknown) => e instanceof Error && e.name === 'ModelError' && /backend 'broken-for-test' could not be started/.test(e.message));
+  } finally {
+    console.warn = warn;
+    tf.removeBackend('broken-for-test');
+  }
+});
+
+test('factors model: initialAccumulator reaches training (left out, it is the training default)', async () => {
+  const { LocalrecModel } = await import('../../src/eval/localrec-model.js');
+  const { DEFAULT_TRAIN_CONFIG } = await import('../../src/model/train.js');
+  const fitted = async (initialAccumulator?: number) => {
+    const m = new LocalrecModel({ ...factorsOptions, ...(initialAccumulator !== undefined ? { initialAccumulator } : {}) });
+    await m.fit(smallSplit(), () => {});
+    return Array.from(m.trainedTable!.factors);
+  };
+  const byDefault = await fitted();
+  assert.deepEqual(await fitted(DEFAULT_TRAIN_CONFIG.initialAccumulator), byDefault);
+  assert.notDeepEqual(await fitted(10), byDefault);
+});
+
+const factorsOptions = {
+  dim: 4,
+  epochs: 1,
+  batchSize: 8,
+  negatives: 2,
+  learningRate: 0.1,
+  l2: 1e-4,
+  maxContext: 5,
+  temperature: 1,
+  backend: 'cpu' as const,
+  seed: 1,
+  weighting: NO_WEIGHTING,
+};
+
+const smallSplit = (): Split => splitOf({ u1: ['a', 'b', 'c'], u2: ['b', 'c', 'd'], u3: ['a', 'c', 'd'] }, { u1: ['d'] });

@@ -13,7 +13,7 @@ import { rankMetrics } from '../../src/eval/metrics.js';
 import { buildNeighborTable } from '../../src/model/build-neighbors.js';
 import { checkItemTable, createItemTable } from '../../src/model/item-table.js';
 import { checkNeighborTable, topRows, type NeighborTable } from '../../src/model/neighbors.js';
-import { selectBackend } from '../../src/model/backend.js';
+import { PROBE_MAX_ROWS, selectBackend } from '../../src/model/backend.js';
 import { userVector } from '../../src/model/score.js';
 import { buildProfile } from '../../src/model/profile.js';
 import { cloneItemTable } from '../../src/model/item-table.js';
@@ -114,11 +114,35 @@ describe('model inputs a caller can get wrong', () => {
     assert.deepEqual(topRows(Float32Array.of(1, 2), 0, new Set()), []);
   });
 
+  it('topRows skips NaN scores: they neither take a slot nor break the order', () => {
+    assert.deepEqual(topRows(Float32Array.of(3, 2, 1, NaN), 2, new Set()), [{ row: 0, score: 3 }, { row: 1, score: 2 }]);
+    assert.deepEqual(topRows([3, NaN, 2, 1], 3, new Set()), [{ row: 0, score: 3 }, { row: 2, score: 2 }, { row: 3, score: 1 }]);
+    assert.deepEqual(topRows([NaN, NaN], 2, new Set()), []);
+    // ±Infinity are ordered scores, kept.
+    assert.deepEqual(topRows([-Infinity, NaN, Infinity], 3, new Set()).map((r) => r.row), [2, 0]);
+  });
+
   it('the backend probe leaves no tensor behind', async () => {
     await selectBackend({ candidates: ['cpu'], probeRows: 100, probeDim: 4 });
     const before = tf.memory().numTensors;
     await selectBackend({ candidates: ['cpu'], probeRows: 100, probeDim: 4 });
     assert.equal(tf.memory().numTensors, before);
+  });
+
+  it('the backend probe times at most PROBE_MAX_ROWS rows, whatever the catalog (memory stays bounded)', async () => {
+    const dim = 2;
+    const peak = async (probeRows: number) => {
+      const p = await tf.profile(async () => {
+        await selectBackend({ candidates: ['cpu'], probeRows, probeDim: dim });
+      });
+      return p.peakBytes;
+    };
+    const capped = await peak(PROBE_MAX_ROWS);
+    // A catalog four times the cap: its whole table (8 MB here) is never made.
+    const big = await peak(4 * PROBE_MAX_ROWS);
+    assert.ok(capped >= PROBE_MAX_ROWS * dim * 4, `${capped} bytes at the cap: the table is timed`);
+    assert.equal(big, capped);
+    assert.ok((await peak(1000)) < capped, 'a small catalog is timed at its own size');
   });
 
   it('decodeNeighborTable: null is a ValidationError; a buffer of another realm decodes', () => {
@@ -190,6 +214,26 @@ describe('stop 26 review: reasons and training edges', () => {
     };
     const one = await trained(1);
     for (const w of [1e30, 1e39]) assert.deepEqual(await trained(w), one, `weight ${w}`);
+  });
+
+  it('trainItemTable refuses optimizer state of another size, and a malformed table, before writing anything', async () => {
+    const t = createItemTable(['a', 'b', 'c'], 4, { seed: 1 });
+    const before = cloneItemTable(t);
+    const seqs = [{ rows: [0, 1, 2], weights: [1, 1, 1] }];
+    // Accumulators for one row of a three-row table: rows 1 and 2 used to get NaN written into them.
+    const short = { factors: new Float32Array(4).fill(1e-6), bias: new Float32Array(1).fill(1e-6) };
+    await assert.rejects(trainItemTable(t, seqs, { epochs: 1 }, undefined, short), /optimizer state does not fit the table: 4 factor and 1 bias accumulators for 12 factors and 3 biases/);
+    const longBias = { factors: new Float32Array(12).fill(1e-6), bias: new Float32Array(4).fill(1e-6) };
+    await assert.rejects(trainItemTable(t, seqs, { epochs: 1 }, undefined, longBias), /optimizer state does not fit the table/);
+    assert.deepEqual(t, before, 'nothing written');
+    await assert.rejects(trainItemTable({ ...t, bias: new Float32Array(2) }, seqs, { epochs: 1 }), /item table: bias has 2 values, expected 3/);
+    const nan = cloneItemTable(t);
+    nan.factors[5] = NaN;
+    await assert.rejects(trainItemTable(nan, seqs, { epochs: 1 }), /item table: factor 5 is not finite/);
+    // State that fits trains, and stays finite.
+    const fits = { factors: new Float32Array(12).fill(1e-6), bias: new Float32Array(3).fill(1e-6) };
+    await trainItemTable(t, seqs, { epochs: 1 }, undefined, fits);
+    assert.ok(t.factors.every(Number.isFinite) && t.bias.every(Number.isFinite));
   });
 
   it('touchedRows counts only rows that moved (a weight-0 context row does not)', async () => {

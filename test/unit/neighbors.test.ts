@@ -10,6 +10,7 @@ import { runNeighbors } from '../../src/eval/neighbors-command.js';
 import { MemoryEventStore } from '../../src/events/store.js';
 import { isValidationError } from '../../src/errors.js';
 import { buildNeighborTable } from '../../src/model/build-neighbors.js';
+import { trainSparseEase } from '../../src/model/sparse-ease.js';
 import { decodeNeighborTable, encodeNeighborTable, neighborTableHash } from '../../src/model/neighbors-wire.js';
 import { alignNeighbors, neighborContributions, neighborsOf, rankScores, reachedRows, topRows, type NeighborTable } from '../../src/model/neighbors.js';
 import { buildProfile } from '../../src/model/profile.js';
@@ -161,6 +162,39 @@ describe('buildNeighborTable', () => {
     assert.ok(strict.report.droppedForSupport > 0);
     assert.equal(strict.report.pairs + strict.report.droppedForSupport, loose.report.pairs);
     for (const w of strict.table.weight) assert.ok(w >= 0, 'positive weights only by default');
+  });
+
+  it('applies the floor before pruning: a row is the first `width` supported pairs of the full EASE ranking', () => {
+    // 400 random baskets over 60 items, skewed so that popular items have many weak, unsupported links.
+    const rng = new Random(7);
+    const n = 60;
+    const baskets: number[][] = [];
+    for (let u = 0; u < 400; u++) {
+      const b = new Set<number>();
+      const len = 2 + rng.int(5);
+      while (b.size < len) b.add(Math.floor(n * rng.next() ** 2));
+      baskets.push([...b]);
+    }
+    const x = { ptr: Int32Array.from([0, ...baskets.map((_, u) => baskets.slice(0, u + 1).reduce((a, b) => a + b.length, 0))]), items: Int32Array.from(baskets.flat()), nItems: n };
+    const W = 4;
+    const S = 3;
+    const full = trainSparseEase(x, { l2: 100, width: n - 1, positiveOnly: true });
+    const support = (i: number, j: number) => baskets.filter((b) => b.includes(i) && b.includes(j)).length;
+    const { table, report } = buildNeighborTable(x, Array.from({ length: n }, (_, i) => `i${i}`), { l2: 100, width: W, minSupport: S });
+    let dropped = 0;
+    let refilled = 0;
+    for (let i = 0; i < n; i++) {
+      const ranked = [...full.index.subarray(i * (n - 1), (i + 1) * (n - 1))].filter((j) => j >= 0);
+      const want = ranked.filter((j) => support(i, j) >= S).slice(0, W);
+      const got = [...table.index.subarray(i * W, (i + 1) * W)].filter((j) => j >= 0);
+      assert.deepEqual(got, want, `item ${i}`);
+      const unfloored = ranked.slice(0, W);
+      dropped += unfloored.filter((j) => support(i, j) < S).length;
+      refilled += got.filter((j) => !unfloored.includes(j)).length;
+    }
+    assert.equal(report.droppedForSupport, dropped, 'pairs among the strongest `width` the floor kept out');
+    assert.ok(refilled > 0, 'some slots went to supported pairs past the first `width`');
+    assert.equal(report.pairs, table.index.filter((j) => j >= 0).length);
   });
 
   it('refuses bad options by name', () => {

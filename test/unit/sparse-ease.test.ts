@@ -95,6 +95,22 @@ test('trainSparseEase: row pruning keeps each item’s largest |B[i,j]|, B = −
   assert.equal(sparseBytesPerItem(m), 18);
 });
 
+test('trainSparseEase: filter sees each dense row before pruning; an entry it zeroes gives its slot to the next', () => {
+  const x = randomLists(5, 40, 10, 0.35);
+  const all = trainSparseEase(x, { l2: 3, width: 9, prune: 'row' });
+  // Each item's strongest neighbour is kept out: the row is then the next three.
+  const m = trainSparseEase(x, {
+    l2: 3,
+    width: 3,
+    prune: 'row',
+    filter: (i, row) => {
+      assert.equal(row.length, 10);
+      row[all.index[i * 9]] = 0;
+    },
+  });
+  for (let i = 0; i < 10; i++) assert.deepEqual([...m.index.subarray(i * 3, i * 3 + 3)], [...all.index.subarray(i * 9 + 1, i * 9 + 4)], `item ${i}`);
+});
+
 test('pruneRow and scoreSparse in both orientations', () => {
   const idx = new Int32Array(3);
   const w = new Float32Array(3);
