@@ -24,10 +24,10 @@ import type {
 /** The handle a page gets from {@link createRecommender}. Every method but `track` is async. */
 export interface Recommender {
   /**
-   * Records one event. Validated here (a bad event throws a ValidationError naming the field, and
-   * nothing is sent), then posted to the worker, which stores it in IndexedDB in a batch. After
-   * `close()` or `erase()`, or once the worker has died, it throws a `ClosedError` (synchronously,
-   * as it returns nothing to reject).
+   * Records one event. Validated here (a bad event throws a ValidationError naming the field,
+   * nothing is sent, and it is counted in `stats().dropped`), then posted to the worker, which
+   * stores it in IndexedDB in a batch. After `close()` or `erase()`, or once the worker has died,
+   * it throws a `ClosedError` (synchronously, as it returns nothing to reject).
    */
   track(event: TrackEvent): void;
   /** Top-K items for this shopper, each with a reason. */
@@ -259,7 +259,10 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
   const { workerUrl: _ignored, wasmPaths: _wasm, consent: _consent, workerTimeoutMs: _timeout, ...rest } = options;
   const gpc = (globalThis.navigator as { globalPrivacyControl?: boolean } | undefined)?.globalPrivacyControl === true;
   let consented = initialConsent.personalization;
+  /** Events dropped on the page before consent (stats().dropped, audit()'s droppedBeforeConsent). */
   let dropped = 0;
+  /** Events track() refused (validation, older than retention.maxAgeDays): stats().dropped. */
+  let rejected = 0;
   /** setConsent() calls granting personalization that are under way, and what was tracked meanwhile. */
   let granting = 0;
   let heldForConsent: unknown[] = [];
@@ -490,9 +493,16 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
   return {
     track(event: TrackEvent): void {
       open();
-      // Validated here too so that the caller gets the error at the call site.
-      const valid = validateEvent(event);
-      checkEventAge(valid, Date.now(), maxAgeDays);
+      // Validated here too so that the caller gets the error at the call site. Never posted, so
+      // counted here: stats().dropped adds it to what the worker's engine refused itself.
+      let valid: ReturnType<typeof validateEvent>;
+      try {
+        valid = validateEvent(event);
+        checkEventAge(valid, Date.now(), maxAgeDays);
+      } catch (e) {
+        rejected++;
+        throw e;
+      }
       // (A withdrawal still on its way to the worker counts as done: what follows it is not posted.)
       if (!consented || withdrawing > 0) {
         // While the shopper's grant is being applied, what they do is kept on the page until it
@@ -520,7 +530,7 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
     },
     async stats() {
       const s = await call(() => api.stats());
-      return { ...s, dropped: s.dropped + dropped };
+      return { ...s, dropped: s.dropped + dropped + rejected };
     },
     async setConsent(c) {
       open();

@@ -106,7 +106,7 @@ export interface RecommendOptions {
    * Items to leave out: `'seen'` drops every item the shopper interacted with, `'purchased'` only
    * bought ones, `'none'` keeps all, or an explicit list of ids. Default `'seen'`.
    */
-  exclude?: 'seen' | 'purchased' | 'none' | string[];
+  exclude?: 'seen' | 'purchased' | 'none' | readonly string[];
   /** Only recommend items of this category. */
   category?: string;
   /**
@@ -125,7 +125,7 @@ export interface SimilarOptions {
    * Items to leave out besides the item itself, as in {@link RecommendOptions.exclude}: `'seen'`,
    * `'purchased'`, an explicit list of ids (the cart's, say), or `'none'` (default).
    */
-  exclude?: 'seen' | 'purchased' | 'none' | string[];
+  exclude?: 'seen' | 'purchased' | 'none' | readonly string[];
   /** Only items of this category. */
   category?: string;
 }
@@ -201,9 +201,10 @@ export interface Stats {
    */
   queued: number;
   /**
-   * Events dropped before consent, rejected by validation (including events older than
-   * `retention.maxAgeDays`), or never stored because more than `retention.maxEvents` waited while
-   * storage kept failing (the oldest go).
+   * Events dropped before consent, refused by validation (including events older than
+   * `retention.maxAgeDays`: those `track()` threw for on the page, and those `Engine.enqueue`
+   * refused), or never stored because more than `retention.maxEvents` waited while storage kept
+   * failing (the oldest go).
    */
   dropped: number;
   storage: 'indexeddb' | 'memory';

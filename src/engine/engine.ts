@@ -7,7 +7,7 @@ import { EVENT_SCHEMA_VERSION } from '../events/schema.js';
 import type { AuditReport, ExportFile } from './audit-types.js';
 import { canonicalJson, checkOffersOptions, checkVerifyKeys, chooseOffers, indexProducts, offerScopeLookup, predictAffinity, purchaseBaskets, SignatureError, verifySignedCatalog, type ProductIndex } from '../offers/index.js';
 import type { OfferCatalog, OffersOptions, ShownOffer, SignedOfferCatalog } from '../offers/types.js';
-import { selectBackend, type BackendChoice } from '../model/backend.js';
+import { BACKEND_ORDER, selectBackend, type BackendChoice } from '../model/backend.js';
 import { validateCatalog } from '../model/catalog.js';
 import { checkItemTable, cloneItemTable, createItemTable, indexItems, type ItemTable } from '../model/item-table.js';
 import { buildProfile, type ProfileItem } from '../model/profile.js';
@@ -41,8 +41,8 @@ import type {
 export interface EngineOptions {
   catalog: Catalog;
   backend?: BackendName;
-  /** Candidates the backend probe may pick from (default: all registered, best first). */
-  backendCandidates?: BackendName[];
+  /** Candidates the backend probe may pick from (default: all registered, best first): a non-empty array of backend names. */
+  backendCandidates?: readonly BackendName[];
   dbName?: string;
   retention?: Partial<Retention>;
   model?: { dim?: number; halfLifeDays?: number; sessionDecay?: number; stepDecay?: number; seed?: number };
@@ -249,6 +249,20 @@ function checkFederated(fed: unknown): void {
 }
 
 /**
+ * Checks `options.backendCandidates`: a non-empty array of backend names. (A string was iterated
+ * letter by letter, and an unknown name surfaced as "no backend could start".)
+ */
+function checkBackendCandidates(c: unknown): void {
+  if (c === undefined) return;
+  if (!Array.isArray(c) || c.length === 0) {
+    throw new ValidationError('options.backendCandidates', `must be a non-empty array of backend names (${BACKEND_ORDER.join(', ')}), got ${describeValue(c)}`);
+  }
+  c.forEach((b: unknown, i) => {
+    if (!BACKEND_ORDER.includes(b as BackendName)) throw new ValidationError(`options.backendCandidates[${i}]`, `must be one of ${BACKEND_ORDER.join(', ')}; got ${describeValue(b)}`);
+  });
+}
+
+/**
  * `log` with `entries` appended, each settled request replacing the `pending` entry logged for it
  * just before it was sent (same method, endpoint and body hash), so that a request is one entry.
  */
@@ -365,10 +379,13 @@ export class Engine {
     this.stepDecay = opts.model?.stepDecay ?? 1;
     this.autoTrainEvery = intOption(opts.autoTrainEvery, 'options.autoTrainEvery', 0, 1_000_000, 20);
     this.consent = { personalization: opts.consent?.personalization ?? true, federated: opts.consent?.federated ?? true };
+    this.consentApplying = this.consent;
     this.consentHistory.push({ t: this.now(), ...this.consent, source: 'options' });
   }
 
   static async create(opts: EngineOptions): Promise<Engine> {
+    // (knownKeys lets undefined through, as an absent sub-object: the options themselves are required.)
+    if (typeof opts !== 'object' || opts === null || Array.isArray(opts)) throw new ValidationError('options', `must be an object with a \`catalog\`, got ${describeValue(opts)}`);
     knownKeys(opts, 'options', ENGINE_KEYS);
     const catalog = validateCatalog(opts.catalog);
     knownKeys(opts.model, 'options.model', OPTION_KEYS.model);
@@ -385,6 +402,11 @@ export class Engine {
     boolOption(opts.globalPrivacyControl, 'options.globalPrivacyControl');
     boolOption(opts.honorGlobalPrivacyControl, 'options.honorGlobalPrivacyControl');
     nameOption(opts.dbName, 'options.dbName');
+    checkBackendCandidates(opts.backendCandidates);
+    // Called later (a sync, the clock, a consent change): a wrong value must fail here, by name.
+    for (const f of ['fetch', 'now', 'onConsent'] as const) {
+      if (opts[f] !== undefined && typeof opts[f] !== 'function') throw new ValidationError(`options.${f}`, `must be a function, got ${describeValue(opts[f])}`);
+    }
     const dim = intOption(opts.model?.dim, 'options.model.dim', 1, 64, 32);
     // Checked here too (the constructor reads it), before anything opens IndexedDB.
     intOption(opts.autoTrainEvery, 'options.autoTrainEvery', 0, 1_000_000, 20);
@@ -414,21 +436,43 @@ export class Engine {
     const consented = opts.consent?.personalization ?? true;
     const store = consented ? (opts.store ?? (await openEventStore(opts.dbName ?? 'localrec', retention))) : new MemoryEventStore(retention);
     const engine = new Engine(catalog, store, backend, opts);
-    engine.noteFallback(store);
-    engine.watchStore(store);
-    engine.retention = retention;
-    engine.dim = dim;
-    await engine.load(dim);
-    engine.openChannel();
-    if (consented) {
-      // Events past the age limit go now, not at the next write (a shopper back after a year).
-      await engine.retainNow();
-      await engine.mergeConsentHistory();
-      await engine.loadStoredNeighbors();
-      engine.startNeighborFetch();
+    try {
+      engine.noteFallback(store);
+      engine.watchStore(store);
+      engine.retention = retention;
+      engine.dim = dim;
+      await engine.load(dim);
+      engine.openChannel();
+      if (consented) {
+        // Events past the age limit go now, not at the next write (a shopper back after a year).
+        await engine.retainNow();
+        await engine.mergeConsentHistory();
+        await engine.loadStoredNeighbors();
+        engine.startNeighborFetch();
+      }
+      engine.scheduleAutoSync(engine.firstAutoSyncDelay());
+    } catch (e) {
+      // Nothing this call opened outlives it: the caller gets no engine to close.
+      engine.abandon();
+      throw e;
     }
-    engine.scheduleAutoSync(engine.firstAutoSyncDelay());
     return engine;
+  }
+
+  /**
+   * Releases what a failed {@link create} opened: the tab channel, the scorer's tensors, a
+   * neighbour fetch, the automatic sync's timer, and the store it opened (a store the caller gave
+   * stays open: it is the caller's).
+   */
+  private abandon(): void {
+    this.closing = true;
+    this.closed = true;
+    this.disarmAutoSync();
+    this.neighborAbort?.abort();
+    this.channel?.close();
+    this.channel = undefined;
+    (this.scorer as Scorer | undefined)?.dispose();
+    if (this.store !== this.opts.store) this.store.close();
   }
 
   private retention!: Retention;
@@ -437,7 +481,11 @@ export class Engine {
   /**
    * The shop's other tabs on this device run their own engines on the same database. They tell
    * each other what they changed (`localrec:<dbName>`): an erase, a consent change, new events,
-   * new weights. Absent where BroadcastChannel is, and with an injected store (tests).
+   * new weights. Absent where BroadcastChannel is, with an injected store (tests), and where there
+   * is no IndexedDB at all (Node without one): engines there share no database, each is a device
+   * of its own, and one's consent change or erase must not reach another. Where IndexedDB exists
+   * but refused to open (private mode: each tab on memory) the tabs are still one shopper's, and
+   * follow each other's consent changes and erases (see {@link erasedElsewhere}).
    */
   private channel: BroadcastChannel | undefined;
   /** Messages from other tabs are handled one at a time, in order. */
@@ -446,7 +494,7 @@ export class Engine {
   private modelStale = false;
 
   private openChannel(): void {
-    if (this.opts.store || typeof BroadcastChannel === 'undefined') return;
+    if (this.opts.store || typeof BroadcastChannel === 'undefined' || typeof indexedDB === 'undefined') return;
     const ch = new BroadcastChannel(`localrec:${this.opts.dbName ?? 'localrec'}`);
     // Node: a channel must not keep the process alive (browsers have no unref).
     (ch as { unref?: () => void }).unref?.();
@@ -487,7 +535,8 @@ export class Engine {
         // (the two tabs changed consent at the same moment) is not applied over it.
         if (typeof m.at === 'number' && m.at < this.consentAt) return;
         if (typeof m.at === 'number') this.consentAt = m.at;
-        if (m.personalization !== this.consent.personalization || m.federated !== this.consent.federated) {
+        // (Compared with the consent being applied: a grant still opening the database counts.)
+        if (m.personalization !== this.consentApplying.personalization || m.federated !== this.consentApplying.federated) {
           await this.applyConsent({ personalization: m.personalization, federated: m.federated }, 'another-tab', typeof m.at === 'number' ? m.at : undefined);
         }
         return;
@@ -520,7 +569,9 @@ export class Engine {
     this.consentHistory = this.consentHistory.slice(-1);
     this.consentDirty = true;
     this.resetModel();
-    this.store.reopenLazily?.();
+    // Each tab on memory (IndexedDB refused to open): this tab's own copy of the history goes too.
+    if (this.store.kind === 'memory') await this.store.destroy();
+    else this.store.reopenLazily?.();
   }
 
   /**
@@ -590,8 +641,9 @@ export class Engine {
 
   /**
    * Records the shopper's choice. Granting personalization opens IndexedDB and starts storing
-   * events; withdrawing it erases everything stored and drops events again. Withdrawing federated
-   * consent stops `sync()`.
+   * events once it is open (until then `enqueue()` drops them, as before consent: the page holds
+   * what is tracked meanwhile); withdrawing it erases everything stored and drops events again.
+   * Withdrawing federated consent stops `sync()`.
    */
   async setConsent(c: { personalization?: boolean; federated?: boolean }): Promise<void> {
     this.assertOpen();
@@ -608,6 +660,9 @@ export class Engine {
     // The shop's other tabs on this device follow (their engines share this database).
     this.tell({ type: 'consent', ...next, at });
   }
+
+  /** The consent the latest change began to apply: {@link consent} but for a grant still opening its store. */
+  private consentApplying!: Consent;
 
   /** When the consent this tab follows was asked for (its own setConsent's, or another tab's). */
   private consentAt = -Infinity;
@@ -644,7 +699,7 @@ export class Engine {
       try {
         await this.applyConsentSteps(next, source, at);
       } finally {
-        // Whatever became of the steps, this.consent is `next`: say so.
+        // Whatever became of the steps, this.consent is `next` (a grant's once its store is in): say so.
         this.consentApplied();
       }
       return next;
@@ -662,8 +717,14 @@ export class Engine {
   /** `at`: when another tab asked for the change (its message's time), for `source` 'another-tab'. */
   private async applyConsentSteps(next: { personalization: boolean; federated: boolean }, source: ConsentRecord['source'], at?: number): Promise<void> {
     const was = this.consent.personalization;
+    const granted = next.personalization && !was;
     if (next.personalization && next.federated && !(this.consent.personalization && this.consent.federated)) this.scheduleAutoSync(this.firstAutoSyncDelay());
-    this.consent = next;
+    // A grant takes effect once its store is installed (below): events taken before then would be
+    // written to the memory store it replaces, and lost with it. Until then enqueue() drops them,
+    // as before consent (counted in stats().dropped). A flush must not wait for the grant instead:
+    // a withdrawal queued behind it waits for training, which flushes.
+    this.consent = granted ? { personalization: false, federated: next.federated } : next;
+    this.consentApplying = next;
     this.consentHistory.push({ t: this.now(), ...next, source });
     // Events taken for writing before a withdrawal are not written after it (flush checks this).
     if (!next.personalization && was) {
@@ -677,10 +738,12 @@ export class Engine {
       this.cancelAllSyncs(true);
       await this.syncing?.catch(() => undefined);
     }
-    if (next.personalization && !was) {
+    if (granted) {
       // A store the caller gave, destroyed by an earlier withdrawal, is used again (empty).
       this.opts.store?.reopen?.();
       this.store = this.opts.store ?? (await openEventStore(this.opts.dbName ?? 'localrec', this.retention));
+      // From here on events are taken, and written to this store.
+      this.consent = next;
       this.noteFallback(this.store);
       this.watchStore(this.store);
       this.dropEventCache();
@@ -694,7 +757,8 @@ export class Engine {
       // higher version, or a later publication of the same one).
       const held = this.offerSigned;
       if (held) {
-        const kept = await this.store.updateMeta<StoredOffers>(OFFERS_KEY, (cur) => (storedClaim(cur) && newerCatalog(storedClaim(cur)!, held.catalog) ? cur! : held));
+        // (Only a stored record that verifies counts: updateStoredOffers.)
+        const kept = await this.updateStoredOffers((stored, cur) => (stored && newerCatalog(stored.catalog, held.catalog) ? cur! : held));
         // The stored one is newer: read (and checked) at the next offers().
         if (kept !== held) this.dropOffers();
       }
@@ -1703,6 +1767,9 @@ export class Engine {
         ...(held ? { held } : {}),
         accountant,
         recordRelease,
+        // Under secure aggregation: re-read before joining and while the cohort forms, so that a
+        // release another tab spent meanwhile makes this device leave rather than drop out.
+        storedAccountant: async () => new RdpAccountant(await this.store.getMeta<AccountantState>(PRIVACY_KEY)),
         claimCohort: this.claimCohort,
         // Past the budget the sync receives on the two requests it made, whoever asked: a refusal
         // the page then follows with a receiving sync would be a second pair that sets the device apart.
@@ -2058,9 +2125,10 @@ export class Engine {
     this.assertOpen();
     // A device never goes back to an older catalog (a replayed one could bring back withdrawn
     // offers): checked against the one held here and, in the same transaction as the write, the
-    // stored one (another tab, or a concurrent call, may have installed a newer one).
-    const check = (stored: StoredOffers | undefined): StoredOffers => {
-      const installed = storedClaim(stored);
+    // stored one (another tab, or a concurrent call, may have installed a newer one), when it
+    // verifies (updateStoredOffers: a record edited in storage is no floor).
+    const check = (stored: VerifiedOffers | undefined): StoredOffers => {
+      const installed = stored?.catalog;
       const floor = Math.max(installed?.version ?? -Infinity, this.offerCatalog?.version ?? -Infinity);
       if (catalog.version < floor) throw new ValidationError('catalog.version', `is ${catalog.version}, older than the installed catalog's ${floor}; the installed one is kept`);
       // At the same version, an earlier publication (yesterday's affinity, an offer since withdrawn
@@ -2072,7 +2140,7 @@ export class Engine {
       }
       // Nor another catalog under the same version and issue time: either could be replayed over
       // the other for ever (an offer withdrawn by re-signing an edited file would come back).
-      for (const held of [stored, this.offerSigned]) {
+      for (const held of [stored?.envelope, this.offerSigned]) {
         if (differentContent(held, envelope)) {
           throw new ValidationError('catalog.issuedAt', `is that of the installed catalog (version ${catalog.version}, issued ${new Date(catalog.issuedAt).toISOString()}), whose offers differ: a changed catalog needs a later issuedAt or a higher version; the installed one is kept`);
         }
@@ -2082,7 +2150,7 @@ export class Engine {
     // Kept in memory before consent; stored only once storing is allowed. What is stored is the
     // signed envelope: a catalog read back from the database is checked again (offers()), so one
     // edited in the browser's storage is not shown.
-    if (this.consent.personalization) await this.store.updateMeta<StoredOffers>(OFFERS_KEY, check);
+    if (this.consent.personalization) await this.updateStoredOffers((stored) => check(stored));
     else check(undefined);
     this.offerCatalog = catalog;
     this.offerSigned = envelope;
@@ -2104,15 +2172,56 @@ export class Engine {
    * when none is stored, no key is set, or it does not verify (edited in the browser's storage,
    * signed with a key since retired, or stored in another form by an earlier release).
    */
-  private async storedOffers(): Promise<{ catalog: OfferCatalog; envelope: SignedOfferCatalog } | undefined> {
-    const stored = await this.store.getMeta<StoredOffers>(OFFERS_KEY);
+  private async storedOffers(): Promise<VerifiedOffers | undefined> {
+    return this.verifiedRecord(await this.store.getMeta<StoredOffers>(OFFERS_KEY));
+  }
+
+  /** Stored offers record `stored` when it verifies under `options.offers.publicKey` (see {@link storedOffers}). */
+  private async verifiedRecord(stored: StoredOffers | undefined): Promise<VerifiedOffers | undefined> {
     const key = this.opts.offers?.publicKey;
     if (stored === undefined || !key) return undefined;
+    // Not what a device writes (a value JSON cannot hold, next to the envelope): such records share
+    // one recordKey, so none of them may count.
+    const text = recordKey(stored);
+    if (text === NOT_JSON) return undefined;
+    // The envelope this engine verified itself (it wrote it): no second signature check.
+    const held = this.offerSigned;
+    const catalog = this.offerCatalog;
+    if (held && catalog && recordKey(held) === text) return { catalog, envelope: held };
     try {
       return await verifySignedCatalog(stored, key);
     } catch (e) {
       if (e instanceof SignatureError || e instanceof ValidationError) return undefined;
       throw e;
+    }
+  }
+
+  /**
+   * Writes the offers record, in one transaction, as `decide` makes it from the stored one:
+   * `stored` is that record verified, undefined when none is stored or it does not verify (edited in
+   * the browser's storage, signed with a key the page no longer lists, stored bare by an earlier
+   * release), so that such a record is neither the installed catalog nor the version floor: one
+   * edited to claim version 9e15 would otherwise keep every catalog out until erase(). `current`
+   * is the record as read in the transaction. A signature check is asynchronous and a transaction
+   * cannot wait for it, so the record is verified first and compared in the transaction; when
+   * another tab changed it in between, it is read and verified again.
+   */
+  private async updateStoredOffers(decide: (stored: VerifiedOffers | undefined, current: StoredOffers | undefined) => StoredOffers): Promise<StoredOffers> {
+    for (let attempt = 1; ; attempt++) {
+      const seen = await this.store.getMeta<StoredOffers>(OFFERS_KEY);
+      const seenKey = recordKey(seen);
+      const stored = await this.verifiedRecord(seen);
+      const moved = new Error('the stored offer catalog changed');
+      try {
+        return await this.store.updateMeta<StoredOffers>(OFFERS_KEY, (current) => {
+          // Thrown inside the transaction: nothing is written.
+          if (recordKey(current) !== seenKey) throw moved;
+          return decide(stored, current);
+        });
+      } catch (e) {
+        if (e !== moved) throw e;
+        if (attempt === 5) throw new StorageError('the stored offer catalog kept changing (other tabs installing catalogs) while it was checked; try again');
+      }
     }
   }
 
@@ -2317,22 +2426,41 @@ const LIVE_OFFERS_TOLERANCE_MS = 60_000;
 /** What the offers record of the store holds: the signed envelope setOffers() verified. */
 type StoredOffers = SignedOfferCatalog;
 
+/** A stored offers record that verified: its catalog (checked) and envelope. */
+type VerifiedOffers = { catalog: OfferCatalog; envelope: SignedOfferCatalog };
+
+/** The {@link recordKey} of every record JSON cannot hold (none of them counts: verifiedRecord). */
+const NOT_JSON = '\u0000not JSON';
+
 /**
- * The version and issue time a stored record claims, unchecked (the floor under which a device
- * refuses a catalog; reading them needs no signature check); undefined for a record of no known form.
+ * A stored offers record as text that two reads of the same record give alike (undefined when
+ * none is stored; {@link NOT_JSON} for a record JSON cannot hold).
+ */
+function recordKey(r: unknown): string | undefined {
+  if (r === undefined) return undefined;
+  try {
+    return canonicalJson(r);
+  } catch {
+    return NOT_JSON;
+  }
+}
+
+/**
+ * The version and issue time a stored record claims, unchecked: what audit() reports of the
+ * record (the envelope; or, as an earlier release stored it, the catalog itself). Never a floor:
+ * only a record that verifies keeps a catalog out (updateStoredOffers). Undefined for a record of
+ * no known form.
  */
 function storedClaim(r: StoredOffers | OfferCatalog | undefined): OfferCatalog | undefined {
   const claims = (c: unknown): c is OfferCatalog =>
     typeof c === 'object' && c !== null && typeof (c as OfferCatalog).version === 'number' && typeof (c as OfferCatalog).issuedAt === 'number';
-  // The envelope; or, as an earlier release stored it, the verified catalog itself (still a floor,
-  // never shown: offers() shows only what verifies).
   const inner = (r as StoredOffers | undefined)?.catalog;
   return claims(inner) ? inner : claims(r) ? r : undefined;
 }
 
 /**
- * Whether `held` claims the version and issue time of `next` but holds another catalog (compared
- * as the canonical JSON that is signed; a stored record that cannot be read that way does not count).
+ * Whether `held` (an envelope this device verified) claims the version and issue time of `next`
+ * but holds another catalog (compared as the canonical JSON that is signed).
  */
 function differentContent(held: StoredOffers | undefined, next: SignedOfferCatalog): boolean {
   const claim = storedClaim(held);

@@ -75,7 +75,8 @@ function onTrack(ev: MessageEvent): void {
   try {
     engine.enqueue(events);
   } catch {
-    // Rejected events were already refused on the page (validation and age); the count is in stats().dropped.
+    // The page refused (and counted) the invalid ones before posting; what the engine still refuses
+    // (an event that passed the page's age check a moment ago) it counts itself: both in stats().dropped.
   }
   // The page is being hidden or unloaded: write now rather than after the batching delay. A failed
   // write keeps the events queued for the next one, as the delayed write would.

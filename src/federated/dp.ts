@@ -335,10 +335,21 @@ export function rdpToEpsilon(
 /** How {@link RdpAccountant.epsilon} turns the releases into ε. */
 export type EpsilonMethod = 'tightest' | Conversion;
 
-/** Serializable accountant state (plain data: store it in IndexedDB next to the model). */
+/**
+ * Serializable accountant state (plain data: store it in IndexedDB next to the model, or as JSON:
+ * {@link RdpAccountant.toJSON} writes nothing JSON cannot hold).
+ */
 export interface AccountantState {
+  /** The orders α (each a finite number > 1). */
   orders: number[];
-  rdp: number[];
+  /**
+   * RDP spent at each order: a number ≥ 0, or `null` for +∞. JSON has no Infinity (it writes one as
+   * `null`), and a subsampled release has infinite RDP at the non-integer orders, so `toJSON` writes
+   * +∞ as `null` and the constructor reads `null` back as +∞ (a state JSON wrote before this was
+   * explicit also had `null` only where +∞ was). Anything else that is not a number ≥ 0 is refused.
+   */
+  rdp: Array<number | null>;
+  /** Releases recorded (an integer ≥ 0; 0 only with every RDP value 0). */
   releases: number;
   /**
    * Σ 1/σᵢ² over the releases when all of them were plain Gaussian (no subsampling), so that their
@@ -348,6 +359,35 @@ export interface AccountantState {
   gaussianMu2?: number | null;
   /** σ of the most recent release (null before the first; absent in states saved before it existed). */
   lastNoiseMultiplier?: number | null;
+}
+
+/** Reads a stored state, refusing one that is not what {@link RdpAccountant.toJSON} writes. */
+function readState(state: AccountantState): { orders: number[]; rdp: number[]; releases: number; mu2: number | null; last: number | null } {
+  const bad = (why: string) => new ValidationError('accountant.state', why);
+  if (typeof state !== 'object' || state === null) throw bad(`must be an object, got ${String(state)}`);
+  const { orders, rdp, releases } = state;
+  if (!Array.isArray(orders) || !Array.isArray(rdp) || rdp.length !== orders.length) throw bad('orders and rdp must have equal length with rdp ≥ 0');
+  orders.forEach((a, i) => {
+    if (!(typeof a === 'number' && Number.isFinite(a) && a > 1)) throw bad(`orders[${i}] must be a finite number > 1, got ${JSON.stringify(a) ?? String(a)}`);
+  });
+  // null is +∞ (what JSON makes of it); anything else must be a number ≥ 0: a null read as 0, or
+  // as anything smaller than +∞, would under-report ε from then on.
+  const values = rdp.map((r, i) => {
+    if (r === null) return Infinity;
+    if (typeof r !== 'number' || !(r >= 0)) throw bad(`rdp[${i}] must be a number ≥ 0, or null for +∞, got ${JSON.stringify(r) ?? String(r)}`);
+    return r;
+  });
+  if (!Number.isInteger(releases) || releases < 0) throw bad(`releases must be an integer ≥ 0, got ${JSON.stringify(releases) ?? String(releases)}`);
+  const mu2 = state.gaussianMu2;
+  if (mu2 !== undefined && mu2 !== null && !(typeof mu2 === 'number' && mu2 >= 0)) throw bad(`gaussianMu2 must be ≥ 0 or null, got ${mu2}`);
+  const last = state.lastNoiseMultiplier ?? null;
+  // The σ a release may be recorded with (see RdpAccountant.record): finite, ≥ 0.
+  if (last !== null && !(typeof last === 'number' && last >= 0 && Number.isFinite(last))) throw bad(`lastNoiseMultiplier must be a finite number ≥ 0 or null, got ${last}`);
+  // No release, nothing spent: a state that says otherwise would make epsilon() read 0.
+  if (releases === 0 && (values.some((r) => r !== 0) || (mu2 ?? 0) !== 0)) {
+    throw bad('says 0 releases but holds the RDP (or μ²) of some: refused rather than read as nothing spent');
+  }
+  return { orders: orders.slice(), rdp: values, releases, mu2: mu2 === undefined ? (releases === 0 ? 0 : null) : mu2, last };
 }
 
 /**
@@ -377,25 +417,31 @@ export class RdpAccountant {
   private last: number | null;
 
   constructor(state?: AccountantState) {
-    this.orders = state ? state.orders.slice() : DEFAULT_ORDERS.slice();
-    this.rdp = state ? state.rdp.slice() : this.orders.map(() => 0);
-    this.count = state?.releases ?? 0;
-    if (this.rdp.length !== this.orders.length || this.rdp.some((r) => !(r >= 0))) {
-      throw new ValidationError('accountant.state', 'orders and rdp must have equal length with rdp ≥ 0');
+    if (state === undefined) {
+      this.orders = DEFAULT_ORDERS.slice();
+      this.rdp = this.orders.map(() => 0);
+      this.count = 0;
+      this.mu2 = 0;
+      this.last = null;
+      return;
     }
-    const mu2 = state?.gaussianMu2;
-    if (mu2 !== undefined && mu2 !== null && !(mu2 >= 0)) throw new ValidationError('accountant.state', `gaussianMu2 must be ≥ 0 or null, got ${mu2}`);
-    this.mu2 = mu2 === undefined ? (this.count === 0 ? 0 : null) : mu2;
-    const last = state?.lastNoiseMultiplier ?? null;
-    if (last !== null && !(last > 0 && Number.isFinite(last))) throw new ValidationError('accountant.state', `lastNoiseMultiplier must be a number > 0 or null, got ${last}`);
-    this.last = last;
+    const s = readState(state);
+    this.orders = s.orders;
+    this.rdp = s.rdp;
+    this.count = s.releases;
+    this.mu2 = s.mu2;
+    this.last = s.last;
   }
 
   /** RDP the given releases would add, per order. */
   private cost(noiseMultiplier: number, samplingRate: number, steps: number): number[] {
     if (!Number.isInteger(steps) || steps < 0) throw new ValidationError('steps', `must be an integer ≥ 0, got ${steps}`);
-    // A NaN would make ε read 0 for good (μ² NaN); a negative σ is no noise multiplier at all.
-    if (typeof noiseMultiplier !== 'number' || !(noiseMultiplier >= 0)) throw new ValidationError('noiseMultiplier', `must be a number ≥ 0, got ${noiseMultiplier}`);
+    // A NaN would make ε read 0 for good (μ² NaN); a negative σ is no noise multiplier at all; an
+    // infinite one would read as ε = 0 (μ² + 1/∞²). σ = 0 (no noise: ε becomes +∞ for good) is
+    // kept for noise-free simulations (`budget: Infinity`); the constructor takes the same range.
+    if (typeof noiseMultiplier !== 'number' || !(noiseMultiplier >= 0) || !Number.isFinite(noiseMultiplier)) {
+      throw new ValidationError('noiseMultiplier', `must be a number ≥ 0 (finite), got ${noiseMultiplier}`);
+    }
     return this.orders.map((a) => steps * rdpGaussian(noiseMultiplier, a, samplingRate));
   }
 
@@ -473,8 +519,19 @@ export class RdpAccountant {
     return this.last === null ? null : syncsWithinBudget(this.last, budget, delta, this);
   }
 
+  /**
+   * The state as plain, JSON-safe data: +∞ (RDP at an order a subsampled release cannot bound, or
+   * after a release at σ = 0) is written as `null`, which the constructor reads back as +∞; an
+   * infinite μ² (a release at σ = 0) as `null` too (the RDP bound, +∞ as well, is then used).
+   */
   toJSON(): AccountantState {
-    return { orders: this.orders.slice(), rdp: this.rdp.slice(), releases: this.count, gaussianMu2: this.mu2, lastNoiseMultiplier: this.last };
+    return {
+      orders: this.orders.slice(),
+      rdp: this.rdp.map((r) => (r === Infinity ? null : r)),
+      releases: this.count,
+      gaussianMu2: this.mu2 !== null && Number.isFinite(this.mu2) ? this.mu2 : null,
+      lastNoiseMultiplier: this.last,
+    };
   }
 }
 

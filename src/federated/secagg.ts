@@ -4,8 +4,10 @@
  *
  * Without it every device must add the full N(0, (σC)²) to its own update (the server sees each
  * update), and the mean of K updates carries noise σC/√K per coordinate. With it the server sees
- * only Σ of K updates; each device adds N(0, (σC)²/K), the sum carries exactly N(0, (σC)²) — the
- * noise the accountant charges for — and the mean σC/K: √K times less noise for the same ε.
+ * only Σ of K updates; each device adds N(0, (σC)²/t) (t = the cohort's minimum survivors; K without
+ * dropout recovery), so any t of them carry at least N(0, (σC)²) — the noise the accountant charges
+ * for — and the mean of a full cohort σC/K without recovery (σC·√(K/t)/K with it): about √K times
+ * less noise for the same ε.
  *
  * The protocol is pairwise masking (Bonawitz et al. 2017, "Practical Secure Aggregation for
  * Privacy-Preserving Machine Learning") on a sparse mask graph (Bell et al. 2020, "Secure

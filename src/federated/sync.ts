@@ -4,7 +4,7 @@
  * noised, quantized update. What leaves the device is exactly the documented update body; every
  * request is reported to `onEgress` so the SDK can keep an egress log.
  */
-import { AbortError, isModelError, isNetworkError, ModelError, NetworkError, PrivacyBudgetError, StorageError, syncCancelled, ValidationError } from '../errors.js';
+import { AbortError, isModelError, isNetworkError, isValidationError, ModelError, NetworkError, PrivacyBudgetError, StorageError, syncCancelled, ValidationError } from '../errors.js';
 import type { SyncProgress } from '../types.js';
 import { cloneItemTable, type ItemTable } from '../model/item-table.js';
 import { checkTrainConfig, trainItemTable, type Sequence, type TrainConfig } from '../model/train.js';
@@ -91,7 +91,12 @@ export interface SyncOptions {
   fetch?: FetchLike;
   /** The device's privacy accountant; one sync is one release. */
   accountant: RdpAccountant;
-  /** Largest total ε this device may spend (default 8). */
+  /**
+   * Largest total ε this device may spend (default 8): a number > 0. `Infinity` means no limit, for
+   * simulations only: it is the one budget under which a server announcing σ = 0 gets an update
+   * with no noise at all (a finite budget refuses such a server). Anything else (NaN, 0, a
+   * negative number, a string) is refused by name before any request.
+   */
   budget?: number;
   delta?: number;
   /** The global model the device holds, if any, with its hash (skips the download when unchanged). */
@@ -119,6 +124,14 @@ export interface SyncOptions {
    * each spend what is left, or one overwrite the other's record. Default: `accountant.record`.
    */
   recordRelease?: (noiseMultiplier: number) => Promise<RdpAccountant>;
+  /**
+   * Secure aggregation: the accountant as stored now (other writers, another tab, may have spent
+   * from it since this sync read `accountant`). Checked just before the join and after every poll
+   * while the cohort forms: a device this round's release no longer fits leaves the cohort and sends
+   * nothing, instead of finding out at its upload (`recordRelease` refusing) and dropping out of a
+   * full cohort, which sinks it without dropout recovery. Default: `accountant`.
+   */
+  storedAccountant?: () => Promise<RdpAccountant>;
   /**
    * What a device whose budget cannot pay for this round does, once it has the model (the budget
    * is checked then, so that such a device makes the same two requests as any other): `refuse`
@@ -261,6 +274,55 @@ type RequestOptions = Pick<SyncOptions, 'serverUrl' | 'fetch' | 'attempts' | 'ba
 /** Default {@link SyncOptions.requestTimeoutMs}: far above the server's longest poll (15 s). */
 export const REQUEST_TIMEOUT_MS = 60_000;
 
+/**
+ * How much of an answer's body {@link request} reads: `max` bytes at most (`bound` names what sets
+ * that size, in the error), within the attempt's deadline. `optional`: the body is a courtesy (an
+ * upload's reply, a leave's): one that does not come whole, or is too long, is read as empty instead
+ * of failing a request the server took.
+ */
+interface BodyLimit {
+  max: number;
+  bound: string;
+  optional?: boolean;
+}
+
+/** Replies whose body the device does not need (leave, recovery steps) or only glances at (an upload's round figures). */
+const SMALL_REPLY: BodyLimit = { max: 4096, bound: 'a reply of this request', optional: true };
+/** A refusal's `{ error, reason }`: read only for the message; a longer one is left unread. */
+const ERROR_BODY_MAX = 8192;
+/** `GET /v1/config` (about 1 KB). */
+const CONFIG_LIMIT: BodyLimit = { max: 65_536, bound: 'a server config' };
+/** `POST /v1/secagg/join`'s `{ cohort, index, size, status, token }`. */
+const JOIN_LIMIT: BodyLimit = { max: 4096, bound: 'a join answer' };
+
+/**
+ * A member view (`GET …/members/:i`) of a cohort with these parameters: its `degree` + 1 keys
+ * (65 bytes, 130 hex digits each), the sealed shares and tags of its mask neighbours (64 and 32 hex
+ * digits each), the list of up to K − t dropped members and a few short fields, with twice that as
+ * headroom.
+ */
+export function cohortViewLimit(sa: Pick<SecAggParams, 'cohortSize' | 'degree' | 'minSurvivors'>): BodyLimit {
+  const n = Math.min(sa.degree, sa.cohortSize - 1);
+  const dropped = sa.cohortSize - (sa.minSurvivors ?? sa.cohortSize);
+  return { max: 2 * (4096 + (n + 1) * 150 + n * (80 + 50 + 50) + dropped * 8), bound: `a member view of a cohort of ${sa.cohortSize} at degree ${sa.degree}` };
+}
+
+/** Statuses whose answer has no body. */
+const NULL_BODY_STATUS = new Set([101, 204, 205, 304]);
+
+/** The `attempts` option, checked: an integer ≥ 1 (default 3). */
+function requestAttempts(o: Pick<SyncOptions, 'attempts'>): number {
+  const a = o.attempts ?? 3;
+  if (!(typeof a === 'number' && Number.isInteger(a) && a >= 1)) throw new ValidationError('attempts', `must be an integer ≥ 1, got ${String(a)}`);
+  return a;
+}
+
+/**
+ * Sends one request (retried on a network failure or a 5xx) and reads its answer's body, at most
+ * `limit.max` bytes, within each attempt's deadline; the answer comes back with that body in
+ * memory. Each attempt's deadline timer and its listener on the caller's signal are removed once
+ * the attempt settles, body included.
+ */
 async function request(
   o: RequestOptions,
   kind: EgressEntry['kind'],
@@ -272,57 +334,89 @@ async function request(
   cancel: AbortSignal | null = o.signal ?? null,
   /** Checked right before each attempt goes out (after every await): throws to send nothing. */
   beforeSend?: () => void,
+  limit: BodyLimit = SMALL_REPLY,
 ): Promise<Response> {
   const signal = cancel ?? undefined;
   const f = o.fetch ?? (globalThis.fetch as unknown as FetchLike);
-  const attempts = o.attempts ?? 3;
+  const attempts = requestAttempts(o);
   const now = o.now ?? Date.now;
   const bodySha256 = body ? toHex(await sha256(body)) : undefined;
+  const log = (status: number) => o.onEgress?.({ t: now(), method, endpoint, kind, bytes: body?.length ?? 0, bodySha256, status });
+  const what = `${method} ${endpoint}`;
   let lastError: unknown;
   for (let i = 0; i < attempts; i++) {
     if (i > 0) await sleep((o.backoffMs ?? 500) * 2 ** (i - 1), signal);
     // (The upload's request never gets the signal, so a cancel here is always before it.)
     if (signal?.aborted) throw syncCancelled(`before ${method} ${endpoint}`);
     beforeSend?.();
-    let res: Response;
     // Each attempt has its own deadline, the caller's cancel (when it may cut this request) ending
-    // it too. The deadline stays armed after the headers, so that a body that never ends is cut as
-    // well (aborting a request already read does nothing).
+    // it too. The deadline covers the body as well, so that a body that never ends is cut; both
+    // are taken down once the attempt settled (`finally`), whatever it ended with.
     const attempt = new AbortController();
     const timeoutMs = o.requestTimeoutMs ?? REQUEST_TIMEOUT_MS;
     const deadline = setTimeout(() => attempt.abort(), timeoutMs);
     (deadline as { unref?: () => void }).unref?.();
     const cancelAttempt = () => attempt.abort();
     signal?.addEventListener('abort', cancelAttempt, { once: true });
-    try {
-      res = await f(o.serverUrl.replace(/\/$/, '') + endpoint, { method, body, headers, ...PRIVATE_FETCH, signal: attempt.signal });
-    } catch (e) {
-      clearTimeout(deadline);
-      signal?.removeEventListener('abort', cancelAttempt);
-      // Offline or refused: logged with status 0 (the body may or may not have left the device).
-      o.onEgress?.({ t: now(), method, endpoint, kind, bytes: body?.length ?? 0, bodySha256, status: 0 });
+    /** No (whole) answer: logged with status 0 (the body may or may not have left the device), retried. */
+    const noAnswer = (e: unknown, part = '') => {
+      log(0);
       if (signal?.aborted) throw syncCancelled(`during ${method} ${endpoint}`);
       lastError = attempt.signal.aborted
-        ? new NetworkError(`${method} ${endpoint}: no answer within ${timeoutMs / 1000} s`, 0)
-        : new NetworkError(`${method} ${endpoint} failed: ${(e as Error).message}`, 0);
-      continue;
-    }
-    o.onEgress?.({ t: now(), method, endpoint, kind, bytes: body?.length ?? 0, bodySha256, status: res.status });
-    if (res.status >= 500) {
-      lastError = new NetworkError(`${method} ${endpoint}: server error ${res.status}`, res.status);
-      continue;
-    }
-    if (res.status >= 400) {
-      let reason = '';
+        ? new NetworkError(`${what}: no answer within ${timeoutMs / 1000} s${part}`, 0)
+        : new NetworkError(`${what} failed${part}: ${(e as Error).message}`, 0);
+    };
+    try {
+      let res: Response;
       try {
-        const j = (await res.json()) as { error?: string; reason?: string };
-        reason = `${j.reason ?? ''}${j.error ? `: ${j.error}` : ''}`;
-      } catch {
-        // not JSON; the status says enough
+        res = await f(o.serverUrl.replace(/\/$/, '') + endpoint, { method, body, headers, ...PRIVATE_FETCH, signal: attempt.signal });
+      } catch (e) {
+        noAnswer(e);
+        continue;
       }
-      throw new NetworkError(`${method} ${endpoint} refused (${res.status}) ${reason}`.trim(), res.status);
+      if (res.status >= 500) {
+        // Retried; what it says is not read.
+        await res.body?.cancel().catch(() => {});
+        log(res.status);
+        lastError = new NetworkError(`${what}: server error ${res.status}`, res.status);
+        continue;
+      }
+      if (res.status >= 400) {
+        // The reason, when the body says it within a few KB; the status says enough otherwise.
+        let reason = '';
+        try {
+          const j = JSON.parse(new TextDecoder().decode(await readCapped(res, ERROR_BODY_MAX, what, 'a refusal', attempt.signal))) as { error?: string; reason?: string };
+          reason = `${j.reason ?? ''}${j.error ? `: ${j.error}` : ''}`;
+        } catch (e) {
+          if (isValidationError(e)) reason = `(its body, over ${ERROR_BODY_MAX} bytes, was not read)`;
+        }
+        log(res.status);
+        if (signal?.aborted) throw syncCancelled(`during ${method} ${endpoint}`);
+        throw new NetworkError(`${what} refused (${res.status}) ${reason}`.trim(), res.status);
+      }
+      let bytes: Uint8Array | null = null;
+      if (!NULL_BODY_STATUS.has(res.status)) {
+        try {
+          bytes = await readCapped(res, limit.max, what, limit.bound, attempt.signal);
+        } catch (e) {
+          if (limit.optional && !signal?.aborted) {
+            // A courtesy body: the request itself was taken.
+            bytes = new Uint8Array(0);
+          } else if (isValidationError(e)) {
+            log(res.status);
+            throw e;
+          } else {
+            noAnswer(e, ' (while its body was read)');
+            continue;
+          }
+        }
+      }
+      log(res.status);
+      return new Response(bytes as Uint8Array<ArrayBuffer> | null, { status: res.status, statusText: res.statusText, headers: res.headers });
+    } finally {
+      clearTimeout(deadline);
+      signal?.removeEventListener('abort', cancelAttempt);
     }
-    return res;
   }
   throw lastError;
 }
@@ -338,6 +432,8 @@ export function parseServerConfig(c: Partial<ServerConfig>): ServerConfig {
   // device goes on to upload.
   if (!(c.clip! >= 1e-6 && c.clip! <= 1e6)) throw new ValidationError('server config.clip', `must be from 1e-6 to 1e6, got ${c.clip}`);
   if (!(c.noiseMultiplier! >= 0 && c.noiseMultiplier! <= 1e6)) throw new ValidationError('server config.noiseMultiplier', `must be from 0 to 1e6, got ${c.noiseMultiplier}`);
+  // `false` is off, as `null` (or no field) is.
+  if ((c.secureAggregation as unknown) === false) c = { ...c, secureAggregation: null };
   if (c.secureAggregation != null) {
     const sa = checkSecAggParams(c.secureAggregation, 'server config.secureAggregation');
     // The same for masked values: a step so small that a clipped value plus its noise share
@@ -364,7 +460,7 @@ export function parseServerConfig(c: Partial<ServerConfig>): ServerConfig {
 
 /** `GET /v1/config`. */
 export async function fetchServerConfig(o: RequestOptions): Promise<ServerConfig> {
-  const res = await request(o, 'config', 'GET', '/v1/config');
+  const res = await request(o, 'config', 'GET', '/v1/config', undefined, undefined, undefined, undefined, CONFIG_LIMIT);
   return parseServerConfig((await res.json()) as Partial<ServerConfig>);
 }
 
@@ -386,13 +482,14 @@ export async function pullModel(o: RequestOptions & Pick<SyncOptions, 'held'>, c
  */
 async function fetchModel(o: RequestOptions, knownHash: string | undefined, config: Pick<ServerConfig, 'items' | 'dim'> | undefined): Promise<{ table: ItemTable; hash: string } | null> {
   const headers: Record<string, string> | undefined = knownHash ? { 'If-None-Match': `"${knownHash}"` } : undefined;
-  const res = await request(o, 'model', 'GET', '/v1/model', undefined, headers);
-  if (res.status === 304) return null;
   // Read no more than the model the server's own config describes can take, so that a body of any
   // size (a broken or hostile server) cannot fill the shopper's memory before decodeModel refuses it.
-  const bytes = config
-    ? await readCapped(res, maxModelBytes(config.items, config.dim), 'GET /v1/model', `a model of ${config.items} items × ${config.dim} (the server's /v1/config)`)
-    : new Uint8Array(await res.arrayBuffer());
+  const limit: BodyLimit = config
+    ? { max: maxModelBytes(config.items, config.dim), bound: `a model of ${config.items} items × ${config.dim} (the server's /v1/config)` }
+    : { max: Infinity, bound: 'any model' };
+  const res = await request(o, 'model', 'GET', '/v1/model', undefined, headers, undefined, undefined, limit);
+  if (res.status === 304) return null;
+  const bytes = new Uint8Array(await res.arrayBuffer());
   const decoded = decodeModel(bytes);
   // The device asks for float32: an int8 body carries a hash the server wrote into it, which the
   // device cannot check against the values.
@@ -538,7 +635,7 @@ export function maxModelBytes(items: number, dim: number): number {
  * A response body, read up to `max` bytes: a declared `Content-Length` above it is refused before
  * reading, and a body that runs past it is cut there (the rest is never read) and refused.
  */
-async function readCapped(res: Response, max: number, what: string, bound: string): Promise<Uint8Array> {
+async function readCapped(res: Response, max: number, what: string, bound: string, signal?: AbortSignal): Promise<Uint8Array> {
   const refuse = (size: string) => new ValidationError(what, `answered ${size}, more than the ${max} bytes ${bound} can take`);
   const declared = res.headers.get('Content-Length');
   if (declared !== null && Number(declared) > max) {
@@ -549,15 +646,23 @@ async function readCapped(res: Response, max: number, what: string, bound: strin
   const reader = res.body.getReader();
   const chunks: Uint8Array[] = [];
   let total = 0;
-  for (;;) {
-    const { done, value } = await reader.read();
-    if (done) break;
-    total += value.byteLength;
-    if (total > max) {
-      await reader.cancel().catch(() => {});
-      throw refuse(`a body that ran past ${max} bytes (the rest was not read)`);
+  // A body that stalls is cut by `signal` (the attempt's deadline), whatever stream carries it.
+  const stop = () => void reader.cancel().catch(() => {});
+  signal?.addEventListener('abort', stop, { once: true });
+  try {
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (signal?.aborted) throw new AbortError(`${what}: the body was cut (deadline or cancel)`);
+      if (done) break;
+      total += value.byteLength;
+      if (total > max) {
+        await reader.cancel().catch(() => {});
+        throw refuse(`a body that ran past ${max} bytes (the rest was not read)`);
+      }
+      chunks.push(value);
     }
-    chunks.push(value);
+  } finally {
+    signal?.removeEventListener('abort', stop);
   }
   const out = new Uint8Array(total);
   let at = 0;
@@ -581,7 +686,11 @@ async function readCapped(res: Response, max: number, what: string, bound: strin
  */
 export async function syncOnce(o: SyncOptions): Promise<SyncResult> {
   const budget = o.budget ?? DEFAULT_BUDGET;
+  // NaN would refuse every sync (and say why only as "ε past NaN"); Infinity is the explicit "no
+  // limit" of simulations (see SyncOptions.budget).
+  if (!(typeof budget === 'number' && budget > 0)) throw new ValidationError('budget', `must be a number > 0 (Infinity for no limit, simulations only), got ${String(budget)}`);
   const delta = o.delta ?? DEFAULT_DELTA;
+  requestAttempts(o);
   checkAborted(o, 'before it started');
   // The device's own training settings, checked for every history alike: a failure in training
   // further on is taken as the history's (sent as noise only), never as a wrong setting.
@@ -639,7 +748,7 @@ export async function syncOnce(o: SyncOptions): Promise<SyncResult> {
   }
   checkAborted(o, 'after local training');
   const result = await (async () => {
-    if (config.secureAggregation) return sendMasked(o, config, config.secureAggregation, part, global, hash, local, delta, update);
+    if (config.secureAggregation) return sendMasked(o, config, config.secureAggregation, part, global, hash, local, budget, delta, update);
     const built = buildClientUpdate(global, local, {
       baseHash: fromHex(hash),
       clip: config.clip,
@@ -731,6 +840,13 @@ function isRoundReply(x: unknown): x is { pending: number; minClients: number; p
   return Number.isFinite(r.pending) && Number.isFinite(r.minClients) && (r.published === null || Number.isFinite(r.published));
 }
 
+/** A cohort view's JSON: a SyntaxError for anything but a JSON object (garbage from a proxy, say). */
+function parseView(text: string): CohortView {
+  const v = JSON.parse(text) as unknown;
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new SyntaxError(`a cohort view must be a JSON object, got ${text.slice(0, 40)}`);
+  return v as CohortView;
+}
+
 /** A member view's `index → hex` record (keys, sealed shares, tags) as member index → bytes. */
 function byMember(field: Record<string, string> | undefined): Map<number, Uint8Array> {
   return new Map(Object.entries(field ?? {}).map(([j, hex]) => [Number(j), fromHex(hex)] as const));
@@ -774,6 +890,7 @@ async function sendMasked(
   global: ItemTable,
   hash: string,
   local: ItemTable,
+  budget: number,
   delta: number,
   update?: Float64Array,
 ): Promise<SyncResult> {
@@ -786,25 +903,50 @@ async function sendMasked(
   const encoded = encodeFixedPoint(values, sa.step, sa.bits, uniform);
 
   const keys = await secAggKeyPair();
+  /**
+   * Whether this round's release still fits the budget of the accountant as stored (another tab
+   * may have spent it meanwhile): undefined when it does, else why not.
+   */
+  const budgetGone = async (): Promise<{ why: string; epsilon: number } | undefined> => {
+    const stored = o.storedAccountant ? await o.storedAccountant() : o.accountant;
+    try {
+      stored.assertCanSpend(config.noiseMultiplier, budget, delta);
+      return undefined;
+    } catch (e) {
+      if (!(e instanceof PrivacyBudgetError)) throw e;
+      return { why: e.message, epsilon: stored.epsilon(delta) };
+    }
+  };
+  /** A sync whose budget went while it was under way: refused, or (`receive`) a receiving one; nothing was sent. */
+  const spentMeanwhile = (gone: { why: string; epsilon: number }, where: string): SyncResult => {
+    const why = `${gone.why} (spent by another sync ${where}); nothing was sent`;
+    if (o.whenBudgetSpent !== 'receive') throw new PrivacyBudgetError(why);
+    return { global, globalHash: hash, local, sent: false, uploadedBytes: 0, epsilon: gone.epsilon, budgetSpent: why };
+  };
+  // Checked again on the accountant as stored, just before the join: the check at the start may be
+  // minutes old (training), and a device that cannot pay must not take a place in a cohort.
+  const goneBeforeJoin = await budgetGone();
+  if (goneBeforeJoin) return spentMeanwhile(goneBeforeJoin, 'before this one joined a cohort');
   // Not cancellable in flight: a join the server took but whose answer was dropped would hold a place
   // this device could not give back. A cancel is seen right after it, and the place is given back.
-  const joinRes = await request(o, 'cohort', 'POST', '/v1/secagg/join', keys.publicKey, { 'Content-Type': 'application/octet-stream' }, null);
+  const joinRes = await request(o, 'cohort', 'POST', '/v1/secagg/join', keys.publicKey, { 'Content-Type': 'application/octet-stream' }, null, undefined, JOIN_LIMIT);
   const joined = (await joinRes.json()) as { cohort: string; index: number; size: number; token: string };
   // The wait for the cohort may be long: keep the join in the stored log meanwhile.
   await checkpointQuietly(o);
-  if (joined.size !== K) throw new ValidationError('cohort.size', `is ${joined.size}, the server announced ${K}`);
   const waitMs = o.cohortWaitMs ?? sa.timeoutMs ?? 600_000;
   const pollMs = o.cohortPollMs ?? 1000;
   const t0 = now();
   let view: CohortView;
   let polls = 0;
   const member = memberPath(joined);
+  const viewLimit = cohortViewLimit(sa);
   /** This sync's claim on the cohort (claimCohort), given back when it leaves. */
   let claim: void | { release?(): Promise<void> } | undefined;
   /**
    * Gives this device's place back while the cohort forms, so that it does not fill with a member
-   * that will never upload. `full` when the cohort filled meanwhile (409): then the other members
-   * depend on this device, and it goes on to upload.
+   * that will never upload (the server does not evict a silent one). `full` when the cohort filled
+   * meanwhile (409): then the other members depend on this device, and it goes on to upload.
+   * Best effort: one attempt, and a failure is only reported.
    */
   const leave = async (): Promise<'left' | 'full' | string> => {
     try {
@@ -826,8 +968,14 @@ async function sendMasked(
     if (mustDropOut(o)) throw error(droppedOut);
     committed = true;
   };
+  /** Gives up on the cohort for good (whatever the reason): leaves it first, unless this device committed to it. */
+  const abandon = async (error: unknown): Promise<never> => {
+    if (!committed) await leave();
+    throw error;
+  };
   const droppedOut = 'the cohort had filled, and this device drops out of it (its data was erased or consent withdrawn)';
   const cancelled = (left: string) => syncCancelled(`while cohort ${joined.cohort} was forming; ${left}`);
+  if (joined.size !== K) await abandon(new ValidationError('cohort.size', `is ${joined.size}, the server announced ${K}`));
   if (o.claimCohort) {
     try {
       claim = await o.claimCohort(joined.cohort);
@@ -837,21 +985,47 @@ async function sendMasked(
       throw e;
     }
   }
+  /** A server out of reach for a while, or answering garbage (the request already retried): worth polling on until the wait ends. */
+  const passing = (e: unknown) => (isNetworkError(e) && (e.status === 0 || e.status >= 500)) || e instanceof SyntaxError;
   for (;;) {
     if (o.signal?.aborted && !committed) await stop(cancelled);
     // Only this member's and its mask neighbours' keys: degree + 1 keys, whatever the cohort size.
-    let res: Response;
     try {
-      res = await request(o, 'cohort', 'GET', member, undefined, undefined, committed ? null : undefined);
+      const res = await request(o, 'cohort', 'GET', member, undefined, undefined, committed ? null : undefined, undefined, viewLimit);
+      view = parseView(await res.text());
     } catch (e) {
-      if (!(o.signal?.aborted && !committed)) throw e;
-      await stop(cancelled);
+      if (o.signal?.aborted && !committed) {
+        await stop(cancelled);
+        continue;
+      }
+      // A 4xx, a view too large: no use asking again.
+      if (!passing(e)) await abandon(e);
+      if (now() - t0 > waitMs) {
+        if (committed) throw e;
+        await stop((left) => new NetworkError(`cohort ${joined.cohort}: no usable answer about it within ${waitMs} ms (${(e as Error).message}); ${left}; nothing was sent`, 0));
+        continue;
+      }
+      // Each failed poll is in the stored log too.
+      await checkpointQuietly(o);
+      await sleep(Math.min(pollMs * 1.5 ** polls++, Math.max(pollMs, 15_000)), committed ? undefined : o.signal);
       continue;
     }
-    view = (await res.json()) as CohortView;
+    // Every poll is kept in the stored log as it is made: a tab closed during a long wait leaves
+    // a log that lists each of them.
+    await checkpointQuietly(o);
     if (view.status === 'forming' || view.status === 'ready') o.onProgress?.({ phase: 'cohort', joined: view.status === 'ready' ? K : (view.joined ?? 0), size: K });
     if (view.status === 'ready') break;
-    if (view.status !== 'forming') throw new NetworkError(`cohort ${joined.cohort} is ${view.status}${view.reason ? `: ${view.reason}` : ''}; nothing was sent`, 0);
+    if (view.status !== 'forming') await abandon(new NetworkError(`cohort ${joined.cohort} is ${view.status}${view.reason ? `: ${view.reason}` : ''}; nothing was sent`, 0));
+    if (!committed) {
+      // Still forming: the last moment this device can leave rather than drop out. Another tab may
+      // have spent the budget meanwhile; then the upload would be refused once the cohort is full.
+      const gone = await budgetGone().catch(abandon);
+      if (gone) {
+        const r = await leave();
+        if (r === 'full') throw new PrivacyBudgetError(`${gone.why} (spent by another sync while cohort ${joined.cohort} formed); the cohort had filled, and this device drops out of it; nothing was sent`);
+        return spentMeanwhile(gone, `while cohort ${joined.cohort} formed; ${r === 'left' ? 'this device left the cohort' : r}`);
+      }
+    }
     if (now() - t0 > waitMs) {
       const late = (left: string) => new NetworkError(`cohort ${joined.cohort} did not fill (${K} members) within ${waitMs} ms; ${left}; nothing was sent`, 0);
       if (committed) throw late('the server said it was full, yet it is still forming');
@@ -933,12 +1107,15 @@ async function stayForRecovery(
     for (let polls = 0; ; polls++) {
       let view: CohortView;
       try {
-        view = (await (await request(o, 'cohort', 'GET', memberPath(joined))).json()) as CohortView;
+        view = parseView(await (await request(o, 'cohort', 'GET', memberPath(joined), undefined, undefined, undefined, undefined, cohortViewLimit(sa))).text());
       } catch (e) {
         if (!passing(e)) throw e;
+        await checkpointQuietly(o);
         await sleep(Math.min(pollMs * 1.5 ** polls, Math.max(pollMs, 15_000)), o.signal);
         continue;
       }
+      // Each poll is in the stored log as it is made (the wait may take minutes).
+      await checkpointQuietly(o);
       o.onProgress?.({ phase: 'recovery', submitted: view.submitted ?? 0, size: K, ...(view.dropped ? { dropped: view.dropped.length } : {}) });
       if (view.status === 'done') return { outcome: 'published', recoveryShareSent: sent };
       if (view.status === 'aborted') return { outcome: 'aborted', recoveryShareSent: sent, ...(view.reason ? { note: view.reason } : {}) };
@@ -978,6 +1155,7 @@ async function stayForRecovery(
           await post('ready', await confirmationTags(me, 'ready'));
           ready = true;
           polls = 0;
+          await checkpointQuietly(o);
         }
         if (ready && (await checkConfirmations({ ...me, confirmations: byMember(view.ready) }, 'ready')).length === 0) {
           // Once, for this list only: for each mask neighbour the pair seed (listed as dropped) or

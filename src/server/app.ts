@@ -112,11 +112,16 @@ export function createApp(rounds: RoundCoordinator, opts: AppOptions): Hono {
   app.onError((err, c) => {
     if (isStorageError(err)) {
       // A full disk, a read-only data dir, a locked or lost database: the client did nothing wrong and
-      // nothing was stored (the transaction rolled back), so say so and ask for a retry.
+      // nothing was stored (the transaction rolled back, or what was inserted was taken out again),
+      // so say so and ask for a retry.
       // Its message (a database URL, a file path) is for the operator's log, never for the client.
       opts.log(`storage unavailable on ${c.req.method} ${c.req.path}: ${err.message}`);
       c.header('Retry-After', '30');
-      return c.json({ error: 'the server cannot reach its storage right now; nothing was stored, retry later', reason: 'storage-unavailable' }, 503);
+      // Except a masked upload that stays stored though its cohort may not have recorded it
+      // (rounds.ts, UploadKeptError): the same upload again finishes it.
+      const kept = (err as { uploadKept?: boolean }).uploadKept === true;
+      const error = kept ? 'the server cannot reach its storage right now; the upload is stored, but not every step of taking it was: send the same upload again later' : 'the server cannot reach its storage right now; nothing was stored, retry later';
+      return c.json({ error, reason: 'storage-unavailable' }, 503);
     }
     opts.log(`internal error on ${c.req.method} ${c.req.path}: ${err.stack ?? err.message}`);
     return fail(c, 'internal', 'internal server error');

@@ -210,9 +210,20 @@ export function recoveryDeadline(c: Pick<CohortInfo, 'recovered' | 'needed'>, up
 }
 export const PUBLISH_GRACE = 4;
 
+/**
+ * How long a full cohort may take from filling: the upload timeout while uploads are missing;
+ * {@link PUBLISH_GRACE} times that once every upload came (without dropout recovery it is then
+ * being published, or its publish retried after a storage error or a peer's publish), so that a
+ * publish that keeps failing does not hold the cohort, and its retries, for good.
+ */
+export function collectDeadline(c: Pick<CohortInfo, 'submitted' | 'size'>, uploadMs: number): number {
+  return c.submitted >= c.size ? PUBLISH_GRACE * uploadMs : uploadMs;
+}
+
 /** Why a cohort timed out, in the words `GET /v1/secagg/cohorts/:id` reports. */
 export function timeoutReason(c: Pick<CohortInfo, 'status' | 'joined' | 'submitted' | 'size' | 'recovered' | 'needed'>, timeoutMs: number, minSurvivors = c.size): string {
   if (c.status === 'forming') return `only ${c.joined} of ${c.size} members joined within ${timeoutMs} ms`;
+  if (c.status === 'ready' && c.submitted >= c.size) return `all ${c.size} members uploaded, but the cohort could not be published within ${timeoutMs} ms`;
   if (c.status === 'recovering') {
     if ((c.recovered ?? 0) >= (c.needed ?? 0)) return `all ${c.needed} recovery shares came, but the cohort could not be published within ${timeoutMs} ms`;
     return `only ${c.recovered} of the ${c.needed} recovery shares came within ${timeoutMs} ms`;
@@ -488,6 +499,10 @@ export class MemoryCohortStore implements CohortStore {
         const next = afterCollectTimeout(c, c.submittedBy, this.params, uploadMs, t);
         if (next.status === 'aborted') abort(c, next.abortReason!);
         else Object.assign(c, next);
+      } else if (c.status === 'ready' && c.submitted >= c.size) {
+        // Every upload came: it is being published, not late, until a later deadline.
+        const deadline = collectDeadline(c, uploadMs);
+        if (t - c.readyAt! > deadline) abort(c, timeoutReason(c, deadline));
       } else if (c.status === 'recovering') {
         // One whose shares all came is being published (or will be, on retry), not late, until
         // a later deadline: a publish that keeps failing must not hold the cohort for good.

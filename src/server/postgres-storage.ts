@@ -22,10 +22,20 @@ import type pg from 'pg';
 import { StorageError } from '../errors.js';
 import { recoveryShareBytes, usesSelfMask, type SecAggParams, type TagRound } from '../federated/secagg.js';
 import type { RateLimit, RateLimitOptions } from './rate-limit.js';
-import { afterCollectTimeout, allUploaded, cohortTimeouts, KEEP_ENDED_MS, newCohortId, newMemberToken, PUBLISH_GRACE, recoveryDeadline, timeoutReason, type CohortInfo, type CohortStatus, type CohortStore, type CohortTimeouts, type MarkResult, type RecoveryResult, type SweepResult } from './cohorts.js';
+import { afterCollectTimeout, allUploaded, cohortTimeouts, collectDeadline, KEEP_ENDED_MS, newCohortId, newMemberToken, PUBLISH_GRACE, recoveryDeadline, timeoutReason, type CohortInfo, type CohortStatus, type CohortStore, type CohortTimeouts, type MarkResult, type RecoveryResult, type SweepResult } from './cohorts.js';
 import { averagedNonceSql, checkNextVersion, pendingFromRow, StorageConflictError, versionFromRow, versionParams, type NewUpdate, type PendingUpdate, type Storage, type StoredVersion, type UpdateRow, type VersionRow } from './storage.js';
 
 const SCHEMA_VERSION = '1';
+/** How long a new connection may take (pool checkout included) before the call fails with a StorageError. */
+const CONNECT_TIMEOUT_MS = 10_000;
+/**
+ * How much longer than the statement timeout this side waits for an answer before it gives the
+ * connection up (node-postgres's `query_timeout`): a statement PostgreSQL cancels is reported with
+ * PostgreSQL's own error, and only a database that does not answer at all hits this.
+ */
+export const QUERY_TIMEOUT_MARGIN_MS = 5_000;
+/** node-postgres's error when `query_timeout` passed with no answer. */
+const READ_TIMEOUT = 'Query read timeout';
 /** Key of the advisory lock that serializes schema creation and publishing ('lrec' in ASCII). */
 const LOCK_KEY = 0x6c726563;
 /** Key of the advisory lock that serializes cohort joins ('lrsa'), so two joins never open two cohorts. */
@@ -37,6 +47,10 @@ export interface PostgresStorageOptions {
   /**
    * Longest a statement may run, lock waits included, before PostgreSQL cancels it (default
    * 30,000 ms): a stuck peer holding the publish lock then costs a 503 and a retry, not a hung server.
+   * The same bounds a transaction left idle (`idle_in_transaction_session_timeout`: PostgreSQL ends
+   * the session and its locks), and, {@link QUERY_TIMEOUT_MARGIN_MS} later, the wait for any answer
+   * on this side (node-postgres's `query_timeout`): a database host that stops answering (a network
+   * partition, a dead host) costs a 503 too.
    */
   statementTimeoutMs?: number;
   /** Test-only fault injection: called inside the publish transaction, just before it commits. */
@@ -127,7 +141,19 @@ export class PostgresStorage implements Storage {
     if (!Number.isInteger(max) || max < 1) throw new StorageError(`maxConnections must be an integer ≥ 1, got ${max}`);
     const timeout = options.statementTimeoutMs ?? 30_000;
     if (!Number.isInteger(timeout) || timeout < 1) throw new StorageError(`statementTimeoutMs must be an integer ≥ 1, got ${timeout}`);
-    const pool = new (await loadPg()).Pool({ connectionString: url, max, connectionTimeoutMillis: 10_000, statement_timeout: timeout });
+    const pool = new (await loadPg()).Pool({
+      connectionString: url,
+      max,
+      connectionTimeoutMillis: CONNECT_TIMEOUT_MS,
+      statement_timeout: timeout,
+      idle_in_transaction_session_timeout: timeout,
+      // A statement the database cancels answers with its own error first; no answer at all (no
+      // RST, no FIN: the host is gone) fails here, and the connection is destroyed, not reused.
+      query_timeout: timeout + QUERY_TIMEOUT_MARGIN_MS,
+      // TCP keepalives, so that a connection to a host that vanished is noticed, also while idle.
+      keepAlive: true,
+      keepAliveInitialDelayMillis: 10_000,
+    });
     // An idle client that loses its connection emits 'error' on the pool; without a listener that
     // would crash the process. The next query gets a fresh connection (or fails with a StorageError).
     pool.on('error', () => undefined);
@@ -225,7 +251,12 @@ export class PostgresStorage implements Storage {
 
   private fail(what: string, e: unknown): never {
     if (e instanceof StorageError) throw e;
-    throw new StorageError(`PostgreSQL ${what} failed (${this.url}): ${(e as Error).message}`, { cause: e });
+    const message = isReadTimeout(e) ? `no answer from the database within ${this.queryTimeoutMs} ms` : (e as Error).message;
+    throw new StorageError(`PostgreSQL ${what} failed (${this.url}): ${message}`, { cause: e });
+  }
+
+  private get queryTimeoutMs(): number {
+    return (this.hooks.statementTimeoutMs ?? 30_000) + QUERY_TIMEOUT_MARGIN_MS;
   }
 
   private async q<R extends pg.QueryResultRow>(what: string, sql: string, params: unknown[] = []): Promise<pg.QueryResult<R>> {
@@ -236,7 +267,11 @@ export class PostgresStorage implements Storage {
     }
   }
 
-  /** Runs `fn` in a transaction on one connection; rolls back on any error. */
+  /**
+   * Runs `fn` in a transaction on one connection; rolls back on any error. A connection that broke
+   * (lost, or no answer within the query timeout) is not rolled back but handed back with its error,
+   * so that the pool destroys it (PostgreSQL rolls back a transaction whose session ends).
+   */
   private async tx<T>(what: string, fn: (c: pg.PoolClient) => Promise<T>): Promise<T> {
     let client: pg.PoolClient;
     try {
@@ -244,16 +279,32 @@ export class PostgresStorage implements Storage {
     } catch (e) {
       this.fail(what, e);
     }
+    // The pool listens for a client's 'error' only while the client is idle in it. A connection
+    // lost while checked out (its backend terminated, the database restarted or failed over, the
+    // session's idle-in-transaction timeout) emits one here, which with no listener would end the
+    // process: kept, and the statement in flight, or the next, fails with a StorageError (a 503).
+    // (Set by the listener: typed so that TypeScript does not take it for always undefined.)
+    let lost = undefined as Error | undefined;
+    const onError = (e: Error) => {
+      lost ??= e;
+    };
+    client.on('error', onError);
+    let broken: Error | undefined;
     try {
       await client.query('BEGIN');
       const out = await fn(client);
       await client.query('COMMIT');
       return out;
     } catch (e) {
-      await client.query('ROLLBACK').catch(() => undefined);
-      this.fail(what, e);
+      broken = lost ?? (isReadTimeout(e) ? (e as Error) : undefined);
+      if (!broken) await client.query('ROLLBACK').catch((r: Error) => (broken = lost ?? r));
+      // PostgreSQL's own error (it has a code) or ours stands; node-postgres's "Client has
+      // encountered a connection error and is not queryable" says less than the connection's error.
+      const cause = lost && !(e instanceof StorageError) && (e as { code?: unknown }).code === undefined ? lost : e;
+      return this.fail(what, cause);
     } finally {
-      client.release();
+      client.removeListener('error', onError);
+      client.release(broken ?? lost);
     }
   }
 
@@ -444,6 +495,11 @@ function cohortFromRow(r: CohortRow): CohortInfo {
   return c;
 }
 
+/** Whether `e` is node-postgres's `query_timeout` error: the database gave no answer in time. */
+function isReadTimeout(e: unknown): boolean {
+  return e instanceof Error && e.message === READ_TIMEOUT;
+}
+
 /**
  * node-postgres, loaded when a PostgreSQL store is opened: an optional peer dependency, needed only
  * by shops that serve from PostgreSQL.
@@ -628,9 +684,9 @@ class PostgresCohortStore implements CohortStore {
     return this.tx('end timed-out cohorts', async (c) => {
       const { fillMs, uploadMs } = this.timeouts;
       // A full cohort that has every upload is being published, not late; so is a recovering one
-      // that has every share, until PUBLISH_GRACE upload timeouts (recoveryDeadline).
+      // that has every share: both until PUBLISH_GRACE upload timeouts (collectDeadline, recoveryDeadline).
       const late = await c.query<CohortRow>(
-        "SELECT * FROM localrec_cohorts WHERE (status = 'forming' AND created_at < $1) OR (status = 'ready' AND ready_at < $2 AND submitted < size) OR (status = 'recovering' AND recovery_at < $2 AND (recovered < needed OR recovery_at < $3)) ORDER BY id FOR UPDATE",
+        "SELECT * FROM localrec_cohorts WHERE (status = 'forming' AND created_at < $1) OR (status = 'ready' AND ready_at < $2 AND (submitted < size OR ready_at < $3)) OR (status = 'recovering' AND recovery_at < $2 AND (recovered < needed OR recovery_at < $3)) ORDER BY id FOR UPDATE",
         [t - fillMs, t - uploadMs, t - PUBLISH_GRACE * uploadMs],
       );
       const out: SweepResult = { aborted: [] };
@@ -639,8 +695,8 @@ class PostgresCohortStore implements CohortStore {
       for (const row of late.rows) {
         const info = cohortFromRow(row);
         const members = await uploaded(row.id);
-        let reason = timeoutReason(info, row.status === 'forming' ? fillMs : row.status === 'recovering' ? recoveryDeadline(info, uploadMs) : uploadMs);
-        if (row.status === 'ready') {
+        let reason = timeoutReason(info, row.status === 'forming' ? fillMs : row.status === 'recovering' ? recoveryDeadline(info, uploadMs) : collectDeadline(info, uploadMs));
+        if (row.status === 'ready' && row.submitted < row.size) {
           const next = afterCollectTimeout(info, members.map((m) => m.idx), this.params, uploadMs, t);
           if (next.status === 'recovering') {
             await c.query("UPDATE localrec_cohorts SET status = 'recovering', dropped = $2, recovery_at = $3, needed = $4, recovered = 0 WHERE id = $1", [row.id, next.dropped, t, next.needed]);
@@ -652,8 +708,9 @@ class PostgresCohortStore implements CohortStore {
         // Its uploads can never be unmasked: deleted in this transaction, so that a crash (or a failed
         // clean-up afterwards) cannot leave them pending with no open cohort to look at them again.
         // Every upload with this cohort's nonce prefix goes, also one its cohort never recorded.
-        // (A range on the nonce rather than LIKE: it can use the nonce's unique index. ';' follows ':'.)
-        await c.query('DELETE FROM localrec_updates WHERE aggregated_into IS NULL AND (id = ANY($1::bigint[]) OR (nonce >= $2 AND nonce < $3))', [members.map((m) => m.update_id), `${row.id}:`, `${row.id};`]);
+        // (starts_with, not a range on the nonce: a range follows the database's collation, under
+        // which ';' may sort before ':' (ICU, glibc's en_US), and would then match nothing.)
+        await c.query('DELETE FROM localrec_updates WHERE aggregated_into IS NULL AND (id = ANY($1::bigint[]) OR starts_with(nonce, $2))', [members.map((m) => m.update_id), `${row.id}:`]);
         out.aborted.push({ id: row.id, reason, updateIds: members.map((m) => Number(m.update_id)) });
       }
       // A cohort whose uploads went into a version but that was never marked done (the process

@@ -158,6 +158,24 @@ function cohortState(id: string, c: CohortInfo): string {
   return `cohort ${id} is ${c.status}${c.abortReason ? ` (${c.abortReason})` : ''}`;
 }
 
+/**
+ * A storage error answering a masked upload that is stored but maybe not recorded by its cohort
+ * (the storage failed in between, and the upload could not be taken out again; or it was an
+ * earlier attempt's): answered 503 like any storage error, but saying that the upload is stored
+ * and that the same upload sent again is taken (not "replayed").
+ */
+export class UploadKeptError extends StorageError {
+  readonly uploadKept = true;
+  constructor(cause: unknown) {
+    super(`${(cause as Error).message} (the upload stays stored; the same upload sent again is taken)`, { cause });
+  }
+}
+
+/** The member index in a masked upload's nonce (`cohort:member`). */
+function memberOf(nonce: string): number {
+  return Number(nonce.slice(nonce.indexOf(':') + 1));
+}
+
 function sameShape(a: ItemTable, b: ItemTable): boolean {
   return a.dim === b.dim && a.itemIds.length === b.itemIds.length && a.itemIds.every((id, i) => id === b.itemIds[i]);
 }
@@ -464,13 +482,24 @@ export class RoundCoordinator {
       this.pendingN = this.storage.shared || again ? await this.storage.pendingCount() : this.pendingN + 1;
       complete = await ready(r.id, again);
     } catch (e) {
-      // The storage failed after the insert (the 503 then says nothing was stored, and the device
-      // retries with the same nonce): take the update out again, or its retry would be "replayed"
-      // and, under secure aggregation, the upload would stay pending outside its cohort for good.
-      // Not a row an earlier attempt stored (`again`): its cohort may have counted it already, and
-      // the next retry finishes it.
-      if (!again) await this.write(() => this.storage.discard([r.id])).catch(() => undefined);
+      if (!this.cohorts) {
+        // A plain update: all that failed is the count of pending updates on a shared store. The
+        // update is stored (this insert, or an earlier attempt's: `again`) and counts towards a
+        // round, whichever process publishes it: accepted. (Taken out again and answered 503, its
+        // retry would be "replayed" once a peer had averaged it meanwhile.) The next look recounts.
+        this.config.log(`update ${r.id} is stored, but counting the pending updates failed: ${(e as Error).message}`);
+        if (!again) this.pendingN++;
+        return { ok: true, id: r.id, version: this.cur.version, pending: this.pendingN };
+      }
+      // A masked upload its cohort may not have recorded: take it out again, so that the 503 is
+      // true (nothing was stored) and its retry is taken as a first upload; left pending it would
+      // stay outside its cohort. Not a row an earlier attempt stored (`again`): its cohort may have
+      // counted it already, and the next retry finishes it.
+      const taken = !again && (await this.write(() => this.storage.discard([r.id])).then(() => true, () => false));
       this.pendingN = await this.storage.pendingCount().catch(() => this.pendingN);
+      // Still stored (an earlier attempt's row, or one that could not be taken out: the store is
+      // down): the 503 must not say nothing was; the same upload sent again is taken (`again`).
+      if (!taken) throw new UploadKeptError(e);
       throw e;
     }
     let published: number | undefined;
@@ -492,8 +521,13 @@ export class RoundCoordinator {
           // what it left pending may still make a round.
           if (e instanceof StorageConflictError && attempt < 3 && this.pendingN >= this.config.minClients) continue;
           // The update itself is committed; the round is retried with the next update or restart.
-          if (e instanceof StorageConflictError) this.config.log(`another process published version ${this.cur.version} first`);
-          else {
+          if (e instanceof StorageConflictError) {
+            // Under secure aggregation what is pending may be a complete cohort (or a recovered one,
+            // with fewer than minClients uploads) that no later upload completes: it is retried
+            // at most once a second (retryAggregation), until its publish deadline.
+            if (this.cohorts && this.pendingN > 0) this.aggregationOwed = true;
+            this.config.log(`another process published version ${this.cur.version} first`);
+          } else {
             this.aggregationOwed = true;
             this.config.log(`aggregation failed, will retry: ${(e as Error).message}`);
           }
@@ -589,7 +623,12 @@ export class RoundCoordinator {
         await this.catchUp();
         await this.aggregate();
       } catch (e) {
-        if (e instanceof StorageConflictError) return;
+        // Another process published first (this one adopted its version): what is still pending
+        // may hold a complete cohort, tried again a second later; every other failure is retried too.
+        if (e instanceof StorageConflictError) {
+          if (this.pendingN > 0) this.aggregationOwed = true;
+          return;
+        }
         this.aggregationOwed = true;
         this.config.log(`aggregation failed again, will retry: ${(e as Error).message}`);
       }
@@ -759,7 +798,8 @@ export class RoundCoordinator {
         else byCohort.set(id, [u]);
       }
       const minSurvivors = sa.minSurvivors ?? sa.cohortSize;
-      for (const [id, group] of byCohort) {
+      for (const [id, uploads] of byCohort) {
+        let group = uploads;
         let sum: Float64Array;
         let how = ` (secure aggregation, cohort ${id.slice(0, 12)})`;
         if (group.length === sa.cohortSize && !usesSelfMask(sa)) {
@@ -771,7 +811,18 @@ export class RoundCoordinator {
           // A cohort that lost members can be unmasked once it is recovering and every share is in.
           if (group.length < minSurvivors || !this.cohorts) continue;
           const c = await this.cohorts.info(id);
-          if (!c || c.status !== 'recovering' || c.recovered !== c.needed || group.length !== c.size - c.dropped!.length) continue;
+          if (!c || c.status !== 'recovering' || c.recovered !== c.needed) continue;
+          // Only the survivors' uploads. A row of a member counted as dropped (stored, but its
+          // cohort never recorded it: the storage failed in between, and so did taking it out
+          // again) can never be unmasked with the others: it goes.
+          const dropped = new Set(c.dropped!);
+          const stray = group.filter((u) => dropped.has(memberOf(u.nonce)));
+          group = group.filter((u) => !dropped.has(memberOf(u.nonce)));
+          if (group.length !== c.size - dropped.size) continue;
+          if (stray.length > 0) {
+            await this.write(() => this.storage.discard(stray.map((u) => u.id)));
+            this.config.log(`discarded ${stray.length} uploads of members of cohort ${id.slice(0, 12)} counted as dropped`);
+          }
           sum = await unmaskRecovered(
             group.map((u) => decodeMaskedUpdate(u.body)),
             await this.cohorts.recoveryShares(id),

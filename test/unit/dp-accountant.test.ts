@@ -189,3 +189,56 @@ test('a NaN or negative noise multiplier is refused by name; it can never make �
   assert.equal(acc.epsilon(), before);
   assert.equal(gaussianEpsilon(Number.NaN), Infinity, 'an unknown μ promises nothing');
 });
+
+test('the state is JSON-safe: a subsampled release (+∞ RDP at non-integer orders) reloads from JSON with the same ε, before and after more releases', () => {
+  const a = new RdpAccountant();
+  a.record(0.8, 0.05, 200);
+  const json = JSON.stringify(a.toJSON());
+  assert.deepEqual(JSON.parse(json), a.toJSON(), 'toJSON holds nothing JSON changes');
+  assert.ok(a.toJSON().rdp.includes(null), '+∞ is written as null');
+  const b = new RdpAccountant(JSON.parse(json));
+  assert.equal(b.epsilon(), a.epsilon());
+  for (let i = 0; i < 3; i++) {
+    a.record(2);
+    b.record(2);
+  }
+  // Before, null read as 0 (null ≥ 0) and the reloaded device reported ε ≈ 4.0 instead of 9.9.
+  assert.equal(b.epsilon(), a.epsilon());
+  assert.ok(b.epsilon() > 9, `ε = ${b.epsilon()}`);
+  // States written before toJSON encoded +∞ (structured clone keeps Infinity) read the same.
+  assert.equal(new RdpAccountant({ ...a.toJSON(), rdp: a.toJSON().rdp.map((r) => r ?? Infinity) }).epsilon(), a.epsilon());
+});
+
+test('a stored state that is not what toJSON writes is refused by name, never read as less spent', () => {
+  const a = new RdpAccountant();
+  a.record(1);
+  a.record(1);
+  const s = a.toJSON();
+  const refuses = (state: unknown, msg: RegExp) => assert.throws(() => new RdpAccountant(state as never), (e: unknown) => (e as Error).name === 'ValidationError' && msg.test((e as Error).message), JSON.stringify(state));
+  for (const bad of ['1', undefined, Number.NaN, -1, {}, true]) refuses({ ...s, rdp: s.rdp.map((r, i) => (i === 3 ? bad : r)) }, /accountant\.state: rdp\[3\] must be a number ≥ 0, or null for \+∞/);
+  for (const bad of [undefined, null, -1, 1.5, Number.NaN, '2', Infinity]) refuses({ ...s, releases: bad }, /accountant\.state: releases must be an integer ≥ 0/);
+  // 0 releases with RDP spent used to make epsilon() read 0.
+  refuses({ ...s, releases: 0 }, /says 0 releases but holds the RDP/);
+  refuses({ ...s, releases: 0, gaussianMu2: undefined }, /says 0 releases but holds the RDP/);
+  refuses({ ...s, rdp: s.rdp.map(() => 0), releases: 0, gaussianMu2: 2 }, /says 0 releases but holds the RDP \(or μ²\)/);
+  refuses({ ...s, orders: s.orders.map((o, i) => (i === 0 ? 1 : o)) }, /orders\[0\] must be a finite number > 1/);
+  refuses({ ...s, rdp: s.rdp.slice(1) }, /orders and rdp must have equal length/);
+  refuses(null, /accountant\.state: must be an object/);
+  assert.equal(new RdpAccountant(JSON.parse(JSON.stringify(s))).epsilon(), a.epsilon());
+  assert.equal(new RdpAccountant({ ...s, rdp: s.rdp.map(() => 0), releases: 0, gaussianMu2: 0, lastNoiseMultiplier: null }).epsilon(), 0);
+});
+
+test('what record() takes, the constructor reads back: σ = 0 (ε = ∞, noise-free simulations) survives JSON, an infinite σ is refused by both', () => {
+  const c = new RdpAccountant();
+  c.record(0);
+  const d = new RdpAccountant(JSON.parse(JSON.stringify(c.toJSON())));
+  assert.equal(d.lastNoiseMultiplier, 0);
+  c.record(5);
+  d.record(5);
+  assert.deepEqual([c.epsilon(), d.epsilon()], [Infinity, Infinity]);
+  const fresh = new RdpAccountant();
+  assert.throws(() => fresh.record(Infinity), /noiseMultiplier: must be a number ≥ 0 \(finite\), got Infinity/);
+  assert.throws(() => fresh.epsilonAfter(Infinity), /noiseMultiplier: must be a number ≥ 0 \(finite\)/);
+  assert.throws(() => new RdpAccountant({ ...fresh.toJSON(), lastNoiseMultiplier: Infinity }), /lastNoiseMultiplier must be a finite number ≥ 0 or null/);
+  assert.equal(fresh.epsilon(), 0);
+});

@@ -84,7 +84,7 @@ describe('syncsWithinBudget', () => {
     const old = acc.toJSON();
     delete old.lastNoiseMultiplier;
     assert.equal(new RdpAccountant(old).syncsLeft(8), null, 'a state saved before the field existed');
-    assert.throws(() => new RdpAccountant({ ...acc.toJSON(), lastNoiseMultiplier: -1 }), /lastNoiseMultiplier must be a number > 0 or null, got -1/);
+    assert.throws(() => new RdpAccountant({ ...acc.toJSON(), lastNoiseMultiplier: -1 }), /lastNoiseMultiplier must be a finite number ≥ 0 or null, got -1/);
   });
 
   it('names what is wrong', () => {

@@ -5,9 +5,12 @@ import 'fake-indexeddb/auto';
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import * as tf from '@tensorflow/tfjs-core';
-import { Engine } from '../../src/engine/engine.js';
-import { MemoryEventStore } from '../../src/events/store.js';
+import * as Comlink from 'comlink';
+import { CONSENT_KEY, Engine } from '../../src/engine/engine.js';
+import { IdbEventStore, MemoryEventStore } from '../../src/events/store.js';
 import { isValidationError } from '../../src/errors.js';
+import { createRecommender } from '../../src/recommender.js';
+import type { RecommendOptions, SimilarOptions } from '../../src/types.js';
 import { MAX_MASKS } from '../../src/model/score.js';
 import { generateOfferKeys } from '../../src/offers/signing.js';
 import '../../src/model/tf.js';
@@ -55,6 +58,81 @@ describe('Engine input (stop 22 fuzzing review)', () => {
     for (const [extra, field] of cases) {
       await assert.rejects(Engine.create({ catalog, backend: 'cpu', dbName: dbName(), ...extra } as never), refused(field), field);
     }
+  });
+
+  it('create() refuses missing options, backendCandidates that are not a list of backend names, and a fetch, now or onConsent that is not a function, by name, before opening anything', async () => {
+    for (const opts of [undefined, null, 'x', []]) await assert.rejects(Engine.create(opts as never), refused('options'), String(opts));
+    const name = dbName();
+    const cases: Array<[Record<string, unknown>, string]> = [
+      [{ backendCandidates: 'cpu' }, 'options.backendCandidates'],
+      [{ backendCandidates: [] }, 'options.backendCandidates'],
+      [{ backendCandidates: ['gpu'] }, 'options.backendCandidates[0]'],
+      [{ backendCandidates: ['cpu', 5] }, 'options.backendCandidates[1]'],
+      [{ fetch: 'x' }, 'options.fetch'],
+      [{ now: 5 }, 'options.now'],
+      [{ onConsent: {} }, 'options.onConsent'],
+    ];
+    for (const [extra, field] of cases) {
+      await assert.rejects(Engine.create({ catalog, dbName: name, ...extra } as never), refused(field), field);
+    }
+    assert.ok(!(await indexedDB.databases()).some((d) => d.name === name), 'no database was opened');
+    const e = await Engine.create({ catalog, backendCandidates: ['cpu'], store: new MemoryEventStore(), fetch: async () => new Response(''), now: () => Date.now(), onConsent: () => undefined });
+    assert.equal((await e.stats()).backend, 'cpu');
+    await e.close();
+  });
+
+  it('a create() that fails part-way (a store read throws) releases what it opened: the tab channel, the scorer, the store', async () => {
+    // Once, so that the backend's own set-up is not counted below.
+    await (await Engine.create({ catalog, backend: 'cpu', store: new MemoryEventStore() })).close();
+    const g = globalThis as { BroadcastChannel: typeof BroadcastChannel };
+    const RealChannel = g.BroadcastChannel;
+    const channels: Array<{ closed: boolean }> = [];
+    g.BroadcastChannel = class extends RealChannel {
+      readonly spy = { closed: false };
+      constructor(name: string) {
+        super(name);
+        channels.push(this.spy);
+      }
+      override close() {
+        this.spy.closed = true;
+        super.close();
+      }
+    };
+    const realOpen = IdbEventStore.open;
+    const realGetMeta = IdbEventStore.prototype.getMeta;
+    const stores: IdbEventStore[] = [];
+    IdbEventStore.open = async (...args: Parameters<typeof IdbEventStore.open>) => {
+      const s = await realOpen.apply(IdbEventStore, args);
+      stores.push(s);
+      return s;
+    };
+    IdbEventStore.prototype.getMeta = function (this: IdbEventStore, key: string) {
+      if (key === CONSENT_KEY) return Promise.reject(new Error('boom: the consent record cannot be read'));
+      return realGetMeta.call(this, key);
+    } as typeof realGetMeta;
+    const tensors = tf.memory().numTensors;
+    try {
+      await assert.rejects(Engine.create({ catalog, backend: 'cpu', dbName: dbName(), autoTrainEvery: 0 }), /boom/);
+    } finally {
+      g.BroadcastChannel = RealChannel;
+      IdbEventStore.open = realOpen;
+      IdbEventStore.prototype.getMeta = realGetMeta;
+    }
+    assert.equal(tf.memory().numTensors, tensors, "the scorer's tensors are disposed");
+    assert.equal(channels.length, 1, 'the tab channel had been opened');
+    assert.deepEqual(channels, [{ closed: true }], 'and is closed');
+    assert.equal(stores.length, 1);
+    await assert.rejects(stores[0]!.count(), /closed/, 'the store it opened is closed');
+  });
+
+  it('recommend() and similar() take a readonly list for exclude, as for candidates (a frozen cart; `npm run typecheck` checks the types)', async () => {
+    const e = await Engine.create({ catalog, backend: 'cpu', store: new MemoryEventStore(), autoTrainEvery: 0 });
+    const cart: readonly string[] = Object.freeze(['p2']);
+    const recOptions: RecommendOptions = { k: 3, exclude: cart };
+    const simOptions: SimilarOptions = { k: 3, exclude: cart };
+    assert.deepEqual((await e.recommend(recOptions)).map((r) => r.itemId).sort(), ['p1', 'p3']);
+    assert.deepEqual((await e.similar('p1', simOptions)).map((r) => r.itemId), ['p3']);
+    await e.close();
   });
 
   it('enqueue() refuses what is not an array, with or without consent, and keeps its counters numbers', async () => {
@@ -226,6 +304,59 @@ describe('track() input the store would lose at once, or that pages build generi
       assert.deepEqual(st.evicted, { retention: 0, quota: 0 });
     } finally {
       await e.erase();
+    }
+  });
+
+  it('the page counts the events track() refuses in stats().dropped, as Engine.enqueue does (not in droppedBeforeConsent)', async () => {
+    // The page's facade over a stand-in worker: only the counting on the page is under test here.
+    const workerDropped = 2;
+    const api = {
+      async init(_options: unknown, trackPort: MessagePort) {
+        trackPort.onmessage = () => undefined;
+      },
+      barrier: async () => undefined,
+      stats: async () => ({ dropped: workerDropped }),
+      audit: async () => ({ consent: { droppedBeforeConsent: 0 } }),
+      close: async () => undefined,
+    };
+    const g = globalThis as { Worker?: unknown };
+    const hadWorker = 'Worker' in g;
+    const realWorker = g.Worker;
+    g.Worker = class {
+      private readonly port: MessagePort;
+      constructor() {
+        const { port1, port2 } = new MessageChannel();
+        this.port = port1;
+        Comlink.expose(api, port2);
+        port1.start();
+      }
+      postMessage(m: unknown, transfer: Transferable[] = []) {
+        this.port.postMessage(m, transfer as never);
+      }
+      addEventListener(type: string, f: (ev: Event) => void) {
+        this.port.addEventListener(type, f as never);
+      }
+      removeEventListener(type: string, f: (ev: Event) => void) {
+        this.port.removeEventListener(type, f as never);
+      }
+      terminate() {
+        this.port.close();
+      }
+    };
+    try {
+      const rec = await createRecommender({ catalog, workerTimeoutMs: 0, retention: { maxAgeDays: 30 } });
+      try {
+        assert.throws(() => rec.track({ type: 'view' } as never), refused('event.itemId'));
+        assert.throws(() => rec.track({ type: 'view', itemId: 'p1', t: Date.now() - 31 * 86_400_000 }), refused('event.t'));
+        rec.track({ type: 'view', itemId: 'p1' });
+        assert.equal((await rec.stats()).dropped, workerDropped + 2, "the page's two refusals are counted");
+        assert.equal((await rec.audit()).consent.droppedBeforeConsent, 0, 'they were not dropped for consent');
+      } finally {
+        await rec.close();
+      }
+    } finally {
+      if (hadWorker) g.Worker = realWorker;
+      else delete g.Worker;
     }
   });
 

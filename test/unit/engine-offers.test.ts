@@ -2,7 +2,7 @@ import 'fake-indexeddb/auto';
 import assert from 'node:assert/strict';
 import { before, describe, it } from 'node:test';
 import { Engine, OFFERS_KEY } from '../../src/engine/engine.js';
-import { MemoryEventStore } from '../../src/events/store.js';
+import { IdbEventStore, MemoryEventStore } from '../../src/events/store.js';
 import { StorageError } from '../../src/errors.js';
 import { Random } from '../../src/model/random.js';
 import { predictAffinity, type AffinitySnapshot, type HistoryBasket } from '../../src/offers/affinity-model.js';
@@ -438,18 +438,66 @@ describe('offer rules with events not yet stored, or stamped ahead; catalogs rep
     assert.deepEqual(await shown({ ...opts, offers: { publicKey: [other.publicJwk, keys.publicJwk] } as never }), ['mugs10 10% off mugs10'], 'listed among others: shown');
   });
 
-  it('a catalog an earlier release stored bare (no envelope) is not shown, but still keeps an older catalog out', async () => {
+  it('a catalog an earlier release stored bare (no envelope) is reported by audit() but neither shown nor a floor: anyone can write one', async () => {
     const store = new MemoryEventStore();
     const opts = { catalog: { items }, backend: 'cpu' as const, autoTrainEvery: 0, store, now: () => NOW, offers: { publicKey: keys.publicJwk } };
-    // What the earlier release wrote: the verified catalog itself, version 7.
+    // What the earlier release wrote: the verified catalog itself, version 7 (or what anyone writes there).
     await store.setMeta(OFFERS_KEY, { version: 7, issuedAt: NOW, currency: 'GBP', offers: [offer('current', { kind: 'all' })] });
     const e = await Engine.create(opts);
     assert.deepEqual((await e.audit()).offers, { stored: true, version: 7, offers: 1, issuedAt: NOW });
     assert.deepEqual(await e.offers({ k: 5, exploration: 0, seed: 1 }), [], 'unsigned: not shown');
-    const older = await signOfferCatalog({ version: 3, issuedAt: NOW, currency: 'GBP', offers: [offer('withdrawn', { kind: 'all' })] }, keys.privateJwk);
-    await assert.rejects(e.setOffers(older), /catalog\.version: is 3, older than the installed catalog's 7/);
-    assert.deepEqual(await e.setOffers(await signOfferCatalog({ version: 8, issuedAt: NOW, currency: 'GBP', offers: [offer('next', { kind: 'all' })] }, keys.privateJwk)), { offers: 1 });
-    assert.deepEqual((await e.offers({ k: 5, exploration: 0, seed: 1 })).map((o) => o.offerId), ['next']);
+    const older = await signOfferCatalog({ version: 3, issuedAt: NOW, currency: 'GBP', offers: [offer('signed', { kind: 'all' })] }, keys.privateJwk);
+    assert.deepEqual(await e.setOffers(older), { offers: 1 }, 'the unsigned record keeps nothing out');
+    assert.deepEqual((await e.offers({ k: 5, exploration: 0, seed: 1 })).map((o) => o.offerId), ['signed']);
+    assert.equal((await e.audit()).offers?.version, 3);
     await e.close();
+  });
+
+  it('a stored record edited to claim a huge version keeps no catalog out (it does not verify); a verified one still does', async () => {
+    const dbName = `offers-edited-floor-${Date.now()}`;
+    const opts = { catalog: { items }, backend: 'cpu' as const, autoTrainEvery: 0, dbName, now: () => NOW, offers: { publicKey: keys.publicJwk } };
+    const v1 = { version: 1, issuedAt: NOW, currency: 'GBP', offers: [offer('first', { kind: 'all' })] };
+    const first = await Engine.create(opts);
+    await first.setOffers(await signOfferCatalog(v1, keys.privateJwk));
+    await first.close();
+    // Edited in the browser's storage: version 9e15, signature left as it was.
+    const raw = await IdbEventStore.open(dbName);
+    const stored = (await raw.getMeta<SignedOfferCatalog>(OFFERS_KEY))!;
+    await raw.setMeta(OFFERS_KEY, { ...stored, catalog: { ...stored.catalog, version: 9e15 } });
+    raw.close();
+    const e = await Engine.create(opts);
+    assert.deepEqual(await e.offers({ k: 5, exploration: 0, seed: 1 }), [], 'edited: not shown');
+    assert.deepEqual(await e.setOffers(await signOfferCatalog({ ...v1, version: 2, offers: [offer('second', { kind: 'all' })] }, keys.privateJwk)), { offers: 1 }, 'version 2 installs over it');
+    assert.deepEqual((await e.offers({ k: 5, exploration: 0, seed: 1 })).map((o) => o.offerId), ['second']);
+    await e.close();
+    // The record now verifies again, and is a floor again (for a later visit, holding nothing in memory).
+    const later = await Engine.create(opts);
+    await assert.rejects(later.setOffers(await signOfferCatalog(v1, keys.privateJwk)), /catalog\.version: is 1, older than the installed catalog's 2/);
+    await later.close();
+
+    // The same publication edited in storage (an offer changed, version and issuedAt kept): the
+    // shop's page installing that publication again is not refused as "another catalog".
+    const edited = (await IdbEventStore.open(dbName).then(async (s) => {
+      const r = (await s.getMeta<SignedOfferCatalog>(OFFERS_KEY))!;
+      await s.setMeta(OFFERS_KEY, { ...r, catalog: { ...r.catalog, offers: [{ ...r.catalog.offers[0]!, title: '90% off' }] } });
+      s.close();
+      return r;
+    }));
+    const again = await Engine.create(opts);
+    assert.deepEqual(await again.setOffers(await signOfferCatalog(edited.catalog, keys.privateJwk)), { offers: 1 });
+    assert.deepEqual((await again.offers({ k: 5, exploration: 0, seed: 1 })).map((o) => o.title), ['10% off second']);
+
+    // Granting consent: a catalog held in memory is stored over an edited record claiming a newer version.
+    const raw2 = await IdbEventStore.open(dbName);
+    const cur = (await raw2.getMeta<SignedOfferCatalog>(OFFERS_KEY))!;
+    await raw2.setMeta(OFFERS_KEY, { ...cur, catalog: { ...cur.catalog, version: 9e15 } });
+    raw2.close();
+    await again.close();
+    const grant = await Engine.create({ ...opts, consent: { personalization: false, federated: false } });
+    await grant.setOffers(await signOfferCatalog({ ...v1, version: 3, offers: [offer('third', { kind: 'all' })] }, keys.privateJwk));
+    await grant.setConsent({ personalization: true });
+    assert.equal((await grant.audit()).offers?.version, 3, 'the verified catalog replaced the edited record');
+    assert.deepEqual((await grant.offers({ k: 5, exploration: 0, seed: 1 })).map((o) => o.offerId), ['third']);
+    await grant.erase();
   });
 });

@@ -83,6 +83,33 @@ describe('consent', () => {
     await e.close();
   });
 
+  it('events offered while a grant opens the database are stored or counted as dropped, never taken and lost with the memory store it replaces', async () => {
+    const e = await Engine.create({ catalog, backend: 'cpu', autoTrainEvery: 0, dbName: dbName(), consent: { personalization: false, federated: false } });
+    let granted = false;
+    const grant = e.setConsent({ personalization: true }).then(() => (granted = true));
+    const batch = (k: number) => Array.from({ length: k }, (_, i) => ({ type: 'view' as const, itemId: `p${i % 20}` }));
+    // The grant has begun (a few turns in, its database still opening): 200 at once are written at once.
+    for (let i = 0; i < 5; i++) await Promise.resolve();
+    let accepted = e.enqueue(batch(200));
+    let offered = 200;
+    // Then one at every turn of the event loop until the grant is applied.
+    while (!granted) {
+      accepted += e.enqueue(batch(1));
+      offered++;
+      await new Promise((r) => setImmediate(r));
+    }
+    await grant;
+    await e.flush();
+    const s = await e.stats();
+    assert.equal(s.storage, 'indexeddb');
+    assert.deepEqual([s.events.total, s.queued], [accepted, 0], 'every event taken is stored');
+    assert.equal(s.dropped, offered - accepted, 'the others were refused, and counted');
+    assert.equal(e.enqueue(batch(3)), 3, 'granted: events are taken');
+    await e.flush();
+    assert.equal((await e.stats()).events.total, accepted + 3);
+    await e.erase();
+  });
+
   it('a history read under way when consent is withdrawn is not reused afterwards', async () => {
     const { store, reading } = await storeSignallingReads(dbName());
     const e = await Engine.create({ catalog, backend: 'cpu', autoTrainEvery: 0, store });

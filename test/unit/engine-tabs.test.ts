@@ -191,6 +191,60 @@ describe('two tabs on one device', () => {
     await a.close();
     await b.erase();
   });
+  it('on memory because IndexedDB refused to open (private mode): another tab\'s erase drops this tab\'s own copy of the history too', async () => {
+    const g = globalThis as { indexedDB: IDBFactory };
+    const real = g.indexedDB;
+    const name = dbName();
+    // Each tab's open() refused: each runs on a memory store of its own.
+    g.indexedDB = { open() { throw new DOMException('The operation is insecure.', 'SecurityError'); } } as unknown as IDBFactory;
+    let a: Engine, b: Engine;
+    try {
+      [a, b] = await tabs(name);
+    } finally {
+      g.indexedDB = real;
+    }
+    for (const [tab, itemId] of [[a, 'sku-1'], [b, 'sku-2']] as const) {
+      tab.enqueue([{ type: 'purchase', itemId }]);
+      await tab.flush();
+    }
+    await b.train({ epochs: 1 });
+    const before = await b.stats();
+    assert.deepEqual([before.storage, before.events.total], ['memory', 1]);
+    await a.erase();
+    await settle();
+    const s = await b.stats();
+    assert.equal(s.events.total, 0, 'the shopper erased their data: this tab\'s events go too');
+    assert.equal(s.model.trainSteps, 0);
+    assert.ok((await b.recommend({ k: 40, exclude: 'purchased' })).some((r) => r.itemId === 'sku-2'), 'nothing is remembered as bought');
+    await b.close();
+  });
+
+  it('engines in a process without IndexedDB are separate devices: one\'s consent change or erase does not reach another', async () => {
+    const g = globalThis as { indexedDB?: IDBFactory };
+    const real = g.indexedDB;
+    g.indexedDB = undefined;
+    try {
+      const open = () => Engine.create({ catalog, backend: 'cpu', autoTrainEvery: 0, model: { dim: 8 } });
+      const [a, b] = [await open(), await open()];
+      b.enqueue([{ type: 'view', itemId: 'sku-1' }, { type: 'purchase', itemId: 'sku-2' }]);
+      await b.flush();
+      await b.train({ epochs: 1 });
+      await a.setConsent({ personalization: false });
+      await settle();
+      assert.deepEqual(b.consentState(), { personalization: true, version: 0 }, 'b keeps its own consent');
+      assert.equal(b.enqueue([{ type: 'view', itemId: 'sku-3' }]), 1);
+      await b.flush();
+      await a.erase();
+      await settle();
+      const s = await b.stats();
+      assert.deepEqual([s.storage, s.events.total], ['memory', 3], 'b keeps its events');
+      assert.ok(s.model.trainSteps > 0, 'and its weights');
+      await b.close();
+    } finally {
+      g.indexedDB = real;
+    }
+  });
+
   it('keep both tabs\' consent records: the other tab writing its own history does not overwrite the shopper\'s choice', async () => {
     const name = dbName();
     const [a, b] = await tabs(name);

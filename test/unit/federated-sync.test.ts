@@ -1205,3 +1205,259 @@ describe('sync(): a device past its budget makes the same requests as any other'
     }
   });
 });
+
+/**
+ * A fake aggregation server (config, model, a cohort of 2 under secure aggregation) whose cohort
+ * poll answers `poll(n)` (n = 1, 2, …); every request as 'METHOD path' (the cohort id as :id).
+ */
+async function fakeCohortServer(o: { poll: (n: number, left: boolean) => Response | Promise<Response>; join?: () => Response; upload?: () => Response; config?: Record<string, unknown> }) {
+  const { secAggKeyPair } = await import('../../src/federated/secagg.js');
+  const { sha256, toHex } = await import('../../src/federated/wire.js');
+  const dim = 16;
+  const model = encodeModel(createItemTable(ids, dim, { seed: 3 }));
+  const hash = toHex(await sha256(model));
+  const other = await secAggKeyPair();
+  const cohort = 'cd'.repeat(16);
+  const requests: string[] = [];
+  let polls = 0;
+  let left = false;
+  let ownKey = '';
+  const config = { dim, items: ids.length, clip: 1, noiseMultiplier: 1, bits: 8, blockSize: 256, version: 0, minClients: 2, secureAggregation: { cohortSize: 2, bits: 16, step: 1 / 64, degree: 2, timeoutMs: 60_000 }, ...o.config };
+  const fetch: FetchLike = async (url, init) => {
+    const path = new URL(url).pathname;
+    requests.push(`${init?.method ?? 'GET'} ${path.replace(cohort, ':id')}`);
+    if (path === '/v1/config') return Response.json(config);
+    if (path === '/v1/model') return new Response(model as Uint8Array<ArrayBuffer>, { headers: { 'X-Localrec-Model-Hash': hash } });
+    if (path === '/v1/secagg/join') {
+      ownKey = toHex(init!.body as Uint8Array);
+      return o.join?.() ?? Response.json({ cohort, index: 0, size: 2, status: 'forming', token: 'ee'.repeat(16) });
+    }
+    if (path.endsWith('/leave')) {
+      left = true;
+      return Response.json({ left: true });
+    }
+    if (path.endsWith('/members/0')) return o.poll(++polls, left);
+    if (path === '/v1/secagg/updates' || path === '/v1/updates') return o.upload?.() ?? Response.json({ pending: 1, minClients: 2, published: null }, { status: 202 });
+    return Response.json({ reason: 'not-found' }, { status: 404 });
+  };
+  const forming = () => Response.json({ cohort, size: 2, status: 'forming', joined: 1 });
+  const ready = () => Response.json({ cohort, size: 2, status: 'ready', joined: 2, memberKeys: { 0: ownKey, 1: toHex(other.publicKey) } });
+  return { fetch, requests, forming, ready, posts: () => requests.filter((r) => r.startsWith('POST')) };
+}
+
+/** A response whose body streams `total` bytes in 64 KiB chunks; `read()` says how many were pulled. */
+function bigBody(total: number, init?: ResponseInit): { res: Response; read: () => number } {
+  let produced = 0;
+  const stream = new ReadableStream<Uint8Array>({
+    pull(c) {
+      if (produced >= total) return c.close();
+      produced += 65_536;
+      c.enqueue(new Uint8Array(65_536).fill(0x20));
+    },
+  });
+  return { res: new Response(stream, init), read: () => produced };
+}
+
+describe('syncOnce under secure aggregation: a device never stays a silent member of a forming cohort', () => {
+  const history = [{ itemIds: ['sku-1', 'sku-5', 'sku-9'], weights: [1, 1, 1] }];
+  const quick = { backoffMs: 1, cohortPollMs: 1, cohortWaitMs: 150 };
+
+  for (const [what, failure] of [
+    ['a 503 that outlasts every attempt', () => Response.json({}, { status: 503 })],
+    ['no answer at all', () => Promise.reject(new TypeError('fetch failed'))],
+    ['an answer that is not JSON', () => new Response('<html>proxy error</html>')],
+    ['a JSON answer that is not an object', () => new Response('null')],
+  ] as const) {
+    it(`${what} while the cohort forms: it keeps polling until its wait ends, then leaves; nothing sent, no ε`, async () => {
+      const srv = await fakeCohortServer({ poll: (n) => (n === 1 ? srv.forming() : failure()) });
+      const accountant = new RdpAccountant();
+      await assert.rejects(syncOnce({ serverUrl: 'http://srv', fetch: srv.fetch, accountant, history, ...quick }), (e: unknown) =>
+        isNetworkError(e) && /no usable answer about it within 150 ms/.test((e as Error).message) && /it left the cohort; nothing was sent/.test((e as Error).message));
+      assert.deepEqual(srv.posts(), ['POST /v1/secagg/join', 'POST /v1/secagg/cohorts/:id/members/0/leave']);
+      assert.ok(srv.requests.filter((r) => r.startsWith('GET /v1/secagg')).length > 4, 'polled on through the outage');
+      assert.equal(accountant.releases, 0);
+    });
+  }
+
+  it('a server that comes back within the wait: the device goes on and uploads', async () => {
+    const srv = await fakeCohortServer({ poll: (n) => (n === 1 ? srv.forming() : n < 6 ? Response.json({}, { status: 502 }) : srv.ready()) });
+    const r = await syncOnce({ serverUrl: 'http://srv', fetch: srv.fetch, accountant: new RdpAccountant(), history, ...quick, cohortWaitMs: 60_000 });
+    assert.equal(r.sent, true);
+    assert.deepEqual(srv.posts(), ['POST /v1/secagg/join', 'POST /v1/secagg/updates']);
+  });
+
+  for (const [what, answer, error] of [
+    ['a refusal (404)', () => Response.json({ reason: 'not-found' }, { status: 404 }), /refused \(404\)/],
+    ['an aborted cohort', () => Response.json({ cohort: 'cd'.repeat(16), size: 2, status: 'aborted', reason: 'timeout' }), /is aborted: timeout; nothing was sent/],
+  ] as const) {
+    it(`${what} while the cohort forms: it gives its place back (best effort) before giving up`, async () => {
+      const srv = await fakeCohortServer({ poll: (n) => (n === 1 ? srv.forming() : answer()) });
+      await assert.rejects(syncOnce({ serverUrl: 'http://srv', fetch: srv.fetch, accountant: new RdpAccountant(), history, ...quick }), error);
+      assert.deepEqual(srv.posts(), ['POST /v1/secagg/join', 'POST /v1/secagg/cohorts/:id/members/0/leave']);
+    });
+  }
+
+  it('a join answer naming another cohort size: the device leaves before refusing it', async () => {
+    const srv = await fakeCohortServer({ poll: () => srv.forming(), join: () => Response.json({ cohort: 'cd'.repeat(16), index: 0, size: 3, status: 'forming', token: 'ee'.repeat(16) }) });
+    await assert.rejects(syncOnce({ serverUrl: 'http://srv', fetch: srv.fetch, accountant: new RdpAccountant(), history, ...quick }), /cohort\.size: is 3, the server announced 2/);
+    assert.deepEqual(srv.posts(), ['POST /v1/secagg/join', 'POST /v1/secagg/cohorts/:id/members/0/leave']);
+  });
+
+  it('every cohort poll is in the stored egress log as it is made (a tab closed during a long wait keeps them)', async () => {
+    const srv = await fakeCohortServer({ poll: (n) => (n < 5 ? srv.forming() : srv.ready()) });
+    const logged: EgressEntry[] = [];
+    let stored = 0;
+    const unstoredAtPoll: number[] = [];
+    const fetch: FetchLike = (url, init) => {
+      if (/\/members\/0$/.test(new URL(url).pathname)) unstoredAtPoll.push(logged.length - stored);
+      return srv.fetch(url, init);
+    };
+    const r = await syncOnce({ serverUrl: 'http://srv', fetch, accountant: new RdpAccountant(), history, ...quick, onEgress: (e) => logged.push(e), onCheckpoint: () => void (stored = logged.length) });
+    assert.equal(r.sent, true);
+    assert.equal(unstoredAtPoll.length, 5);
+    assert.deepEqual(unstoredAtPoll, [0, 0, 0, 0, 0], 'nothing logged before a poll is missing from the stored log');
+  });
+});
+
+describe('syncOnce: the budget of the accountant as stored, under secure aggregation', () => {
+  const history = [{ itemIds: ['sku-1', 'sku-5', 'sku-9'], weights: [1, 1, 1] }];
+  /** An accountant another tab spent: one release at σ = 0.5 is ε ≈ 10. */
+  const spent = () => {
+    const a = new RdpAccountant();
+    a.record(0.5);
+    return a;
+  };
+
+  it('spent by another tab before the join: the device does not join; nothing sent', async () => {
+    const srv = await fakeCohortServer({ poll: () => srv.ready() });
+    const accountant = new RdpAccountant();
+    await assert.rejects(syncOnce({ serverUrl: 'http://srv', fetch: srv.fetch, accountant, history, cohortPollMs: 1, storedAccountant: async () => spent() }), (e: unknown) =>
+      isPrivacyBudgetError(e) && /spent by another sync before this one joined a cohort\); nothing was sent/.test((e as Error).message));
+    assert.deepEqual(srv.requests, ['GET /v1/config', 'GET /v1/model']);
+    assert.equal(accountant.releases, 0);
+  });
+
+  for (const mode of ['refuse', 'receive'] as const) {
+    it(`spent by another tab while the cohort forms (${mode}): the device leaves before the cohort fills instead of dropping out of it`, async () => {
+      let stored = new RdpAccountant();
+      // The cohort fills once the device has polled twice, unless it left first.
+      const srv = await fakeCohortServer({ poll: (n, left) => (n < 3 || left ? srv.forming() : srv.ready()) });
+      const fetch: FetchLike = (url, init) => {
+        if (/\/members\/0$/.test(new URL(url).pathname)) stored = spent(); // another tab's sync spends meanwhile
+        return srv.fetch(url, init);
+      };
+      const recordRelease = async (sigma: number) => {
+        stored.assertCanSpend(sigma, 8);
+        stored.record(sigma);
+        return stored;
+      };
+      const run = syncOnce({ serverUrl: 'http://srv', fetch, accountant: new RdpAccountant(), history, cohortPollMs: 1, storedAccountant: async () => stored, recordRelease, whenBudgetSpent: mode });
+      if (mode === 'refuse') {
+        await assert.rejects(run, (e: unknown) => isPrivacyBudgetError(e) && /while cohort [0-9a-f]+ formed; this device left the cohort\); nothing was sent/.test((e as Error).message));
+      } else {
+        const r = await run;
+        assert.deepEqual([r.sent, r.uploadedBytes], [false, 0]);
+        assert.match(r.budgetSpent!, /this device left the cohort\); nothing was sent/);
+        assert.equal(r.epsilon, spent().epsilon());
+      }
+      assert.deepEqual(srv.posts(), ['POST /v1/secagg/join', 'POST /v1/secagg/cohorts/:id/members/0/leave']);
+    });
+  }
+});
+
+describe('syncOnce: request options and answers are checked', () => {
+  const history = [{ itemIds: ['sku-1', 'sku-5', 'sku-9'], weights: [1, 1, 1] }];
+
+  it('attempts must be an integer ≥ 1, said by name before any request (0 or NaN used to throw undefined)', async () => {
+    const { fetchServerConfig } = await import('../../src/federated/sync.js');
+    for (const attempts of [0, Number.NaN, 1.5, -1]) {
+      const srv = await fakeCohortServer({ poll: () => srv.ready() });
+      await assert.rejects(syncOnce({ serverUrl: 'http://srv', fetch: srv.fetch, accountant: new RdpAccountant(), history, attempts }), (e: unknown) =>
+        isValidationError(e) && e.field === 'attempts' && /must be an integer ≥ 1/.test(e.message), String(attempts));
+      await assert.rejects(fetchServerConfig({ serverUrl: 'http://srv', fetch: srv.fetch, attempts }), (e: unknown) => isValidationError(e) && e.field === 'attempts', String(attempts));
+      assert.deepEqual(srv.requests, [], String(attempts));
+    }
+  });
+
+  it('budget must be a number > 0 (Infinity: no limit), said by name before any request; NaN no longer refuses every sync as "past NaN"', async () => {
+    for (const budget of [Number.NaN, 0, -1, '8' as unknown as number]) {
+      const srv = await fakeCohortServer({ poll: () => srv.ready() });
+      await assert.rejects(syncOnce({ serverUrl: 'http://srv', fetch: srv.fetch, accountant: new RdpAccountant(), history, budget }), (e: unknown) =>
+        isValidationError(e) && e.field === 'budget' && /must be a number > 0/.test(e.message), String(budget));
+      assert.deepEqual(srv.requests, [], String(budget));
+    }
+  });
+
+  it('a server config with secureAggregation: false is plain aggregation', async () => {
+    const { parseServerConfig } = await import('../../src/federated/sync.js');
+    const srv = await fakeCohortServer({ poll: () => srv.ready(), config: { secureAggregation: false } });
+    const r = await syncOnce({ serverUrl: 'http://srv', fetch: srv.fetch, accountant: new RdpAccountant(), history });
+    assert.equal(r.sent, true);
+    assert.deepEqual(srv.requests, ['GET /v1/config', 'GET /v1/model', 'POST /v1/updates']);
+    assert.equal(parseServerConfig({ dim: 16, items: 10, clip: 1, noiseMultiplier: 1, bits: 8, blockSize: 256, version: 0, minClients: 2, secureAggregation: false as never }).secureAggregation, null);
+  });
+
+  it('a request that succeeded leaves no abort listener on the caller\'s signal and no deadline armed', async () => {
+    const { EventEmitter } = await import('node:events');
+    const { fetchServerConfig } = await import('../../src/federated/sync.js');
+    const srv = await fakeCohortServer({ poll: () => srv.ready() });
+    const attemptSignals: AbortSignal[] = [];
+    const fetch: FetchLike = (url, init) => {
+      attemptSignals.push(init!.signal!);
+      return srv.fetch(url, init);
+    };
+    const ctl = new AbortController();
+    for (let i = 0; i < 12; i++) await fetchServerConfig({ serverUrl: 'http://srv', fetch, signal: ctl.signal, requestTimeoutMs: 30 });
+    assert.equal(EventEmitter.getEventListeners(ctl.signal, 'abort').length, 0, 'no listener left on the caller\'s signal');
+    await new Promise((r) => setTimeout(r, 80));
+    assert.deepEqual(attemptSignals.map((s) => s.aborted), Array(12).fill(false), 'no deadline fired after the answer was read');
+  });
+
+  it('answers are read only up to what their request can need: config, join, cohort view, a refusal\'s reason, an upload\'s reply', async () => {
+    const huge = 4 << 20;
+    const within = (read: number, cap: number, what: string) => assert.ok(read <= cap + 2 * 65_536, `${what}: read ${read} bytes against a cap of ${cap}`);
+    // The config.
+    {
+      let body!: ReturnType<typeof bigBody>;
+      const srv = await fakeCohortServer({ poll: () => srv.ready() });
+      const fetch: FetchLike = (url, init) => (new URL(url).pathname === '/v1/config' ? Promise.resolve((body = bigBody(huge)).res) : srv.fetch(url, init));
+      await assert.rejects(syncOnce({ serverUrl: 'http://srv', fetch, accountant: new RdpAccountant(), history }), (e: unknown) =>
+        isValidationError(e) && e.field === 'GET /v1/config' && /more than the 65536 bytes a server config can take/.test(e.message));
+      within(body.read(), 65_536, 'config');
+    }
+    // A refusal's reason: the refusal is reported, without reading the rest.
+    {
+      let body!: ReturnType<typeof bigBody>;
+      const srv = await fakeCohortServer({ poll: () => srv.ready() });
+      const fetch: FetchLike = (url, init) => (new URL(url).pathname === '/v1/config' ? Promise.resolve((body = bigBody(huge, { status: 403 })).res) : srv.fetch(url, init));
+      await assert.rejects(syncOnce({ serverUrl: 'http://srv', fetch, accountant: new RdpAccountant(), history }), (e: unknown) =>
+        isNetworkError(e) && e.status === 403 && /refused \(403\) \(its body, over 8192 bytes, was not read\)/.test((e as Error).message));
+      within(body.read(), 8192, 'refusal');
+    }
+    // The join's answer.
+    {
+      let body!: ReturnType<typeof bigBody>;
+      const srv = await fakeCohortServer({ poll: () => srv.ready(), join: () => (body = bigBody(huge)).res });
+      await assert.rejects(syncOnce({ serverUrl: 'http://srv', fetch: srv.fetch, accountant: new RdpAccountant(), history }), (e: unknown) =>
+        isValidationError(e) && e.field === 'POST /v1/secagg/join');
+      within(body.read(), 4096, 'join');
+    }
+    // A member view: refused past its bound (degree 2 here), and the device leaves.
+    {
+      let body!: ReturnType<typeof bigBody>;
+      const srv = await fakeCohortServer({ poll: () => (body = bigBody(huge)).res });
+      await assert.rejects(syncOnce({ serverUrl: 'http://srv', fetch: srv.fetch, accountant: new RdpAccountant(), history, cohortPollMs: 1 }), (e: unknown) =>
+        isValidationError(e) && /^GET \/v1\/secagg\/cohorts\/[0-9a-f]+\/members\/0$/.test(e.field) && /a member view of a cohort of 2 at degree 2/.test(e.message));
+      within(body.read(), 2 * (4096 + 3 * 150 + 180), 'member view');
+      assert.deepEqual(srv.posts(), ['POST /v1/secagg/join', 'POST /v1/secagg/cohorts/:id/members/0/leave']);
+    }
+    // An upload's reply: a courtesy; the upload was taken, so the sync reports it sent, without the figures.
+    {
+      let body!: ReturnType<typeof bigBody>;
+      const srv = await fakeCohortServer({ poll: () => srv.ready(), upload: () => (body = bigBody(huge, { status: 202 })).res });
+      const r = await syncOnce({ serverUrl: 'http://srv', fetch: srv.fetch, accountant: new RdpAccountant(), history, cohortPollMs: 1 });
+      assert.deepEqual([r.sent, r.server], [true, undefined]);
+      within(body.read(), 4096, 'upload reply');
+    }
+  });
+});

@@ -47,6 +47,7 @@ import { parseServerConfig, syncOnce, type FetchLike } from '../../src/federated
 import { decodeModel, encodeModel, toHex } from '../../src/federated/wire.js';
 import { Random } from '../../src/model/random.js';
 import { createServer, MemoryStorage, RoundCoordinator } from '../../src/server/index.js';
+import { StorageConflictError } from '../../src/server/storage.js';
 import { assertKeptAnHourAfterEnd, DIM, exerciseCohortLeave, honestUpdate, IDS, initialTable, shopperHistory } from './server-helpers.js';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -557,19 +558,25 @@ async function flakyCohortServer() {
   const sa = rounds.config.secureAggregation!;
   const members: Array<{ cohort: string; index: number; token: string }> = [];
   for (let i = 0; i < 3; i++) members.push((await (await app.request('/v1/secagg/join', { method: 'POST', body: (await secAggKeyPair()).publicKey as Uint8Array<ArrayBuffer> })).json()) as { cohort: string; index: number; token: string });
+  let lastError = '';
   /** Member `m`'s masked upload (all values `fill`): [status, reason or 'accepted']. */
   const upload = async (m: (typeof members)[number], fill = 0) => {
     const body = encodeMaskedUpdate({ cohortId: Uint8Array.from(Buffer.from(m.cohort, 'hex')), index: m.index, cohortSize: 3, bits: sa.bits, step: sa.step, baseVersion: 0, values: new Uint32Array(IDS.length * (DIM + 1)).fill(fill) });
     const r = await app.request('/v1/secagg/updates', { method: 'POST', body: body as Uint8Array<ArrayBuffer>, headers: { 'X-Localrec-Cohort-Token': m.token } });
-    return [r.status, ((await r.json()) as { reason?: string }).reason ?? 'accepted'];
+    const json = (await r.json()) as { reason?: string; error?: string };
+    lastError = json.error ?? '';
+    return [r.status, json.reason ?? 'accepted'];
   };
-  return { storage, rounds, members, upload };
+  /** The `error` of the last upload's answer. */
+  const error = () => lastError;
+  return { storage, rounds, members, upload, error };
 }
 
 test('a storage failure after the upload was inserted (its cohort could not record it) takes it out again: the 503 is true, and the retry is taken', async () => {
-  const { storage, rounds, members, upload } = await flakyCohortServer();
+  const { storage, rounds, members, upload, error } = await flakyCohortServer();
   storage.failMark = true;
   assert.deepEqual(await upload(members[0]!), [503, 'storage-unavailable']);
+  assert.match(error(), /nothing was stored/);
   assert.equal(await storage.pendingCount(), 0, 'nothing stored, as the 503 says');
   assert.deepEqual(await upload(members[0]!), [202, 'accepted'], 'the retry is taken, not "replayed"');
   assert.deepEqual(await upload(members[1]!), [202, 'accepted']);
@@ -582,11 +589,14 @@ test('a storage failure after the upload was inserted (its cohort could not reco
 test('the same masked upload again, still pending, is taken once: after a lost answer, or a failure whose clean-up failed too', async () => {
   // The cohort's record of the upload fails once, and so does taking the upload out again (the
   // database is down for both): the row stays pending outside its cohort.
-  const { storage, rounds, members, upload } = await flakyCohortServer();
+  const { storage, rounds, members, upload, error } = await flakyCohortServer();
   storage.failMark = true;
   storage.failDiscard = true;
   assert.deepEqual(await upload(members[0]!), [503, 'storage-unavailable']);
   assert.equal(await storage.pendingCount(), 1, 'the row could not be taken out');
+  // So the 503 does not say nothing was stored (before the fix it did): it says to send the same upload again.
+  assert.doesNotMatch(error(), /nothing was stored/);
+  assert.match(error(), /the upload is stored, but not every step of taking it was: send the same upload again later/);
   assert.deepEqual(await upload(members[0]!), [202, 'accepted'], 'the retry finishes it, not "replayed"');
   assert.equal((await rounds.cohort(members[0]!.cohort))!.submitted, 1);
   // Its answer lost, member 1 sends the same body again: counted once. Another body under its nonce is a replay.
@@ -603,10 +613,11 @@ test('the same masked upload again, still pending, is taken once: after a lost a
 });
 
 test('a retry of an upload its cohort counted already, failing on the storage, leaves that upload in place: the cohort still completes', async () => {
-  const { storage, rounds, members, upload } = await flakyCohortServer();
+  const { storage, rounds, members, upload, error } = await flakyCohortServer();
   assert.deepEqual(await upload(members[0]!), [202, 'accepted']);
   storage.failMark = true; // the retry (its first answer was lost) hits a storage error
   assert.deepEqual(await upload(members[0]!), [503, 'storage-unavailable']);
+  assert.match(error(), /the upload is stored, .*: send the same upload again later/);
   assert.equal(await storage.pendingCount(), 1, 'the counted upload is not deleted by the failed retry');
   assert.deepEqual(await upload(members[0]!), [202, 'accepted']);
   assert.deepEqual(await upload(members[1]!), [202, 'accepted']);
@@ -1056,6 +1067,125 @@ for (const lasting of [false, true]) {
     },
   );
 }
+
+/** A secure-aggregation server (no dropout recovery: cohorts of 2, 1 s deadlines) on `storage` and `clock`, with one full cohort (both members joined). */
+async function cohortOfTwo(storage: MemoryStorage, clock: () => number, logs: string[]) {
+  const parts = await createServer({ storage, initialTable: initialTable(), minClients: 2, clip: 1, noiseMultiplier: 0, rateLimit: false, secureAggregation: { timeoutMs: 1_000 }, now: clock, log: (l) => logs.push(l) });
+  const call = (path: string, body?: Uint8Array, token?: string) =>
+    Promise.resolve(parts.app.fetch(new Request(`http://x${path}`, body ? { method: 'POST', body: body as Uint8Array<ArrayBuffer>, headers: token ? { 'X-Localrec-Cohort-Token': token } : {} } : {})));
+  const sa = parts.rounds.config.secureAggregation!;
+  const members: Array<{ cohort: string; index: number; token: string }> = [];
+  for (let i = 0; i < 2; i++) members.push((await (await call('/v1/secagg/join', (await secAggKeyPair()).publicKey)).json()) as { cohort: string; index: number; token: string });
+  const upload = async (m: (typeof members)[number]) =>
+    (await call('/v1/secagg/updates', encodeMaskedUpdate({ cohortId: Uint8Array.from(Buffer.from(m.cohort, 'hex')), index: m.index, cohortSize: 2, bits: sa.bits, step: sa.step, baseVersion: 0, values: new Uint32Array(IDS.length * (DIM + 1)) }), m.token)).json() as Promise<{ published?: number | null; reason?: string }>;
+  const view = async () => (await (await call(`/v1/secagg/cohorts/${members[0]!.cohort}`)).json()) as { status: string; published?: number; reason?: string };
+  return { parts, members, upload, view };
+}
+
+test('a complete cohort whose publish lost to other processes three times in a row is published on a later request, not left waiting, also when a retry loses again', async () => {
+  class Conflicting extends MemoryStorage {
+    conflicts = 0;
+    override async publish(...a: Parameters<MemoryStorage['publish']>) {
+      if (a[0].version > 0 && this.conflicts > 0) {
+        this.conflicts--;
+        throw new StorageConflictError('another process published first (simulated)');
+      }
+      return super.publish(...a);
+    }
+  }
+  let t = 1_000_000;
+  const storage = new Conflicting();
+  const logs: string[] = [];
+  const { parts, members, upload, view } = await cohortOfTwo(storage, () => t, logs);
+  try {
+    storage.conflicts = 4;
+    assert.equal((await upload(members[0]!)).published, null);
+    assert.equal((await upload(members[1]!)).published, null, 'three conflicts: the round waits');
+    assert.equal(parts.rounds.version, 0);
+    // No further upload will complete this cohort: the next request that looks at cohorts, a
+    // second later, retries its publish (before the fix it waited for another cohort, or a restart),
+    // and so does the one after a retry that lost again.
+    t += 1_500;
+    await view();
+    await parts.rounds.drain();
+    assert.equal(parts.rounds.version, 0, 'the fourth conflict');
+    t += 1_500;
+    await view();
+    await parts.rounds.drain();
+    assert.deepEqual([parts.rounds.version, (await view()).status, (await view()).published, await storage.pendingCount()], [1, 'done', 1, 0]);
+  } finally {
+    await storage.close();
+  }
+});
+
+test('a complete cohort whose publish keeps failing is aborted after PUBLISH_GRACE upload timeouts, saying so, and the retries stop', async () => {
+  class Failing extends MemoryStorage {
+    failing = false;
+    override async publish(...a: Parameters<MemoryStorage['publish']>) {
+      if (this.failing) throw new StorageError('publish version failed: database or disk is full');
+      return super.publish(...a);
+    }
+  }
+  let t = 1_000_000;
+  const storage = new Failing();
+  const logs: string[] = [];
+  const { parts, members, upload, view } = await cohortOfTwo(storage, () => t, logs);
+  const retries = () => logs.filter((l) => /aggregation failed again, will retry/.test(l)).length;
+  try {
+    storage.failing = true;
+    await upload(members[0]!);
+    await upload(members[1]!);
+    assert.ok(logs.some((l) => /aggregation failed, will retry/.test(l)));
+    t += 1_500; // past the upload deadline: complete, so not late; its publish is retried
+    assert.equal((await view()).status, 'ready');
+    await parts.rounds.drain();
+    assert.equal(retries(), 1);
+    t += 3_000; // 4.5 s after it filled: past PUBLISH_GRACE (4) × the 1 s upload timeout
+    const ended = await view();
+    await parts.rounds.drain();
+    assert.deepEqual([ended.status, ended.reason], ['aborted', 'all 2 members uploaded, but the cohort could not be published within 4000 ms']);
+    assert.deepEqual([parts.rounds.version, await storage.pendingCount()], [0, 0], 'its uploads are deleted');
+    const before = retries();
+    for (let i = 0; i < 3; i++) {
+      t += 1_500;
+      await view();
+      await parts.rounds.drain();
+    }
+    assert.equal(retries(), before, 'nothing left to publish: no more retries');
+  } finally {
+    await storage.close();
+  }
+});
+
+test('a recovered cohort holding a stray upload of a member it counts as dropped (stored, never recorded) is published without it', async () => {
+  let t = 3_000_000;
+  const storage = new MemoryStorage();
+  const logs: string[] = [];
+  const parts = await createServer({ storage, initialTable: initialTable(), minClients: 4, clip: 1, noiseMultiplier: 0, rateLimit: false, secureAggregation: { timeoutMs: 1_000, minSurvivors: 3 }, now: () => t, log: (l) => logs.push(l) });
+  const call = (path: string, body?: Uint8Array, token?: string) =>
+    Promise.resolve(parts.app.fetch(new Request(`http://x${path}`, body ? { method: 'POST', body: body as Uint8Array<ArrayBuffer>, headers: token ? { 'X-Localrec-Cohort-Token': token } : {} } : {})));
+  try {
+    const sa = ((await (await call('/v1/config')).json()) as { secureAggregation: SecAggParams }).secureAggregation;
+    const members: Array<{ cohort: string; index: number; token: string }> = [];
+    for (let i = 0; i < 4; i++) members.push((await (await call('/v1/secagg/join', (await secAggKeyPair()).publicKey)).json()) as { cohort: string; index: number; token: string });
+    const id = members[0]!.cohort;
+    const body = (index: number) => encodeMaskedUpdate({ cohortId: Uint8Array.from(Buffer.from(id, 'hex')), index, cohortSize: 4, bits: sa.bits, step: sa.step, baseVersion: 0, values: new Uint32Array(IDS.length * (DIM + 1)), sealed: junkSealed(sa, index) });
+    for (const m of members.slice(0, 3)) assert.equal((await call('/v1/secagg/updates', body(m.index), m.token)).status, 202);
+    // Member 3's upload was stored, but its cohort never recorded it (the storage failed in
+    // between, and so did taking it out again).
+    await storage.addUpdate({ nonce: `${id}:3`, baseVersion: 0, receivedAt: t, body: body(3) });
+    t += 1_500; // the upload deadline: member 3 counts as dropped
+    const view = async () => (await (await call(`/v1/secagg/cohorts/${id}`)).json()) as { status: string; dropped?: number[]; published?: number };
+    assert.deepEqual([(await view()).status, (await view()).dropped], ['recovering', [3]]);
+    for (const m of members.slice(0, 3)) assert.equal((await call(`/v1/secagg/cohorts/${id}/members/${m.index}/recovery`, new Uint8Array(shareLength(sa, m.index)), m.token)).status, 202);
+    // Before the fix the cohort waited for 3 uploads and found 4: never unmasked, aborted at its deadline.
+    assert.deepEqual([parts.rounds.version, (await view()).status, (await view()).published, await storage.pendingCount()], [1, 'done', 1, 0]);
+    assert.equal((await storage.latest())!.updateCount, 3, 'the survivors’ uploads only');
+    assert.ok(logs.some((l) => /discarded 1 uploads of members of cohort .* counted as dropped/.test(l)), logs.join('\n'));
+  } finally {
+    await storage.close();
+  }
+});
 
 test('recovery shares: refused outside recovery, from a member that owes none, with the wrong length or token, and twice; too few uploads still abort', async () => {
   let t = 3_000_000;
@@ -1577,4 +1707,52 @@ test('a device refusing to help recover says which rule the list of dropped memb
   assert.equal(await note([7]), 'refused to help recover: the server lists dropped member 7, not a member index (0..2)');
   assert.equal(await note([0]), 'refused to help recover: the server lists this device (member 0) among the dropped members');
   assert.equal(await note([1, 2]), 'refused to help recover: the server lists 2 dropped members (at most 1 allowed)');
+});
+
+test('with recovery, every step after the join is in the stored egress log before the next request: polls, confirmation, ready, share', async () => {
+  const parts = await createServer({ dataDir: null, initialTable: initialTable(), minClients: 3, clip: 1, noiseMultiplier: 1, rateLimit: false, secureAggregation: { timeoutMs: 60_000, minSurvivors: 2 }, log: () => {} });
+  const app = (url: string, init?: RequestInit) => Promise.resolve(parts.app.fetch(new Request(url, init)));
+  try {
+    const logged: Array<{ method: string; endpoint: string }> = [];
+    let stored = 0;
+    /** Requests device 0 made while something it had logged was not stored yet, with what was missing. */
+    const unstored: string[] = [];
+    let polls = 0;
+    let joinedOthers: Promise<unknown> | undefined;
+    const others: Array<Promise<unknown>> = [];
+    const watched: FetchLike = async (url, init) => {
+      const path = new URL(url).pathname;
+      if (logged.some((l) => l.endpoint === '/v1/secagg/join') && logged.length > stored) {
+        unstored.push(`${init?.method ?? 'GET'} ${path.replace(/[0-9a-f]{32}/, ':id')} with ${logged.slice(stored).map((l) => l.endpoint.replace(/[0-9a-f]{32}/, ':id')).join(', ')} unstored`);
+      }
+      // The others join once device 0 has polled its forming cohort a few times.
+      if (/\/members\/0$/.test(path) && ++polls === 3) {
+        joinedOthers = Promise.all([1, 2].map((s) => syncOnce({ serverUrl: 'http://x', fetch: (u, i) => app(u, i as RequestInit), accountant: new RdpAccountant(), history: historyOf(s + 1), train: { seed: s + 1 }, cohortPollMs: 1 })));
+        others.push(joinedOthers);
+      }
+      return app(url, init as RequestInit);
+    };
+    const r = await syncOnce({
+      serverUrl: 'http://x', fetch: watched, accountant: new RdpAccountant(), history: historyOf(1), train: { seed: 1 }, cohortPollMs: 1,
+      onEgress: (e) => void logged.push(e), onCheckpoint: () => void (stored = logged.length),
+    });
+    await Promise.all(others);
+    assert.deepEqual([r.cohort!.outcome, r.cohort!.recoveryShareSent], ['published', true]);
+    const posts = logged.filter((l) => l.method === 'POST').map((l) => l.endpoint.replace(/[0-9a-f]{32}/, ':id'));
+    for (const step of ['confirm', 'ready', 'recovery']) assert.ok(posts.includes(`/v1/secagg/cohorts/:id/members/0/${step}`), `${step} was sent`);
+    assert.ok(polls >= 3, 'polled while the cohort formed');
+    assert.deepEqual(unstored, []);
+  } finally {
+    await parts.storage.close();
+  }
+});
+
+test('the docs and the code agree on each device\'s noise under secure aggregation: σC/√t (t = the minimum survivors; K without recovery)', () => {
+  const protocol = readFileSync(new URL('../../docs/protocol.md', import.meta.url), 'utf8');
+  const header = readFileSync(new URL('../../src/federated/secagg.ts', import.meta.url), 'utf8').split('*/')[0]!;
+  for (const [name, text] of [['docs/protocol.md', protocol], ['secagg.ts header', header]] as const) {
+    assert.ok(!/adds N\(0, \(σC\)²\/K\)/.test(text), `${name} no longer says each device adds N(0, (σC)²/K)`);
+    assert.match(text, /adds N\(0, \(σC\)²\/t\) \(t = the[\s*]+cohort's minimum survivors[^)]*K without[\s*]+dropout recovery\)/, name);
+  }
+  for (const gone of ['the guarantee of σ/√K', 'noise is σC·√(h/K)', 'the noise, σ/√K.']) assert.ok(!protocol.includes(gone), gone);
 });

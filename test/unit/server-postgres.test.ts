@@ -5,6 +5,7 @@
  */
 import { strict as assert } from 'node:assert';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it, test } from 'node:test';
@@ -16,8 +17,8 @@ import { clipL2, RdpAccountant } from '../../src/federated/dp.js';
 import { syncOnce, type FetchLike } from '../../src/federated/sync.js';
 import { fromHex } from '../../src/federated/wire.js';
 import { createServer, PostgresStorage, startServer } from '../../src/server/index.js';
-import { redactUrl } from '../../src/server/postgres-storage.js';
-import { KEEP_ENDED_MS } from '../../src/server/cohorts.js';
+import { QUERY_TIMEOUT_MARGIN_MS, redactUrl } from '../../src/server/postgres-storage.js';
+import { KEEP_ENDED_MS, PUBLISH_GRACE } from '../../src/server/cohorts.js';
 import { StorageConflictError } from '../../src/server/storage.js';
 import { postgresUnavailable, startPostgres, type TestPostgres } from './pg-helpers.js';
 import { assertKeptAnHourAfterEnd, DIM, exerciseCohortLeave, honestUpdate, initialTable, IDS, post, pull, quiet, shopperHistory, spawnServe, type ServeChild } from './server-helpers.js';
@@ -681,6 +682,205 @@ describe('PostgreSQL storage', { skip: skip ?? false }, () => {
       assert.equal(((await (await call(`/v1/secagg/cohorts/${j[0]!.cohort}`)).json()) as { status: string }).status, 'done');
     } finally {
       await srv.close();
+    }
+  });
+
+  /** Resolves once `check` holds (polled every 20 ms), or fails after 10 s. */
+  const waitFor = async (check: () => Promise<boolean>, what: string): Promise<void> => {
+    for (let i = 0; i < 500; i++) {
+      if (await check()) return;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    assert.fail(`timed out waiting for ${what}`);
+  };
+  /** Ends every other session on the admin client's database, as a database restart or an operator's pg_terminate_backend does. */
+  const terminateOthers = (admin: pg.Client) => admin.query('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()');
+  /** Whether a session on the admin client's database waits for a lock. */
+  const someoneWaits = async (admin: pg.Client) => ((await admin.query("SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() AND wait_event_type = 'Lock'")).rowCount ?? 0) > 0;
+  const bare = (version: number) => ({ version, hash: `h${version}`, model: new Uint8Array([version]), optimizer: null, createdAt: version, updateCount: 0 });
+
+  it('a connection lost in a transaction (backend terminated, idle-in-transaction timeout) fails that call with a StorageError; the process carries on, and so does the store', async () => {
+    const database = await freshDatabase();
+    let hook: (() => Promise<void>) | undefined;
+    const s = await PostgresStorage.open(database, { statementTimeoutMs: 1_000, beforeCommit: () => hook?.() });
+    const admin = new pg.Client({ connectionString: database });
+    await admin.connect();
+    const storageError = (pattern: RegExp) => (e: unknown) => isStorageError(e) && !(e instanceof StorageConflictError) && pattern.test((e as Error).message);
+    try {
+      // Ended between two statements of the transaction (no statement in flight: before the fix,
+      // an unhandled 'error' event on the checked-out client that ended the process).
+      hook = async () => {
+        await terminateOthers(admin);
+        await new Promise((r) => setTimeout(r, 200));
+      };
+      await assert.rejects(s.publish(bare(0), []), storageError(/PostgreSQL publish version failed \(.*\): terminating connection due to administrator command/));
+      hook = undefined;
+      assert.equal(await s.latest(), undefined, 'nothing was committed');
+      await s.publish(bare(0), []);
+      // Ended while waiting for the publish lock a peer holds (a statement in flight).
+      await admin.query('SELECT pg_advisory_lock($1)', [0x6c726563]);
+      const waiting = s.publish(bare(1), []);
+      await waitFor(() => someoneWaits(admin), 'the publish to wait for the lock');
+      await terminateOthers(admin);
+      await assert.rejects(waiting, storageError(/PostgreSQL publish version failed .*terminating connection due to administrator command/));
+      await admin.query('SELECT pg_advisory_unlock($1)', [0x6c726563]);
+      await s.publish(bare(1), []);
+      // A transaction left idle (this process stalled mid-publish) is ended by PostgreSQL after the
+      // statement timeout, which frees the publish lock for the other processes.
+      hook = () => new Promise((r) => setTimeout(r, 2_500));
+      await assert.rejects(s.publish(bare(2), []), storageError(/idle-in-transaction timeout/));
+      hook = undefined;
+      assert.equal((await admin.query('SELECT pg_try_advisory_lock($1) AS got', [0x6c726563])).rows[0].got, true, 'the publish lock is free');
+      await admin.query('SELECT pg_advisory_unlock($1)', [0x6c726563]);
+      assert.equal((await s.latest())!.version, 1);
+      await s.publish(bare(2), []);
+      assert.equal((await s.latest())!.version, 2);
+    } finally {
+      await admin.end();
+      await s.close();
+    }
+  });
+
+  it('a request whose connection PostgreSQL ends mid-transaction is answered 503 storage-unavailable; the server carries on', async () => {
+    const database = await freshDatabase();
+    const srv = await startServer({ ...opts, minClients: 2, database, initialTable: initialTable(), secureAggregation: true });
+    const admin = new pg.Client({ connectionString: database });
+    await admin.connect();
+    const { secAggKeyPair } = await import('../../src/federated/secagg.js');
+    const join = async () => fetch(`${srv.url}/v1/secagg/join`, { method: 'POST', body: (await secAggKeyPair()).publicKey as Uint8Array<ArrayBuffer> });
+    try {
+      // A peer's join holds the cohort lock; this server's join waits for it, and its session ends.
+      await admin.query('SELECT pg_advisory_lock($1)', [0x6c727361]);
+      const joining = join();
+      await waitFor(() => someoneWaits(admin), 'the join to wait for the cohort lock');
+      await terminateOthers(admin);
+      const r = await joining;
+      assert.equal(r.status, 503);
+      assert.equal(((await r.json()) as { reason: string }).reason, 'storage-unavailable');
+      await admin.query('SELECT pg_advisory_unlock($1)', [0x6c727361]);
+      const again = await join();
+      const text = await again.text();
+      assert.equal(again.status, 200, text);
+      assert.equal((JSON.parse(text) as { index: number }).index, 0);
+    } finally {
+      await admin.end();
+      await srv.close();
+    }
+  });
+
+  it('a database that stops answering (no RST, no FIN: a partition, a dead host) fails each call after the statement timeout plus a margin, and the connections go; the store works once it answers again', async () => {
+    const database = await freshDatabase();
+    // A TCP relay to the database that can swallow everything, both ways.
+    let hole = false;
+    const sockets = new Set<net.Socket>();
+    const relay = net.createServer((c) => {
+      const up = net.connect(Number(new URL(server.url).port), '127.0.0.1');
+      for (const sock of [c, up]) {
+        sockets.add(sock);
+        sock.on('error', () => undefined);
+        sock.on('close', () => sockets.delete(sock));
+      }
+      c.on('data', (d) => void (hole || up.write(d)));
+      up.on('data', (d) => void (hole || c.write(d)));
+      c.on('close', () => up.destroy());
+      up.on('close', () => c.destroy());
+    });
+    await new Promise<void>((r) => relay.listen(0, '127.0.0.1', () => r()));
+    const relayed = new URL(database);
+    relayed.port = String((relay.address() as net.AddressInfo).port);
+    const s = await PostgresStorage.open(relayed.toString(), { statementTimeoutMs: 300 });
+    try {
+      await s.publish(bare(0), []);
+      // Two connections in the pool, idle.
+      await Promise.all([s.pendingCount(), s.pendingCount()]);
+      const open = sockets.size;
+      assert.equal(open, 4, 'two connections, relayed');
+      hole = true;
+      const calls = Promise.allSettled([s.pendingCount(), s.publish(bare(1), [])]);
+      // Before the fix both waited for good; a bound, so that this test fails instead of hanging.
+      const settled = await Promise.race([calls, new Promise<null>((r) => setTimeout(() => r(null), 4 * QUERY_TIMEOUT_MARGIN_MS).unref())]);
+      assert.ok(settled, 'the calls are still waiting');
+      for (const r of settled) {
+        assert.equal(r.status, 'rejected');
+        const e = (r as PromiseRejectedResult).reason as Error;
+        assert.ok(isStorageError(e), String(e));
+        assert.match(e.message, new RegExp(`no answer from the database within ${300 + QUERY_TIMEOUT_MARGIN_MS} ms`));
+      }
+      await waitFor(async () => sockets.size === 0, `the connections that did not answer to be closed (${open} relayed sockets)`);
+      hole = false;
+      await s.publish(bare(1), []);
+      assert.equal((await s.latest())!.version, 1);
+    } finally {
+      // The relayed connections first: a call still waiting on one (before the fix) then fails, and
+      // the pool can end.
+      for (const sock of sockets) sock.destroy();
+      relay.close();
+      await s.close();
+    }
+  });
+
+  it("an aborted cohort's uploads are deleted also under a collation that sorts ';' before ':' (ICU en-US)", async (t) => {
+    const name = `t${++n}`;
+    const created = await withClient(server.url, async (admin) => {
+      for (const how of ["LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C.UTF-8'", "LC_COLLATE 'en_US.UTF-8' LC_CTYPE 'en_US.UTF-8'"]) {
+        try {
+          await admin.query(`CREATE DATABASE ${name} TEMPLATE template0 ENCODING 'UTF8' ${how}`);
+          return true;
+        } catch {
+          // not available in this build of PostgreSQL, or this locale is not installed
+        }
+      }
+      return false;
+    });
+    if (!created) return t.skip('neither ICU nor the en_US.UTF-8 locale is available to this PostgreSQL');
+    const database = server.url.replace(/\/postgres$/, `/${name}`);
+    assert.equal((await withClient(database, (db) => db.query<{ before: boolean }>("SELECT ';' < ':' AS before"))).rows[0]!.before, true, "this database's collation sorts ';' before ':'");
+    let now = 1_000_000;
+    const s = await PostgresStorage.open(database);
+    try {
+      const cohorts = s.cohortStore({ cohortSize: 2, bits: 16, step: 1 / 1024, degree: 2 }, 1_000, () => now);
+      const a = await cohorts.join(new Uint8Array(65).fill(1));
+      await cohorts.join(new Uint8Array(65).fill(2));
+      assert.ok(!('error' in a));
+      const id = a.cohort.id;
+      // Member 1's upload recorded; member 0's stored, but its cohort never recorded it (the process died in between).
+      const one = await s.addUpdate({ nonce: `${id}:1`, baseVersion: 0, receivedAt: now, body: new Uint8Array([1]) });
+      assert.ok(one !== 'replayed');
+      assert.equal(await cohorts.markSubmitted(id, 1, one.id), 'recorded');
+      await s.addUpdate({ nonce: `${id}:0`, baseVersion: 0, receivedAt: now, body: new Uint8Array([0]) });
+      await s.addUpdate({ nonce: 'cd'.repeat(16), baseVersion: 0, receivedAt: now, body: new Uint8Array([2]) });
+      now += 5_000;
+      assert.deepEqual((await cohorts.sweep()).aborted.map((x) => x.id), [id]);
+      assert.deepEqual((await s.pending()).map((u) => u.nonce), ['cd'.repeat(16)], "both of the cohort's uploads went, nothing else");
+    } finally {
+      await s.close();
+    }
+  });
+
+  it('a full cohort with every upload in that is never published (its publish keeps failing) is aborted after PUBLISH_GRACE upload timeouts, its uploads deleted', async () => {
+    const s = await PostgresStorage.open(await freshDatabase());
+    let now = 1_000_000;
+    const cohorts = s.cohortStore({ cohortSize: 2, bits: 16, step: 1 / 1024, degree: 2 }, { fillMs: 3_600_000, uploadMs: 60_000 }, () => now);
+    try {
+      const joined = [await cohorts.join(new Uint8Array(65).fill(1)), await cohorts.join(new Uint8Array(65).fill(2))];
+      const id = (joined[0] as { cohort: { id: string } }).cohort.id;
+      const marks = [];
+      for (const i of [0, 1]) {
+        const r = await s.addUpdate({ nonce: `${id}:${i}`, baseVersion: 0, receivedAt: now, body: new Uint8Array(4) });
+        assert.ok(r !== 'replayed');
+        marks.push(await cohorts.markSubmitted(id, i, r.id));
+      }
+      assert.deepEqual(marks, ['recorded', 'complete']);
+      now += 60_001; // past the upload deadline: complete, so being published, not late
+      assert.deepEqual((await cohorts.sweep()).aborted, []);
+      assert.equal((await cohorts.info(id))!.status, 'ready');
+      now += (PUBLISH_GRACE - 1) * 60_000;
+      const swept = (await cohorts.sweep()).aborted;
+      assert.deepEqual(swept.map((x) => [x.id, x.reason, x.updateIds.length]), [[id, `all 2 members uploaded, but the cohort could not be published within ${PUBLISH_GRACE * 60_000} ms`, 2]]);
+      assert.equal((await cohorts.info(id))!.status, 'aborted');
+      assert.equal(await s.pendingCount(), 0);
+    } finally {
+      await s.close();
     }
   });
 });
