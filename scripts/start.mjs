@@ -1,19 +1,45 @@
 /**
  * `npm start`: builds the SDK when dist/ is missing or older than src/, then serves the demo shop
  * and the aggregation server on one localhost address (default http://127.0.0.1:8787; PORT overrides,
- * PORT=0 takes any free port).
+ * PORT=0 takes any free port). The model store and the offer key live in .data/shop of the checkout;
+ * LOCALREC_DATA_DIR names another folder (relative to the current one).
  */
 import { spawnSync } from 'node:child_process';
 import { existsSync, readdirSync, statSync } from 'node:fs';
 import { createServer } from 'node:net';
-import { join } from 'node:path';
+import { isAbsolute, join, relative, resolve } from 'node:path';
 import Database from 'better-sqlite3';
 import { ROOT, startShop } from './shop-server.mjs';
 
-const DATA_DIR = join(ROOT, '.data', 'shop');
+const DATA_DIR = process.env.LOCALREC_DATA_DIR ? resolve(process.env.LOCALREC_DATA_DIR) : join(ROOT, '.data', 'shop');
+/** The data dir as printed: relative to the checkout when it is inside it. */
+const SHOWN_DIR = (() => {
+  const r = relative(ROOT, DATA_DIR);
+  return r && !r.startsWith('..') && !isAbsolute(r) ? r : DATA_DIR;
+})();
 /** The lock `localrec serve` holds on its data dir (LOCK_FILE in src/server/sqlite-storage.ts). */
 const LOCK = join(DATA_DIR, 'localrec.lock');
-const ALREADY_RUNNING = `another npm start (or localrec serve on .data/shop) is running from this checkout: stop it first (Ctrl-C in its terminal)\n`;
+const ALREADY_RUNNING = `another npm start (or localrec serve on ${SHOWN_DIR}) is using that data dir: stop it first (Ctrl-C in its terminal), or give this one another folder with LOCALREC_DATA_DIR\n`;
+
+/**
+ * One line on why the data dir cannot be used, and what to do, for the errors a folder can cause
+ * (null for any other error, which is printed whole).
+ */
+function dataDirError(e) {
+  const code = e?.code;
+  const msg = String(e?.message ?? e);
+  const other = 'or set LOCALREC_DATA_DIR to another folder';
+  if (code === 'ENOTDIR' || code === 'EEXIST' || /ENOTDIR|EEXIST|not a directory/i.test(msg)) {
+    return `the data dir ${SHOWN_DIR} (or a folder above it) is a file, not a folder: move that file away, ${other}`;
+  }
+  if (code === 'EACCES' || code === 'EPERM' || code === 'EROFS' || /EACCES|EPERM|EROFS|permission denied|readonly database|read-only file system|unable to open database file/i.test(msg)) {
+    return `cannot write to the data dir ${SHOWN_DIR} (${msg}): give this user write access to it, ${other}`;
+  }
+  if (/SQLITE_(CORRUPT|NOTADB)|not a database|malformed|corrupt/i.test(msg)) {
+    return `the model store in ${SHOWN_DIR} is damaged (${msg}): move that folder aside (it holds only the demo's federated rounds and its offer key) to start a fresh one, ${other}`;
+  }
+  return null;
+}
 
 /** Whether another process holds the shop's data dir: checked before building, which would replace dist/ under it. */
 function heldByAnother() {
@@ -98,16 +124,21 @@ if (why) {
 
 let shop;
 try {
-  shop = await startShop({ port });
+  shop = await startShop({ port, dataDir: DATA_DIR });
 } catch (e) {
   // (Taken between the check above and now.)
   if (e?.code === 'EADDRINUSE') process.stderr.write(await busyPort(port));
   else if (/is in use by another localrec serve/.test(String(e?.message))) process.stderr.write(ALREADY_RUNNING);
-  else process.stderr.write(`${e?.stack ?? e}\n`);
+  else {
+    const line = dataDirError(e);
+    process.stderr.write(line ? `${line}\n` : `${e?.stack ?? e}\n`);
+  }
   process.exit(1);
 }
 
-process.stdout.write(`\n  localrec demo shop:  ${shop.url}/\n  federated API:       ${shop.url}/v1/health\n  signed offers:       ${shop.url}/offers.json (key in .data/shop/offer-keys.json)\n  consent banner:      ${shop.url}/?consent=required\n  model store:         .data/shop (SQLite)\n\n  Ctrl-C to stop.\n\n`);
+process.stdout.write(
+  `\n  localrec demo shop:  ${shop.url}/ (asks for consent first)\n  consent granted:     ${shop.url}/?consent=granted (a first visit without the banner)\n  federated API:       ${shop.url}/v1/health\n  signed offers:       ${shop.url}/offers.json (key in ${join(SHOWN_DIR, 'offer-keys.json')})\n  model store:         ${SHOWN_DIR} (SQLite; LOCALREC_DATA_DIR picks another folder)\n\n  Ctrl-C to stop.\n\n`,
+);
 
 let stopping = false;
 const stop = () => {

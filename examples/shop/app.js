@@ -18,14 +18,19 @@ function countParam(name, dflt) {
 /** Train after this many new browsing events (the page trains itself so that it can chart the loss). */
 const TRAIN_EVERY = countParam('trainEvery', 3);
 const POLL_MS = 4000;
-/** `?consent=required`: nothing is stored until the shopper accepts in the banner (a first visit without it starts as 'granted'). */
-const CONSENT_REQUIRED = params.get('consent') === 'required';
+/**
+ * `?consent=granted`: a first visit starts with consent granted (personalization and sharing model
+ * updates), for tests and demos that want it. Otherwise (or with `?consent=required`) the banner
+ * asks first and nothing is stored before an answer. After "Erase everything" the banner asks again
+ * whatever the address says.
+ */
+const CONSENT_GRANTED = params.get('consent') === 'granted';
 /** How many shoppers the "Simulate" button runs (the test uses a few). */
 const SHOPPERS = countParam('shoppers', 200);
 /**
- * The shopper's answer to the banner ("Change consent" on any page, the banner under
- * `?consent=required`), kept here and passed back at every load: the host's job, since the SDK asks
- * the host each page load. Without it a reload would undo "Only on this device".
+ * The shopper's answer to the banner (at the first visit, after an erase, or from "Change
+ * consent"), kept here and passed back at every load: the host's job, since the SDK asks the host
+ * each page load. Without it a reload would undo "Only on this device".
  */
 const CONSENT_KEY = 'localrec-demo-consent';
 
@@ -50,6 +55,8 @@ const state = {
   rec: null,
   /** Bumped by erase(): answers from a closed recommender are dropped. */
   generation: 0,
+  /** Set by a completed erase: the fresh recommender asks for consent again (never `?consent=granted`). */
+  erased: false,
   cart: new Map(),
   /** Stars given in this page view, shown again when the product is reopened. */
   ratings: new Map(),
@@ -77,6 +84,8 @@ const state = {
   /** The shop's public key and signed offer catalog (from the server), when offers are available. */
   offerKey: null,
   signedOffers: null,
+  /** Why the shop's offers are not available on this visit (shown on the offers shelf), or null. */
+  offersError: null,
   /**
    * One exploration seed per page view: a refresh with nothing new shows the same offers instead of
    * new random draws (without a seed every rec.offers() call explores afresh).
@@ -130,18 +139,40 @@ function fail(e) {
 
 // ---------------------------------------------------------------- tracking
 
+/**
+ * Events tracked while there is no recommender (it is still starting, or being started again after
+ * an erase), with their time: tracked once it is there (flushPending). Bounded: past this many the
+ * newest are dropped.
+ */
+const PENDING_MAX = 100;
+const pendingEvents = [];
+
 /** Records one event through the SDK, then refreshes what depends on it. */
 function track(event) {
-  if (!state.rec) return;
+  if (!state.rec) {
+    if (pendingEvents.length < PENDING_MAX) pendingEvents.push({ ...event, t: event.t ?? Date.now() });
+    return;
+  }
   try {
     state.rec.track(event);
   } catch (e) {
     fail(e);
     return;
   }
+  // A shopper's action that went through (not an impression the page records by itself): an error
+  // on the status line gives way to the resting one again.
+  if (event.type !== 'offer_impression' && $('status').dataset.kind === 'error') {
+    $('status').dataset.kind = 'info';
+    statusAt = 0;
+  }
   // (Before consent the SDK drops the event: nothing to train on.)
   if (!event.type.startsWith('offer_') && !declined()) state.browsingTracked++;
   scheduleRefresh();
+}
+
+/** Tracks what was done while the recommender was starting. */
+function flushPending() {
+  for (const e of pendingEvents.splice(0)) track(e);
 }
 
 let refreshTimer;
@@ -175,6 +206,7 @@ async function startRecommender() {
   setStatus('Starting the on-device recommender (TensorFlow.js in a Web Worker)…');
   state.autoSynced = false;
   const { createRecommender } = await loadSdk();
+  const consent = rememberedConsent() ?? (CONSENT_GRANTED && !state.erased ? 'granted' : 'required');
   state.rec = await createRecommender({
     catalog: { items: state.items },
     ...(BACKEND ? { backend: BACKEND } : {}),
@@ -186,9 +218,9 @@ async function startRecommender() {
     // the shop's orders), a static file: "Recommended for you" ranks the shopper's history through it.
     neighbors: { url: '/neighbors.lrn' },
     // The answer remembered from an earlier visit, on any page (the SDK asks the host at every page
-    // load; an answer equal to the stored one adds nothing to the history). Without one, the
-    // page's default: ask first with ?consent=required, else on.
-    consent: rememberedConsent() ?? (CONSENT_REQUIRED ? 'required' : 'granted'),
+    // load; an answer equal to the stored one adds nothing to the history). Without one the banner
+    // asks (nothing stored before an answer); ?consent=granted starts on, except after an erase.
+    consent,
     ...(state.offerKey ? { offers: { publicKey: state.offerKey } } : {}),
   });
   state.startMs = Math.round(performance.now() - t0);
@@ -200,12 +232,14 @@ async function startRecommender() {
       await state.rec.setOffers(state.signedOffers);
     } catch (e) {
       state.signedOffers = null;
+      state.offersError = `The shop’s signed offers were refused (${e?.message ?? e}), so none are shown on this visit.`;
       fail(e);
     }
   }
-  if (CONSENT_REQUIRED) showConsent(!rememberedConsent());
+  showConsent(consent === 'required');
   // The resting status line (restingStatus) takes over at the next refresh.
   statusAt = 0;
+  flushPending();
 }
 
 async function refresh() {
@@ -224,7 +258,8 @@ async function refresh() {
   const [recs, audit, offers] = await Promise.all([
     rec.recommend({ k: 8, exclude: 'seen' }),
     rec.audit(),
-    state.signedOffers ? rec.offers({ k: SHELF_OFFERS, seed: state.offerSeed, context: { cart: cartLines(), page: 'home' } }).catch((e) => (console.warn(e), [])) : [],
+    // (A failure is shown on the shelf, not as "no offer fits you".)
+    state.signedOffers ? rec.offers({ k: SHELF_OFFERS, seed: state.offerSeed, context: offerContext({ page: 'home' }) }).catch((e) => (console.warn('offers:', e), { error: e })) : [],
   ]);
   if (gen !== state.generation) return;
   state.stats = stats;
@@ -396,7 +431,12 @@ function renderGrid() {
       })
       .catch((e) => {
         console.warn('personal order:', e);
-        if (gen === state.gridGeneration) show(shown, 'shop');
+        if (gen !== state.gridGeneration || generation !== state.generation) return;
+        // The shop's order then, and the select says so.
+        state.order = 'shop';
+        $('order').value = 'shop';
+        show(shown, 'shop');
+        setStatus(`Could not put the products in your order (${e?.message ?? e}): showing the shop’s order.`, 'error');
       });
   } else show(shown, 'shop');
   const what = [state.category && categoryLabel(state.category), state.query && `“${state.query}”`].filter(Boolean).join(' · ');
@@ -583,7 +623,7 @@ function closeConsent() {
   showConsent(false);
   if (!had) return;
   if (back?.isConnected && !back.disabled && back.offsetParent !== null) back.focus();
-  // Shown at start (?consent=required): the shelf the answer changes, just below where it was.
+  // Shown at start (a first visit, or after an erase): the shelf the answer changes, just below where it was.
   else $('recs-section').focus({ preventScroll: true });
 }
 
@@ -647,6 +687,15 @@ function cartLines() {
   return [...state.cart].map(([itemId, quantity]) => ({ itemId, quantity, price: state.byId.get(itemId)?.price }));
 }
 
+/**
+ * The context of an rec.offers() call: the cart only when it holds something. A known cart below an
+ * offer's minimum basket hides the offer, an empty one too; left out, "£2 off orders over £20" and
+ * the welcome offer are advertised to fill the cart (docs/OFFERS.md).
+ */
+function offerContext(context) {
+  return state.cart.size ? { ...context, cart: cartLines() } : context;
+}
+
 function discountText(d) {
   return d.kind === 'percent' ? `${d.percent}% off${d.maxAmount ? ` (up to ${money.format(d.maxAmount)})` : ''}` : `${money.format(d.amount)} off`;
 }
@@ -689,11 +738,23 @@ function impress(offers) {
 /** How many offers the shelf shows. */
 const SHELF_OFFERS = 3;
 
+/** A line of small print on an offers shelf (nothing fits, or what went wrong). */
+function offerNote(text, kind = 'info') {
+  const li = document.createElement('li');
+  li.className = 'fine offer-note';
+  li.dataset.kind = kind;
+  li.textContent = text;
+  return li;
+}
+
+/** The offers shelf: `offers` from rec.offers(), or `{ error }` when choosing them failed. */
 function renderOffers(offers) {
-  $('offers-section').hidden = !state.signedOffers;
-  // The offer on the cart keeps its place on the shelf, marked applied, until checkout: it allows one
-  // redemption, so rec.offers() no longer picks it, and without it the next offer's button would
-  // slide under the pointer.
+  $('offers-section').hidden = !state.signedOffers && !state.offersError;
+  const error = Array.isArray(offers) ? null : offers.error;
+  if (error) offers = [];
+  // The offer on the cart keeps its place on the shelf, marked applied, until checkout (rec.offers()
+  // need not pick it again meanwhile): without it the next offer's button would slide under the
+  // pointer.
   let shown = offers;
   const applied = state.appliedOffer;
   if (applied) {
@@ -704,7 +765,9 @@ function renderOffers(offers) {
   const list = $('offers');
   const focused = list.contains(document.activeElement) ? document.activeElement.closest('.offer')?.dataset.offerId : undefined;
   list.replaceChildren(...shown.map(offerCard));
-  if (state.signedOffers && shown.length === 0) list.innerHTML = '<li class="fine">No offer fits you right now.</li>';
+  if (!state.signedOffers && state.offersError) list.replaceChildren(offerNote(state.offersError, 'error'));
+  else if (error) list.append(offerNote(`Offers could not be chosen right now (${error?.message ?? error}); they come back with the next refresh.`, 'error'));
+  else if (state.signedOffers && shown.length === 0) list.replaceChildren(offerNote('No offer fits you right now.'));
   // Focus on an offer's button stays on that offer when it is still shown (else on the shelf's first).
   if (focused !== undefined) (list.querySelector(`.offer[data-offer-id="${CSS.escape(focused)}"] .use-offer`) ?? list.querySelector('.use-offer'))?.focus({ preventScroll: true });
   state.shelfOffers = shown.map((o) => o.offerId);
@@ -752,18 +815,23 @@ function offerEffect(shown) {
   return { amount: Math.round(amount * 100) / 100, why: null };
 }
 
+/**
+ * "Use offer": puts the offer on the cart. Nothing is recorded yet: checkout() records the
+ * redemption (`offer_redeemed`), and only when the offer applies to the order.
+ */
 function redeem(o) {
-  track({ type: 'offer_redeemed', offerId: o.offerId });
   state.appliedOffer = o;
   renderCart();
   markApplied();
   const effect = offerEffect(o);
   setStatus(
     effect.why
-      ? `Offer “${o.title}” is on your cart, but it does not apply yet: ${effect.why}. The shop learns only that you used it.`
-      : `Offer “${o.title}” applied: ${money.format(effect.amount)} off your cart. The shop checks it at checkout; it learns only that you used it.`,
+      ? `Offer “${o.title}” is on your cart, but it does not apply yet: ${effect.why}. It counts as used only if it applies when you check out.`
+      : `Offer “${o.title}” applied: ${money.format(effect.amount)} off your cart. It counts as used when you check out; the shop learns only that you used it.`,
     'ok',
   );
+  // The shelf is read again with the offer on the cart (it keeps its place there: renderOffers).
+  scheduleRefresh();
 }
 
 // ---------------------------------------------------------------- federated sync
@@ -795,9 +863,17 @@ async function sync(how = 'button') {
   const rec = state.rec;
   const gen = state.generation;
   if (!rec || state.syncing) return;
+  // Past the budget (the audit says no sync fits any more) "Sync now" only receives: the newest
+  // global model, nothing uploaded, no ε spent (a contributing call would be refused).
+  const receiveOnly = state.audit?.privacy.syncsLeft === 0;
   $('sync-now').disabled = true;
   $('sync-result').dataset.kind = 'busy';
-  $('sync-result').textContent = how === 'auto' ? 'Syncing after training (automatic, once)…' : 'Syncing: pulling the global model, training here, sending a noised update…';
+  $('sync-result').textContent =
+    how === 'auto'
+      ? 'Syncing after training (automatic, once)…'
+      : receiveOnly
+        ? 'Receiving the newest global model (this device’s privacy budget is spent: nothing is sent)…'
+        : 'Syncing: pulling the global model, training here, sending a noised update…';
   // rec.sync() reports each phase; under secure aggregation the wait for a cohort can take minutes.
   const onProgress = (p) => {
     if (gen !== state.generation) return;
@@ -809,20 +885,22 @@ async function sync(how = 'button') {
       upload: `sending one clipped, noised update (${bytes(p.bytes ?? 0)})`,
       recovery: `waiting for the cohort’s other members (${p.submitted} of ${p.size} uploaded)`,
     }[p.phase];
-    $('sync-result').textContent = `${how === 'auto' ? 'Syncing after training (automatic, once)' : 'Syncing'}: ${what}…`;
+    $('sync-result').textContent = `${how === 'auto' ? 'Syncing after training (automatic, once)' : receiveOnly ? 'Receiving (nothing is sent)' : 'Syncing'}: ${what}…`;
   };
   state.syncing = (async () => {
     await state.training?.catch(() => undefined);
-    return rec.sync({ onProgress });
+    return rec.sync(receiveOnly ? { onProgress, contribute: false } : { onProgress });
   })();
   try {
     const r = await state.syncing;
     if (gen !== state.generation) return;
     state.lastSync = r;
     $('sync-result').dataset.kind = 'ok';
-    $('sync-result').textContent = r.sent
-      ? `${how === 'auto' ? 'Synced automatically' : 'Synced'} at ${time.format(Date.now())}: now on global version ${r.version}; uploaded ${bytes(r.uploadedBytes)} (one clipped, noised update, no events); ε ${eps(r.epsilon)} of ${eps(r.budget)} spent.${r.published != null ? ` It completed a round: version ${r.published} published.` : r.pending !== undefined ? ` ${r.pending} update${r.pending === 1 ? '' : 's'} now waiting at the server for the next round.` : ''}`
-      : `Pulled global version ${r.version} (nothing uploaded: too little history here to learn from yet); ε ${eps(r.epsilon)} of ${eps(r.budget)}.`;
+    $('sync-result').textContent = receiveOnly
+      ? `Received at ${time.format(Date.now())}: now on global version ${r.version}${r.modelChanged ? '' : ' (no newer one)'}. Nothing sent: this device’s privacy budget is spent, so it only receives now (ε ${eps(r.epsilon)} of ${eps(r.budget)}, unchanged).`
+      : r.sent
+        ? `${how === 'auto' ? 'Synced automatically' : 'Synced'} at ${time.format(Date.now())}: now on global version ${r.version}; uploaded ${bytes(r.uploadedBytes)} (one clipped, noised update, no events); ε ${eps(r.epsilon)} of ${eps(r.budget)} spent.${r.published != null ? ` It completed a round: version ${r.published} published.` : r.pending !== undefined ? ` ${r.pending} update${r.pending === 1 ? '' : 's'} now waiting at the server for the next round.` : ''}`
+        : `Pulled global version ${r.version} (nothing uploaded: too little history here to learn from yet); ε ${eps(r.epsilon)} of ${eps(r.budget)}.`;
     document.body.dataset.syncs = String(Number(document.body.dataset.syncs ?? 0) + 1);
   } catch (e) {
     if (gen !== state.generation) return;
@@ -991,7 +1069,7 @@ function renderRounds() {
   }
   $('f-health').innerHTML = '<span class="dot on"></span>online';
   const { version, pending, minClients, publishedAt, hash } = r.round;
-  $('f-version').innerHTML = `version ${version} <span class="fine">· ${esc(hash.slice(0, 8))} · ${esc(new Date(publishedAt).toLocaleString())}</span>`;
+  $('f-version').innerHTML = `version ${esc(version)} <span class="fine">· ${esc(hash.slice(0, 8))} · ${esc(new Date(publishedAt).toLocaleString())}</span>`;
   const roundPct = Math.min(100, (pending / minClients) * 100);
   $('f-bar').style.width = `${roundPct}%`;
   $('f-meter').setAttribute('aria-valuenow', String(Math.round(roundPct)));
@@ -1041,7 +1119,7 @@ function openProduct(id, via, from) {
     .catch(fail);
   if (state.signedOffers) {
     rec
-      .offers({ k: 1, seed: state.offerSeed, context: { cart: cartLines(), page: 'product', itemId: id } })
+      .offers({ k: 1, seed: state.offerSeed, context: offerContext({ page: 'product', itemId: id }) })
       .then((offers) => {
         if (gen !== state.generation || state.open !== id) return;
         const ol = document.createElement('ol');
@@ -1050,7 +1128,15 @@ function openProduct(id, via, from) {
         $('p-offer').replaceChildren(...(offers.length ? [ol] : []));
         impress(offers);
       })
-      .catch((e) => console.warn(e));
+      .catch((e) => {
+        console.warn('offers:', e);
+        if (gen !== state.generation || state.open !== id) return;
+        const p = document.createElement('p');
+        p.className = 'fine offer-note';
+        p.dataset.kind = 'error';
+        p.textContent = `Offers could not be chosen for this product right now (${e?.message ?? e}).`;
+        $('p-offer').replaceChildren(p);
+      });
   }
 }
 
@@ -1116,12 +1202,23 @@ function renderCart() {
 }
 
 function checkout() {
+  // The offer on the cart is redeemed with the order, when it applies to it (its scope, its minimum
+  // basket); one that does not is simply not used.
+  const o = state.appliedOffer;
+  const effect = o ? offerEffect(o) : null;
   for (const [id, q] of state.cart) track({ type: 'purchase', itemId: id, quantity: q, price: state.byId.get(id).price });
+  if (o && effect.why === null) track({ type: 'offer_redeemed', offerId: o.offerId });
   state.cart.clear();
   state.appliedOffer = null;
   renderCart();
+  markApplied();
   $('cart-drawer').close();
-  setStatus('Thank you! The purchase is recorded on this device only.', 'ok');
+  setStatus(
+    `Thank you! The purchase is recorded on this device only.${
+      !o ? '' : effect.why === null ? ` Offer “${o.title}” used: −${money.format(effect.amount)}.` : ` Offer “${o.title}” was not used: ${effect.why}.`
+    }`,
+    'ok',
+  );
 }
 
 // ---------------------------------------------------------------- erase
@@ -1151,11 +1248,18 @@ async function erase() {
   state.rec = null;
   window.rec = null;
   state.generation++;
+  let erased = false;
   try {
     await state.training?.catch(() => undefined);
     await rec.erase();
-    // Everything is gone, the answer to the consent banner too: it asks again.
+    erased = true;
+    // Everything is gone, the answer to the consent banner too: the fresh recommender starts
+    // without consent and the banner asks again (even under ?consent=granted), so that nothing is
+    // stored, trained or shared before the shopper answers.
     rememberConsent(null);
+    state.erased = true;
+    // What was done while erasing belongs to the erased session (the cart below goes too).
+    pendingEvents.length = 0;
     state.cart.clear();
     state.ratings.clear();
     state.impressed.clear();
@@ -1164,28 +1268,41 @@ async function erase() {
     forgetModelPanel();
     renderCart();
     await startRecommender();
-    setStatus('Erased: every event and the personal model are gone from this device.', 'ok');
+    // (The fresh recommender has no consent: nothing it is shown or told is stored until the banner
+    // is answered, the offers on screen included.)
+    setStatus('Erased: every event, the personal model and your consent answer are gone from this device. Nothing is stored or shared again until you answer the banner.', 'ok');
     await refresh();
-    // The fresh recommender shows offers, and (with consent) counts them as shown: new events, which
-    // the privacy panel lists. Say so, so that "every event is gone" does not read as untrue.
-    const shown = state.impressed.size;
-    if (shown) {
-      setStatus(
-        `Erased: every event and the personal model are gone from this device. Since then the ${shown === 1 ? 'offer' : `${shown} offers`} on screen ${shown === 1 ? 'has' : 'have'} been recorded as shown (“Offers shown” under Privacy): new events, nothing of before.`,
-        'ok',
-      );
-    }
     // A personal grid order came from the erased history: rank again with the fresh recommender.
     if (state.order === 'you') renderGrid();
   } catch (e) {
-    fail(e);
+    console.error(e);
+    const why = `${e?.name ?? 'Error'}: ${e?.message ?? e}`;
+    // Without a recommender the page would do nothing more: start one again (over what is left, when
+    // the erase itself failed), or say that only a reload helps.
+    let restarted = !!state.rec;
+    if (!restarted) {
+      try {
+        await startRecommender();
+        restarted = true;
+        await refresh();
+        if (state.order === 'you') renderGrid();
+      } catch (e2) {
+        console.error(e2);
+      }
+    }
+    setStatus(
+      erased
+        ? `Erased, but starting again failed (${why}).${restarted ? '' : ' Reload the page.'}`
+        : `Could not erase (${why}): your data may still be on this device. ${restarted ? 'Press “Erase everything” again, or reload the page and try again.' : 'Reload the page and try again.'}`,
+      'error',
+    );
   } finally {
     erasing = false;
     b.removeAttribute('aria-disabled');
     b.textContent = 'Erase everything';
     b.classList.remove('armed');
-    // Focus stays on the button (unless the shopper moved on); under ?consent=required the banner asks
-    // again, and gets it (given back here after the answer).
+    // Focus stays on the button (unless the shopper moved on); after an erase the banner asks again,
+    // and gets it (given back here after the answer).
     const here = document.activeElement === b || document.activeElement === document.body;
     if (!$('consent-banner').hidden && here) openConsent(b);
     else if (here) b.focus();
@@ -1208,14 +1325,16 @@ function wire() {
   const search = $('search');
   const commitSearch = () => {
     clearTimeout(searchTimer);
-    const q = search.value.trim();
+    const q = searchQuery();
     if (q && q !== state.lastTrackedQuery) {
       state.lastTrackedQuery = q;
       track({ type: 'search', query: q });
     }
   };
+  // (The field takes 512 characters, what a search event holds; the slice covers a value set by script.)
+  const searchQuery = () => search.value.trim().slice(0, 512);
   search.addEventListener('input', () => {
-    state.query = search.value.trim();
+    state.query = searchQuery();
     renderGrid();
     clearTimeout(searchTimer);
     searchTimer = setTimeout(commitSearch, 800);
@@ -1320,6 +1439,8 @@ async function loadOffers() {
     state.signedOffers = signed;
   } catch (e) {
     console.warn('no offers:', e);
+    // Said on the shelf (renderOffers), instead of a shelf that silently is not there.
+    state.offersError = `The shop’s offers could not be loaded (${e?.message ?? e}), so none are shown on this visit.`;
   }
 }
 

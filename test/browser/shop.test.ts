@@ -2,11 +2,12 @@
  * The demo shop end to end in Chromium, started the way `npm start` starts it: the real aggregation
  * server (SQLite in a temporary folder) and the shop on one address. Browses a few products, checks
  * that "Recommended for you" changes and gives reasons, that offers come with reasons and can be
- * used, that the page syncs (and the privacy panel's audit matches the requests the test saw and
- * the events it made), that Export downloads those events, that simulated shoppers move the global
- * model on, that a device past its ε budget refuses, erases, and checks the consent banner (and that
- * the answer holds across reloads on the default page too), and what the page says about a server
- * without the SDK build, the demo endpoints or the retail data, or an unhealthy one. Saves
+ * used (redeemed at checkout, when they apply), that the page syncs (and the privacy panel's audit
+ * matches the requests the test saw and the events it made), that Export downloads those events,
+ * that simulated shoppers move the global model on, that a device past its ε budget only receives,
+ * erases (and asks for consent again), and checks the consent banner a first visit gets (and that
+ * the answer holds across reloads), and what the page says about a server without the SDK build,
+ * the demo endpoints, the offers or the retail data, or an unhealthy one. Saves
  * screenshots to test-results/ (and docs/img/shop.png, the README's picture, with UPDATE_SCREENSHOT=1).
  *
  * Needs `npm run build` first (npm test does it). Uses the WASM backend: software WebGPU is slow here.
@@ -124,7 +125,8 @@ describe('demo shop', () => {
     page.on('request', (r) => {
       if (new URL(r.url()).pathname === '/neighbors.lrn') neighborRequests.push(r);
     });
-    await page.goto(`${shop.url}/?backend=wasm&shoppers=12`);
+    // (A first visit asks for consent; ?consent=granted starts with it, as a shopper's "Accept all".)
+    await page.goto(`${shop.url}/?backend=wasm&consent=granted&shoppers=12`);
     await page.waitForSelector('body[data-state="ready"]', { timeout: 45_000 });
     await page.waitForFunction(() => /neighbour table \(300 products × 16 neighbours/.test(document.getElementById('m-neighbors')?.textContent ?? ''), null, { timeout: 15_000 });
     assert.equal(neighborRequests.length, 1);
@@ -238,6 +240,39 @@ describe('demo shop', () => {
       disabled: e.querySelector('.use-offer')?.getAttribute('aria-disabled'),
     }));
     assert.deepEqual(usedCard, { id: firstOffer, applied: true, button: 'Applied ✓', disabled: 'true' });
+    // "Use offer" only puts it on the cart: the redemption is recorded at checkout (that refresh read
+    // the audit after the click).
+    assert.equal(await text(page, '#privacy-counts tr[data-type="offer_redeemed"] td'), '0');
+
+    // Check out with the offer applying: an item in its scope in the cart (and its minimum basket).
+    const catalogItems = (JSON.parse(readFileSync(join(ROOT, 'examples', 'shop', 'catalog.json'), 'utf8')) as { items: Array<{ id: string; category: string; price: number }> }).items;
+    const offerDefs = (await (await fetch(`${shop.url}/offers.json`)).json()).catalog.offers as Array<{
+      id: string;
+      minBasket?: number;
+      scope: { kind: 'all' } | { kind: 'categories'; categories: string[] } | { kind: 'items'; itemIds: string[] };
+    }>;
+    const used = offerDefs.find((o) => o.id === firstOffer)!;
+    const inScope = (it: { id: string; category: string }) =>
+      used.scope.kind === 'all' || (used.scope.kind === 'categories' && used.scope.categories.includes(it.category)) || (used.scope.kind === 'items' && used.scope.itemIds.includes(it.id));
+    const priceOf = (id: string) => catalogItems.find((it) => it.id === id)!.price;
+    const extraAdds: string[] = [];
+    let basket = priceOf(ids[15]!);
+    const pricey = catalogItems.filter(inScope).sort((a, b) => b.price - a.price)[0]!;
+    if (!inScope(catalogItems.find((it) => it.id === ids[15])!) || (used.minBasket ?? 0) > basket) {
+      do {
+        await page.click(`#grid .card[data-item-id="${pricey.id}"] .add`);
+        extraAdds.push(pricey.id);
+        basket += pricey.price;
+      } while ((used.minBasket ?? 0) > basket);
+    }
+    await page.waitForFunction((n) => document.getElementById('cart-count')?.textContent === String(n), 1 + extraAdds.length);
+    await page.click('#open-cart');
+    assert.match(await text(page, '#cart-offer'), /^Offer applied: /);
+    await page.click('#checkout');
+    await page.waitForFunction(() => document.querySelector('#privacy-counts tr[data-type="offer_redeemed"] td')?.textContent === '1', null, { timeout: 15_000 });
+    assert.match(await text(page, '#status'), /^Thank you! .* Offer “.*” used: −£/);
+    assert.equal(await text(page, '#cart-count'), '0');
+    const lines = [...new Set([ids[15]!, ...extraAdds])];
 
     // The automatic sync after training (once), then the privacy panel shows what left.
     await page.waitForSelector('body[data-syncs="1"]', { timeout: 30_000 });
@@ -270,12 +305,13 @@ describe('demo shop', () => {
       if (offersNow === (await page.evaluate(() => document.body.dataset.offers)) && counts.total === Object.entries(counts).reduce((a, [k, v]) => a + (k === 'total' ? 0 : v), 0)) break;
     }
     assert.equal(counts.view, 4);
-    assert.equal(counts.add_to_cart, 1);
+    assert.equal(counts.add_to_cart, 1 + extraAdds.length);
+    assert.equal(counts.purchase, lines.length);
     assert.equal(counts.offer_redeemed, 1);
     const impressions = counts.offer_impression!;
     assert.ok(impressions >= offers.length, `offer impressions ${impressions} ≥ offers shown ${offers.length}`);
     const total = counts.total!;
-    assert.equal(total, 4 + 1 + impressions + 1, `views + cart + impressions + redemption (searches: none): ${JSON.stringify(counts)}`);
+    assert.equal(total, 4 + 1 + extraAdds.length + lines.length + impressions + 1, `views + cart + purchases + impressions + redemption (searches: none): ${JSON.stringify(counts)}`);
     assert.match(await text(page, '#a-storage'), /^IndexedDB “localrec”/);
     assert.match(await text(page, '#a-gpc'), /not sent/);
     assert.match(await text(page, '#a-consent'), /^Personalization: yes · sharing model updates: yes · sync allowed/);
@@ -310,7 +346,8 @@ describe('demo shop', () => {
     assert.equal(exported.format, 'localrec-export');
     const kinds = (t: string) => exported.events.filter((e: { type: string }) => e.type === t);
     assert.deepEqual(kinds('view').map((e: { itemId: string }) => e.itemId), [ids[4], ids[9], ids[15], ids[22]]);
-    assert.deepEqual(kinds('add_to_cart').map((e: { itemId: string }) => e.itemId), [ids[15]]);
+    assert.deepEqual(kinds('add_to_cart').map((e: { itemId: string }) => e.itemId), [ids[15], ...extraAdds]);
+    assert.deepEqual(kinds('purchase').map((e: { itemId: string }) => e.itemId), lines);
     assert.deepEqual(kinds('offer_redeemed').map((e: { offerId: string }) => e.offerId), [firstOffer]);
     assert.equal(exported.events.length, total);
     assert.equal(exported.egressLog.length, sdkSeen.length);
@@ -339,32 +376,33 @@ describe('demo shop', () => {
       // The panel re-reads stats() after the sync result is shown: wait for it, then check it.
       await page.waitForFunction((v) => document.getElementById('f-local')?.textContent?.startsWith(`version ${v}`), published, { timeout: 10_000 }).catch(() => undefined);
       assert.match(await text(page, '#f-local'), new RegExp(`^version ${published}`));
-      // A third sync would pass ε = 8: refused before anything is sent, and the page says why.
+      // A third sync would pass ε = 8: the audit says so, and "Sync now" then only receives
+      // (sync({ contribute: false })): nothing uploaded, no ε spent, and the page says why.
+      await page.waitForFunction(() => /in 2 syncs\. At this server’s noise this device can send no more updates/.test(document.getElementById('a-eps')?.textContent ?? ''), null, { timeout: 10_000 });
       const before = sdkRequests.filter((r) => r.method() === 'POST').length;
       await page.click('#sync-now');
-      await page.waitForSelector('body[data-sync-errors="1"]', { timeout: 20_000 });
-      assert.match(await text(page, '#sync-result'), /^Not sent: this device’s privacy budget is spent/);
+      await page.waitForSelector('body[data-syncs="3"]', { timeout: 20_000 });
+      assert.match(await text(page, '#sync-result'), new RegExp(`^Received at .*now on global version ${published}.*Nothing sent: this device’s privacy budget is spent`));
+      assert.equal(await page.evaluate(() => document.body.dataset.syncErrors), undefined, 'no PrivacyBudgetError');
       assert.equal(sdkRequests.filter((r) => r.method() === 'POST').length, before, 'nothing uploaded past the budget');
-      await page.waitForFunction(() => /in 2 syncs\. At this server’s noise this device can send no more updates/.test(document.getElementById('a-eps')?.textContent ?? ''), null, { timeout: 10_000 });
+      assert.equal(await page.getAttribute('#a-eps', 'data-epsilon'), '6.57', 'no ε spent by receiving');
     }
 
-    // Erase (two clicks): nothing is left.
+    // Erase (two clicks): nothing is left, the consent answer included: the banner asks again (focus
+    // in it), although this page was opened with ?consent=granted, and nothing is stored, trained
+    // or sent before an answer.
+    const postsAtErase = sdkRequests.filter((r) => r.method() === 'POST').length;
     await page.click('#erase');
     await page.click('#erase');
     await page.waitForSelector('body[data-erased="1"]', { timeout: 20_000 });
-    assert.equal(await page.evaluate(() => document.activeElement?.id), 'erase', 'focus stays on the button');
-    // The fresh recommender starts from nothing, but the offers on screen are shown to it: new
-    // impressions, which the status line mentions (with their number) and the panel counts.
-    const erasedStatus = await text(page, '#status');
-    const again = /Since then the (?:offer|(\d+) offers) on screen ha(?:s|ve) been recorded as shown/.exec(erasedStatus);
-    assert.ok(again, erasedStatus);
-    const shownAgain = Number(again[1] ?? 1);
-    // The panel counts them once it next reads the audit (at least these: a later refresh may show,
-    // and count, another offer).
-    const impressionsShown = () => page.evaluate(() => Number(document.querySelector('#privacy-counts tr[data-type="offer_impression"] td')?.textContent ?? 0));
-    for (let waited = 0; (await impressionsShown()) < shownAgain && waited < 15_000; waited += 200) await page.waitForTimeout(200);
-    assert.ok((await impressionsShown()) >= shownAgain, `the panel counts ${await impressionsShown()} impressions, the status said ${shownAgain}: ${erasedStatus}`);
+    assert.equal(await page.isVisible('#consent-banner'), true);
+    assert.equal(await page.evaluate(() => document.activeElement?.id), 'consent-banner', 'focus goes to the banner');
+    assert.match(await text(page, '#status'), /^Erased: .*until you answer the banner/);
+    await page.waitForFunction(() => (document.getElementById('a-consent')?.textContent ?? '').startsWith('Personalization: no · sharing model updates: no · sync off'), null, { timeout: 10_000 });
+    assert.equal(await page.isDisabled('#sync-now'), true);
+    assert.deepEqual(await page.evaluate(async () => (await indexedDB.databases()).map((d) => d.name)), [], 'no database before consent');
     await page.waitForFunction(() => document.querySelector('#privacy-counts tr[data-type="view"] td')?.textContent === '0', null, { timeout: 10_000 });
+    assert.equal(await text(page, '[data-testid="privacy-total"]'), '0');
     assert.equal(await text(page, '#privacy-counts tr[data-type="add_to_cart"] td'), '0');
     assert.equal(await text(page, '#privacy-counts tr[data-type="offer_redeemed"] td'), '0');
     assert.equal(await text(page, '#cart-count'), '0');
@@ -377,6 +415,12 @@ describe('demo shop', () => {
     const erased = await reasonsOf(page);
     assert.ok(erased.every((r) => r.kind === 'popular'), 'after erase the shelf is back to bestsellers');
     assert.match(await text(page, '#status'), /Erased/);
+    // Answered: focus goes back to the button, the offers on screen are recorded as shown (new
+    // events), and still nothing is sent ("Only on this device").
+    await page.click('#consent-local');
+    await page.waitForSelector('#consent-banner', { state: 'hidden' });
+    assert.equal(await page.evaluate(() => document.activeElement?.id), 'erase', 'focus back on the button');
+    await page.waitForFunction(() => Number(document.querySelector('#privacy-counts tr[data-type="offer_impression"] td')?.textContent ?? 0) > 0, null, { timeout: 15_000 });
     // The SDK's database was deleted; the new recommender's holds no event of the erased shopper and
     // no ε (its egress log, checked above, holds only its own neighbour-table fetch).
     const stored = await page.evaluate(async () => {
@@ -427,16 +471,22 @@ describe('demo shop', () => {
     await page.waitForFunction((n) => Number(document.body.dataset.recsRenders) > n, rendersAtOpen, { timeout: 15_000 });
     await page.keyboard.press('Escape');
     await page.waitForFunction(() => document.activeElement?.matches('#recs .card:nth-child(2) .card-hit') === true, null, { timeout: 5_000 });
+    assert.equal(sdkRequests.filter((r) => r.method() === 'POST').length, postsAtErase, 'nothing uploaded since the erase');
 
     assert.deepEqual(errors, []);
     await page.close();
   });
 
-  it('asks for consent with ?consent=required and stores nothing before it', async () => {
+  it('asks for consent on a first visit and stores nothing before it', async () => {
     const { page, errors, posts } = await watchedPage();
-    await page.goto(`${shop.url}/?backend=wasm&consent=required`);
+    // Offers that do not load say so on their shelf (instead of a shelf that is not there).
+    await page.route('**/offers.json', (r) => r.fulfill({ status: 500, body: 'broken' }));
+    await page.goto(`${shop.url}/?backend=wasm`);
     await page.waitForSelector('body[data-state="ready"]', { timeout: 45_000 });
     assert.equal(await page.isVisible('#consent-banner'), true);
+    await page.waitForFunction(() => /could not be loaded/.test(document.getElementById('offers')?.textContent ?? ''), null, { timeout: 10_000 });
+    assert.equal(await page.isVisible('#offers-section'), true);
+    assert.equal(await text(page, '#offers'), 'The shop’s offers could not be loaded (offers.json: HTTP 500), so none are shown on this visit.');
     const id = await page.$eval('#grid .card', (e) => (e as HTMLElement).dataset.itemId!);
     await page.click(`#grid .card[data-item-id="${id}"] .card-hit`);
     await page.waitForSelector('#product-modal[open] #similar .reason', { timeout: 15_000 });
@@ -475,11 +525,11 @@ describe('demo shop', () => {
     await page.close();
   });
 
-  it('remembers "Only on this device" on the default page too', async () => {
+  it('remembers "Only on this device" over ?consent=granted', async () => {
     const { page, errors, posts } = await watchedPage();
     const consentNow = () => text(page, '#a-consent');
-    // A first visit without ?consent=required starts granted, as before.
-    await page.goto(`${shop.url}/?backend=wasm`);
+    // ?consent=granted: a first visit starts granted, without the banner.
+    await page.goto(`${shop.url}/?backend=wasm&consent=granted`);
     await page.waitForSelector('body[data-state="ready"]', { timeout: 45_000 });
     assert.match(await consentNow(), /^Personalization: yes · sharing model updates: yes · sync allowed/);
     assert.equal(await page.isVisible('#consent-banner'), false);
@@ -501,7 +551,8 @@ describe('demo shop', () => {
     assert.equal(await page.evaluate(() => document.activeElement?.id), 'show-consent');
     await page.waitForFunction(() => (document.getElementById('a-consent')?.textContent ?? '').startsWith('Personalization: yes · sharing model updates: no · sync off'), null, { timeout: 10_000 });
     const history = await page.$$eval('#a-consent-history li', (lis) => lis.map((li) => li.textContent));
-    // After a reload the answer holds: the page passes it back instead of 'granted'.
+    // After a reload the answer holds: the page passes it back instead of 'granted'; and on the
+    // default page, which would otherwise ask, the banner stays away.
     await page.reload();
     await page.waitForSelector('body[data-state="ready"]', { timeout: 45_000 });
     await page.waitForFunction(() => (document.getElementById('a-consent')?.textContent ?? '').startsWith('Personalization: yes'), null, { timeout: 10_000 });
@@ -509,6 +560,22 @@ describe('demo shop', () => {
     assert.equal(await page.isDisabled('#sync-now'), true);
     assert.equal(await page.isVisible('#consent-banner'), false);
     assert.deepEqual(await page.$$eval('#a-consent-history li', (lis) => lis.map((li) => li.textContent)), history, 'the same answer again adds nothing');
+    await page.goto(`${shop.url}/?backend=wasm`);
+    await page.waitForSelector('body[data-state="ready"]', { timeout: 45_000 });
+    await page.waitForFunction(() => (document.getElementById('a-consent')?.textContent ?? '').startsWith('Personalization: yes'), null, { timeout: 10_000 });
+    assert.match(await consentNow(), /^Personalization: yes · sharing model updates: no · sync off/);
+    assert.equal(await page.isVisible('#consent-banner'), false);
+
+    // A search longer than an event holds (512 characters) is cut to it, not refused with an error.
+    assert.equal(await page.getAttribute('#search', 'maxlength'), '512');
+    await page.evaluate(() => {
+      const s = document.getElementById('search') as HTMLInputElement;
+      s.value = 'lantern '.repeat(80);
+      s.dispatchEvent(new Event('input'));
+      s.form!.requestSubmit();
+    });
+    await page.waitForFunction(() => document.querySelector('#privacy-counts tr[data-type="search"] td')?.textContent === '1', null, { timeout: 10_000 });
+    assert.notEqual(await page.getAttribute('#status', 'data-kind'), 'error', await text(page, '#status'));
     assert.deepEqual(posts, [], 'nothing was posted');
     assert.deepEqual(errors, []);
     await page.close();
