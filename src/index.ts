@@ -33,6 +33,7 @@ export type {
   Offer,
   OfferCatalog,
   SignedOfferCatalog,
+  SetOffersResult,
   ShownOffer,
   OffersOptions,
   OfferContext,

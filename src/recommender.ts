@@ -6,7 +6,7 @@ import { boolOption, checkSignal, describeValue, knownKeys, nameOption, OPTION_K
 import type { WorkerApi } from './engine/worker.js';
 import type { AuditReport, ExportFile } from './engine/audit-types.js';
 import type { EgressEntry } from './federated/sync.js';
-import type { OffersOptions, ShownOffer, SignedOfferCatalog } from './offers/types.js';
+import type { OffersOptions, SetOffersResult, ShownOffer, SignedOfferCatalog } from './offers/types.js';
 import type {
   BackendName,
   Recommendation,
@@ -60,8 +60,11 @@ export interface Recommender {
    * erases everything stored. `federated: false` stops sync.
    */
   setConsent(consent: { personalization?: boolean; federated?: boolean }): Promise<void>;
-  /** Installs the shop's signed offer catalog (checked against `options.offers.publicKey`). */
-  setOffers(signed: SignedOfferCatalog): Promise<{ offers: number }>;
+  /**
+   * Installs the shop's signed offer catalog (checked against `options.offers.publicKey`). The
+   * answer lists the offers that can never be shown with this product catalog, and why.
+   */
+  setOffers(signed: SignedOfferCatalog): Promise<SetOffersResult>;
   /** The offers most worth showing this shopper, with reasons; `explore: true` marks exploration. */
   offers(options?: OffersOptions): Promise<ShownOffer[]>;
   /**

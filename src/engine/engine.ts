@@ -5,8 +5,8 @@ import { ledgerKeeps } from '../events/offer-ledger.js';
 import { DEFAULT_RETENTION, deleteEventDatabase, MemoryEventStore, openEventStore, quotaEvictedBy, type AddResult, type EventStore, type Retention } from '../events/store.js';
 import { EVENT_SCHEMA_VERSION } from '../events/schema.js';
 import type { AuditReport, ExportFile } from './audit-types.js';
-import { canonicalJson, checkOffersOptions, checkVerifyKeys, chooseOffers, indexProducts, offerScopeLookup, predictAffinity, purchaseBaskets, SignatureError, verifySignedCatalog, type ProductIndex } from '../offers/index.js';
-import type { OfferCatalog, OffersOptions, ShownOffer, SignedOfferCatalog } from '../offers/types.js';
+import { canonicalJson, checkOffersOptions, checkVerifyKeys, chooseOffers, indexProducts, offerEconomics, offerScopeLookup, predictAffinity, purchaseBaskets, SignatureError, verifySignedCatalog, type ProductIndex } from '../offers/index.js';
+import type { OfferCatalog, OffersOptions, SetOffersResult, ShownOffer, SignedOfferCatalog } from '../offers/types.js';
 import { BACKEND_ORDER, selectBackend, type BackendChoice } from '../model/backend.js';
 import { validateCatalog } from '../model/catalog.js';
 import { checkItemTable, cloneItemTable, createItemTable, indexItems, type ItemTable } from '../model/item-table.js';
@@ -2117,7 +2117,7 @@ export class Engine {
    * `options.offers.publicKey`. A missing, wrong or tampered signature is refused (SignatureError)
    * and the previous catalog is kept.
    */
-  async setOffers(signed: unknown): Promise<{ offers: number }> {
+  async setOffers(signed: unknown): Promise<SetOffersResult> {
     this.assertOpen();
     const key = this.opts.offers?.publicKey;
     if (!key) throw new ValidationError('options.offers.publicKey', "must be set to the shop's public key (JWK) to accept offer catalogs");
@@ -2155,7 +2155,8 @@ export class Engine {
     this.offerCatalog = catalog;
     this.offerSigned = envelope;
     if (this.consent.personalization) this.tell({ type: 'offers' });
-    return { offers: catalog.offers.length };
+    this.products ??= indexProducts(this.catalog.items);
+    return { offers: catalog.offers.length, neverShown: offersNeverShown(catalog, this.products) };
   }
 
   private offerCatalog: OfferCatalog | undefined;
@@ -2422,6 +2423,27 @@ class BudgetRefusal extends PrivacyBudgetError {
  * (events stamped after it count as now) rather than a replay as of that time.
  */
 const LIVE_OFFERS_TOLERANCE_MS = 60_000;
+
+/**
+ * The offers of `catalog` the policy can never show with this product catalog, and why: no price
+ * basis (no `hints.typicalSpend`, no priced product in scope, no `minBasket`: worth 0 per use), or
+ * a discount that costs at least the margin it brings (net value per use ≤ 0).
+ */
+function offersNeverShown(catalog: OfferCatalog, products: ProductIndex): SetOffersResult['neverShown'] {
+  const out: SetOffersResult['neverShown'] = [];
+  for (const offer of catalog.offers) {
+    const e = offerEconomics(offer, products);
+    if (e.net > 0) continue;
+    const why =
+      e.typicalSpend > 0
+        ? `its discount and cost (${round2(e.discountCost)}) are at least the margin on a typical use (${round2(e.value)})`
+        : 'no price to value it by: no hints.typicalSpend, no priced product of the catalog in its scope, no minBasket';
+    out.push({ offerId: offer.id, why });
+  }
+  return out;
+}
+
+const round2 = (x: number): number => Math.round(x * 100) / 100;
 
 /** What the offers record of the store holds: the signed envelope setOffers() verified. */
 type StoredOffers = SignedOfferCatalog;

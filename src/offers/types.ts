@@ -150,6 +150,19 @@ export interface OffersOptions {
 
 export type OfferObjective = 'value' | 'reach';
 
+/** What `setOffers()` installed. */
+export interface SetOffersResult {
+  /** Offers in the catalog. */
+  offers: number;
+  /**
+   * Offers the policy can never show with this shop's product catalog, and why (empty when every
+   * offer can be shown): one with no price basis (no `hints.typicalSpend`, no priced product in its
+   * scope, no `minBasket`) is worth 0 per use, and one whose discount costs at least its margin
+   * loses money when used. They are installed all the same (the signed catalog is the shop's).
+   */
+  neverShown: Array<{ offerId: string; why: string }>;
+}
+
 /** An offer chosen for this shopper, with why. */
 export interface ShownOffer {
   offerId: string;

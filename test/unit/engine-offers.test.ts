@@ -72,6 +72,23 @@ describe('Engine.offers with the shop’s learned affinity', () => {
   }
   const catalog: () => OfferCatalog = () => ({ version: 1, issuedAt: 0, currency: 'GBP', offers, affinity: snapshot });
 
+  it('setOffers names the offers that can never be shown: no price basis, or a discount that costs the margin', async () => {
+    const e = await Engine.create({ catalog: { items: [...items, { id: 'u0', title: 'Unpriced Lamp', category: 'lamp' }] }, backend: 'cpu', autoTrainEvery: 0, store: new MemoryEventStore({ maxEvents: 100, maxAgeDays: 36_500 }), now: () => NOW, offers: { publicKey: keys.publicJwk } });
+    try {
+      const lamp: OfferCatalog['offers'][number] = { id: 'lamps', title: '10% off lamps', discount: { kind: 'percent', percent: 10 }, scope: { kind: 'categories', categories: ['lamp'] } };
+      const lossy: OfferCatalog['offers'][number] = { ...offer('mugs', { kind: 'categories', categories: ['mug'] }), id: 'half', discount: { kind: 'percent', percent: 50 } };
+      const result = await e.setOffers(await signOfferCatalog({ version: 1, issuedAt: 0, currency: 'GBP', offers: [offers[0]!, lamp, lossy] }, keys.privateJwk));
+      assert.equal(result.offers, 3);
+      assert.deepEqual(result.neverShown.map((n) => n.offerId), ['lamps', 'half']);
+      assert.match(result.neverShown[0]!.why, /no price/);
+      assert.match(result.neverShown[1]!.why, /at least the margin/);
+      // Installed all the same; the policy indeed never shows them.
+      assert.deepEqual((await e.offers({ k: 3, exploration: 1, seed: 3 })).map((o) => o.offerId), ['bag']);
+    } finally {
+      await e.close();
+    }
+  });
+
   it('prefers the offer whose scope the shopper bought repeatedly over the merely popular one; a new shopper gets the popular one', async () => {
     const e = await engine(catalog());
     const fresh = await e.offers({ k: 1, exploration: 0 });
@@ -178,7 +195,7 @@ describe('Engine.offers with the shop’s learned affinity', () => {
     const { affinity: _a, ...plain } = catalog();
     const e = await engine({ ...plain, version: 5 });
     await assert.rejects(e.setOffers(await signOfferCatalog({ ...plain, version: 4 }, keys.privateJwk)), /catalog\.version: is 4, older than the installed catalog's 5/);
-    assert.deepEqual(await e.setOffers(await signOfferCatalog({ ...plain, version: 5 }, keys.privateJwk)), { offers: 3 }, 'the same version again is fine');
+    assert.deepEqual(await e.setOffers(await signOfferCatalog({ ...plain, version: 5 }, keys.privateJwk)), { offers: 3, neverShown: [] }, 'the same version again is fine');
     await assert.rejects(signOfferCatalog({ ...plain, version: 6, currency: '£££' }, keys.privateJwk), /catalog\.currency: must be an ISO 4217 code/);
     await assert.rejects(signOfferCatalog({ ...plain, version: 6, currency: 'QQQ' }, keys.privateJwk), /catalog\.currency: .*not in this platform's list of currencies/);
     await e.erase();
@@ -387,7 +404,7 @@ describe('offer rules with events not yet stored, or stamped ahead; catalogs rep
     await e.setOffers(await signOfferCatalog(tuesday, keys.privateJwk));
     await assert.rejects(e.setOffers(await signOfferCatalog(monday, keys.privateJwk)), /catalog\.issuedAt: is .*, before the installed catalog's .* of the same version 5; the installed one is kept/);
     assert.deepEqual((await e.offers({ k: 5, exploration: 0, seed: 1 })).map((o) => o.offerId), ['kept']);
-    assert.deepEqual(await e.setOffers(await signOfferCatalog({ ...tuesday, issuedAt: NOW + DAY }, keys.privateJwk)), { offers: 1 });
+    assert.deepEqual(await e.setOffers(await signOfferCatalog({ ...tuesday, issuedAt: NOW + DAY }, keys.privateJwk)), { offers: 1, neverShown: [] });
     await e.close();
   });
 
@@ -401,7 +418,7 @@ describe('offer rules with events not yet stored, or stamped ahead; catalogs rep
     const replay = await signOfferCatalog(first, keys.privateJwk);
     const refused = /catalog\.issuedAt: is that of the installed catalog \(version 5, .*\), whose offers differ: a changed catalog needs a later issuedAt or a higher version; the installed one is kept/;
     await assert.rejects(e.setOffers(replay), refused);
-    assert.deepEqual(await e.setOffers(await signOfferCatalog(edited, keys.privateJwk, { kid: 'again' })), { offers: 1 }, 'the same catalog signed again');
+    assert.deepEqual(await e.setOffers(await signOfferCatalog(edited, keys.privateJwk, { kid: 'again' })), { offers: 1, neverShown: [] }, 'the same catalog signed again');
     await e.close();
     // Against the stored one too (a later visit holds nothing in memory).
     const later = await Engine.create(opts);
@@ -447,7 +464,7 @@ describe('offer rules with events not yet stored, or stamped ahead; catalogs rep
     assert.deepEqual((await e.audit()).offers, { stored: true, version: 7, offers: 1, issuedAt: NOW });
     assert.deepEqual(await e.offers({ k: 5, exploration: 0, seed: 1 }), [], 'unsigned: not shown');
     const older = await signOfferCatalog({ version: 3, issuedAt: NOW, currency: 'GBP', offers: [offer('signed', { kind: 'all' })] }, keys.privateJwk);
-    assert.deepEqual(await e.setOffers(older), { offers: 1 }, 'the unsigned record keeps nothing out');
+    assert.deepEqual(await e.setOffers(older), { offers: 1, neverShown: [] }, 'the unsigned record keeps nothing out');
     assert.deepEqual((await e.offers({ k: 5, exploration: 0, seed: 1 })).map((o) => o.offerId), ['signed']);
     assert.equal((await e.audit()).offers?.version, 3);
     await e.close();
@@ -467,7 +484,7 @@ describe('offer rules with events not yet stored, or stamped ahead; catalogs rep
     raw.close();
     const e = await Engine.create(opts);
     assert.deepEqual(await e.offers({ k: 5, exploration: 0, seed: 1 }), [], 'edited: not shown');
-    assert.deepEqual(await e.setOffers(await signOfferCatalog({ ...v1, version: 2, offers: [offer('second', { kind: 'all' })] }, keys.privateJwk)), { offers: 1 }, 'version 2 installs over it');
+    assert.deepEqual(await e.setOffers(await signOfferCatalog({ ...v1, version: 2, offers: [offer('second', { kind: 'all' })] }, keys.privateJwk)), { offers: 1, neverShown: [] }, 'version 2 installs over it');
     assert.deepEqual((await e.offers({ k: 5, exploration: 0, seed: 1 })).map((o) => o.offerId), ['second']);
     await e.close();
     // The record now verifies again, and is a floor again (for a later visit, holding nothing in memory).
@@ -484,7 +501,7 @@ describe('offer rules with events not yet stored, or stamped ahead; catalogs rep
       return r;
     }));
     const again = await Engine.create(opts);
-    assert.deepEqual(await again.setOffers(await signOfferCatalog(edited.catalog, keys.privateJwk)), { offers: 1 });
+    assert.deepEqual(await again.setOffers(await signOfferCatalog(edited.catalog, keys.privateJwk)), { offers: 1, neverShown: [] });
     assert.deepEqual((await again.offers({ k: 5, exploration: 0, seed: 1 })).map((o) => o.title), ['10% off second']);
 
     // Granting consent: a catalog held in memory is stored over an edited record claiming a newer version.
