@@ -1005,6 +1005,25 @@ test('recovery through the server: a member that never uploads does not sink its
   }
 });
 
+/**
+ * A secure-aggregation server with dropout recovery (cohorts of 4, t = 3, 1 s deadlines) on
+ * `storage`, its clock at `clock.t`, with one full cohort (four members joined) and the masked
+ * zero update member `index` would upload (junk seals: the tests never unmask it for real).
+ */
+async function cohortOfFour(storage: MemoryStorage) {
+  const clock = { t: 3_000_000 };
+  const logs: string[] = [];
+  const parts = await createServer({ storage, initialTable: initialTable(), minClients: 4, clip: 1, noiseMultiplier: 0, rateLimit: false, secureAggregation: { timeoutMs: 1_000, minSurvivors: 3 }, now: () => clock.t, log: (l) => logs.push(l) });
+  const call = (path: string, body?: Uint8Array, token?: string) =>
+    Promise.resolve(parts.app.fetch(new Request(`http://x${path}`, body ? { method: 'POST', body: body as Uint8Array<ArrayBuffer>, headers: token ? { 'X-Localrec-Cohort-Token': token } : {} } : {})));
+  const sa = ((await (await call('/v1/config')).json()) as { secureAggregation: SecAggParams }).secureAggregation;
+  const members: Array<{ cohort: string; index: number; token: string }> = [];
+  for (let i = 0; i < 4; i++) members.push((await (await call('/v1/secagg/join', (await secAggKeyPair()).publicKey)).json()) as { cohort: string; index: number; token: string });
+  const id = members[0]!.cohort;
+  const body = (index: number) => encodeMaskedUpdate({ cohortId: Uint8Array.from(Buffer.from(id, 'hex')), index, cohortSize: 4, bits: sa.bits, step: sa.step, baseVersion: 0, values: new Uint32Array(IDS.length * (DIM + 1)), sealed: junkSealed(sa, index) });
+  return { clock, logs, parts, call, sa, members, id, body };
+}
+
 for (const lasting of [false, true]) {
   test(
     lasting
@@ -1021,29 +1040,18 @@ for (const lasting of [false, true]) {
           return super.publish(...a);
         }
       }
-      let t = 3_000_000;
       const storage = new Flaky();
-      const logs: string[] = [];
-      const parts = await createServer({ storage, initialTable: initialTable(), minClients: 4, clip: 1, noiseMultiplier: 0, rateLimit: false, secureAggregation: { timeoutMs: 1_000, minSurvivors: 3 }, now: () => t, log: (l) => logs.push(l) });
-      const call = (path: string, body?: Uint8Array, token?: string) =>
-        Promise.resolve(parts.app.fetch(new Request(`http://x${path}`, body ? { method: 'POST', body: body as Uint8Array<ArrayBuffer>, headers: token ? { 'X-Localrec-Cohort-Token': token } : {} } : {})));
+      const { clock, logs, parts, call, sa, members, id, body } = await cohortOfFour(storage);
       try {
-        const sa = ((await (await call('/v1/config')).json()) as { secureAggregation: SecAggParams }).secureAggregation;
-        const members: Array<{ cohort: string; index: number; token: string }> = [];
-        for (let i = 0; i < 4; i++) members.push((await (await call('/v1/secagg/join', (await secAggKeyPair()).publicKey)).json()) as { cohort: string; index: number; token: string });
-        const id = members[0]!.cohort;
-        for (const m of members.slice(0, 3)) {
-          const body = encodeMaskedUpdate({ cohortId: Uint8Array.from(Buffer.from(id, 'hex')), index: m.index, cohortSize: 4, bits: sa.bits, step: sa.step, baseVersion: 0, values: new Uint32Array(IDS.length * (DIM + 1)), sealed: junkSealed(sa, m.index) });
-          assert.equal((await call('/v1/secagg/updates', body, m.token)).status, 202);
-        }
-        t += 1_500; // member 3 never uploads: the cohort recovers
+        for (const m of members.slice(0, 3)) assert.equal((await call('/v1/secagg/updates', body(m.index), m.token)).status, 202);
+        clock.t += 1_500; // member 3 never uploads: the cohort recovers
         const view = async () => (await (await call(`/v1/secagg/cohorts/${id}`)).json()) as { status: string; published?: number; reason?: string };
         assert.equal((await view()).status, 'recovering');
         storage.failures = lasting ? Infinity : 1;
         for (const m of members.slice(0, 3)) assert.equal((await call(`/v1/secagg/cohorts/${id}/members/${m.index}/recovery`, new Uint8Array(shareLength(sa, m.index)), m.token)).status, 202);
         assert.equal(parts.rounds.version, 0, 'the publish failed');
         assert.ok(logs.some((l) => /aggregation of recovered cohort .* failed, will retry/.test(l)));
-        t += 1_500; // past the recovery deadline: the next request sweeps, and retries the aggregation
+        clock.t += 1_500; // past the recovery deadline: the next request sweeps, and retries the aggregation
         await view();
         await parts.rounds.drain();
         if (!lasting) {
@@ -1056,7 +1064,7 @@ for (const lasting of [false, true]) {
         }
         assert.equal((await view()).status, 'recovering', 'still being retried');
         assert.ok(logs.some((l) => /aggregation failed again, will retry/.test(l)));
-        t += 3_000; // 4.5 s after recovery began: past PUBLISH_GRACE (4) × the 1 s upload timeout
+        clock.t += 3_000; // 4.5 s after recovery began: past PUBLISH_GRACE (4) × the 1 s upload timeout
         const ended = await view();
         await parts.rounds.drain();
         assert.deepEqual([ended.status, ended.reason], ['aborted', 'all 3 recovery shares came, but the cohort could not be published within 4000 ms']);
@@ -1158,23 +1166,14 @@ test('a complete cohort whose publish keeps failing is aborted after PUBLISH_GRA
 });
 
 test('a recovered cohort holding a stray upload of a member it counts as dropped (stored, never recorded) is published without it', async () => {
-  let t = 3_000_000;
   const storage = new MemoryStorage();
-  const logs: string[] = [];
-  const parts = await createServer({ storage, initialTable: initialTable(), minClients: 4, clip: 1, noiseMultiplier: 0, rateLimit: false, secureAggregation: { timeoutMs: 1_000, minSurvivors: 3 }, now: () => t, log: (l) => logs.push(l) });
-  const call = (path: string, body?: Uint8Array, token?: string) =>
-    Promise.resolve(parts.app.fetch(new Request(`http://x${path}`, body ? { method: 'POST', body: body as Uint8Array<ArrayBuffer>, headers: token ? { 'X-Localrec-Cohort-Token': token } : {} } : {})));
+  const { clock, logs, parts, call, sa, members, id, body } = await cohortOfFour(storage);
   try {
-    const sa = ((await (await call('/v1/config')).json()) as { secureAggregation: SecAggParams }).secureAggregation;
-    const members: Array<{ cohort: string; index: number; token: string }> = [];
-    for (let i = 0; i < 4; i++) members.push((await (await call('/v1/secagg/join', (await secAggKeyPair()).publicKey)).json()) as { cohort: string; index: number; token: string });
-    const id = members[0]!.cohort;
-    const body = (index: number) => encodeMaskedUpdate({ cohortId: Uint8Array.from(Buffer.from(id, 'hex')), index, cohortSize: 4, bits: sa.bits, step: sa.step, baseVersion: 0, values: new Uint32Array(IDS.length * (DIM + 1)), sealed: junkSealed(sa, index) });
     for (const m of members.slice(0, 3)) assert.equal((await call('/v1/secagg/updates', body(m.index), m.token)).status, 202);
     // Member 3's upload was stored, but its cohort never recorded it (the storage failed in
     // between, and so did taking it out again).
-    await storage.addUpdate({ nonce: `${id}:3`, baseVersion: 0, receivedAt: t, body: body(3) });
-    t += 1_500; // the upload deadline: member 3 counts as dropped
+    await storage.addUpdate({ nonce: `${id}:3`, baseVersion: 0, receivedAt: clock.t, body: body(3) });
+    clock.t += 1_500; // the upload deadline: member 3 counts as dropped
     const view = async () => (await (await call(`/v1/secagg/cohorts/${id}`)).json()) as { status: string; dropped?: number[]; published?: number };
     assert.deepEqual([(await view()).status, (await view()).dropped], ['recovering', [3]]);
     for (const m of members.slice(0, 3)) assert.equal((await call(`/v1/secagg/cohorts/${id}/members/${m.index}/recovery`, new Uint8Array(shareLength(sa, m.index)), m.token)).status, 202);
