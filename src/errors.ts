@@ -59,7 +59,11 @@ export class NetworkError extends LocalrecError {
   }
 }
 
-/** Syncing would spend more privacy budget (ε) than the device is configured to allow. */
+/**
+ * Syncing would spend more privacy budget (ε) than the device is configured to allow, or the device
+ * could not keep count of what it spends (IndexedDB could not be opened: see
+ * `federated.allowWithoutStorage`).
+ */
 export class PrivacyBudgetError extends LocalrecError {
   override name = 'PrivacyBudgetError' as const;
 }

@@ -79,7 +79,7 @@ export const OPTION_KEYS = {
   recommender: ['catalog', 'backend', 'dbName', 'retention', 'model', 'autoTrainEvery', 'consent', 'offers', 'federated', 'neighbors', 'workerUrl', 'wasmPaths', 'workerTimeoutMs'],
   retention: ['maxEvents', 'maxAgeDays'],
   model: ['dim', 'halfLifeDays', 'sessionDecay', 'stepDecay', 'seed'],
-  federated: ['serverUrl', 'budget', 'delta', 'honorGlobalPrivacyControl', 'cohortWaitMs', 'autoSyncHours'],
+  federated: ['serverUrl', 'budget', 'delta', 'honorGlobalPrivacyControl', 'cohortWaitMs', 'autoSyncHours', 'allowWithoutStorage'],
   neighbors: ['url', 'timeoutMs'],
   offers: ['publicKey'],
   consent: ['personalization', 'federated'],

@@ -45,7 +45,9 @@ export interface Recommender {
   /**
    * One federated round with `options.federated.serverUrl`: pulls the global model, trains on this
    * shopper's events, uploads only a clipped, noised update. Throws a PrivacyBudgetError (before
-   * sending anything) once the ε budget would be exceeded, a NetworkError when the server is
+   * sending anything) once the ε budget would be exceeded, or when IndexedDB could not be opened
+   * (private mode: the device could not remember what it spent; see
+   * `federated.allowWithoutStorage`), a NetworkError when the server is
    * unreachable after retries or refuses the update. A call while a sync is under way gets that
    * sync's result (one update, one release of ε). Under secure aggregation with dropout recovery
    * it resolves when the cohort ends (`cohortOutcome`). `onProgress` reports each phase (waiting for
@@ -57,7 +59,8 @@ export interface Recommender {
   sync(options?: SyncControl): Promise<SyncResultInfo>;
   /**
    * Records the shopper's consent. Granting personalization starts storing events; withdrawing it
-   * erases everything stored. `federated: false` stops sync.
+   * erases everything stored. `federated: false` stops sync, and is remembered on the device: a
+   * later page load without a consent decision from the host (`'granted'` or no option) keeps it.
    */
   setConsent(consent: { personalization?: boolean; federated?: boolean }): Promise<void>;
   /**
@@ -367,7 +370,10 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
           ...rest,
           catalog,
           neighbors,
-          consent: initialConsent,
+          // No decision from the host ('granted', or no option): none is passed, so that the engine
+          // keeps a withdrawal of federated learning the device stored. An object is the host's
+          // remembered answer, and 'required' its decision to ask first: both are applied as given.
+          ...(options.consent === undefined || options.consent === 'granted' ? {} : { consent: initialConsent }),
           globalPrivacyControl: gpc,
           honorGlobalPrivacyControl: options.federated?.honorGlobalPrivacyControl,
         },

@@ -293,7 +293,11 @@ export interface FederatedOptions {
   serverUrl: string;
   /** Largest total ε this device may spend on federated learning. Default 8. */
   budget?: number;
-  /** δ of the (ε, δ) guarantee. Default 1e-5. */
+  /**
+   * δ of the (ε, δ) guarantee: the probability that it fails outright for a shopper, which must be
+   * far below 1 / the number of devices. Default 1e-5; at most 1e-3 (a larger δ is refused with a
+   * ValidationError: it makes the reported ε meaninglessly small, next to 0 at δ = 0.5).
+   */
   delta?: number;
   /**
    * Global Privacy Control (`navigator.globalPrivacyControl`) turns sync off unless this is set to
@@ -318,6 +322,15 @@ export interface FederatedOptions {
    * the shopper's data. Default 0: off, the page calls `sync()`.
    */
   autoSyncHours?: number;
+  /**
+   * Where IndexedDB exists but could not be opened (private mode, storage blocked: the SDK runs on
+   * memory, `stats().storage` is `'memory'`), the device cannot remember the ε it spends, so a
+   * contributing `sync()` is refused with a PrivacyBudgetError (nothing sent; `sync({ contribute:
+   * false })` still receives). `true` lets it sync: **each visit may then spend the whole budget
+   * again**. Default false. (Plain Node without IndexedDB, where memory is the intended store, is
+   * not refused.)
+   */
+  allowWithoutStorage?: boolean;
 }
 
 export interface RetentionOptions {
@@ -362,9 +375,12 @@ export interface RecommenderOptions {
   /**
    * `'required'`: nothing is stored, trained or sent until `setConsent({ personalization: true })`;
    * tracked events are dropped (counted in `stats().dropped`). `'granted'` (default): the host
-   * already has consent. `{ personalization, federated }`: the answer the host remembered from an
-   * earlier visit (its consent banner's); the same answer as last time adds nothing to the consent
-   * history, where `'required'` followed by `setConsent()` would add two records per page load.
+   * gives no decision and the shopper is treated as having consented to both, except that a
+   * withdrawal of federated learning stored on the device (`setConsent({ federated: false })` on an
+   * earlier visit) still holds (recorded as `stored` in the consent history). `{ personalization,
+   * federated }`: the answer the host remembered from an earlier visit (its consent banner's),
+   * applied as given, over what the device stored; the same answer as last time adds nothing to the
+   * consent history, where `'required'` followed by `setConsent()` would add two records per page load.
    */
   consent?: 'required' | 'granted' | { personalization: boolean; federated: boolean };
   /** Offers: the shop's public key(s) (JWK, ECDSA P-256) that `setOffers()` catalogs must be signed with. */

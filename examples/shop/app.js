@@ -849,6 +849,7 @@ async function loadServerConfig() {
 function syncError(e) {
   switch (e?.name) {
     case 'PrivacyBudgetError':
+      if (/cannot remember/.test(e.message ?? '')) return 'Not sent: this browser keeps no storage for the shop (private mode), so this device could not remember the privacy budget it spends.';
       return 'Not sent: this device’s privacy budget is spent, so it will not send another update — that is the point of a budget.';
     case 'NetworkError':
       return e.status ? `The server refused the update (${e.status}): ${e.message}` : `Offline: the aggregation server could not be reached (${e.message}). Nothing was lost; try again later.`;
@@ -864,15 +865,18 @@ async function sync(how = 'button') {
   const gen = state.generation;
   if (!rec || state.syncing) return;
   // Past the budget (the audit says no sync fits any more) "Sync now" only receives: the newest
-  // global model, nothing uploaded, no ε spent (a contributing call would be refused).
-  const receiveOnly = state.audit?.privacy.syncsLeft === 0;
+  // global model, nothing uploaded, no ε spent (a contributing call would be refused). So it does
+  // without IndexedDB (private mode: storage is memory), where the device would forget the ε it
+  // spent at the next visit (the SDK refuses to contribute there).
+  const noStorage = state.audit != null && state.audit.storage.kind !== 'indexeddb';
+  const receiveOnly = state.audit?.privacy.syncsLeft === 0 || noStorage;
   $('sync-now').disabled = true;
   $('sync-result').dataset.kind = 'busy';
   $('sync-result').textContent =
     how === 'auto'
       ? 'Syncing after training (automatic, once)…'
       : receiveOnly
-        ? 'Receiving the newest global model (this device’s privacy budget is spent: nothing is sent)…'
+        ? `Receiving the newest global model (${noStorage ? 'this browser keeps no storage for the shop, so this device could not remember its privacy budget' : 'this device’s privacy budget is spent'}: nothing is sent)…`
         : 'Syncing: pulling the global model, training here, sending a noised update…';
   // rec.sync() reports each phase; under secure aggregation the wait for a cohort can take minutes.
   const onProgress = (p) => {
@@ -897,7 +901,7 @@ async function sync(how = 'button') {
     state.lastSync = r;
     $('sync-result').dataset.kind = 'ok';
     $('sync-result').textContent = receiveOnly
-      ? `Received at ${time.format(Date.now())}: now on global version ${r.version}${r.modelChanged ? '' : ' (no newer one)'}. Nothing sent: this device’s privacy budget is spent, so it only receives now (ε ${eps(r.epsilon)} of ${eps(r.budget)}, unchanged).`
+      ? `Received at ${time.format(Date.now())}: now on global version ${r.version}${r.modelChanged ? '' : ' (no newer one)'}. Nothing sent: ${noStorage ? 'without storage (private mode) this device could not remember the ε it spends, so it only receives' : `this device’s privacy budget is spent, so it only receives now (ε ${eps(r.epsilon)} of ${eps(r.budget)}, unchanged)`}.`
       : r.sent
         ? `${how === 'auto' ? 'Synced automatically' : 'Synced'} at ${time.format(Date.now())}: now on global version ${r.version}; uploaded ${bytes(r.uploadedBytes)} (one clipped, noised update, no events); ε ${eps(r.epsilon)} of ${eps(r.budget)} spent.${r.published != null ? ` It completed a round: version ${r.published} published.` : r.pending !== undefined ? ` ${r.pending} update${r.pending === 1 ? '' : 's'} now waiting at the server for the next round.` : ''}`
         : `Pulled global version ${r.version} (nothing uploaded: too little history here to learn from yet); ε ${eps(r.epsilon)} of ${eps(r.budget)}.`;
@@ -926,6 +930,9 @@ async function sync(how = 'button') {
 async function autoSync() {
   const a = state.audit;
   if (!$('auto-sync').checked || state.autoSynced || state.syncing || !a?.privacy.federatedActive) return;
+  // Without IndexedDB (private mode) the accountant lives in memory: every visit would start with
+  // `syncs` 0 and send an update again. No automatic sync there ("Sync now" only receives).
+  if (a.storage.kind !== 'indexeddb') return;
   if (a.privacy.syncs > 0) return; // leave the rest of the budget to "Sync now"
   state.autoSynced = true;
   await sync('auto');

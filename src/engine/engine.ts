@@ -63,7 +63,9 @@ export interface EngineOptions {
   /**
    * Consent at start. `personalization: false` keeps everything in memory and drops tracked
    * events (nothing touches IndexedDB) until `setConsent({ personalization: true })`;
-   * `federated: false` makes `sync()` refuse. Default: both granted.
+   * `federated: false` makes `sync()` refuse. This is the host's remembered answer and wins over
+   * what the device stored. Absent: both granted (`default` in the consent history), except that a
+   * withdrawal of federated learning stored on the device holds (`stored`; see mergeConsentHistory).
    */
   consent?: { personalization: boolean; federated: boolean };
   /** The browser's Global Privacy Control signal (`navigator.globalPrivacyControl`). */
@@ -188,12 +190,20 @@ interface ActiveNeighbors {
  */
 const ITEMS_PER_BASKET = 5;
 
-/** One change of consent, as the audit reports it (`another-tab`: the shopper changed it in another tab). */
+/**
+ * One change of consent, as the audit reports it. `source` says where it came from: `options`, the
+ * answer the host passed at start (`consent: { personalization, federated }`, remembered by its
+ * banner); `default`, no answer from the host (the option left out, or the page's `'granted'`): both
+ * taken as given; `stored`, no answer from the host, so the decision this device stored at the
+ * shopper's last change was applied again (a withdrawal of federated learning, see
+ * {@link Engine.mergeConsentHistory}); `setConsent`, this tab's call; `another-tab`, the shopper
+ * changed it in another tab.
+ */
 export interface ConsentRecord {
   t: number;
   personalization: boolean;
   federated: boolean;
-  source: 'options' | 'setConsent' | 'another-tab';
+  source: 'options' | 'default' | 'stored' | 'setConsent' | 'another-tab';
 }
 
 /** What one tab's engine tells the others on the same database. */
@@ -203,8 +213,11 @@ type TabMessage =
   | { type: 'offers' }
   | { type: 'erased'; at?: number }
   | { type: 'consent'; personalization: boolean; federated: boolean; at?: number };
-/** The egress log keeps this many most recent requests. */
+/** The egress log keeps this many most recent requests (and none older than `retention.maxAgeDays`). */
 const EGRESS_MAX = 1000;
+const DAY_MS = 86_400_000;
+/** Sources of the record a session starts with: dropped when it repeats the stored state (mergeConsentHistory). */
+const STARTUP_SOURCES: ReadonlySet<ConsentRecord['source']> = new Set(['options', 'default', 'stored']);
 const FLUSH_DELAY_MS = 25;
 const FLUSH_MAX = 200;
 
@@ -226,6 +239,28 @@ function isHttpUrl(u: unknown): u is string {
   }
 }
 
+/**
+ * The largest `federated.delta` taken. δ is the probability that the (ε, δ) guarantee fails outright
+ * for a shopper, so it must be far below 1 / the number of devices (a δ of 1/n allows releasing one
+ * shopper's data in the clear among n); the larger δ, the smaller the ε reported for the same noise
+ * (at δ = 0.5 next to 0), so a large δ would make ε say nothing. Default 1e-5.
+ */
+export const MAX_DELTA = 1e-3;
+
+/**
+ * Why `serverUrl` is not a plain server address, or undefined when it is: a query string or fragment
+ * (even an empty `?` or `#`: the SDK appends `/v1/…` to the URL, which would land in it) or userinfo
+ * would go out with every request, so "no query string, no identifier" would depend on configuration.
+ */
+function serverUrlProblem(u: string): string | undefined {
+  const url = new URL(u);
+  if (u.includes('?') || url.search) return 'a query string';
+  if (u.includes('#') || url.hash) return 'a fragment';
+  // (`http://@host` has an empty username but still an `@` in its authority.)
+  if (url.username || url.password || /^[a-z][a-z0-9+.-]*:\/\/[^/]*@/i.test(u)) return 'userinfo (user:password@)';
+  return undefined;
+}
+
 /** Checks `options.federated` once, at start: a bad budget or δ must not surface only at the first sync. */
 function checkFederated(fed: unknown): void {
   if (fed === undefined) return;
@@ -233,12 +268,28 @@ function checkFederated(fed: unknown): void {
   if (!isHttpUrl(f.serverUrl)) {
     throw new ValidationError('options.federated.serverUrl', `must be the aggregation server's http:// or https:// URL, got ${describeValue(f.serverUrl)}`);
   }
+  const problem = serverUrlProblem(f.serverUrl);
+  if (problem) {
+    // (A password is not repeated in the message, which may end up in a page's error log.)
+    const shown = problem.startsWith('userinfo') ? JSON.stringify(f.serverUrl.replace(/\/\/[^/]*@/, '//…@')) : describeValue(f.serverUrl);
+    throw new ValidationError(
+      'options.federated.serverUrl',
+      `must be the aggregation server's address without ${problem}, got ${shown}: it would go out with every request the SDK sends, which carry no query string and no identifier`,
+    );
+  }
   if (f.budget !== undefined && !(typeof f.budget === 'number' && f.budget > 0 && Number.isFinite(f.budget))) {
     throw new ValidationError('options.federated.budget', `must be a number > 0, got ${describeValue(f.budget)}`);
   }
   if (f.delta !== undefined && !(typeof f.delta === 'number' && f.delta > 0 && f.delta < 1)) {
     throw new ValidationError('options.federated.delta', `must be a number in (0, 1), got ${describeValue(f.delta)}`);
   }
+  if (f.delta !== undefined && f.delta > MAX_DELTA) {
+    throw new ValidationError(
+      'options.federated.delta',
+      `must be at most ${MAX_DELTA}, got ${describeValue(f.delta)}: δ is the probability that the privacy guarantee fails outright, so it must be far below 1 / the number of devices (the default is 1e-5), and a large δ makes the reported ε meaninglessly small`,
+    );
+  }
+  boolOption(f.allowWithoutStorage, 'options.federated.allowWithoutStorage');
   if (f.cohortWaitMs !== undefined && !(typeof f.cohortWaitMs === 'number' && Number.isFinite(f.cohortWaitMs) && f.cohortWaitMs > 0)) {
     throw new ValidationError('options.federated.cohortWaitMs', `must be a number of milliseconds > 0, got ${describeValue(f.cohortWaitMs)}`);
   }
@@ -380,7 +431,9 @@ export class Engine {
     this.autoTrainEvery = intOption(opts.autoTrainEvery, 'options.autoTrainEvery', 0, 1_000_000, 20);
     this.consent = { personalization: opts.consent?.personalization ?? true, federated: opts.consent?.federated ?? true };
     this.consentApplying = this.consent;
-    this.consentHistory.push({ t: this.now(), ...this.consent, source: 'options' });
+    // Without an answer from the host the stored decision may still change this (mergeConsentHistory).
+    this.consentByDefault = opts.consent === undefined;
+    this.consentHistory.push({ t: this.now(), ...this.consent, source: this.consentByDefault ? 'default' : 'options' });
   }
 
   static async create(opts: EngineOptions): Promise<Engine> {
@@ -608,18 +661,49 @@ export class Engine {
   private evictedByRetention = 0;
 
   /**
+   * True from start-up until the stored consent history is read (or consent changes) when the host
+   * gave no consent decision (`options.consent` absent; the page's `'granted'` passes none): the
+   * device's own stored decision may then still apply (see {@link mergeConsentHistory}).
+   */
+  private consentByDefault = false;
+
+  /**
    * Joins the stored consent history with this session's records. A session that merely starts
    * with the same consent as last time adds nothing, and nothing is written until there is
    * something else to store: opening the SDK alone leaves IndexedDB as it was.
+   *
+   * When the host gave no consent decision (only the default, both granted), the shopper's last
+   * stored decision about federated learning holds: a withdrawal of it (which, unlike a withdrawal
+   * of personalization, erases nothing and is stored) is applied again, recorded as `stored`, rather
+   * than forgotten at the next page load. Only records made while personalization was on count: one
+   * with personalization off is a start before consent ('required' sets both off), which says
+   * nothing about federated learning (a withdrawal of personalization erases the history). A host
+   * that passes its own remembered answer (`consent: { … }`) decides instead; that answer is
+   * recorded as `options` when it differs from the stored one.
    */
   private async mergeConsentHistory(): Promise<void> {
-    const stored = (await this.store.getMeta<ConsentRecord[]>(CONSENT_KEY)) ?? [];
+    const stored = trimConsent((await this.store.getMeta<ConsentRecord[]>(CONSENT_KEY)) ?? [], this.recordCutoff());
+    if (this.consentByDefault) {
+      this.consentByDefault = false;
+      const decided = stored.filter((r) => r.personalization).at(-1);
+      const first = this.consentHistory[0];
+      if (decided && !decided.federated && this.consent.federated && first?.source === 'default') {
+        this.consent = { ...this.consent, federated: false };
+        this.consentApplying = { ...this.consentApplying, federated: false };
+        this.consentHistory[0] = { t: first.t, personalization: first.personalization, federated: false, source: 'stored' };
+      }
+    }
     const last = stored.at(-1);
     const fresh = this.consentHistory.filter(
-      (r, i) => !(i === 0 && r.source === 'options' && last && last.personalization === r.personalization && last.federated === r.federated),
+      (r, i) => !(i === 0 && STARTUP_SOURCES.has(r.source) && last && last.personalization === r.personalization && last.federated === r.federated),
     );
-    this.consentHistory = stored.concat(fresh);
+    this.consentHistory = trimConsent(stored.concat(fresh), this.recordCutoff());
     this.consentDirty = fresh.length > 0;
+  }
+
+  /** The oldest time an egress entry or consent record is kept (`retention.maxAgeDays`, on this engine's clock). */
+  private recordCutoff(): number {
+    return this.now() - this.retention.maxAgeDays * DAY_MS;
   }
 
   /**
@@ -631,12 +715,14 @@ export class Engine {
     if (!this.consentDirty || !this.consent.personalization) return;
     const mine = this.consentHistory;
     const written = mine.length;
-    const merged = await this.store.updateMeta<ConsentRecord[]>(CONSENT_KEY, (stored) => mergeConsentRecords(stored ?? [], mine.slice(0, written)));
+    // Records past retention.maxAgeDays go with the write (the latest is always kept).
+    const cutoff = this.recordCutoff();
+    const merged = await this.store.updateMeta<ConsentRecord[]>(CONSENT_KEY, (stored) => trimConsent(mergeConsentRecords(stored ?? [], mine.slice(0, written)), cutoff));
     // Replaced meanwhile (an erase, a withdrawal): that state rules. A change recorded meanwhile
     // stays unwritten, for the next write.
     if (this.consentHistory !== mine) return;
     this.consentDirty = mine.length > written;
-    this.consentHistory = mergeConsentRecords(merged, mine);
+    this.consentHistory = trimConsent(mergeConsentRecords(merged, mine), cutoff);
   }
 
   /**
@@ -718,6 +804,8 @@ export class Engine {
   private async applyConsentSteps(next: { personalization: boolean; federated: boolean }, source: ConsentRecord['source'], at?: number): Promise<void> {
     const was = this.consent.personalization;
     const granted = next.personalization && !was;
+    // A decision now (this tab's or another's): a stored one read later does not override it.
+    this.consentByDefault = false;
     if (next.personalization && next.federated && !(this.consent.personalization && this.consent.federated)) this.scheduleAutoSync(this.firstAutoSyncDelay());
     // A grant takes effect once its store is installed (below): events taken before then would be
     // written to the memory store it replaces, and lost with it. Until then enqueue() drops them,
@@ -1042,7 +1130,8 @@ export class Engine {
   private async appendEgress(entries: EgressEntry[]): Promise<void> {
     if (entries.length === 0 || !this.consent.personalization || this.closed) return;
     // One transaction: another tab appending at the same time must not lose its entries, nor ours.
-    await this.store.updateMeta<EgressEntry[]>(EGRESS_KEY, (log) => settlePending(log ?? [], entries).slice(-EGRESS_MAX));
+    const cutoff = this.recordCutoff();
+    await this.store.updateMeta<EgressEntry[]>(EGRESS_KEY, (log) => trimEgress(settlePending(log ?? [], entries), cutoff).slice(-EGRESS_MAX));
   }
 
   private async neighborReady(): Promise<ActiveNeighbors | undefined> {
@@ -1223,6 +1312,31 @@ export class Engine {
    */
   private async retainNow(): Promise<void> {
     this.evictedByRetention += (await this.store.applyRetention?.().catch(() => 0)) ?? 0;
+    // The egress log and the consent history keep nothing past the age limit either (each neighbour
+    // fetch is a page load's time): removed here too, written only when there is something to remove.
+    await this.trimRecords().catch((e) => {
+      this.lastError = e as Error;
+    });
+  }
+
+  /** Deletes egress entries and consent records older than `retention.maxAgeDays` (the latest consent record stays). */
+  private async trimRecords(): Promise<void> {
+    if (!this.consent.personalization || this.closed) return;
+    const cutoff = this.recordCutoff();
+    const expired = (r: { t: number }) => r.t < cutoff;
+    if (((await this.store.getMeta<EgressEntry[]>(EGRESS_KEY)) ?? []).some(expired)) {
+      await this.store.updateMeta<EgressEntry[]>(EGRESS_KEY, (log) => trimEgress(log ?? [], cutoff));
+    }
+    const stored = (await this.store.getMeta<ConsentRecord[]>(CONSENT_KEY)) ?? [];
+    if (stored.slice(0, -1).some(expired)) {
+      await this.store.updateMeta<ConsentRecord[]>(CONSENT_KEY, (records) => trimConsent(records ?? [], cutoff));
+    }
+    if (this.consentHistory.slice(0, -1).some(expired)) this.consentHistory = trimConsent(this.consentHistory, cutoff);
+  }
+
+  /** The egress log as stored, without entries past `retention.maxAgeDays` (not yet removed by a write). */
+  private async readEgress(): Promise<EgressEntry[]> {
+    return trimEgress((await this.store.getMeta<EgressEntry[]>(EGRESS_KEY)) ?? [], this.recordCutoff());
   }
 
   /** The catalog rows of `recommend({ candidates })`, each once; undefined when not given. */
@@ -1590,6 +1704,32 @@ export class Engine {
     return fed;
   }
 
+  /**
+   * True when this session runs on memory though IndexedDB exists, or would in a browser (it refused
+   * to open: private mode, storage blocked, a newer schema; audit()'s `storage.notOpened` names an
+   * earlier visit's database then): the ε a sync spends here is forgotten when the page closes, and
+   * the next visit would start a fresh budget. Not so in plain Node, where no IndexedDB exists and
+   * memory is the intended store (a process is one device for its life), nor with a store the
+   * caller gave.
+   */
+  private spendingForgotten(): boolean {
+    if (this.store.kind !== 'memory' || this.opts.store || !this.consent.personalization) return false;
+    return typeof indexedDB !== 'undefined' || typeof (globalThis as { WorkerGlobalScope?: unknown }).WorkerGlobalScope !== 'undefined';
+  }
+
+  /**
+   * Refuses a contributing sync on a device that cannot remember what it spends
+   * ({@link spendingForgotten}), unless the host opted in (`federated.allowWithoutStorage`).
+   */
+  private assertRemembersSpending(fed: FederatedOptions): void {
+    if (!this.spendingForgotten() || fed.allowWithoutStorage === true) return;
+    throw new PrivacyBudgetError(
+      'sync refused: IndexedDB could not be opened (private mode, or storage blocked), so this device cannot remember the ε it spends: ' +
+        'the next visit would start a fresh budget. Nothing was sent. sync({ contribute: false }) still receives the newest global model; ' +
+        'a host that accepts that each visit may spend the whole budget again sets federated.allowWithoutStorage: true',
+    );
+  }
+
   /** Forwards a sync's progress to every listener; one that throws does not stop the sync. */
   private readonly syncProgress = (p: SyncProgress): void => tellEach(this.syncListeners, p);
 
@@ -1728,6 +1868,8 @@ export class Engine {
   }
 
   private async syncRound(signal: AbortSignal, receiveWhenSpent = false, dropOut?: () => boolean): Promise<SyncResultInfo> {
+    // Before anything is sent (consent first: its refusal says more).
+    this.assertRemembersSpending(this.syncAllowed());
     const { fed, budget, through, history, train, table } = await this.syncStart();
     const accountant = new RdpAccountant(await this.store.getMeta<AccountantState>(PRIVACY_KEY));
     const egress: EgressEntry[] = [];
@@ -1932,10 +2074,10 @@ export class Engine {
     return this.opts.globalPrivacyControl === true && this.opts.honorGlobalPrivacyControl !== false;
   }
 
-  /** Every request the SDK sent, oldest first (at most the last 1,000). */
+  /** Every request the SDK sent, oldest first (at most the last 1,000, none older than `retention.maxAgeDays`). */
   async egressLog(): Promise<EgressEntry[]> {
     this.assertOpen();
-    return (await this.store.getMeta<EgressEntry[]>(EGRESS_KEY)) ?? [];
+    return this.readEgress();
   }
 
   async stats(): Promise<Stats> {
@@ -2000,7 +2142,7 @@ export class Engine {
     const storedNeighbors = await this.store.getMeta<SavedNeighbors>(NEIGHBORS_KEY);
     const storedGlobal = await this.store.getMeta<SavedGlobal>(GLOBAL_KEY);
     const storedOffers = storedClaim(await this.store.getMeta<StoredOffers>(OFFERS_KEY));
-    const egress = (await this.store.getMeta<EgressEntry[]>(EGRESS_KEY)) ?? [];
+    const egress = await this.readEgress();
     // As export() gives it: with what the age limit already hides but the next write has not removed.
     const ledger = await this.store.offerLedger();
     const autoSync = await this.store.getMeta<AutoSyncState>(AUTO_SYNC_KEY);
@@ -2069,7 +2211,7 @@ export class Engine {
         globalPrivacyControl: gpc,
         globalPrivacyControlHonored: gpc && this.opts.honorGlobalPrivacyControl !== false,
       },
-      consent: { current: { ...this.consent }, history: this.consentHistory.slice(), droppedBeforeConsent: this.droppedBeforeConsent },
+      consent: { current: { ...this.consent }, history: trimConsent(this.consentHistory, this.recordCutoff()), droppedBeforeConsent: this.droppedBeforeConsent },
     };
   }
 
@@ -2084,8 +2226,8 @@ export class Engine {
       schema: 1,
       exportedAt: this.now(),
       events: await this.store.all(),
-      consentHistory: this.consentHistory.slice(),
-      egressLog: (await this.store.getMeta<EgressEntry[]>(EGRESS_KEY)) ?? [],
+      consentHistory: trimConsent(this.consentHistory, this.recordCutoff()),
+      egressLog: await this.readEgress(),
       privacy: (await this.store.getMeta<AccountantState>(PRIVACY_KEY)) ?? null,
       model: model ? { version: model.version, dim: model.dim, items: model.itemIds.length, trainedAt: model.trainedAt ?? null, trainSteps: model.trainSteps } : null,
       autoSync: (await this.store.getMeta<AutoSyncState>(AUTO_SYNC_KEY)) ?? null,
@@ -2503,6 +2645,19 @@ function newerCatalog(a: OfferCatalog, b: OfferCatalog): boolean {
 type Consent = { personalization: boolean; federated: boolean };
 
 /** The records of both lists, each once (same time, values and source), in time order (stable). */
+/**
+ * `records` without those older than `cutoff` (`retention.maxAgeDays`), but never without the latest:
+ * the consent in force, which the next session's start compares with (and may apply again).
+ */
+export function trimConsent(records: readonly ConsentRecord[], cutoff: number): ConsentRecord[] {
+  return records.filter((r, i) => !(r.t < cutoff) || i === records.length - 1);
+}
+
+/** `log` without the entries older than `cutoff` (`retention.maxAgeDays`): the log is no record of visits kept past it. */
+export function trimEgress(log: readonly EgressEntry[], cutoff: number): EgressEntry[] {
+  return log.filter((e) => !(e.t < cutoff));
+}
+
 export function mergeConsentRecords(a: readonly ConsentRecord[], b: readonly ConsentRecord[]): ConsentRecord[] {
   const key = (r: ConsentRecord) => `${r.t}|${r.personalization}|${r.federated}|${r.source}`;
   const seen = new Set<string>();

@@ -78,6 +78,15 @@ export const SEALED_SHARE_BYTES = SELF_SHARE_BYTES + 16;
 /** Shares are points x = 1..255 of GF(2⁸): with recovery a member has at most this many mask neighbours. */
 export const MAX_RECOVERY_DEGREE = 255;
 
+/**
+ * Largest t (`minSurvivors`, the cohort size K without dropout recovery) a device accepts. Each
+ * device adds only N(0, (σC)²/t) to its upload, trusting that the server unmasks no sum of fewer
+ * than t: a server that fills a cohort with joins of its own (or forges its keys) reads one upload
+ * at σ/√t, so t sets how little noise one upload can carry. The published recipes use K = 4,000
+ * and 610; past 10,000 a device refuses the config (and the server refuses to start with it).
+ */
+export const MAX_SURVIVORS = 10_000;
+
 /** Longest cohort fill or upload deadline a device accepts from a server config (a day); the server refuses longer. */
 export const MAX_COHORT_TIMEOUT_MS = 86_400_000;
 
@@ -114,6 +123,12 @@ export function checkSecAggParams(p: Partial<SecAggParams>, field = 'secureAggre
   }
   const t = p.minSurvivors ?? cohortSize!;
   if (!Number.isInteger(t) || t < 2 || t > cohortSize!) throw new ValidationError(`${field}.minSurvivors`, `must be an integer 2..cohortSize (${cohortSize}), got ${String(p.minSurvivors)}`);
+  if (t > MAX_SURVIVORS) {
+    throw new ValidationError(
+      `${field}.minSurvivors`,
+      `is ${t}${t === cohortSize ? ' (the cohort size: no dropout recovery)' : ''}, more than ${MAX_SURVIVORS}: each device adds only σC/√t of noise to its upload, and a server that filled a cohort with its own joins would read one upload at σ/√t; use cohorts of at most ${MAX_SURVIVORS}, or minSurvivors of at most ${MAX_SURVIVORS}`,
+    );
+  }
   if (t < cohortSize! && Math.min(degree!, cohortSize! - 1) > MAX_RECOVERY_DEGREE) {
     throw new ValidationError(`${field}.degree`, `must be at most ${MAX_RECOVERY_DEGREE} with dropout recovery (minSurvivors < cohortSize: shares of the self-mask are points of GF(2⁸)), got ${degree}`);
   }

@@ -62,19 +62,25 @@ export interface EgressEntry {
   bodySha256?: string;
   /** HTTP status; 0 when no answer came (offline, refused, still pending, or not sent). */
   status: number;
-  /** An upload logged before it was sent, then cancelled (consent withdrawn, close()) before it left; its ε is spent. */
+  /**
+   * A request logged before it was sent, then stopped before it left: an upload cancelled (consent
+   * withdrawn, close()) after its release was recorded, or whose log could not be stored (its ε is
+   * spent); any other request cancelled between its pending entry and sending. Nothing left.
+   */
   notSent?: true;
   /**
-   * An upload logged (and stored) just before it was sent; the entry for its first attempt
-   * replaces it once that settles. One left in the log means the page closed while the body was on
-   * the wire: it may or may not have reached the server.
+   * A request logged (and, in a sync, stored) just before it was sent: the upload once its release
+   * is recorded, and every other request of a sync (the GETs, the join, each cohort poll, the
+   * recovery steps) before each attempt. The entry for that attempt replaces it once it settles
+   * (same method, endpoint and body hash). One left in the log means the page closed while the
+   * request was on the wire: it may or may not have reached the server.
    */
   pending?: true;
 }
 
 export type FetchLike = (
   input: string,
-  init?: { method?: string; body?: Uint8Array; headers?: Record<string, string>; signal?: AbortSignal; credentials?: 'omit'; cache?: 'no-store'; redirect?: 'error' },
+  init?: { method?: string; body?: Uint8Array; headers?: Record<string, string>; signal?: AbortSignal; credentials?: 'omit'; cache?: 'no-store'; redirect?: 'error'; referrerPolicy?: 'no-referrer' },
 ) => Promise<Response>;
 
 /**
@@ -82,9 +88,10 @@ export type FetchLike = (
  * session must not ride along when the server shares the shop's origin), and no HTTP cache (a
  * cached model would make the browser send its own If-None-Match, after an erase too), and no
  * redirects (one would send the request, an update's body too, to another address than the one in
- * the egress log).
+ * the egress log), and no `Referer` (the browser would otherwise name the page or worker script
+ * the request came from: on the same origin its whole URL, query string included).
  */
-export const PRIVATE_FETCH = { credentials: 'omit', cache: 'no-store', redirect: 'error' } as const;
+export const PRIVATE_FETCH = { credentials: 'omit', cache: 'no-store', redirect: 'error', referrerPolicy: 'no-referrer' } as const;
 
 export interface SyncOptions {
   serverUrl: string;
@@ -113,7 +120,10 @@ export interface SyncOptions {
    * Called (and awaited) once the release is recorded in the accountant and before the update
    * leaves, then again once it has been sent: the place to persist the accountant (and the egress
    * log so far), so that a tab closed mid-sync (or while the device waits for its cohort) cannot
-   * lose the ε it spent. A rejection the first time stops the sync before anything is sent.
+   * lose the ε it spent. A rejection then stops the sync before the update is sent. Also called
+   * before every other request goes out, once its `pending` entry is logged (and after the answers
+   * that matter: the GETs, the join, each poll), so that a tab closed while a request waits for its
+   * answer leaves it in the stored log; a rejection there is ignored (the next call stores it).
    */
   onCheckpoint?: () => void | Promise<void>;
   /**
@@ -269,7 +279,7 @@ function checkAborted(o: Pick<SyncOptions, 'signal'>, when: string): void {
 }
 
 /** What {@link request} needs of the caller's options. */
-type RequestOptions = Pick<SyncOptions, 'serverUrl' | 'fetch' | 'attempts' | 'backoffMs' | 'requestTimeoutMs' | 'onEgress' | 'signal' | 'now'>;
+type RequestOptions = Pick<SyncOptions, 'serverUrl' | 'fetch' | 'attempts' | 'backoffMs' | 'requestTimeoutMs' | 'onEgress' | 'onCheckpoint' | 'signal' | 'now'>;
 
 /** Default {@link SyncOptions.requestTimeoutMs}: far above the server's longest poll (15 s). */
 export const REQUEST_TIMEOUT_MS = 60_000;
@@ -321,7 +331,10 @@ function requestAttempts(o: Pick<SyncOptions, 'attempts'>): number {
  * Sends one request (retried on a network failure or a 5xx) and reads its answer's body, at most
  * `limit.max` bytes, within each attempt's deadline; the answer comes back with that body in
  * memory. Each attempt's deadline timer and its listener on the caller's signal are removed once
- * the attempt settles, body included.
+ * the attempt settles, body included. Each attempt is logged `pending` and checkpointed before it
+ * goes out (a tab closed while it waits for its answer leaves it in the stored log), then logged
+ * again once it settles, which replaces the pending entry (engine's `settlePending`); one stopped
+ * between the two is settled as `notSent`.
  */
 async function request(
   o: RequestOptions,
@@ -335,13 +348,15 @@ async function request(
   /** Checked right before each attempt goes out (after every await): throws to send nothing. */
   beforeSend?: () => void,
   limit: BodyLimit = SMALL_REPLY,
+  /** The caller logged (and stored) the first attempt's `pending` entry itself (the upload). */
+  firstLogged = false,
 ): Promise<Response> {
   const signal = cancel ?? undefined;
   const f = o.fetch ?? (globalThis.fetch as unknown as FetchLike);
   const attempts = requestAttempts(o);
   const now = o.now ?? Date.now;
   const bodySha256 = body ? toHex(await sha256(body)) : undefined;
-  const log = (status: number) => o.onEgress?.({ t: now(), method, endpoint, kind, bytes: body?.length ?? 0, bodySha256, status });
+  const log = (status: number, mark?: { pending: true } | { notSent: true }) => o.onEgress?.({ t: now(), method, endpoint, kind, bytes: body?.length ?? 0, bodySha256, status, ...mark });
   const what = `${method} ${endpoint}`;
   let lastError: unknown;
   for (let i = 0; i < attempts; i++) {
@@ -349,6 +364,20 @@ async function request(
     // (The upload's request never gets the signal, so a cancel here is always before it.)
     if (signal?.aborted) throw syncCancelled(`before ${method} ${endpoint}`);
     beforeSend?.();
+    if (!(i === 0 && firstLogged)) {
+      // In the stored log before it goes: a tab closed while it waits for its answer (a long
+      // cohort poll, a server that is slow to answer) leaves this entry, not nothing.
+      log(0, { pending: true });
+      await checkpointQuietly(o);
+      // Stopped while the entry was stored: it never left, and its entry says so.
+      try {
+        if (signal?.aborted) throw syncCancelled(`before ${method} ${endpoint}`);
+        beforeSend?.();
+      } catch (e) {
+        log(0, { notSent: true });
+        throw e;
+      }
+    }
     // Each attempt has its own deadline, the caller's cancel (when it may cut this request) ending
     // it too. The deadline covers the body as well, so that a body that never ends is cut; both
     // are taken down once the attempt settled (`finally`), whatever it ended with.
@@ -775,6 +804,9 @@ async function upload(
   cancellable = true,
 ): Promise<SyncResult> {
   if (cancellable) checkAborted(o, 'before the upload');
+  // The entry this upload is logged under, whatever happens to it once its release is recorded.
+  const bodySha256 = toHex(await sha256(body));
+  const entry = (): EgressEntry => ({ t: (o.now ?? Date.now)(), method: 'POST', endpoint, kind: 'update', bytes: body.length, bodySha256, status: 0 });
   // Recorded (and persisted, by the caller) before sending: once the body may have left the
   // device, the budget is spent.
   let spent = o.accountant;
@@ -787,11 +819,15 @@ async function upload(
   }
   // A cancel (consent withdrawn, close()) that came while the release was being recorded still
   // stops the upload: the ε is spent for nothing, which errs on the safe side. A full cohort's
-  // member uploads after a plain cancel, never after an erase or a withdrawal (DROP_OUT).
-  if ((cancellable && o.signal?.aborted) || mustDropOut(o)) throw releasedButCancelled();
+  // member uploads after a plain cancel, never after an erase or a withdrawal (DROP_OUT). The
+  // release is in the log all the same, as an upload that was not sent.
+  if ((cancellable && o.signal?.aborted) || mustDropOut(o)) {
+    o.onEgress?.({ ...entry(), notSent: true });
+    throw releasedButCancelled();
+  }
   // Logged, and persisted with the release, before it goes: a tab closed while the body is on the
   // wire leaves this entry (`pending`), not a spent ε with no request in the log.
-  const logged: EgressEntry = { t: (o.now ?? Date.now)(), method: 'POST', endpoint, kind: 'update', bytes: body.length, bodySha256: toHex(await sha256(body)), status: 0 };
+  const logged = entry();
   o.onEgress?.({ ...logged, pending: true });
   try {
     await o.onCheckpoint?.();
@@ -811,15 +847,27 @@ async function upload(
   o.onProgress?.({ phase: 'upload', bytes: body.length });
   // Not cancellable in flight: once the release is recorded the body goes out whole, or fails on its own.
   let attempted = false;
-  const res = await request(o, 'update', 'POST', endpoint, body, { 'Content-Type': 'application/octet-stream', ...headers }, null, () => {
-    if (mustDropOut(o)) {
-      // Before the first attempt nothing left; after one (a 5xx, no answer) the body may have
-      // reached the server: no retry, and nothing logged or said as "not sent".
-      if (!attempted) throw unsent();
-      throw new AbortError('sync cancelled between attempts of the upload: an earlier attempt may have reached the server (its ε is spent); no further attempt was made');
-    }
-    attempted = true;
-  });
+  const res = await request(
+    o,
+    'update',
+    'POST',
+    endpoint,
+    body,
+    { 'Content-Type': 'application/octet-stream', ...headers },
+    null,
+    () => {
+      if (mustDropOut(o)) {
+        // Before the first attempt nothing left; after one (a 5xx, no answer) the body may have
+        // reached the server: no retry, and nothing said of the upload as "not sent" (only of
+        // the retry's own pending entry, when it was logged).
+        if (!attempted) throw unsent();
+        throw new AbortError('sync cancelled between attempts of the upload: an earlier attempt may have reached the server (its ε is spent); no further attempt was made');
+      }
+      attempted = true;
+    },
+    SMALL_REPLY,
+    true,
+  );
   // The update is in (2xx): what the server adds about its round is a courtesy. An answer that is
   // not the documented JSON (a proxy's page, an older server) leaves `server` out; it must not turn
   // an accepted upload, whose ε is spent, into a failed sync.

@@ -11,7 +11,7 @@ import { checkOutputFile, checkOutputFolder } from '../output-file.js';
 const GRANULARITIES = ['items', 'groups', 'categories'] as const;
 
 export function register(program: Command): void {
-  const offers = program.command('offers').description('Make signing keys and sign offer catalogs (ECDSA P-256).');
+  const offers = program.command('offers').description('Make signing keys, fit the affinity snapshot and sign offer catalogs (ECDSA P-256).');
 
   offers
     .command('keygen')

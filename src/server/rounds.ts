@@ -242,7 +242,7 @@ export class RoundCoordinator {
       const i = initialTable.itemIds.findIndex((id, j) => id !== stored[j]);
       const differ = i >= 0 && i < stored.length ? `; item ${i} is '${stored[i]}' in the store and '${initialTable.itemIds[i]}' in the catalog (the ids or their order changed)` : '';
       throw new StorageError(
-        `the store holds a model of ${stored.length} items × ${rc.cur.table.dim}, which does not match the catalog (${initialTable.itemIds.length} items × ${initialTable.dim})${differ}; start without --catalog to serve the stored model, or use another data dir`,
+        `the store holds a model of ${stored.length} items × ${rc.cur.table.dim}, which does not match the catalog (${initialTable.itemIds.length} items × ${initialTable.dim})${differ}; start without --catalog to serve the stored model${rc.cur.table.dim !== initialTable.dim && i < 0 && stored.length === initialTable.itemIds.length ? `, or with --dim ${rc.cur.table.dim} as it was made` : ''}, or use another data dir`,
       );
     }
     if (rc.cur.table.itemIds.length !== config.itemCount || rc.cur.table.dim !== config.dim) {

@@ -107,7 +107,7 @@ export function register(program: Command): void {
       if (typeof o.catalog !== 'string') {
         // Without a catalog the model comes from the store, which keeps its own shape and biases.
         const flag = command.options.find((f) => ['dim', 'seed', 'biasScale'].includes(f.attributeName()) && typed(f.attributeName()));
-        if (flag) throw new ValidationError(flag.long!, "builds the initial model from --catalog: without --catalog the stored model is served as it is (its dim, seed and biases are its own; with --catalog too, once the store holds a model)");
+        if (flag) throw new ValidationError(flag.long!, "builds the initial model from --catalog: without --catalog the stored model is served as it is (its dim, seed and biases are its own; a later start with --catalog must repeat the --dim the store was made with)");
       }
       if (typed('trim') && o.robust !== 'trimmed-mean') throw new ValidationError('--trim', `applies to --robust trimmed-mean only (got ${String(o.robust)})`);
       if (typeof o.database === 'string' && typed('dataDir')) throw new ValidationError('--data-dir', 'is the SQLite folder: with --database the server uses PostgreSQL; give one or the other');

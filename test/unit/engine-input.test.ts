@@ -360,6 +360,67 @@ describe('track() input the store would lose at once, or that pages build generi
     }
   });
 
+  it('the page passes no consent decision for the default or \'granted\' (the engine may apply a stored withdrawal), and the host\'s own answer or \'required\' as given (stop 30)', async () => {
+    let received: Record<string, unknown> | undefined;
+    const api = {
+      async init(options: Record<string, unknown>, trackPort: MessagePort) {
+        received = options;
+        trackPort.onmessage = () => undefined;
+      },
+      barrier: async () => undefined,
+      close: async () => undefined,
+    };
+    const g = globalThis as { Worker?: unknown };
+    const hadWorker = 'Worker' in g;
+    const realWorker = g.Worker;
+    g.Worker = class {
+      private readonly port: MessagePort;
+      constructor() {
+        const { port1, port2 } = new MessageChannel();
+        this.port = port1;
+        Comlink.expose(api, port2);
+        port1.start();
+      }
+      postMessage(m: unknown, transfer: Transferable[] = []) {
+        this.port.postMessage(m, transfer as never);
+      }
+      addEventListener(type: string, f: (ev: Event) => void) {
+        this.port.addEventListener(type, f as never);
+      }
+      removeEventListener(type: string, f: (ev: Event) => void) {
+        this.port.removeEventListener(type, f as never);
+      }
+      terminate() {
+        this.port.close();
+      }
+    };
+    try {
+      const cases: Array<[unknown, unknown]> = [
+        [undefined, undefined],
+        ['granted', undefined],
+        ['required', { personalization: false, federated: false }],
+        [{ personalization: true, federated: true }, { personalization: true, federated: true }],
+        [{ personalization: true, federated: false }, { personalization: true, federated: false }],
+      ];
+      for (const [consent, passed] of cases) {
+        received = undefined;
+        const rec = await createRecommender({ catalog, workerTimeoutMs: 0, ...(consent === undefined ? {} : { consent: consent as never }) });
+        try {
+          // (Set by the stand-in worker's init: read through a cast, TypeScript narrowed it to undefined above.)
+          const got = received as Record<string, unknown> | undefined;
+          assert.ok(got, 'init was called');
+          assert.equal('consent' in got, passed !== undefined, `consent ${JSON.stringify(consent)}`);
+          assert.deepEqual(got.consent, passed, `consent ${JSON.stringify(consent)}`);
+        } finally {
+          await rec.close();
+        }
+      }
+    } finally {
+      if (hadWorker) g.Worker = realWorker;
+      else delete g.Worker;
+    }
+  });
+
   it('a field set to undefined is no field: accepted, and not stored', async () => {
     const e = await Engine.create({ catalog, backend: 'cpu', dbName: dbName(), autoTrainEvery: 0 });
     try {

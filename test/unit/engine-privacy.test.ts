@@ -1,9 +1,12 @@
 import 'fake-indexeddb/auto';
 import assert from 'node:assert/strict';
-import { describe, it } from 'node:test';
-import { COHORTS_KEY, EGRESS_KEY, Engine } from '../../src/engine/engine.js';
-import { MemoryEventStore } from '../../src/events/store.js';
-import { isConsentError } from '../../src/errors.js';
+import { after, describe, it } from 'node:test';
+import { COHORTS_KEY, CONSENT_KEY, EGRESS_KEY, Engine } from '../../src/engine/engine.js';
+import { IdbEventStore, MemoryEventStore } from '../../src/events/store.js';
+import { isConsentError, isPrivacyBudgetError } from '../../src/errors.js';
+import { createItemTable } from '../../src/model/item-table.js';
+import { startServer, type RunningServer } from '../../src/server/index.js';
+import type { FetchLike } from '../../src/federated/sync.js';
 import { encodeNeighborTable } from '../../src/model/neighbors-wire.js';
 import { storeSignallingReads } from './engine-helpers.js';
 import '../../src/model/tf.js';
@@ -350,10 +353,12 @@ describe('audit and export', () => {
   it('audit(): an upload cancelled before it left is in the log but not counted as sent; cohorts joined are listed', async () => {
     const store = new MemoryEventStore();
     const e = await Engine.create({ catalog, backend: 'cpu', store, autoTrainEvery: 0 });
+    // (Recent: entries older than retention.maxAgeDays are not reported.)
+    const t = Date.now() - 60_000;
     await store.setMeta(EGRESS_KEY, [
-      { t: 1, method: 'GET', endpoint: '/v1/config', kind: 'config', bytes: 0, status: 200 },
-      { t: 2, method: 'POST', endpoint: '/v1/updates', kind: 'update', bytes: 950, status: 0, notSent: true },
-      { t: 3, method: 'POST', endpoint: '/v1/updates', kind: 'update', bytes: 950, status: 202 },
+      { t: t + 1, method: 'GET', endpoint: '/v1/config', kind: 'config', bytes: 0, status: 200 },
+      { t: t + 2, method: 'POST', endpoint: '/v1/updates', kind: 'update', bytes: 950, status: 0, notSent: true },
+      { t: t + 3, method: 'POST', endpoint: '/v1/updates', kind: 'update', bytes: 950, status: 202 },
     ]);
     await store.setMeta(COHORTS_KEY, ['c1', 'c2']);
     const a = await e.audit();
@@ -361,5 +366,188 @@ describe('audit and export', () => {
     assert.deepEqual(a.cohorts, { stored: true, ids: ['c1', 'c2'] });
     assert.deepEqual((await e.exportData()).cohorts, ['c1', 'c2']);
     await e.close();
+  });
+});
+
+// Privacy review (stop 30): what the device remembers across visits, and what it forgets.
+const DAY = 86_400_000;
+const servers: RunningServer[] = [];
+after(async () => {
+  await Promise.all(servers.map((s) => s.close()));
+});
+
+describe('a withdrawal of federated learning across visits (stop 30)', () => {
+  it('is applied again on the next page load when the host gives no consent decision; the host\'s own answer wins, and the history says which', async () => {
+    const name = dbName();
+    const open = (extra: Record<string, unknown> = {}) => Engine.create({ catalog, backend: 'cpu', dbName: name, autoTrainEvery: 0, federated: { serverUrl: 'http://127.0.0.1:9' }, ...extra });
+    const first = await open();
+    first.enqueue([{ type: 'view', itemId: 'p1' }]);
+    await first.flush();
+    await first.setConsent({ federated: false });
+    await first.close();
+
+    // The next page load, no consent option (the page's 'granted' passes none: engine-input.test.ts).
+    const second = await open();
+    const a = await second.audit();
+    assert.equal(a.privacy.federatedActive, false, 'the withdrawal holds');
+    assert.deepEqual(a.consent.current, { personalization: true, federated: false });
+    assert.deepEqual(a.consent.history.map((h) => [h.source, h.federated]), [['default', true], ['setConsent', false]], 'the same decision as stored adds no record');
+    await assert.rejects(second.sync(), (err) => isConsentError(err));
+    assert.equal((await second.stats()).privacy.federated, false);
+    await second.close();
+
+    // The host's remembered answer (its banner's) is applied as given, and recorded as its own.
+    const host = await open({ consent: { personalization: true, federated: true } });
+    const b = await host.audit();
+    assert.equal(b.privacy.federatedActive, true);
+    assert.deepEqual(b.consent.history.map((h) => [h.source, h.federated]), [['default', true], ['setConsent', false], ['options', true]]);
+    host.enqueue([{ type: 'view', itemId: 'p2' }]);
+    await host.flush();
+    await host.close();
+    // Its answer is now the latest stored decision: the next visit without one follows it.
+    const third = await open();
+    assert.equal((await third.audit()).privacy.federatedActive, true);
+    await third.erase();
+  });
+
+  it('the stored decision that is applied is the latest made while personalization was on; "required" keeps asking', async () => {
+    const name = dbName();
+    // Started before consent ('required': both off), then consent to personalization only.
+    const e = await Engine.create({ catalog, backend: 'cpu', dbName: name, autoTrainEvery: 0, consent: { personalization: false, federated: false } });
+    await e.setConsent({ personalization: true, federated: true });
+    await e.setConsent({ federated: false });
+    await e.close();
+    const raw = await IdbEventStore.open(name);
+    assert.deepEqual(((await raw.getMeta<{ personalization: boolean; federated: boolean }[]>(CONSENT_KEY)) ?? []).map((r) => [r.personalization, r.federated]), [[false, false], [true, true], [true, false]]);
+    raw.close();
+    const restored = await Engine.create({ catalog, backend: 'cpu', dbName: name, autoTrainEvery: 0 });
+    assert.deepEqual((await restored.audit()).consent.current, { personalization: true, federated: false });
+    // A change in this session is the shopper's: the stored one no longer applies.
+    await restored.setConsent({ federated: true });
+    assert.deepEqual((await restored.audit()).consent.current, { personalization: true, federated: true });
+    await restored.close();
+    const again = await Engine.create({ catalog, backend: 'cpu', dbName: name, autoTrainEvery: 0 });
+    assert.deepEqual((await again.audit()).consent.current, { personalization: true, federated: true });
+    await again.erase();
+  });
+});
+
+describe('IndexedDB refused to open: the ε budget cannot be remembered (stop 30)', () => {
+  /** Runs `f` with an IndexedDB whose open() is refused (private mode), as engine-tabs.test.ts does. */
+  async function refusingIndexedDb<T>(f: () => Promise<T>): Promise<T> {
+    const g = globalThis as { indexedDB: IDBFactory };
+    const real = g.indexedDB;
+    g.indexedDB = { open() { throw new DOMException('The operation is insecure.', 'SecurityError'); } } as unknown as IDBFactory;
+    try {
+      return await f();
+    } finally {
+      g.indexedDB = real;
+    }
+  }
+  const ids = catalog.items.map((i) => i.id);
+  async function server(): Promise<{ url: string; posts: string[]; fetch: FetchLike }> {
+    const s = await startServer({ port: 0, dataDir: null, initialTable: createItemTable(ids, 8, { seed: 1 }), minClients: 100, clip: 1, noiseMultiplier: 1, rateLimit: false, log: () => {} });
+    servers.push(s);
+    const posts: string[] = [];
+    const fetch: FetchLike = (url, init) => {
+      if (init?.method === 'POST') posts.push(new URL(url).pathname);
+      return globalThis.fetch(url, init as RequestInit);
+    };
+    return { url: s.url, posts, fetch };
+  }
+  const history = ['p1', 'p2', 'p3', 'p4'].map((itemId) => ({ type: 'view' as const, itemId }));
+
+  it('a contributing sync is refused (PrivacyBudgetError, nothing sent); a receiving one works; federated.allowWithoutStorage lets it contribute', async () => {
+    const srv = await server();
+    const opts = { catalog, backend: 'cpu' as const, dbName: dbName(), autoTrainEvery: 0, model: { dim: 8 }, fetch: srv.fetch };
+    const e = await refusingIndexedDb(() => Engine.create({ ...opts, federated: { serverUrl: srv.url } }));
+    e.enqueue(history);
+    await e.flush();
+    assert.equal((await e.stats()).storage, 'memory');
+    await assert.rejects(e.sync(), (err) => isPrivacyBudgetError(err) && /cannot remember the ε it spends/.test((err as Error).message) && /allowWithoutStorage/.test((err as Error).message));
+    assert.deepEqual(await e.egressLog(), [], 'not even the GETs went out');
+    assert.equal((await e.stats()).privacy.syncs, 0);
+    const received = await e.sync({ contribute: false });
+    assert.equal(received.sent, false);
+    assert.deepEqual(srv.posts, [], 'nothing uploaded');
+    assert.deepEqual((await e.egressLog()).map((x) => x.kind), ['config', 'model']);
+    await e.close();
+
+    const allowed = await refusingIndexedDb(() => Engine.create({ ...opts, dbName: dbName(), federated: { serverUrl: srv.url, allowWithoutStorage: true } }));
+    allowed.enqueue(history);
+    await allowed.flush();
+    const r = await allowed.sync();
+    assert.equal(r.sent, true, 'the host opted in');
+    assert.deepEqual(srv.posts, ['/v1/updates']);
+    await allowed.close();
+    await assert.rejects(Engine.create({ ...opts, federated: { serverUrl: srv.url, allowWithoutStorage: 'yes' } } as never), /options\.federated\.allowWithoutStorage/);
+  });
+
+  it('plain Node without IndexedDB (memory is the intended store) syncs as before', async () => {
+    const srv = await server();
+    const g = globalThis as { indexedDB?: IDBFactory };
+    const real = g.indexedDB;
+    g.indexedDB = undefined;
+    try {
+      const e = await Engine.create({ catalog, backend: 'cpu', autoTrainEvery: 0, model: { dim: 8 }, fetch: srv.fetch, federated: { serverUrl: srv.url } });
+      e.enqueue(history);
+      await e.flush();
+      assert.equal((await e.stats()).storage, 'memory');
+      assert.equal((await e.sync()).sent, true);
+      await e.close();
+    } finally {
+      g.indexedDB = real;
+    }
+    assert.deepEqual(srv.posts, ['/v1/updates']);
+  });
+});
+
+describe('retention.maxAgeDays for the egress log and the consent history (stop 30)', () => {
+  it('a neighbour request logged at each page load, and consent records, are not kept past the age limit (the latest consent record is)', async () => {
+    const name = dbName();
+    let t = Date.UTC(2030, 0, 1);
+    const fetch = (async () => new Response(new Uint8Array(0), { status: 404 })) as never;
+    const open = () => Engine.create({ catalog, backend: 'cpu', dbName: name, autoTrainEvery: 0, now: () => t, fetch, neighbors: { url: 'https://cdn.example/n.lrn' }, retention: { maxAgeDays: 1 } });
+    const settle = () => new Promise((r) => setTimeout(r, 50));
+    const first = await open();
+    first.enqueue([{ type: 'view', itemId: 'p1' }]);
+    await first.flush();
+    await settle();
+    t += 3_600_000;
+    await first.setConsent({ federated: false });
+    await first.close();
+    for (let i = 0; i < 3; i++) {
+      t += 3_600_000;
+      const visit = await open();
+      await settle();
+      await visit.close();
+    }
+    const raw = async <T>(key: string) => {
+      const s = await IdbEventStore.open(name);
+      try {
+        return (await s.getMeta<T>(key)) ?? [];
+      } finally {
+        s.close();
+      }
+    };
+    assert.equal((await raw<unknown[]>(EGRESS_KEY)).length, 4, 'a neighbour request per page load');
+    assert.equal((await raw<unknown[]>(CONSENT_KEY)).length, 2);
+    // Two days on: only this page load's request is reported, and stored.
+    t += 2 * DAY;
+    const later = await open();
+    await settle();
+    const log = await later.egressLog();
+    assert.deepEqual(log.map((x) => [x.kind, x.t]), [['neighbors', t]]);
+    assert.deepEqual((await later.exportData()).egressLog.map((x) => x.t), [t]);
+    const a = await later.audit();
+    assert.deepEqual(a.egress.log.map((x) => x.t), [t]);
+    // Of the consent records, the one in force stays (the withdrawal, applied again), however old.
+    assert.deepEqual(a.consent.history.map((h) => [h.source, h.federated]), [['setConsent', false]]);
+    assert.deepEqual(a.consent.current, { personalization: true, federated: false });
+    await later.close();
+    assert.deepEqual((await raw<{ t: number }[]>(EGRESS_KEY)).map((x) => x.t), [t], 'removed from the database too');
+    assert.deepEqual((await raw<{ source: string }[]>(CONSENT_KEY)).map((r) => r.source), ['setConsent']);
+    const gone = await open();
+    await gone.erase();
   });
 });

@@ -322,9 +322,25 @@ describe('Engine', () => {
       [{ serverUrl: 'http://127.0.0.1:9', cohortWaitMs: -1 }, /options\.federated\.cohortWaitMs/],
       [{ serverUrl: 'ftp://shop.example' }, /options\.federated\.serverUrl: must be the aggregation server's http:\/\/ or https:\/\/ URL, got "ftp:\/\/shop\.example"/],
       [{ budget: 8 }, /options\.federated\.serverUrl/],
+      // Privacy review (stop 30): a serverUrl that would add a query string, fragment or userinfo to
+      // every request (the SDK appends /v1/… to it), named; a password is not repeated.
+      [{ serverUrl: 'https://agg.example/localrec?shop=42' }, /options\.federated\.serverUrl: must be the aggregation server's address without a query string, got "https:\/\/agg\.example\/localrec\?shop=42"/],
+      [{ serverUrl: 'https://agg.example/?' }, /options\.federated\.serverUrl: must be the aggregation server's address without a query string/],
+      [{ serverUrl: 'https://agg.example/#device-7' }, /options\.federated\.serverUrl: must be the aggregation server's address without a fragment/],
+      [{ serverUrl: 'https://agg.example/#' }, /options\.federated\.serverUrl: must be the aggregation server's address without a fragment/],
+      [{ serverUrl: 'https://shopper:s3cret@agg.example/' }, /^(?!.*s3cret).*options\.federated\.serverUrl: must be the aggregation server's address without userinfo \(user:password@\), got "https:\/\/…@agg\.example\/"/],
+      [{ serverUrl: 'https://@agg.example/' }, /options\.federated\.serverUrl: must be the aggregation server's address without userinfo/],
+      // δ far above 1 / the number of devices would make ε say nothing (δ = 0.5: ε ≈ 0).
+      [{ serverUrl: 'http://127.0.0.1:9', delta: 0.5 }, /options\.federated\.delta: must be at most 0\.001, got 0\.5: δ is the probability that the privacy guarantee fails outright, so it must be far below 1 \/ the number of devices \(the default is 1e-5\)/],
+      [{ serverUrl: 'http://127.0.0.1:9', delta: 0.0011 }, /options\.federated\.delta: must be at most 0\.001/],
     ];
     for (const [federated, re] of bad) await assert.rejects(Engine.create({ ...base, dbName: dbName(), federated, fetch } as never), re);
     assert.deepEqual(requests, []);
+    // What stays allowed: a path, a port, δ up to 1e-3.
+    for (const federated of [{ serverUrl: 'https://agg.example:8443/shop/localrec/' }, { serverUrl: 'http://127.0.0.1:9', delta: 1e-3 }, { serverUrl: 'http://127.0.0.1:9', delta: 1e-7 }]) {
+      const e = await Engine.create({ ...base, dbName: dbName(), federated, fetch });
+      await e.close();
+    }
   });
 
   it('a stored model of another dim is replaced, and stats() says so', async () => {

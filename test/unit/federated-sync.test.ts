@@ -10,7 +10,7 @@ import type { AccountantState } from '../../src/federated/dp.js';
 import { MemoryEventStore } from '../../src/events/store.js';
 import { isModelError, isNetworkError, isPrivacyBudgetError, isValidationError } from '../../src/errors.js';
 import { RdpAccountant } from '../../src/federated/dp.js';
-import { maxModelBytes, syncOnce } from '../../src/federated/sync.js';
+import { maxModelBytes, PRIVATE_FETCH, syncOnce } from '../../src/federated/sync.js';
 import { encodeModel } from '../../src/federated/wire.js';
 import { createItemTable } from '../../src/model/item-table.js';
 import { startServer, type RunningServer } from '../../src/server/index.js';
@@ -48,12 +48,12 @@ async function withOwnServer(o: { seed?: number; minClients?: number }, f: (srv:
 }
 
 /** Records every request body and URL the device sends. */
-function capturingFetch(): { fetch: FetchLike; sent: Array<{ url: string; body?: Uint8Array; credentials?: string; cache?: string; redirect?: string }> } {
-  const sent: Array<{ url: string; body?: Uint8Array; credentials?: string; cache?: string; redirect?: string }> = [];
+function capturingFetch(): { fetch: FetchLike; sent: Array<{ url: string; body?: Uint8Array; credentials?: string; cache?: string; redirect?: string; referrerPolicy?: string }> } {
+  const sent: Array<{ url: string; body?: Uint8Array; credentials?: string; cache?: string; redirect?: string; referrerPolicy?: string }> = [];
   return {
     sent,
     fetch: (url, init) => {
-      sent.push({ url, body: init?.body, credentials: init?.credentials, cache: init?.cache, redirect: init?.redirect });
+      sent.push({ url, body: init?.body, credentials: init?.credentials, cache: init?.cache, redirect: init?.redirect, referrerPolicy: init?.referrerPolicy });
       return fetch(url, init as RequestInit);
     },
   };
@@ -111,9 +111,10 @@ describe('sync()', () => {
     const text = Buffer.from(body).toString('latin1');
     for (const needle of [...history, 'secret', 'query']) assert.ok(!text.includes(needle), `${needle} is not in the body`);
     for (const s of cap.sent) assert.ok(!/sku-|secret|\?/.test(s.url.replace(server.url, '')), `URL ${s.url} carries no data`);
-    // No cookie of the shop's rides along (the server may share its origin), and no HTTP cache
-    // (the browser would send its own If-None-Match from it, after an erase too).
-    for (const s of cap.sent) assert.deepEqual([s.credentials, s.cache, s.redirect], ['omit', 'no-store', 'error'], s.url);
+    // No cookie of the shop's rides along (the server may share its origin), no HTTP cache (the
+    // browser would send its own If-None-Match from it, after an erase too), and no Referer (the
+    // page's or the worker script's URL).
+    for (const s of cap.sent) assert.deepEqual([s.credentials, s.cache, s.redirect, s.referrerPolicy], ['omit', 'no-store', 'error', 'no-referrer'], s.url);
     const log = await e.egressLog();
     assert.deepEqual(log.map((l) => `${l.method} ${l.endpoint} ${l.status}`), ['GET /v1/config 200', 'GET /v1/model 200', 'POST /v1/updates 202']);
     assert.equal(log[2]!.bytes, body.length);
@@ -186,6 +187,56 @@ describe('sync()', () => {
     const log = await e.egressLog();
     assert.deepEqual(log.map((l) => [l.endpoint, l.status, l.pending]), [['/v1/config', 200, undefined], ['/v1/model', 200, undefined], ['/v1/updates', 202, undefined]], 'each request logged once; the upload\'s answer replaced its pending entry');
     await e.close();
+  });
+
+  it('the neighbour file is fetched with the same private options as the federated requests (no cookie, cache, redirect or Referer)', async () => {
+    const seen: Array<Parameters<FetchLike>[1]> = [];
+    const url = 'https://cdn.example/neighbors.lrn';
+    const f: FetchLike = async (u, init) => {
+      if (u === url) seen.push(init);
+      return new Response('', { status: 404 });
+    };
+    const e = await Engine.create({ catalog, backend: 'cpu', autoTrainEvery: 0, model: { dim: 16 }, store: new MemoryEventStore(), neighbors: { url }, fetch: f });
+    try {
+      for (let i = 0; i < 200 && seen.length === 0; i++) await new Promise((r) => setTimeout(r, 10));
+      assert.equal(seen.length, 1);
+      const { credentials, cache, redirect, referrerPolicy } = seen[0]!;
+      assert.deepEqual({ credentials, cache, redirect, referrerPolicy }, PRIVATE_FETCH);
+      assert.equal(PRIVATE_FETCH.referrerPolicy, 'no-referrer');
+    } finally {
+      await e.close();
+    }
+  });
+
+  it('a request still waiting for its answer is in the stored egress log (pending), and its answer replaces that entry', async () => {
+    const store = new MemoryEventStore();
+    const seen: Record<string, string[]> = {};
+    const e = await Engine.create({
+      catalog,
+      backend: 'cpu',
+      autoTrainEvery: 0,
+      model: { dim: 16 },
+      store,
+      federated: { serverUrl: server.url },
+      fetch: async (url, init) => {
+        // What a page closed while this request waits for its answer would have left in its store.
+        seen[new URL(url).pathname] = (await e.egressLog()).map((l) => `${l.method} ${l.endpoint} ${l.status}${l.pending ? ' pending' : ''}`);
+        return fetch(url, init as RequestInit);
+      },
+    });
+    try {
+      e.enqueue(['sku-33', 'sku-34', 'sku-35'].map((itemId) => ({ type: 'view', itemId })));
+      await e.flush();
+      await e.sync();
+      assert.deepEqual(seen, {
+        '/v1/config': ['GET /v1/config 0 pending'],
+        '/v1/model': ['GET /v1/config 200', 'GET /v1/model 0 pending'],
+        '/v1/updates': ['GET /v1/config 200', 'GET /v1/model 200', 'POST /v1/updates 0 pending'],
+      });
+      assert.deepEqual((await e.egressLog()).map((l) => `${l.method} ${l.endpoint} ${l.status}${l.pending ? ' pending' : ''}`), ['GET /v1/config 200', 'GET /v1/model 200', 'POST /v1/updates 202']);
+    } finally {
+      await e.close();
+    }
   });
 
   it('a sync() called while one is under way shares its result: one update, one release', async () => {
@@ -427,9 +478,49 @@ describe('sync(): what a server that does not play fair can learn', () => {
       await withdrawn.done();
       assert.equal(cap.sent.filter((x) => x.url.endsWith('/v1/updates')).length, 0, 'nothing uploaded');
       assert.equal((await store.getMeta<AccountantState>(PRIVACY_KEY))?.releases, 1, 'the release stays counted');
+      // The release is in the egress log too, as an upload that was not sent (not only the two GETs).
+      const log = await e.egressLog();
+      assert.deepEqual(log.map((x) => [x.endpoint, x.status, x.pending, x.notSent]), [['/v1/config', 200, undefined, undefined], ['/v1/model', 200, undefined, undefined], ['/v1/updates', 0, undefined, true]]);
+      assert.equal((await e.audit()).egress.notSent, 1);
     } finally {
       await e.close();
     }
+  });
+
+  it('syncOnce: a cancel that comes while recordRelease runs logs the upload as not sent (its ε is spent)', async () => {
+    const config = { dim: 16, items: ids.length, clip: 1, noiseMultiplier: 1, bits: 8, blockSize: 256, version: 0, minClients: 2 };
+    const model = encodeModel(createItemTable(ids, 16, { seed: 1 }));
+    const paths: string[] = [];
+    const f: FetchLike = async (url) => {
+      const path = new URL(url).pathname;
+      paths.push(path);
+      return path === '/v1/config' ? Response.json(config) : path === '/v1/model' ? new Response(model as Uint8Array<ArrayBuffer>) : Response.json({}, { status: 202 });
+    };
+    const ctl = new AbortController();
+    const accountant = new RdpAccountant();
+    const entries: EgressEntry[] = [];
+    await assert.rejects(
+      syncOnce({
+        serverUrl: 'http://srv',
+        fetch: f,
+        accountant,
+        history: [{ itemIds: ['sku-1', 'sku-2', 'sku-3'], weights: [1, 1, 1] }],
+        signal: ctl.signal,
+        onEgress: (e) => entries.push(e),
+        recordRelease: async (sigma) => {
+          accountant.record(sigma);
+          ctl.abort();
+          return accountant;
+        },
+      }),
+      /after its release was recorded: no update was sent, but its ε is spent/,
+    );
+    assert.equal(accountant.releases, 1);
+    assert.deepEqual(paths, ['/v1/config', '/v1/model']);
+    const upload = settlePending([], entries).filter((e) => e.kind === 'update');
+    assert.deepEqual(upload.map((e) => [e.method, e.endpoint, e.status, e.pending, e.notSent]), [['POST', '/v1/updates', 0, undefined, true]]);
+    assert.match(upload[0]!.bodySha256!, /^[0-9a-f]{64}$/);
+    assert.ok(upload[0]!.bytes > 0);
   });
 });
 
@@ -498,10 +589,31 @@ describe('syncOnce: a model on which training could fail for some histories only
     await syncOnce({
       serverUrl: 'http://srv', fetch: srv.f, accountant: new RdpAccountant(), history: history(['sku-1', 'sku-2', 'sku-3']),
       onEgress: (e) => entries.push(e),
-      onCheckpoint: async () => void seen.push(`checkpoint with ${entries.map((e) => e.endpoint).join(' ')}`),
+      // As the engine stores them: each answer replaces the pending entry of its request.
+      onCheckpoint: async () => void seen.push(`checkpoint with ${settlePending([], entries).map((e) => `${e.endpoint}${e.pending ? ' (pending)' : ''}`).join(' ')}`),
       onProgress: (p) => void seen.push(p.phase),
     });
-    assert.deepEqual(seen.slice(0, 4), ['config', 'model', 'checkpoint with /v1/config /v1/model', 'training']);
+    // Each GET is stored before it goes (a tab closed while it waits for the answer leaves it), then settled.
+    assert.deepEqual(seen.slice(0, 6), [
+      'config',
+      'checkpoint with /v1/config (pending)',
+      'model',
+      'checkpoint with /v1/config /v1/model (pending)',
+      'checkpoint with /v1/config /v1/model',
+      'training',
+    ]);
+  });
+
+  it('a cancel that lands while a request\'s pending entry is stored: that request never goes, and its entry says not sent', async () => {
+    const srv = fakeServer(encodeModel(createItemTable(itemIds, dim, { seed: 1 })));
+    const entries: EgressEntry[] = [];
+    const ctl = new AbortController();
+    await assert.rejects(
+      syncOnce({ serverUrl: 'http://srv', fetch: srv.f, accountant: new RdpAccountant(), history: history(['sku-1', 'sku-2']), signal: ctl.signal, onEgress: (e) => entries.push(e), onCheckpoint: () => ctl.abort() }),
+      (e: unknown) => (e as Error).name === 'AbortError' && /before GET \/v1\/config/.test((e as Error).message),
+    );
+    assert.deepEqual(srv.paths, [], 'nothing went out');
+    assert.deepEqual(settlePending([], entries).map((e) => [e.endpoint, e.status, e.pending, e.notSent]), [['/v1/config', 0, undefined, true]]);
   });
 
   it('an egress log that cannot be stored before the upload: nothing sent, the entry says not sent, the error says the ε is spent', async () => {
@@ -524,7 +636,7 @@ describe('sync(): the egress log around the upload', () => {
     const store = new MemoryEventStore();
     const cap = capturingFetch();
     const e = await deviceAt(server.url, ['sku-95', 'sku-96', 'sku-97'], { store, fetch: cap.fetch });
-    const withdrawn = withdrawConsentAfterWrite(store, e, (key, stored) => key === EGRESS_KEY && (stored as EgressEntry[]).some((x) => x.pending));
+    const withdrawn = withdrawConsentAfterWrite(store, e, (key, stored) => key === EGRESS_KEY && (stored as EgressEntry[]).some((x) => x.pending && x.kind === 'update'));
     try {
       await assert.rejects(e.sync(), /no update was sent, but its ε is spent/);
       await withdrawn.done();
@@ -1004,6 +1116,42 @@ describe('sync() under secure aggregation: two tabs of one shopper', () => {
       assert.equal(posts.filter((p) => p === '/v1/secagg/updates').length, 1, 'one upload for the shopper');
     } finally {
       for (const e of [tabA, tabB, ...others]) await e.close();
+      await srv.close();
+    }
+  });
+});
+
+describe('sync() under secure aggregation: the egress log of every step', () => {
+  it('each request (the GETs, join, polls, upload, confirm, ready, recovery) is stored as pending before it goes, and is one entry once answered', async () => {
+    const srv = await startServer({ port: 0, dataDir: null, initialTable: createItemTable(ids, 16, { seed: 6 }), minClients: 3, clip: 1, noiseMultiplier: 1, rateLimit: false, secureAggregation: { minSurvivors: 2, timeoutMs: 30_000 }, log: () => {} });
+    const devices: Engine[] = [];
+    const line = (l: EgressEntry) => `${l.method} ${l.endpoint}${l.pending ? ' pending' : ''}`;
+    /** Per device: each request as it goes out, with the last entry of the stored log at that moment. */
+    const seen: Array<Array<{ request: string; lastStored: string | undefined }>> = [[], [], []];
+    try {
+      for (const k of [0, 1, 2]) {
+        const f: FetchLike = async (url, init) => {
+          const request = `${init?.method ?? 'GET'} ${new URL(url).pathname}`;
+          const stored = await devices[k]!.egressLog();
+          seen[k]!.push({ request, lastStored: stored.length ? line(stored.at(-1)!) : undefined });
+          return fetch(url, init as RequestInit);
+        };
+        devices.push(await deviceAt(srv.url, [`sku-${20 * k + 1}`, `sku-${20 * k + 2}`, `sku-${20 * k + 3}`], { fetch: f }));
+      }
+      const results = await Promise.all(devices.map((e) => e.sync()));
+      assert.deepEqual(results.map((r) => r.cohortOutcome), ['published', 'published', 'published']);
+      for (const k of [0, 1, 2]) {
+        const requests = seen[k]!.map((x) => x.request);
+        for (const step of ['POST /v1/secagg/join', 'POST /v1/secagg/updates', '/confirm', '/ready', '/recovery']) assert.ok(requests.some((r) => r.includes(step)), `${step} in ${requests.join(', ')}`);
+        // What a tab closed at the moment the request went out leaves: that request, pending.
+        for (const x of seen[k]!) assert.equal(x.lastStored, `${x.request} pending`);
+        // Once answered, each request is one entry (its answer replaced the pending one), in order.
+        const log = await devices[k]!.egressLog();
+        assert.deepEqual(log.map(line), requests);
+        assert.ok(log.every((l) => l.status >= 200 && l.status < 300), log.map((l) => `${line(l)} ${l.status}`).join(', '));
+      }
+    } finally {
+      for (const e of devices) await e.close();
       await srv.close();
     }
   });

@@ -8,6 +8,7 @@ import { test } from 'node:test';
 import fc from 'fast-check';
 import {
   MAX_COHORT_TIMEOUT_MS,
+  MAX_SURVIVORS,
   addMod,
   addSelfMask,
   aliveNeighbours,
@@ -1669,6 +1670,30 @@ test("a server config's parameters are bounded before use: a degree past twice t
   await assert.rejects(
     createServer({ dataDir: null, initialTable: initialTable(), minClients: 3, clip: 2, noiseMultiplier: 1, rateLimit: false, secureAggregation: { range: 1 }, log: () => {} }),
     /options\.secureAggregation\.range: must be at least the clip bound \(2\): one update must fit, got 1/,
+  );
+});
+
+test('t (minSurvivors, K without recovery) is capped at 10,000: a server cannot make each upload carry less than σC/100 of noise', async () => {
+  assert.equal(MAX_SURVIVORS, 10_000);
+  const config = (sa: Record<string, unknown>) => ({ dim: DIM, items: IDS.length, clip: 1, noiseMultiplier: 1, bits: 8, blockSize: 256, version: 0, minClients: 3, secureAggregation: { bits: 32, step: 1e-6, degree: 16, ...sa } });
+  // The device refuses, naming why, whether t is the cohort size or a minSurvivors below it.
+  assert.throws(
+    () => parseServerConfig(config({ cohortSize: 100_000 }) as never),
+    /server config\.secureAggregation\.minSurvivors: is 100000 \(the cohort size: no dropout recovery\), more than 10000: each device adds only σC\/√t of noise to its upload, and a server that filled a cohort with its own joins would read one upload at σ\/√t/,
+  );
+  assert.throws(() => parseServerConfig(config({ cohortSize: 100_000, minSurvivors: 95_000 }) as never), /server config\.secureAggregation\.minSurvivors: is 95000, more than 10000/);
+  assert.throws(() => parseServerConfig(config({ cohortSize: 10_001 }) as never), /minSurvivors: is 10001/);
+  // The published recipes (K = 4,000 and 610) and anything up to the cap are taken; a larger
+  // cohort recovered from at most 10,000 survivors too.
+  for (const [cohortSize, minSurvivors] of [[4_000, undefined], [610, undefined], [10_000, undefined], [100_000, 10_000]]) {
+    assert.equal(parseServerConfig(config({ cohortSize, ...(minSurvivors ? { minSurvivors } : {}) }) as never).secureAggregation!.cohortSize, cohortSize);
+    assert.equal(checkSecAggParams({ cohortSize, bits: 32, step: 1e-6, degree: 16, ...(minSurvivors ? { minSurvivors } : {}) }).minSurvivors, minSurvivors ?? cohortSize);
+  }
+  assert.throws(() => checkSecAggParams({ cohortSize: 20_000, bits: 32, step: 1e-6, degree: 16 }), /secureAggregation\.minSurvivors: is 20000 \(the cohort size: no dropout recovery\), more than 10000/);
+  // The server refuses to start with a config every device would refuse.
+  await assert.rejects(
+    createServer({ dataDir: null, initialTable: initialTable(), minClients: 10_001, clip: 1, noiseMultiplier: 1, rateLimit: false, secureAggregation: true, log: () => {} }),
+    /options\.secureAggregation\.minSurvivors: is 10001 \(the cohort size: no dropout recovery\), more than 10000/,
   );
 });
 

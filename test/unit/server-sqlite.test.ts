@@ -47,6 +47,9 @@ test('SQLite: pending updates, versions and nonces survive a restart', async () 
 
     await assert.rejects(startServer({ ...opts, dataDir: dir, initialTable: initialTable(IDS.slice(1)) }), (e: unknown) =>
       e instanceof StorageError && /does not match the catalog \(\d+ items × \d+\); item 0 is '[^']+' in the store and '[^']+' in the catalog \(the ids or their order changed\)/.test(e.message));
+    // The same catalog at another dim: the message says which --dim the store was made with.
+    await assert.rejects(startServer({ ...opts, dataDir: dir, initialTable: initialTable(IDS, DIM + 1) }), (e: unknown) =>
+      e instanceof StorageError && new RegExp(`or with --dim ${DIM} as it was made`).test(e.message));
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
