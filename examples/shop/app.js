@@ -172,7 +172,19 @@ function track(event) {
 
 /** Tracks what was done while the recommender was starting. */
 function flushPending() {
-  for (const e of pendingEvents.splice(0)) track(e);
+  // In the order they happened, before anything tracked after the SDK is ready; a replay is not a
+  // new action of the shopper's, so it leaves an error on the status line where it is.
+  const queued = pendingEvents.splice(0);
+  for (const e of queued) {
+    try {
+      state.rec.track(e);
+    } catch (err) {
+      fail(err);
+      continue;
+    }
+    if (!e.type.startsWith('offer_') && !declined()) state.browsingTracked++;
+  }
+  if (queued.length) scheduleRefresh();
 }
 
 let refreshTimer;
@@ -224,6 +236,7 @@ async function startRecommender() {
     ...(state.offerKey ? { offers: { publicKey: state.offerKey } } : {}),
   });
   state.startMs = Math.round(performance.now() - t0);
+  flushPending();
   // For the console checks of docs/PRIVACY.md ("Verify it yourself": `await rec.audit()`). Demo only:
   // a shop need not expose its recommender.
   window.rec = state.rec;
@@ -239,7 +252,6 @@ async function startRecommender() {
   showConsent(consent === 'required');
   // The resting status line (restingStatus) takes over at the next refresh.
   statusAt = 0;
-  flushPending();
 }
 
 async function refresh() {

@@ -47,7 +47,11 @@ export interface AuditReport {
   autoSync: { stored: true; lastAttemptAt: number | null; lastSuccessAt: number | null; nextAt: number | null } | null;
   /** With secure aggregation: the server-assigned ids of the cohorts this shopper's syncs joined (at most 64), or null. */
   cohorts: { stored: true; ids: string[] } | null;
-  /** `requests` and `bytesSent` count what was sent; `notSent`, uploads logged then cancelled before they left. */
+  /**
+   * `requests` and `bytesSent` count what was sent; `notSent`, requests logged (pending) and then
+   * stopped before they left: mostly uploads cancelled after their ε was recorded, also a GET, a join
+   * or a cohort poll cancelled between its entry and sending.
+   */
   egress: { requests: number; bytesSent: number; notSent: number; log: EgressEntry[] };
   privacy: {
     federatedConfigured: boolean;

@@ -248,6 +248,16 @@ function isHttpUrl(u: unknown): u is string {
 export const MAX_DELTA = 1e-3;
 
 /**
+ * Plain Node (or another runtime with no browser storage at all): no IndexedDB and not a browser
+ * worker or page. There memory is the intended store and engines are separate devices; in a
+ * browser without IndexedDB (switched off, a hardened webview) the tabs are still one shopper's.
+ */
+function plainNode(): boolean {
+  const g = globalThis as { indexedDB?: unknown; WorkerGlobalScope?: unknown; window?: unknown };
+  return typeof g.indexedDB === 'undefined' && typeof g.WorkerGlobalScope === 'undefined' && typeof g.window === 'undefined';
+}
+
+/**
  * Why `serverUrl` is not a plain server address, or undefined when it is: a query string or fragment
  * (even an empty `?` or `#`: the SDK appends `/v1/…` to the URL, which would land in it) or userinfo
  * would go out with every request, so "no query string, no identifier" would depend on configuration.
@@ -261,6 +271,12 @@ function serverUrlProblem(u: string): string | undefined {
   return undefined;
 }
 
+/** `u` (a URL that parses) as `protocol//…@host/path…`, without its user name and password. */
+function withoutUserinfo(u: string): string {
+  const url = new URL(u);
+  return `${url.protocol}//…@${url.host}${url.pathname}${url.search}${url.hash}`;
+}
+
 /** Checks `options.federated` once, at start: a bad budget or δ must not surface only at the first sync. */
 function checkFederated(fed: unknown): void {
   if (fed === undefined) return;
@@ -271,7 +287,9 @@ function checkFederated(fed: unknown): void {
   const problem = serverUrlProblem(f.serverUrl);
   if (problem) {
     // (A password is not repeated in the message, which may end up in a page's error log.)
-    const shown = problem.startsWith('userinfo') ? JSON.stringify(f.serverUrl.replace(/\/\/[^/]*@/, '//…@')) : describeValue(f.serverUrl);
+    // Rebuilt from the parsed URL: any spelling a URL parser reads as userinfo (`https:/u:p@h`,
+    // `https:u:p@h`) is shown without it.
+    const shown = problem.startsWith('userinfo') ? JSON.stringify(withoutUserinfo(f.serverUrl)) : describeValue(f.serverUrl);
     throw new ValidationError(
       'options.federated.serverUrl',
       `must be the aggregation server's address without ${problem}, got ${shown}: it would go out with every request the SDK sends, which carry no query string and no identifier`,
@@ -547,7 +565,7 @@ export class Engine {
   private modelStale = false;
 
   private openChannel(): void {
-    if (this.opts.store || typeof BroadcastChannel === 'undefined' || typeof indexedDB === 'undefined') return;
+    if (this.opts.store || typeof BroadcastChannel === 'undefined' || plainNode()) return;
     const ch = new BroadcastChannel(`localrec:${this.opts.dbName ?? 'localrec'}`);
     // Node: a channel must not keep the process alive (browsers have no unref).
     (ch as { unref?: () => void }).unref?.();
@@ -674,7 +692,7 @@ export class Engine {
    *
    * When the host gave no consent decision (only the default, both granted), the shopper's last
    * stored decision about federated learning holds: a withdrawal of it (which, unlike a withdrawal
-   * of personalization, erases nothing and is stored) is applied again, recorded as `stored`, rather
+   * of personalization, erases nothing and is stored) is applied again (a `stored` record when it differs from the latest one stored), rather
    * than forgotten at the next page load. Only records made while personalization was on count: one
    * with personalization off is a start before consent ('required' sets both off), which says
    * nothing about federated learning (a withdrawal of personalization erases the history). A host
@@ -1714,7 +1732,7 @@ export class Engine {
    */
   private spendingForgotten(): boolean {
     if (this.store.kind !== 'memory' || this.opts.store || !this.consent.personalization) return false;
-    return typeof indexedDB !== 'undefined' || typeof (globalThis as { WorkerGlobalScope?: unknown }).WorkerGlobalScope !== 'undefined';
+    return !plainNode();
   }
 
   /**
@@ -2644,7 +2662,6 @@ function newerCatalog(a: OfferCatalog, b: OfferCatalog): boolean {
 /** The two consents an engine follows. */
 type Consent = { personalization: boolean; federated: boolean };
 
-/** The records of both lists, each once (same time, values and source), in time order (stable). */
 /**
  * `records` without those older than `cutoff` (`retention.maxAgeDays`), but never without the latest:
  * the consent in force, which the next session's start compares with (and may apply again).
@@ -2658,6 +2675,7 @@ export function trimEgress(log: readonly EgressEntry[], cutoff: number): EgressE
   return log.filter((e) => !(e.t < cutoff));
 }
 
+/** The records of both lists, each once (same time, values and source), in time order (stable). */
 export function mergeConsentRecords(a: readonly ConsentRecord[], b: readonly ConsentRecord[]): ConsentRecord[] {
   const key = (r: ConsentRecord) => `${r.t}|${r.personalization}|${r.federated}|${r.source}`;
   const seen = new Set<string>();

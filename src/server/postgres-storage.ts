@@ -683,6 +683,17 @@ class PostgresCohortStore implements CohortStore {
     const t = this.now();
     return this.tx('end timed-out cohorts', async (c) => {
       const { fillMs, uploadMs } = this.timeouts;
+      // A cohort whose uploads went into a version but that was never marked done (the process
+      // died between the publish and cohorts.finish(), which are two transactions): done now, with
+      // that version, so that its members see it end and its rows are cleaned up in an hour. First,
+      // so that the deadlines below never take such a cohort for one that could not be published.
+      await c.query(
+        `UPDATE localrec_cohorts AS co SET status = 'done', published = pub.v, ended_at = $1
+           FROM (SELECT m.cohort, MAX(u.aggregated_into) AS v FROM localrec_cohort_members m JOIN localrec_updates u ON u.id = m.update_id
+                  WHERE u.aggregated_into IS NOT NULL GROUP BY m.cohort) AS pub
+          WHERE co.id = pub.cohort AND co.status IN ('ready', 'recovering')`,
+        [t],
+      );
       // A full cohort that has every upload is being published, not late; so is a recovering one
       // that has every share: both until PUBLISH_GRACE upload timeouts (collectDeadline, recoveryDeadline).
       const late = await c.query<CohortRow>(
@@ -713,16 +724,6 @@ class PostgresCohortStore implements CohortStore {
         await c.query('DELETE FROM localrec_updates WHERE aggregated_into IS NULL AND (id = ANY($1::bigint[]) OR starts_with(nonce, $2))', [members.map((m) => m.update_id), `${row.id}:`]);
         out.aborted.push({ id: row.id, reason, updateIds: members.map((m) => Number(m.update_id)) });
       }
-      // A cohort whose uploads went into a version but that was never marked done (the process
-      // died between the publish and cohorts.finish(), which are two transactions): done now, with
-      // that version, so that its members see it end and its rows are cleaned up in an hour.
-      await c.query(
-        `UPDATE localrec_cohorts AS co SET status = 'done', published = pub.v, ended_at = $1
-           FROM (SELECT m.cohort, MAX(u.aggregated_into) AS v FROM localrec_cohort_members m JOIN localrec_updates u ON u.id = m.update_id
-                  WHERE u.aggregated_into IS NOT NULL GROUP BY m.cohort) AS pub
-          WHERE co.id = pub.cohort AND co.status IN ('ready', 'recovering')`,
-        [t],
-      );
       // Measured from the end (see endOf in cohorts.ts: rows an older server ended have no ended_at).
       await c.query("DELETE FROM localrec_cohorts WHERE status IN ('done', 'aborted') AND COALESCE(ended_at, recovery_at, ready_at, created_at) < $1", [t - KEEP_ENDED_MS]);
       return out;

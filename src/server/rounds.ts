@@ -499,7 +499,8 @@ export class RoundCoordinator {
       this.pendingN = await this.storage.pendingCount().catch(() => this.pendingN);
       // Still stored (an earlier attempt's row, or one that could not be taken out: the store is
       // down): the 503 must not say nothing was; the same upload sent again is taken (`again`).
-      if (!taken) throw new UploadKeptError(e);
+      // (Only a storage failure: any other error is the server's own and stays a 500.)
+      if (!taken && isStorageError(e)) throw new UploadKeptError(e);
       throw e;
     }
     let published: number | undefined;
@@ -803,6 +804,10 @@ export class RoundCoordinator {
         let sum: Float64Array;
         let how = ` (secure aggregation, cohort ${id.slice(0, 12)})`;
         if (group.length === sa.cohortSize && !usesSelfMask(sa)) {
+          // Not a cohort that ended meanwhile: the sweep aborts a full cohort whose publish kept
+          // failing past its deadline, and queues its discard behind this aggregation.
+          const c = await this.cohorts?.info(id);
+          if (c && c.status !== 'ready') continue;
           sum = unmaskSum(
             group.map((u) => decodeMaskedUpdate(u.body)),
             sa.step,

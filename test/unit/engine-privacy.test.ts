@@ -428,7 +428,15 @@ describe('a withdrawal of federated learning across visits (stop 30)', () => {
     await restored.close();
     const again = await Engine.create({ catalog, backend: 'cpu', dbName: name, autoTrainEvery: 0 });
     assert.deepEqual((await again.audit()).consent.current, { personalization: true, federated: true });
-    await again.erase();
+    await again.setConsent({ federated: false });
+    await again.close();
+    // 'required' (the page passes both off until the banner is answered) keeps asking: no stored
+    // decision is applied over it, not even the withdrawal just made.
+    const asking = await Engine.create({ catalog, backend: 'cpu', dbName: name, autoTrainEvery: 0, consent: { personalization: false, federated: false } });
+    assert.deepEqual((await asking.audit()).consent.current, { personalization: false, federated: false });
+    await asking.setConsent({ personalization: true, federated: true });
+    assert.deepEqual((await asking.audit()).consent.current, { personalization: true, federated: true }, 'the answer given now holds');
+    await asking.erase();
   });
 });
 

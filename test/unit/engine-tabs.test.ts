@@ -245,6 +245,29 @@ describe('two tabs on one device', () => {
     }
   });
 
+  it('a browser worker without IndexedDB (switched off) is still one shopper\'s tabs: they follow each other\'s withdrawal', async () => {
+    const g = globalThis as { indexedDB?: IDBFactory; WorkerGlobalScope?: unknown };
+    const real = g.indexedDB;
+    g.indexedDB = undefined;
+    g.WorkerGlobalScope = class {};
+    try {
+      const name = dbName();
+      const open = () => Engine.create({ catalog, backend: 'cpu', autoTrainEvery: 0, model: { dim: 8 }, dbName: name });
+      const [a, b] = [await open(), await open()];
+      b.enqueue([{ type: 'view', itemId: 'sku-1' }]);
+      await b.flush();
+      await a.setConsent({ personalization: false });
+      await settle();
+      assert.equal(b.consentState().personalization, false, 'b follows a');
+      assert.equal((await b.stats()).events.total, 0, 'and its events are gone');
+      await a.close();
+      await b.close();
+    } finally {
+      g.indexedDB = real;
+      delete g.WorkerGlobalScope;
+    }
+  });
+
   it('keep both tabs\' consent records: the other tab writing its own history does not overwrite the shopper\'s choice', async () => {
     const name = dbName();
     const [a, b] = await tabs(name);

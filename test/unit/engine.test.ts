@@ -330,6 +330,9 @@ describe('Engine', () => {
       [{ serverUrl: 'https://agg.example/#' }, /options\.federated\.serverUrl: must be the aggregation server's address without a fragment/],
       [{ serverUrl: 'https://shopper:s3cret@agg.example/' }, /^(?!.*s3cret).*options\.federated\.serverUrl: must be the aggregation server's address without userinfo \(user:password@\), got "https:\/\/…@agg\.example\/"/],
       [{ serverUrl: 'https://@agg.example/' }, /options\.federated\.serverUrl: must be the aggregation server's address without userinfo/],
+      // Spellings a URL parser still reads as userinfo: refused, and the password not repeated either.
+      [{ serverUrl: 'https:/shopper:s3cret@agg.example/' }, /^(?!.*s3cret).*without userinfo \(user:password@\), got "https:\/\/…@agg\.example\/"/],
+      [{ serverUrl: 'https:shopper:s3cret@agg.example/' }, /^(?!.*s3cret).*without userinfo/],
       // δ far above 1 / the number of devices would make ε say nothing (δ = 0.5: ε ≈ 0).
       [{ serverUrl: 'http://127.0.0.1:9', delta: 0.5 }, /options\.federated\.delta: must be at most 0\.001, got 0\.5: δ is the probability that the privacy guarantee fails outright, so it must be far below 1 \/ the number of devices \(the default is 1e-5\)/],
       [{ serverUrl: 'http://127.0.0.1:9', delta: 0.0011 }, /options\.federated\.delta: must be at most 0\.001/],

@@ -1166,6 +1166,36 @@ test('a complete cohort whose publish keeps failing is aborted after PUBLISH_GRA
   }
 });
 
+test('a complete cohort aborted at its publish deadline stays aborted when the storage comes back just then: the retry queued before the sweep does not publish it', async () => {
+  class Failing extends MemoryStorage {
+    failing = false;
+    override async publish(...a: Parameters<MemoryStorage['publish']>) {
+      if (this.failing) throw new StorageError('publish version failed: database or disk is full');
+      return super.publish(...a);
+    }
+  }
+  let t = 1_000_000;
+  const storage = new Failing();
+  const logs: string[] = [];
+  const { parts, members, upload, view } = await cohortOfTwo(storage, () => t, logs);
+  try {
+    storage.failing = true;
+    await upload(members[0]!);
+    await upload(members[1]!);
+    t += 1_500;
+    await view();
+    await parts.rounds.drain();
+    storage.failing = false; // back, as the deadline passes: the sweep queues the owed retry, then aborts
+    t += 3_000;
+    assert.equal((await view()).status, 'aborted');
+    await parts.rounds.drain();
+    assert.deepEqual([(await view()).status, parts.rounds.version, await storage.pendingCount()], ['aborted', 0, 0]);
+    assert.ok(!logs.some((l) => /published version 1/.test(l)), logs.join('\n'));
+  } finally {
+    await storage.close();
+  }
+});
+
 test('a recovered cohort holding a stray upload of a member it counts as dropped (stored, never recorded) is published without it', async () => {
   const storage = new MemoryStorage();
   const { clock, logs, parts, call, sa, members, id, body } = await cohortOfFour(storage);
