@@ -7,7 +7,9 @@
  * The feature code here ({@link affinityFeatureRows}) is the only copy: the shop side
  * (`src/offers/eval/learned-affinity.ts`, which learns the weights online and writes snapshots)
  * calls it too, so a device given a snapshot computes exactly the rows, and so the probabilities,
- * the shop's learner would compute at the moment the snapshot was taken. Pure: no Node, no DOM.
+ * that the published snapshot gives; the snapshot itself is rounded and leaves out rarely bought
+ * offers for privacy (`LearnedAffinity.snapshot`), so these are close to, not equal to, the
+ * learner's own at that moment. Pure: no Node, no DOM.
  */
 
 const DAY_MS = 86_400_000;
@@ -72,7 +74,9 @@ export interface AffinityOfferStats {
 /**
  * The shop's learned affinity model as published in the signed catalog (`catalog.affinity`).
  * An offer of the catalog missing from `offers` counts as never bought by anyone (popularity 0,
- * recent popularity 0, repeat rate 1/4, the prior).
+ * recent popularity 0, repeat rate 1/4, the prior): the shop leaves out offers nobody, or fewer
+ * than its `minCustomers` threshold of customers, bought. Published shares are rounded to 2
+ * significant digits and weights to 3.
  */
 export interface AffinitySnapshot {
   /** Feature names, a subset of {@link SNAPSHOT_FEATURES}; `weights[j + 1]` belongs to `features[j]`. */

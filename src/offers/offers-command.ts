@@ -52,6 +52,7 @@ export function register(program: Command): void {
       const { readFile, writeFile } = await import('node:fs/promises');
       // The key is lost for good if the signed catalog replaces it (keygen never overwrites one).
       checkOutputFile(o.out, '--out', { '--key': o.key, '--catalog': o.catalog });
+      await checkNotAKey(o.out, '--out');
       const { signOfferCatalog } = await import('./signing.js');
       const key = await readJson(readFile, o.key, '--key');
       const catalog = unsigned(await readJson(readFile, o.catalog, '--catalog'), o.catalog, '--catalog');
@@ -66,15 +67,21 @@ export function register(program: Command): void {
     .requiredOption('--data <file>', 'orders as invoice lines, online-retail CSV (.csv or .csv.gz): invoice, stock code, description, quantity, time, price, customer')
     .requiredOption('--catalog <file>', 'offer catalog JSON { version, issuedAt, currency, offers }')
     .requiredOption('--out <file>', 'where to write the catalog with its affinity snapshot (unsigned)')
-    .action(async (o: { data: string; catalog: string; out: string }) => {
+    .option('--min-customers <n>', 'publish no statistics for an offer fewer than this many distinct customers bought (privacy)', '10')
+    .action(async (o: { data: string; catalog: string; out: string; minCustomers: string }) => {
       const { readFile, writeFile } = await import('node:fs/promises');
       checkOutputFile(o.out, '--out', { '--data': o.data, '--catalog': o.catalog });
+      await checkNotAKey(o.out, '--out');
+      const minCustomers = int(o.minCustomers, '--min-customers', 1, 1_000_000);
       const { loadRetailData } = await import('./eval/retail-data.js');
       const { fitAffinity } = await import('./eval/fit-affinity.js');
       const { validateOfferCatalog } = await import('./validate-catalog.js');
-      const catalog = validateOfferCatalog(unsigned(await readJson(readFile, o.catalog, '--catalog'), o.catalog, '--catalog'));
-      const data = await loadRetailData(o.data, undefined, '--data');
-      const fit = fitAffinity(data, catalog);
+      // Strict currency, as `offers sign` checks it: refused now, not after the fit.
+      const catalog = validateOfferCatalog(unsigned(await readJson(readFile, o.catalog, '--catalog'), o.catalog, '--catalog'), 'catalog', { strictCurrency: true });
+      // An order from the future would become the latest order, and the recent popularity, decayed
+      // from it, would shrink for every offer: refused, naming the line (a day's slack for clocks).
+      const data = await loadRetailData(o.data, undefined, '--data', { notAfter: Date.now() + 86_400_000 });
+      const fit = fitAffinity(data, catalog, { minCustomers });
       // A new publication: issued now, so that devices holding the same version's earlier
       // affinity take this one and refuse the earlier one replayed (setOffers).
       // (Never before the input's own time: a device holding the input would refuse this one.)
@@ -82,6 +89,13 @@ export function register(program: Command): void {
       process.stderr.write(
         `learned from ${fit.baskets} orders of ${fit.customers} customers (${fit.basketsWithOffer} touch an offer) → ${o.out} (${fit.catalog.offers.length} offers, ${fit.catalog.affinity!.features.length} features)\n`,
       );
+      if (fit.baskets < FEW_ORDERS || fit.customers < FEW_CUSTOMERS) {
+        process.stderr.write(
+          `warning: only ${fit.baskets} orders of ${fit.customers} customers (fewer than ${FEW_ORDERS} orders or ${FEW_CUSTOMERS} customers): ${fit.offersBelowMinCustomers.length} of ${fit.catalog.offers.length} offers were bought by fewer than ${minCustomers} customers and publish no statistics; consider waiting for more orders before publishing\n`,
+        );
+      } else if (fit.offersBelowMinCustomers.length) {
+        process.stderr.write(`${fit.offersBelowMinCustomers.length} offer(s) bought by fewer than ${minCustomers} customers publish no statistics (scored as never bought)\n`);
+      }
       if (fit.offersWithoutOrders.length) {
         process.stderr.write(
           `warning: no order touched ${fit.offersWithoutOrders.length} offer(s), learned as never bought: ${fit.offersWithoutOrders.slice(0, 10).join(', ')}${fit.offersWithoutOrders.length > 10 ? ', …' : ''}. ` +
@@ -106,8 +120,9 @@ export function register(program: Command): void {
     .option('--bounds', 'also print one JSON line of upper bounds (clairvoyant, repeat-of-bought, best fixed personal list in hindsight)')
     .option('--features <list>', 'comma-separated learned affinity features (default: all but transition and coPurchase, which a device snapshot cannot carry)')
     .option('--publish-every-days <d>', 'learned: the shop re-publishes its affinity snapshot every d days (0: before every basket)', '1')
+    .option('--min-customers <n>', 'learned: the published snapshot leaves out offers fewer than this many customers bought (as fit-affinity)', '10')
     .option('--basket-gap-minutes <m>', "learned: the device groups a customer's purchases this close into one basket", '30')
-    .action(async (o: { data: string; k: string; seed: string; granularity: string; groups: string; percent: string; exploration: string; affinity: string; features?: string; priorStrength?: string; objective: string; bounds?: boolean; publishEveryDays: string; basketGapMinutes: string }, command: Command) => {
+    .action(async (o: { data: string; k: string; seed: string; granularity: string; groups: string; percent: string; exploration: string; affinity: string; features?: string; priorStrength?: string; objective: string; bounds?: boolean; publishEveryDays: string; basketGapMinutes: string; minCustomers: string }, command: Command) => {
       const { loadRetailData } = await import('./eval/retail-data.js');
       const { runOffersEval, offersBounds, buildRetailOffers, DEFAULT_EVAL_OPTIONS, AFFINITY_KINDS } = await import('./eval/offers-eval.js');
       const { AFFINITY_FEATURES, TABLE_FEATURES } = await import('./affinity-model.js');
@@ -117,7 +132,7 @@ export function register(program: Command): void {
       if (o.objective !== 'value' && o.objective !== 'reach') throw new ValidationError('--objective', `must be value or reach, got '${o.objective}'`);
       if (o.affinity !== 'learned') {
         // These shape the learned affinity only: with the other one they would do nothing.
-        const flag = command.options.find((f) => ['features', 'publishEveryDays', 'basketGapMinutes'].includes(f.attributeName()) && command.getOptionValueSource(f.attributeName()) === 'cli');
+        const flag = command.options.find((f) => ['features', 'publishEveryDays', 'basketGapMinutes', 'minCustomers'].includes(f.attributeName()) && command.getOptionValueSource(f.attributeName()) === 'cli');
         if (flag) throw new ValidationError(flag.long!, `applies to --affinity learned only (got ${o.affinity})`);
       }
       const features = o.features === 'all' ? [...AFFINITY_FEATURES] : o.features?.split(',').map((f) => f.trim()).filter((f) => f !== '');
@@ -150,6 +165,7 @@ export function register(program: Command): void {
         ...(features ? { features: features as (typeof AFFINITY_FEATURES)[number][] } : {}),
         publishEveryDays: num(o.publishEveryDays, '--publish-every-days', 0, 3650),
         basketGapMinutes: num(o.basketGapMinutes, '--basket-gap-minutes', 0, 1_000_000),
+        minCustomers: int(o.minCustomers, '--min-customers', 1, 1_000_000),
         onProgress: (done: number, total: number) => process.stderr.write(`replay ${done}/${total} baskets\n`),
       };
       const data = await loadRetailData(o.data, (n) => process.stderr.write(`read ${n} rows\n`), '--data');
@@ -158,6 +174,30 @@ export function register(program: Command): void {
       for (const r of runOffersEval(data, { ...opts, offers })) process.stdout.write(`${JSON.stringify(r)}\n`);
       if (o.bounds) process.stdout.write(`${JSON.stringify({ bounds: offersBounds(data, offers, opts.k) })}\n`);
     });
+}
+
+/** Below these, fit-affinity warns: the `--min-customers` threshold then drops most offers. */
+const FEW_ORDERS = 1000;
+const FEW_CUSTOMERS = 100;
+
+/**
+ * Refuses an `--out` that is an existing file holding a JSON Web Key (a `kty` member): writing the
+ * catalog over it would lose the key for good (a private key is never made twice).
+ */
+async function checkNotAKey(path: string, flag: string): Promise<void> {
+  const { readFile, stat } = await import('node:fs/promises');
+  const st = await stat(path).catch(() => undefined);
+  // A JWK is small; a large file is not one (and is not read whole).
+  if (!st?.isFile() || st.size > 65_536) return;
+  let value: unknown;
+  try {
+    value = JSON.parse(await readFile(path, 'utf8'));
+  } catch {
+    return;
+  }
+  if (typeof value === 'object' && value !== null && !Array.isArray(value) && typeof (value as { kty?: unknown }).kty === 'string') {
+    throw new ValidationError(flag, `'${path}' holds a key (JWK); refusing to overwrite it (choose another file)`);
+  }
 }
 
 async function readJson(readFile: (p: string, enc: 'utf8') => Promise<string>, path: string, option: string): Promise<unknown> {

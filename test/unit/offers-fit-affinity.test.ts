@@ -52,7 +52,8 @@ describe('localrec offers fit-affinity', () => {
 
   test('learns per-offer statistics from the orders and writes the catalog with its snapshot, issued now, unchanged otherwise', async () => {
     const started = Date.now();
-    await cli('offers', 'fit-affinity', '--data', path('orders.csv.gz'), '--catalog', path('offers.json'), '--out', path('with-affinity.json'));
+    // Three customers: only --min-customers 1 publishes anything (the default is 10).
+    await cli('offers', 'fit-affinity', '--data', path('orders.csv.gz'), '--catalog', path('offers.json'), '--out', path('with-affinity.json'), '--min-customers', '1');
     const out = JSON.parse(await readFile(path('with-affinity.json'), 'utf8')) as OfferCatalog;
     const { affinity, issuedAt, ...rest } = out;
     const { issuedAt: inputIssuedAt, ...input } = CATALOG;
@@ -64,20 +65,80 @@ describe('localrec offers fit-affinity', () => {
     assert.equal(affinity.offers.mug!.popularity, 2 / 4);
     assert.equal(affinity.offers.candle!.popularity, 1 / 4);
     assert.equal(affinity.offers.bags!.popularity, 2 / 4);
-    assert.equal(affinity.offers.lamps!.popularity, 0);
+    assert.ok(!Object.hasOwn(affinity.offers, 'lamps'), 'never bought: not published (scored as never bought)');
     // Repeat: A's order 3 follows an order with the mug and a bag: the mug came back, the bag did not (Beta(1, 3) prior).
     assert.equal(affinity.offers.mug!.repeatRate, (1 + 1) / (1 + 4));
     assert.equal(affinity.offers.bags!.repeatRate, (0 + 1) / (1 + 4));
     assert.equal(affinity.offers.candle!.repeatRate, 1 / 4);
+    for (const st of Object.values(affinity.offers)) for (const v of [st.popularity, st.recentPopularity, st.repeatRate]) assert.equal(v, Number(v.toPrecision(2)));
+    for (const w of affinity.weights) assert.equal(w, Number(w.toPrecision(3)));
     // Recent popularity weighs the later orders more: the bag (orders 1 and 4) beats the mug (1 and 3).
     assert.ok(affinity.offers.bags!.recentPopularity > affinity.offers.mug!.recentPopularity);
     assert.equal(affinity.weights.length, affinity.features.length + 1);
     assert.ok(!affinity.features.includes('transition') && !affinity.features.includes('coPurchase'));
     // The same as fitting in process.
-    const fit = fitAffinity(await loadRetailData(path('orders.csv.gz')), CATALOG);
+    const fit = fitAffinity(await loadRetailData(path('orders.csv.gz')), CATALOG, { minCustomers: 1 });
     assert.deepEqual(out, { ...fit.catalog, issuedAt });
     // No order touched the lamps: said, since a device might see them bought (a category name the descriptions do not give).
     assert.deepEqual(fit.offersWithoutOrders, ['lamps']);
+    assert.deepEqual(fit.offersBelowMinCustomers, []);
+  });
+
+  test('by default an offer fewer than 10 customers bought publishes nothing, and a small log is warned about', async () => {
+    const write = process.stderr.write.bind(process.stderr);
+    let err = '';
+    process.stderr.write = ((s: string) => ((err += s), true)) as typeof process.stderr.write;
+    try {
+      await cli('offers', 'fit-affinity', '--data', path('orders.csv.gz'), '--catalog', path('offers.json'), '--out', path('default-threshold.json'));
+    } finally {
+      process.stderr.write = write;
+    }
+    const out = JSON.parse(await readFile(path('default-threshold.json'), 'utf8')) as OfferCatalog;
+    // The candle was bought by customer B alone: its popularity 1/4 would name B's order.
+    assert.deepEqual(out.affinity!.offers, {});
+    assert.deepEqual(fitAffinity(await loadRetailData(path('orders.csv.gz')), CATALOG).offersBelowMinCustomers, ['mug', 'candle', 'bags']);
+    assert.match(err, /^warning: only 4 orders of 3 customers \(fewer than 1000 orders or 100 customers\): 3 of 4 offers were bought by fewer than 10 customers and publish no statistics/m);
+    await assert.rejects(
+      cli('offers', 'fit-affinity', '--data', path('orders.csv.gz'), '--catalog', path('offers.json'), '--out', path('x.json'), '--min-customers', '0'),
+      (e: unknown) => isValidationError(e) && e.field === '--min-customers',
+    );
+  });
+
+  test('an order dated more than a day after now is refused, naming the file, line and column', async () => {
+    const future = Math.floor(Date.now() / 1000) + 2 * 86_400;
+    await writeFile(path('future.csv'), `${CSV}\n5,200,VANILLA CANDLE,1,${future},3,B,United Kingdom\n`);
+    await assert.rejects(
+      cli('offers', 'fit-affinity', '--data', path('future.csv'), '--catalog', path('offers.json'), '--out', path('x.json')),
+      (e: unknown) => isValidationError(e) && e.field === 'future.csv:8:timestamp' && /after .*at most a day after now/.test(e.message),
+    );
+    // Within the day's slack (clocks differ): accepted.
+    await writeFile(path('soon.csv'), `${CSV}\n5,200,VANILLA CANDLE,1,${future - 1.5 * 86_400},3,B,United Kingdom\n`);
+    await cli('offers', 'fit-affinity', '--data', path('soon.csv'), '--catalog', path('offers.json'), '--out', path('x.json'));
+  });
+
+  test('the currency is checked as strictly as `offers sign` checks it, before the fit', async () => {
+    // Well formed, accepted by Intl.NumberFormat, but no currency.
+    await writeFile(path('xqq.json'), JSON.stringify({ ...CATALOG, currency: 'XQQ' }));
+    await assert.rejects(
+      cli('offers', 'fit-affinity', '--data', path('orders.csv.gz'), '--catalog', path('xqq.json'), '--out', path('x.json')),
+      (e: unknown) => isValidationError(e) && e.field === 'catalog.currency' && /not in this platform's list of currencies/.test(e.message),
+    );
+    assert.throws(() => fitAffinity({ baskets: [], items: [], rows: { read: 0, kept: 0 } }, { ...CATALOG, currency: 'XQQ' }), (e: unknown) => isValidationError(e) && e.field === 'catalog.currency');
+  });
+
+  test('an --out that is an existing key file (JWK) is refused, by fit-affinity and sign; the key is left as it was', async () => {
+    await cli('offers', 'keygen', '--out', path('keys-out'));
+    await writeFile(path('copy-of-key.jwk'), await readFile(path('keys-out/private.jwk')));
+    const before = await readFile(path('copy-of-key.jwk'), 'utf8');
+    const refused = (e: unknown) => isValidationError(e) && e.field === '--out' && /holds a key \(JWK\); refusing to overwrite it/.test(e.message);
+    for (const out of [path('copy-of-key.jwk'), path('keys-out/public.jwk')]) {
+      await assert.rejects(cli('offers', 'fit-affinity', '--data', path('orders.csv.gz'), '--catalog', path('offers.json'), '--out', out), refused, out);
+      await assert.rejects(cli('offers', 'sign', '--key', path('keys-out/private.jwk'), '--catalog', path('offers.json'), '--out', out), refused, out);
+    }
+    assert.equal(await readFile(path('copy-of-key.jwk'), 'utf8'), before);
+    // Any other existing file is replaced as before.
+    await writeFile(path('old-output.json'), '{"version":1}');
+    await cli('offers', 'sign', '--key', path('keys-out/private.jwk'), '--catalog', path('offers.json'), '--out', path('old-output.json'));
   });
 
   test('warns, naming them, about offers no order touched', async () => {
@@ -93,7 +154,7 @@ describe('localrec offers fit-affinity', () => {
   });
 
   test('then `offers sign` signs it, and a device verifies the catalog with the snapshot and can predict', async () => {
-    await cli('offers', 'fit-affinity', '--data', path('orders.csv.gz'), '--catalog', path('offers.json'), '--out', path('with-affinity.json'));
+    await cli('offers', 'fit-affinity', '--data', path('orders.csv.gz'), '--catalog', path('offers.json'), '--out', path('with-affinity.json'), '--min-customers', '1');
     await cli('offers', 'keygen', '--out', path('keys'));
     // A second keygen into the same folder would replace the key every device trusts: refused.
     const first = await readFile(path('keys/private.jwk'), 'utf8');

@@ -25,12 +25,19 @@ export interface FitAffinityResult {
    * the shop's own names.
    */
   offersWithoutOrders: string[];
+  /**
+   * Offers some order touched but fewer than `minCustomers` distinct customers: the snapshot
+   * publishes no statistics for them (the device scores them as never bought), for privacy.
+   */
+  offersBelowMinCustomers: string[];
 }
 
 /**
  * Learn the affinity from every order in `data` (already in time order, as `loadRetailData` gives
  * it) for the offers of `catalog`, and put the snapshot into a copy of the catalog. An order's
- * offers are those whose scope contains one of its items (same scope rules as the device).
+ * offers are those whose scope contains one of its items (same scope rules as the device). The
+ * snapshot is what {@link LearnedAffinity.snapshot} publishes: rounded, and without the offers fewer
+ * than `options.minCustomers` (default 10) distinct customers bought.
  *
  * @example
  * ```ts
@@ -39,7 +46,8 @@ export interface FitAffinityResult {
  * ```
  */
 export function fitAffinity(data: RetailData, catalogInput: OfferCatalog, options: Omit<LearnedAffinityOptions, 'features'> = {}): FitAffinityResult {
-  const catalog = validateOfferCatalog(catalogInput);
+  // Strict as `offers sign` is: a currency the platform does not know would be refused there, after the fit.
+  const catalog = validateOfferCatalog(catalogInput, 'catalog', { strictCurrency: true });
   if (catalog.offers.length === 0) throw new RangeError('the catalog has no offers to fit an affinity for');
   const model = new LearnedAffinity(
     catalog.offers.map((o) => o.id),
@@ -61,15 +69,16 @@ export function fitAffinity(data: RetailData, catalogInput: OfferCatalog, option
     if (offers.size > 0) withOffer++;
     for (const id of offers) touched.add(id);
     const basket: HistoryBasket = { t: b.t, offers, items };
-    model.learn(model.predict(history, b.t - 1), history, basket);
+    model.learn(model.predict(history, b.t - 1), history, basket, b.customerId);
     history.push(basket);
   }
   const snapshot: AffinitySnapshot = model.snapshot();
   return {
-    catalog: validateOfferCatalog({ ...catalog, affinity: snapshot }),
+    catalog: validateOfferCatalog({ ...catalog, affinity: snapshot }, 'catalog', { strictCurrency: true }),
     baskets: data.baskets.length,
     basketsWithOffer: withOffer,
     customers: histories.size,
     offersWithoutOrders: catalog.offers.filter((o) => !touched.has(o.id)).map((o) => o.id),
+    offersBelowMinCustomers: catalog.offers.filter((o) => touched.has(o.id) && !Object.hasOwn(snapshot.offers, o.id)).map((o) => o.id),
   };
 }

@@ -40,6 +40,25 @@ export interface LearnedAffinityOptions {
   recentHalfLifeDays?: number;
   /** Items seen fewer times than this before do not count in `transition` / `coPurchase`. */
   minItemCount?: number;
+  /**
+   * Privacy threshold of {@link LearnedAffinity.snapshot}: an offer whose scope fewer than this many
+   * distinct customers have bought publishes no statistics (default {@link DEFAULT_MIN_CUSTOMERS}).
+   * The learner itself always uses the exact counts.
+   */
+  minCustomers?: number;
+}
+
+/** Default {@link LearnedAffinityOptions.minCustomers}: an offer bought by fewer customers is not published. */
+export const DEFAULT_MIN_CUSTOMERS = 10;
+/** Significant digits of a published share (`popularity`, `recentPopularity`, `repeatRate`). */
+export const SHARE_DIGITS = 2;
+/** Significant digits of a published weight. */
+export const WEIGHT_DIGITS = 3;
+
+/** `x` rounded to `digits` significant digits (0 stays 0); the result is the shortest JSON number on that grid. */
+export function roundSignificant(x: number, digits: number): number {
+  if (x === 0 || !Number.isFinite(x)) return x;
+  return Number(x.toPrecision(digits));
 }
 
 /** What `predict` returns: a probability per offer (same order as the offer ids) and the features behind it. */
@@ -60,7 +79,7 @@ export interface AffinityPrediction {
  *   const history = shopperBaskets(basket.customerId);        // strictly earlier baskets
  *   const pred = model.predict(history, basket.t - 1);        // before the basket …
  *   show(pred.p);
- *   model.learn(pred, history, toHistoryBasket(basket));       // … then learn from it
+ *   model.learn(pred, history, toHistoryBasket(basket), basket.customerId); // … then learn from it
  * }
  * ```
  */
@@ -75,6 +94,7 @@ export class LearnedAffinity {
   private readonly rate: number;
   private readonly recentHalfLife: number;
   private readonly minItemCount: number;
+  private readonly minCustomers: number;
 
   private basketsSeen = 0;
   private readonly popularity: Float64Array;
@@ -84,6 +104,8 @@ export class LearnedAffinity {
   private recentT = 0;
   private readonly repeatTries: Float64Array;
   private readonly repeatHits: Float64Array;
+  /** Distinct customers (or, for baskets learned without one, baskets) whose basket held the offer's scope. */
+  private readonly buyers: Array<Set<string>>;
   /** item → (offer → count): item in a shopper's basket, offer in their next basket. */
   private readonly transitions = new Map<string, { from: number; to: Float64Array }>();
   /** item → (offer → count): item and offer in the same basket. */
@@ -98,11 +120,14 @@ export class LearnedAffinity {
     this.rate = options.learningRate ?? 0.2;
     this.recentHalfLife = (options.recentHalfLifeDays ?? 14) * DAY_MS;
     this.minItemCount = options.minItemCount ?? 5;
+    this.minCustomers = options.minCustomers ?? DEFAULT_MIN_CUSTOMERS;
+    if (!(Number.isInteger(this.minCustomers) && this.minCustomers >= 0)) throw new RangeError(`minCustomers must be an integer ≥ 0, got ${options.minCustomers}`);
     const n = this.offerIds.length;
     this.popularity = new Float64Array(n);
     this.recent = new Float64Array(n);
     this.repeatTries = new Float64Array(n);
     this.repeatHits = new Float64Array(n);
+    this.buyers = Array.from({ length: n }, () => new Set<string>());
     this.weights = new Float64Array(this.features.length + 1);
     this.sumSq = new Float64Array(this.features.length + 1).fill(1e-6);
     // Start from "as likely as it is popular" so the first baskets are not a coin toss.
@@ -126,24 +151,42 @@ export class LearnedAffinity {
   }
 
   /**
-   * What the device needs to compute the same probabilities as {@link predict} now: the weights
-   * and the per-offer global statistics, as plain JSON for `catalog.affinity`. Throws when the
-   * model uses the item → offer table features, which a snapshot does not carry.
+   * What the shop publishes for the device (`catalog.affinity`): the weights and the per-offer
+   * global statistics, as plain JSON. This goes to every shopper, so it is not the learner's exact
+   * state: an offer whose scope fewer than `minCustomers` distinct customers bought is left out
+   * (the device scores it as never bought by anyone), every share is rounded to {@link SHARE_DIGITS}
+   * significant digits and every weight to {@link WEIGHT_DIGITS}, so exact counts cannot be rebuilt
+   * and one more order rarely changes a published value. A device given the snapshot reproduces
+   * the prediction from the snapshot (`predictAffinity`), not {@link predict} exactly. Throws when
+   * the model uses the item → offer table features, which a snapshot does not carry.
    */
-  snapshot(): AffinitySnapshot {
+  snapshot(options: { minCustomers?: number } = {}): AffinitySnapshot {
     const tables = this.features.filter((f) => TABLE_FEATURES.includes(f));
     if (tables.length > 0) throw new Error(`a published affinity snapshot cannot carry the item → offer table features (${tables.join(', ')}); fit without them`);
+    const minCustomers = options.minCustomers ?? this.minCustomers;
+    if (!(Number.isInteger(minCustomers) && minCustomers >= 0)) throw new RangeError(`minCustomers must be an integer ≥ 0, got ${options.minCustomers}`);
     const g = this.globals();
     const offers: AffinitySnapshot['offers'] = {};
     this.offerIds.forEach((id, o) => {
+      // Too few buyers: publish nothing, exactly as for an offer nobody bought (EMPTY_OFFER_STATS).
+      if (this.buyers[o]!.size < Math.max(1, minCustomers)) return;
       Object.defineProperty(offers, id, {
-        value: { popularity: g.popularity[o]!, recentPopularity: g.recentPopularity[o]!, repeatRate: g.repeatRate[o]! },
+        value: {
+          popularity: roundSignificant(g.popularity[o]!, SHARE_DIGITS),
+          recentPopularity: roundSignificant(g.recentPopularity[o]!, SHARE_DIGITS),
+          repeatRate: roundSignificant(g.repeatRate[o]!, SHARE_DIGITS),
+        },
         enumerable: true,
         writable: true,
         configurable: true,
       });
     });
-    return { features: [...this.features], weights: [...this.weights], offers };
+    return { features: [...this.features], weights: [...this.weights].map((w) => roundSignificant(w, WEIGHT_DIGITS)), offers };
+  }
+
+  /** How many distinct customers (baskets, where learned without a customer id) bought each offer's scope, in offer order. */
+  customerCounts(): number[] {
+    return this.buyers.map((s) => s.size);
   }
 
   /** The global per-offer statistics as shares, in offer order (what a snapshot publishes). */
@@ -164,9 +207,11 @@ export class LearnedAffinity {
   /**
    * Learn from a basket that has now happened: one gradient step per offer on the features `pred`
    * was made from (in scope or not), then the global counts. `history` is the shopper's baskets
-   * before this one, as passed to `predict`.
+   * before this one, as passed to `predict`. `customerId` (whose basket it is) counts the distinct
+   * customers per offer for the snapshot's `minCustomers` threshold; without it the basket counts
+   * as a customer of its own (so the threshold counts baskets, which is weaker).
    */
-  learn(pred: AffinityPrediction, history: readonly HistoryBasket[], basket: HistoryBasket): void {
+  learn(pred: AffinityPrediction, history: readonly HistoryBasket[], basket: HistoryBasket, customerId?: string): void {
     const n = this.offerIds.length;
     const inBasket = new Uint8Array(n);
     for (const id of basket.offers) {
@@ -191,6 +236,7 @@ export class LearnedAffinity {
       this.recent[o]! *= decay;
       this.popularity[o]! += inBasket[o]!;
       this.recent[o]! += inBasket[o]!;
+      if (inBasket[o]) this.buyers[o]!.add(customerId !== undefined ? `c:${customerId}` : `b:${this.basketsSeen}`);
     }
     this.recentTotal = this.recentTotal * decay + 1;
     this.recentT = basket.t;

@@ -74,6 +74,11 @@ export interface OffersEvalOptions {
    * fresh snapshot before every basket. Default 1 (daily).
    */
   publishEveryDays?: number;
+  /**
+   * `learned`: the published snapshot leaves out offers fewer than this many distinct customers
+   * have bought so far (default `DEFAULT_MIN_CUSTOMERS`, 10, as `offers fit-affinity` publishes).
+   */
+  minCustomers?: number;
   /** `learned`: the device's basket grouping, in minutes (purchases this close are one basket). Default 30. */
   basketGapMinutes?: number;
   onProgress?: (done: number, total: number) => void;
@@ -286,7 +291,7 @@ export function runOffersEval(data: RetailData, opts: OffersEvalOptions): Policy
   const category = new Map<string, string>(data.items.map((i: CatalogItem) => [i.id, i.category ?? 'other']));
   const global = new GlobalSignal();
   const offerIds = catalog.offers.map((o) => o.id);
-  const learned = opts.affinity === 'learned' ? new LearnedAffinity(offerIds, opts.features ? { features: opts.features } : {}) : undefined;
+  const learned = opts.affinity === 'learned' ? new LearnedAffinity(offerIds, { ...(opts.features ? { features: opts.features } : {}), ...(opts.minCustomers !== undefined ? { minCustomers: opts.minCustomers } : {}) }) : undefined;
   // The device side of `learned`: the latest published snapshot and the device's own baskets.
   const publishMs = (opts.publishEveryDays ?? 1) * DAY_MS;
   if (!(publishMs >= 0)) throw new RangeError(`publishEveryDays must be ≥ 0, got ${opts.publishEveryDays}`);
@@ -388,7 +393,7 @@ export function runOffersEval(data: RetailData, opts: OffersEvalOptions): Policy
           customer.purchases.push({ t: basket.t, type: 'purchase', itemId: l.itemId, quantity: l.quantity, price: l.price });
         }
         global.learn(offers, customer.baskets[customer.baskets.length - 1], customer.bought);
-        if (prediction) learned!.learn(prediction, customer.baskets, { t: basket.t, offers, items });
+        if (prediction) learned!.learn(prediction, customer.baskets, { t: basket.t, offers, items }, basket.customerId);
         customer.baskets.push({ t: basket.t, offers, items, categories });
         for (const o of offers) customer.bought.add(o);
       },

@@ -45,6 +45,15 @@ const COLUMNS = {
   customer: ['customer_id', 'CustomerID'],
 } as const;
 
+export interface LoadRetailOptions {
+  /**
+   * Refuse a kept row dated after this time (ms since the epoch), naming `file:line:column`.
+   * `offers fit-affinity` passes a day after now: an order from the future would be the "latest"
+   * order, and the recent popularity, decayed from it, would shrink for every offer.
+   */
+  notAfter?: number;
+}
+
 /**
  * Read the CSV, keep rows with a customer id, an invoice not starting with `C`, and quantity > 0,
  * and group them into baskets by invoice. Any other row must be whole: a row with the wrong number
@@ -56,7 +65,7 @@ const COLUMNS = {
  * const { baskets, items } = await loadRetailData('../shared/data/online-retail/online-retail.csv.gz');
  * ```
  */
-export async function loadRetailData(path: string, onProgress?: (rowsRead: number) => void, field = 'options.data'): Promise<RetailData> {
+export async function loadRetailData(path: string, onProgress?: (rowsRead: number) => void, field = 'options.data', options: LoadRetailOptions = {}): Promise<RetailData> {
   const name = basename(path);
   // openText: a missing or unreadable file is a ValidationError naming it, gzip is told by its bytes.
   const input = await openText(path, field);
@@ -91,6 +100,9 @@ export async function loadRetailData(path: string, onProgress?: (rowsRead: numbe
       if (quantity <= 0) continue;
       const itemId = cell(record, col.item, at);
       const t = parseTime(cell(record, col.time, at), at(col.time)) * 1000;
+      if (options.notAfter !== undefined && t > options.notAfter) {
+        throw new ValidationError(at(col.time), `is ${new Date(t).toISOString()}, after ${new Date(options.notAfter).toISOString()} (orders may be dated at most a day after now)`);
+      }
       const price = number(record, col.price, at);
       // A refund or write-off line, not a sale: its price would drag the product's median down.
       if (price < 0) throw new ValidationError(at(col.price), `is negative (${price}); a unit price is 0 or more`);
