@@ -26,6 +26,43 @@ let n = 0;
 const dbName = () => `engine-input-${n++}`;
 const refused = (field: string) => (e: unknown) => isValidationError(e) && (e as { field?: string }).field === field;
 
+/**
+ * Runs `f` with `globalThis.Worker` replaced by a stand-in whose "worker" is `api` exposed over a
+ * MessageChannel with comlink: the page's facade (createRecommender) alone is under test.
+ */
+async function withStandInWorker(api: object, f: () => Promise<void>): Promise<void> {
+  const g = globalThis as { Worker?: unknown };
+  const hadWorker = 'Worker' in g;
+  const realWorker = g.Worker;
+  g.Worker = class {
+    private readonly port: MessagePort;
+    constructor() {
+      const { port1, port2 } = new MessageChannel();
+      this.port = port1;
+      Comlink.expose(api, port2);
+      port1.start();
+    }
+    postMessage(m: unknown, transfer: Transferable[] = []) {
+      this.port.postMessage(m, transfer as never);
+    }
+    addEventListener(type: string, f: (ev: Event) => void) {
+      this.port.addEventListener(type, f as never);
+    }
+    removeEventListener(type: string, f: (ev: Event) => void) {
+      this.port.removeEventListener(type, f as never);
+    }
+    terminate() {
+      this.port.close();
+    }
+  };
+  try {
+    await f();
+  } finally {
+    if (hadWorker) g.Worker = realWorker;
+    else delete g.Worker;
+  }
+}
+
 describe('Engine input (stop 22 fuzzing review)', () => {
   it('sync() refuses a signal that is not an AbortSignal, and sends nothing', async () => {
     const sent: string[] = [];
@@ -319,31 +356,7 @@ describe('track() input the store would lose at once, or that pages build generi
       audit: async () => ({ consent: { droppedBeforeConsent: 0 } }),
       close: async () => undefined,
     };
-    const g = globalThis as { Worker?: unknown };
-    const hadWorker = 'Worker' in g;
-    const realWorker = g.Worker;
-    g.Worker = class {
-      private readonly port: MessagePort;
-      constructor() {
-        const { port1, port2 } = new MessageChannel();
-        this.port = port1;
-        Comlink.expose(api, port2);
-        port1.start();
-      }
-      postMessage(m: unknown, transfer: Transferable[] = []) {
-        this.port.postMessage(m, transfer as never);
-      }
-      addEventListener(type: string, f: (ev: Event) => void) {
-        this.port.addEventListener(type, f as never);
-      }
-      removeEventListener(type: string, f: (ev: Event) => void) {
-        this.port.removeEventListener(type, f as never);
-      }
-      terminate() {
-        this.port.close();
-      }
-    };
-    try {
+    await withStandInWorker(api, async () => {
       const rec = await createRecommender({ catalog, workerTimeoutMs: 0, retention: { maxAgeDays: 30 } });
       try {
         assert.throws(() => rec.track({ type: 'view' } as never), refused('event.itemId'));
@@ -354,10 +367,7 @@ describe('track() input the store would lose at once, or that pages build generi
       } finally {
         await rec.close();
       }
-    } finally {
-      if (hadWorker) g.Worker = realWorker;
-      else delete g.Worker;
-    }
+    });
   });
 
   it('the page passes no consent decision for the default or \'granted\' (the engine may apply a stored withdrawal), and the host\'s own answer or \'required\' as given (stop 30)', async () => {
@@ -370,31 +380,7 @@ describe('track() input the store would lose at once, or that pages build generi
       barrier: async () => undefined,
       close: async () => undefined,
     };
-    const g = globalThis as { Worker?: unknown };
-    const hadWorker = 'Worker' in g;
-    const realWorker = g.Worker;
-    g.Worker = class {
-      private readonly port: MessagePort;
-      constructor() {
-        const { port1, port2 } = new MessageChannel();
-        this.port = port1;
-        Comlink.expose(api, port2);
-        port1.start();
-      }
-      postMessage(m: unknown, transfer: Transferable[] = []) {
-        this.port.postMessage(m, transfer as never);
-      }
-      addEventListener(type: string, f: (ev: Event) => void) {
-        this.port.addEventListener(type, f as never);
-      }
-      removeEventListener(type: string, f: (ev: Event) => void) {
-        this.port.removeEventListener(type, f as never);
-      }
-      terminate() {
-        this.port.close();
-      }
-    };
-    try {
+    await withStandInWorker(api, async () => {
       const cases: Array<[unknown, unknown]> = [
         [undefined, undefined],
         ['granted', undefined],
@@ -415,10 +401,7 @@ describe('track() input the store would lose at once, or that pages build generi
           await rec.close();
         }
       }
-    } finally {
-      if (hadWorker) g.Worker = realWorker;
-      else delete g.Worker;
-    }
+    });
   });
 
   it('a field set to undefined is no field: accepted, and not stored', async () => {

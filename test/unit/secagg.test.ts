@@ -1127,16 +1127,18 @@ test('a complete cohort whose publish lost to other processes three times in a r
   }
 });
 
-test('a complete cohort whose publish keeps failing is aborted after PUBLISH_GRACE upload timeouts, saying so, and the retries stop', async () => {
-  class Failing extends MemoryStorage {
-    failing = false;
-    override async publish(...a: Parameters<MemoryStorage['publish']>) {
-      if (this.failing) throw new StorageError('publish version failed: database or disk is full');
-      return super.publish(...a);
-    }
+/** A store whose publish fails while `failing` is set (a full disk). */
+class PublishFailing extends MemoryStorage {
+  failing = false;
+  override async publish(...a: Parameters<MemoryStorage['publish']>) {
+    if (this.failing) throw new StorageError('publish version failed: database or disk is full');
+    return super.publish(...a);
   }
+}
+
+test('a complete cohort whose publish keeps failing is aborted after PUBLISH_GRACE upload timeouts, saying so, and the retries stop', async () => {
   let t = 1_000_000;
-  const storage = new Failing();
+  const storage = new PublishFailing();
   const logs: string[] = [];
   const { parts, members, upload, view } = await cohortOfTwo(storage, () => t, logs);
   const retries = () => logs.filter((l) => /aggregation failed again, will retry/.test(l)).length;
@@ -1167,15 +1169,8 @@ test('a complete cohort whose publish keeps failing is aborted after PUBLISH_GRA
 });
 
 test('a complete cohort aborted at its publish deadline stays aborted when the storage comes back just then: the retry queued before the sweep does not publish it', async () => {
-  class Failing extends MemoryStorage {
-    failing = false;
-    override async publish(...a: Parameters<MemoryStorage['publish']>) {
-      if (this.failing) throw new StorageError('publish version failed: database or disk is full');
-      return super.publish(...a);
-    }
-  }
   let t = 1_000_000;
-  const storage = new Failing();
+  const storage = new PublishFailing();
   const logs: string[] = [];
   const { parts, members, upload, view } = await cohortOfTwo(storage, () => t, logs);
   try {
