@@ -19,6 +19,9 @@ export const CHROMIUM_FLAGS = [
   '--disable-component-update',
   '--disable-sync',
   '--no-first-run',
+  // A small /dev/shm (a container's 64 MB) is not enough for the renderer; Debian's wrapper adds
+  // this only when its own check of the mount works.
+  '--disable-dev-shm-usage',
 ];
 
 export interface StaticServer {

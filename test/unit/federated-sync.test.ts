@@ -17,6 +17,12 @@ import { startServer, type RunningServer } from '../../src/server/index.js';
 import type { EgressEntry, FetchLike } from '../../src/federated/sync.js';
 import '../../src/model/tf.js';
 
+/**
+ * Where the tests' injected clocks start: today at 00:00 UTC, not a fixed date (the stores apply
+ * retention by the real clock, and would drop events dated more than a year before it).
+ */
+const CLOCK_START = Math.floor(Date.now() / 86_400_000) * 86_400_000;
+
 const ids = Array.from({ length: 200 }, (_, i) => `sku-${i}`);
 const catalog = { items: ids.map((id, i) => ({ id, title: `Item ${i}`, popularity: 200 - i })) };
 let server: RunningServer;
@@ -786,7 +792,7 @@ describe('automatic syncs (options.federated.autoSyncHours)', () => {
 
   it('contributes while the budget allows, at most once per period, then only receives', async () => {
     await withOwnServer({ seed: 3 }, async (srv) => {
-      const clock = { t: 1_800_000_000_000 };
+      const clock = { t: CLOCK_START };
       const { e, auto } = await autoDevice(srv, { clock, budget: 5 });
       try {
         assert.ok(auto.autoSyncTimer !== undefined, 'the first look is scheduled at start-up');
@@ -818,7 +824,7 @@ describe('automatic syncs (options.federated.autoSyncHours)', () => {
 
   it('two tabs on one database: only one of them syncs in a period; the page’s own sync counts too', async () => {
     await withOwnServer({ seed: 3 }, async (srv) => {
-      const clock = { t: 1_800_000_000_000 };
+      const clock = { t: CLOCK_START };
       const store = new MemoryEventStore();
       const a = await autoDevice(srv, { clock, store });
       const b = await autoDevice(srv, { clock, store });
@@ -837,7 +843,7 @@ describe('automatic syncs (options.federated.autoSyncHours)', () => {
   });
 
   it('a failed automatic sync is kept in stats().lastError and retried 15 minutes later at the soonest; no consent, no sync', async () => {
-    const clock = { t: 1_800_000_000_000 };
+    const clock = { t: CLOCK_START };
     let calls = 0;
     const offline: FetchLike = async () => {
       calls++;
@@ -870,7 +876,7 @@ describe('automatic syncs (options.federated.autoSyncHours)', () => {
 
   it('an automatic sync that failed after spending its release waits a whole period, not 15 minutes', async () => {
     await withOwnServer({ seed: 3 }, async (srv) => {
-      const clock = { t: 1_800_000_000_000 };
+      const clock = { t: CLOCK_START };
       let uploads = 0;
       // The server takes the update, but its answer never arrives.
       const lost: FetchLike = async (url, init) => {
@@ -994,7 +1000,7 @@ describe('sync edge cases: waiting calls, budget, caches, consent', () => {
   it('an automatic sync receives when the budget cannot pay for one sync at the server’s σ', async () => {
     await withOwnServer({ seed: 4 }, async (srv) => {
       const c = counting();
-      const clock = { t: 1_800_000_000_000 };
+      const clock = { t: CLOCK_START };
       const e = await dev(srv.url, { fetch: c.fetch, federated: { budget: 2, autoSyncHours: 24 }, now: () => clock.t });
       const r = await (e as unknown as { autoSync(): Promise<{ sent: boolean; modelChanged: boolean } | null> }).autoSync();
       assert.deepEqual([r?.sent, r?.modelChanged], [false, true]);
@@ -1319,7 +1325,7 @@ describe('sync(): a device past its budget makes the same requests as any other'
       if (path === '/v1/model') return init?.headers?.['If-None-Match'] === `"${hash}"` ? new Response(null, { status: 304 }) : new Response(model as Uint8Array<ArrayBuffer>, { headers: { 'X-Localrec-Model-Hash': hash, ETag: `"${hash}"` } });
       return Response.json({ pending: 1, minClients: 10, published: null }, { status: 202 });
     };
-    const clock = { t: 1_800_000_000_000 };
+    const clock = { t: CLOCK_START };
     const e = await deviceAt('https://agg.example', ['sku-1', 'sku-5', 'sku-9'], { fetch, federated: { autoSyncHours: 1 }, now: () => clock.t });
     try {
       const requests = async (f: () => Promise<unknown>) => {

@@ -80,7 +80,8 @@ export async function startPostgres(): Promise<TestPostgres> {
     chmodSync(dir, 0o700);
   }
   try {
-    run('initdb', ['-D', data, '-A', 'trust', '-U', 'localrec', '-E', 'UTF8', '--no-sync', '--no-instructions']);
+    // --locale=C: initdb refuses a LANG/LC_* naming a locale the machine lacks (one an ssh client sent).
+    run('initdb', ['-D', data, '-A', 'trust', '-U', 'localrec', '-E', 'UTF8', '--locale=C', '--no-sync', '--no-instructions']);
     const port = await freePort();
     const start = () => run('pg_ctl', ['-D', data, '-l', join(dir, 'log'), '-w', '-t', '60', '-o', `-p ${port} -k ${dir} -c listen_addresses=127.0.0.1 -c fsync=off`, 'start']);
     start();
