@@ -317,6 +317,14 @@ export function cohortViewLimit(sa: Pick<SecAggParams, 'cohortSize' | 'degree' |
   return { max: 2 * (4096 + (n + 1) * 150 + n * (80 + 50 + 50) + dropped * 8), bound: `a member view of a cohort of ${sa.cohortSize} at degree ${sa.degree}` };
 }
 
+/**
+ * A failure that may pass while a device waits on its cohort: no answer, a server error, or an
+ * answer that is not JSON (a proxy's page). Anything else (a refusal, a bad view) is final.
+ */
+function isPassingError(e: unknown): boolean {
+  return (isNetworkError(e) && (e.status === 0 || e.status >= 500)) || e instanceof SyntaxError;
+}
+
 /** Statuses whose answer has no body. */
 const NULL_BODY_STATUS = new Set([101, 204, 205, 304]);
 
@@ -1033,8 +1041,6 @@ async function sendMasked(
       throw e;
     }
   }
-  /** A server out of reach for a while, or answering garbage (the request already retried): worth polling on until the wait ends. */
-  const passing = (e: unknown) => (isNetworkError(e) && (e.status === 0 || e.status >= 500)) || e instanceof SyntaxError;
   for (;;) {
     if (o.signal?.aborted && !committed) await stop(cancelled);
     // Only this member's and its mask neighbours' keys: degree + 1 keys, whatever the cohort size.
@@ -1047,7 +1053,8 @@ async function sendMasked(
         continue;
       }
       // A 4xx, a view too large: no use asking again.
-      if (!passing(e)) await abandon(e);
+      // (A passing failure, the request already retried: worth polling on until the wait ends.)
+      if (!isPassingError(e)) await abandon(e);
       if (now() - t0 > waitMs) {
         if (committed) throw e;
         await stop((left) => new NetworkError(`cohort ${joined.cohort}: no usable answer about it within ${waitMs} ms (${(e as Error).message}); ${left}; nothing was sent`, 0));
@@ -1138,7 +1145,7 @@ async function stayForRecovery(
   /** Whether it told its neighbours that they all confirmed that list. */
   let ready = false;
   /** A server out of reach for a while (the request already retried): worth waiting for until the deadline, the cohort needs this device. */
-  const passing = (e: unknown) => !o.signal?.aborted && now() - t0 <= waitMs && ((isNetworkError(e) && (e.status === 0 || e.status >= 500)) || e instanceof SyntaxError);
+  const passing = (e: unknown) => !o.signal?.aborted && now() - t0 <= waitMs && isPassingError(e);
   /** POSTs one step of recovery until it is taken (the server takes the same bytes again) or the deadline passes. */
   const post = async (step: 'confirm' | 'ready' | 'recovery', body: Uint8Array): Promise<void> => {
     for (let k = 0; ; k++) {

@@ -166,13 +166,8 @@ describe('sync()', () => {
   it('the ε and the egress so far are stored before the update leaves, so a tab closed mid-upload cannot lose them', async () => {
     const store = new MemoryEventStore();
     const seen: Array<{ releases: number; logged: Array<{ endpoint: string; status: number; pending?: true }> }> = [];
-    const e = await Engine.create({
-      catalog,
-      backend: 'cpu',
-      autoTrainEvery: 0,
-      model: { dim: 16 },
+    const e: Engine = await deviceAt(server.url, [], {
       store,
-      federated: { serverUrl: server.url },
       fetch: async (url, init) => {
         // What a page closed at this instant would have left in its store.
         if (url.endsWith('/v1/updates')) {
@@ -217,13 +212,8 @@ describe('sync()', () => {
   it('a request still waiting for its answer is in the stored egress log (pending), and its answer replaces that entry', async () => {
     const store = new MemoryEventStore();
     const seen: Record<string, string[]> = {};
-    const e = await Engine.create({
-      catalog,
-      backend: 'cpu',
-      autoTrainEvery: 0,
-      model: { dim: 16 },
+    const e: Engine = await deviceAt(server.url, [], {
       store,
-      federated: { serverUrl: server.url },
       fetch: async (url, init) => {
         // What a page closed while this request waits for its answer would have left in its store.
         seen[new URL(url).pathname] = (await e.egressLog()).map((l) => `${l.method} ${l.endpoint} ${l.status}${l.pending ? ' pending' : ''}`);
