@@ -347,6 +347,11 @@ export function settlePending(log: readonly EgressEntry[], entries: readonly Egr
   return out;
 }
 
+/** The stored egress `log` with `entries` settled in, trimmed to the age limit and to {@link EGRESS_MAX}. */
+function egressWith(log: readonly EgressEntry[] | undefined, entries: readonly EgressEntry[], cutoff: number): EgressEntry[] {
+  return trimEgress(settlePending(log ?? [], entries), cutoff).slice(-EGRESS_MAX);
+}
+
 /** Calls every listener with `p`; one that throws (a page's callback) does not stop the others or the work reporting. */
 function tellEach<T>(listeners: Iterable<(p: T) => void>, p: T): void {
   for (const l of listeners) {
@@ -1149,7 +1154,7 @@ export class Engine {
     if (entries.length === 0 || !this.consent.personalization || this.closed) return;
     // One transaction: another tab appending at the same time must not lose its entries, nor ours.
     const cutoff = this.recordCutoff();
-    await this.store.updateMeta<EgressEntry[]>(EGRESS_KEY, (log) => trimEgress(settlePending(log ?? [], entries), cutoff).slice(-EGRESS_MAX));
+    await this.store.updateMeta<EgressEntry[]>(EGRESS_KEY, (log) => egressWith(log, entries, cutoff));
   }
 
   private async neighborReady(): Promise<ActiveNeighbors | undefined> {
@@ -1841,7 +1846,7 @@ export class Engine {
    */
   private async pullRound(signal: AbortSignal): Promise<SyncResultInfo> {
     const { fed, budget, through, history, train, table } = await this.syncStart();
-    const egress: EgressEntry[] = [];
+    const { egress, checkpoint } = this.egressBuffer();
     try {
       const r = await pullOnce({
         serverUrl: fed.serverUrl,
@@ -1849,6 +1854,8 @@ export class Engine {
         history,
         train,
         onEgress: (e) => egress.push(e),
+        // Each request is in the stored log before it goes, as in a contributing sync.
+        onCheckpoint: checkpoint,
         onProgress: this.syncProgress,
         signal,
         now: this.now,
@@ -1861,8 +1868,28 @@ export class Engine {
       const accountant = new RdpAccountant(await this.store.getMeta<AccountantState>(PRIVACY_KEY));
       return { version: this.table.version, sent: false, uploadedBytes: 0, epsilon: accountant.epsilon(fed.delta), budget, published: null, modelChanged: r.changed };
     } finally {
-      if (egress.length) await this.appendEgress(egress);
+      await checkpoint();
     }
+  }
+
+  /**
+   * A sync's egress entries as they come (`egress`), and `checkpoint`, which stores those not yet
+   * stored (each once; kept for the next call when the write fails).
+   */
+  private egressBuffer(): { egress: EgressEntry[]; checkpoint: () => Promise<void> } {
+    const egress: EgressEntry[] = [];
+    const checkpoint = async () => {
+      const entries = egress.splice(0);
+      if (!entries.length) return;
+      try {
+        await this.appendEgress(entries);
+      } catch (e) {
+        // Kept for the next checkpoint (the sync's own `finally` tries again).
+        egress.unshift(...entries);
+        throw e;
+      }
+    };
+    return { egress, checkpoint };
   }
 
   /**
@@ -1890,33 +1917,27 @@ export class Engine {
     this.assertRemembersSpending(this.syncAllowed());
     const { fed, budget, through, history, train, table } = await this.syncStart();
     const accountant = new RdpAccountant(await this.store.getMeta<AccountantState>(PRIVACY_KEY));
-    const egress: EgressEntry[] = [];
+    const { egress, checkpoint } = this.egressBuffer();
     // The release is recorded against the stored accountant in one transaction (recordRelease), never
     // by writing this sync's copy back: another tab's sync may have spent since this one read it.
     const delta = fed.delta;
     let released = false;
-    const recordRelease = async (noiseMultiplier: number): Promise<RdpAccountant> => {
+    // The upload's pending egress entry is stored in the same transaction, with the log so far: a
+    // tab closed just after it cannot keep the ε without the request in the log.
+    const recordRelease = async (noiseMultiplier: number, pending: EgressEntry): Promise<RdpAccountant> => {
       let after!: RdpAccountant;
-      await this.store.updateMeta<AccountantState>(PRIVACY_KEY, (stored) => {
+      const buffered = egress.length;
+      const entries = [...egress.slice(0, buffered), pending];
+      const cutoff = this.recordCutoff();
+      await this.store.updateMetaPair<AccountantState, EgressEntry[]>(PRIVACY_KEY, EGRESS_KEY, (stored, log) => {
         after = new RdpAccountant(stored);
         after.assertCanSpend(noiseMultiplier, budget, delta);
         after.record(noiseMultiplier);
-        return after.toJSON();
+        return [after.toJSON(), egressWith(log, entries, cutoff)];
       });
+      egress.splice(0, buffered);
       released = true;
       return after;
-    };
-    // Persists the egress log so far (each entry once).
-    const checkpoint = async () => {
-      const entries = egress.splice(0);
-      if (!entries.length) return;
-      try {
-        await this.appendEgress(entries);
-      } catch (e) {
-        // Kept for the next checkpoint (the sync's own `finally` tries again).
-        egress.unshift(...entries);
-        throw e;
-      }
     };
     const before = this.saved.globalHash;
     const held = this.heldGlobal ?? (await this.storedGlobal());

@@ -64,6 +64,12 @@ export interface EventStore {
    */
   updateMeta<T>(key: string, update: (current: T | undefined) => T): Promise<T>;
   /**
+   * {@link updateMeta} for two records at once, in one transaction: both are written or neither
+   * (the privacy accountant with the egress entry of the upload its release pays for, so that a
+   * tab closed between two writes cannot keep the ε spent without the request in the log).
+   */
+  updateMetaPair<A, B>(keyA: string, keyB: string, update: (a: A | undefined, b: B | undefined) => [A, B]): Promise<[A, B]>;
+  /**
    * IndexedDB only: after another tab deleted the database, once this tab dropped what it held,
    * reads see it empty and the next write creates it anew ({@link IdbEventStore.reopenLazily}).
    */
@@ -557,6 +563,47 @@ export class IdbEventStore implements EventStore {
     return next;
   }
 
+  async updateMetaPair<A, B>(keyA: string, keyB: string, update: (a: A | undefined, b: B | undefined) => [A, B]): Promise<[A, B]> {
+    let tx: IDBPTransaction<LocalrecDB, ['meta'], 'readwrite'> | undefined;
+    let a: A | undefined;
+    let b: B | undefined;
+    try {
+      tx = (await this.connForWrite()).transaction('meta', 'readwrite');
+      tx.done.catch(() => undefined); // (a failure is reported below, from the request that failed)
+      [a, b] = (await Promise.all([tx.store.get(keyA), tx.store.get(keyB)])) as [A | undefined, B | undefined];
+    } catch (e) {
+      throw e instanceof StorageError ? e : storageError(`reading "${keyA}" and "${keyB}"`, e);
+    }
+    // `update` runs in the same task as the reads, so the transaction is still active for the puts.
+    let next: [A, B];
+    try {
+      next = update(a, b);
+    } catch (e) {
+      tx.abort();
+      await tx.done.catch(() => undefined);
+      throw e;
+    }
+    try {
+      // The first put's request is created before the second can throw: its rejection (the abort
+      // below) must not go unhandled.
+      const first = tx.store.put(next[0], keyA);
+      first.catch(() => undefined);
+      await Promise.all([first, tx.store.put(next[1], keyB)]);
+      await tx.done;
+    } catch (e) {
+      // One put refused (a value that cannot be cloned throws before any request fails): the
+      // other must not commit.
+      try {
+        tx.abort();
+      } catch {
+        // Already finished (aborted by the failure itself).
+      }
+      await tx.done.catch(() => undefined);
+      throw storageError(`saving "${keyA}" and "${keyB}"`, e);
+    }
+    return next;
+  }
+
   /**
    * After another tab deleted the database, once this tab has dropped what it held: reads see an
    * empty database without creating one, and this tab's next write creates it anew.
@@ -700,6 +747,14 @@ export class MemoryEventStore implements EventStore {
     // Not cloned on the way in: `update` must not modify what it is given (it returns a new value).
     const next = update(this.meta.get(key) as T | undefined);
     this.meta.set(key, structuredClone(next));
+    return next;
+  }
+  async updateMetaPair<A, B>(keyA: string, keyB: string, update: (a: A | undefined, b: B | undefined) => [A, B]): Promise<[A, B]> {
+    const next = update(this.meta.get(keyA) as A | undefined, this.meta.get(keyB) as B | undefined);
+    // Both cloned before either is set: a value that cannot be cloned leaves both as they were.
+    const [a, b] = [structuredClone(next[0]), structuredClone(next[1])];
+    this.meta.set(keyA, a);
+    this.meta.set(keyB, b);
     return next;
   }
   async destroy(): Promise<void> {

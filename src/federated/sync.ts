@@ -131,9 +131,13 @@ export interface SyncOptions {
    * accountant as stored with it. A device whose accountant other writers share (the same shop open
    * in two tabs) re-reads the stored state here, refuses with a PrivacyBudgetError if this release
    * would pass the budget, and writes it with the release in one step; otherwise two tabs could
-   * each spend what is left, or one overwrite the other's record. Default: `accountant.record`.
+   * each spend what is left, or one overwrite the other's record. `pending` is the upload's egress
+   * entry (`pending: true`), to be stored in the same step: a tab closed right after the release was
+   * recorded then leaves the request in the stored log with the ε it spent, never the ε alone. (It
+   * is not passed to `onEgress` as well; the entry that settles it is.) Default: `accountant.record`,
+   * the entry going to `onEgress` and `onCheckpoint` just after.
    */
-  recordRelease?: (noiseMultiplier: number) => Promise<RdpAccountant>;
+  recordRelease?: (noiseMultiplier: number, pending: EgressEntry) => Promise<RdpAccountant>;
   /**
    * Secure aggregation: the accountant as stored now (other writers, another tab, may have spent
    * from it since this sync read `accountant`). Checked just before the join and after every poll
@@ -623,6 +627,8 @@ export async function pullOnce(o: PullOptions): Promise<PullResult> {
   const pulled = await fetchModel(o, o.knownHash, config);
   if (!pulled) return { changed: false };
   checkAborted(o, 'after the model was fetched');
+  // The two GETs are in the stored egress log before the local step, which may take a while.
+  await checkpointQuietly(o);
   const { local, stepFailed } = await receivedLocal(o, config, pulled.table, train);
   return { changed: true, global: pulled.table, globalHash: pulled.hash, local, ...(stepFailed ? { localStepFailed: stepFailed } : {}) };
 }
@@ -816,9 +822,10 @@ async function upload(
   const bodySha256 = toHex(await sha256(body));
   const entry = (): EgressEntry => ({ t: (o.now ?? Date.now)(), method: 'POST', endpoint, kind: 'update', bytes: body.length, bodySha256, status: 0 });
   // Recorded (and persisted, by the caller) before sending: once the body may have left the
-  // device, the budget is spent.
+  // device, the budget is spent. A caller's recordRelease stores the upload's pending entry with it.
+  const logged = entry();
   let spent = o.accountant;
-  if (o.recordRelease) spent = await o.recordRelease(config.noiseMultiplier);
+  if (o.recordRelease) spent = await o.recordRelease(config.noiseMultiplier, { ...logged, pending: true });
   else {
     // Checked again, with nothing awaited between check and record: another sync on the same
     // accountant may have spent the budget since the check at the start.
@@ -833,10 +840,10 @@ async function upload(
     o.onEgress?.({ ...entry(), notSent: true });
     throw releasedButCancelled();
   }
-  // Logged, and persisted with the release, before it goes: a tab closed while the body is on the
-  // wire leaves this entry (`pending`), not a spent ε with no request in the log.
-  const logged = entry();
-  o.onEgress?.({ ...logged, pending: true });
+  // Logged, and persisted with the release (by recordRelease, else here), before it goes: a tab
+  // closed while the body is on the wire leaves this entry (`pending`), not a spent ε with no
+  // request in the log.
+  if (!o.recordRelease) o.onEgress?.({ ...logged, pending: true });
   try {
     await o.onCheckpoint?.();
   } catch (e) {

@@ -280,6 +280,25 @@ describe('review fixes (stop 21)', () => {
     await deleteDB('review-s22c');
   });
 
+  it('updateMetaPair writes both records or neither (both stores)', async () => {
+    for (const kind of ['IndexedDB', 'memory'] as const) {
+      const s = kind === 'IndexedDB' ? await IdbEventStore.open('pair-meta') : new MemoryEventStore();
+      await s.setMeta('a', 1);
+      const r = await s.updateMetaPair<number, string[]>('a', 'b', (a, b) => [(a ?? 0) + 1, [...(b ?? []), 'x']]);
+      assert.deepEqual(r, [2, ['x']], kind);
+      assert.deepEqual([await s.getMeta('a'), await s.getMeta('b')], [2, ['x']], kind);
+      // An update that throws writes neither; one whose second value cannot be stored writes neither.
+      await assert.rejects(s.updateMetaPair<number, string[]>('a', 'b', () => { throw new Error('refused'); }), /refused/);
+      await assert.rejects(s.updateMetaPair<number, unknown>('a', 'b', (a) => [(a ?? 0) + 1, () => 0]), (e: Error) => /DataCloneError|could not be cloned|saving "a" and "b"/.test(`${e.name} ${e.message}`), kind);
+      assert.deepEqual([await s.getMeta('a'), await s.getMeta('b')], [2, ['x']], kind);
+      if (s instanceof IdbEventStore) {
+        (s as unknown as { db: { close(): void } }).db.close();
+        await assert.rejects(s.updateMetaPair('a', 'b', (a, b) => [a, b]), (e: Error) => e.name === 'StorageError' && /reading "a" and "b" failed/.test(e.message));
+        await deleteDB('pair-meta');
+      }
+    }
+  });
+
   it('events past the age limit are not read before the next write deletes them (both stores)', async () => {
     for (const s of [await IdbEventStore.open('review-age', { maxEvents: 100, maxAgeDays: 1 }), new MemoryEventStore({ maxEvents: 100, maxAgeDays: 1 })]) {
       await s.add([ev('fresh', now)]);

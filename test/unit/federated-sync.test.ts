@@ -190,6 +190,40 @@ describe('sync()', () => {
     await e.close();
   });
 
+  it('the ε a release spends is never stored without its upload in the egress log: one write holds both (a tab closed between two writes)', async () => {
+    /** After every write, what a tab closed at that instant would leave: releases counted, and whether the upload is logged. */
+    const states: Array<{ releases: number; uploadLogged: boolean }> = [];
+    class Store extends MemoryEventStore {
+      private async note(): Promise<void> {
+        const log = (await this.getMeta<EgressEntry[]>(EGRESS_KEY)) ?? [];
+        states.push({ releases: (await this.getMeta<AccountantState>(PRIVACY_KEY))?.releases ?? 0, uploadLogged: log.some((x) => x.kind === 'update') });
+      }
+      override async setMeta(key: string, value: Parameters<MemoryEventStore['setMeta']>[1]): Promise<void> {
+        await super.setMeta(key, value);
+        await this.note();
+      }
+      override async updateMeta<T>(key: string, update: (current: T | undefined) => T): Promise<T> {
+        const r = await super.updateMeta(key, update);
+        await this.note();
+        return r;
+      }
+      override async updateMetaPair<A, B>(keyA: string, keyB: string, update: (a: A | undefined, b: B | undefined) => [A, B]): Promise<[A, B]> {
+        const r = await super.updateMetaPair(keyA, keyB, update);
+        await this.note();
+        return r;
+      }
+    }
+    const e = await deviceAt(server.url, ['sku-33', 'sku-34', 'sku-35'], { store: new Store() });
+    try {
+      const r = await e.sync();
+      assert.equal(r.sent, true);
+      assert.ok(states.some((x) => x.releases === 1), 'the release was stored');
+      assert.deepEqual(states.filter((x) => x.releases > 0 && !x.uploadLogged), [], 'no state holds the ε without the upload\'s entry');
+    } finally {
+      await e.close();
+    }
+  });
+
   it('the neighbour file is fetched with the same private options as the federated requests (no cookie, cache, redirect or Referer)', async () => {
     const seen: Array<Parameters<FetchLike>[1]> = [];
     const url = 'https://cdn.example/neighbors.lrn';
@@ -385,11 +419,18 @@ describe('sync()', () => {
 function withdrawConsentAfterWrite(store: MemoryEventStore, e: Engine, when: (key: string, stored: unknown) => boolean): { done: () => Promise<void> } {
   const updateMeta = store.updateMeta.bind(store);
   let withdrawn: Promise<void> | undefined;
+  const updateMetaPair = store.updateMetaPair.bind(store);
   store.updateMeta = (async (key: string, f: (v: unknown) => unknown) => {
     const r = await updateMeta(key, f as never);
     if (!withdrawn && when(key, r)) withdrawn = e.setConsent({ federated: false });
     return r;
   }) as typeof store.updateMeta;
+  // (The release and the upload's pending entry are written together.)
+  store.updateMetaPair = (async (a: string, b: string, f: (x: unknown, y: unknown) => [unknown, unknown]) => {
+    const r = await updateMetaPair(a, b, f);
+    if (!withdrawn && (when(a, r[0]) || when(b, r[1]))) withdrawn = e.setConsent({ federated: false });
+    return r;
+  }) as typeof store.updateMetaPair;
   return { done: async () => withdrawn };
 }
 
@@ -697,6 +738,27 @@ describe('sync({ contribute: false }) and unchanged models', () => {
       assert.equal((await reloaded.stats()).model.version, 1);
       await reloaded.close();
     });
+  });
+
+  it('a receiving sync stores each request in the egress log before it goes, as a contributing one does (a tab closed while it waits)', async () => {
+    const store = new MemoryEventStore();
+    const seen: string[][] = [];
+    const e: Engine = await deviceAt(server.url, ['sku-14', 'sku-15', 'sku-16'], {
+      store,
+      fetch: async (url, init) => {
+        // What a page closed at this instant would have left in its store.
+        seen.push(((await store.getMeta<EgressEntry[]>(EGRESS_KEY)) ?? []).map((l) => `${l.method} ${l.endpoint} ${l.pending ? 'pending' : l.status}`));
+        return fetch(url, init as RequestInit);
+      },
+    });
+    try {
+      const r = await e.sync({ contribute: false });
+      assert.equal(r.sent, false);
+      assert.deepEqual(seen, [['GET /v1/config pending'], ['GET /v1/config 200', 'GET /v1/model pending']]);
+      assert.deepEqual(await lines(e), ['GET /v1/config 200', 'GET /v1/model 200']);
+    } finally {
+      await e.close();
+    }
   });
 
   it('a second contributing sync in the same session does not download an unchanged model again', async () => {
@@ -1270,9 +1332,9 @@ describe('sync() under secure aggregation: erasing or withdrawing while the coho
     let erasing: Promise<void> | undefined;
     /** The shopper clicks "erase my data" while the upload's pending entry is being written. */
     class Store extends MemoryEventStore {
-      override async updateMeta<T>(key: string, update: (current: T | undefined) => T): Promise<T> {
-        const r = await super.updateMeta(key, update);
-        const last = key === EGRESS_KEY ? (r as unknown as EgressEntry[]).at(-1) : undefined;
+      override async updateMetaPair<A, B>(keyA: string, keyB: string, update: (a: A | undefined, b: B | undefined) => [A, B]): Promise<[A, B]> {
+        const r = await super.updateMetaPair(keyA, keyB, update);
+        const last = keyB === EGRESS_KEY ? (r[1] as unknown as EgressEntry[]).at(-1) : undefined;
         if (!erasing && last?.pending && last.kind === 'update') {
           erasing = e.erase();
           await new Promise((res) => setTimeout(res, 5));
