@@ -32,3 +32,20 @@ export function numberFlag(flag: string, value: string, ok: (x: number) => boole
   if (Number.isNaN(x) || !ok(x)) throw new ValidationError(flag, `must be ${what}, got '${value}'`);
   return x;
 }
+
+/** The largest `--seed`: seeds are read as 32-bit integers (`src/model/random.ts`), so a larger one would quietly be another seed. */
+export const MAX_SEED = 2 ** 31 - 1;
+
+/**
+ * A `--seed`: a whole number from 0 to {@link MAX_SEED}, the same rule in every command. The
+ * generator floors a seed and keeps its low 32 bits, so `1e30` ran as seed 0 and `1.5` as seed 1.
+ *
+ * @example
+ * ```ts
+ * seedFlag('--seed', '7');    // 7
+ * seedFlag('--seed', '1e30'); // throws "--seed: must be an integer from 0 to 2147483647 (2^31 − 1), got '1e30'"
+ * ```
+ */
+export function seedFlag(flag: string, value: string): number {
+  return numberFlag(flag, value, (x) => Number.isInteger(x) && x >= 0 && x <= MAX_SEED, `an integer from 0 to ${MAX_SEED} (2^31 − 1)`);
+}

@@ -1,4 +1,6 @@
-import { realpathSync, statSync, type Stats } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { constants, readFileSync, realpathSync, statSync, type Stats } from 'node:fs';
+import { copyFile, link, open, rename, unlink, writeFile } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { ValidationError } from './errors.js';
 
@@ -11,8 +13,9 @@ export type InputFlags = Readonly<Record<string, string | undefined>>;
 /**
  * Checks, before a command does its work, that `path` can be written as a file: its folder exists
  * and `path` is not itself a folder, nor the file of one of the command's `inputs` (see
- * {@link checkNotAnInput}). A wrong `--out` is then reported at once, naming the flag, not as an
- * ENOENT after a minute of computing. Node only (CLI).
+ * {@link checkNotAnInput}), nor an existing key file (a JSON Web Key: a private key is never made
+ * twice, and every device trusts its public half). A wrong `--out` is then reported at once,
+ * naming the flag, not as an ENOENT after a minute of computing. Node only (CLI).
  *
  * @example
  * ```ts
@@ -31,6 +34,130 @@ export function checkOutputFile(path: string, flag: string, inputs: InputFlags =
   if (!dir.isDirectory()) throw new ValidationError(flag, `'${dirname(path)}' is not a folder`);
   if (stat(path)?.isDirectory()) throw new ValidationError(flag, `'${path}' is a folder; give a file name`);
   checkNotAnInput(path, flag, inputs);
+  checkNotAKey(path, flag);
+}
+
+/**
+ * Refuses an output path that is an existing file holding a JSON Web Key (an object with a `kty`
+ * member): writing over it would lose the key for good.
+ */
+function checkNotAKey(path: string, flag: string): void {
+  const st = stat(path);
+  // A JWK is small; a large file is not one (and is not read whole).
+  if (!st?.isFile() || st.size > 65_536) return;
+  let value: unknown;
+  try {
+    value = JSON.parse(readFileSync(path, 'utf8'));
+  } catch {
+    return;
+  }
+  if (typeof value === 'object' && value !== null && !Array.isArray(value) && typeof (value as { kty?: unknown }).kty === 'string') {
+    throw new ValidationError(flag, `'${path}' holds a key (JWK); refusing to overwrite it (choose another file)`);
+  }
+}
+
+/** One file for {@link writeOutputFiles}: where, what, and the flag that named it (for errors). */
+export interface OutputFile {
+  path: string;
+  data: string | Uint8Array;
+  flag: string;
+  /** Permissions of a new file (default 0o666; the umask applies); a replaced file keeps its own. */
+  mode?: number;
+}
+
+/**
+ * Writes each file in one step: its bytes go to a temporary file in the same folder
+ * (`.NAME.RANDOM.tmp`), flushed to disk, which is then renamed over `path`; an interrupted or failed
+ * write (a full disk, a killed process) leaves the old file, or none, never part of one, and the
+ * temporary file is removed on failure. Every file is written before the first is moved into place.
+ * With `exclusive`, no existing file is replaced (each is linked into place, which fails when the
+ * name exists) and a failure removes those already placed: all of them or none (`offers keygen`'s
+ * key pair). A replaced file keeps its permissions. A symbolic link is followed (its target is
+ * replaced, the link stays); an existing path that is not a regular file (`/dev/null`,
+ * `/dev/stdout`, a FIFO) is written in place, as renaming over it would replace the device. A
+ * failure is a ValidationError naming the flag and the path, with the system's error as its cause.
+ * Node only (CLI).
+ *
+ * @example
+ * ```ts
+ * await writeOutputFiles([{ path: 'keys/private.jwk', data: priv, flag: '--out', mode: 0o600 }, { path: 'keys/public.jwk', data: pub, flag: '--out' }], { exclusive: true });
+ * ```
+ */
+export async function writeOutputFiles(files: readonly OutputFile[], options: { exclusive?: boolean } = {}): Promise<void> {
+  const staged: Array<{ file: OutputFile; target: string; temp?: string }> = [];
+  const placed: string[] = [];
+  let at: OutputFile | undefined;
+  try {
+    for (const file of files) {
+      at = file;
+      const st = stat(file.path);
+      if (st && !st.isFile()) {
+        if (options.exclusive) throw Object.assign(new Error(`EEXIST: file already exists, '${file.path}'`), { code: 'EEXIST' });
+        staged.push({ file, target: file.path });
+        continue;
+      }
+      const target = st ? realpathSync(file.path) : realPath(file.path);
+      const temp = join(dirname(target), `.${basename(target)}.${randomBytes(6).toString('hex')}.tmp`);
+      const entry: { file: OutputFile; target: string; temp?: string } = { file, target, temp };
+      staged.push(entry);
+      const fh = await open(temp, 'wx', file.mode ?? 0o666);
+      try {
+        if (st) {
+          // The file it replaces keeps its permissions and, where allowed, its owner.
+          await fh.chmod(st.mode & 0o7777);
+          await fh.chown(st.uid, st.gid).catch(() => {});
+        }
+        await fh.writeFile(file.data);
+        await fh.sync();
+      } finally {
+        await fh.close();
+      }
+    }
+    for (const entry of staged) {
+      at = entry.file;
+      if (entry.temp === undefined) {
+        await writeFile(entry.target, entry.file.data);
+      } else if (options.exclusive) {
+        await placeNew(entry.temp, entry.target);
+        placed.push(entry.target);
+        await unlink(entry.temp);
+      } else {
+        await rename(entry.temp, entry.target);
+      }
+      entry.temp = undefined;
+    }
+  } catch (e) {
+    for (const entry of staged) if (entry.temp !== undefined) await unlink(entry.temp).catch(() => {});
+    for (const p of placed) await unlink(p).catch(() => {});
+    if (at === undefined) throw e;
+    const err = new ValidationError(at.flag, `cannot write '${at.path}': ${(e as Error).message}`);
+    err.cause = e;
+    throw err;
+  }
+}
+
+/**
+ * {@link writeOutputFiles} for one file.
+ *
+ * @example
+ * ```ts
+ * await writeOutputFile('public/neighbors.lrn', bytes, '--out'); // "--out: cannot write 'public/neighbors.lrn': ENOSPC: …" on a full disk
+ * ```
+ */
+export async function writeOutputFile(path: string, data: string | Uint8Array, flag: string, options: { mode?: number; exclusive?: boolean } = {}): Promise<void> {
+  await writeOutputFiles([{ path, data, flag, ...(options.mode !== undefined ? { mode: options.mode } : {}) }], options.exclusive ? { exclusive: true } : {});
+}
+
+/** Gives `temp`'s file the new name `target` too, failing (EEXIST) rather than replacing a file there. */
+async function placeNew(temp: string, target: string): Promise<void> {
+  try {
+    await link(temp, target);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'EEXIST') throw e;
+    // A file system without hard links: a copy that refuses an existing name (the file is small).
+    await copyFile(temp, target, constants.COPYFILE_EXCL);
+  }
 }
 
 /**

@@ -12,6 +12,7 @@
  * held-out item is predicted from strictly earlier events only (next visit), and a user left with
  * fewer than `minItems − 1` distinct earlier items is not tested (all their events train).
  */
+import { ValidationError } from '../errors.js';
 import type { EventLog } from './event-log.js';
 import type { Split } from './split.js';
 
@@ -22,6 +23,13 @@ export const SAME_TIME: readonly SameTime[] = ['keep', 'drop'];
 export interface LooOptions {
   /** `keep` (default): concurrent events before the held-out one in file order train; `drop`: they do not. */
   sameTime?: SameTime;
+  /**
+   * Whether the log has a time column (the loader was given one). Without one the times are all 0
+   * and the file position orders each user's events, one step per row (`drop` then changes
+   * nothing). A time column whose values are all 0 is a time column: every event at once. Absent:
+   * guessed from the values (all 0: none), for logs built in code; the commands always say.
+   */
+  hasTime?: boolean;
 }
 
 /**
@@ -39,7 +47,7 @@ export function looSplit(log: EventLog, minItems = 3, opts: LooOptions = {}): Sp
   const rows = log.user.length;
   const { time } = log;
   // Without a time column every time is 0: the file position (one second apart) stands in.
-  const noTime = time.every((t) => t === 0);
+  const noTime = opts.hasTime === undefined ? time.every((t) => t === 0) : !opts.hasTime;
   const order = Int32Array.from({ length: rows }, (_, i) => i);
   // Tie-break on the file position: a stable sort by time, whatever the engine's sort is.
   order.sort((a, b) => time[a] - time[b] || a - b);
@@ -162,4 +170,32 @@ export function looSplit(log: EventLog, minItems = 3, opts: LooOptions = {}): Sp
     test: { ptr: testPtr, items: Int32Array.from(testItems) },
     testUsers: Int32Array.from(testUsers),
   };
+}
+
+/**
+ * Refuses a leave-one-out split that tests nobody, naming `flag` (the data): metrics over no users
+ * would print zeros and exit 0, as if the models had been measured. Used by `localrec eval` and
+ * `localrec simulate` after {@link looSplit} with the same `minItems` and `sameTime`; the message
+ * says which rule left everyone out.
+ *
+ * @example
+ * ```ts
+ * checkTestUsers(looSplit(log, 3, { sameTime }), '--data', 3, sameTime);
+ * // throws "--data: has no test users: leave-one-out needs a user with at least 3 distinct items (2 users read)"
+ * ```
+ */
+export function checkTestUsers(split: Split, flag: string, minItems = 3, sameTime: SameTime = 'keep'): void {
+  if (split.testUsers.length > 0) return;
+  const users = split.userIds.length;
+  // Nobody is tested, so each user's training history holds all of their distinct items.
+  let enough = 0;
+  for (let u = 0; u < users; u++) if (split.train.ptr[u + 1] - split.train.ptr[u] >= minItems) enough++;
+  if (sameTime === 'drop' && enough > 0) {
+    throw new ValidationError(
+      flag,
+      `has no test users: no user has ${minItems - 1} distinct items strictly before the held-out item's time, which --same-time drop needs ` +
+        `(${users} users read, ${enough} of them with at least ${minItems} distinct items); --same-time keep trains on the events at that time too`,
+    );
+  }
+  throw new ValidationError(flag, `has no test users: leave-one-out needs a user with at least ${minItems} distinct items (${users} users read)`);
 }

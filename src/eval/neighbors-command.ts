@@ -11,7 +11,7 @@
 import type { Command } from 'commander';
 import { ValidationError } from '../errors.js';
 import { numberFlag } from '../number-flag.js';
-import { checkOutputFile } from '../output-file.js';
+import { checkOutputFile, writeOutputFile } from '../output-file.js';
 import type { CsvFlags } from './presets.js';
 
 export interface NeighborsCommandOptions extends CsvFlags {
@@ -61,7 +61,6 @@ export function register(program: Command, io: { stdout: (s: string) => void; st
 
 /** The command body, apart from commander so tests can call it. */
 export async function runNeighbors(opts: NeighborsCommandOptions, io: { stdout: (s: string) => void; stderr: { isTTY?: boolean; write(s: string): unknown } }): Promise<NeighborsSummary> {
-  const { writeFile } = await import('node:fs/promises');
   const { basename } = await import('node:path');
   const { loadCsv } = await import('./csv-loader.js');
   const { looSplit } = await import('./loo-split.js');
@@ -80,9 +79,10 @@ export async function runNeighbors(opts: NeighborsCommandOptions, io: { stdout: 
   const t0 = performance.now();
   const progress = new Progress(io.stderr);
   const name = basename(opts.data);
-  const log = await loadCsv(opts.data, csvMappingFromFlags(opts.format, opts), (rows) => progress.update(`loading ${name} (${rows} rows)`, 0));
+  const mapping = csvMappingFromFlags(opts.format, opts);
+  const log = await loadCsv(opts.data, mapping, (rows) => progress.update(`loading ${name} (${rows} rows)`, 0));
   // Nothing is held out: every customer's distinct items go into the table.
-  const all = looSplit(log, Number.MAX_SAFE_INTEGER);
+  const all = looSplit(log, Number.MAX_SAFE_INTEGER, { hasTime: mapping.time !== undefined });
   const { table, report } = buildNeighborTable({ ptr: all.train.ptr, items: all.train.items, nItems: all.itemIds.length }, all.itemIds, {
     l2,
     width,
@@ -91,7 +91,7 @@ export async function runNeighbors(opts: NeighborsCommandOptions, io: { stdout: 
   });
   progress.done();
   const file = encodeNeighborTable(table);
-  await writeFile(opts.out, file);
+  await writeOutputFile(opts.out, file, '--out');
   const summary: NeighborsSummary = {
     out: opts.out,
     users: all.userIds.length,

@@ -4,11 +4,11 @@
  */
 import { basename } from 'node:path';
 import { ValidationError } from '../errors.js';
-import { numberFlag } from '../number-flag.js';
-import { loadCsv } from './csv-loader.js';
+import { numberFlag, seedFlag } from '../number-flag.js';
+import { loadCsv, type CsvMapping } from './csv-loader.js';
 import { checkChoice, FORMATS, paramFlags, PROTOCOLS, type EvalCommandOptions } from './eval-command.js';
 import { loadLinesSplit } from './lines-split.js';
-import { looSplit, SAME_TIME } from './loo-split.js';
+import { checkTestUsers, looSplit, SAME_TIME } from './loo-split.js';
 import { MAX_K } from './top-k.js';
 import { MODELS, planModels } from './model-registry.js';
 import { csvMappingFromFlags } from './presets.js';
@@ -33,7 +33,7 @@ export async function runEval(
   const sameTime = opts.sameTime === undefined ? undefined : checkChoice(opts.sameTime, SAME_TIME, '--same-time');
   if (sameTime !== undefined && protocol !== 'loo') throw new ValidationError('--same-time', `is for --protocol loo, got '${protocol}'`);
   const k = numberFlag('--k', opts.k, (x) => Number.isInteger(x) && x >= 1 && x <= MAX_K, `an integer from 1 to ${MAX_K}`);
-  const seed = numberFlag('--seed', String(opts.seed), Number.isInteger, 'an integer');
+  const seed = seedFlag('--seed', String(opts.seed));
   // Validate every model spec before spending minutes on loading.
   const plans = planModels(opts.models, paramFlags(opts));
   // A flag no listed model reads would be checked and then ignored: a typo in --models or a flag
@@ -66,6 +66,7 @@ export async function runEval(
 
   let split: Split;
   let data: string;
+  let mapping: CsvMapping | undefined;
   const t0 = performance.now();
   // A flag of the other format would be ignored without a word.
   if (format === 'lines') {
@@ -82,19 +83,27 @@ export async function runEval(
     if (protocol !== 'loo') throw new ValidationError('--protocol', `--format ${format} supports only 'loo', got '${protocol}'`);
     if (!opts.data) throw new ValidationError('--data', `is required with --format ${format}`);
     data = basename(opts.data);
-    const mapping = csvMappingFromFlags(format, opts);
+    mapping = csvMappingFromFlags(format, opts);
     const log = await loadCsv(opts.data, mapping, (rows) => progress.update(`loading ${data} (${rows} rows)`, 0));
-    split = looSplit(log, 3, { sameTime });
+    // Whether times were read comes from the flags: a time column of zeros is one (every event at once).
+    split = looSplit(log, 3, { sameTime, hasTime: mapping.time !== undefined });
+    checkTestUsers(split, '--data', 3, sameTime);
   }
   if (split.testUsers.length === 0) {
     // Metrics over nobody would print zeros and exit 0, as if the models had been measured.
-    throw new ValidationError(
-      format === 'lines' ? '--test' : '--data',
-      format === 'lines'
-        ? `leaves no test users: every test item is already in that user's training history`
-        : `has no test users: leave-one-out needs a user with at least 3 distinct items (${split.userIds.length} users read)`,
-    );
+    throw new ValidationError('--test', `leaves no test users: every test item is already in that user's training history`);
   }
+  // Every line carries the settings that change its figures (the model's own are in params), so
+  // that a `--same-time drop` line or another seed cannot pass for the default's.
+  const settings = {
+    format,
+    protocol,
+    sameTime: protocol === 'loo' ? (sameTime ?? 'keep') : null,
+    seed,
+    timeColumn: mapping?.time ?? null,
+    weightColumn: mapping?.weight ?? null,
+    filters: [...(opts.filter ?? [])],
+  } satisfies Partial<EvalResult>;
   progress.log(
     `${data}: ${split.userIds.length} users, ${split.itemIds.length} items, ${split.train.items.length} training pairs, ` +
       `${split.testUsers.length} test users (${protocol}${sameTime ? `, same-time ${sameTime}` : ''}, loaded in ${Math.round(performance.now() - t0)} ms)`,
@@ -105,7 +114,7 @@ export async function runEval(
     const model = MODELS[plan.name].create(plan.params, seed);
     const r = await evaluateModel(model, split, { k, data, onProgress: (stage, f) => progress.update(stage, f) });
     progress.done();
-    const line: EvalResult = { ...r, model: plan.label, params: plan.params };
+    const line: EvalResult = { ...r, model: plan.label, params: plan.params, ...settings };
     results.push(line);
     io.stdout(`${JSON.stringify(line)}\n`);
   }

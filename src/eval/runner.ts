@@ -24,6 +24,19 @@ export interface EvalResult {
   bytesPerItem: number;
   /** Model settings (hyper-parameters) that produced this line. */
   params?: Record<string, unknown>;
+  /** The protocol settings that produced this line (`localrec eval` sets them): `--format`. */
+  format?: string;
+  /** `--protocol`: `loo` (leave-one-out on event data) or `given` (a train/test split). */
+  protocol?: string;
+  /** loo: events at the held-out item's time before it in file order, `keep` (the default) or `drop`; null under `given`. */
+  sameTime?: string | null;
+  /** `--seed` of the models that sample. */
+  seed?: number;
+  /** The time column read (null: the file order, or `--format lines`) and the weight column (null: every row weighs 1). */
+  timeColumn?: string | null;
+  weightColumn?: string | null;
+  /** The `--filter` clauses as given (the retail preset's own filters come with `format`). */
+  filters?: string[];
 }
 
 /**

@@ -16,8 +16,8 @@ import { ValidationError } from '../errors.js';
 import { checkChoice } from '../eval/eval-command.js';
 import { SAME_TIME } from '../eval/loo-split.js';
 import { MAX_K } from '../eval/top-k.js';
-import { numberFlag } from '../number-flag.js';
-import { checkOutputFile } from '../output-file.js';
+import { numberFlag, seedFlag } from '../number-flag.js';
+import { checkOutputFile, writeOutputFile } from '../output-file.js';
 import { AGGREGATOR_NAMES, isAggregatorName } from '../server/aggregate.js';
 import { noiseForSyncs } from './dp.js';
 import { checkSubspaceFlags } from './subspace.js';
@@ -158,7 +158,7 @@ export async function runSimulate(opts: SimulateCommandOptions, io: SimulateIo):
   }
   const dim = num('--dim', opts.dim, (x) => Number.isInteger(x) && x >= 1 && x <= 64, 'an integer from 1 to 64');
   const minClients = posInt('--min-clients', opts.minClients);
-  const seed = num('--seed', opts.seed, Number.isInteger, 'an integer');
+  const seed = seedFlag('--seed', opts.seed);
   const k = intIn('--k', opts.k, 1, MAX_K);
   const evalEvery = posInt('--eval-every', opts.evalEvery);
   const evalUsers = num('--eval-users', opts.evalUsers, (x) => Number.isInteger(x) && x >= 0, 'an integer ≥ 0');
@@ -218,7 +218,7 @@ export async function runSimulate(opts: SimulateCommandOptions, io: SimulateIo):
   if (opts.server !== undefined) await checkServerFlag(opts.server);
 
   const { loadCsv } = await import('../eval/csv-loader.js');
-  const { looSplit } = await import('../eval/loo-split.js');
+  const { checkTestUsers, looSplit } = await import('../eval/loo-split.js');
   const { csvMappingFromFlags } = await import('../eval/presets.js');
   const { Progress } = await import('../eval/progress.js');
   const { simulate, catalogOf } = await import('./simulate.js');
@@ -229,16 +229,20 @@ export async function runSimulate(opts: SimulateCommandOptions, io: SimulateIo):
   const data = basename(opts.data);
   const t0 = performance.now();
   const log = await loadCsv(opts.data, mapping, (rows) => progress.update(`loading ${data} (${rows} rows)`, 0));
-  const split = looSplit(log, 3, { sameTime });
+  // Whether times were read comes from the flags: a time column of zeros is one (every event at once).
+  const split = looSplit(log, 3, { sameTime, hasTime: mapping.time !== undefined });
   progress.log(
     `${data}: ${split.userIds.length} users (devices), ${split.itemIds.length} items, ${split.testUsers.length} test users (loo${sameTime ? `, same-time ${sameTime}` : ''}, loaded in ${Math.round(performance.now() - t0)} ms)`,
   );
   if (opts.writeCatalog) {
-    const { writeFile } = await import('node:fs/promises');
-    await writeFile(opts.writeCatalog, JSON.stringify(catalogOf(split)));
+    await writeOutputFile(opts.writeCatalog, JSON.stringify(catalogOf(split)), '--write-catalog');
     progress.log(`wrote ${split.itemIds.length} items to ${opts.writeCatalog}`);
     return;
   }
+  // A run that tests nobody would report metrics of zero and exit 0 (as `localrec eval` refuses).
+  checkTestUsers(split, '--data', 3, sameTime);
+  // The data settings that change the figures, on the last line with the server's and the run's.
+  const settings = { seed, sameTime: sameTime ?? 'keep', recency: recencyDecay, timeColumn: mapping.time ?? null, filters: [...opts.filter] };
   await simulate(split, {
     rounds,
     clientsPerRound,
@@ -272,7 +276,7 @@ export async function runSimulate(opts: SimulateCommandOptions, io: SimulateIo):
     data,
     onLine: (line) => {
       progress.done();
-      io.stdout(`${JSON.stringify(line)}\n`);
+      io.stdout(`${JSON.stringify('final' in line ? { ...line, ...settings } : line)}\n`);
     },
     onProgress: (stage, f) => progress.update(stage, f),
     log: (m) => {

@@ -4,9 +4,9 @@
  */
 import type { Command } from 'commander';
 import { ValidationError } from '../errors.js';
-import { numberFlag } from '../number-flag.js';
+import { numberFlag, seedFlag } from '../number-flag.js';
 import { oneLine } from '../options.js';
-import { checkOutputFile, checkOutputFolder } from '../output-file.js';
+import { checkOutputFile, checkOutputFolder, writeOutputFile, writeOutputFiles } from '../output-file.js';
 
 const GRANULARITIES = ['items', 'groups', 'categories'] as const;
 
@@ -18,7 +18,7 @@ export function register(program: Command): void {
     .description('Write a new key pair: private.jwk (keep on the shop server) and public.jwk (give to the page: createRecommender({ offers: { publicKey } }); setOffers takes the signed catalog).')
     .requiredOption('--out <dir>', 'folder to write private.jwk and public.jwk into (refused if either exists)')
     .action(async (o: { out: string }) => {
-      const { access, mkdir, writeFile } = await import('node:fs/promises');
+      const { access, mkdir } = await import('node:fs/promises');
       checkOutputFolder(o.out, '--out');
       const { join } = await import('node:path');
       const files = [join(o.out, 'private.jwk'), join(o.out, 'public.jwk')];
@@ -34,10 +34,17 @@ export function register(program: Command): void {
       const { generateOfferKeys } = await import('./signing.js');
       const { publicJwk, privateJwk } = await generateOfferKeys();
       await mkdir(o.out, { recursive: true });
-      // 0600, created here ('wx' fails rather than open a file that appeared meanwhile): the private
-      // key signs every catalog the devices will trust.
-      await writeFile(files[0]!, `${JSON.stringify(privateJwk, null, 2)}\n`, { mode: 0o600, flag: 'wx' });
-      await writeFile(files[1]!, `${JSON.stringify(publicJwk, null, 2)}\n`, { flag: 'wx' });
+      // Both or neither: a private key without its public half would make every later keygen refuse
+      // the folder. Each is written to a temporary file first, then both are moved into place, never
+      // over a file that appeared meanwhile. The private key is 0600, created here: it signs every
+      // catalog the devices will trust.
+      await writeOutputFiles(
+        [
+          { path: files[0]!, data: `${JSON.stringify(privateJwk, null, 2)}\n`, flag: '--out', mode: 0o600 },
+          { path: files[1]!, data: `${JSON.stringify(publicJwk, null, 2)}\n`, flag: '--out' },
+        ],
+        { exclusive: true },
+      );
       process.stderr.write(`wrote ${files[0]} and ${files[1]}\n`);
     });
 
@@ -49,15 +56,15 @@ export function register(program: Command): void {
     .requiredOption('--out <file>', 'where to write the signed catalog')
     .option('--kid <id>', 'key id to put in the signed envelope')
     .action(async (o: { key: string; catalog: string; out: string; kid?: string }) => {
-      const { readFile, writeFile } = await import('node:fs/promises');
-      // The key is lost for good if the signed catalog replaces it (keygen never overwrites one).
+      const { readFile } = await import('node:fs/promises');
+      // The key is lost for good if the signed catalog replaces it (keygen never overwrites one);
+      // checkOutputFile also refuses any other key file.
       checkOutputFile(o.out, '--out', { '--key': o.key, '--catalog': o.catalog });
-      await checkNotAKey(o.out, '--out');
       const { signOfferCatalog } = await import('./signing.js');
       const key = await readJson(readFile, o.key, '--key');
       const catalog = unsigned(await readJson(readFile, o.catalog, '--catalog'), o.catalog, '--catalog');
       const signed = await signOfferCatalog(catalog as never, key as JsonWebKey, o.kid !== undefined ? { kid: o.kid } : {});
-      await writeFile(o.out, `${JSON.stringify(signed, null, 2)}\n`);
+      await writeOutputFile(o.out, `${JSON.stringify(signed, null, 2)}\n`, '--out');
       process.stderr.write(`signed ${signed.catalog.offers.length} offers → ${o.out}\n`);
     });
 
@@ -69,9 +76,8 @@ export function register(program: Command): void {
     .requiredOption('--out <file>', 'where to write the catalog with its affinity snapshot (unsigned)')
     .option('--min-customers <n>', 'publish no statistics for an offer fewer than this many distinct customers bought (privacy)', '10')
     .action(async (o: { data: string; catalog: string; out: string; minCustomers: string }) => {
-      const { readFile, writeFile } = await import('node:fs/promises');
+      const { readFile } = await import('node:fs/promises');
       checkOutputFile(o.out, '--out', { '--data': o.data, '--catalog': o.catalog });
-      await checkNotAKey(o.out, '--out');
       const minCustomers = int(o.minCustomers, '--min-customers', 1, 1_000_000);
       const { loadRetailData } = await import('./eval/retail-data.js');
       const { fitAffinity } = await import('./eval/fit-affinity.js');
@@ -85,7 +91,7 @@ export function register(program: Command): void {
       // A new publication: issued now, so that devices holding the same version's earlier
       // affinity take this one and refuse the earlier one replayed (setOffers).
       // (Never before the input's own time: a device holding the input would refuse this one.)
-      await writeFile(o.out, `${JSON.stringify({ ...fit.catalog, issuedAt: Math.max(Date.now(), catalog.issuedAt + 1) }, null, 2)}\n`);
+      await writeOutputFile(o.out, `${JSON.stringify({ ...fit.catalog, issuedAt: Math.max(Date.now(), catalog.issuedAt + 1) }, null, 2)}\n`, '--out');
       process.stderr.write(
         `learned from ${fit.baskets} orders of ${fit.customers} customers (${fit.basketsWithOffer} touch an offer) → ${o.out} (${fit.catalog.offers.length} offers, ${fit.catalog.affinity!.features.length} features)\n`,
       );
@@ -154,7 +160,7 @@ export function register(program: Command): void {
       const opts = {
         ...DEFAULT_EVAL_OPTIONS,
         k: int(o.k, '--k', 1, 20),
-        seed: int(o.seed, '--seed', 0, 2 ** 31),
+        seed: seedFlag('--seed', o.seed),
         granularity: o.granularity as (typeof GRANULARITIES)[number],
         groups: int(o.groups, '--groups', 1, 100_000),
         percent: num(o.percent, '--percent', 0.01, 100),
@@ -179,26 +185,6 @@ export function register(program: Command): void {
 /** Below these, fit-affinity warns: the `--min-customers` threshold then drops most offers. */
 const FEW_ORDERS = 1000;
 const FEW_CUSTOMERS = 100;
-
-/**
- * Refuses an `--out` that is an existing file holding a JSON Web Key (a `kty` member): writing the
- * catalog over it would lose the key for good (a private key is never made twice).
- */
-async function checkNotAKey(path: string, flag: string): Promise<void> {
-  const { readFile, stat } = await import('node:fs/promises');
-  const st = await stat(path).catch(() => undefined);
-  // A JWK is small; a large file is not one (and is not read whole).
-  if (!st?.isFile() || st.size > 65_536) return;
-  let value: unknown;
-  try {
-    value = JSON.parse(await readFile(path, 'utf8'));
-  } catch {
-    return;
-  }
-  if (typeof value === 'object' && value !== null && !Array.isArray(value) && typeof (value as { kty?: unknown }).kty === 'string') {
-    throw new ValidationError(flag, `'${path}' holds a key (JWK); refusing to overwrite it (choose another file)`);
-  }
-}
 
 async function readJson(readFile: (p: string, enc: 'utf8') => Promise<string>, path: string, option: string): Promise<unknown> {
   let text: string;

@@ -10,7 +10,7 @@ import { statSync } from 'node:fs';
 import type { Command } from 'commander';
 import { ValidationError } from '../errors.js';
 import { hasLoneSurrogate } from '../model/item-table.js';
-import { numberFlag } from '../number-flag.js';
+import { numberFlag, seedFlag } from '../number-flag.js';
 import { checkOutputFolder } from '../output-file.js';
 import { checkNotPublished } from './static-files.js';
 import { describeValue, oneLine } from '../options.js';
@@ -71,7 +71,7 @@ export function register(program: Command): void {
     .option('--database <url>', 'store in PostgreSQL instead of SQLite (postgres://user:password@host:port/db), so several server processes behind a load balancer can share it (with secure aggregation, its cohorts too). Default: $LOCALREC_DATABASE_URL when set')
     .option('--catalog <file>', 'catalog JSON ({ items: [{ id, popularity? }] }); needed for a new data dir')
     .option('--dim <n>', 'embedding size of the item table', num('dim', true), 32)
-    .option('--seed <n>', 'seed of the initial table', num('seed', true), 1)
+    .option('--seed <n>', 'seed of the initial table (0 to 2^31 − 1)', (v: string) => seedFlag('--seed', v), 1)
     .option('--min-clients <n>', 'updates per aggregation round', num('min-clients', true), 10)
     .option('--clip <c>', 'L2 clip bound C of an update', num('clip'), 1)
     .option('--noise <sigma>', 'noise multiplier σ (noise std σ·C per coordinate)', num('noise'), 1.0)
