@@ -52,7 +52,7 @@ function executableCli(): Plugin {
   };
 }
 
-const ts = (compilerOptions: { sourceMap?: boolean } = {}) => typescript({ tsconfig: './tsconfig.build.json', outputToFilesystem: false, compilerOptions });
+const ts = (compilerOptions: { sourceMap?: boolean; inlineSources?: boolean } = {}) => typescript({ tsconfig: './tsconfig.build.json', outputToFilesystem: false, compilerOptions });
 
 // Node builds keep every dependency external; they resolve from node_modules at run time.
 const external = (id: string) => !id.startsWith('.') && !id.startsWith('/') && !id.startsWith('\0');
@@ -67,7 +67,7 @@ const config: RollupOptions[] = [
     input: 'src/engine/worker.ts',
     // No source map: it would be 12.7 MB, nearly all of it tfjs's own sources.
     output: { file: 'dist/worker.js', format: 'es', sourcemap: false, inlineDynamicImports: true },
-    plugins: [browserGradients(), ts({ sourceMap: false }), nodeResolve({ browser: true, preferBuiltins: false }), commonjs(), terser(), copyWasm()],
+    plugins: [browserGradients(), ts({ sourceMap: false, inlineSources: false }), nodeResolve({ browser: true, preferBuiltins: false }), commonjs(), terser(), copyWasm()],
     onwarn(w, warn) {
       // tfjs's bundled emscripten code uses eval-free `this` at top level and circular imports; both harmless.
       if (w.code === 'THIS_IS_UNDEFINED' || w.code === 'CIRCULAR_DEPENDENCY' || w.code === 'EVAL') return;

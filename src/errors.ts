@@ -31,9 +31,10 @@ export class ValidationError extends LocalrecError {
  * IndexedDB (or SQLite on the server) failed or is unavailable. What was being written is not
  * stored (the engine keeps events it could not write queued for the next write); stored data is
  * left as it was, with one exception: a write of events refused for the browser's storage quota
- * first evicts the oldest stored events (a tenth, at least as many as the write holds) in a
- * transaction of their own and is tried again, and when that retry fails too the error reaches the
- * caller with those events gone (counted in `stats().evicted.quota`).
+ * first deletes what the shop can send again (the stored global model and neighbour table) and is
+ * tried again; when that is not enough it evicts the oldest stored events (a tenth, at least as
+ * many as the write holds) in a transaction of their own and is tried again, and when that retry
+ * fails too the error reaches the caller with those events gone (counted in `stats().evicted.quota`).
  */
 export class StorageError extends LocalrecError {
   override name = 'StorageError' as const;

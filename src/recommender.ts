@@ -37,7 +37,9 @@ export interface Recommender {
   /**
    * Trains on the shopper's events now (it also runs by itself as events arrive). A call while a
    * run is under way joins it when it asks for the same epochs or none (its `onProgress` hears the
-   * rest of that run); one asking for other epochs trains after it.
+   * rest of that run); one asking for other epochs trains after it. `close()`, `erase()` and a
+   * withdrawal of consent to personalization stop a run between two steps: nothing it learned is
+   * saved, and the call rejects with an `AbortError` ("training stopped by erase(); …").
    */
   train(options?: TrainOptions): Promise<TrainResult>;
   /** Backend, event counts, model state, privacy budget. */
@@ -85,14 +87,18 @@ export interface Recommender {
   /** Resolves once every tracked event is stored. */
   flush(): Promise<void>;
   /**
-   * Stores what is queued, stops the worker. The data stays on the device. During an `erase()` it
+   * Stores what is queued, stops the worker. The data stays on the device. A training run under way
+   * stops at its next step without saving (its `train()` rejects with an `AbortError`), rather than
+   * holding the close for its remaining epochs. During an `erase()` it
    * resolves once the erase has ended (the worker stops either way). When that last write fails
    * (storage full), it rejects with a `StorageError` saying how many events were lost, after the
    * worker has stopped.
    */
   close(): Promise<void>;
   /**
-   * Deletes every event, the model weights and the database, then stops the worker. After the
+   * Deletes every event, the model weights and the database, then stops the worker. A training run
+   * under way stops at its next step without saving (its `train()` rejects with an `AbortError`),
+   * rather than holding the erase for its remaining epochs. After the
    * worker was taken for dead (`workerTimeoutMs`), or after `close()` (a single-page app that
    * closed the SDK on leaving a route still honours "delete my data"), the page deletes the
    * database itself, and the shop's other tabs drop what they hold.
@@ -197,6 +203,20 @@ function progressOnly<P>(f: (p: P) => unknown): (p: P) => void {
  * const top = await rec.recommend({ k: 5 }); // [{ itemId: 'sku-2', score: 0.41, reason: { text: 'Popular in this shop', … } }]
  * ```
  */
+/**
+ * `worker.js` next to this module. A bundle whose format has no `import.meta` (IIFE, CommonJS) has
+ * no such place: then the page must say where the worker is.
+ */
+function defaultWorkerUrl(): URL {
+  try {
+    return new URL('./worker.js', import.meta.url);
+  } catch (e) {
+    throw new ClosedError(
+      `the localrec worker's address cannot be derived from import.meta.url (${(e as Error).message}): this bundle's format has no import.meta (IIFE, CommonJS); pass workerUrl (where worker.js is served) to createRecommender`,
+    );
+  }
+}
+
 export async function createRecommender(options: RecommenderOptions): Promise<Recommender> {
   if (typeof options !== 'object' || options === null) throw new ValidationError('options', 'must be an object with a `catalog`');
   knownKeys(options, 'options', OPTION_KEYS.recommender);
@@ -247,7 +267,7 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
     }
     if (!wasmPaths.endsWith('/')) throw new ValidationError('options.wasmPaths', `must be a folder URL ending in '/', got ${JSON.stringify(wasmPaths)}`);
   }
-  const url = options.workerUrl ?? new URL('./worker.js', import.meta.url);
+  const url = options.workerUrl ?? defaultWorkerUrl();
   // track() refuses events retention would delete at once, as the worker's engine does (an invalid
   // setting is the worker's to refuse, at start).
   const age = (options.retention as { maxAgeDays?: unknown } | undefined)?.maxAgeDays;
@@ -456,6 +476,9 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
       // An erase: a sync whose cohort has filled drops out of it rather than upload the history
       // being erased (a close lets it upload: the cohort's other members wait on it).
       void api.cancelSync(undefined, kind === 'erase').catch(() => undefined);
+      // A training run (up to 1000 epochs) stops at its next step, saving nothing: a train() in
+      // flight rejects with an AbortError ("training stopped by erase()") instead of holding this.
+      void api.stopTraining(kind).catch(() => undefined);
       await Promise.all([...inflight]);
       if (deadError) return afterDeath();
       const final = Promise.race([revive(Promise.resolve().then(last)), dead]);

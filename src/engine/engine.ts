@@ -2,7 +2,7 @@ import { AbortError, ClosedError, ConsentError, ModelError, NetworkError, Storag
 import { boolOption, checkSignal, describeValue, intOption, knownKeys, nameOption, OPTION_KEYS } from '../options.js';
 import { checkEventAge, validateEvent } from '../events/schema.js';
 import { ledgerKeeps } from '../events/offer-ledger.js';
-import { DEFAULT_RETENTION, deleteEventDatabase, MemoryEventStore, openEventStore, quotaEvictedBy, type AddResult, type EventStore, type Retention } from '../events/store.js';
+import { DEFAULT_RETENTION, deleteEventDatabase, IdbEventStore, MemoryEventStore, openEventStore, quotaEvictedBy, type AddResult, type EventStore, type Retention } from '../events/store.js';
 import { EVENT_SCHEMA_VERSION } from '../events/schema.js';
 import type { AuditReport, ExportFile } from './audit-types.js';
 import { canonicalJson, checkOffersOptions, checkVerifyKeys, chooseOffers, indexProducts, offerEconomics, offerScopeLookup, predictAffinity, purchaseBaskets, SignatureError, verifySignedCatalog, type ProductIndex } from '../offers/index.js';
@@ -12,13 +12,14 @@ import { validateCatalog } from '../model/catalog.js';
 import { checkItemTable, cloneItemTable, createItemTable, indexItems, type ItemTable } from '../model/item-table.js';
 import { buildProfile, type ProfileItem } from '../model/profile.js';
 import { contributions, Scorer, userVector, type Allowed, type Scored } from '../model/score.js';
-import { alignNeighbors, neighborContributions, neighborsOf, reachedRows } from '../model/neighbors.js';
+import { alignNeighbors, largestValue, neighborContributions, neighborsOf, reachedRows } from '../model/neighbors.js';
 import { decodeNeighborTable, neighborTableHash } from '../model/neighbors-wire.js';
 import { decodeModel, encodeModel, sha256, toHex } from '../federated/wire.js';
 import type { SparseItemModel } from '../model/sparse-item-model.js';
 import { checkTrainConfig, DEFAULT_TRAIN_CONFIG, trainItemTable, type TrainConfig } from '../model/train.js';
 import { DEFAULT_BUDGET, RdpAccountant, type AccountantState } from '../federated/dp.js';
 import { DROP_OUT, PRIVATE_FETCH, pullOnce, syncOnce, type EgressEntry, type FetchLike } from '../federated/sync.js';
+import { isStoredBytes, readAccountant, readAutoSync, readCohorts, readConsentRecords, readEgressLog } from './stored-records.js';
 import type {
   BackendName,
   Progress,
@@ -121,7 +122,7 @@ export const GLOBAL_KEY = 'global';
 
 /** When the automatic syncs last ran ({@link FederatedOptions.autoSyncHours}), shared by the shop's tabs. */
 export const AUTO_SYNC_KEY = 'autoSync';
-interface AutoSyncState {
+export interface AutoSyncState {
   /** When a tab last started one (claimed in one transaction, so two tabs never both start one). */
   lastAttemptAt?: number;
   /** When one last succeeded. */
@@ -348,8 +349,8 @@ export function settlePending(log: readonly EgressEntry[], entries: readonly Egr
 }
 
 /** The stored egress `log` with `entries` settled in, trimmed to the age limit and to {@link EGRESS_MAX}. */
-function egressWith(log: readonly EgressEntry[] | undefined, entries: readonly EgressEntry[], cutoff: number): EgressEntry[] {
-  return trimEgress(settlePending(log ?? [], entries), cutoff).slice(-EGRESS_MAX);
+function egressWith(log: unknown, entries: readonly EgressEntry[], cutoff: number): EgressEntry[] {
+  return trimEgress(settlePending(readEgressLog(log).value, entries), cutoff).slice(-EGRESS_MAX);
 }
 
 /** Calls every listener with `p`; one that throws (a page's callback) does not stop the others or the work reporting. */
@@ -634,6 +635,8 @@ export class Engine {
     this.disarmAutoSync();
     this.autoSyncStopped = true;
     this.cancelAllSyncs(true);
+    // A training run on the erased history stops at its next step, saving nothing.
+    this.stopTrainingRun('training stopped: the shopper erased their data in another tab');
     await this.syncing?.catch(() => undefined);
     await this.training?.catch(() => undefined);
     this.dataEpoch++;
@@ -656,6 +659,8 @@ export class Engine {
    * it, as for another tab's erase, in the same queue as the tab messages.
    */
   private watchStore(store: EventStore): void {
+    // Over the storage quota, what the shop can send again goes before any of the shopper's events.
+    if (store instanceof IdbEventStore) store.disposableOnQuota = [GLOBAL_KEY, NEIGHBORS_KEY];
     store.onVanished = () => {
       this.inbox = this.inbox
         .then(() => {
@@ -667,6 +672,11 @@ export class Engine {
         .catch((e) => {
           this.lastError = e as Error;
         });
+    };
+    store.onMalformed = (count, problem) => {
+      this.lastError = new StorageError(
+        `${count} stored event record${count === 1 ? ' is' : 's are'} malformed (${problem}): left out of ranking, training and offers; retention or erase() removes them`,
+      );
     };
   }
 
@@ -705,12 +715,16 @@ export class Engine {
    * recorded as `options` when it differs from the stored one.
    */
   private async mergeConsentHistory(): Promise<void> {
-    const stored = trimConsent((await this.store.getMeta<ConsentRecord[]>(CONSENT_KEY)) ?? [], this.recordCutoff());
+    const read = readConsentRecords(await this.store.getMeta(CONSENT_KEY));
+    const stored = trimConsent(read.value, this.recordCutoff());
+    if (read.damaged) this.noteDamaged(CONSENT_KEY, 'its well-formed records are kept, and without a host decision federated learning stays off (a withdrawal may be among what was lost)');
     if (this.consentByDefault) {
       this.consentByDefault = false;
       const decided = stored.filter((r) => r.personalization).at(-1);
       const first = this.consentHistory[0];
-      if (decided && !decided.federated && this.consent.federated && first?.source === 'default') {
+      // A history that could not be read whole may have lost a withdrawal: off, as if it held one.
+      const withdrawn = read.damaged || (decided !== undefined && !decided.federated);
+      if (withdrawn && this.consent.federated && first?.source === 'default') {
         this.consent = { ...this.consent, federated: false };
         this.consentApplying = { ...this.consentApplying, federated: false };
         this.consentHistory[0] = { t: first.t, personalization: first.personalization, federated: false, source: 'stored' };
@@ -722,6 +736,14 @@ export class Engine {
     );
     this.consentHistory = trimConsent(stored.concat(fresh), this.recordCutoff());
     this.consentDirty = fresh.length > 0;
+  }
+
+  /**
+   * Says in `stats().lastError` that the stored record `key` is malformed (hand-edited, or written
+   * by another release) and what the engine does instead; nothing is deleted.
+   */
+  private noteDamaged(key: string, instead: string): void {
+    this.lastError = new StorageError(`the stored record "${key}" is malformed: ${instead}; erase() removes it`);
   }
 
   /** The oldest time an egress entry or consent record is kept (`retention.maxAgeDays`, on this engine's clock). */
@@ -740,7 +762,7 @@ export class Engine {
     const written = mine.length;
     // Records past retention.maxAgeDays go with the write (the latest is always kept).
     const cutoff = this.recordCutoff();
-    const merged = await this.store.updateMeta<ConsentRecord[]>(CONSENT_KEY, (stored) => trimConsent(mergeConsentRecords(stored ?? [], mine.slice(0, written)), cutoff));
+    const merged = await this.store.updateMeta<ConsentRecord[]>(CONSENT_KEY, (stored) => trimConsent(mergeConsentRecords(readConsentRecords(stored).value, mine.slice(0, written)), cutoff));
     // Replaced meanwhile (an erase, a withdrawal): that state rules. A change recorded meanwhile
     // stays unwritten, for the next write.
     if (this.consentHistory !== mine) return;
@@ -841,6 +863,8 @@ export class Engine {
     if (!next.personalization && was) {
       this.dataEpoch++;
       this.stopNeighborFetch();
+      // A training run stops at its next step, saving nothing (the withdrawal erases the weights).
+      this.stopTrainingRun('training stopped by the withdrawal of consent to personalization');
     }
     this.dropEventCache();
     if (!next.personalization || !next.federated) {
@@ -1063,14 +1087,15 @@ export class Engine {
     // After erase() or close() nothing may be written (a fetch may finish late); nor, from a fetch
     // begun before a withdrawal or another tab's erase, into the database that follows it.
     if (!n || !this.neighborBytes || !this.consent.personalization || this.closed || epoch !== this.dataEpoch) return;
-    const stored = await this.store.getMeta<SavedNeighbors>(NEIGHBORS_KEY);
-    if (stored?.hash === n.hash || epoch !== this.dataEpoch) return;
+    const stored = await this.store.getMeta(NEIGHBORS_KEY);
+    if ((isStoredBytes(stored) && stored.hash === n.hash) || epoch !== this.dataEpoch) return;
     await this.store.setMeta(NEIGHBORS_KEY, { hash: n.hash, bytes: this.neighborBytes, source: n.source, savedAt: this.now() } satisfies SavedNeighbors);
   }
 
   private async loadStoredNeighbors(): Promise<void> {
     const saved = await this.store.getMeta<SavedNeighbors>(NEIGHBORS_KEY);
-    if (!saved) return;
+    if (saved === undefined) return;
+    if (!isStoredBytes(saved)) return this.noteDamaged(NEIGHBORS_KEY, 'ranking goes without it until the neighbour file is fetched again');
     try {
       await this.installNeighbors(saved.bytes, saved.source, saved.hash);
     } catch (e) {
@@ -1277,7 +1302,10 @@ export class Engine {
     void this.store.countAfter(this.saved.trainedThroughId).then(
       (pending) => {
         if (pending >= this.autoTrainEvery && !this.training && !this.closed) {
-          this.train().catch((e) => (this.lastError = e));
+          // A run stopped (erase(), close(), consent withdrawn) is no error: it just stops.
+          this.train().catch((e) => {
+            if (!(e instanceof AbortError)) this.lastError = e;
+          });
         }
       },
       // The database went away under the read (another tab's erase, closed): nothing to train.
@@ -1347,19 +1375,21 @@ export class Engine {
     if (!this.consent.personalization || this.closed) return;
     const cutoff = this.recordCutoff();
     const expired = (r: { t: number }) => r.t < cutoff;
-    if (((await this.store.getMeta<EgressEntry[]>(EGRESS_KEY)) ?? []).some(expired)) {
-      await this.store.updateMeta<EgressEntry[]>(EGRESS_KEY, (log) => trimEgress(log ?? [], cutoff));
+    if (readEgressLog(await this.store.getMeta(EGRESS_KEY)).value.some(expired)) {
+      await this.store.updateMeta<EgressEntry[]>(EGRESS_KEY, (log) => trimEgress(readEgressLog(log).value, cutoff));
     }
-    const stored = (await this.store.getMeta<ConsentRecord[]>(CONSENT_KEY)) ?? [];
+    const stored = readConsentRecords(await this.store.getMeta(CONSENT_KEY)).value;
     if (stored.slice(0, -1).some(expired)) {
-      await this.store.updateMeta<ConsentRecord[]>(CONSENT_KEY, (records) => trimConsent(records ?? [], cutoff));
+      await this.store.updateMeta<ConsentRecord[]>(CONSENT_KEY, (records) => trimConsent(readConsentRecords(records).value, cutoff));
     }
     if (this.consentHistory.slice(0, -1).some(expired)) this.consentHistory = trimConsent(this.consentHistory, cutoff);
   }
 
   /** The egress log as stored, without entries past `retention.maxAgeDays` (not yet removed by a write). */
   private async readEgress(): Promise<EgressEntry[]> {
-    return trimEgress((await this.store.getMeta<EgressEntry[]>(EGRESS_KEY)) ?? [], this.recordCutoff());
+    const read = readEgressLog(await this.store.getMeta(EGRESS_KEY));
+    if (read.damaged) this.noteDamaged(EGRESS_KEY, 'its well-formed entries are listed, and the next request logged replaces it with them');
+    return trimEgress(read.value, this.recordCutoff());
   }
 
   /** The catalog rows of `recommend({ candidates })`, each once; undefined when not given. */
@@ -1455,13 +1485,16 @@ export class Engine {
     const nb = await this.neighborReady();
     if (nb && profile.some((p) => p.weight > 0)) {
       // The order of rankScores (model/neighbors.ts, what `localrec eval` measures) without a dense
-      // pass: rows the history reaches through the table come first (1 + score); the factor
-      // model's top rows follow, its scores scaled into [0, 1) by the range over all rows.
-      const reached = [...reachedRows(nb.model, profile)]
+      // pass: rows the history reaches through the table come first (1 + score / the largest
+      // score over all of them); the factor model's top rows follow, its scores scaled into [0, 1)
+      // by the range over all rows.
+      const scores = reachedRows(nb.model, profile);
+      const top = largestValue(scores);
+      const reached = [...scores]
         .filter(([r]) => !exclude.has(r) && inCategory(r) && (!candidates || candidates.has(r)))
         // Rounded to float32 as rankScores writes it (the array `localrec eval` ranks): two scores
         // that differ below float32's precision tie, and break by row, on the device as in eval.
-        .map(([row, v]) => ({ row, score: Math.fround(1 + v) }))
+        .map(([row, v]) => ({ row, score: Math.fround(1 + v / top) }))
         .sort((a, b) => b.score - a.score || a.row - b.row)
         .slice(0, k);
       let rest: Scored[] = [];
@@ -1526,7 +1559,9 @@ export class Engine {
    * A call while a run is under way (an automatic one, or another caller's) joins it when it asks
    * for the same epochs (or none): it gets that run's result and its `onProgress` hears the rest of
    * it. A call that asks for other epochs waits for that run to end, then trains with its own.
-   * A progress callback that throws does not stop the run.
+   * A progress callback that throws does not stop the run. erase(), close(), a withdrawal of
+   * consent to personalization and an erase in another tab do: between two steps, saving nothing
+   * (the weights in use stay as they were), and the call rejects with an AbortError saying which.
    */
   async train(options: TrainOptions = {}): Promise<TrainResult> {
     this.assertOpen();
@@ -1538,6 +1573,8 @@ export class Engine {
     // close() or erase() has begun: no run they would not wait for (nor one on data being erased).
     if (this.closing) throw new ClosedError('the recommender is closing');
     for (;;) {
+      // The page's close() or erase() has begun (stopTraining): no run that would hold it.
+      if (this.trainingStoppedBy) throw new AbortError(`training stopped by ${this.trainingStoppedBy} before it started; nothing was trained`);
       if (!this.consent.personalization) throw new ConsentError('training needs consent to personalization (setConsent({ personalization: true }))');
       if (!this.training) break;
       if (options.epochs === undefined || options.epochs === this.trainingEpochs) {
@@ -1555,6 +1592,9 @@ export class Engine {
     }
     if (listener) this.trainListeners.add(listener);
     const report = this.trainProgress;
+    // erase(), close(), a withdrawal of consent or another tab's erase stop the run between two
+    // steps (stopTrainingRun): it then saves nothing and the weights in use stay as they were.
+    const abort = new AbortController();
     const run = (async () => {
       const t0 = performance.now();
       report({ phase: 'loading', done: 0, total: 1 });
@@ -1574,7 +1614,9 @@ export class Engine {
         through = newestId(events);
         const seq = { rows: profile.map((p) => p.row), weights: profile.map((p) => p.weight) };
         const work = cloneItemTable(table);
-        stats = await trainItemTable(work, [seq], { ...this.opts.training, epochs, seed: (this.opts.model?.seed ?? 1) + this.saved.trainSteps }, report);
+        stats = await trainItemTable(work, [seq], { ...this.opts.training, epochs, seed: (this.opts.model?.seed ?? 1) + this.saved.trainSteps, signal: abort.signal }, report);
+        // Stopped after its last step: the copy is dropped all the same.
+        if (abort.signal.aborted) throw abort.signal.reason;
         if (this.table === table) {
           this.table = work;
           break;
@@ -1595,9 +1637,11 @@ export class Engine {
       return { steps: stats.steps, examples: stats.examples, firstLoss: stats.steps > 0 ? stats.firstLoss : null, lastLoss: stats.steps > 0 ? stats.lastLoss : null, ms: performance.now() - t0, backend: this.backend.backend };
     })();
     this.training = run;
+    this.trainingAbort = abort;
     this.trainingEpochs = epochs;
     const clear = () => {
       this.training = undefined;
+      this.trainingAbort = undefined;
       this.trainListeners.clear();
     };
     run.then(clear, clear);
@@ -1606,6 +1650,29 @@ export class Engine {
 
   /** The epochs of the run under way (a call asking for others waits for it). */
   private trainingEpochs = 0;
+  /** Stops the run under way (see {@link stopTrainingRun}). */
+  private trainingAbort: AbortController | undefined;
+  /** Set by {@link stopTraining}: the page's close() or erase() has begun, and no run starts. */
+  private trainingStoppedBy: string | undefined;
+
+  /**
+   * Stops the training run under way, if any, between two of its steps: it saves nothing, the
+   * weights in use stay as they were, and its callers' train() rejects with an AbortError saying
+   * `why` (an automatic run just stops). What it was to learn from stays pending.
+   */
+  private stopTrainingRun(why: string): void {
+    this.trainingAbort?.abort(new AbortError(`${why}; nothing it learned was saved`));
+  }
+
+  /**
+   * The page's close() or erase() has begun (`by`): the training run under way stops (as
+   * {@link stopTrainingRun}) and no other starts, so that neither waits for a run of many epochs
+   * among the calls in flight it lets finish first.
+   */
+  stopTraining(by: 'close()' | 'erase()'): void {
+    this.trainingStoppedBy ??= by;
+    this.stopTrainingRun(`training stopped by ${by}`);
+  }
   /** The progress callbacks of every caller of the run under way. */
   private readonly trainListeners = new Set<(p: Progress) => void>();
 
@@ -1811,8 +1878,8 @@ export class Engine {
    * hash to what was stored with them and decode; otherwise undefined (the sync downloads the model).
    */
   private async storedGlobal(): Promise<{ table: ItemTable; hash: string } | undefined> {
-    const saved = await this.store.getMeta<SavedGlobal>(GLOBAL_KEY).catch(() => undefined);
-    if (!saved || typeof saved.hash !== 'string' || !(saved.bytes instanceof Uint8Array)) return undefined;
+    const saved = await this.store.getMeta(GLOBAL_KEY).catch(() => undefined);
+    if (!isStoredBytes(saved)) return undefined;
     try {
       if (toHex(await sha256(saved.bytes)) !== saved.hash) return undefined;
       const held = { table: decodeModel(saved.bytes).table, hash: saved.hash };
@@ -1829,14 +1896,15 @@ export class Engine {
    * identical updates would add up before the noise.
    */
   private claimCohort = async (cohort: string): Promise<{ release(): Promise<void> }> => {
-    await this.store.updateMeta<string[]>(COHORTS_KEY, (joined) => {
-      if (joined?.includes(cohort)) {
+    await this.store.updateMeta<string[]>(COHORTS_KEY, (stored) => {
+      const joined = readCohorts(stored).value;
+      if (joined.includes(cohort)) {
         throw new AbortError(`sync stopped: another tab of this shop joined cohort ${cohort} with the same history (two updates of one shopper in one cohort would spend more ε than recorded); no update was sent and no ε was spent`);
       }
-      return [...(joined ?? []), cohort].slice(-MAX_COHORTS_KEPT);
+      return [...joined, cohort].slice(-MAX_COHORTS_KEPT);
     });
     // Only the sync that made the claim gives it back (it left the cohort while it formed).
-    return { release: () => this.store.updateMeta<string[]>(COHORTS_KEY, (joined) => (joined ?? []).filter((c) => c !== cohort)).then(() => undefined) };
+    return { release: () => this.store.updateMeta<string[]>(COHORTS_KEY, (joined) => readCohorts(joined).value.filter((c) => c !== cohort)).then(() => undefined) };
   };
 
   /**
@@ -1865,7 +1933,7 @@ export class Engine {
         if (r.localStepFailed) this.lastError = new ModelError(`sync: ${r.localStepFailed}; the global model is used as it came`);
         await this.adoptGlobal(r, through, table);
       }
-      const accountant = new RdpAccountant(await this.store.getMeta<AccountantState>(PRIVACY_KEY));
+      const accountant = readAccountant(await this.store.getMeta(PRIVACY_KEY)).value;
       return { version: this.table.version, sent: false, uploadedBytes: 0, epsilon: accountant.epsilon(fed.delta), budget, published: null, modelChanged: r.changed };
     } finally {
       await checkpoint();
@@ -1916,7 +1984,7 @@ export class Engine {
     // Before anything is sent (consent first: its refusal says more).
     this.assertRemembersSpending(this.syncAllowed());
     const { fed, budget, through, history, train, table } = await this.syncStart();
-    const accountant = new RdpAccountant(await this.store.getMeta<AccountantState>(PRIVACY_KEY));
+    const accountant = readAccountant(await this.store.getMeta(PRIVACY_KEY)).value;
     const { egress, checkpoint } = this.egressBuffer();
     // The release is recorded against the stored accountant in one transaction (recordRelease), never
     // by writing this sync's copy back: another tab's sync may have spent since this one read it.
@@ -1930,7 +1998,7 @@ export class Engine {
       const entries = [...egress.slice(0, buffered), pending];
       const cutoff = this.recordCutoff();
       await this.store.updateMetaPair<AccountantState, EgressEntry[]>(PRIVACY_KEY, EGRESS_KEY, (stored, log) => {
-        after = new RdpAccountant(stored);
+        after = readAccountant(stored).value;
         after.assertCanSpend(noiseMultiplier, budget, delta);
         after.record(noiseMultiplier);
         return [after.toJSON(), egressWith(log, entries, cutoff)];
@@ -1950,7 +2018,7 @@ export class Engine {
         recordRelease,
         // Under secure aggregation: re-read before joining and while the cohort forms, so that a
         // release another tab spent meanwhile makes this device leave rather than drop out.
-        storedAccountant: async () => new RdpAccountant(await this.store.getMeta<AccountantState>(PRIVACY_KEY)),
+        storedAccountant: async () => readAccountant(await this.store.getMeta(PRIVACY_KEY)).value,
         claimCohort: this.claimCohort,
         // Past the budget the sync receives on the two requests it made, whoever asked: a refusal
         // the page then follows with a receiving sync would be a second pair that sets the device apart.
@@ -2146,14 +2214,15 @@ export class Engine {
   }
 
   private async privacyStats(): Promise<Stats['privacy']> {
-    const state = await this.store.getMeta<AccountantState>(PRIVACY_KEY);
-    const acc = new RdpAccountant(state);
+    const read = readAccountant(await this.store.getMeta(PRIVACY_KEY));
+    if (read.damaged) this.noteDamaged(PRIVACY_KEY, 'the ε it held is unknown, so it counts as spent: contributing syncs are refused');
+    const acc = read.value;
     const fed = this.opts.federated;
     const federated = fed !== undefined && this.consent.federated && this.consent.personalization && !this.gpcBlocksSync();
     const budget = fed?.budget ?? DEFAULT_BUDGET;
     const delta = fed?.delta ?? 1e-5;
     const hours = this.autoSyncMs > 0 ? (fed?.autoSyncHours ?? 0) : 0;
-    const auto = hours > 0 ? await this.store.getMeta<AutoSyncState>(AUTO_SYNC_KEY) : undefined;
+    const auto = hours > 0 ? readAutoSync(await this.store.getMeta(AUTO_SYNC_KEY)).value : undefined;
     return {
       epsilon: acc.epsilon(delta),
       delta,
@@ -2178,14 +2247,16 @@ export class Engine {
     const events = await this.store.all();
     const ev = await this.store.stats();
     const model = await this.store.getMeta<SavedModel>(MODEL_KEY);
-    const storedNeighbors = await this.store.getMeta<SavedNeighbors>(NEIGHBORS_KEY);
-    const storedGlobal = await this.store.getMeta<SavedGlobal>(GLOBAL_KEY);
+    const neighborsRecord = await this.store.getMeta(NEIGHBORS_KEY);
+    const storedNeighbors = isStoredBytes(neighborsRecord) ? (neighborsRecord as SavedNeighbors) : undefined;
+    const globalRecord = await this.store.getMeta(GLOBAL_KEY);
+    const storedGlobal = isStoredBytes(globalRecord) ? globalRecord : undefined;
     const storedOffers = storedClaim(await this.store.getMeta<StoredOffers>(OFFERS_KEY));
     const egress = await this.readEgress();
     // As export() gives it: with what the age limit already hides but the next write has not removed.
     const ledger = await this.store.offerLedger();
-    const autoSync = await this.store.getMeta<AutoSyncState>(AUTO_SYNC_KEY);
-    const cohorts = await this.store.getMeta<string[]>(COHORTS_KEY);
+    const autoSync = readAutoSync(await this.store.getMeta(AUTO_SYNC_KEY)).value;
+    const cohorts = readCohorts(await this.store.getMeta(COHORTS_KEY)).value;
     const privacy = await this.privacyStats();
     const fed = this.opts.federated;
     const gpc = this.opts.globalPrivacyControl === true;
@@ -2492,7 +2563,8 @@ export class Engine {
   }
 
   /**
-   * Writes what is queued, waits for training to finish, and releases the store and tensors. Events
+   * Writes what is queued, stops a training run under way (at its next step; it saves nothing, and
+   * its train() callers get an AbortError), and releases the store and tensors. Events
    * are refused from its start; a failed last write rejects it (a StorageError naming the events
    * lost) once everything is released.
    */
@@ -2505,6 +2577,8 @@ export class Engine {
     // A neighbour file still downloading is not worth waiting for: the next session fetches it.
     this.closing = true;
     this.neighborAbort?.abort();
+    // Nor a training run (up to 1000 epochs): it stops at its next step and saves nothing.
+    this.stopTrainingRun('training stopped by close()');
     await this.syncing?.catch(() => undefined);
     // A consent change under way settles first: a grant opening the database installs its store,
     // which is then closed below, not left open.
@@ -2537,7 +2611,10 @@ export class Engine {
     for (let seen: Promise<void> | undefined; seen !== this.flushing; ) await (seen = this.flushing);
   }
 
-  /** Deletes every event and the saved weights, and the database itself. */
+  /**
+   * Deletes every event and the saved weights, and the database itself. A training run under way
+   * stops at its next step and saves nothing (its train() callers get an AbortError).
+   */
   async erase(): Promise<void> {
     this.disarmAutoSync();
     // No new sync may start (sync() and the automatic one check it) while erasing waits for what runs.
@@ -2548,6 +2625,8 @@ export class Engine {
     // No sync may send anything, or write anything, once erasing has begun.
     this.cancelAllSyncs(true);
     this.neighborAbort?.abort();
+    // A training run stops at its next step, saving nothing: its weights would be deleted anyway.
+    this.stopTrainingRun('training stopped by erase()');
     await this.syncing?.catch(() => undefined);
     // A grant under way has installed its store (destroyed below) before erasing goes on.
     await this.consentChain;

@@ -157,6 +157,14 @@ export const workerApi = {
     abort?.abort();
     return abort !== undefined;
   },
+  /**
+   * The page's close() or erase() has begun: the training run under way stops at its next step,
+   * saving nothing (its train() calls reject with an AbortError), and no other starts, so that the
+   * page, which lets its calls in flight finish first, is not held for a run of many epochs.
+   */
+  stopTraining(by: 'close' | 'erase'): void {
+    engine?.stopTraining(by === 'close' ? 'close()' : 'erase()');
+  },
   async setConsent(c: { personalization?: boolean; federated?: boolean }) {
     await ready().setConsent(c);
     return ready().consentState();

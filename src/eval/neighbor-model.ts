@@ -71,7 +71,8 @@ export class NeighborModel implements EvalModel {
     const s = this.split!;
     const ev = s.trainEvents;
     const events: StoredEvent[] = [];
-    let now = 0;
+    // The latest event's time, whatever its sign (a log dated before 1970 has negative times).
+    let now = -Infinity;
     for (let e = ev.ptr[user]!; e < ev.ptr[user + 1]!; e++) {
       const t = ev.time[e]! * 1000;
       if (t > now) now = t;
@@ -81,7 +82,7 @@ export class NeighborModel implements EvalModel {
       else if (this.o.event === 'rating') events.push({ id: e, t, type: 'rating', itemId, value: w });
       else events.push({ id: e, t, type: 'view', itemId });
     }
-    const profile = buildProfile(events, this.rows, { halfLifeDays: this.o.halfLifeDays, now, sessionDecay: this.o.sessionDecay, stepDecay: this.o.stepDecay });
+    const profile = buildProfile(events, this.rows, { halfLifeDays: this.o.halfLifeDays, now: Number.isFinite(now) ? now : 0, sessionDecay: this.o.sessionDecay, stepDecay: this.o.stepDecay });
     rankScores(this.m!, profile, this.popularity, out);
   }
 }

@@ -70,7 +70,8 @@ export function ledgerKeeps(e: StoredEvent): boolean {
  * // { offers: [{ offerId: 'mugs10', impressions: 0, redemptions: 1, lastRedeemedAt: 5 }] }
  * ```
  */
-export function foldIntoLedger(ledger: OfferLedger | undefined, removed: readonly StoredEvent[]): OfferLedger {
+export function foldIntoLedger(stored: OfferLedger | undefined, removed: readonly StoredEvent[]): OfferLedger {
+  const ledger = readLedger(stored);
   const byId = new Map((ledger?.offers ?? []).map((o) => [o.offerId, { ...o }]));
   let lastPurchaseAt = ledger?.lastPurchaseAt;
   for (const e of [...removed].sort((a, b) => a.t - b.t)) {
@@ -91,7 +92,35 @@ export function foldIntoLedger(ledger: OfferLedger | undefined, removed: readonl
  * The ledger as it stands once retention has run, when `expired` are the stored events past the
  * age limit that no write has removed yet: `ledger` itself when none of them is one it keeps.
  */
-export function ledgerWithExpired(ledger: OfferLedger | undefined, expired: readonly StoredEvent[]): OfferLedger | undefined {
+export function ledgerWithExpired(stored: OfferLedger | undefined, expired: readonly StoredEvent[]): OfferLedger | undefined {
+  const ledger = readLedger(stored);
   const kept = expired.filter(ledgerKeeps);
   return kept.length ? foldIntoLedger(ledger, kept) : ledger;
+}
+
+const isCount = (v: unknown): v is number => typeof v === 'number' && Number.isFinite(v) && v >= 0;
+const isTime = (v: unknown): v is number => typeof v === 'number' && Number.isFinite(v);
+
+/**
+ * The well-formed part of a stored ledger: what IndexedDB gives back is whatever was written (a
+ * record hand-edited, or written by another release), and one malformed offer entry must not stop
+ * retention, offers or `audit()`. Entries that are not an offer's counts are left out, and so is a
+ * record that is not a ledger at all (undefined).
+ */
+export function readLedger(v: unknown): OfferLedger | undefined {
+  if (typeof v !== 'object' || v === null) return undefined;
+  const r = v as Record<string, unknown>;
+  const offers = (Array.isArray(r.offers) ? (r.offers as unknown[]) : []).filter((o): o is LedgerOfferStats => {
+    if (typeof o !== 'object' || o === null) return false;
+    const x = o as Record<string, unknown>;
+    return (
+      typeof x.offerId === 'string' &&
+      isCount(x.impressions) &&
+      isCount(x.redemptions) &&
+      (x.showings === undefined || isCount(x.showings)) &&
+      (x.lastImpressionAt === undefined || isTime(x.lastImpressionAt)) &&
+      (x.lastRedeemedAt === undefined || isTime(x.lastRedeemedAt))
+    );
+  });
+  return { offers, ...(isTime(r.lastPurchaseAt) ? { lastPurchaseAt: r.lastPurchaseAt } : {}) };
 }

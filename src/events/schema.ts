@@ -124,6 +124,26 @@ export function validateEvent(input: unknown, now: number = Date.now()): StoredE
   return out;
 }
 
+/**
+ * Why a record read back from the events store is not an event {@link validateEvent} would have
+ * stored (undefined when it is one): what IndexedDB gives back is whatever was written, a record
+ * hand-edited in devtools or written by another release included, and one with a quantity that is
+ * not a number would turn every score into NaN. The record's key (`id`) is allowed; the time must
+ * be stored (it is not filled in), and may lie ahead of this device's clock.
+ */
+export function storedEventProblem(record: unknown): string | undefined {
+  if (typeof record !== 'object' || record === null || Array.isArray(record)) return `must be an object, got ${describe(record)}`;
+  const { id, ...rest } = record as Record<string, unknown>;
+  if (id !== undefined && !(typeof id === 'number' && Number.isInteger(id))) return `id must be a whole number, got ${describe(id)}`;
+  if (typeof rest.t !== 'number') return `t must be a number, got ${describe(rest.t)}`;
+  try {
+    validateEvent(rest, Number.MAX_VALUE);
+    return undefined;
+  } catch (e) {
+    return (e as Error).message;
+  }
+}
+
 /** `retention.maxAgeDays` when the page sets none: events older than this are not kept. */
 export const DEFAULT_MAX_AGE_DAYS = 365;
 

@@ -2,7 +2,7 @@ import { openDB, deleteDB, type DBSchema, type IDBPDatabase, type IDBPObjectStor
 import { StorageError } from '../errors.js';
 import type { EventType, StoredEvent } from '../types.js';
 import { BlockedError, blockedDeletion, blockedOpen, unlessBlocked } from './blocked.js';
-import { DEFAULT_MAX_AGE_DAYS, EVENT_SCHEMA_VERSION, FUTURE_SLACK_MS } from './schema.js';
+import { DEFAULT_MAX_AGE_DAYS, EVENT_SCHEMA_VERSION, FUTURE_SLACK_MS, storedEventProblem } from './schema.js';
 import { foldIntoLedger, ledgerKeeps, ledgerWithExpired, OFFER_LEDGER_KEY, type OfferLedger } from './offer-ledger.js';
 
 /** A stored value of the `meta` store: model weights, counters, settings. */
@@ -82,6 +82,8 @@ export interface EventStore {
   isDeleted?(): boolean;
   /** IndexedDB only: called when a reconnect finds the database deleted ({@link IdbEventStore.onVanished}). */
   onVanished?: (() => void) | undefined;
+  /** IndexedDB only: called when a read left out stored records that are not events ({@link IdbEventStore.onMalformed}). */
+  onMalformed?: ((count: number, problem: string) => void) | undefined;
   /**
    * Applies retention now, as the next write would: deletes the events past the age limit and, when
    * more than `maxEvents` are stored (a lower limit than when they were written), the oldest beyond
@@ -104,6 +106,8 @@ export interface AddResult {
   evicted: number;
   /** Present when the write hit the storage quota: the oldest events removed to make room. */
   quotaEvicted?: number;
+  /** Present when the write hit the storage quota: the re-downloadable meta records deleted first ({@link IdbEventStore.disposableOnQuota}). */
+  quotaDropped?: string[];
 }
 
 /**
@@ -371,8 +375,25 @@ export class IdbEventStore implements EventStore {
         throw storageError(`storing ${events.length} event(s) (still over the storage quota after evicting old events; none are evicted again until a write succeeds)`, e);
       }
     }
-    // Over quota: the aborted transaction stored nothing. Evict the oldest events by policy in a
-    // transaction of their own, then retry once; a second failure reaches the caller.
+    // Over quota: the aborted transaction stored nothing. What can be fetched again (the shop's
+    // global model, its neighbour table: often the largest records) goes first, then retry.
+    let quotaDropped: string[] = [];
+    try {
+      quotaDropped = await this.dropDisposable();
+    } catch (e) {
+      throw storageError(`deleting re-downloadable records after a quota error while storing ${events.length} event(s)`, e);
+    }
+    if (quotaDropped.length > 0) {
+      try {
+        const r = await this.addOnce(events);
+        this.overQuota = false;
+        return { ...r, quotaDropped };
+      } catch (e) {
+        if (!isQuotaError(e)) throw storageError(`storing ${events.length} event(s)`, e);
+      }
+    }
+    // Evict the oldest events by policy in a transaction of their own, then retry once; a second
+    // failure reaches the caller.
     let quotaEvicted: number;
     try {
       const db = await this.conn();
@@ -383,7 +404,7 @@ export class IdbEventStore implements EventStore {
     }
     try {
       const r = await this.addOnce(events);
-      return { evicted: r.evicted + quotaEvicted, quotaEvicted };
+      return { evicted: r.evicted + quotaEvicted, quotaEvicted, ...(quotaDropped.length ? { quotaDropped } : {}) };
     } catch (e) {
       if (isQuotaError(e)) this.overQuota = true;
       // The evicted events are gone whatever the retry did: the caller counts them (quotaEvictedBy).
@@ -441,6 +462,27 @@ export class IdbEventStore implements EventStore {
     }
   }
 
+  /**
+   * Meta records the page can fetch again (the engine names the global model and the neighbour
+   * table): when a write hits the storage quota they are deleted before any event, which no
+   * download brings back.
+   */
+  disposableOnQuota: readonly string[] = [];
+
+  /** Deletes the {@link disposableOnQuota} records that are stored, in one transaction; their keys. */
+  private async dropDisposable(): Promise<string[]> {
+    if (this.disposableOnQuota.length === 0) return [];
+    const tx = (await this.conn()).transaction('meta', 'readwrite');
+    const dropped: string[] = [];
+    for (const key of this.disposableOnQuota) {
+      if ((await tx.store.count(key)) === 0) continue;
+      await tx.store.delete(key);
+      dropped.push(key);
+    }
+    await tx.done;
+    return dropped;
+  }
+
   /** Deletes up to `n` of the oldest events (by time) in one transaction; returns how many. */
   private async evictOldest(n: number): Promise<number> {
     const tx = (await this.conn()).transaction(['events', 'meta'], 'readwrite');
@@ -480,13 +522,33 @@ export class IdbEventStore implements EventStore {
   async all(): Promise<StoredEvent[]> {
     if (this.absent) return [];
     // Events past the age limit are deleted at the next write (or applyRetention()); until then they are not read either.
-    return (await this.conn()).getAllFromIndex('events', 't', IDBKeyRange.lowerBound(ageCutoff(this.retention)));
+    return this.sound(await (await this.conn()).getAllFromIndex('events', 't', IDBKeyRange.lowerBound(ageCutoff(this.retention))));
+  }
+
+  /**
+   * Called when a read leaves out stored records that are not events (hand-edited, or written by
+   * another release): how many, and what is wrong with the first. They stay stored (retention or
+   * an erase removes them); the engine says so in `stats().lastError`.
+   */
+  onMalformed?: (count: number, problem: string) => void;
+
+  /** `records` without those that are not events {@link validateEvent} would have stored. */
+  private sound(records: StoredEvent[]): StoredEvent[] {
+    let bad = 0;
+    let first = '';
+    const out = records.filter((r) => {
+      const problem = storedEventProblem(r);
+      if (problem !== undefined && bad++ === 0) first = `event ${String((r as { id?: unknown } | null)?.id)}: ${problem}`;
+      return problem === undefined;
+    });
+    if (bad > 0) this.onMalformed?.(bad, first);
+    return out;
   }
 
   async byItem(itemId: string): Promise<StoredEvent[]> {
     if (this.absent) return [];
     const cutoff = ageCutoff(this.retention);
-    const evs = (await (await this.conn()).getAllFromIndex('events', 'itemId', itemId)).filter((e) => e.t >= cutoff);
+    const evs = this.sound(await (await this.conn()).getAllFromIndex('events', 'itemId', itemId)).filter((e) => e.t >= cutoff);
     return evs.sort((a, b) => a.t - b.t || (a.id ?? 0) - (b.id ?? 0));
   }
 

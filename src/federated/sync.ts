@@ -78,9 +78,14 @@ export interface EgressEntry {
   pending?: true;
 }
 
+/**
+ * The `fetch` the SDK calls: the platform's own (`globalThis.fetch`) fits, as does any function
+ * taking these options. (The body is `Uint8Array<ArrayBuffer>`, what `BodyInit` takes, so that the
+ * DOM's `fetch` type-checks as one.)
+ */
 export type FetchLike = (
   input: string,
-  init?: { method?: string; body?: Uint8Array; headers?: Record<string, string>; signal?: AbortSignal; credentials?: 'omit'; cache?: 'no-store'; redirect?: 'error'; referrerPolicy?: 'no-referrer' },
+  init?: { method?: string; body?: Uint8Array<ArrayBuffer>; headers?: Record<string, string>; signal?: AbortSignal; credentials?: 'omit'; cache?: 'no-store'; redirect?: 'error'; referrerPolicy?: 'no-referrer' },
 ) => Promise<Response>;
 
 /**
@@ -121,9 +126,11 @@ export interface SyncOptions {
    * leaves, then again once it has been sent: the place to persist the accountant (and the egress
    * log so far), so that a tab closed mid-sync (or while the device waits for its cohort) cannot
    * lose the ε it spent. A rejection then stops the sync before the update is sent. Also called
-   * before every other request goes out, once its `pending` entry is logged (and after the answers
-   * that matter: the GETs, the join, each poll), so that a tab closed while a request waits for its
-   * answer leaves it in the stored log; a rejection there is ignored (the next call stores it).
+   * before every other request goes out, once its `pending` entry is logged, so that a tab closed
+   * while a request waits for its answer leaves it in the stored log: a rejection there stops the
+   * sync before that request is sent (StorageError; the entry is logged `notSent`), as no request
+   * may leave without its entry stored. Also after the answers that matter (the GETs, the join,
+   * each poll), where a rejection is ignored (the next call stores it).
    */
   onCheckpoint?: () => void | Promise<void>;
   /**
@@ -380,7 +387,14 @@ async function request(
       // In the stored log before it goes: a tab closed while it waits for its answer (a long
       // cohort poll, a server that is slow to answer) leaves this entry, not nothing.
       log(0, { pending: true });
-      await checkpointQuietly(o);
+      try {
+        await o.onCheckpoint?.();
+      } catch (e) {
+        // No request leaves the device without its entry in the stored log: storage that fails
+        // (quota, a broken record) stops the sync here, and the entry says it was not sent.
+        log(0, { notSent: true });
+        throw new StorageError(`${what} was not sent: the egress log could not be stored before it (${(e as Error).message})`, { cause: e });
+      }
       // Stopped while the entry was stored: it never left, and its entry says so.
       try {
         if (signal?.aborted) throw syncCancelled(`before ${method} ${endpoint}`);
@@ -410,7 +424,8 @@ async function request(
     try {
       let res: Response;
       try {
-        res = await f(o.serverUrl.replace(/\/$/, '') + endpoint, { method, body, headers, ...PRIVATE_FETCH, signal: attempt.signal });
+        // (The SDK's bodies are its own encoders' output, never on a SharedArrayBuffer.)
+        res = await f(o.serverUrl.replace(/\/$/, '') + endpoint, { method, body: body as Uint8Array<ArrayBuffer> | undefined, headers, ...PRIVATE_FETCH, signal: attempt.signal });
       } catch (e) {
         noAnswer(e);
         continue;

@@ -116,8 +116,11 @@ export interface WeightedRow {
 
 /**
  * Writes the ranking score of every row into `out` (length m.nItems): rows the history reaches
- * with a positive neighbour score get `1 + score`; every other row gets its fallback score mapped
- * into [0, 1) (same order), so history always ranks first and the fallback breaks the rest.
+ * with a positive neighbour score get `1 + score / (the largest such score)`, in (1, 2]; every other
+ * row gets its fallback score mapped into [0, 1) (same order), so history always ranks first and
+ * the fallback breaks the rest. (Scaled by the largest, the neighbour scores keep their order in
+ * float32 whatever their scale: a history whose recency weights are all tiny, a shopper back after
+ * years, would otherwise round every `1 + score` to 1 and tie.)
  *
  * @example
  * ```ts
@@ -137,7 +140,16 @@ export function rankScores(m: SparseItemModel, history: readonly WeightedRow[], 
   }
   const span = hi > lo ? hi - lo : 1;
   for (let j = 0; j < n; j++) out[j] = (0.999 * (fallback[j]! - lo)) / span;
-  for (const [j, v] of reachedRows(m, history)) out[j] = 1 + v;
+  const reached = reachedRows(m, history);
+  const top = largestValue(reached);
+  for (const [j, v] of reached) out[j] = 1 + v / top;
+}
+
+/** The largest value of `scores` (reachedRows' map; each > 0), 1 when it is empty. */
+export function largestValue(scores: ReadonlyMap<number, number>): number {
+  let top = 0;
+  for (const v of scores.values()) if (v > top) top = v;
+  return top > 0 ? top : 1;
 }
 
 /**

@@ -1,5 +1,5 @@
 import * as tf from './tf.js';
-import { ModelError, ValidationError } from '../errors.js';
+import { AbortError, ModelError, ValidationError } from '../errors.js';
 import type { Progress } from '../types.js';
 import { checkItemTable, type ItemTable } from './item-table.js';
 import { Random } from './random.js';
@@ -115,6 +115,12 @@ export function yieldToEventLoop(): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, 0));
 }
 
+/** Throws once `signal` is aborted: its reason when that is an {@link AbortError}, else one of ours. */
+function throwIfAborted(signal: AbortSignal | undefined): void {
+  if (!signal?.aborted) return;
+  throw signal.reason instanceof AbortError ? signal.reason : new AbortError('training stopped: its signal was aborted');
+}
+
 /**
  * Trains the item table in place with sampled softmax: the context of a target is the weighted
  * mean of the embeddings of the items before it, and it must pick the target out of the batch's
@@ -123,6 +129,11 @@ export function yieldToEventLoop(): Promise<void> {
  * Each step gathers only the rows it touches into small dense tensors, takes gradients against
  * those, and scatters the Adagrad update back: a `tf.gather` gradient against the whole table costs
  * minutes per step on the CPU backend (DESIGN.md) and does not exist on the WASM backend.
+ *
+ * `config.signal` stops the run between two steps: it rejects with an {@link AbortError} (the
+ * signal's reason when that is one). The steps taken before then stay applied to `table` and
+ * `state` (a run aborted before its first step leaves them as they were): a caller that must not
+ * keep part of a run trains a copy and drops it, as the engine does.
  *
  * @example
  * ```ts
@@ -134,11 +145,12 @@ export function yieldToEventLoop(): Promise<void> {
 export async function trainItemTable(
   table: ItemTable,
   sequences: readonly Sequence[],
-  config: Partial<TrainConfig> = {},
+  config: Partial<TrainConfig> & { signal?: AbortSignal } = {},
   onProgress?: (p: Progress) => void,
   state?: OptimizerState,
 ): Promise<TrainStats> {
-  const cfg = checkTrainConfig(config);
+  const { signal, ...tuning } = config;
+  const cfg = checkTrainConfig(tuning);
   // A table of the wrong shape would be read past its end, and a non-finite value spreads through
   // every context it is part of.
   checkItemTable(table);
@@ -151,6 +163,7 @@ export async function trainItemTable(
   // A backend that starts asynchronously (wasm, where it is registered first) must be up before
   // the first op, or that op throws "has not yet been initialized".
   await tf.ready();
+  throwIfAborted(signal);
   state ??= createOptimizerState(table, cfg.initialAccumulator);
   const n = table.itemIds.length;
   const d = table.dim;
@@ -197,6 +210,8 @@ export async function trainItemTable(
     let epochLoss = 0;
     let epochSteps = 0;
     for (let start = 0; start < examples.length; start += B) {
+      // Between two steps (the signal can only fire while the loop yields, or awaits data()).
+      throwIfAborted(signal);
       const batch = examples.slice(start, start + B);
       const rows: number[] = [];
       const use = (r: number) => {

@@ -658,13 +658,34 @@ describe('syncOnce: a model on which training could fail for some histories only
     const entries: EgressEntry[] = [];
     const accountant = new RdpAccountant();
     await assert.rejects(
-      syncOnce({ serverUrl: 'http://srv', fetch: srv.f, accountant, history: history(['sku-1', 'sku-2']), onEgress: (e) => entries.push(e), onCheckpoint: async () => Promise.reject(new Error('QuotaExceededError (simulated)')) }),
+      syncOnce({
+        serverUrl: 'http://srv',
+        fetch: srv.f,
+        accountant,
+        history: history(['sku-1', 'sku-2']),
+        onEgress: (e) => entries.push(e),
+        // Storage fills up once the GETs are stored, as the upload's entry is written.
+        onCheckpoint: async () => (entries.at(-1)?.kind === 'update' ? Promise.reject(new Error('QuotaExceededError (simulated)')) : undefined),
+      }),
       (e: unknown) => (e as Error).name === 'StorageError' && /could not be stored before the upload, so nothing was sent; this sync's ε is spent: QuotaExceededError/.test((e as Error).message),
     );
     assert.ok(!srv.paths.includes('POST /v1/updates'));
     assert.equal(accountant.releases, 1);
     const last = entries.at(-1)!;
     assert.deepEqual([last.endpoint, last.notSent, last.pending], ['/v1/updates', true, undefined]);
+  });
+
+  it('an egress log that cannot be stored before a GET: that request is not sent either (StorageError), nothing is spent', async () => {
+    const srv = fakeServer(encodeModel(createItemTable(itemIds, dim, { seed: 1 })));
+    const entries: EgressEntry[] = [];
+    const accountant = new RdpAccountant();
+    await assert.rejects(
+      syncOnce({ serverUrl: 'http://srv', fetch: srv.f, accountant, history: history(['sku-1', 'sku-2']), onEgress: (e) => entries.push(e), onCheckpoint: async () => Promise.reject(new Error('QuotaExceededError (simulated)')) }),
+      (e: unknown) => (e as Error).name === 'StorageError' && /GET \/v1\/config was not sent: the egress log could not be stored before it \(QuotaExceededError/.test((e as Error).message),
+    );
+    assert.deepEqual(srv.paths, [], 'no request left');
+    assert.equal(accountant.releases, 0);
+    assert.deepEqual(entries.map((e) => [e.endpoint, e.pending, e.notSent]), [['/v1/config', true, undefined], ['/v1/config', undefined, true]]);
   });
 });
 

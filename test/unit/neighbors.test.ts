@@ -93,14 +93,24 @@ describe('neighbour file (LRN1)', () => {
 describe('neighbour scoring', () => {
   const m = alignNeighbors(TABLE, new Map(TABLE.itemIds.map((id, i) => [id, i])), 4);
 
-  it('ranks what the history reaches first (1 + Σ weight·w), the fallback order after, in [0, 1)', () => {
+  it('ranks what the history reaches first (1 + Σ weight·w over its largest), the fallback order after, in [0, 1)', () => {
     const out = new Float32Array(4);
     rankScores(m, [{ row: 0, weight: 1 }], Float32Array.of(5, 1, 3, 4), out);
-    // a reaches b (0.8) and c (0.2); d only by fallback (4 of 1..5 → 0.999·3/4); a itself by fallback (top).
-    assert.ok(Math.abs(out[1]! - 1.8) < 1e-6 && Math.abs(out[2]! - 1.2) < 1e-6);
+    // a reaches b (0.8) and c (0.2): 1 + 0.8/0.8 and 1 + 0.2/0.8; d only by fallback (4 of 1..5 → 0.999·3/4); a itself by fallback (top).
+    assert.ok(Math.abs(out[1]! - 2) < 1e-6 && Math.abs(out[2]! - 1.25) < 1e-6);
     assert.ok(Math.abs(out[3]! - 0.999 * 0.75) < 1e-6 && Math.abs(out[0]! - 0.999) < 1e-6);
     assert.deepEqual(topRows(out, 3, new Set([0])).map((s) => s.row), [1, 2, 3]);
     assert.deepEqual(topRows(out, 2, new Set(), (r) => r !== 1).map((s) => s.row), [2, 0]);
+  });
+
+  it('neighbour scores keep their order whatever their scale: a history of tiny recency weights (a shopper back after years) does not tie them all at 1', () => {
+    const plain = new Float32Array(4);
+    const tiny = new Float32Array(4);
+    const fallback = Float32Array.of(5, 1, 3, 4);
+    rankScores(m, [{ row: 0, weight: 1 }, { row: 2, weight: 0.5 }], fallback, plain);
+    rankScores(m, [{ row: 0, weight: 1e-300 }, { row: 2, weight: 0.5e-300 }], fallback, tiny);
+    assert.deepEqual(Array.from(tiny), Array.from(plain));
+    assert.deepEqual(topRows(tiny, 3, new Set()).map((s) => s.row), [1, 3, 2], 'b (0.8), d (0.5 · 0.9), c (0.2): by their scores, not by row');
   });
 
   it('explains a score by the history items that point to it, and lists an item’s own neighbours', () => {
@@ -265,9 +275,11 @@ describe('Engine with a neighbour table', () => {
 
   it('near-ties (below float32 precision) break by row on the device as in eval', async () => {
     const ids = ['a', 'b', 'c', 'd'];
-    const w1 = Math.fround(0.3);
+    const w1 = 0.25; // 1 + w1 is a float32; 1 + the next float32 above w1 rounds to it
     const w2 = new Float32Array(Uint32Array.of(new Uint32Array(Float32Array.of(w1).buffer)[0]! + 1).buffer)[0]!; // the next float32 above
-    const table: NeighborTable = { itemIds: ids, width: 2, index: Int32Array.of(1, 2, -1, -1, -1, -1, -1, -1), weight: Float32Array.of(w1, w2, 0, 0, 0, 0, 0, 0) };
+    // a → d (1), c (w2), b (w1): scaled by d's score, b's and c's stay w1 and w2, which differ
+    // below float32's precision once 1 is added.
+    const table: NeighborTable = { itemIds: ids, width: 3, index: Int32Array.of(3, 2, 1, -1, -1, -1, -1, -1, -1, -1, -1, -1), weight: Float32Array.of(1, w2, w1, 0, 0, 0, 0, 0, 0, 0, 0, 0) };
     const store = new MemoryEventStore();
     await store.setMeta(MODEL_KEY, { version: 1, itemIds: ids, dim: 4, factors: new Float32Array(16), bias: Float32Array.of(0.1, 0.2, 0.3, 0.4), trainSteps: 0, trainedThroughId: 0 });
     const t = Date.now();
@@ -282,7 +294,7 @@ describe('Engine with a neighbour table', () => {
       rankScores(alignNeighbors(table, rows, 4), profile, Float32Array.of(0.1, 0.2, 0.3, 0.4), dense);
       const evalOrder = topRows(dense, 3, new Set([0])).map((r) => ids[r.row]);
       assert.deepEqual((await e.recommend({ k: 3 })).map((r) => r.itemId), evalOrder);
-      assert.deepEqual(evalOrder.slice(0, 2), ['b', 'c'], 'a float32 tie, broken by row');
+      assert.deepEqual(evalOrder, ['d', 'b', 'c'], 'a float32 tie, broken by row');
     } finally {
       await e.close();
     }

@@ -59,6 +59,25 @@ describe('QuotaExceededError on write', () => {
     await s.destroy();
   });
 
+  it('re-downloadable meta records (disposableOnQuota) go before any event; events only when that was not enough', async () => {
+    const s = await IdbEventStore.open('quota-disposable');
+    s.disposableOnQuota = ['global', 'neighbors'];
+    await s.add(Array.from({ length: 30 }, (_, i) => ev(i)));
+    await s.setMeta('global', { hash: 'ab', bytes: new Uint8Array(1000) });
+    await s.setMeta('model', { kept: true });
+    quotaFailures = 1;
+    assert.deepEqual(await s.add([ev(100)]), { evicted: 0, quotaDropped: ['global'] });
+    assert.equal(await s.count(), 31, 'no event evicted');
+    assert.deepEqual([await s.getMeta('global'), await s.getMeta('model')], [undefined, { kept: true }]);
+    // Nothing left to drop: events are evicted as before; with something to drop that is not enough, both.
+    await s.setMeta('neighbors', { hash: 'cd', bytes: new Uint8Array(10) });
+    quotaFailures = 2;
+    const r = await s.add([ev(101)]);
+    assert.deepEqual([r.quotaDropped, r.quotaEvicted], [['neighbors'], 4]);
+    assert.equal(await s.count(), 31 - 4 + 1);
+    await s.destroy();
+  });
+
   it('a batch larger than the chunk evicts at least its own size', async () => {
     const s = await IdbEventStore.open('quota-2');
     await s.add(Array.from({ length: 20 }, (_, i) => ev(i)));

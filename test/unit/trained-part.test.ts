@@ -117,7 +117,7 @@ test('a plain server with trainRows and frozen biases: config says so, whole-tab
     const res = await s.fetchFn('http://x/v1/model');
     const baseHash = fromHex(res.headers.get('x-localrec-model-hash')!);
     const opts = { baseHash, clip: 1, noiseMultiplier: 0, bits: config.bits as number, blockSize: config.blockSize as number };
-    const post = (body: Uint8Array) => s.fetchFn('http://x/v1/updates', { method: 'POST', body });
+    const post = (body: Uint8Array) => s.fetchFn('http://x/v1/updates', { method: 'POST', body: body as Uint8Array<ArrayBuffer> });
     const whole = buildClientUpdate(base, trained(base, 9), opts).bytes;
     assert.equal((await post(whole)).status, 413, 'a whole-table update is larger than the announced update size');
     const fewer = await post(buildClientUpdate(base, trained(base, 9), { ...opts, part: { rows: ROWS - 5, biases: false } }).bytes);
