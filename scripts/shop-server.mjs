@@ -166,7 +166,7 @@ export async function readRetailHistories(ids, file = RETAIL_DATA) {
   const key = `${file}\n${ids.length}\n${ids[0]}`;
   if (retailCache?.key === key) return retailCache.histories;
   if (!existsSync(file)) {
-    throw Object.assign(new Error(`the online-retail data is missing (${file}); the simulated shoppers replay its purchases`), { code: 'NO_DATA' });
+    throw Object.assign(new Error(`the online-retail data is missing (${file}); the simulated shoppers replay its purchases (README.md, "The data sets", says where it comes from and its columns)`), { code: 'NO_DATA' });
   }
   const wanted = new Set(ids);
   const rows = [];

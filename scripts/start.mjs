@@ -56,14 +56,16 @@ function heldByAnother() {
   }
 }
 
-if (heldByAnother()) {
-  process.stderr.write(ALREADY_RUNNING);
-  process.exit(1);
-}
-
+// A bad PORT is a mistake in this very command: said first, before the data dir's lock (which would
+// otherwise report another instance, and the PORT mistake only once that one is stopped).
 const port = process.env.PORT === undefined ? 8787 : Number(process.env.PORT);
 if (!Number.isInteger(port) || port < 0 || port > 65535) {
   process.stderr.write(`PORT must be a port number, got '${process.env.PORT}'\n`);
+  process.exit(1);
+}
+
+if (heldByAnother()) {
+  process.stderr.write(ALREADY_RUNNING);
   process.exit(1);
 }
 

@@ -17,6 +17,13 @@ function countParam(name, dflt) {
 }
 /** Train after this many new browsing events (the page trains itself so that it can chart the loss). */
 const TRAIN_EVERY = countParam('trainEvery', 3);
+/**
+ * The automatic sync ("sync once …" in the rounds panel) waits until this many browsing events
+ * (views, searches, cart changes, purchases, ratings; offers shown do not count) are stored: an
+ * update from a handful of views carries almost no signal, yet the first sync spends more than half
+ * of the ε budget (4.38 of 8 at σ = 1). "Sync now" works at any time.
+ */
+const AUTO_SYNC_MIN_EVENTS = 6;
 const POLL_MS = 4000;
 /**
  * `?consent=granted`: a first visit starts with consent granted (personalization and sharing model
@@ -98,6 +105,15 @@ const state = {
   shelfOffers: [],
   lastSync: null,
   autoSynced: false,
+  /** The shopper's own choice for the automatic-sync box (the page unchecks it while sharing is off). */
+  autoSyncWanted: true,
+  /**
+   * When this device's record of what it stored and sent was erased with the shopper's data (a
+   * withdrawal of consent after one was given, or "Erase everything"), and why: the audit then
+   * starts afresh, and the privacy panel must not read as if nothing had ever left. A withdrawal
+   * is remembered with the consent answer (rememberConsent); an erase, in this page view only.
+   */
+  forgotten: null,
   syncing: null,
 };
 
@@ -123,7 +139,7 @@ function restingStatus(s) {
     $('status').dataset.kind = 'info';
     return;
   }
-  $('status').textContent = `Personalized on this device · ${s.backend} backend, started in ${state.startMs} ms · ${s.events.total} event${s.events.total === 1 ? '' : 's'} stored in this browser, none sent · ${sent ? `${sent} federated request${sent === 1 ? '' : 's'} (model only), see Privacy` : 'no federated sync yet'}`;
+  $('status').textContent = `Personalized on this device · ${s.backend} backend, started in ${state.startMs} ms · ${s.events.total} event${s.events.total === 1 ? '' : 's'} stored in this browser, none sent · ${sent ? `${sent} federated request${sent === 1 ? '' : 's'} (model only), see Privacy` : state.forgotten ? 'no federated sync on record since your data was erased' : 'no federated sync yet'}`;
   $('status').dataset.kind = 'ok';
 }
 
@@ -287,6 +303,8 @@ async function refresh() {
   renderRounds();
   restingStatus(stats);
   document.body.dataset.audits = String(Number(document.body.dataset.audits ?? 0) + 1);
+  // Once the stored history is worth an update: the automatic sync (once per page view).
+  void autoSync().catch(fail);
 }
 
 async function train() {
@@ -309,7 +327,6 @@ async function train() {
     .then((r) => {
       if (gen !== state.generation) return r;
       $('loss-caption').textContent = r.steps === 0 ? 'Nothing to train on yet: open a few products first.' : `Last run: ${r.steps} steps on ${r.examples} examples in ${Math.round(r.ms)} ms, loss ${r.firstLoss.toFixed(3)} → ${r.lastLoss.toFixed(3)}.`;
-      if (r.steps > 0) queueMicrotask(() => void autoSync());
       return r;
     })
     .finally(() => {
@@ -523,12 +540,38 @@ function renderPrivacy(s, a) {
   });
   rows.push(`<tr class="total"><th scope="row">Total events</th><td data-testid="privacy-total">${a.events.total}</td></tr>`);
   $('privacy-counts').innerHTML = rows.join('');
+  // Where it is kept: the storage actually in use (IndexedDB, or this tab's memory in private mode),
+  // or nowhere without consent to personalization.
+  const noConsent = a.consent.current.personalization === false;
+  const kept = a.storage.kind === 'indexeddb';
+  const f = state.forgotten;
+  // (A date too: a withdrawal is remembered across visits.)
+  const erasedWhen = f ? `${f.why === 'erased' ? 'by “Erase everything”' : 'when you withdrew your consent'} on ${new Date(f.t).toLocaleString()}` : '';
+  $('a-where-line').textContent = kept
+    ? 'Stored only in this browser (IndexedDB), used only here.'
+    : noConsent
+      ? 'Nothing is stored: without your consent to personalization this browser keeps no events, not even in memory.'
+      : 'Kept only in this tab’s memory (this browser gives the shop no storage, as in private mode), used only here; gone when the tab closes.';
+  // "No consent yet" only while the banner has not been answered: after a "Decline" it says so.
+  const answeredNo = noConsent && (f?.why === 'withdrawn' || rememberedConsent()?.personalization === false);
   $('privacy-range').textContent = a.events.total
     ? `Oldest ${new Date(a.events.oldest).toLocaleString()}, newest ${new Date(a.events.newest).toLocaleString()}.`
-    : a.storage.kind === 'memory'
-      ? 'Nothing stored: no consent yet, so events are not even kept in memory.'
-      : 'Nothing stored.';
-  $('a-storage').textContent = a.storage.kind === 'indexeddb' ? `IndexedDB “${a.storage.database}” (${a.storage.stores.join(', ')})` : 'nowhere (memory only, nothing persisted)';
+    : noConsent
+      ? f?.why === 'withdrawn'
+        ? `Nothing stored: what was stored was erased ${erasedWhen}, and without consent events are not even kept in memory.`
+        : answeredNo
+          ? 'Nothing stored: you declined, so events are not even kept in memory.'
+          : f
+            ? `Nothing stored: everything was erased ${erasedWhen}, and until you answer the banner events are not even kept in memory.`
+            : 'Nothing stored: no consent yet, so events are not even kept in memory.'
+      : kept
+        ? 'Nothing stored yet.'
+        : 'Nothing kept yet (in this tab’s memory only).';
+  $('a-storage').textContent = kept
+    ? `IndexedDB “${a.storage.database}” (${a.storage.stores.join(', ')})`
+    : noConsent
+      ? 'nowhere (without consent nothing is kept, not even in memory)'
+      : 'this tab’s memory only (no IndexedDB here: nothing persisted)';
   $('a-events-bytes').textContent = bytes(a.events.bytes);
   $('a-events-bytes').dataset.bytes = String(a.events.bytes);
   $('a-model').textContent = a.model.stored
@@ -538,9 +581,12 @@ function renderPrivacy(s, a) {
 
   // What left: every request the SDK made, from its own log.
   const log = a.egress.log;
+  // After a withdrawal or an erase the SDK's log starts afresh: say so, instead of "nothing has left".
   $('a-egress-summary').textContent = log.length
-    ? `${a.egress.requests} request${a.egress.requests === 1 ? '' : 's'}, ${bytes(a.egress.bytesSent)} sent in all — model traffic and the shop’s neighbour table, never an event. Newest first:`
-    : 'Nothing has left this device. (The page itself loads the catalog and polls the round status; those requests carry no data about you.)';
+    ? `${f ? `Since the log was erased with your data ${erasedWhen}: ` : ''}${a.egress.requests} request${a.egress.requests === 1 ? '' : 's'}, ${bytes(a.egress.bytesSent)} sent in all — model traffic and the shop’s neighbour table, never an event. Newest first:`
+    : f
+      ? `No record: the log of what left this device was erased with your data ${erasedWhen}; nothing has left since. (The page itself loads the catalog and polls the round status; those requests carry no data about you.)`
+      : 'Nothing has left this device. (The page itself loads the catalog and polls the round status; those requests carry no data about you.)';
   $('a-egress').innerHTML = log
     .slice(-12)
     .reverse()
@@ -563,9 +609,31 @@ function renderPrivacy(s, a) {
   $('a-eps-bar').style.width = `${frac * 100}%`;
   $('a-eps-meter').setAttribute('aria-valuenow', String(Math.round(frac * 100)));
   $('a-eps-bar').classList.toggle('full', frac >= 0.75);
-  $('a-eps').textContent = p.federatedConfigured
-    ? `ε ${eps(p.epsilonSpent)} of ${eps(p.epsilonBudget)} spent (δ = ${p.delta < 0.001 ? p.delta.toExponential(0) : p.delta}) in ${p.syncs} sync${p.syncs === 1 ? '' : 's'}. ${syncsLeftText(p.syncsLeft)}`
-    : 'Federated learning is not configured: nothing is ever sent.';
+  // Why sharing is off, when it is: in the ε line, and as the title of the disabled "Sync now" and
+  // of the automatic-sync box.
+  const offWhy = p.federatedActive
+    ? null
+    : !p.federatedConfigured
+      ? 'federated learning is not configured here'
+      : p.globalPrivacyControl && p.globalPrivacyControlHonored
+        ? 'your browser sends Global Privacy Control, which this shop honours'
+        : noConsent
+          ? answeredNo
+            ? 'you declined'
+            : 'you have not consented (yet)'
+          : !a.consent.current.federated
+            ? 'you chose “Only on this device”'
+            : 'this device does not sync now';
+  const consentCan = noConsent || (p.federatedConfigured && !a.consent.current.federated && !(p.globalPrivacyControl && p.globalPrivacyControlHonored));
+  const off = offWhy && `Sharing model updates is off: ${offWhy}, so nothing is sent.${consentCan ? ' “Change consent” → “Accept all” turns it on.' : ''}`;
+  const spent = `ε ${eps(p.epsilonSpent)} of ${eps(p.epsilonBudget)} spent (δ = ${p.delta < 0.001 ? p.delta.toExponential(0) : p.delta}) in ${p.syncs} sync${p.syncs === 1 ? '' : 's'}`;
+  $('a-eps').textContent = !p.federatedConfigured
+    ? 'Federated learning is not configured: nothing is ever sent.'
+    : f && noConsent
+      ? `No record: the count of the ε this device spent was erased with your data ${erasedWhen}. Sharing is off: nothing is sent, no ε is spent. Accepting again starts a new budget of ε ${eps(p.epsilonBudget)}.`
+      : `${spent}${f ? ` (a new budget: the count before was erased with your data ${erasedWhen})` : ''}. ${
+          offWhy ? `Sharing model updates is off (${offWhy}): nothing is sent and no ε is spent.` : syncsLeftText(p.syncsLeft)
+        }`;
   $('a-eps').dataset.epsilon = eps(p.epsilonSpent);
 
   const c = a.consent;
@@ -583,8 +651,14 @@ function renderPrivacy(s, a) {
     : 'Global Privacy Control: not sent by your browser.';
   $('a-gpc').dataset.gpc = String(p.globalPrivacyControl);
   // Past the budget "Sync now" still receives the newest global model (the upload is refused).
-  $('sync-now').disabled = !p.federatedActive || !!state.syncing;
-  $('sync-now').title = p.syncsLeft === 0 ? 'This device’s privacy budget is spent: it only receives the newest global model now.' : '';
+  $('sync-now').disabled = !!off || !!state.syncing;
+  $('sync-now').title = off ?? (p.syncsLeft === 0 ? 'This device’s privacy budget is spent: it only receives the newest global model now.' : '');
+  // The automatic sync: off (and unchecked) while sharing is off, or without storage (private mode),
+  // where it never runs; the shopper's own choice comes back with sharing.
+  const autoOff = off ?? (kept ? null : 'No automatic sync without storage (private mode): this device could not remember the ε it spends (“Sync now” only receives).');
+  $('auto-sync').disabled = !!autoOff;
+  $('auto-sync').checked = !autoOff && state.autoSyncWanted;
+  $('auto-sync-label').title = autoOff ?? '';
 }
 
 /** Downloads `rec.export()` as a JSON file. */
@@ -648,6 +722,16 @@ function rememberedConsent() {
   }
 }
 
+/** When the remembered answer withdrew a consent given before (state.forgotten), or null. */
+function rememberedWithdrawal() {
+  try {
+    const t = JSON.parse(localStorage.getItem(CONSENT_KEY) ?? 'null')?.withdrawnAt;
+    return Number.isFinite(t) ? t : null;
+  } catch {
+    return null;
+  }
+}
+
 function rememberConsent(c) {
   try {
     if (c) localStorage.setItem(CONSENT_KEY, JSON.stringify(c));
@@ -657,10 +741,13 @@ function rememberConsent(c) {
   }
 }
 
-/** The model panel as on a fresh device: what it showed came from data that is now gone. */
-function forgetModelPanel() {
+/**
+ * The model panel as on a fresh device: what it showed came from data that is now gone (`erased`:
+ * data there was, the record of its syncs included).
+ */
+function forgetModelPanel(erased = true) {
   state.lastSync = null;
-  $('sync-result').textContent = 'This device has not synced yet.';
+  $('sync-result').textContent = erased ? 'No sync on record: the record of this device’s syncs was erased with your data.' : 'No sync from this page yet.';
   delete $('sync-result').dataset.kind;
   state.losses = [];
   state.runs = 0;
@@ -669,12 +756,17 @@ function forgetModelPanel() {
 
 async function chooseConsent(personalization, federated) {
   if (!state.rec) return;
+  // Consent to personalization given before (as the panel last read it): a "Decline" now withdraws it.
+  const withdraws = !personalization && state.audit?.consent.current.personalization === true;
   try {
     await state.rec.setConsent({ personalization, federated });
-    rememberConsent({ personalization, federated });
+    // A withdrawal erases everything stored, the egress log and the ε count included: the privacy
+    // panel says so (instead of "nothing has left this device"), at later visits too.
+    if (withdraws) state.forgotten = { t: Date.now(), why: 'withdrawn' };
+    rememberConsent({ personalization, federated, ...(state.forgotten?.why === 'withdrawn' ? { withdrawnAt: state.forgotten.t } : {}) });
     // Declining erases what was stored and the personal model: the panel forgets them too.
     if (!personalization) {
-      forgetModelPanel();
+      forgetModelPanel(withdraws);
       state.ratings.clear();
       state.browsingTrained = state.browsingTracked;
     }
@@ -848,9 +940,17 @@ function redeem(o) {
 
 // ---------------------------------------------------------------- federated sync
 
+/**
+ * The page's own requests to the aggregation server (its status panel), made as privately as the
+ * SDK makes its own (PRIVATE_FETCH in src/federated/sync.ts): no cookie, no Referer, nothing from or
+ * into the HTTP cache, so that the server cannot tie a session cookie of the shop to the time and
+ * address of a model update.
+ */
+const SERVER_FETCH = { credentials: 'omit', referrerPolicy: 'no-referrer', cache: 'no-store' };
+
 async function loadServerConfig() {
   try {
-    const res = await fetch('/v1/config');
+    const res = await fetch('/v1/config', SERVER_FETCH);
     // An error body is not a config (σ would read as undefined); the rounds panel says what is wrong.
     if (res.ok) state.serverConfig = await res.json();
   } catch {
@@ -886,7 +986,7 @@ async function sync(how = 'button') {
   $('sync-result').dataset.kind = 'busy';
   $('sync-result').textContent =
     how === 'auto'
-      ? 'Syncing after training (automatic, once)…'
+      ? `Syncing automatically (once, now that ${AUTO_SYNC_MIN_EVENTS} browsing events are stored)…`
       : receiveOnly
         ? `Receiving the newest global model (${noStorage ? 'this browser keeps no storage for the shop, so this device could not remember its privacy budget' : 'this device’s privacy budget is spent'}: nothing is sent)…`
         : 'Syncing: pulling the global model, training here, sending a noised update…';
@@ -901,7 +1001,7 @@ async function sync(how = 'button') {
       upload: `sending one clipped, noised update (${bytes(p.bytes ?? 0)})`,
       recovery: `waiting for the cohort’s other members (${p.submitted} of ${p.size} uploaded)`,
     }[p.phase];
-    $('sync-result').textContent = `${how === 'auto' ? 'Syncing after training (automatic, once)' : receiveOnly ? 'Receiving (nothing is sent)' : 'Syncing'}: ${what}…`;
+    $('sync-result').textContent = `${how === 'auto' ? 'Syncing automatically (once)' : receiveOnly ? 'Receiving (nothing is sent)' : 'Syncing'}: ${what}…`;
   };
   state.syncing = (async () => {
     await state.training?.catch(() => undefined);
@@ -938,7 +1038,16 @@ async function sync(how = 'button') {
   await refresh().catch(fail);
 }
 
-/** After a training run: one automatic sync per page view, only when allowed and never the device's last ε. */
+/** Browsing events (views, searches, cart changes, purchases, ratings; not offers shown) stored, as an audit says. */
+function storedBrowsing(a) {
+  return Object.entries(a.events.byType).reduce((n, [t, k]) => n + (t.startsWith('offer_') ? 0 : k), 0);
+}
+
+/**
+ * After a refresh: one automatic sync per page view, only when allowed, never the device's last ε,
+ * and only once AUTO_SYNC_MIN_EVENTS browsing events are stored (fewer teach the model next to
+ * nothing, for more than half of the budget). The sync trains on them first.
+ */
 async function autoSync() {
   const a = state.audit;
   if (!$('auto-sync').checked || state.autoSynced || state.syncing || !a?.privacy.federatedActive) return;
@@ -946,6 +1055,7 @@ async function autoSync() {
   // `syncs` 0 and send an update again. No automatic sync there ("Sync now" only receives).
   if (a.storage.kind !== 'indexeddb') return;
   if (a.privacy.syncs > 0) return; // leave the rest of the budget to "Sync now"
+  if (storedBrowsing(a) < AUTO_SYNC_MIN_EVENTS) return;
   state.autoSynced = true;
   await sync('auto');
 }
@@ -1051,7 +1161,7 @@ function renderSimulation(s) {
 let lastRounds = null;
 /** GET a JSON endpoint of the aggregation server: its status and body (null when not JSON). */
 async function getJson(path) {
-  const res = await fetch(path);
+  const res = await fetch(path, SERVER_FETCH);
   return { path, status: res.status, ok: res.ok, body: await res.json().catch(() => null) };
 }
 
@@ -1277,6 +1387,8 @@ async function erase() {
     // stored, trained or shared before the shopper answers.
     rememberConsent(null);
     state.erased = true;
+    // The audit starts afresh: the privacy panel says that the record went with the data.
+    state.forgotten = { t: Date.now(), why: 'erased' };
     // What was done while erasing belongs to the erased session (the cart below goes too).
     pendingEvents.length = 0;
     state.cart.clear();
@@ -1423,6 +1535,11 @@ function wire() {
   $('consent-local').addEventListener('click', () => void chooseConsent(true, false));
   $('consent-decline').addEventListener('click', () => void chooseConsent(false, false));
   $('sync-now').addEventListener('click', () => void sync('button'));
+  $('auto-sync-text').textContent = `sync once, after ${AUTO_SYNC_MIN_EVENTS} browsing events`;
+  $('auto-sync').addEventListener('change', (e) => {
+    state.autoSyncWanted = e.target.checked;
+    if (state.autoSyncWanted) void autoSync().catch(fail);
+  });
   $('simulate').addEventListener('click', () => void startSimulation());
   $('simulate').textContent = `Simulate ${SHOPPERS} shopper${SHOPPERS === 1 ? '' : 's'}`;
   $('simulate-cancel').addEventListener('click', () => void fetch('/demo/simulate/cancel', { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: '{}' }).then(pollSimulation));
@@ -1464,6 +1581,8 @@ async function loadOffers() {
 }
 
 async function main() {
+  const withdrawnAt = rememberedWithdrawal();
+  if (withdrawnAt !== null) state.forgotten = { t: withdrawnAt, why: 'withdrawn' };
   wire();
   const res = await fetch('catalog.json');
   if (!res.ok) throw new Error(`catalog.json: HTTP ${res.status}`);

@@ -187,12 +187,27 @@ export async function importPublicKey(bytes: Uint8Array): Promise<CryptoKey> {
 const modMask = (bits: number): number => (bits === 32 ? 0xffffffff : 2 ** bits - 1);
 
 /**
- * The seed of the mask stream two members share: ECDH → HKDF-SHA-256 (salt = cohort id), 128 bits,
- * the AES key of {@link maskFromSeed}. Both ends compute the same seed; it is fresh per cohort (the
- * key pairs are), so revealing it for recovery exposes nothing beyond that pair's mask in that cohort.
+ * The seed of the mask stream two members share: ECDH → HKDF-SHA-256 (salt = {@link cohortSalt}),
+ * 128 bits, the AES key of {@link maskFromSeed}. Both ends compute the same seed; it is fresh per
+ * cohort (the key pairs are), so revealing it for recovery exposes nothing beyond that pair's mask
+ * in that cohort. The info binds both members' indices (`a`, `b`: this member's own and the slot
+ * the peer's key was given for, in either order) as each end believes them: a server that hands a
+ * member real keys of other members in other slots ("rewiring" the mask graph into small cliques
+ * whose masks cancel among themselves, so that it could unmask sums of a few uploads) gets masks
+ * that cancel with nobody's.
  */
-export async function pairSeed(privateKey: CryptoKey, peer: CryptoKey, salt: Uint8Array): Promise<Uint8Array> {
-  return pairDerive(privateKey, peer, salt, MASK_INFO);
+export async function pairSeed(privateKey: CryptoKey, peer: CryptoKey, salt: Uint8Array, a: number, b: number): Promise<Uint8Array> {
+  return pairDerive(privateKey, peer, salt, pairInfo(MASK_INFO, a, b));
+}
+
+/** `label` followed by the two member indices, smaller first (u32 LE each). */
+function pairInfo(label: Uint8Array, a: number, b: number): Uint8Array {
+  const out = new Uint8Array(label.length + 8);
+  out.set(label, 0);
+  const dv = new DataView(out.buffer, label.length);
+  dv.setUint32(0, Math.min(a, b), true);
+  dv.setUint32(4, Math.max(a, b), true);
+  return out;
 }
 
 /**
@@ -471,11 +486,11 @@ export async function maskFromSeed(seed: Uint8Array, length: number, bits: numbe
  *
  * @example
  * ```ts
- * const m = await pairMask(mine.privateKey, theirPublicKey, cohortSalt(cohortId, params, 62_305), 62_305, 8);
+ * const m = await pairMask(mine.privateKey, theirPublicKey, cohortSalt(cohortId, params, 62_305), 62_305, 8, myIndex, theirIndex);
  * ```
  */
-export async function pairMask(privateKey: CryptoKey, peer: CryptoKey, salt: Uint8Array, length: number, bits: number): Promise<Uint32Array> {
-  return maskFromSeed(await pairSeed(privateKey, peer, salt), length, bits);
+export async function pairMask(privateKey: CryptoKey, peer: CryptoKey, salt: Uint8Array, length: number, bits: number, a: number, b: number): Promise<Uint32Array> {
+  return maskFromSeed(await pairSeed(privateKey, peer, salt, a, b), length, bits);
 }
 
 /**
@@ -538,7 +553,7 @@ export async function recoveryShare(o: RecoveryMember & { sealed: ReadonlyMap<nu
     if (!key) throw new ValidationError('cohort.keys', `lacks the key of member ${j}, a mask neighbour of member ${o.index}`);
     const peer = await importPublicKey(key);
     if (gone.has(j)) {
-      out.set(await pairSeed(o.privateKey, peer, cohortSalt(o.cohortId, o.params, o.length)), k * PAIR_SEED_BYTES);
+      out.set(await pairSeed(o.privateKey, peer, cohortSalt(o.cohortId, o.params, o.length), o.index, j), k * PAIR_SEED_BYTES);
       continue;
     }
     const ct = o.sealed.get(j);
@@ -705,17 +720,17 @@ export interface MaskedUpdate {
   values: Uint32Array;
   /**
    * With dropout recovery: the shares of this member's self-mask seed, sealed to each mask
-   * neighbour in ascending order ({@link addSelfMask}), {@link SEALED_SHARE_BYTES} each (format 2;
-   * format 3 without).
+   * neighbour in ascending order ({@link addSelfMask}), {@link SEALED_SHARE_BYTES} each (format 4;
+   * format 5 without).
    */
   sealed?: Uint8Array;
 }
 
 /**
- * `LRS1` body: magic, format (3; 2 with sealed shares; 1, from SDKs whose pair keys were salted
- * with the cohort id alone, is refused), bits, 2 bytes (format 3: 0; format 2: the
+ * `LRS1` body: magic, format (5; 4 with sealed shares; 1–3, from SDKs whose pair masks do not
+ * cancel with these, are refused), bits, 2 bytes (format 5: 0; format 4: the
  * count of sealed shares, u16 LE), cohort id (16), index, cohort size, coordinate count, base
- * version (u32 LE each), the step γ (float32 LE), the packed values, then (format 2) the sealed shares.
+ * version (u32 LE each), the step γ (float32 LE), the packed values, then (format 4) the sealed shares.
  */
 export function encodeMaskedUpdate(u: MaskedUpdate): Uint8Array {
   if (u.cohortId.length !== COHORT_ID_BYTES) throw new ValidationError('cohortId', `must be ${COHORT_ID_BYTES} bytes`);
@@ -723,7 +738,7 @@ export function encodeMaskedUpdate(u: MaskedUpdate): Uint8Array {
   if (!Number.isInteger(sealedShares) || sealedShares > 0xffff) throw new ValidationError('sealed', `must be whole ${SEALED_SHARE_BYTES}-byte shares, at most 65535`);
   const out = new Uint8Array(maskedUpdateBytes(u.values.length, u.bits, sealedShares));
   out.set(MASKED_MAGIC, 0);
-  out[4] = u.sealed ? 2 : 3;
+  out[4] = u.sealed ? FORMAT_SEALED : FORMAT_PLAIN;
   out[5] = u.bits;
   if (u.sealed) {
     out[6] = sealedShares & 0xff;
@@ -741,22 +756,27 @@ export function encodeMaskedUpdate(u: MaskedUpdate): Uint8Array {
   return out;
 }
 
-/** Header fields of an `LRS1` body, checked for shape only (the values are opaque to the server); `sealedShares`: how many sealed shares follow the values (format 2). */
+/** `LRS1` formats: with sealed shares of the self-mask (dropout recovery), and without. */
+const FORMAT_SEALED = 4;
+const FORMAT_PLAIN = 5;
+
+/** Header fields of an `LRS1` body, checked for shape only (the values are opaque to the server); `sealedShares`: how many sealed shares follow the values (format 4). */
 export function decodeMaskedHeader(bytes: Uint8Array): Omit<MaskedUpdate, 'values' | 'sealed'> & { length: number; sealedShares: number } {
   if (bytes.length < MASKED_HEADER_BYTES) throw new ValidationError('update', `a masked update has a ${MASKED_HEADER_BYTES}-byte header; got ${bytes.length} bytes (truncated)`);
   for (let i = 0; i < 4; i++) if (bytes[i] !== MASKED_MAGIC[i]) throw new ValidationError('update', 'not a masked update (magic is not LRS1)');
   const format = bytes[4];
-  if (format === 1) {
-    // Its pair masks were keyed by the cohort id alone (before cohortSalt): they would not cancel
-    // with the other members', and the cohort's sum would be noise.
-    throw new ValidationError('update', 'masked-update format 1 comes from an older localrec SDK whose masks do not cancel with this one\'s (pair keys are now salted with the cohort\'s parameters): update the page\'s SDK');
+  if (format === 1 || format === 2 || format === 3) {
+    // Its pair masks were derived without both members' indices (formats 2, 3) or keyed by the
+    // cohort id alone (format 1): they would not cancel with the other members', and the cohort's
+    // sum would be noise.
+    throw new ValidationError('update', `masked-update format ${format} comes from an older localrec SDK whose masks do not cancel with this one's (pair masks are now bound to both members' indices): update the page's SDK`);
   }
-  if (format !== 2 && format !== 3) throw new ValidationError('update', `unsupported masked-update format ${format}`);
+  if (format !== FORMAT_SEALED && format !== FORMAT_PLAIN) throw new ValidationError('update', `unsupported masked-update format ${format}`);
   const bits = bytes[5]!;
   if (bits < 2 || bits > 32) throw new ValidationError('update', `bits must be 2..32, got ${bits}`);
-  if (format === 3 && (bytes[6] !== 0 || bytes[7] !== 0)) throw new ValidationError('update', 'reserved header bytes 6–7 are not zero');
-  const sealedShares = format === 2 ? bytes[6]! | (bytes[7]! << 8) : 0;
-  if (format === 2 && sealedShares === 0) throw new ValidationError('update', 'a format-2 update carries at least one sealed share');
+  if (format === FORMAT_PLAIN && (bytes[6] !== 0 || bytes[7] !== 0)) throw new ValidationError('update', 'reserved header bytes 6–7 are not zero');
+  const sealedShares = format === FORMAT_SEALED ? bytes[6]! | (bytes[7]! << 8) : 0;
+  if (format === FORMAT_SEALED && sealedShares === 0) throw new ValidationError('update', `a format-${FORMAT_SEALED} update carries at least one sealed share`);
   const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const length = dv.getUint32(32, true);
   if (bytes.length !== maskedUpdateBytes(length, bits, sealedShares)) {
@@ -827,7 +847,7 @@ export async function maskValues(
     const key = keys.get(j);
     if (!key) throw new ValidationError('cohort.keys', `lacks the key of member ${j}, a mask neighbour of member ${o.index}`);
     const peer = await importPublicKey(key);
-    const mask = await pairMask(o.privateKey, peer, cohortSalt(o.cohortId, o.params, out.length), out.length, o.params.bits);
+    const mask = await pairMask(o.privateKey, peer, cohortSalt(o.cohortId, o.params, out.length), out.length, o.params.bits, o.index, j);
     addMod(out, mask, o.params.bits, o.index < j ? 1 : -1);
   }
   return out;

@@ -668,7 +668,7 @@ export class RoundCoordinator {
       // With dropout recovery each upload carries its self-mask's shares, one per mask neighbour.
       const owed = usesSelfMask(sa) ? maskNeighbours(h.index, c.size, sa.degree).length : 0;
       if (h.sealedShares !== owed) {
-        return reject('wrong-shape', owed ? `member ${h.index} must seal a share of its self-mask to each of its ${owed} mask neighbours (format 2), the upload has ${h.sealedShares}` : `this server does not recover dropouts: uploads carry no sealed shares (format 3), this one has ${h.sealedShares}`);
+        return reject('wrong-shape', owed ? `member ${h.index} must seal a share of its self-mask to each of its ${owed} mask neighbours (format 4), the upload has ${h.sealedShares}` : `this server does not recover dropouts: uploads carry no sealed shares (format 5), this one has ${h.sealedShares}`);
       }
       if (token !== (await cohorts.token(id, h.index))) return reject('not-member', `the upload token is not the one member ${h.index} of cohort ${id} was given at join`);
       if (h.baseVersion > this.cur.version) return reject('unknown-base', `base version ${h.baseVersion} is newer than the current version ${this.cur.version}`);

@@ -304,7 +304,7 @@ describe('privacy in Chromium', () => {
       assert.equal(recovery.length, 1, 'one recovery share');
       assert.equal(recovery[0]!.postDataBuffer()!.length, 32, 'per mask neighbour 16 bytes: the seed shared with the dropped one, the share of the survivor\'s self-mask');
       const upload = api.find((q) => q.url().endsWith('/v1/secagg/updates'))!.postDataBuffer()!;
-      assert.deepEqual([upload[4], upload[6] | (upload[7]! << 8)], [2, 2], 'format 2: the upload seals a share of its self-mask to each of its 2 mask neighbours');
+      assert.deepEqual([upload[4], upload[6] | (upload[7]! << 8)], [4, 2], 'format 4: the upload seals a share of its self-mask to each of its 2 mask neighbours');
       // Nothing else new leaves the page: the join, polls, the masked upload, the share.
       for (const round of ['confirm', 'ready']) {
         const sent = api.filter((q) => new RegExp(`/v1/secagg/cohorts/[0-9a-f]{32}/members/\\d/${round}$`).test(q.url()));

@@ -5,7 +5,7 @@ import 'fake-indexeddb/auto';
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import * as tf from '@tensorflow/tfjs-core';
-import * as Comlink from 'comlink';
+import { withStandInWorker } from './engine-helpers.js';
 import { CONSENT_KEY, Engine } from '../../src/engine/engine.js';
 import { IdbEventStore, MemoryEventStore } from '../../src/events/store.js';
 import { isValidationError } from '../../src/errors.js';
@@ -26,42 +26,6 @@ let n = 0;
 const dbName = () => `engine-input-${n++}`;
 const refused = (field: string) => (e: unknown) => isValidationError(e) && (e as { field?: string }).field === field;
 
-/**
- * Runs `f` with `globalThis.Worker` replaced by a stand-in whose "worker" is `api` exposed over a
- * MessageChannel with comlink: the page's facade (createRecommender) alone is under test.
- */
-async function withStandInWorker(api: object, f: () => Promise<void>): Promise<void> {
-  const g = globalThis as { Worker?: unknown };
-  const hadWorker = 'Worker' in g;
-  const realWorker = g.Worker;
-  g.Worker = class {
-    private readonly port: MessagePort;
-    constructor() {
-      const { port1, port2 } = new MessageChannel();
-      this.port = port1;
-      Comlink.expose(api, port2);
-      port1.start();
-    }
-    postMessage(m: unknown, transfer: Transferable[] = []) {
-      this.port.postMessage(m, transfer as never);
-    }
-    addEventListener(type: string, f: (ev: Event) => void) {
-      this.port.addEventListener(type, f as never);
-    }
-    removeEventListener(type: string, f: (ev: Event) => void) {
-      this.port.removeEventListener(type, f as never);
-    }
-    terminate() {
-      this.port.close();
-    }
-  };
-  try {
-    await f();
-  } finally {
-    if (hadWorker) g.Worker = realWorker;
-    else delete g.Worker;
-  }
-}
 
 describe('Engine input (stop 22 fuzzing review)', () => {
   it('sync() refuses a signal that is not an AbortSignal, and sends nothing', async () => {

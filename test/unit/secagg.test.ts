@@ -153,6 +153,33 @@ test('a cohort: every upload alone is masked, the masks cancel exactly in the su
   );
 });
 
+test('a server that rewires the mask graph (real keys of other members in other slots) cannot unmask the sum of a small clique: pair masks are bound to both indices', async () => {
+  // The attack (stop 31 review): K = 6, degree 2. Each honest member is shown real keys of other
+  // members, in slots of the server's choosing, so that {0, 1, 5} and {2, 3, 4} form triangles whose
+  // masks would cancel among themselves: the server would read the sum of 3 uploads.
+  const K = 6;
+  const params = checkSecAggParams({ cohortSize: K, bits: 16, step: 1 / 64, degree: 2 });
+  const cohortId = new Uint8Array(16).fill(9);
+  const members = await Promise.all(Array.from({ length: K }, () => secAggKeyPair()));
+  const encoded = Array.from({ length: K }, (_, i) => encodeFixedPoint(Float64Array.from({ length: 64 }, (_, j) => (i + 1) * ((j % 7) - 3)), params.step, params.bits, () => 0.5));
+  /** Member → (slot → whose key the server puts there): the rewired views. */
+  const views: Array<Record<number, number>> = [{ 1: 1, 5: 5 }, { 2: 5, 0: 0 }, { 3: 3, 1: 4 }, { 4: 4, 2: 2 }, { 5: 2, 3: 3 }, { 0: 0, 4: 1 }];
+  const masked = await Promise.all(
+    encoded.map((e, index) => {
+      const publicKeys = new Map<number, Uint8Array>([[index, members[index]!.publicKey]]);
+      for (const [slot, who] of Object.entries(views[index]!)) publicKeys.set(Number(slot), members[who]!.publicKey);
+      return maskValues(e, { index, cohortId, publicKeys, privateKey: members[index]!.privateKey, params });
+    }),
+  );
+  const sumOf = (ids: number[], of: Uint32Array[]) => unmaskSum(ids.map((i) => ({ cohortId, index: i, cohortSize: K, bits: params.bits, step: params.step, baseVersion: 0, values: of[i]! })), params.step);
+  for (const clique of [[0, 1, 5], [2, 3, 4]]) {
+    const read = sumOf(clique, masked);
+    const truth = sumOf(clique, encoded);
+    const equal = read.filter((x, j) => x === truth[j]).length;
+    assert.ok(equal < 5, `clique ${clique}: ${equal} of 64 coordinates of its members' sum readable`);
+  }
+});
+
 async function secureServer(minClients: number, noiseMultiplier = 0) {
   const parts = await createServer({ dataDir: null, initialTable: initialTable(), minClients, clip: 1, noiseMultiplier, rateLimit: false, secureAggregation: true, log: () => {} });
   const fetchFn: FetchLike = (url, init) => Promise.resolve(parts.app.fetch(new Request(url, init as RequestInit)));
@@ -1261,7 +1288,7 @@ test('recovery shares: refused outside recovery, from a member that owes none, w
     assert.equal((await give(js[0]!, n)).status, 202);
     assert.equal((await give(js[0]!, n)).status, 202, 'the same share again (a retry after a lost answer) is taken as given');
     assert.deepEqual(await reason(await call(`/v1/secagg/cohorts/${js[0]!.cohort}/members/0/recovery`, new Uint8Array(n).fill(1), js[0]!.token)), [409, 'replayed'], 'another share is refused');
-    // An upload without sealed shares (format 3) has no shares of its self-mask: refused with recovery on.
+    // An upload without sealed shares (format 5) has no shares of its self-mask: refused with recovery on.
     const other = await cohort();
     const plain = encodeMaskedUpdate({ cohortId: Uint8Array.from(Buffer.from(other[0]!.cohort, 'hex')), index: other[0]!.index, cohortSize: 4, bits, step: sa.step, baseVersion: 0, values: new Uint32Array(IDS.length * 5) });
     // An upload from an SDK before pair keys were salted (format 1) would not cancel: refused, saying why.
@@ -1272,7 +1299,7 @@ test('recovery shares: refused outside recovery, from a member that owes none, w
     assert.match(((await refusedOld.json()) as { error: string }).error, /format 1 comes from an older localrec SDK .* update the page's SDK/);
     const refusedPlain = await call('/v1/secagg/updates', plain, other[0]!.token);
     assert.equal(refusedPlain.status, 422);
-    assert.match(((await refusedPlain.json()) as { error: string }).error, /must seal a share of its self-mask to each of its 3 mask neighbours \(format 2\), the upload has 0/);
+    assert.match(((await refusedPlain.json()) as { error: string }).error, /must seal a share of its self-mask to each of its 3 mask neighbours \(format 4\), the upload has 0/);
     // The other shares never come: recovery times out, and the uploads are deleted.
     t += 1_500;
     const ended = (await (await call(`/v1/secagg/cohorts/${js[0]!.cohort}`)).json()) as { status: string; reason: string };
@@ -1385,7 +1412,7 @@ test('a server that tells one member recovery is off (or another cohort size) ca
       const share = await recoveryShare({ index: j, cohortId, publicKeys: keys, privateKey: members[j]!.privateKey, params: honest, length, dropped: [victim], sealed: new Map() }).catch(() => undefined);
       // Its other neighbours are alive, so without their sealed shares it refuses: take the seed the
       // way the server would get it if it did answer (the pair seed under the neighbour's parameters).
-      const seed = share?.subarray(sharePosition(j, victim, K, honest.degree) * 16, (sharePosition(j, victim, K, honest.degree) + 1) * 16) ?? (await pairSeed(members[j]!.privateKey, await importPublicKey(members[victim]!.publicKey), cohortSalt(cohortId, honest, length)));
+      const seed = share?.subarray(sharePosition(j, victim, K, honest.degree) * 16, (sharePosition(j, victim, K, honest.degree) + 1) * 16) ?? (await pairSeed(members[j]!.privateKey, await importPublicKey(members[victim]!.publicKey), cohortSalt(cohortId, honest, length), j, victim));
       addMod(stripped, await maskFromSeed(seed, length, honest.bits), honest.bits, victim < j ? -1 : 1);
     }
     const close = [...decodeFixedPoint(addMod(stripped, x, honest.bits, -1), honest.step, honest.bits)].filter((e) => Math.abs(e) < 1).length;

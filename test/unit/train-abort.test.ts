@@ -6,7 +6,7 @@
 import 'fake-indexeddb/auto';
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import * as Comlink from 'comlink';
+import { withStandInWorker } from './engine-helpers.js';
 import { Engine, MODEL_KEY } from '../../src/engine/engine.js';
 import { AbortError, isAbortError } from '../../src/errors.js';
 import { MemoryEventStore } from '../../src/events/store.js';
@@ -180,42 +180,6 @@ describe('engine: a training run stops for erase(), close() and a withdrawal', (
   });
 });
 
-/**
- * Runs `f` with `globalThis.Worker` replaced by a stand-in whose "worker" is `api` exposed over a
- * MessageChannel with comlink (as in engine-input.test.ts).
- */
-async function withStandInWorker(api: object, f: () => Promise<void>): Promise<void> {
-  const g = globalThis as { Worker?: unknown };
-  const hadWorker = 'Worker' in g;
-  const realWorker = g.Worker;
-  g.Worker = class {
-    private readonly port: MessagePort;
-    constructor() {
-      const { port1, port2 } = new MessageChannel();
-      this.port = port1;
-      Comlink.expose(api, port2);
-      port1.start();
-    }
-    postMessage(m: unknown, transfer: Transferable[] = []) {
-      this.port.postMessage(m, transfer as never);
-    }
-    addEventListener(type: string, f: (ev: Event) => void) {
-      this.port.addEventListener(type, f as never);
-    }
-    removeEventListener(type: string, f: (ev: Event) => void) {
-      this.port.removeEventListener(type, f as never);
-    }
-    terminate() {
-      this.port.close();
-    }
-  };
-  try {
-    await f();
-  } finally {
-    if (hadWorker) g.Worker = realWorker;
-    else delete g.Worker;
-  }
-}
 
 /** A stand-in worker over a real engine (the worker's methods this test calls, as worker.ts has them). */
 function engineWorker(store: MemoryEventStore) {
