@@ -50,7 +50,8 @@ export interface Recommender {
    * sending anything) once the ε budget would be exceeded, or when IndexedDB could not be opened
    * (private mode: the device could not remember what it spent; see
    * `federated.allowWithoutStorage`), a NetworkError when the server is
-   * unreachable after retries or refuses the update. A call while a sync is under way gets that
+   * unreachable after retries or refuses the update, a StorageError when the egress log cannot be
+   * stored before a request (storage full: the request is not sent). A call while a sync is under way gets that
    * sync's result (one update, one release of ε). Under secure aggregation with dropout recovery
    * it resolves when the cohort ends (`cohortOutcome`). `onProgress` reports each phase (waiting for
    * a cohort can take minutes: `{ phase: 'cohort', joined, size }`); `signal` cancels it (an
@@ -192,18 +193,6 @@ function progressOnly<P>(f: (p: P) => unknown): (p: P) => void {
 }
 
 /**
- * Starts localrec on the page: spawns the module worker (TensorFlow.js, IndexedDB and training all
- * live there), picks a backend, and loads saved weights.
- *
- * @example
- * ```ts
- * import { createRecommender } from 'localrec';
- * const rec = await createRecommender({ catalog: { items: [{ id: 'sku-1', title: 'Red mug' }, { id: 'sku-2' }] } });
- * rec.track({ type: 'view', itemId: 'sku-1' });
- * const top = await rec.recommend({ k: 5 }); // [{ itemId: 'sku-2', score: 0.41, reason: { text: 'Popular in this shop', … } }]
- * ```
- */
-/**
  * `worker.js` next to this module. A bundle whose format has no `import.meta` (IIFE, CommonJS) has
  * no such place: then the page must say where the worker is.
  */
@@ -217,6 +206,18 @@ function defaultWorkerUrl(): URL {
   }
 }
 
+/**
+ * Starts localrec on the page: spawns the module worker (TensorFlow.js, IndexedDB and training all
+ * live there), picks a backend, and loads saved weights.
+ *
+ * @example
+ * ```ts
+ * import { createRecommender } from 'localrec';
+ * const rec = await createRecommender({ catalog: { items: [{ id: 'sku-1', title: 'Red mug' }, { id: 'sku-2' }] } });
+ * rec.track({ type: 'view', itemId: 'sku-1' });
+ * const top = await rec.recommend({ k: 5 }); // [{ itemId: 'sku-2', score: 0.41, reason: { text: 'Popular in this shop', … } }]
+ * ```
+ */
 export async function createRecommender(options: RecommenderOptions): Promise<Recommender> {
   if (typeof options !== 'object' || options === null) throw new ValidationError('options', 'must be an object with a `catalog`');
   knownKeys(options, 'options', OPTION_KEYS.recommender);

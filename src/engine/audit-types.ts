@@ -97,4 +97,10 @@ export interface ExportFile {
   cohorts: string[];
   /** As `audit().storage.notOpened`: an earlier visit's database this session did not open, whose contents are not in this file. */
   notOpened: string | null;
+  /**
+   * Records of the events store that are not events this SDK would have stored (hand-edited, or
+   * written by another release), as stored: left out of `events` and of every use, kept until
+   * `erase()`. Present only when there are any.
+   */
+  unreadableEvents?: unknown[];
 }

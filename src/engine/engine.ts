@@ -674,8 +674,12 @@ export class Engine {
         });
     };
     store.onMalformed = (count, problem) => {
+      // Once per session and count: every read finds them again.
+      const key = `events:${count}`;
+      if (this.notedDamage.has(key)) return;
+      this.notedDamage.add(key);
       this.lastError = new StorageError(
-        `${count} stored event record${count === 1 ? ' is' : 's are'} malformed (${problem}): left out of ranking, training and offers; retention or erase() removes them`,
+        `${count} stored event record${count === 1 ? ' is' : 's are'} malformed (${problem}): left out of ranking, training and offers, listed in export().unreadableEvents; erase() removes them`,
       );
     };
   }
@@ -740,11 +744,17 @@ export class Engine {
 
   /**
    * Says in `stats().lastError` that the stored record `key` is malformed (hand-edited, or written
-   * by another release) and what the engine does instead; nothing is deleted.
+   * by another release) and what the engine does instead, once per record and session (a record
+   * read at every `stats()` must not hide later errors). The record is not deleted; the next write
+   * of it keeps its well-formed part.
    */
   private noteDamaged(key: string, instead: string): void {
-    this.lastError = new StorageError(`the stored record "${key}" is malformed: ${instead}; erase() removes it`);
+    if (this.notedDamage.has(key)) return;
+    this.notedDamage.add(key);
+    this.lastError = new StorageError(`the stored record "${key}" is malformed: ${instead}; its next write keeps only its well-formed part, and erase() removes it`);
   }
+  /** The records {@link noteDamaged} has reported this session (`events`: malformed event records). */
+  private readonly notedDamage = new Set<string>();
 
   /** The oldest time an egress entry or consent record is kept (`retention.maxAgeDays`, on this engine's clock). */
   private recordCutoff(): number {
@@ -1667,7 +1677,10 @@ export class Engine {
   /**
    * The page's close() or erase() has begun (`by`): the training run under way stops (as
    * {@link stopTrainingRun}) and no other starts, so that neither waits for a run of many epochs
-   * among the calls in flight it lets finish first.
+   * among the calls in flight it lets finish first. For the worker (the page's facade ends it
+   * right after); an engine on which it was called never trains again.
+   *
+   * @internal
    */
   stopTraining(by: 'close()' | 'erase()'): void {
     this.trainingStoppedBy ??= by;
@@ -2331,6 +2344,7 @@ export class Engine {
     await this.flush().catch(() => undefined);
     await this.retainNow();
     const model = await this.store.getMeta<SavedModel>(MODEL_KEY);
+    const unreadable = (await this.store.unreadable?.()) ?? [];
     return {
       format: 'localrec-export',
       schema: 1,
@@ -2344,6 +2358,7 @@ export class Engine {
       offerLedger: (await this.store.offerLedger()) ?? null,
       cohorts: (await this.store.getMeta<string[]>(COHORTS_KEY)) ?? [],
       notOpened: await this.unopenedDatabase(),
+      ...(unreadable.length ? { unreadableEvents: unreadable } : {}),
     };
   }
 

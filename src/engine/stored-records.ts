@@ -20,8 +20,6 @@ export interface Read<T> {
 
 const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
 const isTime = (v: unknown): v is number => typeof v === 'number' && Number.isFinite(v);
-const CONSENT_SOURCES = new Set<unknown>(['options', 'default', 'stored', 'setConsent', 'another-tab']);
-const EGRESS_KINDS = new Set<unknown>(['config', 'model', 'update', 'neighbors', 'cohort']);
 
 /** The keepable items of a stored list; the whole record is damaged when it is not a list. */
 function keepWellFormed<T>(v: unknown, ok: (x: unknown) => x is T): Read<T[]> {
@@ -31,8 +29,11 @@ function keepWellFormed<T>(v: unknown, ok: (x: unknown) => x is T): Read<T[]> {
   return { value, damaged: value.length !== v.length };
 }
 
+// Only the fields the engine reads are checked, and a record is kept whole: a newer release in
+// another tab may write a `source` or `kind` this one does not know, which must survive this tab's
+// next write of the list.
 function isConsentRecord(r: unknown): r is ConsentRecord {
-  return isObject(r) && isTime(r.t) && typeof r.personalization === 'boolean' && typeof r.federated === 'boolean' && CONSENT_SOURCES.has(r.source);
+  return isObject(r) && isTime(r.t) && typeof r.personalization === 'boolean' && typeof r.federated === 'boolean' && typeof r.source === 'string';
 }
 
 /** The stored consent history ({@link CONSENT_KEY}): the well-formed records, in stored order. */
@@ -44,9 +45,9 @@ function isEgressEntry(e: unknown): e is EgressEntry {
   return (
     isObject(e) &&
     isTime(e.t) &&
-    (e.method === 'GET' || e.method === 'POST') &&
+    typeof e.method === 'string' &&
     typeof e.endpoint === 'string' &&
-    EGRESS_KINDS.has(e.kind) &&
+    typeof e.kind === 'string' &&
     isTime(e.bytes) &&
     isTime(e.status) &&
     (e.bodySha256 === undefined || typeof e.bodySha256 === 'string')

@@ -84,6 +84,8 @@ export interface EventStore {
   onVanished?: (() => void) | undefined;
   /** IndexedDB only: called when a read left out stored records that are not events ({@link IdbEventStore.onMalformed}). */
   onMalformed?: ((count: number, problem: string) => void) | undefined;
+  /** IndexedDB only: the stored records that are not events, as stored ({@link IdbEventStore.unreadable}). */
+  unreadable?(): Promise<unknown[]>;
   /**
    * Applies retention now, as the next write would: deletes the events past the age limit and, when
    * more than `maxEvents` are stored (a lower limit than when they were written), the oldest beyond
@@ -531,6 +533,15 @@ export class IdbEventStore implements EventStore {
    * an erase removes them); the engine says so in `stats().lastError`.
    */
   onMalformed?: (count: number, problem: string) => void;
+
+  /**
+   * The stored records that are not events {@link validateEvent} would have stored (every one,
+   * whatever its time: one without a time is in no index), as stored: for `export()`.
+   */
+  async unreadable(): Promise<unknown[]> {
+    if (this.absent) return [];
+    return ((await (await this.conn()).getAll('events')) as unknown[]).filter((r) => storedEventProblem(r) !== undefined);
+  }
 
   /** `records` without those that are not events {@link validateEvent} would have stored. */
   private sound(records: StoredEvent[]): StoredEvent[] {

@@ -65,7 +65,8 @@ export interface EgressEntry {
   /**
    * A request logged before it was sent, then stopped before it left: an upload cancelled (consent
    * withdrawn, close()) after its release was recorded, or whose log could not be stored (its ε is
-   * spent); any other request cancelled between its pending entry and sending. Nothing left.
+   * spent); any other request cancelled between its pending entry and sending, or whose pending
+   * entry could not be stored. Nothing left.
    */
   notSent?: true;
   /**
@@ -129,7 +130,9 @@ export interface SyncOptions {
    * before every other request goes out, once its `pending` entry is logged, so that a tab closed
    * while a request waits for its answer leaves it in the stored log: a rejection there stops the
    * sync before that request is sent (StorageError; the entry is logged `notSent`), as no request
-   * may leave without its entry stored. Also after the answers that matter (the GETs, the join,
+   * may leave without its entry stored; except the requests other devices depend on once this one
+   * committed (the upload's retries, a cohort's leave, its polls once full, the recovery steps),
+   * which go all the same (stopping them would sink the cohort) and are stored at the sync's end. Also after the answers that matter (the GETs, the join,
    * each poll), where a rejection is ignored (the next call stores it).
    */
   onCheckpoint?: () => void | Promise<void>;
@@ -369,6 +372,14 @@ async function request(
   limit: BodyLimit = SMALL_REPLY,
   /** The caller logged (and stored) the first attempt's `pending` entry itself (the upload). */
   firstLogged = false,
+  /**
+   * A request others depend on once this device committed (the upload's retries, a cohort's leave,
+   * polls after the cohort filled, the recovery steps): its entry is logged all the same, but a
+   * failure to store it does not stop it (the sync's own end stores it), since stopping would sink
+   * the cohort, every member's ε spent for nothing. Any other request is not sent when its entry
+   * cannot be stored.
+   */
+  mustGo = false,
 ): Promise<Response> {
   const signal = cancel ?? undefined;
   const f = o.fetch ?? (globalThis.fetch as unknown as FetchLike);
@@ -387,13 +398,16 @@ async function request(
       // In the stored log before it goes: a tab closed while it waits for its answer (a long
       // cohort poll, a server that is slow to answer) leaves this entry, not nothing.
       log(0, { pending: true });
-      try {
-        await o.onCheckpoint?.();
-      } catch (e) {
-        // No request leaves the device without its entry in the stored log: storage that fails
-        // (quota, a broken record) stops the sync here, and the entry says it was not sent.
-        log(0, { notSent: true });
-        throw new StorageError(`${what} was not sent: the egress log could not be stored before it (${(e as Error).message})`, { cause: e });
+      if (mustGo) await checkpointQuietly(o);
+      else {
+        try {
+          await o.onCheckpoint?.();
+        } catch (e) {
+          // No request leaves the device without its entry in the stored log: storage that fails
+          // (quota, a broken record) stops the sync here, and the entry says it was not sent.
+          log(0, { notSent: true });
+          throw new StorageError(`${what} was not sent: the egress log could not be stored before it (${(e as Error).message})`, { cause: e });
+        }
       }
       // Stopped while the entry was stored: it never left, and its entry says so.
       try {
@@ -897,6 +911,7 @@ async function upload(
     },
     SMALL_REPLY,
     true,
+    true,
   );
   // The update is in (2xx): what the server adds about its round is a courtesy. An answer that is
   // not the documented JSON (a proxy's page, an older server) leaves `server` out; it must not turn
@@ -1028,7 +1043,7 @@ async function sendMasked(
    */
   const leave = async (): Promise<'left' | 'full' | string> => {
     try {
-      await request({ ...o, attempts: 1 }, 'cohort', 'POST', `${member}/leave`, undefined, { 'X-Localrec-Cohort-Token': joined.token }, null);
+      await request({ ...o, attempts: 1 }, 'cohort', 'POST', `${member}/leave`, undefined, { 'X-Localrec-Cohort-Token': joined.token }, null, undefined, SMALL_REPLY, false, true);
       // Out of the cohort: a later sync of this shopper may take a place in it.
       await claim?.release?.().catch(() => undefined);
       return 'left';
@@ -1067,7 +1082,7 @@ async function sendMasked(
     if (o.signal?.aborted && !committed) await stop(cancelled);
     // Only this member's and its mask neighbours' keys: degree + 1 keys, whatever the cohort size.
     try {
-      const res = await request(o, 'cohort', 'GET', member, undefined, undefined, committed ? null : undefined, undefined, viewLimit);
+      const res = await request(o, 'cohort', 'GET', member, undefined, undefined, committed ? null : undefined, undefined, viewLimit, false, committed);
       view = parseView(await res.text());
     } catch (e) {
       if (o.signal?.aborted && !committed) {
@@ -1172,7 +1187,7 @@ async function stayForRecovery(
   const post = async (step: 'confirm' | 'ready' | 'recovery', body: Uint8Array): Promise<void> => {
     for (let k = 0; ; k++) {
       try {
-        await request(o, 'cohort', 'POST', `${memberPath(joined)}/${step}`, body, { 'Content-Type': 'application/octet-stream', 'X-Localrec-Cohort-Token': joined.token });
+        await request(o, 'cohort', 'POST', `${memberPath(joined)}/${step}`, body, { 'Content-Type': 'application/octet-stream', 'X-Localrec-Cohort-Token': joined.token }, undefined, undefined, SMALL_REPLY, false, true);
         return;
       } catch (e) {
         if (!passing(e)) throw e;
@@ -1184,7 +1199,7 @@ async function stayForRecovery(
     for (let polls = 0; ; polls++) {
       let view: CohortView;
       try {
-        view = parseView(await (await request(o, 'cohort', 'GET', memberPath(joined), undefined, undefined, undefined, undefined, cohortViewLimit(sa))).text());
+        view = parseView(await (await request(o, 'cohort', 'GET', memberPath(joined), undefined, undefined, undefined, undefined, cohortViewLimit(sa), false, true)).text());
       } catch (e) {
         if (!passing(e)) throw e;
         await checkpointQuietly(o);

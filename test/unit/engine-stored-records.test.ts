@@ -63,10 +63,14 @@ describe('malformed stored records (stop 31)', () => {
     const ok = { t: 5, personalization: true, federated: false, source: 'setConsent' };
     assert.deepEqual(readConsentRecords(undefined), { value: [], damaged: false });
     assert.deepEqual(readConsentRecords([ok]), { value: [ok], damaged: false });
-    assert.deepEqual(readConsentRecords([ok, { ...ok, source: 'elsewhere' }, { ...ok, federated: 'no' }]), { value: [ok], damaged: true });
+    assert.deepEqual(readConsentRecords([ok, { ...ok, source: 5 }, { ...ok, federated: 'no' }]), { value: [ok], damaged: true });
     assert.deepEqual(readConsentRecords('x'), { value: [], damaged: true });
+    // What a newer release may write (another source, another kind, another field) is kept whole.
+    const newer = { ...ok, source: 'a-newer-source', extra: 1 };
+    assert.deepEqual(readConsentRecords([ok, newer]), { value: [ok, newer], damaged: false });
     const entry = { t: 1, method: 'GET', endpoint: '/v1/config', kind: 'config', bytes: 0, status: 200 };
-    assert.deepEqual(readEgressLog([entry, { ...entry, method: 'PUT' }, { ...entry, bytes: '0' }, null]), { value: [entry], damaged: true });
+    const later = { ...entry, kind: 'a-newer-kind', method: 'PUT' };
+    assert.deepEqual(readEgressLog([entry, later, { ...entry, bytes: '0' }, null]), { value: [entry, later], damaged: true });
   });
 
   it('an egress log that is not a list: audit(), export() and egressLog() work, the next request logged replaces it', async () => {
@@ -157,7 +161,11 @@ describe('malformed stored records (stop 31)', () => {
     assert.ok(recs.every((r) => Number.isFinite(r.score)), JSON.stringify(recs));
     const trained = await e.train({ epochs: 1 });
     assert.ok(trained.examples > 0, 'the three sound views make examples');
-    assert.match((await e.stats()).lastError ?? '', /2 stored event records are malformed \(event 2: event\.quantity: must be a finite number/);
+    assert.match((await e.stats()).lastError ?? '', /2 stored event records are malformed \(event 2: event\.quantity: must be a finite number.*export\(\)\.unreadableEvents; erase\(\) removes them/);
+    // The export lists them as stored (the shopper's data, if unusable), apart from the events.
+    const exported = await e.exportData();
+    assert.deepEqual(exported.events.map((x) => x.itemId), ['p3', 'p6', 'p7']);
+    assert.deepEqual((exported.unreadableEvents as Array<{ itemId: string }>).map((x) => x.itemId), ['p4', 'p5']);
     await e.erase();
     await e.close();
   });

@@ -675,6 +675,29 @@ describe('syncOnce: a model on which training could fail for some histories only
     assert.deepEqual([last.endpoint, last.notSent, last.pending], ['/v1/updates', true, undefined]);
   });
 
+  it('once the release is recorded, the upload\'s retry goes even when its entry cannot be stored (stored at the end)', async () => {
+    const srv = fakeServer(encodeModel(createItemTable(itemIds, dim, { seed: 1 })));
+    let posts = 0;
+    const f: FetchLike = async (url, init) => {
+      if (new URL(url).pathname === '/v1/updates' && posts++ === 0) return new Response('busy', { status: 503 });
+      return srv.f(url, init);
+    };
+    const entries: EgressEntry[] = [];
+    const r = await syncOnce({
+      serverUrl: 'http://srv',
+      fetch: f,
+      accountant: new RdpAccountant(),
+      history: history(['sku-1', 'sku-2']),
+      backoffMs: 1,
+      onEgress: (e) => entries.push(e),
+      // Storage fills up once the first upload attempt was answered.
+      onCheckpoint: async () => (entries.some((e) => e.kind === 'update' && e.status === 503) ? Promise.reject(new Error('QuotaExceededError (simulated)')) : undefined),
+    });
+    assert.equal(r.sent, true);
+    assert.equal(posts, 2, 'the retry went');
+    assert.deepEqual(settlePending([], entries).filter((e) => e.kind === 'update').map((e) => e.status), [503, 202]);
+  });
+
   it('an egress log that cannot be stored before a GET: that request is not sent either (StorageError), nothing is spent', async () => {
     const srv = fakeServer(encodeModel(createItemTable(itemIds, dim, { seed: 1 })));
     const entries: EgressEntry[] = [];
