@@ -62,6 +62,15 @@ export interface SecAggParams {
   minSurvivors?: number;
 }
 
+/**
+ * The generation of the mask derivation and of the `LRS1` formats that carry it (2: pair masks bound
+ * to both members' indices, formats 4 and 5). The server announces it in `/v1/config`
+ * (`secureAggregation.maskVersion`), and a device joins only a server of its own generation: members
+ * of two generations in one cohort would have masks that do not cancel, and a device would spend ε
+ * on an upload the server then refuses.
+ */
+export const MASK_VERSION = 2;
+
 /** Length of a cohort id on the wire (random bytes; hex in URLs). */
 export const COHORT_ID_BYTES = 16;
 /** A pair's mask seed (the AES-128 key of its mask stream), as a survivor reveals it for recovery. */

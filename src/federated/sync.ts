@@ -11,7 +11,7 @@ import { checkTrainConfig, trainItemTable, type Sequence, type TrainConfig } fro
 import { buildClientUpdate, checkTrainedPart, noisedDelta, type TrainedPart } from './client-update.js';
 import { cryptoUniform, DEFAULT_BUDGET, DEFAULT_DELTA, type RdpAccountant } from './dp.js';
 import { subspaceUpdate } from './subspace.js';
-import { addSelfMask, checkConfirmations, checkSecAggParams, confirmationTags, encodeFixedPoint, encodeMaskedUpdate, maskValues, MAX_COHORT_TIMEOUT_MS, recoveryShare, secAggKeyPair, survivorComponents, usesSelfMask, type SecAggParams } from './secagg.js';
+import { addSelfMask, checkConfirmations, checkSecAggParams, confirmationTags, encodeFixedPoint, encodeMaskedUpdate, maskValues, MASK_VERSION, MAX_COHORT_TIMEOUT_MS, recoveryShare, secAggKeyPair, survivorComponents, usesSelfMask, type SecAggParams } from './secagg.js';
 import { beyondModelMagnitude, bytesEqual, decodeModel, fromHex, MAX_ID_BYTES, MAX_MODEL_MAGNITUDE, sha256, toHex } from './wire.js';
 
 /** Server settings from `GET /v1/config` that the client needs. */
@@ -25,7 +25,7 @@ export interface ServerConfig {
   version: number;
   minClients: number;
   /** Set when the server runs secure aggregation (uploads are masked, in cohorts). */
-  secureAggregation?: (SecAggParams & { timeoutMs?: number; uploadTimeoutMs?: number }) | null;
+  secureAggregation?: (SecAggParams & { timeoutMs?: number; uploadTimeoutMs?: number; maskVersion?: number }) | null;
   /** Rows of the table federated training updates: the first `trainRows` (absent: all of them). */
   trainRows?: number;
   /** Whether federated training updates the biases (absent: true). */
@@ -506,6 +506,16 @@ export function parseServerConfig(c: Partial<ServerConfig>): ServerConfig {
   if ((c.secureAggregation as unknown) === false) c = { ...c, secureAggregation: null };
   if (c.secureAggregation != null) {
     const sa = checkSecAggParams(c.secureAggregation, 'server config.secureAggregation');
+    // Before the join, so before any ε: masks of another generation would not cancel with this one's.
+    const mv = (c.secureAggregation as { maskVersion?: unknown }).maskVersion;
+    if (mv !== MASK_VERSION) {
+      throw new ValidationError(
+        'server config.secureAggregation.maskVersion',
+        mv === undefined
+          ? `is missing: the server is of an older localrec release whose masks would not cancel with this SDK's (mask version ${MASK_VERSION}); update the server`
+          : `is ${String(mv)}, this SDK's is ${MASK_VERSION}: the two would mask differently; update the ${typeof mv === 'number' && mv > MASK_VERSION ? "page's SDK" : 'server'}`,
+      );
+    }
     // The same for masked values: a step so small that a clipped value plus its noise share
     // overflows the fixed-point encoding. Every honest range holds at least one clipped update.
     const range = sa.step * (2 ** (sa.bits - 1) - 1);

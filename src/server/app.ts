@@ -18,7 +18,7 @@ import { registerRedeem } from './redeem.js';
 import { realPath } from '../output-file.js';
 import { servable } from './static-files.js';
 import type { OfferCatalog } from '../offers/types.js';
-import { CONFIRM_TAG_BYTES, maskedUpdateBytes, maskNeighbours, PAIR_SEED_BYTES, PUBLIC_KEY_BYTES, usesSelfMask } from '../federated/secagg.js';
+import { CONFIRM_TAG_BYTES, MASK_VERSION, maskedUpdateBytes, maskNeighbours, PAIR_SEED_BYTES, PUBLIC_KEY_BYTES, usesSelfMask } from '../federated/secagg.js';
 import { trainedLength } from '../federated/client-update.js';
 
 export interface AppOptions {
@@ -163,7 +163,9 @@ export function createApp(rounds: RoundCoordinator, opts: AppOptions): Hono {
       trimFraction: cfg.trimFraction,
       normTolerance: cfg.normTolerance,
       normSlack: cfg.normSlack,
-      secureAggregation: sa ? { cohortSize: sa.cohortSize, bits: sa.bits, step: sa.step, degree: sa.degree, minSurvivors: sa.minSurvivors ?? sa.cohortSize, timeoutMs: sa.timeoutMs, uploadTimeoutMs: sa.uploadTimeoutMs ?? defaultUploadTimeoutMs(sa.timeoutMs) } : null,
+      secureAggregation: sa
+        ? { cohortSize: sa.cohortSize, bits: sa.bits, step: sa.step, degree: sa.degree, minSurvivors: sa.minSurvivors ?? sa.cohortSize, timeoutMs: sa.timeoutMs, uploadTimeoutMs: sa.uploadTimeoutMs ?? defaultUploadTimeoutMs(sa.timeoutMs), maskVersion: MASK_VERSION }
+        : null,
       denoise: cfg.denoise ?? 'none',
       version: rounds.version,
     }),

@@ -1296,7 +1296,7 @@ describe('sync() under secure aggregation: erasing or withdrawing while the coho
     const fetch: FetchLike = async (url, init) => {
       const path = new URL(url).pathname;
       if (init?.method === 'POST') posts.push(path.replace(cohort, ':id'));
-      if (path === '/v1/config') return Response.json({ dim, items: ids.length, clip: 1, noiseMultiplier: 1, bits: 8, blockSize: 256, version: 0, minClients: 3, secureAggregation: { cohortSize: 3, bits: 32, step: 1 / 65536, degree: 2, minSurvivors: 3, timeoutMs: 60_000 } });
+      if (path === '/v1/config') return Response.json({ dim, items: ids.length, clip: 1, noiseMultiplier: 1, bits: 8, blockSize: 256, version: 0, minClients: 3, secureAggregation: { maskVersion: 2, cohortSize: 3, bits: 32, step: 1 / 65536, degree: 2, minSurvivors: 3, timeoutMs: 60_000 } });
       if (path === '/v1/model') return new Response(model as Uint8Array<ArrayBuffer>, { headers: { 'X-Localrec-Model-Hash': hash } });
       if (path === '/v1/secagg/join') {
         deviceKey = toHex(init!.body as Uint8Array);
@@ -1363,7 +1363,7 @@ describe('sync() under secure aggregation: erasing or withdrawing while the coho
     const fetch: FetchLike = async (url, init) => {
       const path = new URL(url).pathname;
       sent.push(`${init?.method ?? 'GET'} ${path.replace(cohort, ':id')}`);
-      if (path === '/v1/config') return Response.json({ dim: 16, items: ids.length, clip: 1, noiseMultiplier: 1, bits: 8, blockSize: 256, version: 0, minClients: 2, secureAggregation: { cohortSize: 2, bits: 16, step: 10 / 32768, degree: 2, minSurvivors: 2 } });
+      if (path === '/v1/config') return Response.json({ dim: 16, items: ids.length, clip: 1, noiseMultiplier: 1, bits: 8, blockSize: 256, version: 0, minClients: 2, secureAggregation: { maskVersion: 2, cohortSize: 2, bits: 16, step: 10 / 32768, degree: 2, minSurvivors: 2 } });
       if (path === '/v1/model') return new Response(model as Uint8Array<ArrayBuffer>);
       if (path === '/v1/secagg/join') {
         ownKey = toHex(init!.body as Uint8Array);
@@ -1472,7 +1472,7 @@ async function fakeCohortServer(o: { poll: (n: number, left: boolean) => Respons
   let polls = 0;
   let left = false;
   let ownKey = '';
-  const config = { dim, items: ids.length, clip: 1, noiseMultiplier: 1, bits: 8, blockSize: 256, version: 0, minClients: 2, secureAggregation: { cohortSize: 2, bits: 16, step: 1 / 64, degree: 2, timeoutMs: 60_000 }, ...o.config };
+  const config = { dim, items: ids.length, clip: 1, noiseMultiplier: 1, bits: 8, blockSize: 256, version: 0, minClients: 2, secureAggregation: { maskVersion: 2, cohortSize: 2, bits: 16, step: 1 / 64, degree: 2, timeoutMs: 60_000 }, ...o.config };
   const fetch: FetchLike = async (url, init) => {
     const path = new URL(url).pathname;
     requests.push(`${init?.method ?? 'GET'} ${path.replace(cohort, ':id')}`);

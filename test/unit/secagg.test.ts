@@ -1697,13 +1697,17 @@ test('a cancel that comes as the cohort fills: leaving is refused (409) and the 
 });
 
 test("a server config's parameters are bounded before use: a degree past twice the cohort, a deadline past a day or not a number, a clip, σ or fixed-point range no honest update fits", async () => {
-  const config = (sa: Record<string, unknown>) => ({ dim: DIM, items: IDS.length, clip: 1, noiseMultiplier: 1, bits: 8, blockSize: 256, version: 0, minClients: 3, secureAggregation: { cohortSize: 3, bits: 8, step: 1 / 16, degree: 2, ...sa } });
+  const config = (sa: Record<string, unknown>) => ({ dim: DIM, items: IDS.length, clip: 1, noiseMultiplier: 1, bits: 8, blockSize: 256, version: 0, minClients: 3, secureAggregation: { maskVersion: 2, cohortSize: 3, bits: 8, step: 1 / 16, degree: 2, ...sa } });
   assert.throws(() => parseServerConfig(config({ degree: 1e15 }) as never), /server config\.secureAggregation\.degree: must be an even integer from 2 to twice the cohort size \(6\), got 1000000000000000/);
   assert.equal(parseServerConfig(config({ degree: 6 }) as never).secureAggregation!.degree, 6);
   for (const timeoutMs of ['600000', MAX_COHORT_TIMEOUT_MS + 1, 0, Infinity]) {
     assert.throws(() => parseServerConfig(config({ timeoutMs }) as never), /server config\.secureAggregation\.timeoutMs: must be a number of milliseconds from 1 to 86400000/);
   }
   assert.throws(() => parseServerConfig(config({ uploadTimeoutMs: -1 }) as never), /secureAggregation\.uploadTimeoutMs/);
+  // A server of another mask generation (whose masks would not cancel with this SDK's) is refused
+  // before the join, so before any ε is spent; one that does not say (an older release) too.
+  assert.throws(() => parseServerConfig(config({ maskVersion: undefined }) as never), /secureAggregation\.maskVersion: is missing: the server is of an older localrec release .* update the server/);
+  assert.throws(() => parseServerConfig(config({ maskVersion: 3 }) as never), /secureAggregation\.maskVersion: is 3, this SDK's is 2: .* update the page's SDK/);
   // Bounds an honest server keeps: past them an update cannot be encoded, and a failure to encode
   // that depends on the history would show in whether the device goes on to join.
   assert.throws(() => parseServerConfig({ ...config({}), clip: 1e30 } as never), /server config\.clip: must be from 1e-6 to 1e6, got 1e\+30/);
@@ -1727,7 +1731,7 @@ test("a server config's parameters are bounded before use: a degree past twice t
 
 test('t (minSurvivors, K without recovery) is capped at 10,000: a server cannot make each upload carry less than σC/100 of noise', async () => {
   assert.equal(MAX_SURVIVORS, 10_000);
-  const config = (sa: Record<string, unknown>) => ({ dim: DIM, items: IDS.length, clip: 1, noiseMultiplier: 1, bits: 8, blockSize: 256, version: 0, minClients: 3, secureAggregation: { bits: 32, step: 1e-6, degree: 16, ...sa } });
+  const config = (sa: Record<string, unknown>) => ({ dim: DIM, items: IDS.length, clip: 1, noiseMultiplier: 1, bits: 8, blockSize: 256, version: 0, minClients: 3, secureAggregation: { maskVersion: 2, bits: 32, step: 1e-6, degree: 16, ...sa } });
   // The device refuses, naming why, whether t is the cohort size or a minSurvivors below it.
   assert.throws(
     () => parseServerConfig(config({ cohortSize: 100_000 }) as never),
@@ -1750,7 +1754,7 @@ test('t (minSurvivors, K without recovery) is capped at 10,000: a server cannot 
 });
 
 test('a device refusing to help recover says which rule the list of dropped members broke', async () => {
-  const sa = { cohortSize: 3, bits: 32, step: 1e-6, degree: 2, minSurvivors: 2, timeoutMs: 60_000, uploadTimeoutMs: 60_000 };
+  const sa = { cohortSize: 3, bits: 32, step: 1e-6, degree: 2, minSurvivors: 2, timeoutMs: 60_000, uploadTimeoutMs: 60_000, maskVersion: 2 };
   const cohort = 'ab'.repeat(16);
   const others = [await secAggKeyPair(), await secAggKeyPair()];
   const json = (o: unknown, status = 200) => new Response(JSON.stringify(o), { status, headers: { 'Content-Type': 'application/json' } });
