@@ -364,13 +364,19 @@ function tellEach<T>(listeners: Iterable<(p: T) => void>, p: T): void {
   }
 }
 
-/** Resolves when `signal` aborts (never without one). */
-function whenAborted(signal: AbortSignal | undefined): Promise<void> {
-  return new Promise((resolve) => {
+/**
+ * `aborted` resolves when `signal` aborts (never without one); `done()` removes its listener, so
+ * that a signal the page keeps for the whole session does not gather one per call.
+ */
+function whenAborted(signal: AbortSignal | undefined): { aborted: Promise<void>; done: () => void } {
+  let listener: (() => void) | undefined;
+  const aborted = new Promise<void>((resolve) => {
     if (!signal) return;
     if (signal.aborted) return resolve();
-    signal.addEventListener('abort', () => resolve(), { once: true });
+    listener = () => resolve();
+    signal.addEventListener('abort', listener, { once: true });
   });
+  return { aborted, done: () => listener && signal?.removeEventListener('abort', listener) };
 }
 
 /**
@@ -1723,9 +1729,14 @@ export class Engine {
     // This call's own signal cancels it meanwhile, and so does a cancel of every sync (close(),
     // erase(), consent withdrawn); another caller's signal cancels only that caller's sync.
     const cancels = this.cancels;
-    const aborted = whenAborted(o.signal);
-    while (contribute && this.syncing && !this.syncContributes && !o.signal?.aborted && this.cancels === cancels) {
-      await Promise.race([this.syncing.catch(() => undefined), aborted]);
+    const mustWait = (): boolean => contribute && this.syncing !== null && !this.syncContributes && !o.signal?.aborted && this.cancels === cancels;
+    if (mustWait()) {
+      const { aborted, done } = whenAborted(o.signal);
+      try {
+        while (mustWait()) await Promise.race([this.syncing!.catch(() => undefined), aborted]);
+      } finally {
+        done();
+      }
     }
     this.assertOpen();
     if (this.closing) throw new ClosedError('the recommender is closing');
@@ -2636,6 +2647,8 @@ export class Engine {
     this.closing = true;
     this.dataEpoch++;
     this.queue = [];
+    if (this.flushTimer) clearTimeout(this.flushTimer);
+    this.flushTimer = undefined;
     this.dropEventCache();
     // No sync may send anything, or write anything, once erasing has begun.
     this.cancelAllSyncs(true);
@@ -2782,8 +2795,11 @@ type Consent = { personalization: boolean; federated: boolean };
  * the consent in force, which the next session's start compares with (and may apply again).
  */
 export function trimConsent(records: readonly ConsentRecord[], cutoff: number): ConsentRecord[] {
-  return records.filter((r, i) => !(r.t < cutoff) || i === records.length - 1);
+  return records.filter((r, i) => !(r.t < cutoff) || i === records.length - 1).slice(-CONSENT_MAX);
 }
+
+/** The consent history keeps at most this many most recent records (a page toggling consent in a loop must not grow it for a year). */
+export const CONSENT_MAX = 1000;
 
 /** `log` without the entries older than `cutoff` (`retention.maxAgeDays`): the log is no record of visits kept past it. */
 export function trimEgress(log: readonly EgressEntry[], cutoff: number): EgressEntry[] {

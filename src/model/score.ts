@@ -1,5 +1,5 @@
 import * as tf from './tf.js';
-import { ModelError } from '../errors.js';
+import { ClosedError, ModelError } from '../errors.js';
 import type { ItemTable } from './item-table.js';
 import type { ProfileItem } from './profile.js';
 
@@ -107,17 +107,24 @@ export class Scorer {
       const raw = tf.reshape(tf.matMul(this.Vb, this.zAug(z)), [this.n]);
       return { ...tf.topk(m ? tf.where(tf.cast(m, 'bool'), raw, tf.fill([this.n], -1e30)) : raw, want), range: withRange ? tf.stack([tf.min(raw), tf.max(raw)]) : undefined };
     });
-    const [r, top] = await Promise.all([range?.data(), this.collect(values, indices, k, exclude, mask !== undefined)]);
-    range?.dispose();
-    return { top, range: r as Float32Array | undefined };
+    try {
+      const [r, top] = await Promise.all([range?.data(), this.collect(values, indices, k, exclude, mask !== undefined)]);
+      return { top, range: r as Float32Array | undefined };
+    } finally {
+      // Also when a read fails (a lost GPU context).
+      range?.dispose();
+    }
   }
 
   /** `b + V·z / temperature` for every row, read back (for offers' scope affinities). */
   async scoreAll(z: Float32Array): Promise<Float32Array> {
+    this.assertLive();
     const s = tf.tidy(() => tf.reshape(tf.matMul(this.Vb, this.zAug(z)), [this.n]));
-    const out = (await s.data()) as Float32Array;
-    s.dispose();
-    return out;
+    try {
+      return (await s.data()) as Float32Array;
+    } finally {
+      s.dispose();
+    }
   }
 
   /**
@@ -126,6 +133,7 @@ export class Scorer {
    */
   async similar(row: number, k: number, exclude: ReadonlySet<number> = new Set(), allowed?: Allowed): Promise<Scored[]> {
     if (!(row >= 0 && row < this.n)) throw new ModelError(`row ${row} is outside the table`);
+    this.assertLive();
     if (!this.Vn) {
       // Built on first use from the scoring table's factor columns: no second copy of V on the backend.
       this.Vn = tf.tidy(() => {
@@ -144,8 +152,13 @@ export class Scorer {
   }
 
   private async collect(values: tf.Tensor, indices: tf.Tensor, k: number, exclude: ReadonlySet<number>, masked: boolean): Promise<Scored[]> {
-    const [v, i] = await Promise.all([values.data(), indices.data()]);
-    tf.dispose([values, indices]);
+    let v: tf.TypedArray;
+    let i: tf.TypedArray;
+    try {
+      [v, i] = await Promise.all([values.data(), indices.data()]);
+    } finally {
+      tf.dispose([values, indices]);
+    }
     const out: Scored[] = [];
     for (let j = 0; j < i.length && out.length < k; j++) {
       const row = i[j]!;
@@ -161,6 +174,8 @@ export class Scorer {
    * kept for its key, or one made for this pass and disposed after it.
    */
   private masked<T extends { [key: string]: tf.TensorContainer }>(allowed: Allowed | undefined, pass: (mask: tf.Tensor1D | undefined) => T): T & { mask: tf.Tensor1D | undefined } {
+    // Before any mask is made: one made on a disposed scorer would be kept by nobody.
+    this.assertLive();
     const once = allowed !== undefined && allowed.key === undefined;
     const mask = allowed ? (allowed.key !== undefined ? this.mask(allowed.key, allowed.rows) : maskOf(this.n, allowed.rows)) : undefined;
     try {
@@ -193,8 +208,16 @@ export class Scorer {
   }
 
   dispose(): void {
+    this.disposed = true;
     tf.dispose([this.Vb, ...(this.Vn ? [this.Vn] : []), ...this.masks.values()]);
     this.masks.clear();
+  }
+
+  private disposed = false;
+
+  /** Refuses to score with a disposed scorer (the engine closed or erased meanwhile) before allocating anything. */
+  private assertLive(): void {
+    if (this.disposed) throw new ClosedError('the recommender was closed while this call waited');
   }
 
   /** The table this scorer was built from. */

@@ -317,8 +317,13 @@ export async function trainItemTable(
         const { value, grads } = tf.valueAndGrads(f)([...args]);
         return { loss: value, gCtx: grads[0]!, gCand: grads[1]!, gBias: grads[2]! };
       });
-      const [lossArr, gCtxArr, gCandArr, gBiasArr] = await Promise.all([loss.data(), gCtx.data(), gCand.data(), gBias.data()]);
-      tf.dispose([loss, gCtx, gCand, gBias]);
+      let lossArr: tf.TypedArray, gCtxArr: tf.TypedArray, gCandArr: tf.TypedArray, gBiasArr: tf.TypedArray;
+      try {
+        [lossArr, gCtxArr, gCandArr, gBiasArr] = await Promise.all([loss.data(), gCtx.data(), gCand.data(), gBias.data()]);
+      } finally {
+        // Also when a read fails (a lost GPU context).
+        tf.dispose([loss, gCtx, gCand, gBias]);
+      }
       // Scatter: sum each row's gradient over every place it was used.
       const gV = new Float32Array(rows.length * d);
       const gB = new Float32Array(rows.length);
