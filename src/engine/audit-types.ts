@@ -100,7 +100,7 @@ export interface ExportFile {
   /**
    * Records of the events store that are not events this SDK would have stored (hand-edited, or
    * written by another release), as stored: left out of `events` and of every use, kept until
-   * `erase()`. Present only when there are any.
+   * retention removes them (when they carry a time it can read) or `erase()`. Present only when there are any.
    */
   unreadableEvents?: unknown[];
 }

@@ -680,12 +680,12 @@ export class Engine {
         });
     };
     store.onMalformed = (count, problem) => {
-      // Once per session and count: every read finds them again.
-      const key = `events:${count}`;
+      // Once per session: every read finds them again.
+      const key = 'events';
       if (this.notedDamage.has(key)) return;
       this.notedDamage.add(key);
       this.lastError = new StorageError(
-        `${count} stored event record${count === 1 ? ' is' : 's are'} malformed (${problem}): left out of ranking, training and offers, listed in export().unreadableEvents; erase() removes them`,
+        `${count} stored event record${count === 1 ? ' is' : 's are'} malformed (${problem}): left out of ranking, training and offers, listed in export().unreadableEvents; retention (when they carry a time) or erase() removes them`,
       );
     };
   }
@@ -1960,8 +1960,19 @@ export class Engine {
       const accountant = readAccountant(await this.store.getMeta(PRIVACY_KEY)).value;
       return { version: this.table.version, sent: false, uploadedBytes: 0, epsilon: accountant.epsilon(fed.delta), budget, published: null, modelChanged: r.changed };
     } finally {
-      await checkpoint();
+      await this.finalCheckpoint(checkpoint);
     }
+  }
+
+  /**
+   * A sync's last store of its egress entries. Failing (storage full) it does not turn the sync's
+   * outcome into a failure (an update sent, its ε spent, would be retried, spending again): the
+   * entries it could not store are named in `stats().lastError`.
+   */
+  private async finalCheckpoint(checkpoint: () => Promise<void>): Promise<void> {
+    await checkpoint().catch((e: unknown) => {
+      this.lastError = new StorageError(`sync: the egress log could not be stored when the sync ended (${(e as Error).message}); requests it made since the last stored entry are missing from audit().egress.log`, { cause: e });
+    });
   }
 
   /**
@@ -2087,7 +2098,7 @@ export class Engine {
       throw e;
     } finally {
       // Whatever happened, what was sent (or tried) is logged (the ε spent was stored before the upload).
-      await checkpoint();
+      await this.finalCheckpoint(checkpoint);
     }
   }
 
@@ -2815,7 +2826,8 @@ export function mergeConsentRecords(a: readonly ConsentRecord[], b: readonly Con
     const k = key(r);
     if (seen.has(k)) continue;
     seen.add(k);
-    out.push({ t: r.t, personalization: r.personalization, federated: r.federated, source: r.source });
+    // Whole: a newer release's fields survive this tab's write.
+    out.push({ ...r });
   }
   return out.sort((x, y) => x.t - y.t);
 }

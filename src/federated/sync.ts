@@ -131,8 +131,10 @@ export interface SyncOptions {
    * while a request waits for its answer leaves it in the stored log: a rejection there stops the
    * sync before that request is sent (StorageError; the entry is logged `notSent`), as no request
    * may leave without its entry stored; except the requests other devices depend on once this one
-   * committed (the upload's retries, a cohort's leave, its polls once full, the recovery steps),
-   * which go all the same (stopping them would sink the cohort) and are stored at the sync's end. Also after the answers that matter (the GETs, the join,
+   * committed (the upload's retries, the leave of a device that must upload after all, its polls
+   * once committed, the recovery steps), which go all the same (stopping them would sink the
+   * cohort) and are stored at the sync's end when storage accepts them then (the engine names
+   * them in `stats().lastError` otherwise). Also after the answers that matter (the GETs, the join,
    * each poll), where a rejection is ignored (the next call stores it).
    */
   onCheckpoint?: () => void | Promise<void>;
@@ -513,7 +515,7 @@ export function parseServerConfig(c: Partial<ServerConfig>): ServerConfig {
         'server config.secureAggregation.maskVersion',
         mv === undefined
           ? `is missing: the server is of an older localrec release whose masks would not cancel with this SDK's (mask version ${MASK_VERSION}); update the server`
-          : `is ${String(mv)}, this SDK's is ${MASK_VERSION}: the two would mask differently; update the ${typeof mv === 'number' && mv > MASK_VERSION ? "page's SDK" : 'server'}`,
+          : `is ${JSON.stringify(mv) ?? String(mv)}, this SDK's is ${MASK_VERSION}: the two would mask differently; update the ${typeof mv === 'number' && mv > MASK_VERSION ? "page's SDK" : 'server'}`,
       );
     }
     // The same for masked values: a step so small that a clipped value plus its noise share

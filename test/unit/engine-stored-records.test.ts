@@ -59,6 +59,17 @@ describe('malformed stored records (stop 31)', () => {
     await e.close();
   });
 
+  it('a consent record a newer release wrote keeps its fields through this tab\'s next write', async () => {
+    const newer = { t: Date.now() - 1000, personalization: true, federated: true, source: 'a-newer-source', extra: 1 };
+    const store = await storeWith({ [CONSENT_KEY]: [newer] });
+    const e = await Engine.create({ ...base, store });
+    await e.setConsent({ federated: false });
+    const stored = (await store.getMeta(CONSENT_KEY)) as Array<Record<string, unknown>>;
+    assert.deepEqual(stored[0], newer);
+    assert.equal(stored.at(-1)!.source, 'setConsent');
+    await e.close();
+  });
+
   it('readConsentRecords and readEgressLog keep the well-formed entries and say whether anything was dropped', () => {
     const ok = { t: 5, personalization: true, federated: false, source: 'setConsent' };
     assert.deepEqual(readConsentRecords(undefined), { value: [], damaged: false });
@@ -161,7 +172,7 @@ describe('malformed stored records (stop 31)', () => {
     assert.ok(recs.every((r) => Number.isFinite(r.score)), JSON.stringify(recs));
     const trained = await e.train({ epochs: 1 });
     assert.ok(trained.examples > 0, 'the three sound views make examples');
-    assert.match((await e.stats()).lastError ?? '', /2 stored event records are malformed \(event 2: event\.quantity: must be a finite number.*export\(\)\.unreadableEvents; erase\(\) removes them/);
+    assert.match((await e.stats()).lastError ?? '', /2 stored event records are malformed \(event 2: event\.quantity: must be a finite number.*export\(\)\.unreadableEvents; retention \(when they carry a time\) or erase\(\) removes them/);
     // The export lists them as stored (the shopper's data, if unusable), apart from the events.
     const exported = await e.exportData();
     assert.deepEqual(exported.events.map((x) => x.itemId), ['p3', 'p6', 'p7']);

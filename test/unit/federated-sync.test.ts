@@ -224,6 +224,28 @@ describe('sync()', () => {
     }
   });
 
+  it('a sync whose last store of the egress log fails still reports the update it sent (not a failure to retry, spending again); lastError says what is missing', async () => {
+    class Store extends MemoryEventStore {
+      override async updateMeta<T>(key: string, update: (current: T | undefined) => T): Promise<T> {
+        // Storage fills up by the time the upload's answer is stored.
+        if (key === EGRESS_KEY) {
+          const next = update((await this.getMeta<T>(key)) as T | undefined) as unknown as EgressEntry[];
+          if (next.some((x) => x.kind === 'update' && x.status === 202)) throw Object.assign(new Error('QuotaExceededError (simulated)'), { name: 'QuotaExceededError' });
+        }
+        return super.updateMeta(key, update);
+      }
+    }
+    const e = await deviceAt(server.url, ['sku-36', 'sku-37', 'sku-38'], { store: new Store() });
+    try {
+      const r = await e.sync();
+      assert.equal(r.sent, true);
+      assert.match((await e.stats()).lastError ?? '', /egress log could not be stored when the sync ended \(QuotaExceededError \(simulated\)\); requests it made since the last stored entry are missing/);
+      assert.deepEqual((await e.egressLog()).map((x) => [x.kind, x.status, x.pending]), [['config', 200, undefined], ['model', 200, undefined], ['update', 0, true]], 'the upload stays as stored: pending');
+    } finally {
+      await e.close();
+    }
+  });
+
   it('the neighbour file is fetched with the same private options as the federated requests (no cookie, cache, redirect or Referer)', async () => {
     const seen: Array<Parameters<FetchLike>[1]> = [];
     const url = 'https://cdn.example/neighbors.lrn';
