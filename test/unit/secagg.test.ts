@@ -1827,6 +1827,34 @@ test('with recovery, every step after the join is in the stored egress log befor
   }
 });
 
+test('with recovery, once its upload is in, a device whose egress log can no longer be stored still sends its polls, confirmation, ready tag and share (stopping would sink the cohort)', async () => {
+  const parts = await createServer({ dataDir: null, initialTable: initialTable(), minClients: 3, clip: 1, noiseMultiplier: 1, rateLimit: false, secureAggregation: { timeoutMs: 60_000, minSurvivors: 2 }, log: () => {} });
+  const app = (url: string, init?: RequestInit) => Promise.resolve(parts.app.fetch(new Request(url, init)));
+  try {
+    const logged: Array<{ method: string; endpoint: string; kind: string; status: number }> = [];
+    let polls = 0;
+    const others: Array<Promise<unknown>> = [];
+    const watched: FetchLike = async (url, init) => {
+      if (/\/members\/0$/.test(new URL(url).pathname) && ++polls === 3) {
+        others.push(Promise.all([1, 2].map((s) => syncOnce({ serverUrl: 'http://x', fetch: (u, i) => app(u, i as RequestInit), accountant: new RdpAccountant(), history: historyOf(s + 1), train: { seed: s + 1 }, cohortPollMs: 1 }))));
+      }
+      return app(url, init as RequestInit);
+    };
+    const r = await syncOnce({
+      serverUrl: 'http://x', fetch: watched, accountant: new RdpAccountant(), history: historyOf(1), train: { seed: 1 }, cohortPollMs: 1,
+      onEgress: (e) => void logged.push(e),
+      // Storage fills up once the upload was answered.
+      onCheckpoint: async () => (logged.some((l) => l.kind === 'update' && l.status >= 200 && l.status < 300) ? Promise.reject(new Error('QuotaExceededError (simulated)')) : undefined),
+    });
+    await Promise.all(others);
+    assert.deepEqual([r.cohort!.outcome, r.cohort!.recoveryShareSent], ['published', true]);
+    const posts = logged.filter((l) => l.method === 'POST' && l.status > 0).map((l) => l.endpoint.replace(/[0-9a-f]{32}/, ':id'));
+    for (const step of ['confirm', 'ready', 'recovery']) assert.ok(posts.includes(`/v1/secagg/cohorts/:id/members/0/${step}`), `${step} was sent`);
+  } finally {
+    await parts.storage.close();
+  }
+});
+
 test('the docs and the code agree on each device\'s noise under secure aggregation: σC/√t (t = the minimum survivors; K without recovery)', () => {
   const protocol = readFileSync(new URL('../../docs/protocol.md', import.meta.url), 'utf8');
   const header = readFileSync(new URL('../../src/federated/secagg.ts', import.meta.url), 'utf8').split('*/')[0]!;
