@@ -1,4 +1,7 @@
 import * as Comlink from 'comlink';
+import type { FetchLike } from '../../src/federated/sync.js';
+import { createItemTable } from '../../src/model/item-table.js';
+import { startServer, type RunningServer } from '../../src/server/index.js';
 import { IdbEventStore } from '../../src/events/store.js';
 
 /**
@@ -53,4 +56,19 @@ export async function withStandInWorker(api: object, f: () => Promise<void>): Pr
     if (hadWorker) g.Worker = realWorker;
     else delete g.Worker;
   }
+}
+
+/**
+ * A plain aggregation server on loopback for `ids` (dim 8, σ = 1, rounds of 100, so nothing is
+ * published), and a fetch that lists the paths of the POSTs made through it. The caller closes
+ * `server`.
+ */
+export async function serverCountingPosts(ids: string[]): Promise<{ server: RunningServer; url: string; posts: string[]; fetch: FetchLike }> {
+  const server = await startServer({ port: 0, dataDir: null, initialTable: createItemTable(ids, 8, { seed: 1 }), minClients: 100, clip: 1, noiseMultiplier: 1, rateLimit: false, log: () => {} });
+  const posts: string[] = [];
+  const fetch: FetchLike = (url, init) => {
+    if (init?.method === 'POST') posts.push(new URL(url).pathname);
+    return globalThis.fetch(url, init as RequestInit);
+  };
+  return { server, url: server.url, posts, fetch };
 }

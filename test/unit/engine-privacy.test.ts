@@ -4,11 +4,10 @@ import { after, describe, it } from 'node:test';
 import { COHORTS_KEY, CONSENT_KEY, EGRESS_KEY, Engine } from '../../src/engine/engine.js';
 import { IdbEventStore, MemoryEventStore } from '../../src/events/store.js';
 import { isConsentError, isPrivacyBudgetError } from '../../src/errors.js';
-import { createItemTable } from '../../src/model/item-table.js';
-import { startServer, type RunningServer } from '../../src/server/index.js';
+import type { RunningServer } from '../../src/server/index.js';
 import type { FetchLike } from '../../src/federated/sync.js';
 import { encodeNeighborTable } from '../../src/model/neighbors-wire.js';
-import { storeSignallingReads } from './engine-helpers.js';
+import { serverCountingPosts, storeSignallingReads } from './engine-helpers.js';
 import '../../src/model/tf.js';
 
 const catalog = { items: Array.from({ length: 20 }, (_, i) => ({ id: `p${i}`, popularity: 20 - i })) };
@@ -454,14 +453,9 @@ describe('IndexedDB refused to open: the ε budget cannot be remembered (stop 30
   }
   const ids = catalog.items.map((i) => i.id);
   async function server(): Promise<{ url: string; posts: string[]; fetch: FetchLike }> {
-    const s = await startServer({ port: 0, dataDir: null, initialTable: createItemTable(ids, 8, { seed: 1 }), minClients: 100, clip: 1, noiseMultiplier: 1, rateLimit: false, log: () => {} });
-    servers.push(s);
-    const posts: string[] = [];
-    const fetch: FetchLike = (url, init) => {
-      if (init?.method === 'POST') posts.push(new URL(url).pathname);
-      return globalThis.fetch(url, init as RequestInit);
-    };
-    return { url: s.url, posts, fetch };
+    const s = await serverCountingPosts(ids);
+    servers.push(s.server);
+    return s;
   }
   const history = ['p1', 'p2', 'p3', 'p4'].map((itemId) => ({ type: 'view' as const, itemId }));
 

@@ -14,9 +14,8 @@ import { isPrivacyBudgetError } from '../../src/errors.js';
 import { storedEventProblem } from '../../src/events/schema.js';
 import { readAccountant, readConsentRecords, readEgressLog } from '../../src/engine/stored-records.js';
 import { RdpAccountant } from '../../src/federated/dp.js';
-import { createItemTable } from '../../src/model/item-table.js';
-import { startServer, type RunningServer } from '../../src/server/index.js';
-import type { FetchLike } from '../../src/federated/sync.js';
+import type { RunningServer } from '../../src/server/index.js';
+import { serverCountingPosts } from './engine-helpers.js';
 import '../../src/model/tf.js';
 
 const catalog = { items: Array.from({ length: 20 }, (_, i) => ({ id: `p${i}`, popularity: 20 - i })) };
@@ -123,14 +122,8 @@ describe('malformed stored records (stop 31)', () => {
   });
 
   it('an unreadable privacy accountant counts as spent: ε reads ∞, a contributing sync is refused after the two GETs, a receiving one works', async () => {
-    const ids = catalog.items.map((i) => i.id);
-    const s = await startServer({ port: 0, dataDir: null, initialTable: createItemTable(ids, 8, { seed: 1 }), minClients: 100, clip: 1, noiseMultiplier: 1, rateLimit: false, log: () => {} });
+    const { server: s, posts, fetch } = await serverCountingPosts(catalog.items.map((i) => i.id));
     servers.push(s);
-    const posts: string[] = [];
-    const fetch: FetchLike = (url, init) => {
-      if (init?.method === 'POST') posts.push(new URL(url).pathname);
-      return globalThis.fetch(url, init as RequestInit);
-    };
     const store = await storeWith({ [PRIVACY_KEY]: 'garbage' });
     const e = await Engine.create({ ...base, store, fetch, federated: { serverUrl: s.url } });
     e.enqueue(['p1', 'p2', 'p3'].map((itemId) => ({ type: 'view' as const, itemId })));
