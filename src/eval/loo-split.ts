@@ -199,3 +199,13 @@ export function checkTestUsers(split: Split, flag: string, minItems = 3, sameTim
   }
   throw new ValidationError(flag, `has no test users: leave-one-out needs a user with at least ${minItems} distinct items (${users} users read)`);
 }
+
+/**
+ * Refuses `--same-time drop` without a time column: with no times every event would be "at the
+ * held-out item's time", and the setting would silently do nothing (file order decides).
+ */
+export function checkSameTimeHasTime(sameTime: string | undefined, timeColumn: string | undefined): void {
+  if (sameTime === 'drop' && timeColumn === undefined) {
+    throw new ValidationError('--same-time', 'drop compares event times, and no time column was given (--time): name one, or leave --same-time out');
+  }
+}

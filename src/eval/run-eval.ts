@@ -8,7 +8,7 @@ import { numberFlag, seedFlag } from '../number-flag.js';
 import { loadCsv, type CsvMapping } from './csv-loader.js';
 import { checkChoice, FORMATS, paramFlags, PROTOCOLS, type EvalCommandOptions } from './eval-command.js';
 import { loadLinesSplit } from './lines-split.js';
-import { checkTestUsers, looSplit, SAME_TIME } from './loo-split.js';
+import { checkSameTimeHasTime, checkTestUsers, looSplit, SAME_TIME } from './loo-split.js';
 import { MAX_K } from './top-k.js';
 import { MODELS, planModels } from './model-registry.js';
 import { csvMappingFromFlags } from './presets.js';
@@ -84,6 +84,7 @@ export async function runEval(
     if (!opts.data) throw new ValidationError('--data', `is required with --format ${format}`);
     data = basename(opts.data);
     mapping = csvMappingFromFlags(format, opts);
+    checkSameTimeHasTime(sameTime, mapping.time);
     const log = await loadCsv(opts.data, mapping, (rows) => progress.update(`loading ${data} (${rows} rows)`, 0));
     // Whether times were read comes from the flags: a time column of zeros is one (every event at once).
     split = looSplit(log, 3, { sameTime, hasTime: mapping.time !== undefined });

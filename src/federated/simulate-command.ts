@@ -14,7 +14,7 @@ import type { Command } from 'commander';
 import { basename } from 'node:path';
 import { ValidationError } from '../errors.js';
 import { checkChoice } from '../eval/eval-command.js';
-import { SAME_TIME } from '../eval/loo-split.js';
+import { checkSameTimeHasTime, SAME_TIME } from '../eval/loo-split.js';
 import { MAX_K } from '../eval/top-k.js';
 import { numberFlag, seedFlag } from '../number-flag.js';
 import { checkOutputFile, writeOutputFile } from '../output-file.js';
@@ -224,6 +224,7 @@ export async function runSimulate(opts: SimulateCommandOptions, io: SimulateIo):
   const { simulate, catalogOf } = await import('./simulate.js');
 
   const mapping = csvMappingFromFlags(format, opts);
+  checkSameTimeHasTime(sameTime, mapping.time);
 
   const progress = new Progress(io.stderr);
   const data = basename(opts.data);

@@ -24,6 +24,8 @@ const write = (name: string, body: string) => {
 };
 // Two users of 2 distinct items: nobody can be held out.
 const TWO = write('two.csv', 'u,i\na,x\na,y\nb,x\nb,z\n');
+// The same with times.
+const TWO_T = write('two-t.csv', 'u,i,t\na,x,1\na,y,2\nb,x,1\nb,z,2\n');
 // Two users of 3 distinct items, every event at t = 5: `drop` leaves nothing before the held-out one.
 const SAME = write('same.csv', 'u,i,t\na,x,5\na,y,5\na,z,5\nb,x,5\nb,y,5\nb,w,5\n');
 // The same rows with a time column of zeros.
@@ -53,7 +55,11 @@ test('--same-time drop that leaves nobody to test says so (every user has 3 item
   await assert.rejects(runEval(evalOpts({ data: SAME, time: 't', sameTime: 'drop' }), quiet), refused('--data', NOBODY_BEFORE));
   await assert.rejects(runSimulate(simOpts({ data: SAME, time: 't', sameTime: 'drop' }), { stdout: () => {}, stderr: { write: () => true } }), refused('--data', NOBODY_BEFORE));
   // Too few items at all is still said as such under drop.
-  await assert.rejects(runEval(evalOpts({ data: TWO, sameTime: 'drop' }), quiet), refused('--data', NOBODY));
+  await assert.rejects(runEval(evalOpts({ data: TWO_T, time: 't', sameTime: 'drop' }), quiet), refused('--data', NOBODY));
+  // Without a time column drop would do nothing (file order decides): refused, in both commands.
+  const noTime = /^--same-time: drop compares event times, and no time column was given \(--time\): name one, or leave --same-time out$/;
+  await assert.rejects(runEval(evalOpts({ data: TWO, sameTime: 'drop' }), quiet), refused('--same-time', noTime));
+  await assert.rejects(runSimulate(simOpts({ data: SAME, sameTime: 'drop' }), { stdout: () => {}, stderr: { write: () => true } }), refused('--same-time', noTime));
   const [line] = await runEval(evalOpts({ data: SAME, time: 't', sameTime: 'keep' }), quiet);
   assert.equal(line!.testUsers, 2);
 });
@@ -80,6 +86,6 @@ test('a time column of zeros is a time column (every event at once): --same-time
   await assert.rejects(runEval(evalOpts({ data: ZERO, time: 't', sameTime: 'drop' }), quiet), refused('--data', NOBODY_BEFORE));
   const [keep] = await runEval(evalOpts({ data: ZERO, time: 't' }), quiet);
   assert.equal(keep!.testUsers, 2);
-  const [noTime] = await runEval(evalOpts({ data: ZERO, sameTime: 'drop' }), quiet);
-  assert.equal(noTime!.testUsers, 2, 'without --time the file order stands in: drop changes nothing');
+  // Without --time, drop has no times to compare: refused rather than silently the file order.
+  await assert.rejects(runEval(evalOpts({ data: ZERO, sameTime: 'drop' }), quiet), refused('--same-time', /no time column was given/));
 });
