@@ -85,7 +85,7 @@ export const OPTION_KEYS = {
   consent: ['personalization', 'federated'],
   recommend: ['k', 'exclude', 'category', 'candidates'],
   similar: ['k', 'exclude', 'category'],
-  train: ['epochs', 'onProgress'],
+  train: ['epochs', 'onProgress', 'signal'],
   sync: ['onProgress', 'signal', 'contribute'],
   offersCall: ['k', 'context', 'seed', 'exploration', 'priorStrength', 'objective'],
   offerContext: ['cart', 'page', 'itemId', 'now'],

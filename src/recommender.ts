@@ -1,5 +1,5 @@
 import * as Comlink from 'comlink';
-import { ClosedError, reviveError, syncCancelled, ValidationError } from './errors.js';
+import { AbortError, ClosedError, reviveError, syncCancelled, ValidationError } from './errors.js';
 import { blockedDeletion, unlessBlocked } from './events/blocked.js';
 import { checkEventAge, DEFAULT_MAX_AGE_DAYS, validateEvent } from './events/schema.js';
 import { boolOption, checkSignal, describeValue, knownKeys, nameOption, OPTION_KEYS } from './options.js';
@@ -39,7 +39,8 @@ export interface Recommender {
    * run is under way joins it when it asks for the same epochs or none (its `onProgress` hears the
    * rest of that run); one asking for other epochs trains after it. `close()`, `erase()` and a
    * withdrawal of consent to personalization stop a run between two steps: nothing it learned is
-   * saved, and the call rejects with an `AbortError` ("training stopped by erase(); …").
+   * saved, and the call rejects with an `AbortError` ("training stopped by erase(); …"); so does
+   * `options.signal` for the run this call started or joined.
    */
   train(options?: TrainOptions): Promise<TrainResult>;
   /** Backend, event counts, model state, privacy budget. */
@@ -419,6 +420,8 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
   }
   /** Numbers the page's sync() calls, so that a cancel names the one it is for. */
   let syncCalls = 0;
+  /** Ids of train() calls, for cancelTrain (as syncCalls). */
+  let trainCalls = 0;
   /** Set by the first close() or erase(): what it returns, and which one it was. */
   let ending: { kind: 'close' | 'erase'; done: Promise<void> } | undefined;
   let pending: unknown[] = [];
@@ -557,9 +560,25 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
       open();
       if (typeof o !== 'object' || o === null) throw new ValidationError('options', 'must be an object like { epochs, onProgress }');
       knownKeys(o, 'options', OPTION_KEYS.train);
-      const { onProgress, ...plain } = o;
+      const { onProgress, signal, ...plain } = o;
       if (onProgress !== undefined && typeof onProgress !== 'function') throw new ValidationError('options.onProgress', `must be a function, got ${typeof onProgress}`);
-      return call(() => api.train(plain, onProgress ? Comlink.proxy(progressOnly(onProgress)) : undefined));
+      checkSignal(signal, 'options.signal');
+      const cancelled = () => new AbortError('training cancelled by its signal before it started; nothing was trained');
+      if (signal?.aborted) throw cancelled();
+      // As sync(): the abort is forwarded to the worker, naming this call.
+      const id = ++trainCalls;
+      const cancel = () => {
+        if (!stopped) void api.cancelTrain(id).catch(() => undefined);
+      };
+      signal?.addEventListener('abort', cancel, { once: true });
+      try {
+        return await call(async () => {
+          if (signal?.aborted) throw cancelled();
+          return api.train(plain, onProgress ? Comlink.proxy(progressOnly(onProgress)) : undefined, signal ? id : undefined);
+        });
+      } finally {
+        signal?.removeEventListener('abort', cancel);
+      }
     },
     async stats() {
       const s = await call(() => api.stats());

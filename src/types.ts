@@ -149,6 +149,12 @@ export interface TrainOptions {
   epochs?: number;
   /** Progress of the run (the joined one's, from the moment of joining). A callback that throws does not stop it. */
   onProgress?: (p: Progress) => void;
+  /**
+   * Stops the run this call started or joined, between two of its steps, for every caller of that
+   * run (as `sync()`'s signal stops the sync it joined): nothing it learned is saved, and the call
+   * rejects with an `AbortError`. A call still waiting for a run of other epochs just stops waiting.
+   */
+  signal?: AbortSignal;
 }
 
 export interface TrainResult {

@@ -1586,8 +1586,22 @@ export class Engine {
     if (options.onProgress !== undefined && typeof options.onProgress !== 'function') throw new ValidationError('options.onProgress', `must be a function, got ${typeof options.onProgress}`);
     const epochs = intOption(options.epochs, 'options.epochs', 1, 1000, this.opts.training?.epochs ?? 4);
     const listener = options.onProgress;
+    const signal = options.signal;
+    checkSignal(signal, 'options.signal');
+    const cancelled = () => new AbortError('training cancelled by its signal before it started; nothing was trained');
+    if (signal?.aborted) throw cancelled();
     // close() or erase() has begun: no run they would not wait for (nor one on data being erased).
     if (this.closing) throw new ClosedError('the recommender is closing');
+    // The caller's signal stops the run this call starts or joins (for each of its callers).
+    const stopRun = () => this.stopTrainingRun('training stopped by its signal');
+    const following = async (run: Promise<TrainResult>): Promise<TrainResult> => {
+      signal?.addEventListener('abort', stopRun, { once: true });
+      try {
+        return await run;
+      } finally {
+        signal?.removeEventListener('abort', stopRun);
+      }
+    };
     for (;;) {
       // The page's close() or erase() has begun (stopTraining): no run that would hold it.
       if (this.trainingStoppedBy) throw new AbortError(`training stopped by ${this.trainingStoppedBy} before it started; nothing was trained`);
@@ -1596,12 +1610,22 @@ export class Engine {
       if (options.epochs === undefined || options.epochs === this.trainingEpochs) {
         if (listener) this.trainListeners.add(listener);
         try {
-          return await this.training;
+          return await following(this.training);
         } finally {
           if (listener) this.trainListeners.delete(listener);
         }
       }
-      await this.training.catch(() => undefined);
+      // Waiting for a run of other epochs: the signal ends only this call's wait.
+      if (!signal) await this.training.catch(() => undefined);
+      else {
+        const { aborted, done } = whenAborted(signal);
+        try {
+          await Promise.race([this.training.catch(() => undefined), aborted]);
+        } finally {
+          done();
+        }
+        if (signal.aborted) throw cancelled();
+      }
       this.assertOpen();
       // close() or erase() began while this call waited: it must not start a run they do not wait for.
       if (this.closing) throw new ClosedError('the recommender is closing');
@@ -1661,7 +1685,7 @@ export class Engine {
       this.trainListeners.clear();
     };
     run.then(clear, clear);
-    return run;
+    return following(run);
   }
 
   /** The epochs of the run under way (a call asking for others waits for it). */

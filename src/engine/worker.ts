@@ -54,6 +54,8 @@ function ready(): Engine {
 
 /** The page's sync calls in the worker, by the id the page gave them, with their cancel switches. */
 const syncCalls = new Map<number, AbortController>();
+/** The train() calls under way that the page may cancel, by the page's call id. */
+const trainCalls = new Map<number, AbortController>();
 
 /** Highest track batch number received, and calls waiting for a batch that is still in flight. */
 let received = 0;
@@ -112,17 +114,31 @@ export const workerApi = {
   },
   recommend: (o?: RecommendOptions) => ready().recommend(o),
   similar: (id: string, o?: SimilarOptions) => ready().similar(id, o),
-  async train(o: Omit<TrainOptions, 'onProgress'> = {}, onProgress?: (p: Progress) => unknown) {
+  async train(o: Omit<TrainOptions, 'onProgress' | 'signal'> = {}, onProgress?: (p: Progress) => unknown, callId?: number) {
     // Progress goes over the callback proxy's own port, not the one the result uses. Awaiting the
     // last call before returning means the page has seen every report when train() resolves.
     let last: unknown;
+    // The page's AbortSignal cannot cross postMessage: it sends cancelTrain(callId), which aborts this.
+    const abort = callId !== undefined ? new AbortController() : undefined;
+    if (callId !== undefined) trainCalls.set(callId, abort!);
     try {
       // Each report's rejection (a page callback that threw) is handled at once, not only the last.
-      return await ready().train({ ...o, ...(onProgress ? { onProgress: (p: Progress) => void (last = Promise.resolve(onProgress(p)).catch(() => undefined)) } : {}) });
+      return await ready().train({
+        ...o,
+        ...(onProgress ? { onProgress: (p: Progress) => void (last = Promise.resolve(onProgress(p)).catch(() => undefined)) } : {}),
+        ...(abort ? { signal: abort.signal } : {}),
+      });
     } finally {
+      if (callId !== undefined) trainCalls.delete(callId);
       // A page callback that threw does not fail the run (its weights are saved): as the engine.
       await Promise.resolve(last).catch(() => undefined);
     }
+  },
+  /** The page's AbortSignal for train call `callId` fired: the run it started or joined stops (as an engine signal does). */
+  cancelTrain(callId: number): boolean {
+    const abort = trainCalls.get(callId);
+    abort?.abort();
+    return abort !== undefined;
   },
   stats: () => ready().stats(),
   async sync(onProgress?: (p: SyncProgress) => unknown, contribute?: boolean, callId?: number) {

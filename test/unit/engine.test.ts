@@ -286,7 +286,7 @@ describe('Engine', () => {
     await assert.rejects(e.recommend(null as never), /options: must be an object, got null/);
     await assert.rejects(e.recommend({ k: '5' } as never), /options\.k: must be a whole number from 1 to 1000, got "5"/);
     await assert.rejects(e.similar('p1', { n: 2 } as never), /options\.n: is not an option/);
-    await assert.rejects(e.train({ epoch: 2 } as never), /options\.epoch: is not an option \(known: epochs, onProgress\)/);
+    await assert.rejects(e.train({ epoch: 2 } as never), /options\.epoch: is not an option \(known: epochs, onProgress, signal\)/);
     await assert.rejects(e.sync({ onprogress: () => {} } as never), /options\.onprogress: is not an option/);
     await assert.rejects(e.offers({ context: { when: 1 } } as never), /options\.context\.when: is not an option/);
     assert.equal((await e.stats()).events.total, 1, 'the stored event is kept');

@@ -187,6 +187,7 @@ function engineWorker(store: MemoryEventStore) {
   let stepped!: () => void;
   const firstStep = new Promise<void>((r) => (stepped = r));
   let steps = 0;
+  const calls = new Map<number, AbortController>();
   const api = {
     async init(_options: unknown, trackPort: MessagePort) {
       trackPort.onmessage = () => undefined;
@@ -195,20 +196,81 @@ function engineWorker(store: MemoryEventStore) {
     barrier: async () => undefined,
     cancelSync: () => true,
     stopTraining: (by: 'close' | 'erase') => engine.stopTraining(by === 'close' ? 'close()' : 'erase()'),
-    train: (o: { epochs?: number }) =>
-      engine.train({
-        ...o,
-        onProgress: (p) => {
-          if (p.phase !== 'training') return;
-          steps = p.done;
-          stepped();
-        },
-      }),
+    // As worker.ts: the page's signal arrives as cancelTrain(callId).
+    train: (o: { epochs?: number }, _onProgress?: unknown, callId?: number) => {
+      const abort = new AbortController();
+      if (callId !== undefined) calls.set(callId, abort);
+      return engine
+        .train({
+          ...o,
+          signal: abort.signal,
+          onProgress: (p) => {
+            if (p.phase !== 'training') return;
+            steps = p.done;
+            stepped();
+          },
+        })
+        .finally(() => calls.delete(callId!));
+    },
+    cancelTrain: (callId: number) => void calls.get(callId)?.abort(),
     erase: () => engine.erase(),
     close: () => engine.close(),
   };
   return { api, firstStep, steps: () => steps };
 }
+
+describe('train({ signal })', () => {
+  it('a signal aborted during the run stops it for every caller of that run: AbortError, nothing saved', async () => {
+    const { e, store } = await engineWithHistory();
+    const ctl = new AbortController();
+    const seen: Progress[] = [];
+    let stepped!: () => void;
+    const firstStep = new Promise<void>((r) => (stepped = r));
+    const run = e.train({ epochs: EPOCHS, signal: ctl.signal, onProgress: (p) => (seen.push(p), p.phase === 'training' && stepped()) });
+    const joined = e.train(); // joins the run (no epochs asked)
+    run.catch(() => undefined);
+    joined.catch(() => undefined);
+    await firstStep;
+    ctl.abort();
+    for (const p of [run, joined]) await assert.rejects(p, stoppedBy(/^training stopped by its signal; nothing it learned was saved$/));
+    assert.ok(!seen.some((p) => p.phase === 'saving'), 'the run did not reach its saving phase');
+    assert.equal(await store.getMeta(MODEL_KEY), undefined, 'no weights stored');
+    // The engine trains again afterwards.
+    assert.ok((await e.train({ epochs: 1 })).steps > 0);
+    await e.close();
+  });
+
+  it('an aborted signal refuses at once; a call waiting for a run of other epochs just stops waiting (the run goes on)', async () => {
+    const { e } = await engineWithHistory();
+    await assert.rejects(e.train({ signal: AbortSignal.abort() }), stoppedBy(/^training cancelled by its signal before it started/));
+    const t = trainLogged(e, 3);
+    await t.firstStep;
+    const ctl = new AbortController();
+    const waiting = e.train({ epochs: 2, signal: ctl.signal });
+    ctl.abort();
+    await assert.rejects(waiting, stoppedBy(/^training cancelled by its signal before it started/));
+    assert.ok((await t.run).steps > 0, 'the run it waited for was not stopped');
+    await assert.rejects(e.train({ signal: 'no' as never }), (err: unknown) => (err as Error).name === 'ValidationError' && /options\.signal/.test((err as Error).message));
+    await e.close();
+  });
+
+  it('through the page: train({ signal }) aborted rejects with the AbortError and stops the run', async () => {
+    const store = new MemoryEventStore();
+    const w = engineWorker(store);
+    await withStandInWorker(w.api, async () => {
+      const rec = await createRecommender({ catalog, workerTimeoutMs: 0 });
+      const ctl = new AbortController();
+      const training = rec.train({ epochs: EPOCHS, signal: ctl.signal });
+      training.catch(() => undefined);
+      await w.firstStep;
+      ctl.abort();
+      await assert.rejects(training, (err: unknown) => err instanceof AbortError && err.message === 'training stopped by its signal; nothing it learned was saved');
+      assert.ok(w.steps() < EPOCHS * 5, `stopped after ${w.steps()} steps`);
+      await assert.rejects(rec.train({ signal: AbortSignal.abort() }), (err: unknown) => isAbortError(err));
+      await rec.close();
+    });
+  });
+});
 
 describe('page: erase() and close() are not held by a train() in flight', () => {
   for (const kind of ['erase', 'close'] as const) {
