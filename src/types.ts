@@ -151,8 +151,9 @@ export interface TrainOptions {
   onProgress?: (p: Progress) => void;
   /**
    * Stops the run this call started or joined, between two of its steps, for every caller of that
-   * run (as `sync()`'s signal stops the sync it joined): nothing it learned is saved, and the call
-   * rejects with an `AbortError`. A call still waiting for a run of other epochs just stops waiting.
+   * run (as `sync()`'s signal stops the sync it joined): unless it has reached its saving phase,
+   * nothing it learned is saved and the call rejects with an `AbortError`. A call still waiting for
+   * a run of other epochs just stops waiting.
    */
   signal?: AbortSignal;
 }

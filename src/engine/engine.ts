@@ -1592,9 +1592,10 @@ export class Engine {
     if (signal?.aborted) throw cancelled();
     // close() or erase() has begun: no run they would not wait for (nor one on data being erased).
     if (this.closing) throw new ClosedError('the recommender is closing');
-    // The caller's signal stops the run this call starts or joins (for each of its callers).
-    const stopRun = () => this.stopTrainingRun('training stopped by its signal');
-    const following = async (run: Promise<TrainResult>): Promise<TrainResult> => {
+    // The caller's signal stops the run this call starts or joins (for each of its callers): that
+    // run's own controller, never a later run's.
+    const following = async (run: Promise<TrainResult>, ctl: AbortController | undefined): Promise<TrainResult> => {
+      const stopRun = () => ctl?.abort(new AbortError("training stopped by a caller's signal; nothing it learned was saved"));
       signal?.addEventListener('abort', stopRun, { once: true });
       try {
         return await run;
@@ -1610,7 +1611,7 @@ export class Engine {
       if (options.epochs === undefined || options.epochs === this.trainingEpochs) {
         if (listener) this.trainListeners.add(listener);
         try {
-          return await following(this.training);
+          return await following(this.training, this.trainingAbort);
         } finally {
           if (listener) this.trainListeners.delete(listener);
         }
@@ -1685,7 +1686,7 @@ export class Engine {
       this.trainListeners.clear();
     };
     run.then(clear, clear);
-    return following(run);
+    return following(run, abort);
   }
 
   /** The epochs of the run under way (a call asking for others waits for it). */

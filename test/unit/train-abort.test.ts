@@ -5,6 +5,7 @@
  */
 import 'fake-indexeddb/auto';
 import assert from 'node:assert/strict';
+import { getEventListeners } from 'node:events';
 import { describe, it } from 'node:test';
 import { withStandInWorker } from './engine-helpers.js';
 import { Engine, MODEL_KEY } from '../../src/engine/engine.js';
@@ -232,11 +233,36 @@ describe('train({ signal })', () => {
     joined.catch(() => undefined);
     await firstStep;
     ctl.abort();
-    for (const p of [run, joined]) await assert.rejects(p, stoppedBy(/^training stopped by its signal; nothing it learned was saved$/));
+    for (const p of [run, joined]) await assert.rejects(p, stoppedBy(/^training stopped by a caller's signal; nothing it learned was saved$/));
     assert.ok(!seen.some((p) => p.phase === 'saving'), 'the run did not reach its saving phase');
     assert.equal(await store.getMeta(MODEL_KEY), undefined, 'no weights stored');
     // The engine trains again afterwards.
     assert.ok((await e.train({ epochs: 1 })).steps > 0);
+    await e.close();
+  });
+
+  it("a joiner's signal stops the run it joined too; no call leaves a listener on its signal; an abort after the run ended stops no later run", async () => {
+    const { e } = await engineWithHistory();
+    const starter = trainLogged(e);
+    await starter.firstStep;
+    const ctl = new AbortController();
+    const joined = e.train({ signal: ctl.signal });
+    joined.catch(() => undefined);
+    ctl.abort();
+    for (const p of [starter.run, joined]) await assert.rejects(p, stoppedBy(/^training stopped by a caller's signal/));
+    // Listeners: after a started, a joined, a waiting and a refused call, none is left.
+    const kept = new AbortController();
+    await e.train({ epochs: 1, signal: kept.signal });
+    const run = e.train({ epochs: 2 });
+    const join = e.train({ signal: kept.signal });
+    const wait = e.train({ epochs: 1, signal: kept.signal });
+    await Promise.all([run, join, wait]);
+    await assert.rejects(e.train({ epochs: 0, signal: kept.signal }), /options\.epochs/);
+    assert.equal(getEventListeners(kept.signal, 'abort').length, 0);
+    // The signal of a finished run does not reach the next one.
+    const next = e.train({ epochs: 2 });
+    kept.abort();
+    assert.ok((await next).steps > 0);
     await e.close();
   });
 
@@ -264,7 +290,7 @@ describe('train({ signal })', () => {
       training.catch(() => undefined);
       await w.firstStep;
       ctl.abort();
-      await assert.rejects(training, (err: unknown) => err instanceof AbortError && err.message === 'training stopped by its signal; nothing it learned was saved');
+      await assert.rejects(training, (err: unknown) => err instanceof AbortError && err.message === "training stopped by a caller's signal; nothing it learned was saved");
       assert.ok(w.steps() < EPOCHS * 5, `stopped after ${w.steps()} steps`);
       await assert.rejects(rec.train({ signal: AbortSignal.abort() }), (err: unknown) => isAbortError(err));
       await rec.close();
