@@ -419,9 +419,23 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
     throw e;
   }
   /** Numbers the page's sync() calls, so that a cancel names the one it is for. */
-  let syncCalls = 0;
-  /** Ids of train() calls, for cancelTrain (as syncCalls). */
-  let trainCalls = 0;
+  let callIds = 0;
+  /**
+   * Runs `f`, forwarding `signal`'s abort to the worker by `forward` (an AbortSignal cannot cross
+   * postMessage: the worker's call is named by its id) until `f` settles.
+   */
+  const forwardingAbort = async <T>(signal: AbortSignal | undefined, forward: () => Promise<unknown>, f: () => Promise<T>): Promise<T> => {
+    const cancel = () => {
+      // (Once the worker is stopped its proxy is released: nothing left to cancel.)
+      if (!stopped) void forward().catch(() => undefined);
+    };
+    signal?.addEventListener('abort', cancel, { once: true });
+    try {
+      return await f();
+    } finally {
+      signal?.removeEventListener('abort', cancel);
+    }
+  };
   /** Set by the first close() or erase(): what it returns, and which one it was. */
   let ending: { kind: 'close' | 'erase'; done: Promise<void> } | undefined;
   let pending: unknown[] = [];
@@ -566,19 +580,13 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
       const cancelled = () => new AbortError('training cancelled by its signal before it started; nothing was trained');
       if (signal?.aborted) throw cancelled();
       // As sync(): the abort is forwarded to the worker, naming this call.
-      const id = ++trainCalls;
-      const cancel = () => {
-        if (!stopped) void api.cancelTrain(id).catch(() => undefined);
-      };
-      signal?.addEventListener('abort', cancel, { once: true });
-      try {
-        return await call(async () => {
+      const id = ++callIds;
+      return forwardingAbort(signal, () => api.cancelTrain(id), () =>
+        call(async () => {
           if (signal?.aborted) throw cancelled();
           return api.train(plain, onProgress ? Comlink.proxy(progressOnly(onProgress)) : undefined, signal ? id : undefined);
-        });
-      } finally {
-        signal?.removeEventListener('abort', cancel);
-      }
+        }),
+      );
     },
     async stats() {
       const s = await call(() => api.stats());
@@ -639,25 +647,18 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
       boolOption(contribute, 'options.contribute');
       checkSignal(signal, 'options.signal');
       if (signal?.aborted) throw syncCancelled('before it started');
-      // An AbortSignal cannot cross postMessage: the page forwards its abort to the worker, naming
-      // this call, so that it cancels this call (and the sync it runs or joined), not another one.
-      const id = ++syncCalls;
-      const cancel = () => {
-        // (Once the worker is stopped its proxy is released: nothing left to cancel.)
-        if (!stopped) void api.cancelSync(id).catch(() => undefined);
-      };
-      signal?.addEventListener('abort', cancel, { once: true });
-      try {
+      // The abort is forwarded to the worker naming this call, so that it cancels this call (and
+      // the sync it runs or joined), not another one.
+      const id = ++callIds;
+      return forwardingAbort(signal, () => api.cancelSync(id), () =>
         // Checked again once tracked events have reached the worker: an abort (or a close() or
         // erase()) while waiting for them would otherwise reach the worker before its sync began.
-        return await call(async () => {
+        call(async () => {
           open();
           if (signal?.aborted) throw syncCancelled('before it started');
           return api.sync(onProgress ? Comlink.proxy(progressOnly(onProgress)) : undefined, contribute, id);
-        });
-      } finally {
-        signal?.removeEventListener('abort', cancel);
-      }
+        }),
+      );
     },
     egressLog: () => call(() => api.egressLog()),
     flush: () => call(() => api.flush()),

@@ -52,10 +52,30 @@ function ready(): Engine {
   return engine;
 }
 
-/** The page's sync calls in the worker, by the id the page gave them, with their cancel switches. */
+/** The page's sync and train calls in the worker, by the id the page gave them, with their cancel switches. */
 const syncCalls = new Map<number, AbortController>();
-/** The train() calls under way that the page may cancel, by the page's call id. */
 const trainCalls = new Map<number, AbortController>();
+
+/**
+ * Runs `f` with a signal that {@link abortCall} fires while `f` runs, under the page's `callId`: an
+ * AbortSignal cannot cross postMessage, so the page sends the call's id instead.
+ */
+async function withCallSignal<T>(calls: Map<number, AbortController>, callId: number | undefined, f: (signal: AbortSignal) => Promise<T>): Promise<T> {
+  const abort = new AbortController();
+  if (callId !== undefined) calls.set(callId, abort);
+  try {
+    return await f(abort.signal);
+  } finally {
+    if (callId !== undefined) calls.delete(callId);
+  }
+}
+
+/** Fires the signal of call `callId` (see {@link withCallSignal}); false when that call is over. */
+function abortCall(calls: Map<number, AbortController>, callId: number): boolean {
+  const abort = calls.get(callId);
+  abort?.abort();
+  return abort !== undefined;
+}
 
 /** Highest track batch number received, and calls waiting for a batch that is still in flight. */
 let received = 0;
@@ -118,43 +138,39 @@ export const workerApi = {
     // Progress goes over the callback proxy's own port, not the one the result uses. Awaiting the
     // last call before returning means the page has seen every report when train() resolves.
     let last: unknown;
-    // The page's AbortSignal cannot cross postMessage: it sends cancelTrain(callId), which aborts this.
-    const abort = callId !== undefined ? new AbortController() : undefined;
-    if (callId !== undefined) trainCalls.set(callId, abort!);
     try {
-      // Each report's rejection (a page callback that threw) is handled at once, not only the last.
-      return await ready().train({
-        ...o,
-        ...(onProgress ? { onProgress: (p: Progress) => void (last = Promise.resolve(onProgress(p)).catch(() => undefined)) } : {}),
-        ...(abort ? { signal: abort.signal } : {}),
-      });
+      // The page's signal (only when it gave one: cancelTrain(callId)).
+      return await withCallSignal(trainCalls, callId, (signal) =>
+        // Each report's rejection (a page callback that threw) is handled at once, not only the last.
+        ready().train({
+          ...o,
+          ...(onProgress ? { onProgress: (p: Progress) => void (last = Promise.resolve(onProgress(p)).catch(() => undefined)) } : {}),
+          ...(callId !== undefined ? { signal } : {}),
+        }),
+      );
     } finally {
-      if (callId !== undefined) trainCalls.delete(callId);
       // A page callback that threw does not fail the run (its weights are saved): as the engine.
       await Promise.resolve(last).catch(() => undefined);
     }
   },
   /** The page's AbortSignal for train call `callId` fired: the run it started or joined stops (as an engine signal does). */
   cancelTrain(callId: number): boolean {
-    const abort = trainCalls.get(callId);
-    abort?.abort();
-    return abort !== undefined;
+    return abortCall(trainCalls, callId);
   },
   stats: () => ready().stats(),
   async sync(onProgress?: (p: SyncProgress) => unknown, contribute?: boolean, callId?: number) {
     // As train(): every progress report has reached the page when sync() resolves.
     let last: unknown;
-    // The page's AbortSignal cannot cross postMessage: it sends cancelSync(callId), which aborts this.
-    const abort = new AbortController();
-    if (callId !== undefined) syncCalls.set(callId, abort);
     try {
-      return await ready().sync({
-        ...(onProgress ? { onProgress: (p: SyncProgress) => void (last = Promise.resolve(onProgress(p)).catch(() => undefined)) } : {}),
-        ...(contribute !== undefined ? { contribute } : {}),
-        signal: abort.signal,
-      });
+      // The page's signal arrives as cancelSync(callId).
+      return await withCallSignal(syncCalls, callId, (signal) =>
+        ready().sync({
+          ...(onProgress ? { onProgress: (p: SyncProgress) => void (last = Promise.resolve(onProgress(p)).catch(() => undefined)) } : {}),
+          ...(contribute !== undefined ? { contribute } : {}),
+          signal,
+        }),
+      );
     } finally {
-      if (callId !== undefined) syncCalls.delete(callId);
       await Promise.resolve(last).catch(() => undefined);
     }
   },
@@ -169,9 +185,7 @@ export const workerApi = {
       ready().cancelAllSyncs(dropOut);
       return true;
     }
-    const abort = syncCalls.get(callId);
-    abort?.abort();
-    return abort !== undefined;
+    return abortCall(syncCalls, callId);
   },
   /**
    * The page's close() or erase() has begun: the training run under way stops at its next step,

@@ -609,17 +609,31 @@ export class IdbEventStore implements EventStore {
   }
 
   async updateMeta<T>(key: string, update: (current: T | undefined) => T): Promise<T> {
+    const [next] = await this.updateRecords([key], ([current]) => [update(current as T | undefined)]);
+    return next as T;
+  }
+
+  async updateMetaPair<A, B>(keyA: string, keyB: string, update: (a: A | undefined, b: B | undefined) => [A, B]): Promise<[A, B]> {
+    return (await this.updateRecords([keyA, keyB], ([a, b]) => update(a as A | undefined, b as B | undefined))) as [A, B];
+  }
+
+  /**
+   * Reads the meta records `keys`, passes them to `update` and stores what it returns (one value a
+   * key, in order), in one transaction: all are written or none. `update` runs in the same task as
+   * the reads, so the transaction is still active for the puts; if it throws, nothing is written.
+   */
+  private async updateRecords(keys: readonly string[], update: (current: unknown[]) => unknown[]): Promise<unknown[]> {
+    const named = keys.map((k) => `"${k}"`).join(' and ');
     let tx: IDBPTransaction<LocalrecDB, ['meta'], 'readwrite'> | undefined;
-    let current: T | undefined;
+    let current: unknown[];
     try {
       tx = (await this.connForWrite()).transaction('meta', 'readwrite');
       tx.done.catch(() => undefined); // (a failure is reported below, from the request that failed)
-      current = (await tx.store.get(key)) as T | undefined;
+      current = await Promise.all(keys.map((k) => tx!.store.get(k)));
     } catch (e) {
-      throw e instanceof StorageError ? e : storageError(`reading "${key}"`, e);
+      throw e instanceof StorageError ? e : storageError(`reading ${named}`, e);
     }
-    // `update` runs in the same task as the read, so the transaction is still active for the put.
-    let next: T;
+    let next: unknown[];
     try {
       next = update(current);
     } catch (e) {
@@ -627,52 +641,26 @@ export class IdbEventStore implements EventStore {
       await tx.done.catch(() => undefined);
       throw e;
     }
+    const puts: Promise<unknown>[] = [];
     try {
-      await tx.store.put(next, key);
+      // A put that throws (a value that cannot be cloned) does so before any request fails: the
+      // requests made before it must not go unhandled when the abort below rejects them.
+      try {
+        keys.forEach((k, i) => puts.push(tx!.store.put(next[i] as MetaValue, k)));
+      } finally {
+        void Promise.allSettled(puts);
+      }
+      await Promise.all(puts);
       await tx.done;
     } catch (e) {
-      throw storageError(`saving "${key}"`, e);
-    }
-    return next;
-  }
-
-  async updateMetaPair<A, B>(keyA: string, keyB: string, update: (a: A | undefined, b: B | undefined) => [A, B]): Promise<[A, B]> {
-    let tx: IDBPTransaction<LocalrecDB, ['meta'], 'readwrite'> | undefined;
-    let a: A | undefined;
-    let b: B | undefined;
-    try {
-      tx = (await this.connForWrite()).transaction('meta', 'readwrite');
-      tx.done.catch(() => undefined); // (a failure is reported below, from the request that failed)
-      [a, b] = (await Promise.all([tx.store.get(keyA), tx.store.get(keyB)])) as [A | undefined, B | undefined];
-    } catch (e) {
-      throw e instanceof StorageError ? e : storageError(`reading "${keyA}" and "${keyB}"`, e);
-    }
-    // `update` runs in the same task as the reads, so the transaction is still active for the puts.
-    let next: [A, B];
-    try {
-      next = update(a, b);
-    } catch (e) {
-      tx.abort();
-      await tx.done.catch(() => undefined);
-      throw e;
-    }
-    try {
-      // The first put's request is created before the second can throw: its rejection (the abort
-      // below) must not go unhandled.
-      const first = tx.store.put(next[0], keyA);
-      first.catch(() => undefined);
-      await Promise.all([first, tx.store.put(next[1], keyB)]);
-      await tx.done;
-    } catch (e) {
-      // One put refused (a value that cannot be cloned throws before any request fails): the
-      // other must not commit.
+      // One put refused: the others must not commit.
       try {
         tx.abort();
       } catch {
         // Already finished (aborted by the failure itself).
       }
       await tx.done.catch(() => undefined);
-      throw storageError(`saving "${keyA}" and "${keyB}"`, e);
+      throw storageError(`saving ${named}`, e);
     }
     return next;
   }

@@ -10,14 +10,9 @@ import { register, type EvalCommandOptions } from '../../src/eval/eval-command.j
 import { planModels } from '../../src/eval/model-registry.js';
 import { runEval } from '../../src/eval/run-eval.js';
 import type { EvalResult } from '../../src/eval/runner.js';
+import { scratchFolder } from './eval-helpers.js';
 
-const dir = mkdtempSync(join(tmpdir(), 'localrec-cli-'));
-after(() => rmSync(dir, { recursive: true, force: true }));
-const write = (name: string, body: string) => {
-  const p = join(dir, name);
-  writeFileSync(p, body);
-  return p;
-};
+const { dir, write } = scratchFolder('localrec-cli-');
 const TRAIN = write('train.txt', ['u1 a b c', 'u2 a b', 'u3 b c d', 'u4 c d', 'u5 a b d', 'u6 a c'].join('\n'));
 const TEST = write('test.txt', ['u2 c', 'u4 b', 'u6 b'].join('\n'));
 const EVENTS = write(

@@ -1,4 +1,22 @@
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after } from 'node:test';
 import type { Split } from '../../src/eval/split.js';
+
+/** A fresh folder, removed once the file's tests are done, and `write(name, body)`, which puts a file there and gives its path. */
+export function scratchFolder(prefix: string): { dir: string; write: (name: string, body: string) => string } {
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  after(() => rmSync(dir, { recursive: true, force: true }));
+  return {
+    dir,
+    write: (name, body) => {
+      const p = join(dir, name);
+      writeFileSync(p, body);
+      return p;
+    },
+  };
+}
 
 /** A split from item-id lists; history order is time order (last = most recent). */
 export function splitOf(train: Record<string, string[]>, held: Record<string, string[]>): Split {

@@ -4,24 +4,17 @@
  * flags, not from its values (a column of zeros is one).
  */
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { after, test } from 'node:test';
+import { test } from 'node:test';
 import { isValidationError } from '../../src/errors.js';
 import { EventLogBuilder } from '../../src/eval/event-log.js';
 import type { EvalCommandOptions } from '../../src/eval/eval-command.js';
 import { checkTestUsers, looSplit } from '../../src/eval/loo-split.js';
 import { runEval } from '../../src/eval/run-eval.js';
 import { runSimulate, type SimulateCommandOptions } from '../../src/federated/simulate-command.js';
+import { scratchFolder } from './eval-helpers.js';
 
-const dir = mkdtempSync(join(tmpdir(), 'localrec-loo-users-'));
-after(() => rmSync(dir, { recursive: true, force: true }));
-const write = (name: string, body: string) => {
-  const p = join(dir, name);
-  writeFileSync(p, body);
-  return p;
-};
+const { dir, write } = scratchFolder('localrec-loo-users-');
 // Two users of 2 distinct items: nobody can be held out.
 const TWO = write('two.csv', 'u,i\na,x\na,y\nb,x\nb,z\n');
 // The same with times.

@@ -43,6 +43,18 @@ describe('localrec offers fit-affinity', () => {
     register(program);
     await program.parseAsync(['node', 'localrec', ...args]);
   };
+  /** {@link cli}, and what it wrote to stderr (its warnings). */
+  const cliWarnings = async (...args: string[]): Promise<string> => {
+    const write = process.stderr.write.bind(process.stderr);
+    let err = '';
+    process.stderr.write = ((s: string) => ((err += s), true)) as typeof process.stderr.write;
+    try {
+      await cli(...args);
+    } finally {
+      process.stderr.write = write;
+    }
+    return err;
+  };
   before(async () => {
     dir = await mkdtemp(join(tmpdir(), 'fit-affinity-'));
     await writeFile(path('orders.csv.gz'), gzipSync(CSV));
@@ -85,14 +97,7 @@ describe('localrec offers fit-affinity', () => {
   });
 
   test('by default an offer fewer than 10 customers bought publishes nothing, and a small log is warned about', async () => {
-    const write = process.stderr.write.bind(process.stderr);
-    let err = '';
-    process.stderr.write = ((s: string) => ((err += s), true)) as typeof process.stderr.write;
-    try {
-      await cli('offers', 'fit-affinity', '--data', path('orders.csv.gz'), '--catalog', path('offers.json'), '--out', path('default-threshold.json'));
-    } finally {
-      process.stderr.write = write;
-    }
+    const err = await cliWarnings('offers', 'fit-affinity', '--data', path('orders.csv.gz'), '--catalog', path('offers.json'), '--out', path('default-threshold.json'));
     const out = JSON.parse(await readFile(path('default-threshold.json'), 'utf8')) as OfferCatalog;
     // The candle was bought by customer B alone: its popularity 1/4 would name B's order.
     assert.deepEqual(out.affinity!.offers, {});
@@ -142,14 +147,7 @@ describe('localrec offers fit-affinity', () => {
   });
 
   test('warns, naming them, about offers no order touched', async () => {
-    const write = process.stderr.write.bind(process.stderr);
-    let err = '';
-    process.stderr.write = ((s: string) => ((err += s), true)) as typeof process.stderr.write;
-    try {
-      await cli('offers', 'fit-affinity', '--data', path('orders.csv.gz'), '--catalog', path('offers.json'), '--out', path('with-affinity-2.json'));
-    } finally {
-      process.stderr.write = write;
-    }
+    const err = await cliWarnings('offers', 'fit-affinity', '--data', path('orders.csv.gz'), '--catalog', path('offers.json'), '--out', path('with-affinity-2.json'));
     assert.match(err, /warning: no order touched 1 offer\(s\), learned as never bought: lamps\. Categories are matched through the ones derived from the descriptions \(bag, candle, mug/);
   });
 

@@ -4,10 +4,8 @@
  * keeps 32 bits: `--seed 1e30` ran as seed 0).
  */
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { after, test } from 'node:test';
+import { test } from 'node:test';
 import { Command } from 'commander';
 import { isValidationError } from '../../src/errors.js';
 import type { EvalCommandOptions } from '../../src/eval/eval-command.js';
@@ -15,14 +13,9 @@ import { runEval } from '../../src/eval/run-eval.js';
 import { runSimulate, type SimulateCommandOptions } from '../../src/federated/simulate-command.js';
 import { Random } from '../../src/model/random.js';
 import { MAX_SEED, seedFlag } from '../../src/number-flag.js';
+import { scratchFolder } from './eval-helpers.js';
 
-const dir = mkdtempSync(join(tmpdir(), 'localrec-settings-'));
-after(() => rmSync(dir, { recursive: true, force: true }));
-const write = (name: string, body: string) => {
-  const p = join(dir, name);
-  writeFileSync(p, body);
-  return p;
-};
+const { dir, write } = scratchFolder('localrec-settings-');
 // Users of 4–5 items at distinct times, the last two of user 1 at one time, and a row the filter drops.
 const EVENTS = write(
   'events.csv',
