@@ -83,14 +83,39 @@ export interface StoredEvent {
   offerId?: string;
 }
 
-/** Why an item was recommended: the shopper's past items that contributed most. */
+/**
+ * The kinds of event a reason may cite: what the shopper did with an item (`view`ed, `search`ed
+ * for, added to cart, bought, rated well). An add to cart later taken back, or a rating of 2.5 stars or
+ * less, is never cited.
+ */
+export type CitedEventType = 'view' | 'search' | 'add_to_cart' | 'purchase' | 'rating';
+
+/** One past item a reason cites, and what the shopper did with it (the strongest such event). */
+export interface ReasonBasis {
+  itemId: string;
+  event: CitedEventType;
+}
+
+/**
+ * Why an item was recommended: the shopper's past items that contributed most. `text` is English;
+ * a page in another language builds its own sentence from `kind`, `basis` and `itemIds` (with its
+ * own product titles), which hold everything the text says:
+ *
+ * - `personal` with a `basis`: "Because you viewed A and bought B" (one entry per cited item);
+ * - `personal` without one: "Based on your recent activity" (reached only through history no
+ *   reason may cite);
+ * - `popular`: "Popular in this shop";
+ * - `similar` (from `similar(itemId)`): "Similar to A", with `itemIds` = [A].
+ */
 export interface Reason {
   /** A sentence a shopper can read, e.g. "Because you viewed Red Mug and bought Tea Set". */
   text: string;
-  /** The contributing past item ids, strongest first (empty for popularity-based picks). */
+  /** The contributing past item ids, strongest first (empty for popularity-based picks); for `similar`, the item asked about. */
   itemIds: string[];
-  /** `personal` when computed from the shopper's history, `popular` for cold start. */
+  /** `personal` when computed from the shopper's history, `popular` for cold start, `similar` from `similar()`. */
   kind: 'personal' | 'popular' | 'similar';
+  /** The items `text` cites, in its order, each with what the shopper did (empty when it cites none). */
+  basis: ReasonBasis[];
 }
 
 export interface Recommendation {

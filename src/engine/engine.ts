@@ -10,7 +10,7 @@ import type { OfferCatalog, OffersOptions, SetOffersResult, ShownOffer, SignedOf
 import { BACKEND_ORDER, selectBackend, type BackendChoice } from '../model/backend.js';
 import { validateCatalog } from '../model/catalog.js';
 import { checkItemTable, cloneItemTable, createItemTable, indexItems, type ItemTable } from '../model/item-table.js';
-import { buildProfile, type ProfileItem } from '../model/profile.js';
+import { buildProfile, CITED_VERB, type ProfileItem } from '../model/profile.js';
 import { contributions, Scorer, userVector, type Allowed, type Scored } from '../model/score.js';
 import { alignNeighbors, largestValue, neighborContributions, neighborsOf, reachedRows } from '../model/neighbors.js';
 import { decodeNeighborTable, neighborTableHash } from '../model/neighbors-wire.js';
@@ -386,14 +386,6 @@ function whenAborted(signal: AbortSignal | undefined): { aborted: Promise<void>;
 function newestId(events: StoredEvent[]): number {
   return events.reduce((m, e) => Math.max(m, e.id ?? 0), 0);
 }
-
-const ACTION_VERB: Record<NonNullable<ProfileItem['action']>, string> = {
-  viewed: 'viewed',
-  'searched for': 'searched for',
-  'added to cart': 'added',
-  bought: 'bought',
-  rated: 'rated',
-};
 
 /**
  * The worker-side orchestrator: event store, model, training and scoring. A plain class, so it
@@ -1450,9 +1442,15 @@ export class Engine {
     const top = contributions(this.table, profile, row)
       .filter((c) => c.value > 0 && c.item.action !== undefined)
       .slice(0, 2);
-    if (top.length === 0) return { kind: 'popular', text: 'Popular in this shop', itemIds: [] };
-    const parts = top.map((c) => `${ACTION_VERB[c.item.action!]} ${this.title(this.table.itemIds[c.item.row]!)}`);
-    return { kind: 'personal', text: `Because you ${parts.join(' and ')}`, itemIds: top.map((c) => this.table.itemIds[c.item.row]!) };
+    if (top.length === 0) return { kind: 'popular', text: 'Popular in this shop', itemIds: [], basis: [] };
+    return this.personalReason(top.map((c) => c.item));
+  }
+
+  /** "Because you viewed A and bought B": the cited history items, strongest first, each with what was done. */
+  private personalReason(items: ProfileItem[]): Reason {
+    const basis = items.map((p) => ({ itemId: this.table.itemIds[p.row]!, event: p.action! }));
+    const parts = basis.map((b) => `${CITED_VERB[b.event]} ${this.title(b.itemId)}`);
+    return { kind: 'personal', text: `Because you ${parts.join(' and ')}`, itemIds: basis.map((b) => b.itemId), basis };
   }
 
   private neighborReason(nb: ActiveNeighbors, row: number, profile: ProfileItem[]): Reason {
@@ -1462,9 +1460,8 @@ export class Engine {
     // Reached through the table only by items no reason may cite (an add to cart taken back): the
     // pick is the history's all the same, but no past item is named (the factor model's
     // contributions would name one that does not point to it).
-    if (top.length === 0) return { kind: 'personal', text: 'Based on your recent activity', itemIds: [] };
-    const parts = top.map((c) => `${ACTION_VERB[c.item.action!]} ${this.title(this.table.itemIds[c.item.row]!)}`);
-    return { kind: 'personal', text: `Because you ${parts.join(' and ')}`, itemIds: top.map((c) => this.table.itemIds[c.item.row]!) };
+    if (top.length === 0) return { kind: 'personal', text: 'Based on your recent activity', itemIds: [], basis: [] };
+    return this.personalReason(top.map((c) => c.item));
   }
 
   /**
@@ -1566,7 +1563,7 @@ export class Engine {
       : [];
     if (scored.length < k) scored.push(...(await this.scorer.similar(row, k - scored.length, new Set([...exclude, ...scored.map((s) => s.row)]), allowed)));
     const text = `Similar to ${this.title(itemId)}`;
-    return scored.map((s) => ({ itemId: this.table.itemIds[s.row]!, score: s.score, reason: { kind: 'similar', text, itemIds: [itemId] } }));
+    return scored.map((s) => ({ itemId: this.table.itemIds[s.row]!, score: s.score, reason: { kind: 'similar', text, itemIds: [itemId], basis: [] } }));
   }
 
   /**

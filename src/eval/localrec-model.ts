@@ -32,7 +32,7 @@ export class LocalrecModel implements EvalModel {
   readonly name = 'factors';
   private table: ItemTable | undefined;
   private split: Split | undefined;
-  private userVector: ((t: ItemTable, p: Array<{ row: number; weight: number; action: 'bought'; lastT: number }>) => Float32Array) | undefined;
+  private userVector: ((t: ItemTable, p: Array<{ row: number; weight: number; action: 'purchase'; lastT: number }>) => Float32Array) | undefined;
   constructor(private readonly o: LocalrecEvalOptions) {}
 
   /** The table `fit` trained (undefined before). */
@@ -82,7 +82,7 @@ export class LocalrecModel implements EvalModel {
   score(user: number, out: Float32Array): void {
     const t = this.table!;
     const h = weightedHistory(this.split!.train, user, this.o.weighting);
-    const profile = Array.from(h.items, (row, e) => ({ row, weight: h.weights[e], action: 'bought' as const, lastT: 0 }));
+    const profile = Array.from(h.items, (row, e) => ({ row, weight: h.weights[e], action: 'purchase' as const, lastT: 0 }));
     const z = this.userVector!(t, profile);
     const d = t.dim;
     const inv = 1 / this.o.temperature;

@@ -231,7 +231,7 @@ export class TableModel implements EvalModel {
   score(user: number, out: Float32Array): void {
     const t = this.table;
     const h = weightedHistory(this.split!.train, user, this.weighting);
-    const profile = Array.from(h.items, (row, e) => ({ row, weight: h.weights[e]!, action: 'bought' as const, lastT: 0 }));
+    const profile = Array.from(h.items, (row, e) => ({ row, weight: h.weights[e]!, action: 'purchase' as const, lastT: 0 }));
     const z = userVector(t, profile);
     const d = t.dim;
     const inv = 1 / this.temperature;

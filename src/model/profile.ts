@@ -1,4 +1,4 @@
-import type { StoredEvent } from '../types.js';
+import type { CitedEventType, StoredEvent } from '../types.js';
 
 /** One item of a shopper's history, as the model sees it: row index and confidence weight. */
 export interface ProfileItem {
@@ -6,11 +6,11 @@ export interface ProfileItem {
   /** Confidence after recency decay and saturation; 0 for items the shopper disliked or removed. */
   weight: number;
   /**
-   * The strongest thing the shopper did with the item that a reason may cite ("bought", "viewed",
+   * The strongest thing the shopper did with the item that a reason may cite (`purchase`, `view`,
    * …; see {@link citableEvents}); undefined when there is none (an add to cart taken back, a low
    * rating), and then no reason names the item.
    */
-  action?: 'viewed' | 'searched for' | 'added to cart' | 'bought' | 'rated';
+  action?: CitedEventType;
   /** Time of the last event on the item. */
   lastT: number;
 }
@@ -57,29 +57,25 @@ export function eventConfidence(e: StoredEvent): number {
   }
 }
 
-const ACTION_RANK: Record<NonNullable<ProfileItem['action']>, number> = {
-  viewed: 0,
-  'searched for': 1,
-  rated: 2,
-  'added to cart': 3,
-  bought: 4,
+const ACTION_RANK: Record<CitedEventType, number> = {
+  view: 0,
+  search: 1,
+  rating: 2,
+  add_to_cart: 3,
+  purchase: 4,
 };
 
-function actionOf(e: StoredEvent): ProfileItem['action'] | undefined {
-  switch (e.type) {
-    case 'view':
-      return 'viewed';
-    case 'search':
-      return 'searched for';
-    case 'add_to_cart':
-      return 'added to cart';
-    case 'purchase':
-      return 'bought';
-    case 'rating':
-      return 'rated';
-    default:
-      return undefined;
-  }
+/** The English verb a reason uses for each cited event ("Because you viewed …"). */
+export const CITED_VERB: Record<CitedEventType, string> = {
+  view: 'viewed',
+  search: 'searched for',
+  add_to_cart: 'added',
+  purchase: 'bought',
+  rating: 'rated',
+};
+
+function actionOf(e: StoredEvent): CitedEventType | undefined {
+  return Object.hasOwn(ACTION_RANK, e.type) ? (e.type as CitedEventType) : undefined;
 }
 
 /**
@@ -141,7 +137,7 @@ export function citableEvents(events: readonly StoredEvent[]): boolean[] {
  * @example
  * ```ts
  * buildProfile([{ t: now, type: 'purchase', itemId: 'a' }], new Map([['a', 0]]), { halfLifeDays: 30, now });
- * // [{ row: 0, weight: 1.609…, action: 'bought', lastT: now }]
+ * // [{ row: 0, weight: 1.609…, action: 'purchase', lastT: now }]
  * ```
  */
 export function buildProfile(events: readonly StoredEvent[], rows: ReadonlyMap<string, number>, opts: ProfileOptions): ProfileItem[] {

@@ -28,6 +28,6 @@ export { ELIGIBILITY_RULES, whyIneligible, type EligibilityContext, type Eligibi
 export { indexProducts, inScope, scopeItemIds, type ProductIndex } from './product-index.js';
 export { scopeAffinity, type AffinitySource } from './affinity.js';
 export { offerEconomics, type OfferEconomics } from './offer-value.js';
-export { offerReason } from './reason.js';
+export { offerReason, offerWhy, offerWhyText } from './reason.js';
 export { checkContext, checkOffersOptions, chooseOffers, scoreOffers, cartValue, type OffersInput, type ScoredOffer } from './policy.js';
 export { retailCategory, RETAIL_CATEGORIES } from './retail-categories.js';

@@ -14,7 +14,7 @@ import { isReturningShopper, offerHistory } from './offer-history.js';
 import type { OfferLedger } from '../events/offer-ledger.js';
 import { offerEconomics } from './offer-value.js';
 import { indexProducts, inScope, type ProductIndex } from './product-index.js';
-import { offerReason } from './reason.js';
+import { offerWhy, offerWhyText } from './reason.js';
 import type { CartLine, Offer, OfferCatalog, OfferContext, OfferObjective, OffersOptions, ShownOffer } from './types.js';
 
 /** What the policy needs besides the options. */
@@ -145,7 +145,7 @@ function checkObjective(o: OfferObjective | undefined): OfferObjective {
  *   { k: 2, context: { page: 'product', itemId: 'm1', now: Date.now() }, seed: 7 },
  * );
  * // [{ offerId: 'mugs10', title: '10% off mugs', discount: {…}, expectedValue: 1.9,
- * //    reason: 'Because you viewed Red Mug', explore: false }, …]
+ * //    reason: 'Because you viewed Red Mug', why: { kind: 'event', itemId: 'm1', event: 'view' }, explore: false }, …]
  * ```
  */
 export function chooseOffers(input: OffersInput, options: OffersOptions = {}): ShownOffer[] {
@@ -170,12 +170,14 @@ export function chooseOffers(input: OffersInput, options: OffersOptions = {}): S
       explore = pick !== 0;
     }
     const [s] = remaining.splice(pick, 1);
+    const why = offerWhy(s!.offer, events, products, context, explore);
     shown.push({
       offerId: s!.offer.id,
       title: s!.offer.title,
       discount: s!.offer.discount,
       expectedValue: round(s!.expectedValue),
-      reason: offerReason(s!.offer, events, products, context, explore),
+      reason: offerWhyText(why, products),
+      why,
       explore,
     });
   }

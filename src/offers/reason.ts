@@ -2,25 +2,69 @@
  * Reasons a shopper can read, built only from things that really happened on this device (their
  * events, the cart, the page) — never an invented claim about other shoppers.
  */
-import { citableEvents } from '../model/profile.js';
-import type { StoredEvent } from '../types.js';
+import { CITED_VERB, citableEvents } from '../model/profile.js';
+import type { CitedEventType, StoredEvent } from '../types.js';
 import { inScope, scopeItemIds, type ProductIndex } from './product-index.js';
-import type { Offer, OfferContext } from './types.js';
-
-const VERBS: Partial<Record<StoredEvent['type'], string>> = {
-  purchase: 'bought',
-  add_to_cart: 'added',
-  view: 'viewed',
-  rating: 'rated',
-  search: 'searched for',
-};
+import type { Offer, OfferContext, OfferWhy } from './types.js';
 
 /**
- * Why this offer, in one sentence:
- * 1. the shopper's most recent event on an item in the offer's scope: "Because you viewed Red Mug";
- * 2. the product on screen or in the cart: "For the Red Mug you are looking at" / "… in your cart";
- * 3. the most recent event on an item of the same category as the scope: "Like the Blue Mug you bought";
- * 4. otherwise a plain statement: "Something new to try" (exploration) or "One of the shop’s current offers".
+ * What this offer's reason rests on, first match wins:
+ * 1. the shopper's most recent cited event on an item in the offer's scope (`event`);
+ * 2. the product on screen, then a cart line, in scope (`on-screen`, `in-cart`);
+ * 3. the most recent cited event on an item of the same category as an item scope (`same-category`);
+ * 4. otherwise `explore` (an exploration slot) or `shop`.
+ *
+ * Only events a reason may cite count ({@link citableEvents}: not an add to cart taken back, not a low rating).
+ */
+export function offerWhy(offer: Offer, events: readonly StoredEvent[], products: ProductIndex, context: OfferContext, explore: boolean): OfferWhy {
+  const cited = citableEvents(events);
+  const citedType = (i: number): CitedEventType | undefined => {
+    const type = events[i]!.type;
+    return cited[i] && Object.hasOwn(CITED_VERB, type) ? (type as CitedEventType) : undefined;
+  };
+  for (let i = events.length - 1; i >= 0; i--) {
+    const e = events[i]!;
+    const event = citedType(i);
+    if (event && e.itemId !== undefined && inScope(offer.scope, e.itemId, products)) return { kind: 'event', itemId: e.itemId, event };
+  }
+  if (context.itemId !== undefined && inScope(offer.scope, context.itemId, products)) return { kind: 'on-screen', itemId: context.itemId };
+  const inCart = context.cart?.find((l) => inScope(offer.scope, l.itemId, products));
+  if (inCart) return { kind: 'in-cart', itemId: inCart.itemId };
+  if (offer.scope.kind === 'items') {
+    const cats = new Set(scopeItemIds(offer.scope, products).map((id) => products.byId.get(id)?.category).filter((c) => c !== undefined));
+    for (let i = events.length - 1; i >= 0 && cats.size > 0; i--) {
+      const e = events[i]!;
+      const event = citedType(i);
+      const c = e.itemId !== undefined ? products.byId.get(e.itemId)?.category : undefined;
+      if (event && c !== undefined && cats.has(c)) return { kind: 'same-category', itemId: e.itemId!, event };
+    }
+  }
+  return { kind: explore ? 'explore' : 'shop' };
+}
+
+/** The English sentence for an offer's {@link OfferWhy}, naming items by their catalog titles. */
+export function offerWhyText(why: OfferWhy, products: ProductIndex): string {
+  const title = (id: string): string => products.byId.get(id)?.title ?? id;
+  switch (why.kind) {
+    case 'event':
+      return `Because you ${CITED_VERB[why.event]} ${title(why.itemId)}`;
+    case 'on-screen':
+      return `For the ${title(why.itemId)} you are looking at`;
+    case 'in-cart':
+      return `For the ${title(why.itemId)} in your cart`;
+    case 'same-category':
+      return `Like the ${title(why.itemId)} you ${CITED_VERB[why.event]}`;
+    case 'explore':
+      return 'Something new to try';
+    case 'shop':
+      return 'One of the shop’s current offers';
+  }
+}
+
+/**
+ * Why this offer, in one sentence ({@link offerWhy}, worded by {@link offerWhyText}):
+ * "Because you viewed Red Mug", "For the Red Mug you are looking at" / "… in your cart",
+ * "Like the Blue Mug you bought", "Something new to try" (exploration) or "One of the shop’s current offers".
  *
  * @example
  * ```ts
@@ -29,24 +73,5 @@ const VERBS: Partial<Record<StoredEvent['type'], string>> = {
  * ```
  */
 export function offerReason(offer: Offer, events: readonly StoredEvent[], products: ProductIndex, context: OfferContext, explore: boolean): string {
-  const title = (id: string): string => products.byId.get(id)?.title ?? id;
-  const cited = citableEvents(events);
-  for (let i = events.length - 1; i >= 0; i--) {
-    const e = events[i]!;
-    const verb = VERBS[e.type];
-    if (verb && cited[i] && e.itemId !== undefined && inScope(offer.scope, e.itemId, products)) return `Because you ${verb} ${title(e.itemId)}`;
-  }
-  if (context.itemId !== undefined && inScope(offer.scope, context.itemId, products)) return `For the ${title(context.itemId)} you are looking at`;
-  const inCart = context.cart?.find((l) => inScope(offer.scope, l.itemId, products));
-  if (inCart) return `For the ${title(inCart.itemId)} in your cart`;
-  if (offer.scope.kind === 'items') {
-    const cats = new Set(scopeItemIds(offer.scope, products).map((id) => products.byId.get(id)?.category).filter((c) => c !== undefined));
-    for (let i = events.length - 1; i >= 0 && cats.size > 0; i--) {
-      const e = events[i]!;
-      const verb = VERBS[e.type];
-      const c = e.itemId !== undefined ? products.byId.get(e.itemId)?.category : undefined;
-      if (verb && cited[i] && c !== undefined && cats.has(c)) return `Like the ${title(e.itemId!)} you ${verb === 'searched for' ? 'searched for' : verb}`;
-    }
-  }
-  return explore ? 'Something new to try' : 'One of the shop’s current offers';
+  return offerWhyText(offerWhy(offer, events, products, context, explore), products);
 }

@@ -2,6 +2,7 @@
  * Types of personalized offers. Everything here is plain data that crosses the worker boundary and
  * is serialized into the signed catalog, so there are no classes, functions or Dates.
  */
+import type { CitedEventType } from '../types.js';
 import type { AffinitySnapshot } from './affinity-model.js';
 export type { AffinityFeature, AffinityOfferStats, AffinitySnapshot } from './affinity-model.js';
 
@@ -163,6 +164,25 @@ export interface SetOffersResult {
   neverShown: Array<{ offerId: string; why: string }>;
 }
 
+/**
+ * What an offer's reason rests on, for a page that words it in its own language (with its own
+ * product titles); `ShownOffer.reason` is the English sentence for it:
+ *
+ * - `event`: the shopper's latest cited event on an item in the offer's scope ("Because you viewed Red Mug");
+ * - `on-screen`: the product on screen is in scope ("For the Red Mug you are looking at");
+ * - `in-cart`: a cart line is ("For the Red Mug in your cart");
+ * - `same-category`: a cited event on an item of the scope's category ("Like the Blue Mug you bought");
+ * - `explore`: nothing on the device points to it; shown to try something new ("Something new to try");
+ * - `shop`: nothing points to it ("One of the shop’s current offers").
+ */
+export type OfferWhy =
+  | { kind: 'event'; itemId: string; event: CitedEventType }
+  | { kind: 'on-screen'; itemId: string }
+  | { kind: 'in-cart'; itemId: string }
+  | { kind: 'same-category'; itemId: string; event: CitedEventType }
+  | { kind: 'explore' }
+  | { kind: 'shop' };
+
 /** An offer chosen for this shopper, with why. */
 export interface ShownOffer {
   offerId: string;
@@ -170,8 +190,10 @@ export interface ShownOffer {
   discount: OfferDiscount;
   /** Expected value to the shop of showing the offer, in currency (can be negative). */
   expectedValue: number;
-  /** A sentence a shopper can read, e.g. "Because you viewed Red Mug". */
+  /** A sentence a shopper can read, e.g. "Because you viewed Red Mug" (English; built from {@link why}). */
   reason: string;
+  /** What the reason rests on, to word it in another language. */
+  why: OfferWhy;
   /** True when the slot was filled by exploration rather than by expected value. */
   explore: boolean;
 }

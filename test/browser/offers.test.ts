@@ -66,5 +66,7 @@ it('setOffers() checks the signature in the worker; offers() follows what the sh
   assert.equal(r.shown[0].offerId, 'bags10');
   assert.equal(r.shown[0].explore, false);
   assert.match(r.shown[0].reason, /Bag [123]/, 'the reason cites a bag the shopper looked at');
+  // The latest bag event is the add to cart of bag-2: the structured reason crosses the worker too.
+  assert.deepEqual(r.shown[0].why, { kind: 'event', itemId: 'bag-2', event: 'add_to_cart' });
   await page.close();
 });

@@ -22,6 +22,7 @@ describe('Engine', () => {
     assert.deepEqual(recs.map((r) => r.itemId), ['p0', 'p1', 'p2']);
     assert.equal(recs[0]!.reason.kind, 'popular');
     assert.equal(recs[0]!.reason.text, 'Popular in this shop');
+    assert.deepEqual(recs[0]!.reason.basis, []);
     await e.erase();
   });
 
@@ -45,6 +46,12 @@ describe('Engine', () => {
       if (r.reason.kind === 'personal') {
         assert.match(r.reason.text, /^Because you (viewed|added|bought|searched for) Product 2[0-3]/);
         for (const id of r.reason.itemIds) assert.ok(seen.has(id), `reason cites ${id}, a real past item`);
+        // The structured form says the same: each cited item with what the shopper did with it.
+        const did: Record<string, string> = { p20: 'view', p21: 'add_to_cart', p22: 'purchase', p23: 'search' };
+        assert.deepEqual(r.reason.basis.map((b) => b.itemId), r.reason.itemIds);
+        for (const b of r.reason.basis) assert.equal(b.event, did[b.itemId], `${b.itemId} was cited as a ${b.event}`);
+        const verb: Record<string, string> = { view: 'viewed', add_to_cart: 'added', purchase: 'bought', search: 'searched for' };
+        assert.equal(r.reason.text, `Because you ${r.reason.basis.map((b) => `${verb[b.event]} Product ${b.itemId.slice(1)}`).join(' and ')}`);
       }
     }
     assert.ok(recs.every((r) => r.reason.kind === 'personal'), 'every pick is explained by the history');
@@ -220,6 +227,7 @@ describe('Engine', () => {
     assert.equal(sim.length, 4);
     assert.ok(!sim.some((r) => r.itemId === 'p3'));
     assert.equal(sim[0]!.reason.text, 'Similar to Product 3');
+    assert.deepEqual([sim[0]!.reason.kind, sim[0]!.reason.itemIds, sim[0]!.reason.basis], ['similar', ['p3'], []]);
     for (let i = 1; i < sim.length; i++) assert.ok(sim[i - 1]!.score >= sim[i]!.score);
     await assert.rejects(e.similar('nope'), /"nope" is not in the catalog/);
     await e.erase();

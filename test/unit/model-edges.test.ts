@@ -106,8 +106,8 @@ describe('model inputs a caller can get wrong', () => {
 
   it('userVector refuses a profile row outside the table instead of returning NaN', () => {
     const t = createItemTable(['a', 'b'], 4, { seed: 1 });
-    assert.throws(() => userVector(t, [{ row: 2, weight: 1, action: 'viewed', lastT: 0 }]), /profile row 2 is outside the table/);
-    assert.ok(userVector(t, [{ row: 1, weight: 1, action: 'viewed', lastT: 0 }]).every(Number.isFinite));
+    assert.throws(() => userVector(t, [{ row: 2, weight: 1, action: 'view', lastT: 0 }]), /profile row 2 is outside the table/);
+    assert.ok(userVector(t, [{ row: 1, weight: 1, action: 'view', lastT: 0 }]).every(Number.isFinite));
   });
 
   it('topRows with k = 0 is an empty list', () => {
@@ -176,10 +176,10 @@ describe('stop 26 review: reasons and training edges', () => {
       { halfLifeDays: 30, now },
     );
     const by = new Map(p.map((i) => [i.row, i]));
-    assert.equal(by.get(0)!.action, 'viewed');
+    assert.equal(by.get(0)!.action, 'view');
     assert.ok(by.get(0)!.weight > 0);
-    assert.equal(by.get(1)!.action, 'viewed');
-    assert.equal(by.get(2)!.action, 'added to cart');
+    assert.equal(by.get(1)!.action, 'view');
+    assert.equal(by.get(2)!.action, 'add_to_cart');
     // A rating revised down: neither rating is cited, whichever came first.
     const revised = buildProfile(
       [
@@ -192,7 +192,7 @@ describe('stop 26 review: reasons and training edges', () => {
       { halfLifeDays: 30, now },
     );
     assert.equal(revised.find((i) => i.row === 0)?.action, undefined, 'x: 4 stars, then 1');
-    assert.equal(revised.find((i) => i.row === 1)?.action, 'rated', 'y: 1 star, then 5');
+    assert.equal(revised.find((i) => i.row === 1)?.action, 'rating', 'y: 1 star, then 5');
     const only = buildProfile([{ t: now - 10, type: 'add_to_cart', itemId: 'x' }, { t: now - 5, type: 'remove_from_cart', itemId: 'x' }, { t: now, type: 'add_to_cart', itemId: 'y' }, { t: now + 1, type: 'remove_from_cart', itemId: 'y' }, { t: now, type: 'add_to_cart', itemId: 'y' }], rows, { halfLifeDays: 30, now });
     assert.equal(only.find((i) => i.row === 0)!.action, undefined, 'nothing citable on x');
   });

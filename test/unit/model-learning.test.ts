@@ -45,7 +45,7 @@ it('training beats popularity on held-out purchases (online-retail slice)', { sk
     const hist = Array.from(items.subarray(ptr[u]!, ptr[u + 1]!));
     const held = split.test.items[split.test.ptr[u]!]!;
     const seen = new Set(hist);
-    const z = userVector(table, hist.slice(-20).map((row) => ({ row, weight: 1, action: 'bought' as const, lastT: 0 })));
+    const z = userVector(table, hist.slice(-20).map((row) => ({ row, weight: 1, action: 'purchase' as const, lastT: 0 })));
     if ((await scorer.topK(z, 10, seen)).some((s) => s.row === held)) hitModel++;
     if (byPop.filter((r) => !seen.has(r)).slice(0, 10).includes(held)) hitPop++;
   }

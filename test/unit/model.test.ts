@@ -46,7 +46,7 @@ describe('profile', () => {
     assert.equal(p.length, 4, 'items outside the catalog are skipped');
     assert.ok(Math.abs(w.i1! - Math.log1p(0.25)) < 1e-9, 'two half-lives: a quarter');
     assert.ok(w.i3! < 20 * w.i2! / 4, 'twenty views count for much less than twenty');
-    assert.equal(p.find((x) => ids[x.row] === 'i4')!.action, 'bought');
+    assert.equal(p.find((x) => ids[x.row] === 'i4')!.action, 'purchase');
     const removed = buildProfile([ev('add_to_cart', 'i5'), ev('remove_from_cart', 'i5'), ev('remove_from_cart', 'i5')], rows, { halfLifeDays: 30, now });
     assert.equal(removed[0]!.weight, 0, 'added then removed twice: no confidence left');
   });
@@ -119,7 +119,7 @@ describe('training', () => {
     const scorer = new Scorer(table);
     for (const parity of [0, 1]) {
       const hist = [0, 2, 4].map((r) => r + parity);
-      const z = userVector(table, hist.map((row) => ({ row, weight: 1, action: 'viewed' as const, lastT: now })));
+      const z = userVector(table, hist.map((row) => ({ row, weight: 1, action: 'view' as const, lastT: now })));
       const top = await scorer.topK(z, 5, new Set(hist));
       assert.equal(top.length, 5);
       for (const s of top) assert.ok(!hist.includes(s.row), 'excluded rows never come back');
@@ -192,8 +192,8 @@ describe('scoring', () => {
     const table = createItemTable(['a', 'b', 'c'], 2);
     table.factors.set([1, 0, 0, 1, 1, 0.2]);
     const prof = [
-      { row: 0, weight: 1, action: 'viewed' as const, lastT: 0 },
-      { row: 1, weight: 1, action: 'bought' as const, lastT: 0 },
+      { row: 0, weight: 1, action: 'view' as const, lastT: 0 },
+      { row: 1, weight: 1, action: 'purchase' as const, lastT: 0 },
     ];
     const c = contributions(table, prof, 2);
     assert.equal(c[0]!.item.row, 0);

@@ -257,7 +257,7 @@ describe('Engine with a neighbour table', () => {
     // c → d: d first and explained by c; then the factor model's (popularity) order.
     assert.equal(recs[0]!.itemId, 'd');
     assert.ok(recs[0]!.score > 1);
-    assert.deepEqual(recs[0]!.reason, { kind: 'personal', text: 'Because you viewed C', itemIds: ['c'] });
+    assert.deepEqual(recs[0]!.reason, { kind: 'personal', text: 'Because you viewed C', itemIds: ['c'], basis: [{ itemId: 'c', event: 'view' }] });
     assert.deepEqual(recs.slice(1).map((x) => x.itemId), ['a', 'b']);
     assert.ok(recs.slice(1).every((x) => x.score < 1));
     assert.deepEqual((await e.recommend({ k: 1, category: 'even' })).map((x) => x.itemId), ['a']);
@@ -355,7 +355,7 @@ describe('Engine with a neighbour table', () => {
       const [first] = await e.recommend({ k: 1 });
       assert.equal(first!.itemId, 'saucer');
       assert.ok(first!.score > 1, 'ranked through the table');
-      assert.deepEqual(first!.reason, { kind: 'personal', text: 'Based on your recent activity', itemIds: [] });
+      assert.deepEqual(first!.reason, { kind: 'personal', text: 'Based on your recent activity', itemIds: [], basis: [] });
     } finally {
       await e.close();
     }

@@ -49,7 +49,7 @@ describe('offer policy', () => {
     // mugs: P = 1 − 0.7 × 0.9 = 0.37; net per use = 0.4 × 20 − 0.1 × 20 = 6.
     assert.ok(Math.abs(shown[0]!.expectedValue - 0.37 * 6) < 1e-4);
     assert.ok(shown.every((s) => s.explore === false));
-    assert.deepEqual(Object.keys(shown[0]!).sort(), ['discount', 'expectedValue', 'explore', 'offerId', 'reason', 'title']);
+    assert.deepEqual(Object.keys(shown[0]!).sort(), ['discount', 'expectedValue', 'explore', 'offerId', 'reason', 'title', 'why']);
   });
 
   test('the product on screen and the cart lift their scopes: a candle page shows the candle offer first', () => {
@@ -219,7 +219,10 @@ describe('offer policy', () => {
   test('exploring is marked and explained without a made-up event', () => {
     const explored = Array.from({ length: 200 }, (_, seed) => chooseOffers(input(), { k: 1, seed, exploration: 1, priorStrength: 2, context: ctx })[0]!).filter((s) => s.explore);
     assert.ok(explored.length > 0);
-    for (const s of explored) assert.equal(s.reason, 'Something new to try');
+    for (const s of explored) {
+      assert.equal(s.reason, 'Something new to try');
+      assert.deepEqual(s.why, { kind: 'explore' });
+    }
   });
 
   test('option errors name the option and the allowed values', () => {

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { chooseOffers } from '../../src/offers/policy.js';
 import { indexProducts } from '../../src/offers/product-index.js';
-import { offerReason } from '../../src/offers/reason.js';
+import { offerReason, offerWhy } from '../../src/offers/reason.js';
 import type { Offer, OfferCatalog } from '../../src/offers/types.js';
 import type { StoredEvent } from '../../src/types.js';
 
@@ -72,6 +72,33 @@ describe('offer reasons reference real past events', () => {
     // Products given as the plain item list (the policy indexes them itself).
     const shown = chooseOffers({ catalog, products: products.items, events, affinity: { m1: 0.5, b1: 0.4 } }, { k: 2, context: { now: 10 } });
     assert.deepEqual(shown.map((s) => s.reason), ['Because you bought Blue Mug', 'Because you viewed Jute Bag']);
+    // What each reason rests on, for a page that words it in its own language.
+    assert.deepEqual(shown.map((s) => s.why), [
+      { kind: 'event', itemId: 'm2', event: 'purchase' },
+      { kind: 'event', itemId: 'b1', event: 'view' },
+    ]);
+  });
+
+  test('each reason has the structured facts it is worded from, and the text follows them', () => {
+    const cases: Array<[ReturnType<typeof offerWhy>, string, Parameters<typeof offerWhy>]> = [
+      [{ kind: 'event', itemId: 'm1', event: 'rating' }, 'Because you rated Red Mug', [redMug, [{ t: 1, type: 'rating', itemId: 'm1', value: 5 }], products, {}, false]],
+      [{ kind: 'event', itemId: 'm1', event: 'search' }, 'Because you searched for Red Mug', [redMug, [{ t: 1, type: 'search', query: 'mug', itemId: 'm1' }], products, {}, false]],
+      [{ kind: 'on-screen', itemId: 'm1' }, 'For the Red Mug you are looking at', [redMug, [], products, { itemId: 'm1' }, false]],
+      [{ kind: 'in-cart', itemId: 'm1' }, 'For the Red Mug in your cart', [redMug, [], products, { cart: [{ itemId: 'm1' }] }, false]],
+      [{ kind: 'same-category', itemId: 'm2', event: 'add_to_cart' }, 'Like the Blue Mug you added', [redMug, [{ t: 1, type: 'add_to_cart', itemId: 'm2' }], products, {}, false]],
+      [{ kind: 'shop' }, 'One of the shop’s current offers', [redMug, [{ t: 1, type: 'view', itemId: 'b1' }], products, {}, false]],
+      [{ kind: 'explore' }, 'Something new to try', [redMug, [], products, {}, true]],
+    ];
+    for (const [why, text, args] of cases) {
+      assert.deepEqual(offerWhy(...args), why, text);
+      assert.equal(offerReason(...args), text);
+    }
+    // An add taken back is not cited in the structured form either.
+    const takenBack: StoredEvent[] = [
+      { t: 1, type: 'add_to_cart', itemId: 'm1' },
+      { t: 2, type: 'remove_from_cart', itemId: 'm1' },
+    ];
+    assert.deepEqual(offerWhy(redMug, takenBack, products, {}, false), { kind: 'shop' });
   });
 
   test('an item never touched is not claimed: falls back to the page, the cart, or the same category', () => {
