@@ -360,20 +360,21 @@ function requestAttempts(o: Pick<SyncOptions, 'attempts'>): number {
  * again once it settles, which replaces the pending entry (engine's `settlePending`); one stopped
  * between the two is settled as `notSent`.
  */
-async function request(
-  o: RequestOptions,
-  kind: EgressEntry['kind'],
-  method: 'GET' | 'POST',
-  endpoint: string,
-  body?: Uint8Array,
-  headers?: Record<string, string>,
+/** One request of {@link request}: what it is, and how it may be cut short and retried. */
+interface RequestSpec {
+  kind: EgressEntry['kind'];
+  method: 'GET' | 'POST';
+  endpoint: string;
+  body?: Uint8Array;
+  headers?: Record<string, string>;
   /** Default `o.signal`; `null` for a request the caller must not cut short. */
-  cancel: AbortSignal | null = o.signal ?? null,
+  cancel?: AbortSignal | null;
   /** Checked right before each attempt goes out (after every await): throws to send nothing. */
-  beforeSend?: () => void,
-  limit: BodyLimit = SMALL_REPLY,
+  beforeSend?: () => void;
+  /** Default {@link SMALL_REPLY}. */
+  limit?: BodyLimit;
   /** The caller logged (and stored) the first attempt's `pending` entry itself (the upload). */
-  firstLogged = false,
+  firstLogged?: boolean;
   /**
    * A request others depend on once this device committed (the upload's retries, a cohort's leave,
    * polls after the cohort filled, the recovery steps): its entry is logged all the same, but a
@@ -381,7 +382,12 @@ async function request(
    * the cohort, every member's ε spent for nothing. Any other request is not sent when its entry
    * cannot be stored.
    */
-  mustGo = false,
+  mustGo?: boolean;
+}
+
+async function request(
+  o: RequestOptions,
+  { kind, method, endpoint, body, headers, cancel = o.signal ?? null, beforeSend, limit = SMALL_REPLY, firstLogged = false, mustGo = false }: RequestSpec,
 ): Promise<Response> {
   const signal = cancel ?? undefined;
   const f = o.fetch ?? (globalThis.fetch as unknown as FetchLike);
@@ -542,7 +548,7 @@ export function parseServerConfig(c: Partial<ServerConfig>): ServerConfig {
 
 /** `GET /v1/config`. */
 export async function fetchServerConfig(o: RequestOptions): Promise<ServerConfig> {
-  const res = await request(o, 'config', 'GET', '/v1/config', undefined, undefined, undefined, undefined, CONFIG_LIMIT);
+  const res = await request(o, { kind: 'config', method: 'GET', endpoint: '/v1/config', limit: CONFIG_LIMIT });
   return parseServerConfig((await res.json()) as Partial<ServerConfig>);
 }
 
@@ -569,7 +575,7 @@ async function fetchModel(o: RequestOptions, knownHash: string | undefined, conf
   const limit: BodyLimit = config
     ? { max: maxModelBytes(config.items, config.dim), bound: `a model of ${config.items} items × ${config.dim} (the server's /v1/config)` }
     : { max: Infinity, bound: 'any model' };
-  const res = await request(o, 'model', 'GET', '/v1/model', undefined, headers, undefined, undefined, limit);
+  const res = await request(o, { kind: 'model', method: 'GET', endpoint: '/v1/model', headers, limit });
   if (res.status === 304) return null;
   const bytes = new Uint8Array(await res.arrayBuffer());
   const decoded = decodeModel(bytes);
@@ -903,15 +909,14 @@ async function upload(
   o.onProgress?.({ phase: 'upload', bytes: body.length });
   // Not cancellable in flight: once the release is recorded the body goes out whole, or fails on its own.
   let attempted = false;
-  const res = await request(
-    o,
-    'update',
-    'POST',
+  const res = await request(o, {
+    kind: 'update',
+    method: 'POST',
     endpoint,
     body,
-    { 'Content-Type': 'application/octet-stream', ...headers },
-    null,
-    () => {
+    headers: { 'Content-Type': 'application/octet-stream', ...headers },
+    cancel: null,
+    beforeSend: () => {
       if (mustDropOut(o)) {
         // Before the first attempt nothing left; after one (a 5xx, no answer) the body may have
         // reached the server: no retry, and nothing said of the upload as "not sent" (only of
@@ -921,10 +926,9 @@ async function upload(
       }
       attempted = true;
     },
-    SMALL_REPLY,
-    true,
-    true,
-  );
+    firstLogged: true,
+    mustGo: true,
+  });
   // The update is in (2xx): what the server adds about its round is a courtesy. An answer that is
   // not the documented JSON (a proxy's page, an older server) leaves `server` out; it must not turn
   // an accepted upload, whose ε is spent, into a failed sync.
@@ -1034,7 +1038,7 @@ async function sendMasked(
   if (goneBeforeJoin) return spentMeanwhile(goneBeforeJoin, 'before this one joined a cohort');
   // Not cancellable in flight: a join the server took but whose answer was dropped would hold a place
   // this device could not give back. A cancel is seen right after it, and the place is given back.
-  const joinRes = await request(o, 'cohort', 'POST', '/v1/secagg/join', keys.publicKey, { 'Content-Type': 'application/octet-stream' }, null, undefined, JOIN_LIMIT);
+  const joinRes = await request(o, { kind: 'cohort', method: 'POST', endpoint: '/v1/secagg/join', body: keys.publicKey, headers: { 'Content-Type': 'application/octet-stream' }, cancel: null, limit: JOIN_LIMIT });
   const joined = (await joinRes.json()) as { cohort: string; index: number; size: number; token: string };
   // The wait for the cohort may be long: keep the join in the stored log meanwhile.
   await checkpointQuietly(o);
@@ -1055,7 +1059,7 @@ async function sendMasked(
    */
   const leave = async (): Promise<'left' | 'full' | string> => {
     try {
-      await request({ ...o, attempts: 1 }, 'cohort', 'POST', `${member}/leave`, undefined, { 'X-Localrec-Cohort-Token': joined.token }, null, undefined, SMALL_REPLY, false, true);
+      await request({ ...o, attempts: 1 }, { kind: 'cohort', method: 'POST', endpoint: `${member}/leave`, headers: { 'X-Localrec-Cohort-Token': joined.token }, cancel: null, mustGo: true });
       // Out of the cohort: a later sync of this shopper may take a place in it.
       await claim?.release?.().catch(() => undefined);
       return 'left';
@@ -1094,7 +1098,7 @@ async function sendMasked(
     if (o.signal?.aborted && !committed) await stop(cancelled);
     // Only this member's and its mask neighbours' keys: degree + 1 keys, whatever the cohort size.
     try {
-      const res = await request(o, 'cohort', 'GET', member, undefined, undefined, committed ? null : undefined, undefined, viewLimit, false, committed);
+      const res = await request(o, { kind: 'cohort', method: 'GET', endpoint: member, ...(committed ? { cancel: null } : {}), limit: viewLimit, mustGo: committed });
       view = parseView(await res.text());
     } catch (e) {
       if (o.signal?.aborted && !committed) {
@@ -1199,7 +1203,7 @@ async function stayForRecovery(
   const post = async (step: 'confirm' | 'ready' | 'recovery', body: Uint8Array): Promise<void> => {
     for (let k = 0; ; k++) {
       try {
-        await request(o, 'cohort', 'POST', `${memberPath(joined)}/${step}`, body, { 'Content-Type': 'application/octet-stream', 'X-Localrec-Cohort-Token': joined.token }, undefined, undefined, SMALL_REPLY, false, true);
+        await request(o, { kind: 'cohort', method: 'POST', endpoint: `${memberPath(joined)}/${step}`, body, headers: { 'Content-Type': 'application/octet-stream', 'X-Localrec-Cohort-Token': joined.token }, mustGo: true });
         return;
       } catch (e) {
         if (!passing(e)) throw e;
@@ -1211,7 +1215,7 @@ async function stayForRecovery(
     for (let polls = 0; ; polls++) {
       let view: CohortView;
       try {
-        view = parseView(await (await request(o, 'cohort', 'GET', memberPath(joined), undefined, undefined, undefined, undefined, cohortViewLimit(sa), false, true)).text());
+        view = parseView(await (await request(o, { kind: 'cohort', method: 'GET', endpoint: memberPath(joined), limit: cohortViewLimit(sa), mustGo: true })).text());
       } catch (e) {
         if (!passing(e)) throw e;
         await checkpointQuietly(o);
