@@ -76,10 +76,11 @@ export interface Recommender {
   offers(options?: OffersOptions): Promise<ShownOffer[]>;
   /**
    * Installs a neighbour table file (`localrec neighbors` output) the host fetched itself, instead of
-   * `options.neighbors.url`. A file that does not decode is refused (ValidationError) and the table
-   * in use is kept.
+   * `options.neighbors.url`. A file that does not decode is refused (ValidationError), and so is one
+   * that holds none of the catalog's items (ModelError: built for another catalog); the table in
+   * use is kept. `matched`: how many of the file's `items` the catalog holds.
    */
-  setNeighbors(file: ArrayBuffer | ArrayBufferView): Promise<{ items: number; width: number; hash: string }>;
+  setNeighbors(file: ArrayBuffer | ArrayBufferView): Promise<{ items: number; matched: number; width: number; hash: string }>;
   /** What is stored, what left the device, ε spent, retention, consent history (docs/PRIVACY.md). */
   audit(): Promise<AuditReport>;
   /** Every event and record kept about the shopper, as JSON-ready data (GDPR Art. 20). */

@@ -209,8 +209,11 @@ export interface Stats {
     trainSteps: number;
     /** Events stored since the last training. */
     pendingEvents: number;
-    /** The neighbour table ranking uses (see `options.neighbors`), or null without one. */
-    neighbors: { items: number; width: number; hash: string; source: string } | null;
+    /**
+     * The neighbour table ranking uses (see `options.neighbors`), or null without one: `items` in
+     * the file, `matched` of them in this page's catalog (the only ones ranking can use).
+     */
+    neighbors: { items: number; matched: number; width: number; hash: string; source: string } | null;
   };
   /** Privacy budget of federated learning on this device. */
   privacy: {

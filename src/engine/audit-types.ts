@@ -33,7 +33,7 @@ export interface AuditReport {
   retention: { maxEvents: number; maxAgeDays: number };
   model: { stored: boolean; version: number; items: number; dim: number; bytes: number; trainedAt: number | null };
   /** The shop's neighbour table in use (public data: nothing about the shopper), or null. */
-  neighbors: { stored: boolean; hash: string; items: number; width: number; bytes: number; source: string; savedAt: number | null } | null;
+  neighbors: { stored: boolean; hash: string; items: number; matched: number; width: number; bytes: number; source: string; savedAt: number | null } | null;
   /** The shop's signed offer catalog kept on the device (public data the shop published), or null. */
   offers: { stored: true; version: number; offers: number; issuedAt: number } | null;
   /** The global model as the server last sent it (public data, the same for every device), kept so that an unchanged one is not downloaded again; or null. */

@@ -1,9 +1,9 @@
 import { AbortError, ClosedError, ConsentError, ModelError, NetworkError, StorageError, syncCancelled, ValidationError, PrivacyBudgetError } from '../errors.js';
 import { boolOption, checkSignal, describeValue, intOption, knownKeys, nameOption, OPTION_KEYS } from '../options.js';
 import { checkEventAge, validateEvent } from '../events/schema.js';
-import { ledgerKeeps } from '../events/offer-ledger.js';
+import { ledgerAsOfNow, ledgerKeeps } from '../events/offer-ledger.js';
 import { DEFAULT_RETENTION, deleteEventDatabase, IdbEventStore, MemoryEventStore, openEventStore, quotaEvictedBy, type AddResult, type EventStore, type Retention } from '../events/store.js';
-import { EVENT_SCHEMA_VERSION } from '../events/schema.js';
+import { EVENT_SCHEMA_VERSION, FUTURE_SLACK_MS } from '../events/schema.js';
 import type { AuditReport, ExportFile } from './audit-types.js';
 import { canonicalJson, checkOffersOptions, checkVerifyKeys, chooseOffers, indexProducts, offerEconomics, offerScopeLookup, predictAffinity, purchaseBaskets, SignatureError, verifySignedCatalog, type ProductIndex } from '../offers/index.js';
 import type { OfferCatalog, OffersOptions, SetOffersResult, ShownOffer, SignedOfferCatalog } from '../offers/types.js';
@@ -180,6 +180,8 @@ interface ActiveNeighbors {
   hash: string;
   /** Items in the published table (not only those in this catalog). */
   items: number;
+  /** Of those, the items this page's catalog holds (the only ones ranking can use). */
+  matched: number;
   width: number;
   bytes: number;
   /** Where it came from: its URL, or `setNeighbors`. */
@@ -733,9 +735,18 @@ export class Engine {
       }
     }
     const last = stored.at(-1);
-    const fresh = this.consentHistory.filter(
-      (r, i) => !(i === 0 && STARTUP_SOURCES.has(r.source) && last && last.personalization === r.personalization && last.federated === r.federated),
-    );
+    // This visit's records come after every stored one, whatever the clock says: records are kept
+    // in time order and the last one is the decision in force, so a record stamped before a stored
+    // one (the clock was set back since: a wrong time zone corrected) must not sort before it.
+    // (Strictly after: two records of the same decision and time are merged as one.)
+    let after = last?.t ?? -Infinity;
+    const fresh = this.consentHistory
+      .filter((r, i) => !(i === 0 && STARTUP_SOURCES.has(r.source) && last && last.personalization === r.personalization && last.federated === r.federated))
+      .map((r) => {
+        const t = Math.max(r.t, after + 1);
+        after = t;
+        return t === r.t ? r : { ...r, t };
+      });
     this.consentHistory = trimConsent(stored.concat(fresh), this.recordCutoff());
     this.consentDirty = fresh.length > 0;
   }
@@ -798,6 +809,16 @@ export class Engine {
     const next = await this.applyConsent((cur) => ({ personalization: c.personalization ?? cur.personalization, federated: c.federated ?? cur.federated }), 'setConsent');
     // The shop's other tabs on this device follow (their engines share this database).
     this.tell({ type: 'consent', ...next, at });
+  }
+
+  /**
+   * The time of a new consent record: now, or just after the latest record when the clock has gone
+   * back since it was written (records are kept sorted by time, and the last is the decision in
+   * force: a withdrawal stamped before the grant it withdraws would be read back as the older
+   * decision; and two records of the same decision and time are merged as one).
+   */
+  private consentRecordTime(): number {
+    return Math.max(this.now(), (this.consentHistory.at(-1)?.t ?? -Infinity) + 1);
   }
 
   /** The consent the latest change began to apply: {@link consent} but for a grant still opening its store. */
@@ -866,7 +887,7 @@ export class Engine {
     // a withdrawal queued behind it waits for training, which flushes.
     this.consent = granted ? { personalization: false, federated: next.federated } : next;
     this.consentApplying = next;
-    this.consentHistory.push({ t: this.now(), ...next, source });
+    this.consentHistory.push({ t: this.consentRecordTime(), ...next, source });
     // Events taken for writing before a withdrawal are not written after it (flush checks this).
     if (!next.personalization && was) {
       this.dataEpoch++;
@@ -950,14 +971,30 @@ export class Engine {
         if (!(saved.factors instanceof Float32Array) || !(saved.bias instanceof Float32Array)) throw new ModelError('item table: factors and bias must be Float32Arrays');
         const old = indexItems(saved.itemIds);
         checkItemTable({ version: saved.version, itemIds: saved.itemIds, dim: saved.dim, factors: saved.factors, bias: saved.bias });
+        const missing: number[] = [];
         ids.forEach((id, r) => {
           const o = old.get(id);
-          if (o === undefined) return;
+          if (o === undefined) return void missing.push(r);
           fresh.factors.set(saved.factors.subarray(o * dim, o * dim + dim), r * dim);
           fresh.bias[r] = saved.bias[o]!;
         });
         fresh.version = saved.version;
         kept = { trainedAt: saved.trainedAt, trainSteps: saved.trainSteps, trainedThroughId: saved.trainedThroughId, ...(typeof saved.globalHash === 'string' ? { globalHash: saved.globalHash } : {}) };
+        // Items the page's catalog holds again (back in stock) or newly, that the global model the
+        // weights build on has: its rows, not fresh random ones. A receiving sync would not bring
+        // them (the server answers 304 while its model is the one held).
+        if (missing.length && kept.globalHash !== undefined) {
+          const held = await this.storedGlobal();
+          if (held?.hash === kept.globalHash && held.table.dim === dim) {
+            const rows = indexItems(held.table.itemIds);
+            for (const r of missing) {
+              const g = rows.get(ids[r]!);
+              if (g === undefined) continue;
+              fresh.factors.set(held.table.factors.subarray(g * dim, g * dim + dim), r * dim);
+              fresh.bias[r] = held.table.bias[g]!;
+            }
+          }
+        }
       } catch (e) {
         // Corrupt weights are not worth failing the shop's page for: start fresh, say why in stats.
         this.lastError = e as Error;
@@ -1063,23 +1100,32 @@ export class Engine {
    * Installs a neighbour table file (`localrec neighbors` output). A file that does not decode is
    * refused with a ValidationError and the table in use is kept. Stored when storing is allowed.
    */
-  async setNeighbors(data: ArrayBuffer | ArrayBufferView): Promise<{ items: number; width: number; hash: string }> {
+  async setNeighbors(data: ArrayBuffer | ArrayBufferView): Promise<{ items: number; matched: number; width: number; hash: string }> {
     this.assertOpen();
     if (!(data instanceof ArrayBuffer) && !ArrayBuffer.isView(data)) {
       throw new ValidationError('neighbors', `must be an ArrayBuffer or a typed array holding a neighbour file, got ${data === null ? 'null' : typeof data}`);
     }
     const bytes = data instanceof ArrayBuffer ? new Uint8Array(data.slice(0)) : new Uint8Array(data.buffer.slice(data.byteOffset, data.byteOffset + data.byteLength));
     const n = await this.installNeighbors(bytes, 'setNeighbors');
-    return { items: n.items, width: n.width, hash: n.hash };
+    return { items: n.items, matched: n.matched, width: n.width, hash: n.hash };
   }
 
   /** `epoch`: the data epoch the file was asked for in; it is stored only if that has not ended. */
   private async installNeighbors(bytes: Uint8Array, source: string, hash?: string, epoch = this.dataEpoch): Promise<ActiveNeighbors> {
     const table = decodeNeighborTable(bytes);
+    const matched = table.itemIds.reduce((n, id) => n + (this.rows.has(id) ? 1 : 0), 0);
+    // Built for another catalog (ids renamed, another shop's file): it would rank nothing, and
+    // look installed in stats() all the same.
+    if (matched === 0 && table.itemIds.length > 0) {
+      throw new ModelError(
+        `the neighbour table (${source}) holds ${table.itemIds.length} items, none of them in this page's catalog (file: ${JSON.stringify(table.itemIds[0])}…, catalog: ${JSON.stringify(this.table.itemIds[0] ?? '')}…): it was built for another catalog, and is not used`,
+      );
+    }
     const active: ActiveNeighbors = {
       model: alignNeighbors(table, this.rows, this.catalog.items.length),
       hash: hash ?? (await neighborTableHash(bytes)),
       items: table.itemIds.length,
+      matched,
       width: table.width,
       bytes: bytes.length,
       source,
@@ -1917,6 +1963,16 @@ export class Engine {
     if (global.dim !== this.table.dim) {
       throw new ModelError(`the server's model has dim ${global.dim}, this device uses ${this.table.dim}: set options.model.dim to match`);
     }
+    // A server serving another catalog (the page's ids renamed, another shop's server): an update
+    // would be noise only, each sync spending ε for nothing, and nothing adopted would reach a
+    // single item. Refused before anything is trained, recorded or sent; it depends only on the
+    // public catalog and model, so it says nothing about the shopper.
+    if (global.itemIds.length > 0 && !global.itemIds.some((id) => this.rows.has(id))) {
+      const example = (ids: readonly string[]) => ids.slice(0, 2).map((id) => JSON.stringify(id)).join(', ');
+      throw new ModelError(
+        `the server's model shares no item id with this page's catalog (server: ${global.itemIds.length} items, e.g. ${example(global.itemIds)}; page: ${this.table.itemIds.length}, e.g. ${example(this.table.itemIds)}): it serves another catalog; nothing was sent and no ε spent`,
+      );
+    }
   };
 
   /**
@@ -2175,7 +2231,12 @@ export class Engine {
     const now = this.now();
     const notDue = new Error('not due');
     let state: AutoSyncState | undefined;
-    const dueAt = (s: AutoSyncState) => s.nextAt ?? Math.max((s.lastSuccessAt ?? -Infinity) + period, (s.lastAttemptAt ?? -Infinity) + retry);
+    const dueAt = (s: AutoSyncState) => {
+      const at = s.nextAt ?? Math.max((s.lastSuccessAt ?? -Infinity) + period, (s.lastAttemptAt ?? -Infinity) + retry);
+      // Further ahead than any schedule sets it (a period and a half at most): written on a clock
+      // that has since gone back (a year ahead would stop the automatic sync for a year). Due now.
+      return at > now + 1.5 * period ? now : at;
+    };
     try {
       await this.store.updateMeta<AutoSyncState>(AUTO_SYNC_KEY, (s) => {
         state = s;
@@ -2259,7 +2320,7 @@ export class Engine {
         trainedAt: this.saved.trainedAt,
         trainSteps: this.saved.trainSteps,
         pendingEvents: await this.store.countAfter(this.saved.trainedThroughId),
-        neighbors: this.neighbors ? { items: this.neighbors.items, width: this.neighbors.width, hash: this.neighbors.hash, source: this.neighbors.source } : null,
+        neighbors: this.neighbors ? { items: this.neighbors.items, matched: this.neighbors.matched, width: this.neighbors.width, hash: this.neighbors.hash, source: this.neighbors.source } : null,
       },
       privacy: await this.privacyStats(),
       evicted: { retention: this.evictedByRetention, quota: this.evictedByQuota },
@@ -2345,6 +2406,7 @@ export class Engine {
             stored: storedNeighbors?.hash === this.neighbors.hash,
             hash: this.neighbors.hash,
             items: this.neighbors.items,
+            matched: this.neighbors.matched,
             width: this.neighbors.width,
             bytes: this.neighbors.bytes,
             source: this.neighbors.source,
@@ -2565,10 +2627,12 @@ export class Engine {
     // tab's write in between could count an event in both: the rules then err towards not showing.
     const ledgerAfter = async () => {
       const ledger = await this.store.offerLedger();
-      return ledger ? { ledger } : {};
+      if (!ledger) return {};
+      // Live, what was folded in with times ahead of `now` counts as now (as `counted` below does).
+      return { ledger: live ? ledgerAsOfNow(ledger, now) : ledger };
     };
     const snapshot = catalog.affinity;
-    // Live: no `context.now`, or one no earlier than a minute before this device's clock (a page
+    // Live: no `context.now`, or one no earlier than a day before this device's clock (a page
     // passing `Date.now()`, or its server's time); earlier, a replay asks as of that time.
     const live = options.context?.now === undefined || now >= this.now() - LIVE_OFFERS_TOLERANCE_MS;
     /**
@@ -2741,9 +2805,13 @@ class BudgetRefusal extends PrivacyBudgetError {
 
 /**
  * How far before the device's clock an `offers({ context: { now } })` may ask and still be live
- * (events stamped after it count as now) rather than a replay as of that time.
+ * (events stamped after it count as now) rather than a replay as of that time: as far as an event
+ * may be stamped ahead of it ({@link FUTURE_SLACK_MS}, a day). A page passing its server's time on
+ * a device whose clock is fast (minutes, or hours in a wrong time zone) asks live: as a replay, the
+ * impressions and redemptions the device has just stamped would be "the future", and every cap,
+ * cool-down and once-only offer would be passed over.
  */
-const LIVE_OFFERS_TOLERANCE_MS = 60_000;
+const LIVE_OFFERS_TOLERANCE_MS = FUTURE_SLACK_MS;
 
 /**
  * The offers of `catalog` the policy can never show with this product catalog, and why: no price

@@ -89,6 +89,25 @@ export function foldIntoLedger(stored: OfferLedger | undefined, removed: readonl
 }
 
 /**
+ * The ledger for a live `offers()` call at `now`: times stamped ahead of `now` (a page reporting
+ * its server's time, a device clock set back since) count as now, as the stored events' do. The
+ * rules would otherwise leave such an offer out of the ledger as "the future" (a replay's view),
+ * and a once-only offer would come back, or a returning shopper count as new.
+ */
+export function ledgerAsOfNow(ledger: OfferLedger, now: number): OfferLedger {
+  const at = (t: number | undefined) => (t !== undefined && t > now ? now : t);
+  const offers = ledger.offers.map((o) => {
+    const impression = at(o.lastImpressionAt);
+    const redeemed = at(o.lastRedeemedAt);
+    return impression === o.lastImpressionAt && redeemed === o.lastRedeemedAt
+      ? o
+      : { ...o, ...(impression !== undefined ? { lastImpressionAt: impression } : {}), ...(redeemed !== undefined ? { lastRedeemedAt: redeemed } : {}) };
+  });
+  const purchase = at(ledger.lastPurchaseAt);
+  return { offers, ...(purchase !== undefined ? { lastPurchaseAt: purchase } : {}) };
+}
+
+/**
  * The ledger as it stands once retention has run, when `expired` are the stored events past the
  * age limit that no write has removed yet: `ledger` itself when none of them is one it keeps.
  */

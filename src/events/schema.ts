@@ -89,6 +89,9 @@ export function validateEvent(input: unknown, now: number = Date.now()): StoredE
       throw new ValidationError(`event.${k}`, `is not a field of '${type}' events (allowed: type, t, ${allowed.join(', ')})`);
     }
   }
+  // A device clock before 2000 (a dead clock battery) would store an event that reads back as
+  // malformed (storedEventProblem): refused now, saying why, rather than stored and then ignored.
+  if (e.t === undefined && !(now >= MIN_T)) throw new ValidationError('event.t', `is missing, and the device clock (${describe(now)}) is before 2000-01-01: pass the time as t, or set the device's clock`);
   const t = e.t === undefined ? now : num(e.t, 'event.t', MIN_T, now + FUTURE_SLACK_MS);
   const out: StoredEvent = { t, type };
   if (ITEM_EVENTS.has(type)) out.itemId = id(e.itemId, 'event.itemId');

@@ -363,12 +363,35 @@ describe('offer rules with events not yet stored, or stamped ahead; catalogs rep
     const { e } = await engine();
     e.enqueue([{ type: 'offer_redeemed', offerId: 'once', t: NOW + 2 * MIN }]);
     assert.deepEqual(await shown(e), [], 'live: counted now');
-    // A page passing its own `Date.now()` (or its server's time) asks live too.
-    for (const now of [NOW, NOW - 1000, NOW + MIN]) {
+    // A page passing its own `Date.now()` (or its server's time, on a device whose clock is fast by
+    // minutes, or by hours in a wrong time zone: stop 32) asks live too.
+    for (const now of [NOW, NOW - 1000, NOW + MIN, NOW - 3 * MIN, NOW - 5 * 3_600_000, NOW - DAY + MIN]) {
       assert.deepEqual((await e.offers({ k: 1, exploration: 0, seed: 1, context: { now } })).map((o) => o.offerId), [], `context.now ${now - NOW} ms from the device clock: counted now`);
     }
-    assert.deepEqual((await e.offers({ k: 1, exploration: 0, seed: 1, context: { now: NOW - DAY } })).map((o) => o.offerId), ['once'], 'as of yesterday: not yet redeemed');
+    assert.deepEqual((await e.offers({ k: 1, exploration: 0, seed: 1, context: { now: NOW - 2 * DAY } })).map((o) => o.offerId), ['once'], 'as of two days ago: not yet redeemed');
     await e.close();
+  });
+
+  it('what retention folded into the ledger with times ahead of the clock (set back since) still counts, live (stop 32)', async () => {
+    // On the real clock: within the last day of it (and ahead), count retention goes in storage order.
+    const today = Date.now();
+    let clock = today + 365 * DAY; // a year ahead when the shopper redeemed
+    const welcome: OfferCatalog['offers'][number] = { ...offer('welcome', { kind: 'categories', categories: ['mug'] }), audience: 'new' };
+    // IndexedDB: its count retention removes the first stored events (the memory store's, the earliest stamped).
+    const e = await Engine.create({ catalog: { items }, backend: 'cpu', autoTrainEvery: 0, dbName: 'offers-ledger-ahead', now: () => clock, retention: { maxEvents: 5, maxAgeDays: 36_500 }, offers: { publicKey: keys.publicJwk } });
+    await e.setOffers(await signOfferCatalog({ version: 1, issuedAt: 0, currency: 'GBP', offers: [once, welcome] }, keys.privateJwk));
+    const ids = async (context?: { now: number }) => (await e.offers({ k: 2, exploration: 0, seed: 1, ...(context ? { context } : {}) })).map((o) => o.offerId).sort();
+    e.enqueue([{ type: 'purchase', itemId: 'm1' }, { type: 'offer_impression', offerId: 'once' }, { type: 'offer_redeemed', offerId: 'once' }]);
+    await e.flush();
+    assert.deepEqual(await ids(), [], 'redeemed once-only, and a returning shopper');
+    clock = today; // corrected
+    e.enqueue(Array.from({ length: 5 }, (_, i) => ({ type: 'view' as const, itemId: `c${i}` })));
+    await e.flush();
+    const ledger = (await e.exportData()).offerLedger;
+    assert.ok(ledger && ledger.lastPurchaseAt! > clock && ledger.offers.some((o) => o.offerId === 'once' && o.lastRedeemedAt! > clock), 'the offer events are in the ledger now, stamped a year ahead');
+    assert.deepEqual(await ids(), [], 'still redeemed, still returning');
+    assert.deepEqual(await ids({ now: clock - 2 * DAY }), ['once', 'welcome'], 'a replay two days back: neither had happened yet');
+    await e.erase();
   });
 
   it('a queue over its cap drops the oldest events, offer events and purchases last', async () => {

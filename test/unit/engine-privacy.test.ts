@@ -409,6 +409,36 @@ describe('a withdrawal of federated learning across visits (stop 30)', () => {
     await third.erase();
   });
 
+  it('holds after the device clock went back since the grant it withdraws, and a grant after that holds again (stop 32)', async () => {
+    const name = dbName();
+    const T = Date.UTC(2025, 5, 1, 12);
+    let clock = T + 2 * 3_600_000; // two hours ahead: a hand-set time in the wrong time zone
+    const open = () => Engine.create({ catalog, backend: 'cpu', dbName: name, autoTrainEvery: 0, now: () => clock, federated: { serverUrl: 'http://127.0.0.1:9' } });
+    const first = await open();
+    first.enqueue([{ type: 'view', itemId: 'p1', t: T }]);
+    await first.flush();
+    await first.setConsent({ personalization: true, federated: true });
+    await first.close();
+    clock = T + 10 * 60_000; // corrected: UTC moves back
+    const second = await open();
+    await second.setConsent({ federated: false });
+    // Withdrawn, granted and withdrawn again within the same millisecond: each record counts.
+    await second.setConsent({ federated: true });
+    await second.setConsent({ federated: false });
+    const history = (await second.audit()).consent.history;
+    assert.deepEqual(history.map((h) => h.federated), [true, true, false, true, false], 'in the order they were made');
+    for (let i = 1; i < history.length; i++) assert.ok(history[i]!.t > history[i - 1]!.t, 'strictly later than the record before');
+    await second.close();
+    clock = T + 30 * 60_000;
+    const third = await open();
+    assert.deepEqual((await third.audit()).consent.current, { personalization: true, federated: false }, 'the withdrawal is the decision in force');
+    await third.setConsent({ federated: true });
+    await third.close();
+    const fourth = await open();
+    assert.deepEqual((await fourth.audit()).consent.current, { personalization: true, federated: true });
+    await fourth.erase();
+  });
+
   it('the stored decision that is applied is the latest made while personalization was on; "required" keeps asking', async () => {
     const name = dbName();
     // Started before consent ('required': both off), then consent to personalization only.

@@ -32,6 +32,13 @@ describe('validateEvent', () => {
     assert.deepEqual(validateEvent({ type: 'remove_from_cart', itemId: 'a', quantity: 1 }, NOW), { t: NOW, type: 'remove_from_cart', itemId: 'a', quantity: 1 });
   });
 
+  it('refuses to fill in the time from a device clock before 2000 (it would be stored, then read back as malformed): stop 32', () => {
+    const early = Date.UTC(1999, 11, 31);
+    assert.throws(() => validateEvent({ type: 'view', itemId: 'a' }, early), (e: unknown) => isValidationError(e) && e.field === 'event.t' && /device clock .* is before 2000-01-01/.test(e.message));
+    // A time the page gives is checked as always (from 2000 to a day ahead of the clock).
+    assert.equal(validateEvent({ type: 'view', itemId: 'a', t: Date.UTC(2000, 0, 1) }, early).t, Date.UTC(2000, 0, 1));
+  });
+
   it('names the offending field', () => {
     const cases: Array<[unknown, string]> = [
       [null, 'event'],

@@ -527,6 +527,45 @@ describe('sync(): what a server that does not play fair can learn', () => {
     }
   });
 
+  it('a server model that shares no item id with the page (another catalog) is refused before anything is spent or sent (stop 32)', async () => {
+    const cap = capturingFetch();
+    const renamed = { items: catalog.items.map((i) => ({ ...i, id: `new-${i.id}` })) };
+    const e = await Engine.create({ catalog: renamed, backend: 'cpu', autoTrainEvery: 0, model: { dim: 16 }, store: new MemoryEventStore(), federated: { serverUrl: server.url }, fetch: cap.fetch });
+    try {
+      e.enqueue(['new-sku-80', 'new-sku-81', 'new-sku-82'].map((itemId) => ({ type: 'view', itemId })));
+      await e.flush();
+      for (const contribute of [true, false]) {
+        await assert.rejects(e.sync({ contribute }), (err) => isModelError(err) && /shares no item id with this page's catalog \(server: \d+ items, e\.g\. "sku-0"/.test(err.message));
+      }
+      assert.equal((await e.stats()).privacy.syncs, 0, 'no ε spent');
+      assert.deepEqual(cap.sent.map((x) => new URL(x.url).pathname), ['/v1/config', '/v1/model', '/v1/config', '/v1/model'], 'no upload');
+      assert.equal((await e.stats()).model.version, 0, 'nothing adopted');
+    } finally {
+      await e.close();
+    }
+  });
+
+  it('items the page lists again (or anew) that the held global model has take its rows at the next visit, though the server answers 304 (stop 32)', async () => {
+    await withOwnServer({ seed: 4 }, async (srv) => {
+      const store = new MemoryEventStore();
+      const open = (n: number) => Engine.create({ catalog: { items: catalog.items.slice(0, n) }, backend: 'cpu', autoTrainEvery: 0, model: { dim: 16 }, store, federated: { serverUrl: srv.url } });
+      const server = createItemTable(ids, 16, { seed: 4 });
+      const row = (t: { itemIds: readonly string[]; factors: Float32Array; bias: Float32Array }, id: string) => {
+        const r = t.itemIds.indexOf(id);
+        return [...t.factors.subarray(r * 16, r * 16 + 16), t.bias[r]];
+      };
+      const first = await open(150); // sku-150… out of stock today
+      assert.equal((await first.sync({ contribute: false })).modelChanged, true);
+      assert.deepEqual(row(first.itemTable(), 'sku-3'), row(server, 'sku-3'));
+      await first.close();
+      const second = await open(200);
+      for (const id of ['sku-3', 'sku-150', 'sku-199']) assert.deepEqual(row(second.itemTable(), id), row(server, id), `${id}: the global model's row`);
+      assert.equal((await second.sync({ contribute: false })).modelChanged, false, 'the server has nothing newer');
+      assert.deepEqual(row(second.itemTable(), 'sku-150'), row(server, 'sku-150'));
+      await second.close();
+    });
+  });
+
   it('consent withdrawn while the release is being recorded still stops the upload (the ε stays spent)', async () => {
     const store = new MemoryEventStore();
     const cap = capturingFetch();
@@ -934,6 +973,25 @@ describe('automatic syncs (options.federated.autoSyncHours)', () => {
         assert.equal((await e.audit()).privacy.autoSyncHours, 24);
         await e.close();
         assert.equal(auto.autoSyncTimer, undefined, 'close() disarms it');
+      } finally {
+        await e.close();
+      }
+    });
+  });
+
+  it('a schedule stored on a clock that has since gone back does not hold the automatic sync off (stop 32)', async () => {
+    await withOwnServer({ seed: 3 }, async (srv) => {
+      const clock = { t: CLOCK_START + 365 * 24 * HOUR }; // a year ahead: a wrong year, a dead clock battery
+      const { e, auto } = await autoDevice(srv, { clock, budget: 100 });
+      try {
+        assert.equal((await auto.autoSync())?.sent, true);
+        clock.t = CLOCK_START; // corrected
+        const again = await auto.autoSync();
+        assert.notEqual(again, null, 'due at once, not in a year');
+        const due = await nextAt(e);
+        assert.ok(due >= clock.t + 24 * HOUR && due < clock.t + 36 * HOUR, `rescheduled from the corrected clock: ${(due - clock.t) / HOUR} h`);
+        clock.t += 23 * HOUR;
+        assert.equal(await auto.autoSync(), null, 'and then once a period again');
       } finally {
         await e.close();
       }

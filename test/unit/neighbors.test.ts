@@ -264,7 +264,7 @@ describe('Engine with a neighbour table', () => {
     const sim = await e.similar('a', { k: 3 });
     assert.deepEqual(sim.slice(0, 2).map((s) => s.itemId), ['b', 'c']);
     assert.equal(sim.length, 3);
-    assert.deepEqual((await e.stats()).model.neighbors, { items: 4, width: 2, hash: r.hash, source: 'setNeighbors' });
+    assert.deepEqual((await e.stats()).model.neighbors, { items: 4, matched: 4, width: 2, hash: r.hash, source: 'setNeighbors' });
     assert.equal((await e.audit()).neighbors?.stored, true);
     await e.close();
     const again = await Engine.create({ ...base, store });
