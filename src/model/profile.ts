@@ -155,12 +155,17 @@ export function buildProfile(events: readonly StoredEvent[], rows: ReadonlyMap<s
   if (sessionDecay !== 1 || stepDecay !== 1) {
     // Only what the shopper did with items: an offer shown, or a search without a clicked item,
     // neither starts a session nor counts as a later moment (localrec eval has no such events).
-    const byTime = events.filter((e) => e.itemId).sort((a, b) => b.t - a.t);
+    // An event stamped after `now` (a page's server time ahead of the device, or a device clock
+    // set back since) counts as now: ordered by its stamp, it would be a later session than what
+    // the shopper does now, and today's activity would be weighted down by a session that has not
+    // happened (a month ahead: × sessionDecay per day visited in between).
+    const at = (e: StoredEvent) => Math.min(e.t, opts.now);
+    const byTime = events.filter((e) => e.itemId).sort((a, b) => at(b) - at(a));
     let k = 0;
     let steps = 0;
     byTime.forEach((e, i) => {
-      if (i > 0 && byTime[i - 1]!.t - e.t > SESSION_GAP_MS) k++;
-      if (i > 0 && byTime[i - 1]!.t !== e.t) steps++;
+      if (i > 0 && at(byTime[i - 1]!) - at(e) > SESSION_GAP_MS) k++;
+      if (i > 0 && at(byTime[i - 1]!) !== at(e)) steps++;
       sessionsAfter.set(e, k);
       stepsAfter.set(e, steps);
     });

@@ -71,6 +71,19 @@ describe('profile session decay', () => {
     assert.ok(Math.abs(half.i1! - Math.log1p(0.25)) < 1e-9, 'two sessions back: × 0.25');
   });
 
+  it('events stamped after now (a clock set back since) count as now: no later session weighs today down (stop 32)', () => {
+    const min = 60_000;
+    const day = 1440 * min;
+    const evs: StoredEvent[] = [
+      { type: 'view', itemId: 'i1', t: now + 30 * day }, // stamped a month ahead, before the clock was corrected
+      { type: 'view', itemId: 'i2', t: now + 31 * day },
+      { type: 'view', itemId: 'i3', t: now - 1 * min }, // what the shopper does now
+    ];
+    const w = Object.fromEntries(buildProfile(evs, rows, { halfLifeDays: 1e9, now, sessionDecay: 0.5, stepDecay: 0.9 }).map((p) => [ids[p.row], p.weight]));
+    assert.ok(Math.abs(w.i3! - Math.log1p(0.9)) < 1e-9, `now's view: one moment back (the two ahead count as now), no session back: ${w.i3}`);
+    assert.ok(Math.abs(w.i1! - Math.log1p(1)) < 1e-9 && Math.abs(w.i2! - Math.log1p(1)) < 1e-9, 'those ahead: the current moment');
+  });
+
   it('offers shown and searches without an item neither start a session nor count as a later moment', () => {
     const min = 60_000;
     const views: StoredEvent[] = [
