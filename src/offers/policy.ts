@@ -7,12 +7,12 @@ import { ValidationError } from '../errors.js';
 import { describeValue } from '../options.js';
 import { Random } from '../model/random.js';
 import type { CatalogItem, StoredEvent } from '../types.js';
-import { scopeAffinity, type AffinitySource } from './affinity.js';
+import { scopeAffinities, type AffinitySource } from './affinity.js';
 import { sampleBeta } from './beta-sampler.js';
 import { whyIneligible, type EligibilityContext } from './eligibility.js';
 import { isReturningShopper, offerHistory } from './offer-history.js';
 import type { OfferLedger } from '../events/offer-ledger.js';
-import { offerEconomics } from './offer-value.js';
+import { cachedEconomics } from './offer-value.js';
 import { indexProducts, inScope, type ProductIndex } from './product-index.js';
 import { offerWhy, offerWhyText } from './reason.js';
 import type { CartLine, Offer, OfferCatalog, OfferContext, OfferObjective, OffersOptions, ShownOffer } from './types.js';
@@ -86,11 +86,15 @@ export function scoreOffers(input: OffersInput, options: OffersOptions = {}): Sc
   const strength = checkRange(options.priorStrength ?? DEFAULT_PRIOR_STRENGTH, 'options.priorStrength', 0, 1e6);
   const objective = checkObjective(options.objective);
   const out: ScoredOffer[] = [];
+  // Each offer's economics is kept per offer and product index (offerEconomics); the affinity of
+  // whole categories and of the whole catalog is computed once for this call (scopeAffinities).
+  // (Made at first need: an affinity source is looked at only when some offer is worth scoring.)
+  let affinity: ((offer: Offer) => number) | undefined;
   for (const offer of input.catalog.offers) {
     if (whyIneligible(offer, ctx) !== null) continue;
-    const econ = offerEconomics(offer, products);
+    const econ = cachedEconomics(offer, products);
     if (!(econ.net > 0)) continue;
-    const p = withContext(scopeAffinity(offer, input.affinity, products), offer, options.context, products);
+    const p = withContext((affinity ??= scopeAffinities(input.affinity, products))(offer), offer, options.context, products);
     const s = ctx.history.get(offer.id);
     // Tries in visits, not page views: the affinity is a chance per next basket, and a shopper
     // who sees an offer on ten pages of one visit and uses it has not turned it down nine times.

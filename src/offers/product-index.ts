@@ -9,7 +9,10 @@ export interface ProductIndex {
 }
 
 /**
- * Index the product catalog once; pass the index to `chooseOffers` on every call.
+ * Index the product catalog once; pass the index to `chooseOffers` on every call. What the offers
+ * modules derive from an index (economics, category positions, scope categories) is kept per index
+ * object in `WeakMap`s, so the index, like a verified catalog, is treated as immutable: index a
+ * changed product catalog anew rather than editing the maps.
  *
  * @example
  * ```ts
@@ -34,6 +37,10 @@ export function indexProducts(items: readonly CatalogItem[]): ProductIndex {
  * Whether an item falls in an offer's scope. An item missing from the product catalog can still be
  * in an `items` scope (it names the id), but never in a `categories` scope (its category is unknown).
  *
+ * A long `itemIds` or `categories` list is looked up through a `Set` built once per list and kept
+ * (weakly) for later calls: offer scopes, like the rest of a verified catalog, are treated as
+ * immutable, so a list edited in place after a first call would be answered from the old one.
+ *
  * @example inScope({ kind: 'categories', categories: ['mug'] }, 'm1', products); // true
  */
 export function inScope(scope: OfferScope, itemId: string, products: ProductIndex): boolean {
@@ -41,12 +48,24 @@ export function inScope(scope: OfferScope, itemId: string, products: ProductInde
     case 'all':
       return true;
     case 'items':
-      return scope.itemIds.includes(itemId);
+      return listHas(scope.itemIds, itemId);
     case 'categories': {
       const c = products.byId.get(itemId)?.category;
-      return c !== undefined && scope.categories.includes(c);
+      return c !== undefined && listHas(scope.categories, c);
     }
   }
+}
+
+/** Lists up to this long are searched (`includes`); longer ones get a cached `Set`. */
+const SHORT_LIST = 8;
+const listSets = new WeakMap<readonly string[], ReadonlySet<string>>();
+
+/** `list.includes(x)`, through a cached `Set` for a long list (same answer: both compare by SameValueZero). */
+export function listHas(list: readonly string[], x: string): boolean {
+  if (list.length <= SHORT_LIST) return list.includes(x);
+  let set = listSets.get(list);
+  if (!set) listSets.set(list, (set = new Set(list)));
+  return set.has(x);
 }
 
 /** The catalog ids an offer's scope covers (for `items`, the listed ids, known to the catalog or not). */

@@ -10,7 +10,7 @@
  */
 import type { StoredEvent } from '../types.js';
 import type { HistoryBasket } from './affinity-model.js';
-import { inScope, type ProductIndex } from './product-index.js';
+import type { inScope, ProductIndex } from './product-index.js';
 import type { Offer } from './types.js';
 
 /** Purchases this close to the previous purchase, or closer, are the same basket: 30 minutes. */
@@ -22,15 +22,84 @@ export type OfferScopeLookup = (itemId: string) => readonly string[];
 /**
  * A memoized item → offers lookup with the policy's scope rules ({@link inScope}): an `items`
  * scope names ids (known to the product catalog or not), a `categories` scope needs the item's
- * category from the product catalog, `all` takes every item.
+ * category from the product catalog, `all` takes every item. Offer ids come in `offers` order.
+ *
+ * It reads an inverted index (item id → offers, category → offers, the `all` offers) built once
+ * per `offers` array and kept (in a `WeakMap`) for later calls with the same array, as the engine
+ * makes on every `offers()`: a verified catalog is treated as immutable, so an array or scope
+ * edited in place after a first call would be answered from the old index. The arrays it returns
+ * may be shared between items (of one category): read them, do not change them.
  */
 export function offerScopeLookup(offers: readonly Offer[], products: ProductIndex): OfferScopeLookup {
+  const index = scopeIndex(offers);
+  const ids = (positions: Positions): readonly string[] => positions.map((o) => offers[o]!.id);
   const cache = new Map<string, readonly string[]>();
+  /** Per category (undefined: none known), the offers of an item that no `items` scope names. */
+  const unnamed = new Map<string | undefined, readonly string[]>();
   return (itemId) => {
-    let ids = cache.get(itemId);
-    if (!ids) cache.set(itemId, (ids = offers.filter((o) => inScope(o.scope, itemId, products)).map((o) => o.id)));
-    return ids;
+    let out = cache.get(itemId);
+    if (!out) {
+      const c = products.byId.get(itemId)?.category;
+      const named = index.byItem.get(itemId);
+      if (named) out = ids(merge(merge(named, categoryOffers(index, c)), index.all));
+      else {
+        out = unnamed.get(c);
+        if (!out) unnamed.set(c, (out = ids(merge(categoryOffers(index, c), index.all))));
+      }
+      cache.set(itemId, out);
+    }
+    return out;
   };
+}
+
+function categoryOffers(index: ScopeIndex, category: string | undefined): Positions {
+  return category === undefined ? NONE : (index.byCategory.get(category) ?? NONE);
+}
+
+/** Positions in the offers array, ascending, each once. */
+type Positions = readonly number[];
+const NONE: Positions = [];
+
+interface ScopeIndex {
+  readonly byItem: ReadonlyMap<string, Positions>;
+  readonly byCategory: ReadonlyMap<string, Positions>;
+  readonly all: Positions;
+}
+const scopeIndexes = new WeakMap<readonly Offer[], ScopeIndex>();
+
+function scopeIndex(offers: readonly Offer[]): ScopeIndex {
+  let index = scopeIndexes.get(offers);
+  if (index) return index;
+  const byItem = new Map<string, number[]>();
+  const byCategory = new Map<string, number[]>();
+  const all: number[] = [];
+  // Offers in order, so each list is ascending; a name listed twice in one scope adds it once.
+  const add = (m: Map<string, number[]>, key: string, o: number): void => {
+    const list = m.get(key);
+    if (!list) m.set(key, [o]);
+    else if (list[list.length - 1] !== o) list.push(o);
+  };
+  offers.forEach((offer, o) => {
+    const scope = offer.scope;
+    if (scope.kind === 'all') all.push(o);
+    else if (scope.kind === 'items') for (const id of scope.itemIds) add(byItem, id, o);
+    else if (scope.kind === 'categories') for (const c of scope.categories) add(byCategory, c, o);
+  });
+  scopeIndexes.set(offers, (index = { byItem, byCategory, all }));
+  return index;
+}
+
+/** The union of two ascending position lists (disjoint: an offer has one scope), ascending. */
+function merge(a: Positions, b: Positions): Positions {
+  if (b.length === 0) return a;
+  if (a.length === 0) return b;
+  const out: number[] = [];
+  let i = 0;
+  let j = 0;
+  while (i < a.length && j < b.length) out.push(a[i]! < b[j]! ? a[i++]! : b[j++]!);
+  while (i < a.length) out.push(a[i++]!);
+  while (j < b.length) out.push(b[j++]!);
+  return out;
 }
 
 export interface PurchaseBasketsOptions {

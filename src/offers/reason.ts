@@ -4,7 +4,7 @@
  */
 import { CITED_VERB, citableEvents } from '../model/profile.js';
 import type { CitedEventType, StoredEvent } from '../types.js';
-import { inScope, scopeItemIds, type ProductIndex } from './product-index.js';
+import { inScope, type ProductIndex } from './product-index.js';
 import type { Offer, OfferContext, OfferWhy } from './types.js';
 
 /**
@@ -31,7 +31,7 @@ export function offerWhy(offer: Offer, events: readonly StoredEvent[], products:
   const inCart = context.cart?.find((l) => inScope(offer.scope, l.itemId, products));
   if (inCart) return { kind: 'in-cart', itemId: inCart.itemId };
   if (offer.scope.kind === 'items') {
-    const cats = new Set(scopeItemIds(offer.scope, products).map((id) => products.byId.get(id)?.category).filter((c) => c !== undefined));
+    const cats = categoriesOf(offer.scope.itemIds, products);
     for (let i = events.length - 1; i >= 0 && cats.size > 0; i--) {
       const e = events[i]!;
       const event = citedType(i);
@@ -40,6 +40,24 @@ export function offerWhy(offer: Offer, events: readonly StoredEvent[], products:
     }
   }
   return { kind: explore ? 'explore' : 'shop' };
+}
+
+/** Per product index and `items` scope list: the catalog categories of its items (kept; catalogs are immutable). */
+const scopeCategories = new WeakMap<ProductIndex, WeakMap<readonly string[], ReadonlySet<string>>>();
+
+function categoriesOf(itemIds: readonly string[], products: ProductIndex): ReadonlySet<string> {
+  let byList = scopeCategories.get(products);
+  if (!byList) scopeCategories.set(products, (byList = new WeakMap()));
+  let cats = byList.get(itemIds);
+  if (!cats) {
+    const set = new Set<string>();
+    for (const id of itemIds) {
+      const c = products.byId.get(id)?.category;
+      if (c !== undefined) set.add(c);
+    }
+    byList.set(itemIds, (cats = set));
+  }
+  return cats;
 }
 
 /** The English sentence for an offer's {@link OfferWhy}, naming items by their catalog titles. */
