@@ -79,6 +79,16 @@ describe('offer reasons reference real past events', () => {
     ]);
   });
 
+  test('a product the catalog no longer lists is not cited, though the offer’s scope still names it (stop 32)', () => {
+    const withDropped: Offer = { ...mugs, id: 'two', scope: { kind: 'items', itemIds: ['m1', 'gone-84029E'] } };
+    const events: StoredEvent[] = [
+      { t: 1, type: 'view', itemId: 'm1' },
+      { t: 2, type: 'purchase', itemId: 'gone-84029E' },
+    ];
+    assert.deepEqual(offerWhy(withDropped, events, products, {}, false), { kind: 'event', itemId: 'm1', event: 'view' });
+    assert.equal(offerReason(withDropped, events.slice(1), products, {}, false), 'One of the shop’s current offers');
+  });
+
   test('each reason has the structured facts it is worded from, and the text follows them', () => {
     const cases: Array<[ReturnType<typeof offerWhy>, string, Parameters<typeof offerWhy>]> = [
       [{ kind: 'event', itemId: 'm1', event: 'rating' }, 'Because you rated Red Mug', [redMug, [{ t: 1, type: 'rating', itemId: 'm1', value: 5 }], products, {}, false]],
