@@ -38,6 +38,14 @@ export function checkOutputFile(path: string, flag: string, inputs: InputFlags =
 }
 
 /**
+ * `JSON.parse` of a file's text, without the byte-order mark Notepad and PowerShell's
+ * `Out-File -Encoding utf8` write before it (JSON.parse refuses it, naming an invisible character).
+ */
+export function parseJsonText(text: string): unknown {
+  return JSON.parse(text.charCodeAt(0) === 0xfeff ? text.slice(1) : text);
+}
+
+/**
  * Refuses an output path that is an existing file holding a JSON Web Key (an object with a `kty`
  * member): writing over it would lose the key for good.
  */
@@ -47,7 +55,7 @@ function checkNotAKey(path: string, flag: string): void {
   if (!st?.isFile() || st.size > 65_536) return;
   let value: unknown;
   try {
-    value = JSON.parse(readFileSync(path, 'utf8'));
+    value = parseJsonText(readFileSync(path, 'utf8'));
   } catch {
     return;
   }

@@ -8,7 +8,7 @@ import { parse } from 'csv-parse';
 import { ValidationError } from '../errors.js';
 import { type EventLog, EventLogBuilder } from './event-log.js';
 import { openText } from './open-text.js';
-import { passes, type RowFilter } from './row-filter.js';
+import { NUMERIC_OPS, passes, type RowFilter } from './row-filter.js';
 
 export interface CsvMapping {
   user: string;
@@ -79,9 +79,17 @@ export async function loadCsv(path: string, m: CsvMapping, onRows?: (rows: numbe
         continue;
       }
       if (++seen % 65536 === 0) onRows?.(seen);
-      // Filters see the cell as the columns are read (trimmed): a customer id of spaces is empty.
-      if (!cols.filters.every(([i, f]) => passes(f, (record[i] ?? '').trim()))) continue;
       const at = (c: number): string => `${name}:${info.lines}:${header[c]}`;
+      // Filters see the cell as the columns are read (trimmed): a customer id of spaces is empty.
+      // A numeric filter refuses a cell that is not a number (a decimal comma, `4,5`), as the
+      // column itself would: failing the filter, the row would vanish without a word.
+      for (const [i, f] of cols.filters) {
+        const c = (record[i] ?? '').trim();
+        if (NUMERIC_OPS.has(f.op) && c !== '' && !Number.isFinite(Number(c))) {
+          throw new ValidationError(at(i), `'${c}' is not a number, which the filter ${f.column}${f.op}${f.value} compares`);
+        }
+      }
+      if (!cols.filters.every(([i, f]) => passes(f, (record[i] ?? '').trim()))) continue;
       const user = cell(record, cols.user, at);
       const item = cell(record, cols.item, at);
       let time = 0;

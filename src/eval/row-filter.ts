@@ -12,6 +12,9 @@ export interface RowFilter {
   value: string;
 }
 
+/** The operators that compare numbers. */
+export const NUMERIC_OPS: ReadonlySet<FilterOp> = new Set<FilterOp>(['>', '>=', '<', '<=']);
+
 // Longest operators first so that `>=` is not read as `>` followed by `=value`.
 const OPS: FilterOp[] = ['!^=', '^=', '!=', '>=', '<=', '=', '>', '<'];
 
@@ -36,7 +39,7 @@ export function parseFilter(clause: string, field = 'options.filter'): RowFilter
   const column = clause.slice(0, best.at).trim();
   const value = clause.slice(best.at + best.op.length).trim();
   // Number('') is 0: `qty>` would have read as `qty>0`.
-  if (['>', '>=', '<', '<='].includes(best.op) && (value === '' || !Number.isFinite(Number(value)))) {
+  if (NUMERIC_OPS.has(best.op) && (value === '' || !Number.isFinite(Number(value)))) {
     throw new ValidationError(field, `'${clause}': ${best.op} needs a number, got '${value}'`);
   }
   return { column, op: best.op, value };

@@ -354,7 +354,9 @@ export function blockOf(i: number, itemCount: number, dim: number, blockSize: nu
 // Model
 
 const utf8 = new TextEncoder();
-const utf8Strict = new TextDecoder('utf-8', { fatal: true });
+// ignoreBOM: an item id may begin with U+FEFF (a byte-order mark pasted into a product id); the default
+// would drop it, and the id would come back renamed (or as another item's).
+const utf8Strict = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
 
 function idsBytes(itemIds: readonly string[]): Uint8Array[] {
   return itemIds.map((id, i) => {
@@ -476,6 +478,12 @@ export function decodeModel(bytes: Uint8Array): DecodedModel {
     p += 2 + len;
   }
   if (p !== 20 + idsLen) throw new WireFormatError('model', 'bad-id', 'id section length does not match the ids');
+  // Devices map rows by id: a repeated one would give its history the wrong row.
+  if (new Set(itemIds).size !== n) {
+    const seen = new Set<string>();
+    const i = itemIds.findIndex((id) => seen.size === seen.add(id).size);
+    throw new WireFormatError('model', 'bad-id', `item id ${i} (${JSON.stringify(itemIds[i]).slice(0, 80)}) repeats an earlier one`);
+  }
   p = idsEnd;
   const factors = new Float32Array(n * d);
   let canonicalHash: Uint8Array | undefined;

@@ -6,7 +6,7 @@ import type { Command } from 'commander';
 import { ValidationError } from '../errors.js';
 import { numberFlag, seedFlag } from '../number-flag.js';
 import { oneLine } from '../options.js';
-import { checkOutputFile, checkOutputFolder, writeOutputFile, writeOutputFiles } from '../output-file.js';
+import { checkOutputFile, checkOutputFolder, parseJsonText, writeOutputFile, writeOutputFiles } from '../output-file.js';
 
 const GRANULARITIES = ['items', 'groups', 'categories'] as const;
 
@@ -194,7 +194,7 @@ async function readJson(readFile: (p: string, enc: 'utf8') => Promise<string>, p
     throw new ValidationError(option, `cannot read ${path}: ${(cause as Error).message}`);
   }
   try {
-    return JSON.parse(text);
+    return parseJsonText(text);
   } catch (cause) {
     throw new ValidationError(option, `${path} is not JSON: ${oneLine((cause as Error).message)}`);
   }

@@ -143,3 +143,34 @@ test('csv: filters see trimmed cells, a duplicate column name is refused, a date
   await assert.rejects(loadCsv(file('ms.csv', 'u,i,t\nu,a,1291191960000\n'), { user: 'u', item: 'i', time: 't' }), (e: unknown) =>
     isValidationError(e) && e.field === 'ms.csv:2:t' && /1291191960000 looks like milliseconds/.test(e.message));
 });
+
+test('text that is not UTF-8 is refused naming the file and line; UTF-8 split across read chunks, a UTF-8 or UTF-16 BOM and gzip pass (stop 32)', async () => {
+  // Windows-1252: é = 0xE9, è = 0xE8. Decoded leniently both were "Caf\uFFFD", one item.
+  const cp1252 = Buffer.concat([Buffer.from('user,item\nu1,Caf'), Buffer.from([0xe9]), Buffer.from('\nu2,Caf'), Buffer.from([0xe8]), Buffer.from('\n')]);
+  const refused = (line: number) => (e: unknown) => isValidationError(e) && e.field === 'options.data' && new RegExp(`is not UTF-8 text \\(line ${line}, byte 0xe9\\): convert it first`).test(e.message);
+  await assert.rejects(loadCsv(file('cp1252.csv', cp1252), { user: 'user', item: 'item' }), refused(2));
+  await assert.rejects(loadCsv(file('cp1252.csv.gz', gzipSync(cp1252)), { user: 'user', item: 'item' }), refused(2));
+  await assert.rejects(loadLinesSplit(file('cp1252.txt', Buffer.concat([Buffer.from('u1 a\nu2 Caf'), Buffer.from([0xe9, 0x0a])])), file('t.txt', 'u1 a\n')), (e: unknown) => isValidationError(e) && e.field === 'options.train' && /line 2/.test(e.message));
+  // A truncated character at the very end.
+  await assert.rejects(loadCsv(file('cut.csv', Buffer.concat([Buffer.from('user,item\nu1,a\nu2,'), Buffer.from([0xe2, 0x82])])), { user: 'user', item: 'item' }), /is not UTF-8 text \(line 3, byte 0xe2\)/);
+  // Multi-byte characters on every read-chunk boundary (64 KiB): "€" is 3 bytes, "😀" 4.
+  const rows = Array.from({ length: 20_000 }, (_, i) => `u${i % 97},${i % 2 ? '€' : '😀'}${i % 13}`);
+  const big = 'user,item\n' + rows.join('\n') + '\n';
+  const log = await loadCsv(file('big.csv', big), { user: 'user', item: 'item' });
+  assert.equal(log.user.length, 20_000);
+  assert.deepEqual(new Set(log.itemIds), new Set(rows.map((r) => r.split(',')[1]!)));
+  // A UTF-8 byte-order mark, and UTF-16 with its mark (Excel's "Unicode text"), are read as before.
+  assert.deepEqual((await loadCsv(file('bom.csv', '\uFEFFuser,item\r\nu1,Ω\r\n'), { user: 'user', item: 'item' })).itemIds, ['Ω']);
+  const u16 = Buffer.concat([Buffer.from([0xff, 0xfe]), Buffer.from('user,item\nu1,a\nu2,é\n', 'utf16le')]);
+  assert.deepEqual((await loadCsv(file('u16.csv', u16), { user: 'user', item: 'item' })).itemIds, ['a', 'é']);
+});
+
+test('a numeric --filter refuses a cell that is not a number (a decimal comma) instead of dropping its row; empty cells still fail it (stop 32)', async () => {
+  const body = 'user,item,rating\nu1,a,4\nu2,b,"4,5"\nu3,c,\n';
+  await assert.rejects(
+    loadCsv(file('de.csv', body), { user: 'user', item: 'item', filters: [parseFilter('rating>=4')] }),
+    (e: unknown) => isValidationError(e) && e.field === 'de.csv:3:rating' && /'4,5' is not a number, which the filter rating>=4 compares/.test(e.message),
+  );
+  const kept = await loadCsv(file('ok.csv', 'user,item,rating\nu1,a,4\nu2,b,3\nu3,c,\n'), { user: 'user', item: 'item', filters: [parseFilter('rating>=4')] });
+  assert.deepEqual(kept.itemIds, ['a']);
+});

@@ -96,8 +96,27 @@ test('every output check refuses an existing key file (JWK), not only offers sig
   assert.throws(() => checkOutputFile(key, '--out'), refused);
   await assert.rejects(neighbors(key), refused);
   assert.match(readFileSync(key, 'utf8'), /"d":"d"/, 'the key is left as it was');
+  // Saved by Notepad or PowerShell, with a byte-order mark before it: still a key (stop 32).
+  const marked = join(dir, 'private-bom.jwk');
+  writeFileSync(marked, '\uFEFF{"kty":"EC","crv":"P-256","x":"x","y":"y","d":"d"}\r\n');
+  assert.throws(() => checkOutputFile(marked, '--out'), named('--out', /private-bom\.jwk' holds a key/));
   // Other JSON, and files that are not JSON, are fine.
   writeFileSync(join(dir, 'other.json'), '{"kty":1}');
   checkOutputFile(join(dir, 'other.json'), '--out');
   checkOutputFile(ORDERS, '--out');
+});
+
+test('offers sign reads a catalog and key saved with a byte-order mark (stop 32)', async () => {
+  const d = folder('bom-sign');
+  const program = new Command().exitOverride();
+  registerOffers(program);
+  await program.parseAsync(['node', 'localrec', 'offers', 'keygen', '--out', join(d, 'keys')]);
+  const key = join(d, 'keys', 'private.jwk');
+  writeFileSync(key, '\uFEFF' + readFileSync(key, 'utf8'));
+  const catalog = join(d, 'offers.json');
+  writeFileSync(catalog, '\uFEFF' + JSON.stringify({ version: 1, issuedAt: 0, currency: 'GBP', offers: [{ id: 'o', title: 'O', discount: { kind: 'percent', percent: 10 }, scope: { kind: 'all' } }] }));
+  const again = new Command().exitOverride();
+  registerOffers(again);
+  await again.parseAsync(['node', 'localrec', 'offers', 'sign', '--key', key, '--catalog', catalog, '--out', join(d, 'signed.json')]);
+  assert.equal((JSON.parse(readFileSync(join(d, 'signed.json'), 'utf8')) as { alg: string }).alg, 'ES256');
 });

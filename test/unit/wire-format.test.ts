@@ -77,13 +77,15 @@ test('measured: a 4,000-item update fits the 64 KiB budget (dim 32 → 3 bits, 5
 });
 
 test('model round-trips exactly as float32 and within half a step as int8', async () => {
-  const ids = ['a', 'b', 'ü-😀', 'x'.repeat(300)];
-  const t = createItemTable(ids, 6, { seed: 2, popularity: [5, 1, 0, 9] });
+  // '\uFEFFa': an id that begins with a byte-order mark keeps it (stop 32), and stays apart from 'a'.
+  const ids = ['a', 'b', 'ü-😀', 'x'.repeat(300), '\uFEFFa', '\uFEFF'];
+  const t = createItemTable(ids, 6, { seed: 2, popularity: [5, 1, 0, 9, 2, 3] });
   t.version = 12;
   const bytes = encodeModel(t);
   const { table, encoding } = decodeModel(bytes);
   assert.equal(encoding, 'float32');
   assert.deepEqual(table, t);
+  assert.deepEqual(encodeModel(table), bytes, 're-encoded, the same bytes (the device caches them under the server hash)');
   const hash = await sha256(bytes);
   const small = encodeModel(t, 'int8', hash);
   assert.ok(small.length < bytes.length);
@@ -97,6 +99,15 @@ test('model round-trips exactly as float32 and within half a step as int8', asyn
     const step = Math.max(...row.map(Math.abs)) / 127;
     for (let k = 0; k < 6; k++) assert.ok(Math.abs(q.table.factors[r * 6 + k]! - row[k]!) <= step / 2 + 1e-7);
   }
+});
+
+test('a model that repeats an item id is refused (devices map rows by id): stop 32', () => {
+  const t = createItemTable(['a', 'b', 'c'], 2, { seed: 1 });
+  const bytes = encodeModel(t);
+  // 'c' → 'a' in the id section: same length, so the rest of the body still fits.
+  const at = bytes.lastIndexOf(0x63, 40);
+  bytes[at] = 0x61;
+  assert.throws(() => decodeModel(bytes), (e: unknown) => e instanceof WireFormatError && e.reason === 'bad-id' && /item id 2 \("a"\) repeats an earlier one/.test(e.message));
 });
 
 test('sha256 and hex helpers', async () => {
