@@ -12,7 +12,7 @@ import { validateCatalog } from '../model/catalog.js';
 import { checkItemTable, cloneItemTable, createItemTable, indexItems, type ItemTable } from '../model/item-table.js';
 import { buildProfile, CITED_VERB, type ProfileItem } from '../model/profile.js';
 import { contributions, Scorer, userVector, type Allowed, type Scored } from '../model/score.js';
-import { alignNeighbors, largestValue, neighborContributions, neighborsOf, reachedRows } from '../model/neighbors.js';
+import { alignNeighbors, neighborContributions, neighborsOf, topReachedRows } from '../model/neighbors.js';
 import { decodeNeighborTable, neighborTableHash } from '../model/neighbors-wire.js';
 import { decodeModel, encodeModel, sha256, toHex } from '../federated/wire.js';
 import type { SparseItemModel } from '../model/sparse-item-model.js';
@@ -1547,15 +1547,11 @@ export class Engine {
       // pass: rows the history reaches through the table come first (1 + score / the largest
       // score over all of them); the factor model's top rows follow, its scores scaled into [0, 1)
       // by the range over all rows.
-      const scores = reachedRows(nb.model, profile);
-      const top = largestValue(scores);
-      const reached = [...scores]
-        .filter(([r]) => !exclude.has(r) && inCategory(r) && (!candidates || candidates.has(r)))
-        // Rounded to float32 as rankScores writes it (the array `localrec eval` ranks): two scores
-        // that differ below float32's precision tie, and break by row, on the device as in eval.
-        .map(([row, v]) => ({ row, score: Math.fround(1 + v / top) }))
-        .sort((a, b) => b.score - a.score || a.row - b.row)
-        .slice(0, k);
+      // Scaled by the largest score over every reached row and rounded to float32 as rankScores
+      // writes it (the array `localrec eval` ranks): two scores that differ below float32's
+      // precision tie, and break by row, on the device as in eval. The top k only, by a bounded
+      // heap: a heavy shopper's history reaches tens of thousands of rows.
+      const reached = topReachedRows(nb.model, profile, k, (r) => !exclude.has(r) && inCategory(r) && (!candidates || candidates.has(r)));
       let rest: Scored[] = [];
       if (reached.length < k) {
         const skip = new Set(exclude);

@@ -140,9 +140,8 @@ export function rankScores(m: SparseItemModel, history: readonly WeightedRow[], 
   }
   const span = hi > lo ? hi - lo : 1;
   for (let j = 0; j < n; j++) out[j] = (0.999 * (fallback[j]! - lo)) / span;
-  const reached = reachedRows(m, history);
-  const top = largestValue(reached);
-  for (const [j, v] of reached) out[j] = 1 + v / top;
+  const { rows, values, count, largest } = reach(m, history);
+  for (let t = 0; t < count; t++) out[rows[t]!] = 1 + values[t]! / largest;
 }
 
 /** The largest value of `scores` (reachedRows' map; each > 0), 1 when it is empty. */
@@ -154,22 +153,158 @@ export function largestValue(scores: ReadonlyMap<number, number>): number {
 
 /**
  * The rows the history reaches with a positive neighbour score, and their scores: the sparse form
- * of Σᵢ h(i)·W[i, j] (summed in double precision), kept only where positive.
+ * of Σᵢ h(i)·W[i, j] (summed in double precision), kept only where positive, in the order the
+ * history first reaches them.
  */
 export function reachedRows(m: SparseItemModel, history: readonly WeightedRow[]): Map<number, number> {
+  const { rows, values, count } = reach(m, history);
   const acc = new Map<number, number>();
-  const { width, index, weight } = m;
-  for (const h of history) {
-    if (!(h.weight > 0)) continue;
-    const base = h.row * width;
-    for (let k = 0; k < width; k++) {
-      const j = index[base + k]!;
-      if (j < 0) break;
-      acc.set(j, (acc.get(j) ?? 0) + h.weight * weight[base + k]!);
+  for (let t = 0; t < count; t++) acc.set(rows[t]!, values[t]!);
+  return acc;
+}
+
+/** One row and its ranking score. */
+export interface RankedRow {
+  row: number;
+  score: number;
+}
+
+/**
+ * The top `k` rows the history reaches through the table, scored as {@link rankScores} writes them
+ * (`1 + score / the largest score`, the largest taken over every reached row, `keep` or not,
+ * rounded to float32: two scores that differ below float32's precision tie), best first, ties by
+ * row; only the rows `keep` accepts. Exactly what sorting every reached row by (score desc, row
+ * asc) and keeping the first `k` gives, in O(R log k) for R rows reached: a heavy shopper's history
+ * reaches tens of thousands of rows to keep ten. `keep` is asked only about rows that could still
+ * make the cut (a pure filter: not once per row). A NaN score (only from infinite sums) is skipped,
+ * as {@link topRows} skips one.
+ *
+ * @example
+ * ```ts
+ * topReachedRows(m, [{ row: 0, weight: 1 }], 10, (r) => !seen.has(r)); // [{ row: 1, score: 2 }, …]
+ * ```
+ */
+export function topReachedRows(m: SparseItemModel, history: readonly WeightedRow[], k: number, keep?: (row: number) => boolean): RankedRow[] {
+  if (!(k > 0)) return [];
+  // Reached first (the scratch is free again before `keep`, the caller's code, runs).
+  const { rows, values, count, largest } = reach(m, history);
+  const cap = Math.min(count, Math.floor(Math.min(k, 2 ** 31 - 1)));
+  if (cap < 1) return [];
+  // A binary heap of the best `cap` rows so far, its worst (lowest score, then highest row) at 0.
+  const hs = new Float64Array(cap);
+  const hr = new Int32Array(cap);
+  let size = 0;
+  for (let t = 0; t < count; t++) {
+    const row = rows[t]!;
+    const score = Math.fround(1 + values[t]! / largest);
+    if (Number.isNaN(score)) continue;
+    if (size === cap) {
+      // Not better than the worst kept: the common case, decided before `keep` is asked.
+      if (score < hs[0]! || (score === hs[0]! && row > hr[0]!)) continue;
+      if (keep && !keep(row)) continue;
+      siftDown(hs, hr, size, 0, score, row);
+    } else {
+      if (keep && !keep(row)) continue;
+      // Sift up from the end.
+      let p = size++;
+      while (p > 0) {
+        const q = (p - 1) >> 1;
+        if (!(score < hs[q]! || (score === hs[q]! && row > hr[q]!))) break;
+        hs[p] = hs[q]!;
+        hr[p] = hr[q]!;
+        p = q;
+      }
+      hs[p] = score;
+      hr[p] = row;
     }
   }
-  for (const [j, v] of acc) if (!(v > 0)) acc.delete(j);
-  return acc;
+  const out: RankedRow[] = new Array(size);
+  // Pop the worst to the back: best first.
+  for (let end = size; end > 0; end--) {
+    out[end - 1] = { row: hr[0]!, score: hs[0]! };
+    if (end > 1) siftDown(hs, hr, end - 1, 0, hs[end - 1]!, hr[end - 1]!);
+  }
+  return out;
+}
+
+/** Puts (score, row) at heap slot `p` of a heap of `size` (worst at 0) and sifts it down to its place. */
+function siftDown(hs: Float64Array, hr: Int32Array, size: number, p: number, score: number, row: number): void {
+  for (;;) {
+    let c = 2 * p + 1;
+    if (c >= size) break;
+    // The worse child: lower score, or the same score and a higher row.
+    if (c + 1 < size && (hs[c + 1]! < hs[c]! || (hs[c + 1]! === hs[c]! && hr[c + 1]! > hr[c]!))) c++;
+    if (!(hs[c]! < score || (hs[c]! === score && hr[c]! > row))) break;
+    hs[p] = hs[c]!;
+    hr[p] = hr[c]!;
+    p = c;
+  }
+  hs[p] = score;
+  hr[p] = row;
+}
+
+/** Per model: a dense accumulator and marks, all zero between calls (see {@link reach}). */
+interface Scratch {
+  acc: Float64Array;
+  mark: Uint8Array;
+  touched: Int32Array;
+}
+
+const scratches = new WeakMap<SparseItemModel, Scratch>();
+
+/**
+ * Σᵢ h(i)·W[i, j] over the history, in double precision, for the rows it reaches, accumulated in
+ * a dense array kept per model (reused: no Map entry per hit) and read back in the order the
+ * history first reaches each row; only positive sums are kept. `largest` is their largest, 1 when
+ * there is none (as {@link largestValue}). History rows outside the model reach nothing.
+ */
+function reach(m: SparseItemModel, history: readonly WeightedRow[]): { rows: Int32Array; values: Float64Array; count: number; largest: number } {
+  const { nItems: n, width, index, weight } = m;
+  let s = scratches.get(m);
+  if (!s || s.acc.length !== n) {
+    s = { acc: new Float64Array(n), mark: new Uint8Array(n), touched: new Int32Array(n) };
+    scratches.set(m, s);
+  }
+  const { acc, mark, touched } = s;
+  let t = 0;
+  try {
+    for (const h of history) {
+      const hw = h.weight;
+      if (!(hw > 0)) continue;
+      const r = h.row;
+      if (!(Number.isInteger(r) && r >= 0 && r < n)) continue;
+      const base = r * width;
+      for (let k = 0; k < width; k++) {
+        const j = index[base + k]!;
+        if (j < 0) break;
+        if (mark[j] === 0) {
+          mark[j] = 1;
+          touched[t++] = j;
+        }
+        acc[j] += hw * weight[base + k]!;
+      }
+    }
+    const rows = new Int32Array(t);
+    const values = new Float64Array(t);
+    let count = 0;
+    let top = 0;
+    for (let i = 0; i < t; i++) {
+      const j = touched[i]!;
+      const v = acc[j]!;
+      if (!(v > 0)) continue;
+      rows[count] = j;
+      values[count++] = v;
+      if (v > top) top = v;
+    }
+    return { rows, values, count, largest: top > 0 ? top : 1 };
+  } finally {
+    // All zero again for the next call, also when this one failed part-way.
+    for (let i = 0; i < t; i++) {
+      const j = touched[i]!;
+      acc[j] = 0;
+      mark[j] = 0;
+    }
+  }
 }
 
 /**
