@@ -110,6 +110,12 @@ export function createApp(rounds: RoundCoordinator, opts: AppOptions): Hono {
   }
 
   app.onError((err, c) => {
+    if ((err as { settingsChanged?: boolean }).settingsChanged === true) {
+      // Another process sharing the store was started with other round settings (rounds.ts,
+      // checkSettings; logged once when it was noticed): another instance takes the request.
+      c.header('Retry-After', '30');
+      return c.json({ error: 'this server instance runs with round settings its store no longer uses (another instance was started with new ones); nothing was stored, retry later', reason: 'settings-changed' }, 503);
+    }
     if (isStorageError(err)) {
       // A full disk, a read-only data dir, a locked or lost database: the client did nothing wrong and
       // nothing was stored (the transaction rolled back, or what was inserted was taken out again),
@@ -125,6 +131,17 @@ export function createApp(rounds: RoundCoordinator, opts: AppOptions): Hono {
     }
     opts.log(`internal error on ${c.req.method} ${c.req.path}: ${err.stack ?? err.message}`);
     return fail(c, 'internal', 'internal server error');
+  });
+
+  // On a store several processes share, an instance whose round settings another one replaced
+  // (rounds.ts, checkSettings) answers every request 503, its health check included, so that the
+  // load balancer takes it out until it is restarted with them. A POST (an upload, a join) looks
+  // at the store every time, so that no update made for replaced settings is acknowledged (its
+  // device's ε spent) but for one racing the replacement; a GET at most once a second.
+  app.use('/v1/*', async (c, next) => {
+    const superseded = await rounds.checkSettings(c.req.method === 'POST');
+    if (superseded) throw superseded;
+    await next();
   });
 
   // On a store several processes share, readers first catch up with what the others published

@@ -101,15 +101,29 @@ export interface ServerOptions {
    * Federated training updates only the first `trainRows` rows of the table (default all of them);
    * updates then carry only those rows, so each one's clipped norm and the noise cover fewer values.
    * Put the items worth training first: `localrec serve --catalog` keeps the catalog's order, and
-   * `localrec simulate --write-catalog` lists the most popular first. The other rows keep their
-   * initial values. A store with pending updates of another trained part refuses to open.
+   * `localrec simulate --write-catalog` lists the most popular first. The other rows never change
+   * after the store's version 0: they keep the values it gave them (a restart on a store that has
+   * a model keeps the stored ones, whatever `initialTable` says). A store with pending updates of
+   * another trained part refuses to open (see `discardPending`).
    */
   trainRows?: number;
   /**
-   * `false` leaves the biases as the initial table set them (the popularity the shop knows from its
-   * own sales) and trains only the factors. Default `true`.
+   * `false` trains only the factors and never changes the biases: they keep the values of the
+   * store's version 0, which took them from the `initialTable` it was created with (the
+   * popularity the shop knows from its own sales). A restart on a store that has a model keeps the
+   * stored biases: `initialTable` is then only checked for its ids and dim, so new popularity
+   * counts in it are not taken (a line in the log says when they differ); to start from new ones,
+   * use a new store. Default `true`.
    */
   trainBiases?: boolean;
+  /**
+   * Start even though the store holds pending updates made for other round settings (`trainRows`,
+   * `trainBiases`, the aggregator, secure aggregation and its cohort size, bits, step and dropout
+   * recovery; `RoundSettings` in rounds.ts): delete them, logged, instead of refusing. Their
+   * devices spent privacy budget on them for nothing. Default false: the start is refused, naming
+   * the settings they were made for. (`localrec serve --discard-pending`.)
+   */
+  discardPending?: boolean;
   /** Relative tolerance on the clip bound in the norm check (float rounding of honest updates), [0, 1). Default 0.01. */
   normTolerance?: number;
   /** How many standard deviations of the noise's norm fluctuation the norm check allows, (0, 100]. Default 6. */
@@ -388,7 +402,7 @@ export async function createServer(options: ServerOptions = {}): Promise<ServerP
       checked = checkOptions(options, decodeModel(latest.model).table, log, now);
     }
     const { config, initial, rateLimit } = checked;
-    const rounds = await RoundCoordinator.open(storage, initial, config);
+    const rounds = await RoundCoordinator.open(storage, initial, config, { discardPending: options.discardPending ?? false });
     const app = createApp(rounds, {
       log,
       ...(rateLimit ? { rateLimiter: storage.rateLimiter?.(rateLimit, now) ?? new RateLimiter(rateLimit, now) } : {}),

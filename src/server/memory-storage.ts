@@ -15,6 +15,7 @@ export class MemoryStorage implements Storage {
   private updates = new Map<number, PendingUpdate>();
   private nonces = new Set<string>();
   private nextId = 1;
+  private meta = new Map<string, string>();
 
   async latest(): Promise<StoredVersion | undefined> {
     return this.versions[this.versions.length - 1];
@@ -67,6 +68,14 @@ export class MemoryStorage implements Storage {
       if (nonce.includes(':')) this.nonces.delete(nonce);
       this.updates.delete(id);
     }
+  }
+
+  async readMeta(key: string): Promise<string | undefined> {
+    return this.meta.get(key);
+  }
+
+  async writeMeta(key: string, value: string): Promise<void> {
+    this.meta.set(key, value);
   }
 
   async close(): Promise<void> {}

@@ -249,6 +249,14 @@ export class PostgresStorage implements Storage {
     });
   }
 
+  async readMeta(key: string): Promise<string | undefined> {
+    return (await this.q<{ value: string }>('read a setting', 'SELECT value FROM localrec_meta WHERE key = $1', [key])).rows[0]?.value;
+  }
+
+  async writeMeta(key: string, value: string): Promise<void> {
+    await this.q('store a setting', 'INSERT INTO localrec_meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value', [key, value]);
+  }
+
   private fail(what: string, e: unknown): never {
     if (e instanceof StorageError) throw e;
     const message = isReadTimeout(e) ? `no answer from the database within ${this.queryTimeoutMs} ms` : (e as Error).message;

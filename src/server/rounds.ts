@@ -7,7 +7,7 @@ import { isStorageError, ModelError, StorageError } from '../errors.js';
 import { bytesEqual, decodeModel, decodeUpdate, decodeUpdateHeader, dequantizeUpdate, beyondModelMagnitude, encodeModel, fromHex, MAX_MODEL_MAGNITUDE, sha256, toHex } from '../federated/wire.js';
 import type { ItemTable } from '../model/item-table.js';
 import { applyFedAdam, applyFedAvg, combineDeltas, robustVarianceFactor, roundingVariance, shrinkRows, DEFAULT_FEDADAM, trimCount, type AggregatorName, type FedAdamOptions, type RobustName } from './aggregate.js';
-import { StorageConflictError, type NewUpdate, type Storage, type StoredVersion } from './storage.js';
+import { StorageConflictError, type NewUpdate, type PendingUpdate, type Storage, type StoredVersion } from './storage.js';
 import { checkUpdate, reject, type Rejection, type UpdatePolicy } from './validate-update.js';
 import { aliveNeighbours, COHORT_ID_BYTES, CONFIRM_TAG_BYTES, decodeMaskedHeader, type TagRound, decodeMaskedUpdate, importPublicKey, maskNeighbours, recoveryShareBytes, SEALED_SHARE_BYTES, unmaskRecovered, unmaskSum, usesSelfMask, type SecAggParams } from '../federated/secagg.js';
 import { cohortView, defaultUploadTimeoutMs, isCohortId, MemoryCohortStore, type CohortInfo, type CohortStore, type CohortView } from './cohorts.js';
@@ -52,6 +52,17 @@ export interface RoundConfig extends UpdatePolicy {
   log: (line: string) => void;
 }
 
+/** How {@link RoundCoordinator.open} treats a store that holds pending updates of other round settings. */
+export interface OpenOptions {
+  /**
+   * Delete them (logged) instead of refusing to start: the updates made for the store's former
+   * {@link RoundSettings} when this server's differ, or, on a store that keeps none, those whose
+   * header does not fit this server's. Their devices spent privacy budget on them for nothing.
+   * `localrec serve --discard-pending`.
+   */
+  discardPending?: boolean;
+}
+
 export interface Accepted {
   ok: true;
   id: number;
@@ -93,25 +104,58 @@ function storedUpload(body: Uint8Array): StoredUpload | null {
 }
 
 /**
+ * Why a stored upload cannot go into a round under `config` (it was made for other round
+ * settings: another trained part, the other mode, another cohort size, bit width, step or
+ * dropout-recovery setting), or null when it can. What the upload itself does not record (which
+ * aggregator it was made for) is the store's {@link RoundSettings}' to say.
+ */
+function misfit(u: StoredUpload | null, config: RoundConfig): string | null {
+  if (u === null) return 'decodes as neither a plain update nor a masked one';
+  const sa = config.secureAggregation;
+  if (!sa) {
+    if (u.masked) return 'a masked upload (secure aggregation), and this server takes plain updates';
+    if (u.rows !== config.trained.rows) return `${u.rows} rows, and this server trains ${config.trained.rows} (--train-rows)`;
+    if (u.frozenBiases === config.trained.biases) return `biases ${u.frozenBiases ? 'frozen' : 'trained'}, and this server ${config.trained.biases ? 'trains them' : 'keeps them frozen (--freeze-biases)'}`;
+    return null;
+  }
+  if (!u.masked) return 'a plain update, and this server runs secure aggregation';
+  const length = trainedLength(config.trained, config.dim);
+  if (u.length !== length) return `${u.length} values, and this server trains ${length} (--train-rows, --freeze-biases)`;
+  if (u.cohortSize !== sa.cohortSize || u.bits !== sa.bits || u.step !== Math.fround(sa.step)) {
+    return `cohorts of ${u.cohortSize} at ${u.bits} bits, step ${u.step}, and this server uses ${sa.cohortSize} at ${sa.bits} bits, step ${Math.fround(sa.step)}`;
+  }
+  if (u.sealedShares > 0 !== usesSelfMask(sa)) return `sent ${u.sealedShares > 0 ? 'with' : 'without'} dropout recovery, and this server runs ${usesSelfMask(sa) ? 'with' : 'without'} it`;
+  return null;
+}
+
+/**
  * Refuses to start on pending updates this config cannot aggregate, naming what they were sent
  * under, rather than drop acknowledged updates or fail at every aggregation:
  * - uploads of the other mode: plain updates under secure aggregation would be deleted as dead
  *   cohorts' uploads (in memory) or never complete a cohort; masked uploads without it make every
  *   aggregation fail;
  * - updates of another trained part (`trainRows`, `trainBiases`).
+ *
+ * `lenient` (a store that keeps no round settings: one from before they were kept) refuses only
+ * when none of the pending updates fits: a mix of both kinds can only come from processes sharing
+ * the store under different settings (which that release did not prevent), and the ones that do
+ * not fit are then left out of the next round ({@link RoundCoordinator.setAside}) instead of
+ * keeping the store from ever publishing again. One process's pending updates all fit or none do.
  */
-async function checkPending(storage: Storage, config: RoundConfig): Promise<void> {
+async function checkPending(storage: Storage, config: RoundConfig, lenient = false): Promise<void> {
   const masked = !!config.secureAggregation;
   const expected = masked ? trainedLength(config.trained, config.dim) : config.trained.rows;
   const pending = (await storage.pending()).map((u) => storedUpload(u.body));
+  if (lenient && pending.some((u) => misfit(u, config) === null)) return;
+  const otherwise = 'or start with --discard-pending to delete them (their devices spent privacy budget on them for nothing), or use another data dir';
   const otherMode = pending.filter((u) => u !== null && u.masked !== masked).length;
   if (otherMode > 0) {
     throw new ModelError(
       masked
         ? `the store holds ${otherMode} pending plain updates (sent without secure aggregation), and this server runs --secure-aggregation, which cannot aggregate them; ` +
-            'restart without --secure-aggregation until they are published (a round takes --min-clients updates), or use another data dir'
+            `restart without --secure-aggregation until they are published (a round takes --min-clients updates), ${otherwise}`
         : `the store holds ${otherMode} pending masked uploads (sent under secure aggregation), and this server takes plain updates, which cannot unmask them; ` +
-            'restart with --secure-aggregation and the same --min-clients (it publishes the complete cohorts and deletes the uploads of the others: at once on SQLite, at their timeout on PostgreSQL), or use another data dir',
+            `restart with --secure-aggregation and the same --min-clients (it publishes the complete cohorts and deletes the uploads of the others: at once on SQLite, at their timeout on PostgreSQL), ${otherwise}`,
     );
   }
   const sa = config.secureAggregation;
@@ -122,7 +166,7 @@ async function checkPending(storage: Storage, config: RoundConfig): Promise<void
       const sent = u.masked ? `${got} values` : `${got} rows with biases ${u.frozenBiases ? 'frozen' : 'trained'}`;
       throw new ModelError(
         `the store holds pending updates of ${sent}, and this server trains ${expected} ${masked ? 'values' : 'rows'} ` +
-          `(trainRows ${config.trained.rows}, trainBiases ${config.trained.biases}); restart with the --train-rows/--freeze-biases they were sent under, or use another data dir`,
+          `(trainRows ${config.trained.rows}, trainBiases ${config.trained.biases}); restart with the --train-rows/--freeze-biases they were sent under, ${otherwise}`,
       );
     }
     // Uploads with a self-mask (dropout recovery on) are unmasked only through recovery; summed as
@@ -131,16 +175,106 @@ async function checkPending(storage: Storage, config: RoundConfig): Promise<void
     if (u.masked && sa && u.sealedShares > 0 !== usesSelfMask(sa)) {
       throw new ModelError(
         `the store holds pending masked uploads sent ${u.sealedShares > 0 ? 'with' : 'without'} dropout recovery, and this server runs ${usesSelfMask(sa) ? 'with' : 'without'} it; ` +
-          `restart ${u.sealedShares > 0 ? 'with the --secagg-survivors' : 'without --secagg-survivors (or with it equal to --min-clients)'} they were sent under until they are published, or use another data dir`,
+          `restart ${u.sealedShares > 0 ? 'with the --secagg-survivors' : 'without --secagg-survivors (or with it equal to --min-clients)'} they were sent under until they are published, ${otherwise}`,
       );
     }
     // A masked sum is unmasked at the cohort size and decoded at the step it was encoded with.
     if (u.masked && sa && (u.cohortSize !== sa.cohortSize || u.bits !== sa.bits || u.step !== Math.fround(sa.step))) {
       throw new ModelError(
         `the store holds pending masked uploads sent for cohorts of ${u.cohortSize} at ${u.bits} bits, step ${u.step}, and this server uses ${sa.cohortSize} at ${sa.bits} bits, step ${Math.fround(sa.step)}; ` +
-          'restart with the settings they were sent under (--min-clients, --secagg-bits, and for the step --clip, --noise, --secagg-survivors, --secagg-range, --aggregator) until they are published, or use another data dir',
+          `restart with the settings they were sent under (--min-clients, --secagg-bits, and for the step --clip, --noise, --secagg-survivors, --secagg-range, --aggregator) until they are published, ${otherwise}`,
       );
     }
+  }
+}
+
+/** Meta key under which the store keeps its {@link RoundSettings} (JSON). */
+export const ROUND_SETTINGS_KEY = 'round-settings';
+
+/**
+ * The settings that decide what an update is, and so which server can aggregate it: the trained
+ * part (row count, frozen biases), the aggregator (devices send a locally trained delta for
+ * `fedavg` and `fedadam`, a subspace-iteration step for `subspace`: the same bytes, read as the
+ * other kind, publish a wrecked model), and under secure aggregation the cohort size, the bits
+ * and the fixed-point step of the masked values, and whether uploads carry self-masks (dropout
+ * recovery). The store keeps the settings its pending updates were made for
+ * ({@link ROUND_SETTINGS_KEY}): a server started with others refuses while updates are pending,
+ * and on a shared store a process whose settings another one replaced takes no more updates
+ * ({@link RoundCoordinator.checkSettings}). Everything else (the clip, σ, plain `bits`, minClients,
+ * the robust combiner, the learning rates) each update carries in its header or does not depend on,
+ * and may differ between processes or restarts.
+ */
+export interface RoundSettings {
+  trainRows: number;
+  trainBiases: boolean;
+  aggregator: AggregatorName;
+  secureAggregation: { cohortSize: number; bits: number; step: number; recovery: boolean } | null;
+}
+
+/** The {@link RoundSettings} of `config`. */
+export function roundSettings(config: RoundConfig): RoundSettings {
+  const sa = config.secureAggregation;
+  return {
+    trainRows: config.trained.rows,
+    trainBiases: config.trained.biases,
+    aggregator: config.aggregator,
+    // (As a masked upload's header carries it: float32.)
+    secureAggregation: sa ? { cohortSize: sa.cohortSize, bits: sa.bits, step: Math.fround(sa.step), recovery: usesSelfMask(sa) } : null,
+  };
+}
+
+/** The stored {@link RoundSettings}, or undefined when there are none (or they are not that JSON). */
+function parseRoundSettings(value: string | undefined): RoundSettings | undefined {
+  if (value === undefined) return undefined;
+  try {
+    const s = JSON.parse(value) as Partial<RoundSettings> | null;
+    if (typeof s?.trainRows === 'number' && typeof s.trainBiases === 'boolean' && typeof s.aggregator === 'string' && typeof s.secureAggregation === 'object') return s as RoundSettings;
+  } catch {
+    // not JSON: as if none were kept
+  }
+  return undefined;
+}
+
+/** What devices send under `aggregator`: fedavg and fedadam take the same locally trained deltas. */
+function updateKind(aggregator: string): string {
+  return aggregator === 'subspace' ? 'subspace steps' : 'locally trained deltas';
+}
+
+/**
+ * The settings in which `stored` (the store's) and `mine` differ so that an update made for one
+ * cannot be aggregated under the other, each as "what: the store's, this server's"; [] when none.
+ */
+export function settingsChanges(stored: RoundSettings, mine: RoundSettings): string[] {
+  const out: string[] = [];
+  const biases = (trained: boolean) => (trained ? 'trained' : 'frozen (--freeze-biases)');
+  if (stored.trainRows !== mine.trainRows) out.push(`--train-rows: ${stored.trainRows} in the store, ${mine.trainRows} here`);
+  if (stored.trainBiases !== mine.trainBiases) out.push(`biases: ${biases(stored.trainBiases)} in the store, ${biases(mine.trainBiases)} here`);
+  if (updateKind(stored.aggregator) !== updateKind(mine.aggregator)) {
+    out.push(`--aggregator: ${stored.aggregator} (devices send ${updateKind(stored.aggregator)}) in the store, ${mine.aggregator} (${updateKind(mine.aggregator)}) here`);
+  }
+  const a = stored.secureAggregation;
+  const b = mine.secureAggregation;
+  const mode = (on: boolean) => (on ? '--secure-aggregation' : 'plain updates');
+  if (!a !== !b) out.push(`${mode(!!a)} in the store, ${mode(!!b)} here`);
+  else if (a && b) {
+    if (a.cohortSize !== b.cohortSize) out.push(`cohort size (--min-clients): ${a.cohortSize} in the store, ${b.cohortSize} here`);
+    if (a.bits !== b.bits) out.push(`--secagg-bits: ${a.bits} in the store, ${b.bits} here`);
+    if (a.step !== b.step) out.push(`fixed-point step (from --clip, --noise, --min-clients, --secagg-survivors, --secagg-range, --aggregator): ${a.step} in the store, ${b.step} here`);
+    if (a.recovery !== b.recovery) out.push(`dropout recovery (--secagg-survivors below --min-clients): ${a.recovery ? 'on' : 'off'} in the store, ${b.recovery ? 'on' : 'off'} here`);
+  }
+  return out;
+}
+
+/**
+ * A process on a shared store whose round settings are no longer the store's: another process was
+ * started with other ones while nothing was pending. Every API request it gets is answered 503
+ * (`settings-changed`) until it is restarted with the store's settings (or they are its own again).
+ */
+export class SettingsChangedError extends Error {
+  readonly settingsChanged = true;
+  constructor(readonly changes: string[]) {
+    super(`this server's round settings are no longer the store's: another server was started with other ones (${changes.join('; ')}); it takes no more updates until it is restarted with the store's settings`);
+    this.name = 'SettingsChangedError';
   }
 }
 
@@ -198,6 +332,7 @@ export class RoundCoordinator {
     readonly storage: Storage,
     readonly config: RoundConfig,
   ) {
+    this.settings = roundSettings(config);
     const sa = config.secureAggregation;
     if (!sa) {
       this.cohorts = null;
@@ -209,14 +344,15 @@ export class RoundCoordinator {
 
   /**
    * Loads the latest version from storage, or publishes `initialTable` as version 0 on an empty
-   * store; then finishes a round that a crash interrupted (≥ minClients pending).
+   * store; checks the store's round settings against this config's and records them
+   * ({@link adoptSettings}); then finishes a round that a crash interrupted (≥ minClients pending).
    *
    * @example
    * ```ts
    * const rounds = await RoundCoordinator.open(new MemoryStorage(), createItemTable(ids, 16), config);
    * ```
    */
-  static async open(storage: Storage, initialTable: ItemTable | undefined, config: RoundConfig): Promise<RoundCoordinator> {
+  static async open(storage: Storage, initialTable: ItemTable | undefined, config: RoundConfig, options: OpenOptions = {}): Promise<RoundCoordinator> {
     if (storage.shared && config.secureAggregation && !storage.cohortStore) {
       throw new StorageError('secure aggregation needs its cohorts in the store when several processes share it, and this store keeps none; use SQLite or PostgreSQL, or plain updates');
     }
@@ -248,8 +384,20 @@ export class RoundCoordinator {
     if (rc.cur.table.itemIds.length !== config.itemCount || rc.cur.table.dim !== config.dim) {
       throw new ModelError(`config says ${config.itemCount} × ${config.dim}, stored model is ${rc.cur.table.itemIds.length} × ${rc.cur.table.dim}`);
     }
+    if (initialTable && !config.trained.biases) {
+      // Frozen biases stay as the store's first version set them: a catalog given to a store that
+      // has a model is only checked for its ids and dim, so new sales counts in it change nothing.
+      const stored = rc.cur.table.bias;
+      let differ = 0;
+      for (let i = 0; i < stored.length; i++) if (stored[i] !== initialTable.bias[i]) differ++;
+      if (differ > 0) {
+        config.log(
+          `the catalog's popularity gives ${differ} of ${stored.length} items other biases than the stored model's, which stay as they are: the biases are frozen (--freeze-biases) at the values the store's first version took from the catalog it was started with; --catalog only builds a new store's first version`,
+        );
+      }
+    }
     rc.pendingN = await storage.pendingCount();
-    if (rc.pendingN > 0) await checkPending(storage, config);
+    await rc.adoptSettings(options);
     // Under secure aggregation with durable cohorts, a recovered cohort has fewer uploads than
     // minClients yet may be complete (every share in): aggregate() publishes what is complete.
     if (rc.pendingN >= config.minClients || (rc.cohorts?.durable && rc.pendingN > 0)) {
@@ -270,6 +418,57 @@ export class RoundCoordinator {
       config.log(`discarded ${dead.length} uploads of cohorts the restart ended`);
     }
     return rc;
+  }
+
+  /** This process's {@link RoundSettings}. */
+  readonly settings: RoundSettings;
+
+  /**
+   * At open: compares this config's {@link RoundSettings} with the ones the store keeps. Pending
+   * updates made for other settings refuse the start, naming them (the specific refusals of
+   * {@link checkPending} first), unless `discardPending` deletes them; then this config's settings
+   * become the store's. A store that keeps none (made before they were kept, or an adapter
+   * without `readMeta`) gets the per-update check alone, which lets a mix of both kinds through
+   * (left out of rounds by {@link setAside}).
+   */
+  private async adoptSettings(options: OpenOptions): Promise<void> {
+    const { storage, config } = this;
+    const stored = storage.readMeta ? parseRoundSettings(await storage.readMeta(ROUND_SETTINGS_KEY)) : undefined;
+    const changes = stored ? settingsChanges(stored, this.settings) : [];
+    if (this.pendingN > 0 && (changes.length > 0 || !stored)) {
+      if (options.discardPending) {
+        // Given up on purpose: with changed settings every pending update (they were made for the
+        // store's); on a store without settings, those whose header does not fit.
+        const pending = await storage.pending();
+        const gone = changes.length > 0 ? pending : pending.filter((u) => misfit(storedUpload(u.body), config) !== null);
+        if (gone.length > 0) {
+          await storage.discard(gone.map((u) => u.id));
+          this.pendingN = await storage.pendingCount();
+          config.log(`discarded ${gone.length} pending updates made for other round settings (--discard-pending)${changes.length ? `: ${changes.join('; ')}` : ''}`);
+        }
+      } else if (changes.length > 0) {
+        await checkPending(storage, config);
+        throw new ModelError(
+          `the store's ${this.pendingN} pending updates were made for other round settings than this server's (${changes.join('; ')}), and an update can only be aggregated under the settings it was made for; ` +
+            "restart with the store's settings until a round has published them (every instance, on a shared database: a round takes --min-clients updates), " +
+            'or start with --discard-pending to delete them (their devices spent privacy budget on them for nothing), or use another data dir. ' +
+            'Change these settings with every instance stopped (docs/SERVER.md)',
+        );
+      } else {
+        await checkPending(storage, config, true);
+      }
+    }
+    const mine = JSON.stringify(this.settings);
+    if (storage.writeMeta && (!stored || JSON.stringify(stored) !== mine)) {
+      await storage.writeMeta(ROUND_SETTINGS_KEY, mine);
+      if (changes.length > 0) {
+        config.log(
+          `the store's round settings change (${changes.join('; ')}): updates made for the former ones are left out of rounds from now on` +
+            (storage.shared ? ', and processes still running with them take no more (503, their health check too) until restarted with these' : ''),
+        );
+      }
+    }
+    this.lastSettingsLook = config.now();
   }
 
   private async load(v: StoredVersion): Promise<void> {
@@ -365,6 +564,45 @@ export class RoundCoordinator {
     }
     if (this.probing) await this.probing;
     return this.storageFault;
+  }
+
+  /** When {@link checkSettings} last read the store's round settings (ms since the epoch). */
+  private lastSettingsLook = -Infinity;
+  /** Set while the store's round settings are not this process's ({@link checkSettings}). */
+  private superseded: SettingsChangedError | undefined;
+
+  /**
+   * On a shared store, whether another process has made other round settings the store's since
+   * this one started (it was started with them while nothing was pending): this process must then
+   * take no more updates (made for its settings, they would be left out of every round) and
+   * aggregate nothing. The app answers every API request 503 meanwhile, its health check included,
+   * so that a load balancer takes it out. Looks at most once a second unless `force` (an upload, a
+   * round); undefined (always, on a store only this process uses) while the settings are this
+   * process's. A look that fails throws only when forced.
+   */
+  async checkSettings(force = false): Promise<SettingsChangedError | undefined> {
+    if (!this.storage.shared || !this.storage.readMeta) return undefined;
+    const t = this.config.now();
+    if (!force && t - this.lastSettingsLook < 1000) return this.superseded;
+    this.lastSettingsLook = t;
+    let stored: RoundSettings | undefined;
+    try {
+      stored = parseRoundSettings(await this.storage.readMeta(ROUND_SETTINGS_KEY));
+    } catch (e) {
+      // A reader is answered from memory as before (the catch-up's look is what tells a load
+      // balancer that the store is down); an upload or a round fails, as it would anyway.
+      if (force) throw e;
+      return this.superseded;
+    }
+    const changes = stored ? settingsChanges(stored, this.settings) : [];
+    if (changes.length === 0) {
+      if (this.superseded) this.config.log("the store's round settings are this server's again: it takes updates again");
+      this.superseded = undefined;
+    } else {
+      if (!this.superseded) this.config.log(`${new SettingsChangedError(changes).message}; until then every API request is answered 503`);
+      this.superseded = new SettingsChangedError(changes);
+    }
+    return this.superseded;
   }
 
   /**
@@ -788,8 +1026,13 @@ export class RoundCoordinator {
    * cohort whose K uploads are all pending is summed (the masks cancel) and published in turn.
    */
   private async aggregate(): Promise<number> {
-    const pending = await this.storage.pending();
+    // A process whose settings another one replaced aggregates nothing: it would leave out the
+    // updates made for the store's settings (its peers' rounds) and publish those made for its own.
+    if (await this.checkSettings(true)) return this.cur.version;
     const sa = this.config.secureAggregation;
+    // Plain updates are decoded here, once: one that does not decode goes with the misfits.
+    const usable = await this.setAside(await this.storage.pending(), sa ? () => null : decodeUpdate);
+    const pending = usable.map(([u]) => u);
     if (sa) {
       const byCohort = new Map<string, typeof pending>();
       for (const u of pending) {
@@ -850,7 +1093,7 @@ export class RoundCoordinator {
       this.pendingN = pending.length;
       return this.cur.version;
     }
-    const decoded = pending.map((u) => decodeUpdate(u.body));
+    const decoded = usable.map(([, d]) => d!);
     const deltas = decoded.map(dequantizeUpdate);
     const mean = combineDeltas(deltas, this.config.robust, this.config.trimFraction);
     const trim = trimCount(this.config.robust, pending.length, this.config.trimFraction);
@@ -860,6 +1103,35 @@ export class RoundCoordinator {
     await this.publishMean(mean, pending, how, { rounding, factor: robustVarianceFactor(this.config.robust, pending.length, trim) });
     this.pendingN = 0;
     return this.cur.version;
+  }
+
+  /**
+   * The pending uploads this server can aggregate; the others are deleted, saying why: their shape
+   * or flags were made for other round settings (a process sharing the store under other ones,
+   * before it noticed that its settings were replaced, or before round settings were kept at all)
+   * or they do not decode. Left in, each would fail every round (a delta of another length, a
+   * masked upload read as a plain one) or wreck it (biases frozen on the device, trained here).
+   */
+  private async setAside<D>(pending: PendingUpdate[], decode: (body: Uint8Array) => D): Promise<Array<[PendingUpdate, D]>> {
+    const keep: Array<[PendingUpdate, D]> = [];
+    const gone = new Map<string, number[]>();
+    for (const u of pending) {
+      let why = misfit(storedUpload(u.body), this.config);
+      if (why === null) {
+        try {
+          keep.push([u, decode(u.body)]);
+        } catch (e) {
+          why = `does not decode (${(e as Error).message})`;
+        }
+      }
+      if (why !== null) gone.set(why, [...(gone.get(why) ?? []), u.id]);
+    }
+    if (gone.size === 0) return keep;
+    const ids = [...gone.values()].flat();
+    await this.write(() => this.storage.discard(ids));
+    const reasons = [...gone].map(([why, of]) => `${why}: ${of.length}`).join('; ');
+    this.config.log(`left ${ids.length} pending updates out of the round and deleted them, made for other round settings than this server's or unreadable (${reasons}); their devices' updates are lost, the round goes on without them`);
+    return keep;
   }
 
   /** One optimizer step from the combined delta, published atomically with the updates it consumed. */

@@ -11,7 +11,7 @@ import type { Command } from 'commander';
 import { ValidationError } from '../errors.js';
 import { hasLoneSurrogate } from '../model/item-table.js';
 import { numberFlag, seedFlag } from '../number-flag.js';
-import { checkOutputFolder } from '../output-file.js';
+import { checkOutputFolder, parseJsonText } from '../output-file.js';
 import { checkNotPublished } from './static-files.js';
 import { describeValue, oneLine } from '../options.js';
 
@@ -34,7 +34,7 @@ export async function readCatalogFile(path: string): Promise<{ ids: string[]; po
   const { readFile } = await import('node:fs/promises');
   let raw: unknown;
   try {
-    raw = JSON.parse(await readFile(path, 'utf8'));
+    raw = parseJsonText(await readFile(path, 'utf8'));
   } catch (e) {
     throw new ValidationError('--catalog', `cannot read ${path} as JSON: ${oneLine((e as Error).message)}`);
   }
@@ -82,9 +82,10 @@ export function register(program: Command): void {
     .option('--robust <name>', 'combine a round per coordinate by: mean, trimmed-mean or median', 'mean')
     .option('--trim <fraction>', 'trimmed-mean: share of values dropped from each end of every coordinate, in [0, 0.5)', num('trim'), 0.1)
     .option('--denoise <how>', "'rows': shrink each item row of a round's delta for the known noise before the step (James–Stein; no privacy cost); 'directions' (--aggregator subspace): weight each published direction by how far it stands above the noise, so that at a small ε the biases rank instead of noise; or 'none'", 'none')
-    .option('--train-rows <n>', "federated training updates only the catalog's first n items (list the most popular first; the rest keep their initial values); uploads shrink with it (default all)", num('train-rows', true))
+    .option('--train-rows <n>', "federated training updates only the catalog's first n items (list the most popular first; the rest keep the values of the store's first version); uploads shrink with it (default all)", num('train-rows', true))
     .option('--bias-scale <a>', "a new data dir's initial biases: a·ln(1 + popularity) instead of ln(1 + popularity) / max; with --freeze-biases, about 0.5 is the scale a trained model gives them (docs/FEDERATED.md)", num('bias-scale', false))
-    .option('--freeze-biases', "keep the initial biases (the catalog's popularity, which the shop knows from its own sales) and federate the factors only")
+    .option('--freeze-biases', "keep the biases of the store's first version (from the popularity in the catalog it was created with, which the shop knows from its own sales; a later --catalog's counts are not read) and federate the factors only")
+    .option('--discard-pending', "start even though the store holds pending updates made for other round settings (--train-rows, --freeze-biases, --aggregator, --secure-aggregation and its cohort size, bits and step): delete them instead of refusing (their devices spent privacy budget on them for nothing)")
     .option('--secure-aggregation', 'devices upload masked updates in cohorts of --min-clients, each adding σC/√K of the noise; the server only learns cohort sums')
     .option('--secagg-bits <b>', 'secure aggregation: bits per coordinate (default: widest within 64 KiB)', num('secagg-bits', true))
     .option('--secagg-range <r>', "secure aggregation: a cohort sum's coordinate must stay within ±r (default K·C + 8·C·max(1, σ·√(K/t)) when the bits make its rounding negligible or with --aggregator subspace, else 8·C·max(1, σ·√(K/t)); t = --secagg-survivors, K without it)", num('secagg-range'))
@@ -133,7 +134,7 @@ export function register(program: Command): void {
         const { verifyOfferCatalog } = await import('../offers/signing.js');
         const read = async (file: string, flag: string) => {
           try {
-            return JSON.parse(await readFile(file, 'utf8')) as unknown;
+            return parseJsonText(await readFile(file, 'utf8'));
           } catch (e) {
             throw new ValidationError(flag, `cannot read ${file} as JSON: ${oneLine((e as Error).message)}`);
           }
@@ -174,6 +175,7 @@ export function register(program: Command): void {
         denoise: o.denoise as 'none',
         ...(o.trainRows !== undefined ? { trainRows: o.trainRows as number } : {}),
         ...(o.freezeBiases ? { trainBiases: false } : {}),
+        ...(o.discardPending ? { discardPending: true } : {}),
         ...(o.secureAggregation
           ? {
               secureAggregation: {

@@ -110,6 +110,8 @@ export class SqliteStorage implements Storage {
     discard: Database.Statement;
     probe: Database.Statement;
     unprobe: Database.Statement;
+    readMeta: Database.Statement;
+    writeMeta: Database.Statement;
   };
   /** Set when the last checkpoint could not empty the WAL (a reader held it): tried again after the next write. */
   private checkpointOwed = false;
@@ -218,6 +220,8 @@ export class SqliteStorage implements Storage {
       // (TEXT affinity leaves a blob a blob.)
       probe: db.prepare("INSERT OR REPLACE INTO meta (key, value) VALUES ('write-probe', zeroblob(?))"),
       unprobe: db.prepare("DELETE FROM meta WHERE key = 'write-probe'"),
+      readMeta: db.prepare('SELECT value FROM meta WHERE key = ?'),
+      writeMeta: db.prepare('INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value'),
     };
   }
 
@@ -313,6 +317,14 @@ export class SqliteStorage implements Storage {
       })(),
     );
     this.checkpoint();
+  }
+
+  async readMeta(key: string): Promise<string | undefined> {
+    return this.wrap('read a setting', () => (this.st.readMeta.get(key) as { value: string } | undefined)?.value);
+  }
+
+  async writeMeta(key: string, value: string): Promise<void> {
+    this.wrap('store a setting', () => void this.st.writeMeta.run(key, value));
   }
 
   /**

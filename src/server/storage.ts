@@ -82,6 +82,19 @@ export interface Storage {
   /** Atomically appends `next` and marks `consumed` (update ids) as aggregated into it. */
   publish(next: StoredVersion, consumed: readonly number[]): Promise<void>;
   /**
+   * The value kept under `key` in the store's table of small settings (SQLite `meta`, PostgreSQL
+   * `localrec_meta`), or undefined when there is none. The round coordinator keeps there the round
+   * settings the store's pending updates are made for (`round-settings`: the trained part, what the
+   * aggregator has devices send, secure aggregation's cohort size, bits and step), so that a server
+   * started with other ones refuses while updates are pending, and, on a shared store, a process
+   * whose settings another one replaced stops taking updates. A store without this and
+   * {@link writeMeta} gets only the check of each pending update's header, which cannot tell which
+   * aggregator an update was made for.
+   */
+  readMeta?(key: string): Promise<string | undefined>;
+  /** Sets the value under `key` (inserted, or replacing the one there): see {@link readMeta}. */
+  writeMeta?(key: string, value: string): Promise<void>;
+  /**
    * A small write that changes nothing the server reads, and fails with a StorageError when an
    * update could not be stored either (full disk, read-only file, database gone). After a write
    * failed, `/v1/health` answers 503 until a write succeeds; it runs this at most once a second

@@ -4,7 +4,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import Database from 'better-sqlite3';
-import { buildClientUpdate } from '../../src/federated/client-update.js';
+import { buildClientUpdate, type TrainedPart } from '../../src/federated/client-update.js';
 import { decodeModel, fromHex, sha256, toHex } from '../../src/federated/wire.js';
 import { cloneItemTable, createItemTable, type ItemTable } from '../../src/model/item-table.js';
 import { Random } from '../../src/model/random.js';
@@ -48,13 +48,14 @@ export function trained(base: ItemTable, seed: number, scale = 0.05): ItemTable 
 }
 
 /** An honest update against what the server serves, following its config. */
-export function honestUpdate(view: ServerView, seed: number, overrides: { clip?: number; noiseMultiplier?: number; scale?: number } = {}): Uint8Array {
+export function honestUpdate(view: ServerView, seed: number, overrides: { clip?: number; noiseMultiplier?: number; scale?: number; part?: TrainedPart } = {}): Uint8Array {
   return buildClientUpdate(view.table, trained(view.table, seed, overrides.scale), {
     baseHash: view.hash,
     clip: overrides.clip ?? view.config.clip,
     noiseMultiplier: overrides.noiseMultiplier ?? view.config.noiseMultiplier,
     bits: view.config.bits,
     blockSize: view.config.blockSize,
+    ...(overrides.part ? { part: overrides.part } : {}),
   }).bytes;
 }
 

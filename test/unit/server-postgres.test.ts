@@ -309,8 +309,9 @@ describe('PostgreSQL storage', { skip: skip ?? false }, () => {
       assert.equal(down.status, 503, JSON.stringify(down.json));
       assert.equal(down.json.reason, 'storage-unavailable');
       assert.match(String(down.json.error), /nothing was stored, retry later/);
-      // The first statement of a submit on a shared store is the catch-up's look for a newer version.
-      assert.ok(logged.some((l) => /storage unavailable on POST \/v1\/updates: PostgreSQL read version hash failed \(postgres:\/\/localrec@127\.0\.0\.1:\d+\/t\d+\): .*ECONNREFUSED/.test(l)), logged.join('\n'));
+      // The first statement of a POST on a shared store is the look at the store's round settings
+      // (whether another instance replaced this one's: app.ts), before the catch-up's.
+      assert.ok(logged.some((l) => /storage unavailable on POST \/v1\/updates: PostgreSQL read a setting failed \(postgres:\/\/localrec@127\.0\.0\.1:\d+\/t\d+\): .*ECONNREFUSED/.test(l)), logged.join('\n'));
       // Readers get the same 503 once their once-a-second look is due, so a load balancer's
       // health check takes the instance out.
       t += 1500;
@@ -405,6 +406,25 @@ describe('PostgreSQL storage', { skip: skip ?? false }, () => {
       assert.deepEqual([after.status, after.published], ['done', 1]);
     } finally {
       await store.close();
+    }
+  });
+
+  it('round settings live in localrec_meta: an instance started with another --train-rows while nothing is pending takes the database over, the one still running with the old settings answers 503, and a restart with them while updates are pending is refused', async () => {
+    const database = await freshDatabase();
+    const a = await startServer({ ...opts, database, initialTable: initialTable() });
+    const b = await startServer({ ...opts, database, initialTable: initialTable(), trainRows: 20 });
+    try {
+      const stored = await withClient(database, async (db) => (await db.query<{ value: string }>("SELECT value FROM localrec_meta WHERE key = 'round-settings'")).rows[0]?.value);
+      assert.deepEqual(JSON.parse(stored ?? 'null'), { trainRows: 20, trainBiases: true, aggregator: 'fedavg', secureAggregation: null });
+      const v0 = await pull(b.url);
+      const refused = await post(a.url, honestUpdate(v0, 1));
+      assert.deepEqual([refused.status, refused.json.reason], [503, 'settings-changed']);
+      assert.equal((await post(b.url, honestUpdate(v0, 2, { part: { rows: 20, biases: true } }))).status, 202);
+      await a.close();
+      await assert.rejects(startServer({ ...opts, database, initialTable: initialTable() }).then((s) => s.close()), /pending updates of 20 rows with biases trained, and this server trains 40 rows/);
+    } finally {
+      await a.close();
+      await b.close();
     }
   });
 

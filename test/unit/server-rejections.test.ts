@@ -368,6 +368,9 @@ test('serve --catalog refuses a popularity the SDK would refuse (not read as 0),
     }
     writeFileSync(file, JSON.stringify({ items: [{ id: 'a', popularity: 3 }, { id: 'b' }, 'c'] }));
     assert.deepEqual(await readCatalogFile(file), { ids: ['a', 'b', 'c'], popularity: [3, 0, 0] }, 'no popularity is 0');
+    // Saved by Notepad or PowerShell, with a byte-order mark (stop 32).
+    writeFileSync(file, '\uFEFF' + JSON.stringify({ items: [{ id: 'a', popularity: 3 }] }));
+    assert.deepEqual(await readCatalogFile(file), { ids: ['a'], popularity: [3] });
     writeFileSync(file, '{\n  "items": [\n    x\n  ]\n}\n');
     await assert.rejects(readCatalogFile(file), (e: unknown) => e instanceof ValidationError && e.field === '--catalog' && /cannot read .* as JSON: /.test(e.message) && !/[\r\n]/.test(e.message));
   } finally {

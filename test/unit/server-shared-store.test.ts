@@ -10,7 +10,7 @@ import { describe, it } from 'node:test';
 import { MemoryStorage, startServer } from '../../src/server/index.js';
 import { StorageConflictError, type StoredVersion } from '../../src/server/storage.js';
 import { StorageError } from '../../src/errors.js';
-import { honestUpdate, initialTable, post, pull, quiet } from './server-helpers.js';
+import { honestUpdate, IDS, initialTable, post, pull, quiet } from './server-helpers.js';
 
 class SharedMemory extends MemoryStorage {
   readonly shared = true;
@@ -199,6 +199,65 @@ describe('health on a shared store that goes down', () => {
       assert.equal((await fetch(`${s.url}/v1/health`)).status, 200, 'the next look succeeds');
     } finally {
       await s.close();
+    }
+  });
+});
+
+describe('round settings on a shared store (a rolling restart that changes them)', () => {
+  const ALL = { rows: IDS.length, biases: true };
+  const HALF = { rows: 20, biases: true };
+
+  it('an instance started with another --train-rows while nothing is pending takes the store over; one still running with the old settings answers 503 settings-changed, its health check too, instead of acknowledging updates no round could use', async () => {
+    const storage = new SharedMemory();
+    const logged: string[] = [];
+    const common = { port: 0, storage, minClients: 3, noiseMultiplier: 0, rateLimit: false as const, log: (l: string) => logged.push(l), initialTable: initialTable() };
+    const old = await startServer(common);
+    const fresh = await startServer({ ...common, trainRows: HALF.rows });
+    try {
+      assert.ok(logged.some((l) => /the store's round settings change \(--train-rows: 40 in the store, 20 here\)/.test(l)), logged.join('\n'));
+      const v0 = await pull(fresh.url);
+      // Before: both took updates of their own shape (202, each device's ε spent), and every round
+      // then failed on the mix ("delta: has 200 values; 20 rows × 4 need 80 or 100").
+      const refused = await post(old.url, honestUpdate(v0, 1, { part: ALL }));
+      assert.equal(refused.status, 503, JSON.stringify(refused.json));
+      assert.equal(refused.json.reason, 'settings-changed');
+      const health = await fetch(`${old.url}/v1/health`);
+      assert.equal(health.status, 503, 'the load balancer takes it out');
+      assert.equal(((await health.json()) as { reason: string }).reason, 'settings-changed');
+      assert.ok(logged.some((l) => /round settings are no longer the store's.*--train-rows: 20 in the store, 40 here.*restarted with the store's settings/.test(l)), logged.join('\n'));
+      assert.equal(await storage.pendingCount(), 0, 'nothing of the old shape was stored');
+      for (const seed of [2, 3]) assert.equal((await post(fresh.url, honestUpdate(v0, seed, { part: HALF }))).status, 202);
+      const third = await post(fresh.url, honestUpdate(v0, 4, { part: HALF }));
+      assert.equal(third.json.published, 1, JSON.stringify(third.json));
+      // A restart with the old settings while an update of the new ones is pending is refused,
+      // saying what the pending updates were sent under and what to do.
+      assert.equal((await post(fresh.url, honestUpdate(await pull(fresh.url), 5, { part: HALF }))).status, 202);
+      await assert.rejects(startServer(common).then((s) => s.close()), /pending updates of 20 rows with biases trained, and this server trains 40 rows.*--discard-pending/);
+      assert.equal(await storage.pendingCount(), 1, 'kept');
+    } finally {
+      await old.close();
+      await fresh.close();
+    }
+  });
+
+  it('a pending update of another shape (a peer that had not yet noticed the change, or a store from before settings were kept) is left out of the round and deleted, saying why, instead of failing every round', async () => {
+    const storage = new SharedMemory();
+    const logged: string[] = [];
+    const server = await startServer({ port: 0, storage, minClients: 3, noiseMultiplier: 0, rateLimit: false, log: (l) => logged.push(l), initialTable: initialTable(), trainRows: HALF.rows });
+    try {
+      const v0 = await pull(server.url);
+      // What a peer still running with the whole table stored as the settings changed.
+      assert.notEqual(await storage.addUpdate({ nonce: 'a'.repeat(32), baseVersion: 0, receivedAt: 0, body: honestUpdate(v0, 1, { part: ALL }) }), 'replayed');
+      for (const seed of [2, 3]) assert.equal((await post(server.url, honestUpdate(v0, seed, { part: HALF }))).status, 202);
+      const r = await post(server.url, honestUpdate(v0, 4, { part: HALF }));
+      assert.equal(r.json.published, 1, `${JSON.stringify(r.json)}\n${logged.join('\n')}`);
+      assert.equal((await storage.latest())!.updateCount, 3, 'the three updates of its shape');
+      assert.equal(await storage.pendingCount(), 0, 'the other one is gone');
+      assert.ok(logged.some((l) => /left 1 pending updates out of the round and deleted them.*\(40 rows, and this server trains 20 \(--train-rows\): 1\)/.test(l)), logged.join('\n'));
+      const v1 = (await pull(server.url)).table;
+      assert.ok(v1.factors.every(Number.isFinite) && v1.bias.every(Number.isFinite));
+    } finally {
+      await server.close();
     }
   });
 });

@@ -9,6 +9,7 @@ import { StorageError, ValidationError } from '../../src/errors.js';
 import { createServer, startServer, SqliteStorage, type RobustName, type ServerOptions } from '../../src/server/index.js';
 import { register as registerServe } from '../../src/server/serve-command.js';
 import { StorageConflictError } from '../../src/server/storage.js';
+import { createItemTable } from '../../src/model/item-table.js';
 import { honestUpdate, initialTable, post, pull, quiet, spawnServe, DIM, IDS } from './server-helpers.js';
 
 const opts = { port: 0, minClients: 3, noiseMultiplier: 0, rateLimit: false as const, log: quiet };
@@ -202,6 +203,96 @@ test('a data dir without a model: createServer without a table creates nothing, 
     await assert.rejects(program.parseAsync(['node', 'localrec', 'serve', '--port', '0', '--data-dir', empty]), (e: unknown) =>
       e instanceof ValidationError && e.message === `--catalog: is required: ${empty} holds no model yet, and the first start builds it from the catalog (localrec serve --catalog catalog.json)`,
     );
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('SQLite: a restart with another --aggregator refuses the pending updates made for the one they were sent to, naming it (the bytes do not say which); fedadam takes fedavg\'s; --discard-pending deletes them', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'localrec-sqlite-aggregator-'));
+  const logged: string[] = [];
+  const open = (aggregator: 'fedavg' | 'fedadam' | 'subspace', extra: Partial<ServerOptions> = {}) =>
+    startServer({ ...opts, dataDir: dir, initialTable: initialTable(), trainBiases: false, aggregator, log: (l) => logged.push(l), ...extra });
+  // (A start that is not refused is closed, so that the failed assertion does not leave it listening.)
+  const refused = (aggregator: 'subspace', message: RegExp) => assert.rejects(open(aggregator).then((s) => s.close()), message);
+  try {
+    let server = await open('fedavg');
+    const v0 = await pull(server.url);
+    for (const seed of [1, 2]) assert.equal((await post(server.url, honestUpdate(v0, seed, { part: { rows: IDS.length, biases: false } }))).status, 202);
+    await server.close();
+    // Before: it started, and orthonormalized the two locally trained deltas as subspace steps
+    // (the published factors went from −0.05 to −6.19).
+    await refused(
+      'subspace',
+      /the store's 2 pending updates were made for other round settings than this server's \(--aggregator: fedavg \(devices send locally trained deltas\) in the store, subspace \(subspace steps\) here\).*restart with the store's settings until a round has published them.*--discard-pending/,
+    );
+    // FedAdam's devices send the same deltas: its start takes them.
+    server = await open('fedadam');
+    assert.equal(server.rounds.pending, 2);
+    await server.close();
+    await refused('subspace', /--aggregator: fedadam \(devices send locally trained deltas\) in the store, subspace/);
+    server = await open('subspace', { discardPending: true });
+    try {
+      assert.equal(server.rounds.pending, 0);
+      assert.ok(logged.some((l) => /discarded 2 pending updates made for other round settings \(--discard-pending\): --aggregator: fedadam/.test(l)), logged.join('\n'));
+    } finally {
+      await server.close();
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('SQLite: a store from before round settings were kept, holding pending updates of two shapes (two instances under different --train-rows), starts with either and publishes without the others', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'localrec-sqlite-mixed-'));
+  const logged: string[] = [];
+  const half = { rows: 20, biases: true };
+  try {
+    let server = await startServer({ ...opts, dataDir: dir, initialTable: initialTable() });
+    const v0 = await pull(server.url);
+    for (const seed of [1, 2]) assert.equal((await post(server.url, honestUpdate(v0, seed))).status, 202);
+    await server.close();
+    // The other instance's two updates of 20 rows, and no settings: the store as that release left it.
+    const storage = SqliteStorage.open(dir);
+    for (const seed of [3, 4]) await storage.addUpdate({ nonce: `${seed}`.repeat(32), baseVersion: 0, receivedAt: 0, body: honestUpdate(v0, seed, { part: half }) });
+    await storage.close();
+    const db = new Database(join(dir, 'localrec.sqlite'));
+    db.prepare("DELETE FROM meta WHERE key = 'round-settings'").run();
+    db.close();
+    // Before: either setting was refused (pending updates of the other shape), and every round failed.
+    server = await startServer({ ...opts, dataDir: dir, initialTable: initialTable(), trainRows: half.rows, log: (l) => logged.push(l) });
+    try {
+      assert.deepEqual([server.rounds.version, server.rounds.pending], [0, 2], 'the whole-table updates left out at the round its start tried');
+      assert.ok(logged.some((l) => /left 2 pending updates out of the round and deleted them.*\(40 rows, and this server trains 20 \(--train-rows\): 2\)/.test(l)), logged.join('\n'));
+      const r = await post(server.url, honestUpdate(v0, 5, { part: half }));
+      assert.equal(r.json.published, 1, JSON.stringify(r.json));
+    } finally {
+      await server.close();
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('SQLite: frozen biases keep the stored values; a --catalog with new popularity changes nothing, and the log says so', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'localrec-sqlite-biases-'));
+  const logged: string[] = [];
+  try {
+    let server = await startServer({ ...opts, dataDir: dir, initialTable: initialTable(), trainBiases: false });
+    await server.close();
+    const recounted = createItemTable(IDS, DIM, { seed: 11, popularity: IDS.map((_, i) => IDS.length - i) });
+    server = await startServer({ ...opts, dataDir: dir, initialTable: recounted, trainBiases: false, log: (l) => logged.push(l) });
+    try {
+      assert.deepEqual((await pull(server.url)).table.bias, initialTable().bias, 'the stored biases');
+      assert.ok(logged.some((l) => /the catalog's popularity gives 40 of 40 items other biases than the stored model's, which stay as they are/.test(l)), logged.join('\n'));
+    } finally {
+      await server.close();
+    }
+    // The same catalog again: nothing to say.
+    logged.length = 0;
+    server = await startServer({ ...opts, dataDir: dir, initialTable: initialTable(), trainBiases: false, log: (l) => logged.push(l) });
+    await server.close();
+    assert.deepEqual(logged, []);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
