@@ -11,8 +11,8 @@ import { BACKEND_ORDER, selectBackend, type BackendChoice } from '../model/backe
 import { validateCatalog } from '../model/catalog.js';
 import { checkItemTable, cloneItemTable, createItemTable, indexItems, type ItemTable } from '../model/item-table.js';
 import { buildProfile, CITED_VERB, type ProfileItem } from '../model/profile.js';
-import { contributions, Scorer, userVector, type Allowed, type Scored } from '../model/score.js';
-import { alignNeighbors, neighborContributions, neighborsOf, topReachedRows } from '../model/neighbors.js';
+import { contributionsOf, Scorer, topByValue, userVector, type Allowed, type Scored } from '../model/score.js';
+import { alignNeighbors, neighborContributionsOf, neighborsOf, topReachedRows } from '../model/neighbors.js';
 import { decodeNeighborTable, neighborTableHash } from '../model/neighbors-wire.js';
 import { decodeModel, encodeModel, sha256, toHex } from '../federated/wire.js';
 import type { SparseItemModel } from '../model/sparse-item-model.js';
@@ -1485,9 +1485,7 @@ export class Engine {
 
   private reason(row: number, profile: ProfileItem[]): Reason {
     // Only what a reason may cite (not an add to cart taken back, nor a low rating).
-    const top = contributions(this.table, profile, row)
-      .filter((c) => c.value > 0 && c.item.action !== undefined)
-      .slice(0, 2);
+    const top = topByValue(contributionsOf(this.table, profile, row), 2, (c) => c.value > 0 && c.item.action !== undefined);
     if (top.length === 0) return { kind: 'popular', text: 'Popular in this shop', itemIds: [], basis: [] };
     return this.personalReason(top.map((c) => c.item));
   }
@@ -1500,9 +1498,7 @@ export class Engine {
   }
 
   private neighborReason(nb: ActiveNeighbors, row: number, profile: ProfileItem[]): Reason {
-    const top = neighborContributions(nb.model, profile, row)
-      .filter((c) => c.item.action !== undefined)
-      .slice(0, 2);
+    const top = topByValue(neighborContributionsOf(nb.model, profile, row), 2, (c) => c.item.action !== undefined);
     // Reached through the table only by items no reason may cite (an add to cart taken back): the
     // pick is the history's all the same, but no past item is named (the factor model's
     // contributions would name one that does not point to it).

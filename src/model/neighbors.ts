@@ -334,9 +334,8 @@ export function topRows(scores: ArrayLike<number>, k: number, exclude: ReadonlyS
   return top;
 }
 
-/** What each history entry added to `row`'s neighbour score, strongest first (positive only). */
-export function neighborContributions<T extends WeightedRow>(m: SparseItemModel, history: readonly T[], row: number): Array<{ item: T; value: number }> {
-  const out: Array<{ item: T; value: number }> = [];
+/** Each history item's positive contribution to `row` through the table, as it comes: {@link neighborContributions} unsorted. */
+export function* neighborContributionsOf<T extends WeightedRow>(m: SparseItemModel, history: readonly T[], row: number): Generator<{ item: T; value: number }> {
   for (const h of history) {
     if (!(h.weight > 0)) continue;
     const base = h.row * m.width;
@@ -345,12 +344,16 @@ export function neighborContributions<T extends WeightedRow>(m: SparseItemModel,
       if (j < 0) break;
       if (j === row) {
         const v = h.weight * m.weight[base + k]!;
-        if (v > 0) out.push({ item: h, value: v });
+        if (v > 0) yield { item: h, value: v };
         break;
       }
     }
   }
-  return out.sort((a, b) => b.value - a.value);
+}
+
+/** What each history entry added to `row`'s neighbour score, strongest first (positive only). */
+export function neighborContributions<T extends WeightedRow>(m: SparseItemModel, history: readonly T[], row: number): Array<{ item: T; value: number }> {
+  return [...neighborContributionsOf(m, history, row)].sort((a, b) => b.value - a.value);
 }
 
 /** The items `row` points to with a positive weight, strongest first. */

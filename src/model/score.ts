@@ -252,15 +252,38 @@ export class Scorer {
   }
 }
 
-/** Per-history-item contributions to one recommended row's score, strongest first. */
-export function contributions(table: ItemTable, profile: readonly ProfileItem[], row: number): Array<{ item: ProfileItem; value: number }> {
+/**
+ * The first `n` of `items` in a stable sort by `value`, highest first, among those `accept` keeps:
+ * `items.filter(accept).sort((a, b) => b.value - a.value).slice(0, n)` for finite values, in one
+ * pass (a reason cites two past items of a history of thousands, for each of k results).
+ */
+export function topByValue<T extends { value: number }>(items: Iterable<T>, n: number, accept: (x: T) => boolean = () => true): T[] {
+  const best: T[] = [];
+  if (n <= 0) return best;
+  for (const x of items) {
+    if (!accept(x)) continue;
+    if (best.length === n && !(x.value > best[n - 1]!.value)) continue;
+    // After every kept one of equal value: the earlier wins a tie, as in a stable sort.
+    let p = best.length < n ? best.length : n - 1;
+    while (p > 0 && best[p - 1]!.value < x.value) p--;
+    best.splice(p, 0, x);
+    if (best.length > n) best.pop();
+  }
+  return best;
+}
+
+/** Each history item's contribution to `row`'s score (weight × dot product), each as it comes: {@link contributions} unsorted. */
+export function* contributionsOf(table: ItemTable, profile: readonly ProfileItem[], row: number): Generator<{ item: ProfileItem; value: number }> {
   const d = table.dim;
-  const out: Array<{ item: ProfileItem; value: number }> = [];
   for (const p of profile) {
     if (p.weight <= 0 || p.row === row) continue;
     let dot = 0;
     for (let k = 0; k < d; k++) dot += table.factors[p.row * d + k]! * table.factors[row * d + k]!;
-    out.push({ item: p, value: p.weight * dot });
+    yield { item: p, value: p.weight * dot };
   }
-  return out.sort((a, b) => b.value - a.value);
+}
+
+/** Per-history-item contributions to one recommended row's score, strongest first. */
+export function contributions(table: ItemTable, profile: readonly ProfileItem[], row: number): Array<{ item: ProfileItem; value: number }> {
+  return [...contributionsOf(table, profile, row)].sort((a, b) => b.value - a.value);
 }

@@ -10,9 +10,9 @@ import fc from 'fast-check';
 import * as tf from '../../src/model/tf.js';
 import '@tensorflow/tfjs-backend-wasm';
 import { createItemTable, type ItemTable } from '../../src/model/item-table.js';
-import { largestValue, rankScores, reachedRows, topReachedRows, type WeightedRow } from '../../src/model/neighbors.js';
+import { largestValue, neighborContributions, neighborContributionsOf, rankScores, reachedRows, topReachedRows, type WeightedRow } from '../../src/model/neighbors.js';
 import { Random } from '../../src/model/random.js';
-import { Scorer, type Allowed } from '../../src/model/score.js';
+import { contributions, contributionsOf, Scorer, topByValue, type Allowed } from '../../src/model/score.js';
 import type { SparseItemModel } from '../../src/model/sparse-item-model.js';
 
 /** reachedRows as it was: a Map per call, filled entry by entry. */
@@ -244,4 +244,35 @@ describe('similar(): the query row built on the host', () => {
       }
     });
   }
+});
+
+describe('reasons pick their two items in one pass (stop 32)', () => {
+  it('topByValue is filter + stable sort + slice, ties to the earlier item, for any n', () => {
+    const rng = new Random(9);
+    for (let t = 0; t < 500; t++) {
+      const items = Array.from({ length: Math.floor(rng.next() * 40) }, (_, i) => ({ i, value: Math.floor(rng.next() * 6) - 2 + (rng.next() < 0.2 ? 0.5 : 0), ok: rng.next() < 0.7 }));
+      const n = Math.floor(rng.next() * 5);
+      const accept = (x: { ok: boolean; value: number }) => x.ok && x.value > 0;
+      const want = items.filter(accept).sort((a, b) => b.value - a.value).slice(0, n);
+      assert.deepEqual(topByValue(items, n, accept), want);
+    }
+  });
+
+  it('the engine reasons cite what contributions() + filter + slice(0, 2) cited (factor model and neighbour table)', () => {
+    const rng = new Random(4);
+    const table = createItemTable(Array.from({ length: 60 }, (_, i) => `i${i}`), 8, { seed: 3 });
+    const profile = Array.from({ length: 40 }, (_, i) => ({ row: i, weight: Math.floor(rng.next() * 4) / 2, action: rng.next() < 0.8 ? ('view' as const) : undefined, lastT: i }));
+    for (let row = 40; row < 60; row++) {
+      const old = contributions(table, profile, row).filter((c) => c.value > 0 && c.item.action !== undefined).slice(0, 2);
+      assert.deepEqual(topByValue(contributionsOf(table, profile, row), 2, (c) => c.value > 0 && c.item.action !== undefined), old);
+    }
+    const width = 6;
+    const index = new Int32Array(60 * width).map(() => Math.floor(rng.next() * 60));
+    const weight = new Float32Array(60 * width).map(() => Math.floor(rng.next() * 3) / 2);
+    const m = { nItems: 60, width, index, weight } as unknown as Parameters<typeof neighborContributions>[0];
+    for (let row = 0; row < 60; row++) {
+      const old = neighborContributions(m, profile, row).filter((c) => c.item.action !== undefined).slice(0, 2);
+      assert.deepEqual(topByValue(neighborContributionsOf(m, profile, row), 2, (c) => c.item.action !== undefined), old);
+    }
+  });
 });
