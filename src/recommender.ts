@@ -1,7 +1,7 @@
 import * as Comlink from 'comlink';
 import { AbortError, ClosedError, reviveError, syncCancelled, ValidationError } from './errors.js';
 import { blockedDeletion, unlessBlocked } from './events/blocked.js';
-import { checkEventAge, DEFAULT_MAX_AGE_DAYS, validateEvent } from './events/schema.js';
+import { checkEventAge, clockBefore2000, DEFAULT_MAX_AGE_DAYS, validateEvent } from './events/schema.js';
 import { boolOption, checkSignal, describeValue, knownKeys, nameOption, OPTION_KEYS } from './options.js';
 import type { WorkerApi } from './engine/worker.js';
 import type { AuditReport, ExportFile } from './engine/audit-types.js';
@@ -27,7 +27,9 @@ export interface Recommender {
    * Records one event. Validated here (a bad event throws a ValidationError naming the field,
    * nothing is sent, and it is counted in `stats().dropped`), then posted to the worker, which
    * stores it in IndexedDB in a batch. After `close()` or `erase()`, or once the worker has died,
-   * it throws a `ClosedError` (synchronously, as it returns nothing to reject).
+   * it throws a `ClosedError` (synchronously, as it returns nothing to reject). On a device whose
+   * clock reads before 2000 (a dead clock battery) an event without `t` cannot be timed: it is
+   * dropped and counted in `stats().dropped`, not thrown; pass `t` (the page's server time) to keep it.
    */
   track(event: TrackEvent): void;
   /** Top-K items for this shopper, each with a reason. */
@@ -547,6 +549,12 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
       // Validated here too so that the caller gets the error at the call site. Never posted, so
       // counted here: stats().dropped adds it to what the worker's engine refused itself.
       let valid: ReturnType<typeof validateEvent>;
+      // A device clock before 2000 (a dead clock battery) cannot time an event: dropped, counted,
+      // not thrown from every call of a page's click handlers (the page can pass t to keep it).
+      if (clockBefore2000(Date.now()) && typeof event === 'object' && event !== null && (event as { t?: unknown }).t === undefined) {
+        rejected++;
+        return;
+      }
       try {
         valid = validateEvent(event);
         checkEventAge(valid, Date.now(), maxAgeDays);

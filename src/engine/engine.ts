@@ -2268,7 +2268,14 @@ export class Engine {
       return r;
     } catch (e) {
       this.lastError = e as Error;
-      this.scheduleAutoSync(retry);
+      if (e instanceof ModelError) {
+        // The server's model does not fit this page (another dim, another catalog, values out of
+        // range): not a failure a retry in 15 minutes mends, and each try downloads the whole model
+        // (none is held to answer 304). The next one a whole period later, in every tab.
+        const at = this.now() + withJitter(period);
+        await this.store.updateMeta<AutoSyncState>(AUTO_SYNC_KEY, (s) => ({ ...s, nextAt: at })).catch(() => undefined);
+        this.scheduleAutoSync(period);
+      } else this.scheduleAutoSync(retry);
       return null;
     }
   }

@@ -37,7 +37,7 @@ export interface CsvMapping {
  */
 export async function loadCsv(path: string, m: CsvMapping, onRows?: (rows: number) => void): Promise<EventLog> {
   const name = basename(path);
-  const input = await openText(path, 'options.data');
+  const input = await openText(path, 'options.data', { utf16le: true });
   const parser = input.pipe(
     // Lengths are checked here, after blank records are skipped (csv-parse would refuse a line of
     // spaces, or an Excel export's trailing `,,,`, as a record of the wrong length).

@@ -15,7 +15,7 @@ import { ValidationError } from '../errors.js';
  * const stream = await openText('../shared/data/online-retail/online-retail.csv.gz', 'options.data');
  * ```
  */
-export async function openText(path: string, field: string): Promise<Readable> {
+export async function openText(path: string, field: string, options: { utf16le?: boolean } = {}): Promise<Readable> {
   let head: Buffer;
   try {
     const fh = await open(path, 'r');
@@ -38,7 +38,7 @@ export async function openText(path: string, field: string): Promise<Readable> {
     raw.on('error', (e) => gunzip.destroy(e));
     text = raw.pipe(gunzip);
   }
-  const checked = new Utf8Check(path, field);
+  const checked = new Utf8Check(path, field, options.utf16le === true);
   text.on('error', (e) => checked.destroy(e));
   return text.pipe(checked);
 }
@@ -47,7 +47,8 @@ export async function openText(path: string, field: string): Promise<Readable> {
  * Passes the bytes through, refusing text that is not UTF-8 (a Windows-1252 or Latin-1 export,
  * as the widely shared copies of Online Retail are) with a `ValidationError` naming the file and
  * line: decoded leniently, `Café` and `Cafè` would both become `Caf\uFFFD`, one item. A file
- * that starts with a UTF-16 byte-order mark is passed as is (the CSV reader decodes it).
+ * that starts with a UTF-16LE byte-order mark is passed as is to a reader that decodes it (`utf16le`:
+ * the CSV readers, through csv-parse), and refused, saying so, elsewhere; UTF-16BE is refused.
  */
 class Utf8Check extends Transform {
   /** Bytes of a character split across chunks, carried to the next one. */
@@ -60,6 +61,7 @@ class Utf8Check extends Transform {
   constructor(
     private readonly path: string,
     private readonly field: string,
+    private readonly utf16le: boolean,
   ) {
     super();
   }
@@ -67,7 +69,12 @@ class Utf8Check extends Transform {
   override _transform(chunk: Buffer, _enc: BufferEncoding, done: TransformCallback): void {
     if (this.first) {
       this.first = false;
-      this.utf16 = chunk.length >= 2 && ((chunk[0] === 0xff && chunk[1] === 0xfe) || (chunk[0] === 0xfe && chunk[1] === 0xff));
+      const le = chunk.length >= 2 && chunk[0] === 0xff && chunk[1] === 0xfe;
+      const be = chunk.length >= 2 && chunk[0] === 0xfe && chunk[1] === 0xff;
+      if ((le && !this.utf16le) || be) {
+        return done(new ValidationError(this.field, `'${this.path}' is UTF-16${be ? 'BE' : 'LE'} text, which this reader does not take: convert it to UTF-8 first, e.g. \`iconv -f utf-16 -t utf-8\``));
+      }
+      this.utf16 = le;
     }
     if (this.utf16) return done(null, chunk);
     const bytes = this.carry.length ? Buffer.concat([this.carry, chunk]) : chunk;

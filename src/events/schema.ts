@@ -31,6 +31,17 @@ const MAX_ID = 256;
 const MAX_QUERY = 512;
 // Timestamps before 2000 or more than a day ahead are almost always unit mistakes (seconds vs ms).
 const MIN_T = Date.UTC(2000, 0, 1);
+/** The latest time an event may carry when the device clock cannot say (it reads before 2000). */
+const MAX_T = Date.UTC(2100, 0, 1);
+
+/**
+ * Whether the device clock reads before 2000 (a dead clock battery): an event without `t` then
+ * cannot be timed, and one with `t` cannot be checked against "now" (the page's `track()` drops
+ * the first, counted in `stats().dropped`, rather than throw from every call).
+ */
+export function clockBefore2000(now: number): boolean {
+  return !(now >= MIN_T);
+}
 /** How far ahead of the device's clock an event may be stamped (a page reporting its server's time). */
 export const FUTURE_SLACK_MS = 24 * 3600 * 1000;
 
@@ -91,8 +102,14 @@ export function validateEvent(input: unknown, now: number = Date.now()): StoredE
   }
   // A device clock before 2000 (a dead clock battery) would store an event that reads back as
   // malformed (storedEventProblem): refused now, saying why, rather than stored and then ignored.
-  if (e.t === undefined && !(now >= MIN_T)) throw new ValidationError('event.t', `is missing, and the device clock (${describe(now)}) is before 2000-01-01: pass the time as t, or set the device's clock`);
-  const t = e.t === undefined ? now : num(e.t, 'event.t', MIN_T, now + FUTURE_SLACK_MS);
+  // A time the page gives (its server's) is taken then, up to 2100: "a day ahead" of such a clock
+  // means nothing.
+  const broken = clockBefore2000(now);
+  if (e.t === undefined && broken) {
+    const reads = Number.isFinite(now) ? new Date(now).toISOString() : describe(now);
+    throw new ValidationError('event.t', `is missing, and the device clock reads ${reads}, before 2000-01-01: the event cannot be timed (pass its time as t, e.g. the page's server time)`);
+  }
+  const t = e.t === undefined ? now : num(e.t, 'event.t', MIN_T, broken ? MAX_T : now + FUTURE_SLACK_MS);
   const out: StoredEvent = { t, type };
   if (ITEM_EVENTS.has(type)) out.itemId = id(e.itemId, 'event.itemId');
   switch (type) {

@@ -10,7 +10,7 @@ import type { Offer, OfferContext, OfferWhy } from './types.js';
 /**
  * What this offer's reason rests on, first match wins:
  * 1. the shopper's most recent cited event on an item in the offer's scope that the product catalog lists (`event`);
- * 2. the product on screen, then a cart line, in scope (`on-screen`, `in-cart`);
+ * 2. the product on screen, then a cart line, in scope and listed (`on-screen`, `in-cart`);
  * 3. the most recent cited event on an item of the same category as an item scope (`same-category`);
  * 4. otherwise `explore` (an exploration slot) or `shop`.
  *
@@ -29,8 +29,8 @@ export function offerWhy(offer: Offer, events: readonly StoredEvent[], products:
     // (re-signed without editing it), and "Because you viewed mug-84029E" would cite its bare id.
     if (event && e.itemId !== undefined && products.byId.has(e.itemId) && inScope(offer.scope, e.itemId, products)) return { kind: 'event', itemId: e.itemId, event };
   }
-  if (context.itemId !== undefined && inScope(offer.scope, context.itemId, products)) return { kind: 'on-screen', itemId: context.itemId };
-  const inCart = context.cart?.find((l) => inScope(offer.scope, l.itemId, products));
+  if (context.itemId !== undefined && products.byId.has(context.itemId) && inScope(offer.scope, context.itemId, products)) return { kind: 'on-screen', itemId: context.itemId };
+  const inCart = context.cart?.find((l) => products.byId.has(l.itemId) && inScope(offer.scope, l.itemId, products));
   if (inCart) return { kind: 'in-cart', itemId: inCart.itemId };
   if (offer.scope.kind === 'items') {
     const cats = categoriesOf(offer.scope.itemIds, products);

@@ -114,7 +114,8 @@ export interface OfferContext {
   itemId?: string;
   /**
    * "Now", ms since the epoch (validity windows, cool-downs, recency); defaults to the clock. Set it
-   * in replays: more than a minute before the device's clock, events after it do not count.
+   * in replays: more than a day before the device's clock, events after it do not count; within a
+   * day of it (a page passing its server's time to a device whose clock is fast) the call is live.
    */
   now?: number;
 }

@@ -334,6 +334,38 @@ describe('track() input the store would lose at once, or that pages build generi
     });
   });
 
+  it('on a device clock before 2000 the page drops (and counts) an event without t instead of throwing, and keeps one with t (stop 32)', async () => {
+    const posted: unknown[] = [];
+    const api = {
+      async init(_options: unknown, trackPort: MessagePort) {
+        trackPort.onmessage = (m: MessageEvent) => posted.push(...(m.data as { events: unknown[] }).events);
+      },
+      barrier: async () => undefined,
+      stats: async () => ({ dropped: 0 }),
+      close: async () => undefined,
+    };
+    await withStandInWorker(api, async () => {
+      const rec = await createRecommender({ catalog, workerTimeoutMs: 0 });
+      const realNow = Date.now;
+      const serverTime = realNow();
+      try {
+        Date.now = () => Date.UTC(1980, 0, 1); // a dead clock battery
+        try {
+          rec.track({ type: 'view', itemId: 'p1' });
+          rec.track({ type: 'view', itemId: 'p2', t: serverTime });
+          assert.throws(() => rec.track({ type: 'view', t: serverTime } as never), refused('event.itemId'), 'a bad event still throws');
+        } finally {
+          Date.now = realNow;
+        }
+        assert.equal((await rec.stats()).dropped, 2, 'the untimed one and the bad one');
+        await new Promise((r) => setTimeout(r, 50));
+        assert.deepEqual(posted.map((e) => (e as { itemId: string }).itemId), ['p2']);
+      } finally {
+        await rec.close();
+      }
+    });
+  });
+
   it('the page passes no consent decision for the default or \'granted\' (the engine may apply a stored withdrawal), and the host\'s own answer or \'required\' as given (stop 30)', async () => {
     let received: Record<string, unknown> | undefined;
     const api = {

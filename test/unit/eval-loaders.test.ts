@@ -163,6 +163,10 @@ test('text that is not UTF-8 is refused naming the file and line; UTF-8 split ac
   assert.deepEqual((await loadCsv(file('bom.csv', '\uFEFFuser,item\r\nu1,Ω\r\n'), { user: 'user', item: 'item' })).itemIds, ['Ω']);
   const u16 = Buffer.concat([Buffer.from([0xff, 0xfe]), Buffer.from('user,item\nu1,a\nu2,é\n', 'utf16le')]);
   assert.deepEqual((await loadCsv(file('u16.csv', u16), { user: 'user', item: 'item' })).itemIds, ['a', 'é']);
+  // Refused, saying so, where no reader decodes it: UTF-16BE, and UTF-16 for the lines files.
+  const be = Buffer.concat([Buffer.from([0xfe, 0xff]), Buffer.from('user,item\nu1,a\n', 'utf16le').swap16()]);
+  await assert.rejects(loadCsv(file('be.csv', be), { user: 'user', item: 'item' }), /'.*be\.csv' is UTF-16BE text, which this reader does not take: convert it to UTF-8 first/);
+  await assert.rejects(loadLinesSplit(file('u16.txt', Buffer.concat([Buffer.from([0xff, 0xfe]), Buffer.from('u1 a\n', 'utf16le')])), file('t16.txt', 'u1 a\n')), /is UTF-16LE text, which this reader does not take/);
 });
 
 test('a numeric --filter refuses a cell that is not a number (a decimal comma) instead of dropping its row; empty cells still fail it (stop 32)', async () => {

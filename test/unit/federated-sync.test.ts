@@ -998,6 +998,25 @@ describe('automatic syncs (options.federated.autoSyncHours)', () => {
     });
   });
 
+  it('a server model that does not fit the page (another dim) is tried again a period later, not every 15 minutes (stop 32)', async () => {
+    const srv = await startServer({ port: 0, dataDir: null, initialTable: createItemTable(ids, 8, { seed: 2 }), minClients: 50, clip: 1, noiseMultiplier: 1, rateLimit: false, log: () => {} });
+    const clock = { t: CLOCK_START };
+    const { e, auto } = await autoDevice(srv, { clock });
+    try {
+      assert.equal(await auto.autoSync(), null);
+      assert.match((await e.stats()).lastError ?? '', /ModelError: the server's model has dim 8, this device uses 16/);
+      const due = await nextAt(e);
+      assert.ok(due >= clock.t + 24 * HOUR && due < clock.t + 36 * HOUR, `a period later: ${(due - clock.t) / HOUR} h`);
+      const sent = (await e.egressLog()).length;
+      clock.t += 30 * 60_000;
+      assert.equal(await auto.autoSync(), null);
+      assert.equal((await e.egressLog()).length, sent, 'no model downloaded again half an hour later');
+    } finally {
+      await e.close();
+      await srv.close();
+    }
+  });
+
   it('two tabs on one database: only one of them syncs in a period; the page’s own sync counts too', async () => {
     await withOwnServer({ seed: 3 }, async (srv) => {
       const clock = { t: CLOCK_START };

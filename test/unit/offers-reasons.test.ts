@@ -87,6 +87,8 @@ describe('offer reasons reference real past events', () => {
     ];
     assert.deepEqual(offerWhy(withDropped, events, products, {}, false), { kind: 'event', itemId: 'm1', event: 'view' });
     assert.equal(offerReason(withDropped, events.slice(1), products, {}, false), 'One of the shop’s current offers');
+    // Nor as the product on screen or in the cart.
+    assert.deepEqual(offerWhy(withDropped, [], products, { itemId: 'gone-84029E', cart: [{ itemId: 'gone-84029E' }] }, false), { kind: 'shop' });
   });
 
   test('each reason has the structured facts it is worded from, and the text follows them', () => {

@@ -68,7 +68,7 @@ export interface LoadRetailOptions {
 export async function loadRetailData(path: string, onProgress?: (rowsRead: number) => void, field = 'options.data', options: LoadRetailOptions = {}): Promise<RetailData> {
   const name = basename(path);
   // openText: a missing or unreadable file is a ValidationError naming it, gzip is told by its bytes.
-  const input = await openText(path, field);
+  const input = await openText(path, field, { utf16le: true });
   // Lengths are checked below, after blank records are skipped, as `localrec eval` does.
   const parser = parse({ info: true, skip_empty_lines: true, bom: true, relax_column_count: true });
   input.on('error', (e) => parser.destroy(e));
