@@ -223,6 +223,9 @@ function defaultWorkerUrl(): URL {
  * ```
  */
 export async function createRecommender(options: RecommenderOptions): Promise<Recommender> {
+  // When the host's consent answer was read: another tab's consent change after it, also one made
+  // while the worker loads, is applied once the engine starts (options.consentAsOf of the engine).
+  const consentAsOf = Date.now();
   if (typeof options !== 'object' || options === null) throw new ValidationError('options', 'must be an object with a `catalog`');
   knownKeys(options, 'options', OPTION_KEYS.recommender);
   // The catalog is validated in the worker (errors come back with the field named): validating a
@@ -401,6 +404,7 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
           ...(options.consent === undefined || options.consent === 'granted' ? {} : { consent: initialConsent }),
           globalPrivacyControl: gpc,
           honorGlobalPrivacyControl: options.federated?.honorGlobalPrivacyControl,
+          consentAsOf,
         },
         Comlink.transfer(channel.port2, [channel.port2]),
         wasmPaths,

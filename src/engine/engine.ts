@@ -82,6 +82,13 @@ export interface EngineOptions {
    * stored now, and a number that grows with each change (the worker tells the page's gate).
    */
   onConsent?: (personalization: boolean, version: number) => void;
+  /**
+   * When the host's consent answer (`consent`) was read, ms since the epoch (default: when
+   * `create()` is called; the page passes the time of `createRecommender()`, before its worker
+   * loads). Another tab's consent change made after it is applied at start-up, also one made
+   * while this engine was still starting; an earlier one is not applied over the host's answer.
+   */
+  consentAsOf?: number;
 }
 
 /** What is persisted in the `meta` store under {@link MODEL_KEY}. */
@@ -215,7 +222,9 @@ type TabMessage =
   | { type: 'model' }
   | { type: 'offers' }
   | { type: 'erased'; at?: number }
-  | { type: 'consent'; personalization: boolean; federated: boolean; at?: number };
+  | { type: 'consent'; personalization: boolean; federated: boolean; at?: number }
+  /** A tab starting: live tabs answer with the consent they follow and when it was asked for. */
+  | { type: 'hello' };
 /** The egress log keeps this many most recent requests (and none older than `retention.maxAgeDays`). */
 const EGRESS_MAX = 1000;
 const DAY_MS = 86_400_000;
@@ -231,7 +240,7 @@ const FALLBACK_TIE_ROWS = 16;
 const MAX_CANDIDATES = 10_000;
 
 /** The keys {@link Engine.create} accepts: the page's options plus what the worker and tests add. */
-const ENGINE_KEYS = [...OPTION_KEYS.recommender.filter((k) => k !== 'workerUrl' && k !== 'wasmPaths' && k !== 'workerTimeoutMs'), 'backendCandidates', 'training', 'fetch', 'globalPrivacyControl', 'honorGlobalPrivacyControl', 'now', 'store', 'onConsent'];
+const ENGINE_KEYS = [...OPTION_KEYS.recommender.filter((k) => k !== 'workerUrl' && k !== 'wasmPaths' && k !== 'workerTimeoutMs'), 'backendCandidates', 'training', 'fetch', 'globalPrivacyControl', 'honorGlobalPrivacyControl', 'now', 'store', 'onConsent', 'consentAsOf'];
 
 /** True for an absolute http:// or https:// URL (the worker has no page to resolve a relative one against). */
 function isHttpUrl(u: unknown): u is string {
@@ -484,6 +493,9 @@ export class Engine {
     for (const f of ['fetch', 'now', 'onConsent'] as const) {
       if (opts[f] !== undefined && typeof opts[f] !== 'function') throw new ValidationError(`options.${f}`, `must be a function, got ${describeValue(opts[f])}`);
     }
+    if (opts.consentAsOf !== undefined && !(typeof opts.consentAsOf === 'number' && Number.isFinite(opts.consentAsOf))) {
+      throw new ValidationError('options.consentAsOf', `must be a time (ms since the epoch), got ${describeValue(opts.consentAsOf)}`);
+    }
     const dim = intOption(opts.model?.dim, 'options.model.dim', 1, 64, 32);
     // Checked here too (the constructor reads it), before anything opens IndexedDB.
     intOption(opts.autoTrainEvery, 'options.autoTrainEvery', 0, 1_000_000, 20);
@@ -506,20 +518,35 @@ export class Engine {
       maxEvents: intOption(opts.retention?.maxEvents, 'options.retention.maxEvents', 1, 10_000_000, DEFAULT_RETENTION.maxEvents),
       maxAgeDays: intOption(opts.retention?.maxAgeDays, 'options.retention.maxAgeDays', 1, 36_500, DEFAULT_RETENTION.maxAgeDays),
     };
-    // Probed on this catalog's scoring shape, items × (dim + 1): which backend scores fastest
-    // depends on it (wasm on small catalogs even beside a fast GPU, WebGPU on large ones).
-    const backend = await selectBackend({ force: opts.backend, candidates: opts.backendCandidates, probeRows: catalog.items.length, probeDim: dim + 1 });
+    // The other tabs are listened to from here on, before the backend probe and the database:
+    // a consent change made in one while this engine starts (a withdrawal, whose database this one
+    // would open again) is applied once it is built, and the live ones say which consent they follow.
+    const early = Engine.listenToTabs(opts);
+    let backend: BackendChoice;
+    let store: EventStore;
     // Before consent nothing may touch IndexedDB: the engine starts on a memory store that drops events.
     const consented = opts.consent?.personalization ?? true;
-    const store = consented ? (opts.store ?? (await openEventStore(opts.dbName ?? 'localrec', retention))) : new MemoryEventStore(retention);
+    try {
+      // Probed on this catalog's scoring shape, items × (dim + 1): which backend scores fastest
+      // depends on it (wasm on small catalogs even beside a fast GPU, WebGPU on large ones).
+      backend = await selectBackend({ force: opts.backend, candidates: opts.backendCandidates, probeRows: catalog.items.length, probeDim: dim + 1 });
+      store = consented ? (opts.store ?? (await openEventStore(opts.dbName ?? 'localrec', retention))) : new MemoryEventStore(retention);
+    } catch (e) {
+      early?.channel.close();
+      throw e;
+    }
     const engine = new Engine(catalog, store, backend, opts);
+    // Its own from here on (abandon() closes it), though what comes is held until openChannel.
+    engine.channel = early?.channel;
+    // A host's answer, read at consentAsOf, is not overridden by another tab's change asked for
+    // before it; with no answer from the host (the default) any live tab's decision is newer.
+    if (opts.consent !== undefined) engine.consentAt = opts.consentAsOf ?? engine.now();
     try {
       engine.noteFallback(store);
       engine.watchStore(store);
       engine.retention = retention;
       engine.dim = dim;
       await engine.load(dim);
-      engine.openChannel();
       if (consented) {
         // Events past the age limit go now, not at the next write (a shopper back after a year).
         await engine.retainNow();
@@ -527,6 +554,9 @@ export class Engine {
         await engine.loadStoredNeighbors();
         engine.startNeighborFetch();
       }
+      // Last: what other tabs said meanwhile (a withdrawal that deletes the database) is applied
+      // once nothing here reads the store any more (a read would open it again).
+      engine.openChannel(early);
       engine.scheduleAutoSync(engine.firstAutoSyncDelay());
     } catch (e) {
       // Nothing this call opened outlives it: the caller gets no engine to close.
@@ -570,17 +600,37 @@ export class Engine {
   /** Another tab saved weights since this one loaded them: reload before using them. */
   private modelStale = false;
 
-  private openChannel(): void {
-    if (this.opts.store || typeof BroadcastChannel === 'undefined' || plainNode()) return;
-    const ch = new BroadcastChannel(`localrec:${this.opts.dbName ?? 'localrec'}`);
+  /**
+   * Opens the tab channel while {@link create} is still starting, keeping what arrives until the
+   * engine takes it over ({@link openChannel}), and says hello: live tabs answer with the consent
+   * they follow. Undefined where there is no channel (see {@link channel}).
+   */
+  private static listenToTabs(opts: EngineOptions): { channel: BroadcastChannel; held: TabMessage[] } | undefined {
+    if (opts.store || typeof BroadcastChannel === 'undefined' || plainNode()) return undefined;
+    const channel = new BroadcastChannel(`localrec:${opts.dbName ?? 'localrec'}`);
     // Node: a channel must not keep the process alive (browsers have no unref).
-    (ch as { unref?: () => void }).unref?.();
-    ch.onmessage = (ev: MessageEvent) => {
-      this.inbox = this.inbox.then(() => this.fromOtherTab(ev.data as TabMessage)).catch((e) => {
+    (channel as { unref?: () => void }).unref?.();
+    const held: TabMessage[] = [];
+    channel.onmessage = (ev: MessageEvent) => void held.push(ev.data as TabMessage);
+    try {
+      channel.postMessage({ type: 'hello' } satisfies TabMessage);
+    } catch {
+      // Closed under us: nobody to ask.
+    }
+    return { channel, held };
+  }
+
+  /** Takes over the channel {@link listenToTabs} opened: what it held first, in order, then each message as it comes. */
+  private openChannel(early: { channel: BroadcastChannel; held: TabMessage[] } | undefined): void {
+    if (!early) return;
+    const handle = (m: TabMessage) => {
+      this.inbox = this.inbox.then(() => this.fromOtherTab(m)).catch((e) => {
         this.lastError = e as Error;
       });
     };
-    this.channel = ch;
+    for (const m of early.held.splice(0)) handle(m);
+    early.channel.onmessage = (ev: MessageEvent) => handle(ev.data as TabMessage);
+    this.channel = early.channel;
   }
 
   private tell(message: TabMessage): void {
@@ -620,7 +670,12 @@ export class Engine {
       case 'erased':
         // Already handled: this tab found the database gone after that erase began (watchStore).
         if (typeof m.at === 'number' && m.at <= this.deletionHandledAt) return;
-        await this.erasedElsewhere();
+        await this.erasedElsewhere(typeof m.at === 'number' ? m.at : undefined);
+        return;
+      case 'hello':
+        // A tab starting: the consent this one follows, if it was asked for at a known time (its
+        // host's answer, a setConsent, another tab's); the new tab keeps the later of that and its own.
+        if (Number.isFinite(this.consentAt)) this.tell({ type: 'consent', ...this.consentApplying, at: this.consentAt });
         return;
     }
   }
@@ -630,7 +685,7 @@ export class Engine {
    * the cached history, weights learned from it, a sync under way), so that nothing erased is
    * written back or sent. The database comes back, empty, only with this tab's next write.
    */
-  private async erasedElsewhere(): Promise<void> {
+  private async erasedElsewhere(at?: number): Promise<void> {
     // The shopper erased their data in another tab: this tab syncs no more by itself this session.
     this.disarmAutoSync();
     this.autoSyncStopped = true;
@@ -641,7 +696,10 @@ export class Engine {
     await this.training?.catch(() => undefined);
     this.dataEpoch++;
     this.stopNeighborFetch();
-    this.queue = [];
+    // What the shopper did after the erase began (`at`: tracked in this tab just after the other
+    // tab's erase() resolved, before its message came) is not part of what was erased: kept, and
+    // written to the database anew. Without a time, everything queued goes.
+    this.queue = at === undefined ? [] : this.queue.filter((e) => e.t > at);
     this.dropEventCache();
     // The offer catalog and the neighbour table stay in memory: the shop's public data, not the shopper's.
     // Of the consent records only the one in force is kept: the erased history is not written back.

@@ -193,7 +193,7 @@ export class IdbEventStore implements EventStore {
   private mustExist = false;
   /** Bumped by {@link reopenLazily}: a reconnect begun before it does not report a deletion already handled. */
   private generation = 0;
-  /** When this store created the database anew after the last deletion it was told of ({@link createdAfterDeletion}). */
+  /** When this store created the database (at its first open, or anew after the last deletion it was told of: {@link createdAfterDeletion}). */
   private recreatedAt: number | undefined;
   /**
    * Called (once per deletion, after the call that found it fails) when a reconnect finds the
@@ -292,7 +292,9 @@ export class IdbEventStore implements EventStore {
         ...handlers,
       }), blockedOpen(this.name), (late) => late.close());
       this.mustExist = true;
-      if (createdNow && generation > 0 && generation === this.generation) this.recreatedAt = Date.now();
+      // (At the first open too: a database this tab creates after another tab's withdrawal deleted
+      // it, while this tab was still starting, goes when that withdrawal reaches this tab.)
+      if (createdNow && generation === this.generation) this.recreatedAt = Date.now();
       return db;
     } catch (e) {
       if (vanished) throw deleted();

@@ -168,6 +168,21 @@ describe('two tabs on one device', () => {
     await b.erase();
   });
 
+  it('an event tracked in the other tab right after an erase resolved, before its message came, is kept; those tracked before it go (stop 32)', async () => {
+    const name = dbName();
+    const [a, b] = await tabs(name);
+    b.enqueue([{ type: 'view', itemId: 'sku-1' }]); // queued in tab B (written 25 ms later) when the erase begins
+    await a.erase();
+    // Tab B's page goes on at once (the erased message has not reached its worker yet).
+    b.enqueue([{ type: 'view', itemId: 'sku-7', t: Date.now() + 5 }]);
+    await settle();
+    await b.flush();
+    const events = (await b.exportData()).events.map((e) => e.itemId);
+    assert.deepEqual(events, ['sku-7'], 'the later event is stored anew; the earlier one went with the erase');
+    await b.erase();
+    await a.close();
+  });
+
   it('consent withdrawn in one tab: the other stops storing too, and nothing comes back', async () => {
     const name = dbName();
     const [a, b] = await tabs(name);
@@ -191,6 +206,50 @@ describe('two tabs on one device', () => {
     await a.close();
     await b.erase();
   });
+  it('a tab still starting follows a consent change another tab made after its host read the answer (stop 32)', async () => {
+    const name = dbName();
+    const granted = { personalization: true, federated: true };
+    const open = (extra: Record<string, unknown>) => Engine.create({ catalog, backend: 'cpu', dbName: name, autoTrainEvery: 0, model: { dim: 8 }, consent: granted, ...extra });
+    const a = await open({});
+    a.enqueue([{ type: 'view', itemId: 'sku-1' }]);
+    await a.flush();
+    // Tab B's page read the host's answer (granted) a moment ago; its worker is still loading when
+    // the shopper withdraws in tab A.
+    const askedAt = Date.now() - 500;
+    await a.setConsent({ personalization: false });
+    const b = await open({ consentAsOf: askedAt });
+    // (The answer to its hello, then the deletion of the database it opened meanwhile, take a moment.)
+    for (let i = 0; i < 40 && ((await b.audit()).consent.current.personalization || (await dbNames()).includes(name)); i++) await settle();
+    assert.deepEqual((await b.audit()).consent.current, { personalization: false, federated: true }, 'the withdrawal reached tab B');
+    assert.ok(!(await dbNames()).includes(name), 'the database it opened meanwhile is deleted again');
+    assert.equal(b.enqueue([{ type: 'view', itemId: 'sku-2' }]), 0, 'tab B stores nothing');
+    await b.flush();
+    assert.ok(!(await dbNames()).includes(name), 'and opens none');
+    await b.close();
+    // A tab whose host read its answer after that change keeps the host's answer (the later one).
+    const c = await open({ consentAsOf: Date.now() + 1000 });
+    await settle();
+    await settle();
+    assert.deepEqual((await c.audit()).consent.current, granted, "the host's newer answer stands");
+    await c.erase();
+    await a.close();
+  });
+
+  it('with no answer from its host, a starting tab follows the withdrawal a live tab made earlier (stop 32)', async () => {
+    const name = dbName();
+    const [a] = await tabs(name);
+    a.enqueue([{ type: 'view', itemId: 'sku-1' }]);
+    await a.flush();
+    await a.setConsent({ personalization: false }); // remembered only in memory: the database is deleted
+    const b = await Engine.create({ catalog, backend: 'cpu', dbName: name, autoTrainEvery: 0, model: { dim: 8 } });
+    for (let i = 0; i < 40 && ((await b.audit()).consent.current.personalization || (await dbNames()).includes(name)); i++) await settle();
+    assert.deepEqual((await b.audit()).consent.current, { personalization: false, federated: true });
+    assert.equal(b.enqueue([{ type: 'view', itemId: 'sku-2' }]), 0);
+    assert.ok(!(await dbNames()).includes(name));
+    await b.close();
+    await a.close();
+  });
+
   it('on memory because IndexedDB refused to open (private mode): another tab\'s erase drops this tab\'s own copy of the history too', async () => {
     const g = globalThis as { indexedDB: IDBFactory };
     const real = g.indexedDB;
