@@ -7,7 +7,7 @@
  */
 import type { TrainedPart } from '../federated/client-update.js';
 import { logNormalCdf } from '../federated/dp.js';
-import { levelsFor, type QuantizedUpdate } from '../federated/wire.js';
+import { levelsFor, scaleCount, UPDATE_HEADER_BYTES, type QuantizedUpdate, type UpdateHeader } from '../federated/wire.js';
 import type { ItemTable } from '../model/item-table.js';
 
 /**
@@ -59,6 +59,89 @@ export function meanDelta(deltas: readonly Float32Array[]): Float64Array {
   for (const d of deltas) for (let i = 0; i < len; i++) out[i] = out[i]! + d[i]!;
   for (let i = 0; i < len; i++) out[i] = out[i]! / deltas.length;
   return out;
+}
+
+/**
+ * Adds update `u`'s dequantized values into `acc` (`acc[i] += value i`): each value exactly as
+ * `dequantizeUpdate` gives it (a float32), added in double precision as {@link meanDelta} adds it,
+ * so that adding a round's updates one at a time, in its order, then dividing by their count gives
+ * {@link meanDelta} of their `dequantizeUpdate`s bit for bit, without a float32 copy of each.
+ *
+ * @example
+ * ```ts
+ * const acc = new Float64Array(len);
+ * for (const body of bodies) addDequantized(acc, decodeUpdate(body)); // then acc[i] / bodies.length
+ * ```
+ */
+export function addDequantized(acc: Float64Array, u: QuantizedUpdate): void {
+  const { itemCount: n, dim, blockSize, bits } = u.header;
+  const len = n * (dim + 1);
+  if (acc.length !== len) throw new RangeError(`an update of ${len} values cannot be added to a sum of ${acc.length}`);
+  const L = levelsFor(bits);
+  const nf = n * dim;
+  const factorBlocks = Math.ceil(nf / blockSize);
+  const { scales, codes } = u;
+  // Block by block (factors, then biases, blocked separately), with the same expression per value
+  // as dequantizeUpdate, rounded to float32 as its Float32Array stores it.
+  for (let b0 = 0, block = 0; b0 < nf; b0 += blockSize, block++) {
+    const s = scales[block]!;
+    const end = Math.min(nf, b0 + blockSize);
+    for (let i = b0; i < end; i++) acc[i] = acc[i]! + Math.fround((s * (codes[i]! - L)) / L);
+  }
+  for (let b0 = nf, block = factorBlocks; b0 < len; b0 += blockSize, block++) {
+    const s = scales[block]!;
+    const end = Math.min(len, b0 + blockSize);
+    for (let i = b0; i < end; i++) acc[i] = acc[i]! + Math.fround((s * (codes[i]! - L)) / L);
+  }
+}
+
+/**
+ * Reads values of an update straight from its body (wire format: header, float32 scales, codes of
+ * `bits` bits packed least significant bit first), as `dequantizeUpdate(decodeUpdate(body))`
+ * would give them, without decoding the rest: what a trimmed mean or median holds of each update
+ * of a round is its body as stored ({@link UpdateValues.fill}), not a float32 copy of the table.
+ * The body must be one that {@link decodeUpdate} took (it checks nothing).
+ */
+export class UpdateValues {
+  private readonly dv: DataView;
+  private readonly L: number;
+  private readonly nf: number;
+  private readonly factorBlocks: number;
+  private readonly codesAt: number;
+  private readonly mask: number;
+
+  constructor(
+    private readonly body: Uint8Array,
+    private readonly header: UpdateHeader,
+  ) {
+    const { itemCount: n, dim, blockSize, bits } = header;
+    this.dv = new DataView(body.buffer, body.byteOffset, body.byteLength);
+    this.L = levelsFor(bits);
+    this.nf = n * dim;
+    this.factorBlocks = Math.ceil(this.nf / blockSize);
+    this.codesAt = UPDATE_HEADER_BYTES + 4 * scaleCount(n, dim, blockSize);
+    this.mask = (1 << bits) - 1;
+  }
+
+  /** Values `start … start + count − 1` into `out` from `offset` (float32, as dequantizeUpdate stores them). */
+  fill(start: number, count: number, out: Float32Array, offset: number): void {
+    const { body, dv, L, nf, factorBlocks, codesAt, mask } = this;
+    const { blockSize, bits } = this.header;
+    let block = -1;
+    let s = 0;
+    for (let i = start; i < start + count; i++) {
+      const b = i < nf ? Math.floor(i / blockSize) : factorBlocks + Math.floor((i - nf) / blockSize);
+      if (b !== block) {
+        block = b;
+        s = dv.getFloat32(UPDATE_HEADER_BYTES + 4 * b, true);
+      }
+      // A code of ≤ 8 bits spans at most two bytes.
+      const bit = i * bits;
+      const at = codesAt + Math.floor(bit / 8);
+      const c = ((body[at]! | ((body[at + 1] ?? 0) << 8)) >>> (bit % 8)) & mask;
+      out[offset + i - start] = (s * (c - L)) / L;
+    }
+  }
 }
 
 /**
@@ -168,6 +251,49 @@ function select(a: Float64Array, lo: number, hi: number, k: number): void {
 }
 
 /**
+ * Coordinates per block of {@link trimmedMeanBlock}: the block's values of all M deltas are
+ * gathered into one buffer (contiguous reads), then each coordinate's column into a scratch array.
+ */
+export const TRIM_BLOCK = 256;
+
+/**
+ * Writes `count` (≤ {@link TRIM_BLOCK}) values of delta `k`, from coordinate `start` on, into
+ * `out` at `offset`: the source of the values {@link trimmedMeanBlock} combines.
+ */
+export type FillValues = (k: number, start: number, count: number, out: Float32Array, offset: number) => void;
+
+/** Buffers for {@link trimmedMeanBlock} over M deltas, reused from block to block. */
+export function trimScratch(m: number): { buf: Float32Array; col: Float64Array } {
+  return { buf: new Float32Array(m * TRIM_BLOCK), col: new Float64Array(m) };
+}
+
+/**
+ * One block of {@link trimmedMeanDelta}: coordinates `start … start + count − 1` (count ≤
+ * {@link TRIM_BLOCK}) of the trimmed mean of `m` deltas whose values `fill` supplies, into `out`.
+ * The round coordinator runs it block by block over values it decodes from the stored updates as
+ * it goes (never M dequantized copies of the table), yielding to the event loop in between.
+ */
+export function trimmedMeanBlock(m: number, trim: number, start: number, count: number, fill: FillValues, scratch: { buf: Float32Array; col: Float64Array }, out: Float64Array): void {
+  const { buf, col } = scratch;
+  const keep = m - 2 * trim;
+  for (let k = 0; k < m; k++) fill(k, start, count, buf, k * TRIM_BLOCK);
+  for (let j = 0; j < count; j++) {
+    for (let k = 0; k < m; k++) col[k] = buf[k * TRIM_BLOCK + j]!;
+    // col[0..trim) become the trim smallest, then col(m−1−trim..m) the trim largest of the rest.
+    select(col, 0, m - 1, trim);
+    select(col, trim, m - 1, m - 1 - trim);
+    let s = 0;
+    for (let k = trim; k < m - trim; k++) s += col[k]!;
+    out[start + j] = s / keep;
+  }
+}
+
+/** Throws unless `trim` values can be dropped from each end of `m`. */
+export function checkTrim(m: number, trim: number): void {
+  if (!Number.isInteger(trim) || trim < 0 || m - 2 * trim < 1) throw new RangeError(`cannot trim ${trim} from each end of ${m} values`);
+}
+
+/**
  * Coordinate-wise trimmed mean: for every coordinate, drops the `trim` smallest and the `trim`
  * largest of the M values and averages the rest (double precision). `trim = 0` is the mean;
  * `trim = ⌊(M − 1)/2⌋` is the median. Two quickselects per coordinate, O(M) expected.
@@ -180,28 +306,12 @@ function select(a: Float64Array, lo: number, hi: number, k: number): void {
 export function trimmedMeanDelta(deltas: readonly Float32Array[], trim: number): Float64Array {
   const m = deltas.length;
   const len = deltas[0]?.length ?? 0;
-  if (!Number.isInteger(trim) || trim < 0 || m - 2 * trim < 1) throw new RangeError(`cannot trim ${trim} from each end of ${m} values`);
+  checkTrim(m, trim);
   if (trim === 0) return meanDelta(deltas);
   const out = new Float64Array(len);
-  const keep = m - 2 * trim;
-  // Coordinates are processed in blocks: the block's values of all M deltas are copied into one
-  // buffer (contiguous reads), then each coordinate's column is gathered into a scratch array.
-  const BLOCK = 256;
-  const buf = new Float32Array(m * BLOCK);
-  const col = new Float64Array(m);
-  for (let start = 0; start < len; start += BLOCK) {
-    const count = Math.min(BLOCK, len - start);
-    for (let k = 0; k < m; k++) buf.set(deltas[k]!.subarray(start, start + count), k * BLOCK);
-    for (let j = 0; j < count; j++) {
-      for (let k = 0; k < m; k++) col[k] = buf[k * BLOCK + j]!;
-      // col[0..trim) become the trim smallest, then col(m−1−trim..m) the trim largest of the rest.
-      select(col, 0, m - 1, trim);
-      select(col, trim, m - 1, m - 1 - trim);
-      let s = 0;
-      for (let k = trim; k < m - trim; k++) s += col[k]!;
-      out[start + j] = s / keep;
-    }
-  }
+  const scratch = trimScratch(m);
+  const fill: FillValues = (k, start, count, buf, offset) => buf.set(deltas[k]!.subarray(start, start + count), offset);
+  for (let start = 0; start < len; start += TRIM_BLOCK) trimmedMeanBlock(m, trim, start, Math.min(TRIM_BLOCK, len - start), fill, scratch, out);
   return out;
 }
 
@@ -215,6 +325,97 @@ export function trimmedMeanDelta(deltas: readonly Float32Array[], trim: number):
  */
 export function combineDeltas(deltas: readonly Float32Array[], robust: RobustName, trimFraction = DEFAULT_TRIM_FRACTION): Float64Array {
   return robust === 'mean' ? meanDelta(deltas) : trimmedMeanDelta(deltas, trimCount(robust, deltas.length, trimFraction));
+}
+
+/** Values a combine step handles between two looks at the event loop ({@link RoundCombiner.result}). */
+const VALUES_PER_PAUSE = 1 << 21;
+
+/**
+ * A round's combined delta from its updates taken one at a time, in the round's order, equal bit
+ * for bit to {@link combineDeltas} of their `dequantizeUpdate`s (the same float32 values, added
+ * in the same order in double precision; the same quickselects over the same columns), without
+ * holding M dequantized copies of the table:
+ * - `mean` adds each update into one float64 sum as it comes ({@link addDequantized}) and keeps
+ *   nothing of it: memory is the sum (8 bytes per coordinate) whatever the round's size;
+ * - `trimmed-mean` and `median` need every value of a coordinate at once: they keep each update's
+ *   body as stored (`bits`/8 bytes per coordinate: 1.7 MB for 100k items × 32 at 4 bits, where a
+ *   float32 copy is 13 MB) and read the values from the bodies a block of coordinates at a time.
+ *
+ * @example
+ * ```ts
+ * const c = new RoundCombiner('mean', 0.1);
+ * for (const body of bodies) c.add(body, decodeUpdate(body));
+ * const { combined } = await c.result(); // = combineDeltas(bodies.map((b) => dequantizeUpdate(decodeUpdate(b))), 'mean')
+ * ```
+ */
+export class RoundCombiner {
+  private sum: Float64Array | null = null;
+  private readonly kept: UpdateValues[] = [];
+  private n = 0;
+  private length = -1;
+
+  constructor(
+    readonly robust: RobustName,
+    readonly trimFraction = DEFAULT_TRIM_FRACTION,
+  ) {}
+
+  /** Updates added so far. */
+  get count(): number {
+    return this.n;
+  }
+
+  /** Adds the next update: its body as stored and its decoding (`decodeUpdate(body)`). */
+  add(body: Uint8Array, u: QuantizedUpdate): void {
+    const len = u.header.itemCount * (u.header.dim + 1);
+    if (this.length >= 0 && len !== this.length) throw new RangeError(`an update of ${len} values cannot be combined with updates of ${this.length}`);
+    this.length = len;
+    this.n++;
+    if (this.robust === 'mean') {
+      this.sum ??= new Float64Array(len);
+      addDequantized(this.sum, u);
+    } else this.kept.push(new UpdateValues(body, u.header));
+  }
+
+  /**
+   * The combined delta, and how many values were dropped from each end of every coordinate
+   * ({@link trimCount}). `pause` is awaited every couple of million values (the round coordinator
+   * lets the event loop serve requests then).
+   */
+  async result(pause: () => Promise<void> = async () => {}): Promise<{ combined: Float64Array; trim: number }> {
+    const m = this.n;
+    const trim = trimCount(this.robust, m, this.trimFraction);
+    checkTrim(m, trim);
+    if (this.robust === 'mean') {
+      const out = this.sum!;
+      for (let i = 0; i < out.length; i++) out[i] = out[i]! / m;
+      return { combined: out, trim };
+    }
+    const len = this.length;
+    const kept = this.kept;
+    const out = new Float64Array(len);
+    const every = Math.max(1, Math.floor(VALUES_PER_PAUSE / (m * TRIM_BLOCK)));
+    if (trim === 0) {
+      // The mean (trimmedMeanDelta's for trim 0): per coordinate the values added in the round's order.
+      const buf = new Float32Array(TRIM_BLOCK);
+      for (let start = 0, b = 1; start < len; start += TRIM_BLOCK, b++) {
+        const count = Math.min(TRIM_BLOCK, len - start);
+        for (let k = 0; k < m; k++) {
+          kept[k]!.fill(start, count, buf, 0);
+          for (let j = 0; j < count; j++) out[start + j] = out[start + j]! + buf[j]!;
+        }
+        if (b % every === 0) await pause();
+      }
+      for (let i = 0; i < len; i++) out[i] = out[i]! / m;
+    } else {
+      const scratch = trimScratch(m);
+      const fill: FillValues = (k, start, count, buf, offset) => kept[k]!.fill(start, count, buf, offset);
+      for (let start = 0, b = 1; start < len; start += TRIM_BLOCK, b++) {
+        trimmedMeanBlock(m, trim, start, Math.min(TRIM_BLOCK, len - start), fill, scratch, out);
+        if (b % every === 0) await pause();
+      }
+    }
+    return { combined: out, trim };
+  }
 }
 
 function withStep(t: ItemTable, step: (i: number) => number): ItemTable {

@@ -135,14 +135,20 @@ export function createApp(rounds: RoundCoordinator, opts: AppOptions): Hono {
 
   // On a store several processes share, an instance whose round settings another one replaced
   // (rounds.ts, checkSettings) answers every request 503, its health check included, so that the
-  // load balancer takes it out until it is restarted with them. A POST (an upload, a join) looks
-  // at the store every time, so that no update made for replaced settings is acknowledged (its
-  // device's ε spent) but for one racing the replacement; a GET at most once a second.
+  // load balancer takes it out until it is restarted with them: each request looks at most once a
+  // second. An upload or a join looks at the store every time (currentSettings, after the rate
+  // limit: a refused or oversized request costs no database read), so that no update made for
+  // replaced settings is acknowledged (its device's ε spent) but for one racing the replacement.
   app.use('/v1/*', async (c, next) => {
-    const superseded = await rounds.checkSettings(c.req.method === 'POST');
+    const superseded = await rounds.checkSettings(false);
     if (superseded) throw superseded;
     await next();
   });
+  const currentSettings = async (_c: Context, next: () => Promise<void>) => {
+    const superseded = await rounds.checkSettings(true);
+    if (superseded) throw superseded;
+    await next();
+  };
 
   // On a store several processes share, readers first catch up with what the others published
   // (at most once a second; a no-op on SQLite and memory).
@@ -249,6 +255,7 @@ export function createApp(rounds: RoundCoordinator, opts: AppOptions): Hono {
     only('secure'),
     rateLimited,
     bodyLimit({ maxSize: PUBLIC_KEY_BYTES, onError: (c) => fail(c, 'oversized', `a join body is one ${PUBLIC_KEY_BYTES}-byte P-256 public key`) }),
+    currentSettings,
     async (c) => {
       const body = await readBody(c);
       if (!body) return fail(c, 'malformed', 'could not read the request body');
@@ -330,6 +337,7 @@ export function createApp(rounds: RoundCoordinator, opts: AppOptions): Hono {
     '/v1/secagg/updates',
     only('secure'),
     bodyLimit({ maxSize: updateBytes, onError: (c) => fail(c, 'oversized', `masked update bodies are exactly ${updateBytes} bytes for this model`) }),
+    currentSettings,
     async (c) => {
       const body = await readBody(c);
       if (!body) return fail(c, 'malformed', 'could not read the request body');
@@ -345,6 +353,7 @@ export function createApp(rounds: RoundCoordinator, opts: AppOptions): Hono {
       maxSize: updateBytes,
       onError: (c) => fail(c, 'oversized', `update bodies are exactly ${updateBytes} bytes for this model`),
     }),
+    currentSettings,
     async (c) => {
       const body = await readBody(c);
       if (!body) return fail(c, 'malformed', 'could not read the request body');

@@ -28,6 +28,11 @@ export interface CohortInfo {
   /** Members whose upload was accepted. */
   submitted: number;
   status: CohortStatus;
+  /**
+   * When the cohort was formed. This and the other times are on the cohort store's clock: the wall
+   * clock (ms since the epoch) in a store several processes share (PostgreSQL), the process's
+   * monotonic clock for cohorts in its memory ({@link MemoryCohortStore}): never shown to devices.
+   */
   createdAt: number;
   /** When the cohort filled (keys handed out), or undefined while forming. */
   readyAt?: number;
@@ -328,7 +333,11 @@ interface MemoryCohort extends CohortInfo {
   readies: Map<number, Uint8Array>;
 }
 
-/** Cohorts in this process's memory (with the memory and SQLite stores: one server process). */
+/**
+ * Cohorts in this process's memory (with the memory and SQLite stores: one server process). `now`
+ * times their deadlines: the round coordinator gives it its monotonic clock (the cohorts live and
+ * die with the process, so a wall clock stepped back must not hold every forming cohort open).
+ */
 export class MemoryCohortStore implements CohortStore {
   readonly durable = false;
   private cohorts = new Map<string, MemoryCohort>();

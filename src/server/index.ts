@@ -15,6 +15,7 @@ import { AGGREGATOR_NAMES, DEFAULT_FEDADAM, isAggregatorName, DEFAULT_TRIM_FRACT
 import { createApp } from './app.js';
 import { MemoryStorage } from './memory-storage.js';
 import { RateLimiter, type RateLimitOptions } from './rate-limit.js';
+import { monotonicNow, steadyClock } from './clock.js';
 import { RoundCoordinator, type RoundConfig } from './rounds.js';
 import { SQLITE_FILE, SqliteStorage, type SqliteStorageOptions } from './sqlite-storage.js';
 import { isPostgresUrl, PostgresStorage, redactUrl } from './postgres-storage.js';
@@ -162,7 +163,20 @@ export interface ServerOptions {
   shutdownGraceMs?: number;
   /** The shop's offer catalog, already verified (`verifyOfferCatalog`): enables `POST /v1/offers/redeem`. */
   offers?: OfferCatalog;
+  /**
+   * The wall clock (ms since the epoch): times written to the store, PostgreSQL's cohort deadlines
+   * and rate-limit buckets (shared by every process on the database), offers' validity. Default
+   * `Date.now`.
+   */
   now?: () => number;
+  /**
+   * A monotonic clock (ms; only differences count) for the intervals this process measures for
+   * itself (see {@link RoundConfig.monotonic}) and the in-memory rate limiter's buckets: a wall
+   * clock stepped back must not stop them. Default `performance.now()`, or, when only `now` is
+   * given (tests), a clock that follows `now` forward and stands still when it goes back
+   * ({@link steadyClock}).
+   */
+  monotonic?: () => number;
   log?: (line: string) => void;
 }
 
@@ -372,6 +386,7 @@ export function checkRoundOptions(o: Pick<ServerOptions, 'robust' | 'trimFractio
 export async function createServer(options: ServerOptions = {}): Promise<ServerParts> {
   const log = options.log ?? ((line: string) => process.stderr.write(`localrec serve: ${line}\n`));
   const now = options.now ?? Date.now;
+  const monotonic = options.monotonic ?? (options.now ? steadyClock(options.now) : monotonicNow);
   if (options.database !== undefined) {
     if (options.storage) throw new ValidationError('options.database', 'give either a storage adapter (options.storage) or a database URL, not both');
     if (typeof options.database !== 'string' || !isPostgresUrl(options.database)) {
@@ -382,7 +397,7 @@ export async function createServer(options: ServerOptions = {}): Promise<ServerP
   // Every option is checked before the store is opened: a refused start leaves no empty database
   // behind (which the next start would take for a store). Without a table the shape is the stored
   // model's, so a SQLite data dir must hold a database already.
-  let checked = options.initialTable ? checkOptions(options, options.initialTable, log, now) : undefined;
+  let checked = options.initialTable ? checkOptions(options, options.initialTable, log, now, monotonic) : undefined;
   const dataDir = options.dataDir ?? '.data';
   if (options.staticDir !== undefined && !options.storage && options.database === undefined && options.dataDir !== null) {
     checkNotPublished(dataDir, options.staticDir, { dataDir: 'options.dataDir', staticDir: 'options.staticDir' });
@@ -399,13 +414,13 @@ export async function createServer(options: ServerOptions = {}): Promise<ServerP
     if (!checked) {
       const latest = await storage.latest();
       if (!latest) throw noTable();
-      checked = checkOptions(options, decodeModel(latest.model).table, log, now);
+      checked = checkOptions(options, decodeModel(latest.model).table, log, now, monotonic);
     }
     const { config, initial, rateLimit } = checked;
     const rounds = await RoundCoordinator.open(storage, initial, config, { discardPending: options.discardPending ?? false });
     const app = createApp(rounds, {
       log,
-      ...(rateLimit ? { rateLimiter: storage.rateLimiter?.(rateLimit, now) ?? new RateLimiter(rateLimit, now) } : {}),
+      ...(rateLimit ? { rateLimiter: storage.rateLimiter?.(rateLimit, now) ?? new RateLimiter(rateLimit, monotonic) } : {}),
       ...(options.staticDir ? { staticDir: options.staticDir } : {}),
       trustProxy: options.trustProxy ?? false,
       ...(options.offers ? { offers: options.offers, now } : {}),
@@ -423,7 +438,7 @@ export async function createServer(options: ServerOptions = {}): Promise<ServerP
  * touching a store: the round config, the version 0 to store when the store is empty, and the
  * rate limit. Throws a `ValidationError` naming the option.
  */
-function checkOptions(options: ServerOptions, shape: ItemTable, log: (line: string) => void, now: () => number): { config: RoundConfig; initial: ItemTable | undefined; rateLimit: RateLimitOptions | false } {
+function checkOptions(options: ServerOptions, shape: ItemTable, log: (line: string) => void, now: () => number, monotonic: () => number): { config: RoundConfig; initial: ItemTable | undefined; rateLimit: RateLimitOptions | false } {
   const itemCount = shape.itemIds.length;
   const trained = checkTrainedPart({ rows: options.trainRows ?? itemCount, biases: options.trainBiases ?? true }, itemCount, 'options.trainRows');
   const blockSize = positive('blockSize', options.blockSize ?? DEFAULT_BLOCK_SIZE, true);
@@ -554,6 +569,7 @@ function checkOptions(options: ServerOptions, shape: ItemTable, log: (line: stri
     fedAdam: checkFedAdam(options.fedAdam),
     secureAggregation,
     now,
+    monotonic,
     log,
   };
   // Subspace mode publishes orthonormal factors from version 0 on: the initial table's trained

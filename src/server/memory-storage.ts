@@ -2,7 +2,7 @@
  * In-memory {@link Storage}: for tests and throwaway demos. Same contract as SQLite except that
  * nothing survives the process.
  */
-import { StorageConflictError, type NewUpdate, type PendingUpdate, type Storage, type StoredVersion } from './storage.js';
+import { StorageConflictError, type NewUpdate, type PendingRef, type PendingUpdate, type Storage, type StoredVersion } from './storage.js';
 
 /**
  * @example
@@ -35,6 +35,17 @@ export class MemoryStorage implements Storage {
 
   async pending(): Promise<PendingUpdate[]> {
     return [...this.updates.values()];
+  }
+
+  async pendingRefs(): Promise<PendingRef[]> {
+    return [...this.updates.values()].map(({ body: _b, ...ref }) => ref);
+  }
+
+  async pendingByIds(ids: readonly number[]): Promise<PendingUpdate[]> {
+    return ids.flatMap((id) => {
+      const u = this.updates.get(id);
+      return u ? [u] : [];
+    });
   }
 
   async pendingByNonce(nonce: string): Promise<PendingUpdate | undefined> {

@@ -23,7 +23,7 @@ import { StorageError } from '../errors.js';
 import { recoveryShareBytes, usesSelfMask, type SecAggParams, type TagRound } from '../federated/secagg.js';
 import type { RateLimit, RateLimitOptions } from './rate-limit.js';
 import { afterCollectTimeout, allUploaded, cohortTimeouts, collectDeadline, KEEP_ENDED_MS, newCohortId, newMemberToken, PUBLISH_GRACE, recoveryDeadline, timeoutReason, type CohortInfo, type CohortStatus, type CohortStore, type CohortTimeouts, type MarkResult, type RecoveryResult, type SweepResult } from './cohorts.js';
-import { averagedNonceSql, checkNextVersion, pendingFromRow, StorageConflictError, versionFromRow, versionParams, type NewUpdate, type PendingUpdate, type Storage, type StoredVersion, type UpdateRow, type VersionRow } from './storage.js';
+import { averagedNonceSql, checkNextVersion, inIdOrder, pendingFromRow, refFromRow, StorageConflictError, versionFromRow, versionParams, type NewUpdate, type PendingRef, type PendingUpdate, type Storage, type StoredVersion, type UpdateRow, type VersionRow } from './storage.js';
 
 const SCHEMA_VERSION = '1';
 /** How long a new connection may take (pool checkout included) before the call fails with a StorageError. */
@@ -340,6 +340,18 @@ export class PostgresStorage implements Storage {
     return r.rows.map(pendingFromRow);
   }
 
+  async pendingRefs(): Promise<PendingRef[]> {
+    const r = await this.q<Omit<UpdateRow, 'body'>>('read pending updates', 'SELECT id, nonce, base_version, received_at FROM localrec_updates WHERE aggregated_into IS NULL ORDER BY id');
+    return r.rows.map(refFromRow);
+  }
+
+  async pendingByIds(ids: readonly number[]): Promise<PendingUpdate[]> {
+    if (ids.length === 0) return [];
+    // One statement: the rows as of one snapshot, as pending() reads them.
+    const r = await this.q<UpdateRow>('read pending updates', 'SELECT id, nonce, base_version, received_at, body FROM localrec_updates WHERE id = ANY($1::bigint[]) AND aggregated_into IS NULL', [ids.map(String)]);
+    return inIdOrder(r.rows.map(pendingFromRow), ids);
+  }
+
   async pendingByNonce(nonce: string): Promise<PendingUpdate | undefined> {
     const r = await this.q<UpdateRow>('read a pending update', 'SELECT id, nonce, base_version, received_at, body FROM localrec_updates WHERE nonce = $1 AND aggregated_into IS NULL', [nonce]);
     return r.rows[0] ? pendingFromRow(r.rows[0]) : undefined;
@@ -400,9 +412,11 @@ export class PostgresStorage implements Storage {
    */
   rateLimiter(options: RateLimitOptions, now: () => number): RateLimit {
     const rate = options.perMinute / 60_000;
+    // When a request last purged, on a monotonic clock (this process's own interval: a wall clock
+    // stepped back must not hold it). The buckets' times are the wall clock's, shared by every process.
     let lastPurge = -Infinity;
     const purge = (t: number) => {
-      lastPurge = t;
+      lastPurge = performance.now();
       // Buckets that are full again hold no debt: forget those clients.
       void this.q('forget rate-limit buckets', 'DELETE FROM localrec_rate WHERE tokens + GREATEST(0, $1 - at) * $2::float8 >= $3::float8', [t, rate, options.burst]).catch(() => undefined);
     };
@@ -424,7 +438,7 @@ export class PostgresStorage implements Storage {
            RETURNING tokens`,
           [client, options.burst, t, rate],
         );
-        if (t - lastPurge > RATE_PURGE_MS) purge(t);
+        if (performance.now() - lastPurge > RATE_PURGE_MS) purge(t);
         return (r.rowCount ?? 0) > 0;
       },
     };

@@ -18,9 +18,14 @@ export interface RateLimitOptions {
 }
 
 /**
+ * Buckets in this process's memory, timed on a monotonic clock (`now`: ms, only differences
+ * count): they are this process's alone, and on the wall clock a step back of X stopped the
+ * refill and the forgetting of full buckets for X (and once 100,000 addresses were kept, every
+ * bucket was cleared at each new one, limits and all).
+ *
  * @example
  * ```ts
- * const rl = new RateLimiter({ perMinute: 60, burst: 10 }, () => Date.now());
+ * const rl = new RateLimiter({ perMinute: 60, burst: 10 }, () => performance.now());
  * rl.take('127.0.0.1'); // true until the bucket is empty
  * ```
  */
@@ -33,6 +38,7 @@ export class RateLimiter implements RateLimit {
 
   constructor(
     private readonly opts: RateLimitOptions,
+    /** A monotonic clock in ms (`performance.now()`; `localrec serve` passes its own). */
     private readonly now: () => number,
   ) {}
 

@@ -4,12 +4,14 @@
  * at a time through a promise queue, so two requests never aggregate the same round.
  */
 import { isStorageError, ModelError, StorageError } from '../errors.js';
-import { bytesEqual, decodeModel, decodeUpdate, decodeUpdateHeader, dequantizeUpdate, beyondModelMagnitude, encodeModel, fromHex, MAX_MODEL_MAGNITUDE, sha256, toHex } from '../federated/wire.js';
+import { bytesEqual, decodeModel, decodeUpdate, decodeUpdateHeader, beyondModelMagnitude, encodeModel, fromHex, MAX_MODEL_MAGNITUDE, sha256, toHex, type QuantizedUpdate } from '../federated/wire.js';
 import type { ItemTable } from '../model/item-table.js';
-import { applyFedAdam, applyFedAvg, combineDeltas, robustVarianceFactor, roundingVariance, shrinkRows, DEFAULT_FEDADAM, trimCount, type AggregatorName, type FedAdamOptions, type RobustName } from './aggregate.js';
-import { StorageConflictError, type NewUpdate, type PendingUpdate, type Storage, type StoredVersion } from './storage.js';
+import { applyFedAdam, applyFedAvg, robustVarianceFactor, roundingVariance, RoundCombiner, shrinkRows, DEFAULT_FEDADAM, type AggregatorName, type FedAdamOptions, type RobustName } from './aggregate.js';
+import { StorageConflictError, type NewUpdate, type PendingRef, type PendingUpdate, type Storage, type StoredVersion } from './storage.js';
+import { MaskedSum, RecoveredSum } from './masked-sum.js';
+import { steadyClock } from './clock.js';
 import { checkUpdate, reject, type Rejection, type UpdatePolicy } from './validate-update.js';
-import { aliveNeighbours, COHORT_ID_BYTES, CONFIRM_TAG_BYTES, decodeMaskedHeader, type TagRound, decodeMaskedUpdate, importPublicKey, maskNeighbours, recoveryShareBytes, SEALED_SHARE_BYTES, unmaskRecovered, unmaskSum, usesSelfMask, type SecAggParams } from '../federated/secagg.js';
+import { aliveNeighbours, COHORT_ID_BYTES, CONFIRM_TAG_BYTES, decodeMaskedHeader, type TagRound, decodeMaskedUpdate, importPublicKey, maskNeighbours, recoveryShareBytes, SEALED_SHARE_BYTES, usesSelfMask, type SecAggParams } from '../federated/secagg.js';
 import { cohortView, defaultUploadTimeoutMs, isCohortId, MemoryCohortStore, type CohortInfo, type CohortStore, type CohortView } from './cohorts.js';
 import { expandDelta, trainedLength, type TrainedPart } from '../federated/client-update.js';
 import { DEFAULT_SUBSPACE_SCALE, MIN_DIRECTION_WEIGHT, subspaceTable } from '../federated/subspace.js';
@@ -48,7 +50,19 @@ export interface RoundConfig extends UpdatePolicy {
    */
   /** `timeoutMs`: a cohort's time to fill; `uploadTimeoutMs` (default `timeoutMs`, at most 10 minutes): then to collect every upload, and a recovery's every share. */
   secureAggregation?: (SecAggParams & { timeoutMs: number; uploadTimeoutMs?: number }) | undefined;
+  /**
+   * The wall clock (ms since the epoch): the times written to the store (a version's, an
+   * update's) and, on a store that keeps them (PostgreSQL), cohort deadlines, which several
+   * processes compare.
+   */
   now: () => number;
+  /**
+   * A monotonic clock (ms; only differences count) for the intervals this process measures for
+   * itself: the once-a-second looks at a shared store, at its round settings and at cohorts, the
+   * write probe after a storage failure, the retry of a failed round, and the deadlines of cohorts
+   * kept in memory. Default: {@link steadyClock} of `now` (`localrec serve`: `performance.now()`).
+   */
+  monotonic?: () => number;
   log: (line: string) => void;
 }
 
@@ -81,6 +95,44 @@ interface Current {
   optimizer: Float32Array | null;
   createdAt: number;
   int8?: Uint8Array;
+}
+
+/**
+ * Pending updates whose bodies are read from the store at once ({@link readBodies}): a round holds
+ * these few bodies (and what it combines), not every body of the round.
+ */
+const BODY_BATCH = 8;
+
+/** Lets the event loop run (requests, timers, I/O) between two pieces of a round's work. */
+export function yieldToEventLoop(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve));
+}
+
+/**
+ * The pending updates without their bodies, oldest first ({@link Storage.pendingRefs}); from an
+ * adapter that cannot list them apart, the whole rows ({@link Storage.pending}).
+ */
+async function pendingRefs(storage: Storage): Promise<PendingRef[]> {
+  return storage.pendingRefs && storage.pendingByIds ? storage.pendingRefs() : storage.pending();
+}
+
+/**
+ * The updates of `refs` with their bodies, in the order of `refs`, read {@link BODY_BATCH} at a
+ * time ({@link Storage.pendingByIds}; rows {@link pendingRefs} read whole are handed on as they
+ * are). One that is no longer pending (another process sharing the store published or discarded
+ * it since the list was read) fails with a {@link StorageConflictError}, as the publish would, or
+ * with `missing: 'skip'` is left out.
+ */
+async function* readBodies(storage: Storage, refs: readonly PendingRef[], missing: 'conflict' | 'skip' = 'conflict'): AsyncGenerator<PendingUpdate> {
+  for (let i = 0; i < refs.length; i += BODY_BATCH) {
+    const part = refs.slice(i, i + BODY_BATCH);
+    const whole = part.every((r): r is PendingUpdate => 'body' in r);
+    const got = whole ? part : await storage.pendingByIds!(part.map((r) => r.id));
+    if (got.length !== part.length && missing === 'conflict') {
+      throw new StorageConflictError(`${part.length - got.length} of the round's updates are no longer pending: another process published or discarded them`);
+    }
+    yield* got;
+  }
 }
 
 type StoredUpload =
@@ -139,13 +191,15 @@ function misfit(u: StoredUpload | null, config: RoundConfig): string | null {
  * `lenient` (a store that keeps no round settings: one from before they were kept) refuses only
  * when none of the pending updates fits: a mix of both kinds can only come from processes sharing
  * the store under different settings (which that release did not prevent), and the ones that do
- * not fit are then left out of the next round ({@link RoundCoordinator.setAside}) instead of
+ * not fit are then left out of the next round ({@link RoundCoordinator.leaveOut}) instead of
  * keeping the store from ever publishing again. One process's pending updates all fit or none do.
  */
 async function checkPending(storage: Storage, config: RoundConfig, lenient = false): Promise<void> {
   const masked = !!config.secureAggregation;
   const expected = masked ? trainedLength(config.trained, config.dim) : config.trained.rows;
-  const pending = (await storage.pending()).map((u) => storedUpload(u.body));
+  // One body at a time: only what each header says is kept.
+  const pending: Array<StoredUpload | null> = [];
+  for await (const u of readBodies(storage, await pendingRefs(storage), 'skip')) pending.push(storedUpload(u.body));
   if (lenient && pending.some((u) => misfit(u, config) === null)) return;
   const otherwise = 'or start with --discard-pending to delete them (their devices spent privacy budget on them for nothing), or use another data dir';
   const otherMode = pending.filter((u) => u !== null && u.masked !== masked).length;
@@ -319,27 +373,33 @@ export class RoundCoordinator {
   private pendingN = 0;
   private hashes = new Map<number, string>();
   private queue: Promise<unknown> = Promise.resolve();
-  /** When {@link catchUp} last read a shared store (ms since the epoch). */
-  private lastCatchUp = 0;
+  /** When {@link catchUp} last read a shared store (on {@link clock}). */
+  private lastCatchUp = -Infinity;
   /** The catch-up readers are waiting for, if one is under way. */
   private refreshing: Promise<void> | null = null;
-  /** When {@link sweepCohorts} last looked for timed-out cohorts (ms since the epoch). */
+  /** When {@link sweepCohorts} last looked for timed-out cohorts (on {@link clock}). */
   private lastSweep = -Infinity;
   /** Cohorts of secure aggregation (in the store when it keeps them); null when the server takes plain updates. */
   readonly cohorts: CohortStore | null;
+
+  /** The monotonic clock of this process's intervals ({@link RoundConfig.monotonic}). */
+  private readonly clock: () => number;
 
   private constructor(
     readonly storage: Storage,
     readonly config: RoundConfig,
   ) {
     this.settings = roundSettings(config);
+    this.clock = config.monotonic ?? steadyClock(config.now);
     const sa = config.secureAggregation;
     if (!sa) {
       this.cohorts = null;
       return;
     }
     const timeouts = { fillMs: sa.timeoutMs, uploadMs: sa.uploadTimeoutMs ?? defaultUploadTimeoutMs(sa.timeoutMs) };
-    this.cohorts = storage.cohortStore?.(sa, timeouts, config.now) ?? new MemoryCohortStore(sa, timeouts, config.now);
+    // Cohorts in the store are compared by every process sharing it: wall clock. Cohorts in this
+    // process's memory die with it: their deadlines are intervals of its own.
+    this.cohorts = storage.cohortStore?.(sa, timeouts, config.now) ?? new MemoryCohortStore(sa, timeouts, this.clock);
   }
 
   /**
@@ -412,7 +472,7 @@ export class RoundCoordinator {
       // Cohorts lived in memory: what is still pending after a restart belongs to cohorts that can
       // never complete (complete ones were just published). Their uploads are random bytes. (In a
       // store that keeps cohorts, they complete or time out whatever happens to this process.)
-      const dead = (await storage.pending()).map((u) => u.id);
+      const dead = (await pendingRefs(storage)).map((u) => u.id);
       await storage.discard(dead);
       rc.pendingN = await storage.pendingCount();
       config.log(`discarded ${dead.length} uploads of cohorts the restart ended`);
@@ -429,7 +489,7 @@ export class RoundCoordinator {
    * {@link checkPending} first), unless `discardPending` deletes them; then this config's settings
    * become the store's. A store that keeps none (made before they were kept, or an adapter
    * without `readMeta`) gets the per-update check alone, which lets a mix of both kinds through
-   * (left out of rounds by {@link setAside}).
+   * (left out of rounds by {@link leaveOut}).
    */
   private async adoptSettings(options: OpenOptions): Promise<void> {
     const { storage, config } = this;
@@ -439,8 +499,10 @@ export class RoundCoordinator {
       if (options.discardPending) {
         // Given up on purpose: with changed settings every pending update (they were made for the
         // store's); on a store without settings, those whose header does not fit.
-        const pending = await storage.pending();
-        const gone = changes.length > 0 ? pending : pending.filter((u) => misfit(storedUpload(u.body), config) !== null);
+        const refs = await pendingRefs(storage);
+        const gone: PendingRef[] = [];
+        if (changes.length > 0) gone.push(...refs);
+        else for await (const u of readBodies(storage, refs, 'skip')) if (misfit(storedUpload(u.body), config) !== null) gone.push(u);
         if (gone.length > 0) {
           await storage.discard(gone.map((u) => u.id));
           this.pendingN = await storage.pendingCount();
@@ -468,7 +530,7 @@ export class RoundCoordinator {
         );
       }
     }
-    this.lastSettingsLook = config.now();
+    this.lastSettingsLook = this.clock();
   }
 
   private async load(v: StoredVersion): Promise<void> {
@@ -492,7 +554,7 @@ export class RoundCoordinator {
    */
   private async catchUp(): Promise<void> {
     if (!this.storage.shared) return;
-    this.lastCatchUp = this.config.now();
+    this.lastCatchUp = this.clock();
     try {
       if ((await this.storage.versionHash(this.cur.version + 1)) !== undefined) {
         const latest = await this.storage.latest();
@@ -519,7 +581,7 @@ export class RoundCoordinator {
   private lastLookError: unknown = undefined;
   /** The storage error the last update, publish or discard failed with; cleared by the next that succeeds. */
   private lastWriteError: unknown = undefined;
-  /** When a write last failed or the store's write probe last ran (ms since the epoch). */
+  /** When a write last failed or the store's write probe last ran (on {@link clock}). */
   private lastWriteCheck = -Infinity;
   /** The write probe health checks are waiting for, if one is under way. */
   private probing: Promise<void> | null = null;
@@ -541,7 +603,7 @@ export class RoundCoordinator {
       if (isStorageError(e) && !(e instanceof StorageConflictError)) {
         this.writeFailures++;
         this.lastWriteError = e;
-        this.lastWriteCheck = this.config.now();
+        this.lastWriteCheck = this.clock();
       }
       throw e;
     }
@@ -556,8 +618,8 @@ export class RoundCoordinator {
    */
   async checkStorage(): Promise<unknown> {
     const probe = this.storage.probeWrite?.bind(this.storage);
-    if (this.lastWriteError !== undefined && probe && this.config.now() - this.lastWriteCheck >= 1000) {
-      this.lastWriteCheck = this.config.now();
+    if (this.lastWriteError !== undefined && probe && this.clock() - this.lastWriteCheck >= 1000) {
+      this.lastWriteCheck = this.clock();
       this.probing ??= this.write(probe)
         .catch(() => undefined)
         .finally(() => (this.probing = null));
@@ -566,7 +628,7 @@ export class RoundCoordinator {
     return this.storageFault;
   }
 
-  /** When {@link checkSettings} last read the store's round settings (ms since the epoch). */
+  /** When {@link checkSettings} last read the store's round settings (on {@link clock}). */
   private lastSettingsLook = -Infinity;
   /** Set while the store's round settings are not this process's ({@link checkSettings}). */
   private superseded: SettingsChangedError | undefined;
@@ -582,7 +644,7 @@ export class RoundCoordinator {
    */
   async checkSettings(force = false): Promise<SettingsChangedError | undefined> {
     if (!this.storage.shared || !this.storage.readMeta) return undefined;
-    const t = this.config.now();
+    const t = this.clock();
     if (!force && t - this.lastSettingsLook < 1000) return this.superseded;
     this.lastSettingsLook = t;
     let stored: RoundSettings | undefined;
@@ -611,7 +673,9 @@ export class RoundCoordinator {
    * peers publish keeps serving the current version.
    */
   async refresh(maxAgeMs = 1000): Promise<void> {
-    if (!this.storage.shared || this.config.now() - this.lastCatchUp < maxAgeMs) return;
+    // A reader arriving while a round is being combined is answered from memory (the version the
+    // round builds on), rather than wait for the round behind the queue.
+    if (!this.storage.shared || this.aggregating > 0 || this.clock() - this.lastCatchUp < maxAgeMs) return;
     // Readers arriving together share one look at the store.
     this.refreshing ??= this.run(() => this.catchUp()).finally(() => (this.refreshing = null));
     await this.refreshing;
@@ -822,7 +886,7 @@ export class RoundCoordinator {
   private async sweepCohorts(): Promise<void> {
     const cohorts = this.cohorts;
     if (!cohorts) return;
-    const t = this.config.now();
+    const t = this.clock();
     this.retryAggregation(t);
     if (this.storage.shared && t - this.lastSweep < 1000) return;
     this.lastSweep = t;
@@ -1024,114 +1088,188 @@ export class RoundCoordinator {
    * Combines every pending update (mean, trimmed mean or median, per `robust`) into the next
    * version and publishes it atomically with the ids it consumed. Under secure aggregation, every
    * cohort whose K uploads are all pending is summed (the masks cancel) and published in turn.
+   *
+   * The updates are read from the store a few at a time ({@link readBodies}) and combined as they
+   * come ({@link RoundCombiner}, {@link MaskedSum}), the event loop let run after each one
+   * ({@link yieldToEventLoop}): memory is O(model size) for the mean and for secure aggregation's
+   * sums, the stored bodies for the trimmed mean and the median, and requests are answered
+   * meanwhile. The result is the one combining them all at once gave, bit for bit. Nothing is
+   * written before the publish (bar the deletion of updates that cannot be aggregated), so a crash
+   * midway leaves every update pending.
    */
   private async aggregate(): Promise<number> {
+    this.aggregating++;
+    try {
+      return await this.aggregateNow();
+    } catch (e) {
+      if (e instanceof StorageConflictError) {
+        // Another process published first (or took updates this round was reading): adopt its
+        // version and recount.
+        const latest = await this.storage.latest();
+        if (latest) await this.load(latest);
+        this.pendingN = await this.storage.pendingCount();
+      }
+      throw e;
+    } finally {
+      this.aggregating--;
+    }
+  }
+
+  /** Rounds being combined now ({@link aggregate}): readers are answered from memory meanwhile ({@link refresh}). */
+  private aggregating = 0;
+
+  private async aggregateNow(): Promise<number> {
     // A process whose settings another one replaced aggregates nothing: it would leave out the
     // updates made for the store's settings (its peers' rounds) and publish those made for its own.
     if (await this.checkSettings(true)) return this.cur.version;
     const sa = this.config.secureAggregation;
-    // Plain updates are decoded here, once: one that does not decode goes with the misfits.
-    const usable = await this.setAside(await this.storage.pending(), sa ? () => null : decodeUpdate);
-    const pending = usable.map(([u]) => u);
-    if (sa) {
-      const byCohort = new Map<string, typeof pending>();
-      for (const u of pending) {
-        const id = u.nonce.split(':')[0]!;
-        const group = byCohort.get(id);
-        if (group) group.push(u);
-        else byCohort.set(id, [u]);
-      }
-      const minSurvivors = sa.minSurvivors ?? sa.cohortSize;
-      for (const [id, uploads] of byCohort) {
-        let group = uploads;
-        let sum: Float64Array;
-        let how = ` (secure aggregation, cohort ${id.slice(0, 12)})`;
-        if (group.length === sa.cohortSize && !usesSelfMask(sa)) {
-          // Not a cohort that ended meanwhile: the sweep aborts a full cohort whose publish kept
-          // failing past its deadline, and queues its discard behind this aggregation.
-          const c = await this.cohorts?.info(id);
-          if (c && c.status !== 'ready') continue;
-          sum = unmaskSum(
-            group.map((u) => decodeMaskedUpdate(u.body)),
-            sa.step,
-          );
-        } else {
-          // A cohort that lost members can be unmasked once it is recovering and every share is in.
-          if (group.length < minSurvivors || !this.cohorts) continue;
-          const c = await this.cohorts.info(id);
-          if (!c || c.status !== 'recovering' || c.recovered !== c.needed) continue;
-          // Only the survivors' uploads. A row of a member counted as dropped (stored, but its
-          // cohort never recorded it: the storage failed in between, and so did taking it out
-          // again) can never be unmasked with the others: it goes.
-          const dropped = new Set(c.dropped!);
-          const stray = group.filter((u) => dropped.has(memberOf(u.nonce)));
-          group = group.filter((u) => !dropped.has(memberOf(u.nonce)));
-          if (group.length !== c.size - dropped.size) continue;
-          if (stray.length > 0) {
-            await this.write(() => this.storage.discard(stray.map((u) => u.id)));
-            this.config.log(`discarded ${stray.length} uploads of members of cohort ${id.slice(0, 12)} counted as dropped`);
-          }
-          sum = await unmaskRecovered(
-            group.map((u) => decodeMaskedUpdate(u.body)),
-            await this.cohorts.recoveryShares(id),
-            c.dropped!,
-            sa,
-            sa.step,
-          );
-          how = ` (secure aggregation, cohort ${id.slice(0, 12)}, ${c.dropped!.length ? `recovered without ${c.dropped!.length} dropped members` : 'self-masks removed'})`;
+    const refs = await pendingRefs(this.storage);
+    if (!sa) return this.aggregatePlain(refs);
+    const pending = await this.fittingUploads(refs);
+    const byCohort = new Map<string, PendingRef[]>();
+    for (const u of pending) {
+      const id = u.nonce.split(':')[0]!;
+      const group = byCohort.get(id);
+      if (group) group.push(u);
+      else byCohort.set(id, [u]);
+    }
+    const minSurvivors = sa.minSurvivors ?? sa.cohortSize;
+    for (const [id, uploads] of byCohort) {
+      let group = uploads;
+      let sum: Float64Array;
+      let how = ` (secure aggregation, cohort ${id.slice(0, 12)})`;
+      if (group.length === sa.cohortSize && !usesSelfMask(sa)) {
+        // Not a cohort that ended meanwhile: the sweep aborts a full cohort whose publish kept
+        // failing past its deadline, and queues its discard behind this aggregation.
+        const c = await this.cohorts?.info(id);
+        if (c && c.status !== 'ready') continue;
+        const s = new MaskedSum();
+        for await (const u of readBodies(this.storage, group)) {
+          s.add(decodeMaskedUpdate(u.body));
+          await yieldToEventLoop();
         }
-        for (let i = 0; i < sum.length; i++) sum[i] = sum[i]! / group.length;
-        // Each member's fixed-point values were rounded stochastically to the step γ: variance
-        // γ²/6 on average per member, γ²/(6m) in the mean of m.
-        await this.publishMean(sum, group, how, { rounding: sa.step ** 2 / (6 * group.length), factor: 1 });
-        await this.cohorts?.finish(id, this.cur.version);
+        // (And still not, now that its uploads are summed: requests ran meanwhile.)
+        const still = await this.cohorts?.info(id);
+        if (still && still.status !== 'ready') continue;
+        sum = s.result(sa.step);
+      } else {
+        // A cohort that lost members can be unmasked once it is recovering and every share is in.
+        if (group.length < minSurvivors || !this.cohorts) continue;
+        const c = await this.cohorts.info(id);
+        if (!c || c.status !== 'recovering' || c.recovered !== c.needed) continue;
+        // Only the survivors' uploads. A row of a member counted as dropped (stored, but its
+        // cohort never recorded it: the storage failed in between, and so did taking it out
+        // again) can never be unmasked with the others: it goes.
+        const dropped = new Set(c.dropped!);
+        const stray = group.filter((u) => dropped.has(memberOf(u.nonce)));
+        group = group.filter((u) => !dropped.has(memberOf(u.nonce)));
+        if (group.length !== c.size - dropped.size) continue;
+        if (stray.length > 0) {
+          await this.write(() => this.storage.discard(stray.map((u) => u.id)));
+          this.config.log(`discarded ${stray.length} uploads of members of cohort ${id.slice(0, 12)} counted as dropped`);
+        }
+        const s = new RecoveredSum(await this.cohorts.recoveryShares(id), c.dropped!, sa);
+        for await (const u of readBodies(this.storage, group)) {
+          await s.addRecovered(decodeMaskedUpdate(u.body));
+          await yieldToEventLoop();
+        }
+        // Still recovering once its uploads are summed (requests ran meanwhile: a sweep may have aborted it).
+        if ((await this.cohorts.info(id))?.status !== 'recovering') continue;
+        sum = s.result(sa.step);
+        how = ` (secure aggregation, cohort ${id.slice(0, 12)}, ${c.dropped!.length ? `recovered without ${c.dropped!.length} dropped members` : 'self-masks removed'})`;
       }
-      this.pendingN = await this.storage.pendingCount();
+      for (let i = 0; i < sum.length; i++) sum[i] = sum[i]! / group.length;
+      // Each member's fixed-point values were rounded stochastically to the step γ: variance
+      // γ²/6 on average per member, γ²/(6m) in the mean of m.
+      await this.publishMean(sum, group, how, { rounding: sa.step ** 2 / (6 * group.length), factor: 1 });
+      await this.cohorts?.finish(id, this.cur.version);
+    }
+    this.pendingN = await this.storage.pendingCount();
+    return this.cur.version;
+  }
+
+  /**
+   * A round of plain updates: each pending update (`refs`, oldest first) read, checked, decoded
+   * and added into the round's {@link RoundCombiner} in turn (those that cannot be aggregated go,
+   * {@link leaveOut}); published once at least minClients were.
+   */
+  private async aggregatePlain(refs: PendingRef[]): Promise<number> {
+    const { minClients, robust, trimFraction } = this.config;
+    // Fewer than a round: the updates are only checked (those that do not fit still go).
+    const combining = refs.length >= minClients;
+    const combiner = new RoundCombiner(robust, trimFraction);
+    const used: PendingRef[] = [];
+    const gone = new Map<string, number[]>();
+    let rounding = 0;
+    for await (const u of readBodies(this.storage, refs)) {
+      let why = misfit(storedUpload(u.body), this.config);
+      let d: QuantizedUpdate | undefined;
+      if (why === null) {
+        try {
+          d = decodeUpdate(u.body);
+        } catch (e) {
+          why = `does not decode (${(e as Error).message})`;
+        }
+      }
+      if (why !== null || !d) {
+        gone.set(why!, [...(gone.get(why!) ?? []), u.id]);
+        continue;
+      }
+      used.push({ id: u.id, nonce: u.nonce, baseVersion: u.baseVersion, receivedAt: u.receivedAt });
+      if (!combining) continue;
+      rounding += roundingVariance(d);
+      combiner.add(u.body, d);
+      await yieldToEventLoop();
+    }
+    await this.leaveOut(gone);
+    if (used.length < minClients) {
+      this.pendingN = used.length;
       return this.cur.version;
     }
-    if (pending.length < this.config.minClients) {
-      this.pendingN = pending.length;
-      return this.cur.version;
-    }
-    const decoded = usable.map(([, d]) => d!);
-    const deltas = decoded.map(dequantizeUpdate);
-    const mean = combineDeltas(deltas, this.config.robust, this.config.trimFraction);
-    const trim = trimCount(this.config.robust, pending.length, this.config.trimFraction);
-    const how = this.config.robust === 'mean' ? '' : `, ${this.config.robust} dropping ${trim} per end`;
+    const m = used.length;
+    const { combined, trim } = await combiner.result(yieldToEventLoop);
+    const how = robust === 'mean' ? '' : `, ${robust} dropping ${trim} per end`;
     // In the mean of K updates each one's rounding variance counts 1/K².
-    const rounding = decoded.reduce((a, u) => a + roundingVariance(u), 0) / decoded.length ** 2;
-    await this.publishMean(mean, pending, how, { rounding, factor: robustVarianceFactor(this.config.robust, pending.length, trim) });
+    await this.publishMean(combined, used, how, { rounding: rounding / m ** 2, factor: robustVarianceFactor(robust, m, trim) });
     this.pendingN = 0;
     return this.cur.version;
   }
 
   /**
-   * The pending uploads this server can aggregate; the others are deleted, saying why: their shape
-   * or flags were made for other round settings (a process sharing the store under other ones,
-   * before it noticed that its settings were replaced, or before round settings were kept at all)
-   * or they do not decode. Left in, each would fail every round (a delta of another length, a
-   * masked upload read as a plain one) or wreck it (biases frozen on the device, trained here).
+   * Secure aggregation: the pending uploads (`refs`) this server can aggregate, each checked once
+   * (an upload's body never changes: the ids found fitting are remembered); the others go
+   * ({@link leaveOut}).
    */
-  private async setAside<D>(pending: PendingUpdate[], decode: (body: Uint8Array) => D): Promise<Array<[PendingUpdate, D]>> {
-    const keep: Array<[PendingUpdate, D]> = [];
+  private async fittingUploads(refs: PendingRef[]): Promise<PendingRef[]> {
     const gone = new Map<string, number[]>();
-    for (const u of pending) {
-      let why = misfit(storedUpload(u.body), this.config);
-      if (why === null) {
-        try {
-          keep.push([u, decode(u.body)]);
-        } catch (e) {
-          why = `does not decode (${(e as Error).message})`;
-        }
-      }
-      if (why !== null) gone.set(why, [...(gone.get(why) ?? []), u.id]);
+    for await (const u of readBodies(this.storage, refs.filter((r) => !this.fitting.has(r.id)))) {
+      const why = misfit(storedUpload(u.body), this.config);
+      if (why === null) this.fitting.add(u.id);
+      else gone.set(why, [...(gone.get(why) ?? []), u.id]);
     }
-    if (gone.size === 0) return keep;
+    const ids = new Set(refs.map((r) => r.id));
+    for (const id of this.fitting) if (!ids.has(id)) this.fitting.delete(id);
+    await this.leaveOut(gone);
+    return refs.filter((r) => this.fitting.has(r.id));
+  }
+
+  /** Pending masked uploads found fitting this server's settings ({@link fittingUploads}). */
+  private fitting = new Set<number>();
+
+  /**
+   * Deletes the pending uploads this server cannot aggregate (`gone`: their ids by why), saying
+   * why: their shape or flags were made for other round settings (a process sharing the store
+   * under other ones, before it noticed that its settings were replaced, or before round settings
+   * were kept at all) or they do not decode. Left in, each would fail every round (a delta of
+   * another length, a masked upload read as a plain one) or wreck it (biases frozen on the device,
+   * trained here).
+   */
+  private async leaveOut(gone: Map<string, number[]>): Promise<void> {
+    if (gone.size === 0) return;
     const ids = [...gone.values()].flat();
     await this.write(() => this.storage.discard(ids));
     const reasons = [...gone].map(([why, of]) => `${why}: ${of.length}`).join('; ');
     this.config.log(`left ${ids.length} pending updates out of the round and deleted them, made for other round settings than this server's or unreadable (${reasons}); their devices' updates are lost, the round goes on without them`);
-    return keep;
   }
 
   /** One optimizer step from the combined delta, published atomically with the updates it consumed. */
@@ -1153,6 +1291,8 @@ export class RoundCoordinator {
       const kept = shrinkRows(mean, this.config.itemCount, this.config.dim, noiseVar, this.config.trained);
       how += `, shrinkage left ${kept} of ${this.config.trained.rows} trained rows non-zero`;
     }
+    // Each step below is O(model size) and synchronous: the event loop runs between them.
+    await yieldToEventLoop();
     let next: ItemTable;
     let optimizer: Float32Array | null = null;
     if (this.config.aggregator === 'subspace') {
@@ -1177,8 +1317,10 @@ export class RoundCoordinator {
     // A version no device would take (not finite, or beyond ±MAX_MODEL_MAGNITUDE: an extreme
     // server learning rate or scale) must never be published: the updates stay pending and the
     // round is retried.
+    await yieldToEventLoop();
     const bad = beyondModelMagnitude(next);
     if (bad) throw new Error(`the aggregate of ${consumed.length} updates is out of range (the ${bad.what} of item ${JSON.stringify(bad.itemId)} is ${bad.value}, devices refuse beyond ±${MAX_MODEL_MAGNITUDE}); nothing was published, the updates stay pending: lower the server's learning rate or scale`);
+    await yieldToEventLoop();
     const model = encodeModel(next);
     const stored: StoredVersion = {
       version: next.version,
@@ -1188,22 +1330,13 @@ export class RoundCoordinator {
       createdAt: this.config.now(),
       updateCount: consumed.length,
     };
-    try {
-      await this.write(() =>
-        this.storage.publish(
-          stored,
-          consumed.map((u) => u.id),
-        ),
-      );
-    } catch (e) {
-      if (e instanceof StorageConflictError) {
-        // Another process published first: adopt its version and recount.
-        const latest = await this.storage.latest();
-        if (latest) await this.load(latest);
-        this.pendingN = await this.storage.pendingCount();
-      }
-      throw e;
-    }
+    // (A conflict, another process having published first, is adopted by aggregate().)
+    await this.write(() =>
+      this.storage.publish(
+        stored,
+        consumed.map((u) => u.id),
+      ),
+    );
     this.cur = { version: next.version, hash: stored.hash, table: next, model, optimizer, createdAt: stored.createdAt };
     this.hashes.set(next.version, stored.hash);
     this.config.log(`published version ${next.version} from ${consumed.length} updates${how} (${stored.hash.slice(0, 12)})`);

@@ -18,7 +18,7 @@ import { dirname, join } from 'node:path';
 import type Database from 'better-sqlite3';
 import { StorageError } from '../errors.js';
 import { UPDATE_BUDGET_BYTES } from '../federated/wire.js';
-import { averagedNonceSql, checkNextVersion, pendingFromRow, StorageConflictError, versionFromRow, versionParams, type NewUpdate, type PendingUpdate, type Storage, type StoredVersion, type UpdateRow, type VersionRow } from './storage.js';
+import { averagedNonceSql, checkNextVersion, pendingFromRow, refFromRow, StorageConflictError, versionFromRow, versionParams, type NewUpdate, type PendingRef, type PendingUpdate, type Storage, type StoredVersion, type UpdateRow, type VersionRow } from './storage.js';
 
 const SCHEMA_VERSION = '1';
 
@@ -102,6 +102,8 @@ export class SqliteStorage implements Storage {
     hash: Database.Statement;
     insertUpdate: Database.Statement;
     pending: Database.Statement;
+    pendingRefs: Database.Statement;
+    pendingById: Database.Statement;
     pendingCount: Database.Statement;
     pendingByNonce: Database.Statement;
     maxVersion: Database.Statement;
@@ -203,6 +205,8 @@ export class SqliteStorage implements Storage {
         'INSERT INTO updates (nonce, base_version, received_at, body) VALUES (?, ?, ?, ?) ON CONFLICT (nonce) DO NOTHING',
       ),
       pending: db.prepare('SELECT id, nonce, base_version, received_at, body FROM updates WHERE aggregated_into IS NULL ORDER BY id'),
+      pendingRefs: db.prepare('SELECT id, nonce, base_version, received_at FROM updates WHERE aggregated_into IS NULL ORDER BY id'),
+      pendingById: db.prepare('SELECT id, nonce, base_version, received_at, body FROM updates WHERE id = ? AND aggregated_into IS NULL'),
       pendingCount: db.prepare('SELECT COUNT(*) AS n FROM updates WHERE aggregated_into IS NULL'),
       pendingByNonce: db.prepare('SELECT id, nonce, base_version, received_at, body FROM updates WHERE nonce = ? AND aggregated_into IS NULL'),
       maxVersion: db.prepare('SELECT MAX(version) AS v FROM versions'),
@@ -282,6 +286,20 @@ export class SqliteStorage implements Storage {
   async pending(): Promise<PendingUpdate[]> {
     return this.wrap('read pending updates', () =>
       (this.st.pending.all() as UpdateRow[]).map(pendingFromRow),
+    );
+  }
+
+  async pendingRefs(): Promise<PendingRef[]> {
+    return this.wrap('read pending updates', () => (this.st.pendingRefs.all() as Array<Omit<UpdateRow, 'body'>>).map(refFromRow));
+  }
+
+  async pendingByIds(ids: readonly number[]): Promise<PendingUpdate[]> {
+    // One read transaction: the rows as of one moment, as pending() reads them.
+    return this.wrap('read pending updates', () =>
+      this.db.transaction(() => ids.flatMap((id) => {
+        const r = this.st.pendingById.get(id) as UpdateRow | undefined;
+        return r ? [pendingFromRow(r)] : [];
+      }))(),
     );
   }
 

@@ -9,6 +9,7 @@ import { decodeModel, fromHex, sha256, toHex } from '../../src/federated/wire.js
 import { cloneItemTable, createItemTable, type ItemTable } from '../../src/model/item-table.js';
 import { Random } from '../../src/model/random.js';
 import { KEEP_ENDED_MS, type CohortStore } from '../../src/server/cohorts.js';
+import type { Storage } from '../../src/server/storage.js';
 
 export const IDS = Array.from({ length: 40 }, (_, i) => `sku-${i}`);
 export const DIM = 4;
@@ -175,4 +176,31 @@ export async function assertKeptAnHourAfterEnd(store: CohortStore, id: string, s
   setNow(ended + KEEP_ENDED_MS + 1);
   await store.sweep();
   assert.equal(await store.info(id), undefined, 'forgotten an hour after it ended');
+}
+
+/**
+ * The streaming reads of a store (`pendingRefs`, `pendingByIds`), the same check for the memory,
+ * SQLite and PostgreSQL adapters, on an empty store: the pending updates listed oldest first
+ * without their bodies; bodies read back in the order asked; one aggregated or discarded since
+ * left out.
+ */
+export async function exercisePendingReads(s: Storage): Promise<void> {
+  assert.ok(s.pendingRefs && s.pendingByIds, 'the adapter reads pending updates a few at a time');
+  await s.publish({ version: 0, hash: 'h0', model: new Uint8Array([0]), optimizer: null, createdAt: 0, updateCount: 0 }, []);
+  const ids: number[] = [];
+  for (const [i, nonce] of ['aa', 'bb', 'cc', 'dd'].entries()) {
+    const r = await s.addUpdate({ nonce, baseVersion: 0, receivedAt: 100 + i, body: new Uint8Array(i + 1).fill(i + 1) });
+    assert.ok(r !== 'replayed');
+    ids.push(r.id);
+  }
+  const [a, b, c, d] = ids as [number, number, number, number];
+  const refs = await s.pendingRefs();
+  assert.deepEqual(refs, [a, b, c, d].map((id, i) => ({ id, nonce: ['aa', 'bb', 'cc', 'dd'][i], baseVersion: 0, receivedAt: 100 + i })), 'oldest first, no body');
+  const some = await s.pendingByIds([d, a, c]);
+  assert.deepEqual(some.map((u) => [u.id, u.nonce, [...u.body]]), [[d, 'dd', [4, 4, 4, 4]], [a, 'aa', [1]], [c, 'cc', [3, 3, 3]]], 'in the order asked');
+  assert.deepEqual(await s.pendingByIds([]), []);
+  await s.publish({ version: 1, hash: 'h1', model: new Uint8Array([1]), optimizer: null, createdAt: 1, updateCount: 1 }, [b]);
+  await s.discard([c]);
+  assert.deepEqual((await s.pendingByIds([a, b, c, d, 999_999])).map((u) => u.id), [a, d], 'an aggregated, a discarded and an unknown id are left out');
+  assert.deepEqual((await s.pendingRefs()).map((u) => u.id), [a, d]);
 }

@@ -21,7 +21,7 @@ import { QUERY_TIMEOUT_MARGIN_MS, redactUrl } from '../../src/server/postgres-st
 import { KEEP_ENDED_MS, PUBLISH_GRACE } from '../../src/server/cohorts.js';
 import { StorageConflictError } from '../../src/server/storage.js';
 import { postgresUnavailable, startPostgres, type TestPostgres } from './pg-helpers.js';
-import { assertKeptAnHourAfterEnd, DIM, exerciseCohortLeave, honestUpdate, initialTable, IDS, post, pull, quiet, shopperHistory, spawnServe, type ServeChild } from './server-helpers.js';
+import { assertKeptAnHourAfterEnd, DIM, exerciseCohortLeave, exercisePendingReads, honestUpdate, initialTable, IDS, post, pull, quiet, shopperHistory, spawnServe, type ServeChild } from './server-helpers.js';
 
 const skip = postgresUnavailable();
 const opts = { port: 0, minClients: 3, noiseMultiplier: 0, rateLimit: false as const, log: quiet };
@@ -154,6 +154,15 @@ describe('PostgreSQL storage', { skip: skip ?? false }, () => {
       assert.equal((await db.query("SELECT count(*)::int AS n FROM localrec_meta WHERE key LIKE 'write-probe%'")).rows[0].n, 0);
     } finally {
       await db.end();
+      await s.close();
+    }
+  });
+
+  it('reads the pending updates a few at a time (pendingRefs, pendingByIds), as the memory and SQLite stores do', async () => {
+    const s = await PostgresStorage.open(await freshDatabase());
+    try {
+      await exercisePendingReads(s);
+    } finally {
       await s.close();
     }
   });
