@@ -9,9 +9,10 @@
  * ```
  */
 import type { Command } from 'commander';
-import { ValidationError } from '../errors.js';
+import { isValidationError, ValidationError } from '../errors.js';
 import { numberFlag } from '../number-flag.js';
 import { checkOutputFile, writeOutputFile } from '../output-file.js';
+import { DEFAULT_DENSE_MAX, MAX_DENSE_ITEMS } from '../model/dense-limits.js';
 import type { CsvFlags } from './presets.js';
 
 export interface NeighborsCommandOptions extends CsvFlags {
@@ -21,7 +22,18 @@ export interface NeighborsCommandOptions extends CsvFlags {
   width: string;
   l2: string;
   minSupport: string;
+  /** The largest exact solve (items); absent: the builder's default. */
+  denseMax?: string;
 }
+
+/** The builder's option names, as this command's flags. */
+const BUILDER_FLAGS: Readonly<Record<string, string>> = {
+  'neighbors.denseMax': '--dense-max',
+  'neighbors.width': '--width',
+  'neighbors.minSupport': '--min-support',
+  'neighbors.l2': '--l2',
+  'neighbors.itemIds': '--data',
+};
 
 export interface NeighborsSummary {
   out: string;
@@ -30,9 +42,15 @@ export interface NeighborsSummary {
   itemsWithNeighbors: number;
   pairs: number;
   droppedForSupport: number;
+  /** `exact`, or `dense-head` above --dense-max (docs/NEIGHBORS.md, "Large catalogs"). */
+  method: 'exact' | 'dense-head';
+  /** Items in the exact EASE solve, and the share of (customer, item) pairs on them. */
+  denseItems: number;
+  denseShare: number;
   width: number;
   l2: number;
   minSupport: number;
+  denseMax: number;
   bytes: number;
   bytesPerItem: number;
   sha256: string;
@@ -54,6 +72,7 @@ export function register(program: Command, io: { stdout: (s: string) => void; st
     .option('--width <n>', 'neighbours per item (6 bytes each on the wire)', '32')
     .option('--l2 <x>', 'EASE L2 penalty', '100')
     .option('--min-support <n>', 'customers a published pair needs at least', '3')
+    .option('--dense-max <n>', 'largest exact EASE solve, in items (an n × n Float64 matrix, 8·n² bytes); a larger log: exact over its n most-bought items, the rest from their co-purchases', String(DEFAULT_DENSE_MAX))
     .action(async (opts: NeighborsCommandOptions) => {
       await runNeighbors(opts, io);
     });
@@ -76,6 +95,12 @@ export async function runNeighbors(opts: NeighborsCommandOptions, io: { stdout: 
   const width = int(opts.width, '--width', 1, 256);
   const minSupport = int(opts.minSupport, '--min-support', 1, 1e9);
   const l2 = numberFlag('--l2', opts.l2, (x) => x > 0 && Number.isFinite(x), 'a number > 0');
+  const denseMax = numberFlag(
+    '--dense-max',
+    opts.denseMax ?? String(DEFAULT_DENSE_MAX),
+    (x) => Number.isInteger(x) && x >= 0 && x <= MAX_DENSE_ITEMS,
+    `a whole number from 0 to ${MAX_DENSE_ITEMS.toLocaleString('en-US')} (an exact solve of n items holds an n × n Float64 matrix, 8·n² bytes: ${((8 * MAX_DENSE_ITEMS ** 2) / 1e9).toFixed(1)} GB at ${MAX_DENSE_ITEMS.toLocaleString('en-US')})`,
+  );
   const t0 = performance.now();
   const progress = new Progress(io.stderr);
   const name = basename(opts.data);
@@ -83,12 +108,22 @@ export async function runNeighbors(opts: NeighborsCommandOptions, io: { stdout: 
   const log = await loadCsv(opts.data, mapping, (rows) => progress.update(`loading ${name} (${rows} rows)`, 0));
   // Nothing is held out: every customer's distinct items go into the table.
   const all = looSplit(log, Number.MAX_SAFE_INTEGER, { hasTime: mapping.time !== undefined });
-  const { table, report } = buildNeighborTable({ ptr: all.train.ptr, items: all.train.items, nItems: all.itemIds.length }, all.itemIds, {
-    l2,
-    width,
-    minSupport,
-    onProgress: (f) => progress.update('solving EASE', f),
-  });
+  let built: ReturnType<typeof buildNeighborTable>;
+  try {
+    built = buildNeighborTable({ ptr: all.train.ptr, items: all.train.items, nItems: all.itemIds.length }, all.itemIds, {
+      l2,
+      width,
+      minSupport,
+      denseMax,
+      onProgress: (f, stage) => progress.update(stage ?? 'solving EASE', f),
+    });
+  } catch (e) {
+    progress.done();
+    // The builder names its options (neighbors.denseMax); here they are flags.
+    const flag = isValidationError(e) ? BUILDER_FLAGS[e.field] : undefined;
+    throw flag ? new ValidationError(flag, (e as ValidationError).message.slice((e as ValidationError).field.length + 2)) : e;
+  }
+  const { table, report } = built;
   progress.done();
   const file = encodeNeighborTable(table);
   await writeOutputFile(opts.out, file, '--out');
@@ -99,6 +134,7 @@ export async function runNeighbors(opts: NeighborsCommandOptions, io: { stdout: 
     width,
     l2,
     minSupport,
+    denseMax,
     bytes: file.length,
     bytesPerItem: Math.round((file.length / table.itemIds.length) * 10) / 10,
     sha256: await neighborTableHash(file),

@@ -3,10 +3,19 @@
  * pruned to `width` neighbours per item, with a support floor so that no published pair rests on
  * fewer than `minSupport` customers. The floor is applied before pruning: an item's slots go to its
  * strongest supported neighbours. Runs in Node (`localrec neighbors`, `localrec eval`).
+ *
+ * The exact solve holds a dense matrix of items² (or users² + users × items) Float64s and costs
+ * about items³/2: it runs when it is no bigger than the solve of `denseMax` items, and its result is
+ * what it always was. A larger log is solved exactly over its `denseMax` most-bought items, and every
+ * pair with another item is weighed from that solution and the sparse co-purchase counts
+ * (build-neighbors-large.ts), in time and memory that grow with the co-purchases, not items².
  */
 import { ValidationError } from '../errors.js';
+import { buildLargeNeighborRows } from './build-neighbors-large.js';
+import { DEFAULT_DENSE_MAX, MAX_DENSE_ITEMS } from './dense-limits.js';
 import { MAX_NEIGHBOR_WIDTH, type NeighborTable } from './neighbors.js';
-import { trainSparseEase, type UserItemLists } from './sparse-ease.js';
+import { MAX_NEIGHBOR_ITEMS } from './neighbors-wire.js';
+import { planEaseSolve, trainSparseEase, type UserItemLists } from './sparse-ease.js';
 import { pruneRow } from './sparse-item-model.js';
 
 export interface BuildNeighborOptions {
@@ -22,10 +31,20 @@ export interface BuildNeighborOptions {
   /** Keep only positive weights (the device ranks by positive scores only). Default true. */
   positiveOnly?: boolean;
   solver?: 'auto' | 'primal' | 'dual';
-  onProgress?: (fraction: number) => void;
+  /**
+   * The largest exact solve, as the side n of a dense n × n Float64 matrix (8·n² bytes): a log
+   * whose exact solve holds at most n² numbers and costs at most n³/2 multiply-adds is solved
+   * exactly (up to n items; more when there are few customers, by the users × users solve); a
+   * larger one exactly over its n most-bought items, and the pairs with other items from that
+   * solution and their co-purchase counts. 0 … {@link MAX_DENSE_ITEMS}. Default {@link DEFAULT_DENSE_MAX}.
+   */
+  denseMax?: number;
+  /** Progress of the build, with the stage it is in (`stage` is absent in the exact solve). */
+  onProgress?: (fraction: number, stage?: string) => void;
 }
 
 export const DEFAULT_NEIGHBOR_OPTIONS = { l2: 100, width: 32, minSupport: 3 } as const;
+export { DEFAULT_DENSE_MAX, MAX_DENSE_ITEMS };
 
 /** What the build dropped to honour the support floor. */
 export interface BuildNeighborReport {
@@ -41,6 +60,15 @@ export interface BuildNeighborReport {
    * less this (more where a row had supported neighbours to spare).
    */
   droppedForSupport: number;
+  /** `exact`: one EASE solve over every item; `dense-head`: exact over the `denseItems` most-bought items, the rest from it (build-neighbors-large.ts). */
+  method: 'exact' | 'dense-head';
+  /** Items the exact EASE solve covered. */
+  denseItems: number;
+  /**
+   * The share of (customer, item) pairs whose item the exact solve covered (1 for `exact`): where
+   * it is low, the table is further from the exact one (docs/NEIGHBORS.md, "Large catalogs").
+   */
+  denseShare: number;
 }
 
 /**
@@ -61,6 +89,11 @@ export function buildNeighborTable(
   if (!Number.isInteger(minSupport) || minSupport < 1) throw new ValidationError('neighbors.minSupport', `must be a whole number ≥ 1, got ${minSupport}`);
   if (itemIds.length !== lists.nItems) throw new ValidationError('neighbors.itemIds', `has ${itemIds.length} ids for ${lists.nItems} items`);
   if (!Number.isInteger(width) || width < 1 || width > MAX_NEIGHBOR_WIDTH) throw new ValidationError('neighbors.width', `must be an integer from 1 to ${MAX_NEIGHBOR_WIDTH}, got ${width}`);
+  const denseMax = o.denseMax ?? DEFAULT_DENSE_MAX;
+  if (!Number.isInteger(denseMax) || denseMax < 0 || denseMax > MAX_DENSE_ITEMS) {
+    throw new ValidationError('neighbors.denseMax', `must be a whole number from 0 to ${fmt(MAX_DENSE_ITEMS)} (the exact solve of n items holds an n × n Float64 matrix, 8·n² bytes: ${gb(MAX_DENSE_ITEMS)} at ${fmt(MAX_DENSE_ITEMS)}), got ${denseMax}`);
+  }
+  if (lists.nItems > MAX_NEIGHBOR_ITEMS) throw new ValidationError('neighbors.itemIds', `the log has ${fmt(lists.nItems)} items; a neighbour table (LRN1) holds at most ${fmt(MAX_NEIGHBOR_ITEMS)}: filter the log to the items to publish`);
   // One customer counts once: repeat orders of the same item must not pass the support floor alone.
   lists = distinctPerUser(lists);
   // Users of each item, ascending (the transpose of the lists), to count pair support.
@@ -72,9 +105,21 @@ export function buildNeighborTable(
   const users = new Int32Array(lists.items.length);
   for (let u = 0; u + 1 < lists.ptr.length; u++) for (let e = lists.ptr[u]!; e < lists.ptr[u + 1]!; e++) users[fill[lists.items[e]!]++] = u;
   const positiveOnly = o.positiveOnly ?? true;
+  const plan = planEaseSolve(lists, o.solver ?? 'auto');
+  if (plan.cells > denseMax * denseMax || plan.work > denseMax ** 3 / 2) {
+    const large = buildLargeNeighborRows({ lists, cnt, users, headSize: denseMax, l2, width, minSupport, positiveOnly, ...(o.onProgress ? { onProgress: o.onProgress } : {}) });
+    const report: BuildNeighborReport = { items: n, itemsWithNeighbors: 0, pairs: 0, droppedForSupport: large.droppedForSupport, method: 'dense-head', denseItems: large.denseItems, denseShare: Math.round(large.denseShare * 1000) / 1000 };
+    for (let i = 0; i < n; i++) {
+      let out = 0;
+      while (out < width && large.index[i * width + out]! >= 0) out++;
+      report.pairs += out;
+      if (out > 0) report.itemsWithNeighbors++;
+    }
+    return { table: { itemIds: itemIds.slice(), width, index: large.index, weight: large.weight }, report };
+  }
   // EASE keeps at most nItems − 1 neighbours, so its rows may be narrower than the table's.
   const easeWidth = Math.min(width, Math.max(n - 1, 1));
-  const report: BuildNeighborReport = { items: n, itemsWithNeighbors: 0, pairs: 0, droppedForSupport: 0 };
+  const report: BuildNeighborReport = { items: n, itemsWithNeighbors: 0, pairs: 0, droppedForSupport: 0, method: 'exact', denseItems: plan.activeItems, denseShare: 1 };
   /** Customers who have both i and j, for every j (all zero again after each row). */
   const together = new Int32Array(n);
   const unfilteredIndex = new Int32Array(easeWidth);
@@ -116,6 +161,9 @@ export function buildNeighborTable(
   }
   return { table: { itemIds: itemIds.slice(), width, index, weight }, report };
 }
+
+const fmt = (x: number): string => x.toLocaleString('en-US');
+const gb = (items: number): string => `${((8 * items * items) / 1e9).toFixed(1)} GB`;
 
 /** The lists with each user's repeated items kept once (the lists themselves when none repeats). */
 function distinctPerUser(lists: UserItemLists): UserItemLists {

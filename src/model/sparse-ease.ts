@@ -38,6 +38,42 @@ export interface SparseEaseOptions {
   onProgress?: (fraction: number) => void;
 }
 
+/** Which exact solve {@link solveEaseRows} runs on a log, and what it holds and costs. */
+export interface EaseSolvePlan {
+  solver: 'primal' | 'dual';
+  /** Items with at least one user (the primal solve's side). */
+  activeItems: number;
+  users: number;
+  /** Float64 numbers its dense matrices hold: items² (primal), users² + users × items (dual). */
+  cells: number;
+  /** Multiply-adds, roughly: items³/2 (primal), users³/2 + 2·users·nnz + items·nnz (dual). */
+  work: number;
+}
+
+/**
+ * The solve `solveEaseRows(x, …, { solver })` picks (`auto`: the cheaper one), with its size.
+ *
+ * @example
+ * ```ts
+ * planEaseSolve({ ptr, items, nItems }).cells * 8; // bytes of its dense matrices
+ * ```
+ */
+export function planEaseSolve(x: UserItemLists, solver: 'auto' | 'primal' | 'dual' = 'auto'): EaseSolvePlan {
+  const n = x.nItems;
+  const m = x.ptr.length - 1;
+  const seen = new Uint8Array(n);
+  for (let e = 0; e < x.items.length; e++) seen[x.items[e]] = 1;
+  let na = 0;
+  for (let i = 0; i < n; i++) na += seen[i];
+  const nnz = x.items.length;
+  const primalCost = na ** 3 / 2;
+  const dualCost = m ** 3 / 2 + 2 * m * nnz + na * nnz;
+  const picked = solver !== 'auto' ? solver : primalCost <= dualCost ? 'primal' : 'dual';
+  return picked === 'primal'
+    ? { solver: picked, activeItems: na, users: m, cells: na * na, work: primalCost }
+    : { solver: picked, activeItems: na, users: m, cells: m * m + m * n, work: m ** 3 / 2 + 2 * m * nnz + n * nnz };
+}
+
 /**
  * Calls `visit(i, p, diag)` for every item i that has a training user, with row i of P (dense,
  * length nItems) and diag(P). Row i of B is −p/diag (diagonal zeroed); column i of B is −p/p[i].
@@ -64,9 +100,7 @@ export function solveEaseRows(
   for (let i = 0; i < n; i++) if (seen[i]) pos[i] = active.push(i) - 1;
   const na = active.length;
   const nnz = x.items.length;
-  const primalCost = na ** 3 / 2;
-  const dualCost = m ** 3 / 2 + 2 * m * nnz + na * nnz;
-  const solver = opts.solver && opts.solver !== 'auto' ? opts.solver : primalCost <= dualCost ? 'primal' : 'dual';
+  const { solver } = planEaseSolve(x, opts.solver ?? 'auto');
   const progress = opts.onProgress ?? (() => {});
   const diag = new Float64Array(n);
   const p = new Float64Array(n);
