@@ -488,8 +488,9 @@ describe('sync(): what a server that does not play fair can learn', () => {
   });
 
   it('uploads whether or not the server\'s model knows the shopper\'s items: the decision is the device\'s own (noise only, charged as usual)', async () => {
-    // A server whose catalog holds none of this shopper's items, and one that holds them all.
-    const other = Array.from({ length: 50 }, (_, i) => `other-${i}`);
+    // A server whose catalog holds none of this shopper's items (one of the page's others: a model
+    // sharing no item with the page at all is refused for every shopper alike), and one that holds them all.
+    const other = ['sku-0', ...Array.from({ length: 49 }, (_, i) => `other-${i}`)];
     const srv = await startServer({ port: 0, dataDir: null, initialTable: createItemTable(other, 16, { seed: 4 }), minClients: 50, clip: 1, noiseMultiplier: 1, rateLimit: false, log: () => {} });
     try {
       const sizes: number[] = [];

@@ -99,10 +99,10 @@ function refWhy(offer: Offer, events: readonly StoredEvent[], products: ProductI
   for (let i = events.length - 1; i >= 0; i--) {
     const e = events[i]!;
     const event = citedType(i);
-    if (event && e.itemId !== undefined && refInScope(offer.scope, e.itemId, products)) return { kind: 'event', itemId: e.itemId, event };
+    if (event && e.itemId !== undefined && products.byId.has(e.itemId) && refInScope(offer.scope, e.itemId, products)) return { kind: 'event', itemId: e.itemId, event };
   }
-  if (context.itemId !== undefined && refInScope(offer.scope, context.itemId, products)) return { kind: 'on-screen', itemId: context.itemId };
-  const inCart = context.cart?.find((l) => refInScope(offer.scope, l.itemId, products));
+  if (context.itemId !== undefined && products.byId.has(context.itemId) && refInScope(offer.scope, context.itemId, products)) return { kind: 'on-screen', itemId: context.itemId };
+  const inCart = context.cart?.find((l) => products.byId.has(l.itemId) && refInScope(offer.scope, l.itemId, products));
   if (inCart) return { kind: 'in-cart', itemId: inCart.itemId };
   if (offer.scope.kind === 'items') {
     const cats = new Set(refScopeIds(offer.scope, products).map((id) => products.byId.get(id)?.category).filter((c) => c !== undefined));
