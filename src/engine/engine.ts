@@ -217,14 +217,23 @@ export interface ConsentRecord {
 }
 
 /** What one tab's engine tells the others on the same database. */
+/** The tab channel as {@link Engine.listenToTabs} opens it, before the engine takes it over. */
+interface EarlyChannel {
+  channel: BroadcastChannel;
+  held: TabMessage[];
+  /** The id its `hello` carried. */
+  id: string;
+}
+
 type TabMessage =
   | { type: 'events' }
   | { type: 'model' }
   | { type: 'offers' }
   | { type: 'erased'; at?: number }
-  | { type: 'consent'; personalization: boolean; federated: boolean; at?: number }
-  /** A tab starting: live tabs answer with the consent they follow and when it was asked for. */
-  | { type: 'hello' };
+  /** `to`: an answer to one starting tab's `hello` (its id), which only that tab applies. */
+  | { type: 'consent'; personalization: boolean; federated: boolean; at?: number; to?: string }
+  /** A tab starting: live tabs answer it with the shopper's latest consent decision they know, and its time. */
+  | { type: 'hello'; id: string };
 /** The egress log keeps this many most recent requests (and none older than `retention.maxAgeDays`). */
 const EGRESS_MAX = 1000;
 const DAY_MS = 86_400_000;
@@ -605,24 +614,29 @@ export class Engine {
    * engine takes it over ({@link openChannel}), and says hello: live tabs answer with the consent
    * they follow. Undefined where there is no channel (see {@link channel}).
    */
-  private static listenToTabs(opts: EngineOptions): { channel: BroadcastChannel; held: TabMessage[] } | undefined {
+  private static listenToTabs(opts: EngineOptions): EarlyChannel | undefined {
     if (opts.store || typeof BroadcastChannel === 'undefined' || plainNode()) return undefined;
     const channel = new BroadcastChannel(`localrec:${opts.dbName ?? 'localrec'}`);
     // Node: a channel must not keep the process alive (browsers have no unref).
     (channel as { unref?: () => void }).unref?.();
     const held: TabMessage[] = [];
     channel.onmessage = (ev: MessageEvent) => void held.push(ev.data as TabMessage);
+    const id = toHex(crypto.getRandomValues(new Uint8Array(8)));
     try {
-      channel.postMessage({ type: 'hello' } satisfies TabMessage);
+      channel.postMessage({ type: 'hello', id } satisfies TabMessage);
     } catch {
       // Closed under us: nobody to ask.
     }
-    return { channel, held };
+    return { channel, held, id };
   }
 
+  /** This engine's `hello` id: answers addressed to another starting tab are not for it. */
+  private helloId: string | undefined;
+
   /** Takes over the channel {@link listenToTabs} opened: what it held first, in order, then each message as it comes. */
-  private openChannel(early: { channel: BroadcastChannel; held: TabMessage[] } | undefined): void {
+  private openChannel(early: EarlyChannel | undefined): void {
     if (!early) return;
+    this.helloId = early.id;
     const handle = (m: TabMessage) => {
       this.inbox = this.inbox.then(() => this.fromOtherTab(m)).catch((e) => {
         this.lastError = e as Error;
@@ -660,8 +674,11 @@ export class Engine {
       case 'consent':
         // The latest request wins in every tab: a change asked for before this tab's own last one
         // (the two tabs changed consent at the same moment) is not applied over it.
+        // An answer to another tab's hello is that tab's to weigh (a live tab applying it would
+        // take back its own later decision whenever a tab starts).
+        if (m.to !== undefined && m.to !== this.helloId) return;
         if (typeof m.at === 'number' && m.at < this.consentAt) return;
-        if (typeof m.at === 'number') this.consentAt = m.at;
+        if (typeof m.at === 'number') this.consentAt = this.decidedAt = m.at;
         // (Compared with the consent being applied: a grant still opening the database counts.)
         if (m.personalization !== this.consentApplying.personalization || m.federated !== this.consentApplying.federated) {
           await this.applyConsent({ personalization: m.personalization, federated: m.federated }, 'another-tab', typeof m.at === 'number' ? m.at : undefined);
@@ -673,9 +690,11 @@ export class Engine {
         await this.erasedElsewhere(typeof m.at === 'number' ? m.at : undefined);
         return;
       case 'hello':
-        // A tab starting: the consent this one follows, if it was asked for at a known time (its
-        // host's answer, a setConsent, another tab's); the new tab keeps the later of that and its own.
-        if (Number.isFinite(this.consentAt)) this.tell({ type: 'consent', ...this.consentApplying, at: this.consentAt });
+        // A tab starting: the shopper's latest decision this one knows (its setConsent, or another
+        // tab's), with its time, for that tab alone; it keeps the later of that and its host's
+        // answer. A host's answer is not a decision to pass on ('required' starts with both off
+        // until the shopper answers).
+        if (typeof m.id === 'string' && Number.isFinite(this.decidedAt)) this.tell({ type: 'consent', ...this.consentApplying, at: this.decidedAt, to: m.id });
         return;
     }
   }
@@ -698,8 +717,9 @@ export class Engine {
     this.stopNeighborFetch();
     // What the shopper did after the erase began (`at`: tracked in this tab just after the other
     // tab's erase() resolved, before its message came) is not part of what was erased: kept, and
-    // written to the database anew. Without a time, everything queued goes.
-    this.queue = at === undefined ? [] : this.queue.filter((e) => e.t > at);
+    // written to the database anew. Told apart by when this engine took the event (its own clock,
+    // not the event's `t`, which a page may set ahead); without a time, everything queued goes.
+    this.queue = at === undefined ? [] : this.queue.filter((e) => (this.queuedAt.get(e) ?? -Infinity) > at);
     this.dropEventCache();
     // The offer catalog and the neighbour table stay in memory: the shop's public data, not the shopper's.
     // Of the consent records only the one in force is kept: the erased history is not written back.
@@ -862,7 +882,7 @@ export class Engine {
     boolOption(c.federated, 'consent.federated');
     // When the shopper asked: another tab's change asked for earlier does not undo this one.
     const at = Math.max(this.now(), this.consentAt);
-    this.consentAt = at;
+    this.consentAt = this.decidedAt = at;
     // What is left out stays as the change before this one (still under way, maybe) leaves it.
     const next = await this.applyConsent((cur) => ({ personalization: c.personalization ?? cur.personalization, federated: c.federated ?? cur.federated }), 'setConsent');
     // The shop's other tabs on this device follow (their engines share this database).
@@ -884,6 +904,8 @@ export class Engine {
 
   /** When the consent this tab follows was asked for (its own setConsent's, or another tab's). */
   private consentAt = -Infinity;
+  /** When the shopper's latest consent decision this tab knows was made (its setConsent's, or another tab's): what it tells a starting tab. */
+  private decidedAt = -Infinity;
 
   /** Whether events are stored now, and how many consent changes have been applied (see `onConsent`). */
   consentState(): { personalization: boolean; version: number } {
@@ -1332,6 +1354,7 @@ export class Engine {
         // Retention would delete an older event in the very write that stores it: refused, named.
         checkEventAge(ev, now, this.retention.maxAgeDays);
         this.queue.push(ev);
+        this.queuedAt.set(ev, now);
         accepted++;
       } catch (err) {
         this.dropped++;
@@ -1424,6 +1447,9 @@ export class Engine {
       (e) => (this.lastError = e),
     );
   }
+
+  /** When {@link enqueue} took each queued event (this engine's clock): see {@link erasedElsewhere}. */
+  private readonly queuedAt = new WeakMap<StoredEvent, number>();
 
   /** Stored events, read once and kept until the next write: recommend() must not scan IndexedDB each call. */
   private eventCache: StoredEvent[] | undefined;

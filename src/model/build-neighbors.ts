@@ -15,7 +15,7 @@ import { buildLargeNeighborRows } from './build-neighbors-large.js';
 import { DEFAULT_DENSE_MAX, MAX_DENSE_ITEMS } from './dense-limits.js';
 import { MAX_NEIGHBOR_WIDTH, type NeighborTable } from './neighbors.js';
 import { MAX_NEIGHBOR_ITEMS } from './neighbors-wire.js';
-import { planEaseSolve, trainSparseEase, type UserItemLists } from './sparse-ease.js';
+import { planEaseSolve, trainSparseEase, type EaseSolvePlan, type UserItemLists } from './sparse-ease.js';
 import { pruneRow } from './sparse-item-model.js';
 
 export interface BuildNeighborOptions {
@@ -105,8 +105,15 @@ export function buildNeighborTable(
   const users = new Int32Array(lists.items.length);
   for (let u = 0; u + 1 < lists.ptr.length; u++) for (let e = lists.ptr[u]!; e < lists.ptr[u + 1]!; e++) users[fill[lists.items[e]!]++] = u;
   const positiveOnly = o.positiveOnly ?? true;
-  const plan = planEaseSolve(lists, o.solver ?? 'auto');
-  if (plan.cells > denseMax * denseMax || plan.work > denseMax ** 3 / 2) {
+  const fits = (p: EaseSolvePlan) => p.cells <= denseMax * denseMax && p.work <= denseMax ** 3 / 2;
+  let plan = planEaseSolve(lists, o.solver ?? 'auto');
+  // `auto` picks the solver by work; when that one holds too much but the other one fits, the
+  // exact solve still runs, with the other (a log of up to `denseMax` items stays exact).
+  if (!fits(plan) && (o.solver ?? 'auto') === 'auto') {
+    const other = planEaseSolve(lists, plan.solver === 'primal' ? 'dual' : 'primal');
+    if (fits(other)) plan = other;
+  }
+  if (!fits(plan)) {
     const large = buildLargeNeighborRows({ lists, cnt, users, headSize: denseMax, l2, width, minSupport, positiveOnly, ...(o.onProgress ? { onProgress: o.onProgress } : {}) });
     const report: BuildNeighborReport = { items: n, itemsWithNeighbors: 0, pairs: 0, droppedForSupport: large.droppedForSupport, method: 'dense-head', denseItems: large.denseItems, denseShare: Math.round(large.denseShare * 1000) / 1000 };
     for (let i = 0; i < n; i++) {
@@ -144,7 +151,7 @@ export function buildNeighborTable(
       for (let e = lists.ptr[u]!; e < lists.ptr[u + 1]!; e++) together[lists.items[e]!] = 0;
     }
   };
-  const m = trainSparseEase(lists, { l2, width, prune: 'row', positiveOnly, filter, solver: o.solver ?? 'auto', onProgress: o.onProgress });
+  const m = trainSparseEase(lists, { l2, width, prune: 'row', positiveOnly, filter, solver: plan.solver, onProgress: o.onProgress });
   const index = new Int32Array(n * width).fill(-1);
   const weight = new Float32Array(n * width);
   for (let i = 0; i < n; i++) {

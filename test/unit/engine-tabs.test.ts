@@ -171,10 +171,13 @@ describe('two tabs on one device', () => {
   it('an event tracked in the other tab right after an erase resolved, before its message came, is kept; those tracked before it go (stop 32)', async () => {
     const name = dbName();
     const [a, b] = await tabs(name);
-    b.enqueue([{ type: 'view', itemId: 'sku-1' }]); // queued in tab B (written 25 ms later) when the erase begins
+    // Queued in tab B (written 25 ms later) when the erase begins, stamped by a page whose server's
+    // clock is ahead: taken before the erase all the same.
+    b.enqueue([{ type: 'view', itemId: 'sku-1', t: Date.now() + 60_000 }]);
     await a.erase();
+    await new Promise((r) => setImmediate(r));
     // Tab B's page goes on at once (the erased message has not reached its worker yet).
-    b.enqueue([{ type: 'view', itemId: 'sku-7', t: Date.now() + 5 }]);
+    b.enqueue([{ type: 'view', itemId: 'sku-7' }]);
     await settle();
     await b.flush();
     const events = (await b.exportData()).events.map((e) => e.itemId);
@@ -232,6 +235,30 @@ describe('two tabs on one device', () => {
     await settle();
     assert.deepEqual((await c.audit()).consent.current, granted, "the host's newer answer stands");
     await c.erase();
+    await a.close();
+  });
+
+  it('a tab starting does not change the consent of the tabs already running: the answers to its hello are its own (stop 32)', async () => {
+    const name = dbName();
+    const [a] = await tabs(name);
+    await a.setConsent({ personalization: false }); // the shopper withdrew in tab A
+    // Tab C: its host read "granted" after that (its own, later answer); tab D: no host answer.
+    const c = await Engine.create({ catalog, backend: 'cpu', dbName: name, autoTrainEvery: 0, model: { dim: 8 }, consent: { personalization: true, federated: true }, consentAsOf: Date.now() + 1000 });
+    const d = await Engine.create({ catalog, backend: 'cpu', dbName: name, autoTrainEvery: 0, model: { dim: 8 } });
+    for (let i = 0; i < 40 && (await d.audit()).consent.current.personalization; i++) await settle();
+    await settle();
+    assert.deepEqual((await a.audit()).consent.current, { personalization: false, federated: true }, 'tab A keeps its withdrawal');
+    assert.equal(a.enqueue([{ type: 'view', itemId: 'sku-1' }]), 0);
+    assert.deepEqual((await d.audit()).consent.current, { personalization: false, federated: true }, 'tab D follows the shopper’s decision');
+    assert.deepEqual((await c.audit()).consent.current, { personalization: true, federated: true }, "tab C keeps its host's later answer");
+    // And a 'required' start (both off until the shopper answers) is no decision to pass on.
+    const b = await Engine.create({ catalog, backend: 'cpu', dbName: name, autoTrainEvery: 0, model: { dim: 8 }, consent: { personalization: false, federated: false } });
+    const e = await Engine.create({ catalog, backend: 'cpu', dbName: name, autoTrainEvery: 0, model: { dim: 8 } });
+    await settle();
+    await settle();
+    assert.deepEqual((await c.audit()).consent.current, { personalization: true, federated: true }, 'tab C unchanged');
+    assert.deepEqual((await e.audit()).consent.current, { personalization: false, federated: true }, "tab E follows tab A's decision, not tab B's question");
+    for (const x of [b, c, d, e]) await x.close();
     await a.close();
   });
 

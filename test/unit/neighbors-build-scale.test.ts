@@ -16,7 +16,7 @@ import { MAX_BUILD_WORK } from '../../src/model/build-neighbors-large.js';
 import { decodeNeighborTable, encodeNeighborTable } from '../../src/model/neighbors-wire.js';
 import type { NeighborTable } from '../../src/model/neighbors.js';
 import { Random } from '../../src/model/random.js';
-import type { UserItemLists } from '../../src/model/sparse-ease.js';
+import { planEaseSolve, type UserItemLists } from '../../src/model/sparse-ease.js';
 
 const toLists = (baskets: number[][], nItems: number): UserItemLists => {
   const ptr = [0];
@@ -297,5 +297,25 @@ describe('what the builder refuses', () => {
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
+  });
+});
+
+describe('the exact solve takes the other solver when the one auto picks holds too much (stop 32 review)', () => {
+  it('150 customers, 190 items, denseMax 200: the dual (cheaper) does not fit, the primal does: exact, as with no limit', () => {
+    let s = 12345;
+    const r = () => (s = (s * 1103515245 + 12345) % 2147483648) / 2147483648;
+    const n = 190;
+    const baskets = Array.from({ length: 150 }, (_, u) => {
+      const set = new Set<number>([u % n, (u + 150) % n]);
+      while (set.size < 10) set.add(Math.floor(r() ** 2 * n));
+      return [...set].sort((a, b) => a - b);
+    });
+    const lists = toLists(baskets, n);
+    assert.equal(planEaseSolve(lists).solver, 'dual', 'auto would pick the dual');
+    const ids = Array.from({ length: n }, (_, i) => `i${i}`);
+    const limited = buildNeighborTable(lists, ids, { denseMax: 200, minSupport: 1 });
+    assert.equal(limited.report.method, 'exact');
+    const primal = buildNeighborTable(lists, ids, { denseMax: 4096, minSupport: 1, solver: 'primal' });
+    assert.deepEqual(encodeNeighborTable(limited.table), encodeNeighborTable(primal.table), 'the primal exact table');
   });
 });
