@@ -216,7 +216,6 @@ export interface ConsentRecord {
   source: 'options' | 'default' | 'stored' | 'setConsent' | 'another-tab';
 }
 
-/** What one tab's engine tells the others on the same database. */
 /** The tab channel as {@link Engine.listenToTabs} opens it, before the engine takes it over. */
 interface EarlyChannel {
   channel: BroadcastChannel;
@@ -225,6 +224,7 @@ interface EarlyChannel {
   id: string;
 }
 
+/** What one tab's engine tells the others on the same database. */
 type TabMessage =
   | { type: 'events' }
   | { type: 'model' }
