@@ -28,7 +28,7 @@
  * customers; the table holds nItems × width slots. Nothing is nItems × nItems.
  */
 import { ValidationError } from '../errors.js';
-import { invertSpdInPlace } from './sparse-spd-inverse.js';
+import { axpy, invertSpdInPlace } from './sparse-spd-inverse.js';
 import type { UserItemLists } from './sparse-ease.js';
 
 export interface LargeBuildInput {
@@ -103,18 +103,6 @@ class TopRows {
     this.index.fill(-1, r * this.width, (r + 1) * this.width);
     this.weight.fill(0, r * this.width, (r + 1) * this.width);
   }
-}
-
-/** y[0 … len) += alpha · a[p … p + len), unrolled by 4. */
-function axpy(y: Float64Array, a: Float64Array, p: number, alpha: number, len: number): void {
-  let k = 0;
-  for (; k + 3 < len; k += 4) {
-    y[k] += alpha * a[p + k];
-    y[k + 1] += alpha * a[p + k + 1];
-    y[k + 2] += alpha * a[p + k + 2];
-    y[k + 3] += alpha * a[p + k + 3];
-  }
-  for (; k < len; k++) y[k] += alpha * a[p + k];
 }
 
 /** The most multiply-adds a dense-head build takes on (estimated before it starts), and what that is in time. */

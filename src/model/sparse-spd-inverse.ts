@@ -41,8 +41,8 @@ function dot(a: Float64Array, p: number, q: number, len: number): number {
   return s0 + s1 + s2 + s3;
 }
 
-/** y[0..len) += alpha · x[p..p+len), unrolled by 4. */
-function axpy(y: Float64Array, a: Float64Array, p: number, alpha: number, len: number): void {
+/** y[0..len) += alpha · a[p..p+len), unrolled by 4 (also the large neighbour build's). */
+export function axpy(y: Float64Array, a: Float64Array, p: number, alpha: number, len: number): void {
   let k = 0;
   for (; k + 3 < len; k += 4) {
     y[k] += alpha * a[p + k];
