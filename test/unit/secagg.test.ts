@@ -48,8 +48,7 @@ import { parseServerConfig, syncOnce, type FetchLike } from '../../src/federated
 import { decodeModel, encodeModel, toHex } from '../../src/federated/wire.js';
 import { Random } from '../../src/model/random.js';
 import { createServer, MemoryStorage, RoundCoordinator } from '../../src/server/index.js';
-import { StorageConflictError } from '../../src/server/storage.js';
-import { assertKeptAnHourAfterEnd, DIM, exerciseCohortLeave, honestUpdate, IDS, initialTable, shopperHistory } from './server-helpers.js';
+import { assertKeptAnHourAfterEnd, cohortOfTwo, ConflictingStorage, DIM, exerciseCohortLeave, honestUpdate, IDS, initialTable, shopperHistory } from './server-helpers.js';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -1104,35 +1103,11 @@ for (const lasting of [false, true]) {
   );
 }
 
-/** A secure-aggregation server (no dropout recovery: cohorts of 2, 1 s deadlines) on `storage` and `clock`, with one full cohort (both members joined). */
-async function cohortOfTwo(storage: MemoryStorage, clock: () => number, logs: string[]) {
-  const parts = await createServer({ storage, initialTable: initialTable(), minClients: 2, clip: 1, noiseMultiplier: 0, rateLimit: false, secureAggregation: { timeoutMs: 1_000 }, now: clock, log: (l) => logs.push(l) });
-  const call = (path: string, body?: Uint8Array, token?: string) =>
-    Promise.resolve(parts.app.fetch(new Request(`http://x${path}`, body ? { method: 'POST', body: body as Uint8Array<ArrayBuffer>, headers: token ? { 'X-Localrec-Cohort-Token': token } : {} } : {})));
-  const sa = parts.rounds.config.secureAggregation!;
-  const members: Array<{ cohort: string; index: number; token: string }> = [];
-  for (let i = 0; i < 2; i++) members.push((await (await call('/v1/secagg/join', (await secAggKeyPair()).publicKey)).json()) as { cohort: string; index: number; token: string });
-  const upload = async (m: (typeof members)[number]) =>
-    (await call('/v1/secagg/updates', encodeMaskedUpdate({ cohortId: Uint8Array.from(Buffer.from(m.cohort, 'hex')), index: m.index, cohortSize: 2, bits: sa.bits, step: sa.step, baseVersion: 0, values: new Uint32Array(IDS.length * (DIM + 1)) }), m.token)).json() as Promise<{ published?: number | null; reason?: string }>;
-  const view = async () => (await (await call(`/v1/secagg/cohorts/${members[0]!.cohort}`)).json()) as { status: string; published?: number; reason?: string };
-  return { parts, members, upload, view };
-}
-
 test('a complete cohort whose publish lost to other processes three times in a row is published on a later request, not left waiting, also when a retry loses again', async () => {
-  class Conflicting extends MemoryStorage {
-    conflicts = 0;
-    override async publish(...a: Parameters<MemoryStorage['publish']>) {
-      if (a[0].version > 0 && this.conflicts > 0) {
-        this.conflicts--;
-        throw new StorageConflictError('another process published first (simulated)');
-      }
-      return super.publish(...a);
-    }
-  }
   let t = 1_000_000;
-  const storage = new Conflicting();
+  const storage = new ConflictingStorage();
   const logs: string[] = [];
-  const { parts, members, upload, view } = await cohortOfTwo(storage, () => t, logs);
+  const { parts, members, upload, view } = await cohortOfTwo(storage, { now: () => t }, (l) => logs.push(l));
   try {
     storage.conflicts = 4;
     assert.equal((await upload(members[0]!)).published, null);
@@ -1167,7 +1142,7 @@ test('a complete cohort whose publish keeps failing is aborted after PUBLISH_GRA
   let t = 1_000_000;
   const storage = new PublishFailing();
   const logs: string[] = [];
-  const { parts, members, upload, view } = await cohortOfTwo(storage, () => t, logs);
+  const { parts, members, upload, view } = await cohortOfTwo(storage, { now: () => t }, (l) => logs.push(l));
   const retries = () => logs.filter((l) => /aggregation failed again, will retry/.test(l)).length;
   try {
     storage.failing = true;
@@ -1199,7 +1174,7 @@ test('a complete cohort aborted at its publish deadline stays aborted when the s
   let t = 1_000_000;
   const storage = new PublishFailing();
   const logs: string[] = [];
-  const { parts, members, upload, view } = await cohortOfTwo(storage, () => t, logs);
+  const { parts, members, upload, view } = await cohortOfTwo(storage, { now: () => t }, (l) => logs.push(l));
   try {
     storage.failing = true;
     await upload(members[0]!);

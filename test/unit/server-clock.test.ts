@@ -10,11 +10,9 @@
 import { strict as assert } from 'node:assert';
 import { test } from 'node:test';
 import { StorageError } from '../../src/errors.js';
-import { encodeMaskedUpdate, secAggKeyPair } from '../../src/federated/secagg.js';
 import { steadyClock } from '../../src/server/clock.js';
-import { createServer, MemoryStorage, RateLimiter, startServer } from '../../src/server/index.js';
-import { StorageConflictError } from '../../src/server/storage.js';
-import { DIM, honestUpdate, IDS, initialTable, post, pull, quiet } from './server-helpers.js';
+import { MemoryStorage, RateLimiter, startServer } from '../../src/server/index.js';
+import { cohortOfTwo, ConflictingStorage, honestUpdate, initialTable, post, pull, quiet } from './server-helpers.js';
 
 const HOUR = 3_600_000;
 
@@ -145,28 +143,10 @@ test('the two clocks can be driven apart: a monotonic clock given to the server 
 });
 
 test('a complete cohort whose publish lost to another process is retried a second later, also after the wall clock stepped back', async () => {
-  class Conflicting extends MemoryStorage {
-    conflicts = 0;
-    override async publish(...a: Parameters<MemoryStorage['publish']>) {
-      if (a[0].version > 0 && this.conflicts > 0) {
-        this.conflicts--;
-        throw new StorageConflictError('another process published first (simulated)');
-      }
-      return super.publish(...a);
-    }
-  }
   const c = machineClocks();
-  const storage = new Conflicting();
-  const parts = await createServer({ storage, initialTable: initialTable(), minClients: 2, clip: 1, noiseMultiplier: 0, rateLimit: false, secureAggregation: { timeoutMs: 1_000 }, now: c.now, monotonic: c.monotonic, log: quiet });
+  const storage = new ConflictingStorage();
+  const { parts, members, upload, view } = await cohortOfTwo(storage, c, quiet);
   try {
-    const call = (path: string, body?: Uint8Array, token?: string) =>
-      Promise.resolve(parts.app.fetch(new Request(`http://x${path}`, body ? { method: 'POST', body: body as Uint8Array<ArrayBuffer>, headers: token ? { 'X-Localrec-Cohort-Token': token } : {} } : {})));
-    const sa = parts.rounds.config.secureAggregation!;
-    const members: Array<{ cohort: string; index: number; token: string }> = [];
-    for (let i = 0; i < 2; i++) members.push((await (await call('/v1/secagg/join', (await secAggKeyPair()).publicKey)).json()) as { cohort: string; index: number; token: string });
-    const upload = async (m: (typeof members)[number]) =>
-      (await call('/v1/secagg/updates', encodeMaskedUpdate({ cohortId: Uint8Array.from(Buffer.from(m.cohort, 'hex')), index: m.index, cohortSize: 2, bits: sa.bits, step: sa.step, baseVersion: 0, values: new Uint32Array(IDS.length * (DIM + 1)) }), m.token)).json() as Promise<{ published?: number | null }>;
-    const view = async () => (await (await call(`/v1/secagg/cohorts/${members[0]!.cohort}`)).json()) as { status: string; published?: number };
     storage.conflicts = 4;
     await upload(members[0]!);
     assert.equal((await upload(members[1]!)).published, null, 'three conflicts: the round waits');

@@ -9,7 +9,9 @@ import { decodeModel, fromHex, sha256, toHex } from '../../src/federated/wire.js
 import { cloneItemTable, createItemTable, type ItemTable } from '../../src/model/item-table.js';
 import { Random } from '../../src/model/random.js';
 import { KEEP_ENDED_MS, type CohortStore } from '../../src/server/cohorts.js';
-import type { Storage } from '../../src/server/storage.js';
+import { StorageConflictError, type Storage } from '../../src/server/storage.js';
+import { encodeMaskedUpdate, secAggKeyPair } from '../../src/federated/secagg.js';
+import { createServer, MemoryStorage } from '../../src/server/index.js';
 
 export const IDS = Array.from({ length: 40 }, (_, i) => `sku-${i}`);
 export const DIM = 4;
@@ -203,4 +205,34 @@ export async function exercisePendingReads(s: Storage): Promise<void> {
   await s.discard([c]);
   assert.deepEqual((await s.pendingByIds([a, b, c, d, 999_999])).map((u) => u.id), [a, d], 'an aggregated, a discarded and an unknown id are left out');
   assert.deepEqual((await s.pendingRefs()).map((u) => u.id), [a, d]);
+}
+
+/** A store whose next `conflicts` publishes (after version 0) lose to another process, as on a shared store. */
+export class ConflictingStorage extends MemoryStorage {
+  conflicts = 0;
+  override async publish(...a: Parameters<MemoryStorage['publish']>) {
+    if (a[0].version > 0 && this.conflicts > 0) {
+      this.conflicts--;
+      throw new StorageConflictError('another process published first (simulated)');
+    }
+    return super.publish(...a);
+  }
+}
+
+/**
+ * A secure-aggregation server (no dropout recovery: cohorts of 2, 1 s deadlines) on `storage` and
+ * `clock` (its wall clock, and its own monotonic one when given), with one full cohort (both
+ * members joined).
+ */
+export async function cohortOfTwo(storage: MemoryStorage, clock: { now: () => number; monotonic?: () => number }, log: (line: string) => void) {
+  const parts = await createServer({ storage, initialTable: initialTable(), minClients: 2, clip: 1, noiseMultiplier: 0, rateLimit: false, secureAggregation: { timeoutMs: 1_000 }, now: clock.now, ...(clock.monotonic ? { monotonic: clock.monotonic } : {}), log });
+  const call = (path: string, body?: Uint8Array, token?: string) =>
+    Promise.resolve(parts.app.fetch(new Request(`http://x${path}`, body ? { method: 'POST', body: body as Uint8Array<ArrayBuffer>, headers: token ? { 'X-Localrec-Cohort-Token': token } : {} } : {})));
+  const sa = parts.rounds.config.secureAggregation!;
+  const members: Array<{ cohort: string; index: number; token: string }> = [];
+  for (let i = 0; i < 2; i++) members.push((await (await call('/v1/secagg/join', (await secAggKeyPair()).publicKey)).json()) as { cohort: string; index: number; token: string });
+  const upload = async (m: (typeof members)[number]) =>
+    (await call('/v1/secagg/updates', encodeMaskedUpdate({ cohortId: Uint8Array.from(Buffer.from(m.cohort, 'hex')), index: m.index, cohortSize: 2, bits: sa.bits, step: sa.step, baseVersion: 0, values: new Uint32Array(IDS.length * (DIM + 1)) }), m.token)).json() as Promise<{ published?: number | null; reason?: string }>;
+  const view = async () => (await (await call(`/v1/secagg/cohorts/${members[0]!.cohort}`)).json()) as { status: string; published?: number; reason?: string };
+  return { parts, members, upload, view };
 }
