@@ -74,7 +74,8 @@ export const CITED_VERB: Record<CitedEventType, string> = {
   rating: 'rated',
 };
 
-function actionOf(e: StoredEvent): CitedEventType | undefined {
+/** The event's type when it is one a reason may cite (a view, search, add to cart, purchase or rating), else undefined. */
+export function citedEventType(e: StoredEvent): CitedEventType | undefined {
   return Object.hasOwn(ACTION_RANK, e.type) ? (e.type as CitedEventType) : undefined;
 }
 
@@ -176,7 +177,7 @@ export function buildProfile(events: readonly StoredEvent[], rows: ReadonlyMap<s
     if (row === undefined) continue;
     const decay = Math.pow(0.5, Math.max(0, opts.now - e.t) / halfLifeMs) * Math.pow(sessionDecay, sessionsAfter.get(e) ?? 0) * Math.pow(stepDecay, stepsAfter.get(e) ?? 0);
     const c = eventConfidence(e) * decay;
-    const a = citable.has(e) ? actionOf(e) : undefined;
+    const a = citable.has(e) ? citedEventType(e) : undefined;
     const cur = acc.get(row);
     if (!cur) {
       acc.set(row, { sum: c, action: a, lastT: e.t });

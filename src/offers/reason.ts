@@ -2,7 +2,7 @@
  * Reasons a shopper can read, built only from things that really happened on this device (their
  * events, the cart, the page) — never an invented claim about other shoppers.
  */
-import { CITED_VERB, citableEvents } from '../model/profile.js';
+import { CITED_VERB, citableEvents, citedEventType } from '../model/profile.js';
 import type { CitedEventType, StoredEvent } from '../types.js';
 import { inScope, type ProductIndex } from './product-index.js';
 import type { Offer, OfferContext, OfferWhy } from './types.js';
@@ -18,10 +18,7 @@ import type { Offer, OfferContext, OfferWhy } from './types.js';
  */
 export function offerWhy(offer: Offer, events: readonly StoredEvent[], products: ProductIndex, context: OfferContext, explore: boolean): OfferWhy {
   const cited = citableEvents(events);
-  const citedType = (i: number): CitedEventType | undefined => {
-    const type = events[i]!.type;
-    return cited[i] && Object.hasOwn(CITED_VERB, type) ? (type as CitedEventType) : undefined;
-  };
+  const citedType = (i: number): CitedEventType | undefined => (cited[i] ? citedEventType(events[i]!) : undefined);
   for (let i = events.length - 1; i >= 0; i--) {
     const e = events[i]!;
     const event = citedType(i);
