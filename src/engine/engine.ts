@@ -222,7 +222,16 @@ interface EarlyChannel {
   held: TabMessage[];
   /** The id its `hello` carried. */
   id: string;
+  /** When the `hello` went out (`performance.now()`). */
+  sentAt: number;
 }
+
+/**
+ * How long a starting tab waits, from its `hello`, for the live tabs' answers before it fetches
+ * the neighbour file: a withdrawal of personalization one of them holds must stop that request.
+ * (Usually over by then: the backend probe and opening the database take longer.)
+ */
+export const HELLO_ANSWER_MS = 100;
 
 /** What one tab's engine tells the others on the same database. */
 type TabMessage =
@@ -561,11 +570,19 @@ export class Engine {
         await engine.retainNow();
         await engine.mergeConsentHistory();
         await engine.loadStoredNeighbors();
-        engine.startNeighborFetch();
       }
       // Last: what other tabs said meanwhile (a withdrawal that deletes the database) is applied
       // once nothing here reads the store any more (a read would open it again).
       engine.openChannel(early);
+      if (consented && opts.neighbors) {
+        // The neighbour file is fetched only once the live tabs' answers to this one's hello are
+        // in and applied: one holding a withdrawal of personalization means no request at all
+        // (startNeighborFetch asks the consent then in force).
+        const wait = early ? HELLO_ANSWER_MS - (performance.now() - early.sentAt) : 0;
+        if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+        await engine.inbox;
+        engine.startNeighborFetch();
+      }
       engine.scheduleAutoSync(engine.firstAutoSyncDelay());
     } catch (e) {
       // Nothing this call opened outlives it: the caller gets no engine to close.
@@ -627,7 +644,7 @@ export class Engine {
     } catch {
       // Closed under us: nobody to ask.
     }
-    return { channel, held, id };
+    return { channel, held, id, sentAt: performance.now() };
   }
 
   /** This engine's `hello` id: answers addressed to another starting tab are not for it. */
@@ -1304,7 +1321,13 @@ export class Engine {
       } finally {
         clearTimeout(timer);
         this.neighborFetching = false;
-        if (epoch === this.dataEpoch) await this.appendEgress([entry]).catch(() => undefined);
+        // Logged after it was made (no answer of a CDN depends on it, unlike a sync's requests,
+        // which are logged before they go): an entry that cannot be stored is said in stats().
+        if (epoch === this.dataEpoch) {
+          await this.appendEgress([entry]).catch((e: unknown) => {
+            this.lastError = new StorageError(`GET ${url} was made, but its egress log entry could not be stored (${(e as Error).message})`, { cause: e });
+          });
+        }
       }
     })();
   }

@@ -1038,7 +1038,18 @@ async function sendMasked(
   if (goneBeforeJoin) return spentMeanwhile(goneBeforeJoin, 'before this one joined a cohort');
   // Not cancellable in flight: a join the server took but whose answer was dropped would hold a place
   // this device could not give back. A cancel is seen right after it, and the place is given back.
-  const joinRes = await request(o, { kind: 'cohort', method: 'POST', endpoint: '/v1/secagg/join', body: keys.publicKey, headers: { 'Content-Type': 'application/octet-stream' }, cancel: null, limit: JOIN_LIMIT });
+  // One that came before it (a consent withdrawal while the keys were made or the budget read)
+  // sends no join at all, nor a retry of one that got no answer.
+  const joinRes = await request(o, {
+    kind: 'cohort',
+    method: 'POST',
+    endpoint: '/v1/secagg/join',
+    body: keys.publicKey,
+    headers: { 'Content-Type': 'application/octet-stream' },
+    cancel: null,
+    beforeSend: () => checkAborted(o, 'before joining a cohort'),
+    limit: JOIN_LIMIT,
+  });
   const joined = (await joinRes.json()) as { cohort: string; index: number; size: number; token: string };
   // The wait for the cohort may be long: keep the join in the stored log meanwhile.
   await checkpointQuietly(o);

@@ -204,6 +204,23 @@ describe('consent', () => {
     await b.close();
   });
 
+  it('a neighbour-file request whose egress entry cannot be stored is said in stats().lastError, naming it (privacy review, stop 33)', async () => {
+    const items = { items: ['a', 'b', 'c'].map((id) => ({ id })) };
+    const file = encodeNeighborTable({ itemIds: ['a', 'b'], width: 1, index: Int32Array.of(1, 0), weight: Float32Array.of(0.5, 0.2) });
+    const store = new MemoryEventStore();
+    const update = store.updateMeta.bind(store);
+    store.updateMeta = ((key: string, fn: never) => (key === EGRESS_KEY ? Promise.reject(new Error('QuotaExceededError')) : update(key, fn))) as typeof store.updateMeta;
+    const urls: string[] = [];
+    const fetch: FetchLike = async (url) => (urls.push(url), new Response(file as Uint8Array<ArrayBuffer>));
+    const e = await Engine.create({ catalog: items, backend: 'cpu', store, autoTrainEvery: 0, neighbors: { url: 'https://cdn.example/n.lrn' }, fetch });
+    await e.recommend();
+    for (let i = 0; i < 20 && (await e.stats()).lastError === undefined; i++) await new Promise((r) => setTimeout(r, 10));
+    assert.deepEqual(urls, ['https://cdn.example/n.lrn'], 'the request was made');
+    assert.deepEqual(await e.egressLog(), [], 'and could not be logged');
+    assert.match((await e.stats()).lastError ?? '', /GET https:\/\/cdn\.example\/n\.lrn was made, but its egress log entry could not be stored \(QuotaExceededError\)/);
+    await e.close();
+  });
+
   it('unknown consent keys are refused by name, and nothing changes', async () => {
     const e = await Engine.create({ catalog, backend: 'cpu', dbName: dbName() });
     e.enqueue([{ type: 'view', itemId: 'p1' }]);

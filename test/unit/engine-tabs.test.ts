@@ -9,6 +9,7 @@ import { Engine, MODEL_KEY } from '../../src/engine/engine.js';
 import { IdbEventStore } from '../../src/events/store.js';
 import { isPrivacyBudgetError } from '../../src/errors.js';
 import { createItemTable } from '../../src/model/item-table.js';
+import { encodeNeighborTable } from '../../src/model/neighbors-wire.js';
 import { startServer, type RunningServer } from '../../src/server/index.js';
 import '../../src/model/tf.js';
 
@@ -273,6 +274,24 @@ describe('two tabs on one device', () => {
     assert.deepEqual((await b.audit()).consent.current, { personalization: false, federated: true });
     assert.equal(b.enqueue([{ type: 'view', itemId: 'sku-2' }]), 0);
     assert.ok(!(await dbNames()).includes(name));
+    await b.close();
+    await a.close();
+  });
+
+  it('a tab starting while a live tab holds a withdrawal of personalization does not fetch the neighbour file (privacy review, stop 33)', async () => {
+    const name = dbName();
+    const file = encodeNeighborTable({ itemIds: ['sku-1', 'sku-2'], width: 1, index: Int32Array.of(1, 0), weight: Float32Array.of(0.5, 0.2) });
+    const gets: string[] = [];
+    const fetchAs = (tab: string) => (async (url: string) => (gets.push(`${tab} ${url}`), new Response(file as Uint8Array<ArrayBuffer>))) as never;
+    const neighbors = { url: 'https://cdn.example/n.lrn' };
+    const a = await Engine.create({ catalog, backend: 'cpu', dbName: name, autoTrainEvery: 0, model: { dim: 8 }, neighbors, fetch: fetchAs('A') });
+    await a.recommend();
+    await a.setConsent({ personalization: false });
+    const b = await Engine.create({ catalog, backend: 'cpu', dbName: name, autoTrainEvery: 0, model: { dim: 8 }, neighbors, fetch: fetchAs('B') });
+    assert.deepEqual((await b.audit()).consent.current, { personalization: false, federated: true }, 'applied before create() resolved');
+    await b.recommend();
+    await settle();
+    assert.deepEqual(gets, ['A https://cdn.example/n.lrn'], 'B sent nothing');
     await b.close();
     await a.close();
   });

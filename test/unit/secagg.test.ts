@@ -1654,6 +1654,42 @@ test('a device cancelled while its cohort forms gives its place back: three othe
   }
 });
 
+test('a cancel that comes after local training, while the device reads its stored budget, sends no join (privacy review, stop 33)', async () => {
+  const parts = await createServer({ dataDir: null, initialTable: initialTable(), minClients: 3, clip: 1, noiseMultiplier: 0, rateLimit: false, secureAggregation: { timeoutMs: 5_000 }, log: () => {} });
+  const app = (url: string, init?: { method?: string; body?: Uint8Array; headers?: Record<string, string>; signal?: AbortSignal }) => Promise.resolve(parts.app.fetch(new Request(url, init as RequestInit)));
+  try {
+    const sent: string[] = [];
+    const egress: string[] = [];
+    const ctl = new AbortController();
+    const accountant = new RdpAccountant();
+    const result = syncOnce({
+      serverUrl: 'http://x',
+      fetch: (url, init) => {
+        sent.push(`${init?.method ?? 'GET'} ${new URL(url).pathname}`);
+        return app(url, init);
+      },
+      accountant,
+      budget: Infinity,
+      history: historyOf(1),
+      train: { seed: 1 },
+      cohortPollMs: 5,
+      // The budget as stored is read just before the join: a consent withdrawal (the engine aborts
+      // the sync's signal) lands while that read waits.
+      storedAccountant: async () => {
+        ctl.abort();
+        return accountant;
+      },
+      onEgress: (e) => egress.push(`${e.method} ${e.endpoint}${e.pending ? ' pending' : ''}${e.notSent ? ' notSent' : ''}`),
+      signal: ctl.signal,
+    });
+    await assert.rejects(result, (e: unknown) => isAbortError(e) && /before joining a cohort/.test((e as Error).message));
+    assert.deepEqual(sent, ['GET /v1/config', 'GET /v1/model'], 'no join, no leave');
+    assert.ok(!egress.some((x) => x.includes('/v1/secagg/')), `nothing of a cohort in the egress log: ${egress.join(', ')}`);
+  } finally {
+    await parts.storage.close();
+  }
+});
+
 test('a cancel that comes as the cohort fills: leaving is refused (409) and the device uploads after all, since the others depend on it', async () => {
   const parts = await createServer({ dataDir: null, initialTable: initialTable(), minClients: 3, clip: 1, noiseMultiplier: 0, rateLimit: false, secureAggregation: { timeoutMs: 60_000 }, log: () => {} });
   const app = (url: string, init?: { method?: string; body?: Uint8Array; headers?: Record<string, string> }) => Promise.resolve(parts.app.fetch(new Request(url, init as RequestInit)));
