@@ -1,4 +1,5 @@
 /** Public types of localrec. Everything here is plain data that can cross the worker boundary. */
+import type { Jwk } from './offers/types.js';
 
 /** One product of the shop's catalog. */
 export interface CatalogItem {
@@ -15,7 +16,7 @@ export interface CatalogItem {
 }
 
 export interface Catalog {
-  items: CatalogItem[];
+  items: readonly CatalogItem[];
 }
 
 /** The kinds of behaviour localrec records. */
@@ -99,23 +100,43 @@ export interface ReasonBasis {
 /**
  * Why an item was recommended: the shopper's past items that contributed most. `text` is English;
  * a page in another language builds its own sentence from `kind`, `basis` and `itemIds` (with its
- * own product titles), which hold everything the text says:
+ * own product titles), which hold everything the text says. One type per `kind`, so that checking
+ * `kind` narrows the rest (a `similar` reason's `itemIds[0]` is a `string`):
  *
- * - `personal` with a `basis`: "Because you viewed A and bought B" (one entry per cited item);
- * - `personal` without one: "Based on your recent activity" (reached only through history no
- *   reason may cite);
- * - `popular`: "Popular in this shop";
- * - `similar` (from `similar(itemId)`): "Similar to A", with `itemIds` = [A].
+ * - {@link PersonalReason} with a `basis`: "Because you viewed A and bought B" (one entry per cited
+ *   item); without one: "Based on your recent activity" (reached only through history no reason
+ *   may cite);
+ * - {@link PopularReason}: "Popular in this shop";
+ * - {@link SimilarReason} (from `similar(itemId)`): "Similar to A", with `itemIds` = [A].
  */
-export interface Reason {
+export type Reason = PersonalReason | PopularReason | SimilarReason;
+
+/** Computed from the shopper's own history. */
+export interface PersonalReason {
+  kind: 'personal';
   /** A sentence a shopper can read, e.g. "Because you viewed Red Mug and bought Tea Set". */
   text: string;
-  /** The contributing past item ids, strongest first (empty for popularity-based picks); for `similar`, the item asked about. */
+  /** The contributing past item ids, strongest first: those of `basis`, in its order. */
   itemIds: string[];
-  /** `personal` when computed from the shopper's history, `popular` for cold start, `similar` from `similar()`. */
-  kind: 'personal' | 'popular' | 'similar';
   /** The items `text` cites, in its order, each with what the shopper did (empty when it cites none). */
   basis: ReasonBasis[];
+}
+
+/** Cold start, or an item the shopper's history does not reach: "Popular in this shop". */
+export interface PopularReason {
+  kind: 'popular';
+  text: string;
+  itemIds: [];
+  basis: [];
+}
+
+/** From `similar(itemId)`: "Similar to A". */
+export interface SimilarReason {
+  kind: 'similar';
+  text: string;
+  /** The item asked about. */
+  itemIds: [string];
+  basis: [];
 }
 
 export interface Recommendation {
@@ -419,7 +440,7 @@ export interface RecommenderOptions {
    */
   consent?: 'required' | 'granted' | { personalization: boolean; federated: boolean };
   /** Offers: the shop's public key(s) (JWK, ECDSA P-256) that `setOffers()` catalogs must be signed with. */
-  offers?: { publicKey: JsonWebKey | JsonWebKey[] };
+  offers?: { publicKey: Jwk | readonly Jwk[] };
   /** Federated learning; without it the model never leaves the device and `sync()` refuses. */
   federated?: FederatedOptions;
   /**

@@ -6,7 +6,7 @@ import { DEFAULT_RETENTION, deleteEventDatabase, IdbEventStore, MemoryEventStore
 import { EVENT_SCHEMA_VERSION, FUTURE_SLACK_MS } from '../events/schema.js';
 import type { AuditReport, ExportFile } from './audit-types.js';
 import { canonicalJson, checkOffersOptions, checkVerifyKeys, chooseOffers, indexProducts, offerEconomics, offerScopeLookup, predictAffinity, purchaseBaskets, SignatureError, verifySignedCatalog, type ProductIndex } from '../offers/index.js';
-import type { OfferCatalog, OffersOptions, SetOffersResult, ShownOffer, SignedOfferCatalog } from '../offers/types.js';
+import type { Jwk, OfferCatalog, OffersOptions, SetOffersResult, ShownOffer, SignedOfferCatalog } from '../offers/types.js';
 import { BACKEND_ORDER, selectBackend, type BackendChoice } from '../model/backend.js';
 import { validateCatalog } from '../model/catalog.js';
 import { checkItemTable, cloneItemTable, createItemTable, indexItems, type ItemTable } from '../model/item-table.js';
@@ -51,7 +51,7 @@ export interface EngineOptions {
   /** Training settings for `train()` (epochs come from TrainOptions when given). */
   training?: Partial<TrainConfig>;
   /** Offers: the shop's public key(s) (JWK, ECDSA P-256) that signed offer catalogs must verify against. */
-  offers?: { publicKey: JsonWebKey | JsonWebKey[] };
+  offers?: { publicKey: Jwk | readonly Jwk[] };
   /** Federated learning: where the aggregation server is, and this device's privacy budget. */
   federated?: FederatedOptions;
   /**

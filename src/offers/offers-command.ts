@@ -63,7 +63,7 @@ export function register(program: Command): void {
       const { signOfferCatalog } = await import('./signing.js');
       const key = await readJson(readFile, o.key, '--key');
       const catalog = unsigned(await readJson(readFile, o.catalog, '--catalog'), o.catalog, '--catalog');
-      const signed = await signOfferCatalog(catalog as never, key as JsonWebKey, o.kid !== undefined ? { kid: o.kid } : {});
+      const signed = await signOfferCatalog(catalog as never, key as import('./types.js').Jwk, o.kid !== undefined ? { kid: o.kid } : {});
       await writeOutputFile(o.out, `${JSON.stringify(signed, null, 2)}\n`, '--out');
       process.stderr.write(`signed ${signed.catalog.offers.length} offers → ${o.out}\n`);
     });

@@ -11,7 +11,7 @@ import { ValidationError } from '../errors.js';
 import { describeValue } from '../options.js';
 import { canonicalJson } from './canonical-json.js';
 import { SignatureError } from './signature-error.js';
-import type { OfferCatalog, SignedOfferCatalog } from './types.js';
+import type { Jwk, OfferCatalog, SignedOfferCatalog } from './types.js';
 import { validateOfferCatalog } from './validate-catalog.js';
 
 const ALGORITHM = { name: 'ECDSA', namedCurve: 'P-256' } as const;
@@ -19,8 +19,8 @@ const SIGN_PARAMS = { name: 'ECDSA', hash: 'SHA-256' } as const;
 
 /** A key pair as JSON Web Keys, ready to be written to files. */
 export interface OfferKeyPair {
-  publicJwk: JsonWebKey;
-  privateJwk: JsonWebKey;
+  publicJwk: Jwk;
+  privateJwk: Jwk;
 }
 
 function subtle(): SubtleCrypto {
@@ -70,15 +70,15 @@ export function checkVerifyKeys(keys: unknown, field: string): void {
 
 /** Index of the first private JWK (one with `d`) in a list of keys given to verify; −1 if none. */
 function privateKeyAt(keys: readonly unknown[]): number {
-  return keys.findIndex((k) => typeof k === 'object' && k !== null && (k as JsonWebKey).d !== undefined);
+  return keys.findIndex((k) => typeof k === 'object' && k !== null && (k as Jwk).d !== undefined);
 }
 
-async function importKey(jwk: JsonWebKey, use: 'sign' | 'verify'): Promise<CryptoKey> {
+async function importKey(jwk: Jwk, use: 'sign' | 'verify'): Promise<CryptoKey> {
   if (typeof jwk !== 'object' || jwk === null || jwk.kty !== 'EC' || jwk.crv !== 'P-256') {
     throw new SignatureError('bad-key', `the ${use === 'sign' ? 'private' : 'public'} key must be an EC P-256 JWK (kty 'EC', crv 'P-256')`);
   }
   if (use === 'sign' && typeof jwk.d !== 'string') throw new SignatureError('bad-key', "the signing key is a public key; sign with the private JWK (the one with 'd')");
-  const material: JsonWebKey = use === 'verify' ? { kty: 'EC', crv: 'P-256', x: jwk.x, y: jwk.y, ext: true } : jwk;
+  const material: Jwk = use === 'verify' ? { kty: 'EC', crv: 'P-256', x: jwk.x, y: jwk.y, ext: true } : jwk;
   try {
     return await subtle().importKey('jwk', material, ALGORITHM, false, [use]);
   } catch (cause) {
@@ -96,7 +96,7 @@ async function importKey(jwk: JsonWebKey, use: 'sign' | 'verify'): Promise<Crypt
  * await fetch('/offers.json', { method: 'PUT', body: JSON.stringify(signed) });
  * ```
  */
-export async function signOfferCatalog(catalog: OfferCatalog, privateJwk: JsonWebKey, options: { kid?: string } = {}): Promise<SignedOfferCatalog> {
+export async function signOfferCatalog(catalog: OfferCatalog, privateJwk: Jwk, options: { kid?: string } = {}): Promise<SignedOfferCatalog> {
   const clean = validateOfferCatalog(catalog, 'catalog', { strictCurrency: true });
   const envelope: Omit<SignedOfferCatalog, 'signature'> = { alg: 'ES256', catalog: clean };
   if (options.kid !== undefined) {
@@ -121,7 +121,7 @@ export async function signOfferCatalog(catalog: OfferCatalog, privateJwk: JsonWe
  * const catalog = await verifyOfferCatalog(await (await fetch('/offers.json')).json(), publicJwk);
  * ```
  */
-export async function verifyOfferCatalog(signed: unknown, publicJwk: JsonWebKey | readonly JsonWebKey[]): Promise<OfferCatalog> {
+export async function verifyOfferCatalog(signed: unknown, publicJwk: Jwk | readonly Jwk[]): Promise<OfferCatalog> {
   return (await verifySignedCatalog(signed, publicJwk)).catalog;
 }
 
@@ -130,7 +130,7 @@ export async function verifyOfferCatalog(signed: unknown, publicJwk: JsonWebKey 
  * the signed catalog read back from the verified bytes (before validation fills in anything) and
  * the signature. A device stores that envelope, and checks it again when it reads it back.
  */
-export async function verifySignedCatalog(signed: unknown, publicJwk: JsonWebKey | readonly JsonWebKey[]): Promise<{ catalog: OfferCatalog; envelope: SignedOfferCatalog }> {
+export async function verifySignedCatalog(signed: unknown, publicJwk: Jwk | readonly Jwk[]): Promise<{ catalog: OfferCatalog; envelope: SignedOfferCatalog }> {
   if (typeof signed !== 'object' || signed === null || Array.isArray(signed)) {
     throw new SignatureError('malformed', 'a signed offer catalog must be an object { alg, catalog, signature }');
   }
@@ -154,7 +154,7 @@ export async function verifySignedCatalog(signed: unknown, publicJwk: JsonWebKey
   } catch (cause) {
     throw new SignatureError('malformed', `the catalog is not plain JSON: ${(cause as Error).message}`, { cause });
   }
-  const keys = Array.isArray(publicJwk) ? publicJwk : [publicJwk as JsonWebKey];
+  const keys = Array.isArray(publicJwk) ? publicJwk : [publicJwk as Jwk];
   if (keys.length === 0) throw new SignatureError('bad-key', 'no public key given to verify the offer catalog');
   // Before any key verifies: a private key among them must be noticed, not skipped.
   const priv = privateKeyAt(keys);

@@ -21,11 +21,30 @@ export type OfferDiscount =
       amount: number;
     };
 
+/**
+ * A JSON Web Key (RFC 7517) as WebCrypto exports one: for offer catalogs an ECDSA P-256 key
+ * (`kty: 'EC'`, `crv: 'P-256'`, `x`, `y`; a private key also `d`). Declared here, not taken from
+ * the DOM library's `JsonWebKey`, so that a project without that library (Node, `lib: ["ES2022"]`)
+ * still checks it; a DOM `JsonWebKey` is one.
+ */
+export interface Jwk {
+  kty?: string;
+  crv?: string;
+  x?: string;
+  y?: string;
+  d?: string;
+  alg?: string;
+  ext?: boolean;
+  key_ops?: string[];
+  use?: string;
+  kid?: string;
+}
+
 /** Which products an offer applies to. */
 export type OfferScope =
   | { kind: 'all' }
-  | { kind: 'items'; itemIds: string[] }
-  | { kind: 'categories'; categories: string[] };
+  | { kind: 'items'; itemIds: readonly string[] }
+  | { kind: 'categories'; categories: readonly string[] };
 
 /** Who may see an offer: shoppers with no past purchase (`new`), with one (`returning`), or `all`. */
 export type OfferAudience = 'all' | 'new' | 'returning';
@@ -78,7 +97,7 @@ export interface OfferCatalog {
   issuedAt: number;
   /** ISO 4217 code of the amounts, e.g. `GBP`. */
   currency: string;
-  offers: Offer[];
+  offers: readonly Offer[];
   /**
    * The shop's learned affinity model (weights and per-offer statistics, `localrec offers
    * fit-affinity`). When present, the device scores each offer with it from the shopper's own
@@ -108,7 +127,7 @@ export interface CartLine {
 
 /** Where the shopper is when offers are asked for. */
 export interface OfferContext {
-  cart?: CartLine[];
+  cart?: readonly CartLine[];
   page?: 'home' | 'product' | 'category' | 'cart' | 'checkout' | 'search' | 'other';
   /** The product on screen, on a product page. */
   itemId?: string;

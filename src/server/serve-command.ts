@@ -139,7 +139,7 @@ export function register(program: Command): void {
             throw new ValidationError(flag, `cannot read ${file} as JSON: ${oneLine((e as Error).message)}`);
           }
         };
-        offers = await verifyOfferCatalog(await read(o.offers, '--offers'), (await read(o.offersKey, '--offers-key')) as JsonWebKey);
+        offers = await verifyOfferCatalog(await read(o.offers, '--offers'), (await read(o.offersKey, '--offers-key')) as import('../offers/types.js').Jwk);
       }
       const { checkSubspaceFlags } = await import('../federated/subspace.js');
       checkSubspaceFlags(String(o.aggregator), !!o.freezeBiases, o.subspaceScale as number | undefined, String(o.denoise));

@@ -100,7 +100,7 @@ describe('offer catalog signing', () => {
 
   test('an added offer is refused', async () => {
     const tampered = clone(signed);
-    tampered.catalog.offers.push({ id: 'all50', title: '50% off everything', discount: { kind: 'percent', percent: 50 }, scope: { kind: 'all' } });
+    tampered.catalog.offers = [...tampered.catalog.offers, { id: 'all50', title: '50% off everything', discount: { kind: 'percent', percent: 50 }, scope: { kind: 'all' } }];
     assert.equal((await refusal(verifyOfferCatalog(tampered, keys.publicJwk))).problem, 'mismatch');
   });
 
