@@ -341,6 +341,23 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
   let declareDead!: (e: ClosedError) => void;
   const dead = new Promise<never>((_resolve, reject) => (declareDead = reject));
   dead.catch(() => undefined);
+  /** The calls waiting on the worker: each is rejected when it is taken for dead. */
+  const waiters = new Set<(e: ClosedError) => void>();
+  void dead.catch((e: ClosedError) => {
+    for (const reject of waiters) reject(e);
+    waiters.clear();
+  });
+  /**
+   * `p`, or a rejection once the worker is taken for dead. Not `Promise.race([p, dead])`: each race
+   * leaves a reaction on `dead`, which settles only if the worker dies, so a long-lived page would
+   * keep every call's answer alive for the recommender's life (stop 33).
+   */
+  const orDead = <T>(p: Promise<T>): Promise<T> =>
+    new Promise<T>((resolve, reject) => {
+      if (deadError) return reject(deadError);
+      waiters.add(reject);
+      p.then(resolve, reject).finally(() => waiters.delete(reject));
+    });
   const every = Math.min(5_000, Math.max(250, workerTimeoutMs / 4));
   let watchdog: ReturnType<typeof setTimeout> | undefined;
   let ping = 0;
@@ -476,7 +493,7 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
     } catch (e) {
       return Promise.reject(e);
     }
-    const p = Promise.race([revive(synced().then(f), field), dead]);
+    const p = orDead(revive(synced().then(f), field));
     waitOn(p);
     return p;
   };
@@ -506,7 +523,7 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
       void api.stopTraining(kind).catch(() => undefined);
       await Promise.all([...inflight]);
       if (deadError) return afterDeath();
-      const final = Promise.race([revive(Promise.resolve().then(last)), dead]);
+      const final = orDead(revive(Promise.resolve().then(last)));
       waitOn(final);
       try {
         await final;
