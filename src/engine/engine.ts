@@ -2,7 +2,7 @@ import { AbortError, ClosedError, ConsentError, ModelError, NetworkError, Storag
 import { boolOption, checkSignal, describeValue, intOption, knownKeys, nameOption, OPTION_KEYS } from '../options.js';
 import { checkEventAge, validateEvent } from '../events/schema.js';
 import { ledgerAsOfNow, ledgerKeeps } from '../events/offer-ledger.js';
-import { DEFAULT_RETENTION, deleteEventDatabase, IdbEventStore, MemoryEventStore, openEventStore, quotaEvictedBy, type AddResult, type EventStore, type Retention } from '../events/store.js';
+import { DEFAULT_RETENTION, deleteEventDatabase, IdbEventStore, MemoryEventStore, openEventStore, quotaEvictedBy, statsOf, type AddResult, type EventStore, type Retention } from '../events/store.js';
 import { EVENT_SCHEMA_VERSION, FUTURE_SLACK_MS } from '../events/schema.js';
 import type { AuditReport, ExportFile } from './audit-types.js';
 import { canonicalJson, checkOffersOptions, checkVerifyKeys, chooseOffers, indexProducts, offerEconomics, offerScopeLookup, predictAffinity, purchaseBaskets, SignatureError, verifySignedCatalog, type ProductIndex } from '../offers/index.js';
@@ -34,6 +34,7 @@ import type {
   SyncControl,
   SyncProgress,
   SyncResultInfo,
+  TrackEvent,
   TrainOptions,
   TrainResult,
 } from '../types.js';
@@ -232,6 +233,19 @@ interface EarlyChannel {
  * (Usually over by then: the backend probe and opening the database take longer.)
  */
 export const HELLO_ANSWER_MS = 100;
+
+/**
+ * `events` as the store reads them (by time, then id) after a write that made `changes`: the
+ * removed ones out, the added ones in their place (usually at the end: events come in time order).
+ */
+export function withChanges(events: readonly StoredEvent[], changes: NonNullable<AddResult['changes']>): StoredEvent[] {
+  const removed = new Set(changes.removedIds);
+  const out = events.filter((e) => !removed.has(e.id!));
+  for (const e of changes.added) if (!removed.has(e.id!)) out.push(e);
+  const before = (a: StoredEvent, b: StoredEvent) => a.t - b.t || a.id! - b.id!;
+  for (let i = 1; i < out.length; i++) if (before(out[i - 1]!, out[i]!) > 0) return out.sort(before);
+  return out;
+}
 
 /** What one tab's engine tells the others on the same database. */
 type TabMessage =
@@ -985,6 +999,9 @@ export class Engine {
     this.consent = granted ? { personalization: false, federated: next.federated } : next;
     this.consentApplying = next;
     this.consentHistory.push({ t: this.consentRecordTime(), ...next, source });
+    // Without personalization nothing writes (and so trims) it: a page toggling federated consent,
+    // or other tabs' changes, must not grow it without bound meanwhile.
+    if (this.consentHistory.length > 2 * CONSENT_MAX) this.consentHistory = trimConsent(this.consentHistory, this.recordCutoff());
     // Events taken for writing before a withdrawal are not written after it (flush checks this).
     if (!next.personalization && was) {
       this.dataEpoch++;
@@ -1356,9 +1373,10 @@ export class Engine {
   /**
    * Validates and queues events; they are written in one transaction shortly after (or at once
    * when many are queued). Returns how many were accepted; invalid ones are counted in
-   * `stats().dropped` and the first error is thrown after the valid ones are queued.
+   * `stats().dropped` and the first error is thrown after the valid ones are queued. Typed as
+   * `track()`'s events; each is validated all the same (the worker passes on what a page posted).
    */
-  enqueue(events: unknown[]): number {
+  enqueue(events: readonly TrackEvent[]): number {
     this.assertOpen();
     // close() has written the queue (or is writing it): nothing accepted now would be written.
     if (this.closing) throw new ClosedError('the recommender is closing: events are no longer taken');
@@ -1404,9 +1422,17 @@ export class Engine {
       // Taken before a consent withdrawal or an erase: those events are gone with the rest.
       if (batch.length === 0 || epoch !== this.dataEpoch) return;
       let r: AddResult;
+      // The cached events, brought up to date from what the write says it changed (a shopper's
+      // every product page tracks a view then asks for recommendations: at 5,000 stored events a
+      // full read after each write took ~200 ms in Chromium). Dropped meanwhile, so that a read
+      // that overlaps the write is not kept; taken back only when nothing else dropped it since.
+      const before = this.eventCache;
+      const store = this.store;
       try {
         this.dropEventCache();
-        r = await this.store.add(batch);
+        const gen = this.cacheGen;
+        r = await store.add(batch);
+        if (before && r.changes && gen === this.cacheGen && store === this.store && epoch === this.dataEpoch) this.eventCache = withChanges(before, r.changes);
       } catch (e) {
         // Events the store removed for the quota before its retry failed are gone all the same.
         this.evictedByQuota += quotaEvictedBy(e);
@@ -2413,8 +2439,8 @@ export class Engine {
 
   async stats(): Promise<Stats> {
     this.assertOpen();
-    await this.flush().catch(() => undefined);
-    const ev = await this.store.stats();
+    // From the event cache (recommend()'s), not a read of every stored event at each call.
+    const ev = statsOf(await this.storedEvents());
     return {
       backend: this.backend.backend,
       backendReason: this.backend.reason,
@@ -2469,7 +2495,7 @@ export class Engine {
     // now: the report lists what is stored.
     await this.retainNow();
     const events = await this.store.all();
-    const ev = await this.store.stats();
+    const ev = statsOf(events);
     const model = await this.store.getMeta<SavedModel>(MODEL_KEY);
     const neighborsRecord = await this.store.getMeta(NEIGHBORS_KEY);
     const storedNeighbors = isStoredBytes(neighborsRecord) ? (neighborsRecord as SavedNeighbors) : undefined;

@@ -11,7 +11,7 @@ import { setWasmPaths } from '@tensorflow/tfjs-backend-wasm';
 import { Engine, type EngineOptions } from './engine.js';
 import * as tf from '../model/tf.js';
 import type { ItemTable } from '../model/item-table.js';
-import type { Progress, RecommendOptions, SimilarOptions, SyncProgress, TrainOptions } from '../types.js';
+import type { Progress, RecommendOptions, SimilarOptions, SyncProgress, TrackEvent, TrainOptions } from '../types.js';
 import { ClosedError, errorDetails } from '../errors.js';
 import type { OffersOptions } from '../offers/types.js';
 
@@ -95,7 +95,7 @@ function onTrack(ev: MessageEvent): void {
     return;
   }
   try {
-    engine.enqueue(events);
+    engine.enqueue(events as TrackEvent[]);
   } catch {
     // The page refused (and counted) the invalid ones before posting; what the engine still refuses
     // (an event that passed the page's age check a moment ago) it counts itself: both in stats().dropped.
@@ -117,7 +117,7 @@ export const workerApi = {
     early = [];
     if (pending.length) {
       try {
-        engine.enqueue(pending);
+        engine.enqueue(pending as TrackEvent[]);
       } catch {
         // counted in stats().dropped
       }

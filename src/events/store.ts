@@ -110,6 +110,13 @@ export interface AddResult {
   quotaEvicted?: number;
   /** Present when the write hit the storage quota: the re-downloadable meta records deleted first ({@link IdbEventStore.disposableOnQuota}). */
   quotaDropped?: string[];
+  /**
+   * What the write changed, when the store can say exactly (a write without quota trouble): the
+   * events as stored (with their ids) and the ids of every event it removed (retention). A reader
+   * holding the events from before the write can bring them up to date from these instead of
+   * reading them all again (the engine's event cache).
+   */
+  changes?: { added: StoredEvent[]; removedIds: number[] };
 }
 
 /**
@@ -135,7 +142,8 @@ export function isQuotaError(e: unknown): boolean {
 }
 const DAY_MS = 24 * 3600 * 1000;
 
-function statsOf(events: StoredEvent[]): EventStats {
+/** Counts by type and the time range of `events`, as {@link EventStore.stats} reports them. */
+export function statsOf(events: readonly StoredEvent[]): EventStats {
   const byType: Partial<Record<EventType, number>> = {};
   let oldest: number | undefined;
   let newest: number | undefined;
@@ -408,6 +416,7 @@ export class IdbEventStore implements EventStore {
     }
     try {
       const r = await this.addOnce(events);
+      // (No `changes`: which events the eviction removed is not kept.)
       return { evicted: r.evicted + quotaEvicted, quotaEvicted, ...(quotaDropped.length ? { quotaDropped } : {}) };
     } catch (e) {
       if (isQuotaError(e)) this.overQuota = true;
@@ -420,7 +429,7 @@ export class IdbEventStore implements EventStore {
   private overQuota = false;
 
   /** One readwrite transaction: add, then retention. Rejects with the transaction's own error (e.g. QuotaExceededError). */
-  private async addOnce(events: StoredEvent[]): Promise<{ evicted: number }> {
+  private async addOnce(events: StoredEvent[]): Promise<{ evicted: number; changes: { added: StoredEvent[]; removedIds: number[] } }> {
     // The meta store too: what retention removes of offer events and purchases goes into the offer
     // ledger in the same transaction (src/events/offer-ledger.ts).
     const tx = (await this.connForWrite()).transaction(['events', 'meta'], 'readwrite');
@@ -442,13 +451,14 @@ export class IdbEventStore implements EventStore {
         // requests already made must not be left as unhandled rejections.
         void Promise.allSettled(adds);
       }
-      await Promise.all(adds);
-      let evicted = await deleteExpired(store, ageCutoff(this.retention), kept);
-      evicted += await deleteOverCount(store, this.retention.maxEvents, kept);
+      const ids = (await Promise.all(adds)) as number[];
+      const removedIds: number[] = [];
+      let evicted = await deleteExpired(store, ageCutoff(this.retention), kept, removedIds);
+      evicted += await deleteOverCount(store, this.retention.maxEvents, kept, removedIds);
       await foldRemoved(tx, kept);
       const err = await done;
       if (err) throw err;
-      return { evicted };
+      return { evicted, changes: { added: events.map((e, i) => ({ ...e, id: ids[i]! })), removedIds } };
     } catch (e) {
       // One transaction: an add that threw (a value that cannot be stored) must not leave the ones
       // before it committed, or a retry of the batch would store them twice.
@@ -749,13 +759,15 @@ export class MemoryEventStore implements EventStore {
     readonly fallbackReason?: Error,
   ) {}
 
-  async add(events: StoredEvent[]): Promise<{ evicted: number }> {
-    for (const e of events) this.events.push({ ...e, id: this.nextId++ });
+  async add(events: StoredEvent[]): Promise<AddResult> {
+    const added = events.map((e) => ({ ...e, id: this.nextId++ }));
+    this.events.push(...added.map((e) => ({ ...e })));
     this.events.sort((a, b) => a.t - b.t || a.id! - b.id!);
-    return { evicted: this.retain() };
+    const removedIds: number[] = [];
+    return { evicted: this.retain(removedIds), changes: { added, removedIds } };
   }
   /** Retention as IndexedDB applies it (age limit, then the count limit in retentionOrder). */
-  private retain(): number {
+  private retain(removedIds?: number[]): number {
     const before = this.events.length;
     const cutoff = ageCutoff(this.retention);
     const removed = this.events.filter((e) => e.t < cutoff);
@@ -766,6 +778,7 @@ export class MemoryEventStore implements EventStore {
       removed.push(...this.events.filter((e) => gone.has(e)));
       this.events = this.events.filter((e) => !gone.has(e));
     }
+    for (const e of removed) removedIds?.push(e.id!);
     const kept = removed.filter(ledgerKeeps);
     if (kept.length) this.meta.set(OFFER_LEDGER_KEY, structuredClone(foldIntoLedger(this.meta.get(OFFER_LEDGER_KEY) as OfferLedger | undefined, kept)) as MetaValue);
     return before - this.events.length;
@@ -831,11 +844,12 @@ export class MemoryEventStore implements EventStore {
  * Deletes the events stored before `cutoff` through the `t` index of `store` (inside a readwrite
  * transaction that also holds `meta`), pushing those the offer ledger keeps onto `kept`.
  */
-async function deleteExpired(store: IDBPObjectStore<LocalrecDB, ['events', 'meta'], 'events', 'readwrite'>, cutoff: number, kept: StoredEvent[]): Promise<number> {
+async function deleteExpired(store: IDBPObjectStore<LocalrecDB, ['events', 'meta'], 'events', 'readwrite'>, cutoff: number, kept: StoredEvent[], removedIds?: number[]): Promise<number> {
   let removed = 0;
   let cursor = await store.index('t').openCursor(IDBKeyRange.upperBound(cutoff, true));
   while (cursor) {
     if (ledgerKeeps(cursor.value)) kept.push(cursor.value);
+    removedIds?.push(cursor.primaryKey);
     await cursor.delete();
     removed++;
     cursor = await cursor.continue();
@@ -864,7 +878,7 @@ function recentSince(): number {
  * Deletes the oldest events beyond `maxEvents` (in {@link retentionOrder}) through `store` (inside a
  * readwrite transaction that also holds `meta`), pushing those the offer ledger keeps onto `kept`.
  */
-async function deleteOverCount(store: IDBPObjectStore<LocalrecDB, ['events', 'meta'], 'events', 'readwrite'>, maxEvents: number, kept: StoredEvent[]): Promise<number> {
+async function deleteOverCount(store: IDBPObjectStore<LocalrecDB, ['events', 'meta'], 'events', 'readwrite'>, maxEvents: number, kept: StoredEvent[], removedIds?: number[]): Promise<number> {
   let over = (await store.count()) - maxEvents;
   if (over <= 0) return 0;
   const recent = recentSince();
@@ -873,6 +887,7 @@ async function deleteOverCount(store: IDBPObjectStore<LocalrecDB, ['events', 'me
   let c = await store.index('t').openCursor(IDBKeyRange.upperBound(recent, true));
   while (c && over > 0) {
     if (ledgerKeeps(c.value)) kept.push(c.value);
+    removedIds?.push(c.primaryKey);
     await c.delete();
     removed++;
     over--;
@@ -883,6 +898,7 @@ async function deleteOverCount(store: IDBPObjectStore<LocalrecDB, ['events', 'me
   const rest = retentionOrder(await store.index('t').getAll(IDBKeyRange.lowerBound(recent)), recent).slice(0, over);
   for (const e of rest) {
     if (ledgerKeeps(e)) kept.push(e);
+    removedIds?.push(e.id!);
     await store.delete(e.id!);
     removed++;
   }

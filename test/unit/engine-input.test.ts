@@ -403,8 +403,8 @@ describe('track() input the store would lose at once, or that pages build generi
   it('a field set to undefined is no field: accepted, and not stored', async () => {
     const e = await Engine.create({ catalog, backend: 'cpu', dbName: dbName(), autoTrainEvery: 0 });
     try {
-      assert.equal(e.enqueue([{ type: 'view', itemId: 'p1', quantity: undefined, price: undefined, t: undefined }]), 1);
-      assert.throws(() => e.enqueue([{ type: 'view', itemId: 'p1', quantity: 2 }]), refused('event.quantity'), 'a value is still refused where the type has no such field');
+      assert.equal(e.enqueue([{ type: 'view', itemId: 'p1', quantity: undefined, price: undefined, t: undefined } as never]), 1);
+      assert.throws(() => e.enqueue([{ type: 'view', itemId: 'p1', quantity: 2 } as never]), refused('event.quantity'), 'a value is still refused where the type has no such field');
       await e.flush();
       const [stored] = (await e.exportData()).events;
       assert.deepEqual(Object.keys(stored!).sort(), ['id', 'itemId', 't', 'type']);

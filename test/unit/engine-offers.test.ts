@@ -276,7 +276,9 @@ describe('Engine.offers with the shop’s learned affinity', () => {
       await installed;
       return r;
     };
-    a.enqueue([{ type: 'view', itemId: 'm1', t: NOW - DAY }]); // (so that this call reads the history)
+    a.enqueue([{ type: 'view', itemId: 'm1', t: NOW - DAY }]);
+    // So that this call reads the history from the store (a write alone now updates the held copy).
+    (a as unknown as { dropEventCache(): void }).dropEventCache();
     const shown = await a.offers({ k: 2, exploration: 0 });
     assert.ok(installed, 'tab b installed its catalog during the call');
     assert.deepEqual(shown.map((o) => o.offerId), ['bag'], 'this call answers from the catalog it started with');

@@ -1,7 +1,8 @@
+import type { TrackEvent } from '../../src/types.js';
 import 'fake-indexeddb/auto';
 import assert from 'node:assert/strict';
 import { after, describe, it } from 'node:test';
-import { COHORTS_KEY, CONSENT_KEY, EGRESS_KEY, Engine } from '../../src/engine/engine.js';
+import { COHORTS_KEY, CONSENT_KEY, CONSENT_MAX, EGRESS_KEY, Engine } from '../../src/engine/engine.js';
 import { IdbEventStore, MemoryEventStore } from '../../src/events/store.js';
 import { isConsentError, isPrivacyBudgetError } from '../../src/errors.js';
 import type { RunningServer } from '../../src/server/index.js';
@@ -221,6 +222,20 @@ describe('consent', () => {
     await e.close();
   });
 
+  it('consent changes while personalization is off do not grow the history in memory without bound (long-lived page review, stop 33)', async () => {
+    const e = await Engine.create({ catalog, backend: 'cpu', dbName: dbName(), autoTrainEvery: 0, consent: { personalization: false, federated: false } });
+    try {
+      for (let i = 0; i < 2 * CONSENT_MAX + 50; i++) await e.setConsent({ personalization: false, federated: i % 2 === 0 });
+      const held = (e as unknown as { consentHistory: unknown[] }).consentHistory.length;
+      assert.ok(held <= 2 * CONSENT_MAX, `${held} records held`);
+      const history = (await e.audit()).consent.history;
+      assert.equal(history.length, CONSENT_MAX);
+      assert.equal(history.at(-1)!.federated, (2 * CONSENT_MAX + 49) % 2 === 0);
+    } finally {
+      await e.close();
+    }
+  });
+
   it('unknown consent keys are refused by name, and nothing changes', async () => {
     const e = await Engine.create({ catalog, backend: 'cpu', dbName: dbName() });
     e.enqueue([{ type: 'view', itemId: 'p1' }]);
@@ -278,7 +293,7 @@ describe('audit and export', () => {
   it('audit figures match what was stored; export holds every stored event and nothing else', async () => {
     const name = dbName();
     const e = await Engine.create({ catalog, backend: 'cpu', dbName: name, autoTrainEvery: 0, retention: { maxEvents: 100, maxAgeDays: 30 } });
-    const tracked = [
+    const tracked: TrackEvent[] = [
       { type: 'view', itemId: 'p1' },
       { type: 'purchase', itemId: 'p1', quantity: 2, price: 3 },
       { type: 'search', query: 'mug' },

@@ -2,6 +2,7 @@
  * The device side of federated learning against a real `localrec serve` app on loopback: what goes
  * out, what the accountant records, and that rounds publish once enough devices took part.
  */
+import type { TrackEvent } from '../../src/types.js';
 import 'fake-indexeddb/auto';
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
@@ -94,7 +95,7 @@ async function device(history: string[], extra: { budget?: number; fetch?: Fetch
     federated: { serverUrl: server.url, budget: extra.budget },
     fetch: extra.fetch,
   });
-  e.enqueue(history.map((itemId, i) => ({ type: i % 3 === 2 ? 'purchase' : 'view', itemId, query: undefined })).map(({ query: _, ...ev }) => ev));
+  e.enqueue(history.map((itemId, i) => ({ type: i % 3 === 2 ? 'purchase' : 'view', itemId, query: undefined })).map(({ query: _, ...ev }) => ev) as TrackEvent[]);
   e.enqueue([{ type: 'search', query: 'secret query words' }]);
   await e.flush();
   return e;

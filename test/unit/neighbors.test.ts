@@ -400,7 +400,7 @@ describe('Engine with a neighbour table', () => {
     const t = Date.now();
     const e = await Engine.create({ catalog: cat, store, backend: 'cpu', autoTrainEvery: 0, model: { dim: 4 }, now: () => t });
     await e.setNeighbors(encodeNeighborTable(table));
-    const events = [3, 17, 17, 40, 8].map((i, k) => ({ type: k % 2 ? 'view' : 'add_to_cart', itemId: ids[i]!, t: t - (5 - k) * 60_000 }));
+    const events = [3, 17, 17, 40, 8].map((i, k) => ({ type: k % 2 ? ('view' as const) : ('add_to_cart' as const), itemId: ids[i]!, t: t - (5 - k) * 60_000 }));
     e.enqueue(events);
     await e.flush();
     const rows = new Map(ids.map((id, i) => [id, i]));

@@ -20,7 +20,7 @@ import '../../src/model/tf.js';
 const catalog = { items: Array.from({ length: 30 }, (_, i) => ({ id: `p${i}`, title: `P${i}`, category: `c${i % 3}` })) };
 /** 1000 epochs of a few steps each: far more than a test waits for. */
 const EPOCHS = 1000;
-const events = Array.from({ length: 20 }, (_, i) => ({ type: 'view', itemId: `p${i}` }));
+const events = Array.from({ length: 20 }, (_, i) => ({ type: 'view' as const, itemId: `p${i}` }));
 let n = 0;
 
 /** An engine on a memory store holding 20 views, trained in steps of 4 examples (5 steps an epoch). */
