@@ -10,6 +10,7 @@
  * ```
  */
 export class LocalrecError extends Error {
+  /** The class's name (`'LocalrecError'`, or the subclass's): it survives the worker boundary, and the guards check it. */
   override name: string = 'LocalrecError';
   constructor(message: string, options?: { cause?: unknown }) {
     super(message, options);
@@ -18,6 +19,7 @@ export class LocalrecError extends Error {
 
 /** Input that does not fit the schema: an event, an option, a file. The message names the field. */
 export class ValidationError extends LocalrecError {
+  /** Always `'ValidationError'` (what {@link isValidationError} checks). */
   override name = 'ValidationError' as const;
   /** Dotted path of the offending field, e.g. `event.quantity` or `options.k`. */
   readonly field: string;
@@ -37,22 +39,27 @@ export class ValidationError extends LocalrecError {
  * fails too the error reaches the caller with those events gone (counted in `stats().evicted.quota`).
  */
 export class StorageError extends LocalrecError {
+  /** Always `'StorageError'` (what {@link isStorageError} checks). */
   override name = 'StorageError' as const;
 }
 
 /** The model could not be built, loaded, trained or scored (unknown item, no backend, bad weights). */
 export class ModelError extends LocalrecError {
+  /** Always `'ModelError'` (what {@link isModelError} checks). */
   override name = 'ModelError' as const;
 }
 
 /** The recommender was used after `close()` or before it finished starting. */
 export class ClosedError extends LocalrecError {
+  /** Always `'ClosedError'` (what {@link isClosedError} checks). */
   override name = 'ClosedError' as const;
 }
 
 /** A request to the aggregation server failed or was refused; `status` is the HTTP status (0 when offline). */
 export class NetworkError extends LocalrecError {
+  /** Always `'NetworkError'` (what {@link isNetworkError} checks). */
   override name = 'NetworkError' as const;
+  /** The HTTP status of the failed answer; 0 when there was none to blame (offline, no answer in time). */
   readonly status: number;
   constructor(message: string, status: number) {
     super(message);
@@ -66,11 +73,13 @@ export class NetworkError extends LocalrecError {
  * `federated.allowWithoutStorage`).
  */
 export class PrivacyBudgetError extends LocalrecError {
+  /** Always `'PrivacyBudgetError'` (what {@link isPrivacyBudgetError} checks). */
   override name = 'PrivacyBudgetError' as const;
 }
 
 /** The operation needs consent the shopper has not given. */
 export class ConsentError extends LocalrecError {
+  /** Always `'ConsentError'` (what {@link isConsentError} checks). */
   override name = 'ConsentError' as const;
 }
 
@@ -98,7 +107,9 @@ const SIGNATURE_PROBLEMS: readonly string[] = ['unsigned', 'malformed', 'mismatc
  * ```
  */
 export class SignatureError extends LocalrecError {
+  /** Always `'SignatureError'` (what {@link isSignatureError} checks). */
   override name = 'SignatureError' as const;
+  /** Which of the {@link SignatureProblem}s it is. */
   readonly problem: SignatureProblem;
   constructor(problem: SignatureProblem, message: string, options?: { cause?: unknown }) {
     super(message, options);
@@ -112,6 +123,7 @@ export class SignatureError extends LocalrecError {
  * message says whether anything had left the device.
  */
 export class AbortError extends LocalrecError {
+  /** Always `'AbortError'` (what {@link isAbortError} checks). */
   override name = 'AbortError' as const;
 }
 
@@ -148,12 +160,19 @@ export function isLocalrecError(e: unknown): e is LocalrecError {
   if (typeof DOMException !== 'undefined' && e instanceof DOMException) return false;
   return typeof e === 'object' && e !== null && (NAMES as readonly unknown[]).includes((e as { name?: unknown }).name);
 }
+/** True for a {@link ValidationError}, including one rebuilt after crossing the worker boundary. */
 export const isValidationError = (e: unknown): e is ValidationError => hasName(e, 'ValidationError');
+/** True for a {@link StorageError}, including one rebuilt after crossing the worker boundary. */
 export const isStorageError = (e: unknown): e is StorageError => hasName(e, 'StorageError');
+/** True for a {@link ModelError}, including one rebuilt after crossing the worker boundary. */
 export const isModelError = (e: unknown): e is ModelError => hasName(e, 'ModelError');
+/** True for a {@link ClosedError}, including one rebuilt after crossing the worker boundary. */
 export const isClosedError = (e: unknown): e is ClosedError => hasName(e, 'ClosedError');
+/** True for a {@link NetworkError}, including one rebuilt after crossing the worker boundary. */
 export const isNetworkError = (e: unknown): e is NetworkError => hasName(e, 'NetworkError');
+/** True for a {@link PrivacyBudgetError}, including one rebuilt after crossing the worker boundary. */
 export const isPrivacyBudgetError = (e: unknown): e is PrivacyBudgetError => hasName(e, 'PrivacyBudgetError');
+/** True for a {@link ConsentError}, including one rebuilt after crossing the worker boundary. */
 export const isConsentError = (e: unknown): e is ConsentError => hasName(e, 'ConsentError');
 /** True for localrec's {@link AbortError} and for the DOM's (`DOMException` named `AbortError`). */
 export const isAbortError = (e: unknown): e is AbortError => hasName(e, 'AbortError');

@@ -26,6 +26,7 @@ export {
 } from './errors.js';
 export type { SignatureProblem } from './errors.js';
 export type { AuditReport, ExportFile } from './engine/audit-types.js';
+export type { OfferLedger, LedgerOfferStats } from './events/offer-ledger.js';
 export type { EgressEntry } from './federated/sync.js';
 export type { ConsentRecord } from './engine/engine.js';
 export type { AccountantState } from './federated/dp.js';
@@ -45,6 +46,7 @@ export type {
   OfferHints,
   OfferObjective,
   CartLine,
+  Jwk,
 } from './offers/types.js';
 export type { AffinitySnapshot, AffinityOfferStats, AffinityFeature } from './offers/affinity-model.js';
 export type {
@@ -56,6 +58,7 @@ export type {
   Catalog,
   CatalogItem,
   EventType,
+  EventBase,
   Progress,
   Reason,
   PersonalReason,

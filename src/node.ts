@@ -5,24 +5,42 @@ import '@tensorflow/tfjs-backend-cpu';
 import '@tensorflow/tfjs-backend-wasm';
 export { Engine } from './engine/engine.js';
 export type { EngineOptions, ConsentRecord } from './engine/engine.js';
+export type { AuditReport, ExportFile } from './engine/audit-types.js';
 export { IdbEventStore, MemoryEventStore, openEventStore } from './events/store.js';
-export type { EventStore, Retention } from './events/store.js';
+export type { EventStore, Retention, AddResult, EventStats, MetaValue } from './events/store.js';
+export type { OfferLedger, LedgerOfferStats } from './events/offer-ledger.js';
 export { validateEvent, EVENT_TYPES, EVENT_SCHEMA_VERSION } from './events/schema.js';
 export { validateCatalog } from './model/catalog.js';
 export { createItemTable, checkItemTable } from './model/item-table.js';
 export type { ItemTable } from './model/item-table.js';
 export { trainItemTable, DEFAULT_TRAIN_CONFIG } from './model/train.js';
-export type { Sequence, TrainConfig, TrainStats } from './model/train.js';
+export type { Sequence, TrainConfig, TrainStats, OptimizerState } from './model/train.js';
 export { Scorer, userVector } from './model/score.js';
+export type { Allowed, Scored } from './model/score.js';
 export { buildProfile } from './model/profile.js';
+export type { ProfileItem, ProfileOptions } from './model/profile.js';
 export { buildNeighborTable, DEFAULT_NEIGHBOR_OPTIONS } from './model/build-neighbors.js';
 export type { BuildNeighborOptions, BuildNeighborReport } from './model/build-neighbors.js';
+export type { UserItemLists } from './model/sparse-ease.js';
+export type { SparseItemModel } from './model/sparse-item-model.js';
 export { encodeNeighborTable, decodeNeighborTable, neighborTableHash } from './model/neighbors-wire.js';
 export { alignNeighbors, rankScores, reachedRows, neighborsOf, checkNeighborTable } from './model/neighbors.js';
-export type { NeighborTable } from './model/neighbors.js';
+export type { NeighborTable, WeightedRow } from './model/neighbors.js';
 export { selectBackend } from './model/backend.js';
+export type { SelectOptions, BackendChoice } from './model/backend.js';
 export { startServer, createServer, createApp, MemoryStorage, SqliteStorage, PostgresStorage, RoundCoordinator, RateLimiter, MemoryCohortStore, StorageConflictError, REJECT_STATUS } from './server/index.js';
+export { SettingsChangedError } from './server/rounds.js';
+export type { RoundConfig, OpenOptions, RoundSettings, Accepted } from './server/rounds.js';
+export type { Rejection, UpdatePolicy } from './server/validate-update.js';
+export type { AppOptions } from './server/app.js';
+export type { SqliteStorageOptions } from './server/sqlite-storage.js';
+export type { PendingRef } from './server/storage.js';
+export type { CohortTimeouts, CohortView } from './server/cohorts.js';
+export type { FedAdamOptions } from './server/aggregate.js';
+export type { SecAggParams, TagRound } from './federated/secagg.js';
 export type {
+  AggregatorName,
+  RobustName,
   ServerOptions,
   RunningServer,
   ServerParts,
@@ -42,13 +60,38 @@ export type {
   RateLimitOptions,
   RejectReason,
 } from './server/index.js';
-export * from './errors.js';
+export {
+  LocalrecError,
+  ValidationError,
+  StorageError,
+  ModelError,
+  ClosedError,
+  NetworkError,
+  PrivacyBudgetError,
+  ConsentError,
+  AbortError,
+  SignatureError,
+  isLocalrecError,
+  isValidationError,
+  isStorageError,
+  isModelError,
+  isClosedError,
+  isNetworkError,
+  isPrivacyBudgetError,
+  isConsentError,
+  isAbortError,
+  isSignatureError,
+} from './errors.js';
+export type { SignatureProblem } from './errors.js';
 export type * from './types.js';
 export { syncOnce, fetchServerConfig, pullModel } from './federated/sync.js';
-export type { SyncOptions, SyncResult, EgressEntry, ServerConfig, FetchLike } from './federated/sync.js';
+export type { SyncOptions, SyncResult, EgressEntry, ServerConfig, FetchLike, RequestOptions } from './federated/sync.js';
 export { RdpAccountant, noiseForSyncs, syncsWithinBudget } from './federated/dp.js';
+export type { AccountantState, EpsilonMethod, Conversion, UniformSource } from './federated/dp.js';
 export { buildClientUpdate } from './federated/client-update.js';
+export type { ClientUpdate, ClientUpdateOptions, TrainedPart } from './federated/client-update.js';
 export { encodeModel, decodeModel, encodeUpdate, decodeUpdate } from './federated/wire.js';
+export type { DecodedModel, ModelEncoding, QuantizedUpdate, UpdateHeader } from './federated/wire.js';
 export { generateOfferKeys, signOfferCatalog, verifyOfferCatalog, validateOfferCatalog, canonicalJson, chooseOffers, indexProducts } from './offers/index.js';
+export type { OfferKeyPair, OffersInput, ProductIndex, AffinitySource } from './offers/index.js';
 export type * from './offers/types.js';
-export type { AccountantState } from './federated/dp.js';

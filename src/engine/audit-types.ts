@@ -6,8 +6,14 @@ import type { ConsentRecord } from './engine.js';
 
 /** `audit()`'s report. Stable: fields are only added, and `schema` changes when one changes meaning. */
 export interface AuditReport {
+  /** The report's format version. */
   schema: 1;
+  /** When the report was made, ms since the epoch. */
   generatedAt: number;
+  /**
+   * Where the shopper's data lives: `kind`, and for IndexedDB the database's name, its schema
+   * version and its object stores (`database` null and `stores` empty in memory).
+   */
   storage: {
     kind: 'indexeddb' | 'memory';
     database: string | null;
@@ -21,6 +27,10 @@ export interface AuditReport {
      */
     notOpened: string | null;
   };
+  /**
+   * The stored events: how many, how many of each type, the oldest and newest times (null when
+   * there are none), their size as JSON in bytes, and what was removed this session.
+   */
   events: {
     total: number;
     byType: Partial<Record<EventType, number>>;
@@ -30,7 +40,13 @@ export interface AuditReport {
     /** Events removed since the SDK started on this page: by retention, and for the storage quota. */
     evictedThisSession: { retention: number; quota: number };
   };
+  /** The retention limits in force (`options.retention`, with the defaults filled in). */
   retention: { maxEvents: number; maxAgeDays: number };
+  /**
+   * The model weights: whether they are stored on the device (when not, the other figures are
+   * those of the model in memory and `bytes` is 0), the global version they build on, items,
+   * embedding size, bytes stored, and when they last trained (null when never).
+   */
   model: { stored: boolean; version: number; items: number; dim: number; bytes: number; trainedAt: number | null };
   /** The shop's neighbour table in use (public data: nothing about the shopper), or null. */
   neighbors: { stored: boolean; hash: string; items: number; matched: number; width: number; bytes: number; source: string; savedAt: number | null } | null;
@@ -53,6 +69,10 @@ export interface AuditReport {
    * or a cohort poll cancelled between its entry and sending.
    */
   egress: { requests: number; bytesSent: number; notSent: number; log: EgressEntry[] };
+  /**
+   * Federated learning: whether it is configured and may run, the server, ε spent against the
+   * budget at δ, syncs made and left, and Global Privacy Control.
+   */
   privacy: {
     federatedConfigured: boolean;
     /** Whether sync() may run now (configured, consented, not blocked by GPC). */
@@ -69,18 +89,30 @@ export interface AuditReport {
     globalPrivacyControl: boolean;
     globalPrivacyControlHonored: boolean;
   };
+  /**
+   * Consent now, the recorded decisions (oldest first: those within `retention.maxAgeDays`, and
+   * always the latest), and how many tracked events were dropped before consent was given.
+   */
   consent: { current: { personalization: boolean; federated: boolean }; history: ConsentRecord[]; droppedBeforeConsent: number };
 }
 
 /** `export()`'s file: everything localrec stored about the shopper. */
 export interface ExportFile {
+  /** Always `'localrec-export'`: what the file is. */
   format: 'localrec-export';
+  /** The file's format version. */
   schema: 1;
+  /** When the file was made, ms since the epoch. */
   exportedAt: number;
+  /** Every stored event, oldest first. */
   events: StoredEvent[];
+  /** The recorded consent decisions, as in `audit().consent.history`. */
   consentHistory: ConsentRecord[];
+  /** The requests the SDK sent, as `egressLog()` gives them. */
   egressLog: EgressEntry[];
+  /** The privacy accountant as stored (the Rényi DP spent at each order, the releases counted); null when none is stored. */
   privacy: AccountantState | null;
+  /** The stored model's global version, embedding size, items, last training time and training steps; null when none is stored. */
   model: { version: number; dim: number; items: number; trainedAt: number | null; trainSteps: number } | null;
   /**
    * With `federated.autoSyncHours`: when an automatic sync was last started and a sync last

@@ -19,7 +19,9 @@ export const SHOWING_GAP_MS = 30 * 60_000;
 
 /** Counts of one offer's removed events. */
 export interface LedgerOfferStats {
+  /** The offer's id in the catalog it was shown from. */
   offerId: string;
+  /** Impressions removed (each `offer_impression` event). */
   impressions: number;
   /**
    * Impressions counted once per visit: one that comes {@link SHOWING_GAP_MS} or more after the
@@ -27,11 +29,19 @@ export interface LedgerOfferStats {
    * (then each impression counts as a showing).
    */
   showings?: number;
+  /** Redemptions removed (each `offer_redeemed` event). */
   redemptions: number;
+  /** Time of the latest impression removed, ms since the epoch. */
   lastImpressionAt?: number;
+  /** Time of the latest redemption removed, ms since the epoch. */
   lastRedeemedAt?: number;
 }
 
+/**
+ * What the device keeps of the offer events and purchases that event retention removed, so that
+ * per-shopper caps, cool-downs and the new/returning audience still hold (docs/PRIVACY.md: not cut
+ * by the age limit; removed by `erase()` and a consent withdrawal).
+ */
 export interface OfferLedger {
   /** One entry per offer (an array, so that any offer id is a plain value). */
   offers: LedgerOfferStats[];

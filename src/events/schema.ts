@@ -4,6 +4,7 @@ import type { EventType, StoredEvent } from '../types.js';
 /** Bumped whenever the stored event shape changes; the store upgrades older databases. */
 export const EVENT_SCHEMA_VERSION = 2;
 
+/** Every event type `track()` accepts. */
 export const EVENT_TYPES: readonly EventType[] = [
   'view',
   'search',

@@ -294,8 +294,8 @@ function checkAborted(o: Pick<SyncOptions, 'signal'>, when: string): void {
   if (o.signal?.aborted) throw syncCancelled(when);
 }
 
-/** What {@link request} needs of the caller's options. */
-type RequestOptions = Pick<SyncOptions, 'serverUrl' | 'fetch' | 'attempts' | 'backoffMs' | 'requestTimeoutMs' | 'onEgress' | 'onCheckpoint' | 'signal' | 'now'>;
+/** What {@link request} (and {@link fetchServerConfig}, {@link pullModel}) need of the caller's options: a part of {@link SyncOptions}. */
+export type RequestOptions = Pick<SyncOptions, 'serverUrl' | 'fetch' | 'attempts' | 'backoffMs' | 'requestTimeoutMs' | 'onEgress' | 'onCheckpoint' | 'signal' | 'now'>;
 
 /** Default {@link SyncOptions.requestTimeoutMs}: far above the server's longest poll (15 s). */
 export const REQUEST_TIMEOUT_MS = 60_000;

@@ -49,6 +49,7 @@ export const AFFINITY_FEATURES = [
   /** The shopper's last basket was less than a day ago. */
   'sameDay',
 ] as const;
+/** One input of the shop's learned offer affinity (`localrec offers fit-affinity --features`; docs/OFFERS.md). */
 export type AffinityFeature = (typeof AFFINITY_FEATURES)[number];
 
 /**
