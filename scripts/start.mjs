@@ -8,7 +8,6 @@ import { spawnSync } from 'node:child_process';
 import { existsSync, readdirSync, statSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { isAbsolute, join, relative, resolve } from 'node:path';
-import Database from 'better-sqlite3';
 import { ROOT, startShop } from './shop-server.mjs';
 
 const DATA_DIR = process.env.LOCALREC_DATA_DIR ? resolve(process.env.LOCALREC_DATA_DIR) : join(ROOT, '.data', 'shop');
@@ -41,6 +40,38 @@ function dataDirError(e) {
   return null;
 }
 
+/** The way out when better-sqlite3 cannot be used (as src/server/sqlite-storage.ts's sqliteLoadError words it). */
+const OR_POSTGRES = '(or serve from PostgreSQL: --database postgres://…)';
+
+/**
+ * better-sqlite3 with its native module loaded (by an in-memory database), or one line on what to
+ * do and exit 1: the package is an optional peer dependency, and npm 12 runs its install script,
+ * which builds the native module, only once allowed. The same recognition and words as
+ * sqliteLoadError in src/server/sqlite-storage.ts (dist/ may not be built yet to import it from).
+ */
+async function loadSqlite() {
+  try {
+    const Database = (await import('better-sqlite3')).default;
+    new Database(':memory:').close();
+    return Database;
+  } catch (e) {
+    const code = e?.code;
+    const msg = String(e?.message ?? e);
+    let line;
+    if ((code === 'ERR_MODULE_NOT_FOUND' || code === 'MODULE_NOT_FOUND') && /better-sqlite3/.test(msg) && !/\.node\b/.test(msg)) {
+      line = `the SQLite store needs the better-sqlite3 package, which is not installed: npm install better-sqlite3@12 ${OR_POSTGRES}`;
+    } else if (/Could not locate the bindings file/.test(msg) || (code === 'MODULE_NOT_FOUND' && /better_sqlite3\.node/.test(msg))) {
+      line = `better-sqlite3 is installed but its native module is not built (its install script did not run; npm 12 runs it only once allowed): allow it (npm approve-scripts better-sqlite3, or "allowScripts" in package.json), then npm rebuild better-sqlite3 ${OR_POSTGRES}`;
+    } else if (code === 'ERR_DLOPEN_FAILED') {
+      line = `better-sqlite3's native module cannot be loaded (${msg.replace(/\s*\n\s*/g, ' ').trim()}): rebuild it for this Node.js ${process.version}: npm rebuild better-sqlite3 ${OR_POSTGRES}`;
+    } else {
+      line = `better-sqlite3 could not be loaded: ${msg.replace(/\s*\n\s*/g, ' ').trim()}`;
+    }
+    process.stderr.write(`${line}\n`);
+    process.exit(1);
+  }
+}
+
 /** Whether another process holds the shop's data dir: checked before building, which would replace dist/ under it. */
 function heldByAnother() {
   if (!existsSync(LOCK)) return false;
@@ -63,6 +94,9 @@ if (!Number.isInteger(port) || port < 0 || port > 65535) {
   process.stderr.write(`PORT must be a port number, got '${process.env.PORT}'\n`);
   process.exit(1);
 }
+
+// Before the data dir's lock (which needs it) and the build: without a usable driver nothing else can work.
+const Database = await loadSqlite();
 
 if (heldByAnother()) {
   process.stderr.write(ALREADY_RUNNING);
@@ -131,6 +165,7 @@ try {
   // (Taken between the check above and now.)
   if (e?.code === 'EADDRINUSE') process.stderr.write(await busyPort(port));
   else if (/is in use by another localrec serve/.test(String(e?.message))) process.stderr.write(ALREADY_RUNNING);
+  else if (e?.name === 'StorageError' && /better-sqlite3/.test(String(e?.message))) process.stderr.write(`${e.message}\n`);
   else {
     const line = dataDirError(e);
     process.stderr.write(line ? `${line}\n` : `${e?.stack ?? e}\n`);

@@ -6,6 +6,7 @@
 import { realpathSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { Command } from 'commander';
+import { ValidationError } from './errors.js';
 
 const program = new Command();
 program
@@ -29,7 +30,33 @@ const registrations: Array<Promise<{ register(p: Command): void }>> = [
 let ran: Command | undefined;
 program.hook('preAction', (_program, action) => {
   ran = action;
+  refuseEmptyValues(action);
 });
+
+/**
+ * Refuses a flag given an empty or blank value (`--write-catalog ''`, `--time "$UNSET"`): commands
+ * test a string flag for truth, so an empty one ran as if it were not given (a whole simulation
+ * instead of writing the catalog, file order instead of the time column). No flag takes an empty
+ * value. Checked for `command` and the commands above it, for values typed or from the
+ * environment (defaults are the program's own); each value of a repeatable or variadic flag.
+ *
+ * @example
+ * ```ts
+ * refuseEmptyValues(simulate); // with --write-catalog '': throws "--write-catalog: must not be empty"
+ * ```
+ */
+export function refuseEmptyValues(command: Command): void {
+  for (let c: Command | null = command; c; c = c.parent) {
+    for (const option of c.options) {
+      const key = option.attributeName();
+      const source = c.getOptionValueSource(key);
+      if (source !== 'cli' && source !== 'env') continue;
+      const value: unknown = c.getOptionValue(key);
+      const values = Array.isArray(value) ? (value as unknown[]) : [value];
+      if (values.some((v) => typeof v === 'string' && v.trim() === '')) throw new ValidationError(option.long ?? option.flags, 'must not be empty');
+    }
+  }
+}
 
 export async function main(argv = process.argv): Promise<void> {
   for (const r of await Promise.all(registrations)) r.register(program);

@@ -1,26 +1,36 @@
 /**
  * Reading a numeric command-line flag. `Number('')` and `Number(' ')` are 0, so a value left empty
- * (`--noise ''`, an unset shell variable) would run as 0: σ = 0 is no differential privacy at all.
- * Every numeric flag goes through {@link flagNumber}, which reads a blank value as NaN.
+ * (`--noise ''`, an unset shell variable) would run as 0: σ = 0 is no differential privacy at all;
+ * and `Number('0x10')` is 16, `Number('0b11')` 3, `Number('Infinity')` Infinity. Every numeric
+ * flag goes through {@link flagNumber}, which reads only a plain decimal number and anything else
+ * as NaN.
  */
 import { ValidationError } from './errors.js';
 
 /**
- * `Number(value)`, except that an empty or blank value is NaN rather than 0.
+ * A plain decimal number: an optional sign, digits with an optional fraction (`5`, `5.`, `.5`,
+ * `2.5`), and an optional exponent (`1e-5`, `2E3`); spaces around it are allowed.
+ */
+const DECIMAL = /^\s*[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?\s*$/;
+
+/**
+ * `Number(value)` for a plain decimal number ({@link DECIMAL}), NaN for anything else: an empty or
+ * blank value (`Number(' ')` is 0), hexadecimal, binary or octal (`0x10` would be 16), `Infinity`.
  *
  * @example
  * ```ts
  * flagNumber('1e-5'); // 0.00001
  * flagNumber(' ');    // NaN (Number(' ') is 0)
+ * flagNumber('0x10'); // NaN (Number('0x10') is 16)
  * ```
  */
 export function flagNumber(value: string): number {
-  return value.trim() === '' ? NaN : Number(value);
+  return DECIMAL.test(value) ? Number(value) : NaN;
 }
 
 /**
- * The number a flag gives, checked: a ValidationError naming `flag` unless the value is a number
- * (not blank) that passes `ok`; `what` says what it must be.
+ * The number a flag gives, checked: a ValidationError naming `flag` unless the value is a plain
+ * decimal number (see {@link flagNumber}) that passes `ok`; `what` says what it must be.
  *
  * @example
  * ```ts
@@ -29,7 +39,11 @@ export function flagNumber(value: string): number {
  */
 export function numberFlag(flag: string, value: string, ok: (x: number) => boolean, what: string): number {
   const x = flagNumber(value);
-  if (Number.isNaN(x) || !ok(x)) throw new ValidationError(flag, `must be ${what}, got '${value}'`);
+  if (Number.isNaN(x) || !ok(x)) {
+    // `0x10`, `0b11`, `Infinity`: a number to JavaScript, said to be refused for its form.
+    const form = Number.isNaN(x) && value.trim() !== '' && !Number.isNaN(Number(value)) ? ' (plain decimal digits only)' : '';
+    throw new ValidationError(flag, `must be ${what}${form}, got '${value}'`);
+  }
   return x;
 }
 

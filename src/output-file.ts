@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { constants, readFileSync, realpathSync, statSync, type Stats } from 'node:fs';
+import { closeSync, constants, mkdirSync, openSync, readFileSync, realpathSync, statSync, unlinkSync, type Stats } from 'node:fs';
 import { copyFile, link, open, rename, unlink, writeFile } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { ValidationError } from './errors.js';
@@ -12,10 +12,12 @@ export type InputFlags = Readonly<Record<string, string | undefined>>;
 
 /**
  * Checks, before a command does its work, that `path` can be written as a file: its folder exists
- * and `path` is not itself a folder, nor the file of one of the command's `inputs` (see
- * {@link checkNotAnInput}), nor an existing key file (a JSON Web Key: a private key is never made
- * twice, and every device trusts its public half). A wrong `--out` is then reported at once,
- * naming the flag, not as an ENOENT after a minute of computing. Node only (CLI).
+ * and takes a new file (one is created there and removed, as {@link writeOutputFiles} will: a
+ * read-only or forbidden folder is told now), and `path` is not itself a folder, nor the file of
+ * one of the command's `inputs` (see {@link checkNotAnInput}), nor an existing key file (a JSON
+ * Web Key: a private key is never made twice, and every device trusts its public half). A wrong
+ * `--out` is then reported at once, naming the flag, not as an ENOENT or EROFS after a minute of
+ * computing. Node only (CLI).
  *
  * @example
  * ```ts
@@ -32,9 +34,47 @@ export function checkOutputFile(path: string, flag: string, inputs: InputFlags =
     throw new ValidationError(flag, `folder '${dirname(path)}' does not exist (create it first)`);
   }
   if (!dir.isDirectory()) throw new ValidationError(flag, `'${dirname(path)}' is not a folder`);
-  if (stat(path)?.isDirectory()) throw new ValidationError(flag, `'${path}' is a folder; give a file name`);
+  const st = stat(path);
+  if (st?.isDirectory()) throw new ValidationError(flag, `'${path}' is a folder; give a file name`);
   checkNotAnInput(path, flag, inputs);
   checkNotAKey(path, flag);
+  // A device or FIFO (`/dev/stdout`) is written in place, not through a file beside it.
+  if (!st || st.isFile()) {
+    const target = st ? realpathSync(path) : realPath(path);
+    probeFolder(dirname(target), basename(target), flag);
+  }
+}
+
+/**
+ * Creates, then removes, a file named as {@link writeOutputFiles}' temporary files
+ * (`.NAME.RANDOM.tmp`) in `folder`: whether a file can be made there is known for sure only by
+ * making one (`access(W_OK)` says yes to root on a read-only file system's folders). A
+ * ValidationError naming `flag`, the folder and the system's reason otherwise.
+ */
+function probeFolder(folder: string, name: string, flag: string): void {
+  const probe = join(folder, `.${name}.${randomBytes(6).toString('hex')}.tmp`);
+  let fd: number;
+  try {
+    fd = openSync(probe, 'wx', 0o600);
+  } catch (e) {
+    const err = new ValidationError(flag, `cannot write in folder '${folder}' (${reason(e)})`);
+    err.cause = e;
+    throw err;
+  }
+  closeSync(fd);
+  try {
+    unlinkSync(probe);
+  } catch {
+    // Made but not removable (a sticky folder of another owner cannot do this to its maker): left.
+  }
+}
+
+/** A system error as `CODE: what it means` (`EROFS: read-only file system`), else its message. */
+function reason(e: unknown): string {
+  const err = e as NodeJS.ErrnoException;
+  // Node's message is `CODE: description, syscall 'path'`: the path is said by the caller.
+  const m = /^([A-Z0-9_]+): ([^,]+)/.exec(String(err.message));
+  return m ? `${m[1]}: ${m[2]}` : (err.code ?? String(err.message));
 }
 
 /**
@@ -170,14 +210,56 @@ async function placeNew(temp: string, target: string): Promise<void> {
 
 /**
  * Like {@link checkOutputFile} for a folder the command creates if needed: `path` must not be a
- * file, nor lie under one (which would fail later as ENOTDIR or EEXIST).
+ * file, nor lie under one (which would fail later as ENOTDIR or EEXIST), and a file must be
+ * possible to create in it, or, when it does not exist yet, in the nearest folder above it that
+ * does (where it will be made).
  */
 export function checkOutputFolder(path: string, flag: string): void {
   const st = stat(path);
   if (st && !st.isDirectory()) throw new ValidationError(flag, `'${path}' is a file, not a folder`);
-  if (!st) {
-    const blocked = fileAbove(resolve(path));
-    if (blocked !== undefined) throw new ValidationError(flag, `'${path}' is under '${blocked}', which is a file, not a folder`);
+  if (st) return probeFolder(realPath(path), 'localrec', flag);
+  const blocked = fileAbove(resolve(path));
+  if (blocked !== undefined) throw new ValidationError(flag, `'${path}' is under '${blocked}', which is a file, not a folder`);
+  const above = existingAbove(resolve(path));
+  if (above !== undefined) probeFolder(realPath(above), basename(resolve(path)), flag);
+}
+
+/**
+ * `mkdir -p path` for the folder a flag names, failing as a ValidationError that names `flag`,
+ * `path` and the system's reason. Each missing folder is made in turn, so that the reason is the
+ * one that stopped it (a recursive mkdir reports ENOENT for a read-only file system on Node 20).
+ *
+ * @example
+ * ```ts
+ * makeOutputFolder('keys', '--out'); // throws "--out: cannot create folder 'keys' (EACCES: permission denied)"
+ * ```
+ */
+export function makeOutputFolder(path: string, flag: string): void {
+  const target = resolve(path);
+  let at = target;
+  try {
+    const missing: string[] = [];
+    for (let p = target; ; p = dirname(p)) {
+      const st = stat(p);
+      if (st?.isDirectory()) break;
+      if (st) throw new ValidationError(flag, `cannot create folder '${path}': '${p}' is a file, not a folder`);
+      missing.unshift(p);
+      if (dirname(p) === p) break;
+    }
+    for (const p of missing) {
+      at = p;
+      try {
+        mkdirSync(p);
+      } catch (e) {
+        // Made meanwhile (another process): as good.
+        if (!((e as NodeJS.ErrnoException).code === 'EEXIST' && stat(p)?.isDirectory())) throw e;
+      }
+    }
+  } catch (e) {
+    if (e instanceof ValidationError) throw e;
+    const err = new ValidationError(flag, `cannot create folder '${path}'${at === target ? '' : ` (making '${at}')`} (${reason(e)})`);
+    err.cause = e;
+    throw err;
   }
 }
 
@@ -232,6 +314,15 @@ function stat(path: string): Stats | undefined {
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === 'ENOTDIR') return undefined;
     throw e;
+  }
+}
+
+/** The nearest existing folder above absolute `path` (undefined when none is, or one is a file). */
+function existingAbove(path: string): string | undefined {
+  for (let p = dirname(path); ; p = dirname(p)) {
+    const st = stat(p);
+    if (st) return st.isDirectory() ? p : undefined;
+    if (dirname(p) === p) return undefined;
   }
 }
 

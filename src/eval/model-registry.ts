@@ -2,6 +2,7 @@
  * The models `localrec eval` can run, their hyper-parameters (one CLI flag each) and how a model
  * spec like `sparse-ease:sparse-width=8:recency=1` overrides them for one model in one run.
  */
+import { flagNumber } from '../number-flag.js';
 import { ValidationError } from '../errors.js';
 import { MAX_NEIGHBOR_WIDTH } from '../model/neighbors.js';
 import { DenseEaseModel, SparseEaseModel } from './ease-model.js';
@@ -23,8 +24,8 @@ export interface ParamSpec {
 const num =
   (lo: number, hi: number, integer = false, loOpen = false) =>
   (v: string, field: string): number => {
-    // Number('') and Number('  ') are 0: an empty value is no number.
-    const x = v.trim() === '' ? NaN : Number(v);
+    // Number('') is 0 and Number('0x10') 16: only a plain decimal number is one (flagNumber).
+    const x = flagNumber(v);
     const ok = Number.isFinite(x) && (loOpen ? x > lo : x >= lo) && x <= hi && (!integer || Number.isInteger(x));
     if (!ok) {
       throw new ValidationError(field, `must be ${integer ? 'an integer' : 'a number'} in ${loOpen ? '(' : '['}${lo}, ${hi}], got '${v}'`);

@@ -1,38 +1,64 @@
 /**
  * Opens a data file as a text stream, gunzipping when the file starts with the gzip magic bytes
- * (so `ratings.csv.gz` and a gzip file without the suffix both work).
+ * (so `ratings.csv.gz` and a gzip file without the suffix both work). The file is read once, from
+ * the start, as one stream: a pipe, a FIFO, `/dev/stdin` or a shell's `<(…)` read as a file does
+ * (the gzip test looks at the first bytes read, which are then passed on). `-` (or `/dev/stdin`)
+ * is standard input (`… | localrec eval --data -`), once per process.
  */
 import { isUtf8 } from 'node:buffer';
-import { createReadStream } from 'node:fs';
 import { open } from 'node:fs/promises';
-import { Transform, type Readable, type TransformCallback } from 'node:stream';
+import { PassThrough, Transform, type Readable, type TransformCallback } from 'node:stream';
 import { createGunzip } from 'node:zlib';
 import { ValidationError } from '../errors.js';
+
+/** The path that means standard input. */
+export const STDIN_PATH = '-';
+
+/**
+ * Names of standard input itself, read as `-` is: opening one reopens whatever fd 0 is, which
+ * fails for a socket (ENXIO; Node's `spawn` gives its children sockets for stdio).
+ */
+const STDIN_NAMES: ReadonlySet<string> = new Set([STDIN_PATH, '/dev/stdin', '/dev/fd/0', '/proc/self/fd/0']);
+
+/** Set once `-` has been opened: standard input can be read only once. */
+let stdinTaken = false;
 
 /**
  * @example
  * ```ts
  * const stream = await openText('../shared/data/online-retail/online-retail.csv.gz', 'options.data');
+ * const piped = await openText('-', '--data'); // standard input
  * ```
  */
 export async function openText(path: string, field: string, options: { utf16le?: boolean } = {}): Promise<Readable> {
-  let head: Buffer;
-  try {
-    const fh = await open(path, 'r');
+  let raw: Readable;
+  if (STDIN_NAMES.has(path)) {
+    if (stdinTaken) throw new ValidationError(field, `'${path}' (standard input) is read by another flag already: only one input can come from standard input`);
+    if (process.stdin.isTTY) throw new ValidationError(field, `'${path}' reads standard input, which is a terminal: pipe or redirect the data in (\`… | localrec …\` or \`< file\`)`);
+    stdinTaken = true;
+    raw = process.stdin;
+  } else {
     try {
-      head = Buffer.alloc(2);
-      const { bytesRead } = await fh.read(head, 0, 2, 0);
-      head = head.subarray(0, bytesRead);
-    } finally {
-      await fh.close();
+      // Opened here, not by the stream, so that a missing or forbidden file fails this call.
+      raw = (await open(path, 'r')).createReadStream();
+    } catch (e) {
+      throw cannotRead(path, field, e);
     }
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    throw new ValidationError(field, `cannot read '${path}'${code ? ` (${code})` : ''}`);
   }
-  const raw = createReadStream(path);
+  let head: Buffer | null;
+  try {
+    // A directory opens, and fails at the first read (EISDIR): read before handing the stream on.
+    head = await readHead(raw, 2);
+  } catch (e) {
+    raw.destroy();
+    throw cannotRead(path, field, e);
+  }
+  // The bytes read stay the stream's first (an empty file has none); a stream that ended in them
+  // takes no unshift, and is replaced by one of just those bytes.
+  if (head && raw.readableEnded) raw = new PassThrough().end(head);
+  else if (head) raw.unshift(head);
   let text: Readable = raw;
-  if (head.length === 2 && head[0] === 0x1f && head[1] === 0x8b) {
+  if (head && head.length >= 2 && head[0] === 0x1f && head[1] === 0x8b) {
     const gunzip = createGunzip();
     // pipe() does not forward errors; a read error must still end the consumer's loop.
     raw.on('error', (e) => gunzip.destroy(e));
@@ -41,6 +67,45 @@ export async function openText(path: string, field: string, options: { utf16le?:
   const checked = new Utf8Check(path, field, options.utf16le === true);
   text.on('error', (e) => checked.destroy(e));
   return text.pipe(checked);
+}
+
+function cannotRead(path: string, field: string, e: unknown): ValidationError {
+  const code = (e as NodeJS.ErrnoException).code;
+  const err = new ValidationError(field, `cannot read '${path}'${code ? ` (${code})` : ''}`);
+  err.cause = e;
+  return err;
+}
+
+/**
+ * The first bytes of `stream`, at least `n` of them unless it ends sooner (null when it is empty),
+ * read in paused mode and taken out of it (the caller puts them back with `unshift`); rejects
+ * with the stream's error.
+ */
+function readHead(stream: Readable, n: number): Promise<Buffer | null> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let length = 0;
+    const finish = (error: Error | null) => {
+      stream.off('readable', onReadable);
+      stream.off('end', onEnd);
+      stream.off('error', onError);
+      if (error) reject(error);
+      else resolve(length ? Buffer.concat(chunks, length) : null);
+    };
+    const onReadable = () => {
+      let chunk: Buffer | null;
+      while ((chunk = stream.read() as Buffer | null) !== null) {
+        chunks.push(chunk);
+        length += chunk.length;
+        if (length >= n) return finish(null);
+      }
+    };
+    const onEnd = () => finish(null);
+    const onError = (e: Error) => finish(e);
+    stream.on('readable', onReadable);
+    stream.on('end', onEnd);
+    stream.on('error', onError);
+  });
 }
 
 /**

@@ -22,6 +22,8 @@ export interface PrivacyLine {
   noiseMultiplier: number;
   /** Syncs a fresh device can make at this σ within the budget. */
   syncs: number;
+  /** Present (true) when `syncs` is the accountant's cap (1,000,000): σ allows at least that many. */
+  syncsCapped?: true;
   /** ε after those syncs (exact; what `stats()` reports), and the RDP bound for the same releases. */
   epsilon: number;
   epsilonRdp: number;
@@ -33,7 +35,7 @@ const num = numberFlag;
 
 /** The body of the command, apart from commander (tests call it with plain options). */
 export async function runPrivacy(opts: PrivacyCommandOptions): Promise<PrivacyLine> {
-  const { noiseForSyncs, RdpAccountant, syncsWithinBudget } = await import('./dp.js');
+  const { MAX_COUNTED_SYNCS, noiseForSyncs, RdpAccountant, syncsWithinBudget } = await import('./dp.js');
   const budget = num('--budget', opts.budget, (x) => Number.isFinite(x) && x > 0, 'a finite number > 0');
   const delta = num('--delta', opts.delta, (x) => x > 0 && x < 1, 'in (0, 1)');
   if ((opts.syncs === undefined) === (opts.noise === undefined)) {
@@ -47,12 +49,14 @@ export async function runPrivacy(opts: PrivacyCommandOptions): Promise<PrivacyLi
   const acc = new RdpAccountant();
   const epsilonPerSync = acc.epsilonAfter(sigma, 1, 1, delta);
   acc.record(sigma, 1, syncs);
-  const r6 = (x: number) => Math.round(x * 1e6) / 1e6;
+  // Six decimals, or six significant digits below 1 (a budget of 1e-9 is not ε = 0).
+  const r6 = (x: number) => (Math.abs(x) >= 1 ? Math.round(x * 1e6) / 1e6 : Number(x.toPrecision(6)));
   return {
     budget,
     delta,
     noiseMultiplier: sigma,
     syncs,
+    ...(syncs >= MAX_COUNTED_SYNCS ? { syncsCapped: true as const } : {}),
     epsilon: r6(acc.epsilon(delta)),
     epsilonRdp: r6(acc.epsilon(delta, 'improved')),
     epsilonPerSync: r6(epsilonPerSync),

@@ -8,6 +8,7 @@
  *
  * Pure apart from the server it talks to: the caller passes the split and receives plain objects.
  */
+import { rmSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -371,6 +372,9 @@ async function openServer(o: SimulateOptions, table: ItemTable, log: (m: string)
   if (kind !== 'memory' && kind !== 'sqlite') throw new ValidationError('--server', `must be memory, sqlite or an http(s) URL, got '${kind}'`);
   const { createServer } = await import('../server/index.js');
   const dir = kind === 'sqlite' ? await mkdtemp(join(tmpdir(), 'localrec-sim-')) : null;
+  // Removed by close() (or below), and also when the process ends before that: Ctrl-C, SIGTERM, or
+  // an exit (the CLI's on a closed stdout, `| head -n1`).
+  const forget = dir ? removeAtExit(dir) : () => {};
   let skew = 0;
   try {
     // The very app `localrec serve` runs, with its option checks and defaults.
@@ -402,12 +406,44 @@ async function openServer(o: SimulateOptions, table: ItemTable, log: (m: string)
       close: async () => {
         await storage.close();
         if (dir) await rm(dir, { recursive: true, force: true });
+        forget();
       },
     };
   } catch (e) {
     if (dir) await rm(dir, { recursive: true, force: true });
+    forget();
     throw e;
   }
+}
+
+/**
+ * Removes the temporary folder `dir` (synchronously: nothing else runs then) when the process
+ * exits, or is interrupted (SIGINT, SIGTERM, SIGHUP) before the returned function is called. A
+ * signal then still ends the process as it would have (it is raised again once the folder is
+ * gone), unless another listener handles it, which decides.
+ */
+function removeAtExit(dir: string): () => void {
+  const remove = () => {
+    try {
+      rmSync(dir, { recursive: true, force: true });
+    } catch {
+      // Exiting: nothing more can be done about it.
+    }
+  };
+  const signals = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
+  const onSignal = (signal: NodeJS.Signals) => {
+    remove();
+    forget();
+    // No other listener: the default action, the process ends by this signal (exit status 128 + n).
+    if (process.listenerCount(signal) === 0) process.kill(process.pid, signal);
+  };
+  const forget = () => {
+    process.off('exit', remove);
+    for (const signal of signals) process.off(signal, onSignal);
+  };
+  process.on('exit', remove);
+  for (const signal of signals) process.on(signal, onSignal);
+  return forget;
 }
 
 /**

@@ -6,7 +6,7 @@ import type { Command } from 'commander';
 import { ValidationError } from '../errors.js';
 import { numberFlag, seedFlag } from '../number-flag.js';
 import { oneLine } from '../options.js';
-import { checkOutputFile, checkOutputFolder, parseJsonText, writeOutputFile, writeOutputFiles } from '../output-file.js';
+import { checkOutputFile, checkOutputFolder, makeOutputFolder, parseJsonText, writeOutputFile, writeOutputFiles } from '../output-file.js';
 
 const GRANULARITIES = ['items', 'groups', 'categories'] as const;
 
@@ -18,7 +18,7 @@ export function register(program: Command): void {
     .description('Write a new key pair: private.jwk (keep on the shop server) and public.jwk (give to the page: createRecommender({ offers: { publicKey } }); setOffers takes the signed catalog).')
     .requiredOption('--out <dir>', 'folder to write private.jwk and public.jwk into (refused if either exists)')
     .action(async (o: { out: string }) => {
-      const { access, mkdir } = await import('node:fs/promises');
+      const { access } = await import('node:fs/promises');
       checkOutputFolder(o.out, '--out');
       const { join } = await import('node:path');
       const files = [join(o.out, 'private.jwk'), join(o.out, 'public.jwk')];
@@ -33,7 +33,8 @@ export function register(program: Command): void {
       }
       const { generateOfferKeys } = await import('./signing.js');
       const { publicJwk, privateJwk } = await generateOfferKeys();
-      await mkdir(o.out, { recursive: true });
+      // A failure names --out and the system's reason (Node 20's recursive mkdir says ENOENT for a read-only place).
+      makeOutputFolder(o.out, '--out');
       // Both or neither: a private key without its public half would make every later keygen refuse
       // the folder. Each is written to a temporary file first, then both are moved into place, never
       // over a file that appeared meanwhile. The private key is 0600, created here: it signs every

@@ -12,11 +12,11 @@
  * checkpoint that truncates the WAL after every publish and discard ({@link SqliteStorage.checkpoint})
  * keeps them out of `localrec.sqlite-wal`, whose frames still hold each body as it was written.
  */
-import { mkdirSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import type Database from 'better-sqlite3';
 import { StorageError } from '../errors.js';
+import { makeOutputFolder } from '../output-file.js';
 import { UPDATE_BUDGET_BYTES } from '../federated/wire.js';
 import { averagedNonceSql, checkNextVersion, pendingFromRow, refFromRow, StorageConflictError, versionFromRow, versionParams, type NewUpdate, type PendingRef, type PendingUpdate, type Storage, type StoredVersion, type UpdateRow, type VersionRow } from './storage.js';
 
@@ -26,23 +26,60 @@ let sqliteModule: typeof Database | undefined;
 /**
  * better-sqlite3, loaded when a SQLite store is first opened: it is an optional peer dependency (a
  * native module compiled on install), so that a shop using only the browser SDK, or PostgreSQL,
- * does not need it.
+ * does not need it. Its native module is loaded too (by an in-memory database), which
+ * better-sqlite3 itself defers to the first database opened: a package whose build never ran is
+ * said to be one here, not reported as a failure to lock the data dir.
  */
 function sqlite(): typeof Database {
   if (sqliteModule) return sqliteModule;
+  let mod: typeof Database;
   try {
-    sqliteModule = createRequire(import.meta.url)('better-sqlite3') as typeof Database;
+    mod = createRequire(import.meta.url)('better-sqlite3') as typeof Database;
+    new mod(':memory:').close();
   } catch (e) {
-    const err = e as { code?: string; message?: string };
-    if (err.code === 'MODULE_NOT_FOUND' && /better-sqlite3/.test(err.message ?? '')) {
-      throw new StorageError(
-        "the SQLite store needs the better-sqlite3 package, which is not installed: npm install better-sqlite3@12 (or serve from PostgreSQL: --database postgres://…)",
-        { cause: e },
-      );
-    }
-    throw new StorageError(`better-sqlite3 could not be loaded: ${err.message ?? String(e)}`, { cause: e });
+    throw sqliteLoadError(e);
   }
-  return sqliteModule;
+  return (sqliteModule = mod);
+}
+
+/** The way out when better-sqlite3 cannot be used; the same words as `npm start`'s (scripts/start.mjs). */
+const OR_POSTGRES = '(or serve from PostgreSQL: --database postgres://…)';
+
+/**
+ * The StorageError for a failure to load better-sqlite3 (`e`, as `require` or its first database
+ * threw it), saying what to do in one line: the package is not installed (MODULE_NOT_FOUND naming
+ * it); its native module was never built (its install script did not run, as npm 12 does not run
+ * one unless allowed: "Could not locate the bindings file", or MODULE_NOT_FOUND for
+ * `better_sqlite3.node`); or it was built for another Node.js (ERR_DLOPEN_FAILED). Anything else
+ * is said as it is.
+ *
+ * @example
+ * ```ts
+ * sqliteLoadError(new Error('Could not locate the bindings file. Tried: …')).message;
+ * // "better-sqlite3 is installed but its native module is not built …: npm rebuild better-sqlite3 …"
+ * ```
+ */
+export function sqliteLoadError(e: unknown): StorageError {
+  const err = e as { code?: string; message?: string };
+  const message = String(err?.message ?? e);
+  if (err?.code === 'MODULE_NOT_FOUND' && /better-sqlite3/.test(message) && !/\.node\b/.test(message)) {
+    return new StorageError(`the SQLite store needs the better-sqlite3 package, which is not installed: npm install better-sqlite3@12 ${OR_POSTGRES}`, { cause: e });
+  }
+  if (/Could not locate the bindings file/.test(message) || (err?.code === 'MODULE_NOT_FOUND' && /better_sqlite3\.node/.test(message))) {
+    return new StorageError(
+      `better-sqlite3 is installed but its native module is not built (its install script did not run; npm 12 runs it only once allowed): allow it (npm approve-scripts better-sqlite3, or "allowScripts" in package.json), then npm rebuild better-sqlite3 ${OR_POSTGRES}`,
+      { cause: e },
+    );
+  }
+  if (err?.code === 'ERR_DLOPEN_FAILED') {
+    return new StorageError(`better-sqlite3's native module cannot be loaded (${oneLine(message)}): rebuild it for this Node.js ${process.version}: npm rebuild better-sqlite3 ${OR_POSTGRES}`, { cause: e });
+  }
+  return new StorageError(`better-sqlite3 could not be loaded: ${oneLine(message)}`, { cause: e });
+}
+
+/** A message on one line (a dlopen error breaks its sentence across lines). */
+function oneLine(message: string): string {
+  return message.replace(/\s*\n\s*/g, ' ').trim();
 }
 
 /** Next to the database: the file whose exclusive lock says which process serves the data dir. */
@@ -121,14 +158,14 @@ export class SqliteStorage implements Storage {
   /**
    * Opens (creating if needed) `<dataDir>/localrec.sqlite`, taking the data dir's lock: a second
    * storage on the same data dir, in this process or another, fails with a StorageError until
-   * this one is closed.
+   * this one is closed. A data dir that cannot be created is a ValidationError on
+   * `options.dataDir` naming the folder and the system's reason (`EACCES: permission denied`).
    */
   static open(dataDir: string, options: SqliteStorageOptions = {}): SqliteStorage {
-    try {
-      mkdirSync(dataDir, { recursive: true });
-    } catch (e) {
-      throw new StorageError(`cannot create data dir ${dataDir}: ${(e as Error).message}`);
-    }
+    // A ValidationError naming the option (`--data-dir` on the command line), the folder and the
+    // system's reason: each missing folder is made in turn, as a recursive mkdir reports ENOENT
+    // for a read-only file system on Node 20.
+    makeOutputFolder(dataDir, 'options.dataDir');
     return new SqliteStorage(join(dataDir, SQLITE_FILE), options);
   }
 
