@@ -113,7 +113,9 @@ export async function runEval(
   const results: EvalResult[] = [];
   for (const plan of plans) {
     const model = MODELS[plan.name].create(plan.params, seed);
-    const r = await evaluateModel(model, split, { k, data, onProgress: (stage, f) => progress.update(stage, f) });
+    // Progress named by the spec as given (`ease:recency=1`, then `ease`), as the result line is.
+    const named = (stage: string) => (stage.startsWith(`${model.name} `) ? `${plan.label}${stage.slice(model.name.length)}` : stage);
+    const r = await evaluateModel(model, split, { k, data, onProgress: (stage, f) => progress.update(named(stage), f) });
     progress.done();
     const line: EvalResult = { ...r, model: plan.label, params: plan.params, ...settings };
     results.push(line);

@@ -45,6 +45,8 @@ test('lines format, given protocol: one JSON line per model with every field', a
   // Not a terminal: plain progress lines, no carriage returns.
   assert.match(stderr, /train\.txt: 6 users, 4 items/);
   assert.doesNotMatch(stderr, /\r/);
+  // Progress is named by the spec as given, as the result line is (two specs of one model told apart).
+  assert.match(stderr, /^sparse-ease:sparse-width=2:ease-l2=1 fit/m);
 });
 
 test('csv format with filter and weight: loo split counts', async () => {
