@@ -1826,6 +1826,9 @@ export class Engine {
         stats = await trainItemTable(work, [seq], { ...this.opts.training, epochs, seed: (this.opts.model?.seed ?? 1) + this.saved.trainSteps, signal: abort.signal }, report);
         // Stopped after its last step: the copy is dropped all the same.
         if (abort.signal.aborted) throw abort.signal.reason;
+        // Weights that are not finite are never put in use nor saved (load() would refuse them, and
+        // the device would lose its model): the run fails, the weights in use stay as they were.
+        checkItemTable(work);
         if (this.table === table) {
           this.table = work;
           break;

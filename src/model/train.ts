@@ -118,7 +118,27 @@ export function yieldToEventLoop(): Promise<void> {
 /** Throws once `signal` is aborted: its reason when that is an {@link AbortError}, else one of ours. */
 function throwIfAborted(signal: AbortSignal | undefined): void {
   if (!signal?.aborted) return;
-  throw signal.reason instanceof AbortError ? signal.reason : new AbortError('training stopped: its signal was aborted');
+  throw abortReason(signal);
+}
+
+function abortReason(signal: AbortSignal): AbortError {
+  return signal.reason instanceof AbortError ? signal.reason : new AbortError('training stopped: its signal was aborted');
+}
+
+/**
+ * `p`, or the signal's AbortError as soon as it fires. A GPU read on a lost WebGL context never
+ * settles (tfjs polls its fence for ever): a run waiting on one must still stop when it is told
+ * to (erase(), a consent withdrawal, close() wait for it), or the shopper's data would never be
+ * deleted (backend review, stop 33).
+ */
+function unlessAborted<T>(p: Promise<T>, signal: AbortSignal | undefined): Promise<T> {
+  if (!signal) return p;
+  return new Promise<T>((resolve, reject) => {
+    if (signal.aborted) return reject(abortReason(signal));
+    const stop = () => reject(abortReason(signal));
+    signal.addEventListener('abort', stop, { once: true });
+    p.then(resolve, reject).finally(() => signal.removeEventListener('abort', stop));
+  });
 }
 
 /**
@@ -319,7 +339,7 @@ export async function trainItemTable(
       });
       let lossArr: tf.TypedArray, gCtxArr: tf.TypedArray, gCandArr: tf.TypedArray, gBiasArr: tf.TypedArray;
       try {
-        [lossArr, gCtxArr, gCandArr, gBiasArr] = await Promise.all([loss.data(), gCtx.data(), gCand.data(), gBias.data()]);
+        [lossArr, gCtxArr, gCandArr, gBiasArr] = await unlessAborted(Promise.all([loss.data(), gCtx.data(), gCand.data(), gBias.data()]), signal);
       } finally {
         // Also when a read fails (a lost GPU context).
         tf.dispose([loss, gCtx, gCand, gBias]);
@@ -340,6 +360,9 @@ export async function trainItemTable(
       // Checked before the step is applied: a diverged step must not write NaN into the table.
       const l = lossArr[0]!;
       if (!Number.isFinite(l)) throw new ModelError(`training diverged at step ${stats.steps + 1} (loss ${l}); lower the learning rate`);
+      // A finite loss with gradients that are not (a backend reading back garbage) must not write
+      // NaN into the table either: saved, it would cost the device its whole model at the next load.
+      if (!gV.every(Number.isFinite) || !gB.every(Number.isFinite)) throw new ModelError(`training step ${stats.steps + 1} gave gradients that are not finite (the backend read back bad values); nothing of it was applied`);
       const lr = cfg.learningRate;
       rows.forEach((r, i) => {
         for (let k = 0; k < d; k++) {

@@ -9,7 +9,8 @@ import { getEventListeners } from 'node:events';
 import { describe, it } from 'node:test';
 import { withStandInWorker } from './engine-helpers.js';
 import { Engine, MODEL_KEY } from '../../src/engine/engine.js';
-import { AbortError, isAbortError } from '../../src/errors.js';
+import { AbortError, isAbortError, ModelError } from '../../src/errors.js';
+import * as tf from '@tensorflow/tfjs-core';
 import { MemoryEventStore } from '../../src/events/store.js';
 import { cloneItemTable, createItemTable } from '../../src/model/item-table.js';
 import { trainItemTable } from '../../src/model/train.js';
@@ -330,5 +331,59 @@ describe('page: erase() and close() are not held by a train() in flight', () => 
       assert.equal(w.steps(), 0);
       await rec.erase();
     });
+  });
+});
+
+describe('a backend that fails during training (backend review, stop 33)', () => {
+  /** Runs `f` with every tensor read replaced by `read` (the backend as it fails), then restores it. */
+  async function withReads(read: (orig: () => Promise<unknown>, t: tf.Tensor) => Promise<unknown>, f: () => Promise<void>): Promise<void> {
+    const proto = tf.Tensor.prototype as unknown as { data: () => Promise<unknown> };
+    const orig = proto.data;
+    proto.data = function (this: tf.Tensor) {
+      return read(() => orig.call(this), this) as never;
+    };
+    try {
+      await f();
+    } finally {
+      proto.data = orig;
+    }
+  }
+
+  it('a read that never settles (a lost WebGL context) does not hold erase(): the run stops, the data is deleted', async () => {
+    const { e, store } = await engineWithHistory();
+    let reading!: () => void;
+    const stuck = new Promise<void>((r) => (reading = r));
+    await withReads(
+      () => (reading(), new Promise(() => {})),
+      async () => {
+        const run = e.train({ epochs: 1 });
+        run.catch(() => undefined);
+        await stuck; // the run waits on its first read, for ever
+        await e.erase();
+        await assert.rejects(run, (err: unknown) => isAbortError(err));
+      },
+    );
+    assert.equal(await store.count(), 0, 'erased');
+  });
+
+  it('gradients read back as NaN with a finite loss: the step is refused (ModelError), nothing is put in use or saved', async () => {
+    const { e, store } = await engineWithHistory();
+    try {
+      const before = await e.recommend({ k: 5 });
+      await withReads(
+        async (orig, t) => {
+          const a = (await orig()) as Float32Array;
+          if (t.rank > 0) a.fill(NaN);
+          return a;
+        },
+        async () => {
+          await assert.rejects(e.train({ epochs: 1 }), (err: unknown) => err instanceof ModelError && /gradients that are not finite/.test((err as Error).message));
+        },
+      );
+      assert.equal(await store.getMeta(MODEL_KEY), undefined, 'nothing saved');
+      assert.deepEqual(await e.recommend({ k: 5 }), before, 'the weights in use are those from before');
+    } finally {
+      await e.close();
+    }
   });
 });
