@@ -65,10 +65,14 @@ const ACTION_RANK: Record<CitedEventType, number> = {
   purchase: 4,
 };
 
-/** The English verb a reason uses for each cited event ("Because you viewed …"). */
+/**
+ * The English verb a reason uses for each cited event ("Because you viewed …"). A search is cited
+ * by the result the shopper opened (the event's `itemId`), not by what they typed: "searched for
+ * Red Mug" would misquote a search for "mug" (demo review, stop 33).
+ */
 export const CITED_VERB: Record<CitedEventType, string> = {
   view: 'viewed',
-  search: 'searched for',
+  search: 'searched for and opened',
   add_to_cart: 'added',
   purchase: 'bought',
   rating: 'rated',

@@ -12,11 +12,15 @@ import type { Offer, OfferContext, OfferWhy } from './types.js';
  * 1. the shopper's most recent cited event on an item in the offer's scope that the product catalog lists (`event`);
  * 2. the product on screen, then a cart line, in scope and listed (`on-screen`, `in-cart`);
  * 3. the most recent cited event on an item of the same category as an item scope (`same-category`);
- * 4. otherwise `explore` (an exploration slot) or `shop`.
+ * 4. otherwise `explore` (an exploration slot) or `shop`, and always so for an offer on everything
+ *    (scope `all`: no one product is why it is shown).
  *
  * Only events a reason may cite count ({@link citableEvents}: not an add to cart taken back, not a low rating).
  */
 export function offerWhy(offer: Offer, events: readonly StoredEvent[], products: ProductIndex, context: OfferContext, explore: boolean): OfferWhy {
+  // An offer on everything is not about any one product: citing the last item viewed ("£2 off
+  // orders over £20 — Because you viewed Jumbo Bag") would claim it was aimed at that item.
+  if (offer.scope.kind === 'all') return { kind: explore ? 'explore' : 'shop' };
   const cited = citableEvents(events);
   const citedType = (i: number): CitedEventType | undefined => (cited[i] ? citedEventType(events[i]!) : undefined);
   for (let i = events.length - 1; i >= 0; i--) {

@@ -44,13 +44,13 @@ describe('Engine', () => {
     for (const r of recs) {
       assert.ok(!seen.has(r.itemId));
       if (r.reason.kind === 'personal') {
-        assert.match(r.reason.text, /^Because you (viewed|added|bought|searched for) Product 2[0-3]/);
+        assert.match(r.reason.text, /^Because you (viewed|added|bought|searched for and opened) Product 2[0-3]/);
         for (const id of r.reason.itemIds) assert.ok(seen.has(id), `reason cites ${id}, a real past item`);
         // The structured form says the same: each cited item with what the shopper did with it.
         const did: Record<string, string> = { p20: 'view', p21: 'add_to_cart', p22: 'purchase', p23: 'search' };
         assert.deepEqual(r.reason.basis.map((b) => b.itemId), r.reason.itemIds);
         for (const b of r.reason.basis) assert.equal(b.event, did[b.itemId], `${b.itemId} was cited as a ${b.event}`);
-        const verb: Record<string, string> = { view: 'viewed', add_to_cart: 'added', purchase: 'bought', search: 'searched for' };
+        const verb: Record<string, string> = { view: 'viewed', add_to_cart: 'added', purchase: 'bought', search: 'searched for and opened' };
         assert.equal(r.reason.text, `Because you ${r.reason.basis.map((b) => `${verb[b.event]} Product ${b.itemId.slice(1)}`).join(' and ')}`);
       }
     }

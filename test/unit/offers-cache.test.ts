@@ -91,6 +91,7 @@ function refLookup(offers: readonly Offer[], products: ProductIndex): OfferScope
 }
 
 function refWhy(offer: Offer, events: readonly StoredEvent[], products: ProductIndex, context: OfferContext, explore: boolean): OfferWhy {
+  if (offer.scope.kind === 'all') return { kind: explore ? 'explore' : 'shop' };
   const cited = citableEvents(events);
   const citedType = (i: number): CitedEventType | undefined => {
     const type = events[i]!.type;

@@ -94,7 +94,7 @@ describe('offer reasons reference real past events', () => {
   test('each reason has the structured facts it is worded from, and the text follows them', () => {
     const cases: Array<[ReturnType<typeof offerWhy>, string, Parameters<typeof offerWhy>]> = [
       [{ kind: 'event', itemId: 'm1', event: 'rating' }, 'Because you rated Red Mug', [redMug, [{ t: 1, type: 'rating', itemId: 'm1', value: 5 }], products, {}, false]],
-      [{ kind: 'event', itemId: 'm1', event: 'search' }, 'Because you searched for Red Mug', [redMug, [{ t: 1, type: 'search', query: 'mug', itemId: 'm1' }], products, {}, false]],
+      [{ kind: 'event', itemId: 'm1', event: 'search' }, 'Because you searched for and opened Red Mug', [redMug, [{ t: 1, type: 'search', query: 'mug', itemId: 'm1' }], products, {}, false]],
       [{ kind: 'on-screen', itemId: 'm1' }, 'For the Red Mug you are looking at', [redMug, [], products, { itemId: 'm1' }, false]],
       [{ kind: 'in-cart', itemId: 'm1' }, 'For the Red Mug in your cart', [redMug, [], products, { cart: [{ itemId: 'm1' }] }, false]],
       [{ kind: 'same-category', itemId: 'm2', event: 'add_to_cart' }, 'Like the Blue Mug you added', [redMug, [{ t: 1, type: 'add_to_cart', itemId: 'm2' }], products, {}, false]],
@@ -111,6 +111,14 @@ describe('offer reasons reference real past events', () => {
       { t: 2, type: 'remove_from_cart', itemId: 'm1' },
     ];
     assert.deepEqual(offerWhy(redMug, takenBack, products, {}, false), { kind: 'shop' });
+  });
+
+  test('an offer on everything cites no product, not the last one viewed nor the one on screen (demo review, stop 33)', () => {
+    const everything: Offer = { ...mugs, id: 'all', title: '£2 off orders over £20', scope: { kind: 'all' } };
+    const events: StoredEvent[] = [{ t: 1, type: 'view', itemId: 'b1' }];
+    assert.deepEqual(offerWhy(everything, events, products, { itemId: 'm1', cart: [{ itemId: 'm2' }] }, false), { kind: 'shop' });
+    assert.equal(offerReason(everything, events, products, { itemId: 'm1' }, false), 'One of the shop’s current offers');
+    assert.deepEqual(offerWhy(everything, events, products, {}, true), { kind: 'explore' });
   });
 
   test('an item never touched is not claimed: falls back to the page, the cart, or the same category', () => {

@@ -66,7 +66,10 @@ describe('QuotaExceededError on write', () => {
     await s.setMeta('global', { hash: 'ab', bytes: new Uint8Array(1000) });
     await s.setMeta('model', { kept: true });
     quotaFailures = 1;
-    assert.deepEqual(await s.add([ev(100)]), { evicted: 0, quotaDropped: ['global'] });
+    const dropped = await s.add([ev(100)]);
+    assert.deepEqual({ evicted: dropped.evicted, quotaDropped: dropped.quotaDropped }, { evicted: 0, quotaDropped: ['global'] });
+    // No event went: what the write changed is known exactly (the engine's event cache uses it).
+    assert.deepEqual(dropped.changes?.removedIds, []);
     assert.equal(await s.count(), 31, 'no event evicted');
     assert.deepEqual([await s.getMeta('global'), await s.getMeta('model')], [undefined, { kept: true }]);
     // Nothing left to drop: events are evicted as before; with something to drop that is not enough, both.
@@ -98,7 +101,9 @@ describe('QuotaExceededError on write', () => {
     assert.equal(all[0]!.t, ev(3).t);
     assert.equal(await s.count(), 27);
     // And the store still works once there is room.
-    assert.deepEqual(await s.add([ev(301)]), { evicted: 0 });
+    const after = await s.add([ev(301)]);
+    assert.equal(after.evicted, 0);
+    assert.equal(after.quotaEvicted, undefined);
     await s.destroy();
   });
 
