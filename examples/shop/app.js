@@ -652,10 +652,14 @@ function renderPrivacy(s, a) {
   $('a-gpc').dataset.gpc = String(p.globalPrivacyControl);
   // Past the budget "Sync now" still receives the newest global model (the upload is refused).
   $('sync-now').disabled = !!off || !!state.syncing;
-  $('sync-now').title = off ?? (p.syncsLeft === 0 ? 'This device’s privacy budget is spent: it only receives the newest global model now.' : '');
+  $('sync-now').title = off ?? (p.syncsLeft === 0 ? 'This device’s privacy budget has no room for another update: it only receives the newest global model now.' : '');
   // The automatic sync: off (and unchecked) while sharing is off, or without storage (private mode),
   // where it never runs; the shopper's own choice comes back with sharing.
-  const autoOff = off ?? (kept ? null : 'No automatic sync without storage (private mode): this device could not remember the ε it spends (“Sync now” only receives).');
+  const autoOff =
+    off ??
+    (kept ? null : 'No automatic sync without storage (private mode): this device could not remember the ε it spends (“Sync now” only receives).') ??
+    // It syncs once per device (autoSync): after a first sync it has nothing left to do.
+    (p.syncs > 0 ? 'This device has synced: the automatic sync (once per device) is done; “Sync now” syncs again.' : null);
   $('auto-sync').disabled = !!autoOff;
   $('auto-sync').checked = !autoOff && state.autoSyncWanted;
   $('auto-sync-label').title = autoOff ?? '';
@@ -962,7 +966,7 @@ function syncError(e) {
   switch (e?.name) {
     case 'PrivacyBudgetError':
       if (/cannot remember/.test(e.message ?? '')) return 'Not sent: this browser keeps no storage for the shop (private mode), so this device could not remember the privacy budget it spends.';
-      return 'Not sent: this device’s privacy budget is spent, so it will not send another update — that is the point of a budget.';
+      return 'Not sent: this device’s privacy budget has no room for another update, so it will not send one — that is the point of a budget.';
     case 'NetworkError':
       return e.status ? `The server refused the update (${e.status}): ${e.message}` : `Offline: the aggregation server could not be reached (${e.message}). Nothing was lost; try again later.`;
     case 'ConsentError':
@@ -988,7 +992,7 @@ async function sync(how = 'button') {
     how === 'auto'
       ? `Syncing automatically (once, now that ${AUTO_SYNC_MIN_EVENTS} browsing events are stored)…`
       : receiveOnly
-        ? `Receiving the newest global model (${noStorage ? 'this browser keeps no storage for the shop, so this device could not remember its privacy budget' : 'this device’s privacy budget is spent'}: nothing is sent)…`
+        ? `Receiving the newest global model (${noStorage ? 'this browser keeps no storage for the shop, so this device could not remember its privacy budget' : 'this device’s privacy budget has no room for another update'}: nothing is sent)…`
         : 'Syncing: pulling the global model, training here, sending a noised update…';
   // rec.sync() reports each phase; under secure aggregation the wait for a cohort can take minutes.
   const onProgress = (p) => {
@@ -1013,7 +1017,7 @@ async function sync(how = 'button') {
     state.lastSync = r;
     $('sync-result').dataset.kind = 'ok';
     $('sync-result').textContent = receiveOnly
-      ? `Received at ${time.format(Date.now())}: now on global version ${r.version}${r.modelChanged ? '' : ' (no newer one)'}. Nothing sent: ${noStorage ? 'without storage (private mode) this device could not remember the ε it spends, so it only receives' : `this device’s privacy budget is spent, so it only receives now (ε ${eps(r.epsilon)} of ${eps(r.budget)}, unchanged)`}.`
+      ? `Received at ${time.format(Date.now())}: now on global version ${r.version}${r.modelChanged ? '' : ' (no newer one)'}. Nothing sent: ${noStorage ? 'without storage (private mode) this device could not remember the ε it spends, so it only receives' : `this device’s privacy budget has no room for another update (one more would pass ε ${eps(r.budget)}), so it only receives now (ε ${eps(r.epsilon)} spent, unchanged)`}.`
       : r.sent
         ? `${how === 'auto' ? 'Synced automatically' : 'Synced'} at ${time.format(Date.now())}: now on global version ${r.version}; uploaded ${bytes(r.uploadedBytes)} (one clipped, noised update, no events); ε ${eps(r.epsilon)} of ${eps(r.budget)} spent.${r.published != null ? ` It completed a round: version ${r.published} published.` : r.pending !== undefined ? ` ${r.pending} update${r.pending === 1 ? '' : 's'} now waiting at the server for the next round.` : ''}`
         : `Pulled global version ${r.version} (nothing uploaded: too little history here to learn from yet); ε ${eps(r.epsilon)} of ${eps(r.budget)}.`;

@@ -382,7 +382,7 @@ describe('demo shop', () => {
       const before = sdkRequests.filter((r) => r.method() === 'POST').length;
       await page.click('#sync-now');
       await page.waitForSelector('body[data-syncs="3"]', { timeout: 20_000 });
-      assert.match(await text(page, '#sync-result'), new RegExp(`^Received at .*now on global version ${published}.*Nothing sent: this device’s privacy budget is spent`));
+      assert.match(await text(page, '#sync-result'), new RegExp(`^Received at .*now on global version ${published}.*Nothing sent: this device’s privacy budget has no room for another update`));
       assert.equal(await page.evaluate(() => document.body.dataset.syncErrors), undefined, 'no PrivacyBudgetError');
       assert.equal(sdkRequests.filter((r) => r.method() === 'POST').length, before, 'nothing uploaded past the budget');
       assert.equal(await page.getAttribute('#a-eps', 'data-epsilon'), '6.57', 'no ε spent by receiving');
