@@ -405,6 +405,18 @@ function replaceCards(list, cards) {
   if (at) focusCard(list, at, { preventScroll: true });
 }
 
+/**
+ * The shelf while the recommender starts (seconds: the backend probe, the worker, the model): the
+ * shop's bestsellers by the catalog's popularity, so that it is never empty. Not a render of the
+ * recommender's (recsRenders stays, and the first refresh replaces it).
+ */
+function renderBestsellers() {
+  const top = [...state.items].sort((a, b) => (b.popularity ?? 0) - (a.popularity ?? 0)).slice(0, 8);
+  const popular = { kind: 'popular', text: 'Popular in this shop', itemIds: [], basis: [] };
+  replaceCards($('recs'), top.map((it) => card(it, { reason: popular })));
+  $('recs-hint').textContent = 'The shop’s bestsellers, while this browser starts its own recommender…';
+}
+
 function renderRecs(recs) {
   replaceCards($('recs'), recs.map((r) => card(state.byId.get(r.itemId), { reason: r.reason })));
   const personal = recs.some((r) => r.reason.kind === 'personal');
@@ -1596,6 +1608,7 @@ async function main() {
   renderCategories();
   renderGrid();
   renderCart();
+  renderBestsellers();
   void pollRounds();
   setInterval(() => void pollRounds(), POLL_MS);
   await Promise.all([loadServerConfig(), loadOffers()]);
