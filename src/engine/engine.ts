@@ -1,4 +1,4 @@
-import { AbortError, ClosedError, ConsentError, ModelError, NetworkError, StorageError, syncCancelled, ValidationError, PrivacyBudgetError } from '../errors.js';
+import { AbortError, ClosedError, ConsentError, LocalrecError, ModelError, NetworkError, StorageError, syncCancelled, ValidationError, PrivacyBudgetError } from '../errors.js';
 import { boolOption, checkSignal, describeValue, intOption, knownKeys, nameOption, OPTION_KEYS } from '../options.js';
 import { checkEventAge, validateEvent } from '../events/schema.js';
 import { ledgerAsOfNow, ledgerKeeps } from '../events/offer-ledger.js';
@@ -8,6 +8,7 @@ import type { AuditReport, ExportFile } from './audit-types.js';
 import { canonicalJson, checkOffersOptions, checkVerifyKeys, chooseOffers, indexProducts, offerEconomics, offerScopeLookup, predictAffinity, purchaseBaskets, SignatureError, verifySignedCatalog, type ProductIndex } from '../offers/index.js';
 import type { Jwk, OfferCatalog, OffersOptions, SetOffersResult, ShownOffer, SignedOfferCatalog } from '../offers/types.js';
 import { BACKEND_ORDER, selectBackend, type BackendChoice } from '../model/backend.js';
+import * as tf from '../model/tf.js';
 import { validateCatalog } from '../model/catalog.js';
 import { checkItemTable, cloneItemTable, createItemTable, indexItems, type ItemTable } from '../model/item-table.js';
 import { buildProfile, CITED_VERB, type ProfileItem } from '../model/profile.js';
@@ -483,7 +484,8 @@ export class Engine {
   private constructor(
     private readonly catalog: Catalog,
     private store: EventStore,
-    private readonly backend: BackendChoice,
+    /** Replaced when the backend in use fails at run time ({@link recoverBackend}). */
+    private backend: BackendChoice,
     private readonly opts: EngineOptions,
   ) {
     this.rows = indexItems(catalog.items.map((i) => i.id));
@@ -579,6 +581,7 @@ export class Engine {
       engine.retention = retention;
       engine.dim = dim;
       await engine.load(dim);
+      engine.watchBackend();
       if (consented) {
         // Events past the age limit go now, not at the next write (a shopper back after a year).
         await engine.retainNow();
@@ -1120,9 +1123,11 @@ export class Engine {
         `the stored model has dim ${saved.dim} but options.model.dim is ${dim}: starting from fresh weights (the stored ones are replaced at the next training or sync)`,
       );
     }
-    // The new scorer is built before anything is replaced (a lost WebGL context throws here and
-    // leaves the engine as it was, still stale), then swapped in with the table and its counters,
-    // and only then does the old one go: a call scoring meanwhile never meets a disposed one.
+    // The new scorer is built before anything is replaced, then swapped in with the table and its
+    // counters, and only then does the old one go: a call scoring meanwhile never meets a disposed
+    // one. (On a lost WebGL context nothing throws here: uploads succeed and reads give zeros. The
+    // loss is caught by the context-lost listener and the checks of {@link scoring}, which rebuild
+    // the scorer on another backend.)
     const scorer = this.scorerOf(fresh);
     const old = this.scorer as Scorer | undefined;
     this.table = fresh;
@@ -1143,6 +1148,166 @@ export class Engine {
   /** A scorer of the current table, at the temperature the table is trained with (as `localrec eval` scores it). */
   private newScorer(): Scorer {
     return this.scorerOf(this.table);
+  }
+
+  /** Backends that failed at run time in this session: never picked again. */
+  private readonly failedBackends = new Set<BackendName>();
+  /** Why the backend in use failed (set by its loss listener or a failed op); undefined while it works. */
+  private backendLost: string | undefined;
+  /** Counts backend changes: a failure seen on a backend already replaced does not fail its successor. */
+  private backendGen = 0;
+  /** Resolves when the backend in use is found lost (a scoring read that never settles stops waiting). */
+  private lostNotice: Promise<void> = new Promise(() => undefined);
+  private tellLost: () => void = () => undefined;
+  /** The WebGL context of the backend in use, when it is webgl (its isContextLost() is checked before answering). */
+  private watchedGl: { isContextLost?: () => boolean } | undefined;
+  private unwatchBackend: (() => void) | undefined;
+  /** The backend change under way, shared by the calls that found the backend failed. */
+  private recovering: Promise<void> | undefined;
+  /** Stops the training run under way when the backend is found lost (its GPU reads would never settle). */
+  private stopTrainingOnLoss: (() => void) | undefined;
+
+  /**
+   * Listens for the loss of the backend in use: a WebGL context lost (`webglcontextlost` on its
+   * canvas, an OffscreenCanvas in the worker), a WebGPU device lost (`device.lost`). Either marks
+   * it failed ({@link markBackendLost}); the next scoring call, or the one waiting, moves to another.
+   */
+  private watchBackend(): void {
+    this.unwatchBackend?.();
+    this.unwatchBackend = undefined;
+    this.watchedGl = undefined;
+    this.lostNotice = new Promise<void>((resolve) => (this.tellLost = resolve));
+    const gen = this.backendGen;
+    const name = this.backend.backend;
+    // tfjs internals, not typed: read defensively (another build may lack them).
+    type Internals = { gpgpu?: { gl?: { isContextLost?: () => boolean; canvas?: EventTarget } }; device?: { lost?: Promise<{ message?: string } | undefined> } };
+    let b: Internals | undefined;
+    try {
+      b = tf.backend() as unknown as Internals;
+    } catch {
+      return;
+    }
+    if (name === 'webgl') {
+      const gl = b?.gpgpu?.gl;
+      this.watchedGl = gl;
+      const canvas = gl?.canvas;
+      if (canvas && typeof canvas.addEventListener === 'function') {
+        const onLost = () => this.markBackendLost(gen, 'its context was lost');
+        canvas.addEventListener('webglcontextlost', onLost);
+        this.unwatchBackend = () => canvas.removeEventListener('webglcontextlost', onLost);
+      }
+      if (gl?.isContextLost?.()) this.markBackendLost(gen, 'its context was lost');
+    } else if (name === 'webgpu') {
+      void b?.device?.lost?.then(
+        (info) => this.markBackendLost(gen, `its device was lost${info?.message ? ` (${info.message})` : ''}`),
+        () => undefined,
+      );
+    }
+  }
+
+  /**
+   * Marks the backend of generation `gen` failed, for `why` (no-op when it was already replaced):
+   * the next scoring call moves to another backend, a call waiting on its reads stops waiting, and a
+   * training run on it stops. Also the hook a test uses to simulate a loss.
+   */
+  private markBackendLost(gen: number, why: string): void {
+    if (gen !== this.backendGen || this.backendLost !== undefined) return;
+    this.backendLost = why;
+    this.tellLost();
+    this.stopTrainingOnLoss?.();
+  }
+
+  /** Why the backend in use is failed, or undefined while it works (a WebGL context is asked too: its event comes later). */
+  private backendFailure(): string | undefined {
+    if (this.backendLost === undefined && this.watchedGl?.isContextLost?.()) this.markBackendLost(this.backendGen, 'its context was lost');
+    return this.backendLost;
+  }
+
+  /**
+   * Moves off a failed backend: marks it failed for the session, picks the next with the probe
+   * among the candidates left (cpu last, always), rebuilds the scorer there from the table (plain
+   * arrays: nothing to reload) and says why in stats() (`backend`, `backendReason`, `lastError`).
+   * Rejects with a ModelError when no backend is left or none starts.
+   */
+  private recoverBackend(): Promise<void> {
+    this.recovering ??= (async () => {
+      const from = this.backend.backend;
+      const why = this.backendLost ?? 'it failed';
+      this.failedBackends.add(from);
+      this.unwatchBackend?.();
+      this.unwatchBackend = undefined;
+      this.watchedGl = undefined;
+      const candidates = (this.opts.backend !== undefined ? BACKEND_ORDER : (this.opts.backendCandidates ?? BACKEND_ORDER)).filter((b) => !this.failedBackends.has(b));
+      if (!candidates.includes('cpu') && !this.failedBackends.has('cpu')) candidates.push('cpu');
+      if (candidates.length === 0) {
+        // Nothing to move to: the call fails as a ModelError; the next one tries this backend again.
+        this.backendLost = undefined;
+        this.failedBackends.delete(from);
+        this.watchBackend();
+        throw (this.lastError = new ModelError(`the ${from} backend failed (${why}) and no other backend is left to fall back to`));
+      }
+      let choice: BackendChoice;
+      try {
+        choice = await selectBackend({ candidates, probeRows: this.table.itemIds.length, probeDim: this.table.dim + 1 });
+      } catch (e) {
+        throw (this.lastError = new ModelError(`the ${from} backend failed (${why}) and no other backend could start: ${(e as Error).message}`, { cause: e }));
+      }
+      const old = this.scorer;
+      this.backendGen++;
+      this.backend = { ...choice, reason: `fell back from ${from}: ${why} (${choice.reason})` };
+      this.backendLost = undefined;
+      this.scorer = this.newScorer();
+      // Its tensors live on the failed backend: released if it still can, else left to it.
+      try {
+        old.dispose();
+      } catch {
+        // a lost context may refuse
+      }
+      this.watchBackend();
+      this.lastError = new ModelError(`the ${from} backend failed (${why}); the recommender now runs on ${choice.backend}`);
+      // close() or erase() disposed the scorers meanwhile: this one goes too.
+      if (this.closed) this.scorer.dispose();
+    })().finally(() => (this.recovering = undefined));
+    return this.recovering;
+  }
+
+  /** Moves off the backend in use first when it is known to have failed. */
+  private async usableBackend(): Promise<void> {
+    await this.recovering?.catch(() => undefined);
+    if (this.backendFailure() !== undefined) await this.recoverBackend();
+  }
+
+  /**
+   * Every scoring pass goes through here, so that a failed backend never gives an answer: `f` runs
+   * on the current scorer on a working backend; when the backend fails during it (an op throws
+   * something that is not localrec's own, such as a `WebAssembly.RuntimeError`, a GPU's
+   * DOMException or a shader that fails to link; or the context/device is lost before its reads
+   * come back, which would give zeros or never settle), the engine moves to another backend and
+   * `f` runs once more there. A failure it cannot recover from rejects with a ModelError.
+   */
+  private async scoring<T>(f: (scorer: Scorer) => Promise<T>): Promise<T> {
+    for (let attempt = 1; ; attempt++) {
+      await this.usableBackend();
+      const gen = this.backendGen;
+      const from = this.backend.backend;
+      let failure: unknown;
+      try {
+        const run = f(this.scorer);
+        // A read on a lost GPU context may never settle: it is not waited for once the loss is known.
+        run.catch(() => undefined);
+        const out = await Promise.race([run, this.lostNotice.then(() => LOST)]);
+        // Checked before answering: a WebGL context lost meanwhile reads back zeros, not an error.
+        if (out !== LOST && !(gen === this.backendGen && this.backendFailure() !== undefined)) return out as T;
+      } catch (e) {
+        if (!isBackendFailure(e)) throw e;
+        failure = e;
+        this.markBackendLost(gen, `an operation failed (${describeError(e)})`);
+      }
+      if (attempt === 2) {
+        const why = failure !== undefined ? describeError(failure) : (this.backendLost ?? 'it was lost');
+        throw (this.lastError = new ModelError(`the ${from} backend failed as well (${why}); the next call moves to another`, { cause: failure }));
+      }
+    }
   }
 
   /** The initial weights: popularity biases, seeded random factors. */
@@ -1541,7 +1706,7 @@ export class Engine {
 
   /** The rows of category `cat`, as a mask the scorer keeps for the next call with it. */
   private categoryMask(cat: string): Allowed {
-    return { key: `category:${cat}`, rows: () => this.catalog.items.flatMap((it, r) => (it.category === cat ? [r] : [])) };
+    return { key: `category:${cat}`, rows: () => this.catalog.items.flatMap((it, r) => (it.category === cat ? [r] : [])), has: (r) => this.catalog.items[r]?.category === cat };
   }
 
   /**
@@ -1666,7 +1831,7 @@ export class Engine {
     const inCategory = (r: number) => cat === undefined || items[r]!.category === cat;
     // A category's mask is kept for the next call; a list of candidates is the page's of the moment.
     const allowed: Allowed | undefined = candidates
-      ? { rows: () => [...candidates].filter(inCategory) }
+      ? { rows: () => [...candidates].filter(inCategory), has: (r) => candidates.has(r) && inCategory(r) }
       : cat === undefined
         ? undefined
         : this.categoryMask(cat);
@@ -1689,7 +1854,7 @@ export class Engine {
         // neighbouring scores may tie and then break by row, as in eval (a tie running past the
         // extra rows would need that many equal float32 scores at the cut).
         const want = k - reached.length;
-        const f = await this.scorer.topKRange(z, want + FALLBACK_TIE_ROWS, skip, allowed);
+        const f = await this.scoring((s) => s.topKRange(z, want + FALLBACK_TIE_ROWS, skip, allowed));
         const span = f.hi > f.lo ? f.hi - f.lo : 1;
         rest = f.top
           .map((s) => ({ row: s.row, score: Math.fround((0.999 * (s.score - f.lo)) / span) }))
@@ -1701,7 +1866,7 @@ export class Engine {
         ...rest.map((s) => ({ itemId: this.table.itemIds[s.row]!, score: s.score, reason: this.reason(s.row, profile) })),
       ];
     }
-    const scored: Scored[] = await this.scorer.topK(z, k, exclude, allowed);
+    const scored: Scored[] = await this.scoring((s) => s.topK(z, k, exclude, allowed));
     return scored.map((s) => ({ itemId: this.table.itemIds[s.row]!, score: s.score, reason: this.reason(s.row, profile) }));
   }
 
@@ -1732,7 +1897,7 @@ export class Engine {
           .slice(0, k)
           .map((s) => ({ row: s.row, score: 1 + s.score }))
       : [];
-    if (scored.length < k) scored.push(...(await this.scorer.similar(row, k - scored.length, new Set([...exclude, ...scored.map((s) => s.row)]), allowed)));
+    if (scored.length < k) scored.push(...(await this.scoring((sc) => sc.similar(row, k - scored.length, new Set([...exclude, ...scored.map((s) => s.row)]), allowed))));
     const text = `Similar to ${this.title(itemId)}`;
     return scored.map((s) => ({ itemId: this.table.itemIds[s.row]!, score: s.score, reason: { kind: 'similar', text, itemIds: [itemId], basis: [] } }));
   }
@@ -1823,7 +1988,9 @@ export class Engine {
         through = newestId(events);
         const seq = { rows: profile.map((p) => p.row), weights: profile.map((p) => p.weight) };
         const work = cloneItemTable(table);
-        stats = await trainItemTable(work, [seq], { ...this.opts.training, epochs, seed: (this.opts.model?.seed ?? 1) + this.saved.trainSteps, signal: abort.signal }, report);
+        stats = await this.trainingOnBackend(abort.signal, (signal) =>
+          trainItemTable(work, [seq], { ...this.opts.training, epochs, seed: (this.opts.model?.seed ?? 1) + this.saved.trainSteps, signal }, report),
+        );
         // Stopped after its last step: the copy is dropped all the same.
         if (abort.signal.aborted) throw abort.signal.reason;
         // Weights that are not finite are never put in use nor saved (load() would refuse them, and
@@ -1858,6 +2025,34 @@ export class Engine {
     };
     run.then(clear, clear);
     return following(run, abort);
+  }
+
+  /**
+   * Runs training pass `f` on a working backend (moving off one known to have failed first). When
+   * the backend fails during it (an op throws something not localrec's own, or its context or device
+   * is lost, which stops the run at its next read), the run fails with a ModelError and the engine
+   * moves to another backend for what comes next; the run is not retried. `stop` is the run's own
+   * signal (close(), erase()…): its AbortError passes through unchanged.
+   */
+  private async trainingOnBackend<T>(stop: AbortSignal, f: (signal: AbortSignal) => Promise<T>): Promise<T> {
+    await this.usableBackend();
+    const gen = this.backendGen;
+    const from = this.backend.backend;
+    const onLoss = new AbortController();
+    this.stopTrainingOnLoss = () => onLoss.abort();
+    const signal = typeof AbortSignal.any === 'function' ? AbortSignal.any([stop, onLoss.signal]) : stop;
+    try {
+      return await f(signal);
+    } catch (e) {
+      if (stop.aborted || !(onLoss.signal.aborted || isBackendFailure(e))) throw e;
+      this.markBackendLost(gen, `an operation failed (${describeError(e)})`);
+      const why = this.backendLost ?? describeError(e);
+      // Moved off now, so that the next run (and the next recommend()) uses a working backend.
+      await this.recoverBackend().catch(() => undefined);
+      throw (this.lastError = new ModelError(`training failed on the ${from} backend (${why}); nothing it learned was saved; ${from === this.backend.backend ? 'no other backend is left' : `the next run uses ${this.backend.backend}`}`, { cause: e }));
+    } finally {
+      this.stopTrainingOnLoss = undefined;
+    }
   }
 
   /** The epochs of the run under way (a call asking for others waits for it). */
@@ -2800,7 +2995,8 @@ export class Engine {
     const profile = this.profileOf(stored.filter((e) => e.t <= now), now);
     const events = counted(stored);
     const kept = await ledgerAfter();
-    const scores = await this.scorer.scoreAll(userVector(this.table, profile));
+    const z = userVector(this.table, profile);
+    const scores = await this.scoring((s) => s.scoreAll(z));
     let max = -Infinity;
     for (const v of scores) max = Math.max(max, v);
     let sum = 0;
@@ -2947,6 +3143,23 @@ class BudgetRefusal extends PrivacyBudgetError {
  * cool-down and once-only offer would be passed over.
  */
 const LIVE_OFFERS_TOLERANCE_MS = FUTURE_SLACK_MS;
+
+/** What {@link Engine.scoring} gets when the backend was found lost before a pass's reads came back. */
+const LOST: unique symbol = Symbol('backend lost');
+
+/**
+ * Whether `e`, thrown by a tfjs op or read, means the backend failed: anything that is not one of
+ * localrec's own errors (a ValidationError, ClosedError, the engine's AbortError…), e.g. a
+ * `WebAssembly.RuntimeError` (out of memory), a GPU's DOMException ("Device was lost"), a WebGL
+ * shader that failed to link.
+ */
+function isBackendFailure(e: unknown): boolean {
+  return !(e instanceof LocalrecError);
+}
+
+function describeError(e: unknown): string {
+  return e instanceof Error ? `${e.name}: ${e.message}` : String(e);
+}
 
 /**
  * The offers of `catalog` the policy can never show with this product catalog, and why: no price

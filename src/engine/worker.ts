@@ -40,6 +40,27 @@ setWasmPaths(import.meta.url.slice(0, import.meta.url.lastIndexOf('/') + 1));
 // with them. The single-threaded builds run everywhere.
 tf.env().set('WASM_HAS_MULTITHREAD_SUPPORT', false);
 
+// Test-only, not part of the API (test/browser/backend-lost.test.ts): loses the GPU backend in use
+// for real (WebGL: WEBGL_lose_context; WebGPU: device.destroy()), to check that the engine moves
+// to another. Reachable only from inside this worker's own scope (a debugger, a test driver's
+// worker.evaluate), never from the page, which talks to the worker only through workerApi.
+Object.defineProperty(globalThis, '__localrecLoseBackend', {
+  value: (): string => {
+    const b = tf.backend() as unknown as { gpgpu?: { gl?: WebGL2RenderingContext }; device?: { destroy(): void } };
+    const gl = b.gpgpu?.gl;
+    if (gl) {
+      gl.getExtension('WEBGL_lose_context')?.loseContext();
+      return 'webgl';
+    }
+    if (b.device) {
+      b.device.destroy();
+      return 'webgpu';
+    }
+    return 'none';
+  },
+  enumerable: false,
+});
+
 let engine: Engine | undefined;
 let starting: Promise<Engine> | undefined;
 /** Events that arrived before the engine was ready; the page may track() right away. */

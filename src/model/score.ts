@@ -32,6 +32,12 @@ export interface Scored {
 export interface Allowed {
   key?: string;
   rows: () => Iterable<number>;
+  /**
+   * Whether `row` is one of `rows()`: checked again on each row read back (O(k)), so that a backend
+   * that reads back garbage (a lost WebGL context reads zeros, and the mask with them) never
+   * answers with a row outside the allowed ones.
+   */
+  has?: (row: number) => boolean;
 }
 
 /** A 0/1 mask over `n` rows, on the backend. */
@@ -110,7 +116,7 @@ export class Scorer {
       return { ...tf.topk(m ? tf.where(tf.cast(m, 'bool'), raw, tf.fill([this.n], -1e30)) : raw, want), range: withRange ? tf.stack([tf.min(raw), tf.max(raw)]) : undefined };
     });
     try {
-      const [r, top] = await Promise.all([range?.data(), this.collect(values, indices, k, exclude, mask !== undefined)]);
+      const [r, top] = await Promise.all([range?.data(), this.collect(values, indices, k, exclude, mask !== undefined, allowed?.has)]);
       return { top, range: r as Float32Array | undefined };
     } finally {
       // Also when a read fails (a lost GPU context).
@@ -153,7 +159,7 @@ export class Scorer {
       const raw = tf.reshape(tf.matMul(Vn, tf.tensor2d(q, [this.dim, 1])), [this.n]);
       return tf.topk(m ? tf.where(tf.cast(m, 'bool'), raw, tf.fill([this.n], -1e30)) : raw, want);
     });
-    return this.collect(values, indices, k, skip, mask !== undefined);
+    return this.collect(values, indices, k, skip, mask !== undefined, allowed?.has);
   }
 
   /**
@@ -177,7 +183,7 @@ export class Scorer {
     return q;
   }
 
-  private async collect(values: tf.Tensor, indices: tf.Tensor, k: number, exclude: ReadonlySet<number>, masked: boolean): Promise<Scored[]> {
+  private async collect(values: tf.Tensor, indices: tf.Tensor, k: number, exclude: ReadonlySet<number>, masked: boolean, has?: (row: number) => boolean): Promise<Scored[]> {
     let v: tf.TypedArray;
     let i: tf.TypedArray;
     try {
@@ -190,6 +196,8 @@ export class Scorer {
       const row = i[j]!;
       if (exclude.has(row)) continue;
       if (masked && v[j]! <= -1e29) break;
+      // A second guard behind the mask: a row outside the allowed ones is never an answer.
+      if (masked && has && !has(row)) continue;
       out.push({ row, score: v[j]! });
     }
     return out;
