@@ -1599,8 +1599,10 @@ export class Engine {
         r = await store.add(batch);
         if (before && r.changes && gen === this.cacheGen && store === this.store && epoch === this.dataEpoch) this.eventCache = withChanges(before, r.changes);
       } catch (e) {
-        // Events the store removed for the quota before its retry failed are gone all the same.
+        // Events the store removed for the quota before its retry failed are gone all the same
+        // (this tab's cache was dropped before the write; the other tabs' must go too).
         this.evictedByQuota += quotaEvictedBy(e);
+        if (quotaEvictedBy(e) > 0) this.tell({ type: 'events' });
         // Put the batch back so nothing is lost (unless the shopper's data was erased meanwhile,
         // which is what closed the store under it); the caller sees the StorageError.
         if (epoch === this.dataEpoch) this.requeue(batch);
@@ -1684,7 +1686,15 @@ export class Engine {
     // A write that fails (the quota) keeps its events queued and says so in stats().lastError:
     // what is stored can still be read and ranked on.
     await this.flush().catch((e) => (this.lastError = e));
-    if (this.eventCache) return this.eventCache;
+    if (this.eventCache) {
+      // What aged past the limit since it was read is left out, as the store's reads leave it out
+      // (its limit, on its clock); the cache is in time order, so that is a prefix.
+      const cutoff = this.store.ageCutoff?.() ?? -Infinity;
+      let i = 0;
+      while (i < this.eventCache.length && this.eventCache[i]!.t < cutoff) i++;
+      if (i > 0) this.eventCache = this.eventCache.slice(i);
+      return this.eventCache;
+    }
     const gen = this.cacheGen;
     const store = this.store;
     const events = await store.all();
@@ -1714,7 +1724,14 @@ export class Engine {
    * counting what it removes with the session's other retention evictions.
    */
   private async retainNow(): Promise<void> {
-    this.evictedByRetention += (await this.store.applyRetention?.().catch(() => 0)) ?? 0;
+    const removed = (await this.store.applyRetention?.().catch(() => 0)) ?? 0;
+    this.evictedByRetention += removed;
+    if (removed > 0) {
+      // No write of this engine's reports these: the event cache (this tab's, and the other tabs')
+      // must not keep them (stop 33's diff review).
+      this.dropEventCache();
+      this.tell({ type: 'events' });
+    }
     // The egress log and the consent history keep nothing past the age limit either (each neighbour
     // fetch is a page load's time): removed here too, written only when there is something to remove.
     await this.trimRecords().catch((e) => {

@@ -93,6 +93,8 @@ export interface EventStore {
    * Returns how many went.
    */
   applyRetention?(): Promise<number>;
+  /** The oldest event time its reads return now (its age limit, on its clock): a reader keeping events must drop older ones too. */
+  ageCutoff?(): number;
   /** Deletes every event and every meta record, then the database itself. */
   destroy(): Promise<void>;
   /**
@@ -515,6 +517,10 @@ export class IdbEventStore implements EventStore {
     return evicted;
   }
 
+  ageCutoff(): number {
+    return ageCutoff(this.retention);
+  }
+
   async applyRetention(): Promise<number> {
     if (this.absent) return 0;
     const generation = this.generation;
@@ -789,6 +795,9 @@ export class MemoryEventStore implements EventStore {
   }
   async applyRetention(): Promise<number> {
     return this.retain();
+  }
+  ageCutoff(): number {
+    return ageCutoff(this.retention);
   }
   async byItem(itemId: string): Promise<StoredEvent[]> {
     const cutoff = ageCutoff(this.retention);

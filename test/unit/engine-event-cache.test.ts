@@ -81,6 +81,71 @@ for (const kind of ['IndexedDB', 'memory'] as const) {
   });
 }
 
+describe('the event cache and the age limit (diff review, stop 33)', () => {
+  /** Runs `f` with Date.now() (the stores' clock for the age limit) moved by `shift()` ms. */
+  async function withClock(f: (advance: (ms: number) => void) => Promise<void>): Promise<void> {
+    const real = Date.now;
+    let shift = 0;
+    Date.now = () => real() + shift;
+    try {
+      await f((ms) => (shift += ms));
+    } finally {
+      Date.now = real;
+    }
+  }
+
+  for (const kind of ['IndexedDB', 'memory'] as const) {
+    it(`events that aged out leave the cache and stats(): after audit() deleted them, and with no write at all (${kind})`, async () => {
+      await withClock(async (advance) => {
+        const retention = { maxEvents: 100, maxAgeDays: 2 };
+        const store = kind === 'memory' ? new MemoryEventStore(retention) : await IdbEventStore.open(`event-cache-age-${n++}`, retention);
+        const e = await Engine.create({ catalog, backend: 'cpu', store, autoTrainEvery: 0, model: { dim: 4 }, retention });
+        try {
+          e.enqueue([{ type: 'view', itemId: 'p1' }]);
+          await e.recommend();
+          advance(3 * DAY);
+          assert.equal((await e.stats()).events.total, 0, 'aged out, though no write came since');
+          await e.audit(); // deletes it from the store
+          e.enqueue([{ type: 'view', itemId: 'p2' }]);
+          await e.flush();
+          assert.deepEqual((await cached(e)).map((x) => x.itemId), ['p2']);
+          assert.deepEqual(await cached(e), await store.all());
+          assert.equal((await e.stats()).events.total, 1);
+        } finally {
+          await e.close();
+        }
+      });
+    });
+  }
+
+  it('another tab starting deletes aged-out events: this tab\'s cache follows, before its next write', async () => {
+    await withClock(async (advance) => {
+      const dbName = `event-cache-tabs-${n++}`;
+      const retention = { maxEvents: 100, maxAgeDays: 2 };
+      const open = () => Engine.create({ catalog, backend: 'cpu', dbName, autoTrainEvery: 0, model: { dim: 4 }, retention });
+      const a = await open();
+      let b: Engine | undefined;
+      try {
+        a.enqueue([{ type: 'view', itemId: 'p1' }]);
+        await a.recommend();
+        advance(DAY);
+        a.enqueue([{ type: 'view', itemId: 'p3' }]);
+        await a.recommend();
+        advance(1.5 * DAY); // p1 is past the limit now, p3 not
+        b = await open(); // its start deletes p1
+        await new Promise((r) => setTimeout(r, 100)); // its message reaches tab a
+        a.enqueue([{ type: 'view', itemId: 'p2' }]);
+        await a.flush();
+        assert.deepEqual((await cached(a)).map((x) => x.itemId), ['p3', 'p2']);
+        assert.equal((await a.stats()).events.total, 2);
+      } finally {
+        await b?.close();
+        await a.close();
+      }
+    });
+  });
+});
+
 it('withChanges: removed ids out, added events in time order, the input untouched', () => {
   const ev = (id: number, t: number): StoredEvent => ({ id, t, type: 'view', itemId: `p${id}` });
   const before = [ev(1, 10), ev(2, 20), ev(3, 30)];
