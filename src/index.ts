@@ -2,29 +2,7 @@
 export { createRecommender } from './recommender.js';
 export type { Recommender } from './recommender.js';
 export { validateEvent, EVENT_TYPES } from './events/schema.js';
-export {
-  LocalrecError,
-  ValidationError,
-  StorageError,
-  ModelError,
-  ClosedError,
-  NetworkError,
-  PrivacyBudgetError,
-  ConsentError,
-  AbortError,
-  isLocalrecError,
-  isValidationError,
-  isStorageError,
-  isModelError,
-  isClosedError,
-  isNetworkError,
-  isPrivacyBudgetError,
-  isConsentError,
-  isAbortError,
-  SignatureError,
-  isSignatureError,
-} from './errors.js';
-export type { SignatureProblem } from './errors.js';
+export * from './public-errors.js';
 export type { AuditReport, ExportFile } from './engine/audit-types.js';
 export type { OfferLedger, LedgerOfferStats } from './events/offer-ledger.js';
 export type { EgressEntry } from './federated/sync.js';

@@ -60,29 +60,7 @@ export type {
   RateLimitOptions,
   RejectReason,
 } from './server/index.js';
-export {
-  LocalrecError,
-  ValidationError,
-  StorageError,
-  ModelError,
-  ClosedError,
-  NetworkError,
-  PrivacyBudgetError,
-  ConsentError,
-  AbortError,
-  SignatureError,
-  isLocalrecError,
-  isValidationError,
-  isStorageError,
-  isModelError,
-  isClosedError,
-  isNetworkError,
-  isPrivacyBudgetError,
-  isConsentError,
-  isAbortError,
-  isSignatureError,
-} from './errors.js';
-export type { SignatureProblem } from './errors.js';
+export * from './public-errors.js';
 export type * from './types.js';
 export { syncOnce, fetchServerConfig, pullModel } from './federated/sync.js';
 export type { SyncOptions, SyncResult, EgressEntry, ServerConfig, FetchLike, RequestOptions } from './federated/sync.js';

@@ -40,7 +40,7 @@ setWasmPaths(import.meta.url.slice(0, import.meta.url.lastIndexOf('/') + 1));
 // with them. The single-threaded builds run everywhere.
 tf.env().set('WASM_HAS_MULTITHREAD_SUPPORT', false);
 
-// Test-only, not part of the API (test/browser/backend-lost.test.ts): loses the GPU backend in use
+// Test-only, not part of the API (test/browser/sdk.test.ts, "a backend lost at run time"): loses the GPU backend in use
 // for real (WebGL: WEBGL_lose_context; WebGPU: device.destroy()), to check that the engine moves
 // to another. Reachable only from inside this worker's own scope (a debugger, a test driver's
 // worker.evaluate), never from the page, which talks to the worker only through workerApi.
