@@ -27,7 +27,7 @@ export { encodeNeighborTable, decodeNeighborTable, neighborTableHash } from './m
 export { alignNeighbors, rankScores, reachedRows, neighborsOf, checkNeighborTable } from './model/neighbors.js';
 export type { NeighborTable, WeightedRow } from './model/neighbors.js';
 export { selectBackend } from './model/backend.js';
-export type { SelectOptions, BackendChoice } from './model/backend.js';
+export type { SelectOptions, BackendChoice, RememberedBackend } from './model/backend.js';
 export { startServer, createServer, createApp, MemoryStorage, SqliteStorage, PostgresStorage, RoundCoordinator, RateLimiter, MemoryCohortStore, StorageConflictError, REJECT_STATUS } from './server/index.js';
 export { SettingsChangedError } from './server/rounds.js';
 export type { RoundConfig, OpenOptions, RoundSettings, Accepted } from './server/rounds.js';

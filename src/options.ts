@@ -80,7 +80,7 @@ export const OPTION_KEYS = {
   retention: ['maxEvents', 'maxAgeDays'],
   model: ['dim', 'halfLifeDays', 'sessionDecay', 'stepDecay', 'seed'],
   federated: ['serverUrl', 'budget', 'delta', 'honorGlobalPrivacyControl', 'cohortWaitMs', 'autoSyncHours', 'allowWithoutStorage'],
-  neighbors: ['url', 'timeoutMs'],
+  neighbors: ['url', 'timeoutMs', 'downloadTimeoutMs', 'refreshHours'],
   offers: ['publicKey'],
   consent: ['personalization', 'federated'],
   recommend: ['k', 'exclude', 'category', 'candidates'],

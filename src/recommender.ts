@@ -244,7 +244,13 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
   if (typeof workerTimeoutMs !== 'number' || !Number.isFinite(workerTimeoutMs) || !(workerTimeoutMs === 0 || workerTimeoutMs >= 1_000)) {
     throw new ValidationError('options.workerTimeoutMs', `must be 0 (no check) or a number of milliseconds ≥ 1000, got ${describeValue(options.workerTimeoutMs)}`);
   }
-  let neighbors: { url: string; timeoutMs?: number } | undefined;
+  // Server-side rendering (Next, Nuxt, Astro) or plain Node: there is no worker to run the engine in.
+  // Before the URLs are resolved: on a server a page's relative URL (`/neighbors.lrn`) has no page to
+  // resolve against, and saying it is not a URL would send the developer after the wrong problem.
+  if (typeof Worker === 'undefined') {
+    throw new ClosedError("createRecommender() runs in a browser page (it starts a Web Worker): call it on the client only (after hydration, in an effect), or use Engine from 'localrec/node' in Node");
+  }
+  let neighbors: { url: string; timeoutMs?: number; downloadTimeoutMs?: number; refreshHours?: number } | undefined;
   if (options.neighbors !== undefined) {
     // Checked here: the object is rebuilt below, and the worker would never see a typo'd key.
     knownKeys(options.neighbors, 'options.neighbors', OPTION_KEYS.neighbors);
@@ -258,11 +264,13 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
       throw new ValidationError('options.neighbors.url', `is not a URL: ${JSON.stringify(String(u))}`);
     }
     if (abs.protocol !== 'http:' && abs.protocol !== 'https:') throw new ValidationError('options.neighbors.url', `must be an http(s) URL, got ${abs.protocol}`);
-    neighbors = { url: abs.href, ...(options.neighbors.timeoutMs !== undefined ? { timeoutMs: options.neighbors.timeoutMs } : {}) };
-  }
-  // Server-side rendering (Next, Nuxt, Astro) or plain Node: there is no worker to run the engine in.
-  if (typeof Worker === 'undefined') {
-    throw new ClosedError("createRecommender() runs in a browser page (it starts a Web Worker): call it on the client only (after hydration, in an effect), or use Engine from 'localrec/node' in Node");
+    const { timeoutMs, downloadTimeoutMs, refreshHours } = options.neighbors;
+    neighbors = {
+      url: abs.href,
+      ...(timeoutMs !== undefined ? { timeoutMs } : {}),
+      ...(downloadTimeoutMs !== undefined ? { downloadTimeoutMs } : {}),
+      ...(refreshHours !== undefined ? { refreshHours } : {}),
+    };
   }
   let wasmPaths: string | undefined;
   if (options.wasmPaths !== undefined) {

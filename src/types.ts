@@ -585,8 +585,20 @@ export interface RecommenderOptions {
     | {
         /** Where the neighbour file is served. */
         url: string | URL;
-        /** How long `recommend()` waits for the file before ranking without it, in ms. Default 15,000. */
+        /**
+         * How long `recommend()` and `similar()` wait for a device's first file before ranking
+         * without it, in ms from the fetch's start (later calls do not wait again); the download
+         * goes on. Default 15,000.
+         */
         timeoutMs?: number | undefined;
+        /** How long the download may take before it is given up (and tried again later), in ms. Default 120,000 (at least `timeoutMs`). */
+        downloadTimeoutMs?: number | undefined;
+        /**
+         * A stored file fetched (or found unchanged) less than this many hours ago is used without
+         * a request; a page open longer fetches it again in the background. 0: every page load.
+         * Default 24.
+         */
+        refreshHours?: number | undefined;
       }
     | undefined;
   /** URL of the worker bundle; defaults to `worker.js` next to the main bundle. */

@@ -49,7 +49,7 @@ export interface AuditReport {
    */
   model: { stored: boolean; version: number; items: number; dim: number; bytes: number; trainedAt: number | null };
   /** The shop's neighbour table in use (public data: nothing about the shopper), or null. */
-  neighbors: { stored: boolean; hash: string; items: number; matched: number; width: number; bytes: number; source: string; savedAt: number | null } | null;
+  neighbors: { stored: boolean; hash: string; items: number; matched: number; width: number; bytes: number; source: string; savedAt: number | null; checkedAt: number | null } | null;
   /** The shop's signed offer catalog kept on the device (public data the shop published), or null. */
   offers: { stored: true; version: number; offers: number; issuedAt: number } | null;
   /** The global model as the server last sent it (public data, the same for every device), kept so that an unchanged one is not downloaded again; or null. */
@@ -63,6 +63,12 @@ export interface AuditReport {
   autoSync: { stored: true; lastAttemptAt: number | null; lastSuccessAt: number | null; nextAt: number | null } | null;
   /** With secure aggregation: the server-assigned ids of the cohorts this shopper's syncs joined (at most 64), or null. */
   cohorts: { stored: true; ids: string[] } | null;
+  /**
+   * The backend probe's last choice, kept for a week so that page loads skip the probe: the
+   * backend, when it was probed, and the browser's user agent string it was probed under (about the
+   * device, not the shopper's behaviour); or null.
+   */
+  backendProbe: { stored: true; backend: string; at: number; userAgent: string } | null;
   /**
    * `requests` and `bytesSent` count what was sent; `notSent`, requests logged (pending) and then
    * stopped before they left: mostly uploads cancelled after their ε was recorded, also a GET, a join

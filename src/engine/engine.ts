@@ -7,7 +7,7 @@ import { EVENT_SCHEMA_VERSION, FUTURE_SLACK_MS } from '../events/schema.js';
 import type { AuditReport, ExportFile } from './audit-types.js';
 import { canonicalJson, checkOffersOptions, checkVerifyKeys, chooseOffers, indexProducts, offerEconomics, offerScopeLookup, predictAffinity, purchaseBaskets, SignatureError, verifySignedCatalog, type ProductIndex } from '../offers/index.js';
 import type { Jwk, OfferCatalog, OffersOptions, SetOffersResult, ShownOffer, SignedOfferCatalog } from '../offers/types.js';
-import { BACKEND_ORDER, selectBackend, type BackendChoice } from '../model/backend.js';
+import { BACKEND_ORDER, PROBE_MAX_ROWS, selectBackend, type BackendChoice, type RememberedBackend } from '../model/backend.js';
 import * as tf from '../model/tf.js';
 import { validateCatalog } from '../model/catalog.js';
 import { checkItemTable, cloneItemTable, createItemTable, indexItems, type ItemTable } from '../model/item-table.js';
@@ -58,9 +58,12 @@ export interface EngineOptions {
   federated?: FederatedOptions;
   /**
    * The shop's published neighbour table (`localrec neighbors` output, an absolute http(s) URL):
-   * fetched once personalization is allowed, kept in IndexedDB, and used to rank.
+   * fetched once personalization is allowed, kept in IndexedDB, and used to rank. `timeoutMs`: how
+   * long `recommend()`/`similar()` wait for a device's first table (from the fetch's start);
+   * `downloadTimeoutMs`: how long the download may take; `refreshHours`: a stored table fetched less
+   * than this long ago is used without a request.
    */
-  neighbors?: { url: string; timeoutMs?: number };
+  neighbors?: { url: string; timeoutMs?: number; downloadTimeoutMs?: number; refreshHours?: number };
   /** fetch to use for sync (tests, simulation); defaults to the global fetch. */
   fetch?: FetchLike;
   /**
@@ -129,6 +132,24 @@ export const NEIGHBORS_KEY = 'neighbors';
 /** The global model as the server last sent it, so that a sync after a reload gets a 304 instead of downloading it again. */
 export const GLOBAL_KEY = 'global';
 
+/**
+ * The backend probe's last choice on this device ({@link BackendMemo}), so that the next page loads
+ * start the chosen backend alone instead of starting and timing every one (seconds of CPU and a GPU
+ * context on a phone at every page load).
+ */
+export const BACKEND_KEY = 'backend';
+/** How long a probe's choice stands: a week (a browser or driver update may change the ranking). */
+export const BACKEND_MEMO_MS = 7 * 86_400_000;
+/** What {@link BACKEND_KEY} holds: the choice, and what it was made for. */
+interface BackendMemo extends RememberedBackend {
+  /** The browser's user agent string (a new browser version probes again). */
+  ua: string;
+  /** ⌊log₂⌋ of the rows the probe timed, the probe's columns, and the candidates in order. */
+  rows: number;
+  dim: number;
+  candidates: string;
+}
+
 /** When the automatic syncs last ran ({@link FederatedOptions.autoSyncHours}), shared by the shop's tabs. */
 export const AUTO_SYNC_KEY = 'autoSync';
 export interface AutoSyncState {
@@ -169,8 +190,23 @@ interface SavedGlobal {
   hash: string;
   bytes: Uint8Array;
 }
-/** How long the worker waits for the neighbour file before ranking without it (options.neighbors.timeoutMs). */
+/**
+ * How long `recommend()` and `similar()` wait for a device's first neighbour file, counted from the
+ * fetch's start, before ranking without it (options.neighbors.timeoutMs); the download goes on.
+ */
 export const NEIGHBOR_FETCH_TIMEOUT_MS = 15_000;
+/**
+ * How long the download of the neighbour file may take (options.neighbors.downloadTimeoutMs): 730 KB
+ * (online-retail's table) at 64 kbit/s. A download cut at the wait would never finish on a slow link
+ * (every page load would pay for half the file and rank without it).
+ */
+export const NEIGHBOR_DOWNLOAD_TIMEOUT_MS = 120_000;
+/**
+ * A stored neighbour file fetched (or found unchanged) less than this long ago is used without a
+ * request (options.neighbors.refreshHours): a shop publishes it nightly at most, and each fetch
+ * costs the shopper its size (730 KB for online-retail) on every page load otherwise.
+ */
+export const NEIGHBOR_REFRESH_HOURS = 24;
 /** A failed fetch of the neighbour file is tried again after this long, then twice as long each time, up to {@link NEIGHBOR_RETRY_MAX_MS}. */
 export const NEIGHBOR_RETRY_MIN_MS = 60_000;
 export const NEIGHBOR_RETRY_MAX_MS = 3_600_000;
@@ -181,6 +217,8 @@ interface SavedNeighbors {
   bytes: Uint8Array;
   source: string;
   savedAt: number;
+  /** When a fetch last brought these bytes or found the file unchanged (absent before: savedAt). */
+  checkedAt?: number;
 }
 
 /** The neighbour table in use, aligned to the catalog's rows. */
@@ -409,6 +447,42 @@ function tellEach<T>(listeners: Iterable<(p: T) => void>, p: T): void {
 }
 
 /**
+ * Whether the browser asks for reduced data use (`navigator.connection.saveData`: the Save-Data
+ * setting, a data-saver mode, some metered connections; Chromium-based browsers, also in workers).
+ */
+function saveDataOn(): boolean {
+  const c = (globalThis.navigator as { connection?: { saveData?: unknown } } | undefined)?.connection;
+  return c?.saveData === true;
+}
+
+/** What a probe's choice is remembered for ({@link BackendMemo} without the choice). */
+function backendShape(rows: number, dim: number, candidates: readonly string[]): Omit<BackendMemo, keyof RememberedBackend> {
+  const ua = (globalThis.navigator as { userAgent?: unknown } | undefined)?.userAgent;
+  return { ua: typeof ua === 'string' ? ua : '', rows: Math.floor(Math.log2(Math.max(1, Math.min(rows, PROBE_MAX_ROWS)))), dim, candidates: candidates.join(',') };
+}
+
+/**
+ * The stored probe choice ({@link BACKEND_KEY}) when it was made for `shape` less than a week ago
+ * (by this clock; one ahead of it is not used); a record that is not one is ignored (the probe
+ * runs, and its choice replaces it).
+ */
+async function readBackendMemo(store: EventStore, shape: ReturnType<typeof backendShape>, now: number): Promise<RememberedBackend | undefined> {
+  let m: unknown;
+  try {
+    m = await store.getMeta(BACKEND_KEY);
+  } catch {
+    return undefined;
+  }
+  if (typeof m !== 'object' || m === null) return undefined;
+  const r = m as Partial<BackendMemo>;
+  if (!BACKEND_ORDER.includes(r.backend as BackendName) || typeof r.reason !== 'string' || typeof r.at !== 'number' || !Number.isFinite(r.at)) return undefined;
+  if (r.ua !== shape.ua || r.rows !== shape.rows || r.dim !== shape.dim || r.candidates !== shape.candidates) return undefined;
+  const age = now - r.at;
+  if (!(age >= 0 && age < BACKEND_MEMO_MS)) return undefined;
+  return { backend: r.backend as BackendName, reason: r.reason, at: r.at };
+}
+
+/**
  * `aborted` resolves when `signal` aborts (never without one); `done()` removes its listener, so
  * that a signal the page keeps for the whole session does not gather one per call.
  */
@@ -546,7 +620,15 @@ export class Engine {
       knownKeys(opts.neighbors, 'options.neighbors', OPTION_KEYS.neighbors);
       const u = opts.neighbors?.url;
       if (!isHttpUrl(u)) throw new ValidationError('options.neighbors.url', `must be an absolute http(s) URL of the neighbour file, got ${describeValue(u)}`);
-      intOption(opts.neighbors.timeoutMs, 'options.neighbors.timeoutMs', 1, 600_000, NEIGHBOR_FETCH_TIMEOUT_MS);
+      const wait = intOption(opts.neighbors.timeoutMs, 'options.neighbors.timeoutMs', 1, 600_000, NEIGHBOR_FETCH_TIMEOUT_MS);
+      const download = intOption(opts.neighbors.downloadTimeoutMs, 'options.neighbors.downloadTimeoutMs', 1, 3_600_000, Math.max(wait, NEIGHBOR_DOWNLOAD_TIMEOUT_MS));
+      if (download < wait) {
+        throw new ValidationError('options.neighbors.downloadTimeoutMs', `must be at least options.neighbors.timeoutMs (${wait} ms: the wait for a download), got ${download}`);
+      }
+      const refresh = opts.neighbors.refreshHours;
+      if (refresh !== undefined && !(typeof refresh === 'number' && refresh >= 0 && refresh <= 8_760)) {
+        throw new ValidationError('options.neighbors.refreshHours', `must be a number of hours from 0 (every page load) to 8760 (a year), got ${describeValue(refresh)}`);
+      }
     }
     const retention: Retention = {
       maxEvents: intOption(opts.retention?.maxEvents, 'options.retention.maxEvents', 1, 10_000_000, DEFAULT_RETENTION.maxEvents),
@@ -560,13 +642,24 @@ export class Engine {
     let store: EventStore;
     // Before consent nothing may touch IndexedDB: the engine starts on a memory store that drops events.
     const consented = opts.consent?.personalization ?? true;
+    let memo: BackendMemo | undefined;
     try {
-      // Probed on this catalog's scoring shape, items × (dim + 1): which backend scores fastest
-      // depends on it (wasm on small catalogs even beside a fast GPU, WebGPU on large ones).
-      backend = await selectBackend({ force: opts.backend, candidates: opts.backendCandidates, probeRows: catalog.items.length, probeDim: dim + 1 });
       store = consented ? (opts.store ?? (await openEventStore(opts.dbName ?? 'localrec', retention))) : new MemoryEventStore(retention);
     } catch (e) {
       early?.channel.close();
+      throw e;
+    }
+    try {
+      // Probed on this catalog's scoring shape, items × (dim + 1): which backend scores fastest
+      // depends on it (wasm on small catalogs even beside a fast GPU, WebGPU on large ones). An
+      // earlier page load's choice for the same shape, browser and candidates stands for a week.
+      const shape = backendShape(catalog.items.length, dim + 1, opts.backendCandidates ?? BACKEND_ORDER);
+      const remembered = opts.backend === undefined && consented ? await readBackendMemo(store, shape, (opts.now ?? Date.now)()) : undefined;
+      backend = await selectBackend({ force: opts.backend, candidates: opts.backendCandidates, probeRows: catalog.items.length, probeDim: dim + 1, ...(remembered ? { remembered } : {}) });
+      if (backend.rememberable) memo = { ...shape, backend: backend.backend, reason: backend.reason, at: (opts.now ?? Date.now)() };
+    } catch (e) {
+      early?.channel.close();
+      if (store !== opts.store) store.close();
       throw e;
     }
     const engine = new Engine(catalog, store, backend, opts);
@@ -587,6 +680,7 @@ export class Engine {
         await engine.retainNow();
         await engine.mergeConsentHistory();
         await engine.loadStoredNeighbors();
+        if (memo && engine.consent.personalization) await engine.rememberBackend(memo);
       }
       // Last: what other tabs said meanwhile (a withdrawal that deletes the database) is applied
       // once nothing here reads the store any more (a read would open it again).
@@ -1205,6 +1299,25 @@ export class Engine {
     }
   }
 
+  /** Stores a probe's choice for the next page loads ({@link BACKEND_KEY}); a failed write costs only the next probe. */
+  private async rememberBackend(memo: BackendMemo): Promise<void> {
+    try {
+      await this.store.setMeta(BACKEND_KEY, memo);
+    } catch {
+      // Nothing lost: the next page load probes again.
+    }
+  }
+
+  /** The backend in use failed: the next page load probes again instead of starting it first. */
+  private async forgetBackend(): Promise<void> {
+    if (!this.consent.personalization || this.closed) return;
+    try {
+      await this.store.setMeta(BACKEND_KEY, null);
+    } catch {
+      // The memo names a backend that may start and fail again: it is replaced at the next probe.
+    }
+  }
+
   /**
    * Marks the backend of generation `gen` failed, for `why` (no-op when it was already replaced):
    * the next scoring call moves to another backend, a call waiting on its reads stops waiting, and a
@@ -1234,6 +1347,7 @@ export class Engine {
       const from = this.backend.backend;
       const why = this.backendLost ?? 'it failed';
       this.failedBackends.add(from);
+      await this.forgetBackend();
       this.unwatchBackend?.();
       this.unwatchBackend = undefined;
       this.watchedGl = undefined;
@@ -1385,6 +1499,7 @@ export class Engine {
       throw new ValidationError('neighbors', `must be an ArrayBuffer or a typed array holding a neighbour file, got ${data === null ? 'null' : typeof data}`);
     }
     const bytes = data instanceof ArrayBuffer ? new Uint8Array(data.slice(0)) : new Uint8Array(data.buffer.slice(data.byteOffset, data.byteOffset + data.byteLength));
+    this.neighborsCheckedAt = undefined;
     const n = await this.installNeighbors(bytes, 'setNeighbors');
     return { items: n.items, matched: n.matched, width: n.width, hash: n.hash };
   }
@@ -1421,8 +1536,52 @@ export class Engine {
     // begun before a withdrawal or another tab's erase, into the database that follows it.
     if (!n || !this.neighborBytes || !this.consent.personalization || this.closed || epoch !== this.dataEpoch) return;
     const stored = await this.store.getMeta(NEIGHBORS_KEY);
-    if ((isStoredBytes(stored) && stored.hash === n.hash) || epoch !== this.dataEpoch) return;
-    await this.store.setMeta(NEIGHBORS_KEY, { hash: n.hash, bytes: this.neighborBytes, source: n.source, savedAt: this.now() } satisfies SavedNeighbors);
+    // The same bytes from another URL (the shop moved the file) are stored with it: the next page
+    // load asks whether the table came from the URL it is given.
+    if ((isStoredBytes(stored) && stored.hash === n.hash && (stored as Partial<SavedNeighbors>).source === n.source) || epoch !== this.dataEpoch) return;
+    const t = this.now();
+    await this.store.setMeta(NEIGHBORS_KEY, {
+      hash: n.hash,
+      bytes: this.neighborBytes,
+      source: n.source,
+      savedAt: t,
+      ...(this.neighborsCheckedAt !== undefined ? { checkedAt: this.neighborsCheckedAt } : {}),
+    } satisfies SavedNeighbors);
+  }
+
+  /**
+   * A fetch found the file in use unchanged: its stored record says so (`checkedAt`), so that the
+   * next page loads within `refreshHours` make no request. Written only when storing is allowed.
+   */
+  private async touchNeighbors(hash: string, epoch: number): Promise<void> {
+    if (!this.consent.personalization || this.closed || epoch !== this.dataEpoch) return;
+    const t = this.neighborsCheckedAt;
+    const n = this.neighbors;
+    const bytes = this.neighborBytes;
+    if (t === undefined || !n || !bytes || n.hash !== hash) return;
+    try {
+      // Another tab's newer table stays; a record gone (evicted on a full disk) is written again.
+      await this.store.updateMeta<SavedNeighbors>(NEIGHBORS_KEY, (r) =>
+        r === undefined ? { hash, bytes, source: n.source, savedAt: t, checkedAt: t } : isStoredBytes(r) && r.hash === hash ? { ...r, checkedAt: t } : r,
+      );
+    } catch (e) {
+      // The table is in use all the same; the next page load fetches it again.
+      this.lastError = e instanceof StorageError ? e : new StorageError(`the neighbour table's check time could not be stored (${(e as Error).message})`, { cause: e });
+    }
+  }
+
+  /**
+   * Whether the table in use came from `options.neighbors.url` less than `refreshHours` ago (by this
+   * device's clock; a time ahead of it, the clock having gone back, is not fresh).
+   */
+  private neighborsFresh(): boolean {
+    const url = this.opts.neighbors?.url;
+    const at = this.neighborsCheckedAt;
+    if (!this.neighbors || url === undefined || this.neighbors.source !== url || at === undefined) return false;
+    // Save-Data: the table kept from that URL serves whatever its age; only a device without one fetches.
+    if (saveDataOn()) return true;
+    const age = this.now() - at;
+    return age >= 0 && age < (this.opts.neighbors?.refreshHours ?? NEIGHBOR_REFRESH_HOURS) * 3_600_000;
   }
 
   private async loadStoredNeighbors(): Promise<void> {
@@ -1431,6 +1590,8 @@ export class Engine {
     if (!isStoredBytes(saved)) return this.noteDamaged(NEIGHBORS_KEY, 'ranking goes without it until the neighbour file is fetched again');
     try {
       await this.installNeighbors(saved.bytes, saved.source, saved.hash);
+      const at = saved.checkedAt ?? saved.savedAt;
+      this.neighborsCheckedAt = typeof at === 'number' && Number.isFinite(at) ? at : undefined;
     } catch (e) {
       // A damaged stored table is not worth failing the page for: rank without it, say why in stats.
       this.lastError = e as Error;
@@ -1440,7 +1601,7 @@ export class Engine {
   /** Fetches `options.neighbors.url` in the background (logged in the egress log like every request). */
   private startNeighborFetch(): void {
     const url = this.opts.neighbors?.url;
-    if (url === undefined || !this.consent.personalization || this.neighborsLoading) return;
+    if (url === undefined || !this.consent.personalization || this.neighborsLoading || this.neighborsFresh()) return;
     this.neighborsLoading = this.fetchNeighbors(url);
   }
 
@@ -1468,9 +1629,23 @@ export class Engine {
   /** After a failed fetch of the neighbour file: when to try again (the wait doubles, 1 minute to 1 hour). */
   private neighborRetry: { at: number; delayMs: number } | undefined;
   private neighborFetching = false;
+  /** When a fetch last brought the table in use or found it unchanged (this device's clock). */
+  private neighborsCheckedAt: number | undefined;
+  /** Until when (performance.now()) a call without a table waits for the fetch in flight. */
+  private neighborWaitUntil = 0;
 
+  /** The fetch as `neighborsLoading` until it settles (a fetch stopped by a withdrawal was replaced already: stopNeighborFetch). */
   private fetchNeighbors(url: string): Promise<void> {
     this.neighborFetching = true;
+    const p = this.fetchNeighborsOnce(url);
+    const settled = () => {
+      if (this.neighborsLoading === p) this.neighborsLoading = undefined;
+    };
+    void p.then(settled, settled);
+    return p;
+  }
+
+  private fetchNeighborsOnce(url: string): Promise<void> {
     return (async () => {
       // Logged as requested, host and query string included, as the browser's network panel shows
       // it: the file may be on another host (a CDN) than the federated server.
@@ -1478,16 +1653,36 @@ export class Engine {
       // A withdrawal or another tab's erase while this runs ends the era it belongs to: its log
       // entry and the file are not written into the database that follows.
       const epoch = this.dataEpoch;
-      // recommend() waits for this fetch, so it may not wait for ever; close() and erase() end it.
+      // recommend() waits for this fetch only until neighborWaitUntil; the download itself has a
+      // longer limit (a slow link must finish it once); close() and erase() end it.
       const abort = new AbortController();
       this.neighborAbort = abort;
-      const timeoutMs = this.opts.neighbors?.timeoutMs ?? NEIGHBOR_FETCH_TIMEOUT_MS;
+      this.neighborWaitUntil = performance.now() + (this.opts.neighbors?.timeoutMs ?? NEIGHBOR_FETCH_TIMEOUT_MS);
+      const timeoutMs = this.opts.neighbors?.downloadTimeoutMs ?? Math.max(this.opts.neighbors?.timeoutMs ?? 0, NEIGHBOR_DOWNLOAD_TIMEOUT_MS);
       const timer = setTimeout(() => abort.abort(), timeoutMs);
       try {
         const res = await (this.opts.fetch ?? fetch)(url, { method: 'GET', signal: abort.signal, ...PRIVATE_FETCH });
         entry.status = res.status;
         if (!res.ok) throw new NetworkError(`GET ${url}: HTTP ${res.status}`, res.status);
-        await this.installNeighbors(new Uint8Array(await res.arrayBuffer()), url, undefined, epoch);
+        const bytes = new Uint8Array(await res.arrayBuffer());
+        const hash = await neighborTableHash(bytes);
+        if (epoch !== this.dataEpoch) return;
+        if (this.neighbors?.hash === hash && this.neighbors.source === url) {
+          // The file in use, unchanged: nothing to decode or store again but the time it was seen.
+          this.neighborsCheckedAt = this.now();
+          await this.touchNeighbors(hash, epoch);
+        } else {
+          // Stored with the time it was fetched (saveNeighbors); a file that does not install
+          // leaves the table in use, and its time, as they were.
+          const held = this.neighborsCheckedAt;
+          this.neighborsCheckedAt = this.now();
+          try {
+            await this.installNeighbors(bytes, url, hash, epoch);
+          } catch (e) {
+            this.neighborsCheckedAt = held;
+            throw e;
+          }
+        }
         this.neighborRetry = undefined;
       } catch (e) {
         // Stopped by a consent withdrawal or an erase, not failed: nothing to retry later (the next
@@ -1526,9 +1721,25 @@ export class Engine {
     // waits for the fetch (which replaces it when it brings a newer one).
     // After a failed fetch only the retry (when due) runs, in the background, whether or not a
     // table kept from an earlier session ranks meanwhile.
+    // A device without one waits for the fetch in flight until neighborWaitUntil (the fetch's start
+    // + timeoutMs), not longer: the download may go on past it on a slow link. A page open for
+    // longer than refreshHours fetches the file again, in the background.
     if (this.neighborRetry) this.retryNeighborFetchIfDue();
-    else if (!this.neighbors) await this.neighborsLoading;
+    else if (!this.neighbors && this.neighborsLoading) await this.untilNeighborWaitEnds(this.neighborsLoading);
+    else if (this.neighbors && !this.neighborFetching && !this.closing) this.startNeighborFetch();
     return this.neighbors;
+  }
+
+  /** `loading`, or the end of the wait for it (neighborWaitUntil), whichever comes first. */
+  private async untilNeighborWaitEnds(loading: Promise<void>): Promise<void> {
+    const left = this.neighborWaitUntil - performance.now();
+    if (left <= 0) return;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    try {
+      await Promise.race([loading, new Promise<void>((resolve) => (timer = setTimeout(resolve, left)))]);
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   private assertOpen(): void {
@@ -2564,7 +2775,9 @@ export class Engine {
     const period = this.autoSyncMs;
     if (period <= 0 || this.closed || this.closing || this.autoSyncStopped) return null;
     const retry = Math.min(period, AUTO_SYNC_RETRY_MS);
-    if (!this.consent.personalization || !this.consent.federated || this.gpcBlocksSync() || this.syncing) {
+    // Save-Data (a metered or slow connection, or the shopper asked for less data): the automatic
+    // sync waits (the page's own sync() still runs); it is looked at again after the retry delay.
+    if (!this.consent.personalization || !this.consent.federated || this.gpcBlocksSync() || this.syncing || saveDataOn()) {
       this.scheduleAutoSync(retry);
       return null;
     }
@@ -2722,6 +2935,7 @@ export class Engine {
     const ledger = await this.store.offerLedger();
     const autoSync = readAutoSync(await this.store.getMeta(AUTO_SYNC_KEY)).value;
     const cohorts = readCohorts(await this.store.getMeta(COHORTS_KEY)).value;
+    const probe = (await this.store.getMeta<Partial<BackendMemo> | null>(BACKEND_KEY)) ?? null;
     const privacy = await this.privacyStats();
     const fed = this.opts.federated;
     const gpc = this.opts.globalPrivacyControl === true;
@@ -2758,6 +2972,7 @@ export class Engine {
             bytes: this.neighbors.bytes,
             source: this.neighbors.source,
             savedAt: storedNeighbors?.hash === this.neighbors.hash ? (storedNeighbors.savedAt ?? null) : null,
+            checkedAt: storedNeighbors?.hash === this.neighbors.hash ? (storedNeighbors.checkedAt ?? storedNeighbors.savedAt ?? null) : null,
           }
         : null,
       offers: storedOffers ? { stored: true, version: storedOffers.version, offers: Array.isArray(storedOffers.offers) ? storedOffers.offers.length : 0, issuedAt: storedOffers.issuedAt } : null,
@@ -2766,6 +2981,10 @@ export class Engine {
         ? { stored: true, offers: ledger.offers.length, lastPurchaseAt: ledger.lastPurchaseAt ?? null, bytes: new TextEncoder().encode(JSON.stringify(ledger)).length }
         : null,
       autoSync: autoSync ? { stored: true, lastAttemptAt: autoSync.lastAttemptAt ?? null, lastSuccessAt: autoSync.lastSuccessAt ?? null, nextAt: autoSync.nextAt ?? null } : null,
+      backendProbe:
+        typeof probe === 'object' && probe !== null && typeof probe.backend === 'string' && typeof probe.at === 'number' && typeof probe.ua === 'string'
+          ? { stored: true, backend: probe.backend, at: probe.at, userAgent: probe.ua }
+          : null,
       cohorts: cohorts?.length ? { stored: true, ids: cohorts.slice() } : null,
       egress: {
         // An upload cancelled before it left (`notSent`) is in the log, not in these totals.

@@ -6,18 +6,38 @@ export const BACKEND_ORDER: readonly BackendName[] = ['webgpu', 'webgl', 'wasm',
 
 export interface BackendChoice {
   backend: BackendName;
-  /** `forced` or the probe's figures, e.g. `probed: webgpu 12.1 ms, wasm 3.2 ms, cpu 9.8 ms`. */
+  /**
+   * `forced`, the probe's figures, e.g. `probed: webgpu 12.1 ms, wasm 3.2 ms, cpu 9.8 ms`, or an
+   * earlier probe's, `remembered (probed 2026-11-30T10:00:00.000Z): …`.
+   */
   reason: string;
-  /** Milliseconds per probe run, per backend that initialized. */
+  /** Milliseconds per probe run, per backend that initialized (empty unless probed now). */
   timings: Partial<Record<BackendName, number>>;
+  /**
+   * Whether the probe ran now and timed every candidate this platform offers (none failed to start:
+   * the wasm files missing, say), so that its choice may stand for later page loads.
+   */
+  rememberable?: boolean;
 }
+
+/** An earlier probe's choice ({@link SelectOptions.remembered}). */
+export interface RememberedBackend {
+  backend: BackendName;
+  /** That probe's reason. */
+  reason: string;
+  /** When it ran (ms since the epoch). */
+  at: number;
+}
+
+const NOT_IN_BUILD = 'not in this build';
+const NO_ADAPTER = 'no WebGPU adapter';
 
 /** Sets a backend and waits until it is ready; false when it is not registered or fails to start. */
 async function tryBackend(name: BackendName): Promise<true | string> {
-  if (!tf.findBackendFactory(name)) return 'not in this build';
+  if (!tf.findBackendFactory(name)) return NOT_IN_BUILD;
   // Without a WebGPU adapter (most headless browsers, many GPUs) tfjs's own attempt logs a warning
   // with a stack trace on every page load: asked first, quietly.
-  if (name === 'webgpu' && !(await hasWebGpuAdapter())) return 'no WebGPU adapter';
+  if (name === 'webgpu' && !(await hasWebGpuAdapter())) return NO_ADAPTER;
   // tfjs keeps an initialization's error to itself (a console warning): say what usually causes it.
   const failed = name === 'wasm' ? 'did not start (are the tfjs-backend-wasm*.wasm files served next to the worker, or at options.wasmPaths?)' : 'did not start';
   try {
@@ -106,9 +126,35 @@ function probeValues(n: number): Float32Array {
  */
 export const PROBE_MAX_ROWS = 262_144;
 
+/**
+ * Disposes a backend the probe started but did not choose (its GPU context or device, its buffers,
+ * a grown WASM heap), keeping it registered so that a later fallback can start it afresh. Without
+ * this a page that scores on wasm held a live WebGL context and WebGPU device for its whole life
+ * (about 2.5 MB and 0.7 MB of GPU memory in headless Chromium: a review's measurement, stop 34).
+ */
+function releaseBackend(name: BackendName): void {
+  const factory = tf.findBackendFactory(name);
+  if (!factory || name === tf.getBackend()) return;
+  // tfjs internals, not typed: the priority the backend registered with (read defensively).
+  const registered = (tf.engine() as unknown as { registryFactory?: Record<string, { priority?: number } | undefined> }).registryFactory?.[name];
+  const priority = typeof registered?.priority === 'number' ? registered.priority : 1;
+  try {
+    tf.removeBackend(name);
+  } catch {
+    // A backend that cannot dispose itself stays as it is.
+  } finally {
+    if (!tf.findBackendFactory(name)) tf.registerBackend(name, factory, priority);
+  }
+}
+
 export interface SelectOptions {
   /** Use this backend, no probing. */
   force?: BackendName;
+  /**
+   * An earlier probe's choice on this device and catalog (the engine keeps one for a week): used
+   * without probing when it is among the candidates and starts; otherwise the probe runs.
+   */
+  remembered?: RememberedBackend;
   /** Candidates in order of preference; defaults to {@link BACKEND_ORDER}. */
   candidates?: readonly BackendName[];
   /**
@@ -142,6 +188,10 @@ export async function selectBackend(opts: SelectOptions = {}): Promise<BackendCh
     return { backend: opts.force, reason: 'forced', timings: {} };
   }
   const candidates = opts.candidates ?? BACKEND_ORDER;
+  const r = opts.remembered;
+  if (r !== undefined && candidates.includes(r.backend) && (await tryBackend(r.backend)) === true) {
+    return { backend: r.backend, reason: `remembered (probed ${new Date(r.at).toISOString()}): ${r.reason}`, timings: {} };
+  }
   const rows = opts.probeRows ?? 10_000;
   const dim = opts.probeDim ?? 32;
   if (!(Number.isInteger(rows) && rows >= 1)) throw new ValidationError('probeRows', `must be a whole number ≥ 1, got ${String(rows)}`);
@@ -155,12 +205,17 @@ export async function selectBackend(opts: SelectOptions = {}): Promise<BackendCh
   const order = candidates.includes('wasm') ? ['wasm' as const, ...candidates.filter((c) => c !== 'wasm')] : [...candidates];
   /** Candidates that could not be timed, and why (in the reason: a missing backend is news). */
   const missing: string[] = [];
+  /** Whether every candidate this platform offers was timed (what a later page load may rely on). */
+  let complete = true;
+  const started: BackendName[] = [];
   for (const name of order) {
-    const started = await tryBackend(name);
-    if (started !== true) {
-      missing.push(`${name} ${started}`);
+    const outcome = await tryBackend(name);
+    if (outcome !== true) {
+      missing.push(`${name} ${outcome}`);
+      if (outcome !== NOT_IN_BUILD && outcome !== NO_ADAPTER) complete = false;
       continue;
     }
+    started.push(name);
     try {
       const ms = await timeProbe(values, timed, dim, 3, fastest);
       timings[name] = ms;
@@ -168,12 +223,15 @@ export async function selectBackend(opts: SelectOptions = {}): Promise<BackendCh
     } catch {
       // A backend that starts but cannot run the probe is as good as absent.
       missing.push(`${name} could not run the probe`);
+      complete = false;
     }
   }
   const ranked = (Object.entries(timings) as Array<[BackendName, number]>).sort((a, b) => a[1] - b[1] || candidates.indexOf(a[0]) - candidates.indexOf(b[0]));
   if (ranked.length === 0) throw new ModelError(`no TensorFlow.js backend could start: ${missing.join('; ')}`);
   const best = ranked[0]![0];
   await tf.setBackend(best);
+  // The CPU backend holds nothing once the probe's tensors are gone; the others may hold a GPU.
+  for (const name of started) if (name !== best && name !== 'cpu') releaseBackend(name);
   const reason = 'probed: ' + ranked.map(([n, ms]) => `${n} ${ms.toFixed(1)} ms`).join(', ') + (missing.length ? `; ${missing.join('; ')}` : '');
-  return { backend: best, reason, timings };
+  return { backend: best, reason, timings, rememberable: complete };
 }

@@ -43,6 +43,7 @@ export interface BuildNeighborOptions {
   onProgress?: (fraction: number, stage?: string) => void;
 }
 
+/** The defaults of {@link buildNeighborTable} and `localrec neighbors`: EASE's `l2`, neighbours per item, and the fewest customers a published pair must have in common. */
 export const DEFAULT_NEIGHBOR_OPTIONS = { l2: 100, width: 32, minSupport: 3 } as const;
 export { DEFAULT_DENSE_MAX, MAX_DENSE_ITEMS };
 

@@ -42,6 +42,7 @@ export interface TrainConfig {
   seed: number;
 }
 
+/** What training uses where `TrainConfig` leaves a field out (the engine's `options.training` too). */
 export const DEFAULT_TRAIN_CONFIG: TrainConfig = {
   epochs: 4,
   batchSize: 256,

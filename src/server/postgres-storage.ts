@@ -40,6 +40,12 @@ const READ_TIMEOUT = 'Query read timeout';
 const LOCK_KEY = 0x6c726563;
 /** Key of the advisory lock that serializes cohort joins ('lrsa'), so two joins never open two cohorts. */
 const JOIN_LOCK_KEY = 0x6c727361;
+/** Key of the session advisory lock held by the process running the one-time clean-up at open ('lrcl'). */
+const CLEANUP_LOCK_KEY = 0x6c72636c;
+/** Meta key written once averaged updates that earlier releases left were cleared ({@link PostgresStorage.clearLegacyRows}). */
+const CLEANED_KEY = 'averaged-rows-cleared';
+/** Rows of `localrec_updates` one statement of that clean-up looks at: a fraction of the statement timeout on any table size. */
+const CLEANUP_BATCH_ROWS = 10_000;
 
 export interface PostgresStorageOptions {
   /** Connections in the pool (default 4; the round coordinator runs one state change at a time). */
@@ -55,6 +61,8 @@ export interface PostgresStorageOptions {
   statementTimeoutMs?: number;
   /** Test-only fault injection: called inside the publish transaction, just before it commits. */
   beforeCommit?: (what: 'init' | 'publish') => void | Promise<void>;
+  /** Test-only: rows per statement of the one-time clean-up at open (default {@link CLEANUP_BATCH_ROWS}). */
+  cleanupBatchRows?: number;
 }
 
 /**
@@ -200,8 +208,15 @@ export class PostgresStorage implements Storage {
             tokens DOUBLE PRECISION NOT NULL,
             at BIGINT NOT NULL
           );
-          -- Added after schema 1 shipped: a database created before gets it here (older rows keep NULL).
+          -- Columns added to a table after it was first created: a database created before gets
+          -- them here (older rows keep NULL). Dropout recovery's (dropped … recovered) and ended_at.
+          ALTER TABLE localrec_cohorts ADD COLUMN IF NOT EXISTS dropped INTEGER[];
+          ALTER TABLE localrec_cohorts ADD COLUMN IF NOT EXISTS recovery_at BIGINT;
+          ALTER TABLE localrec_cohorts ADD COLUMN IF NOT EXISTS needed INTEGER;
+          ALTER TABLE localrec_cohorts ADD COLUMN IF NOT EXISTS recovered INTEGER;
           ALTER TABLE localrec_cohorts ADD COLUMN IF NOT EXISTS ended_at BIGINT;
+          -- Replaced by localrec_cohorts_open (which also covers recovering cohorts).
+          DROP INDEX IF EXISTS localrec_cohorts_live;
           CREATE INDEX IF NOT EXISTS localrec_cohorts_open ON localrec_cohorts(created_at) WHERE status IN ('forming', 'ready', 'recovering');
           CREATE TABLE IF NOT EXISTS localrec_cohort_members (
             cohort TEXT NOT NULL REFERENCES localrec_cohorts(id) ON DELETE CASCADE,
@@ -213,7 +228,9 @@ export class PostgresStorage implements Storage {
             PRIMARY KEY (cohort, idx),
             UNIQUE (cohort, public_key)
           );
-          -- Dropout recovery: each upload's self-mask shares, sealed to its mask neighbours.
+          -- Dropout recovery: a member's recovery share, and each upload's self-mask shares,
+          -- sealed to its mask neighbours.
+          ALTER TABLE localrec_cohort_members ADD COLUMN IF NOT EXISTS share BYTEA;
           ALTER TABLE localrec_cohort_members ADD COLUMN IF NOT EXISTS sealed BYTEA;
           ALTER TABLE localrec_cohort_members ADD COLUMN IF NOT EXISTS confirm BYTEA;
           ALTER TABLE localrec_cohort_members ADD COLUMN IF NOT EXISTS ready BYTEA;
@@ -221,17 +238,65 @@ export class PostgresStorage implements Storage {
         const v = await c.query<{ value: string }>('SELECT value FROM localrec_meta WHERE key = $1', ['schema']);
         if (v.rowCount === 0) await c.query('INSERT INTO localrec_meta (key, value) VALUES ($1, $2)', ['schema', SCHEMA_VERSION]);
         else if (v.rows[0]!.value !== SCHEMA_VERSION) throw new StorageError(`${s.url}: schema version ${v.rows[0]!.value}, this server knows ${SCHEMA_VERSION}`);
-        // Written by earlier releases: the rate limit's key kept for good, and averaged updates'
-        // arrival times and `cohort:member` nonces (now cleared as they are averaged).
+        // Written by earlier releases: the rate limit's key kept for good.
         await c.query("DELETE FROM localrec_meta WHERE key = 'client-key'");
-        await c.query(`UPDATE localrec_updates SET received_at = 0, nonce = ${averagedNonceSql('position')}
-                       WHERE aggregated_into IS NOT NULL AND (received_at <> 0 OR position(':' in nonce) > 0 AND nonce NOT LIKE 'averaged:%')`);
       });
+      await s.clearLegacyRows(options.cleanupBatchRows ?? CLEANUP_BATCH_ROWS);
     } catch (e) {
       await pool.end().catch(() => undefined);
       throw e;
     }
     return s;
+  }
+
+  /**
+   * Clears what earlier builds kept of averaged updates: their arrival times and masked
+   * uploads' `cohort:member` nonces (now cleared as they are averaged). Once per database (then
+   * {@link CLEANED_KEY} says so), after the schema's transaction and outside the publish lock: in
+   * autocommitted statements of `batch` rows each, walking the primary key, so that a table of
+   * millions of rows neither hits the statement timeout nor holds other processes' publishes.
+   * One process at a time (a session advisory lock); one that finds it taken starts without
+   * waiting, and a process that stops halfway leaves the rest to the next start.
+   */
+  private async clearLegacyRows(batch: number): Promise<void> {
+    if (!Number.isInteger(batch) || batch < 1) throw new StorageError(`cleanupBatchRows must be an integer ≥ 1, got ${batch}`);
+    const done = async () => (await this.q('read a setting', 'SELECT 1 FROM localrec_meta WHERE key = $1', [CLEANED_KEY])).rowCount !== 0;
+    if (await done()) return;
+    const what = 'clear arrival times of averaged updates (once, after an upgrade)';
+    let client: pg.PoolClient;
+    try {
+      client = await this.pool.connect();
+    } catch (e) {
+      this.fail(what, e);
+    }
+    let locked = false;
+    let broken: Error | undefined;
+    const onError = (e: Error) => void (broken ??= e);
+    client.on('error', onError);
+    try {
+      locked = (await client.query<{ ok: boolean }>('SELECT pg_try_advisory_lock($1) AS ok', [CLEANUP_LOCK_KEY])).rows[0]!.ok;
+      // Another process is at it (or has just finished).
+      if (!locked || (await done())) return;
+      for (let last = '0'; ; ) {
+        const next = (await client.query<{ last: string | null }>('SELECT MAX(id)::text AS last FROM (SELECT id FROM localrec_updates WHERE id > $1 ORDER BY id LIMIT $2) AS b', [last, batch])).rows[0]!.last;
+        if (next === null) break;
+        await client.query(
+          `UPDATE localrec_updates SET received_at = 0, nonce = ${averagedNonceSql('position')}
+            WHERE id > $1 AND id <= $2 AND aggregated_into IS NOT NULL AND (received_at <> 0 OR position(':' in nonce) > 0 AND nonce NOT LIKE 'averaged:%')`,
+          [last, next],
+        );
+        last = next;
+      }
+      await client.query('INSERT INTO localrec_meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING', [CLEANED_KEY, String(Date.now())]);
+    } catch (e) {
+      broken ??= e as Error;
+      this.fail(what, e);
+    } finally {
+      // The session lock goes with the session: a connection that failed is destroyed, not reused.
+      if (locked && !broken) await client.query('SELECT pg_advisory_unlock($1)', [CLEANUP_LOCK_KEY]).catch((e: Error) => (broken = e));
+      client.removeListener('error', onError);
+      client.release(broken);
+    }
   }
 
   /**

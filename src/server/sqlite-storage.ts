@@ -119,15 +119,26 @@ export interface SqliteStorageOptions {
   beforeCommit?: (what: 'init' | 'update' | 'publish' | 'probe') => void;
 }
 
+/** `n` bytes in words: `12.3 MB`, `456 KB`. */
+function formatBytes(n: number): string {
+  if (n >= 1e9) return `${(n / 1e9).toFixed(1)} GB`;
+  if (n >= 1e6) return `${(n / 1e6).toFixed(1)} MB`;
+  return `${Math.max(1, Math.round(n / 1e3))} KB`;
+}
+
+/** Meta key set once the file was rebuilt (VACUUM) with secure_delete on: no earlier body left in its free pages. */
+const VACUUMED_KEY = 'secure-delete-vacuumed';
+
 /**
+ * The server's embedded storage (the default of `localrec serve`): one SQLite file in a data dir,
+ * every accepted update and every published version written transactionally, the data dir locked
+ * against a second process (docs/SERVER.md, "One process: SQLite").
+ *
  * @example
  * ```ts
  * const storage = SqliteStorage.open('.data');   // .data/localrec.sqlite
  * ```
  */
-/** Meta key set once the file was rebuilt (VACUUM) with secure_delete on: no earlier body left in its free pages. */
-const VACUUMED_KEY = 'secure-delete-vacuumed';
-
 export class SqliteStorage implements Storage {
   readonly path: string;
   private db: Database.Database;
@@ -212,15 +223,21 @@ export class SqliteStorage implements Storage {
       else if (v.value !== SCHEMA_VERSION) throw new StorageError(`${path}: schema version ${v.value}, this server knows ${SCHEMA_VERSION}`);
       // Written by earlier releases: averaged updates' arrival times and `cohort:member` nonces
       // (now cleared as they are averaged), and, in the file's free pages, the bodies they deleted
-      // before secure_delete: cleared once, and the file rebuilt without free pages.
-      this.db
-        .prepare(`UPDATE updates SET received_at = 0, nonce = ${averagedNonceSql('instr')} WHERE aggregated_into IS NOT NULL AND (received_at <> 0 OR (instr(nonce, ':') > 0 AND nonce NOT LIKE 'averaged:%'))`)
-        .run();
-      // Until a VACUUM has succeeded once with secure_delete on (a failed one, for want of disk
-      // space, is tried again at the next start), free pages may hold bodies deleted before.
+      // before secure_delete: cleared, and the file rebuilt without free pages. A release without
+      // secure_delete that ran on this file since the last rebuild (a rollback, then this upgrade
+      // again) left such rows too: the marker goes with them, in one transaction, so that a rebuild
+      // that fails (for want of disk space) is tried again at the next start.
+      this.db.transaction(() => {
+        const cleared = this.db
+          .prepare(`UPDATE updates SET received_at = 0, nonce = ${averagedNonceSql('instr')} WHERE aggregated_into IS NOT NULL AND (received_at <> 0 OR (instr(nonce, ':') > 0 AND nonce NOT LIKE 'averaged:%'))`)
+          .run().changes;
+        if (cleared > 0) this.db.prepare('DELETE FROM meta WHERE key = ?').run(VACUUMED_KEY);
+      })();
+      // Until a VACUUM has succeeded with secure_delete on since then, free pages may hold bodies
+      // deleted before.
       if (!this.db.prepare('SELECT 1 FROM meta WHERE key = ?').get(VACUUMED_KEY)) {
-        this.db.exec('VACUUM');
-        this.db.prepare('INSERT INTO meta (key, value) VALUES (?, ?)').run(VACUUMED_KEY, String(Date.now()));
+        this.rebuild();
+        this.db.prepare('INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)').run(VACUUMED_KEY, String(Date.now()));
       }
       this.prepare();
       // A WAL left by a crash may hold bodies averaged since the last checkpoint.
@@ -230,6 +247,30 @@ export class SqliteStorage implements Storage {
       this.lock.close();
       if (e instanceof StorageError) throw e;
       throw new StorageError(`cannot open SQLite database ${path}: ${(e as Error).message}`);
+    }
+  }
+
+  /**
+   * The one-time VACUUM ({@link VACUUMED_KEY}). SQLite writes a copy of the database to its
+   * temporary folder (`$SQLITE_TMPDIR`, `$TMPDIR`, else `/var/tmp` or `/tmp`) and then the same
+   * pages again to the WAL next to the file: it needs free space of about twice the database's
+   * size. A failure says so, and what the rebuild is for, instead of SQLite's bare "database or
+   * disk is full".
+   */
+  private rebuild(): void {
+    const size = (this.db.pragma('page_count', { simple: true }) as number) * (this.db.pragma('page_size', { simple: true }) as number);
+    try {
+      this.db.exec('VACUUM');
+    } catch (e) {
+      const err = e as { code?: string; message?: string };
+      const what = 'the one-time rebuild (VACUUM) that clears update bodies deleted by an earlier release out of the file';
+      if (err.code === 'SQLITE_FULL') {
+        throw new StorageError(
+          `${this.path}: not enough disk space for ${what}: it needs about twice the file's size (${formatBytes(size)}) free, for a copy in the temporary folder ($SQLITE_TMPDIR, $TMPDIR or /var/tmp) and one in the write-ahead log next to the file; free the space and start again (${err.message})`,
+          { cause: e },
+        );
+      }
+      throw new StorageError(`${this.path}: ${what} failed: ${err.message ?? String(e)}`, { cause: e });
     }
   }
 

@@ -8,7 +8,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { withStandInWorker } from './engine-helpers.js';
 import { CONSENT_KEY, Engine } from '../../src/engine/engine.js';
 import { IdbEventStore, MemoryEventStore } from '../../src/events/store.js';
-import { isValidationError } from '../../src/errors.js';
+import { isClosedError, isValidationError } from '../../src/errors.js';
 import { createRecommender } from '../../src/recommender.js';
 import type { RecommendOptions, SimilarOptions } from '../../src/types.js';
 import { MAX_MASKS } from '../../src/model/score.js';
@@ -305,6 +305,17 @@ describe('track() input the store would lose at once, or that pages build generi
       assert.deepEqual(st.evicted, { retention: 0, quota: 0 });
     } finally {
       await e.erase();
+    }
+  });
+
+  it('createRecommender() on a server (no Worker) says so, also with the relative URLs a page passes', async () => {
+    assert.equal(typeof (globalThis as { Worker?: unknown }).Worker, 'undefined');
+    for (const extra of [{}, { neighbors: { url: '/neighbors.lrn' } }, { wasmPaths: '/tfjs/' }, { workerUrl: '/worker.js' }]) {
+      await assert.rejects(
+        createRecommender({ catalog, ...extra }),
+        (e: unknown) => isClosedError(e) && /runs in a browser page .*call it on the client only/.test((e as Error).message),
+        JSON.stringify(extra),
+      );
     }
   });
 

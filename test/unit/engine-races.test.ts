@@ -84,7 +84,7 @@ describe('overlapping calls', () => {
       // A network that never answers (until the engine gives up on it).
       return new Promise<Response>((_resolve, reject) => init?.signal?.addEventListener('abort', () => reject(new DOMException('aborted', 'AbortError'))));
     };
-    const opts = { catalog: { items }, backend: 'cpu' as const, dbName: 'races-neighbors', autoTrainEvery: 0, model: { dim: 8 }, neighbors: { url: 'https://shop.example/n.lrn', timeoutMs: 60_000 }, fetch: fetch as never };
+    const opts = { catalog: { items }, backend: 'cpu' as const, dbName: 'races-neighbors', autoTrainEvery: 0, model: { dim: 8 }, neighbors: { url: 'https://shop.example/n.lrn', timeoutMs: 60_000, refreshHours: 0 }, fetch: fetch as never };
     const first = await Engine.create(opts);
     first.enqueue([{ type: 'view', itemId: items[0]!.id }]);
     await first.recommend({ k: 3 });

@@ -1061,6 +1061,21 @@ describe('automatic syncs (options.federated.autoSyncHours)', () => {
       clock.t = due;
       await auto.autoSync();
       assert.ok(calls > tried, 'retried after 15 minutes');
+      // Save-Data on (navigator.connection.saveData): the automatic sync waits; sync() still runs.
+      clock.t += 30 * 60_000;
+      const g = globalThis as { navigator?: unknown };
+      const had = Object.getOwnPropertyDescriptor(g, 'navigator');
+      Object.defineProperty(g, 'navigator', { value: { connection: { saveData: true } }, configurable: true, writable: true });
+      try {
+        const before = calls;
+        assert.equal(await auto.autoSync(), null);
+        assert.equal(calls, before, 'Save-Data: no automatic sync');
+        await assert.rejects(e.sync(), /NetworkError/);
+        assert.ok(calls > before, "the page's own sync() goes out");
+      } finally {
+        if (had) Object.defineProperty(g, 'navigator', had);
+        else delete g.navigator;
+      }
       await e.setConsent({ federated: false });
       clock.t += 30 * 60_000;
       const before = calls;

@@ -458,16 +458,30 @@ describe('Engine with a neighbour table', () => {
     }
   });
 
-  it('a fetch that never answers is given up after timeoutMs; erase() during a fetch leaves nothing written', async () => {
+  it('a fetch that never answers is given up after downloadTimeoutMs; erase() during a fetch leaves nothing written', async () => {
     const hang: FetchLike = (_url, init) =>
       new Promise((_res, rej) => init?.signal?.addEventListener('abort', () => rej(new DOMException('aborted', 'AbortError'))));
-    const e = await Engine.create({ ...base, store: new MemoryEventStore(), fetch: hang, neighbors: { url: 'https://shop.example/slow.lrn', timeoutMs: 50 } });
+    const e = await Engine.create({ ...base, store: new MemoryEventStore(), fetch: hang, neighbors: { url: 'https://shop.example/slow.lrn', timeoutMs: 20, downloadTimeoutMs: 80 } });
     e.enqueue([{ type: 'view', itemId: 'c' }]);
     assert.deepEqual((await e.recommend({ k: 2 })).map((r) => r.itemId), ['a', 'b'], 'ranked without the table once the wait is over');
-    assert.match((await e.stats()).lastError ?? '', /NetworkError: GET https:\/\/shop.example\/slow.lrn: no answer within 50 ms/);
+    await new Promise((r) => setTimeout(r, 150));
+    assert.match((await e.stats()).lastError ?? '', /NetworkError: GET https:\/\/shop.example\/slow.lrn: no answer within 80 ms/);
     assert.deepEqual((await e.egressLog()).map((x) => [x.kind, x.status]), [['neighbors', 0]]);
     await e.close();
     await assert.rejects(Engine.create({ ...base, neighbors: { url: 'https://shop.example/n.lrn', timeoutMs: 0 } }), /options\.neighbors\.timeoutMs/);
+    for (const [bad, field] of [
+      [{ timeoutMs: 500, downloadTimeoutMs: 100 }, /options\.neighbors\.downloadTimeoutMs: must be at least options\.neighbors\.timeoutMs \(500 ms/],
+      [{ refreshHours: -1 }, /options\.neighbors\.refreshHours: must be a number of hours from 0/],
+      [{ refreshHours: Number.NaN }, /options\.neighbors\.refreshHours/],
+      [{ refreshHours: '24' }, /options\.neighbors\.refreshHours/],
+      [{ downloadTimeoutMs: 1.5 }, /options\.neighbors\.downloadTimeoutMs: must be a whole number/],
+    ] as const) {
+      await assert.rejects(
+        Engine.create({ ...base, store: new MemoryEventStore(), neighbors: { url: 'https://shop.example/n.lrn', ...(bad as object) } }),
+        (err: unknown) => isValidationError(err) && field.test((err as Error).message),
+        JSON.stringify(bad),
+      );
+    }
 
     // The file arrives after erase(): nothing of it, and no egress entry, may be written anywhere.
     let release!: () => void;
@@ -484,6 +498,106 @@ describe('Engine with a neighbour table', () => {
     release();
     await new Promise((r) => setTimeout(r, 20));
     assert.deepEqual(writes.filter((k) => k === NEIGHBORS_KEY || k === 'egress'), []);
+  });
+
+  it('a device without a table waits timeoutMs from the fetch\'s start, not longer; the download goes on and its table ranks once it arrives', async () => {
+    let release!: () => void;
+    let calls = 0;
+    // Like a browser's fetch: the download ends when its signal aborts.
+    const slow: FetchLike = (_url, init) =>
+      new Promise((res, rej) => {
+        calls++;
+        release = () => res(new Response(file as Uint8Array<ArrayBuffer>, { status: 200 }));
+        init?.signal?.addEventListener('abort', () => rej(new DOMException('aborted', 'AbortError')));
+      });
+    const e = await Engine.create({ ...base, store: new MemoryEventStore(), fetch: slow, neighbors: { url: 'https://shop.example/slow.lrn', timeoutMs: 30 } });
+    try {
+      e.enqueue([{ type: 'view', itemId: 'c' }]);
+      assert.deepEqual((await e.recommend({ k: 2 })).map((r) => r.itemId), ['a', 'b'], 'ranked without the table once the wait is over');
+      await new Promise((r) => setTimeout(r, 60));
+      assert.deepEqual((await e.recommend({ k: 2 })).map((r) => r.itemId), ['a', 'b'], 'still downloading');
+      release();
+      await new Promise((r) => setTimeout(r, 20));
+      assert.equal((await e.recommend({ k: 1 }))[0]!.itemId, 'd', 'the download went on past the wait');
+      assert.equal(calls, 1);
+      assert.equal((await e.stats()).lastError, undefined);
+    } finally {
+      await e.close();
+    }
+  });
+
+  it('a stored table fetched less than refreshHours ago is used without a request; an unchanged file is only marked as checked', async () => {
+    const t0 = Date.now();
+    let t = t0;
+    const calls: number[] = [];
+    const fetch: FetchLike = async () => {
+      calls.push(t);
+      return new Response(file as Uint8Array<ArrayBuffer>, { status: 200 });
+    };
+    const store = new MemoryEventStore();
+    const writes: string[] = [];
+    const setMeta = store.setMeta.bind(store);
+    store.setMeta = async (key, value) => {
+      writes.push(key);
+      return setMeta(key, value);
+    };
+    const url = 'https://shop.example/n.lrn';
+    const opts = { ...base, store, fetch, now: () => t, neighbors: { url } };
+    const start = async (o: typeof opts | (typeof opts & { neighbors: { url: string; refreshHours: number } }) = opts) => {
+      const e = await Engine.create(o);
+      e.enqueue([{ type: 'view', itemId: 'c' }]);
+      assert.equal((await e.recommend({ k: 1 }))[0]!.itemId, 'd');
+      return e;
+    };
+    const hour = 3_600_000;
+    let e = await start();
+    assert.deepEqual(calls, [t0]);
+    await e.close();
+    t += 23 * hour;
+    e = await start();
+    assert.deepEqual(calls, [t0], 'fetched 23 hours ago: no request');
+    // A page open past the 24 hours fetches it again, in the background; the same bytes are not stored again.
+    t += 2 * hour;
+    writes.length = 0;
+    await e.recommend({ k: 1 });
+    // (The fetch in the background, awaited here rather than guessed at with a timer.)
+    await (e as unknown as { neighborsLoading?: Promise<void> }).neighborsLoading;
+    assert.deepEqual(calls, [t0, t]);
+    assert.deepEqual(writes.filter((k) => k === NEIGHBORS_KEY), [], 'the unchanged table is not written again whole');
+    const audit = (await e.audit()).neighbors!;
+    assert.deepEqual([audit.savedAt, audit.checkedAt], [t0, t]);
+    await e.close();
+    const checked = t;
+    t += 23 * hour;
+    await (await start()).close();
+    assert.deepEqual(calls, [t0, checked], 'checked 23 hours ago: no request');
+    t += 2 * hour;
+    await (await start()).close();
+    assert.deepEqual(calls, [t0, checked, t], 'checked 25 hours ago: fetched at start');
+    await (await start({ ...opts, neighbors: { url, refreshHours: 0 } })).close();
+    assert.equal(calls.length, 4, 'refreshHours 0: every page load');
+    // The device clock went back (the stored check lies ahead of it): not fresh.
+    t -= 48 * hour;
+    await (await start()).close();
+    assert.equal(calls.length, 5);
+    // Another URL (the shop moved the file): fetched whatever the age of the stored one.
+    const moved = { ...opts, neighbors: { url: 'https://cdn.example/n.lrn' } };
+    await (await start(moved)).close();
+    assert.equal(calls.length, 6);
+    // Save-Data (navigator.connection.saveData): the stored table serves whatever its age.
+    t += 10 * 24 * hour;
+    const g = globalThis as { navigator?: unknown };
+    const had = Object.getOwnPropertyDescriptor(g, 'navigator');
+    Object.defineProperty(g, 'navigator', { value: { connection: { saveData: true } }, configurable: true, writable: true });
+    try {
+      await (await start(moved)).close();
+    } finally {
+      if (had) Object.defineProperty(g, 'navigator', had);
+      else delete g.navigator;
+    }
+    assert.equal(calls.length, 6, 'Save-Data: no request while a table is stored');
+    await (await start(moved)).close();
+    assert.equal(calls.length, 7, 'without it, fetched again');
   });
 
   it('a failed fetch is tried again in the background after a minute, then after twice as long; no call waits for a retry', async () => {

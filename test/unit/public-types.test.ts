@@ -18,6 +18,7 @@ const INDEX = join(ROOT, 'src/index.ts');
 const NODE = join(ROOT, 'src/node.ts');
 /** The consumer is compiled in memory, next to this file so that its relative imports resolve. */
 const CONSUMER = join(ROOT, 'test/unit/__public-types-consumer__.ts');
+const SINGLE_PAGE = join(ROOT, 'test/unit/__public-types-single-page__.ts');
 
 /**
  * Types a public signature names that its entry cannot export because the module declaring them
@@ -34,16 +35,32 @@ const KNOWN_UNEXPORTED: Record<string, Record<string, string>> = {
  */
 const KNOWN_UNDOCUMENTED: Record<string, string> = {};
 
-/** The README's block under "Reasons in the shop's language", importing from the sources. */
-function readmeReasonBlock(): string {
+/** The README's first ```ts block after `marker`, importing from the sources. */
+function readmeBlock(marker: string): string {
   const readme = readFileSync(join(ROOT, 'README.md'), 'utf8');
-  const at = readme.indexOf("Reasons in the shop's language");
-  assert.ok(at >= 0, `README.md has no "Reasons in the shop's language" section`);
+  const at = readme.indexOf(marker);
+  assert.ok(at >= 0, `README.md has no "${marker}"`);
   const block = /```ts\n([\s\S]*?)```/.exec(readme.slice(at));
-  assert.ok(block, 'README.md has no ```ts block after "Reasons in the shop\'s language"');
+  assert.ok(block, `README.md has no \`\`\`ts block after "${marker}"`);
   const code = block[1]!;
-  assert.match(code, /from 'localrec'/, "the README's reason block imports from 'localrec'");
+  assert.match(code, /from 'localrec'/, `the README's block after "${marker}" imports from 'localrec'`);
   return code.replaceAll("from 'localrec'", "from '../../src/index.js'");
+}
+
+/** The README's block under "Reasons in the shop's language". */
+const readmeReasonBlock = () => readmeBlock("Reasons in the shop's language");
+
+/** The README's lazy, server-safe recommender for single-page apps, as a Vite project compiles it. */
+function singlePageSource(): string {
+  return `// A page's catalog, and Vite's client types (vite/client) for import.meta.hot.
+import type { Catalog } from '../../src/index.js';
+declare const catalog: Catalog;
+declare global {
+  interface ImportMeta {
+    readonly hot?: { dispose(cb: () => void): void };
+  }
+}
+${readmeBlock('Create it lazily, in the browser only')}`;
 }
 
 function consumerSource(): string {
@@ -75,7 +92,7 @@ const options: RecommenderOptions = {
   consent: undefined,
   offers: { publicKey: key },
   federated: { serverUrl: 'https://shop.example/localrec', budget: maybeNumber, delta: undefined, honorGlobalPrivacyControl: undefined, cohortWaitMs: undefined, autoSyncHours: maybeNumber, allowWithoutStorage: undefined },
-  neighbors: { url: 'https://shop.example/neighbors.bin', timeoutMs: maybeNumber },
+  neighbors: { url: 'https://shop.example/neighbors.bin', timeoutMs: maybeNumber, downloadTimeoutMs: undefined, refreshHours: maybeNumber },
   workerUrl: undefined,
   wasmPaths: undefined,
   workerTimeoutMs: maybeNumber,
@@ -138,12 +155,18 @@ before(() => {
     noEmit: true,
   };
   const host = ts.createCompilerHost(options, true);
-  const text = consumerSource();
+  const texts = new Map([
+    [CONSUMER, consumerSource()],
+    [SINGLE_PAGE, singlePageSource()],
+  ]);
   const { getSourceFile, fileExists, readFile } = host;
-  host.getSourceFile = (name, version, ...rest) => (resolve(name) === CONSUMER ? ts.createSourceFile(name, text, version, true) : getSourceFile.call(host, name, version, ...rest));
-  host.fileExists = (name) => resolve(name) === CONSUMER || fileExists.call(host, name);
-  host.readFile = (name) => (resolve(name) === CONSUMER ? text : readFile.call(host, name));
-  program = ts.createProgram({ rootNames: [INDEX, NODE, CONSUMER], options, host });
+  host.getSourceFile = (name, version, ...rest) => {
+    const text = texts.get(resolve(name));
+    return text !== undefined ? ts.createSourceFile(name, text, version, true) : getSourceFile.call(host, name, version, ...rest);
+  };
+  host.fileExists = (name) => texts.has(resolve(name)) || fileExists.call(host, name);
+  host.readFile = (name) => texts.get(resolve(name)) ?? readFile.call(host, name);
+  program = ts.createProgram({ rootNames: [INDEX, NODE, CONSUMER, SINGLE_PAGE], options, host });
   checker = program.getTypeChecker();
 });
 
@@ -344,14 +367,21 @@ describe('public types', () => {
     }
   });
 
-  it('a strict consumer compiles the README reason translation and explicit undefined options', () => {
-    const sf = program.getSourceFile(CONSUMER);
+  const diagnosticsOf = (file: string): string[] => {
+    const sf = program.getSourceFile(file);
     assert.ok(sf);
     const diagnostics = [...program.getSyntacticDiagnostics(sf), ...program.getSemanticDiagnostics(sf)];
-    const text = diagnostics.map((d) => {
+    return diagnostics.map((d) => {
       const where = d.file && d.start !== undefined ? `line ${d.file.getLineAndCharacterOfPosition(d.start).line + 1}: ` : '';
       return where + ts.flattenDiagnosticMessageText(d.messageText, '\n');
     });
-    assert.deepEqual(text, []);
+  };
+
+  it('a strict consumer compiles the README reason translation and explicit undefined options', () => {
+    assert.deepEqual(diagnosticsOf(CONSUMER), []);
+  });
+
+  it('a strict consumer compiles the README single-page-app recommender (lazy, server-safe, tracking while it starts)', () => {
+    assert.deepEqual(diagnosticsOf(SINGLE_PAGE), []);
   });
 });
