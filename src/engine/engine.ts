@@ -2005,21 +2005,38 @@ export class Engine {
     throw new ValidationError('options.exclude', `must be 'seen', 'purchased', 'none' or an array of item ids; got ${describeValue(exclude)}`);
   }
 
+  /** The item's title as a sentence quotes it: runs of spaces (`RED  HARMONICA`) made one. */
   private title(id: string): string {
-    return this.titles.get(id) ?? id;
+    const t = this.titles.get(id);
+    return t === undefined ? id : t.replace(/\s+/g, ' ').trim() || id;
+  }
+
+  /**
+   * Whether the factor table has learned anything: a training step on this device, or a global
+   * version from a sync. Until then its factors are the seeded start, and what a history item
+   * "contributes" to a score is noise.
+   */
+  private factorsLearned(): boolean {
+    return this.saved.trainSteps > 0 || this.table.version > 0;
   }
 
   private reason(row: number, profile: ProfileItem[]): Reason {
+    // An untrained table ranks by popularity plus noise: citing a past item would tell the shopper
+    // a bestseller was picked for their history (a review of the output, stop 34).
+    if (!this.factorsLearned()) return { kind: 'popular', text: 'Popular in this shop', itemIds: [], basis: [] };
     // Only what a reason may cite (not an add to cart taken back, nor a low rating).
     const top = topByValue(contributionsOf(this.table, profile, row), 2, (c) => c.value > 0 && c.item.action !== undefined);
     if (top.length === 0) return { kind: 'popular', text: 'Popular in this shop', itemIds: [], basis: [] };
     return this.personalReason(top.map((c) => c.item));
   }
 
-  /** "Because you viewed A and bought B": the cited history items, strongest first, each with what was done. */
+  /**
+   * "Because you viewed A and bought B", "Because you bought A and B": the cited history items,
+   * strongest first, each with what was done (one verb when both were done alike).
+   */
   private personalReason(items: ProfileItem[]): Reason {
     const basis = items.map((p) => ({ itemId: this.table.itemIds[p.row]!, event: p.action! }));
-    const parts = basis.map((b) => `${CITED_VERB[b.event]} ${this.title(b.itemId)}`);
+    const parts = basis.map((b, i) => (i > 0 && b.event === basis[i - 1]!.event ? '' : `${CITED_VERB[b.event]} `) + this.title(b.itemId));
     return { kind: 'personal', text: `Because you ${parts.join(' and ')}`, itemIds: basis.map((b) => b.itemId), basis };
   }
 
@@ -2125,9 +2142,21 @@ export class Engine {
           .slice(0, k)
           .map((s) => ({ row: s.row, score: 1 + s.score }))
       : [];
-    if (scored.length < k) scored.push(...(await this.scoring((sc) => sc.similar(row, k - scored.length, new Set([...exclude, ...scored.map((s) => s.row)]), allowed))));
+    const published = scored.length;
+    // The nearest embeddings, once the table has learned some; before, its factors are the seeded
+    // start and "nearest" would be chance: the rest are the bestsellers, said as such.
+    const learned = this.factorsLearned();
+    if (scored.length < k) {
+      const skip = new Set([...exclude, ...scored.map((s) => s.row), row]);
+      const more = k - scored.length;
+      scored.push(...(await this.scoring((sc) => (learned ? sc.similar(row, more, skip, allowed) : sc.topK(new Float32Array(this.table.dim), more, skip, allowed)))));
+    }
     const text = `Similar to ${this.title(itemId)}`;
-    return scored.map((s) => ({ itemId: this.table.itemIds[s.row]!, score: s.score, reason: { kind: 'similar', text, itemIds: [itemId], basis: [] } }));
+    return scored.map((s, i) => ({
+      itemId: this.table.itemIds[s.row]!,
+      score: s.score,
+      reason: learned || i < published ? { kind: 'similar', text, itemIds: [itemId], basis: [] } : { kind: 'popular', text: 'Popular in this shop', itemIds: [], basis: [] },
+    }));
   }
 
   /**

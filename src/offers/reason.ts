@@ -65,7 +65,8 @@ function categoriesOf(itemIds: readonly string[], products: ProductIndex): Reado
 
 /** The English sentence for an offer's {@link OfferWhy}, naming items by their catalog titles. */
 export function offerWhyText(why: OfferWhy, products: ProductIndex): string {
-  const title = (id: string): string => products.byId.get(id)?.title ?? id;
+  // Runs of spaces made one, as the recommender's reasons quote titles (`RED  HARMONICA IN BOX`).
+  const title = (id: string): string => products.byId.get(id)?.title?.replace(/\s+/g, ' ').trim() || id;
   switch (why.kind) {
     case 'event':
       return `Because you ${CITED_VERB[why.event]} ${title(why.itemId)}`;

@@ -17,7 +17,10 @@ interface CategoryRule {
 // Order matters: the first match wins. Patterns are tested against the upper-cased description.
 const RULES: readonly CategoryRule[] = [
   // Postage, manual adjustments, bank charges: lines on invoices that are not products.
-  { category: 'service', pattern: /^(DOTCOM )?POSTAGE$|^MANUAL$|CARRIAGE|BANK CHARGES|AMAZON FEE|^ADJUST|^SAMPLES?$|^CRUK|DISCOUNT$/ },
+  // (Carriage as a charge, not a FRENCH CARRIAGE LANTERN or a CARRIAGE CLOCK.)
+  { category: 'service', pattern: /^(DOTCOM )?POSTAGE$|^MANUAL$|^(NEXT DAY )?CARRIAGE$|BANK CHARGES|AMAZON FEE|^ADJUST|^SAMPLES?$|^CRUK|DISCOUNT$/ },
+  // A bag of marbles is a toy, not a bag.
+  { category: 'toy', pattern: /MARBLES/ },
   { category: 'hot-water-bottle', pattern: /HOT WATER BOTTLE|HAND WARMER|WARMER/ },
   { category: 'doormat', pattern: /DOOR ?MAT/ },
   { category: 'lunch-bag', pattern: /LUNCH BAG/ },

@@ -221,16 +221,73 @@ describe('Engine', () => {
     assert.ok(!(await indexedDB.databases()).some((d) => d.name === name), 'no database was created');
   });
 
-  it('similar() ranks by embedding cosine and never returns the item itself', async () => {
-    const e = await Engine.create({ ...base, dbName: dbName() });
+  it('similar() ranks by embedding cosine once the table has learned, and never returns the item itself', async () => {
+    const store = new MemoryEventStore();
+    const dim = 4;
+    // p3's nearest: p5, then p7 (the rest orthogonal to it).
+    const factors = new Float32Array(30 * dim);
+    for (let i = 0; i < 30; i++) factors[i * dim + 1 + (i % 3)] = 1;
+    factors.set([1, 0, 0, 0], 3 * dim);
+    factors.set([0.9, 0.1, 0, 0], 5 * dim);
+    factors.set([0.7, 0.3, 0, 0], 7 * dim);
+    await store.setMeta(MODEL_KEY, { version: 1, itemIds: catalog.items.map((i) => i.id), dim, factors, bias: new Float32Array(30), trainSteps: 0, trainedThroughId: 0 });
+    const e = await Engine.create({ ...base, store, model: { dim } });
     const sim = await e.similar('p3', { k: 4 });
     assert.equal(sim.length, 4);
     assert.ok(!sim.some((r) => r.itemId === 'p3'));
+    assert.deepEqual(sim.slice(0, 2).map((r) => r.itemId), ['p5', 'p7']);
     assert.equal(sim[0]!.reason.text, 'Similar to Product 3');
     assert.deepEqual([sim[0]!.reason.kind, sim[0]!.reason.itemIds, sim[0]!.reason.basis], ['similar', ['p3'], []]);
     for (let i = 1; i < sim.length; i++) assert.ok(sim[i - 1]!.score >= sim[i]!.score);
     await assert.rejects(e.similar('nope'), /"nope" is not in the catalog/);
+    await e.close();
+  });
+
+  it('a reason names two items done alike with one verb, and quotes titles with their runs of spaces made one (stop 34)', async () => {
+    const items = catalog.items.map((i) => (i.id === 'p8' ? { ...i, title: '  RED  HARMONICA IN BOX ' } : i));
+    const store = new MemoryEventStore();
+    const dim = 4;
+    const factors = new Float32Array(30 * dim);
+    for (let i = 0; i < 30; i++) factors[i * dim + 1] = 0.1;
+    for (const r of [8, 9, 29]) factors.set([1, 0, 0, 0], r * dim);
+    factors.set([3, 0, 0, 0], 28 * dim);
+    await store.setMeta(MODEL_KEY, { version: 2, itemIds: items.map((i) => i.id), dim, factors, bias: new Float32Array(30), trainSteps: 0, trainedThroughId: 0 });
+    const e = await Engine.create({ ...base, catalog: { items }, store, model: { dim } });
+    const t = Date.now();
+    e.enqueue([{ type: 'purchase', itemId: 'p8', t: t - 60_000 }, { type: 'purchase', itemId: 'p9', t }]);
+    const top = (await e.recommend({ k: 1, exclude: ['p28', 'p8', 'p9'] }))[0]!;
+    assert.equal(top.itemId, 'p29');
+    assert.match(top.reason.text, /^Because you bought (Product 9 and RED HARMONICA IN BOX|RED HARMONICA IN BOX and Product 9)$/);
+    // Done differently, each with its verb (p28's view contributes most).
+    e.enqueue([{ type: 'view', itemId: 'p28', t: t + 1 }]);
+    assert.match((await e.recommend({ k: 1 }))[0]!.reason.text, /^Because you viewed Product 28 and bought (Product 9|RED HARMONICA IN BOX)$/);
+    await e.close();
+  });
+
+  it('similar() on a table that has learned nothing (no training, no sync) lists the bestsellers as such, not as similar (stop 34)', async () => {
+    const e = await Engine.create({ ...base, dbName: dbName() });
+    const sim = await e.similar('p3', { k: 4 });
+    // The seeded factors' nearest would be chance: popularity order instead, p3 itself left out.
+    assert.deepEqual(sim.map((r) => r.itemId), ['p0', 'p1', 'p2', 'p4']);
+    for (const r of sim) assert.deepEqual(r.reason, { kind: 'popular', text: 'Popular in this shop', itemIds: [], basis: [] });
+    // Nor does recommend() cite a past item for them: its contributions would be noise.
+    e.enqueue([{ type: 'view', itemId: 'p9' }, { type: 'purchase', itemId: 'p12' }]);
+    const recs = await e.recommend({ k: 5 });
+    for (const r of recs) assert.equal(r.reason.kind, 'popular', `${r.itemId}: ${r.reason.text}`);
     await e.erase();
+    // Trained on this device (version 0, training steps taken): its contributions are cited.
+    const store = new MemoryEventStore();
+    const dim = 4;
+    const factors = new Float32Array(30 * dim);
+    for (let i = 0; i < 30; i++) factors[i * dim + 1] = 0.1;
+    factors.set([1, 0, 0, 0], 9 * dim);
+    factors.set([1, 0, 0, 0], 29 * dim);
+    await store.setMeta(MODEL_KEY, { version: 0, itemIds: catalog.items.map((i) => i.id), dim, factors, bias: new Float32Array(30), trainSteps: 8, trainedThroughId: 0 });
+    const trained = await Engine.create({ ...base, store, model: { dim } });
+    trained.enqueue([{ type: 'view', itemId: 'p9' }]);
+    const top = (await trained.recommend({ k: 1 }))[0]!;
+    assert.deepEqual([top.itemId, top.reason.kind, top.reason.text], ['p29', 'personal', 'Because you viewed Product 9']);
+    await trained.close();
   });
 
   it('similar() leaves out what `exclude` names and keeps to `category`, with the neighbour table and without', async () => {

@@ -24,6 +24,9 @@ describe('offer reasons reference real past events', () => {
     assert.equal(offerReason(mugs, events, products, {}, false), 'Because you viewed Red Mug');
     assert.equal(offerReason(mugs, events.slice(0, 2), products, {}, false), 'Because you bought Blue Mug');
     assert.equal(offerReason(mugs, [{ t: 1, type: 'add_to_cart', itemId: 'm2' }], products, {}, false), 'Because you added Blue Mug');
+    // A shop's raw title, runs of spaces and all, is quoted with them made one (stop 34).
+    const raw = indexProducts([{ id: 'h1', title: ' RED  HARMONICA   IN BOX ', category: 'mug', price: 1 }]);
+    assert.equal(offerReason(mugs, [{ t: 1, type: 'view', itemId: 'h1' }], raw, {}, false), 'Because you viewed RED HARMONICA IN BOX');
   });
 
   test('events that speak against an item are not cited: a low rating, an add taken back', () => {

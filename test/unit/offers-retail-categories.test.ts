@@ -49,6 +49,12 @@ describe('retailCategory', () => {
     assert.equal(retailCategory('POSTAGE'), 'service');
     assert.equal(retailCategory('DOTCOM POSTAGE'), 'service');
     assert.equal(retailCategory('Manual'), 'service');
+    assert.equal(retailCategory('CARRIAGE'), 'service');
+    assert.equal(retailCategory('Next Day Carriage'), 'service');
+    // Products whose names hold those words are products (a review of the output, stop 34).
+    assert.equal(retailCategory('FRENCH CARRIAGE LANTERN'), 'light');
+    assert.notEqual(retailCategory('BLACK BAROQUE CARRIAGE CLOCK'), 'service');
+    assert.equal(retailCategory('BAG 250g SWIRLY MARBLES'), 'toy');
     assert.equal(retailCategory('SOMBRERO'), 'other');
     assert.equal(retailCategory(''), 'other');
   });
