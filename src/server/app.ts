@@ -5,13 +5,14 @@
 import { Hono, type Context } from 'hono';
 import { bodyLimit } from 'hono/body-limit';
 import { cors } from 'hono/cors';
+import { matchedRoutes } from 'hono/route';
 import { getConnInfo } from '@hono/node-server/conninfo';
 import { serveStatic } from '@hono/node-server/serve-static';
 import { relative } from 'node:path';
 import { isStorageError } from '../errors.js';
 import { updateByteLength, WIRE_FORMAT_VERSION, UPDATE_BUDGET_BYTES } from '../federated/wire.js';
 import { rateLimitKey, type RateLimit } from './rate-limit.js';
-import { noCohort, type RoundCoordinator } from './rounds.js';
+import { noCohort, type LogFn, type RoundCoordinator } from './rounds.js';
 import { defaultUploadTimeoutMs } from './cohorts.js';
 import { REJECT_STATUS, type RejectReason } from './validate-update.js';
 import { registerRedeem } from './redeem.js';
@@ -20,6 +21,8 @@ import { servable } from './static-files.js';
 import type { OfferCatalog } from '../offers/types.js';
 import { CONFIRM_TAG_BYTES, MASK_VERSION, maskedUpdateBytes, maskNeighbours, PAIR_SEED_BYTES, PUBLIC_KEY_BYTES, usesSelfMask } from '../federated/secagg.js';
 import { trainedLength } from '../federated/client-update.js';
+import { methodLabel, ServerMetrics, type UploadKind } from './metrics.js';
+import { monotonicNow } from './clock.js';
 
 export interface AppOptions {
   rateLimiter?: RateLimit;
@@ -37,12 +40,87 @@ export interface AppOptions {
   corsOrigins?: string[];
   /** The shop's offer catalog (already verified): enables `POST /v1/offers/redeem`. */
   offers?: OfferCatalog;
+  /**
+   * `GET /metrics`: the Prometheus text exposition of the server's totals (metrics.ts). Off by
+   * default; the route is not under /v1, so a proxy can keep it from the public by path.
+   */
+  metrics?: boolean;
   now?: () => number;
-  log: (line: string) => void;
+  /** A monotonic clock (ms) for request durations and the storage outage's log lines. Default `performance.now()`. */
+  monotonic?: () => number;
+  /**
+   * During a storage outage, the first refused request is logged with its cause, then at most one
+   * count of refused requests per this interval, then one line once storage works again. Default 60,000.
+   */
+  storageLogIntervalMs?: number;
+  log: LogFn;
+}
+
+/** The reason code each refused request was answered with (for the metrics), by request. */
+const refusals = new WeakMap<Request, string>();
+
+/** The upload routes the metrics count by outcome. */
+const UPLOAD_ROUTES: Record<string, UploadKind> = { '/v1/updates': 'plain', '/v1/secagg/updates': 'masked', '/v1/secagg/join': 'join' };
+
+/**
+ * The pattern of the route that answers `c` (`/v1/secagg/cohorts/:id`), never the path the client
+ * sent: what log lines and metrics name a request by. A route registered for a method wins over the
+ * middleware (`/v1/*`) that may have answered before it; a path no route matches is named by the
+ * last middleware pattern it went through (`/v1/*`, `/*`).
+ */
+export function routePattern(c: Context): string {
+  const all = matchedRoutes(c);
+  return (all.find((r) => r.method !== 'ALL') ?? all[all.length - 1])?.path ?? 'unmatched';
+}
+
+/**
+ * A storage outage's log lines: the first refused request with the cause, then at most one count
+ * of refused requests per interval, then one line once a request that uses the store is answered
+ * while no storage fault stands.
+ */
+class StorageOutageLog {
+  private since: number | undefined;
+  private lastLine = 0;
+  private count = 0;
+
+  constructor(
+    private readonly log: LogFn,
+    private readonly clock: () => number,
+    private readonly intervalMs: number,
+  ) {}
+
+  refused(method: string, route: string, cause: string): void {
+    const t = this.clock();
+    if (this.since === undefined) {
+      this.since = t;
+      this.lastLine = t;
+      this.count = 0;
+      this.log(`storage unavailable on ${method} ${route}: ${cause}`, { event: 'storage-unavailable', level: 'error', method, route });
+      return;
+    }
+    this.count++;
+    if (t - this.lastLine >= this.intervalMs) this.flush(t);
+  }
+
+  /** A request that uses the store was answered (not refused for storage), and no storage fault stands. */
+  served(): void {
+    if (this.since === undefined) return;
+    const t = this.clock();
+    this.flush(t);
+    this.log(`storage available again after ${Math.round((t - this.since) / 1000)} s`, { event: 'storage-recovered', durationMs: Math.round(t - this.since) });
+    this.since = undefined;
+  }
+
+  private flush(t: number): void {
+    if (this.count > 0) this.log(`${this.count} requests refused for storage in the last ${Math.round((t - this.lastLine) / 1000)} s`, { event: 'storage-refusals', level: 'warn', count: this.count, durationMs: Math.round(t - this.lastLine) });
+    this.count = 0;
+    this.lastLine = t;
+  }
 }
 
 function fail(c: Context, reason: RejectReason | 'not-found' | 'internal', error: string, status?: number): Response {
   const s = status ?? (reason in REJECT_STATUS ? REJECT_STATUS[reason as RejectReason] : reason === 'not-found' ? 404 : 500);
+  refusals.set(c.req.raw, reason);
   return c.json({ error, reason }, s as 400);
 }
 
@@ -94,6 +172,25 @@ export function createApp(rounds: RoundCoordinator, opts: AppOptions): Hono {
   const sealedShares = sa && usesSelfMask(sa) ? maskNeighbours(0, sa.cohortSize, sa.degree).length : 0;
   const updateBytes = sa ? maskedUpdateBytes(trainedLength(cfg.trained, cfg.dim), sa.bits, sealedShares) : updateByteLength(cfg.trained.rows, cfg.dim, cfg.bits, cfg.blockSize);
   const app = new Hono();
+  const clock = opts.monotonic ?? monotonicNow;
+  const metrics = opts.metrics ? new ServerMetrics(sa ? ['masked', 'join'] : ['plain']) : null;
+  const outage = new StorageOutageLog(opts.log, clock, opts.storageLogIntervalMs ?? 60_000);
+
+  // First, around everything: the request's metrics, and the end of a storage outage.
+  app.use('*', async (c, next) => {
+    const start = clock();
+    await next();
+    const status = c.res.status;
+    const route = routePattern(c);
+    const method = c.req.method;
+    const reason = refusals.get(c.req.raw);
+    if (reason !== 'storage-unavailable' && status < 500 && (method === 'POST' || route === '/v1/health' || route.startsWith('/v1/secagg/')) && rounds.storageFault === undefined) outage.served();
+    if (!metrics) return;
+    metrics.observeRequest(method, route, status, (clock() - start) / 1000);
+    const kind = method === 'POST' ? UPLOAD_ROUTES[c.req.path] : undefined;
+    if (kind) metrics.countUpload(kind, status < 300 ? 'accepted' : (reason ?? 'internal'));
+  });
+
   if (opts.corsOrigins?.length) {
     app.use(
       '/v1/*',
@@ -114,6 +211,7 @@ export function createApp(rounds: RoundCoordinator, opts: AppOptions): Hono {
       // Another process sharing the store was started with other round settings (rounds.ts,
       // checkSettings; logged once when it was noticed): another instance takes the request.
       c.header('Retry-After', '30');
+      refusals.set(c.req.raw, 'settings-changed');
       return c.json({ error: 'this server instance runs with round settings its store no longer uses (another instance was started with new ones); nothing was stored, retry later', reason: 'settings-changed' }, 503);
     }
     if (isStorageError(err)) {
@@ -121,7 +219,11 @@ export function createApp(rounds: RoundCoordinator, opts: AppOptions): Hono {
       // nothing was stored (the transaction rolled back, or what was inserted was taken out again),
       // so say so and ask for a retry.
       // Its message (a database URL, a file path) is for the operator's log, never for the client.
-      opts.log(`storage unavailable on ${c.req.method} ${c.req.path}: ${err.message}`);
+      // The request is named by its route's pattern, never the path sent (a client's bytes, a
+      // newline that would forge a log line; a cohort id and member index). During an outage the
+      // first refusal is logged, then a count a minute (StorageOutageLog).
+      outage.refused(methodLabel(c.req.method), routePattern(c), err.message);
+      refusals.set(c.req.raw, 'storage-unavailable');
       c.header('Retry-After', '30');
       // Except a masked upload that stays stored though its cohort may not have recorded it
       // (rounds.ts, UploadKeptError): the same upload again finishes it.
@@ -129,9 +231,13 @@ export function createApp(rounds: RoundCoordinator, opts: AppOptions): Hono {
       const error = kept ? 'the server cannot reach its storage right now; the upload is stored, but not every step of taking it was: send the same upload again later' : 'the server cannot reach its storage right now; nothing was stored, retry later';
       return c.json({ error, reason: 'storage-unavailable' }, 503);
     }
-    opts.log(`internal error on ${c.req.method} ${c.req.path}: ${err.stack ?? err.message}`);
+    opts.log(`internal error on ${methodLabel(c.req.method)} ${routePattern(c)}: ${err.stack ?? err.message}`, { event: 'internal-error', level: 'error', method: methodLabel(c.req.method), route: routePattern(c) });
     return fail(c, 'internal', 'internal server error');
   });
+
+  // Liveness: 200 whenever the process answers, before anything that looks at the store (the
+  // readiness check is /v1/health, 503 while the server cannot store).
+  app.get('/v1/health/live', (c) => c.json({ ok: true }));
 
   // On a store several processes share, an instance whose round settings another one replaced
   // (rounds.ts, checkSettings) answers every request 503, its health check included, so that the
@@ -194,8 +300,9 @@ export function createApp(rounds: RoundCoordinator, opts: AppOptions): Hono {
     }),
   );
 
-  app.get('/v1/rounds/current', (c) =>
-    c.json({
+  app.get('/v1/rounds/current', (c) => {
+    const failure = rounds.roundFailure;
+    return c.json({
       version: rounds.version,
       hash: rounds.hash,
       publishedAt: new Date(rounds.publishedAt).toISOString(),
@@ -203,8 +310,11 @@ export function createApp(rounds: RoundCoordinator, opts: AppOptions): Hono {
       minClients: cfg.minClients,
       maxStaleness: cfg.maxStaleness,
       oldestAcceptedBase: Math.max(0, rounds.version - cfg.maxStaleness),
-    }),
-  );
+      // While rounds fail (retried at most once a second): why the last one failed, and since when.
+      lastRoundError: failure?.error ?? null,
+      failingSince: failure ? new Date(failure.since).toISOString() : null,
+    });
+  });
 
   app.get('/v1/model', (c) => {
     const q = c.req.query('encoding') ?? 'float32';
@@ -362,6 +472,25 @@ export function createApp(rounds: RoundCoordinator, opts: AppOptions): Hono {
   );
 
   if (opts.offers) registerRedeem(app, opts.offers, opts.now ?? Date.now);
+
+  if (metrics) {
+    app.get('/metrics', async (c) => {
+      // As /v1/health: catch up with a shared store, and let a standing write fault be probed.
+      await rounds.refresh().catch(() => undefined);
+      const storageUp = (await rounds.checkStorage()) === undefined;
+      const body = metrics.render({
+        version: rounds.version,
+        publishedAt: rounds.publishedAt,
+        pending: rounds.pending,
+        roundFailures: rounds.roundFailures,
+        failingSince: rounds.roundFailure?.since,
+        storageUp,
+        ...(sa ? { cohorts: await rounds.cohortCounts().catch(() => undefined), cohortsAborted: rounds.cohortsAborted } : {}),
+      });
+      c.header('Cache-Control', 'no-store');
+      return c.body(body, 200, { 'Content-Type': 'text/plain; version=0.0.4; charset=utf-8' });
+    });
+  }
 
   app.all('/v1/*', (c) => fail(c, 'not-found', `no such endpoint: ${c.req.method} ${c.req.path}`));
 

@@ -130,6 +130,8 @@ export interface CohortStore {
    * an hour after they ended.
    */
   sweep(): Promise<SweepResult>;
+  /** How many cohorts are in each state, ended ones included until forgotten (for `localrec_cohorts`); optional. */
+  counts?(): Promise<Partial<Record<CohortStatus, number>>>;
 }
 
 /** The recovery shares a cohort recovering from `dropped` needs: one from each survivor (every self-mask must come off). */
@@ -489,6 +491,12 @@ export class MemoryCohortStore implements CohortStore {
     c.status = 'done';
     c.published = version;
     c.endedAt = this.now();
+  }
+
+  async counts(): Promise<Partial<Record<CohortStatus, number>>> {
+    const out: Partial<Record<CohortStatus, number>> = {};
+    for (const c of this.cohorts.values()) out[c.status] = (out[c.status] ?? 0) + 1;
+    return out;
   }
 
   async sweep(): Promise<SweepResult> {

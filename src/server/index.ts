@@ -16,7 +16,7 @@ import { createApp } from './app.js';
 import { MemoryStorage } from './memory-storage.js';
 import { RateLimiter, type RateLimitOptions } from './rate-limit.js';
 import { monotonicNow, steadyClock } from './clock.js';
-import { RoundCoordinator, type RoundConfig } from './rounds.js';
+import { RoundCoordinator, type LogFields, type LogFn, type RoundConfig } from './rounds.js';
 import { SQLITE_FILE, SqliteStorage, type SqliteStorageOptions } from './sqlite-storage.js';
 import { isPostgresUrl, PostgresStorage, redactUrl } from './postgres-storage.js';
 import type { Storage } from './storage.js';
@@ -177,7 +177,22 @@ export interface ServerOptions {
    * ({@link steadyClock}).
    */
   monotonic?: () => number;
-  log?: (line: string) => void;
+  /**
+   * `GET /metrics` on the same listener: the Prometheus text exposition of the server's totals
+   * (`localrec serve --metrics`; docs/SERVER.md, "Monitoring"). Default false. Nothing in it
+   * identifies a device, but keep it from the public at the proxy (a path outside /v1).
+   */
+  metrics?: boolean;
+  /**
+   * Where the server's log lines go: `line` is the text, `fields` what it says as data (an `event`
+   * name, `version`, `durationMs`…; see {@link LogFields}). Default: stderr, as `logFormat` says.
+   */
+  log?: LogFn;
+  /**
+   * Without `log`: `text` (default) writes `localrec serve: <line>` to stderr; `json` one JSON
+   * object per line, `{"ts","level","event",…fields,"msg"}` (`localrec serve --log-format json`).
+   */
+  logFormat?: 'text' | 'json';
 }
 
 export interface RunningServer {
@@ -187,8 +202,33 @@ export interface RunningServer {
   /**
    * Graceful: stops accepting connections, answers the requests in flight (cut after
    * `shutdownGraceMs`), lets the round coordinator finish what it queued, then closes the store.
+   * With `why` (what asked for it: `localrec serve` gives the signal, `SIGTERM`), logs
+   * `stopping (SIGTERM): N requests in flight`, then `stopped` once the store is closed.
    */
-  close(): Promise<void>;
+  close(why?: string): Promise<void>;
+}
+
+/**
+ * One log line as `--log-format json` writes it: `ts` (ISO 8601), `level`, `event`, the line's
+ * other fields, and `msg`, the text line (escaped by JSON: a newline in it cannot start a line).
+ *
+ * @example
+ * ```ts
+ * jsonLogLine('published version 3 from 10 updates', { event: 'published', version: 3 }, 0);
+ * // {"ts":"1970-01-01T00:00:00.000Z","level":"info","event":"published","version":3,"msg":"published version 3 from 10 updates"}
+ * ```
+ */
+export function jsonLogLine(line: string, fields: LogFields | undefined, now: number): string {
+  const { event = 'message', level = 'info', ...rest } = fields ?? {};
+  return JSON.stringify({ ts: new Date(now).toISOString(), level, event, ...rest, msg: line });
+}
+
+/** The log of `options`: its own, or stderr in its `logFormat`. */
+function logOf(options: Pick<ServerOptions, 'log' | 'logFormat'>): LogFn {
+  if (options.log) return options.log;
+  const format = options.logFormat ?? 'text';
+  if (format !== 'text' && format !== 'json') throw new ValidationError('options.logFormat', `must be 'text' or 'json', got ${describeValue(format)}`);
+  return format === 'json' ? (line, fields) => process.stderr.write(`${jsonLogLine(line, fields, Date.now())}\n`) : (line) => process.stderr.write(`localrec serve: ${line}\n`);
 }
 
 /** See {@link ServerOptions.backlog}. */
@@ -271,12 +311,17 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
   if (!(Number.isInteger(wanted) && wanted >= 0 && wanted <= 65535)) throw new ValidationError('options.port', `must be 0..65535 (0 = any free port), got ${describeValue(wanted)}`);
   const backlog = positive('backlog', options.backlog ?? DEFAULT_BACKLOG, true);
   const graceMs = options.shutdownGraceMs ?? DEFAULT_SHUTDOWN_GRACE_MS;
+  const log = logOf(options);
   if (!Number.isFinite(graceMs) || graceMs < 0) throw new ValidationError('options.shutdownGraceMs', `must be a number of milliseconds ≥ 0, got ${graceMs}`);
   // Requests that come while the server is still being built wait for it; if it fails, they get
   // the 503 devices already retry on (nothing was stored).
   let built!: (app: ServerParts['app'] | null) => void;
   const ready = new Promise<ServerParts['app'] | null>((resolve) => (built = resolve));
+  let started = false;
   const fetch = async (request: Request, env: HttpBindings | Http2Bindings): Promise<Response> => {
+    // Liveness is answered while the store opens too (a one-time migration can take minutes: a
+    // liveness probe must not have the process killed for it); everything else waits.
+    if (!started && request.method === 'GET' && new URL(request.url).pathname === '/v1/health/live') return Response.json({ ok: true, starting: true });
     const app = await ready;
     if (app) return app.fetch(request, env);
     return Response.json({ error: 'the server failed to start; nothing was stored, retry later', reason: 'storage-unavailable' }, { status: 503, headers: { 'Retry-After': '30' } });
@@ -296,25 +341,28 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
   const open = trackResponses(server, () => closing !== null);
   let parts: ServerParts;
   try {
-    parts = await createServer(options);
+    parts = await createServer({ ...options, log });
   } catch (e) {
     built(null);
     await closeGracefully(server, open, 0);
     throw e;
   }
-  const { app, rounds, storage } = parts;
-  built(app);
+  const { rounds, storage } = parts;
+  built(parts.app);
+  started = true;
   const url = `http://${host.includes(':') ? `[${host}]` : host}:${port}`;
   return {
     url,
     rounds,
-    close() {
+    close(why?: string) {
       closing ??= (async () => {
+        if (why !== undefined) log(`stopping (${why}): ${open.size} request${open.size === 1 ? '' : 's'} in flight`, { event: 'stopping', signal: why, inFlight: open.size });
         await closeGracefully(server, open, graceMs);
         // The requests are answered; what they queued (a round being published, a discard)
         // finishes before the store closes.
         await rounds.drain();
         await storage.close();
+        if (why !== undefined) log('stopped', { event: 'stopped' });
       })();
       return closing;
     },
@@ -384,7 +432,7 @@ export function checkRoundOptions(o: Pick<ServerOptions, 'robust' | 'trimFractio
  * ```
  */
 export async function createServer(options: ServerOptions = {}): Promise<ServerParts> {
-  const log = options.log ?? ((line: string) => process.stderr.write(`localrec serve: ${line}\n`));
+  const log = logOf(options);
   const now = options.now ?? Date.now;
   const monotonic = options.monotonic ?? (options.now ? steadyClock(options.now) : monotonicNow);
   if (options.database !== undefined) {
@@ -425,6 +473,8 @@ export async function createServer(options: ServerOptions = {}): Promise<ServerP
       trustProxy: options.trustProxy ?? false,
       ...(options.offers ? { offers: options.offers, now } : {}),
       ...(options.corsOrigins ? { corsOrigins: options.corsOrigins } : {}),
+      ...(options.metrics ? { metrics: true } : {}),
+      monotonic,
     });
     return { app, rounds, storage };
   } catch (e) {
@@ -438,7 +488,7 @@ export async function createServer(options: ServerOptions = {}): Promise<ServerP
  * touching a store: the round config, the version 0 to store when the store is empty, and the
  * rate limit. Throws a `ValidationError` naming the option.
  */
-function checkOptions(options: ServerOptions, shape: ItemTable, log: (line: string) => void, now: () => number, monotonic: () => number): { config: RoundConfig; initial: ItemTable | undefined; rateLimit: RateLimitOptions | false } {
+function checkOptions(options: ServerOptions, shape: ItemTable, log: LogFn, now: () => number, monotonic: () => number): { config: RoundConfig; initial: ItemTable | undefined; rateLimit: RateLimitOptions | false } {
   const itemCount = shape.itemIds.length;
   const trained = checkTrainedPart({ rows: options.trainRows ?? itemCount, biases: options.trainBiases ?? true }, itemCount, 'options.trainRows');
   const blockSize = positive('blockSize', options.blockSize ?? DEFAULT_BLOCK_SIZE, true);

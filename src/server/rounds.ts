@@ -12,9 +12,24 @@ import { MaskedSum, RecoveredSum } from './masked-sum.js';
 import { steadyClock } from './clock.js';
 import { checkUpdate, reject, type Rejection, type UpdatePolicy } from './validate-update.js';
 import { aliveNeighbours, COHORT_ID_BYTES, CONFIRM_TAG_BYTES, decodeMaskedHeader, type TagRound, decodeMaskedUpdate, importPublicKey, maskNeighbours, recoveryShareBytes, SEALED_SHARE_BYTES, usesSelfMask, type SecAggParams } from '../federated/secagg.js';
-import { cohortView, defaultUploadTimeoutMs, isCohortId, MemoryCohortStore, type CohortInfo, type CohortStore, type CohortView } from './cohorts.js';
+import { cohortView, defaultUploadTimeoutMs, isCohortId, MemoryCohortStore, type CohortInfo, type CohortStatus, type CohortStore, type CohortView } from './cohorts.js';
 import { expandDelta, trainedLength, type TrainedPart } from '../federated/client-update.js';
 import { DEFAULT_SUBSPACE_SCALE, MIN_DIRECTION_WEIGHT, subspaceTable } from '../federated/subspace.js';
+
+/**
+ * What a log line says as fields, for `localrec serve --log-format json`: `event` names the line,
+ * `level` is `info` unless said; the others (`version`, `updates`, `durationMs`, `route`, …) are
+ * numbers or short words of the server's own, never a client's address, a body, a nonce, a token or
+ * a member index.
+ */
+export interface LogFields {
+  event: string;
+  level?: 'info' | 'warn' | 'error';
+  [field: string]: string | number | boolean | undefined;
+}
+
+/** The server's log: one line of text, and its fields when it has some ({@link LogFields}). */
+export type LogFn = (line: string, fields?: LogFields) => void;
 
 export interface RoundConfig extends UpdatePolicy {
   /** The part of the table federated training updates (server options `trainRows`, `trainBiases`). */
@@ -63,7 +78,7 @@ export interface RoundConfig extends UpdatePolicy {
    * kept in memory. Default: {@link steadyClock} of `now` (`localrec serve`: `performance.now()`).
    */
   monotonic?: () => number;
-  log: (line: string) => void;
+  log: LogFn;
 }
 
 /** How {@link RoundCoordinator.open} treats a store that holds pending updates of other round settings. */
@@ -357,6 +372,15 @@ export class UploadKeptError extends StorageError {
   constructor(cause: unknown) {
     super(`${(cause as Error).message} (the upload stays stored; the same upload sent again is taken)`, { cause });
   }
+}
+
+/** How long after a failed aggregation the next is tried, at the soonest. */
+const RETRY_INTERVAL_MS = 1000;
+
+/** An error's message on one line, at most 300 characters. */
+function oneLineMessage(e: unknown): string {
+  const m = (e as Error)?.message ?? String(e);
+  return m.replace(/\s+/g, ' ').slice(0, 300);
 }
 
 /** The member index in a masked upload's nonce (`cohort:member`). */
@@ -661,7 +685,7 @@ export class RoundCoordinator {
       if (this.superseded) this.config.log("the store's round settings are this server's again: it takes updates again");
       this.superseded = undefined;
     } else {
-      if (!this.superseded) this.config.log(`${new SettingsChangedError(changes).message}; until then every API request is answered 503`);
+      if (!this.superseded) this.config.log(`${new SettingsChangedError(changes).message}; until then every API request is answered 503`, { event: 'settings-changed', level: 'error' });
       this.superseded = new SettingsChangedError(changes);
     }
     return this.superseded;
@@ -673,6 +697,8 @@ export class RoundCoordinator {
    * peers publish keeps serving the current version.
    */
   async refresh(maxAgeMs = 1000): Promise<void> {
+    // A failed round is retried behind the queue, not awaited by the reader.
+    this.retryAggregation(this.clock());
     // A reader arriving while a round is being combined is answered from memory (the version the
     // round builds on), rather than wait for the round behind the queue.
     if (!this.storage.shared || this.aggregating > 0 || this.clock() - this.lastCatchUp < maxAgeMs) return;
@@ -813,7 +839,13 @@ export class RoundCoordinator {
       this.pendingN = await this.storage.pendingCount();
       return complete;
     }
-    if (complete) {
+    if (complete && this.failing && !this.failing.storage && this.clock() - this.lastAttempt < RETRY_INTERVAL_MS) {
+      // Rounds fail, and not for the storage (an aggregate out of range, a bug): not again for
+      // every upload. The next request a second or more after the last attempt retries
+      // (retryAggregation), or the next upload that completes a round. (After a storage failure
+      // this upload's own write just succeeded: the store may take the publish now.)
+      this.aggregationOwed = true;
+    } else if (complete) {
       const before = this.cur.version;
       for (let attempt = 1; ; attempt++) {
         try {
@@ -823,16 +855,17 @@ export class RoundCoordinator {
           // Another process sharing the store published first (this one has adopted its version):
           // what it left pending may still make a round.
           if (e instanceof StorageConflictError && attempt < 3 && this.pendingN >= this.config.minClients) continue;
-          // The update itself is committed; the round is retried with the next update or restart.
+          // The update itself is committed; the round is retried at most once a second after this
+          // attempt: by the next request (retryAggregation), the next upload, or a restart.
           if (e instanceof StorageConflictError) {
             // Under secure aggregation what is pending may be a complete cohort (or a recovered one,
             // with fewer than minClients uploads) that no later upload completes: it is retried
             // at most once a second (retryAggregation), until its publish deadline.
             if (this.cohorts && this.pendingN > 0) this.aggregationOwed = true;
-            this.config.log(`another process published version ${this.cur.version} first`);
+            this.config.log(`another process published version ${this.cur.version} first`, { event: 'publish-conflict', version: this.cur.version });
           } else {
             this.aggregationOwed = true;
-            this.config.log(`aggregation failed, will retry: ${(e as Error).message}`);
+            this.logRoundFailure('aggregation failed, will retry', e);
           }
           break;
         }
@@ -897,28 +930,45 @@ export class RoundCoordinator {
       this.config.log(`could not check cohorts for timeouts: ${(e as Error).message}`);
       return;
     }
+    this.cohortsAbortedN += swept.aborted.length;
     for (const c of swept.aborted) {
       // An aborted cohort's uploads can never be unmasked.
-      if (c.updateIds.length === 0) continue;
+      if (c.updateIds.length === 0) {
+        // (Its reason says how many members joined or uploaded, and the deadline it missed.)
+        this.config.log(`cohort ${c.id.slice(0, 12)} ended without uploads: ${c.reason}`, { event: 'cohort-ended-empty', level: 'warn' });
+        continue;
+      }
       void this.run(async () => {
         await this.write(() => this.storage.discard(c.updateIds));
         this.pendingN = await this.storage.pendingCount();
-        this.config.log(`discarded ${c.updateIds.length} uploads of aborted cohort ${c.id.slice(0, 12)}: ${c.reason}`);
+        this.config.log(`discarded ${c.updateIds.length} uploads of aborted cohort ${c.id.slice(0, 12)}: ${c.reason}`, { event: 'cohort-aborted', level: 'warn', uploads: c.updateIds.length });
       }).catch((e: Error) => this.config.log(`could not discard the uploads of cohort ${c.id.slice(0, 12)}: ${e.message}`));
     }
   }
 
-  /** Set when an aggregation failed on a storage error: a complete round waits in the store. */
+  private cohortsAbortedN = 0;
+  /** Cohorts this process's sweeps ended unpublished (`localrec_cohorts_aborted_total`). */
+  get cohortsAborted(): number {
+    return this.cohortsAbortedN;
+  }
+
+  /** Cohorts by state, from a cohort store that can count them (in memory); undefined otherwise. */
+  async cohortCounts(): Promise<Partial<Record<CohortStatus, number>> | undefined> {
+    return this.cohorts?.counts?.();
+  }
+
+  /** Set when an aggregation failed, or was put off (rounds failing): a complete round waits in the store. */
   private aggregationOwed = false;
   private lastRetry = -Infinity;
 
   /**
-   * Retries an aggregation that failed (storage briefly unavailable) at most once a second, on the
-   * next request that sweeps cohorts: otherwise a complete cohort, or one whose recovery shares all
-   * came, would wait for another cohort to complete, or for a restart.
+   * Retries an aggregation that failed (storage briefly unavailable, an aggregate out of range) at
+   * most once a second after the last attempt, on the next request that sweeps cohorts or reads
+   * (`refresh`): otherwise a complete cohort, or one whose recovery shares all came, would wait for
+   * another cohort to complete, or for a restart, and a plain round for the next upload.
    */
   private retryAggregation(t: number): void {
-    if (!this.aggregationOwed || t - this.lastRetry < 1000) return;
+    if (!this.aggregationOwed || t - Math.max(this.lastRetry, this.lastAttempt) < RETRY_INTERVAL_MS) return;
     this.lastRetry = t;
     this.aggregationOwed = false;
     void this.run(async () => {
@@ -933,7 +983,7 @@ export class RoundCoordinator {
           return;
         }
         this.aggregationOwed = true;
-        this.config.log(`aggregation failed again, will retry: ${(e as Error).message}`);
+        this.logRoundFailure('aggregation failed again, will retry', e);
       }
     }).catch(() => undefined);
   }
@@ -1076,7 +1126,7 @@ export class RoundCoordinator {
           // may have published another cohort, not this one (when it was this one, the retry finds
           // nothing pending of it).
           this.aggregationOwed = true;
-          if (!(e instanceof StorageConflictError)) this.config.log(`aggregation of recovered cohort ${id.slice(0, 12)} failed, will retry: ${(e as Error).message}`);
+          if (!(e instanceof StorageConflictError)) this.logRoundFailure(`aggregation of recovered cohort ${id.slice(0, 12)} failed, will retry`, e);
         }
       });
     }
@@ -1099,8 +1149,11 @@ export class RoundCoordinator {
    */
   private async aggregate(): Promise<number> {
     this.aggregating++;
+    this.lastAttempt = this.clock();
     try {
-      return await this.aggregateNow();
+      const v = await this.aggregateNow();
+      this.roundSucceeded();
+      return v;
     } catch (e) {
       if (e instanceof StorageConflictError) {
         // Another process published first (or took updates this round was reading): adopt its
@@ -1108,11 +1161,69 @@ export class RoundCoordinator {
         const latest = await this.storage.latest();
         if (latest) await this.load(latest);
         this.pendingN = await this.storage.pendingCount();
+      } else {
+        this.roundFailed(e);
       }
       throw e;
     } finally {
       this.aggregating--;
     }
+  }
+
+  /** When an aggregation was last begun (on {@link clock}): a failing round is retried at most once a second after it. */
+  private lastAttempt = -Infinity;
+  /** Aggregations that failed (not a conflict with another process) since this process started. */
+  private roundFailuresN = 0;
+  /** Set while rounds fail: since when (wall clock) and with what, as `/v1/rounds/current` shows it. */
+  private failing: { since: number; error: string; attempts: number; storage: boolean } | undefined;
+
+  /**
+   * Aggregations that failed since this process started (`localrec_round_failures_total`), not
+   * counting those another process sharing the store beat to the publish.
+   */
+  get roundFailures(): number {
+    return this.roundFailuresN;
+  }
+
+  /**
+   * Set while rounds fail (the last aggregation failed): since when (ms since the epoch) and why,
+   * in words fit for `/v1/rounds/current` (a storage error's message, which may name a file or a
+   * database URL, stays in the log).
+   */
+  get roundFailure(): { since: number; error: string } | undefined {
+    return this.failing && { since: this.failing.since, error: this.failing.error };
+  }
+
+  private roundFailed(e: unknown): void {
+    this.roundFailuresN++;
+    const error = isStorageError(e) ? 'the server could not use its storage (the cause is in its log)' : oneLineMessage(e);
+    this.failing = { since: this.failing?.since ?? this.config.now(), error, attempts: (this.failing?.attempts ?? 0) + 1, storage: isStorageError(e) };
+  }
+
+  /** When the last line about a failed round was logged (on {@link clock}), and at which attempt. */
+  private failureLine = { at: -Infinity, attempt: 0 };
+
+  /**
+   * Logs a failed round: the first two attempts of a run of failures, then at most one line a
+   * minute, saying how many attempts failed since the last line (a round retried once a second for
+   * hours must not write a line a second).
+   */
+  private logRoundFailure(what: string, e: unknown): void {
+    const attempt = this.failing?.attempts ?? 1;
+    const t = this.clock();
+    const last = this.failureLine;
+    if (attempt > 2 && t - last.at < 60_000) return;
+    const unsaid = attempt - last.attempt - 1;
+    this.config.log(`${what}: ${(e as Error)?.message ?? String(e)}${unsaid > 0 ? ` (and ${unsaid} more failed attempts since the last line)` : ''}`, { event: 'round-failed', level: 'error', attempts: attempt });
+    this.failureLine = { at: t, attempt };
+  }
+
+  private roundSucceeded(): void {
+    if (!this.failing) return;
+    this.failureLine = { at: -Infinity, attempt: 0 };
+    const ms = this.config.now() - this.failing.since;
+    this.config.log(`rounds aggregate again after ${Math.round(ms / 1000)} s of failures (${this.failing.attempts} failed attempts)`, { event: 'round-recovered', durationMs: ms, attempts: this.failing.attempts });
+    this.failing = undefined;
   }
 
   /** Rounds being combined now ({@link aggregate}): readers are answered from memory meanwhile ({@link refresh}). */
@@ -1339,7 +1450,12 @@ export class RoundCoordinator {
     );
     this.cur = { version: next.version, hash: stored.hash, table: next, model, optimizer, createdAt: stored.createdAt };
     this.hashes.set(next.version, stored.hash);
-    this.config.log(`published version ${next.version} from ${consumed.length} updates${how} (${stored.hash.slice(0, 12)})`);
+    this.config.log(`published version ${next.version} from ${consumed.length} updates${how} (${stored.hash.slice(0, 12)})`, {
+      event: 'published',
+      version: next.version,
+      updates: consumed.length,
+      durationMs: Math.round(this.clock() - this.lastAttempt),
+    });
   }
 }
 

@@ -99,11 +99,17 @@ export function register(program: Command): void {
     .option('--cors-origin <origin...>', 'page origins that may call the API from another origin (e.g. https://shop.example)')
     .option('--offers <file>', "signed offer catalog (localrec offers sign) to check redemptions against: POST /v1/offers/redeem")
     .option('--offers-key <file>', 'public JWK the offer catalog must verify with (required with --offers)')
+    .option('--log-format <format>', "'text' (default): lines of text on stderr; 'json': one JSON object per line (ts, level, event, msg, and fields such as version, durationMs), the start-up lines on stdout too", 'text')
+    .option('--metrics', 'serve Prometheus metrics (totals only) at GET /metrics on the same port; keep that path from the public at the proxy (docs/SERVER.md, "Monitoring")')
     .action(async (o: Record<string, unknown>, command: Command) => {
       const { startServer, PostgresStorage, SqliteStorage } = await import('./index.js');
       const { createItemTable } = await import('../model/item-table.js');
       let initialTable;
       checkServeFlags(o);
+      const json = o.logFormat === 'json';
+      const { jsonLogLine } = await import('./index.js');
+      // The start-up lines, on stdout: text, or with --log-format json one JSON object each.
+      const say = (line: string, fields: import('./rounds.js').LogFields) => process.stdout.write(`${json ? jsonLogLine(line, fields, Date.now()) : line}\n`);
       const typed = (attribute: string) => command.getOptionValueSource(attribute) === 'cli';
       if (typeof o.catalog !== 'string') {
         // Without a catalog the model comes from the store, which keeps its own shape and biases.
@@ -193,6 +199,8 @@ export function register(program: Command): void {
         ...(typeof o.static === 'string' ? { staticDir: o.static } : {}),
         ...(offers ? { offers } : {}),
         ...(Array.isArray(o.corsOrigin) ? { corsOrigins: o.corsOrigin as string[] } : {}),
+        ...(o.metrics ? { metrics: true } : {}),
+        logFormat: json ? 'json' : 'text',
         // Test-only: LOCALREC_FAULT=kill-before-publish-commit kills the process inside the publish
         // transaction, to prove that a crash there loses nothing (test/unit/server-crash.test.ts).
         ...(crash === 'kill-before-publish-commit'
@@ -208,22 +216,21 @@ export function register(program: Command): void {
       const cfg = server.rounds.config;
       const sa = cfg.secureAggregation;
       const uploads = sa ? `secure aggregation: cohorts of ${sa.cohortSize}, ${sa.bits}-bit masked updates, step ${sa.step.toPrecision(3)}, ${sa.degree} mask neighbours${(sa.minSurvivors ?? sa.cohortSize) < sa.cohortSize ? `, recovered from ${sa.minSurvivors} survivors` : ''}` : `${cfg.bits}-bit updates, min ${cfg.minClients} clients`;
-      process.stdout.write(
-        `localrec serve listening on ${server.url} (version ${server.rounds.version}, ${cfg.itemCount} items × ${cfg.dim}, ${uploads}, ${cfg.aggregator}${cfg.robust === 'mean' ? '' : ` on the ${cfg.robust}${cfg.robust === 'trimmed-mean' ? ` (β ${cfg.trimFraction})` : ''}`}${cfg.denoise && cfg.denoise !== 'none' ? `, denoise ${cfg.denoise}` : ''})\n`,
+      say(
+        `localrec serve listening on ${server.url} (version ${server.rounds.version}, ${cfg.itemCount} items × ${cfg.dim}, ${uploads}, ${cfg.aggregator}${cfg.robust === 'mean' ? '' : ` on the ${cfg.robust}${cfg.robust === 'trimmed-mean' ? ` (β ${cfg.trimFraction})` : ''}`}${cfg.denoise && cfg.denoise !== 'none' ? `, denoise ${cfg.denoise}` : ''})`,
+        { event: 'listening', url: server.url, version: server.rounds.version, metrics: !!o.metrics },
       );
       const storage = server.rounds.storage;
-      process.stdout.write(
-        `store: ${storage instanceof PostgresStorage ? `PostgreSQL ${storage.url} (shared: other processes may serve from it)` : storage instanceof SqliteStorage ? `SQLite ${storage.path}` : 'memory'}\n`,
-      );
-      if (offers) process.stdout.write(`offers: catalog version ${offers.version}, ${offers.offers.length} offers, signature verified; redemption checks at POST /v1/offers/redeem\n`);
+      say(`store: ${storage instanceof PostgresStorage ? `PostgreSQL ${storage.url} (shared: other processes may serve from it)` : storage instanceof SqliteStorage ? `SQLite ${storage.path}` : 'memory'}`, { event: 'store' });
+      if (offers) say(`offers: catalog version ${offers.version}, ${offers.offers.length} offers, signature verified; redemption checks at POST /v1/offers/redeem`, { event: 'offers' });
       const { syncsWithinBudget } = await import('../federated/dp.js');
-      process.stdout.write(`${budgetNote(cfg.noiseMultiplier, cfg.noiseMultiplier > 0 ? syncsWithinBudget(cfg.noiseMultiplier, 8) : 0)}\n`);
+      say(budgetNote(cfg.noiseMultiplier, cfg.noiseMultiplier > 0 ? syncsWithinBudget(cfg.noiseMultiplier, 8) : 0), { event: 'privacy-budget' });
       // Graceful (see RunningServer.close): in-flight requests are answered before the store closes.
-      const stop = () => {
-        server.close().then(
+      const stop = (signal: NodeJS.Signals) => {
+        server.close(signal).then(
           () => process.exit(0),
           (e: Error) => {
-            process.stderr.write(`localrec serve: shutting down: ${e.message}\n`);
+            process.stderr.write(json ? `${jsonLogLine(`shutting down: ${e.message}`, { event: 'stop-failed', level: 'error' }, Date.now())}\n` : `localrec serve: shutting down: ${e.message}\n`);
             process.exit(1);
           },
         );
@@ -249,6 +256,7 @@ export function budgetNote(noiseMultiplier: number, syncs: number): string {
  * the flags' words and units.
  */
 function checkServeFlags(o: Record<string, unknown>): void {
+  if (o.logFormat !== 'text' && o.logFormat !== 'json') throw new ValidationError('--log-format', `must be 'text' or 'json', got '${String(o.logFormat)}'`);
   const port = o.port as number;
   if (!(Number.isInteger(port) && port >= 0 && port <= 65535)) throw new ValidationError('--port', `must be 0..65535 (0 = any free port), got ${port}`);
   const backlog = o.backlog as number;
