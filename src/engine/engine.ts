@@ -1499,8 +1499,9 @@ export class Engine {
       throw new ValidationError('neighbors', `must be an ArrayBuffer or a typed array holding a neighbour file, got ${data === null ? 'null' : typeof data}`);
     }
     const bytes = data instanceof ArrayBuffer ? new Uint8Array(data.slice(0)) : new Uint8Array(data.buffer.slice(data.byteOffset, data.byteOffset + data.byteLength));
-    this.neighborsCheckedAt = undefined;
     const n = await this.installNeighbors(bytes, 'setNeighbors');
+    // (Only once it installed: a refused file leaves the URL's table in use, and its check time.)
+    this.neighborsCheckedAt = undefined;
     return { items: n.items, matched: n.matched, width: n.width, hash: n.hash };
   }
 
@@ -1601,7 +1602,9 @@ export class Engine {
   /** Fetches `options.neighbors.url` in the background (logged in the egress log like every request). */
   private startNeighborFetch(): void {
     const url = this.opts.neighbors?.url;
-    if (url === undefined || !this.consent.personalization || this.neighborsLoading || this.neighborsFresh()) return;
+    // (Not once close() has begun: a consent grant finishing while it waits would start a fetch it
+    // then waits out.)
+    if (url === undefined || this.closing || !this.consent.personalization || this.neighborsLoading || this.neighborsFresh()) return;
     this.neighborsLoading = this.fetchNeighbors(url);
   }
 
@@ -1726,8 +1729,24 @@ export class Engine {
     // longer than refreshHours fetches the file again, in the background.
     if (this.neighborRetry) this.retryNeighborFetchIfDue();
     else if (!this.neighbors && this.neighborsLoading) await this.untilNeighborWaitEnds(this.neighborsLoading);
-    else if (this.neighbors && !this.neighborFetching && !this.closing) this.startNeighborFetch();
+    else if (this.neighbors && !this.neighborFetching && !this.closing && (this.opts.neighbors?.refreshHours ?? NEIGHBOR_REFRESH_HOURS) > 0) await this.refreshNeighborsIfStale();
     return this.neighbors;
+  }
+
+  /**
+   * On a page open longer than `refreshHours`: fetches the file again in the background, unless
+   * another tab checked it meanwhile (its `checkedAt` in the stored record), so that several open
+   * tabs make one request, not one each.
+   */
+  private async refreshNeighborsIfStale(): Promise<void> {
+    if (this.neighborsFresh()) return;
+    const stored = await this.store.getMeta<SavedNeighbors>(NEIGHBORS_KEY).catch(() => undefined);
+    const at = stored?.checkedAt;
+    if (isStoredBytes(stored) && stored.hash === this.neighbors?.hash && stored.source === this.neighbors.source && typeof at === 'number' && at > (this.neighborsCheckedAt ?? -Infinity)) {
+      this.neighborsCheckedAt = at;
+      if (this.neighborsFresh()) return;
+    }
+    this.startNeighborFetch();
   }
 
   /** `loading`, or the end of the wait for it (neighborWaitUntil), whichever comes first. */
@@ -3311,6 +3330,8 @@ export class Engine {
     await this.writesSettled();
     const queued = this.queue.length;
     if (queued > 0) lost ??= new StorageError('the store did not take them');
+    // (Aborted again: one started while close() waited, before `closing` could stop it.)
+    this.neighborAbort?.abort();
     await this.neighborsLoading;
     await this.training?.catch(() => undefined);
     this.closed = true;

@@ -128,7 +128,9 @@ export const PROBE_MAX_ROWS = 262_144;
 
 /**
  * Disposes a backend the probe started but did not choose (its GPU context or device, its buffers,
- * a grown WASM heap), keeping it registered so that a later fallback can start it afresh. Without
+ * a grown WASM heap), keeping it registered so that a later fallback can start it afresh. Only one
+ * the probe itself started: tfjs's engine is one per realm, and in Node several engines may share
+ * it, one of them scoring on a backend another's probe did not choose. Without
  * this a page that scores on wasm held a live WebGL context and WebGPU device for its whole life
  * (about 2.5 MB and 0.7 MB of GPU memory in headless Chromium: a review's measurement, stop 34).
  */
@@ -205,6 +207,9 @@ export async function selectBackend(opts: SelectOptions = {}): Promise<BackendCh
   const order = candidates.includes('wasm') ? ['wasm' as const, ...candidates.filter((c) => c !== 'wasm')] : [...candidates];
   /** Candidates that could not be timed, and why (in the reason: a missing backend is news). */
   const missing: string[] = [];
+  // Backends already started before this probe (another engine in this process scores on one)
+  // are not this probe's to release.
+  const running = new Set(Object.keys((tf.engine() as unknown as { registry?: Record<string, unknown> }).registry ?? {}));
   /** Whether every candidate this platform offers was timed (what a later page load may rely on). */
   let complete = true;
   const started: BackendName[] = [];
@@ -231,7 +236,7 @@ export async function selectBackend(opts: SelectOptions = {}): Promise<BackendCh
   const best = ranked[0]![0];
   await tf.setBackend(best);
   // The CPU backend holds nothing once the probe's tensors are gone; the others may hold a GPU.
-  for (const name of started) if (name !== best && name !== 'cpu') releaseBackend(name);
+  for (const name of started) if (name !== best && name !== 'cpu' && !running.has(name)) releaseBackend(name);
   const reason = 'probed: ' + ranked.map(([n, ms]) => `${n} ${ms.toFixed(1)} ms`).join(', ') + (missing.length ? `; ${missing.join('; ')}` : '');
   return { backend: best, reason, timings, rememberable: complete };
 }

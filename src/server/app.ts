@@ -184,10 +184,13 @@ export function createApp(rounds: RoundCoordinator, opts: AppOptions): Hono {
     const route = routePattern(c);
     const method = c.req.method;
     const reason = refusals.get(c.req.raw);
-    if (reason !== 'storage-unavailable' && status < 500 && (method === 'POST' || route === '/v1/health' || route.startsWith('/v1/secagg/')) && rounds.storageFault === undefined) outage.served();
+    const kind = method === 'POST' ? UPLOAD_ROUTES[c.req.path] : undefined;
+    // The end of an outage is a request that used the store and succeeded: a stored upload or join,
+    // or a health check (which looks at the store). A refusal that never reached it (a malformed
+    // body, the rate limit) or a route that keeps no state (a redemption check) says nothing.
+    if (status < 300 && (kind !== undefined || route === '/v1/health') && rounds.storageFault === undefined) outage.served();
     if (!metrics) return;
     metrics.observeRequest(method, route, status, (clock() - start) / 1000);
-    const kind = method === 'POST' ? UPLOAD_ROUTES[c.req.path] : undefined;
     if (kind) metrics.countUpload(kind, status < 300 ? 'accepted' : (reason ?? 'internal'));
   });
 

@@ -161,7 +161,15 @@ describe('the backends the probe did not choose', () => {
       // A fallback starts it again.
       assert.equal(await tf.setBackend('webgpu'), true);
       assert.equal(made, 2);
-      assert.equal(tf.sum(tf.tensor1d([1, 2, 3])).dataSync()[0], 6);
+      const held = tf.tensor1d([1, 2, 3]);
+      assert.equal(tf.sum(held).dataSync()[0], 6);
+      // Already running before a probe (another engine in this process scores on it): not this
+      // probe's to release, though it loses again.
+      const again = await selectBackend({ candidates: ['webgpu', 'wasm'], probeRows: 500, probeDim: 8 });
+      assert.equal(again.backend, 'wasm');
+      assert.equal(disposed, 1, 'not disposed again');
+      assert.ok(Object.keys(registry).includes('webgpu'));
+      assert.deepEqual([...(await held.data())], [1, 2, 3], "the other engine's tensor is still there");
     } finally {
       if (hadNavigator) Object.defineProperty(g, 'navigator', hadNavigator);
       else delete g.navigator;

@@ -574,8 +574,13 @@ describe('Engine with a neighbour table', () => {
     t += 2 * hour;
     await (await start()).close();
     assert.deepEqual(calls, [t0, checked, t], 'checked 25 hours ago: fetched at start');
-    await (await start({ ...opts, neighbors: { url, refreshHours: 0 } })).close();
-    assert.equal(calls.length, 4, 'refreshHours 0: every page load');
+    const every = await start({ ...opts, neighbors: { url, refreshHours: 0 } });
+    for (let i = 0; i < 3; i++) {
+      await every.recommend({ k: 1 });
+      await (every as unknown as { neighborsLoading?: Promise<void> }).neighborsLoading;
+    }
+    await every.close();
+    assert.equal(calls.length, 4, 'refreshHours 0: every page load, once (not at every call)');
     // The device clock went back (the stored check lies ahead of it): not fresh.
     t -= 48 * hour;
     await (await start()).close();
@@ -598,6 +603,41 @@ describe('Engine with a neighbour table', () => {
     assert.equal(calls.length, 6, 'Save-Data: no request while a table is stored');
     await (await start(moved)).close();
     assert.equal(calls.length, 7, 'without it, fetched again');
+  });
+
+  it('tabs open past refreshHours make one request between them; close() during a consent grant does not wait out a download it started', async () => {
+    let t = Date.now();
+    const calls: number[] = [];
+    const fetch: FetchLike = async () => {
+      calls.push(t);
+      return new Response(file as Uint8Array<ArrayBuffer>, { status: 200 });
+    };
+    const store = new MemoryEventStore();
+    const opts = { ...base, store, fetch, now: () => t, neighbors: { url: 'https://shop.example/n.lrn' } };
+    const a = await Engine.create(opts);
+    await a.recommend({ k: 1 });
+    const b = await Engine.create(opts);
+    await b.recommend({ k: 1 });
+    assert.equal(calls.length, 1);
+    t += 25 * 3_600_000;
+    await a.recommend({ k: 1 });
+    await (a as unknown as { neighborsLoading?: Promise<void> }).neighborsLoading;
+    assert.equal(calls.length, 2, 'the first tab refreshes');
+    await b.recommend({ k: 1 });
+    await (b as unknown as { neighborsLoading?: Promise<void> }).neighborsLoading;
+    assert.equal(calls.length, 2, 'the second reads the first one\'s check and does not fetch');
+    await a.close();
+    await b.close();
+
+    // A grant that completes while close() waits for it must not leave a download close() waits out.
+    const hang: FetchLike = (_url, init) =>
+      new Promise((_res, rej) => init?.signal?.addEventListener('abort', () => rej(new DOMException('aborted', 'AbortError'))));
+    const c = await Engine.create({ ...base, store: new MemoryEventStore(), fetch: hang, consent: { personalization: false, federated: false }, neighbors: { url: 'https://shop.example/n.lrn', downloadTimeoutMs: 60_000 } });
+    const granting = c.setConsent({ personalization: true });
+    const closed = c.close().then(() => 'closed');
+    const r = await Promise.race([closed, new Promise((res) => setTimeout(() => res('still waiting after 5 s'), 5_000))]);
+    await granting.catch(() => undefined);
+    assert.equal(r, 'closed');
   });
 
   it('a failed fetch is tried again in the background after a minute, then after twice as long; no call waits for a retry', async () => {
