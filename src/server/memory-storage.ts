@@ -2,7 +2,7 @@
  * In-memory {@link Storage}: for tests and throwaway demos. Same contract as SQLite except that
  * nothing survives the process.
  */
-import { StorageConflictError, type NewUpdate, type PendingRef, type PendingUpdate, type Storage, type StoredVersion } from './storage.js';
+import { keepModelsOf, StorageConflictError, type NewUpdate, type PendingRef, type PendingUpdate, type VersionRetentionOptions, type Storage, type StoredVersion } from './storage.js';
 
 /**
  * @example
@@ -16,6 +16,12 @@ export class MemoryStorage implements Storage {
   private nonces = new Set<string>();
   private nextId = 1;
   private meta = new Map<string, string>();
+  private readonly keepModels: number;
+
+  /** `options.keepModels`: see {@link VersionRetentionOptions}. */
+  constructor(options: VersionRetentionOptions = {}) {
+    this.keepModels = keepModelsOf(options);
+  }
 
   async latest(): Promise<StoredVersion | undefined> {
     return this.versions[this.versions.length - 1];
@@ -72,7 +78,15 @@ export class MemoryStorage implements Storage {
       throw new StorageConflictError(`cannot publish version ${next.version}: latest is ${this.versions.length - 1}`);
     }
     for (const id of consumed) if (!this.updates.has(id)) throw new StorageConflictError(`update ${id} is not pending`);
-    this.versions.push({ ...next, model: next.model.slice() });
+    this.versions.push({ ...next, model: next.model.slice(), optimizer: next.optimizer?.slice() ?? null });
+    // As the SQL stores: older versions keep their hash; the state goes, and the model past keepModels.
+    const cut = next.version - this.keepModels;
+    // (New objects: a version a caller read before stays as it was read.)
+    for (let i = 0; i < this.versions.length - 1; i++) {
+      const v = this.versions[i]!;
+      const drop = v.version <= cut && v.model.length > 0;
+      if (v.optimizer || drop) this.versions[i] = { ...v, optimizer: null, model: drop ? new Uint8Array(0) : v.model };
+    }
     for (const id of consumed) {
       // As the SQL stores: a masked upload's `cohort:member` nonce is forgotten once averaged.
       const nonce = this.updates.get(id)!.nonce;

@@ -13,8 +13,10 @@
  *
  * Aggregated updates keep what they keep in SQLite (base version, version, a plain update's nonce
  * against replays); body, arrival time and a masked upload's `cohort:member` go once averaged.
- * PostgreSQL keeps old row versions until VACUUM, and its WAL (and any archive of it) the bodies
- * as written: docs/SERVER.md.
+ * Older versions lose their optimizer state and, past `keepModels`, their model in the publish's
+ * transaction ({@link VersionRetentionOptions}). PostgreSQL keeps old row versions until VACUUM
+ * (autovacuum then reuses their space), and its WAL (and any archive of it) the bodies as
+ * written: docs/SERVER.md.
  */
 import { createHmac, randomBytes } from 'node:crypto';
 import { bytesEqual, UPDATE_BUDGET_BYTES } from '../federated/wire.js';
@@ -23,7 +25,7 @@ import { StorageError } from '../errors.js';
 import { recoveryShareBytes, usesSelfMask, type SecAggParams, type TagRound } from '../federated/secagg.js';
 import type { RateLimit, RateLimitOptions } from './rate-limit.js';
 import { afterCollectTimeout, allUploaded, cohortTimeouts, collectDeadline, KEEP_ENDED_MS, newCohortId, newMemberToken, PUBLISH_GRACE, recoveryDeadline, timeoutReason, type CohortInfo, type CohortStatus, type CohortStore, type CohortTimeouts, type MarkResult, type RecoveryResult, type SweepResult } from './cohorts.js';
-import { averagedNonceSql, checkNextVersion, inIdOrder, pendingFromRow, refFromRow, StorageConflictError, versionFromRow, versionParams, type NewUpdate, type PendingRef, type PendingUpdate, type Storage, type StoredVersion, type UpdateRow, type VersionRow } from './storage.js';
+import { averagedNonceSql, checkNextVersion, inIdOrder, keepModelsOf, pendingFromRow, PRUNE_BATCH_VERSIONS, refFromRow, StorageConflictError, versionFromRow, versionParams, type NewUpdate, type PendingRef, type PendingUpdate, type VersionRetentionOptions, type Storage, type StoredVersion, type UpdateRow, type VersionRow } from './storage.js';
 
 const SCHEMA_VERSION = '1';
 /** How long a new connection may take (pool checkout included) before the call fails with a StorageError. */
@@ -42,12 +44,15 @@ const LOCK_KEY = 0x6c726563;
 const JOIN_LOCK_KEY = 0x6c727361;
 /** Key of the session advisory lock held by the process running the one-time clean-up at open ('lrcl'). */
 const CLEANUP_LOCK_KEY = 0x6c72636c;
-/** Meta key written once averaged updates that earlier releases left were cleared ({@link PostgresStorage.clearLegacyRows}). */
-const CLEANED_KEY = 'averaged-rows-cleared';
+/**
+ * Meta key: the update id through which averaged updates that earlier releases left were cleared
+ * ({@link PostgresStorage.clearLegacyRows}); each start looks only past it.
+ */
+const CLEANED_KEY = 'averaged-rows-cleared-through';
 /** Rows of `localrec_updates` one statement of that clean-up looks at: a fraction of the statement timeout on any table size. */
 const CLEANUP_BATCH_ROWS = 10_000;
 
-export interface PostgresStorageOptions {
+export interface PostgresStorageOptions extends VersionRetentionOptions {
   /** Connections in the pool (default 4; the round coordinator runs one state change at a time). */
   maxConnections?: number;
   /**
@@ -134,12 +139,16 @@ export class PostgresStorage implements Storage {
   /** The timer that deletes refilled rate-limit buckets while no request comes. */
   private purgeTimer: ReturnType<typeof setInterval> | undefined;
 
+  /** {@link VersionRetentionOptions.keepModels}. */
+  private readonly keepModels: number;
+
   private constructor(
     private readonly pool: pg.Pool,
     url: string,
     private readonly hooks: PostgresStorageOptions,
   ) {
     this.url = redactUrl(url);
+    this.keepModels = keepModelsOf(hooks);
   }
 
   /** Connects, checks the server answers, and creates the tables when missing. */
@@ -147,6 +156,7 @@ export class PostgresStorage implements Storage {
     if (!isPostgresUrl(url)) throw new StorageError(`not a PostgreSQL URL (postgres://user@host:port/database): ${redactUrl(url)}`);
     const max = options.maxConnections ?? 4;
     if (!Number.isInteger(max) || max < 1) throw new StorageError(`maxConnections must be an integer ≥ 1, got ${max}`);
+    keepModelsOf(options);
     const timeout = options.statementTimeoutMs ?? 30_000;
     if (!Number.isInteger(timeout) || timeout < 1) throw new StorageError(`statementTimeoutMs must be an integer ≥ 1, got ${timeout}`);
     const pool = new (await loadPg()).Pool({
@@ -251,18 +261,24 @@ export class PostgresStorage implements Storage {
 
   /**
    * Clears what earlier builds kept of averaged updates: their arrival times and masked
-   * uploads' `cohort:member` nonces (now cleared as they are averaged). Once per database (then
-   * {@link CLEANED_KEY} says so), after the schema's transaction and outside the publish lock: in
-   * autocommitted statements of `batch` rows each, walking the primary key, so that a table of
-   * millions of rows neither hits the statement timeout nor holds other processes' publishes.
-   * One process at a time (a session advisory lock); one that finds it taken starts without
-   * waiting, and a process that stops halfway leaves the rest to the next start.
+   * uploads' `cohort:member` nonces (now cleared as they are averaged). Each start looks only past
+   * the id {@link CLEANED_KEY} holds (the first start after an upgrade, the whole table; later
+   * ones, what an older build averaged since, after a rollback), after the schema's transaction
+   * and outside the publish lock: in autocommitted statements of `batch` rows each, walking the
+   * primary key, so that a table of millions of rows neither hits the statement timeout nor holds
+   * other processes' publishes. One process at a time (a session advisory lock); one that finds it
+   * taken starts without waiting, and a process that stops halfway leaves the rest to the next start.
    */
   private async clearLegacyRows(batch: number): Promise<void> {
     if (!Number.isInteger(batch) || batch < 1) throw new StorageError(`cleanupBatchRows must be an integer ≥ 1, got ${batch}`);
-    const done = async () => (await this.q('read a setting', 'SELECT 1 FROM localrec_meta WHERE key = $1', [CLEANED_KEY])).rowCount !== 0;
-    if (await done()) return;
-    const what = 'clear arrival times of averaged updates (once, after an upgrade)';
+    const through = async (): Promise<string> => {
+      const v = (await this.q<{ value: string }>('read a setting', 'SELECT value FROM localrec_meta WHERE key = $1', [CLEANED_KEY])).rows[0]?.value;
+      return v !== undefined && /^\d+$/.test(v) ? v : '0';
+    };
+    const from = await through();
+    const newer = (await this.q('look for updates past the clean-up', 'SELECT 1 FROM localrec_updates WHERE id > $1 LIMIT 1', [from])).rowCount !== 0;
+    if (!newer) return;
+    const what = 'clear arrival times of averaged updates (after an upgrade)';
     let client: pg.PoolClient;
     try {
       client = await this.pool.connect();
@@ -275,9 +291,10 @@ export class PostgresStorage implements Storage {
     client.on('error', onError);
     try {
       locked = (await client.query<{ ok: boolean }>('SELECT pg_try_advisory_lock($1) AS ok', [CLEANUP_LOCK_KEY])).rows[0]!.ok;
-      // Another process is at it (or has just finished).
-      if (!locked || (await done())) return;
-      for (let last = '0'; ; ) {
+      // Another process is at it.
+      if (!locked) return;
+      let last = await through();
+      for (;;) {
         const next = (await client.query<{ last: string | null }>('SELECT MAX(id)::text AS last FROM (SELECT id FROM localrec_updates WHERE id > $1 ORDER BY id LIMIT $2) AS b', [last, batch])).rows[0]!.last;
         if (next === null) break;
         await client.query(
@@ -287,7 +304,11 @@ export class PostgresStorage implements Storage {
         );
         last = next;
       }
-      await client.query('INSERT INTO localrec_meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING', [CLEANED_KEY, String(Date.now())]);
+      // Through the last row looked at, or short of the first still pending: one an older build
+      // averages later (a rollback) is looked at again by the next start.
+      const pending = (await client.query<{ first: string | null }>('SELECT MIN(id)::text AS first FROM localrec_updates WHERE aggregated_into IS NULL')).rows[0]!.first;
+      const mark = pending !== null && BigInt(pending) - 1n < BigInt(last) ? (BigInt(pending) - 1n).toString() : last;
+      await client.query('INSERT INTO localrec_meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value', [CLEANED_KEY, mark]);
     } catch (e) {
       broken ??= e as Error;
       this.fail(what, e);
@@ -449,6 +470,16 @@ export class PostgresStorage implements Storage {
           throw new StorageConflictError(`${consumed.length - (r.rowCount ?? 0)} of the ${consumed.length} updates are no longer pending`);
         }
       }
+      // As SqliteStorage, in this transaction: older versions lose their optimizer state, and those
+      // up to `cut` their model (an empty bytea: the column is NOT NULL); at most a batch, newest
+      // first. (octet_length() of a TOASTed value reads its size, not its chunks; an unchanged
+      // model keeps its TOAST pointer.)
+      await c.query(
+        `UPDATE localrec_versions SET optimizer = NULL, model = CASE WHEN version <= $2 THEN ''::bytea ELSE model END
+         WHERE version IN (SELECT version FROM localrec_versions WHERE version < $1 AND (optimizer IS NOT NULL OR (version <= $2 AND octet_length(model) > 0))
+                           ORDER BY version DESC LIMIT $3)`,
+        [next.version, next.version - this.keepModels, PRUNE_BATCH_VERSIONS],
+      );
       await this.hooks.beforeCommit?.(next.version === 0 ? 'init' : 'publish');
     });
   }

@@ -31,6 +31,11 @@ export interface LogFields {
 /** The server's log: one line of text, and its fields when it has some ({@link LogFields}). */
 export type LogFn = (line: string, fields?: LogFields) => void;
 
+/** A round whose aggregate lies outside what devices accept: its message names the setting to lower (public in `/v1/rounds/current`). */
+class AggregateRangeError extends Error {
+  override name = 'AggregateRangeError';
+}
+
 export interface RoundConfig extends UpdatePolicy {
   /** The part of the table federated training updates (server options `trainRows`, `trainBiases`). */
   trained: TrainedPart;
@@ -561,6 +566,9 @@ export class RoundCoordinator {
     const actual = toHex(await sha256(v.model));
     if (actual !== v.hash) throw new StorageError(`stored version ${v.version} is corrupt: hash ${actual} ≠ recorded ${v.hash}`);
     const { table } = decodeModel(v.model);
+    // A newer version another process published: rounds aggregate, whatever this one's last try
+    // did (its failure must not keep /v1/rounds/current and the metrics alerting).
+    if (this.cur && v.version > this.cur.version) this.roundSucceeded();
     this.cur = {
       version: v.version,
       hash: v.hash,
@@ -1196,7 +1204,14 @@ export class RoundCoordinator {
 
   private roundFailed(e: unknown): void {
     this.roundFailuresN++;
-    const error = isStorageError(e) ? 'the server could not use its storage (the cause is in its log)' : oneLineMessage(e);
+    // Public (/v1/rounds/current): only words of the server's own choosing. An aggregate out of
+    // range says which setting to lower; anything else (a storage error names a file or a database
+    // URL, a recovery error a member index) is one fixed sentence, the cause being in the log.
+    const error = isStorageError(e)
+      ? 'the server could not use its storage (the cause is in its log)'
+      : e instanceof AggregateRangeError
+        ? oneLineMessage(e)
+        : 'the round could not be combined (the cause is in the server log)';
     this.failing = { since: this.failing?.since ?? this.config.now(), error, attempts: (this.failing?.attempts ?? 0) + 1, storage: isStorageError(e) };
   }
 
@@ -1214,7 +1229,9 @@ export class RoundCoordinator {
     const last = this.failureLine;
     if (attempt > 2 && t - last.at < 60_000) return;
     const unsaid = attempt - last.attempt - 1;
-    this.config.log(`${what}: ${(e as Error)?.message ?? String(e)}${unsaid > 0 ? ` (and ${unsaid} more failed attempts since the last line)` : ''}`, { event: 'round-failed', level: 'error', attempts: attempt });
+    // (A recovery error names the member it is about: never in the log, SERVER.md "Monitoring".)
+    const message = ((e as Error)?.message ?? String(e)).replace(/\bmember \d+/g, 'a member');
+    this.config.log(`${what}: ${message}${unsaid > 0 ? ` (and ${unsaid} more failed attempts since the last line)` : ''}`, { event: 'round-failed', level: 'error', attempts: attempt });
     this.failureLine = { at: t, attempt };
   }
 
@@ -1430,7 +1447,7 @@ export class RoundCoordinator {
     // round is retried.
     await yieldToEventLoop();
     const bad = beyondModelMagnitude(next);
-    if (bad) throw new Error(`the aggregate of ${consumed.length} updates is out of range (the ${bad.what} of item ${JSON.stringify(bad.itemId)} is ${bad.value}, devices refuse beyond ±${MAX_MODEL_MAGNITUDE}); nothing was published, the updates stay pending: lower the server's learning rate or scale`);
+    if (bad) throw new AggregateRangeError(`the aggregate of ${consumed.length} updates is out of range (the ${bad.what} of item ${JSON.stringify(bad.itemId)} is ${bad.value}, devices refuse beyond ±${MAX_MODEL_MAGNITUDE}); nothing was published, the updates stay pending: lower the server's learning rate or scale`);
     await yieldToEventLoop();
     const model = encodeModel(next);
     const stored: StoredVersion = {

@@ -11,6 +11,11 @@
  * liability. `secure_delete` keeps the dropped bodies out of the file's free pages, and a
  * checkpoint that truncates the WAL after every publish and discard ({@link SqliteStorage.checkpoint})
  * keeps them out of `localrec.sqlite-wal`, whose frames still hold each body as it was written.
+ *
+ * Each publish also drops older versions' optimizer state and models past `keepModels`
+ * ({@link VersionRetentionOptions}) in its transaction: the pages they held are zeroed (`secure_delete`)
+ * onto the free list and reused by the next versions, so the file stops growing by a model (and
+ * a FedAdam state) per round, without a VACUUM.
  */
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
@@ -18,7 +23,7 @@ import type Database from 'better-sqlite3';
 import { StorageError } from '../errors.js';
 import { makeOutputFolder } from '../output-file.js';
 import { UPDATE_BUDGET_BYTES } from '../federated/wire.js';
-import { averagedNonceSql, checkNextVersion, pendingFromRow, refFromRow, StorageConflictError, versionFromRow, versionParams, type NewUpdate, type PendingRef, type PendingUpdate, type Storage, type StoredVersion, type UpdateRow, type VersionRow } from './storage.js';
+import { averagedNonceSql, checkNextVersion, keepModelsOf, pendingFromRow, PRUNE_BATCH_VERSIONS, refFromRow, StorageConflictError, versionFromRow, versionParams, type NewUpdate, type PendingRef, type PendingUpdate, type VersionRetentionOptions, type Storage, type StoredVersion, type UpdateRow, type VersionRow } from './storage.js';
 
 const SCHEMA_VERSION = '1';
 
@@ -114,7 +119,7 @@ function takeLock(dir: string): Database.Database {
   }
 }
 
-export interface SqliteStorageOptions {
+export interface SqliteStorageOptions extends VersionRetentionOptions {
   /** Test-only fault injection: called inside a transaction, just before it commits. */
   beforeCommit?: (what: 'init' | 'update' | 'publish' | 'probe') => void;
 }
@@ -156,13 +161,20 @@ export class SqliteStorage implements Storage {
     pendingByNonce: Database.Statement;
     maxVersion: Database.Statement;
     insertVersion: Database.Statement;
-    markAggregated: Database.Statement;
+    averagedRow: Database.Statement;
+    deleteUpdate: Database.Statement;
+    insertAveraged: Database.Statement;
     discard: Database.Statement;
     probe: Database.Statement;
     unprobe: Database.Statement;
     readMeta: Database.Statement;
     writeMeta: Database.Statement;
+    toPrune: Database.Statement;
+    pruneRead: Database.Statement;
+    pruneDelete: Database.Statement;
   };
+  /** {@link VersionRetentionOptions.keepModels}. */
+  private readonly keepModels: number;
   /** Set when the last checkpoint could not empty the WAL (a reader held it): tried again after the next write. */
   private checkpointOwed = false;
 
@@ -185,6 +197,7 @@ export class SqliteStorage implements Storage {
     sqlite();
     this.path = path;
     this.hooks = options;
+    this.keepModels = keepModelsOf(options);
     this.lock = takeLock(dirname(path));
     let db: Database.Database | undefined;
     try {
@@ -293,17 +306,26 @@ export class SqliteStorage implements Storage {
       ),
       // Averaged: the body goes, the arrival time too, and a masked upload's nonce (`cohort:member`)
       // becomes one that names neither (the cohort refuses uploads once it ends; a plain update's
-      // random nonce is kept, against replays).
-      markAggregated: db.prepare(
-        `UPDATE updates SET aggregated_into = ?, body = NULL, received_at = 0, nonce = ${averagedNonceSql('instr')}
-         WHERE id = ? AND aggregated_into IS NULL`,
-      ),
+      // random nonce is kept, against replays). The row as it stays, then deleted and inserted
+      // so (see prune()).
+      averagedRow: db.prepare(`SELECT id, ${averagedNonceSql('instr')} AS nonce, base_version FROM updates WHERE id = ? AND aggregated_into IS NULL`),
+      deleteUpdate: db.prepare('DELETE FROM updates WHERE id = ?'),
+      insertAveraged: db.prepare('INSERT INTO updates (id, nonce, base_version, received_at, body, aggregated_into) VALUES (?, ?, ?, 0, NULL, ?)'),
       discard: db.prepare('DELETE FROM updates WHERE id = ? AND aggregated_into IS NULL'),
       // (TEXT affinity leaves a blob a blob.)
       probe: db.prepare("INSERT OR REPLACE INTO meta (key, value) VALUES ('write-probe', zeroblob(?))"),
       unprobe: db.prepare("DELETE FROM meta WHERE key = 'write-probe'"),
       readMeta: db.prepare('SELECT value FROM meta WHERE key = ?'),
       writeMeta: db.prepare('INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value'),
+      // Versions older than `next` that hold an optimizer state, or a model while at most `cut`;
+      // at most `batch`, newest first. (length() of a blob reads its size, not its overflow pages.)
+      toPrune: db.prepare(
+        `SELECT version FROM versions WHERE version < @next AND (optimizer IS NOT NULL OR (version <= @cut AND length(model) > 0))
+         ORDER BY version DESC LIMIT @batch`,
+      ),
+      // The row as it stays: the model only when it is kept (an empty blob otherwise: the column is NOT NULL).
+      pruneRead: db.prepare(`SELECT version, hash, CASE WHEN version <= @cut THEN x'' ELSE model END AS model, created_at, update_count FROM versions WHERE version = @version`),
+      pruneDelete: db.prepare('DELETE FROM versions WHERE version = ?'),
     };
   }
 
@@ -402,17 +424,50 @@ export class SqliteStorage implements Storage {
   }
 
   async publish(next: StoredVersion, consumed: readonly number[]): Promise<void> {
-    this.wrap('publish version', () =>
-      this.db.transaction(() => {
-        checkNextVersion((this.st.maxVersion.get() as { v: number | null }).v, next.version);
-        this.st.insertVersion.run(...versionParams(next));
-        for (const id of consumed) {
-          if (this.st.markAggregated.run(next.version, id).changes !== 1) throw new StorageConflictError(`update ${id} is not pending`);
-        }
-        this.hooks.beforeCommit?.(next.version === 0 ? 'init' : 'publish');
-      })(),
-    );
+    this.wrap('publish version', () => {
+      // Off for this transaction (it cannot change inside one): the prune deletes and re-inserts
+      // versions that `updates` rows refer to, which with foreign keys on would scan `updates`
+      // (no index on aggregated_into) for every version pruned. (Every row this transaction writes
+      // refers to `next`, inserted first.) Nothing else runs on this connection meanwhile
+      // (better-sqlite3 is synchronous).
+      this.db.pragma('foreign_keys = OFF');
+      try {
+        this.db.transaction(() => {
+          checkNextVersion((this.st.maxVersion.get() as { v: number | null }).v, next.version);
+          this.st.insertVersion.run(...versionParams(next));
+          for (const id of consumed) {
+            const u = this.st.averagedRow.get(id) as { id: number; nonce: string; base_version: number } | undefined;
+            if (!u) throw new StorageConflictError(`update ${id} is not pending`);
+            this.st.deleteUpdate.run(id);
+            this.st.insertAveraged.run(u.id, u.nonce, u.base_version, next.version);
+          }
+          // In this transaction: a crash leaves the older versions pruned and `next` published, or neither.
+          this.prune(next.version);
+          this.hooks.beforeCommit?.(next.version === 0 ? 'init' : 'publish');
+        })();
+      } finally {
+        this.db.pragma('foreign_keys = ON');
+      }
+    });
     this.checkpoint();
+  }
+
+  /**
+   * Drops what no reader needs of the versions before `next` ({@link VersionRetentionOptions}), at most
+   * {@link PRUNE_BATCH_VERSIONS} of them. Each row is deleted and inserted again without its
+   * state (and model), not updated: SQLite rebalances a page a delete leaves underfull, never one
+   * an update shrinks, so updated rows would each keep the leaf page their model's first bytes
+   * filled (a 4 KB page a round, for good); deleted, they end up dozens to a page. An averaged
+   * update's row likewise (its body's first bytes filled a page: 4 KB per averaged update).
+   */
+  private prune(next: number): void {
+    const cut = next - this.keepModels;
+    const versions = (this.st.toPrune.all({ next, cut, batch: PRUNE_BATCH_VERSIONS }) as Array<{ version: number }>).map((r) => r.version);
+    for (const version of versions) {
+      const r = this.st.pruneRead.get({ version, cut }) as Omit<VersionRow, 'optimizer'>;
+      this.st.pruneDelete.run(version);
+      this.st.insertVersion.run(r.version, r.hash, r.model, null, r.created_at, r.update_count);
+    }
   }
 
   async readMeta(key: string): Promise<string | undefined> {

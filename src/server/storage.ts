@@ -9,7 +9,12 @@
  *   commit together or not at all, and it fails with {@link StorageConflictError} unless the new
  *   version is exactly latest + 1 and every consumed update is still pending (so several server
  *   processes sharing one database cannot publish the same version twice);
- * - nonces are unique for the life of the store (replay protection survives restarts).
+ * - nonces are unique for the life of the store (replay protection survives restarts);
+ * - `publish` also prunes, in the same transaction, what no reader needs of older versions
+ *   ({@link VersionRetentionOptions}): the server reads the latest version's model and optimizer state
+ *   (`latest()`) and older versions' hashes only (`versionHash()`: the base check of an update, the
+ *   catch-up of a shared store), so every older version keeps its row (number, hash, time, update
+ *   count) but loses its optimizer state, and, past the newest `keepModels`, its model bytes.
  */
 import { StorageError } from '../errors.js';
 import type { SecAggParams } from '../federated/secagg.js';
@@ -20,9 +25,15 @@ export interface StoredVersion {
   version: number;
   /** Hex SHA-256 of `model`. */
   hash: string;
-  /** Canonical float32 model encoding (src/federated/wire.ts). */
+  /**
+   * Canonical float32 model encoding (src/federated/wire.ts). Empty (0 bytes) once pruned: a
+   * version older than the newest {@link VersionRetentionOptions.keepModels} (never the latest).
+   */
   model: Uint8Array;
-  /** Server optimizer state (FedAdam moments) after this version, or null for FedAvg. */
+  /**
+   * Server optimizer state (FedAdam moments) after this version, or null for FedAvg; null too once
+   * a newer version is published (only the latest version's state is ever read).
+   */
   optimizer: Uint8Array | null;
   /** Milliseconds since the epoch. */
   createdAt: number;
@@ -122,6 +133,42 @@ export interface Storage {
    */
   probeWrite?(): Promise<void>;
   close(): Promise<void>;
+}
+
+/** How much of older versions a store keeps (an option of every adapter in this folder). */
+export interface VersionRetentionOptions {
+  /**
+   * How many of the newest versions keep their model bytes (an integer ≥ 1; default
+   * {@link DEFAULT_KEEP_MODELS}). Older versions keep their row and hash, which is all the server
+   * reads of them (`versionHash`: an update's base check, within `maxStaleness`); 1 is enough for
+   * the server, more keeps recent models for an operator to look at or restore by hand. Every
+   * version but the latest loses its optimizer state whatever this is.
+   */
+  keepModels?: number;
+}
+
+/**
+ * Default {@link VersionRetentionOptions.keepModels}: the current version and the two before it, the bases
+ * `--max-staleness` accepts at its default (2). Nothing in the server reads them: they are kept for
+ * an operator (a pending update's base model, a version to roll back to by hand).
+ */
+export const DEFAULT_KEEP_MODELS = 3;
+
+/**
+ * Most older versions one publish prunes. In steady state a publish prunes one or two (the
+ * version before it loses its optimizer state, the one `keepModels` back its model); a store an
+ * earlier release filled with every version's model and state (tens of GB after a year of FedAdam)
+ * is pruned this many versions a round, newest first, so that no publish frees (and, with
+ * SQLite's `secure_delete` or PostgreSQL's full-page writes, writes to the WAL) more than this many
+ * models' worth of pages.
+ */
+export const PRUNE_BATCH_VERSIONS = 16;
+
+/** `options.keepModels`, checked (an integer ≥ 1), or {@link DEFAULT_KEEP_MODELS}. */
+export function keepModelsOf(options: VersionRetentionOptions): number {
+  const n = options.keepModels ?? DEFAULT_KEEP_MODELS;
+  if (!Number.isInteger(n) || n < 1) throw new StorageError(`keepModels must be an integer ≥ 1, got ${n}`);
+  return n;
 }
 
 /** A `versions` row as the SQL adapters read it (a BIGINT may arrive as a string). */

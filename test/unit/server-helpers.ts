@@ -80,6 +80,8 @@ export async function checkStore(dataDir: string, acked: Iterable<string>): Prom
     const versions = db.prepare('SELECT version, hash, model FROM versions ORDER BY version').all() as Array<{ version: number; hash: string; model: Buffer }>;
     versions.forEach((v, i) => assert.equal(v.version, i, 'versions are contiguous from 0'));
     for (const v of versions) {
+      // An older version's model is pruned (emptied) once newer ones are published; the newest is whole.
+      if (v.model.length === 0 && v.version < versions.length - 1) continue;
       const bytes = new Uint8Array(v.model);
       assert.equal(toHex(await sha256(bytes)), v.hash, `version ${v.version} is whole`);
       assert.equal(decodeModel(bytes).table.version, v.version);

@@ -198,6 +198,32 @@ test('a request path cannot forge a log line: a failure is logged as one line na
   }
 });
 
+test('a failure that is not an aggregate out of range is published as one fixed sentence, logged without a member index; a version another process published ends the failing state', async () => {
+  const logs: string[] = [];
+  const { app, rounds, storage } = await createServer({ dataDir: null, initialTable: initialTable(), minClients: 2, noiseMultiplier: 0, rateLimit: false, maxStaleness: 100, log: (l) => logs.push(l) });
+  const current = async () => (await (await app.request('/v1/rounds/current')).json()) as { version: number; lastRoundError: string | null; failingSince: string | null };
+  try {
+    const hack = rounds as unknown as { aggregateNow: () => Promise<number>; load: (v: unknown) => Promise<void> };
+    hack.aggregateNow = async () => {
+      throw new RangeError("member 7's self-mask needs 3 shares, got 2");
+    };
+    const v0 = await view(app);
+    for (const s of [1, 2]) assert.equal((await upload(app, honestUpdate(v0, s))).status, 202);
+    await rounds.drain();
+    const cur = await current();
+    assert.equal(cur.lastRoundError, 'the round could not be combined (the cause is in the server log)');
+    assert.ok(cur.failingSince);
+    assert.ok(logs.some((l) => /^aggregation failed, will retry: a member's self-mask needs 3 shares/.test(l)), logs.join('|'));
+    assert.ok(!logs.some((l) => /member 7/.test(l)), logs.join('|'));
+    // Another instance on the same store publishes the next version: this one adopts it.
+    const latest = (await storage.latest())!;
+    await hack.load({ ...latest, version: latest.version + 1 });
+    assert.deepEqual(await current().then((c) => [c.lastRoundError, c.failingSince]), [null, null]);
+  } finally {
+    await storage.close();
+  }
+});
+
 test('a storage outage is logged as its first failure, then at most one count a minute, then its end', async () => {
   let t = 1_000_000;
   const storage = new FailingWrites();
