@@ -64,6 +64,12 @@ export interface ServerOptions {
   /** Default `.data`; `null` keeps everything in memory. */
   dataDir?: string | null;
   sqlite?: SqliteStorageOptions;
+  /**
+   * Published versions whose model the store keeps (≥ 1; default 3, `DEFAULT_KEEP_MODELS`): older
+   * ones keep their hash and times only. For the stores this opens (SQLite, PostgreSQL, memory);
+   * `sqlite.keepModels` wins for SQLite. docs/SERVER.md, "What the server keeps".
+   */
+  keepModels?: number;
   /** Version 0 when the store is empty; when the store is not, it must have the same ids and dim. */
   initialTable?: ItemTable;
   minClients?: number;
@@ -451,13 +457,14 @@ export async function createServer(options: ServerOptions = {}): Promise<ServerP
     checkNotPublished(dataDir, options.staticDir, { dataDir: 'options.dataDir', staticDir: 'options.staticDir' });
   }
   if (!checked && !options.storage && options.database === undefined && options.dataDir !== null && !existsSync(join(dataDir, SQLITE_FILE))) throw noTable();
+  const keep = options.keepModels !== undefined ? { keepModels: options.keepModels } : {};
   const storage: Storage =
     options.storage ??
     (options.database !== undefined
-      ? await PostgresStorage.open(options.database)
+      ? await PostgresStorage.open(options.database, keep)
       : options.dataDir === null
-        ? new MemoryStorage()
-        : SqliteStorage.open(dataDir, options.sqlite));
+        ? new MemoryStorage(keep)
+        : SqliteStorage.open(dataDir, { ...keep, ...options.sqlite }));
   try {
     if (!checked) {
       const latest = await storage.latest();

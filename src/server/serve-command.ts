@@ -19,6 +19,13 @@ function num(name: string, integer = false) {
   return (v: string): number => numberFlag(`--${name}`, v, (n) => Number.isFinite(n) && (!integer || Number.isInteger(n)), integer ? 'an integer' : 'a number');
 }
 
+/** `--keep-models`: a whole number ≥ 1 (the latest version's model is always needed). */
+export function keepModelsFlag(v: string): number {
+  const n = num('keep-models', true)(v);
+  if (n < 1) throw new ValidationError('--keep-models', `must be a whole number ≥ 1 (the current version's model is always kept), got '${v}'`);
+  return n;
+}
+
 /**
  * `--rate-limit`: updates per minute per client, ≥ 0 (0 turns it off). A negative value would
  * otherwise read as "off" too, silently, where the operator meant a limit.
@@ -76,6 +83,7 @@ export function register(program: Command): void {
     .option('--clip <c>', 'L2 clip bound C of an update', num('clip'), 1)
     .option('--noise <sigma>', 'noise multiplier σ (noise std σ·C per coordinate)', num('noise'), 1.0)
     .option('--max-staleness <n>', 'oldest accepted base = current − n', num('max-staleness', true), 2)
+    .option('--keep-models <n>', 'published versions whose model the store keeps (older ones keep their hash only)', keepModelsFlag, 3)
     .option('--bits <n>', 'bits per update coordinate (default: widest within 64 KiB)', num('bits', true))
     .option('--aggregator <name>', 'fedavg or fedadam (devices train locally), or subspace (federated subspace iteration: devices send one normalized power-iteration step; needs --freeze-biases; docs/FEDERATED.md)', 'fedavg')
     .option('--subspace-scale <c>', '--aggregator subspace: scale of the published factors, personalization against the biases (default 32)', num('subspace-scale'))
@@ -200,6 +208,7 @@ export function register(program: Command): void {
         ...(offers ? { offers } : {}),
         ...(Array.isArray(o.corsOrigin) ? { corsOrigins: o.corsOrigin as string[] } : {}),
         ...(o.metrics ? { metrics: true } : {}),
+        keepModels: o.keepModels as number,
         logFormat: json ? 'json' : 'text',
         // Test-only: LOCALREC_FAULT=kill-before-publish-commit kills the process inside the publish
         // transaction, to prove that a crash there loses nothing (test/unit/server-crash.test.ts).

@@ -8,7 +8,7 @@ import { buildClientUpdate } from '../../src/federated/client-update.js';
 import { decodeModel, decodeUpdate, dequantizeUpdate, encodeUpdate, levelsFor } from '../../src/federated/wire.js';
 import { Command } from 'commander';
 import { StorageError, ValidationError } from '../../src/errors.js';
-import { rateLimitFlag, readCatalogFile, register } from '../../src/server/serve-command.js';
+import { keepModelsFlag, rateLimitFlag, readCatalogFile, register } from '../../src/server/serve-command.js';
 import { checkUpdate, createApp, MemoryStorage, normBound, REJECT_STATUS, startServer, type RejectReason } from '../../src/server/index.js';
 import { rateLimitKey } from '../../src/server/rate-limit.js';
 import { honestUpdate, initialTable, post, pull, quiet, spawnServe, trained, IDS, DIM } from './server-helpers.js';
@@ -276,6 +276,8 @@ test('behind a proxy (trustProxy) the rate limit keys on the last X-Forwarded-Fo
 test('localrec serve --rate-limit refuses a negative value, naming the flag, instead of turning the limit off', async () => {
   assert.deepEqual(['0', '30', '0.5'].map(rateLimitFlag), [0, 30, 0.5]);
   for (const bad of ['-5', '-0.5', 'x', '']) assert.throws(() => rateLimitFlag(bad), (e: unknown) => e instanceof ValidationError && e.message.startsWith('--rate-limit: must be'), bad);
+  assert.deepEqual(['1', '3', '100'].map(keepModelsFlag), [1, 3, 100]);
+  for (const bad of ['0', '-1', '1.5', 'x']) assert.throws(() => keepModelsFlag(bad), (e: unknown) => e instanceof ValidationError && e.message.startsWith('--keep-models: must be'), bad);
   // Through the command's parser: refused before any server starts.
   const program = new Command().exitOverride();
   register(program);

@@ -184,7 +184,8 @@ const TABLE_DIM = 8;
 async function fedAdamServer(where: { storage: Storage } | { dataDir: string }) {
   const parts = await createServer({
     ...where,
-    ...('dataDir' in where ? { sqlite: { keepModels: 1 } } : {}),
+    // (`keepModels`, as `localrec serve --keep-models 1` passes it, for the store createServer opens.)
+    ...('dataDir' in where ? { keepModels: 1 } : {}),
     initialTable: initialTable(ITEMS, TABLE_DIM),
     aggregator: 'fedadam',
     minClients: 2,
