@@ -12,6 +12,7 @@ import { chmodSync, chownSync, existsSync, mkdtempSync, readdirSync, rmSync } fr
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import pg from 'pg';
 
 export interface TestPostgres {
   /** postgres://localrec@127.0.0.1:<port>/postgres */
@@ -102,4 +103,21 @@ export async function startPostgres(): Promise<TestPostgres> {
     rmSync(dir, { recursive: true, force: true });
     throw new Error(`could not start PostgreSQL from ${bin}: ${err.message}${err.stderr ? `\n${err.stderr}` : ''}`);
   }
+}
+
+/** Runs `fn` with a client of `database`, closed after. */
+export async function withClient<T>(database: string, fn: (db: pg.Client) => Promise<T>): Promise<T> {
+  const db = new pg.Client({ connectionString: database });
+  await db.connect();
+  try {
+    return await fn(db);
+  } finally {
+    await db.end();
+  }
+}
+
+/** Creates the database `name` on the test server; its URL. */
+export async function createDatabase(server: TestPostgres, name: string): Promise<string> {
+  await withClient(server.url, (db) => db.query(`CREATE DATABASE ${name}`));
+  return server.url.replace(/\/postgres$/, `/${name}`);
 }

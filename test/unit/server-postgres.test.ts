@@ -20,7 +20,7 @@ import { createServer, PostgresStorage, startServer } from '../../src/server/ind
 import { QUERY_TIMEOUT_MARGIN_MS, redactUrl } from '../../src/server/postgres-storage.js';
 import { KEEP_ENDED_MS, PUBLISH_GRACE } from '../../src/server/cohorts.js';
 import { StorageConflictError } from '../../src/server/storage.js';
-import { postgresUnavailable, startPostgres, type TestPostgres } from './pg-helpers.js';
+import { createDatabase, postgresUnavailable, startPostgres, withClient, type TestPostgres } from './pg-helpers.js';
 import { assertKeptAnHourAfterEnd, DIM, exerciseCohortLeave, exercisePendingReads, honestUpdate, initialTable, IDS, post, pull, quiet, shopperHistory, spawnServe, type ServeChild } from './server-helpers.js';
 
 const skip = postgresUnavailable();
@@ -52,28 +52,7 @@ describe('PostgreSQL storage', { skip: skip ?? false }, () => {
   let server: TestPostgres;
   let n = 0;
   /** A fresh database on the test server, so tests do not see each other's tables. */
-  const freshDatabase = async (): Promise<string> => {
-    const name = `t${++n}`;
-    const admin = new pg.Client({ connectionString: server.url });
-    await admin.connect();
-    try {
-      await admin.query(`CREATE DATABASE ${name}`);
-    } finally {
-      await admin.end();
-    }
-    return server.url.replace(/\/postgres$/, `/${name}`);
-  };
-
-  /** Runs `fn` with a client of `database`, closed after. */
-  const withClient = async <T>(database: string, fn: (db: pg.Client) => Promise<T>): Promise<T> => {
-    const db = new pg.Client({ connectionString: database });
-    await db.connect();
-    try {
-      return await fn(db);
-    } finally {
-      await db.end();
-    }
-  };
+  const freshDatabase = (): Promise<string> => createDatabase(server, `t${++n}`);
 
   /** Runs `fn` with two `localrec serve --database` processes (rounds of 3, σ = 0, the test catalog, `extra` flags), stopped after. */
   const withTwoServes = async (database: string, extra: string[], fn: (a: ServeChild, b: ServeChild, dir: string) => Promise<void>): Promise<void> => {

@@ -17,7 +17,7 @@ import pg from 'pg';
 import { decodeModel, fromHex } from '../../src/federated/wire.js';
 import { createServer, MemoryStorage, PostgresStorage, SqliteStorage, type Storage, type StoredVersion } from '../../src/server/index.js';
 import { DEFAULT_KEEP_MODELS, PRUNE_BATCH_VERSIONS } from '../../src/server/storage.js';
-import { postgresUnavailable, startPostgres, type TestPostgres } from './pg-helpers.js';
+import { createDatabase, postgresUnavailable, startPostgres, withClient, type TestPostgres } from './pg-helpers.js';
 import { honestUpdate, initialTable, type ServerView } from './server-helpers.js';
 
 /** Bytes a version's model and optimizer state hold in the store (null: no state). */
@@ -263,26 +263,7 @@ const skip = postgresUnavailable();
 describe('PostgreSQL: what is kept of older versions', { skip: skip ?? false }, () => {
   let server: TestPostgres;
   let n = 0;
-  const freshDatabase = async (): Promise<string> => {
-    const name = `r${++n}`;
-    const admin = new pg.Client({ connectionString: server.url });
-    await admin.connect();
-    try {
-      await admin.query(`CREATE DATABASE ${name}`);
-    } finally {
-      await admin.end();
-    }
-    return server.url.replace(/\/postgres$/, `/${name}`);
-  };
-  const withClient = async <T>(database: string, fn: (db: pg.Client) => Promise<T>): Promise<T> => {
-    const db = new pg.Client({ connectionString: database });
-    await db.connect();
-    try {
-      return await fn(db);
-    } finally {
-      await db.end();
-    }
-  };
+  const freshDatabase = (): Promise<string> => createDatabase(server, `r${++n}`);
   const pgInspect = (db: pg.Client): Inspect => async (v) => {
     const r = await db.query<Held>('SELECT octet_length(model) AS model, octet_length(optimizer) AS optimizer FROM localrec_versions WHERE version = $1', [v]);
     return r.rows[0] && { model: r.rows[0].model, optimizer: r.rows[0].optimizer };

@@ -16,7 +16,7 @@ import pg from 'pg';
 import { isStorageError } from '../../src/errors.js';
 import { PostgresStorage } from '../../src/server/postgres-storage.js';
 import { SqliteStorage } from '../../src/server/sqlite-storage.js';
-import { postgresUnavailable, startPostgres, type TestPostgres } from './pg-helpers.js';
+import { createDatabase, postgresUnavailable, startPostgres, withClient, type TestPostgres } from './pg-helpers.js';
 
 // ---------------------------------------------------------------------------------------------
 // SQLite
@@ -204,11 +204,7 @@ describe('PostgreSQL: a database an earlier build created', { skip: skip ?? fals
   });
 
   /** A fresh database on the test server. */
-  const freshDatabase = async (): Promise<string> => {
-    const name = `u${++n}`;
-    await withClient(server.url, (db) => db.query(`CREATE DATABASE ${name}`));
-    return server.url.replace(/\/postgres$/, `/${name}`);
-  };
+  const freshDatabase = (): Promise<string> => createDatabase(server, `u${++n}`);
 
   /** Tables' columns and indexes, in an order that does not depend on the order they were added in. */
   const schemaOf = (database: string) =>
@@ -303,13 +299,3 @@ describe('PostgreSQL: a database an earlier build created', { skip: skip ?? fals
   });
 });
 
-/** Runs `fn` with a client of `database`, closed after. */
-async function withClient<T>(database: string, fn: (db: pg.Client) => Promise<T>): Promise<T> {
-  const db = new pg.Client({ connectionString: database });
-  await db.connect();
-  try {
-    return await fn(db);
-  } finally {
-    await db.end();
-  }
-}
