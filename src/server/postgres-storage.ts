@@ -294,6 +294,9 @@ export class PostgresStorage implements Storage {
       // Another process is at it.
       if (!locked) return;
       let last = await through();
+      // Read before the walk: a row pending now that a still-running older build averages during
+      // it (a mixed-version rollout) is looked at again by the next start.
+      const pending = (await client.query<{ first: string | null }>('SELECT MIN(id)::text AS first FROM localrec_updates WHERE aggregated_into IS NULL')).rows[0]!.first;
       for (;;) {
         const next = (await client.query<{ last: string | null }>('SELECT MAX(id)::text AS last FROM (SELECT id FROM localrec_updates WHERE id > $1 ORDER BY id LIMIT $2) AS b', [last, batch])).rows[0]!.last;
         if (next === null) break;
@@ -304,9 +307,8 @@ export class PostgresStorage implements Storage {
         );
         last = next;
       }
-      // Through the last row looked at, or short of the first still pending: one an older build
+      // Through the last row looked at, or short of the first that was pending: one an older build
       // averages later (a rollback) is looked at again by the next start.
-      const pending = (await client.query<{ first: string | null }>('SELECT MIN(id)::text AS first FROM localrec_updates WHERE aggregated_into IS NULL')).rows[0]!.first;
       const mark = pending !== null && BigInt(pending) - 1n < BigInt(last) ? (BigInt(pending) - 1n).toString() : last;
       await client.query('INSERT INTO localrec_meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value', [CLEANED_KEY, mark]);
     } catch (e) {

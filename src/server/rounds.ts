@@ -566,9 +566,6 @@ export class RoundCoordinator {
     const actual = toHex(await sha256(v.model));
     if (actual !== v.hash) throw new StorageError(`stored version ${v.version} is corrupt: hash ${actual} ≠ recorded ${v.hash}`);
     const { table } = decodeModel(v.model);
-    // A newer version another process published: rounds aggregate, whatever this one's last try
-    // did (its failure must not keep /v1/rounds/current and the metrics alerting).
-    if (this.cur && v.version > this.cur.version) this.roundSucceeded();
     this.cur = {
       version: v.version,
       hash: v.hash,
@@ -1169,6 +1166,9 @@ export class RoundCoordinator {
         const latest = await this.storage.latest();
         if (latest) await this.load(latest);
         this.pendingN = await this.storage.pendingCount();
+        // Nothing left pending: the other process aggregated what this one failed on, so rounds
+        // aggregate again (a failure of this one's that still stands keeps its state and `since`).
+        if (this.pendingN === 0) this.roundSucceeded();
       } else {
         this.roundFailed(e);
       }

@@ -426,8 +426,10 @@ export class SqliteStorage implements Storage {
   async publish(next: StoredVersion, consumed: readonly number[]): Promise<void> {
     this.wrap('publish version', () => {
       // Off for this transaction (it cannot change inside one): the prune deletes and re-inserts
-      // versions that `updates` rows refer to, which with foreign keys on would scan `updates`
-      // (no index on aggregated_into) for every version pruned. (Every row this transaction writes
+      // versions that `updates` rows refer to, which with foreign keys on fails (the reference is
+      // checked at the end of the DELETE, before the row is back) and would scan `updates` (no
+      // index on aggregated_into) for every version pruned. The re-inserts spell out every column:
+      // a column added to `versions` or `updates` must be added to them. (Every row this transaction writes
       // refers to `next`, inserted first.) Nothing else runs on this connection meanwhile
       // (better-sqlite3 is synchronous).
       this.db.pragma('foreign_keys = OFF');

@@ -10,7 +10,7 @@ import type { Hono } from 'hono';
 import { StorageError } from '../../src/errors.js';
 import { decodeModel, fromHex } from '../../src/federated/wire.js';
 import { secAggKeyPair } from '../../src/federated/secagg.js';
-import { createServer, MemoryStorage, startServer } from '../../src/server/index.js';
+import { createServer, MemoryStorage, startServer, StorageConflictError } from '../../src/server/index.js';
 import { honestUpdate, initialTable, quiet, type ServerView } from './server-helpers.js';
 
 async function view(app: Hono): Promise<ServerView> {
@@ -198,12 +198,12 @@ test('a request path cannot forge a log line: a failure is logged as one line na
   }
 });
 
-test('a failure that is not an aggregate out of range is published as one fixed sentence, logged without a member index; a version another process published ends the failing state', async () => {
+test('a failure that is not an aggregate out of range is published as one fixed sentence, logged without a member index; a peer that aggregated what failed ends the failing state', async () => {
   const logs: string[] = [];
   const { app, rounds, storage } = await createServer({ dataDir: null, initialTable: initialTable(), minClients: 2, noiseMultiplier: 0, rateLimit: false, maxStaleness: 100, log: (l) => logs.push(l) });
   const current = async () => (await (await app.request('/v1/rounds/current')).json()) as { version: number; lastRoundError: string | null; failingSince: string | null };
   try {
-    const hack = rounds as unknown as { aggregateNow: () => Promise<number>; load: (v: unknown) => Promise<void> };
+    const hack = rounds as unknown as { aggregateNow: () => Promise<number> };
     hack.aggregateNow = async () => {
       throw new RangeError("member 7's self-mask needs 3 shares, got 2");
     };
@@ -215,9 +215,15 @@ test('a failure that is not an aggregate out of range is published as one fixed 
     assert.ok(cur.failingSince);
     assert.ok(logs.some((l) => /^aggregation failed, will retry: a member's self-mask needs 3 shares/.test(l)), logs.join('|'));
     assert.ok(!logs.some((l) => /member 7/.test(l)), logs.join('|'));
-    // Another instance on the same store publishes the next version: this one adopts it.
-    const latest = (await storage.latest())!;
-    await hack.load({ ...latest, version: latest.version + 1 });
+    // Another instance on the same store aggregated them first: this one's retry loses the publish
+    // and finds nothing pending, so the failing state ends.
+    hack.aggregateNow = async () => {
+      throw new StorageConflictError('another process published first');
+    };
+    (storage as unknown as { pendingCount: () => Promise<number> }).pendingCount = async () => 0;
+    await new Promise((r) => setTimeout(r, 1_100));
+    await current();
+    await rounds.drain();
     assert.deepEqual(await current().then((c) => [c.lastRoundError, c.failingSince]), [null, null]);
   } finally {
     await storage.close();
