@@ -704,6 +704,12 @@ class PostgresCohortStore implements CohortStore {
     });
   }
 
+  /** How many cohorts are in each state (`localrec_cohorts` of `--metrics`), over every instance sharing the database. */
+  async counts(): Promise<Partial<Record<CohortStatus, number>>> {
+    const r = await this.q<{ status: CohortStatus; n: number }>('count cohorts', 'SELECT status, COUNT(*)::int AS n FROM localrec_cohorts GROUP BY status');
+    return Object.fromEntries(r.rows.map((row) => [row.status, row.n]));
+  }
+
   async info(id: string): Promise<CohortInfo | undefined> {
     const r = await this.q<CohortRow>('read a cohort', 'SELECT * FROM localrec_cohorts WHERE id = $1', [id]);
     return r.rows[0] && cohortFromRow(r.rows[0]);

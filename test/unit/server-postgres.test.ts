@@ -537,6 +537,26 @@ describe('PostgreSQL storage', { skip: skip ?? false }, () => {
     }
   });
 
+  it('--metrics counts the cohorts in PostgreSQL by state, over every instance sharing it', async () => {
+    const database = await freshDatabase();
+    const a = await createServer({ database, initialTable: initialTable(), minClients: 3, rateLimit: false, secureAggregation: true, metrics: true, log: quiet });
+    const b = await createServer({ database, initialTable: initialTable(), minClients: 3, rateLimit: false, secureAggregation: true, metrics: true, log: quiet });
+    try {
+      const { secAggKeyPair } = await import('../../src/federated/secagg.js');
+      for (const parts of [a, b]) {
+        const res = await parts.app.request('/v1/secagg/join', { method: 'POST', body: (await secAggKeyPair()).publicKey as Uint8Array<ArrayBuffer> });
+        assert.equal(res.status, 200, await res.clone().text());
+      }
+      for (const parts of [a, b]) {
+        const text = await (await parts.app.request('/metrics')).text();
+        assert.match(text, /^localrec_cohorts\{state="forming"\} 1$/m, 'one cohort forming, two members from two instances');
+      }
+    } finally {
+      await a.storage.close();
+      await b.storage.close();
+    }
+  });
+
   it('leaving a forming cohort in PostgreSQL, through two stores: the place goes to the next join, a full cohort cannot be left', async () => {
     const database = await freshDatabase();
     const stores = [await PostgresStorage.open(database), await PostgresStorage.open(database)];
