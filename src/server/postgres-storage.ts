@@ -456,7 +456,9 @@ export class PostgresStorage implements Storage {
   }
 
   async publish(next: StoredVersion, consumed: readonly number[]): Promise<void> {
+    let floor: number | undefined;
     await this.tx('publish version', async (c) => {
+      floor = undefined;
       await c.query('SELECT pg_advisory_xact_lock($1)', [LOCK_KEY]);
       checkNextVersion((await c.query<{ v: number | null }>('SELECT MAX(version) AS v FROM localrec_versions')).rows[0]!.v, next.version);
       await c.query('INSERT INTO localrec_versions (version, hash, model, optimizer, created_at, update_count) VALUES ($1, $2, $3, $4, $5, $6)', versionParams(next));
@@ -476,15 +478,25 @@ export class PostgresStorage implements Storage {
       // up to `cut` their model (an empty bytea: the column is NOT NULL); at most a batch, newest
       // first. (octet_length() of a TOASTed value reads its size, not its chunks; an unchanged
       // model keeps its TOAST pointer.)
-      await c.query(
+      // Only from the version below which this process knows every row pruned (SqliteStorage's
+      // pruneFloor): the search reads `keepModels` rows a publish, not every version ever published.
+      const cut = next.version - this.keepModels;
+      const pruned = await c.query(
         `UPDATE localrec_versions SET optimizer = NULL, model = CASE WHEN version <= $2 THEN ''::bytea ELSE model END
-         WHERE version IN (SELECT version FROM localrec_versions WHERE version < $1 AND (optimizer IS NOT NULL OR (version <= $2 AND octet_length(model) > 0))
+         WHERE version IN (SELECT version FROM localrec_versions WHERE version >= $4 AND version < $1 AND (optimizer IS NOT NULL OR (version <= $2 AND octet_length(model) > 0))
                            ORDER BY version DESC LIMIT $3)`,
-        [next.version, next.version - this.keepModels, PRUNE_BATCH_VERSIONS],
+        [next.version, cut, PRUNE_BATCH_VERSIONS, this.pruneFloor],
       );
+      if ((pruned.rowCount ?? 0) < PRUNE_BATCH_VERSIONS) floor = Math.max(0, cut + 1);
       await this.hooks.beforeCommit?.(next.version === 0 ? 'init' : 'publish');
     });
+    // Committed: the versions below it need nothing more (versions only grow; a peer's publishes
+    // only prune).
+    if (floor !== undefined) this.pruneFloor = Math.max(this.pruneFloor, floor);
   }
+
+  /** Below this version every row is pruned, as far as this process knows (it starts at 0). */
+  private pruneFloor = 0;
 
   /**
    * Secure aggregation's cohorts in this database: a join takes a transaction-scoped advisory lock

@@ -104,6 +104,9 @@ test('SQLite: older versions keep their hash, lose their optimizer state, and th
       const s = SqliteStorage.open(sub, keep === undefined ? {} : { keepModels: keep });
       try {
         await publishAndCheck(s, sqliteInspect(s.path), keep ?? DEFAULT_KEEP_MODELS);
+        // The next publish's search starts at the oldest version still holding a model (what it
+        // may prune), not at version 0: a year of rounds does not slow every publish down.
+        assert.equal((s as unknown as { pruneFloor: number }).pruneFloor, 11 - (keep ?? DEFAULT_KEEP_MODELS) + 1);
       } finally {
         await s.close();
       }
@@ -282,6 +285,7 @@ describe('PostgreSQL: what is kept of older versions', { skip: skip ?? false }, 
       const s = await PostgresStorage.open(url, keep === undefined ? {} : { keepModels: keep });
       try {
         await withClient(url, (db) => publishAndCheck(s, pgInspect(db), keep ?? DEFAULT_KEEP_MODELS));
+        assert.equal((s as unknown as { pruneFloor: number }).pruneFloor, 11 - (keep ?? DEFAULT_KEEP_MODELS) + 1, 'the next search starts there');
       } finally {
         await s.close();
       }
