@@ -25,7 +25,7 @@ import { StorageError } from '../errors.js';
 import { recoveryShareBytes, usesSelfMask, type SecAggParams, type TagRound } from '../federated/secagg.js';
 import type { RateLimit, RateLimitOptions } from './rate-limit.js';
 import { afterCollectTimeout, allUploaded, cohortTimeouts, collectDeadline, KEEP_ENDED_MS, newCohortId, newMemberToken, PUBLISH_GRACE, recoveryDeadline, timeoutReason, type CohortInfo, type CohortStatus, type CohortStore, type CohortTimeouts, type MarkResult, type RecoveryResult, type SweepResult } from './cohorts.js';
-import { averagedNonceSql, checkNextVersion, inIdOrder, keepModelsOf, pendingFromRow, PRUNE_BATCH_VERSIONS, refFromRow, StorageConflictError, versionFromRow, versionParams, type NewUpdate, type PendingRef, type PendingUpdate, type VersionRetentionOptions, type Storage, type StoredVersion, type UpdateRow, type VersionRow } from './storage.js';
+import { averagedNonceSql, checkNextVersion, inIdOrder, keepModelsOf, pendingFromRow, PRUNE_BATCH_VERSIONS, prunedBelow, refFromRow, StorageConflictError, versionFromRow, versionParams, type NewUpdate, type PendingRef, type PendingUpdate, type VersionRetentionOptions, type Storage, type StoredVersion, type UpdateRow, type VersionRow } from './storage.js';
 
 const SCHEMA_VERSION = '1';
 /** How long a new connection may take (pool checkout included) before the call fails with a StorageError. */
@@ -487,7 +487,7 @@ export class PostgresStorage implements Storage {
                            ORDER BY version DESC LIMIT $3)`,
         [next.version, cut, PRUNE_BATCH_VERSIONS, this.pruneFloor],
       );
-      if ((pruned.rowCount ?? 0) < PRUNE_BATCH_VERSIONS) floor = Math.max(0, cut + 1);
+      floor = prunedBelow(pruned.rowCount ?? 0, cut);
       await this.hooks.beforeCommit?.(next.version === 0 ? 'init' : 'publish');
     });
     // Committed: the versions below it need nothing more (versions only grow; a peer's publishes

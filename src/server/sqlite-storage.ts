@@ -23,7 +23,7 @@ import type Database from 'better-sqlite3';
 import { StorageError } from '../errors.js';
 import { makeOutputFolder } from '../output-file.js';
 import { UPDATE_BUDGET_BYTES } from '../federated/wire.js';
-import { averagedNonceSql, checkNextVersion, keepModelsOf, pendingFromRow, PRUNE_BATCH_VERSIONS, refFromRow, StorageConflictError, versionFromRow, versionParams, type NewUpdate, type PendingRef, type PendingUpdate, type VersionRetentionOptions, type Storage, type StoredVersion, type UpdateRow, type VersionRow } from './storage.js';
+import { averagedNonceSql, checkNextVersion, keepModelsOf, pendingFromRow, PRUNE_BATCH_VERSIONS, prunedBelow, refFromRow, StorageConflictError, versionFromRow, versionParams, type NewUpdate, type PendingRef, type PendingUpdate, type VersionRetentionOptions, type Storage, type StoredVersion, type UpdateRow, type VersionRow } from './storage.js';
 
 const SCHEMA_VERSION = '1';
 
@@ -473,9 +473,7 @@ export class SqliteStorage implements Storage {
       this.st.pruneDelete.run(version);
       this.st.insertVersion.run(r.version, r.hash, r.model, null, r.created_at, r.update_count);
     }
-    // Fewer than a batch: nothing below `next` is left to prune but what the next publishes make
-    // prunable (the version before them, the model `keepModels` back), all above `cut`.
-    return versions.length < PRUNE_BATCH_VERSIONS ? Math.max(0, cut + 1) : undefined;
+    return prunedBelow(versions.length, cut);
   }
 
   /**

@@ -164,6 +164,15 @@ export const DEFAULT_KEEP_MODELS = 3;
  */
 export const PRUNE_BATCH_VERSIONS = 16;
 
+/**
+ * After a publish whose prune (below `cut`, the newest version whose model goes) took `found`
+ * versions: the version below which every row is pruned, or undefined when a full batch may have
+ * left more. Below it, only the next publishes' own versions become prunable, all above `cut`.
+ */
+export function prunedBelow(found: number, cut: number): number | undefined {
+  return found < PRUNE_BATCH_VERSIONS ? Math.max(0, cut + 1) : undefined;
+}
+
 /** `options.keepModels`, checked (an integer ≥ 1), or {@link DEFAULT_KEEP_MODELS}. */
 export function keepModelsOf(options: VersionRetentionOptions): number {
   const n = options.keepModels ?? DEFAULT_KEEP_MODELS;
