@@ -241,6 +241,22 @@ describe('`localrec neighbors`', () => {
   });
 });
 
+/** A fetch that never answers, and rejects as a browser's does once its signal aborts. */
+const hangingFetch: FetchLike = (_url, init) =>
+  new Promise((_res, rej) => init?.signal?.addEventListener('abort', () => rej(new DOMException('aborted', 'AbortError'))));
+
+/** A memory store that lists the meta keys written with setMeta, in order. */
+function storeNamingWrites(): { store: MemoryEventStore; writes: string[] } {
+  const store = new MemoryEventStore();
+  const writes: string[] = [];
+  const setMeta = store.setMeta.bind(store);
+  store.setMeta = async (key, value) => {
+    writes.push(key);
+    return setMeta(key, value);
+  };
+  return { store, writes };
+}
+
 describe('Engine with a neighbour table', () => {
   const catalog = { items: ['a', 'b', 'c', 'd', 'e'].map((id, i) => ({ id, title: id.toUpperCase(), popularity: 50 - i, category: i % 2 ? 'odd' : 'even' })) };
   const file = encodeNeighborTable({ ...TABLE, itemIds: ['a', 'b', 'c', 'd'] });
@@ -459,9 +475,7 @@ describe('Engine with a neighbour table', () => {
   });
 
   it('a fetch that never answers is given up after downloadTimeoutMs; erase() during a fetch leaves nothing written', async () => {
-    const hang: FetchLike = (_url, init) =>
-      new Promise((_res, rej) => init?.signal?.addEventListener('abort', () => rej(new DOMException('aborted', 'AbortError'))));
-    const e = await Engine.create({ ...base, store: new MemoryEventStore(), fetch: hang, neighbors: { url: 'https://shop.example/slow.lrn', timeoutMs: 20, downloadTimeoutMs: 80 } });
+    const e = await Engine.create({ ...base, store: new MemoryEventStore(), fetch: hangingFetch, neighbors: { url: 'https://shop.example/slow.lrn', timeoutMs: 20, downloadTimeoutMs: 80 } });
     e.enqueue([{ type: 'view', itemId: 'c' }]);
     assert.deepEqual((await e.recommend({ k: 2 })).map((r) => r.itemId), ['a', 'b'], 'ranked without the table once the wait is over');
     await new Promise((r) => setTimeout(r, 150));
@@ -486,13 +500,7 @@ describe('Engine with a neighbour table', () => {
     // The file arrives after erase(): nothing of it, and no egress entry, may be written anywhere.
     let release!: () => void;
     const late: FetchLike = () => new Promise((res) => (release = () => res(new Response(file as Uint8Array<ArrayBuffer>, { status: 200 }))));
-    const store = new MemoryEventStore();
-    const writes: string[] = [];
-    const setMeta = store.setMeta.bind(store);
-    store.setMeta = async (key, value) => {
-      writes.push(key);
-      return setMeta(key, value);
-    };
+    const { store, writes } = storeNamingWrites();
     const f = await Engine.create({ ...base, store, fetch: late, neighbors: { url: 'https://shop.example/late.lrn' } });
     await f.erase();
     release();
@@ -534,13 +542,7 @@ describe('Engine with a neighbour table', () => {
       calls.push(t);
       return new Response(file as Uint8Array<ArrayBuffer>, { status: 200 });
     };
-    const store = new MemoryEventStore();
-    const writes: string[] = [];
-    const setMeta = store.setMeta.bind(store);
-    store.setMeta = async (key, value) => {
-      writes.push(key);
-      return setMeta(key, value);
-    };
+    const { store, writes } = storeNamingWrites();
     const url = 'https://shop.example/n.lrn';
     const opts = { ...base, store, fetch, now: () => t, neighbors: { url } };
     const start = async (o: typeof opts | (typeof opts & { neighbors: { url: string; refreshHours: number } }) = opts) => {
@@ -630,9 +632,7 @@ describe('Engine with a neighbour table', () => {
     await b.close();
 
     // A grant that completes while close() waits for it must not leave a download close() waits out.
-    const hang: FetchLike = (_url, init) =>
-      new Promise((_res, rej) => init?.signal?.addEventListener('abort', () => rej(new DOMException('aborted', 'AbortError'))));
-    const c = await Engine.create({ ...base, store: new MemoryEventStore(), fetch: hang, consent: { personalization: false, federated: false }, neighbors: { url: 'https://shop.example/n.lrn', downloadTimeoutMs: 60_000 } });
+    const c = await Engine.create({ ...base, store: new MemoryEventStore(), fetch: hangingFetch, consent: { personalization: false, federated: false }, neighbors: { url: 'https://shop.example/n.lrn', downloadTimeoutMs: 60_000 } });
     const granting = c.setConsent({ personalization: true });
     const closed = c.close().then(() => 'closed');
     const r = await Promise.race([closed, new Promise((res) => setTimeout(() => res('still waiting after 5 s'), 5_000))]);

@@ -1,6 +1,8 @@
 /** Shared by the server test files: a small catalog, model download, update construction, crash checks, a `localrec serve` child. */
 import { strict as assert } from 'node:assert';
 import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import Database from 'better-sqlite3';
@@ -237,4 +239,19 @@ export async function cohortOfTwo(storage: MemoryStorage, clock: { now: () => nu
     (await call('/v1/secagg/updates', encodeMaskedUpdate({ cohortId: Uint8Array.from(Buffer.from(m.cohort, 'hex')), index: m.index, cohortSize: 2, bits: sa.bits, step: sa.step, baseVersion: 0, values: new Uint32Array(IDS.length * (DIM + 1)) }), m.token)).json() as Promise<{ published?: number | null; reason?: string }>;
   const view = async () => (await (await call(`/v1/secagg/cohorts/${members[0]!.cohort}`)).json()) as { status: string; published?: number; reason?: string };
   return { parts, members, upload, view };
+}
+
+/** Runs `f` on a fresh data dir (its name starting `prefix`), removed after. */
+export async function inDataDir(prefix: string, f: (dir: string) => Promise<void>): Promise<void> {
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  try {
+    await f(dir);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/** The bytes of the data dir's SQLite database and its WAL (when there is one). */
+export function sqliteFileBytes(dir: string): Buffer[] {
+  return ['localrec.sqlite', 'localrec.sqlite-wal'].filter((f) => existsSync(join(dir, f))).map((f) => readFileSync(join(dir, f)));
 }

@@ -8,8 +8,7 @@
  */
 import { strict as assert } from 'node:assert';
 import { createHash } from 'node:crypto';
-import { mkdtempSync, rmSync, statSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { statSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it, test } from 'node:test';
 import Database from 'better-sqlite3';
@@ -18,7 +17,7 @@ import { decodeModel, fromHex } from '../../src/federated/wire.js';
 import { createServer, MemoryStorage, PostgresStorage, SqliteStorage, type Storage, type StoredVersion } from '../../src/server/index.js';
 import { DEFAULT_KEEP_MODELS, PRUNE_BATCH_VERSIONS } from '../../src/server/storage.js';
 import { createDatabase, postgresUnavailable, startPostgres, withClient, type TestPostgres } from './pg-helpers.js';
-import { honestUpdate, initialTable, type ServerView } from './server-helpers.js';
+import { honestUpdate, inDataDir, initialTable, type ServerView } from './server-helpers.js';
 
 /** Bytes a version's model and optimizer state hold in the store (null: no state). */
 type Held = { model: number; optimizer: number | null };
@@ -76,14 +75,6 @@ function sqliteInspect(path: string): Inspect {
   };
 }
 
-async function inDataDir(f: (dir: string) => Promise<void>): Promise<void> {
-  const dir = mkdtempSync(join(tmpdir(), 'localrec-retention-versions-'));
-  try {
-    await f(dir);
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
-}
 
 test('memory: older versions keep their hash, lose their optimizer state, and their model past keepModels', async () => {
   for (const keep of [1, DEFAULT_KEEP_MODELS]) {
@@ -98,7 +89,7 @@ test('memory: older versions keep their hash, lose their optimizer state, and th
 });
 
 test('SQLite: older versions keep their hash, lose their optimizer state, and their model past keepModels (default 3)', () =>
-  inDataDir(async (dir) => {
+  inDataDir('localrec-retention-versions-', async (dir) => {
     for (const keep of [1, undefined]) {
       const sub = join(dir, `keep-${keep ?? 'default'}`);
       const s = SqliteStorage.open(sub, keep === undefined ? {} : { keepModels: keep });
@@ -115,7 +106,7 @@ test('SQLite: older versions keep their hash, lose their optimizer state, and th
   }));
 
 test('SQLite: the pruning commits with the publish or not at all', () =>
-  inDataDir(async (dir) => {
+  inDataDir('localrec-retention-versions-', async (dir) => {
     let crash = false;
     const s = SqliteStorage.open(dir, {
       keepModels: 1,
@@ -140,7 +131,7 @@ test('SQLite: the pruning commits with the publish or not at all', () =>
   }));
 
 test('SQLite: a store an earlier release filled with every model and state is pruned a batch of versions per publish, newest first', () =>
-  inDataDir(async (dir) => {
+  inDataDir('localrec-retention-versions-', async (dir) => {
     const first = SqliteStorage.open(dir);
     await first.publish(version(0), []);
     await first.close();
@@ -236,7 +227,7 @@ async function staleness(s: Awaited<ReturnType<typeof fedAdamServer>>): Promise<
 const ROUND_BYTES = (ITEMS.length * (TABLE_DIM + 1) * 4) * 3;
 
 test('SQLite, FedAdam through the server: 10 more rounds leave the file within a few pages of its size, and a base within maxStaleness whose model is pruned is still accepted', () =>
-  inDataDir(async (dir) => {
+  inDataDir('localrec-retention-versions-', async (dir) => {
     const server = await fedAdamServer({ dataDir: dir });
     const { parts, views, rounds } = server;
     try {

@@ -4,19 +4,18 @@
  * upload not which cohort member sent it.
  */
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import Database from 'better-sqlite3';
 import { encodeFixedPoint, encodeMaskedUpdate, secAggKeyPair } from '../../src/federated/secagg.js';
 import { decodeModel } from '../../src/federated/wire.js';
 import { createServer } from '../../src/server/index.js';
-import { DIM, honestUpdate, IDS, initialTable } from './server-helpers.js';
+import { DIM, honestUpdate, IDS, inDataDir, initialTable, sqliteFileBytes } from './server-helpers.js';
 
 /** How many of `body`'s 64-byte chunks appear anywhere in the data dir's SQLite files. */
 function bytesLeft(dir: string, body: Uint8Array): number {
-  const files = ['localrec.sqlite', 'localrec.sqlite-wal'].filter((f) => existsSync(join(dir, f))).map((f) => readFileSync(join(dir, f)));
+  const files = sqliteFileBytes(dir);
   let found = 0;
   for (let o = 0; o + 64 <= body.length; o += 64) if (files.some((raw) => raw.includes(Buffer.from(body.subarray(o, o + 64))))) found += 64;
   return found;
@@ -32,15 +31,6 @@ function bodiesIn(dir: string, bodies: readonly Uint8Array[]): number[] {
   return bodies.flatMap((b, i) => (files.some((raw) => raw.includes(Buffer.from(b.subarray(64, 112)))) ? [i] : []));
 }
 
-/** Runs `f` on a fresh data dir, removed after. */
-async function inDataDir(f: (dir: string) => Promise<void>): Promise<void> {
-  const dir = mkdtempSync(join(tmpdir(), 'localrec-retention-'));
-  try {
-    await f(dir);
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
-}
 
 /** Reads the data dir's SQLite file as it was left (read-only), closed after. */
 function inDb<T>(dir: string, f: (db: Database.Database) => T): T {
@@ -53,7 +43,7 @@ function inDb<T>(dir: string, f: (db: Database.Database) => T): T {
 }
 
 test('SQLite: an averaged update leaves no body bytes in the file, and its row no arrival time', () =>
-  inDataDir(async (dir) => {
+  inDataDir('localrec-retention-', async (dir) => {
     const parts = await createServer({ dataDir: dir, initialTable: initialTable(), minClients: 3, clip: 1, noiseMultiplier: 1, rateLimit: false, log: () => {} });
     const view = { table: decodeModel(parts.rounds.modelBytes('float32')).table, hash: Uint8Array.from(Buffer.from(parts.rounds.hash, 'hex')), config: parts.rounds.config };
     const bodies = [1, 2, 3].map((seed) => honestUpdate(view, seed));
@@ -66,7 +56,7 @@ test('SQLite: an averaged update leaves no body bytes in the file, and its row n
   }));
 
 test('SQLite: while the server runs, averaged bodies are in no file of the data dir (the WAL is emptied after each publish), a reader only delays that', () =>
-  inDataDir(async (dir) => {
+  inDataDir('localrec-retention-', async (dir) => {
     // A shop-sized update (≈ 60 KB, overflow pages), as on a real server.
     const ids = Array.from({ length: 4000 }, (_, i) => `item-${i}`);
     const parts = await createServer({ dataDir: dir, initialTable: initialTable(ids, 16), minClients: 3, clip: 1, noiseMultiplier: 1, maxStaleness: 100, rateLimit: false, log: () => {} });
@@ -104,7 +94,7 @@ test('SQLite: while the server runs, averaged bodies are in no file of the data 
   }));
 
 test('SQLite, secure aggregation: once a cohort is averaged, no stored row says which member sent which upload', () =>
-  inDataDir(async (dir) => {
+  inDataDir('localrec-retention-', async (dir) => {
     const parts = await createServer({ dataDir: dir, initialTable: initialTable(), minClients: 3, noiseMultiplier: 1, secureAggregation: true, rateLimit: false, log: () => {} });
     const sa = parts.rounds.config.secureAggregation!;
     const members = [];
@@ -121,7 +111,7 @@ test('SQLite, secure aggregation: once a cohort is averaged, no stored row says 
   }));
 
 test('SQLite: rows an earlier release kept (arrival times, cohort:member nonces of averaged updates) are cleared at open', () =>
-  inDataDir(async (dir) => {
+  inDataDir('localrec-retention-', async (dir) => {
     const { SqliteStorage } = await import('../../src/server/sqlite-storage.js');
     const first = await createServer({ dataDir: dir, initialTable: initialTable(), minClients: 3, clip: 1, noiseMultiplier: 1, rateLimit: false, log: () => {} });
     await first.storage.close();

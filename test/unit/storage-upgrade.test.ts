@@ -7,8 +7,7 @@
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { statSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import Database from 'better-sqlite3';
@@ -17,23 +16,15 @@ import { isStorageError } from '../../src/errors.js';
 import { PostgresStorage } from '../../src/server/postgres-storage.js';
 import { SqliteStorage } from '../../src/server/sqlite-storage.js';
 import { createDatabase, postgresUnavailable, startPostgres, withClient, type TestPostgres } from './pg-helpers.js';
+import { inDataDir, sqliteFileBytes } from './server-helpers.js';
 
 // ---------------------------------------------------------------------------------------------
 // SQLite
 
-/** Runs `f` on a fresh data dir, removed after. */
-async function inDataDir(f: (dir: string) => Promise<void>): Promise<void> {
-  const dir = mkdtempSync(join(tmpdir(), 'localrec-upgrade-'));
-  try {
-    await f(dir);
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
-}
 
 /** Which of `bodies` still appear (by their first 64 bytes) in the data dir's database or its WAL. */
 function bodiesInFile(dir: string, bodies: readonly Buffer[]): number[] {
-  const files = ['localrec.sqlite', 'localrec.sqlite-wal'].filter((f) => existsSync(join(dir, f))).map((f) => readFileSync(join(dir, f)));
+  const files = sqliteFileBytes(dir);
   return bodies.flatMap((b, i) => (files.some((raw) => raw.includes(b.subarray(0, 64))) ? [i] : []));
 }
 
@@ -59,7 +50,7 @@ function averageAsAnOldBuild(dir: string): Buffer[] {
 }
 
 test('SQLite: bodies a build without secure_delete averaged after the one-time rebuild (a rollback, then the upgrade again) are cleared out of the file at the next start', () =>
-  inDataDir(async (dir) => {
+  inDataDir('localrec-upgrade-', async (dir) => {
     // Upgraded once: rebuilt, and the rebuild noted.
     await SqliteStorage.open(dir).close();
     const bodies = averageAsAnOldBuild(dir);
@@ -76,7 +67,7 @@ test('SQLite: bodies a build without secure_delete averaged after the one-time r
   }));
 
 test('SQLite: a one-time rebuild that runs out of disk space fails saying what it is and the space it needs, and is tried again at the next start', () =>
-  inDataDir(async (dir) => {
+  inDataDir('localrec-upgrade-', async (dir) => {
     await SqliteStorage.open(dir).close();
     averageAsAnOldBuild(dir);
     const file = join(dir, 'localrec.sqlite');
