@@ -87,7 +87,7 @@ function newestMtime(dir: string): number {
 }
 
 function ensureBuilt(): void {
-  const missing = !existsSync('dist/index.js') || !existsSync('dist/worker.js');
+  const missing = ['dist/index.js', 'dist/worker.js', 'dist/worker-webgl.js', 'dist/worker-webgpu.js'].some((f) => !existsSync(f));
   const noHook = !missing && !readFileSync('dist/worker.js', 'utf8').includes('benchRawScore');
   if (flag('build') || missing || noHook) {
     log(`building dist/ (${missing ? 'missing' : noHook ? 'worker bundle lacks the benchRawScore hook' : '--build'}) …`);
@@ -110,7 +110,9 @@ function bundleSizes(): Record<string, unknown> {
   };
   const wasm = readdirSync('dist').filter((f) => f.endsWith('.wasm')).map((f) => size(join('dist', f)));
   // dist/index.js is already minified by the build (terser); sizes are of the file as shipped.
-  return { index: size('dist/index.js'), worker: size('dist/worker.js'), wasm };
+  // The GPU backends' files, fetched only when the worker tries one (src/engine/worker.ts).
+  const gpuBackends = ['dist/worker-webgl.js', 'dist/worker-webgpu.js'].map(size);
+  return { index: size('dist/index.js'), worker: size('dist/worker.js'), gpuBackends, wasm };
 }
 
 function withTimeout<T>(p: Promise<T>, what: string): Promise<T> {
@@ -155,7 +157,7 @@ async function main(): Promise<void> {
     if (want('bundle')) {
       const sizes = bundleSizes() as any;
       emit({ name: 'bundle', backend: null, ...sizes, target: { indexGzipBytes: 10 * 1024 }, meetsTarget: sizes.index.gzip <= 10 * 1024 });
-      log(`bundle: index.js ${sizes.index.gzip} B gzip, worker.js ${sizes.worker.gzip} B gzip`);
+      log(`bundle: index.js ${sizes.index.gzip} B gzip, worker.js ${sizes.worker.gzip} B gzip, GPU backends ${sizes.gpuBackends.map((g: any) => `${g.file.slice(5)} ${g.gzip} B`).join(', ')} gzip`);
     }
 
     // 2. Does the long-task observer see long tasks here at all? (Positive control for 4.)

@@ -142,7 +142,7 @@ function newest(dir) {
 }
 
 function needsBuild() {
-  const outputs = ['index.js', 'worker.js', 'node.js'].map((f) => join(ROOT, 'dist', f));
+  const outputs = ['index.js', 'worker.js', 'worker-webgl.js', 'worker-webgpu.js', 'node.js'].map((f) => join(ROOT, 'dist', f));
   if (outputs.some((f) => !existsSync(f))) return 'dist/ is missing';
   const built = Math.min(...outputs.map((f) => statSync(f).mtimeMs));
   return newest(join(ROOT, 'src')) > built ? 'src/ changed since the last build' : null;

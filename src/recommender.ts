@@ -1,6 +1,7 @@
 import * as Comlink from 'comlink';
 import { AbortError, ClosedError, reviveError, syncCancelled, ValidationError } from './errors.js';
 import { blockedDeletion, unlessBlocked } from './events/blocked.js';
+import { MINIMUM_BROWSERS } from './engine/platform.js';
 import { checkEventAge, clockBefore2000, DEFAULT_MAX_AGE_DAYS, validateEvent } from './events/schema.js';
 import { boolOption, checkSignal, describeValue, knownKeys, nameOption, OPTION_KEYS } from './options.js';
 import type { WorkerApi } from './engine/worker.js';
@@ -329,7 +330,7 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
   const failedToStart = new Promise<never>((_resolve, reject) => {
     worker.addEventListener(
       'error',
-      (ev) => reject(new ClosedError(`the localrec worker (${String(url)}) failed to start: ${ev.message || 'it could not be loaded (check workerUrl, that the file is served, and the page’s CSP worker-src)'}`)),
+      (ev) => reject(new ClosedError(`the localrec worker (${String(url)}) failed to start: ${ev.message || `it could not be loaded (check workerUrl, that the file is served, the page’s CSP worker-src, and that the browser is one localrec supports: ${MINIMUM_BROWSERS} or later)`}`)),
       { once: true },
     );
   });

@@ -5,14 +5,16 @@
  */
 import * as Comlink from 'comlink';
 import '@tensorflow/tfjs-backend-cpu';
-import '@tensorflow/tfjs-backend-webgl';
-import '@tensorflow/tfjs-backend-webgpu';
 import { setWasmPaths } from '@tensorflow/tfjs-backend-wasm';
+import * as gpuCore from './gpu-core.js';
+import { registerBackendLoader } from '../model/backend.js';
 import { Engine, type EngineOptions } from './engine.js';
 import * as tf from '../model/tf.js';
 import type { ItemTable } from '../model/item-table.js';
 import type { Progress, RecommendOptions, SimilarOptions, SyncProgress, TrackEvent, TrainOptions } from '../types.js';
-import { ClosedError, errorDetails } from '../errors.js';
+import { ClosedError, ModelError, errorDetails } from '../errors.js';
+import { missingFeatures, unsupportedMessage } from './platform.js';
+import { GPU_CORE_GLOBAL } from './gpu-core-global.js';
 import type { OffersOptions } from '../offers/types.js';
 
 // Comlink sends a thrown error to the page as its name, message and stack; the page copies every
@@ -33,7 +35,19 @@ Comlink.transferHandlers.set('throw', {
 // The .wasm binaries are copied next to this bundle by the build. The folder is cut from the URL by
 // hand: a bundler's dev server (Vite) rewrites `new URL('./', import.meta.url)` to the package's
 // main file, which would send the .wasm requests to index.js's URL.
-setWasmPaths(import.meta.url.slice(0, import.meta.url.lastIndexOf('/') + 1));
+const folder = import.meta.url.slice(0, import.meta.url.lastIndexOf('/') + 1);
+setWasmPaths(folder);
+// The GPU backends are separate files beside this one (dist/worker-webgl.js, worker-webgpu.js),
+// fetched only when the probe tries them (or the remembered choice is one): a device that scores
+// on wasm or the CPU never downloads or parses them. They are not modules of this bundle but
+// scripts that take tfjs-core from the global below (the exports they use, listed by the build),
+// so that they share this worker's one tfjs engine whatever URL (a ?v= query…) loaded it. A file
+// that is missing only leaves its backend out (rollup.config.ts, gpuBackendFiles).
+Object.defineProperty(globalThis, GPU_CORE_GLOBAL, { value: gpuCore, enumerable: false });
+// The comments (kept by the build's minifier) tell a bundler that bundles this worker again
+// (webpack, Vite) to leave these imports to the browser.
+registerBackendLoader('webgl', () => import(/* webpackIgnore: true */ /* @vite-ignore */ `${folder}worker-webgl.js`));
+registerBackendLoader('webgpu', () => import(/* webpackIgnore: true */ /* @vite-ignore */ `${folder}worker-webgpu.js`));
 // In a cross-origin isolated page tfjs would pick its threaded WASM build, which starts its own
 // workers from the source text of a function in this bundle; minified, that text names variables of
 // the surrounding bundle, so those workers fail ("t is not defined") and take the recommender down
@@ -129,6 +143,8 @@ function onTrack(ev: MessageEvent): void {
 export const workerApi = {
   /** `wasmPaths`: the folder serving the .wasm files when they are not next to this bundle (options.wasmPaths). */
   async init(options: Omit<EngineOptions, 'store' | 'now'>, trackPort: MessagePort, wasmPaths?: string): Promise<void> {
+    const missing = missingFeatures();
+    if (missing.length) throw new ModelError(unsupportedMessage(missing));
     trackPort.onmessage = onTrack;
     if (wasmPaths !== undefined && !starting) setWasmPaths(wasmPaths);
     // The page's consent gate follows this engine's consent, told over the (ordered) track port.

@@ -31,13 +31,55 @@ export interface RememberedBackend {
 
 const NOT_IN_BUILD = 'not in this build';
 const NO_ADAPTER = 'no WebGPU adapter';
+const NO_WEBGPU = 'not offered by this browser (no navigator.gpu)';
+
+/**
+ * Backends whose code is fetched only when one is tried: the browser worker registers the GPU
+ * backends here (their code is 45 % of the worker's bytes), so that a device that scores on wasm
+ * never downloads or parses them (src/engine/worker.ts).
+ */
+const loaders = new Map<BackendName, () => Promise<unknown>>();
+/** Loads that failed, by backend, with why (tried once a session: a missing file stays missing). */
+const loadFailures = new Map<BackendName, string>();
+
+/**
+ * Makes backend `name` available on demand: `load` (e.g. a dynamic import) runs the first time the
+ * backend is tried and must register it with tfjs. A load that fails (the file not served, a
+ * network error) leaves the backend out for this session, as one not in the build.
+ */
+export function registerBackendLoader(name: BackendName, load: () => Promise<unknown>): void {
+  loaders.set(name, load);
+  loadFailures.delete(name);
+}
+
+/** Loads backend `name`'s code when it is registered as a loader; a reason when it cannot be had. */
+async function loadBackend(name: BackendName): Promise<true | string> {
+  if (tf.findBackendFactory(name)) return true;
+  const load = loaders.get(name);
+  if (!load) return NOT_IN_BUILD;
+  const failed = loadFailures.get(name);
+  if (failed !== undefined) return failed;
+  try {
+    await load();
+  } catch (e) {
+    const why = `could not be loaded (${e instanceof Error ? e.message : String(e)})`;
+    loadFailures.set(name, why);
+    return why;
+  }
+  return tf.findBackendFactory(name) ? true : NOT_IN_BUILD;
+}
 
 /** Sets a backend and waits until it is ready; false when it is not registered or fails to start. */
 async function tryBackend(name: BackendName): Promise<true | string> {
-  if (!tf.findBackendFactory(name)) return NOT_IN_BUILD;
-  // Without a WebGPU adapter (most headless browsers, many GPUs) tfjs's own attempt logs a warning
-  // with a stack trace on every page load: asked first, quietly.
-  if (name === 'webgpu' && !(await hasWebGpuAdapter())) return NO_ADAPTER;
+  if (name === 'webgpu') {
+    // tfjs registers WebGPU only where navigator.gpu exists: say that it is the browser, not the build.
+    if (!hasWebGpuApi()) return NO_WEBGPU;
+    // Without a WebGPU adapter (most headless browsers, many GPUs) tfjs's own attempt logs a warning
+    // with a stack trace on every page load: asked first, quietly, and before its code is fetched.
+    if (!(await hasWebGpuAdapter())) return NO_ADAPTER;
+  }
+  const loaded = await loadBackend(name);
+  if (loaded !== true) return loaded;
   // tfjs keeps an initialization's error to itself (a console warning): say what usually causes it.
   const failed = name === 'wasm' ? 'did not start (are the tfjs-backend-wasm*.wasm files served next to the worker, or at options.wasmPaths?)' : 'did not start';
   try {
@@ -45,6 +87,11 @@ async function tryBackend(name: BackendName): Promise<true | string> {
   } catch {
     return failed;
   }
+}
+
+/** Whether this browser has the WebGPU API (`navigator.gpu`). */
+function hasWebGpuApi(): boolean {
+  return (globalThis.navigator as { gpu?: unknown } | undefined)?.gpu != null;
 }
 
 /** Whether the platform offers a WebGPU adapter at all. */
@@ -217,7 +264,7 @@ export async function selectBackend(opts: SelectOptions = {}): Promise<BackendCh
     const outcome = await tryBackend(name);
     if (outcome !== true) {
       missing.push(`${name} ${outcome}`);
-      if (outcome !== NOT_IN_BUILD && outcome !== NO_ADAPTER) complete = false;
+      if (outcome !== NOT_IN_BUILD && outcome !== NO_ADAPTER && outcome !== NO_WEBGPU) complete = false;
       continue;
     }
     started.push(name);

@@ -92,5 +92,15 @@ export function cloneItemTable(t: ItemTable): ItemTable {
  * write it as U+FFFD, i.e. another id than the catalog's (or a duplicate of one).
  */
 export function hasLoneSurrogate(s: string): boolean {
-  return /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/.test(s);
+  // A loop, not a regex: the lookbehind a regex needs here is a syntax error in Safari before 16.4,
+  // which then refused to load the whole worker bundle (String.prototype.isWellFormed is 16.4+ too).
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (c < 0xd800 || c > 0xdfff) continue;
+    if (c > 0xdbff) return true; // a low surrogate with no high one before it
+    const next = s.charCodeAt(i + 1); // NaN past the end
+    if (!(next >= 0xdc00 && next <= 0xdfff)) return true;
+    i++;
+  }
+  return false;
 }

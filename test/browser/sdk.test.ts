@@ -453,6 +453,52 @@ describe('SDK in Chromium', () => {
     assert.equal(result.recs, 3);
     await page.close();
   });
+
+  it('the GPU backends are files of their own, fetched only when tried; one that is missing leaves only its backend out', async () => {
+    const page = await sdkPage();
+    const fetched: string[] = [];
+    page.on('request', (r) => {
+      const m = /\/dist\/(worker[^/?]*\.js)/.exec(r.url());
+      if (m) fetched.push(m[1]!);
+    });
+    const r = await page.evaluate(async (catalog) => {
+      const { createRecommender } = (window as any).localrec;
+      const wasm = await createRecommender({ catalog, backend: 'wasm', dbName: 'gpu-files-wasm', autoTrainEvery: 0 });
+      const wasmRecs = (await wasm.recommend({ k: 3 })).length;
+      await wasm.erase();
+      // The worker under another URL (a cache-busting query): the WebGL file takes tfjs from it,
+      // and this worker's one engine scores (the file never imports the worker a second time).
+      const gl = await createRecommender({ catalog, backend: 'webgl', dbName: 'gpu-files-gl', autoTrainEvery: 0, workerUrl: new URL('/dist/worker.js?v=2', location.href).href });
+      for (let i = 1; i <= 4; i++) gl.track({ type: 'view', itemId: `sku-${i}` });
+      const glTrained = (await gl.train({ epochs: 1 })).steps;
+      const glStats = await gl.stats();
+      const glRecs = (await gl.recommend({ k: 3 })).length;
+      await gl.erase();
+      return { wasmRecs, glTrained, glBackend: glStats.backend, glRecs };
+    }, CATALOG);
+    // Forced to wasm, the worker fetched neither GPU file; forced to WebGL, only the WebGL one.
+    assert.deepEqual(fetched, ['worker.js', 'worker.js', 'worker-webgl.js']);
+    assert.deepEqual(r, { wasmRecs: 3, glTrained: r.glTrained, glBackend: 'webgl', glRecs: 3 });
+    assert.ok(r.glTrained > 0);
+
+    // A deployment that copied worker.js alone: the probe goes on without WebGL, and says why.
+    await page.route(`${server.url}/dist/worker-webgl.js`, (route) => route.fulfill({ status: 404, body: 'not found' }));
+    const probed = await page.evaluate(async (catalog) => {
+      const { createRecommender } = (window as any).localrec;
+      const rec = await createRecommender({ catalog, dbName: 'gpu-files-missing', autoTrainEvery: 0 });
+      const s = await rec.stats();
+      const recs = (await rec.recommend({ k: 3 })).length;
+      await rec.erase();
+      return { backend: s.backend, reason: s.backendReason, recs };
+    }, CATALOG);
+    assert.notEqual(probed.backend, 'webgl');
+    assert.match(probed.reason, /^probed: .*; webgl could not be loaded \(/);
+    assert.doesNotMatch(probed.reason, /webgl [\d.]+ ms/);
+    assert.equal(probed.recs, 3);
+    // The probe fetched the WebGPU file (this Chromium offers an adapter) and asked for WebGL's once.
+    assert.deepEqual(fetched.slice(3).sort(), ['worker-webgl.js', 'worker-webgpu.js', 'worker.js']);
+    await page.close();
+  });
 });
 
 // A WebGL context lost at run time in the worker: the engine moves to another backend and never
