@@ -6,7 +6,10 @@
  *   /dist/     dist/            (the SDK bundles and the tfjs .wasm files)
  *   /v1/       the aggregation server's API, forwarded as is
  *   /offers.json      the shop's offer catalog, signed (ECDSA P-256) at start-up
- *   /offers-key.json  the public key the page gives to `createRecommender({ offers: { publicKey } })`
+ *   /offer-key.js     a module of the page's own code (app.js imports it) holding the public key the
+ *                     page gives to `createRecommender({ offers: { publicKey } })`: the key is made
+ *                     at start-up, so it is written into the page's code here, never served as data
+ *                     next to the catalog (docs/OFFERS.md, "Where the public key comes from")
  *   /demo/simulate    POST: start "simulate 200 shoppers" (GET /demo/simulate/status, POST /demo/simulate/cancel)
  *
  * `startServer`'s `staticDir` serves one folder, and the page needs two, so the aggregation server
@@ -319,7 +322,11 @@ export async function startShop(opts = {}) {
 
   const app = new Hono();
   app.get('/offers.json', (c) => c.json(signedOffers, 200, { 'Cache-Control': 'no-cache' }));
-  app.get('/offers-key.json', (c) => c.json(publicKey, 200, { 'Cache-Control': 'no-cache' }));
+  // The key is part of the page's code (a module app.js imports), not data fetched beside the
+  // catalog: whoever could replace /offers.json could replace a key fetched from next to it. A real
+  // shop builds the key into its bundle; this demo makes its key at start-up, so it writes the module here.
+  const keyModule = `// Written by scripts/shop-server.mjs at start-up: the shop's public offer key, part of the page's code.\nexport const offerPublicKey = Object.freeze(${JSON.stringify(publicKey)});\n`;
+  app.get('/offer-key.js', (c) => c.body(keyModule, 200, { 'Content-Type': 'text/javascript; charset=utf-8', 'Cache-Control': 'no-cache' }));
   app.get('/demo/simulate/status', (c) => c.json(simulation.status(), 200, { 'Cache-Control': 'no-store' }));
   // The demo's own actions take JSON only: a cross-site page can send a text/plain or form POST
   // without asking (no CORS preflight), but not an application/json one, so another site cannot

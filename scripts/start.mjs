@@ -174,7 +174,7 @@ try {
 }
 
 process.stdout.write(
-  `\n  localrec demo shop:  ${shop.url}/ (asks for consent first)\n  consent granted:     ${shop.url}/?consent=granted (a first visit without the banner)\n  federated API:       ${shop.url}/v1/health\n  signed offers:       ${shop.url}/offers.json (key in ${join(SHOWN_DIR, 'offer-keys.json')})\n  model store:         ${SHOWN_DIR} (SQLite; LOCALREC_DATA_DIR picks another folder)\n\n  Ctrl-C to stop.\n\n`,
+  `\n  localrec demo shop:  ${shop.url}/ (asks for consent first)\n  consent granted:     ${shop.url}/?consent=granted (a first visit without the banner)\n  federated API:       ${shop.url}/v1/health\n  signed offers:       ${shop.url}/offers.json (signing key in ${join(SHOWN_DIR, 'offer-keys.json')}; the page's public key is in its code, /offer-key.js)\n  model store:         ${SHOWN_DIR} (SQLite; LOCALREC_DATA_DIR picks another folder)\n\n  Ctrl-C to stop.\n\n`,
 );
 
 let stopping = false;

@@ -92,9 +92,11 @@ export type SignatureProblem =
   /** The signature does not match the catalog under any of the given keys (tampered or wrong key). */
   | 'mismatch'
   /** The key given to sign or verify is not a usable ECDSA P-256 JWK. */
-  | 'bad-key';
+  | 'bad-key'
+  /** The catalog names a key id (`kid`) that none of the trusted keys carries, and every trusted key has a kid. */
+  | 'unknown-kid';
 
-const SIGNATURE_PROBLEMS: readonly string[] = ['unsigned', 'malformed', 'mismatch', 'bad-key'];
+const SIGNATURE_PROBLEMS: readonly string[] = ['unsigned', 'malformed', 'mismatch', 'bad-key', 'unknown-kid'];
 
 /**
  * An offer catalog was refused because its signature is missing, malformed or does not verify.

@@ -28,7 +28,7 @@ export { alignNeighbors, rankScores, reachedRows, neighborsOf, checkNeighborTabl
 export type { NeighborTable, WeightedRow } from './model/neighbors.js';
 export { selectBackend } from './model/backend.js';
 export type { SelectOptions, BackendChoice, RememberedBackend } from './model/backend.js';
-export { startServer, createServer, createApp, MemoryStorage, SqliteStorage, PostgresStorage, RoundCoordinator, RateLimiter, MemoryCohortStore, StorageConflictError, REJECT_STATUS } from './server/index.js';
+export { startServer, createServer, createApp, MemoryStorage, SqliteStorage, PostgresStorage, RoundCoordinator, RateLimiter, MemoryCohortStore, StorageConflictError, REJECT_STATUS, RedeemCatalog } from './server/index.js';
 export { SettingsChangedError } from './server/rounds.js';
 export type { RoundConfig, OpenOptions, RoundSettings, Accepted, LogFn, LogFields } from './server/rounds.js';
 export type { Rejection, UpdatePolicy } from './server/validate-update.js';

@@ -81,7 +81,7 @@ export const OPTION_KEYS = {
   model: ['dim', 'halfLifeDays', 'sessionDecay', 'stepDecay', 'seed'],
   federated: ['serverUrl', 'budget', 'delta', 'honorGlobalPrivacyControl', 'cohortWaitMs', 'autoSyncHours', 'allowWithoutStorage'],
   neighbors: ['url', 'timeoutMs', 'downloadTimeoutMs', 'refreshHours'],
-  offers: ['publicKey'],
+  offers: ['publicKey', 'minVersion'],
   consent: ['personalization', 'federated'],
   recommend: ['k', 'exclude', 'category', 'candidates'],
   similar: ['k', 'exclude', 'category'],

@@ -347,6 +347,15 @@ export interface Stats {
     syncs: number;
     /** Further syncs that fit the budget at the σ of the last one; null before the first sync. */
     syncsLeft: number | null;
+    /**
+     * This database's (`options.dbName`'s) part of `epsilon` and `syncs`. With a server and
+     * IndexedDB, `epsilon`, `syncs` and `syncsLeft` count every localrec instance of the origin
+     * (every dbName) that synced with the same server, as the budget does (`ledger`); on memory
+     * they are this database's alone, as here.
+     */
+    thisDatabase: { epsilon: number; syncs: number };
+    /** The IndexedDB database the origin's instances account their ε per server in (`'localrec-privacy'`), or null when this one accounts alone (memory, no server). */
+    ledger: string | null;
     federated: boolean;
     /** With `options.federated.autoSyncHours`: the period, when a sync that counts for it last succeeded (a contributing one, the page's own too, or an automatic receiving one) and when an automatic one was last started, in any tab. */
     autoSync: { everyHours: number; lastSuccessAt: number | null; lastAttemptAt: number | null } | null;
@@ -571,8 +580,12 @@ export interface RecommenderOptions {
    * consent history, where `'required'` followed by `setConsent()` would add two records per page load.
    */
   consent?: 'required' | 'granted' | { personalization: boolean; federated: boolean } | undefined;
-  /** Offers: the shop's public key(s) (JWK, ECDSA P-256) that `setOffers()` catalogs must be signed with. */
-  offers?: { publicKey: Jwk | readonly Jwk[] } | undefined;
+  /**
+   * Offers: the shop's public key(s) (JWK, ECDSA P-256) that `setOffers()` catalogs must be signed
+   * with, shipped in the page's own code (never fetched next to the catalog); `minVersion`, a whole
+   * number ≥ 0: catalogs of a lower version are refused (raise it in the page to withdraw old ones).
+   */
+  offers?: { publicKey: Jwk | readonly Jwk[]; minVersion?: number | undefined } | undefined;
   /** Federated learning; without it the model never leaves the device and `sync()` refuses. */
   federated?: FederatedOptions | undefined;
   /**

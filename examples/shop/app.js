@@ -2,6 +2,11 @@
 // recommendations, the model and the privacy panel all come from the recommender in this browser.
 import { categoryLabel, paintTile } from './tiles.js';
 import { drawLossChart } from './loss-chart.js';
+// The shop's public offer key ships with the page's own code, never fetched next to the catalog
+// (whoever can replace offers.json could replace a key fetched beside it: docs/OFFERS.md). A real
+// shop puts the JWK in its bundle at build time; the demo's server makes its key at start-up, so
+// it writes this module (scripts/shop-server.mjs).
+import { offerPublicKey } from './offer-key.js';
 
 const params = new URLSearchParams(location.search);
 /** `?backend=wasm` (or webgpu, webgl, cpu) forces a tfjs backend; otherwise the SDK probes. */
@@ -1583,12 +1588,13 @@ function returnFocus(back) {
   return !!back.list?.isConnected && focusCard(back.list, back);
 }
 
-/** The shop's signed offer catalog and its public key, from the shop's server. */
+/** The shop's signed offer catalog, from the shop's server (the key that verifies it is in the page's code: offer-key.js). */
 async function loadOffers() {
   try {
-    const [key, signed] = await Promise.all(['offers-key.json', 'offers.json'].map((f) => fetch(f).then((r) => (r.ok ? r.json() : Promise.reject(new Error(`${f}: HTTP ${r.status}`))))));
-    state.offerKey = key;
-    state.signedOffers = signed;
+    const r = await fetch('offers.json');
+    if (!r.ok) throw new Error(`offers.json: HTTP ${r.status}`);
+    state.offerKey = offerPublicKey;
+    state.signedOffers = await r.json();
   } catch (e) {
     console.warn('no offers:', e);
     // Said on the shelf (renderOffers), instead of a shelf that silently is not there.

@@ -53,7 +53,7 @@ export interface AuditReport {
   /** The shop's signed offer catalog kept on the device (public data the shop published), or null. */
   offers: { stored: true; version: number; offers: number; issuedAt: number } | null;
   /** The global model as the server last sent it (public data, the same for every device), kept so that an unchanged one is not downloaded again; or null. */
-  globalModel: { stored: true; hash: string; bytes: number } | null;
+  globalModel: { stored: true; hash: string; bytes: number; server: string | null } | null;
   /**
    * What the device kept of offer events and purchases that retention removed (counts and times
    * per offer, the latest purchase's time: docs/OFFERS.md), or null when nothing was removed.
@@ -90,6 +90,10 @@ export interface AuditReport {
     syncs: number;
     /** Further syncs that fit the budget at the σ of the last one; null before the first sync. */
     syncsLeft: number | null;
+    /** This database's part of `epsilonSpent` and `syncs`, which count every instance of the origin (every dbName) that synced with this server (see `ledger`). */
+    thisDatabase: { epsilon: number; syncs: number };
+    /** The IndexedDB database the origin's instances account their ε per server in (`'localrec-privacy'`), or null when this one accounts alone (memory, no server). */
+    ledger: string | null;
     /** `options.federated.autoSyncHours`: the SDK syncs by itself at most once per this many hours; null when it only syncs when the page calls `sync()`. */
     autoSyncHours: number | null;
     globalPrivacyControl: boolean;
@@ -118,6 +122,13 @@ export interface ExportFile {
   egressLog: EgressEntry[];
   /** The privacy accountant as stored (the Rényi DP spent at each order, the releases counted); null when none is stored. */
   privacy: AccountantState | null;
+  /**
+   * The shared privacy ledger's records this instance reads (IndexedDB `localrec-privacy`): per
+   * server URL, each database's accountant state with it (`'*'`: what databases spent before the
+   * ledger existed, counted against every server); null without a server or IndexedDB, or before
+   * the first upload.
+   */
+  privacyLedger: Record<string, unknown> | null;
   /** The stored model's global version, embedding size, items, last training time and training steps; null when none is stored. */
   model: { version: number; dim: number; items: number; trainedAt: number | null; trainSteps: number } | null;
   /**

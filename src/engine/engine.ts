@@ -5,7 +5,7 @@ import { ledgerAsOfNow, ledgerKeeps } from '../events/offer-ledger.js';
 import { DEFAULT_RETENTION, deleteEventDatabase, IdbEventStore, MemoryEventStore, openEventStore, quotaEvictedBy, statsOf, type AddResult, type EventStore, type Retention } from '../events/store.js';
 import { EVENT_SCHEMA_VERSION, FUTURE_SLACK_MS } from '../events/schema.js';
 import type { AuditReport, ExportFile } from './audit-types.js';
-import { canonicalJson, checkOffersOptions, checkVerifyKeys, chooseOffers, indexProducts, offerEconomics, offerScopeLookup, predictAffinity, purchaseBaskets, SignatureError, verifySignedCatalog, type ProductIndex } from '../offers/index.js';
+import { canonicalJson, catalogExpired, checkCatalogAccepted, checkOffersOption, checkOffersOptions, chooseOffers, indexProducts, offerEconomics, offerScopeLookup, predictAffinity, purchaseBaskets, SignatureError, verifySignedCatalog, type ProductIndex } from '../offers/index.js';
 import type { Jwk, OfferCatalog, OffersOptions, SetOffersResult, ShownOffer, SignedOfferCatalog } from '../offers/types.js';
 import { BACKEND_ORDER, PROBE_MAX_ROWS, selectBackend, type BackendChoice, type RememberedBackend } from '../model/backend.js';
 import * as tf from '../model/tf.js';
@@ -21,6 +21,7 @@ import { checkTrainConfig, DEFAULT_TRAIN_CONFIG, trainItemTable, type TrainConfi
 import { DEFAULT_BUDGET, RdpAccountant, type AccountantState } from '../federated/dp.js';
 import { DROP_OUT, PRIVATE_FETCH, pullOnce, syncOnce, type EgressEntry, type FetchLike } from '../federated/sync.js';
 import { isStoredBytes, readAccountant, readAutoSync, readCohorts, readConsentRecords, readEgressLog } from './stored-records.js';
+import { forgetSpend, moveLegacySpend, ledgerAvailable, ledgerRecords, PRIVACY_LEDGER_DB, readLedger, recordInLedger, serverKey, type LedgerView } from './privacy-ledger.js';
 import type {
   BackendName,
   Progress,
@@ -53,7 +54,7 @@ export interface EngineOptions {
   /** Training settings for `train()` (epochs come from TrainOptions when given). */
   training?: Partial<TrainConfig>;
   /** Offers: the shop's public key(s) (JWK, ECDSA P-256) that signed offer catalogs must verify against. */
-  offers?: { publicKey: Jwk | readonly Jwk[] };
+  offers?: { publicKey: Jwk | readonly Jwk[]; minVersion?: number };
   /** Federated learning: where the aggregation server is, and this device's privacy budget. */
   federated?: FederatedOptions;
   /**
@@ -111,6 +112,8 @@ interface SavedModel {
   rev?: number;
   /** Hash of the global model version the weights build on (set by a sync; absent before the first). */
   globalHash?: string;
+  /** The server ({@link serverKey}) that sent that version (absent before it was recorded: then it is not named to any server). */
+  globalServer?: string;
 }
 
 export const MODEL_KEY = 'model';
@@ -189,6 +192,8 @@ const MAX_TIMER_MS = 2 ** 30;
 interface SavedGlobal {
   hash: string;
   bytes: Uint8Array;
+  /** The server ({@link serverKey}) that sent it: another server is never sent its hash (absent in records saved before: not used). */
+  server?: string;
 }
 /**
  * How long `recommend()` and `similar()` wait for a device's first neighbour file, counted from the
@@ -303,6 +308,12 @@ const DAY_MS = 86_400_000;
 const STARTUP_SOURCES: ReadonlySet<ConsentRecord['source']> = new Set(['options', 'default', 'stored']);
 const FLUSH_DELAY_MS = 25;
 const FLUSH_MAX = 200;
+
+/**
+ * A stored model sharing fewer item ids than this fraction of the smaller of its catalog and the
+ * page's was trained on another catalog (load): its training counters are reset.
+ */
+const MIN_CATALOG_MATCH = 0.5;
 
 /** Extra fallback rows recommend() reads to break float32 ties by row as `localrec eval` does. */
 const FALLBACK_TIE_ROWS = 16;
@@ -420,7 +431,7 @@ function checkBackendCandidates(c: unknown): void {
  */
 export function settlePending(log: readonly EgressEntry[], entries: readonly EgressEntry[]): EgressEntry[] {
   const out = log.slice();
-  const settles = (e: EgressEntry, p: EgressEntry) => p.pending && p.method === e.method && p.endpoint === e.endpoint && p.bodySha256 === e.bodySha256;
+  const settles = (e: EgressEntry, p: EgressEntry) => p.pending && p.method === e.method && p.endpoint === e.endpoint && p.bodySha256 === e.bodySha256 && p.server === e.server;
   for (const e of entries) {
     let i = e.pending ? -1 : out.length - 1;
     while (i >= 0 && !settles(e, out[i]!)) i--;
@@ -585,7 +596,7 @@ export class Engine {
     knownKeys(opts.model, 'options.model', OPTION_KEYS.model);
     knownKeys(opts.retention, 'options.retention', OPTION_KEYS.retention);
     knownKeys(opts.offers, 'options.offers', OPTION_KEYS.offers);
-    if (opts.offers?.publicKey !== undefined) checkVerifyKeys(opts.offers.publicKey, 'options.offers.publicKey');
+    checkOffersOption(opts.offers);
     knownKeys(opts.consent, 'options.consent', OPTION_KEYS.consent);
     // First: the page passes federated.honorGlobalPrivacyControl on as honorGlobalPrivacyControl,
     // and its error should name the option the page was given.
@@ -678,6 +689,8 @@ export class Engine {
       if (consented) {
         // Events past the age limit go now, not at the next write (a shopper back after a year).
         await engine.retainNow();
+        // What this database spent before the shared privacy ledger existed counts in it from now on.
+        await engine.keepLegacySpend(engine.store);
         await engine.mergeConsentHistory();
         await engine.loadStoredNeighbors();
         if (memo && engine.consent.personalization) await engine.rememberBackend(memo);
@@ -1123,6 +1136,7 @@ export class Engine {
       this.watchStore(this.store);
       this.dropEventCache();
       await this.load(this.dim);
+      await this.keepLegacySpend(this.store);
       await this.mergeConsentHistory();
       await this.persistConsent();
       if (this.neighbors) await this.saveNeighbors();
@@ -1154,7 +1168,11 @@ export class Engine {
       this.store = new MemoryEventStore(this.retention);
       this.dropEventCache();
       if (source === 'another-tab' && !(at !== undefined && old.createdAfterDeletion?.(at))) old.close();
-      else await old.destroy();
+      else {
+        // As erase(): its part of the shared ledger goes with it.
+        await this.forgetLedgerPart(old);
+        await old.destroy();
+      }
       // This session ran on memory because IndexedDB refused to open (a transient error, a newer
       // schema): what an earlier session stored there is erased all the same.
       if (source !== 'another-tab' && old.kind === 'memory') await this.deleteStoredDatabase();
@@ -1190,7 +1208,23 @@ export class Engine {
           fresh.bias[r] = saved.bias[o]!;
         });
         fresh.version = saved.version;
-        kept = { trainedAt: saved.trainedAt, trainSteps: saved.trainSteps, trainedThroughId: saved.trainedThroughId, ...(typeof saved.globalHash === 'string' ? { globalHash: saved.globalHash } : {}) };
+        kept = {
+          trainedAt: saved.trainedAt,
+          trainSteps: saved.trainSteps,
+          trainedThroughId: saved.trainedThroughId,
+          ...(typeof saved.globalHash === 'string' ? { globalHash: saved.globalHash } : {}),
+          ...(typeof saved.globalServer === 'string' ? { globalServer: saved.globalServer } : {}),
+        };
+        // Trained on another catalog (another shop, country or environment on the same dbName):
+        // the rows it learned are not this catalog's, so its training counters must not say this
+        // catalog's events were learned. They train again (the rows that match are kept).
+        const matched = ids.length - missing.length;
+        if (saved.itemIds.length > 0 && ids.length > 0 && matched < Math.min(saved.itemIds.length, ids.length) * MIN_CATALOG_MATCH) {
+          kept = { trainSteps: 0, trainedThroughId: 0, ...(kept.globalHash !== undefined ? { globalHash: kept.globalHash } : {}), ...(kept.globalServer !== undefined ? { globalServer: kept.globalServer } : {}) };
+          this.lastError = new ModelError(
+            `the stored model was trained on another catalog (${matched} of its ${saved.itemIds.length} item ids are in this page's catalog of ${ids.length}): the rows it shares are kept, and this catalog's events are trained again (a shop, country or environment with its own catalog needs its own options.dbName)`,
+          );
+        }
         // Items the page's catalog holds again (back in stock) or newly, that the global model the
         // weights build on has: its rows, not fresh random ones. A receiving sync would not bring
         // them (the server answers 304 while its model is the one held).
@@ -2316,7 +2350,20 @@ export class Engine {
     const from = this.backend.backend;
     const onLoss = new AbortController();
     this.stopTrainingOnLoss = () => onLoss.abort();
-    const signal = typeof AbortSignal.any === 'function' ? AbortSignal.any([stop, onLoss.signal]) : stop;
+    // Both signals end the run. By hand, not AbortSignal.any: Firefox before 124, Safari before 17.4
+    // and Chromium before 116 lack it, and dropping the loss signal there left a run on a lost
+    // WebGL context waiting forever on a read that never settles, with every later train() and
+    // sync() queued behind it (a portability review, stop 35).
+    const either = new AbortController();
+    const pass = (src: AbortSignal) => () => either.abort(src.reason);
+    const fromStop = pass(stop);
+    const fromLoss = pass(onLoss.signal);
+    if (stop.aborted) either.abort(stop.reason);
+    else {
+      stop.addEventListener('abort', fromStop, { once: true });
+      onLoss.signal.addEventListener('abort', fromLoss, { once: true });
+    }
+    const signal = either.signal;
     try {
       return await f(signal);
     } catch (e) {
@@ -2327,6 +2374,8 @@ export class Engine {
       await this.recoverBackend().catch(() => undefined);
       throw (this.lastError = new ModelError(`training failed on the ${from} backend (${why}); nothing it learned was saved; ${from === this.backend.backend ? 'no other backend is left' : `the next run uses ${this.backend.backend}`}`, { cause: e }));
     } finally {
+      stop.removeEventListener('abort', fromStop);
+      onLoss.signal.removeEventListener('abort', fromLoss);
       this.stopTrainingOnLoss = undefined;
     }
   }
@@ -2498,6 +2547,73 @@ export class Engine {
     return !plainNode();
   }
 
+  /** This engine's aggregation server as the privacy ledger and the stored global model name it ({@link serverKey}); undefined without one. */
+  private serverKey(): string | undefined {
+    const url = this.opts.federated?.serverUrl;
+    return url === undefined ? undefined : serverKey(url);
+  }
+
+  /** The IndexedDB database `store` is (a store the caller gave has its own name). */
+  private databaseName(store: EventStore = this.store): string {
+    const name = (store as { name?: unknown }).name;
+    return typeof name === 'string' ? name : (this.opts.dbName ?? 'localrec');
+  }
+
+  /**
+   * Where this engine's ε is accounted: with a server and IndexedDB, in the privacy ledger every
+   * localrec instance of the origin shares (privacy-ledger.ts), under that server and this
+   * database; undefined on memory (private mode, plain Node, before consent), where the database's
+   * own accountant is all there is.
+   */
+  private ledgerScope(): { server: string; dbName: string } | undefined {
+    const server = this.serverKey();
+    if (server === undefined || this.store.kind !== 'indexeddb' || !ledgerAvailable()) return undefined;
+    return { server, dbName: this.databaseName() };
+  }
+
+  /**
+   * The ε spent with this engine's server by every instance of the origin (`total`: what the budget
+   * is checked against) and by this database (`own`). A database accountant that cannot be read
+   * counts as spent, as does a ledger that cannot be read.
+   */
+  private async spending(): Promise<LedgerView> {
+    const read = readAccountant(await this.store.getMeta(PRIVACY_KEY));
+    const scope = this.ledgerScope();
+    if (read.damaged || !scope) return { total: read.value, own: read.value };
+    return readLedger(scope.server, scope.dbName, read.value.releases > 0 ? read.value.toJSON() : undefined);
+  }
+
+  /**
+   * Copies what `store`'s own accountant spent before the shared ledger existed into it (its server
+   * unknown: counted against every server), unless already there: at a start, and before the
+   * database is erased, so that neither hands that ε back. A failure is noted in stats(), not thrown.
+   */
+  private async keepLegacySpend(store: EventStore): Promise<void> {
+    if (store.kind !== 'indexeddb' || !ledgerAvailable()) return;
+    try {
+      const read = readAccountant(await store.getMeta(PRIVACY_KEY));
+      if (read.damaged || read.value.releases === 0) return;
+      await moveLegacySpend(this.databaseName(store), read.value.toJSON());
+    } catch (e) {
+      this.lastError = e as Error;
+    }
+  }
+
+  /**
+   * Removes `store`'s database's part of the shared privacy ledger (erase(), a withdrawal of
+   * personalization), and the ledger itself when nothing else is in it. Also on memory (before
+   * consent): an earlier session with consent may have recorded a part. A failure is noted in
+   * stats(), not thrown: the database is deleted all the same, and what the part held stays counted.
+   */
+  private async forgetLedgerPart(store: EventStore): Promise<void> {
+    if (!ledgerAvailable() || (this.opts.store && store.kind !== 'indexeddb')) return;
+    try {
+      await forgetSpend(this.databaseName(store));
+    } catch (e) {
+      this.lastError = e as Error;
+    }
+  }
+
   /**
    * Refuses a contributing sync on a device that cannot remember what it spends
    * ({@link spendingForgotten}), unless the host opted in (`federated.allowWithoutStorage`).
@@ -2540,7 +2656,7 @@ export class Engine {
     this.table = next;
     const changed = this.heldGlobal?.hash !== r.globalHash;
     this.heldGlobal = { table: r.global, hash: r.globalHash };
-    this.saved = { ...this.saved, trainedAt: this.now(), trainedThroughId: replaced ? through : Math.max(this.saved.trainedThroughId, through), globalHash: r.globalHash };
+    this.saved = { ...this.saved, trainedAt: this.now(), trainedThroughId: replaced ? through : Math.max(this.saved.trainedThroughId, through), globalHash: r.globalHash, globalServer: this.serverKey() };
     const old = this.scorer;
     this.scorer = this.newScorer();
     old.dispose();
@@ -2550,7 +2666,7 @@ export class Engine {
       // downloads the model when the server has published a new version. Only a cache: a failure to
       // write it (storage full) costs the next sync a download, so it does not fail this one.
       try {
-        await this.store.setMeta(GLOBAL_KEY, { hash: r.globalHash, bytes: encodeModel(r.global) } satisfies SavedGlobal);
+        await this.store.setMeta(GLOBAL_KEY, { hash: r.globalHash, bytes: encodeModel(r.global), server: this.serverKey() } satisfies SavedGlobal);
       } catch (e) {
         this.lastError = e as Error;
       }
@@ -2575,12 +2691,17 @@ export class Engine {
   };
 
   /**
-   * The global model a sync in an earlier session stored ({@link GLOBAL_KEY}), if its bytes still
-   * hash to what was stored with them and decode; otherwise undefined (the sync downloads the model).
+   * The global model a sync in an earlier session stored ({@link GLOBAL_KEY}), if this engine's
+   * server sent it and its bytes still hash to what was stored with them and decode; otherwise
+   * undefined (the sync downloads the model). One from another server (another shop or environment
+   * on the same dbName), or stored before the server was recorded with it, is not used: its hash in
+   * If-None-Match would tell this server that the device synced elsewhere, and with which version.
    */
   private async storedGlobal(): Promise<{ table: ItemTable; hash: string } | undefined> {
     const saved = await this.store.getMeta(GLOBAL_KEY).catch(() => undefined);
     if (!isStoredBytes(saved)) return undefined;
+    const server = this.serverKey();
+    if (server === undefined || (saved as SavedGlobal).server !== server) return undefined;
     try {
       if (toHex(await sha256(saved.bytes)) !== saved.hash) return undefined;
       const held = { table: decodeModel(saved.bytes).table, hash: saved.hash };
@@ -2628,13 +2749,14 @@ export class Engine {
         onProgress: this.syncProgress,
         signal,
         now: this.now,
-        ...(this.saved.globalHash ? { knownHash: this.saved.globalHash } : {}),
+        // Only to the server that sent that version (see storedGlobal).
+        ...(this.saved.globalHash && this.saved.globalServer === this.serverKey() ? { knownHash: this.saved.globalHash } : {}),
       });
       if (r.changed) {
         if (r.localStepFailed) this.lastError = new ModelError(`sync: ${r.localStepFailed}; the global model is used as it came`);
         await this.adoptGlobal(r, through, table);
       }
-      const accountant = readAccountant(await this.store.getMeta(PRIVACY_KEY)).value;
+      const accountant = (await this.spending()).total;
       return { version: this.table.version, sent: false, uploadedBytes: 0, epsilon: accountant.epsilon(fed.delta), budget, published: null, modelChanged: r.changed };
     } finally {
       await this.finalCheckpoint(checkpoint);
@@ -2696,28 +2818,42 @@ export class Engine {
     // Before anything is sent (consent first: its refusal says more).
     this.assertRemembersSpending(this.syncAllowed());
     const { fed, budget, through, history, train, table } = await this.syncStart();
-    const accountant = readAccountant(await this.store.getMeta(PRIVACY_KEY)).value;
+    const accountant = (await this.spending()).total;
     const { egress, checkpoint } = this.egressBuffer();
     // The release is recorded against the stored accountant in one transaction (recordRelease), never
     // by writing this sync's copy back: another tab's sync may have spent since this one read it.
     const delta = fed.delta;
     let released = false;
-    // The upload's pending egress entry is stored in the same transaction, with the log so far: a
-    // tab closed just after it cannot keep the ε without the request in the log.
+    const scope = this.ledgerScope();
+    // With the shared ledger, the budget is checked and the release recorded there first, in one
+    // transaction of it (another instance of the origin, another dbName, may have spent since), then
+    // in this database's accountant. A tab closed between the two leaves ε counted that no upload
+    // spent (the safe side). The upload's pending egress entry is stored in the same transaction as
+    // the database's accountant, with the log so far: a tab closed just after it cannot keep the ε
+    // without the request in the log.
     const recordRelease = async (noiseMultiplier: number, pending: EgressEntry): Promise<RdpAccountant> => {
       let after!: RdpAccountant;
+      let shared: RdpAccountant | undefined;
+      if (scope) {
+        const own = readAccountant(await this.store.getMeta(PRIVACY_KEY)).value;
+        // (One that cannot be read refuses here: it counts as spent.)
+        own.assertCanSpend(noiseMultiplier, Infinity, delta);
+        const legacy = own.toJSON();
+        shared = (await recordInLedger(scope.server, scope.dbName, legacy, noiseMultiplier, (total) => total.assertCanSpend(noiseMultiplier, budget, delta))).total;
+      }
       const buffered = egress.length;
       const entries = [...egress.slice(0, buffered), pending];
       const cutoff = this.recordCutoff();
       await this.store.updateMetaPair<AccountantState, EgressEntry[]>(PRIVACY_KEY, EGRESS_KEY, (stored, log) => {
         after = readAccountant(stored).value;
-        after.assertCanSpend(noiseMultiplier, budget, delta);
+        // (With the ledger the budget was checked there: this database's part is recorded.)
+        after.assertCanSpend(noiseMultiplier, shared ? Infinity : budget, delta);
         after.record(noiseMultiplier);
         return [after.toJSON(), egressWith(log, entries, cutoff)];
       });
       egress.splice(0, buffered);
       released = true;
-      return after;
+      return shared ?? after;
     };
     const before = this.saved.globalHash;
     const held = this.heldGlobal ?? (await this.storedGlobal());
@@ -2730,7 +2866,7 @@ export class Engine {
         recordRelease,
         // Under secure aggregation: re-read before joining and while the cohort forms, so that a
         // release another tab spent meanwhile makes this device leave rather than drop out.
-        storedAccountant: async () => readAccountant(await this.store.getMeta(PRIVACY_KEY)).value,
+        storedAccountant: async () => (await this.spending()).total,
         claimCohort: this.claimCohort,
         // Past the budget the sync receives on the two requests it made, whoever asked: a refusal
         // the page then follows with a receiving sync would be a second pair that sets the device apart.
@@ -2942,7 +3078,9 @@ export class Engine {
   private async privacyStats(): Promise<Stats['privacy']> {
     const read = readAccountant(await this.store.getMeta(PRIVACY_KEY));
     if (read.damaged) this.noteDamaged(PRIVACY_KEY, 'the ε it held is unknown, so it counts as spent: contributing syncs are refused');
-    const acc = read.value;
+    // With a server and IndexedDB: what every instance of the origin spent with that server.
+    const scope = this.ledgerScope();
+    const { total: acc, own } = await this.spending();
     const fed = this.opts.federated;
     const federated = fed !== undefined && this.consent.federated && this.consent.personalization && !this.gpcBlocksSync();
     const budget = fed?.budget ?? DEFAULT_BUDGET;
@@ -2955,6 +3093,8 @@ export class Engine {
       budget,
       syncs: acc.releases,
       syncsLeft: acc.syncsLeft(budget, delta),
+      thisDatabase: { epsilon: own.epsilon(delta), syncs: own.releases },
+      ledger: scope ? PRIVACY_LEDGER_DB : null,
       federated,
       autoSync: hours > 0 ? { everyHours: hours, lastSuccessAt: auto?.lastSuccessAt ?? null, lastAttemptAt: auto?.lastAttemptAt ?? null } : null,
     };
@@ -3024,7 +3164,7 @@ export class Engine {
           }
         : null,
       offers: storedOffers ? { stored: true, version: storedOffers.version, offers: Array.isArray(storedOffers.offers) ? storedOffers.offers.length : 0, issuedAt: storedOffers.issuedAt } : null,
-      globalModel: storedGlobal ? { stored: true, hash: storedGlobal.hash, bytes: storedGlobal.bytes.byteLength } : null,
+      globalModel: storedGlobal ? { stored: true, hash: storedGlobal.hash, bytes: storedGlobal.bytes.byteLength, server: (storedGlobal as SavedGlobal).server ?? null } : null,
       offerLedger: ledger
         ? { stored: true, offers: ledger.offers.length, lastPurchaseAt: ledger.lastPurchaseAt ?? null, bytes: new TextEncoder().encode(JSON.stringify(ledger)).length }
         : null,
@@ -3050,6 +3190,8 @@ export class Engine {
         delta: privacy.delta,
         syncs: privacy.syncs,
         syncsLeft: privacy.syncsLeft,
+        thisDatabase: privacy.thisDatabase,
+        ledger: privacy.ledger,
         autoSyncHours: privacy.autoSync?.everyHours ?? null,
         globalPrivacyControl: gpc,
         globalPrivacyControlHonored: gpc && this.opts.honorGlobalPrivacyControl !== false,
@@ -3073,6 +3215,7 @@ export class Engine {
       consentHistory: trimConsent(this.consentHistory, this.recordCutoff()),
       egressLog: await this.readEgress(),
       privacy: (await this.store.getMeta<AccountantState>(PRIVACY_KEY)) ?? null,
+      privacyLedger: await this.ledgerExport(),
       model: model ? { version: model.version, dim: model.dim, items: model.itemIds.length, trainedAt: model.trainedAt ?? null, trainSteps: model.trainSteps } : null,
       autoSync: (await this.store.getMeta<AutoSyncState>(AUTO_SYNC_KEY)) ?? null,
       offerLedger: (await this.store.offerLedger()) ?? null,
@@ -3080,6 +3223,12 @@ export class Engine {
       notOpened: await this.unopenedDatabase(),
       ...(unreadable.length ? { unreadableEvents: unreadable } : {}),
     };
+  }
+
+  /** The shared privacy ledger's records this engine reads (its server's, the legacy one), as stored; null without them. */
+  private async ledgerExport(): Promise<Record<string, unknown> | null> {
+    const scope = this.ledgerScope();
+    return scope ? ledgerRecords(scope.server) : null;
   }
 
   /**
@@ -3109,6 +3258,9 @@ export class Engine {
     const key = this.opts.offers?.publicKey;
     if (!key) throw new ValidationError('options.offers.publicKey', "must be set to the shop's public key (JWK) to accept offer catalogs");
     const { catalog, envelope } = await verifySignedCatalog(signed, key);
+    // Expired (signed expiresAt, a day's slack) or below the page's offers.minVersion: refused
+    // whatever the device holds (docs/OFFERS.md, "What the signature protects").
+    checkCatalogAccepted(catalog, this.now(), this.opts.offers?.minVersion);
     this.assertOpen();
     // A device never goes back to an older catalog (a replayed one could bring back withdrawn
     // offers): checked against the one held here and, in the same transaction as the write, the
@@ -3236,6 +3388,9 @@ export class Engine {
     if (!catalog) return [];
     this.products ??= indexProducts(this.catalog.items);
     const now = options.context?.now ?? this.now();
+    // An installed catalog that has since expired, or (read back from storage) is below the page's
+    // offers.minVersion, shows nothing.
+    if (catalogExpired(catalog, now) || catalog.version < (this.opts.offers?.minVersion ?? 0)) return [];
     // Caps, cool-downs and the audience also count what retention removed (src/events/offer-ledger.ts),
     // read after the events (reading them writes what was queued, which may remove old ones). Another
     // tab's write in between could count an event in both: the rules then err towards not showing.
@@ -3383,6 +3538,10 @@ export class Engine {
     // When the deletion began: a tab that found the database gone after it (watchStore) already
     // handled it and skips the message.
     const erasedAt = this.now();
+    // Nothing of the shopper's is left: this database's part of the shared privacy ledger goes too
+    // (the other databases' spend stays), so that its budget starts anew, as the database's own
+    // accountant did when it went with the database.
+    await this.forgetLedgerPart(this.store);
     await this.store.destroy();
     await this.deleteStoredDatabase();
     // The shop's other tabs drop what they hold from the erased database (erasedElsewhere).

@@ -103,12 +103,16 @@ export function readAccountant(v: unknown): Read<RdpAccountant> {
  * left. Nothing is ever recorded into it, so the stored record stays as it was until `erase()`.
  */
 export class UnreadableAccountant extends RdpAccountant {
-  constructor(readonly why: string) {
+  /** `remedy`: what removes the record (default: `erase()`, with the shopper's data). */
+  constructor(
+    readonly why: string,
+    readonly remedy = "erase() removes it with the shopper's data",
+  ) {
     super();
   }
   override assertCanSpend(): void {
     throw new PrivacyBudgetError(
-      `the stored privacy accountant cannot be read (${this.why}), so how much ε this device has spent is unknown: it counts as spent, and nothing is sent (erase() removes it with the shopper's data)`,
+      `the stored privacy accountant cannot be read (${this.why}), so how much ε this device has spent is unknown: it counts as spent, and nothing is sent (${this.remedy})`,
     );
   }
   override record(): void {

@@ -56,6 +56,13 @@ export interface EgressEntry {
   endpoint: string;
   /** `cohort`: secure aggregation's join (the body is a fresh public key) and cohort polls. */
   kind: 'config' | 'model' | 'update' | 'neighbors' | 'cohort';
+  /**
+   * The federated server's requests: the server they went to ({@link serverKey} of
+   * `federated.serverUrl`), `endpoint` being the path under it; several shops or environments on
+   * one database each name their own. Absent from the neighbour file's entries (their endpoint is
+   * the whole URL) and from entries logged before it was recorded.
+   */
+  server?: string;
   /** Bytes of the request body (0 for GET). */
   bytes: number;
   /** Hex SHA-256 of the request body, so an auditor can match what was logged with what was sent. */
@@ -77,6 +84,16 @@ export interface EgressEntry {
    * request was on the wire: it may or may not have reached the server.
    */
   pending?: true;
+}
+
+/**
+ * A server URL as the SDK records it (egress log, privacy ledger, stored global model): with the
+ * host as URL parsing writes it (lower case, no default port) and no trailing slash, so that
+ * `https://Agg.example:443/x/` and `https://agg.example/x` are one server.
+ */
+export function serverKey(serverUrl: string): string {
+  const u = new URL(serverUrl);
+  return `${u.protocol}//${u.host}${u.pathname.replace(/\/+$/, '')}`;
 }
 
 /**
@@ -394,7 +411,8 @@ async function request(
   const attempts = requestAttempts(o);
   const now = o.now ?? Date.now;
   const bodySha256 = body ? toHex(await sha256(body)) : undefined;
-  const log = (status: number, mark?: { pending: true } | { notSent: true }) => o.onEgress?.({ t: now(), method, endpoint, kind, bytes: body?.length ?? 0, bodySha256, status, ...mark });
+  const server = serverKey(o.serverUrl);
+  const log = (status: number, mark?: { pending: true } | { notSent: true }) => o.onEgress?.({ t: now(), method, endpoint, kind, bytes: body?.length ?? 0, bodySha256, status, server, ...mark });
   const what = `${method} ${endpoint}`;
   let lastError: unknown;
   for (let i = 0; i < attempts; i++) {
@@ -867,7 +885,7 @@ async function upload(
   if (cancellable) checkAborted(o, 'before the upload');
   // The entry this upload is logged under, whatever happens to it once its release is recorded.
   const bodySha256 = toHex(await sha256(body));
-  const entry = (): EgressEntry => ({ t: (o.now ?? Date.now)(), method: 'POST', endpoint, kind: 'update', bytes: body.length, bodySha256, status: 0 });
+  const entry = (): EgressEntry => ({ t: (o.now ?? Date.now)(), method: 'POST', endpoint, kind: 'update', bytes: body.length, bodySha256, status: 0, server: serverKey(o.serverUrl) });
   // Recorded (and persisted, by the caller) before sending: once the body may have left the
   // device, the budget is spent. A caller's recordRelease stores the upload's pending entry with it.
   const logged = entry();

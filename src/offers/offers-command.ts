@@ -55,18 +55,27 @@ export function register(program: Command): void {
     .requiredOption('--key <file>', 'private key (JWK) from `offers keygen`')
     .requiredOption('--catalog <file>', 'offer catalog JSON { version, issuedAt, currency, offers }')
     .requiredOption('--out <file>', 'where to write the signed catalog')
-    .option('--kid <id>', 'key id to put in the signed envelope')
-    .action(async (o: { key: string; catalog: string; out: string; kid?: string }) => {
+    .option('--kid <id>', "key id to put in the signed envelope (devices then verify only with the trusted key of that kid: give every published key a kid)")
+    .option('--ttl-hours <n>', 'the catalog expires this many hours from now (sets catalog.expiresAt, signed): devices refuse it, and show none of its offers, from a day after that; re-sign before then')
+    .action(async (o: { key: string; catalog: string; out: string; kid?: string; ttlHours?: string }) => {
       const { readFile } = await import('node:fs/promises');
+      // Before reading anything: a typo here is the command's own mistake.
+      const ttlHours = o.ttlHours === undefined ? undefined : num(o.ttlHours, '--ttl-hours', 0, MAX_TTL_HOURS);
+      if (ttlHours === 0) throw new ValidationError('--ttl-hours', `must be a number of hours > 0 and at most ${MAX_TTL_HOURS} (10 years), got '${o.ttlHours}'`);
       // The key is lost for good if the signed catalog replaces it (keygen never overwrites one);
       // checkOutputFile also refuses any other key file.
       checkOutputFile(o.out, '--out', { '--key': o.key, '--catalog': o.catalog });
       const { signOfferCatalog } = await import('./signing.js');
       const key = await readJson(readFile, o.key, '--key');
-      const catalog = unsigned(await readJson(readFile, o.catalog, '--catalog'), o.catalog, '--catalog');
+      let catalog = unsigned(await readJson(readFile, o.catalog, '--catalog'), o.catalog, '--catalog');
+      if (ttlHours !== undefined) {
+        if (typeof catalog !== 'object' || catalog === null || Array.isArray(catalog)) throw new ValidationError('catalog', 'must be an object { version, issuedAt, currency, offers }');
+        catalog = { ...catalog, expiresAt: Math.round(Date.now() + ttlHours * 3_600_000) };
+      }
       const signed = await signOfferCatalog(catalog as never, key as import('./types.js').Jwk, o.kid !== undefined ? { kid: o.kid } : {});
       await writeOutputFile(o.out, `${JSON.stringify(signed, null, 2)}\n`, '--out');
-      process.stderr.write(`signed ${signed.catalog.offers.length} offers → ${o.out}\n`);
+      const expires = signed.catalog.expiresAt !== undefined ? `, expires ${new Date(signed.catalog.expiresAt).toISOString()}` : ' (no expiresAt: consider --ttl-hours)';
+      process.stderr.write(`signed ${signed.catalog.offers.length} offers, version ${signed.catalog.version}${expires} → ${o.out}\n`);
     });
 
   offers
@@ -182,6 +191,9 @@ export function register(program: Command): void {
       if (o.bounds) process.stdout.write(`${JSON.stringify({ bounds: offersBounds(data, offers, opts.k) })}\n`);
     });
 }
+
+/** Longest `offers sign --ttl-hours`: 10 years (a catalog meant never to expire leaves the flag out). */
+const MAX_TTL_HOURS = 87_600;
 
 /** Below these, fit-affinity warns: the `--min-customers` threshold then drops most offers. */
 const FEW_ORDERS = 1000;

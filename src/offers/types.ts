@@ -102,6 +102,14 @@ export interface OfferCatalog {
   version: number;
   /** When the shop issued the catalog, ms since the epoch. */
   issuedAt: number;
+  /**
+   * Optional: when the catalog stops being valid, ms since the epoch (after `issuedAt`; `localrec
+   * offers sign --ttl-hours N` sets it to now + N hours). Signed with the rest: a device refuses a
+   * catalog more than a day past it (`setOffers`), and `offers()` shows nothing from one that is,
+   * so a replayed old catalog is refused once it has expired, even by a device that never saw a
+   * newer one.
+   */
+  expiresAt?: number | undefined;
   /** ISO 4217 code of the amounts, e.g. `GBP`. */
   currency: string;
   /** The offers, each id once. */

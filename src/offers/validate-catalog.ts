@@ -18,10 +18,16 @@ import type { Offer, OfferAudience, OfferCatalog, OfferDiscount, OfferHints, Off
  */
 export function validateOfferCatalog(input: unknown, field = 'catalog', options: { strictCurrency?: boolean } = {}): OfferCatalog {
   const o = record(input, field);
+  checkCatalogLimits(o, field);
   const version = integer(o.version, `${field}.version`, 0);
   const issuedAt = finite(o.issuedAt, `${field}.issuedAt`, 0);
   // Compared between publications of one version (setOffers), and printed as a date.
   if (issuedAt > MAX_TIME_MS) throw new ValidationError(`${field}.issuedAt`, `must be a time in ms since 1970 up to ${MAX_TIME_MS} (year 275760), got ${issuedAt}`);
+  let expiresAt: number | undefined;
+  if (o.expiresAt !== undefined) {
+    expiresAt = time(o.expiresAt, `${field}.expiresAt`);
+    if (expiresAt <= issuedAt) throw new ValidationError(`${field}.expiresAt`, `must be after issuedAt (${new Date(issuedAt).toISOString()}), got ${new Date(expiresAt).toISOString()}`);
+  }
   const currency = string(o.currency, `${field}.currency`, 16);
   if (!isCurrencyCode(currency, options.strictCurrency ?? false)) {
     throw new ValidationError(`${field}.currency`, `must be an ISO 4217 code such as GBP or EUR, got ${describeValue(currency)}${options.strictCurrency ? ' (not in this platform\'s list of currencies)' : ''}`);
@@ -37,8 +43,94 @@ export function validateOfferCatalog(input: unknown, field = 'catalog', options:
     return offer;
   });
   const catalog: OfferCatalog = { version, issuedAt, currency, offers };
+  if (expiresAt !== undefined) catalog.expiresAt = expiresAt;
   if (o.affinity !== undefined) catalog.affinity = validateAffinitySnapshot(o.affinity, `${field}.affinity`, seen);
   return catalog;
+}
+
+/** Most offers a catalog may hold ({@link checkCatalogLimits}). */
+export const MAX_CATALOG_OFFERS = 10_000;
+/** Most item ids or categories one offer's scope may list ({@link checkCatalogLimits}). */
+export const MAX_SCOPE_ENTRIES = 10_000;
+/**
+ * Largest catalog, in characters of its compact JSON (escapes aside; {@link checkCatalogLimits}):
+ * 8,000,000. A catalog at {@link MAX_CATALOG_OFFERS} with every field set, five items per scope and
+ * an affinity snapshot measures 5.4 MB; the 200 offers of docs/OFFERS.md's replay, 0.1 MB.
+ */
+export const MAX_CATALOG_JSON_CHARS = 8_000_000;
+
+/**
+ * Refuses a catalog over the size limits — more than {@link MAX_CATALOG_OFFERS} offers, a scope
+ * listing more than {@link MAX_SCOPE_ENTRIES} entries, more than {@link MAX_CATALOG_JSON_CHARS}
+ * characters of JSON — with a `ValidationError` naming the limit. Cheap: it stops counting once a
+ * limit is passed, so `verifyOfferCatalog` runs it before the catalog is canonicalized and its
+ * signature checked (which took 1.5 s for a 27 MB catalog, signed or not). Only what is present is
+ * counted; the rest is left to {@link validateOfferCatalog}.
+ *
+ * @example
+ * ```ts
+ * checkCatalogLimits({ version: 1, offers: new Array(10_001).fill({}) });
+ * // throws ValidationError "catalog.offers: holds 10001 offers, more than MAX_CATALOG_OFFERS (10000) …"
+ * ```
+ */
+export function checkCatalogLimits(input: unknown, field = 'catalog'): void {
+  if (typeof input !== 'object' || input === null) return;
+  const offers = (input as { offers?: unknown }).offers;
+  if (Array.isArray(offers)) {
+    if (offers.length > MAX_CATALOG_OFFERS) {
+      throw new ValidationError(`${field}.offers`, `holds ${offers.length} offers, more than MAX_CATALOG_OFFERS (${MAX_CATALOG_OFFERS}) a catalog may hold`);
+    }
+    for (let i = 0; i < offers.length; i++) {
+      const scope = (offers[i] as { scope?: unknown } | null | undefined)?.scope;
+      if (typeof scope !== 'object' || scope === null) continue;
+      for (const list of ['itemIds', 'categories'] as const) {
+        const entries = (scope as Record<string, unknown>)[list];
+        if (Array.isArray(entries) && entries.length > MAX_SCOPE_ENTRIES) {
+          throw new ValidationError(`${field}.offers[${i}].scope.${list}`, `lists ${entries.length} entries, more than MAX_SCOPE_ENTRIES (${MAX_SCOPE_ENTRIES}) per offer; a larger scope is a category`);
+        }
+      }
+    }
+  }
+  if (jsonLengthOver(input, MAX_CATALOG_JSON_CHARS)) {
+    throw new ValidationError(field, `is over MAX_CATALOG_JSON_CHARS (${MAX_CATALOG_JSON_CHARS} characters of JSON, about 8 MB)`);
+  }
+}
+
+/**
+ * Whether the compact JSON of `value` is longer than `max` characters (string escapes not counted),
+ * found without writing it: the count stops as soon as it passes `max`, so a huge value costs no
+ * more than `max`. Iterative, so deep nesting cannot overflow the stack.
+ */
+function jsonLengthOver(value: unknown, max: number): boolean {
+  let size = 0;
+  const stack: unknown[] = [value];
+  while (stack.length > 0) {
+    const v = stack.pop();
+    if (typeof v === 'string') size += v.length + 2;
+    else if (typeof v === 'number') size += Number.isFinite(v) ? String(v).length : 4;
+    else if (typeof v === 'boolean') size += v ? 4 : 5;
+    else if (typeof v === 'object' && v !== null) {
+      if (Array.isArray(v)) {
+        // Brackets and commas (at least one character an element) first: a huge array is refused
+        // before any of it is pushed.
+        size += v.length + 2;
+        if (size > max) return true;
+        for (let i = 0; i < v.length; i++) stack.push(v[i]);
+      } else {
+        const keys = Object.keys(v);
+        size += keys.length + 2;
+        if (size > max) return true;
+        for (const k of keys) {
+          const x = (v as Record<string, unknown>)[k];
+          if (x === undefined) continue;
+          size += k.length + 3;
+          stack.push(x);
+        }
+      }
+    } else size += 4;
+    if (size > max) return true;
+  }
+  return false;
 }
 
 /**

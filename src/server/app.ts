@@ -15,7 +15,7 @@ import { rateLimitKey, type RateLimit } from './rate-limit.js';
 import { noCohort, type LogFn, type RoundCoordinator } from './rounds.js';
 import { defaultUploadTimeoutMs } from './cohorts.js';
 import { REJECT_STATUS, type RejectReason } from './validate-update.js';
-import { registerRedeem } from './redeem.js';
+import { registerRedeem, type RedeemCatalog } from './redeem.js';
 import { realPath } from '../output-file.js';
 import { servable } from './static-files.js';
 import type { OfferCatalog } from '../offers/types.js';
@@ -38,8 +38,8 @@ export interface AppOptions {
    * the shop (e.g. `https://shop.example`). No credentials are ever allowed: the SDK sends none.
    */
   corsOrigins?: string[];
-  /** The shop's offer catalog (already verified): enables `POST /v1/offers/redeem`. */
-  offers?: OfferCatalog;
+  /** The shop's offer catalog (already verified), or a holder of it that can be replaced: enables `POST /v1/offers/redeem`. */
+  offers?: OfferCatalog | RedeemCatalog;
   /**
    * `GET /metrics`: the Prometheus text exposition of the server's totals (metrics.ts). Off by
    * default; the route is not under /v1, so a proxy can keep it from the public by path.

@@ -21,12 +21,14 @@ import { SQLITE_FILE, SqliteStorage, type SqliteStorageOptions } from './sqlite-
 import { isPostgresUrl, PostgresStorage, redactUrl } from './postgres-storage.js';
 import type { Storage } from './storage.js';
 import type { OfferCatalog } from '../offers/types.js';
+import { RedeemCatalog } from './redeem.js';
 import { checkSecAggParams, chooseSecAggBits, MAX_COHORT_TIMEOUT_MS, maskedUpdateBytes, SEALED_SHARE_BYTES, type SecAggParams } from '../federated/secagg.js';
 import { DEFAULT_COHORT_TIMEOUT_MS, defaultUploadTimeoutMs } from './cohorts.js';
 import { checkTrainedPart, trainedLength } from '../federated/client-update.js';
 import { DEFAULT_SUBSPACE_SCALE, subspaceTable } from '../federated/subspace.js';
 
 export { createApp } from './app.js';
+export { RedeemCatalog, OFFERS_FLOOR_KEY, type RedeemAnswer } from './redeem.js';
 export { MemoryStorage } from './memory-storage.js';
 export { SqliteStorage } from './sqlite-storage.js';
 export { PostgresStorage, type PostgresStorageOptions } from './postgres-storage.js';
@@ -167,8 +169,15 @@ export interface ServerOptions {
    * open. Default 5,000.
    */
   shutdownGraceMs?: number;
-  /** The shop's offer catalog, already verified (`verifyOfferCatalog`): enables `POST /v1/offers/redeem`. */
-  offers?: OfferCatalog;
+  /**
+   * The shop's offer catalog, already verified (`verifyOfferCatalog`): enables `POST /v1/offers/redeem`.
+   * A {@link RedeemCatalog} can be replaced while the server runs (`localrec serve` does on SIGHUP).
+   * The store records the newest catalog it was given (meta `offers-catalog`); an older one is
+   * refused (a ValidationError naming both versions) unless `offersAllowOlder`.
+   */
+  offers?: OfferCatalog | RedeemCatalog;
+  /** Start with an offer catalog older than the newest this store has loaded (`serve --offers-allow-older`). Default false. */
+  offersAllowOlder?: boolean;
   /**
    * The wall clock (ms since the epoch): times written to the store, PostgreSQL's cohort deadlines
    * and rate-limit buckets (shared by every process on the database), offers' validity. Default
@@ -472,13 +481,17 @@ export async function createServer(options: ServerOptions = {}): Promise<ServerP
       checked = checkOptions(options, decodeModel(latest.model).table, log, now, monotonic);
     }
     const { config, initial, rateLimit } = checked;
+    // Before any request is answered: an offer catalog older than the one the store last served is
+    // refused (its withdrawn offers would be redeemable again), and the newest is recorded.
+    const offers = options.offers === undefined ? undefined : options.offers instanceof RedeemCatalog ? options.offers : new RedeemCatalog(options.offers);
+    if (offers) await offers.install(offers.catalog, storage, { allowOlder: options.offersAllowOlder ?? false });
     const rounds = await RoundCoordinator.open(storage, initial, config, { discardPending: options.discardPending ?? false });
     const app = createApp(rounds, {
       log,
       ...(rateLimit ? { rateLimiter: storage.rateLimiter?.(rateLimit, now) ?? new RateLimiter(rateLimit, monotonic) } : {}),
       ...(options.staticDir ? { staticDir: options.staticDir } : {}),
       trustProxy: options.trustProxy ?? false,
-      ...(options.offers ? { offers: options.offers, now } : {}),
+      ...(offers ? { offers, now } : {}),
       ...(options.corsOrigins ? { corsOrigins: options.corsOrigins } : {}),
       ...(options.metrics ? { metrics: true } : {}),
       monotonic,

@@ -8,7 +8,9 @@
  */
 import type { Context, Hono } from 'hono';
 import { bodyLimit } from 'hono/body-limit';
+import { ValidationError } from '../errors.js';
 import type { Offer, OfferCatalog } from '../offers/types.js';
+import type { Storage } from './storage.js';
 
 /**
  * Largest redeem body taken (bytes). A well-formed one is a few fields, under 300 bytes with a
@@ -166,24 +168,111 @@ export function parseRedeemRequest(body: unknown): RedeemRequest | string {
   return b as unknown as RedeemRequest;
 }
 
-/** Adds `POST /v1/offers/redeem` to the app: 200 with the verdict (valid or not), 400 for a bad body, 413 for one over {@link MAX_REDEEM_BODY_BYTES}. */
-export function registerRedeem(app: Hono, catalog: OfferCatalog, now: () => number): void {
+/**
+ * Meta key (the store's table of small settings: {@link Storage.readMeta}) under which `serve
+ * --offers` records the newest catalog it has loaded, `{"version":5,"issuedAt":…}`: a later start
+ * (or SIGHUP reload) with an older one is refused unless allowed ({@link RedeemCatalog}).
+ */
+export const OFFERS_FLOOR_KEY = 'offers-catalog';
+
+/** Version and issue time: what orders two catalogs (a higher version, or the same one issued later, is newer). */
+type CatalogStamp = Pick<OfferCatalog, 'version' | 'issuedAt'>;
+
+function olderThan(a: CatalogStamp, b: CatalogStamp): boolean {
+  return a.version < b.version || (a.version === b.version && a.issuedAt < b.issuedAt);
+}
+
+function describeStamp(c: CatalogStamp): string {
+  return `version ${c.version} (issued ${new Date(c.issuedAt).toISOString()})`;
+}
+
+/** The stamp stored under {@link OFFERS_FLOOR_KEY}, or undefined when there is none (or it is not one). */
+function parseStamp(text: string | undefined): CatalogStamp | undefined {
+  if (text === undefined) return undefined;
+  try {
+    const v = JSON.parse(text) as Partial<CatalogStamp>;
+    if (typeof v.version === 'number' && Number.isFinite(v.version) && typeof v.issuedAt === 'number' && Number.isFinite(v.issuedAt)) return { version: v.version, issuedAt: v.issuedAt };
+  } catch {
+    // not ours: replaced by the next write
+  }
+  return undefined;
+}
+
+/**
+ * The catalog `POST /v1/offers/redeem` answers from, which `localrec serve` replaces on SIGHUP
+ * (a withdrawn offer stops being redeemable without a restart). {@link install} records the newest
+ * catalog loaded in the server's store and refuses an older one unless allowed, so that starting
+ * (or reloading) with yesterday's file by mistake is an error, not a silent return of withdrawn offers.
+ *
+ * @example
+ * ```ts
+ * const offers = new RedeemCatalog(await verifyOfferCatalog(signed, publicJwk));
+ * await createServer({ ..., offers });   // checks the store's floor, serves the catalog
+ * await offers.install(newer, storage);  // later: answer from `newer`
+ * ```
+ */
+export class RedeemCatalog {
+  #catalog: OfferCatalog;
+  constructor(catalog: OfferCatalog) {
+    this.#catalog = catalog;
+  }
+
+  /** The catalog redemptions are checked against now. */
+  get catalog(): OfferCatalog {
+    return this.#catalog;
+  }
+
+  /**
+   * Checks `next` against the newest catalog the store records (a `ValidationError` naming both
+   * versions when it is older, unless `allowOlder`), records it when it is the newest, and answers
+   * from it from now on. A store without meta records (a custom adapter) keeps no floor. Gives back
+   * the catalog it replaced and the floor the store held (undefined when none).
+   */
+  async install(next: OfferCatalog, storage: Pick<Storage, 'readMeta' | 'writeMeta'>, options: { allowOlder?: boolean; field?: string; allowFlag?: string } = {}): Promise<{ previous: OfferCatalog; floor: Pick<OfferCatalog, 'version' | 'issuedAt'> | undefined }> {
+    const floor = storage.readMeta ? parseStamp(await storage.readMeta(OFFERS_FLOOR_KEY)) : undefined;
+    if (floor && olderThan(next, floor) && !options.allowOlder) {
+      throw new ValidationError(
+        options.field ?? 'options.offers',
+        `the offer catalog is ${describeStamp(next)}, older than ${describeStamp(floor)}, the newest this server's store has loaded: its withdrawn offers would be redeemable again; give the newer catalog, or pass ${options.allowFlag ?? 'options.offersAllowOlder'} to use this one anyway`,
+      );
+    }
+    if (!floor || olderThan(floor, next)) await storage.writeMeta?.(OFFERS_FLOOR_KEY, JSON.stringify({ version: next.version, issuedAt: next.issuedAt }));
+    const previous = this.#catalog;
+    this.#catalog = next;
+    return { previous, floor };
+  }
+}
+
+/** What `POST /v1/offers/redeem` answers with 200: the verdict, and the version of the catalog it was checked against. */
+export type RedeemAnswer = RedeemVerdict & { catalogVersion: number };
+
+/**
+ * Adds `POST /v1/offers/redeem` to the app: 200 with the verdict (valid or not), 400 for a bad
+ * body, 413 for one over {@link MAX_REDEEM_BODY_BYTES}; every answer carries `catalogVersion`, the
+ * version of the catalog it was checked against (`offers` may be replaced while the server runs).
+ */
+export function registerRedeem(app: Hono, offers: OfferCatalog | RedeemCatalog, now: () => number): void {
+  const current = () => (offers instanceof RedeemCatalog ? offers.catalog : offers);
   const limit = bodyLimit({
     maxSize: MAX_REDEEM_BODY_BYTES,
-    onError: (c) => c.json({ error: `a redeem body is at most ${MAX_REDEEM_BODY_BYTES} bytes of JSON`, reason: 'oversized' }, 413),
+    onError: (c) => c.json({ error: `a redeem body is at most ${MAX_REDEEM_BODY_BYTES} bytes of JSON`, reason: 'oversized', catalogVersion: current().version }, 413),
   });
   app.post('/v1/offers/redeem', limit, async (c: Context) => {
+    // One catalog for the whole request, even if a reload replaces it meanwhile.
+    const catalog = current();
+    const catalogVersion = catalog.version;
     let body: unknown;
     try {
       body = await c.req.json();
     } catch {
-      return c.json({ error: 'the body is not JSON', reason: 'malformed' }, 400);
+      return c.json({ error: 'the body is not JSON', reason: 'malformed', catalogVersion }, 400);
     }
     const r = parseRedeemRequest(body);
-    if (typeof r === 'string') return c.json({ error: r, reason: 'malformed' }, 400);
+    if (typeof r === 'string') return c.json({ error: r, reason: 'malformed', catalogVersion }, 400);
     const verdict = checkRedemption(catalog, r, now());
     // A request without the facts the offer's rules need is the caller's mistake, not a refusal.
-    if (!verdict.valid && verdict.reason === 'missing-facts') return c.json({ error: verdict.error, reason: 'malformed' }, 400);
-    return c.json(verdict, 200);
+    if (!verdict.valid && verdict.reason === 'missing-facts') return c.json({ error: verdict.error, reason: 'malformed', catalogVersion }, 400);
+    const answer: RedeemAnswer = { ...verdict, catalogVersion };
+    return c.json(answer, 200);
   });
 }

@@ -106,7 +106,8 @@ export function register(program: Command): void {
     .option('--static <dir>', 'serve this folder at / (a static site; the demo shop needs `npm start` instead, which also serves the SDK build and its demo endpoints)')
     .option('--cors-origin <origin...>', 'page origins that may call the API from another origin (e.g. https://shop.example)')
     .option('--offers <file>', "signed offer catalog (localrec offers sign) to check redemptions against: POST /v1/offers/redeem")
-    .option('--offers-key <file>', 'public JWK the offer catalog must verify with (required with --offers)')
+    .option('--offers-key <file>', 'public JWK the offer catalog must verify with, or a JSON array of them (key rotation); required with --offers')
+    .option('--offers-allow-older', 'start (or reload) with an --offers catalog older than the newest this store has loaded (a deliberate rollback)')
     .option('--log-format <format>', "'text' (default): lines of text on stderr; 'json': one JSON object per line (ts, level, event, msg, and fields such as version, durationMs), the start-up lines on stdout too", 'text')
     .option('--metrics', 'serve Prometheus metrics (totals only) at GET /metrics on the same port; keep that path from the public at the proxy (docs/SERVER.md, "Monitoring")')
     .action(async (o: Record<string, unknown>, command: Command) => {
@@ -140,20 +141,13 @@ export function register(program: Command): void {
           ...(o.biasScale !== undefined ? { popularityScale: o.biasScale as number } : {}),
         });
       }
-      let offers;
+      let offers: import('./redeem.js').RedeemCatalog | undefined;
       if (typeof o.offersKey === 'string' && typeof o.offers !== 'string') throw new ValidationError('--offers-key', 'is the key the --offers catalog is checked against: give --offers too');
+      if (o.offersAllowOlder && typeof o.offers !== 'string') throw new ValidationError('--offers-allow-older', 'applies to the --offers catalog: give --offers too');
       if (typeof o.offers === 'string') {
-        if (typeof o.offersKey !== 'string') throw new ValidationError('--offers-key', 'is required with --offers (the public JWK the catalog was signed for)');
-        const { readFile } = await import('node:fs/promises');
-        const { verifyOfferCatalog } = await import('../offers/signing.js');
-        const read = async (file: string, flag: string) => {
-          try {
-            return parseJsonText(await readFile(file, 'utf8'));
-          } catch (e) {
-            throw new ValidationError(flag, `cannot read ${file} as JSON: ${oneLine((e as Error).message)}`);
-          }
-        };
-        offers = await verifyOfferCatalog(await read(o.offers, '--offers'), (await read(o.offersKey, '--offers-key')) as import('../offers/types.js').Jwk);
+        if (typeof o.offersKey !== 'string') throw new ValidationError('--offers-key', 'is required with --offers (the public JWK the catalog was signed for, or an array of them)');
+        const { RedeemCatalog } = await import('./redeem.js');
+        offers = new RedeemCatalog(await readOffers(o.offers, o.offersKey));
       }
       const { checkSubspaceFlags } = await import('../federated/subspace.js');
       checkSubspaceFlags(String(o.aggregator), !!o.freezeBiases, o.subspaceScale as number | undefined, String(o.denoise));
@@ -205,7 +199,7 @@ export function register(program: Command): void {
         rateLimit: perMinute > 0 ? { perMinute, burst: Math.max(1, Math.ceil(perMinute / 3)) } : false,
         ...(o.trustProxy ? { trustProxy: true } : {}),
         ...(typeof o.static === 'string' ? { staticDir: o.static } : {}),
-        ...(offers ? { offers } : {}),
+        ...(offers ? { offers, ...(o.offersAllowOlder ? { offersAllowOlder: true } : {}) } : {}),
         ...(Array.isArray(o.corsOrigin) ? { corsOrigins: o.corsOrigin as string[] } : {}),
         ...(o.metrics ? { metrics: true } : {}),
         keepModels: o.keepModels as number,
@@ -220,6 +214,8 @@ export function register(program: Command): void {
         // would leave an empty database behind), or a store that holds no model: the catalog is
         // what is missing, said in the flag's words.
         if (typeof o.catalog !== 'string' && e instanceof ValidationError && e.field === 'options.initialTable') throw noModel();
+        // An offer catalog older than the store's newest: said in the flags' words.
+        if (e instanceof ValidationError && e.field === 'options.offers') throw new ValidationError('--offers', e.message.replace(/^options\.offers: /, '').replace('options.offersAllowOlder', '--offers-allow-older'));
         throw e;
       });
       const cfg = server.rounds.config;
@@ -231,7 +227,20 @@ export function register(program: Command): void {
       );
       const storage = server.rounds.storage;
       say(`store: ${storage instanceof PostgresStorage ? `PostgreSQL ${storage.url} (shared: other processes may serve from it)` : storage instanceof SqliteStorage ? `SQLite ${storage.path}` : 'memory'}`, { event: 'store' });
-      if (offers) say(`offers: catalog version ${offers.version}, ${offers.offers.length} offers, signature verified; redemption checks at POST /v1/offers/redeem`, { event: 'offers' });
+      if (offers) {
+        const c = offers.catalog;
+        say(`offers: catalog version ${c.version}, ${c.offers.length} offers, signature verified; redemption checks at POST /v1/offers/redeem`, { event: 'offers', version: c.version });
+        // SIGHUP re-reads --offers (and --offers-key): a withdrawn offer stops being redeemable
+        // without a restart. One reload at a time; a file that fails keeps the catalog in use.
+        const offersFile = o.offers as string;
+        const keyFile = o.offersKey as string;
+        const note = (line: string, fields: import('./rounds.js').LogFields) =>
+          process.stderr.write(`${json ? jsonLogLine(line, fields, Date.now()) : `localrec serve: ${line}`}\n`);
+        let reloading: Promise<void> = Promise.resolve();
+        process.on('SIGHUP', () => {
+          reloading = reloading.then(() => reloadOffers(offers, offersFile, keyFile, storage, !!o.offersAllowOlder, note));
+        });
+      }
       const { syncsWithinBudget } = await import('../federated/dp.js');
       say(budgetNote(cfg.noiseMultiplier, cfg.noiseMultiplier > 0 ? syncsWithinBudget(cfg.noiseMultiplier, 8) : 0), { event: 'privacy-budget' });
       // Graceful (see RunningServer.close): in-flight requests are answered before the store closes.
@@ -247,6 +256,52 @@ export function register(program: Command): void {
       process.once('SIGINT', stop);
       process.once('SIGTERM', stop);
     });
+}
+
+/** Reads and verifies the signed offer catalog `offersFile` against the key(s) in `keyFile` (a JWK or an array of JWKs). */
+async function readOffers(offersFile: string, keyFile: string): Promise<import('../offers/types.js').OfferCatalog> {
+  const { readFile } = await import('node:fs/promises');
+  const { verifyOfferCatalog } = await import('../offers/signing.js');
+  const read = async (file: string, flag: string) => {
+    try {
+      return parseJsonText(await readFile(file, 'utf8'));
+    } catch (e) {
+      throw new ValidationError(flag, `cannot read ${file} as JSON: ${oneLine((e as Error).message)}`);
+    }
+  };
+  const signed = await read(offersFile, '--offers');
+  const key = await read(keyFile, '--offers-key');
+  if (Array.isArray(key) && key.length === 0) throw new ValidationError('--offers-key', `${keyFile} holds an empty array: give the public JWK, or an array of them`);
+  return verifyOfferCatalog(signed, key as import('../offers/types.js').Jwk | import('../offers/types.js').Jwk[]);
+}
+
+/**
+ * `localrec serve`'s SIGHUP: reads `--offers` (and `--offers-key`) again and, when the catalog
+ * verifies and is not older than the newest the store has loaded (unless `allowOlder`), answers
+ * redemptions from it; logs the version change, or why the file was refused (the catalog in use
+ * stays). Never throws.
+ */
+export async function reloadOffers(
+  offers: import('./redeem.js').RedeemCatalog,
+  offersFile: string,
+  keyFile: string,
+  storage: Pick<import('./storage.js').Storage, 'readMeta' | 'writeMeta'>,
+  allowOlder: boolean,
+  log: (line: string, fields: import('./rounds.js').LogFields) => void,
+): Promise<void> {
+  const before = offers.catalog;
+  try {
+    const next = await readOffers(offersFile, keyFile);
+    const { previous } = await offers.install(next, storage, { allowOlder, field: '--offers', allowFlag: '--offers-allow-older' });
+    const change = previous.version === next.version ? `version ${next.version} (issued ${new Date(next.issuedAt).toISOString()}) again` : `version ${previous.version} → ${next.version}`;
+    log(`offers: reloaded ${offersFile}: catalog ${change}, ${next.offers.length} offers, signature verified`, { event: 'offers-reloaded', from: previous.version, version: next.version });
+  } catch (e) {
+    log(`offers: reload of ${offersFile} refused, still checking redemptions against catalog version ${before.version}: ${oneLine((e as Error).message)}`, {
+      event: 'offers-reload-failed',
+      level: 'error',
+      version: before.version,
+    });
+  }
 }
 
 /**

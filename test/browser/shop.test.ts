@@ -77,8 +77,11 @@ describe('demo shop', () => {
     assert.equal((await fetch(`${shop.url}/dist/tfjs-backend-wasm.wasm`)).headers.get('content-type'), 'application/wasm');
     const reject = await fetch(`${shop.url}/v1/updates`, { method: 'POST', body: new Uint8Array(3) });
     assert.equal(reject.status, 400, 'a malformed update is rejected by the real server behind the shop');
-    // The signed offer catalog and the key that verifies it.
-    const key = await (await fetch(`${shop.url}/offers-key.json`)).json();
+    // The signed offer catalog, and the key that verifies it: a module of the page's code, not data
+    // served next to the catalog.
+    const keyModule = await (await fetch(`${shop.url}/offer-key.js`)).text();
+    const key = JSON.parse(/Object\.freeze\((\{.*\})\);/.exec(keyModule)![1]!);
+    assert.equal((await fetch(`${shop.url}/offers-key.json`)).status, 404, 'the key is not served beside the catalog');
     assert.equal(key.kty, 'EC');
     assert.equal(key.d, undefined, 'the private key is never served');
     const signed = await (await fetch(`${shop.url}/offers.json`)).json();

@@ -138,4 +138,38 @@ describe('backend failure at run time', () => {
       await e.close();
     }
   });
+  it('a training run waiting on a read that never settles stops when the backend is lost, also where AbortSignal.any is missing', async () => {
+    // Firefox before 124, Safari before 17.4 and Chromium before 116 have no AbortSignal.any; a
+    // read on a lost WebGL context never settles. Both at once left train() pending for ever.
+    const e = await engineOn('wasm');
+    const any = Object.getOwnPropertyDescriptor(AbortSignal, 'any');
+    const b = tf.engine().findBackend('wasm') as unknown as { read: (...a: unknown[]) => Promise<unknown> };
+    const read = b.read;
+    let hung = 0;
+    b.read = function () {
+      hung++;
+      return new Promise(() => undefined);
+    };
+    Reflect.deleteProperty(AbortSignal, 'any');
+    try {
+      assert.equal(typeof (AbortSignal as { any?: unknown }).any, 'undefined');
+      const run = e.train({ epochs: 1 });
+      const settled = run.then(
+        () => 'resolved',
+        (x: unknown) => x,
+      );
+      while (hung === 0) await new Promise((r) => setTimeout(r, 5));
+      hack(e).markBackendLost(hack(e).backendGen, 'its context was lost');
+      const err = await Promise.race([settled, new Promise((r) => setTimeout(() => r('still pending after 10 s'), 10_000))]);
+      assert.ok(isModelError(err), String(err));
+      assert.match((err as Error).message, /training failed on the wasm backend \(its context was lost\).*the next run uses cpu/);
+      b.read = read;
+      const t = await e.train({ epochs: 1 });
+      assert.equal(t.backend, 'cpu');
+    } finally {
+      if (any) Object.defineProperty(AbortSignal, 'any', any);
+      b.read = read;
+      await e.close();
+    }
+  });
 });

@@ -1,8 +1,11 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { createItemTable } from '../../src/model/item-table.js';
-import { checkRedemption, MAX_REDEEM_BODY_BYTES } from '../../src/server/redeem.js';
+import { checkRedemption, MAX_REDEEM_BODY_BYTES, OFFERS_FLOOR_KEY, RedeemCatalog } from '../../src/server/redeem.js';
 import { createServer, type ServerParts } from '../../src/server/index.js';
+import { reloadOffers } from '../../src/server/serve-command.js';
+import { isValidationError } from '../../src/errors.js';
+import { inDataDir } from './server-helpers.js';
 import type { OfferCatalog } from '../../src/offers/types.js';
 
 const NOW = Date.UTC(2026, 10, 1);
@@ -107,9 +110,10 @@ describe('POST /v1/offers/redeem', () => {
   it('answers a verdict for a well-formed request and 400 naming the field for a bad one', async () => {
     const ok = await post({ offerId: 'mugs10', orderValue: 20, scopeValue: 10 });
     assert.equal(ok.status, 200);
-    assert.deepEqual(await ok.json(), { valid: true, offerId: 'mugs10', discount: 1, currency: 'GBP' });
+    assert.deepEqual(await ok.json(), { valid: true, offerId: 'mugs10', discount: 1, currency: 'GBP', catalogVersion: 4 });
     const refused = await post({ offerId: 'mugs10', orderValue: 5, scopeValue: 5 });
-    assert.equal(((await refused.json()) as { reason: string }).reason, 'below-minimum');
+    // Every answer says which catalog it was checked against (a reload may change it).
+    assert.deepEqual(await refused.json(), { valid: false, offerId: 'mugs10', reason: 'below-minimum', error: 'the order must reach 15, it is 5', catalogVersion: 4 });
     for (const [body, field] of [
       [{ orderValue: 3 }, 'offerId'],
       [{ offerId: 'x', orderValue: -1 }, 'orderValue'],
@@ -123,14 +127,16 @@ describe('POST /v1/offers/redeem', () => {
     ] as const) {
       const res = await post(body);
       assert.equal(res.status, 400);
-      assert.match(((await res.json()) as { error: string }).error, new RegExp(field));
+      const answer = (await res.json()) as { error: string; catalogVersion: number };
+      assert.match(answer.error, new RegExp(field));
+      assert.equal(answer.catalogVersion, 4);
     }
   });
 
   it('answers 413 oversized for a body over 4 KB, declared or streamed, without reading it all', async () => {
     const big = await post({ offerId: 'mugs10', orderValue: 20, note: 'x'.repeat(MAX_REDEEM_BODY_BYTES) });
     assert.equal(big.status, 413);
-    assert.deepEqual(await big.json(), { error: `a redeem body is at most ${MAX_REDEEM_BODY_BYTES} bytes of JSON`, reason: 'oversized' });
+    assert.deepEqual(await big.json(), { error: `a redeem body is at most ${MAX_REDEEM_BODY_BYTES} bytes of JSON`, reason: 'oversized', catalogVersion: 4 });
     // A body without a length that never ends: refused once the limit is passed.
     let pulled = 0;
     const endless = new ReadableStream<Uint8Array>({
@@ -146,6 +152,71 @@ describe('POST /v1/offers/redeem', () => {
     // Just under the limit is still read.
     const padded = JSON.stringify({ offerId: 'mugs10', orderValue: 20, scopeValue: 10 }).padEnd(MAX_REDEEM_BODY_BYTES, ' ');
     assert.equal((await post(padded)).status, 200);
+  });
+});
+
+describe('the redemption catalog: the newest loaded is recorded in the store, and can be replaced', () => {
+  const v = (version: number, issuedAt = NOW, ids = ['mugs10']): OfferCatalog => ({ ...catalog, version, issuedAt, offers: catalog.offers.filter((o) => ids.includes(o.id)) });
+  const start = (dir: string, offers: OfferCatalog | RedeemCatalog, extra: { offersAllowOlder?: boolean } = {}) =>
+    createServer({ dataDir: dir, initialTable: createItemTable(['a', 'b'], 4), offers, rateLimit: false, now: () => NOW, log: () => {}, ...extra });
+
+  it('refuses to start with an older catalog than the store has loaded, naming both versions, unless allowed', async () => {
+    await inDataDir('localrec-redeem-floor-', async (dir) => {
+      await (await start(dir, v(5))).storage.close();
+      await assert.rejects(start(dir, v(4)), (e: unknown) => {
+        assert.ok(isValidationError(e), String(e));
+        assert.equal(e.field, 'options.offers');
+        assert.match(e.message, /the offer catalog is version 4 \(issued .*\), older than version 5 \(issued .*\), the newest this server's store has loaded: .*options\.offersAllowOlder/);
+        return true;
+      });
+      // The same version issued earlier is older too.
+      await assert.rejects(start(dir, v(5, NOW - 1)), /is version 5 .* older than version 5/);
+      // Allowed: it serves the older one, and the store still records the newest.
+      const parts = await start(dir, v(4, NOW, ['mugs10', 'two-off']), { offersAllowOlder: true });
+      assert.equal(JSON.parse((await parts.storage.readMeta!(OFFERS_FLOOR_KEY))!).version, 5);
+      await parts.storage.close();
+      // A newer one raises the floor.
+      await (await start(dir, v(6))).storage.close();
+      await assert.rejects(start(dir, v(5)), /older than version 6/);
+    });
+  });
+
+  it('answers from the replaced catalog at once (a withdrawn offer is unknown), and a reload that fails keeps the old one', async () => {
+    await inDataDir('localrec-redeem-reload-', async (dir) => {
+      const offers = new RedeemCatalog(v(5, NOW, ['mugs10', 'two-off']));
+      const parts = await start(dir, offers);
+      try {
+        const redeem = async (offerId: string) => {
+          const res = await parts.app.fetch(new Request('http://local/v1/offers/redeem', { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ offerId, orderValue: 50, returning: true, previousRedemptions: 0 }) }));
+          return (await res.json()) as { valid: boolean; reason?: string; catalogVersion: number };
+        };
+        assert.deepEqual([(await redeem('two-off')).valid, (await redeem('two-off')).catalogVersion], [true, 5]);
+        await offers.install(v(6), parts.storage);
+        assert.deepEqual(await redeem('two-off'), { valid: false, offerId: 'two-off', reason: 'unknown-offer', error: 'no offer "two-off" in catalog version 6', catalogVersion: 6 });
+        // Through serve's SIGHUP handler: a file that cannot be read, or an older catalog, is logged and the catalog stays.
+        const { generateOfferKeys, signOfferCatalog } = await import('../../src/offers/signing.js');
+        const { writeFileSync } = await import('node:fs');
+        const { join } = await import('node:path');
+        const keys = await generateOfferKeys();
+        writeFileSync(join(dir, 'key.jwk'), JSON.stringify([keys.publicJwk]));
+        const lines: Array<{ line: string; event: string; level?: string }> = [];
+        const log = (line: string, f: { event: string; level?: string }) => void lines.push({ line, event: f.event, ...(f.level ? { level: f.level } : {}) });
+        const reload = (file: string) => reloadOffers(offers, join(dir, file), join(dir, 'key.jwk'), parts.storage, false, log);
+        await reload('missing.json');
+        writeFileSync(join(dir, 'v5.json'), JSON.stringify(await signOfferCatalog(v(5), keys.privateJwk)));
+        await reload('v5.json');
+        writeFileSync(join(dir, 'v7.json'), JSON.stringify(await signOfferCatalog(v(7, NOW, ['mugs10', 'welcome']), keys.privateJwk)));
+        await reload('v7.json');
+        assert.deepEqual(lines.map((l) => [l.event, l.level]), [['offers-reload-failed', 'error'], ['offers-reload-failed', 'error'], ['offers-reloaded', undefined]]);
+        assert.match(lines[0]!.line, /^offers: reload of .*missing\.json refused, still checking redemptions against catalog version 6: --offers: cannot read/);
+        assert.match(lines[1]!.line, /catalog version 6: --offers: the offer catalog is version 5 .* older than version 6 .* pass --offers-allow-older/);
+        assert.match(lines[2]!.line, /^offers: reloaded .*v7\.json: catalog version 6 → 7, 2 offers, signature verified$/);
+        assert.equal((await redeem('welcome')).catalogVersion, 7);
+        assert.equal(JSON.parse((await parts.storage.readMeta!(OFFERS_FLOOR_KEY))!).version, 7);
+      } finally {
+        await parts.storage.close();
+      }
+    });
   });
 });
 
@@ -176,6 +247,34 @@ describe('localrec serve --offers', () => {
       }
       await assert.rejects(spawnServe(join(dir, 'data2'), join(dir, 'catalog.json'), flags('private.jwk')), (e: unknown) =>
         /is the private key \(it has 'd'\): verify with the public JWK/.test((e as { stderr: string }).stderr));
+
+      // SIGHUP re-reads --offers; --offers-key may hold an array of keys (rotation).
+      const next = await generateOfferKeys();
+      writeFileSync(join(dir, 'keys.json'), JSON.stringify([{ ...keys.publicJwk, kid: 'old' }, { ...next.publicJwk, kid: 'new' }]));
+      writeFileSync(join(dir, 'signed.json'), JSON.stringify(await signOfferCatalog({ ...offers, version: 4 }, next.privateJwk, { kid: 'new' })));
+      const hup = await spawnServe(join(dir, 'data'), join(dir, 'catalog.json'), ['--dim', '4', '--offers', join(dir, 'signed.json'), '--offers-key', join(dir, 'keys.json')]);
+      try {
+        const version = async () => {
+          const res = await fetch(`${hup.url}/v1/offers/redeem`, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ offerId: 'mugs10', orderValue: 20, scopeValue: 10 }) });
+          return ((await res.json()) as { catalogVersion: number }).catalogVersion;
+        };
+        assert.equal(await version(), 4);
+        writeFileSync(join(dir, 'signed.json'), JSON.stringify(await signOfferCatalog({ ...offers, version: 5 }, next.privateJwk, { kid: 'new' })));
+        hup.proc.kill('SIGHUP');
+        for (let i = 0; i < 200 && !/offers: reloaded/.test(hup.stderr()); i++) await new Promise((r) => setTimeout(r, 50));
+        assert.match(hup.stderr(), /offers: reloaded .*signed\.json: catalog version 4 → 5, 1 offers, signature verified/);
+        assert.equal(await version(), 5);
+      } finally {
+        hup.proc.kill('SIGTERM');
+        await hup.exited;
+      }
+      // The store remembers version 5: a restart with version 3 is refused, naming both, unless allowed.
+      writeFileSync(join(dir, 'signed.json'), JSON.stringify(await signOfferCatalog(offers, keys.privateJwk)));
+      await assert.rejects(spawnServe(join(dir, 'data'), join(dir, 'catalog.json'), flags('public.jwk')), (e: unknown) =>
+        /--offers: the offer catalog is version 3 \(issued .*\), older than version 5 \(issued .*\), the newest this server's store has loaded: .* pass --offers-allow-older/.test((e as { stderr: string }).stderr));
+      const older = await spawnServe(join(dir, 'data'), join(dir, 'catalog.json'), [...flags('public.jwk'), '--offers-allow-older']);
+      older.proc.kill('SIGTERM');
+      await older.exited;
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

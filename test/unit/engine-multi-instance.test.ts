@@ -1,0 +1,281 @@
+// Several localrec instances on one origin (shops, catalogs, environments; review "multi"): the ε
+// budget is accounted per aggregation server across every dbName, the cached global model and the
+// egress log name their server, and a model trained on another catalog does not pass for this one's.
+import 'fake-indexeddb/auto';
+import assert from 'node:assert/strict';
+import { afterEach, describe, it } from 'node:test';
+import { deleteDB, openDB } from 'idb';
+import { Engine, PRIVACY_KEY } from '../../src/engine/engine.js';
+import { PRIVACY_LEDGER_DB } from '../../src/engine/privacy-ledger.js';
+import { IdbEventStore } from '../../src/events/store.js';
+import { isPrivacyBudgetError } from '../../src/errors.js';
+import { RdpAccountant } from '../../src/federated/dp.js';
+import type { FetchLike } from '../../src/federated/sync.js';
+import { createItemTable } from '../../src/model/item-table.js';
+import { startServer, type RunningServer } from '../../src/server/index.js';
+import '../../src/model/tf.js';
+
+const ids = Array.from({ length: 20 }, (_, i) => `p${i}`);
+const catalog = { items: ids.map((id, i) => ({ id, popularity: 20 - i })) };
+const history = ['p1', 'p2', 'p3', 'p4'].map((itemId) => ({ type: 'view' as const, itemId }));
+let n = 0;
+const dbName = (what: string) => `multi-${what}-${n++}`;
+
+interface Srv {
+  server: RunningServer;
+  url: string;
+  posts: string[];
+  /** Every request: method, URL and the If-None-Match it carried. */
+  seen: Array<{ method: string; url: string; ifNoneMatch: string | undefined }>;
+  fetch: FetchLike;
+}
+const servers: RunningServer[] = [];
+async function server(seed = 1): Promise<Srv> {
+  const s = await startServer({ port: 0, dataDir: null, initialTable: createItemTable(ids, 8, { seed }), minClients: 100, clip: 1, noiseMultiplier: 1, rateLimit: false, log: () => {} });
+  servers.push(s);
+  const posts: string[] = [];
+  const seen: Srv['seen'] = [];
+  const fetch: FetchLike = (url, init) => {
+    if (init?.method === 'POST') posts.push(new URL(url).pathname);
+    seen.push({ method: init?.method ?? 'GET', url, ifNoneMatch: init?.headers?.['If-None-Match'] });
+    return globalThis.fetch(url, init as RequestInit);
+  };
+  return { server: s, url: s.url, posts, seen, fetch };
+}
+const open = (name: string, srv: Srv, budget = 8) =>
+  Engine.create({ catalog, backend: 'cpu', dbName: name, autoTrainEvery: 0, model: { dim: 8 }, fetch: srv.fetch, federated: { serverUrl: srv.url, budget } });
+
+afterEach(async () => {
+  await Promise.all(servers.splice(0).map((s) => s.close()));
+  // Each test starts without a ledger (one device per test).
+  await deleteDB(PRIVACY_LEDGER_DB);
+});
+
+describe('the ε budget is accounted per server across every dbName of the origin', () => {
+  it('three instances with their own dbNames and one server: the server gets as many uploads from the device as one budget allows', async () => {
+    const srv = await server();
+    const sent: number[] = [];
+    for (const name of [dbName('uk'), dbName('de'), dbName('staging')]) {
+      const e = await open(name, srv);
+      e.enqueue(history);
+      await e.flush();
+      let uploads = 0;
+      for (let i = 0; i < 4; i++) {
+        try {
+          if ((await e.sync()).sent) uploads++;
+        } catch (err) {
+          assert.ok(isPrivacyBudgetError(err), String(err));
+          break;
+        }
+      }
+      sent.push(uploads);
+      const s = await e.stats();
+      const a = await e.audit();
+      assert.equal(s.privacy.ledger, PRIVACY_LEDGER_DB);
+      assert.equal(s.privacy.syncs, 2, 'the server-wide count');
+      assert.equal(s.privacy.thisDatabase.syncs, uploads, "this database's part");
+      assert.ok(s.privacy.epsilon <= 8, `ε ${s.privacy.epsilon} within the budget`);
+      assert.equal(s.privacy.syncsLeft, 0);
+      assert.equal(a.privacy.epsilonSpent, s.privacy.epsilon);
+      assert.equal(a.privacy.thisDatabase.syncs, uploads);
+      await e.close();
+    }
+    // At σ = 1 the budget ε = 8 allows two syncs: for the device, not for each database.
+    assert.deepEqual(sent, [2, 0, 0]);
+    assert.equal(srv.posts.filter((p) => p === '/v1/updates').length, 2);
+  });
+
+  it('two instances syncing at once cannot both spend the last release', async () => {
+    const srv = await server();
+    const a = await open(dbName('a'), srv);
+    const b = await open(dbName('b'), srv);
+    for (const e of [a, b]) {
+      e.enqueue(history);
+      await e.flush();
+    }
+    assert.equal((await a.sync()).sent, true);
+    const both = await Promise.allSettled([a.sync(), b.sync()]);
+    assert.equal(both.filter((r) => r.status === 'fulfilled' && r.value.sent).length, 1, 'one of them sent the last release');
+    assert.ok(both.some((r) => r.status === 'rejected' && isPrivacyBudgetError(r.reason)), 'the other was refused');
+    assert.equal(srv.posts.filter((p) => p === '/v1/updates').length, 2);
+    await a.close();
+    await b.close();
+  });
+
+  it('another server has its own budget; one database syncing with two servers is counted with each', async () => {
+    const one = await server();
+    const two = await server(2);
+    const name = dbName('two-servers');
+    const a = await open(name, one);
+    a.enqueue(history);
+    await a.flush();
+    await a.sync();
+    await a.sync();
+    await assert.rejects(a.sync(), (err) => isPrivacyBudgetError(err));
+    await a.close();
+    const b = await open(name, two);
+    const s = await b.stats();
+    assert.equal(s.privacy.syncs, 0, 'nothing spent with the other server');
+    assert.equal((await b.sync()).sent, true);
+    await b.close();
+  });
+
+  it('erase() of one dbName removes its part of the ledger, not the others\' parts; the ledger goes with the last part', async () => {
+    const srv = await server();
+    const name = dbName('erased');
+    const a = await open(name, srv);
+    a.enqueue(history);
+    await a.flush();
+    await a.sync();
+    const other = await open(dbName('other'), srv);
+    other.enqueue(history);
+    await other.flush();
+    await other.sync();
+    assert.equal((await a.stats()).privacy.syncs, 2);
+    await a.erase();
+    // Nothing of the erased database's is left on the device, its spend included: it starts anew,
+    // as it did when its accountant went with it; the other database's release stays counted.
+    const s = await other.stats();
+    assert.deepEqual([s.privacy.syncs, s.privacy.thisDatabase.syncs], [1, 1]);
+    const again = await open(name, srv);
+    const t = await again.stats();
+    assert.deepEqual([t.privacy.syncs, t.privacy.thisDatabase.syncs], [1, 0]);
+    await again.close();
+    await other.erase();
+    // The last part gone, so is the ledger: no database of localrec's is left on the origin.
+    assert.deepEqual((await indexedDB.databases()).map((d) => d.name).filter((d) => d === PRIVACY_LEDGER_DB || d === name), [name]);
+    await (await open(name, srv)).erase();
+    assert.deepEqual((await indexedDB.databases()).map((d) => d.name).filter((d) => d === PRIVACY_LEDGER_DB || d === name), []);
+    assert.equal(srv.posts.length, 2);
+  });
+
+  it('the spend a database stored before the ledger existed counts against every server, for every dbName, until that database is erased', async () => {
+    const srv = await server();
+    const old = dbName('old-layout');
+    // As an earlier release left it: the database's own accountant, two releases at σ = 1.
+    const store = await IdbEventStore.open(old);
+    const acc = new RdpAccountant();
+    acc.record(1);
+    acc.record(1);
+    await store.setMeta(PRIVACY_KEY, acc.toJSON());
+    store.close();
+    // Read as spent by the database itself, and moved into the ledger at its start.
+    const same = await open(old, srv);
+    assert.equal((await same.stats()).privacy.syncs, 2);
+    same.enqueue(history);
+    await same.flush();
+    await assert.rejects(same.sync(), (err) => isPrivacyBudgetError(err));
+    // Another instance of the origin counts it too, with any server.
+    const other = await open(dbName('new'), srv);
+    other.enqueue(history);
+    await other.flush();
+    assert.equal((await other.stats()).privacy.syncs, 2);
+    await assert.rejects(other.sync(), (err) => isPrivacyBudgetError(err));
+    assert.deepEqual(srv.posts, []);
+    // Erased, its legacy part goes with it.
+    await same.erase();
+    assert.equal((await other.stats()).privacy.syncs, 0);
+    assert.equal((await other.sync()).sent, true);
+    await other.erase();
+    assert.equal(srv.posts.length, 1);
+  });
+
+  it('a ledger that cannot be read counts as spent', async () => {
+    const srv = await server();
+    const e = await open(dbName('damaged-ledger'), srv);
+    e.enqueue(history);
+    await e.flush();
+    await e.sync();
+    const db = await openDB(PRIVACY_LEDGER_DB);
+    try {
+      const key = (await db.getAllKeys('spend')).find((k) => k !== '*')!;
+      await db.put('spend', { parts: { x: { orders: 'garbled' } } }, key);
+    } finally {
+      db.close();
+    }
+    const s = await e.stats();
+    assert.equal(s.privacy.epsilon, Infinity);
+    assert.equal(s.privacy.syncsLeft, 0);
+    await assert.rejects(e.sync(), (err) => isPrivacyBudgetError(err) && /privacy ledger/.test((err as Error).message));
+    assert.equal(srv.posts.length, 1);
+    await e.erase();
+  });
+});
+
+describe('the cached global model and the egress log name their server', () => {
+  it('a shop on the same dbName with another server is not sent the first server\'s model hash, and its audit names each request\'s server', async () => {
+    const a = await server(1);
+    const b = await server(99);
+    const name = dbName('shared-db');
+    const shopA = await open(name, a);
+    shopA.enqueue(history);
+    await shopA.flush();
+    await shopA.sync();
+    await shopA.close();
+    const shopB = await open(name, b);
+    await shopB.sync({ contribute: false });
+    await shopB.sync();
+    const modelGets = b.seen.filter((r) => r.url.endsWith('/v1/model'));
+    assert.equal(modelGets[0]!.ifNoneMatch, undefined, "shop A's model hash is not sent to shop B's server");
+    assert.ok(modelGets[1]!.ifNoneMatch, 'its own is, at its next sync');
+    const audit = await shopB.audit();
+    const servers = audit.egress.log.map((e) => e.server);
+    const key = (u: string) => u.replace(/\/$/, '');
+    assert.ok(servers.includes(key(a.url)) && servers.includes(key(b.url)), `each entry names its server: ${servers.join(', ')}`);
+    assert.ok(audit.egress.log.filter((e) => e.server === key(a.url)).every((e) => a.seen.some((r) => r.url === key(a.url) + e.endpoint)));
+    assert.equal(audit.globalModel?.server, key(b.url));
+    // Back on shop A's server: shop B's model is not named to it either.
+    const seenBefore = a.seen.length;
+    const backToA = await open(name, a);
+    await backToA.sync({ contribute: false });
+    assert.equal(a.seen.slice(seenBefore).find((r) => r.url.endsWith('/v1/model'))?.ifNoneMatch, undefined);
+    await backToA.erase();
+    await shopB.close();
+  });
+});
+
+describe('a catalog switch under one dbName', () => {
+  it('a stored model trained on another catalog does not count as trained on this one: its events train again, and stats() says why', async () => {
+    const name = dbName('catalog-switch');
+    const uk = { items: Array.from({ length: 20 }, (_, i) => ({ id: `uk-${i}`, popularity: 20 - i })) };
+    const de = { items: Array.from({ length: 20 }, (_, i) => ({ id: `de-${i}`, popularity: 20 - i })) };
+    const base = { backend: 'cpu' as const, dbName: name, autoTrainEvery: 0, model: { dim: 8 } };
+    const e1 = await Engine.create({ ...base, catalog: uk });
+    e1.enqueue(['uk-5', 'uk-6', 'uk-7'].map((itemId) => ({ type: 'view' as const, itemId })));
+    await e1.train({ epochs: 2 });
+    await e1.close();
+    const e2 = await Engine.create({ ...base, catalog: de });
+    const s2 = await e2.stats();
+    assert.equal(s2.model.trainSteps, 0);
+    assert.equal(s2.model.pendingEvents, 3);
+    assert.match(s2.lastError ?? '', /ModelError: the stored model was trained on another catalog \(0 of its 20 item ids are in this page's catalog of 20\)/);
+    e2.enqueue(['de-1', 'de-2', 'de-3'].map((itemId) => ({ type: 'view' as const, itemId })));
+    await e2.train({ epochs: 2 });
+    await e2.close();
+    // Back to the UK catalog: the UK rows are gone with the DE save, so its events train again.
+    const e3 = await Engine.create({ ...base, catalog: uk });
+    const s3 = await e3.stats();
+    assert.equal(s3.model.trainSteps, 0);
+    assert.equal(s3.model.pendingEvents, 6);
+    assert.ok((await e3.recommend({ k: 3 })).every((r) => r.reason.kind !== 'personal'), 'nothing claims to be personal before it trained again');
+    await e3.train({ epochs: 2 });
+    assert.ok((await e3.stats()).model.trainSteps > 0);
+    await e3.erase();
+  });
+
+  it('a catalog that keeps most of the stored ids (grown, shrunk to a part) keeps its training', async () => {
+    const name = dbName('catalog-subset');
+    const base = { backend: 'cpu' as const, dbName: name, autoTrainEvery: 0, model: { dim: 8 } };
+    const e1 = await Engine.create({ ...base, catalog });
+    e1.enqueue(history);
+    await e1.train({ epochs: 2 });
+    const steps = (await e1.stats()).model.trainSteps;
+    await e1.close();
+    const part = { items: catalog.items.slice(0, 6) };
+    const e2 = await Engine.create({ ...base, catalog: part });
+    const s2 = await e2.stats();
+    assert.equal(s2.model.trainSteps, steps);
+    assert.equal(s2.lastError, undefined);
+    await e2.erase();
+  });
+});
