@@ -47,3 +47,15 @@ test('topK: best first, ties to the lower index, skips -Infinity and NaN', () =>
   const expected = [...s.keys()].sort((a, b) => s[b] - s[a] || a - b).slice(0, 20);
   assert.deepEqual([...topK(s, 20)], expected);
 });
+
+// Every other case holds out at most k items: dividing by min(|held|, k) would pass them all
+// (a mutation-testing review, stop 35).
+test('Recall@k is hits / |held| also when more items are held out than the list can hold', () => {
+  const m = rankMetrics([1, 2], new Set([1, 2, 3, 4]), 2);
+  assert.equal(m.recall, 0.5);
+  assert.equal(m.hr, 1);
+  assert.equal(m.ndcg, 1); // ideal DCG over min(|held|, k) = 2 positions: a perfect list
+  const acc = new MetricsAccumulator(10, 2);
+  acc.add([1, 2], new Set([1, 2, 3, 4]));
+  assert.equal(acc.result().recall, 0.5);
+});

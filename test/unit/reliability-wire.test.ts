@@ -12,8 +12,10 @@ import {
   decodeUpdate,
   dequantizeUpdate,
   encodeModel,
+  encodeUpdate,
   UPDATE_HEADER_BYTES,
   WireFormatError,
+  type QuantizedUpdate,
 } from '../../src/federated/wire.js';
 import type { ItemTable } from '../../src/model/item-table.js';
 
@@ -184,4 +186,27 @@ test('property: any finite table round-trips exactly through the canonical model
     ),
     { seed: SEED, numRuns: 300 },
   );
+});
+
+// One update, one encoding: the padding bits of the last byte must be zero. Setting the whole last
+// byte (the other corruption test) also puts a code above 2L there, so the code check alone
+// refused it (a mutation-testing review, stop 35).
+test('an update whose only change is a padding bit of the last byte is refused as bad-code', () => {
+  // 5 items × (3 + 1) = 20 codes × 3 bits = 60 bits: the last byte's top 4 bits are padding.
+  const u: QuantizedUpdate = {
+    header: { bits: 3, dim: 3, itemCount: 5, baseVersion: 0, blockSize: 8, clip: 1, noiseMultiplier: 1, baseHash: new Uint8Array(32), nonce: new Uint8Array(16).fill(7) },
+    scales: new Float32Array([0.5, 0.5, 0.25]),
+    codes: Uint8Array.from({ length: 20 }, (_, i) => i % 7),
+  };
+  const good = encodeUpdate(u);
+  assert.deepEqual(decodeUpdate(good).codes, u.codes);
+  for (const bit of [0x10, 0x20, 0x40, 0x80]) {
+    const b = good.slice();
+    b[b.length - 1]! |= bit;
+    assert.throws(
+      () => decodeUpdate(b),
+      (e: unknown) => e instanceof WireFormatError && e.reason === 'bad-code',
+      `padding bit ${bit.toString(16)} set: a second encoding of the same update was accepted`,
+    );
+  }
 });

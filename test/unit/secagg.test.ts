@@ -1875,3 +1875,44 @@ test('the docs and the code agree on each device\'s noise under secure aggregati
   }
   for (const gone of ['the guarantee of σ/√K', 'noise is σC·√(h/K)', 'the noise, σ/√K.']) assert.ok(!protocol.includes(gone), gone);
 });
+
+// Under secure aggregation each device adds N(0, (σC)²/t), so that the cohort's sum carries the
+// N(0, (σC)²) the accountant charges for; a device adding σC/t (√t times too little) passed every
+// other test, which run at σ = 0 or check the docs' wording (a mutation-testing review, stop 35).
+test('secure aggregation: the published mean carries noise of std σC/K (each device adds σC/√t)', async () => {
+  const K = 4;
+  const sigma = 1;
+  // 40 items × 20 values = 800 coordinates: ±25 % is about 10 standard errors of the sample std.
+  const table = initialTable(IDS, 19);
+  const parts = await createServer({ dataDir: null, initialTable: table, minClients: K, clip: 1, noiseMultiplier: sigma, rateLimit: false, secureAggregation: true, log: () => {} });
+  const fetchFn: FetchLike = (url, init) => Promise.resolve(parts.app.fetch(new Request(url, init as RequestInit)));
+  try {
+    const results = await Promise.all(
+      Array.from({ length: K }, (_, s) =>
+        syncOnce({ serverUrl: 'http://x', fetch: fetchFn, accountant: new RdpAccountant(), budget: Infinity, history: shopperHistory(s + 1, 6), train: { seed: s + 1 }, cohortPollMs: 1 }),
+      ),
+    );
+    assert.ok(results.every((r) => r.sent));
+    const model = decodeModel(new Uint8Array(await (await parts.app.fetch(new Request('http://x/v1/model'))).arrayBuffer())).table;
+    const base = results[0]!.global;
+    const deltas = results.map((r) => {
+      const d = itemDelta(base, r.local);
+      clipL2(d, 1);
+      return d;
+    });
+    const nf = base.factors.length;
+    const n = deltas[0]!.length;
+    assert.equal(n, 800);
+    let ss = 0;
+    for (let i = 0; i < n; i++) {
+      const mean = deltas.reduce((a, d) => a + d[i]!, 0) / K;
+      const got = i < nf ? model.factors[i]! - base.factors[i]! : model.bias[i - nf]! - base.bias[i - nf]!;
+      ss += (got - mean) ** 2;
+    }
+    const std = Math.sqrt(ss / n);
+    const want = (sigma * 1) / K;
+    assert.ok(std > 0.75 * want && std < 1.25 * want, `noise std of the published mean ${std.toFixed(4)}, expected ≈ ${want}`);
+  } finally {
+    await parts.storage.close();
+  }
+});

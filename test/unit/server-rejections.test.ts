@@ -5,7 +5,8 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import fc from 'fast-check';
 import { buildClientUpdate } from '../../src/federated/client-update.js';
-import { decodeModel, decodeUpdate, dequantizeUpdate, encodeUpdate, levelsFor } from '../../src/federated/wire.js';
+import { decodeModel, decodeUpdate, dequantizeUpdate, encodeUpdate, levelsFor, type QuantizedUpdate } from '../../src/federated/wire.js';
+import { checkScales, MAX_NOISE_SDS } from '../../src/server/validate-update.js';
 import { Command } from 'commander';
 import { StorageError, ValidationError } from '../../src/errors.js';
 import { keepModelsFlag, rateLimitFlag, readCatalogFile, register } from '../../src/server/serve-command.js';
@@ -407,4 +408,32 @@ test('property: no body crashes the server; every bad body gets a 4xx JSON reaso
   } finally {
     await server.close();
   }
+});
+
+// What a dishonest client may upload is bounded by the rounding part of the norm bound and by the
+// scales it may declare; no other test sat between the honest bound and a bound twice as wide (a
+// mutation-testing review, stop 35).
+const boundsHeader = (noiseMultiplier: number) => ({ bits: 2, dim: 64, itemCount: 4, baseVersion: 0, blockSize: 256, clip: 1, noiseMultiplier, baseHash: new Uint8Array(32), nonce: new Uint8Array(16).fill(1) });
+const boundsPolicy = (noiseMultiplier: number) => ({ itemCount: 4, dim: 64, bits: 2, blockSize: 256, clip: 1, noiseMultiplier, normTolerance: 0.01, normSlack: 6 });
+
+test('σ = 0, C = 1: a block of 256 factors all rounded "up" to its scale (norm 16) is refused as over-norm', () => {
+  // 2 bits: L = 1, codes 0/1/2 = −s/0/+s. One factor block of 256 at scale 1 (its excess over the
+  // noise cap, 1, is within C), every code +L: norm √256 = 16. An honest quantizer cannot write
+  // this (a block at scale 1 under C = 1 holds one value of 1 and zeros, which never round up),
+  // and the honest bound √(C'² + Σ step²/4 + k·√(2Σ(step²/4)²) + 2kC'·step/2) is about 10.3.
+  const u: QuantizedUpdate = { header: boundsHeader(0), scales: new Float32Array([1, 0]), codes: new Uint8Array(4 * 65).fill(1).fill(2, 0, 256) };
+  const r = checkUpdate(encodeUpdate(u), boundsPolicy(0));
+  assert.equal(r.ok, false, `accepted with norm ${r.ok ? r.norm : ''} under bound ${r.ok ? r.bound.toFixed(3) : ''}`);
+  assert.equal(!r.ok && r.reason, 'over-norm');
+});
+
+test('σ = 1: a scale 1.5·C above the 8.6·σC noise cap is refused by checkScales, 0.9·C above it is not', () => {
+  const sigma = 1;
+  const codes = new Uint8Array(4 * 65).fill(1);
+  codes[0] = 2; // the block's largest |q| is L, as an honest quantizer writes it
+  const u: QuantizedUpdate = { header: boundsHeader(sigma), scales: new Float32Array([MAX_NOISE_SDS * sigma + 1.5, 0]), codes };
+  const r = checkScales(u, boundsPolicy(sigma));
+  assert.ok(r !== null, 'an inflated scale was taken as plausible');
+  assert.equal(r.reason, 'over-norm');
+  assert.equal(checkScales({ ...u, scales: new Float32Array([MAX_NOISE_SDS * sigma + 0.9, 0]) }, boundsPolicy(sigma)), null);
 });
