@@ -2,7 +2,7 @@ import { AbortError, ClosedError, ConsentError, LocalrecError, ModelError, Netwo
 import { boolOption, checkSignal, describeValue, intOption, knownKeys, nameOption, OPTION_KEYS } from '../options.js';
 import { checkEventAge, validateEvent } from '../events/schema.js';
 import { ledgerAsOfNow, ledgerKeeps } from '../events/offer-ledger.js';
-import { DEFAULT_RETENTION, deleteEventDatabase, IdbEventStore, MemoryEventStore, openEventStore, quotaEvictedBy, statsOf, type AddResult, type EventStore, type Retention } from '../events/store.js';
+import { databaseExists, DEFAULT_RETENTION, deleteEventDatabase, IdbEventStore, MemoryEventStore, openEventStore, quotaEvictedBy, statsOf, type AddResult, type EventStore, type Retention } from '../events/store.js';
 import { EVENT_SCHEMA_VERSION, FUTURE_SLACK_MS } from '../events/schema.js';
 import type { AuditReport, ExportFile } from './audit-types.js';
 import { canonicalJson, catalogExpired, checkCatalogAccepted, checkOffersOption, checkOffersOptions, chooseOffers, indexProducts, offerEconomics, offerScopeLookup, predictAffinity, purchaseBaskets, SignatureError, verifySignedCatalog, type ProductIndex } from '../offers/index.js';
@@ -3234,16 +3234,13 @@ export class Engine {
   /**
    * The database an earlier visit stored under this name, when this session runs without it (no
    * consent yet, or IndexedDB refused to open it): its contents are in neither audit() nor
-   * export(). Null when there is none, or the browser cannot list its databases.
+   * export(). Null when there is none, or when it cannot be told (databaseExists; Firefox before
+   * 126, which cannot list its databases, is asked by opening it without creating it).
    */
   private async unopenedDatabase(): Promise<string | null> {
-    if (this.store.kind === 'indexeddb' || this.opts.store || typeof indexedDB === 'undefined' || typeof indexedDB.databases !== 'function') return null;
+    if (this.store.kind === 'indexeddb' || this.opts.store) return null;
     const name = this.opts.dbName ?? 'localrec';
-    try {
-      return (await indexedDB.databases()).some((d) => d.name === name) ? name : null;
-    } catch {
-      return null;
-    }
+    return (await databaseExists(name)) === true ? name : null;
   }
 
   private products: ProductIndex | undefined;

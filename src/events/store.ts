@@ -925,6 +925,45 @@ export async function openEventStore(name: string, retention: Retention): Promis
 }
 
 /**
+ * Whether an IndexedDB database named `name` exists, without creating one: `indexedDB.databases()`
+ * where the browser has it (Firefox only from 126), else an open whose upgrade from version 0 — a
+ * database that did not exist — is aborted, which leaves none behind. Null when it cannot be told
+ * (no IndexedDB, or the open failed for another reason).
+ */
+export async function databaseExists(name: string): Promise<boolean | null> {
+  if (typeof indexedDB === 'undefined') return null;
+  if (typeof indexedDB.databases === 'function') {
+    try {
+      return (await indexedDB.databases()).some((d) => d.name === name);
+    } catch {
+      return null;
+    }
+  }
+  return new Promise((resolve) => {
+    let req: IDBOpenDBRequest;
+    try {
+      req = indexedDB.open(name);
+    } catch {
+      resolve(null);
+      return;
+    }
+    let absent = false;
+    req.onupgradeneeded = () => {
+      absent = true;
+      req.transaction?.abort();
+    };
+    req.onsuccess = () => {
+      req.result.close();
+      resolve(true);
+    };
+    req.onerror = (ev) => {
+      ev.preventDefault();
+      resolve(absent ? false : null);
+    };
+  });
+}
+
+/**
  * Deletes the database `name` without opening it (used when this session runs on memory but an
  * earlier one may have stored data). Where IndexedDB is missing or refuses, nothing can have been
  * stored there, so there is nothing to delete.

@@ -340,6 +340,32 @@ describe('audit and export', () => {
     await later.erase();
   });
 
+  it('the earlier visit\'s database is named also where the browser cannot list its databases (Firefox before 126), and none is created by asking', async () => {
+    const name = dbName();
+    const first = await Engine.create({ catalog, backend: 'cpu', dbName: name, autoTrainEvery: 0 });
+    first.enqueue([{ type: 'view', itemId: 'p3' }]);
+    await first.close();
+    const listing = Object.getOwnPropertyDescriptor(Object.getPrototypeOf(indexedDB), 'databases')!;
+    const names = (await dbNames()).filter((d) => d !== name);
+    Object.defineProperty(Object.getPrototypeOf(indexedDB), 'databases', { value: undefined, configurable: true, writable: true });
+    try {
+      assert.equal(typeof indexedDB.databases, 'undefined');
+      const later = await Engine.create({ catalog, backend: 'cpu', dbName: name, autoTrainEvery: 0, consent: { personalization: false, federated: false } });
+      assert.equal((await later.audit()).storage.notOpened, name);
+      assert.equal((await later.exportData()).notOpened, name);
+      await later.close();
+      // A name with no database: null, and asking created none.
+      const never = dbName();
+      const fresh = await Engine.create({ catalog, backend: 'cpu', dbName: never, autoTrainEvery: 0, consent: { personalization: false, federated: false } });
+      assert.equal((await fresh.audit()).storage.notOpened, null);
+      await fresh.close();
+    } finally {
+      Object.defineProperty(Object.getPrototypeOf(indexedDB), 'databases', listing);
+    }
+    assert.deepEqual((await dbNames()).filter((d) => d !== name), names, 'no database created by the check');
+    await (await Engine.create({ catalog, backend: 'cpu', dbName: name, autoTrainEvery: 0 })).erase();
+  });
+
   it('events past the age limit are deleted when the SDK starts and before audit() and export() report, not at the next write', async () => {
     const DAY = 86_400_000;
     const name = dbName();
