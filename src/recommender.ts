@@ -2,6 +2,7 @@ import * as Comlink from 'comlink';
 import { AbortError, ClosedError, reviveError, syncCancelled, ValidationError } from './errors.js';
 import { blockedDeletion, unlessBlocked } from './events/blocked.js';
 import { MINIMUM_BROWSERS } from './engine/platform.js';
+import { forgetSpend } from './engine/privacy-ledger-forget.js';
 import { checkEventAge, clockBefore2000, DEFAULT_MAX_AGE_DAYS, validateEvent } from './events/schema.js';
 import { boolOption, checkSignal, describeValue, knownKeys, nameOption, OPTION_KEYS } from './options.js';
 import type { WorkerApi } from './engine/worker.js';
@@ -120,12 +121,19 @@ export const STARTUP_ALLOWANCE_MS = 60_000;
 
 /**
  * Deletes the IndexedDB database from the page (the worker is gone), then tells the shop's other
- * tabs, as the worker's own erase() does, so that they drop what they held from it. Their workers
- * close their connections when asked (versionchange), which lets the deletion through.
+ * tabs, as the worker's own erase() does, so that they drop what they held from it (their workers
+ * close their connections when asked, versionchange, which lets the deletion through), and removes
+ * the database's part of the privacy ledger.
  */
-function deleteDatabase(name: string): Promise<void> {
+async function deleteDatabase(name: string): Promise<void> {
   // Without IndexedDB (private mode) nothing was stored.
-  if (typeof indexedDB === 'undefined') return Promise.resolve();
+  if (typeof indexedDB === 'undefined') return;
+  await deleteEventsDatabase(name);
+  // As the worker's erase() does: its part of the origin's privacy ledger goes with it.
+  await forgetSpend(name);
+}
+
+function deleteEventsDatabase(name: string): Promise<void> {
   // As the worker's store does: a connection that never closes (code other than localrec holding
   // that name) would block this for ever; refused after a while instead (a StorageError).
   return unlessBlocked(

@@ -620,7 +620,9 @@ export interface RecommenderOptions {
    * URL of the folder that serves TensorFlow.js's WASM binaries (`tfjs-backend-wasm.wasm`,
    * `-simd.wasm`, `-threaded-simd.wasm` from the package's `dist/`), ending in `/`. Default: the
    * worker's own folder, where they sit in the package. Set it when a bundler emits the worker
-   * somewhere else without them (README, "Bundlers"). Relative URLs resolve against the page.
+   * somewhere else without them (README, "Bundlers"). Relative URLs resolve against the page. The
+   * GPU backends' files (`worker-webgl.js`, `worker-webgpu.js`) are looked for there too when they
+   * are not beside the worker.
    */
   wasmPaths?: string | URL | undefined;
   /**

@@ -311,9 +311,11 @@ const FLUSH_MAX = 200;
 
 /**
  * A stored model sharing fewer item ids than this fraction of the smaller of its catalog and the
- * page's was trained on another catalog (load): its training counters are reset.
+ * page's was trained on another catalog (load): its training counters are reset. Low, so that a
+ * catalog's normal turnover (a season keeping 9 of 20 items, a review measured) is not taken for
+ * another catalog; two catalogs sharing most of their ids (one shop's countries) are not caught.
  */
-const MIN_CATALOG_MATCH = 0.5;
+const MIN_CATALOG_MATCH = 0.1;
 
 /** Extra fallback rows recommend() reads to break float32 ties by row as `localrec eval` does. */
 const FALLBACK_TIE_ROWS = 16;
@@ -1169,19 +1171,23 @@ export class Engine {
       this.dropEventCache();
       if (source === 'another-tab' && !(at !== undefined && old.createdAfterDeletion?.(at))) old.close();
       else {
-        // As erase(): its part of the shared ledger goes with it.
-        await this.forgetLedgerPart(old);
         await old.destroy();
       }
       // This session ran on memory because IndexedDB refused to open (a transient error, a newer
       // schema): what an earlier session stored there is erased all the same.
       if (source !== 'another-tab' && old.kind === 'memory') await this.deleteStoredDatabase();
+      // As erase(): its part of the shared privacy ledger goes with it.
+      if (source !== 'another-tab') this.lastError = (await this.forgetLedgerPart()) ?? this.lastError;
       await this.load(this.dim);
       // The withdrawal itself is remembered only in memory: nothing may be stored now.
     } else if (!next.personalization) {
       // Withdrawn while this session never opened the database (it started without consent): what
-      // an earlier session stored under the same name is erased all the same.
-      if (source !== 'another-tab') await this.deleteStoredDatabase();
+      // an earlier session stored under the same name is erased all the same, its part of the
+      // shared privacy ledger included.
+      if (source !== 'another-tab') {
+        await this.deleteStoredDatabase();
+        this.lastError = (await this.forgetLedgerPart()) ?? this.lastError;
+      }
     } else if (next.personalization) {
       this.consentDirty = true;
       await this.persistConsent();
@@ -1222,7 +1228,7 @@ export class Engine {
         if (saved.itemIds.length > 0 && ids.length > 0 && matched < Math.min(saved.itemIds.length, ids.length) * MIN_CATALOG_MATCH) {
           kept = { trainSteps: 0, trainedThroughId: 0, ...(kept.globalHash !== undefined ? { globalHash: kept.globalHash } : {}), ...(kept.globalServer !== undefined ? { globalServer: kept.globalServer } : {}) };
           this.lastError = new ModelError(
-            `the stored model was trained on another catalog (${matched} of its ${saved.itemIds.length} item ids are in this page's catalog of ${ids.length}): the rows it shares are kept, and this catalog's events are trained again (a shop, country or environment with its own catalog needs its own options.dbName)`,
+            `the stored model was trained on a catalog that shares few items with this page's (${matched} of its ${saved.itemIds.length} item ids are in this catalog of ${ids.length}): the rows it shares are kept, and the events are trained again; if this database is another shop's, country's or environment's, give each its own options.dbName`,
           );
         }
         // Items the page's catalog holds again (back in stock) or newly, that the global model the
@@ -2600,19 +2606,24 @@ export class Engine {
   }
 
   /**
-   * Removes `store`'s database's part of the shared privacy ledger (erase(), a withdrawal of
-   * personalization), and the ledger itself when nothing else is in it. Also on memory (before
-   * consent): an earlier session with consent may have recorded a part. A failure is noted in
-   * stats(), not thrown: the database is deleted all the same, and what the part held stays counted.
+   * Removes this engine's database's part of the shared privacy ledger, and the ledger itself when
+   * nothing else is in it: after erase() or a withdrawal of personalization has deleted the
+   * database (after, so that a sync of another tab recorded meanwhile goes too). Also when this
+   * session ran on memory (before consent): an earlier session may have recorded a part. A store
+   * the caller gave has a part only if it is an IndexedDB one. Returns the StorageError when the
+   * part could not be removed: erase() rejects with it, a withdrawal notes it in stats().
    */
-  private async forgetLedgerPart(store: EventStore): Promise<void> {
-    if (!ledgerAvailable() || (this.opts.store && store.kind !== 'indexeddb')) return;
+  private async forgetLedgerPart(): Promise<StorageError | undefined> {
+    const given = this.opts.store;
+    if (!ledgerAvailable() || (given && given.kind !== 'indexeddb')) return undefined;
     try {
-      await forgetSpend(this.databaseName(store));
+      await forgetSpend(this.databaseName(given ?? this.store));
+      return undefined;
     } catch (e) {
-      this.lastError = e as Error;
+      return e instanceof StorageError ? e : new StorageError(String(e), { cause: e });
     }
   }
+
 
   /**
    * Refuses a contributing sync on a device that cannot remember what it spends
@@ -2839,7 +2850,20 @@ export class Engine {
         // (One that cannot be read refuses here: it counts as spent.)
         own.assertCanSpend(noiseMultiplier, Infinity, delta);
         const legacy = own.toJSON();
-        shared = (await recordInLedger(scope.server, scope.dbName, legacy, noiseMultiplier, (total) => total.assertCanSpend(noiseMultiplier, budget, delta))).total;
+        shared = (
+          await recordInLedger(scope.server, scope.dbName, legacy, noiseMultiplier, (total) => {
+            try {
+              total.assertCanSpend(noiseMultiplier, budget, delta);
+            } catch (e) {
+              // Spent (partly) by the origin's other databases: say so, or the refusal of a database
+              // that spent little reads as a bug.
+              const mine = own.epsilon(delta);
+              const all = total.epsilon(delta);
+              if (!(e instanceof PrivacyBudgetError) || !(all > mine)) throw e;
+              throw new PrivacyBudgetError(`${e.message}${otherDatabases(scope.dbName, mine)}`);
+            }
+          })
+        ).total;
       }
       const buffered = egress.length;
       const entries = [...egress.slice(0, buffered), pending];
@@ -2900,7 +2924,13 @@ export class Engine {
         ...(r.cohort?.outcome ? { cohortOutcome: r.cohort.outcome, recoveryShareSent: r.cohort.recoveryShareSent ?? false } : {}),
       };
       // A page's contributing sync is refused (the issue's contract), with the model it received.
-      if (r.budgetSpent !== undefined && !receiveWhenSpent) throw new BudgetRefusal(r.budgetSpent, info);
+      if (r.budgetSpent !== undefined && !receiveWhenSpent) {
+        const scope = this.ledgerScope();
+        const view = scope ? await this.spending() : undefined;
+        const mine = view?.own.epsilon(delta);
+        const spentElsewhere = scope && mine !== undefined && view!.total.epsilon(delta) > mine;
+        throw new BudgetRefusal(spentElsewhere ? `${r.budgetSpent}${otherDatabases(scope.dbName, mine)}` : r.budgetSpent, info);
+      }
       return info;
     } catch (e) {
       if (e instanceof BudgetRefusal) throw e;
@@ -3535,15 +3565,17 @@ export class Engine {
     // When the deletion began: a tab that found the database gone after it (watchStore) already
     // handled it and skips the message.
     const erasedAt = this.now();
+    await this.store.destroy();
+    await this.deleteStoredDatabase();
     // Nothing of the shopper's is left: this database's part of the shared privacy ledger goes too
     // (the other databases' spend stays), so that its budget starts anew, as the database's own
     // accountant did when it went with the database.
-    await this.forgetLedgerPart(this.store);
-    await this.store.destroy();
-    await this.deleteStoredDatabase();
+    const ledgerError = await this.forgetLedgerPart();
     // The shop's other tabs drop what they hold from the erased database (erasedElsewhere).
     this.tell({ type: 'erased', at: erasedAt });
     this.channel?.close();
+    // The database is gone, but not the ε it recorded in the ledger: said, not passed over.
+    if (ledgerError) throw ledgerError;
   }
 
   /**
@@ -3567,6 +3599,14 @@ export class Engine {
  * A contributing sync the budget could not pay for, refused after it received the newest global
  * model on its two requests (kept, and in `received`): nothing was sent.
  */
+/**
+ * What a budget refusal adds when the origin's other databases made part of the releases counted
+ * against this server (the privacy ledger): a database that spent little is told where the rest went.
+ */
+function otherDatabases(dbName: string, mine: number): string {
+  return `; this database's own releases (options.dbName "${dbName}") come to ε ${mine.toFixed(3)}, the others were made to the same server by this origin's other localrec databases (the privacy ledger "${PRIVACY_LEDGER_DB}"; docs/PRIVACY.md, "Several shops, catalogs or environments on one origin")`;
+}
+
 class BudgetRefusal extends PrivacyBudgetError {
   constructor(
     why: string,
@@ -3661,13 +3701,20 @@ function storedClaim(r: StoredOffers | OfferCatalog | undefined): OfferCatalog |
 
 /**
  * Whether `held` (an envelope this device verified) claims the version and issue time of `next`
- * but holds another catalog (compared as the canonical JSON that is signed).
+ * but holds another catalog (compared as the canonical JSON that is signed). A renewal is not
+ * another catalog: `next` the same as `held` but for a later `expiresAt` (both set; the same file
+ * signed again with a new expiry), which only extends the one the device holds; the reverse,
+ * `held` renewed and the earlier signing replayed, is refused.
  */
 function differentContent(held: StoredOffers | undefined, next: SignedOfferCatalog): boolean {
   const claim = storedClaim(held);
   if (!claim || claim.version !== next.catalog.version || claim.issuedAt !== next.catalog.issuedAt) return false;
   try {
-    return canonicalJson(held!.catalog) !== canonicalJson(next.catalog);
+    if (canonicalJson(held!.catalog) === canonicalJson(next.catalog)) return false;
+    const before = held!.catalog.expiresAt;
+    const after = next.catalog.expiresAt;
+    const renewal = typeof before === 'number' && typeof after === 'number' && after > before && canonicalJson({ ...held!.catalog, expiresAt: undefined }) === canonicalJson({ ...next.catalog, expiresAt: undefined });
+    return !renewal;
   } catch {
     return false;
   }

@@ -14,39 +14,27 @@
  * ledger existed (the server was not recorded then): it counts against every server.
  *
  * `erase()` of one database, and a withdrawal of personalization (which erases it), remove that
- * database's parts from every record ({@link forgetSpend}): erasing leaves nothing of the shopper's
- * on the device, and so starts a new budget for that database, as it did before the ledger existed;
- * the other databases' spend stays counted. The ledger itself is deleted once no part is left.
- * Every write, and the deletion, runs under one Web Lock ({@link LEDGER_LOCK}) where the browser
- * has them (all the browsers localrec supports), so that a release recorded by another instance
- * can never fall between the erase's check that the ledger is empty and its deletion.
+ * database's parts from every record (`forgetSpend`, privacy-ledger-forget.ts, which the page
+ * also calls when the worker is gone): erasing leaves nothing of the shopper's on the device, and
+ * so starts a new budget for that database, as it did before the ledger existed; the other
+ * databases' spend stays counted. The ledger itself is deleted once no part is left. Every write,
+ * and the deletion, runs under one Web Lock (`LEDGER_LOCK`) where the browser has them (every
+ * browser localrec supports, in the secure contexts a sync needs), so that a release recorded by
+ * another instance can never fall between an erase's finding the ledger empty and its deletion.
  */
 
-import { deleteDB, openDB, type IDBPDatabase } from 'idb';
+import { openDB, type IDBPDatabase } from 'idb';
+import { LEDGER_STORE, PRIVACY_LEDGER_DB, underLedgerLock } from './privacy-ledger-forget.js';
 import { StorageError } from '../errors.js';
 import { RdpAccountant, type AccountantState } from '../federated/dp.js';
 import { serverKey } from '../federated/sync.js';
 import { UnreadableAccountant } from './stored-records.js';
 
-/** The IndexedDB database every localrec instance of an origin records its ε in. */
-export const PRIVACY_LEDGER_DB = 'localrec-privacy';
+export { forgetSpend, LEDGER_LOCK, PRIVACY_LEDGER_DB } from './privacy-ledger-forget.js';
 const LEDGER_VERSION = 1;
-const STORE = 'spend';
+const STORE = LEDGER_STORE;
 /** The record of the spend stored before the ledger existed, per database: counted against every server. */
 export const LEGACY_SERVER = '*';
-/** The Web Lock every write to the ledger (and its deletion) holds. */
-export const LEDGER_LOCK = 'localrec-privacy-ledger';
-
-/**
- * Runs `f` holding {@link LEDGER_LOCK}, exclusively among every tab and worker of the origin; without
- * Web Locks (plain Node, fake-indexeddb) it just runs `f`, the ledger's transactions being all the
- * order there is.
- */
-async function underLedgerLock<T>(f: () => Promise<T>): Promise<T> {
-  const locks = (globalThis.navigator as { locks?: { request(name: string, cb: () => Promise<T>): Promise<T> } } | undefined)?.locks;
-  return locks ? locks.request(LEDGER_LOCK, f) : f();
-}
-
 /** One server's record: each database's spend with it, and the σ of the latest release recorded. */
 export interface LedgerRecord {
   parts: Record<string, AccountantState>;
@@ -284,53 +272,6 @@ async function moveLegacyUnlocked(dbName: string, legacy: AccountantState): Prom
   } finally {
     db.close();
   }
-}
-
-/**
- * Removes `dbName`'s parts from every record of the ledger (`erase()`, a withdrawal of
- * personalization: the database goes, and with it what it spent, as before the ledger existed),
- * and deletes the ledger when no part is left in it. A record that cannot be read is left as it is
- * (what it held counts as spent, for every database). Throws a StorageError when the ledger cannot
- * be written.
- */
-export async function forgetSpend(dbName: string): Promise<void> {
-  return underLedgerLock(async () => {
-    let db: IDBPDatabase | null;
-    try {
-      db = await openLedger(false);
-    } catch (e) {
-      throw new StorageError(`the privacy ledger "${PRIVACY_LEDGER_DB}" could not be opened to remove database "${dbName}"'s part: ${(e as Error)?.message ?? String(e)}`, { cause: e });
-    }
-    if (!db) return;
-    let left = 0;
-    try {
-      const tx = db.transaction(STORE, 'readwrite');
-      tx.done.catch(() => undefined);
-      const keys = await tx.store.getAllKeys();
-      for (const key of keys) {
-        let rec: LedgerRecord;
-        try {
-          rec = readRecord(await tx.store.get(key), String(key));
-        } catch {
-          left++;
-          continue;
-        }
-        if (dbName in rec.parts) {
-          delete rec.parts[dbName];
-          if (Object.keys(rec.parts).length === 0) {
-            await tx.store.delete(key);
-            continue;
-          }
-          await tx.store.put(rec, key);
-        }
-        left++;
-      }
-      await tx.done;
-    } finally {
-      db.close();
-    }
-    if (left === 0) await deleteDB(PRIVACY_LEDGER_DB);
-  });
 }
 
 /** The ledger's records for `server` and the legacy record, as stored (for `export()`); null when there is no ledger. */

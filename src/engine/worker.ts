@@ -35,8 +35,12 @@ Comlink.transferHandlers.set('throw', {
 // The .wasm binaries are copied next to this bundle by the build. The folder is cut from the URL by
 // hand: a bundler's dev server (Vite) rewrites `new URL('./', import.meta.url)` to the package's
 // main file, which would send the .wasm requests to index.js's URL.
-const folder = import.meta.url.slice(0, import.meta.url.lastIndexOf('/') + 1);
+// (Without the query or fragment: a `?src=/a/b` would otherwise move the folder into the query.)
+const ownUrl = import.meta.url.split(/[?#]/)[0]!;
+const folder = ownUrl.slice(0, ownUrl.lastIndexOf('/') + 1);
 setWasmPaths(folder);
+/** options.wasmPaths, when the page gave it: where the GPU files are looked for too when they are not beside this one. */
+let companionFolder: string | undefined;
 // The GPU backends are separate files beside this one (dist/worker-webgl.js, worker-webgpu.js),
 // fetched only when the probe tries them (or the remembered choice is one): a device that scores
 // on wasm or the CPU never downloads or parses them. They are not modules of this bundle but
@@ -44,10 +48,20 @@ setWasmPaths(folder);
 // so that they share this worker's one tfjs engine whatever URL (a ?v= query…) loaded it. A file
 // that is missing only leaves its backend out (rollup.config.ts, gpuBackendFiles).
 Object.defineProperty(globalThis, GPU_CORE_GLOBAL, { value: gpuCore, enumerable: false });
-// The comments (kept by the build's minifier) tell a bundler that bundles this worker again
-// (webpack, Vite) to leave these imports to the browser.
-registerBackendLoader('webgl', () => import(/* webpackIgnore: true */ /* @vite-ignore */ `${folder}worker-webgl.js`));
-registerBackendLoader('webgpu', () => import(/* webpackIgnore: true */ /* @vite-ignore */ `${folder}worker-webgpu.js`));
+// A bundler that emits this worker as a hashed asset (webpack, Vite's build) leaves them behind:
+// then they are looked for in options.wasmPaths's folder too, where the README has them copied
+// with the .wasm files. The comments (kept by the build's minifier) tell a bundler that bundles
+// this worker again to leave these imports to the browser.
+async function loadGpuFile(file: string): Promise<void> {
+  try {
+    await import(/* webpackIgnore: true */ /* @vite-ignore */ `${folder}${file}`);
+  } catch (e) {
+    if (companionFolder === undefined || companionFolder === folder) throw e;
+    await import(/* webpackIgnore: true */ /* @vite-ignore */ `${companionFolder}${file}`);
+  }
+}
+registerBackendLoader('webgl', () => loadGpuFile('worker-webgl.js'));
+registerBackendLoader('webgpu', () => loadGpuFile('worker-webgpu.js'));
 // In a cross-origin isolated page tfjs would pick its threaded WASM build, which starts its own
 // workers from the source text of a function in this bundle; minified, that text names variables of
 // the surrounding bundle, so those workers fail ("t is not defined") and take the recommender down
@@ -146,7 +160,10 @@ export const workerApi = {
     const missing = missingFeatures();
     if (missing.length) throw new ModelError(unsupportedMessage(missing));
     trackPort.onmessage = onTrack;
-    if (wasmPaths !== undefined && !starting) setWasmPaths(wasmPaths);
+    if (wasmPaths !== undefined && !starting) {
+      setWasmPaths(wasmPaths);
+      companionFolder = wasmPaths;
+    }
     // The page's consent gate follows this engine's consent, told over the (ordered) track port.
     starting ??= Engine.create({ ...options, onConsent: (consent, v) => trackPort.postMessage({ consent, v }) });
     engine = await starting;

@@ -88,12 +88,20 @@ export interface EgressEntry {
 
 /**
  * A server URL as the SDK records it (egress log, privacy ledger, stored global model): with the
- * host as URL parsing writes it (lower case, no default port) and no trailing slash, so that
- * `https://Agg.example:443/x/` and `https://agg.example/x` are one server.
+ * host as URL parsing writes it (lower case, no default port, no trailing dot), percent-escapes of
+ * unreserved characters decoded in the path, and no trailing slash, so that
+ * `https://Agg.example.:443/%78/` and `https://agg.example/x` are one server (and one ε budget).
+ * Another name for the same machine (an IP address, an alias) is another key: every instance of
+ * an origin must spell the server's URL alike (docs/PRIVACY.md).
  */
 export function serverKey(serverUrl: string): string {
   const u = new URL(serverUrl);
-  return `${u.protocol}//${u.host}${u.pathname.replace(/\/+$/, '')}`;
+  const host = u.hostname.endsWith('.') ? u.hostname.slice(0, -1) : u.hostname;
+  const path = u.pathname.replace(/%([0-9A-Fa-f]{2})/g, (esc, hex: string) => {
+    const c = String.fromCharCode(parseInt(hex, 16));
+    return /[A-Za-z0-9\-._~]/.test(c) ? c : esc.toUpperCase();
+  });
+  return `${u.protocol}//${host}${u.port ? `:${u.port}` : ''}${path.replace(/\/+$/, '')}`;
 }
 
 /**

@@ -32,6 +32,8 @@ export interface RememberedBackend {
 const NOT_IN_BUILD = 'not in this build';
 const NO_ADAPTER = 'no WebGPU adapter';
 const NO_WEBGPU = 'not offered by this browser (no navigator.gpu)';
+/** A backend whose file the worker could not load (not deployed beside it, say). */
+const NOT_LOADED = 'could not be loaded';
 
 /**
  * Backends whose code is fetched only when one is tried: the browser worker registers the GPU
@@ -62,7 +64,7 @@ async function loadBackend(name: BackendName): Promise<true | string> {
   try {
     await load();
   } catch (e) {
-    const why = `could not be loaded (${e instanceof Error ? e.message : String(e)})`;
+    const why = `${NOT_LOADED} (${e instanceof Error ? e.message : String(e)})`;
     loadFailures.set(name, why);
     return why;
   }
@@ -264,7 +266,10 @@ export async function selectBackend(opts: SelectOptions = {}): Promise<BackendCh
     const outcome = await tryBackend(name);
     if (outcome !== true) {
       missing.push(`${name} ${outcome}`);
-      if (outcome !== NOT_IN_BUILD && outcome !== NO_ADAPTER && outcome !== NO_WEBGPU) complete = false;
+      // A backend absent from this deployment (its file not served) is absent at the next page
+      // load too: the choice may stand for a week, rather than every visit paying the whole probe
+      // and a failed fetch again.
+      if (outcome !== NOT_IN_BUILD && outcome !== NO_ADAPTER && outcome !== NO_WEBGPU && !outcome.startsWith(NOT_LOADED)) complete = false;
       continue;
     }
     started.push(name);

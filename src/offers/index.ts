@@ -12,7 +12,7 @@
 export type * from './types.js';
 export { SignatureError, isSignatureError, type SignatureProblem } from './signature-error.js';
 export { canonicalJson } from './canonical-json.js';
-export { checkVerifyKeys, generateOfferKeys, signOfferCatalog, verifyOfferCatalog, verifySignedCatalog, type OfferKeyPair } from './signing.js';
+export { checkVerifyKeys, generateOfferKeys, MAX_KID_CHARS, signOfferCatalog, verifyOfferCatalog, verifySignedCatalog, type OfferKeyPair } from './signing.js';
 export { validateOfferCatalog, validateOffer, validateAffinitySnapshot, checkCatalogLimits, MAX_CATALOG_OFFERS, MAX_SCOPE_ENTRIES, MAX_CATALOG_JSON_CHARS } from './validate-catalog.js';
 export { catalogExpired, checkCatalogAccepted, checkOffersOption, CATALOG_EXPIRY_SLACK_MS } from './freshness.js';
 export {

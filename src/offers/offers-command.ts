@@ -56,7 +56,7 @@ export function register(program: Command): void {
     .requiredOption('--catalog <file>', 'offer catalog JSON { version, issuedAt, currency, offers }')
     .requiredOption('--out <file>', 'where to write the signed catalog')
     .option('--kid <id>', "key id to put in the signed envelope (devices then verify only with the trusted key of that kid: give every published key a kid)")
-    .option('--ttl-hours <n>', 'the catalog expires this many hours from now (sets catalog.expiresAt, signed): devices refuse it, and show none of its offers, from a day after that; re-sign before then')
+    .option('--ttl-hours <n>', 'the catalog expires this many hours from now (sets catalog.expiresAt, signed; and issuedAt to now: each re-sign is a new publication): devices refuse it, and show none of its offers, from a day after that; re-sign before then')
     .action(async (o: { key: string; catalog: string; out: string; kid?: string; ttlHours?: string }) => {
       const { readFile } = await import('node:fs/promises');
       // Before reading anything: a typo here is the command's own mistake.
@@ -68,10 +68,7 @@ export function register(program: Command): void {
       const { signOfferCatalog } = await import('./signing.js');
       const key = await readJson(readFile, o.key, '--key');
       let catalog = unsigned(await readJson(readFile, o.catalog, '--catalog'), o.catalog, '--catalog');
-      if (ttlHours !== undefined) {
-        if (typeof catalog !== 'object' || catalog === null || Array.isArray(catalog)) throw new ValidationError('catalog', 'must be an object { version, issuedAt, currency, offers }');
-        catalog = { ...catalog, expiresAt: Math.round(Date.now() + ttlHours * 3_600_000) };
-      }
+      if (ttlHours !== undefined) catalog = withTtl(catalog, ttlHours, Date.now());
       const signed = await signOfferCatalog(catalog as never, key as import('./types.js').Jwk, o.kid !== undefined ? { kid: o.kid } : {});
       await writeOutputFile(o.out, `${JSON.stringify(signed, null, 2)}\n`, '--out');
       const expires = signed.catalog.expiresAt !== undefined ? `, expires ${new Date(signed.catalog.expiresAt).toISOString()}` : ' (no expiresAt: consider --ttl-hours)';
@@ -229,4 +226,25 @@ function int(s: string, option: string, min: number, max: number): number {
 }
 function num(s: string, option: string, min: number, max: number): number {
   return numberFlag(option, s, (n) => Number.isFinite(n) && n >= min && n <= max, `a number from ${min} to ${max}`);
+}
+
+/**
+ * What `offers sign --ttl-hours` signs: `catalog` expiring `ttlHours` after `now`, and issued at
+ * `now` (never before the file's own `issuedAt`, plus 1 ms when that is not in the past). A
+ * re-sign is a new publication: a device holding yesterday's signing of the same file takes
+ * today's (a later `issuedAt`) and refuses yesterday's replayed, where the same `issuedAt` with
+ * another `expiresAt` would be the same publication with other contents.
+ *
+ * @example
+ * ```ts
+ * withTtl({ version: 5, issuedAt: 0, currency: 'GBP', offers: [] }, 48, now);
+ * // { version: 5, issuedAt: now, expiresAt: now + 48 h, currency: 'GBP', offers: [] }
+ * ```
+ */
+export function withTtl(catalog: unknown, ttlHours: number, now: number): unknown {
+  if (typeof catalog !== 'object' || catalog === null || Array.isArray(catalog)) throw new ValidationError('catalog', 'must be an object { version, issuedAt, currency, offers }');
+  const given = (catalog as { issuedAt?: unknown }).issuedAt;
+  // A bad issuedAt is left for validation to name.
+  const issuedAt = typeof given === 'number' && Number.isFinite(given) ? Math.max(now, given + 1) : given;
+  return { ...catalog, issuedAt, expiresAt: Math.round(now + ttlHours * 3_600_000) };
 }

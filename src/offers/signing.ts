@@ -64,28 +64,52 @@ const PRIVATE_KEY_TO_VERIFY = "is the private key (it has 'd'): verify with the 
  * list, a private key would otherwise be skipped quietly while another verifies.
  */
 export function checkVerifyKeys(keys: unknown, field: string): void {
-  const i = privateKeyAt(Array.isArray(keys) ? keys : [keys]);
-  if (i >= 0) throw new ValidationError(Array.isArray(keys) ? `${field}[${i}]` : field, PRIVATE_KEY_TO_VERIFY);
+  const list = Array.isArray(keys) ? keys : [keys];
+  const at = (i: number) => (Array.isArray(keys) ? `${field}[${i}]` : field);
+  const i = privateKeyAt(list);
+  if (i >= 0) throw new ValidationError(at(i), PRIVATE_KEY_TO_VERIFY);
+  const j = badKidAt(list);
+  if (j >= 0) throw new ValidationError(`${at(j)}.kid`, `${BAD_KEY_KID}, got ${describeValue((list[j] as Jwk).kid)}`);
 }
+
+/**
+ * Why a trusted key whose `kid` is present but not a string is refused: it would count as a key
+ * without a kid, and so be tried for every catalog whose kid no other key carries.
+ */
+const BAD_KEY_KID = "must be a string (the key id an envelope's kid names), or left out";
+
+/** Index of the first key (given to verify) whose `kid` is present but not a string; −1 if none. */
+function badKidAt(keys: readonly unknown[]): number {
+  return keys.findIndex((k) => typeof k === 'object' && k !== null && (k as Jwk).kid !== undefined && typeof (k as Jwk).kid !== 'string');
+}
+
+/**
+ * The longest `kid` an envelope may carry (characters). Checked before anything else is done with
+ * it (choosing the key, canonicalizing the payload, an error message naming it): a key id is a
+ * short label such as "2025-06".
+ */
+export const MAX_KID_CHARS = 256;
 
 /**
  * The trusted keys a catalog signed under `kid` is checked with. The kid is signed, but only
  * choosing the key by it binds the two: otherwise, while a page trusts [old, new], the old key
- * (compromised, say) could sign a catalog labelled "new" with a huge version and keep the new key's
- * catalogs out. So when `kid` is set and trusted keys carry kids, only the key(s) with that kid
- * are tried; when none carries it, only the keys without a kid (as before kids were matched), and
- * with none of those either the catalog is refused (`unknown-kid`). A catalog without a kid is
- * checked with every key.
+ * (compromised, say) could sign a catalog labelled "new" — or labelled nothing — with a huge
+ * version and keep the new key's catalogs out. So when `kid` is set and trusted keys carry kids,
+ * only the key(s) with that kid are tried; when none carries it, only the keys without a kid (as
+ * before kids were matched), and with none of those either the catalog is refused (`unknown-kid`).
+ * A catalog without a kid is tried only with the keys without a kid, and is refused (`unknown-kid`)
+ * when every trusted key has one.
  */
 function keysForKid(keys: readonly Jwk[], kid: string | undefined): readonly Jwk[] {
-  if (kid === undefined) return keys;
   const kidOf = (k: Jwk) => (typeof k === 'object' && k !== null && typeof k.kid === 'string' ? k.kid : undefined);
-  const named = keys.filter((k) => kidOf(k) === kid);
+  const named = kid === undefined ? [] : keys.filter((k) => kidOf(k) === kid);
   if (named.length > 0) return named;
   const unnamed = keys.filter((k) => kidOf(k) === undefined);
   if (unnamed.length > 0) return unnamed;
   const known = keys.map(kidOf).filter((k): k is string => k !== undefined);
-  throw new SignatureError('unknown-kid', `the offer catalog was signed under key id ${JSON.stringify(kid)}, which none of the trusted keys has (their kids: ${known.map((k) => JSON.stringify(k)).join(', ')})`);
+  const theirs = `(their kids: ${known.map((k) => JSON.stringify(k)).join(', ')})`;
+  if (kid === undefined) throw new SignatureError('unknown-kid', `the offer catalog names no key id (kid), and every trusted key has one ${theirs}: sign it with --kid`);
+  throw new SignatureError('unknown-kid', `the offer catalog was signed under key id ${JSON.stringify(kid)}, which none of the trusted keys has ${theirs}`);
 }
 
 /** Index of the first private JWK (one with `d`) in a list of keys given to verify; −1 if none. */
@@ -129,6 +153,7 @@ export async function signOfferCatalog(catalog: OfferCatalog, privateJwk: Jwk, o
   if (options.kid !== undefined) {
     // Devices refuse a kid that is not a string: refused here, before anything is published.
     if (typeof options.kid !== 'string') throw new ValidationError('options.kid', `must be a string, got ${describeValue(options.kid)}`);
+    if (options.kid.length > MAX_KID_CHARS) throw new ValidationError('options.kid', `must be at most ${MAX_KID_CHARS} characters (MAX_KID_CHARS), got ${options.kid.length}`);
     envelope.kid = options.kid;
   }
   const key = await importKey(privateJwk, 'sign');
@@ -167,6 +192,8 @@ export async function verifySignedCatalog(signed: unknown, publicJwk: Jwk | read
   }
   if (s.alg !== 'ES256') throw new SignatureError('malformed', `unsupported signature algorithm ${describeValue(s.alg)}; expected 'ES256'`);
   if (s.kid !== undefined && typeof s.kid !== 'string') throw new SignatureError('malformed', 'kid must be a string');
+  // Before anything else is done with it (choosing the key, the payload, an error naming it).
+  if (typeof s.kid === 'string' && s.kid.length > MAX_KID_CHARS) throw new SignatureError('malformed', `kid must be at most ${MAX_KID_CHARS} characters (MAX_KID_CHARS), got ${s.kid.length}`);
   // Read once, here: the envelope given back is made of these, not of the caller's object after
   // the awaits below (it may change meanwhile).
   const kid = s.kid as string | undefined;
@@ -189,6 +216,9 @@ export async function verifySignedCatalog(signed: unknown, publicJwk: Jwk | read
   // Before any key verifies: a private key among them must be noticed, not skipped.
   const priv = privateKeyAt(given);
   if (priv >= 0) throw new SignatureError('bad-key', `the key${given.length > 1 ? ` at index ${priv}` : ''} ${PRIVATE_KEY_TO_VERIFY}`);
+  // Nor may a key with a kid that is not a string pass for one without a kid (tried for any kid).
+  const badKid = badKidAt(given);
+  if (badKid >= 0) throw new SignatureError('bad-key', `the key${given.length > 1 ? ` at index ${badKid}` : ''}'s kid ${BAD_KEY_KID}, got ${describeValue((given[badKid] as Jwk).kid)}`);
   const keys = keysForKid(given, kid);
   // Any one key that verifies is enough: one that cannot be imported (a retired key pasted wrong)
   // is skipped, and only when none imports is that the error.

@@ -53,7 +53,8 @@ export const MAX_CATALOG_OFFERS = 10_000;
 /** Most item ids or categories one offer's scope may list ({@link checkCatalogLimits}). */
 export const MAX_SCOPE_ENTRIES = 10_000;
 /**
- * Largest catalog, in characters of its compact JSON (escapes aside; {@link checkCatalogLimits}):
+ * Largest catalog, in characters of its compact JSON as `canonicalJson` writes it (escapes included;
+ * {@link checkCatalogLimits}):
  * 8,000,000. A catalog at {@link MAX_CATALOG_OFFERS} with every field set, five items per scope and
  * an affinity snapshot measures 5.4 MB; the 200 offers of docs/OFFERS.md's replay, 0.1 MB.
  */
@@ -97,16 +98,17 @@ export function checkCatalogLimits(input: unknown, field = 'catalog'): void {
 }
 
 /**
- * Whether the compact JSON of `value` is longer than `max` characters (string escapes not counted),
- * found without writing it: the count stops as soon as it passes `max`, so a huge value costs no
- * more than `max`. Iterative, so deep nesting cannot overflow the stack.
+ * Whether the compact JSON of `value` — as `canonicalJson` writes it, escapes included — is
+ * longer than `max` characters, found without writing it: the count stops as soon as it passes
+ * `max`, so a huge value costs no more than `max`. Iterative, so deep nesting cannot overflow the
+ * stack.
  */
 function jsonLengthOver(value: unknown, max: number): boolean {
   let size = 0;
   const stack: unknown[] = [value];
   while (stack.length > 0) {
     const v = stack.pop();
-    if (typeof v === 'string') size += v.length + 2;
+    if (typeof v === 'string') size = stringLength(v, size, max);
     else if (typeof v === 'number') size += Number.isFinite(v) ? String(v).length : 4;
     else if (typeof v === 'boolean') size += v ? 4 : 5;
     else if (typeof v === 'object' && v !== null) {
@@ -123,7 +125,9 @@ function jsonLengthOver(value: unknown, max: number): boolean {
         for (const k of keys) {
           const x = (v as Record<string, unknown>)[k];
           if (x === undefined) continue;
-          size += k.length + 3;
+          // The key as a string, and its colon.
+          size = stringLength(k, size, max) + 1;
+          if (size > max) return true;
           stack.push(x);
         }
       }
@@ -131,6 +135,27 @@ function jsonLengthOver(value: unknown, max: number): boolean {
     if (size > max) return true;
   }
   return false;
+}
+
+/** Any character JSON writes escaped: control characters, `"`, `\`, and surrogates (lone ones are). */
+const ESCAPED = /[\u0000-\u001f"\\\ud800-\udfff]/;
+
+/**
+ * `size` plus the length of `s` as JSON writes it (JSON.stringify, which canonicalJson uses): the
+ * quotes; `"`, `\`, \b \f \n \r \t as 2 characters; the other control characters as \u00XX (6);
+ * a lone surrogate as \udXXX (6); a surrogate pair as itself (2). Stops counting once past `max`.
+ */
+function stringLength(s: string, size: number, max: number): number {
+  size += s.length + 2;
+  if (size > max || !ESCAPED.test(s)) return size;
+  for (let i = 0; i < s.length && size <= max; i++) {
+    const c = s.charCodeAt(i);
+    if (c === 0x22 || c === 0x5c || c === 0x08 || c === 0x09 || c === 0x0a || c === 0x0c || c === 0x0d) size += 1;
+    else if (c < 0x20) size += 5;
+    else if (c >= 0xd800 && c <= 0xdbff && i + 1 < s.length && (s.charCodeAt(i + 1) & 0xfc00) === 0xdc00) i++;
+    else if (c >= 0xd800 && c <= 0xdfff) size += 5;
+  }
+  return size;
 }
 
 /**

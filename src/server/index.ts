@@ -482,9 +482,11 @@ export async function createServer(options: ServerOptions = {}): Promise<ServerP
     }
     const { config, initial, rateLimit } = checked;
     // Before any request is answered: an offer catalog older than the one the store last served is
-    // refused (its withdrawn offers would be redeemable again), and the newest is recorded.
+    // refused (its withdrawn offers would be redeemable again); it is recorded as the newest only
+    // once the rest of the start succeeded (install, below), so a start that fails raises nothing.
     const offers = options.offers === undefined ? undefined : options.offers instanceof RedeemCatalog ? options.offers : new RedeemCatalog(options.offers);
-    if (offers) await offers.install(offers.catalog, storage, { allowOlder: options.offersAllowOlder ?? false });
+    const allowOlder = { allowOlder: options.offersAllowOlder ?? false };
+    if (offers) await offers.check(offers.catalog, storage, allowOlder);
     const rounds = await RoundCoordinator.open(storage, initial, config, { discardPending: options.discardPending ?? false });
     const app = createApp(rounds, {
       log,
@@ -496,6 +498,9 @@ export async function createServer(options: ServerOptions = {}): Promise<ServerP
       ...(options.metrics ? { metrics: true } : {}),
       monotonic,
     });
+    // Checked again, atomically with raising the record (another process may have recorded a newer
+    // catalog since the check above).
+    if (offers) await offers.install(offers.catalog, storage, allowOlder);
     return { app, rounds, storage };
   } catch (e) {
     await storage.close();

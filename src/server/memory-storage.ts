@@ -103,5 +103,13 @@ export class MemoryStorage implements Storage {
     this.meta.set(key, value);
   }
 
+  async writeMetaIf(key: string, value: string, when: (stored: string | undefined) => boolean): Promise<{ stored: string | undefined; written: boolean }> {
+    // One synchronous step: nothing else runs between the read and the write.
+    const stored = this.meta.get(key);
+    const written = when(stored);
+    if (written) this.meta.set(key, value);
+    return { stored, written };
+  }
+
   async close(): Promise<void> {}
 }

@@ -345,6 +345,28 @@ export class PostgresStorage implements Storage {
     await this.q('store a setting', 'INSERT INTO localrec_meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value', [key, value]);
   }
 
+  /**
+   * See {@link Storage.writeMetaIf}: in one transaction, the row is locked (SELECT … FOR UPDATE)
+   * before `when` sees it, so a concurrent call on another connection waits and then reads what
+   * this one wrote. A key with no row yet has nothing to lock: it is inserted (ON CONFLICT DO
+   * NOTHING), and when another process inserted it first, read again, locked.
+   */
+  async writeMetaIf(key: string, value: string, when: (stored: string | undefined) => boolean): Promise<{ stored: string | undefined; written: boolean }> {
+    return this.tx('store a setting', async (c) => {
+      for (;;) {
+        const row = (await c.query<{ value: string }>('SELECT value FROM localrec_meta WHERE key = $1 FOR UPDATE', [key])).rows[0];
+        if (row) {
+          const written = when(row.value);
+          if (written) await c.query('UPDATE localrec_meta SET value = $2 WHERE key = $1', [key, value]);
+          return { stored: row.value, written };
+        }
+        if (!when(undefined)) return { stored: undefined, written: false };
+        const inserted = await c.query('INSERT INTO localrec_meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING', [key, value]);
+        if (inserted.rowCount === 1) return { stored: undefined, written: true };
+      }
+    });
+  }
+
   private fail(what: string, e: unknown): never {
     if (e instanceof StorageError) throw e;
     const message = isReadTimeout(e) ? `no answer from the database within ${this.queryTimeoutMs} ms` : (e as Error).message;

@@ -223,23 +223,68 @@ export class RedeemCatalog {
   }
 
   /**
+   * Refuses `next` (a `ValidationError` naming both versions) when it is older than the newest
+   * catalog the store records, unless `allowOlder`; changes nothing. Gives back that floor
+   * (undefined when none). `createServer` runs it before it opens the rounds, and
+   * {@link install} once the start succeeded.
+   */
+  async check(next: OfferCatalog, storage: Pick<Storage, 'readMeta'>, options: { allowOlder?: boolean; field?: string; allowFlag?: string } = {}): Promise<Pick<OfferCatalog, 'version' | 'issuedAt'> | undefined> {
+    const floor = storage.readMeta ? parseStamp(await storage.readMeta(OFFERS_FLOOR_KEY)) : undefined;
+    refuseOlder(next, floor, options);
+    return floor;
+  }
+
+  /**
    * Checks `next` against the newest catalog the store records (a `ValidationError` naming both
    * versions when it is older, unless `allowOlder`), records it when it is the newest, and answers
-   * from it from now on. A store without meta records (a custom adapter) keeps no floor. Gives back
-   * the catalog it replaced and the floor the store held (undefined when none).
+   * from it from now on. The record is raised atomically ({@link Storage.writeMetaIf}: a
+   * compare-and-set that never lowers it, also when processes sharing a database reload at once);
+   * a store with only `readMeta`/`writeMeta` gets a read then a write, and one without meta records
+   * (a custom adapter) keeps no floor. Gives back the catalog it replaced and the floor the store
+   * held (undefined when none).
    */
-  async install(next: OfferCatalog, storage: Pick<Storage, 'readMeta' | 'writeMeta'>, options: { allowOlder?: boolean; field?: string; allowFlag?: string } = {}): Promise<{ previous: OfferCatalog; floor: Pick<OfferCatalog, 'version' | 'issuedAt'> | undefined }> {
-    const floor = storage.readMeta ? parseStamp(await storage.readMeta(OFFERS_FLOOR_KEY)) : undefined;
-    if (floor && olderThan(next, floor) && !options.allowOlder) {
-      throw new ValidationError(
-        options.field ?? 'options.offers',
-        `the offer catalog is ${describeStamp(next)}, older than ${describeStamp(floor)}, the newest this server's store has loaded: its withdrawn offers would be redeemable again; give the newer catalog, or pass ${options.allowFlag ?? 'options.offersAllowOlder'} to use this one anyway`,
-      );
+  async install(
+    next: OfferCatalog,
+    storage: Pick<Storage, 'readMeta' | 'writeMeta' | 'writeMetaIf'>,
+    options: { allowOlder?: boolean; field?: string; allowFlag?: string } = {},
+  ): Promise<{ previous: OfferCatalog; floor: Pick<OfferCatalog, 'version' | 'issuedAt'> | undefined }> {
+    const stamp = JSON.stringify({ version: next.version, issuedAt: next.issuedAt });
+    // Written only when no newer catalog is recorded: so when `next` is refused, nothing was written.
+    const raise = (stored: string | undefined) => {
+      const floor = parseStamp(stored);
+      return !floor || olderThan(floor, next);
+    };
+    let floor: CatalogStamp | undefined;
+    if (storage.writeMetaIf) {
+      floor = parseStamp((await storage.writeMetaIf(OFFERS_FLOOR_KEY, stamp, raise)).stored);
+    } else if (storage.readMeta) {
+      const stored = await storage.readMeta(OFFERS_FLOOR_KEY);
+      floor = parseStamp(stored);
+      if (raise(stored)) await storage.writeMeta?.(OFFERS_FLOOR_KEY, stamp);
+    } else {
+      await storage.writeMeta?.(OFFERS_FLOOR_KEY, stamp);
     }
-    if (!floor || olderThan(floor, next)) await storage.writeMeta?.(OFFERS_FLOOR_KEY, JSON.stringify({ version: next.version, issuedAt: next.issuedAt }));
+    refuseOlder(next, floor, options);
     const previous = this.#catalog;
     this.#catalog = next;
     return { previous, floor };
+  }
+}
+
+/**
+ * Options of {@link RedeemCatalog.install} and {@link RedeemCatalog.check}: `allowOlder` uses a
+ * catalog older than the store's newest anyway (a deliberate rollback; the record stays at the
+ * newest); `field` and `allowFlag` are what the refusal names (default `options.offers` and
+ * `options.offersAllowOlder`).
+ */
+type InstallOptions = { allowOlder?: boolean; field?: string; allowFlag?: string };
+
+function refuseOlder(next: CatalogStamp, floor: CatalogStamp | undefined, options: InstallOptions): void {
+  if (floor && olderThan(next, floor) && !options.allowOlder) {
+    throw new ValidationError(
+      options.field ?? 'options.offers',
+      `the offer catalog is ${describeStamp(next)}, older than ${describeStamp(floor)}, the newest this server's store has loaded: its withdrawn offers would be redeemable again; give the newer catalog, or pass ${options.allowFlag ?? 'options.offersAllowOlder'} to use this one anyway`,
+    );
   }
 }
 

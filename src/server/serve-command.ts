@@ -107,10 +107,19 @@ export function register(program: Command): void {
     .option('--cors-origin <origin...>', 'page origins that may call the API from another origin (e.g. https://shop.example)')
     .option('--offers <file>', "signed offer catalog (localrec offers sign) to check redemptions against: POST /v1/offers/redeem")
     .option('--offers-key <file>', 'public JWK the offer catalog must verify with, or a JSON array of them (key rotation); required with --offers')
-    .option('--offers-allow-older', 'start (or reload) with an --offers catalog older than the newest this store has loaded (a deliberate rollback)')
+    .option('--offers-allow-older', 'start with an --offers catalog older than the newest this store has loaded (a deliberate rollback; a SIGHUP reload never takes an older one)')
     .option('--log-format <format>', "'text' (default): lines of text on stderr; 'json': one JSON object per line (ts, level, event, msg, and fields such as version, durationMs), the start-up lines on stdout too", 'text')
     .option('--metrics', 'serve Prometheus metrics (totals only) at GET /metrics on the same port; keep that path from the public at the proxy (docs/SERVER.md, "Monitoring")')
     .action(async (o: Record<string, unknown>, command: Command) => {
+      // SIGHUP reloads --offers (below): handled from the start, so that one sent while the server
+      // is still starting (the default action would end the process) is queued until it is up.
+      let onHup: (() => void) | undefined;
+      let hupWhileStarting = false;
+      const hup = () => {
+        if (onHup) onHup();
+        else hupWhileStarting = true;
+      };
+      if (typeof o.offers === 'string') process.on('SIGHUP', hup);
       const { startServer, PostgresStorage, SqliteStorage } = await import('./index.js');
       const { createItemTable } = await import('../model/item-table.js');
       let initialTable;
@@ -164,6 +173,9 @@ export function register(program: Command): void {
       const noModel = () => new ValidationError('--catalog', `is required: ${database !== undefined ? 'the database' : (o.dataDir as string)} holds no model yet, and the first start builds it from the catalog (localrec serve --catalog catalog.json)`);
       const perMinute = o.rateLimit as number;
       const crash = process.env.LOCALREC_FAULT;
+      // Test-only: LOCALREC_FAULT=hup-while-starting sends this process SIGHUP before the server
+      // starts (test/unit/server-redeem.test.ts).
+      if (crash === 'hup-while-starting') process.kill(process.pid, 'SIGHUP');
       const server = await startServer({
         port: o.port as number,
         host: o.host as string,
@@ -210,6 +222,7 @@ export function register(program: Command): void {
           ? { sqlite: { beforeCommit: (what: string) => void (what === 'publish' && process.kill(process.pid, 'SIGKILL')) } }
           : {}),
       }).catch((e: unknown) => {
+        process.off('SIGHUP', hup);
         // A data dir without a database (createServer refuses it before opening the store, which
         // would leave an empty database behind), or a store that holds no model: the catalog is
         // what is missing, said in the flag's words.
@@ -231,15 +244,18 @@ export function register(program: Command): void {
         const c = offers.catalog;
         say(`offers: catalog version ${c.version}, ${c.offers.length} offers, signature verified; redemption checks at POST /v1/offers/redeem`, { event: 'offers', version: c.version });
         // SIGHUP re-reads --offers (and --offers-key): a withdrawn offer stops being redeemable
-        // without a restart. One reload at a time; a file that fails keeps the catalog in use.
+        // without a restart. One reload at a time; a file that fails keeps the catalog in use. A
+        // reload never takes an older catalog: --offers-allow-older applies to the start only (a
+        // rollback is deliberate; an older file deployed by mistake later must not pass with it).
         const offersFile = o.offers as string;
         const keyFile = o.offersKey as string;
         const note = (line: string, fields: import('./rounds.js').LogFields) =>
           process.stderr.write(`${json ? jsonLogLine(line, fields, Date.now()) : `localrec serve: ${line}`}\n`);
         let reloading: Promise<void> = Promise.resolve();
-        process.on('SIGHUP', () => {
-          reloading = reloading.then(() => reloadOffers(offers, offersFile, keyFile, storage, !!o.offersAllowOlder, note));
-        });
+        onHup = () => {
+          reloading = reloading.then(() => reloadOffers(offers, offersFile, keyFile, storage, false, note));
+        };
+        if (hupWhileStarting) onHup();
       }
       const { syncsWithinBudget } = await import('../federated/dp.js');
       say(budgetNote(cfg.noiseMultiplier, cfg.noiseMultiplier > 0 ? syncsWithinBudget(cfg.noiseMultiplier, 8) : 0), { event: 'privacy-budget' });
@@ -277,7 +293,8 @@ async function readOffers(offersFile: string, keyFile: string): Promise<import('
 
 /**
  * `localrec serve`'s SIGHUP: reads `--offers` (and `--offers-key`) again and, when the catalog
- * verifies and is not older than the newest the store has loaded (unless `allowOlder`), answers
+ * verifies and is not older than the newest the store has loaded (unless `allowOlder`, which
+ * `localrec serve` never sets: --offers-allow-older applies to the start only), answers
  * redemptions from it; logs the version change, or why the file was refused (the catalog in use
  * stays). Never throws.
  */
@@ -285,14 +302,14 @@ export async function reloadOffers(
   offers: import('./redeem.js').RedeemCatalog,
   offersFile: string,
   keyFile: string,
-  storage: Pick<import('./storage.js').Storage, 'readMeta' | 'writeMeta'>,
+  storage: Pick<import('./storage.js').Storage, 'readMeta' | 'writeMeta' | 'writeMetaIf'>,
   allowOlder: boolean,
   log: (line: string, fields: import('./rounds.js').LogFields) => void,
 ): Promise<void> {
   const before = offers.catalog;
   try {
     const next = await readOffers(offersFile, keyFile);
-    const { previous } = await offers.install(next, storage, { allowOlder, field: '--offers', allowFlag: '--offers-allow-older' });
+    const { previous } = await offers.install(next, storage, { allowOlder, field: '--offers', allowFlag: allowOlder ? '--offers-allow-older' : '--offers-allow-older at a restart (a reload never takes an older catalog)' });
     const change = previous.version === next.version ? `version ${next.version} (issued ${new Date(next.issuedAt).toISOString()}) again` : `version ${previous.version} → ${next.version}`;
     log(`offers: reloaded ${offersFile}: catalog ${change}, ${next.offers.length} offers, signature verified`, { event: 'offers-reloaded', from: previous.version, version: next.version });
   } catch (e) {

@@ -491,6 +491,21 @@ export class SqliteStorage implements Storage {
     this.wrap('store a setting', () => void this.st.writeMeta.run(key, value));
   }
 
+  async writeMetaIf(key: string, value: string, when: (stored: string | undefined) => boolean): Promise<{ stored: string | undefined; written: boolean }> {
+    // One IMMEDIATE transaction (the write lock from the start), synchronous: the read and the
+    // write see no other writer between them.
+    return this.wrap('store a setting', () =>
+      this.db
+        .transaction(() => {
+          const stored = (this.st.readMeta.get(key) as { value: string } | undefined)?.value;
+          const written = when(stored);
+          if (written) this.st.writeMeta.run(key, value);
+          return { stored, written };
+        })
+        .immediate(),
+    );
+  }
+
   /**
    * Whether the store takes writes again (for `/v1/health` after a failed write): writes an
    * update-sized row and deletes it in one transaction, which needs the room an upload needs (fresh

@@ -125,6 +125,15 @@ export interface Storage {
   /** Sets the value under `key` (inserted, or replacing the one there): see {@link readMeta}. */
   writeMeta?(key: string, value: string): Promise<void>;
   /**
+   * Atomically, against every process sharing the store: reads the value under `key` (undefined
+   * when there is none) and, only when `when(stored)` is true, sets it to `value`. Gives back the
+   * value it read and whether it wrote. `when` must be synchronous and pure: it may be called again
+   * (PostgreSQL, when another process inserted the key meanwhile). The offer catalog's floor
+   * (`offers-catalog`) is raised with it, so that two processes reloading at once never lower it;
+   * without it {@link readMeta} then {@link writeMeta} is used, which is not atomic.
+   */
+  writeMetaIf?(key: string, value: string, when: (stored: string | undefined) => boolean): Promise<{ stored: string | undefined; written: boolean }>;
+  /**
    * A small write that changes nothing the server reads, and fails with a StorageError when an
    * update could not be stored either (full disk, read-only file, database gone). After a write
    * failed, `/v1/health` answers 503 until a write succeeds; it runs this at most once a second

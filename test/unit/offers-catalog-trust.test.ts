@@ -9,14 +9,16 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { before, describe, test } from 'node:test';
-import { Engine } from '../../src/engine/engine.js';
+import { Engine, OFFERS_KEY } from '../../src/engine/engine.js';
 import { isValidationError } from '../../src/errors.js';
 import { MemoryEventStore } from '../../src/events/store.js';
 import { CATALOG_EXPIRY_SLACK_MS } from '../../src/offers/freshness.js';
 import { isSignatureError } from '../../src/offers/signature-error.js';
-import { generateOfferKeys, signOfferCatalog, verifyOfferCatalog, type OfferKeyPair } from '../../src/offers/signing.js';
+import { withTtl } from '../../src/offers/offers-command.js';
+import { generateOfferKeys, MAX_KID_CHARS, signOfferCatalog, verifyOfferCatalog, type OfferKeyPair } from '../../src/offers/signing.js';
 import type { Jwk, OfferCatalog, SignedOfferCatalog } from '../../src/offers/types.js';
-import { MAX_CATALOG_JSON_CHARS, MAX_CATALOG_OFFERS, MAX_SCOPE_ENTRIES, validateOfferCatalog } from '../../src/offers/validate-catalog.js';
+import { canonicalJson } from '../../src/offers/canonical-json.js';
+import { checkCatalogLimits, MAX_CATALOG_JSON_CHARS, MAX_CATALOG_OFFERS, MAX_SCOPE_ENTRIES, validateOfferCatalog } from '../../src/offers/validate-catalog.js';
 import '../../src/model/tf.js';
 
 const HOUR = 3_600_000;
@@ -24,12 +26,12 @@ const DAY = 24 * HOUR;
 const items = [{ id: 'm1', title: 'Mug', category: 'mug', price: 10 }];
 const offer = (id: string) => ({ id, title: `${id} off`, discount: { kind: 'percent' as const, percent: 10 }, scope: { kind: 'all' as const }, hints: { margin: 0.9, typicalSpend: 100 } });
 
-function engine(publicKey: Jwk | Jwk[], clock: { now: number }, extra: { minVersion?: unknown } = {}): Promise<Engine> {
+function engine(publicKey: Jwk | Jwk[], clock: { now: number }, extra: { minVersion?: unknown } = {}, store = new MemoryEventStore({ maxEvents: 100, maxAgeDays: 36_500 })): Promise<Engine> {
   return Engine.create({
     catalog: { items },
     backend: 'cpu',
     autoTrainEvery: 0,
-    store: new MemoryEventStore({ maxEvents: 100, maxAgeDays: 36_500 }),
+    store,
     now: () => clock.now,
     offers: { publicKey, ...extra } as never,
   });
@@ -82,6 +84,85 @@ describe('catalog expiry (catalog.expiresAt)', () => {
       assert.equal((await e.offers({ k: 1, seed: 1 })).length, 1);
     } finally {
       await e.close();
+    }
+  });
+});
+
+describe('re-signing with a new expiry (offers sign --ttl-hours, run daily)', () => {
+  let keys: OfferKeyPair;
+  const NOW = Date.now();
+  before(async () => {
+    keys = await generateOfferKeys();
+  });
+  const file = { version: 5, issuedAt: NOW - DAY, currency: 'GBP', offers: [offer('ten')] };
+
+  test('each signing is a new publication: day 2 installs over a stored day 1, also after day 1 expired, and day 1 replayed is refused', async () => {
+    // What `offers sign --ttl-hours 48` signs on two days from the same file.
+    const day1 = await signOfferCatalog(withTtl(file, 48, NOW) as OfferCatalog, keys.privateJwk);
+    const day2 = await signOfferCatalog(withTtl(file, 48, NOW + 49 * HOUR) as OfferCatalog, keys.privateJwk);
+    assert.deepEqual([day1.catalog.issuedAt, day1.catalog.expiresAt], [NOW, NOW + 48 * HOUR]);
+    assert.deepEqual([day2.catalog.issuedAt, day2.catalog.expiresAt], [NOW + 49 * HOUR, NOW + 97 * HOUR]);
+    const clock = { now: NOW };
+    const store = new MemoryEventStore({ maxEvents: 100, maxAgeDays: 36_500 });
+    const e = await engine(keys.publicJwk, clock, {}, store);
+    try {
+      await e.setOffers(day1);
+      assert.equal((await store.getMeta<SignedOfferCatalog>(OFFERS_KEY))?.catalog.issuedAt, NOW, 'stored (personalization consent)');
+      // Day 1 has expired (more than the day of slack), and the re-sign comes late.
+      clock.now = NOW + 73 * HOUR;
+      assert.deepEqual(await e.offers({ k: 1, seed: 1 }), []);
+      assert.deepEqual(await e.setOffers(day2), { offers: 1, neverShown: [] });
+      assert.deepEqual((await e.offers({ k: 1, seed: 1 })).map((o) => o.offerId), ['ten']);
+      assert.equal((await store.getMeta<SignedOfferCatalog>(OFFERS_KEY))?.catalog.issuedAt, NOW + 49 * HOUR);
+    } finally {
+      await e.close();
+    }
+    // A later visit (nothing in memory), before day 1's expiry: day 1 replayed is an earlier publication.
+    clock.now = NOW + HOUR;
+    const later = await engine(keys.publicJwk, clock, {}, store);
+    try {
+      await assert.rejects(later.setOffers(day1), (err: unknown) => isValidationError(err) && err.field === 'catalog.issuedAt' && /before the installed catalog's .* of the same version 5/.test(err.message));
+      assert.deepEqual((await later.offers({ k: 1, seed: 1 })).map((o) => o.offerId), ['ten']);
+    } finally {
+      await later.close();
+    }
+  });
+
+  test('a file issued in the future is stamped 1 ms after it; a bad issuedAt is left for validation', () => {
+    const ahead = withTtl({ ...file, issuedAt: NOW + HOUR }, 48, NOW) as OfferCatalog;
+    assert.deepEqual([ahead.issuedAt, ahead.expiresAt], [NOW + HOUR + 1, NOW + 48 * HOUR]);
+    assert.throws(() => validateOfferCatalog(withTtl({ ...file, issuedAt: 'today' }, 48, NOW)), /catalog\.issuedAt/);
+    assert.throws(() => withTtl([file], 48, NOW), /catalog: must be an object/);
+  });
+
+  test('a catalog that differs from the installed one only by a later expiresAt is a renewal; an earlier one, or other contents, is refused', async () => {
+    const c = { ...file, issuedAt: NOW, expiresAt: NOW + DAY };
+    const first = await signOfferCatalog(c, keys.privateJwk);
+    const renewed = await signOfferCatalog({ ...c, expiresAt: NOW + 2 * DAY }, keys.privateJwk);
+    const store = new MemoryEventStore({ maxEvents: 100, maxAgeDays: 36_500 });
+    const clock = { now: NOW + HOUR };
+    const e = await engine(keys.publicJwk, clock, {}, store);
+    const differ = (err: unknown) => isValidationError(err) && err.field === 'catalog.issuedAt' && /whose offers differ/.test(err.message);
+    try {
+      await e.setOffers(first);
+      assert.deepEqual(await e.setOffers(renewed), { offers: 1, neverShown: [] });
+      // The earlier signing replayed over the renewal.
+      await assert.rejects(e.setOffers(first), differ);
+      // A later expiry with other contents, or without expiresAt, is another catalog.
+      await assert.rejects(e.setOffers(await signOfferCatalog({ ...c, expiresAt: NOW + 3 * DAY, offers: [offer('half')] }, keys.privateJwk)), differ);
+      const { expiresAt: _, ...forever } = c;
+      await assert.rejects(e.setOffers(await signOfferCatalog(forever, keys.privateJwk)), differ);
+    } finally {
+      await e.close();
+    }
+    // Against the stored one too.
+    const later = await engine(keys.publicJwk, clock, {}, store);
+    try {
+      await assert.rejects(later.setOffers(first), differ);
+      assert.equal((await store.getMeta<SignedOfferCatalog>(OFFERS_KEY))?.catalog.expiresAt, NOW + 2 * DAY);
+      assert.deepEqual(await later.setOffers(await signOfferCatalog({ ...c, expiresAt: NOW + 3 * DAY }, keys.privateJwk)), { offers: 1, neverShown: [] });
+    } finally {
+      await later.close();
     }
   });
 });
@@ -142,8 +223,34 @@ describe('the key is chosen by kid', () => {
     // A kid no key carries: the keys without a kid are tried, not the named ones.
     assert.equal((await verifyOfferCatalog(stray, [{ ...oldKey.publicJwk, kid: 'old' }, newKey.publicJwk])).version, 1);
     await assert.rejects(verifyOfferCatalog(await signOfferCatalog(c, newKey.privateJwk, { kid: 'x' }), [oldKey.publicJwk, { ...newKey.publicJwk, kid: 'new' }]), (e: unknown) => isSignatureError(e) && e.problem === 'mismatch');
-    // A catalog without a kid is checked with every key.
-    assert.equal((await verifyOfferCatalog(await signOfferCatalog(c, newKey.privateJwk), named)).version, 1);
+  });
+
+  test('a catalog without a kid is tried only with the keys without one: the old key cannot sign a kid-less catalog while every trusted key is named', async () => {
+    const named = [{ ...oldKey.publicJwk, kid: 'old' }, { ...newKey.publicJwk, kid: 'new' }];
+    const forged = await signOfferCatalog({ ...c, version: 9_000_000_000 }, oldKey.privateJwk);
+    await assert.rejects(verifyOfferCatalog(forged, named), (e: unknown) => isSignatureError(e) && e.problem === 'unknown-kid' && /names no key id \(kid\), and every trusted key has one \(their kids: "old", "new"\)/.test(e.message));
+    // Through the engine: refused, and the new key's catalogs still install.
+    const clock = { now: Date.now() };
+    const e = await engine(named, clock);
+    try {
+      await assert.rejects(e.setOffers(forged), (err: unknown) => isSignatureError(err) && err.problem === 'unknown-kid');
+      await e.setOffers(await signOfferCatalog({ ...c, version: 6, issuedAt: clock.now }, newKey.privateJwk, { kid: 'new' }));
+    } finally {
+      await e.close();
+    }
+    // With an unnamed key among them (a key from before kids): only that one is tried.
+    assert.equal((await verifyOfferCatalog(await signOfferCatalog(c, oldKey.privateJwk), [oldKey.publicJwk, { ...newKey.publicJwk, kid: 'new' }])).version, 1);
+    await assert.rejects(verifyOfferCatalog(await signOfferCatalog(c, newKey.privateJwk), [oldKey.publicJwk, { ...newKey.publicJwk, kid: 'new' }]), (e: unknown) => isSignatureError(e) && e.problem === 'mismatch');
+    // No kids anywhere: as before.
+    assert.equal((await verifyOfferCatalog(await signOfferCatalog(c, newKey.privateJwk), [oldKey.publicJwk, newKey.publicJwk])).version, 1);
+  });
+
+  test('a trusted key whose kid is not a string is refused (it would be tried for any kid)', async () => {
+    const odd = [{ ...oldKey.publicJwk, kid: 5 as never }, { ...newKey.publicJwk, kid: 'new' }];
+    const forged = await signOfferCatalog({ ...c, version: 9_000_000_000 }, oldKey.privateJwk, { kid: 'anything' });
+    await assert.rejects(verifyOfferCatalog(forged, odd), (e: unknown) => isSignatureError(e) && e.problem === 'bad-key' && /key at index 0's kid must be a string .*got 5/.test(e.message));
+    await assert.rejects(engine(odd, { now: Date.now() }), (e: unknown) => isValidationError(e) && e.field === 'options.offers.publicKey[0].kid' && /must be a string/.test(e.message));
+    await assert.rejects(engine({ ...oldKey.publicJwk, kid: null as never }, { now: Date.now() }), (e: unknown) => isValidationError(e) && e.field === 'options.offers.publicKey.kid');
   });
 });
 
@@ -181,6 +288,44 @@ describe('size limits, checked before the signature', () => {
     await assert.rejects(signOfferCatalog(many as OfferCatalog, keys.privateJwk), limitRefusal('catalog.offers', 'MAX_CATALOG_OFFERS'));
   });
 
+  test('MAX_CATALOG_JSON_CHARS counts what canonical JSON writes: escaped characters, in values and keys, count as written', async () => {
+    const base = { version: 1, issuedAt: 0, currency: 'GBP', offers: [] };
+    const overhead = canonicalJson({ ...base, note: '' }).length;
+    // Each of these is written as 2 or 6 characters: a string of them a sixth or half the limit long is over it.
+    for (const [ch, width] of [['\u0001', 6], ['\u001f', 6], ['\ud800', 6], ['\udfff', 6], ['"', 2], ['\\', 2], ['\n', 2]] as const) {
+      const note = ch.repeat(Math.ceil(MAX_CATALOG_JSON_CHARS / width));
+      assert.ok(canonicalJson({ ...base, note }).length > MAX_CATALOG_JSON_CHARS);
+      await assert.rejects(verifyOfferCatalog(bogus({ ...base, note }), keys.publicJwk), limitRefusal('catalog', 'MAX_CATALOG_JSON_CHARS'), JSON.stringify(ch));
+      // Just under the limit as written: taken by the limit (and refused only by the signature).
+      const under = ch.repeat(Math.floor((MAX_CATALOG_JSON_CHARS - overhead - 1) / width));
+      assert.doesNotThrow(() => checkCatalogLimits({ ...base, note: under }), JSON.stringify(ch));
+    }
+    // In a key too.
+    assert.throws(() => checkCatalogLimits({ ...base, extra: { ['\u0002'.repeat(MAX_CATALOG_JSON_CHARS / 4)]: 1 } }), /MAX_CATALOG_JSON_CHARS/);
+    // A surrogate pair is written as itself (2 characters), and other characters above U+001F as one.
+    assert.doesNotThrow(() => checkCatalogLimits({ ...base, note: '\ud83d\ude00'.repeat(Math.floor((MAX_CATALOG_JSON_CHARS - overhead - 1) / 2)) }));
+    assert.doesNotThrow(() => checkCatalogLimits({ ...base, note: '€\u007f\u2028'.repeat(Math.floor((MAX_CATALOG_JSON_CHARS - overhead - 1) / 3)) }));
+    // The count is exact (but for a character per object): at the limit as written, over by 2.
+    const mixed = 'a"\\\u0001\ud800\ud83d\ude00\t';
+    const perMixed = JSON.stringify(mixed).length - 2;
+    const reps = Math.floor((MAX_CATALOG_JSON_CHARS - overhead - 8) / perMixed);
+    const fill = 'x'.repeat(MAX_CATALOG_JSON_CHARS - overhead - reps * perMixed - 1);
+    assert.equal(canonicalJson({ ...base, note: mixed.repeat(reps) + fill }).length, MAX_CATALOG_JSON_CHARS - 1);
+    assert.doesNotThrow(() => checkCatalogLimits({ ...base, note: mixed.repeat(reps) + fill }));
+    assert.throws(() => checkCatalogLimits({ ...base, note: `${mixed.repeat(reps) + fill}xx` }), /MAX_CATALOG_JSON_CHARS/);
+  });
+
+  test('an envelope’s kid is at most MAX_KID_CHARS characters, checked before anything else is done with it', async () => {
+    const long = 'k'.repeat(MAX_KID_CHARS + 1);
+    const started = performance.now();
+    // Over the size limit too, and all trusted keys named: the kid is what is refused first.
+    await assert.rejects(verifyOfferCatalog({ ...bogus({ version: 1, issuedAt: 0, currency: 'GBP', offers: [], note: 'y'.repeat(MAX_CATALOG_JSON_CHARS) }), kid: 'k'.repeat(40_000_000) }, [{ ...keys.publicJwk, kid: 'a' }]), (e: unknown) => isSignatureError(e) && e.problem === 'malformed' && /kid must be at most 256 characters .*got 40000000/.test(e.message) && e.message.length < 200);
+    assert.ok(performance.now() - started < 1000);
+    await assert.rejects(signOfferCatalog({ version: 1, issuedAt: 0, currency: 'GBP', offers: [] }, keys.privateJwk, { kid: long }), (e: unknown) => isValidationError(e) && e.field === 'options.kid' && /at most 256/.test(e.message));
+    const atLimit = await signOfferCatalog({ version: 1, issuedAt: 0, currency: 'GBP', offers: [] }, keys.privateJwk, { kid: long.slice(1) });
+    assert.equal((await verifyOfferCatalog(atLimit, [{ ...keys.publicJwk, kid: long.slice(1) }])).version, 1);
+  });
+
   test('a large realistic catalog is under every limit', async () => {
     const large = {
       version: 1,
@@ -215,6 +360,8 @@ describe('localrec offers sign --ttl-hours', () => {
       assert.equal(ok.status, 0, ok.stderr);
       const signed = JSON.parse(readFileSync(join(dir, 'signed.json'), 'utf8')) as SignedOfferCatalog;
       assert.ok(signed.catalog.expiresAt! >= before + 48 * HOUR && signed.catalog.expiresAt! <= Date.now() + 48 * HOUR, String(signed.catalog.expiresAt));
+      // And issued now (a new publication), not at the file's issuedAt an hour ago.
+      assert.ok(signed.catalog.issuedAt >= before && signed.catalog.issuedAt <= Date.now(), String(signed.catalog.issuedAt));
       assert.match(ok.stderr, /signed 1 offers, version 2, expires \d{4}-/);
       assert.equal((await verifyOfferCatalog(signed, keys.publicJwk)).expiresAt, signed.catalog.expiresAt);
       for (const bad of ['0', '-1', 'soon', '1e9']) {

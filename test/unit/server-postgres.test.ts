@@ -19,7 +19,9 @@ import { fromHex } from '../../src/federated/wire.js';
 import { createServer, PostgresStorage, startServer } from '../../src/server/index.js';
 import { QUERY_TIMEOUT_MARGIN_MS, redactUrl } from '../../src/server/postgres-storage.js';
 import { KEEP_ENDED_MS, PUBLISH_GRACE } from '../../src/server/cohorts.js';
-import { StorageConflictError } from '../../src/server/storage.js';
+import { StorageConflictError, type Storage } from '../../src/server/storage.js';
+import { OFFERS_FLOOR_KEY, RedeemCatalog } from '../../src/server/redeem.js';
+import type { OfferCatalog } from '../../src/offers/types.js';
 import { createDatabase, postgresUnavailable, startPostgres, withClient, type TestPostgres } from './pg-helpers.js';
 import { assertKeptAnHourAfterEnd, DIM, exerciseCohortLeave, exercisePendingReads, honestUpdate, initialTable, IDS, post, pull, quiet, shopperHistory, spawnServe, type ServeChild } from './server-helpers.js';
 
@@ -117,6 +119,56 @@ describe('PostgreSQL storage', { skip: skip ?? false }, () => {
       assert.deepEqual(await s.addUpdate({ nonce: 'aa', baseVersion: 1, receivedAt: 4, body: new Uint8Array([5]) }), 'replayed', 'an aggregated nonce is still spent');
     } finally {
       await s.close();
+    }
+  });
+
+  it('writeMetaIf is a compare-and-set across processes: concurrent raises from two stores end at the highest, also on a key not there yet', async () => {
+    const database = await freshDatabase();
+    const [a, b] = await Promise.all([PostgresStorage.open(database), PostgresStorage.open(database)]);
+    try {
+      const raise = (n: number) => (stored: string | undefined) => stored === undefined || Number(stored) < n;
+      // 40 raises, odd ones through one store and even ones through the other, all at once; the first ones race to insert the row.
+      const order = Array.from({ length: 40 }, (_, i) => ((i * 17) % 40) + 1);
+      const results = await Promise.all(order.map((n) => (n % 2 ? a : b).writeMetaIf('race', String(n), raise(n))));
+      assert.equal(await a.readMeta('race'), '40');
+      // Each write saw what it replaced: a value it raised, never one written after it.
+      for (const [i, r] of results.entries()) if (r.written) assert.ok(r.stored === undefined || Number(r.stored) < order[i]!, JSON.stringify(r));
+      assert.equal(results.filter((r) => r.written && r.stored === undefined).length, 1, 'one insert');
+      assert.deepEqual(await b.writeMetaIf('race', '7', raise(7)), { stored: '40', written: false });
+    } finally {
+      await Promise.all([a.close(), b.close()]);
+    }
+  });
+
+  it('the offer catalog floor on a shared database: an older start is refused, and two processes reloading at once never lower it', async () => {
+    const database = await freshDatabase();
+    const NOW = Date.UTC(2026, 10, 1);
+    const v = (version: number): OfferCatalog => ({ version, issuedAt: NOW, currency: 'GBP', offers: [{ id: 'a', title: 'A', discount: { kind: 'percent', percent: 10 }, scope: { kind: 'all' } }] });
+    const start = (c: OfferCatalog | RedeemCatalog) => createServer({ database, initialTable: initialTable(), offers: c, rateLimit: false, now: () => NOW, log: quiet });
+    await (await start(v(5))).storage.close();
+    await assert.rejects(start(v(4)), (e: unknown) => isValidationError(e) && /version 4 .* older than version 5/.test(e.message));
+    const A = new RedeemCatalog(v(5));
+    const B = new RedeemCatalog(v(5));
+    const pa = await start(A);
+    const pb = await start(B);
+    try {
+      // A has the new file (v9), B a stale one (v8), both reloaded at once; reads and writes are
+      // slow, so that a read-then-write would have both read 5, then B write 8 over A's 9.
+      const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+      const slow = (storage: Storage, readMs: number, writeMs: number) =>
+        Object.assign(Object.create(storage) as Storage, {
+          readMeta: async (k: string) => (await sleep(readMs), storage.readMeta!(k)),
+          writeMeta: async (k: string, value: string) => (await sleep(writeMs), storage.writeMeta!(k, value)),
+          writeMetaIf: (k: string, value: string, when: (stored: string | undefined) => boolean) => storage.writeMetaIf!(k, value, when),
+        });
+      const [ra, rb] = await Promise.allSettled([A.install(v(9), slow(pa.storage, 0, 100)), B.install(v(8), slow(pb.storage, 20, 300))]);
+      assert.equal(ra.status, 'fulfilled');
+      // B is refused when it came second; either way the floor is the newest.
+      if (rb.status === 'rejected') assert.match(String(rb.reason), /version 8 .* older than version 9/);
+      assert.equal(JSON.parse((await pa.storage.readMeta!(OFFERS_FLOOR_KEY))!).version, 9);
+      await assert.rejects(start(v(8)), /version 8 .* older than version 9/);
+    } finally {
+      await Promise.all([pa.storage.close(), pb.storage.close()]);
     }
   });
 

@@ -2,7 +2,8 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { createItemTable } from '../../src/model/item-table.js';
 import { checkRedemption, MAX_REDEEM_BODY_BYTES, OFFERS_FLOOR_KEY, RedeemCatalog } from '../../src/server/redeem.js';
-import { createServer, type ServerParts } from '../../src/server/index.js';
+import { createServer, MemoryStorage, SqliteStorage, type ServerParts } from '../../src/server/index.js';
+import type { Storage } from '../../src/server/storage.js';
 import { reloadOffers } from '../../src/server/serve-command.js';
 import { isValidationError } from '../../src/errors.js';
 import { inDataDir } from './server-helpers.js';
@@ -220,7 +221,104 @@ describe('the redemption catalog: the newest loaded is recorded in the store, an
   });
 });
 
+describe('the recorded catalog is raised atomically, and only once a start succeeded', () => {
+  const v = (version: number): OfferCatalog => ({ ...catalog, version, offers: catalog.offers.slice(0, 1) });
+  const floorOf = async (s: Pick<Storage, 'readMeta'>) => JSON.parse((await s.readMeta!(OFFERS_FLOOR_KEY))!) as { version: number };
+  const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+  it('writeMetaIf writes only when the predicate on the stored value holds (memory, SQLite)', async () => {
+    await inDataDir('localrec-meta-if-', async (dir) => {
+      for (const s of [new MemoryStorage(), SqliteStorage.open(dir)] as Storage[]) {
+        try {
+          const bigger = (v: string) => (stored: string | undefined) => stored === undefined || Number(stored) < Number(v);
+          assert.deepEqual(await s.writeMetaIf!('k', '5', bigger('5')), { stored: undefined, written: true });
+          assert.deepEqual(await s.writeMetaIf!('k', '3', bigger('3')), { stored: '5', written: false });
+          assert.equal(await s.readMeta!('k'), '5');
+          assert.deepEqual(await s.writeMetaIf!('k', '7', bigger('7')), { stored: '5', written: true });
+          assert.equal(await s.readMeta!('k'), '7');
+        } finally {
+          await s.close();
+        }
+      }
+    });
+  });
+
+  it('two reloads at once never lower the floor, however their reads and writes interleave', async () => {
+    await inDataDir('localrec-redeem-race-', async (dir) => {
+      for (const storage of [new MemoryStorage(), SqliteStorage.open(dir)] as Storage[]) {
+        try {
+          await new RedeemCatalog(v(7)).install(v(7), storage);
+          // Each process's reads and writes are slow (another server on the same database, a slow
+          // link): both read 7, then v9 writes, then v8 would write over it.
+          const slow = (readMs: number, writeMs: number): Storage =>
+            Object.assign(Object.create(storage) as Storage, {
+              readMeta: async (k: string) => (await sleep(readMs), storage.readMeta!(k)),
+              writeMeta: async (k: string, value: string) => (await sleep(writeMs), storage.writeMeta!(k, value)),
+              writeMetaIf: (k: string, value: string, when: (stored: string | undefined) => boolean) => storage.writeMetaIf!(k, value, when),
+            });
+          const a = new RedeemCatalog(v(7));
+          const b = new RedeemCatalog(v(7));
+          const [ra, rb] = await Promise.allSettled([a.install(v(9), slow(0, 0)), b.install(v(8), slow(5, 50))]);
+          assert.equal((await floorOf(storage)).version, 9);
+          // The stale one is refused (it came second), and keeps answering from what it had.
+          assert.equal(ra.status, 'fulfilled');
+          assert.match(String((rb as PromiseRejectedResult).reason), /version 8 .* older than version 9/);
+          assert.deepEqual([a.catalog.version, b.catalog.version], [9, 7]);
+        } finally {
+          await storage.close();
+        }
+      }
+    });
+  });
+
+  it('a start that fails after the catalog was checked (the store fails as the rounds open) records nothing', async () => {
+    class FailingLatest extends MemoryStorage {
+      failing = true;
+      override async latest(): ReturnType<MemoryStorage['latest']> {
+        if (this.failing) throw new Error('the store failed');
+        return super.latest();
+      }
+    }
+    const storage = new FailingLatest();
+    const start = (version: number) => createServer({ storage, initialTable: createItemTable(['a', 'b'], 4), offers: v(version), rateLimit: false, now: () => NOW, log: () => {} });
+    await assert.rejects(start(9), /the store failed/);
+    assert.equal(await storage.readMeta(OFFERS_FLOOR_KEY), undefined, 'a failed start raises nothing');
+    storage.failing = false;
+    await start(5);
+    assert.equal((await floorOf(storage)).version, 5);
+    // Still refused before the store is touched further.
+    storage.failing = true;
+    await assert.rejects(start(4), /version 4 .* older than version 5/);
+  });
+});
+
 describe('localrec serve --offers', () => {
+  it('a SIGHUP while the server is still starting is queued, not fatal: the catalog is reloaded once it is up', async () => {
+    const { mkdtempSync, writeFileSync, rmSync } = await import('node:fs');
+    const { tmpdir } = await import('node:os');
+    const { join } = await import('node:path');
+    const { generateOfferKeys, signOfferCatalog } = await import('../../src/offers/signing.js');
+    const { spawnServe } = await import('./server-helpers.js');
+    const dir = mkdtempSync(join(tmpdir(), 'localrec-serve-hup-'));
+    try {
+      const keys = await generateOfferKeys();
+      writeFileSync(join(dir, 'signed.json'), JSON.stringify(await signOfferCatalog({ version: 3, issuedAt: 0, currency: 'GBP', offers: [] }, keys.privateJwk)));
+      writeFileSync(join(dir, 'public.jwk'), JSON.stringify(keys.publicJwk));
+      writeFileSync(join(dir, 'catalog.json'), JSON.stringify({ items: ['a', 'b', 'c'] }));
+      const child = await spawnServe(join(dir, 'data'), join(dir, 'catalog.json'), ['--dim', '4', '--offers', join(dir, 'signed.json'), '--offers-key', join(dir, 'public.jwk')], { LOCALREC_FAULT: 'hup-while-starting' });
+      try {
+        for (let i = 0; i < 200 && !/offers: reload/.test(child.stderr()); i++) await new Promise((r) => setTimeout(r, 50));
+        assert.match(child.stderr(), /offers: reloaded .*signed\.json: catalog version 3 \(issued 1970-01-01T00:00:00\.000Z\) again, 0 offers, signature verified/);
+        assert.equal(child.proc.exitCode, null, 'still running');
+      } finally {
+        child.proc.kill('SIGTERM');
+        await child.exited;
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('says the catalog was verified and where redemptions are checked; refuses the private key as --offers-key', async () => {
     const { mkdtempSync, writeFileSync, rmSync } = await import('node:fs');
     const { tmpdir } = await import('node:os');
@@ -273,8 +371,16 @@ describe('localrec serve --offers', () => {
       await assert.rejects(spawnServe(join(dir, 'data'), join(dir, 'catalog.json'), flags('public.jwk')), (e: unknown) =>
         /--offers: the offer catalog is version 3 \(issued .*\), older than version 5 \(issued .*\), the newest this server's store has loaded: .* pass --offers-allow-older/.test((e as { stderr: string }).stderr));
       const older = await spawnServe(join(dir, 'data'), join(dir, 'catalog.json'), [...flags('public.jwk'), '--offers-allow-older']);
-      older.proc.kill('SIGTERM');
-      await older.exited;
+      try {
+        // --offers-allow-older applies to the start only: a reload of another older file is refused.
+        writeFileSync(join(dir, 'signed.json'), JSON.stringify(await signOfferCatalog({ ...offers, version: 4 }, keys.privateJwk)));
+        older.proc.kill('SIGHUP');
+        for (let i = 0; i < 200 && !/offers: reload/.test(older.stderr()); i++) await new Promise((r) => setTimeout(r, 50));
+        assert.match(older.stderr(), /offers: reload of .*signed\.json refused, still checking redemptions against catalog version 3: --offers: the offer catalog is version 4 .* older than version 5 .* pass --offers-allow-older at a restart \(a reload never takes an older catalog\)/);
+      } finally {
+        older.proc.kill('SIGTERM');
+        await older.exited;
+      }
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
