@@ -2624,7 +2624,6 @@ export class Engine {
     }
   }
 
-
   /**
    * Refuses a contributing sync on a device that cannot remember what it spends
    * ({@link spendingForgotten}), unless the host opted in (`federated.allowWithoutStorage`).

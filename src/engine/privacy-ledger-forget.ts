@@ -5,7 +5,7 @@
  * main-thread bundle carries it.
  */
 import { StorageError } from '../errors.js';
-import { unlessBlocked } from '../events/blocked.js';
+import { BlockedError, unlessBlocked } from '../events/blocked.js';
 
 /** The IndexedDB database every localrec instance of an origin records its ε in. */
 export const PRIVACY_LEDGER_DB = 'localrec-privacy';
@@ -96,8 +96,8 @@ async function removePart(db: IDBDatabase, dbName: string): Promise<number> {
  * Removes `dbName`'s parts from every record of the ledger (its database is being erased: what it
  * spent goes with it, as its own accountant did before the ledger existed), and deletes the ledger
  * once no record is left. A record that cannot be read is left as it is. Without IndexedDB, where
- * it refuses to open, or without a ledger, nothing to do. Throws a StorageError when the ledger cannot be read or written,
- * naming it (the part then stays, and keeps counting).
+ * it refuses to open, or without a ledger, nothing to do. Throws a StorageError when the ledger
+ * cannot be read or written, naming it (the part then stays, and keeps counting).
  */
 export async function forgetSpend(dbName: string): Promise<void> {
   if (typeof indexedDB === 'undefined') return;
@@ -115,8 +115,9 @@ export async function forgetSpend(dbName: string): Promise<void> {
         db.close();
       }
       if (left > 0) return;
-      // Refused after a while when other code holds it open (the deletion stays queued and goes
-      // through once that connection closes): the lock is not held for ever.
+      // The part is gone. The empty ledger's deletion is given up after a while when other code
+      // holds it open (it stays queued, and goes through once that connection closes): the lock is
+      // not held for ever, and nothing of the shopper's is in an empty ledger.
       await unlessBlocked(
         (blocked) =>
           new Promise<void>((resolve, reject) => {
@@ -126,7 +127,9 @@ export async function forgetSpend(dbName: string): Promise<void> {
             req.onerror = () => reject(req.error);
           }),
         () => `deleting the empty privacy ledger "${PRIVACY_LEDGER_DB}" is blocked by another connection of this site`,
-      );
+      ).catch((e: unknown) => {
+        if (!(e instanceof BlockedError)) throw e;
+      });
     });
   } catch (e) {
     throw new StorageError(
