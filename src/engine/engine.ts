@@ -7,7 +7,7 @@ import { EVENT_SCHEMA_VERSION, FUTURE_SLACK_MS } from '../events/schema.js';
 import type { AuditReport, ExportFile } from './audit-types.js';
 import { canonicalJson, catalogExpired, checkCatalogAccepted, checkOffersOption, checkOffersOptions, chooseOffers, indexProducts, offerEconomics, offerScopeLookup, predictAffinity, purchaseBaskets, SignatureError, verifySignedCatalog, type ProductIndex } from '../offers/index.js';
 import type { Jwk, OfferCatalog, OffersOptions, SetOffersResult, ShownOffer, SignedOfferCatalog } from '../offers/types.js';
-import { BACKEND_ORDER, PROBE_MAX_ROWS, selectBackend, type BackendChoice, type RememberedBackend } from '../model/backend.js';
+import { BACKEND_NOT_LOADED, BACKEND_ORDER, PROBE_MAX_ROWS, selectBackend, type BackendChoice, type RememberedBackend } from '../model/backend.js';
 import * as tf from '../model/tf.js';
 import { validateCatalog } from '../model/catalog.js';
 import { checkItemTable, cloneItemTable, createItemTable, indexItems, type ItemTable } from '../model/item-table.js';
@@ -143,6 +143,8 @@ export const GLOBAL_KEY = 'global';
 export const BACKEND_KEY = 'backend';
 /** How long a probe's choice stands: a week (a browser or driver update may change the ranking). */
 export const BACKEND_MEMO_MS = 7 * 86_400_000;
+/** How long a probe's choice is kept when a backend's file could not be loaded for it. */
+export const BACKEND_MEMO_PARTIAL_MS = 86_400_000;
 /** What {@link BACKEND_KEY} holds: the choice, and what it was made for. */
 interface BackendMemo extends RememberedBackend {
   /** The browser's user agent string (a new browser version probes again). */
@@ -491,7 +493,10 @@ async function readBackendMemo(store: EventStore, shape: ReturnType<typeof backe
   if (!BACKEND_ORDER.includes(r.backend as BackendName) || typeof r.reason !== 'string' || typeof r.at !== 'number' || !Number.isFinite(r.at)) return undefined;
   if (r.ua !== shape.ua || r.rows !== shape.rows || r.dim !== shape.dim || r.candidates !== shape.candidates) return undefined;
   const age = now - r.at;
-  if (!(age >= 0 && age < BACKEND_MEMO_MS)) return undefined;
+  // A choice made while a backend's file could not be loaded (not deployed, or the network failed
+  // that once: the two look alike) stands for a day, so that a fixed deployment is probed again soon.
+  const maxAge = r.reason.includes(BACKEND_NOT_LOADED) ? BACKEND_MEMO_PARTIAL_MS : BACKEND_MEMO_MS;
+  if (!(age >= 0 && age < maxAge)) return undefined;
   return { backend: r.backend as BackendName, reason: r.reason, at: r.at };
 }
 
@@ -2925,7 +2930,8 @@ export class Engine {
       // A page's contributing sync is refused (the issue's contract), with the model it received.
       if (r.budgetSpent !== undefined && !receiveWhenSpent) {
         const scope = this.ledgerScope();
-        const view = scope ? await this.spending() : undefined;
+        // (Only the wording: a store closed meanwhile leaves the refusal as it is.)
+        const view = scope ? await this.spending().catch(() => undefined) : undefined;
         const mine = view?.own.epsilon(delta);
         const spentElsewhere = scope && mine !== undefined && view!.total.epsilon(delta) > mine;
         throw new BudgetRefusal(spentElsewhere ? `${r.budgetSpent}${otherDatabases(scope.dbName, mine)}` : r.budgetSpent, info);

@@ -33,26 +33,38 @@ const request = <T>(r: IDBRequest<T>): Promise<T> =>
     r.onerror = () => reject(r.error);
   });
 
-/** Opens the ledger if it exists (an open that would create it is aborted: none is left behind); null when there is none. */
+/**
+ * Opens the ledger if it exists (an open that would create it is aborted: none is left behind); null
+ * when there is none. Refused after a while rather than waited on for ever (unlessBlocked): queued
+ * behind a deletion that other code's open connection blocks, an open gets no event at all.
+ */
 function openExisting(): Promise<IDBDatabase | null> {
+  return unlessBlocked((blocked, started) => openExistingNow(blocked, started), () => `opening the privacy ledger "${PRIVACY_LEDGER_DB}" is blocked by another connection of this site`, (late) => late?.close());
+}
+
+function openExistingNow(blocked: () => void, started: () => void): Promise<IDBDatabase | null> {
   return new Promise((resolve, reject) => {
     let absent = false;
     const req = indexedDB.open(PRIVACY_LEDGER_DB);
-    req.onupgradeneeded = () => {
+    // (Listeners, not on… properties: what idb uses, and so what stand-ins for a private window's
+    // IndexedDB implement.)
+    req.addEventListener('blocked', blocked);
+    req.addEventListener('upgradeneeded', () => {
+      started();
       absent = true;
       req.transaction?.abort();
-    };
-    req.onsuccess = () => {
+    });
+    req.addEventListener('success', () => {
       const db = req.result;
       // Another connection upgrades or deletes it: this one lets go.
       db.onversionchange = () => db.close();
       resolve(db);
-    };
-    req.onerror = (ev) => {
+    });
+    req.addEventListener('error', (ev) => {
       ev.preventDefault();
       if (absent) resolve(null);
       else reject(req.error);
-    };
+    });
   });
 }
 
@@ -106,7 +118,11 @@ export async function forgetSpend(dbName: string): Promise<void> {
       // Where IndexedDB refuses to open (private mode: a SecurityError, or Firefox's
       // InvalidStateError), nothing can have been stored there: nothing to remove, as for the
       // shopper's own database (deleteEventDatabase).
-      const db = await openExisting().catch(() => null);
+      const db = await openExisting().catch((e: unknown) => {
+        const name = (e as { name?: unknown } | null)?.name;
+        if (name === 'SecurityError' || name === 'InvalidStateError') return null;
+        throw e;
+      });
       if (!db) return;
       let left: number;
       try {

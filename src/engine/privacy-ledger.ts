@@ -25,6 +25,7 @@
 
 import { openDB, type IDBPDatabase } from 'idb';
 import { LEDGER_STORE, PRIVACY_LEDGER_DB, underLedgerLock } from './privacy-ledger-forget.js';
+import { unlessBlocked } from '../events/blocked.js';
 import { StorageError } from '../errors.js';
 import { RdpAccountant, type AccountantState } from '../federated/dp.js';
 import { serverKey } from '../federated/sync.js';
@@ -62,8 +63,12 @@ export function ledgerAvailable(): boolean {
 async function openLedger(create: boolean): Promise<IDBPDatabase | null> {
   let absent = false;
   try {
-    const db = await openDB(PRIVACY_LEDGER_DB, LEDGER_VERSION, {
+    // Refused after a while rather than waited on for ever: queued behind a deletion that other
+    // code's open connection blocks, an open gets no event at all, and the ledger lock is held.
+    const db = await unlessBlocked((blocked, started) => openDB(PRIVACY_LEDGER_DB, LEDGER_VERSION, {
+      blocked,
       upgrade(db, oldVersion, _newVersion, tx) {
+        started();
         if (oldVersion === 0 && !create) {
           absent = true;
           tx.done.catch(() => undefined);
@@ -76,7 +81,7 @@ async function openLedger(create: boolean): Promise<IDBPDatabase | null> {
         // Another connection upgrades or deletes it: this one lets go (it is closed after each use anyway).
         (event.target as IDBDatabase).close();
       },
-    });
+    }), () => `opening the privacy ledger "${PRIVACY_LEDGER_DB}" is blocked by another connection of this site`, (late) => late.close());
     return db;
   } catch (e) {
     if (absent) return null;

@@ -948,18 +948,19 @@ export async function databaseExists(name: string): Promise<boolean | null> {
       return;
     }
     let absent = false;
-    req.onupgradeneeded = () => {
+    // (Listeners, not on… properties: what idb uses, and so what stand-ins for IndexedDB implement.)
+    req.addEventListener('upgradeneeded', () => {
       absent = true;
       req.transaction?.abort();
-    };
-    req.onsuccess = () => {
+    });
+    req.addEventListener('success', () => {
       req.result.close();
       resolve(true);
-    };
-    req.onerror = (ev) => {
+    });
+    req.addEventListener('error', (ev) => {
       ev.preventDefault();
       resolve(absent ? false : null);
-    };
+    });
   });
 }
 

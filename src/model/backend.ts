@@ -32,8 +32,9 @@ export interface RememberedBackend {
 const NOT_IN_BUILD = 'not in this build';
 const NO_ADAPTER = 'no WebGPU adapter';
 const NO_WEBGPU = 'not offered by this browser (no navigator.gpu)';
-/** A backend whose file the worker could not load (not deployed beside it, say). */
-const NOT_LOADED = 'could not be loaded';
+/** A backend whose file the worker could not load (not deployed beside it, say): in the probe's reason. */
+export const BACKEND_NOT_LOADED = 'could not be loaded';
+const NOT_LOADED = BACKEND_NOT_LOADED;
 
 /**
  * Backends whose code is fetched only when one is tried: the browser worker registers the GPU

@@ -175,7 +175,8 @@ export function register(program: Command): void {
       const crash = process.env.LOCALREC_FAULT;
       // Test-only: LOCALREC_FAULT=hup-while-starting sends this process SIGHUP before the server
       // starts (test/unit/server-redeem.test.ts).
-      if (crash === 'hup-while-starting') process.kill(process.pid, 'SIGHUP');
+      // Only with --offers, whose SIGHUP handler is in place by now (without one, SIGHUP ends the process).
+      if (crash === 'hup-while-starting' && typeof o.offers === 'string') process.kill(process.pid, 'SIGHUP');
       const server = await startServer({
         port: o.port as number,
         host: o.host as string,

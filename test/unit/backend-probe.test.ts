@@ -72,6 +72,25 @@ describe('the backend probe, remembered', () => {
     await probes({}, 'probed ahead of this clock (the clock went back)');
   });
 
+  it('a choice made while a backend\'s file could not be loaded stands for a day, not a week', async () => {
+    let t = Date.now();
+    const store = new MemoryEventStore();
+    const base = { catalog, store, autoTrainEvery: 0, model: { dim: 8 }, backendCandidates: ['wasm', 'cpu'] as Array<'wasm' | 'cpu'>, now: () => t };
+    const first = await Engine.create(base);
+    await first.close();
+    // As a probe in a deployment without worker-webgl.js leaves it.
+    const memo = (await store.getMeta(BACKEND_KEY)) as { reason: string };
+    await store.setMeta(BACKEND_KEY, { ...memo, reason: `${memo.reason}; webgl could not be loaded (Failed to fetch dynamically imported module)` });
+    t += DAY / 2;
+    const soon = await Engine.create(base);
+    assert.match((await soon.stats()).backendReason, /^remembered /);
+    await soon.close();
+    t += DAY;
+    const later = await Engine.create(base);
+    assert.match((await later.stats()).backendReason, /^probed: /, 'probed again after a day');
+    await later.close();
+  });
+
   it('a stored record that is not a memo, or names a backend outside the candidates, is probed over; a forced backend and no consent store nothing', async () => {
     const store = new MemoryEventStore();
     const base = { catalog, store, autoTrainEvery: 0, model: { dim: 8 }, backendCandidates: ['wasm', 'cpu'] as Array<'wasm' | 'cpu'> };

@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { afterEach, describe, it } from 'node:test';
 import { deleteDB, openDB } from 'idb';
 import { Engine, PRIVACY_KEY } from '../../src/engine/engine.js';
-import { PRIVACY_LEDGER_DB } from '../../src/engine/privacy-ledger.js';
+import { forgetSpend, PRIVACY_LEDGER_DB, recordInLedger } from '../../src/engine/privacy-ledger.js';
 import { IdbEventStore } from '../../src/events/store.js';
 import { isPrivacyBudgetError } from '../../src/errors.js';
 import { RdpAccountant } from '../../src/federated/dp.js';
@@ -243,6 +243,28 @@ describe('the ε budget is accounted per server across every dbName of the origi
     assert.notEqual(serverKey('https://agg.example/a%2Fb'), serverKey('https://agg.example/a/b'));
     assert.equal(serverKey('https://agg.example/a%2fb'), 'https://agg.example/a%2Fb');
     assert.equal(serverKey('http://127.0.0.1:8787/'), 'http://127.0.0.1:8787');
+  });
+
+  it('a ledger deletion that other code blocks never hangs later erases or uploads: they are refused after a while, and go on once it closes', { timeout: 60_000 }, async () => {
+    await recordInLedger('https://agg.example', 'shop-a', undefined, 1, () => undefined);
+    // Other code of the site holding the ledger open, never closing on versionchange.
+    const foreign = await new Promise<IDBDatabase>((resolve, reject) => {
+      const r = indexedDB.open(PRIVACY_LEDGER_DB);
+      r.onsuccess = () => resolve(r.result);
+      r.onerror = () => reject(r.error);
+    });
+    try {
+      // Its part removed; the empty ledger's deletion is given up (it stays queued): not a failure.
+      await forgetSpend('shop-a');
+      // Behind that queued deletion an open gets no event at all: refused after a while, not waited on for ever.
+      await assert.rejects(forgetSpend('shop-b'), (e: Error) => e.name === 'StorageError' && /opening the privacy ledger "localrec-privacy" is blocked by another connection/.test(e.message));
+      await assert.rejects(recordInLedger('https://agg.example', 'shop-b', undefined, 1, () => undefined), (e: Error) => e.name === 'StorageError');
+    } finally {
+      foreign.close();
+    }
+    // Once that connection closes, the deletion goes through and the ledger works again.
+    const view = await recordInLedger('https://agg.example', 'shop-b', undefined, 1, () => undefined);
+    assert.equal(view.total.releases, 1);
   });
 
   it('a ledger that cannot be read counts as spent', async () => {
