@@ -5,7 +5,7 @@
  * main-thread bundle carries it.
  */
 import { StorageError } from '../errors.js';
-import { BlockedError, unlessBlocked } from '../events/blocked.js';
+import { BlockedError, openIfExists, unlessBlocked } from '../events/blocked.js';
 
 /** The IndexedDB database every localrec instance of an origin records its ε in. */
 export const PRIVACY_LEDGER_DB = 'localrec-privacy';
@@ -39,33 +39,7 @@ const request = <T>(r: IDBRequest<T>): Promise<T> =>
  * behind a deletion that other code's open connection blocks, an open gets no event at all.
  */
 function openExisting(): Promise<IDBDatabase | null> {
-  return unlessBlocked((blocked, started) => openExistingNow(blocked, started), () => `opening the privacy ledger "${PRIVACY_LEDGER_DB}" is blocked by another connection of this site`, (late) => late?.close());
-}
-
-function openExistingNow(blocked: () => void, started: () => void): Promise<IDBDatabase | null> {
-  return new Promise((resolve, reject) => {
-    let absent = false;
-    const req = indexedDB.open(PRIVACY_LEDGER_DB);
-    // (Listeners, not on… properties: what idb uses, and so what stand-ins for a private window's
-    // IndexedDB implement.)
-    req.addEventListener('blocked', blocked);
-    req.addEventListener('upgradeneeded', () => {
-      started();
-      absent = true;
-      req.transaction?.abort();
-    });
-    req.addEventListener('success', () => {
-      const db = req.result;
-      // Another connection upgrades or deletes it: this one lets go.
-      db.onversionchange = () => db.close();
-      resolve(db);
-    });
-    req.addEventListener('error', (ev) => {
-      ev.preventDefault();
-      if (absent) resolve(null);
-      else reject(req.error);
-    });
-  });
+  return unlessBlocked((blocked, started) => openIfExists(PRIVACY_LEDGER_DB, blocked, started), () => `opening the privacy ledger "${PRIVACY_LEDGER_DB}" is blocked by another connection of this site`, (late) => late?.close());
 }
 
 /** Removes `dbName` from every record of an open ledger; how many records are left. */

@@ -60,3 +60,34 @@ export const blockedOpen = (name: string) => (): string =>
   `opening IndexedDB database "${name}" failed: it is blocked by another connection of this site (code other than localrec holding a database of that name open without closing it)`;
 export const blockedDeletion = (name: string) => (): string =>
   `deleting IndexedDB database "${name}" is blocked by another connection of this site (code other than localrec holding a database of that name open without closing it); its data stays until that connection closes, and the deletion, still queued, goes through then`;
+
+/**
+ * Opens the database `name` if it exists, at its current version; null when it does not (the open
+ * that would create it is aborted in its upgrade, which leaves none behind). Rejects with the
+ * request's error otherwise (IndexedDB refusing, as in private mode). The connection closes itself
+ * on `versionchange`. `blocked` and `started` are {@link unlessBlocked}'s. Plain IndexedDB with
+ * listeners, not on… properties: what idb uses, and so what stand-ins for a private window's
+ * IndexedDB implement.
+ */
+export function openIfExists(name: string, blocked: () => void = () => undefined, started: () => void = () => undefined): Promise<IDBDatabase | null> {
+  return new Promise((resolve, reject) => {
+    let absent = false;
+    const req = indexedDB.open(name);
+    req.addEventListener('blocked', blocked);
+    req.addEventListener('upgradeneeded', () => {
+      started();
+      absent = true;
+      req.transaction?.abort();
+    });
+    req.addEventListener('success', () => {
+      const db = req.result;
+      db.onversionchange = () => db.close();
+      resolve(db);
+    });
+    req.addEventListener('error', (ev) => {
+      ev.preventDefault();
+      if (absent) resolve(null);
+      else reject(req.error);
+    });
+  });
+}

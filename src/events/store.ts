@@ -1,7 +1,7 @@
 import { openDB, deleteDB, type DBSchema, type IDBPDatabase, type IDBPObjectStore, type IDBPTransaction } from 'idb';
 import { StorageError } from '../errors.js';
 import type { EventType, StoredEvent } from '../types.js';
-import { BlockedError, blockedDeletion, blockedOpen, unlessBlocked } from './blocked.js';
+import { BlockedError, blockedDeletion, blockedOpen, openIfExists, unlessBlocked } from './blocked.js';
 import { DEFAULT_MAX_AGE_DAYS, EVENT_SCHEMA_VERSION, FUTURE_SLACK_MS, storedEventProblem } from './schema.js';
 import { foldIntoLedger, ledgerKeeps, ledgerWithExpired, OFFER_LEDGER_KEY, type OfferLedger } from './offer-ledger.js';
 
@@ -939,29 +939,13 @@ export async function databaseExists(name: string): Promise<boolean | null> {
       return null;
     }
   }
-  return new Promise((resolve) => {
-    let req: IDBOpenDBRequest;
-    try {
-      req = indexedDB.open(name);
-    } catch {
-      resolve(null);
-      return;
-    }
-    let absent = false;
-    // (Listeners, not on… properties: what idb uses, and so what stand-ins for IndexedDB implement.)
-    req.addEventListener('upgradeneeded', () => {
-      absent = true;
-      req.transaction?.abort();
-    });
-    req.addEventListener('success', () => {
-      req.result.close();
-      resolve(true);
-    });
-    req.addEventListener('error', (ev) => {
-      ev.preventDefault();
-      resolve(absent ? false : null);
-    });
-  });
+  try {
+    const db = await openIfExists(name);
+    db?.close();
+    return db !== null;
+  } catch {
+    return null;
+  }
 }
 
 /**

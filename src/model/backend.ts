@@ -34,7 +34,6 @@ const NO_ADAPTER = 'no WebGPU adapter';
 const NO_WEBGPU = 'not offered by this browser (no navigator.gpu)';
 /** A backend whose file the worker could not load (not deployed beside it, say): in the probe's reason. */
 export const BACKEND_NOT_LOADED = 'could not be loaded';
-const NOT_LOADED = BACKEND_NOT_LOADED;
 
 /**
  * Backends whose code is fetched only when one is tried: the browser worker registers the GPU
@@ -65,7 +64,7 @@ async function loadBackend(name: BackendName): Promise<true | string> {
   try {
     await load();
   } catch (e) {
-    const why = `${NOT_LOADED} (${e instanceof Error ? e.message : String(e)})`;
+    const why = `${BACKEND_NOT_LOADED} (${e instanceof Error ? e.message : String(e)})`;
     loadFailures.set(name, why);
     return why;
   }
@@ -270,7 +269,7 @@ export async function selectBackend(opts: SelectOptions = {}): Promise<BackendCh
       // A backend absent from this deployment (its file not served) is absent at the next page
       // load too: the choice may stand for a week, rather than every visit paying the whole probe
       // and a failed fetch again.
-      if (outcome !== NOT_IN_BUILD && outcome !== NO_ADAPTER && outcome !== NO_WEBGPU && !outcome.startsWith(NOT_LOADED)) complete = false;
+      if (outcome !== NOT_IN_BUILD && outcome !== NO_ADAPTER && outcome !== NO_WEBGPU && !outcome.startsWith(BACKEND_NOT_LOADED)) complete = false;
       continue;
     }
     started.push(name);
