@@ -35,7 +35,8 @@ export class ValidationError extends LocalrecError {
  * left as it was, with one exception: a write of events refused for the browser's storage quota
  * first deletes what the shop can send again (the stored global model and neighbour table) and is
  * tried again; when that is not enough it evicts the oldest stored events (a tenth, at least as
- * many as the write holds) in a transaction of their own and is tried again, and when that retry
+ * many as the write holds and at least the room they take; none when the whole history takes less
+ * room than the write) in a transaction of their own and is tried again, and when that retry
  * fails too the error reaches the caller with those events gone (counted in `stats().evicted.quota`).
  */
 export class StorageError extends LocalrecError {

@@ -56,7 +56,9 @@ export interface Recommender {
    * (private mode: the device could not remember what it spent; see
    * `federated.allowWithoutStorage`), a NetworkError when the server is
    * unreachable after retries or refuses the update, a StorageError when the egress log cannot be
-   * stored before a request (storage full: the request is not sent). A call while a sync is under way gets that
+   * stored before a request (storage full: the request is not sent), or when the model received
+   * cannot be saved after the upload (its message says the update was sent and ε spent; the
+   * weights stored before stay in use). A call while a sync is under way gets that
    * sync's result (one update, one release of ε). Under secure aggregation with dropout recovery
    * it resolves when the cohort ends (`cohortOutcome`). `onProgress` reports each phase (waiting for
    * a cohort can take minutes: `{ phase: 'cohort', joined, size }`); `signal` cancels it (an

@@ -27,6 +27,9 @@ import type {
   Progress,
   Catalog,
   FederatedOptions,
+  ModelOptions,
+  RecommenderOptions,
+  RetentionOptions,
   Recommendation,
   RecommendOptions,
   Reason,
@@ -44,19 +47,19 @@ import type {
 /** What the engine needs to start; the same options as `createRecommender` minus the worker URL. */
 export interface EngineOptions {
   catalog: Catalog;
-  backend?: BackendName;
+  backend?: BackendName | undefined;
   /** Candidates the backend probe may pick from (default: all registered, best first): a non-empty array of backend names. */
-  backendCandidates?: readonly BackendName[];
-  dbName?: string;
-  retention?: Partial<Retention>;
-  model?: { dim?: number; halfLifeDays?: number; sessionDecay?: number; stepDecay?: number; seed?: number };
-  autoTrainEvery?: number;
+  backendCandidates?: readonly BackendName[] | undefined;
+  dbName?: string | undefined;
+  retention?: RetentionOptions | undefined;
+  model?: ModelOptions | undefined;
+  autoTrainEvery?: number | undefined;
   /** Training settings for `train()` (epochs come from TrainOptions when given). */
-  training?: Partial<TrainConfig>;
+  training?: Partial<TrainConfig> | undefined;
   /** Offers: the shop's public key(s) (JWK, ECDSA P-256) that signed offer catalogs must verify against. */
-  offers?: { publicKey: Jwk | readonly Jwk[]; minVersion?: number };
+  offers?: RecommenderOptions['offers'];
   /** Federated learning: where the aggregation server is, and this device's privacy budget. */
-  federated?: FederatedOptions;
+  federated?: FederatedOptions | undefined;
   /**
    * The shop's published neighbour table (`localrec neighbors` output, an absolute http(s) URL):
    * fetched once personalization is allowed, kept in IndexedDB, and used to rank. `timeoutMs`: how
@@ -64,9 +67,9 @@ export interface EngineOptions {
    * `downloadTimeoutMs`: how long the download may take; `refreshHours`: a stored table fetched less
    * than this long ago is used without a request.
    */
-  neighbors?: { url: string; timeoutMs?: number; downloadTimeoutMs?: number; refreshHours?: number };
+  neighbors?: { url: string; timeoutMs?: number | undefined; downloadTimeoutMs?: number | undefined; refreshHours?: number | undefined } | undefined;
   /** fetch to use for sync (tests, simulation); defaults to the global fetch. */
-  fetch?: FetchLike;
+  fetch?: FetchLike | undefined;
   /**
    * Consent at start. `personalization: false` keeps everything in memory and drops tracked
    * events (nothing touches IndexedDB) until `setConsent({ personalization: true })`;
@@ -74,27 +77,27 @@ export interface EngineOptions {
    * what the device stored. Absent: both granted (`default` in the consent history), except that a
    * withdrawal of federated learning stored on the device holds (`stored`; see mergeConsentHistory).
    */
-  consent?: { personalization: boolean; federated: boolean };
+  consent?: { personalization: boolean; federated: boolean } | undefined;
   /** The browser's Global Privacy Control signal (`navigator.globalPrivacyControl`). */
-  globalPrivacyControl?: boolean;
+  globalPrivacyControl?: boolean | undefined;
   /** Honour GPC by turning federated sync off (default true); false only when the host decided otherwise. */
-  honorGlobalPrivacyControl?: boolean;
+  honorGlobalPrivacyControl?: boolean | undefined;
   /** Clock, for tests. */
-  now?: () => number;
+  now?: (() => number) | undefined;
   /** A ready store, for tests; otherwise IndexedDB (or memory when IndexedDB is unavailable). */
-  store?: EventStore;
+  store?: EventStore | undefined;
   /**
    * Told after every consent change is applied, this tab's or another tab's: whether events are
    * stored now, and a number that grows with each change (the worker tells the page's gate).
    */
-  onConsent?: (personalization: boolean, version: number) => void;
+  onConsent?: ((personalization: boolean, version: number) => void) | undefined;
   /**
    * When the host's consent answer (`consent`) was read, ms since the epoch (default: when
    * `create()` is called; the page passes the time of `createRecommender()`, before its worker
    * loads). Another tab's consent change made after it is applied at start-up, also one made
    * while this engine was still starting; an earlier one is not applied over the host's answer.
    */
-  consentAsOf?: number;
+  consentAsOf?: number | undefined;
 }
 
 /** What is persisted in the `meta` store under {@link MODEL_KEY}. */
@@ -862,6 +865,7 @@ export class Engine {
     await this.syncing?.catch(() => undefined);
     await this.training?.catch(() => undefined);
     this.dataEpoch++;
+    this.unsavedEgress = [];
     this.stopNeighborFetch();
     // What the shopper did after the erase began (`at`: tracked in this tab just after the other
     // tab's erase() resolved, before its message came) is not part of what was erased: kept, and
@@ -877,6 +881,8 @@ export class Engine {
     // Each tab on memory (IndexedDB refused to open): this tab's own copy of the history goes too.
     if (this.store.kind === 'memory') await this.store.destroy();
     else this.store.reopenLazily?.();
+    // What was kept is written anew (a flush called before the erase left it queued).
+    if (!this.closed) this.scheduleFlush();
   }
 
   /**
@@ -1122,6 +1128,7 @@ export class Engine {
     // Events taken for writing before a withdrawal are not written after it (flush checks this).
     if (!next.personalization && was) {
       this.dataEpoch++;
+      this.unsavedEgress = [];
       this.stopNeighborFetch();
       // A training run stops at its next step, saving nothing (the withdrawal erases the weights).
       this.stopTrainingRun('training stopped by the withdrawal of consent to personalization');
@@ -1490,6 +1497,29 @@ export class Engine {
     old.dispose();
   }
 
+  /**
+   * Puts `table` in use with `saved` (before {@link persist}). The function returned puts back the
+   * weights in use before, when these could not be saved (storage full) and nothing replaced them
+   * since, so that what recommend() ranks by and stats() counts is what is stored (the events stay
+   * pending for the next run); it says whether it did.
+   */
+  private swapWeights(table: ItemTable, saved: Engine['saved']): () => boolean {
+    const before = { table: this.table, saved: this.saved };
+    const swap = (t: ItemTable, s: Engine['saved']) => {
+      this.table = t;
+      this.saved = s;
+      const old = this.scorer;
+      this.scorer = this.newScorer();
+      old.dispose();
+    };
+    swap(table, saved);
+    return () => {
+      if (this.table !== table) return false;
+      swap(before.table, before.saved);
+      return true;
+    };
+  }
+
   /** Revision of the stored weights this engine's table builds on ({@link persist}). */
   private modelRev = 0;
 
@@ -1750,7 +1780,8 @@ export class Engine {
         // which are logged before they go): an entry that cannot be stored is said in stats().
         if (epoch === this.dataEpoch) {
           await this.appendEgress([entry]).catch((e: unknown) => {
-            this.lastError = new StorageError(`GET ${url} was made, but its egress log entry could not be stored (${(e as Error).message})`, { cause: e });
+            if (epoch === this.dataEpoch) this.unsavedEgress.push(entry);
+            this.lastError = new StorageError(`GET ${url} was made, but its egress log entry could not be stored (${(e as Error).message}); it is kept in memory (audit() lists it) and stored with the next request logged`, { cause: e });
           });
         }
       }
@@ -1761,7 +1792,13 @@ export class Engine {
     if (entries.length === 0 || !this.consent.personalization || this.closed) return;
     // One transaction: another tab appending at the same time must not lose its entries, nor ours.
     const cutoff = this.recordCutoff();
-    await this.store.updateMeta<EgressEntry[]>(EGRESS_KEY, (log) => egressWith(log, entries, cutoff));
+    const held = this.unsavedEgress.splice(0);
+    try {
+      await this.store.updateMeta<EgressEntry[]>(EGRESS_KEY, (log) => egressWith(log, held.concat(entries), cutoff));
+    } catch (e) {
+      this.unsavedEgress.unshift(...held);
+      throw e;
+    }
   }
 
   private async neighborReady(): Promise<ActiveNeighbors | undefined> {
@@ -1843,24 +1880,39 @@ export class Engine {
       }
     }
     if (this.queue.length >= FLUSH_MAX) void this.flush().catch((e) => (this.lastError = e));
-    else if (this.queue.length && !this.flushTimer) {
-      this.flushTimer = setTimeout(() => void this.flush().catch((e) => (this.lastError = e)), FLUSH_DELAY_MS);
-    }
+    else this.scheduleFlush();
     if (firstError) throw firstError;
     return accepted;
   }
+
+  /** Queued events are written within {@link FLUSH_DELAY_MS} (unless a flush is already due). */
+  private scheduleFlush(): void {
+    if (this.queue.length && !this.flushTimer) {
+      this.flushTimer = setTimeout(() => void this.flush().catch((e) => (this.lastError = e)), FLUSH_DELAY_MS);
+    }
+  }
+
+  /** A flush chained behind the one writing, not started yet: later calls of the same data epoch share it. */
+  private flushWaiting: { run: Promise<void>; epoch: number } | undefined;
 
   /** Writes every queued event; resolves once they are in the store. */
   flush(): Promise<void> {
     if (this.flushTimer) clearTimeout(this.flushTimer);
     this.flushTimer = undefined;
-    const batch = this.queue;
-    this.queue = [];
     const epoch = this.dataEpoch;
+    // One not started yet takes, when it starts, every event queued by then: this call's too.
+    if (this.flushWaiting?.epoch === epoch) return this.flushWaiting.run;
     // Chained so that batches land in order and a failed batch does not block later ones.
-    const run = this.flushing.then(async () => {
-      // Taken before a consent withdrawal or an erase: those events are gone with the rest.
-      if (batch.length === 0 || epoch !== this.dataEpoch) return;
+    const run: Promise<void> = this.flushing.then(async () => {
+      if (this.flushWaiting?.run === run) this.flushWaiting = undefined;
+      // Called before a consent withdrawal or an erase: what was queued then is gone with the rest.
+      if (epoch !== this.dataEpoch) return;
+      // Taken when the write starts, not when flush() was called: a batch that an earlier flush
+      // (an automatic one) could not store was put back in the queue, and this flush must not
+      // resolve before it is stored too.
+      const batch = this.queue;
+      this.queue = [];
+      if (batch.length === 0) return;
       let r: AddResult;
       // The cached events, brought up to date from what the write says it changed (a shopper's
       // every product page tracks a view then asks for recommendations: at 5,000 stored events a
@@ -1892,6 +1944,7 @@ export class Engine {
       await this.persistConsent().catch((e) => (this.lastError = e));
       this.maybeAutoTrain();
     });
+    this.flushWaiting = { run, epoch };
     this.flushing = run.catch(() => undefined);
     return run;
   }
@@ -2033,7 +2086,7 @@ export class Engine {
   private async readEgress(): Promise<EgressEntry[]> {
     const read = readEgressLog(await this.store.getMeta(EGRESS_KEY));
     if (read.damaged) this.noteDamaged(EGRESS_KEY, 'its well-formed entries are listed, and the next request logged replaces it with them');
-    return trimEgress(read.value, this.recordCutoff());
+    return trimEgress(settlePending(read.value, this.unsavedEgress), this.recordCutoff()).slice(-EGRESS_MAX);
   }
 
   /** The catalog rows of `recommend({ candidates })`, each once; undefined when not given. */
@@ -2295,6 +2348,7 @@ export class Engine {
       report({ phase: 'loading', done: 0, total: 1 });
       let stats: Awaited<ReturnType<typeof trainItemTable>>;
       let through: number;
+      let trained: ItemTable;
       // Trains a copy of the table, swapped in when the run ends: a run that fails part-way leaves
       // the weights in use as they were, and recommend() meanwhile explains its ranking with the
       // weights it ranks by. New weights taken meanwhile (another tab's, which a recommend() call
@@ -2318,7 +2372,7 @@ export class Engine {
         // the device would lose its model): the run fails, the weights in use stay as they were.
         checkItemTable(work);
         if (this.table === table) {
-          this.table = work;
+          trained = work;
           break;
         }
         if (attempt === 3) throw new ModelError('training was overtaken three times by newer weights from another tab; the events stay pending for the next run');
@@ -2328,11 +2382,13 @@ export class Engine {
       report({ phase: 'saving', done: 0, total: 1 });
       // Events stored while it trained were not in its profile: they stay pending (auto-training sees them).
       // A run with nothing to learn (no steps) changes no weight: it is not a training time to report.
-      this.saved = { ...this.saved, trainedAt: stats.steps > 0 ? this.now() : this.saved.trainedAt, trainSteps: this.saved.trainSteps + stats.steps, trainedThroughId: through };
-      const old = this.scorer;
-      this.scorer = this.newScorer();
-      old.dispose();
-      await this.persist();
+      const undo = this.swapWeights(trained, { ...this.saved, trainedAt: stats.steps > 0 ? this.now() : this.saved.trainedAt, trainSteps: this.saved.trainSteps + stats.steps, trainedThroughId: through });
+      try {
+        await this.persist();
+      } catch (e) {
+        undo();
+        throw e;
+      }
       report({ phase: 'saving', done: 1, total: 1 });
       return { steps: stats.steps, examples: stats.examples, firstLoss: stats.steps > 0 ? stats.firstLoss : null, lastLoss: stats.steps > 0 ? stats.lastLoss : null, ms: performance.now() - t0, backend: this.backend.backend };
     })();
@@ -2668,14 +2724,16 @@ export class Engine {
       next.bias[i] = r.local.bias[g]!;
     });
     next.version = r.global.version;
-    this.table = next;
+    const undo = this.swapWeights(next, { ...this.saved, trainedAt: this.now(), trainedThroughId: replaced ? through : Math.max(this.saved.trainedThroughId, through), globalHash: r.globalHash, globalServer: this.serverKey() });
     const changed = this.heldGlobal?.hash !== r.globalHash;
+    const held = this.heldGlobal;
     this.heldGlobal = { table: r.global, hash: r.globalHash };
-    this.saved = { ...this.saved, trainedAt: this.now(), trainedThroughId: replaced ? through : Math.max(this.saved.trainedThroughId, through), globalHash: r.globalHash, globalServer: this.serverKey() };
-    const old = this.scorer;
-    this.scorer = this.newScorer();
-    old.dispose();
-    await this.persist();
+    try {
+      await this.persist();
+    } catch (e) {
+      if (undo()) this.heldGlobal = held;
+      throw e;
+    }
     if (changed) {
       // Public data (the same for every device), kept so that the next sync, after a reload too, only
       // downloads the model when the server has published a new version. Only a cache: a failure to
@@ -2774,7 +2832,7 @@ export class Engine {
       const accountant = (await this.spending()).total;
       return { version: this.table.version, sent: false, uploadedBytes: 0, epsilon: accountant.epsilon(fed.delta), budget, published: null, modelChanged: r.changed };
     } finally {
-      await this.finalCheckpoint(checkpoint);
+      await this.finalCheckpoint(checkpoint, egress);
     }
   }
 
@@ -2783,11 +2841,16 @@ export class Engine {
    * outcome into a failure (an update sent, its ε spent, would be retried, spending again): the
    * entries it could not store are named in `stats().lastError`.
    */
-  private async finalCheckpoint(checkpoint: () => Promise<void>): Promise<void> {
+  private async finalCheckpoint(checkpoint: () => Promise<void>, egress: EgressEntry[]): Promise<void> {
     await checkpoint().catch((e: unknown) => {
-      this.lastError = new StorageError(`sync: the egress log could not be stored when the sync ended (${(e as Error).message}); requests it made since the last stored entry are missing from audit().egress.log`, { cause: e });
+      // Kept in memory, listed by audit() and egressLog(), and stored with the next request logged.
+      this.unsavedEgress.push(...egress.splice(0));
+      this.lastError = new StorageError(`sync: the egress log could not be stored when the sync ended (${(e as Error).message}); its last entries are kept in memory (audit() lists them) and stored with the next request logged, or lost if the page closes first`, { cause: e });
     });
   }
+
+  /** Egress entries of this data epoch whose write failed (storage full): listed, and stored with the next ones. */
+  private unsavedEgress: EgressEntry[] = [];
 
   /**
    * A sync's egress entries as they come (`egress`), and `checkpoint`, which stores those not yet
@@ -2914,7 +2977,14 @@ export class Engine {
       });
       // Sent as noise only because training failed on this history: the host sees why, the server not.
       if (r.localStepFailed) this.lastError = new ModelError(`sync: ${r.localStepFailed}; ${r.budgetSpent ? 'the global model is used as it came' : 'a noise-only update was sent in its place'}`);
-      await this.adoptGlobal(r, through, table);
+      try {
+        await this.adoptGlobal(r, through, table);
+      } catch (e) {
+        if (!(e instanceof StorageError) || !r.sent) throw e;
+        // After the upload: the caller must not take this for a sync that sent nothing (and retry
+        // it as one, spending again).
+        throw new StorageError(`sync: the update was sent (${r.uploadedBytes} bytes, accepted by the server) and ε is spent (${r.epsilon.toFixed(3)} of ${budget}), but the global model received could not be saved: ${e.message}. The weights stored before the sync stay in use; the next sync downloads the model again`, { cause: e });
+      }
       const info: SyncResultInfo = {
         version: r.global.version,
         modelChanged: r.globalHash !== before,
@@ -2946,7 +3016,7 @@ export class Engine {
       throw e;
     } finally {
       // Whatever happened, what was sent (or tried) is logged (the ε spent was stored before the upload).
-      await this.finalCheckpoint(checkpoint);
+      await this.finalCheckpoint(checkpoint, egress);
     }
   }
 
@@ -3547,6 +3617,7 @@ export class Engine {
     // No new sync may start (sync() and the automatic one check it) while erasing waits for what runs.
     this.closing = true;
     this.dataEpoch++;
+    this.unsavedEgress = [];
     this.queue = [];
     if (this.flushTimer) clearTimeout(this.flushTimer);
     this.flushTimer = undefined;

@@ -133,9 +133,19 @@ export function quotaEvictedBy(e: unknown): number {
 export const DEFAULT_RETENTION: Retention = { maxEvents: 5000, maxAgeDays: DEFAULT_MAX_AGE_DAYS };
 /**
  * On a quota error, this share of the stored events (oldest first, at least as many as the batch
- * being written) is evicted before the single retry.
+ * being written and at least the room it takes) is evicted before the single retry.
  */
 export const QUOTA_EVICT_FRACTION = 0.1;
+
+/**
+ * About how much room events take in IndexedDB, to compare a write with what evicting would free:
+ * their JSON length plus a record's keys and index entries (a structured clone is about as long).
+ */
+export function eventsBytes(events: readonly StoredEvent[]): number {
+  let n = 0;
+  for (const e of events) n += JSON.stringify(e).length + 64;
+  return n;
+}
 
 /** QuotaExceededError as browsers report it (Firefox used NS_ERROR_DOM_QUOTA_REACHED; legacy code 22). */
 export function isQuotaError(e: unknown): boolean {
@@ -377,12 +387,14 @@ export class IdbEventStore implements EventStore {
 
   async add(events: StoredEvent[]): Promise<AddResult> {
     if (events.length === 0) return { evicted: 0 };
+    let quotaError: unknown;
     try {
       const r = await this.addOnce(events);
       this.overQuota = false;
       return r;
     } catch (e) {
       if (!isQuotaError(e)) throw storageError(`storing ${events.length} event(s)`, e);
+      quotaError = e;
       // Evicting did not make room last time (something else fills the site's quota): evicting
       // again at every write would empty the history a tenth at a time and still store nothing.
       if (this.overQuota) {
@@ -412,9 +424,15 @@ export class IdbEventStore implements EventStore {
     try {
       const db = await this.conn();
       const stored = await db.count('events');
-      quotaEvicted = await this.evictOldest(Math.max(events.length, Math.ceil(stored * QUOTA_EVICT_FRACTION)));
+      quotaEvicted = await this.evictOldest(Math.max(events.length, Math.ceil(stored * QUOTA_EVICT_FRACTION)), eventsBytes(events));
     } catch (e) {
       throw storageError(`evicting old events after a quota error while storing ${events.length} event(s)`, e);
+    }
+    if (quotaEvicted === 0) {
+      // Evicting the whole history would not free the room these take (long search queries
+      // against a short history of views): the shopper would lose it and store nothing.
+      this.overQuota = true;
+      throw storageError(`storing ${events.length} event(s) (over the storage quota; the stored events take less room than these, so none were evicted)`, quotaError);
     }
     try {
       const r = await this.addOnce(events);
@@ -500,16 +518,29 @@ export class IdbEventStore implements EventStore {
   }
 
   /** Deletes up to `n` of the oldest events (by time) in one transaction; returns how many. */
-  private async evictOldest(n: number): Promise<number> {
+  /**
+   * Deletes the oldest stored events, at least `n` and at least `bytes` of them by
+   * {@link eventsBytes}, in a transaction of their own (Chromium counts a transaction's writes
+   * against the quota without subtracting what it deletes: an eviction frees room only once
+   * committed). When all of them together take less than `bytes`, deletes none and returns 0.
+   */
+  private async evictOldest(n: number, bytes: number): Promise<number> {
     const tx = (await this.conn()).transaction(['events', 'meta'], 'readwrite');
     const kept: StoredEvent[] = [];
     let evicted = 0;
+    let freed = 0;
     let c = await tx.objectStore('events').index('t').openCursor();
-    while (c && evicted < n) {
+    while (c && (evicted < n || freed < bytes)) {
       if (ledgerKeeps(c.value)) kept.push(c.value);
+      freed += eventsBytes([c.value]);
       await c.delete();
       evicted++;
       c = await c.continue();
+    }
+    if (freed < bytes) {
+      tx.abort();
+      await tx.done.catch(() => undefined);
+      return 0;
     }
     // Deleting frees room; the ledger grows with the number of offers, not of events.
     await foldRemoved(tx, kept);

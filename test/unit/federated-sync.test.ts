@@ -6,10 +6,10 @@ import type { TrackEvent } from '../../src/types.js';
 import 'fake-indexeddb/auto';
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { EGRESS_KEY, Engine, PRIVACY_KEY, settlePending } from '../../src/engine/engine.js';
+import { EGRESS_KEY, Engine, MODEL_KEY, PRIVACY_KEY, settlePending } from '../../src/engine/engine.js';
 import type { AccountantState } from '../../src/federated/dp.js';
 import { MemoryEventStore } from '../../src/events/store.js';
-import { isModelError, isNetworkError, isPrivacyBudgetError, isValidationError } from '../../src/errors.js';
+import { isModelError, isNetworkError, isPrivacyBudgetError, isStorageError, isValidationError, StorageError } from '../../src/errors.js';
 import { RdpAccountant } from '../../src/federated/dp.js';
 import { maxModelBytes, PRIVATE_FETCH, syncOnce } from '../../src/federated/sync.js';
 import { encodeModel } from '../../src/federated/wire.js';
@@ -225,23 +225,65 @@ describe('sync()', () => {
     }
   });
 
-  it('a sync whose last store of the egress log fails still reports the update it sent (not a failure to retry, spending again); lastError says what is missing', async () => {
+  it('a sync whose last store of the egress log fails still reports the update it sent (not a failure to retry, spending again); the entries are kept in memory and stored with the next request', async () => {
+    let full = true;
+    const written: EgressEntry[][] = [];
     class Store extends MemoryEventStore {
       override async updateMeta<T>(key: string, update: (current: T | undefined) => T): Promise<T> {
         // Storage fills up by the time the upload's answer is stored.
         if (key === EGRESS_KEY) {
           const next = update((await this.getMeta<T>(key)) as T | undefined) as unknown as EgressEntry[];
-          if (next.some((x) => x.kind === 'update' && x.status === 202)) throw Object.assign(new Error('QuotaExceededError (simulated)'), { name: 'QuotaExceededError' });
+          if (full && next.some((x) => x.kind === 'update' && x.status === 202)) throw Object.assign(new Error('QuotaExceededError (simulated)'), { name: 'QuotaExceededError' });
+          written.push(next);
         }
         return super.updateMeta(key, update);
       }
     }
-    const e = await deviceAt(server.url, ['sku-36', 'sku-37', 'sku-38'], { store: new Store() });
+    const store = new Store();
+    const e = await deviceAt(server.url, ['sku-36', 'sku-37', 'sku-38'], { store });
     try {
       const r = await e.sync();
       assert.equal(r.sent, true);
-      assert.match((await e.stats()).lastError ?? '', /egress log could not be stored when the sync ended \(QuotaExceededError \(simulated\)\); requests it made since the last stored entry are missing/);
-      assert.deepEqual((await e.egressLog()).map((x) => [x.kind, x.status, x.pending]), [['config', 200, undefined], ['model', 200, undefined], ['update', 0, true]], 'the upload stays as stored: pending');
+      assert.match((await e.stats()).lastError ?? '', /egress log could not be stored when the sync ended \(QuotaExceededError \(simulated\)\); its last entries are kept in memory/);
+      const shown = [['config', 200, undefined], ['model', 200, undefined], ['update', 202, undefined]];
+      assert.deepEqual((await e.egressLog()).map((x) => [x.kind, x.status, x.pending]), shown, 'the upload\'s answer is listed (from memory)');
+      assert.deepEqual((await store.getMeta<EgressEntry[]>(EGRESS_KEY))!.map((x) => [x.kind, x.status]), [['config', 200], ['model', 200], ['update', 0]], 'stored: still pending');
+      // Room again: the next request logged (a receiving sync's) stores it, once.
+      full = false;
+      await e.sync({ contribute: false });
+      const stored = (await store.getMeta<EgressEntry[]>(EGRESS_KEY))!;
+      assert.deepEqual(stored.slice(0, 3).map((x) => [x.kind, x.status, x.pending]), shown);
+      assert.equal(stored.filter((x) => x.kind === 'update').length, 1);
+      assert.deepEqual(await e.egressLog(), stored);
+    } finally {
+      await e.close();
+    }
+  });
+
+  it('a sync whose received model cannot be saved after the upload says the update was sent and ε spent, and keeps the weights stored before', async () => {
+    let full = false;
+    class Store extends MemoryEventStore {
+      override async updateMeta<T>(key: string, update: (current: T | undefined) => T): Promise<T> {
+        // (As IdbEventStore reports it.)
+        if (full && key === MODEL_KEY) throw new StorageError('saving "model" failed: QuotaExceededError (simulated)');
+        return super.updateMeta(key, update);
+      }
+    }
+    const e = await deviceAt(server.url, ['sku-39', 'sku-40', 'sku-41'], { store: new Store() });
+    try {
+      const before = await e.stats();
+      const ranked = (await e.recommend({ k: 5 })).map((x) => [x.itemId, x.score]);
+      full = true;
+      await assert.rejects(e.sync(), (err) => isStorageError(err) && /the update was sent \(\d+ bytes, accepted by the server\) and ε is spent \(\d/.test((err as Error).message) && /QuotaExceededError/.test((err as Error).message));
+      const after = await e.stats();
+      assert.ok(after.privacy.epsilon > before.privacy.epsilon, 'ε spent');
+      assert.deepEqual([after.model.version, after.model.trainSteps, after.model.pendingEvents], [before.model.version, before.model.trainSteps, before.model.pendingEvents], 'the model in use is the one stored');
+      assert.deepEqual((await e.recommend({ k: 5 })).map((x) => [x.itemId, x.score]), ranked);
+      assert.equal((await e.egressLog()).filter((x) => x.kind === 'update' && x.status === 202).length, 1);
+      // Room again: the next sync downloads the model and saves it.
+      full = false;
+      const r = await e.sync({ contribute: false });
+      assert.equal(r.version, (await e.stats()).model.version);
     } finally {
       await e.close();
     }

@@ -134,6 +134,19 @@ export async function page(): Promise<void> {
   const stats: readonly LedgerOfferStats[] = ledger ? ledger.offers : [];
   stats.length;
 }
+
+// The Node entry's options take explicit undefined too (the same validation runs on both).
+import { Engine } from '../../src/node.js';
+import type { EngineOptions } from '../../src/node.js';
+const engineOptions: EngineOptions = {
+  catalog: { items: [item] }, backend: undefined, backendCandidates: undefined, dbName: maybe,
+  retention: { maxEvents: maybeNumber, maxAgeDays: undefined }, model: { dim: maybeNumber, seed: undefined },
+  autoTrainEvery: maybeNumber, training: undefined, offers: { publicKey: key, minVersion: maybeNumber },
+  federated: undefined, neighbors: { url: 'https://shop.example/neighbors.bin', timeoutMs: maybeNumber, refreshHours: undefined },
+  fetch: undefined, consent: undefined, globalPrivacyControl: undefined, honorGlobalPrivacyControl: undefined,
+  now: undefined, store: undefined, onConsent: undefined, consentAsOf: maybeNumber,
+};
+export const engine = (): Promise<Engine> => Engine.create(engineOptions);
 `;
 }
 

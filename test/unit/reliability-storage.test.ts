@@ -14,8 +14,8 @@ import { strict as assert } from 'node:assert';
 import { after, describe, it } from 'node:test';
 import { openDB } from 'idb';
 import { Engine, MODEL_KEY } from '../../src/engine/engine.js';
-import { isStorageError } from '../../src/errors.js';
-import { IdbEventStore, QUOTA_EVICT_FRACTION } from '../../src/events/store.js';
+import { isStorageError, StorageError } from '../../src/errors.js';
+import { eventsBytes, IdbEventStore, MemoryEventStore, QUOTA_EVICT_FRACTION } from '../../src/events/store.js';
 import type { StoredEvent } from '../../src/types.js';
 import '../../src/model/tf.js';
 
@@ -105,6 +105,55 @@ describe('QuotaExceededError on write', () => {
     assert.equal(after.evicted, 0);
     assert.equal(after.quotaEvicted, undefined);
     await s.destroy();
+  });
+
+  // Found by a review of running out of room (stop 36): 100 searches of ~400 characters against
+  // 200 stored views evicted half the history, and the write failed all the same.
+  it('evicts by room as well as by count, and evicts nothing when the whole history takes less room than the write', async () => {
+    const s = await IdbEventStore.open('quota-bytes');
+    await s.add(Array.from({ length: 20 }, (_, i) => ev(i)));
+    const long = (i: number): StoredEvent => ({ type: 'search', query: `q${i} ${'x'.repeat(300)}`, t: now - 1_000 + i });
+    // Two long searches take the room of ~11 views: more than the tenth (2) or the count (2).
+    const stored = await s.all();
+    quotaFailures = 1;
+    const r = await s.add([long(0), long(1)]);
+    const need = eventsBytes([long(0), long(1)]);
+    let freed = 0;
+    let n = 0;
+    while (freed < need) freed += eventsBytes([stored[n++]!]);
+    assert.ok(n > 2, `the room rule evicts more than the count rule (${n})`);
+    assert.equal(r.quotaEvicted, n);
+    assert.equal(await s.count(), 20 - n + 2);
+    // The rest of the history (20 - n views) takes less room than 20 long searches: nothing is evicted.
+    const before = (await s.all()).map((e) => e.t);
+    quotaFailures = 2;
+    await assert.rejects(s.add(Array.from({ length: 20 }, (_, i) => long(10 + i))), (e) => isStorageError(e) && /none were evicted/.test((e as Error).message) && /QuotaExceededError/.test((e as Error).message));
+    assert.deepEqual((await s.all()).map((e) => e.t), before, 'the stored history is intact');
+    quotaFailures = 0;
+    await s.destroy();
+  });
+
+  it('flush() rejects while events an automatic flush could not store are still unstored', async () => {
+    const catalog = { items: Array.from({ length: 10 }, (_, i) => ({ id: `p${i}` })) };
+    const e = await Engine.create({ catalog, backend: 'cpu', autoTrainEvery: 0, dbName: 'quota-autoflush' });
+    try {
+      e.enqueue([{ type: 'view', itemId: 'p0', t: now - 60_000 }]);
+      await e.flush();
+      quotaFailures = 1_000;
+      // 200 queued events start an automatic flush, which takes them and fails.
+      e.enqueue(Array.from({ length: 200 }, (_, i) => ({ type: 'view', itemId: `p${i % 10}`, t: now - 50_000 + i })));
+      await assert.rejects(e.flush(), (err) => isStorageError(err) && /quota/.test((err as Error).message));
+      const st = await e.stats();
+      assert.equal(st.queued, 200, 'every unstored event is still queued');
+      assert.equal(st.events.total, 1);
+      // Room again: one flush stores them all.
+      quotaFailures = 0;
+      await e.flush();
+      assert.deepEqual([(await e.stats()).queued, (await e.stats()).events.total], [0, 201]);
+    } finally {
+      quotaFailures = 0;
+      await e.erase();
+    }
   });
 
   it('an Engine flushing into a full store keeps every new event (oldest evicted) and nothing is re-queued', async () => {
@@ -220,14 +269,14 @@ describe('the worker terminated mid-training', () => {
       /worker terminated/,
     );
     assert.ok(calls >= 3, 'the kill landed after training had changed the table');
-    const dirty = a.itemTable().factors.slice();
+    // The engine whose save failed is back on the weights stored (stop 36), not the unsaved ones.
+    assert.deepEqual(Array.from(a.itemTable().factors), Array.from(saved!.factors), 'the failed run\'s weights are not in use');
     // The dead worker's connection is simply abandoned (never closed), as a terminated worker's is.
     const b = await Engine.create(opts);
     const st = await b.stats();
     assert.equal(st.events.total, 18, 'every flushed event is back');
     assert.equal(st.model.trainSteps, saved!.trainSteps, 'the last saved run');
     assert.deepEqual(Array.from(b.itemTable().factors), Array.from(saved!.factors), 'weights are the last good ones, bit for bit');
-    assert.notDeepEqual(Array.from(dirty), Array.from(saved!.factors), 'the half-trained weights never reached the store');
     assert.equal(st.model.pendingEvents, 6, 'the events after the last saved run are pending for the next one');
     const r = await b.train({ epochs: 1 });
     assert.ok(r.steps > 0);
@@ -288,6 +337,36 @@ describe('IndexedDB unavailable (private mode)', () => {
 describe('storage failures lose nothing and store nothing twice', () => {
   // p5 is never tracked: recommend() has something left to rank once the rest are seen.
   const catalog = { items: Array.from({ length: 6 }, (_, i) => ({ id: `p${i}`, popularity: 6 - i })) };
+
+  // Found by a review of running out of room (stop 36): the weights were put in use before the
+  // save failed, so recommend() ranked, and stats() counted, what a reload would not find.
+  it('a train() whose weights cannot be saved changes nothing: the weights, steps and pending events stay as stored', async () => {
+    let full = false;
+    class Store extends MemoryEventStore {
+      override async updateMeta<T>(key: string, update: (current: T | undefined) => T): Promise<T> {
+        if (full && key === MODEL_KEY) throw new StorageError('saving "model" failed: QuotaExceededError (simulated)');
+        return super.updateMeta(key, update);
+      }
+    }
+    const e = await Engine.create({ catalog, backend: 'cpu', autoTrainEvery: 0, store: new Store() });
+    try {
+      e.enqueue(Array.from({ length: 12 }, (_, i) => ({ type: 'view', itemId: `p${i % 4}`, t: now - 1_000 + i })));
+      await e.flush();
+      const before = (await e.stats()).model;
+      const ranked = (await e.recommend({ k: 2 })).map((x) => [x.itemId, x.score]);
+      full = true;
+      await assert.rejects(e.train({ epochs: 2 }), (err) => isStorageError(err) && /QuotaExceededError/.test((err as Error).message));
+      const afterFail = (await e.stats()).model;
+      assert.deepEqual([afterFail.trainSteps, afterFail.pendingEvents, afterFail.trainedAt], [before.trainSteps, before.pendingEvents, before.trainedAt]);
+      assert.deepEqual((await e.recommend({ k: 2 })).map((x) => [x.itemId, x.score]), ranked, 'ranked by the stored weights');
+      full = false;
+      const r = await e.train({ epochs: 2 });
+      assert.ok(r.steps > 0);
+      assert.equal((await e.stats()).model.pendingEvents, 0);
+    } finally {
+      await e.erase();
+    }
+  });
 
   it('a write that fails for the quota even after evicting evicts no more until a write succeeds; reads keep working', async () => {
     const store = await IdbEventStore.open('quota-stuck');
