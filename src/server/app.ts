@@ -230,8 +230,15 @@ export function createApp(rounds: RoundCoordinator, opts: AppOptions): Hono {
       c.header('Retry-After', '30');
       // Except a masked upload that stays stored though its cohort may not have recorded it
       // (rounds.ts, UploadKeptError): the same upload again finishes it.
+      // And while a publish is owed for want of disk space (rounds.ts, PublishOwedError): uploads
+      // are refused until it succeeds, so that the room freed goes to it; the health check says so.
       const kept = (err as { uploadKept?: boolean }).uploadKept === true;
-      const error = kept ? 'the server cannot reach its storage right now; the upload is stored, but not every step of taking it was: send the same upload again later' : 'the server cannot reach its storage right now; nothing was stored, retry later';
+      const owed = (err as { publishOwed?: boolean }).publishOwed === true;
+      const error = kept
+        ? 'the server cannot reach its storage right now; the upload is stored, but not every step of taking it was: send the same upload again later'
+        : owed
+          ? 'a publish is owed and the disk is full: the server takes no uploads until the next version is published; nothing was stored, retry later'
+          : 'the server cannot reach its storage right now; nothing was stored, retry later';
       return c.json({ error, reason: 'storage-unavailable' }, 503);
     }
     opts.log(`internal error on ${methodLabel(c.req.method)} ${routePattern(c)}: ${err.stack ?? err.message}`, { event: 'internal-error', level: 'error', method: methodLabel(c.req.method), route: routePattern(c) });

@@ -7,7 +7,7 @@ import { isStorageError, ModelError, StorageError } from '../errors.js';
 import { bytesEqual, decodeModel, decodeUpdate, decodeUpdateHeader, beyondModelMagnitude, encodeModel, fromHex, MAX_MODEL_MAGNITUDE, sha256, toHex, type QuantizedUpdate } from '../federated/wire.js';
 import type { ItemTable } from '../model/item-table.js';
 import { applyFedAdam, applyFedAvg, robustVarianceFactor, roundingVariance, RoundCombiner, shrinkRows, DEFAULT_FEDADAM, type AggregatorName, type FedAdamOptions, type RobustName } from './aggregate.js';
-import { StorageConflictError, type NewUpdate, type PendingRef, type PendingUpdate, type Storage, type StoredVersion } from './storage.js';
+import { isDiskFull, StorageConflictError, type NewUpdate, type PendingRef, type PendingUpdate, type Storage, type StoredVersion } from './storage.js';
 import { MaskedSum, RecoveredSum } from './masked-sum.js';
 import { steadyClock } from './clock.js';
 import { checkUpdate, reject, type Rejection, type UpdatePolicy } from './validate-update.js';
@@ -379,6 +379,20 @@ export class UploadKeptError extends StorageError {
   }
 }
 
+/**
+ * A storage error answering an upload while a publish is owed for want of disk space (the last
+ * attempt to publish failed so): the upload is not taken (nothing of it stays stored), so that the
+ * room an operator frees goes to the publish, not to more pending updates. Answered 503
+ * (`storage-unavailable`, Retry-After) like any storage error, saying why; `/v1/health` answers
+ * with it too until a publish succeeds.
+ */
+export class PublishOwedError extends StorageError {
+  readonly publishOwed = true;
+  constructor(cause?: unknown) {
+    super(`a publish is owed and the disk is full: the last attempt to publish the next version failed for want of space, and no upload is taken until one succeeds${cause ? ` (${(cause as Error).message ?? String(cause)})` : ''}`, cause === undefined ? undefined : { cause });
+  }
+}
+
 /** How long after a failed aggregation the next is tried, at the soonest. */
 const RETRY_INTERVAL_MS = 1000;
 
@@ -605,7 +619,20 @@ export class RoundCoordinator {
    * balancer sees the server cannot store however busy the other endpoints keep it.
    */
   get storageFault(): unknown {
-    return this.lastLookError ?? this.lastWriteError;
+    return this.lastLookError ?? this.publishOwedFault() ?? this.lastWriteError;
+  }
+
+  /**
+   * Whether a publish is owed because its last attempt failed for want of disk space (until one
+   * succeeds): uploads are refused meanwhile ({@link store}), and `/v1/health` says so.
+   */
+  get publishOwedForDisk(): boolean {
+    return this.failing?.diskFull === true;
+  }
+
+  /** A {@link PublishOwedError} while {@link publishOwedForDisk}, else undefined. */
+  private publishOwedFault(): PublishOwedError | undefined {
+    return this.publishOwedForDisk ? new PublishOwedError() : undefined;
   }
   private lastLookError: unknown = undefined;
   /** The storage error the last update, publish or discard failed with; cleared by the next that succeeds. */
@@ -646,6 +673,10 @@ export class RoundCoordinator {
    * fault ends once the store takes writes again even when no upload comes to prove it.
    */
   async checkStorage(): Promise<unknown> {
+    // A publish owed for want of disk space: that is the answer until a publish succeeds (a probe,
+    // an upload-sized write, may well succeed meanwhile, and would only take room the publish needs).
+    const owed = this.publishOwedFault();
+    if (owed) return owed;
     const probe = this.storage.probeWrite?.bind(this.storage);
     if (this.lastWriteError !== undefined && probe && this.clock() - this.lastWriteCheck >= 1000) {
       this.lastWriteCheck = this.clock();
@@ -798,7 +829,21 @@ export class RoundCoordinator {
    * Runs inside the queue.
    */
   private async store(u: NewUpdate, replayed: string, ready: (id: number, again: boolean) => boolean | Promise<boolean | Rejection>): Promise<Accepted | Rejection> {
-    let r = await this.write(() => this.storage.addUpdate(u));
+    // While a publish is owed for want of disk space (publishOwedForDisk) the room an operator frees
+    // must go to it: taken by new updates, it would be full again with nothing published, however
+    // long the backlog grew. A masked upload is refused before it is stored, unless an earlier
+    // attempt of it was (its answer lost: it takes no more room, and its cohort may need it). A
+    // plain one is stored and the owed round tried with it at once (below): taken when the publish
+    // succeeds, taken out again and refused when it fails.
+    const owed = this.publishOwedForDisk;
+    if (owed && this.cohorts && !(await this.storage.pendingByNonce(u.nonce))) throw new PublishOwedError();
+    let r: { id: number } | 'replayed';
+    try {
+      r = await this.write(() => this.storage.addUpdate(u));
+    } catch (e) {
+      if (owed && isDiskFull(e)) throw new PublishOwedError(e);
+      throw e;
+    }
     let again = false;
     if (r === 'replayed') {
       // The same body under the same nonce, still pending: the first attempt was stored but its
@@ -876,6 +921,16 @@ export class RoundCoordinator {
         }
       }
       if (this.cur.version > before) published = this.cur.version;
+      else if (owed && !again && this.publishOwedForDisk) {
+        // The owed publish failed again for want of space: this update is taken out again, so that
+        // the 503 is true and its room goes to the next attempt (retryAggregation, once a second).
+        // One the store cannot take out either stays stored, and is accepted as stored.
+        const id = r.id;
+        if (await this.write(() => this.storage.discard([id])).then(() => true, () => false)) {
+          this.pendingN = await this.storage.pendingCount().catch(() => this.pendingN - 1);
+          throw new PublishOwedError();
+        }
+      }
     }
     const out: Accepted = { ok: true, id: r.id, version: this.cur.version, pending: this.pendingN };
     if (published !== undefined) out.published = published;
@@ -1183,7 +1238,7 @@ export class RoundCoordinator {
   /** Aggregations that failed (not a conflict with another process) since this process started. */
   private roundFailuresN = 0;
   /** Set while rounds fail: since when (wall clock) and with what, as `/v1/rounds/current` shows it. */
-  private failing: { since: number; error: string; attempts: number; storage: boolean } | undefined;
+  private failing: { since: number; error: string; attempts: number; storage: boolean; diskFull: boolean } | undefined;
 
   /**
    * Aggregations that failed since this process started (`localrec_round_failures_total`), not
@@ -1207,12 +1262,16 @@ export class RoundCoordinator {
     // Public (/v1/rounds/current): only words of the server's own choosing. An aggregate out of
     // range says which setting to lower; anything else (a storage error names a file or a database
     // URL, a recovery error a member index) is one fixed sentence, the cause being in the log.
-    const error = isStorageError(e)
-      ? 'the server could not use its storage (the cause is in its log)'
-      : e instanceof AggregateRangeError
-        ? oneLineMessage(e)
-        : 'the round could not be combined (the cause is in the server log)';
-    this.failing = { since: this.failing?.since ?? this.config.now(), error, attempts: (this.failing?.attempts ?? 0) + 1, storage: isStorageError(e) };
+    const storage = isStorageError(e);
+    const diskFull = storage && isDiskFull(e);
+    const error = diskFull
+      ? 'the server has no disk space left to publish the next version; uploads are refused until it is published (the cause is in its log)'
+      : storage
+        ? 'the server could not use its storage (the cause is in its log)'
+        : e instanceof AggregateRangeError
+          ? oneLineMessage(e)
+          : 'the round could not be combined (the cause is in the server log)';
+    this.failing = { since: this.failing?.since ?? this.config.now(), error, attempts: (this.failing?.attempts ?? 0) + 1, storage, diskFull };
   }
 
   /** When the last line about a failed round was logged (on {@link clock}), and at which attempt. */

@@ -10,7 +10,9 @@
  * noised updates, or when and from which member they came, longer than a round would only be a
  * liability. `secure_delete` keeps the dropped bodies out of the file's free pages, and a
  * checkpoint that truncates the WAL after every publish and discard ({@link SqliteStorage.checkpoint})
- * keeps them out of `localrec.sqlite-wal`, whose frames still hold each body as it was written.
+ * keeps them out of `localrec.sqlite-wal`, whose frames still hold each body as it was written. A
+ * write that fails for want of disk space is followed by one too, which gives the room the WAL held
+ * back to the next attempt.
  *
  * Each publish also drops older versions' optimizer state and models past `keepModels`
  * ({@link VersionRetentionOptions}) in its transaction: the pages they held are zeroed (`secure_delete`)
@@ -23,7 +25,7 @@ import type Database from 'better-sqlite3';
 import { StorageError } from '../errors.js';
 import { makeOutputFolder } from '../output-file.js';
 import { UPDATE_BUDGET_BYTES } from '../federated/wire.js';
-import { averagedNonceSql, checkNextVersion, keepModelsOf, pendingFromRow, PRUNE_BATCH_VERSIONS, prunedBelow, refFromRow, StorageConflictError, versionFromRow, versionParams, type NewUpdate, type PendingRef, type PendingUpdate, type VersionRetentionOptions, type Storage, type StoredVersion, type UpdateRow, type VersionRow } from './storage.js';
+import { averagedNonceSql, checkNextVersion, isDiskFull, keepModelsOf, pendingFromRow, PRUNE_BATCH_VERSIONS, prunedBelow, refFromRow, StorageConflictError, versionFromRow, versionParams, type NewUpdate, type PendingRef, type PendingUpdate, type VersionRetentionOptions, type Storage, type StoredVersion, type UpdateRow, type VersionRow } from './storage.js';
 
 const SCHEMA_VERSION = '1';
 
@@ -175,7 +177,10 @@ export class SqliteStorage implements Storage {
   };
   /** {@link VersionRetentionOptions.keepModels}. */
   private readonly keepModels: number;
-  /** Set when the last checkpoint could not empty the WAL (a reader held it): tried again after the next write. */
+  /**
+   * Set when the last checkpoint could not empty the WAL (a reader held it, or the disk had no room
+   * to copy it into the file): tried again before and after the next write.
+   */
   private checkpointOwed = false;
 
   /**
@@ -335,7 +340,9 @@ export class SqliteStorage implements Storage {
    * WAL, and the pages `secure_delete` zeroed replace the old ones in the file. SQLite's checkpoint
    * is crash-safe (the file is synced before the WAL is truncated). It does not wait: a reader in
    * the middle of a read (a backup, `sqlite3`) keeps the frames it may still read, and the
-   * checkpoint is tried again after the next write. It never fails a write that has committed.
+   * checkpoint is tried again before and after the next write. It never fails a write that has
+   * committed. On a disk with no room left to copy the WAL into the file it fails, and is likewise
+   * tried again before the next write.
    */
   private checkpoint(): void {
     const timeout = this.db.pragma('busy_timeout', { simple: true }) as number;
@@ -354,6 +361,13 @@ export class SqliteStorage implements Storage {
     try {
       return fn();
     } catch (e) {
+      // A write that failed for want of room (rolled back by now) leaves the WAL as long as it got:
+      // its own frames, and those of every write committed since the last checkpoint. Emptied, so
+      // that the next attempt (a publish retried once a second) has that room again, rather than
+      // each attempt and each write between them taking a little more of what an operator frees.
+      // On a disk too full to copy the committed frames into the file this fails too, and is tried
+      // again before the next write (checkpointOwed).
+      if (isDiskFull(e)) this.checkpoint();
       if (e instanceof StorageError) throw e;
       throw new StorageError(`SQLite ${what} failed: ${(e as Error).message}`, { cause: e });
     }
@@ -371,6 +385,10 @@ export class SqliteStorage implements Storage {
   }
 
   async addUpdate(u: NewUpdate): Promise<{ id: number } | 'replayed'> {
+    // Before the write too: once an operator frees room on a full disk, the checkpoint that could
+    // not run for want of it (the WAL's committed frames copied into the file, which may grow) must
+    // have it first; then the WAL's room is free again. Taken by this write, it would not be.
+    if (this.checkpointOwed) this.checkpoint();
     const stored = this.wrap('store update', () =>
       this.db.transaction(() => {
         const r = this.st.insertUpdate.run(u.nonce, u.baseVersion, u.receivedAt, Buffer.from(u.body.buffer, u.body.byteOffset, u.body.byteLength));
@@ -415,6 +433,7 @@ export class SqliteStorage implements Storage {
   }
 
   async discard(ids: readonly number[]): Promise<void> {
+    if (this.checkpointOwed) this.checkpoint();
     this.wrap('discard updates', () =>
       this.db.transaction(() => {
         for (const id of ids) this.st.discard.run(id);
@@ -424,6 +443,12 @@ export class SqliteStorage implements Storage {
   }
 
   async publish(next: StoredVersion, consumed: readonly number[]): Promise<void> {
+    // The WAL emptied first (the updates committed since the last publish go into the file): a
+    // publish writes more than any other transaction (the new model, each averaged body zeroed), and
+    // on a nearly full disk its frames must not stack on theirs. After a publish failed for want of
+    // space this is what gives the retry the room freed meanwhile, before the retry's own frames
+    // take it (the checkpoint after the failure may have found none to copy the WAL into the file).
+    this.checkpoint();
     this.wrap('publish version', () => {
       // Off for this transaction (it cannot change inside one): the prune deletes and re-inserts
       // versions that `updates` rows refer to, which with foreign keys on fails (the reference is
@@ -512,6 +537,8 @@ export class SqliteStorage implements Storage {
    * pages, then WAL frames at commit) and fails as an upload would on a full disk or read-only file.
    */
   async probeWrite(): Promise<void> {
+    // (As addUpdate: the room freed goes to an owed checkpoint first.)
+    if (this.checkpointOwed) this.checkpoint();
     this.wrap('probe a write', () =>
       this.db.transaction(() => {
         this.st.probe.run(UPDATE_BUDGET_BYTES);

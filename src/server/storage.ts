@@ -264,6 +264,25 @@ export class StorageConflictError extends StorageError {
 }
 
 /**
+ * Whether a storage error (or one of its causes) says the disk is full: SQLite's SQLITE_FULL
+ * ("database or disk is full", what it reports on ENOSPC), the system's ENOSPC or EDQUOT, or
+ * PostgreSQL's `disk_full` (SQLSTATE 53100).
+ *
+ * @example
+ * ```ts
+ * isDiskFull(new StorageError('SQLite publish version failed: database or disk is full')); // true
+ * ```
+ */
+export function isDiskFull(e: unknown): boolean {
+  for (let x = e, depth = 0; x && depth < 8; x = (x as { cause?: unknown }).cause, depth++) {
+    const code = (x as { code?: unknown }).code;
+    if (code === 'SQLITE_FULL' || code === 'ENOSPC' || code === 'EDQUOT' || code === '53100') return true;
+    if (/database or disk is full|no space left on device|disk quota exceeded/i.test(String((x as { message?: unknown }).message ?? ''))) return true;
+  }
+  return false;
+}
+
+/**
  * The nonce an averaged update keeps (SQL): a masked upload's `cohort:member` becomes
  * `averaged:<row id>` (the cohort refuses uploads once it ends); a plain update's random nonce
  * stays, against replays. `find`: the dialect's substring function (`position` or `instr`).
