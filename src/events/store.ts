@@ -398,7 +398,7 @@ export class IdbEventStore implements EventStore {
       // Evicting did not make room last time (something else fills the site's quota): evicting
       // again at every write would empty the history a tenth at a time and still store nothing.
       if (this.overQuota) {
-        throw storageError(`storing ${events.length} event(s) (still over the storage quota after evicting old events; none are evicted again until a write succeeds)`, e);
+        throw storageError(`storing ${events.length} event(s) (still over the storage quota, as at the last write; no events are evicted until a write succeeds)`, e);
       }
     }
     // Over quota: the aborted transaction stored nothing. What can be fetched again (the shop's
