@@ -1,4 +1,4 @@
-import { AbortError, ClosedError, ConsentError, LocalrecError, ModelError, NetworkError, StorageError, syncCancelled, ValidationError, PrivacyBudgetError } from '../errors.js';
+import { AbortError, ClosedError, ConsentError, isStorageError, LocalrecError, ModelError, NetworkError, StorageError, syncCancelled, ValidationError, PrivacyBudgetError } from '../errors.js';
 import { boolOption, checkSignal, describeValue, intOption, knownKeys, nameOption, OPTION_KEYS } from '../options.js';
 import { checkEventAge, validateEvent } from '../events/schema.js';
 import { ledgerAsOfNow, ledgerKeeps } from '../events/offer-ledger.js';
@@ -1568,7 +1568,11 @@ export class Engine {
    * Installs a neighbour table file (`localrec neighbors` output). A file that does not decode is
    * refused with a ValidationError and the table in use is kept. Stored when storing is allowed.
    */
-  async setNeighbors(data: ArrayBuffer | ArrayBufferView): Promise<{ items: number; matched: number; width: number; hash: string }> {
+  setNeighbors(data: ArrayBuffer | ArrayBufferView): Promise<{ items: number; matched: number; width: number; hash: string }> {
+    return this.unlessClosing(() => this.setNeighborsOpen(data));
+  }
+
+  private async setNeighborsOpen(data: ArrayBuffer | ArrayBufferView): Promise<{ items: number; matched: number; width: number; hash: string }> {
     this.assertOpen();
     if (!(data instanceof ArrayBuffer) && !ArrayBuffer.isView(data)) {
       throw new ValidationError('neighbors', `must be an ArrayBuffer or a typed array holding a neighbour file, got ${data === null ? 'null' : typeof data}`);
@@ -1840,6 +1844,22 @@ export class Engine {
       await Promise.race([loading, new Promise<void>((resolve) => (timer = setTimeout(resolve, left)))]);
     } finally {
       clearTimeout(timer);
+    }
+  }
+
+  /**
+   * Runs a public call. One that fails because `close()` or `erase()` began while it ran (the store
+   * closed or deleted under it: IndexedDB's InvalidStateError, "database is closed") rejects with a
+   * ClosedError, as a call made after them does, not with a storage error the caller would take
+   * for the device's storage failing.
+   */
+  private async unlessClosing<T>(call: () => Promise<T>): Promise<T> {
+    try {
+      return await call();
+    } catch (e) {
+      const storage = isStorageError(e) || ['InvalidStateError', 'TransactionInactiveError', 'AbortError', 'UnknownError'].includes((e as { name?: unknown } | null)?.name as string);
+      if (storage && (this.closing || this.closed)) throw new ClosedError('close() or erase() began while this call ran: the recommender is closed', { cause: e });
+      throw e;
     }
   }
 
@@ -2171,7 +2191,11 @@ export class Engine {
    * shopper's history reaches score above 1 (1 + Σ weight × neighbour weight) and come first; the
    * rest follow in the factor model's order, scaled into [0, 1).
    */
-  async recommend(options: RecommendOptions = {}): Promise<Recommendation[]> {
+  recommend(options: RecommendOptions = {}): Promise<Recommendation[]> {
+    return this.unlessClosing(() => this.recommendOpen(options));
+  }
+
+  private async recommendOpen(options: RecommendOptions = {}): Promise<Recommendation[]> {
     this.assertOpen();
     knownKeys(options, 'options', OPTION_KEYS.recommend);
     await this.freshModel();
@@ -2233,7 +2257,11 @@ export class Engine {
   }
 
   /** Items most like `itemId`: its published neighbours, then the items with the closest embeddings. */
-  async similar(itemId: string, options: SimilarOptions = {}): Promise<Recommendation[]> {
+  similar(itemId: string, options: SimilarOptions = {}): Promise<Recommendation[]> {
+    return this.unlessClosing(() => this.similarOpen(itemId, options));
+  }
+
+  private async similarOpen(itemId: string, options: SimilarOptions = {}): Promise<Recommendation[]> {
     this.assertOpen();
     if (typeof itemId !== 'string') throw new ValidationError('itemId', `must be a string, got ${typeof itemId}`);
     knownKeys(options, 'options', OPTION_KEYS.similar);
@@ -3149,12 +3177,20 @@ export class Engine {
   }
 
   /** Every request the SDK sent, oldest first (at most the last 1,000, none older than `retention.maxAgeDays`). */
-  async egressLog(): Promise<EgressEntry[]> {
+  egressLog(): Promise<EgressEntry[]> {
+    return this.unlessClosing(() => this.egressLogOpen());
+  }
+
+  private async egressLogOpen(): Promise<EgressEntry[]> {
     this.assertOpen();
     return this.readEgress();
   }
 
-  async stats(): Promise<Stats> {
+  stats(): Promise<Stats> {
+    return this.unlessClosing(() => this.statsOpen());
+  }
+
+  private async statsOpen(): Promise<Stats> {
     this.assertOpen();
     // From the event cache (recommend()'s), not a read of every stored event at each call.
     const ev = statsOf(await this.storedEvents());
@@ -3209,7 +3245,11 @@ export class Engine {
    * What a privacy team needs to check: what is stored, what left the device, ε spent, retention,
    * consent history. Schema documented in docs/PRIVACY.md; `schema` is bumped on any change.
    */
-  async audit(): Promise<AuditReport> {
+  audit(): Promise<AuditReport> {
+    return this.unlessClosing(() => this.auditOpen());
+  }
+
+  private async auditOpen(): Promise<AuditReport> {
     this.assertOpen();
     await this.flush().catch(() => undefined);
     // What retention has due (the age limit hides it from reads; a lowered count limit) is deleted
@@ -3306,7 +3346,11 @@ export class Engine {
   }
 
   /** All of the shopper's data in a machine-readable file (GDPR Art. 20): every stored event and the records kept about them. */
-  async exportData(): Promise<ExportFile> {
+  exportData(): Promise<ExportFile> {
+    return this.unlessClosing(() => this.exportDataOpen());
+  }
+
+  private async exportDataOpen(): Promise<ExportFile> {
     this.assertOpen();
     await this.flush().catch(() => undefined);
     await this.retainNow();
@@ -3355,7 +3399,11 @@ export class Engine {
    * `options.offers.publicKey`. A missing, wrong or tampered signature is refused (SignatureError)
    * and the previous catalog is kept.
    */
-  async setOffers(signed: unknown): Promise<SetOffersResult> {
+  setOffers(signed: unknown): Promise<SetOffersResult> {
+    return this.unlessClosing(() => this.setOffersOpen(signed));
+  }
+
+  private async setOffersOpen(signed: unknown): Promise<SetOffersResult> {
     this.assertOpen();
     const key = this.opts.offers?.publicKey;
     if (!key) throw new ValidationError('options.offers.publicKey', "must be set to the shop's public key (JWK) to accept offer catalogs");
@@ -3468,7 +3516,11 @@ export class Engine {
   }
 
   /** The offers most worth showing this shopper now, each with a reason (see docs/OFFERS.md). */
-  async offers(given: OffersOptions = {}): Promise<ShownOffer[]> {
+  offers(given: OffersOptions = {}): Promise<ShownOffer[]> {
+    return this.unlessClosing(() => this.offersOpen(given));
+  }
+
+  private async offersOpen(given: OffersOptions = {}): Promise<ShownOffer[]> {
     this.assertOpen();
     knownKeys(given, 'options', OPTION_KEYS.offersCall);
     knownKeys(given.context, 'options.context', OPTION_KEYS.offerContext);
