@@ -126,25 +126,46 @@ function esc(s) {
   return String(s).replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' })[c]);
 }
 
+/** Whether smooth scrolling is welcome (not under prefers-reduced-motion). */
+const scrollBehavior = () => (matchMedia('(prefers-reduced-motion: reduce)').matches ? 'auto' : 'smooth');
+
+/**
+ * Says `text` to screen readers, once: in the live region of the open modal dialog (the rest of the
+ * page is inert then: the product's is also its visible confirmation), else in the page's own
+ * (#announcer, visually hidden). The same text twice in a row is said twice.
+ */
+function announce(text) {
+  const el = $('product-modal').open ? $('p-note') : $('cart-drawer').open ? $('cart-note') : $('announcer');
+  el.textContent = el.textContent === text ? `${text}\u00a0` : text;
+}
+
 let statusAt = 0;
+/** A notice on the status line, announced (the resting summary that follows it is not: restingStatus). */
 function setStatus(text, kind = 'info') {
   const el = $('status');
   el.textContent = text;
   el.dataset.kind = kind;
   statusAt = Date.now();
+  announce(text);
 }
 
 /** The resting status line, once a notice has been up for a few seconds. */
 function restingStatus(s) {
   if ($('status').dataset.kind === 'error' || Date.now() - statusAt < 6000) return;
-  // The SDK's requests to the aggregation server (the neighbour-table download is the shop's public file).
-  const sent = state.audit?.egress.log.filter((e) => FEDERATED_KINDS.has(e.kind)).length ?? 0;
+  // The SDK's requests to the aggregation server (the neighbour-table download is the shop's public
+  // file), those answered and those that failed (status 0: the server could not be reached).
+  const federated = state.audit?.egress.log.filter((e) => FEDERATED_KINDS.has(e.kind)) ?? [];
+  const failed = federated.filter((e) => !(e.status >= 200 && e.status < 400));
+  const sent = federated.length - failed.length;
+  const unreachable = failed.some((e) => !e.status);
+  const plural = (n) => `${n} federated request${n === 1 ? '' : 's'}`;
+  const failedText = failed.length ? `${sent ? ' and ' : ''}${plural(failed.length)} failed${unreachable ? ' (the aggregation server could not be reached)' : ''}` : '';
   if (declined()) {
     $('status').textContent = `Not personalized: no consent, so nothing is stored and you see the shop’s bestsellers · ${s.backend} backend, started in ${state.startMs} ms`;
     $('status').dataset.kind = 'info';
     return;
   }
-  $('status').textContent = `Personalized on this device · ${s.backend} backend, started in ${state.startMs} ms · ${s.events.total} event${s.events.total === 1 ? '' : 's'} stored in this browser, none sent · ${sent ? `${sent} federated request${sent === 1 ? '' : 's'} (model only), see Privacy` : state.forgotten ? 'no federated sync on record since your data was erased' : 'no federated sync yet'}`;
+  $('status').textContent = `Personalized on this device · ${s.backend} backend, started in ${state.startMs} ms · ${s.events.total} event${s.events.total === 1 ? '' : 's'} stored in this browser, none sent · ${federated.length ? `${sent ? `${plural(sent)} (model only)` : ''}${failedText}, see Privacy` : state.forgotten ? 'no federated sync on record since your data was erased' : 'no federated sync yet'}`;
   $('status').dataset.kind = 'ok';
 }
 
@@ -270,7 +291,8 @@ async function startRecommender() {
       fail(e);
     }
   }
-  showConsent(consent === 'required');
+  // (Asked when there is no answer: at a first visit, or after an erase.)
+  showConsent(consent === 'required', { first: true });
   // The resting status line (restingStatus) takes over at the next refresh.
   statusAt = 0;
 }
@@ -306,19 +328,28 @@ async function refresh() {
   renderModel(stats);
   renderPrivacy(stats, audit);
   renderRounds();
+  // The banner's words follow what is stored (what "Decline" would delete).
+  if (!$('consent-banner').hidden) wordConsent(false);
   restingStatus(stats);
   document.body.dataset.audits = String(Number(document.body.dataset.audits ?? 0) + 1);
   // Once the stored history is worth an update: the automatic sync (once per page view).
   void autoSync().catch(fail);
 }
 
-async function train() {
+/** Sets a button's aria-disabled (not `disabled`: a disabled button drops keyboard focus to <body>). */
+function setBusy(button, busy) {
+  button.setAttribute('aria-disabled', String(!!busy));
+}
+const isBusy = (button) => button.getAttribute('aria-disabled') === 'true';
+
+/** A training run; `announce`: its result is said (a run the shopper asked for with "Train now"). */
+async function train({ announce: say = false } = {}) {
   const rec = state.rec;
   const gen = state.generation;
   const run = ++state.runs;
   // Every training run (this one, or "Train now") takes in what was browsed so far.
   state.browsingTrained = state.browsingTracked;
-  $('train-now').disabled = true;
+  setBusy($('train-now'), true);
   $('m-trained').textContent = 'training…';
   state.training = rec
     .train({
@@ -332,17 +363,20 @@ async function train() {
     .then((r) => {
       if (gen !== state.generation) return r;
       $('loss-caption').textContent = r.steps === 0 ? 'Nothing to train on yet: open a few products first.' : `Last run: ${r.steps} steps on ${r.examples} examples in ${Math.round(r.ms)} ms, loss ${r.firstLoss.toFixed(3)} → ${r.lastLoss.toFixed(3)}.`;
+      // (The automatic runs, every few events, are not said: the caption shows them.)
+      if (say) announce(`Trained. ${$('loss-caption').textContent}`);
       return r;
     })
     .finally(() => {
       state.training = null;
-      $('train-now').disabled = false;
+      setBusy($('train-now'), false);
     });
   return state.training;
 }
 
 // ---------------------------------------------------------------- rendering
 
+let cardSeq = 0;
 function card(item, { reason, compact = false } = {}) {
   const li = document.createElement('li');
   li.className = compact ? 'card compact' : 'card';
@@ -350,14 +384,17 @@ function card(item, { reason, compact = false } = {}) {
   const tile = document.createElement('button');
   tile.type = 'button';
   tile.className = 'card-hit';
-  tile.setAttribute('aria-label', `Open ${item.title}`);
+  // Its name says what the card shows (title, price); the category and the reason describe it.
+  const uid = `card-${++cardSeq}`;
+  tile.setAttribute('aria-label', `${item.title}, ${money.format(item.price)}`);
+  const described = [`${uid}-cat`];
   const pic = document.createElement('div');
   paintTile(pic, item);
   tile.append(pic);
   const body = document.createElement('div');
   body.className = 'card-body';
   body.innerHTML = `
-    <p class="card-cat">${esc(categoryLabel(item.category))}</p>
+    <p class="card-cat" id="${uid}-cat">${esc(categoryLabel(item.category))}</p>
     <${compact ? 'h4' : 'h3'} class="card-title">${esc(item.title)}</${compact ? 'h4' : 'h3'}>
     <p class="card-price">${money.format(item.price)}</p>`;
   tile.append(body);
@@ -366,15 +403,28 @@ function card(item, { reason, compact = false } = {}) {
     const why = document.createElement('p');
     why.className = `reason reason-${reason.kind}`;
     why.dataset.testid = 'reason';
+    why.id = `${uid}-why`;
     why.textContent = reason.text;
     why.title = reason.itemIds.length ? `Based on: ${reason.itemIds.map((id) => state.byId.get(id)?.title ?? id).join(', ')}` : 'No history yet: popular picks';
     li.append(why);
+    described.push(why.id);
+    // The tooltip's list, for keyboard and screen-reader users too (a description of the card's button).
+    if (reason.itemIds.length > 1) {
+      const basis = document.createElement('span');
+      basis.id = `${uid}-basis`;
+      basis.hidden = true;
+      basis.textContent = why.title;
+      li.append(basis);
+      described.push(basis.id);
+    }
   }
+  tile.setAttribute('aria-describedby', described.join(' '));
   if (!compact) {
     const add = document.createElement('button');
     add.type = 'button';
     add.className = 'btn ghost small add';
     add.textContent = 'Add to cart';
+    add.setAttribute('aria-label', `Add ${item.title} to cart`);
     add.addEventListener('click', () => addToCart(item.id));
     li.append(add);
   }
@@ -450,12 +500,14 @@ function matches(item, q) {
     .every((w) => hay.includes(w));
 }
 
+let countTimer;
 /**
  * The product grid. Called on the shopper's own actions only (the Order select, a category, a search;
  * at start and after an erase), never by a background refresh: with "For you" a re-ranking would move
- * the products under the pointer.
+ * the products under the pointer. `typing`: the count (a live region) waits for a pause in the
+ * search field, so that a screen reader says it once, not at every key.
  */
-function renderGrid() {
+function renderGrid({ typing = false } = {}) {
   const shown = state.items.filter((it) => (!state.category || it.category === state.category) && matches(it, state.query));
   const gen = ++state.gridGeneration;
   const show = (items, order) => {
@@ -486,7 +538,13 @@ function renderGrid() {
       });
   } else show(shown, 'shop');
   const what = [state.category && categoryLabel(state.category), state.query && `“${state.query}”`].filter(Boolean).join(' · ');
-  $('result-count').textContent = `${shown.length} product${shown.length === 1 ? '' : 's'}${what ? ` for ${what}` : ''}`;
+  const count = `${shown.length} product${shown.length === 1 ? '' : 's'}${what ? ` for ${what}` : ''}`;
+  clearTimeout(countTimer);
+  const showCount = () => {
+    if ($('result-count').textContent !== count) $('result-count').textContent = count;
+  };
+  if (typing) countTimer = setTimeout(showCount, 700);
+  else showCount();
   for (const chip of $('chips').children) chip.setAttribute('aria-pressed', String(chip.dataset.category === state.category));
   $('category').value = state.category;
 }
@@ -626,8 +684,8 @@ function renderPrivacy(s, a) {
   $('a-eps-bar').style.width = `${frac * 100}%`;
   $('a-eps-meter').setAttribute('aria-valuenow', String(Math.round(frac * 100)));
   $('a-eps-bar').classList.toggle('full', frac >= 0.75);
-  // Why sharing is off, when it is: in the ε line, and as the title of the disabled "Sync now" and
-  // of the automatic-sync box.
+  // Why sharing is off, when it is: in the ε line, and under "Sync now" (its description, and that of
+  // the automatic-sync box).
   const offWhy = p.federatedActive
     ? null
     : !p.federatedConfigured
@@ -668,8 +726,9 @@ function renderPrivacy(s, a) {
     : 'Global Privacy Control: not sent by your browser.';
   $('a-gpc').dataset.gpc = String(p.globalPrivacyControl);
   // Past the budget "Sync now" still receives the newest global model (the upload is refused).
-  $('sync-now').disabled = !!off || !!state.syncing;
-  $('sync-now').title = off ?? (p.syncsLeft === 0 ? 'This device’s privacy budget has no room for another update: it only receives the newest global model now.' : '');
+  // (aria-disabled: the button keeps keyboard focus, and says why it is off: #sync-why.)
+  setBusy($('sync-now'), !!off || !!state.syncing);
+  const syncWhy = off ?? (p.syncsLeft === 0 ? 'This device’s privacy budget has no room for another update: “Sync now” only receives the newest global model now.' : '');
   // The automatic sync: off (and unchecked) while sharing is off, or without storage (private mode),
   // where it never runs; the shopper's own choice comes back with sharing.
   const autoOff =
@@ -679,7 +738,9 @@ function renderPrivacy(s, a) {
     (p.syncs > 0 ? 'This device has synced: the automatic sync (once per device) is done; “Sync now” syncs again.' : null);
   $('auto-sync').disabled = !!autoOff;
   $('auto-sync').checked = !autoOff && state.autoSyncWanted;
-  $('auto-sync-label').title = autoOff ?? '';
+  // Why, in words next to the buttons (not only a tooltip): what "Sync now" can do, then why the box is off.
+  const why = [...new Set([syncWhy, autoOff].filter(Boolean))].join(' ');
+  if ($('sync-why').textContent !== why) $('sync-why').textContent = why;
 }
 
 /** Downloads `rec.export()` as a JSON file. */
@@ -697,8 +758,41 @@ async function exportData() {
 
 // ---------------------------------------------------------------- consent
 
-function showConsent(show) {
+/** Shows or hides the banner; `first`: with the words of a first visit (no answer yet). */
+function showConsent(show, { first = false } = {}) {
+  if (show) wordConsent(first);
   $('consent-banner').hidden = !show;
+}
+
+const CONSENT_ASK = 'Personalize this shop, on this device?';
+const CONSENT_WHAT =
+  'localrec would keep what you view, search and buy in this browser only, to recommend products and offers. With “Accept all” it also sends the shop’s server a clipped, noised model update now and then — never your events.';
+
+/**
+ * The banner's words for who sees it: a first visit (or after an erase: nothing is stored until an
+ * answer), a shopper who declined (nothing is stored), or one who consented, whose data "Decline"
+ * deletes: it says what, before the click.
+ */
+function wordConsent(first) {
+  const a = state.audit;
+  const c = a?.consent.current;
+  const answered = !first && !!c && (c.personalization || rememberedConsent() !== null || state.forgotten?.why === 'withdrawn');
+  const note = $('consent-decline-note');
+  note.hidden = true;
+  note.textContent = '';
+  if (!answered) {
+    $('consent-title').textContent = CONSENT_ASK;
+    $('consent-text').textContent = `${CONSENT_WHAT} Until you choose, nothing is stored.`;
+  } else if (!c.personalization) {
+    $('consent-title').textContent = CONSENT_ASK;
+    $('consent-text').textContent = `${CONSENT_WHAT} You declined, so nothing is stored now.`;
+  } else {
+    const n = a.events.total;
+    $('consent-title').textContent = 'Change your consent';
+    $('consent-text').textContent = `Now: personalization on, ${c.federated ? 'and noised model updates may be shared with the shop' : 'on this device only (nothing is sent)'}. “Accept all” also sends the shop’s server a clipped, noised model update now and then — never your events; “Only on this device” keeps your data here and sends nothing.`;
+    note.textContent = `“Decline” deletes what this browser keeps for the shop: ${n} event${n === 1 ? '' : 's'}, the personal model, the log of what was sent and the count of the privacy budget spent. This cannot be undone.`;
+    note.hidden = false;
+  }
 }
 
 /** Where focus goes once the banner is answered: the control that opened it ("Change consent", Erase). */
@@ -713,8 +807,7 @@ function openConsent(from) {
   showConsent(true);
   consentReturn = from ?? null;
   const top = banner.getBoundingClientRect().top + window.scrollY - document.querySelector('.topbar').offsetHeight - 12;
-  const smooth = !matchMedia('(prefers-reduced-motion: reduce)').matches;
-  window.scrollTo({ top: Math.max(0, top), behavior: smooth ? 'smooth' : 'auto' });
+  window.scrollTo({ top: Math.max(0, top), behavior: scrollBehavior() });
   banner.focus({ preventScroll: true });
   banner.classList.remove('flash');
   void banner.offsetWidth; // restart the animation
@@ -779,6 +872,7 @@ async function chooseConsent(personalization, federated) {
   if (!state.rec) return;
   // Consent to personalization given before (as the panel last read it): a "Decline" now withdraws it.
   const withdraws = !personalization && state.audit?.consent.current.personalization === true;
+  const had = state.audit?.events.total ?? 0;
   try {
     await state.rec.setConsent({ personalization, federated });
     // A withdrawal erases everything stored, the egress log and the ε count included: the privacy
@@ -797,7 +891,9 @@ async function chooseConsent(personalization, federated) {
         ? federated
           ? 'Thanks: personalization on; noised model updates may be shared.'
           : 'Thanks: personalization on, on this device only; nothing will be sent.'
-        : 'Declined: nothing is stored; you see the shop’s bestsellers.',
+        : withdraws
+          ? `Declined: deleted from this device ${had} event${had === 1 ? '' : 's'}, the personal model, the log of what was sent and the count of the privacy budget spent. Nothing is stored from now on; you see the shop’s bestsellers.`
+          : 'Declined: nothing is stored; you see the shop’s bestsellers.',
       'ok',
     );
     await refresh();
@@ -839,9 +935,8 @@ function offerCard(o) {
   const use = document.createElement('button');
   use.type = 'button';
   use.className = 'btn ghost small use-offer';
-  use.textContent = applied ? 'Applied ✓' : 'Use offer';
   // aria-disabled, not disabled: the button the shopper just used keeps keyboard focus.
-  use.setAttribute('aria-disabled', String(applied));
+  useOfferButton(use, o.title, applied);
   use.addEventListener('click', () => {
     if (state.appliedOffer?.offerId !== o.offerId) redeem(o);
   });
@@ -907,9 +1002,15 @@ function markApplied() {
     li.classList.toggle('applied', on);
     const b = li.querySelector('.use-offer');
     if (!b) continue;
-    b.textContent = on ? 'Applied ✓' : 'Use offer';
-    b.setAttribute('aria-disabled', String(on));
+    useOfferButton(b, li.querySelector('.offer-title')?.textContent ?? '', on);
   }
+}
+
+/** An offer's button: "Use offer", or "Applied ✓" (aria-disabled), named with the offer it is for. */
+function useOfferButton(b, title, applied) {
+  b.textContent = applied ? 'Applied ✓' : 'Use offer';
+  b.setAttribute('aria-label', applied ? `Offer applied: ${title}` : `Use offer: ${title}`);
+  b.setAttribute('aria-disabled', String(applied));
 }
 
 /** The signed catalog's offer behind a shown one (its scope and minimum basket). */
@@ -1003,7 +1104,7 @@ async function sync(how = 'button') {
   // spent at the next visit (the SDK refuses to contribute there).
   const noStorage = state.audit != null && state.audit.storage.kind !== 'indexeddb';
   const receiveOnly = state.audit?.privacy.syncsLeft === 0 || noStorage;
-  $('sync-now').disabled = true;
+  setBusy($('sync-now'), true);
   $('sync-result').dataset.kind = 'busy';
   $('sync-result').textContent =
     how === 'auto'
@@ -1084,8 +1185,10 @@ async function autoSync() {
 // ---------------------------------------------------------------- simulated shoppers
 
 let simTimer;
+/** A run is under way on this page: its end is said. */
+let simWatched = false;
 async function startSimulation() {
-  $('simulate').disabled = true;
+  setBusy($('simulate'), true);
   try {
     const res = await fetch('/demo/simulate', { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ shoppers: SHOPPERS }) });
     const body = await res.json().catch(() => ({}));
@@ -1096,7 +1199,7 @@ async function startSimulation() {
     if (body.unavailable) return;
   } catch (e) {
     $('sim-status').textContent = `Could not start the simulation: ${e.message}`;
-    $('simulate').disabled = false;
+    setBusy($('simulate'), false);
     return;
   }
   pollSimulation();
@@ -1109,7 +1212,7 @@ async function pollSimulation() {
     const res = await fetch('/demo/simulate/status');
     // A 404 is a server without the demo's endpoints (only npm start has them): no button then.
     if (res.status === 404) {
-      $('simulate').disabled = true;
+      setBusy($('simulate'), true);
       $('simulate-cancel').hidden = true;
       $('sim-status').textContent = 'Not available here: this server has no /demo/simulate (start the demo shop with npm start).';
       return;
@@ -1118,7 +1221,7 @@ async function pollSimulation() {
     s = await res.json();
   } catch (e) {
     $('sim-status').textContent = `Lost the server: ${e.message}`;
-    $('simulate').disabled = false;
+    setBusy($('simulate'), false);
     return;
   }
   renderSimulation(s);
@@ -1131,7 +1234,7 @@ const pct = (x) => `${(x * 100).toFixed(1)}%`;
 function renderSimulation(s) {
   const running = s.running;
   // Without the retail data there is nothing to replay: the button stays off and says why.
-  $('simulate').disabled = running || !!s.unavailable;
+  setBusy($('simulate'), running || !!s.unavailable);
   $('simulate').title = s.unavailable ? 'Off: the online-retail data is missing on the server' : '';
   $('simulate-cancel').hidden = !running;
   $('sim-meter').hidden = s.phase === 'idle';
@@ -1162,6 +1265,7 @@ function renderSimulation(s) {
     (s.message ? ` · ${s.message}` : '');
   if (running) {
     el.textContent = head;
+    simWatched = true;
     return;
   }
   const q = s.quality;
@@ -1175,6 +1279,11 @@ function renderSimulation(s) {
           : ` That is about chance: with σ = ${state.serverConfig?.noiseMultiplier ?? 1} each update is mostly noise, and ${s.shoppers} shoppers are far too few for their average to beat it (quality under differential privacy needs many thousands of devices; docs/protocol.md).`);
   const next = s.version > (state.stats?.model.version ?? 0) ? ` Press “Sync now” to pull version ${s.version} into this browser.` : '';
   el.textContent = `${s.phase === 'done' ? 'Done' : s.phase === 'cancelled' ? 'Cancelled' : 'Stopped'}: ${head}.${verdict}${next}`;
+  // Said once when a run this page watched ends (its progress, every second, is not).
+  if (simWatched) {
+    simWatched = false;
+    announce(`Simulated shoppers ${s.phase === 'done' ? 'done' : s.phase}: ${s.done} of ${s.shoppers} synced, global model version ${s.startVersion} → ${s.version}.`);
+  }
 }
 
 // ---------------------------------------------------------------- federated rounds
@@ -1202,11 +1311,20 @@ async function pollRounds() {
   renderRounds();
 }
 
+/** The server's state last said to screen readers ('unreachable', or 'online' again after it): once per change. */
+let saidServer = null;
 function renderRounds() {
   const r = lastRounds;
   const local = state.stats?.model.version;
   $('f-local').textContent = local === undefined ? '…' : `version ${local}${local === 0 ? ' (the initial model)' : ''}`;
   if (!r) return;
+  if (r.error && saidServer !== 'unreachable') {
+    saidServer = 'unreachable';
+    announce('The aggregation server cannot be reached: syncing is not possible for now. Browsing and your recommendations keep working on this device.');
+  } else if (!r.error && saidServer === 'unreachable') {
+    saidServer = 'online';
+    announce('The aggregation server can be reached again.');
+  }
   if (r.error) {
     $('f-health').innerHTML = '<span class="dot off"></span>unreachable';
     $('f-pending').textContent = `Could not reach the aggregation server (${r.error}).`;
@@ -1248,6 +1366,8 @@ function openProduct(id, via, from) {
   $('p-title').textContent = item.title;
   $('p-price').textContent = money.format(item.price);
   $('p-pop').textContent = `Bought ${item.popularity.toLocaleString()} times in the shop’s history · item ${item.id}`;
+  $('p-note').textContent = '';
+  $('p-add').setAttribute('aria-label', `Add ${item.title} to cart`);
   $('p-rating').innerHTML =
     '<span class="fine">Rate it:</span>' +
     [1, 2, 3, 4, 5].map((v) => `<button type="button" class="star${v <= (state.ratings.get(id) ?? 0) ? ' on' : ''}" data-value="${v}" aria-label="${v} star${v > 1 ? 's' : ''}" aria-pressed="${v === state.ratings.get(id)}">★</button>`).join('');
@@ -1292,6 +1412,9 @@ function openProduct(id, via, from) {
 
 // ---------------------------------------------------------------- cart
 
+const itemsText = (n) => `${n} item${n === 1 ? '' : 's'}`;
+const cartSize = () => [...state.cart.values()].reduce((a, q) => a + q, 0);
+
 function addToCart(id, quantity = 1) {
   state.cart.set(id, (state.cart.get(id) ?? 0) + quantity);
   track({ type: 'add_to_cart', itemId: id, quantity });
@@ -1300,6 +1423,10 @@ function addToCart(id, quantity = 1) {
   b.classList.remove('bump');
   void b.offsetWidth; // restart the animation
   b.classList.add('bump');
+  // Said (in the product dialog, shown there too; in the cart; or on the page) as well as shown by the badge.
+  const title = state.byId.get(id)?.title ?? id;
+  const q = state.cart.get(id);
+  announce(`Added ${title} to your cart${q > 1 ? ` (${q} of them now)` : ''}. Cart: ${itemsText(cartSize())}.`);
 }
 
 function removeFromCart(id, quantity) {
@@ -1310,6 +1437,8 @@ function removeFromCart(id, quantity) {
   else state.cart.delete(id);
   track({ type: 'remove_from_cart', itemId: id, quantity: q });
   renderCart();
+  const title = state.byId.get(id)?.title ?? id;
+  announce(`${have - q > 0 ? `${title}: ${have - q} in your cart` : `Removed ${title} from your cart`}. Cart: ${itemsText(cartSize())}.`);
 }
 
 function renderCart() {
@@ -1329,15 +1458,28 @@ function renderCart() {
     li.append(info);
     const qty = document.createElement('div');
     qty.className = 'qty';
-    const minus = Object.assign(document.createElement('button'), { type: 'button', className: 'btn ghost small', textContent: '−', ariaLabel: 'One less' });
+    li.dataset.itemId = id;
+    const minus = Object.assign(document.createElement('button'), { type: 'button', className: 'btn ghost small less', textContent: '−', ariaLabel: `One less ${it.title}` });
     minus.addEventListener('click', () => removeFromCart(id, 1));
-    const plus = Object.assign(document.createElement('button'), { type: 'button', className: 'btn ghost small', textContent: '+', ariaLabel: 'One more' });
+    const plus = Object.assign(document.createElement('button'), { type: 'button', className: 'btn ghost small more', textContent: '+', ariaLabel: `One more ${it.title}` });
     plus.addEventListener('click', () => addToCart(id, 1));
-    qty.append(minus, Object.assign(document.createElement('span'), { textContent: String(q) }), plus);
+    const count = document.createElement('span');
+    count.className = 'qty-count';
+    count.innerHTML = `<span class="visually-hidden">Quantity: </span>${q}`;
+    qty.append(minus, count, plus);
     li.append(qty);
     return li;
   });
-  $('cart-lines').replaceChildren(...(lines.length ? lines : [Object.assign(document.createElement('li'), { className: 'fine', textContent: 'Your cart is empty.' })]));
+  // Focus on a line's button stays there (the lines are rebuilt), or on the next line when that one went.
+  const list = $('cart-lines');
+  const from = document.activeElement?.closest?.('.cart-line');
+  const at = from && list.contains(from) ? { id: from.dataset.itemId, index: [...list.children].indexOf(from), less: document.activeElement.classList.contains('less') } : null;
+  list.replaceChildren(...(lines.length ? lines : [Object.assign(document.createElement('li'), { className: 'fine', textContent: 'Your cart is empty.' })]));
+  if (at) {
+    const same = lines.find((li) => li.dataset.itemId === at.id);
+    const target = same ? same.querySelector(at.less ? '.less' : '.more') : lines[Math.min(at.index, lines.length - 1)]?.querySelector('.less');
+    (target ?? $('cart-drawer').querySelector('.modal-close button')).focus();
+  }
   const o = state.appliedOffer;
   const effect = o ? offerEffect(o) : null;
   $('cart-total').textContent = n ? (effect && !effect.why ? `Total ${money.format(total - effect.amount)} (${money.format(total)} − ${money.format(effect.amount)} offer)` : `Total ${money.format(total)}`) : '';
@@ -1349,6 +1491,8 @@ function renderCart() {
   }
   $('checkout').disabled = n === 0;
   $('cart-count').textContent = String(n);
+  // The button's name has the count that its badge shows.
+  $('open-cart').setAttribute('aria-label', `Cart, ${itemsText(n)}`);
 }
 
 function checkout() {
@@ -1373,23 +1517,36 @@ function checkout() {
 
 // ---------------------------------------------------------------- erase
 
-let eraseArmed;
+/**
+ * "Erase everything" asks first: the first press arms it (and says so), the second erases. It stays
+ * armed, without a time limit, until the shopper presses it again, presses Escape or moves focus away.
+ */
+let eraseArmed = false;
 let erasing = false;
+function disarmErase(say) {
+  if (!eraseArmed) return;
+  eraseArmed = false;
+  $('erase').textContent = 'Erase everything';
+  $('erase').classList.remove('armed');
+  if (say) setStatus('Not erased: nothing was deleted.');
+  else if ($('status').dataset.kind === 'warn' && state.stats) {
+    // The question on the status line goes with it.
+    statusAt = 0;
+    restingStatus(state.stats);
+  }
+}
+
 async function erase() {
   const b = $('erase');
   if (erasing) return;
   if (!eraseArmed) {
+    eraseArmed = true;
     b.textContent = 'Really erase? Click again';
     b.classList.add('armed');
-    eraseArmed = setTimeout(() => {
-      eraseArmed = undefined;
-      b.textContent = 'Erase everything';
-      b.classList.remove('armed');
-    }, 5000);
+    setStatus('Erase everything? This deletes every event, the personal model, the record of what was sent and your consent answer from this device. Press “Erase everything” again to erase, or Escape to keep them.', 'warn');
     return;
   }
-  clearTimeout(eraseArmed);
-  eraseArmed = undefined;
+  eraseArmed = false;
   // aria-disabled, not disabled: a disabled button drops keyboard focus to <body>.
   erasing = true;
   b.setAttribute('aria-disabled', 'true');
@@ -1487,14 +1644,14 @@ function wire() {
   const searchQuery = () => search.value.trim().slice(0, 512);
   search.addEventListener('input', () => {
     state.query = searchQuery();
-    renderGrid();
+    renderGrid({ typing: true });
     clearTimeout(searchTimer);
     searchTimer = setTimeout(commitSearch, 800);
   });
   $('search-form').addEventListener('submit', (e) => {
     e.preventDefault();
     commitSearch();
-    $('catalog-title').scrollIntoView({ behavior: 'smooth' });
+    $('catalog-title').scrollIntoView({ behavior: scrollBehavior() });
   });
   $('category').addEventListener('change', (e) => setCategory(e.target.value));
   $('order').addEventListener('change', (e) => {
@@ -1503,10 +1660,12 @@ function wire() {
   });
   $('p-add').addEventListener('click', () => state.open && addToCart(state.open));
   $('p-buy').addEventListener('click', () => {
-    if (!state.open) return;
-    addToCart(state.open);
+    const id = state.open;
+    if (!id) return;
     $('product-modal').close();
     $('cart-drawer').showModal();
+    // (Added with the cart open: its live region says so.)
+    addToCart(id);
   });
   $('p-rating').addEventListener('click', (e) => {
     const star = e.target.closest('.star');
@@ -1543,35 +1702,72 @@ function wire() {
   $('checkout').addEventListener('click', checkout);
   $('open-privacy').addEventListener('click', () => {
     const p = $('privacy-panel');
-    p.scrollIntoView({ behavior: 'smooth', block: 'start' });
+    followPausedUntil = Date.now() + 1500;
+    p.scrollIntoView({ behavior: scrollBehavior(), block: 'start' });
     p.focus({ preventScroll: true });
     p.classList.remove('flash');
     void p.offsetWidth;
     p.classList.add('flash');
   });
   $('erase').addEventListener('click', () => void erase());
+  $('erase').addEventListener('keydown', (e) => {
+    if (e.key === 'Escape' && eraseArmed) {
+      e.preventDefault();
+      disarmErase(true);
+    }
+  });
+  $('erase').addEventListener('blur', () => disarmErase(false));
   $('export').addEventListener('click', () => void exportData().catch(fail));
   $('show-consent').addEventListener('click', (e) => openConsent(e.currentTarget));
   $('consent-accept').addEventListener('click', () => void chooseConsent(true, true));
   $('consent-local').addEventListener('click', () => void chooseConsent(true, false));
   $('consent-decline').addEventListener('click', () => void chooseConsent(false, false));
-  $('sync-now').addEventListener('click', () => void sync('button'));
+  $('sync-now').addEventListener('click', (e) => {
+    if (!isBusy(e.currentTarget)) void sync('button');
+  });
   $('auto-sync-text').textContent = `sync once, after ${AUTO_SYNC_MIN_EVENTS} browsing events`;
   $('auto-sync').addEventListener('change', (e) => {
     state.autoSyncWanted = e.target.checked;
     if (state.autoSyncWanted) void autoSync().catch(fail);
   });
-  $('simulate').addEventListener('click', () => void startSimulation());
+  $('simulate').addEventListener('click', (e) => {
+    if (!isBusy(e.currentTarget)) void startSimulation();
+  });
   $('simulate').textContent = `Simulate ${SHOPPERS} shopper${SHOPPERS === 1 ? '' : 's'}`;
   $('simulate-cancel').addEventListener('click', () => void fetch('/demo/simulate/cancel', { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: '{}' }).then(pollSimulation));
   $('train-now').addEventListener('click', () => {
     if (!state.rec || state.training) return;
-    train()
+    train({ announce: true })
       .then(() => refresh())
       .catch(fail);
   });
   // Keep "last training … s ago" honest.
   setInterval(() => state.stats && !state.training && ($('m-trained').textContent = ago(state.stats.model.trainedAt)), 5000);
+}
+
+/**
+ * On a wide screen the side panels are a sticky column with a scroll of its own: scrolling the page
+ * scrolls it too, so that its end ("Sync now", "Simulate") comes into view for a shopper who scrolls
+ * the page, not only for one who finds the column's scrollbar. (Not while a scroll of the page's
+ * own, the Privacy button's, moves the column to a panel.) And the top bar's height is the page's
+ * scroll padding (style.css): what gets focus or is scrolled to is not hidden under the bar.
+ */
+let followPausedUntil = 0;
+function followScroll() {
+  const aside = $('panels');
+  const wide = matchMedia('(min-width: 981px)');
+  let last = window.scrollY;
+  addEventListener(
+    'scroll',
+    () => {
+      const dy = window.scrollY - last;
+      last = window.scrollY;
+      if (wide.matches && Date.now() > followPausedUntil) aside.scrollTop += dy;
+    },
+    { passive: true },
+  );
+  const bar = document.querySelector('.topbar');
+  new ResizeObserver(() => document.documentElement.style.setProperty('--topbar-h', `${bar.offsetHeight}px`)).observe(bar);
 }
 
 /**
@@ -1606,6 +1802,7 @@ async function main() {
   const withdrawnAt = rememberedWithdrawal();
   if (withdrawnAt !== null) state.forgotten = { t: withdrawnAt, why: 'withdrawn' };
   wire();
+  followScroll();
   const res = await fetch('catalog.json');
   if (!res.ok) throw new Error(`catalog.json: HTTP ${res.status}`);
   const catalog = await res.json();

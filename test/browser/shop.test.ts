@@ -159,12 +159,22 @@ describe('demo shop', () => {
       const title = await text(page, '#p-title');
       const similar = await page.$$eval('#similar .reason', (els) => els.map((e) => e.textContent));
       assert.ok(similar.length > 0 && similar.every((t) => t === `Similar to ${title}`), JSON.stringify(similar));
-      if (id === ids[15]) await page.click('#p-add');
+      if (id === ids[15]) {
+        await page.click('#p-add');
+        // The page's live region is inert behind the modal dialog: the dialog says it in its own.
+        assert.equal(await page.getAttribute('#p-note', 'role'), 'status');
+        assert.ok((await text(page, '#p-note')).startsWith(`Added ${title} to your cart`), await text(page, '#p-note'));
+        // Rating stars are targets of at least 24 × 24 px (WCAG 2.5.8).
+        const stars = await page.$$eval('#p-rating .star', (els) => els.map((e) => Math.min(e.getBoundingClientRect().width, e.getBoundingClientRect().height)));
+        assert.ok(stars.length === 5 && stars.every((d) => d >= 24), JSON.stringify(stars));
+      }
       await page.click('#product-modal .modal-close button');
       // Focus goes back to the card the product was opened from.
       await page.waitForFunction((i) => document.activeElement?.closest('#grid .card')?.getAttribute('data-item-id') === i, id, { timeout: 5_000 });
     }
     assert.equal(await text(page, '#cart-count'), '1');
+    // The cart button's name has the count its badge shows.
+    assert.equal(await page.getByRole('button', { name: 'Cart, 1 item', exact: true }).count(), 1);
 
     // The shelf changes and now explains itself from this shopper's own history: once it was
     // computed with all of it (four views and the add to cart; it refreshes after each event, and
@@ -192,12 +202,15 @@ describe('demo shop', () => {
     // Ranked on the shopper's own actions only: a refresh (here the one after "Train now") leaves the
     // cards where they are, so that nothing moves under the pointer.
     await page.evaluate(() => ((document.querySelector('#grid .card') as HTMLElement).dataset.kept = '1'));
-    const trainIdle = () => page.waitForFunction(() => !(document.getElementById('train-now') as HTMLButtonElement).disabled, null, { timeout: 30_000 });
+    // (A busy button is aria-disabled, not disabled: that would drop keyboard focus to <body>.)
+    const trainIdle = () => page.waitForFunction(() => document.getElementById('train-now')!.getAttribute('aria-disabled') !== 'true', null, { timeout: 30_000 });
     await trainIdle();
     const rendersBefore = Number(await page.evaluate(() => document.body.dataset.recsRenders));
-    await page.click('#train-now');
+    await page.focus('#train-now');
+    await page.keyboard.press('Enter');
     await page.waitForFunction((n) => Number(document.body.dataset.recsRenders) > n, rendersBefore, { timeout: 30_000 });
     await trainIdle();
+    assert.equal(await page.evaluate(() => document.activeElement?.id), 'train-now', 'focus stays on "Train now"');
     assert.deepEqual(await gridIds(), mine, 'a refresh does not reorder the personal grid');
     assert.equal(await page.$eval('#grid .card', (e) => (e as HTMLElement).dataset.kept), '1', 'nor rebuild its cards');
     const category = await page.$eval('#category option:nth-child(2)', (o) => (o as HTMLOptionElement).value);
@@ -296,7 +309,7 @@ describe('demo shop', () => {
     // a training run whose refresh shows other offers: wait until no training runs and the shelf
     // has settled, then read the whole table from one rendering.
     let counts: Record<string, number> = {};
-    const idle = () => page.waitForFunction(() => !(document.getElementById('train-now') as HTMLButtonElement).disabled, null, { timeout: 30_000 });
+    const idle = () => page.waitForFunction(() => document.getElementById('train-now')!.getAttribute('aria-disabled') !== 'true', null, { timeout: 30_000 });
     for (let i = 0; i < 20; i++) {
       await idle();
       const offersNow = await page.evaluate(() => document.body.dataset.offers);
@@ -334,6 +347,8 @@ describe('demo shop', () => {
     await page.setViewportSize({ width: 390, height: 844 });
     assert.deepEqual(await page.evaluate(() => [document.documentElement.scrollWidth, document.documentElement.clientWidth]), [390, 390], 'no sideways scroll at 390 px');
     assert.ok(await page.$eval('.egress-wrap', (e) => e.scrollWidth <= e.clientWidth), 'the egress table fits at 390 px');
+    await page.setViewportSize({ width: 320, height: 640 });
+    assert.deepEqual(await page.evaluate(() => [document.documentElement.scrollWidth, document.documentElement.clientWidth]), [320, 320], 'no sideways scroll at 320 px');
     await page.setViewportSize({ width: 1400, height: 1000 });
     assert.ok(sdkSeen.includes('POST /v1/updates'), JSON.stringify(sdkSeen));
     const updateBytes = sdkRequests.find((r) => r.method() === 'POST')!.postDataBuffer()!.length;
@@ -373,8 +388,10 @@ describe('demo shop', () => {
       assert.match(sim, /hit rate [\d.]+% → [\d.]+% \(random picks: 3\.3%\)/, sim);
       const published = (await (await fetch(`${shop.url}/v1/health`)).json()).version;
       assert.ok(published >= 4, `12 shoppers with rounds of 3 (plus the page's update) publish ≥ 4 versions, got ${published}`);
-      await page.click('#sync-now');
+      await page.focus('#sync-now');
+      await page.keyboard.press('Enter');
       await page.waitForSelector('body[data-syncs="2"]', { timeout: 30_000 });
+      assert.equal(await page.evaluate(() => document.activeElement?.id), 'sync-now', 'focus stays on "Sync now"');
       assert.match(await text(page, '#sync-result'), new RegExp(`^Synced at .*now on global version ${published};`));
       // The panel re-reads stats() after the sync result is shown: wait for it, then check it.
       await page.waitForFunction((v) => document.getElementById('f-local')?.textContent?.startsWith(`version ${v}`), published, { timeout: 10_000 }).catch(() => undefined);
@@ -396,6 +413,8 @@ describe('demo shop', () => {
     // or sent before an answer.
     const postsAtErase = sdkRequests.filter((r) => r.method() === 'POST').length;
     await page.click('#erase');
+    // The question is said, not only written on the button.
+    assert.match(await text(page, '#announcer'), /^Erase everything\? .*Press “Erase everything” again/);
     await page.click('#erase');
     await page.waitForSelector('body[data-erased="1"]', { timeout: 20_000 });
     assert.equal(await page.isVisible('#consent-banner'), true);
@@ -549,6 +568,8 @@ describe('demo shop', () => {
       null,
       { timeout: 5_000 },
     );
+    // Worded for a shopper with data: what "Decline" would delete.
+    assert.match(await text(page, '#consent-decline-note'), /^“Decline” deletes .*\d+ events?, the personal model/);
     await page.click('#consent-local');
     await page.waitForSelector('#consent-banner', { state: 'hidden' });
     assert.equal(await page.evaluate(() => document.activeElement?.id), 'show-consent');
