@@ -448,9 +448,12 @@ export function settlePending(log: readonly EgressEntry[], entries: readonly Egr
   return out;
 }
 
-/** The stored egress `log` with `entries` settled in, trimmed to the age limit and to {@link EGRESS_MAX}. */
+/**
+ * The stored egress `log` with `entries` settled in, oldest first (entries kept in memory while
+ * storage was full come later than newer ones), trimmed to the age limit and to {@link EGRESS_MAX}.
+ */
 function egressWith(log: unknown, entries: readonly EgressEntry[], cutoff: number): EgressEntry[] {
-  return trimEgress(settlePending(readEgressLog(log).value, entries), cutoff).slice(-EGRESS_MAX);
+  return trimEgress(settlePending(readEgressLog(log).value, entries).sort((a, b) => a.t - b.t), cutoff).slice(-EGRESS_MAX);
 }
 
 /** Calls every listener with `p`; one that throws (a page's callback) does not stop the others or the work reporting. */
@@ -1129,6 +1132,9 @@ export class Engine {
     if (!next.personalization && was) {
       this.dataEpoch++;
       this.unsavedEgress = [];
+      // Nothing queued before it is written (the queue is emptied once training has stopped).
+      if (this.flushTimer) clearTimeout(this.flushTimer);
+      this.flushTimer = undefined;
       this.stopNeighborFetch();
       // A training run stops at its next step, saving nothing (the withdrawal erases the weights).
       this.stopTrainingRun('training stopped by the withdrawal of consent to personalization');
@@ -1279,6 +1285,7 @@ export class Engine {
     this.table = fresh;
     this.scorer = scorer;
     this.saved = kept;
+    this.storedWeights = { table: fresh, saved: kept };
     this.modelRev = saved?.rev ?? 0;
     this.modelStale = false;
     old?.dispose();
@@ -1490,6 +1497,7 @@ export class Engine {
     this.heldGlobal = undefined;
     this.table = this.freshTable(this.dim);
     this.saved = { trainSteps: 0, trainedThroughId: 0 };
+    this.storedWeights = { table: this.table, saved: this.saved };
     this.modelRev = 0;
     this.modelStale = false;
     const old = this.scorer;
@@ -1498,10 +1506,17 @@ export class Engine {
   }
 
   /**
+   * The weights a reload would find, and their counters: as last loaded, reset or saved by this
+   * engine ({@link load}, {@link resetModel}, {@link persist}).
+   */
+  private storedWeights: { table: ItemTable; saved: Engine['saved'] } | undefined;
+
+  /**
    * Puts `table` in use with `saved` (before {@link persist}). The function returned puts back the
-   * weights in use before, when these could not be saved (storage full) and nothing replaced them
-   * since, so that what recommend() ranks by and stats() counts is what is stored (the events stay
-   * pending for the next run); it says whether it did.
+   * weights stored, when these could not be saved (storage full) and nothing replaced them since,
+   * so that what recommend() ranks by and stats() counts is what is stored (the events stay
+   * pending for the next run); it says whether it did. (The stored ones, not those in use before:
+   * a train() and a sync whose saves both fail would otherwise leave the first one's in use.)
    */
   private swapWeights(table: ItemTable, saved: Engine['saved']): () => boolean {
     const before = { table: this.table, saved: this.saved };
@@ -1515,7 +1530,8 @@ export class Engine {
     swap(table, saved);
     return () => {
       if (this.table !== table) return false;
-      swap(before.table, before.saved);
+      const back = this.storedWeights ?? before;
+      swap(back.table, back.saved);
       return true;
     };
   }
@@ -1530,7 +1546,8 @@ export class Engine {
    */
   private async persist(): Promise<void> {
     const t = this.table;
-    const rec: SavedModel = { version: t.version, itemIds: t.itemIds, dim: t.dim, factors: t.factors, bias: t.bias, ...this.saved, rev: this.modelRev + 1 };
+    const saved = this.saved;
+    const rec: SavedModel = { version: t.version, itemIds: t.itemIds, dim: t.dim, factors: t.factors, bias: t.bias, ...saved, rev: this.modelRev + 1 };
     const conflict = new Error('the stored weights moved on');
     try {
       await this.store.updateMeta<SavedModel>(MODEL_KEY, (stored) => {
@@ -1544,6 +1561,7 @@ export class Engine {
       return;
     }
     this.modelRev = rec.rev!;
+    this.storedWeights = { table: t, saved };
     this.tell({ type: 'model' });
   }
 
@@ -1796,11 +1814,13 @@ export class Engine {
     if (entries.length === 0 || !this.consent.personalization || this.closed) return;
     // One transaction: another tab appending at the same time must not lose its entries, nor ours.
     const cutoff = this.recordCutoff();
+    const epoch = this.dataEpoch;
     const held = this.unsavedEgress.splice(0);
     try {
       await this.store.updateMeta<EgressEntry[]>(EGRESS_KEY, (log) => egressWith(log, held.concat(entries), cutoff));
     } catch (e) {
-      this.unsavedEgress.unshift(...held);
+      // (Not into the next data epoch: a withdrawal or an erase meanwhile took them with the rest.)
+      if (epoch === this.dataEpoch) this.unsavedEgress.unshift(...held);
       throw e;
     }
   }
@@ -1922,17 +1942,22 @@ export class Engine {
     const epoch = this.dataEpoch;
     // One not started yet takes, when it starts, every event queued by then: this call's too.
     if (this.flushWaiting?.epoch === epoch) return this.flushWaiting.run;
-    // Chained so that batches land in order and a failed batch does not block later ones.
-    const run: Promise<void> = this.flushing.then(async () => {
-      if (this.flushWaiting?.run === run) this.flushWaiting = undefined;
-      // Called before a consent withdrawal or an erase: what was queued then is gone with the rest.
-      if (epoch !== this.dataEpoch) return;
+    const waiting: { run: Promise<void>; epoch: number } = { run: Promise.resolve(), epoch };
+    // Chained so that batches land in order and a failed batch does not block later ones. Resolves
+    // true when the data epoch changed while it waited: a flush of the new one follows.
+    const run: Promise<boolean> = this.flushing.then(async () => {
+      if (this.flushWaiting === waiting) this.flushWaiting = undefined;
+      // Called before a consent withdrawal or an erase: what was queued then went with them; what
+      // is queued now (another tab's erase keeps what was tracked after it) is the next flush's.
+      if (epoch !== this.dataEpoch) return true;
+      // (A withdrawal under way, or a grant still opening the store: nothing is queued to write.)
+      if (!this.consent.personalization) return false;
       // Taken when the write starts, not when flush() was called: a batch that an earlier flush
       // (an automatic one) could not store was put back in the queue, and this flush must not
       // resolve before it is stored too.
       const batch = this.queue;
       this.queue = [];
-      if (batch.length === 0) return;
+      if (batch.length === 0) return false;
       let r: AddResult;
       // The cached events, brought up to date from what the write says it changed (a shopper's
       // every product page tracks a view then asks for recommendations: at 5,000 stored events a
@@ -1963,10 +1988,18 @@ export class Engine {
       // would be stored twice). They stay marked unwritten and go with the next write.
       await this.persistConsent().catch((e) => (this.lastError = e));
       this.maybeAutoTrain();
+      return false;
     });
-    this.flushWaiting = { run, epoch };
-    this.flushing = run.catch(() => undefined);
-    return run;
+    waiting.run = run.then((again) => (again ? this.flush() : undefined));
+    // (Observed here, as `run` is by `flushing`: a caller that does not wait, such as close(), must
+    // not leave an unhandled rejection; those that wait still get it.)
+    waiting.run.catch(() => undefined);
+    this.flushWaiting = waiting;
+    this.flushing = run.then(
+      () => undefined,
+      () => undefined,
+    );
+    return waiting.run;
   }
 
   /**
@@ -2106,7 +2139,7 @@ export class Engine {
   private async readEgress(): Promise<EgressEntry[]> {
     const read = readEgressLog(await this.store.getMeta(EGRESS_KEY));
     if (read.damaged) this.noteDamaged(EGRESS_KEY, 'its well-formed entries are listed, and the next request logged replaces it with them');
-    return trimEgress(settlePending(read.value, this.unsavedEgress), this.recordCutoff()).slice(-EGRESS_MAX);
+    return egressWith(read.value, this.unsavedEgress, this.recordCutoff());
   }
 
   /** The catalog rows of `recommend({ candidates })`, each once; undefined when not given. */
@@ -2870,9 +2903,10 @@ export class Engine {
    * entries it could not store are named in `stats().lastError`.
    */
   private async finalCheckpoint(checkpoint: () => Promise<void>, egress: EgressEntry[]): Promise<void> {
+    const epoch = this.dataEpoch;
     await checkpoint().catch((e: unknown) => {
       // Kept in memory, listed by audit() and egressLog(), and stored with the next request logged.
-      this.unsavedEgress.push(...egress.splice(0));
+      if (epoch === this.dataEpoch) this.unsavedEgress.push(...egress.splice(0));
       this.lastError = new StorageError(`sync: the egress log could not be stored when the sync ended (${(e as Error).message}); its last entries are kept in memory (audit() lists them) and stored with the next request logged, or lost if the page closes first`, { cause: e });
     });
   }
@@ -2961,15 +2995,23 @@ export class Engine {
         ).total;
       }
       const buffered = egress.length;
-      const entries = [...egress.slice(0, buffered), pending];
+      // With the entries an earlier write could not store (this one has room for them too).
+      const epoch = this.dataEpoch;
+      const held = this.unsavedEgress.splice(0);
+      const entries = [...held, ...egress.slice(0, buffered), pending];
       const cutoff = this.recordCutoff();
-      await this.store.updateMetaPair<AccountantState, EgressEntry[]>(PRIVACY_KEY, EGRESS_KEY, (stored, log) => {
-        after = readAccountant(stored).value;
-        // (With the ledger the budget was checked there: this database's part is recorded.)
-        after.assertCanSpend(noiseMultiplier, shared ? Infinity : budget, delta);
-        after.record(noiseMultiplier);
-        return [after.toJSON(), egressWith(log, entries, cutoff)];
-      });
+      try {
+        await this.store.updateMetaPair<AccountantState, EgressEntry[]>(PRIVACY_KEY, EGRESS_KEY, (stored, log) => {
+          after = readAccountant(stored).value;
+          // (With the ledger the budget was checked there: this database's part is recorded.)
+          after.assertCanSpend(noiseMultiplier, shared ? Infinity : budget, delta);
+          after.record(noiseMultiplier);
+          return [after.toJSON(), egressWith(log, entries, cutoff)];
+        });
+      } catch (e) {
+        if (epoch === this.dataEpoch) this.unsavedEgress.unshift(...held);
+        throw e;
+      }
       egress.splice(0, buffered);
       released = true;
       return shared ?? after;

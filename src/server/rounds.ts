@@ -831,12 +831,18 @@ export class RoundCoordinator {
   private async store(u: NewUpdate, replayed: string, ready: (id: number, again: boolean) => boolean | Promise<boolean | Rejection>): Promise<Accepted | Rejection> {
     // While a publish is owed for want of disk space (publishOwedForDisk) the room an operator frees
     // must go to it: taken by new updates, it would be full again with nothing published, however
-    // long the backlog grew. A masked upload is refused before it is stored, unless an earlier
-    // attempt of it was (its answer lost: it takes no more room, and its cohort may need it). A
-    // plain one is stored and the owed round tried with it at once (below): taken when the publish
-    // succeeds, taken out again and refused when it fails.
+    // long the backlog grew. An upload is refused before it is stored, unless an earlier attempt of
+    // it was (its answer lost: it takes no more room, and its cohort may need it), or it is the one
+    // plain upload a second (RETRY_INTERVAL_MS after the last attempt) that tries the owed publish:
+    // stored, the owed round tried with it (below), taken when the publish succeeds, taken out
+    // again and refused when it fails. So the publish is tried at most once a second however many
+    // devices upload (each attempt reads and combines the whole round), and an upload that comes
+    // once room was freed still completes it without waiting for a read (retryAggregation).
     const owed = this.publishOwedForDisk;
-    if (owed && this.cohorts && !(await this.storage.pendingByNonce(u.nonce))) throw new PublishOwedError();
+    const tryOwed = owed && !this.cohorts && this.clock() - this.lastAttempt >= RETRY_INTERVAL_MS;
+    if (owed && !tryOwed && !(await this.storage.pendingByNonce(u.nonce))) throw new PublishOwedError();
+    // (Counted as the attempt now: an upload that cannot even be stored takes the second's turn too.)
+    if (tryOwed) this.lastAttempt = this.clock();
     let r: { id: number } | 'replayed';
     try {
       r = await this.write(() => this.storage.addUpdate(u));
@@ -889,13 +895,21 @@ export class RoundCoordinator {
       this.pendingN = await this.storage.pendingCount();
       return complete;
     }
-    if (complete && this.failing && !this.failing.storage && this.clock() - this.lastAttempt < RETRY_INTERVAL_MS) {
+    if (owed && !tryOwed) {
+      // An upload stored before (its answer lost), sent again while the publish is owed: answered
+      // as stored; the owed publish waits its turn (a second after the last attempt: the next
+      // request, or the upload that tries it), not tried again for every such upload.
+      this.aggregationOwed = true;
+    } else if (complete && this.failing && !this.failing.storage && this.clock() - this.lastAttempt < RETRY_INTERVAL_MS) {
       // Rounds fail, and not for the storage (an aggregate out of range, a bug): not again for
       // every upload. The next request a second or more after the last attempt retries
       // (retryAggregation), or the next upload that completes a round. (After a storage failure
       // this upload's own write just succeeded: the store may take the publish now.)
       this.aggregationOwed = true;
-    } else if (complete) {
+    } else if (complete || tryOwed) {
+      // (The upload that tries an owed publish tries it even when it does not complete a round by
+      // the count, on a store shared with other processes or with updates left out: it is taken
+      // only if the publish goes through, or nothing is owed any more.)
       const before = this.cur.version;
       for (let attempt = 1; ; attempt++) {
         try {
@@ -921,7 +935,7 @@ export class RoundCoordinator {
         }
       }
       if (this.cur.version > before) published = this.cur.version;
-      else if (owed && !again && this.publishOwedForDisk) {
+      else if (tryOwed && !again && this.publishOwedForDisk) {
         // The owed publish failed again for want of space: this update is taken out again, so that
         // the 503 is true and its room goes to the next attempt (retryAggregation, once a second).
         // One the store cannot take out either stays stored, and is accepted as stored.

@@ -16,6 +16,7 @@
  *   catch-up of a shared store), so every older version keeps its row (number, hash, time, update
  *   count) but loses its optimizer state, and, past the newest `keepModels`, its model bytes.
  */
+import { constants as osConstants } from 'node:os';
 import { StorageError } from '../errors.js';
 import type { SecAggParams } from '../federated/secagg.js';
 import type { CohortStore, CohortTimeouts } from './cohorts.js';
@@ -263,21 +264,34 @@ export class StorageConflictError extends StorageError {
   readonly conflict = true;
 }
 
+/** The system's errno for ENOSPC (28 on Linux and macOS). */
+const ENOSPC_ERRNO = osConstants.errno.ENOSPC;
+
 /**
  * Whether a storage error (or one of its causes) says the disk is full: SQLite's SQLITE_FULL
  * ("database or disk is full", what it reports on ENOSPC), the system's ENOSPC or EDQUOT, or
- * PostgreSQL's `disk_full` (SQLSTATE 53100).
+ * PostgreSQL's `disk_full` (SQLSTATE 53100). SQLite reports ENOSPC met outside a write (an fsync,
+ * a truncate, growing the WAL index) as an I/O error (`SQLITE_IOERR_FSYNC`, `SQLITE_IOERR_SHMSIZE`,
+ * …): one counts only when it says so (its message names ENOSPC or "no space left", or its errno
+ * is ENOSPC); any other I/O error (a failing disk, a file gone) is not a full disk.
  *
  * @example
  * ```ts
  * isDiskFull(new StorageError('SQLite publish version failed: database or disk is full')); // true
+ * isDiskFull(Object.assign(new Error('disk I/O error: No space left'), { code: 'SQLITE_IOERR_WRITE' })); // true
+ * isDiskFull(Object.assign(new Error('disk I/O error'), { code: 'SQLITE_IOERR_WRITE' })); // false
  * ```
  */
 export function isDiskFull(e: unknown): boolean {
   for (let x = e, depth = 0; x && depth < 8; x = (x as { cause?: unknown }).cause, depth++) {
     const code = (x as { code?: unknown }).code;
     if (code === 'SQLITE_FULL' || code === 'ENOSPC' || code === 'EDQUOT' || code === '53100') return true;
-    if (/database or disk is full|no space left on device|disk quota exceeded/i.test(String((x as { message?: unknown }).message ?? ''))) return true;
+    const message = String((x as { message?: unknown }).message ?? '');
+    if (/database or disk is full|no space left on device|disk quota exceeded/i.test(message)) return true;
+    if (typeof code === 'string' && /^SQLITE_IOERR(_|$)/.test(code)) {
+      const errno = (x as { errno?: unknown; systemErrno?: unknown }).errno ?? (x as { systemErrno?: unknown }).systemErrno;
+      if (/\bENOSPC\b|no space left/i.test(message) || errno === 'ENOSPC' || (typeof errno === 'number' && Math.abs(errno) === ENOSPC_ERRNO)) return true;
+    }
   }
   return false;
 }

@@ -224,6 +224,53 @@ describe('consent', () => {
     await e.close();
   });
 
+  // A diff review (stop 36): the entries kept in memory went back into memory after a write that
+  // failed across a withdrawal, and were stored once personalization was granted again.
+  it('an egress entry kept in memory (its write failed) is not carried across a withdrawal by a write that fails after it', async () => {
+    const items = { items: ['a', 'b', 'c'].map((id) => ({ id })) };
+    const file = encodeNeighborTable({ itemIds: ['a', 'b'], width: 1, index: Int32Array.of(1, 0), weight: Float32Array.of(0.5, 0.2) });
+    let mode: 'fail' | 'hang' | 'ok' = 'fail';
+    let release!: () => void;
+    const opened = new Promise<void>((r) => (release = r));
+    let hung = false;
+    class Store extends MemoryEventStore {
+      override async updateMeta<T>(key: string, update: (current: T | undefined) => T): Promise<T> {
+        if (key === EGRESS_KEY && mode === 'fail') throw new Error('QuotaExceededError');
+        if (key === EGRESS_KEY && mode === 'hang') {
+          hung = true;
+          await opened;
+          throw new Error('QuotaExceededError');
+        }
+        return super.updateMeta(key, update);
+      }
+    }
+    const store = new Store();
+    const fetch: FetchLike = async () => new Response(file as Uint8Array<ArrayBuffer>);
+    const e = await Engine.create({ catalog: items, backend: 'cpu', store, autoTrainEvery: 0, neighbors: { url: 'https://cdn.example/n.lrn' }, fetch });
+    try {
+      await e.recommend();
+      for (let i = 0; i < 50 && (await e.egressLog()).length === 0; i++) await new Promise((r) => setTimeout(r, 10));
+      assert.deepEqual((await e.egressLog()).map((x) => x.kind), ['neighbors'], 'kept in memory');
+      // The next write takes it along, and fails only after a withdrawal began.
+      mode = 'hang';
+      const append = (e as unknown as { appendEgress(x: unknown[]): Promise<void> }).appendEgress([{ t: Date.now(), method: 'GET', endpoint: 'https://before.example/', kind: 'neighbors', bytes: 0, status: 200 }]);
+      const appendFailed = assert.rejects(append);
+      for (let i = 0; i < 50 && !hung; i++) await new Promise((r) => setTimeout(r, 10));
+      assert.ok(hung);
+      const withdrawn = e.setConsent({ personalization: false });
+      release();
+      await appendFailed;
+      await withdrawn;
+      mode = 'ok';
+      await e.setConsent({ personalization: true });
+      assert.deepEqual(await e.egressLog(), [], 'nothing from before the withdrawal');
+      await (e as unknown as { appendEgress(x: unknown[]): Promise<void> }).appendEgress([{ t: Date.now(), method: 'GET', endpoint: 'https://x.example/', kind: 'neighbors', bytes: 0, status: 200 }]);
+      assert.deepEqual(((await store.getMeta<Array<{ endpoint: string }>>(EGRESS_KEY)) ?? []).map((x) => x.endpoint), ['https://x.example/'], 'nor stored with the next entry');
+    } finally {
+      await e.close();
+    }
+  });
+
   it('consent changes while personalization is off do not grow the history in memory without bound (long-lived page review, stop 33)', async () => {
     const e = await Engine.create({ catalog, backend: 'cpu', dbName: dbName(), autoTrainEvery: 0, consent: { personalization: false, federated: false } });
     try {

@@ -269,7 +269,9 @@ describe('sync()', () => {
         return super.updateMeta(key, update);
       }
     }
-    const e = await deviceAt(server.url, ['sku-39', 'sku-40', 'sku-41'], { store: new Store() });
+    // (A clock that stands still: scores move with the history's decay over time.)
+    const t0 = Date.now();
+    const e = await deviceAt(server.url, ['sku-39', 'sku-40', 'sku-41'], { store: new Store(), now: () => t0 });
     try {
       const before = await e.stats();
       const ranked = (await e.recommend({ k: 5 })).map((x) => [x.itemId, x.score]);
@@ -285,6 +287,68 @@ describe('sync()', () => {
       const r = await e.sync({ contribute: false });
       assert.equal(r.version, (await e.stats()).model.version);
     } finally {
+      await e.close();
+    }
+  });
+
+  // A diff review (stop 36): each failed save put back the weights in use before it, which can be
+  // another unsaved swap: a train() and a sync overlapping on a full store left the train()'s in use.
+  it('a train() and a sync whose saves both fail leave the stored weights in use, with their counters', async () => {
+    let blocked = false;
+    let saves = 0;
+    let release!: () => void;
+    const opened = new Promise<void>((r) => (release = r));
+    class Store extends MemoryEventStore {
+      override async updateMeta<T>(key: string, update: (current: T | undefined) => T): Promise<T> {
+        if (blocked && key === MODEL_KEY) {
+          saves++;
+          await opened;
+          throw new StorageError('saving "model" failed: QuotaExceededError (simulated)');
+        }
+        return super.updateMeta(key, update);
+      }
+    }
+    let letModelGo!: () => void;
+    let holdModel: Promise<void> | undefined;
+    let modelAsked = false;
+    const fetch: FetchLike = async (url, init) => {
+      if (holdModel && url.includes('/v1/model')) {
+        modelAsked = true;
+        await holdModel;
+      }
+      return globalThis.fetch(url, init);
+    };
+    const store = new Store();
+    const until = async (ok: () => boolean) => {
+      for (let i = 0; i < 500 && !ok(); i++) await new Promise((r) => setTimeout(r, 10));
+      assert.ok(ok());
+    };
+    const e = await deviceAt(server.url, ['sku-42', 'sku-43', 'sku-44'], { store, fetch });
+    try {
+      await e.train({ epochs: 1 });
+      const stored = await store.getMeta<{ factors: Float32Array; trainSteps: number }>(MODEL_KEY);
+      const before = (await e.stats()).model;
+      blocked = true;
+      holdModel = new Promise((r) => (letModelGo = r));
+      // The sync waits for its model; a train() runs meanwhile, and its save waits too.
+      const syncing = e.sync({ contribute: false });
+      await until(() => modelAsked);
+      e.enqueue([{ type: 'view', itemId: 'sku-45' }]);
+      await e.flush();
+      const training = e.train({ epochs: 1 });
+      await until(() => saves === 1);
+      letModelGo();
+      await until(() => saves === 2);
+      release();
+      const [t, y] = await Promise.allSettled([training, syncing]);
+      assert.deepEqual([t.status, y.status], ['rejected', 'rejected']);
+      assert.ok(isStorageError((t as PromiseRejectedResult).reason) && isStorageError((y as PromiseRejectedResult).reason));
+      const after = (await e.stats()).model;
+      assert.deepEqual([after.trainSteps, after.version, after.trainedAt], [before.trainSteps, before.version, before.trainedAt]);
+      assert.equal(after.pendingEvents, 1);
+      assert.deepEqual(Array.from(e.itemTable().factors), Array.from(stored!.factors), 'the weights stored');
+    } finally {
+      release();
       await e.close();
     }
   });

@@ -348,7 +348,8 @@ describe('storage failures lose nothing and store nothing twice', () => {
         return super.updateMeta(key, update);
       }
     }
-    const e = await Engine.create({ catalog, backend: 'cpu', autoTrainEvery: 0, store: new Store() });
+    // (A clock that stands still: scores move with the history's decay over time.)
+    const e = await Engine.create({ catalog, backend: 'cpu', autoTrainEvery: 0, store: new Store(), now: () => now });
     try {
       e.enqueue(Array.from({ length: 12 }, (_, i) => ({ type: 'view', itemId: `p${i % 4}`, t: now - 1_000 + i })));
       await e.flush();

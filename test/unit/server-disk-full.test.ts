@@ -46,6 +46,19 @@ test('isDiskFull: SQLITE_FULL, ENOSPC, EDQUOT and PostgreSQL 53100, through caus
   assert.ok(!isDiskFull(undefined));
 });
 
+test('isDiskFull: a SQLite I/O error (extended code) counts only when it says ENOSPC: in its message, or its errno', () => {
+  const ioerr = (code: string, message: string, more: Record<string, unknown> = {}) => Object.assign(new Error(message), { code, ...more });
+  assert.ok(isDiskFull(ioerr('SQLITE_IOERR_WRITE', 'disk I/O error: No space left')));
+  assert.ok(isDiskFull(ioerr('SQLITE_IOERR_FSYNC', 'disk I/O error (ENOSPC)')));
+  assert.ok(isDiskFull(new StorageError('SQLite publish version failed: disk I/O error', { cause: ioerr('SQLITE_IOERR_SHMSIZE', 'disk I/O error', { errno: 28 }) })));
+  assert.ok(isDiskFull(ioerr('SQLITE_IOERR', 'disk I/O error', { systemErrno: 'ENOSPC' })));
+  // Any other I/O error is not a full disk: a failing disk, a file gone, another errno.
+  assert.ok(!isDiskFull(ioerr('SQLITE_IOERR_WRITE', 'disk I/O error')));
+  assert.ok(!isDiskFull(ioerr('SQLITE_IOERR_READ', 'disk I/O error', { errno: 5 })));
+  assert.ok(!isDiskFull(new StorageError('SQLite store update failed: disk I/O error', { cause: ioerr('SQLITE_IOERR_FSYNC', 'disk I/O error') })));
+  assert.ok(!isDiskFull(ioerr('SQLITE_CORRUPT', 'database disk image is malformed')));
+});
+
 test('SQLite, disk full on publish: uploads refused (503, the reason) while the publish is owed, reads served, the WAL emptied; the publish goes through once there is room, uploads are taken again, none lost', async () => {
   await inDataDir('localrec-disk-full-', async (dir) => {
     let full = false;
@@ -100,8 +113,8 @@ test('SQLite, disk full on publish: uploads refused (503, the reason) while the 
       assert.equal(cur.json.pending, 2, 'the refused upload is not pending');
       assert.match(String(cur.json.lastRoundError), /no disk space left to publish/);
 
-      // A second later: a read retries the publish (still no room), and an upload is tried with
-      // the publish and refused when it fails, taken out again.
+      // A second later: a read retries the publish (still no room), and an upload right after it
+      // is refused without trying it again.
       t += 1500;
       const before = publishAttempts;
       await pull(server.url);
@@ -109,7 +122,7 @@ test('SQLite, disk full on publish: uploads refused (503, the reason) while the 
       assert.equal(r4.status, 503, JSON.stringify(r4.json));
       assert.match(String(r4.json.error), OWED);
       refused.push(nonceOf(u4));
-      assert.ok(publishAttempts >= before + 1, 'the owed publish was tried again');
+      assert.equal(publishAttempts, before + 1, 'the owed publish was tried again, once');
       assert.equal((await getJson(server.url, '/v1/rounds/current')).json.pending, 2, 'the refused upload was taken out again');
       assert.equal((await getJson(server.url, '/v1/health')).status, 503);
 
@@ -224,4 +237,116 @@ test('secure aggregation, disk full on a complete cohort\'s publish: new member 
   assert.equal(done.status, 202);
   assert.equal(done.json.published, 2, 'the next cohort completes');
   assert.equal((await call('/v1/health')).status, 200);
+});
+
+test('SQLite, publish owed: plain uploads in quick succession try it at most once a second, not one each; the refused are not stored; once there is room, an upload a second after the last attempt completes it', async () => {
+  await inDataDir('localrec-disk-full-', async (dir) => {
+    let full = false;
+    let publishAttempts = 0;
+    const storage = SqliteStorage.open(dir, {
+      beforeCommit: (what) => {
+        if (what !== 'publish') return;
+        publishAttempts++;
+        if (full) throw diskFull();
+      },
+    });
+    let t = 1_000_000;
+    const server = await startServer({ port: 0, storage, initialTable: initialTable(), minClients: 2, noiseMultiplier: 0, rateLimit: false, maxStaleness: 100, now: () => t, log: () => {} });
+    const acked: string[] = [];
+    const refused: string[] = [];
+    try {
+      const v0 = await pull(server.url);
+      const u = Array.from({ length: 13 }, (_, i) => honestUpdate(v0, i + 1));
+      assert.equal((await upload(server.url, u[0]!)).status, 202);
+      full = true;
+      assert.equal((await upload(server.url, u[1]!)).json.published, null, 'the publish failed: one is owed');
+      acked.push(nonceOf(u[0]!), nonceOf(u[1]!));
+      const failedAt = publishAttempts;
+      const refusedAll = async (batch: Uint8Array[]) => {
+        const answers = await Promise.all(batch.map((b) => upload(server.url, b)));
+        for (const a of answers) {
+          assert.equal(a.status, 503, JSON.stringify(a.json));
+          assert.equal(a.json.reason, 'storage-unavailable');
+          assert.match(String(a.json.error), OWED);
+        }
+        refused.push(...batch.map(nonceOf));
+      };
+
+      // Within the second after the failed attempt: 5 uploads, all refused before they are stored, no attempt.
+      await refusedAll(u.slice(2, 7));
+      assert.equal(publishAttempts, failedAt, 'no publish tried within the second after the last attempt');
+
+      // A second on: 5 more in quick succession (the clock standing still); one of them tries the
+      // owed publish (it fails: taken out again), the others are refused up front.
+      t += 1500;
+      await refusedAll(u.slice(7, 12));
+      assert.equal(publishAttempts, failedAt + 1, 'exactly one publish attempt for the 5 uploads');
+      assert.equal((await getJson(server.url, '/v1/rounds/current')).json.pending, 2, 'none of the refused uploads is pending');
+
+      // Room again, but within the second after that attempt: still refused, nothing tried.
+      full = false;
+      await refusedAll([u[12]!]);
+      assert.equal(publishAttempts, failedAt + 1);
+
+      // A second on, the next upload completes the owed publish with it (no read needed).
+      t += 1500;
+      const ok = await upload(server.url, u[2]!);
+      assert.equal(ok.status, 202, JSON.stringify(ok.json));
+      assert.equal(ok.json.published, 1, 'the owed round published, with this upload');
+      refused.splice(refused.indexOf(nonceOf(u[2]!)), 1);
+      acked.push(nonceOf(u[2]!));
+      assert.equal((await getJson(server.url, '/v1/health')).status, 200);
+      const next = await upload(server.url, u[3]!);
+      assert.equal(next.status, 202, 'uploads are taken again, with no wait');
+      refused.splice(refused.indexOf(nonceOf(u[3]!)), 1);
+      acked.push(nonceOf(u[3]!));
+    } finally {
+      await server.close();
+    }
+    // Every accepted update pending or in version 1 (all three it owed); no row of a refused one.
+    assert.deepEqual(await checkStore(dir, acked), { versions: 2, pending: 1 });
+    const db = new Database(join(dir, 'localrec.sqlite'), { readonly: true });
+    try {
+      assert.equal((db.prepare('SELECT update_count AS n FROM versions WHERE version = 1').get() as { n: number }).n, 3);
+      for (const n of refused) assert.equal(db.prepare('SELECT 1 FROM updates WHERE nonce = ?').get(n), undefined, 'a refused upload left no row');
+    } finally {
+      db.close();
+    }
+  });
+});
+
+/** {@link FullOnPublish} shared with other processes, whose count of pending updates leaves `hidden` out (theirs, counted otherwise). */
+class SharedFullOnPublish extends FullOnPublish {
+  readonly shared = true;
+  hidden = 0;
+  override async pendingCount(): Promise<number> {
+    return Math.max(0, (await super.pendingCount()) - this.hidden);
+  }
+}
+
+test('publish owed, an upload that does not complete a round by the count (a shared store): it still tries the owed publish, and is refused and not kept when that fails', async () => {
+  const storage = new SharedFullOnPublish();
+  let t = 1_000_000;
+  const server = await startServer({ port: 0, storage, initialTable: initialTable(), minClients: 2, noiseMultiplier: 0, rateLimit: false, maxStaleness: 100, now: () => t, log: () => {} });
+  try {
+    const v0 = await pull(server.url);
+    const [u1, u2, u3] = [1, 2, 3].map((s) => honestUpdate(v0, s)) as [Uint8Array, Uint8Array, Uint8Array];
+    assert.equal((await upload(server.url, u1)).status, 202);
+    storage.full = true;
+    assert.equal((await upload(server.url, u2)).json.published, null, 'the publish failed: one is owed');
+    storage.hidden = 2;
+    t += 1500;
+    const r = await upload(server.url, u3);
+    assert.equal(r.status, 503, `not accepted while the publish is owed: ${JSON.stringify(r.json)}`);
+    assert.match(String(r.json.error), OWED);
+    assert.equal(await storage.pendingByNonce(nonceOf(u3)), undefined, 'the refused upload is not kept');
+    storage.full = false;
+    storage.hidden = 0;
+    t += 1500;
+    const ok = await upload(server.url, u3);
+    assert.equal(ok.status, 202, JSON.stringify(ok.json));
+    assert.equal(ok.json.published, 1);
+  } finally {
+    await server.close();
+  }
 });
