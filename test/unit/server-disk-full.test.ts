@@ -36,6 +36,18 @@ async function getJson(url: string, path: string): Promise<{ status: number; jso
   return { status: res.status, json: (await res.json()) as Record<string, unknown> };
 }
 
+/** Every accepted update pending (one) or in version 1 (three), and no row of a refused one. */
+async function assertStored(dir: string, acked: string[], refused: string[]): Promise<void> {
+  assert.deepEqual(await checkStore(dir, acked), { versions: 2, pending: 1 });
+  const db = new Database(join(dir, 'localrec.sqlite'), { readonly: true });
+  try {
+    assert.equal((db.prepare('SELECT update_count AS n FROM versions WHERE version = 1').get() as { n: number }).n, 3);
+    for (const n of refused) assert.equal(db.prepare('SELECT 1 FROM updates WHERE nonce = ?').get(n), undefined, 'a refused upload left no row');
+  } finally {
+    db.close();
+  }
+}
+
 test('isDiskFull: SQLITE_FULL, ENOSPC, EDQUOT and PostgreSQL 53100, through causes; not other storage errors', () => {
   assert.ok(isDiskFull(new StorageError('SQLite publish version failed: database or disk is full', { cause: diskFull() })));
   assert.ok(isDiskFull(new StorageError('x', { cause: Object.assign(new Error('could not extend file'), { code: '53100' }) })));
@@ -143,14 +155,7 @@ test('SQLite, disk full on publish: uploads refused (503, the reason) while the 
       await server.close();
     }
     // Every accepted update is in the store (pending or in version 1); the refused one is not.
-    assert.deepEqual(await checkStore(dir, acked), { versions: 2, pending: 1 });
-    const db = new Database(join(dir, 'localrec.sqlite'), { readonly: true });
-    try {
-      assert.equal((db.prepare('SELECT update_count AS n FROM versions WHERE version = 1').get() as { n: number }).n, 3);
-      for (const n of refused) assert.equal(db.prepare('SELECT 1 FROM updates WHERE nonce = ?').get(n), undefined, 'a refused upload left no row');
-    } finally {
-      db.close();
-    }
+    await assertStored(dir, acked, refused);
   });
 });
 
@@ -304,14 +309,7 @@ test('SQLite, publish owed: plain uploads in quick succession try it at most onc
       await server.close();
     }
     // Every accepted update pending or in version 1 (all three it owed); no row of a refused one.
-    assert.deepEqual(await checkStore(dir, acked), { versions: 2, pending: 1 });
-    const db = new Database(join(dir, 'localrec.sqlite'), { readonly: true });
-    try {
-      assert.equal((db.prepare('SELECT update_count AS n FROM versions WHERE version = 1').get() as { n: number }).n, 3);
-      for (const n of refused) assert.equal(db.prepare('SELECT 1 FROM updates WHERE nonce = ?').get(n), undefined, 'a refused upload left no row');
-    } finally {
-      db.close();
-    }
+    await assertStored(dir, acked, refused);
   });
 });
 
