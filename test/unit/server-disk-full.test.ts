@@ -36,6 +36,19 @@ async function getJson(url: string, path: string): Promise<{ status: number; jso
   return { status: res.status, json: (await res.json()) as Record<string, unknown> };
 }
 
+/** An SQLite store whose publishes fail as on a full disk while `disk.full` is set; `disk.publishAttempts` counts them. */
+function sqliteWithDisk(dir: string): { storage: SqliteStorage; disk: { full: boolean; publishAttempts: number } } {
+  const disk = { full: false, publishAttempts: 0 };
+  const storage = SqliteStorage.open(dir, {
+    beforeCommit: (what) => {
+      if (what !== 'publish') return;
+      disk.publishAttempts++;
+      if (disk.full) throw diskFull();
+    },
+  });
+  return { storage, disk };
+}
+
 /** Every accepted update pending (one) or in version 1 (three), and no row of a refused one. */
 async function assertStored(dir: string, acked: string[], refused: string[]): Promise<void> {
   assert.deepEqual(await checkStore(dir, acked), { versions: 2, pending: 1 });
@@ -73,15 +86,7 @@ test('isDiskFull: a SQLite I/O error (extended code) counts only when it says EN
 
 test('SQLite, disk full on publish: uploads refused (503, the reason) while the publish is owed, reads served, the WAL emptied; the publish goes through once there is room, uploads are taken again, none lost', async () => {
   await inDataDir('localrec-disk-full-', async (dir) => {
-    let full = false;
-    let publishAttempts = 0;
-    const storage = SqliteStorage.open(dir, {
-      beforeCommit: (what) => {
-        if (what !== 'publish') return;
-        publishAttempts++;
-        if (full) throw diskFull();
-      },
-    });
+    const { storage, disk } = sqliteWithDisk(dir);
     const logs: string[] = [];
     let t = 1_000_000;
     const server = await startServer({ port: 0, storage, initialTable: initialTable(), minClients: 2, noiseMultiplier: 0, rateLimit: false, maxStaleness: 100, now: () => t, log: (l) => logs.push(l) });
@@ -94,7 +99,7 @@ test('SQLite, disk full on publish: uploads refused (503, the reason) while the 
       assert.equal(first.status, 202);
       acked.push(nonceOf(u1));
 
-      full = true;
+      disk.full = true;
       // The update that completes the round is stored before its publish is tried: accepted.
       const second = await upload(server.url, u2);
       assert.equal(second.status, 202, JSON.stringify(second.json));
@@ -128,18 +133,18 @@ test('SQLite, disk full on publish: uploads refused (503, the reason) while the 
       // A second later: a read retries the publish (still no room), and an upload right after it
       // is refused without trying it again.
       t += 1500;
-      const before = publishAttempts;
+      const before = disk.publishAttempts;
       await pull(server.url);
       const r4 = await upload(server.url, u4);
       assert.equal(r4.status, 503, JSON.stringify(r4.json));
       assert.match(String(r4.json.error), OWED);
       refused.push(nonceOf(u4));
-      assert.equal(publishAttempts, before + 1, 'the owed publish was tried again, once');
+      assert.equal(disk.publishAttempts, before + 1, 'the owed publish was tried again, once');
       assert.equal((await getJson(server.url, '/v1/rounds/current')).json.pending, 2, 'the refused upload was taken out again');
       assert.equal((await getJson(server.url, '/v1/health')).status, 503);
 
       // Room again: the refused upload sent again goes in, with the round it completes.
-      full = false;
+      disk.full = false;
       t += 1500;
       const again = await upload(server.url, u3);
       assert.equal(again.status, 202, JSON.stringify(again.json));
@@ -161,17 +166,16 @@ test('SQLite, disk full on publish: uploads refused (503, the reason) while the 
 
 test('SQLite, disk full on publish: with reads alone, the retried publish goes through once there is room, and uploads are taken again', async () => {
   await inDataDir('localrec-disk-full-', async (dir) => {
-    let full = false;
-    const storage = SqliteStorage.open(dir, { beforeCommit: (what) => { if (what === 'publish' && full) throw diskFull(); } });
+    const { storage, disk } = sqliteWithDisk(dir);
     let t = 1_000_000;
     const server = await startServer({ port: 0, storage, initialTable: initialTable(), minClients: 2, noiseMultiplier: 0, rateLimit: false, maxStaleness: 100, now: () => t, log: () => {} });
     try {
       const v0 = await pull(server.url);
       assert.equal((await upload(server.url, honestUpdate(v0, 1))).status, 202);
-      full = true;
+      disk.full = true;
       assert.equal((await upload(server.url, honestUpdate(v0, 2))).status, 202);
       assert.equal((await upload(server.url, honestUpdate(v0, 3))).status, 503);
-      full = false;
+      disk.full = false;
       // No upload comes: a read a second after the failed attempt retries it.
       t += 1500;
       assert.equal((await pull(server.url)).table.version, 0, 'answered from memory while the retry waits its turn');
@@ -246,15 +250,7 @@ test('secure aggregation, disk full on a complete cohort\'s publish: new member 
 
 test('SQLite, publish owed: plain uploads in quick succession try it at most once a second, not one each; the refused are not stored; once there is room, an upload a second after the last attempt completes it', async () => {
   await inDataDir('localrec-disk-full-', async (dir) => {
-    let full = false;
-    let publishAttempts = 0;
-    const storage = SqliteStorage.open(dir, {
-      beforeCommit: (what) => {
-        if (what !== 'publish') return;
-        publishAttempts++;
-        if (full) throw diskFull();
-      },
-    });
+    const { storage, disk } = sqliteWithDisk(dir);
     let t = 1_000_000;
     const server = await startServer({ port: 0, storage, initialTable: initialTable(), minClients: 2, noiseMultiplier: 0, rateLimit: false, maxStaleness: 100, now: () => t, log: () => {} });
     const acked: string[] = [];
@@ -263,10 +259,10 @@ test('SQLite, publish owed: plain uploads in quick succession try it at most onc
       const v0 = await pull(server.url);
       const u = Array.from({ length: 13 }, (_, i) => honestUpdate(v0, i + 1));
       assert.equal((await upload(server.url, u[0]!)).status, 202);
-      full = true;
+      disk.full = true;
       assert.equal((await upload(server.url, u[1]!)).json.published, null, 'the publish failed: one is owed');
       acked.push(nonceOf(u[0]!), nonceOf(u[1]!));
-      const failedAt = publishAttempts;
+      const failedAt = disk.publishAttempts;
       const refusedAll = async (batch: Uint8Array[]) => {
         const answers = await Promise.all(batch.map((b) => upload(server.url, b)));
         for (const a of answers) {
@@ -279,19 +275,19 @@ test('SQLite, publish owed: plain uploads in quick succession try it at most onc
 
       // Within the second after the failed attempt: 5 uploads, all refused before they are stored, no attempt.
       await refusedAll(u.slice(2, 7));
-      assert.equal(publishAttempts, failedAt, 'no publish tried within the second after the last attempt');
+      assert.equal(disk.publishAttempts, failedAt, 'no publish tried within the second after the last attempt');
 
       // A second on: 5 more in quick succession (the clock standing still); one of them tries the
       // owed publish (it fails: taken out again), the others are refused up front.
       t += 1500;
       await refusedAll(u.slice(7, 12));
-      assert.equal(publishAttempts, failedAt + 1, 'exactly one publish attempt for the 5 uploads');
+      assert.equal(disk.publishAttempts, failedAt + 1, 'exactly one publish attempt for the 5 uploads');
       assert.equal((await getJson(server.url, '/v1/rounds/current')).json.pending, 2, 'none of the refused uploads is pending');
 
       // Room again, but within the second after that attempt: still refused, nothing tried.
-      full = false;
+      disk.full = false;
       await refusedAll([u[12]!]);
-      assert.equal(publishAttempts, failedAt + 1);
+      assert.equal(disk.publishAttempts, failedAt + 1);
 
       // A second on, the next upload completes the owed publish with it (no read needed).
       t += 1500;
