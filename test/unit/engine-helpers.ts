@@ -3,6 +3,7 @@ import type { FetchLike } from '../../src/federated/sync.js';
 import { createItemTable } from '../../src/model/item-table.js';
 import { startServer, type RunningServer } from '../../src/server/index.js';
 import { IdbEventStore } from '../../src/events/store.js';
+import type { OfferCatalog } from '../../src/offers/types.js';
 
 /**
  * An IndexedDB event store whose `reading` resolves when a history read (`all()`) has begun: for
@@ -72,3 +73,12 @@ export async function serverCountingPosts(ids: string[]): Promise<{ server: Runn
   };
   return { server, url: server.url, posts, fetch };
 }
+
+/** A 10 % offer on `scope`; every one has the same discount and value per use, so a ranking of them follows P(buy in scope) alone. */
+export const offer = (id: string, scope: OfferCatalog['offers'][number]['scope']): OfferCatalog['offers'][number] => ({
+  id,
+  title: `10% off ${id}`,
+  discount: { kind: 'percent', percent: 10 },
+  scope,
+  hints: { margin: 0.4, typicalSpend: 20 },
+});

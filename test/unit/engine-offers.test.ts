@@ -10,6 +10,7 @@ import { LearnedAffinity } from '../../src/offers/eval/learned-affinity.js';
 import { scoreOffers } from '../../src/offers/policy.js';
 import { generateOfferKeys, signOfferCatalog, type OfferKeyPair } from '../../src/offers/signing.js';
 import type { OfferCatalog, SignedOfferCatalog } from '../../src/offers/types.js';
+import { offer } from './engine-helpers.js';
 import '../../src/model/tf.js';
 
 const DAY = 86_400_000;
@@ -20,14 +21,6 @@ const items = [
   ...Array.from({ length: 5 }, (_, i) => ({ id: `m${i}`, title: `Mug ${i}`, category: 'mug', price: 4 })),
   ...Array.from({ length: 5 }, (_, i) => ({ id: `c${i}`, title: `Candle ${i}`, category: 'candle', price: 5 })),
 ];
-// Same discount and value per use, so the ranking follows P(buy in scope) alone.
-const offer = (id: string, scope: OfferCatalog['offers'][number]['scope']): OfferCatalog['offers'][number] => ({
-  id,
-  title: `10% off ${id}`,
-  discount: { kind: 'percent', percent: 10 },
-  scope,
-  hints: { margin: 0.4, typicalSpend: 20 },
-});
 const offers = [offer('bag', { kind: 'items', itemIds: ['p0'] }), offer('mugs', { kind: 'categories', categories: ['mug'] }), offer('candles', { kind: 'categories', categories: ['candle'] })];
 
 /**

@@ -51,6 +51,7 @@ import { startServer, type RunningServer } from '../../src/server/index.js';
 import { createItemTable } from '../../src/model/item-table.js';
 import { generateOfferKeys, signOfferCatalog, type OfferKeyPair } from '../../src/offers/signing.js';
 import type { OfferCatalog, SignedOfferCatalog } from '../../src/offers/types.js';
+import { offer } from './engine-helpers.js';
 import type { FetchLike } from '../../src/federated/sync.js';
 import * as tf from '../../src/model/tf.js';
 
@@ -73,13 +74,6 @@ const BUDGET = 8; // σ = 1: one sync ε 4.38, two 6.57, a third would be 8.39
 const MAX_RELEASES = 2;
 const LONG_ID = 'L'.repeat(256); // the longest id allowed
 
-const offer = (id: string, scope: OfferCatalog['offers'][number]['scope']): OfferCatalog['offers'][number] => ({
-  id,
-  title: `10% off ${id}`,
-  discount: { kind: 'percent', percent: 10 },
-  scope,
-  hints: { margin: 0.4, typicalSpend: 20 },
-});
 const OFFER_CATALOGS: Record<'A' | 'B', OfferCatalog> = {
   A: { version: 1, issuedAt: 1_000, currency: 'GBP', offers: [offer('mugs', { kind: 'categories', categories: ['mug'] }), offer('bags', { kind: 'categories', categories: ['bag'] })] },
   B: { version: 2, issuedAt: 2_000, currency: 'GBP', offers: [offer('p0only', { kind: 'items', itemIds: ['p0'] }), offer('mugs', { kind: 'categories', categories: ['mug'] })] },
