@@ -1495,11 +1495,16 @@ export class Engine {
   /** Back to the initial weights without reading the store (after another tab erased it). */
   private resetModel(): void {
     this.heldGlobal = undefined;
-    this.table = this.freshTable(this.dim);
-    this.saved = { trainSteps: 0, trainedThroughId: 0 };
+    this.useWeights(this.freshTable(this.dim), { trainSteps: 0, trainedThroughId: 0 });
     this.storedWeights = { table: this.table, saved: this.saved };
     this.modelRev = 0;
     this.modelStale = false;
+  }
+
+  /** Puts `table` in use with its counters, scored by a new scorer (the old one released). */
+  private useWeights(table: ItemTable, saved: Engine['saved']): void {
+    this.table = table;
+    this.saved = saved;
     const old = this.scorer;
     this.scorer = this.newScorer();
     old.dispose();
@@ -1509,7 +1514,7 @@ export class Engine {
    * The weights a reload would find, and their counters: as last loaded, reset or saved by this
    * engine ({@link load}, {@link resetModel}, {@link persist}).
    */
-  private storedWeights: { table: ItemTable; saved: Engine['saved'] } | undefined;
+  private storedWeights!: { table: ItemTable; saved: Engine['saved'] };
 
   /**
    * Puts `table` in use with `saved` (before {@link persist}). The function returned puts back the
@@ -1519,19 +1524,10 @@ export class Engine {
    * a train() and a sync whose saves both fail would otherwise leave the first one's in use.)
    */
   private swapWeights(table: ItemTable, saved: Engine['saved']): () => boolean {
-    const before = { table: this.table, saved: this.saved };
-    const swap = (t: ItemTable, s: Engine['saved']) => {
-      this.table = t;
-      this.saved = s;
-      const old = this.scorer;
-      this.scorer = this.newScorer();
-      old.dispose();
-    };
-    swap(table, saved);
+    this.useWeights(table, saved);
     return () => {
       if (this.table !== table) return false;
-      const back = this.storedWeights ?? before;
-      swap(back.table, back.saved);
+      this.useWeights(this.storedWeights.table, this.storedWeights.saved);
       return true;
     };
   }
