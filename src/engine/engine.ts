@@ -19,7 +19,7 @@ import { decodeModel, encodeModel, sha256, toHex } from '../federated/wire.js';
 import type { SparseItemModel } from '../model/sparse-item-model.js';
 import { checkTrainConfig, DEFAULT_TRAIN_CONFIG, trainItemTable, type TrainConfig } from '../model/train.js';
 import { DEFAULT_BUDGET, RdpAccountant, type AccountantState } from '../federated/dp.js';
-import { DROP_OUT, PRIVATE_FETCH, pullOnce, syncOnce, type EgressEntry, type FetchLike } from '../federated/sync.js';
+import { DROP_OUT, PRIVATE_FETCH, pullOnce, syncOnce, type EgressEntry, type FetchLike, type ServerConfig } from '../federated/sync.js';
 import { isStoredBytes, readAccountant, readAutoSync, readCohorts, readConsentRecords, readEgressLog } from './stored-records.js';
 import { forgetSpend, moveLegacySpend, ledgerAvailable, ledgerRecords, PRIVACY_LEDGER_DB, readLedger, recordInLedger, serverKey, type LedgerView } from './privacy-ledger.js';
 import type {
@@ -308,6 +308,13 @@ type TabMessage =
   | { type: 'hello'; id: string };
 /** The egress log keeps this many most recent requests (and none older than `retention.maxAgeDays`). */
 const EGRESS_MAX = 1000;
+/**
+ * The most items a server's model may announce to a device whose catalog holds `pageItems`: 4× the
+ * catalog, or 10,000 more (items the shop added since the page's catalog was built), whichever is larger.
+ */
+function maxServerItems(pageItems: number): number {
+  return Math.max(4 * pageItems, pageItems + 10_000);
+}
 const DAY_MS = 86_400_000;
 /** Sources of the record a session starts with: dropped when it repeats the stored state (mergeConsentHistory). */
 const STARTUP_SOURCES: ReadonlySet<ConsentRecord['source']> = new Set(['options', 'default', 'stored']);
@@ -453,7 +460,19 @@ export function settlePending(log: readonly EgressEntry[], entries: readonly Egr
  * storage was full come later than newer ones), trimmed to the age limit and to {@link EGRESS_MAX}.
  */
 function egressWith(log: unknown, entries: readonly EgressEntry[], cutoff: number): EgressEntry[] {
-  return trimEgress(settlePending(readEgressLog(log).value, entries).sort((a, b) => a.t - b.t), cutoff).slice(-EGRESS_MAX);
+  return capEgress(trimEgress(settlePending(readEgressLog(log).value, entries).sort((a, b) => a.t - b.t), cutoff));
+}
+
+/**
+ * At most {@link EGRESS_MAX} entries of `log` (oldest first): the oldest go, uploads last. A server
+ * that keeps a cohort forming for hours makes a device poll it thousands of times; those polls
+ * must not push the record of what the device uploaded out of its log.
+ */
+export function capEgress(log: readonly EgressEntry[]): EgressEntry[] {
+  let over = log.length - EGRESS_MAX;
+  if (over <= 0) return log.slice();
+  const kept = log.filter((e) => e.kind === 'update' || over-- <= 0);
+  return kept.slice(-EGRESS_MAX);
 }
 
 /** Calls every listener with `p`; one that throws (a page's callback) does not stop the others or the work reporting. */
@@ -2803,6 +2822,24 @@ export class Engine {
     }
   }
 
+  /**
+   * Refuses a server config this device cannot take, before the model's download: another `dim`,
+   * or a model of far more items than the page's catalog (the config sets how much the device reads,
+   * stores and uploads: a hostile server could otherwise make it download gigabytes).
+   */
+  private readonly checkServerConfig = (config: ServerConfig): void => {
+    if (config.dim !== this.table.dim) {
+      throw new ModelError(`the server's model has dim ${config.dim}, this device uses ${this.table.dim}: set options.model.dim to match`);
+    }
+    const pageItems = this.table.itemIds.length;
+    const most = maxServerItems(pageItems);
+    if (config.items > most) {
+      throw new ModelError(
+        `the server's /v1/config announces a model of ${config.items} items, more than a device with a catalog of ${pageItems} takes (${most}: 4× the catalog, or 10,000 more); nothing was downloaded, sent or spent`,
+      );
+    }
+  };
+
   /** Refuses a server model this device cannot take (before a sync trains, spends or sends anything). */
   private readonly checkServerModel = (global: ItemTable): void => {
     if (global.dim !== this.table.dim) {
@@ -2879,6 +2916,8 @@ export class Engine {
         onProgress: this.syncProgress,
         signal,
         now: this.now,
+        checkConfig: this.checkServerConfig,
+        checkModel: this.checkServerModel,
         // Only to the server that sent that version (see storedGlobal).
         ...(this.saved.globalHash && this.saved.globalServer === this.serverKey() ? { knownHash: this.saved.globalHash } : {}),
       });
@@ -3038,6 +3077,7 @@ export class Engine {
         onProgress: this.syncProgress,
         signal,
         now: this.now,
+        checkConfig: this.checkServerConfig,
         checkModel: this.checkServerModel,
         ...(fed.cohortWaitMs !== undefined ? { cohortWaitMs: fed.cohortWaitMs } : {}),
       });

@@ -6,13 +6,14 @@
  */
 import { AbortError, isModelError, isNetworkError, isValidationError, ModelError, NetworkError, PrivacyBudgetError, StorageError, syncCancelled, ValidationError } from '../errors.js';
 import type { SyncProgress } from '../types.js';
+import { MAX_ITEMS as MAX_SERVER_ITEMS } from '../model/catalog.js';
 import { cloneItemTable, type ItemTable } from '../model/item-table.js';
 import { checkTrainConfig, trainItemTable, type Sequence, type TrainConfig } from '../model/train.js';
 import { buildClientUpdate, checkTrainedPart, noisedDelta, type TrainedPart } from './client-update.js';
 import { cryptoUniform, DEFAULT_BUDGET, DEFAULT_DELTA, type RdpAccountant } from './dp.js';
 import { subspaceUpdate } from './subspace.js';
 import { addSelfMask, checkConfirmations, checkSecAggParams, confirmationTags, encodeFixedPoint, encodeMaskedUpdate, maskValues, MASK_VERSION, MAX_COHORT_TIMEOUT_MS, recoveryShare, secAggKeyPair, survivorComponents, usesSelfMask, type SecAggParams } from './secagg.js';
-import { beyondModelMagnitude, bytesEqual, decodeModel, fromHex, MAX_ID_BYTES, MAX_MODEL_MAGNITUDE, sha256, toHex } from './wire.js';
+import { beyondModelMagnitude, bytesEqual, decodeModel, fromHex, MAX_ID_BYTES, MAX_MODEL_MAGNITUDE, MAX_WIRE_DIM, sha256, toHex } from './wire.js';
 
 /** Server settings from `GET /v1/config` that the client needs. */
 export interface ServerConfig {
@@ -237,6 +238,12 @@ export interface SyncOptions {
    * against the device's); throwing stops the sync with nothing spent.
    */
   checkModel?: (global: ItemTable) => void;
+  /**
+   * Checks the server's `/v1/config` before the model is downloaded (the engine: its `dim`, and
+   * that its `items` suit the page's catalog, which bounds the download); throwing stops the sync
+   * after that one request, with nothing spent.
+   */
+  checkConfig?: (config: ServerConfig) => void;
 }
 
 export interface SyncResult {
@@ -324,6 +331,11 @@ export type RequestOptions = Pick<SyncOptions, 'serverUrl' | 'fetch' | 'attempts
 
 /** Default {@link SyncOptions.requestTimeoutMs}: far above the server's longest poll (15 s). */
 export const REQUEST_TIMEOUT_MS = 60_000;
+/**
+ * How long a device that was told its cohort is full (a 409 to its leave) goes on polling a cohort
+ * the server still calls forming before it gives up (an honest server has it ready at once).
+ */
+const COMMITTED_GRACE_MS = 60_000;
 
 /**
  * How much of an answer's body {@link request} reads: `max` bytes at most (`bound` names what sets
@@ -530,6 +542,20 @@ export function parseServerConfig(c: Partial<ServerConfig>): ServerConfig {
   for (const k of ['dim', 'items', 'clip', 'noiseMultiplier', 'bits', 'blockSize', 'version', 'minClients'] as const) {
     if (typeof c[k] !== 'number' || !Number.isFinite(c[k])) throw new ValidationError(`server config.${k}`, `must be a number, got ${String(c[k])}`);
   }
+  // The shapes the device allocates and loops over: whole numbers within what the wire format and
+  // createServer allow (a negative or fractional blockSize ran the quantizer's block loop for ever).
+  const whole: Array<[keyof ServerConfig, number, number]> = [
+    ['dim', 1, MAX_WIRE_DIM],
+    ['items', 1, MAX_SERVER_ITEMS],
+    ['bits', 2, 8],
+    ['blockSize', 1, 0xffffffff],
+    ['version', 0, Number.MAX_SAFE_INTEGER],
+    ['minClients', 1, Number.MAX_SAFE_INTEGER],
+  ];
+  for (const [k, lo, hi] of whole) {
+    const v = c[k] as number;
+    if (!(Number.isInteger(v) && v >= lo && v <= hi)) throw new ValidationError(`server config.${k}`, `must be a whole number from ${lo} to ${hi}, got ${v}`);
+  }
   // The bounds the server itself keeps (createServer): beyond them an honest update cannot be
   // encoded (a clip near float32's limit overflows the quantization scales), and a failure to
   // encode that depends on the history would tell the server something through whether the
@@ -570,6 +596,17 @@ export function parseServerConfig(c: Partial<ServerConfig>): ServerConfig {
     checkTrainedPart(trainedPart(c as ServerConfig), c.items!, 'server config.trainRows');
   }
   return c as ServerConfig;
+}
+
+/**
+ * Refuses a model whose shape is not the one the server's config announced: the update's shape
+ * comes from the config, the delta from the model, and a server may not make the device allocate
+ * and upload a table of another size than the model it sent.
+ */
+function checkModelShape(global: ItemTable, config: Pick<ServerConfig, 'items' | 'dim'>): void {
+  if (global.itemIds.length !== config.items || global.dim !== config.dim) {
+    throw new ValidationError('GET /v1/model', `answered a model of ${global.itemIds.length} items × ${global.dim}, but the server's /v1/config says ${config.items} × ${config.dim}; nothing was sent and no ε spent`);
+  }
 }
 
 /** `GET /v1/config`. */
@@ -669,7 +706,7 @@ function historySequences(global: ItemTable, history: SyncOptions['history']): S
 
 /** Options of {@link pullOnce}: a sync's, less everything about the upload and the budget. */
 export type PullOptions = RequestOptions &
-  Pick<SyncOptions, 'history' | 'train' | 'onProgress'> & {
+  Pick<SyncOptions, 'history' | 'train' | 'onProgress' | 'checkConfig' | 'checkModel'> & {
     /** Hash of the global version the device already adopted: the server then answers 304 while it is current. */
     knownHash?: string;
   };
@@ -696,10 +733,13 @@ export async function pullOnce(o: PullOptions): Promise<PullResult> {
   const train = checkTrainConfig({ epochs: 2, ...o.train });
   o.onProgress?.({ phase: 'config' });
   const config = await fetchServerConfig(o);
+  o.checkConfig?.(config);
   o.onProgress?.({ phase: 'model' });
   const pulled = await fetchModel(o, o.knownHash, config);
   if (!pulled) return { changed: false };
   checkAborted(o, 'after the model was fetched');
+  checkModelShape(pulled.table, config);
+  o.checkModel?.(pulled.table);
   // The two GETs are in the stored egress log before the local step, which may take a while.
   await checkpointQuietly(o);
   const { local, stepFailed } = await receivedLocal(o, config, pulled.table, train);
@@ -813,9 +853,14 @@ export async function syncOnce(o: SyncOptions): Promise<SyncResult> {
   const train = checkTrainConfig({ epochs: 2, ...o.train });
   o.onProgress?.({ phase: 'config' });
   const config = await fetchServerConfig(o);
+  // Before the model's download, whose size the config sets.
+  o.checkConfig?.(config);
   o.onProgress?.({ phase: 'model' });
   const { table: global, hash } = await pullModel(o, config);
   checkAborted(o, 'after the model was fetched');
+  // The update's shape comes from the config, the delta from the model: they must agree (a server
+  // may not make the device allocate and upload a table of another size than the model it sent).
+  checkModelShape(global, config);
   o.checkModel?.(global);
   // Checked before any training or upload, but after the model: a device past its budget has then
   // made the same two requests as any other sync. (Refused after the config alone, its lone
@@ -1105,14 +1150,29 @@ async function sendMasked(
       return `leaving the cohort failed (${(e as Error).message})`;
     }
   };
-  /** Set once a cancel (or the end of the wait) came after the cohort filled: from then on nothing stops the upload. */
+  /**
+   * Set once a cancel (or the end of the wait) came after the cohort filled: from then on only an
+   * erase or a consent withdrawal (a drop-out) stops the upload.
+   */
   let committed = false;
+  /** When the server said the cohort was full (its 409 to the leave), for {@link COMMITTED_GRACE_MS}. */
+  let committedAt = 0;
   /** Throws unless the cohort filled meanwhile (then commits to uploading). */
   const stop = async (error: (left: string) => Error): Promise<void> => {
     const r = await leave();
     if (r !== 'full') throw error(r === 'left' ? 'it left the cohort' : r);
     if (mustDropOut(o)) throw error(droppedOut);
     committed = true;
+    committedAt = now();
+  };
+  /**
+   * The wait between two polls. Committed, it is not cut short by a plain cancel (the cohort needs
+   * this device's upload) but it is by a drop-out: an erase or a consent withdrawal must not wait
+   * on a cohort a server keeps forming (it is checked every second, and at once on an abort).
+   */
+  const pause = async (ms: number): Promise<void> => {
+    if (!committed) return sleep(ms, o.signal);
+    for (let left = ms; left > 0 && !mustDropOut(o); left -= 1000) await sleep(Math.min(1000, left), o.signal?.aborted ? undefined : o.signal);
   };
   /** Gives up on the cohort for good (whatever the reason): leaves it first, unless this device committed to it. */
   const abandon = async (error: unknown): Promise<never> => {
@@ -1132,6 +1192,7 @@ async function sendMasked(
     }
   }
   for (;;) {
+    if (committed && mustDropOut(o)) throw cancelled(droppedOut);
     if (o.signal?.aborted && !committed) await stop(cancelled);
     // Only this member's and its mask neighbours' keys: degree + 1 keys, whatever the cohort size.
     try {
@@ -1152,7 +1213,7 @@ async function sendMasked(
       }
       // Each failed poll is in the stored log too.
       await checkpointQuietly(o);
-      await sleep(Math.min(pollMs * 1.5 ** polls++, Math.max(pollMs, 15_000)), committed ? undefined : o.signal);
+      await pause(Math.min(pollMs * 1.5 ** polls++, Math.max(pollMs, 15_000)));
       continue;
     }
     // Every poll is kept in the stored log as it is made: a tab closed during a long wait leaves
@@ -1171,6 +1232,11 @@ async function sendMasked(
         return spentMeanwhile(gone, `while cohort ${joined.cohort} formed; ${r === 'left' ? 'this device left the cohort' : r}`);
       }
     }
+    // A server that said the cohort was full (409) has its keys out: "forming" after that is not
+    // an honest answer, and is not waited on for the rest of a wait the server itself set.
+    if (committed && now() - committedAt > COMMITTED_GRACE_MS) {
+      throw new NetworkError(`cohort ${joined.cohort}: the server said it was full, yet it was still forming ${COMMITTED_GRACE_MS} ms later; nothing was sent`, 0);
+    }
     if (now() - t0 > waitMs) {
       const late = (left: string) => new NetworkError(`cohort ${joined.cohort} did not fill (${K} members) within ${waitMs} ms; ${left}; nothing was sent`, 0);
       if (committed) throw late('the server said it was full, yet it is still forming');
@@ -1178,7 +1244,7 @@ async function sendMasked(
       continue;
     }
     // Poll every pollMs at first, then back off (×1.5, at most 15 s apart) while the cohort forms.
-    await sleep(Math.min(pollMs * 1.5 ** polls++, Math.max(pollMs, 15_000)), committed ? undefined : o.signal);
+    await pause(Math.min(pollMs * 1.5 ** polls++, Math.max(pollMs, 15_000)));
   }
   // From here on a cancel no longer stops the upload: the cohort is full, its keys are out, and the
   // other members' round now depends on this device's upload (a missing one is a dropout).

@@ -1,7 +1,8 @@
 import { ValidationError } from '../errors.js';
 import type { Catalog, CatalogItem } from '../types.js';
 
-const MAX_ITEMS = 1_000_000;
+/** Most items a catalog (and so a server's model) may hold. */
+export const MAX_ITEMS = 1_000_000;
 const ITEM_FIELDS: readonly string[] = ['id', 'title', 'category', 'price', 'popularity'];
 
 /**

@@ -621,15 +621,15 @@ describe('sync(): what a server that does not play fair can learn', () => {
     }
   });
 
-  it('a server model of another dim is refused before anything is trained, spent or sent', async () => {
+  it('a server model of another dim is refused before it is downloaded, trained, spent or sent', async () => {
     const cap = capturingFetch();
     const e = await Engine.create({ catalog, backend: 'cpu', autoTrainEvery: 0, model: { dim: 8 }, store: new MemoryEventStore(), federated: { serverUrl: server.url }, fetch: cap.fetch });
     try {
       e.enqueue(['sku-80', 'sku-81', 'sku-82'].map((itemId) => ({ type: 'view', itemId })));
       await e.flush();
-      await assert.rejects(e.sync(), /the server's model has dim 16, this device uses 8/);
+      for (const contribute of [true, false]) await assert.rejects(e.sync({ contribute }), /the server's model has dim 16, this device uses 8/);
       assert.equal((await e.stats()).privacy.syncs, 0, 'no ε spent');
-      assert.deepEqual(cap.sent.map((x) => new URL(x.url).pathname), ['/v1/config', '/v1/model']);
+      assert.deepEqual(cap.sent.map((x) => new URL(x.url).pathname), ['/v1/config', '/v1/config'], 'the config says the dim: no model downloaded');
     } finally {
       await e.close();
     }
