@@ -1818,7 +1818,7 @@ export class Engine {
         if (epoch === this.dataEpoch) {
           await this.appendEgress([entry]).catch((e: unknown) => {
             if (epoch === this.dataEpoch) this.unsavedEgress.push(entry);
-            this.lastError = new StorageError(`GET ${url} was made, but its egress log entry could not be stored (${(e as Error).message}); it is kept in memory (audit() lists it) and stored with the next request logged`, { cause: e });
+            this.lastError = new StorageError(`GET ${url} was made, but its egress log entry could not be stored (${(e as Error).message}); it is kept in memory (audit() lists it) and stored with the next events or request written`, { cause: e });
           });
         }
       }
@@ -1826,7 +1826,7 @@ export class Engine {
   }
 
   private async appendEgress(entries: EgressEntry[]): Promise<void> {
-    if (entries.length === 0 || !this.consent.personalization || this.closed) return;
+    if ((entries.length === 0 && this.unsavedEgress.length === 0) || !this.consent.personalization || this.closed) return;
     // One transaction: another tab appending at the same time must not lose its entries, nor ours.
     const cutoff = this.recordCutoff();
     const epoch = this.dataEpoch;
@@ -2002,6 +2002,10 @@ export class Engine {
       // The batch is stored: a failure to write the consent records must not put it back (it
       // would be stored twice). They stay marked unwritten and go with the next write.
       await this.persistConsent().catch((e) => (this.lastError = e));
+      // Egress entries an earlier write could not store (kept in memory, listed by audit()) go
+      // with the first write that succeeds, not only with the next request logged: a page closed
+      // before that would lose them.
+      if (this.unsavedEgress.length > 0 && epoch === this.dataEpoch) await this.appendEgress([]).catch(() => undefined);
       this.maybeAutoTrain();
       return false;
     });
@@ -2940,9 +2944,9 @@ export class Engine {
   private async finalCheckpoint(checkpoint: () => Promise<void>, egress: EgressEntry[]): Promise<void> {
     const epoch = this.dataEpoch;
     await checkpoint().catch((e: unknown) => {
-      // Kept in memory, listed by audit() and egressLog(), and stored with the next request logged.
+      // Kept in memory, listed by audit() and egressLog(), and stored with the next events or request written.
       if (epoch === this.dataEpoch) this.unsavedEgress.push(...egress.splice(0));
-      this.lastError = new StorageError(`sync: the egress log could not be stored when the sync ended (${(e as Error).message}); its last entries are kept in memory (audit() lists them) and stored with the next request logged, or lost if the page closes first`, { cause: e });
+      this.lastError = new StorageError(`sync: the egress log could not be stored when the sync ended (${(e as Error).message}); its last entries are kept in memory (audit() lists them) and stored with the next events or request written, or lost if the page closes first`, { cause: e });
     });
   }
 

@@ -6,7 +6,7 @@ import { COHORTS_KEY, CONSENT_KEY, CONSENT_MAX, EGRESS_KEY, Engine } from '../..
 import { IdbEventStore, MemoryEventStore } from '../../src/events/store.js';
 import { isConsentError, isPrivacyBudgetError } from '../../src/errors.js';
 import type { RunningServer } from '../../src/server/index.js';
-import type { FetchLike } from '../../src/federated/sync.js';
+import type { EgressEntry, FetchLike } from '../../src/federated/sync.js';
 import { encodeNeighborTable } from '../../src/model/neighbors-wire.js';
 import { serverCountingPosts, storeSignallingReads } from './engine-helpers.js';
 import '../../src/model/tf.js';
@@ -222,6 +222,34 @@ describe('consent', () => {
     assert.deepEqual((await e.egressLog()).map((x) => [x.kind, x.endpoint, x.status]), [['neighbors', 'https://cdn.example/n.lrn', 200]]);
     assert.match((await e.stats()).lastError ?? '', /GET https:\/\/cdn\.example\/n\.lrn was made, but its egress log entry could not be stored \(QuotaExceededError\); it is kept in memory/);
     await e.close();
+  });
+
+  it('an egress entry kept in memory (its write failed) is stored with the next events written once there is room, before any other request', async () => {
+    const items = { items: ['a', 'b', 'c'].map((id) => ({ id })) };
+    const file = encodeNeighborTable({ itemIds: ['a', 'b'], width: 1, index: Int32Array.of(1, 0), weight: Float32Array.of(0.5, 0.2) });
+    let full = true;
+    class Store extends MemoryEventStore {
+      override async updateMeta<T>(key: string, update: (current: T | undefined) => T): Promise<T> {
+        if (key === EGRESS_KEY && full) throw new Error('QuotaExceededError');
+        return super.updateMeta(key, update);
+      }
+    }
+    const store = new Store();
+    const e = await Engine.create({ catalog: items, backend: 'cpu', store, autoTrainEvery: 0, neighbors: { url: 'https://cdn.example/n.lrn' }, fetch: async () => new Response(file as Uint8Array<ArrayBuffer>) });
+    try {
+      await e.recommend();
+      for (let i = 0; i < 50 && (await e.egressLog()).length === 0; i++) await new Promise((r) => setTimeout(r, 10));
+      assert.equal(await store.getMeta(EGRESS_KEY), undefined, 'not stored while the store is full');
+      full = false;
+      e.enqueue([{ type: 'view', itemId: 'a' }]);
+      await e.flush();
+      // Before: it stayed in memory until the next request was logged (a day later for the neighbour
+      // file), and a page closed meanwhile lost it.
+      assert.deepEqual((await store.getMeta<EgressEntry[]>(EGRESS_KEY))?.map((x) => [x.kind, x.endpoint]), [['neighbors', 'https://cdn.example/n.lrn']]);
+      assert.deepEqual((await e.egressLog()).map((x) => x.kind), ['neighbors'], 'listed once');
+    } finally {
+      await e.close();
+    }
   });
 
   // A diff review (stop 36): the entries kept in memory went back into memory after a write that
