@@ -11,7 +11,7 @@ import { serveStatic } from '@hono/node-server/serve-static';
 import { relative } from 'node:path';
 import { isStorageError } from '../errors.js';
 import { updateByteLength, WIRE_FORMAT_VERSION, UPDATE_BUDGET_BYTES } from '../federated/wire.js';
-import { rateLimitKey, type RateLimit } from './rate-limit.js';
+import { rateLimitKeys, takeAll, type RateLimit, type RateLimiter } from './rate-limit.js';
 import { noCohort, type LogFn, type RoundCoordinator } from './rounds.js';
 import { defaultUploadTimeoutMs } from './cohorts.js';
 import { REJECT_STATUS, type RejectReason } from './validate-update.js';
@@ -25,7 +25,18 @@ import { methodLabel, ServerMetrics, type UploadKind } from './metrics.js';
 import { monotonicNow } from './clock.js';
 
 export interface AppOptions {
+  /** Per-client token buckets that updates and joins take from (on PostgreSQL shared by every instance). */
   rateLimiter?: RateLimit;
+  /**
+   * Per-client token buckets in this process that the all-keys cohort view takes from: a read, so
+   * each instance bounds what it sends, and a refusal costs no write to a shared store.
+   */
+  readLimiter?: RateLimiter;
+  /**
+   * Buckets in this process that only refused cohort leaves take from (a wrong token, no such
+   * cohort): a client whose bucket is empty is answered 429 before its leave is looked at.
+   */
+  failureLimiter?: RateLimiter;
   /** Folder served at `/` (the demo shop), after the API routes. */
   staticDir?: string;
   /**
@@ -350,12 +361,32 @@ export function createApp(rounds: RoundCoordinator, opts: AppOptions): Hono {
     if (mode === 'secure' && !sa) return fail(c, 'wrong-mode', 'this server takes plain updates (POST /v1/updates); secure aggregation is off');
     await next();
   };
-  const rateLimited = async (c: Context, next: () => Promise<void>) => {
-    if (opts.rateLimiter && !(await opts.rateLimiter.take(rateLimitKey(clientKey(c, opts.trustProxy ?? false))))) {
+  /** Takes a token from the client's bucket in `limiter` (and from its IPv6 /48's: rateLimitKeys), or answers 429. */
+  const limitedBy = (limiter: RateLimit | undefined, what: string) => async (c: Context, next: () => Promise<void>) => {
+    if (limiter && !(await takeAll(limiter, rateLimitKeys(clientKey(c, opts.trustProxy ?? false))))) {
       c.header('Retry-After', '60');
-      return fail(c, 'rate-limited', 'too many updates from this client; retry later');
+      return fail(c, 'rate-limited', `too many ${what} from this client; retry later`);
     }
     await next();
+  };
+  const rateLimited = limitedBy(opts.rateLimiter, 'updates');
+  /**
+   * Refused leaves (a wrong token, no such cohort or member, a full or ended cohort) take from the
+   * client's failure bucket, and a client whose bucket is empty is answered 429 without its leave
+   * being looked at. A device leaves at most once per join, with its own token: only a client
+   * guessing tokens or cohorts runs out.
+   */
+  const failuresLimited = async (c: Context, next: () => Promise<void>) => {
+    const limiter = opts.failureLimiter;
+    if (!limiter) return next();
+    const buckets = rateLimitKeys(clientKey(c, opts.trustProxy ?? false));
+    if (!buckets.every((b) => limiter.has(b.key, b.cost))) {
+      c.header('Retry-After', '60');
+      return fail(c, 'rate-limited', 'too many refused requests from this client (wrong cohort tokens or unknown cohorts); retry later');
+    }
+    await next();
+    const reason = refusals.get(c.req.raw);
+    if (reason === 'not-member' || reason === 'unknown-cohort' || reason === 'malformed') for (const b of buckets) limiter.take(b.key, b.cost);
   };
   /** 202 with the round's state for an accepted update, or the rejection. */
   const answer = (c: Context, r: Awaited<ReturnType<RoundCoordinator['submit']>>) =>
@@ -380,7 +411,11 @@ export function createApp(rounds: RoundCoordinator, opts: AppOptions): Hono {
       const body = await readBody(c);
       if (!body) return fail(c, 'malformed', 'could not read the request body');
       const r = await rounds.joinCohort(body);
-      if (!r.ok) return fail(c, r.reason, r.error);
+      if (!r.ok) {
+        // Cohorts in memory hold as many members as they may: some will have ended in a minute.
+        if (r.reason === 'cohorts-full') c.header('Retry-After', '60');
+        return fail(c, r.reason, r.error);
+      }
       c.header('Cache-Control', 'no-store');
       return c.json({ cohort: r.cohort.id, index: r.index, size: r.cohort.size, status: r.cohort.status, token: r.token }, 200);
     },
@@ -403,12 +438,28 @@ export function createApp(rounds: RoundCoordinator, opts: AppOptions): Hono {
     c.header('Cache-Control', 'no-store');
     return c.json(await rounds.cohortView(co, member));
   };
-  app.get('/v1/secagg/cohorts/:id', only('secure'), (c) => cohortView(c));
+  // Every key of a cohort, for audits (devices ask only for their member view): the body, 532 KB at
+  // K = 4,000, is built once per cohort (rounds.cohortKeysView), answered 304 for its ETag, and each
+  // request takes a token from the client's bucket of reads, so no client can have it sent over and over.
+  app.get('/v1/secagg/cohorts/:id', only('secure'), limitedBy(opts.readLimiter, 'cohort reads'), async (c) => {
+    const id = c.req.param('id') ?? '';
+    const co = await rounds.cohort(id);
+    if (!co) {
+      const r = noCohort(id);
+      return fail(c, r.reason, r.error);
+    }
+    const view = rounds.cohortKeysView(co);
+    c.header('ETag', view.etag);
+    // Stored by nobody without asking again: the state changes until the cohort ends.
+    c.header('Cache-Control', 'no-cache');
+    if (noneMatch(c.req.header('if-none-match'), view.etag)) return c.body(null, 304);
+    return c.body((await view.body()) as Uint8Array<ArrayBuffer>, 200, { 'Content-Type': 'application/json' });
+  });
   // A member's own view: its key and its mask neighbours' (a path, not a query: no request of the SDK carries a query string).
   app.get('/v1/secagg/cohorts/:id/members/:member', only('secure'), (c) => cohortView(c, c.req.param('member')));
 
   // A member leaves a cohort still forming (its sync was cancelled or gave up): its place is freed.
-  app.post('/v1/secagg/cohorts/:id/members/:member/leave', only('secure'), bodyLimit({ maxSize: 0, onError: (c) => fail(c, 'oversized', 'leaving a cohort takes no body') }), async (c) => {
+  app.post('/v1/secagg/cohorts/:id/members/:member/leave', only('secure'), failuresLimited, bodyLimit({ maxSize: 0, onError: (c) => fail(c, 'oversized', 'leaving a cohort takes no body') }), async (c) => {
     const param = c.req.param('member') ?? '';
     const r = await rounds.leaveCohort(c.req.param('id') ?? '', memberIndex(param), c.req.header('x-localrec-cohort-token') ?? '', param);
     if (!r.ok) return fail(c, r.reason, r.error);

@@ -12,9 +12,10 @@
  * are deleted at the next start. In PostgreSQL it outlives any one process and ends by completing
  * or by timing out.
  */
+import { createHash } from 'node:crypto';
 import type { SecAggParams } from '../federated/secagg.js';
 import { aliveNeighbours, COHORT_ID_BYTES, CONFIRM_TAG_BYTES, maskNeighbours, recoveryShareBytes, type TagRound, SEALED_SHARE_BYTES, selfMaskUnrecoverable, sharePosition, survivorComponents, usesSelfMask } from '../federated/secagg.js';
-import { bytesEqual, toHex } from '../federated/wire.js';
+import { bytesEqual, fromHex, toHex } from '../federated/wire.js';
 
 export type CohortStatus = 'forming' | 'ready' | 'recovering' | 'done' | 'aborted';
 
@@ -85,9 +86,11 @@ export interface CohortStore {
   readonly durable: boolean;
   /**
    * Adds a member (its public key) to the cohort being formed, opening a new one when none is; the
-   * cohort becomes `ready` when its K-th member joins. A key already in that cohort is refused.
+   * cohort becomes `ready` when its K-th member joins. A key already in that cohort gets its place
+   * and token again (a retried join). `{ error, busy: true }` when the store holds as many members
+   * as it may (in memory: {@link MemoryCohortStore}'s cap): a 503, nothing was stored.
    */
-  join(publicKey: Uint8Array): Promise<{ cohort: CohortInfo; index: number; token: string } | { error: string }>;
+  join(publicKey: Uint8Array): Promise<{ cohort: CohortInfo; index: number; token: string } | { error: string; busy?: true }>;
   /**
    * Member `index` (proved by its join `token`) leaves a cohort that is still forming: its key and
    * token are deleted and its place goes to the next device to join. `too-late` once the cohort is
@@ -200,9 +203,12 @@ export function isCohortId(id: string): boolean {
   return COHORT_ID.test(id);
 }
 
-/** A fresh random member token (hex of 16 bytes). */
+/** Bytes of a member token (it travels as their hex). */
+const TOKEN_BYTES = 16;
+
+/** A fresh random member token (hex of {@link TOKEN_BYTES} bytes). */
 export function newMemberToken(): string {
-  const b = new Uint8Array(16);
+  const b = new Uint8Array(TOKEN_BYTES);
   globalThis.crypto.getRandomValues(b);
   return toHex(b);
 }
@@ -277,26 +283,37 @@ export type CohortView = {
   ready?: Record<string, string>;
 };
 
+/** Whether a cohort's views show its keys: once it is full, and after it is done (not once it aborted). */
+function keysOut(c: Pick<CohortInfo, 'status'>): boolean {
+  return c.status === 'ready' || c.status === 'recovering' || c.status === 'done';
+}
+
+/** A cohort's view without any keys or recovery records: its state. */
+function viewHead(c: CohortInfo): CohortView {
+  const out: CohortView = { cohort: c.id, size: c.size, joined: c.joined, submitted: c.submitted, status: c.status };
+  if (c.published !== undefined) out.published = c.published;
+  if (c.abortReason) out.reason = c.abortReason;
+  if (c.dropped) out.dropped = c.dropped;
+  return out;
+}
+
 /**
  * Public view for `GET /v1/secagg/cohorts/:id`: keys only once the cohort is full. With `member`,
  * only that member's key and its mask neighbours' (`memberKeys`, what the device needs: degree + 1
- * keys whatever K is); without one, all K keys in member order (`keys`, for audits).
+ * keys whatever K is); without one, all K keys in member order (`keys`, for audits; the server
+ * answers that one from {@link KeysViewCache} through {@link allKeysView}).
  */
 export async function cohortView(store: CohortStore, c: CohortInfo, degree: number, member?: number): Promise<CohortView> {
-  const keysOut = c.status === 'ready' || c.status === 'recovering' || c.status === 'done';
-  const out: CohortView = { cohort: c.id, size: c.size, joined: c.joined, submitted: c.submitted, status: c.status };
-  if (keysOut && member === undefined) {
+  const out = viewHead(c);
+  if (keysOut(c) && member === undefined) {
     const all = await store.keys(c.id);
     out.keys = Array.from({ length: c.size }, (_, i) => toHex(all.get(i) ?? new Uint8Array()));
   }
-  if (keysOut && member !== undefined) {
+  if (keysOut(c) && member !== undefined) {
     const wanted = [member, ...maskNeighbours(member, c.size, degree)];
     const some = await store.keys(c.id, wanted);
     out.memberKeys = Object.fromEntries(wanted.map((j) => [String(j), toHex(some.get(j) ?? new Uint8Array())]));
   }
-  if (c.published !== undefined) out.published = c.published;
-  if (c.abortReason) out.reason = c.abortReason;
-  if (c.dropped) out.dropped = c.dropped;
   if (c.status === 'recovering' && member !== undefined && c.dropped && !c.dropped.includes(member)) {
     const dropped = c.dropped;
     const from = aliveNeighbours(member, c.size, degree, dropped);
@@ -318,11 +335,103 @@ export async function cohortView(store: CohortStore, c: CohortInfo, degree: numb
   return out;
 }
 
+/** Bytes of `keys` arrays {@link KeysViewCache} keeps at most: those of 32 cohorts of 4,000. */
+export const KEYS_VIEW_CACHE_BYTES = 16 * 1024 * 1024;
+
+/**
+ * The `keys` of the all-keys view (`GET /v1/secagg/cohorts/:id`), as JSON bytes, built once per
+ * cohort: a cohort's keys never change once it is full (members leave only while it forms) and its
+ * id is never reused, so the K keys are read from the store, hex-encoded and UTF-8-encoded once (at
+ * K = 4,000, 532 KB of JSON and 4,000 rows on PostgreSQL), not for every request. Requests that
+ * come while it is being built share that build. The least recently asked are forgotten past
+ * {@link KEYS_VIEW_CACHE_BYTES} (the newest is kept even when it is larger on its own); a build
+ * that failed is not kept.
+ */
+export class KeysViewCache {
+  private readonly entries = new Map<string, { json: Promise<Uint8Array>; bytes: number }>();
+  private bytes = 0;
+
+  constructor(private readonly maxBytes = KEYS_VIEW_CACHE_BYTES) {}
+
+  /** `c`'s K keys in member order, hex, as a JSON array (`c` full: `ready`, `recovering` or `done`). */
+  keysJson(store: CohortStore, c: CohortInfo): Promise<Uint8Array> {
+    const hit = this.entries.get(c.id);
+    if (hit) {
+      // The most recently asked last: the first in the map is the first forgotten.
+      this.entries.delete(c.id);
+      this.entries.set(c.id, hit);
+      return hit.json;
+    }
+    const entry = { json: Promise.resolve(new Uint8Array()), bytes: 0 };
+    entry.json = store.keys(c.id).then(
+      (all) => {
+        const json = UTF8.encode(`[${Array.from({ length: c.size }, (_, i) => `"${toHex(all.get(i) ?? new Uint8Array())}"`).join(',')}]`);
+        if (this.entries.get(c.id) === entry) {
+          entry.bytes = json.length;
+          this.bytes += json.length;
+          for (const [id, e] of this.entries) {
+            if (this.bytes <= this.maxBytes || e === entry) break;
+            this.entries.delete(id);
+            this.bytes -= e.bytes;
+          }
+        }
+        return json;
+      },
+      (e: unknown) => {
+        if (this.entries.get(c.id) === entry) this.entries.delete(c.id);
+        throw e;
+      },
+    );
+    this.entries.set(c.id, entry);
+    return entry.json;
+  }
+}
+
+const UTF8 = new TextEncoder();
+
+/**
+ * The all-keys view of `c` (`GET /v1/secagg/cohorts/:id`, what {@link cohortView} gives without a
+ * member, its `keys` last) as JSON bytes, and its entity tag: a hash of the view without its keys,
+ * which once the cohort is full are fixed by its id, so the tag changes exactly when the body does.
+ * A request that names the tag is answered 304 without the body being built; the keys come from
+ * `cache`, copied once behind the state.
+ */
+export function allKeysView(store: CohortStore, c: CohortInfo, cache: KeysViewCache): { etag: string; body: () => Promise<Uint8Array> } {
+  const head = JSON.stringify(viewHead(c));
+  const etag = `"${createHash('sha256').update(head).digest('base64url').slice(0, 27)}"`;
+  return {
+    etag,
+    body: async () => {
+      if (!keysOut(c)) return UTF8.encode(head);
+      const keys = await cache.keysJson(store, c);
+      const open = UTF8.encode(`${head.slice(0, -1)},"keys":`);
+      const out = new Uint8Array(open.length + keys.length + 1);
+      out.set(open);
+      out.set(keys, open.length);
+      out[out.length - 1] = 0x7d; // }
+      return out;
+    },
+  };
+}
+
+/** How many members the memory cohort store holds in cohorts that have not ended, at most, by default (or 4 cohorts' worth when more). */
+export const DEFAULT_MAX_MEMBERS = 100_000;
+
 interface MemoryCohort extends CohortInfo {
-  /** Public keys in member order (index = position; a member that left leaves a hole until the next join fills it). */
+  /**
+   * Public keys in member order while the cohort forms (index = position; a member that left leaves
+   * a hole until the next join fills it). Once it is full they move to {@link packed}.
+   */
   keyList: Array<Uint8Array | undefined>;
-  keyHex: Set<string>;
+  /** Once full: the K keys one after the other in one buffer, `keyWidth` bytes each (not K small buffers); kept once it is done, for its views. */
+  packed: Uint8Array | null;
+  keyWidth: number;
+  /** While forming: each member's key (hex) → its index, so that a retried join finds its place without a scan. */
+  keyIndex: Map<string, number> | null;
+  /** Members' tokens until the cohort ends; then in {@link endedTokens}. */
   tokens: Array<string | undefined>;
+  /** Once ended: the tokens' 16 bytes each in member order (zeros for a place nobody held), so that a leave is still answered as before. */
+  endedTokens: Uint8Array | null;
   /** Members whose upload was accepted, and the storage ids of those uploads. */
   submittedBy: Set<number>;
   updateIds: number[];
@@ -339,28 +448,98 @@ interface MemoryCohort extends CohortInfo {
  * Cohorts in this process's memory (with the memory and SQLite stores: one server process). `now`
  * times their deadlines: the round coordinator gives it its monotonic clock (the cohorts live and
  * die with the process, so a wall clock stepped back must not hold every forming cohort open).
+ *
+ * What it holds is bounded: members of cohorts that have not ended, by `maxMembers`; a full
+ * cohort's keys are packed into one buffer; a cohort that ends keeps, for the hour it is kept, only
+ * what its views and a late leave still need (its state, its tokens packed, once done its keys),
+ * not its uploads' or its recovery's records.
  */
 export class MemoryCohortStore implements CohortStore {
   readonly durable = false;
   private cohorts = new Map<string, MemoryCohort>();
   private open: MemoryCohort | null = null;
   readonly timeouts: CohortTimeouts;
+  /**
+   * Members held in cohorts that have not ended (forming, full, recovering), at most: a join past
+   * it is refused (`busy`: 503, retried later) until cohorts end. Default {@link DEFAULT_MAX_MEMBERS},
+   * or 4 cohorts' worth when that is more; at least one cohort's (`options.maxMembers`).
+   */
+  readonly maxMembers: number;
+  /** Members of cohorts that have not ended. */
+  private live = 0;
 
   constructor(
     readonly params: SecAggParams,
     timeouts: number | CohortTimeouts,
     private readonly now: () => number,
+    options: { maxMembers?: number } = {},
   ) {
     this.timeouts = cohortTimeouts(timeouts);
+    this.maxMembers = options.maxMembers ?? Math.max(DEFAULT_MAX_MEMBERS, 4 * params.cohortSize);
+    if (!(Number.isInteger(this.maxMembers) && this.maxMembers >= params.cohortSize)) {
+      throw new RangeError(`maxMembers must be a whole number ≥ the cohort size ${params.cohortSize}, got ${this.maxMembers}`);
+    }
+  }
+
+  /** Members held in cohorts that have not ended (forming, full or recovering). */
+  get liveMembers(): number {
+    return this.live;
   }
 
   private static info(c: MemoryCohort): CohortInfo {
-    const { keyList: _k, keyHex: _h, tokens: _t, submittedBy: _s, updateIds: _u, shares: _r, sealed: _x, confirms: _c, readies: _y, ...info } = c;
+    const { keyList: _k, packed: _p, keyWidth: _w, keyIndex: _h, tokens: _t, endedTokens: _e, submittedBy: _s, updateIds: _u, shares: _r, sealed: _x, confirms: _c, readies: _y, ...info } = c;
     return { ...info, ...(info.dropped ? { dropped: info.dropped.slice() } : {}) };
   }
 
-  async join(publicKey: Uint8Array): Promise<{ cohort: CohortInfo; index: number; token: string } | { error: string }> {
+  /** Member `i`'s key (a view into the packed keys once the cohort is full), or undefined. */
+  private static keyOf(c: MemoryCohort, i: number): Uint8Array | undefined {
+    if (!c.packed) return c.keyList[i];
+    if (!(Number.isInteger(i) && i >= 0 && i < c.size)) return undefined;
+    return c.packed.subarray(i * c.keyWidth, (i + 1) * c.keyWidth);
+  }
+
+  /** Member `i`'s token, or undefined (no such member). */
+  private static tokenOf(c: MemoryCohort, i: number): string | undefined {
+    if (!c.endedTokens) return c.tokens[i];
+    if (!(Number.isInteger(i) && i >= 0 && (i + 1) * TOKEN_BYTES <= c.endedTokens.length)) return undefined;
+    const t = c.endedTokens.subarray(i * TOKEN_BYTES, (i + 1) * TOKEN_BYTES);
+    return t.some((b) => b !== 0) ? toHex(t) : undefined;
+  }
+
+  /**
+   * A cohort that ended (`done` or `aborted`) keeps only what its views show, its state and, once
+   * done, its keys, and its tokens packed (16 bytes a member: a leave is still told `too-late`, or
+   * that its token is wrong). The records of its uploads and of its recovery go, and its members no
+   * longer count towards `maxMembers`.
+   */
+  private release(c: MemoryCohort, keepKeys: boolean): void {
+    this.live -= c.joined;
+    c.keyIndex = null;
+    c.endedTokens = new Uint8Array(TOKEN_BYTES * c.tokens.length);
+    c.tokens.forEach((t, i) => t !== undefined && c.endedTokens!.set(fromHex(t), i * TOKEN_BYTES));
+    c.tokens = [];
+    c.submittedBy = new Set();
+    c.updateIds = [];
+    c.shares = new Map();
+    c.sealed = new Map();
+    c.confirms = new Map();
+    c.readies = new Map();
+    if (!keepKeys) {
+      c.keyList = [];
+      c.packed = null;
+    }
+  }
+
+  async join(publicKey: Uint8Array): Promise<{ cohort: CohortInfo; index: number; token: string } | { error: string; busy?: true }> {
     const hex = toHex(publicKey);
+    // The same key again while the cohort forms: a join whose answer was lost, retried. The device
+    // gets its place back (nobody else has seen the key yet), not a second one or a refusal that
+    // would leave its first place empty. (Looked up, not searched for: a scan hex-encoded every member.)
+    const again = this.open?.keyIndex?.get(hex);
+    if (this.open && again !== undefined) return { cohort: MemoryCohortStore.info(this.open), index: again, token: this.open.tokens[again]! };
+    if (this.live >= this.maxMembers) {
+      return { error: `the server holds ${this.live} members of cohorts in memory, its most (${this.maxMembers}); retry once cohorts have ended`, busy: true };
+    }
     if (!this.open) {
       const c: MemoryCohort = {
         id: newCohortId(),
@@ -370,8 +549,11 @@ export class MemoryCohortStore implements CohortStore {
         status: 'forming',
         createdAt: this.now(),
         keyList: [],
-        keyHex: new Set(),
+        packed: null,
+        keyWidth: 0,
+        keyIndex: new Map(),
         tokens: [],
+        endedTokens: null,
         submittedBy: new Set(),
         updateIds: [],
         shares: new Map(),
@@ -383,37 +565,42 @@ export class MemoryCohortStore implements CohortStore {
       this.open = c;
     }
     const c = this.open;
-    // The same key again while the cohort forms: a join whose answer was lost, retried. The device
-    // gets its place back (nobody else has seen the key yet), not a second one or a refusal that
-    // would leave its first place empty.
-    if (c.keyHex.has(hex)) {
-      const index = c.keyList.findIndex((k) => k !== undefined && toHex(k) === hex);
-      return { cohort: MemoryCohortStore.info(c), index, token: c.tokens[index]! };
-    }
     // The lowest place a member left, else the next one.
-    const hole = c.keyList.findIndex((k) => k === undefined);
+    const hole = c.joined < c.keyList.length ? c.keyList.findIndex((k) => k === undefined) : -1;
     const index = hole >= 0 ? hole : c.keyList.length;
     c.keyList[index] = publicKey.slice();
-    c.keyHex.add(hex);
+    c.keyIndex!.set(hex, index);
     c.tokens[index] = newMemberToken();
     c.joined++;
+    this.live++;
     if (c.joined === c.size) {
       c.status = 'ready';
       c.readyAt = this.now();
       this.open = null;
+      // Its keys never change again: one buffer instead of K, and no index of them (no retry
+      // reaches a full cohort: it lands in the next one).
+      c.keyIndex = null;
+      const width = c.keyList[0]!.length;
+      if (c.keyList.every((k) => k!.length === width)) {
+        c.packed = new Uint8Array(width * c.size);
+        c.keyList.forEach((k, i) => c.packed!.set(k!, i * width));
+        c.keyWidth = width;
+        c.keyList = [];
+      }
     }
     return { cohort: MemoryCohortStore.info(c), index, token: c.tokens[index]! };
   }
 
   async leave(id: string, index: number, token: string): Promise<'left' | 'too-late' | 'unknown'> {
     const c = this.cohorts.get(id);
-    const key = c?.keyList[index];
-    if (!c || !key || c.tokens[index] !== token) return 'unknown';
+    const held = c && MemoryCohortStore.tokenOf(c, index);
+    if (!c || held === undefined || held !== token) return 'unknown';
     if (c.status !== 'forming') return 'too-late';
-    c.keyHex.delete(toHex(key));
+    c.keyIndex?.delete(toHex(c.keyList[index]!));
     c.keyList[index] = undefined;
     c.tokens[index] = undefined;
     c.joined--;
+    this.live--;
     return 'left';
   }
 
@@ -426,15 +613,16 @@ export class MemoryCohortStore implements CohortStore {
     const c = this.cohorts.get(id);
     const out = new Map<number, Uint8Array>();
     if (!c) return out;
-    for (const i of members ?? c.keyList.keys()) {
-      const k = c.keyList[i];
-      if (k) out.set(i, k);
+    for (const i of members ?? (c.packed ? Array.from({ length: c.size }, (_, j) => j) : c.keyList.keys())) {
+      const k = MemoryCohortStore.keyOf(c, i);
+      if (k) out.set(i, k.slice());
     }
     return out;
   }
 
   async token(id: string, index: number): Promise<string | undefined> {
-    return this.cohorts.get(id)?.tokens[index];
+    const c = this.cohorts.get(id);
+    return c && MemoryCohortStore.tokenOf(c, index);
   }
 
   async markSubmitted(id: string, index: number, updateId: number, sealed?: Uint8Array): Promise<MarkResult> {
@@ -487,10 +675,12 @@ export class MemoryCohortStore implements CohortStore {
 
   async finish(id: string, version: number): Promise<void> {
     const c = this.cohorts.get(id);
-    if (!c) return;
+    // (Only one that collects, as in PostgreSQL: never an ended one.)
+    if (!c || (c.status !== 'ready' && c.status !== 'recovering')) return;
     c.status = 'done';
     c.published = version;
     c.endedAt = this.now();
+    this.release(c, true);
   }
 
   async counts(): Promise<Partial<Record<CohortStatus, number>>> {
@@ -508,6 +698,7 @@ export class MemoryCohortStore implements CohortStore {
       c.endedAt = t;
       if (this.open === c) this.open = null;
       out.aborted.push({ id: c.id, reason, updateIds: c.updateIds.slice() });
+      this.release(c, false);
     };
     const { fillMs, uploadMs } = this.timeouts;
     for (const c of this.cohorts.values()) {

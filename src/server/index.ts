@@ -151,7 +151,11 @@ export interface ServerOptions {
    * recovered from its survivors (their seeds with the missing members) instead of aborted.
    */
   secureAggregation?: boolean | { bits?: number; range?: number; degree?: number; timeoutMs?: number; uploadTimeoutMs?: number; minSurvivors?: number };
-  /** Per-client limit on POST /v1/updates; `false` turns it off. Default 60/min, burst 20. */
+  /**
+   * Per-client limit on `POST /v1/updates` and `POST /v1/secagg/join` (an IPv6 client's /48 has 16
+   * clients' worth as well), and, each in buckets of its own, on `GET /v1/secagg/cohorts/:id` and
+   * on refused cohort leaves; `false` turns it off. Default 60/min, burst 20.
+   */
   rateLimit?: RateLimitOptions | false;
   /**
    * Behind a reverse proxy or load balancer: rate-limit by the last `X-Forwarded-For` address (the
@@ -491,6 +495,10 @@ export async function createServer(options: ServerOptions = {}): Promise<ServerP
     const app = createApp(rounds, {
       log,
       ...(rateLimit ? { rateLimiter: storage.rateLimiter?.(rateLimit, now) ?? new RateLimiter(rateLimit, monotonic) } : {}),
+      // All-keys cohort reads and refused cohort leaves, each in buckets of this process (on
+      // PostgreSQL too: each instance bounds what it sends and what reaches the database through
+      // it, and a refusal costs no write there), at the same rate and burst.
+      ...(rateLimit && config.secureAggregation ? { readLimiter: new RateLimiter(rateLimit, monotonic), failureLimiter: new RateLimiter(rateLimit, monotonic) } : {}),
       ...(options.staticDir ? { staticDir: options.staticDir } : {}),
       trustProxy: options.trustProxy ?? false,
       ...(offers ? { offers, now } : {}),

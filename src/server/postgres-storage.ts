@@ -41,7 +41,7 @@ const READ_TIMEOUT = 'Query read timeout';
 /** Key of the advisory lock that serializes schema creation and publishing ('lrec' in ASCII). */
 const LOCK_KEY = 0x6c726563;
 /** Key of the advisory lock that serializes cohort joins ('lrsa'), so two joins never open two cohorts. */
-const JOIN_LOCK_KEY = 0x6c727361;
+export const JOIN_LOCK_KEY = 0x6c727361;
 /** Key of the session advisory lock held by the process running the one-time clean-up at open ('lrcl'). */
 const CLEANUP_LOCK_KEY = 0x6c72636c;
 /**
@@ -558,17 +558,19 @@ export class PostgresStorage implements Storage {
     }, RATE_PURGE_MS);
     this.purgeTimer.unref?.();
     return {
-      take: async (key: string): Promise<boolean> => {
+      take: async (key: string, cost = 1): Promise<boolean> => {
         const t = now();
         const client = createHmac('sha256', await this.clientKeyAt(t)).update(key).digest('base64url');
-        // Refill since the last request, then take one token only when one is there.
+        // Refill since the last request, then take `cost` (a token, or an IPv6 network's part of
+        // one: rate-limit.ts, rateLimitKeys) only when it is there. Every bucket has the same burst
+        // and rate, so the purge below holds for all of them.
         const r = await this.q(
           'rate-limit a client',
-          `INSERT INTO localrec_rate AS b (client, tokens, at) VALUES ($1, $2::float8 - 1, $3)
-           ON CONFLICT (client) DO UPDATE SET tokens = LEAST($2::float8, b.tokens + GREATEST(0, $3 - b.at) * $4::float8) - 1, at = $3
-           WHERE LEAST($2::float8, b.tokens + GREATEST(0, $3 - b.at) * $4::float8) >= 1
+          `INSERT INTO localrec_rate AS b (client, tokens, at) VALUES ($1, $2::float8 - $5::float8, $3)
+           ON CONFLICT (client) DO UPDATE SET tokens = LEAST($2::float8, b.tokens + GREATEST(0, $3 - b.at) * $4::float8) - $5::float8, at = $3
+           WHERE LEAST($2::float8, b.tokens + GREATEST(0, $3 - b.at) * $4::float8) >= $5::float8
            RETURNING tokens`,
-          [client, options.burst, t, rate],
+          [client, options.burst, t, rate, cost],
         );
         if (performance.now() - lastPurge > RATE_PURGE_MS) purge(t);
         return (r.rowCount ?? 0) > 0;
@@ -724,7 +726,19 @@ class PostgresCohortStore implements CohortStore {
     });
   }
 
-  leave(id: string, index: number, token: string): Promise<'left' | 'too-late' | 'unknown'> {
+  async leave(id: string, index: number, token: string): Promise<'left' | 'too-late' | 'unknown'> {
+    // First one read, outside the join lock that every join of every instance waits on: a leave for
+    // no cohort or with a wrong token, or from a cohort that is full or ended, is answered from it.
+    // Only the member's own leave of a forming cohort takes the lock (and looks again under it).
+    const pre = (
+      await this.q<{ status: CohortStatus; ok: boolean | null }>(
+        'read a cohort member',
+        'SELECT co.status, m.token = $3 AS ok FROM localrec_cohorts co LEFT JOIN localrec_cohort_members m ON m.cohort = co.id AND m.idx = $2 WHERE co.id = $1',
+        [id, index, token],
+      )
+    ).rows[0];
+    if (!pre || pre.ok !== true) return 'unknown';
+    if (pre.status !== 'forming') return 'too-late';
     return this.tx('leave a cohort', async (c) => {
       // The join lock, then the cohort's row: no join or timeout sees the cohort half left.
       await c.query('SELECT pg_advisory_xact_lock($1)', [JOIN_LOCK_KEY]);

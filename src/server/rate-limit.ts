@@ -5,9 +5,16 @@
  * PostgreSQL adapter), so the limit holds across the instances behind a load balancer.
  */
 
-/** Takes a token from a client's bucket: true when the request may go on. */
+/**
+ * Takes a token from a client's bucket: true when the request may go on. `cost` (default 1) is the
+ * part of a token to take: a bucket whose requests each cost 1/m lets m times as many through, at
+ * the same burst and rate otherwise, so one set of options (one table, one purge) serves the
+ * buckets of single clients and those of the IPv6 networks they share ({@link rateLimitKeys}). A
+ * limiter that ignores `cost` takes a whole token: the network's bucket then lets no more through
+ * than one client's.
+ */
 export interface RateLimit {
-  take(key: string): boolean | Promise<boolean>;
+  take(key: string, cost?: number): boolean | Promise<boolean>;
 }
 
 export interface RateLimitOptions {
@@ -42,8 +49,24 @@ export class RateLimiter implements RateLimit {
     private readonly now: () => number,
   ) {}
 
-  /** Takes one token for `key`; false when the client must wait. */
-  take(key: string): boolean {
+  /** Takes `cost` tokens (default one) for `key`; false when the client must wait. */
+  take(key: string, cost = 1): boolean {
+    const b = this.bucket(key);
+    if (b.tokens < cost) return false;
+    b.tokens -= cost;
+    return true;
+  }
+
+  /** Whether `key`'s bucket holds `cost` tokens now, taking none (and keeping no bucket for a key it has none of). */
+  has(key: string, cost = 1): boolean {
+    const b = this.bucket(key, false);
+    return b === undefined ? cost <= this.opts.burst : b.tokens >= cost;
+  }
+
+  /** `key`'s bucket, refilled up to now (a new, full one for a key not seen while it held debt, unless `create` is false). */
+  private bucket(key: string): { tokens: number; at: number };
+  private bucket(key: string, create: false): { tokens: number; at: number } | undefined;
+  private bucket(key: string, create = true): { tokens: number; at: number } | undefined {
     const t = this.now();
     const rate = this.opts.perMinute / 60_000;
     // A client's address is kept only while its bucket holds debt (at most burst / rate, 20 s at
@@ -51,6 +74,7 @@ export class RateLimiter implements RateLimit {
     if (t - this.lastPurge > RateLimiter.PURGE_MS) this.forgetRefilled(t, rate);
     let b = this.buckets.get(key);
     if (!b) {
+      if (!create) return undefined;
       // Bound memory under address churn (many new clients within one purge period).
       if (this.buckets.size >= RateLimiter.MAX_CLIENTS) {
         this.forgetRefilled(t, rate);
@@ -61,9 +85,7 @@ export class RateLimiter implements RateLimit {
     }
     b.tokens = Math.min(this.opts.burst, b.tokens + Math.max(0, t - b.at) * rate);
     b.at = t;
-    if (b.tokens < 1) return false;
-    b.tokens -= 1;
-    return true;
+    return b;
   }
 
   /** Forgets the buckets that have refilled by `t` (they hold no debt), and their addresses. */
@@ -112,4 +134,54 @@ export function rateLimitKey(address: string): string {
   const prefix = n.slice(0, 6).join(':');
   if (prefix === '0:0:0:0:0:65535' || prefix === '100:65435:0:0:0:0') return `${n[6]! >> 8}.${n[6]! & 255}.${n[7]! >> 8}.${n[7]! & 255}`;
   return `${n.slice(0, 4).map((g) => g.toString(16)).join(':')}::/64`;
+}
+
+/**
+ * How many clients' worth of requests one IPv6 network of {@link IPV6_NETWORK_PREFIX} bits may send
+ * (its bucket's requests each cost 1/this of a token: the same burst and rate, this many times over).
+ */
+export const IPV6_NETWORK_SHARE = 16;
+/**
+ * The IPv6 network a /64 is counted in as well: a /48, what a site, a business line or a free tunnel
+ * broker hands out (65,536 /64s, each its own client otherwise). A /56, the usual home delegation,
+ * would leave such a holder 256 networks, each with the network's allowance.
+ */
+export const IPV6_NETWORK_PREFIX = 48;
+
+/** A bucket a request takes from, and the part of a token it takes ({@link RateLimit.take}). */
+export interface RateLimitBucket {
+  key: string;
+  cost: number;
+}
+
+/**
+ * The buckets a request from `address` takes from, all of which must have a token: its client's
+ * ({@link rateLimitKey}); for an IPv6 client also its /48's, whose allowance is
+ * {@link IPV6_NETWORK_SHARE} clients' (each request costs 1/16 of a token there). Without it one
+ * /48 held 65,536 separate limits. The network's limit is still 16 times one IPv4 address's, which
+ * behind a carrier's NAT is shared by far more devices than a /48 usually holds.
+ *
+ * @example
+ * ```ts
+ * rateLimitKeys('2001:db8:1:2::7'); // [{ key: '2001:db8:1:2::/64', cost: 1 }, { key: '2001:db8:1::/48', cost: 0.0625 }]
+ * rateLimitKeys('203.0.113.7');     // [{ key: '203.0.113.7', cost: 1 }]
+ * ```
+ */
+export function rateLimitKeys(address: string): RateLimitBucket[] {
+  const key = rateLimitKey(address);
+  const m = /^([0-9a-f]{1,4}):([0-9a-f]{1,4}):([0-9a-f]{1,4}):[0-9a-f]{1,4}::\/64$/.exec(key);
+  if (!m) return [{ key, cost: 1 }];
+  return [
+    { key, cost: 1 },
+    { key: `${m[1]}:${m[2]}:${m[3]}::/${IPV6_NETWORK_PREFIX}`, cost: 1 / IPV6_NETWORK_SHARE },
+  ];
+}
+
+/**
+ * Takes a token from each of `buckets` in turn, stopping at the first that has none: true when the
+ * request may go on. (A network's bucket is not charged for a client its own bucket refused.)
+ */
+export async function takeAll(limit: RateLimit, buckets: readonly RateLimitBucket[]): Promise<boolean> {
+  for (const b of buckets) if (!(await limit.take(b.key, b.cost))) return false;
+  return true;
 }

@@ -12,7 +12,7 @@ import { MaskedSum, RecoveredSum } from './masked-sum.js';
 import { steadyClock } from './clock.js';
 import { checkUpdate, reject, type Rejection, type UpdatePolicy } from './validate-update.js';
 import { aliveNeighbours, COHORT_ID_BYTES, CONFIRM_TAG_BYTES, decodeMaskedHeader, type TagRound, decodeMaskedUpdate, importPublicKey, maskNeighbours, recoveryShareBytes, SEALED_SHARE_BYTES, usesSelfMask, type SecAggParams } from '../federated/secagg.js';
-import { cohortView, defaultUploadTimeoutMs, isCohortId, MemoryCohortStore, type CohortInfo, type CohortStatus, type CohortStore, type CohortView } from './cohorts.js';
+import { allKeysView, cohortView, defaultUploadTimeoutMs, isCohortId, KeysViewCache, MemoryCohortStore, type CohortInfo, type CohortStatus, type CohortStore, type CohortView } from './cohorts.js';
 import { expandDelta, trainedLength, type TrainedPart } from '../federated/client-update.js';
 import { DEFAULT_SUBSPACE_SCALE, MIN_DIRECTION_WEIGHT, subspaceTable } from '../federated/subspace.js';
 
@@ -968,7 +968,7 @@ export class RoundCoordinator {
     }
     await this.sweepCohorts();
     const r = await this.cohorts.join(publicKey);
-    if ('error' in r) return reject('replayed', r.error);
+    if ('error' in r) return reject(r.busy ? 'cohorts-full' : 'replayed', r.error);
     return { ok: true, cohort: r.cohort, index: r.index, token: r.token };
   }
 
@@ -984,6 +984,18 @@ export class RoundCoordinator {
     const sa = this.config.secureAggregation;
     if (!this.cohorts || !sa) throw new StorageError('secure aggregation is off on this server');
     return cohortView(this.cohorts, c, sa.degree, member);
+  }
+
+  /** The keys of full cohorts' all-keys views, each built once ({@link KeysViewCache}). */
+  private readonly keysViews = new KeysViewCache();
+
+  /**
+   * `GET /v1/secagg/cohorts/:id` (all K keys) for a cohort {@link cohort} returned: its entity tag,
+   * and its JSON body, whose keys are read and encoded once per cohort ({@link allKeysView}).
+   */
+  cohortKeysView(c: CohortInfo): { etag: string; body: () => Promise<Uint8Array> } {
+    if (!this.cohorts) throw new StorageError('secure aggregation is off on this server');
+    return allKeysView(this.cohorts, c, this.keysViews);
   }
 
   /**
@@ -1084,19 +1096,26 @@ export class RoundCoordinator {
     if (h.step !== Math.fround(sa.step)) return reject('config-mismatch', `the fixed-point step is ${h.step}, the server uses ${Math.fround(sa.step)} (secureAggregation.step in /v1/config)`);
     const id = toHex(h.cohortId);
     await this.sweepCohorts();
+    const ended = (c: CohortInfo) => reject('unknown-cohort', `${cohortState(id, c)}; it takes no uploads`);
+    // The cohort, the member and its token are checked with reads alone before the upload joins the
+    // queue (where every state change of this process waits its turn): an upload for no cohort, or
+    // with a wrong token, costs a read or two and holds up nobody. (A member's token never changes
+    // once its cohort is full; whether the cohort still collects is read again in the queue.)
+    const first = await cohorts.info(id);
+    if (!first) return reject('unknown-cohort', `no cohort ${id} (it ended more than an hour ago, or the server restarted)`);
+    if (first.status !== 'ready') return ended(first);
+    if (h.index >= first.size) return reject('wrong-shape', `member index ${h.index} is outside the cohort (0..${first.size - 1})`);
+    // With dropout recovery each upload carries its self-mask's shares, one per mask neighbour.
+    const owed = usesSelfMask(sa) ? maskNeighbours(h.index, first.size, sa.degree).length : 0;
+    if (h.sealedShares !== owed) {
+      return reject('wrong-shape', owed ? `member ${h.index} must seal a share of its self-mask to each of its ${owed} mask neighbours (format 4), the upload has ${h.sealedShares}` : `this server does not recover dropouts: uploads carry no sealed shares (format 5), this one has ${h.sealedShares}`);
+    }
+    if (token !== (await cohorts.token(id, h.index))) return reject('not-member', `the upload token is not the one member ${h.index} of cohort ${id} was given at join`);
     return this.run(async (): Promise<Accepted | Rejection> => {
       await this.catchUp();
-      const ended = (c: CohortInfo) => reject('unknown-cohort', `${cohortState(id, c)}; it takes no uploads`);
       const c = await cohorts.info(id);
-      if (!c) return reject('unknown-cohort', `no cohort ${id} (it ended more than an hour ago, or the server restarted)`);
+      if (!c) return reject('unknown-cohort', `cohort ${id} ended while the upload waited (it ended more than an hour ago, or the server restarted)`);
       if (c.status !== 'ready') return ended(c);
-      if (h.index >= c.size) return reject('wrong-shape', `member index ${h.index} is outside the cohort (0..${c.size - 1})`);
-      // With dropout recovery each upload carries its self-mask's shares, one per mask neighbour.
-      const owed = usesSelfMask(sa) ? maskNeighbours(h.index, c.size, sa.degree).length : 0;
-      if (h.sealedShares !== owed) {
-        return reject('wrong-shape', owed ? `member ${h.index} must seal a share of its self-mask to each of its ${owed} mask neighbours (format 4), the upload has ${h.sealedShares}` : `this server does not recover dropouts: uploads carry no sealed shares (format 5), this one has ${h.sealedShares}`);
-      }
-      if (token !== (await cohorts.token(id, h.index))) return reject('not-member', `the upload token is not the one member ${h.index} of cohort ${id} was given at join`);
       if (h.baseVersion > this.cur.version) return reject('unknown-base', `base version ${h.baseVersion} is newer than the current version ${this.cur.version}`);
       return this.store(
         { nonce: `${id}:${h.index}`, baseVersion: h.baseVersion, receivedAt: this.config.now(), body },

@@ -101,7 +101,7 @@ export function register(program: Command): void {
     .option('--secagg-survivors <t>', 'secure aggregation: a cohort missing at most K − t uploads at the upload timeout is recovered from the t or more that came (devices then add σC/√t each); default K (no recovery)', num('secagg-survivors', true))
     .option('--cohort-timeout <seconds>', 'secure aggregation: time a cohort has to fill (and, unless --upload-timeout is given, then up to 600 s to collect every upload and any recovery shares)', num('cohort-timeout'), 600)
     .option('--upload-timeout <seconds>', 'secure aggregation: time a full cohort has to collect every upload, and a recovery its shares (default --cohort-timeout, at most 600)', num('upload-timeout'))
-    .option('--rate-limit <perMinute>', 'updates per minute per client address (0 = off)', rateLimitFlag, 60)
+    .option('--rate-limit <perMinute>', 'updates and joins per minute per client address (an IPv6 /64; its /48 gets 16 times that), and as many all-keys cohort reads and refused leaves (0 = off)', rateLimitFlag, 60)
     .option('--trust-proxy', "behind a reverse proxy or load balancer: the client address (for --rate-limit) is the last X-Forwarded-For entry (the one the proxy appended), not the proxy's own; only when every request comes through such a proxy")
     .option('--static <dir>', 'serve this folder at / (a static site; the demo shop needs `npm start` instead, which also serves the SDK build and its demo endpoints)')
     .option('--cors-origin <origin...>', 'page origins that may call the API from another origin (e.g. https://shop.example)')

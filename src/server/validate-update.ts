@@ -21,6 +21,8 @@ export const REJECT_STATUS = {
   'not-member': 403,
   'wrong-mode': 409,
   'rate-limited': 429,
+  /** Secure aggregation with cohorts in memory: the server holds as many members as it may (a join; `Retry-After`). */
+  'cohorts-full': 503,
 } as const;
 
 export type RejectReason = keyof typeof REJECT_STATUS;

@@ -1743,7 +1743,14 @@ describe('syncOnce under secure aggregation: a device never stays a silent membe
     it(`${what} while the cohort forms: it keeps polling until its wait ends, then leaves; nothing sent, no ε`, async () => {
       const srv = await fakeCohortServer({ poll: (n) => (n === 1 ? srv.forming() : failure()) });
       const accountant = new RdpAccountant();
-      await assert.rejects(syncOnce({ serverUrl: 'http://srv', fetch: srv.fetch, accountant, history, ...quick }), (e: unknown) =>
+      // The device's clock moves 20 ms a poll, whatever the machine's load: the 150 ms wait ends
+      // after the same number of polls every run.
+      const clock = { t: CLOCK_START };
+      const fetch: FetchLike = (url, init) => {
+        if (/\/members\/0$/.test(new URL(url).pathname)) clock.t += 20;
+        return srv.fetch(url, init);
+      };
+      await assert.rejects(syncOnce({ serverUrl: 'http://srv', fetch, accountant, history, ...quick, now: () => clock.t }), (e: unknown) =>
         isNetworkError(e) && /no usable answer about it within 150 ms/.test((e as Error).message) && /it left the cohort; nothing was sent/.test((e as Error).message));
       assert.deepEqual(srv.posts(), ['POST /v1/secagg/join', 'POST /v1/secagg/cohorts/:id/members/0/leave']);
       assert.ok(srv.requests.filter((r) => r.startsWith('GET /v1/secagg')).length > 4, 'polled on through the outage');

@@ -17,7 +17,8 @@ import { clipL2, RdpAccountant } from '../../src/federated/dp.js';
 import { syncOnce, type FetchLike } from '../../src/federated/sync.js';
 import { fromHex } from '../../src/federated/wire.js';
 import { createServer, PostgresStorage, startServer } from '../../src/server/index.js';
-import { QUERY_TIMEOUT_MARGIN_MS, redactUrl } from '../../src/server/postgres-storage.js';
+import { JOIN_LOCK_KEY, QUERY_TIMEOUT_MARGIN_MS, redactUrl } from '../../src/server/postgres-storage.js';
+import { rateLimitKeys, takeAll } from '../../src/server/rate-limit.js';
 import { KEEP_ENDED_MS, PUBLISH_GRACE } from '../../src/server/cohorts.js';
 import { StorageConflictError, type Storage } from '../../src/server/storage.js';
 import { OFFERS_FLOOR_KEY, RedeemCatalog } from '../../src/server/redeem.js';
@@ -618,6 +619,69 @@ describe('PostgreSQL storage', { skip: skip ?? false }, () => {
       await exerciseCohortLeave(a, b);
     } finally {
       for (const s of stores) await s.close();
+    }
+  });
+
+  it('a refused leave (no such cohort, a wrong token, a full cohort) is answered without the join lock that every join waits on; a member\'s own leave still takes it', async () => {
+    const database = await freshDatabase();
+    const store = await PostgresStorage.open(database);
+    const params: SecAggParams = { cohortSize: 2, bits: 16, step: 1 / 1024, degree: 2 };
+    const key = (n: number) => new Uint8Array(65).fill(n);
+    const locker = new pg.Client({ connectionString: database });
+    await locker.connect();
+    try {
+      const cohorts = store.cohortStore(params, 60_000, () => 1_000_000);
+      const full = [await cohorts.join(key(1)), await cohorts.join(key(2))];
+      assert.ok(full.every((j) => !('error' in j)));
+      const [a, b] = full as Array<{ cohort: { id: string; status: string }; index: number; token: string }>;
+      assert.equal(b!.cohort.status, 'ready');
+      const m = await cohorts.join(key(3));
+      assert.ok(!('error' in m) && m.cohort.status === 'forming' && m.index === 0);
+      // Another session holds the join lock (a join of another instance, or a thousand of them).
+      await locker.query('BEGIN');
+      await locker.query('SELECT pg_advisory_xact_lock($1)', [JOIN_LOCK_KEY]);
+      /** Whether some session waits for an advisory lock. */
+      const waiting = async () => (await withClient(database, (db) => db.query("SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"))).rowCount! > 0;
+      /** `leave`'s answer, or 'waited' once it is seen waiting for the lock. */
+      const outcome = async (leave: Promise<string>): Promise<string> => {
+        let answer: string | undefined;
+        void leave.then((r) => (answer = r));
+        for (;;) {
+          if (answer !== undefined) return answer;
+          if (await waiting()) return 'waited';
+        }
+      };
+      assert.equal(await outcome(cohorts.leave('cd'.repeat(16), 0, m.token)), 'unknown', 'no such cohort');
+      assert.equal(await outcome(cohorts.leave(m.cohort.id, 0, 'f'.repeat(32))), 'unknown', 'a wrong token');
+      assert.equal(await outcome(cohorts.leave(m.cohort.id, 1, 'f'.repeat(32))), 'unknown', 'nobody at that place');
+      assert.equal(await outcome(cohorts.leave(b!.cohort.id, a!.index, a!.token)), 'too-late', 'a full cohort');
+      // The member's own leave of its forming cohort waits for the lock, and goes through once it is free.
+      const own = cohorts.leave(m.cohort.id, 0, m.token);
+      assert.equal(await outcome(own), 'waited');
+      await locker.query('COMMIT');
+      assert.equal(await own, 'left');
+      assert.equal((await cohorts.info(m.cohort.id))!.joined, 0);
+    } finally {
+      await locker.end();
+      await store.close();
+    }
+  });
+
+  it('the shared rate limit takes part of a token for an IPv6 /48: 16 clients\' worth from one /48, each /64 still its own burst', async () => {
+    const database = await freshDatabase();
+    const store = await PostgresStorage.open(database);
+    try {
+      const limit = store.rateLimiter({ perMinute: 60, burst: 2 }, () => 7_000_000);
+      let passed = 0;
+      for (let i = 0; i < 40; i++) if (await takeAll(limit, rateLimitKeys(`2001:db8:aaaa:${i.toString(16)}::1`))) passed++;
+      assert.equal(passed, 32, 'burst 2 a /64, and 2 × 16 for the /48');
+      assert.equal(await takeAll(limit, rateLimitKeys('2001:db8:aaaa:1::9')), false);
+      assert.equal(await takeAll(limit, rateLimitKeys('2001:db8:bbbb::1')), true, 'another /48');
+      assert.equal(await limit.take('203.0.113.9'), true, 'a whole token by default');
+      assert.equal(await limit.take('203.0.113.9'), true);
+      assert.equal(await limit.take('203.0.113.9'), false);
+    } finally {
+      await store.close();
     }
   });
 
