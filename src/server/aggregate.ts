@@ -453,10 +453,21 @@ export function applyFedAdam(
   mean: Float64Array,
   state: Float32Array | null,
   o: FedAdamOptions = DEFAULT_FEDADAM,
+  trained: TrainedPart = { rows: t.itemIds.length, biases: true },
 ): { table: ItemTable; state: Float32Array } {
   const len = mean.length;
   const s = state && state.length === 2 * len ? state.slice() : new Float32Array(2 * len).fill(0, 0, len).fill(o.tau * o.tau, len);
+  // Outside the trained part (a restart narrowed it: fewer trainRows, or frozen biases) the moments
+  // a wider part left would go on stepping what is now frozen: they start again from m₀ = 0,
+  // v₀ = τ², and the mean there is zero (updates carry only the trained part), so nothing moves.
+  const nf = t.factors.length;
+  const frozen = (i: number) => (i < nf ? i >= trained.rows * t.dim : !trained.biases || i - nf >= trained.rows);
   for (let i = 0; i < len; i++) {
+    if (frozen(i)) {
+      s[i] = 0;
+      s[len + i] = o.tau * o.tau;
+      continue;
+    }
     s[i] = o.beta1 * s[i]! + (1 - o.beta1) * mean[i]!;
     s[len + i] = o.beta2 * s[len + i]! + (1 - o.beta2) * mean[i]! * mean[i]!;
   }

@@ -507,8 +507,12 @@ export class RoundCoordinator {
       try {
         await rc.run(() => rc.aggregate());
       } catch (e) {
+        // An aggregate out of range fails as it did while the server ran (`/v1/rounds/current`
+        // says which setting to lower; retried on the next upload or read): the server starts and
+        // serves the last version, rather than refusing to start with the settings it ran with.
+        if (e instanceof AggregateRangeError) rc.logRoundFailure('the round pending at start could not be published', e);
         // On a shared store another process may have published that round meanwhile (adopted).
-        if (!(storage.shared && e instanceof StorageConflictError)) throw e;
+        else if (!(storage.shared && e instanceof StorageConflictError)) throw e;
       }
     }
     if (rc.cohorts && !rc.cohorts.durable && rc.pendingN > 0) {
@@ -1528,7 +1532,7 @@ export class RoundCoordinator {
         how += `, direction weights ${w.join(' ')} (${directionWeights.filter((x) => x > MIN_DIRECTION_WEIGHT).length} of ${w.length} above the noise)`;
       }
     } else if (this.config.aggregator === 'fedadam') {
-      const r = applyFedAdam(this.cur.table, mean, this.cur.optimizer, this.config.fedAdam ?? DEFAULT_FEDADAM);
+      const r = applyFedAdam(this.cur.table, mean, this.cur.optimizer, this.config.fedAdam ?? DEFAULT_FEDADAM, this.config.trained);
       next = r.table;
       optimizer = r.state;
     } else {

@@ -154,6 +154,7 @@ export class SqliteStorage implements Storage {
   private hooks: SqliteStorageOptions;
   private st!: {
     latest: Database.Statement;
+    nonceTaken: Database.Statement;
     hash: Database.Statement;
     insertUpdate: Database.Statement;
     pending: Database.Statement;
@@ -297,6 +298,7 @@ export class SqliteStorage implements Storage {
     this.st = {
       latest: db.prepare('SELECT * FROM versions ORDER BY version DESC LIMIT 1'),
       hash: db.prepare('SELECT hash FROM versions WHERE version = ?'),
+      nonceTaken: db.prepare('SELECT 1 FROM updates WHERE nonce = ?'),
       insertUpdate: db.prepare(
         'INSERT INTO updates (nonce, base_version, received_at, body) VALUES (?, ?, ?, ?) ON CONFLICT (nonce) DO NOTHING',
       ),
@@ -391,6 +393,9 @@ export class SqliteStorage implements Storage {
     if (this.checkpointOwed) this.checkpoint();
     const stored = this.wrap('store update', () =>
       this.db.transaction(() => {
+        // Looked up first: an INSERT that conflicts still uses up an AUTOINCREMENT id, and update
+        // ids run 1, 2, … over the updates taken (protocol.md), with no gap for a refused one.
+        if (this.st.nonceTaken.get(u.nonce) !== undefined) return 'replayed' as const;
         const r = this.st.insertUpdate.run(u.nonce, u.baseVersion, u.receivedAt, Buffer.from(u.body.buffer, u.body.byteOffset, u.body.byteLength));
         if (r.changes === 0) return 'replayed' as const;
         this.hooks.beforeCommit?.('update');
