@@ -71,6 +71,9 @@ export interface Recommender {
    * Records the shopper's consent. Granting personalization starts storing events; withdrawing it
    * erases everything stored. `federated: false` stops sync, and is remembered on the device: a
    * later page load without a consent decision from the host (`'granted'` or no option) keeps it.
+   * While a grant is applied, what the page tracks is held on the page and its other calls wait:
+   * a page need not await the grant for them to run after it and after what was tracked since (a
+   * further setConsent() is not held: the worker applies those in the order made).
    */
   setConsent(consent: { personalization?: boolean; federated?: boolean }): Promise<void>;
   /**
@@ -141,12 +144,15 @@ function deleteEventsDatabase(name: string): Promise<void> {
   return unlessBlocked(
     (blocked) =>
       new Promise<void>((resolve, reject) => {
+        // When the deletion began, as the worker's erase() says it: a tab that created the
+        // database anew after it drops what it wrote there too.
+        const at = Date.now();
         const req = indexedDB.deleteDatabase(name);
         req.onblocked = blocked;
         req.onsuccess = () => {
           if (typeof BroadcastChannel !== 'undefined') {
             const ch = new BroadcastChannel(`localrec:${name}`);
-            ch.postMessage({ type: 'erased' });
+            ch.postMessage({ type: 'erased', at });
             ch.close();
           }
           resolve();
@@ -319,6 +325,14 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
   /** setConsent() calls granting personalization that are under way, and what was tracked meanwhile. */
   let granting = 0;
   let heldForConsent: unknown[] = [];
+  /**
+   * Settles once no grant is under way and what was held for it is sent: the page's other calls
+   * made meanwhile wait for it, so that they run after the grant and after what was tracked since
+   * (a recommend({ exclude: 'seen' }) right after the shopper accepts the banner sees the view
+   * tracked in between; a train() runs with consent).
+   */
+  let grantDone: Promise<void> = Promise.resolve();
+  let endGrant: (() => void) | undefined;
   /** setConsent() calls withdrawing personalization whose answer has not come back. */
   let withdrawing = 0;
   // The page's gate follows the worker's consent: its own setConsent() replies, and every change
@@ -504,15 +518,19 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
       seen = Math.max(seen, s);
     }
   };
-  /** Runs a worker call after every event tracked so far has reached the worker. */
-  const call = <T>(f: () => Promise<T>, field?: string): Promise<T> => {
+  /**
+   * Runs a worker call after every event tracked so far has reached the worker, and after a grant
+   * of personalization under way (see {@link grantDone}; setConsent's own call does not wait).
+   */
+  const call = <T>(f: () => Promise<T>, field?: string, afterGrant = true): Promise<T> => {
     // Every method but track() is async: a closed recommender rejects, it does not throw.
     try {
       open();
     } catch (e) {
       return Promise.reject(e);
     }
-    const p = orDead(revive(synced().then(f), field));
+    const ready = afterGrant && granting > 0 ? grantDone.then(synced) : synced();
+    const p = orDead(revive(ready.then(f), field));
     waitOn(p);
     return p;
   };
@@ -649,9 +667,10 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
       const withdraw = c.personalization === false;
       const grant = c.personalization === true && (!consented || withdrawing > 0);
       if (withdraw) withdrawing++;
-      if (grant) granting++;
+      if (grant && granting++ === 0) grantDone = new Promise<void>((resolve) => (endGrant = resolve));
       try {
-        const state = await call(() => api.setConsent(c), 'consent');
+        // (Not after a grant under way: the worker applies setConsent calls in the order made.)
+        const state = await call(() => api.setConsent(c), 'consent', false);
         gate(state.personalization, state.version);
       } finally {
         if (withdraw) withdrawing--;
@@ -663,6 +682,8 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
             pending.push(...held);
             post();
           } else dropped += held.length;
+          // The calls made meanwhile go now, after what was held for the grant.
+          endGrant?.();
         }
       }
     },

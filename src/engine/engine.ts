@@ -2,7 +2,7 @@ import { AbortError, ClosedError, ConsentError, isStorageError, LocalrecError, M
 import { boolOption, checkSignal, describeValue, intOption, knownKeys, nameOption, OPTION_KEYS } from '../options.js';
 import { checkEventAge, validateEvent } from '../events/schema.js';
 import { ledgerAsOfNow, ledgerKeeps } from '../events/offer-ledger.js';
-import { databaseExists, DEFAULT_RETENTION, deleteEventDatabase, IdbEventStore, MemoryEventStore, openEventStore, quotaEvictedBy, statsOf, type AddResult, type EventStore, type Retention } from '../events/store.js';
+import { databaseExists, DEFAULT_RETENTION, DELETION_GRACE_MS, deleteEventDatabase, IdbEventStore, MemoryEventStore, openEventStore, quotaEvictedBy, statsOf, type AddResult, type EventStore, type Retention } from '../events/store.js';
 import { EVENT_SCHEMA_VERSION, FUTURE_SLACK_MS } from '../events/schema.js';
 import type { AuditReport, ExportFile } from './audit-types.js';
 import { canonicalJson, catalogExpired, checkCatalogAccepted, checkOffersOption, checkOffersOptions, chooseOffers, indexProducts, offerEconomics, offerScopeLookup, predictAffinity, purchaseBaskets, SignatureError, verifySignedCatalog, type ProductIndex } from '../offers/index.js';
@@ -282,6 +282,59 @@ interface EarlyChannel {
  * (Usually over by then: the backend probe and opening the database take longer.)
  */
 export const HELLO_ANSWER_MS = 100;
+
+/**
+ * The Web Lock a tab holds while it follows the shopper's withdrawal of personalization (its own
+ * setConsent, or another tab's): `<prefix><federated 1|0>:<when it was asked for>`. A starting tab
+ * reads the held ones from the browser's lock manager, which answers even while every live tab's
+ * worker is busy, and starts withdrawn instead of storing events until a live tab's answer to its
+ * hello comes (the database that withdrawal deleted would be created anew meanwhile).
+ */
+export function withdrawalLockPrefix(dbName: string): string {
+  return `localrec:${dbName}:withdrawn:`;
+}
+
+/** The browser's lock manager (`navigator.locks`, in windows and workers); undefined where there is none. */
+function lockManager(): LockManager | undefined {
+  const locks = (globalThis.navigator as { locks?: LockManager } | undefined)?.locks;
+  return typeof locks?.request === 'function' && typeof locks.query === 'function' ? locks : undefined;
+}
+
+/** The latest withdrawal of personalization a live tab of `dbName` follows, read from the lock manager; undefined when none (or no lock manager). */
+async function liveWithdrawal(dbName: string): Promise<{ federated: boolean; at: number } | undefined> {
+  const locks = lockManager();
+  if (!locks) return undefined;
+  const prefix = withdrawalLockPrefix(dbName);
+  let held: LockInfo[];
+  try {
+    held = (await locks.query()).held ?? [];
+  } catch {
+    return undefined;
+  }
+  let latest: { federated: boolean; at: number } | undefined;
+  for (const lock of held) {
+    if (!lock.name?.startsWith(prefix)) continue;
+    const m = /^([01]):(-?\d+(?:\.\d+)?)$/.exec(lock.name.slice(prefix.length));
+    if (!m) continue;
+    const at = Number(m[2]);
+    if (Number.isFinite(at) && (!latest || at > latest.at)) latest = { federated: m[1] === '1', at };
+  }
+  return latest;
+}
+
+/**
+ * The latest record of a decision about federated learning in a consent history: made while
+ * personalization was on (a record with it off is a start before consent, which says nothing about
+ * federated learning), and not a start without any answer from the host (`default`: a tab that
+ * started just after another tab's host stored its answer is no later decision).
+ */
+function latestDecision(history: readonly ConsentRecord[]): ConsentRecord | undefined {
+  for (let i = history.length - 1; i >= 0; i--) {
+    const r = history[i]!;
+    if (r.personalization && r.source !== 'default') return r;
+  }
+  return undefined;
+}
 
 /**
  * `events` as the store reads them (by time, then id) after a write that made `changes`: the
@@ -618,7 +671,11 @@ export class Engine {
     // Without an answer from the host the stored decision may still change this (mergeConsentHistory).
     this.consentByDefault = opts.consent === undefined;
     this.consentHistory.push({ t: this.now(), ...this.consent, source: this.consentByDefault ? 'default' : 'options' });
+    this.startedAt = this.now();
   }
+
+  /** When this engine was built (its clock): an erase that began before holds nothing it took. */
+  private readonly startedAt: number;
 
   static async create(opts: EngineOptions): Promise<Engine> {
     // (knownKeys lets undefined through, as an absent sub-object: the options themselves are required.)
@@ -683,8 +740,13 @@ export class Engine {
     const early = Engine.listenToTabs(opts);
     let backend: BackendChoice;
     let store: EventStore;
+    // A live tab follows the shopper's withdrawal of personalization: this one starts withdrawn too
+    // (no database, no events stored), unless its host's answer is later than that withdrawal, as
+    // that tab's answer to the hello would decide once it comes.
+    const live = early ? await liveWithdrawal(opts.dbName ?? 'localrec') : undefined;
+    const followLive = live !== undefined && live.at >= (opts.consent === undefined ? -Infinity : (opts.consentAsOf ?? (opts.now ?? Date.now)()));
     // Before consent nothing may touch IndexedDB: the engine starts on a memory store that drops events.
-    const consented = opts.consent?.personalization ?? true;
+    const consented = !followLive && (opts.consent?.personalization ?? true);
     let memo: BackendMemo | undefined;
     try {
       store = consented ? (opts.store ?? (await openEventStore(opts.dbName ?? 'localrec', retention))) : new MemoryEventStore(retention);
@@ -711,6 +773,7 @@ export class Engine {
     // A host's answer, read at consentAsOf, is not overridden by another tab's change asked for
     // before it; with no answer from the host (the default) any live tab's decision is newer.
     if (opts.consent !== undefined) engine.consentAt = opts.consentAsOf ?? engine.now();
+    if (followLive) engine.followLiveWithdrawal(live!);
     try {
       engine.noteFallback(store);
       engine.watchStore(store);
@@ -748,6 +811,45 @@ export class Engine {
     return engine;
   }
 
+  /** Starts withdrawn, as a live tab that follows the shopper's withdrawal at `live.at` ({@link liveWithdrawal}). */
+  private followLiveWithdrawal(live: { federated: boolean; at: number }): void {
+    this.consent = { personalization: false, federated: live.federated };
+    this.consentApplying = this.consent;
+    this.consentByDefault = false;
+    this.consentAt = this.decidedAt = live.at;
+    this.consentHistory = [{ t: this.now(), ...this.consent, source: 'another-tab' }];
+    this.updateWithdrawalLock();
+    // The page's gate follows: what it tracks from now on is not even posted.
+    this.consentApplied();
+  }
+
+  /** The lock this tab holds while it follows a withdrawal of personalization ({@link withdrawalLockPrefix}). */
+  private withdrawalLock: { name: string; release: () => void } | undefined;
+
+  /**
+   * Holds the withdrawal lock while the consent in force here is a decision (this tab's or
+   * another's, with its time) that withdrew personalization, and lets it go otherwise.
+   */
+  private updateWithdrawalLock(): void {
+    const locks = this.channel ? lockManager() : undefined;
+    const want =
+      locks && !this.closed && !this.consentApplying.personalization && Number.isFinite(this.decidedAt)
+        ? `${withdrawalLockPrefix(this.opts.dbName ?? 'localrec')}${this.consentApplying.federated ? 1 : 0}:${this.decidedAt}`
+        : undefined;
+    if (this.withdrawalLock?.name === want) return;
+    const old = this.withdrawalLock;
+    this.withdrawalLock = undefined;
+    if (want && locks) {
+      let release!: () => void;
+      const held = new Promise<void>((resolve) => (release = resolve));
+      // Shared: every tab that follows it holds it; nobody ever asks for it exclusively. (Asked
+      // for before the one it replaces is let go: a starting tab finds one or the other.)
+      locks.request(want, { mode: 'shared' }, () => held).catch(() => undefined);
+      this.withdrawalLock = { name: want, release };
+    }
+    old?.release();
+  }
+
   /**
    * Releases what a failed {@link create} opened: the tab channel, the scorer's tensors, a
    * neighbour fetch, the automatic sync's timer, and the store it opened (a store the caller gave
@@ -760,6 +862,7 @@ export class Engine {
     this.neighborAbort?.abort();
     this.channel?.close();
     this.channel = undefined;
+    this.updateWithdrawalLock();
     (this.scorer as Scorer | undefined)?.dispose();
     if (this.store !== this.opts.store) this.store.close();
   }
@@ -834,6 +937,7 @@ export class Engine {
       case 'events':
         this.dropEventCache();
         this.store.existsAgain?.();
+        await this.rereadStoredDecision();
         return;
       case 'model':
         this.modelStale = true;
@@ -856,6 +960,8 @@ export class Engine {
         if (m.personalization !== this.consentApplying.personalization || m.federated !== this.consentApplying.federated) {
           await this.applyConsent({ personalization: m.personalization, federated: m.federated }, 'another-tab', typeof m.at === 'number' ? m.at : undefined);
         }
+        // (The same decision, asked for again: the lock names the latest time.)
+        this.updateWithdrawalLock();
         return;
       case 'erased':
         // Already handled: this tab found the database gone after that erase began (watchStore).
@@ -878,6 +984,20 @@ export class Engine {
    * written back or sent. The database comes back, empty, only with this tab's next write.
    */
   private async erasedElsewhere(at?: number): Promise<void> {
+    const run = this.dropErased(at);
+    const settled = run.catch(() => undefined);
+    this.erasing = settled;
+    try {
+      await run;
+    } finally {
+      if (this.erasing === settled) this.erasing = undefined;
+    }
+  }
+
+  /** While {@link erasedElsewhere} runs: public calls made meanwhile wait for it ({@link afterDeletionHandled}). */
+  private erasing: Promise<void> | undefined;
+
+  private async dropErased(at?: number): Promise<void> {
     // The shopper erased their data in another tab: this tab syncs no more by itself this session.
     this.disarmAutoSync();
     this.autoSyncStopped = true;
@@ -902,7 +1022,28 @@ export class Engine {
     this.resetModel();
     // Each tab on memory (IndexedDB refused to open): this tab's own copy of the history goes too.
     if (this.store.kind === 'memory') await this.store.destroy();
-    else this.store.reopenLazily?.();
+    else {
+      // This tab created the database anew after that erase began (it had no connection open to
+      // hear of the deletion, and wrote before the message came): what it wrote may be what it
+      // still held from before the erase, so it goes too, as for another tab's withdrawal (what
+      // it wrote of this tab's own later events with it; those still queued are kept, above).
+      // (A store that heard the deletion refused every write since: nothing to delete.)
+      // (Nor a tab that started after it began: it holds nothing from before.)
+      if (!this.store.isDeleted?.() && !(at !== undefined && this.startedAt > at) && this.store.createdAfterDeletion?.(at ?? -Infinity)) {
+        const deletedAt = this.now();
+        try {
+          await this.store.destroy();
+          // The other tabs connected to it since drop what they hold of it, as for an erase
+          // (what they took after this deletion began is kept).
+          this.tell({ type: 'erased', at: deletedAt });
+        } catch (e) {
+          this.lastError = e as Error;
+        } finally {
+          this.store.reopen?.();
+        }
+      }
+      this.store.reopenLazily?.();
+    }
     // What was kept is written anew (a flush called before the erase left it queued).
     if (!this.closed) this.scheduleFlush();
   }
@@ -968,8 +1109,8 @@ export class Engine {
    * of personalization, erases nothing and is stored) is applied again (a `stored` record when it differs from the latest one stored), rather
    * than forgotten at the next page load. Only records made while personalization was on count: one
    * with personalization off is a start before consent ('required' sets both off), which says
-   * nothing about federated learning (a withdrawal of personalization erases the history). A host
-   * that passes its own remembered answer (`consent: { … }`) decides instead; that answer is
+   * nothing about federated learning (a withdrawal of personalization erases the history), and
+   * `default` records are no decision ({@link latestDecision}). A host that passes its own remembered answer (`consent: { … }`) decides instead; that answer is
    * recorded as `options` when it differs from the stored one.
    */
   private async mergeConsentHistory(): Promise<void> {
@@ -978,7 +1119,7 @@ export class Engine {
     if (read.damaged) this.noteDamaged(CONSENT_KEY, 'its well-formed records are kept, and without a host decision federated learning stays off (a withdrawal may be among what was lost)');
     if (this.consentByDefault) {
       this.consentByDefault = false;
-      const decided = stored.filter((r) => r.personalization).at(-1);
+      const decided = latestDecision(stored);
       const first = this.consentHistory[0];
       // A history that could not be read whole may have lost a withdrawal: off, as if it held one.
       const withdrawn = read.damaged || (decided !== undefined && !decided.federated);
@@ -1041,6 +1182,39 @@ export class Engine {
     if (this.consentHistory !== mine) return;
     this.consentDirty = mine.length > written;
     this.consentHistory = trimConsent(mergeConsentRecords(merged, mine), cutoff);
+    this.followStoredDecision();
+  }
+
+  /**
+   * A tab with no host answer and no decision made this session (its own or another tab's) follows
+   * the shopper's stored decision about federated learning, as a page load would
+   * ({@link mergeConsentHistory}). The stored history can gain a later decision while this tab runs:
+   * another tab's host passed its banner's remembered answer, which is not told to the other tabs
+   * (a host's `'required'` start is no decision to pass on). Followed, the last record is again the
+   * decision in force here, as the next page load would read it.
+   */
+  private followStoredDecision(history: readonly ConsentRecord[] = this.consentHistory): void {
+    if (!this.followsStoredDecision()) return;
+    const decided = latestDecision(history);
+    if (!decided || decided.federated === this.consentApplying.federated) return;
+    const federated = decided.federated;
+    // (Queued now, so that a call waiting for the consent chain, audit(), sees it applied.)
+    void this.applyConsent((cur) => ({ ...cur, federated }), 'stored').catch((e) => (this.lastError = e as Error));
+  }
+
+  /** See {@link followStoredDecision}: no host answer, no decision this session, personalization on, not closing. */
+  private followsStoredDecision(): boolean {
+    return this.opts.consent === undefined && !Number.isFinite(this.decidedAt) && this.consentApplying.personalization && !this.closing && !this.closed;
+  }
+
+  /**
+   * Another tab wrote: its host's answer may be among what it stored ({@link followStoredDecision}).
+   * Read only by a tab that would follow it.
+   */
+  private async rereadStoredDecision(): Promise<void> {
+    if (!this.followsStoredDecision() || this.store.kind !== 'indexeddb') return;
+    const read = readConsentRecords(await this.store.getMeta(CONSENT_KEY).catch(() => undefined));
+    this.followStoredDecision(mergeConsentRecords(read.value, this.consentHistory));
   }
 
   /**
@@ -1117,6 +1291,7 @@ export class Engine {
       } finally {
         // Whatever became of the steps, this.consent is `next` (a grant's once its store is in): say so.
         this.consentApplied();
+        this.updateWithdrawalLock();
       }
       return next;
     });
@@ -1143,6 +1318,9 @@ export class Engine {
     // a withdrawal queued behind it waits for training, which flushes.
     this.consent = granted ? { personalization: false, federated: next.federated } : next;
     this.consentApplying = next;
+    // At once, before the deletion and what it waits for (a training step, a sync): a tab starting
+    // meanwhile must find it, as its hello may go unanswered until then.
+    this.updateWithdrawalLock();
     this.consentHistory.push({ t: this.consentRecordTime(), ...next, source });
     // Without personalization nothing writes (and so trims) it: a page toggling federated consent,
     // or other tabs' changes, must not grow it without bound meanwhile.
@@ -1890,6 +2068,7 @@ export class Engine {
    */
   private async unlessClosing<T>(call: () => Promise<T>): Promise<T> {
     try {
+      if (this.deletionUnhandled()) await this.afterDeletionHandled();
       return await call();
     } catch (e) {
       const storage = isStorageError(e) || ['InvalidStateError', 'TransactionInactiveError', 'AbortError', 'UnknownError'].includes((e as { name?: unknown } | null)?.name as string);
@@ -1900,6 +2079,39 @@ export class Engine {
 
   private assertOpen(): void {
     if (this.closed) throw new ClosedError('the recommender is closed');
+  }
+
+  /** Another tab's erase is known to the store or being handled, and not yet handled here. */
+  private deletionUnhandled(): boolean {
+    return this.erasing !== undefined || this.store.isDeleted?.() === true;
+  }
+
+  /**
+   * Another tab's erase() deleted the database, and resolved before its message reached this tab:
+   * a call made meanwhile waits until this tab has dropped what it held (at that message, or at
+   * the store's grace period, DELETION_GRACE_MS, if none comes), then runs on the empty database,
+   * instead of being refused with "was deleted".
+   */
+  private async afterDeletionHandled(): Promise<void> {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    // Bounded as a whole: handling it waits for an upload in flight (never cut) or a training
+    // step to end; past the deadline the call goes on, and a store still refusing says so.
+    const deadline = new Promise<void>((resolve) => (timer = setTimeout(resolve, 2 * DELETION_GRACE_MS)));
+    try {
+      await Promise.race([
+        (async () => {
+          await this.erasing;
+          const handled = this.store.deletionHandled?.();
+          if (!handled) return;
+          await handled;
+          // Handling it began meanwhile: its end.
+          await this.erasing;
+        })(),
+        deadline,
+      ]);
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   /**
@@ -1934,7 +2146,7 @@ export class Engine {
         firstError ??= err;
       }
     }
-    if (this.queue.length >= FLUSH_MAX) void this.flush().catch((e) => (this.lastError = e));
+    if (this.queue.length >= FLUSH_MAX) void this.writeQueue().catch((e) => (this.lastError = e));
     else this.scheduleFlush();
     if (firstError) throw firstError;
     return accepted;
@@ -1943,15 +2155,32 @@ export class Engine {
   /** Queued events are written within {@link FLUSH_DELAY_MS} (unless a flush is already due). */
   private scheduleFlush(): void {
     if (this.queue.length && !this.flushTimer) {
-      this.flushTimer = setTimeout(() => void this.flush().catch((e) => (this.lastError = e)), FLUSH_DELAY_MS);
+      this.flushTimer = setTimeout(() => {
+        // Another tab's erase not yet handled here: written after it is (dropErased schedules it),
+        // not refused with "was deleted".
+        if (this.deletionUnhandled()) {
+          this.flushTimer = undefined;
+          return;
+        }
+        void this.writeQueue().catch((e) => (this.lastError = e));
+      }, FLUSH_DELAY_MS);
     }
   }
 
   /** A flush chained behind the one writing, not started yet: later calls of the same data epoch share it. */
   private flushWaiting: { run: Promise<void>; epoch: number } | undefined;
 
-  /** Writes every queued event; resolves once they are in the store. */
+  /**
+   * Writes every queued event; resolves once they are in the store. After another tab's erase not
+   * yet handled here, once it is (the events tracked before it go with it).
+   */
   flush(): Promise<void> {
+    if (this.deletionUnhandled()) return this.afterDeletionHandled().then(() => this.writeQueue());
+    return this.writeQueue();
+  }
+
+  /** {@link flush}, for this engine's own calls: a training run or a sync reading the events must not wait for an erase that waits for it. */
+  private writeQueue(): Promise<void> {
     if (this.flushTimer) clearTimeout(this.flushTimer);
     this.flushTimer = undefined;
     const epoch = this.dataEpoch;
@@ -2009,7 +2238,7 @@ export class Engine {
       this.maybeAutoTrain();
       return false;
     });
-    waiting.run = run.then((again) => (again ? this.flush() : undefined));
+    waiting.run = run.then((again) => (again ? this.writeQueue() : undefined));
     // (Observed here, as `run` is by `flushing`: a caller that does not wait, such as close(), must
     // not leave an unhandled rejection; those that wait still get it.)
     waiting.run.catch(() => undefined);
@@ -2085,7 +2314,7 @@ export class Engine {
   private async storedEvents(): Promise<StoredEvent[]> {
     // A write that fails (the quota) keeps its events queued and says so in stats().lastError:
     // what is stored can still be read and ranked on.
-    await this.flush().catch((e) => (this.lastError = e));
+    await this.writeQueue().catch((e) => (this.lastError = e));
     if (this.eventCache) {
       // What aged past the limit since it was read is left out, as the store's reads leave it out
       // (its limit, on its clock); the cache is in time order, so that is a prefix.
@@ -2379,6 +2608,11 @@ export class Engine {
     if (signal?.aborted) throw cancelled();
     // close() or erase() has begun: no run they would not wait for (nor one on data being erased).
     if (this.closing) throw new ClosedError('the recommender is closing');
+    if (this.deletionUnhandled()) {
+      await this.afterDeletionHandled();
+      this.assertOpen();
+      if (this.closing) throw new ClosedError('the recommender is closing');
+    }
     // The caller's signal stops the run this call starts or joins (for each of its callers): that
     // run's own controller, never a later run's.
     const following = async (run: Promise<TrainResult>, ctl: AbortController | undefined): Promise<TrainResult> => {
@@ -3333,7 +3567,9 @@ export class Engine {
 
   private async auditOpen(): Promise<AuditReport> {
     this.assertOpen();
-    await this.flush().catch(() => undefined);
+    await this.writeQueue().catch(() => undefined);
+    // A change that write led to (another tab's stored decision followed) is reported applied.
+    await this.consentChain;
     // What retention has due (the age limit hides it from reads; a lowered count limit) is deleted
     // now: the report lists what is stored.
     await this.retainNow();
@@ -3434,7 +3670,7 @@ export class Engine {
 
   private async exportDataOpen(): Promise<ExportFile> {
     this.assertOpen();
-    await this.flush().catch(() => undefined);
+    await this.writeQueue().catch(() => undefined);
     await this.retainNow();
     const model = await this.store.getMeta<SavedModel>(MODEL_KEY);
     const unreadable = (await this.store.unreadable?.()) ?? [];
@@ -3717,7 +3953,7 @@ export class Engine {
     // what it cannot store is lost, and the caller hears of it (once everything is released).
     await this.writesSettled();
     let lost: unknown;
-    await this.flush().catch((e: unknown) => (lost = e));
+    await this.writeQueue().catch((e: unknown) => (lost = e));
     await this.writesSettled();
     const queued = this.queue.length;
     if (queued > 0) lost ??= new StorageError('the store did not take them');
@@ -3726,6 +3962,7 @@ export class Engine {
     await this.neighborsLoading;
     await this.training?.catch(() => undefined);
     this.closed = true;
+    this.updateWithdrawalLock();
     this.channel?.close();
     await this.inbox;
     // A reload under way (another tab's weights) ends first: its scorer is disposed with this one.
@@ -3783,6 +4020,7 @@ export class Engine {
     const ledgerError = await this.forgetLedgerPart();
     // The shop's other tabs drop what they hold from the erased database (erasedElsewhere).
     this.tell({ type: 'erased', at: erasedAt });
+    this.updateWithdrawalLock();
     this.channel?.close();
     // The database is gone, but not the ε it recorded in the ledger: said, not passed over.
     if (ledgerError) throw ledgerError;

@@ -80,6 +80,8 @@ export interface EventStore {
   createdAfterDeletion?(since: number): boolean;
   /** IndexedDB only: see {@link IdbEventStore.isDeleted}. */
   isDeleted?(): boolean;
+  /** IndexedDB only: see {@link IdbEventStore.deletionHandled}. */
+  deletionHandled?(): Promise<void> | undefined;
   /** IndexedDB only: called when a reconnect finds the database deleted ({@link IdbEventStore.onVanished}). */
   onVanished?: (() => void) | undefined;
   /** IndexedDB only: called when a read left out stored records that are not events ({@link IdbEventStore.onMalformed}). */
@@ -207,6 +209,19 @@ export class IdbEventStore implements EventStore {
    * until the engine has dropped that state and calls {@link allowReopen}.
    */
   private deletedElsewhere = false;
+  /** While {@link deletedElsewhere}: settles when the deletion is handled ({@link reopenLazily}) or the store closed. */
+  private handling: { done: Promise<void>; settle: () => void } | undefined;
+  private markDeleted(): void {
+    this.deletedElsewhere = true;
+    if (this.handling) return;
+    let settle!: () => void;
+    const done = new Promise<void>((resolve) => (settle = resolve));
+    this.handling = { done, settle };
+  }
+  private deletionSettled(): void {
+    this.handling?.settle();
+    this.handling = undefined;
+  }
   /**
    * After such a deletion, once the engine has dropped its state: the database does not exist, so
    * reads answer "empty" without creating it; the next write creates it (see {@link reopenLazily}).
@@ -253,7 +268,7 @@ export class IdbEventStore implements EventStore {
       db.close();
       this.db = undefined;
       if (deleted) {
-        this.deletedElsewhere = true;
+        this.markDeleted();
         // Another localrec tab's erase or withdrawal tells this tab's engine at once; a deletion no
         // tab message follows (devtools, other code of the page's origin) would leave this store
         // refusing every call: after a grace period the engine is told, as for a deletion found
@@ -289,7 +304,7 @@ export class IdbEventStore implements EventStore {
         // Handled while this call waited (reopenLazily): only this call fails; later ones create it.
         return new StorageError(`IndexedDB database "${this.name}" was deleted while this call reconnected: nothing of it was stored`);
       }
-      this.deletedElsewhere = true;
+      this.markDeleted();
       queueMicrotask(() => this.onVanished?.());
       return this.deletedError();
     };
@@ -728,6 +743,7 @@ export class IdbEventStore implements EventStore {
    */
   reopenLazily(): void {
     this.deletedElsewhere = false;
+    this.deletionSettled();
     this.absent = true;
     this.mustExist = false;
     this.generation++;
@@ -748,6 +764,16 @@ export class IdbEventStore implements EventStore {
   /** Whether the database was deleted and this store refuses calls until {@link reopenLazily}. */
   isDeleted(): boolean {
     return this.deletedElsewhere;
+  }
+
+  /**
+   * While the database is deleted and the engine has not yet dropped what it held
+   * ({@link isDeleted}): a promise that settles once it has ({@link reopenLazily}) or the store is
+   * closed. Another tab's erase() resolves before its message reaches this tab: a call made then
+   * waits for it rather than be refused. Undefined otherwise.
+   */
+  deletionHandled(): Promise<void> | undefined {
+    return this.deletedElsewhere ? this.handling?.done : undefined;
   }
 
   /** Another tab wrote to the database since it was deleted: it exists again, reads open it. */
@@ -784,6 +810,7 @@ export class IdbEventStore implements EventStore {
 
   close(): void {
     this.closedByCaller = true;
+    this.deletionSettled();
     this.db?.close();
     this.db = undefined;
   }

@@ -54,6 +54,7 @@ import type { OfferCatalog, SignedOfferCatalog } from '../../src/offers/types.js
 import { offer } from './engine-helpers.js';
 import type { FetchLike } from '../../src/federated/sync.js';
 import * as tf from '../../src/model/tf.js';
+import { CATEGORY, checkRecs, IDS, ITEMS, surelySeen } from '../stateful-recs.js';
 
 const RUNS = Number(process.env.STATEFUL_RUNS ?? 60);
 const MAX_OPS = Number(process.env.STATEFUL_MAX_OPS ?? 20);
@@ -67,9 +68,6 @@ const DAY = 24 * HOUR;
 // Fixtures: a tiny catalog (two categories, prices for offers), a server (dim 8, σ = 1, rounds of
 // 100 so nothing is published), two signed offer catalogs (v1, v2).
 
-const ITEMS = Array.from({ length: 12 }, (_, i) => ({ id: `p${i}`, title: `Product ${i}`, category: i < 6 ? 'mug' : 'bag', price: 4 + i, popularity: 30 - i }));
-const IDS = ITEMS.map((i) => i.id);
-const CATEGORY = new Map(ITEMS.map((i) => [i.id, i.category]));
 const BUDGET = 8; // σ = 1: one sync ε 4.38, two 6.57, a third would be 8.39
 const MAX_RELEASES = 2;
 const LONG_ID = 'L'.repeat(256); // the longest id allowed
@@ -244,17 +242,6 @@ const show = (o: Outcome): string => (o.ok ? `ok ${JSON.stringify(o.value)?.slic
 const isErr = (o: Outcome, name: string, field?: string): boolean =>
   !o.ok && errName(o.err) === name && (field === undefined || ((o.err as { field?: string }).field === field && String((o.err as Error).message).startsWith(`${field}:`)));
 
-/** Items ranking surely counts as seen (positive weight): viewed, carted or bought, never removed or rated. */
-function surelySeen(events: StoredEv[]): Set<string> {
-  const pos = new Set<string>();
-  const neg = new Set<string>();
-  for (const e of events) {
-    if (!e.item || !CATEGORY.has(e.item)) continue;
-    if (e.type === 'view' || e.type === 'purchase' || e.type === 'add_to_cart' || (e.type === 'search' && e.item)) pos.add(e.item);
-    else neg.add(e.item);
-  }
-  return new Set([...pos].filter((i) => !neg.has(i)));
-}
 const anyCatalogItems = (events: StoredEv[]) => new Set(events.filter((e) => e.item && CATEGORY.has(e.item)).map((e) => e.item!));
 
 function specToEvent(s: Spec, now: number): unknown {
@@ -294,40 +281,6 @@ function specToEvent(s: Spec, now: number): unknown {
 }
 
 const closedOnly = (m: Model, o: Outcome): Step => (isErr(o, 'ClosedError') ? { next: m } : { problem: `expected ClosedError on a ${m.life} engine, got ${show(o)}` });
-
-function checkRecs(m: Model, op: Extract<Op, { op: 'recommend' }>, recs: unknown): string | undefined {
-  if (!Array.isArray(recs)) return `not an array: ${JSON.stringify(recs)}`;
-  const ids = recs.map((r) => (r as { itemId: string }).itemId);
-  const bad = ids.filter((id) => !CATEGORY.has(id));
-  if (bad.length) return `items the catalog lacks: ${bad.join(',')}`;
-  if (new Set(ids).size !== ids.length) return `duplicates: ${ids.join(',')}`;
-  const listed = op.candidates ? Math.max(1, op.candidates.length) : 10;
-  const k = op.k ?? listed;
-  if (ids.length > k) return `${ids.length} > k ${k}`;
-  if (op.category !== undefined && ids.some((id) => CATEGORY.get(id) !== op.category)) return `outside category ${op.category}: ${ids.join(',')}`;
-  if (op.candidates && ids.some((id) => !op.candidates!.includes(id))) return `outside candidates ${op.candidates.join(',')}: ${ids.join(',')}`;
-  const history = m.p ? m.events : [];
-  const exclude = op.exclude ?? 'seen';
-  if (Array.isArray(exclude) && ids.some((id) => exclude.includes(id))) return `excluded item returned: ${ids.join(',')}`;
-  if (exclude === 'purchased') {
-    const bought = new Set(history.filter((e) => e.type === 'purchase').map((e) => e.item));
-    if (ids.some((id) => bought.has(id))) return `purchased item returned with exclude 'purchased': ${ids.join(',')}`;
-  }
-  if (exclude === 'seen') {
-    const seen = surelySeen(history);
-    if (ids.some((id) => seen.has(id))) return `seen item returned with exclude 'seen': ${ids.join(',')} (seen ${[...seen].join(',')})`;
-  }
-  for (const r of recs as { score: unknown; reason?: { text?: unknown } }[]) {
-    if (typeof r.score !== 'number' || !Number.isFinite(r.score)) return `non-finite score ${String(r.score)}`;
-    if (typeof r.reason?.text !== 'string') return 'a recommendation without a reason text';
-  }
-  // Enough items: every allowed catalog item that is not excluded could be returned; fewer than
-  // that (and fewer than k) means items were lost.
-  let pool = IDS.filter((id) => (op.category === undefined || CATEGORY.get(id) === op.category) && (!op.candidates || op.candidates.includes(id)));
-  if (Array.isArray(exclude)) pool = pool.filter((id) => !exclude.includes(id));
-  if (exclude === 'none' && ids.length < Math.min(k, pool.length)) return `only ${ids.length} of ${Math.min(k, pool.length)} available items returned`;
-  return undefined;
-}
 
 /** The model's transition for one sequential operation, judged against its actual outcome. */
 function step(m: Model, op: Op, o: Outcome): Step {
@@ -370,7 +323,7 @@ function step(m: Model, op: Op, o: Outcome): Step {
       return o.ok ? same() : bad('flush() rejected');
     case 'recommend': {
       if (!o.ok) return bad('recommend() rejected');
-      const why = checkRecs(m, op, o.value);
+      const why = checkRecs(m.p ? m.events : [], op, o.value);
       return why ? bad(why) : same();
     }
     case 'similar': {
