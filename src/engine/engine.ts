@@ -1234,7 +1234,15 @@ export class Engine {
     const at = Math.max(this.now(), this.consentAt);
     this.consentAt = this.decidedAt = at;
     // What is left out stays as the change before this one (still under way, maybe) leaves it.
-    const next = await this.applyConsent((cur) => ({ personalization: c.personalization ?? cur.personalization, federated: c.federated ?? cur.federated }), 'setConsent');
+    let next: Consent;
+    try {
+      next = await this.applyConsent((cur) => ({ personalization: c.personalization ?? cur.personalization, federated: c.federated ?? cur.federated }), 'setConsent');
+    } catch (e) {
+      // Applied here even so (a step after the change failed): the other tabs follow what is in
+      // force, or a withdrawal of federated learning would hold in this tab alone.
+      this.tell({ type: 'consent', ...this.consentApplying, at });
+      throw e;
+    }
     // The shop's other tabs on this device follow (their engines share this database).
     this.tell({ type: 'consent', ...next, at });
   }
@@ -1405,7 +1413,10 @@ export class Engine {
       }
     } else if (next.personalization) {
       this.consentDirty = true;
-      await this.persistConsent();
+      // The change is in force once applied: a record that cannot be written now (another tab's
+      // withdrawal deleting the database meanwhile, a full quota) is written with the next write,
+      // and the change is still told to the other tabs (setConsent), not refused after the fact.
+      await this.persistConsent().catch((e) => (this.lastError = e as Error));
     }
   }
 
