@@ -349,30 +349,6 @@ export function withChanges(events: readonly StoredEvent[], changes: NonNullable
   return out;
 }
 
-/** When a consent choice was asked for (ms since the epoch) and by which tab (its hello id; '' for a host's answer or a tab that did not say). */
-interface ConsentStamp {
-  at: number;
-  from: string;
-}
-type ConsentStamps = { personalization: ConsentStamp; federated: ConsentStamp };
-const NO_STAMP: ConsentStamp = { at: -Infinity, from: '' };
-/** Whether `a` was asked for after `b`; of two in the same millisecond, the greater tab id counts as later. */
-const laterStamp = (a: ConsentStamp, b: ConsentStamp): boolean => a.at > b.at || (a.at === b.at && a.from > b.from);
-/** The stamps a message carries, checked (a malformed one counts as none). */
-function messageStamps(m: { at?: unknown; from?: unknown; stamps?: unknown }): ConsentStamps | undefined {
-  const one = (x: unknown): ConsentStamp | undefined => {
-    const v = x as { at?: unknown; from?: unknown } | null;
-    return typeof v === 'object' && v !== null && typeof v.at === 'number' && !Number.isNaN(v.at) && typeof v.from === 'string' ? { at: v.at, from: v.from } : undefined;
-  };
-  const st = m.stamps as { personalization?: unknown; federated?: unknown } | undefined;
-  const p = one(st?.personalization);
-  const f = one(st?.federated);
-  if (p && f) return { personalization: p, federated: f };
-  if (typeof m.at !== 'number' || Number.isNaN(m.at)) return undefined;
-  const both = { at: m.at, from: typeof m.from === 'string' ? m.from : '' };
-  return { personalization: both, federated: both };
-}
-
 /** What one tab's engine tells the others on the same database. */
 type TabMessage =
   | { type: 'events' }
@@ -380,16 +356,7 @@ type TabMessage =
   | { type: 'offers' }
   | { type: 'erased'; at?: number }
   /** `to`: an answer to one starting tab's `hello` (its id), which only that tab applies. */
-  | {
-      type: 'consent';
-      personalization: boolean;
-      federated: boolean;
-      at?: number;
-      to?: string;
-      from?: string;
-      /** When each choice was asked for, and by which tab: each is taken from the later request (absent: both at `at`, from `from`). */
-      stamps?: ConsentStamps;
-    }
+  | { type: 'consent'; personalization: boolean; federated: boolean; at?: number; to?: string; from?: string }
   /** A tab starting: live tabs answer it with the shopper's latest consent decision they know, and its time. */
   | { type: 'hello'; id: string };
 /** The egress log keeps this many most recent requests (and none older than `retention.maxAgeDays`). */
@@ -805,10 +772,7 @@ export class Engine {
     engine.channel = early?.channel;
     // A host's answer, read at consentAsOf, is not overridden by another tab's change asked for
     // before it; with no answer from the host (the default) any live tab's decision is newer.
-    if (opts.consent !== undefined) {
-      const asOf = { at: opts.consentAsOf ?? engine.now(), from: '' };
-      engine.stamps = { personalization: asOf, federated: asOf };
-    }
+    if (opts.consent !== undefined) engine.consentAt = opts.consentAsOf ?? engine.now();
     if (followLive) engine.followLiveWithdrawal(live!);
     try {
       engine.noteFallback(store);
@@ -852,8 +816,7 @@ export class Engine {
     this.consent = { personalization: false, federated: live.federated };
     this.consentApplying = this.consent;
     this.consentByDefault = false;
-    this.stamps = { personalization: { at: live.at, from: '' }, federated: { at: live.at, from: '' } };
-    this.decidedAt = live.at;
+    this.consentAt = this.decidedAt = live.at;
     this.consentHistory = [{ t: this.now(), ...this.consent, source: 'another-tab' }];
     this.updateWithdrawalLock();
     // The page's gate follows: what it tracks from now on is not even posted.
@@ -991,30 +954,18 @@ export class Engine {
         // An answer to another tab's hello is that tab's to weigh (a live tab applying it would
         // take back its own later decision whenever a tab starts).
         if (m.to !== undefined && m.to !== this.helloId) return;
-        // Each choice is taken from the later request, on its own: a change of federated learning
-        // asked for in a tab that had not yet heard of a withdrawal of personalization does not
-        // bring personalization back. Two tabs that asked in the same millisecond: the greater
-        // tab id's request wins in both (each applying the other's would swap them for good).
-        const theirs = messageStamps(m);
-        const next = { ...this.consentApplying };
-        if (theirs) {
-          let took = false;
-          for (const k of ['personalization', 'federated'] as const) {
-            if (!laterStamp(theirs[k], this.stamps[k])) continue;
-            this.stamps = { ...this.stamps, [k]: theirs[k] };
-            next[k] = m[k] === true;
-            this.decidedAt = Math.max(this.decidedAt, theirs[k].at);
-            took = true;
-          }
-          if (!took) return;
-        } else {
-          // (A message without a time: from a tab that does not say; applied as it comes.)
-          next.personalization = m.personalization === true;
-          next.federated = m.federated === true;
+        if (typeof m.at === 'number' && m.at < this.consentAt) return;
+        // Two tabs that asked in the same millisecond: the request of the greater tab id wins in
+        // both (each applying the other's would swap them, and leave them apart for good).
+        const from = typeof m.from === 'string' ? m.from : '';
+        if (typeof m.at === 'number' && m.at === this.consentAt && from <= this.consentFrom) return;
+        if (typeof m.at === 'number') {
+          this.consentAt = this.decidedAt = m.at;
+          this.consentFrom = from;
         }
         // (Compared with the consent being applied: a grant still opening the database counts.)
-        if (next.personalization !== this.consentApplying.personalization || next.federated !== this.consentApplying.federated) {
-          await this.applyConsent(next, 'another-tab', typeof m.at === 'number' ? m.at : undefined);
+        if (m.personalization !== this.consentApplying.personalization || m.federated !== this.consentApplying.federated) {
+          await this.applyConsent({ personalization: m.personalization, federated: m.federated }, 'another-tab', typeof m.at === 'number' ? m.at : undefined);
         }
         // (The same decision, asked for again: the lock names the latest time.)
         this.updateWithdrawalLock();
@@ -1029,7 +980,7 @@ export class Engine {
         // tab's), with its time, for that tab alone; it keeps the later of that and its host's
         // answer. A host's answer is not a decision to pass on ('required' starts with both off
         // until the shopper answers).
-        if (typeof m.id === 'string' && Number.isFinite(this.decidedAt)) this.tell({ type: 'consent', ...this.consentApplying, at: this.decidedAt, to: m.id, stamps: this.stamps });
+        if (typeof m.id === 'string' && Number.isFinite(this.decidedAt)) this.tell({ type: 'consent', ...this.consentApplying, at: this.decidedAt, to: m.id, from: this.consentFrom });
         return;
     }
   }
@@ -1289,14 +1240,9 @@ export class Engine {
     // When the shopper asked: another tab's change asked for earlier does not undo this one (and
     // one this tab already follows is earlier, if only by a millisecond: a tie is for requests
     // neither tab had heard of, see fromOtherTab).
-    const followed = Math.max(this.stamps.personalization.at, this.stamps.federated.at);
-    const at = Math.max(this.now(), Number.isFinite(followed) ? followed + 1 : -Infinity);
-    this.decidedAt = at;
-    const mine = { at, from: this.helloId ?? '' };
-    // Only the choices asked for: another tab's later change of the other one still holds.
-    this.stamps = { personalization: c.personalization !== undefined ? mine : this.stamps.personalization, federated: c.federated !== undefined ? mine : this.stamps.federated };
-    // As of this request: a later one, made before this one is told, stamps its own.
-    const stamps = this.stamps;
+    const at = Math.max(this.now(), Number.isFinite(this.consentAt) ? this.consentAt + 1 : -Infinity);
+    this.consentAt = this.decidedAt = at;
+    this.consentFrom = this.helloId ?? '';
     // What is left out stays as the change before this one (still under way, maybe) leaves it.
     let next: Consent;
     try {
@@ -1304,11 +1250,11 @@ export class Engine {
     } catch (e) {
       // Applied here even so (a step after the change failed): the other tabs follow what is in
       // force, or a withdrawal of federated learning would hold in this tab alone.
-      this.tell({ type: 'consent', ...this.consentApplying, at, from: mine.from, stamps });
+      this.tell({ type: 'consent', ...this.consentApplying, at, from: this.consentFrom });
       throw e;
     }
     // The shop's other tabs on this device follow (their engines share this database).
-    this.tell({ type: 'consent', ...next, at, from: mine.from, stamps });
+    this.tell({ type: 'consent', ...next, at, from: this.consentFrom });
   }
 
   /**
@@ -1324,12 +1270,10 @@ export class Engine {
   /** The consent the latest change began to apply: {@link consent} but for a grant still opening its store. */
   private consentApplying!: Consent;
 
-  /**
-   * When each consent choice this tab follows was asked for, and by which tab (its own setConsent,
-   * another tab's, or its host's answer at `consentAsOf`): a request from another tab changes a
-   * choice only when asked for later ({@link laterStamp}).
-   */
-  private stamps: ConsentStamps = { personalization: NO_STAMP, federated: NO_STAMP };
+  /** When the consent this tab follows was asked for (its own setConsent's, or another tab's). */
+  private consentAt = -Infinity;
+  /** Which tab asked for it at {@link consentAt} (its hello id; '' for a host's answer or a tab that did not say): ties go to the greater. */
+  private consentFrom = '';
   /** When the shopper's latest consent decision this tab knows was made (its setConsent's, or another tab's): what it tells a starting tab. */
   private decidedAt = -Infinity;
 

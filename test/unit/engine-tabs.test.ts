@@ -123,31 +123,6 @@ describe('two tabs on one device', () => {
     }
   });
 
-  it('a change of federated learning asked for in a tab that had not heard of a withdrawal of personalization does not bring personalization back (stop 38)', async () => {
-    let clock = Date.UTC(2026, 0, 1);
-    const name = dbName();
-    const open = () => Engine.create({ catalog, backend: 'cpu', dbName: name, autoTrainEvery: 0, model: { dim: 8 }, now: () => clock });
-    const [a, b] = [await open(), await open()];
-    b.enqueue([{ type: 'view', itemId: 'sku-1' }]);
-    await b.flush();
-    // Both asked before either heard of the other: a withdraws personalization, b (later) only federated learning.
-    const first = a.setConsent({ personalization: false });
-    clock += 1000;
-    const second = b.setConsent({ federated: false });
-    await Promise.allSettled([first, second]);
-    await settle();
-    await settle();
-    const current = async (e: Engine) => (await e.audit()).consent.current;
-    assert.deepEqual(await current(a), { personalization: false, federated: false });
-    assert.deepEqual(await current(b), { personalization: false, federated: false });
-    b.enqueue([{ type: 'view', itemId: 'sku-2' }]);
-    await b.flush();
-    assert.equal((await b.stats()).events.total, 0, 'nothing stored after the withdrawal');
-    assert.ok(!(await dbNames()).includes(name), 'the database stays deleted');
-    await a.close();
-    await b.close();
-  });
-
   it('see each other’s events at once', async () => {
     const [a, b] = await tabs(dbName());
     assert.ok((await b.recommend({ k: 40, exclude: 'purchased' })).some((r) => r.itemId === 'sku-3'));
