@@ -356,7 +356,7 @@ type TabMessage =
   | { type: 'offers' }
   | { type: 'erased'; at?: number }
   /** `to`: an answer to one starting tab's `hello` (its id), which only that tab applies. */
-  | { type: 'consent'; personalization: boolean; federated: boolean; at?: number; to?: string; from?: string }
+  | { type: 'consent'; personalization: boolean; federated: boolean; at?: number; to?: string }
   /** A tab starting: live tabs answer it with the shopper's latest consent decision they know, and its time. */
   | { type: 'hello'; id: string };
 /** The egress log keeps this many most recent requests (and none older than `retention.maxAgeDays`). */
@@ -955,14 +955,7 @@ export class Engine {
         // take back its own later decision whenever a tab starts).
         if (m.to !== undefined && m.to !== this.helloId) return;
         if (typeof m.at === 'number' && m.at < this.consentAt) return;
-        // Two tabs that asked in the same millisecond: the request of the greater tab id wins in
-        // both (each applying the other's would swap them, and leave them apart for good).
-        const from = typeof m.from === 'string' ? m.from : '';
-        if (typeof m.at === 'number' && m.at === this.consentAt && from <= this.consentFrom) return;
-        if (typeof m.at === 'number') {
-          this.consentAt = this.decidedAt = m.at;
-          this.consentFrom = from;
-        }
+        if (typeof m.at === 'number') this.consentAt = this.decidedAt = m.at;
         // (Compared with the consent being applied: a grant still opening the database counts.)
         if (m.personalization !== this.consentApplying.personalization || m.federated !== this.consentApplying.federated) {
           await this.applyConsent({ personalization: m.personalization, federated: m.federated }, 'another-tab', typeof m.at === 'number' ? m.at : undefined);
@@ -980,7 +973,7 @@ export class Engine {
         // tab's), with its time, for that tab alone; it keeps the later of that and its host's
         // answer. A host's answer is not a decision to pass on ('required' starts with both off
         // until the shopper answers).
-        if (typeof m.id === 'string' && Number.isFinite(this.decidedAt)) this.tell({ type: 'consent', ...this.consentApplying, at: this.decidedAt, to: m.id, from: this.consentFrom });
+        if (typeof m.id === 'string' && Number.isFinite(this.decidedAt)) this.tell({ type: 'consent', ...this.consentApplying, at: this.decidedAt, to: m.id });
         return;
     }
   }
@@ -1237,12 +1230,9 @@ export class Engine {
     knownKeys(c, 'consent', OPTION_KEYS.consent);
     boolOption(c.personalization, 'consent.personalization');
     boolOption(c.federated, 'consent.federated');
-    // When the shopper asked: another tab's change asked for earlier does not undo this one (and
-    // one this tab already follows is earlier, if only by a millisecond: a tie is for requests
-    // neither tab had heard of, see fromOtherTab).
-    const at = Math.max(this.now(), Number.isFinite(this.consentAt) ? this.consentAt + 1 : -Infinity);
+    // When the shopper asked: another tab's change asked for earlier does not undo this one.
+    const at = Math.max(this.now(), this.consentAt);
     this.consentAt = this.decidedAt = at;
-    this.consentFrom = this.helloId ?? '';
     // What is left out stays as the change before this one (still under way, maybe) leaves it.
     let next: Consent;
     try {
@@ -1250,11 +1240,11 @@ export class Engine {
     } catch (e) {
       // Applied here even so (a step after the change failed): the other tabs follow what is in
       // force, or a withdrawal of federated learning would hold in this tab alone.
-      this.tell({ type: 'consent', ...this.consentApplying, at, from: this.consentFrom });
+      this.tell({ type: 'consent', ...this.consentApplying, at });
       throw e;
     }
     // The shop's other tabs on this device follow (their engines share this database).
-    this.tell({ type: 'consent', ...next, at, from: this.consentFrom });
+    this.tell({ type: 'consent', ...next, at });
   }
 
   /**
@@ -1272,8 +1262,6 @@ export class Engine {
 
   /** When the consent this tab follows was asked for (its own setConsent's, or another tab's). */
   private consentAt = -Infinity;
-  /** Which tab asked for it at {@link consentAt} (its hello id; '' for a host's answer or a tab that did not say): ties go to the greater. */
-  private consentFrom = '';
   /** When the shopper's latest consent decision this tab knows was made (its setConsent's, or another tab's): what it tells a starting tab. */
   private decidedAt = -Infinity;
 

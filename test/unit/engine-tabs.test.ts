@@ -100,29 +100,6 @@ describe('two tabs on one device', () => {
     }
   });
 
-  it('two tabs asking for opposite consent in the same millisecond end in the same state (stop 38)', async () => {
-    // Each applying the other's request (neither earlier) swapped them, and they stayed apart.
-    for (let round = 0; round < 6; round++) {
-      const clock = Date.UTC(2026, 0, 1);
-      const name = dbName();
-      const open = () => Engine.create({ catalog, backend: 'cpu', dbName: name, autoTrainEvery: 0, model: { dim: 8 }, now: () => clock });
-      const [a, b] = [await open(), await open()];
-      const want = round % 2 === 0;
-      await Promise.all([a.setConsent({ federated: !want }), b.setConsent({ federated: want })]);
-      await settle();
-      await settle();
-      const federated = async (e: Engine) => (await e.audit()).consent.current.federated;
-      const [fa, fb] = [await federated(a), await federated(b)];
-      assert.equal(fa, fb, `round ${round}: a ${fa}, b ${fb}`);
-      // And a later request in either tab holds in both, the tie notwithstanding.
-      await a.setConsent({ federated: !fa });
-      await settle();
-      assert.deepEqual([await federated(a), await federated(b)], [!fa, !fa], `round ${round}: the later request`);
-      await a.close();
-      await b.erase();
-    }
-  });
-
   it('see each other’s events at once', async () => {
     const [a, b] = await tabs(dbName());
     assert.ok((await b.recommend({ k: 40, exclude: 'purchased' })).some((r) => r.itemId === 'sku-3'));
