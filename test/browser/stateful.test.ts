@@ -81,7 +81,7 @@ import { encodeNeighborTable } from '../../src/model/neighbors-wire.js';
 import { generateOfferKeys, signOfferCatalog } from '../../src/offers/signing.js';
 import type { OfferCatalog } from '../../src/offers/types.js';
 import { launch, serveRepo, type StaticServer } from './harness.js';
-import { CATEGORY, checkRecs, IDS, ITEMS, surelySeen } from '../stateful-recs.js';
+import { CATEGORY, checkRecs, hangGuard, IDS, ITEMS, surelySeen } from '../stateful-helpers.js';
 
 const env = process.env;
 const RUNS = Number(env.BROWSER_STATEFUL_RUNS ?? (env.CI ? 8 : 12));
@@ -1054,15 +1054,7 @@ interface Obs {
   egress: number;
 }
 
-class Hang extends Error {}
-async function within<T>(p: Promise<T>, what: string): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  try {
-    return await Promise.race([p, new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Hang(`[hang] ${what} did not settle within ${OP_TIMEOUT_MS} ms`)), OP_TIMEOUT_MS)))]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
+const within = hangGuard(OP_TIMEOUT_MS);
 
 const LOCALREC_ERRORS = new Set(['ValidationError', 'StorageError', 'ModelError', 'ClosedError', 'NetworkError', 'PrivacyBudgetError', 'ConsentError', 'AbortError', 'SignatureError', 'LocalrecError']);
 

@@ -54,7 +54,7 @@ import type { OfferCatalog, SignedOfferCatalog } from '../../src/offers/types.js
 import { offer } from './engine-helpers.js';
 import type { FetchLike } from '../../src/federated/sync.js';
 import * as tf from '../../src/model/tf.js';
-import { CATEGORY, checkRecs, IDS, ITEMS, surelySeen } from '../stateful-recs.js';
+import { CATEGORY, checkRecs, hangGuard, IDS, ITEMS, surelySeen } from '../stateful-helpers.js';
 
 const RUNS = Number(process.env.STATEFUL_RUNS ?? 60);
 const MAX_OPS = Number(process.env.STATEFUL_MAX_OPS ?? 20);
@@ -399,15 +399,7 @@ interface Sys {
   opts: Parameters<typeof Engine.create>[0];
 }
 
-class Hang extends Error {}
-async function within<T>(p: Promise<T>, label: string): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  try {
-    return await Promise.race([p, new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Hang(`[hang] ${label} did not settle within ${OP_TIMEOUT_MS} ms`)), OP_TIMEOUT_MS)))]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
+const within = hangGuard(OP_TIMEOUT_MS);
 
 /** Starts one operation; a synchronous throw becomes a rejection. */
 function start(sys: Sys, op: Op): Promise<unknown> {

@@ -58,6 +58,7 @@ import { createItemTable } from '../../src/model/item-table.js';
 import { startServer, type RunningServer } from '../../src/server/index.js';
 import type { FetchLike } from '../../src/federated/sync.js';
 import '../../src/model/tf.js';
+import { Hang, hangGuard } from '../stateful-helpers.js';
 
 const env = process.env;
 const RUNS = Number(env.TABSYNC_RUNS ?? env.RUNS ?? 15);
@@ -231,15 +232,7 @@ const show = (o: Outcome): string => (o.ok ? `ok ${JSON.stringify(o.value)?.slic
 const settle = (p: Promise<unknown>): Promise<Outcome> => p.then((value) => ({ ok: true as const, value }), (err: unknown) => ({ ok: false as const, err }));
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-class Hang extends Error {}
-async function within<T>(p: Promise<T>, label: string): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  try {
-    return await Promise.race([p, new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Hang(`[hang] ${label} did not settle within ${OP_TIMEOUT_MS} ms`)), OP_TIMEOUT_MS)))]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
+const within = hangGuard(OP_TIMEOUT_MS);
 
 type Life = 'open' | 'closed' | 'erased';
 interface Tab {

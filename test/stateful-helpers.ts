@@ -1,8 +1,28 @@
 /**
- * What the two stateful model-based tests (test/unit/engine-stateful.test.ts, in process, and
- * test/browser/stateful.test.ts, through the worker in Chromium) share: the tiny catalog they run
- * on, and the checks of a recommend()/similar() answer against the events the model holds.
+ * What the stateful model-based tests of the engine share (test/unit/engine-stateful.test.ts, in
+ * process; test/browser/stateful.test.ts, through the worker in Chromium;
+ * test/unit/engine-tabs-sync-stateful.test.ts, several tabs syncing): the tiny catalog two of them
+ * run on, the checks of a recommend()/similar() answer against the events the model holds, and
+ * the guard that turns a call that never settles into a failure naming it.
  */
+
+/** A call that did not settle within its guard's time ({@link hangGuard}). */
+export class Hang extends Error {}
+
+/**
+ * `within(p, label)`: `p`, or a {@link Hang} naming `label` once `ms` pass without it settling (a
+ * guard against hangs, not a speed check: `ms` is far above what any call needs).
+ */
+export function hangGuard(ms: number): <T>(p: Promise<T>, label: string) => Promise<T> {
+  return async <T>(p: Promise<T>, label: string): Promise<T> => {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    try {
+      return await Promise.race([p, new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Hang(`[hang] ${label} did not settle within ${ms} ms`)), ms)))]);
+    } finally {
+      clearTimeout(timer);
+    }
+  };
+}
 
 /** A tiny catalog: two categories of six products, prices for offers. */
 export const ITEMS = Array.from({ length: 12 }, (_, i) => ({ id: `p${i}`, title: `Product ${i}`, category: i < 6 ? 'mug' : 'bag', price: 4 + i, popularity: 30 - i }));
