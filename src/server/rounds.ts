@@ -510,7 +510,12 @@ export class RoundCoordinator {
         // An aggregate out of range fails as it did while the server ran (`/v1/rounds/current`
         // says which setting to lower; retried on the next upload or read): the server starts and
         // serves the last version, rather than refusing to start with the settings it ran with.
-        if (e instanceof AggregateRangeError) rc.logRoundFailure('the round pending at start could not be published', e);
+        if (e instanceof AggregateRangeError) {
+          rc.logRoundFailure('the round pending at start could not be published', e);
+          // Retried like a round that failed while the server ran: by the next upload or read,
+          // at most once a second after this attempt (retryAggregation).
+          rc.aggregationOwed = true;
+        }
         // On a shared store another process may have published that round meanwhile (adopted).
         else if (!(storage.shared && e instanceof StorageConflictError)) throw e;
       }

@@ -173,6 +173,46 @@ test('a round that keeps failing says why and since when (rounds/current, metric
   }
 });
 
+test('a round that fails again when the server restarts is retried by the next read a second later, as one that failed while it ran', async () => {
+  let t = 1_700_000_000_000;
+  const storage = new MemoryStorage();
+  const logs: string[] = [];
+  const options = { storage, initialTable: initialTable(), minClients: 2, noiseMultiplier: 0, rateLimit: false as const, maxStaleness: 100, serverLearningRate: 1e12, now: () => t, metrics: true, log: (l: string) => logs.push(l) };
+  try {
+    const first = await createServer(options);
+    const v0 = await view(first.app);
+    for (const s of [1, 2]) assert.equal((await upload(first.app, honestUpdate(v0, s))).status, 202);
+    await first.rounds.drain();
+    // The same store, the same settings: the round pending at start fails again, and the server starts.
+    const { app, rounds } = await createServer(options);
+    const failures = async () => sample(await metricsOf(app), 'localrec_round_failures_total');
+    assert.equal(await failures(), 1);
+    assert.ok(logs.some((l) => /^the round pending at start could not be published: the aggregate of 2 updates is out of range/.test(l)), logs.join('\n'));
+    // A read within the second does not retry it; one a second later does (behind the queue), once.
+    const current = async () => (await (await app.request('/v1/rounds/current')).json()) as { version: number; pending: number; lastRoundError: string | null };
+    await current();
+    await rounds.drain();
+    assert.equal(await failures(), 1);
+    t += 1_500;
+    await current();
+    await rounds.drain();
+    assert.equal(await failures(), 2, 'the read retried the round');
+    // That retry counts as the last attempt: an upload completing a round just after it waits.
+    assert.equal((await upload(app, honestUpdate(v0, 3))).status, 202);
+    await rounds.drain();
+    assert.equal(await failures(), 2);
+    // The operator lowers the rate; the next read a second later publishes all three.
+    (rounds.config as { serverLearningRate: number }).serverLearningRate = 1;
+    t += 1_500;
+    await current();
+    await rounds.drain();
+    const cur = await current();
+    assert.deepEqual([cur.version, cur.pending, cur.lastRoundError], [1, 0, null]);
+  } finally {
+    await storage.close();
+  }
+});
+
 test('a request path cannot forge a log line: a failure is logged as one line naming the route pattern', async () => {
   /** A store other processes share, whose reads fail while `failing` is set. */
   class SharedFailing extends MemoryStorage {
