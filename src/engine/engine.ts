@@ -349,15 +349,58 @@ export function withChanges(events: readonly StoredEvent[], changes: NonNullable
   return out;
 }
 
+/**
+ * One consent choice as the shopper asked for it: its value, when (ms since the epoch) and in which
+ * tab (its hello id; '' where that is not known).
+ */
+interface ConsentChoice {
+  value: boolean;
+  at: number;
+  from: string;
+}
+/** The shopper's latest decision of each kind a tab knows (none of a kind where it follows only its host's answer, the default, or another tab's consent in force read from the withdrawal lock). */
+type ConsentChoices = { personalization?: ConsentChoice; federated?: ConsentChoice };
+const CONSENT_KINDS = ['personalization', 'federated'] as const;
+/** Whether `a` was asked for after `b`: of two asked for in the same millisecond, the greater tab id counts as later (so that every tab keeps the same one). */
+function laterChoice(a: ConsentChoice, b: ConsentChoice | undefined): boolean {
+  return b === undefined || a.at > b.at || (a.at === b.at && a.from > b.from);
+}
+/**
+ * The choices another tab's consent message carries, each checked (one that is not a boolean
+ * value with a finite time is left out). A message of a tab that sends its consent whole (`at`, no
+ * `choices`) counts as one choice of each kind at `at` (none when `at` is not a finite number);
+ * undefined for a message without any time.
+ */
+function messageChoices(m: { personalization?: unknown; federated?: unknown; at?: unknown; from?: unknown; choices?: unknown }): ConsentChoices | undefined {
+  const from = (x: unknown) => (typeof x === 'string' && x.length <= 64 ? x : '');
+  if (typeof m.choices === 'object' && m.choices !== null) {
+    const out: ConsentChoices = {};
+    for (const k of CONSENT_KINDS) {
+      const c = (m.choices as Record<string, unknown>)[k] as { value?: unknown; at?: unknown; from?: unknown } | null | undefined;
+      if (typeof c === 'object' && c !== null && typeof c.value === 'boolean' && typeof c.at === 'number' && Number.isFinite(c.at)) out[k] = { value: c.value, at: c.at, from: from(c.from) };
+    }
+    return out;
+  }
+  if (m.at === undefined) return undefined;
+  if (typeof m.at !== 'number' || !Number.isFinite(m.at)) return {};
+  const at = m.at;
+  return { personalization: { value: m.personalization === true, at, from: from(m.from) }, federated: { value: m.federated === true, at, from: from(m.from) } };
+}
+
 /** What one tab's engine tells the others on the same database. */
 type TabMessage =
   | { type: 'events' }
   | { type: 'model' }
   | { type: 'offers' }
   | { type: 'erased'; at?: number }
-  /** `to`: an answer to one starting tab's `hello` (its id), which only that tab applies. */
-  | { type: 'consent'; personalization: boolean; federated: boolean; at?: number; to?: string }
-  /** A tab starting: live tabs answer it with the shopper's latest consent decision they know, and its time. */
+  /**
+   * `to`: an answer to one starting tab's `hello` (its id), which only that tab applies. `choices`:
+   * the shopper's latest decisions the sender knows, each taken on its own where it is later than
+   * the receiver's (the consent in force and `at`, the latest of them, are for a tab that reads
+   * its consent whole).
+   */
+  | { type: 'consent'; personalization: boolean; federated: boolean; at?: number; to?: string; choices?: ConsentChoices }
+  /** A tab starting: live tabs answer it with the shopper's latest decisions they know (`choices`), each with its time. */
   | { type: 'hello'; id: string };
 /** The egress log keeps this many most recent requests (and none older than `retention.maxAgeDays`). */
 const EGRESS_MAX = 1000;
@@ -772,7 +815,7 @@ export class Engine {
     engine.channel = early?.channel;
     // A host's answer, read at consentAsOf, is not overridden by another tab's change asked for
     // before it; with no answer from the host (the default) any live tab's decision is newer.
-    if (opts.consent !== undefined) engine.consentAt = opts.consentAsOf ?? engine.now();
+    if (opts.consent !== undefined) engine.hostAt = opts.consentAsOf ?? engine.now();
     if (followLive) engine.followLiveWithdrawal(live!);
     try {
       engine.noteFallback(store);
@@ -813,10 +856,14 @@ export class Engine {
 
   /** Starts withdrawn, as a live tab that follows the shopper's withdrawal at `live.at` ({@link liveWithdrawal}). */
   private followLiveWithdrawal(live: { federated: boolean; at: number }): void {
-    this.consent = { personalization: false, federated: live.federated };
+    // The lock tells the live tab's federated consent in force, which may be its default or its
+    // host's answer rather than the shopper's decision: not a choice to pass on, and no more than
+    // this tab's own host allows (the decided choices come with the live tabs' answers to the hello).
+    this.consent = { personalization: false, federated: live.federated && this.opts.consent?.federated !== false };
     this.consentApplying = this.consent;
     this.consentByDefault = false;
-    this.consentAt = this.decidedAt = live.at;
+    this.choices = { personalization: { value: false, at: live.at, from: '' } };
+    this.decidedAt = live.at;
     this.consentHistory = [{ t: this.now(), ...this.consent, source: 'another-tab' }];
     this.updateWithdrawalLock();
     // The page's gate follows: what it tracks from now on is not even posted.
@@ -833,8 +880,8 @@ export class Engine {
   private updateWithdrawalLock(): void {
     const locks = this.channel ? lockManager() : undefined;
     const want =
-      locks && !this.closed && !this.consentApplying.personalization && Number.isFinite(this.decidedAt)
-        ? `${withdrawalLockPrefix(this.opts.dbName ?? 'localrec')}${this.consentApplying.federated ? 1 : 0}:${this.decidedAt}`
+      locks && !this.closed && !this.consentApplying.personalization && this.choices.personalization?.value === false
+        ? `${withdrawalLockPrefix(this.opts.dbName ?? 'localrec')}${this.consentApplying.federated ? 1 : 0}:${this.choices.personalization.at}`
         : undefined;
     if (this.withdrawalLock?.name === want) return;
     const old = this.withdrawalLock;
@@ -948,21 +995,49 @@ export class Engine {
         this.dropOffers();
         this.store.existsAgain?.();
         return;
-      case 'consent':
-        // The latest request wins in every tab: a change asked for before this tab's own last one
-        // (the two tabs changed consent at the same moment) is not applied over it.
+      case 'consent': {
         // An answer to another tab's hello is that tab's to weigh (a live tab applying it would
         // take back its own later decision whenever a tab starts).
         if (m.to !== undefined && m.to !== this.helloId) return;
-        if (typeof m.at === 'number' && m.at < this.consentAt) return;
-        if (typeof m.at === 'number') this.consentAt = this.decidedAt = m.at;
-        // (Compared with the consent being applied: a grant still opening the database counts.)
-        if (m.personalization !== this.consentApplying.personalization || m.federated !== this.consentApplying.federated) {
-          await this.applyConsent({ personalization: m.personalization, federated: m.federated }, 'another-tab', typeof m.at === 'number' ? m.at : undefined);
+        // Each choice is taken from the latest request that asked for it, on its own: a change of
+        // federated learning asked for in a tab that had not yet heard of a withdrawal of
+        // personalization does not bring personalization back. Not one asked for before this
+        // tab's own last request, nor before its host's answer; of two asked for in the same
+        // millisecond, the same one in every tab (laterChoice).
+        const theirs = messageChoices(m);
+        const won: Partial<Consent> = {};
+        let at: number | undefined;
+        if (theirs) {
+          // (The tabs share the device's clock: a choice stamped more than a day ahead is not a
+          // request, and would win over every later one.)
+          const horizon = this.now() + DAY_MS;
+          for (const k of CONSENT_KINDS) {
+            const c = theirs[k];
+            if (!c || c.at < this.hostAt || c.at > horizon || !laterChoice(c, this.choices[k])) continue;
+            this.choices = { ...this.choices, [k]: c };
+            this.decidedAt = Math.max(this.decidedAt, c.at);
+            won[k] = c.value;
+            // (A withdrawal of personalization: when it was asked for, which decides what it deletes.)
+            if (k === 'personalization' || at === undefined) at = c.at;
+          }
+        } else {
+          // (A message without a time, from a tab that does not say: applied as it comes.)
+          won.personalization = m.personalization === true;
+          won.federated = m.federated === true;
+        }
+        if (won.personalization !== undefined || won.federated !== undefined) {
+          // Onto the consent in force when the change's turn comes, not now: this tab's own change
+          // queued before it (a withdrawal of the other choice) stands. Nothing is applied (nor
+          // recorded) when that already is the consent in force.
+          await this.applyConsent((cur) => {
+            const next = { personalization: won.personalization ?? cur.personalization, federated: won.federated ?? cur.federated };
+            return next.personalization === cur.personalization && next.federated === cur.federated ? undefined : next;
+          }, 'another-tab', at);
         }
         // (The same decision, asked for again: the lock names the latest time.)
         this.updateWithdrawalLock();
         return;
+      }
       case 'erased':
         // Already handled: this tab found the database gone after that erase began (watchStore).
         if (typeof m.at === 'number' && m.at <= this.deletionHandledAt) return;
@@ -973,7 +1048,7 @@ export class Engine {
         // tab's), with its time, for that tab alone; it keeps the later of that and its host's
         // answer. A host's answer is not a decision to pass on ('required' starts with both off
         // until the shopper answers).
-        if (typeof m.id === 'string' && Number.isFinite(this.decidedAt)) this.tell({ type: 'consent', ...this.consentApplying, at: this.decidedAt, to: m.id });
+        if (typeof m.id === 'string' && Number.isFinite(this.decidedAt)) this.tell({ type: 'consent', ...this.consentApplying, at: this.decidedAt, to: m.id, choices: this.choices });
         return;
     }
   }
@@ -1230,9 +1305,20 @@ export class Engine {
     knownKeys(c, 'consent', OPTION_KEYS.consent);
     boolOption(c.personalization, 'consent.personalization');
     boolOption(c.federated, 'consent.federated');
-    // When the shopper asked: another tab's change asked for earlier does not undo this one.
-    const at = Math.max(this.now(), this.consentAt);
-    this.consentAt = this.decidedAt = at;
+    // When the shopper asked: later than the host's answer and than every decision this tab
+    // follows (by a millisecond at least: a tie is for requests neither tab had heard of), so that
+    // another tab's change asked for earlier does not undo this one.
+    const followed = Math.max(this.choices.personalization?.at ?? -Infinity, this.choices.federated?.at ?? -Infinity);
+    const at = Math.max(this.now(), this.hostAt, followed + 1);
+    this.decidedAt = at;
+    const from = this.helloId ?? '';
+    // Only the choices asked for: another tab's later change of the other one still holds.
+    for (const k of CONSENT_KINDS) {
+      const value = c[k];
+      if (value !== undefined) this.choices = { ...this.choices, [k]: { value, at, from } };
+    }
+    // As of this request (a later one, made before this one is told, is told with its own).
+    const choices = this.choices;
     // What is left out stays as the change before this one (still under way, maybe) leaves it.
     let next: Consent;
     try {
@@ -1240,11 +1326,11 @@ export class Engine {
     } catch (e) {
       // Applied here even so (a step after the change failed): the other tabs follow what is in
       // force, or a withdrawal of federated learning would hold in this tab alone.
-      this.tell({ type: 'consent', ...this.consentApplying, at });
+      this.tell({ type: 'consent', ...this.consentApplying, at, choices });
       throw e;
     }
     // The shop's other tabs on this device follow (their engines share this database).
-    this.tell({ type: 'consent', ...next, at });
+    this.tell({ type: 'consent', ...next, at, choices });
   }
 
   /**
@@ -1260,8 +1346,14 @@ export class Engine {
   /** The consent the latest change began to apply: {@link consent} but for a grant still opening its store. */
   private consentApplying!: Consent;
 
-  /** When the consent this tab follows was asked for (its own setConsent's, or another tab's). */
-  private consentAt = -Infinity;
+  /**
+   * The shopper's latest decision of each kind this tab knows (its own setConsent's, or another
+   * tab's), with when and where it was asked for: another tab's request changes a choice only when
+   * asked for later ({@link laterChoice}).
+   */
+  private choices: ConsentChoices = {};
+  /** When the host's answer (`options.consent`) was read (`consentAsOf`): another tab's choice asked for before it does not override it. */
+  private hostAt = -Infinity;
   /** When the shopper's latest consent decision this tab knows was made (its setConsent's, or another tab's): what it tells a starting tab. */
   private decidedAt = -Infinity;
 
@@ -1286,7 +1378,7 @@ export class Engine {
    * already erased or opened the database; this one only drops or opens its own handle and state).
    */
   private applyConsent(
-    change: Consent | ((current: Consent) => Consent),
+    change: Consent | ((current: Consent) => Consent | undefined),
     source: ConsentRecord['source'],
     at?: number,
   ): Promise<Consent> {
@@ -1294,6 +1386,8 @@ export class Engine {
     // otherwise install the store the withdrawal has just deleted.
     const run = this.consentChain.then(async () => {
       const next = typeof change === 'function' ? change(this.consent) : change;
+      // (undefined: the consent in force already is the one asked for.)
+      if (next === undefined) return this.consent;
       try {
         await this.applyConsentSteps(next, source, at);
       } finally {

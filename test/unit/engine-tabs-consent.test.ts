@@ -184,6 +184,54 @@ describe('the withdrawal lock (a stand-in for navigator.locks)', () => {
     await settle();
     assert.equal(withdrawn(name).length, 0, 'close() lets go of it');
   });
+
+  it('names the time the withdrawal of personalization was asked for, not a later change of federated learning (stop 39)', async () => {
+    const name = dbName();
+    let clock = Date.UTC(2026, 0, 1);
+    const O = await open(name, { now: () => clock });
+    O.enqueue([{ type: 'view', itemId: 'sku-1' }]);
+    await O.flush();
+    const t1 = clock;
+    await O.setConsent({ personalization: false });
+    clock += 10_000;
+    await O.setConsent({ federated: false });
+    await settle();
+    assert.deepEqual(withdrawn(name).map((l) => l.name), [`${withdrawalLockPrefix(name)}0:${t1}`]);
+    // A host's answer read between the two (after the withdrawal) decides in a starting tab, as
+    // for a lock taken at the withdrawal alone; the later change of federated learning holds there too.
+    const H = await open(name, { consent: { personalization: true, federated: true }, consentAsOf: t1 + 5_000 });
+    await settle();
+    assert.deepEqual((await H.audit()).consent.current, { personalization: true, federated: false });
+    await H.close();
+    await O.close();
+    await settle();
+  });
+
+  it("a tab starting on the lock does not take its federated bit as the shopper's decision, nor over its own host's answer (review, stop 39)", async () => {
+    // The lock says the live tab's federated consent in force: A's is its default, never decided.
+    for (const third of [false, true]) {
+      const name = dbName();
+      const A = await open(name);
+      const B = third ? await open(name, HOST_OFF) : undefined;
+      const asOf = Date.now();
+      await settle(5);
+      await A.setConsent({ personalization: false });
+      await settle();
+      // S: no host answer (with a third tab B whose host said federated off), or a host answer of
+      // federated off read before A's withdrawal.
+      const S = await open(name, third ? {} : { ...HOST_OFF, consentAsOf: asOf });
+      await settle();
+      if (!third) assert.deepEqual((await S.audit()).consent.current, { personalization: false, federated: false }, 'S starts withdrawn, federated as its host said');
+      await S.setConsent({ personalization: true }); // the shopper grants personalization only
+      await settle();
+      if (third) assert.deepEqual((await B!.audit()).consent.current, { personalization: true, federated: false }, "B: federated as its host said (nobody decided it)");
+      else assert.deepEqual((await S.audit()).consent.current, { personalization: true, federated: false });
+      await A.close();
+      await B?.close();
+      await S.close();
+      await settle();
+    }
+  });
 });
 
 describe("a call made while another tab's erase is handled", () => {

@@ -100,6 +100,110 @@ describe('two tabs on one device', () => {
     }
   });
 
+  it('two tabs asking for opposite consent in the same millisecond end in the same state, and a later request holds in both (stop 39)', async () => {
+    // Each applying the other's request (neither earlier) swapped them, and they stayed apart.
+    for (let round = 0; round < 6; round++) {
+      const clock = Date.UTC(2026, 0, 1);
+      const name = dbName();
+      const open = () => Engine.create({ catalog, backend: 'cpu', dbName: name, autoTrainEvery: 0, model: { dim: 8 }, now: () => clock });
+      const [a, b] = [await open(), await open()];
+      const want = round % 2 === 0;
+      await Promise.all([a.setConsent({ federated: !want }), b.setConsent({ federated: want })]);
+      await settle();
+      await settle();
+      const federated = async (e: Engine) => (await e.audit()).consent.current.federated;
+      const [fa, fb] = [await federated(a), await federated(b)];
+      assert.equal(fa, fb, `round ${round}: a ${fa}, b ${fb}`);
+      // A later request in either tab holds in both, though the clock stands still: it is stamped
+      // after the one it follows.
+      await (round % 3 === 0 ? b : a).setConsent({ federated: !fa });
+      await settle();
+      assert.deepEqual([await federated(a), await federated(b)], [!fa, !fa], `round ${round}: the later request`);
+      await a.close();
+      await b.erase();
+    }
+  });
+
+  it('a change of federated learning asked for in a tab that had not heard of a withdrawal of personalization does not bring personalization back (stop 39)', async () => {
+    for (const grantFirst of [false, true]) {
+      let clock = Date.UTC(2026, 0, 1);
+      const name = dbName();
+      const open = () => Engine.create({ catalog, backend: 'cpu', dbName: name, autoTrainEvery: 0, model: { dim: 8 }, now: () => clock });
+      const [a, b] = [await open(), await open()];
+      b.enqueue([{ type: 'view', itemId: 'sku-1' }]);
+      await b.flush();
+      // Both asked before either heard of the other: a withdraws personalization, b (later) changes
+      // federated learning alone.
+      const first = a.setConsent({ personalization: false });
+      clock += 1000;
+      const second = b.setConsent({ federated: false });
+      await Promise.allSettled([first, second]);
+      await settle();
+      await settle();
+      const current = async (e: Engine) => (await e.audit()).consent.current;
+      assert.deepEqual(await current(a), { personalization: false, federated: false }, `a (${grantFirst})`);
+      assert.deepEqual(await current(b), { personalization: false, federated: false }, `b (${grantFirst})`);
+      b.enqueue([{ type: 'view', itemId: 'sku-2' }]);
+      await b.flush();
+      assert.equal((await b.stats()).events.total, 0, 'nothing stored after the withdrawal');
+      assert.ok(!(await dbNames()).includes(name), 'the database stays deleted');
+      // A later grant in either tab holds in both.
+      clock += 1000;
+      await (grantFirst ? a : b).setConsent({ personalization: true });
+      await settle();
+      assert.deepEqual([(await current(a)).personalization, (await current(b)).personalization], [true, true]);
+      await a.close();
+      await b.erase();
+    }
+  });
+
+  it("another tab's change of one choice, come while this tab's own change of the other waits its turn, does not undo it (stop 39)", async () => {
+    let clock = Date.UTC(2026, 0, 1);
+    const name = dbName();
+    const open = (extra: Record<string, unknown> = {}) => Engine.create({ catalog, backend: 'cpu', dbName: name, autoTrainEvery: 0, model: { dim: 8 }, now: () => clock, ...extra });
+    const a = await open();
+    const b = await open({ consent: { personalization: false, federated: false } });
+    // b: a grant (opening the database takes a while) and, queued behind it, a withdrawal; a
+    // later change of federated learning in a arrives meanwhile.
+    const grant = b.setConsent({ personalization: true, federated: true });
+    const withdrawal = b.setConsent({ personalization: false });
+    clock += 1000;
+    await a.setConsent({ federated: false });
+    await Promise.allSettled([grant, withdrawal]);
+    await settle();
+    await settle();
+    const current = async (e: Engine) => (await e.audit()).consent.current;
+    assert.deepEqual(await current(b), { personalization: false, federated: false }, 'b: its own withdrawal stands, and a\'s later change of federated learning');
+    assert.deepEqual(await current(a), { personalization: false, federated: false }, 'a follows the withdrawal');
+    await a.close();
+    await b.close();
+  });
+
+  it('a consent message whose time is not a finite number, or whose value is not a boolean, changes nothing (stop 39)', async () => {
+    const name = dbName();
+    const [a, b] = await tabs(name);
+    const channel = new BroadcastChannel(`localrec:${name}`);
+    try {
+      const forged = [
+        { type: 'consent', personalization: false, federated: false, choices: { personalization: { value: false, at: Infinity, from: 'z' }, federated: { value: 'no', at: Date.now() + 1e6, from: 'z' } } },
+        { type: 'consent', personalization: false, federated: false, at: Infinity },
+        { type: 'consent', personalization: false, federated: false, at: Number.NaN },
+      ];
+      for (const m of forged) channel.postMessage(m);
+      await settle();
+      await settle();
+      for (const e of [a, b]) assert.deepEqual((await e.audit()).consent.current, { personalization: true, federated: true });
+      // And a request made now still holds in both tabs (no forged stamp "later" than every request).
+      await a.setConsent({ federated: false });
+      await settle();
+      assert.deepEqual((await b.audit()).consent.current, { personalization: true, federated: false });
+    } finally {
+      channel.close();
+      await a.close();
+      await b.erase();
+    }
+  });
+
   it('see each other’s events at once', async () => {
     const [a, b] = await tabs(dbName());
     assert.ok((await b.recommend({ k: 40, exclude: 'purchased' })).some((r) => r.itemId === 'sku-3'));
