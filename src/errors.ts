@@ -62,9 +62,12 @@ export class NetworkError extends LocalrecError {
   override name = 'NetworkError' as const;
   /** The HTTP status of the failed answer; 0 when there was none to blame (offline, no answer in time). */
   readonly status: number;
-  constructor(message: string, status: number) {
+  /** The server's reason for a refusal (4xx), as its body gave it (`unknown-cohort`, `stale`, …); absent otherwise. */
+  readonly reason?: string;
+  constructor(message: string, status: number, reason?: string) {
     super(message);
     this.status = status;
+    if (reason !== undefined) this.reason = reason;
   }
 }
 
@@ -188,13 +191,14 @@ export const isSignatureError = (e: unknown): e is SignatureError => hasName(e, 
  * error's message to the page (comlink copies only name, message and stack by itself), and
  * {@link reviveError} puts them back.
  */
-export function errorDetails(e: unknown): { field?: string; status?: number; problem?: string } {
+export function errorDetails(e: unknown): { field?: string; status?: number; problem?: string; reason?: string } {
   if (!isLocalrecError(e)) return {};
-  const out: { field?: string; status?: number; problem?: string } = {};
-  const { field, status, problem } = e as { field?: unknown; status?: unknown; problem?: unknown };
+  const out: { field?: string; status?: number; problem?: string; reason?: string } = {};
+  const { field, status, problem, reason } = e as { field?: unknown; status?: unknown; problem?: unknown; reason?: unknown };
   if (typeof field === 'string') out.field = field;
   if (typeof status === 'number') out.status = status;
   if (typeof problem === 'string') out.problem = problem;
+  if (typeof reason === 'string') out.reason = reason;
   return out;
 }
 
@@ -214,7 +218,7 @@ const CLASSES: Record<string, new (message: string) => LocalrecError> = {
  */
 export function reviveError(e: unknown): unknown {
   if (typeof e !== 'object' || e === null) return e;
-  const { name, message, stack, field, status, problem } = e as { name?: string; message?: string; stack?: string; field?: unknown; status?: unknown; problem?: unknown };
+  const { name, message, stack, field, status, problem, reason } = e as { name?: string; message?: string; stack?: string; field?: unknown; status?: unknown; problem?: unknown; reason?: unknown };
   let out: LocalrecError | undefined;
   if (name === 'ValidationError') {
     const text = message ?? '';
@@ -224,7 +228,7 @@ export function reviveError(e: unknown): unknown {
       out = m ? new ValidationError(m[1]!, m[2]!) : new ValidationError('input', text);
     }
   } else if (name === 'NetworkError') {
-    out = new NetworkError(message ?? '', typeof status === 'number' ? status : 0);
+    out = new NetworkError(message ?? '', typeof status === 'number' ? status : 0, typeof reason === 'string' ? reason : undefined);
   } else if (name === 'SignatureError') {
     out = new SignatureError(typeof problem === 'string' && SIGNATURE_PROBLEMS.includes(problem) ? (problem as SignatureProblem) : 'malformed', message ?? '');
   } else if (name && CLASSES[name]) {

@@ -419,7 +419,10 @@ export interface SyncControl {
    * cancel that lands while the release is being stored still stops the upload, with that ε spent). Once
    * the cohort is full, or the update is on its way, the upload goes ahead (the cohort's other
    * members depend on it; the ε is spent) and only the wait for the cohort's end is cut short
-   * (`cohortOutcome: 'left'`). A sync shared by several callers is cancelled for all of them; a
+   * (`cohortOutcome: 'left'`) — except with dropout recovery (`minSurvivors` below the cohort
+   * size), where a device cancelled once its cohort is full and before its upload drops out
+   * instead (its upload could not be unmasked without the recovery share it would not stay to
+   * give; the others recover without it). A sync shared by several callers is cancelled for all of them; a
    * contributing call still waiting for a receiving sync to end is cancelled alone.
    */
   signal?: AbortSignal | undefined;

@@ -3989,9 +3989,13 @@ export class Engine {
      * In a replay, events after `now` are the future and do not count.
      */
     const counted = (stored: StoredEvent[]): StoredEvent[] => {
-      const all = this.queue.length ? stored.concat(this.queue) : stored;
-      if (!live) return all;
-      return all.map((e) => (e.t > now && ledgerKeeps(e) ? { ...e, t: now } : e));
+      let all = this.queue.length ? stored.concat(this.queue) : stored;
+      if (live) all = all.map((e) => (e.t > now && ledgerKeeps(e) ? { ...e, t: now } : e));
+      // In time order, as the store reads them: a queued event may be older than a stored one
+      // (tracked with its own time), and the reason cites the last in-scope event as the latest.
+      // (Stable: events of the same time keep their order.)
+      for (let i = 1; i < all.length; i++) if (all[i - 1]!.t > all[i]!.t) return all === stored ? all.slice().sort((a, b) => a.t - b.t) : all.sort((a, b) => a.t - b.t);
+      return all;
     };
     if (snapshot) {
       // The shop's learned affinity (docs/OFFERS.md): the same features and weights offers-eval

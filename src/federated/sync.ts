@@ -228,8 +228,10 @@ export interface SyncOptions {
    * Cancels the sync. Before the upload: rejects with an {@link AbortError}, nothing sent, no ε
    * spent (a cancel seen after the release was recorded stops the upload too, with that ε spent); a device waiting for its cohort to fill gives its place back first
    * (`POST …/members/:i/leave`). Once its cohort is full the device uploads anyway (the other
-   * members' round depends on it), and the upload itself is never interrupted; after it, only the
-   * wait for the cohort's end stops (`outcome: 'left'`).
+   * members' round depends on it) — but not with dropout recovery (`minSurvivors` < K): its upload
+   * would be unmasked only with its own recovery share, which a cancelled device never gives, so it
+   * drops out instead (AbortError, nothing sent) and the others recover without it; the upload
+   * itself is never interrupted; after it, only the wait for the cohort's end stops (`outcome: 'left'`).
    */
   signal?: AbortSignal;
   now?: () => number;
@@ -312,7 +314,8 @@ function releasedButCancelled(): AbortError {
  * The abort reason that makes a sync drop out of a full cohort instead of uploading (`signal.abort(DROP_OUT)`):
  * the shopper erased their data or withdrew consent, which no server's "the cohort is full" may
  * override. Any other cancel lets a device whose cohort has filled upload after all, since the
- * other members' round depends on it.
+ * other members' round depends on it (without dropout recovery; with it, a cancelled device drops
+ * out too: the others recover without it).
  */
 export const DROP_OUT = 'localrec:drop-out';
 
@@ -500,15 +503,17 @@ async function request(
       if (res.status >= 400) {
         // The reason, when the body says it within a few KB; the status says enough otherwise.
         let reason = '';
+        let code: string | undefined;
         try {
           const j = JSON.parse(new TextDecoder().decode(await readCapped(res, ERROR_BODY_MAX, what, 'a refusal', attempt.signal))) as { error?: string; reason?: string };
+          if (typeof j.reason === 'string') code = j.reason;
           reason = `${j.reason ?? ''}${j.error ? `: ${j.error}` : ''}`;
         } catch (e) {
           if (isValidationError(e)) reason = `(its body, over ${ERROR_BODY_MAX} bytes, was not read)`;
         }
         log(res.status);
         if (signal?.aborted) throw syncCancelled(`during ${method} ${endpoint}`);
-        throw new NetworkError(`${what} refused (${res.status}) ${reason}`.trim(), res.status);
+        throw new NetworkError(`${what} refused (${res.status}) ${reason}`.trim(), res.status, code);
       }
       let bytes: Uint8Array | null = null;
       if (!NULL_BODY_STATUS.has(res.status)) {
@@ -1131,6 +1136,13 @@ async function sendMasked(
   let polls = 0;
   const member = memberPath(joined);
   const viewLimit = cohortViewLimit(sa);
+  /**
+   * With dropout recovery (t < K) any cancel drops out of a full cohort rather than upload: an
+   * upload of this device is unmasked only with its own recovery share, which a cancelled device
+   * that stops waiting never gives (every member's ε would be spent on a cohort that aborts),
+   * while without it the others recover and publish (when at least t of them upload).
+   */
+  const co: SyncOptions = t < K ? { ...o, dropOut: () => o.signal?.aborted === true } : o;
   /** This sync's claim on the cohort (claimCohort), given back when it leaves. */
   let claim: void | { release?(): Promise<void> } | undefined;
   /**
@@ -1152,7 +1164,7 @@ async function sendMasked(
   };
   /**
    * Set once a cancel (or the end of the wait) came after the cohort filled: from then on only an
-   * erase or a consent withdrawal (a drop-out) stops the upload.
+   * erase or a consent withdrawal (a drop-out; with dropout recovery, any cancel: `co`) stops the upload.
    */
   let committed = false;
   /** When the server said the cohort was full (its 409 to the leave), for {@link COMMITTED_GRACE_MS}. */
@@ -1161,7 +1173,7 @@ async function sendMasked(
   const stop = async (error: (left: string) => Error): Promise<void> => {
     const r = await leave();
     if (r !== 'full') throw error(r === 'left' ? 'it left the cohort' : r);
-    if (mustDropOut(o)) throw error(droppedOut);
+    if (mustDropOut(co)) throw error(droppedOut());
     committed = true;
     committedAt = now();
   };
@@ -1172,14 +1184,17 @@ async function sendMasked(
    */
   const pause = async (ms: number): Promise<void> => {
     if (!committed) return sleep(ms, o.signal);
-    for (let left = ms; left > 0 && !mustDropOut(o); left -= 1000) await sleep(Math.min(1000, left), o.signal?.aborted ? undefined : o.signal);
+    for (let left = ms; left > 0 && !mustDropOut(co); left -= 1000) await sleep(Math.min(1000, left), o.signal?.aborted ? undefined : o.signal);
   };
   /** Gives up on the cohort for good (whatever the reason): leaves it first, unless this device committed to it. */
   const abandon = async (error: unknown): Promise<never> => {
     if (!committed) await leave();
     throw error;
   };
-  const droppedOut = 'the cohort had filled, and this device drops out of it (its data was erased or consent withdrawn)';
+  const droppedOut = () =>
+    mustDropOut(o)
+      ? 'the cohort had filled, and this device drops out of it (its data was erased or consent withdrawn)'
+      : 'the cohort had filled, and this device drops out of it (cancelled: with dropout recovery the others publish without it)';
   const cancelled = (left: string) => syncCancelled(`while cohort ${joined.cohort} was forming; ${left}`);
   if (joined.size !== K) await abandon(new ValidationError('cohort.size', `is ${joined.size}, the server announced ${K}`));
   if (o.claimCohort) {
@@ -1192,7 +1207,7 @@ async function sendMasked(
     }
   }
   for (;;) {
-    if (committed && mustDropOut(o)) throw cancelled(droppedOut);
+    if (committed && mustDropOut(co)) throw cancelled(droppedOut());
     if (o.signal?.aborted && !committed) await stop(cancelled);
     // Only this member's and its mask neighbours' keys: degree + 1 keys, whatever the cohort size.
     try {
@@ -1246,8 +1261,9 @@ async function sendMasked(
     // Poll every pollMs at first, then back off (×1.5, at most 15 s apart) while the cohort forms.
     await pause(Math.min(pollMs * 1.5 ** polls++, Math.max(pollMs, 15_000)));
   }
-  // From here on a cancel no longer stops the upload: the cohort is full, its keys are out, and the
-  // other members' round now depends on this device's upload (a missing one is a dropout).
+  // From here on a cancel no longer stops the upload (but with dropout recovery, `co`): the cohort
+  // is full, its keys are out, and the other members' round now depends on this device's upload (a
+  // missing one is a dropout).
   const publicKeys = byMember(view.memberKeys);
   if (!bytesEqual(publicKeys.get(joined.index) ?? new Uint8Array(), keys.publicKey)) {
     throw new ValidationError('cohort.keys', `member ${joined.index} is not this device's key: the server changed the cohort`);
@@ -1260,8 +1276,8 @@ async function sendMasked(
   const twice = usesSelfMask(sa) ? await addSelfMask(masked, mask) : { values: masked };
   const body = encodeMaskedUpdate({ cohortId, index: joined.index, cohortSize: K, bits: sa.bits, step: sa.step, baseVersion: global.version, ...twice });
   // Erased or withdrawn while the cohort was filling or its keys were read: nothing goes.
-  if (mustDropOut(o)) throw syncCancelled(`after cohort ${joined.cohort} filled; ${droppedOut}`);
-  const result = await upload(o, config, '/v1/secagg/updates', body, { global, globalHash: hash, local }, delta, { 'X-Localrec-Cohort-Token': String(joined.token) }, false);
+  if (mustDropOut(co)) throw syncCancelled(`after cohort ${joined.cohort} filled; ${droppedOut()}`);
+  const result = await upload(co, config, '/v1/secagg/updates', body, { global, globalHash: hash, local }, delta, { 'X-Localrec-Cohort-Token': String(joined.token) }, false);
   const cohort: NonNullable<SyncResult['cohort']> = { id: joined.cohort, index: joined.index, size: K };
   if (t < K) {
     // The device may wait minutes for its cohort: keep what the upload logged first.
@@ -1302,13 +1318,19 @@ async function stayForRecovery(
   let ready = false;
   /** A server out of reach for a while (the request already retried): worth waiting for until the deadline, the cohort needs this device. */
   const passing = (e: unknown) => !o.signal?.aborted && now() - t0 <= waitMs && isPassingError(e);
-  /** POSTs one step of recovery until it is taken (the server takes the same bytes again) or the deadline passes. */
-  const post = async (step: 'confirm' | 'ready' | 'recovery', body: Uint8Array): Promise<void> => {
+  /**
+   * POSTs one step of recovery until it is taken (the server takes the same bytes again) or the
+   * deadline passes. `ended`: the cohort stopped recovering meanwhile (409 unknown-cohort: it was
+   * published, maybe with this very request whose answer was lost, or aborted at its deadline):
+   * the next poll reads how it ended.
+   */
+  const post = async (step: 'confirm' | 'ready' | 'recovery', body: Uint8Array): Promise<'taken' | 'ended'> => {
     for (let k = 0; ; k++) {
       try {
         await request(o, { kind: 'cohort', method: 'POST', endpoint: `${memberPath(joined)}/${step}`, body, headers: { 'Content-Type': 'application/octet-stream', 'X-Localrec-Cohort-Token': joined.token }, mustGo: true });
-        return;
+        return 'taken';
       } catch (e) {
+        if (isNetworkError(e) && e.status === 409 && e.reason === 'unknown-cohort' && !o.signal?.aborted) return 'ended';
         if (!passing(e)) throw e;
         await sleep(Math.min(pollMs * 1.5 ** k, Math.max(pollMs, 15_000)), o.signal);
       }
@@ -1328,6 +1350,8 @@ async function stayForRecovery(
       // Each poll is in the stored log as it is made (the wait may take minutes).
       await checkpointQuietly(o);
       o.onProgress?.({ phase: 'recovery', submitted: view.submitted ?? 0, size: K, ...(view.dropped ? { dropped: view.dropped.length } : {}) });
+      /** A step refused because the cohort ended meanwhile: the next poll (after the usual pause) says how. */
+      let ended = false;
       if (view.status === 'done') return { outcome: 'published', recoveryShareSent: sent };
       if (view.status === 'aborted') return { outcome: 'aborted', recoveryShareSent: sent, ...(view.reason ? { note: view.reason } : {}) };
       if (view.status === 'recovering' && !sent) {
@@ -1352,7 +1376,9 @@ async function stayForRecovery(
           // First tell each neighbour the list leaves alive which list this device was shown
           // (tags only they can check): nobody answers before all of its neighbours saw the same.
           const tags = await confirmationTags({ index: joined.index, cohortId, publicKeys, privateKey, params: sa, length, dropped });
-          await post('confirm', tags);
+          // (Confirmed even when refused because the cohort ended: the tags left this device, and
+          // it confirms no other list, whatever the server shows next.)
+          ended = (await post('confirm', tags)) === 'ended';
           confirmed = listKey;
           // Poll briskly again: the neighbours' confirmations come next.
           polls = 0;
@@ -1362,20 +1388,21 @@ async function stayForRecovery(
         // Then, once every neighbour the list leaves alive confirmed the same list, say so to them
         // ("ready"); answer only once all of them are ready too: lists agree two steps out, so the
         // server cannot cut the graph into regions shown different lists and read a small one.
-        if (!ready && (await checkConfirmations({ ...me, confirmations: byMember(view.confirmations) })).length === 0) {
-          await post('ready', await confirmationTags(me, 'ready'));
+        if (!ended && !ready && (await checkConfirmations({ ...me, confirmations: byMember(view.confirmations) })).length === 0) {
+          ended = (await post('ready', await confirmationTags(me, 'ready'))) === 'ended';
           ready = true;
           polls = 0;
           await checkpointQuietly(o);
         }
-        if (ready && (await checkConfirmations({ ...me, confirmations: byMember(view.ready) }, 'ready')).length === 0) {
+        if (!ended && ready && (await checkConfirmations({ ...me, confirmations: byMember(view.ready) }, 'ready')).length === 0) {
           // Once, for this list only: for each mask neighbour the pair seed (listed as dropped) or
           // the share of its self-mask (not listed), never both. A failed request ends the wait.
           const share = await recoveryShare({ ...me, sealed: byMember(view.sealed) });
-          await post('recovery', share);
+          // (Taken, or refused because the cohort just ended: either way the share left this device.)
+          ended = (await post('recovery', share)) === 'ended';
           sent = true;
           await checkpointQuietly(o);
-          continue;
+          if (!ended) continue;
         }
       }
       if (now() - t0 > waitMs) return { outcome: 'left', recoveryShareSent: sent, note: `cohort still ${view.status} after ${waitMs} ms` };

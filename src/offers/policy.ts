@@ -4,7 +4,7 @@
  * catalog, products, events, affinity, options and seed give the same answer.
  */
 import { ValidationError } from '../errors.js';
-import { describeValue } from '../options.js';
+import { describeValue, knownKeys } from '../options.js';
 import { Random } from '../model/random.js';
 import type { CatalogItem, StoredEvent } from '../types.js';
 import { scopeAffinities, type AffinitySource } from './affinity.js';
@@ -234,7 +234,8 @@ export function checkContext(context: OfferContext | undefined): number {
       const l = cart[i];
       const at = `options.context.cart[${i}]`;
       if (typeof l !== 'object' || l === null) throw new ValidationError(at, 'must be an object { itemId, quantity?, price? }');
-      const line = l as Record<string, unknown>;
+      // (A misspelt key, `qty`, would count the line as one unit: refused, as every option is.)
+      const line = knownKeys(l, at, ['itemId', 'quantity', 'price']);
       if (typeof line.itemId !== 'string') throw new ValidationError(`${at}.itemId`, 'must be an item id (a string)');
       if (line.quantity !== undefined && !(typeof line.quantity === 'number' && Number.isInteger(line.quantity) && line.quantity >= 1)) {
         throw new ValidationError(`${at}.quantity`, `must be a whole number ≥ 1, got ${describeValue(line.quantity)}`);

@@ -130,9 +130,10 @@ export interface CohortStore {
    * aborts cohorts that did not fill; moves a full cohort that collected at least `minSurvivors`
    * but not all uploads to `recovering` (its missing members listed in `dropped`), and aborts it
    * when it collected fewer; aborts a recovery that did not get every share. Forgets ended cohorts
-   * an hour after they ended.
+   * an hour after they ended. `publishing`: cohorts this process is publishing now (their sums
+   * checked, their version being written), which no deadline ends meanwhile: the publish decides.
    */
-  sweep(): Promise<SweepResult>;
+  sweep(publishing?: ReadonlySet<string>): Promise<SweepResult>;
   /** How many cohorts are in each state, ended ones included until forgotten (for `localrec_cohorts`); optional. */
   counts?(): Promise<Partial<Record<CohortStatus, number>>>;
 }
@@ -689,7 +690,7 @@ export class MemoryCohortStore implements CohortStore {
     return out;
   }
 
-  async sweep(): Promise<SweepResult> {
+  async sweep(publishing?: ReadonlySet<string>): Promise<SweepResult> {
     const t = this.now();
     const out: SweepResult = { aborted: [] };
     const abort = (c: MemoryCohort, reason: string) => {
@@ -702,6 +703,7 @@ export class MemoryCohortStore implements CohortStore {
     };
     const { fillMs, uploadMs } = this.timeouts;
     for (const c of this.cohorts.values()) {
+      if (publishing?.has(c.id)) continue;
       if (c.status === 'forming' && t - c.createdAt > fillMs) abort(c, timeoutReason(c, fillMs));
       else if (c.status === 'ready' && c.submitted < c.size && t - c.readyAt! > uploadMs) {
         const next = afterCollectTimeout(c, c.submittedBy, this.params, uploadMs, t);

@@ -853,7 +853,7 @@ class PostgresCohortStore implements CohortStore {
     await this.q('finish a cohort', "UPDATE localrec_cohorts SET status = 'done', published = $2, ended_at = $3 WHERE id = $1 AND status IN ('ready', 'recovering')", [id, version, this.now()]);
   }
 
-  sweep(): Promise<SweepResult> {
+  sweep(publishing?: ReadonlySet<string>): Promise<SweepResult> {
     const t = this.now();
     return this.tx('end timed-out cohorts', async (c) => {
       const { fillMs, uploadMs } = this.timeouts;
@@ -871,8 +871,8 @@ class PostgresCohortStore implements CohortStore {
       // A full cohort that has every upload is being published, not late; so is a recovering one
       // that has every share: both until PUBLISH_GRACE upload timeouts (collectDeadline, recoveryDeadline).
       const late = await c.query<CohortRow>(
-        "SELECT * FROM localrec_cohorts WHERE (status = 'forming' AND created_at < $1) OR (status = 'ready' AND ready_at < $2 AND (submitted < size OR ready_at < $3)) OR (status = 'recovering' AND recovery_at < $2 AND (recovered < needed OR recovery_at < $3)) ORDER BY id FOR UPDATE",
-        [t - fillMs, t - uploadMs, t - PUBLISH_GRACE * uploadMs],
+        "SELECT * FROM localrec_cohorts WHERE ((status = 'forming' AND created_at < $1) OR (status = 'ready' AND ready_at < $2 AND (submitted < size OR ready_at < $3)) OR (status = 'recovering' AND recovery_at < $2 AND (recovered < needed OR recovery_at < $3))) AND NOT (id = ANY($4::text[])) ORDER BY id FOR UPDATE",
+        [t - fillMs, t - uploadMs, t - PUBLISH_GRACE * uploadMs, [...(publishing ?? [])]],
       );
       const out: SweepResult = { aborted: [] };
       const uploaded = async (id: string) =>
@@ -889,13 +889,23 @@ class PostgresCohortStore implements CohortStore {
           }
           reason = next.abortReason!;
         }
-        await c.query("UPDATE localrec_cohorts SET status = 'aborted', reason = $2, ended_at = $3 WHERE id = $1", [row.id, reason, t]);
         // Its uploads can never be unmasked: deleted in this transaction, so that a crash (or a failed
         // clean-up afterwards) cannot leave them pending with no open cohort to look at them again.
         // Every upload with this cohort's nonce prefix goes, also one its cohort never recorded.
         // (starts_with, not a range on the nonce: a range follows the database's collation, under
         // which ';' may sort before ':' (ICU, glibc's en_US), and would then match nothing.)
+        // First, before the cohort is marked: a publish of this cohort under way (another process's,
+        // or this one's begun before its id was in `publishing`) holds these rows, and the delete
+        // waits for it to end; once it has committed the rows are aggregated, and the cohort is
+        // done with that version, not aborted.
         await c.query('DELETE FROM localrec_updates WHERE aggregated_into IS NULL AND (id = ANY($1::bigint[]) OR starts_with(nonce, $2))', [members.map((m) => m.update_id), `${row.id}:`]);
+        const published = await c.query<{ v: string | null }>('SELECT MAX(aggregated_into) AS v FROM localrec_updates WHERE id = ANY($1::bigint[]) OR starts_with(nonce, $2)', [members.map((m) => m.update_id), `${row.id}:`]);
+        const v = published.rows[0]?.v;
+        if (v !== null && v !== undefined) {
+          await c.query("UPDATE localrec_cohorts SET status = 'done', published = $2, ended_at = $3 WHERE id = $1", [row.id, Number(v), t]);
+          continue;
+        }
+        await c.query("UPDATE localrec_cohorts SET status = 'aborted', reason = $2, ended_at = $3 WHERE id = $1", [row.id, reason, t]);
         out.aborted.push({ id: row.id, reason, updateIds: members.map((m) => Number(m.update_id)) });
       }
       // Measured from the end (see endOf in cohorts.ts: rows an older server ended have no ended_at).

@@ -1020,7 +1020,7 @@ export class RoundCoordinator {
     this.lastSweep = t;
     let swept;
     try {
-      swept = await cohorts.sweep();
+      swept = await cohorts.sweep(this.publishingCohorts);
     } catch (e) {
       this.config.log(`could not check cohorts for timeouts: ${(e as Error).message}`);
       return;
@@ -1040,6 +1040,13 @@ export class RoundCoordinator {
       }).catch((e: Error) => this.config.log(`could not discard the uploads of cohort ${c.id.slice(0, 12)}: ${e.message}`));
     }
   }
+
+  /**
+   * Cohorts whose publish is under way in this process (from the last check that they are still
+   * open to their `finish`): a sweep meanwhile does not abort them at their deadline, or a version
+   * would be published from a cohort every member is told was aborted.
+   */
+  private readonly publishingCohorts = new Set<string>();
 
   private cohortsAbortedN = 0;
   /** Cohorts this process's sweeps ended unpublished (`localrec_cohorts_aborted_total`). */
@@ -1364,54 +1371,63 @@ export class RoundCoordinator {
     }
     const minSurvivors = sa.minSurvivors ?? sa.cohortSize;
     for (const [id, uploads] of byCohort) {
-      let group = uploads;
-      let sum: Float64Array;
-      let how = ` (secure aggregation, cohort ${id.slice(0, 12)})`;
-      if (group.length === sa.cohortSize && !usesSelfMask(sa)) {
-        // Not a cohort that ended meanwhile: the sweep aborts a full cohort whose publish kept
-        // failing past its deadline, and queues its discard behind this aggregation.
-        const c = await this.cohorts?.info(id);
-        if (c && c.status !== 'ready') continue;
-        const s = new MaskedSum();
-        for await (const u of readBodies(this.storage, group)) {
-          s.add(decodeMaskedUpdate(u.body));
-          await yieldToEventLoop();
+      // (Whatever ends this cohort's turn, a sweep may end it again afterwards.)
+      try {
+        let group = uploads;
+        let sum: Float64Array;
+        let how = ` (secure aggregation, cohort ${id.slice(0, 12)})`;
+        if (group.length === sa.cohortSize && !usesSelfMask(sa)) {
+          // Not a cohort that ended meanwhile: the sweep aborts a full cohort whose publish kept
+          // failing past its deadline, and queues its discard behind this aggregation.
+          const c = await this.cohorts?.info(id);
+          if (c && c.status !== 'ready') continue;
+          const s = new MaskedSum();
+          for await (const u of readBodies(this.storage, group)) {
+            s.add(decodeMaskedUpdate(u.body));
+            await yieldToEventLoop();
+          }
+          // (And still not, now that its uploads are summed: requests ran meanwhile.) From this
+          // check on, no sweep here ends it before its publish does (publishingCohorts).
+          this.publishingCohorts.add(id);
+          const still = await this.cohorts?.info(id);
+          if (still && still.status !== 'ready') continue;
+          sum = s.result(sa.step);
+        } else {
+          // A cohort that lost members can be unmasked once it is recovering and every share is in.
+          if (group.length < minSurvivors || !this.cohorts) continue;
+          const c = await this.cohorts.info(id);
+          if (!c || c.status !== 'recovering' || c.recovered !== c.needed) continue;
+          // Only the survivors' uploads. A row of a member counted as dropped (stored, but its
+          // cohort never recorded it: the storage failed in between, and so did taking it out
+          // again) can never be unmasked with the others: it goes.
+          const dropped = new Set(c.dropped!);
+          const stray = group.filter((u) => dropped.has(memberOf(u.nonce)));
+          group = group.filter((u) => !dropped.has(memberOf(u.nonce)));
+          if (group.length !== c.size - dropped.size) continue;
+          if (stray.length > 0) {
+            await this.write(() => this.storage.discard(stray.map((u) => u.id)));
+            this.config.log(`discarded ${stray.length} uploads of members of cohort ${id.slice(0, 12)} counted as dropped`);
+          }
+          const s = new RecoveredSum(await this.cohorts.recoveryShares(id), c.dropped!, sa);
+          for await (const u of readBodies(this.storage, group)) {
+            await s.addRecovered(decodeMaskedUpdate(u.body));
+            await yieldToEventLoop();
+          }
+          // Still recovering once its uploads are summed (requests ran meanwhile: a sweep may have
+          // aborted it). From this check on, no sweep here ends it before its publish does.
+          this.publishingCohorts.add(id);
+          if ((await this.cohorts.info(id))?.status !== 'recovering') continue;
+          sum = s.result(sa.step);
+          how = ` (secure aggregation, cohort ${id.slice(0, 12)}, ${c.dropped!.length ? `recovered without ${c.dropped!.length} dropped members` : 'self-masks removed'})`;
         }
-        // (And still not, now that its uploads are summed: requests ran meanwhile.)
-        const still = await this.cohorts?.info(id);
-        if (still && still.status !== 'ready') continue;
-        sum = s.result(sa.step);
-      } else {
-        // A cohort that lost members can be unmasked once it is recovering and every share is in.
-        if (group.length < minSurvivors || !this.cohorts) continue;
-        const c = await this.cohorts.info(id);
-        if (!c || c.status !== 'recovering' || c.recovered !== c.needed) continue;
-        // Only the survivors' uploads. A row of a member counted as dropped (stored, but its
-        // cohort never recorded it: the storage failed in between, and so did taking it out
-        // again) can never be unmasked with the others: it goes.
-        const dropped = new Set(c.dropped!);
-        const stray = group.filter((u) => dropped.has(memberOf(u.nonce)));
-        group = group.filter((u) => !dropped.has(memberOf(u.nonce)));
-        if (group.length !== c.size - dropped.size) continue;
-        if (stray.length > 0) {
-          await this.write(() => this.storage.discard(stray.map((u) => u.id)));
-          this.config.log(`discarded ${stray.length} uploads of members of cohort ${id.slice(0, 12)} counted as dropped`);
-        }
-        const s = new RecoveredSum(await this.cohorts.recoveryShares(id), c.dropped!, sa);
-        for await (const u of readBodies(this.storage, group)) {
-          await s.addRecovered(decodeMaskedUpdate(u.body));
-          await yieldToEventLoop();
-        }
-        // Still recovering once its uploads are summed (requests ran meanwhile: a sweep may have aborted it).
-        if ((await this.cohorts.info(id))?.status !== 'recovering') continue;
-        sum = s.result(sa.step);
-        how = ` (secure aggregation, cohort ${id.slice(0, 12)}, ${c.dropped!.length ? `recovered without ${c.dropped!.length} dropped members` : 'self-masks removed'})`;
+        for (let i = 0; i < sum.length; i++) sum[i] = sum[i]! / group.length;
+        // Each member's fixed-point values were rounded stochastically to the step γ: variance
+        // γ²/6 on average per member, γ²/(6m) in the mean of m.
+        await this.publishMean(sum, group, how, { rounding: sa.step ** 2 / (6 * group.length), factor: 1 });
+        await this.cohorts?.finish(id, this.cur.version);
+      } finally {
+        this.publishingCohorts.delete(id);
       }
-      for (let i = 0; i < sum.length; i++) sum[i] = sum[i]! / group.length;
-      // Each member's fixed-point values were rounded stochastically to the step γ: variance
-      // γ²/6 on average per member, γ²/(6m) in the mean of m.
-      await this.publishMean(sum, group, how, { rounding: sa.step ** 2 / (6 * group.length), factor: 1 });
-      await this.cohorts?.finish(id, this.cur.version);
     }
     this.pendingN = await this.storage.pendingCount();
     return this.cur.version;

@@ -1916,3 +1916,117 @@ test('secure aggregation: the published mean carries noise of std σC/K (each de
     await parts.storage.close();
   }
 });
+
+test('a recovered cohort whose publish is under way when its publish deadline passes is published, not aborted: no sweep ends it meanwhile (stop 39)', async () => {
+  // Found by test/unit/secagg-stateful.test.ts: the sweep aborted the cohort while its aggregation,
+  // past its last check, wrote the version; the version came out of a cohort whose view (and every
+  // waiting member) said aborted.
+  class Slow extends MemoryStorage {
+    gate: Promise<void> | undefined;
+    entered: (() => void) | undefined;
+    override async publish(...a: Parameters<MemoryStorage['publish']>) {
+      this.entered?.();
+      if (this.gate) await this.gate;
+      return super.publish(...a);
+    }
+  }
+  const storage = new Slow();
+  const { clock, parts, call, sa, members, id, body } = await cohortOfFour(storage);
+  try {
+    for (const m of members.slice(0, 3)) assert.equal((await call('/v1/secagg/updates', body(m.index), m.token)).status, 202);
+    clock.t += 1_500; // member 3 never uploads: the cohort recovers
+    const view = async () => (await (await call(`/v1/secagg/cohorts/${id}`)).json()) as { status: string; published?: number; reason?: string };
+    assert.equal((await view()).status, 'recovering');
+    let open!: () => void;
+    storage.gate = new Promise<void>((r) => (open = r));
+    const entered = new Promise<void>((r) => (storage.entered = r));
+    const share = (m: { index: number; token: string }) => call(`/v1/secagg/cohorts/${id}/members/${m.index}/recovery`, new Uint8Array(shareLength(sa, m.index)), m.token);
+    for (const m of members.slice(0, 2)) assert.equal((await share(m)).status, 202);
+    const last = share(members[2]!); // the last share: its request publishes
+    await entered; // the publish is being written
+    clock.t += 10_000; // past PUBLISH_GRACE (4) × the 1 s upload timeout
+    assert.equal((await view()).status, 'recovering', 'the sweep leaves a cohort being published alone');
+    open();
+    assert.equal((await last).status, 202);
+    await parts.rounds.drain();
+    const done = await view();
+    assert.deepEqual([done.status, done.published, parts.rounds.version, await storage.pendingCount()], ['done', 1, 1, 0]);
+  } finally {
+    await storage.close();
+  }
+});
+
+/** A fake secure-aggregation server with recovery (K = 4, t = 2) for one device, member 0: `view` answers its member view, `step` its recovery posts. */
+function fakeRecoveryServer(view: (uploaded: boolean) => Record<string, unknown>, step: (path: string) => Response, keys: Promise<Array<{ publicKey: Uint8Array }>>) {
+  const sa = { cohortSize: 4, bits: 32, step: 1e-6, degree: 2, minSurvivors: 2, timeoutMs: 60_000, uploadTimeoutMs: 60_000, maskVersion: 2 };
+  const cohort = 'ab'.repeat(16);
+  const json = (o: unknown, status = 200) => new Response(JSON.stringify(o), { status, headers: { 'Content-Type': 'application/json' } });
+  const seen: string[] = [];
+  let mine = '';
+  let uploaded = false;
+  const fetchFn: FetchLike = async (url, init) => {
+    const path = new URL(url).pathname;
+    seen.push(`${init?.method ?? 'GET'} ${path}`);
+    if (path === '/v1/config') return json({ dim: DIM, items: IDS.length, clip: 1, noiseMultiplier: 1, bits: 8, blockSize: 256, version: 0, minClients: 4, secureAggregation: sa });
+    if (path === '/v1/model') return new Response(encodeModel(initialTable()) as Uint8Array<ArrayBuffer>);
+    if (path === '/v1/secagg/join') {
+      mine = toHex(init!.body as Uint8Array);
+      return json({ cohort, index: 0, size: 4, status: 'forming', token: 'ff'.repeat(16) });
+    }
+    if (path === '/v1/secagg/updates') {
+      uploaded = true;
+      return json({ pending: 1, minClients: 4, published: null }, 202);
+    }
+    if (path === `/v1/secagg/cohorts/${cohort}/members/0`) {
+      const others = await keys;
+      const memberKeys = { '0': mine, ...Object.fromEntries(others.map((k, i) => [String(i + 1), toHex(k.publicKey)])) };
+      return json({ cohort, size: 4, joined: 4, memberKeys, ...view(uploaded) });
+    }
+    if (path.startsWith(`/v1/secagg/cohorts/${cohort}/members/0/`)) return step(path.slice(path.lastIndexOf('/') + 1));
+    return json({ error: `unexpected ${path}` }, 404);
+  };
+  return { fetchFn, seen, json };
+}
+
+test('a server that refuses a confirmation 409 unknown-cohort, then shows another list of dropped members, gets no confirmation of the second list (review, stop 39)', async () => {
+  // Had the device taken the 409 as "not confirmed", a server could collect its confirmations of
+  // every list it likes, and the two-step agreement (confirm, then ready) would be one step again.
+  let list = [2];
+  const confirmed: number[][] = [];
+  const keys = Promise.all([secAggKeyPair(), secAggKeyPair(), secAggKeyPair()]);
+  const { fetchFn, json } = fakeRecoveryServer(
+    (uploaded) => (uploaded ? { submitted: 3, status: 'recovering', dropped: list } : { submitted: 0, status: 'ready' }),
+    (step) => {
+      if (step !== 'confirm') return json({ error: `unexpected ${step}` }, 404);
+      confirmed.push(list);
+      list = [3]; // "ended", then another list
+      return json({ reason: 'unknown-cohort', error: 'stopped recovering' }, 409);
+    },
+    keys,
+  );
+  const r = await syncOnce({ serverUrl: 'http://x', fetch: fetchFn, accountant: new RdpAccountant(), budget: Infinity, history: historyOf(1), cohortPollMs: 1 });
+  assert.deepEqual(confirmed, [[2]]);
+  assert.equal(r.cohort!.outcome, 'left');
+  assert.match(r.cohort!.note!, /the server changed the list of dropped members \(was \[2\], now \[3\]\)/);
+});
+
+test('with dropout recovery, a device cancelled once its cohort is full drops out (nothing sent) rather than upload and leave (stop 39)', async () => {
+  const ac = new AbortController();
+  const keys = Promise.all([secAggKeyPair(), secAggKeyPair(), secAggKeyPair()]);
+  const { fetchFn, seen } = fakeRecoveryServer(
+    () => {
+      ac.abort(); // cancelled as the cohort fills
+      return { submitted: 0, status: 'ready' };
+    },
+    // Its leave comes too late: the cohort is full (409).
+    (step) => new Response(JSON.stringify({ reason: 'unknown-cohort', error: 'full' }), { status: step === 'leave' ? 409 : 404 }),
+    keys,
+  );
+  const accountant = new RdpAccountant();
+  await assert.rejects(
+    syncOnce({ serverUrl: 'http://x', fetch: fetchFn, accountant, budget: Infinity, history: historyOf(1), cohortPollMs: 1, signal: ac.signal }),
+    (e: unknown) => isAbortError(e) && /drops out of it \(cancelled: with dropout recovery the others publish without it\)/.test((e as Error).message),
+  );
+  assert.ok(!seen.includes('POST /v1/secagg/updates'), seen.join(' | '));
+  assert.equal(accountant.epsilon(1e-5), 0, 'no ε spent');
+});

@@ -423,22 +423,28 @@ describe('PostgreSQL storage', { skip: skip ?? false }, () => {
     }
   });
 
+  /** A cohort of two on `store` whose both members uploaded (version 0 published): its id, its uploads' ids, and a version record maker. */
+  const fullCohortOfTwo = async (store: PostgresStorage, cohorts: ReturnType<PostgresStorage['cohortStore']>, t: number) => {
+    const joined = [await cohorts.join(new Uint8Array(65).fill(1)), await cohorts.join(new Uint8Array(65).fill(2))];
+    const id = (joined[0] as { cohort: { id: string } }).cohort.id;
+    const ids: number[] = [];
+    for (const i of [0, 1]) {
+      const r = await store.addUpdate({ nonce: `${id}:${i}`, baseVersion: 0, receivedAt: t, body: new Uint8Array(4) });
+      assert.ok(r !== 'replayed');
+      ids.push(r.id);
+      await cohorts.markSubmitted(id, i, r.id);
+    }
+    const version = (v: number) => ({ version: v, hash: `h${v}`, model: new Uint8Array(1), optimizer: null, createdAt: t, updateCount: 0 });
+    await store.publish(version(0), []);
+    return { id, ids, version };
+  };
+
   it('a cohort published but never marked done (a crash between the two transactions) is marked done, with its version, by the next sweep', async () => {
     const store = await PostgresStorage.open(await freshDatabase());
     let t = 1_000_000;
     const cohorts = store.cohortStore({ cohortSize: 2, bits: 16, step: 1 / 1024, degree: 2 }, 60_000, () => t);
     try {
-      const joined = [await cohorts.join(new Uint8Array(65).fill(1)), await cohorts.join(new Uint8Array(65).fill(2))];
-      const id = (joined[0] as { cohort: { id: string } }).cohort.id;
-      const ids: number[] = [];
-      for (const i of [0, 1]) {
-        const r = await store.addUpdate({ nonce: `${id}:${i}`, baseVersion: 0, receivedAt: t, body: new Uint8Array(4) });
-        assert.ok(r !== 'replayed');
-        ids.push(r.id);
-        await cohorts.markSubmitted(id, i, r.id);
-      }
-      const version = (v: number) => ({ version: v, hash: `h${v}`, model: new Uint8Array(1), optimizer: null, createdAt: t, updateCount: 0 });
-      await store.publish(version(0), []);
+      const { id, ids, version } = await fullCohortOfTwo(store, cohorts, t);
       await store.publish(version(1), ids); // … and the process dies before cohorts.finish()
       assert.equal((await cohorts.info(id))!.status, 'ready');
       t += 1_000;
@@ -447,6 +453,43 @@ describe('PostgreSQL storage', { skip: skip ?? false }, () => {
       assert.deepEqual([after.status, after.published], ['done', 1]);
     } finally {
       await store.close();
+    }
+  });
+
+  it("another process's sweep past a cohort's publish deadline, while its publish commits, leaves it done with that version, not aborted (review, stop 39)", async () => {
+    const db = await freshDatabase();
+    let hook: (() => Promise<void>) | undefined;
+    const store = await PostgresStorage.open(db, { beforeCommit: () => hook?.() });
+    const other = await PostgresStorage.open(db); // a second process on the same database
+    let t = 1_000_000;
+    const params = { cohortSize: 2, bits: 16, step: 1 / 1024, degree: 2 };
+    const cohorts = store.cohortStore(params, 1_000, () => t);
+    const elsewhere = other.cohortStore(params, 1_000, () => t);
+    try {
+      const { id, ids, version } = await fullCohortOfTwo(store, cohorts, t);
+      // This process publishes the cohort; its commit is slow.
+      let release!: () => void;
+      let entered!: () => void;
+      const inCommit = new Promise<void>((r) => (entered = r));
+      hook = () => {
+        entered();
+        return new Promise<void>((r) => (release = r));
+      };
+      const publishing = store.publish(version(1), ids);
+      await inCommit;
+      hook = undefined;
+      t += (PUBLISH_GRACE + 2) * 1_000; // past the publish deadline meanwhile
+      const swept = elsewhere.sweep(new Set()); // the other process knows nothing of this publish
+      await new Promise((r) => setTimeout(r, 300)); // its delete now waits on the rows the publish holds
+      release();
+      await publishing;
+      assert.deepEqual((await swept).aborted, []);
+      await cohorts.finish(id, 1);
+      const info = (await cohorts.info(id))!;
+      assert.deepEqual([info.status, info.published, (await store.latest())?.version], ['done', 1, 1]);
+    } finally {
+      await store.close();
+      await other.close();
     }
   });
 
