@@ -1398,9 +1398,10 @@ async function stayForRecovery(
           // Once, for this list only: for each mask neighbour the pair seed (listed as dropped) or
           // the share of its self-mask (not listed), never both. A failed request ends the wait.
           const share = await recoveryShare({ ...me, sealed: byMember(view.sealed) });
-          // (Taken, or refused because the cohort just ended: either way the share left this device.)
-          ended = (await post('recovery', share)) === 'ended';
+          // (Counted as sent from the first attempt on, whatever comes of it: taken, refused because
+          // the cohort just ended, or cut short by a cancel after the server took it.)
           sent = true;
+          ended = (await post('recovery', share)) === 'ended';
           await checkpointQuietly(o);
           if (!ended) continue;
         }

@@ -899,8 +899,9 @@ class PostgresCohortStore implements CohortStore {
         // waits for it to end; once it has committed the rows are aggregated, and the cohort is
         // done with that version, not aborted.
         await c.query('DELETE FROM localrec_updates WHERE aggregated_into IS NULL AND (id = ANY($1::bigint[]) OR starts_with(nonce, $2))', [members.map((m) => m.update_id), `${row.id}:`]);
-        const published = await c.query<{ v: string | null }>('SELECT MAX(aggregated_into) AS v FROM localrec_updates WHERE id = ANY($1::bigint[]) OR starts_with(nonce, $2)', [members.map((m) => m.update_id), `${row.id}:`]);
-        const v = published.rows[0]?.v;
+        // (Its recorded uploads alone: a publish rewrites an aggregated row's nonce, and a forming
+        // cohort has none. By primary key: a scan of the nonces would read every update ever kept.)
+        const v = members.length === 0 ? null : (await c.query<{ v: string | null }>('SELECT MAX(aggregated_into) AS v FROM localrec_updates WHERE id = ANY($1::bigint[])', [members.map((m) => m.update_id)])).rows[0]?.v;
         if (v !== null && v !== undefined) {
           await c.query("UPDATE localrec_cohorts SET status = 'done', published = $2, ended_at = $3 WHERE id = $1", [row.id, Number(v), t]);
           continue;
