@@ -82,8 +82,7 @@ describe('two tabs on one device', () => {
     for (let round = 0; round < 6; round++) {
       let clock = Date.UTC(2026, 0, 1);
       const name = dbName();
-      const open = () => Engine.create({ catalog, backend: 'cpu', dbName: name, autoTrainEvery: 0, model: { dim: 8 }, now: () => clock });
-      const [a, b] = [await open(), await open()];
+      const [a, b] = await tabs(name, { now: () => clock });
       // a asks first, b a moment later, for the opposite; both run at once. (Federated consent:
       // a personalization withdrawal also erases the database under the other tab's grant.)
       const want = round % 2 === 0;
@@ -105,8 +104,7 @@ describe('two tabs on one device', () => {
     for (let round = 0; round < 6; round++) {
       const clock = Date.UTC(2026, 0, 1);
       const name = dbName();
-      const open = () => Engine.create({ catalog, backend: 'cpu', dbName: name, autoTrainEvery: 0, model: { dim: 8 }, now: () => clock });
-      const [a, b] = [await open(), await open()];
+      const [a, b] = await tabs(name, { now: () => clock });
       const want = round % 2 === 0;
       await Promise.all([a.setConsent({ federated: !want }), b.setConsent({ federated: want })]);
       await settle();
@@ -128,8 +126,7 @@ describe('two tabs on one device', () => {
     for (const grantFirst of [false, true]) {
       let clock = Date.UTC(2026, 0, 1);
       const name = dbName();
-      const open = () => Engine.create({ catalog, backend: 'cpu', dbName: name, autoTrainEvery: 0, model: { dim: 8 }, now: () => clock });
-      const [a, b] = [await open(), await open()];
+      const [a, b] = await tabs(name, { now: () => clock });
       b.enqueue([{ type: 'view', itemId: 'sku-1' }]);
       await b.flush();
       // Both asked before either heard of the other: a withdraws personalization, b (later) changes

@@ -546,6 +546,18 @@ class Run {
     const refused = (why = '') => this.fail(`[refusal] ${what}${why}: ${text.slice(0, 300)}`);
     const infoOf = async (id: string) => gen.parts.rounds.cohorts?.info(id);
     const restartedSince = (c: CohortRec | undefined) => c !== undefined && c.gen !== this.gen.n;
+    /** A `409 unknown-cohort` is right only once cohort `id` left `state` (or the server restarted since it was joined). */
+    const endedUnless = async (id: string, c: CohortRec | undefined, state: string) => {
+      if ((await infoOf(id))?.status === state && !restartedSince(c)) refused(` (the cohort is still ${state})`);
+    };
+    /** An answer that says the cohort was published into a version: the version its member was told, and the cohort's end. */
+    const noteTold = (c: CohortRec) => {
+      const pub = (json as { published?: number } | undefined)?.published;
+      if (typeof pub === 'number') {
+        c.told.push(pub);
+        c.endSeq ??= this.seq;
+      }
+    };
     if (path === '/v1/config') {
       if (status === 200) d.config = bytes;
       else if (status < 500) refused();
@@ -582,19 +594,11 @@ class Run {
         c.accepted.add(index);
         c.uploader.set(index, d.n);
         d.taken = true;
-        const pub = (json as { published?: number } | undefined)?.published;
-        if (typeof pub === 'number') {
-          c.told.push(pub);
-          c.endSeq ??= this.seq;
-        }
+        noteTold(c);
         if (first) this.fire('upload');
         return;
       }
-      if (status === 409 && reason === 'unknown-cohort') {
-        const info = await infoOf(id);
-        if (info?.status === 'ready' && !restartedSince(c)) refused(` (the cohort is still ${info.status})`);
-        return;
-      }
+      if (status === 409 && reason === 'unknown-cohort') return endedUnless(id, c, 'ready');
       if (status < 500) refused();
       return;
     }
@@ -627,11 +631,7 @@ class Run {
       if (step === 'leave') {
         this.note(what);
         if (status === 200) return;
-        if (status === 409 && reason === 'unknown-cohort') {
-          const info = await infoOf(id);
-          if (info?.status === 'forming' && !restartedSince(c)) refused(' (the cohort is still forming)');
-          return;
-        }
+        if (status === 409 && reason === 'unknown-cohort') return endedUnless(id, c, 'forming');
         if (status < 500) refused();
         return;
       }
@@ -642,20 +642,12 @@ class Run {
         if (step === 'recovery') {
           const first = !c.shares.has(index);
           c.shares.set(index, d.lastView.get(id)?.dropped ?? []);
-          const pub = (json as { published?: number } | undefined)?.published;
-          if (typeof pub === 'number') {
-            c.told.push(pub);
-            c.endSeq ??= this.seq;
-          }
+          noteTold(c);
           if (first) this.fire('share');
         }
         return;
       }
-      if (status === 409 && reason === 'unknown-cohort') {
-        const info = await infoOf(id);
-        if (info?.status === 'recovering' && !restartedSince(c)) refused(' (the cohort is still recovering)');
-        return;
-      }
+      if (status === 409 && reason === 'unknown-cohort') return endedUnless(id, c, 'recovering');
       if (status < 500) refused();
       return;
     }
