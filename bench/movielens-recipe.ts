@@ -1,6 +1,7 @@
 // The MovieLens comparison of #4 as the benches run it (docs/FEDERATED.md, "Where it stands"): the
 // data split, the history weighting, the shipped federated recipe and its central reference.
 import { loadCsv } from '../src/eval/csv-loader.js';
+import type { EventLog } from '../src/eval/event-log.js';
 import { looSplit, type SameTime } from '../src/eval/loo-split.js';
 import type { Split } from '../src/eval/split.js';
 import { noiseForSyncs } from '../src/federated/dp.js';
@@ -15,6 +16,15 @@ export const noiseMultiplier = noiseForSyncs(3, 8);
 /** ml-latest-small, leave-one-out (`sameTime`: see `looSplit`; 23.0 % of its rows share a second with another of the user's). */
 export async function loadMovieLens(sameTime: SameTime = 'keep'): Promise<Split> {
   return looSplit(await loadCsv('../shared/data/ml-latest-small/ratings.csv', { user: 'userId', item: 'movieId', time: 'timestamp' }), 3, { sameTime });
+}
+
+/** The training events alone as a log, split again: each user's last training item is the validation item. */
+export function validationSplit(s: Split): Split {
+  const te = s.trainEvents;
+  const user = new Int32Array(te.items.length);
+  for (let u = 0; u + 1 < te.ptr.length; u++) user.fill(u, te.ptr[u]!, te.ptr[u + 1]!);
+  const log: EventLog = { userIds: s.userIds, itemIds: s.itemIds, user, item: te.items, time: te.time, weight: te.weight };
+  return looSplit(log);
 }
 
 /**

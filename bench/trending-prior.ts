@@ -27,13 +27,11 @@
 // ~40 s per federated run and ~30 s per central run on 2 cores (4 runs per R). Not part of `npm test`.
 import { parseArgs } from 'node:util';
 import type { EvalModel } from '../src/eval/eval-model.js';
-import type { EventLog } from '../src/eval/event-log.js';
-import { looSplit } from '../src/eval/loo-split.js';
 import { evaluateModel } from '../src/eval/runner.js';
 import type { Split } from '../src/eval/split.js';
 import { TableModel } from '../src/federated/simulate.js';
 import type { ItemTable } from '../src/model/item-table.js';
-import { loadMovieLens, noiseMultiplier, trainCentral, trainFederated, weighting } from './movielens-recipe.js';
+import { loadMovieLens, noiseMultiplier, trainCentral, trainFederated, validationSplit, weighting } from './movielens-recipe.js';
 
 const { values } = parseArgs({ options: { runs: { type: 'string', default: '5' }, grid: { type: 'string', default: 'trending' } } });
 const runs = Number(values.runs);
@@ -51,14 +49,6 @@ const GRID: Setting[] =
 const key = ({ days, weight, scale }: Setting) => (weight === 0 ? (scale === 1 ? 'none' : `c${scale}`) : `${days}d_w${weight}`);
 
 const testSplit = await loadMovieLens();
-/** The training events alone as a log, split again: each user's last training item is the validation item. */
-function validationSplit(s: Split): Split {
-  const te = s.trainEvents;
-  const user = new Int32Array(te.items.length);
-  for (let u = 0; u + 1 < te.ptr.length; u++) user.fill(u, te.ptr[u]!, te.ptr[u + 1]!);
-  const log: EventLog = { userIds: s.userIds, itemIds: s.itemIds, user, item: te.items, time: te.time, weight: te.weight };
-  return looSplit(log);
-}
 const valSplit = validationSplit(testSplit);
 const n = testSplit.itemIds.length;
 
