@@ -415,8 +415,19 @@ export function allKeysView(store: CohortStore, c: CohortInfo, cache: KeysViewCa
   };
 }
 
-/** How many members the memory cohort store holds in cohorts that have not ended, at most, by default (or 4 cohorts' worth when more). */
+/** How many members a cohort store holds in cohorts that have not ended, at most, by default (or 4 cohorts' worth when more). */
 export const DEFAULT_MAX_MEMBERS = 100_000;
+
+/**
+ * The cap on members of cohorts that have not ended for cohorts of `cohortSize`: `maxMembers`
+ * when given (a whole number, at least one cohort's), else {@link DEFAULT_MAX_MEMBERS} or 4
+ * cohorts' worth when that is more. Shared by the memory and PostgreSQL cohort stores.
+ */
+export function cohortMemberCap(cohortSize: number, maxMembers?: number): number {
+  const cap = maxMembers ?? Math.max(DEFAULT_MAX_MEMBERS, 4 * cohortSize);
+  if (!(Number.isInteger(cap) && cap >= cohortSize)) throw new RangeError(`maxMembers must be a whole number ≥ the cohort size ${cohortSize}, got ${cap}`);
+  return cap;
+}
 
 interface MemoryCohort extends CohortInfo {
   /**
@@ -476,10 +487,7 @@ export class MemoryCohortStore implements CohortStore {
     options: { maxMembers?: number } = {},
   ) {
     this.timeouts = cohortTimeouts(timeouts);
-    this.maxMembers = options.maxMembers ?? Math.max(DEFAULT_MAX_MEMBERS, 4 * params.cohortSize);
-    if (!(Number.isInteger(this.maxMembers) && this.maxMembers >= params.cohortSize)) {
-      throw new RangeError(`maxMembers must be a whole number ≥ the cohort size ${params.cohortSize}, got ${this.maxMembers}`);
-    }
+    this.maxMembers = cohortMemberCap(params.cohortSize, options.maxMembers);
   }
 
   /** Members held in cohorts that have not ended (forming, full or recovering). */

@@ -24,7 +24,7 @@ import type pg from 'pg';
 import { StorageError } from '../errors.js';
 import { recoveryShareBytes, usesSelfMask, type SecAggParams, type TagRound } from '../federated/secagg.js';
 import type { RateLimit, RateLimitOptions } from './rate-limit.js';
-import { afterCollectTimeout, allUploaded, cohortTimeouts, collectDeadline, KEEP_ENDED_MS, newCohortId, newMemberToken, PUBLISH_GRACE, recoveryDeadline, timeoutReason, type CohortInfo, type CohortStatus, type CohortStore, type CohortTimeouts, type MarkResult, type RecoveryResult, type SweepResult } from './cohorts.js';
+import { afterCollectTimeout, allUploaded, cohortMemberCap, cohortTimeouts, collectDeadline, KEEP_ENDED_MS, newCohortId, newMemberToken, PUBLISH_GRACE, recoveryDeadline, timeoutReason, type CohortInfo, type CohortStatus, type CohortStore, type CohortTimeouts, type MarkResult, type RecoveryResult, type SweepResult } from './cohorts.js';
 import { averagedNonceSql, checkNextVersion, inIdOrder, keepModelsOf, pendingFromRow, PRUNE_BATCH_VERSIONS, prunedBelow, refFromRow, StorageConflictError, versionFromRow, versionParams, type NewUpdate, type PendingRef, type PendingUpdate, type VersionRetentionOptions, type Storage, type StoredVersion, type UpdateRow, type VersionRow } from './storage.js';
 
 const SCHEMA_VERSION = '1';
@@ -64,6 +64,14 @@ export interface PostgresStorageOptions extends VersionRetentionOptions {
    * partition, a dead host) costs a 503 too.
    */
   statementTimeoutMs?: number;
+  /**
+   * Secure aggregation: members of cohorts that have not ended (forming, full, recovering) that the
+   * database holds at most, counted over every process on it; a join past it is refused (503
+   * `cohorts-full`, retried later) until cohorts end. Default 100,000, or 4 cohorts' worth when
+   * that is more; at least one cohort's (as in memory: `MemoryCohortStore`). Each process checks
+   * its own value: give every process on the database the same.
+   */
+  maxCohortMembers?: number;
   /** Test-only fault injection: called inside the publish transaction, just before it commits. */
   beforeCommit?: (what: 'init' | 'publish') => void | Promise<void>;
   /** Test-only: rows per statement of the one-time clean-up at open (default {@link CLEANUP_BATCH_ROWS}). */
@@ -157,6 +165,8 @@ export class PostgresStorage implements Storage {
     const max = options.maxConnections ?? 4;
     if (!Number.isInteger(max) || max < 1) throw new StorageError(`maxConnections must be an integer ≥ 1, got ${max}`);
     keepModelsOf(options);
+    const cap = options.maxCohortMembers;
+    if (cap !== undefined && !(Number.isInteger(cap) && cap >= 1)) throw new StorageError(`maxCohortMembers must be a whole number ≥ 1, got ${cap}`);
     const timeout = options.statementTimeoutMs ?? 30_000;
     if (!Number.isInteger(timeout) || timeout < 1) throw new StorageError(`statementTimeoutMs must be an integer ≥ 1, got ${timeout}`);
     const pool = new (await loadPg()).Pool({
@@ -533,6 +543,7 @@ export class PostgresStorage implements Storage {
       params,
       cohortTimeouts(timeouts),
       now,
+      cohortMemberCap(params.cohortSize, this.hooks.maxCohortMembers),
     );
   }
 
@@ -685,14 +696,28 @@ class PostgresCohortStore implements CohortStore {
     private readonly params: SecAggParams,
     private readonly timeouts: CohortTimeouts,
     private readonly now: () => number,
+    /** {@link PostgresStorageOptions.maxCohortMembers}, resolved. */
+    private readonly maxMembers: number,
   ) {}
 
-  join(publicKey: Uint8Array): Promise<{ cohort: CohortInfo; index: number; token: string } | { error: string }> {
+  join(publicKey: Uint8Array): Promise<{ cohort: CohortInfo; index: number; token: string } | { error: string; busy?: true }> {
     const key = Buffer.from(publicKey.buffer, publicKey.byteOffset, publicKey.byteLength);
     return this.tx('join a cohort', async (c) => {
       await c.query('SELECT pg_advisory_xact_lock($1)', [JOIN_LOCK_KEY]);
       // FOR UPDATE: a concurrent sweep that would abort this cohort waits for the join, then sees it.
       let row = (await c.query<CohortRow>("SELECT * FROM localrec_cohorts WHERE status = 'forming' AND size = $1 ORDER BY created_at, id LIMIT 1 FOR UPDATE", [this.params.cohortSize])).rows[0];
+      if (row) {
+        // The same key again while the cohort forms: a join whose answer was lost, retried (see
+        // MemoryCohortStore.join): its place and token again, even at the cap.
+        const seen = await c.query<{ idx: number; token: string }>('SELECT idx, token FROM localrec_cohort_members WHERE cohort = $1 AND public_key = $2', [row.id, key]);
+        if (seen.rowCount) return { cohort: cohortFromRow(row), index: seen.rows[0]!.idx, token: seen.rows[0]!.token };
+      }
+      // The cap, counted under the join lock (every join of every process waits on it), so that
+      // concurrent joins cannot pass it together; nothing is written when it refuses.
+      const live = Number((await c.query<{ live: string }>("SELECT COALESCE(SUM(joined), 0) AS live FROM localrec_cohorts WHERE status IN ('forming', 'ready', 'recovering')")).rows[0]!.live);
+      if (live >= this.maxMembers) {
+        return { error: `the database holds ${live} members of cohorts that have not ended, its most (${this.maxMembers}); retry once cohorts have ended`, busy: true };
+      }
       if (!row) {
         row = (
           await c.query<CohortRow>("INSERT INTO localrec_cohorts (id, size, joined, submitted, status, created_at) VALUES ($1, $2, 0, 0, 'forming', $3) RETURNING *", [
@@ -702,10 +727,6 @@ class PostgresCohortStore implements CohortStore {
           ])
         ).rows[0]!;
       }
-      // The same key again while the cohort forms: a join whose answer was lost, retried (see
-      // MemoryCohortStore.join): its place and token again.
-      const seen = await c.query<{ idx: number; token: string }>('SELECT idx, token FROM localrec_cohort_members WHERE cohort = $1 AND public_key = $2', [row.id, key]);
-      if (seen.rowCount) return { cohort: cohortFromRow(row), index: seen.rows[0]!.idx, token: seen.rows[0]!.token };
       const token = newMemberToken();
       // The lowest place a member left (see leave), else the next one: with `joined` members present
       // the lowest free index is at most `joined`.

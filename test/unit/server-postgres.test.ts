@@ -19,7 +19,7 @@ import { fromHex } from '../../src/federated/wire.js';
 import { createServer, PostgresStorage, startServer } from '../../src/server/index.js';
 import { JOIN_LOCK_KEY, QUERY_TIMEOUT_MARGIN_MS, redactUrl } from '../../src/server/postgres-storage.js';
 import { rateLimitKeys, takeAll } from '../../src/server/rate-limit.js';
-import { KEEP_ENDED_MS, PUBLISH_GRACE } from '../../src/server/cohorts.js';
+import { KEEP_ENDED_MS, PUBLISH_GRACE, type CohortInfo } from '../../src/server/cohorts.js';
 import { StorageConflictError, type Storage } from '../../src/server/storage.js';
 import { OFFERS_FLOOR_KEY, RedeemCatalog } from '../../src/server/redeem.js';
 import type { OfferCatalog } from '../../src/offers/types.js';
@@ -420,6 +420,72 @@ describe('PostgreSQL storage', { skip: skip ?? false }, () => {
     } finally {
       await a.close();
       await b.close();
+    }
+  });
+
+  it('cohorts hold at most maxCohortMembers members of cohorts that have not ended (forming, full, recovering), over every process on the database: of concurrent joins past it exactly the cap get in, a refused join writes nothing, a retried join still gets its place', async () => {
+    const db = await freshDatabase();
+    const params = { cohortSize: 3, bits: 16, step: 1 / 1024, degree: 2 };
+    await assert.rejects(async () => (await PostgresStorage.open(db, { maxCohortMembers: 2 })).cohortStore(params, 60_000, () => 0), /≥ the cohort size 3/);
+    await assert.rejects(PostgresStorage.open(db, { maxCohortMembers: 0 }), (e: unknown) => isStorageError(e) && /maxCohortMembers must be a whole number ≥ 1, got 0/.test((e as Error).message));
+    const stores = [await PostgresStorage.open(db, { maxCohortMembers: 5 }), await PostgresStorage.open(db, { maxCohortMembers: 5 })];
+    let t = 1_000_000;
+    const [a, b] = stores.map((s) => s.cohortStore(params, 60_000, () => t)) as [ReturnType<PostgresStorage['cohortStore']>, ReturnType<PostgresStorage['cohortStore']>];
+    const key = (i: number) => new Uint8Array(65).fill(i + 1);
+    const sql = async <R extends pg.QueryResultRow>(text: string) => {
+      const c = new pg.Client({ connectionString: db });
+      await c.connect();
+      try {
+        return (await c.query<R>(text)).rows;
+      } finally {
+        await c.end();
+      }
+    };
+    const rows = async () => (await sql<{ cohorts: string; members: string; live: string }>("SELECT (SELECT COUNT(*) FROM localrec_cohorts) AS cohorts, (SELECT COUNT(*) FROM localrec_cohort_members) AS members, (SELECT SUM(joined) FROM localrec_cohorts WHERE status IN ('forming', 'ready', 'recovering')) AS live"))[0]!;
+    try {
+      // Twice the cap in joins at once, through both processes: exactly the cap get in (one full
+      // cohort, one forming), the rest are refused busy, and nothing of theirs is stored.
+      const all = await Promise.all(Array.from({ length: 10 }, (_, i) => (i % 2 ? a : b).join(key(i))));
+      const joined = all.filter((r) => !('error' in r)) as Array<{ cohort: CohortInfo; index: number; token: string }>;
+      const refused = all.filter((r) => 'error' in r);
+      assert.equal(joined.length, 5, JSON.stringify(all));
+      for (const r of refused) assert.ok('error' in r && r.busy === true && /its most \(5\)/.test(r.error), JSON.stringify(r));
+      assert.deepEqual(await rows(), { cohorts: '2', members: '5', live: '5' }, 'a refused join writes nothing');
+      // The same key again while its cohort forms: its place, even at the cap.
+      const fullId = joined.find((r) => r.cohort.status === 'ready')!.cohort.id;
+      const forming = joined.find((r) => r.cohort.id !== fullId)!;
+      const again = await b.join(key(all.indexOf(forming)));
+      assert.ok(!('error' in again) && again.index === forming.index && again.token === forming.token, JSON.stringify(again));
+      // A member that leaves frees a place.
+      assert.equal(await a.leave(forming.cohort.id, forming.index, forming.token), 'left');
+      assert.ok(!('error' in (await a.join(key(10)))), 'a place freed');
+      assert.ok('error' in (await b.join(key(11))));
+      // A cohort in recovery has not ended: its members still count; once done, they no longer do.
+      await sql(`UPDATE localrec_cohorts SET status = 'recovering', recovery_at = ${t} WHERE id = '${fullId}'`);
+      assert.ok('error' in (await b.join(key(11))), 'a recovering cohort still holds its members');
+      await a.finish(fullId, 1);
+      assert.ok(!('error' in (await b.join(key(11)))), 'a done cohort released its members');
+      // The other cohorts time out: theirs are released too.
+      t += 60_001;
+      await a.sweep();
+      assert.equal((await rows()).live, null);
+      assert.ok(!('error' in (await b.join(key(12)))), 'the ended cohorts released their members');
+    } finally {
+      for (const s of stores) await s.close();
+    }
+    // Through the server: 503 cohorts-full with Retry-After.
+    const storage = await PostgresStorage.open(await freshDatabase(), { maxCohortMembers: 3 });
+    const parts = await createServer({ storage, initialTable: initialTable(), minClients: 3, clip: 1, noiseMultiplier: 0, rateLimit: false, secureAggregation: true, log: quiet });
+    try {
+      const { secAggKeyPair } = await import('../../src/federated/secagg.js');
+      const join = async () => parts.app.request('/v1/secagg/join', { method: 'POST', body: (await secAggKeyPair()).publicKey as Uint8Array<ArrayBuffer> });
+      for (let i = 0; i < 3; i++) assert.equal((await join()).status, 200);
+      const res = await join();
+      assert.equal(res.status, 503);
+      assert.equal(res.headers.get('retry-after'), '60');
+      assert.equal(((await res.json()) as { reason: string }).reason, 'cohorts-full');
+    } finally {
+      await storage.close();
     }
   });
 
