@@ -73,7 +73,7 @@ export function register(program: Command, io: { stdout: (s: string) => void } =
     .option('--delta <delta>', 'δ of the (ε, δ) figures', '1e-5')
     .addHelpText(
       'after',
-      '\nExamples:\n  localrec privacy --syncs 4          # {"noiseMultiplier":1.2005,"syncs":4,"epsilon":7.99…}\n  localrec privacy --noise 1          # 2 syncs at σ = 1 within ε = 8\n  localrec serve … --noise 1.2005     # then run the server at that σ',
+      '\nExamples:\n  localrec privacy --syncs 4          # {"budget":8,"delta":0.00001,"noiseMultiplier":1.2005,"syncs":4,"epsilon":7.99…}\n  localrec privacy --noise 1          # 2 syncs at σ = 1 within ε = 8\n  localrec serve … --noise 1.2005     # then run the server at that σ',
     )
     .action(async (opts: PrivacyCommandOptions) => {
       io.stdout(`${JSON.stringify(await runPrivacy(opts))}\n`);
