@@ -3,7 +3,8 @@
  * (`--noise ''`, an unset shell variable) would run as 0: σ = 0 is no differential privacy at all;
  * and `Number('0x10')` is 16, `Number('0b11')` 3, `Number('Infinity')` Infinity. Every numeric
  * flag goes through {@link flagNumber}, which reads only a plain decimal number and anything else
- * as NaN.
+ * as NaN; so does every numeric cell the CLI reads from a data file (weights, times, quantities,
+ * prices, numeric filters).
  */
 import { ValidationError } from './errors.js';
 

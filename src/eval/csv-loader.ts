@@ -6,6 +6,7 @@
 import { basename } from 'node:path';
 import { parse } from 'csv-parse';
 import { ValidationError } from '../errors.js';
+import { flagNumber } from '../number-flag.js';
 import { type EventLog, EventLogBuilder } from './event-log.js';
 import { openText } from './open-text.js';
 import { NUMERIC_OPS, passes, type RowFilter } from './row-filter.js';
@@ -41,16 +42,18 @@ export async function loadCsv(path: string, m: CsvMapping, onRows?: (rows: numbe
   const parser = input.pipe(
     // Lengths are checked here, after blank records are skipped (csv-parse would refuse a line of
     // spaces, or an Excel export's trailing `,,,`, as a record of the wrong length).
-    parse({ delimiter: m.delimiter ?? ',', info: true, skip_empty_lines: true, relax_quotes: true, bom: true, relax_column_count: true }),
+    parse({ delimiter: m.delimiter ?? ',', record_delimiter: CSV_RECORD_DELIMITERS, info: true, skip_empty_lines: false, relax_quotes: true, bom: true, relax_column_count: true }),
   );
   input.on('error', (e) => parser.destroy(e));
   const b = new EventLogBuilder();
   let cols: { user: number; item: number; time: number; weight: number; filters: Array<[number, RowFilter]> } | undefined;
   let header: string[] = [];
   let seen = 0;
+  let lastLine = 0;
   try {
     for await (const rec of parser as AsyncIterable<{ record: string[]; info: { lines: number } }>) {
       const { record, info } = rec;
+      lastLine = info.lines;
       if (record.every((c) => c.trim() === '')) continue;
       if (cols && record.length !== header.length) throw new ValidationError(`${name}:${info.lines}`, `has ${record.length} fields, the header has ${header.length}`);
       if (!cols) {
@@ -85,8 +88,8 @@ export async function loadCsv(path: string, m: CsvMapping, onRows?: (rows: numbe
       // column itself would: failing the filter, the row would vanish without a word.
       for (const [i, f] of cols.filters) {
         const c = (record[i] ?? '').trim();
-        if (NUMERIC_OPS.has(f.op) && c !== '' && !Number.isFinite(Number(c))) {
-          throw new ValidationError(at(i), `'${c}' is not a number, which the filter ${f.column}${f.op}${f.value} compares`);
+        if (NUMERIC_OPS.has(f.op) && c !== '' && !Number.isFinite(flagNumber(c))) {
+          throw new ValidationError(at(i), `'${c}' is not a number, which the filter ${f.column}${f.op}${f.value} compares (plain decimals only)`);
         }
       }
       if (!cols.filters.every(([i, f]) => passes(f, (record[i] ?? '').trim()))) continue;
@@ -100,9 +103,12 @@ export async function loadCsv(path: string, m: CsvMapping, onRows?: (rows: numbe
       let weight = 1;
       if (cols.weight >= 0) {
         const s = cell(record, cols.weight, at);
-        weight = Number(s);
+        weight = flagNumber(s);
         // Stored as float32: a value beyond its range would turn into Infinity there.
-        if (!Number.isFinite(Math.fround(weight))) throw new ValidationError(at(cols.weight), `'${s}' is not a finite number (within ±3.4e38)`);
+        if (!Number.isFinite(Math.fround(weight))) throw new ValidationError(at(cols.weight), `'${s}' is not a finite number (plain decimals within ±3.4e38)`);
+        // A weight counts units or stars; a negative one (a return, a cancellation) would be read
+        // as its size (the confidence takes |w|), so it is refused rather than turned around.
+        if (weight < 0) throw new ValidationError(at(cols.weight), `'${s}' is negative: a weight column counts units or stars (leave such rows out with --filter '${header[cols.weight]}>=0')`);
       }
       b.push(user, item, time, weight);
     }
@@ -110,13 +116,33 @@ export async function loadCsv(path: string, m: CsvMapping, onRows?: (rows: numbe
     if (e instanceof ValidationError) throw e;
     const err = e as { code?: string; lines?: number; message?: string };
     // csv-parse errors carry the line; turn them into the same file:line form.
-    if (err.code?.startsWith('CSV_')) throw new ValidationError(`${name}:${err.lines ?? '?'}`, err.message ?? String(e));
+    if (err.code?.startsWith('CSV_')) throw csvParseError(name, err, lastLine);
     throw new ValidationError(`options.data`, `cannot read '${path}': ${err.message ?? String(e)}`);
   }
   if (!cols) throw new ValidationError('options.data', `${name} is empty (no header line)`);
   // A header alone (or only rows the filters drop) would "evaluate" to zeros and exit 0.
   if (b.length === 0) throw new ValidationError('options.data', `${name} has no data rows${seen > 0 ? ` that pass the filters (${seen} read)` : ''}`);
   return b.build();
+}
+
+/**
+ * Record delimiters of every CSV reader here: CRLF, LF and CR, each wherever it comes. Left to
+ * csv-parse, the first line's ending is the only one, and rows appended by another tool (LF after
+ * CRLF) merge into one row reported far from where the file changes.
+ */
+export const CSV_RECORD_DELIMITERS = ['\r\n', '\n', '\r'];
+
+/**
+ * A csv-parse error as `file:line: …`. An unclosed quote is named where its record starts (the
+ * line after the last record read, `lastLine`: blank lines are records too, skipped by the
+ * loops, so that they count), not at the end of the file where the parser notices it; other
+ * errors carry their own line.
+ */
+export function csvParseError(name: string, err: { code?: string; lines?: number; message?: string }, lastLine: number): ValidationError {
+  if (err.code === 'CSV_QUOTE_NOT_CLOSED') {
+    return new ValidationError(`${name}:${lastLine + 1}`, `a quote opened in the row starting here is never closed: the file ends inside it (${err.message ?? err.code})`);
+  }
+  return new ValidationError(`${name}:${err.lines ?? '?'}`, err.message ?? String(err));
 }
 
 /** A trimmed cell; an empty one is refused naming `file:line:column`. */
@@ -161,8 +187,8 @@ const ZONED = /\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?\s*(?:Z|[+-]\d{2}(?::?\d{2})?|(
 
 /** {@link parseTime} without the errors: unix seconds, NaN for no date at all, or `'zoneless'`. */
 export function readTime(s: string): number | 'zoneless' {
-  const n = Number(s);
-  if (s.trim() !== '' && Number.isFinite(n)) return n;
+  const n = flagNumber(s);
+  if (Number.isFinite(n)) return n;
   const utc = (y: string, mo: string, d: string, h = '0', mi = '0', sec = '0'): number => {
     const [Y, M, D, H, I, S] = [y, mo, d, h, mi, sec].map(Number) as [number, number, number, number, number, number];
     // Date.UTC rolls 2/30 over to 3/2: such a cell is a typo, not a date.

@@ -67,9 +67,12 @@ export async function loadLinesSplit(trainPath: string, testPath: string): Promi
   const testUsers: number[] = [];
   const evPtr = new Int32Array(nUsers + 1);
   const evItems: number[] = [];
+  /** Users with test items: without a training line, or with every test item already in it (for the error when nobody is left). */
+  const why = { withTest: 0, noTraining: 0, allSeen: 0 };
   for (let u = 0; u < nUsers; u++) {
     const seq = train.get(u) ?? [];
-    evItems.push(...seq);
+    // One push per item: a spread of a line of some 100,000 items overflows the call stack.
+    for (const it of seq) evItems.push(it);
     evPtr[u + 1] = evItems.length;
     const at = new Map<number, number>();
     const lastPos = new Map<number, number>();
@@ -90,9 +93,26 @@ export async function loadLinesSplit(trainPath: string, testPath: string): Promi
     // A user with no training line has no history to rank from: every model would score them
     // alike (by index, or by popularity), which says nothing of the models. Not tested.
     const held = seq.length === 0 ? [] : [...new Set(test.get(u) ?? [])].filter((it) => !at.has(it));
-    testItems.push(...held);
+    for (const it of held) testItems.push(it);
     testPtr[u + 1] = testItems.length;
     if (held.length > 0) testUsers.push(u);
+    if ((test.get(u) ?? []).length > 0) {
+      why.withTest++;
+      if (seq.length === 0) why.noTraining++;
+      else if (held.length === 0) why.allSeen++;
+    }
+  }
+  if (testUsers.length === 0) {
+    const have = (n: number) => (n === 1 ? 'has' : 'have');
+    // Metrics over nobody would print zeros and exit 0, as if the models had been measured. Which
+    // of the reasons it is, so that the wrong file or a user-id mismatch shows at once.
+    const name = basename(testPath);
+    throw new ValidationError(
+      'options.test',
+      why.withTest === 0
+        ? `leaves no test users: '${name}' holds no test items ('user item …' lines)`
+        : `leaves no test users: of the ${why.withTest} users with test items in '${name}', ${why.noTraining} ${have(why.noTraining)} no training line in '${basename(trainPath)}' (nothing to rank from; are the user ids the same in both files?) and ${why.allSeen} ${have(why.allSeen)} only items already in their training history`,
+    );
   }
   const w = Float32Array.from(weight);
   return {

@@ -3,6 +3,7 @@
  * mechanism: `quantity>0`, `invoice!^=C` (does not start with C), `customer_id!=` (not empty).
  */
 import { ValidationError } from '../errors.js';
+import { flagNumber } from '../number-flag.js';
 
 export type FilterOp = '=' | '!=' | '^=' | '!^=' | '>' | '>=' | '<' | '<=';
 
@@ -38,8 +39,8 @@ export function parseFilter(clause: string, field = 'options.filter'): RowFilter
   }
   const column = clause.slice(0, best.at).trim();
   const value = clause.slice(best.at + best.op.length).trim();
-  // Number('') is 0: `qty>` would have read as `qty>0`.
-  if (NUMERIC_OPS.has(best.op) && (value === '' || !Number.isFinite(Number(value)))) {
+  // Number('') is 0: `qty>` would have read as `qty>0`; Number('0x10') is 16. Plain decimals only.
+  if (NUMERIC_OPS.has(best.op) && !Number.isFinite(flagNumber(value))) {
     throw new ValidationError(field, `'${clause}': ${best.op} needs a number, got '${value}'`);
   }
   return { column, op: best.op, value };
@@ -57,9 +58,8 @@ export function passes(f: RowFilter, cell: string): boolean {
     case '!^=':
       return !cell.startsWith(f.value);
     default: {
-      if (cell.trim() === '') return false;
-      const x = Number(cell);
-      const v = Number(f.value);
+      const x = flagNumber(cell);
+      const v = flagNumber(f.value);
       if (!Number.isFinite(x)) return false;
       return f.op === '>' ? x > v : f.op === '>=' ? x >= v : f.op === '<' ? x < v : x <= v;
     }

@@ -3,7 +3,7 @@
  * inside the actions so `localrec --help` loads nothing heavy.
  */
 import type { Command } from 'commander';
-import { ValidationError } from '../errors.js';
+import { isSignatureError, ValidationError } from '../errors.js';
 import { numberFlag, seedFlag } from '../number-flag.js';
 import { oneLine } from '../options.js';
 import { checkOutputFile, checkOutputFolder, makeOutputFolder, parseJsonText, writeOutputFile, writeOutputFiles } from '../output-file.js';
@@ -60,8 +60,7 @@ export function register(program: Command): void {
     .action(async (o: { key: string; catalog: string; out: string; kid?: string; ttlHours?: string }) => {
       const { readFile } = await import('node:fs/promises');
       // Before reading anything: a typo here is the command's own mistake.
-      const ttlHours = o.ttlHours === undefined ? undefined : num(o.ttlHours, '--ttl-hours', 0, MAX_TTL_HOURS);
-      if (ttlHours === 0) throw new ValidationError('--ttl-hours', `must be a number of hours > 0 and at most ${MAX_TTL_HOURS} (10 years), got '${o.ttlHours}'`);
+      const ttlHours = o.ttlHours === undefined ? undefined : numberFlag('--ttl-hours', o.ttlHours, (n) => n > 0 && n <= MAX_TTL_HOURS, `a number of hours > 0 and at most ${MAX_TTL_HOURS} (10 years)`);
       // The key is lost for good if the signed catalog replaces it (keygen never overwrites one);
       // checkOutputFile also refuses any other key file.
       checkOutputFile(o.out, '--out', { '--key': o.key, '--catalog': o.catalog });
@@ -69,7 +68,11 @@ export function register(program: Command): void {
       const key = await readJson(readFile, o.key, '--key');
       let catalog = unsigned(await readJson(readFile, o.catalog, '--catalog'), o.catalog, '--catalog');
       if (ttlHours !== undefined) catalog = withTtl(catalog, ttlHours, Date.now());
-      const signed = await signOfferCatalog(catalog as never, key as import('./types.js').Jwk, o.kid !== undefined ? { kid: o.kid } : {});
+      const signed = await signOfferCatalog(catalog as never, key as import('./types.js').Jwk, o.kid !== undefined ? { kid: o.kid } : {}).catch((e: unknown) => {
+        // The key file is the flag's: name it, not only what WebCrypto said.
+        if (isSignatureError(e) && e.problem === 'bad-key') throw new ValidationError('--key', `${o.key}: ${e.message}`);
+        throw e;
+      });
       await writeOutputFile(o.out, `${JSON.stringify(signed, null, 2)}\n`, '--out');
       const expires = signed.catalog.expiresAt !== undefined ? `, expires ${new Date(signed.catalog.expiresAt).toISOString()}` : ' (no expiresAt: consider --ttl-hours)';
       process.stderr.write(`signed ${signed.catalog.offers.length} offers, version ${signed.catalog.version}${expires} → ${o.out}\n`);

@@ -9,6 +9,7 @@
 import { statSync } from 'node:fs';
 import type { Command } from 'commander';
 import { ValidationError } from '../errors.js';
+import { validateCatalog } from '../model/catalog.js';
 import { hasLoneSurrogate } from '../model/item-table.js';
 import { numberFlag, seedFlag } from '../number-flag.js';
 import { checkOutputFolder, parseJsonText } from '../output-file.js';
@@ -64,6 +65,9 @@ export async function readCatalogFile(path: string): Promise<{ ids: string[]; po
     }
     popularity.push(p ?? 0);
   });
+  // The rest as the SDK checks a catalog (the same file often feeds both): a misspelt field
+  // (`name` for `title`) or a title, category or price of the wrong type is refused, not ignored.
+  validateCatalog({ items: items.map((it: unknown) => (typeof it === 'string' ? { id: it } : it)) }, 'catalog');
   return { ids, popularity };
 }
 

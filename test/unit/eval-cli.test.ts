@@ -86,7 +86,7 @@ test('option errors name the option and the allowed values', async () => {
   writeFileSync(cut, gz.subarray(0, gz.length - 12));
   await fails({ format: 'lines', train: cut, test: TEST }, 'options.train', /cannot read '.*cut\.txt\.gz': unexpected end of file/);
   const seen = write('seen.txt', 'u1 a');
-  await fails({ format: 'lines', train: TRAIN, test: seen }, '--test', /leaves no test users/);
+  await fails({ format: 'lines', train: TRAIN, test: seen }, 'options.test', /leaves no test users: of the 1 users with test items in 'seen\.txt', 0 have no training line .* and 1 has only items already in their training history/);
   await fails({ data: EVENTS, user: 'user', item: 'item', models: 'popular,svd' }, 'options.models', /allowed: popular, itemknn/);
   await fails({ data: EVENTS, user: 'user', item: 'itm' }, 'options.item', /header: user, item, t, qty/);
   await fails({ data: join(dir, 'missing.csv'), user: 'u', item: 'i' }, 'options.data', /ENOENT/);

@@ -173,8 +173,73 @@ test('a numeric --filter refuses a cell that is not a number (a decimal comma) i
   const body = 'user,item,rating\nu1,a,4\nu2,b,"4,5"\nu3,c,\n';
   await assert.rejects(
     loadCsv(file('de.csv', body), { user: 'user', item: 'item', filters: [parseFilter('rating>=4')] }),
-    (e: unknown) => isValidationError(e) && e.field === 'de.csv:3:rating' && /'4,5' is not a number, which the filter rating>=4 compares/.test(e.message),
+    (e: unknown) => isValidationError(e) && e.field === 'de.csv:3:rating' && /'4,5' is not a number, which the filter rating>=4 compares \(plain decimals only\)/.test(e.message),
   );
   const kept = await loadCsv(file('ok.csv', 'user,item,rating\nu1,a,4\nu2,b,3\nu3,c,\n'), { user: 'user', item: 'item', filters: [parseFilter('rating>=4')] });
   assert.deepEqual(kept.itemIds, ['a']);
+});
+
+test('a numeric cell is read as a plain decimal only: hexadecimal, binary or Infinity in a weight, a time or a filtered column is refused naming the cell, not read as 16 (stop 40)', async () => {
+  for (const [cell, col] of [['0x10', 'rating'], ['0b11', 'rating'], ['Infinity', 'rating'], ['0x5f5e100', 'timestamp']] as const) {
+    const body = `userId,movieId,rating,timestamp\n1,10,4,100\n1,11,${col === 'rating' ? cell : 4},${col === 'timestamp' ? cell : 90}\n`;
+    await assert.rejects(
+      loadCsv(file('hex.csv', body), { user: 'userId', item: 'movieId', weight: 'rating', time: 'timestamp' }),
+      (e: unknown) => isValidationError(e) && e.field === `hex.csv:3:${col}`,
+      cell,
+    );
+    if (col === 'rating') {
+      await assert.rejects(
+        loadCsv(file('hexf.csv', body), { user: 'userId', item: 'movieId', filters: [parseFilter('rating<5')] }),
+        (e: unknown) => isValidationError(e) && e.field === 'hexf.csv:3:rating' && /is not a number, which the filter rating<5 compares \(plain decimals only\)/.test(e.message),
+        cell,
+      );
+    }
+  }
+  assert.throws(() => parseFilter('rating<0x10'), /rating<0x10': < needs a number, got '0x10'/);
+  assert.equal(passes(parseFilter('rating<5'), '0x1'), false, 'a cell that is no plain decimal fails a numeric filter');
+  // Plain decimals in every form still load.
+  const ok = await loadCsv(file('dec.csv', 'u,i,w,t\n1,a,.5,1e9\n1,b,2.,+100\n1,c,1E1,7\n'), { user: 'u', item: 'i', weight: 'w', time: 't' });
+  assert.deepEqual([...ok.weight], [0.5, 2, 10]);
+  assert.deepEqual([...ok.time], [1e9, 100, 7]);
+});
+
+test('a negative weight (a return, a cancellation) is refused naming the cell, not counted as its size (stop 40)', async () => {
+  await assert.rejects(
+    loadCsv(file('neg.csv', 'u,i,rating\n1,a,4\n1,b,-2\n'), { user: 'u', item: 'i', weight: 'rating' }),
+    (e: unknown) => isValidationError(e) && e.field === 'neg.csv:3:rating' && /'-2' is negative: .*--filter 'rating>=0'/.test(e.message),
+  );
+  // Such rows filtered out, the rest loads; a weight of 0 is allowed.
+  const kept = await loadCsv(file('neg2.csv', 'u,i,rating\n1,a,4\n1,b,-2\n1,c,0\n'), { user: 'u', item: 'i', weight: 'rating', filters: [parseFilter('rating>=0')] });
+  assert.deepEqual(kept.itemIds, ['a', 'c']);
+  assert.deepEqual([...kept.weight], [4, 0]);
+});
+
+test('lines: a training line of 200,000 items loads (no spread into push, which overflowed the stack at about 130,000) (stop 40)', async () => {
+  const items = Array.from({ length: 200_000 }, (_, i) => `i${i}`).join(' ');
+  const s = await loadLinesSplit(file('long.txt', `u1 ${items}\nu2 i1 i2\n`), file('long-test.txt', 'u1 x\nu2 i3\n'));
+  assert.equal(s.trainEvents.items.length, 200_002);
+  assert.deepEqual([...s.testUsers], [0, 1]);
+  assert.equal(s.test.ptr[2] - s.test.ptr[0], 2);
+});
+
+test('lines: a test file that leaves nobody to test says why: no test items, users without a training line, or only items already trained on (stop 40)', async () => {
+  const train = file('why-train.txt', 'u1 a b\nu2 b c\n');
+  const refused = (testBody: string, re: RegExp) =>
+    assert.rejects(loadLinesSplit(train, file('why-test.txt', testBody)), (e: unknown) => isValidationError(e) && e.field === 'options.test' && re.test(e.message), testBody);
+  await refused('', /'why-test\.txt' holds no test items/);
+  await refused('u1\n', /'why-test\.txt' holds no test items/);
+  await refused('x1 a\nx2 b\n', /of the 2 users with test items in 'why-test\.txt', 2 have no training line in 'why-train\.txt' .*and 0 have only items already in their training history/);
+  await refused('u1 a\nu2 c b\nx1 a\n', /of the 3 users with test items in 'why-test\.txt', 1 has no training line .* and 2 have only items already in their training history/);
+});
+
+test('csv: rows appended with other line endings (LF after CRLF, CR) read one per line; an unclosed quote is named on the line its row starts (stop 40)', async () => {
+  const mixed = await loadCsv(file('mixed.csv', 'u,i\r\n1,a\r\n2,b\n3,c\r4,"x\r\ny"\n'), { user: 'u', item: 'i' });
+  assert.deepEqual(mixed.userIds, ['1', '2', '3', '4']);
+  assert.deepEqual(mixed.itemIds, ['a', 'b', 'c', 'x\r\ny'], 'a line break inside quotes stays in the field');
+  const rows = Array.from({ length: 50 }, (_, k) => `${k},i${k}`);
+  rows.splice(2, 0, '', '', '99,"unclosed'); // blank lines before it count too
+  await assert.rejects(
+    loadCsv(file('open-quote.csv', ['u,i', ...rows].join('\n')), { user: 'u', item: 'i' }),
+    (e: unknown) => isValidationError(e) && e.field === 'open-quote.csv:6' && /a quote opened in the row starting here is never closed/.test(e.message),
+  );
 });

@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { before, describe, test } from 'node:test';
@@ -364,11 +364,18 @@ describe('localrec offers sign --ttl-hours', () => {
       assert.ok(signed.catalog.issuedAt >= before && signed.catalog.issuedAt <= Date.now(), String(signed.catalog.issuedAt));
       assert.match(ok.stderr, /signed 1 offers, version 2, expires \d{4}-/);
       assert.equal((await verifyOfferCatalog(signed, keys.publicJwk)).expiresAt, signed.catalog.expiresAt);
-      for (const bad of ['0', '-1', 'soon', '1e9']) {
+      for (const bad of ['0', '-1', 'soon', '1e9', '0x10']) {
         const r = sign('--ttl-hours', bad);
         assert.equal(r.status, 1, bad);
-        assert.match(r.stderr, /--ttl-hours: /, bad);
+        // One rule in every message: 0 and -1 were told different ranges (stop 40).
+        assert.match(r.stderr, /--ttl-hours: must be a number of hours > 0 and at most 87600 \(10 years\)/, bad);
       }
+      // A key file that is JSON but no private P-256 key: the message names --key and the file.
+      writeFileSync(join(dir, 'bad.jwk'), JSON.stringify({ kty: 'EC', crv: 'P-256', d: 'x' }));
+      const badKey = spawnSync(process.execPath, ['--import', 'tsx', 'src/cli.ts', 'offers', 'sign', '--key', join(dir, 'bad.jwk'), '--catalog', join(dir, 'offers.json'), '--out', join(dir, 'signed2.json')], { encoding: 'utf8', timeout: 60_000 });
+      assert.equal(badKey.status, 1);
+      assert.match(badKey.stderr, /--key: .*bad\.jwk: the key could not be imported/);
+      assert.ok(!existsSync(join(dir, 'signed2.json')), 'nothing written');
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

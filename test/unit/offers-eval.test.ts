@@ -299,6 +299,10 @@ describe('loadRetailData', () => {
       await refused('2,22423,REGENCY CAKESTAND 3 TIER,2,1291191960,,17850,United Kingdom', 'orders.csv:3:unit_price', /is empty/);
       await refused('2,22423,REGENCY CAKESTAND 3 TIER,2,1291191960,-12.75,17850,United Kingdom', 'orders.csv:3:unit_price', /is negative \(-12\.75\)/);
       await refused('2,22423,REGENCY CAKESTAND 3 TIER,two,1291191960,12.75,17850,United Kingdom', 'orders.csv:3:quantity', /'two' is not a number/);
+      // Number('0x10') is 16: a hexadecimal cell is refused, not read as a price or a quantity (stop 40).
+      await refused('2,22423,REGENCY CAKESTAND 3 TIER,2,1291191960,0x10,17850,United Kingdom', 'orders.csv:3:unit_price', /'0x10' is not a number \(plain decimals only\)/);
+      await refused('2,22423,REGENCY CAKESTAND 3 TIER,0x2,1291191960,12.75,17850,United Kingdom', 'orders.csv:3:quantity', /'0x2' is not a number/);
+      await refused('2,22423,"REGENCY CAKESTAND 3 TIER,2,1291191960,12.75,17850,United Kingdom', 'orders.csv:3', /a quote opened in the row starting here is never closed/);
       await refused('2,,REGENCY CAKESTAND 3 TIER,2,1291191960,12.75,17850,United Kingdom', 'orders.csv:3:stock_code', /is empty/);
       // What docs/OFFERS.md says is skipped is skipped, whatever else it holds (a write-off's negative price).
       for (const skipped of [

@@ -374,6 +374,11 @@ test('serve --catalog refuses a popularity the SDK would refuse (not read as 0),
     // Saved by Notepad or PowerShell, with a byte-order mark (stop 32).
     writeFileSync(file, '\uFEFF' + JSON.stringify({ items: [{ id: 'a', popularity: 3 }] }));
     assert.deepEqual(await readCatalogFile(file), { ids: ['a'], popularity: [3] });
+    // Checked as the SDK checks a catalog: a misspelt field or a wrong type is refused, not ignored (stop 40).
+    for (const [item, field] of [[{ id: 'b', name: 'Mug' }, 'catalog.items[1].name'], [{ id: 'b', price: 'x' }, 'catalog.items[1].price'], [{ id: 'b', title: 5 }, 'catalog.items[1].title'], [{ id: 'b', category: [1] }, 'catalog.items[1].category']] as const) {
+      writeFileSync(file, JSON.stringify({ items: [{ id: 'a', title: 'Red mug', category: 'mugs', price: 4.5, popularity: 3 }, item] }));
+      await assert.rejects(readCatalogFile(file), (e: unknown) => e instanceof ValidationError && e.field === field, JSON.stringify(item));
+    }
     writeFileSync(file, '{\n  "items": [\n    x\n  ]\n}\n');
     await assert.rejects(readCatalogFile(file), (e: unknown) => e instanceof ValidationError && e.field === '--catalog' && /cannot read .* as JSON: /.test(e.message) && !/[\r\n]/.test(e.message));
   } finally {

@@ -5,7 +5,8 @@
 import { basename } from 'node:path';
 import { parse } from 'csv-parse';
 import { ValidationError } from '../../errors.js';
-import { cell, parseTime } from '../../eval/csv-loader.js';
+import { flagNumber } from '../../number-flag.js';
+import { cell, CSV_RECORD_DELIMITERS, csvParseError, parseTime } from '../../eval/csv-loader.js';
 import { openText } from '../../eval/open-text.js';
 import type { CatalogItem } from '../../types.js';
 import { retailCategory } from '../retail-categories.js';
@@ -70,7 +71,7 @@ export async function loadRetailData(path: string, onProgress?: (rowsRead: numbe
   // openText: a missing or unreadable file is a ValidationError naming it, gzip is told by its bytes.
   const input = await openText(path, field, { utf16le: true });
   // Lengths are checked below, after blank records are skipped, as `localrec eval` does.
-  const parser = parse({ info: true, skip_empty_lines: true, bom: true, relax_column_count: true });
+  const parser = parse({ record_delimiter: CSV_RECORD_DELIMITERS, info: true, skip_empty_lines: false, bom: true, relax_column_count: true });
   input.on('error', (e) => parser.destroy(e));
   input.pipe(parser);
 
@@ -81,8 +82,10 @@ export async function loadRetailData(path: string, onProgress?: (rowsRead: numbe
   let kept = 0;
   let header: string[] | undefined;
   let col: Record<keyof typeof COLUMNS, number> | undefined;
+  let lastLine = 0;
   try {
     for await (const { record, info } of parser as AsyncIterable<{ record: string[]; info: { lines: number } }>) {
+      lastLine = info.lines;
       if (record.every((c) => c.trim() === '')) continue;
       if (!header || !col) {
         header = record.map((h) => h.trim());
@@ -119,7 +122,7 @@ export async function loadRetailData(path: string, onProgress?: (rowsRead: numbe
     if (e instanceof ValidationError) throw e;
     const err = e as { code?: string; lines?: number; message?: string };
     // csv-parse errors carry the line: the same file:line form. A truncated gzip file is named.
-    if (err.code?.startsWith('CSV_')) throw new ValidationError(`${name}:${err.lines ?? '?'}`, err.message ?? String(e));
+    if (err.code?.startsWith('CSV_')) throw csvParseError(name, err, lastLine);
     throw new ValidationError(field, `cannot read '${path}': ${err.message ?? String(e)}`);
   }
   if (!header) throw new ValidationError(field, `'${path}' is empty (no header line)`);
@@ -147,8 +150,8 @@ function resolveColumns(header: string[], name: string, field: string): Record<k
 /** A numeric cell; empty or unreadable is refused naming the cell, never read as NaN and skipped. */
 function number(record: string[], i: number, at: (c: number) => string): number {
   const s = cell(record, i, at);
-  const n = Number(s);
-  if (!Number.isFinite(n)) throw new ValidationError(at(i), `'${s}' is not a number`);
+  const n = flagNumber(s);
+  if (!Number.isFinite(n)) throw new ValidationError(at(i), `'${s}' is not a number (plain decimals only)`);
   return n;
 }
 
