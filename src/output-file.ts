@@ -80,9 +80,39 @@ function reason(e: unknown): string {
 /**
  * `JSON.parse` of a file's text, without the byte-order mark Notepad and PowerShell's
  * `Out-File -Encoding utf8` write before it (JSON.parse refuses it, naming an invisible character).
+ * A text that is not JSON throws a SyntaxError a person can act on: where it fails as line and
+ * column (JSON.parse gives a character offset), a gzip or binary file said to be one, and no raw
+ * control characters in the message.
+ *
+ * @example
+ * ```ts
+ * parseJsonText('{\n  "a": 1,\n}'); // throws "Expected double-quoted property name in JSON at line 3, column 1"
+ * ```
  */
 export function parseJsonText(text: string): unknown {
-  return JSON.parse(text.charCodeAt(0) === 0xfeff ? text.slice(1) : text);
+  const body = text.charCodeAt(0) === 0xfeff ? text.slice(1) : text;
+  try {
+    return JSON.parse(body);
+  } catch (e) {
+    throw new SyntaxError(jsonError(body, (e as Error).message), { cause: e });
+  }
+}
+
+/** {@link parseJsonText}'s message for `text` that JSON.parse refused with `message`. */
+function jsonError(text: string, message: string): string {
+  // Read as UTF-8, gzip's magic 1f 8b is U+001F then a replacement character.
+  if (text.charCodeAt(0) === 0x1f && (text.charCodeAt(1) === 0xfffd || text.charCodeAt(1) === 0x8b)) return 'the file is gzip-compressed, not JSON text: decompress it first (gunzip)';
+  if (text.slice(0, 1024).includes('\u0000')) return 'the file is binary, not JSON text';
+  const at = /\bat position (\d+)/.exec(message);
+  let out = message;
+  if (at) {
+    const before = text.slice(0, Number(at[1]));
+    const line = before.split('\n').length;
+    const column = before.length - before.lastIndexOf('\n');
+    out = message.replace(/at position \d+.*$/s, `at line ${line}, column ${column}`);
+  }
+  // Line breaks and tabs are left to the caller's one-line form; other control characters escaped.
+  return out.replace(/[\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u009f]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
 }
 
 /**

@@ -13,7 +13,7 @@ import { Command } from 'commander';
 import { isValidationError } from '../../src/errors.js';
 import { runNeighbors } from '../../src/eval/neighbors-command.js';
 import { register as registerOffers } from '../../src/offers/offers-command.js';
-import { checkOutputFile, writeOutputFile, writeOutputFiles } from '../../src/output-file.js';
+import { checkOutputFile, parseJsonText, writeOutputFile, writeOutputFiles } from '../../src/output-file.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'localrec-out-'));
 after(() => rmSync(dir, { recursive: true, force: true }));
@@ -119,4 +119,16 @@ test('offers sign reads a catalog and key saved with a byte-order mark (stop 32)
   registerOffers(again);
   await again.parseAsync(['node', 'localrec', 'offers', 'sign', '--key', key, '--catalog', catalog, '--out', join(d, 'signed.json')]);
   assert.equal((JSON.parse(readFileSync(join(d, 'signed.json'), 'utf8')) as { alg: string }).alg, 'ES256');
+});
+
+test('a JSON file that does not parse is named by line and column, a gzip or binary file says so, and no raw control character reaches the message (stop 40)', () => {
+  const refused = (text: string, re: RegExp) => assert.throws(() => parseJsonText(text), (e: unknown) => e instanceof SyntaxError && re.test(e.message) && !/[\u0000-\u0008\u000b\u000c\u000e-\u001f]/.test(e.message), JSON.stringify(text));
+  refused('{\n  "items": 1,\n}', /Expected double-quoted property name in JSON at line 3, column 1$/);
+  refused('{"a": 1}\n x', /after JSON at line 2, column 2$/);
+  refused('"\u0007"', /Bad control character in string literal in JSON at line 1, column 2$/);
+  refused(String.fromCharCode(0x1f, 0xfffd, 8, 0) + 'abc', /^the file is gzip-compressed, not JSON text: decompress it first \(gunzip\)$/);
+  refused('ab\u0000cd', /^the file is binary, not JSON text$/);
+  refused('\u0002x', /Unexpected token/);
+  // Still JSON.parse for what parses, without a byte-order mark.
+  assert.deepEqual(parseJsonText('\uFEFF{"a":[1,2]}'), { a: [1, 2] });
 });
