@@ -106,6 +106,12 @@ export async function runNeighbors(opts: NeighborsCommandOptions, io: { stdout: 
   const name = basename(opts.data);
   const mapping = csvMappingFromFlags(opts.format, opts);
   const log = await loadCsv(opts.data, mapping, (rows) => progress.update(`loading ${name} (${rows} rows)`, 0));
+  // The table's wire format holds ids of at most 65,535 bytes: said now, naming the data, not
+  // after the solve as an option path.
+  for (const id of log.itemIds) {
+    const bytes = Buffer.byteLength(id);
+    if (bytes > 0xffff) throw new ValidationError(`${name}:${mapping.item}`, `holds an item id of ${bytes.toLocaleString('en-US')} bytes ('${id.slice(0, 32)}…'); a neighbour table carries ids of at most 65,535 bytes`);
+  }
   // Nothing is held out: every customer's distinct items go into the table.
   const all = looSplit(log, Number.MAX_SAFE_INTEGER, { hasTime: mapping.time !== undefined });
   let built: ReturnType<typeof buildNeighborTable>;
@@ -141,5 +147,9 @@ export async function runNeighbors(opts: NeighborsCommandOptions, io: { stdout: 
     ms: Math.round(performance.now() - t0),
   };
   io.stdout(`${JSON.stringify(summary)}\n`);
+  // Written and valid, but devices would rank by their own model alone: said, not only counted.
+  if (report.pairs === 0) {
+    io.stderr.write(`localrec neighbors: warning: the table holds no pairs (no two items bought by at least --min-support ${minSupport} of the ${all.userIds.length} customers): devices will rank by their own model alone\n`);
+  }
   return summary;
 }

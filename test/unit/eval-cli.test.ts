@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
@@ -7,6 +7,7 @@ import { after, test } from 'node:test';
 import { Command } from 'commander';
 import { isValidationError } from '../../src/errors.js';
 import { register, type EvalCommandOptions } from '../../src/eval/eval-command.js';
+import { runNeighbors } from '../../src/eval/neighbors-command.js';
 import { planModels } from '../../src/eval/model-registry.js';
 import { runEval } from '../../src/eval/run-eval.js';
 import type { EvalResult } from '../../src/eval/runner.js';
@@ -170,7 +171,6 @@ test('output paths are checked before the work: a missing folder, a folder given
 
 test('serve without --catalog on a data dir that holds no model is refused naming --catalog, and leaves nothing behind', async () => {
   const { spawnSync } = await import('node:child_process');
-  const { existsSync } = await import('node:fs');
   const dir = mkdtempSync(join(tmpdir(), 'lr-serve-empty-'));
   try {
     const dataDir = join(dir, 'store');
@@ -187,7 +187,6 @@ test('an output path that names an input file is refused before the work: same p
   const { checkNotAnInput, checkOutputFile } = await import('../../src/output-file.js');
   const { linkSync, readFileSync, symlinkSync } = await import('node:fs');
   const { relative } = await import('node:path');
-  const { runNeighbors } = await import('../../src/eval/neighbors-command.js');
   const same = (flag: string, input: string) => (e: unknown) => isValidationError(e) && e.field === flag && new RegExp(`^${flag}: is the same file as ${input} \\(.*\\); refusing to overwrite an input$`).test(e.message);
   const key = write('private.jwk', '{"kty":"EC"}');
   assert.throws(() => checkOutputFile(key, '--out', { '--catalog': TRAIN, '--key': key }), same('--out', '--key'));
@@ -260,7 +259,6 @@ test('serve whose stdout reader goes away keeps serving (an exit would read as a
 });
 
 test('--format retail: a column the preset reads but the file lacks is blamed on --data and --format, not on --user', async () => {
-  const { runNeighbors } = await import('../../src/eval/neighbors-command.js');
   const { inFlagTerms } = await import('../../src/cli.js');
   const program = new Command();
   register(program);
@@ -309,4 +307,20 @@ test('serve refuses a --data-dir inside the --static folder it publishes (the da
   assert.equal(r.status, 1, r.stderr);
   assert.match(r.stderr, /^localrec: ValidationError: --data-dir: '.*site\/db' is inside the --static folder/);
   assert.equal(statSync(join(site, 'db'), { throwIfNoEntry: false }), undefined, 'nothing created');
+});
+
+test('neighbors: an item id too long for the table is refused at load, naming the file and column, before the solve; a table with no pairs is written with a warning (stop 40)', async () => {
+  let err = '';
+  const io = { stdout: () => {}, stderr: { write: (s: string) => ((err += s), true) } };
+  const long = write('long-id.csv', `user,item\n1,a\n1,${'x'.repeat(70_000)}\n`);
+  await assert.rejects(
+    runNeighbors({ format: 'csv', data: long, user: 'user', item: 'item', filter: [], out: join(dir, 'long.lrn'), width: '4', l2: '1', minSupport: '1' }, io),
+    (e: unknown) => isValidationError(e) && e.field === 'long-id.csv:item' && /holds an item id of 70,000 bytes .*at most 65,535 bytes/.test(e.message),
+  );
+  assert.ok(!existsSync(join(dir, 'long.lrn')));
+  assert.doesNotMatch(err, /solving/, 'refused before the solve');
+  const one = write('one-row.csv', 'user,item\n1,a\n');
+  const summary = await runNeighbors({ format: 'csv', data: one, user: 'user', item: 'item', filter: [], out: join(dir, 'one.lrn'), width: '4', l2: '1', minSupport: '3' }, io);
+  assert.equal(summary.pairs, 0);
+  assert.match(err, /warning: the table holds no pairs \(no two items bought by at least --min-support 3 of the 1 customers\)/);
 });
