@@ -3,7 +3,7 @@ import { boolOption, checkSignal, describeValue, intOption, knownKeys, nameOptio
 import { checkEventAge, validateEvent } from '../events/schema.js';
 import { ledgerAsOfNow, ledgerKeeps } from '../events/offer-ledger.js';
 import { databaseExists, DEFAULT_RETENTION, DELETION_GRACE_MS, deleteEventDatabase, IdbEventStore, MemoryEventStore, openEventStore, quotaEvictedBy, statsOf, type AddResult, type EventStore, type Retention } from '../events/store.js';
-import { EVENT_SCHEMA_VERSION, FUTURE_SLACK_MS } from '../events/schema.js';
+import { EVENT_SCHEMA_VERSION, FUTURE_SLACK_MS, MIN_T } from '../events/schema.js';
 import type { AuditReport, ExportFile } from './audit-types.js';
 import { canonicalJson, catalogExpired, checkCatalogAccepted, checkOffersOption, checkOffersOptions, chooseOffers, indexProducts, offerEconomics, offerScopeLookup, predictAffinity, purchaseBaskets, SignatureError, verifySignedCatalog, type ProductIndex } from '../offers/index.js';
 import type { Jwk, OfferCatalog, OffersOptions, SetOffersResult, ShownOffer, SignedOfferCatalog } from '../offers/types.js';
@@ -733,9 +733,14 @@ export class Engine {
     // First: the page passes federated.honorGlobalPrivacyControl on as honorGlobalPrivacyControl,
     // and its error should name the option the page was given.
     checkFederated(opts.federated);
-    // Privacy switches take true or false only: 'false' (a string) would read as consent given.
-    boolOption(opts.consent?.personalization, 'options.consent.personalization');
-    boolOption(opts.consent?.federated, 'options.consent.federated');
+    // Privacy switches take true or false only: 'false' (a string) would read as consent given. A
+    // consent given names both (as the page's options must): a left-out one would read as given
+    // and override what the shopper chose before.
+    if (opts.consent !== undefined && (typeof opts.consent !== 'object' || opts.consent === null || Array.isArray(opts.consent))) {
+      throw new ValidationError('options.consent', `must be { personalization, federated }, got ${describeValue(opts.consent)}`);
+    }
+    boolOption(opts.consent?.personalization, 'options.consent.personalization', opts.consent !== undefined);
+    boolOption(opts.consent?.federated, 'options.consent.federated', opts.consent !== undefined);
     boolOption(opts.globalPrivacyControl, 'options.globalPrivacyControl');
     boolOption(opts.honorGlobalPrivacyControl, 'options.honorGlobalPrivacyControl');
     nameOption(opts.dbName, 'options.dbName');
@@ -750,6 +755,9 @@ export class Engine {
     const dim = intOption(opts.model?.dim, 'options.model.dim', 1, 64, 32);
     // Checked here too (the constructor reads it), before anything opens IndexedDB.
     intOption(opts.autoTrainEvery, 'options.autoTrainEvery', 0, 1_000_000, 20);
+    // An object of known keys, as every other option group: a typo (`epoch`) or null would leave
+    // the defaults in force without a word.
+    knownKeys(opts.training, 'options.training', Object.keys(DEFAULT_TRAIN_CONFIG));
     if (opts.training !== undefined) checkTrainConfig(opts.training, 'options.training');
     // A whole 32-bit number: the generator keeps 32 bits, so 0.5 and 0, or 1 and 2³² + 1, were one seed.
     intOption(opts.model?.seed, 'options.model.seed', 0, 0xffff_ffff, 1);
@@ -2585,7 +2593,7 @@ export class Engine {
     this.assertOpen();
     knownKeys(options, 'options', OPTION_KEYS.recommend);
     await this.freshModel();
-    if (options.category !== undefined && typeof options.category !== 'string') throw new ValidationError('options.category', 'must be a string');
+    if (options.category !== undefined && typeof options.category !== 'string') throw new ValidationError('options.category', `must be a string, got ${describeValue(options.category)}`);
     const candidates = this.candidateRows(options.candidates);
     // A page's whole list is put in order by default (and may be with `k: candidates.length`, up to
     // MAX_CANDIDATES); without one, the top 10.
@@ -2652,9 +2660,10 @@ export class Engine {
     if (typeof itemId !== 'string') throw new ValidationError('itemId', `must be a string, got ${typeof itemId}`);
     knownKeys(options, 'options', OPTION_KEYS.similar);
     const k = intOption(options.k, 'options.k', 1, 1000, 10);
-    if (options.category !== undefined && typeof options.category !== 'string') throw new ValidationError('options.category', 'must be a string');
+    if (options.category !== undefined && typeof options.category !== 'string') throw new ValidationError('options.category', `must be a string, got ${describeValue(options.category)}`);
     const row = this.rows.get(itemId);
-    if (row === undefined) throw new ModelError(`item ${describeValue(itemId)} is not in the catalog`);
+    // The caller's argument, not the model: a ValidationError naming it.
+    if (row === undefined) throw new ValidationError('itemId', `${describeValue(itemId)} is not in the catalog`);
     await this.freshModel();
     // Only what is asked for reads the history ('seen', 'purchased').
     const exclude =
@@ -3950,6 +3959,13 @@ export class Engine {
     // Checked before `now` is used below, and before a missing catalog answers [] (chooseOffers
     // checks them again): a wrong call fails alike with or without offers to choose from.
     checkOffersOptions(given);
+    // A `now` before 2000 is a unit mistake (seconds, performance.now(), 0), not a replay of then:
+    // read as one, the shopper's later offer events would not count and a used once-only offer
+    // would come back.
+    const at = given.context?.now;
+    if (typeof at === 'number' && at < MIN_T) {
+      throw new ValidationError('options.context.now', `must be a time in ms since the epoch from 2000-01-01 on (seconds or performance.now() read as 1970), got ${at}`);
+    }
     // Without a seed each call explores afresh: a fixed default would make the same first draws,
     // and so the same explore decisions, on every call (with the default 0.1, never exploring).
     const options = given.seed === undefined ? { ...given, seed: randomSeed() } : given;

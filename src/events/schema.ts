@@ -31,7 +31,8 @@ const FIELDS: Record<EventType, readonly string[]> = {
 const MAX_ID = 256;
 const MAX_QUERY = 512;
 // Timestamps before 2000 or more than a day ahead are almost always unit mistakes (seconds vs ms).
-const MIN_T = Date.UTC(2000, 0, 1);
+/** The earliest time an event (or an `offers()` replay) may carry: 2000-01-01, in ms; earlier is a unit mistake (seconds read as ms). */
+export const MIN_T = Date.UTC(2000, 0, 1);
 /** The latest time an event may carry when the device clock cannot say (it reads before 2000). */
 const MAX_T = Date.UTC(2100, 0, 1);
 

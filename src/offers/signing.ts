@@ -70,6 +70,28 @@ export function checkVerifyKeys(keys: unknown, field: string): void {
   if (i >= 0) throw new ValidationError(at(i), PRIVATE_KEY_TO_VERIFY);
   const j = badKidAt(list);
   if (j >= 0) throw new ValidationError(`${at(j)}.kid`, `${BAD_KEY_KID}, got ${describeValue((list[j] as Jwk).kid)}`);
+  // A key that cannot be a P-256 public JWK ('abc', {}, an RSA key, keygen's whole pair) is a setup
+  // mistake: said now, by name, not as a SignatureError at the first setOffers() that reads like a
+  // tampered catalog. In a list, one such key is skipped at verification (a retired key pasted
+  // wrong must not stop the others), so only a list with none that could be one is refused.
+  const well = list.map(publicKeyShape);
+  // (Never the value itself: an object here may be keygen's pair, private key included.)
+  if (!Array.isArray(keys) && well[0] !== null) throw new ValidationError(field, `${well[0]}, got ${typeof keys === 'object' && keys !== null ? `an object with keys ${Object.keys(keys).slice(0, 8).join(', ') || '(none)'}` : describeValue(keys)}`);
+  if (Array.isArray(keys) && list.length === 0) throw new ValidationError(field, 'must hold at least one public key (an EC P-256 JWK)');
+  if (Array.isArray(keys) && well.every((w) => w !== null)) throw new ValidationError(`${field}[0]`, `${well[0]} (and no other key in the list is one)`);
+}
+
+/**
+ * Why `k` cannot be an EC P-256 public JWK (kty 'EC', crv 'P-256', x and y the 43 base64url
+ * characters of 32 bytes), or null when its shape is one (whether it imports is WebCrypto's call).
+ */
+function publicKeyShape(k: unknown): string | null {
+  if (typeof k !== 'object' || k === null || Array.isArray(k)) return "must be an EC P-256 public JWK (an object: { kty: 'EC', crv: 'P-256', x, y })";
+  const j = k as Jwk;
+  if (j.kty !== 'EC' || j.crv !== 'P-256') return `must be an EC P-256 public JWK (kty 'EC', crv 'P-256'; this one has kty ${describeValue(j.kty)}, crv ${describeValue(j.crv)})`;
+  const coord = (v: unknown) => typeof v === 'string' && /^[A-Za-z0-9_-]{43}$/.test(v);
+  if (!coord(j.x) || !coord(j.y)) return 'must be an EC P-256 public JWK whose x and y are 43 base64url characters each (the 32-byte coordinates)';
+  return null;
 }
 
 /**

@@ -48,7 +48,13 @@ describe('Engine input (stop 22 fuzzing review)', () => {
   it('create() takes only true or false for consent and the Global Privacy Control switches, and a non-empty dbName', async () => {
     const cases: Array<[Record<string, unknown>, string]> = [
       [{ consent: { personalization: 'false' } }, 'options.consent.personalization'],
-      [{ consent: { federated: 0 } }, 'options.consent.federated'],
+      [{ consent: { personalization: true, federated: 0 } }, 'options.consent.federated'],
+      // A consent given names both: a left-out federated read as given, over the shopper's stored
+      // refusal (stop 40); the page's options already required both.
+      [{ consent: { personalization: true } }, 'options.consent.federated'],
+      [{ consent: { federated: false } }, 'options.consent.personalization'],
+      [{ consent: {} }, 'options.consent.personalization'],
+      [{ consent: 'granted' }, 'options.consent'],
       [{ globalPrivacyControl: 'true' }, 'options.globalPrivacyControl'],
       [{ honorGlobalPrivacyControl: 1 }, 'options.honorGlobalPrivacyControl'],
       [{ dbName: '' }, 'options.dbName'],
@@ -72,6 +78,10 @@ describe('Engine input (stop 22 fuzzing review)', () => {
       [{ fetch: 'x' }, 'options.fetch'],
       [{ now: 5 }, 'options.now'],
       [{ onConsent: {} }, 'options.onConsent'],
+      // Unknown keys in options.training, as in every other group; not an object at all (stop 40).
+      [{ training: { epoch: 3 } }, 'options.training.epoch'],
+      [{ training: null }, 'options.training'],
+      [{ training: 'x' }, 'options.training'],
     ];
     for (const [extra, field] of cases) {
       await assert.rejects(Engine.create({ catalog, dbName: name, ...extra } as never), refused(field), field);

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { before, describe, it } from 'node:test';
 import { Engine, OFFERS_KEY } from '../../src/engine/engine.js';
 import { IdbEventStore, MemoryEventStore } from '../../src/events/store.js';
-import { StorageError } from '../../src/errors.js';
+import { isValidationError, StorageError } from '../../src/errors.js';
 import { Random } from '../../src/model/random.js';
 import { predictAffinity, type AffinitySnapshot, type HistoryBasket } from '../../src/offers/affinity-model.js';
 import { LearnedAffinity } from '../../src/offers/eval/learned-affinity.js';
@@ -172,6 +172,19 @@ describe('Engine.offers with the shop’s learned affinity', () => {
       Engine.create({ catalog: { items }, backend: 'cpu', autoTrainEvery: 0, store: new MemoryEventStore({ maxEvents: 100, maxAgeDays: 36_500 }), now: () => NOW, offers: { publicKey: keys.privateJwk } }),
       /^ValidationError: options\.offers\.publicKey: is the private key \(it has 'd'\)/,
     );
+  });
+
+  it('refuses at create a publicKey that cannot be a P-256 public JWK, by name, without echoing it; a list passes while one key in it could be one (stop 40)', async () => {
+    const create = (publicKey: unknown) => Engine.create({ catalog: { items }, backend: 'cpu', autoTrainEvery: 0, store: new MemoryEventStore({ maxEvents: 100, maxAgeDays: 36_500 }), now: () => NOW, offers: { publicKey: publicKey as never } });
+    const rsa = { kty: 'RSA', n: 'AQAB', e: 'AQAB' };
+    for (const [bad, field] of [['abc', 'options.offers.publicKey'], [{}, 'options.offers.publicKey'], [rsa, 'options.offers.publicKey'], [[], 'options.offers.publicKey'], [[{}, 5], 'options.offers.publicKey[0]'], [{ ...keys.publicJwk, y: 'short' }, 'options.offers.publicKey']] as const) {
+      await assert.rejects(create(bad), (e: unknown) => isValidationError(e) && e.field === field && /P-256/.test(e.message), JSON.stringify(bad));
+    }
+    // keygen's whole pair (the private key inside): refused, and the message names its keys only.
+    await assert.rejects(create(keys), (e: unknown) => isValidationError(e) && e.field === 'options.offers.publicKey' && !e.message.includes(keys.privateJwk.d!) && /an object with keys/.test(e.message));
+    // A retired key pasted wrong beside a good one is skipped at verification, as before.
+    const e = await create([{ kty: 'EC', crv: 'P-256', x: 'short' }, keys.publicJwk]);
+    await e.close();
   });
 
   it('checks the options of offers() before it knows whether a catalog is installed', async () => {
@@ -364,6 +377,11 @@ describe('offer rules with events not yet stored, or stamped ahead; catalogs rep
       assert.deepEqual((await e.offers({ k: 1, exploration: 0, seed: 1, context: { now } })).map((o) => o.offerId), [], `context.now ${now - NOW} ms from the device clock: counted now`);
     }
     assert.deepEqual((await e.offers({ k: 1, exploration: 0, seed: 1, context: { now: NOW - 2 * DAY } })).map((o) => o.offerId), ['once'], 'as of two days ago: not yet redeemed');
+    // A `now` in seconds, from performance.now() or 0 is a unit mistake, not a replay of 1970: read
+    // as one, the used once-only offer came back (stop 40).
+    for (const now of [Math.floor(NOW / 1000), 12_345.6, 0, Date.UTC(2000, 0, 1) - 1]) {
+      await assert.rejects(e.offers({ k: 1, exploration: 0, seed: 1, context: { now } }), (err: unknown) => isValidationError(err) && err.field === 'options.context.now' && /from 2000-01-01 on/.test(err.message), String(now));
+    }
     await e.close();
   });
 
