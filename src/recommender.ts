@@ -300,6 +300,14 @@ export async function createRecommender(options: RecommenderOptions): Promise<Re
     }
     if (!wasmPaths.endsWith('/')) throw new ValidationError('options.wasmPaths', `must be a folder URL ending in '/', got ${JSON.stringify(wasmPaths)}`);
   }
+  // Checked here, by name: a number or an object would only fail later, as a worker that did not
+  // start. An object with a string form of its own passes (a URL, also from another realm, or the
+  // TrustedScriptURL of a page that enforces Trusted Types); a plain object does not.
+  const w = options.workerUrl as unknown;
+  const ownString = typeof w === 'object' && w !== null && (w as { toString: unknown }).toString !== Object.prototype.toString && String(w) !== '';
+  if (w !== undefined && !((typeof w === 'string' && w !== '') || ownString)) {
+    throw new ValidationError('options.workerUrl', `must be the URL worker.js is served at (a non-empty string or a URL), got ${describeValue(w)}`);
+  }
   const url = options.workerUrl ?? defaultWorkerUrl();
   // track() refuses events retention would delete at once, as the worker's engine does (an invalid
   // setting is the worker's to refuse, at start).

@@ -76,9 +76,19 @@ export function checkVerifyKeys(keys: unknown, field: string): void {
   // wrong must not stop the others), so only a list with none that could be one is refused.
   const well = list.map(publicKeyShape);
   // (Never the value itself: an object here may be keygen's pair, private key included.)
-  if (!Array.isArray(keys) && well[0] !== null) throw new ValidationError(field, `${well[0]}, got ${typeof keys === 'object' && keys !== null ? `an object with keys ${Object.keys(keys).slice(0, 8).join(', ') || '(none)'}` : describeValue(keys)}`);
+  if (!Array.isArray(keys) && well[0] !== null) throw new ValidationError(field, `${well[0]}, got ${shapeOf(keys)}`);
   if (Array.isArray(keys) && list.length === 0) throw new ValidationError(field, 'must hold at least one public key (an EC P-256 JWK)');
   if (Array.isArray(keys) && well.every((w) => w !== null)) throw new ValidationError(`${field}[0]`, `${well[0]} (and no other key in the list is one)`);
+}
+
+/**
+ * What a refused key is, without its contents: an object by its keys, a string by its length (a
+ * JWK pasted as JSON text may be the private one, whose `d` the first characters would show).
+ */
+function shapeOf(k: unknown): string {
+  if (typeof k === 'object' && k !== null) return `an object with keys ${Object.keys(k).slice(0, 8).join(', ') || '(none)'}`;
+  if (typeof k === 'string') return `a string of ${k.length} characters (a JWK is an object: JSON.parse it first)`;
+  return describeValue(k);
 }
 
 /**

@@ -159,6 +159,7 @@ export interface OfferContext {
    * "Now", ms since the epoch (validity windows, cool-downs, recency); defaults to the clock. Set it
    * in replays: more than a day before the device's clock, events after it do not count; within a
    * day of it (a page passing its server's time to a device whose clock is fast) the call is live.
+   * `offers()` refuses one before 2000-01-01 (a time in seconds, `performance.now()`, 0).
    */
   now?: number | undefined;
 }

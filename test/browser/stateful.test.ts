@@ -184,7 +184,7 @@ const BAD_CALLS = {
   recommendFn: { kind: 'ValidationError', field: 'options' },
   recommendProxy: { kind: 'ValidationError', field: 'options' },
   recommendNull: { kind: 'ValidationError', field: 'options' },
-  similarUnknown: { kind: 'ModelError' },
+  similarUnknown: { kind: 'ValidationError', field: 'itemId' },
   similarSymbol: { kind: 'ValidationError', field: 'itemId or options' },
   similarNumber: { kind: 'ValidationError', field: 'itemId' },
   similarK0: { kind: 'ValidationError', field: 'options.k' },

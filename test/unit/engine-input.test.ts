@@ -331,6 +331,27 @@ describe('track() input the store would lose at once, or that pages build generi
     }
   });
 
+  it('createRecommender() refuses a workerUrl that is not a non-empty string or a URL, by name, before any worker starts (stop 40)', async () => {
+    let started = 0;
+    const api = { async init() { started++; }, barrier: async () => undefined, close: async () => undefined };
+    await withStandInWorker(api, async () => {
+      for (const workerUrl of [5, {}, '', null]) {
+        await assert.rejects(createRecommender({ catalog, workerUrl: workerUrl as never }), (e: unknown) => isValidationError(e) && e.field === 'options.workerUrl', JSON.stringify(workerUrl));
+      }
+      assert.equal(started, 0);
+      const rec = await createRecommender({ catalog, workerTimeoutMs: 0, workerUrl: new URL('https://shop.example/worker.js') });
+      await rec.close();
+      // An object with a string form of its own, as a Trusted Types page's TrustedScriptURL.
+      class TrustedScriptURLLike {
+        toString() {
+          return '/worker.js';
+        }
+      }
+      const trusted = await createRecommender({ catalog, workerTimeoutMs: 0, workerUrl: new TrustedScriptURLLike() as never });
+      await trusted.close();
+    });
+  });
+
   it('the page counts the events track() refuses in stats().dropped, as Engine.enqueue does (not in droppedBeforeConsent)', async () => {
     // The page's facade over a stand-in worker: only the counting on the page is under test here.
     const workerDropped = 2;

@@ -180,8 +180,11 @@ describe('Engine.offers with the shop’s learned affinity', () => {
     for (const [bad, field] of [['abc', 'options.offers.publicKey'], [{}, 'options.offers.publicKey'], [rsa, 'options.offers.publicKey'], [[], 'options.offers.publicKey'], [[{}, 5], 'options.offers.publicKey[0]'], [{ ...keys.publicJwk, y: 'short' }, 'options.offers.publicKey']] as const) {
       await assert.rejects(create(bad), (e: unknown) => isValidationError(e) && e.field === field && /P-256/.test(e.message), JSON.stringify(bad));
     }
-    // keygen's whole pair (the private key inside): refused, and the message names its keys only.
+    // keygen's whole pair (the private key inside): refused, and the message names its keys only;
+    // the private JWK as JSON text: refused, by its length, none of it echoed.
     await assert.rejects(create(keys), (e: unknown) => isValidationError(e) && e.field === 'options.offers.publicKey' && !e.message.includes(keys.privateJwk.d!) && /an object with keys/.test(e.message));
+    const text = JSON.stringify({ crv: 'P-256', d: keys.privateJwk.d, kty: 'EC', x: keys.privateJwk.x, y: keys.privateJwk.y });
+    await assert.rejects(create(text), (e: unknown) => isValidationError(e) && e.field === 'options.offers.publicKey' && !e.message.includes(keys.privateJwk.d!.slice(0, 8)) && /a string of \d+ characters/.test(e.message));
     // A retired key pasted wrong beside a good one is skipped at verification, as before.
     const e = await create([{ kty: 'EC', crv: 'P-256', x: 'short' }, keys.publicJwk]);
     await e.close();

@@ -145,7 +145,7 @@ const BAD_CALLS = {
   syncContribute: { kind: 'ValidationError', field: 'options.contribute' },
   syncTypo: { kind: 'ValidationError', field: 'options.contributes' },
   offersK0: { kind: 'ValidationError', field: 'options.k' },
-  similarUnknown: { kind: 'ModelError' },
+  similarUnknown: { kind: 'ValidationError', field: 'itemId' },
   similarK0: { kind: 'ValidationError', field: 'options.k' },
 } as const;
 type BadCall = keyof typeof BAD_CALLS;

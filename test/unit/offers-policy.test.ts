@@ -83,10 +83,15 @@ describe('offer policy', () => {
       [{ now: NOW, cart: [{ itemId: 'm1', quantity: -2, price: -10 }] }, 'options.context.cart[0].quantity'],
       [{ now: NOW, cart: [{ itemId: 'm1', quantity: 1, price: -10 }] }, 'options.context.cart[0].price'],
       [{ now: NOW, cart: [{ itemId: 'm1', quantity: 1.5 }] }, 'options.context.cart[0].quantity'],
+      // The bounds of an event's itemId and quantity (stop 40).
+      [{ now: NOW, cart: [{ itemId: 'm1', quantity: 1e12 }] }, 'options.context.cart[0].quantity'],
+      [{ now: NOW, cart: [{ itemId: '' }] }, 'options.context.cart[0].itemId'],
+      [{ now: NOW, cart: [{ itemId: 'x'.repeat(257) }] }, 'options.context.cart[0].itemId'],
     ];
     for (const [context, field] of bad) {
       assert.throws(() => chooseOffers(input(), { k: 2, context: context as never }), (e: unknown) => isValidationError(e) && e.field === field, field);
     }
+    assert.doesNotThrow(() => chooseOffers(input(), { k: 2, context: { now: NOW, cart: [{ itemId: 'x'.repeat(256), quantity: 1_000_000 }] } }), 'at the bounds');
   });
 
   test('events after `now` (a replay at an earlier time) count neither for the rules nor in the reason', () => {

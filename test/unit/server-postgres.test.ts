@@ -973,9 +973,12 @@ describe('PostgreSQL storage', { skip: skip ?? false }, () => {
       // Ended while waiting for the publish lock a peer holds (a statement in flight).
       await admin.query('SELECT pg_advisory_lock($1)', [0x6c726563]);
       const waiting = s.publish(bare(1), []);
+      // Its refusal is awaited from the start: the termination can reject it before terminateOthers
+      // returns, which left the rejection unhandled for a moment (a CI failure, stop 40).
+      const refused = assert.rejects(waiting, storageError(/PostgreSQL publish version failed .*terminating connection due to administrator command/));
       await waitFor(() => someoneWaits(admin), 'the publish to wait for the lock');
       await terminateOthers(admin);
-      await assert.rejects(waiting, storageError(/PostgreSQL publish version failed .*terminating connection due to administrator command/));
+      await refused;
       await admin.query('SELECT pg_advisory_unlock($1)', [0x6c726563]);
       await s.publish(bare(1), []);
       // A transaction left idle (this process stalled mid-publish) is ended by PostgreSQL after the
