@@ -86,7 +86,7 @@ export async function runNeighbors(opts: NeighborsCommandOptions, io: { stdout: 
   const { csvMappingFromFlags } = await import('./presets.js');
   const { Progress } = await import('./progress.js');
   const { buildNeighborTable } = await import('../model/build-neighbors.js');
-  const { encodeNeighborTable, neighborTableHash } = await import('../model/neighbors-wire.js');
+  const { encodeNeighborTable, MAX_ITEM_ID_BYTES, neighborTableHash } = await import('../model/neighbors-wire.js');
   if (opts.format !== 'retail' && opts.format !== 'csv') throw new ValidationError('--format', `must be retail or csv, got '${opts.format}'`);
   if (!opts.data) throw new ValidationError('--data', 'is required (the order log)');
   if (!opts.out) throw new ValidationError('--out', 'is required (where to write the table)');
@@ -110,7 +110,7 @@ export async function runNeighbors(opts: NeighborsCommandOptions, io: { stdout: 
   // after the solve as an option path.
   for (const id of log.itemIds) {
     const bytes = Buffer.byteLength(id);
-    if (bytes > 0xffff) throw new ValidationError(`${name}:${mapping.item}`, `holds an item id of ${bytes.toLocaleString('en-US')} bytes ('${id.slice(0, 32)}…'); a neighbour table carries ids of at most 65,535 bytes`);
+    if (bytes > MAX_ITEM_ID_BYTES) throw new ValidationError(`${name}:${mapping.item}`, `holds an item id of ${bytes.toLocaleString('en-US')} bytes ('${id.slice(0, 32)}…'); a neighbour table carries ids of at most 65,535 bytes`);
   }
   // Nothing is held out: every customer's distinct items go into the table.
   const all = looSplit(log, Number.MAX_SAFE_INTEGER, { hasTime: mapping.time !== undefined });

@@ -28,7 +28,10 @@ const FIELDS: Record<EventType, readonly string[]> = {
   offer_impression: ['offerId'],
   offer_redeemed: ['offerId'],
 };
-const MAX_ID = 256;
+/** Characters an item id (or offer id) may have, at most: in events, and in `offers()` cart lines. */
+export const MAX_ID = 256;
+/** The largest quantity an event (or an `offers()` cart line) may carry. */
+export const MAX_QUANTITY = 1_000_000;
 const MAX_QUERY = 512;
 // Timestamps before 2000 or more than a day ahead are almost always unit mistakes (seconds vs ms).
 /** The earliest time an event (or an `offers()` replay) may carry: 2000-01-01, in ms; earlier is a unit mistake (seconds read as ms). */
@@ -127,10 +130,10 @@ export function validateEvent(input: unknown, now: number = Date.now()): StoredE
     }
     case 'add_to_cart':
     case 'remove_from_cart':
-      if (e.quantity !== undefined) out.quantity = num(e.quantity, 'event.quantity', 1, 1e6, true);
+      if (e.quantity !== undefined) out.quantity = num(e.quantity, 'event.quantity', 1, MAX_QUANTITY, true);
       break;
     case 'purchase':
-      if (e.quantity !== undefined) out.quantity = num(e.quantity, 'event.quantity', 1, 1e6, true);
+      if (e.quantity !== undefined) out.quantity = num(e.quantity, 'event.quantity', 1, MAX_QUANTITY, true);
       if (e.price !== undefined) out.price = num(e.price, 'event.price', 0, 1e9);
       break;
     case 'rating':

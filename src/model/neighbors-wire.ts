@@ -22,6 +22,9 @@ import { hasLoneSurrogate } from './item-table.js';
 import { checkNeighborTable, MAX_NEIGHBOR_WIDTH, type NeighborTable } from './neighbors.js';
 
 const MAGIC = [0x4c, 0x52, 0x4e, 0x31]; // "LRN1"
+/** The longest item id a neighbour table carries, in UTF-8 bytes (its length is a 16-bit field). */
+export const MAX_ITEM_ID_BYTES = 0xffff;
+
 export const NEIGHBOR_FORMAT_VERSION = 1;
 const HEADER = 20;
 /** Largest catalog a neighbour file may describe. */
@@ -45,7 +48,7 @@ export function encodeNeighborTable(t: NeighborTable): Uint8Array {
   }
   const enc = new TextEncoder();
   const ids = t.itemIds.map((id) => enc.encode(id));
-  for (const [i, b] of ids.entries()) if (b.length > 0xffff) throw new ValidationError(`neighbors.itemIds[${i}]`, 'is longer than 65,535 bytes');
+  for (const [i, b] of ids.entries()) if (b.length > MAX_ITEM_ID_BYTES) throw new ValidationError(`neighbors.itemIds[${i}]`, 'is longer than 65,535 bytes');
   const idBytes = ids.reduce((a, b) => a + 2 + b.length, 0);
   const n = t.itemIds.length;
   const ib = n <= 0xffff ? 2 : 4;

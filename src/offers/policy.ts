@@ -12,6 +12,7 @@ import { sampleBeta } from './beta-sampler.js';
 import { whyIneligible, type EligibilityContext } from './eligibility.js';
 import { isReturningShopper, offerHistory } from './offer-history.js';
 import type { OfferLedger } from '../events/offer-ledger.js';
+import { MAX_ID, MAX_QUANTITY } from '../events/schema.js';
 import { cachedEconomics } from './offer-value.js';
 import { indexProducts, inScope, type ProductIndex } from './product-index.js';
 import { offerWhy, offerWhyText } from './reason.js';
@@ -236,12 +237,12 @@ export function checkContext(context: OfferContext | undefined): number {
       if (typeof l !== 'object' || l === null) throw new ValidationError(at, 'must be an object { itemId, quantity?, price? }');
       // (A misspelt key, `qty`, would count the line as one unit: refused, as every option is.)
       const line = knownKeys(l, at, ['itemId', 'quantity', 'price']);
-      // The bounds an event's itemId and quantity have (src/events/schema.ts): a cart line is one.
-      if (typeof line.itemId !== 'string' || line.itemId.length === 0 || line.itemId.length > 256) {
-        throw new ValidationError(`${at}.itemId`, `must be an item id (a string of 1 to 256 characters), got ${describeValue(line.itemId)}`);
+      // The bounds an event's itemId and quantity have: a cart line is one.
+      if (typeof line.itemId !== 'string' || line.itemId.length === 0 || line.itemId.length > MAX_ID) {
+        throw new ValidationError(`${at}.itemId`, `must be an item id (a string of 1 to ${MAX_ID} characters), got ${describeValue(line.itemId)}`);
       }
-      if (line.quantity !== undefined && !(typeof line.quantity === 'number' && Number.isInteger(line.quantity) && line.quantity >= 1 && line.quantity <= 1e6)) {
-        throw new ValidationError(`${at}.quantity`, `must be a whole number from 1 to 1,000,000, got ${describeValue(line.quantity)}`);
+      if (line.quantity !== undefined && !(typeof line.quantity === 'number' && Number.isInteger(line.quantity) && line.quantity >= 1 && line.quantity <= MAX_QUANTITY)) {
+        throw new ValidationError(`${at}.quantity`, `must be a whole number from 1 to ${MAX_QUANTITY.toLocaleString('en-US')}, got ${describeValue(line.quantity)}`);
       }
       if (line.price !== undefined && !(typeof line.price === 'number' && Number.isFinite(line.price) && line.price >= 0)) {
         throw new ValidationError(`${at}.price`, `must be a number ≥ 0, got ${describeValue(line.price)}`);
