@@ -432,6 +432,19 @@ const FALLBACK_TIE_ROWS = 16;
 const MAX_CANDIDATES = 10_000;
 
 /** The keys {@link Engine.create} accepts: the page's options plus what the worker and tests add. */
+/** What an `options.store` must have: {@link EventStore}'s methods that are not IndexedDB-only. */
+const STORE_METHODS = ['add', 'all', 'byItem', 'count', 'countAfter', 'lastId', 'stats', 'getMeta', 'setMeta', 'offerLedger', 'updateMeta', 'updateMetaPair', 'destroy', 'close'] as const;
+
+/** A store given by the caller is used much later (the first write, an erase): a wrong one fails here, by name. */
+function checkStoreOption(store: unknown): void {
+  if (store === undefined) return;
+  if (typeof store !== 'object' || store === null) throw new ValidationError('options.store', `must be an event store (an object with the EventStore methods), got ${describeValue(store)}`);
+  const s = store as Record<string, unknown>;
+  if (s.kind !== 'indexeddb' && s.kind !== 'memory') throw new ValidationError('options.store.kind', `must be 'indexeddb' or 'memory', got ${describeValue(s.kind)}`);
+  const missing = STORE_METHODS.filter((m) => typeof s[m] !== 'function');
+  if (missing.length > 0) throw new ValidationError('options.store', `is not an event store: it has no method ${missing.join(', ')}`);
+}
+
 const ENGINE_KEYS = [...OPTION_KEYS.recommender.filter((k) => k !== 'workerUrl' && k !== 'wasmPaths' && k !== 'workerTimeoutMs'), 'backendCandidates', 'training', 'fetch', 'globalPrivacyControl', 'honorGlobalPrivacyControl', 'now', 'store', 'onConsent', 'consentAsOf'];
 
 /** True for an absolute http:// or https:// URL (the worker has no page to resolve a relative one against). */
@@ -749,6 +762,7 @@ export class Engine {
     for (const f of ['fetch', 'now', 'onConsent'] as const) {
       if (opts[f] !== undefined && typeof opts[f] !== 'function') throw new ValidationError(`options.${f}`, `must be a function, got ${describeValue(opts[f])}`);
     }
+    checkStoreOption(opts.store);
     if (opts.consentAsOf !== undefined && !(typeof opts.consentAsOf === 'number' && Number.isFinite(opts.consentAsOf))) {
       throw new ValidationError('options.consentAsOf', `must be a time (ms since the epoch), got ${describeValue(opts.consentAsOf)}`);
     }

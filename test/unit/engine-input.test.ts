@@ -82,6 +82,11 @@ describe('Engine input (stop 22 fuzzing review)', () => {
       [{ training: { epoch: 3 } }, 'options.training.epoch'],
       [{ training: null }, 'options.training'],
       [{ training: 'x' }, 'options.training'],
+      // A store the caller gives is first used at a write or an erase: a wrong one fails here (stop 41; was a TypeError later).
+      [{ store: {} }, 'options.store.kind'],
+      [{ store: null }, 'options.store'],
+      [{ store: 'idb' }, 'options.store'],
+      [{ store: { ...Object.fromEntries(Object.entries(Object.getOwnPropertyDescriptors(MemoryEventStore.prototype)).map(([k]) => [k, () => undefined])), kind: 'memory', updateMetaPair: undefined } }, 'options.store'],
     ];
     for (const [extra, field] of cases) {
       await assert.rejects(Engine.create({ catalog, dbName: name, ...extra } as never), refused(field), field);
