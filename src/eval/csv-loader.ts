@@ -49,13 +49,13 @@ export async function loadCsv(path: string, m: CsvMapping, onRows?: (rows: numbe
   let cols: { user: number; item: number; time: number; weight: number; filters: Array<[number, RowFilter]> } | undefined;
   let header: string[] = [];
   let seen = 0;
-  let lastLine = 0;
+  const lines = new CsvLines();
   try {
     for await (const rec of parser as AsyncIterable<{ record: string[]; info: { lines: number } }>) {
       const { record, info } = rec;
-      lastLine = info.lines;
+      const line = lines.take(record, info.lines);
       if (record.every((c) => c.trim() === '')) continue;
-      if (cols && record.length !== header.length) throw new ValidationError(`${name}:${info.lines}`, `has ${record.length} fields, the header has ${header.length}`);
+      if (cols && record.length !== header.length) throw new ValidationError(`${name}:${line}`, `has ${record.length} fields, the header has ${header.length}`);
       if (!cols) {
         header = record.map((h) => h.trim());
         const find = (c: string | undefined, option: string, fromPreset = false): number => {
@@ -82,7 +82,7 @@ export async function loadCsv(path: string, m: CsvMapping, onRows?: (rows: numbe
         continue;
       }
       if (++seen % 65536 === 0) onRows?.(seen);
-      const at = (c: number): string => `${name}:${info.lines}:${header[c]}`;
+      const at = (c: number): string => `${name}:${lines.cell(c)}:${header[c]}`;
       // Filters see the cell as the columns are read (trimmed): a customer id of spaces is empty.
       // A numeric filter refuses a cell that is not a number (a decimal comma, `4,5`), as the
       // column itself would: failing the filter, the row would vanish without a word.
@@ -116,7 +116,7 @@ export async function loadCsv(path: string, m: CsvMapping, onRows?: (rows: numbe
     if (e instanceof ValidationError) throw e;
     const err = e as { code?: string; lines?: number; message?: string };
     // csv-parse errors carry the line; turn them into the same file:line form.
-    if (err.code?.startsWith('CSV_')) throw csvParseError(name, err, lastLine);
+    if (err.code?.startsWith('CSV_')) throw csvParseError(name, err, lines);
     throw new ValidationError(`options.data`, `cannot read '${path}': ${err.message ?? String(e)}`);
   }
   if (!cols) throw new ValidationError('options.data', `${name} is empty (no header line)`);
@@ -133,16 +133,58 @@ export async function loadCsv(path: string, m: CsvMapping, onRows?: (rows: numbe
 export const CSV_RECORD_DELIMITERS = ['\r\n', '\n', '\r'];
 
 /**
- * A csv-parse error as `file:line: …`. An unclosed quote is named where its record starts (the
- * line after the last record read, `lastLine`: blank lines are records too, skipped by the
- * loops, so that they count), not at the end of the file where the parser notices it; other
- * errors carry their own line.
+ * Line numbers of a CSV file as an editor shows them, for error messages. csv-parse's
+ * `info.lines` names a record's last line and counts a CRLF inside a quoted cell as two lines, so
+ * every row after such a cell was named a line further down per CRLF. Every record goes through
+ * {@link take} (blank ones too: they are lines); a CRLF, LF or CR inside a cell counts once.
  */
-export function csvParseError(name: string, err: { code?: string; lines?: number; message?: string }, lastLine: number): ValidationError {
-  if (err.code === 'CSV_QUOTE_NOT_CLOSED') {
-    return new ValidationError(`${name}:${lastLine + 1}`, `a quote opened in the row starting here is never closed: the file ends inside it (${err.message ?? err.code})`);
+export class CsvLines {
+  private last = 0;
+  private drift = 0;
+  private readonly starts: number[] = [];
+
+  /** Takes the next record and csv-parse's `info.lines` after it; returns the line it starts on. */
+  take(record: readonly string[], parserLines: number): number {
+    const start = this.last + 1;
+    let line = start;
+    this.starts.length = record.length;
+    for (let i = 0; i < record.length; i++) {
+      this.starts[i] = line;
+      const c = record[i]!;
+      if (c.includes('\n') || c.includes('\r')) line += c.match(/\r\n|\n|\r/g)!.length;
+    }
+    this.last = line;
+    this.drift = parserLines - line;
+    return start;
   }
-  return new ValidationError(`${name}:${err.lines ?? '?'}`, err.message ?? String(err));
+
+  /** The line cell `i` of the record last taken starts on (its last line for a cell it lacks). */
+  cell(i: number): number {
+    return this.starts[i] ?? this.last;
+  }
+
+  /** The last line of the record last taken (0 before the first). */
+  get lastLine(): number {
+    return this.last;
+  }
+
+  /** A line csv-parse names in an error, less the lines it had counted twice so far. */
+  fromParser(parserLines: number): number {
+    return Math.max(this.last + 1, parserLines - this.drift);
+  }
+}
+
+/**
+ * A csv-parse error as `file:line: …`. An unclosed quote is named where its record starts (the
+ * line after the last record read: blank lines are records too, skipped by the loops, so that
+ * they count), not at the end of the file where the parser notices it; other errors carry their
+ * own line, corrected as {@link CsvLines} corrects the records'.
+ */
+export function csvParseError(name: string, err: { code?: string; lines?: number; message?: string }, lines: CsvLines): ValidationError {
+  if (err.code === 'CSV_QUOTE_NOT_CLOSED') {
+    return new ValidationError(`${name}:${lines.lastLine + 1}`, `a quote opened in the row starting here is never closed: the file ends inside it (${err.message ?? err.code})`);
+  }
+  return new ValidationError(`${name}:${err.lines === undefined ? '?' : lines.fromParser(err.lines)}`, err.message ?? String(err));
 }
 
 /** A trimmed cell; an empty one is refused naming `file:line:column`. */

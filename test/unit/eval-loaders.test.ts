@@ -232,6 +232,25 @@ test('lines: a test file that leaves nobody to test says why: no test items, use
   await refused('u1 a\nu2 c b\nx1 a\n', /of the 3 users with test items in 'why-test\.txt', 1 has no training line .* and 2 have only items already in their training history/);
 });
 
+test('csv: a bad cell after a quoted cell spanning lines is named on its own line, a CRLF inside quotes counting once (stop 41)', async () => {
+  // Lines: 1 header; 2–3 a CRLF inside quotes; 4 blank; 5–6 an LF inside quotes; 7 the bad row.
+  const body = 'u,i,t\r\n1,"two\r\nlines",1\r\n\r\n2,"two\nlines",2\r\n3,c,yesterday\r\n';
+  await assert.rejects(loadCsv(file('spans.csv', body), { user: 'u', item: 'i', time: 't' }), (e: unknown) => isValidationError(e) && e.field === 'spans.csv:7:t', 'the row after them');
+  // A cell after a line break within its row is named on the line it starts on.
+  await assert.rejects(
+    loadCsv(file('within.csv', 'u,i,t\r\n1,"two\r\nlines",later\r\n'), { user: 'u', item: 'i', time: 't' }),
+    (e: unknown) => isValidationError(e) && e.field === 'within.csv:3:t',
+  );
+  await assert.rejects(
+    loadCsv(file('short.csv', 'u,i,t\r\n1,"a\r\nb",1\r\n1,a\r\n'), { user: 'u', item: 'i', time: 't' }),
+    (e: unknown) => isValidationError(e) && e.field === 'short.csv:4' && /has 2 fields, the header has 3/.test(e.message),
+  );
+  await assert.rejects(
+    loadCsv(file('open-after.csv', 'u,i\r\n1,"a\r\nb"\r\n2,"open\r\n3,c\r\n'), { user: 'u', item: 'i' }),
+    (e: unknown) => isValidationError(e) && e.field === 'open-after.csv:4' && /never closed/.test(e.message),
+  );
+});
+
 test('csv: rows appended with other line endings (LF after CRLF, CR) read one per line; an unclosed quote is named on the line its row starts (stop 40)', async () => {
   const mixed = await loadCsv(file('mixed.csv', 'u,i\r\n1,a\r\n2,b\n3,c\r4,"x\r\ny"\n'), { user: 'u', item: 'i' });
   assert.deepEqual(mixed.userIds, ['1', '2', '3', '4']);

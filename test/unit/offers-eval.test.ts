@@ -304,6 +304,8 @@ describe('loadRetailData', () => {
       await refused('2,22423,REGENCY CAKESTAND 3 TIER,0x2,1291191960,12.75,17850,United Kingdom', 'orders.csv:3:quantity', /'0x2' is not a number/);
       await refused('2,22423,"REGENCY CAKESTAND 3 TIER,2,1291191960,12.75,17850,United Kingdom', 'orders.csv:3', /a quote opened in the row starting here is never closed/);
       await refused('2,,REGENCY CAKESTAND 3 TIER,2,1291191960,12.75,17850,United Kingdom', 'orders.csv:3:stock_code', /is empty/);
+      // A description quoted over two lines (CRLF inside quotes counts once): the next row is line 5 (stop 41).
+      await refused('2,22423,"REGENCY\r\nCAKESTAND",2,1291191960,12.75,17850,United Kingdom\n2,22423,X,2,1291191960,free,17850,United Kingdom', 'orders.csv:5:unit_price', /'free' is not a number/);
       // What docs/OFFERS.md says is skipped is skipped, whatever else it holds (a write-off's negative price).
       for (const skipped of [
         'C2,22423,REGENCY CAKESTAND 3 TIER,-1,yesterday,12.75,17850,United Kingdom',

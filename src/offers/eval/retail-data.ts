@@ -6,7 +6,7 @@ import { basename } from 'node:path';
 import { parse } from 'csv-parse';
 import { ValidationError } from '../../errors.js';
 import { flagNumber } from '../../number-flag.js';
-import { cell, CSV_RECORD_DELIMITERS, csvParseError, parseTime } from '../../eval/csv-loader.js';
+import { cell, CSV_RECORD_DELIMITERS, CsvLines, csvParseError, parseTime } from '../../eval/csv-loader.js';
 import { openText } from '../../eval/open-text.js';
 import type { CatalogItem } from '../../types.js';
 import { retailCategory } from '../retail-categories.js';
@@ -82,20 +82,20 @@ export async function loadRetailData(path: string, onProgress?: (rowsRead: numbe
   let kept = 0;
   let header: string[] | undefined;
   let col: Record<keyof typeof COLUMNS, number> | undefined;
-  let lastLine = 0;
+  const lines = new CsvLines();
   try {
     for await (const { record, info } of parser as AsyncIterable<{ record: string[]; info: { lines: number } }>) {
-      lastLine = info.lines;
+      const line = lines.take(record, info.lines);
       if (record.every((c) => c.trim() === '')) continue;
       if (!header || !col) {
         header = record.map((h) => h.trim());
         col = resolveColumns(header, name, field);
         continue;
       }
-      if (record.length !== header.length) throw new ValidationError(`${name}:${info.lines}`, `has ${record.length} fields, the header has ${header.length}`);
+      if (record.length !== header.length) throw new ValidationError(`${name}:${line}`, `has ${record.length} fields, the header has ${header.length}`);
       read++;
       if (read % 100_000 === 0) onProgress?.(read);
-      const at = (c: number): string => `${name}:${info.lines}:${header![c]}`;
+      const at = (c: number): string => `${name}:${lines.cell(c)}:${header![c]}`;
       const invoice = (record[col.invoice] ?? '').trim();
       const customerId = (record[col.customer] ?? '').trim();
       if (!customerId || invoice.startsWith('C')) continue;
@@ -122,7 +122,7 @@ export async function loadRetailData(path: string, onProgress?: (rowsRead: numbe
     if (e instanceof ValidationError) throw e;
     const err = e as { code?: string; lines?: number; message?: string };
     // csv-parse errors carry the line: the same file:line form. A truncated gzip file is named.
-    if (err.code?.startsWith('CSV_')) throw csvParseError(name, err, lastLine);
+    if (err.code?.startsWith('CSV_')) throw csvParseError(name, err, lines);
     throw new ValidationError(field, `cannot read '${path}': ${err.message ?? String(e)}`);
   }
   if (!header) throw new ValidationError(field, `'${path}' is empty (no header line)`);
