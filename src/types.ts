@@ -505,8 +505,9 @@ export interface FederatedOptions {
    * Sync by itself, at most once every this many hours (≥ 0.25) across the shop's tabs and reloads,
    * while a page is open and consent (and Global Privacy Control) allow it: a contributing `sync()`
    * while the budget allows one more, then `sync({ contribute: false })`, which spends nothing. The
-   * page's own contributing syncs count for the period. The first look comes 10 s after start-up (or
-   * after consent is given); a failure (offline, server down) is retried 15 minutes later at the
+   * page's own contributing syncs count for the period. The first look comes 10 s to 30 min after start-up
+   * (or after consent is given: 10 s plus a random part of up to 30 min or half the period, whichever
+   * is shorter, so that the first request does not tell when the shopper opened the shop); a failure (offline, server down) is retried 15 minutes later at the
    * soonest and shows in `stats().lastError` (one that failed after its ε was spent, e.g. its
    * answer was lost, waits the whole period instead). Off without IndexedDB (private mode: nothing would
    * hold the period across page loads) and, for the rest of the session, once another tab erased
