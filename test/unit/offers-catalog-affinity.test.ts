@@ -79,6 +79,8 @@ describe('catalog.affinity validation', () => {
     invalid(nan, 'catalog.affinity.weights[3]', /must be a finite number, got NaN/);
     invalid(withAffinity((a) => (a.offers = [])), 'catalog.affinity.offers', /must be an object, got an array/);
     invalid(withAffinity((a) => (a.offers.mugs10.popularity = 1.5)), 'catalog.affinity.offers["mugs10"].popularity', /must be a share in \[0, 1\], got 1.5/);
+    // The bounds themselves are shares: [0, 1] is closed.
+    assert.deepEqual((validateOfferCatalog(withAffinity((a) => (a.offers.mugs10 = { popularity: 1, recentPopularity: 0, repeatRate: 1 }))) as OfferCatalog).affinity!.offers.mugs10, { popularity: 1, recentPopularity: 0, repeatRate: 1 });
     invalid(withAffinity((a) => (a.offers.bag2.recentPopularity = -0.1)), 'catalog.affinity.offers["bag2"].recentPopularity', /must be ≥ 0, got -0.1/);
     invalid(withAffinity((a) => delete a.offers.bag2.repeatRate), 'catalog.affinity.offers["bag2"].repeatRate', /must be a finite number, got nothing/);
     invalid(withAffinity((a) => (a.offers.bag2 = 0.3)), 'catalog.affinity.offers["bag2"]', /must be an object, got 0.3/);

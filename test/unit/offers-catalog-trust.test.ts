@@ -70,6 +70,8 @@ describe('catalog expiry (catalog.expiresAt)', () => {
         assert.match(err.message, new RegExp(`expired at ${new Date(NOW + DAY).toISOString()}.*\\(${new Date(NOW + 3 * DAY).toISOString()}\\)`));
         return true;
       });
+      // The slack is a day (FUTURE_SLACK_MS, as far as an event may be stamped ahead).
+      assert.equal(CATALOG_EXPIRY_SLACK_MS, DAY);
       // Within the clock slack (a device whose clock runs fast): taken.
       clock.now = NOW + DAY + CATALOG_EXPIRY_SLACK_MS - 1;
       assert.deepEqual(await e.setOffers(fresh), { offers: 1, neverShown: [] });
@@ -181,6 +183,14 @@ describe('the page’s version floor (offers.minVersion)', () => {
       assert.deepEqual((await e.offers({ k: 2, seed: 1 })).map((o) => o.offerId), ['ten']);
     } finally {
       await e.close();
+    }
+    // 0 is a whole number ≥ 0: a floor every catalog passes.
+    const floor0 = await engine(keys.publicJwk, clock, { minVersion: 0 });
+    try {
+      await floor0.setOffers(await signOfferCatalog({ version: 0, issuedAt: clock.now, currency: 'GBP', offers: [offer('zero')] }, keys.privateJwk));
+      assert.deepEqual((await floor0.offers({ k: 2, seed: 1 })).map((o) => o.offerId), ['zero']);
+    } finally {
+      await floor0.close();
     }
     for (const bad of [-1, 1.5, '5', Number.NaN, Infinity, null]) {
       await assert.rejects(engine(keys.publicJwk, clock, { minVersion: bad }), (err: unknown) => isValidationError(err) && err.field === 'options.offers.minVersion' && /whole number ≥ 0/.test(err.message), String(bad));
@@ -313,6 +323,15 @@ describe('size limits, checked before the signature', () => {
     assert.equal(canonicalJson({ ...base, note: mixed.repeat(reps) + fill }).length, MAX_CATALOG_JSON_CHARS - 1);
     assert.doesNotThrow(() => checkCatalogLimits({ ...base, note: mixed.repeat(reps) + fill }));
     assert.throws(() => checkCatalogLimits({ ...base, note: `${mixed.repeat(reps) + fill}xx` }), /MAX_CATALOG_JSON_CHARS/);
+    // true, false and null count as the 4, 5 and 4 characters written (the array and its object one more each).
+    const flags = Array.from({ length: 999 }, (_, i) => [true, false, null][i % 3]);
+    const sized = (length: number) => {
+      const c = { ...base, flags, note: '' };
+      return { ...c, note: 'x'.repeat(length - canonicalJson(c).length) };
+    };
+    assert.equal(canonicalJson(sized(MAX_CATALOG_JSON_CHARS - 2)).length, MAX_CATALOG_JSON_CHARS - 2);
+    assert.doesNotThrow(() => checkCatalogLimits(sized(MAX_CATALOG_JSON_CHARS - 2)));
+    assert.throws(() => checkCatalogLimits(sized(MAX_CATALOG_JSON_CHARS + 1)), /MAX_CATALOG_JSON_CHARS/);
   });
 
   test('an envelope’s kid is at most MAX_KID_CHARS characters, checked before anything else is done with it', async () => {

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { isValidationError } from '../../src/errors.js';
-import { validateOfferCatalog } from '../../src/offers/validate-catalog.js';
+import { MAX_SCOPE_ENTRIES, validateOfferCatalog } from '../../src/offers/validate-catalog.js';
 
 const good = () => ({
   version: 1,
@@ -104,5 +104,53 @@ describe('offer catalog validation', () => {
   test('messages say what was expected and what came', () => {
     assert.throws(() => validateOfferCatalog({ ...good(), offers: [{ ...good().offers[0], audience: 'vip' }] }), /audience: must be 'all', 'new' or 'returning', got 'vip'/);
     assert.throws(() => validateOfferCatalog(null), (e: unknown) => isValidationError(e) && e.message === "catalog: must be an object, got null");
+  });
+
+  test('each bound is where docs/OFFERS.md puts it: the value at the bound is taken, the one past it refused', () => {
+    const take = (mutate: (c: Catalog) => void) => {
+      const c = good();
+      mutate(c);
+      return validateOfferCatalog(c);
+    };
+    // version: an integer ≥ 0.
+    assert.equal(take((c) => (c.version = 0)).version, 0);
+    // percent: in (0, 100].
+    assert.deepEqual(take((c) => (offer(c).discount.percent = 100)).offers[0]!.discount, { kind: 'percent', percent: 100 });
+    // margin: a fraction in [0, 1].
+    assert.equal(take((c) => (offer(c).hints.margin = 1)).offers[0]!.hints!.margin, 1);
+    // id 1–128 characters, title up to 200.
+    assert.equal(take((c) => (offer(c).id = 'i'.repeat(128))).offers[0]!.id.length, 128);
+    assert.equal(fieldOf((c) => (offer(c).id = 'i'.repeat(129))), 'catalog.offers[0].id');
+    assert.equal(take((c) => (offer(c).title = 't'.repeat(200))).offers[0]!.title.length, 200);
+    assert.equal(fieldOf((c) => (offer(c).title = 't'.repeat(201))), 'catalog.offers[0].title');
+    // issuedAt: a time a Date holds, up to 8.64e15.
+    assert.equal(take((c) => (c.issuedAt = 8.64e15)).issuedAt, 8.64e15);
+    assert.equal(fieldOf((c) => (c.issuedAt = 8.64e15 + 1)), 'catalog.issuedAt');
+    // expiresAt after issuedAt, validUntil after validFrom: equal is refused.
+    assert.equal(fieldOf((c) => ((c as Record<string, unknown>).expiresAt = c.issuedAt)), 'catalog.expiresAt');
+    assert.equal(take((c) => ((c as Record<string, unknown>).expiresAt = c.issuedAt + 1)).expiresAt, 1);
+    assert.equal(fieldOf((c) => (offer(c).validUntil = offer(c).validFrom)), 'catalog.offers[0].validUntil');
+    // Caps are at least 1: a cap of 0 is an offer never shown or never redeemable.
+    assert.equal(fieldOf((c) => (offer(c).limits.maxRedemptions = 0)), 'catalog.offers[0].limits.maxRedemptions');
+    assert.equal(fieldOf((c) => (offer(c).limits.maxImpressions = 0)), 'catalog.offers[0].limits.maxImpressions');
+    // Amounts and spends are > 0, costs ≥ 0.
+    assert.equal(fieldOf((c) => ((offer(c) as Record<string, unknown>).discount = { kind: 'amount', amount: 0 })), 'catalog.offers[0].discount.amount');
+    assert.equal(fieldOf((c) => ((offer(c).discount as Record<string, unknown>).maxAmount = 0)), 'catalog.offers[0].discount.maxAmount');
+    assert.equal(fieldOf((c) => (offer(c).hints.typicalSpend = 0)), 'catalog.offers[0].hints.typicalSpend');
+    assert.equal(fieldOf((c) => (offer(c).hints.cost = -0.5)), 'catalog.offers[0].hints.cost');
+    assert.equal(take((c) => (offer(c).hints.cost = 0)).offers[0]!.hints!.cost, 0);
+  });
+
+  test('a hole in the offers array is refused, not copied as a hole', () => {
+    // eslint-disable-next-line no-sparse-arrays
+    assert.equal(fieldOf((c) => ((c as Record<string, unknown>).offers = [, offer(good())])), 'catalog.offers[0]');
+  });
+
+  test('a scope listing more than MAX_SCOPE_ENTRIES categories is refused, as one listing that many items', () => {
+    const categories = Array.from({ length: MAX_SCOPE_ENTRIES + 1 }, (_, i) => `c${i}`);
+    assert.equal(fieldOf((c) => (offer(c).scope = { kind: 'categories', categories })), 'catalog.offers[0].scope.categories');
+    const atLimit = good();
+    offer(atLimit).scope = { kind: 'categories', categories: categories.slice(1) };
+    assert.equal((validateOfferCatalog(atLimit).offers[0]!.scope as { categories: readonly string[] }).categories.length, MAX_SCOPE_ENTRIES);
   });
 });

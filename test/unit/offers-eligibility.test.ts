@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { audience, coolDown, impressionCap, minimumBasket, redemptionCap, validityWindow, whyIneligible, type EligibilityContext } from '../../src/offers/eligibility.js';
+import { foldIntoLedger, ledgerKeeps, readLedger, SHOWING_GAP_MS } from '../../src/events/offer-ledger.js';
+import { audience, coolDown, ELIGIBILITY_RULES, impressionCap, minimumBasket, redemptionCap, validityWindow, whyIneligible, type EligibilityContext } from '../../src/offers/eligibility.js';
 import { isReturningShopper, offerHistory } from '../../src/offers/offer-history.js';
 import type { Offer } from '../../src/offers/types.js';
 import type { StoredEvent } from '../../src/types.js';
@@ -68,6 +69,10 @@ describe('eligibility rules', () => {
     assert.deepEqual(whyIneligible(offer, ctx({ returning: true })), { rule: 'audience', why: 'only for new shoppers' });
     assert.deepEqual(whyIneligible(offer, ctx({ history: historyOf([[1, 'offer_impression']]) })), { rule: 'impressionCap', why: 'already shown 1 times' });
     assert.equal(whyIneligible(offer, ctx()), null);
+    // The rules run in the documented order (docs/OFFERS.md, "Policy"): an expired offer for new
+    // shoppers, shown to a returning one, is named expired.
+    assert.deepEqual(Object.keys(ELIGIBILITY_RULES), ['validityWindow', 'audience', 'minimumBasket', 'redemptionCap', 'impressionCap', 'coolDown']);
+    assert.deepEqual(whyIneligible({ ...offer, validUntil: 10 }, ctx({ returning: true })), { rule: 'validityWindow', why: 'expired' });
   });
 
   test('offerHistory counts per offer and keeps the latest times', () => {
@@ -95,5 +100,56 @@ describe('eligibility rules', () => {
     assert.deepEqual(old.get('a'), { impressions: 5, showings: 5, redemptions: 0, lastImpressionAt: 10 * 60 * MIN });
     const near = offerHistory([at(9 * 60 * MIN + 5 * MIN)], { offers: [{ offerId: 'a', impressions: 4, showings: 2, redemptions: 0, lastImpressionAt: 9 * 60 * MIN }] });
     assert.equal(near.get('a')!.showings, 2, 'within 30 minutes of the ledger\'s last impression: the same visit');
+  });
+
+  test('a showing starts at an impression exactly SHOWING_GAP_MS after the one before', () => {
+    const at = (t: number): StoredEvent => ({ t, type: 'offer_impression', offerId: 'a' });
+    assert.equal(offerHistory([at(0), at(SHOWING_GAP_MS - 1)]).get('a')!.showings, 1);
+    assert.equal(offerHistory([at(0), at(SHOWING_GAP_MS)]).get('a')!.showings, 2);
+  });
+});
+
+describe('offer ledger (what retention removed)', () => {
+  const MIN = 60_000;
+  const imp = (t: number, offerId: unknown = 'a'): StoredEvent => ({ t, type: 'offer_impression', offerId: offerId as string });
+  const red = (t: number): StoredEvent => ({ t, type: 'offer_redeemed', offerId: 'a' });
+
+  test('foldIntoLedger counts removed events in time order, whatever the order given', () => {
+    // Visits at 0–10 min and 60 min: two showings, however the removed events come.
+    const ledger = foldIntoLedger(undefined, [imp(60 * MIN), imp(0), imp(10 * MIN), red(20 * MIN)]);
+    assert.deepEqual(ledger, { offers: [{ offerId: 'a', impressions: 3, showings: 2, redemptions: 1, lastImpressionAt: 60 * MIN, lastRedeemedAt: 20 * MIN }] });
+  });
+
+  test('foldIntoLedger keeps the latest times: events folded later may be older than what the ledger holds', () => {
+    const stored = { offers: [{ offerId: 'a', impressions: 1, showings: 1, redemptions: 1, lastImpressionAt: 100 * MIN, lastRedeemedAt: 100 * MIN }], lastPurchaseAt: 100 * MIN };
+    const folded = foldIntoLedger(stored, [imp(10 * MIN), red(10 * MIN), { t: 10 * MIN, type: 'purchase', itemId: 'x' }]);
+    assert.deepEqual(folded, { offers: [{ offerId: 'a', impressions: 2, showings: 1, redemptions: 2, lastImpressionAt: 100 * MIN, lastRedeemedAt: 100 * MIN }], lastPurchaseAt: 100 * MIN });
+  });
+
+  test('foldIntoLedger: a ledger written before showings existed counts each of its impressions as one', () => {
+    const legacy = { offers: [{ offerId: 'a', impressions: 4, redemptions: 0, lastImpressionAt: 0 }] };
+    assert.equal(foldIntoLedger(legacy, [imp(60 * MIN)]).offers[0]!.showings, 5);
+  });
+
+  test('foldIntoLedger returns a new ledger and leaves the stored one as it was', () => {
+    const stored = { offers: [{ offerId: 'a', impressions: 1, showings: 1, redemptions: 0, lastImpressionAt: 0 }] };
+    const copy = structuredClone(stored);
+    const folded = foldIntoLedger(stored, [imp(60 * MIN), red(61 * MIN)]);
+    assert.deepEqual(stored, copy);
+    assert.equal(folded.offers[0]!.impressions, 2);
+  });
+
+  test('only offer events with a string offerId, and purchases, are kept', () => {
+    assert.equal(ledgerKeeps(imp(1)), true);
+    assert.equal(ledgerKeeps({ t: 1, type: 'purchase', itemId: 'x' }), true);
+    assert.equal(ledgerKeeps(imp(1, 5)), false);
+    assert.equal(ledgerKeeps({ t: 1, type: 'view', itemId: 'x' }), false);
+    assert.deepEqual(foldIntoLedger(undefined, [imp(1, 5), { t: 2, type: 'offer_redeemed' }]), { offers: [] });
+  });
+
+  test('readLedger leaves out an entry whose showings are not a count', () => {
+    const entry = { offerId: 'a', impressions: 2, redemptions: 0 };
+    const read = readLedger({ offers: [{ ...entry, showings: -1 }, { ...entry, offerId: 'b', showings: 'x' }, { ...entry, offerId: 'c', showings: 1 }, { ...entry, offerId: 'd' }] });
+    assert.deepEqual(read!.offers.map((o) => o.offerId), ['c', 'd']);
   });
 });

@@ -5,7 +5,7 @@ import { Random } from '../../src/model/random.js';
 import { scopeAffinity } from '../../src/offers/affinity.js';
 import { sampleBeta } from '../../src/offers/beta-sampler.js';
 import { offerEconomics } from '../../src/offers/offer-value.js';
-import { chooseOffers, scoreOffers, type OffersInput } from '../../src/offers/policy.js';
+import { cartValue, chooseOffers, scoreOffers, type OffersInput } from '../../src/offers/policy.js';
 import { indexProducts } from '../../src/offers/product-index.js';
 import type { Offer, OfferCatalog } from '../../src/offers/types.js';
 import type { StoredEvent } from '../../src/types.js';
@@ -83,6 +83,7 @@ describe('offer policy', () => {
       [{ now: NOW, cart: [{ itemId: 'm1', quantity: -2, price: -10 }] }, 'options.context.cart[0].quantity'],
       [{ now: NOW, cart: [{ itemId: 'm1', quantity: 1, price: -10 }] }, 'options.context.cart[0].price'],
       [{ now: NOW, cart: [{ itemId: 'm1', quantity: 1.5 }] }, 'options.context.cart[0].quantity'],
+      [{ now: NOW, cart: [{ itemId: 'm1', quantity: 0 }] }, 'options.context.cart[0].quantity'],
       // The bounds of an event's itemId and quantity (stop 40).
       [{ now: NOW, cart: [{ itemId: 'm1', quantity: 1e12 }] }, 'options.context.cart[0].quantity'],
       [{ now: NOW, cart: [{ itemId: '' }] }, 'options.context.cart[0].itemId'],
@@ -91,7 +92,8 @@ describe('offer policy', () => {
     for (const [context, field] of bad) {
       assert.throws(() => chooseOffers(input(), { k: 2, context: context as never }), (e: unknown) => isValidationError(e) && e.field === field, field);
     }
-    assert.doesNotThrow(() => chooseOffers(input(), { k: 2, context: { now: NOW, cart: [{ itemId: 'x'.repeat(256), quantity: 1_000_000 }] } }), 'at the bounds');
+    assert.doesNotThrow(() => chooseOffers(input(), { k: 2, context: { now: NOW, cart: [{ itemId: 'x'.repeat(256), quantity: 1_000_000, price: 0 }] } }), 'at the bounds');
+    assert.doesNotThrow(() => chooseOffers(input(), { k: 2, context: { now: NOW, cart: [{ itemId: 'm1', quantity: 1, price: 0 }] } }), 'a free line');
   });
 
   test('events after `now` (a replay at an earlier time) count neither for the rules nor in the reason', () => {
@@ -132,6 +134,12 @@ describe('offer policy', () => {
     // A narrower scope's in-scope spend is not bounded by the basket's minimum: its mean price stays.
     const mugsOver50 = offer('w', { kind: 'categories', categories: ['mug'] }, { discount: { kind: 'amount', amount: 1 }, minBasket: 50, hints: {} });
     assert.equal(offerEconomics(mugsOver50, products).typicalSpend, 8.5);
+    // An item or category scope with no priced product in the catalog: the offer's minimum basket.
+    const unpriced = offer('u', { kind: 'items', itemIds: ['gone'] }, { discount: { kind: 'amount', amount: 1 }, minBasket: 25, hints: {} });
+    assert.deepEqual(offerEconomics(unpriced, products), { typicalSpend: 25, value: 0.3 * 25, discountCost: 1, net: 0.3 * 25 - 1 });
+    // A fixed amount off is at most the in-scope value it comes off (£30 off a £20 spend costs £20).
+    const whole = offer('v', { kind: 'items', itemIds: ['c1'] }, { discount: { kind: 'amount', amount: 30 }, hints: { margin: 0.4, typicalSpend: 20 } });
+    assert.deepEqual(offerEconomics(whole, products), { typicalSpend: 20, value: 8, discountCost: 20, net: -12 });
   });
 
   test('affinity: per-item function, map and record agree; scope form is used as is', () => {
@@ -142,6 +150,15 @@ describe('offer policy', () => {
     assert.ok(Math.abs(scopeAffinity(mugs, (id) => affinity[id as keyof typeof affinity] ?? 0, products) - expected) < 1e-12);
     assert.equal(scopeAffinity(mugs, { scope: (o) => (o.id === 'mugs' ? 0.8 : 0) }, products), 0.8);
     assert.equal(scopeAffinity(mugs, { m1: 7, m2: Number.NaN }, products), 1, 'values are clamped to [0, 1]');
+    // Ids a Map or record does not hold count as 0.
+    assert.ok(Math.abs(scopeAffinity(mugs, new Map([['m1', 0.3]]), products) - 0.3) < 1e-12);
+    assert.ok(Math.abs(scopeAffinity(mugs, { m1: 0.3 }, products) - 0.3) < 1e-12);
+    // The scope form is clamped too: a NaN would have given a NaN posterior and a meaningless order.
+    assert.equal(scopeAffinity(mugs, { scope: () => 1.5 }, products), 1);
+    assert.equal(scopeAffinity(mugs, { scope: () => -0.5 }, products), 0);
+    assert.equal(scopeAffinity(mugs, { scope: () => Number.NaN }, products), 0);
+    const scored = scoreOffers(input([], { affinity: { scope: (o) => (o.id === 'mugs' ? Number.NaN : o.id === 'bags' ? 0.5 : 0.25) } }), { context: ctx });
+    assert.deepEqual(scored.map((s) => [s.offer.id, s.affinity]), [['bags', 0.5], ['candle', 0.25], ['cards', 0.25], ['mugs', 0]]);
   });
 
   test('ignored impressions lower an offer until another wins (local learning)', () => {
@@ -192,6 +209,9 @@ describe('offer policy', () => {
     const min: OfferCatalog = { ...catalog, offers: [offer('mugs', { kind: 'categories', categories: ['mug'] }, { minBasket: 20 })] };
     assert.deepEqual(chooseOffers(input([], { catalog: min }), { k: 1, context: { now: NOW, cart: [{ itemId: 'm1', quantity: 2 }] } }), []);
     assert.equal(chooseOffers(input([], { catalog: min }), { k: 1, context: { now: NOW, cart: [{ itemId: 'm1', quantity: 3 }] } }).length, 1);
+    // An empty cart is a known cart worth 0 (docs/OFFERS.md: leave `cart` out to advertise the offer).
+    assert.deepEqual(chooseOffers(input([], { catalog: min }), { k: 1, context: { now: NOW, cart: [] } }), []);
+    assert.equal(chooseOffers(input([], { catalog: min }), { k: 1, context: { now: NOW } }).length, 1);
   });
 
   test('the same seed gives the same answer; other seeds differ somewhere', () => {
@@ -248,6 +268,7 @@ describe('offer policy', () => {
     err({ priorStrength: -1 }, 'options.priorStrength', /from 0 to 1000000, got -1/);
     // scoreOffers (exported on its own) checks it too: a NaN gave NaN posteriors and a meaningless order.
     assert.throws(() => scoreOffers(input(), { priorStrength: Number.NaN }), (e: unknown) => isValidationError(e) && e.field === 'options.priorStrength');
+    assert.throws(() => scoreOffers(input(), { priorStrength: 2e6 }), (e: unknown) => isValidationError(e) && e.field === 'options.priorStrength' && /from 0 to 1000000, got 2000000/.test(e.message));
   });
 
   test("objective 'reach' ranks by P(use) alone; the default 'value' weighs in the value per use", () => {
@@ -272,6 +293,95 @@ describe('offer policy', () => {
     // Offers that lose money are still never shown under 'reach'.
     const lossy = { ...two, offers: [offer('cards', { kind: 'categories', categories: ['card'] }, { discount: { kind: 'percent', percent: 50 } })] };
     assert.deepEqual(chooseOffers(input([], { catalog: lossy, affinity: aff }), { k: 2, exploration: 1, context: ctx, objective: 'reach' }), []);
+  });
+
+  test('without k or seed: two offers, and the answer seed 1 gives', () => {
+    // Four identical offers: with exploration 1 the order is the Thompson draws', so the seed shows.
+    const quads: OfferCatalog = { ...catalog, offers: ['a', 'b', 'c', 'd'].map((id) => offer(id, { kind: 'categories', categories: ['mug'] })) };
+    const order = (seed?: number) => chooseOffers(input([], { catalog: quads }), { k: 4, exploration: 1, priorStrength: 1, context: ctx, ...(seed === undefined ? {} : { seed }) }).map((s) => s.offerId);
+    assert.deepEqual(order(), order(1));
+    for (const seed of [0, 2, 3]) assert.notDeepEqual(order(seed), order(1), `seed ${seed} gives another order here`);
+    assert.equal(chooseOffers(input([], { catalog: quads }), { context: ctx }).length, 2, 'k defaults to 2');
+  });
+
+  test('offers of equal value are ranked by offer id, whatever their order in the catalog', () => {
+    const twins: OfferCatalog = { ...catalog, offers: [offer('mugs-b', { kind: 'categories', categories: ['mug'] }), offer('mugs-a', { kind: 'categories', categories: ['mug'] })] };
+    assert.deepEqual(scoreOffers(input([], { catalog: twins }), { context: ctx }).map((s) => s.offer.id), ['mugs-a', 'mugs-b']);
+    assert.deepEqual(chooseOffers(input([], { catalog: twins }), { k: 2, exploration: 0, context: ctx }).map((s) => s.offerId), ['mugs-a', 'mugs-b']);
+  });
+
+  test('an exploration slot is marked explore only when it differs from the greedy pick', () => {
+    // One eligible offer: every slot explores (exploration 1), and every draw picks the greedy offer.
+    const one: OfferCatalog = { ...catalog, offers: [catalog.offers[0]!] };
+    const events: StoredEvent[] = [{ t: 1, type: 'view', itemId: 'm1' }];
+    for (let seed = 0; seed < 10; seed++) {
+      const [s] = chooseOffers(input(events, { catalog: one }), { k: 1, seed, exploration: 1, priorStrength: 2, context: ctx });
+      assert.equal(s!.explore, false, `seed ${seed}`);
+      assert.deepEqual(s!.why, { kind: 'event', itemId: 'm1', event: 'view' });
+    }
+    // Nor is the last slot, when one offer is left for it.
+    const last = chooseOffers(input([], { catalog: { ...catalog, offers: catalog.offers.slice(0, 2) } }), { k: 2, seed: 3, exploration: 1, priorStrength: 1, context: ctx });
+    assert.equal(last.length, 2);
+    assert.equal(last[1]!.explore, false);
+  });
+
+  test("with objective 'reach' an exploration slot draws P(use) alone, not P(use) × net value", () => {
+    // cards: P ≈ 0.9, net 1.2; candle: P ≈ 0.1, net 120. A prior this strong makes each draw ≈ P.
+    const two: OfferCatalog = {
+      ...catalog,
+      offers: [
+        offer('cards', { kind: 'categories', categories: ['card'] }, { hints: { margin: 0.4, typicalSpend: 4 } }),
+        offer('candle', { kind: 'items', itemIds: ['c1'] }, { hints: { margin: 0.4, typicalSpend: 400 } }),
+      ],
+    };
+    const first = (objective: 'value' | 'reach', seed: number) =>
+      chooseOffers(input([], { catalog: two, affinity: { k1: 0.9, c1: 0.1 } }), { k: 1, seed, exploration: 1, priorStrength: 1e6, objective, context: ctx })[0]!;
+    for (let seed = 0; seed < 10; seed++) {
+      assert.deepEqual([first('reach', seed).offerId, first('reach', seed).explore], ['cards', false], `reach, seed ${seed}`);
+      assert.deepEqual([first('value', seed).offerId, first('value', seed).explore], ['candle', false], `value, seed ${seed}`);
+    }
+  });
+
+  test('the posterior is Beta(s·p + redemptions, s·(1 − p) + showings − redemptions)', () => {
+    // Three visits a day apart showing the mugs offer, one of them used.
+    const events: StoredEvent[] = [
+      ...[3, 2, 1].map((d): StoredEvent => ({ t: NOW - d * 24 * HOUR, type: 'offer_impression', offerId: 'mugs' })),
+      { t: NOW - 24 * HOUR + 60_000, type: 'offer_redeemed', offerId: 'mugs' },
+    ];
+    const mugs = scoreOffers(input(events), { context: ctx }).find((s) => s.offer.id === 'mugs')!;
+    // p = 1 − 0.7 × 0.9 = 0.37, s = 10 (DEFAULT_PRIOR_STRENGTH).
+    assert.ok(Math.abs(mugs.alpha - (3.7 + 1)) < 1e-9, `alpha ${mugs.alpha}`);
+    assert.ok(Math.abs(mugs.beta - (6.3 + 2)) < 1e-9, `beta ${mugs.beta}`);
+    assert.ok(Math.abs(mugs.expectedValue - (4.7 / 13) * 6) < 1e-9);
+  });
+
+  test('a cart lifts every offer one of its lines is in scope of, not only those all its lines are', () => {
+    const cards = scoreOffers(input(), { context: { ...ctx, cart: [{ itemId: 'm1' }, { itemId: 'k1' }] } }).find((s) => s.offer.id === 'cards')!;
+    assert.ok(Math.abs(cards.affinity - (1 - 0.99 * 0.5)) < 1e-12);
+  });
+
+  test('cartValue: quantity × price per line, one unit without a quantity, the catalog price without a price', () => {
+    // m1 (catalog price 8) once; b1 (5) twice; an unknown item without a price is 0; c1 at the line's price.
+    assert.equal(cartValue([{ itemId: 'm1' }, { itemId: 'b1', quantity: 2 }, { itemId: 'zz' }, { itemId: 'c1', price: 1 }], products), 19);
+    const min: OfferCatalog = { ...catalog, offers: [offer('mugs', { kind: 'categories', categories: ['mug'] }, { minBasket: 20 })] };
+    assert.equal(chooseOffers(input([], { catalog: min }), { k: 1, context: { now: NOW, cart: [{ itemId: 'm1', price: 20 }] } }).length, 1, 'a line without a quantity is one unit');
+  });
+
+  test('a replay leaves out a ledger entry whose folded redemption came after its `now`', () => {
+    const once = { ...catalog, offers: [offer('mugs', { kind: 'categories', categories: ['mug'] }, { limits: { maxRedemptions: 1 } })] };
+    const ledger = { offers: [{ offerId: 'mugs', impressions: 0, redemptions: 1, lastRedeemedAt: NOW + HOUR }] };
+    const at = (now: number) => chooseOffers(input([], { catalog: once, ledger }), { k: 1, exploration: 0, context: { now } }).map((s) => s.offerId);
+    assert.deepEqual(at(NOW), ['mugs'], 'not yet redeemed at NOW');
+    assert.deepEqual(at(NOW + 2 * HOUR), [], 'redeemed out after it');
+  });
+
+  test('the cool-down runs from the latest redemption, whether the ledger or a stored event holds it', () => {
+    const resting = { ...catalog, offers: [offer('mugs', { kind: 'categories', categories: ['mug'] }, { limits: { coolDownHours: 48 } })] };
+    const ledger = { offers: [{ offerId: 'mugs', impressions: 0, redemptions: 1, lastRedeemedAt: NOW - HOUR }] };
+    // An older redemption still stored (a device clock set back since, say) does not end the cool-down early.
+    const events: StoredEvent[] = [{ t: NOW - 100 * HOUR, type: 'offer_redeemed', offerId: 'mugs' }];
+    assert.deepEqual(chooseOffers(input(events, { catalog: resting, ledger }), { k: 1, exploration: 0, context: ctx }), []);
+    assert.equal(chooseOffers(input(events, { catalog: resting, ledger }), { k: 1, exploration: 0, context: { now: NOW + 48 * HOUR } }).length, 1);
   });
 
   test('Beta draws average a / (a + b)', () => {

@@ -127,6 +127,8 @@ describe('offer reasons reference real past events', () => {
   test('an item never touched is not claimed: falls back to the page, the cart, or the same category', () => {
     assert.equal(offerReason(redMug, [], products, { itemId: 'm1' }, false), 'For the Red Mug you are looking at');
     assert.equal(offerReason(redMug, [], products, { cart: [{ itemId: 'm1' }] }, false), 'For the Red Mug in your cart');
+    // The first cart line in scope and listed in the catalog, after those that are not.
+    assert.deepEqual(offerWhy(mugs, [], products, { cart: [{ itemId: 'b1' }, { itemId: 'gone' }, { itemId: 'm2' }, { itemId: 'm1' }] }, false), { kind: 'in-cart', itemId: 'm2' });
     assert.equal(offerReason(redMug, [{ t: 1, type: 'purchase', itemId: 'm2' }], products, {}, false), 'Like the Blue Mug you bought');
   });
 

@@ -130,6 +130,10 @@ describe('offer catalog signing', () => {
     assert.match(e.message, /not signed/);
   });
 
+  test('an empty or null signature is no signature: unsigned, not malformed', async () => {
+    for (const signature of ['', null]) assert.equal((await refusal(verifyOfferCatalog({ ...clone(signed), signature }, keys.publicJwk))).problem, 'unsigned', String(signature));
+  });
+
   test('a bare catalog (no envelope) is refused as unsigned', async () => {
     assert.equal((await refusal(verifyOfferCatalog(clone(catalog), keys.publicJwk))).problem, 'unsigned');
   });
